@@ -1,0 +1,197 @@
+"""Conditions: a small, validated tree of tests over named process fields.
+
+YAML form::
+
+    all:                      # also: any, not
+      - args: {regex: '^stratum\\d?\\+(tcp|ssl|tls)://'}
+      - established: {gte: 1}
+
+Compiling checks every field name, operator and operand, and says where the
+error is (``when.all[0].args.regex``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .fields import FIELDS, OPERATORS, FieldView
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be compiled; ``path`` names the field."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+# A quantified group that itself contains a quantifier, e.g. (a+)+ or (\w*x)*:
+# the classic shape of catastrophic backtracking. Refused at load time.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
+def compile_regex(pattern: str, path: str) -> re.Pattern:
+    if _NESTED_QUANTIFIER.search(pattern):
+        raise ConditionError(path, f"regex {pattern!r} nests quantifiers (like (a+)+), "
+                                   "which can backtrack for minutes on hostile input")
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ConditionError(path, f"bad regex {pattern!r}: {err}") from None
+
+
+class Condition:
+    def test(self, view: FieldView) -> tuple[bool, list[str]]:
+        """Whether it holds, and the reasons when it does."""
+        raise NotImplementedError
+
+
+@dataclass
+class All(Condition):
+    parts: list[Condition]
+
+    def test(self, view):
+        reasons: list[str] = []
+        for part in self.parts:
+            ok, why = part.test(view)
+            if not ok:
+                return False, []
+            reasons.extend(why)
+        return True, reasons
+
+
+@dataclass
+class Any_(Condition):
+    parts: list[Condition]
+
+    def test(self, view):
+        for part in self.parts:
+            ok, why = part.test(view)
+            if ok:
+                return True, why
+        return False, []
+
+
+@dataclass
+class Not(Condition):
+    part: Condition
+
+    def test(self, view):
+        ok, _ = self.part.test(view)
+        return (not ok), []
+
+
+_COMPARE = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+@dataclass
+class FieldTest(Condition):
+    """Every (operator, operand) pair must hold; on a list field, for one same element."""
+
+    field: str
+    tests: list[tuple[str, Any]]
+
+    def test(self, view):
+        value = view[self.field]
+        for item in value if isinstance(value, list) else [value]:
+            if all(_holds(op, operand, item) for op, operand in self.tests):
+                return True, [f"{self.field} {self._describe()}: {_show(item)}"]
+        return False, []
+
+    def _describe(self) -> str:
+        parts = []
+        for op, operand in self.tests:
+            if op == "regex":
+                parts.append(f"matches {operand.pattern!r}")
+            elif op in _COMPARE:
+                parts.append(f"{_COMPARE[op]} {operand}")
+            elif op == "in":
+                parts.append("in the list")
+            else:
+                parts.append(f"{op} {operand!r}")
+        return " and ".join(parts)
+
+
+def _holds(op: str, operand: Any, item: Any) -> bool:
+    if op == "equals":
+        return item == operand
+    if op == "in":
+        return item in operand
+    if op == "regex":
+        return operand.search(item) is not None
+    if op == "contains":
+        return operand in item
+    if op == "gte":
+        return item >= operand
+    if op == "gt":
+        return item > operand
+    if op == "lte":
+        return item <= operand
+    if op == "lt":
+        return item < operand
+    raise AssertionError(op)
+
+
+def _show(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def compile_condition(spec: Any, path: str = "when") -> Condition:
+    """Turn the YAML form into a Condition, or raise ConditionError naming the path."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConditionError(path, "expected a mapping with exactly one key: all, any, not, "
+                                   "or a field name (" + ", ".join(FIELDS) + ")")
+    (key, value), = spec.items()
+    if key in ("all", "any"):
+        if not isinstance(value, list) or not value:
+            raise ConditionError(f"{path}.{key}", "expected a non-empty list of conditions")
+        parts = [compile_condition(v, f"{path}.{key}[{i}]") for i, v in enumerate(value)]
+        return All(parts) if key == "all" else Any_(parts)
+    if key == "not":
+        return Not(compile_condition(value, f"{path}.not"))
+    if key not in FIELDS:
+        raise ConditionError(f"{path}.{key}", "unknown field; known fields: " + ", ".join(FIELDS))
+    return _compile_field_test(key, value, f"{path}.{key}")
+
+
+def _compile_field_test(field: str, ops: Any, path: str) -> Condition:
+    kind = FIELDS[field].kind
+    allowed = OPERATORS[kind]
+    if not isinstance(ops, dict) or not ops:
+        raise ConditionError(path, f"expected a mapping of operators ({', '.join(allowed)})")
+    tests: list[tuple[str, Any]] = []
+    for op, operand in ops.items():
+        where = f"{path}.{op}"
+        if op not in allowed:
+            raise ConditionError(where, f"operator not allowed on a {kind} field; "
+                                        f"use one of: {', '.join(allowed)}")
+        expected = allowed[op]
+        if isinstance(operand, bool) and expected is not bool and bool not in _as_tuple(expected):
+            raise ConditionError(where, f"expected {_type_name(expected)}, got a boolean")
+        if not isinstance(operand, expected):
+            raise ConditionError(where, f"expected {_type_name(expected)}, "
+                                        f"got {type(operand).__name__}")
+        if op == "regex":
+            operand = compile_regex(operand, where)
+        if op == "in":
+            element = (int, float) if kind.startswith("number") else str
+            bad = [x for x in operand if not isinstance(x, element) or isinstance(x, bool)]
+            if bad or not operand:
+                raise ConditionError(where, f"expected a non-empty list of {_type_name(element)}")
+            operand = frozenset(operand)
+        tests.append((op, operand))
+    return FieldTest(field, tests)
+
+
+def _as_tuple(t) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _type_name(t) -> str:
+    names = {str: "text", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list"}
+    return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in _as_tuple(t)))

@@ -1,0 +1,128 @@
+"""The detection engine: signatures evaluated over a stream of snapshots.
+
+Pure code: it sees only Snapshots, so the tests feed it recorded data.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..observe.model import Process, Snapshot
+from .fields import FieldView
+from .signatures import Signature, SignatureSet
+
+SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+@dataclass
+class Detection:
+    """One signature matched one process of one kernel."""
+
+    signature: Signature
+    kernel_id: str
+    process: Process
+    reasons: list[str]
+    held_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "signature": self.signature.id,
+            "category": self.signature.category,
+            "severity": self.signature.severity,
+            "description": self.signature.description,
+            "pid": self.process.pid,
+            "reasons": self.reasons,
+            "held_seconds": round(self.held_seconds, 1),
+        }
+
+
+@dataclass
+class Engine:
+    rules: SignatureSet
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("colab_guard"))
+    # (signature id, kernel id, pid, create time) -> when the condition first held
+    _since: dict[tuple, float] = field(default_factory=dict)
+    #: signatures switched off after raising, with the error
+    disabled: dict[str, str] = field(default_factory=dict)
+
+    def evaluate(self, snapshot: Snapshot) -> list[Detection]:
+        detections: list[Detection] = []
+        held_now: set[tuple] = set()
+        for process in snapshot.processes:
+            view = FieldView(process)
+            if self._allowed(view):
+                continue
+            for sig in list(self.rules.signatures.values()):
+                if sig.id in self.disabled:
+                    continue
+                found = self._check(sig, snapshot, process, view, held_now)
+                if found is not None:
+                    detections.append(found)
+        self._forget(snapshot.kernel_id, held_now)
+        return detections
+
+    def forget_kernel(self, kernel_id: str) -> None:
+        self._forget(kernel_id, set())
+
+    # ------------------------------------------------------------------
+
+    def _check(self, sig: Signature, snapshot: Snapshot, process: Process, view: FieldView,
+               held_now: set[tuple]) -> Detection | None:
+        try:
+            ok, reasons = sig.when.test(view)
+        except Exception as err:  # a bug in one rule must not silence the others
+            self.disabled[sig.id] = f"{type(err).__name__}: {err}"
+            self.log.error("colab-guard: signature %r (%s) raised %s and is disabled; the "
+                           "other signatures keep working", sig.id, sig.source, self.disabled[sig.id])
+            return None
+        if not ok:
+            return None
+        key = (sig.id, snapshot.kernel_id, *process.key)
+        held_now.add(key)
+        since = self._since.setdefault(key, snapshot.time)
+        held = snapshot.time - since
+        if held < sig.hold_seconds:
+            return None
+        if sig.hold_seconds:
+            reasons = reasons + [f"held for {held:.0f} s (needs {sig.hold_seconds:g} s)"]
+        return Detection(sig, snapshot.kernel_id, process, reasons, held)
+
+    def _allowed(self, view: FieldView) -> bool:
+        for rule in self.rules.allow.values():
+            try:
+                if rule.when.test(view)[0]:
+                    return True
+            except Exception as err:
+                self.log.error("colab-guard: allow rule %r raised %s", rule.id, err)
+        return False
+
+    def _forget(self, kernel_id: str, keep: set[tuple]) -> None:
+        """A condition that stops holding starts its window again."""
+        for key in [k for k in self._since if k[1] == kernel_id and k not in keep]:
+            del self._since[key]
+
+
+def check_examples(sig: Signature) -> list[str]:
+    """Run a signature's examples; return one line per failure (empty when all pass).
+
+    Each example process is observed twice, ``for`` seconds apart, so a
+    signature with a time window is checked as if the behaviour held.
+    """
+    failures = []
+    for expected, examples in ((True, sig.examples.match), (False, sig.examples.no_match)):
+        for i, process in enumerate(examples):
+            matched = example_matches(sig, process)
+            if matched != expected:
+                kind = "match" if expected else "no_match"
+                verb = "did not match" if expected else "matched"
+                failures.append(f"{sig.id}: examples.{kind}[{i}] {verb}: "
+                                f"{' '.join(process.cmdline) or process.name}")
+    return failures
+
+
+def example_matches(sig: Signature, process: Process) -> bool:
+    engine = Engine(SignatureSet({sig.id: sig}))
+    t0 = 1_000_000.0
+    engine.evaluate(Snapshot("example", t0, [process]))
+    return bool(engine.evaluate(Snapshot("example", t0 + sig.hold_seconds + 1, [process])))

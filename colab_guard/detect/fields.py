@@ -1,0 +1,96 @@
+"""The named fields a signature's conditions can test, derived from a Process.
+
+Each field has a type, which decides the operators it accepts. List fields
+match when any element does. Text is cut to ``MAX_TEXT`` characters before
+matching so a hostile 1 MB command line cannot slow the engine down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..observe.model import Process
+
+MAX_TEXT = 8192
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else ""
+
+
+def _cut(text: str) -> str:
+    return text[:MAX_TEXT]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str  # "text", "number", "bool", "text list", "number list"
+    help: str
+    read: Callable[[Process], Any]
+
+
+def _remote_endpoints(p: Process) -> set[tuple[str, int]]:
+    return {s.remote for s in p.sockets if s.remote is not None}
+
+
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in [
+        Field("name", "text", "process name (comm); tools may rename themselves", lambda p: _cut(p.name)),
+        Field("exe", "text", "full path of the executable", lambda p: _cut(p.exe)),
+        Field("exe_name", "text", "file name of the executable", lambda p: _basename(p.exe)),
+        Field("argv0", "text", "file name in the first command line word",
+              lambda p: _basename(p.cmdline[0]) if p.cmdline else ""),
+        Field("cmdline", "text", "the command line, words joined by spaces",
+              lambda p: _cut(" ".join(p.cmdline))),
+        Field("args", "text list", "each command line word after the first",
+              lambda p: [_cut(a) for a in p.cmdline[1:64]]),
+        Field("cpu_percent", "number", "CPU use over the last interval, percent of one core",
+              lambda p: p.cpu_percent),
+        Field("rss_mb", "number", "resident memory in MiB", lambda p: p.rss / 2**20),
+        Field("threads", "number", "number of threads", lambda p: p.threads),
+        Field("is_kernel", "bool", "true for the kernel process itself", lambda p: p.is_kernel),
+        Field("libraries", "text list", "file names of the shared objects the process has mapped",
+              lambda p: [_basename(lib) for lib in p.libraries]),
+        Field("remote_ports", "number list", "remote ports of connected sockets",
+              lambda p: sorted({port for _, port in _remote_endpoints(p)})),
+        Field("remote_hosts", "text list", "remote addresses of connected sockets",
+              lambda p: sorted({ip for ip, _ in _remote_endpoints(p)})),
+        Field("listen_ports", "number list", "local ports listening (TCP) or bound unconnected (UDP)",
+              lambda p: sorted({s.local_port for s in p.sockets if s.listening})),
+        Field("established", "number", "TCP connections in state ESTABLISHED",
+              lambda p: sum(1 for s in p.sockets if s.protocol == "tcp" and s.status == "ESTABLISHED")),
+        Field("peers", "number", "distinct remote endpoints (address and port)",
+              lambda p: len(_remote_endpoints(p))),
+        Field("peer_hosts", "number", "distinct remote addresses", lambda p: len({ip for ip, _ in _remote_endpoints(p)})),
+        Field("sockets", "number", "inet sockets held", lambda p: len(p.sockets)),
+    ]
+}
+
+#: Which operators each kind of field accepts, and what type their operand has.
+OPERATORS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "text": {"equals": str, "in": list, "regex": str, "contains": str},
+    "text list": {"equals": str, "in": list, "regex": str, "contains": str},
+    "number": {"equals": (int, float), "gte": (int, float), "gt": (int, float),
+               "lte": (int, float), "lt": (int, float)},
+    "number list": {"equals": int, "in": list, "gte": (int, float), "lte": (int, float)},
+    "bool": {"equals": bool},
+}
+
+
+class FieldView:
+    """Fields of one process, computed on first use."""
+
+    __slots__ = ("process", "_cache")
+
+    def __init__(self, process: Process):
+        self.process = process
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = FIELDS[name].read(self.process)
+        return self._cache[name]

@@ -1,0 +1,111 @@
+"""Plain data that the samplers produce and the detector consumes.
+
+Nothing here touches psutil or /proc: recorded snapshots (tests/data) are
+loaded into these classes with ``from_dict`` and fed to the engine as-is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def normalise_ip(address: str) -> str:
+    """``::ffff:127.0.0.1`` -> ``127.0.0.1``; other addresses unchanged."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One inet socket held by a process."""
+
+    protocol: str  # "tcp" or "udp"
+    local_ip: str
+    local_port: int
+    remote_ip: str | None = None
+    remote_port: int | None = None
+    status: str = ""  # psutil's status: ESTABLISHED, LISTEN, NONE (udp), ...
+
+    @property
+    def listening(self) -> bool:
+        if self.protocol == "tcp":
+            return self.status == "LISTEN"
+        return self.remote_ip is None  # an unconnected UDP socket receives from anyone
+
+    @property
+    def remote(self) -> tuple[str, int] | None:
+        if self.remote_ip is None or self.remote_port is None:
+            return None
+        return (self.remote_ip, self.remote_port)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Socket:
+        return cls(
+            protocol=data.get("protocol", "tcp"),
+            local_ip=normalise_ip(data.get("local_ip", "127.0.0.1")),
+            local_port=int(data.get("local_port", 0)),
+            remote_ip=normalise_ip(data["remote_ip"]) if data.get("remote_ip") else None,
+            remote_port=int(data["remote_port"]) if data.get("remote_port") is not None else None,
+            status=data.get("status", "ESTABLISHED" if data.get("remote_ip") else "LISTEN"),
+        )
+
+
+@dataclass
+class Process:
+    """What one sample saw of one process."""
+
+    pid: int
+    ppid: int = 0
+    name: str = ""
+    exe: str = ""
+    cmdline: list[str] = field(default_factory=list)
+    create_time: float = 0.0
+    cpu_percent: float = 0.0  # of one core, over the last interval
+    rss: int = 0  # bytes
+    threads: int = 1
+    uid: int | None = None
+    is_kernel: bool = False
+    sockets: list[Socket] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)  # paths of mapped shared objects
+
+    @property
+    def key(self) -> tuple[int, float]:
+        """(pid, create_time) names a process uniquely even when pids are reused."""
+        return (self.pid, self.create_time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Process:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["sockets"] = [Socket.from_dict(s) for s in data.get("sockets", [])]
+        cmdline = known.get("cmdline", [])
+        if isinstance(cmdline, str):
+            known["cmdline"] = cmdline.split()
+        known.setdefault("name", _basename(known.get("cmdline", [""])[0]) if known.get("cmdline") else "")
+        return cls(**known)
+
+
+@dataclass
+class Snapshot:
+    """Every process attributed to one kernel, at one instant."""
+
+    kernel_id: str
+    time: float
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def kernel_process(self) -> Process | None:
+        return next((p for p in self.processes if p.is_kernel), None)
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]

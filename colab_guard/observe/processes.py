@@ -1,0 +1,302 @@
+"""Turn the live process table into one Snapshot per kernel.
+
+One pass over the system's processes per tick serves every kernel: psutil's
+``children(recursive=True)`` rescans /proc on every call, so walking each
+kernel separately would cost one full scan per kernel.
+
+Attribution survives a process leaving the kernel's tree (setsid, double
+fork, ``nohup … &``): a process once seen under a kernel stays that kernel's
+until it exits, and a process first seen already orphaned is claimed through
+the marker variable that every guarded kernel carries in its environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psutil
+
+from .model import Process, Snapshot, Socket, normalise_ip
+
+#: Set in every guarded kernel's environment; inherited by everything it starts.
+KERNEL_ENV_MARKER = "COLAB_GUARD_KERNEL_ID"
+
+ProcessKey = tuple[int, float]
+
+
+@dataclass
+class SamplerStats:
+    """Counters an operator can watch (exported as metrics)."""
+
+    ticks: int = 0
+    processes_sampled: int = 0
+    vanished: int = 0  # exited between listing and reading
+    denied: int = 0  # a /proc read refused
+    errors: int = 0  # anything else, logged with its traceback
+    claimed_by_environment: int = 0
+    last_duration: float = 0.0
+    problems_logged: set[str] = field(default_factory=set)
+
+
+class ProcessSampler:
+    """Samples the process trees of many kernels in one pass.
+
+    Not thread-safe: the monitor calls it from a single worker thread.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        libraries_refresh: float = 5.0,
+        read_environ: bool = True,
+    ):
+        self.log = log or logging.getLogger("colab_guard")
+        self.libraries_refresh = libraries_refresh
+        self.read_environ = read_environ
+        self.stats = SamplerStats()
+        self._owner: dict[ProcessKey, str] = {}  # sticky attribution
+        self._environ_checked: dict[ProcessKey, str | None] = {}
+        self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
+        self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def sample(self, kernels: Mapping[str, int]) -> dict[str, Snapshot]:
+        """Snapshot every kernel in ``kernels`` (kernel id -> kernel pid)."""
+        started = time.perf_counter()
+        now = time.time()
+        table, children = self._scan_table()
+        owners = self._attribute(kernels, table, children)
+        sockets = self._sockets_by_pid(owners) if owners else {}
+        kernel_pids = {pid: kid for kid, pid in kernels.items()}
+        snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
+        for pid, kid in owners.items():
+            proc = self._read_process(table[pid], now, is_kernel=kernel_pids.get(pid) == kid)
+            if proc is None:
+                continue
+            proc.sockets = sockets.get(pid, [])
+            snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
+        self._forget_dead(table)
+        self.stats.ticks += 1
+        self.stats.processes_sampled += len(owners)
+        self.stats.last_duration = time.perf_counter() - started
+        return snapshots
+
+    def owner_of(self, pid: int) -> str | None:
+        """The kernel a live process is attributed to, if any."""
+        return next((kid for (p, _), kid in self._owner.items() if p == pid), None)
+
+    def claim(self, pid: int, kernel_id: str) -> None:
+        """Attribute a process to a kernel (reported by the kernel hook)."""
+        try:
+            key = (pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return
+        self._owner.setdefault(key, kernel_id)
+
+    # ---------------------------------------------------------------- the pass
+
+    def _scan_table(self) -> tuple[dict[int, psutil.Process], dict[int, list[int]]]:
+        table: dict[int, psutil.Process] = {}
+        children: dict[int, list[int]] = defaultdict(list)
+        # process_iter keeps its Process objects between calls, so create_time
+        # (the identity check) is read once per process, not once per tick.
+        for proc in psutil.process_iter():
+            try:
+                ppid = proc.ppid()
+            except psutil.Error:
+                continue  # gone already
+            table[proc.pid] = proc
+            children[ppid].append(proc.pid)
+        return table, children
+
+    def _attribute(
+        self,
+        kernels: Mapping[str, int],
+        table: dict[int, psutil.Process],
+        children: dict[int, list[int]],
+    ) -> dict[int, str]:
+        owners: dict[int, str] = {}
+        roots: list[tuple[int, str]] = [(pid, kid) for kid, pid in kernels.items() if pid in table]
+        for pid, proc in table.items():
+            key = _key(proc)
+            if key is None:
+                continue
+            kid = self._owner.get(key) or self._owner_from_environment(key, proc, kernels)
+            if kid is not None and kid in kernels:
+                roots.append((pid, kid))
+        for root, kid in roots:
+            stack = [root]
+            while stack:
+                pid = stack.pop()
+                if pid in owners or pid not in table:
+                    continue
+                owners[pid] = kid
+                stack.extend(children.get(pid, ()))
+        for pid, kid in owners.items():
+            key = _key(table[pid])
+            if key is not None:
+                self._owner.setdefault(key, kid)
+        return owners
+
+    def _owner_from_environment(
+        self, key: ProcessKey, proc: psutil.Process, kernels: Mapping[str, int]
+    ) -> str | None:
+        """Claim an orphan by the marker its kernel left in its environment."""
+        if not self.read_environ:
+            return None
+        if key in self._environ_checked:
+            return self._environ_checked[key]
+        kid = None
+        try:
+            kid = proc.environ().get(KERNEL_ENV_MARKER)
+        except psutil.AccessDenied:
+            pass  # another user's process: not one of ours to claim
+        except psutil.Error:
+            pass
+        if kid is not None and kid not in kernels:
+            kid = None
+        if kid is not None:
+            self.stats.claimed_by_environment += 1
+        self._environ_checked[key] = kid
+        return kid
+
+    def _sockets_by_pid(self, owners: dict[int, str]) -> dict[int, list[Socket]]:
+        """One system-wide read of inet sockets, grouped by the pids we watch."""
+        found: dict[int, list[Socket]] = defaultdict(list)
+        try:
+            connections = psutil.net_connections(kind="inet")
+        except psutil.Error as err:
+            self._problem("sockets", "could not list sockets: %s", err)
+            return found
+        for conn in connections:
+            if conn.pid not in owners:
+                continue
+            found[conn.pid].append(
+                Socket(
+                    protocol="tcp" if conn.type == 1 else "udp",
+                    local_ip=normalise_ip(conn.laddr.ip) if conn.laddr else "",
+                    local_port=conn.laddr.port if conn.laddr else 0,
+                    remote_ip=normalise_ip(conn.raddr.ip) if conn.raddr else None,
+                    remote_port=conn.raddr.port if conn.raddr else None,
+                    status=conn.status,
+                )
+            )
+        return found
+
+    def _read_process(self, proc: psutil.Process, now: float, is_kernel: bool) -> Process | None:
+        """Read one process; names and command lines are read anew every tick."""
+        key = _key(proc)
+        if key is None:
+            return None
+        sample = Process(pid=proc.pid, create_time=key[1], is_kernel=is_kernel)
+        try:
+            with proc.oneshot():
+                sample.ppid = proc.ppid()
+                sample.name = proc.name()
+                sample.cmdline = self._denied_ok(proc.cmdline, [], "cmdline", proc.pid)
+                sample.exe = self._denied_ok(proc.exe, "", "exe", proc.pid)
+                times = proc.cpu_times()
+                sample.rss = proc.memory_info().rss
+                sample.threads = proc.num_threads()
+                sample.uid = proc.uids().real
+        except psutil.ZombieProcess:
+            return sample  # exited, not yet reaped: nothing more to read
+        except psutil.NoSuchProcess:
+            self.stats.vanished += 1
+            return None
+        except psutil.AccessDenied as err:
+            self._denied("process", proc.pid, err)
+            return sample
+        sample.cpu_percent = self._cpu_percent(key, times.user + times.system, now)
+        sample.libraries = self._mapped_libraries(key, proc.pid, now)
+        return sample
+
+    def _cpu_percent(self, key: ProcessKey, cpu_seconds: float, now: float) -> float:
+        before = self._cpu.get(key)
+        self._cpu[key] = (cpu_seconds, now)
+        if before is None:
+            elapsed = now - key[1]  # first sight: average since the process started
+            used = cpu_seconds
+        else:
+            elapsed = now - before[1]
+            used = cpu_seconds - before[0]
+        return round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0
+
+    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float) -> list[str]:
+        """Shared objects the process has mapped (libtorrent, a RandomX module...).
+
+        /proc/PID/maps is read at most every ``libraries_refresh`` seconds per
+        process: libraries appear rarely, and the file can be long.
+        """
+        cached = self._libraries.get(key)
+        if cached is not None and now - cached[0] < self.libraries_refresh:
+            return cached[1]
+        libraries: list[str] = []
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                seen = set()
+                for line in maps:
+                    path = line.rstrip("\n").partition("/")[2]
+                    if path and ".so" in path and path not in seen:
+                        seen.add(path)
+                        libraries.append("/" + path)
+        except FileNotFoundError:
+            return []
+        except PermissionError as err:
+            self._denied("maps", pid, err)
+        except OSError as err:
+            self._problem("maps", "could not read /proc/%s/maps: %s", pid, err)
+        self._libraries[key] = (now, libraries)
+        return libraries
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _denied_ok(self, read, default, what: str, pid: int):
+        try:
+            return read()
+        except psutil.AccessDenied as err:
+            self._denied(what, pid, err)
+            return default
+
+    def _denied(self, what: str, pid: int, err: Exception) -> None:
+        self.stats.denied += 1
+        self._problem(f"denied:{what}", "reading %s of process %s was denied (%s); "
+                      "sampling what can be read", what, pid, err)
+
+    def _problem(self, kind: str, message: str, *args) -> None:
+        """Log a kind of problem once, then only count it."""
+        if kind not in self.stats.problems_logged:
+            self.stats.problems_logged.add(kind)
+            self.log.warning("colab-guard: " + message + " (further occurrences are only counted)",
+                             *args)
+
+    def _forget_dead(self, table: dict[int, psutil.Process]) -> None:
+        """Drop state of processes that exited, so memory stays bounded."""
+        alive = set()
+        for proc in table.values():
+            key = _key(proc)
+            if key is not None:
+                alive.add(key)
+        for store in (self._owner, self._environ_checked, self._cpu, self._libraries):
+            for key in [k for k in store if k not in alive]:
+                del store[key]
+
+
+def _key(proc: psutil.Process) -> ProcessKey | None:
+    try:
+        return (proc.pid, proc.create_time())
+    except psutil.Error:
+        return None
+
+
+def kernel_environment(kernel_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a guarded kernel is started with."""
+    env = dict(os.environ if base is None else base)
+    env[KERNEL_ENV_MARKER] = kernel_id
+    return env
