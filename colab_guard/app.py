@@ -1,0 +1,220 @@
+"""The server extension: configuration, wiring and start/stop."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, Enum, Float, List, TraitError, Unicode, default, validate
+
+from .act.policy import ACTIONS, DEFAULT_ACTIONS
+from .detect.engine import Engine
+from .detect.signatures import SignatureError, load_signatures
+from .monitor import Monitor
+from .observe.processes import kernel_environment
+from .record.events import INCIDENT_SCHEMA
+from .record.store import IncidentLog, IncidentLogError
+
+DEFAULT_WARNING = ("You may be executing code that is disallowed, and this may restrict your "
+                   "ability to use this service in the future.")
+_CATEGORY = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
+
+
+class GuardStartError(RuntimeError):
+    """The guard cannot start as configured; the message says which setting or file."""
+
+
+class ColabGuard(ExtensionApp):
+    name = "colab_guard"
+    description = "Watch every kernel, stop forbidden use, tell the user, record the incident."
+    load_other_extensions = True
+
+    # ------------------------------------------------------------ configuration
+
+    enabled = Bool(True, config=True, help="Watch kernels. False leaves the server unguarded.")
+
+    dry_run = Bool(False, config=True, help=(
+        "Record what the guard would have done, and do nothing else: no process is stopped, "
+        "no kernel interrupted. Use it to try signatures on a live service first."))
+
+    sample_interval = Float(1.0, config=True, help=(
+        "Seconds between two samples of every kernel's processes (0.1 to 60). Detection "
+        "latency is about one to two intervals."))
+
+    signature_paths = List(Unicode(), config=True, help=(
+        "Extra signature files, or folders of *.yaml files, loaded after the built-in ones. "
+        "A signature with the id of an earlier one replaces it."))
+
+    disabled_signatures = List(Unicode(), config=True, help=(
+        "Ids of signatures (or allow rules) to switch off, e.g. ['mining-pool-port-busy']."))
+
+    actions = Dict(value_trait=Unicode(), config=True, help=(
+        "Action per category, one of record, warn, stop, interrupt, shutdown. Merged over the "
+        f"defaults: {DEFAULT_ACTIONS}. E.g. {{'torrenting': 'stop'}}."))
+
+    default_action = Enum(ACTIONS, "interrupt", config=True, help=(
+        "Action for a category that `actions` does not name."))
+
+    warning_message = Unicode(DEFAULT_WARNING, config=True, help=(
+        "The platform's message, shown to the user when the guard acts."))
+
+    policy_url = Unicode("", config=True, help=(
+        "Link to the platform's acceptable-use policy, shown with the warning."))
+
+    incident_log = Unicode(config=True, help=(
+        "JSON lines file the incidents are appended to (one object per line, for log "
+        "shippers). Default: colab_guard/incidents.jsonl in Jupyter's data directory."))
+
+    stop_grace = Float(2.0, config=True, help=(
+        "Seconds a stopped process gets between SIGTERM and SIGKILL (0 to 30)."))
+
+    libraries_refresh = Float(5.0, config=True, help=(
+        "Seconds between two reads of a process's loaded libraries (/proc/PID/maps)."))
+
+    user_name = Unicode(config=True, help=(
+        "Whose server this is, as recorded in incidents. Default: $JUPYTERHUB_USER, "
+        "else the login name."))
+
+    fail_closed = Bool(True, config=True, help=(
+        "When the guard cannot start (a broken signature file, a bad setting, an unwritable "
+        "incident log), stop the server rather than let it run unguarded."))
+
+    @default("incident_log")
+    def _default_incident_log(self):
+        return str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.jsonl")
+
+    @default("user_name")
+    def _default_user_name(self):
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @validate("sample_interval")
+    def _check_interval(self, proposal):
+        return _in_range("sample_interval", proposal.value, 0.1, 60)
+
+    @validate("stop_grace")
+    def _check_grace(self, proposal):
+        return _in_range("stop_grace", proposal.value, 0, 30)
+
+    @validate("libraries_refresh")
+    def _check_refresh(self, proposal):
+        return _in_range("libraries_refresh", proposal.value, 0, 3600)
+
+    @validate("actions")
+    def _check_actions(self, proposal):
+        merged = dict(DEFAULT_ACTIONS)
+        for category, action in proposal.value.items():
+            if not _CATEGORY.match(str(category)):
+                raise TraitError(f"ColabGuard.actions: {category!r} is not a category name "
+                                 "(lower-case letters, digits and '-')")
+            if action not in ACTIONS:
+                raise TraitError(f"ColabGuard.actions[{category!r}]: {action!r} is not one of "
+                                 f"{', '.join(ACTIONS)}")
+            merged[category] = action
+        return merged
+
+    @default("actions")
+    def _default_actions(self):
+        return dict(DEFAULT_ACTIONS)
+
+    # ------------------------------------------------------------ wiring
+
+    monitor: Monitor | None = None
+    store: IncidentLog | None = None
+    engine: Engine | None = None
+
+    def initialize_settings(self):
+        try:
+            self._build()
+        except (GuardStartError, SignatureError, IncidentLogError) as err:
+            self.log.critical("colab-guard cannot start: %s", err)
+            if self.fail_closed:
+                self.log.critical("colab-guard: stopping the server rather than running it "
+                                  "unguarded (set ColabGuard.fail_closed=False to allow that)")
+                raise SystemExit(1) from err
+            raise
+
+    def _build(self) -> None:
+        rules = load_signatures(self.signature_paths)
+        unknown = [s for s in self.disabled_signatures
+                   if s not in rules.signatures and s not in rules.allow]
+        if unknown:
+            raise GuardStartError(f"ColabGuard.disabled_signatures names unknown id(s): "
+                                  f"{', '.join(unknown)}")
+        self.rules = rules.without(self.disabled_signatures)
+        self.engine = Engine(self.rules, log=self.log)
+        self.store = IncidentLog(self.incident_log, log=self.log)
+        self.monitor = Monitor(self, self.engine, self.store, log=self.log)
+        self.serverapp.event_logger.register_event_schema(INCIDENT_SCHEMA)
+        self.settings["colab_guard"] = self
+        self._guard_kernel_starts()
+        self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
+                      "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
+                      self.sample_interval, " (DRY RUN: nothing will be stopped)" if self.dry_run
+                      else "", self.incident_log)
+
+    def initialize_handlers(self):
+        from .handlers import default_handlers
+
+        self.handlers.extend(default_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp):
+        if self.enabled and self.monitor is not None:
+            self._monitor_task = asyncio.ensure_future(self.monitor.run())
+        else:
+            self.log.warning("colab-guard is disabled (ColabGuard.enabled = False): kernels are "
+                             "not watched")
+
+    async def stop_extension(self):
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.store is not None:
+            self.store.flush()
+
+    # ------------------------------------------------------------ kernels
+
+    def _guard_kernel_starts(self) -> None:
+        """Mark each kernel's environment so its processes stay attributed to it."""
+        km = self.serverapp.kernel_manager
+        start_kernel = km.start_kernel
+
+        async def guarded_start_kernel(*args, kernel_id=None, **kwargs):
+            if kernel_id is None or kernel_id not in km:
+                kernel_id = kernel_id or str(uuid.uuid4())
+                kwargs["env"] = kernel_environment(kernel_id, kwargs.get("env"))
+            return await start_kernel(*args, kernel_id=kernel_id, **kwargs)
+
+        km.start_kernel = guarded_start_kernel
+
+    def status(self) -> dict:
+        monitor = self.monitor
+        return {
+            "enabled": self.enabled,
+            "dry_run": self.dry_run,
+            "sample_interval": self.sample_interval,
+            "kernels_monitored": len(monitor.kernel_pids()) if monitor else 0,
+            "signatures": len(self.rules.signatures) if self.engine else 0,
+            "signatures_failed": dict(self.engine.disabled) if self.engine else {},
+            "ticks": monitor.ticks if monitor else 0,
+            "policy_url": self.policy_url,
+            "warning_message": self.warning_message,
+            "incidents_unwritten": self.store.unwritten if self.store else 0,
+        }
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise TraitError(f"ColabGuard.{name} must be between {low:g} and {high:g}, got {value!r}")
+    return value
+
+
+main = launch_new_instance = ColabGuard.launch_instance
+
+if __name__ == "__main__":
+    sys.exit(main())

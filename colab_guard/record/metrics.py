@@ -1,0 +1,19 @@
+"""Prometheus metrics, served on the Jupyter server's own /metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INCIDENTS = Counter("colab_guard_incidents_total", "Incidents recorded, by category and action "
+                    "(dry-run incidents have action 'dry-run').", ["category", "action"])
+KERNELS_MONITORED = Gauge("colab_guard_kernels_monitored", "Kernels the guard is watching now.")
+PROCESSES_SAMPLED = Counter("colab_guard_processes_sampled_total",
+                            "Processes read by the sampler, summed over ticks.")
+SAMPLE_DURATION = Histogram("colab_guard_sample_duration_seconds",
+                            "Time one tick takes: sampling every kernel, detecting, acting.",
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+SAMPLER_ERRORS = Counter("colab_guard_sampler_errors_total",
+                         "Problems while sampling: vanished processes, denied reads, failures.",
+                         ["kind"])
+TICKS_MISSED = Counter("colab_guard_ticks_missed_total",
+                       "Ticks skipped because the previous one ran past the interval.")
+RECORD_ERRORS = Counter("colab_guard_record_errors_total",
+                        "Failed writes of the incident log (retried at every tick).")
