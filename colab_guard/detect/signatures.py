@@ -75,6 +75,7 @@ class AllowRule:
     when: Condition
     examples: Examples = field(default_factory=Examples)
     source: str = ""
+    hold_seconds: float = 0.0  # allow rules apply at once
 
 
 @dataclass

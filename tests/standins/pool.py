@@ -10,6 +10,13 @@ import threading
 
 
 def handle(conn: socket.socket) -> None:
+    try:
+        talk(conn)
+    except OSError:
+        pass  # the miner was stopped mid-conversation
+
+
+def talk(conn: socket.socket) -> None:
     with conn, conn.makefile("rwb") as stream:
         for line in stream:
             try:
