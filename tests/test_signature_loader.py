@@ -1,0 +1,148 @@
+"""Signature files: every built-in example behaves, and each kind of broken file is refused
+with a message naming the file, the line, the signature and the field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from colab_guard.detect.engine import check_examples
+from colab_guard.detect.signatures import (
+    BUILTIN_DIR,
+    SignatureError,
+    load_file,
+    load_signatures,
+    parse_text,
+)
+
+BUILTIN = load_signatures()
+
+
+@pytest.mark.parametrize("sig_id", sorted(BUILTIN.signatures))
+def test_builtin_signature_examples_match_and_near_misses_do_not(sig_id):
+    sig = BUILTIN.signatures[sig_id]
+    assert sig.examples.match and sig.examples.no_match
+    assert check_examples(sig) == []
+
+
+def test_builtin_files_cover_the_first_three_categories():
+    categories = {s.category for s in BUILTIN.signatures.values()}
+    assert {"crypto-mining", "password-cracking", "torrenting"} <= categories
+
+
+GOOD = """\
+signatures:
+  - id: my-rule
+    category: crypto-mining
+    severity: high
+    description: test rule
+    when:
+      all:
+        - cmdline: {regex: 'evil'}
+    examples:
+      match: [{name: x, cmdline: [x, evil]}]
+      no_match: [{name: x, cmdline: [x, good]}]
+"""
+
+
+def broken(replace: str, by: str) -> str:
+    assert replace in GOOD
+    return GOOD.replace(replace, by)
+
+
+def test_a_good_file_loads():
+    loaded = parse_text(GOOD, "rules.yaml")
+    assert list(loaded.signatures) == ["my-rule"]
+    assert loaded.signatures["my-rule"].source == "rules.yaml:2"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (broken("severity: high", "severity: [high"),
+         "rules.yaml, line 5: not valid YAML"),
+        (broken("severity: high", "severity: high\n    colour: red"),
+         "rules.yaml, line 2: signature 'my-rule', field 'colour': unknown field"),
+        (broken("regex: 'evil'", "regex: 'ev(il'"),
+         "rules.yaml, line 2: signature 'my-rule', field 'when.all[0].cmdline.regex': bad regex 'ev(il'"),
+        (broken("regex: 'evil'", "regex: '(a+)+$'"),
+         "field 'when.all[0].cmdline.regex': regex '(a+)+$' nests quantifiers"),
+        (broken("{regex: 'evil'}", "{gte: 'evil'}"),
+         "field 'when.all[0].cmdline.gte': operator not allowed on a text field"),
+        (broken("cmdline: {regex: 'evil'}", "cpu_percent: {gte: 'lots'}"),
+         "field 'when.all[0].cpu_percent.gte': expected an integer or a number, got str"),
+        (broken("cmdline: {regex: 'evil'}", "colour: {equals: red}"),
+         "field 'when.all[0].colour': unknown field; known fields: name"),
+        (broken("severity: high", "severity: extreme"),
+         "field 'severity': 'extreme' is not one of: low, medium, high, critical"),
+        (broken("category: crypto-mining", "category: Crypto Mining"),
+         "field 'category': 'Crypto Mining' must be lower-case"),
+        (broken("    description: test rule\n", ""),
+         "signature 'my-rule', field 'description': required"),
+        (broken("      no_match: [{name: x, cmdline: [x, good]}]\n", ""),
+         "field 'examples.no_match': must be a non-empty list of processes"),
+        (broken("match: [{name: x, cmdline: [x, evil]}]", "match: [{name: x, colour: red}]"),
+         "field 'examples.match[0].colour': unknown process field"),
+        (broken("id: my-rule", "id: My Rule"),
+         "field 'id': required: lower-case letters"),
+        (GOOD + GOOD.replace("signatures:\n", ""),
+         "rules.yaml, line 12: signature 'my-rule': duplicate id in this file"),
+        ("signatures:\n  - id: a\n    id: b\n", "rules.yaml, line 2: not valid YAML: duplicate key 'id'"),
+        ("rules:\n  - id: a\n", "rules.yaml, line 1: unknown top-level key 'rules'"),
+        ("- just\n- a list\n", "rules.yaml, line 1: expected a mapping"),
+        (broken("    when:\n", "    for: -5\n    when:\n"),
+         "field 'for': must be a number of seconds, 0 or more"),
+    ],
+)
+def test_broken_files_are_refused_with_a_message_that_says_where(text, expected):
+    with pytest.raises(SignatureError) as caught:
+        parse_text(text, "rules.yaml")
+    assert expected in str(caught.value)
+
+
+def test_an_example_that_fails_is_reported_by_check_examples():
+    text = broken("no_match: [{name: x, cmdline: [x, good]}]",
+                  "no_match: [{name: x, cmdline: [x, evil, too]}]")
+    sig = parse_text(text, "rules.yaml").signatures["my-rule"]
+    assert check_examples(sig) == ["my-rule: examples.no_match[0] matched: x evil too"]
+
+
+def test_operator_files_override_builtin_ids_and_a_broken_one_loads_nothing(tmp_path):
+    override = tmp_path / "ops.yaml"
+    override.write_text(GOOD.replace("id: my-rule", "id: mining-known-miner"))
+    rules = load_signatures([tmp_path])
+    assert rules.signatures["mining-known-miner"].description == "test rule"
+    assert rules.overridden == ["mining-known-miner"]
+    assert len(rules.signatures) == len(BUILTIN.signatures)
+
+    (tmp_path / "zz-broken.yaml").write_text(broken("severity: high", "severity: huge"))
+    with pytest.raises(SignatureError, match="zz-broken.yaml"):
+        load_signatures([tmp_path])
+
+
+def test_missing_and_unreadable_files_are_named(tmp_path):
+    with pytest.raises(SignatureError, match="nope.yaml: no such file or folder"):
+        load_signatures([tmp_path / "nope.yaml"])
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"signatures: []\n# caf\xe9\n")
+    with pytest.raises(SignatureError, match="latin1.yaml: cannot read"):
+        load_file(bad)
+
+
+def test_allow_rules_load_and_are_checked():
+    text = GOOD + textwrap.dedent("""\
+        allow:
+          - id: allow-course-tool
+            description: the course's own tool
+            when: {exe: {equals: /opt/course/bin/tool}}
+            examples:
+              match: [{exe: /opt/course/bin/tool}]
+              no_match: [{exe: /tmp/tool}]
+        """)
+    loaded = parse_text(text, "rules.yaml")
+    assert check_examples(loaded.allow["allow-course-tool"]) == []
+
+
+def test_builtin_dir_is_shipped_inside_the_package():
+    assert (BUILTIN_DIR / "crypto-mining.yaml").is_file()
