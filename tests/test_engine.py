@@ -1,0 +1,145 @@
+"""The detection engine on recorded snapshots (tests/data, captured by tests/data/record.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from colab_guard.detect.conditions import FieldTest
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures, parse_text
+from colab_guard.observe.model import Process, Snapshot
+
+DATA = Path(__file__).parent / "data"
+RULES = load_signatures()
+
+
+def replay(name: str, engine: Engine | None = None) -> list:
+    engine = engine or Engine(RULES)
+    detections = []
+    for raw in json.loads((DATA / f"{name}.json").read_text()):
+        snap = Snapshot(raw["kernel_id"], raw["time"], [Process.from_dict(p) for p in raw["processes"]])
+        detections += engine.evaluate(snap)
+    return detections
+
+
+def test_recorded_renamed_miner_is_detected_by_its_command_line_and_socket():
+    detections = replay("miner-renamed")
+    assert detections, "the renamed miner was not detected"
+    first = detections[0]
+    assert first.process.name == "kworker/0:1"
+    assert first.signature.category == "crypto-mining"
+    assert {d.signature.id for d in detections} == {"mining-wallet-login"}
+    assert any("127.0.0.1:" in r for r in first.reasons)
+    assert any(r.startswith("sockets >= 1") for r in first.reasons)
+
+
+def test_recorded_torrent_client_is_detected_by_its_magnet_link():
+    detections = replay("torrent")
+    assert {d.signature.id for d in detections} == {"torrent-magnet-link"}
+
+
+def test_recorded_hashing_at_full_cpu_is_left_alone():
+    assert replay("benign-hashing") == []
+
+
+def hold_rules(seconds: float):
+    return parse_text(f"""
+signatures:
+  - id: busy
+    category: crypto-mining
+    severity: medium
+    description: busy for a while
+    for: {seconds}
+    when: {{cpu_percent: {{gte: 80}}}}
+    examples:
+      match: [{{cpu_percent: 99}}]
+      no_match: [{{cpu_percent: 10}}]
+""")
+
+
+def busy(cpu: float) -> Process:
+    return Process(pid=10, create_time=5.0, name="x", cpu_percent=cpu)
+
+
+def test_a_time_window_must_hold_without_a_break():
+    engine = Engine(hold_rules(10))
+    seen = [bool(engine.evaluate(Snapshot("k", t, [busy(cpu)])))
+            for t, cpu in [(0, 99), (5, 99), (9, 99), (10, 20), (11, 99), (20, 99), (21, 99)]]
+    # the dip at t=10 restarts the window: it holds again from t=11, so t=21 is the first hit
+    assert seen == [False, False, False, False, False, False, True]
+
+
+def test_windows_are_per_process_and_per_kernel():
+    engine = Engine(hold_rules(5))
+    engine.evaluate(Snapshot("k1", 0, [busy(99)]))
+    assert engine.evaluate(Snapshot("k2", 6, [busy(99)])) == []  # another kernel: starts afresh
+    assert len(engine.evaluate(Snapshot("k1", 6, [busy(99)]))) == 1
+    other = Process(pid=11, create_time=5.0, cpu_percent=99)
+    assert engine.evaluate(Snapshot("k1", 7, [busy(99), other]))[0].process.pid == 10
+
+
+def test_a_reused_pid_is_a_new_process():
+    engine = Engine(hold_rules(5))
+    engine.evaluate(Snapshot("k", 0, [Process(pid=10, create_time=1.0, cpu_percent=99)]))
+    later = Process(pid=10, create_time=3.0, cpu_percent=99)
+    assert engine.evaluate(Snapshot("k", 6, [later])) == []
+
+
+def test_allow_rules_win_over_signatures():
+    rules = load_signatures()
+    rules.allow.update(parse_text("""
+allow:
+  - id: allow-course-miner-demo
+    description: the crypto course's demo, run against its own local pool
+    when: {exe: {equals: /opt/course/xmrig}}
+    examples:
+      match: [{exe: /opt/course/xmrig}]
+      no_match: [{exe: /tmp/xmrig}]
+""").allow)
+    engine = Engine(rules)
+    demo = Process(pid=3, name="xmrig", exe="/opt/course/xmrig", cmdline=["xmrig"])
+    real = Process(pid=4, name="xmrig", exe="/tmp/xmrig", cmdline=["xmrig"])
+    found = engine.evaluate(Snapshot("k", 0, [demo, real]))
+    assert [d.process.pid for d in found] == [4]
+
+
+def test_a_signature_that_raises_is_disabled_and_the_others_keep_working(caplog):
+    rules = load_signatures()
+    broken = rules.signatures["mining-known-miner"]
+
+    class Exploding(FieldTest):
+        def test(self, view):
+            raise RuntimeError("boom")
+
+    broken.when = Exploding("name", [])
+    engine = Engine(rules, log=logging.getLogger("test"))
+    miner = Process(pid=3, name="xmrig", cmdline=["xmrig", "-o", "stratum+tcp://127.0.0.1:3333"],
+                    sockets=[])
+    miner.sockets = Process.from_dict({"pid": 3, "sockets": [{"remote_ip": "127.0.0.1",
+                                                              "remote_port": 3333}]}).sockets
+    with caplog.at_level(logging.ERROR):
+        found = engine.evaluate(Snapshot("k", 0, [miner]))
+    assert engine.disabled == {"mining-known-miner": "RuntimeError: boom"}
+    assert "mining-known-miner" in caplog.text and "disabled" in caplog.text
+    assert [d.signature.id for d in found] == ["mining-stratum-url"]
+    # and it stays disabled without raising again
+    assert [d.signature.id for d in engine.evaluate(Snapshot("k", 1, [miner]))] == ["mining-stratum-url"]
+
+
+@pytest.mark.parametrize("cmdline", [
+    ["python3", "-c", "x" * 1_000_000],
+    ["python3", "a" * 50_000 + "!"],
+])
+def test_huge_command_lines_are_matched_on_a_bounded_prefix(cmdline):
+    engine = Engine(RULES)
+    found = engine.evaluate(Snapshot("k", 0, [Process(pid=1, name="python3", cmdline=cmdline)]))
+    assert found == []
+
+
+def test_ipv4_mapped_addresses_are_normalised():
+    p = Process.from_dict({"pid": 1, "sockets": [{"remote_ip": "::ffff:127.0.0.1", "remote_port": 6881}]})
+    assert p.sockets[0].remote == ("127.0.0.1", 6881)
