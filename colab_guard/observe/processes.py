@@ -121,15 +121,31 @@ class ProcessSampler:
         table: dict[int, psutil.Process],
         children: dict[int, list[int]],
     ) -> dict[int, str]:
+        """pid -> kernel id for every process that belongs to a kernel."""
         owners: dict[int, str] = {}
-        roots: list[tuple[int, str]] = [(pid, kid) for kid, pid in kernels.items() if pid in table]
+        roots = [(pid, kid) for kid, pid in kernels.items() if pid in table]
+        for pid, proc in table.items():  # seen under a kernel before: still that kernel's
+            kid = self._owner.get(_key(proc) or (pid, -1.0))
+            if kid in kernels:
+                roots.append((pid, kid))
+        self._descend(roots, table, children, owners)
+        # Orphans never seen in a tree: claimed by the marker in their environment.
+        claimed = []
         for pid, proc in table.items():
             key = _key(proc)
-            if key is None:
-                continue
-            kid = self._owner.get(key) or self._owner_from_environment(key, proc, kernels)
-            if kid is not None and kid in kernels:
-                roots.append((pid, kid))
+            if pid not in owners and key is not None:
+                kid = self._owner_from_environment(key, proc, kernels)
+                if kid is not None:
+                    claimed.append((pid, kid))
+        self._descend(claimed, table, children, owners)
+        for pid, kid in owners.items():
+            key = _key(table[pid])
+            if key is not None:
+                self._owner.setdefault(key, kid)
+        return owners
+
+    @staticmethod
+    def _descend(roots, table, children, owners: dict[int, str]) -> None:
         for root, kid in roots:
             stack = [root]
             while stack:
@@ -138,11 +154,6 @@ class ProcessSampler:
                     continue
                 owners[pid] = kid
                 stack.extend(children.get(pid, ()))
-        for pid, kid in owners.items():
-            key = _key(table[pid])
-            if key is not None:
-                self._owner.setdefault(key, kid)
-        return owners
 
     def _owner_from_environment(
         self, key: ProcessKey, proc: psutil.Process, kernels: Mapping[str, int]
