@@ -7,19 +7,23 @@ import getpass
 import os
 import re
 import sys
+import time
 import uuid
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Enum, Float, List, TraitError, Unicode, default, validate
+from tornado import web
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from .act.policy import ACTIONS, DEFAULT_ACTIONS
 from .detect.engine import Engine
 from .detect.signatures import SignatureError, load_signatures
 from .monitor import Monitor
 from .observe.processes import kernel_environment
+from .record import metrics
 from .record.events import INCIDENT_SCHEMA
+from .record.database import DatabaseError, IncidentDatabase, IncidentStore
 from .record.store import IncidentLog, IncidentLogError
 
 DEFAULT_WARNING = ("You may be executing code that is disallowed, and this may restrict your "
@@ -82,6 +86,19 @@ class ColabGuard(ExtensionApp):
         "Whose server this is, as recorded in incidents. Default: $JUPYTERHUB_USER, "
         "else the login name."))
 
+    database_url = Unicode(config=True, help=(
+        "The incident database the REST API and the colab-guard command read: incidents, "
+        "their actions, appeals and strikes. sqlite:///PATH (relative) or sqlite:////PATH "
+        "(absolute). Default: colab_guard/incidents.sqlite in Jupyter's data directory."))
+
+    strike_limit = Int(3, config=True, help=(
+        "Enforced incidents (processes stopped, kernel interrupted or shut down; not dry run) "
+        "within strike_window after which the user cannot start new kernels, until an admin "
+        "clears the strikes or they age out. 0 never refuses."))
+
+    strike_window = Float(7 * 24 * 3600.0, config=True, help=(
+        "Seconds a strike counts against its user (default 7 days)."))
+
     fail_closed = Bool(True, config=True, help=(
         "When the guard cannot start (a broken signature file, a bad setting, an unwritable "
         "incident log), stop the server rather than let it run unguarded."))
@@ -89,6 +106,18 @@ class ColabGuard(ExtensionApp):
     @default("incident_log")
     def _default_incident_log(self):
         return str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.jsonl")
+
+    @default("database_url")
+    def _default_database_url(self):
+        return "sqlite:///" + str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.sqlite")
+
+    @validate("strike_limit")
+    def _check_strike_limit(self, proposal):
+        return int(_in_range("strike_limit", proposal.value, 0, 10_000))
+
+    @validate("strike_window")
+    def _check_strike_window(self, proposal):
+        return _in_range("strike_window", proposal.value, 1, 10 * 365 * 86400)
 
     @default("user_name")
     def _default_user_name(self):
@@ -126,13 +155,14 @@ class ColabGuard(ExtensionApp):
     # ------------------------------------------------------------ wiring
 
     monitor: Monitor | None = None
-    store: IncidentLog | None = None
+    store: IncidentStore | None = None
     engine: Engine | None = None
+    started: float = 0.0  # when the guard started: incidents_this_session counts from here
 
     def initialize_settings(self):
         try:
             self._build()
-        except (GuardStartError, SignatureError, IncidentLogError) as err:
+        except (GuardStartError, SignatureError, IncidentLogError, DatabaseError) as err:
             self.log.critical("colab-guard cannot start: %s", err)
             if self.fail_closed:
                 self.log.critical("colab-guard: stopping the server rather than running it "
@@ -149,7 +179,9 @@ class ColabGuard(ExtensionApp):
                                   f"{', '.join(unknown)}")
         self.rules = rules.without(self.disabled_signatures)
         self.engine = Engine(self.rules, log=self.log)
-        self.store = IncidentLog(self.incident_log, log=self.log)
+        self.store = IncidentStore(IncidentDatabase(self.database_url, log=self.log, recover=True),
+                                   IncidentLog(self.incident_log, log=self.log))
+        self.started = time.time()
         self.monitor = Monitor(self, self.engine, self.store, log=self.log)
         self.serverapp.event_logger.register_event_schema(INCIDENT_SCHEMA)
         self.settings["colab_guard"] = self
@@ -186,11 +218,26 @@ class ColabGuard(ExtensionApp):
 
         async def guarded_start_kernel(*args, kernel_id=None, **kwargs):
             if kernel_id is None or kernel_id not in km:
+                self._refuse_struck_user()
                 kernel_id = kernel_id or str(uuid.uuid4())
                 kwargs["env"] = kernel_environment(kernel_id, kwargs.get("env"))
             return await start_kernel(*args, kernel_id=kernel_id, **kwargs)
 
         km.start_kernel = guarded_start_kernel
+
+    def _refuse_struck_user(self) -> None:
+        """Too many strikes: the kernel start fails with the platform message and why."""
+        if not self.enabled or self.store is None or not self.strike_limit:
+            return
+        strikes = self.store.strikes(self.user_name, self.strike_window)
+        if len(strikes) < self.strike_limit:
+            return
+        categories = ", ".join(sorted({s.category for s in strikes}))
+        metrics.KERNEL_STARTS_REFUSED.inc()
+        raise web.HTTPError(403, (
+            f"{self.warning_message} New kernels are refused: {len(strikes)} enforced incidents "
+            f"({categories}) within {_duration(self.strike_window)}, the limit is "
+            f"{self.strike_limit}. You can appeal an incident; an admin can clear the strikes."))
 
     def status(self) -> dict:
         monitor = self.monitor
@@ -205,7 +252,16 @@ class ColabGuard(ExtensionApp):
             "policy_url": self.policy_url,
             "warning_message": self.warning_message,
             "incidents_unwritten": self.store.unwritten if self.store else 0,
+            "strikes": len(self.store.strikes(self.user_name, self.strike_window)) if self.store else 0,
+            "strike_limit": self.strike_limit,
         }
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} seconds"
 
 
 def _in_range(name: str, value: float, low: float, high: float) -> float:

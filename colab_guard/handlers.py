@@ -2,6 +2,10 @@
 
 Every route is authenticated and authorized against the ``colab_guard``
 resource (so JupyterHub scopes, or any Authorizer, can grant or refuse it).
+A user sees only their own incidents and appeals (an incident belongs to
+``incident.user``); admin rights (reading everyone's, resolving appeals,
+clearing strikes) are the Authorizer's answer for the ``colab_guard:admin``
+resource: action "read" to read all, "write" to act.
 Malformed requests get a 400 naming the parameter; unknown ids a 404.
 """
 
@@ -11,11 +15,16 @@ import json
 from datetime import datetime
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.utils import ensure_async
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .record.database import AppealError, incident_view
+
 AUTH_RESOURCE = "colab_guard"
+ADMIN_RESOURCE = "colab_guard:admin"
+MAX_TEXT = 2000
 MAX_LIMIT = 1000
 
 
@@ -26,9 +35,55 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
     def guard(self):
         return self.settings["colab_guard"]
 
-    def write_json(self, data) -> None:
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, ensure_ascii=False))
+
+    @property
+    def username(self) -> str:
+        return self.current_user.username
+
+    async def is_admin(self, action: str = "read") -> bool:
+        """May the current user read ("read") or act on ("write") everyone's incidents?"""
+        return bool(await ensure_async(self.authorizer.is_authorized(
+            self, self.current_user, action, ADMIN_RESOURCE)))
+
+    async def require_admin(self) -> None:
+        if not await self.is_admin("write"):
+            raise web.HTTPError(403, f"only admins may do this (resource {ADMIN_RESOURCE!r})")
+
+    async def visible_incident(self, incident_id: str):
+        """The incident if the current user may see it; 404 otherwise (its existence stays private)."""
+        incident = self.guard.store.get(incident_id)
+        if incident is None or (incident.user != self.username and not await self.is_admin()):
+            raise web.HTTPError(404, f"no incident with id {incident_id[:64]!r}")
+        return incident
+
+    def views(self, incidents) -> list[dict]:
+        appeals = self.guard.store.appeals_by_incident([i.id for i in incidents])
+        return [incident_view(i, appeals[i.id]) for i in incidents]
+
+    def json_body(self) -> dict:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError as err:
+            raise web.HTTPError(400, f"the request body is not JSON: {err}")
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return body
+
+    def text_field(self, body: dict, name: str, required: bool = True) -> str:
+        value = body.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str):
+            raise web.HTTPError(400, f"field {name!r} must be a string")
+        value = value.strip()
+        if (required and not value) or len(value) > MAX_TEXT:
+            raise web.HTTPError(400, f"field {name!r} must be {1 if required else 0} to "
+                                     f"{MAX_TEXT} characters")
+        return value
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.get_argument(name, None)
@@ -60,36 +115,114 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
 class IncidentsHandler(GuardHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        """Incidents, newest first. Filters: category, kernel_id, since; limit (default 100)."""
+    async def get(self):
+        """Incidents, newest first. Filters: user (admins), category, kernel_id, since; limit."""
+        user = self.get_argument("user", None) if await self.is_admin() else self.username
         incidents = self.guard.store.query(
+            user=user,
             category=self.get_argument("category", None),
             kernel_id=self.get_argument("kernel_id", None),
             since=self.time_argument("since"),
             limit=self.int_argument("limit", 100, 1, MAX_LIMIT),
         )
-        self.write_json({"incidents": [i.to_dict() for i in incidents]})
+        self.write_json({"incidents": self.views(incidents)})
 
 
 class IncidentHandler(GuardHandler):
     @web.authenticated
     @authorized
-    def get(self, incident_id: str):
-        incident = self.guard.store.get(incident_id)
-        if incident is None:
-            raise web.HTTPError(404, f"no incident with id {incident_id[:64]!r}")
-        self.write_json(incident.to_dict())
+    async def get(self, incident_id: str):
+        incident = await self.visible_incident(incident_id)
+        self.write_json(self.views([incident])[0])
+
+
+class AppealHandler(GuardHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, incident_id: str):
+        """The incident's own user appeals it: {"text": "..."}."""
+        incident = await self.visible_incident(incident_id)
+        if incident.user != self.username:
+            raise web.HTTPError(403, "only the incident's own user can appeal it")
+        text = self.text_field(self.json_body(), "text")
+        try:
+            appeal = self.guard.store.appeal(incident.id, self.username, text)
+        except AppealError as err:
+            raise web.HTTPError(err.status, str(err))
+        self.write_json({"appeal": appeal.to_dict()}, status=201)
+
+
+class AppealsHandler(GuardHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Appeals, newest first: the user's own, or everyone's for admins. Filter: status."""
+        status = self.get_argument("status", None)
+        if status not in (None, "pending", "accepted", "rejected"):
+            raise web.HTTPError(400, "parameter 'status' must be pending, accepted or rejected")
+        user = self.get_argument("user", None) if await self.is_admin() else self.username
+        appeals = self.guard.store.appeals(user=user, status=status)
+        self.write_json({"appeals": [a.to_dict() for a in appeals]})
+
+
+class ResolveAppealHandler(GuardHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, appeal_id: str):
+        """Admins: {"decision": "accept"|"reject", "reply": "..."}; accept removes the strike."""
+        await self.require_admin()
+        body = self.json_body()
+        decision = body.get("decision")
+        if decision not in ("accept", "reject"):
+            raise web.HTTPError(400, "field 'decision' must be 'accept' or 'reject'")
+        reply = self.text_field(body, "reply", required=False)
+        try:
+            appeal = self.guard.store.resolve_appeal(appeal_id, decision, reply, self.username)
+        except AppealError as err:
+            raise web.HTTPError(err.status, str(err)[:200])
+        self.write_json({"appeal": appeal.to_dict()})
+
+
+class StrikesHandler(GuardHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Strikes in force: the user's own, or everyone's for admins (filter: user)."""
+        user = self.get_argument("user", None) if await self.is_admin() else self.username
+        guard = self.guard
+        strikes = guard.store.strikes(user, guard.strike_window)
+        self.write_json({"strikes": [s.to_dict() for s in strikes],
+                         "strike_limit": guard.strike_limit, "strike_window": guard.strike_window})
+
+
+class ClearStrikesHandler(GuardHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, user: str):
+        """Admins: clear every strike in force against ``user``."""
+        await self.require_admin()
+        cleared = self.guard.store.clear_strikes(user, self.username)
+        self.write_json({"user": user, "cleared": cleared})
 
 
 class StatusHandler(GuardHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        self.write_json(self.guard.status())
+    async def get(self):
+        guard, admin = self.guard, await self.is_admin()
+        status = guard.status()
+        status.update(user=self.username, admin=admin, incidents_this_session=guard.store.count(
+            user=None if admin else self.username, since=guard.started))
+        self.write_json(status)
 
 
 default_handlers = [
     (r"/colab-guard/api/incidents", IncidentsHandler),
     (r"/colab-guard/api/incidents/([^/]+)", IncidentHandler),
     (r"/colab-guard/api/status", StatusHandler),
+    (r"/colab-guard/api/incidents/([^/]+)/appeal", AppealHandler),
+    (r"/colab-guard/api/appeals", AppealsHandler),
+    (r"/colab-guard/api/appeals/([^/]+)/resolve", ResolveAppealHandler),
+    (r"/colab-guard/api/strikes", StrikesHandler),
+    (r"/colab-guard/api/strikes/([^/]+)/clear", ClearStrikesHandler),
 ]

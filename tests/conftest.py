@@ -24,6 +24,7 @@ def guard_config(tmp_path):
     """ColabGuard settings for a test; a test may update it before the server starts."""
     return {
         "incident_log": str(tmp_path / "incidents.jsonl"),
+        "database_url": f"sqlite:///{tmp_path / 'incidents.sqlite'}",
         "sample_interval": 0.5,
         "stop_grace": 1.0,
         "policy_url": "https://example.org/acceptable-use",

@@ -17,3 +17,5 @@ TICKS_MISSED = Counter("colab_guard_ticks_missed_total",
                        "Ticks skipped because the previous one ran past the interval.")
 RECORD_ERRORS = Counter("colab_guard_record_errors_total",
                         "Failed writes of the incident log (retried at every tick).")
+KERNEL_STARTS_REFUSED = Counter("colab_guard_kernel_starts_refused_total",
+                                "Kernel starts refused because the user reached strike_limit.")
