@@ -152,8 +152,10 @@ def sqlite_path(url: str) -> Path:
 class IncidentDatabase:
     """The SQLite store. ``recover=True`` (the server) marks incidents left acting as unfinished."""
 
-    def __init__(self, url: str, log: logging.Logger | None = None, recover: bool = False):
+    def __init__(self, url: str, log: logging.Logger | None = None, recover: bool = False,
+                 busy_timeout: float = BUSY_TIMEOUT):
         self.url = url
+        self.busy_timeout = busy_timeout
         self.path = sqlite_path(url)
         self.log = log or logging.getLogger("colab_guard")
         self._lock = threading.RLock()
@@ -180,7 +182,7 @@ class IncidentDatabase:
                 (self.path.exists() and not os.access(self.path, os.W_OK)):
             raise DatabaseError(f"{where}: not writable (the file or its folder)")
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
