@@ -1,0 +1,198 @@
+/**
+ * Pure decisions and wording: what to tell the user, what the status bar says,
+ * how the incident list is queried. No DOM, no server: unit-tested on data.
+ */
+
+import {
+  IIncidentEvent,
+  IIncidentFilters,
+  INCIDENT_SCHEMA_ID,
+  IOutcome,
+  IStatus
+} from './types';
+
+const ACTIONS = ['record', 'warn', 'stop', 'interrupt', 'shutdown'];
+
+/** The incident carried by an event of the server's bus, or null for any other event. */
+export function incidentFromEvent(event: {
+  schema_id?: string;
+  [key: string]: unknown;
+}): IIncidentEvent | null {
+  if (!event || event.schema_id !== INCIDENT_SCHEMA_ID) {
+    return null;
+  }
+  const data = event as unknown as IIncidentEvent;
+  if (
+    typeof data.incident_id !== 'string' ||
+    typeof data.summary !== 'string' ||
+    !ACTIONS.includes(data.action)
+  ) {
+    return null;
+  }
+  return data;
+}
+
+/** The user is told about every incident except those the policy only records. */
+export function shouldNotify(incident: IIncidentEvent): boolean {
+  return incident.action !== 'record';
+}
+
+export const DRY_RUN_NOTE = 'Dry run: nothing was stopped.';
+
+/** The notification's text: the platform's message, with the dry-run note first. */
+export function notificationText(incident: IIncidentEvent): string {
+  const message = incident.message || 'colab-guard acted on your kernel.';
+  return incident.dry_run ? `${DRY_RUN_NOTE} ${message}` : message;
+}
+
+const DONE_WORDING: Record<string, string> = {
+  record: 'The incident was recorded.',
+  warn: 'You were warned.',
+  stop: 'The offending processes were stopped.',
+  interrupt: 'The kernel was interrupted and the offending processes were stopped.',
+  shutdown: 'The offending processes were stopped and the kernel was shut down.'
+};
+
+/** One sentence on what the guard did (or, in dry-run mode, would have done). */
+export function actionSentence(incident: IIncidentEvent): string {
+  if (incident.dry_run) {
+    return (
+      `${DRY_RUN_NOTE} The guard would have applied the action ` +
+      `'${incident.action}'.`
+    );
+  }
+  return DONE_WORDING[incident.action] ?? `Action: ${incident.action}.`;
+}
+
+/** "stop pid 3184: done" for each outcome, in order. */
+export function outcomeLines(outcomes: IOutcome[] | undefined): string[] {
+  return (outcomes ?? []).map(o => {
+    const detail = o.detail ? ` (${o.detail})` : '';
+    return `${o.action} ${o.target}: ${o.outcome}${detail}`;
+  });
+}
+
+/** Only http(s) links are shown as links (a javascript: URL is not a policy). */
+export function safeLink(url: string | undefined | null): string | null {
+  if (!url) {
+    return null;
+  }
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:'
+      ? parsed.href
+      : null;
+  } catch {
+    return null;
+  }
+}
+
+export type GuardState = 'on' | 'dry-run' | 'off' | 'unknown';
+
+export function guardState(status: IStatus | null): GuardState {
+  if (!status) {
+    return 'unknown';
+  }
+  if (!status.enabled) {
+    return 'off';
+  }
+  return status.dry_run ? 'dry-run' : 'on';
+}
+
+/** The status bar's text and tooltip. */
+export function statusBarText(
+  status: IStatus | null,
+  incidents: number
+): { text: string; title: string } {
+  const state = guardState(status);
+  const label = {
+    on: 'Guard: on',
+    'dry-run': 'Guard: dry run',
+    off: 'Guard: off',
+    unknown: 'Guard: ?'
+  }[state];
+  const plural = incidents === 1 ? 'incident' : 'incidents';
+  const title = {
+    on: 'colab-guard watches your kernels',
+    'dry-run': 'colab-guard watches your kernels in dry-run mode: it records, stops nothing',
+    off: 'colab-guard is switched off: kernels are not watched',
+    unknown: 'colab-guard status unknown (the server did not answer)'
+  }[state];
+  return {
+    text: state === 'off' || state === 'unknown' ? label : `${label} · ${incidents}`,
+    title: `${title}. ${incidents} ${plural} in this server session; click to see yours.`
+  };
+}
+
+/** The query string of GET /colab-guard/api/incidents for these filters. */
+export function incidentsQuery(filters: IIncidentFilters): string {
+  const params = new URLSearchParams();
+  const text = (key: string, value: string | undefined) => {
+    const trimmed = (value ?? '').trim();
+    if (trimmed) {
+      params.set(key, trimmed);
+    }
+  };
+  text('category', filters.category);
+  text('user', filters.user);
+  text('kernel_id', filters.kernel_id);
+  if (filters.since !== undefined && Number.isFinite(filters.since)) {
+    params.set('since', String(Math.floor(filters.since)));
+  }
+  if (filters.limit !== undefined) {
+    params.set('limit', String(filters.limit));
+  }
+  const query = params.toString();
+  return query ? `?${query}` : '';
+}
+
+/** Time windows offered by the panel's time filter, in seconds (0: all). */
+export const TIME_WINDOWS: { label: string; seconds: number }[] = [
+  { label: 'any time', seconds: 0 },
+  { label: 'last hour', seconds: 3600 },
+  { label: 'last 24 hours', seconds: 86400 },
+  { label: 'last 7 days', seconds: 7 * 86400 },
+  { label: 'last 30 days', seconds: 30 * 86400 }
+];
+
+/** `since` (epoch seconds) for a time window, or undefined for "any time". */
+export function sinceFor(windowSeconds: number, nowMs: number): number | undefined {
+  return windowSeconds > 0 ? nowMs / 1000 - windowSeconds : undefined;
+}
+
+/** A short local time for tables; the raw value when it is not a date. */
+export function shortTime(iso: string): string {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) {
+    return iso;
+  }
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return (
+    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
+    `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`
+  );
+}
+
+/** An appeal's text is required and short. */
+export const APPEAL_MAX_LENGTH = 2000;
+
+export function appealProblem(text: string): string | null {
+  const trimmed = text.trim();
+  if (!trimmed) {
+    return 'Write a short explanation before sending the appeal.';
+  }
+  if (trimmed.length > APPEAL_MAX_LENGTH) {
+    return `The explanation is too long (${trimmed.length} characters, at most ${APPEAL_MAX_LENGTH}).`;
+  }
+  return null;
+}
+
+/** The title of the "Details" dialog. */
+export function detailsTitle(incident: IIncidentEvent): string {
+  if (incident.dry_run) {
+    return 'colab-guard (dry run): forbidden use detected';
+  }
+  return incident.action === 'warn'
+    ? 'colab-guard: forbidden use detected'
+    : 'colab-guard stopped forbidden use';
+}

@@ -1,0 +1,220 @@
+/**
+ * What the dialogs and the panel show, built as DOM with text nodes only.
+ */
+
+import { h, link } from './dom';
+import {
+  actionSentence,
+  outcomeLines,
+  safeLink,
+  shortTime
+} from './logic';
+import { IIncident, IIncidentEvent, IProcessEvidence } from './types';
+
+/** The body of the "Details" dialog for an incident event. */
+export function renderEventDetails(incident: IIncidentEvent): HTMLElement {
+  const policy = safeLink(incident.policy_url);
+  const outcomes = outcomeLines(incident.outcomes);
+  return h(
+    'div',
+    { class: 'jp-ColabGuard-details' },
+    h('p', { class: 'jp-ColabGuard-message' }, incident.message),
+    h(
+      'dl',
+      {},
+      h('dt', {}, 'What was detected'),
+      h('dd', { class: 'jp-ColabGuard-summary' }, incident.summary),
+      h('dt', {}, 'Category'),
+      h('dd', {}, `${incident.category} (severity ${incident.severity}, signature ${incident.signature})`),
+      h('dt', {}, 'Notebook'),
+      h('dd', { class: 'jp-ColabGuard-notebook' }, incident.notebook || 'unknown (a kernel without a notebook)'),
+      h('dt', {}, 'What was done'),
+      h(
+        'dd',
+        { class: 'jp-ColabGuard-done' },
+        actionSentence(incident),
+        outcomes.length
+          ? h('ul', {}, ...outcomes.map(line => h('li', {}, line)))
+          : null
+      ),
+      h('dt', {}, 'Incident'),
+      h('dd', { class: 'jp-ColabGuard-incident-id' }, incident.incident_id)
+    ),
+    policy
+      ? h('p', {}, 'Policy: ', link(policy, policy))
+      : null
+  );
+}
+
+const PROCESS_COLUMNS: [keyof IProcessEvidence, string][] = [
+  ['pid', 'PID'],
+  ['ppid', 'PPID'],
+  ['name', 'Name'],
+  ['exe', 'Executable'],
+  ['cmdline', 'Command line'],
+  ['cpu_percent', 'CPU %'],
+  ['rss_mb', 'RSS MiB'],
+  ['threads', 'Threads'],
+  ['is_kernel', 'Kernel'],
+  ['sockets', 'Sockets']
+];
+
+function cellText(value: unknown): string {
+  if (value === null || value === undefined) {
+    return '';
+  }
+  if (typeof value === 'number') {
+    return Number.isInteger(value) ? String(value) : value.toFixed(1);
+  }
+  if (typeof value === 'boolean') {
+    return value ? 'yes' : 'no';
+  }
+  if (typeof value === 'string') {
+    return value;
+  }
+  return JSON.stringify(value);
+}
+
+/** Figures the table has no column for (GPU use, for one), as "key=value" text. */
+function otherFigures(process: IProcessEvidence): string {
+  const known = new Set(PROCESS_COLUMNS.map(([key]) => key as string));
+  return Object.entries(process)
+    .filter(([key]) => !known.has(key))
+    .map(([key, value]) => `${key}=${cellText(value)}`)
+    .join(', ');
+}
+
+function table(
+  className: string,
+  headers: string[],
+  rows: (string | Node)[][]
+): HTMLTableElement {
+  return h(
+    'table',
+    { class: `jp-ColabGuard-table ${className}` },
+    h('thead', {}, h('tr', {}, ...headers.map(text => h('th', {}, text)))),
+    h(
+      'tbody',
+      {},
+      ...rows.map(cells => h('tr', {}, ...cells.map(cell => h('td', {}, cell))))
+    )
+  );
+}
+
+export function renderProcesses(processes: IProcessEvidence[]): HTMLElement {
+  const withOther = processes.some(p => otherFigures(p));
+  const headers = PROCESS_COLUMNS.map(([, label]) => label);
+  if (withOther) {
+    headers.push('Other');
+  }
+  const rows = processes.map(process => {
+    const cells: (string | Node)[] = PROCESS_COLUMNS.map(([key]) => {
+      const value = process[key];
+      if (key === 'sockets') {
+        const sockets = (value as string[] | undefined) ?? [];
+        return h('ul', {}, ...sockets.map(s => h('li', {}, String(s))));
+      }
+      if (key === 'cmdline') {
+        return h('code', { class: 'jp-ColabGuard-cmdline' }, cellText(value));
+      }
+      return cellText(value);
+    });
+    if (withOther) {
+      cells.push(otherFigures(process));
+    }
+    return cells;
+  });
+  return table('jp-ColabGuard-processes', headers, rows);
+}
+
+/** The detail view of one incident: evidence, actions and outcomes, appeals. */
+export function renderIncident(incident: IIncident): HTMLElement {
+  const evidence = incident.evidence ?? {};
+  const processes = evidence.processes ?? [];
+  const matches = evidence.matches ?? [];
+  const actions = incident.actions ?? [];
+  const appeals = incident.appeals ?? [];
+  return h(
+    'div',
+    { class: 'jp-ColabGuard-incident' },
+    h('h3', {}, incident.summary || `${incident.category}: ${incident.signature}`),
+    h(
+      'dl',
+      {},
+      h('dt', {}, 'Incident'),
+      h('dd', {}, incident.id),
+      h('dt', {}, 'Time'),
+      h('dd', {}, shortTime(incident.time)),
+      h('dt', {}, 'User'),
+      h('dd', {}, incident.user),
+      h('dt', {}, 'Kernel'),
+      h('dd', {}, incident.kernel_id),
+      h('dt', {}, 'Notebook'),
+      h('dd', {}, incident.notebook || 'unknown'),
+      h('dt', {}, 'Category'),
+      h('dd', {}, `${incident.category} (severity ${incident.severity})`),
+      h('dt', {}, 'Signatures'),
+      h('dd', {}, (incident.signatures ?? [incident.signature]).join(', ')),
+      h('dt', {}, 'Status'),
+      h('dd', {}, incident.dry_run ? `${incident.status} (dry run: nothing was stopped)` : incident.status)
+    ),
+    incident.description ? h('p', {}, incident.description) : null,
+    h('h4', {}, 'Why it matched'),
+    matches.length
+      ? h(
+          'ul',
+          { class: 'jp-ColabGuard-matches' },
+          ...matches.map(m =>
+            h('li', {}, `${m.signature}: ${(m.reasons ?? []).join('; ')}`)
+          )
+        )
+      : h('p', {}, 'No match details.'),
+    h('h4', {}, `Processes (${processes.length})`),
+    processes.length ? renderProcesses(processes) : h('p', {}, 'No processes recorded.'),
+    h('h4', {}, 'Actions and outcomes'),
+    actions.length
+      ? table(
+          'jp-ColabGuard-actions',
+          ['Action', 'Target', 'Outcome', 'Detail'],
+          actions.map(a => [a.action, a.target, a.outcome, a.detail ?? ''])
+        )
+      : h('p', {}, 'No actions.'),
+    h('h4', {}, `Appeals (${appeals.length})`),
+    appeals.length
+      ? table(
+          'jp-ColabGuard-appeals',
+          ['Time', 'User', 'Explanation', 'Status', 'Reply'],
+          appeals.map(a => [shortTime(a.time), a.user, a.text, a.status, a.reply ?? ''])
+        )
+      : h('p', {}, 'No appeals.')
+  );
+}
+
+/** One row of the incident table. */
+export function incidentRow(incident: IIncident): string[] {
+  const outcome = (incident.actions ?? [])
+    .filter(a => a.action !== 'record')
+    .map(a => `${a.action}: ${a.outcome}`)
+    .join(', ');
+  return [
+    shortTime(incident.time),
+    incident.user,
+    incident.category,
+    incident.severity,
+    incident.summary || incident.signature,
+    incident.notebook || incident.kernel_id,
+    incident.dry_run ? `dry run (${incident.status})` : outcome || incident.status,
+    String((incident.appeals ?? []).length)
+  ];
+}
+
+export const INCIDENT_COLUMNS = [
+  'Time',
+  'User',
+  'Category',
+  'Severity',
+  'What',
+  'Notebook or kernel',
+  'Actions',
+  'Appeals'
+];

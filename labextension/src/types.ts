@@ -1,0 +1,110 @@
+/**
+ * Shapes of what the colab-guard server sends: the incident event on the
+ * server's event bus, and the REST API's answers. Every text field may hold
+ * untrusted evidence (command lines come from the user's programs).
+ */
+
+export const INCIDENT_SCHEMA_ID =
+  'https://schema.jupyter.org/colab_guard/incident/v1';
+
+export type Action = 'record' | 'warn' | 'stop' | 'interrupt' | 'shutdown';
+
+export interface IOutcome {
+  action: string;
+  target: string;
+  outcome: string;
+  detail?: string;
+}
+
+/** The incident event (schema colab_guard/incident/v1). */
+export interface IIncidentEvent {
+  incident_id: string;
+  kernel_id: string;
+  notebook?: string | null;
+  user?: string;
+  category: string;
+  severity: string;
+  signature: string;
+  summary: string;
+  action: Action;
+  outcomes?: IOutcome[];
+  dry_run: boolean;
+  message: string;
+  policy_url?: string;
+}
+
+export interface IProcessEvidence {
+  pid: number;
+  ppid?: number;
+  name?: string;
+  exe?: string;
+  cmdline?: string;
+  cpu_percent?: number;
+  rss_mb?: number;
+  threads?: number;
+  is_kernel?: boolean;
+  sockets?: string[];
+  [other: string]: unknown;
+}
+
+export interface IMatch {
+  signature: string;
+  reasons?: string[];
+}
+
+export interface IAppeal {
+  id: string;
+  incident_id: string;
+  user: string;
+  text: string;
+  time: string;
+  status: string;
+  reply?: string | null;
+}
+
+export interface IIncident {
+  id: string;
+  time: string;
+  kernel_id: string;
+  notebook?: string | null;
+  user: string;
+  category: string;
+  severity: string;
+  signature: string;
+  signatures?: string[];
+  description?: string;
+  summary?: string;
+  evidence?: {
+    processes?: IProcessEvidence[];
+    matches?: IMatch[];
+    [other: string]: unknown;
+  };
+  dry_run: boolean;
+  status: string;
+  actions?: IOutcome[];
+  appeals?: IAppeal[];
+}
+
+export interface IStatus {
+  enabled: boolean;
+  dry_run: boolean;
+  sample_interval?: number;
+  kernels_monitored?: number;
+  signatures?: number;
+  ticks?: number;
+  policy_url?: string;
+  warning_message?: string;
+  admin?: boolean;
+  user?: string;
+  incidents_this_session?: number;
+}
+
+/** Filters of GET /colab-guard/api/incidents. */
+export interface IIncidentFilters {
+  category?: string;
+  user?: string;
+  kernel_id?: string;
+  /** Seconds since the epoch. */
+  since?: number;
+  limit?: number;
+}
