@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import signatures
+from . import incidents, signatures
 
-GROUPS = [signatures]
+GROUPS = [signatures, incidents]
 
 
 def build_parser() -> argparse.ArgumentParser:

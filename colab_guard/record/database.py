@@ -330,6 +330,15 @@ class IncidentDatabase:
     def last_rowid(self) -> int:
         return self._one("SELECT COALESCE(MAX(rowid), 0) FROM incidents")
 
+    def ids_starting_with(self, table: str, prefix: str, limit: int = 10) -> list[str]:
+        """Ids in ``incidents`` or ``appeals`` that start with ``prefix`` (for short ids)."""
+        assert table in ("incidents", "appeals")
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._lock:
+            rows = self._db.execute(f"SELECT id FROM {table} WHERE id LIKE ? ESCAPE '\\' LIMIT ?",
+                                    (pattern, limit)).fetchall()
+        return [r[0] for r in rows]
+
     def _exists(self, incident_id: str) -> bool:
         return self._one("SELECT COUNT(*) FROM incidents WHERE id = ?", (incident_id,)) > 0
 
