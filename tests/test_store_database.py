@@ -244,3 +244,15 @@ def test_clearing_strikes_and_the_window(url):
     assert [s.incident_id for s in db.strikes("alice", window=3600)] == [recent.id]
     assert db.clear_strikes("alice", "root-admin") == 2
     assert db.strikes("alice") == []
+
+
+def test_the_server_refuses_to_start_on_a_corrupt_database(tmp_path):
+    from colab_guard.app import ColabGuard
+
+    path = tmp_path / "incidents.sqlite"
+    path.write_bytes(b"\x00garbage" * 1000)
+    app = ColabGuard(database_url=f"sqlite:///{path}", incident_log=str(tmp_path / "i.jsonl"))
+    with pytest.raises(SystemExit) as stopped:
+        app.initialize_settings()
+    assert isinstance(stopped.value.__cause__, DatabaseError)
+    assert str(path) in str(stopped.value.__cause__)
