@@ -165,3 +165,41 @@ async def test_disabled_signatures_do_not_fire(mining_rules_off, kernel, pool, g
     assert reply["status"] == "ok"
     assert "alive True" in KernelRunner.text(outputs)
     assert incidents_in(guard_config["incident_log"]) == []
+
+
+@pytest.fixture
+def fast_library_reads(guard_config):
+    guard_config["libraries_refresh"] = 0.2
+
+
+async def test_abuse_from_inside_the_kernel_interrupts_then_shuts_it_down(
+        fast_library_reads, kernel, guard_config, guard, tmp_path):
+    # A mining hash library loaded into the kernel process itself (a real shared object
+    # under the name of RandomX's): nothing to stop but the kernel.
+    fake = tmp_path / "librandomx.so"
+    shutil.copy(ctypes_util_find("m"), fake)
+    code = (f"import ctypes, time\nlib = ctypes.CDLL({str(fake)!r})\n"
+            f"time.sleep(30)\n")
+    reply, _ = await kernel.run(code, timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+
+    # The library stays loaded, so the behaviour goes on: the kernel is shut down.
+    km = guard.serverapp.kernel_manager
+    await wait_for(lambda: kernel.kernel_id not in km.list_kernel_ids(), timeout=30)
+    incidents = incidents_in(guard_config["incident_log"])
+    assert [i["signature"] for i in incidents] == ["mining-library-loaded"] * 2
+    assert incidents[0]["evidence"]["processes"][0]["is_kernel"] is True
+    assert [a["action"] for a in incidents[0]["actions"]][-1] == "interrupt"
+    assert [a["action"] for a in incidents[1]["actions"]][-1] == "shutdown"
+    assert incidents[1]["actions"][-1]["outcome"] == "done"
+
+
+def ctypes_util_find(name: str) -> str:
+    import ctypes.util
+
+    found = ctypes.util.find_library(name)
+    for folder in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib"):
+        path = os.path.join(folder, found or "")
+        if found and os.path.exists(path):
+            return path
+    raise AssertionError(f"no lib{name} on this machine")

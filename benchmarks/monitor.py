@@ -1,0 +1,106 @@
+"""Monitor overhead: the sampler's CPU cost per kernel and per sample as the tree grows.
+
+    ./dev bench monitor [--samples 50]
+
+For trees of 1, 10 and 100 processes under one "kernel", and for 10 kernels of 20
+processes each, it compares:
+  - bare walk: psutil's children(recursive=True) and a read of name, exe, cmdline, CPU
+    times, memory and threads for each process (what a naive monitor does per kernel);
+  - colab-guard: ProcessSampler.sample(), which also reads every process's sockets and
+    loaded libraries and keeps attribution for processes that leave the tree.
+Costs are CPU time of this process (time.process_time), so other load on the machine
+does not inflate them. "% of a core at 1 Hz" is the cost of one sample per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from colab_guard.observe.processes import ProcessSampler  # noqa: E402
+
+
+def start_tree(size: int) -> subprocess.Popen:
+    """A parent shell with ``size - 1`` sleeping children: ``size`` processes in all."""
+    script = "sleep 600 & " * (size - 1) + "wait" if size > 1 else "sleep 600"
+    parent = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while len(psutil.Process(parent.pid).children()) < size - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return parent
+
+
+def stop_tree(parent: subprocess.Popen) -> None:
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+
+def bare_walk(root_pid: int) -> int:
+    root = psutil.Process(root_pid)
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                proc.name(), proc.exe(), proc.cmdline(), proc.cpu_times()
+                proc.memory_info(), proc.num_threads()
+        except psutil.Error:
+            pass
+    return len(procs)
+
+
+def cpu_cost(call, samples: int) -> float:
+    """Median CPU seconds of one call."""
+    call()  # warm caches, as a running monitor has them
+    costs = []
+    for _ in range(samples):
+        start = time.process_time()
+        call()
+        costs.append(time.process_time() - start)
+    return statistics.median(costs)
+
+
+def row(label: str, bare: float, guard: float, kernels: int = 1) -> str:
+    per_kernel = guard / kernels
+    return (f"| {label} | {bare * 1e3:.2f} ms | {guard * 1e3:.2f} ms | {guard / bare:.2f} | "
+            f"{per_kernel * 1e3:.2f} ms | {per_kernel * 100:.2f} % |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=50)
+    args = parser.parse_args()
+    print(f"system processes: {len(psutil.pids())}; samples per figure: {args.samples}\n")
+    print("| tree | bare walk per sample | colab-guard per sample | ratio | per kernel | "
+          "% of a core per kernel at 1 Hz |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for size in (1, 10, 20, 100):
+        tree = start_tree(size)
+        try:
+            sampler = ProcessSampler(libraries_refresh=5.0)
+            bare = cpu_cost(lambda: bare_walk(tree.pid), args.samples)
+            guard = cpu_cost(lambda: sampler.sample({"k": tree.pid}), args.samples)
+            print(row(f"1 kernel, {size} processes", bare, guard))
+        finally:
+            stop_tree(tree)
+    trees = [start_tree(20) for _ in range(10)]
+    try:
+        sampler = ProcessSampler(libraries_refresh=5.0)
+        kernels = {f"k{i}": t.pid for i, t in enumerate(trees)}
+        bare = cpu_cost(lambda: [bare_walk(t.pid) for t in trees], args.samples)
+        guard = cpu_cost(lambda: sampler.sample(kernels), args.samples)
+        print(row("10 kernels, 20 processes each", bare, guard, kernels=10))
+    finally:
+        for tree in trees:
+            stop_tree(tree)
+
+
+if __name__ == "__main__":
+    main()
