@@ -179,7 +179,9 @@ class ColabGuard(ExtensionApp):
                                   f"{', '.join(unknown)}")
         self.rules = rules.without(self.disabled_signatures)
         self.engine = Engine(self.rules, log=self.log)
-        self.store = IncidentStore(IncidentDatabase(self.database_url, log=self.log, recover=True),
+        # A short busy timeout: a writer holding the database must not delay an action for long.
+        database = IncidentDatabase(self.database_url, log=self.log, recover=True, busy_timeout=2.0)
+        self.store = IncidentStore(database,
                                    IncidentLog(self.incident_log, log=self.log))
         self.started = time.time()
         self.monitor = Monitor(self, self.engine, self.store, log=self.log)
