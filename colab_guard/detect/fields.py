@@ -36,6 +36,22 @@ def _remote_endpoints(p: Process) -> set[tuple[str, int]]:
     return {s.remote for s in p.sockets if s.remote is not None}
 
 
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _public_listen_ports(p: Process) -> list[int]:
+    """Ports listening on an address other hosts can reach (0.0.0.0, ::, a real address)."""
+    return sorted({s.local_port for s in p.sockets
+                   if s.listening and not s.local_ip.startswith(_LOOPBACK)})
+
+
+def _inbound_peer_hosts(p: Process) -> int:
+    """Distinct remote addresses connected to one of the process's listening ports."""
+    listening = {s.local_port for s in p.sockets if s.protocol == "tcp" and s.listening}
+    return len({s.remote_ip for s in p.sockets
+                if s.remote_ip is not None and s.local_port in listening})
+
+
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
@@ -67,6 +83,24 @@ FIELDS: dict[str, Field] = {
               lambda p: len(_remote_endpoints(p))),
         Field("peer_hosts", "number", "distinct remote addresses", lambda p: len({ip for ip, _ in _remote_endpoints(p)})),
         Field("sockets", "number", "inet sockets held", lambda p: len(p.sockets)),
+        Field("exe_markers", "text list",
+              "known tools recognised in the executable's content (and an interpreter's script), "
+              "whatever the file is called; see colab_guard/observe/content.py",
+              lambda p: list(p.exe_markers)),
+        Field("open_files", "text list", "paths of the regular files the process has open",
+              lambda p: [_cut(f) for f in p.open_files[:256]]),
+        Field("library_paths", "text list", "full paths of the shared objects the process has mapped",
+              lambda p: [_cut(lib) for lib in p.libraries]),
+        Field("public_listen_ports", "number list",
+              "listening ports bound to an address other hosts can reach (not loopback)",
+              _public_listen_ports),
+        Field("inbound_peer_hosts", "number",
+              "distinct remote addresses connected to one of the process's listening ports",
+              _inbound_peer_hosts),
+        Field("peer_ports", "number", "distinct remote ports of connected sockets",
+              lambda p: len({port for _, port in _remote_endpoints(p)})),
+        Field("connecting", "number", "TCP connections still being opened (SYN_SENT)",
+              lambda p: sum(1 for s in p.sockets if s.protocol == "tcp" and s.status == "SYN_SENT")),
     ]
 }
 

@@ -74,6 +74,8 @@ class Process:
     is_kernel: bool = False
     sockets: list[Socket] = field(default_factory=list)
     libraries: list[str] = field(default_factory=list)  # paths of mapped shared objects
+    exe_markers: list[str] = field(default_factory=list)  # known tools its file's content shows
+    open_files: list[str] = field(default_factory=list)  # paths of regular files it has open
 
     @property
     def key(self) -> tuple[int, float]:

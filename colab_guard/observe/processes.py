@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .content import ContentScanner
 from .model import Process, Snapshot, Socket, normalise_ip
 
 #: Set in every guarded kernel's environment; inherited by everything it starts.
@@ -54,15 +55,19 @@ class ProcessSampler:
         log: logging.Logger | None = None,
         libraries_refresh: float = 5.0,
         read_environ: bool = True,
+        content: ContentScanner | None = None,
     ):
         self.log = log or logging.getLogger("colab_guard")
         self.libraries_refresh = libraries_refresh
         self.read_environ = read_environ
         self.stats = SamplerStats()
+        # Executable content, scanned once per file in a background thread.
+        self.content = content if content is not None else ContentScanner(log=self.log)
         self._owner: dict[ProcessKey, str] = {}  # sticky attribution
         self._environ_checked: dict[ProcessKey, str | None] = {}
         self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
         self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
+        self._open_files: dict[ProcessKey, tuple[float, list[str]]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -226,7 +231,36 @@ class ProcessSampler:
             return sample
         sample.cpu_percent = self._cpu_percent(key, times.user + times.system, now)
         sample.libraries = self._mapped_libraries(key, proc.pid, now)
+        sample.open_files = self._files_open(key, proc.pid, now)
+        sample.exe_markers = self.content.process_markers(proc.pid, sample.exe, sample.cmdline)
         return sample
+
+    def _files_open(self, key: ProcessKey, pid: int, now: float, limit: int = 256) -> list[str]:
+        """Regular files the process has open (a model file, a .torrent), read at the
+        libraries' pace; at most ``limit`` of them."""
+        cached = self._open_files.get(key)
+        if cached is not None and now - cached[0] < self.libraries_refresh:
+            return cached[1]
+        found: list[str] = []
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd")[:4 * limit]:
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue  # closed meanwhile
+                if target.startswith("/") and not target.startswith(("/dev/", "/proc/")) \
+                        and target not in found:
+                    found.append(target)
+                    if len(found) >= limit:
+                        break
+        except FileNotFoundError:
+            return []
+        except PermissionError as err:
+            self._denied("fd", pid, err)
+        except OSError as err:
+            self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
+        self._open_files[key] = (now, found)
+        return found
 
     def _cpu_percent(self, key: ProcessKey, cpu_seconds: float, now: float) -> float:
         before = self._cpu.get(key)
@@ -294,7 +328,8 @@ class ProcessSampler:
             key = _key(proc)
             if key is not None:
                 alive.add(key)
-        for store in (self._owner, self._environ_checked, self._cpu, self._libraries):
+        for store in (self._owner, self._environ_checked, self._cpu, self._libraries,
+                      self._open_files):
             for key in [k for k in store if k not in alive]:
                 del store[key]
 
