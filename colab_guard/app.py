@@ -16,6 +16,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
+from .channel import KernelChannel
 from .act.policy import ACTIONS, DEFAULT_ACTIONS
 from .detect.engine import Engine
 from .detect.signatures import SignatureError, load_signatures
@@ -99,6 +100,25 @@ class ColabGuard(ExtensionApp):
     strike_window = Float(7 * 24 * 3600.0, config=True, help=(
         "Seconds a strike counts against its user (default 7 days)."))
 
+    kernel_hook = Bool(True, config=True, help=(
+        "Open the channel the kernel hook (loaded in every kernel of this environment) uses "
+        "to report at once what the kernel starts, connects to and imports, to have cells "
+        "checked before they run, and to show the guard's message in the notebook. False: "
+        "kernels are watched by sampling alone."))
+
+    cell_checks = Bool(True, config=True, help=(
+        "Check each cell's source against the cell signatures before it runs (needs "
+        "kernel_hook). Per category, an action of record or warn lets the cell run; stop, "
+        "interrupt or shutdown refuse it."))
+
+    cell_check_timeout = Float(1.0, config=True, help=(
+        "Seconds a kernel waits for the server's verdict on a cell before running it anyway "
+        "(0.05 to 10). The server still watches what the cell does."))
+
+    @validate("cell_check_timeout")
+    def _check_cell_timeout(self, proposal):
+        return _in_range("cell_check_timeout", proposal.value, 0.05, 10)
+
     fail_closed = Bool(True, config=True, help=(
         "When the guard cannot start (a broken signature file, a bad setting, an unwritable "
         "incident log), stop the server rather than let it run unguarded."))
@@ -155,6 +175,7 @@ class ColabGuard(ExtensionApp):
     # ------------------------------------------------------------ wiring
 
     monitor: Monitor | None = None
+    channel: KernelChannel | None = None
     store: IncidentStore | None = None
     engine: Engine | None = None
     started: float = 0.0  # when the guard started: incidents_this_session counts from here
@@ -185,6 +206,8 @@ class ColabGuard(ExtensionApp):
                                    IncidentLog(self.incident_log, log=self.log))
         self.started = time.time()
         self.monitor = Monitor(self, self.engine, self.store, log=self.log)
+        self.channel = KernelChannel(self, self.monitor, log=self.log) \
+            if self.kernel_hook and self.enabled else None
         self.serverapp.event_logger.register_event_schema(INCIDENT_SCHEMA)
         self.settings["colab_guard"] = self
         self._guard_kernel_starts()
@@ -201,11 +224,15 @@ class ColabGuard(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp):
         if self.enabled and self.monitor is not None:
             self._monitor_task = asyncio.ensure_future(self.monitor.run())
+            if self.channel is not None:
+                await self.channel.start()
         else:
             self.log.warning("colab-guard is disabled (ColabGuard.enabled = False): kernels are "
                              "not watched")
 
     async def stop_extension(self):
+        if self.channel is not None:
+            await self.channel.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.store is not None:
@@ -223,6 +250,8 @@ class ColabGuard(ExtensionApp):
                 self._refuse_struck_user()
                 kernel_id = kernel_id or str(uuid.uuid4())
                 kwargs["env"] = kernel_environment(kernel_id, kwargs.get("env"))
+                if self.channel is not None:  # kept across restarts with the launch kwargs
+                    kwargs["env"].update(self.channel.environment(kernel_id))
             return await start_kernel(*args, kernel_id=kernel_id, **kwargs)
 
         km.start_kernel = guarded_start_kernel

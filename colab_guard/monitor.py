@@ -46,6 +46,9 @@ class Monitor:
         self.log = log or logging.getLogger("colab_guard")
         self.sampler = ProcessSampler(self.log, libraries_refresh=app.libraries_refresh)
         self.listeners: list[IncidentListener] = []
+        #: Called (not awaited) once an incident is recorded, before anything is done about it:
+        #: the kernel channel tells the cell first, so the interrupt arrives explained.
+        self.acting_listeners: list[Callable[[Incident, str], None]] = []
         self.ticks = 0
         self.last_tick: float | None = None
         self._sampling = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-sample")
@@ -167,14 +170,36 @@ class Monitor:
                                             await self._notebook_path(kernel_id), self.app.dry_run)
         incident.actions = self._plan(action, detections)
         self._save(incident)  # on disk before anything is done
+        for listener in list(self.acting_listeners):
+            try:
+                listener(incident, action)
+            except Exception:
+                self.log.exception("colab-guard: an acting listener failed")
         if not self.app.dry_run:
             await self._carry_out(incident, action, detections)
+        await self._finish(incident, action)
+        return incident
+
+    async def record_incident(self, incident: Incident, action: str) -> Incident:
+        """Record an incident the sampler did not find (the kernel hook: tampering, a cell's
+        source), through the same record and notify path as ``respond``. The caller has
+        already done, and listed in ``incident.actions``, whatever was done."""
+        if incident.notebook is None:
+            incident.notebook = await self._notebook_path(incident.kernel_id)
+        self._save(incident)
+        await self._finish(incident, action)
+        return incident
+
+    def claim(self, pid: int, kernel_id: str) -> None:
+        """Attribute a process the kernel hook reported (in the sampler's own thread)."""
+        self._sampling.submit(self.sampler.claim, pid, kernel_id)
+
+    async def _finish(self, incident: Incident, action: str) -> None:
         incident.status = "done"
         self._save(incident)
         metrics.INCIDENTS.labels(incident.category, "dry-run" if incident.dry_run else action).inc()
         self._report(incident, action)
         await self._notify(incident, action)
-        return incident
 
     def _choose(self, detections: list[Detection], escalate: bool) -> str:
         action = choose_action(detections, self.app.actions, self.app.default_action)

@@ -28,6 +28,9 @@ def guard_config(tmp_path):
         "sample_interval": 0.5,
         "stop_grace": 1.0,
         "policy_url": "https://example.org/acceptable-use",
+        # Off so that tests of the runtime path see their cells run; tests/test_kernel_hook*.py
+        # turn it on.
+        "cell_checks": False,
     }
 
 

@@ -54,8 +54,8 @@ class Engine:
             if self._allowed(view):
                 continue
             for sig in list(self.rules.signatures.values()):
-                if sig.id in self.disabled:
-                    continue
+                if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
+                    continue  # cell signatures see only cell checks, and process ones only processes
                 found = self._check(sig, snapshot, process, view, held_now)
                 if found is not None:
                     detections.append(found)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..observe.model import Process
+from .cells import CellProcess, fields_read
 from .conditions import Condition, ConditionError, compile_condition
 
 BUILTIN_DIR = Path(str(files("colab_guard.detect") / "signatures"))
@@ -66,6 +67,7 @@ class Signature:
     examples: Examples = field(default_factory=Examples)
     references: list[str] = field(default_factory=list)
     source: str = ""  # file:line it came from
+    on_cells: bool = False  # tests a cell's source (the `cell` field), not processes
 
 
 @dataclass
@@ -251,14 +253,14 @@ class _Entry:
     def _example(self, item: Any, where: str) -> Process:
         if not isinstance(item, dict):
             self.fail(where, "must be a mapping of process fields")
-        allowed = set(Process.__dataclass_fields__)
+        allowed = set(CellProcess.__dataclass_fields__)
         unknown = sorted(map(str, set(item) - allowed))
         if unknown:
             self.fail(f"{where}.{unknown[0]}", "unknown process field; allowed: "
                       + ", ".join(sorted(allowed)), line=getattr(item, "line", None))
         item.setdefault("pid", 4242)
         try:
-            return Process.from_dict(item)
+            return (CellProcess if "cell" in item else Process).from_dict(item)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             self.fail(where, f"not a valid process: {err}", line=getattr(item, "line", None))
 
@@ -271,12 +273,18 @@ def _parse_signature(data: Any, file: str, index: int) -> Signature:
     references = data.get("references", [])
     if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
         entry.fail("references", "must be a list of text")
+    when = entry.condition()
+    read = fields_read(when)
+    if "cell" in read and len(read) > 1:
+        entry.fail("when", "a signature tests either a cell's source (field 'cell') or "
+                           f"processes, not both; this one also reads {sorted(read - {'cell'})}")
     return Signature(
         id=entry.id,
         category=entry.text("category", pattern=_CATEGORY),
         severity=entry.text("severity", choices=SEVERITIES),
         description=entry.text("description"),
-        when=entry.condition(),
+        when=when,
+        on_cells="cell" in read,
         hold_seconds=float(hold),
         action=entry.text("action", required=False, choices=ACTIONS),
         examples=entry.examples(),

@@ -19,3 +19,9 @@ RECORD_ERRORS = Counter("colab_guard_record_errors_total",
                         "Failed writes of the incident log (retried at every tick).")
 KERNEL_STARTS_REFUSED = Counter("colab_guard_kernel_starts_refused_total",
                                 "Kernel starts refused because the user reached strike_limit.")
+KERNEL_EVENTS_DROPPED = Counter("colab_guard_kernel_events_dropped_total",
+                                "Events the kernel hook dropped because its queue was full "
+                                "(reported by the kernels).")
+KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
+                                 "Connections to the kernel channel refused (bad token, "
+                                 "a process that is not the kernel's, malformed hello).")

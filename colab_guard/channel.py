@@ -1,0 +1,346 @@
+"""The server's end of the kernel channel: reports in, cell verdicts and notices out.
+
+A Unix socket in a private folder (0700) of Jupyter's runtime directory, itself
+mode 0600. Every connection opens with ``hello``: the kernel id and the token
+HMAC(secret, kernel id), which only that kernel's environment holds (the
+secret never leaves the server), from a process that is that kernel or one of
+its descendants (checked with SO_PEERCRED). So a kernel reports only for
+itself, and nothing else can inject reports or receive verdicts.
+
+What arrives makes the monitor check at once (a short burst of ticks, long
+enough for a program just started to open its sockets); what the guard does is
+told to the kernel, which shows it in the notebook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+from jupyter_core.paths import jupyter_runtime_dir
+
+from .act.policy import RANK, choose_action
+from .detect.cells import CELL_FIELD, CellProcess, normalise_cell
+from .detect.engine import Detection, Engine
+from .kernel import protocol
+from .kernel.notice import shorten
+from .observe.model import Snapshot
+from .record import metrics
+from .record.incident import Action, Incident, clean_text
+
+if TYPE_CHECKING:
+    from .app import ColabGuard
+    from .monitor import Monitor
+
+#: After a report, the monitor checks every BURST_STEP seconds for BURST_SECONDS.
+BURST_SECONDS = 1.5
+BURST_STEP = 0.1
+HELLO_TIMEOUT = 5.0
+#: A channel that closes while its kernel lives on this long after is tampering.
+CLOSE_GRACE = 1.0
+
+
+class KernelChannel:
+    def __init__(self, app: ColabGuard, monitor: Monitor, log: logging.Logger | None = None):
+        self.app, self.monitor = app, monitor
+        self.log = log or logging.getLogger("colab_guard")
+        self._secret = os.urandom(32)
+        self.folder = _private_folder()
+        self.path = str(self.folder / "kernels.sock")
+        self.kernels: dict[str, _Connection] = {}  # kernel id -> its live connection
+        self.engine = Engine(app.rules, log=self.log)  # own state: cell checks only
+        self._checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
+        self._server: asyncio.AbstractServer | None = None
+        self._burst_until = 0.0
+        self._burst_task: asyncio.Task | None = None
+        self._told: set[str] = set()  # incidents already sent to their kernel
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+        monitor.acting_listeners.append(self._tell_kernel)
+        monitor.listeners.append(self._tell_kernel)
+
+    def environment(self, kernel_id: str) -> dict[str, str]:
+        """What a kernel needs in its environment to reach the channel as itself."""
+        return {
+            protocol.ENV_SOCKET: self.path,
+            protocol.ENV_TOKEN: protocol.token_for(self._secret, kernel_id),
+            # 0: the kernel does not ask (cell checks off)
+            protocol.ENV_CELL_TIMEOUT: str(self.app.cell_check_timeout if self.app.cell_checks
+                                           else 0),
+        }
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path,
+                                                       limit=protocol.MAX_LINE)
+        os.chmod(self.path, 0o600)
+        self.log.info("colab-guard: kernel channel on %s", self.path)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.kernels.values()):
+            conn.writer.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        self._checking.shutdown(wait=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def connected(self, kernel_id: str) -> bool:
+        return kernel_id in self.kernels
+
+    # ------------------------------------------------------------ connections
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            conn = await self._greet(reader, writer)
+        except (OSError, ValueError, KeyError, asyncio.TimeoutError,
+                asyncio.LimitOverrunError, asyncio.IncompleteReadError) as err:
+            metrics.KERNEL_CHANNEL_REFUSED.inc()
+            self.log.warning("colab-guard: kernel channel connection refused: %s", err)
+            writer.close()
+            return
+        if conn is None:
+            writer.close()
+            return
+        try:
+            await self._listen(conn)
+        except (OSError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            await self._closed(conn)
+
+    async def _greet(self, reader, writer) -> _Connection | None:
+        peer_pid, peer_uid = _peer(writer)
+        if peer_uid != os.getuid():
+            raise ValueError(f"a process of uid {peer_uid} connected")
+        hello = protocol.decode(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT))
+        kernel_id, token = str(hello.get("kernel_id", "")), str(hello.get("token", ""))
+        if hello["type"] != "hello" or not hmac.compare_digest(
+                protocol.token_for(self._secret, kernel_id), token):
+            raise ValueError(f"bad token for kernel {kernel_id[:40]!r} from pid {peer_pid}")
+        kernel_pid = self.monitor.kernel_pids().get(kernel_id)
+        if kernel_pid is None or not _descends_from(peer_pid, kernel_pid):
+            raise ValueError(f"pid {peer_pid} is not kernel {kernel_id}'s process or a child")
+        conn = _Connection(kernel_id, peer_pid, kernel_pid, reader, writer)
+        if hello.get("role") == "child":
+            await self._child_report(conn)
+            return None
+        previous = self.kernels.get(kernel_id)
+        self.kernels[kernel_id] = conn
+        if previous is not None:
+            previous.replaced = True
+            previous.writer.close()
+        conn.send("welcome")
+        return conn
+
+    async def _child_report(self, conn: _Connection) -> None:
+        """A child the kernel forked (a ``!`` line) reports the command it is about to exec."""
+        self.monitor.claim(conn.pid, conn.kernel_id)
+        self._check_burst()
+        line = await asyncio.wait_for(conn.reader.readline(), HELLO_TIMEOUT)
+        if line:
+            self._events(conn, protocol.decode(line))
+
+    async def _listen(self, conn: _Connection) -> None:
+        while True:
+            line = await conn.reader.readline()
+            if not line:
+                return
+            message = protocol.decode(line)
+            kind = message["type"]
+            if kind == "events":
+                self._events(conn, message)
+            elif kind == "cell":
+                self._spawn(self._answer_cell(conn, message))
+            elif kind == "unloaded":
+                conn.unloaded = True
+                await self._tampering(conn, "kernel-hook-unloaded",
+                                      "The kernel hook was unloaded from inside the kernel; the "
+                                      "server side still watches and enforces.")
+
+    async def _closed(self, conn: _Connection) -> None:
+        if self.kernels.get(conn.kernel_id) is conn:
+            del self.kernels[conn.kernel_id]
+        if conn.unloaded or conn.replaced or self._stopping:
+            return
+        await asyncio.sleep(CLOSE_GRACE)  # a kernel shutting down or restarting dies now
+        if self._stopping or not _alive(conn.kernel_pid) or \
+                self.monitor.kernel_pids().get(conn.kernel_id) != conn.kernel_pid:
+            return
+        await self._tampering(conn, "kernel-hook-channel-closed",
+                              "The kernel hook's channel was closed while the kernel went on "
+                              "running; the server side still watches and enforces.")
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ reports
+
+    def _events(self, conn: _Connection, message: dict) -> None:
+        dropped = message.get("dropped")
+        if isinstance(dropped, int) and dropped > conn.dropped:
+            metrics.KERNEL_EVENTS_DROPPED.inc(dropped - conn.dropped)
+            conn.dropped = dropped
+        if message.get("events"):
+            self._check_burst()
+
+    def _check_burst(self) -> None:
+        """Check now, and keep checking briefly: a program just started has no sockets yet."""
+        self._burst_until = time.monotonic() + BURST_SECONDS
+        self.monitor.check_soon()
+        if self._burst_task is None or self._burst_task.done():
+            self._burst_task = asyncio.ensure_future(self._burst())
+
+    async def _burst(self) -> None:
+        while time.monotonic() < self._burst_until and not self._stopping:
+            await asyncio.sleep(BURST_STEP)
+            self.monitor.check_soon()
+
+    # ------------------------------------------------------------ cells
+
+    async def _answer_cell(self, conn: _Connection, message: dict) -> None:
+        source = str(message.get("source", ""))[:protocol.MAX_CELL]
+        loop = asyncio.get_running_loop()
+        detections = await loop.run_in_executor(self._checking, self._evaluate_cell,
+                                                conn, source)
+        answer = {"id": message.get("id"), "decision": "run"}
+        if detections and self.app.cell_checks:
+            incident, action = await self._record_cell(conn, source, detections)
+            answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run else "run"
+            if action != "record":
+                answer["notice"] = self.notice(incident, action)
+        conn.send("verdict", **answer)
+
+    def _evaluate_cell(self, conn: _Connection, source: str) -> list[Detection]:
+        process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=source)
+        return self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process]))
+
+    async def _record_cell(self, conn: _Connection, source: str,
+                           detections: list[Detection]) -> tuple[Incident, str]:
+        chosen = choose_action(detections, self.app.actions, self.app.default_action)
+        action = chosen if RANK[chosen] <= RANK["warn"] else "refuse"
+        dry = self.app.dry_run
+        incident = Incident.from_detections(detections, self.app.user_name, None, dry)
+        findings = _matching_lines(detections, source)
+        incident.evidence = {"cell": {"source": clean_text(source), "findings": findings},
+                             "matches": incident.evidence.get("matches", [])}
+        incident.actions = [Action("record", "incident log", "done")]
+        if action != "record":
+            incident.actions.append(Action("warn", "user", "done"))
+        if action == "refuse":
+            incident.actions.append(Action("refuse", "cell", "would" if dry else "done"))
+        self._told.add(incident.id)  # the verdict carries the notice
+        await self.monitor.record_incident(incident, action)
+        return incident, action
+
+    # ------------------------------------------------------------ notices
+
+    def notice(self, incident: Incident, action: str) -> dict:
+        """What the notebook shows (every text in it is escaped there)."""
+        detected = incident.summary()
+        procs = incident.evidence.get("processes") or []
+        if procs and procs[0].get("cmdline"):
+            detected += f" — {shorten(procs[0]['cmdline'], 120)}"
+        findings = (incident.evidence.get("cell") or {}).get("findings")
+        if findings:
+            detected += f" — {shorten(findings[0], 120)}"
+        return {"incident_id": incident.id, "category": incident.category,
+                "detected": detected, "action": action, "dry_run": incident.dry_run,
+                "message": self.app.warning_message, "policy_url": self.app.policy_url}
+
+    def _tell_kernel(self, incident: Incident, action: str) -> None:
+        """Monitor listener: send the notice to the incident's kernel, once."""
+        if incident.id in self._told or RANK.get(action, 0) < RANK["warn"]:
+            return
+        conn = self.kernels.get(incident.kernel_id)
+        if conn is not None:
+            self._told.add(incident.id)
+            if len(self._told) > 10_000:
+                self._told.clear()
+            conn.send("notice", notice=self.notice(incident, action))
+
+    async def _tampering(self, conn: _Connection, signature: str, description: str) -> None:
+        action = self.app.actions.get("tampering", self.app.default_action)
+        action = action if RANK[action] <= RANK["warn"] else "warn"  # a record, not a stop
+        incident = Incident(kernel_id=conn.kernel_id, category="tampering", severity="medium",
+                            signature=signature, description=description,
+                            user=self.app.user_name, signatures=[signature],
+                            evidence={"kernel_pid": conn.kernel_pid, "reporter_pid": conn.pid},
+                            dry_run=self.app.dry_run,
+                            actions=[Action("record", "incident log", "done")])
+        await self.monitor.record_incident(incident, action)
+
+
+class _Connection:
+    def __init__(self, kernel_id: str, pid: int, kernel_pid: int,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.kernel_id, self.pid, self.kernel_pid = kernel_id, pid, kernel_pid
+        self.reader, self.writer = reader, writer
+        self.dropped = 0
+        self.unloaded = False
+        self.replaced = False
+
+    def send(self, kind: str, **fields) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(protocol.encode(kind, **fields))
+
+
+def _matching_lines(detections: list[Detection], source: str) -> list[str]:
+    """The lines of the normalised cell that made each signature match (the evidence)."""
+    lines = normalise_cell(source).splitlines()
+    found = []
+    for d in detections:
+        for line in lines:
+            if d.signature.when.test({CELL_FIELD: line})[0] and line not in found:
+                found.append(clean_text(line, 512))
+    return found[:20]
+
+
+def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return pid == ancestor or any(p.pid == ancestor for p in proc.parents())
+    except psutil.Error:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _private_folder() -> Path:
+    """A 0700 folder for the socket: in Jupyter's runtime dir, or /tmp if that path is too
+    long for a Unix socket (108 bytes)."""
+    runtime = Path(jupyter_runtime_dir())
+    if len(str(runtime)) < 70:
+        runtime.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="colab-guard-", dir=runtime))
+    return Path(tempfile.mkdtemp(prefix="colab-guard-"))
+
+
+

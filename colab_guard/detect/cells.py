@@ -1,0 +1,504 @@
+"""A cell's source as the cell signatures see it: comments gone, disguises undone.
+
+The ``cell`` field is plain text, one finding per line:
+
+    run: ./xmrig -o stratum+tcp://pool:3333     a program the cell starts
+    hidden: stratum+tcp://pool:3333             a string built in a disguised way
+    text: hello                                 any other string literal
+    import: libtorrent                          a module the cell imports
+
+``run:`` comes from ``!`` lines, ``%%bash``/``%%sh``/``%%script`` cells, ``%system``,
+``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``.
+``hidden:`` is a string the cell assembles (concatenation, ``chr()`` joins, f-strings,
+slicing backwards, base64/base32/hex decoding, ``bytes([...])``), and any literal that
+decodes as base64 or hex to readable text. Nothing is ever evaluated: the source is parsed
+with ``ast`` and constant expressions are folded by hand, with bounded sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import codecs
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..observe.model import Process
+from .fields import FIELDS, Field
+
+MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
+MAX_VALUE = 4096  # characters of one folded string
+MAX_LINES = 2000
+
+_RUN_CALLS = {
+    "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
+    "subprocess.check_output", "subprocess.getoutput", "subprocess.getstatusoutput",
+    "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
+    "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
+}
+_RUN_PREFIXES = ("os.exec", "os.spawn")
+_SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
+_B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
+
+
+@dataclass
+class CellProcess(Process):
+    """The kernel as a cell check sees it: only the cell's source is known."""
+
+    cell: str = ""
+
+
+CELL_FIELD = "cell"
+
+
+def normalise_cell(source: str) -> str:
+    """The ``cell`` field's text for a cell's raw source (IPython syntax allowed)."""
+    if not source or not source.strip():
+        return ""
+    return _normalise(source[:MAX_SOURCE])
+
+
+@lru_cache(maxsize=256)
+def _normalise(source: str) -> str:
+    tree = _parse(source)
+    if tree is None:
+        return ""
+    reader = _Reader()
+    reader.visit(tree)
+    return "\n".join(reader.lines[:MAX_LINES])
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        python = TransformerManager().transform_cell(source)
+    except Exception:  # IPython missing or a transform failing: read it as plain Python
+        python = source
+    try:
+        return ast.parse(python)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None  # a cell that does not parse does not run
+
+
+class _Folded:
+    """A constant value recovered from an expression; ``hidden`` when it was assembled."""
+
+    __slots__ = ("value", "hidden")
+
+    def __init__(self, value, hidden: bool):
+        self.value, self.hidden = value, hidden
+
+
+class _Reader(ast.NodeVisitor):
+    def __init__(self):
+        self.lines: list[str] = []
+        self._seen: set[str] = set()
+        self.names: dict[str, _Folded] = {}  # variables assigned a constant
+        self.aliases: dict[str, str] = {}  # local name -> dotted module name
+
+    # ------------------------------------------------------------ output
+
+    def emit(self, kind: str, text: str) -> None:
+        text = " ".join(str(text).split())[:MAX_VALUE]
+        line = f"{kind}: {text}"
+        if text and line not in self._seen and len(self.lines) < MAX_LINES:
+            self._seen.add(line)
+            self.lines.append(line)
+
+    def emit_value(self, folded: _Folded) -> None:
+        value = folded.value
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                self.emit_value(_Folded(item, folded.hidden))
+            return
+        if not isinstance(value, (str, bytes, bytearray)):
+            return  # numbers alone say nothing
+        text = _as_text(value)
+        self.emit("hidden" if folded.hidden else "text", text)
+        for decoded in _decode_literal(text):
+            self.emit("hidden", decoded)
+
+    def emit_run(self, command) -> None:
+        if isinstance(command, (list, tuple)):
+            words = [_as_text(w) for w in command]
+            command = " ".join(w for w in words if w is not None)
+        text = _as_text(command)
+        if not text:
+            return
+        text = self._expand(text)
+        self.emit("run", text)
+        for word in text.split():
+            for decoded in _decode_literal(word.strip("'\"")):
+                self.emit("hidden", decoded)
+
+    def _expand(self, command: str) -> str:
+        """IPython expands {name} and $name in shell lines from the user's variables."""
+        def known(match):
+            folded = self.names.get(match.group(1) or match.group(2))
+            text = _as_text(folded.value) if folded else None
+            return text if text is not None else match.group(0)
+        return re.sub(r"\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", known, command)
+
+    # ------------------------------------------------------------ statements
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            self.emit("import", alias.name)
+            self.aliases[alias.asname or alias.name.split(".")[0]] = \
+                alias.name if alias.asname else alias.name.split(".")[0]
+
+    def visit_ImportFrom(self, node):
+        if node.module:
+            self.emit("import", node.module)
+            for alias in node.names:
+                self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def visit_Assign(self, node):
+        self.visit(node.value)
+        folded = self.fold(node.value)
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                if folded is not None:
+                    self.names[target.id] = folded
+                else:
+                    self.names.pop(target.id, None)
+
+    def visit_AugAssign(self, node):
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):
+            left, right = self.names.get(node.target.id), self.fold(node.value)
+            joined = _add(left.value, right.value) if left and right else None
+            if joined is not None:
+                self.names[node.target.id] = _Folded(joined, True)
+                self.emit_value(self.names[node.target.id])
+
+    # ------------------------------------------------------------ expressions
+
+    def visit_Call(self, node):
+        name = self.call_name(node.func)
+        args = [self.fold(a) for a in node.args]
+        if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
+            self._run_call(name, node, args)
+        elif isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value):
+            self._ipython_call(node.func.attr, args)
+        folded = self.fold(node)
+        if folded is not None:
+            self.emit_value(folded)
+        else:
+            self.generic_expression(node)
+
+    def _run_call(self, name: str, node: ast.Call, args: list[_Folded | None]) -> None:
+        command = None
+        if name.startswith(_RUN_PREFIXES) or name in ("os.posix_spawn", "os.posix_spawnp"):
+            # os.execv(path, argv), os.spawnv(mode, path, argv): the argv is the command
+            candidates = [a for a in args if a is not None and isinstance(a.value, (list, tuple))]
+            command = candidates[0].value if candidates else \
+                " ".join(_as_text(a.value) or "" for a in args if a is not None
+                         and isinstance(a.value, str))
+        elif args and args[0] is not None:
+            command = args[0].value
+        else:
+            for kw in node.keywords:
+                if kw.arg in ("args", "command", "cmd"):
+                    folded = self.fold(kw.value)
+                    command = folded.value if folded else None
+        if command:
+            self.emit_run(command)
+
+    def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
+        values = [_as_text(a.value) if a else None for a in args]
+        if method in ("system", "getoutput") and values and values[0]:
+            self.emit_run(values[0])
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
+            self.emit_run(values[1] or "")
+        elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
+            magic, line = values[0], values[1] or ""
+            shell = magic in _SHELL_MAGICS and (magic != "script" or
+                                                 line.split()[:1] in (["sh"], ["bash"], ["zsh"]))
+            for body_line in values[2].splitlines():
+                if body_line.strip() and not body_line.lstrip().startswith("#"):
+                    if shell:
+                        self.emit_run(body_line)
+                    else:
+                        self.emit("text", body_line)
+
+    def generic_expression(self, node):
+        """Emit the largest constant sub-expressions; look inside the rest."""
+        for child in ast.iter_child_nodes(node):
+            self.visit(child)
+
+    def generic_visit(self, node):
+        if isinstance(node, ast.expr) and not isinstance(node, (ast.Name, ast.Call)):
+            folded = self.fold(node)
+            if folded is not None:
+                self.emit_value(folded)
+                return
+        super().generic_visit(node)
+
+    def visit_Name(self, node):
+        pass  # a variable's value was emitted where it was assigned
+
+    # ------------------------------------------------------------ folding
+
+    def call_name(self, func: ast.expr) -> str | None:
+        """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run)."""
+        parts = []
+        while isinstance(func, ast.Attribute):
+            parts.append(func.attr)
+            func = func.value
+        if not isinstance(func, ast.Name):
+            return None
+        head = self.aliases.get(func.id, func.id)
+        return ".".join([head, *reversed(parts)])
+
+    def fold(self, node: ast.expr, depth: int = 0) -> _Folded | None:
+        if depth > 50:
+            return None
+        try:
+            return self._fold(node, depth + 1)
+        except (ValueError, TypeError, binascii.Error, UnicodeError, OverflowError,
+                MemoryError, LookupError, RecursionError):
+            return None
+
+    def _fold(self, node, depth):
+        if isinstance(node, ast.Constant):
+            value = node.value
+            ok = isinstance(value, (str, bytes, int)) and not isinstance(value, bool)
+            return _Folded(value, False) if ok else None
+        if isinstance(node, ast.Name):
+            return self.names.get(node.id)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [self.fold(e, depth) for e in node.elts]
+            if any(i is None for i in items):
+                return None
+            return _Folded([i.value for i in items], any(i.hidden for i in items))
+        if isinstance(node, ast.JoinedStr):
+            parts = []
+            for value in node.values:
+                folded = self.fold(value.value if isinstance(value, ast.FormattedValue) else value,
+                                   depth)
+                if folded is None or _as_text(folded.value) is None:
+                    return None
+                parts.append(_as_text(folded.value))
+            return _Folded(_cap("".join(parts)), len(node.values) > 1)
+        if isinstance(node, ast.BinOp):
+            return self._fold_binop(node, depth)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            operand = self.fold(node.operand, depth)
+            return _Folded(-operand.value, False) if operand and type(operand.value) is int else None
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
+            return self._fold_chr_comprehension(node, depth)
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+            return self._fold_slice(node, depth)
+        if isinstance(node, ast.Call):
+            return self._fold_call(node, depth)
+        return None
+
+    def _fold_binop(self, node: ast.BinOp, depth: int) -> _Folded | None:
+        left, right = self.fold(node.left, depth), self.fold(node.right, depth)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Add):
+            value = _add(left.value, right.value)
+            if isinstance(value, int):
+                return _Folded(value, False)
+            return _Folded(value, True) if value is not None else None
+        if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
+                isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
+            return _Folded(left.value * right.value, True)
+        return None
+
+    def _fold_slice(self, node: ast.Subscript, depth: int) -> _Folded | None:
+        base = self.fold(node.value, depth)
+        bounds = [self.fold(b, depth) if b is not None else _Folded(None, False)
+                  for b in (node.slice.lower, node.slice.upper, node.slice.step)]
+        if base is None or any(b is None for b in bounds) or \
+                not isinstance(base.value, (str, bytes, list)):
+            return None
+        return _Folded(base.value[slice(*(b.value for b in bounds))], True)
+
+    def _fold_chr_comprehension(self, node, depth: int) -> _Folded | None:
+        """``chr(c) for c in [120, 109, ...]``: the usual way to spell a word in numbers."""
+        if len(node.generators) != 1 or node.generators[0].ifs:
+            return None
+        loop = node.generators[0]
+        elt = node.elt
+        if not (isinstance(loop.target, ast.Name) and isinstance(elt, ast.Call)
+                and isinstance(elt.func, ast.Name) and elt.func.id == "chr" and len(elt.args) == 1
+                and isinstance(elt.args[0], ast.Name) and elt.args[0].id == loop.target.id):
+            return None
+        codes = self.fold(loop.iter, depth)
+        if codes is None or not isinstance(codes.value, list):
+            return None
+        return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
+
+    def _fold_call(self, node: ast.Call, depth: int) -> _Folded | None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
+                isinstance(node.args[0], ast.Name) and node.args[0].id == "chr":
+            codes = self.fold(node.args[1], depth)
+            if codes is not None and isinstance(codes.value, list):
+                return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
+            return None
+        args = [self.fold(a, depth) for a in node.args]
+        if any(a is None for a in args) or node.keywords and not _only_decode_keywords(node):
+            return None
+        values = [a.value for a in args]
+        name = self.call_name(func) or ""
+        if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
+                                                             "strip", "lower", "upper"):
+            base = self.fold(func.value, depth)
+            if base is not None:
+                return _Folded(_method(base.value, func.attr, values), True)
+        if isinstance(func, ast.Attribute) and func.attr == "join" and \
+                isinstance(func.value, ast.Constant):
+            return None
+        short = name.rsplit(".", 1)[-1]
+        if name == "chr" and values and isinstance(values[0], int):
+            return _Folded(chr(values[0]), True)
+        if name in ("str", "bytes", "bytearray") and len(values) == 1:
+            value = values[0]
+            if name == "str" and isinstance(value, (str, int)):
+                return _Folded(str(value), args[0].hidden)
+            if name != "str" and isinstance(value, list) and all(isinstance(v, int) for v in value):
+                return _Folded(bytes(value[:MAX_VALUE]), True)
+            return None
+        if name in ("bytes.fromhex", "binascii.unhexlify", "binascii.a2b_hex") or \
+                short in ("unhexlify", "a2b_hex"):
+            return _Folded(bytes.fromhex(_as_text(values[0]) or ""), True)
+        if short in ("b64decode", "urlsafe_b64decode", "standard_b64decode", "b32decode",
+                     "b16decode", "a2b_base64", "decodebytes"):
+            return _Folded(_b64(short, values[0]), True)
+        if name in ("codecs.decode",) and len(values) == 2 and isinstance(values[1], str):
+            return _Folded(_codec(values[0], values[1]), True)
+        if name in ("reversed",) and values and isinstance(values[0], (str, list)):
+            return _Folded(list(reversed(values[0])), True)
+        return None
+
+
+# ---------------------------------------------------------------- helpers
+
+def _cap(value):
+    if isinstance(value, (str, bytes)) and len(value) > MAX_VALUE:
+        raise ValueError("too long")
+    return value
+
+
+def _add(a, b):
+    if isinstance(a, str) and isinstance(b, str) or isinstance(a, bytes) and isinstance(b, bytes):
+        return _cap(a + b)
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
+        return a + b
+    return None
+
+
+def _method(base, method: str, args: list):
+    if method == "join" and isinstance(base, (str, bytes)) and len(args) == 1:
+        items = args[0]
+        if isinstance(items, (str, bytes)):
+            items = list(items) if isinstance(items, str) else [bytes([b]) for b in items]
+        return _cap(base.join(items))
+    if method == "decode" and isinstance(base, (bytes, bytearray)):
+        return bytes(base).decode(*(a for a in args[:1] if isinstance(a, str)) or ("utf-8",),
+                                  errors="replace")
+    if method == "encode" and isinstance(base, str):
+        return base.encode("utf-8", "replace")
+    if method == "replace" and isinstance(base, str) and len(args) == 2:
+        return _cap(base.replace(args[0], args[1]))
+    if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
+        return getattr(base, method)()
+    return None
+
+
+def _only_decode_keywords(node: ast.Call) -> bool:
+    return all(kw.arg in ("encoding", "errors", "validate", "altchars") for kw in node.keywords)
+
+
+def _b64(kind: str, value):
+    data = value.encode() if isinstance(value, str) else value
+    if kind == "b32decode":
+        return base64.b32decode(data)
+    if kind == "b16decode":
+        return base64.b16decode(data, casefold=True)
+    if kind == "urlsafe_b64decode":
+        return base64.urlsafe_b64decode(data)
+    return base64.b64decode(data)
+
+
+def _codec(value, codec: str):
+    codec = codec.lower().replace("-", "_")
+    if codec in ("rot13", "rot_13") and isinstance(value, str):
+        return codecs.decode(value, "rot13")
+    data = value.encode() if isinstance(value, str) else value
+    if codec in ("hex", "hex_codec"):
+        return binascii.unhexlify(data)
+    if codec in ("base64", "base64_codec"):
+        return base64.b64decode(data)
+    return None
+
+
+def _as_text(value) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _decode_literal(text: str) -> list[str]:
+    """Readable text hidden in a base64 or hex literal, if it is one."""
+    found = []
+    if len(text) <= MAX_VALUE and _HEX.match(text):
+        found.append(_readable(bytes.fromhex(text)))
+    if len(text) <= MAX_VALUE and _B64.match(text) and not text.isalpha() and not text.isdigit():
+        padded = text + "=" * (-len(text) % 4)
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                found.append(_readable(decode(padded)))
+                break
+            except (binascii.Error, ValueError):
+                continue
+    return [f for f in found if f]
+
+
+def _readable(data: bytes) -> str | None:
+    """The bytes as text when they are nearly all printable ASCII, else None."""
+    if len(data) < 6:
+        return None
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in data)
+    return data.decode("ascii", "replace") if printable / len(data) >= 0.95 else None
+
+
+def _is_get_ipython(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+        node.func.id == "get_ipython"
+
+
+def fields_read(condition) -> set[str]:
+    """The field names a compiled condition tests."""
+    from .conditions import All, Any_, FieldTest, Not
+
+    if isinstance(condition, FieldTest):
+        return {condition.field}
+    if isinstance(condition, Not):
+        return fields_read(condition.part)
+    if isinstance(condition, (All, Any_)):
+        return set().union(*(fields_read(p) for p in condition.parts))
+    return set()
+
+
+def is_cell_condition(condition) -> bool:
+    return CELL_FIELD in fields_read(condition)
+
+
+FIELDS[CELL_FIELD] = Field(
+    CELL_FIELD, "text", "a cell's source, normalised: one finding per line (run:, hidden:, text:, "
+    "import:); cell signatures only", lambda p: normalise_cell(getattr(p, "cell", "")))

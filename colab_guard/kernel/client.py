@@ -1,0 +1,133 @@
+"""The kernel's end of the channel: one connection, a sender and a receiver thread."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from . import protocol
+from .hook import FLUSH_INTERVAL, Reporter
+
+
+class ChannelClient:
+    def __init__(self, path: str, kernel_id: str, token: str,
+                 on_notice: Callable[[dict], None]):
+        self.path, self.kernel_id, self.token = path, kernel_id, token
+        self.on_notice = on_notice
+        self.sock: socket.socket | None = None
+        self.closed = threading.Event()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list] = {}  # request id -> [Event, answer]
+        self._reported_dropped = 0
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self, timeout: float = 5.0) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(self.path)
+        sock.sendall(protocol.encode("hello", kernel_id=self.kernel_id, token=self.token,
+                                     role="kernel"))
+        reader = sock.makefile("rb")
+        welcome = protocol.decode(reader.readline(protocol.MAX_LINE))
+        if welcome["type"] != "welcome":
+            sock.close()
+            raise ConnectionRefusedError(str(welcome.get("reason", "refused by the server")))
+        sock.settimeout(None)
+        self.sock, self._reader = sock, reader
+
+    def start(self, reporter: Reporter) -> None:
+        """Start the sender and receiver threads (daemons: they never hold the kernel up)."""
+        for target, name in ((self._send_loop, "colab-guard-sender"),
+                             (self._receive_loop, "colab-guard-receiver")):
+            thread = threading.Thread(target=target, args=(reporter,), name=name, daemon=True)
+            thread.start()
+
+    def close(self) -> None:
+        self.closed.set()
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, kind: str, **fields) -> bool:
+        if self.sock is None or self.closed.is_set():
+            return False
+        try:
+            with self._send_lock:
+                self.sock.sendall(protocol.encode(kind, **fields))
+            return True
+        except OSError:
+            self.closed.set()
+            return False
+
+    def request(self, kind: str, timeout: float, **fields) -> dict | None:
+        """Send a request and wait for its answer; None after ``timeout`` seconds."""
+        request_id = next(self._ids)
+        slot = [threading.Event(), None]
+        self._waiting[request_id] = slot
+        try:
+            if not self.send(kind, id=request_id, **fields):
+                return None
+            slot[0].wait(timeout)
+            return slot[1]
+        finally:
+            self._waiting.pop(request_id, None)
+
+    def _send_loop(self, reporter: Reporter) -> None:
+        reporter.quiet_threads.add(threading.get_ident())
+        while not self.closed.is_set():
+            reporter.wake.wait(FLUSH_INTERVAL)
+            reporter.wake.clear()
+            batch = reporter.drain()
+            dropped = reporter.dropped
+            if batch or dropped != self._reported_dropped:
+                if not self.send("events", events=batch, dropped=dropped):
+                    return
+                self._reported_dropped = dropped
+
+    def _receive_loop(self, reporter: Reporter) -> None:
+        reporter.quiet_threads.add(threading.get_ident())
+        try:
+            for line in iter(lambda: self._reader.readline(protocol.MAX_LINE), b""):
+                try:
+                    message = protocol.decode(line)
+                except ValueError:
+                    continue
+                self._dispatch(message)
+        except (OSError, ValueError):
+            pass
+        self.closed.set()
+
+    def _dispatch(self, message: dict) -> None:
+        if message["type"] == "verdict":
+            slot = self._waiting.get(message.get("id"))
+            if slot is not None:
+                slot[1] = message
+                slot[0].set()
+        if isinstance(message.get("notice"), dict) and message["type"] == "notice":
+            try:
+                self.on_notice(message["notice"])
+            except Exception:
+                pass  # showing a notice must never kill the channel
+
+
+def report_from_child(path: str, kernel_id: str, token: str, detail: str) -> None:
+    """From a child the kernel forked, just before it execs: report the command, briefly."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.2)
+    try:
+        sock.connect(path)
+        sock.sendall(protocol.encode("hello", kernel_id=kernel_id, token=token, role="child",
+                                     pid=os.getpid())
+                     + protocol.encode("events", events=[["start", detail]], dropped=0))
+    finally:
+        sock.close()

@@ -1,0 +1,198 @@
+"""KernelGuard: the hook, the channel and the notebook side of the guard, in one kernel."""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import threading
+import time
+from collections import deque
+
+from IPython.core.error import InputRejected
+from IPython.display import publish_display_data
+
+from . import notice as notices
+from . import protocol
+from .client import ChannelClient, report_from_child
+from .hook import Reporter, install
+
+#: How long an interrupted cell waits for the guard's notice before it shows a plain
+#: KeyboardInterrupt (the server sends the notice before it interrupts; this covers the race).
+NOTICE_WAIT = 0.5
+#: A guard notice this recent explains a KeyboardInterrupt.
+NOTICE_FRESH = 15.0
+
+
+class CellRefused(InputRejected):
+    """The server refused to run a cell; the notice above the error says why."""
+
+    def __init__(self, incident_id: str):
+        super().__init__(incident_id)
+        self.incident_id = incident_id
+
+    def _render_traceback_(self):
+        return [f"CellRefused: the platform's usage guard did not run this cell "
+                f"(incident {self.incident_id})"]
+
+
+class KernelGuard:
+    def __init__(self, shell, client: ChannelClient, reporter: Reporter, cell_timeout: float):
+        self.shell, self.client, self.reporter = shell, client, reporter
+        self.cell_timeout = cell_timeout
+        self.inbox: deque[dict] = deque(maxlen=32)  # notices not shown yet
+        self.shown: dict[str, float] = {}  # incident id -> when shown
+        self.running = False
+        self.arrived = threading.Condition()
+        self._raw_cell: str | None = None
+        self._checker = _CellCheck(self)
+        self._previous_custom = (shell.custom_exceptions, shell.CustomTB)
+
+    @classmethod
+    def from_environment(cls, shell) -> KernelGuard | None:
+        env = os.environ
+        path, token = env.get(protocol.ENV_SOCKET), env.get(protocol.ENV_TOKEN)
+        kernel_id = env.get(protocol.ENV_KERNEL)
+        if not (path and token and kernel_id):
+            return None
+        guard = cls.__new__(cls)
+        client = ChannelClient(path, kernel_id, token, on_notice=lambda n: guard.receive(n))
+        try:
+            client.connect()
+        except (OSError, ValueError) as err:
+            print(f"colab-guard: the kernel hook could not reach the server ({err}); the "
+                  "server still watches this kernel", file=sys.__stderr__)
+            return None
+        reporter = install()
+        reporter.child_report = lambda detail: report_from_child(path, kernel_id, token, detail)
+        guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")))
+        return guard
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.client.start(self.reporter)
+        self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
+        self.shell.ast_transformers.append(self._checker)
+        self.shell.set_custom_exc((KeyboardInterrupt,), _show_interrupt)
+        self.shell._colab_guard = self
+
+    def stop(self) -> None:
+        """Unloaded from inside the kernel: the server records it, then stops listening."""
+        self.reporter.enabled = False
+        self.client.send("unloaded")
+        self.client.close()
+        for name, callback in (("pre_run_cell", self.pre_run_cell),
+                               ("post_run_cell", self.post_run_cell)):
+            try:
+                self.shell.events.unregister(name, callback)
+            except ValueError:
+                pass
+        if self._checker in self.shell.ast_transformers:
+            self.shell.ast_transformers.remove(self._checker)
+        self.shell.custom_exceptions, self.shell.CustomTB = self._previous_custom
+        self.shell._colab_guard = None
+
+    # ------------------------------------------------------------ notices
+
+    def receive(self, notice: dict) -> None:
+        """A notice from the server (receiver thread): into the running cell, or the next one."""
+        with self.arrived:
+            notice["received"] = time.monotonic()
+            if self.running:
+                self.show(notice)
+            else:
+                self.inbox.append(notice)
+            self.arrived.notify_all()
+
+    def show(self, notice: dict) -> None:
+        incident = str(notice.get("incident_id", ""))
+        if incident in self.shown:
+            return
+        self.shown[incident] = time.monotonic()
+        if len(self.shown) > 256:
+            self.shown.pop(next(iter(self.shown)))
+        publish_display_data(notices.bundle(notice), metadata={"colab_guard": {
+            "incident_id": incident, "action": notice.get("action")}})
+
+    def show_inbox(self) -> None:
+        with self.arrived:
+            while self.inbox:
+                self.show(self.inbox.popleft())
+
+    def pre_run_cell(self, info) -> None:
+        self._raw_cell = getattr(info, "raw_cell", None)
+        self.running = True
+        self.show_inbox()
+
+    def post_run_cell(self, result) -> None:
+        self.running = False
+        self._raw_cell = None
+        self.show_inbox()
+
+    def guard_interrupted(self) -> dict | None:
+        """The notice that explains a KeyboardInterrupt, waiting briefly for it to arrive."""
+        deadline = time.monotonic() + NOTICE_WAIT
+        with self.arrived:
+            while True:
+                found = self._fresh_notice()
+                if found is not None or time.monotonic() >= deadline:
+                    return found
+                self.arrived.wait(max(0.0, deadline - time.monotonic()))
+
+    def _fresh_notice(self) -> dict | None:
+        now = time.monotonic()
+        for notice in list(self.inbox):
+            if notice.get("action") in ("interrupt", "shutdown") and \
+                    now - notice["received"] < NOTICE_FRESH:
+                self.inbox.remove(notice)
+                self.show(notice)
+                return notice
+        recent = [i for i, t in self.shown.items() if now - t < NOTICE_FRESH]
+        return {"incident_id": recent[-1]} if recent else None
+
+    # ------------------------------------------------------------ cell checks
+
+    def check_cell(self, tree: ast.Module) -> None:
+        """Ask the server about the cell about to run; raise CellRefused if it says no."""
+        source = self._raw_cell if self._raw_cell is not None else ast.unparse(tree)
+        self._raw_cell = None
+        if self.cell_timeout <= 0 or not source.strip() or self.client.closed.is_set():
+            return
+        verdict = self.client.request("cell", self.cell_timeout,
+                                      source=source[:protocol.MAX_CELL])
+        if not verdict or not isinstance(verdict.get("notice"), dict):
+            return  # no answer in time: run it; the server side still watches what it does
+        self.show(verdict["notice"])
+        if verdict.get("decision") == "refuse":
+            raise CellRefused(str(verdict["notice"].get("incident_id", "")))
+
+
+class _CellCheck(ast.NodeTransformer):
+    """Runs on every cell's AST, just before it is compiled."""
+
+    def __init__(self, guard: KernelGuard):
+        self.guard = guard
+
+    def visit(self, node):
+        try:
+            self.guard.check_cell(node)
+        except InputRejected:
+            raise
+        except Exception:
+            pass  # IPython drops a transformer that raises anything else
+        return node
+
+
+def _show_interrupt(shell, etype, value, tb, tb_offset=None):
+    """KeyboardInterrupt: the guard's notice when the guard did it, else the usual traceback."""
+    guard = getattr(shell, "_colab_guard", None)
+    found = guard.guard_interrupted() if guard is not None else None
+    if found is None:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return None
+    stb = [f"KeyboardInterrupt: stopped by the platform's usage guard "
+           f"(incident {found.get('incident_id', '')})"]
+    shell._showtraceback(etype, value, stb)
+    return None

@@ -1,0 +1,128 @@
+"""The audit hook: what the kernel starts, connects to, resolves and imports.
+
+``sys.addaudithook`` calls the hook for every audit event the interpreter raises
+(file opens included), so the hook does almost nothing: one dict lookup, then for
+the events it watches an append to a bounded deque. Never I/O, never a lock,
+never waiting: when the deque is full the event is dropped and counted. A sender
+thread drains the deque and writes batches to the server.
+
+Audit hooks cannot be removed, so "unloading" switches the hook off. A child
+forked by the kernel (``!cmd`` lines go through pexpect's forkpty) keeps the hook
+but not the sender thread: just before it execs the command, it reports the
+command itself over a short-lived connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import deque
+
+KINDS = {
+    "subprocess.Popen": "start", "os.system": "start", "os.exec": "start",
+    "os.posix_spawn": "start", "os.spawn": "start", "pty.spawn": "start",
+    "os.fork": "fork", "os.forkpty": "fork",
+    "socket.connect": "connect", "socket.getaddrinfo": "resolve",
+    "import": "import",
+}
+#: Kinds that make the sender write at once (and the server check at once).
+URGENT = frozenset({"start", "fork", "connect", "resolve"})
+FLUSH_INTERVAL = 0.25  # seconds: imports are sent at least this often
+MAX_DETAIL = 1024
+
+
+class Reporter:
+    """The events seen by the audit hook, waiting for the sender thread."""
+
+    def __init__(self, maxlen: int = 4096):
+        self.maxlen = maxlen
+        self.pending: deque = deque()
+        self.dropped = 0
+        self.enabled = True
+        self.wake = threading.Event()
+        self.pid = os.getpid()
+        self.quiet_threads: set[int] = set()  # the channel's own threads
+        self.child_report = None  # callable(detail) used in a forked child
+        self._in_child_report = False
+
+    def make_hook(self):
+        """The function given to sys.addaudithook (a closure: fewer lookups per event)."""
+        kinds, pending, wake, get_ident = KINDS, self.pending, self.wake, threading.get_ident
+        urgent = URGENT
+        state = self
+
+        def colab_guard_audit_hook(event, args):
+            kind = kinds.get(event)
+            if kind is None or not state.enabled or get_ident() in state.quiet_threads:
+                return
+            if kind == "start" and os.getpid() != state.pid:
+                state._from_child(event, args)
+                return
+            if len(pending) >= state.maxlen:
+                state.dropped += 1
+                return
+            pending.append((kind, event, args))
+            if kind in urgent and not wake.is_set():
+                wake.set()
+
+        return colab_guard_audit_hook
+
+    def _from_child(self, event: str, args) -> None:
+        if event != "os.exec" or self._in_child_report or self.child_report is None:
+            return
+        self._in_child_report = True  # the report's own socket raises audit events
+        try:
+            self.child_report(describe("start", event, args))
+        except Exception:
+            pass  # the server side sees the program anyway
+        finally:
+            self._in_child_report = False
+
+    def drain(self) -> list[list[str]]:
+        batch = []
+        while self.pending:
+            kind, event, args = self.pending.popleft()
+            batch.append([kind, describe(kind, event, args)])
+        return batch
+
+
+def describe(kind: str, event: str, args) -> str:
+    """A short text for an event's arguments (done in the sender thread, off the hot path)."""
+    try:
+        if kind == "start":
+            argv = {"subprocess.Popen": 1, "os.system": 0, "os.exec": 1, "os.posix_spawn": 1,
+                    "os.spawn": 2, "pty.spawn": 0}[event]
+            value = args[argv]
+            text = value if isinstance(value, (str, bytes)) else " ".join(map(_word, value))
+        elif kind == "connect":
+            text = str(args[1])
+        elif kind == "resolve":
+            text = f"{_word(args[0])}:{args[1]}"
+        elif kind == "import":
+            text = str(args[0])
+        else:
+            text = event
+    except Exception:
+        text = event
+    text = _word(text)
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
+
+
+def _word(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+_installed: Reporter | None = None
+
+
+def install(maxlen: int = 4096) -> Reporter:
+    """Install the audit hook once per process; later calls switch it back on."""
+    global _installed
+    if _installed is None:
+        _installed = Reporter(maxlen)
+        sys.addaudithook(_installed.make_hook())
+    _installed.enabled = True
+    return _installed
