@@ -9,6 +9,7 @@ import shutil
 import psutil
 import pytest
 
+from colab_guard.detect.signatures import load_signatures
 from tests.conftest import PYTHON, STANDINS, KernelRunner, incidents_in, wait_for
 
 pytestmark = pytest.mark.integration
@@ -151,8 +152,8 @@ async def test_dry_run_records_and_does_not_act(dry_run, kernel, pool, guard_con
 
 @pytest.fixture
 def mining_rules_off(guard_config):
-    guard_config["disabled_signatures"] = ["mining-stratum-url", "mining-miner-options",
-                                           "mining-wallet-login"]
+    rules = load_signatures().signatures.values()
+    guard_config["disabled_signatures"] = [s.id for s in rules if s.category == "crypto-mining"]
 
 
 async def test_disabled_signatures_do_not_fire(mining_rules_off, kernel, pool, guard_config):
