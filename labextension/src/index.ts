@@ -45,14 +45,27 @@ function activate(
   const api = new GuardAPI(app.serviceManager.serverSettings);
   const notifier = new IncidentNotifier(api);
   const seen = new Set<string>();
+  let eventsBeforeStatus = 0;
   const panels = new Map<string, MainAreaWidget<IncidentPanel>>();
   let status: IStatus | null = null;
 
   const statusItem = new GuardStatusItem(() => {
     void app.commands.execute(CommandIDs.openMyIncidents);
   });
+  // The server counts this session's incidents; each new incident event asks it again.
   const showCount = () =>
-    statusItem.setStatus(status, (status?.incidents_this_session ?? 0) + seen.size);
+    statusItem.setStatus(status, status?.incidents_this_session ?? eventsBeforeStatus);
+  const refreshStatus = () =>
+    api
+      .status()
+      .then(answer => {
+        status = answer;
+        showCount();
+      })
+      .catch(error => {
+        console.warn('colab-guard: status unavailable', error);
+        showCount();
+      });
 
   const openPanel = (key: string, onlyUser: string | undefined) => {
     let widget = panels.get(key);
@@ -78,7 +91,7 @@ function activate(
     label: 'My colab-guard incidents',
     caption: 'The incidents colab-guard recorded on your kernels',
     icon: shieldIcon,
-    execute: () => openPanel('mine', status?.admin ? status.user ?? undefined : undefined)
+    execute: () => openPanel('mine', status?.user ?? '')
   });
   app.commands.addCommand(CommandIDs.openIncidents, {
     label: 'colab-guard Incidents',
@@ -103,7 +116,8 @@ function activate(
     }
     if (!seen.has(incident.incident_id)) {
       seen.add(incident.incident_id);
-      showCount();
+      eventsBeforeStatus += 1;
+      void refreshStatus();
     }
     notifier.handle(incident);
     for (const widget of panels.values()) {
@@ -113,21 +127,13 @@ function activate(
     }
   });
 
-  void api
-    .status()
-    .then(answer => {
-      status = answer;
-      showCount();
-      if (answer.admin) {
-        palette?.addItem({ command: CommandIDs.openIncidents, category: 'colab-guard' });
-        launcher?.add({ command: CommandIDs.openIncidents, category: 'Other', rank: 90 });
-      }
-      app.commands.notifyCommandChanged(CommandIDs.openIncidents);
-    })
-    .catch(error => {
-      console.warn('colab-guard: status unavailable', error);
-      showCount();
-    });
+  void refreshStatus().then(() => {
+    if (status?.admin) {
+      palette?.addItem({ command: CommandIDs.openIncidents, category: 'colab-guard' });
+      launcher?.add({ command: CommandIDs.openIncidents, category: 'Other', rank: 90 });
+    }
+    app.commands.notifyCommandChanged(CommandIDs.openIncidents);
+  });
   palette?.addItem({ command: CommandIDs.openMyIncidents, category: 'colab-guard' });
 }
 

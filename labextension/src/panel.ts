@@ -27,7 +27,7 @@ export const KNOWN_CATEGORIES = [
 
 export interface IIncidentPanelOptions {
   api: IGuardAPI;
-  /** Show only this user's incidents, without a user filter. */
+  /** Show only this user's incidents, without a user filter ('': the server decides whose). */
   onlyUser?: string;
   /** Milliseconds since the epoch; injectable for tests. */
   now?: () => number;
@@ -91,7 +91,7 @@ export class IncidentPanel extends Widget {
     const windowSeconds = Number(this.window.value);
     return {
       category: this.category.value || undefined,
-      user: this.onlyUser ?? (this.user.value || undefined),
+      user: (this.onlyUser ?? this.user.value) || undefined,
       kernel_id: this.kernel.value || undefined,
       since: sinceFor(windowSeconds, this.now()),
       limit: 500
