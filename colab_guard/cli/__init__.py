@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import incidents, signatures
+from . import incidents, scan, signatures
 
-GROUPS = [signatures, incidents]
+GROUPS = [signatures, incidents, scan]
 
 
 def build_parser() -> argparse.ArgumentParser:
