@@ -189,11 +189,12 @@ def lab(tmp_path, chromium):
         server.stop()
 
 
-def mining_notebook(lab: Lab, pool_port: int) -> str:
+def mining_notebook(lab: Lab, pool_port: int, seconds: int = 600) -> str:
     """A notebook whose one cell starts the stand-in miner (a hostile string in its command line)."""
     code = (f"import subprocess, sys\n"
             f"miner = subprocess.Popen([sys.executable, {str(MINER)!r}, '-o', "
-            f"'stratum+tcp://127.0.0.1:{pool_port}', '-u', {WALLET!r}, '-p', {HOSTILE!r}])\n"
+            f"'stratum+tcp://127.0.0.1:{pool_port}', '-u', {WALLET!r}, '-p', {HOSTILE!r}, "
+            f"'--seconds', '{seconds}'])\n"
             f"miner.wait()\n")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -264,3 +265,26 @@ async def test_user_is_warned_sees_details_appeals_and_admin_finds_the_incident(
         await page.wait_for_timeout(max(0.0, 6.0 - (time.monotonic() - shown_at)) * 1000)
         await expect(toast).to_be_visible()
         assert alerts == [], f"a hostile string ran as script: {alerts}"
+
+
+async def test_dry_run_warning_says_nothing_was_stopped(lab, chromium, pool):
+    from playwright.async_api import expect
+
+    server = lab(dry_run=True)
+    async with browser_page(chromium) as page:
+        # In dry-run mode the miner is left running: it stops by itself soon after the test.
+        await open_notebook_and_run(page, server, mining_notebook(server, pool, seconds=30))
+        try:
+            toast = page.locator(".Toastify__toast", has_text=MESSAGE)
+            await expect(toast).to_contain_text("Dry run: nothing was stopped.", timeout=60_000)
+            await expect(page.locator(".jp-ColabGuard-status")).to_have_text(
+                re.compile(r"Guard: dry run · [1-9]"))
+            await toast.get_by_role("button", name="Details").click()
+            done = page.locator(".jp-Dialog .jp-ColabGuard-done")
+            await expect(done).to_contain_text("nothing was stopped")
+            await expect(done).to_contain_text("'interrupt'")
+        finally:
+            for incident in server.api("colab-guard/api/incidents")["incidents"]:
+                for process in incident["evidence"]["processes"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process["pid"], signal.SIGKILL)
