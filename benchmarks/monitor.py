@@ -2,7 +2,7 @@
 
     ./dev bench monitor [--samples 50]
 
-For trees of 1, 10 and 100 processes under one "kernel", and for 10 kernels of 20
+For trees of 1, 10, 20 and 100 processes under one "kernel", and for 10 kernels of 20
 processes each, it compares:
   - bare walk: psutil's children(recursive=True) and a read of name, exe, cmdline, CPU
     times, memory and threads for each process (what a naive monitor does per kernel);
@@ -10,6 +10,8 @@ processes each, it compares:
     loaded libraries and keeps attribution for processes that leave the tree.
 Costs are CPU time of this process (time.process_time), so other load on the machine
 does not inflate them. "% of a core at 1 Hz" is the cost of one sample per second.
+Where NVML works (an NVIDIA GPU and PyTorch with CUDA), it also measures NVML sampling
+with 1 and 8 processes on the GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from colab_guard.observe.gpu import GpuSampler  # noqa: E402
 from colab_guard.observe.processes import ProcessSampler  # noqa: E402
 
 
@@ -100,6 +103,32 @@ def main() -> None:
     finally:
         for tree in trees:
             stop_tree(tree)
+    gpu_cost(args.samples)
+
+
+GPU_WORKER = ("import torch, time\nx = torch.randn(2048, 2048, device='cuda')\n"
+              "t = time.time()\nwhile time.time() - t < 120: x = (x @ x).tanh()\n")
+
+
+def gpu_cost(samples: int) -> None:
+    """NVML sampling cost per sample with 1 and 8 processes on the GPU."""
+    gpu = GpuSampler()
+    if not gpu.start():
+        print(f"\nGPU: not measured here ({gpu.reason})")
+        return
+    print("\n| processes on the GPU | NVML sampling per sample |\n| --- | --- |")
+    for count in (1, 8):
+        workers = [subprocess.Popen([sys.executable, "-c", GPU_WORKER]) for _ in range(count)]
+        try:
+            deadline = time.monotonic() + 60
+            while len(gpu.sample().processes) < count and time.monotonic() < deadline:
+                time.sleep(0.5)
+            print(f"| {count} | {cpu_cost(gpu.sample, samples) * 1e3:.2f} ms |")
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+    gpu.stop()
 
 
 if __name__ == "__main__":

@@ -100,6 +100,11 @@ class ColabGuard(ExtensionApp):
     strike_window = Float(7 * 24 * 3600.0, config=True, help=(
         "Seconds a strike counts against its user (default 7 days)."))
 
+    gpu_sampling = Bool(True, config=True, help=(
+        "Sample GPU use per device and per process with NVML (nvidia-ml-py), so signatures "
+        "can use gpu_percent and gpu_memory_mb. Without a GPU or driver it turns itself off, "
+        "saying why once in the log and in the status API."))
+
     kernel_hook = Bool(True, config=True, help=(
         "Open the channel the kernel hook (loaded in every kernel of this environment) uses "
         "to report at once what the kernel starts, connects to and imports, to have cells "
@@ -285,6 +290,20 @@ class ColabGuard(ExtensionApp):
             "incidents_unwritten": self.store.unwritten if self.store else 0,
             "strikes": len(self.store.strikes(self.user_name, self.strike_window)) if self.store else 0,
             "strike_limit": self.strike_limit,
+            "gpu": self._gpu_status(),
+        }
+
+    def _gpu_status(self) -> dict:
+        gpu = self.monitor.gpu if self.monitor else None
+        if gpu is None:
+            return {"available": False, "reason": "switched off (ColabGuard.gpu_sampling = False)"}
+        sample = self.monitor.last_gpu
+        return {
+            "available": gpu.available,
+            "reason": gpu.reason,
+            "devices": sample.to_dict()["devices"] if sample else [],
+            "kernels": dict(self.monitor.gpu_by_kernel),
+            "errors": gpu.errors,
         }
 
 

@@ -20,6 +20,7 @@ from .act.enforce import stop_processes
 from .act.policy import RANK, choose_action, stops_processes
 from .detect.engine import Detection, Engine
 from .observe.model import Snapshot
+from .observe.gpu import GpuSample, GpuSampler
 from .observe.processes import ProcessSampler
 from .record import metrics
 from .record.events import INCIDENT_SCHEMA_ID, incident_event
@@ -45,6 +46,10 @@ class Monitor:
         self.store = store
         self.log = log or logging.getLogger("colab_guard")
         self.sampler = ProcessSampler(self.log, libraries_refresh=app.libraries_refresh)
+        self.gpu = GpuSampler(log=self.log) if app.gpu_sampling else None
+        #: kernel id -> GPU use of its processes at the last tick (for the status API)
+        self.gpu_by_kernel: dict[str, dict[str, float]] = {}
+        self.last_gpu: GpuSample | None = None
         self.listeners: list[IncidentListener] = []
         #: Called (not awaited) once an incident is recorded, before anything is done about it:
         #: the kernel channel tells the cell first, so the interrupt arrives explained.
@@ -66,6 +71,8 @@ class Monitor:
         self._running = True
         interval = self.app.sample_interval
         loop = asyncio.get_running_loop()
+        if self.gpu is not None:
+            await loop.run_in_executor(self._sampling, self.gpu.start)
         next_at = loop.time()
         while self._running:
             await self.tick()
@@ -80,6 +87,18 @@ class Monitor:
             except asyncio.TimeoutError:
                 pass
 
+    def _observe(self, kernels: dict[str, int]) -> dict[str, Snapshot]:
+        """One tick's observation, in the sampling thread: GPU first, then processes."""
+        gpu = self.gpu.sample() if self.gpu is not None else None
+        snapshots = self.sampler.sample(kernels, gpu)
+        self.last_gpu = gpu
+        if gpu is not None:
+            self.gpu_by_kernel = {
+                kid: {"gpu_percent": sum(p.gpu_percent for p in snap.processes),
+                      "gpu_memory_mb": round(sum(p.gpu_memory_mb for p in snap.processes), 1)}
+                for kid, snap in snapshots.items()}
+        return snapshots
+
     def check_soon(self) -> None:
         """Run the next tick now (the kernel hook saw something happen)."""
         self._wake.set()
@@ -89,6 +108,8 @@ class Monitor:
         self._wake.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        if self.gpu is not None:
+            self._sampling.submit(self.gpu.stop)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
 
@@ -99,7 +120,7 @@ class Monitor:
         metrics.KERNELS_MONITORED.set(len(kernels))
         try:
             snapshots = await asyncio.get_running_loop().run_in_executor(
-                self._sampling, self.sampler.sample, kernels)
+                self._sampling, self._observe, kernels)
         except Exception:
             metrics.SAMPLER_ERRORS.labels("tick").inc()
             self.log.exception("colab-guard: sampling failed; retried at the next tick")
@@ -315,6 +336,7 @@ class Monitor:
         delta = stats.processes_sampled - self._reported_stats.get("sampled", 0)
         metrics.PROCESSES_SAMPLED.inc(delta)
         self._reported_stats["sampled"] = stats.processes_sampled
+        metrics.SAMPLER_TRACKED.set(self.sampler.tracked())
 
 
 def _unique_processes(detections: list[Detection]) -> list[Detection]:

@@ -83,6 +83,9 @@ FIELDS: dict[str, Field] = {
               lambda p: len(_remote_endpoints(p))),
         Field("peer_hosts", "number", "distinct remote addresses", lambda p: len({ip for ip, _ in _remote_endpoints(p)})),
         Field("sockets", "number", "inet sockets held", lambda p: len(p.sockets)),
+        Field("gpu_percent", "number", "GPU (SM) utilisation of the process, percent, from NVML",
+              lambda p: p.gpu_percent),
+        Field("gpu_memory_mb", "number", "GPU memory the process holds, MiB", lambda p: p.gpu_memory_mb),
         Field("exe_markers", "text list",
               "known tools recognised in the executable's content (and an interpreter's script), "
               "whatever the file is called; see colab_guard/observe/content.py",

@@ -76,6 +76,8 @@ class Process:
     libraries: list[str] = field(default_factory=list)  # paths of mapped shared objects
     exe_markers: list[str] = field(default_factory=list)  # known tools its file's content shows
     open_files: list[str] = field(default_factory=list)  # paths of regular files it has open
+    gpu_percent: float = 0.0  # SM utilisation on its GPU(s), from NVML
+    gpu_memory_mb: float = 0.0  # GPU memory it holds
 
     @property
     def key(self) -> tuple[int, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from .content import ContentScanner
+from .gpu import GpuSample
 from .model import Process, Snapshot, Socket, normalise_ip
 
 #: Set in every guarded kernel's environment; inherited by everything it starts.
@@ -71,13 +73,15 @@ class ProcessSampler:
 
     # ------------------------------------------------------------------ public
 
-    def sample(self, kernels: Mapping[str, int]) -> dict[str, Snapshot]:
-        """Snapshot every kernel in ``kernels`` (kernel id -> kernel pid)."""
+    def sample(self, kernels: Mapping[str, int], gpu: GpuSample | None = None
+               ) -> dict[str, Snapshot]:
+        """Snapshot every kernel in ``kernels`` (kernel id -> kernel pid), with each
+        process's GPU use from ``gpu`` (NVML's view of the same instant) when given."""
         started = time.perf_counter()
         now = time.time()
         table, children = self._scan_table()
         owners = self._attribute(kernels, table, children)
-        sockets = self._sockets_by_pid(owners) if owners else {}
+        sockets = self._sockets_by_pid(owners, table) if owners else {}
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         for pid, kid in owners.items():
@@ -85,6 +89,9 @@ class ProcessSampler:
             if proc is None:
                 continue
             proc.sockets = sockets.get(pid, [])
+            if gpu is not None and pid in gpu.processes:
+                proc.gpu_percent = gpu.processes[pid].percent
+                proc.gpu_memory_mb = gpu.processes[pid].memory_mb
             snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
         self._forget_dead(table)
         self.stats.ticks += 1
@@ -95,6 +102,11 @@ class ProcessSampler:
     def owner_of(self, pid: int) -> str | None:
         """The kernel a live process is attributed to, if any."""
         return next((kid for (p, _), kid in self._owner.items() if p == pid), None)
+
+    def tracked(self) -> int:
+        """Processes the sampler keeps state for (each dict is keyed by live processes)."""
+        return max(len(self._owner), len(self._environ_checked), len(self._cpu),
+                   len(self._libraries), len(self._open_files))
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process to a kernel (reported by the kernel hook)."""
@@ -182,8 +194,28 @@ class ProcessSampler:
         self._environ_checked[key] = kid
         return kid
 
-    def _sockets_by_pid(self, owners: dict[int, str]) -> dict[int, list[Socket]]:
-        """One system-wide read of inet sockets, grouped by the pids we watch."""
+    def _sockets_by_pid(self, owners: dict[int, str], table: dict[int, psutil.Process]
+                        ) -> dict[int, list[Socket]]:
+        """Inet sockets of the processes we watch.
+
+        psutil reads a process's sockets by listing its fds and, if any is a
+        socket, parsing /proc/net/*. The system-wide call lists the fds of every
+        process but parses /proc/net once: cheaper when we watch most of the
+        system (a busy hub), dearer when we watch a few processes among many.
+        """
+        if len(owners) * 4 >= len(table):
+            return self._sockets_system_wide(owners)
+        found: dict[int, list[Socket]] = {}
+        for pid in owners:
+            try:
+                found[pid] = [_socket(c) for c in table[pid].net_connections(kind="inet")]
+            except psutil.AccessDenied as err:
+                self._denied("sockets", pid, err)
+            except psutil.Error:
+                pass  # gone, or a zombie: no sockets
+        return found
+
+    def _sockets_system_wide(self, owners: dict[int, str]) -> dict[int, list[Socket]]:
         found: dict[int, list[Socket]] = defaultdict(list)
         try:
             connections = psutil.net_connections(kind="inet")
@@ -191,18 +223,8 @@ class ProcessSampler:
             self._problem("sockets", "could not list sockets: %s", err)
             return found
         for conn in connections:
-            if conn.pid not in owners:
-                continue
-            found[conn.pid].append(
-                Socket(
-                    protocol="tcp" if conn.type == 1 else "udp",
-                    local_ip=normalise_ip(conn.laddr.ip) if conn.laddr else "",
-                    local_port=conn.laddr.port if conn.laddr else 0,
-                    remote_ip=normalise_ip(conn.raddr.ip) if conn.raddr else None,
-                    remote_port=conn.raddr.port if conn.raddr else None,
-                    status=conn.status,
-                )
-            )
+            if conn.pid in owners:
+                found[conn.pid].append(_socket(conn))
         return found
 
     def _read_process(self, proc: psutil.Process, now: float, is_kernel: bool) -> Process | None:
@@ -339,6 +361,17 @@ def _key(proc: psutil.Process) -> ProcessKey | None:
         return (proc.pid, proc.create_time())
     except psutil.Error:
         return None
+
+
+def _socket(conn) -> Socket:
+    return Socket(
+        protocol="tcp" if conn.type == socket.SOCK_STREAM else "udp",
+        local_ip=normalise_ip(conn.laddr.ip) if conn.laddr else "",
+        local_port=conn.laddr.port if conn.laddr else 0,
+        remote_ip=normalise_ip(conn.raddr.ip) if conn.raddr else None,
+        remote_port=conn.raddr.port if conn.raddr else None,
+        status=conn.status,
+    )
 
 
 def kernel_environment(kernel_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -44,6 +44,8 @@ def process_evidence(p: Process) -> dict[str, Any]:
         "cpu_percent": p.cpu_percent,
         "rss_mb": round(p.rss / 2**20, 1),
         "threads": p.threads,
+        "gpu_percent": p.gpu_percent,
+        "gpu_memory_mb": p.gpu_memory_mb,
         "is_kernel": p.is_kernel,
         "sockets": sockets,
         "sockets_total": len(p.sockets),

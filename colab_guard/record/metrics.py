@@ -13,6 +13,9 @@ SAMPLE_DURATION = Histogram("colab_guard_sample_duration_seconds",
 SAMPLER_ERRORS = Counter("colab_guard_sampler_errors_total",
                          "Problems while sampling: vanished processes, denied reads, failures.",
                          ["kind"])
+SAMPLER_TRACKED = Gauge("colab_guard_sampler_tracked",
+                        "Processes the sampler keeps state for (attribution, CPU, libraries); "
+                        "bounded by the live processes, since an exited one is forgotten.")
 TICKS_MISSED = Counter("colab_guard_ticks_missed_total",
                        "Ticks skipped because the previous one ran past the interval.")
 RECORD_ERRORS = Counter("colab_guard_record_errors_total",
