@@ -176,7 +176,10 @@ class KernelChannel:
             del self.kernels[conn.kernel_id]
         if conn.unloaded or conn.replaced or self._stopping:
             return
-        await asyncio.sleep(CLOSE_GRACE)  # a kernel shutting down or restarting dies now
+        try:
+            await asyncio.sleep(CLOSE_GRACE)  # a kernel shutting down or restarting dies now
+        except asyncio.CancelledError:
+            return  # the server is stopping
         if self._stopping or not _alive(conn.kernel_pid) or \
                 self.monitor.kernel_pids().get(conn.kernel_id) != conn.kernel_pid:
             return
