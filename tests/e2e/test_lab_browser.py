@@ -9,6 +9,7 @@ In CI (CI=true) a missing browser is a failure; elsewhere the tests skip, saying
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -102,9 +103,9 @@ def free_port() -> int:
 
 
 class Lab:
-    """A `jupyter lab` subprocess on 127.0.0.1 with the guard on."""
+    """A `jupyter lab` (or Notebook 7: app="notebook") subprocess on 127.0.0.1, the guard on."""
 
-    def __init__(self, tmp: Path, guard: dict):
+    def __init__(self, tmp: Path, guard: dict, app: str = "jupyterlab"):
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -129,7 +130,7 @@ class Lab:
             json.dumps({"fetchNews": "false", "checkForUpdates": False}))
         env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(tmp / "config"),
                    JUPYTER_RUNTIME_DIR=str(tmp / "runtime"))
-        command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+        command = [sys.executable, "-m", app, "--no-browser", "--ip=127.0.0.1",
                    f"--port={self.port}", "--ServerApp.port_retries=0",
                    f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}",
                    f"--config={config}", f"--LabApp.user_settings_dir={settings}",
@@ -174,12 +175,12 @@ class Lab:
 def lab(tmp_path, chromium):
     labs = []
 
-    def start(**guard) -> Lab:
+    def start(app: str = "jupyterlab", **guard) -> Lab:
         settings = {"sample_interval": 0.5, "stop_grace": 1.0, "user_name": USER,
                     "warning_message": MESSAGE, "policy_url": POLICY,
                     "database_url": f"sqlite:///{tmp_path / 'incidents.sqlite'}",
                     "incident_log": str(tmp_path / "incidents.jsonl"), **guard}
-        server = Lab(tmp_path, settings)
+        server = Lab(tmp_path, settings, app)
         labs.append(server)
         server.wait_ready()
         return server
@@ -288,3 +289,40 @@ async def test_dry_run_warning_says_nothing_was_stopped(lab, chromium, pool):
                 for process in incident["evidence"]["processes"]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process["pid"], signal.SIGKILL)
+
+
+async def test_notebook_7_user_is_warned_and_appeals(lab, chromium, pool):
+    from playwright.async_api import expect
+
+    if importlib.util.find_spec("notebook") is None:
+        reason = "Notebook 7 is not installed (pip install -e '.[test]')"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    server = lab(app="notebook")
+    async with browser_page(chromium) as page:
+        await page.goto(f"{server.url}/notebooks/{mining_notebook(server, pool)}?token={server.token}")
+        await page.locator(".jp-Notebook-ExecutionIndicator", has_text="Kernel status: Idle").wait_for(
+            timeout=90_000)
+        await page.locator(".jp-Cell .cm-content").first.click()
+        await page.keyboard.press("Shift+Enter")
+
+        toast = page.locator(".Toastify__toast", has_text=MESSAGE)
+        await toast.get_by_role("button", name="Details").click(timeout=60_000)
+        dialog = page.locator(".jp-Dialog")
+        await expect(dialog.locator(".jp-ColabGuard-notebook")).to_have_text("mining.ipynb")
+        incident_id = (await dialog.locator(".jp-ColabGuard-incident-id").inner_text()).strip()
+        await dialog.locator("textarea").fill(APPEAL)
+        await dialog.get_by_role("button", name="Appeal").click()
+        await page.locator(".Toastify__toast", has_text="Your appeal was sent").wait_for(
+            timeout=15_000)
+        incident = server.api(f"colab-guard/api/incidents/{incident_id}")
+        assert [a["text"] for a in incident["appeals"]] == [APPEAL]
+
+        # The notebook page's main area holds the notebook: the panel opens beside it.
+        await page.keyboard.press("Control+Shift+C")
+        await page.locator(".lm-CommandPalette-input").fill("colab-guard Incidents")
+        await page.keyboard.press("Enter")
+        row = page.locator(f".jp-ColabGuard-panel tr[data-incident-id='{incident_id}']")
+        await row.click()
+        await expect(page.locator(".jp-ColabGuard-detail .jp-ColabGuard-cmdline").first).to_contain_text(
+            HOSTILE)
+        await page.screenshot(path=str(ARTIFACTS / "notebook7-panel.png"))
