@@ -60,7 +60,7 @@ class Result:
 class GuardedServer:
     """``jupyter server`` with colab-guard on, on a temporary configuration."""
 
-    def __init__(self, sample_interval: float):
+    def __init__(self, sample_interval: float, cell_checks: bool):
         self.dir = Path(tempfile.mkdtemp(prefix="colab-guard-bench-"))
         self.token = secrets.token_hex(16)
         self.port = _free_port()
@@ -71,6 +71,11 @@ class GuardedServer:
             "ServerApp": {"jpserver_extensions": {"colab_guard": True}},
             "ColabGuard": {"incident_log": str(self.incident_log),
                            "sample_interval": sample_interval, "stop_grace": 1.0,
+                           # one user runs every scenario: no refusal after three strikes
+                           "strike_limit": 0,
+                           # off by default: measure what the server-side sampler recognises
+                           # (cell checks would refuse most cells before the program runs)
+                           "cell_checks": cell_checks,
                            "policy_url": "https://example.org/acceptable-use"},
         }))
         self.env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
@@ -200,6 +205,9 @@ def _judge(scenario: Scenario, category: str, started: float | None, incidents: 
     if not incidents:
         return Result(scenario.name, category, scenario.expect, "left alone", message=WARNING in text)
     first = min(incidents, key=lambda i: i["time"])
+    if started is None and scenario.cell is None:  # the cell was refused before it ran
+        return Result(scenario.name, category, scenario.expect, "stopped", None, WARNING in text,
+                      f"{first['category']} / {first['signature']} (cell refused)")
     stopped = any(a["action"] in STOP_ACTIONS and a["outcome"] in ("done", "gone")
                   for i in incidents for a in i["actions"])
     when = _epoch(first["time"])
@@ -255,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--sample-interval", type=float, default=1.0,
                         help="the guard's sample_interval (default 1.0, its default)")
+    parser.add_argument("--cell-checks", action="store_true",
+                        help="let the guard check cells before they run (most abuse cells are "
+                             "then refused before their program starts)")
     parser.add_argument("--no-netns", action="store_true",
                         help="do not enter a loopback-only network namespace")
     args = parser.parse_args(argv)
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if (not args.fast or s.fast)
                  and (args.only is None or args.only.lower() in s.name.lower())]
     env = Env.start()
-    server = GuardedServer(args.sample_interval)
+    server = GuardedServer(args.sample_interval, args.cell_checks)
     results = []
     try:
         server.start()

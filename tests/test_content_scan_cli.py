@@ -1,0 +1,104 @@
+"""``colab-guard scan PID``: a one-shot scan of a real process tree, what matches and why."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from colab_guard.cli import main
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    """No jupyter_server_config from this machine: the built-in signatures only."""
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(tmp_path / "config"))
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    """Start a program and wait until it has exec'd (its command line is the one given)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _until(lambda: psutil.Process(proc.pid).cmdline() == argv)
+    return proc
+
+
+def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+def _microsocks() -> str:
+    found = shutil.which("microsocks")
+    if found is None:
+        if IN_CI:
+            pytest.fail("microsocks is not installed (benchmarks/scenarios/install.sh --small)")
+        pytest.skip("microsocks is not installed")
+    return found
+
+
+def test_a_renamed_proxy_in_a_process_tree_is_reported_with_its_reasons(tmp_path, capsys):
+    disguised = tmp_path / "kworker"
+    shutil.copy(_microsocks(), disguised)
+    # a parent shell with the disguised proxy below it: the whole tree is scanned
+    parent = _start(["bash", "-c", f"{disguised} -i 127.0.0.1 -p 0 & wait"])
+    try:
+        # until the proxy runs below the shell and listens
+        _until(lambda: any(c.net_connections(kind="inet") for c in psutil.Process(parent.pid).children()))
+        status = main(["scan", str(parent.pid)])
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "(kworker)" in out and "content markers: microsocks" in out
+    assert "MATCH proxy-content [proxy] -> interrupt" in out
+    assert "because exe_markers in the list: 'microsocks'" in out
+
+
+def test_an_ordinary_process_matches_nothing_and_exits_zero(capsys):
+    proc = _start(["sleep", "30"])
+    try:
+        status = main(["scan", str(proc.pid), "--json"])
+    finally:
+        proc.kill()
+        proc.wait()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 0
+    assert [(r["pid"], r["matches"], r["exe_markers"]) for r in rows] == [(proc.pid, [], [])]
+
+
+def test_untrusted_command_lines_are_printed_with_control_characters_escaped(capsys):
+    proc = _start([sys.executable, "-c", "import time; time.sleep(30)", "\x1b[31mred\x07"])
+    try:
+        main(["scan", str(proc.pid)])
+    finally:
+        proc.kill()
+        proc.wait()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[31mred\\x07" in out
+
+
+def test_a_pid_that_does_not_exist_is_a_clear_error(capsys):
+    pid = 2 ** 22 + 17
+    while psutil.pid_exists(pid):
+        pid += 1
+    assert main(["scan", str(pid)]) == 2
+    assert f"no process with pid {pid}" in capsys.readouterr().err
