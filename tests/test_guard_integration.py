@@ -111,8 +111,10 @@ async def test_cracker_is_stopped(kernel, guard_config, tmp_path):
     code = f"!cd {tmp_path} && ./hashcat -m 0 -a 3 hashes.txt '?a?a?a?a?a'\n"
     await kernel.run(code, timeout=60)
     incident = await only_incident(guard_config, "password-cracking")
+    # The tool itself comes first in the evidence, before the shell that runs it.
     assert incident["evidence"]["processes"][0]["name"] == "hashcat"
-    await wait_for(lambda: gone(incident["evidence"]["processes"][0]["pid"]))
+    assert incident["summary"].startswith("password-cracking: hashcat (pid ")
+    await wait_for(lambda: all(gone(p["pid"]) for p in incident["evidence"]["processes"]))
 
 
 async def test_torrent_client_is_stopped(kernel, tracker, guard_config):

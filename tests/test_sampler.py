@@ -241,14 +241,16 @@ def test_a_denied_read_is_logged_once_and_the_rest_is_sampled(fake_kernel, monke
 def test_state_of_exited_processes_is_forgotten(fake_kernel):
     kernel = fake_kernel()
     sampler = ProcessSampler()
+    exited = []
     for _ in range(3):
-        short = subprocess.Popen(["sleep", "0.05"])
-        sampler.sample({"k1": kernel.pid})
+        short = subprocess.Popen(["sleep", "0.2"])
+        exited.append((short.pid, psutil.Process(short.pid).create_time()))
+        sampler.sample({"k1": short.pid})  # each one sampled as a kernel while it lived
         short.wait()
     sampler.sample({"k1": kernel.pid})
-    alive = {(p.pid, p.create_time()) for p in psutil.process_iter()}
     for store in (sampler._owner, sampler._environ_checked, sampler._cpu, sampler._libraries):
-        assert set(store) <= alive
+        assert not set(exited) & set(store)
+    assert sampler.tracked() <= len(psutil.pids())
 
 
 def test_environment_marker_is_set_for_kernels():

@@ -51,13 +51,16 @@ def start_server(tmp_path, guard_settings: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("settings, message", [
     ({"signature_paths": ["{tmp}/ops-rules.yaml"]},
-     "ops-rules.yaml, line 2: signature 'half', field 'severity': required"),
+     "ops-rules.yaml, line 2: signature 'half', field 'severity': 'extreme' is not one of"),
     ({"disabled_signatures": ["no-such-rule"]},
      "ColabGuard.disabled_signatures names unknown id(s): no-such-rule"),
     ({"incident_log": "{tmp}/a-file/incidents.jsonl"}, "cannot be written"),
 ])
 def test_a_guard_that_cannot_start_stops_the_server(tmp_path, settings, message):
-    (tmp_path / "ops-rules.yaml").write_text("signatures:\n  - id: half\n    category: crypto-mining\n")
+    (tmp_path / "ops-rules.yaml").write_text(
+        "signatures:\n  - id: half\n    category: crypto-mining\n    severity: extreme\n"
+        "    description: a rule with a bad severity\n    when: {name: {equals: x}}\n"
+        "    examples: {match: [{name: x}], no_match: [{name: y}]}\n")
     (tmp_path / "a-file").write_text("")
     settings = json.loads(json.dumps(settings).replace("{tmp}", str(tmp_path)))
     result = start_server(tmp_path, settings)

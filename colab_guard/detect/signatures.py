@@ -78,6 +78,7 @@ class AllowRule:
     examples: Examples = field(default_factory=Examples)
     source: str = ""
     hold_seconds: float = 0.0  # allow rules apply at once
+    on_cells: bool = False  # allow rules are about processes
 
 
 @dataclass

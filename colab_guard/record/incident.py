@@ -80,7 +80,8 @@ class Incident:
     @classmethod
     def from_detections(cls, detections: list[Detection], user: str,
                         notebook: str | None, dry_run: bool) -> Incident:
-        primary = max(detections, key=lambda d: SEVERITY_RANK[d.signature.severity])
+        detections = _most_telling_first(detections)
+        primary = detections[0]
         processes: dict[int, Process] = {d.process.pid: d.process for d in detections}
         return cls(
             kernel_id=primary.kernel_id,
@@ -122,6 +123,14 @@ class Incident:
         if isinstance(known.get("time"), str):
             known["time"] = datetime.fromisoformat(known["time"]).timestamp()
         return cls(**known)
+
+
+def _most_telling_first(detections: list[Detection]) -> list[Detection]:
+    """Most severe first; among equals, the program itself before the shell that started it
+    (``bash -c './hashcat …'`` matches too, but the user should read "hashcat")."""
+    parents = {d.process.ppid for d in detections}
+    return sorted(detections, key=lambda d: (-SEVERITY_RANK[d.signature.severity],
+                                             d.process.pid in parents))
 
 
 def _iso(ts: float) -> str:
