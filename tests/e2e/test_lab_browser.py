@@ -249,11 +249,17 @@ async def test_user_is_warned_sees_details_appeals_and_admin_finds_the_incident(
         assert [a["text"] for a in incident["appeals"]] == [APPEAL]
         assert incident["user"] == USER and incident["category"] == "crypto-mining"
 
+        # The status bar item opens the user's own incidents.
+        await page.locator(".jp-ColabGuard-status").click()
+        mine = page.locator("#colab-guard-mine .jp-ColabGuard-panel")
+        await expect(mine.locator(f"tr[data-incident-id='{incident_id}']")).to_be_visible()
+        assert await mine.locator(".jp-ColabGuard-filter-user").count() == 0
+
         # The admin panel, from the command palette.
         await page.keyboard.press("Control+Shift+C")
         await page.locator(".lm-CommandPalette-input").fill("colab-guard Incidents")
         await page.keyboard.press("Enter")
-        panel = page.locator(".jp-ColabGuard-panel")
+        panel = page.locator("#colab-guard-all .jp-ColabGuard-panel")
         await panel.locator(f"tr[data-incident-id='{incident_id}']").click()
         cmdline = panel.locator(".jp-ColabGuard-detail .jp-ColabGuard-cmdline").first
         await expect(cmdline).to_contain_text(HOSTILE)
