@@ -1,6 +1,6 @@
 """Detection latency: time from a forbidden process's start to its end, on a real guarded server.
 
-    ./dev bench latency [--runs 10] [--interval 1.0] [--detached]
+    ./dev bench latency [--runs 10] [--interval 1.0] [--detached] [--no-hook]
 
 Starts `jupyter server` with the guard on (temporary config and data folders), a kernel
 through the REST API, and a stand-in pool on 127.0.0.1. Each run, a cell starts the stand-in
@@ -41,7 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workdir: Path, interval: float) -> tuple[subprocess.Popen, str]:
+def start_server(workdir: Path, interval: float, hook: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config"),
            "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
@@ -50,6 +50,7 @@ def start_server(workdir: Path, interval: float) -> tuple[subprocess.Popen, str]
          f"--IdentityProvider.token={TOKEN}", "--ServerApp.open_browser=False", "--allow-root",
          "--ServerApp.jpserver_extensions=colab_guard=True",
          f"--ColabGuard.sample_interval={interval}", "--ColabGuard.stop_grace=1",
+         f"--ColabGuard.kernel_hook={hook}",
          f"--ColabGuard.incident_log={workdir / 'incidents.jsonl'}"],
         env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))
     url = f"http://127.0.0.1:{port}"
@@ -127,10 +128,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--interval", type=float, default=1.0, help="ColabGuard.sample_interval")
     parser.add_argument("--detached", action="store_true", help="start the miner with setsid/nohup from a ! line")
+    parser.add_argument("--no-hook", dest="hook", action="store_false",
+                        help="ColabGuard.kernel_hook=False: the server-side sampler alone")
     args = parser.parse_args()
     pool_server = pool.serve()
     with tempfile.TemporaryDirectory(prefix="colab-guard-latency-") as tmp:
-        server, url = start_server(Path(tmp), args.interval)
+        server, url = start_server(Path(tmp), args.interval, args.hook)
         try:
             client = kernel_client(url, Path(tmp))
             latencies = [one_run(client, pool_server.getsockname()[1], args.detached)
@@ -140,7 +143,8 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     how = "detached (setsid/nohup from a ! line)" if args.detached else "from subprocess.Popen"
-    print(f"miner started {how}; sample_interval {args.interval:g} s; {args.runs} runs")
+    print(f"miner started {how}; sample_interval {args.interval:g} s; kernel hook "
+          f"{'on' if args.hook else 'off'}; {args.runs} runs")
     print("latencies (s): " + " ".join(f"{x:.2f}" for x in latencies))
     print(f"median {statistics.median(latencies):.2f} s, worst {max(latencies):.2f} s")
 
