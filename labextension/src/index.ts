@@ -91,7 +91,9 @@ function activate(
     label: 'My colab-guard incidents',
     caption: 'The incidents colab-guard recorded on your kernels',
     icon: shieldIcon,
-    execute: () => openPanel('mine', status?.user ?? '')
+    // No user filter: the server shows a user only their own incidents, and on a
+    // single-user server (where the login may be anonymous) the admin is its owner.
+    execute: () => openPanel('mine', '')
   });
   app.commands.addCommand(CommandIDs.openIncidents, {
     label: 'colab-guard Incidents',
