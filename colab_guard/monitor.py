@@ -75,8 +75,11 @@ class Monitor:
             await loop.run_in_executor(self._sampling, self.gpu.start)
         next_at = loop.time()
         while self._running:
+            started = loop.time()
             await self.tick()
-            next_at += interval
+            # A tick run early (check_soon) must not push the schedule ahead: the next
+            # periodic tick comes at most one interval after this one started.
+            next_at = min(next_at + interval, started + interval)
             delay = next_at - loop.time()
             if delay < 0:
                 metrics.TICKS_MISSED.inc(int(-delay // interval) + 1)
