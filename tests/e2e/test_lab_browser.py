@@ -50,7 +50,7 @@ def missing_prerequisites() -> list[str]:
     if not os.access(CHROMIUM, os.X_OK):
         problems.append(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.async_api  # noqa: F401
     except ImportError:
         problems.append("the playwright package is missing (pip install -e '.[test]')")
     if not (Path(sys.prefix) / "share/jupyter/labextensions/colab-guard/package.json").exists():
