@@ -15,6 +15,7 @@ import json
 from datetime import datetime
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.identity import IdentityProvider, LegacyIdentityProvider, PasswordIdentityProvider
 from jupyter_server.utils import ensure_async
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
@@ -22,6 +23,7 @@ from tornado import web
 
 from .record.database import AppealError, incident_view
 
+ANONYMOUS_LOGINS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
 AUTH_RESOURCE = "colab_guard"
 ADMIN_RESOURCE = "colab_guard:admin"
 MAX_TEXT = 2000
@@ -42,6 +44,12 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def username(self) -> str:
+        """Who is asking. jupyter_server's own token and password logins have no identities
+        (each browser session gets an anonymous name): such a server has one user, its
+        owner, whose name its incidents carry. JupyterHub and other identity providers
+        name the real user."""
+        if type(self.identity_provider) in ANONYMOUS_LOGINS:
+            return self.guard.user_name
         return self.current_user.username
 
     async def is_admin(self, action: str = "read") -> bool:
