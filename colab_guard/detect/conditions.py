@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import regex
+
 from .fields import FIELDS, OPERATORS, FieldView
 
 
@@ -33,13 +35,24 @@ class ConditionError(ValueError):
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
 
 
-def compile_regex(pattern: str, path: str) -> re.Pattern:
+#: Seconds one regex search may take. Shapes the check above misses ((a|aa)+$, .*a.*b.*c)
+#: can still backtrack for minutes on a hostile 8 KiB command line: such a search stops
+#: here and raises RegexTimeout (the engine counts it as no match, and says so once).
+REGEX_TIMEOUT = 0.05
+
+
+class RegexTimeout(TimeoutError):
+    """A regex search ran past REGEX_TIMEOUT."""
+
+
+def compile_regex(pattern: str, path: str) -> regex.Pattern:
     if _NESTED_QUANTIFIER.search(pattern):
         raise ConditionError(path, f"regex {pattern!r} nests quantifiers (like (a+)+), "
                                    "which can backtrack for minutes on hostile input")
     try:
-        return re.compile(pattern)
-    except re.error as err:
+        re.compile(pattern)  # Python's syntax, and its error messages
+        return regex.compile(pattern)  # same syntax; its searches can be bounded in time
+    except (re.error, regex.error) as err:
         raise ConditionError(path, f"bad regex {pattern!r}: {err}") from None
 
 
@@ -121,7 +134,10 @@ def _holds(op: str, operand: Any, item: Any) -> bool:
     if op == "in":
         return item in operand
     if op == "regex":
-        return operand.search(item) is not None
+        try:
+            return operand.search(item, timeout=REGEX_TIMEOUT) is not None
+        except TimeoutError:
+            raise RegexTimeout(f"regex {operand.pattern!r} took over {REGEX_TIMEOUT:g} s") from None
     if op == "contains":
         return operand in item
     if op == "gte":

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
+from .conditions import RegexTimeout
 from .fields import FieldView
 from .signatures import Signature, SignatureSet
 
@@ -45,6 +46,10 @@ class Engine:
     _since: dict[tuple, float] = field(default_factory=dict)
     #: signatures switched off after raising, with the error
     disabled: dict[str, str] = field(default_factory=dict)
+    #: signatures whose regex ran past its time limit at least once (said once each)
+    slow: set[str] = field(default_factory=set)
+    # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
+    _too_slow: set[tuple] = field(default_factory=set)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
@@ -56,14 +61,21 @@ class Engine:
             for sig in list(self.rules.signatures.values()):
                 if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
                     continue  # cell signatures see only cell checks, and process ones only processes
+                if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
+                    continue
                 found = self._check(sig, snapshot, process, view, held_now)
                 if found is not None:
                     detections.append(found)
         self._forget(snapshot.kernel_id, held_now)
+        if self._too_slow:
+            live = {p.key for p in snapshot.processes}
+            self._too_slow = {k for k in self._too_slow
+                              if k[1] != snapshot.kernel_id or tuple(k[2:]) in live}
         return detections
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
+        self._too_slow = {k for k in self._too_slow if k[1] != kernel_id}
 
     # ------------------------------------------------------------------
 
@@ -71,6 +83,19 @@ class Engine:
                held_now: set[tuple]) -> Detection | None:
         try:
             ok, reasons = sig.when.test(view)
+        except RegexTimeout as err:
+            # Hostile text against a regex that backtracks: no match, and not retried on
+            # this process every tick (a cell is checked once anyway). Not disabled: the
+            # user would otherwise switch the rule off for everyone.
+            if not getattr(process, "cell", ""):
+                self._too_slow.add((sig.id, snapshot.kernel_id, *process.key))
+            if sig.id not in self.slow:
+                self.slow.add(sig.id)
+                self.log.warning("colab-guard: signature %r (%s): %s on pid %s of kernel %s; "
+                                 "counted as no match (simplify the regex; further occurrences "
+                                 "are not logged)", sig.id, sig.source, err, process.pid,
+                                 snapshot.kernel_id)
+            return None
         except Exception as err:  # a bug in one rule must not silence the others
             self.disabled[sig.id] = f"{type(err).__name__}: {err}"
             self.log.error("colab-guard: signature %r (%s) raised %s and is disabled; the "
@@ -94,7 +119,9 @@ class Engine:
                 if rule.when.test(view)[0]:
                     return True
             except Exception as err:
-                self.log.error("colab-guard: allow rule %r raised %s", rule.id, err)
+                if rule.id not in self.slow:  # said once, not every tick
+                    self.slow.add(rule.id)
+                    self.log.error("colab-guard: allow rule %r raised %s", rule.id, err)
         return False
 
     def _forget(self, kernel_id: str, keep: set[tuple]) -> None:
