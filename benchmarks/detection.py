@@ -49,6 +49,7 @@ class Result:
     latency: float | None = None
     message: bool = False
     incident: str = ""  # category and signature recorded
+    output: str = ""  # the cell's last output, for the JSON report
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,7 @@ class Result:
 class GuardedServer:
     """``jupyter server`` with colab-guard on, on a temporary configuration."""
 
-    def __init__(self, sample_interval: float, cell_checks: bool):
+    def __init__(self, sample_interval: float, cell_checks: bool, kernel_hook: bool = True):
         self.dir = Path(tempfile.mkdtemp(prefix="colab-guard-bench-"))
         self.token = secrets.token_hex(16)
         self.port = _free_port()
@@ -75,7 +76,7 @@ class GuardedServer:
                            "strike_limit": 0,
                            # off by default: measure what the server-side sampler recognises
                            # (cell checks would refuse most cells before the program runs)
-                           "cell_checks": cell_checks,
+                           "cell_checks": cell_checks, "kernel_hook": kernel_hook,
                            "policy_url": "https://example.org/acceptable-use"},
         }))
         self.env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
@@ -174,7 +175,9 @@ def run_scenario(server: GuardedServer, env: Env, scenario: Scenario) -> Result:
             outputs.append("(cell timed out)")
         started = _started(outputs)
         incidents = _wait_incidents(server, kernel_id, scenario)
-        return _judge(scenario, category, started, incidents, "".join(outputs))
+        result = _judge(scenario, category, started, incidents, "".join(outputs))
+        result.output = "".join(outputs)[-600:]
+        return result
     finally:
         client.stop_channels()
         try:
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-checks", action="store_true",
                         help="let the guard check cells before they run (most abuse cells are "
                              "then refused before their program starts)")
+    parser.add_argument("--no-kernel-hook", action="store_true",
+                        help="switch the kernel hook off: the server-side sampler alone, "
+                             "as when a user has removed the hook")
     parser.add_argument("--no-netns", action="store_true",
                         help="do not enter a loopback-only network namespace")
     args = parser.parse_args(argv)
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if (not args.fast or s.fast)
                  and (args.only is None or args.only.lower() in s.name.lower())]
     env = Env.start()
-    server = GuardedServer(args.sample_interval, args.cell_checks)
+    server = GuardedServer(args.sample_interval, args.cell_checks, not args.no_kernel_hook)
     results = []
     try:
         server.start()

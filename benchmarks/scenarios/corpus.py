@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,6 +114,10 @@ class Env:
         (w / "payload.torrent").write_bytes(make_torrent(w / "payload.bin", self.announce))
         # md5 of a random 12-character password: no quick crack ends the scenario early
         (w / "hashes.txt").write_text(hashlib.md5(os.urandom(9).hex().encode()).hexdigest() + "\n")
+        # an md5crypt hash (Debian's john 1.9 has no raw-md5) of a random password
+        salted = subprocess.run(["openssl", "passwd", "-1", os.urandom(9).hex()],
+                                capture_output=True, text=True).stdout.strip()
+        (w / "shadow.txt").write_text(f"user:{salted}\n")
         (w / "words.txt").write_text("\n".join(f"guess{i}" for i in range(50000)) + "\n")
         (w / "users.txt").write_text("admin\nroot\n")
         (w / "torrc").write_text(f"SocksPort 127.0.0.1:19050\nDataDirectory {w}/tor\nDisableNetwork 1\n")
@@ -375,12 +380,12 @@ SCENARIOS: list[Scenario] = [
     Scenario("libtorrent inside the kernel", "torrenting", cell=_libtorrent_cell),
     # ------------------------------------------------------------ password-cracking
     Scenario("john", "password-cracking",
-             lambda e: ["john", "--format=raw-md5", "--incremental",
-                        "--pot=" + str(e.work / "john.pot"), str(e.work / "hashes.txt")],
+             lambda e: ["john", "--format=md5crypt", "--incremental", f"--session={e.work}/john1",
+                        str(e.work / "shadow.txt")],
              programs=("john",)),
     Scenario("john renamed render", "password-cracking",
-             lambda e: [e.copy_as(find("john"), "render"), "--incremental",
-                        "--pot=" + str(e.work / "john2.pot"), str(e.work / "hashes.txt")],
+             lambda e: [e.copy_as(find("john"), "render"), "--incremental", f"--session={e.work}/john2",
+                        str(e.work / "shadow.txt")],
              programs=("john",)),
     Scenario("hashcat", "password-cracking",
              lambda e: ["hashcat", "-m", "0", "-a", "3", "--potfile-disable", str(e.work / "hashes.txt"),
