@@ -274,6 +274,9 @@ class Monitor:
 
     async def _act_on_kernel(self, kernel_id: str, planned: Action) -> None:
         km = self.app.serverapp.kernel_manager
+        if kernel_id not in km:  # shut down, or culled, while the incident was under way
+            planned.outcome, planned.detail = "gone", "the kernel had already been shut down"
+            return
         try:
             if planned.action == "interrupt":
                 await km.interrupt_kernel(kernel_id)

@@ -42,6 +42,7 @@ class SamplerStats:
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
     claimed_by_environment: int = 0
+    uid_changes: int = 0  # a process seen under one uid, then another (setuid)
     last_duration: float = 0.0
     problems_logged: set[str] = field(default_factory=set)
 
@@ -70,6 +71,7 @@ class ProcessSampler:
         self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
         self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
         self._open_files: dict[ProcessKey, tuple[float, list[str]]] = {}
+        self._uids: dict[ProcessKey, int] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -106,7 +108,7 @@ class ProcessSampler:
     def tracked(self) -> int:
         """Processes the sampler keeps state for (each dict is keyed by live processes)."""
         return max(len(self._owner), len(self._environ_checked), len(self._cpu),
-                   len(self._libraries), len(self._open_files))
+                   len(self._libraries), len(self._open_files), len(self._uids))
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process to a kernel (reported by the kernel hook)."""
@@ -189,6 +191,12 @@ class ProcessSampler:
             pass
         if kid is not None and kid not in kernels:
             kid = None
+        if kid is not None and not _same_user(proc, kernels[kid]):
+            # Another user's process naming our kernel: never blamed on it, never acted on.
+            self._problem("foreign-marker", "process %s names kernel %s in its environment but "
+                          "runs as another user than the kernel; not attributed to it",
+                          proc.pid, kid)
+            kid = None
         if kid is not None:
             self.stats.claimed_by_environment += 1
         self._environ_checked[key] = kid
@@ -252,6 +260,7 @@ class ProcessSampler:
             self._denied("process", proc.pid, err)
             return sample
         sample.cpu_percent = self._cpu_percent(key, times.user + times.system, now)
+        self._note_uid(key, sample.uid, proc.pid)
         sample.libraries = self._mapped_libraries(key, proc.pid, now)
         sample.open_files = self._files_open(key, proc.pid, now)
         sample.exe_markers = self.content.process_markers(proc.pid, sample.exe, sample.cmdline)
@@ -283,6 +292,16 @@ class ProcessSampler:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
         self._open_files[key] = (now, found)
         return found
+
+    def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:
+        """A process that changes its uid (setuid) stays its kernel's; said once."""
+        before = self._uids.get(key)
+        if uid is not None:
+            self._uids[key] = uid
+        if before is not None and uid is not None and uid != before:
+            self.stats.uid_changes += 1
+            self._problem("uid", "process %s changed its uid from %s to %s; it stays attributed "
+                          "to its kernel", pid, before, uid)
 
     def _cpu_percent(self, key: ProcessKey, cpu_seconds: float, now: float) -> float:
         before = self._cpu.get(key)
@@ -351,9 +370,17 @@ class ProcessSampler:
             if key is not None:
                 alive.add(key)
         for store in (self._owner, self._environ_checked, self._cpu, self._libraries,
-                      self._open_files):
+                      self._open_files, self._uids):
             for key in [k for k in store if k not in alive]:
                 del store[key]
+
+
+def _same_user(proc: psutil.Process, kernel_pid: int) -> bool:
+    """Whether a process runs as the same (real) user as the kernel."""
+    try:
+        return proc.uids().real == psutil.Process(kernel_pid).uids().real
+    except psutil.Error:
+        return False
 
 
 def _key(proc: psutil.Process) -> ProcessKey | None:
