@@ -50,22 +50,27 @@ class Engine:
     slow: set[str] = field(default_factory=set)
     # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
     _too_slow: set[tuple] = field(default_factory=set)
+    # kernel id -> process key -> (what was observed, the signatures it matched, with why)
+    _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
         held_now: set[tuple] = set()
+        last, now = self._last.get(snapshot.kernel_id, {}), {}
         for process in snapshot.processes:
-            view = FieldView(process)
-            if self._allowed(view):
-                continue
-            for sig in list(self.rules.signatures.values()):
-                if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
-                    continue  # cell signatures see only cell checks, and process ones only processes
-                if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
-                    continue
-                found = self._check(sig, snapshot, process, view, held_now)
-                if found is not None:
-                    detections.append(found)
+            observed = _observed(process)
+            cached = last.get(process.key)
+            # Most processes look the same from one tick to the next (a thousand idle
+            # children of fifty kernels): the same observation gives the same matches.
+            matches = cached[1] if cached is not None and cached[0] == observed \
+                else self._matches(snapshot, process)
+            now[process.key] = (observed, matches)
+            for sig, reasons in matches:
+                if sig.id not in self.disabled:
+                    found = self._hold(sig, snapshot, process, reasons, held_now)
+                    if found is not None:
+                        detections.append(found)
+        self._last[snapshot.kernel_id] = now  # live processes only: bounded
         self._forget(snapshot.kernel_id, held_now)
         if self._too_slow:
             live = {p.key for p in snapshot.processes}
@@ -75,12 +80,30 @@ class Engine:
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
+        self._last.pop(kernel_id, None)
         self._too_slow = {k for k in self._too_slow if k[1] != kernel_id}
 
     # ------------------------------------------------------------------
 
-    def _check(self, sig: Signature, snapshot: Snapshot, process: Process, view: FieldView,
-               held_now: set[tuple]) -> Detection | None:
+    def _matches(self, snapshot: Snapshot, process: Process) -> list[tuple[Signature, list[str]]]:
+        """The signatures the process matches now, with the reasons (none if allowed)."""
+        view = FieldView(process)
+        if self._allowed(view):
+            return []
+        found = []
+        for sig in list(self.rules.signatures.values()):
+            if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
+                continue  # cell signatures see only cell checks, and process ones only processes
+            if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
+                continue
+            reasons = self._test(sig, snapshot, process, view)
+            if reasons is not None:
+                found.append((sig, reasons))
+        return found
+
+    def _test(self, sig: Signature, snapshot: Snapshot, process: Process,
+              view: FieldView) -> list[str] | None:
+        """The reasons the signature's condition holds, or None."""
         try:
             ok, reasons = sig.when.test(view)
         except RegexTimeout as err:
@@ -101,8 +124,11 @@ class Engine:
             self.log.error("colab-guard: signature %r (%s) raised %s and is disabled; the "
                            "other signatures keep working", sig.id, sig.source, self.disabled[sig.id])
             return None
-        if not ok:
-            return None
+        return reasons if ok else None
+
+    def _hold(self, sig: Signature, snapshot: Snapshot, process: Process, reasons: list[str],
+              held_now: set[tuple]) -> Detection | None:
+        """A detection once the condition has held for the signature's ``for``."""
         key = (sig.id, snapshot.kernel_id, *process.key)
         held_now.add(key)
         since = self._since.setdefault(key, snapshot.time)
@@ -128,6 +154,11 @@ class Engine:
         """A condition that stops holding starts its window again."""
         for key in [k for k in self._since if k[1] == kernel_id and k not in keep]:
             del self._since[key]
+
+
+def _observed(process: Process) -> tuple:
+    """Everything the sampler saw of a process, comparable from one tick to the next."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in vars(process).values())
 
 
 def check_examples(sig: Signature) -> list[str]:
