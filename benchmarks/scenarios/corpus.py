@@ -423,9 +423,12 @@ SCENARIOS: list[Scenario] = [
              programs=("hping3",)),
     # ------------------------------------------------------------ scanning
     Scenario("nmap connect scan", "scanning",
-             lambda e: ["nmap", "-sT", "-Pn", "-p", "1-65535", "127.0.0.1"], programs=("nmap",)),
+             lambda e: ["nmap", "-sT", "-Pn", "--max-rate", "2000", "-p", "1-65535", "127.0.0.1"],
+             programs=("nmap",)),
     Scenario("nmap renamed update", "scanning",
-             lambda e: [e.copy_as(find("nmap"), "update"), "-sT", "-Pn", "-p", "1-65535", "127.0.0.1"],
+             # (rate-limited like a real scan: on loopback a full scan ends in under a second)
+             lambda e: [e.copy_as(find("nmap"), "update"), "-sT", "-Pn", "--max-rate", "2000", "-p",
+                        "1-65535", "127.0.0.1"],
              programs=("nmap",)),
     # ------------------------------------------------------------ web-hosting (recorded only)
     Scenario("public file server, many clients", "web-hosting", cell=_public_server_cell,
