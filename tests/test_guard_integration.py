@@ -25,6 +25,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def popen_cell(argv: list[str], then: str = "p.wait()") -> str:
+    """A cell that starts ``argv`` with subprocess.Popen, prints its pid, then runs ``then``."""
+    return (f"import subprocess, time\np = subprocess.Popen({argv!r})\n"
+            f"print('PID', p.pid, flush=True)\n{then}\n")
+
+
+#: The end of a cell that lets the program run a while and says whether it survived.
+STILL_ALIVE_AFTER = "time.sleep({})\nprint('alive', p.poll() is None)\np.kill(); p.wait()"
+
+
 def pid_from(outputs) -> int:
     for line in KernelRunner.text(outputs).splitlines():
         if line.startswith("PID "):
@@ -42,11 +52,8 @@ async def only_incident(guard_config, category: str) -> dict:
 
 async def test_miner_started_from_python_is_stopped_and_kernel_interrupted(
         kernel, pool, guard_config, jp_fetch):
-    code = (f"import subprocess\n"
-            f"p = subprocess.Popen([{PYTHON!r}, {str(MINER)!r}, '-o', 'stratum+tcp://127.0.0.1:{pool}',"
-            f" '-u', {WALLET!r}, '-p', 'x'])\n"
-            f"print('PID', p.pid, flush=True)\n"
-            f"p.wait()\n")
+    code = popen_cell([PYTHON, str(MINER), "-o", f"stratum+tcp://127.0.0.1:{pool}", "-u", WALLET,
+                       "-p", "x"])
     reply, outputs = await kernel.run(code, timeout=60)
     pid = pid_from(outputs)
 
@@ -87,11 +94,8 @@ async def test_renamed_miner_on_an_unusual_port_is_stopped(kernel, pool, guard_c
     # random high port, and the process renames itself after start.
     disguised = tmp_path / "kworker"
     shutil.copy(os.path.realpath(PYTHON), disguised)
-    code = (f"import subprocess\n"
-            f"p = subprocess.Popen([{str(disguised)!r}, {str(MINER)!r}, '-o', '127.0.0.1:{pool}',"
-            f" '-u', {WALLET!r}, '-p', 'x', '--rename', 'kworker/0:1'])\n"
-            f"print('PID', p.pid, flush=True)\n"
-            f"p.wait()\n")
+    code = popen_cell([str(disguised), str(MINER), "-o", f"127.0.0.1:{pool}", "-u", WALLET,
+                       "-p", "x", "--rename", "kworker/0:1"])
     reply, outputs = await kernel.run(code, timeout=60)
     pid = pid_from(outputs)
     assert reply["status"] == "error"
@@ -120,10 +124,7 @@ async def test_cracker_is_stopped(kernel, guard_config, tmp_path):
 async def test_torrent_client_is_stopped(kernel, tracker, guard_config):
     link = (f"magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"
             f"&tr=http://127.0.0.1:{tracker}/announce")
-    code = (f"import subprocess\n"
-            f"p = subprocess.Popen([{PYTHON!r}, {str(STANDINS / 'torrent.py')!r}, {link!r}])\n"
-            f"print('PID', p.pid, flush=True)\n"
-            f"p.wait()\n")
+    code = popen_cell([PYTHON, str(STANDINS / "torrent.py"), link])
     reply, outputs = await kernel.run(code, timeout=60)
     pid = pid_from(outputs)
     assert reply["status"] == "error"
@@ -138,12 +139,8 @@ def dry_run(guard_config):
 
 
 async def test_dry_run_records_and_does_not_act(dry_run, kernel, pool, guard_config):
-    code = (f"import subprocess, time\n"
-            f"p = subprocess.Popen([{PYTHON!r}, {str(MINER)!r}, '-o', 'stratum+tcp://127.0.0.1:{pool}'])\n"
-            f"print('PID', p.pid, flush=True)\n"
-            f"time.sleep(4)\n"
-            f"print('alive', p.poll() is None)\n"
-            f"p.kill(); p.wait()\n")
+    code = popen_cell([PYTHON, str(MINER), "-o", f"stratum+tcp://127.0.0.1:{pool}"],
+                      then=STILL_ALIVE_AFTER.format(4))
     reply, outputs = await kernel.run(code, timeout=60)
     assert reply["status"] == "ok"
     assert "alive True" in KernelRunner.text(outputs)
@@ -159,11 +156,8 @@ def mining_rules_off(guard_config):
 
 
 async def test_disabled_signatures_do_not_fire(mining_rules_off, kernel, pool, guard_config):
-    code = (f"import subprocess, time\n"
-            f"p = subprocess.Popen([{PYTHON!r}, {str(MINER)!r}, '-o', 'stratum+tcp://127.0.0.1:{pool}'])\n"
-            f"time.sleep(3)\n"
-            f"print('alive', p.poll() is None)\n"
-            f"p.kill(); p.wait()\n")
+    code = popen_cell([PYTHON, str(MINER), "-o", f"stratum+tcp://127.0.0.1:{pool}"],
+                      then=STILL_ALIVE_AFTER.format(3))
     reply, outputs = await kernel.run(code, timeout=60)
     assert reply["status"] == "ok"
     assert "alive True" in KernelRunner.text(outputs)
