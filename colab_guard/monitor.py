@@ -25,7 +25,7 @@ from .observe.processes import ProcessSampler
 from .record import metrics
 from .record.events import INCIDENT_SCHEMA_ID, incident_event
 from .record.incident import Action, Incident
-from .record.store import IncidentLog
+from .record.database import IncidentStore
 
 if TYPE_CHECKING:
     from .app import ColabGuard
@@ -39,7 +39,7 @@ KERNEL_ESCALATION_WINDOW = 60.0
 
 
 class Monitor:
-    def __init__(self, app: ColabGuard, engine: Engine, store: IncidentLog,
+    def __init__(self, app: ColabGuard, engine: Engine, store: IncidentStore,
                  log: logging.Logger | None = None):
         self.app = app
         self.engine = engine

@@ -329,9 +329,10 @@ def test_sigterm_mid_action_leaves_the_incident_marked_unfinished(tmp_path, pool
     assert outcomes == {"record": "done", "warn": "done", "stop": "unknown"}
     assert [a["detail"] for a in incident["actions"] if a["action"] == "stop"] == [
         "the server stopped before this action was reported done"]
-    # said once by the database and once by the JSON lines log, at the second start
+    # said once, at the second start, and the JSON lines log learns of it too
     assert (tmp_path / "server.log").read_text().count("1 incident(s) were interrupted by a "
-                                                      "server stop; marked unfinished") == 2
+                                                      "server stop; marked unfinished") == 1
+    assert incidents_in(tmp_path / "incidents.jsonl")[0]["status"] == "unfinished"
 
 
 # ------------------------------------------------------- one signature raises at server level

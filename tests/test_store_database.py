@@ -256,3 +256,14 @@ def test_the_server_refuses_to_start_on_a_corrupt_database(tmp_path):
         app.initialize_settings()
     assert isinstance(stopped.value.__cause__, DatabaseError)
     assert str(path) in str(stopped.value.__cause__)
+
+
+def test_incidents_a_stop_left_unfinished_reach_the_log_too(url, tmp_path):
+    log_path = tmp_path / "incidents.jsonl"
+    incident = enforced_incident()
+    incident.status = "acting"
+    IncidentStore(IncidentDatabase(url), IncidentLog(log_path)).save(incident)
+
+    IncidentStore(IncidentDatabase(url, recover=True), IncidentLog(log_path))  # the next start
+    last = json.loads(log_path.read_text().splitlines()[-1])
+    assert (last["id"], last["status"]) == (incident.id, "unfinished")

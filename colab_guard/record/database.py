@@ -161,6 +161,7 @@ class IncidentDatabase:
         self._lock = threading.RLock()
         self._unwritten: dict[str, Incident] = {}
         self.write_errors = 0
+        self.recovered: list[str] = []  # ids marked unfinished at this start
         self._db = self._connect()
         self._upgrade()
         if recover:
@@ -228,6 +229,8 @@ class IncidentDatabase:
     def _mark_unfinished(self) -> None:
         """Incidents left "acting" by a server that stopped mid-action."""
         with self._write():
+            self.recovered = [row[0] for row in self._db.execute(
+                "SELECT id FROM incidents WHERE status = 'acting'")]
             count = self._db.execute(
                 "UPDATE incidents SET status = 'unfinished' WHERE status = 'acting'").rowcount
             self._db.execute(
@@ -460,6 +463,9 @@ class IncidentStore:
     def __init__(self, database: IncidentDatabase, log_file=None):
         self.database = database
         self.log_file = log_file
+        if log_file is not None:  # the log's readers learn of incidents a stop left unfinished
+            for incident_id in database.recovered:
+                log_file.save(database.get(incident_id))
 
     def save(self, incident: Incident) -> bool:
         committed = self.database.save(incident)
