@@ -241,7 +241,8 @@ def report(results: list[Result]) -> str:
     abuse = [r for r in ran if r.category != "benign"]
     benign = [r for r in ran if r.category == "benign"]
     caught = [r for r in abuse if r.ok]
-    false_positives = [r for r in benign if r.outcome != "left alone"]
+    false_positives = [r for r in benign if r.outcome in ("stopped", "recorded")]
+    errors = [r for r in ran if r.outcome.startswith("error")]
     latencies = sorted(r.latency for r in abuse if r.latency is not None and r.expected == "stopped")
     skipped = [r for r in results if r.outcome.startswith("skipped")]
     lines += [
@@ -254,6 +255,8 @@ def report(results: list[Result]) -> str:
     if latencies:
         lines.append(f"latency (stopped scenarios): median {statistics.median(latencies):.2f} s, "
                      f"worst {latencies[-1]:.2f} s")
+    if errors:
+        lines.append(f"errors (neither caught nor left alone): {', '.join(r.scenario for r in errors)}")
     if skipped:
         lines.append(f"skipped {len(skipped)} (programs not installed: benchmarks/scenarios/install.sh)")
     return "\n".join(lines)
