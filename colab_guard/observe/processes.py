@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +31,13 @@ from .model import Process, Snapshot, Socket, normalise_ip
 KERNEL_ENV_MARKER = "COLAB_GUARD_KERNEL_ID"
 
 ProcessKey = tuple[int, float]
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+#: What one read of /proc/PID/stat says (ticks: user + system CPU, in clock ticks).
+Stat = namedtuple("Stat", "state ppid comm ticks threads start")
+#: Seconds after which a process that has not run is read in full all the same.
+QUIET_REFRESH = 30.0
 
 
 @dataclass
@@ -72,6 +80,10 @@ class ProcessSampler:
         self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
         self._open_files: dict[ProcessKey, tuple[float, list[str]]] = {}
         self._uids: dict[ProcessKey, int] = {}
+        self._stat: dict[int, Stat] = {}  # this tick's /proc/PID/stat, by pid
+        self._starts: dict[int, tuple[psutil.Process, int]] = {}  # pid -> object, start ticks
+        # The last full read of a process, what showed whether it ran since, and when.
+        self._quiet: dict[ProcessKey, tuple[Process, tuple, float]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -83,14 +95,20 @@ class ProcessSampler:
         now = time.time()
         table, children = self._scan_table()
         owners = self._attribute(kernels, table, children)
-        sockets = self._sockets_by_pid(owners, table) if owners else {}
+        idle = {pid: last for pid in owners if (last := self._still_holds(table[pid], now))}
+        busy = {pid: kid for pid, kid in owners.items() if pid not in idle}
+        sockets = self._sockets_by_pid(busy, table) if busy else {}
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         for pid, kid in owners.items():
-            proc = self._read_process(table[pid], now, is_kernel=kernel_pids.get(pid) == kid)
-            if proc is None:
-                continue
-            proc.sockets = sockets.get(pid, [])
+            is_kernel = kernel_pids.get(pid) == kid
+            if pid in idle:
+                proc = self._unchanged(idle[pid], now, is_kernel)
+            else:
+                proc = self._read_process(table[pid], now, is_kernel=is_kernel)
+                if proc is None:
+                    continue
+                proc.sockets = sockets.get(pid, [])
             if gpu is not None and pid in gpu.processes:
                 proc.gpu_percent = gpu.processes[pid].percent
                 proc.gpu_memory_mb = gpu.processes[pid].memory_mb
@@ -123,15 +141,28 @@ class ProcessSampler:
     def _scan_table(self) -> tuple[dict[int, psutil.Process], dict[int, list[int]]]:
         table: dict[int, psutil.Process] = {}
         children: dict[int, list[int]] = defaultdict(list)
-        # process_iter keeps its Process objects between calls, so create_time
-        # (the identity check) is read once per process, not once per tick.
+        stats: dict[int, Stat] = {}
+        starts: dict[int, tuple[psutil.Process, int]] = {}
+        # process_iter keeps its Process objects between calls, so create_time (the
+        # identity check) is read once per process; the parent comes from one read of
+        # /proc/PID/stat (psutil's ppid() reads it twice more to check the pid's identity).
         for proc in psutil.process_iter():
-            try:
-                ppid = proc.ppid()
-            except psutil.Error:
+            stat = _read_stat(proc.pid)
+            if stat is None:
                 continue  # gone already
+            known = self._starts.get(proc.pid)
+            if known is not None and known[0] is proc and known[1] != stat.start:
+                try:  # the pid was reused under psutil's cached object
+                    proc = psutil.Process(proc.pid)
+                except psutil.Error:
+                    continue
+            elif known is not None and known[0] is not proc:
+                known = None
+            starts[proc.pid] = known or (proc, stat.start)
+            stats[proc.pid] = stat
             table[proc.pid] = proc
-            children[ppid].append(proc.pid)
+            children[stat.ppid].append(proc.pid)
+        self._stat, self._starts = stats, starts
         return table, children
 
     def _attribute(
@@ -204,35 +235,23 @@ class ProcessSampler:
 
     def _sockets_by_pid(self, owners: dict[int, str], table: dict[int, psutil.Process]
                         ) -> dict[int, list[Socket]]:
-        """Inet sockets of the processes we watch.
-
-        psutil reads a process's sockets by listing its fds and, if any is a
-        socket, parsing /proc/net/*. The system-wide call lists the fds of every
-        process but parses /proc/net once: cheaper when we watch most of the
-        system (a busy hub), dearer when we watch a few processes among many.
-        """
-        if len(owners) * 4 >= len(table):
-            return self._sockets_system_wide(owners)
-        found: dict[int, list[Socket]] = {}
+        """Inet sockets of the processes we watch: the socket inodes among each one's
+        fds, then one read of /proc/net/{tcp,udp}{,6} for all of them. (psutil's
+        per-process call reads every /proc/net table once per process, its
+        system-wide one lists the fds of every process on the system.)"""
+        inodes: dict[int, int] = {}  # socket inode -> pid
         for pid in owners:
             try:
-                found[pid] = [_socket(c) for c in table[pid].net_connections(kind="inet")]
-            except psutil.AccessDenied as err:
+                for inode in _socket_inodes(pid):
+                    inodes[inode] = pid
+            except PermissionError as err:
                 self._denied("sockets", pid, err)
-            except psutil.Error:
+            except OSError:
                 pass  # gone, or a zombie: no sockets
-        return found
-
-    def _sockets_system_wide(self, owners: dict[int, str]) -> dict[int, list[Socket]]:
-        found: dict[int, list[Socket]] = defaultdict(list)
-        try:
-            connections = psutil.net_connections(kind="inet")
-        except psutil.Error as err:
-            self._problem("sockets", "could not list sockets: %s", err)
-            return found
-        for conn in connections:
-            if conn.pid in owners:
-                found[conn.pid].append(_socket(conn))
+        found: dict[int, list[Socket]] = {pid: [] for pid in owners}
+        if inodes:
+            for inode, sock in _inet_sockets(set(inodes)):
+                found[inodes[inode]].append(sock)
         return found
 
     def _read_process(self, proc: psutil.Process, now: float, is_kernel: bool) -> Process | None:
@@ -240,6 +259,8 @@ class ProcessSampler:
         key = _key(proc)
         if key is None:
             return None
+        activity = _activity(proc.pid, self._stat.get(proc.pid))
+        denied_before = self.stats.denied
         sample = Process(pid=proc.pid, create_time=key[1], is_kernel=is_kernel)
         try:
             with proc.oneshot():
@@ -264,6 +285,33 @@ class ProcessSampler:
         sample.libraries = self._mapped_libraries(key, proc.pid, now)
         sample.open_files = self._files_open(key, proc.pid, now)
         sample.exe_markers = self.content.process_markers(proc.pid, sample.exe, sample.cmdline)
+        if activity is not None and self.stats.denied == denied_before:  # a complete read
+            self._quiet[key] = (sample, activity, now)
+        return sample
+
+    def _still_holds(self, proc: psutil.Process, now: float) -> Process | None:
+        """The last full read of a process none of whose threads has run since (same
+        name, CPU time, threads, and times each thread was scheduled): it cannot have
+        changed its command line, executable, uid, libraries or sockets. Read in full
+        at once when it runs, and every QUIET_REFRESH seconds all the same."""
+        key = _key(proc)
+        quiet = self._quiet.get(key) if key is not None else None
+        # Spread over the interval by pid, so the refreshes of many processes started
+        # together do not all fall on one tick.
+        if quiet is None or now - quiet[2] >= QUIET_REFRESH * (8 + proc.pid % 8) / 16:
+            return None
+        activity = _activity(proc.pid, self._stat.get(proc.pid))
+        return quiet[0] if activity is not None and activity == quiet[1] else None
+
+    def _unchanged(self, last: Process, now: float, is_kernel: bool) -> Process:
+        """This tick's sample of a process whose last full read still holds."""
+        stat = self._stat[last.pid]
+        sample = Process(pid=last.pid, ppid=stat.ppid, name=last.name, exe=last.exe,
+                         cmdline=last.cmdline, create_time=last.create_time, uid=last.uid,
+                         rss=last.rss, threads=stat.threads,
+                         is_kernel=is_kernel, libraries=last.libraries, sockets=last.sockets,
+                         open_files=last.open_files, exe_markers=last.exe_markers)
+        sample.cpu_percent = self._cpu_percent(last.key, stat.ticks / CLOCK_TICKS, now)
         return sample
 
     def _files_open(self, key: ProcessKey, pid: int, now: float, limit: int = 256) -> list[str]:
@@ -370,9 +418,39 @@ class ProcessSampler:
             if key is not None:
                 alive.add(key)
         for store in (self._owner, self._environ_checked, self._cpu, self._libraries,
-                      self._open_files, self._uids):
+                      self._open_files, self._uids, self._quiet):
             for key in [k for k in store if k not in alive]:
                 del store[key]
+
+
+def _read_stat(pid: int) -> Stat | None:
+    """/proc/PID/stat, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+        name_end = data.rindex(b")")
+        fields = data[name_end + 2:].split()
+        comm = data[data.index(b"(") + 1:name_end]
+        return Stat(fields[0], int(fields[1]), comm, int(fields[11]) + int(fields[12]),
+                    int(fields[17]), int(fields[19]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _activity(pid: int, stat: Stat | None) -> tuple | None:
+    """What changes whenever the process runs: its name, CPU time, threads, and how many
+    times each of its threads was scheduled. None where /proc/PID/schedstat is missing."""
+    if stat is None or stat.state == b"Z":
+        return None
+    try:
+        tasks = [str(pid)] if stat.threads == 1 else os.listdir(f"/proc/{pid}/task")
+        scheduled = 0
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as file:
+                scheduled += int(file.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None  # gone, or no schedstat: read in full
+    return (stat.comm, stat.ticks, stat.threads, scheduled)
 
 
 def _same_user(proc: psutil.Process, kernel_pid: int) -> bool:
@@ -390,15 +468,57 @@ def _key(proc: psutil.Process) -> ProcessKey | None:
         return None
 
 
-def _socket(conn) -> Socket:
-    return Socket(
-        protocol="tcp" if conn.type == socket.SOCK_STREAM else "udp",
-        local_ip=normalise_ip(conn.laddr.ip) if conn.laddr else "",
-        local_port=conn.laddr.port if conn.laddr else 0,
-        remote_ip=normalise_ip(conn.raddr.ip) if conn.raddr else None,
-        remote_port=conn.raddr.port if conn.raddr else None,
-        status=conn.status,
-    )
+#: /proc/net tables and their protocol; TCP states by their hex code there.
+_INET_TABLES = (("tcp", "/proc/net/tcp"), ("tcp", "/proc/net/tcp6"),
+                ("udp", "/proc/net/udp"), ("udp", "/proc/net/udp6"))
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+               "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+               "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING", "0C": "NEW_SYN_RECV"}
+
+
+def _socket_inodes(pid: int) -> list[int]:
+    """Inodes of the sockets among a process's open fds."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            found.append(int(target[8:-1]))
+    return found
+
+
+def _inet_sockets(wanted: set[int]):
+    """(inode, Socket) for each inet socket in ``wanted``, from one read of each table."""
+    for protocol, path in _INET_TABLES:
+        try:
+            with open(path, encoding="ascii") as table:
+                lines = table.readlines()[1:]
+        except OSError:
+            continue  # no IPv6 here
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or int(fields[9]) not in wanted:
+                continue
+            local_ip, local_port = _address(fields[1])
+            remote_ip, remote_port = _address(fields[2])
+            connected = remote_port != 0 or remote_ip not in ("0.0.0.0", "::")
+            status = _TCP_STATES.get(fields[3], fields[3]) if protocol == "tcp" else "NONE"
+            yield int(fields[9]), Socket(
+                protocol=protocol, local_ip=normalise_ip(local_ip), local_port=local_port,
+                remote_ip=normalise_ip(remote_ip) if connected else None,
+                remote_port=remote_port if connected else None, status=status)
+
+
+def _address(text: str) -> tuple[str, int]:
+    """'0100007F:1F90' -> ('127.0.0.1', 8080): hex, in 32-bit words of host byte order."""
+    ip, port = text.split(":")
+    raw = bytes.fromhex(ip)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw), int(port, 16)
 
 
 def kernel_environment(kernel_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
