@@ -87,6 +87,11 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
             return ""
         if not isinstance(value, str):
             raise web.HTTPError(400, f"field {name!r} must be a string")
+        try:
+            value.encode("utf-8")  # JSON allows lone surrogates ("\ud800"); storage does not
+        except UnicodeEncodeError:
+            raise web.HTTPError(400, f"field {name!r} must be valid Unicode text (it holds a "
+                                     "lone surrogate)") from None
         value = value.strip()
         if (required and not value) or len(value) > MAX_TEXT:
             raise web.HTTPError(400, f"field {name!r} must be {1 if required else 0} to "
