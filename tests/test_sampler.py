@@ -256,3 +256,22 @@ def test_state_of_exited_processes_is_forgotten(fake_kernel):
 def test_environment_marker_is_set_for_kernels():
     env = kernel_environment("abc", {"PATH": "/bin"})
     assert env == {"PATH": "/bin", KERNEL_ENV_MARKER: "abc"}
+
+
+def test_an_idle_program_is_recognised_once_the_background_scan_of_its_file_ends(tmp_path, spawned):
+    # A shell script carrying xmrig's strings, waiting on a child: idle after its first read,
+    # which happens before the background scan of its file has finished.
+    script = tmp_path / "kworker"
+    script.write_text("#!/bin/sh\n# XMRig donate-level xmrig.com\nsleep 60\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script)])
+    spawned.append(proc.pid)
+    time.sleep(0.3)
+    sampler = ProcessSampler()
+    markers = []
+    deadline = time.monotonic() + 10
+    while "xmrig" not in markers and time.monotonic() < deadline:
+        snap = sampler.sample({"k": proc.pid})["k"]
+        markers = snap.kernel_process.exe_markers
+        time.sleep(0.2)
+    assert "xmrig" in markers

@@ -310,7 +310,10 @@ class ProcessSampler:
                          cmdline=last.cmdline, create_time=last.create_time, uid=last.uid,
                          rss=last.rss, threads=stat.threads,
                          is_kernel=is_kernel, libraries=last.libraries, sockets=last.sockets,
-                         open_files=last.open_files, exe_markers=last.exe_markers)
+                         open_files=last.open_files)
+        # The scan of its file may have finished since (it runs in the background): a
+        # renamed server that waits for connections is still recognised. A cache lookup.
+        sample.exe_markers = self.content.process_markers(last.pid, last.exe, last.cmdline)
         sample.cpu_percent = self._cpu_percent(last.key, stat.ticks / CLOCK_TICKS, now)
         return sample
 
