@@ -115,6 +115,7 @@ class Monitor:
             self._sampling.submit(self.gpu.stop)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
+        self.sampler.content.close()
 
     async def tick(self) -> None:
         started = time.perf_counter()
