@@ -7,6 +7,7 @@ command lines) from the user's own programs: every piece is escaped.
 from __future__ import annotations
 
 import html
+import re
 
 _HEADLINES = {
     "refuse": "This cell was not run.",
@@ -17,6 +18,9 @@ _HEADLINES = {
 _DRY_RUN = ("Trial mode: the platform's usage guard would have acted here ({action}); "
             "nothing was stopped.")
 _WARN = "The platform's usage guard noticed something this service does not allow."
+# C0/C1 controls (ESC starts terminal sequences: the text form reaches jupyter console and
+# nbconvert), DEL, and bidi/zero-width marks that reorder or hide text on screen.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def headline(notice: dict) -> str:
@@ -27,7 +31,9 @@ def headline(notice: dict) -> str:
 
 
 def shorten(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
+    """One line of at most ``limit`` characters, control characters shown as escapes."""
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", " ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
