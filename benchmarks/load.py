@@ -1,0 +1,372 @@
+"""Load: one guarded server with many kernels, each with many children, and a fork storm.
+
+    ./dev bench load [--kernels 50] [--children 20] [--seconds 30] [--storm-rate 1000]
+
+Two real `jupyter server` runs with the same kernels (started through the REST API, each
+starting ``--children`` sleeping child processes): one with `--ColabGuard.enabled=False`
+(the baseline), one guarded, sampling at 1 Hz. Over ``--seconds`` of each it reports:
+
+- ticks done and ticks missed (`colab_guard_ticks_missed_total`);
+- the guard's CPU: the server process's CPU time with the guard minus without it, and the
+  tick's own duration (`colab_guard_sample_duration_seconds`, wall time, mean and max);
+- API latency (median and 95th percentile) of `/api/status` and `/api/kernels`;
+
+then, guarded only, a fork storm in kernel 0 (a helper forking ``--storm-rate`` short-lived
+processes per second) while kernel 1 starts the stand-in miner: whether the miner is still
+stopped, ticks missed during the storm, and the guard's memory (server RSS; the sampler's
+state, `colab_guard_sampler_tracked`) before, at worst during, and after the storm.
+
+Loopback only: the server, the stand-in pool and every request are on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+from jupyter_client import BlockingKernelClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.standins import pool  # noqa: E402
+
+MINER = ROOT / "tests" / "standins" / "miner.py"
+TOKEN = "load-benchmark"
+SLEEP_SECONDS = "86399"  # the children's argv, to find them again if a kernel left them
+
+CHILDREN_CELL = """\
+import subprocess
+_load_children = [subprocess.Popen(['sleep', '{sleep}']) for _ in range({n})]
+open({out!r}, 'w').write(' '.join(str(p.pid) for p in _load_children))
+"""
+
+# Forks RATE short-lived children per second for SECONDS (each lives ~20 ms, auto-reaped),
+# then writes how many it forked.
+STORM = """\
+import os, signal, sys, time
+rate, seconds, out = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+forked, start = 0, time.monotonic()
+while (elapsed := time.monotonic() - start) < seconds:
+    if forked < elapsed * rate:
+        if os.fork() == 0:
+            time.sleep(0.02)
+            os._exit(0)
+        forked += 1
+    else:
+        time.sleep(0.0005)
+open(out, 'w').write(str(forked))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workdir: Path, guarded: bool):
+        self.workdir = workdir
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config"),
+               "JUPYTER_DATA_DIR": str(workdir / "data"),
+               "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}",
+             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+             "--ServerApp.open_browser=False", "--allow-root",
+             "--ServerApp.jpserver_extensions=colab_guard=True",
+             f"--ColabGuard.enabled={guarded}", "--ColabGuard.sample_interval=1",
+             "--ColabGuard.stop_grace=1", "--ColabGuard.cell_checks=False",
+             f"--ColabGuard.incident_log={workdir / 'incidents.jsonl'}",
+             f"--ColabGuard.database_url=sqlite:///{workdir / 'incidents.sqlite'}"],
+            env=env, cwd=workdir, stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "server.log", "w"))
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.get("/api/status")
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"the server did not start; see {workdir / 'server.log'}")
+                time.sleep(0.2)
+
+    def request(self, path: str, body: dict | None = None) -> bytes:
+        request = urllib.request.Request(
+            self.url + path, method="POST" if body is not None else "GET",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.read()
+
+    def get(self, path: str) -> dict:
+        return json.loads(self.request(path) or b"{}")
+
+    def post(self, path: str, body: dict) -> dict:
+        return json.loads(self.request(path, body) or b"{}")
+
+    def metrics(self) -> dict[str, float]:
+        """colab_guard_* samples from /metrics (label sets kept in the name)."""
+        found = {}
+        for line in self.request("/metrics").decode().splitlines():
+            if line.startswith("colab_guard_"):
+                name, _, value = line.rpartition(" ")
+                found[name] = float(value)
+        return found
+
+    def cpu(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def client_for(server: Server, kernel_id: str) -> BlockingKernelClient:
+    client = BlockingKernelClient(
+        connection_file=str(server.workdir / "runtime" / f"kernel-{kernel_id}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=300)
+    return client
+
+
+def run_cell(client: BlockingKernelClient, code: str, timeout: float = 120) -> dict:
+    reply = client.execute_interactive(code, timeout=timeout, output_hook=lambda msg: None)
+    return reply["content"]
+
+
+def start_kernels(server: Server, kernels: int, children: int) -> tuple[list[str], list[int]]:
+    """Start the kernels through the REST API, and in each its sleeping children."""
+    with ThreadPoolExecutor(8) as pool_:
+        ids = list(pool_.map(lambda _: server.post("/api/kernels", {"name": "python3"})["id"],
+                             range(kernels)))
+
+    def populate(index_and_id):
+        index, kernel_id = index_and_id
+        out = server.workdir / f"children-{index}.txt"
+        client = client_for(server, kernel_id)
+        try:
+            run_cell(client, CHILDREN_CELL.format(sleep=SLEEP_SECONDS, n=children, out=str(out)))
+        finally:
+            client.stop_channels()
+        return [int(p) for p in out.read_text().split()]
+
+    with ThreadPoolExecutor(8) as pool_:
+        pids = [pid for group in pool_.map(populate, enumerate(ids)) for pid in group]
+    return ids, pids
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    """Children the kernels started and left behind (by pid, if still our sleep)."""
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.cmdline() == ["sleep", SLEEP_SECONDS]:
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+def latencies(server: Server, path: str, count: int) -> list[float]:
+    found = []
+    for _ in range(count):
+        start = time.perf_counter()
+        server.request(path)
+        found.append(time.perf_counter() - start)
+        time.sleep(0.02)
+    return found
+
+
+def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dict:
+    """Server CPU, ticks and API latency over ``seconds``."""
+    before_metrics = server.metrics() if guarded else {}
+    before_ticks = server.get("/colab-guard/api/status")["ticks"] if guarded else 0
+    cpu0, t0 = server.cpu(), time.monotonic()
+    status = latencies(server, "/api/status", requests)
+    kernels = latencies(server, "/api/kernels", requests)
+    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+    cpu1, t1 = server.cpu(), time.monotonic()
+    result = {"cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0), "seconds": t1 - t0,
+              "status": status, "kernels": kernels, "rss_mb": server.rss_mb()}
+    if guarded:
+        after = server.metrics()
+        delta = {k: after.get(k, 0) - before_metrics.get(k, 0) for k in after}
+        result["ticks"] = server.get("/colab-guard/api/status")["ticks"] - before_ticks
+        result["ticks_missed"] = delta.get("colab_guard_ticks_missed_total", 0)
+        count = delta.get("colab_guard_sample_duration_seconds_count", 0)
+        result["tick_mean_ms"] = 1e3 * delta.get("colab_guard_sample_duration_seconds_sum", 0) / max(count, 1)
+        result["tick_max_ms"] = _histogram_max(delta)
+        result["processes_per_tick"] = delta.get("colab_guard_processes_sampled_total", 0) / max(count, 1)
+    return result
+
+
+def _histogram_max(delta: dict) -> float:
+    """Upper bound of the highest bucket the window's ticks reached (ms)."""
+    buckets = []
+    for name, value in delta.items():
+        found = re.match(r'colab_guard_sample_duration_seconds_bucket\{le="([^"]+)"\}', name)
+        if found:
+            buckets.append((float(found.group(1)), value))
+    buckets.sort()
+    previous, top = 0.0, float("nan")
+    for bound, count in buckets:
+        if count > previous:
+            top = bound
+        previous = count
+    return 1e3 * top
+
+
+def fork_storm(server: Server, ids: list[str], rate: float, seconds: float) -> dict:
+    """A fork storm in kernel 0 while kernel 1 starts a miner; the guard's memory throughout."""
+    pool_server = pool.serve()
+    storm_client, miner_client = client_for(server, ids[0]), client_for(server, ids[1])
+    out = server.workdir / "storm.txt"
+    before = {"rss_mb": server.rss_mb(),
+              "tracked": server.metrics().get("colab_guard_sampler_tracked", float("nan"))}
+    ticks0 = server.get("/colab-guard/api/status")["ticks"]
+    missed0 = server.metrics().get("colab_guard_ticks_missed_total", 0)
+    storm_client.execute(f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, '-c', "
+                         f"{STORM!r}, '{rate}', '{seconds}', {str(out)!r}])\n")
+    time.sleep(2)  # the storm is under way
+    miner_start = time.monotonic()
+    miner_client.execute(
+        f"import subprocess\n_m = subprocess.Popen([{sys.executable!r}, {str(MINER)!r}, '-o', "
+        f"'stratum+tcp://127.0.0.1:{pool_server.getsockname()[1]}', '-u', 'x', '-p', 'x'])\n"
+        f"_m.wait()\n")
+    miner_stopped = None
+    worst_rss, worst_tracked = before["rss_mb"], before["tracked"]
+    deadline = time.monotonic() + seconds + 30
+    while time.monotonic() < deadline and not out.exists():
+        if miner_stopped is None and _miner_stopped(server):
+            miner_stopped = time.monotonic() - miner_start
+        worst_rss = max(worst_rss, server.rss_mb())
+        worst_tracked = max(worst_tracked, server.metrics().get("colab_guard_sampler_tracked", 0))
+        time.sleep(0.5)
+    ticks = server.get("/colab-guard/api/status")["ticks"] - ticks0
+    missed = server.metrics().get("colab_guard_ticks_missed_total", 0) - missed0
+    forked = int(out.read_text()) if out.exists() else 0
+    time.sleep(3)  # a few ticks after the storm: state of the exited processes forgotten
+    after = {"rss_mb": server.rss_mb(),
+             "tracked": server.metrics().get("colab_guard_sampler_tracked", float("nan"))}
+    storm_client.stop_channels()
+    miner_client.stop_channels()
+    pool_server.close()
+    return {"forked": forked, "rate": forked / seconds, "ticks": ticks, "missed": missed,
+            "miner_stopped_s": miner_stopped, "before": before, "after": after,
+            "worst": {"rss_mb": worst_rss, "tracked": worst_tracked}}
+
+
+def _miner_stopped(server: Server) -> bool:
+    incidents = server.get("/colab-guard/api/incidents")["incidents"]
+    return any(i["category"] == "crypto-mining" and i["status"] == "done" for i in incidents)
+
+
+def run(guarded: bool, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="colab-guard-load-") as tmp:
+        server = Server(Path(tmp), guarded)
+        pids: list[int] = []
+        try:
+            started = time.monotonic()
+            ids, pids = start_kernels(server, args.kernels, args.children)
+            print(f"  {'guarded' if guarded else 'baseline'}: {len(ids)} kernels, {len(pids)} "
+                  f"children started in {time.monotonic() - started:.0f} s", file=sys.stderr)
+            if guarded:  # every kernel watched before measuring
+                deadline = time.monotonic() + 120
+                while server.get("/colab-guard/api/status")["kernels_monitored"] < len(ids):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the guard did not see every kernel")
+                    time.sleep(1)
+            time.sleep(5)  # kernels settled
+            result = measure(server, args.seconds, args.requests, guarded)
+            if guarded:
+                result["storm"] = fork_storm(server, ids, args.storm_rate, args.storm_seconds)
+            return result
+        finally:
+            server.stop()
+            kill_leftovers(pids)
+            if args.keep_log:
+                Path(args.keep_log + ("-guarded" if guarded else "-baseline")).write_text(
+                    (Path(tmp) / "server.log").read_text())
+
+
+def ms(values: list[float], q: float) -> str:
+    values = sorted(values)
+    return f"{1e3 * values[min(len(values) - 1, int(q * len(values)))]:.1f}"
+
+
+def report(base: dict, guard: dict, args) -> None:
+    load = os.getloadavg()
+    print(f"\n{args.kernels} kernels x {args.children} children, sample_interval 1 s, "
+          f"{args.seconds:g} s measured; {os.cpu_count()} cores, load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print("| figure | without the guard | with the guard |")
+    print("| --- | --- | --- |")
+    print(f"| ticks done / missed | | {guard['ticks']} / {guard['ticks_missed']:.0f} "
+          f"(in {guard['seconds']:.0f} s) |")
+    print(f"| processes sampled per tick | | {guard['processes_per_tick']:.0f} |")
+    print(f"| tick duration, mean / max bucket | | {guard['tick_mean_ms']:.1f} ms / "
+          f"≤ {guard['tick_max_ms']:.0f} ms |")
+    print(f"| server CPU (% of one core) | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} |")
+    print(f"| guard CPU: difference | | {guard['cpu_percent'] - base['cpu_percent']:.1f} % |")
+    for key, path in (("status", "/api/status"), ("kernels", "/api/kernels")):
+        print(f"| `{path}` median / p95 | {ms(base[key], 0.5)} / {ms(base[key], 0.95)} ms | "
+              f"{ms(guard[key], 0.5)} / {ms(guard[key], 0.95)} ms |")
+    print(f"| server RSS | {base['rss_mb']:.0f} MiB | {guard['rss_mb']:.0f} MiB |")
+    storm = guard["storm"]
+    print(f"\nfork storm in kernel 0: {storm['forked']} processes in {args.storm_seconds:g} s "
+          f"({storm['rate']:.0f}/s)\n")
+    print("| figure | before | worst during | after |")
+    print("| --- | --- | --- | --- |")
+    for key, label, unit in (("rss_mb", "server RSS", " MiB"),
+                             ("tracked", "sampler state (processes tracked)", "")):
+        print(f"| {label} | {storm['before'][key]:.0f}{unit} | {storm['worst'][key]:.0f}{unit} | "
+              f"{storm['after'][key]:.0f}{unit} |")
+    stopped = storm["miner_stopped_s"]
+    print(f"\nduring the storm: {storm['ticks']} ticks, {storm['missed']:.0f} missed; the miner in "
+          f"kernel 1 {'stopped after %.1f s' % stopped if stopped is not None else 'NOT stopped'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", type=int, default=50)
+    parser.add_argument("--children", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30, help="measured window per run")
+    parser.add_argument("--requests", type=int, default=200, help="requests per API route")
+    parser.add_argument("--storm-rate", type=float, default=1000, help="forks per second")
+    parser.add_argument("--storm-seconds", type=float, default=15)
+    parser.add_argument("--keep-log", help="copy the servers' logs to KEEP_LOG-baseline/-guarded")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    base = run(False, args)
+    guard = run(True, args)
+    report(base, guard, args)
+
+
+if __name__ == "__main__":
+    main()
