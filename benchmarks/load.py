@@ -170,12 +170,21 @@ def start_kernels(server: Server, kernels: int, children: int) -> tuple[list[str
     def populate(index_and_id):
         index, kernel_id = index_and_id
         out = server.workdir / f"children-{index}.txt"
-        client = client_for(server, kernel_id)
-        try:
-            run_cell(client, CHILDREN_CELL.format(sleep=SLEEP_SECONDS, n=children, out=str(out)))
-        finally:
-            client.stop_channels()
-        return [int(p) for p in out.read_text().split()]
+        for attempt in range(3):
+            # A kernel that lost a race for its random ports is restarted on new ones,
+            # written to the same connection file: read it again.
+            try:
+                client = client_for(server, kernel_id)
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                time.sleep(3)
+                continue
+            try:
+                run_cell(client, CHILDREN_CELL.format(sleep=SLEEP_SECONDS, n=children, out=str(out)))
+            finally:
+                client.stop_channels()
+            return [int(p) for p in out.read_text().split()]
 
     with ThreadPoolExecutor(8) as pool_:
         pids = [pid for group in pool_.map(populate, enumerate(ids)) for pid in group]

@@ -159,3 +159,33 @@ def test_another_users_process_naming_a_kernel_is_not_attributed_to_it():
         for proc in (kernel, ours, foreign):
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def two_kernels(start_kernel):
+    return start_kernel(), start_kernel()
+
+
+async def test_a_kernel_cannot_report_as_another_kernel(two_kernels, guard):
+    # User code in one kernel holds its own channel token; it tries to speak for another
+    # kernel, as the kernel and as a child about to exec: both refused.
+    from colab_guard.record import metrics
+
+    mine, theirs = two_kernels
+    await wait_for(lambda: guard.channel.connected(mine.kernel_id)
+                   and guard.channel.connected(theirs.kernel_id), timeout=30)
+    refused = metrics.KERNEL_CHANNEL_REFUSED._value.get()
+    code = ("import os, socket\nfrom colab_guard.kernel import protocol\nanswers = []\n"
+            "for role in ('kernel', 'child'):\n"
+            "    s = socket.socket(socket.AF_UNIX)\n    s.settimeout(10)\n"
+            "    s.connect(os.environ[protocol.ENV_SOCKET])\n"
+            f"    s.sendall(protocol.encode('hello', kernel_id={theirs.kernel_id!r}, "
+            "token=os.environ[protocol.ENV_TOKEN], role=role))\n"
+            "    answers.append(s.recv(1000))\n    s.close()\n"
+            "print('ANSWERS', answers)\n")
+    reply, outputs = await mine.run(code)
+    assert reply["status"] == "ok"
+    assert "ANSWERS [b'', b'']" in "".join(o.get("text", "") for o in outputs)
+    assert metrics.KERNEL_CHANNEL_REFUSED._value.get() == refused + 2
+    assert guard.channel.connected(theirs.kernel_id)  # their own connection is untouched
+    assert guard.store.query(kernel_id=theirs.kernel_id) == []
