@@ -426,11 +426,20 @@ class ProcessSampler:
                 del store[key]
 
 
+def _read_small(path: str) -> bytes:
+    """A small /proc file in one read (without a file object: read for every process,
+    every tick)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
 def _read_stat(pid: int) -> Stat | None:
     """/proc/PID/stat, or None if the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            data = file.read()
+        data = _read_small(f"/proc/{pid}/stat")
         name_end = data.rindex(b")")
         fields = data[name_end + 2:].split()
         comm = data[data.index(b"(") + 1:name_end]
@@ -449,8 +458,7 @@ def _activity(pid: int, stat: Stat | None) -> tuple | None:
         tasks = [str(pid)] if stat.threads == 1 else os.listdir(f"/proc/{pid}/task")
         scheduled = 0
         for task in tasks:
-            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as file:
-                scheduled += int(file.read().split()[2])
+            scheduled += int(_read_small(f"/proc/{pid}/task/{task}/schedstat").split()[2])
     except (OSError, ValueError, IndexError):
         return None  # gone, or no schedstat: read in full
     return (stat.comm, stat.ticks, stat.threads, scheduled)
