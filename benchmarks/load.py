@@ -191,8 +191,10 @@ def start_kernels(server: Server, kernels: int, children: int) -> tuple[list[str
     return ids, pids
 
 
-def kill_leftovers(pids: list[int]) -> None:
-    """Children the kernels started and left behind (by pid, if still our sleep)."""
+def kill_leftovers(workdir: Path) -> None:
+    """Children the kernels started and left behind (by pid, if still our sleep), also
+    when starting the kernels failed half-way."""
+    pids = [int(p) for f in workdir.glob("children-*.txt") for p in f.read_text().split()]
     for pid in pids:
         try:
             proc = psutil.Process(pid)
@@ -222,6 +224,7 @@ def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dic
     time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     cpu1, t1 = server.cpu(), time.monotonic()
     result = {"cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0), "seconds": t1 - t0,
+              "system_processes": len(psutil.pids()),
               "status": status, "kernels": kernels, "rss_mb": server.rss_mb()}
     if guarded:
         after = server.metrics()
@@ -299,7 +302,6 @@ def _miner_stopped(server: Server) -> bool:
 def run(guarded: bool, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="colab-guard-load-") as tmp:
         server = Server(Path(tmp), guarded)
-        pids: list[int] = []
         try:
             started = time.monotonic()
             ids, pids = start_kernels(server, args.kernels, args.children)
@@ -318,7 +320,7 @@ def run(guarded: bool, args) -> dict:
             return result
         finally:
             server.stop()
-            kill_leftovers(pids)
+            kill_leftovers(Path(tmp))
             if args.keep_log:
                 Path(args.keep_log + ("-guarded" if guarded else "-baseline")).write_text(
                     (Path(tmp) / "server.log").read_text())
@@ -338,7 +340,8 @@ def report(base: dict, guard: dict, args) -> None:
     print("| --- | --- | --- |")
     print(f"| ticks done / missed | | {guard['ticks']} / {guard['ticks_missed']:.0f} "
           f"(in {guard['seconds']:.0f} s) |")
-    print(f"| processes sampled per tick | | {guard['processes_per_tick']:.0f} |")
+    print(f"| processes sampled per tick (on the machine) | ({base['system_processes']}) | "
+          f"{guard['processes_per_tick']:.0f} ({guard['system_processes']}) |")
     print(f"| tick duration, mean / max bucket | | {guard['tick_mean_ms']:.1f} ms / "
           f"≤ {guard['tick_max_ms']:.0f} ms |")
     print(f"| server CPU (% of one core) | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} |")
