@@ -249,6 +249,45 @@ async def test_a_full_disk_never_holds_an_action_up_and_the_record_lands_later(
     assert server_log.count("cannot write the incident log") == 1
 
 
+@pytest.fixture
+def read_only_log_folder(tmp_path, guard_config):
+    """The incident log's folder, which the test can make read-only (a read-only bind mount)."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    result = subprocess.run(["mount", "--bind", str(folder), str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {result.stderr.strip()}")
+    guard_config.update(incident_log=str(folder / "incidents.jsonl"))
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount(folder: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,bind,{mode}", str(folder)], check=True)
+
+
+async def test_a_read_only_incident_log_never_holds_an_action_up_and_is_written_later(
+        read_only_log_folder, kernel, guard, pool, guard_config, jp_fetch, server_log):
+    errors_before = metrics.RECORD_ERRORS._value.get()
+    remount(read_only_log_folder, "ro")
+    try:
+        reply, outputs = await kernel.run(miner_cell(pool, wait=True), timeout=60)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        await wait_for(lambda: gone(pid_in(outputs)))
+        await wait_for(lambda: [i for i in guard.store.query() if i.status == "done"])
+        assert metrics.RECORD_ERRORS._value.get() > errors_before
+        status = json.loads((await jp_fetch("colab-guard", "api", "status")).body)
+        assert status["incidents_unwritten"] == 1  # in the database, not yet in the log
+        assert incidents_in(guard_config["incident_log"]) == []
+    finally:
+        remount(read_only_log_folder, "rw")
+    await wait_for(lambda: guard.store.unwritten == 0, timeout=20)
+    [logged] = incidents_in(guard_config["incident_log"])
+    assert logged["status"] == "done" and logged["category"] == "crypto-mining"
+    assert server_log.count("cannot write the incident log") == 1
+
+
 # ---------------------------------------------- the server is stopped in the middle of an action
 
 def start_server(workdir: Path, port: int) -> subprocess.Popen:
