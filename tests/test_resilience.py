@@ -152,7 +152,7 @@ def two_kernels(start_kernel):
     return start_kernel(), start_kernel()
 
 
-@pytest.mark.parametrize("what", ["shutdown", "restart"])
+@pytest.mark.parametrize("what", ["shutdown", "restart", "killed"])
 async def test_a_kernel_culled_or_restarted_mid_incident_gets_honest_outcomes(
         slow_stops, what, two_kernels, guard, pool, guard_config, jp_fetch, server_log):
     victim, bystander = two_kernels
@@ -164,6 +164,8 @@ async def test_a_kernel_culled_or_restarted_mid_incident_gets_honest_outcomes(
         assert acting["status"] == "acting"
         if what == "shutdown":  # what the idle culler or the user does
             await jp_fetch("api", "kernels", victim.kernel_id, method="DELETE")
+        elif what == "killed":  # the kernel dies (out of memory, a crash): it is restarted
+            os.kill(guard.monitor.kernel_pids()[victim.kernel_id], signal.SIGKILL)
         else:
             await jp_fetch("api", "kernels", victim.kernel_id, "restart", method="POST", body="{}")
         # Meanwhile, another kernel starts a miner: it is stopped as usual.
