@@ -81,6 +81,7 @@ class ProcessSampler:
         self._open_files: dict[ProcessKey, tuple[float, list[str]]] = {}
         self._uids: dict[ProcessKey, int] = {}
         self._stat: dict[int, Stat] = {}  # this tick's /proc/PID/stat, by pid
+        self._activity_now: dict[int, tuple | None] = {}  # this tick's _activity, by pid
         self._starts: dict[int, tuple[psutil.Process, int]] = {}  # pid -> object, start ticks
         # The last full read of a process, what showed whether it ran since, and when.
         self._quiet: dict[ProcessKey, tuple[Process, tuple, float]] = {}
@@ -163,6 +164,7 @@ class ProcessSampler:
             table[proc.pid] = proc
             children[stat.ppid].append(proc.pid)
         self._stat, self._starts = stats, starts
+        self._activity_now = {}
         return table, children
 
     def _attribute(
@@ -259,7 +261,8 @@ class ProcessSampler:
         key = _key(proc)
         if key is None:
             return None
-        activity = _activity(proc.pid, self._stat.get(proc.pid))
+        activity = self._activity_now[proc.pid] if proc.pid in self._activity_now \
+            else _activity(proc.pid, self._stat.get(proc.pid))
         denied_before = self.stats.denied
         sample = Process(pid=proc.pid, create_time=key[1], is_kernel=is_kernel)
         try:
@@ -300,7 +303,7 @@ class ProcessSampler:
         # together do not all fall on one tick.
         if quiet is None or now - quiet[2] >= QUIET_REFRESH * (8 + proc.pid % 8) / 16:
             return None
-        activity = _activity(proc.pid, self._stat.get(proc.pid))
+        activity = self._activity_now[proc.pid] = _activity(proc.pid, self._stat.get(proc.pid))
         return quiet[0] if activity is not None and activity == quiet[1] else None
 
     def _unchanged(self, last: Process, now: float, is_kernel: bool) -> Process:
