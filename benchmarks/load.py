@@ -91,6 +91,8 @@ class Server:
              "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
              "--ServerApp.open_browser=False", "--allow-root",
              "--ServerApp.jpserver_extensions=colab_guard=True",
+             # IPC, not TCP: fifty kernels starting at once race for random TCP ports.
+             "--KernelManager.transport=ipc",
              f"--ColabGuard.enabled={guarded}", "--ColabGuard.sample_interval=1",
              "--ColabGuard.stop_grace=1", "--ColabGuard.cell_checks=False",
              f"--ColabGuard.incident_log={workdir / 'incidents.jsonl'}",
@@ -134,6 +136,10 @@ class Server:
     def cpu(self) -> float:
         times = self.ps.cpu_times()
         return times.user + times.system
+
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds of each of the server's threads (the sampler runs in its own)."""
+        return {t.id: t.user_time + t.system_time for t in self.ps.threads()}
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
@@ -218,13 +224,17 @@ def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dic
     """Server CPU, ticks and API latency over ``seconds``."""
     before_metrics = server.metrics() if guarded else {}
     before_ticks = server.get("/colab-guard/api/status")["ticks"] if guarded else 0
-    cpu0, t0 = server.cpu(), time.monotonic()
+    cpu0, threads0, t0 = server.cpu(), server.thread_cpu(), time.monotonic()
     status = latencies(server, "/api/status", requests)
     kernels = latencies(server, "/api/kernels", requests)
     time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
-    cpu1, t1 = server.cpu(), time.monotonic()
+    cpu1, threads1, t1 = server.cpu(), server.thread_cpu(), time.monotonic()
+    busy = {tid: cpu - threads0.get(tid, 0.0) for tid, cpu in threads1.items()}
+    loop = busy.pop(server.proc.pid, 0.0)  # the main thread runs the event loop
     result = {"cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0), "seconds": t1 - t0,
               "system_processes": len(psutil.pids()),
+              "loop_percent": 100 * loop / (t1 - t0),
+              "busiest_thread_percent": 100 * max(busy.values(), default=0.0) / (t1 - t0),
               "status": status, "kernels": kernels, "rss_mb": server.rss_mb()}
     if guarded:
         after = server.metrics()
@@ -346,6 +356,9 @@ def report(base: dict, guard: dict, args) -> None:
           f"≤ {guard['tick_max_ms']:.0f} ms |")
     print(f"| server CPU (% of one core) | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} |")
     print(f"| guard CPU: difference | | {guard['cpu_percent'] - base['cpu_percent']:.1f} % |")
+    print(f"| CPU of the event loop's thread / the busiest other thread (the sampler's, "
+          f"guarded) | {base['loop_percent']:.1f} / {base['busiest_thread_percent']:.1f} % | "
+          f"{guard['loop_percent']:.1f} / {guard['busiest_thread_percent']:.1f} % |")
     for key, path in (("status", "/api/status"), ("kernels", "/api/kernels")):
         print(f"| `{path}` median / p95 | {ms(base[key], 0.5)} / {ms(base[key], 0.95)} ms | "
               f"{ms(guard[key], 0.5)} / {ms(guard[key], 0.95)} ms |")
