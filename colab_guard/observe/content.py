@@ -171,6 +171,19 @@ class ContentScanner:
                         if m not in markers]
         return markers
 
+    def settled(self, pid: int, exe: str, cmdline: list[str]) -> bool:
+        """Whether the files of a process have all been scanned already, so that
+        ``process_markers`` answers from the cache, finally (until the files change)."""
+        for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and \
+                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in self._cache:
+                return False
+        return True
+
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
         try:

@@ -84,7 +84,8 @@ class ProcessSampler:
         self._activity_now: dict[int, tuple | None] = {}  # this tick's _activity, by pid
         self._starts: dict[int, tuple[psutil.Process, int]] = {}  # pid -> object, start ticks
         # The last full read of a process, what showed whether it ran since, and when.
-        self._quiet: dict[ProcessKey, tuple[Process, tuple, float]] = {}
+        # last full read, its run counts, when, and whether its file markers may be incomplete
+        self._quiet: dict[ProcessKey, tuple[Process, tuple, float, bool]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -287,9 +288,12 @@ class ProcessSampler:
         self._note_uid(key, sample.uid, proc.pid)
         sample.libraries = self._mapped_libraries(key, proc.pid, now)
         sample.open_files = self._files_open(key, proc.pid, now)
+        # Asked first: if the files were not all scanned yet, the markers below may miss
+        # some (the scan runs in the background), and are looked up again later.
+        settled = self.content.settled(proc.pid, sample.exe, sample.cmdline)
         sample.exe_markers = self.content.process_markers(proc.pid, sample.exe, sample.cmdline)
         if activity is not None and self.stats.denied == denied_before:  # a complete read
-            self._quiet[key] = (sample, activity, now)
+            self._quiet[key] = (sample, activity, now, not settled)
         return sample
 
     def _still_holds(self, proc: psutil.Process, now: float) -> Process | None:
@@ -314,11 +318,21 @@ class ProcessSampler:
                          rss=last.rss, threads=stat.threads,
                          is_kernel=is_kernel, libraries=last.libraries, sockets=last.sockets,
                          open_files=last.open_files)
-        # The scan of its file may have finished since (it runs in the background): a
-        # renamed server that waits for connections is still recognised. A cache lookup.
-        sample.exe_markers = self.content.process_markers(last.pid, last.exe, last.cmdline)
+        sample.exe_markers = self._settled_markers(last)
         sample.cpu_percent = self._cpu_percent(last.key, stat.ticks / CLOCK_TICKS, now)
         return sample
+
+    def _settled_markers(self, last: Process) -> list[str]:
+        """Markers of an idle process. If its file was still being scanned at its last full
+        read (scans run in the background), look again (a cache lookup) until the scan is
+        done: a renamed server waiting for connections is recognised all the same."""
+        entry = self._quiet[last.key]
+        if not entry[3]:
+            return last.exe_markers
+        if self.content.settled(last.pid, last.exe, last.cmdline):
+            last.exe_markers = self.content.process_markers(last.pid, last.exe, last.cmdline)
+            self._quiet[last.key] = (*entry[:3], False)
+        return last.exe_markers
 
     def _files_open(self, key: ProcessKey, pid: int, now: float, limit: int = 256) -> list[str]:
         """Regular files the process has open (a model file, a .torrent), read at the
