@@ -31,9 +31,13 @@ from colab_guard.observe.gpu import GpuSampler  # noqa: E402
 from colab_guard.observe.processes import ProcessSampler  # noqa: E402
 
 
-def start_tree(size: int) -> subprocess.Popen:
-    """A parent shell with ``size - 1`` sleeping children: ``size`` processes in all."""
-    script = "sleep 600 & " * (size - 1) + "wait" if size > 1 else "sleep 600"
+def start_tree(size: int, busy: bool = False) -> subprocess.Popen:
+    """A parent shell with ``size - 1`` children: ``size`` processes in all. Idle children
+    sleep; busy ones are python processes waking every 50 ms, so each is read in full every
+    tick (an idle process's last full read is reused until it runs)."""
+    child = (f"{sys.executable} -c 'import time\nwhile True: time.sleep(0.05)' & " if busy
+             else "sleep 600 & ")
+    script = child * (size - 1) + "wait" if size > 1 else "sleep 600"
     parent = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
     deadline = time.monotonic() + 10
     while len(psutil.Process(parent.pid).children()) < size - 1 and time.monotonic() < deadline:
@@ -59,11 +63,12 @@ def bare_walk(root_pid: int) -> int:
     return len(procs)
 
 
-def cpu_cost(call, samples: int) -> float:
-    """Median CPU seconds of one call."""
+def cpu_cost(call, samples: int, interval: float = 0.1) -> float:
+    """Median CPU seconds of one call, calls ``interval`` apart (as ticks are)."""
     call()  # warm caches, as a running monitor has them
     costs = []
     for _ in range(samples):
+        time.sleep(interval)
         start = time.process_time()
         call()
         costs.append(time.process_time() - start)
@@ -84,13 +89,13 @@ def main() -> None:
     print("| tree | bare walk per sample | colab-guard per sample | ratio | per kernel | "
           "% of a core per kernel at 1 Hz |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for size in (1, 10, 20, 100):
-        tree = start_tree(size)
+    for size, busy in ((1, False), (10, False), (20, False), (100, False), (20, True), (100, True)):
+        tree = start_tree(size, busy)
         try:
             sampler = ProcessSampler(libraries_refresh=5.0)
             bare = cpu_cost(lambda: bare_walk(tree.pid), args.samples)
             guard = cpu_cost(lambda: sampler.sample({"k": tree.pid}), args.samples)
-            print(row(f"1 kernel, {size} processes", bare, guard))
+            print(row(f"1 kernel, {size} {'busy' if busy else 'idle'} processes", bare, guard))
         finally:
             stop_tree(tree)
     trees = [start_tree(20) for _ in range(10)]
