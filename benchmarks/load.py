@@ -53,23 +53,7 @@ _load_children = [subprocess.Popen(['sleep', '{sleep}']) for _ in range({n})]
 open({out!r}, 'w').write(' '.join(str(p.pid) for p in _load_children))
 """
 
-# Forks RATE short-lived children per second for SECONDS (each lives ~20 ms, auto-reaped),
-# then writes how many it forked.
-STORM = """\
-import os, signal, sys, time
-rate, seconds, out = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-forked, start = 0, time.monotonic()
-while (elapsed := time.monotonic() - start) < seconds:
-    if forked < elapsed * rate:
-        if os.fork() == 0:
-            time.sleep(0.02)
-            os._exit(0)
-        forked += 1
-    else:
-        time.sleep(0.0005)
-open(out, 'w').write(str(forked))
-"""
+STORM = str(ROOT / "tests" / "standins" / "fork_storm.py")
 
 
 def free_port() -> int:
@@ -273,7 +257,7 @@ def fork_storm(server: Server, ids: list[str], rate: float, seconds: float) -> d
               "tracked": server.metrics().get("colab_guard_sampler_tracked", float("nan"))}
     ticks0 = server.get("/colab-guard/api/status")["ticks"]
     missed0 = server.metrics().get("colab_guard_ticks_missed_total", 0)
-    storm_client.execute(f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, '-c', "
+    storm_client.execute(f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, "
                          f"{STORM!r}, '{rate}', '{seconds}', {str(out)!r}])\n")
     time.sleep(2)  # the storm is under way
     miner_start = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,23 +23,7 @@ pytestmark = pytest.mark.integration
 CHILDREN = ("import subprocess\n_kids = [subprocess.Popen(['sleep', '300']) for _ in range(5)]\n"
             "print('PIDS', *[p.pid for p in _kids], flush=True)\n")
 
-# Forks RATE short-lived children per second for SECONDS (each lives ~20 ms, auto-reaped),
-# then writes how many it forked.
-STORM = """\
-import os, signal, sys, time
-rate, seconds, out = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-forked, start = 0, time.monotonic()
-while (elapsed := time.monotonic() - start) < seconds:
-    if forked < elapsed * rate:
-        if os.fork() == 0:
-            time.sleep(0.02)
-            os._exit(0)
-        forked += 1
-    else:
-        time.sleep(0.0005)
-open(out, 'w').write(str(forked))
-"""
+STORM = str(Path(__file__).resolve().parent / "standins" / "fork_storm.py")
 
 
 def numbers_after(outputs, word: str) -> list[int]:
@@ -112,7 +97,7 @@ async def test_a_fork_storm_leaves_other_kernels_guarded_and_the_state_bounded(
     storming, other = two_kernels
     count_file = tmp_path / "forked"
     _, outputs = await storming.run(
-        f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, '-c', {STORM!r}, "
+        f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, {STORM!r}, "
         f"'300', '15', {str(count_file)!r}])\nprint('STORM', _storm.pid, flush=True)\n")
     [storm] = numbers_after(outputs, "STORM")
     sampler = guard.monitor.sampler
