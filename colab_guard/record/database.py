@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .incident import Action, Incident, _iso
+from .retried import RetriedWrites
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one
@@ -149,18 +150,19 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix):]).expanduser()
 
 
-class IncidentDatabase:
+class IncidentDatabase(RetriedWrites):
     """The SQLite store. ``recover=True`` (the server) marks incidents left acting as unfinished."""
+
+    store_name = "incident database"
+    write_error = sqlite3.Error
 
     def __init__(self, url: str, log: logging.Logger | None = None, recover: bool = False,
                  busy_timeout: float = BUSY_TIMEOUT):
+        super().__init__(log)
         self.url = url
         self.busy_timeout = busy_timeout
         self.path = sqlite_path(url)
-        self.log = log or logging.getLogger("colab_guard")
         self._lock = threading.RLock()
-        self._unwritten: dict[str, Incident] = {}
-        self.write_errors = 0
         self.recovered: list[str] = []  # ids marked unfinished at this start
         self._db = self._connect()
         self._upgrade()
@@ -208,7 +210,7 @@ class IncidentDatabase:
 
     def _upgrade(self) -> None:
         try:
-            with self._write():
+            with self._transaction():
                 version = self.schema_version()
                 if version > SCHEMA_VERSION:
                     raise DatabaseError(
@@ -228,7 +230,7 @@ class IncidentDatabase:
 
     def _mark_unfinished(self) -> None:
         """Incidents left "acting" by a server that stopped mid-action."""
-        with self._write():
+        with self._transaction():
             self.recovered = [row[0] for row in self._db.execute(
                 "SELECT id FROM incidents WHERE status = 'acting'")]
             count = self._db.execute(
@@ -242,7 +244,7 @@ class IncidentDatabase:
                              "marked unfinished", count)
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _transaction(self) -> Iterator[None]:
         """One write transaction; the write lock is taken at once, so writers queue."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -255,31 +257,11 @@ class IncidentDatabase:
 
     # ------------------------------------------------------------ incidents
 
-    def save(self, incident: Incident) -> bool:
-        """Commit the incident (and its strike); False if the write failed (kept, retried)."""
-        self._unwritten[incident.id] = incident
-        return self.flush()
-
-    def flush(self) -> bool:
-        if not self._unwritten:
-            return True
-        try:
-            with self._write():
-                for incident in self._unwritten.values():
-                    self._upsert(incident)
-        except sqlite3.Error as err:
-            self.write_errors += 1
-            if self.write_errors == 1 or self.write_errors % 100 == 0:
-                self.log.error("colab-guard: cannot write the incident database %s (%s); %d "
-                               "incident(s) kept in memory and retried at every tick", self.path,
-                               err, len(self._unwritten))
-            return False
-        self._unwritten.clear()
-        return True
-
-    @property
-    def unwritten(self) -> int:
-        return len(self._unwritten)
+    def _write(self, incidents: list[Incident]) -> None:
+        """Commit the incidents (and their strikes) in one transaction."""
+        with self._transaction():
+            for incident in incidents:
+                self._upsert(incident)
 
     def _upsert(self, inc: Incident) -> None:
         data = inc.to_dict()
@@ -378,7 +360,7 @@ class IncidentDatabase:
         self.flush()  # the incident must be in the database
         appeal = Appeal(uuid.uuid4().hex, incident_id, user, text, time.time())
         try:
-            with self._write():
+            with self._transaction():
                 self._db.execute(
                     "INSERT INTO appeals (id, incident_id, user, text, time, status) "
                     "VALUES (?, ?, ?, ?, ?, 'pending')",
@@ -394,7 +376,7 @@ class IncidentDatabase:
         if decision not in ("accept", "reject"):
             raise AppealError("field 'decision' must be 'accept' or 'reject'")
         status = "accepted" if decision == "accept" else "rejected"
-        with self._write():
+        with self._transaction():
             appeal = self.get_appeal(appeal_id)
             if appeal is None:
                 raise AppealError(f"no appeal with id {appeal_id!r}", 404)
@@ -451,7 +433,7 @@ class IncidentDatabase:
 
     def clear_strikes(self, user: str, admin: str, reason: str = "cleared by an admin") -> int:
         """Clear every strike in force against ``user``; how many were cleared."""
-        with self._write():
+        with self._transaction():
             return self._db.execute(
                 "UPDATE strikes SET cleared_time = ?, cleared_by = ?, cleared_reason = ? "
                 "WHERE user = ? AND cleared_time IS NULL", (time.time(), admin, reason, user)).rowcount

@@ -18,18 +18,20 @@ import os
 from pathlib import Path
 
 from .incident import Incident
+from .retried import RetriedWrites
 
 
 class IncidentLogError(RuntimeError):
     """The incident log cannot be used at all (reported at server start)."""
 
 
-class IncidentLog:
+class IncidentLog(RetriedWrites):
+    store_name = "incident log"
+    write_error = OSError
+
     def __init__(self, path: str | Path, log: logging.Logger | None = None):
+        super().__init__(log)
         self.path = Path(path)
-        self.log = log or logging.getLogger("colab_guard")
-        self._unwritten: dict[str, Incident] = {}
-        self.write_errors = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8"):
@@ -37,32 +39,9 @@ class IncidentLog:
         except OSError as err:
             raise IncidentLogError(f"incident_log {str(self.path)!r} cannot be written: {err}") from None
 
-    def save(self, incident: Incident) -> bool:
-        """Append the incident; False if the write failed (kept, and retried by flush)."""
-        self._unwritten[incident.id] = incident
-        return self.flush()
-
-    def flush(self) -> bool:
-        """Write whatever is waiting; called after each save and at every tick."""
-        if not self._unwritten:
-            return True
-        lines = "".join(json.dumps(i.to_dict(), ensure_ascii=False) + "\n"
-                        for i in self._unwritten.values())
-        try:
-            with open(self.path, "a", encoding="utf-8") as out:
-                out.write(lines)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as err:
-            self.write_errors += 1
-            if self.write_errors == 1 or self.write_errors % 100 == 0:
-                self.log.error("colab-guard: cannot write the incident log %s (%s); %d incident(s) "
-                               "kept in memory and retried at every tick", self.path, err,
-                               len(self._unwritten))
-            return False
-        self._unwritten.clear()
-        return True
-
-    @property
-    def unwritten(self) -> int:
-        return len(self._unwritten)
+    def _write(self, incidents: list[Incident]) -> None:
+        lines = "".join(json.dumps(i.to_dict(), ensure_ascii=False) + "\n" for i in incidents)
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(lines)
+            out.flush()
+            os.fsync(out.fileno())
