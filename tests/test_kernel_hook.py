@@ -234,7 +234,7 @@ async def test_dropped_events_are_counted(kernel, guard):
                      "    socket.getaddrinfo('127.0.0.1', 80)\n"
                      "k._guard.reporter.maxlen = 4096\n"
                      "socket.getaddrinfo('127.0.0.1', 80)\n")
-    await wait_for(lambda: metrics.KERNEL_EVENTS_DROPPED._value.get() >= before + 5)
+    assert await wait_for(lambda: metrics.KERNEL_EVENTS_DROPPED._value.get() >= before + 5)
 
 
 # ---------------------------------------------------------------- tampering
