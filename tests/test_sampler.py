@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from colab_guard.observe import procfs
 from colab_guard.observe.processes import KERNEL_ENV_MARKER, ProcessSampler, kernel_environment
 from tests.standins import pool
 
@@ -194,11 +194,11 @@ def test_a_process_that_vanishes_between_listing_and_reading_is_counted(fake_ker
     sampler = ProcessSampler()
     real_read = ProcessSampler._read_process
 
-    def read_then_vanish(self, proc, now, is_kernel):
-        if proc.name() == "sleep":
-            proc.kill()
-            proc.wait(2)
-        return real_read(self, proc, now, is_kernel)
+    def read_then_vanish(self, entry, *args):
+        if entry.pid != kernel.pid:  # the sleep child: gone between listing and reading
+            os.kill(entry.pid, signal.SIGKILL)
+            psutil.Process(entry.pid).wait(2)
+        return real_read(self, entry, *args)
 
     monkeypatch.setattr(ProcessSampler, "_read_process", read_then_vanish)
     snap = sampler.sample({"k1": kernel.pid})["k1"]
@@ -220,15 +220,15 @@ def test_a_zombie_is_sampled_without_error(spawned):
 
 
 def test_a_denied_read_is_logged_once_and_the_rest_is_sampled(fake_kernel, monkeypatch, caplog):
-    # As root nothing is denied, so psutil is made to refuse one read, as it would for
+    # As root nothing is denied, so the reader is made to refuse one read, as the kernel would for
     # another user's process or under a hardened /proc (hidepid).
     kernel = fake_kernel()
     time.sleep(0.2)
 
-    def denied(self):
-        raise psutil.AccessDenied(self.pid)
+    def denied(pid):
+        raise PermissionError(13, "Permission denied", f"/proc/{pid}/cmdline")
 
-    monkeypatch.setattr(psutil.Process, "cmdline", denied)
+    monkeypatch.setattr(procfs, "read_cmdline", denied)
     sampler = ProcessSampler()
     for _ in range(3):
         snap = sampler.sample({"k1": kernel.pid})["k1"]

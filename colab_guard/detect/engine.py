@@ -50,7 +50,8 @@ class Engine:
     slow: set[str] = field(default_factory=set)
     # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
     _too_slow: set[tuple] = field(default_factory=set)
-    # kernel id -> process key -> (what was observed, the signatures it matched, with why)
+    # kernel id -> process key -> (the sample, what it observed, the signatures it
+    # matched, with why)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
@@ -58,13 +59,17 @@ class Engine:
         held_now: set[tuple] = set()
         last, now = self._last.get(snapshot.kernel_id, {}), {}
         for process in snapshot.processes:
-            observed = _observed(process)
             cached = last.get(process.key)
             # Most processes look the same from one tick to the next (a thousand idle
             # children of fifty kernels): the same observation gives the same matches.
-            matches = cached[1] if cached is not None and cached[0] == observed \
-                else self._matches(snapshot, process)
-            now[process.key] = (observed, matches)
+            # The sampler hands out the very same object for a process that did not change.
+            if cached is not None and cached[0] is process:
+                observed, matches = cached[1], cached[2]
+            else:
+                observed = _observed(process)
+                matches = cached[2] if cached is not None and cached[1] == observed \
+                    else self._matches(snapshot, process)
+            now[process.key] = (process, observed, matches)
             for sig, reasons in matches:
                 if sig.id not in self.disabled:
                     found = self._hold(sig, snapshot, process, reasons, held_now)

@@ -8,36 +8,87 @@ Attribution survives a process leaving the kernel's tree (setsid, double
 fork, ``nohup … &``): a process once seen under a kernel stays that kernel's
 until it exits, and a process first seen already orphaned is claimed through
 the marker variable that every guarded kernel carries in its environment.
+
+A tick must stay cheap on a busy hub (fifty kernels of twenty processes each), so a
+process is read in full only when it is new or has run since its last full read:
+
+- The process table is one listing of /proc. Each entry carries the inode of the
+  process's /proc directory, which stays the same while the process lives and is new
+  for a new process, even under a reused pid: only new entries have their stat read.
+- A watched process none of whose threads was scheduled since its last full read
+  (/proc/PID/schedstat) cannot have changed its command line, executable, uid,
+  threads or libraries: that read stands, refreshed all the same every minute or so.
+- Sockets come from one read of /proc/net/{tcp,udp}{,6} per tick. A process's fds are
+  walked at its first read, when a socket nobody is known to hold appears in those
+  tables (only a process that ran can have opened it), and every ``libraries_refresh``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import sys
 import time
-from collections import defaultdict, namedtuple
+from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psutil
 
+from . import procfs
 from .content import ContentScanner
 from .gpu import GpuSample
-from .model import Process, Snapshot, Socket, normalise_ip
+from .model import Process, Snapshot
+from .procfs import CLOCK_TICKS, InetTables
 
 #: Set in every guarded kernel's environment; inherited by everything it starts.
 KERNEL_ENV_MARKER = "COLAB_GUARD_KERNEL_ID"
 
 ProcessKey = tuple[int, float]
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Seconds after which a process that has not run is read in full all the same (each
+#: process at its own point between half this and this, so they do not come at once).
+QUIET_REFRESH = 120.0
 
-#: What one read of /proc/PID/stat says (ticks: user + system CPU, in clock ticks).
-Stat = namedtuple("Stat", "state ppid comm ticks threads start")
-#: Seconds after which a process that has not run is read in full all the same.
-QUIET_REFRESH = 30.0
+
+class Entry:
+    """A process in the table, as the pass knows it from one tick to the next."""
+
+    __slots__ = ("key", "inode", "ppid", "start")
+
+    def __init__(self, key: ProcessKey, inode: int, ppid: int, start: int):
+        self.key = key  # (pid, create time as psutil gives it): the process's identity
+        self.inode = inode  # of /proc/PID: unchanged while the same process lives
+        self.ppid = ppid
+        self.start = start  # clock ticks after boot
+
+    @property
+    def pid(self) -> int:
+        return self.key[0]
+
+
+@dataclass
+class _Quiet:
+    """The last full read of a process, and what shows whether it ran since."""
+
+    sample: Process
+    activity: tuple  # (thread id, its schedstat) of each thread
+    refresh_at: float  # read in full then all the same
+    markers_pending: bool  # its files were still being scanned at that read
+    vms: int  # virtual size at that read: libraries are mapped again only if it changes
+
+    @property
+    def single(self) -> bool:
+        """One thread: its schedstat alone shows whether the process ran."""
+        return len(self.activity) == 1 and self.activity[0][0] == self.sample.pid
+
+
+@dataclass
+class _Fds:
+    """What the last walk of a process's fds found."""
+
+    when: float
+    inodes: tuple[int, ...]  # of its sockets
+    files: list[str]  # regular files open
 
 
 @dataclass
@@ -46,6 +97,7 @@ class SamplerStats:
 
     ticks: int = 0
     processes_sampled: int = 0
+    full_reads: int = 0  # processes read in full (new, or ran since their last read)
     vanished: int = 0  # exited between listing and reading
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
@@ -58,7 +110,9 @@ class SamplerStats:
 class ProcessSampler:
     """Samples the process trees of many kernels in one pass.
 
-    Not thread-safe: the monitor calls it from a single worker thread.
+    Not thread-safe: the monitor calls it from a single worker thread. A Process it
+    returns is never changed afterwards; one that did not change since the last tick
+    is handed out again as the same object (the engine relies on this to skip it).
     """
 
     def __init__(
@@ -74,18 +128,19 @@ class ProcessSampler:
         self.stats = SamplerStats()
         # Executable content, scanned once per file in a background thread.
         self.content = content if content is not None else ContentScanner(log=self.log)
+        self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
         self._owner: dict[ProcessKey, str] = {}  # sticky attribution
         self._environ_checked: dict[ProcessKey, str | None] = {}
         self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
         self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
-        self._open_files: dict[ProcessKey, tuple[float, list[str]]] = {}
+        self._fds: dict[ProcessKey, _Fds] = {}
         self._uids: dict[ProcessKey, int] = {}
-        self._stat: dict[int, Stat] = {}  # this tick's /proc/PID/stat, by pid
-        self._activity_now: dict[int, tuple | None] = {}  # this tick's _activity, by pid
-        self._starts: dict[int, tuple[psutil.Process, int]] = {}  # pid -> object, start ticks
-        # The last full read of a process, what showed whether it ran since, and when.
-        # last full read, its run counts, when, and whether its file markers may be incomplete
-        self._quiet: dict[ProcessKey, tuple[Process, tuple, float, bool]] = {}
+        self._quiet: dict[ProcessKey, _Quiet] = {}
+        self._handed: dict[ProcessKey, Process] = {}  # the sample handed out last tick
+        self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
+        self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
+        self._own_counts: bytes | None = None  # this thread's schedstat at the last tick
+        self.counts_move = True  # whether schedstat shows who ran (checked every tick)
 
     # ------------------------------------------------------------------ public
 
@@ -95,26 +150,23 @@ class ProcessSampler:
         process's GPU use from ``gpu`` (NVML's view of the same instant) when given."""
         started = time.perf_counter()
         now = time.time()
-        table, children = self._scan_table()
-        owners = self._attribute(kernels, table, children)
-        idle = {pid: last for pid in owners if (last := self._still_holds(table[pid], now))}
-        busy = {pid: kid for pid, kid in owners.items() if pid not in idle}
-        sockets = self._sockets_by_pid(busy, table) if busy else {}
+        self._check_counts_move()
+        table = self._scan_table()
+        owners = self._attribute(kernels, table)
+        sockets = InetTables()
+        walk_all = self._sockets_unaccounted(sockets)
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
+        no_gpu = (0.0, 0.0)
         for pid, kid in owners.items():
-            is_kernel = kernel_pids.get(pid) == kid
-            if pid in idle:
-                proc = self._unchanged(idle[pid], now, is_kernel)
-            else:
-                proc = self._read_process(table[pid], now, is_kernel=is_kernel)
-                if proc is None:
-                    continue
-                proc.sockets = sockets.get(pid, [])
-            if gpu is not None and pid in gpu.processes:
-                proc.gpu_percent = gpu.processes[pid].percent
-                proc.gpu_memory_mb = gpu.processes[pid].memory_mb
-            snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
+            entry, is_kernel = table[pid], kernel_pids.get(pid) == kid
+            use = gpu.processes.get(pid) if gpu is not None else None
+            gpu_use = (use.percent, use.memory_mb) if use is not None else no_gpu
+            proc = self._unchanged(entry, now, is_kernel, sockets, gpu_use) or \
+                self._read_process(entry, now, is_kernel, sockets, walk_all, gpu_use)
+            if proc is not None:
+                snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
+        self._remember_foreign_sockets(sockets)
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
@@ -127,98 +179,113 @@ class ProcessSampler:
 
     def tracked(self) -> int:
         """Processes the sampler keeps state for (each dict is keyed by live processes)."""
-        return max(len(self._owner), len(self._environ_checked), len(self._cpu),
-                   len(self._libraries), len(self._open_files), len(self._uids))
+        return max(len(self._table), len(self._owner), len(self._environ_checked),
+                   len(self._cpu), len(self._libraries), len(self._fds), len(self._uids))
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process to a kernel (reported by the kernel hook)."""
-        try:
-            key = (pid, psutil.Process(pid).create_time())
-        except psutil.Error:
+        stat = _read_stat(pid)
+        if stat is None:
             return
+        known = self._table.get(pid)
+        key = known.key if known is not None and known.start == stat.start \
+            else (pid, procfs.create_time(stat.start, psutil.boot_time()))
         self._owner.setdefault(key, kernel_id)
 
     # ---------------------------------------------------------------- the pass
 
-    def _scan_table(self) -> tuple[dict[int, psutil.Process], dict[int, list[int]]]:
-        table: dict[int, psutil.Process] = {}
-        children: dict[int, list[int]] = defaultdict(list)
-        stats: dict[int, Stat] = {}
-        starts: dict[int, tuple[psutil.Process, int]] = {}
-        # process_iter keeps its Process objects between calls, so create_time (the
-        # identity check) is read once per process; the parent comes from one read of
-        # /proc/PID/stat (psutil's ppid() reads it twice more to check the pid's identity).
-        for proc in psutil.process_iter():
-            stat = _read_stat(proc.pid)
-            if stat is None:
-                continue  # gone already
-            known = self._starts.get(proc.pid)
-            if known is not None and known[0] is proc and known[1] != stat.start:
-                try:  # the pid was reused under psutil's cached object
-                    proc = psutil.Process(proc.pid)
-                except psutil.Error:
-                    continue
-            elif known is not None and known[0] is not proc:
-                known = None
-            starts[proc.pid] = known or (proc, stat.start)
-            stats[proc.pid] = stat
-            table[proc.pid] = proc
-            children[stat.ppid].append(proc.pid)
-        self._stat, self._starts = stats, starts
-        self._activity_now = {}
-        return table, children
+    def _check_counts_move(self) -> None:
+        """Idle processes are told by unchanged scheduler counts, so check that the counts
+        move at all: this thread ran since the last tick, so its own must have changed. If
+        they do not (a kernel or sandbox that fakes them), every process is read in full."""
+        time.sleep(1e-6)  # leave the CPU: a thread's counts are updated when it does
+        try:
+            counts = procfs.read_small("/proc/thread-self/schedstat")
+        except OSError:
+            counts = None
+        moved = counts is not None and counts != self._own_counts and \
+            counts.split()[2:3] != [b"0"]
+        if self._own_counts is not None and self.counts_move and not moved:
+            self._problem("counts", "the scheduler counts in /proc/PID/schedstat do not move; "
+                          "every process is read in full every tick (more CPU)")
+        self.counts_move = moved or self._own_counts is None
+        self._own_counts = counts
 
-    def _attribute(
-        self,
-        kernels: Mapping[str, int],
-        table: dict[int, psutil.Process],
-        children: dict[int, list[int]],
-    ) -> dict[int, str]:
-        """pid -> kernel id for every process that belongs to a kernel."""
-        owners: dict[int, str] = {}
-        roots = [(pid, kid) for kid, pid in kernels.items() if pid in table]
-        for pid, proc in table.items():  # seen under a kernel before: still that kernel's
-            kid = self._owner.get(_key(proc) or (pid, -1.0))
-            if kid in kernels:
-                roots.append((pid, kid))
-        self._descend(roots, table, children, owners)
-        # Orphans never seen in a tree: claimed by the marker in their environment.
-        claimed = []
-        for pid, proc in table.items():
-            key = _key(proc)
-            if pid not in owners and key is not None:
-                kid = self._owner_from_environment(key, proc, kernels)
-                if kid is not None:
-                    claimed.append((pid, kid))
-        self._descend(claimed, table, children, owners)
-        for pid, kid in owners.items():
-            key = _key(table[pid])
-            if key is not None:
-                self._owner.setdefault(key, kid)
-        return owners
+    def _scan_table(self) -> dict[int, Entry]:
+        """Every process on the system: one listing of /proc, and a read of the stat of
+        each process not seen before (or whose parent has just exited: reparented)."""
+        before, table = self._table, {}
+        boot: list[float] = []  # read once per tick, and only when needed
+        with os.scandir("/proc") as listing:
+            for dirent in listing:
+                if not dirent.name.isdigit():
+                    continue
+                pid = int(dirent.name)
+                known = before.get(pid)
+                if known is None or known.inode != dirent.inode():
+                    known = self._identify(pid, dirent.inode(), known, boot)
+                    if known is None:
+                        continue  # gone already
+                table[pid] = known
+        for entry in table.values():
+            parent = table.get(entry.ppid)
+            if entry.ppid in before and (parent is None or parent.start > entry.start):
+                stat = _read_stat(entry.pid)  # its parent exited: whose child is it now?
+                if stat is not None:
+                    entry.ppid = stat.ppid
+        self._table = table
+        self._activity_now = {}
+        return table
 
     @staticmethod
-    def _descend(roots, table, children, owners: dict[int, str]) -> None:
-        for root, kid in roots:
-            stack = [root]
-            while stack:
-                pid = stack.pop()
-                if pid in owners or pid not in table:
-                    continue
-                owners[pid] = kid
-                stack.extend(children.get(pid, ()))
+    def _identify(pid: int, inode: int, known: Entry | None, boot: list[float]) -> Entry | None:
+        stat = _read_stat(pid)
+        if stat is None:
+            return None
+        if known is not None and known.start == stat.start:  # same process, inode recycled
+            known.inode, known.ppid = inode, stat.ppid
+            return known
+        if not boot:
+            boot.append(psutil.boot_time())
+        return Entry((pid, procfs.create_time(stat.start, boot[0])), inode, stat.ppid, stat.start)
 
-    def _owner_from_environment(
-        self, key: ProcessKey, proc: psutil.Process, kernels: Mapping[str, int]
-    ) -> str | None:
+    def _attribute(self, kernels: Mapping[str, int], table: dict[int, Entry]) -> dict[int, str]:
+        """pid -> kernel id for every process that belongs to a kernel."""
+        children: dict[int, list[int]] = defaultdict(list)
+        for pid, entry in table.items():
+            parent = table.get(entry.ppid)
+            if parent is not None and parent.start <= entry.start:  # not a reused pid
+                children[entry.ppid].append(pid)
+        owners: dict[int, str] = {}
+        roots = [(pid, kid) for kid, pid in kernels.items() if pid in table]
+        for pid, entry in table.items():  # seen under a kernel before: still that kernel's
+            kid = self._owner.get(entry.key)
+            if kid in kernels:
+                roots.append((pid, kid))
+        _descend(roots, children, owners)
+        # Orphans never seen in a tree: claimed by the marker in their environment.
+        claimed = []
+        for pid, entry in table.items():
+            if pid not in owners:
+                kid = self._owner_from_environment(entry, kernels)
+                if kid is not None:
+                    claimed.append((pid, kid))
+        _descend(claimed, children, owners)
+        for pid, kid in owners.items():
+            self._owner.setdefault(table[pid].key, kid)
+        return owners
+
+    def _owner_from_environment(self, entry: Entry, kernels: Mapping[str, int]) -> str | None:
         """Claim an orphan by the marker its kernel left in its environment."""
         if not self.read_environ:
             return None
-        if key in self._environ_checked:
-            return self._environ_checked[key]
+        if entry.key in self._environ_checked:
+            return self._environ_checked[entry.key]
         kid = None
         try:
-            kid = proc.environ().get(KERNEL_ENV_MARKER)
+            proc = psutil.Process(entry.pid)
+            if _same_process(proc, entry):
+                kid = proc.environ().get(KERNEL_ENV_MARKER)
         except psutil.AccessDenied:
             pass  # another user's process: not one of ours to claim
         except psutil.Error:
@@ -229,137 +296,141 @@ class ProcessSampler:
             # Another user's process naming our kernel: never blamed on it, never acted on.
             self._problem("foreign-marker", "process %s names kernel %s in its environment but "
                           "runs as another user than the kernel; not attributed to it",
-                          proc.pid, kid)
+                          entry.pid, kid)
             kid = None
         if kid is not None:
             self.stats.claimed_by_environment += 1
-        self._environ_checked[key] = kid
+        self._environ_checked[entry.key] = kid
         return kid
 
-    def _sockets_by_pid(self, owners: dict[int, str], table: dict[int, psutil.Process]
-                        ) -> dict[int, list[Socket]]:
-        """Inet sockets of the processes we watch: the socket inodes among each one's
-        fds, then one read of /proc/net/{tcp,udp}{,6} for all of them. (psutil's
-        per-process call reads every /proc/net table once per process, its
-        system-wide one lists the fds of every process on the system.)"""
-        inodes: dict[int, int] = {}  # socket inode -> pid
-        for pid in owners:
-            try:
-                for inode in _socket_inodes(pid):
-                    inodes[inode] = pid
-            except PermissionError as err:
-                self._denied("sockets", pid, err)
-            except OSError:
-                pass  # gone, or a zombie: no sockets
-        found: dict[int, list[Socket]] = {pid: [] for pid in owners}
-        if inodes:
-            for inode, sock in _inet_sockets(set(inodes)):
-                found[inodes[inode]].append(sock)
-        return found
+    def _sockets_unaccounted(self, sockets: InetTables) -> bool:
+        """Whether a socket appeared that no watched process is known to hold and that
+        is not known to be someone else's: then every process that ran has its fds walked."""
+        held = {inode for fds in self._fds.values() for inode in fds.inodes}
+        return not sockets.inodes <= held | self._foreign_sockets
 
-    def _read_process(self, proc: psutil.Process, now: float, is_kernel: bool) -> Process | None:
-        """Read one process; names and command lines are read anew every tick."""
-        key = _key(proc)
-        if key is None:
-            return None
-        activity = self._activity_now[proc.pid] if proc.pid in self._activity_now \
-            else _activity(proc.pid, self._stat.get(proc.pid))
+    def _remember_foreign_sockets(self, sockets: InetTables) -> None:
+        """After the walks: the sockets still unaccounted for are other processes' (the
+        server's own connections, other users'); forgotten once closed."""
+        held = {inode for fds in self._fds.values() for inode in fds.inodes}
+        self._foreign_sockets = (self._foreign_sockets & sockets.inodes) | (sockets.inodes - held)
+
+    def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
+                      walk_fds: bool, gpu_use: tuple[float, float]) -> Process | None:
+        """Read one process in full."""
+        pid, key = entry.pid, entry.key
+        activity = self._activity_now.get(pid) or procfs.activity(pid, single=False)
         denied_before = self.stats.denied
-        sample = Process(pid=proc.pid, create_time=key[1], is_kernel=is_kernel)
+        sample = Process(pid=pid, ppid=entry.ppid, create_time=key[1], is_kernel=is_kernel)
         try:
-            with proc.oneshot():
-                sample.ppid = proc.ppid()
-                sample.name = proc.name()
-                sample.cmdline = self._denied_ok(proc.cmdline, [], "cmdline", proc.pid)
-                sample.exe = self._denied_ok(proc.exe, "", "exe", proc.pid)
-                times = proc.cpu_times()
-                sample.rss = proc.memory_info().rss
-                sample.threads = proc.num_threads()
-                sample.uid = proc.uids().real
-        except psutil.ZombieProcess:
-            return sample  # exited, not yet reaped: nothing more to read
-        except psutil.NoSuchProcess:
+            stat = procfs.read_stat(pid)
+            if stat.start != entry.start:
+                raise ProcessLookupError(pid)  # exited, and its pid was taken again
+            sample.cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
+            sample.exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
+            sample.uid = self._denied_ok(procfs.read_real_uid, None, "status", pid)
+        except (FileNotFoundError, ProcessLookupError):
             self.stats.vanished += 1
             return None
-        except psutil.AccessDenied as err:
-            self._denied("process", proc.pid, err)
-            return sample
-        sample.cpu_percent = self._cpu_percent(key, times.user + times.system, now)
-        self._note_uid(key, sample.uid, proc.pid)
-        sample.libraries = self._mapped_libraries(key, proc.pid, now)
-        sample.open_files = self._files_open(key, proc.pid, now)
+        except PermissionError as err:
+            self._denied("process", pid, err)
+            return self._hand_out(key, sample)
+        self.stats.full_reads += 1
+        sample.ppid, sample.threads, sample.rss = stat.ppid, stat.threads, stat.rss
+        sample.name = procfs.full_name(stat.comm, sample.cmdline)
+        sample.cpu_percent = self._cpu_percent(key, stat.cpu_ticks / CLOCK_TICKS, now)
+        sample.gpu_percent, sample.gpu_memory_mb = gpu_use
+        self._note_uid(key, sample.uid, pid)
+        sample.libraries = self._mapped_libraries(key, pid, now, self._quiet.get(key), stat.vms)
+        fds = self._walk_fds(key, pid, now, walk_fds)
+        sample.open_files = fds.files
+        sample.sockets = sockets.of(fds.inodes)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
-        settled = self.content.settled(proc.pid, sample.exe, sample.cmdline)
-        sample.exe_markers = self.content.process_markers(proc.pid, sample.exe, sample.cmdline)
+        settled = self.content.settled(pid, sample.exe, sample.cmdline)
+        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline)
         if activity is not None and self.stats.denied == denied_before:  # a complete read
-            self._quiet[key] = (sample, activity, now, not settled)
-        return sample
+            # Spread over the interval by pid, so the refreshes of many processes started
+            # together do not all fall on one tick.
+            refresh_at = now + QUIET_REFRESH * (8 + pid % 8) / 16
+            self._quiet[key] = _Quiet(sample, activity, refresh_at, not settled, stat.vms)
+        return self._hand_out(key, sample)
 
-    def _still_holds(self, proc: psutil.Process, now: float) -> Process | None:
-        """The last full read of a process none of whose threads has run since (same
-        name, CPU time, threads, and times each thread was scheduled): it cannot have
-        changed its command line, executable, uid, libraries or sockets. Read in full
-        at once when it runs, and every QUIET_REFRESH seconds all the same."""
-        key = _key(proc)
-        quiet = self._quiet.get(key) if key is not None else None
-        # Spread over the interval by pid, so the refreshes of many processes started
-        # together do not all fall on one tick.
-        if quiet is None or now - quiet[2] >= QUIET_REFRESH * (8 + proc.pid % 8) / 16:
+    def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
+                   gpu_use: tuple[float, float]) -> Process | None:
+        """This tick's sample of a process none of whose threads has been scheduled since its
+        last full read, or None if it ran (or is due its refresh). Not having run, it cannot
+        have changed its command line, executable, uid, threads or libraries: the object
+        handed out last tick is handed out again unless its sockets' states, its markers
+        (scanned in the background) or its GPU use differ."""
+        quiet = self._quiet.get(entry.key)
+        if quiet is None or now >= quiet.refresh_at or not self.counts_move:
             return None
-        activity = self._activity_now[proc.pid] = _activity(proc.pid, self._stat.get(proc.pid))
-        return quiet[0] if activity is not None and activity == quiet[1] else None
+        single = quiet.single
+        activity = procfs.activity(entry.pid, single)
+        if not single:
+            self._activity_now[entry.pid] = activity  # complete: the next read's baseline
+        if activity != quiet.activity:
+            return None
+        key = entry.key
+        self._cpu[key] = (self._cpu[key][0], now)  # no CPU used since
+        fds = self._fds.get(key)
+        found = sockets.of(fds.inodes) if fds is not None and fds.inodes else []
+        markers = self._settled_markers(quiet) if quiet.markers_pending \
+            else quiet.sample.exe_markers
+        last = self._handed.get(key)
+        if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
+                and last.ppid == entry.ppid and last.sockets == found \
+                and last.exe_markers is markers and (last.gpu_percent, last.gpu_memory_mb) == gpu_use:
+            return last
+        return self._hand_out(key, replace(
+            quiet.sample, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
+            exe_markers=markers, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
 
-    def _unchanged(self, last: Process, now: float, is_kernel: bool) -> Process:
-        """This tick's sample of a process whose last full read still holds."""
-        stat = self._stat[last.pid]
-        sample = Process(pid=last.pid, ppid=stat.ppid, name=last.name, exe=last.exe,
-                         cmdline=last.cmdline, create_time=last.create_time, uid=last.uid,
-                         rss=last.rss, threads=stat.threads,
-                         is_kernel=is_kernel, libraries=last.libraries, sockets=last.sockets,
-                         open_files=last.open_files)
-        sample.exe_markers = self._settled_markers(last)
-        sample.cpu_percent = self._cpu_percent(last.key, stat.ticks / CLOCK_TICKS, now)
+    def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
+        self._handed[key] = sample
         return sample
 
-    def _settled_markers(self, last: Process) -> list[str]:
-        """Markers of an idle process. If its file was still being scanned at its last full
-        read (scans run in the background), look again (a cache lookup) until the scan is
-        done: a renamed server waiting for connections is recognised all the same."""
-        entry = self._quiet[last.key]
-        if not entry[3]:
-            return last.exe_markers
+    def _settled_markers(self, quiet: _Quiet) -> list[str]:
+        """Markers of an idle process whose file was still being scanned at its last full
+        read (scans run in the background): looked up again (from the cache) until the scan
+        is done, so a renamed server waiting for connections is recognised all the same."""
+        last = quiet.sample
         if self.content.settled(last.pid, last.exe, last.cmdline):
-            last.exe_markers = self.content.process_markers(last.pid, last.exe, last.cmdline)
-            self._quiet[last.key] = (*entry[:3], False)
-        return last.exe_markers
+            quiet.sample = replace(last, exe_markers=self.content.process_markers(
+                last.pid, last.exe, last.cmdline))
+            quiet.markers_pending = False
+        return quiet.sample.exe_markers
 
-    def _files_open(self, key: ProcessKey, pid: int, now: float, limit: int = 256) -> list[str]:
-        """Regular files the process has open (a model file, a .torrent), read at the
-        libraries' pace; at most ``limit`` of them."""
-        cached = self._open_files.get(key)
-        if cached is not None and now - cached[0] < self.libraries_refresh:
-            return cached[1]
-        found: list[str] = []
+    def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: bool,
+                  limit: int = 256) -> _Fds:
+        """The process's sockets and the regular files it has open (a model file, a
+        .torrent; at most ``limit``): walked when asked, when never walked, and at the
+        libraries' pace; otherwise the last walk's."""
+        last = self._fds.get(key)
+        if last is not None and not walk and now - last.when < self.libraries_refresh:
+            return last
+        inodes: list[int] = []
+        files: list[str] = []
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd")[:4 * limit]:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
                 try:
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 except OSError:
                     continue  # closed meanwhile
-                if target.startswith("/") and not target.startswith(("/dev/", "/proc/")) \
-                        and target not in found:
-                    found.append(target)
-                    if len(found) >= limit:
-                        break
+                if target.startswith("socket:["):
+                    inodes.append(int(target[8:-1]))
+                elif target.startswith("/") and not target.startswith(("/dev/", "/proc/")) \
+                        and len(files) < limit and target not in files:
+                    files.append(target)
         except FileNotFoundError:
-            return []
+            pass  # gone, or a zombie: nothing open
         except PermissionError as err:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
-        self._open_files[key] = (now, found)
-        return found
+        self._fds[key] = _Fds(now, tuple(inodes), files)
+        return self._fds[key]
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:
         """A process that changes its uid (setuid) stays its kernel's; said once."""
@@ -382,15 +453,20 @@ class ProcessSampler:
             used = cpu_seconds - before[0]
         return round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0
 
-    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float) -> list[str]:
+    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float, quiet: _Quiet | None,
+                          vms: int) -> list[str]:
         """Shared objects the process has mapped (libtorrent, a RandomX module...).
 
-        /proc/PID/maps is read at most every ``libraries_refresh`` seconds per
-        process: libraries appear rarely, and the file can be long.
+        /proc/PID/maps can be long: it is read again at most every ``libraries_refresh``
+        seconds, and then only if the process's virtual size changed (mapping a library
+        grows it), or at the quiet refresh.
         """
         cached = self._libraries.get(key)
-        if cached is not None and now - cached[0] < self.libraries_refresh:
-            return cached[1]
+        if cached is not None:
+            age = now - cached[0]
+            unchanged = quiet is not None and quiet.vms == vms and now < quiet.refresh_at
+            if age < self.libraries_refresh or unchanged:
+                return cached[1]
         libraries: list[str] = []
         try:
             with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
@@ -413,8 +489,8 @@ class ProcessSampler:
 
     def _denied_ok(self, read, default, what: str, pid: int):
         try:
-            return read()
-        except psutil.AccessDenied as err:
+            return read(pid)
+        except PermissionError as err:
             self._denied(what, pid, err)
             return default
 
@@ -430,55 +506,40 @@ class ProcessSampler:
             self.log.warning("colab-guard: " + message + " (further occurrences are only counted)",
                              *args)
 
-    def _forget_dead(self, table: dict[int, psutil.Process]) -> None:
+    def _forget_dead(self, table: dict[int, Entry]) -> None:
         """Drop state of processes that exited, so memory stays bounded."""
-        alive = set()
-        for proc in table.values():
-            key = _key(proc)
-            if key is not None:
-                alive.add(key)
-        for store in (self._owner, self._environ_checked, self._cpu, self._libraries,
-                      self._open_files, self._uids, self._quiet):
-            for key in [k for k in store if k not in alive]:
-                del store[key]
+        alive = {entry.key for entry in table.values()}
+        for store in (self._owner, self._environ_checked, self._cpu,
+                      self._libraries, self._fds, self._uids, self._quiet, self._handed):
+            if len(store) > len(alive) or not store.keys() <= alive:
+                for key in store.keys() - alive:
+                    del store[key]
 
 
-def _read_small(path: str) -> bytes:
-    """A small /proc file in one read (without a file object: read for every process,
-    every tick)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
+def _descend(roots, children: dict[int, list[int]], owners: dict[int, str]) -> None:
+    for root, kid in roots:
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            if pid in owners:
+                continue
+            owners[pid] = kid
+            stack.extend(children.get(pid, ()))
 
 
-def _read_stat(pid: int) -> Stat | None:
+def _read_stat(pid: int) -> procfs.Stat | None:
     """/proc/PID/stat, or None if the process is gone."""
     try:
-        data = _read_small(f"/proc/{pid}/stat")
-        name_end = data.rindex(b")")
-        fields = data[name_end + 2:].split()
-        comm = data[data.index(b"(") + 1:name_end]
-        return Stat(fields[0], int(fields[1]), comm, int(fields[11]) + int(fields[12]),
-                    int(fields[17]), int(fields[19]))
+        return procfs.read_stat(pid)
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _activity(pid: int, stat: Stat | None) -> tuple | None:
-    """What changes whenever the process runs: its name, CPU time, threads, and how many
-    times each of its threads was scheduled. None where /proc/PID/schedstat is missing."""
-    if stat is None or stat.state == b"Z":
-        return None
+def _same_process(proc: psutil.Process, entry: Entry) -> bool:
     try:
-        tasks = [str(pid)] if stat.threads == 1 else os.listdir(f"/proc/{pid}/task")
-        scheduled = 0
-        for task in tasks:
-            scheduled += int(_read_small(f"/proc/{pid}/task/{task}/schedstat").split()[2])
-    except (OSError, ValueError, IndexError):
-        return None  # gone, or no schedstat: read in full
-    return (stat.comm, stat.ticks, stat.threads, scheduled)
+        return abs(proc.create_time() - entry.key[1]) < 0.01
+    except psutil.Error:
+        return False
 
 
 def _same_user(proc: psutil.Process, kernel_pid: int) -> bool:
@@ -487,66 +548,6 @@ def _same_user(proc: psutil.Process, kernel_pid: int) -> bool:
         return proc.uids().real == psutil.Process(kernel_pid).uids().real
     except psutil.Error:
         return False
-
-
-def _key(proc: psutil.Process) -> ProcessKey | None:
-    try:
-        return (proc.pid, proc.create_time())
-    except psutil.Error:
-        return None
-
-
-#: /proc/net tables and their protocol; TCP states by their hex code there.
-_INET_TABLES = (("tcp", "/proc/net/tcp"), ("tcp", "/proc/net/tcp6"),
-                ("udp", "/proc/net/udp"), ("udp", "/proc/net/udp6"))
-_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-               "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-               "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING", "0C": "NEW_SYN_RECV"}
-
-
-def _socket_inodes(pid: int) -> list[int]:
-    """Inodes of the sockets among a process's open fds."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith("socket:["):
-            found.append(int(target[8:-1]))
-    return found
-
-
-def _inet_sockets(wanted: set[int]):
-    """(inode, Socket) for each inet socket in ``wanted``, from one read of each table."""
-    for protocol, path in _INET_TABLES:
-        try:
-            with open(path, encoding="ascii") as table:
-                lines = table.readlines()[1:]
-        except OSError:
-            continue  # no IPv6 here
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or int(fields[9]) not in wanted:
-                continue
-            local_ip, local_port = _address(fields[1])
-            remote_ip, remote_port = _address(fields[2])
-            connected = remote_port != 0 or remote_ip not in ("0.0.0.0", "::")
-            status = _TCP_STATES.get(fields[3], fields[3]) if protocol == "tcp" else "NONE"
-            yield int(fields[9]), Socket(
-                protocol=protocol, local_ip=normalise_ip(local_ip), local_port=local_port,
-                remote_ip=normalise_ip(remote_ip) if connected else None,
-                remote_port=remote_port if connected else None, status=status)
-
-
-def _address(text: str) -> tuple[str, int]:
-    """'0100007F:1F90' -> ('127.0.0.1', 8080): hex, in 32-bit words of host byte order."""
-    ip, port = text.split(":")
-    raw = bytes.fromhex(ip)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
-    return socket.inet_ntop(family, raw), int(port, 16)
 
 
 def kernel_environment(kernel_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,0 +1,123 @@
+"""The sampler's own /proc readers agree with psutil (whose keys and evidence the rest of
+the guard uses) on real processes, the awkward ones included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from colab_guard.observe import procfs
+
+PY = sys.executable
+
+
+@pytest.fixture
+def started():
+    procs: list[subprocess.Popen] = []
+
+    def start(argv, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, **kwargs)
+        procs.append(proc)
+        assert proc.stdout.readline() == b"up\n"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def exec_done(proc: subprocess.Popen) -> int:
+    """The pid of a bash that said "up" and then execs: once it has."""
+    deadline = time.monotonic() + 10
+    while psutil.Process(proc.pid).name() == "bash" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc.pid
+
+
+def assert_agrees(pid: int) -> None:
+    ps = psutil.Process(pid)
+    stat = procfs.read_stat(pid)
+    cmdline = procfs.read_cmdline(pid)
+    assert cmdline == ps.cmdline()
+    assert procfs.full_name(stat.comm, cmdline) == ps.name()
+    assert procfs.read_exe(pid) == ps.exe()
+    assert procfs.read_real_uid(pid) == ps.uids().real
+    assert procfs.create_time(stat.start, psutil.boot_time()) == ps.create_time()
+    assert stat.ppid == ps.ppid() and stat.threads == ps.num_threads()
+    memory = ps.memory_info()
+    assert stat.vms == memory.vms
+    assert abs(stat.rss - memory.rss) <= 256 * 1024  # the two reads are moments apart
+
+
+def test_an_ordinary_process_with_threads(started):
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nprint('up', flush=True)\ntime.sleep(60)"
+    assert_agrees(started([PY, "-c", code]).pid)
+
+
+def test_a_name_longer_than_the_kernel_keeps(started, tmp_path):
+    program = tmp_path / "a-rather-long-program-name"
+    program.symlink_to(shutil.which("cat"))
+    proc = started(["bash", "-c", 'echo up; exec "$0"', str(program)], stdin=subprocess.PIPE)
+    exec_done(proc)
+    assert procfs.read_stat(proc.pid).comm == "a-rather-long-p"  # cut at 15
+    assert procfs.full_name("a-rather-long-p", procfs.read_cmdline(proc.pid)) == program.name
+    assert_agrees(proc.pid)
+
+
+def test_a_command_line_rewritten_as_one_string(started):
+    # One word holding spaces, as setproctitle leaves a command line: split at the spaces.
+    proc = started(["bash", "-c", 'echo up; exec -a "worker --pool x" cat'], stdin=subprocess.PIPE)
+    exec_done(proc)
+    assert procfs.read_cmdline(proc.pid) == ["worker", "--pool", "x"]
+    assert_agrees(proc.pid)
+
+
+def test_a_command_line_that_is_not_utf8(started):
+    bad = os.fsdecode(b"\xff\xfe-bad")  # kept with surrogate escapes, as psutil does
+    proc = started([PY, "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)", bad])
+    assert procfs.read_cmdline(proc.pid)[-1] == bad
+    assert_agrees(proc.pid)
+
+
+def test_a_deleted_executable(started, tmp_path):
+    copy = tmp_path / "sleeper"
+    shutil.copy(shutil.which("sleep"), copy)
+    proc = subprocess.Popen([str(copy), "60"])
+    try:
+        while psutil.Process(proc.pid).status() != psutil.STATUS_SLEEPING:  # started
+            time.sleep(0.01)
+        copy.unlink()
+        assert procfs.read_exe(proc.pid) == str(copy)  # " (deleted)" taken off, as psutil does
+        assert_agrees(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_zombie():
+    proc = subprocess.Popen(["true"])
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+        pass
+    try:
+        stat = procfs.read_stat(proc.pid)
+        assert stat.state == "Z"
+        assert procfs.read_cmdline(proc.pid) == [] and procfs.read_exe(proc.pid) == ""
+        assert procfs.full_name(stat.comm, []) == psutil.Process(proc.pid).name() == "true"
+    finally:
+        proc.wait()
+
+
+def test_a_process_that_is_gone():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    for read in (procfs.read_stat, procfs.read_cmdline, procfs.read_exe, procfs.read_real_uid):
+        with pytest.raises((FileNotFoundError, ProcessLookupError)):
+            read(proc.pid)
+    assert procfs.activity(proc.pid, single=True) is None

@@ -1,0 +1,171 @@
+"""What the sampler reads each tick: a process is read in full only when it is new or
+has run since its last read; one that did not run is handed out again as it was, its
+sockets' states still current. Real processes, except where a kernel that cannot exist
+here is played (scheduler counts switched off, a pid taken again)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from colab_guard.observe import procfs
+from colab_guard.observe.processes import Entry, ProcessSampler
+
+PY = sys.executable
+
+WAITER = ("import ctypes, socket, sys\n"
+          "print('up', flush=True)\n"
+          "port = int(sys.stdin.readline())\n"
+          "s = socket.create_connection(('127.0.0.1', port))\n"
+          "ctypes.CDLL(None).prctl(15, b'renamed', 0, 0, 0)\n"
+          "print('ran', flush=True)\n"
+          "sys.stdin.readline()\n")
+
+
+@pytest.fixture
+def started():
+    """Processes a test starts; killed after it."""
+    procs: list[subprocess.Popen] = []
+
+    def start(argv, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def kernel_process(sampler: ProcessSampler, pid: int):
+    return sampler.sample({"k": pid})["k"].kernel_process
+
+
+def test_an_idle_process_is_handed_out_unchanged_until_it_runs(started):
+    listener = socket.create_server(("127.0.0.1", 0))
+    proc = started([PY, "-c", WAITER])
+    assert proc.stdout.readline() == "up\n"
+    sampler = ProcessSampler()
+    first = kernel_process(sampler, proc.pid)
+    reads = sampler.stats.full_reads
+    again = [kernel_process(sampler, proc.pid) for _ in range(3)]
+    assert all(sample is again[0] for sample in again)  # not read, not copied
+    assert sampler.stats.full_reads == reads
+    assert again[0].cmdline == first.cmdline and again[0].sockets == []
+
+    proc.stdin.write(f"{listener.getsockname()[1]}\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "ran\n"
+    after = kernel_process(sampler, proc.pid)
+    assert after is not again[0] and sampler.stats.full_reads == reads + 1
+    assert after.name == "renamed"  # it ran: read in full at once
+    assert [s.remote for s in after.sockets] == [("127.0.0.1", listener.getsockname()[1])]
+    listener.close()
+
+
+def test_the_socket_of_an_idle_process_is_seen_changing_state(started):
+    listener = socket.create_server(("127.0.0.1", 0))
+    proc = started([PY, "-c", WAITER])
+    assert proc.stdout.readline() == "up\n"
+    proc.stdin.write(f"{listener.getsockname()[1]}\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "ran\n"
+    accepted, _ = listener.accept()
+    sampler = ProcessSampler()
+    kernel_process(sampler, proc.pid)
+    idle = kernel_process(sampler, proc.pid)
+    assert [s.status for s in idle.sockets] == ["ESTABLISHED"]
+    reads = sampler.stats.full_reads
+    accepted.close()  # the peer hangs up; the process, blocked on stdin, does not run
+    closed = kernel_process(sampler, proc.pid)
+    assert [s.status for s in closed.sockets] == ["CLOSE_WAIT"]
+    assert sampler.stats.full_reads == reads  # from the socket tables, not a full read
+    listener.close()
+
+
+def test_a_kernel_whose_children_sleep_costs_no_full_reads_after_the_first_tick(started):
+    kernel = started(["/bin/sh", "-c", "for i in $(seq 20); do sleep 600 & done; echo up; wait"],
+                     start_new_session=True)
+    assert kernel.stdout.readline() == "up\n"
+    sampler = ProcessSampler()
+    first = sampler.sample({"k": kernel.pid})["k"]
+    assert len(first.processes) == 21 and sampler.stats.full_reads == 21
+    time.sleep(0.5)  # the last children were still starting, the shell entering `wait`
+    sampler.sample({"k": kernel.pid})
+    reads = sampler.stats.full_reads
+    for _ in range(3):
+        time.sleep(0.2)
+        assert len(sampler.sample({"k": kernel.pid})["k"].processes) == 21
+    assert sampler.stats.full_reads == reads  # none of them ran
+    for child in psutil.Process(kernel.pid).children():
+        child.kill()
+
+
+def test_when_the_scheduler_counts_do_not_move_every_process_is_read_in_full(
+        started, monkeypatch, caplog):
+    # A kernel or sandbox whose /proc/PID/schedstat never changes could hide a process
+    # that runs; the sampler notices (its own thread ran, yet its counts did not move).
+    real_read = procfs.read_small
+
+    def frozen(path: str) -> bytes:
+        return b"1000 0 1\n" if path.endswith("schedstat") else real_read(path)
+
+    monkeypatch.setattr(procfs, "read_small", frozen)
+    proc = started([PY, "-c", WAITER])
+    assert proc.stdout.readline() == "up\n"
+    sampler = ProcessSampler(logging.getLogger("test"))
+    with caplog.at_level(logging.WARNING, "test"):
+        for _ in range(4):
+            kernel_process(sampler, proc.pid)
+    assert sampler.stats.full_reads == 4
+    assert not sampler.counts_move
+    assert caplog.text.count("do not move") == 1
+
+
+def test_keys_are_psutils_create_times(started):
+    # The monitor, the kernel hook and the stop action name processes by (pid, create
+    # time); the sampler's must be psutil's exactly.
+    kernel = started(["/bin/sh", "-c", "sleep 600 & echo up; wait"], start_new_session=True)
+    assert kernel.stdout.readline() == "up\n"
+    sampler = ProcessSampler()
+    snap = sampler.sample({"k": kernel.pid})["k"]
+    assert len(snap.processes) == 2
+    for sample in snap.processes:
+        assert sample.key == (sample.pid, psutil.Process(sample.pid).create_time())
+    psutil.Process(kernel.pid).children()[0].kill()
+
+
+def test_a_process_is_not_taken_for_the_child_of_whoever_took_its_dead_parents_pid():
+    # X's parent (pid 700) exited and the pid went to a new process under the kernel; the
+    # table still says ppid 700 for X. A parent cannot start after its child.
+    sampler = ProcessSampler(read_environ=False)
+    table = {500: Entry((500, 1.0), 1, 1, 100),  # the kernel
+             700: Entry((700, 3.0), 2, 500, 300),  # its child, with the recycled pid
+             900: Entry((900, 2.0), 3, 700, 200)}  # X, started before that child
+    assert sampler._attribute({"k": 500}, table) == {500: "k", 700: "k"}
+    table[900] = Entry((900, 4.0), 4, 700, 400)  # a real child of 700 this time
+    assert sampler._attribute({"k": 500}, table) == {500: "k", 700: "k", 900: "k"}
+
+
+def test_a_process_whose_proc_inode_changed_keeps_its_identity_and_owner(started):
+    # /proc/PID gets a new inode if its dentry was dropped (memory pressure): the stat is
+    # read again, the start time shows it is the same process.
+    kernel = started(["/bin/sh", "-c", "sleep 600 & echo up; wait"], start_new_session=True)
+    assert kernel.stdout.readline() == "up\n"
+    sampler = ProcessSampler(read_environ=False)
+    sampler.sample({"k": kernel.pid})
+    child = psutil.Process(kernel.pid).children()[0]
+    entry = sampler._table[child.pid]
+    entry.inode = -1
+    snap = sampler.sample({"k": kernel.pid})["k"]
+    assert sampler._table[child.pid] is entry and entry.inode != -1
+    assert child.pid in {p.pid for p in snap.processes}
+    child.kill()
