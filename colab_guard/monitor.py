@@ -340,9 +340,11 @@ class Monitor:
             if delta > 0:
                 metrics.SAMPLER_ERRORS.labels(kind).inc(delta)
             self._reported_stats[kind] = value
-        delta = stats.processes_sampled - self._reported_stats.get("sampled", 0)
-        metrics.PROCESSES_SAMPLED.inc(delta)
-        self._reported_stats["sampled"] = stats.processes_sampled
+        for name, counter, value in (
+                ("sampled", metrics.PROCESSES_SAMPLED, stats.processes_sampled),
+                ("read in full", metrics.PROCESSES_READ_IN_FULL, stats.full_reads)):
+            counter.inc(value - self._reported_stats.get(name, 0))
+            self._reported_stats[name] = value
         metrics.SAMPLER_TRACKED.set(self.sampler.tracked())
 
 

@@ -143,3 +143,38 @@ def test_huge_command_lines_are_matched_on_a_bounded_prefix(cmdline):
 def test_ipv4_mapped_addresses_are_normalised():
     p = Process.from_dict({"pid": 1, "sockets": [{"remote_ip": "::ffff:127.0.0.1", "remote_port": 6881}]})
     assert p.sockets[0].remote == ("127.0.0.1", 6881)
+
+
+def test_a_rule_is_tested_again_only_when_a_field_it_reads_changed(monkeypatch):
+    # Fifty kernels each differ a little at every tick (CPU, memory); testing every rule on
+    # each again would cost the server a regex search per library per rule.
+    rules = parse_text("""
+signatures:
+  - id: busy-xmrig
+    category: crypto-mining
+    severity: high
+    description: a busy xmrig
+    when:
+      all:
+        - name: {regex: '^xmrig'}
+        - cpu_percent: {gte: 50}
+    examples:
+      match: [{name: xmrig, cpu_percent: 99}]
+      no_match: [{name: xmrig, cpu_percent: 1}]
+""")
+    tested = []
+    real_test = FieldTest.test
+    monkeypatch.setattr(FieldTest, "test", lambda self, view: tested.append(self.field)
+                        or real_test(self, view))
+    engine = Engine(rules)
+    idle = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=1.0, rss=100)
+    assert engine.evaluate(Snapshot("k", 0.0, [idle])) == [] and tested
+    tested.clear()
+    assert engine.evaluate(Snapshot("k", 1.0, [idle])) == []  # the very same sample
+    grown = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=1.0, rss=200)
+    assert engine.evaluate(Snapshot("k", 2.0, [grown])) == []  # rss: not read by the rule
+    assert tested == []
+    busy = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=90.0, rss=200)
+    [found] = engine.evaluate(Snapshot("k", 3.0, [busy]))
+    assert tested and found.process is busy
+    assert "cpu_percent >= 50: 90.0" in found.reasons

@@ -33,6 +33,12 @@ async def test_metrics_count_an_incident(jp_fetch, kernel, guard, pool):
     assert after[("colab_guard_kernels_monitored", ())] == 1
     assert after[("colab_guard_processes_sampled_total", ())] > \
         before.get(("colab_guard_processes_sampled_total", ()), 0)
+    # the miner was new, so read in full; the kernel and the others did not all run
+    read_in_full = after[("colab_guard_processes_read_in_full_total", ())] - \
+        before.get(("colab_guard_processes_read_in_full_total", ()), 0)
+    assert 0 < read_in_full
+    assert after[("colab_guard_processes_read_in_full_total", ())] <= \
+        after[("colab_guard_processes_sampled_total", ())]
     assert after[("colab_guard_sample_duration_seconds_count", ())] > \
         before.get(("colab_guard_sample_duration_seconds_count", ()), 0)
     for name in ("colab_guard_record_errors_total", "colab_guard_kernel_starts_refused_total"):

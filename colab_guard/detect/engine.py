@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
-from .conditions import RegexTimeout
+from .conditions import All, Any_, FieldTest, Not, RegexTimeout
 from .fields import FieldView
 from .signatures import Signature, SignatureSet
 
@@ -51,8 +51,9 @@ class Engine:
     # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
     _too_slow: set[tuple] = field(default_factory=set)
     # kernel id -> process key -> (the sample, what it observed, the signatures it
-    # matched, with why)
+    # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
+    _reads: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, fields it reads)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
@@ -63,14 +64,19 @@ class Engine:
             # Most processes look the same from one tick to the next (a thousand idle
             # children of fifty kernels): the same observation gives the same matches.
             # The sampler hands out the very same object for a process that did not change.
-            if cached is not None and cached[0] is process:
-                observed, matches = cached[1], cached[2]
-            else:
+            if cached is None or cached[0] is not process:
                 observed = _observed(process)
-                matches = cached[2] if cached is not None and cached[1] == observed \
-                    else self._matches(snapshot, process)
-            now[process.key] = (process, observed, matches)
-            for sig, reasons in matches:
+                if cached is not None and cached[1] == observed:
+                    cached = (process, observed, cached[2], cached[3])
+                else:
+                    # A kernel differs a little at every tick (its CPU, its memory): a rule
+                    # is tested again only if a field it reads changed.
+                    results: dict[str, tuple] = {}
+                    matches = self._matches(snapshot, process, cached[3] if cached else {},
+                                            results)
+                    cached = (process, observed, matches, results)
+            now[process.key] = cached
+            for sig, reasons in cached[2]:
                 if sig.id not in self.disabled:
                     found = self._hold(sig, snapshot, process, reasons, held_now)
                     if found is not None:
@@ -90,10 +96,13 @@ class Engine:
 
     # ------------------------------------------------------------------
 
-    def _matches(self, snapshot: Snapshot, process: Process) -> list[tuple[Signature, list[str]]]:
-        """The signatures the process matches now, with the reasons (none if allowed)."""
+    def _matches(self, snapshot: Snapshot, process: Process, before: dict[str, tuple],
+                 results: dict[str, tuple]) -> list[tuple[Signature, list[str]]]:
+        """The signatures the process matches now, with the reasons (none if allowed).
+        ``before``: each rule's result at the last tick, reused where the fields it reads
+        have the same values; ``results`` gets this tick's."""
         view = FieldView(process)
-        if self._allowed(view):
+        if self._allowed(view, before, results):
             return []
         found = []
         for sig in list(self.rules.signatures.values()):
@@ -101,7 +110,14 @@ class Engine:
                 continue  # cell signatures see only cell checks, and process ones only processes
             if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
                 continue
-            reasons = self._test(sig, snapshot, process, view)
+            values = self._values(sig.id, sig.when, view)
+            last = before.get(sig.id)
+            if values is not None and last is not None and last[0] == values:
+                reasons = last[1]
+            else:
+                reasons = self._test(sig, snapshot, process, view)
+            if values is not None:
+                results[sig.id] = (values, reasons)
             if reasons is not None:
                 found.append((sig, reasons))
         return found
@@ -144,21 +160,57 @@ class Engine:
             reasons = reasons + [f"held for {held:.0f} s (needs {sig.hold_seconds:g} s)"]
         return Detection(sig, snapshot.kernel_id, process, reasons, held)
 
-    def _allowed(self, view: FieldView) -> bool:
+    def _values(self, rule_id: str, condition, view: FieldView) -> tuple | None:
+        """The values of the fields a rule reads (None: not known, never reused)."""
+        known = self._reads.get(rule_id)
+        if known is None or known[0] is not condition:
+            known = self._reads[rule_id] = (condition, _fields_read(condition))
+        reads = known[1]
+        if reads is None:
+            return None
+        return tuple(tuple(v) if isinstance(v, list) else v for v in map(view.__getitem__, reads))
+
+    def _allowed(self, view: FieldView, before: dict[str, tuple], results: dict[str, tuple]
+                 ) -> bool:
         for rule in self.rules.allow.values():
-            try:
-                if rule.when.test(view)[0]:
-                    return True
-            except Exception as err:
-                if rule.id not in self.slow:  # said once, not every tick
-                    self.slow.add(rule.id)
-                    self.log.error("colab-guard: allow rule %r raised %s", rule.id, err)
+            key = "allow " + rule.id
+            values = self._values(key, rule.when, view)
+            last = before.get(key)
+            if values is not None and last is not None and last[0] == values:
+                allowed = last[1]
+            else:
+                allowed = self._allows(rule, view)
+            if values is not None:
+                results[key] = (values, allowed)
+            if allowed:
+                return True
         return False
+
+    def _allows(self, rule, view: FieldView) -> bool:
+        try:
+            return rule.when.test(view)[0]
+        except Exception as err:
+            if rule.id not in self.slow:  # said once, not every tick
+                self.slow.add(rule.id)
+                self.log.error("colab-guard: allow rule %r raised %s", rule.id, err)
+            return False
 
     def _forget(self, kernel_id: str, keep: set[tuple]) -> None:
         """A condition that stops holding starts its window again."""
         for key in [k for k in self._since if k[1] == kernel_id and k not in keep]:
             del self._since[key]
+
+
+def _fields_read(condition) -> tuple[str, ...] | None:
+    """The fields a compiled condition reads; None for any other kind of condition."""
+    if isinstance(condition, FieldTest):
+        return (condition.field,)
+    if isinstance(condition, Not):
+        return _fields_read(condition.part)
+    if isinstance(condition, (All, Any_)):
+        parts = [_fields_read(p) for p in condition.parts]
+        return None if None in parts else tuple(sorted(set().union(*parts)))
+    return None
 
 
 def _observed(process: Process) -> tuple:
