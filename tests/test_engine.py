@@ -167,14 +167,21 @@ signatures:
     monkeypatch.setattr(FieldTest, "test", lambda self, view: tested.append(self.field)
                         or real_test(self, view))
     engine = Engine(rules)
-    idle = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=1.0, rss=100)
+
+    def sample(cpu: float, rss: int) -> Process:
+        return Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=cpu, rss=rss)
+
+    idle = sample(1.0, 100)
     assert engine.evaluate(Snapshot("k", 0.0, [idle])) == [] and tested
     tested.clear()
     assert engine.evaluate(Snapshot("k", 1.0, [idle])) == []  # the very same sample
-    grown = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=1.0, rss=200)
-    assert engine.evaluate(Snapshot("k", 2.0, [grown])) == []  # rss: not read by the rule
     assert tested == []
-    busy = Process(pid=7, name="xmrig", create_time=1.0, cpu_percent=90.0, rss=200)
-    [found] = engine.evaluate(Snapshot("k", 3.0, [busy]))
+    assert engine.evaluate(Snapshot("k", 2.0, [sample(1.0, 200)])) == []
+    assert tested  # it changed after a quiet tick: tested in full
+    tested.clear()
+    assert engine.evaluate(Snapshot("k", 3.0, [sample(1.0, 300)])) == []
+    assert tested == []  # it changed again, but only rss, which the rule does not read
+    busy = sample(90.0, 300)
+    [found] = engine.evaluate(Snapshot("k", 4.0, [busy]))
     assert tested and found.process is busy
     assert "cpu_percent >= 50: 90.0" in found.reasons

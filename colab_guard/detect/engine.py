@@ -64,15 +64,16 @@ class Engine:
             # Most processes look the same from one tick to the next (a thousand idle
             # children of fifty kernels): the same observation gives the same matches.
             # The sampler hands out the very same object for a process that did not change.
-            if cached is None or cached[0] is not process:
+            if cached is None or cached[0] is not process or cached[3]:
                 observed = _observed(process)
                 if cached is not None and cached[1] == observed:
-                    cached = (process, observed, cached[2], cached[3])
+                    cached = (process, observed, cached[2], None)
                 else:
                     # A kernel differs a little at every tick (its CPU, its memory): a rule
-                    # is tested again only if a field it reads changed.
+                    # is tested again only if a field it reads changed. (Kept only while
+                    # the process keeps changing: a thousand idle ones would cost memory.)
                     results: dict[str, tuple] = {}
-                    matches = self._matches(snapshot, process, cached[3] if cached else {},
+                    matches = self._matches(snapshot, process, cached[3] or {} if cached else {},
                                             results)
                     cached = (process, observed, matches, results)
             now[process.key] = cached

@@ -131,6 +131,7 @@ class ProcessSampler:
         self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
         self._owner: dict[ProcessKey, str] = {}  # sticky attribution
         self._environ_checked: dict[ProcessKey, str | None] = {}
+        self._environ_tries: dict[ProcessKey, int] = {}  # reads that found it empty
         self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
         self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
         self._fds: dict[ProcessKey, _Fds] = {}
@@ -281,15 +282,21 @@ class ProcessSampler:
             return None
         if entry.key in self._environ_checked:
             return self._environ_checked[entry.key]
-        kid = None
+        kid, read = None, True
         try:
             proc = psutil.Process(entry.pid)
             if _same_process(proc, entry):
-                kid = proc.environ().get(KERNEL_ENV_MARKER)
+                environment = proc.environ()
+                kid = environment.get(KERNEL_ENV_MARKER)
+                read = bool(environment)  # empty in the middle of an exec: asked again
         except psutil.AccessDenied:
             pass  # another user's process: not one of ours to claim
         except psutil.Error:
             pass
+        if not read:
+            tries = self._environ_tries[entry.key] = self._environ_tries.get(entry.key, 0) + 1
+            if tries < 3:
+                return None
         if kid is not None and kid not in kernels:
             kid = None
         if kid is not None and not _same_user(proc, kernels[kid]):
@@ -509,7 +516,7 @@ class ProcessSampler:
     def _forget_dead(self, table: dict[int, Entry]) -> None:
         """Drop state of processes that exited, so memory stays bounded."""
         alive = {entry.key for entry in table.values()}
-        for store in (self._owner, self._environ_checked, self._cpu,
+        for store in (self._owner, self._environ_checked, self._environ_tries, self._cpu,
                       self._libraries, self._fds, self._uids, self._quiet, self._handed):
             if len(store) > len(alive) or not store.keys() <= alive:
                 for key in store.keys() - alive:
