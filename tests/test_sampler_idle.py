@@ -169,3 +169,68 @@ def test_a_process_whose_proc_inode_changed_keeps_its_identity_and_owner(started
     assert sampler._table[child.pid] is entry and entry.inode != -1
     assert child.pid in {p.pid for p in snap.processes}
     child.kill()
+
+
+def test_an_idle_orphan_shows_its_new_parent(started):
+    # Its parent exits: the child, asleep all along, is reparented without running.
+    kernel = started(["/bin/sh", "-c", "sleep 600 & echo up; read line"])
+    assert kernel.stdout.readline() == "up\n"
+    sleeper = psutil.Process(kernel.pid).children()[0]
+    sampler = ProcessSampler(read_environ=False)
+    snap = sampler.sample({"k": kernel.pid})["k"]
+    assert {p.pid: p.ppid for p in snap.processes}[sleeper.pid] == kernel.pid
+    kernel.stdin.write("bye\n")
+    kernel.stdin.flush()
+    kernel.wait()
+    snap = sampler.sample({"k": kernel.pid})["k"]
+    assert {p.pid: p.ppid for p in snap.processes}[sleeper.pid] == sleeper.ppid() != kernel.pid
+    sleeper.kill()
+
+
+def test_a_socket_handed_over_from_an_unwatched_process_is_seen_at_the_next_walk(started):
+    # This test process (not watched) opens a connection, then passes the socket to the
+    # watched process over a Unix socket (SCM_RIGHTS): no new socket appears in the
+    # tables, so it is found when that process's fds are next walked (libraries_refresh).
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours, theirs = socket.socketpair(socket.AF_UNIX)
+    code = ("import socket, sys\n"
+            f"unix = socket.socket(fileno={theirs.fileno()})\n"
+            "print('up', flush=True)\n"
+            "msg, fds, _, _ = socket.recv_fds(unix, 16, 1)\n"
+            "print('got', flush=True)\n"
+            "sys.stdin.readline()\n")
+    proc = started([PY, "-c", code], pass_fds=(theirs.fileno(),))
+    assert proc.stdout.readline() == "up\n"
+    sampler = ProcessSampler(libraries_refresh=1.0)
+    outbound = socket.create_connection(listener.getsockname())
+    sampler.sample({"k": proc.pid})  # the connection is in the tables now: someone else's
+    socket.send_fds(ours, [b"x"], [outbound.fileno()])
+    assert proc.stdout.readline() == "got\n"
+    found, ticks = [], 0
+    while not found and ticks < 5:
+        time.sleep(0.5)
+        ticks += 1
+        found = kernel_process(sampler, proc.pid).sockets
+    assert [s.remote for s in found] == [listener.getsockname()]
+    assert ticks * 0.5 <= 1.0 + 0.5  # within libraries_refresh (and one tick)
+    for sock in (listener, ours, theirs, outbound):
+        sock.close()
+
+
+def test_a_library_mapped_just_before_going_quiet_is_seen_once_due(started):
+    code = ("import sys\nprint('up', flush=True)\nsys.stdin.readline()\n"
+            "import _hashlib\nprint('mapped', flush=True)\nsys.stdin.readline()\n")
+    proc = started([PY, "-c", code])
+    assert proc.stdout.readline() == "up\n"
+    sampler = ProcessSampler(libraries_refresh=1.0)
+    assert not any("_hashlib" in lib for lib in kernel_process(sampler, proc.pid).libraries)
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "mapped\n"
+    waited, libraries = 0.0, []
+    while not any("_hashlib" in lib for lib in libraries) and waited < 3:
+        libraries = kernel_process(sampler, proc.pid).libraries  # quiet after the first
+        time.sleep(0.25)
+        waited += 0.25
+    assert any("_hashlib" in lib for lib in libraries)
+    assert waited <= 1.5  # libraries_refresh, and a tick

@@ -74,7 +74,11 @@ class _Quiet:
     activity: tuple  # (thread id, its schedstat) of each thread
     refresh_at: float  # read in full then all the same
     markers_pending: bool  # its files were still being scanned at that read
-    vms: int  # virtual size at that read: libraries are mapped again only if it changes
+    # It ran before that read, but its fds were not walked or its maps not read again then
+    # (not due yet): done once they are due, even if it does not run again.
+    fds_pending: bool
+    maps_pending: bool
+    vms: int  # its virtual size at that read
 
     @property
     def single(self) -> bool:
@@ -133,7 +137,7 @@ class ProcessSampler:
         self._environ_checked: dict[ProcessKey, str | None] = {}
         self._environ_tries: dict[ProcessKey, int] = {}  # reads that found it empty
         self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
-        self._libraries: dict[ProcessKey, tuple[float, list[str]]] = {}
+        self._libraries: dict[ProcessKey, tuple[float, int, list[str]]] = {}  # when, vms
         self._fds: dict[ProcessKey, _Fds] = {}
         self._uids: dict[ProcessKey, int] = {}
         self._quiet: dict[ProcessKey, _Quiet] = {}
@@ -348,9 +352,10 @@ class ProcessSampler:
         sample.cpu_percent = self._cpu_percent(key, stat.cpu_ticks / CLOCK_TICKS, now)
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
-        sample.libraries = self._mapped_libraries(key, pid, now, self._quiet.get(key), stat.vms)
+        sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
         fds = self._walk_fds(key, pid, now, walk_fds)
         sample.open_files = fds.files
+        maps_pending = self._libraries[key][1] != stat.vms if key in self._libraries else False
         sample.sockets = sockets.of(fds.inodes)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
@@ -360,7 +365,9 @@ class ProcessSampler:
             # Spread over the interval by pid, so the refreshes of many processes started
             # together do not all fall on one tick.
             refresh_at = now + QUIET_REFRESH * (8 + pid % 8) / 16
-            self._quiet[key] = _Quiet(sample, activity, refresh_at, not settled, stat.vms)
+            self._quiet[key] = _Quiet(sample, activity, refresh_at, not settled,
+                                      fds_pending=fds.when < now, maps_pending=maps_pending,
+                                      vms=stat.vms)
         return self._hand_out(key, sample)
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
@@ -381,33 +388,43 @@ class ProcessSampler:
             return None
         key = entry.key
         self._cpu[key] = (self._cpu[key][0], now)  # no CPU used since
+        if quiet.markers_pending or quiet.fds_pending or quiet.maps_pending:
+            self._catch_up(entry, quiet, now)
         fds = self._fds.get(key)
         found = sockets.of(fds.inodes) if fds is not None and fds.inodes else []
-        markers = self._settled_markers(quiet) if quiet.markers_pending \
-            else quiet.sample.exe_markers
-        last = self._handed.get(key)
+        base, last = quiet.sample, self._handed.get(key)
         if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
                 and last.ppid == entry.ppid and last.sockets == found \
-                and last.exe_markers is markers and (last.gpu_percent, last.gpu_memory_mb) == gpu_use:
+                and last.exe_markers is base.exe_markers and last.libraries is base.libraries \
+                and last.open_files is base.open_files \
+                and (last.gpu_percent, last.gpu_memory_mb) == gpu_use:
             return last
         return self._hand_out(key, replace(
-            quiet.sample, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
-            exe_markers=markers, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+            base, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
+            gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+
+    def _catch_up(self, entry: Entry, quiet: _Quiet, now: float) -> None:
+        """Finish what the last full read of a now idle process left for later: markers
+        whose scan (in the background) had not ended, a renamed server waiting for
+        connections recognised all the same; fds and maps once due (a socket it was handed,
+        a library it mapped just before it went quiet)."""
+        last = quiet.sample
+        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline):
+            last = replace(last, exe_markers=self.content.process_markers(
+                last.pid, last.exe, last.cmdline))
+            quiet.markers_pending = False
+        if quiet.fds_pending and now - self._fds[entry.key].when >= self.libraries_refresh:
+            last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
+            quiet.fds_pending = False
+        if quiet.maps_pending and now - self._libraries[entry.key][0] >= self.libraries_refresh:
+            last = replace(last, libraries=self._mapped_libraries(entry.key, entry.pid, now,
+                                                                  quiet.vms))
+            quiet.maps_pending = False
+        quiet.sample = last
 
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
         self._handed[key] = sample
         return sample
-
-    def _settled_markers(self, quiet: _Quiet) -> list[str]:
-        """Markers of an idle process whose file was still being scanned at its last full
-        read (scans run in the background): looked up again (from the cache) until the scan
-        is done, so a renamed server waiting for connections is recognised all the same."""
-        last = quiet.sample
-        if self.content.settled(last.pid, last.exe, last.cmdline):
-            quiet.sample = replace(last, exe_markers=self.content.process_markers(
-                last.pid, last.exe, last.cmdline))
-            quiet.markers_pending = False
-        return quiet.sample.exe_markers
 
     def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: bool,
                   limit: int = 256) -> _Fds:
@@ -460,20 +477,18 @@ class ProcessSampler:
             used = cpu_seconds - before[0]
         return round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0
 
-    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float, quiet: _Quiet | None,
-                          vms: int) -> list[str]:
+    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float, vms: int) -> list[str]:
         """Shared objects the process has mapped (libtorrent, a RandomX module...).
 
         /proc/PID/maps can be long: it is read again at most every ``libraries_refresh``
-        seconds, and then only if the process's virtual size changed (mapping a library
-        grows it), or at the quiet refresh.
+        seconds, and then only if the process's virtual size ``vms`` changed since (mapping
+        a library grows it), or at the quiet refresh.
         """
         cached = self._libraries.get(key)
         if cached is not None:
             age = now - cached[0]
-            unchanged = quiet is not None and quiet.vms == vms and now < quiet.refresh_at
-            if age < self.libraries_refresh or unchanged:
-                return cached[1]
+            if age < self.libraries_refresh or (vms == cached[1] and age < QUIET_REFRESH / 2):
+                return cached[2]
         libraries: list[str] = []
         try:
             with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
@@ -489,7 +504,7 @@ class ProcessSampler:
             self._denied("maps", pid, err)
         except OSError as err:
             self._problem("maps", "could not read /proc/%s/maps: %s", pid, err)
-        self._libraries[key] = (now, libraries)
+        self._libraries[key] = (now, vms, libraries)
         return libraries
 
     # ------------------------------------------------------------ bookkeeping
