@@ -7,6 +7,8 @@ starting ``--children`` sleeping child processes): one with `--ColabGuard.enable
 (the baseline), one guarded, sampling at 1 Hz. Over ``--seconds`` of each it reports:
 
 - ticks done and ticks missed (`colab_guard_ticks_missed_total`);
+- processes sampled per tick, and of those the ones read in full (new, or ran since their
+  last read: `colab_guard_processes_read_in_full_total`);
 - the guard's CPU: the server process's CPU time with the guard minus without it, and the
   tick's own duration (`colab_guard_sample_duration_seconds`, wall time, mean and max);
 - API latency (median and 95th percentile) of `/api/status` and `/api/kernels`;
@@ -27,7 +29,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,8 @@ def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dic
         result["tick_mean_ms"] = 1e3 * delta.get("colab_guard_sample_duration_seconds_sum", 0) / max(count, 1)
         result["tick_max_ms"] = _histogram_max(delta)
         result["processes_per_tick"] = delta.get("colab_guard_processes_sampled_total", 0) / max(count, 1)
+        result["full_reads_per_tick"] = \
+            delta.get("colab_guard_processes_read_in_full_total", 0) / max(count, 1)
     return result
 
 
@@ -336,6 +339,7 @@ def report(base: dict, guard: dict, args) -> None:
           f"(in {guard['seconds']:.0f} s) |")
     print(f"| processes sampled per tick (on the machine) | ({base['system_processes']}) | "
           f"{guard['processes_per_tick']:.0f} ({guard['system_processes']}) |")
+    print(f"| of which read in full (new, or ran since) | | {guard['full_reads_per_tick']:.1f} |")
     print(f"| tick duration, mean / max bucket | | {guard['tick_mean_ms']:.1f} ms / "
           f"≤ {guard['tick_max_ms']:.0f} ms |")
     print(f"| server CPU (% of one core) | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} |")

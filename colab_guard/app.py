@@ -81,7 +81,9 @@ class ColabGuard(ExtensionApp):
         "Seconds a stopped process gets between SIGTERM and SIGKILL (0 to 30)."))
 
     libraries_refresh = Float(5.0, config=True, help=(
-        "Seconds between two reads of a process's loaded libraries (/proc/PID/maps)."))
+        "Seconds between two reads of a running process's loaded libraries (/proc/PID/maps, "
+        "read again only if its virtual size changed) and open files and sockets (its fds; "
+        "walked at once when a socket nobody is known to hold appears)."))
 
     user_name = Unicode(config=True, help=(
         "Whose server this is, as recorded in incidents. Default: $JUPYTERHUB_USER, "
