@@ -143,6 +143,7 @@ class ProcessSampler:
         self._quiet: dict[ProcessKey, _Quiet] = {}
         self._handed: dict[ProcessKey, Process] = {}  # the sample handed out last tick
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
+        self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._own_counts: bytes | None = None  # this thread's schedstat at the last tick
         self.counts_move = True  # whether schedstat shows who ran (checked every tick)
@@ -158,8 +159,8 @@ class ProcessSampler:
         self._check_counts_move()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
-        sockets = InetTables()
-        walk_all = self._sockets_unaccounted(sockets)
+        sockets = InetTables()  # read when first needed: a full read, or a known socket
+        self._unaccounted = None
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         no_gpu = (0.0, 0.0)
@@ -168,10 +169,11 @@ class ProcessSampler:
             use = gpu.processes.get(pid) if gpu is not None else None
             gpu_use = (use.percent, use.memory_mb) if use is not None else no_gpu
             proc = self._unchanged(entry, now, is_kernel, sockets, gpu_use) or \
-                self._read_process(entry, now, is_kernel, sockets, walk_all, gpu_use)
+                self._read_process(entry, now, is_kernel, sockets, gpu_use)
             if proc is not None:
                 snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
-        self._remember_foreign_sockets(sockets)
+        if sockets.read:
+            self._remember_foreign_sockets(sockets)
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
@@ -316,18 +318,22 @@ class ProcessSampler:
 
     def _sockets_unaccounted(self, sockets: InetTables) -> bool:
         """Whether a socket appeared that no watched process is known to hold and that
-        is not known to be someone else's: then every process that ran has its fds walked."""
-        held = {inode for fds in self._fds.values() for inode in fds.inodes}
-        return not sockets.inodes <= held | self._foreign_sockets
+        is not known to be someone else's: then every process that ran has its fds walked
+        (asked once per tick, at the first full read)."""
+        if self._unaccounted is None:
+            held = {inode for fds in self._fds.values() for inode in fds.inodes}
+            self._unaccounted = not sockets.inodes <= held | self._foreign_sockets
+        return self._unaccounted
 
     def _remember_foreign_sockets(self, sockets: InetTables) -> None:
         """After the walks: the sockets still unaccounted for are other processes' (the
         server's own connections, other users'); forgotten once closed."""
         held = {inode for fds in self._fds.values() for inode in fds.inodes}
-        self._foreign_sockets = (self._foreign_sockets & sockets.inodes) | (sockets.inodes - held)
+        present = sockets.inodes
+        self._foreign_sockets = (self._foreign_sockets & present) | (present - held)
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
-                      walk_fds: bool, gpu_use: tuple[float, float]) -> Process | None:
+                      gpu_use: tuple[float, float]) -> Process | None:
         """Read one process in full."""
         pid, key = entry.pid, entry.key
         activity = self._activity_now.get(pid) or procfs.activity(pid, single=False)
@@ -353,7 +359,7 @@ class ProcessSampler:
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
-        fds = self._walk_fds(key, pid, now, walk_fds)
+        fds = self._walk_fds(key, pid, now, self._sockets_unaccounted(sockets))
         sample.open_files = fds.files
         maps_pending = self._libraries[key][1] != stat.vms if key in self._libraries else False
         sample.sockets = sockets.of(fds.inodes)

@@ -144,33 +144,51 @@ TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FI
 
 class InetTables:
     """The inet sockets of this network namespace, from one read of
-    /proc/net/{tcp,udp}{,6}; a line is parsed only for a socket asked for."""
+    /proc/net/{tcp,udp}{,6}, made when first needed (the TCP tables cost about a
+    millisecond each however few sockets there are: the kernel walks its whole hash);
+    a line is parsed only for a socket asked for."""
 
     def __init__(self):
-        self._lines: dict[int, tuple[str, list[str]]] = {}
+        self._lines: dict[int, tuple[str, list[str]]] | None = None
+        self._inodes: set[int] | None = None
         self._parsed: dict[int, Socket] = {}
-        for protocol, path in INET_TABLES:
-            try:
-                with open(path, encoding="ascii") as table:
-                    lines = table.readlines()[1:]
-            except OSError:
-                continue  # no IPv6 here
-            for line in lines:
-                fields = line.split()
-                if len(fields) >= 10 and fields[9] != "0":  # 0: a socket being torn down
-                    self._lines[int(fields[9])] = (protocol, fields)
-        self.inodes = set(self._lines)
+
+    @property
+    def read(self) -> bool:
+        return self._lines is not None
+
+    @property
+    def inodes(self) -> set[int]:
+        if self._inodes is None:
+            self._inodes = set(self._table())
+        return self._inodes
 
     def of(self, inodes: tuple[int, ...]) -> list[Socket]:
         """The sockets among ``inodes`` (those closed since are left out)."""
         found = []
+        lines = self._table() if inodes else {}
         for inode in inodes:
             sock = self._parsed.get(inode)
-            if sock is None and inode in self._lines:
-                sock = self._parsed[inode] = _parse_socket(*self._lines[inode])
+            if sock is None and inode in lines:
+                sock = self._parsed[inode] = _parse_socket(*lines[inode])
             if sock is not None:
                 found.append(sock)
         return found
+
+    def _table(self) -> dict[int, tuple[str, list[str]]]:
+        if self._lines is None:
+            self._lines = {}
+            for protocol, path in INET_TABLES:
+                try:
+                    with open(path, encoding="ascii") as table:
+                        lines = table.readlines()[1:]
+                except OSError:
+                    continue  # no IPv6 here
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) >= 10 and fields[9] != "0":  # 0: a socket being torn down
+                        self._lines[int(fields[9])] = (protocol, fields)
+        return self._lines
 
 
 def _parse_socket(protocol: str, fields: list[str]) -> Socket:
