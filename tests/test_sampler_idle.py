@@ -49,15 +49,29 @@ def kernel_process(sampler: ProcessSampler, pid: int):
     return sampler.sample({"k": pid})["k"].kernel_process
 
 
+def settled(sampler: ProcessSampler, pid: int):
+    """Sample until the process is quiet (it may still be finishing its print, or entering
+    the read it will block in): two ticks in a row hand out the same sample."""
+    last = kernel_process(sampler, pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = kernel_process(sampler, pid)
+        if now is last:
+            return now
+        last = now
+    raise AssertionError(f"process {pid} never went quiet")
+
+
 def test_an_idle_process_is_handed_out_unchanged_until_it_runs(started):
     listener = socket.create_server(("127.0.0.1", 0))
     proc = started([PY, "-c", WAITER])
     assert proc.stdout.readline() == "up\n"
     sampler = ProcessSampler()
-    first = kernel_process(sampler, proc.pid)
+    first = settled(sampler, proc.pid)
     reads = sampler.stats.full_reads
     again = [kernel_process(sampler, proc.pid) for _ in range(3)]
-    assert all(sample is again[0] for sample in again)  # not read, not copied
+    assert all(sample is first for sample in again)  # not read, not copied
     assert sampler.stats.full_reads == reads
     assert again[0].cmdline == first.cmdline and again[0].sockets == []
 
@@ -80,8 +94,7 @@ def test_the_socket_of_an_idle_process_is_seen_changing_state(started):
     assert proc.stdout.readline() == "ran\n"
     accepted, _ = listener.accept()
     sampler = ProcessSampler()
-    kernel_process(sampler, proc.pid)
-    idle = kernel_process(sampler, proc.pid)
+    idle = settled(sampler, proc.pid)
     assert [s.status for s in idle.sockets] == ["ESTABLISHED"]
     reads = sampler.stats.full_reads
     accepted.close()  # the peer hangs up; the process, blocked on stdin, does not run
@@ -98,9 +111,13 @@ def test_a_kernel_whose_children_sleep_costs_no_full_reads_after_the_first_tick(
     sampler = ProcessSampler()
     first = sampler.sample({"k": kernel.pid})["k"]
     assert len(first.processes) == 21 and sampler.stats.full_reads == 21
-    time.sleep(0.5)  # the last children were still starting, the shell entering `wait`
-    sampler.sample({"k": kernel.pid})
-    reads = sampler.stats.full_reads
+    # The last children may still be starting, the shell entering `wait`: until a tick
+    # reads nothing in full.
+    deadline, reads = time.monotonic() + 10, -1
+    while reads != sampler.stats.full_reads and time.monotonic() < deadline:
+        reads = sampler.stats.full_reads
+        time.sleep(0.1)
+        sampler.sample({"k": kernel.pid})
     for _ in range(3):
         time.sleep(0.2)
         assert len(sampler.sample({"k": kernel.pid})["k"].processes) == 21

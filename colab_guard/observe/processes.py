@@ -352,6 +352,10 @@ class ProcessSampler:
         except PermissionError as err:
             self._denied("process", pid, err)
             return self._hand_out(key, sample)
+        except (ValueError, IndexError) as err:  # a stat line that cannot be parsed
+            self.stats.errors += 1
+            self._problem("stat", "could not read /proc/%s/stat: %s", pid, err)
+            return None
         self.stats.full_reads += 1
         sample.ppid, sample.threads, sample.rss = stat.ppid, stat.threads, stat.rss
         sample.name = procfs.full_name(stat.comm, sample.cmdline)
@@ -564,6 +568,7 @@ def _read_stat(pid: int) -> procfs.Stat | None:
 
 
 def _same_process(proc: psutil.Process, entry: Entry) -> bool:
+    """Whether a psutil handle is the process of this entry (its pid not taken again)."""
     try:
         return abs(proc.create_time() - entry.key[1]) < 0.01
     except psutil.Error:
