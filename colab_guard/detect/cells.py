@@ -482,23 +482,6 @@ def _is_get_ipython(node: ast.expr) -> bool:
         node.func.id == "get_ipython"
 
 
-def fields_read(condition) -> set[str]:
-    """The field names a compiled condition tests."""
-    from .conditions import All, Any_, FieldTest, Not
-
-    if isinstance(condition, FieldTest):
-        return {condition.field}
-    if isinstance(condition, Not):
-        return fields_read(condition.part)
-    if isinstance(condition, (All, Any_)):
-        return set().union(*(fields_read(p) for p in condition.parts))
-    return set()
-
-
-def is_cell_condition(condition) -> bool:
-    return CELL_FIELD in fields_read(condition)
-
-
 FIELDS[CELL_FIELD] = Field(
     CELL_FIELD, "text", "a cell's source, normalised: one finding per line (run:, hidden:, text:, "
     "import:); cell signatures only", lambda p: normalise_cell(getattr(p, "cell", "")))

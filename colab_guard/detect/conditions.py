@@ -156,6 +156,19 @@ def _show(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def fields_read(condition: Condition) -> set[str] | None:
+    """The field names a compiled condition tests; None if it holds a condition of another
+    kind (whose reads are not known)."""
+    if isinstance(condition, FieldTest):
+        return {condition.field}
+    if isinstance(condition, Not):
+        return fields_read(condition.part)
+    if isinstance(condition, (All, Any_)):
+        parts = [fields_read(p) for p in condition.parts]
+        return None if None in parts else set().union(*parts)
+    return None
+
+
 def compile_condition(spec: Any, path: str = "when") -> Condition:
     """Turn the YAML form into a Condition, or raise ConditionError naming the path."""
     if not isinstance(spec, dict) or len(spec) != 1:

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
-from .conditions import All, Any_, FieldTest, Not, RegexTimeout
+from .conditions import RegexTimeout, fields_read
 from .fields import FieldView
 from .signatures import Signature, SignatureSet
 
@@ -111,14 +111,8 @@ class Engine:
                 continue  # cell signatures see only cell checks, and process ones only processes
             if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
                 continue
-            values = self._values(sig.id, sig.when, view)
-            last = before.get(sig.id)
-            if values is not None and last is not None and last[0] == values:
-                reasons = last[1]
-            else:
-                reasons = self._test(sig, snapshot, process, view)
-            if values is not None:
-                results[sig.id] = (values, reasons)
+            reasons = self._reused(sig.id, sig.when, view, before, results,
+                                   lambda: self._test(sig, snapshot, process, view))
             if reasons is not None:
                 found.append((sig, reasons))
         return found
@@ -161,11 +155,26 @@ class Engine:
             reasons = reasons + [f"held for {held:.0f} s (needs {sig.hold_seconds:g} s)"]
         return Detection(sig, snapshot.kernel_id, process, reasons, held)
 
+    def _reused(self, key: str, condition, view: FieldView, before: dict[str, tuple],
+                results: dict[str, tuple], test):
+        """A rule's result: last tick's if the fields it reads have the same values, else
+        ``test()``; kept in ``results`` for the next tick."""
+        values = self._values(key, condition, view)
+        last = before.get(key)
+        if values is not None and last is not None and last[0] == values:
+            result = last[1]
+        else:
+            result = test()
+        if values is not None:
+            results[key] = (values, result)
+        return result
+
     def _values(self, rule_id: str, condition, view: FieldView) -> tuple | None:
         """The values of the fields a rule reads (None: not known, never reused)."""
         known = self._reads.get(rule_id)
         if known is None or known[0] is not condition:
-            known = self._reads[rule_id] = (condition, _fields_read(condition))
+            reads = fields_read(condition)
+            known = self._reads[rule_id] = (condition, None if reads is None else sorted(reads))
         reads = known[1]
         if reads is None:
             return None
@@ -174,16 +183,8 @@ class Engine:
     def _allowed(self, view: FieldView, before: dict[str, tuple], results: dict[str, tuple]
                  ) -> bool:
         for rule in self.rules.allow.values():
-            key = "allow " + rule.id
-            values = self._values(key, rule.when, view)
-            last = before.get(key)
-            if values is not None and last is not None and last[0] == values:
-                allowed = last[1]
-            else:
-                allowed = self._allows(rule, view)
-            if values is not None:
-                results[key] = (values, allowed)
-            if allowed:
+            if self._reused("allow " + rule.id, rule.when, view, before, results,
+                            lambda: self._allows(rule, view)):
                 return True
         return False
 
@@ -200,18 +201,6 @@ class Engine:
         """A condition that stops holding starts its window again."""
         for key in [k for k in self._since if k[1] == kernel_id and k not in keep]:
             del self._since[key]
-
-
-def _fields_read(condition) -> tuple[str, ...] | None:
-    """The fields a compiled condition reads; None for any other kind of condition."""
-    if isinstance(condition, FieldTest):
-        return (condition.field,)
-    if isinstance(condition, Not):
-        return _fields_read(condition.part)
-    if isinstance(condition, (All, Any_)):
-        parts = [_fields_read(p) for p in condition.parts]
-        return None if None in parts else tuple(sorted(set().union(*parts)))
-    return None
 
 
 def _observed(process: Process) -> tuple:

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from ..observe.model import Process
-from .cells import CellProcess, fields_read
-from .conditions import Condition, ConditionError, compile_condition
+from .cells import CellProcess
+from .conditions import Condition, ConditionError, compile_condition, fields_read
 
 BUILTIN_DIR = Path(str(files("colab_guard.detect") / "signatures"))
 
@@ -275,7 +275,7 @@ def _parse_signature(data: Any, file: str, index: int) -> Signature:
     if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
         entry.fail("references", "must be a list of text")
     when = entry.condition()
-    read = fields_read(when)
+    read = fields_read(when) or set()
     if "cell" in read and len(read) > 1:
         entry.fail("when", "a signature tests either a cell's source (field 'cell') or "
                            f"processes, not both; this one also reads {sorted(read - {'cell'})}")
