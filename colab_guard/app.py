@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import os
 import re
@@ -230,7 +229,7 @@ class ColabGuard(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp):
         if self.enabled and self.monitor is not None:
-            self._monitor_task = asyncio.ensure_future(self.monitor.run())
+            self.monitor.start()
             if self.channel is not None:
                 await self.channel.start()
         else:

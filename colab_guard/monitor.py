@@ -61,11 +61,15 @@ class Monitor:
         self._handled: dict[str, set[tuple]] = defaultdict(set)  # kernel -> process keys acted on
         self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
         self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._running = False
         self._reported_stats: dict[str, int] = {}
 
     # ------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._loop_task = asyncio.ensure_future(self.run())
 
     async def run(self) -> None:
         self._running = True
@@ -109,6 +113,11 @@ class Monitor:
     async def stop(self) -> None:
         self._running = False
         self._wake.set()
+        # Let the tick in progress finish before its worker threads go away.
+        if self._loop_task is not None:
+            done, _ = await asyncio.wait({self._loop_task}, timeout=10)
+            if not done:
+                self._loop_task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         if self.gpu is not None:

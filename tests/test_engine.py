@@ -185,3 +185,32 @@ signatures:
     [found] = engine.evaluate(Snapshot("k", 4.0, [busy]))
     assert tested and found.process is busy
     assert "cpu_percent >= 50: 90.0" in found.reasons
+
+
+SHELL_LINE = "cd /tmp/work && ./hashcat -m 0 -a 3 hashes.txt '?a?a?a?a?a'"
+
+
+def incident_from(processes: list[Process]):
+    from colab_guard.record.incident import Incident
+    detections = Engine(RULES).evaluate(Snapshot("k-1", 1.0, processes))
+    return Incident.from_detections(detections, "alice", None, dry_run=False)
+
+
+def test_an_incident_names_the_program_before_the_shell_that_started_it():
+    # `!./hashcat ...` in a notebook: the shell's own command line carries the options too,
+    # and the shell comes first in the process list, but the user should read "hashcat".
+    shell = Process(pid=200, ppid=100, name="bash", cmdline=["/bin/bash", "-c", SHELL_LINE])
+    tool = Process(pid=201, ppid=200, name="hashcat",
+                   cmdline=["./hashcat", "-m", "0", "-a", "3", "hashes.txt", "?a?a?a?a?a"])
+    incident = incident_from([shell, tool])
+    assert [p["pid"] for p in incident.evidence["processes"]] == [201, 200]
+    assert incident.summary() == "password-cracking: hashcat (pid 201)"
+
+
+def test_a_shell_caught_before_it_started_the_program_is_named_with_its_command():
+    # Sampled between the shell's start and its fork: only the shell exists, and stopping
+    # it stops the cracker before it runs. The evidence keeps the full command line.
+    shell = Process(pid=200, ppid=100, name="bash", cmdline=["/bin/bash", "-c", SHELL_LINE])
+    incident = incident_from([shell])
+    assert incident.summary() == "password-cracking: bash (pid 200)"
+    assert SHELL_LINE in incident.evidence["processes"][0]["cmdline"]

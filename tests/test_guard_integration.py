@@ -115,9 +115,15 @@ async def test_cracker_is_stopped(kernel, guard_config, tmp_path):
     code = f"!cd {tmp_path} && ./hashcat -m 0 -a 3 hashes.txt '?a?a?a?a?a'\n"
     await kernel.run(code, timeout=60)
     incident = await only_incident(guard_config, "password-cracking")
-    # The tool itself comes first in the evidence, before the shell that runs it.
-    assert incident["evidence"]["processes"][0]["name"] == "hashcat"
-    assert incident["summary"].startswith("password-cracking: hashcat (pid ")
+    first, names = incident["evidence"]["processes"][0], [p["name"] for p in incident["evidence"]["processes"]]
+    if "hashcat" in names:
+        # The tool itself comes first in the evidence, before the shell that runs it.
+        assert first["name"] == "hashcat"
+        assert incident["summary"].startswith("password-cracking: hashcat (pid ")
+    else:
+        # A tick that fell between the shell's start and its fork (the cell's start asks
+        # for one at once) catches the shell alone, its command line naming the tool.
+        assert names == [first["name"]] and "./hashcat -m 0 -a 3" in first["cmdline"]
     await wait_for(lambda: all(gone(p["pid"]) for p in incident["evidence"]["processes"]))
 
 
