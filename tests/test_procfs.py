@@ -34,9 +34,12 @@ def started():
 
 
 def exec_done(proc: subprocess.Popen) -> int:
-    """The pid of a bash that said "up" and then execs: once it has."""
+    """The pid of a bash that said "up" and then execs: once the new program has loaded and
+    waits for input (while its loader still maps libraries, its memory moves between reads)."""
     deadline = time.monotonic() + 10
-    while psutil.Process(proc.pid).name() == "bash" and time.monotonic() < deadline:
+    ps = psutil.Process(proc.pid)
+    while time.monotonic() < deadline and (ps.name() == "bash"
+                                           or ps.status() != psutil.STATUS_SLEEPING):
         time.sleep(0.01)
     return proc.pid
 
