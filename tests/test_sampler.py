@@ -197,7 +197,9 @@ def test_a_process_that_vanishes_between_listing_and_reading_is_counted(fake_ker
     def read_then_vanish(self, entry, *args):
         if entry.pid != kernel.pid:  # the sleep child: gone between listing and reading
             os.kill(entry.pid, signal.SIGKILL)
-            psutil.Process(entry.pid).wait(2)
+            deadline = time.monotonic() + 5  # until its parent has reaped it
+            while psutil.pid_exists(entry.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         return real_read(self, entry, *args)
 
     monkeypatch.setattr(ProcessSampler, "_read_process", read_then_vanish)
