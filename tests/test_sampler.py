@@ -28,6 +28,10 @@ def fake_kernel():
         env = kernel_environment(kernel_id) if marker else dict(os.environ)
         proc = subprocess.Popen(["/bin/sh", "-c", "sleep 600"], env=env, start_new_session=True)
         procs.append(proc)
+        deadline = time.monotonic() + 10  # until its child sleep has started (a busy machine)
+        while (not any(c.name() == "sleep" for c in psutil.Process(proc.pid).children())
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
         return proc
 
     yield start
@@ -73,7 +77,6 @@ def start_detached(env, argv) -> int:
 
 def test_children_and_grandchildren_are_attributed(fake_kernel):
     kernel = fake_kernel()
-    time.sleep(0.2)
     sampler = ProcessSampler()
     snap = sampler.sample({"k1": kernel.pid})["k1"]
     sleeper = [p for p in snap.processes if p.name == "sleep"]
@@ -190,7 +193,6 @@ def test_loaded_libraries_of_the_kernel_are_seen(spawned):
 
 def test_a_process_that_vanishes_between_listing_and_reading_is_counted(fake_kernel, monkeypatch):
     kernel = fake_kernel()
-    time.sleep(0.2)
     sampler = ProcessSampler()
     real_read = ProcessSampler._read_process
 
@@ -215,7 +217,9 @@ def test_a_zombie_is_sampled_without_error(spawned):
     parent = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
     spawned.append(parent.pid)
     zombie = int(parent.stdout.readline())
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # the child may not have run yet on a busy machine
+    while psutil.Process(zombie).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE
     snap = ProcessSampler().sample({"k": parent.pid})["k"]
     assert zombie in pids_of(snap)
@@ -225,7 +229,6 @@ def test_a_denied_read_is_logged_once_and_the_rest_is_sampled(fake_kernel, monke
     # As root nothing is denied, so the reader is made to refuse one read, as the kernel would for
     # another user's process or under a hardened /proc (hidepid).
     kernel = fake_kernel()
-    time.sleep(0.2)
 
     def denied(pid):
         raise PermissionError(13, "Permission denied", f"/proc/{pid}/cmdline")
