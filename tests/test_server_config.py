@@ -14,6 +14,7 @@ from traitlets import TraitError
 
 from colab_guard.act.policy import DEFAULT_ACTIONS
 from colab_guard.app import ColabGuard
+from tests.conftest import wait_for
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -100,3 +101,12 @@ async def test_status_reports_the_guard(jp_fetch, guard, kernel):
     assert body["kernels_monitored"] == 1
     assert body["signatures"] >= 15
     assert body["policy_url"] == "https://example.org/acceptable-use"
+
+
+async def test_stopping_the_server_ends_the_sampling_loop(guard):
+    await wait_for(lambda: guard.monitor.sampler.stats.ticks > 0)  # the loop is under way
+    await guard.stop_extension()
+    # The tick in progress finished before its worker threads went away: no task left
+    # pending for the event loop to complain about at exit.
+    assert guard.monitor._loop_task.done() and not guard.monitor._loop_task.cancelled()
+    assert guard.monitor._loop_task.exception() is None
