@@ -30,17 +30,20 @@ from typing import TYPE_CHECKING
 import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 
-from .act.policy import RANK, choose_action
+from .act.policy import Policy
 from .detect.cells import CELL_FIELD, CellProcess, normalise_cell
 from .detect.engine import Detection, Engine
+from .detect.signatures import SignatureSet
 from .kernel import protocol
 from .kernel.notice import shorten
 from .observe.model import Snapshot
 from .record import metrics
 from .record.incident import Action, Incident, clean_text
+from .record.recorder import Recorder
+from .settings import Settings
+from .vocabulary import at_least
 
 if TYPE_CHECKING:
-    from .app import ColabGuard
     from .monitor import Monitor
 
 #: After a report, the monitor checks every BURST_STEP seconds for BURST_SECONDS.
@@ -52,14 +55,15 @@ CLOSE_GRACE = 1.0
 
 
 class KernelChannel:
-    def __init__(self, app: ColabGuard, monitor: Monitor, log: logging.Logger | None = None):
-        self.app, self.monitor = app, monitor
+    def __init__(self, settings: Settings, rules: SignatureSet, monitor: Monitor,
+                 policy: Policy, recorder: Recorder, log: logging.Logger | None = None):
+        self.settings, self.monitor, self.policy, self.recorder = settings, monitor, policy, recorder
         self.log = log or logging.getLogger("colab_guard")
         self._secret = os.urandom(32)
         self.folder = _private_folder()
         self.path = str(self.folder / "kernels.sock")
         self.kernels: dict[str, _Connection] = {}  # kernel id -> its live connection
-        self.engine = Engine(app.rules, log=self.log)  # own state: cell checks only
+        self.engine = Engine(rules, log=self.log)  # own state: cell checks only
         self._checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
         self._server: asyncio.AbstractServer | None = None
         self._burst_until = 0.0
@@ -67,8 +71,8 @@ class KernelChannel:
         self._told: set[str] = set()  # incidents already sent to their kernel
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
-        monitor.acting_listeners.append(self._tell_kernel)
-        monitor.listeners.append(self._tell_kernel)
+        recorder.acting_listeners.append(self._tell_kernel)
+        recorder.listeners.append(self._tell_kernel)
 
     def environment(self, kernel_id: str) -> dict[str, str]:
         """What a kernel needs in its environment to reach the channel as itself."""
@@ -76,8 +80,8 @@ class KernelChannel:
             protocol.ENV_SOCKET: self.path,
             protocol.ENV_TOKEN: protocol.token_for(self._secret, kernel_id),
             # 0: the kernel does not ask (cell checks off)
-            protocol.ENV_CELL_TIMEOUT: str(self.app.cell_check_timeout if self.app.cell_checks
-                                           else 0),
+            protocol.ENV_CELL_TIMEOUT: str(self.settings.cell_check_timeout
+                                           if self.settings.cell_checks else 0),
         }
 
     async def start(self) -> None:
@@ -222,7 +226,7 @@ class KernelChannel:
         detections = await loop.run_in_executor(self._checking, self._evaluate_cell,
                                                 conn, source)
         answer = {"id": message.get("id"), "decision": "run"}
-        if detections and self.app.cell_checks:
+        if detections and self.settings.cell_checks:
             incident, action = await self._record_cell(conn, source, detections)
             answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run else "run"
             if action != "record":
@@ -235,21 +239,20 @@ class KernelChannel:
 
     async def _record_cell(self, conn: _Connection, source: str,
                            detections: list[Detection]) -> tuple[Incident, str]:
-        chosen = choose_action(detections, self.app.actions, self.app.default_action)
-        action = chosen if RANK[chosen] <= RANK["warn"] else "refuse"
-        dry = self.app.dry_run
-        incident = Incident.from_detections(detections, self.app.user_name, None, dry)
-        findings = _matching_lines(detections, source)
-        incident.evidence = {"cell": {"source": clean_text(source), "findings": findings},
-                             "matches": incident.evidence.get("matches", [])}
-        incident.actions = [Action("record", "incident log", "done")]
-        if action != "record":
-            incident.actions.append(Action("warn", "user", "done"))
-        if action == "refuse":
-            incident.actions.append(Action("refuse", "cell", "would" if dry else "done"))
+        plan = self.policy.cell(detections)
+        incident = Incident.from_detections(detections, self.settings.user_name,
+                                            await self.monitor.kernels.notebook_path(conn.kernel_id),
+                                            self.settings.dry_run)
+        cell = cell_evidence(detections, source)
+        matches = incident.evidence.get("matches", [])
+        for match in matches:  # the lines that matched, not the signature's regex
+            match["reasons"] = [_finding_text(f) for f in cell["findings"]
+                                if f["signature"] == match["signature"]]
+        incident.evidence = {"cell": cell, "matches": matches}
+        incident.actions = plan.steps
         self._told.add(incident.id)  # the verdict carries the notice
-        await self.monitor.record_incident(incident, action)
-        return incident, action
+        await self.recorder.record(incident, plan.action)
+        return incident, plan.action
 
     # ------------------------------------------------------------ notices
 
@@ -261,14 +264,15 @@ class KernelChannel:
             detected += f" — {shorten(procs[0]['cmdline'], 120)}"
         findings = (incident.evidence.get("cell") or {}).get("findings")
         if findings:
-            detected += f" — {shorten(findings[0], 120)}"
+            detected += f" — {shorten(_finding_text(findings[0]), 120)}"
         return {"incident_id": incident.id, "category": incident.category,
                 "detected": detected, "action": action, "dry_run": incident.dry_run,
-                "message": self.app.warning_message, "policy_url": self.app.policy_url}
+                "strike": incident.strike,
+                "message": self.settings.warning_message, "policy_url": self.settings.policy_url}
 
     def _tell_kernel(self, incident: Incident, action: str) -> None:
         """Monitor listener: send the notice to the incident's kernel, once."""
-        if incident.id in self._told or RANK.get(action, 0) < RANK["warn"]:
+        if incident.id in self._told or not at_least(action, "warn"):
             return
         conn = self.kernels.get(incident.kernel_id)
         if conn is not None:
@@ -278,15 +282,17 @@ class KernelChannel:
             conn.send("notice", notice=self.notice(incident, action))
 
     async def _tampering(self, conn: _Connection, signature: str, description: str) -> None:
-        action = self.app.actions.get("tampering", self.app.default_action)
-        action = action if RANK[action] <= RANK["warn"] else "warn"  # a record, not a stop
+        action = self.policy.tampering()
         incident = Incident(kernel_id=conn.kernel_id, category="tampering", severity="medium",
                             signature=signature, description=description,
-                            user=self.app.user_name, signatures=[signature],
+                            user=self.settings.user_name, signatures=[signature],
+                            notebook=await self.monitor.kernels.notebook_path(conn.kernel_id),
                             evidence={"kernel_pid": conn.kernel_pid, "reporter_pid": conn.pid},
-                            dry_run=self.app.dry_run,
+                            dry_run=self.settings.dry_run,
                             actions=[Action("record", "incident log", "done")])
-        await self.monitor.record_incident(incident, action)
+        if at_least(action, "warn"):
+            incident.actions.append(Action("warn", "user", "done"))
+        await self.recorder.record(incident, action)
 
 
 class _Connection:
@@ -303,15 +309,26 @@ class _Connection:
             self.writer.write(protocol.encode(kind, **fields))
 
 
-def _matching_lines(detections: list[Detection], source: str) -> list[str]:
-    """The lines of the normalised cell that made each signature match (the evidence)."""
+def cell_evidence(detections: list[Detection], source: str) -> dict:
+    """The cell as evidence: its source, and the lines (of the cell as the guard read it,
+    disguises undone) that made each signature match, with the line number in the cell."""
     lines = normalise_cell(source).splitlines()
-    found = []
+    original = source.splitlines()
+    findings, seen = [], set()
     for d in detections:
         for line in lines:
-            if d.signature.when.test({CELL_FIELD: line})[0] and line not in found:
-                found.append(clean_text(line, 512))
-    return found[:20]
+            if line in seen or not d.signature.when.test({CELL_FIELD: line})[0]:
+                continue
+            seen.add(line)
+            number = next((n for n, text in enumerate(original, 1) if line.strip() and
+                           line.strip() in text), None)
+            findings.append({"signature": d.signature.id, "line": number,
+                             "text": clean_text(line, 512)})
+    return {"source": clean_text(source), "findings": findings[:20]}
+
+
+def _finding_text(finding: dict) -> str:
+    return (f"line {finding['line']}: " if finding.get("line") else "") + finding["text"]
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:

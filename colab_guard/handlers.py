@@ -12,7 +12,8 @@ Malformed requests get a 400 naming the parameter; unknown ids a 404.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.auth.identity import IdentityProvider, LegacyIdentityProvider, PasswordIdentityProvider
@@ -21,7 +22,10 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from .record.database import AppealError, incident_view
+from .record.database import AppealError, IncidentStore, incident_view
+from .settings import Settings
+from .text import parse_time
+from .vocabulary import CATEGORIES
 
 ANONYMOUS_LOGINS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
 AUTH_RESOURCE = "colab_guard"
@@ -30,12 +34,31 @@ MAX_TEXT = 2000
 MAX_LIMIT = 1000
 
 
+@dataclass
+class GuardAPI:
+    """What the REST API needs of the guard (tornado setting ``colab_guard_api``)."""
+
+    settings: Settings
+    store: IncidentStore | None  # None when the server runs unguarded
+    status: Callable[[], dict]
+    started: float  # incidents_this_session counts from here
+    categories: Callable[[], set[str]] = lambda: set(CATEGORIES)
+
+
 class GuardHandler(ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
     @property
-    def guard(self):
-        return self.settings["colab_guard"]
+    def guard(self) -> GuardAPI:
+        return self.settings["colab_guard_api"]
+
+    @property
+    def store(self) -> IncidentStore:
+        store = self.guard.store
+        if store is None:
+            raise web.HTTPError(503, "colab-guard is not running on this server (see its "
+                                     "status: /colab-guard/api/status)")
+        return store
 
     def write_json(self, data, status: int = 200) -> None:
         self.set_status(status)
@@ -49,7 +72,7 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
         owner, whose name its incidents carry. JupyterHub and other identity providers
         name the real user."""
         if type(self.identity_provider) in ANONYMOUS_LOGINS:
-            return self.guard.user_name
+            return self.guard.settings.user_name
         return self.current_user.username
 
     async def is_admin(self, action: str = "read") -> bool:
@@ -63,13 +86,13 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
 
     async def visible_incident(self, incident_id: str):
         """The incident if the current user may see it; 404 otherwise (its existence stays private)."""
-        incident = self.guard.store.get(incident_id)
+        incident = self.store.get(incident_id)
         if incident is None or (incident.user != self.username and not await self.is_admin()):
             raise web.HTTPError(404, f"no incident with id {incident_id[:64]!r}")
         return incident
 
     def views(self, incidents) -> list[dict]:
-        appeals = self.guard.store.appeals_by_incident([i.id for i in incidents])
+        appeals = self.store.appeals_by_incident([i.id for i in incidents])
         return [incident_view(i, appeals[i.id]) for i in incidents]
 
     def json_body(self) -> dict:
@@ -115,14 +138,10 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
         if raw is None:
             return None
         try:
-            return float(raw)
-        except ValueError:
-            pass
-        try:
-            return datetime.fromisoformat(raw).timestamp()
+            return parse_time(raw)
         except ValueError:
             raise web.HTTPError(400, f"parameter {name!r} must be an ISO 8601 time or seconds "
-                                     f"since the epoch, got {raw[:50]!r}")
+                                     f"since the epoch, got {raw[:50]!r}") from None
 
 
 class IncidentsHandler(GuardHandler):
@@ -131,7 +150,7 @@ class IncidentsHandler(GuardHandler):
     async def get(self):
         """Incidents, newest first. Filters: user (admins), category, kernel_id, since; limit."""
         user = self.get_argument("user", None) if await self.is_admin() else self.username
-        incidents = self.guard.store.query(
+        incidents = self.store.query(
             user=user,
             category=self.get_argument("category", None),
             kernel_id=self.get_argument("kernel_id", None),
@@ -159,7 +178,7 @@ class AppealHandler(GuardHandler):
             raise web.HTTPError(403, "only the incident's own user can appeal it")
         text = self.text_field(self.json_body(), "text")
         try:
-            appeal = self.guard.store.appeal(incident.id, self.username, text)
+            appeal = self.store.appeal(incident.id, self.username, text)
         except AppealError as err:
             raise web.HTTPError(err.status, str(err))
         self.write_json({"appeal": appeal.to_dict()}, status=201)
@@ -174,7 +193,7 @@ class AppealsHandler(GuardHandler):
         if status not in (None, "pending", "accepted", "rejected"):
             raise web.HTTPError(400, "parameter 'status' must be pending, accepted or rejected")
         user = self.get_argument("user", None) if await self.is_admin() else self.username
-        appeals = self.guard.store.appeals(user=user, status=status)
+        appeals = self.store.appeals(user=user, status=status)
         self.write_json({"appeals": [a.to_dict() for a in appeals]})
 
 
@@ -190,7 +209,7 @@ class ResolveAppealHandler(GuardHandler):
             raise web.HTTPError(400, "field 'decision' must be 'accept' or 'reject'")
         reply = self.text_field(body, "reply", required=False)
         try:
-            appeal = self.guard.store.resolve_appeal(appeal_id, decision, reply, self.username)
+            appeal = self.store.resolve_appeal(appeal_id, decision, reply, self.username)
         except AppealError as err:
             raise web.HTTPError(err.status, str(err)[:200])
         self.write_json({"appeal": appeal.to_dict()})
@@ -202,10 +221,11 @@ class StrikesHandler(GuardHandler):
     async def get(self):
         """Strikes in force: the user's own, or everyone's for admins (filter: user)."""
         user = self.get_argument("user", None) if await self.is_admin() else self.username
-        guard = self.guard
-        strikes = guard.store.strikes(user, guard.strike_window)
+        settings = self.guard.settings
+        strikes = self.store.strikes(user, settings.strike_window)
         self.write_json({"strikes": [s.to_dict() for s in strikes],
-                         "strike_limit": guard.strike_limit, "strike_window": guard.strike_window})
+                         "strike_limit": settings.strike_limit,
+                         "strike_window": settings.strike_window})
 
 
 class ClearStrikesHandler(GuardHandler):
@@ -214,7 +234,7 @@ class ClearStrikesHandler(GuardHandler):
     async def post(self, user: str):
         """Admins: clear every strike in force against ``user``."""
         await self.require_admin()
-        cleared = self.guard.store.clear_strikes(user, self.username)
+        cleared = self.store.clear_strikes(user, self.username)
         self.write_json({"user": user, "cleared": cleared})
 
 
@@ -225,7 +245,7 @@ class StatusHandler(GuardHandler):
         guard, admin = self.guard, await self.is_admin()
         status = guard.status()
         status.update(user=self.username, admin=admin, incidents_this_session=guard.store.count(
-            user=None if admin else self.username, since=guard.started))
+            user=None if admin else self.username, since=guard.started) if guard.store else 0)
         self.write_json(status)
 
 

@@ -4,6 +4,9 @@ It runs on the server's event loop; the blocking parts (reading /proc,
 waiting for processes to die) run in worker threads. A failure while
 checking one kernel is logged and counted, and that kernel is checked again
 at the next tick; the other kernels are unaffected.
+
+It knows nothing of Jupyter: kernels come through a ``Kernels`` adapter
+(kernels.py), decisions from the ``Policy``, and incidents go to the ``Recorder``.
 """
 
 from __future__ import annotations
@@ -11,55 +14,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .act.enforce import stop_processes
-from .act.policy import RANK, choose_action, stops_processes
-from .detect.engine import Detection, Engine
-from .observe.model import Snapshot
+from .act.policy import Plan, Policy, unique_processes
+from .detect.engine import Engine
+from .kernels import Kernels
 from .observe.gpu import GpuSample, GpuSampler
+from .observe.model import Snapshot
 from .observe.processes import ProcessSampler
 from .record import metrics
-from .record.events import INCIDENT_SCHEMA_ID, incident_event
 from .record.incident import Action, Incident
-from .record.database import IncidentStore
-
-if TYPE_CHECKING:
-    from .app import ColabGuard
-
-IncidentListener = Callable[[Incident, str], Awaitable[None] | None]
-
-#: After acting on the kernel process itself, give the interrupt this long to work.
-KERNEL_GRACE = 3.0
-#: The kernel offending again this soon after being interrupted is shut down.
-KERNEL_ESCALATION_WINDOW = 60.0
+from .record.recorder import Recorder
+from .settings import Settings
 
 
 class Monitor:
-    def __init__(self, app: ColabGuard, engine: Engine, store: IncidentStore,
-                 log: logging.Logger | None = None):
-        self.app = app
-        self.engine = engine
-        self.store = store
+    def __init__(self, settings: Settings, kernels: Kernels, engine: Engine, policy: Policy,
+                 recorder: Recorder, log: logging.Logger | None = None):
+        self.settings, self.kernels, self.engine = settings, kernels, engine
+        self.policy, self.recorder = policy, recorder
         self.log = log or logging.getLogger("colab_guard")
-        self.sampler = ProcessSampler(self.log, libraries_refresh=app.libraries_refresh)
-        self.gpu = GpuSampler(log=self.log) if app.gpu_sampling else None
+        self.sampler = ProcessSampler(self.log, libraries_refresh=settings.libraries_refresh)
+        self.gpu = GpuSampler(log=self.log) if settings.gpu_sampling else None
         #: kernel id -> GPU use of its processes at the last tick (for the status API)
         self.gpu_by_kernel: dict[str, dict[str, float]] = {}
         self.last_gpu: GpuSample | None = None
-        self.listeners: list[IncidentListener] = []
-        #: Called (not awaited) once an incident is recorded, before anything is done about it:
-        #: the kernel channel tells the cell first, so the interrupt arrives explained.
-        self.acting_listeners: list[Callable[[Incident, str], None]] = []
         self.ticks = 0
-        self.last_tick: float | None = None
         self._sampling = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-sample")
         self._acting = ThreadPoolExecutor(4, thread_name_prefix="colab-guard-act")
-        self._handled: dict[str, set[tuple]] = defaultdict(set)  # kernel -> process keys acted on
-        self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -73,7 +57,7 @@ class Monitor:
 
     async def run(self) -> None:
         self._running = True
-        interval = self.app.sample_interval
+        interval = self.settings.sample_interval
         loop = asyncio.get_running_loop()
         if self.gpu is not None:
             await loop.run_in_executor(self._sampling, self.gpu.start)
@@ -128,7 +112,7 @@ class Monitor:
 
     async def tick(self) -> None:
         started = time.perf_counter()
-        self.store.flush()  # retry anything a failed write left behind
+        self.recorder.flush()  # retry anything a failed write left behind
         kernels = self.kernel_pids()
         metrics.KERNELS_MONITORED.set(len(kernels))
         try:
@@ -148,197 +132,76 @@ class Monitor:
         self._forget_kernels_gone(kernels)
         self._export_sampler_stats()
         self.ticks += 1
-        self.last_tick = time.time()
         metrics.SAMPLE_DURATION.observe(time.perf_counter() - started)
 
     def kernel_pids(self) -> dict[str, int]:
-        """Running kernels and their pids (kernels still starting have none yet)."""
-        km = self.app.serverapp.kernel_manager
-        found = {}
-        for kernel_id in list(km.list_kernel_ids()):
-            try:
-                provisioner = km.get_kernel(kernel_id).provisioner
-                pid = getattr(provisioner, "pid", None) if provisioner else None
-            except KeyError:
-                continue
-            if pid:
-                found[kernel_id] = pid
-        return found
+        return self.kernels.pids()
 
     # ------------------------------------------------------------ detect
 
     def check(self, snapshot: Snapshot) -> None:
         """Evaluate one kernel's snapshot and start a response to what is new."""
-        detections = [d for d in self.engine.evaluate(snapshot) if self._is_new(d)]
-        self._handled[snapshot.kernel_id] &= {p.key for p in snapshot.processes}
-        by_category: dict[str, list[Detection]] = defaultdict(list)
-        for d in detections:
-            by_category[d.signature.category].append(d)
-        for group in by_category.values():
-            escalate = False
-            for d in group:
-                self._handled[d.kernel_id].add(d.process.key)
-                if d.process.is_kernel:
-                    now, last = time.monotonic(), self._kernel_acted.get(d.kernel_id)
-                    escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
-                    self._kernel_acted[d.kernel_id] = now
-            task = asyncio.ensure_future(self.respond(group, escalate))
+        detections = self.engine.evaluate(snapshot)
+        plans = self.policy.respond(snapshot.kernel_id, detections,
+                                    live={p.key for p in snapshot.processes})
+        for plan in plans:
+            task = asyncio.ensure_future(self.respond(plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _is_new(self, d: Detection) -> bool:
-        if d.process.is_kernel and not self.app.dry_run:
-            # The kernel cannot be stopped like a child: it is interrupted, then shut
-            # down if the behaviour goes on after the interrupt had time to work.
-            last = self._kernel_acted.get(d.kernel_id)
-            return last is None or time.monotonic() - last >= KERNEL_GRACE
-        return d.process.key not in self._handled[d.kernel_id]
-
     # ------------------------------------------------------------ act
 
-    async def respond(self, detections: list[Detection], escalate: bool = False) -> Incident:
-        """Record, act, record the outcome, notify. ``escalate``: the kernel offends again."""
-        kernel_id = detections[0].kernel_id
-        action = self._choose(detections, escalate)
-        incident = Incident.from_detections(detections, self.app.user_name,
-                                            await self._notebook_path(kernel_id), self.app.dry_run)
-        incident.actions = self._plan(action, detections)
-        self._save(incident)  # on disk before anything is done
-        for listener in list(self.acting_listeners):
-            try:
-                listener(incident, action)
-            except Exception:
-                self.log.exception("colab-guard: an acting listener failed")
-        if not self.app.dry_run:
-            await self._carry_out(incident, action, detections)
-        await self._finish(incident, action)
-        return incident
-
-    async def record_incident(self, incident: Incident, action: str) -> Incident:
-        """Record an incident the sampler did not find (the kernel hook: tampering, a cell's
-        source), through the same record and notify path as ``respond``. The caller has
-        already done, and listed in ``incident.actions``, whatever was done."""
-        if incident.notebook is None:
-            incident.notebook = await self._notebook_path(incident.kernel_id)
-        self._save(incident)
-        await self._finish(incident, action)
+    async def respond(self, plan: Plan) -> Incident:
+        """Record, carry the plan out, record the outcome, notify."""
+        incident = Incident.from_detections(plan.detections, self.settings.user_name,
+                                            await self.kernels.notebook_path(plan.kernel_id),
+                                            self.settings.dry_run)
+        incident.actions = plan.steps
+        self.recorder.begin(incident, plan.action)  # on disk before anything is done
+        if not self.settings.dry_run:
+            await self._carry_out(incident, plan)
+        await self.recorder.finish(incident, plan.action)
         return incident
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process the kernel hook reported (in the sampler's own thread)."""
         self._sampling.submit(self.sampler.claim, pid, kernel_id)
 
-    async def _finish(self, incident: Incident, action: str) -> None:
-        incident.status = "done"
-        self._save(incident)
-        metrics.INCIDENTS.labels(incident.category, "dry-run" if incident.dry_run else action).inc()
-        self._report(incident, action)
-        await self._notify(incident, action)
-
-    def _choose(self, detections: list[Detection], escalate: bool) -> str:
-        action = choose_action(detections, self.app.actions, self.app.default_action)
-        kernel_offends = any(d.process.is_kernel for d in detections)
-        if kernel_offends and stops_processes(action) and not self.app.dry_run:
-            # The kernel process cannot be "stopped" like a child process.
-            action = "shutdown" if escalate else max(action, "interrupt", key=RANK.get)
-        return action
-
-    def _plan(self, action: str, detections: list[Detection]) -> list[Action]:
-        """The actions, in the order they are carried out.
-
-        ``interrupt`` interrupts the kernel first, so the running cell stops where
-        it is (a cell waiting on the offender would otherwise go on to its next
-        line once the offender dies), then stops the offending processes.
-        ``shutdown`` stops them first, then shuts the kernel down.
-        """
-        outcome = "would" if self.app.dry_run else "pending"
-        planned = [Action("record", "incident log", "done")]
-        if RANK[action] >= RANK["warn"]:
-            planned.append(Action("warn", "user", outcome if self.app.dry_run else "done"))
-        stops = [Action("stop", f"pid {d.process.pid}", outcome)
-                 for d in _unique_processes(detections) if not d.process.is_kernel]
-        if action == "interrupt":
-            planned += [Action("interrupt", "kernel", outcome), *stops]
-        elif action == "shutdown":
-            planned += [*stops, Action("shutdown", "kernel", outcome)]
-        elif action == "stop":
-            planned += stops
-        return planned
-
-    async def _carry_out(self, incident: Incident, action: str, detections: list[Detection]) -> None:
-        offenders = {f"pid {d.process.pid}": d.process for d in _unique_processes(detections)}
+    async def _carry_out(self, incident: Incident, plan: Plan) -> None:
+        offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
         stops = [a for a in incident.actions if a.action == "stop"]
-        for planned in incident.actions:
-            if planned.target == "kernel":
-                await self._act_on_kernel(incident.kernel_id, planned)
-            elif planned is (stops[0] if stops else None):
+        for step in incident.actions:
+            if step.target == "kernel":
+                await self._act_on_kernel(incident.kernel_id, step)
+            elif step is (stops[0] if stops else None):
                 await self._stop([offenders[a.target] for a in stops], stops, incident.kernel_id)
 
-    async def _stop(self, offenders, planned: list[Action], kernel_id: str) -> None:
+    async def _stop(self, offenders, steps: list[Action], kernel_id: str) -> None:
         kernel_pid = self.kernel_pids().get(kernel_id)
         done = await asyncio.get_running_loop().run_in_executor(
-            self._acting, stop_processes, offenders, self.app.stop_grace,
+            self._acting, stop_processes, offenders, self.settings.stop_grace,
             {kernel_pid} if kernel_pid else set())
-        for action, result in zip(planned, done):
-            action.outcome, action.detail = result.outcome, result.detail
+        for step, result in zip(steps, done):
+            step.outcome, step.detail = result.outcome, result.detail
 
-    async def _act_on_kernel(self, kernel_id: str, planned: Action) -> None:
-        km = self.app.serverapp.kernel_manager
-        if kernel_id not in km:  # shut down, or culled, while the incident was under way
-            planned.outcome, planned.detail = "gone", "the kernel had already been shut down"
+    async def _act_on_kernel(self, kernel_id: str, step: Action) -> None:
+        if kernel_id not in self.kernels:  # shut down, or culled, while the incident was under way
+            step.outcome, step.detail = "gone", "the kernel had already been shut down"
             return
         try:
-            if planned.action == "interrupt":
-                await km.interrupt_kernel(kernel_id)
+            if step.action == "interrupt":
+                await self.kernels.interrupt(kernel_id)
             else:
-                await km.shutdown_kernel(kernel_id)
-            planned.outcome = "done"
+                await self.kernels.shutdown(kernel_id)
+            step.outcome = "done"
         except Exception as err:  # the kernel may have died or been culled meanwhile
-            planned.outcome, planned.detail = "failed", f"{type(err).__name__}: {err}"
-
-    # ------------------------------------------------------------ record / notify
-
-    def _save(self, incident: Incident) -> None:
-        if not self.store.save(incident):
-            metrics.RECORD_ERRORS.inc()
-
-    def _report(self, incident: Incident, action: str) -> None:
-        outcomes = ", ".join(f"{a.action} {a.target}: {a.outcome}" for a in incident.actions)
-        self.log.warning("colab-guard: incident %s in kernel %s: %s (%s)%s; action %s: %s",
-                         incident.id, incident.kernel_id, ascii(incident.summary()),
-                         incident.signature, " [dry run]" if incident.dry_run else "",
-                         action, outcomes)
-
-    async def _notify(self, incident: Incident, action: str) -> None:
-        data = incident_event(incident, action, self.app.warning_message, self.app.policy_url)
-        try:
-            self.app.serverapp.event_logger.emit(schema_id=INCIDENT_SCHEMA_ID, data=data)
-        except Exception:
-            self.log.exception("colab-guard: could not emit the incident event")
-        for listener in list(self.listeners):
-            try:
-                result = listener(incident, action)
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                self.log.exception("colab-guard: an incident listener failed")
-
-    async def _notebook_path(self, kernel_id: str) -> str | None:
-        try:
-            sessions = await self.app.serverapp.session_manager.list_sessions()
-        except Exception:
-            return None
-        for session in sessions:
-            if (session.get("kernel") or {}).get("id") == kernel_id:
-                return session.get("path")
-        return None
+            step.outcome, step.detail = "failed", f"{type(err).__name__}: {err}"
 
     # ------------------------------------------------------------ housekeeping
 
     def _forget_kernels_gone(self, kernels: dict[str, Any]) -> None:
-        for kernel_id in [k for k in self._handled if k not in kernels]:
-            del self._handled[kernel_id]
-            self._kernel_acted.pop(kernel_id, None)
+        for kernel_id in self.policy.kernels_known() - set(kernels):
+            self.policy.forget_kernel(kernel_id)
             self.engine.forget_kernel(kernel_id)
 
     def _export_sampler_stats(self) -> None:
@@ -356,11 +219,3 @@ class Monitor:
             self._reported_stats[name] = value
         metrics.SAMPLER_TRACKED.set(self.sampler.tracked())
 
-
-def _unique_processes(detections: list[Detection]) -> list[Detection]:
-    seen, unique = set(), []
-    for d in detections:
-        if d.process.key not in seen:
-            seen.add(d.process.key)
-            unique.append(d)
-    return unique

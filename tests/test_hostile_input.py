@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from traitlets import TraitError
 
 from colab_guard.app import ColabGuard
+from colab_guard.settings import GuardTraits
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.fields import FIELDS
 from colab_guard.detect.signatures import (ALLOW_KEYS, SIGNATURE_KEYS, SignatureError,
@@ -100,8 +101,7 @@ def test_a_file_broken_after_a_good_one_loads_nothing(tmp_path):
 
 # ---------------------------------------------------------------- settings
 
-TRAITS = sorted(name for name, trait in ColabGuard.class_traits(config=True).items()
-                if name in ColabGuard.class_own_traits())
+TRAITS = sorted(GuardTraits.class_traits(config=True))
 VALUES = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
           | st.lists(st.text(max_size=5) | st.integers(), max_size=3)
           | st.dictionaries(st.text(max_size=10), st.text(max_size=10) | st.integers(), max_size=3))

@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 from tornado.httpclient import HTTPClientError
+from jupyter_server.serverapp import ServerApp
 from traitlets import TraitError
+from traitlets.config import Config
 
-from colab_guard.act.policy import DEFAULT_ACTIONS
+from colab_guard.vocabulary import DEFAULT_ACTIONS
 from colab_guard.app import ColabGuard
+from colab_guard.settings import GuardTraits
 from tests.conftest import wait_for
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("sample_interval", -1.0, "ColabGuard.sample_interval must be between 0.1 and 60, got -1.0"),
-    ("stop_grace", 90.0, "ColabGuard.stop_grace must be between 0 and 30, got 90.0"),
+    ("sample_interval", -1.0, "'sample_interval' trait of a ColabGuard instance should not be less than 0.1"),
+    ("stop_grace", 90.0, "'stop_grace' trait of a ColabGuard instance should not be greater than 30"),
     ("actions", {"crypto-mining": "explode"},
      "ColabGuard.actions['crypto-mining']: 'explode' is not one of record, warn, stop, interrupt, shutdown"),
     ("actions", {"Mining!": "stop"}, "ColabGuard.actions: 'Mining!' is not a category name"),
@@ -50,7 +57,44 @@ def start_server(tmp_path, guard_settings: dict) -> subprocess.CompletedProcess:
         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
+#: A bad value for every setting: the server must stop naming it, never run on defaults.
+BAD_VALUES = {
+    "enabled": "sometimes", "dry_run": "maybe", "sample_interval": 0,
+    "signature_paths": [1, 2], "disabled_signatures": {"a": 1},
+    "actions": {"crypto-mining": "shutdwon"}, "default_action": "nuke",
+    "warning_message": 42, "policy_url": ["x"], "incident_log": 7, "stop_grace": 31,
+    "libraries_refresh": -1, "user_name": 3.5, "database_url": [], "strike_limit": -1,
+    "strike_window": 0, "cell_refusals_allowed": -2, "gpu_sampling": "on", "kernel_hook": "yes",
+    "cell_checks": 2, "cell_check_timeout": 60, "fail_closed": "no",
+}
+
+
+def test_every_setting_has_a_bad_value_under_test():
+    assert set(BAD_VALUES) == set(ColabGuard.class_own_traits(config=True)) | \
+        set(GuardTraits.class_traits(config=True))
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_a_bad_value_for_any_setting_stops_the_guard_naming_it(name, capfd):
+    server = ServerApp(config=Config({"ColabGuard": {name: BAD_VALUES[name]}}))
+    with pytest.raises(SystemExit):
+        ColabGuard()._link_jupyter_server_extension(server)
+    log = capfd.readouterr().err
+    assert "colab-guard cannot start: a bad setting" in log and name in log
+    assert "stopping the server rather than running it unguarded" in log
+
+
+def test_an_unknown_setting_is_refused(capfd):
+    server = ServerApp(config=Config({"ColabGuard": {"strike_limt": 1}}))
+    with pytest.raises(SystemExit):
+        ColabGuard()._link_jupyter_server_extension(server)
+    assert "ColabGuard.strike_limt is not a setting of colab-guard" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("settings, message", [
+    ({"actions": {"crypto-mining": "shutdwon"}, "strike_limit": 1},
+     "ColabGuard.actions['crypto-mining']: 'shutdwon' is not one of"),
+    ({"sample_interval": 0}, "'sample_interval' trait of a ColabGuard instance"),
     ({"signature_paths": ["{tmp}/ops-rules.yaml"]},
      "ops-rules.yaml, line 2: signature 'half', field 'severity': 'extreme' is not one of"),
     ({"disabled_signatures": ["no-such-rule"]},
@@ -68,6 +112,47 @@ def test_a_guard_that_cannot_start_stops_the_server(tmp_path, settings, message)
     assert result.returncode == 1
     assert "colab-guard cannot start: " in result.stderr and message in result.stderr
     assert "stopping the server rather than running it unguarded" in result.stderr
+
+
+def test_without_fail_closed_a_bad_setting_leaves_the_server_unguarded_and_says_so(tmp_path):
+    """fail_closed=False: the server runs, but unguarded, never with half the configuration."""
+    config = tmp_path / "jupyter_server_config.json"
+    config.write_text(json.dumps({"ColabGuard": {"fail_closed": False, "sample_interval": 0,
+                                                 "incident_log": str(tmp_path / "i.jsonl")}}))
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--ServerApp.port=0", "--ServerApp.ip=127.0.0.1",
+         "--ServerApp.open_browser=False", "--ServerApp.jpserver_extensions=colab_guard=True",
+         "--IdentityProvider.token=t0k", "--allow-root"],
+        env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        lines = []
+        for line in server.stderr:
+            lines.append(line)
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                break
+        log = "".join(lines)
+        assert "THE SERVER RUNS UNGUARDED" in log and "sample_interval" in log
+        url = f"http://127.0.0.1:{match.group(1)}/colab-guard/api/status"
+        request = urllib.request.Request(url, headers={"Authorization": "token t0k"})
+        status = json.loads(_get_when_up(request))
+        assert status["guarded"] is False and "sample_interval" in status["unguarded_reason"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _get_when_up(request, timeout: float = 30) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(request, timeout=timeout).read()
+        except urllib.error.URLError as err:
+            if not isinstance(err.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)  # polling for the server to listen, not a fixed wait
 
 
 async def test_the_api_refuses_unauthenticated_requests(jp_fetch, guard):

@@ -1,42 +1,175 @@
-"""The policy: which action a detection gets.
+"""The policy: every decision about acting, on data alone.
 
-Actions, weakest first: record, warn, stop, interrupt, shutdown. Each includes
-the ones before it: ``interrupt`` stops the offending processes, then
-interrupts the kernel.
+Detections in, plans out. A ``Plan`` names the detections it answers, the action
+chosen (see ``vocabulary.ACTIONS``) and the steps in the order they are carried
+out. Nothing here signals a process or touches a kernel: the monitor and the
+kernel channel carry plans out, so every decision is unit-tested on data.
+
+- Which action: the strongest any detection calls for (a signature's own ``action``,
+  else its category's, else ``default_action``).
+- The kernel process itself cannot be stopped like a child: it is interrupted, and
+  shut down if it offends again within ``KERNEL_ESCALATION_WINDOW``.
+- A process already acted on is not acted on again while it lives.
+- A cell is refused (not run) when its action would stop anything; warned about or
+  recorded otherwise.
+- Tampering with the kernel hook is recorded (at most warned about): the server side
+  still enforces everything, so there is nothing to stop.
+- A strike: an enforced incident (not dry run), or a refused cell once the user has had
+  ``cell_refusals_allowed`` refusals of that category within the strike window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from ..detect.engine import Detection
+from ..record.incident import Action, Incident
+from ..settings import Settings
+from ..vocabulary import ENFORCING_ACTIONS, at_least, strongest, weakest
 
-ACTIONS = ("record", "warn", "stop", "interrupt", "shutdown")
-RANK = {a: i for i, a in enumerate(ACTIONS)}
-
-DEFAULT_ACTIONS = {
-    "crypto-mining": "interrupt",
-    "password-cracking": "interrupt",
-    "torrenting": "interrupt",
-    "deepfake": "interrupt",
-    "remote-access": "interrupt",
-    "proxy": "interrupt",
-    "denial-of-service": "interrupt",
-    "scanning": "interrupt",
-    "web-hosting": "record",
-    "tampering": "record",
-}
+#: After acting on the kernel process itself, give the interrupt this long to work.
+KERNEL_GRACE = 3.0
+#: The kernel offending again within this long of being interrupted is shut down.
+KERNEL_ESCALATION_WINDOW = 60.0
 
 
-def choose_action(detections: list[Detection], actions: Mapping[str, str], default: str) -> str:
+@dataclass
+class Plan:
+    """What to do about some detections: the action chosen and its steps, in order."""
+
+    detections: list[Detection]
+    action: str
+    steps: list[Action] = field(default_factory=list)
+
+    @property
+    def kernel_id(self) -> str:
+        return self.detections[0].kernel_id
+
+
+def choose_action(detections: list[Detection], settings: Settings) -> str:
     """The strongest action any of the detections calls for."""
-    chosen = "record"
+    return strongest("record", *(d.signature.action or settings.action_for(d.signature.category)
+                                 for d in detections))
+
+
+class Policy:
+    def __init__(self, settings: Settings, clock=time.monotonic):
+        self.settings = settings
+        self._clock = clock
+        self._handled: dict[str, set[tuple]] = defaultdict(set)  # kernel -> process keys acted on
+        self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
+
+    # ------------------------------------------------------------ processes
+
+    def respond(self, kernel_id: str, detections: list[Detection],
+                live: set[tuple] | None = None) -> list[Plan]:
+        """Plans for what is new among one kernel's detections, one per category.
+
+        ``live``: keys of the kernel's processes alive now; a process acted on that is
+        gone is forgotten (its pid may come back as another program)."""
+        if live is not None:
+            self._handled[kernel_id] &= live
+        by_category: dict[str, list[Detection]] = defaultdict(list)
+        for d in detections:
+            if self._is_new(d):
+                by_category[d.signature.category].append(d)
+        plans = []
+        for group in by_category.values():
+            escalate = False
+            for d in group:
+                self._handled[kernel_id].add(d.process.key)
+                if d.process.is_kernel:
+                    now, last = self._clock(), self._kernel_acted.get(kernel_id)
+                    escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
+                    self._kernel_acted[kernel_id] = now
+            action = self._choose(group, escalate)
+            plans.append(Plan(group, action, self._steps(action, group)))
+        return plans
+
+    def forget_kernel(self, kernel_id: str) -> None:
+        self._handled.pop(kernel_id, None)
+        self._kernel_acted.pop(kernel_id, None)
+
+    def kernels_known(self) -> set[str]:
+        return set(self._handled) | set(self._kernel_acted)
+
+    def _is_new(self, d: Detection) -> bool:
+        if d.process.is_kernel and not self.settings.dry_run:
+            # The kernel cannot be stopped like a child: it is interrupted, then shut
+            # down if the behaviour goes on after the interrupt had time to work.
+            last = self._kernel_acted.get(d.kernel_id)
+            return last is None or self._clock() - last >= KERNEL_GRACE
+        return d.process.key not in self._handled[d.kernel_id]
+
+    def _choose(self, detections: list[Detection], escalate: bool) -> str:
+        action = choose_action(detections, self.settings)
+        kernel_offends = any(d.process.is_kernel for d in detections)
+        if kernel_offends and at_least(action, "stop") and not self.settings.dry_run:
+            # The kernel process cannot be "stopped" like a child process.
+            action = "shutdown" if escalate else strongest(action, "interrupt")
+        return action
+
+    def _steps(self, action: str, detections: list[Detection]) -> list[Action]:
+        """The steps, in the order they are carried out.
+
+        ``interrupt`` interrupts the kernel first, so the running cell stops where it
+        is (a cell waiting on the offender would otherwise go on to its next line once
+        the offender dies), then stops the offending processes. ``shutdown`` stops them
+        first, then shuts the kernel down.
+        """
+        dry = self.settings.dry_run
+        outcome = "would" if dry else "pending"
+        steps = [Action("record", "incident log", "done")]
+        if at_least(action, "warn"):
+            steps.append(Action("warn", "user", outcome if dry else "done"))
+        stops = [Action("stop", f"pid {d.process.pid}", outcome)
+                 for d in unique_processes(detections) if not d.process.is_kernel]
+        if action == "interrupt":
+            steps += [Action("interrupt", "kernel", outcome), *stops]
+        elif action == "shutdown":
+            steps += [*stops, Action("shutdown", "kernel", outcome)]
+        elif action == "stop":
+            steps += stops
+        return steps
+
+    # ------------------------------------------------------------ cells and tampering
+
+    def cell(self, detections: list[Detection]) -> Plan:
+        """A cell about to run: ``refuse`` it when its action would stop anything."""
+        chosen = choose_action(detections, self.settings)
+        action = "refuse" if at_least(chosen, "stop") else chosen
+        steps = [Action("record", "incident log", "done")]
+        if at_least(action, "warn"):
+            steps.append(Action("warn", "user", "done"))
+        if action == "refuse":
+            steps.append(Action("refuse", "cell", "would" if self.settings.dry_run else "done"))
+        return Plan(detections, action, steps)
+
+    def tampering(self) -> str:
+        """The action for tampering with the kernel hook: a record, at most a warning."""
+        return weakest(self.settings.action_for("tampering"), "warn")
+
+    # ------------------------------------------------------------ strikes
+
+    def is_strike(self, incident: Incident, earlier_refusals: int = 0) -> bool:
+        """Does this incident count against its user? ``earlier_refusals``: refused cells
+        of the same user and category within the strike window, before this one."""
+        if incident.dry_run:
+            return False
+        done = {a.action for a in incident.actions}
+        if done & (set(ENFORCING_ACTIONS) - {"refuse"}):
+            return True
+        return "refuse" in done and earlier_refusals >= self.settings.cell_refusals_allowed
+
+
+def unique_processes(detections: list[Detection]) -> list[Detection]:
+    """One detection per process, in order."""
+    seen, unique = set(), []
     for d in detections:
-        action = d.signature.action or actions.get(d.signature.category, default)
-        if RANK[action] > RANK[chosen]:
-            chosen = action
-    return chosen
+        if d.process.key not in seen:
+            seen.add(d.process.key)
+            unique.append(d)
+    return unique
 
-
-def stops_processes(action: str) -> bool:
-    return RANK[action] >= RANK["stop"]

@@ -14,22 +14,13 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
 
 from ..record.database import DatabaseError, IncidentDatabase, incident_view
+from ..text import parse_time, terminal_safe as safe
 from .config import load_guard
 
-# C0/C1 controls (ESC starts terminal sequences), DEL, and bidi/zero-width marks that reorder
-# or hide text on screen.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def safe(text) -> str:
-    """Untrusted text made harmless for a terminal: control characters shown as escapes."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                       else f"\\u{ord(m.group()):04x}", str(text))
 
 
 def register(groups) -> None:
@@ -254,15 +245,10 @@ def since_time(raw: str) -> float:
     if relative:
         return time.time() - float(relative.group(1)) * _UNITS[relative.group(2)]
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(raw)
+        return parse_time(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{raw!r} is not an ISO 8601 time, epoch seconds or an age like 12h") from None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def print_json(data) -> None:

@@ -10,19 +10,18 @@ scan cannot watch it hold.
 from __future__ import annotations
 
 import json
-import re
 
 import psutil
 
-from ..act.policy import DEFAULT_ACTIONS
 from ..detect.fields import FieldView
 from ..detect.signatures import SignatureError, load_signatures
 from ..observe.content import ContentScanner
 from ..observe.model import Process
 from ..observe.processes import ProcessSampler
+from ..text import terminal_safe as _safe
+from ..vocabulary import DEFAULT_ACTIONS
 from .config import load_guard
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def register(groups) -> None:
@@ -93,6 +92,3 @@ def _print(result: dict) -> None:
     if not result["matches"] and not result["allowed_by"]:
         print("  no signature matches")
 
-
-def _safe(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..act.policy import DEFAULT_ACTIONS
+from ..vocabulary import DEFAULT_ACTIONS
 from ..detect.engine import check_examples
 from ..detect.signatures import SignatureError, load_file, load_signatures
 from .config import load_guard

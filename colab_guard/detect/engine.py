@@ -13,7 +13,6 @@ from .conditions import RegexTimeout, fields_read
 from .fields import FieldView
 from .signatures import Signature, SignatureSet
 
-SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 
 @dataclass

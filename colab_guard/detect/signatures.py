@@ -19,15 +19,10 @@ import yaml
 from ..observe.model import Process
 from .cells import CellProcess
 from .conditions import Condition, ConditionError, compile_condition, fields_read
+from ..vocabulary import POLICY_ACTIONS, SEVERITIES
 
 BUILTIN_DIR = Path(str(files("colab_guard.detect") / "signatures"))
 
-SEVERITIES = ("low", "medium", "high", "critical")
-CATEGORIES = (
-    "crypto-mining", "torrenting", "password-cracking", "deepfake", "remote-access", "proxy",
-    "denial-of-service", "scanning", "web-hosting", "tampering",
-)
-ACTIONS = ("record", "warn", "stop", "interrupt", "shutdown")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,79}$")
 _CATEGORY = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 
@@ -287,7 +282,7 @@ def _parse_signature(data: Any, file: str, index: int) -> Signature:
         when=when,
         on_cells="cell" in read,
         hold_seconds=float(hold),
-        action=entry.text("action", required=False, choices=ACTIONS),
+        action=entry.text("action", required=False, choices=POLICY_ACTIONS),
         examples=entry.examples(),
         references=references,
         source=f"{file}:{entry.line}",

@@ -107,7 +107,6 @@ class SamplerStats:
     errors: int = 0  # anything else, logged with its traceback
     claimed_by_environment: int = 0
     uid_changes: int = 0  # a process seen under one uid, then another (setuid)
-    last_duration: float = 0.0
     problems_logged: set[str] = field(default_factory=set)
 
 
@@ -154,7 +153,6 @@ class ProcessSampler:
                ) -> dict[str, Snapshot]:
         """Snapshot every kernel in ``kernels`` (kernel id -> kernel pid), with each
         process's GPU use from ``gpu`` (NVML's view of the same instant) when given."""
-        started = time.perf_counter()
         now = time.time()
         self._check_counts_move()
         table = self._scan_table()
@@ -177,7 +175,6 @@ class ProcessSampler:
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
-        self.stats.last_duration = time.perf_counter() - started
         return snapshots
 
     def owner_of(self, pid: int) -> str | None:

@@ -34,7 +34,6 @@ from .retried import RetriedWrites
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one
-ENFORCING_ACTIONS = ("stop", "interrupt", "shutdown")
 APPEAL_MAX_TEXT = 2000
 
 MIGRATIONS = {
@@ -134,11 +133,6 @@ class Strike:
     def to_dict(self) -> dict[str, Any]:
         return {"incident_id": self.incident_id, "user": self.user, "time": _iso(self.time),
                 "category": self.category}
-
-
-def is_strike(incident: Incident) -> bool:
-    """An enforced incident (not dry run, processes stopped or the kernel acted on)."""
-    return not incident.dry_run and any(a.action in ENFORCING_ACTIONS for a in incident.actions)
 
 
 def sqlite_path(url: str) -> Path:
@@ -279,9 +273,18 @@ class IncidentDatabase(RetriedWrites):
             "INSERT INTO actions (incident_id, seq, action, target, outcome, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             [(inc.id, n, a.action, a.target, a.outcome, a.detail) for n, a in enumerate(inc.actions)])
-        if is_strike(inc):
+        if inc.strike and not inc.dry_run:
             self._db.execute("INSERT OR IGNORE INTO strikes (incident_id, user, time, category) "
                              "VALUES (?, ?, ?, ?)", (inc.id, inc.user, inc.time, inc.category))
+
+    def refusals(self, user: str, category: str, since: float, before: str = "") -> int:
+        """Refused cells of ``user`` in ``category`` since ``since`` (not dry run), other
+        than incident ``before``: the policy counts them to decide whether a refusal is a
+        strike."""
+        return self._one(
+            "SELECT COUNT(*) FROM incidents i WHERE user = ? AND category = ? AND time >= ? "
+            "AND dry_run = 0 AND id != ? AND EXISTS (SELECT 1 FROM actions a WHERE "
+            "a.incident_id = i.id AND a.action = 'refuse')", (user, category, since, before))
 
     def get(self, incident_id: str) -> Incident | None:
         if incident_id in self._unwritten:

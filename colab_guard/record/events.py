@@ -25,6 +25,7 @@ def incident_event(incident: Incident, action: str, message: str, policy_url: st
         "outcomes": [{"action": a.action, "target": a.target, "outcome": a.outcome}
                      for a in incident.actions],
         "dry_run": incident.dry_run,
+        "strike": incident.strike,
         "message": message,
         "policy_url": policy_url,
     }

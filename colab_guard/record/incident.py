@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..detect.engine import SEVERITY_RANK, Detection
+from ..detect.engine import Detection
 from ..observe.model import Process
+from ..vocabulary import SEVERITY_RANK
 
 MAX_EVIDENCE_TEXT = 2048
 MAX_SOCKETS_SHOWN = 32
@@ -54,9 +55,9 @@ def process_evidence(p: Process) -> dict[str, Any]:
 
 @dataclass
 class Action:
-    action: str  # record, warn, stop, interrupt, shutdown
-    target: str  # "kernel" or "pid 1234"
-    outcome: str = "pending"  # done, failed, gone, would (dry run), pending
+    action: str  # one of vocabulary.ACTIONS
+    target: str  # "kernel", "cell", "user", "incident log" or "pid 1234"
+    outcome: str = "pending"  # one of vocabulary.OUTCOMES
     detail: str = ""
 
 
@@ -73,6 +74,7 @@ class Incident:
     evidence: dict[str, Any] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     dry_run: bool = False
+    strike: bool = False  # counts against its user (the policy decides; see act/policy.py)
     status: str = "acting"  # acting -> done; "unfinished" if the server stopped meanwhile
     time: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)

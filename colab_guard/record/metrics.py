@@ -32,3 +32,6 @@ KERNEL_EVENTS_DROPPED = Counter("colab_guard_kernel_events_dropped_total",
 KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
                                  "Connections to the kernel channel refused (bad token, "
                                  "a process that is not the kernel's, malformed hello).")
+EVENTS_REFUSED = Counter("colab_guard_events_refused_total",
+                         "Incident events the server's event bus refused (the incident is still "
+                         "recorded; the frontend is not told).")

@@ -4,14 +4,13 @@
  */
 
 import {
+  ACTIONS,
   IIncidentEvent,
   IIncidentFilters,
   INCIDENT_SCHEMA_ID,
   IOutcome,
   IStatus
 } from './types';
-
-const ACTIONS = ['record', 'warn', 'stop', 'interrupt', 'shutdown'];
 
 /** The incident carried by an event of the server's bus, or null for any other event. */
 export function incidentFromEvent(event: {
@@ -25,7 +24,7 @@ export function incidentFromEvent(event: {
   if (
     typeof data.incident_id !== 'string' ||
     typeof data.summary !== 'string' ||
-    !ACTIONS.includes(data.action)
+    !(ACTIONS as readonly string[]).includes(data.action)
   ) {
     return null;
   }
@@ -48,6 +47,7 @@ export function notificationText(incident: IIncidentEvent): string {
 const DONE_WORDING: Record<string, string> = {
   record: 'The incident was recorded.',
   warn: 'You were warned.',
+  refuse: 'The cell was not run.',
   stop: 'The offending processes were stopped.',
   interrupt: 'The kernel was interrupted and the offending processes were stopped.',
   shutdown: 'The offending processes were stopped and the kernel was shut down.'

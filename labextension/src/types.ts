@@ -7,7 +7,16 @@
 export const INCIDENT_SCHEMA_ID =
   'https://schema.jupyter.org/colab_guard/incident/v1';
 
-export type Action = 'record' | 'warn' | 'stop' | 'interrupt' | 'shutdown';
+/** colab_guard/vocabulary.py ACTIONS, weakest first (checked by tests/test_vocabulary.py). */
+export const ACTIONS = [
+  'record',
+  'warn',
+  'refuse',
+  'stop',
+  'interrupt',
+  'shutdown'
+] as const;
+export type Action = (typeof ACTIONS)[number];
 
 export interface IOutcome {
   action: string;
@@ -29,6 +38,7 @@ export interface IIncidentEvent {
   action: Action;
   outcomes?: IOutcome[];
   dry_run: boolean;
+  strike?: boolean;
   message: string;
   policy_url?: string;
 }

@@ -1,0 +1,196 @@
+"""The guard's settings: traitlets for the operator, one frozen ``Settings`` for the code.
+
+``GuardTraits`` holds every setting as a configurable trait with its help text and
+bounds (``c.ColabGuard.<name>``). The parts of the guard (monitor, policy, channel,
+handlers) never read traits: they get a ``Settings``, built once, when the guard starts,
+from traits that have all been validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, List, TraitError, Unicode, default, validate
+
+from .vocabulary import DEFAULT_ACTIONS, POLICY_ACTIONS
+
+DEFAULT_WARNING = ("You may be executing code that is disallowed, and this may restrict your "
+                   "ability to use this service in the future.")
+_CATEGORY = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
+
+
+class GuardTraits(HasTraits):
+    """Every setting of the guard, as configurable traits (mixed into ``ColabGuard``)."""
+
+    enabled = Bool(True, config=True, help="Watch kernels. False leaves the server unguarded.")
+
+    dry_run = Bool(False, config=True, help=(
+        "Record what the guard would have done, and do nothing else: no process is stopped, "
+        "no kernel interrupted. Use it to try signatures on a live service first."))
+
+    sample_interval = Float(1.0, min=0.1, max=60, config=True, help=(
+        "Seconds between two samples of every kernel's processes (0.1 to 60). Detection "
+        "latency is about one to two intervals."))
+
+    signature_paths = List(Unicode(), config=True, help=(
+        "Extra signature files, or folders of *.yaml files, loaded after the built-in ones. "
+        "A signature with the id of an earlier one replaces it."))
+
+    disabled_signatures = List(Unicode(), config=True, help=(
+        "Ids of signatures (or allow rules) to switch off, e.g. ['mining-pool-port-busy']."))
+
+    actions = Dict(value_trait=Unicode(), config=True, help=(
+        f"Action per category, one of {', '.join(POLICY_ACTIONS)}. Merged over the "
+        f"defaults: {DEFAULT_ACTIONS}. E.g. {{'torrenting': 'stop'}}."))
+
+    default_action = Enum(POLICY_ACTIONS, "interrupt", config=True, help=(
+        "Action for a category that `actions` does not name."))
+
+    warning_message = Unicode(DEFAULT_WARNING, config=True, help=(
+        "The platform's message, shown to the user when the guard acts."))
+
+    policy_url = Unicode("", config=True, help=(
+        "Link to the platform's acceptable-use policy, shown with the warning."))
+
+    incident_log = Unicode(config=True, help=(
+        "JSON lines file the incidents are appended to (one object per line, for log "
+        "shippers). Default: colab_guard/incidents.jsonl in Jupyter's data directory."))
+
+    stop_grace = Float(2.0, min=0, max=30, config=True, help=(
+        "Seconds a stopped process gets between SIGTERM and SIGKILL (0 to 30)."))
+
+    libraries_refresh = Float(5.0, min=0, max=3600, config=True, help=(
+        "Seconds between two reads of a running process's loaded libraries (/proc/PID/maps, "
+        "read again only if its virtual size changed) and open files and sockets (its fds; "
+        "walked at once when a socket nobody is known to hold appears)."))
+
+    user_name = Unicode(config=True, help=(
+        "Whose server this is, as recorded in incidents. Default: $JUPYTERHUB_USER, "
+        "else the login name."))
+
+    database_url = Unicode(config=True, help=(
+        "The incident database the REST API and the colab-guard command read: incidents, "
+        "their actions, appeals and strikes. sqlite:///PATH (relative) or sqlite:////PATH "
+        "(absolute). Default: colab_guard/incidents.sqlite in Jupyter's data directory."))
+
+    strike_limit = Int(3, min=0, max=10_000, config=True, help=(
+        "Strikes within strike_window after which the user cannot start new kernels, until "
+        "an admin clears the strikes or they age out. A strike is an enforced incident "
+        "(processes stopped, kernel interrupted or shut down; not dry run), or a refused "
+        "cell beyond cell_refusals_allowed. 0 never refuses."))
+
+    strike_window = Float(7 * 24 * 3600.0, min=1, max=10 * 365 * 86400, config=True, help=(
+        "Seconds a strike counts against its user (default 7 days)."))
+
+    cell_refusals_allowed = Int(1, min=0, max=10_000, config=True, help=(
+        "Refused cells of one category a user may have within strike_window before each "
+        "further refused cell of that category counts as a strike. A refused cell ran nothing, "
+        "and a first refusal may be a mistake; retrying after being told is not. 0: every "
+        "refused cell is a strike."))
+
+    gpu_sampling = Bool(True, config=True, help=(
+        "Sample GPU use per device and per process with NVML (nvidia-ml-py), so signatures "
+        "can use gpu_percent and gpu_memory_mb. Without a GPU or driver it turns itself off, "
+        "saying why once in the log and in the status API."))
+
+    kernel_hook = Bool(True, config=True, help=(
+        "Open the channel the kernel hook (loaded in every kernel of this environment) uses "
+        "to report at once what the kernel starts, connects to and imports, to have cells "
+        "checked before they run, and to show the guard's message in the notebook. False: "
+        "kernels are watched by sampling alone."))
+
+    cell_checks = Bool(True, config=True, help=(
+        "Check each cell's source against the cell signatures before it runs (needs "
+        "kernel_hook). Per category, an action of record or warn lets the cell run; stop, "
+        "interrupt or shutdown refuse it."))
+
+    cell_check_timeout = Float(1.0, min=0.05, max=10, config=True, help=(
+        "Seconds a kernel waits for the server's verdict on a cell before running it anyway "
+        "(0.05 to 10). The server still watches what the cell does."))
+
+    fail_closed = Bool(True, config=True, help=(
+        "When the guard cannot start (a broken signature file, a bad setting, an unwritable "
+        "incident log), stop the server rather than let it run unguarded. False: the server "
+        "runs unguarded and says so in its log and the status API."))
+
+    @default("incident_log")
+    def _default_incident_log(self):
+        return str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.jsonl")
+
+    @default("database_url")
+    def _default_database_url(self):
+        return "sqlite:///" + str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.sqlite")
+
+    @default("user_name")
+    def _default_user_name(self):
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @validate("actions")
+    def _check_actions(self, proposal):
+        merged = dict(DEFAULT_ACTIONS)
+        for category, action in proposal.value.items():
+            if not _CATEGORY.match(str(category)):
+                raise TraitError(f"ColabGuard.actions: {category!r} is not a category name "
+                                 "(lower-case letters, digits and '-')")
+            if action not in POLICY_ACTIONS:
+                raise TraitError(f"ColabGuard.actions[{category!r}]: {action!r} is not one of "
+                                 f"{', '.join(POLICY_ACTIONS)}")
+            merged[category] = action
+        return merged
+
+    @default("actions")
+    def _default_actions(self):
+        return dict(DEFAULT_ACTIONS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the running guard needs, read once from validated traits. Immutable."""
+
+    enabled: bool = True
+    dry_run: bool = False
+    sample_interval: float = 1.0
+    actions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_ACTIONS)))
+    default_action: str = "interrupt"
+    warning_message: str = DEFAULT_WARNING
+    policy_url: str = ""
+    incident_log: str = ""
+    database_url: str = ""
+    stop_grace: float = 2.0
+    libraries_refresh: float = 5.0
+    user_name: str = ""
+    strike_limit: int = 3
+    strike_window: float = 7 * 24 * 3600.0
+    cell_refusals_allowed: int = 1
+    gpu_sampling: bool = True
+    kernel_hook: bool = True
+    cell_checks: bool = True
+    cell_check_timeout: float = 1.0
+    signature_paths: tuple[str, ...] = ()
+    disabled_signatures: tuple[str, ...] = ()
+
+    @classmethod
+    def from_traits(cls, traits: HasTraits) -> Settings:
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(traits, f.name)
+            if isinstance(value, dict):
+                value = MappingProxyType(dict(value))
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[f.name] = value
+        return cls(**values)
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def action_for(self, category: str) -> str:
+        return self.actions.get(category, self.default_action)
