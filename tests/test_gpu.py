@@ -1,15 +1,18 @@
-"""GPU sampling: the real NVML path where it can run (here: no GPU, so it must turn itself
-off cleanly), and NVML's answers played back by a stand-in built from nvidia-ml-py's own
-structures for what cannot exist here (a GPU, MIG, a failing device)."""
+"""GPU sampling: the real NVML path where it can run (without a GPU it must turn itself off
+cleanly; with one, a real CUDA workload must be attributed), NVML's answers recorded on a real
+H200 played back call by call (tests/data/gpu-h200-nvml.json), and a stand-in built from
+nvidia-ml-py's own structures for what no recording has (MIG, a failing device)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pynvml
@@ -23,6 +26,8 @@ from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import wait_for
 
 MIB = 2**20
+RECORDED = Path(__file__).parent / "data" / "gpu-h200-nvml.json"
+CUDA_SPIN = Path(__file__).parent / "standins" / "cuda_spin.py"
 
 
 def nvml_works() -> bool:
@@ -89,7 +94,8 @@ class StandInNvml:
         for pid, (memory, _) in self.devices[h]["processes"].items():
             info = pynvml.c_nvmlProcessInfo_v3_t()
             info.pid, info.usedGpuMemory = pid, memory
-            found.append(info)
+            info.gpuInstanceId = info.computeInstanceId = 0xFFFFFFFF  # no MIG, as on the H200
+            found.append(pynvml.nvmlStructToFriendlyObject(info))  # what pynvml hands out
         return found
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, h):
@@ -104,6 +110,116 @@ class StandInNvml:
         if not samples:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
         return samples
+
+
+class RecordedHandle:
+    def __init__(self, index: int):
+        self.index = index
+
+
+class RecordedNvml:
+    """Plays back NVML's answers recorded on real hardware by tests/data/record_gpu.py, call by
+    call: each call must be the one the sampler made there next, with the same arguments (device
+    handles by index), and gets the answer NVML gave (rebuilt as nvidia-ml-py's structures and
+    friendly objects) or raises the NVMLError it raised. ``pids`` renames recorded pids."""
+
+    NVMLError = pynvml.NVMLError
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+
+    def __init__(self, calls: list[dict], pids: dict[int, int] | None = None):
+        self.calls = list(calls)
+        self.pids = pids or {}
+
+    def __getattr__(self, name):
+        if not name.startswith("nvml"):
+            raise AttributeError(name)
+
+        def call(*args):
+            assert self.calls, f"{name} called after the recording ended"
+            expected = self.calls.pop(0)
+            made = [{"handle": a.index} if isinstance(a, RecordedHandle) else a for a in args]
+            assert (name, made) == (expected["call"], expected["args"])
+            if "error" in expected:
+                raise pynvml.NVMLError(expected["error"]["code"])
+            if name == "nvmlDeviceGetHandleByIndex":
+                return RecordedHandle(args[0])
+            return self._rebuild(expected["result"])
+        return call
+
+    def _rebuild(self, value):
+        if isinstance(value, list):
+            return [self._rebuild(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        fields = {k: v for k, v in value.items() if k != "__type__"}
+        if "pid" in fields:
+            fields["pid"] = self.pids.get(fields["pid"], fields["pid"])
+        if value["__type__"] == "nvmlFriendlyObject":
+            return pynvml.nvmlFriendlyObject(fields)
+        struct = getattr(pynvml, value["__type__"])()
+        for key, field_value in fields.items():
+            setattr(struct, key, field_value)
+        return struct
+
+
+def recorded() -> dict:
+    return json.loads(RECORDED.read_text())
+
+
+def all_recorded_calls(data: dict) -> list[dict]:
+    return (data["start"]["calls"] + [c for s in data["samples"] for c in s["calls"]]
+            + data["stop"]["calls"])
+
+
+def test_recorded_h200_answers_give_the_figures_the_real_run_reported():
+    data = recorded()
+    nvml = RecordedNvml(all_recorded_calls(data))
+    sampler = GpuSampler(nvml=nvml)
+    assert sampler.start() is True
+    for taken in data["samples"]:
+        assert sampler.sample().to_dict() == taken["sample"], taken["label"]
+    sampler.stop()
+    assert nvml.calls == [] and sampler.errors == 0  # every recorded call made, none more
+
+    spin = data["workload"]["pid"]
+    by_label = {}
+    for taken in data["samples"]:
+        by_label.setdefault(taken["label"], []).append(taken["sample"])
+    for sample in by_label["idle"] + by_label["after"]:
+        assert sample["processes"] == {}  # NVML's NOT_FOUND for utilisation: nobody used the GPU
+        assert sample["devices"][0]["utilization"] == 0
+    device = by_label["load"][-1]["devices"][0]
+    assert (device["name"], device["mig"], device["memory_total_mb"]) == ("NVIDIA H200", False, 143771.0)
+    assert device["utilization"] == 100
+    for sample in by_label["load"]:
+        assert list(sample["processes"]) == [str(spin)]
+        use = sample["processes"][str(spin)]
+        # 512 MiB allocated plus the CUDA context and module: NVML says 1030 MiB, as nvidia-smi did
+        assert (use["memory_mb"], use["devices"]) == (1030.0, [0])
+    assert [s["processes"][str(spin)]["percent"] for s in by_label["load"]][1:] == [99.0] * 8
+    assert "1030 MiB" in data["nvidia_smi_load"]["compute_apps"]
+
+
+def test_recorded_h200_workload_is_attributed_to_the_kernel_whose_process_ran_it(child):
+    data = recorded()
+    spin = data["workload"]["pid"]
+    load = [s for s in data["samples"] if s["label"] == "load"]
+    # On the device the real ProcessSampler gave the spinning child (not its parent) the figures.
+    assert load[-1]["attributed"][str(spin)]["gpu_percent"] == 99.0
+    assert all(v["gpu_memory_mb"] == 0 for pid, v in load[-1]["attributed"].items() if pid != str(spin))
+
+    # Here: the same answers up to the last sample under load (the sampler passes the last
+    # utilisation timestamp it saw), the recorded pid renamed to a real child of this process.
+    upto = data["samples"].index(load[-1]) + 1
+    calls = data["start"]["calls"] + [c for s in data["samples"][:upto] for c in s["calls"]]
+    gpu = GpuSampler(nvml=RecordedNvml(calls, pids={spin: child.pid}))
+    gpu.start()
+    for _ in range(upto - 1):
+        gpu.sample()
+    snap = ProcessSampler().sample({"k": psutil.Process().pid}, gpu.sample())["k"]
+    assert gpu.errors == 0
+    (proc,) = [p for p in snap.processes if p.pid == child.pid]
+    assert (proc.gpu_percent, proc.gpu_memory_mb) == (99.0, 1030.0)
 
 
 def test_without_a_gpu_sampling_turns_itself_off_once_with_the_reason(caplog):
@@ -272,3 +388,35 @@ async def test_a_real_cuda_workload_is_attributed_to_its_kernel(kernel, guard):
 async def _kernel_gpu(guard, kernel_id):
     use = guard.monitor.gpu_by_kernel.get(kernel_id)
     return use if use and use["gpu_percent"] > 0 else None
+
+
+@pytest.mark.skipif(not nvml_works(), reason="needs an NVIDIA GPU with a working driver (NVML)")
+def test_real_nvml_attributes_a_cuda_driver_api_workload_to_its_parent():
+    """No PyTorch needed: tests/standins/cuda_spin.py holds 512 MiB and spins a PTX kernel."""
+    spin = subprocess.Popen([sys.executable, str(CUDA_SPIN), "--mib", "512", "--seconds", "30"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(spin.stdout.readline() or "{}")
+        if not ready.get("ready"):
+            pytest.skip(f"no CUDA driver workload here: {ready.get('error')}")
+        gpu = GpuSampler()
+        assert gpu.start() is True, gpu.reason
+        sampler = ProcessSampler()
+
+        def busy():
+            snap = sampler.sample({"k": os.getpid()}, gpu.sample())["k"]
+            found = [p for p in snap.processes if p.pid == spin.pid and p.gpu_percent > 0]
+            return found[0] if found else None
+
+        deadline, proc = time.monotonic() + 20, None
+        while proc is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            proc = busy()
+        assert proc is not None, "NVML never reported the workload busy"
+        assert proc.gpu_memory_mb >= 512  # the allocation, plus the context (1030 MiB on an H200)
+        assert 0 < proc.gpu_percent <= 100
+        assert gpu.errors == 0
+        gpu.stop()
+    finally:
+        spin.kill()
+        spin.wait()
