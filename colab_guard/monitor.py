@@ -32,11 +32,14 @@ from .settings import Settings
 
 class Monitor:
     def __init__(self, settings: Settings, kernels: Kernels, engine: Engine, policy: Policy,
-                 recorder: Recorder, log: logging.Logger | None = None):
+                 recorder: Recorder, log: logging.Logger | None = None,
+                 sampler: ProcessSampler | None = None):
         self.settings, self.kernels, self.engine = settings, kernels, engine
         self.policy, self.recorder = policy, recorder
         self.log = log or logging.getLogger("colab_guard")
-        self.sampler = ProcessSampler(self.log, libraries_refresh=settings.libraries_refresh)
+        #: the live system by default; tests give one that replays recorded snapshots
+        self.sampler = sampler or ProcessSampler(self.log,
+                                                 libraries_refresh=settings.libraries_refresh)
         self.gpu = GpuSampler(log=self.log) if settings.gpu_sampling else None
         #: kernel id -> GPU use of its processes at the last tick (for the status API)
         self.gpu_by_kernel: dict[str, dict[str, float]] = {}

@@ -1,0 +1,119 @@
+"""The policy on data: detections in, plans out (no server, no processes)."""
+
+from __future__ import annotations
+
+from colab_guard.act.policy import KERNEL_ESCALATION_WINDOW, KERNEL_GRACE, Policy
+from colab_guard.detect.engine import Detection
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.model import Process
+from colab_guard.record.incident import Action, Incident
+from colab_guard.settings import Settings
+
+RULES = load_signatures().signatures
+MINER = RULES["mining-stratum-url"]
+WEB = next(s for s in RULES.values() if s.category == "web-hosting")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def detection(signature, pid=4242, is_kernel=False, kernel="k1", ppid=1) -> Detection:
+    return Detection(signature, kernel, Process(pid=pid, ppid=ppid, name="x", create_time=1.0,
+                                                is_kernel=is_kernel), reasons=["why"])
+
+
+def steps(plan) -> list[tuple[str, str, str]]:
+    return [(a.action, a.target, a.outcome) for a in plan.steps]
+
+
+def test_interrupt_interrupts_the_kernel_first_then_stops_the_offenders():
+    [plan] = Policy(Settings()).respond("k1", [detection(MINER)])
+    assert plan.action == "interrupt"
+    assert steps(plan) == [("record", "incident log", "done"), ("warn", "user", "done"),
+                           ("interrupt", "kernel", "pending"), ("stop", "pid 4242", "pending")]
+
+
+def test_shutdown_stops_the_offenders_first_then_the_kernel():
+    settings = Settings(actions={"crypto-mining": "shutdown"})
+    [plan] = Policy(settings).respond("k1", [detection(MINER)])
+    assert [s[0] for s in steps(plan)] == ["record", "warn", "stop", "shutdown"]
+
+
+def test_record_only_records_and_warn_tells_the_user():
+    [recorded] = Policy(Settings()).respond("k1", [detection(WEB)])
+    assert recorded.action == "record" and steps(recorded) == [("record", "incident log", "done")]
+    settings = Settings(actions={"web-hosting": "warn"})
+    [warned] = Policy(settings).respond("k1", [detection(WEB)])
+    assert [s[0] for s in steps(warned)] == ["record", "warn"]
+
+
+def test_dry_run_plans_what_it_would_do():
+    [plan] = Policy(Settings(dry_run=True)).respond("k1", [detection(MINER)])
+    assert {s[2] for s in steps(plan)[1:]} == {"would"}
+
+
+def test_the_strongest_action_of_a_category_wins_and_categories_are_separate_plans():
+    settings = Settings(actions={"crypto-mining": "stop", "web-hosting": "record"})
+    plans = Policy(settings).respond("k1", [detection(MINER, pid=1), detection(WEB, pid=2)])
+    assert sorted(p.action for p in plans) == ["record", "stop"]
+
+
+def test_a_process_is_acted_on_once_while_it_lives():
+    policy = Policy(Settings())
+    assert len(policy.respond("k1", [detection(MINER)], live={(4242, 1.0)})) == 1
+    assert policy.respond("k1", [detection(MINER)], live={(4242, 1.0)}) == []
+    # Gone and forgotten: the same pid (reused) is a new process.
+    policy.respond("k1", [], live=set())
+    assert len(policy.respond("k1", [detection(MINER)], live={(4242, 1.0)})) == 1
+
+
+def test_the_kernel_itself_is_interrupted_then_shut_down_if_it_goes_on():
+    clock = Clock()
+    policy = Policy(Settings(actions={"crypto-mining": "stop"}), clock=clock)
+    [first] = policy.respond("k1", [detection(MINER, is_kernel=True)])
+    assert first.action == "interrupt"
+    assert "stop" not in [s[0] for s in steps(first)]  # the kernel is not a child to stop
+    clock.now += KERNEL_GRACE / 2
+    assert policy.respond("k1", [detection(MINER, is_kernel=True)]) == []  # the interrupt's time
+    clock.now += KERNEL_GRACE
+    [second] = policy.respond("k1", [detection(MINER, is_kernel=True)])
+    assert second.action == "shutdown"
+    clock.now += KERNEL_ESCALATION_WINDOW * 2
+    [later] = policy.respond("k1", [detection(MINER, is_kernel=True)])
+    assert later.action == "interrupt"  # long after: an interrupt again
+
+
+def test_a_cell_is_refused_when_its_action_would_stop_anything():
+    policy = Policy(Settings())
+    plan = policy.cell([detection(MINER, is_kernel=True)])
+    assert plan.action == "refuse" and ("refuse", "cell", "done") in steps(plan)
+    assert Policy(Settings(actions={"crypto-mining": "warn"})).cell(
+        [detection(MINER, is_kernel=True)]).action == "warn"
+    assert ("refuse", "cell", "would") in steps(Policy(Settings(dry_run=True)).cell(
+        [detection(MINER, is_kernel=True)]))
+
+
+def test_tampering_is_at_most_a_warning():
+    assert Policy(Settings()).tampering() == "record"
+    assert Policy(Settings(actions={"tampering": "shutdown"})).tampering() == "warn"
+
+
+def incident(*actions: str, dry_run: bool = False) -> Incident:
+    return Incident(kernel_id="k1", category="crypto-mining", severity="high", signature="s",
+                    description="d", user="u", dry_run=dry_run,
+                    actions=[Action(a, "x", "done") for a in actions])
+
+
+def test_strikes_are_enforced_incidents_and_repeated_refusals():
+    policy = Policy(Settings(cell_refusals_allowed=1))
+    assert policy.is_strike(incident("record", "warn", "interrupt"))
+    assert not policy.is_strike(incident("record", "interrupt", dry_run=True))
+    assert not policy.is_strike(incident("record", "warn"))
+    assert not policy.is_strike(incident("record", "refuse"), earlier_refusals=0)
+    assert policy.is_strike(incident("record", "refuse"), earlier_refusals=1)
+    assert Policy(Settings(cell_refusals_allowed=0)).is_strike(incident("refuse"))
