@@ -253,8 +253,7 @@ def test_state_of_exited_processes_is_forgotten(fake_kernel):
         sampler.sample({"k1": short.pid})  # each one sampled as a kernel while it lived
         short.wait()
     sampler.sample({"k1": kernel.pid})
-    for store in (sampler._owner, sampler._environ_checked, sampler._cpu, sampler._libraries):
-        assert not set(exited) & set(store)
+    assert not set(exited) & set(sampler._tracked)
     assert sampler.tracked() <= len(psutil.pids())
 
 

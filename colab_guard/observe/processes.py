@@ -4,10 +4,8 @@ One pass over the system's processes per tick serves every kernel: psutil's
 ``children(recursive=True)`` rescans /proc on every call, so walking each
 kernel separately would cost one full scan per kernel.
 
-Attribution survives a process leaving the kernel's tree (setsid, double
-fork, ``nohup … &``): a process once seen under a kernel stays that kernel's
-until it exits, and a process first seen already orphaned is claimed through
-the marker variable that every guarded kernel carries in its environment.
+Which kernel a process belongs to is attribution.py's; what the sampler keeps
+about each live process between ticks is one ``Tracked`` record.
 
 A tick must stay cheap on a busy hub (fifty kernels of twenty processes each), so a
 process is read in full only when it is new or has run since its last full read:
@@ -16,8 +14,7 @@ process is read in full only when it is new or has run since its last full read:
   process's /proc directory, which stays the same while the process lives and is new
   for a new process, even under a reused pid: only new entries have their stat read.
 - A watched process none of whose threads was scheduled since its last full read
-  (/proc/PID/schedstat) cannot have changed its command line, executable, uid,
-  threads or libraries: that read stands, refreshed all the same every minute or so.
+  cannot have changed: that read stands (idle.py).
 - Sockets come from one read of /proc/net/{tcp,udp}{,6} per tick. A process's fds are
   walked at its first read, when a socket nobody is known to hold appears in those
   tables (only a process that ran can have opened it), and every ``libraries_refresh``.
@@ -35,19 +32,17 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from . import procfs
+from .attribution import (ENVIRON_TRIES, KERNEL_ENV_MARKER, children_of, descend,
+                          environment_marker, kernel_environment, same_user)
 from .content import ContentScanner
 from .gpu import GpuSample
+from .idle import QUIET_REFRESH, QuietRead, SchedCounts, refresh_time
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
-#: Set in every guarded kernel's environment; inherited by everything it starts.
-KERNEL_ENV_MARKER = "COLAB_GUARD_KERNEL_ID"
+__all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
 ProcessKey = tuple[int, float]
-
-#: Seconds after which a process that has not run is read in full all the same (each
-#: process at its own point between half this and this, so they do not come at once).
-QUIET_REFRESH = 120.0
 
 
 class Entry:
@@ -67,32 +62,28 @@ class Entry:
 
 
 @dataclass
-class _Quiet:
-    """The last full read of a process, and what shows whether it ran since."""
-
-    sample: Process
-    activity: tuple  # (thread id, its schedstat) of each thread
-    refresh_at: float  # read in full then all the same
-    markers_pending: bool  # its files were still being scanned at that read
-    # It ran before that read, but its fds were not walked or its maps not read again then
-    # (not due yet): done once they are due, even if it does not run again.
-    fds_pending: bool
-    maps_pending: bool
-    vms: int  # its virtual size at that read
-
-    @property
-    def single(self) -> bool:
-        """One thread: its schedstat alone shows whether the process ran."""
-        return len(self.activity) == 1 and self.activity[0][0] == self.sample.pid
-
-
-@dataclass
 class _Fds:
     """What the last walk of a process's fds found."""
 
     when: float
     inodes: tuple[int, ...]  # of its sockets
     files: list[str]  # regular files open
+
+
+@dataclass
+class Tracked:
+    """What the sampler keeps about one live process between ticks (forgotten at its exit)."""
+
+    owner: str | None = None  # the kernel it was attributed to: sticky
+    environ_read: bool = False  # its environment was read for a kernel's marker
+    environ_owner: str | None = None  # the kernel that marker named, if any
+    environ_tries: int = 0  # reads that found its environment empty (mid-exec)
+    cpu: tuple[float, float] | None = None  # (CPU seconds, wall time) at the last read
+    libraries: tuple[float, int, list[str]] | None = None  # (when, vms, paths) at the last maps read
+    fds: _Fds | None = None  # the last walk of its fds
+    uid: int | None = None
+    quiet: QuietRead | None = None  # the last full read, for the idle fast path
+    handed: Process | None = None  # the sample handed out last tick
 
 
 @dataclass
@@ -132,20 +123,11 @@ class ProcessSampler:
         # Executable content, scanned once per file in a background thread.
         self.content = content if content is not None else ContentScanner(log=self.log)
         self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
-        self._owner: dict[ProcessKey, str] = {}  # sticky attribution
-        self._environ_checked: dict[ProcessKey, str | None] = {}
-        self._environ_tries: dict[ProcessKey, int] = {}  # reads that found it empty
-        self._cpu: dict[ProcessKey, tuple[float, float]] = {}  # cpu seconds, wall time
-        self._libraries: dict[ProcessKey, tuple[float, int, list[str]]] = {}  # when, vms
-        self._fds: dict[ProcessKey, _Fds] = {}
-        self._uids: dict[ProcessKey, int] = {}
-        self._quiet: dict[ProcessKey, _Quiet] = {}
-        self._handed: dict[ProcessKey, Process] = {}  # the sample handed out last tick
+        self._tracked: dict[ProcessKey, Tracked] = {}  # live processes the sampler knows
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
-        self._own_counts: bytes | None = None  # this thread's schedstat at the last tick
-        self.counts_move = True  # whether schedstat shows who ran (checked every tick)
+        self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
 
     # ------------------------------------------------------------------ public
 
@@ -179,12 +161,22 @@ class ProcessSampler:
 
     def owner_of(self, pid: int) -> str | None:
         """The kernel a live process is attributed to, if any."""
-        return next((kid for (p, _), kid in self._owner.items() if p == pid), None)
+        return next((t.owner for (p, _), t in self._tracked.items() if p == pid and t.owner),
+                    None)
+
+    @property
+    def counts_move(self) -> bool:
+        return self._counts.move
 
     def tracked(self) -> int:
-        """Processes the sampler keeps state for (each dict is keyed by live processes)."""
-        return max(len(self._table), len(self._owner), len(self._environ_checked),
-                   len(self._cpu), len(self._libraries), len(self._fds), len(self._uids))
+        """Processes the sampler keeps state for (live processes only)."""
+        return max(len(self._table), len(self._tracked))
+
+    def _state(self, key: ProcessKey) -> Tracked:
+        state = self._tracked.get(key)
+        if state is None:
+            state = self._tracked[key] = Tracked()
+        return state
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process to a kernel (reported by the kernel hook)."""
@@ -194,26 +186,15 @@ class ProcessSampler:
         known = self._table.get(pid)
         key = known.key if known is not None and known.start == stat.start \
             else (pid, procfs.create_time(stat.start, psutil.boot_time()))
-        self._owner.setdefault(key, kernel_id)
+        state = self._state(key)
+        state.owner = state.owner or kernel_id
 
     # ---------------------------------------------------------------- the pass
 
     def _check_counts_move(self) -> None:
-        """Idle processes are told by unchanged scheduler counts, so check that the counts
-        move at all: this thread ran since the last tick, so its own must have changed. If
-        they do not (a kernel or sandbox that fakes them), every process is read in full."""
-        time.sleep(1e-6)  # leave the CPU: a thread's counts are updated when it does
-        try:
-            counts = procfs.read_small("/proc/thread-self/schedstat")
-        except OSError:
-            counts = None
-        moved = counts is not None and counts != self._own_counts and \
-            counts.split()[2:3] != [b"0"]
-        if self._own_counts is not None and self.counts_move and not moved:
+        if not self._counts.check():
             self._problem("counts", "the scheduler counts in /proc/PID/schedstat do not move; "
                           "every process is read in full every tick (more CPU)")
-        self.counts_move = moved or self._own_counts is None
-        self._own_counts = counts
 
     def _scan_table(self) -> dict[int, Entry]:
         """Every process on the system: one listing of /proc, and a read of the stat of
@@ -255,18 +236,14 @@ class ProcessSampler:
 
     def _attribute(self, kernels: Mapping[str, int], table: dict[int, Entry]) -> dict[int, str]:
         """pid -> kernel id for every process that belongs to a kernel."""
-        children: dict[int, list[int]] = defaultdict(list)
-        for pid, entry in table.items():
-            parent = table.get(entry.ppid)
-            if parent is not None and parent.start <= entry.start:  # not a reused pid
-                children[entry.ppid].append(pid)
+        children = children_of(table)
         owners: dict[int, str] = {}
         roots = [(pid, kid) for kid, pid in kernels.items() if pid in table]
         for pid, entry in table.items():  # seen under a kernel before: still that kernel's
-            kid = self._owner.get(entry.key)
-            if kid in kernels:
-                roots.append((pid, kid))
-        _descend(roots, children, owners)
+            state = self._tracked.get(entry.key)
+            if state is not None and state.owner in kernels:
+                roots.append((pid, state.owner))
+        descend(roots, children, owners)
         # Orphans never seen in a tree: claimed by the marker in their environment.
         claimed = []
         for pid, entry in table.items():
@@ -274,35 +251,28 @@ class ProcessSampler:
                 kid = self._owner_from_environment(entry, kernels)
                 if kid is not None:
                     claimed.append((pid, kid))
-        _descend(claimed, children, owners)
+        descend(claimed, children, owners)
         for pid, kid in owners.items():
-            self._owner.setdefault(table[pid].key, kid)
+            state = self._state(table[pid].key)
+            state.owner = state.owner or kid
         return owners
 
     def _owner_from_environment(self, entry: Entry, kernels: Mapping[str, int]) -> str | None:
         """Claim an orphan by the marker its kernel left in its environment."""
         if not self.read_environ:
             return None
-        if entry.key in self._environ_checked:
-            return self._environ_checked[entry.key]
-        kid, read = None, True
-        try:
-            proc = psutil.Process(entry.pid)
-            if _same_process(proc, entry):
-                environment = proc.environ()
-                kid = environment.get(KERNEL_ENV_MARKER)
-                read = bool(environment)  # empty in the middle of an exec: asked again
-        except psutil.AccessDenied:
-            pass  # another user's process: not one of ours to claim
-        except psutil.Error:
-            pass
+        state = self._tracked.get(entry.key)
+        if state is not None and state.environ_read:
+            return state.environ_owner
+        kid, read = environment_marker(entry.pid, entry.key[1])
+        state = self._state(entry.key)
         if not read:
-            tries = self._environ_tries[entry.key] = self._environ_tries.get(entry.key, 0) + 1
-            if tries < 3:
+            state.environ_tries += 1
+            if state.environ_tries < ENVIRON_TRIES:
                 return None
         if kid is not None and kid not in kernels:
             kid = None
-        if kid is not None and not _same_user(proc, kernels[kid]):
+        if kid is not None and not same_user(entry.pid, kernels[kid]):
             # Another user's process naming our kernel: never blamed on it, never acted on.
             self._problem("foreign-marker", "process %s names kernel %s in its environment but "
                           "runs as another user than the kernel; not attributed to it",
@@ -310,7 +280,7 @@ class ProcessSampler:
             kid = None
         if kid is not None:
             self.stats.claimed_by_environment += 1
-        self._environ_checked[entry.key] = kid
+        state.environ_read, state.environ_owner = True, kid
         return kid
 
     def _sockets_unaccounted(self, sockets: InetTables) -> bool:
@@ -318,14 +288,17 @@ class ProcessSampler:
         is not known to be someone else's: then every process that ran has its fds walked
         (asked once per tick, at the first full read)."""
         if self._unaccounted is None:
-            held = {inode for fds in self._fds.values() for inode in fds.inodes}
-            self._unaccounted = not sockets.inodes <= held | self._foreign_sockets
+            self._unaccounted = not sockets.inodes <= self._held_sockets() | self._foreign_sockets
         return self._unaccounted
+
+    def _held_sockets(self) -> set[int]:
+        return {inode for t in self._tracked.values() if t.fds is not None
+                for inode in t.fds.inodes}
 
     def _remember_foreign_sockets(self, sockets: InetTables) -> None:
         """After the walks: the sockets still unaccounted for are other processes' (the
         server's own connections, other users'); forgotten once closed."""
-        held = {inode for fds in self._fds.values() for inode in fds.inodes}
+        held = self._held_sockets()
         present = sockets.inodes
         self._foreign_sockets = (self._foreign_sockets & present) | (present - held)
 
@@ -362,19 +335,17 @@ class ProcessSampler:
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
         fds = self._walk_fds(key, pid, now, self._sockets_unaccounted(sockets))
         sample.open_files = fds.files
-        maps_pending = self._libraries[key][1] != stat.vms if key in self._libraries else False
+        libraries = self._tracked[key].libraries
+        maps_pending = libraries[1] != stat.vms if libraries is not None else False
         sample.sockets = sockets.of(fds.inodes)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         settled = self.content.settled(pid, sample.exe, sample.cmdline)
         sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline)
         if activity is not None and self.stats.denied == denied_before:  # a complete read
-            # Spread over the interval by pid, so the refreshes of many processes started
-            # together do not all fall on one tick.
-            refresh_at = now + QUIET_REFRESH * (8 + pid % 8) / 16
-            self._quiet[key] = _Quiet(sample, activity, refresh_at, not settled,
-                                      fds_pending=fds.when < now, maps_pending=maps_pending,
-                                      vms=stat.vms)
+            self._tracked[key].quiet = QuietRead(
+                sample, activity, refresh_time(now, pid), not settled,
+                fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms)
         return self._hand_out(key, sample)
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
@@ -384,7 +355,8 @@ class ProcessSampler:
         have changed its command line, executable, uid, threads or libraries: the object
         handed out last tick is handed out again unless its sockets' states, its markers
         (scanned in the background) or its GPU use differ."""
-        quiet = self._quiet.get(entry.key)
+        state = self._tracked.get(entry.key)
+        quiet = state.quiet if state is not None else None
         if quiet is None or now >= quiet.refresh_at or not self.counts_move:
             return None
         single = quiet.single
@@ -394,12 +366,12 @@ class ProcessSampler:
         if activity != quiet.activity:
             return None
         key = entry.key
-        self._cpu[key] = (self._cpu[key][0], now)  # no CPU used since
+        state.cpu = (state.cpu[0], now)  # no CPU used since
         if quiet.markers_pending or quiet.fds_pending or quiet.maps_pending:
-            self._catch_up(entry, quiet, now)
-        fds = self._fds.get(key)
+            self._catch_up(entry, state, now)
+        fds = state.fds
         found = sockets.of(fds.inodes) if fds is not None and fds.inodes else []
-        base, last = quiet.sample, self._handed.get(key)
+        base, last = quiet.sample, state.handed
         if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
                 and last.ppid == entry.ppid and last.sockets == found \
                 and last.exe_markers is base.exe_markers and last.libraries is base.libraries \
@@ -410,27 +382,28 @@ class ProcessSampler:
             base, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
             gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
 
-    def _catch_up(self, entry: Entry, quiet: _Quiet, now: float) -> None:
+    def _catch_up(self, entry: Entry, state: Tracked, now: float) -> None:
         """Finish what the last full read of a now idle process left for later: markers
         whose scan (in the background) had not ended, a renamed server waiting for
         connections recognised all the same; fds and maps once due (a socket it was handed,
         a library it mapped just before it went quiet)."""
+        quiet = state.quiet
         last = quiet.sample
         if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline):
             last = replace(last, exe_markers=self.content.process_markers(
                 last.pid, last.exe, last.cmdline))
             quiet.markers_pending = False
-        if quiet.fds_pending and now - self._fds[entry.key].when >= self.libraries_refresh:
+        if quiet.fds_pending and now - state.fds.when >= self.libraries_refresh:
             last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
             quiet.fds_pending = False
-        if quiet.maps_pending and now - self._libraries[entry.key][0] >= self.libraries_refresh:
+        if quiet.maps_pending and now - state.libraries[0] >= self.libraries_refresh:
             last = replace(last, libraries=self._mapped_libraries(entry.key, entry.pid, now,
                                                                   quiet.vms))
             quiet.maps_pending = False
         quiet.sample = last
 
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
-        self._handed[key] = sample
+        self._state(key).handed = sample
         return sample
 
     def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: bool,
@@ -438,7 +411,8 @@ class ProcessSampler:
         """The process's sockets and the regular files it has open (a model file, a
         .torrent; at most ``limit``): walked when asked, when never walked, and at the
         libraries' pace; otherwise the last walk's."""
-        last = self._fds.get(key)
+        state = self._state(key)
+        last = state.fds
         if last is not None and not walk and now - last.when < self.libraries_refresh:
             return last
         inodes: list[int] = []
@@ -460,22 +434,24 @@ class ProcessSampler:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
-        self._fds[key] = _Fds(now, tuple(inodes), files)
-        return self._fds[key]
+        state.fds = _Fds(now, tuple(inodes), files)
+        return state.fds
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:
         """A process that changes its uid (setuid) stays its kernel's; said once."""
-        before = self._uids.get(key)
+        state = self._state(key)
+        before = state.uid
         if uid is not None:
-            self._uids[key] = uid
+            state.uid = uid
         if before is not None and uid is not None and uid != before:
             self.stats.uid_changes += 1
             self._problem("uid", "process %s changed its uid from %s to %s; it stays attributed "
                           "to its kernel", pid, before, uid)
 
     def _cpu_percent(self, key: ProcessKey, cpu_seconds: float, now: float) -> float:
-        before = self._cpu.get(key)
-        self._cpu[key] = (cpu_seconds, now)
+        state = self._state(key)
+        before = state.cpu
+        state.cpu = (cpu_seconds, now)
         if before is None:
             elapsed = now - key[1]  # first sight: average since the process started
             used = cpu_seconds
@@ -491,7 +467,8 @@ class ProcessSampler:
         seconds, and then only if the process's virtual size ``vms`` changed since (mapping
         a library grows it), or at the quiet refresh.
         """
-        cached = self._libraries.get(key)
+        state = self._state(key)
+        cached = state.libraries
         if cached is not None:
             age = now - cached[0]
             if age < self.libraries_refresh or (vms == cached[1] and age < QUIET_REFRESH / 2):
@@ -511,7 +488,7 @@ class ProcessSampler:
             self._denied("maps", pid, err)
         except OSError as err:
             self._problem("maps", "could not read /proc/%s/maps: %s", pid, err)
-        self._libraries[key] = (now, vms, libraries)
+        state.libraries = (now, vms, libraries)
         return libraries
 
     # ------------------------------------------------------------ bookkeeping
@@ -538,22 +515,8 @@ class ProcessSampler:
     def _forget_dead(self, table: dict[int, Entry]) -> None:
         """Drop state of processes that exited, so memory stays bounded."""
         alive = {entry.key for entry in table.values()}
-        for store in (self._owner, self._environ_checked, self._environ_tries, self._cpu,
-                      self._libraries, self._fds, self._uids, self._quiet, self._handed):
-            if len(store) > len(alive) or not store.keys() <= alive:
-                for key in store.keys() - alive:
-                    del store[key]
-
-
-def _descend(roots, children: dict[int, list[int]], owners: dict[int, str]) -> None:
-    for root, kid in roots:
-        stack = [root]
-        while stack:
-            pid = stack.pop()
-            if pid in owners:
-                continue
-            owners[pid] = kid
-            stack.extend(children.get(pid, ()))
+        for key in self._tracked.keys() - alive:
+            del self._tracked[key]
 
 
 def _read_stat(pid: int) -> procfs.Stat | None:
@@ -563,25 +526,3 @@ def _read_stat(pid: int) -> procfs.Stat | None:
     except (OSError, ValueError, IndexError):
         return None
 
-
-def _same_process(proc: psutil.Process, entry: Entry) -> bool:
-    """Whether a psutil handle is the process of this entry (its pid not taken again)."""
-    try:
-        return abs(proc.create_time() - entry.key[1]) < 0.01
-    except psutil.Error:
-        return False
-
-
-def _same_user(proc: psutil.Process, kernel_pid: int) -> bool:
-    """Whether a process runs as the same (real) user as the kernel."""
-    try:
-        return proc.uids().real == psutil.Process(kernel_pid).uids().real
-    except psutil.Error:
-        return False
-
-
-def kernel_environment(kernel_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a guarded kernel is started with."""
-    env = dict(os.environ if base is None else base)
-    env[KERNEL_ENV_MARKER] = kernel_id
-    return env
