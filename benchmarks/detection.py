@@ -18,22 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.scenarios.corpus import SCENARIOS, Env, Scenario  # noqa: E402
+from benchmarks.scenarios.corpus import SCENARIOS, Env, Scenario
+from tests.harness import GuardedServer
 
 NETNS_FLAG = "COLAB_GUARD_CORPUS_NETNS"
 WARNING = "You may be executing code that is disallowed"
@@ -58,97 +54,16 @@ class Result:
 
 # ---------------------------------------------------------------- the server
 
-class GuardedServer:
-    """``jupyter server`` with colab-guard on, on a temporary configuration."""
+def guarded_server(sample_interval: float, cell_checks: bool, kernel_hook: bool = True):
+    return GuardedServer({
+        "sample_interval": sample_interval, "stop_grace": 1.0,
+        # one user runs every scenario: no refusal after three strikes
+        "strike_limit": 0,
+        # off by default: measure what the server-side sampler recognises
+        # (cell checks would refuse most cells before the program runs)
+        "cell_checks": cell_checks, "kernel_hook": kernel_hook,
+        "policy_url": "https://example.org/acceptable-use"})
 
-    def __init__(self, sample_interval: float, cell_checks: bool, kernel_hook: bool = True):
-        self.dir = Path(tempfile.mkdtemp(prefix="colab-guard-bench-"))
-        self.token = secrets.token_hex(16)
-        self.port = _free_port()
-        self.incident_log = self.dir / "incidents.jsonl"
-        config = self.dir / "config"
-        config.mkdir()
-        (config / "jupyter_server_config.json").write_text(json.dumps({
-            "ServerApp": {"jpserver_extensions": {"colab_guard": True}},
-            "ColabGuard": {"incident_log": str(self.incident_log),
-                           "sample_interval": sample_interval, "stop_grace": 1.0,
-                           # one user runs every scenario: no refusal after three strikes
-                           "strike_limit": 0,
-                           # off by default: measure what the server-side sampler recognises
-                           # (cell checks would refuse most cells before the program runs)
-                           "cell_checks": cell_checks, "kernel_hook": kernel_hook,
-                           "policy_url": "https://example.org/acceptable-use"},
-        }))
-        self.env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
-                    "JUPYTER_RUNTIME_DIR": str(self.dir / "runtime"),
-                    "JUPYTER_DATA_DIR": str(self.dir / "data"), "JUPYTER_PLATFORM_DIRS": "1"}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                f"--ServerApp.port={self.port}", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={self.dir}"]
-        if os.geteuid() == 0:
-            argv.append("--allow-root")
-        self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.api("GET", "api/status")
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.3)
-        raise RuntimeError(f"the guarded server did not start; see {self.dir / 'server.log'}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/{path}", method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text = response.read()
-        return json.loads(text) if text else {}
-
-    def incidents(self, kernel_id: str) -> list[dict]:
-        found: dict[str, dict] = {}
-        if self.incident_log.exists():
-            for line in self.incident_log.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    if record.get("kernel_id") == kernel_id:
-                        found[record["id"]] = record
-        return list(found.values())
-
-    def start_kernel(self):
-        from jupyter_client import BlockingKernelClient
-
-        kernel_id = self.api("POST", "api/kernels", {"name": "python3"})["id"]
-        client = BlockingKernelClient()
-        client.load_connection_file(str(self.dir / "runtime" / f"kernel-{kernel_id}.json"))
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-        return kernel_id, client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- one scenario
 
 def run_scenario(server: GuardedServer, env: Env, scenario: Scenario) -> Result:
     category = scenario.category or "benign"
@@ -283,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if (not args.fast or s.fast)
                  and (args.only is None or args.only.lower() in s.name.lower())]
     env = Env.start()
-    server = GuardedServer(args.sample_interval, args.cell_checks, not args.no_kernel_hook)
+    server = guarded_server(args.sample_interval, args.cell_checks, not args.no_kernel_hook)
     results = []
     try:
         server.start()
@@ -312,8 +227,8 @@ def _rerun_in_netns(argv: list[str]) -> int:
         os.environ[NETNS_FLAG] = "host"
         return main(argv)
     command = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-               sys.executable, __file__, *argv]
-    return subprocess.call(command, env={**os.environ, NETNS_FLAG: "1"})
+               sys.executable, "-m", "benchmarks.detection", *argv]
+    return subprocess.call(command, env={**os.environ, NETNS_FLAG: "1"}, cwd=HERE.parent)
 
 
 if __name__ == "__main__":

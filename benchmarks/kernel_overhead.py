@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
 from jupyter_client import AsyncKernelManager
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from colab_guard.act.policy import DEFAULT_ACTIONS  # noqa: E402
-from colab_guard.channel import KernelChannel  # noqa: E402
-from colab_guard.detect.signatures import load_signatures  # noqa: E402
-from colab_guard.observe.processes import kernel_environment  # noqa: E402
+from colab_guard.act.policy import Policy
+from colab_guard.channel import KernelChannel
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.processes import kernel_environment
+from colab_guard.record.database import IncidentDatabase, IncidentStore
+from colab_guard.record.recorder import Recorder
+from colab_guard.settings import Settings
 
 WORKLOAD = """
 import importlib, subprocess, sys, time
@@ -49,15 +46,28 @@ COMPUTE = ("import time\nt0 = time.perf_counter()\ntotal = 0\nfor i in range(12_
            "    total += i * i % 7\nprint('ELAPSED', time.perf_counter() - t0)\n")
 
 
+class _Kernels:
+    """The benchmark's kernel managers, as the kernels adapter (kernels.py) shows them."""
+
+    def __init__(self):
+        self.managers: dict[str, AsyncKernelManager] = {}
+
+    def pids(self):
+        return {kid: km.provisioner.pid for kid, km in self.managers.items()
+                if km.provisioner is not None}
+
+    async def notebook_path(self, kernel_id):
+        return None
+
+
 class _Monitor:
     """What the channel needs of the monitor, minus sampling (not the kernel's cost)."""
 
     def __init__(self):
-        self.acting_listeners, self.listeners, self.kernels = [], [], {}
+        self.kernels = _Kernels()
 
     def kernel_pids(self):
-        return {kid: km.provisioner.pid for kid, km in self.kernels.items()
-                if km.provisioner is not None}
+        return self.kernels.pids()
 
     def check_soon(self):
         pass
@@ -91,20 +101,20 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="colab-guard-bench-"))
-    app = SimpleNamespace(rules=load_signatures(), actions=dict(DEFAULT_ACTIONS),
-                          default_action="interrupt", user_name="bench", dry_run=False,
-                          cell_checks=True, cell_check_timeout=1.0, warning_message="",
-                          policy_url="")
+    settings = Settings(user_name="bench", warning_message="")
+    policy = Policy(settings)
+    store = IncidentStore(IncidentDatabase(f"sqlite:///{work / 'incidents.sqlite'}"))
     monitor = _Monitor()
-    channel = KernelChannel(app, monitor)
+    channel = KernelChannel(settings, load_signatures(), monitor, policy,
+                            Recorder(store, policy, settings))
     await channel.start()
     kernel_id = "bench-kernel"
     hooked_env = {**kernel_environment(kernel_id), **channel.environment(kernel_id)}
     plain_env = {k: v for k, v in os.environ.items() if not k.startswith("COLAB_GUARD")}
     kms = []
     try:
-        monitor.kernels[kernel_id] = AsyncKernelManager(kernel_name="python3")
-        km_on, hooked = await start_kernel(hooked_env, monitor.kernels[kernel_id])
+        monitor.kernels.managers[kernel_id] = AsyncKernelManager(kernel_name="python3")
+        km_on, hooked = await start_kernel(hooked_env, monitor.kernels.managers[kernel_id])
         km_off, plain = await start_kernel(plain_env)
         kms = [km_on, km_off]
         for _ in range(50):

@@ -14,71 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from jupyter_client import BlockingKernelClient
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.standins import pool  # noqa: E402
+from tests.harness import GuardedServer
+from tests.standins import pool
 
-MINER = ROOT / "tests" / "standins" / "miner.py"
+MINER = Path(__file__).parent.parent / "tests" / "standins" / "miner.py"
 WALLET = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
-TOKEN = "latency-benchmark"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(workdir: Path, interval: float, hook: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config"),
-           "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", "--ServerApp.open_browser=False", "--allow-root",
-         "--ServerApp.jpserver_extensions=colab_guard=True",
-         f"--ColabGuard.sample_interval={interval}", "--ColabGuard.stop_grace=1",
-         f"--ColabGuard.kernel_hook={hook}",
-         f"--ColabGuard.incident_log={workdir / 'incidents.jsonl'}"],
-        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            api(url, "/api/status")
-            return server, url
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the server did not start; see {workdir / 'server.log'}")
-
-
-def api(url: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"token {TOKEN}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def kernel_client(url: str, workdir: Path) -> BlockingKernelClient:
-    kernel_id = api(url, "/api/kernels", {"name": "python3"})["id"]
-    client = BlockingKernelClient(connection_file=str(workdir / "runtime" / f"kernel-{kernel_id}.json"))
-    client.load_connection_file()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    return client
 
 
 def ended(pid: int) -> bool:
@@ -102,6 +50,7 @@ def one_run(client: BlockingKernelClient, port: int, detached: bool) -> float:
                 f"open({marker!r}, 'w').write(str(p.pid))\np.wait()\n")
     if os.path.exists(marker):
         os.unlink(marker)
+    settle(client)
     client.execute(code)
     deadline = time.monotonic() + 30
     while not os.path.exists(marker) or not Path(marker).read_text().strip():
@@ -123,6 +72,15 @@ def one_run(client: BlockingKernelClient, port: int, detached: bool) -> float:
     return latency
 
 
+def settle(client: BlockingKernelClient) -> None:
+    """After an interrupt, ipykernel aborts the requests that come right after the error
+    (stop_on_error): wait until a cell runs again."""
+    for _ in range(20):
+        if client.execute_interactive("pass", timeout=30)["content"]["status"] == "ok":
+            return
+    raise SystemExit("the kernel keeps aborting cells after the interrupt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -132,16 +90,13 @@ def main() -> None:
                         help="ColabGuard.kernel_hook=False: the server-side sampler alone")
     args = parser.parse_args()
     pool_server = pool.serve()
-    with tempfile.TemporaryDirectory(prefix="colab-guard-latency-") as tmp:
-        server, url = start_server(Path(tmp), args.interval, args.hook)
-        try:
-            client = kernel_client(url, Path(tmp))
-            latencies = [one_run(client, pool_server.getsockname()[1], args.detached)
-                         for _ in range(args.runs)]
-            client.stop_channels()
-        finally:
-            server.terminate()
-            server.wait(30)
+    settings = {"sample_interval": args.interval, "stop_grace": 1, "kernel_hook": args.hook,
+                "strike_limit": 0}
+    with GuardedServer(settings) as server:
+        _, client = server.start_kernel()
+        latencies = [one_run(client, pool_server.getsockname()[1], args.detached)
+                     for _ in range(args.runs)]
+        client.stop_channels()
     how = "detached (setsid/nohup from a ! line)" if args.detached else "from subprocess.Popen"
     print(f"miner started {how}; sample_interval {args.interval:g} s; kernel hook "
           f"{'on' if args.hook else 'off'}; {args.runs} runs")

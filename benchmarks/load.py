@@ -28,24 +28,22 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 from jupyter_client import BlockingKernelClient
 
+from tests.harness import GuardedServer
+from tests.standins import pool
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.standins import pool  # noqa: E402
 
 MINER = ROOT / "tests" / "standins" / "miner.py"
-TOKEN = "load-benchmark"
 SLEEP_SECONDS = "86399"  # the children's argv, to find them again if a kernel left them
 
 CHILDREN_CELL = """\
@@ -57,51 +55,20 @@ open({out!r}, 'w').write(' '.join(str(p.pid) for p in _load_children))
 STORM = str(ROOT / "tests" / "standins" / "fork_storm.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(GuardedServer):
+    """The guarded (or unguarded) server under load, and what it costs."""
 
-
-class Server:
     def __init__(self, workdir: Path, guarded: bool):
+        super().__init__(
+            {"enabled": guarded, "sample_interval": 1, "stop_grace": 1, "cell_checks": False},
+            # IPC, not TCP: fifty kernels starting at once race for random TCP ports.
+            args=["--KernelManager.transport=ipc"], folder=workdir)
         self.workdir = workdir
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config"),
-               "JUPYTER_DATA_DIR": str(workdir / "data"),
-               "JUPYTER_RUNTIME_DIR": str(workdir / "runtime")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}",
-             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-             "--ServerApp.open_browser=False", "--allow-root",
-             "--ServerApp.jpserver_extensions=colab_guard=True",
-             # IPC, not TCP: fifty kernels starting at once race for random TCP ports.
-             "--KernelManager.transport=ipc",
-             f"--ColabGuard.enabled={guarded}", "--ColabGuard.sample_interval=1",
-             "--ColabGuard.stop_grace=1", "--ColabGuard.cell_checks=False",
-             f"--ColabGuard.incident_log={workdir / 'incidents.jsonl'}",
-             f"--ColabGuard.database_url=sqlite:///{workdir / 'incidents.sqlite'}"],
-            env=env, cwd=workdir, stdout=subprocess.DEVNULL,
-            stderr=open(workdir / "server.log", "w"))
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.get("/api/status")
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"the server did not start; see {workdir / 'server.log'}")
-                time.sleep(0.2)
+        self.start(timeout=60)
+        self.ps = psutil.Process(self.process.pid)
 
-    def request(self, path: str, body: dict | None = None) -> bytes:
-        request = urllib.request.Request(
-            self.url + path, method="POST" if body is not None else "GET",
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {TOKEN}"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.read()
+    def request(self, path: str, body: dict | None = None) -> bytes:  # type: ignore[override]
+        return super().request("POST" if body is not None else "GET", path, body, timeout=120)
 
     def get(self, path: str) -> dict:
         return json.loads(self.request(path) or b"{}")
@@ -130,12 +97,12 @@ class Server:
         return self.ps.memory_info().rss / 2**20
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
+        self.process.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(60)
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.process.kill()
+            self.process.wait()
 
 
 def client_for(server: Server, kernel_id: str) -> BlockingKernelClient:
@@ -215,7 +182,7 @@ def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dic
     time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     cpu1, threads1, t1 = server.cpu(), server.thread_cpu(), time.monotonic()
     busy = {tid: cpu - threads0.get(tid, 0.0) for tid, cpu in threads1.items()}
-    loop = busy.pop(server.proc.pid, 0.0)  # the main thread runs the event loop
+    loop = busy.pop(server.process.pid, 0.0)  # the main thread runs the event loop
     result = {"cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0), "seconds": t1 - t0,
               "system_processes": len(psutil.pids()),
               "loop_percent": 100 * loop / (t1 - t0),

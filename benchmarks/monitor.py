@@ -26,9 +26,8 @@ import time
 
 import psutil
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from colab_guard.observe.gpu import GpuSampler  # noqa: E402
-from colab_guard.observe.processes import ProcessSampler  # noqa: E402
+from colab_guard.observe.gpu import GpuSampler
+from colab_guard.observe.processes import ProcessSampler
 
 
 def start_tree(size: int, busy: bool = False) -> subprocess.Popen:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_for  # noqa: F401 (tests import it from here)
 from tests.standins import pool as standin_pool
 from tests.standins import tracker as standin_tracker
 
@@ -135,17 +134,6 @@ def start_kernel(jp_serverapp, jp_fetch, guard, jp_asyncio_loop):
 def kernel(start_kernel):
     """A running kernel of the guarded server."""
     return start_kernel()
-
-
-async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy; return that, or fail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def incidents_in(path: str | Path) -> list[dict]:

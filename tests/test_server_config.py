@@ -4,13 +4,6 @@ stops the server rather than leave it unguarded; the API refuses bad and unauthe
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -21,7 +14,7 @@ from traitlets.config import Config
 from colab_guard.vocabulary import DEFAULT_ACTIONS
 from colab_guard.app import ColabGuard
 from colab_guard.settings import GuardTraits
-from tests.conftest import wait_for
+from tests.harness import GuardedServer, wait_for
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -41,20 +34,6 @@ def test_bad_settings_are_refused_with_the_setting_named(name, value, message):
 def test_actions_are_merged_over_the_defaults():
     guard = ColabGuard(actions={"torrenting": "stop"})
     assert guard.actions == {**DEFAULT_ACTIONS, "torrenting": "stop"}
-
-
-def start_server(tmp_path, guard_settings: dict) -> subprocess.CompletedProcess:
-    """Start a real `jupyter server` with these ColabGuard settings; it must exit on its own."""
-    config = tmp_path / "jupyter_server_config.json"
-    config.write_text(json.dumps({"ColabGuard": {"incident_log": str(tmp_path / "i.jsonl"),
-                                                 **guard_settings}}))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    return subprocess.run(
-        [sys.executable, "-m", "jupyter_server", "--ServerApp.port=0", "--ServerApp.ip=127.0.0.1",
-         "--ServerApp.open_browser=False", "--ServerApp.jpserver_extensions=colab_guard=True",
-         "--allow-root"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
 #: A bad value for every setting: the server must stop naming it, never run on defaults.
@@ -108,51 +87,20 @@ def test_a_guard_that_cannot_start_stops_the_server(tmp_path, settings, message)
         "    examples: {match: [{name: x}], no_match: [{name: y}]}\n")
     (tmp_path / "a-file").write_text("")
     settings = json.loads(json.dumps(settings).replace("{tmp}", str(tmp_path)))
-    result = start_server(tmp_path, settings)
-    assert result.returncode == 1
-    assert "colab-guard cannot start: " in result.stderr and message in result.stderr
-    assert "stopping the server rather than running it unguarded" in result.stderr
+    server = GuardedServer(settings, folder=tmp_path / "server")
+    assert server.exits() == 1
+    log = server.log()
+    assert "colab-guard cannot start: " in log and message in log
+    assert "stopping the server rather than running it unguarded" in log
 
 
 def test_without_fail_closed_a_bad_setting_leaves_the_server_unguarded_and_says_so(tmp_path):
     """fail_closed=False: the server runs, but unguarded, never with half the configuration."""
-    config = tmp_path / "jupyter_server_config.json"
-    config.write_text(json.dumps({"ColabGuard": {"fail_closed": False, "sample_interval": 0,
-                                                 "incident_log": str(tmp_path / "i.jsonl")}}))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--ServerApp.port=0", "--ServerApp.ip=127.0.0.1",
-         "--ServerApp.open_browser=False", "--ServerApp.jpserver_extensions=colab_guard=True",
-         "--IdentityProvider.token=t0k", "--allow-root"],
-        env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        lines = []
-        for line in server.stderr:
-            lines.append(line)
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                break
-        log = "".join(lines)
-        assert "THE SERVER RUNS UNGUARDED" in log and "sample_interval" in log
-        url = f"http://127.0.0.1:{match.group(1)}/colab-guard/api/status"
-        request = urllib.request.Request(url, headers={"Authorization": "token t0k"})
-        status = json.loads(_get_when_up(request))
-        assert status["guarded"] is False and "sample_interval" in status["unguarded_reason"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _get_when_up(request, timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return urllib.request.urlopen(request, timeout=timeout).read()
-        except urllib.error.URLError as err:
-            if not isinstance(err.reason, ConnectionRefusedError) or time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)  # polling for the server to listen, not a fixed wait
+    with GuardedServer({"fail_closed": False, "sample_interval": 0}, folder=tmp_path) as server:
+        status = server.api("GET", "colab-guard/api/status")
+        log = server.log()
+    assert "THE SERVER RUNS UNGUARDED" in log and "sample_interval" in log
+    assert status["guarded"] is False and "sample_interval" in status["unguarded_reason"]
 
 
 async def test_the_api_refuses_unauthenticated_requests(jp_fetch, guard):

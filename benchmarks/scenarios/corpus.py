@@ -27,10 +27,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from tests.standins import pool as standin_pool  # noqa: E402
-from tests.standins import tracker as standin_tracker  # noqa: E402
+from tests.standins import pool as standin_pool
+from tests.standins import tracker as standin_tracker
 
 STANDINS = ROOT / "tests" / "standins"
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
