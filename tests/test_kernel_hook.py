@@ -13,6 +13,7 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 
+from colab_guard.channel import CLOSE_GRACE
 from colab_guard.kernel import protocol
 from colab_guard.record import metrics
 from tests.conftest import PYTHON, STANDINS, incidents_in, wait_for
@@ -84,7 +85,7 @@ def slow_sampling(guard_config):
 async def test_popen_miner_is_stopped_at_once_and_the_cell_says_why(
         slow_sampling, guard, kernel, pool, guard_config):
     await hooked(guard, kernel, pool)
-    await asyncio.sleep(1)  # past the first tick, which runs when the monitor starts
+    await wait_for(lambda: guard.monitor.ticks >= 1)  # past the tick the monitor starts with
     reply, outputs = await kernel.run(MINER_CELL)
 
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
@@ -221,7 +222,8 @@ async def test_channel_survives_a_restart(kernel, guard, jp_fetch, guard_config)
     await kernel.client.wait_for_ready(timeout=30)
     reply, outputs = await kernel.run("import colab_guard.kernel as k\nprint(k._guard is not None)")
     assert "True" in json.dumps(outputs)
-    await asyncio.sleep(1.5)  # past the channel's close grace
+    # Nothing may happen: give the old connection's close grace the time to run out.
+    await asyncio.sleep(CLOSE_GRACE + 0.5)
     assert done_incidents(guard_config, "tampering") == []  # a restart is not tampering
 
 

@@ -102,7 +102,7 @@ async def test_a_fork_storm_leaves_other_kernels_guarded_and_the_state_bounded(
     [storm] = numbers_after(outputs, "STORM")
     sampler = guard.monitor.sampler
     try:
-        await asyncio.sleep(1)  # under way
+        await wait_for(lambda: len(psutil.Process(storm).children()) > 0, timeout=30)  # under way
         reply, outputs = await other.run(
             f"import subprocess\np = subprocess.Popen([{PYTHON!r}, {str(STANDINS / 'miner.py')!r}, "
             f"'-o', 'stratum+tcp://127.0.0.1:{pool}'])\nprint('PIDS', p.pid, flush=True)\np.wait()\n",

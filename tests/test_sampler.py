@@ -14,6 +14,7 @@ import pytest
 
 from colab_guard.observe import procfs
 from colab_guard.observe.processes import KERNEL_ENV_MARKER, ProcessSampler, kernel_environment
+from tests.harness import wait_until
 from tests.standins import pool
 
 PY = sys.executable
@@ -93,9 +94,13 @@ def test_a_process_that_leaves_the_tree_stays_attributed_once_seen(fake_kernel, 
     # attribute the intermediate through the tree: it is the kernel's until it exits
     snap = sampler.sample({"k1": kernel.pid, "k2": child.pid})
     child.wait()
-    time.sleep(0.2)
-    orphans = [p for p in psutil.process_iter(["ppid", "cmdline"])
-               if p.info["ppid"] == 1 and "os.setsid(); time.sleep(60)" in " ".join(p.info["cmdline"] or [])]
+
+    def orphans():
+        return [p for p in psutil.process_iter(["ppid", "cmdline"]) if p.info["ppid"] == 1
+                and "os.setsid(); time.sleep(60)" in " ".join(p.info["cmdline"] or [])]
+
+    wait_until(orphans, timeout=10, what="the grandchild reparented")
+    orphans = orphans()
     assert len(orphans) == 1
     spawned.append(orphans[0].pid)
     # It was seen before (under k2) only if it had been forked by then; attribution by
@@ -270,7 +275,7 @@ def test_an_idle_program_is_recognised_once_the_background_scan_of_its_file_ends
     script.chmod(0o755)
     proc = subprocess.Popen([str(script)])
     spawned.append(proc.pid)
-    time.sleep(0.3)
+    wait_until(lambda: psutil.Process(proc.pid).children(), what="the script waiting on sleep")
     sampler = ProcessSampler()
     markers = []
     deadline = time.monotonic() + 10
