@@ -128,3 +128,17 @@ def test_a_process_that_is_gone():
         with pytest.raises((FileNotFoundError, ProcessLookupError)):
             read(proc.pid)
     assert procfs.activity(proc.pid, single=True) is None
+
+
+def test_the_fd_count_agrees_with_the_fd_listing_where_the_kernel_gives_it():
+    if not procfs.FD_COUNTS_SHOWN:
+        pytest.skip("this kernel does not give fd counts in stat() of /proc/PID/fd (Linux < 6.2)")
+    child = subprocess.Popen([PY, "-c", "import sys, time\nfiles = [open('/etc/hostname') for _ in range(7)]\n"
+                              "print('up', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        assert procfs.fd_count(child.pid) == len(os.listdir(f"/proc/{child.pid}/fd"))
+    finally:
+        child.kill()
+        child.wait()
+    assert procfs.fd_count(child.pid) is None  # gone

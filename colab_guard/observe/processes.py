@@ -67,6 +67,7 @@ class _Fds:
     when: float
     inodes: tuple[int, ...]  # of its sockets
     files: list[str]  # regular files open
+    count: int | None = None  # fds open at that walk (procfs.fd_count), where the kernel says
 
 
 @dataclass
@@ -412,8 +413,13 @@ class ProcessSampler:
         libraries' pace; otherwise the last walk's."""
         state = self._state(key)
         last = state.fds
-        if last is not None and not walk and now - last.when < self.libraries_refresh:
-            return last
+        if last is not None and now - last.when < self.libraries_refresh:
+            # A socket nobody is known to hold appeared somewhere: only a process whose
+            # fds changed can have opened it (one it swapped for another fd is found at
+            # the refresh, libraries_refresh at most).
+            if not walk or (last.count is not None and procfs.fd_count(pid) == last.count):
+                return last
+        count = procfs.fd_count(pid)
         inodes: list[int] = []
         files: list[str] = []
         try:
@@ -433,7 +439,7 @@ class ProcessSampler:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
-        state.fds = _Fds(now, tuple(inodes), files)
+        state.fds = _Fds(now, tuple(inodes), files, count)
         return state.fds
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:

@@ -110,6 +110,30 @@ def read_real_uid(pid: int) -> int:
     raise ProcessLookupError(pid)  # no Uid line: not a process any more
 
 
+def _fd_counts_shown() -> bool:
+    """Whether stat() of /proc/PID/fd gives the number of open fds (Linux 6.2 and later)."""
+    try:
+        shown = os.stat("/proc/self/fd").st_size
+        listed = len(os.listdir("/proc/self/fd"))  # holds one more: the listing's own
+    except OSError:
+        return False
+    return shown > 0 and abs(listed - shown) <= 1
+
+
+FD_COUNTS_SHOWN = _fd_counts_shown()
+
+
+def fd_count(pid: int) -> int | None:
+    """How many fds the process has open, from one stat() (None where the kernel does not
+    say, or the process is gone)."""
+    if not FD_COUNTS_SHOWN:
+        return None
+    try:
+        return os.stat(f"/proc/{pid}/fd").st_size
+    except OSError:
+        return None
+
+
 def full_name(comm: str, cmdline: list[str]) -> str:
     """psutil's name: the kernel cuts names at 15 characters, so a longer one is taken
     from the command line when that starts the same way."""
