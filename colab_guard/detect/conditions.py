@@ -57,6 +57,10 @@ class RegexTimeout(TimeoutError):
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a pattern RE2 refuses falls back quietly (below)
 _RE2_OPTIONS.never_capture = True  # only whether it matches is asked
+# The wrapper's own search builds a Match object with str offsets; only whether it matches is
+# asked, so the compiled RE2 object is called directly where this version of the wrapper has it.
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+_NO_MATCH = (-1, -1)
 
 #: Python's classes for text, spelled for RE2, whose \d, \w and \s are ASCII only: a
 #: signature written as Python reads it must not be evaded with a Unicode digit or letter.
@@ -119,11 +123,11 @@ class Regex:
     """A compiled signature regex: RE2 (linear time, whatever the text) where it can say the
     pattern, else ``regex`` with a time limit per search and a budget per process."""
 
-    __slots__ = ("pattern", "_re2", "_regex")
+    __slots__ = ("pattern", "_re2", "_raw", "_regex")
 
     def __init__(self, pattern: str):
         self.pattern = pattern
-        self._re2 = self._regex = None
+        self._re2 = self._raw = self._regex = None
         translated = _for_re2(pattern)
         if translated is not None:
             try:
@@ -132,6 +136,8 @@ class Regex:
                 pass  # lookarounds, backreferences: not RE2's
         if self._re2 is None:
             self._regex = regex.compile(pattern)
+        elif _UNANCHORED is not None:
+            self._raw = getattr(self._re2, "_regexp", None)
 
     @property
     def linear(self) -> bool:
@@ -140,7 +146,13 @@ class Regex:
 
     def search(self, text: str) -> bool:
         if self._re2 is not None:
-            return self._re2.search(text) is not None
+            # Encoded here: the wrapper's own search raises on the lone surrogates that stand
+            # for invalid UTF-8 in a command line (a rule that raises would be switched off),
+            # and its Match objects cost twice the search.
+            data = text.encode("utf-8", "replace")
+            if self._raw is not None:
+                return self._raw.Match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH
+            return self._re2.search(data.decode("utf-8")) is not None
         budget = getattr(_budget, "current", None)
         limit = REGEX_TIMEOUT if budget is None else min(REGEX_TIMEOUT, budget.left)
         if limit <= 0:
