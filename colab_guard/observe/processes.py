@@ -369,8 +369,8 @@ class ProcessSampler:
         sample.sockets = sockets.of(fds.inodes)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
-        settled = self.content.settled(pid, sample.exe, sample.cmdline)
-        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline)
+        settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
+        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
         if activity is not None and self.stats.denied == denied_before:  # a complete read
             # Spread over the interval by pid, so the refreshes of many processes started
             # together do not all fall on one tick.
@@ -419,9 +419,10 @@ class ProcessSampler:
         connections recognised all the same; fds and maps once due (a socket it was handed,
         a library it mapped just before it went quiet)."""
         last = quiet.sample
-        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline):
+        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline,
+                                                          entry.key):
             last = replace(last, exe_markers=self.content.process_markers(
-                last.pid, last.exe, last.cmdline))
+                last.pid, last.exe, last.cmdline, entry.key))
             quiet.markers_pending = False
         if quiet.fds_pending and now - self._fds[entry.key].when >= self.libraries_refresh:
             last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
@@ -546,6 +547,7 @@ class ProcessSampler:
             if len(store) > len(alive) or not store.keys() <= alive:
                 for key in store.keys() - alive:
                     del store[key]
+        self.content.forget(alive)  # what it read of their memory
 
 
 def _descend(roots, children: dict[int, list[int]], owners: dict[int, str]) -> None:
