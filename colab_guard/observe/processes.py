@@ -421,8 +421,9 @@ class ProcessSampler:
         last = quiet.sample
         if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline,
                                                           entry.key):
-            last = replace(last, exe_markers=self.content.process_markers(
-                last.pid, last.exe, last.cmdline, entry.key))
+            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
+            if markers != last.exe_markers:  # the same: the same sample is handed on
+                last = replace(last, exe_markers=markers)
             quiet.markers_pending = False
         if quiet.fds_pending and now - self._fds[entry.key].when >= self.libraries_refresh:
             last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
