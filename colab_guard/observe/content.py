@@ -275,14 +275,16 @@ def code_regions(regions: list[Region], exe: str, interpreter: bool) -> list[Reg
     for r in regions:
         if not r.perms.startswith("r") or r.path in _SPECIAL:
             continue
-        if r.path == "":
+        # Anonymous memory, private or shared (shared shows as a deleted /dev/zero), and
+        # memory of a file nobody else can open (a memfd, a deleted file).
+        hidden = r.path == "" or r.path.startswith(("/dev/zero (deleted)", "/SYSV", "/memfd:")) \
+            or r.path.endswith(" (deleted)")
+        if hidden:
             if "x" in r.perms or "w" not in r.perms:
                 chosen.append(r)
-            elif not interpreter and chosen and chosen[-1].path == "" and chosen[-1].end == r.start:
-                chosen.append(r)  # the unpacked image's data
-        elif r.path.startswith("/memfd:") or r.path.endswith(" (deleted)"):
-            if "x" in r.perms or (not interpreter and r.path.split(" (")[0] == exe.split(" (")[0]):
-                chosen.append(r)
+            elif not interpreter and ((chosen and chosen[-1].end == r.start and chosen[-1].path
+                                       == r.path) or r.path.split(" (")[0] == exe.split(" (")[0]):
+                chosen.append(r)  # the unpacked image's data, or the memfd program's own
         elif r.path == exe and "w" in r.perms and not interpreter:
             chosen.append(r)
     return chosen
@@ -335,6 +337,7 @@ class _Memory:
     layout: tuple = ()
     scanned_at: float = 0.0  # monotonic; 0: never
     checked_at: float = 0.0
+    ran: int = -1  # its run time (ns, schedstat) when last looked at
     queued: bool = False
 
 
@@ -566,21 +569,16 @@ class ContentScanner:
         return result
 
     def _memory_settled(self, pid: int, exe: str, key: tuple) -> bool:
-        """Whether the process's memory scan is done and not due again; queues it if due."""
+        """Whether the process's memory scan is done and holds: it has not run since it was
+        last looked at. Queues the scan once it has run ``memory_after`` seconds, and a look
+        again once ``memory_recheck`` has passed since the last if it ran meanwhile."""
         now = time.monotonic()
-        with self._lock:
-            memory = self._memory.get(key)
-            if memory is not None and memory.queued:
-                return False
-            if memory is not None and memory.scanned_at and \
-                    now - memory.checked_at < self.memory_recheck:
-                return True
         try:
             st = procfs.read_stat(pid)
+            ran = int(procfs.read_small(f"/proc/{pid}/schedstat").split()[0])
         except (OSError, ValueError, IndexError):
-            return True  # gone
-        age = time.time() - key[1]
-        if age < self.memory_after:
+            return True  # gone (or no schedstat: looked at when due, below)
+        if time.time() - key[1] < self.memory_after:
             return False  # not yet: asked again at the next read
         with self._lock:
             memory = self._memory.get(key)
@@ -588,12 +586,16 @@ class ContentScanner:
                 memory = self._memory[key] = _Memory(start=st.start, exe=exe)
             if memory.queued:
                 return False
+            if memory.scanned_at and memory.ran == ran:
+                return True  # it has not run since it was last looked at
+            if memory.scanned_at and now - memory.checked_at < self.memory_recheck:
+                return False  # it ran: looked at again once due
             memory.checked_at = now
-            cost = min(self.memory_bytes, st.vms)
-            job = ("memory", key, pid, exe)
+            memory.ran = ran
             if self._background:
-                memory.queued = self._queue(cost, job)
-                return not memory.queued and bool(memory.scanned_at)
+                memory.queued = self._queue(min(self.memory_bytes, st.vms),
+                                            ("memory", key, pid, exe))
+                return False
         self._scan_memory(key, pid, exe)
         return True
 
