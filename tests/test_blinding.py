@@ -37,8 +37,8 @@ def _big_stack() -> None:
 # ------------------------------------------------------------ command lines
 
 
-def test_a_command_line_of_half_a_million_words_is_cut_before_it_is_split():
-    words = ["a"] * 500_000
+def test_a_command_line_of_450_000_words_is_cut_before_it_is_split():
+    words = ["ab"] * 450_000  # two letters: each word its own str object (one letter is shared)
     proc = _started([PYTHON, "-c", SLEEPER, *words], preexec_fn=_big_stack)
     sampler = ProcessSampler()
     try:
@@ -49,7 +49,7 @@ def test_a_command_line_of_half_a_million_words_is_cut_before_it_is_split():
         sample = next(p for p in snapshot.processes if p.pid == proc.pid)
         assert len(sample.cmdline) <= procfs.CMDLINE_MAX_WORDS + 1
         assert sample.cmdline[:2] == [PYTHON, "-c"] and sample.cmdline[-1] == procfs.CMDLINE_CUT
-        # Split whole, the words alone would take ~30 MB of the sampler's memory.
+        # Split whole, the words alone take ~28 MiB of the sampler's memory.
         assert peak < 4 << 20, peak
     finally:
         proc.kill()
