@@ -201,3 +201,61 @@ def test_a_huge_sparse_file_costs_no_more_than_its_bytes_to_read(tmp_path):
     assert scanner.file_markers(str(sparse), 64 << 20) == []
     assert time.perf_counter() - started < 5.0
     assert scanner.bytes_read == 64 << 20
+
+
+def test_a_read_that_never_returns_does_not_stop_the_scanner(tmp_path, monkeypatch):
+    """A file on a FUSE mount that never answers a read, or memory behind a fault nobody
+    serves, blocks a read for ever whatever the budget: the scanner leaves that thread to it,
+    counts the file as cut short, and a new thread goes on with the other scans. (The read is
+    made to hang here by a stand-in for the blocking call, the one thing not real.)"""
+    from colab_guard.observe import content
+    release = threading.Event()
+    real = content.scan_fd
+
+    def hanging(fd, *args, **kw):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("on-fuse"):
+            release.wait(60)
+        return real(fd, *args, **kw)
+
+    monkeypatch.setattr(content, "scan_fd", hanging)
+    stuck = tmp_path / "on-fuse"
+    stuck.write_bytes(b"x" * 100)
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"x MicroSocks SOCKS5 Server x" + b"\0" * 1000)  # bigger: queued after
+    scanner = ContentScanner(scan_seconds=0.2, stuck_after=0.3)
+    try:
+        assert scanner.file_markers(str(stuck), CHUNK) == []
+        assert scanner.file_markers(str(tool), CHUNK) == []
+        deadline = time.monotonic() + 10
+        while scanner.file_markers(str(tool), CHUNK) != ["microsocks"]:
+            assert time.monotonic() < deadline, scanner.stats
+            time.sleep(0.05)  # polling the scanner's state
+        assert scanner.file_markers(str(stuck), CHUNK) == ["scan:cut"]
+        assert scanner.stats["stuck"] == 1 and scanner.stuck_threads == 1
+    finally:
+        release.set()
+        scanner.close()
+
+
+def test_smaller_scans_go_first_so_big_files_cannot_hold_up_a_program(tmp_path):
+    scanner = ContentScanner()
+    bigs = []
+    for i in range(6):
+        big = tmp_path / f"big{i}"
+        with open(big, "wb") as f:
+            f.write(os.urandom(1 << 20) * 8)
+        bigs.append(big)
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"x MicroSocks SOCKS5 Server x")
+    try:
+        for big in bigs:
+            scanner.file_markers(str(big), 64 << 20)
+        scanner.file_markers(str(tool), CHUNK)
+        deadline = time.monotonic() + 30
+        while scanner.file_markers(str(tool), CHUNK) != ["microsocks"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # polling the scanner's state
+        # at most the one big scan already under way went before it
+        assert scanner.stats["file_scans"] <= 2 + 1, scanner.stats
+    finally:
+        scanner.close()

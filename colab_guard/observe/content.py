@@ -359,7 +359,7 @@ class ContentScanner:
                  log: logging.Logger | None = None, scan_seconds: float = 5.0,
                  memory_bytes: int = 32 << 20, memory_after: float = 0.5,
                  memory_recheck: float = 10.0, memory_rescan: float = 120.0,
-                 max_pending: int = 512):
+                 max_pending: int = 512, stuck_after: float = 10.0):
         self.max_bytes = max_bytes
         self.max_script_bytes = max_script_bytes
         self.cache_size = cache_size
@@ -383,7 +383,9 @@ class ContentScanner:
         self._jobs: list[tuple] = []  # heap of (bytes to read, sequence, job)
         self._sequence = 0
         self._wake = threading.Condition(self._lock)
-        self._busy = 0
+        self._running: tuple[float, tuple] | None = None  # (since, job) of the worker
+        self.stuck_after = stuck_after
+        self.stuck_threads = 0  # threads left blocked in a read (see _check_stuck)
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -447,6 +449,7 @@ class ContentScanner:
             return []
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
+            self._check_stuck()
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key].markers
@@ -462,11 +465,12 @@ class ContentScanner:
         """Wait for the scans under way (tests and the command line use it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._jobs or self._busy:
+            while self._jobs or self._running is not None:
+                self._check_stuck()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError("content scans still running")
-                self._wake.wait(left)
+                self._wake.wait(0.1 if left is None else min(left, 0.1))
 
     def close(self) -> None:
         with self._lock:
@@ -486,6 +490,7 @@ class ContentScanner:
         """Queue a job (with the lock held); False if the queue is full."""
         if self._closed:
             return False
+        self._check_stuck()
         if len(self._jobs) >= self.max_pending:
             self._count("dropped", "the content scanner's queue is full (%d jobs); scans are "
                         "dropped and asked again later", self.max_pending)
@@ -493,21 +498,50 @@ class ContentScanner:
         self._sequence += 1
         heapq.heappush(self._jobs, (cost, self._sequence, job))
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="colab-guard-scan",
-                                            daemon=True)
-            self._thread.start()
+            self._start_worker()
         self._wake.notify_all()
         return True
 
-    def _work(self) -> None:
+    def _start_worker(self) -> None:
+        thread = threading.Thread(name="colab-guard-scan", daemon=True)
+        thread.run = lambda: self._work(thread)  # type: ignore[method-assign]
+        self._thread = thread
+        thread.start()
+
+    def _check_stuck(self) -> None:
+        """With the lock held: a job that has run far past its budget is blocked in a read
+        no budget can stop (a file on a FUSE mount that never answers, a process's memory
+        behind a fault that is never served). Its thread is left to it, the job counted as
+        cut, and a new thread goes on with the queue: the scanner cannot be blinded."""
+        if self._running is None or self._closed:
+            return
+        started, job = self._running
+        if time.monotonic() - started < self.scan_seconds + self.stuck_after:
+            return
+        self._running = None
+        self.stuck_threads += 1
+        self._count("stuck", "a content scan (%s) was blocked for over %g s; it is left to its "
+                    "thread, counted as cut (%s), and a new thread scans the rest", job[2],
+                    self.scan_seconds + self.stuck_after, SCAN_CUT)
+        if job[0] == "file":
+            self._pending.pop(job[1], None)
+            self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
+        else:
+            memory = self._memory.get(job[1])
+            if memory is not None:
+                memory.traits, memory.queued = [SCAN_CUT], False
+                memory.scanned_at = memory.scanned_at or time.monotonic()
+        self._start_worker()
+
+    def _work(self, me: threading.Thread) -> None:
         while True:
             with self._lock:
-                while not self._jobs and not self._closed:
+                while not self._jobs and not self._closed and self._thread is me:
                     self._wake.wait()
-                if self._closed:
-                    return
+                if self._closed or self._thread is not me:
+                    return  # closed, or left behind while blocked
                 _, _, job = heapq.heappop(self._jobs)
-                self._busy += 1
+                self._running = (time.monotonic(), job)
             try:
                 if job[0] == "file":
                     self._scan(*job[1:])
@@ -517,7 +551,8 @@ class ContentScanner:
                 self.log.exception("colab-guard: content scan failed")
             finally:
                 with self._lock:
-                    self._busy -= 1
+                    if self._thread is me:
+                        self._running = None
                     self._wake.notify_all()
 
     def _count(self, kind: str, message: str, *args) -> None:
