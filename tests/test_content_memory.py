@@ -347,3 +347,40 @@ def test_code_regions_leave_out_an_interpreters_heap_and_data():
     python = [hex(r.start) for r in code_regions(regions, "/tmp/x", interpreter=True)]
     assert python == ["0x7f14fd811000", "0x7f14fd813000", "0x7f14fd815000", "0x7f14fd900000"]
     assert set(TRAITS).isdisjoint(reported(list(TRAITS) + ["xmrig"]))
+
+
+PADDED = r"""
+#include <stdio.h>
+#include <unistd.h>
+static const char pad[80 << 20] = {1};  /* 80 MiB before the strings: past the file scan */
+const char *banner = "MicroSocks SOCKS5 Server";
+int main(int argc, char **argv) {
+    volatile const char *p = pad; (void)p;
+    if (argc > 5) puts(banner);
+    puts("up"); fflush(stdout);
+    pause();
+    return 0;
+}
+"""
+
+
+def test_a_program_padded_past_the_file_scan_is_recognised_from_its_mapping(tmp_path):
+    """The file scan reads 64 MiB; a program whose strings lie past them is read from memory,
+    where its file is mapped."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "padded.c"
+    source.write_text(PADDED)
+    program = tmp_path / "kthreadd"
+    subprocess.run([gcc, "-O0", "-o", str(program), str(source)], check=True)
+    assert "microsocks" not in scan_file(str(program), 64 << 20)
+    proc = subprocess.Popen([str(program)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"up\n"
+    sampler = ProcessSampler()
+    try:
+        assert "microsocks" in _markers(sampler, proc.pid, lambda m: "microsocks" in m)
+    finally:
+        proc.kill()
+        proc.wait()
+        sampler.content.close()

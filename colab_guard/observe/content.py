@@ -247,6 +247,7 @@ class Region:
     end: int
     perms: str
     path: str
+    offset: int = 0  # in the file mapped
 
 
 def parse_maps(text: str) -> list[Region]:
@@ -258,19 +259,22 @@ def parse_maps(text: str) -> list[Region]:
         start, _, end = fields[0].partition("-")
         try:
             regions.append(Region(int(start, 16), int(end, 16), fields[1],
-                                  fields[5] if len(fields) > 5 else ""))
+                                  fields[5] if len(fields) > 5 else "", int(fields[2], 16)))
         except ValueError:
             continue
     return regions
 
 
-def code_regions(regions: list[Region], exe: str, interpreter: bool) -> list[Region]:
+def code_regions(regions: list[Region], exe: str, interpreter: bool,
+                 file_bytes: int | None = None) -> list[Region]:
     """The mappings where a program's own code and constants live once it runs, whatever
     its file looked like: anonymous memory that is executable or read-only (where a packed
     program unpacks itself, and a JIT writes code), the writable anonymous memory right after
     such (the unpacked program's data), the executable's own writable mappings, and code
-    mapped from a memfd or a deleted file. Not an interpreter's writable memory: a Python
-    process holds whatever text its program reads, and what it runs is its script."""
+    mapped from a memfd or a deleted file, and the part of the executable's mappings past the
+    ``file_bytes`` its file scan reads (a program padded past it). Not an interpreter's
+    writable memory: a Python process holds whatever text its program reads, and what it runs
+    is its script."""
     chosen: list[Region] = []
     for r in regions:
         if not r.perms.startswith("r") or r.path in _SPECIAL:
@@ -287,17 +291,21 @@ def code_regions(regions: list[Region], exe: str, interpreter: bool) -> list[Reg
                 chosen.append(r)  # the unpacked image's data, or the memfd program's own
         elif r.path == exe and "w" in r.perms and not interpreter:
             chosen.append(r)
+        elif r.path == exe and file_bytes is not None and r.offset + r.end - r.start > file_bytes:
+            skip = max(0, file_bytes - r.offset)
+            chosen.append(Region(r.start + skip, r.end, r.perms, r.path, r.offset + skip))
     return chosen
 
 
 def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_bytes: int,
-                deadline: float, search: MarkerSearch = SEARCH) -> tuple[Scan, tuple]:
+                deadline: float, search: MarkerSearch = SEARCH,
+                file_bytes: int | None = None) -> tuple[Scan, tuple]:
     """The markers in a running process's code and constants (``code_regions``), at most
     ``max_bytes`` of them, until ``deadline``; and the layout read (to tell when it changed).
     PermissionError: its memory cannot be read (not dumpable, another user's);
     ProcessLookupError: it exited, or its pid is another process's now."""
     maps = procfs.read_all(f"/proc/{pid}/maps", 1 << 20).decode("utf-8", "replace")
-    regions = code_regions(parse_maps(maps), exe, interpreter)
+    regions = code_regions(parse_maps(maps), exe, interpreter, file_bytes)
     layout = tuple((r.start, r.end, r.perms) for r in regions)
     scanning = Scanning(search)
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -649,10 +657,11 @@ class ContentScanner:
                 # Looked at again while it runs: read again only if its layout changed.
                 maps = procfs.read_all(f"/proc/{pid}/maps", 1 << 20).decode("utf-8", "replace")
                 rescan = tuple((r.start, r.end, r.perms) for r in code_regions(
-                    parse_maps(maps), exe, interpreter)) != memory.layout
+                    parse_maps(maps), exe, interpreter, self.max_bytes)) != memory.layout
             if rescan:
                 scan, layout = scan_memory(pid, memory.start, exe, interpreter,
-                                           self.memory_bytes, now + self.scan_seconds)
+                                           self.memory_bytes, now + self.scan_seconds,
+                                           file_bytes=self.max_bytes)
                 memory.markers = reported(scan.markers)
                 memory.layout = layout
                 memory.scanned_at = now
