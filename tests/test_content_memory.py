@@ -384,3 +384,40 @@ def test_a_program_padded_past_the_file_scan_is_recognised_from_its_mapping(tmp_
         proc.kill()
         proc.wait()
         sampler.content.close()
+
+
+DECOYS = """
+import ctypes, mmap, sys, time
+libc = ctypes.CDLL(None)
+def readonly(data):
+    region = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE)
+    region.write(data.ljust(4096, b"\\0"))
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc.mprotect(ctypes.c_void_p(address), 4096, 1)
+    return region
+keep = [readonly(b"MicroSocks SOCKS5 Server")]  # first: the highest address, listed last
+for i in range(int(sys.argv[1])):  # then decoys, alternately read-only so none merge
+    keep.append(mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ if i % 2 else
+                          mmap.PROT_READ | mmap.PROT_WRITE))
+print('up', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_decoy_layout_of_tens_of_thousands_of_mappings_is_evidence(tmp_path):
+    """A process that hides its unpacked code behind tens of thousands of decoy mappings (more
+    than the 32 MiB read of a process's memory, or than the 4 MiB read of its maps) is scanned
+    as far as that goes, and marked cut: evidence, not a blind spot."""
+    count = min(60_000, int(open("/proc/sys/vm/max_map_count").read()) - 2000)
+    if count * 4096 // 2 < 2 * (32 << 20):
+        pytest.skip("vm.max_map_count is too low to build the decoy layout")
+    proc = subprocess.Popen([PYTHON, "-c", DECOYS, str(count)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"up\n"
+    sampler = ProcessSampler()
+    try:
+        markers = _markers(sampler, proc.pid, lambda m: "microsocks" in m or "scan:cut" in m)
+        assert "microsocks" in markers or "scan:cut" in markers, markers
+    finally:
+        proc.kill()
+        proc.wait()
+        sampler.content.close()

@@ -241,6 +241,11 @@ def packed(head: bytes) -> list[str]:
 _SPECIAL = ("[heap]", "[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]")
 
 
+#: At most this much of a process's /proc/PID/maps is read (about 50,000 mappings; a program
+#: has hundreds). One with more is scanned as far as that goes, and counted as cut short.
+MAPS_MAX_BYTES = 4 << 20
+
+
 @dataclass(frozen=True)
 class Region:
     start: int
@@ -304,8 +309,10 @@ def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_byt
     ``max_bytes`` of them, until ``deadline``; and the layout read (to tell when it changed).
     PermissionError: its memory cannot be read (not dumpable, another user's);
     ProcessLookupError: it exited, or its pid is another process's now."""
-    maps = procfs.read_all(f"/proc/{pid}/maps", 1 << 20).decode("utf-8", "replace")
-    regions = code_regions(parse_maps(maps), exe, interpreter, file_bytes)
+    raw = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES + 1)
+    maps_cut = len(raw) > MAPS_MAX_BYTES  # tens of thousands of mappings: a decoy layout
+    regions = code_regions(parse_maps(raw[:MAPS_MAX_BYTES].decode("utf-8", "replace")), exe,
+                           interpreter, file_bytes)
     layout = tuple((r.start, r.end, r.perms) for r in regions)
     scanning = Scanning(search)
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -314,6 +321,8 @@ def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_byt
             raise ProcessLookupError(pid)  # the pid was taken again: not the process asked
         left = max_bytes
         for region in regions:
+            if left <= 0:  # more than max_bytes of it (decoys, say): what is left is not read
+                return Scan(scanning.markers(), cut=True), layout
             scanning.restart()
             address = region.start
             while address < region.end and left > 0:
@@ -331,7 +340,7 @@ def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_byt
                 left -= len(chunk)
     finally:
         os.close(fd)
-    return Scan(scanning.markers()), layout
+    return Scan(scanning.markers(), cut=maps_cut), layout
 
 
 @dataclass
@@ -366,7 +375,7 @@ class ContentScanner:
                  background: bool = True, cache_size: int = 4096,
                  log: logging.Logger | None = None, scan_seconds: float = 5.0,
                  memory_bytes: int = 32 << 20, memory_after: float = 0.5,
-                 memory_recheck: float = 10.0, memory_rescan: float = 120.0,
+                 memory_recheck: float = 2.0, memory_rescan: float = 120.0,
                  max_pending: int = 512, stuck_after: float = 10.0):
         self.max_bytes = max_bytes
         self.max_script_bytes = max_script_bytes
@@ -655,7 +664,8 @@ class ContentScanner:
             rescan = now - memory.scanned_at >= self.memory_rescan or not memory.scanned_at
             if not rescan:
                 # Looked at again while it runs: read again only if its layout changed.
-                maps = procfs.read_all(f"/proc/{pid}/maps", 1 << 20).decode("utf-8", "replace")
+                maps = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES).decode("utf-8",
+                                                                                   "replace")
                 rescan = tuple((r.start, r.end, r.perms) for r in code_regions(
                     parse_maps(maps), exe, interpreter, self.max_bytes)) != memory.layout
             if rescan:
@@ -668,8 +678,9 @@ class ContentScanner:
                 if scan.cut:
                     traits.append(SCAN_CUT)
                     with self._lock:
-                        self._count("cut", "a memory scan of process %s stopped at its budget of "
-                                    "%g s", pid, self.scan_seconds)
+                        self._count("cut", "a memory scan of process %s stopped at its budget "
+                                    "(%g s, %d MiB, 4 MiB of maps)", pid, self.scan_seconds,
+                                    self.memory_bytes >> 20)
                 with self._lock:
                     self.stats["memory_scans"] += 1
             else:
