@@ -112,7 +112,7 @@ def test_a_packed_socks_proxy_is_stopped_within_two_seconds(tmp_path):
 def test_the_upx_header_is_a_trait_of_the_file(tmp_path):
     packed = _packed("microsocks", tmp_path, "helper")
     scanner = ContentScanner(background=False)
-    assert scanner.file_markers(packed, 64 << 20) == [PACKED_UPX]
+    assert scanner.file_markers(packed, 64 << 20) == [PACKED_UPX, content.PACKED_ENTROPY]
     assert scanner.file_markers(_program("microsocks"), 64 << 20) == ["microsocks"]
 
 
@@ -421,3 +421,32 @@ def test_a_decoy_layout_of_tens_of_thousands_of_mappings_is_evidence(tmp_path):
         proc.kill()
         proc.wait()
         sampler.content.close()
+
+
+def test_a_packer_with_its_header_wiped_is_still_seen_by_its_entropy_and_memory(tmp_path):
+    """Malware wipes UPX's magic so that the file says nothing of UPX: the code segment's
+    entropy still says packed, and the memory still says what it is."""
+    packed = tmp_path / "dbus-helper"
+    data = open(_packed("microsocks", tmp_path, "x"), "rb").read().replace(b"UPX!", b"ELF!")
+    packed.write_bytes(data)
+    packed.chmod(0o755)
+    scanner = ContentScanner(background=False)
+    assert scanner.file_markers(str(packed), 64 << 20) == [content.PACKED_ENTROPY]
+    proc = subprocess.Popen([str(packed), "-i", "127.0.0.1", "-p", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sampler = ProcessSampler()
+    try:
+        markers = _markers(sampler, proc.pid, lambda m: "microsocks" in m)
+        assert "microsocks" in markers and content.PACKED_ENTROPY in markers
+    finally:
+        proc.kill()
+        proc.wait()
+        sampler.content.close()
+
+
+def test_honest_programs_and_libraries_carry_no_trait_in_their_files():
+    from tests.test_content import _benign_files
+    scanner = ContentScanner(background=False)
+    found = {f: [m for m in scanner.file_markers(f, 64 << 20) if m in TRAITS]
+             for f in _benign_files()}
+    assert {f: m for f, m in found.items() if m} == {}

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import re
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -99,11 +101,12 @@ INTERPRETER = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|bun|deno|perl[0
 
 #: Evidence about a program's file or memory rather than a tool (also in ``exe_markers``).
 PACKED_UPX = "packed:upx"  # an ELF executable packed with UPX (its header, UPX!, in the file)
+PACKED_ENTROPY = "packed:entropy"  # its code segment looks compressed or encrypted
 EXE_MEMFD = "exe:memfd"  # runs from a memfd (an executable that never was a file)
 EXE_DELETED = "exe:deleted"  # its executable file was deleted after it started
 MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dumpable)
 SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
-TRAITS = (PACKED_UPX, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT)
+TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT)
 
 
 def reported(markers: list[str]) -> list[str]:
@@ -232,6 +235,36 @@ def packed(head: bytes) -> list[str]:
     if head.startswith(b"\x7fELF") and b"UPX!" in head[:4096]:
         return [PACKED_UPX]
     return []
+
+
+#: Bits of entropy per byte above which an executable segment is taken for compressed or
+#: encrypted: machine code has 5.5 to 6.8 (python, gcc, bash, curl, libcrypto with its tables:
+#: 6.1 to 6.8), a UPX-packed program 7.7.
+ENTROPY_PACKED = 7.2
+
+
+def code_entropy(fd: int, head: bytes, limit: int = 1 << 20) -> float | None:
+    """Entropy (bits per byte) of the first ``limit`` bytes of an ELF64 file's first
+    executable segment of 4 KiB or more; None if there is none (or it is not ELF64)."""
+    if not head.startswith(b"\x7fELF\x02\x01") or len(head) < 64:
+        return None
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    entsize, count = struct.unpack_from("<HH", head, 0x36)
+    for i in range(min(count, 64)):
+        at = phoff + i * entsize
+        if entsize < 56 or at + 56 > len(head):
+            return None
+        kind, flags, offset, _, _, size = struct.unpack_from("<IIQQQQ", head, at)
+        if kind == 1 and flags & 1 and size >= 4096:  # PT_LOAD, PF_X
+            data = os.pread(fd, min(size, limit), offset)
+            if len(data) < 4096:
+                return None
+            n = len(data)
+            return -sum(c / n * math.log2(c / n) for c in map(data.count, _BYTES) if c)
+    return None
+
+
+_BYTES = [bytes([i]) for i in range(256)]
 
 
 # ------------------------------------------------------------------ memory
@@ -593,6 +626,9 @@ class ContentScanner:
                 result = scan_fd(fd, max_bytes, deadline, first=head)
                 if head:
                     result.markers += packed(head[0])
+                    entropy = code_entropy(fd, head[0])
+                    if entropy is not None and entropy > ENTROPY_PACKED:
+                        result.markers.append(PACKED_ENTROPY)
             finally:
                 os.close(fd)
         except NotRegularFile as err:
