@@ -274,6 +274,10 @@ _BYTES = [bytes([i]) for i in range(256)]
 _SPECIAL = ("[heap]", "[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]")
 
 
+#: The writable anonymous memory right after an unpacked image is read as its data up to this
+#: size (a runtime's heap next to its JIT code is not).
+IMAGE_DATA_MAX = 8 << 20
+
 #: At most this much of a process's /proc/PID/maps is read (about 50,000 mappings; a program
 #: has hundreds). One with more is scanned as far as that goes, and counted as cut short.
 MAPS_MAX_BYTES = 4 << 20
@@ -325,7 +329,9 @@ def code_regions(regions: list[Region], exe: str, interpreter: bool,
             if "x" in r.perms or "w" not in r.perms:
                 chosen.append(r)
             elif not interpreter and ((chosen and chosen[-1].end == r.start and chosen[-1].path
-                                       == r.path) or r.path.split(" (")[0] == exe.split(" (")[0]):
+                                       == r.path and "w" not in chosen[-1].perms
+                                       and r.end - r.start <= IMAGE_DATA_MAX)
+                                      or r.path.split(" (")[0] == exe.split(" (")[0]):
                 chosen.append(r)  # the unpacked image's data, or the memfd program's own
         elif r.path == exe and "w" in r.perms and not interpreter:
             chosen.append(r)
@@ -692,8 +698,16 @@ class ContentScanner:
             memory = self._memory.get(key)
         if memory is None:
             return
-        interpreter = any(m.startswith(INTERPRETER_PREFIX)
-                          for m in self.file_markers(f"/proc/{pid}/exe", self.max_bytes))
+        # An interpreter's writable memory is never read; not knowing yet counts as one.
+        interpreter = INTERPRETER.match(os.path.basename(exe)) is not None
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+            with self._lock:
+                scan = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            interpreter = interpreter or scan is None or \
+                any(m.startswith(INTERPRETER_PREFIX) for m in scan.markers)
+        except OSError:
+            interpreter = True
         traits: list[str] = []
         now = time.monotonic()
         try:
