@@ -16,7 +16,7 @@ import regex
 
 from colab_guard.detect.conditions import REGEX_BUDGET, Regex, compile_regex
 from colab_guard.detect.engine import Engine
-from colab_guard.detect.signatures import SignatureSet, load_signatures
+from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.model import Process, Snapshot
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON, STANDINS
