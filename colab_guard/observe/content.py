@@ -31,6 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import re2
 
@@ -283,8 +284,9 @@ IMAGE_DATA_MAX = 8 << 20
 MAPS_MAX_BYTES = 4 << 20
 
 
-@dataclass(frozen=True)
-class Region:
+class Region(NamedTuple):
+    """One line of /proc/PID/maps (a tuple: thousands are read per look)."""
+
     start: int
     end: int
     perms: str
@@ -394,6 +396,7 @@ class _Memory:
     scanned_at: float = 0.0  # monotonic; 0: never
     checked_at: float = 0.0
     ran: int = -1  # its run time (ns, schedstat) when last looked at
+    maps: bytes = b""  # its /proc/PID/maps when last looked at
     queued: bool = False
 
 
@@ -414,7 +417,7 @@ class ContentScanner:
                  background: bool = True, cache_size: int = 4096,
                  log: logging.Logger | None = None, scan_seconds: float = 5.0,
                  memory_bytes: int = 32 << 20, memory_after: float = 0.5,
-                 memory_recheck: float = 2.0, memory_rescan: float = 120.0,
+                 memory_recheck: float = 5.0, memory_rescan: float = 120.0,
                  max_pending: int = 512, stuck_after: float = 10.0):
         self.max_bytes = max_bytes
         self.max_script_bytes = max_script_bytes
@@ -714,10 +717,12 @@ class ContentScanner:
             rescan = now - memory.scanned_at >= self.memory_rescan or not memory.scanned_at
             if not rescan:
                 # Looked at again while it runs: read again only if its layout changed.
-                maps = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES).decode("utf-8",
-                                                                                   "replace")
-                rescan = tuple((r.start, r.end, r.perms) for r in code_regions(
-                    parse_maps(maps), exe, interpreter, self.max_bytes)) != memory.layout
+                raw = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES)
+                if raw != memory.maps:
+                    rescan = tuple((r.start, r.end, r.perms) for r in code_regions(
+                        parse_maps(raw.decode("utf-8", "replace")), exe, interpreter,
+                        self.max_bytes)) != memory.layout
+                    memory.maps = raw
             if rescan:
                 scan, layout = scan_memory(pid, memory.start, exe, interpreter,
                                            self.memory_bytes, now + self.scan_seconds,
