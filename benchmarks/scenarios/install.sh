@@ -17,6 +17,24 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"
+# UPX (the packer the evasion tests pack real tools with): Debian's upx-ucl is not in
+# bookworm, so where the configured sources lack it, bullseye's build (which runs on bookworm)
+# is fetched from Debian with a private apt configuration, leaving the system's sources as
+# they are.
+if ! command -v upx-ucl >/dev/null 2>&1; then
+    if ! $SUDO apt-get install -y -qq --no-install-recommends upx-ucl 2>/dev/null; then
+        tmp=$(mktemp -d)
+        mkdir -p "$tmp/lists/partial" "$tmp/debs"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main" \
+            > "$tmp/sources.list"
+        apt_private=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+                     -o "Dir::State::Lists=$tmp/lists")
+        $SUDO apt-get "${apt_private[@]}" update -qq
+        (cd "$tmp/debs" && $SUDO apt-get "${apt_private[@]}" download upx-ucl libucl1 2>/dev/null)
+        $SUDO apt-get install -y -qq --no-install-recommends "$tmp"/debs/*.deb
+        rm -rf "$tmp"
+    fi
+fi
 if [ "${1:-}" != "--small" ] && [ -x .venv/bin/pip ]; then
     .venv/bin/pip install --quiet libtorrent
 fi

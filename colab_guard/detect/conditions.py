@@ -13,9 +13,12 @@ error is (``when.all[0].args.regex``).
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import re2
 import regex
 
 from .fields import FIELDS, OPERATORS, FieldView
@@ -35,23 +38,179 @@ class ConditionError(ValueError):
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
 
 
-#: Seconds one regex search may take. Shapes the check above misses ((a|aa)+$, .*a.*b.*c)
-#: can still backtrack for minutes on a hostile 8 KiB command line: such a search stops
-#: here and raises RegexTimeout (the engine counts it as no match, and says so once).
+#: Seconds one search of a fallback regex may take (see ``compile_regex``). Shapes the check
+#: above misses ((a|aa)+$, .*a.*b.*c) can still backtrack for minutes on a hostile 8 KiB
+#: command line: such a search stops here and raises RegexTimeout (the engine counts it as no
+#: match, and says so once).
 REGEX_TIMEOUT = 0.05
+
+#: Seconds of fallback-regex searching one process may cost across all its ticks, whatever
+#: each search took: a process whose arguments keep changing (so that its rules are tested
+#: again every tick) and stay just under REGEX_TIMEOUT is not searched again past this.
+REGEX_BUDGET = 0.2
 
 
 class RegexTimeout(TimeoutError):
-    """A regex search ran past REGEX_TIMEOUT."""
+    """A regex search ran past REGEX_TIMEOUT, or past the process's REGEX_BUDGET."""
 
 
-def compile_regex(pattern: str, path: str) -> regex.Pattern:
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a pattern RE2 refuses falls back quietly (below)
+_RE2_OPTIONS.never_capture = True  # only whether it matches is asked
+# The wrapper's own search builds a Match object with str offsets; only whether it matches is
+# asked, so the compiled RE2 object is called directly where this version of the wrapper has it.
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+_NO_MATCH = (-1, -1)
+
+#: Python's classes for text, spelled for RE2, whose \d, \w and \s are ASCII only: a
+#: signature written as Python reads it must not be evaded with a Unicode digit or letter.
+_CLASSES = {"d": r"\p{Nd}", "w": r"\p{L}\p{N}_",
+            "s": r"\t\n\v\f\r \x1c-\x1f\x85\p{Z}"}
+
+
+def _for_re2(pattern: str) -> str | None:
+    """The pattern with Python's meaning in RE2's syntax, or None where that cannot be said
+    (the caller then falls back to ``regex``). Python's ``$`` also matches before a final
+    newline; its \\d \\w \\s are Unicode."""
+    if re.search(r"\(\?([a-zA-Z]+(-[a-zA-Z]*)?|-[a-zA-Z]+):", pattern):
+        return None  # flags over a part only ((?m:...)): left to regex
+    out, i, in_class, multiline = [], 0, False, re.match(r"\(\?[a-zA-Z]*m", pattern) is not None
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            e = pattern[i + 1]
+            if e.lower() in _CLASSES:
+                body = _CLASSES[e.lower()]
+                if e.islower():
+                    out.append(body if in_class else f"[{body}]")
+                elif in_class:
+                    return None  # a negated class inside a class: not in RE2's syntax
+                else:
+                    out.append(f"[^{body}]")
+            elif e == "Z":
+                out.append(r"\z")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("[^", i):
+                out.append("[^")
+                i += 2
+                if pattern.startswith("]", i):
+                    out.append(r"\]")
+                    i += 1
+                continue
+            out.append("[")
+            if pattern.startswith("]", i + 1):
+                out.append(r"\]")
+                i += 1
+        elif c == "$" and not multiline:
+            out.append(r"(?:\n?\z)")
+        elif pattern.startswith("{,", i):
+            out.append("{0")  # Python's {,n}; RE2 would read it as text
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class Regex:
+    """A compiled signature regex: RE2 (linear time, whatever the text) where it can say the
+    pattern, else ``regex`` with a time limit per search and a budget per process."""
+
+    __slots__ = ("pattern", "_re2", "_raw", "_regex")
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._re2 = self._raw = self._regex = None
+        translated = _for_re2(pattern)
+        if translated is not None:
+            try:
+                self._re2 = re2.compile(translated, _RE2_OPTIONS)
+            except re2.error:
+                pass  # lookarounds, backreferences: not RE2's
+        if self._re2 is None:
+            self._regex = regex.compile(pattern)
+        elif _UNANCHORED is not None:
+            self._raw = getattr(self._re2, "_regexp", None)
+
+    @property
+    def linear(self) -> bool:
+        """Whether searches run in linear time (RE2)."""
+        return self._re2 is not None
+
+    def search(self, text: str) -> bool:
+        if self._re2 is not None:
+            # Encoded here: the wrapper's own search raises on the lone surrogates that stand
+            # for invalid UTF-8 in a command line (a rule that raises would be switched off),
+            # and its Match objects cost twice the search.
+            data = text.encode("utf-8", "replace")
+            if self._raw is not None:
+                return self._raw.Match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH
+            return self._re2.search(data.decode("utf-8")) is not None
+        budget = getattr(_budget, "current", None)
+        limit = REGEX_TIMEOUT if budget is None else min(REGEX_TIMEOUT, budget.left)
+        if limit <= 0:
+            raise RegexTimeout(f"regex {self.pattern!r}: the process's budget of "
+                               f"{REGEX_BUDGET:g} s of searching is spent")
+        started = time.perf_counter()
+        try:
+            return self._regex.search(text, timeout=limit) is not None
+        except TimeoutError:
+            raise RegexTimeout(f"regex {self.pattern!r} took over {limit:g} s") from None
+        finally:
+            if budget is not None:
+                budget.left -= time.perf_counter() - started
+
+    def __eq__(self, other):
+        return isinstance(other, Regex) and other.pattern == self.pattern
+
+    def __hash__(self):
+        return hash(self.pattern)
+
+    def __repr__(self):
+        return f"Regex({self.pattern!r})"
+
+
+class RegexBudget:
+    """Seconds of fallback-regex searching left to one process (across ticks)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float = REGEX_BUDGET):
+        self.left = seconds
+
+
+_budget = threading.local()
+
+
+class charged_to:
+    """``with charged_to(budget):`` fallback-regex searches in this thread spend ``budget``."""
+
+    def __init__(self, budget: RegexBudget | None):
+        self.budget = budget
+
+    def __enter__(self):
+        self.before = getattr(_budget, "current", None)
+        _budget.current = self.budget
+        return self.budget
+
+    def __exit__(self, *exc):
+        _budget.current = self.before
+
+
+def compile_regex(pattern: str, path: str) -> Regex:
     if _NESTED_QUANTIFIER.search(pattern):
         raise ConditionError(path, f"regex {pattern!r} nests quantifiers (like (a+)+), "
                                    "which can backtrack for minutes on hostile input")
     try:
         re.compile(pattern)  # Python's syntax, and its error messages
-        return regex.compile(pattern)  # same syntax; its searches can be bounded in time
+        return Regex(pattern)
     except (re.error, regex.error) as err:
         raise ConditionError(path, f"bad regex {pattern!r}: {err}") from None
 
@@ -134,10 +293,7 @@ def _holds(op: str, operand: Any, item: Any) -> bool:
     if op == "in":
         return item in operand
     if op == "regex":
-        try:
-            return operand.search(item, timeout=REGEX_TIMEOUT) is not None
-        except TimeoutError:
-            raise RegexTimeout(f"regex {operand.pattern!r} took over {REGEX_TIMEOUT:g} s") from None
+        return operand.search(item)
     if op == "contains":
         return operand in item
     if op == "gte":

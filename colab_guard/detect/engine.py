@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
-from .conditions import RegexTimeout, fields_read
+from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read
 from .fields import FieldView
 from .signatures import Signature, SignatureSet
 
@@ -49,6 +49,9 @@ class Engine:
     slow: set[str] = field(default_factory=set)
     # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
     _too_slow: set[tuple] = field(default_factory=set)
+    # (kernel id, pid, create time) -> what is left of the process's fallback-regex budget,
+    # spent across ticks (a process whose arguments keep changing is searched again each tick)
+    _regex_budget: dict[tuple, RegexBudget] = field(default_factory=dict)
     # kernel id -> process key -> (the sample, what it observed, the signatures it
     # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
@@ -83,16 +86,20 @@ class Engine:
                         detections.append(found)
         self._last[snapshot.kernel_id] = now  # live processes only: bounded
         self._forget(snapshot.kernel_id, held_now)
-        if self._too_slow:
+        if self._too_slow or self._regex_budget:
             live = {p.key for p in snapshot.processes}
             self._too_slow = {k for k in self._too_slow
                               if k[1] != snapshot.kernel_id or tuple(k[2:]) in live}
+            for key in [k for k in self._regex_budget
+                        if k[0] == snapshot.kernel_id and tuple(k[1:]) not in live]:
+                del self._regex_budget[key]
         return detections
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
         self._last.pop(kernel_id, None)
         self._too_slow = {k for k in self._too_slow if k[1] != kernel_id}
+        self._regex_budget = {k: v for k, v in self._regex_budget.items() if k[0] != kernel_id}
 
     # ------------------------------------------------------------------
 
@@ -119,8 +126,13 @@ class Engine:
     def _test(self, sig: Signature, snapshot: Snapshot, process: Process,
               view: FieldView) -> list[str] | None:
         """The reasons the signature's condition holds, or None."""
+        budget = None
+        if not getattr(process, "cell", ""):  # a cell is checked once; a process every tick
+            budget = self._regex_budget.setdefault((snapshot.kernel_id, *process.key),
+                                                   RegexBudget())
         try:
-            ok, reasons = sig.when.test(view)
+            with charged_to(budget):
+                ok, reasons = sig.when.test(view)
         except RegexTimeout as err:
             # Hostile text against a regex that backtracks: no match, and not retried on
             # this process every tick (a cell is checked once anyway). Not disabled: the

@@ -20,14 +20,22 @@ too, the first script argument only, with the smaller ``max_script_bytes``.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import os
 import re
 import stat
+import struct
 import threading
+import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import re2
+
+from . import procfs
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -35,11 +43,6 @@ CHUNK = 1 << 20
 
 
 INTERPRETER_PREFIX = "interpreter:"
-
-
-def reported(markers: list[str]) -> list[str]:
-    """The markers that name tools (not the internal interpreter ones)."""
-    return [m for m in markers if not m.startswith(INTERPRETER_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -97,17 +100,41 @@ INTERPRETER = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|bun|deno|perl[0
                          r"php[0-9.]*|bash|sh|dash|zsh)$")
 
 
+#: Evidence about a program's file or memory rather than a tool (also in ``exe_markers``).
+PACKED_UPX = "packed:upx"  # an ELF executable packed with UPX (its header, UPX!, in the file)
+PACKED_ENTROPY = "packed:entropy"  # its code segment looks compressed or encrypted
+EXE_MEMFD = "exe:memfd"  # runs from a memfd (an executable that never was a file)
+EXE_DELETED = "exe:deleted"  # its executable file was deleted after it started
+MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dumpable)
+SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
+TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT)
+
+
+def reported(markers: list[str]) -> list[str]:
+    """The markers that name tools (not the internal interpreter ones, nor the traits)."""
+    return [m for m in markers if not m.startswith(INTERPRETER_PREFIX) and m not in TRAITS]
+
+
 class MarkerSearch:
-    """Finds which markers a byte string carries, with one regex pass."""
+    """Finds which needles a byte string carries, in one pass of an RE2 set: linear in the
+    length whatever the bytes (a file of needle prefixes cannot make it backtrack), and
+    without holding the GIL (a long scan does not stall the server's other threads)."""
 
     def __init__(self, markers: tuple[Marker, ...] = MARKERS):
         self.markers = markers
-        needles = sorted({n for m in markers for n in m.needles}, key=len, reverse=True)
-        self.pattern = re.compile(b"|".join(re.escape(n) for n in needles))
-        self.longest = max(len(n) for n in needles)
+        self.needles = sorted({n for m in markers for n in m.needles}, key=len, reverse=True)
+        options = re2.Options()
+        options.encoding = re2.Options.Encoding.LATIN1  # bytes, whatever they are
+        options.log_errors = False
+        options.max_mem = 64 << 20
+        self._set = re2.Set.SearchSet(options)
+        for needle in self.needles:
+            self._set.Add(re.escape(needle))
+        self._set.Compile()
+        self.longest = max(len(n) for n in self.needles)
 
     def needles_in(self, data: bytes) -> set[bytes]:
-        return set(self.pattern.findall(data))
+        return {self.needles[i] for i in self._set.Match(data) or ()}
 
     def markers_for(self, found: set[bytes]) -> list[str]:
         return [m.name for m in self.markers if sum(n in found for n in m.needles) >= m.need]
@@ -116,64 +143,349 @@ class MarkerSearch:
 SEARCH = MarkerSearch()
 
 
-def scan_file(path: str, max_bytes: int, search: MarkerSearch = SEARCH) -> list[str]:
-    """The markers in the first ``max_bytes`` of a file (read in chunks)."""
-    found: set[bytes] = set()
-    overlap = search.longest - 1
-    tail = b""
-    left = max_bytes
-    with open(path, "rb") as f:
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            data = tail + chunk
-            found |= search.needles_in(data)
-            tail = data[-overlap:]
-    return search.markers_for(found)
+class NotRegularFile(OSError):
+    """A FIFO, socket, device or directory where a file to scan was expected."""
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path`` if it is a regular file, else NotRegularFile.
+
+    The path is first opened with O_PATH, which opens nothing (a FIFO does not wait for a
+    writer, a device's driver is not called), and its type read from that descriptor; only a
+    regular file is then opened for reading, through that very descriptor (so a file swapped
+    in between is not the one read), non-blocking all the same.
+    """
+    handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(handle)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{path} is not a regular file (mode {st.st_mode:o})")
+        fd = os.open(f"/proc/self/fd/{handle}",
+                     os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise NotRegularFile(f"{path} changed while it was opened")
+    return fd, opened
+
+
+@dataclass
+class Scan:
+    """What one scan found, and whether it read all it meant to."""
+
+    markers: list[str]
+    cut: bool = False  # stopped at its time budget before the end
+
+
+class Scanning:
+    """Needles found over a stream of chunks (a marker spanning two chunks is found)."""
+
+    def __init__(self, search: MarkerSearch = SEARCH):
+        self.search = search
+        self.found: set[bytes] = set()
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._tail + chunk
+        self.found |= self.search.needles_in(data)
+        self._tail = data[-(self.search.longest - 1):]
+
+    def restart(self) -> None:
+        """The next chunk does not follow the last one (another memory region)."""
+        self._tail = b""
+
+    def markers(self) -> list[str]:
+        return self.search.markers_for(self.found)
+
+
+def scan_fd(fd: int, max_bytes: int, deadline: float | None = None,
+            search: MarkerSearch = SEARCH, first: list | None = None) -> Scan:
+    """The markers in the first ``max_bytes`` of an open file, read in chunks; stopped (cut)
+    at ``deadline`` (time.monotonic()). ``first``: gets the first chunk."""
+    scanning = Scanning(search)
+    offset = 0
+    while offset < max_bytes:
+        if deadline is not None and time.monotonic() > deadline:
+            return Scan(scanning.markers(), cut=True)
+        chunk = os.pread(fd, min(CHUNK, max_bytes - offset), offset)
+        if not chunk:
+            break
+        if first is not None and offset == 0:
+            first.append(chunk)
+        offset += len(chunk)
+        scanning.feed(chunk)
+    return Scan(scanning.markers())
+
+
+def scan_file(path: str, max_bytes: int, search: MarkerSearch = SEARCH,
+              seconds: float | None = None) -> list[str]:
+    """The markers in the first ``max_bytes`` of a regular file (NotRegularFile otherwise)."""
+    fd, _ = open_regular(path)
+    try:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        return scan_fd(fd, max_bytes, deadline, search).markers
+    finally:
+        os.close(fd)
+
+
+def packed(head: bytes) -> list[str]:
+    """Packer traits of an executable from its first bytes: UPX writes its header (``UPX!``)
+    right after an ELF's program headers."""
+    if head.startswith(b"\x7fELF") and b"UPX!" in head[:4096]:
+        return [PACKED_UPX]
+    return []
+
+
+#: Bits of entropy per byte above which an executable segment is taken for compressed or
+#: encrypted: machine code has 5.5 to 6.8 (python, gcc, bash, curl, libcrypto with its tables:
+#: 6.1 to 6.8), a UPX-packed program 7.7.
+ENTROPY_PACKED = 7.2
+
+
+def code_entropy(fd: int, head: bytes, limit: int = 1 << 20) -> float | None:
+    """Entropy (bits per byte) of the first ``limit`` bytes of an ELF64 file's first
+    executable segment of 4 KiB or more; None if there is none (or it is not ELF64)."""
+    if not head.startswith(b"\x7fELF\x02\x01") or len(head) < 64:
+        return None
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    entsize, count = struct.unpack_from("<HH", head, 0x36)
+    for i in range(min(count, 64)):
+        at = phoff + i * entsize
+        if entsize < 56 or at + 56 > len(head):
+            return None
+        kind, flags, offset, _, _, size = struct.unpack_from("<IIQQQQ", head, at)
+        if kind == 1 and flags & 1 and size >= 4096:  # PT_LOAD, PF_X
+            data = os.pread(fd, min(size, limit), offset)
+            if len(data) < 4096:
+                return None
+            n = len(data)
+            return -sum(c / n * math.log2(c / n) for c in map(data.count, _BYTES) if c)
+    return None
+
+
+_BYTES = [bytes([i]) for i in range(256)]
+
+
+# ------------------------------------------------------------------ memory
+
+#: Mappings never read: the kernel's own, and the stack and heap (data a program works on,
+#: which may hold any text: a download, a file being searched).
+_SPECIAL = ("[heap]", "[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]")
+
+
+#: The writable anonymous memory right after an unpacked image is read as its data up to this
+#: size (a runtime's heap next to its JIT code is not).
+IMAGE_DATA_MAX = 8 << 20
+
+#: At most this much of a process's /proc/PID/maps is read (about 50,000 mappings; a program
+#: has hundreds). One with more is scanned as far as that goes, and counted as cut short.
+MAPS_MAX_BYTES = 4 << 20
+
+
+class Region(NamedTuple):
+    """One line of /proc/PID/maps (a tuple: thousands are read per look)."""
+
+    start: int
+    end: int
+    perms: str
+    path: str
+    offset: int = 0  # in the file mapped
+
+
+def parse_maps(text: str) -> list[Region]:
+    regions = []
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 5 or "-" not in fields[0]:
+            continue
+        start, _, end = fields[0].partition("-")
+        try:
+            regions.append(Region(int(start, 16), int(end, 16), fields[1],
+                                  fields[5] if len(fields) > 5 else "", int(fields[2], 16)))
+        except ValueError:
+            continue
+    return regions
+
+
+def code_regions(regions: list[Region], exe: str, interpreter: bool,
+                 file_bytes: int | None = None) -> list[Region]:
+    """The mappings where a program's own code and constants live once it runs, whatever
+    its file looked like: anonymous memory that is executable or read-only (where a packed
+    program unpacks itself, and a JIT writes code), the writable anonymous memory right after
+    such (the unpacked program's data), the executable's own writable mappings, and code
+    mapped from a memfd or a deleted file, and the part of the executable's mappings past the
+    ``file_bytes`` its file scan reads (a program padded past it). Not an interpreter's
+    writable memory: a Python process holds whatever text its program reads, and what it runs
+    is its script."""
+    chosen: list[Region] = []
+    for r in regions:
+        if not r.perms.startswith("r") or r.path in _SPECIAL:
+            continue
+        # Anonymous memory, private or shared (shared shows as a deleted /dev/zero), and
+        # memory of a file nobody else can open (a memfd, a deleted file).
+        hidden = r.path == "" or r.path.startswith(("/dev/zero (deleted)", "/SYSV", "/memfd:")) \
+            or r.path.endswith(" (deleted)")
+        if hidden:
+            if "x" in r.perms or "w" not in r.perms:
+                chosen.append(r)
+            elif not interpreter and ((chosen and chosen[-1].end == r.start and chosen[-1].path
+                                       == r.path and "w" not in chosen[-1].perms
+                                       and r.end - r.start <= IMAGE_DATA_MAX)
+                                      or r.path.split(" (")[0] == exe.split(" (")[0]):
+                chosen.append(r)  # the unpacked image's data, or the memfd program's own
+        elif r.path == exe and "w" in r.perms and not interpreter:
+            chosen.append(r)
+        elif r.path == exe and file_bytes is not None and r.offset + r.end - r.start > file_bytes:
+            skip = max(0, file_bytes - r.offset)
+            chosen.append(Region(r.start + skip, r.end, r.perms, r.path, r.offset + skip))
+    return chosen
+
+
+def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_bytes: int,
+                deadline: float, search: MarkerSearch = SEARCH,
+                file_bytes: int | None = None) -> tuple[Scan, tuple]:
+    """The markers in a running process's code and constants (``code_regions``), at most
+    ``max_bytes`` of them, until ``deadline``; and the layout read (to tell when it changed).
+    PermissionError: its memory cannot be read (not dumpable, another user's);
+    ProcessLookupError: it exited, or its pid is another process's now."""
+    raw = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES + 1)
+    maps_cut = len(raw) > MAPS_MAX_BYTES  # tens of thousands of mappings: a decoy layout
+    regions = code_regions(parse_maps(raw[:MAPS_MAX_BYTES].decode("utf-8", "replace")), exe,
+                           interpreter, file_bytes)
+    layout = tuple((r.start, r.end, r.perms) for r in regions)
+    scanning = Scanning(search)
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if procfs.read_stat(pid).start != start_ticks:
+            raise ProcessLookupError(pid)  # the pid was taken again: not the process asked
+        left = max_bytes
+        for region in regions:
+            if left <= 0:  # more than max_bytes of it (decoys, say): what is left is not read
+                return Scan(scanning.markers(), cut=True), layout
+            scanning.restart()
+            address = region.start
+            while address < region.end and left > 0:
+                if time.monotonic() > deadline:
+                    return Scan(scanning.markers(), cut=True), layout
+                size = min(CHUNK, region.end - address, left)
+                try:
+                    chunk = os.pread(fd, size, address)
+                except OSError:
+                    break  # unmapped meanwhile, or a page that cannot be read: next region
+                if not chunk:
+                    break
+                scanning.feed(chunk)
+                address += len(chunk)
+                left -= len(chunk)
+    finally:
+        os.close(fd)
+    return Scan(scanning.markers(), cut=maps_cut), layout
+
+
+@dataclass
+class _Memory:
+    """A process's memory scans."""
+
+    start: int  # its start (clock ticks after boot): the pid's identity
+    exe: str
+    markers: list[str] = field(default_factory=list)
+    traits: list[str] = field(default_factory=list)
+    layout: tuple = ()
+    scanned_at: float = 0.0  # monotonic; 0: never
+    checked_at: float = 0.0
+    ran: int = -1  # its run time (ns, schedstat) when last looked at
+    maps: bytes = b""  # its /proc/PID/maps when last looked at
+    queued: bool = False
 
 
 FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
 
 class ContentScanner:
-    """Markers per file, scanned once per (device, inode, size, mtime)."""
+    """Markers per file, scanned once per (device, inode, size, mtime), and per running
+    process, from its memory.
+
+    Everything is read in one background thread (``background=True``), smallest job first,
+    each within a time budget (``scan_seconds``); the queue holds at most ``max_pending``
+    jobs (others are asked again later). What was cut short, refused or dropped is counted
+    in ``stats`` and said once in the log.
+    """
 
     def __init__(self, max_bytes: int = 64 << 20, max_script_bytes: int = 1 << 20,
                  background: bool = True, cache_size: int = 4096,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None, scan_seconds: float = 5.0,
+                 memory_bytes: int = 32 << 20, memory_after: float = 0.5,
+                 memory_recheck: float = 5.0, memory_rescan: float = 120.0,
+                 max_pending: int = 512, stuck_after: float = 10.0):
         self.max_bytes = max_bytes
         self.max_script_bytes = max_script_bytes
         self.cache_size = cache_size
+        self.scan_seconds = scan_seconds
+        self.memory_bytes = memory_bytes
+        self.memory_after = memory_after  # seconds a process runs before its memory is read
+        self.memory_recheck = memory_recheck  # its layout looked at again (while it runs)
+        self.memory_rescan = memory_rescan  # read again all the same (while it runs)
+        self.max_pending = max_pending
         self.log = log or logging.getLogger("colab_guard")
         self.scans = 0  # files actually read (the rest came from the cache)
         self.bytes_read = 0
-        self._cache: OrderedDict[FileKey, list[str]] = OrderedDict()
-        self._pending: dict[FileKey, Future] = {}
+        self.stats = {"file_scans": 0, "memory_scans": 0, "cut": 0, "refused": 0,
+                      "dropped": 0, "memory_denied": 0, "vanished": 0}
+        self._said: set[str] = set()
+        self._cache: OrderedDict[FileKey, Scan] = OrderedDict()
+        self._pending: dict[FileKey, bool] = {}
+        self._memory: dict[tuple, _Memory] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-scan") if background else None
+        self._background = background
+        self._jobs: list[tuple] = []  # heap of (bytes to read, sequence, job)
+        self._sequence = 0
+        self._wake = threading.Condition(self._lock)
+        self._running: tuple[float, tuple] | None = None  # (since, job) of the worker
+        self.stuck_after = stuck_after
+        self.stuck_threads = 0  # threads left blocked in a read (see _check_stuck)
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ public
 
-    def process_markers(self, pid: int, exe: str, cmdline: list[str]) -> list[str]:
-        """Markers of a process's executable and of the script it runs, if any.
+    def process_markers(self, pid: int, exe: str, cmdline: list[str],
+                        key: tuple | None = None) -> list[str]:
+        """Markers of a process's executable and of the script it runs, if any, and (given
+        the process's ``key``) those found in its memory, with the traits of its executable.
 
         The executable is read through ``/proc/PID/exe``, which still works when
         the file was deleted or replaced after the program started.
         """
         found = self.file_markers(f"/proc/{pid}/exe", self.max_bytes)
         markers = reported(found)
-        interpreter = len(markers) < len(found)  # even when renamed
+        interpreter = any(m.startswith(INTERPRETER_PREFIX) for m in found)  # even when renamed
         script = script_path(pid, exe, cmdline, interpreter)
         if script is not None:
             markers += [m for m in reported(self.file_markers(script, self.max_script_bytes))
                         if m not in markers]
-        return markers
+        extra = [t for t in found if t in TRAITS]
+        try:
+            link = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            link = ""
+        if link.startswith("/memfd:"):
+            extra.append(EXE_MEMFD)
+        elif link.endswith(" (deleted)"):
+            extra.append(EXE_DELETED)
+        if key is not None:
+            memory = self._memory.get(key)
+            if memory is not None:
+                markers += [m for m in memory.markers if m not in markers]
+                extra += memory.traits
+        return markers + [t for t in dict.fromkeys(extra) if t not in markers]
 
-    def settled(self, pid: int, exe: str, cmdline: list[str]) -> bool:
-        """Whether the files of a process have all been scanned already, so that
-        ``process_markers`` answers from the cache, finally (until the files change)."""
+    def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
+        """Whether the files of a process have all been scanned already (and, given its key,
+        its memory once it has run a little), so that ``process_markers`` answers from the
+        cache, finally (until the files change, or the process does). Schedules what is due."""
+        done = True
         for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
             try:
                 st = os.stat(path)
@@ -181,8 +493,10 @@ class ContentScanner:
                 continue
             if stat.S_ISREG(st.st_mode) and \
                     (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in self._cache:
-                return False
-        return True
+                done = False
+        if key is not None and not self._memory_settled(pid, exe, key):
+            done = False
+        return done
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
@@ -194,44 +508,256 @@ class ContentScanner:
             return []
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
+            self._check_stuck()
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return self._cache[key].markers
             if key in self._pending:
                 return []
-            if self._pool is not None:
-                self._pending[key] = self._pool.submit(self._scan, key, path, max_bytes)
+            if self._background:
+                if self._queue(min(st.st_size, max_bytes), ("file", key, path, max_bytes)):
+                    self._pending[key] = True
                 return []
-        return self._scan(key, path, max_bytes)
+        return self._scan(key, path, max_bytes).markers
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the scans under way (tests and the command line use it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            pending = list(self._pending.values())
-        for future in pending:
-            future.result(timeout)
+            while self._jobs or self._running is not None:
+                self._check_stuck()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("content scans still running")
+                self._wake.wait(0.1 if left is None else min(left, 0.1))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            self._jobs.clear()
+            self._wake.notify_all()
+
+    def forget(self, alive: set) -> None:
+        """Drop the memory state of processes that are gone (keys not in ``alive``)."""
+        with self._lock:
+            for key in [k for k in self._memory if k not in alive]:
+                del self._memory[key]
+
+    # ------------------------------------------------------------ the queue
+
+    def _queue(self, cost: int, job: tuple) -> bool:
+        """Queue a job (with the lock held); False if the queue is full."""
+        if self._closed:
+            return False
+        self._check_stuck()
+        if len(self._jobs) >= self.max_pending:
+            self._count("dropped", "the content scanner's queue is full (%d jobs); scans are "
+                        "dropped and asked again later", self.max_pending)
+            return False
+        self._sequence += 1
+        heapq.heappush(self._jobs, (cost, self._sequence, job))
+        if self._thread is None:
+            self._start_worker()
+        self._wake.notify_all()
+        return True
+
+    def _start_worker(self) -> None:
+        thread = threading.Thread(name="colab-guard-scan", daemon=True)
+        thread.run = lambda: self._work(thread)  # type: ignore[method-assign]
+        self._thread = thread
+        thread.start()
+
+    def _check_stuck(self) -> None:
+        """With the lock held: a job that has run far past its budget is blocked in a read
+        no budget can stop (a file on a FUSE mount that never answers, a process's memory
+        behind a fault that is never served). Its thread is left to it, the job counted as
+        cut, and a new thread goes on with the queue: the scanner cannot be blinded."""
+        if self._running is None or self._closed:
+            return
+        started, job = self._running
+        if time.monotonic() - started < self.scan_seconds + self.stuck_after:
+            return
+        self._running = None
+        self.stuck_threads += 1
+        self._count("stuck", "a content scan (%s) was blocked for over %g s; it is left to its "
+                    "thread, counted as cut (%s), and a new thread scans the rest", job[2],
+                    self.scan_seconds + self.stuck_after, SCAN_CUT)
+        if job[0] == "file":
+            self._pending.pop(job[1], None)
+            self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
+        else:
+            memory = self._memory.get(job[1])
+            if memory is not None:
+                memory.traits, memory.queued = [SCAN_CUT], False
+                memory.scanned_at = memory.scanned_at or time.monotonic()
+        self._start_worker()
+
+    def _work(self, me: threading.Thread) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._closed and self._thread is me:
+                    self._wake.wait()
+                if self._closed or self._thread is not me:
+                    return  # closed, or left behind while blocked
+                _, _, job = heapq.heappop(self._jobs)
+                self._running = (time.monotonic(), job)
+            try:
+                if job[0] == "file":
+                    self._scan(*job[1:])
+                else:
+                    self._scan_memory(*job[1:])
+            except Exception:  # a bug: said, and the thread goes on with the next
+                self.log.exception("colab-guard: content scan failed")
+            finally:
+                with self._lock:
+                    if self._thread is me:
+                        self._running = None
+                    self._wake.notify_all()
+
+    def _count(self, kind: str, message: str, *args) -> None:
+        """Count a kind of event; say it once in the log."""
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+        if kind not in self._said:
+            self._said.add(kind)
+            self.log.warning("colab-guard: " + message + " (further occurrences are only counted)",
+                             *args)
 
     # ------------------------------------------------------------ scanning
 
-    def _scan(self, key: FileKey, path: str, max_bytes: int) -> list[str]:
+    def _scan(self, key: FileKey, path: str, max_bytes: int) -> Scan:
+        deadline = time.monotonic() + self.scan_seconds
+        result, opened = Scan([]), key
         try:
-            markers = scan_file(path, max_bytes)
+            fd, st = open_regular(path)
+            try:
+                opened = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                head: list[bytes] = []
+                result = scan_fd(fd, max_bytes, deadline, first=head)
+                if head:
+                    result.markers += packed(head[0])
+                    entropy = code_entropy(fd, head[0])
+                    if entropy is not None and entropy > ENTROPY_PACKED:
+                        result.markers.append(PACKED_ENTROPY)
+            finally:
+                os.close(fd)
+        except NotRegularFile as err:
+            # Swapped for a FIFO, a socket or a device after it was queued: never opened.
+            with self._lock:
+                self._count("refused", "not scanned: %s", err)
         except OSError as err:
             # Unreadable (another user's file, gone): try again when it changes.
             self.log.debug("colab-guard: could not scan %s: %s", path, err)
-            markers = []
+        if result.cut:
+            result.markers.append(SCAN_CUT)
+            with self._lock:
+                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
+                            self.scan_seconds)
         with self._lock:
             self.scans += 1
-            self.bytes_read += min(key[2], max_bytes)
+            self.stats["file_scans"] += 1
+            self.bytes_read += min(opened[2], max_bytes)
             self._pending.pop(key, None)
-            self._cache[key] = markers
+            # Cached under what was read: a file swapped in after the stat is not taken for
+            # the one that was there (which is scanned when asked again).
+            if opened == key or opened not in self._cache:
+                self._cache[opened] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return markers
+        return result
+
+    def _memory_settled(self, pid: int, exe: str, key: tuple) -> bool:
+        """Whether the process's memory scan is done and holds: it has not run since it was
+        last looked at. Queues the scan once it has run ``memory_after`` seconds, and a look
+        again once ``memory_recheck`` has passed since the last if it ran meanwhile."""
+        now = time.monotonic()
+        try:
+            st = procfs.read_stat(pid)
+            ran = int(procfs.read_small(f"/proc/{pid}/schedstat").split()[0])
+        except (OSError, ValueError, IndexError):
+            return True  # gone (or no schedstat: looked at when due, below)
+        if time.time() - key[1] < self.memory_after:
+            return False  # not yet: asked again at the next read
+        with self._lock:
+            memory = self._memory.get(key)
+            if memory is None:
+                memory = self._memory[key] = _Memory(start=st.start, exe=exe)
+            if memory.queued:
+                return False
+            if memory.scanned_at and memory.ran == ran:
+                return True  # it has not run since it was last looked at
+            if memory.scanned_at and now - memory.checked_at < self.memory_recheck:
+                return False  # it ran: looked at again once due
+            memory.checked_at = now
+            memory.ran = ran
+            if self._background:
+                memory.queued = self._queue(min(self.memory_bytes, st.vms),
+                                            ("memory", key, pid, exe))
+                return False
+        self._scan_memory(key, pid, exe)
+        return True
+
+    def _scan_memory(self, key: tuple, pid: int, exe: str) -> None:
+        with self._lock:
+            memory = self._memory.get(key)
+        if memory is None:
+            return
+        # An interpreter's writable memory is never read; not knowing yet counts as one.
+        interpreter = INTERPRETER.match(os.path.basename(exe)) is not None
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+            with self._lock:
+                scan = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            interpreter = interpreter or scan is None or \
+                any(m.startswith(INTERPRETER_PREFIX) for m in scan.markers)
+        except OSError:
+            interpreter = True
+        traits: list[str] = []
+        now = time.monotonic()
+        try:
+            rescan = now - memory.scanned_at >= self.memory_rescan or not memory.scanned_at
+            if not rescan:
+                # Looked at again while it runs: read again only if its layout changed.
+                raw = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES)
+                if raw != memory.maps:
+                    rescan = tuple((r.start, r.end, r.perms) for r in code_regions(
+                        parse_maps(raw.decode("utf-8", "replace")), exe, interpreter,
+                        self.max_bytes)) != memory.layout
+                    memory.maps = raw
+            if rescan:
+                scan, layout = scan_memory(pid, memory.start, exe, interpreter,
+                                           self.memory_bytes, now + self.scan_seconds,
+                                           file_bytes=self.max_bytes)
+                memory.markers = reported(scan.markers)
+                memory.layout = layout
+                memory.scanned_at = now
+                if scan.cut:
+                    traits.append(SCAN_CUT)
+                    with self._lock:
+                        self._count("cut", "a memory scan of process %s stopped at its budget "
+                                    "(%g s, %d MiB, 4 MiB of maps)", pid, self.scan_seconds,
+                                    self.memory_bytes >> 20)
+                with self._lock:
+                    self.stats["memory_scans"] += 1
+            else:
+                traits = [t for t in memory.traits if t == SCAN_CUT]
+        except PermissionError as err:
+            # Not dumpable, or another user's: that it hides is evidence in its own right.
+            traits.append(MEMORY_UNREADABLE)
+            memory.scanned_at = memory.scanned_at or now
+            with self._lock:
+                self._count("memory_denied", "the memory of process %s cannot be read (%s); "
+                            "recorded as evidence (%s)", pid, err, MEMORY_UNREADABLE)
+        except (ProcessLookupError, FileNotFoundError):
+            memory.scanned_at = memory.scanned_at or now
+            with self._lock:
+                self.stats["vanished"] += 1
+        except OSError as err:
+            memory.scanned_at = memory.scanned_at or now
+            self.log.debug("colab-guard: could not read the memory of %s: %s", pid, err)
+        finally:
+            memory.traits = traits
+            memory.queued = False
+            memory.checked_at = time.monotonic()
 
 
 #: Interpreter options whose value is the next word (python -W ignore x.py).

@@ -340,8 +340,8 @@ class ProcessSampler:
         sample.sockets = sockets.of(fds.inodes)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
-        settled = self.content.settled(pid, sample.exe, sample.cmdline)
-        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline)
+        settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
+        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
         if activity is not None and self.stats.denied == denied_before:  # a complete read
             self._tracked[key].quiet = QuietRead(
                 sample, activity, refresh_time(now, pid), not settled,
@@ -389,9 +389,11 @@ class ProcessSampler:
         a library it mapped just before it went quiet)."""
         quiet = state.quiet
         last = quiet.sample
-        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline):
-            last = replace(last, exe_markers=self.content.process_markers(
-                last.pid, last.exe, last.cmdline))
+        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline,
+                                                          entry.key):
+            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
+            if markers != last.exe_markers:  # the same: the same sample is handed on
+                last = replace(last, exe_markers=markers)
             quiet.markers_pending = False
         if quiet.fds_pending and now - state.fds.when >= self.libraries_refresh:
             last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
@@ -522,6 +524,7 @@ class ProcessSampler:
         alive = {entry.key for entry in table.values()}
         for key in self._tracked.keys() - alive:
             del self._tracked[key]
+        self.content.forget(alive)  # what it read of their memory
 
 
 def _read_stat(pid: int) -> procfs.Stat | None:

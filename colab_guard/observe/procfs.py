@@ -33,13 +33,18 @@ def read_small(path: str) -> bytes:
         os.close(fd)
 
 
-def read_all(path: str) -> bytes:
-    """A /proc file of any length (a command line can be megabytes long)."""
+def read_all(path: str, limit: int | None = None) -> bytes:
+    """A /proc file of any length (a command line can be megabytes long), or its first
+    ``limit`` bytes."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
+        chunks, size = [], 0
+        while limit is None or size < limit:
+            chunk = os.read(fd, 65536 if limit is None else min(65536, limit - size))
+            if not chunk:
+                break
             chunks.append(chunk)
+            size += len(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -74,18 +79,34 @@ def create_time(start_ticks: int, boot_time: float) -> float:
     return float(start_ticks) / CLOCK_TICKS + boot_time
 
 
+#: At most this much of a command line is read, and split into at most this many words: a
+#: process that makes its argument area megabytes of one-letter words would otherwise cost
+#: the sampler a hundred bytes of memory per letter. The signatures read 8 KiB of it.
+CMDLINE_MAX_BYTES = 64 << 10
+CMDLINE_MAX_WORDS = 2048
+#: The last word of a command line that was cut (a word no signature matches).
+CMDLINE_CUT = "…[command line cut]"
+
+
 def read_cmdline(pid: int) -> list[str]:
     """The command line as psutil gives it: words split at NULs, or at spaces for a
-    program that rewrote its command line as one string (setproctitle)."""
-    data = read_all(f"/proc/{pid}/cmdline").decode(ENCODING, ENCODING_ERRORS)
+    program that rewrote its command line as one string (setproctitle). One longer than
+    CMDLINE_MAX_BYTES or CMDLINE_MAX_WORDS is cut, and ends with the word CMDLINE_CUT."""
+    raw = read_all(f"/proc/{pid}/cmdline", CMDLINE_MAX_BYTES + 1)
+    cut = len(raw) > CMDLINE_MAX_BYTES
+    data = raw[:CMDLINE_MAX_BYTES].decode(ENCODING, ENCODING_ERRORS)
     if not data:
         return []  # a zombie, or a kernel thread
-    sep = "\x00" if data.endswith("\x00") else " "
-    if data.endswith(sep):
+    sep = "\x00" if data.endswith("\x00") or (cut and "\x00" in data) else " "
+    if data.endswith(sep) and not cut:
         data = data[:-1]
-    words = data.split(sep)
+    words = data.split(sep, CMDLINE_MAX_WORDS)
     if sep == "\x00" and len(words) == 1 and " " in data:
-        words = data.split(" ")
+        words = data.split(" ", CMDLINE_MAX_WORDS)
+    if len(words) > CMDLINE_MAX_WORDS:
+        words, cut = words[:CMDLINE_MAX_WORDS], True
+    if cut:
+        words.append(CMDLINE_CUT)
     return words
 
 
