@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..observe.model import Process
+from . import commands as shell
+from .commands import Command
 from .fields import FIELDS, Field
 
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
@@ -38,8 +40,15 @@ _RUN_CALLS = {
     "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
 }
+_SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
+                "asyncio.create_subprocess_shell", "commands.getoutput"}
 _RUN_PREFIXES = ("os.exec", "os.spawn")
+_CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
+MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
+MAX_NAMES = 512  # variables one kernel's memory keeps
+MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
+_BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
@@ -49,9 +58,75 @@ class CellProcess(Process):
     """The kernel as a cell check sees it: only the cell's source is known."""
 
     cell: str = ""
+    #: the ``cell`` field when the engine has already read the cell with its kernel's
+    #: memory of earlier cells (None: read the source alone)
+    normalised: str | None = None
 
 
 CELL_FIELD = "cell"
+
+
+@dataclass
+class CellAnalysis:
+    """What a cell would do, read without running it."""
+
+    text: str  # the ``cell`` field: run:/hidden:/text:/import:/call: lines
+    commands: list[Command]  # every program it would start, with the folder it starts in
+
+
+class CellMemory:
+    """What one kernel's earlier cells left behind that a later cell can use: variables
+    assigned constants, imports, the working folder (``%cd``), repositories cloned (folder ->
+    repository name) and scripts written with ``%%writefile``. Bounded."""
+
+    def __init__(self):
+        self.names: dict[str, _Folded] = {}
+        self.aliases: dict[str, str] = {}
+        self.cwd: str | None = None
+        self.clones: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+        self._last: tuple[str, CellAnalysis] | None = None
+
+    def analyse(self, source: str) -> CellAnalysis:
+        """Read a cell in the light of the earlier ones, then remember what it leaves. The
+        same source twice in a row is read once (a check repeated is not a cell run twice)."""
+        source = (source or "")[:MAX_SOURCE]
+        if self._last is not None and self._last[0] == source:
+            return self._last[1]
+        analysis = _analyse(source, self)
+        self._last = (source, analysis)
+        return analysis
+
+    def _trim(self) -> None:
+        for table, limit in ((self.names, MAX_NAMES), (self.aliases, MAX_NAMES),
+                             (self.clones, MAX_NAMES), (self.files, MAX_FILES)):
+            while len(table) > limit:
+                table.pop(next(iter(table)))
+
+
+def analyse_cell(source: str, memory: CellMemory | None = None) -> CellAnalysis:
+    """The normalised text of a cell and the programs it would start (pure: ``memory`` is
+    read and updated, nothing else)."""
+    if memory is not None:
+        return memory.analyse(source)
+    return _analyse((source or "")[:MAX_SOURCE], None)
+
+
+def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
+    if not source.strip():
+        return CellAnalysis("", [])
+    tree = _parse(source)
+    if tree is None:
+        return CellAnalysis("", [])
+    reader = _Reader(memory)
+    try:
+        reader.visit(tree)
+    except RecursionError:
+        pass
+    if memory is not None:
+        memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
+        memory._trim()
+    return CellAnalysis("\n".join(reader.lines[:MAX_LINES]), reader.commands[:MAX_LINES])
 
 
 def normalise_cell(source: str) -> str:
@@ -63,21 +138,18 @@ def normalise_cell(source: str) -> str:
 
 @lru_cache(maxsize=256)
 def _normalise(source: str) -> str:
-    tree = _parse(source)
-    if tree is None:
-        return ""
-    reader = _Reader()
-    reader.visit(tree)
-    return "\n".join(reader.lines[:MAX_LINES])
+    return _analyse(source, None).text
 
 
-def _parse(source: str) -> ast.Module | None:
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
+def _parse(source: str, ipython: bool = True) -> ast.Module | None:
+    python = source
+    if ipython:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
 
-        python = TransformerManager().transform_cell(source)
-    except Exception:  # IPython missing or a transform failing: read it as plain Python
-        python = source
+            python = TransformerManager().transform_cell(source)
+        except Exception:  # IPython missing or a transform failing: read it as plain Python
+            python = source
     try:
         return ast.parse(python)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -94,11 +166,15 @@ class _Folded:
 
 
 class _Reader(ast.NodeVisitor):
-    def __init__(self):
+    def __init__(self, memory: CellMemory | None = None):
         self.lines: list[str] = []
         self._seen: set[str] = set()
-        self.names: dict[str, _Folded] = {}  # variables assigned a constant
-        self.aliases: dict[str, str] = {}  # local name -> dotted module name
+        self.memory = memory
+        self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
+        self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
+        self.cwd: str | None = memory.cwd if memory else None
+        self.commands: list[Command] = []
+        self.nesting = 0
 
     # ------------------------------------------------------------ output
 
@@ -122,10 +198,12 @@ class _Reader(ast.NodeVisitor):
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
 
-    def emit_run(self, command) -> None:
+    def emit_run(self, command, split: bool = True) -> None:
+        argv = None
         if isinstance(command, (list, tuple)):
             words = [_as_text(w) for w in command]
-            command = " ".join(w for w in words if w is not None)
+            argv = [w for w in words if w is not None]
+            command = " ".join(argv)
         text = _as_text(command)
         if not text:
             return
@@ -134,6 +212,87 @@ class _Reader(ast.NodeVisitor):
         for word in text.split():
             for decoded in _decode_literal(word.strip("'\"")):
                 self.emit("hidden", decoded)
+        if split:
+            found = shell.split_argv(argv, self.cwd) if argv is not None else \
+                shell.split_shell(text, self.cwd)
+            self.started(found)
+
+    def started(self, found: list[Command]) -> None:
+        """Programs the cell starts: kept, and what they tell about the cell's folders."""
+        for command in found:
+            if len(self.commands) >= MAX_LINES:
+                return
+            argv = self._resolved(command)
+            self.commands.append(Command(argv, command.cwd))
+            if len(self.commands) >= MAX_LINES:
+                return
+            self._learn(argv, command.cwd)
+            code = shell.python_code(argv)
+            if code:
+                self.read_code(code, ipython=False)
+            script = self._script(argv)
+            if script is not None:
+                kind, text = script
+                if kind == "python":
+                    self.read_code(text, ipython=False)
+                else:
+                    self.started(shell.split_shell(text, command.cwd))
+
+    def _resolved(self, command: Command) -> list[str]:
+        """``python run.py`` in a folder: the script's path from that folder, with a folder
+        a repository was cloned into named after the repository."""
+        argv = list(command.argv)
+        found = shell.script_of(argv)
+        if found is not None and self.memory is not None:
+            index, path = found
+            full = shell.join(command.cwd, path) if command.cwd or path.startswith("/") else path
+            if full:
+                parts = [self.memory.clones.get(p, p) for p in full.split("/")]
+                argv[index] = "/".join(parts)
+        return argv
+
+    def _learn(self, argv: list[str], cwd: str | None) -> None:
+        if self.memory is None or len(argv) < 3 or shell.base(argv[0]) != "git" or \
+                "clone" not in argv[1:3]:
+            return
+        words = [w for w in argv[argv.index("clone") + 1:] if not w.startswith("-")]
+        if not words:
+            return
+        repo = shell.base(words[0].rstrip("/"))
+        repo = repo[:-4] if repo.endswith(".git") else repo
+        folder = shell.base(words[1]) if len(words) > 1 else repo
+        if repo and folder and folder != repo:
+            self.memory.clones[folder] = repo
+
+    def _script(self, argv: list[str]) -> tuple[str, str] | None:
+        """A script the cell wrote earlier with %%writefile, now run."""
+        if self.memory is None or not self.memory.files:
+            return None
+        found = shell.script_of(argv)
+        if found is not None:
+            text = self.memory.files.get(shell.base(found[1]))
+            return ("python", text) if text else None
+        name = shell.base(argv[0])
+        if name in shell.SHELLS and len(argv) > 1 and not argv[1].startswith("-"):
+            name = shell.base(argv[1])
+        text = self.memory.files.get(name)
+        return ("shell", text) if text else None
+
+    def read_code(self, code: str, ipython: bool = True) -> None:
+        """Python code the cell runs from a string (exec, eval, python -c): read it too."""
+        if self.nesting >= MAX_NESTING or not code:
+            return
+        tree = _parse(code[:MAX_SOURCE], ipython)
+        if tree is None:
+            return
+        self.nesting += 1
+        try:
+            self.visit(tree)
+        finally:
+            self.nesting -= 1
+
+    def change_folder(self, path: str | None) -> None:
+        self.cwd = shell.join(self.cwd, path) if path else None
 
     def _expand(self, command: str) -> str:
         """IPython expands {name} and $name in shell lines from the user's variables."""
@@ -181,10 +340,18 @@ class _Reader(ast.NodeVisitor):
     def visit_Call(self, node):
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
+        if name and "." in name and not (
+                isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value)):
+            self.emit("call", name)
         if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
             self._run_call(name, node, args)
         elif isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value):
             self._ipython_call(node.func.attr, args)
+        elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
+                and args[0] is not None and _as_text(args[0].value):
+            self.read_code(_as_text(args[0].value), ipython=False)
+        elif name in ("os.chdir",) and args and args[0] is not None:
+            self.change_folder(_as_text(args[0].value))
         folded = self.fold(node)
         if folded is not None:
             self.emit_value(folded)
@@ -207,6 +374,8 @@ class _Reader(ast.NodeVisitor):
                     folded = self.fold(kw.value)
                     command = folded.value if folded else None
         if command:
+            # a string without shell=True execs one word: split anyway, as a shell would
+            # (the cell may pass shell=True through a variable)
             self.emit_run(command)
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
@@ -215,16 +384,29 @@ class _Reader(ast.NodeVisitor):
             self.emit_run(values[0])
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
             self.emit_run(values[1] or "")
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] in ("cd", "pushd"):
+            self.change_folder(self._expand(values[1] or "~").strip().strip("'\"") or "~")
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
+            self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
             magic, line = values[0], values[1] or ""
-            shell = magic in _SHELL_MAGICS and (magic != "script" or
-                                                 line.split()[:1] in (["sh"], ["bash"], ["zsh"]))
+            shell_cell = magic in _SHELL_MAGICS and (
+                magic != "script" or shell.base((line.split() or [""])[0]) in shell.SHELLS)
+            if magic in _CODE_MAGICS or magic == "script" and shell.PYTHONS.match(
+                    shell.base((line.split() or [""])[0])):
+                self.read_code(values[2])
+                return
+            if magic in ("writefile", "file") and self.memory is not None and line.split():
+                name = shell.base(line.split()[-1])
+                self.memory.files[name] = values[2][:MAX_SOURCE]
             for body_line in values[2].splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
-                    if shell:
-                        self.emit_run(body_line)
+                    if shell_cell:
+                        self.emit_run(body_line, split=False)
                     else:
                         self.emit("text", body_line)
+            if shell_cell:  # one shell runs the whole body: cd and variables carry over
+                self.started(shell.split_shell(self._expand(values[2]), self.cwd))
 
     def generic_expression(self, node):
         """Emit the largest constant sub-expressions; look inside the rest."""
@@ -250,6 +432,21 @@ class _Reader(ast.NodeVisitor):
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
             func = func.value
+        if isinstance(func, ast.Call) and parts:
+            called = self.call_name(func.func)
+            module = self.fold(func.args[0]) if func.args else None
+            if called in ("__import__", "importlib.import_module") and module is not None \
+                    and isinstance(module.value, str):
+                return ".".join([module.value, *reversed(parts)])
+            return None
+        if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
+            if self.call_name(func.func) == "getattr" and len(func.args) == 2:
+                owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+                    ast.Name, ast.Attribute, ast.Call)) else None
+                attr = self.fold(func.args[1])
+                if owner and attr is not None and isinstance(attr.value, str):
+                    return f"{owner}.{attr.value}"
+            return None
         if not isinstance(func, ast.Name):
             return None
         head = self.aliases.get(func.id, func.id)
@@ -307,6 +504,10 @@ class _Reader(ast.NodeVisitor):
             if isinstance(value, int):
                 return _Folded(value, False)
             return _Folded(value, True) if value is not None else None
+        if isinstance(node.op, ast.Mod) and isinstance(left.value, str) and \
+                not _BIG_WIDTH.search(left.value):
+            operand = tuple(right.value) if isinstance(right.value, list) else right.value
+            return _Folded(_cap(left.value % operand), True)
         if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
                 isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
             return _Folded(left.value * right.value, True)
@@ -345,6 +546,17 @@ class _Reader(ast.NodeVisitor):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
         args = [self.fold(a, depth) for a in node.args]
+        if isinstance(func, ast.Attribute) and func.attr == "format" and \
+                all(a is not None for a in args):
+            base = self.fold(func.value, depth)
+            keywords = {kw.arg: self.fold(kw.value, depth) for kw in node.keywords}
+            if base is not None and isinstance(base.value, str) and None not in keywords and \
+                    all(v is not None for v in keywords.values()) and \
+                    not _BIG_WIDTH.search(base.value) and "{0." not in base.value:
+                return _Folded(_cap(base.value.format(*(a.value for a in args),
+                                                      **{k: v.value for k, v in keywords.items()})),
+                               True)
+            return None
         if any(a is None for a in args) or node.keywords and not _only_decode_keywords(node):
             return None
         values = [a.value for a in args]
@@ -373,7 +585,7 @@ class _Reader(ast.NodeVisitor):
         if short in ("b64decode", "urlsafe_b64decode", "standard_b64decode", "b32decode",
                      "b16decode", "a2b_base64", "decodebytes"):
             return _Folded(_b64(short, values[0]), True)
-        if name in ("codecs.decode",) and len(values) == 2 and isinstance(values[1], str):
+        if name in ("codecs.decode", "codecs.encode") and len(values) == 2 and isinstance(values[1], str):
             return _Folded(_codec(values[0], values[1]), True)
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
@@ -482,6 +694,11 @@ def _is_get_ipython(node: ast.expr) -> bool:
         node.func.id == "get_ipython"
 
 
+def _cell_text(process) -> str:
+    normalised = getattr(process, "normalised", None)
+    return normalised if normalised is not None else normalise_cell(getattr(process, "cell", ""))
+
+
 FIELDS[CELL_FIELD] = Field(
     CELL_FIELD, "text", "a cell's source, normalised: one finding per line (run:, hidden:, text:, "
-    "import:); cell signatures only", lambda p: normalise_cell(getattr(p, "cell", "")))
+    "import:, call:); cell signatures only", _cell_text)

@@ -93,6 +93,11 @@ class Not(Condition):
     part: Condition
 
     def test(self, view):
+        unknown = getattr(view, "unknown", None)
+        if unknown:  # "not" over a field not known yet (a program not started) is unknown
+            reads = fields_read(self.part)
+            if reads is None or reads & unknown:
+                return view.optimistic, []
         ok, _ = self.part.test(view)
         return (not ok), []
 
@@ -108,7 +113,14 @@ class FieldTest(Condition):
     tests: list[tuple[str, Any]]
 
     def test(self, view):
-        value = view[self.field]
+        if self.field in getattr(view, "unknown", ()):
+            # a program not started yet: its sockets, CPU, content are unknown. A signature
+            # does not hold on what is unknown; an allow rule may (``optimistic``)
+            return view.optimistic, []
+        try:
+            value = view[self.field]
+        except KeyError:  # a mapping of some fields only (a cell's lines): not this one
+            return False, []
         for item in value if isinstance(value, list) else [value]:
             if all(_holds(op, operand, item) for op, operand in self.tests):
                 return True, [f"{self.field} {self._describe()}: {_show(item)}"]
