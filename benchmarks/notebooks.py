@@ -47,6 +47,7 @@ class NotebookResult:
     name: str
     kind: str  # abuse or benign
     key_cell: int | None
+    refuse: bool = False  # the key cell itself must be refused (not only warned about)
     cells: list[CellResult] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -62,8 +63,11 @@ class NotebookResult:
     def ok(self) -> bool:
         first = self.first_acted
         if self.kind == "benign":
-            return first is None
-        return first is not None and self.key_cell is not None and first.index <= self.key_cell
+            return not any(c.action for c in self.cells)  # not even recorded
+        if first is None or self.key_cell is None or first.index > self.key_cell:
+            return False
+        refused = self.first_refused
+        return not self.refuse or (refused is not None and refused.index <= self.key_cell)
 
 
 def code_cells(path: Path) -> list[tuple[int, str]]:
@@ -80,9 +84,10 @@ def manifest() -> dict:
     return yaml.safe_load((CORPUS / "manifest.yaml").read_text())
 
 
-def run_notebook(path: Path, kind: str, key_cell: int | None, rules=None) -> NotebookResult:
+def run_notebook(path: Path, kind: str, key_cell: int | None, refuse: bool = False,
+                 rules=None) -> NotebookResult:
     engine = Engine(rules or load_signatures())
-    result = NotebookResult(path.stem, kind, key_cell)
+    result = NotebookResult(path.stem, kind, key_cell, refuse)
     started = time.perf_counter()
     kernel = f"nb-{path.stem}"
     for n, (index, source) in enumerate(code_cells(path)):
@@ -104,7 +109,7 @@ def run_corpus() -> list[NotebookResult]:
     results = []
     for entry in manifest()["notebooks"]:
         results.append(run_notebook(CORPUS / entry["file"], entry["kind"], entry.get("key_cell"),
-                                    rules))
+                                    bool(entry.get("refuse")), rules))
     return results
 
 
@@ -124,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{'ok  ' if r.ok else 'FAIL'} {r.kind:6} {r.name:34} key {str(r.key_cell):>4}  "
-                  f"first acted {str(row['first_acted']):>4} ({row['action'] or '-'})  "
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.kind:6} {r.name:30} key {str(r.key_cell):>4}  "
+                  f"first acted {str(row['first_acted']):>4} ({row['action'] or '-'}), "
+                  f"refused {str(row['first_refused']):>4}  "
                   f"{','.join(row['signatures'])[:70]}  {row['ms']} ms")
     abuse = [r for r in results if r.kind == "abuse"]
     benign = [r for r in results if r.kind == "benign"]

@@ -6,6 +6,9 @@ The ``cell`` field is plain text, one finding per line:
     hidden: stratum+tcp://pool:3333             a string built in a disguised way
     text: hello                                 any other string literal
     import: libtorrent                          a module the cell imports
+    call: libtorrent.session                    a function or method the cell calls, by the
+                                                dotted name its imports give it
+    base: paramiko.ServerInterface              a class the cell's classes derive from
 
 ``run:`` comes from ``!`` lines, ``%%bash``/``%%sh``/``%%script`` cells, ``%system``,
 ``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``.
@@ -22,6 +25,7 @@ import base64
 import binascii
 import codecs
 import re
+import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +37,7 @@ from .fields import FIELDS, Field
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000
+UNKNOWN = "…"  # a part of a command only known when it runs
 
 _RUN_CALLS = {
     "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
@@ -326,6 +331,13 @@ class _Reader(ast.NodeVisitor):
                 else:
                     self.names.pop(target.id, None)
 
+    def visit_ClassDef(self, node):
+        for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
+            name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
+            if name and "." in name:
+                self.emit("base", name)
+        self.generic_visit(node)
+
     def visit_AugAssign(self, node):
         self.visit(node.value)
         if isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):
@@ -368,11 +380,13 @@ class _Reader(ast.NodeVisitor):
                          and isinstance(a.value, str))
         elif args and args[0] is not None:
             command = args[0].value
+        elif node.args:
+            command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
             for kw in node.keywords:
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
-                    command = folded.value if folded else None
+                    command = folded.value if folded else self.loose(kw.value)
         if command:
             # a string without shell=True execs one word: split anyway, as a shell would
             # (the cell may pass shell=True through a variable)
@@ -380,7 +394,7 @@ class _Reader(ast.NodeVisitor):
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
         values = [_as_text(a.value) if a else None for a in args]
-        if method in ("system", "getoutput") and values and values[0]:
+        if method in ("system", "getoutput", "system_raw", "system_piped") and values and values[0]:
             self.emit_run(values[0])
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
             self.emit_run(values[1] or "")
@@ -425,6 +439,30 @@ class _Reader(ast.NodeVisitor):
         pass  # a variable's value was emitted where it was assigned
 
     # ------------------------------------------------------------ folding
+
+    def loose(self, node: ast.expr, depth: int = 0):
+        """A command with parts not known before it runs: the known words kept, each unknown
+        part a placeholder (``f"code-server --port {port}"`` -> ``code-server --port …``)."""
+        folded = self.fold(node)
+        if folded is not None:
+            return folded.value
+        if depth > 20:
+            return UNKNOWN
+        if isinstance(node, ast.JoinedStr):
+            return "".join(_as_text(self.loose(v.value if isinstance(v, ast.FormattedValue)
+                                                else v, depth + 1)) or UNKNOWN
+                           for v in node.values)[:MAX_VALUE]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = self.loose(node.left, depth + 1), self.loose(node.right, depth + 1)
+            if isinstance(left, list) and isinstance(right, list):
+                return left + right
+            return ((_as_text(left) or UNKNOWN) + (_as_text(right) or UNKNOWN))[:MAX_VALUE]
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [self.loose(e, depth + 1) for e in node.elts[:256]]
+            if len(items) == 1 and isinstance(items[0], str) and " " in items[0]:
+                return items[0]  # Popen([cmd], shell=True): the one string is a shell line
+            return [i if isinstance(i, str) else UNKNOWN for i in items]
+        return UNKNOWN
 
     def call_name(self, func: ast.expr) -> str | None:
         """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run)."""
@@ -587,6 +625,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(_b64(short, values[0]), True)
         if name in ("codecs.decode", "codecs.encode") and len(values) == 2 and isinstance(values[1], str):
             return _Folded(_codec(values[0], values[1]), True)
+        if name in ("shlex.split",) and values and isinstance(values[0], str):
+            return _Folded(shlex.split(values[0], comments=False)[:256], args[0].hidden)
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
         return None
@@ -701,4 +741,4 @@ def _cell_text(process) -> str:
 
 FIELDS[CELL_FIELD] = Field(
     CELL_FIELD, "text", "a cell's source, normalised: one finding per line (run:, hidden:, text:, "
-    "import:, call:); cell signatures only", _cell_text)
+    "import:, call:, base:); cell signatures only", _cell_text)
