@@ -37,6 +37,7 @@ from .fields import FIELDS, Field
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000
+IPYTHON = "get_ipython()"  # the alias of a name bound to the IPython shell
 UNKNOWN = "…"  # a part of a command only known when it runs
 
 _RUN_CALLS = {
@@ -90,6 +91,8 @@ class CellMemory:
         self.cwd: str | None = None
         self.clones: dict[str, str] = {}
         self.files: dict[str, str] = {}
+        self.runners: dict[str, int] = {}
+        self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
         self._last: tuple[str, CellAnalysis] | None = None
 
     def analyse(self, source: str) -> CellAnalysis:
@@ -104,7 +107,8 @@ class CellMemory:
 
     def _trim(self) -> None:
         for table, limit in ((self.names, MAX_NAMES), (self.aliases, MAX_NAMES),
-                             (self.clones, MAX_NAMES), (self.files, MAX_FILES)):
+                             (self.clones, MAX_NAMES), (self.files, MAX_FILES),
+                             (self.runners, MAX_NAMES), (self.renames, MAX_NAMES)):
             while len(table) > limit:
                 table.pop(next(iter(table)))
 
@@ -130,6 +134,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
         pass
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
+        memory.runners = reader.runners
         memory._trim()
     return CellAnalysis("\n".join(reader.lines[:MAX_LINES]), reader.commands[:MAX_LINES])
 
@@ -180,6 +185,8 @@ class _Reader(ast.NodeVisitor):
         self.cwd: str | None = memory.cwd if memory else None
         self.commands: list[Command] = []
         self.nesting = 0
+        # functions of the cell (or earlier cells) that run their argument: name -> its index
+        self.runners: dict[str, int] = dict(memory.runners) if memory else {}
 
     # ------------------------------------------------------------ output
 
@@ -229,6 +236,9 @@ class _Reader(ast.NodeVisitor):
                 return
             argv = self._resolved(command)
             self.commands.append(Command(argv, command.cwd))
+            original = self._renamed(argv)
+            if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
+                self.commands.append(Command(original, command.cwd))
             if len(self.commands) >= MAX_LINES:
                 return
             self._learn(argv, command.cwd)
@@ -257,8 +267,16 @@ class _Reader(ast.NodeVisitor):
         return argv
 
     def _learn(self, argv: list[str], cwd: str | None) -> None:
-        if self.memory is None or len(argv) < 3 or shell.base(argv[0]) != "git" or \
-                "clone" not in argv[1:3]:
+        if self.memory is None or len(argv) < 3:
+            return
+        if shell.base(argv[0]) in ("mv", "cp", "ln", "install", "rsync"):
+            words = [w for w in argv[1:] if not w.startswith("-")]
+            if len(words) == 2 and not words[1].endswith("/"):
+                old, new = shell.base(words[0]), shell.base(words[1])
+                if old and new and old != new and new not in (".", ".."):
+                    self.memory.renames[new] = self.memory.renames.get(old, old)
+            return
+        if shell.base(argv[0]) != "git" or "clone" not in argv[1:3]:
             return
         words = [w for w in argv[argv.index("clone") + 1:] if not w.startswith("-")]
         if not words:
@@ -268,6 +286,19 @@ class _Reader(ast.NodeVisitor):
         folder = shell.base(words[1]) if len(words) > 1 else repo
         if repo and folder and folder != repo:
             self.memory.clones[folder] = repo
+
+    def _renamed(self, argv: list[str]) -> list[str] | None:
+        if self.memory is None or not self.memory.renames or not argv:
+            return None
+        found = shell.script_of(argv)
+        index = found[0] if found else 0
+        original = self.memory.renames.get(shell.base(argv[index]))
+        if not original:
+            return None
+        head = argv[index].rsplit("/", 1)
+        renamed = list(argv)
+        renamed[index] = f"{head[0]}/{original}" if len(head) == 2 else original
+        return renamed
 
     def _script(self, argv: list[str]) -> tuple[str, str] | None:
         """A script the cell wrote earlier with %%writefile, now run."""
@@ -324,12 +355,43 @@ class _Reader(ast.NodeVisitor):
     def visit_Assign(self, node):
         self.visit(node.value)
         folded = self.fold(node.value)
+        # f = os.system, ip = get_ipython(): a new name for a function or for IPython
+        alias = None
+        if isinstance(node.value, (ast.Name, ast.Attribute)):
+            alias = self.call_name(node.value)
+            alias = alias if alias and ("." in alias or alias in self.runners) else None
+        elif _is_get_ipython(node.value):
+            alias = IPYTHON
         for target in node.targets:
             if isinstance(target, ast.Name):
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
                     self.names.pop(target.id, None)
+                if alias:
+                    self.aliases[target.id] = alias
+
+    def visit_FunctionDef(self, node):
+        """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
+        params = [a.arg for a in node.args.posonlyargs + node.args.args]
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
+                    and inner.args[0].id in params:
+                name = self.call_name(inner.func)
+                if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)) or \
+                        name in self.runners or (isinstance(inner.func, ast.Attribute) and
+                                                 self._is_ipython(inner.func.value) and
+                                                 inner.func.attr in ("system", "system_raw",
+                                                                     "getoutput")):
+                    self.runners[node.name] = params.index(inner.args[0].id)
+                    break
+        self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _is_ipython(self, node: ast.expr) -> bool:
+        return _is_get_ipython(node) or (isinstance(node, ast.Name)
+                                         and self.aliases.get(node.id) == IPYTHON)
 
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
@@ -353,12 +415,15 @@ class _Reader(ast.NodeVisitor):
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
         if name and "." in name and not (
-                isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value)):
+                isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
         if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
             self._run_call(name, node, args)
-        elif isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value):
+        elif isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value):
             self._ipython_call(node.func.attr, args)
+        elif name in self.runners and len(args) > self.runners[name] and \
+                args[self.runners[name]] is not None:
+            self.emit_run(args[self.runners[name]].value)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
                 and args[0] is not None and _as_text(args[0].value):
             self.read_code(_as_text(args[0].value), ipython=False)

@@ -107,6 +107,8 @@ class _Shell:
             self.simple(simple, depth)
             if len(self.found) >= MAX_COMMANDS:
                 return
+        for script in _piped_scripts(text):  # echo … | base64 -d | bash
+            _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
 
     def _simple_commands(self, text: str) -> list[list[str]]:
         lexer = shlex.shlex(text.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
@@ -281,6 +283,28 @@ def _substitutions(text: str) -> tuple[list[str], str]:
         i += 1
     out.append(text[start:])
     return found, "".join(out)
+
+
+def _piped_scripts(text: str) -> list[str]:
+    """Scripts a line pipes into a shell when the pipe only echoes and decodes them."""
+    found = []
+    for line in re.split(r"[;\n]|&&|\|\|", text):
+        stages = line.split("|")
+        if len(stages) < 2:
+            continue
+        try:
+            last = shlex.split(stages[-1])
+        except ValueError:
+            continue
+        if last and base(last[0]) in SHELLS and all(w.startswith("-") and "c" not in w
+                                                    for w in last[1:]):
+            output = _output_of("|".join(stages[:-1]))
+            if output not in ("__output__", "''"):
+                try:
+                    found.append(" ".join(shlex.split(output)))
+                except ValueError:
+                    continue
+    return found[:8]
 
 
 def _output_of(inner: str) -> str:
