@@ -159,6 +159,21 @@ def test_memory_is_bounded():
     assert len(engine._cells) <= 1024
 
 
+def test_a_cloned_folder_moved_elsewhere_is_still_its_repository():
+    memory = CellMemory()
+    memory.analyse("!git clone https://github.com/s0md3v/roop.git && mv roop tool")
+    memory.analyse("%cd tool")
+    assert memory.analyse("import runpy\nrunpy.run_path('run.py')").commands[-1].argv[1] == "roop/run.py"
+    found = check_all(["!git clone https://github.com/s0md3v/roop.git && mv roop tool", "%cd tool",
+                       "!python run.py --execution-provider cuda"])
+    assert "deepfake-known-tool" in {d.signature.id for d in found[-1]}
+
+
+def check_all(cells):
+    engine = Engine(RULES)
+    return [check(c, engine=engine) for c in cells]
+
+
 def test_a_clone_under_another_name_is_known_by_its_repository():
     memory = CellMemory()
     memory.analyse("!git clone https://bit.ly/3xYz swap")  # the shortener hides the name
@@ -202,6 +217,12 @@ REFUSED = [
     ("miner release", "!curl -sL https://github.com/xmrig/xmrig/releases/download/v6.21.0/xmrig-6.21.0-linux-static-x64.tar.gz | tar xz"),
     ("libtorrent split across cells", "import libtorrent as lt\nses = lt.session()\nses.listen_on(6881, 6891)"),
     ("pyngrok", "from pyngrok import ngrok as n\nn.connect(7860)"),
+    ("printf escapes", "!\"$(printf '\\x78mrig')\" -o pool:3333"),
+    ("eval of a decoded line", "!eval \"$(echo bmdyb2sgdGNwIDIy | base64 -d)\""),
+    ("str.split", "import subprocess\ncmd = 'ngrok tcp 22'\nsubprocess.run(cmd.split())"),
+    ("star import", "from subprocess import *\nrun(['ngrok', 'tcp', '22'])"),
+    ("%run of a face-swap script", "%cd /content/roop\n%run run.py --execution-provider cuda"),
+    ("runpy", "import os, runpy\nos.chdir('/content/facefusion')\nrunpy.run_path('run.py')"),
     ("stratum in python", "import socket, json\ns = socket.socket()\ns.connect(('p', 3333))\ns.send(json.dumps({'method': 'mining.' + 'subscribe'}).encode())"),
 ]
 

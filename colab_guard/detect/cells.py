@@ -46,6 +46,9 @@ _RUN_CALLS = {
     "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
 }
+_RUN_NAMES = {f"os.{n}" for n in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
+                                   "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl",
+                                   "spawnle", "spawnlp", "spawnlpe")}
 _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
                 "asyncio.create_subprocess_shell", "commands.getoutput"}
 _RUN_PREFIXES = ("os.exec", "os.spawn")
@@ -275,6 +278,8 @@ class _Reader(ast.NodeVisitor):
                 old, new = shell.base(words[0]), shell.base(words[1])
                 if old and new and old != new and new not in (".", ".."):
                     self.memory.renames[new] = self.memory.renames.get(old, old)
+                    if old in self.memory.clones:  # mv roop tool: tool is roop
+                        self.memory.clones[new] = self.memory.clones[old]
             return
         if shell.base(argv[0]) != "git" or "clone" not in argv[1:3]:
             return
@@ -284,8 +289,9 @@ class _Reader(ast.NodeVisitor):
         repo = shell.base(words[0].rstrip("/"))
         repo = repo[:-4] if repo.endswith(".git") else repo
         folder = shell.base(words[1]) if len(words) > 1 else repo
-        if repo and folder and folder != repo:
-            self.memory.clones[folder] = repo
+        if repo and folder:
+            self.memory.clones[folder] = self.memory.clones.get(repo, repo) if folder == repo \
+                else repo
 
     def _renamed(self, argv: list[str]) -> list[str] | None:
         if self.memory is None or not self.memory.renames or not argv:
@@ -350,6 +356,11 @@ class _Reader(ast.NodeVisitor):
         if node.module:
             self.emit("import", node.module)
             for alias in node.names:
+                if alias.name == "*":  # from subprocess import *: run() is subprocess.run
+                    for full in _RUN_CALLS | _RUN_NAMES:
+                        if full.rsplit(".", 1)[0] == node.module:
+                            self.aliases[full.rsplit(".", 1)[1]] = full
+                    continue
                 self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
     def visit_Assign(self, node):
@@ -429,6 +440,12 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
+        elif name in ("runpy.run_path", "runpy.run_module") and args and args[0] is not None \
+                and _as_text(args[0].value):
+            # the script runs in the kernel: checked as the python program it would be
+            path = _as_text(args[0].value)
+            self.started(shell.split_argv(["python", path] if name == "runpy.run_path"
+                                          else ["python", "-m", path], self.cwd))
         folded = self.fold(node)
         if folded is not None:
             self.emit_value(folded)
@@ -465,6 +482,13 @@ class _Reader(ast.NodeVisitor):
             self.emit_run(values[1] or "")
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in ("cd", "pushd"):
             self.change_folder(self._expand(values[1] or "~").strip().strip("'\"") or "~")
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "run" and values[1]:
+            # %run script.py args: the script runs in the kernel, as `python script.py args`
+            words = [w for w in self._expand(values[1]).split() if w not in ("-i", "-e", "-t")]
+            if words and words[0] != "-m":
+                self.started(shell.split_argv(["python", *words], self.cwd))
+            elif len(words) > 1:
+                self.started(shell.split_argv(["python", *words], self.cwd))
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
             self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
@@ -665,7 +689,7 @@ class _Reader(ast.NodeVisitor):
         values = [a.value for a in args]
         name = self.call_name(func) or ""
         if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
-                                                             "strip", "lower", "upper"):
+                                                             "strip", "lower", "upper", "split"):
             base = self.fold(func.value, depth)
             if base is not None:
                 return _Folded(_method(base.value, func.attr, values), True)
@@ -728,6 +752,8 @@ def _method(base, method: str, args: list):
         return base.encode("utf-8", "replace")
     if method == "replace" and isinstance(base, str) and len(args) == 2:
         return _cap(base.replace(args[0], args[1]))
+    if method == "split" and isinstance(base, str) and len(args) <= 1:
+        return base.split(*(a for a in args if isinstance(a, str)))[:256]
     if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
         return getattr(base, method)()
     return None

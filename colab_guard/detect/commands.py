@@ -252,7 +252,10 @@ def _substitutions(text: str) -> tuple[list[str], str]:
         nonlocal start
         found.append(inner)
         out.append(text[start:begin])
-        out.append(_output_of(inner))
+        output = _output_of(inner)
+        if quote == '"' and output.startswith("'") and output.endswith("'"):
+            output = output[1:-1].replace("'\"'\"'", "'").replace('"', '\\"')  # "$(…)"
+        out.append(output)
         start = end
 
     while i < len(text) and len(found) < 32:
@@ -266,7 +269,8 @@ def _substitutions(text: str) -> tuple[list[str], str]:
             quote = None if quote == '"' else '"'
         elif ch == "\\":
             i += 1
-        elif text.startswith("$(", i) and not text.startswith("$((", i):
+        elif (text.startswith("$(", i) and not text.startswith("$((", i)) or \
+                text.startswith("<(", i) or text.startswith(">(", i):
             level, j = 1, i + 2
             while j < len(text) and level:
                 level += {"(": 1, ")": -1}.get(text[j], 0)
@@ -315,7 +319,13 @@ def _output_of(inner: str) -> str:
         return "__output__"
     if not stages or not stages[0] or stages[0][0] not in ("echo", "printf"):
         return "__output__"
-    value = " ".join(w for w in stages[0][1:] if not re.match(r"^-[neE]+$", w))
+    words = stages[0][1:]
+    escapes = stages[0][0] == "printf" or any(re.match(r"^-[nE]*e[nE]*$", w) for w in words)
+    value = " ".join(w for w in words if not re.match(r"^-[neE]+$", w))
+    if escapes and "\\" in value:  # printf '\x78mrig', echo -e '\170mrig'
+        value = re.sub(r"\\x([0-9a-fA-F]{2})|\\0?([0-7]{3})",
+                       lambda m: chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)),
+                       value)
     for stage in stages[1:]:
         if stage[:1] == ["base64"] and any(w in ("-d", "--decode", "-D") for w in stage):
             try:
