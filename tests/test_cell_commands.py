@@ -223,6 +223,10 @@ REFUSED = [
     ("star import", "from subprocess import *\nrun(['ngrok', 'tcp', '22'])"),
     ("%run of a face-swap script", "%cd /content/roop\n%run run.py --execution-provider cuda"),
     ("runpy", "import os, runpy\nos.chdir('/content/facefusion')\nrunpy.run_path('run.py')"),
+    ("awk system()", "!awk 'BEGIN{system(\"ngrok tcp 22\")}'"),
+    ("perl -e", "!perl -e 'system(\"./xmrig -o pool:3333\")'"),
+    ("node -e", "!node -e \"require('child_process').execSync('cloudflared tunnel --url localhost:8888')\""),
+    ("find -exec", "!find /tmp -name 'x*' -exec ngrok tcp 22 \\;"),
     ("stratum in python", "import socket, json\ns = socket.socket()\ns.connect(('p', 3333))\ns.send(json.dumps({'method': 'mining.' + 'subscribe'}).encode())"),
 ]
 
@@ -244,6 +248,9 @@ def test_tricks_are_refused(what, cell):
 NEAR_MISSES = [
     ("a miner named in a comment and a string", "# !./xmrig -o pool:3333\nprint('./xmrig -o pool:3333')"),
     ("echo of a command", "!echo ngrok http 8888"),
+    ("echo of a torrent client's name", "!echo webtorrent is not allowed here"),
+    ("killing a tunnel", "!pkill ngrok; killall cloudflared"),
+    ("awk on a log", "!awk '{print $1}' access.log | sort | uniq -c"),
     ("grep for a tool", "!grep -rn cloudflared /etc/"),
     ("ssh client", "!ssh -i key.pem me@example.org uptime"),
     ("ssh -L to a database", "!ssh -N -L 5432:db:5432 me@bastion &"),

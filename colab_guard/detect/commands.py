@@ -26,6 +26,14 @@ MAX_COMMANDS = 200
 MAX_DEPTH = 4
 MAX_TEXT = 16 * 1024
 
+#: Programs whose arguments are data, never run: a tool's name or a magnet link given to them is
+#: not the tool (`echo ngrok http 80`, `grep -r xmrig .`, `pkill ngrok`).
+DATA_ONLY = {"echo", "printf", "cat", "tac", "grep", "egrep", "fgrep", "rg", "ls", "which", "type",
+             "whereis", "man", "info", "head", "tail", "less", "more", "wc", "touch", "mkdir",
+             "rm", "rmdir", "chmod", "chown", "file", "stat", "du", "df", "basename", "dirname",
+             "test", "[", "true", "false", "sleep", "kill", "pkill", "killall", "pgrep", "ps",
+             "md5sum", "sha256sum", "sha1sum", "tee", "sort", "uniq", "cut", "tr",
+             "diff", "cmp", "strings", "readlink", "realpath", "nvidia-smi", "id", "whoami"}
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
 PYTHONS = re.compile(r"^(python|python[23](\.[0-9]+)?|pypy3?|ipython3?)$")
 _OPERATORS = {"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "\n"}
@@ -185,6 +193,14 @@ class _Shell:
                 inner = _env(argv, self)
             if inner:
                 self.program(inner, depth + 1)
+        elif name == "find" and ("-exec" in argv or "-execdir" in argv):
+            at = argv.index("-exec") if "-exec" in argv else argv.index("-execdir")
+            inner = [w for w in argv[at + 1:] if w not in (";", "+", "{}")]
+            if inner:
+                self.program(inner, depth + 1)
+        elif name in _SCRIPTING:  # awk 'BEGIN{system("…")}', perl -e 'system "…"', node -e …
+            for script in _scripted_commands(" ".join(argv[1:])):
+                self.run(script, depth + 1)
         elif name == "screen":
             inner = _after_options(argv, {"-S", "-c", "-L", "-Logfile", "-t", "-p", "-X"},
                                    value_letters="Sctp")
@@ -213,6 +229,17 @@ class _Shell:
                 return
             if not word.startswith("-"):
                 return  # bash script.sh: the script is a file we cannot read
+
+
+_SCRIPTING = {"awk", "gawk", "mawk", "nawk", "busybox", "perl", "ruby", "node", "nodejs", "php", "lua",
+              "Rscript"}
+_SCRIPTED = re.compile(r"""(?:system|exec|execSync|spawnSync|popen|shell_exec|passthru|os\.execute)"""
+                       r"""\s*\(?\s*(?:\[\s*)?(["'])(.{1,2000}?)\1""")
+
+
+def _scripted_commands(code: str) -> list[str]:
+    """The shell commands another language's one-liner runs (its system()/exec() strings)."""
+    return [m.group(2) for m in _SCRIPTED.finditer(code[:MAX_TEXT])][:8]
 
 
 def _unwrap(name: str, argv: list[str]) -> list[str]:

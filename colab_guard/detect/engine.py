@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import Command, base, show
+from .commands import DATA_ONLY, Command, base, show
 from .conditions import RegexTimeout, fields_read
 from .fields import FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -135,6 +135,8 @@ class Engine:
                         detections.append(found)
         seen = {d.signature.id for d in detections}
         for command in analysis.commands:
+            if not command.argv or base(command.argv[0]) in DATA_ONLY:
+                continue  # echo, grep, pkill…: their arguments are data, not programs
             pending = pending_process(command, process.pid)
             if self._allowed_pending(pending):
                 continue
@@ -288,8 +290,9 @@ def check_examples(sig: Signature) -> list[str]:
             if matched != expected:
                 kind = "match" if expected else "no_match"
                 verb = "did not match" if expected else "matched"
-                failures.append(f"{sig.id}: examples.{kind}[{i}] {verb}: "
-                                f"{' '.join(process.cmdline) or process.name}")
+                cell = getattr(process, "cell", "")
+                shown = f"cell {cell[:120]!r}" if cell else ' '.join(process.cmdline) or process.name
+                failures.append(f"{sig.id}: examples.{kind}[{i}] {verb}: {shown}")
     return failures
 
 
