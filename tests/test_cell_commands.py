@@ -282,3 +282,26 @@ def test_the_cell_text_keeps_its_lines_for_the_cell_signatures():
     text = analyse_cell("import libtorrent as lt\nclass S(paramiko.ServerInterface): pass\nlt.session()").text
     assert "call: libtorrent.session" in text.splitlines()
     assert "base: paramiko.ServerInterface" in text.splitlines()
+
+
+# ---------------------------------------------------------------- bounded work
+
+def test_many_escaped_lines_are_converted_without_ipythons_quadratic_pass():
+    from colab_guard.detect import cells
+
+    lines = [f"!./tool{i} --opt {i}" for i in range(cells.MAX_IPYTHON_ESCAPES + 1)]
+    lines[7] = "    %cd /tmp"
+    fast = cells._fast_escapes("\n".join(lines))
+    assert fast is not None and "get_ipython().system('./tool0 --opt 0')" in fast
+    assert "    get_ipython().run_line_magic('cd', '/tmp')" in fast
+    assert cells._fast_escapes("!ls\n" * 3) is None  # few: IPython's own transforms
+    text = analyse_cell("\n".join(lines[:8] + ["!./ngrok http 80"] + lines[8:])).text
+    assert "run: ./ngrok http 80" in text.splitlines()
+
+
+def test_a_cell_that_starts_thousands_of_programs_is_checked_on_a_bounded_number():
+    from colab_guard.detect import engine as engine_module
+
+    padding = "\n".join(f"!./tool{i} --opt {i}" for i in range(engine_module.MAX_PROGRAMS_CHECKED + 50))
+    assert check(padding) == []
+    assert check("!ngrok http 80\n" + padding)  # within the bound: checked

@@ -154,8 +154,39 @@ def _normalise(source: str) -> str:
     return _analyse(source, None).text
 
 
+_ESCAPED = re.compile(r"^([ \t]*)(!!?|%(?!%))(.*)$")
+MAX_IPYTHON_ESCAPES = 64  # more `!`/`%` lines than this: converted here (IPython's is quadratic)
+
+
+def _fast_escapes(source: str) -> str | None:
+    """IPython's transforms re-tokenise the whole cell once per escaped line (minutes for a
+    hostile cell of thousands of `!` lines). Past MAX_IPYTHON_ESCAPES such lines, convert them
+    here, line by line (a line inside a triple-quoted string may then read as a command: the
+    cell is hostile anyway)."""
+    lines = source.split("\n")
+    if source.lstrip().startswith("%%") or \
+            sum(1 for line in lines if _ESCAPED.match(line)) <= MAX_IPYTHON_ESCAPES:
+        return None
+    out = []
+    for line in lines:
+        match = _ESCAPED.match(line)
+        if not match:
+            out.append(line)
+            continue
+        indent, escape, rest = match.groups()
+        if escape.startswith("!"):
+            out.append(f"{indent}get_ipython().system({rest!r})")
+        else:
+            name, _, arg = rest.partition(" ")
+            out.append(f"{indent}get_ipython().run_line_magic({name!r}, {arg!r})")
+    return "\n".join(out)
+
+
 def _parse(source: str, ipython: bool = True) -> ast.Module | None:
     python = source
+    fast = _fast_escapes(source) if ipython else None
+    if fast is not None:
+        python, ipython = fast, False
     if ipython:
         try:
             from IPython.core.inputtransformer2 import TransformerManager

@@ -181,6 +181,21 @@ def fields_read(condition: Condition) -> set[str] | None:
     return None
 
 
+def may_hold(condition: Condition, unknown: frozenset[str] | set[str]) -> bool:
+    """Whether a condition can hold when the fields in ``unknown`` are not known (a test on
+    them, or a ``not`` over one, does not hold). False lets a caller skip the condition."""
+    if isinstance(condition, FieldTest):
+        return condition.field not in unknown
+    if isinstance(condition, Not):
+        reads = fields_read(condition.part)
+        return reads is not None and not (reads & unknown)
+    if isinstance(condition, All):
+        return all(may_hold(p, unknown) for p in condition.parts)
+    if isinstance(condition, Any_):
+        return any(may_hold(p, unknown) for p in condition.parts)
+    return True
+
+
 def compile_condition(spec: Any, path: str = "when") -> Condition:
     """Turn the YAML form into a Condition, or raise ConditionError naming the path."""
     if not isinstance(spec, dict) or len(spec) != 1:

@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
 from .commands import DATA_ONLY, Command, base, show
-from .conditions import RegexTimeout, fields_read
-from .fields import FieldView, PendingView
+from .conditions import RegexTimeout, fields_read, may_hold
+from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
 
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 MAX_KERNEL_MEMORIES = 1024  # kernels whose earlier cells are remembered (least recent dropped)
 STARTS_PREFIX = "the cell would start: "
+PENDING_UNKNOWN = frozenset(FIELDS) - KNOWN_BEFORE_START
+#: distinct programs of one cell tested before it runs (about 1 ms each): the kernel waits
+#: `cell_check_timeout` (1 s by default) for the verdict
+MAX_PROGRAMS_CHECKED = 500
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Engine:
     _reads: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, fields it reads)
     # kernel id -> what its earlier cells left (variables, imports, folder, clones, scripts)
     _cells: OrderedDict = field(default_factory=OrderedDict)
+    _pending_ok: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, may hold)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
@@ -134,15 +139,23 @@ class Engine:
                     if found is not None:
                         detections.append(found)
         seen = {d.signature.id for d in detections}
+        candidates = [sig for sig in list(self.rules.signatures.values())
+                      if not sig.on_cells and self._may_hold_before_start(sig)]
+        tested: set[tuple] = set()
         for command in analysis.commands:
             if not command.argv or base(command.argv[0]) in DATA_ONLY:
                 continue  # echo, grep, pkill…: their arguments are data, not programs
+            if tuple(command.argv) in tested:
+                continue
+            if len(tested) >= MAX_PROGRAMS_CHECKED:
+                break  # a cell that starts more: the sampler sees the rest when they run
+            tested.add(tuple(command.argv))
             pending = pending_process(command, process.pid)
             if self._allowed_pending(pending):
                 continue
             pview = PendingView(pending)
-            for sig in list(self.rules.signatures.values()):
-                if sig.on_cells or sig.id in self.disabled or sig.id in seen:
+            for sig in candidates:
+                if sig.id in self.disabled or sig.id in seen:
                     continue
                 reasons = self._test(sig, snapshot, process, pview)
                 if reasons is not None:
@@ -150,6 +163,14 @@ class Engine:
                     detections.append(Detection(sig, snapshot.kernel_id, process,
                                                 [STARTS_PREFIX + show(pending.cmdline)] + reasons))
         return detections
+
+    def _may_hold_before_start(self, sig: Signature) -> bool:
+        """Whether a signature can hold on a program not started yet (one that reads only
+        sockets, CPU, content… never can); cached per compiled condition."""
+        known = self._pending_ok.get(sig.id)
+        if known is None or known[0] is not sig.when:
+            known = self._pending_ok[sig.id] = (sig.when, may_hold(sig.when, PENDING_UNKNOWN))
+        return known[1]
 
     def _allowed_pending(self, pending: Process) -> bool:
         """An allow rule that may hold once the program runs (unknown fields count as
