@@ -295,6 +295,7 @@ def test_many_escaped_lines_are_converted_without_ipythons_quadratic_pass():
     assert fast is not None and "get_ipython().system('./tool0 --opt 0')" in fast
     assert "    get_ipython().run_line_magic('cd', '/tmp')" in fast
     assert cells._fast_escapes("!ls\n" * 3) is None  # few: IPython's own transforms
+    lines[7] = "%cd /tmp"
     text = analyse_cell("\n".join(lines[:8] + ["!./ngrok http 80"] + lines[8:])).text
     assert "run: ./ngrok http 80" in text.splitlines()
 
