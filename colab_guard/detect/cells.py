@@ -49,6 +49,9 @@ _RUN_CALLS = {
 _RUN_NAMES = {f"os.{n}" for n in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
                                    "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl",
                                    "spawnle", "spawnlp", "spawnlpe")}
+_PY_DOWNLOADS = {"urllib.request.urlretrieve", "urllib.request.urlopen", "requests.get",
+                 "requests.request", "httpx.get", "wget.download", "gdown.download",
+                 "urllib.urlretrieve", "huggingface_hub.hf_hub_download", "torch.hub.download_url_to_file"}
 _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
                 "asyncio.create_subprocess_shell", "commands.getoutput"}
 _RUN_PREFIXES = ("os.exec", "os.spawn")
@@ -272,7 +275,9 @@ class _Reader(ast.NodeVisitor):
             self.commands.append(Command(argv, command.cwd))
             original = self._renamed(argv)
             if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
-                self.commands.append(Command(original, command.cwd))
+                self.commands.append(Command(original, command.cwd,
+                                             f"{shell.show(argv)}, renamed from "
+                                             f"{shell.base(original[0])}"))
             if len(self.commands) >= MAX_LINES:
                 return
             self._learn(argv, command.cwd)
@@ -404,6 +409,10 @@ class _Reader(ast.NodeVisitor):
             alias = alias if alias and ("." in alias or alias in self.runners) else None
         elif _is_get_ipython(node.value):
             alias = IPYTHON
+        elif isinstance(node.value, ast.Call) and node.value.args and \
+                self.call_name(node.value.func) in ("__import__", "importlib.import_module"):
+            module = self.fold(node.value.args[0])  # lt = __import__("libtorrent")
+            alias = module.value if module is not None and isinstance(module.value, str) else None
         for target in node.targets:
             if isinstance(target, ast.Name):
                 if folded is not None:
@@ -471,6 +480,18 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
+        elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
+            # a download the kernel makes itself: checked as a downloader would be
+            self.started([Command(["python-download", _as_text(args[0].value)], self.cwd)])
+        elif name and name.endswith("Repo.clone_from") and len(args) >= 1 and args[0] is not None:
+            dest = _as_text(args[1].value) if len(args) > 1 and args[1] is not None else None
+            self.started(shell.split_argv(["git", "clone", _as_text(args[0].value) or UNKNOWN,
+                                           *([dest] if dest else [])], self.cwd))
+        elif name in ("os.rename", "os.replace", "shutil.move", "shutil.copy", "shutil.copy2",
+                      "shutil.copyfile", "os.symlink") and len(args) >= 2 and \
+                all(a is not None and _as_text(a.value) for a in args[:2]):
+            self.started(shell.split_argv(["mv", _as_text(args[0].value),
+                                           _as_text(args[1].value)], self.cwd))
         elif name in ("runpy.run_path", "runpy.run_module") and args and args[0] is not None \
                 and _as_text(args[0].value):
             # the script runs in the kernel: checked as the python program it would be
@@ -488,9 +509,15 @@ class _Reader(ast.NodeVisitor):
         if name.startswith(_RUN_PREFIXES) or name in ("os.posix_spawn", "os.posix_spawnp"):
             # os.execv(path, argv), os.spawnv(mode, path, argv): the argv is the command
             candidates = [a for a in args if a is not None and isinstance(a.value, (list, tuple))]
-            command = candidates[0].value if candidates else \
-                " ".join(_as_text(a.value) or "" for a in args if a is not None
-                         and isinstance(a.value, str))
+            strings = [_as_text(a.value) if a is not None and isinstance(a.value, str) else UNKNOWN
+                       for a in args if a is None or not isinstance(a.value, int)]
+            if candidates:
+                command = candidates[0].value
+            elif name.rstrip("ep").endswith("l") and len(strings) >= 2:
+                # os.execl(path, arg0, arg1…), os.spawnl(mode, path, arg0…): the args are argv
+                command = strings[1:]
+            else:
+                command = " ".join(w for w in strings if w != UNKNOWN)
         elif args and args[0] is not None:
             command = args[0].value
         elif node.args:

@@ -46,6 +46,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 class Command:
     argv: list[str]
     cwd: str | None = None  # the folder it starts in, relative or absolute; None: unknown
+    note: str = ""  # how it was read, for the evidence ("xmrig renamed kworker")
 
 
 # wrapper -> (options that take a value, whether a positional comes before the command)

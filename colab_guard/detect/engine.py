@@ -161,7 +161,9 @@ class Engine:
                 if reasons is not None:
                     seen.add(sig.id)
                     detections.append(Detection(sig, snapshot.kernel_id, process,
-                                                [STARTS_PREFIX + show(pending.cmdline)] + reasons))
+                                                [STARTS_PREFIX + (command.note or
+                                                                  show(pending.cmdline))]
+                                                + reasons))
         return detections
 
     def _may_hold_before_start(self, sig: Signature) -> bool:
