@@ -207,6 +207,7 @@ REFUSED = [
     ("function alias", "import os\nrun = os.system\nrun('ngrok tcp 22')"),
     ("helper function", "import subprocess\ndef sh(cmd):\n    return subprocess.run(cmd, shell=True)\nsh('ngrok tcp 22')"),
     ("IPython alias", "ip = get_ipython()\nip.system('ngrok tcp 22')"),
+    ("get_ipython imported under another name", "from IPython import get_ipython as g\ng().system('ngrok tcp 22')"),
     ("system_raw", "get_ipython().system_raw('./ngrok tcp 22 &')"),
     ("python -c", "!python3 -c \"import os; os.system('./xmrig -o pool:3333')\""),
     ("bash -c in Popen", "import subprocess\nsubprocess.Popen(['bash', '-c', 'cd /tmp && ./t-rex -a kawpow -o stratum+tcp://p:1'])"),

@@ -37,6 +37,7 @@ from .fields import FIELDS, Field
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000
+_GET_IPYTHON = {"get_ipython", "IPython.get_ipython", "IPython.core.getipython.get_ipython"}
 IPYTHON = "get_ipython()"  # the alias of a name bound to the IPython shell
 UNKNOWN = "…"  # a part of a command only known when it runs
 
@@ -407,7 +408,7 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node.value, (ast.Name, ast.Attribute)):
             alias = self.call_name(node.value)
             alias = alias if alias and ("." in alias or alias in self.runners) else None
-        elif _is_get_ipython(node.value):
+        elif self._is_ipython(node.value):
             alias = IPYTHON
         elif isinstance(node.value, ast.Call) and node.value.args and \
                 self.call_name(node.value.func) in ("__import__", "importlib.import_module"):
@@ -441,8 +442,13 @@ class _Reader(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def _is_ipython(self, node: ast.expr) -> bool:
-        return _is_get_ipython(node) or (isinstance(node, ast.Name)
-                                         and self.aliases.get(node.id) == IPYTHON)
+        """get_ipython(), IPython.get_ipython(), an alias of either, or a name bound to one."""
+        if _is_get_ipython(node):
+            return True
+        if isinstance(node, ast.Call) and not node.args and \
+                self.call_name(node.func) in _GET_IPYTHON:
+            return True
+        return isinstance(node, ast.Name) and self.aliases.get(node.id) == IPYTHON
 
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
