@@ -6,6 +6,9 @@ The ``cell`` field is plain text, one finding per line:
     hidden: stratum+tcp://pool:3333             a string built in a disguised way
     text: hello                                 any other string literal
     import: libtorrent                          a module the cell imports
+    call: libtorrent.session                    a function or method the cell calls, by the
+                                                dotted name its imports give it
+    base: paramiko.ServerInterface              a class the cell's classes derive from
 
 ``run:`` comes from ``!`` lines, ``%%bash``/``%%sh``/``%%script`` cells, ``%system``,
 ``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``.
@@ -22,15 +25,21 @@ import base64
 import binascii
 import codecs
 import re
+import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ..observe.model import Process
+from . import commands as shell
+from .commands import Command
 from .fields import FIELDS, Field
 
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000
+_GET_IPYTHON = {"get_ipython", "IPython.get_ipython", "IPython.core.getipython.get_ipython"}
+IPYTHON = "get_ipython()"  # the alias of a name bound to the IPython shell
+UNKNOWN = "…"  # a part of a command only known when it runs
 
 _RUN_CALLS = {
     "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
@@ -38,8 +47,21 @@ _RUN_CALLS = {
     "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
 }
+_RUN_NAMES = {f"os.{n}" for n in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
+                                   "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl",
+                                   "spawnle", "spawnlp", "spawnlpe")}
+_PY_DOWNLOADS = {"urllib.request.urlretrieve", "urllib.request.urlopen", "requests.get",
+                 "requests.request", "httpx.get", "wget.download", "gdown.download",
+                 "urllib.urlretrieve", "huggingface_hub.hf_hub_download", "torch.hub.download_url_to_file"}
+_SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
+                "asyncio.create_subprocess_shell", "commands.getoutput"}
 _RUN_PREFIXES = ("os.exec", "os.spawn")
+_CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
+MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
+MAX_NAMES = 512  # variables one kernel's memory keeps
+MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
+_BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
@@ -49,9 +71,79 @@ class CellProcess(Process):
     """The kernel as a cell check sees it: only the cell's source is known."""
 
     cell: str = ""
+    #: the ``cell`` field when the engine has already read the cell with its kernel's
+    #: memory of earlier cells (None: read the source alone)
+    normalised: str | None = None
 
 
 CELL_FIELD = "cell"
+
+
+@dataclass
+class CellAnalysis:
+    """What a cell would do, read without running it."""
+
+    text: str  # the ``cell`` field: run:/hidden:/text:/import:/call: lines
+    commands: list[Command]  # every program it would start, with the folder it starts in
+
+
+class CellMemory:
+    """What one kernel's earlier cells left behind that a later cell can use: variables
+    assigned constants, imports, the working folder (``%cd``), repositories cloned (folder ->
+    repository name) and scripts written with ``%%writefile``. Bounded."""
+
+    def __init__(self):
+        self.names: dict[str, _Folded] = {}
+        self.aliases: dict[str, str] = {}
+        self.cwd: str | None = None
+        self.clones: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+        self.runners: dict[str, int] = {}
+        self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
+        self._last: tuple[str, CellAnalysis] | None = None
+
+    def analyse(self, source: str) -> CellAnalysis:
+        """Read a cell in the light of the earlier ones, then remember what it leaves. The
+        same source twice in a row is read once (a check repeated is not a cell run twice)."""
+        source = (source or "")[:MAX_SOURCE]
+        if self._last is not None and self._last[0] == source:
+            return self._last[1]
+        analysis = _analyse(source, self)
+        self._last = (source, analysis)
+        return analysis
+
+    def _trim(self) -> None:
+        for table, limit in ((self.names, MAX_NAMES), (self.aliases, MAX_NAMES),
+                             (self.clones, MAX_NAMES), (self.files, MAX_FILES),
+                             (self.runners, MAX_NAMES), (self.renames, MAX_NAMES)):
+            while len(table) > limit:
+                table.pop(next(iter(table)))
+
+
+def analyse_cell(source: str, memory: CellMemory | None = None) -> CellAnalysis:
+    """The normalised text of a cell and the programs it would start (pure: ``memory`` is
+    read and updated, nothing else)."""
+    if memory is not None:
+        return memory.analyse(source)
+    return _analyse((source or "")[:MAX_SOURCE], None)
+
+
+def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
+    if not source.strip():
+        return CellAnalysis("", [])
+    tree = _parse(source)
+    if tree is None:
+        return CellAnalysis("", [])
+    reader = _Reader(memory)
+    try:
+        reader.visit(tree)
+    except RecursionError:
+        pass
+    if memory is not None:
+        memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
+        memory.runners = reader.runners
+        memory._trim()
+    return CellAnalysis("\n".join(reader.lines[:MAX_LINES]), reader.commands[:MAX_LINES])
 
 
 def normalise_cell(source: str) -> str:
@@ -63,21 +155,49 @@ def normalise_cell(source: str) -> str:
 
 @lru_cache(maxsize=256)
 def _normalise(source: str) -> str:
-    tree = _parse(source)
-    if tree is None:
-        return ""
-    reader = _Reader()
-    reader.visit(tree)
-    return "\n".join(reader.lines[:MAX_LINES])
+    return _analyse(source, None).text
 
 
-def _parse(source: str) -> ast.Module | None:
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
+_ESCAPED = re.compile(r"^([ \t]*)(!!?|%(?!%))(.*)$")
+MAX_IPYTHON_ESCAPES = 64  # more `!`/`%` lines than this: converted here (IPython's is quadratic)
 
-        python = TransformerManager().transform_cell(source)
-    except Exception:  # IPython missing or a transform failing: read it as plain Python
-        python = source
+
+def _fast_escapes(source: str) -> str | None:
+    """IPython's transforms re-tokenise the whole cell once per escaped line (minutes for a
+    hostile cell of thousands of `!` lines). Past MAX_IPYTHON_ESCAPES such lines, convert them
+    here, line by line (a line inside a triple-quoted string may then read as a command: the
+    cell is hostile anyway)."""
+    lines = source.split("\n")
+    if source.lstrip().startswith("%%") or \
+            sum(1 for line in lines if _ESCAPED.match(line)) <= MAX_IPYTHON_ESCAPES:
+        return None
+    out = []
+    for line in lines:
+        match = _ESCAPED.match(line)
+        if not match:
+            out.append(line)
+            continue
+        indent, escape, rest = match.groups()
+        if escape.startswith("!"):
+            out.append(f"{indent}get_ipython().system({rest!r})")
+        else:
+            name, _, arg = rest.partition(" ")
+            out.append(f"{indent}get_ipython().run_line_magic({name!r}, {arg!r})")
+    return "\n".join(out)
+
+
+def _parse(source: str, ipython: bool = True) -> ast.Module | None:
+    python = source
+    fast = _fast_escapes(source) if ipython else None
+    if fast is not None:
+        python, ipython = fast, False
+    if ipython:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            python = TransformerManager().transform_cell(source)
+        except Exception:  # IPython missing or a transform failing: read it as plain Python
+            python = source
     try:
         return ast.parse(python)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -94,11 +214,17 @@ class _Folded:
 
 
 class _Reader(ast.NodeVisitor):
-    def __init__(self):
+    def __init__(self, memory: CellMemory | None = None):
         self.lines: list[str] = []
         self._seen: set[str] = set()
-        self.names: dict[str, _Folded] = {}  # variables assigned a constant
-        self.aliases: dict[str, str] = {}  # local name -> dotted module name
+        self.memory = memory
+        self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
+        self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
+        self.cwd: str | None = memory.cwd if memory else None
+        self.commands: list[Command] = []
+        self.nesting = 0
+        # functions of the cell (or earlier cells) that run their argument: name -> its index
+        self.runners: dict[str, int] = dict(memory.runners) if memory else {}
 
     # ------------------------------------------------------------ output
 
@@ -122,10 +248,12 @@ class _Reader(ast.NodeVisitor):
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
 
-    def emit_run(self, command) -> None:
+    def emit_run(self, command, split: bool = True) -> None:
+        argv = None
         if isinstance(command, (list, tuple)):
             words = [_as_text(w) for w in command]
-            command = " ".join(w for w in words if w is not None)
+            argv = [w for w in words if w is not None]
+            command = " ".join(argv)
         text = _as_text(command)
         if not text:
             return
@@ -134,6 +262,116 @@ class _Reader(ast.NodeVisitor):
         for word in text.split():
             for decoded in _decode_literal(word.strip("'\"")):
                 self.emit("hidden", decoded)
+        if split:
+            found = shell.split_argv(argv, self.cwd) if argv is not None else \
+                shell.split_shell(text, self.cwd)
+            self.started(found)
+
+    def started(self, found: list[Command]) -> None:
+        """Programs the cell starts: kept, and what they tell about the cell's folders."""
+        for command in found:
+            if len(self.commands) >= MAX_LINES:
+                return
+            argv = self._resolved(command)
+            self.commands.append(Command(argv, command.cwd))
+            original = self._renamed(argv)
+            if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
+                self.commands.append(Command(original, command.cwd,
+                                             f"{shell.show(argv)}, renamed from "
+                                             f"{shell.base(original[0])}"))
+            if len(self.commands) >= MAX_LINES:
+                return
+            self._learn(argv, command.cwd)
+            code = shell.python_code(argv)
+            if code:
+                self.read_code(code, ipython=False)
+            script = self._script(argv)
+            if script is not None:
+                kind, text = script
+                if kind == "python":
+                    self.read_code(text, ipython=False)
+                else:
+                    self.started(shell.split_shell(text, command.cwd))
+
+    def _resolved(self, command: Command) -> list[str]:
+        """``python run.py`` in a folder: the script's path from that folder, with a folder
+        a repository was cloned into named after the repository."""
+        argv = list(command.argv)
+        found = shell.script_of(argv)
+        if found is not None and self.memory is not None:
+            index, path = found
+            full = shell.join(command.cwd, path) if command.cwd or path.startswith("/") else path
+            if full:
+                parts = [self.memory.clones.get(p, p) for p in full.split("/")]
+                argv[index] = "/".join(parts)
+        return argv
+
+    def _learn(self, argv: list[str], cwd: str | None) -> None:
+        if self.memory is None or len(argv) < 3:
+            return
+        if shell.base(argv[0]) in ("mv", "cp", "ln", "install", "rsync"):
+            words = [w for w in argv[1:] if not w.startswith("-")]
+            if len(words) == 2 and not words[1].endswith("/"):
+                old, new = shell.base(words[0]), shell.base(words[1])
+                if old and new and old != new and new not in (".", ".."):
+                    self.memory.renames[new] = self.memory.renames.get(old, old)
+                    if old in self.memory.clones:  # mv roop tool: tool is roop
+                        self.memory.clones[new] = self.memory.clones[old]
+            return
+        if shell.base(argv[0]) != "git" or "clone" not in argv[1:3]:
+            return
+        words = [w for w in argv[argv.index("clone") + 1:] if not w.startswith("-")]
+        if not words:
+            return
+        repo = shell.base(words[0].rstrip("/"))
+        repo = repo[:-4] if repo.endswith(".git") else repo
+        folder = shell.base(words[1]) if len(words) > 1 else repo
+        if repo and folder:
+            self.memory.clones[folder] = self.memory.clones.get(repo, repo) if folder == repo \
+                else repo
+
+    def _renamed(self, argv: list[str]) -> list[str] | None:
+        if self.memory is None or not self.memory.renames or not argv:
+            return None
+        found = shell.script_of(argv)
+        index = found[0] if found else 0
+        original = self.memory.renames.get(shell.base(argv[index]))
+        if not original:
+            return None
+        head = argv[index].rsplit("/", 1)
+        renamed = list(argv)
+        renamed[index] = f"{head[0]}/{original}" if len(head) == 2 else original
+        return renamed
+
+    def _script(self, argv: list[str]) -> tuple[str, str] | None:
+        """A script the cell wrote earlier with %%writefile, now run."""
+        if self.memory is None or not self.memory.files:
+            return None
+        found = shell.script_of(argv)
+        if found is not None:
+            text = self.memory.files.get(shell.base(found[1]))
+            return ("python", text) if text else None
+        name = shell.base(argv[0])
+        if name in shell.SHELLS and len(argv) > 1 and not argv[1].startswith("-"):
+            name = shell.base(argv[1])
+        text = self.memory.files.get(name)
+        return ("shell", text) if text else None
+
+    def read_code(self, code: str, ipython: bool = True) -> None:
+        """Python code the cell runs from a string (exec, eval, python -c): read it too."""
+        if self.nesting >= MAX_NESTING or not code:
+            return
+        tree = _parse(code[:MAX_SOURCE], ipython)
+        if tree is None:
+            return
+        self.nesting += 1
+        try:
+            self.visit(tree)
+        finally:
+            self.nesting -= 1
+
+    def change_folder(self, path: str | None) -> None:
+        self.cwd = shell.join(self.cwd, path) if path else None
 
     def _expand(self, command: str) -> str:
         """IPython expands {name} and $name in shell lines from the user's variables."""
@@ -155,17 +393,69 @@ class _Reader(ast.NodeVisitor):
         if node.module:
             self.emit("import", node.module)
             for alias in node.names:
+                if alias.name == "*":  # from subprocess import *: run() is subprocess.run
+                    for full in _RUN_CALLS | _RUN_NAMES:
+                        if full.rsplit(".", 1)[0] == node.module:
+                            self.aliases[full.rsplit(".", 1)[1]] = full
+                    continue
                 self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
     def visit_Assign(self, node):
         self.visit(node.value)
         folded = self.fold(node.value)
+        # f = os.system, ip = get_ipython(): a new name for a function or for IPython
+        alias = None
+        if isinstance(node.value, (ast.Name, ast.Attribute)):
+            alias = self.call_name(node.value)
+            alias = alias if alias and ("." in alias or alias in self.runners) else None
+        elif self._is_ipython(node.value):
+            alias = IPYTHON
+        elif isinstance(node.value, ast.Call) and node.value.args and \
+                self.call_name(node.value.func) in ("__import__", "importlib.import_module"):
+            module = self.fold(node.value.args[0])  # lt = __import__("libtorrent")
+            alias = module.value if module is not None and isinstance(module.value, str) else None
         for target in node.targets:
             if isinstance(target, ast.Name):
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
                     self.names.pop(target.id, None)
+                if alias:
+                    self.aliases[target.id] = alias
+
+    def visit_FunctionDef(self, node):
+        """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
+        params = [a.arg for a in node.args.posonlyargs + node.args.args]
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
+                    and inner.args[0].id in params:
+                name = self.call_name(inner.func)
+                if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)) or \
+                        name in self.runners or (isinstance(inner.func, ast.Attribute) and
+                                                 self._is_ipython(inner.func.value) and
+                                                 inner.func.attr in ("system", "system_raw",
+                                                                     "getoutput")):
+                    self.runners[node.name] = params.index(inner.args[0].id)
+                    break
+        self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _is_ipython(self, node: ast.expr) -> bool:
+        """get_ipython(), IPython.get_ipython(), an alias of either, or a name bound to one."""
+        if _is_get_ipython(node):
+            return True
+        if isinstance(node, ast.Call) and not node.args and \
+                self.call_name(node.func) in _GET_IPYTHON:
+            return True
+        return isinstance(node, ast.Name) and self.aliases.get(node.id) == IPYTHON
+
+    def visit_ClassDef(self, node):
+        for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
+            name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
+            if name and "." in name:
+                self.emit("base", name)
+        self.generic_visit(node)
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -181,10 +471,39 @@ class _Reader(ast.NodeVisitor):
     def visit_Call(self, node):
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
+        if name and "." in name and not (
+                isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
+            self.emit("call", name)
         if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
             self._run_call(name, node, args)
-        elif isinstance(node.func, ast.Attribute) and _is_get_ipython(node.func.value):
+        elif isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value):
             self._ipython_call(node.func.attr, args)
+        elif name in self.runners and len(args) > self.runners[name] and \
+                args[self.runners[name]] is not None:
+            self.emit_run(args[self.runners[name]].value)
+        elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
+                and args[0] is not None and _as_text(args[0].value):
+            self.read_code(_as_text(args[0].value), ipython=False)
+        elif name in ("os.chdir",) and args and args[0] is not None:
+            self.change_folder(_as_text(args[0].value))
+        elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
+            # a download the kernel makes itself: checked as a downloader would be
+            self.started([Command(["python-download", _as_text(args[0].value)], self.cwd)])
+        elif name and name.endswith("Repo.clone_from") and len(args) >= 1 and args[0] is not None:
+            dest = _as_text(args[1].value) if len(args) > 1 and args[1] is not None else None
+            self.started(shell.split_argv(["git", "clone", _as_text(args[0].value) or UNKNOWN,
+                                           *([dest] if dest else [])], self.cwd))
+        elif name in ("os.rename", "os.replace", "shutil.move", "shutil.copy", "shutil.copy2",
+                      "shutil.copyfile", "os.symlink") and len(args) >= 2 and \
+                all(a is not None and _as_text(a.value) for a in args[:2]):
+            self.started(shell.split_argv(["mv", _as_text(args[0].value),
+                                           _as_text(args[1].value)], self.cwd))
+        elif name in ("runpy.run_path", "runpy.run_module") and args and args[0] is not None \
+                and _as_text(args[0].value):
+            # the script runs in the kernel: checked as the python program it would be
+            path = _as_text(args[0].value)
+            self.started(shell.split_argv(["python", path] if name == "runpy.run_path"
+                                          else ["python", "-m", path], self.cwd))
         folded = self.fold(node)
         if folded is not None:
             self.emit_value(folded)
@@ -196,35 +515,65 @@ class _Reader(ast.NodeVisitor):
         if name.startswith(_RUN_PREFIXES) or name in ("os.posix_spawn", "os.posix_spawnp"):
             # os.execv(path, argv), os.spawnv(mode, path, argv): the argv is the command
             candidates = [a for a in args if a is not None and isinstance(a.value, (list, tuple))]
-            command = candidates[0].value if candidates else \
-                " ".join(_as_text(a.value) or "" for a in args if a is not None
-                         and isinstance(a.value, str))
+            strings = [_as_text(a.value) if a is not None and isinstance(a.value, str) else UNKNOWN
+                       for a in args if a is None or not isinstance(a.value, int)]
+            if candidates:
+                command = candidates[0].value
+            elif name.rstrip("ep").endswith("l") and len(strings) >= 2:
+                # os.execl(path, arg0, arg1…), os.spawnl(mode, path, arg0…): the args are argv
+                command = strings[1:]
+            else:
+                command = " ".join(w for w in strings if w != UNKNOWN)
         elif args and args[0] is not None:
             command = args[0].value
+        elif node.args:
+            command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
             for kw in node.keywords:
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
-                    command = folded.value if folded else None
+                    command = folded.value if folded else self.loose(kw.value)
         if command:
+            # a string without shell=True execs one word: split anyway, as a shell would
+            # (the cell may pass shell=True through a variable)
             self.emit_run(command)
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
         values = [_as_text(a.value) if a else None for a in args]
-        if method in ("system", "getoutput") and values and values[0]:
+        if method in ("system", "getoutput", "system_raw", "system_piped") and values and values[0]:
             self.emit_run(values[0])
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
             self.emit_run(values[1] or "")
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] in ("cd", "pushd"):
+            self.change_folder(self._expand(values[1] or "~").strip().strip("'\"") or "~")
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "run" and values[1]:
+            # %run script.py args: the script runs in the kernel, as `python script.py args`
+            words = [w for w in self._expand(values[1]).split() if w not in ("-i", "-e", "-t")]
+            if words and words[0] != "-m":
+                self.started(shell.split_argv(["python", *words], self.cwd))
+            elif len(words) > 1:
+                self.started(shell.split_argv(["python", *words], self.cwd))
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
+            self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
             magic, line = values[0], values[1] or ""
-            shell = magic in _SHELL_MAGICS and (magic != "script" or
-                                                 line.split()[:1] in (["sh"], ["bash"], ["zsh"]))
+            shell_cell = magic in _SHELL_MAGICS and (
+                magic != "script" or shell.base((line.split() or [""])[0]) in shell.SHELLS)
+            if magic in _CODE_MAGICS or magic == "script" and shell.PYTHONS.match(
+                    shell.base((line.split() or [""])[0])):
+                self.read_code(values[2])
+                return
+            if magic in ("writefile", "file") and self.memory is not None and line.split():
+                name = shell.base(line.split()[-1])
+                self.memory.files[name] = values[2][:MAX_SOURCE]
             for body_line in values[2].splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
-                    if shell:
-                        self.emit_run(body_line)
+                    if shell_cell:
+                        self.emit_run(body_line, split=False)
                     else:
                         self.emit("text", body_line)
+            if shell_cell:  # one shell runs the whole body: cd and variables carry over
+                self.started(shell.split_shell(self._expand(values[2]), self.cwd))
 
     def generic_expression(self, node):
         """Emit the largest constant sub-expressions; look inside the rest."""
@@ -244,12 +593,51 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ folding
 
+    def loose(self, node: ast.expr, depth: int = 0):
+        """A command with parts not known before it runs: the known words kept, each unknown
+        part a placeholder (``f"code-server --port {port}"`` -> ``code-server --port …``)."""
+        folded = self.fold(node)
+        if folded is not None:
+            return folded.value
+        if depth > 20:
+            return UNKNOWN
+        if isinstance(node, ast.JoinedStr):
+            return "".join(_as_text(self.loose(v.value if isinstance(v, ast.FormattedValue)
+                                                else v, depth + 1)) or UNKNOWN
+                           for v in node.values)[:MAX_VALUE]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = self.loose(node.left, depth + 1), self.loose(node.right, depth + 1)
+            if isinstance(left, list) and isinstance(right, list):
+                return left + right
+            return ((_as_text(left) or UNKNOWN) + (_as_text(right) or UNKNOWN))[:MAX_VALUE]
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [self.loose(e, depth + 1) for e in node.elts[:256]]
+            if len(items) == 1 and isinstance(items[0], str) and " " in items[0]:
+                return items[0]  # Popen([cmd], shell=True): the one string is a shell line
+            return [i if isinstance(i, str) else UNKNOWN for i in items]
+        return UNKNOWN
+
     def call_name(self, func: ast.expr) -> str | None:
         """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run)."""
         parts = []
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
             func = func.value
+        if isinstance(func, ast.Call) and parts:
+            called = self.call_name(func.func)
+            module = self.fold(func.args[0]) if func.args else None
+            if called in ("__import__", "importlib.import_module") and module is not None \
+                    and isinstance(module.value, str):
+                return ".".join([module.value, *reversed(parts)])
+            return None
+        if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
+            if self.call_name(func.func) == "getattr" and len(func.args) == 2:
+                owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+                    ast.Name, ast.Attribute, ast.Call)) else None
+                attr = self.fold(func.args[1])
+                if owner and attr is not None and isinstance(attr.value, str):
+                    return f"{owner}.{attr.value}"
+            return None
         if not isinstance(func, ast.Name):
             return None
         head = self.aliases.get(func.id, func.id)
@@ -307,6 +695,10 @@ class _Reader(ast.NodeVisitor):
             if isinstance(value, int):
                 return _Folded(value, False)
             return _Folded(value, True) if value is not None else None
+        if isinstance(node.op, ast.Mod) and isinstance(left.value, str) and \
+                not _BIG_WIDTH.search(left.value):
+            operand = tuple(right.value) if isinstance(right.value, list) else right.value
+            return _Folded(_cap(left.value % operand), True)
         if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
                 isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
             return _Folded(left.value * right.value, True)
@@ -345,12 +737,23 @@ class _Reader(ast.NodeVisitor):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
         args = [self.fold(a, depth) for a in node.args]
+        if isinstance(func, ast.Attribute) and func.attr == "format" and \
+                all(a is not None for a in args):
+            base = self.fold(func.value, depth)
+            keywords = {kw.arg: self.fold(kw.value, depth) for kw in node.keywords}
+            if base is not None and isinstance(base.value, str) and None not in keywords and \
+                    all(v is not None for v in keywords.values()) and \
+                    not _BIG_WIDTH.search(base.value) and "{0." not in base.value:
+                return _Folded(_cap(base.value.format(*(a.value for a in args),
+                                                      **{k: v.value for k, v in keywords.items()})),
+                               True)
+            return None
         if any(a is None for a in args) or node.keywords and not _only_decode_keywords(node):
             return None
         values = [a.value for a in args]
         name = self.call_name(func) or ""
         if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
-                                                             "strip", "lower", "upper"):
+                                                             "strip", "lower", "upper", "split"):
             base = self.fold(func.value, depth)
             if base is not None:
                 return _Folded(_method(base.value, func.attr, values), True)
@@ -373,8 +776,10 @@ class _Reader(ast.NodeVisitor):
         if short in ("b64decode", "urlsafe_b64decode", "standard_b64decode", "b32decode",
                      "b16decode", "a2b_base64", "decodebytes"):
             return _Folded(_b64(short, values[0]), True)
-        if name in ("codecs.decode",) and len(values) == 2 and isinstance(values[1], str):
+        if name in ("codecs.decode", "codecs.encode") and len(values) == 2 and isinstance(values[1], str):
             return _Folded(_codec(values[0], values[1]), True)
+        if name in ("shlex.split",) and values and isinstance(values[0], str):
+            return _Folded(shlex.split(values[0], comments=False)[:256], args[0].hidden)
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
         return None
@@ -411,6 +816,8 @@ def _method(base, method: str, args: list):
         return base.encode("utf-8", "replace")
     if method == "replace" and isinstance(base, str) and len(args) == 2:
         return _cap(base.replace(args[0], args[1]))
+    if method == "split" and isinstance(base, str) and len(args) <= 1:
+        return base.split(*(a for a in args if isinstance(a, str)))[:256]
     if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
         return getattr(base, method)()
     return None
@@ -482,6 +889,11 @@ def _is_get_ipython(node: ast.expr) -> bool:
         node.func.id == "get_ipython"
 
 
+def _cell_text(process) -> str:
+    normalised = getattr(process, "normalised", None)
+    return normalised if normalised is not None else normalise_cell(getattr(process, "cell", ""))
+
+
 FIELDS[CELL_FIELD] = Field(
     CELL_FIELD, "text", "a cell's source, normalised: one finding per line (run:, hidden:, text:, "
-    "import:); cell signatures only", lambda p: normalise_cell(getattr(p, "cell", "")))
+    "import:, call:, base:); cell signatures only", _cell_text)

@@ -252,6 +252,11 @@ class Not(Condition):
     part: Condition
 
     def test(self, view):
+        unknown = getattr(view, "unknown", None)
+        if unknown:  # "not" over a field not known yet (a program not started) is unknown
+            reads = fields_read(self.part)
+            if reads is None or reads & unknown:
+                return view.optimistic, []
         ok, _ = self.part.test(view)
         return (not ok), []
 
@@ -267,7 +272,14 @@ class FieldTest(Condition):
     tests: list[tuple[str, Any]]
 
     def test(self, view):
-        value = view[self.field]
+        if self.field in getattr(view, "unknown", ()):
+            # a program not started yet: its sockets, CPU, content are unknown. A signature
+            # does not hold on what is unknown; an allow rule may (``optimistic``)
+            return view.optimistic, []
+        try:
+            value = view[self.field]
+        except KeyError:  # a mapping of some fields only (a cell's lines): not this one
+            return False, []
         for item in value if isinstance(value, list) else [value]:
             if all(_holds(op, operand, item) for op, operand in self.tests):
                 return True, [f"{self.field} {self._describe()}: {_show(item)}"]
@@ -323,6 +335,21 @@ def fields_read(condition: Condition) -> set[str] | None:
         parts = [fields_read(p) for p in condition.parts]
         return None if None in parts else set().union(*parts)
     return None
+
+
+def may_hold(condition: Condition, unknown: frozenset[str] | set[str]) -> bool:
+    """Whether a condition can hold when the fields in ``unknown`` are not known (a test on
+    them, or a ``not`` over one, does not hold). False lets a caller skip the condition."""
+    if isinstance(condition, FieldTest):
+        return condition.field not in unknown
+    if isinstance(condition, Not):
+        reads = fields_read(condition.part)
+        return reads is not None and not (reads & unknown)
+    if isinstance(condition, All):
+        return all(may_hold(p, unknown) for p in condition.parts)
+    if isinstance(condition, Any_):
+        return any(may_hold(p, unknown) for p in condition.parts)
+    return True
 
 
 def compile_condition(spec: Any, path: str = "when") -> Condition:

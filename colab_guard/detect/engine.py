@@ -6,13 +6,22 @@ Pure code: it sees only Snapshots, so the tests feed it recorded data.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..observe.model import Process, Snapshot
-from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read
-from .fields import FieldView
+from .cells import CELL_FIELD, CellMemory
+from .commands import DATA_ONLY, Command, base, show
+from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
+from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
 
+MAX_KERNEL_MEMORIES = 1024  # kernels whose earlier cells are remembered (least recent dropped)
+STARTS_PREFIX = "the cell would start: "
+PENDING_UNKNOWN = frozenset(FIELDS) - KNOWN_BEFORE_START
+#: distinct programs of one cell tested before it runs (about 1 ms each): the kernel waits
+#: `cell_check_timeout` (1 s by default) for the verdict
+MAX_PROGRAMS_CHECKED = 500
 
 
 @dataclass
@@ -56,12 +65,18 @@ class Engine:
     # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
     _reads: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, fields it reads)
+    # kernel id -> what its earlier cells left (variables, imports, folder, clones, scripts)
+    _cells: OrderedDict = field(default_factory=OrderedDict)
+    _pending_ok: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, may hold)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
         held_now: set[tuple] = set()
         last, now = self._last.get(snapshot.kernel_id, {}), {}
         for process in snapshot.processes:
+            if getattr(process, "cell", ""):
+                detections.extend(self._check_cell(snapshot, process, held_now))
+                continue
             cached = last.get(process.key)
             # Most processes look the same from one tick to the next (a thousand idle
             # children of fifty kernels): the same observation gives the same matches.
@@ -98,8 +113,85 @@ class Engine:
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
         self._last.pop(kernel_id, None)
+        self._cells.pop(kernel_id, None)
         self._too_slow = {k for k in self._too_slow if k[1] != kernel_id}
         self._regex_budget = {k: v for k, v in self._regex_budget.items() if k[0] != kernel_id}
+
+    # ------------------------------------------------------------------ cells
+
+    def cell_memory(self, kernel_id: str) -> CellMemory:
+        memory = self._cells.get(kernel_id)
+        if memory is None:
+            memory = self._cells[kernel_id] = CellMemory()
+            while len(self._cells) > MAX_KERNEL_MEMORIES:
+                self._cells.popitem(last=False)
+        else:
+            self._cells.move_to_end(kernel_id)
+        return memory
+
+    def _check_cell(self, snapshot: Snapshot, process: Process, held_now: set[tuple]
+                    ) -> list[Detection]:
+        """A cell before it runs: the cell signatures on its source (read with what the
+        kernel's earlier cells left), and the process signatures on every program it would
+        start, as programs not started yet (name and command line known, the rest not)."""
+        analysis = self.cell_memory(snapshot.kernel_id).analyse(process.cell)
+        process.normalised = analysis.text
+        detections: list[Detection] = []
+        view = FieldView(process)
+        for sig in list(self.rules.signatures.values()):
+            if sig.on_cells and sig.id not in self.disabled:
+                reasons = self._test(sig, snapshot, process, view)
+                if reasons is not None:
+                    found = self._hold(sig, snapshot, process, reasons, held_now)
+                    if found is not None:
+                        detections.append(found)
+        seen = {d.signature.id for d in detections}
+        candidates = [sig for sig in list(self.rules.signatures.values())
+                      if not sig.on_cells and self._may_hold_before_start(sig)]
+        tested: set[tuple] = set()
+        for command in analysis.commands:
+            if not command.argv or base(command.argv[0]) in DATA_ONLY:
+                continue  # echo, grep, pkill…: their arguments are data, not programs
+            if tuple(command.argv) in tested:
+                continue
+            if len(tested) >= MAX_PROGRAMS_CHECKED:
+                break  # a cell that starts more: the sampler sees the rest when they run
+            tested.add(tuple(command.argv))
+            pending = pending_process(command, process.pid)
+            if self._allowed_pending(pending):
+                continue
+            pview = PendingView(pending)
+            for sig in candidates:
+                if sig.id in self.disabled or sig.id in seen:
+                    continue
+                reasons = self._test(sig, snapshot, process, pview)
+                if reasons is not None:
+                    seen.add(sig.id)
+                    detections.append(Detection(sig, snapshot.kernel_id, process,
+                                                [STARTS_PREFIX + (command.note or
+                                                                  show(pending.cmdline))]
+                                                + reasons))
+        return detections
+
+    def _may_hold_before_start(self, sig: Signature) -> bool:
+        """Whether a signature can hold on a program not started yet (one that reads only
+        sockets, CPU, content… never can); cached per compiled condition."""
+        known = self._pending_ok.get(sig.id)
+        if known is None or known[0] is not sig.when:
+            known = self._pending_ok[sig.id] = (sig.when, may_hold(sig.when, PENDING_UNKNOWN))
+        return known[1]
+
+    def _allowed_pending(self, pending: Process) -> bool:
+        """An allow rule that may hold once the program runs (unknown fields count as
+        holding): the cell runs, and the sampler decides on the real process."""
+        view = PendingView(pending, optimistic=True)
+        for rule in self.rules.allow.values():
+            try:
+                if rule.when.test(view)[0]:
+                    return True
+            except Exception:
+                continue
+        return False
 
     # ------------------------------------------------------------------
 
@@ -232,8 +324,9 @@ def check_examples(sig: Signature) -> list[str]:
             if matched != expected:
                 kind = "match" if expected else "no_match"
                 verb = "did not match" if expected else "matched"
-                failures.append(f"{sig.id}: examples.{kind}[{i}] {verb}: "
-                                f"{' '.join(process.cmdline) or process.name}")
+                cell = getattr(process, "cell", "")
+                shown = f"cell {cell[:120]!r}" if cell else ' '.join(process.cmdline) or process.name
+                failures.append(f"{sig.id}: examples.{kind}[{i}] {verb}: {shown}")
     return failures
 
 
@@ -242,3 +335,28 @@ def example_matches(sig: Signature, process: Process) -> bool:
     t0 = 1_000_000.0
     engine.evaluate(Snapshot("example", t0, [process]))
     return bool(engine.evaluate(Snapshot("example", t0 + sig.hold_seconds + 1, [process])))
+
+
+def pending_process(command: Command, pid: int = 0) -> Process:
+    """A program a cell would start, as the sampler will see it once it runs (as far as its
+    command line tells: comm is the first word's file name, cut to 15 characters)."""
+    argv = command.argv
+    return Process(pid=pid, name=base(argv[0])[:15] if argv else "",
+                   exe=argv[0] if argv and argv[0].startswith("/") else "", cmdline=list(argv))
+
+
+def cell_findings(detections: list[Detection], normalised: str) -> list[str]:
+    """The evidence of a cell's detections: the normalised lines that made each cell
+    signature match, and the command line of each program a process signature matched."""
+    lines = normalised.splitlines()
+    found: list[str] = []
+    for d in detections:
+        if d.signature.on_cells:
+            for line in lines:
+                if d.signature.when.test({CELL_FIELD: line})[0] and line not in found:
+                    found.append(line)
+        else:
+            starts = next((r for r in d.reasons if r.startswith(STARTS_PREFIX)), None)
+            if starts and starts not in found:
+                found.append(starts)
+    return found[:20]

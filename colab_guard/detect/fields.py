@@ -131,3 +131,30 @@ class FieldView:
         if name not in self._cache:
             self._cache[name] = FIELDS[name].read(self.process)
         return self._cache[name]
+
+
+#: What is known of a program a cell would start, before it starts: its command line.
+KNOWN_BEFORE_START = frozenset({"name", "exe", "exe_name", "argv0", "cmdline", "args", "is_kernel"})
+
+
+class PendingView(FieldView):
+    """Fields of a program that has not started yet (read from a cell's command): its name
+    and command line are known, everything it would do (sockets, CPU, memory, content,
+    files, libraries) is not. A test on an unknown field is false for a signature and true
+    for an allow rule (``optimistic``): the cell is refused only for what is certain, and the
+    sampler still checks the real process."""
+
+    __slots__ = ("unknown", "optimistic")
+
+    def __init__(self, process: Process, optimistic: bool = False):
+        super().__init__(process)
+        self.optimistic = optimistic
+        known = set(KNOWN_BEFORE_START)
+        if not process.exe:
+            known.discard("exe")
+        self.unknown = frozenset(FIELDS) - known
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "exe_name" and not self.process.exe:
+            return _basename(self.process.cmdline[0]) if self.process.cmdline else ""
+        return super().__getitem__(name)

@@ -191,11 +191,14 @@ def lab(tmp_path, chromium):
 
 
 def mining_notebook(lab: Lab, pool_port: int, seconds: int = 600) -> str:
-    """A notebook whose one cell starts the stand-in miner (a hostile string in its command line)."""
+    """A notebook whose one cell starts the stand-in miner (a hostile string in its command line).
+    The pool's URL is read from a file when the cell runs, so the cell check (which reads the
+    cell's source) lets it start and the sampler is the one that acts, as these tests intend."""
+    (lab.root / "pool.txt").write_text(f"stratum+tcp://127.0.0.1:{pool_port}")
     code = (f"import subprocess, sys\n"
-            f"miner = subprocess.Popen([sys.executable, {str(MINER)!r}, '-o', "
-            f"'stratum+tcp://127.0.0.1:{pool_port}', '-u', {WALLET!r}, '-p', {HOSTILE!r}, "
-            f"'--seconds', '{seconds}'])\n"
+            f"pool = open('pool.txt').read().strip()\n"
+            f"miner = subprocess.Popen([sys.executable, {str(MINER)!r}, '-o', pool, "
+            f"'-u', {WALLET!r}, '-p', {HOSTILE!r}, '--seconds', '{seconds}'])\n"
             f"miner.wait()\n")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

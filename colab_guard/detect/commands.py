@@ -1,0 +1,436 @@
+"""Shell commands split into the programs they would start, without running anything.
+
+``split_shell("cd roop && sudo nohup python run.py -s a.jpg &")`` gives the argv of every
+program that line would exec, in order, with the folder each would start in::
+
+    Command(argv=['sudo', 'nohup', 'python', 'run.py', ...], cwd='roop')
+    Command(argv=['nohup', 'python', 'run.py', ...], cwd='roop')     # sudo's child
+    Command(argv=['python', 'run.py', ...], cwd='roop')              # nohup execs it
+
+Understood: words and quotes (``shlex``), ``&&``, ``||``, ``;``, ``|``, ``&``, newlines,
+sub-shells ``( … )``, redirections, ``cd``, assignments (``A=b cmd`` and ``A=b`` then ``$A``),
+``$(…)`` and backticks (their commands are started too), the wrappers that start another
+program (``sudo``, ``nohup``, ``timeout``, ``env``, ``nice``, ``setsid``, ``exec``, ``xargs``,
+``screen -dm``, ``tmux new -d`` …) and shells given a script (``bash -c '…'``, ``sh -c``).
+Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH deep.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+
+MAX_COMMANDS = 200
+MAX_DEPTH = 4
+MAX_TEXT = 16 * 1024
+
+#: Programs whose arguments are data, never run: a tool's name or a magnet link given to them is
+#: not the tool (`echo ngrok http 80`, `grep -r xmrig .`, `pkill ngrok`).
+DATA_ONLY = {"echo", "printf", "cat", "tac", "grep", "egrep", "fgrep", "rg", "ls", "which", "type",
+             "whereis", "man", "info", "head", "tail", "less", "more", "wc", "touch", "mkdir",
+             "rm", "rmdir", "chmod", "chown", "file", "stat", "du", "df", "basename", "dirname",
+             "test", "[", "true", "false", "sleep", "kill", "pkill", "killall", "pgrep", "ps",
+             "md5sum", "sha256sum", "sha1sum", "tee", "sort", "uniq", "cut", "tr",
+             "diff", "cmp", "strings", "readlink", "realpath", "nvidia-smi", "id", "whoami"}
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
+PYTHONS = re.compile(r"^(python|python[23](\.[0-9]+)?|pypy3?|ipython3?)$")
+_OPERATORS = {"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "\n"}
+_REDIRECT = re.compile(r"^[0-9]*(>>?|<<?<?|>&|<&|&>>?|>\|)$")
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    cwd: str | None = None  # the folder it starts in, relative or absolute; None: unknown
+    note: str = ""  # how it was read, for the evidence ("xmrig renamed kworker")
+
+
+# wrapper -> (options that take a value, whether a positional comes before the command)
+_WRAPPERS: dict[str, tuple[set[str], int]] = {
+    "sudo": ({"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U", "-T", "--user", "--group"}, 0),
+    "doas": ({"-u", "-C"}, 0),
+    "nohup": (set(), 0),
+    "setsid": (set(), 0),
+    "exec": ({"-a"}, 0),
+    "command": (set(), 0),
+    "builtin": (set(), 0),
+    "time": ({"-f", "-o", "--format", "--output"}, 0),
+    "nice": ({"-n", "--adjustment"}, 0),
+    "ionice": ({"-c", "-n", "-p", "--class", "--classdata"}, 0),
+    "chrt": (set(), 1),
+    "taskset": (set(), 1),
+    "stdbuf": ({"-i", "-o", "-e"}, 0),
+    "timeout": ({"-s", "-k", "--signal", "--kill-after"}, 1),
+    "env": ({"-u", "-C", "-S", "--unset", "--chdir"}, 0),
+    "xargs": ({"-I", "-n", "-P", "-L", "-d", "-E", "-s", "-a", "--max-args", "--max-procs",
+               "--delimiter", "--arg-file"}, 0),
+    "cpulimit": ({"-l", "-p", "-e", "--limit", "--pid", "--exe"}, 0),
+    "proxychains": ({"-f"}, 0),
+    "proxychains4": ({"-f"}, 0),
+    "torsocks": (set(), 0),
+    "unbuffer": (set(), 0),
+    "watch": ({"-n", "-d", "--interval"}, 0),
+    "strace": ({"-o", "-e", "-p", "-s"}, 0),
+    "daemonize": ({"-c", "-e", "-o", "-p", "-l", "-u"}, 0),
+    "runuser": ({"-u", "-g", "--user", "--group"}, 0),
+    "catchsegv": (set(), 0),
+    "firejail": (set(), 0),
+}
+
+
+def split_shell(text: str, cwd: str | None = None, variables: dict[str, str] | None = None,
+                depth: int = 0) -> list[Command]:
+    """Every program a shell would start for ``text`` (a ``!`` line, a ``%%bash`` body, an
+    ``os.system`` string), outer wrappers first. ``variables`` (shell variables set earlier
+    in the same shell) is updated with the assignments the text makes."""
+    found: list[Command] = []
+    _Shell(found, cwd, {} if variables is None else variables).run(text, depth)
+    return found[:MAX_COMMANDS]
+
+
+def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[Command]:
+    """The programs an exec of ``argv`` starts: itself, and what its wrappers start."""
+    found: list[Command] = []
+    _Shell(found, cwd, {}).program([str(a) for a in argv], depth)
+    return found[:MAX_COMMANDS]
+
+
+class _Shell:
+    def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str]):
+        self.found, self.cwd, self.vars = found, cwd, variables
+
+    # ------------------------------------------------------------ text
+
+    def run(self, text: str, depth: int) -> None:
+        if depth > MAX_DEPTH or not text:
+            return
+        text = text[:MAX_TEXT].replace("\\\n", " ")
+        inners, text = _substitutions(text)
+        for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
+            _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
+        for simple in self._simple_commands(text):
+            self.simple(simple, depth)
+            if len(self.found) >= MAX_COMMANDS:
+                return
+        for script in _piped_scripts(text):  # echo … | base64 -d | bash
+            _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
+
+    def _simple_commands(self, text: str) -> list[list[str]]:
+        lexer = shlex.shlex(text.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        words: list[str] = []
+        commands: list[list[str]] = []
+        skip_next = False
+        try:
+            for token in lexer:
+                if skip_next:  # a redirection's target is not an argument
+                    skip_next = False
+                    continue
+                if token in _OPERATORS or set(token) <= set(";&|()") and token:
+                    if words:
+                        commands.append(words)
+                    words = []
+                    continue
+                if _REDIRECT.match(token) or set(token) <= set("<>&") and token:
+                    if words and words[-1].isdigit():
+                        words.pop()  # 2>&1: the 2 was the file descriptor
+                    skip_next = True
+                    continue
+                words.append(token)
+        except ValueError:  # unbalanced quotes: the shell would refuse it; read what we have
+            pass
+        if words:
+            commands.append(words)
+        return commands
+
+    def simple(self, words: list[str], depth: int) -> None:
+        words = [self.expand(w) for w in words]
+        assignments = {}
+        while words and _ASSIGN.match(words[0]):
+            name, value = _ASSIGN.match(words[0]).groups()
+            assignments[name] = value
+            words = words[1:]
+        if not words:
+            self.vars.update(assignments)  # A=b alone sets a shell variable
+            return
+        if words[0] in ("cd", "pushd") and len(words) >= 2:
+            self.cwd = join(self.cwd, words[1])
+            return
+        if words[0] in ("export", "declare", "local", "readonly", "set", "alias", "unset"):
+            for word in words[1:]:
+                match = _ASSIGN.match(word)
+                if match:
+                    self.vars[match.group(1)] = match.group(2)
+            return
+        if words[0] in ("eval", "source", "."):
+            if words[0] == "eval":
+                self.run(" ".join(words[1:]), depth + 1)
+            return
+        self.program(words, depth)
+
+    def expand(self, word: str) -> str:
+        def known(match):
+            name = match.group(1) or match.group(2)
+            return self.vars.get(name, match.group(0))
+        return _VAR.sub(known, word) if "$" in word else word
+
+    # ------------------------------------------------------------ programs
+
+    def program(self, argv: list[str], depth: int) -> None:
+        if not argv or depth > MAX_DEPTH or len(self.found) >= MAX_COMMANDS:
+            return
+        self.found.append(Command(list(argv), self.cwd))
+        name = base(argv[0])
+        if name in SHELLS:
+            self._shell(argv, depth)
+        elif name in _WRAPPERS:
+            inner = _unwrap(name, argv)
+            if name == "env":
+                inner = _env(argv, self)
+            if inner:
+                self.program(inner, depth + 1)
+        elif name == "find" and ("-exec" in argv or "-execdir" in argv):
+            at = argv.index("-exec") if "-exec" in argv else argv.index("-execdir")
+            inner = [w for w in argv[at + 1:] if w not in (";", "+", "{}")]
+            if inner:
+                self.program(inner, depth + 1)
+        elif name in _SCRIPTING:  # awk 'BEGIN{system("…")}', perl -e 'system "…"', node -e …
+            for script in _scripted_commands(" ".join(argv[1:])):
+                self.run(script, depth + 1)
+        elif name == "screen":
+            inner = _after_options(argv, {"-S", "-c", "-L", "-Logfile", "-t", "-p", "-X"},
+                                   value_letters="Sctp")
+            if inner:
+                self.program(inner, depth + 1)
+        elif name == "tmux":
+            for i, word in enumerate(argv):
+                if word in ("new", "new-session", "new-window", "split-window", "send-keys",
+                            "send"):
+                    rest = _after_options(["tmux", *argv[i + 1:]],
+                                          {"-s", "-n", "-t", "-c", "-x", "-y", "-F", "-e"})
+                    if rest:
+                        self.run(" ".join(rest), depth + 1)
+                    break
+
+    def _shell(self, argv: list[str], depth: int) -> None:
+        """``bash -c 'script' [name args]``, ``sh -lc …``, ``busybox sh -c …``."""
+        args = argv[1:]
+        if base(argv[0]) == "busybox" and args:
+            self.program(args, depth + 1)
+            return
+        for i, word in enumerate(args):
+            if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
+                if i + 1 < len(args):
+                    _Shell(self.found, self.cwd, dict(self.vars)).run(args[i + 1], depth + 1)
+                return
+            if not word.startswith("-"):
+                return  # bash script.sh: the script is a file we cannot read
+
+
+_SCRIPTING = {"awk", "gawk", "mawk", "nawk", "busybox", "perl", "ruby", "node", "nodejs", "php", "lua",
+              "Rscript"}
+_SCRIPTED = re.compile(r"""(?:system|exec|execSync|spawnSync|popen|shell_exec|passthru|os\.execute)"""
+                       r"""\s*\(?\s*(?:\[\s*)?(["'])(.{1,2000}?)\1""")
+
+
+def _scripted_commands(code: str) -> list[str]:
+    """The shell commands another language's one-liner runs (its system()/exec() strings)."""
+    return [m.group(2) for m in _SCRIPTED.finditer(code[:MAX_TEXT])][:8]
+
+
+def _unwrap(name: str, argv: list[str]) -> list[str]:
+    takes_value, positionals = _WRAPPERS[name]
+    rest = _after_options(argv, takes_value)
+    return rest[positionals:] if len(rest) > positionals else []
+
+
+def _after_options(argv: list[str], takes_value: set[str], value_letters: str = "") -> list[str]:
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[i + 1:]
+        if not word.startswith("-") or word == "-":
+            return argv[i:]
+        takes = word in takes_value or (value_letters and not word.startswith("--")
+                                        and word[-1] in value_letters)
+        i += 2 if takes else 1
+    return []
+
+
+def _env(argv: list[str], shell: _Shell) -> list[str]:
+    rest = _after_options(argv, _WRAPPERS["env"][0])
+    while rest and _ASSIGN.match(rest[0]):
+        rest = rest[1:]
+    return rest
+
+
+def _substitutions(text: str) -> tuple[list[str], str]:
+    """The commands inside ``$( … )`` and backticks (outside single quotes), and the text with
+    each replaced by its output where that is plain (``$(echo xmrig)``, ``$(echo … | base64
+    -d)``, ``$(echo … | rev)``), else by a placeholder word."""
+    found, i, quote, out, start = [], 0, None, [], 0
+
+    def replace(begin: int, end: int, inner: str) -> None:
+        nonlocal start
+        found.append(inner)
+        out.append(text[start:begin])
+        output = _output_of(inner)
+        if quote == '"' and output.startswith("'") and output.endswith("'"):
+            output = output[1:-1].replace("'\"'\"'", "'").replace('"', '\\"')  # "$(…)"
+        out.append(output)
+        start = end
+
+    while i < len(text) and len(found) < 32:
+        ch = text[i]
+        if quote == "'":
+            if ch == "'":
+                quote = None
+        elif ch == "'" and quote is None:
+            quote = "'"
+        elif ch == '"':
+            quote = None if quote == '"' else '"'
+        elif ch == "\\":
+            i += 1
+        elif (text.startswith("$(", i) and not text.startswith("$((", i)) or \
+                text.startswith("<(", i) or text.startswith(">(", i):
+            level, j = 1, i + 2
+            while j < len(text) and level:
+                level += {"(": 1, ")": -1}.get(text[j], 0)
+                j += 1
+            replace(i, j, text[i + 2:j - 1])
+            i = j
+            continue
+        elif ch == "`":
+            end = text.find("`", i + 1)
+            if end > i:
+                replace(i, end + 1, text[i + 1:end])
+                i = end + 1
+                continue
+        i += 1
+    out.append(text[start:])
+    return found, "".join(out)
+
+
+def _piped_scripts(text: str) -> list[str]:
+    """Scripts a line pipes into a shell when the pipe only echoes and decodes them."""
+    found = []
+    for line in re.split(r"[;\n]|&&|\|\|", text):
+        stages = line.split("|")
+        if len(stages) < 2:
+            continue
+        try:
+            last = shlex.split(stages[-1])
+        except ValueError:
+            continue
+        if last and base(last[0]) in SHELLS and all(w.startswith("-") and "c" not in w
+                                                    for w in last[1:]):
+            output = _output_of("|".join(stages[:-1]))
+            if output not in ("__output__", "''"):
+                try:
+                    found.append(" ".join(shlex.split(output)))
+                except ValueError:
+                    continue
+    return found[:8]
+
+
+def _output_of(inner: str) -> str:
+    """What a command substitution prints, when it only echoes (and decodes or reverses)."""
+    try:
+        stages = [shlex.split(stage) for stage in inner.split("|")]
+    except ValueError:
+        return "__output__"
+    if not stages or not stages[0] or stages[0][0] not in ("echo", "printf"):
+        return "__output__"
+    words = stages[0][1:]
+    escapes = stages[0][0] == "printf" or any(re.match(r"^-[nE]*e[nE]*$", w) for w in words)
+    value = " ".join(w for w in words if not re.match(r"^-[neE]+$", w))
+    if escapes and "\\" in value:  # printf '\x78mrig', echo -e '\170mrig'
+        value = re.sub(r"\\x([0-9a-fA-F]{2})|\\0?([0-7]{3})",
+                       lambda m: chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)),
+                       value)
+    for stage in stages[1:]:
+        if stage[:1] == ["base64"] and any(w in ("-d", "--decode", "-D") for w in stage):
+            try:
+                import base64
+                value = base64.b64decode(value.strip() + "=" * (-len(value.strip()) % 4)
+                                         ).decode("utf-8", "replace")
+            except ValueError:
+                return "__output__"
+        elif stage[:1] == ["rev"]:
+            value = value[::-1]
+        elif stage[:1] == ["tr"] and len(stage) == 3:
+            value = value.translate(str.maketrans(_tr_set(stage[1]), _tr_set(stage[2])))
+        else:
+            return "__output__"
+    return shlex.quote(value.strip()) if value.strip() else "''"
+
+
+def _tr_set(spec: str) -> str:
+    """``tr``'s character sets with ranges (``A-Za-z``), as rot13 spells them."""
+    out, i = [], 0
+    while i < len(spec):
+        if i + 2 < len(spec) and spec[i + 1] == "-":
+            out.extend(chr(c) for c in range(ord(spec[i]), ord(spec[i + 2]) + 1))
+            i += 3
+        else:
+            out.append(spec[i])
+            i += 1
+    return "".join(out)
+
+
+def base(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else ""
+
+
+def join(cwd: str | None, path: str) -> str | None:
+    """The folder ``cd path`` leads to from ``cwd`` (None when it cannot be known)."""
+    if not path or path == "-" or "$" in path:
+        return None
+    if path.startswith("~"):
+        path = "/root" + path[1:] if path in ("~",) or path.startswith("~/") else path
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    if cwd is None:
+        return posixpath.normpath(path)
+    return posixpath.normpath(posixpath.join(cwd, path))
+
+
+def script_of(argv: list[str]) -> tuple[int, str] | None:
+    """For ``python [opts] script.py args``: the script's index and path (not for -m / -c)."""
+    if not argv or not PYTHONS.match(base(argv[0])):
+        return None
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word in ("-m", "-c"):
+            return None
+        if word in ("-W", "-X", "-Q"):
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        return i, word
+    return None
+
+
+def python_code(argv: list[str]) -> str | None:
+    """The code of ``python -c 'code'``."""
+    if argv and PYTHONS.match(base(argv[0])):
+        for i, word in enumerate(argv[1:-1], 1):
+            if word == "-c" or (word.startswith("-") and not word.startswith("--")
+                                and word.endswith("c")):
+                return argv[i + 1]
+            if not word.startswith("-"):
+                return None
+    return None
+
+
+def show(argv: list[str]) -> str:
+    return shlex.join(argv)
