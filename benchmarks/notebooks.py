@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from colab_guard.act.policy import DEFAULT_ACTIONS, RANK  # noqa: E402
+from colab_guard.vocabulary import DEFAULT_ACTIONS, RANK  # noqa: E402
 from colab_guard.detect.cells import CellProcess  # noqa: E402
 from colab_guard.detect.engine import Engine  # noqa: E402
 from colab_guard.detect.signatures import load_signatures  # noqa: E402

@@ -31,8 +31,8 @@ import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 
 from .act.policy import Policy
-from .detect.cells import CELL_FIELD, CellProcess, normalise_cell
-from .detect.engine import Detection, Engine
+from .detect.cells import CellProcess, normalise_cell
+from .detect.engine import STARTS_PREFIX, Detection, Engine, cell_findings
 from .detect.signatures import SignatureSet
 from .kernel import protocol
 from .kernel.notice import shorten
@@ -178,6 +178,7 @@ class KernelChannel:
     async def _closed(self, conn: _Connection) -> None:
         if self.kernels.get(conn.kernel_id) is conn:
             del self.kernels[conn.kernel_id]
+            self.engine.forget_kernel(conn.kernel_id)  # what its cells left: gone with it
         if conn.unloaded or conn.replaced or self._stopping:
             return
         try:
@@ -310,20 +311,20 @@ class _Connection:
 
 
 def cell_evidence(detections: list[Detection], source: str) -> dict:
-    """The cell as evidence: its source, and the lines (of the cell as the guard read it,
-    disguises undone) that made each signature match, with the line number in the cell."""
-    lines = normalise_cell(source).splitlines()
+    """The cell as evidence: its source, and per signature what made it match: the lines of
+    the cell as the guard read it (disguises undone, earlier cells remembered), or the
+    program it would start; with the line number in the cell where the text is found."""
+    process = detections[0].process if detections else None
+    normalised = getattr(process, "normalised", None) or normalise_cell(source)
     original = source.splitlines()
-    findings, seen = [], set()
+    findings = []
     for d in detections:
-        for line in lines:
-            if line in seen or not d.signature.when.test({CELL_FIELD: line})[0]:
-                continue
-            seen.add(line)
-            number = next((n for n, text in enumerate(original, 1) if line.strip() and
-                           line.strip() in text), None)
+        for text in cell_findings([d], normalised):
+            wanted = text.removeprefix(STARTS_PREFIX).strip()
+            number = next((n for n, line in enumerate(original, 1)
+                           if wanted and wanted in line), None)
             findings.append({"signature": d.signature.id, "line": number,
-                             "text": clean_text(line, 512)})
+                             "text": clean_text(text, 512)})
     return {"source": clean_text(source), "findings": findings[:20]}
 
 

@@ -169,7 +169,7 @@ async def test_disguised_cells_are_refused_and_benign_ones_run(kernel, guard, gu
     assert "it ran" not in json.dumps(outputs)
     first = done_incidents(guard_config, "crypto-mining")
     assert len(first) == 1 and first[0]["id"] in html_of(outputs) and MESSAGE in html_of(outputs)
-    assert "run: ./xmrig --donate-level 1" in [f["text"] for f in first[0]["evidence"]["cell"]["findings"]]
+    assert "the cell would start: ./xmrig --donate-level 1" in [f["text"] for f in first[0]["evidence"]["cell"]["findings"]]
     assert {a["action"]: a["outcome"] for a in first[0]["actions"]}["refuse"] == "done"
 
     # base64 of a pool URL (stratum+tcp://pool.example.net:3333)
