@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .act.enforce import stop_processes
+from .act.enforce import stop_processes_async
 from .act.policy import Plan, Policy, unique_processes
 from .detect.engine import Engine
 from .kernels import Kernels
@@ -181,9 +181,10 @@ class Monitor:
 
     async def _stop(self, offenders, steps: list[Action], kernel_id: str) -> None:
         kernel_pid = self.kernel_pids().get(kernel_id)
-        done = await asyncio.get_running_loop().run_in_executor(
-            self._acting, stop_processes, offenders, self.settings.stop_grace,
-            {kernel_pid} if kernel_pid else set())
+        loop = asyncio.get_running_loop()
+        done = await stop_processes_async(
+            offenders, self.settings.stop_grace, {kernel_pid} if kernel_pid else set(),
+            run=lambda fn, *args: loop.run_in_executor(self._acting, fn, *args))
         for step, result in zip(steps, done):
             step.outcome, step.detail = result.outcome, result.detail
 

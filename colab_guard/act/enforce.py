@@ -1,11 +1,17 @@
 """Stopping processes: SIGTERM, then SIGKILL after a short grace.
 
-Blocking (it waits for the processes to exit): the monitor runs it in its
-worker thread. A process is signalled only if its pid still names the same
-process (same start time), so a reused pid is never hit.
+A process is signalled only if its pid still names the same process (same start
+time), so a reused pid is never hit. ``stop_processes`` blocks until they are gone
+(for tools and tests); the monitor uses ``stop_processes_async``, which waits on the
+event loop, not in a thread: every stop keeps its own SIGKILL deadline however many
+are under way (processes that ignore SIGTERM, started in a loop, cannot hold up the
+stop of the one that matters).
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
 
 import psutil
 
@@ -15,6 +21,36 @@ from ..record.incident import Action
 
 def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int]) -> list[Action]:
     """Stop each offender and everything it started; never a pid in ``spare_pids``."""
+    actions, targets = signal_offenders(offenders, spare_pids)
+    survivors = _terminate(list(targets.values()), grace) if targets else {}
+    return _outcomes(actions, targets, survivors)
+
+
+async def stop_processes_async(offenders: list[Process], grace: float, spare_pids: set[int],
+                               run: Callable[..., Awaitable] | None = None) -> list[Action]:
+    """``stop_processes`` waiting on the event loop. ``run(fn, *args)`` runs the walk of
+    each offender's children off the loop (a thread pool's run_in_executor)."""
+    if run is None:
+        actions, targets = signal_offenders(offenders, spare_pids)
+    else:
+        actions, targets = await run(signal_offenders, offenders, spare_pids)
+    alive = await _exited(list(targets.values()), grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    alive = await _exited(alive, max(grace, 1.0))
+    return _outcomes(actions, targets, {p.pid: SURVIVED for p in alive})
+
+
+SURVIVED = "still running after SIGKILL (uninterruptible or not ours)"
+
+
+def signal_offenders(offenders: list[Process], spare_pids: set[int]
+                     ) -> tuple[list[Action], dict[int, psutil.Process]]:
+    """SIGTERM to each offender and its descendants (never ``spare_pids``); the actions
+    (those already settled: gone, failed) and the processes signalled."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
     for offender in offenders:
@@ -35,9 +71,16 @@ def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int])
         for member in family:
             if member.pid not in spare_pids:
                 targets[member.pid] = member
-    if not targets:
-        return actions
-    survivors = _terminate(list(targets.values()), grace)
+    for proc in targets.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    return actions, targets
+
+
+def _outcomes(actions: list[Action], targets: dict[int, psutil.Process],
+              survivors: dict[int, str]) -> list[Action]:
     for action in actions:
         if action.outcome != "pending":
             continue
@@ -51,13 +94,27 @@ def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int])
     return actions
 
 
+async def _exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (on the event loop) until they exit; those still alive after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    alive = [p for p in procs if not _is_gone(p)]
+    while alive and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        alive = [p for p in alive if not _is_gone(p)]
+    return alive
+
+
+def _is_gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def _terminate(procs: list[psutil.Process], grace: float) -> dict[int, str]:
-    """Returns the pids still alive, with why."""
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
+    """SIGKILL to those still alive after ``grace`` (SIGTERM was sent); returns the pids
+    still alive after that, with why."""
     alive = _wait(procs, grace)
     for proc in alive:
         try:
@@ -65,7 +122,7 @@ def _terminate(procs: list[psutil.Process], grace: float) -> dict[int, str]:
         except psutil.Error:
             pass
     alive = _wait(alive, max(grace, 1.0))
-    return {p.pid: "still running after SIGKILL (uninterruptible or not ours)" for p in alive}
+    return {p.pid: SURVIVED for p in alive}
 
 
 def _wait(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:

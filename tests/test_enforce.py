@@ -1,0 +1,61 @@
+"""Stopping processes: every stop keeps its own SIGKILL deadline, however many are under way."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import psutil
+
+from colab_guard.act.enforce import stop_processes_async
+from colab_guard.observe.model import Process
+
+IGNORES_SIGTERM = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                   "print('up', flush=True)\ntime.sleep(600)")
+
+
+def started(code: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    return proc
+
+
+def offender(proc: subprocess.Popen) -> Process:
+    return Process(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
+
+
+async def test_decoys_that_ignore_sigterm_do_not_hold_up_other_stops():
+    grace = 2.0
+    decoys = [started(IGNORES_SIGTERM) for _ in range(24)]
+    miner = started("import time\nprint('up', flush=True)\ntime.sleep(600)")
+    try:
+        began = time.monotonic()
+        stops = [asyncio.ensure_future(stop_processes_async([offender(p)], grace, set()))
+                 for p in decoys]
+        [miner_stop] = await stop_processes_async([offender(miner)], grace, set())
+        miner_done = time.monotonic() - began
+        results = [r for [r] in await asyncio.gather(*stops)]
+        all_done = time.monotonic() - began
+        # The miner left at SIGTERM: it waited for no decoy. Each decoy was killed at its own
+        # deadline: one grace for all of them, not one grace per queued stop (4 threads
+        # waiting out 24 graces took 12 s).
+        assert miner_stop.outcome == "done" and miner_done < grace
+        assert {r.outcome for r in results} == {"done"}
+        assert all_done < 2 * grace + 1
+        assert all(p.poll() is not None for p in decoys)
+    finally:
+        for proc in (*decoys, miner):
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_reused_pid_is_never_signalled():
+    proc = started("import time\nprint('up', flush=True)\ntime.sleep(600)")
+    try:
+        [action] = await stop_processes_async([Process(pid=proc.pid, create_time=1.0)], 0.5, set())
+        assert action.outcome == "gone" and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
