@@ -16,11 +16,10 @@ import psutil
 
 from ..act.policy import DEFAULT_ACTIONS
 from ..detect.fields import FieldView
-from ..detect.signatures import SignatureError, load_signatures
 from ..observe.content import ContentScanner
 from ..observe.model import Process
 from ..observe.processes import ProcessSampler
-from .config import load_guard
+from .config import load_guard, load_rules
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -39,10 +38,7 @@ def scan(args) -> int:
     if not psutil.pid_exists(args.pid):
         raise CommandError(f"no process with pid {args.pid}")
     guard = load_guard(args.config)
-    try:
-        rules = load_signatures(guard.signature_paths).without(guard.disabled_signatures)
-    except SignatureError as err:
-        raise CommandError(str(err)) from None
+    rules = load_rules(guard)
     actions = {**DEFAULT_ACTIONS, **guard.actions}
     sampler = ProcessSampler(read_environ=False, content=ContentScanner(background=False))
     snapshot = sampler.sample({"scan": args.pid})["scan"]
