@@ -158,7 +158,7 @@ def test_signatures_check_reports_every_error_at_its_fields_line(tmp_path, capsy
     assert code == 1
     assert [line.split(", field ")[0] for line in out.splitlines()] == [
         f"FAIL {rules}, line 3: signature 'site-rule'",
-        f"FAIL {rules}, line 13: signature 'other-rule'"]
+        f"FAIL {rules}, line 12: signature 'other-rule'"]
     assert "unknown category 'crypto-minning'" in out and "when.name.gte" in out
 
     declared = tmp_path / "categories.yaml"
