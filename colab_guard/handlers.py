@@ -21,6 +21,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .detect.signatures import BUILTIN_CATEGORIES
 from .record.database import AppealError, incident_view
 
 ANONYMOUS_LOGINS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
@@ -110,6 +111,24 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, f"parameter {name!r} must be between {low} and {high}")
         return value
 
+    def known_categories(self) -> list[str]:
+        """The built-in categories, those the operator's signature files declare, and those
+        the operator's `actions` name."""
+        rules = getattr(self.guard, "rules", None)
+        declared = list(getattr(rules, "categories", None) or [])
+        configured = list(getattr(self.guard, "actions", None) or {})
+        return list(dict.fromkeys([*BUILTIN_CATEGORIES, *declared, *configured]))
+
+    def category_argument(self, name: str = "category") -> str | None:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        known = self.known_categories()
+        if raw not in known:
+            raise web.HTTPError(400, f"parameter {name!r}: unknown category {raw[:50]!r}; "
+                                     f"known: {', '.join(known)}")
+        return raw
+
     def time_argument(self, name: str) -> float | None:
         raw = self.get_argument(name, None)
         if raw is None:
@@ -133,7 +152,7 @@ class IncidentsHandler(GuardHandler):
         user = self.get_argument("user", None) if await self.is_admin() else self.username
         incidents = self.guard.store.query(
             user=user,
-            category=self.get_argument("category", None),
+            category=self.category_argument(),
             kernel_id=self.get_argument("kernel_id", None),
             since=self.time_argument("since"),
             limit=self.int_argument("limit", 100, 1, MAX_LIMIT),
