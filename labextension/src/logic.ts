@@ -65,7 +65,7 @@ export function headline(incident: IIncidentEvent): string {
 export function notificationText(incident: IIncidentEvent, count = 1): string {
   const message = incident.message || 'colab-guard acted on your kernel.';
   const latest = `${headline(incident)} ${message}`;
-  const text = count > 1 ? `${count} incidents on your kernels. Latest: ${latest}` : latest;
+  const text = count > 1 ? `${count} incidents. Latest: ${latest}` : latest;
   return incident.dry_run ? `${DRY_RUN_NOTE} ${text}` : text;
 }
 
@@ -149,22 +149,22 @@ export function strikeWarning(status: IStatus | null): IStrikeWarning | null {
   const strikes = status.strikes ?? 0;
   const limit = status.strike_limit ?? 0;
   const key = `${strikes}/${limit}`;
-  const appeal = 'If an incident was a mistake, appeal it from "My incidents".';
+  // Short: a notification shows its first 140 characters.
   if (strikes >= limit) {
     return {
       key,
       type: 'error',
       text:
-        `colab-guard: you have ${count}: new kernels are refused (running ones go on) until ` +
-        `the strikes expire or an admin clears them. ${appeal}`
+        `colab-guard: ${count}: new kernels are refused until they expire or an admin ` +
+        'clears them. Appeal a mistake in My incidents.'
     };
   }
   return {
     key,
     type: 'warning',
     text:
-      `colab-guard: you have ${count}. One more enforced incident and new kernels will be ` +
-      `refused. ${appeal}`
+      `colab-guard: ${count}. One more and new kernels will be refused. ` +
+      'Appeal a mistake in My incidents.'
   };
 }
 

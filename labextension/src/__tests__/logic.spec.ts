@@ -64,7 +64,7 @@ describe('notification', () => {
     const second = notificationText(incidentEvent({ summary: 'password-cracking: john (pid 77)' }));
     expect(first).not.toBe(second);
     expect(notificationText(incidentEvent(), 3)).toBe(
-      '3 incidents on your kernels. Latest: Stopped crypto-mining: xmrig (pid 3184). ' +
+      '3 incidents. Latest: Stopped crypto-mining: xmrig (pid 3184). ' +
         'Mining is not allowed here.'
     );
   });
@@ -131,11 +131,14 @@ describe('strikes', () => {
     expect(strikeWarning({ ...status, strikes: 1 })).toBeNull();
     const before = strikeWarning({ ...status, strikes: 2 })!;
     expect(before.type).toBe('warning');
-    expect(before.text).toContain('you have 2 of 3 strikes. One more enforced incident');
-    expect(before.text).toContain('My incidents');
+    expect(before.text).toBe(
+      'colab-guard: 2 of 3 strikes. One more and new kernels will be refused. Appeal a mistake in My incidents.'
+    );
+    expect(before.text.length).toBeLessThanOrEqual(140); // a notification shows no more
     const at = strikeWarning({ ...status, strikes: 3 })!;
     expect(at.type).toBe('error');
     expect(at.text).toContain('3 of 3 strikes: new kernels are refused');
+    expect(at.text.length).toBeLessThanOrEqual(140);
     expect(at.key).not.toBe(before.key);
   });
 

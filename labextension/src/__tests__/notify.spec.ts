@@ -58,7 +58,7 @@ describe('IncidentNotifier', () => {
     const shown = Notification.manager.notifications;
     expect(shown).toHaveLength(1);
     expect(shown[0].message).toBe(
-      '3 incidents on your kernels. Latest: Stopped password-cracking: john (pid 8). Mining is not allowed here.'
+      '3 incidents. Latest: Stopped password-cracking: john (pid 8). Mining is not allowed here.'
     );
     expect(shown[0].options.actions?.map(a => a.label)).toEqual(['Details', 'My incidents']);
   });
@@ -79,7 +79,7 @@ describe('IncidentNotifier', () => {
     expect(notifier.handleStatus({ ...status, strikes: 1 })).toBe(false);
     expect(notifier.handleStatus({ ...status, strikes: 2 })).toBe(true);
     expect(notifier.handleStatus({ ...status, strikes: 2 })).toBe(false);
-    expect(Notification.manager.notifications[0].message).toContain('you have 2 of 3 strikes');
+    expect(Notification.manager.notifications[0].message).toContain('2 of 3 strikes. One more');
     expect(notifier.handleStatus({ ...status, strikes: 3 })).toBe(true);
     const shown = Notification.manager.notifications;
     expect(shown).toHaveLength(1);
