@@ -14,7 +14,7 @@ import {
   IStrike
 } from './types';
 
-const ACTIONS = ['record', 'warn', 'stop', 'interrupt', 'shutdown'];
+const ACTIONS = ['record', 'warn', 'refuse', 'stop', 'interrupt', 'shutdown'];
 
 /** The incident carried by an event of the server's bus, or null for any other event. */
 export function incidentFromEvent(event: {
@@ -45,6 +45,7 @@ export const DRY_RUN_NOTE = 'Dry run: nothing was stopped.';
 const HEADLINE: Record<string, string> = {
   record: 'Recorded',
   warn: 'Detected',
+  refuse: 'Cell not run:',
   stop: 'Stopped',
   interrupt: 'Stopped',
   shutdown: 'Stopped, kernel shut down:'
@@ -72,6 +73,7 @@ export function notificationText(incident: IIncidentEvent, count = 1): string {
 const DONE_WORDING: Record<string, string> = {
   record: 'The incident was recorded.',
   warn: 'You were warned.',
+  refuse: 'The cell was not run.',
   stop: 'The offending processes were stopped.',
   interrupt: 'The kernel was interrupted and the offending processes were stopped.',
   shutdown: 'The offending processes were stopped and the kernel was shut down.'
@@ -292,7 +294,7 @@ export function appealState(incident: IIncident, user: string | undefined): Appe
   return 'can-appeal'; // never appealed, or rejected: one may appeal again
 }
 
-const STRENGTH: Action[] = ['record', 'warn', 'stop', 'interrupt', 'shutdown'];
+const STRENGTH: Action[] = ['record', 'warn', 'refuse', 'stop', 'interrupt', 'shutdown'];
 
 /** An incident from the API seen as the event the Details dialog shows. */
 export function eventFromIncident(

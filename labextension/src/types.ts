@@ -7,7 +7,8 @@
 export const INCIDENT_SCHEMA_ID =
   'https://schema.jupyter.org/colab_guard/incident/v1';
 
-export type Action = 'record' | 'warn' | 'stop' | 'interrupt' | 'shutdown';
+/** 'refuse': a cell was not run (the cell check refused it). */
+export type Action = 'record' | 'warn' | 'refuse' | 'stop' | 'interrupt' | 'shutdown';
 
 export interface IOutcome {
   action: string;

@@ -45,7 +45,7 @@ describe('incidentFromEvent', () => {
 describe('notification', () => {
   it('is shown for every action but record', () => {
     expect(shouldNotify(incidentEvent({ action: 'record' }))).toBe(false);
-    for (const action of ['warn', 'stop', 'interrupt', 'shutdown'] as const) {
+    for (const action of ['warn', 'refuse', 'stop', 'interrupt', 'shutdown'] as const) {
       expect(shouldNotify(incidentEvent({ action }))).toBe(true);
     }
   });
@@ -57,6 +57,17 @@ describe('notification', () => {
     expect(notificationText(incidentEvent({ action: 'warn', summary: 'torrenting: aria2c (pid 9)' }))).toBe(
       'Detected torrenting: aria2c (pid 9). Mining is not allowed here.'
     );
+  });
+
+  it('says when a cell was not run', () => {
+    const refused = incidentEvent({
+      action: 'refuse',
+      summary: 'crypto-mining: cell',
+      outcomes: [{ action: 'refuse', target: 'cell', outcome: 'done' }]
+    });
+    expect(incidentFromEvent({ schema_id: INCIDENT_SCHEMA_ID, ...refused })?.action).toBe('refuse');
+    expect(notificationText(refused)).toBe('Cell not run: crypto-mining: cell. Mining is not allowed here.');
+    expect(actionSentence(refused)).toBe('The cell was not run.');
   });
 
   it('differs from one incident to the next, and counts them when grouped', () => {
