@@ -167,3 +167,22 @@ def test_signatures_check_reports_every_error_at_its_fields_line(tmp_path, capsy
     code, out, _ = run(capsys, "signatures", "check", str(declared), str(rules))
     assert code == 0, out
     assert out.splitlines()[-1].startswith(f"ok   {rules}: 1 signature(s)")
+
+
+def test_a_misspelt_setting_is_an_error_naming_it_and_the_likely_one(tmp_path, capsys):
+    config = tmp_path / "site_config.py"
+    config.write_text("c.ColabGuard.sample_intervall = 3\n")
+    line = one_error_line(*run(capsys, "--config", str(config), "incidents", "list")[::2])
+    assert line == (f"colab-guard: unknown setting ColabGuard.sample_intervall in --config "
+                    f"{config} (did you mean ColabGuard.sample_interval?)")
+
+
+def test_a_database_that_cannot_be_used_is_one_line_naming_the_setting(tmp_path, capsys):
+    config = tmp_path / "site_config.py"
+    config.write_text('c.ColabGuard.database_url = "postgres://db/incidents"\n')
+    line = one_error_line(*run(capsys, "--config", str(config), "incidents", "list")[::2])
+    assert "ColabGuard.database_url 'postgres://db/incidents'" in line
+    config.write_text(f'c.ColabGuard.database_url = "sqlite:///{tmp_path}/file/inside/a-file.sqlite"\n')
+    (tmp_path / "file").write_text("not a folder")
+    line = one_error_line(*run(capsys, "--config", str(config), "strikes", "list")[::2])
+    assert "ColabGuard.database_url" in line and "a-file.sqlite" in line

@@ -6,6 +6,7 @@ setting, no traceback, exit status 2.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def load_guard(extra_files: list[str] = ()) -> ColabGuard:
         loaded = read_config_file(file)
         sources.append((f"--config {file}", loaded))
         config.merge(loaded)
+    names = set(ColabGuard.class_trait_names(config=True))
+    for source, loaded in reversed(sources):
+        for key in sorted(loaded.get("ColabGuard", {})) if "ColabGuard" in loaded else ():
+            if key not in names:
+                close = difflib.get_close_matches(key, sorted(names), n=1)
+                raise _error(f"unknown setting ColabGuard.{key} in {source}"
+                             + (f" (did you mean ColabGuard.{close[0]}?)" if close else ""))
     try:
         return ColabGuard(config=config)
     except TraitError as err:
