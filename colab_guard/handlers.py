@@ -244,7 +244,8 @@ class StatusHandler(GuardHandler):
         guard, admin = self.guard, await self.is_admin()
         status = guard.status()
         status.update(user=self.username, admin=admin, incidents_this_session=guard.store.count(
-            user=None if admin else self.username, since=guard.started))
+            user=None if admin else self.username, since=guard.started),
+            categories=self.known_categories())
         self.write_json(status)
 
 

@@ -211,3 +211,13 @@ async def test_an_unknown_category_filter_is_a_400_naming_the_parameter(jp_fetch
     assert code == 200 and [i["id"] for i in body["incidents"]] == [incident.id]
     code, body = await api(jp_fetch, OWNER, "incidents", params={"category": "torrenting"})
     assert code == 200 and body["incidents"] == []
+
+
+async def test_status_names_the_categories_the_filter_takes(jp_fetch, guard):
+    from colab_guard.detect.signatures import BUILTIN_CATEGORIES
+
+    code, status = await api(jp_fetch, OWNER, "status")
+    assert code == 200 and set(BUILTIN_CATEGORIES) <= set(status["categories"])
+    for category in status["categories"]:
+        code, _ = await api(jp_fetch, OWNER, "incidents", params={"category": category})
+        assert code == 200

@@ -89,6 +89,7 @@ function activate(
         api,
         onlyUser,
         user: () => status?.user,
+        categories: () => status?.categories,
         admin: () => status?.admin === true,
         actions
       });

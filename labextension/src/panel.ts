@@ -22,18 +22,6 @@ export interface IPanelActions {
   clearStrikes(user: string, count: number): Promise<boolean>;
 }
 
-export const KNOWN_CATEGORIES = [
-  'crypto-mining',
-  'torrenting',
-  'password-cracking',
-  'deepfake',
-  'remote-access',
-  'proxy',
-  'denial-of-service',
-  'scanning',
-  'web-hosting',
-  'tampering'
-];
 
 export interface IIncidentPanelOptions {
   api: IGuardAPI;
@@ -43,6 +31,8 @@ export interface IIncidentPanelOptions {
   now?: () => number;
   /** The current user's name (their own incidents get an Appeal button). */
   user?: () => string | undefined;
+  /** The categories the server knows (status.categories), offered by the category filter. */
+  categories?: () => string[] | undefined;
   /** Whether the current user is an admin (the full panel resolves appeals, clears strikes). */
   admin?: () => boolean;
   actions?: IPanelActions;
@@ -55,6 +45,7 @@ export class IncidentPanel extends Widget {
     this.onlyUser = options.onlyUser;
     this.now = options.now ?? Date.now;
     this.currentUser = options.user ?? (() => undefined);
+    this.knownCategories = options.categories ?? (() => undefined);
     this.isAdmin = options.admin ?? (() => false);
     this.actions = options.actions;
     this.addClass('jp-ColabGuard-panel');
@@ -317,7 +308,8 @@ export class IncidentPanel extends Widget {
 
   private setCategories(seen: string[]): void {
     const current = this.category.value;
-    const all = Array.from(new Set([...KNOWN_CATEGORIES, ...seen, current].filter(Boolean))).sort();
+    const known = this.knownCategories ? this.knownCategories() ?? [] : [];
+    const all = Array.from(new Set([...known, ...seen, current].filter(Boolean))).sort();
     this.category.replaceChildren(
       h('option', { value: '' }, 'any category'),
       ...all.map(c => h('option', { value: c }, c))
@@ -329,6 +321,7 @@ export class IncidentPanel extends Widget {
   private readonly onlyUser: string | undefined;
   private readonly now: () => number;
   private readonly currentUser: () => string | undefined;
+  private readonly knownCategories: () => string[] | undefined;
   private readonly isAdmin: () => boolean;
   private readonly actions: IPanelActions | undefined;
   private readonly adminArea: HTMLDivElement;

@@ -101,6 +101,8 @@ export interface IStatus {
   /** Strikes in force against the server's user, and the limit (0: never refused). */
   strikes?: number;
   strike_limit?: number;
+  /** The categories incidents may have: built-in, declared by the operator, in `actions`. */
+  categories?: string[];
 }
 
 /** A strike in force (GET /colab-guard/api/strikes). */

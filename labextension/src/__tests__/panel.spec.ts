@@ -202,4 +202,15 @@ describe('IncidentPanel', () => {
       expect(panel.node.querySelector('.jp-ColabGuard-clear-strikes')).toBeNull();
     }
   });
+
+  it("offers the server's categories in the filter (none hard-coded here)", async () => {
+    const panel = mount(
+      new IncidentPanel({ api: new FakeAPI([torrent]), categories: () => ['course-cheating', 'proxy'], now: () => NOW })
+    );
+    await panel.refresh();
+    const options = Array.from(panel.node.querySelectorAll('.jp-ColabGuard-filter-category option')).map(
+      o => o.getAttribute('value')
+    );
+    expect(options).toEqual(['', 'course-cheating', 'proxy', 'torrenting']);
+  });
 });
