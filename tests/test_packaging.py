@@ -29,6 +29,9 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=900,
                             **kwargs)
     assert result.returncode == 0, f"{argv}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    # Jupyter colours its listings whatever NO_COLOR says.
+    result.stdout = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    result.stderr = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)
     return result
 
 
