@@ -51,11 +51,17 @@ const HEADLINE: Record<string, string> = {
   shutdown: 'Stopped, kernel shut down:'
 };
 
+const HEADLINE_MAX = 60;
+
 /** What was detected and done, in a few words: "Stopped crypto-mining: xmrig (pid 3184)." */
 export function headline(incident: IIncidentEvent): string {
   const verb = incident.dry_run ? 'Detected' : (HEADLINE[incident.action] ?? 'Detected');
-  const what = incident.summary || `${incident.category}: ${incident.signature}`;
-  return `${verb} ${what.replace(/[.\s]+$/, '')}.`;
+  let what = (incident.summary || `${incident.category}: ${incident.signature}`).replace(/[.\s]+$/, '');
+  if (what.length > HEADLINE_MAX) {
+    // A notification shows 140 characters: leave room for the platform's message.
+    what = `${what.slice(0, HEADLINE_MAX - 1)}…`;
+  }
+  return `${verb} ${what}.`;
 }
 
 /**

@@ -59,6 +59,12 @@ describe('notification', () => {
     );
   });
 
+  it('keeps what was detected short, so the message still shows', () => {
+    const long = notificationText(incidentEvent({ summary: `crypto-mining: ${'x'.repeat(200)} (pid 1)` }));
+    expect(long).toMatch(/^Stopped crypto-mining: x+…\. Mining is not allowed here\.$/);
+    expect(long.length).toBeLessThan(140);
+  });
+
   it('says when a cell was not run', () => {
     const refused = incidentEvent({
       action: 'refuse',
