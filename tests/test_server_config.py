@@ -52,7 +52,7 @@ def start_server(tmp_path, guard_settings: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("settings, message", [
     ({"signature_paths": ["{tmp}/ops-rules.yaml"]},
-     "ops-rules.yaml, line 2: signature 'half', field 'severity': 'extreme' is not one of"),
+     "ops-rules.yaml, line 4: signature 'half', field 'severity': 'extreme' is not one of"),
     ({"disabled_signatures": ["no-such-rule"]},
      "ColabGuard.disabled_signatures names unknown id(s): no-such-rule"),
     ({"incident_log": "{tmp}/a-file/incidents.jsonl"}, "cannot be written"),
