@@ -30,6 +30,7 @@ from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID
 from .record.recorder import Recorder
 from .record.store import IncidentLog, IncidentLogError
 from .settings import GuardTraits, Settings
+from .vocabulary import CATEGORIES
 
 
 class GuardStartError(RuntimeError):
@@ -123,7 +124,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
                                      self.recorder, log=self.log) \
             if settings.kernel_hook and settings.enabled else None
         self.kernels.on_start(self._kernel_starting)
-        self.settings["colab_guard_api"] = GuardAPI(settings, self.store, self.status, self.started)
+        self.settings["colab_guard_api"] = GuardAPI(settings, self.store, self.status,
+                                                    self.started, self.categories)
         self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
                       "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
                       settings.sample_interval, " (DRY RUN: nothing will be stopped)"
@@ -179,6 +181,11 @@ class ColabGuard(ExtensionApp, GuardTraits):
             f"({categories}) within {_duration(settings.strike_window)}, the limit is "
             f"{settings.strike_limit}. You can appeal an incident; an admin can clear the "
             "strikes."))
+
+    def categories(self) -> list[str]:
+        """Built-in, declared by the signature files, and named in ``actions``."""
+        declared = list(getattr(self.rules, "categories", None) or [])
+        return list(dict.fromkeys([*CATEGORIES, *declared, *self.settings_.actions]))
 
     def status(self) -> dict:
         """The guard's state, for the status API and the JupyterLab status bar."""

@@ -42,7 +42,8 @@ class GuardAPI:
     store: IncidentStore | None  # None when the server runs unguarded
     status: Callable[[], dict]
     started: float  # incidents_this_session counts from here
-    categories: Callable[[], set[str]] = lambda: set(CATEGORIES)
+    #: the categories incidents can have: built-in, declared by signature files, configured
+    categories: Callable[[], list[str]] = lambda: list(CATEGORIES)
 
 
 class GuardHandler(ExtensionHandlerMixin, APIHandler):
@@ -133,6 +134,21 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, f"parameter {name!r} must be between {low} and {high}")
         return value
 
+    def known_categories(self) -> list[str]:
+        """The built-in categories, those the operator's signature files declare, and those
+        the operator's `actions` name."""
+        return self.guard.categories()
+
+    def category_argument(self, name: str = "category") -> str | None:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        known = self.known_categories()
+        if raw not in known:
+            raise web.HTTPError(400, f"parameter {name!r}: unknown category {raw[:50]!r}; "
+                                     f"known: {', '.join(known)}")
+        return raw
+
     def time_argument(self, name: str) -> float | None:
         raw = self.get_argument(name, None)
         if raw is None:
@@ -152,7 +168,7 @@ class IncidentsHandler(GuardHandler):
         user = self.get_argument("user", None) if await self.is_admin() else self.username
         incidents = self.store.query(
             user=user,
-            category=self.get_argument("category", None),
+            category=self.category_argument(),
             kernel_id=self.get_argument("kernel_id", None),
             since=self.time_argument("since"),
             limit=self.int_argument("limit", 100, 1, MAX_LIMIT),
@@ -245,7 +261,8 @@ class StatusHandler(GuardHandler):
         guard, admin = self.guard, await self.is_admin()
         status = guard.status()
         status.update(user=self.username, admin=admin, incidents_this_session=guard.store.count(
-            user=None if admin else self.username, since=guard.started) if guard.store else 0)
+            user=None if admin else self.username, since=guard.started) if guard.store else 0,
+            categories=self.known_categories())
         self.write_json(status)
 
 

@@ -200,3 +200,24 @@ async def test_status_names_the_user_and_their_rights(jp_fetch, guard, incident)
     assert "dry_run" in mine and "warning_message" in mine  # the keys it had before stay
     code, admin = await api(jp_fetch, ADMIN, "status")
     assert admin["admin"] is True and admin["incidents_this_session"] == 2
+
+
+async def test_an_unknown_category_filter_is_a_400_naming_the_parameter(jp_fetch, guard, incident):
+    code, body = await api(jp_fetch, OWNER, "incidents", params={"category": "bogus"})
+    assert code == 400
+    assert "parameter 'category': unknown category 'bogus'" in body["message"]
+    assert "crypto-mining" in body["message"]
+    code, body = await api(jp_fetch, OWNER, "incidents", params={"category": incident.category})
+    assert code == 200 and [i["id"] for i in body["incidents"]] == [incident.id]
+    code, body = await api(jp_fetch, OWNER, "incidents", params={"category": "torrenting"})
+    assert code == 200 and body["incidents"] == []
+
+
+async def test_status_names_the_categories_the_filter_takes(jp_fetch, guard):
+    from colab_guard.detect.signatures import BUILTIN_CATEGORIES
+
+    code, status = await api(jp_fetch, OWNER, "status")
+    assert code == 200 and set(BUILTIN_CATEGORIES) <= set(status["categories"])
+    for category in status["categories"]:
+        code, _ = await api(jp_fetch, OWNER, "incidents", params={"category": category})
+        assert code == 200

@@ -102,3 +102,49 @@ def test_a_pid_that_does_not_exist_is_a_clear_error(capsys):
         pid += 1
     assert main(["scan", str(pid)]) == 2
     assert f"no process with pid {pid}" in capsys.readouterr().err
+
+
+def _in_another_network_namespace(argv: list[str]) -> subprocess.Popen:
+    """argv in a new network namespace (unshare -n as root, else -rn in a user namespace)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    for flags in (["-n"], ["-rn"]):
+        probe = subprocess.run([unshare, *flags, "true"], capture_output=True)
+        if probe.returncode == 0:
+            return _start([unshare, *flags, *argv])
+    pytest.skip("cannot create a network namespace here (unshare -n and -rn refused)")
+
+
+def test_a_process_in_another_network_namespace_is_said_to_hide_its_sockets(capsys):
+    proc = _in_another_network_namespace([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def in_its_namespace():
+            child = psutil.Process(proc.pid)
+            return os.readlink(f"/proc/{child.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        _until(in_its_namespace)
+        status = main(["scan", str(proc.pid)])
+        out = capsys.readouterr().out
+        assert status == 0
+        assert "sockets: not visible (it is in another network namespace (net:[" in out
+        assert f"nsenter --net=/proc/{proc.pid}/ns/net" in out
+        assert "no signature matches (the rules on sockets could not be tested)" in out
+        main(["scan", str(proc.pid), "--json"])
+        [result] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert "another network namespace" in result["sockets_hidden"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_in_our_own_network_namespace_hides_nothing(capsys):
+    from colab_guard.cli.scan import sockets_hidden
+
+    assert sockets_hidden(os.getpid()) == ""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as proc:
+        try:
+            main(["scan", str(proc.pid)])
+            out = capsys.readouterr().out
+            assert "sockets: 0" in out and "not visible" not in out
+        finally:
+            proc.kill()

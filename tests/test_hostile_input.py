@@ -94,7 +94,7 @@ def test_a_file_broken_after_a_good_one_loads_nothing(tmp_path):
     (tmp_path / "a.yaml").write_text(VALID)
     (tmp_path / "b.yaml").write_text(VALID.replace("ops-rule", "other-rule")
                                      .replace("severity: high", "severity: extreme"))
-    with pytest.raises(SignatureError, match=r"b\.yaml, line 2: signature 'other-rule', "
+    with pytest.raises(SignatureError, match=r"b\.yaml, line 4: signature 'other-rule', "
                                              r"field 'severity'"):
         load_signatures([tmp_path])
 
@@ -162,6 +162,6 @@ def test_a_backtracking_regex_cannot_hang_the_engine(pattern, matching, times_ou
 
 
 def test_a_regex_that_nests_quantifiers_is_refused_at_load():
-    with pytest.raises(SignatureError, match=r"ops\.yaml, line 2: signature 'ops-rule', field "
+    with pytest.raises(SignatureError, match=r"ops\.yaml, line 6: signature 'ops-rule', field "
                                              r"'when\.cmdline\.regex': regex '\(a\+\)\+\$' nests"):
         signature_with_regex(r"(a+)+$")

@@ -75,7 +75,7 @@ def test_an_unknown_setting_is_refused(capfd):
      "ColabGuard.actions['crypto-mining']: 'shutdwon' is not one of"),
     ({"sample_interval": 0}, "'sample_interval' trait of a ColabGuard instance"),
     ({"signature_paths": ["{tmp}/ops-rules.yaml"]},
-     "ops-rules.yaml, line 2: signature 'half', field 'severity': 'extreme' is not one of"),
+     "ops-rules.yaml, line 4: signature 'half', field 'severity': 'extreme' is not one of"),
     ({"disabled_signatures": ["no-such-rule"]},
      "ColabGuard.disabled_signatures names unknown id(s): no-such-rule"),
     ({"incident_log": "{tmp}/a-file/incidents.jsonl"}, "cannot be written"),

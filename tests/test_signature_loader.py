@@ -63,9 +63,9 @@ def test_a_good_file_loads():
         (broken("severity: high", "severity: [high"),
          "rules.yaml, line 5: not valid YAML"),
         (broken("severity: high", "severity: high\n    colour: red"),
-         "rules.yaml, line 2: signature 'my-rule', field 'colour': unknown field"),
+         "rules.yaml, line 5: signature 'my-rule', field 'colour': unknown field"),
         (broken("regex: 'evil'", "regex: 'ev(il'"),
-         "rules.yaml, line 2: signature 'my-rule', field 'when.all[0].cmdline.regex': bad regex 'ev(il'"),
+         "rules.yaml, line 8: signature 'my-rule', field 'when.all[0].cmdline.regex': bad regex 'ev(il'"),
         (broken("regex: 'evil'", "regex: '(a+)+$'"),
          "field 'when.all[0].cmdline.regex': regex '(a+)+$' nests quantifiers"),
         (broken("{regex: 'evil'}", "{gte: 'evil'}"),
@@ -146,3 +146,90 @@ def test_allow_rules_load_and_are_checked():
 
 def test_builtin_dir_is_shipped_inside_the_package():
     assert (BUILTIN_DIR / "crypto-mining.yaml").is_file()
+
+
+# ---------------------------------------------------------------- every error, at its field
+
+MANY_ERRORS = """\
+signatures:
+  - id: first-rule
+    category: crypto-minning
+    severity: extreme
+    description: a rule with three mistakes
+    when:
+      all:
+        - cmdline: {regex: 'ev(il'}
+    examples:
+      match: [{name: x, cmdline: [x, evil]}]
+      no_match: [{name: x, cmdline: [x, good]}]
+  - id: second-rule
+    category: crypto-mining
+    severity: high
+    description: a rule with one mistake, far down
+    when: {name: {equals: y}}
+    examples:
+      match: [{name: y}]
+      no_match:
+        - {name: z}
+        - {name: z, colour: red}
+allow:
+  - id: allow-something
+    description: an allow rule with a bad field
+    when: {exe: {gte: 3}}
+    examples: {match: [{exe: /a}], no_match: [{exe: /b}]}
+"""
+
+
+def test_every_error_of_a_file_is_reported_at_once_each_at_its_fields_line():
+    with pytest.raises(SignatureError) as caught:
+        parse_text(MANY_ERRORS, "rules.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "rules.yaml, line 3: signature 'first-rule', field 'category': unknown category "
+        "'crypto-minning'; known: crypto-mining, torrenting, password-cracking, deepfake, "
+        "remote-access, proxy, denial-of-service, scanning, web-hosting, tampering (declare a "
+        "category of your own in a top-level 'categories:' list)",
+        "rules.yaml, line 4: signature 'first-rule', field 'severity': 'extreme' is not one of: "
+        "low, medium, high, critical",
+        "rules.yaml, line 8: signature 'first-rule', field 'when.all[0].cmdline.regex': bad regex "
+        "'ev(il': missing ), unterminated subpattern at position 2",
+        "rules.yaml, line 21: signature 'second-rule', field 'examples.no_match[1].colour': "
+        "unknown process field; allowed: " + lines[3].split("allowed: ")[1],
+        "rules.yaml, line 25: signature 'allow-something', field 'when.exe.gte': operator not "
+        "allowed on a text field; " + lines[4].split("field; ")[1],
+    ]
+    assert [(e.line, e.field) for e in caught.value.errors] == [
+        (3, "category"), (4, "severity"), (8, "when.all[0].cmdline.regex"),
+        (21, "examples.no_match[1].colour"), (25, "when.exe.gte")]
+
+
+def test_an_unknown_category_is_refused_unless_the_file_declares_it():
+    typo = GOOD.replace("category: crypto-mining", "category: crypto-minning")
+    with pytest.raises(SignatureError, match=r"line 3: signature 'my-rule', field 'category': "
+                                             r"unknown category 'crypto-minning'"):
+        parse_text(typo, "rules.yaml")
+    declared = "categories: [crypto-minning]\n" + typo
+    assert parse_text(declared, "rules.yaml").signatures["my-rule"].category == "crypto-minning"
+    site = "categories:\n  - course-cheating\n" + GOOD.replace("crypto-mining", "course-cheating")
+    loaded = parse_text(site, "rules.yaml")
+    assert loaded.categories == ["course-cheating"]
+    with pytest.raises(SignatureError, match=r"line 3: field 'categories\[1\]': 'Bad Name' is "
+                                             r"not a category name"):
+        parse_text("categories:\n  - ok-one\n  - Bad Name\n", "rules.yaml")
+
+
+def test_a_category_declared_in_an_earlier_operator_file_serves_the_later_ones(tmp_path):
+    (tmp_path / "a-categories.yaml").write_text("categories: [course-cheating]\n")
+    (tmp_path / "b-rules.yaml").write_text(GOOD.replace("crypto-mining", "course-cheating"))
+    rules = load_signatures([tmp_path])
+    assert rules.signatures["my-rule"].category == "course-cheating"
+    assert rules.categories == ["course-cheating"]
+    with pytest.raises(SignatureError, match="unknown category 'course-cheating'"):
+        load_signatures([tmp_path / "b-rules.yaml"])
+
+
+def test_no_builtin_signature_uses_a_category_outside_the_builtin_list():
+    from colab_guard.detect.signatures import BUILTIN_CATEGORIES
+
+    assert {s.category for s in BUILTIN.signatures.values()} <= set(BUILTIN_CATEGORIES)
+    assert BUILTIN.categories == []

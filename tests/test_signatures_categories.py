@@ -140,7 +140,7 @@ def test_operator_errors_on_the_new_fields_name_the_field():
     with pytest.raises(SignatureError) as err:
         parse_text(text, "mine.yaml")
     message = str(err.value)
-    assert message.startswith("mine.yaml, line 2: signature 'my-rule'")
+    assert message.startswith("mine.yaml, line 6: signature 'my-rule'")
     assert "when.exe_markers.gte" in message and "not allowed on a text list field" in message
 
 

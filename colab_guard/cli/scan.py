@@ -10,17 +10,17 @@ scan cannot watch it hold.
 from __future__ import annotations
 
 import json
+import os
 
 import psutil
 
 from ..detect.fields import FieldView
-from ..detect.signatures import SignatureError, load_signatures
 from ..observe.content import ContentScanner
 from ..observe.model import Process
 from ..observe.processes import ProcessSampler
 from ..text import terminal_safe as _safe
 from ..vocabulary import DEFAULT_ACTIONS
-from .config import load_guard
+from .config import load_guard, load_rules
 
 
 
@@ -38,16 +38,14 @@ def scan(args) -> int:
     if not psutil.pid_exists(args.pid):
         raise CommandError(f"no process with pid {args.pid}")
     guard = load_guard(args.config)
-    try:
-        rules = load_signatures(guard.signature_paths).without(guard.disabled_signatures)
-    except SignatureError as err:
-        raise CommandError(str(err)) from None
+    rules = load_rules(guard)
     actions = {**DEFAULT_ACTIONS, **guard.actions}
     sampler = ProcessSampler(read_environ=False, content=ContentScanner(background=False))
     snapshot = sampler.sample({"scan": args.pid})["scan"]
     matched = False
     for process in sorted(snapshot.processes, key=lambda p: p.pid):
         result = _check(process, rules, actions, guard.default_action)
+        result["sockets_hidden"] = sockets_hidden(process.pid)
         matched = matched or bool(result["matches"])
         if args.json:
             print(json.dumps(result))
@@ -79,7 +77,9 @@ def _print(result: dict) -> None:
     """Human-readable; process text is untrusted, so control characters are escaped."""
     markers = ", ".join(result["exe_markers"]) or "none"
     print(f"pid {result['pid']} ({_safe(result['name'])}): {_safe(result['cmdline'])[:300]}")
-    print(f"  content markers: {markers}; sockets: {result['sockets']}")
+    hidden = result.get("sockets_hidden")
+    sockets = f"not visible ({hidden})" if hidden else result["sockets"]
+    print(f"  content markers: {markers}; sockets: {sockets}")
     if result["allowed_by"]:
         print(f"  allowed by {', '.join(result['allowed_by'])}"
               + (f" (would otherwise match {len(result['would_match_but_allowed'])} signature(s))"
@@ -90,5 +90,27 @@ def _print(result: dict) -> None:
         for reason in m["reasons"]:
             print(f"    because {_safe(reason)[:300]}")
     if not result["matches"] and not result["allowed_by"]:
-        print("  no signature matches")
+        print("  no signature matches" + (" (the rules on sockets could not be tested)"
+                                          if hidden else ""))
 
+
+
+def sockets_hidden(pid: int, proc: str = "/proc") -> str:
+    """Why this process's sockets cannot be seen from here, or '' when they can.
+
+    Sockets are read from our own network namespace's tables (/proc/net/tcp...): a process in
+    another namespace (a container, ``unshare -n``) holds sockets that are not in them."""
+    try:
+        theirs = os.readlink(f"{proc}/{pid}/ns/net")
+    except FileNotFoundError:
+        return ""  # exited meanwhile, or no namespaces in this kernel
+    except OSError as err:
+        return f"its network namespace cannot be read: {err.strerror}; run as its user or root"
+    try:
+        ours = os.readlink(f"{proc}/self/ns/net")
+    except OSError:
+        return ""
+    if theirs != ours:
+        return (f"it is in another network namespace ({theirs}, ours is {ours}); run the scan "
+                f"inside it, e.g. nsenter --net=/proc/{pid}/ns/net colab-guard scan {pid}")
+    return ""

@@ -6,8 +6,8 @@ import json
 
 from ..vocabulary import DEFAULT_ACTIONS
 from ..detect.engine import check_examples
-from ..detect.signatures import SignatureError, load_file, load_signatures
-from .config import load_guard
+from ..detect.signatures import SignatureError, load_file
+from .config import load_guard, load_rules
 
 
 def register(groups) -> None:
@@ -16,14 +16,15 @@ def register(groups) -> None:
     listing = commands.add_parser("list", help="the signatures in force: id, category, severity, action")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(run=list_signatures)
-    check = commands.add_parser("check", help="validate signature files and run their examples")
+    check = commands.add_parser("check", help="validate signature files and run their examples; "
+                                              "every error is reported, at its field's line")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=check_files)
 
 
 def list_signatures(args) -> int:
     guard = load_guard(args.config)
-    rules = load_signatures(guard.signature_paths).without(guard.disabled_signatures)
+    rules = load_rules(guard)
     actions = {**DEFAULT_ACTIONS, **guard.actions}
     rows = []
     for sig in rules.signatures.values():
@@ -43,15 +44,19 @@ def list_signatures(args) -> int:
 
 
 def check_files(args) -> int:
-    """Exit status 1 if any file is invalid or any example fails."""
+    """Exit status 1 if any file is invalid or any example fails. Files are read in order, as
+    ``signature_paths`` would be: a category one declares serves the next ones."""
     failed = False
+    categories: list[str] = []
     for file in args.files:
         try:
-            loaded = load_file(file)
+            loaded = load_file(file, categories=categories)
         except SignatureError as err:
-            print(f"FAIL {err}")
+            for error in err.errors:
+                print(f"FAIL {error}")
             failed = True
             continue
+        categories.extend(c for c in loaded.categories if c not in categories)
         problems = [p for sig in loaded.signatures.values() for p in check_examples(sig)]
         problems += [p for rule in loaded.allow.values() for p in check_examples(rule)]
         for problem in problems:

@@ -7,13 +7,28 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import { incidentsQuery } from './logic';
-import { IAppeal, IIncident, IIncidentFilters, IStatus } from './types';
+import {
+  AppealDecision,
+  IAppeal,
+  IIncident,
+  IIncidentFilters,
+  IStatus,
+  IStrikes
+} from './types';
 
 export interface IGuardAPI {
   status(): Promise<IStatus>;
   incidents(filters: IIncidentFilters): Promise<IIncident[]>;
   incident(id: string): Promise<IIncident>;
   appeal(id: string, text: string): Promise<IAppeal>;
+  /** Appeals, newest first: one's own, or everyone's for admins. */
+  appeals(status?: 'pending' | 'accepted' | 'rejected'): Promise<IAppeal[]>;
+  /** Admins: accept (removes the incident's strike) or reject an appeal, with a reply. */
+  resolveAppeal(id: string, decision: AppealDecision, reply: string): Promise<IAppeal>;
+  /** Strikes in force: one's own, or everyone's for admins. */
+  strikes(): Promise<IStrikes>;
+  /** Admins: clear every strike against a user; the number cleared. */
+  clearStrikes(user: string): Promise<number>;
 }
 
 export class GuardAPI implements IGuardAPI {
@@ -42,6 +57,32 @@ export class GuardAPI implements IGuardAPI {
       { method: 'POST', body: JSON.stringify({ text }) }
     );
     return answer.appeal;
+  }
+
+  async appeals(status?: 'pending' | 'accepted' | 'rejected'): Promise<IAppeal[]> {
+    const query = status ? `?status=${encodeURIComponent(status)}` : '';
+    const answer = await this.request<{ appeals: IAppeal[] }>(`appeals${query}`);
+    return answer.appeals;
+  }
+
+  async resolveAppeal(id: string, decision: AppealDecision, reply: string): Promise<IAppeal> {
+    const answer = await this.request<{ appeal: IAppeal }>(
+      `appeals/${encodeURIComponent(id)}/resolve`,
+      { method: 'POST', body: JSON.stringify({ decision, reply }) }
+    );
+    return answer.appeal;
+  }
+
+  strikes(): Promise<IStrikes> {
+    return this.request<IStrikes>('strikes');
+  }
+
+  async clearStrikes(user: string): Promise<number> {
+    const answer = await this.request<{ cleared: number }>(
+      `strikes/${encodeURIComponent(user)}/clear`,
+      { method: 'POST', body: '{}' }
+    );
+    return answer.cleared;
   }
 
   private async request<T>(endpoint: string, init: RequestInit = {}): Promise<T> {

@@ -15,9 +15,9 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { GuardAPI } from './api';
-import { incidentFromEvent } from './logic';
+import { eventFromIncident, incidentFromEvent } from './logic';
 import { IncidentNotifier } from './notify';
-import { IncidentPanel } from './panel';
+import { IncidentPanel, IPanelActions } from './panel';
 import { GuardStatusItem } from './status';
 import { IStatus } from './types';
 
@@ -43,7 +43,9 @@ function activate(
   launcher: ILauncher | null
 ): void {
   const api = new GuardAPI(app.serviceManager.serverSettings);
-  const notifier = new IncidentNotifier(api);
+  const notifier = new IncidentNotifier(api, {
+    openMine: () => void app.commands.execute(CommandIDs.openMyIncidents)
+  });
   const seen = new Set<string>();
   let eventsBeforeStatus = 0;
   const panels = new Map<string, MainAreaWidget<IncidentPanel>>();
@@ -61,16 +63,36 @@ function activate(
       .then(answer => {
         status = answer;
         showCount();
+        notifier.handleStatus(answer); // "2 of 3 strikes" before the limit; the refusal at it
       })
       .catch(error => {
         console.warn('colab-guard: status unavailable', error);
         showCount();
       });
 
+  const actions: IPanelActions = {
+    appeal: incident => notifier.showDetails(eventFromIncident(incident, status)),
+    resolve: (appeal, what, decision) => notifier.resolveAppeal(appeal, what, decision),
+    clearStrikes: async (user, count) => {
+      const done = await notifier.clearStrikes(user, count);
+      if (done) {
+        void refreshStatus();
+      }
+      return done;
+    }
+  };
+
   const openPanel = (key: string, onlyUser: string | undefined) => {
     let widget = panels.get(key);
     if (!widget || widget.isDisposed) {
-      const content = new IncidentPanel({ api, onlyUser });
+      const content = new IncidentPanel({
+        api,
+        onlyUser,
+        user: () => status?.user,
+        categories: () => status?.categories,
+        admin: () => status?.admin === true,
+        actions
+      });
       widget = new MainAreaWidget({ content });
       widget.id = `colab-guard-${key}`;
       widget.title.icon = shieldIcon;
@@ -91,9 +113,9 @@ function activate(
     label: 'My colab-guard incidents',
     caption: 'The incidents colab-guard recorded on your kernels',
     icon: shieldIcon,
-    // No user filter: the server shows a user only their own incidents, and on a
-    // single-user server (where the login may be anonymous) the admin is its owner.
-    execute: () => openPanel('mine', '')
+    // The server shows a user only their own incidents; an admin, who may read everyone's,
+    // asks for their own by name (status.user: on a server with anonymous logins, its owner).
+    execute: () => openPanel('mine', status?.user ?? '')
   });
   app.commands.addCommand(CommandIDs.openIncidents, {
     label: 'colab-guard Incidents',

@@ -5,11 +5,14 @@
 
 import {
   ACTIONS,
+  Action,
+  IIncident,
   IIncidentEvent,
   IIncidentFilters,
   INCIDENT_SCHEMA_ID,
   IOutcome,
-  IStatus
+  IStatus,
+  IStrike
 } from './types';
 
 /** The incident carried by an event of the server's bus, or null for any other event. */
@@ -38,10 +41,38 @@ export function shouldNotify(incident: IIncidentEvent): boolean {
 
 export const DRY_RUN_NOTE = 'Dry run: nothing was stopped.';
 
-/** The notification's text: the platform's message, with the dry-run note first. */
-export function notificationText(incident: IIncidentEvent): string {
+const HEADLINE: Record<string, string> = {
+  record: 'Recorded',
+  warn: 'Detected',
+  refuse: 'Cell not run:',
+  stop: 'Stopped',
+  interrupt: 'Stopped',
+  shutdown: 'Stopped, kernel shut down:'
+};
+
+const HEADLINE_MAX = 60;
+
+/** What was detected and done, in a few words: "Stopped crypto-mining: xmrig (pid 3184)." */
+export function headline(incident: IIncidentEvent): string {
+  const verb = incident.dry_run ? 'Detected' : (HEADLINE[incident.action] ?? 'Detected');
+  let what = (incident.summary || `${incident.category}: ${incident.signature}`).replace(/[.\s]+$/, '');
+  if (what.length > HEADLINE_MAX) {
+    // A notification shows 140 characters: leave room for the platform's message.
+    what = `${what.slice(0, HEADLINE_MAX - 1)}…`;
+  }
+  return `${verb} ${what}.`;
+}
+
+/**
+ * The notification's text: what was detected, then the platform's message, with the dry-run
+ * note first. With several incidents in one notification (they replace each other rather than
+ * stack), how many and the latest.
+ */
+export function notificationText(incident: IIncidentEvent, count = 1): string {
   const message = incident.message || 'colab-guard acted on your kernel.';
-  return incident.dry_run ? `${DRY_RUN_NOTE} ${message}` : message;
+  const latest = `${headline(incident)} ${message}`;
+  const text = count > 1 ? `${count} incidents. Latest: ${latest}` : latest;
+  return incident.dry_run ? `${DRY_RUN_NOTE} ${text}` : text;
 }
 
 const DONE_WORDING: Record<string, string> = {
@@ -99,6 +130,51 @@ export function guardState(status: IStatus | null): GuardState {
   return status.dry_run ? 'dry-run' : 'on';
 }
 
+/** "2 of 3 strikes" once the user is one strike from the limit or at it; '' otherwise. */
+export function strikesText(status: IStatus | null): string {
+  const strikes = status?.strikes ?? 0;
+  const limit = status?.strike_limit ?? 0;
+  if (!status?.enabled || limit <= 0 || strikes <= 0 || strikes < limit - 1) {
+    return '';
+  }
+  return `${strikes} of ${limit} ${limit === 1 ? 'strike' : 'strikes'}`;
+}
+
+export interface IStrikeWarning {
+  /** Same key, same warning: shown once. */
+  key: string;
+  type: 'warning' | 'error';
+  text: string;
+}
+
+/** The warning before the strike limit (one strike from it) and the notice at it. */
+export function strikeWarning(status: IStatus | null): IStrikeWarning | null {
+  const count = strikesText(status);
+  if (!count || !status) {
+    return null;
+  }
+  const strikes = status.strikes ?? 0;
+  const limit = status.strike_limit ?? 0;
+  const key = `${strikes}/${limit}`;
+  // Short: a notification shows its first 140 characters.
+  if (strikes >= limit) {
+    return {
+      key,
+      type: 'error',
+      text:
+        `colab-guard: ${count}: new kernels are refused until they expire or an admin ` +
+        'clears them. Appeal a mistake in My incidents.'
+    };
+  }
+  return {
+    key,
+    type: 'warning',
+    text:
+      `colab-guard: ${count}. One more and new kernels will be refused. ` +
+      'Appeal a mistake in My incidents.'
+  };
+}
+
 /** The status bar's text and tooltip. */
 export function statusBarText(
   status: IStatus | null,
@@ -118,9 +194,18 @@ export function statusBarText(
     off: 'colab-guard is switched off: kernels are not watched',
     unknown: 'colab-guard status unknown (the server did not answer)'
   }[state];
+  const strikes = strikesText(status);
+  const refused = strikes && (status?.strikes ?? 0) >= (status?.strike_limit ?? 0);
+  const strikesTitle = strikes
+    ? ` You have ${strikes}` +
+      (refused ? ': new kernels are refused.' : '; at the limit new kernels are refused.')
+    : '';
   return {
-    text: state === 'off' || state === 'unknown' ? label : `${label} · ${incidents}`,
-    title: `${title}. ${incidents} ${plural} in this server session; click to see yours.`
+    text:
+      state === 'off' || state === 'unknown'
+        ? label
+        : `${label} · ${incidents}` + (strikes ? ` · ${strikes}` : ''),
+    title: `${title}. ${incidents} ${plural} in this server session; click to see yours.${strikesTitle}`
   };
 }
 
@@ -195,4 +280,86 @@ export function detailsTitle(incident: IIncidentEvent): string {
   return incident.action === 'warn'
     ? 'colab-guard: forbidden use detected'
     : 'colab-guard stopped forbidden use';
+}
+
+/** Whether (and why not) the user may appeal an incident from the panel. */
+export type AppealState = 'not-own' | 'pending' | 'accepted' | 'can-appeal';
+
+export function appealState(incident: IIncident, user: string | undefined): AppealState {
+  if (!user || incident.user !== user) {
+    return 'not-own';
+  }
+  const appeals = incident.appeals ?? [];
+  if (appeals.some(a => a.status === 'pending')) {
+    return 'pending';
+  }
+  if (appeals.some(a => a.status === 'accepted')) {
+    return 'accepted';
+  }
+  return 'can-appeal'; // never appealed, or rejected: one may appeal again
+}
+
+const STRENGTH: Action[] = ['record', 'warn', 'refuse', 'stop', 'interrupt', 'shutdown'];
+
+/** An incident from the API seen as the event the Details dialog shows. */
+export function eventFromIncident(
+  incident: IIncident,
+  status: IStatus | null
+): IIncidentEvent {
+  let action: Action = 'record';
+  for (const outcome of incident.actions ?? []) {
+    const name = outcome.action as Action;
+    if (STRENGTH.indexOf(name) > STRENGTH.indexOf(action)) {
+      action = name;
+    }
+  }
+  return {
+    incident_id: incident.id,
+    kernel_id: incident.kernel_id,
+    notebook: incident.notebook,
+    user: incident.user,
+    category: incident.category,
+    severity: incident.severity,
+    signature: incident.signature,
+    summary: incident.summary || `${incident.category}: ${incident.signature}`,
+    action,
+    outcomes: incident.actions,
+    dry_run: incident.dry_run,
+    message: status?.warning_message || '',
+    policy_url: status?.policy_url
+  };
+}
+
+/** Strikes in force grouped by user, most first: what the admin panel lists. */
+export function strikesByUser(
+  strikes: IStrike[]
+): { user: string; count: number; categories: string[]; latest: string }[] {
+  const users = new Map<string, { user: string; count: number; categories: string[]; latest: string }>();
+  for (const strike of strikes) {
+    const entry = users.get(strike.user) ?? {
+      user: strike.user,
+      count: 0,
+      categories: [],
+      latest: strike.time
+    };
+    entry.count += 1;
+    if (!entry.categories.includes(strike.category)) {
+      entry.categories.push(strike.category);
+    }
+    if (strike.time > entry.latest) {
+      entry.latest = strike.time;
+    }
+    users.set(strike.user, entry);
+  }
+  return Array.from(users.values()).sort(
+    (a, b) => b.count - a.count || a.user.localeCompare(b.user)
+  );
+}
+
+/** A reply to an appeal is optional and short (the server takes up to 2000 characters). */
+export function replyProblem(text: string): string | null {
+  const trimmed = text.trim();
+  return trimmed.length > APPEAL_MAX_LENGTH
+    ? `The reply is too long (${trimmed.length} characters, at most ${APPEAL_MAX_LENGTH}).`
+    : null;
 }

@@ -75,13 +75,68 @@ function cellText(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** Figures the table has no column for (GPU use, for one), as "key=value" text. */
-function otherFigures(process: IProcessEvidence): string {
+/** A path that may break after each '/' and nowhere else (text nodes and <wbr> only). */
+export function pathNode(path: string): HTMLElement {
+  const node = h('span', { class: 'jp-ColabGuard-path' });
+  path.split(/(?<=\/)/).forEach((part, i) => {
+    if (i > 0) {
+      node.appendChild(document.createElement('wbr'));
+    }
+    node.appendChild(document.createTextNode(part));
+  });
+  return node;
+}
+
+/** "sockets_total" -> "sockets total". */
+function label(key: string): string {
+  return key.replace(/_/g, ' ');
+}
+
+/**
+ * Figures the table has no column for, in words: "GPU 97 %, 1536 MiB", "started 2026-11-26
+ * 09:46:40", "40 sockets, 20 shown". GPU figures only when the process used the GPU (no
+ * "gpu_percent=0" on a machine without one); nothing for empty values.
+ */
+export function otherFigures(process: IProcessEvidence): string[] {
   const known = new Set(PROCESS_COLUMNS.map(([key]) => key as string));
-  return Object.entries(process)
-    .filter(([key]) => !known.has(key))
-    .map(([key, value]) => `${key}=${cellText(value)}`)
-    .join(', ');
+  const figures: string[] = [];
+  const gpuPercent = Number(process.gpu_percent ?? 0);
+  const gpuMemory = Number(process.gpu_memory_mb ?? 0);
+  if (gpuPercent > 0 || gpuMemory > 0) {
+    const parts = [];
+    if (gpuPercent > 0) {
+      parts.push(`${cellText(gpuPercent)} %`);
+    }
+    if (gpuMemory > 0) {
+      parts.push(`${cellText(gpuMemory)} MiB`);
+    }
+    figures.push(`GPU ${parts.join(', ')}`);
+  }
+  const shown = Array.isArray(process.sockets) ? process.sockets.length : 0;
+  const total = Number(process.sockets_total ?? shown);
+  if (total > shown) {
+    figures.push(`${total} sockets, ${shown} shown`);
+  }
+  for (const [key, value] of Object.entries(process)) {
+    if (
+      known.has(key) ||
+      ['gpu_percent', 'gpu_memory_mb', 'sockets_total'].includes(key) ||
+      value === null ||
+      value === undefined ||
+      value === '' ||
+      (Array.isArray(value) && value.length === 0)
+    ) {
+      continue;
+    }
+    if (key === 'started' && typeof value === 'string') {
+      figures.push(`started ${shortTime(value)}`);
+    } else if (Array.isArray(value)) {
+      figures.push(`${label(key)}: ${value.map(v => cellText(v)).join(', ')}`);
+    } else {
+      figures.push(`${label(key)}: ${cellText(value)}`);
+    }
+  }
+  return figures;
 }
 
 function table(
@@ -102,7 +157,7 @@ function table(
 }
 
 export function renderProcesses(processes: IProcessEvidence[]): HTMLElement {
-  const withOther = processes.some(p => otherFigures(p));
+  const withOther = processes.some(p => otherFigures(p).length > 0);
   const headers = PROCESS_COLUMNS.map(([, label]) => label);
   if (withOther) {
     headers.push('Other');
@@ -112,15 +167,24 @@ export function renderProcesses(processes: IProcessEvidence[]): HTMLElement {
       const value = process[key];
       if (key === 'sockets') {
         const sockets = (value as string[] | undefined) ?? [];
-        return h('ul', {}, ...sockets.map(s => h('li', {}, String(s))));
+        return h('ul', { class: 'jp-ColabGuard-sockets' }, ...sockets.map(s => h('li', {}, String(s))));
       }
       if (key === 'cmdline') {
         return h('code', { class: 'jp-ColabGuard-cmdline' }, cellText(value));
       }
+      if (key === 'exe') {
+        return pathNode(cellText(value));
+      }
+      if (key === 'pid' || key === 'ppid') {
+        return h('span', { class: 'jp-ColabGuard-nowrap' }, cellText(value));
+      }
       return cellText(value);
     });
     if (withOther) {
-      cells.push(otherFigures(process));
+      const figures = otherFigures(process);
+      cells.push(
+        h('ul', { class: 'jp-ColabGuard-other' }, ...figures.map(f => h('li', {}, f)))
+      );
     }
     return cells;
   });

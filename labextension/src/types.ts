@@ -107,7 +107,28 @@ export interface IStatus {
   admin?: boolean;
   user?: string;
   incidents_this_session?: number;
+  /** Strikes in force against the server's user, and the limit (0: never refused). */
+  strikes?: number;
+  strike_limit?: number;
+  /** The categories incidents may have: built-in, declared by the operator, in `actions`. */
+  categories?: string[];
 }
+
+/** A strike in force (GET /colab-guard/api/strikes). */
+export interface IStrike {
+  incident_id: string;
+  user: string;
+  time: string;
+  category: string;
+}
+
+export interface IStrikes {
+  strikes: IStrike[];
+  strike_limit: number;
+  strike_window: number;
+}
+
+export type AppealDecision = 'accept' | 'reject';
 
 /** Filters of GET /colab-guard/api/incidents. */
 export interface IIncidentFilters {

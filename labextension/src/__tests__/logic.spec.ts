@@ -3,7 +3,13 @@ import { describe, expect, it } from 'vitest';
 import {
   actionSentence,
   appealProblem,
+  appealState,
   APPEAL_MAX_LENGTH,
+  eventFromIncident,
+  replyProblem,
+  strikesByUser,
+  strikesText,
+  strikeWarning,
   DRY_RUN_NOTE,
   incidentFromEvent,
   incidentsQuery,
@@ -15,7 +21,7 @@ import {
   statusBarText
 } from '../logic';
 import { INCIDENT_SCHEMA_ID } from '../types';
-import { incidentEvent } from './fixtures';
+import { incident, incidentEvent } from './fixtures';
 
 describe('incidentFromEvent', () => {
   it('takes the incident from an event of the incident schema', () => {
@@ -39,13 +45,45 @@ describe('incidentFromEvent', () => {
 describe('notification', () => {
   it('is shown for every action but record', () => {
     expect(shouldNotify(incidentEvent({ action: 'record' }))).toBe(false);
-    for (const action of ['warn', 'stop', 'interrupt', 'shutdown'] as const) {
+    for (const action of ['warn', 'refuse', 'stop', 'interrupt', 'shutdown'] as const) {
       expect(shouldNotify(incidentEvent({ action }))).toBe(true);
     }
   });
 
-  it("carries the platform's message", () => {
-    expect(notificationText(incidentEvent())).toBe('Mining is not allowed here.');
+  it("says what was detected, then the platform's message", () => {
+    expect(notificationText(incidentEvent())).toBe(
+      'Stopped crypto-mining: xmrig (pid 3184). Mining is not allowed here.'
+    );
+    expect(notificationText(incidentEvent({ action: 'warn', summary: 'torrenting: aria2c (pid 9)' }))).toBe(
+      'Detected torrenting: aria2c (pid 9). Mining is not allowed here.'
+    );
+  });
+
+  it('keeps what was detected short, so the message still shows', () => {
+    const long = notificationText(incidentEvent({ summary: `crypto-mining: ${'x'.repeat(200)} (pid 1)` }));
+    expect(long).toMatch(/^Stopped crypto-mining: x+…\. Mining is not allowed here\.$/);
+    expect(long.length).toBeLessThan(140);
+  });
+
+  it('says when a cell was not run', () => {
+    const refused = incidentEvent({
+      action: 'refuse',
+      summary: 'crypto-mining: cell',
+      outcomes: [{ action: 'refuse', target: 'cell', outcome: 'done' }]
+    });
+    expect(incidentFromEvent({ schema_id: INCIDENT_SCHEMA_ID, ...refused })?.action).toBe('refuse');
+    expect(notificationText(refused)).toBe('Cell not run: crypto-mining: cell. Mining is not allowed here.');
+    expect(actionSentence(refused)).toBe('The cell was not run.');
+  });
+
+  it('differs from one incident to the next, and counts them when grouped', () => {
+    const first = notificationText(incidentEvent());
+    const second = notificationText(incidentEvent({ summary: 'password-cracking: john (pid 77)' }));
+    expect(first).not.toBe(second);
+    expect(notificationText(incidentEvent(), 3)).toBe(
+      '3 incidents. Latest: Stopped crypto-mining: xmrig (pid 3184). ' +
+        'Mining is not allowed here.'
+    );
   });
 
   it('says first that nothing was stopped in dry-run mode', () => {
@@ -89,6 +127,87 @@ describe('statusBarText', () => {
   it('explains itself in the tooltip', () => {
     expect(statusBarText(status, 1).title).toContain('1 incident in this server session');
     expect(statusBarText({ ...status, dry_run: true }, 3).title).toContain('dry-run');
+  });
+});
+
+describe('strikes', () => {
+  const status = { enabled: true, dry_run: false, strike_limit: 3 };
+
+  it('are shown from one strike before the limit', () => {
+    expect(strikesText({ ...status, strikes: 1 })).toBe('');
+    expect(strikesText({ ...status, strikes: 2 })).toBe('2 of 3 strikes');
+    expect(strikesText({ ...status, strikes: 3 })).toBe('3 of 3 strikes');
+    expect(strikesText({ ...status, strikes: 5, strike_limit: 0 })).toBe('');
+    expect(strikesText({ ...status, strikes: 2, enabled: false })).toBe('');
+    expect(statusBarText({ ...status, strikes: 2 }, 2).text).toBe('Guard: on · 2 · 2 of 3 strikes');
+    expect(statusBarText({ ...status, strikes: 1 }, 1).text).toBe('Guard: on · 1');
+    expect(statusBarText({ ...status, strikes: 3 }, 3).title).toContain('new kernels are refused');
+  });
+
+  it('warn before the limit and explain the refusal at it', () => {
+    expect(strikeWarning({ ...status, strikes: 1 })).toBeNull();
+    const before = strikeWarning({ ...status, strikes: 2 })!;
+    expect(before.type).toBe('warning');
+    expect(before.text).toBe(
+      'colab-guard: 2 of 3 strikes. One more and new kernels will be refused. Appeal a mistake in My incidents.'
+    );
+    expect(before.text.length).toBeLessThanOrEqual(140); // a notification shows no more
+    const at = strikeWarning({ ...status, strikes: 3 })!;
+    expect(at.type).toBe('error');
+    expect(at.text).toContain('3 of 3 strikes: new kernels are refused');
+    expect(at.text.length).toBeLessThanOrEqual(140);
+    expect(at.key).not.toBe(before.key);
+  });
+
+  it('are grouped by user for the admin panel', () => {
+    const strike = (user: string, category: string, time: string) => ({
+      incident_id: `${user}-${time}`,
+      user,
+      category,
+      time
+    });
+    expect(
+      strikesByUser([
+        strike('bob', 'torrenting', '2026-11-26T10:00:00+00:00'),
+        strike('alice', 'crypto-mining', '2026-11-26T09:00:00+00:00'),
+        strike('bob', 'crypto-mining', '2026-11-26T11:00:00+00:00'),
+        strike('bob', 'torrenting', '2026-11-26T08:00:00+00:00')
+      ])
+    ).toEqual([
+      { user: 'bob', count: 3, categories: ['torrenting', 'crypto-mining'], latest: '2026-11-26T11:00:00+00:00' },
+      { user: 'alice', count: 1, categories: ['crypto-mining'], latest: '2026-11-26T09:00:00+00:00' }
+    ]);
+  });
+});
+
+describe('appeals from the panel', () => {
+  it("are offered for one's own incidents without a pending or accepted appeal", () => {
+    const appeal = (status: string) => ({ ...incident().appeals![0], status });
+    expect(appealState(incident({ appeals: [] }), 'alice')).toBe('can-appeal');
+    expect(appealState(incident({ appeals: [appeal('pending')] }), 'alice')).toBe('pending');
+    expect(appealState(incident({ appeals: [appeal('accepted')] }), 'alice')).toBe('accepted');
+    expect(appealState(incident({ appeals: [appeal('rejected')] }), 'alice')).toBe('can-appeal');
+    expect(appealState(incident({ appeals: [] }), 'bob')).toBe('not-own');
+    expect(appealState(incident({ appeals: [] }), undefined)).toBe('not-own');
+  });
+
+  it('show the incident as the Details dialog does', () => {
+    const event = eventFromIncident(incident(), {
+      enabled: true,
+      dry_run: false,
+      warning_message: 'Mining is not allowed here.',
+      policy_url: 'https://example.org/aup'
+    });
+    expect(event.incident_id).toBe('inc-1');
+    expect(event.action).toBe('interrupt');
+    expect(event.message).toBe('Mining is not allowed here.');
+    expect(event.policy_url).toBe('https://example.org/aup');
+    expect(event.summary).toBe('crypto-mining: xmrig (pid 3184)');
+  });
+
+  it('take a reply of up to 2000 characters', () => {
+    expect(replyProblem('')).toBeNull();
+    expect(replyProblem('x'.repeat(APPEAL_MAX_LENGTH + 1))).toMatch(/too long/);
   });
 });
 

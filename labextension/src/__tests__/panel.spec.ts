@@ -2,8 +2,8 @@ import { Widget } from '@lumino/widgets';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { IGuardAPI } from '../api';
-import { IncidentPanel } from '../panel';
-import { IAppeal, IIncident, IIncidentFilters, IStatus } from '../types';
+import { IncidentPanel, IPanelActions } from '../panel';
+import { AppealDecision, IAppeal, IIncident, IIncidentFilters, IStatus, IStrikes } from '../types';
 import { HOSTILE, incident } from './fixtures';
 
 /** A stand-in for the server: records the filters, answers with canned incidents. */
@@ -31,7 +31,40 @@ class FakeAPI implements IGuardAPI {
   async appeal(): Promise<IAppeal> {
     throw new Error('not used');
   }
+  pending: IAppeal[] = [];
+  strikeList: IStrikes = { strikes: [], strike_limit: 3, strike_window: 604800 };
+  async appeals(): Promise<IAppeal[]> {
+    return this.pending;
+  }
+  async resolveAppeal(): Promise<IAppeal> {
+    throw new Error('not used');
+  }
+  async strikes(): Promise<IStrikes> {
+    return this.strikeList;
+  }
+  async clearStrikes(): Promise<number> {
+    throw new Error('not used');
+  }
 }
+
+/** Records what the panel's buttons asked for; each "dialog" answers done. */
+class FakeActions implements IPanelActions {
+  calls: string[] = [];
+  async appeal(incident: IIncident): Promise<boolean> {
+    this.calls.push(`appeal ${incident.id}`);
+    return true;
+  }
+  async resolve(appeal: IAppeal, what: string, decision: AppealDecision): Promise<boolean> {
+    this.calls.push(`${decision} ${appeal.id} (${what})`);
+    return true;
+  }
+  async clearStrikes(user: string, count: number): Promise<boolean> {
+    this.calls.push(`clear ${user} ${count}`);
+    return true;
+  }
+}
+
+const settle = () => new Promise(resolve => setTimeout(resolve, 0));
 
 const NOW = Date.UTC(2026, 10, 26, 12, 0, 0);
 const mining = incident();
@@ -103,5 +136,81 @@ describe('IncidentPanel', () => {
     const panel = mount(new IncidentPanel({ api, now: () => NOW }));
     await panel.refresh();
     expect(panel.node.querySelector('.jp-ColabGuard-panel-message')?.textContent).toContain('403 Forbidden');
+  });
+
+  it("offers an Appeal button for one's own incidents, not while an appeal is pending", async () => {
+    const pendingAppeal = mining.appeals![0];
+    const fresh = incident({ id: 'inc-3', appeals: [] });
+    const rejected = incident({ id: 'inc-4', appeals: [{ ...pendingAppeal, status: 'rejected' }] });
+    const pending = incident({ id: 'inc-5', appeals: [{ ...pendingAppeal, status: 'pending' }] });
+    const api = new FakeAPI([fresh, rejected, pending, torrent]);
+    const actions = new FakeActions();
+    const panel = mount(new IncidentPanel({ api, onlyUser: 'alice', user: () => 'alice', actions, now: () => NOW }));
+    await panel.refresh();
+    const button = (id: string) =>
+      panel.node.querySelector(`tr[data-incident-id='${id}'] .jp-ColabGuard-appeal-button`) as HTMLButtonElement | null;
+    expect(button('inc-3')).not.toBeNull();
+    expect(button('inc-4')).not.toBeNull(); // rejected: one may appeal again
+    expect(button('inc-5')).toBeNull();
+    expect(panel.node.querySelector("tr[data-incident-id='inc-5']")?.textContent).toContain('appeal pending');
+    expect(button('inc-2')).toBeNull(); // bob's
+
+    const queries = api.queries.length;
+    button('inc-3')!.click();
+    await settle();
+    expect(actions.calls).toEqual(['appeal inc-3']);
+    expect(panel.node.querySelector('tr.jp-mod-selected')).toBeNull(); // the click was not the row's
+    expect(api.queries.length).toBe(queries + 1); // refreshed after the appeal
+  });
+
+  it('lets an admin resolve pending appeals and clear strikes', async () => {
+    const api = new FakeAPI([mining, torrent]);
+    api.pending = [{ ...mining.appeals![0], id: 'ap-9', status: 'pending' }];
+    api.strikeList.strikes = [
+      { incident_id: 'inc-2', user: 'bob', category: 'torrenting', time: '2026-11-26T10:00:00+00:00' },
+      { incident_id: 'inc-7', user: 'bob', category: 'crypto-mining', time: '2026-11-26T11:00:00+00:00' }
+    ];
+    const actions = new FakeActions();
+    const panel = mount(new IncidentPanel({ api, user: () => 'root', admin: () => true, actions, now: () => NOW }));
+    await panel.refresh();
+    const appealRow = panel.node.querySelector("tr[data-appeal-id='ap-9']")!;
+    expect(appealRow.textContent).toContain(HOSTILE);
+    expect(appealRow.textContent).toContain('crypto-mining: xmrig (pid 3184)');
+    (appealRow.querySelector('.jp-ColabGuard-accept') as HTMLButtonElement).click();
+    (appealRow.querySelector('.jp-ColabGuard-reject') as HTMLButtonElement).click();
+    const strikeRow = panel.node.querySelector("tr[data-strikes-user='bob']")!;
+    expect(strikeRow.textContent).toContain('2 of 3');
+    expect(strikeRow.textContent).toContain('torrenting, crypto-mining');
+    (strikeRow.querySelector('.jp-ColabGuard-clear-strikes') as HTMLButtonElement).click();
+    await settle();
+    expect(actions.calls).toEqual([
+      'accept ap-9 (crypto-mining: xmrig (pid 3184))',
+      'reject ap-9 (crypto-mining: xmrig (pid 3184))',
+      'clear bob 2'
+    ]);
+    expect(panel.node.querySelector('img')).toBeNull();
+  });
+
+  it('shows no admin controls to a user who is not an admin, nor in "mine" mode', async () => {
+    const api = new FakeAPI([mining]);
+    api.pending = [{ ...mining.appeals![0], status: 'pending' }];
+    const actions = new FakeActions();
+    for (const options of [{ admin: () => false }, { admin: () => true, onlyUser: 'alice' }]) {
+      const panel = mount(new IncidentPanel({ api, actions, now: () => NOW, ...options }));
+      await panel.refresh();
+      expect(panel.node.querySelector('.jp-ColabGuard-pending-appeals')).toBeNull();
+      expect(panel.node.querySelector('.jp-ColabGuard-clear-strikes')).toBeNull();
+    }
+  });
+
+  it("offers the server's categories in the filter (none hard-coded here)", async () => {
+    const panel = mount(
+      new IncidentPanel({ api: new FakeAPI([torrent]), categories: () => ['course-cheating', 'proxy'], now: () => NOW })
+    );
+    await panel.refresh();
+    const options = Array.from(panel.node.querySelectorAll('.jp-ColabGuard-filter-category option')).map(
+      o => o.getAttribute('value')
+    );
+    expect(options).toEqual(['', 'course-cheating', 'proxy', 'torrenting']);
   });
 });

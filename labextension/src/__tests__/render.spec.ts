@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { incidentRow, renderEventDetails, renderIncident } from '../render';
+import { incidentRow, otherFigures, pathNode, renderEventDetails, renderIncident } from '../render';
 import { HOSTILE, incident, incidentEvent } from './fixtures';
 
 describe('renderIncident', () => {
@@ -19,7 +19,7 @@ describe('renderIncident', () => {
     const text = node.textContent ?? '';
     expect(text).toContain('tcp 127.0.0.1:51234 -> 127.0.0.1:3333 ESTABLISHED');
     expect(text).toContain('98.0'); // CPU %
-    expect(text).toContain('gpu_memory_mb=512'); // a figure without a column
+    expect(text).toContain('GPU 512 MiB'); // a figure without a column, in words
     expect(text).toContain("mining-stratum-url: args matches 'stratum+tcp://'");
     const actions = Array.from(node.querySelectorAll('.jp-ColabGuard-actions tbody tr')).map(
       row => Array.from(row.querySelectorAll('td')).map(td => td.textContent)
@@ -36,6 +36,41 @@ describe('renderIncident', () => {
   it('copes with an incident without evidence', () => {
     const node = renderIncident(incident({ evidence: undefined, actions: undefined, appeals: undefined }));
     expect(node.textContent).toContain('No processes recorded.');
+  });
+});
+
+describe('the Other column', () => {
+  const process = incident().evidence!.processes![0];
+
+  it('reads as words, not key=value', () => {
+    expect(
+      otherFigures({ ...process, gpu_percent: 97, gpu_memory_mb: 1536, started: '2026-11-26T09:46:40+00:00' })
+    ).toEqual(['GPU 97 %, 1536 MiB', expect.stringMatching(/^started 2026-11-2[67] \d\d:46:40$/)]);
+    expect(otherFigures({ ...process, gpu_memory_mb: 0, exe_markers: ['xmrig', 'stratum-miner'] })).toEqual([
+      'exe markers: xmrig, stratum-miner'
+    ]);
+    expect(otherFigures({ ...process, sockets_total: 45 })).toContain('45 sockets, 1 shown');
+  });
+
+  it('says nothing of the GPU when the process used none', () => {
+    const figures = otherFigures({ ...process, gpu_percent: 0, gpu_memory_mb: 0, sockets_total: 1 });
+    expect(figures).toEqual([]);
+    const node = renderIncident(
+      incident({
+        evidence: { processes: [{ ...process, gpu_percent: 0, gpu_memory_mb: 0, sockets_total: 1 }] }
+      })
+    );
+    expect(node.textContent).not.toContain('gpu');
+    expect(Array.from(node.querySelectorAll('th')).map(th => th.textContent)).not.toContain('Other');
+  });
+
+  it('keeps PIDs whole and breaks paths only after a slash', () => {
+    const node = renderIncident(incident());
+    const pid = node.querySelector('.jp-ColabGuard-processes tbody td .jp-ColabGuard-nowrap');
+    expect(pid?.textContent).toBe('3184');
+    const path = pathNode('/home/alice/.cache/kworker');
+    expect(path.querySelectorAll('wbr')).toHaveLength(4);
+    expect(path.textContent).toBe('/home/alice/.cache/kworker');
   });
 });
 
