@@ -19,7 +19,7 @@ from typing import Any
 
 from .act.enforce import stop_processes_async
 from .act.policy import Plan, Policy, unique_processes
-from .detect.engine import Engine
+from .detect.engine import Detection, Engine
 from .kernels import Kernels
 from .observe.gpu import GpuSample, GpuSampler
 from .observe.model import Snapshot
@@ -81,6 +81,21 @@ class Monitor:
             except asyncio.TimeoutError:
                 pass
 
+    def _observe_and_detect(self, kernels: dict[str, int]
+                            ) -> list[tuple[Snapshot, list[Detection]]]:
+        """One tick's observation and detection, in the sampling thread (never on the event
+        loop: a slow rule must not hold up the server); a kernel whose check fails is
+        checked again at the next tick, the others are unaffected."""
+        found = []
+        for kernel_id, snapshot in self._observe(kernels).items():
+            try:
+                found.append((snapshot, self.engine.evaluate(snapshot)))
+            except Exception:
+                metrics.SAMPLER_ERRORS.labels("check").inc()
+                self.log.exception("colab-guard: checking kernel %s failed; retried at the next "
+                                   "tick", kernel_id)
+        return found
+
     def _observe(self, kernels: dict[str, int]) -> dict[str, Snapshot]:
         """One tick's observation, in the sampling thread: GPU first, then processes."""
         gpu = self.gpu.sample() if self.gpu is not None else None
@@ -119,19 +134,19 @@ class Monitor:
         kernels = self.kernel_pids()
         metrics.KERNELS_MONITORED.set(len(kernels))
         try:
-            snapshots = await asyncio.get_running_loop().run_in_executor(
-                self._sampling, self._observe, kernels)
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._sampling, self._observe_and_detect, kernels)
         except Exception:
             metrics.SAMPLER_ERRORS.labels("tick").inc()
             self.log.exception("colab-guard: sampling failed; retried at the next tick")
             return
-        for kernel_id, snapshot in snapshots.items():
+        for snapshot, detections in found:
             try:
-                self.check(snapshot)
+                self.act_on(snapshot, detections)
             except Exception:
                 metrics.SAMPLER_ERRORS.labels("check").inc()
-                self.log.exception("colab-guard: checking kernel %s failed; retried at the next "
-                                   "tick", kernel_id)
+                self.log.exception("colab-guard: acting on kernel %s failed; retried at the "
+                                   "next tick", snapshot.kernel_id)
         self._forget_kernels_gone(kernels)
         self._export_sampler_stats()
         self.ticks += 1
@@ -140,19 +155,16 @@ class Monitor:
     def kernel_pids(self) -> dict[str, int]:
         return self.kernels.pids()
 
-    # ------------------------------------------------------------ detect
+    # ------------------------------------------------------------ act
 
-    def check(self, snapshot: Snapshot) -> None:
-        """Evaluate one kernel's snapshot and start a response to what is new."""
-        detections = self.engine.evaluate(snapshot)
+    def act_on(self, snapshot: Snapshot, detections: list[Detection]) -> None:
+        """Start a response to what is new among one kernel's detections."""
         plans = self.policy.respond(snapshot.kernel_id, detections,
                                     live={p.key for p in snapshot.processes})
         for plan in plans:
             task = asyncio.ensure_future(self.respond(plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    # ------------------------------------------------------------ act
 
     async def respond(self, plan: Plan) -> Incident:
         """Record, carry the plan out, record the outcome, notify."""
@@ -206,7 +218,7 @@ class Monitor:
     def _forget_kernels_gone(self, kernels: dict[str, Any]) -> None:
         for kernel_id in self.policy.kernels_known() - set(kernels):
             self.policy.forget_kernel(kernel_id)
-            self.engine.forget_kernel(kernel_id)
+            self._sampling.submit(self.engine.forget_kernel, kernel_id)  # the engine's thread
 
     def _export_sampler_stats(self) -> None:
         stats = self.sampler.stats
@@ -222,4 +234,10 @@ class Monitor:
             counter.inc(value - self._reported_stats.get(name, 0))
             self._reported_stats[name] = value
         metrics.SAMPLER_TRACKED.set(self.sampler.tracked())
+        for outcome, value in dict(getattr(self.sampler.content, "stats", {})).items():
+            name = f"content:{outcome}"
+            delta = value - self._reported_stats.get(name, 0)
+            if delta > 0:
+                metrics.CONTENT_SCANS.labels(outcome).inc(delta)
+            self._reported_stats[name] = value
 

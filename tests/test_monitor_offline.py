@@ -105,3 +105,20 @@ async def test_honest_hashing_is_left_alone(tmp_path):
     await tick_through(monitor, 6)
     assert store.query() == [] and kernels.calls == [] and events == []
     await monitor.stop()
+
+
+async def test_detection_runs_in_the_sampling_thread_not_on_the_event_loop(tmp_path):
+    import threading
+
+    monitor, kernels, store, events = build(tmp_path, "miner-renamed", stop_grace=0.1)
+    threads = []
+    evaluate = monitor.engine.evaluate
+
+    def recording(snapshot):
+        threads.append(threading.current_thread().name)
+        return evaluate(snapshot)
+
+    monitor.engine.evaluate = recording
+    await tick_through(monitor, 2)
+    assert threads and all(name.startswith("colab-guard-sample") for name in threads)
+    await monitor.stop()

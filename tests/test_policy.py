@@ -59,8 +59,8 @@ def test_dry_run_plans_what_it_would_do():
 
 def test_the_strongest_action_of_a_category_wins_and_categories_are_separate_plans():
     settings = Settings(actions={"crypto-mining": "stop", "web-hosting": "record"})
-    plans = Policy(settings).respond("k1", [detection(MINER, pid=1), detection(WEB, pid=2)])
-    assert sorted(p.action for p in plans) == ["record", "stop"]
+    plans = Policy(settings).respond("k1", [detection(WEB, pid=2), detection(MINER, pid=1)])
+    assert [p.action for p in plans] == ["stop", "record"]  # the strongest first
 
 
 def test_a_process_is_acted_on_once_while_it_lives():

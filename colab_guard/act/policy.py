@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..detect.engine import Detection
 from ..record.incident import Action, Incident
 from ..settings import Settings
-from ..vocabulary import ENFORCING_ACTIONS, at_least, strongest, weakest
+from ..vocabulary import ENFORCING_ACTIONS, RANK, at_least, strongest, weakest
 
 #: After acting on the kernel process itself, give the interrupt this long to work.
 KERNEL_GRACE = 3.0
@@ -86,7 +86,7 @@ class Policy:
                     self._kernel_acted[kernel_id] = now
             action = self._choose(group, escalate)
             plans.append(Plan(group, action, self._steps(action, group)))
-        return plans
+        return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._handled.pop(kernel_id, None)

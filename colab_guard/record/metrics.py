@@ -35,3 +35,8 @@ KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
 EVENTS_REFUSED = Counter("colab_guard_events_refused_total",
                          "Incident events the server's event bus refused (the incident is still "
                          "recorded; the frontend is not told).")
+CONTENT_SCANS = Counter("colab_guard_content_scans_total",
+                        "What the content scanner did, by outcome: file_scans and memory_scans "
+                        "done; cut (past a time or byte budget), refused (not a regular file), "
+                        "dropped (queue full; asked again later), memory_denied, vanished.",
+                        ["outcome"])
