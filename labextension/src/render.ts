@@ -9,7 +9,7 @@ import {
   safeLink,
   shortTime
 } from './logic';
-import { IIncident, IIncidentEvent, IProcessEvidence } from './types';
+import { ICellEvidence, IIncident, IIncidentEvent, IProcessEvidence } from './types';
 
 /** The body of the "Details" dialog for an incident event. */
 export function renderEventDetails(incident: IIncidentEvent): HTMLElement {
@@ -191,6 +191,26 @@ export function renderProcesses(processes: IProcessEvidence[]): HTMLElement {
   return table('jp-ColabGuard-processes', headers, rows);
 }
 
+/** A cell checked before it ran: what matched (with its line) and the source, as text. */
+export function renderCell(cell: ICellEvidence): HTMLElement {
+  const findings = cell.findings ?? [];
+  return h(
+    'div',
+    { class: 'jp-ColabGuard-cell' },
+    h('h4', {}, 'The cell'),
+    findings.length
+      ? h(
+          'ul',
+          { class: 'jp-ColabGuard-findings' },
+          ...findings.map(f =>
+            h('li', {}, `${f.line ? `line ${f.line}: ` : ''}${f.text} (${f.signature})`)
+          )
+        )
+      : null,
+    h('pre', { class: 'jp-ColabGuard-cell-source' }, cell.source ?? '')
+  );
+}
+
 /** The detail view of one incident: evidence, actions and outcomes, appeals. */
 export function renderIncident(incident: IIncident): HTMLElement {
   const evidence = incident.evidence ?? {};
@@ -233,8 +253,13 @@ export function renderIncident(incident: IIncident): HTMLElement {
           )
         )
       : h('p', {}, 'No match details.'),
-    h('h4', {}, `Processes (${processes.length})`),
-    processes.length ? renderProcesses(processes) : h('p', {}, 'No processes recorded.'),
+    evidence.cell ? renderCell(evidence.cell) : null,
+    evidence.cell && !processes.length ? null : h('h4', {}, `Processes (${processes.length})`),
+    processes.length
+      ? renderProcesses(processes)
+      : evidence.cell
+        ? null
+        : h('p', {}, 'No processes recorded.'),
     h('h4', {}, 'Actions and outcomes'),
     actions.length
       ? table(

@@ -87,12 +87,19 @@ export interface IIncident {
   evidence?: {
     processes?: IProcessEvidence[];
     matches?: IMatch[];
+    cell?: ICellEvidence;
     [other: string]: unknown;
   };
   dry_run: boolean;
   status: string;
   actions?: IOutcome[];
   appeals?: IAppeal[];
+}
+
+/** A cell checked before it ran: its source, and what made each signature match. */
+export interface ICellEvidence {
+  source: string;
+  findings?: { signature: string; line?: number | null; text: string }[];
 }
 
 export interface IStatus {

@@ -102,3 +102,31 @@ describe('incidentRow', () => {
     expect(row[row.length - 1]).toBe('1');
   });
 });
+
+describe('a refused cell', () => {
+  it('shows the cell as text, and what matched with its line', () => {
+    const source = `!./xmrig -o stratum+tcp://pool:3333 ${HOSTILE}\nprint('done')`;
+    const node = renderIncident(
+      incident({
+        evidence: {
+          matches: [{ signature: 'mining-known-miner', reasons: ['line 1: the cell would start: ./xmrig'] }],
+          cell: {
+            source,
+            findings: [
+              { signature: 'mining-known-miner', line: 1, text: 'the cell would start: ./xmrig' }
+            ]
+          }
+        },
+        actions: [{ action: 'refuse', target: 'cell', outcome: 'done' }]
+      })
+    );
+    document.body.appendChild(node);
+    expect(node.querySelector('img')).toBeNull();
+    expect(node.querySelector('.jp-ColabGuard-cell-source')?.textContent).toBe(source);
+    expect(node.querySelector('.jp-ColabGuard-findings')?.textContent).toContain(
+      'line 1: the cell would start: ./xmrig (mining-known-miner)'
+    );
+    expect(node.textContent).not.toContain('No processes recorded.');
+    node.remove();
+  });
+});
