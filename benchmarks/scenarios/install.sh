@@ -19,13 +19,15 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"
 # UPX (the packer the evasion tests pack real tools with): Debian's upx-ucl is not in
 # bookworm, so where the configured sources lack it, bullseye's build (which runs on bookworm)
-# is fetched from Debian with a private apt configuration, leaving the system's sources as
-# they are.
+# is fetched from the machine's own Debian mirror with a private apt configuration, leaving
+# the system's sources as they are.
 if ! command -v upx-ucl >/dev/null 2>&1; then
     if ! $SUDO apt-get install -y -qq --no-install-recommends upx-ucl 2>/dev/null; then
+        mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+        [ -n "$mirror" ] || mirror=$(awk '/^deb / && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
         tmp=$(mktemp -d)
         mkdir -p "$tmp/lists/partial" "$tmp/debs"
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main" \
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bullseye main" \
             > "$tmp/sources.list"
         apt_private=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
                      -o "Dir::State::Lists=$tmp/lists")
