@@ -26,13 +26,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe import procfs
+from colab_guard.observe.content import CHUNK, SEARCH, scan_file
 
-from colab_guard.detect.engine import Engine  # noqa: E402
-from colab_guard.detect.signatures import load_signatures  # noqa: E402
-from colab_guard.observe import procfs  # noqa: E402
-from colab_guard.observe.content import CHUNK, SEARCH, scan_file  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 from colab_guard.observe.processes import ProcessSampler  # noqa: E402
 
 
@@ -102,7 +101,6 @@ def cmdline_cost() -> None:
 
 
 def regex_attack(tmp: Path) -> None:
-    sys.path.insert(0, str(ROOT))
     from tests.test_regex_budget import _tuned_length
     size = _tuned_length("nc -e")
     flippers = [subprocess.Popen([sys.executable, str(ROOT / "tests/standins/argv_flipper.py"),

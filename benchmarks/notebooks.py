@@ -4,8 +4,8 @@ Every code cell goes through the same path as in a guarded kernel (the kernel ho
 cell's source, the server's channel asks the engine: ``Engine.evaluate`` on a ``CellProcess``,
 with the kernel's memory of its earlier cells), without a kernel: seconds for the corpus.
 
-    python benchmarks/notebooks.py            # a table: notebook, key cell, first cell acted on
-    python benchmarks/notebooks.py --json     # one object per notebook
+    ./dev bench notebooks            # a table: notebook, key cell, first cell acted on
+    ./dev bench notebooks --json     # one object per notebook
 
 Exit status 1 when an abuse notebook is not acted on at or before its key cell, or a benign
 notebook is acted on at all.
@@ -22,14 +22,13 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from colab_guard.detect.cells import CellProcess
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.model import Snapshot
+from colab_guard.vocabulary import DEFAULT_ACTIONS, RANK
 
-from colab_guard.vocabulary import DEFAULT_ACTIONS, RANK  # noqa: E402
-from colab_guard.detect.cells import CellProcess  # noqa: E402
-from colab_guard.detect.engine import Engine  # noqa: E402
-from colab_guard.detect.signatures import load_signatures  # noqa: E402
-from colab_guard.observe.model import Snapshot  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CORPUS = ROOT / "tests" / "notebooks"
 

@@ -5,17 +5,14 @@ the manifest says so); benign look-alikes are not acted on at all, not even reco
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import notebooks as corpus
+from colab_guard.detect.signatures import load_signatures
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import notebooks as corpus  # noqa: E402
-
-from colab_guard.detect.signatures import load_signatures  # noqa: E402
 
 RULES = load_signatures()
 ENTRIES = corpus.manifest()["notebooks"]
