@@ -140,7 +140,7 @@ async def test_at_the_strike_limit_the_kernel_start_refusal_is_readable_whole(
         await dialog.wait_for(timeout=90_000)
         reason = dialog.locator(".jp-Dialog-body pre").first
         await expect(reason).to_contain_text(MESSAGE)
-        await expect(reason).to_contain_text("New kernels are refused: 2 enforced incidents "
+        await expect(reason).to_contain_text("New kernels are refused: 2 strikes "
                                              "(crypto-mining, torrenting)")
         await expect(reason).to_contain_text("You can appeal an incident")
         # Read whole: the text wraps inside the dialog instead of running off its edge.
