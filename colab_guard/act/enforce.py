@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import psutil
 
+from collections.abc import Callable
+
 from ..observe.model import Process
 from ..record.incident import Action
 
 
-def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int]) -> list[Action]:
-    """Stop each offender and everything it started; never a pid in ``spare_pids``."""
+def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int],
+                   may_signal: Callable[[psutil.Process], bool] | None = None) -> list[Action]:
+    """Stop each offender and everything it started; never a pid in ``spare_pids``, nor a
+    process ``may_signal`` refuses (the node watcher: root's, the system's)."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
     for offender in offenders:
@@ -32,8 +36,11 @@ def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int])
         except psutil.Error as err:
             action.outcome, action.detail = "failed", f"{type(err).__name__}: {err}"
             continue
+        if may_signal is not None and not may_signal(proc):
+            action.outcome, action.detail = "failed", "spared: not a notebook user's process"
+            continue
         for member in family:
-            if member.pid not in spare_pids:
+            if member.pid not in spare_pids and (may_signal is None or may_signal(member)):
                 targets[member.pid] = member
     if not targets:
         return actions
