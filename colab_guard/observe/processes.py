@@ -169,6 +169,10 @@ class ProcessSampler:
         return next((t.owner for (p, _), t in self._tracked.items() if p == pid and t.owner),
                     None)
 
+    def owners(self) -> set[str]:
+        """The kernels that live processes are attributed to (call from the sampler's thread)."""
+        return {t.owner for t in self._tracked.values() if t.owner}
+
     @property
     def counts_move(self) -> bool:
         return self._counts.move

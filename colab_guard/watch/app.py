@@ -52,6 +52,12 @@ class NodeMonitor(Monitor):
                                "kernels are watched")
         await super().tick()
 
+    def _observe(self, kernels):
+        snapshots = super()._observe(kernels)
+        # In the sampler's thread: which kernels, exited or not, still have processes.
+        self.kernels.attributed = self.sampler.owners()
+        return snapshots
+
 
 class Watcher(Application, GuardTraits):
     name = "colab-guard-watch"

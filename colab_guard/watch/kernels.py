@@ -7,6 +7,12 @@ carriers (orphans of a double fork, ``setsid``) are its processes, which the sam
 attributes to it. Root reads every process's environment, so the watcher needs nothing
 from the user's server: it keeps working while that server is frozen or gone.
 
+A kernel that exits is retired, not forgotten: while processes it started live on (a
+detached miner left behind by a killed kernel), it stays listed, with pid 0 (no process),
+so that the sampler keeps them attributed to it; its id is never given to one of those
+orphans, only to a restart of the kernel by the same parent (jupyter_server restarts a
+kernel under the same id).
+
 Never a kernel: a process of uid 0 or of a system user (uid below ``min_uid``), a
 process outside ``users`` when that is set, the watcher itself. Discovery is cached per
 process (its /proc directory's inode, as the sampler does): each tick lists /proc and
@@ -55,6 +61,7 @@ class NodeKernel:
     pid: int
     start: int
     uid: int
+    ppid: int
     user: str  # JUPYTERHUB_USER if the kernel has it, else the uid's login name
     notebook: str | None = None
 
@@ -69,6 +76,10 @@ class NodeKernels:
         self.own_pid = os.getpid()
         self._seen: dict[int, tuple[int, Seen | None]] = {}  # pid -> (/proc inode, what it is)
         self._kernels: dict[str, NodeKernel] = {}
+        #: kernels that exited; listed (pid 0) while ``attributed`` names them
+        self._retired: dict[str, NodeKernel] = {}
+        #: kernels that live processes are attributed to (the monitor sets it every tick)
+        self.attributed: set[str] = set()
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ discovery
@@ -141,17 +152,29 @@ class NodeKernels:
                                          for f in found):
                 kernels[kernel_id] = known
                 continue
+            before = known or self._retired.get(kernel_id)
+            if before is not None:  # only a restart by the same parent takes the id again
+                found = [f for f in found if f.ppid == before.ppid and f.start >= before.start
+                         and f.ppid in self._seen]
+                if not found:
+                    continue
             first = min(found, key=lambda f: f.start)
             if len({f.uid for f in found}) > 1:
                 self._warn_once(f"uids:{kernel_id}", "colab-guard watch: kernel id %s is carried "
                                 "by processes of several users; only user %s's (the oldest) is "
                                 "that kernel", kernel_id, first.uid)
             kernels[kernel_id] = NodeKernel(kernel_id, first.pid, first.start, first.uid,
-                                            first.hub_user or _login(first.uid), first.session)
+                                            first.ppid, first.hub_user or _login(first.uid),
+                                            first.session)
+            self._retired.pop(kernel_id, None)
             self.log.info("colab-guard watch: kernel %s of user %s (uid %s), pid %s",
                           kernel_id, kernels[kernel_id].user, first.uid, first.pid)
         for gone in set(self._kernels) - set(kernels):
+            self._retired[gone] = self._kernels[gone]
             self.log.info("colab-guard watch: kernel %s has exited", gone)
+        for kernel_id in [k for k in self._retired if k not in self.attributed
+                          and k not in carriers and k not in self._kernels]:
+            del self._retired[kernel_id]
         self._kernels = kernels
 
     def _is_user(self, uid: int) -> bool:
@@ -167,21 +190,25 @@ class NodeKernels:
     # ------------------------------------------------------------ the Kernels protocol
 
     def pids(self) -> dict[str, int]:
-        return {kid: k.pid for kid, k in self._kernels.items()}
+        """Live kernels, and exited ones whose processes live on (pid 0: no process)."""
+        found = {kid: 0 for kid in self._retired if kid in self.attributed}
+        found.update((kid, k.pid) for kid, k in self._kernels.items())
+        return found
 
     def __contains__(self, kernel_id: str) -> bool:
         kernel = self._kernels.get(kernel_id)
         return kernel is not None and self._alive(kernel)
 
     def kernel(self, kernel_id: str) -> NodeKernel | None:
-        return self._kernels.get(kernel_id)
+        """A live or retired kernel."""
+        return self._kernels.get(kernel_id) or self._retired.get(kernel_id)
 
     def user_of(self, kernel_id: str) -> str | None:
-        kernel = self._kernels.get(kernel_id)
+        kernel = self.kernel(kernel_id)
         return kernel.user if kernel is not None else None
 
     async def notebook_path(self, kernel_id: str) -> str | None:
-        kernel = self._kernels.get(kernel_id)
+        kernel = self.kernel(kernel_id)
         return kernel.notebook if kernel is not None else None
 
     async def interrupt(self, kernel_id: str) -> None:

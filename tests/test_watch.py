@@ -1,0 +1,372 @@
+"""The node watcher, for real: Unix users of its own, kernels run as them, the watcher as root.
+
+Needs root (CI runs as root): the fixtures create two unprivileged users
+(cg-watch-alice, cg-watch-bob; removed at teardown), run "kernels" as them (a small
+Python process with the kernel's marker in its environment, in a session of its own as
+jupyter_client starts kernels, that records the SIGINTs it gets), the stand-in pool on
+127.0.0.1, and ``python -m colab_guard.watch`` as root with a root-only config file and a
+database and log in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from colab_guard.record.database import IncidentDatabase, IncidentStore
+from colab_guard.watch.app import Watcher, WatchError
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
+                                reason="the node watcher's tests create Unix users: root only")
+
+ROOT = Path(__file__).resolve().parent.parent
+MINER = ROOT / "tests" / "standins" / "miner.py"
+ALICE, BOB = "cg-watch-alice", "cg-watch-bob"
+WALLET = "4" + "A" * 94
+
+KERNEL = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    mode, report, miner, url, wallet = sys.argv[1:6]
+    def note(what):
+        with open(report, "a") as f:
+            f.write(what + "\\n")
+    signal.signal(signal.SIGINT, lambda *_: note("SIGINT"))
+    argv = [sys.executable, miner, "-o", url, "-u", wallet, "-p", "x"]
+    if mode == "miner":
+        note("miner %d" % subprocess.Popen(argv).pid)
+    elif mode == "double-fork":  # detached, and its environment wiped before the exec
+        read, write = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            child = os.fork()
+            if child == 0:
+                os.execvp("env", ["env", "-i", *argv])
+            os.write(write, b"%d" % child)
+            os._exit(0)
+        os.wait()
+        note("miner " + os.read(read, 32).decode())
+    elif mode == "left-behind":  # detached; starts mining once the kernel is gone
+        kernel = os.getpid()
+        read, write = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            child = os.fork()
+            if child == 0:
+                while True:
+                    try:
+                        os.kill(kernel, 0)
+                    except ProcessLookupError:
+                        break
+                    time.sleep(0.05)
+                os.execv(sys.executable, argv)
+            os.write(write, b"%d" % child)
+            os._exit(0)
+        os.wait()
+        note("miner " + os.read(read, 32).decode())
+    note("ready")
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def _remove_user(name: str) -> None:
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    for proc in psutil.process_iter(["uids"]):  # only this test's users' processes
+        if proc.info["uids"] and proc.info["uids"].real == uid:
+            proc.kill()
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def users():
+    made = {}
+    for name in (ALICE, BOB):
+        _remove_user(name)  # left over by an interrupted run
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+        made[name] = pwd.getpwnam(name)
+    yield made
+    for name in made:
+        _remove_user(name)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A folder every test user can read (the kernel script) and write (its reports)."""
+    folder = Path(tempfile.mkdtemp(prefix="cg-watch-"))
+    folder.chmod(0o1777)
+    (folder / "kernel.py").write_text(KERNEL)
+    (folder / "kernel.py").chmod(0o644)
+    yield folder
+    subprocess.run(["rm", "-rf", str(folder)])
+
+
+@pytest.fixture(scope="module")
+def pool():
+    proc = subprocess.Popen([sys.executable, "-m", "tests.standins.pool"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    yield f"stratum+tcp://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+class RunningWatcher:
+    def __init__(self, folder: Path, proc: subprocess.Popen, log: Path):
+        self.folder, self.proc, self.log_path = folder, proc, log
+        self.store = IncidentStore(IncidentDatabase(f"sqlite:///{folder / 'incidents.sqlite'}"))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def incidents(self, **query):
+        return [i for i in self.store.query() if i.status == "done"]
+
+    def knows_kernel(self, kernel_id: str) -> bool:
+        return f"kernel {kernel_id} of user" in self.log()
+
+
+@pytest.fixture(scope="module")
+def watcher(users, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("watcher")  # under /tmp/pytest-of-root: root's alone
+    config = folder / "watch_config.py"
+    config.write_text(textwrap.dedent(f"""
+        c.Watcher.users = [{ALICE!r}, {BOB!r}]
+        c.Watcher.sample_interval = 0.3
+        c.Watcher.stop_grace = 0.5
+        c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
+        c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
+        c.Watcher.strike_limit = 0
+    """))
+    config.chmod(0o644)
+    log = folder / "watcher.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "colab_guard.watch",
+                                 f"--Watcher.config_file={config}", "--Watcher.gpu_sampling=False"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    running = RunningWatcher(folder, proc, log)
+    wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
+               timeout=30, what="the watcher started")
+    assert proc.poll() is None, running.log()
+    yield running
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=15)
+    assert "Traceback" not in running.log(), running.log()
+
+
+class Kernel:
+    """A kernel-like process of a test user: the marker in its environment, its own session."""
+
+    def __init__(self, world: Path, user, kernel_id: str, mode: str, pool_url: str,
+                 extra_env: dict | None = None):
+        self.kernel_id = kernel_id
+        self.report = world / f"{kernel_id}.report"
+        self.report.unlink(missing_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "COLAB_GUARD_KERNEL_ID": kernel_id,
+               **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", str(world / "kernel.py"), mode, str(self.report), str(MINER),
+             pool_url, WALLET], user=user.pw_uid, group=user.pw_gid, extra_groups=[], env=env,
+            start_new_session=True, cwd="/")
+        wait_until(lambda: "ready" in self.notes(), timeout=20, what=f"kernel {kernel_id} ready")
+
+    def notes(self) -> list[str]:
+        try:
+            return self.report.read_text().split("\n")
+        except FileNotFoundError:
+            return []
+
+    @property
+    def miner_pid(self) -> int:
+        return next(int(n.split()[1]) for n in self.notes() if n.startswith("miner "))
+
+    def close(self) -> None:
+        for proc in [self.proc]:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+@pytest.fixture
+def kernels():
+    started: list[Kernel] = []
+    yield started
+    for kernel in started:
+        kernel.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _incident_of(watcher: RunningWatcher, kernel_id: str):
+    return next((i for i in watcher.incidents() if i.kernel_id == kernel_id), None)
+
+
+# ---------------------------------------------------------------- enforcement
+
+
+def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
+        watcher, users, world, pool, kernels):
+    kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool)
+    kernels.append(kernel)
+    miner = kernel.miner_pid
+    incident = wait_until(lambda: _incident_of(watcher, "k-alice-1"), timeout=20,
+                          what="the incident recorded")
+    assert incident.user == ALICE and incident.category == "crypto-mining"
+    wait_until(lambda: not _alive(miner), timeout=10, what="the miner stopped")
+    wait_until(lambda: "SIGINT" in kernel.notes(), timeout=10, what="the kernel got SIGINT")
+    steps = {a.action: a.outcome for a in incident.actions}
+    assert steps.get("interrupt") == "done", incident.actions
+    assert _alive(kernel.proc.pid)  # interrupted, not killed
+    line = (watcher.folder / "incidents.jsonl").read_text()
+    assert ALICE in line and "k-alice-1" in line
+
+
+def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
+        watcher, users, world, pool, kernels):
+    kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool)
+    kernels.append(kernel)
+    miner = kernel.miner_pid
+    incident = wait_until(lambda: _incident_of(watcher, "k-alice-2"), timeout=20,
+                          what="the detached miner's incident")
+    assert incident.user == ALICE
+    assert any(p["pid"] == miner for p in incident.evidence["processes"])
+    wait_until(lambda: not _alive(miner), timeout=10, what="the detached miner stopped")
+
+
+def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
+        watcher, users, world, pool, kernels):
+    kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool)
+    kernels.append(kernel)
+    miner = kernel.miner_pid
+    wait_until(lambda: watcher.knows_kernel("k-alice-4"), timeout=10, what="the kernel found")
+    kernel.proc.kill()  # the kernel alone; the detached process lives on and starts mining
+    kernel.proc.wait()
+    incident = wait_until(lambda: _incident_of(watcher, "k-alice-4"), timeout=20,
+                          what="the left-behind miner's incident")
+    assert incident.user == ALICE
+    assert any(p["pid"] == miner for p in incident.evidence["processes"])
+    steps = {a.action: a for a in incident.actions}
+    assert steps["interrupt"].outcome == "gone"
+    wait_until(lambda: not _alive(miner), timeout=10, what="the left-behind miner stopped")
+    # Its id was not given to the orphan: no kernel of that id has a process now.
+    assert "kernel k-alice-4 of user cg-watch-alice (uid" in watcher.log()
+    assert watcher.log().count("kernel k-alice-4 of user") == 1
+
+
+def test_root_and_other_users_processes_are_never_touched(watcher, users, world, pool, kernels):
+    # Both carry alice's kernel id in their environment and run the very same miner.
+    env = {"PATH": "/usr/bin:/bin", "COLAB_GUARD_KERNEL_ID": "k-alice-3"}
+    argv = ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET, "-p", "x"]
+    kernel = Kernel(world, users[ALICE], "k-alice-3", "idle", pool)
+    kernels.append(kernel)
+    as_root = subprocess.Popen(argv, env=env, start_new_session=True)
+    bob = users[BOB]
+    as_bob = subprocess.Popen(argv, env=env, user=bob.pw_uid, group=bob.pw_gid, extra_groups=[],
+                              start_new_session=True, cwd="/")
+    bob_kernel = subprocess.Popen(argv, user=bob.pw_uid, group=bob.pw_gid, extra_groups=[],
+                                  start_new_session=True, cwd="/",
+                                  env={**env, "COLAB_GUARD_KERNEL_ID": "k-bob-own"})
+    try:
+        # The watcher has seen them all: bob's own "kernel" (a miner) is stopped, by then
+        # the others have been in more than one tick.
+        incident = wait_until(lambda: _incident_of(watcher, "k-bob-own"), timeout=20,
+                              what="bob's own kernel's incident")
+        assert incident.user == BOB
+        wait_until(lambda: bob_kernel.poll() is not None, timeout=10, what="bob's kernel shut")
+        assert as_root.poll() is None and as_bob.poll() is None
+        assert _incident_of(watcher, "k-alice-3") is None
+        assert "kernel k-alice-3 of user cg-watch-alice" in watcher.log()
+        for incident in watcher.incidents():
+            pids = {p["pid"] for p in incident.evidence["processes"]}
+            assert as_root.pid not in pids and as_bob.pid not in pids
+    finally:
+        for proc in (as_root, as_bob, bob_kernel):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_watcher_never_signals_root(watcher, users):
+    from colab_guard.watch.kernels import NodeKernels
+
+    node = NodeKernels(users=(ALICE,))
+    assert not node.may_signal(psutil.Process(os.getpid()))
+    assert not node.may_signal(psutil.Process(1))
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _configure(*argv: str) -> Watcher:
+    watcher = Watcher()
+    watcher.configure(list(argv))
+    return watcher
+
+
+def test_a_root_only_config_file_is_read(tmp_path):
+    config = tmp_path / "watch_config.py"
+    config.write_text("c.Watcher.sample_interval = 0.7\nc.Watcher.min_uid = 2000\n")
+    watcher = _configure(f"--Watcher.config_file={config}", "--Watcher.min_uid=3000")
+    assert watcher.sample_interval == 0.7 and watcher.min_uid == 3000  # the command line wins
+
+
+@pytest.mark.parametrize("how", ["user-owned", "group-writable", "world-writable",
+                                 "folder-user-owned"])
+def test_a_config_file_a_user_could_write_is_refused(tmp_path, users, how):
+    alice = users[ALICE]
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    config = folder / "watch_config.json"
+    config.write_text('{"Watcher": {"enabled": false}}')
+    config.chmod(0o644)
+    if how == "user-owned":
+        os.chown(config, alice.pw_uid, alice.pw_gid)
+    elif how == "group-writable":
+        config.chmod(0o664)
+    elif how == "world-writable":
+        config.chmod(0o646)
+    else:
+        os.chown(folder, alice.pw_uid, alice.pw_gid)
+    with pytest.raises(WatchError, match="refusing config file"):
+        _configure(f"--Watcher.config_file={config}")
+
+
+def test_the_command_refuses_a_users_config_file_with_one_line(tmp_path, users):
+    config = tmp_path / "watch_config.py"
+    config.write_text("c.Watcher.enabled = False\n")
+    os.chown(config, users[ALICE].pw_uid, -1)
+    done = subprocess.run([sys.executable, "-m", "colab_guard.watch",
+                           f"--Watcher.config_file={config}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"refusing config file {config}: it must be owned by root" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--Watcher.strike_limt=1"], "Watcher.strike_limt is not a setting"),
+    (["--Watcher.sample_interval=0"], "sample_interval"),
+    (["--ColabGuard.enabled=False"], "ColabGuard is not configurable here"),
+    (["--Watcher.config_file=/nonexistent/watch.py"], "does not exist"),
+])
+def test_bad_settings_are_refused(argv, message):
+    with pytest.raises(WatchError, match=message):
+        _configure(*argv)
