@@ -173,7 +173,7 @@ class NodeKernels:
             self._retired[gone] = self._kernels[gone]
             self.log.info("colab-guard watch: kernel %s has exited", gone)
         for kernel_id in [k for k in self._retired if k not in self.attributed
-                          and k not in carriers and k not in self._kernels]:
+                          and k not in carriers and k not in kernels]:
             del self._retired[kernel_id]
         self._kernels = kernels
 
