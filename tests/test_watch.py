@@ -24,7 +24,7 @@ import pytest
 
 from colab_guard.record.database import IncidentDatabase, IncidentStore
 from colab_guard.watch.app import Watcher, WatchError
-from tests.harness import wait_until
+from tests.harness import GuardedServer, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="the node watcher's tests create Unix users: root only")
@@ -310,6 +310,79 @@ def test_the_watcher_never_signals_root(watcher, users):
     node = NodeKernels(users=(ALICE,))
     assert not node.may_signal(psutil.Process(os.getpid()))
     assert not node.may_signal(psutil.Process(1))
+
+
+def _python_for_users() -> str | None:
+    """An interpreter other users can run with this environment's packages: this one's
+    (a virtual environment's base may sit in root's home, out of their reach) or the
+    system's of the same version, given the packages on PYTHONPATH."""
+    base = os.path.realpath(sys.executable)
+    if all(os.stat(folder).st_mode & 0o005 == 0o005 for folder in Path(base).parents):
+        return sys.executable
+    system = "/usr/bin/python3"
+    found = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True) if Path(system).exists() else None
+    if found is None or found.stdout.strip() != str(tuple(sys.version_info[:2])):
+        return None
+    return system
+
+
+class UsersServer(GuardedServer):
+    """A guarded ``jupyter server`` run as a test user, in a folder of that user's."""
+
+    def __init__(self, user, folder: Path, python: str):
+        folder.mkdir(mode=0o755)
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        super().__init__(folder=folder)
+        self.user = user
+        self.env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        self.argv = [python if a == sys.executable else a for a in self.argv
+                     if a != "--allow-root"]
+        if python != sys.executable:
+            import site
+
+            self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
+
+    def launch(self) -> subprocess.Popen:
+        log = open(self.log_path, "wb")  # noqa: SIM115 (the server writes it until it stops)
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.dir, stdout=log,
+                                        stderr=subprocess.STDOUT, user=self.user.pw_uid,
+                                        group=self.user.pw_gid, extra_groups=[])
+        return self.process
+
+
+def test_the_miner_is_stopped_while_the_users_server_is_frozen(watcher, users, world, pool):
+    python = _python_for_users()
+    if python is None:
+        pytest.skip("no Python interpreter with this environment's packages that a test user "
+                    "can run (this one's lies in a folder only root can read)")
+    server = UsersServer(users[ALICE], world / "alice-server", python).start()
+    client = None
+    try:
+        kernel_id, client = server.start_kernel()
+        wait_until(lambda: watcher.knows_kernel(kernel_id), timeout=15, what="the kernel found")
+        os.kill(server.process.pid, signal.SIGSTOP)  # what a cell can do to its own server
+        pid_file = world / "frozen-miner.pid"
+        client.execute(textwrap.dedent(f"""
+            import subprocess, sys
+            miner = subprocess.Popen([sys.executable, {str(MINER)!r}, "-o", {pool!r},
+                                      "-u", {WALLET!r}, "-p", "x"])
+            open({str(pid_file)!r}, "w").write(str(miner.pid))
+        """))
+        miner = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30,
+                               what="the miner started"))
+        incident = wait_until(lambda: _incident_of(watcher, kernel_id), timeout=20,
+                              what="the watcher's incident")
+        assert incident.user == ALICE
+        assert psutil.Process(server.process.pid).status() == psutil.STATUS_STOPPED
+        wait_until(lambda: not _alive(miner), timeout=10, what="the miner stopped")
+        assert {a.action: a.outcome for a in incident.actions}["interrupt"] == "done"
+    finally:
+        if server.process is not None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        if client is not None:
+            client.stop_channels()
+        server.stop()
 
 
 # ---------------------------------------------------------------- configuration
