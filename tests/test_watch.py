@@ -126,7 +126,14 @@ def pool():
 class RunningWatcher:
     def __init__(self, folder: Path, proc: subprocess.Popen, log: Path):
         self.folder, self.proc, self.log_path = folder, proc, log
-        self.store = IncidentStore(IncidentDatabase(f"sqlite:///{folder / 'incidents.sqlite'}"))
+        self._store = None
+
+    @property
+    def store(self) -> IncidentStore:  # opened once the watcher has created it
+        if self._store is None:
+            self._store = IncidentStore(IncidentDatabase(
+                f"sqlite:///{self.folder / 'incidents.sqlite'}"))
+        return self._store
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -220,6 +227,14 @@ def _incident_of(watcher: RunningWatcher, kernel_id: str):
     return next((i for i in watcher.incidents() if i.kernel_id == kernel_id), None)
 
 
+def waits(watcher: RunningWatcher, predicate, what: str, timeout: float = 30):
+    """wait_until, failing with the watcher's log (a loaded machine: generous timeouts)."""
+    try:
+        return wait_until(predicate, timeout=timeout, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the watcher's log:\n{watcher.log()[-4000:]}") from None
+
+
 # ---------------------------------------------------------------- enforcement
 
 
@@ -228,16 +243,17 @@ def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
     kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool)
     kernels.append(kernel)
     miner = kernel.miner_pid
-    incident = wait_until(lambda: _incident_of(watcher, "k-alice-1"), timeout=20,
-                          what="the incident recorded")
+    incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-1"), "the incident recorded")
     assert incident.user == ALICE and incident.category == "crypto-mining"
-    wait_until(lambda: not _alive(miner), timeout=10, what="the miner stopped")
-    wait_until(lambda: "SIGINT" in kernel.notes(), timeout=10, what="the kernel got SIGINT")
+    waits(watcher, lambda: not _alive(miner), "the miner stopped")
+    waits(watcher, lambda: "SIGINT" in kernel.notes(), "the kernel got SIGINT")
     steps = {a.action: a.outcome for a in incident.actions}
     assert steps.get("interrupt") == "done", incident.actions
     assert _alive(kernel.proc.pid)  # interrupted, not killed
     line = (watcher.folder / "incidents.jsonl").read_text()
     assert ALICE in line and "k-alice-1" in line
+    for record in ("incidents.jsonl", "incidents.sqlite"):  # every user's incidents: root's
+        assert (watcher.folder / record).stat().st_mode & 0o007 == 0
 
 
 def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
@@ -245,11 +261,11 @@ def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
     kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool)
     kernels.append(kernel)
     miner = kernel.miner_pid
-    incident = wait_until(lambda: _incident_of(watcher, "k-alice-2"), timeout=20,
-                          what="the detached miner's incident")
+    incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-2"),
+                     "the detached miner's incident")
     assert incident.user == ALICE
     assert any(p["pid"] == miner for p in incident.evidence["processes"])
-    wait_until(lambda: not _alive(miner), timeout=10, what="the detached miner stopped")
+    waits(watcher, lambda: not _alive(miner), "the detached miner stopped")
 
 
 def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
@@ -257,16 +273,16 @@ def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
     kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool)
     kernels.append(kernel)
     miner = kernel.miner_pid
-    wait_until(lambda: watcher.knows_kernel("k-alice-4"), timeout=10, what="the kernel found")
+    waits(watcher, lambda: watcher.knows_kernel("k-alice-4"), "the kernel found")
     kernel.proc.kill()  # the kernel alone; the detached process lives on and starts mining
     kernel.proc.wait()
-    incident = wait_until(lambda: _incident_of(watcher, "k-alice-4"), timeout=20,
-                          what="the left-behind miner's incident")
+    incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-4"),
+                     "the left-behind miner's incident")
     assert incident.user == ALICE
     assert any(p["pid"] == miner for p in incident.evidence["processes"])
     steps = {a.action: a for a in incident.actions}
     assert steps["interrupt"].outcome == "gone"
-    wait_until(lambda: not _alive(miner), timeout=10, what="the left-behind miner stopped")
+    waits(watcher, lambda: not _alive(miner), "the left-behind miner stopped")
     # Its id was not given to the orphan: no kernel of that id has a process now.
     assert "kernel k-alice-4 of user cg-watch-alice (uid" in watcher.log()
     assert watcher.log().count("kernel k-alice-4 of user") == 1
@@ -288,10 +304,10 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
     try:
         # The watcher has seen them all: bob's own "kernel" (a miner) is stopped, by then
         # the others have been in more than one tick.
-        incident = wait_until(lambda: _incident_of(watcher, "k-bob-own"), timeout=20,
-                              what="bob's own kernel's incident")
+        incident = waits(watcher, lambda: _incident_of(watcher, "k-bob-own"),
+                         "bob's own kernel's incident")
         assert incident.user == BOB
-        wait_until(lambda: bob_kernel.poll() is not None, timeout=10, what="bob's kernel shut")
+        waits(watcher, lambda: bob_kernel.poll() is not None, "bob's kernel shut")
         assert as_root.poll() is None and as_bob.poll() is None
         assert _incident_of(watcher, "k-alice-3") is None
         assert "kernel k-alice-3 of user cg-watch-alice" in watcher.log()
@@ -360,7 +376,7 @@ def test_the_miner_is_stopped_while_the_users_server_is_frozen(watcher, users, w
     client = None
     try:
         kernel_id, client = server.start_kernel()
-        wait_until(lambda: watcher.knows_kernel(kernel_id), timeout=15, what="the kernel found")
+        waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
         os.kill(server.process.pid, signal.SIGSTOP)  # what a cell can do to its own server
         pid_file = world / "frozen-miner.pid"
         client.execute(textwrap.dedent(f"""
@@ -369,13 +385,13 @@ def test_the_miner_is_stopped_while_the_users_server_is_frozen(watcher, users, w
                                       "-u", {WALLET!r}, "-p", "x"])
             open({str(pid_file)!r}, "w").write(str(miner.pid))
         """))
-        miner = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30,
-                               what="the miner started"))
-        incident = wait_until(lambda: _incident_of(watcher, kernel_id), timeout=20,
-                              what="the watcher's incident")
+        miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
+                          "the miner started"))
+        incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
+                         "the watcher's incident")
         assert incident.user == ALICE
         assert psutil.Process(server.process.pid).status() == psutil.STATUS_STOPPED
-        wait_until(lambda: not _alive(miner), timeout=10, what="the miner stopped")
+        waits(watcher, lambda: not _alive(miner), "the miner stopped")
         assert {a.action: a.outcome for a in incident.actions}["interrupt"] == "done"
     finally:
         if server.process is not None:

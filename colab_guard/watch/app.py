@@ -146,7 +146,8 @@ class Watcher(Application, GuardTraits):
         unknown = [s for s in settings.disabled_signatures
                    if s not in rules.signatures and s not in rules.allow]
         if unknown:
-            raise WatchError(f"Watcher.disabled_signatures names unknown id(s): {', '.join(unknown)}")
+            raise WatchError("Watcher.disabled_signatures names unknown id(s): "
+                             f"{', '.join(unknown)}")
         self.rules = rules.without(settings.disabled_signatures)
         for target in (_sqlite_path(settings.database_url), Path(settings.incident_log)):
             if target is not None:
@@ -224,6 +225,7 @@ def _private_folder(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o027)  # its database and log hold every user's incidents: not for other users
     watcher = Watcher()
     try:
         watcher.configure(argv)
