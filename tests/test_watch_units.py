@@ -14,6 +14,7 @@ from colab_guard.act.enforce import stop_processes
 from colab_guard.observe.model import Process
 from colab_guard.watch import proc_events
 from colab_guard.watch.kernels import NodeKernels, Seen
+from tests.harness import wait_for
 from tests.test_monitor_offline import build, tick_through
 
 # ---------------------------------------------------------------- process events
@@ -132,3 +133,29 @@ def test_a_process_the_adapter_refuses_is_never_signalled():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_process_groups_members_are_found_with_their_uids():
+    from colab_guard.watch.kernels import group_members
+
+    members = group_members(os.getpgid(0))
+    assert members[os.getpid()] == os.getuid()
+
+
+async def test_execs_wake_the_monitor_at_most_every_min_gap():
+    import asyncio
+
+    class Monitor:
+        woken = 0
+
+        def check_soon(self):
+            self.woken += 1
+
+    events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
+    events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
+    events._last_wake, events._pending = 0.0, None
+    for _ in range(100):  # a burst of execs
+        events._wake()
+    assert events.monitor.woken == 1 and events._pending is not None
+    await wait_for(lambda: events.monitor.woken == 2, timeout=2, interval=0.01)  # deferred
+    assert events._pending is None

@@ -213,12 +213,23 @@ class NodeKernels:
 
     async def interrupt(self, kernel_id: str) -> None:
         """SIGINT to the kernel's process group, as jupyter_server does; only to the kernel
-        itself when it does not lead its group (its group is then someone else's)."""
+        itself when it does not lead its group (its group is then someone else's). A group
+        holding a process the watcher may not signal (root's, a setuid program started from
+        the kernel) gets the signal member by member, that process left out."""
         kernel = self._checked(kernel_id)
-        if os.getpgid(kernel.pid) == kernel.pid:
-            os.killpg(kernel.pid, signal.SIGINT)
-        else:
+        if os.getpgid(kernel.pid) != kernel.pid:
             os.kill(kernel.pid, signal.SIGINT)
+            return
+        members = group_members(kernel.pid)
+        if all(self._is_user(uid) for uid in members.values()):
+            os.killpg(kernel.pid, signal.SIGINT)
+            return
+        for pid, uid in members.items():
+            if self._is_user(uid) and pid != self.own_pid:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
 
     async def shutdown(self, kernel_id: str) -> None:
         """SIGTERM, then SIGKILL after the grace."""
@@ -254,6 +265,23 @@ class NodeKernels:
         except (OSError, ValueError):
             return False
         return stat.start == kernel.start and stat.state != "Z"
+
+
+def group_members(pgid: int) -> dict[int, int]:
+    """pid -> real uid of every process in a process group (one pass over /proc)."""
+    members = {}
+    with os.scandir("/proc") as listing:
+        for dirent in listing:
+            if not dirent.name.isdigit():
+                continue
+            pid = int(dirent.name)
+            try:
+                data = procfs.read_small(f"/proc/{pid}/stat")
+                if int(data[data.rindex(b")") + 2:].split()[2]) == pgid:
+                    members[pid] = procfs.read_real_uid(pid)
+            except (OSError, ValueError):
+                continue
+    return members
 
 
 def _text(raw: bytes) -> str:

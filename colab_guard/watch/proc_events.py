@@ -24,6 +24,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from ..observe import procfs
+
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
 CN_VAL_PROC = 1
@@ -45,6 +47,8 @@ HEAD = NLMSGHDR.size + CN_MSG.size
 
 #: lineage kept for processes forked from a kernel's tree, until their exit
 MAX_LINEAGE = 100_000
+#: seconds between two ticks woken by execs (a fork storm must not tick without pause)
+MIN_GAP = 0.05
 
 
 def listen_message(op: int = PROC_CN_MCAST_LISTEN) -> bytes:
@@ -98,6 +102,8 @@ class ProcEvents:
         self.events = 0
         self.overruns = 0
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
+        self._last_wake = 0.0
+        self._pending: asyncio.TimerHandle | None = None
         loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
@@ -113,6 +119,8 @@ class ProcEvents:
         return cls(sock, loop, monitor, log)
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
         self.loop.remove_reader(self.sock.fileno())
         try:
             self.sock.send(listen_message(PROC_CN_MCAST_IGNORE))
@@ -121,7 +129,7 @@ class ProcEvents:
         self.sock.close()
 
     def _readable(self) -> None:
-        forks, exits, execs = [], [], 0
+        forks, exits, execs = [], [], []
         while True:
             try:
                 datagram = self.sock.recv(65536)
@@ -140,15 +148,36 @@ class ProcEvents:
             for event in parse(datagram):
                 self.events += 1
                 if event[0] == "exec":
-                    execs += 1
+                    execs.append(event[1])
                 elif event[0] == "fork" and event[2] == event[3]:  # a process, not a thread
                     forks.append((event[1], event[3]))
                 elif event[0] == "exit" and event[1] == event[2]:
                     exits.append(event[2])
         if forks or exits:
             self.monitor._sampling.submit(self._follow, forks, exits)
-        if execs:
+        if any(self._users(pid) for pid in execs):
+            self._wake()
+
+    def _users(self, pid: int) -> bool:
+        """Whether a process runs as a notebook user (the system's execs wake nothing)."""
+        try:
+            return self.monitor.kernels._is_user(procfs.read_real_uid(pid))
+        except (OSError, ValueError):
+            return False  # gone already: the next scan settles it
+
+    def _wake(self) -> None:
+        """A tick now, or at most every ``MIN_GAP`` s while programs keep starting."""
+        now = self.loop.time()
+        wait = self._last_wake + MIN_GAP - now
+        if wait <= 0:
+            self._last_wake = now
             self.monitor.check_soon()
+        elif self._pending is None:
+            self._pending = self.loop.call_later(wait, self._wake_later)
+
+    def _wake_later(self) -> None:
+        self._pending = None
+        self._wake()
 
     def _follow(self, forks: list[tuple[int, int]], exits: list[int]) -> None:
         """In the sampler's thread: a child of a kernel's process is that kernel's."""
