@@ -159,3 +159,27 @@ async def test_execs_wake_the_monitor_at_most_every_min_gap():
     assert events.monitor.woken == 1 and events._pending is not None
     await wait_for(lambda: events.monitor.woken == 2, timeout=2, interval=0.01)  # deferred
     assert events._pending is None
+
+
+def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
+    import asyncio
+    import logging
+
+    def refused():
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(proc_events, "open_socket", refused)
+
+    class Monitor:
+        class settings:
+            sample_interval = 1.0
+
+    log = logging.getLogger("colab_guard.test-watch")
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            assert proc_events.ProcEvents.start(loop, Monitor(), log) is None
+    finally:
+        loop.close()
+    assert caplog.text.count("the process events connector is unavailable") == 1
+    assert "scanning /proc every 1s" in caplog.text
