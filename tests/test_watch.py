@@ -24,7 +24,7 @@ import pytest
 
 from colab_guard.record.database import IncidentDatabase, IncidentStore
 from colab_guard.watch.app import Watcher, WatchError
-from tests.harness import GuardedServer, wait_until
+from tests.harness import GuardedServer, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="the node watcher's tests create Unix users: root only")
@@ -156,6 +156,8 @@ def watcher(users, tmp_path_factory):
         c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
         c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
         c.Watcher.strike_limit = 0
+        c.Watcher.heartbeat_file = "{folder / 'run' / 'heartbeat.json'}"
+        c.Watcher.metrics_port = {free_port()}
     """))
     config.chmod(0o644)
     log = folder / "watcher.log"
@@ -318,6 +320,31 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
         for proc in (as_root, as_bob, bob_kernel):
             proc.kill()
             proc.wait()
+
+
+def test_the_watcher_beats_and_serves_its_metrics(watcher):
+    import json
+    import re
+    import urllib.request
+
+    beat_file = watcher.folder / "run" / "heartbeat.json"
+
+    def beat():
+        try:
+            return json.loads(beat_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    first = waits(watcher, beat, "a heartbeat")
+    waits(watcher, lambda: (beat() or {}).get("ticks", 0) > first["ticks"], "a later heartbeat")
+    assert first["proc_events"] is True and first["pid"] == watcher.proc.pid
+    assert beat_file.stat().st_mode & 0o777 == 0o644
+    assert beat_file.parent.stat().st_mode & 0o777 == 0o755
+    port = re.search(r"metrics on http://127.0.0.1:(\d+)/", watcher.log()).group(1)
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+    assert "colab_guard_watch_heartbeat_timestamp_seconds" in page
+    assert 'colab_guard_watch_proc_events_total{kind="exec"}' in page
+    assert "colab_guard_kernels_monitored" in page
 
 
 def test_the_watcher_never_signals_root(watcher, users):

@@ -35,3 +35,9 @@ KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
 EVENTS_REFUSED = Counter("colab_guard_events_refused_total",
                          "Incident events the server's event bus refused (the incident is still "
                          "recorded; the frontend is not told).")
+WATCH_HEARTBEAT = Gauge("colab_guard_watch_heartbeat_timestamp_seconds",
+                        "The node watcher's last tick (Unix time): stale means it is stuck.")
+WATCH_PROC_EVENTS = Counter("colab_guard_watch_proc_events_total",
+                            "Process events the node watcher read from the kernel's proc "
+                            "connector, by kind (fork, exec, exit; overrun: some were lost).",
+                            ["kind"])

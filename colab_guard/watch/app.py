@@ -11,11 +11,13 @@ setting, or a config file a user could have written, is refused with one line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 from traitlets import Bool, Int, List, TraitError, Unicode, default
@@ -26,6 +28,7 @@ from ..act.policy import Policy
 from ..detect.engine import Engine
 from ..detect.signatures import SignatureError, load_signatures
 from ..monitor import Monitor
+from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
 from ..record.store import IncidentLog, IncidentLogError
@@ -44,6 +47,9 @@ class WatchError(RuntimeError):
 class NodeMonitor(Monitor):
     """The monitor, with the machine's kernels discovered afresh at each tick."""
 
+    heartbeat_file: Path | None = None
+    proc_events: bool = False
+
     async def tick(self) -> None:
         try:
             self.kernels.refresh()
@@ -51,6 +57,27 @@ class NodeMonitor(Monitor):
             self.log.exception("colab-guard watch: discovering kernels failed; the last known "
                                "kernels are watched")
         await super().tick()
+        now = time.time()
+        metrics.WATCH_HEARTBEAT.set(now)
+        if self.heartbeat_file is not None:
+            self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """The heartbeat: a small JSON file replaced at every tick (readable by all: whether
+        a watcher covers this machine, nothing about anyone's kernels)."""
+        beat = {"time": now, "pid": os.getpid(), "ticks": self.ticks,
+                "kernels": len(self.kernel_pids()), "proc_events": self.proc_events,
+                "sample_interval": self.settings.sample_interval}
+        path = self.heartbeat_file
+        try:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(beat))
+            temporary.chmod(0o644)
+            temporary.replace(path)
+        except OSError as err:
+            if not getattr(self, "_beat_failed", False):
+                self._beat_failed = True
+                self.log.warning("colab-guard watch: cannot write the heartbeat %s: %s", path, err)
 
     def _observe(self, kernels):
         snapshots = super()._observe(kernels)
@@ -79,6 +106,17 @@ class Watcher(Application, GuardTraits):
     proc_events = Bool(True, config=True, help=(
         "Listen to the kernel's process events (netlink proc connector) and check at once "
         "when a program starts; the /proc scan every sample_interval stays as the fallback."))
+
+    metrics_port = Int(0, min=0, max=65535, config=True, help=(
+        "Serve the watcher's Prometheus metrics on this port (http://metrics_address:PORT/). "
+        "0: not served."))
+
+    metrics_address = Unicode("127.0.0.1", config=True, help=(
+        "Address the metrics are served on."))
+
+    heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
+        "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
+        "that anyone can tell whether a watcher covers this machine. Empty: none."))
 
     @default("incident_log")
     def _default_incident_log(self):
@@ -174,6 +212,22 @@ class Watcher(Application, GuardTraits):
             from .proc_events import ProcEvents
 
             events = ProcEvents.start(loop, monitor, log=self.log)
+        monitor.proc_events = events is not None
+        if self.heartbeat_file:
+            monitor.heartbeat_file = Path(self.heartbeat_file)
+            if not monitor.heartbeat_file.parent.exists():
+                monitor.heartbeat_file.parent.mkdir(parents=True)
+                monitor.heartbeat_file.parent.chmod(0o755)
+        if self.metrics_port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(self.metrics_port, addr=self.metrics_address)
+            except OSError as err:
+                raise WatchError(f"Watcher.metrics_port: cannot serve metrics on "
+                                 f"{self.metrics_address}:{self.metrics_port}: {err}") from None
+            self.log.info("colab-guard watch: metrics on http://%s:%d/", self.metrics_address,
+                          self.metrics_port)
         self.log.info("colab-guard watch: %d signatures, %d allow rules, sampling every %gs%s, "
                       "process events %s; users uid >= %d%s; incidents in %s and %s",
                       len(self.rules.signatures), len(self.rules.allow),

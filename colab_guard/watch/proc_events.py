@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterator
 
 from ..observe import procfs
+from ..record import metrics
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -141,12 +142,14 @@ class ProcEvents:
                         self.log.warning("colab-guard watch: process events overran the socket "
                                          "buffer; /proc scans cover what was missed")
                     self.overruns += 1
+                    metrics.WATCH_PROC_EVENTS.labels("overrun").inc()
                     self.monitor.check_soon()
                     continue
                 self.log.exception("colab-guard watch: reading process events failed")
                 break
             for event in parse(datagram):
                 self.events += 1
+                metrics.WATCH_PROC_EVENTS.labels(event[0]).inc()
                 if event[0] == "exec":
                     execs.append(event[1])
                 elif event[0] == "fork" and event[2] == event[3]:  # a process, not a thread
