@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd
                                 reason="the node watcher's tests create Unix users: root only")
 
 ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "deploy" / "systemd" / "colab-guard-watch.service"
 MINER = ROOT / "tests" / "standins" / "miner.py"
 ALICE, BOB = "cg-watch-alice", "cg-watch-bob"
 WALLET = "4" + "A" * 94
@@ -123,6 +125,31 @@ def pool():
     proc.wait()
 
 
+def unit_settings() -> dict[str, str]:
+    """The systemd unit's [Service] settings (the last of a repeated key wins)."""
+    found, section = {}, None
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found[key] = value
+    return found
+
+
+def confined(argv: list[str]) -> list[str]:
+    """The watcher as the systemd unit runs it: root with only the unit's capabilities and
+    no new privileges (setpriv, where installed), so the tests show that they suffice."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return argv
+    caps = [c.lower().removeprefix("cap_")
+            for c in unit_settings()["CapabilityBoundingSet"].split()]
+    return [setpriv, "--no-new-privs", "--inh-caps=-all",
+            "--bounding-set=-all," + ",".join(f"+{c}" for c in caps), "--", *argv]
+
+
 class RunningWatcher:
     def __init__(self, folder: Path, proc: subprocess.Popen, log: Path):
         self.folder, self.proc, self.log_path = folder, proc, log
@@ -162,8 +189,9 @@ def watcher(users, tmp_path_factory):
     config.chmod(0o644)
     log = folder / "watcher.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "colab_guard.watch",
-                                 f"--Watcher.config_file={config}", "--Watcher.gpu_sampling=False"],
+        proc = subprocess.Popen(confined([sys.executable, "-m", "colab_guard.watch",
+                                          f"--Watcher.config_file={config}",
+                                          "--Watcher.gpu_sampling=False"]),
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     running = RunningWatcher(folder, proc, log)
     wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
@@ -345,6 +373,11 @@ def test_the_watcher_beats_and_serves_its_metrics(watcher):
     assert "colab_guard_watch_heartbeat_timestamp_seconds" in page
     assert 'colab_guard_watch_proc_events_total{kind="exec"}' in page
     assert "colab_guard_kernels_monitored" in page
+    if shutil.which("setpriv"):  # it ran with the systemd unit's capabilities alone
+        status = Path(f"/proc/{watcher.proc.pid}/status").read_text()
+        effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)
+        assert effective == (1 << 2) | (1 << 5) | (1 << 12) | (1 << 19)  # dac_read_search,
+        # kill, net_admin, sys_ptrace
 
 
 def test_the_watcher_never_signals_root(watcher, users):
@@ -486,3 +519,27 @@ def test_the_command_refuses_a_users_config_file_with_one_line(tmp_path, users):
 def test_bad_settings_are_refused(argv, message):
     with pytest.raises(WatchError, match=message):
         _configure(*argv)
+
+
+# ---------------------------------------------------------------- deployment
+
+
+def test_the_systemd_unit_is_valid_and_hardened(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    settings = unit_settings()
+    assert settings["ExecStart"].endswith("colab-guard watch")
+    assert settings["User"] == "root" and settings["NoNewPrivileges"] == "yes"
+    assert set(settings["CapabilityBoundingSet"].split()) == {
+        "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_NET_ADMIN"}
+    assert settings["ProtectSystem"] == "strict" and settings["UMask"] == "0027"
+    assert "ProtectProc" not in settings and "PrivatePIDs" not in settings  # it sees every process
+    # verify needs the program to exist: this environment's colab-guard stands in for it
+    program = Path(sys.executable).parent / "colab-guard"
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace(settings["ExecStart"].split()[0], str(program)))
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if UNIT.name in line]
+    assert done.returncode == 0 and not complaints, done.stdout + done.stderr
