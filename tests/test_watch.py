@@ -57,6 +57,10 @@ KERNEL = textwrap.dedent("""
             os._exit(0)
         os.wait()
         note("miner " + os.read(read, 32).decode())
+    elif mode == "non-dumpable":  # hides its exe, maps, fds and environment from its user
+        hide = ("import ctypes, runpy, sys; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+        note("miner %d" % subprocess.Popen([sys.executable, "-c", hide, *argv[1:]]).pid)
     elif mode == "left-behind":  # detached; starts mining once the kernel is gone
         kernel = os.getpid()
         read, write = os.pipe()
@@ -316,6 +320,22 @@ def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
     # Its id was not given to the orphan: no kernel of that id has a process now.
     assert "kernel k-alice-4 of user cg-watch-alice (uid" in watcher.log()
     assert watcher.log().count("kernel k-alice-4 of user") == 1
+
+
+def test_a_non_dumpable_miner_is_seen_whole(watcher, users, world, pool, kernels):
+    kernel = Kernel(world, users[ALICE], "k-alice-5", "non-dumpable", pool)
+    kernels.append(kernel)
+    miner = kernel.miner_pid
+    # Non-dumpable: its /proc entries are root's, so its own user (and that user's server)
+    # cannot read its fds, hence its sockets; the watcher, with CAP_SYS_PTRACE, can.
+    waits(watcher, lambda: not _alive(miner) or os.stat(f"/proc/{miner}").st_uid == 0,
+          "the miner made itself non-dumpable")
+    incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-5"),
+                     "the non-dumpable miner's incident")
+    assert incident.user == ALICE and incident.category == "crypto-mining"
+    [evidence] = [p for p in incident.evidence["processes"] if p["pid"] == miner]
+    assert evidence.get("sockets"), evidence
+    waits(watcher, lambda: not _alive(miner), "the non-dumpable miner stopped")
 
 
 def test_root_and_other_users_processes_are_never_touched(watcher, users, world, pool, kernels):
