@@ -400,6 +400,36 @@ def test_the_watcher_beats_and_serves_its_metrics(watcher):
         # kill, net_admin, sys_ptrace
 
 
+@pytest.mark.parametrize("events", [True, False])
+def test_a_kernel_is_found_after_the_exec_that_follows_its_fork(users, events):
+    """A kernel is first a fork of its server, without the marker: seen then, it must be read
+    again once it has exec'd (named by an exec event, or while it is young)."""
+    from colab_guard.watch.kernels import NodeKernels
+
+    alice = users[ALICE]
+    later = ("import os, sys, time; time.sleep(float(sys.argv[1])); "
+             "os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)'], "
+             "{'COLAB_GUARD_KERNEL_ID': 'k-alice-exec'})")
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", later, "0.5"], user=alice.pw_uid,
+                            group=alice.pw_gid, extra_groups=[], env={"PATH": "/usr/bin"},
+                            start_new_session=True, cwd="/")
+    try:
+        node = NodeKernels(users=(ALICE,))
+        node.events_live = events
+        node.refresh()
+        assert "k-alice-exec" not in node.pids()  # not yet exec'd: no marker
+        environ = Path(f"/proc/{proc.pid}/environ")
+        wait_until(lambda: b"COLAB_GUARD_KERNEL_ID" in environ.read_bytes(), timeout=10,
+                   what="the exec")
+        if events:
+            node.exec_seen(proc.pid)  # as proc_events.py tells it
+        node.refresh()
+        assert node.pids().get("k-alice-exec") == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_watcher_never_signals_root(watcher, users):
     from colab_guard.watch.kernels import NodeKernels
 

@@ -38,6 +38,8 @@ from ..observe import procfs
 from ..observe.attribution import KERNEL_ENV_MARKER
 
 _MARKER = KERNEL_ENV_MARKER.encode() + b"="
+#: seconds after its start during which a process that is no kernel's is read again each scan
+YOUNG = 5.0
 _HUB_USER = b"JUPYTERHUB_USER="
 _SESSION = b"JPY_SESSION_NAME="  # the notebook a kernel serves (jupyter_server sets it)
 
@@ -81,12 +83,29 @@ class NodeKernels:
         #: kernels that live processes are attributed to (the monitor sets it every tick)
         self.attributed: set[str] = set()
         self._warned: set[str] = set()
+        self._execs: set[int] = set()  # pids that exec'd since the last refresh
+        #: exec events arrive (proc_events.py); else young processes are read again each scan
+        self.events_live = False
+        #: some events were lost: read young processes again at the next scan
+        self.events_lost = False
+
+    def exec_seen(self, pid: int) -> None:
+        """A process exec'd (a process event): read it again at the next refresh."""
+        self._execs.add(pid)
 
     # ------------------------------------------------------------ discovery
 
     def refresh(self) -> dict[str, NodeKernel]:
-        """One listing of /proc; reads only processes not seen before."""
+        """One listing of /proc; reads only processes not seen before, and again those that
+        may have exec'd since: a kernel is first a fork of its server (no marker yet, or
+        still root's under a spawner that drops privileges before the exec). Those are the
+        processes exec events named (``exec_seen``) and, for scans without events, young
+        processes (started within ``YOUNG`` s) that were not a kernel's, when events are off
+        or some were lost."""
         before, seen = self._seen, {}
+        execs, self._execs = self._execs, set()
+        young, self.events_lost = not self.events_live or self.events_lost, False
+        young_since = _uptime_ticks() - YOUNG * procfs.CLOCK_TICKS if young else float("inf")
         with os.scandir("/proc") as listing:
             for dirent in listing:
                 if not dirent.name.isdigit():
@@ -97,7 +116,9 @@ class NodeKernels:
                 except OSError:
                     continue
                 known = before.get(pid)
-                if known is not None and known[0] == inode:
+                if known is not None and known[0] == inode and pid not in execs and not (
+                        known[1] is not None and known[1].marker is None
+                        and known[1].start >= young_since):
                     seen[pid] = known
                     continue
                 info, final = self._read(pid)
@@ -265,6 +286,11 @@ class NodeKernels:
         except (OSError, ValueError):
             return False
         return stat.start == kernel.start and stat.state != "Z"
+
+
+def _uptime_ticks() -> float:
+    with open("/proc/uptime", "rb") as f:
+        return float(f.read().split()[0]) * procfs.CLOCK_TICKS
 
 
 def group_members(pgid: int) -> dict[int, int]:

@@ -106,6 +106,7 @@ class ProcEvents:
         self._last_wake = 0.0
         self._pending: asyncio.TimerHandle | None = None
         loop.add_reader(sock.fileno(), self._readable)
+        monitor.kernels.events_live = True
 
     @classmethod
     def start(cls, loop, monitor, log: logging.Logger) -> ProcEvents | None:
@@ -120,6 +121,7 @@ class ProcEvents:
         return cls(sock, loop, monitor, log)
 
     def close(self) -> None:
+        self.monitor.kernels.events_live = False
         if self._pending is not None:
             self._pending.cancel()
         self.loop.remove_reader(self.sock.fileno())
@@ -143,6 +145,7 @@ class ProcEvents:
                                          "buffer; /proc scans cover what was missed")
                     self.overruns += 1
                     metrics.WATCH_PROC_EVENTS.labels("overrun").inc()
+                    self.monitor.kernels.events_lost = True
                     self.monitor.check_soon()
                     continue
                 self.log.exception("colab-guard watch: reading process events failed")
@@ -158,7 +161,10 @@ class ProcEvents:
                     exits.append(event[2])
         if forks or exits:
             self.monitor._sampling.submit(self._follow, forks, exits)
-        if any(self._users(pid) for pid in execs):
+        users = [pid for pid in execs if self._users(pid)]
+        for pid in users:
+            self.monitor.kernels.exec_seen(pid)
+        if users:
             self._wake()
 
     def _users(self, pid: int) -> bool:
