@@ -183,3 +183,17 @@ def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, c
         loop.close()
     assert caplog.text.count("the process events connector is unavailable") == 1
     assert "scanning /proc every 1s" in caplog.text
+
+
+def test_the_watch_command_takes_watcher_options_and_refuses_bad_ones(capsys, tmp_path):
+    import pytest
+
+    from colab_guard.cli import main
+
+    assert main(["watch", "--Watcher.strike_limt=1"]) == 2
+    assert "Watcher.strike_limt is not a setting of the watcher" in capsys.readouterr().err
+    assert main(["watch", "--watch-config", str(tmp_path / "nowhere.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other commands take no such options
+        main(["signatures", "list", "--Watcher.min_uid=5"])
+    assert "unrecognized arguments: --Watcher.min_uid=5" in capsys.readouterr().err

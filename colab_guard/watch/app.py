@@ -202,6 +202,7 @@ class Watcher(Application, GuardTraits):
         return self.monitor
 
     async def run(self) -> None:
+        os.umask(0o027)  # its database and log hold every user's incidents: not for other users
         monitor = self.build()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -279,7 +280,6 @@ def _private_folder(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.umask(0o027)  # its database and log hold every user's incidents: not for other users
     watcher = Watcher()
     try:
         watcher.configure(argv)
