@@ -60,13 +60,13 @@ def _node(*seen: Seen) -> NodeKernels:
     return node
 
 
-SERVER = Seen(100, start=10, ppid=1, uid=1001)
+SERVER = Seen(100, start=10, ppid=1, uid=54321)
 
 
 def test_the_kernel_is_the_oldest_carrier_under_a_parent_that_does_not_carry_it():
-    kernel = Seen(200, start=20, ppid=100, uid=1001, marker="k1")
-    child = Seen(201, start=21, ppid=200, uid=1001, marker="k1")
-    orphan = Seen(300, start=30, ppid=1, uid=1001, marker="k1")  # double-forked
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
+    child = Seen(201, start=21, ppid=200, uid=54321, marker="k1")
+    orphan = Seen(300, start=30, ppid=1, uid=54321, marker="k1")  # double-forked
     node = _node(SERVER, kernel, child, orphan)
     assert node.pids() == {"k1": 200}
 
@@ -78,22 +78,22 @@ def test_root_and_system_users_are_never_kernels():
 
 
 def test_an_exited_kernels_id_goes_to_a_restart_by_its_server_not_to_an_orphan():
-    kernel = Seen(200, start=20, ppid=100, uid=1001, marker="k1")
-    orphan = Seen(300, start=30, ppid=1, uid=1001, marker="k1")
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
+    orphan = Seen(300, start=30, ppid=1, uid=54321, marker="k1")
     node = _node(SERVER, kernel, orphan)
     node.attributed = {"k1"}  # the orphan is the kernel's, as the sampler says
     node._seen = {s.pid: (1, s) for s in (SERVER, orphan)}  # the kernel exits
     node._elect()
     assert node.pids() == {"k1": 0}  # retired: its processes stay attributed, no pid
     assert "k1" not in node and node.user_of("k1")
-    restarted = Seen(400, start=40, ppid=100, uid=1001, marker="k1")
+    restarted = Seen(400, start=40, ppid=100, uid=54321, marker="k1")
     node._seen[400] = (1, restarted)
     node._elect()
     assert node.pids() == {"k1": 400}
 
 
 def test_a_retired_kernel_is_forgotten_once_nothing_of_it_lives():
-    kernel = Seen(200, start=20, ppid=100, uid=1001, marker="k1")
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
     node = _node(SERVER, kernel)
     node._seen = {100: (1, SERVER)}
     node._elect()
@@ -101,7 +101,7 @@ def test_a_retired_kernel_is_forgotten_once_nothing_of_it_lives():
 
 
 def test_the_user_is_the_hub_user_if_the_kernel_names_one():
-    kernel = Seen(200, start=20, ppid=100, uid=1001, marker="k1", hub_user="ada")
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1", hub_user="ada")
     assert _node(SERVER, kernel).user_of("k1") == "ada"
 
 

@@ -314,15 +314,19 @@ def _text(raw: bytes) -> str:
     return raw.decode(procfs.ENCODING, procfs.ENCODING_ERRORS)
 
 
-_logins: dict[int, str] = {}
+#: uid -> (login name, when looked up): accounts change (a uid reused), so not for ever
+_logins: dict[int, tuple[str, float]] = {}
+LOGIN_TTL = 60.0
 
 
 def _login(uid: int) -> str:
-    name = _logins.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = f"uid-{uid}"
-        _logins[uid] = name
+    now = time.monotonic()
+    cached = _logins.get(uid)
+    if cached is not None and now - cached[1] < LOGIN_TTL:
+        return cached[0]
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no such account (a container's uid): named by its number
+        name = f"uid-{uid}"
+    _logins[uid] = (name, now)
     return name
