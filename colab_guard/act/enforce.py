@@ -7,9 +7,9 @@ process (same start time), so a reused pid is never hit.
 
 from __future__ import annotations
 
-import psutil
-
 from collections.abc import Callable
+
+import psutil
 
 from ..observe.model import Process
 from ..record.incident import Action
