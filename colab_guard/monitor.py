@@ -168,7 +168,7 @@ class Monitor:
 
     async def respond(self, plan: Plan) -> Incident:
         """Record, carry the plan out, record the outcome, notify."""
-        incident = Incident.from_detections(plan.detections, self.settings.user_name,
+        incident = Incident.from_detections(plan.detections, self.user_of(plan.kernel_id),
                                             await self.kernels.notebook_path(plan.kernel_id),
                                             self.settings.dry_run)
         incident.actions = plan.steps
@@ -177,6 +177,12 @@ class Monitor:
             await self._carry_out(incident, plan)
         await self.recorder.finish(incident, plan.action)
         return incident
+
+    def user_of(self, kernel_id: str) -> str:
+        """Whose kernel this is: the adapter's answer where it knows (the node watcher sees
+        every user's kernels), else the server's own user."""
+        user_of = getattr(self.kernels, "user_of", None)
+        return (user_of(kernel_id) if user_of is not None else None) or self.settings.user_name
 
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process the kernel hook reported (in the sampler's own thread)."""
@@ -196,6 +202,7 @@ class Monitor:
         loop = asyncio.get_running_loop()
         done = await stop_processes_async(
             offenders, self.settings.stop_grace, {kernel_pid} if kernel_pid else set(),
+            may_signal=getattr(self.kernels, "may_signal", None),
             run=lambda fn, *args: loop.run_in_executor(self._acting, fn, *args))
         for step, result in zip(steps, done):
             step.outcome, step.detail = result.outcome, result.detail

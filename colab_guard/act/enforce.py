@@ -19,21 +19,27 @@ from ..observe.model import Process
 from ..record.incident import Action
 
 
-def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int]) -> list[Action]:
-    """Stop each offender and everything it started; never a pid in ``spare_pids``."""
-    actions, targets = signal_offenders(offenders, spare_pids)
+MaySignal = Callable[[psutil.Process], bool]
+
+
+def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int],
+                   may_signal: MaySignal | None = None) -> list[Action]:
+    """Stop each offender and everything it started; never a pid in ``spare_pids``, nor a
+    process ``may_signal`` refuses (the node watcher: root's, the system's)."""
+    actions, targets = signal_offenders(offenders, spare_pids, may_signal)
     survivors = _terminate(list(targets.values()), grace) if targets else {}
     return _outcomes(actions, targets, survivors)
 
 
 async def stop_processes_async(offenders: list[Process], grace: float, spare_pids: set[int],
+                               may_signal: MaySignal | None = None,
                                run: Callable[..., Awaitable] | None = None) -> list[Action]:
     """``stop_processes`` waiting on the event loop. ``run(fn, *args)`` runs the walk of
     each offender's children off the loop (a thread pool's run_in_executor)."""
     if run is None:
-        actions, targets = signal_offenders(offenders, spare_pids)
+        actions, targets = signal_offenders(offenders, spare_pids, may_signal)
     else:
-        actions, targets = await run(signal_offenders, offenders, spare_pids)
+        actions, targets = await run(signal_offenders, offenders, spare_pids, may_signal)
     alive = await _exited(list(targets.values()), grace)
     for proc in alive:
         try:
@@ -47,10 +53,12 @@ async def stop_processes_async(offenders: list[Process], grace: float, spare_pid
 SURVIVED = "still running after SIGKILL (uninterruptible or not ours)"
 
 
-def signal_offenders(offenders: list[Process], spare_pids: set[int]
+def signal_offenders(offenders: list[Process], spare_pids: set[int],
+                     may_signal: MaySignal | None = None
                      ) -> tuple[list[Action], dict[int, psutil.Process]]:
-    """SIGTERM to each offender and its descendants (never ``spare_pids``); the actions
-    (those already settled: gone, failed) and the processes signalled."""
+    """SIGTERM to each offender and its descendants (never ``spare_pids`` nor what
+    ``may_signal`` refuses); the actions (those already settled: gone, failed, spared) and
+    the processes signalled."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
     for offender in offenders:
@@ -68,8 +76,11 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int]
         except psutil.Error as err:
             action.outcome, action.detail = "failed", f"{type(err).__name__}: {err}"
             continue
+        if may_signal is not None and not may_signal(proc):
+            action.outcome, action.detail = "failed", "spared: not a notebook user's process"
+            continue
         for member in family:
-            if member.pid not in spare_pids:
+            if member.pid not in spare_pids and (may_signal is None or may_signal(member)):
                 targets[member.pid] = member
     for proc in targets.values():
         try:

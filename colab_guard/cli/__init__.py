@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import incidents, scan, signatures
+from . import incidents, scan, signatures, watch
 
-GROUPS = [signatures, incidents, scan]
+GROUPS = [signatures, incidents, scan, watch]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Only `watch` takes more options (--Watcher.<name>=VALUE, read by traitlets).
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:

@@ -161,8 +161,17 @@ class ProcessSampler:
 
     def owner_of(self, pid: int) -> str | None:
         """The kernel a live process is attributed to, if any."""
+        entry = self._table.get(pid)
+        if entry is not None:  # the usual case: in the last tick's table
+            state = self._tracked.get(entry.key)
+            if state is not None and state.owner:
+                return state.owner
         return next((t.owner for (p, _), t in self._tracked.items() if p == pid and t.owner),
                     None)
+
+    def owners(self) -> set[str]:
+        """The kernels that live processes are attributed to (call from the sampler's thread)."""
+        return {t.owner for t in self._tracked.values() if t.owner}
 
     @property
     def counts_move(self) -> bool:

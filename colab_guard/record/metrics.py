@@ -40,3 +40,9 @@ CONTENT_SCANS = Counter("colab_guard_content_scans_total",
                         "done; cut (past a time or byte budget), refused (not a regular file), "
                         "dropped (queue full; asked again later), memory_denied, vanished.",
                         ["outcome"])
+WATCH_HEARTBEAT = Gauge("colab_guard_watch_heartbeat_timestamp_seconds",
+                        "The node watcher's last tick (Unix time): stale means it is stuck.")
+WATCH_PROC_EVENTS = Counter("colab_guard_watch_proc_events_total",
+                            "Process events the node watcher read from the kernel's proc "
+                            "connector, by kind (fork, exec, exit; overrun: some were lost).",
+                            ["kind"])

@@ -1,0 +1,296 @@
+"""The node watcher: the guard as a root service, one per machine, out of the users' reach.
+
+``colab-guard watch`` runs the same monitor as the server extension (observe -> detect ->
+act -> record) over every notebook kernel of the machine (``NodeKernels``), in the
+foreground, until SIGTERM or SIGINT. Configured with traitlets (``c.Watcher.<name>``) from
+one config file that must be root's (owned by uid 0, not writable by group or others, in
+folders only root can change) and ``--Watcher.<name>=...`` options; a bad or unknown
+setting, or a config file a user could have written, is refused with one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+
+from traitlets import Bool, Int, List, TraitError, Unicode, default
+from traitlets.config import Application, Config
+from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
+
+from ..act.policy import Policy
+from ..detect.engine import Engine
+from ..detect.signatures import SignatureError, load_signatures
+from ..monitor import Monitor
+from ..record import metrics
+from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
+from ..record.recorder import Recorder
+from ..record.store import IncidentLog, IncidentLogError
+from ..settings import GuardTraits, Settings
+from .kernels import NodeKernels
+
+DEFAULT_CONFIG = "/etc/colab-guard/watch_config.py"
+STATE_DIR = Path("/var/lib/colab-guard")
+LOG_DIR = Path("/var/log/colab-guard")
+
+
+class WatchError(RuntimeError):
+    """The watcher cannot start as configured; the message says which setting or file."""
+
+
+class NodeMonitor(Monitor):
+    """The monitor, with the machine's kernels discovered afresh at each tick."""
+
+    heartbeat_file: Path | None = None
+    proc_events: bool = False
+
+    async def tick(self) -> None:
+        try:
+            self.kernels.refresh()
+        except Exception:
+            self.log.exception("colab-guard watch: discovering kernels failed; the last known "
+                               "kernels are watched")
+        await super().tick()
+        now = time.time()
+        metrics.WATCH_HEARTBEAT.set(now)
+        if self.heartbeat_file is not None:
+            self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """The heartbeat: a small JSON file replaced at every tick (readable by all: whether
+        a watcher covers this machine, nothing about anyone's kernels)."""
+        beat = {"time": now, "pid": os.getpid(), "ticks": self.ticks,
+                "kernels": len(self.kernel_pids()), "proc_events": self.proc_events,
+                "sample_interval": self.settings.sample_interval}
+        path = self.heartbeat_file
+        try:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(beat))
+            temporary.chmod(0o644)
+            temporary.replace(path)
+        except OSError as err:
+            if not getattr(self, "_beat_failed", False):
+                self._beat_failed = True
+                self.log.warning("colab-guard watch: cannot write the heartbeat %s: %s", path, err)
+
+    def _observe(self, kernels):
+        snapshots = super()._observe(kernels)
+        # In the sampler's thread: which kernels, exited or not, still have processes.
+        self.kernels.attributed = self.sampler.owners()
+        return snapshots
+
+
+class Watcher(Application, GuardTraits):
+    name = "colab-guard-watch"
+    description = ("Watch every notebook kernel of this machine as root: stop forbidden use, "
+                   "interrupt the kernel, record the incident where users cannot write.")
+
+    config_file = Unicode(DEFAULT_CONFIG, config=True, help=(
+        "The watcher's config file (.py or .json). Read only if it is owned by root, not "
+        "writable by group or others, and in folders only root can change; a missing default "
+        "file is no error."))
+
+    min_uid = Int(1000, min=1, config=True, help=(
+        "Processes of uids below this (system users) and of root are never a kernel and never "
+        "signalled."))
+
+    users = List(Unicode(), config=True, help=(
+        "Watch only these users' kernels (login names). Empty: every notebook user."))
+
+    proc_events = Bool(True, config=True, help=(
+        "Listen to the kernel's process events (netlink proc connector) and check at once "
+        "when a program starts; the /proc scan every sample_interval stays as the fallback."))
+
+    metrics_port = Int(0, min=0, max=65535, config=True, help=(
+        "Serve the watcher's Prometheus metrics on this port (http://metrics_address:PORT/). "
+        "0: not served."))
+
+    metrics_address = Unicode("127.0.0.1", config=True, help=(
+        "Address the metrics are served on."))
+
+    heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
+        "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
+        "that anyone can tell whether a watcher covers this machine. Empty: none."))
+
+    @default("incident_log")
+    def _default_incident_log(self):
+        return str(LOG_DIR / "incidents.jsonl")
+
+    @default("database_url")
+    def _default_database_url(self):
+        return "sqlite:///" + str(STATE_DIR / "incidents.sqlite")
+
+    @default("user_name")
+    def _default_user_name(self):
+        return "unknown"  # each incident names its kernel's user; this only if that is gone
+
+    @default("log_level")
+    def _watch_log_level_default(self):
+        return logging.INFO
+
+    # ------------------------------------------------------------ configuration
+
+    def configure(self, argv: list[str] | None = None) -> None:
+        """Command line, then the config file (the command line wins); refused whole."""
+        try:
+            # Undecorated: a bad value raises here (traitlets' wrapper would exit the process).
+            Application.parse_command_line.__wrapped__(self, argv)
+            self._load_root_config()
+            self._refuse_unknown_settings()
+        except TraitError as err:
+            raise WatchError(f"a bad setting: {err}") from None
+
+    def _load_root_config(self) -> None:
+        path = Path(self.config_file)
+        if not path.exists():
+            if self.config_file != DEFAULT_CONFIG:
+                raise WatchError(f"config file {path} does not exist")
+            return
+        refuse_unless_root_only(path)
+        loader_class = JSONFileConfigLoader if path.suffix == ".json" else PyFileConfigLoader
+        try:
+            config = loader_class(path.name, str(path.parent), log=self.log).load_config()
+        except ConfigFileNotFound:
+            raise WatchError(f"config file {path} could not be read") from None
+        except Exception as err:
+            raise WatchError(f"config file {path}: {type(err).__name__}: {err}") from None
+        config.merge(self.cli_config)  # the command line wins
+        self.update_config(config)
+        self.log.info("colab-guard watch: configuration from %s", path)
+
+    def _refuse_unknown_settings(self) -> None:
+        known = set(self.trait_names(config=True))
+        for section, values in self.config.items():
+            if section != "Watcher":
+                raise WatchError(f"{section} is not configurable here: the watcher's settings "
+                                 "are Watcher.<name>")
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise WatchError(f"Watcher.{unknown[0]} is not a setting of the watcher "
+                                 f"(unknown: {', '.join(unknown)}); see `colab-guard watch "
+                                 "--help-all`")
+
+    # ------------------------------------------------------------ wiring
+
+    def build(self) -> NodeMonitor:
+        settings = self.settings = Settings.from_traits(self)
+        rules = load_signatures(settings.signature_paths)
+        unknown = [s for s in settings.disabled_signatures
+                   if s not in rules.signatures and s not in rules.allow]
+        if unknown:
+            raise WatchError("Watcher.disabled_signatures names unknown id(s): "
+                             f"{', '.join(unknown)}")
+        self.rules = rules.without(settings.disabled_signatures)
+        for target in (_sqlite_path(settings.database_url), Path(settings.incident_log)):
+            if target is not None:
+                _private_folder(target.parent)
+        database = IncidentDatabase(settings.database_url, log=self.log, recover=True,
+                                    busy_timeout=2.0)
+        self.store = IncidentStore(database, IncidentLog(settings.incident_log, log=self.log))
+        self.kernels = NodeKernels(min_uid=self.min_uid, users=tuple(self.users),
+                                   grace=settings.stop_grace, log=self.log)
+        self.policy = Policy(settings)
+        self.recorder = Recorder(self.store, self.policy, settings, log=self.log)
+        self.monitor = NodeMonitor(settings, self.kernels, Engine(self.rules, log=self.log),
+                                   self.policy, self.recorder, log=self.log)
+        return self.monitor
+
+    async def run(self) -> None:
+        os.umask(0o027)  # its database and log hold every user's incidents: not for other users
+        monitor = self.build()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        events = None
+        if self.proc_events:
+            from .proc_events import ProcEvents
+
+            events = ProcEvents.start(loop, monitor, log=self.log)
+        monitor.proc_events = events is not None
+        if self.heartbeat_file:
+            monitor.heartbeat_file = Path(self.heartbeat_file)
+            if not monitor.heartbeat_file.parent.exists():
+                monitor.heartbeat_file.parent.mkdir(parents=True)
+                monitor.heartbeat_file.parent.chmod(0o755)
+        if self.metrics_port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(self.metrics_port, addr=self.metrics_address)
+            except OSError as err:
+                raise WatchError(f"Watcher.metrics_port: cannot serve metrics on "
+                                 f"{self.metrics_address}:{self.metrics_port}: {err}") from None
+            self.log.info("colab-guard watch: metrics on http://%s:%d/", self.metrics_address,
+                          self.metrics_port)
+        self.log.info("colab-guard watch: %d signatures, %d allow rules, sampling every %gs%s, "
+                      "process events %s; users uid >= %d%s; incidents in %s and %s",
+                      len(self.rules.signatures), len(self.rules.allow),
+                      self.settings.sample_interval,
+                      " (DRY RUN: nothing will be stopped)" if self.settings.dry_run else "",
+                      "on" if events is not None else "off", self.min_uid,
+                      f" ({', '.join(self.users)} only)" if self.users else "",
+                      self.settings.database_url, self.settings.incident_log)
+        if not self.settings.enabled:
+            self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")
+        else:
+            monitor.start()
+        await stopping.wait()
+        self.log.info("colab-guard watch: stopping")
+        if events is not None:
+            events.close()
+        await monitor.stop()
+        self.store.flush()
+
+
+def refuse_unless_root_only(path: Path) -> None:
+    """A config file root alone can have written: the file and every folder above it owned
+    by root and not writable by group or others (a sticky folder such as /tmp excepted)."""
+    real = Path(os.path.realpath(path))
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise WatchError(f"config file {path} is not a regular file")
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise WatchError(f"refusing config file {path}: it must be owned by root and writable "
+                         f"by root alone (it is owned by uid {info.st_uid}, mode "
+                         f"{stat.S_IMODE(info.st_mode):o})")
+    for folder in real.parents:
+        info = os.stat(folder)
+        if info.st_uid != 0 or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            raise WatchError(f"refusing config file {path}: folder {folder} can be changed by "
+                             f"someone other than root (owned by uid {info.st_uid}, mode "
+                             f"{stat.S_IMODE(info.st_mode):o})")
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix else None
+
+
+def _private_folder(folder: Path) -> None:
+    """Create the record's folder root-only (an existing one is left as it is)."""
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o750)
+
+
+def main(argv: list[str] | None = None) -> int:
+    watcher = Watcher()
+    try:
+        watcher.configure(argv)
+        if os.geteuid() != 0:
+            watcher.log.warning("colab-guard watch: not running as root: other users' "
+                                "processes cannot be read or stopped")
+        asyncio.run(watcher.run())
+    except (WatchError, SignatureError, IncidentLogError, DatabaseError) as err:
+        print(f"colab-guard watch cannot start: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["Watcher", "WatchError", "main", "refuse_unless_root_only", "Config"]

@@ -1,0 +1,332 @@
+"""Every notebook kernel on the machine, as root sees them: the node watcher's kernels adapter.
+
+A guarded kernel carries ``COLAB_GUARD_KERNEL_ID`` in its environment (the server
+extension puts it there; everything the kernel starts inherits it). The kernel itself is
+the oldest live process carrying a given id whose parent does not carry it; later
+carriers (orphans of a double fork, ``setsid``) are its processes, which the sampler
+attributes to it. Root reads every process's environment, so the watcher needs nothing
+from the user's server: it keeps working while that server is frozen or gone.
+
+A kernel that exits is retired, not forgotten: while processes it started live on (a
+detached miner left behind by a killed kernel), it stays listed, with pid 0 (no process),
+so that the sampler keeps them attributed to it; its id is never given to one of those
+orphans, only to a restart of the kernel by the same parent (jupyter_server restarts a
+kernel under the same id).
+
+Never a kernel: a process of uid 0 or of a system user (uid below ``min_uid``), a
+process outside ``users`` when that is set, the watcher itself. Discovery is cached per
+process (its /proc directory's inode, as the sampler does): each tick lists /proc and
+reads only the processes not seen before.
+
+The same rule decides what may be signalled at all (``may_signal``): the monitor stops
+a process only if it runs as a notebook user, so a setuid program started from a kernel,
+or anything of the system's, is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from ..observe import procfs
+from ..observe.attribution import KERNEL_ENV_MARKER
+
+_MARKER = KERNEL_ENV_MARKER.encode() + b"="
+#: seconds after its start during which a process that is no kernel's is read again each scan
+YOUNG = 5.0
+_HUB_USER = b"JUPYTERHUB_USER="
+_SESSION = b"JPY_SESSION_NAME="  # the notebook a kernel serves (jupyter_server sets it)
+
+
+@dataclass
+class Seen:
+    """What discovery knows of one live process (cached until it exits)."""
+
+    pid: int
+    start: int  # clock ticks after boot: with the pid, the process's identity
+    ppid: int
+    uid: int
+    marker: str | None = None  # the kernel id in its environment, if any
+    hub_user: str | None = None
+    session: str | None = None
+
+
+@dataclass
+class NodeKernel:
+    kernel_id: str
+    pid: int
+    start: int
+    uid: int
+    ppid: int
+    user: str  # JUPYTERHUB_USER if the kernel has it, else the uid's login name
+    notebook: str | None = None
+
+
+class NodeKernels:
+    """The ``Kernels`` adapter of the node watcher (see colab_guard/kernels.py)."""
+
+    def __init__(self, min_uid: int = 1000, users: tuple[str, ...] = (), grace: float = 2.0,
+                 log: logging.Logger | None = None):
+        self.min_uid, self.users, self.grace = min_uid, set(users), grace
+        self.log = log or logging.getLogger("colab_guard.watch")
+        self.own_pid = os.getpid()
+        self._seen: dict[int, tuple[int, Seen | None]] = {}  # pid -> (/proc inode, what it is)
+        self._kernels: dict[str, NodeKernel] = {}
+        #: kernels that exited; listed (pid 0) while ``attributed`` names them
+        self._retired: dict[str, NodeKernel] = {}
+        #: kernels that live processes are attributed to (the monitor sets it every tick)
+        self.attributed: set[str] = set()
+        self._warned: set[str] = set()
+        self._execs: set[int] = set()  # pids that exec'd since the last refresh
+        #: exec events arrive (proc_events.py); else young processes are read again each scan
+        self.events_live = False
+        #: some events were lost: read young processes again at the next scan
+        self.events_lost = False
+
+    def exec_seen(self, pid: int) -> None:
+        """A process exec'd (a process event): read it again at the next refresh."""
+        self._execs.add(pid)
+
+    # ------------------------------------------------------------ discovery
+
+    def refresh(self) -> dict[str, NodeKernel]:
+        """One listing of /proc; reads only processes not seen before, and again those that
+        may have exec'd since: a kernel is first a fork of its server (no marker yet, or
+        still root's under a spawner that drops privileges before the exec). Those are the
+        processes exec events named (``exec_seen``) and, for scans without events, young
+        processes (started within ``YOUNG`` s) that were not a kernel's, when events are off
+        or some were lost."""
+        before, seen = self._seen, {}
+        execs, self._execs = self._execs, set()
+        young, self.events_lost = not self.events_live or self.events_lost, False
+        young_since = _uptime_ticks() - YOUNG * procfs.CLOCK_TICKS if young else float("inf")
+        with os.scandir("/proc") as listing:
+            for dirent in listing:
+                if not dirent.name.isdigit():
+                    continue
+                pid = int(dirent.name)
+                try:
+                    inode = dirent.inode()
+                except OSError:
+                    continue
+                known = before.get(pid)
+                if known is not None and known[0] == inode and pid not in execs and not (
+                        known[1] is not None and known[1].marker is None
+                        and known[1].start >= young_since):
+                    seen[pid] = known
+                    continue
+                info, final = self._read(pid)
+                if final:  # an environment read mid-exec is read again next time
+                    seen[pid] = (inode, info)
+                elif info is not None:
+                    seen[pid] = (0, info)
+        self._seen = seen
+        self._elect()
+        return self._kernels
+
+    def _read(self, pid: int) -> tuple[Seen | None, bool]:
+        """(what the process is, whether that is final); None: not a notebook user's."""
+        if pid == self.own_pid:
+            return None, True
+        try:
+            stat = procfs.read_stat(pid)
+            uid = procfs.read_real_uid(pid)
+        except (OSError, ValueError):
+            return None, False
+        info = Seen(pid, stat.start, stat.ppid, uid)
+        if not self._is_user(uid):
+            return info, True
+        try:
+            environ = procfs.read_all(f"/proc/{pid}/environ")
+        except OSError:
+            return info, False
+        if not environ:  # a zombie, a kernel thread, or in the middle of an exec
+            return info, stat.state == "Z"
+        for item in environ.split(b"\0"):
+            if item.startswith(_MARKER):
+                info.marker = _text(item[len(_MARKER):])
+            elif item.startswith(_HUB_USER):
+                info.hub_user = _text(item[len(_HUB_USER):])
+            elif item.startswith(_SESSION):
+                info.session = _text(item[len(_SESSION):])
+        return info, True
+
+    def _elect(self) -> None:
+        """The kernel of each id: the oldest live carrier under a parent that does not carry
+        it, of a notebook user; kept while it lives."""
+        carriers: dict[str, list[Seen]] = {}
+        for _, info in self._seen.values():
+            if info is not None and info.marker and self._is_user(info.uid):
+                parent = self._seen.get(info.ppid, (0, None))[1]
+                if parent is None or parent.marker != info.marker:
+                    carriers.setdefault(info.marker, []).append(info)
+        kernels = {}
+        for kernel_id, found in carriers.items():
+            known = self._kernels.get(kernel_id)
+            if known is not None and any(f.pid == known.pid and f.start == known.start
+                                         for f in found):
+                kernels[kernel_id] = known
+                continue
+            before = known or self._retired.get(kernel_id)
+            if before is not None:  # only a restart by the same parent takes the id again
+                found = [f for f in found if f.ppid == before.ppid and f.start >= before.start
+                         and f.ppid in self._seen]
+                if not found:
+                    continue
+            first = min(found, key=lambda f: f.start)
+            if len({f.uid for f in found}) > 1:
+                self._warn_once(f"uids:{kernel_id}", "colab-guard watch: kernel id %s is carried "
+                                "by processes of several users; only user %s's (the oldest) is "
+                                "that kernel", kernel_id, first.uid)
+            kernels[kernel_id] = NodeKernel(kernel_id, first.pid, first.start, first.uid,
+                                            first.ppid, first.hub_user or _login(first.uid),
+                                            first.session)
+            self._retired.pop(kernel_id, None)
+            self.log.info("colab-guard watch: kernel %s of user %s (uid %s), pid %s",
+                          kernel_id, kernels[kernel_id].user, first.uid, first.pid)
+        for gone in set(self._kernels) - set(kernels):
+            self._retired[gone] = self._kernels[gone]
+            self.log.info("colab-guard watch: kernel %s has exited", gone)
+        for kernel_id in [k for k in self._retired if k not in self.attributed
+                          and k not in carriers and k not in kernels]:
+            del self._retired[kernel_id]
+        self._kernels = kernels
+
+    def _is_user(self, uid: int) -> bool:
+        if uid == 0 or uid < self.min_uid:
+            return False
+        return not self.users or _login(uid) in self.users
+
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning(message, *args)
+
+    # ------------------------------------------------------------ the Kernels protocol
+
+    def pids(self) -> dict[str, int]:
+        """Live kernels, and exited ones whose processes live on (pid 0: no process)."""
+        found = {kid: 0 for kid in self._retired if kid in self.attributed}
+        found.update((kid, k.pid) for kid, k in self._kernels.items())
+        return found
+
+    def __contains__(self, kernel_id: str) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        return kernel is not None and self._alive(kernel)
+
+    def kernel(self, kernel_id: str) -> NodeKernel | None:
+        """A live or retired kernel."""
+        return self._kernels.get(kernel_id) or self._retired.get(kernel_id)
+
+    def user_of(self, kernel_id: str) -> str | None:
+        kernel = self.kernel(kernel_id)
+        return kernel.user if kernel is not None else None
+
+    async def notebook_path(self, kernel_id: str) -> str | None:
+        kernel = self.kernel(kernel_id)
+        return kernel.notebook if kernel is not None else None
+
+    async def interrupt(self, kernel_id: str) -> None:
+        """SIGINT to the kernel's process group, as jupyter_server does; only to the kernel
+        itself when it does not lead its group (its group is then someone else's). A group
+        holding a process the watcher may not signal (root's, a setuid program started from
+        the kernel) gets the signal member by member, that process left out."""
+        kernel = self._checked(kernel_id)
+        if os.getpgid(kernel.pid) != kernel.pid:
+            os.kill(kernel.pid, signal.SIGINT)
+            return
+        members = group_members(kernel.pid)
+        if all(self._is_user(uid) for uid in members.values()):
+            os.killpg(kernel.pid, signal.SIGINT)
+            return
+        for pid, uid in members.items():
+            if self._is_user(uid) and pid != self.own_pid:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    async def shutdown(self, kernel_id: str) -> None:
+        """SIGTERM, then SIGKILL after the grace."""
+        import asyncio
+
+        kernel = self._checked(kernel_id)
+        os.kill(kernel.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and self._alive(kernel):
+            await asyncio.sleep(0.05)
+        if self._alive(kernel):
+            os.kill(kernel.pid, signal.SIGKILL)
+
+    def may_signal(self, proc: psutil.Process) -> bool:
+        """Whether the watcher may signal this process: a notebook user's, not its own."""
+        try:
+            return proc.pid != self.own_pid and self._is_user(proc.uids().real)
+        except psutil.Error:
+            return False
+
+    def _checked(self, kernel_id: str) -> NodeKernel:
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None or not self._alive(kernel):
+            raise ProcessLookupError(f"kernel {kernel_id} has exited")
+        if not self._is_user(procfs.read_real_uid(kernel.pid)):
+            raise PermissionError(f"kernel {kernel_id}'s process no longer runs as a notebook user")
+        return kernel
+
+    @staticmethod
+    def _alive(kernel: NodeKernel) -> bool:
+        try:
+            stat = procfs.read_stat(kernel.pid)
+        except (OSError, ValueError):
+            return False
+        return stat.start == kernel.start and stat.state != "Z"
+
+
+def _uptime_ticks() -> float:
+    with open("/proc/uptime", "rb") as f:
+        return float(f.read().split()[0]) * procfs.CLOCK_TICKS
+
+
+def group_members(pgid: int) -> dict[int, int]:
+    """pid -> real uid of every process in a process group (one pass over /proc)."""
+    members = {}
+    with os.scandir("/proc") as listing:
+        for dirent in listing:
+            if not dirent.name.isdigit():
+                continue
+            pid = int(dirent.name)
+            try:
+                data = procfs.read_small(f"/proc/{pid}/stat")
+                if int(data[data.rindex(b")") + 2:].split()[2]) == pgid:
+                    members[pid] = procfs.read_real_uid(pid)
+            except (OSError, ValueError):
+                continue
+    return members
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode(procfs.ENCODING, procfs.ENCODING_ERRORS)
+
+
+#: uid -> (login name, when looked up): accounts change (a uid reused), so not for ever
+_logins: dict[int, tuple[str, float]] = {}
+LOGIN_TTL = 60.0
+
+
+def _login(uid: int) -> str:
+    now = time.monotonic()
+    cached = _logins.get(uid)
+    if cached is not None and now - cached[1] < LOGIN_TTL:
+        return cached[0]
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no such account (a container's uid): named by its number
+        name = f"uid-{uid}"
+    _logins[uid] = (name, now)
+    return name

@@ -1,0 +1,199 @@
+"""The node watcher's parts on data: process events parsed, kernels elected, the user of an
+incident, processes spared. No root needed (test_watch.py runs the real thing as root)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+
+import psutil
+
+from colab_guard.act.enforce import stop_processes
+from colab_guard.observe.model import Process
+from colab_guard.watch import proc_events
+from colab_guard.watch.kernels import NodeKernels, Seen
+from tests.harness import wait_for
+from tests.test_monitor_offline import build, tick_through
+
+# ---------------------------------------------------------------- process events
+
+
+def _message(what: int, *data: int, fmt: str) -> bytes:
+    event = proc_events.EVENT_HEAD.pack(what, 0, 123) + struct.pack(fmt, *data)
+    cn = proc_events.CN_MSG.pack(1, 1, 0, 0, len(event), 0)
+    body = cn + event
+    return proc_events.NLMSGHDR.pack(16 + len(body), 3, 0, 0, 0) + body
+
+
+def test_fork_exec_and_exit_events_are_parsed():
+    datagram = (_message(proc_events.PROC_EVENT_FORK, 10, 10, 11, 11, fmt="=iiii")
+                + _message(proc_events.PROC_EVENT_EXEC, 11, 11, fmt="=ii")
+                + _message(0x20, 11, 11, fmt="=ii")  # a uid change: not used
+                + _message(proc_events.PROC_EVENT_EXIT, 11, 11, 0, 17, fmt="=iiII"))
+    assert list(proc_events.parse(datagram)) == [
+        ("fork", 10, 11, 11), ("exec", 11), ("exit", 11, 11)]
+
+
+def test_a_truncated_datagram_yields_what_is_whole():
+    whole = _message(proc_events.PROC_EVENT_EXEC, 5, 5, fmt="=ii")
+    assert list(proc_events.parse(whole + whole[:20])) == [("exec", 5)]
+    assert list(proc_events.parse(b"\x00" * 8)) == []
+
+
+def test_the_listen_message_is_what_the_connector_expects():
+    message = proc_events.listen_message()
+    length, kind, _, _, _ = proc_events.NLMSGHDR.unpack_from(message)
+    assert length == len(message) == 40 and kind == proc_events.NLMSG_DONE
+    assert proc_events.CN_MSG.unpack_from(message, 16)[:2] == (1, 1)  # CN_IDX_PROC, CN_VAL_PROC
+    assert struct.unpack_from("=I", message, 36) == (proc_events.PROC_CN_MCAST_LISTEN,)
+
+
+# ---------------------------------------------------------------- electing kernels
+
+
+def _node(*seen: Seen) -> NodeKernels:
+    node = NodeKernels(min_uid=1000)
+    node._seen = {s.pid: (1, s) for s in seen}
+    node._elect()
+    return node
+
+
+SERVER = Seen(100, start=10, ppid=1, uid=54321)
+
+
+def test_the_kernel_is_the_oldest_carrier_under_a_parent_that_does_not_carry_it():
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
+    child = Seen(201, start=21, ppid=200, uid=54321, marker="k1")
+    orphan = Seen(300, start=30, ppid=1, uid=54321, marker="k1")  # double-forked
+    node = _node(SERVER, kernel, child, orphan)
+    assert node.pids() == {"k1": 200}
+
+
+def test_root_and_system_users_are_never_kernels():
+    node = _node(SERVER, Seen(200, start=20, ppid=100, uid=0, marker="k1"),
+                 Seen(201, start=21, ppid=100, uid=999, marker="k2"))
+    assert node.pids() == {}
+
+
+def test_an_exited_kernels_id_goes_to_a_restart_by_its_server_not_to_an_orphan():
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
+    orphan = Seen(300, start=30, ppid=1, uid=54321, marker="k1")
+    node = _node(SERVER, kernel, orphan)
+    node.attributed = {"k1"}  # the orphan is the kernel's, as the sampler says
+    node._seen = {s.pid: (1, s) for s in (SERVER, orphan)}  # the kernel exits
+    node._elect()
+    assert node.pids() == {"k1": 0}  # retired: its processes stay attributed, no pid
+    assert "k1" not in node and node.user_of("k1")
+    restarted = Seen(400, start=40, ppid=100, uid=54321, marker="k1")
+    node._seen[400] = (1, restarted)
+    node._elect()
+    assert node.pids() == {"k1": 400}
+
+
+def test_a_retired_kernel_is_forgotten_once_nothing_of_it_lives():
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1")
+    node = _node(SERVER, kernel)
+    node._seen = {100: (1, SERVER)}
+    node._elect()
+    assert node.pids() == {} and node.kernel("k1") is None
+
+
+def test_the_user_is_the_hub_user_if_the_kernel_names_one():
+    kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1", hub_user="ada")
+    assert _node(SERVER, kernel).user_of("k1") == "ada"
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+class UserKernels:
+    def user_of(self, kernel_id):
+        return "grace"
+
+
+async def test_the_incident_names_the_user_the_kernels_adapter_knows(tmp_path):
+    monitor, kernels, store, _ = build(tmp_path, "miner-renamed", stop_grace=0.1)
+    kernels.user_of = UserKernels().user_of
+    await tick_through(monitor, 4)
+    [incident] = store.query()
+    assert incident.user == "grace"
+    await monitor.stop()
+
+
+def test_a_process_the_adapter_refuses_is_never_signalled():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        created = psutil.Process(proc.pid).create_time()
+        offender = Process(pid=proc.pid, ppid=os.getpid(), name="python", create_time=created)
+        [action] = stop_processes([offender], 0.1, set(), may_signal=lambda p: False)
+        assert action.outcome == "failed" and "spared" in action.detail
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_groups_members_are_found_with_their_uids():
+    from colab_guard.watch.kernels import group_members
+
+    members = group_members(os.getpgid(0))
+    assert members[os.getpid()] == os.getuid()
+
+
+async def test_execs_wake_the_monitor_at_most_every_min_gap():
+    import asyncio
+
+    class Monitor:
+        woken = 0
+
+        def check_soon(self):
+            self.woken += 1
+
+    events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
+    events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
+    events._last_wake, events._pending = 0.0, None
+    for _ in range(100):  # a burst of execs
+        events._wake()
+    assert events.monitor.woken == 1 and events._pending is not None
+    await wait_for(lambda: events.monitor.woken == 2, timeout=2, interval=0.01)  # deferred
+    assert events._pending is None
+
+
+def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
+    import asyncio
+    import logging
+
+    def refused():
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(proc_events, "open_socket", refused)
+
+    class Monitor:
+        class settings:
+            sample_interval = 1.0
+
+    log = logging.getLogger("colab_guard.test-watch")
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            assert proc_events.ProcEvents.start(loop, Monitor(), log) is None
+    finally:
+        loop.close()
+    assert caplog.text.count("the process events connector is unavailable") == 1
+    assert "scanning /proc every 1s" in caplog.text
+
+
+def test_the_watch_command_takes_watcher_options_and_refuses_bad_ones(capsys, tmp_path):
+    import pytest
+
+    from colab_guard.cli import main
+
+    assert main(["watch", "--Watcher.strike_limt=1"]) == 2
+    assert "Watcher.strike_limt is not a setting of the watcher" in capsys.readouterr().err
+    assert main(["watch", "--watch-config", str(tmp_path / "nowhere.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other commands take no such options
+        main(["signatures", "list", "--Watcher.min_uid=5"])
+    assert "unrecognized arguments: --Watcher.min_uid=5" in capsys.readouterr().err
