@@ -67,19 +67,19 @@ class Server(GuardedServer):
         self.start(timeout=60)
         self.ps = psutil.Process(self.process.pid)
 
-    def request(self, path: str, body: dict | None = None) -> bytes:  # type: ignore[override]
-        return super().request("POST" if body is not None else "GET", path, body, timeout=120)
+    def call(self, path: str, body: dict | None = None) -> bytes:
+        return self.request("POST" if body is not None else "GET", path, body, timeout=120)
 
     def get(self, path: str) -> dict:
-        return json.loads(self.request(path) or b"{}")
+        return json.loads(self.call(path) or b"{}")
 
     def post(self, path: str, body: dict) -> dict:
-        return json.loads(self.request(path, body) or b"{}")
+        return json.loads(self.call(path, body) or b"{}")
 
     def metrics(self) -> dict[str, float]:
         """colab_guard_* samples from /metrics (label sets kept in the name)."""
         found = {}
-        for line in self.request("/metrics").decode().splitlines():
+        for line in self.call("/metrics").decode().splitlines():
             if line.startswith("colab_guard_"):
                 name, _, value = line.rpartition(" ")
                 found[name] = float(value)
@@ -166,7 +166,7 @@ def latencies(server: Server, path: str, count: int) -> list[float]:
     found = []
     for _ in range(count):
         start = time.perf_counter()
-        server.request(path)
+        server.call(path)
         found.append(time.perf_counter() - start)
         time.sleep(0.02)
     return found
