@@ -46,6 +46,12 @@ _RUN_CALLS = {
     "subprocess.check_output", "subprocess.getoutput", "subprocess.getstatusoutput",
     "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
+    # the same through other libraries
+    "IPython.utils.process.system", "IPython.utils.process.getoutput",
+    "IPython.utils.process.getoutputerror", "IPython.utils.process.get_output_error_code",
+    "pexpect.spawn", "pexpect.run", "pexpect.spawnu", "pexpect.popen_spawn.PopenSpawn",
+    "pexpect.pty_spawn.spawn", "ptyprocess.PtyProcess.spawn", "ptyprocess.PtyProcessUnicode.spawn",
+    "invoke.run", "fabric.Connection.local", "sh.Command", "plumbum.local.__getitem__",
 }
 _RUN_NAMES = {f"os.{n}" for n in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
                                    "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl",
@@ -54,7 +60,15 @@ _PY_DOWNLOADS = {"urllib.request.urlretrieve", "urllib.request.urlopen", "reques
                  "requests.request", "httpx.get", "wget.download", "gdown.download",
                  "urllib.urlretrieve", "huggingface_hub.hf_hub_download", "torch.hub.download_url_to_file"}
 _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
-                "asyncio.create_subprocess_shell", "commands.getoutput"}
+                "asyncio.create_subprocess_shell", "commands.getoutput",
+                "IPython.utils.process.system", "IPython.utils.process.getoutput",
+                "IPython.utils.process.getoutputerror", "IPython.utils.process.get_output_error_code",
+                "pexpect.run", "invoke.run"}
+# callables handed another function to run with arguments: Process(target=os.system,
+# args=(cmd,)), executor.submit(os.system, cmd), functools.partial(os.system, cmd), map(os.system, …)
+_HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", "call_soon",
+                "start_new_thread", "Process", "Thread", "Timer", "map", "starmap", "imap",
+                "imap_unordered", "map_async", "to_thread")
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -135,10 +149,13 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if tree is None:
         return CellAnalysis("", [])
     reader = _Reader(memory)
-    try:
-        reader.visit(tree)
-    except RecursionError:
-        pass
+    for statement in tree.body:
+        try:
+            reader.visit(statement)
+        except RecursionError:
+            break
+        except Exception:  # a reading bug in one statement must not hide the others
+            continue
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
@@ -225,6 +242,8 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
+        self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
     # ------------------------------------------------------------ output
 
@@ -414,7 +433,14 @@ class _Reader(ast.NodeVisitor):
                 self.call_name(node.value.func) in ("__import__", "importlib.import_module"):
             module = self.fold(node.value.args[0])  # lt = __import__("libtorrent")
             alias = module.value if module is not None and isinstance(module.value, str) else None
+        elif isinstance(node.value, ast.Call) and self.call_name(node.value.func) in _DLL_OPENERS:
+            alias = LIBC  # libc = ctypes.CDLL("libc.so.6"): libc.system(...) starts a program
         for target in node.targets:
+            if isinstance(target, ast.Subscript) and \
+                    self.call_name(target.value) in ("os.environ", "os.environb"):
+                # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
+                key = self.fold(target.slice)
+                self._set_env(_as_text(key.value) if key is not None else None, folded)
             if isinstance(target, ast.Name):
                 if folded is not None:
                     self.names[target.id] = folded
@@ -450,6 +476,60 @@ class _Reader(ast.NodeVisitor):
             return True
         return isinstance(node, ast.Name) and self.aliases.get(node.id) == IPYTHON
 
+    def _set_env(self, key: str | None, value: _Folded | None) -> None:
+        """An environment variable the cell sets: shell lines read it as ``$key``."""
+        if not key or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            return
+        if value is not None and isinstance(value.value, (str, bytes)):
+            self.names[key] = value
+        else:
+            self.names.pop(key, None)
+
+    def visit_With(self, node):
+        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes."""
+        for item in node.items:
+            path = self._opened_for_writing(item.context_expr)
+            if path and isinstance(item.optional_vars, ast.Name):
+                self.writers[item.optional_vars.id] = path
+        self.generic_visit(node)
+
+    visit_AsyncWith = visit_With
+
+    def _opened_for_writing(self, node) -> str | None:
+        """The file name of ``open(name, "w")`` (or ``Path(name).open("w")``), else None."""
+        if not isinstance(node, ast.Call):
+            return None
+        name = self.call_name(node.func)
+        target, mode = None, None
+        if name in ("open", "io.open", "codecs.open") and node.args:
+            target = node.args[0]
+            mode = node.args[1] if len(node.args) > 1 else None
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "open" and \
+                isinstance(node.func.value, ast.Call):
+            target = node.func.value.args[0] if node.func.value.args else None
+            mode = node.args[0] if node.args else None
+        for kw in node.keywords:
+            if kw.arg == "mode":
+                mode = kw.value
+        path, mode = self.fold(target) if target is not None else None, \
+            self.fold(mode) if mode is not None else None
+        if path is None or mode is None or not isinstance(mode.value, str) or \
+                not set(mode.value) & set("wax"):
+            return None
+        return _as_text(path.value)
+
+    def _wrote(self, path: str | None, text) -> None:
+        """A script the cell writes (open().write, Path.write_text): remembered like %%writefile."""
+        text = _as_text(text) if text is not None else None
+        if self.memory is None or not path or not text:
+            return
+        name = shell.base(path)
+        if not name:
+            return
+        earlier = self.memory.files.get(name, "") if name in self._written else ""
+        self._written.add(name)
+        self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
+
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
@@ -468,14 +548,76 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ expressions
 
+    def _unstarred(self, node: ast.Call) -> ast.Call:
+        """``f(*["ngrok tcp 22"])``, ``f(**{"args": cmd})``: the call with its arguments spelled out."""
+        if not any(isinstance(a, ast.Starred) for a in node.args) and \
+                all(kw.arg for kw in node.keywords):
+            return node
+        args, keywords = [], []
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                if isinstance(arg.value, (ast.List, ast.Tuple)):
+                    args.extend(arg.value.elts)
+                    continue
+                folded = self.fold(arg.value)
+                if folded is not None and isinstance(folded.value, (list, tuple)):
+                    args.extend(ast.Constant(v) for v in folded.value[:256])
+                    continue
+            args.append(arg)
+        for kw in node.keywords:
+            if kw.arg is None and isinstance(kw.value, ast.Dict):
+                for k, v in zip(kw.value.keys, kw.value.values):
+                    key = self.fold(k) if k is not None else None
+                    if key is not None and isinstance(key.value, str):
+                        keywords.append(ast.keyword(arg=key.value, value=v))
+                continue
+            keywords.append(kw)
+        return ast.Call(func=node.func, args=args, keywords=keywords)
+
     def visit_Call(self, node):
+        node = self._unstarred(node)
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
         if name and "." in name and not (
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
+        if name and name.startswith("sh.") and name.count(".") == 1 and \
+                self.aliases.get(name.split(".")[0], "sh") == "sh" and \
+                name not in ("sh.Command", "sh.contrib", "sh.ErrorReturnCode") and \
+                "sh" in self.aliases.values():
+            # the sh library: sh.ngrok("tcp", "22") runs the program ngrok
+            words = [_as_text(a.value) if a is not None else UNKNOWN for a in args]
+            self.emit_run([name.split(".", 1)[1], *[w or UNKNOWN for w in words]])
         if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
             self._run_call(name, node, args)
+        elif self._handed_over(node, name):
+            pass
+        elif name in ("os.putenv", "os.environ.setdefault", "os.environ.__setitem__") and \
+                len(args) == 2 and args[0] is not None:
+            self._set_env(_as_text(args[0].value), args[1])
+        elif name == "os.environ.update":
+            for kw in node.keywords:
+                if kw.arg:
+                    self._set_env(kw.arg, self.fold(kw.value))
+            if args and args[0] is not None and isinstance(node.args[0], ast.Dict):
+                for k, v in zip(node.args[0].keys, node.args[0].values):
+                    key = self.fold(k) if k is not None else None
+                    self._set_env(_as_text(key.value) if key is not None else None, self.fold(v))
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "write", "writelines", "write_text", "write_bytes") and args and args[0] is not None:
+            owner = node.func.value
+            if node.func.attr in ("write_text", "write_bytes"):
+                path = self.fold(owner.args[0]) if isinstance(owner, ast.Call) and owner.args and \
+                    (self.call_name(owner.func) or "").endswith("Path") else None
+                path = _as_text(path.value) if path is not None else None
+            elif isinstance(owner, ast.Name):
+                path = self.writers.get(owner.id)
+            else:
+                path = self._opened_for_writing(owner)
+            text = args[0].value
+            if isinstance(text, (list, tuple)):
+                text = "".join(_as_text(t) or "" for t in text)
+            self._wrote(path, text)
         elif isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value):
             self._ipython_call(node.func.attr, args)
         elif name in self.runners and len(args) > self.runners[name] and \
@@ -509,6 +651,50 @@ class _Reader(ast.NodeVisitor):
             self.emit_value(folded)
         else:
             self.generic_expression(node)
+
+    def _handed_over(self, node: ast.Call, name: str | None) -> bool:
+        """A function that starts programs handed to another that calls it: ``Thread(target=
+        os.system, args=(cmd,))``, ``pool.submit(os.system, cmd)``, ``map(os.system, cmds)``."""
+        short = node.func.attr if isinstance(node.func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if short not in _HANDED_OVER:
+            return False
+        keywords = {kw.arg: kw.value for kw in node.keywords if kw.arg}
+        target, rest = keywords.get("target"), None
+        if target is not None:
+            given = keywords.get("args")
+            rest = list(given.elts) if isinstance(given, (ast.Tuple, ast.List)) else []
+        else:
+            for i, arg in enumerate(node.args):
+                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)):
+                    target, rest = arg, node.args[i + 1:]
+                    break
+        runner = self.call_name(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
+        if not self._runs(runner) or not rest:
+            return False
+        if short in ("map", "starmap", "imap", "imap_unordered", "map_async"):
+            many = self.fold(rest[0])
+            commands = many.value if many is not None and isinstance(many.value, (list, tuple)) else []
+            for command in commands[:256]:
+                if short == "starmap" and isinstance(command, (list, tuple)) and command:
+                    command = command[0]
+                self._run_with(runner, [ast.Constant(command)])
+            return True
+        self._run_with(runner, rest)
+        return True
+
+    def _runs(self, name: str | None) -> bool:
+        return bool(name) and (name in _RUN_CALLS or name.startswith(_RUN_PREFIXES) or
+                               name in self.runners)
+
+    def _run_with(self, runner: str, arg_nodes: list) -> None:
+        call = ast.Call(func=ast.Name(id="_", ctx=ast.Load()), args=list(arg_nodes), keywords=[])
+        args = [self.fold(a) for a in arg_nodes]
+        if runner in self.runners:
+            index = self.runners[runner]
+            if len(args) > index and args[index] is not None:
+                self.emit_run(args[index].value)
+            return
+        self._run_call(runner, call, args)
 
     def _run_call(self, name: str, node: ast.Call, args: list[_Folded | None]) -> None:
         command = None
@@ -553,6 +739,13 @@ class _Reader(ast.NodeVisitor):
                 self.started(shell.split_argv(["python", *words], self.cwd))
             elif len(words) > 1:
                 self.started(shell.split_argv(["python", *words], self.cwd))
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "set_env" or \
+                method == "run_line_magic" and len(values) >= 2 and values[0] == "env" and \
+                values[1] and re.match(r"\s*[A-Za-z_]\w*\s*[= ]\s*\S", values[1]):
+            # %env T=xmrig, %set_env T xmrig
+            parts = re.split(r"\s*[= ]\s*", (values[1] or "").strip(), maxsplit=1)
+            key, value = parts[0], parts[1] if len(parts) > 1 else ""
+            self._set_env(key, _Folded(self._expand(value), False) if value else None)
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
             self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
@@ -618,17 +811,41 @@ class _Reader(ast.NodeVisitor):
         return UNKNOWN
 
     def call_name(self, func: ast.expr) -> str | None:
-        """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run)."""
+        """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run),
+        the builtins module, ``sys.modules[...]``, ``vars(os)[...]`` and a C library's handle
+        (``ctypes.CDLL(None).system`` is ``os.system``)."""
+        return _canonical(self._call_name(func))
+
+    def _call_name(self, func: ast.expr) -> str | None:
         parts = []
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
             func = func.value
+        if isinstance(func, ast.Subscript):  # sys.modules["os"].system, vars(os)["system"]
+            key = self.fold(func.slice)
+            key = key.value if key is not None and isinstance(key.value, str) else None
+            owner = self.call_name(func.value) if isinstance(func.value, (ast.Name, ast.Attribute)) \
+                else None
+            if isinstance(func.value, ast.Call) and self.call_name(func.value.func) == "vars" and \
+                    len(func.value.args) == 1:
+                owner = self.call_name(func.value.args[0])
+            elif owner and owner.endswith(".__dict__"):
+                owner = owner[:-len(".__dict__")]
+            elif owner == "sys.modules":
+                owner = None if key is None else ""
+            else:
+                return None
+            if key is None or owner is None:
+                return None
+            return ".".join([p for p in (owner, key) if p] + list(reversed(parts)))
         if isinstance(func, ast.Call) and parts:
             called = self.call_name(func.func)
             module = self.fold(func.args[0]) if func.args else None
             if called in ("__import__", "importlib.import_module") and module is not None \
                     and isinstance(module.value, str):
                 return ".".join([module.value, *reversed(parts)])
+            if called in _DLL_OPENERS:  # ctypes.CDLL(None).system: the C library's system()
+                return ".".join([LIBC, *reversed(parts)])
             return None
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
@@ -780,12 +997,42 @@ class _Reader(ast.NodeVisitor):
             return _Folded(_codec(values[0], values[1]), True)
         if name in ("shlex.split",) and values and isinstance(values[0], str):
             return _Folded(shlex.split(values[0], comments=False)[:256], args[0].hidden)
+        if name in ("shutil.which", "os.path.abspath", "os.path.realpath", "os.path.expanduser",
+                    "os.fsencode", "os.fsdecode", "pathlib.Path", "os.path.normpath") and \
+                len(values) == 1 and isinstance(values[0], (str, bytes)):
+            return _Folded(values[0], args[0].hidden)  # the program found on the PATH is that name
+        if name in ("os.path.join", "posixpath.join") and values and \
+                all(isinstance(v, str) for v in values):
+            return _Folded(_cap("/".join(v.rstrip("/") for v in values[:-1]) + "/" + values[-1]
+                                if len(values) > 1 else values[0]), any(a.hidden for a in args))
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
         return None
 
 
 # ---------------------------------------------------------------- helpers
+
+LIBC = "libc"  # a handle on a C library opened through ctypes
+_DLL_OPENERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.CDLL.LoadLibrary",
+                "ctypes.pydll.LoadLibrary", "ctypes.LibraryLoader.LoadLibrary"}
+# what a C library's functions are, when the cell calls them through a handle
+_LIBC_RUNS = {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
+              "posix_spawn", "posix_spawnp"}
+
+
+def _canonical(name: str | None) -> str | None:
+    """``__builtins__.__import__`` is ``__import__``; a C library's ``system`` is ``os.system``."""
+    if not name:
+        return name
+    for prefix in ("__builtins__.", "builtins."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.startswith(LIBC + "."):
+        rest = name[len(LIBC) + 1:]
+        if rest in _LIBC_RUNS:
+            return f"os.{rest}"
+    return name
+
 
 def _cap(value):
     if isinstance(value, (str, bytes)) and len(value) > MAX_VALUE:

@@ -1,0 +1,102 @@
+"""A second round of an abuser who has read the code (and of honest cells that look alike):
+each evasion that once slipped through the cell check is kept here, and so is each honest
+cell it must leave alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from colab_guard.detect.cells import CellProcess
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.model import Snapshot
+
+RULES = load_signatures()
+
+
+def run_cells(cells):
+    engine = Engine(RULES)
+    found = []
+    for cell in cells:
+        found = engine.evaluate(Snapshot("k", 1.0, [CellProcess(pid=7, is_kernel=True, cell=cell)]))
+    return found
+
+
+REFUSED = [
+    ("__builtins__.__import__", ["__builtins__.__import__('os').system('ngrok tcp 22')"]),
+    ("getattr of __builtins__", ["getattr(__builtins__, '__import__')('os').system('ngrok tcp 22')"]),
+    ("builtins module", ["import builtins\nbuiltins.__import__('subprocess').run(['ngrok', 'tcp', '22'])"]),
+    ("sys.modules", ["import sys\nsys.modules['os'].system('ngrok tcp 22')"]),
+    ("os.__dict__", ["import os\nos.__dict__['system']('ngrok tcp 22')"]),
+    ("vars(os)", ["import os\nvars(os)['sys' + 'tem']('ngrok tcp 22')"]),
+    ("ctypes CDLL(None)", ["import ctypes\nctypes.CDLL(None).system(b'./xmrig -o pool:3333')"]),
+    ("ctypes libc handle", ["import ctypes\nlibc = ctypes.CDLL('libc.so.6')\nlibc.system(b'ngrok tcp 22')"]),
+    ("ctypes cdll.LoadLibrary", ["from ctypes import cdll\ncdll.LoadLibrary('libc.so.6').system(b'ngrok tcp 22')"]),
+    ("multiprocessing target", ["import multiprocessing, os\n"
+                                "p = multiprocessing.Process(target=os.system, args=('ngrok tcp 22',))\np.start()"]),
+    ("threading target", ["import threading, subprocess\n"
+                          "threading.Thread(target=subprocess.run, args=(['ngrok', 'tcp', '22'],)).start()"]),
+    ("executor submit", ["import os\nfrom concurrent.futures import ThreadPoolExecutor\n"
+                         "ThreadPoolExecutor().submit(os.system, 'ngrok tcp 22')"]),
+    ("map over commands", ["import os\nlist(map(os.system, ['ngrok tcp 22']))"]),
+    ("functools.partial", ["import os, functools\nf = functools.partial(os.system, 'ngrok tcp 22')\nf()"]),
+    ("shutil.which", ["import shutil, subprocess\nsubprocess.run([shutil.which('ngrok'), 'tcp', '22'])"]),
+    ("IPython.utils.process.system", ["from IPython.utils.process import system\nsystem('ngrok tcp 22')"]),
+    ("IPython.utils.process module", ["from IPython.utils import process\nprocess.getoutput('ngrok tcp 22')"]),
+    ("pexpect.spawn", ["import pexpect\nchild = pexpect.spawn('ngrok tcp 22')"]),
+    ("sh library", ["import sh\nsh.ngrok('tcp', '22', _bg=True)"]),
+    ("open().write then bash", ["open('r.sh', 'w').write('./xmrig -o pool:3333\\n')", "!bash r.sh"]),
+    ("with open write then run", ["with open('r.sh', 'w') as f:\n    f.write('ngrok tcp 22\\n')",
+                                  "!chmod +x r.sh && ./r.sh"]),
+    ("Path.write_text then python", ["from pathlib import Path\n"
+                                     "Path('go.py').write_text(\"import os; os.system('ngrok tcp 22')\")",
+                                     "!python go.py"]),
+    ("os.environ then $T", ["import os\nos.environ['T'] = 'ngrok'", "!$T tcp 22"]),
+    ("%env then $T", ["%env T=xmrig", "!./$T -o pool:3333"]),
+    ("os.environ in the same cell", ["import os\nos.environ['T'] = 'ngrok'\nos.system('$T tcp 22')"]),
+    ("starred arguments", ["import os\nos.system(*['ngrok tcp 22'])"]),
+    ("starred list of a variable", ["import os\nargs = ['ngrok tcp 22']\nos.system(*args)"]),
+    ("keyword dictionary", ["import subprocess\nsubprocess.run(**{'args': 'ngrok tcp 22', 'shell': True})"]),
+    ("renamed miner, donate level", ["!./kworker -o 10.0.0.9:3333 --donate-level 1 -B"]),
+    ("renamed miner, wallet login", ["!./kworker -o gulf.moneroocean.stream:10128 -u "
+                                     "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A -p x"]),
+    ("renamed GPU miner, wallet", ["!./lm --algo ETCHASH --pool etc.2miners.com:1010 --user "
+                                   "0x52908400098527886E0F7030069857D2E4169EE7.rig1"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", REFUSED, ids=[r[0] for r in REFUSED])
+def test_evasions_are_refused(what, cells):
+    found = run_cells(cells)
+    actions = {d.signature.action or "category" for d in found}
+    assert found and actions - {"warn", "record"}, [d.signature.id for d in found]
+
+
+HONEST = [
+    ("tool words as variable names", "miner = DataMiner()\ntorrent_df = pd.read_csv('torrents.csv')\nhashcat_results = {}"),
+    ("tool words in a path", "df = pd.read_csv('/content/drive/MyDrive/xmrig_logs/ngrok.csv')"),
+    ("a classifier given a miner sample", "!python classify.py --input samples/xmrig.bin --label miner"),
+    ("pip of look-alike names", "!pip install minerl hashids mlxtend pm4py apyori"),
+    ("face analysis", "from insightface.app import FaceAnalysis\napp = FaceAnalysis(name='buffalo_l')\n"
+                      "app.prepare(ctx_id=0)\nfaces = app.get(img)"),
+    ("pm4py inductive miner", "from pm4py.algo.discovery.inductive import algorithm as inductive_miner\n"
+                              "tree = inductive_miner.apply(log)"),
+    ("stable-diffusion-webui", "!git clone https://github.com/AUTOMATIC1111/stable-diffusion-webui\n"
+                               "%cd stable-diffusion-webui\n!python launch.py --xformers"),
+    ("hydra config override", "!python train.py --config-name=hydra_cfg hydra.run.dir=out"),
+    ("medusa LLM decoding", "!python -m medusa.inference.cli --model FasterDecoding/medusa-vicuna-7b-v1.3"),
+    ("ssh -R in a remote command's arguments", "!ssh me@host 'ls -R /data'"),
+    ("a helper script written, then run", "open('prep.sh', 'w').write('python prep.py --out data/\\n')\n"
+                                          "import subprocess\nsubprocess.run(['bash', 'prep.sh'])"),
+    ("a thread running a training function", "import threading\n"
+                                             "threading.Thread(target=train, args=('xmrig-logs.csv',)).start()"),
+    ("os.environ for a library", "import os\nos.environ['CUDA_VISIBLE_DEVICES'] = '0'\n!echo $CUDA_VISIBLE_DEVICES"),
+    ("a benchmark of hashing algorithms", "!python bench.py --algo kawpow --iterations 100"),
+    ("a wallet address analysed", "!python audit.py --address 0x52908400098527886E0F7030069857D2E4169EE7"),
+    ("ctypes for a math library", "import ctypes\nlib = ctypes.CDLL('./libfast.so')\nlib.solve(3)"),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST, ids=[h[0] for h in HONEST])
+def test_honest_cells_are_left_alone(what, cell):
+    assert [(d.signature.id, d.reasons[:1]) for d in run_cells([cell])] == []
