@@ -57,6 +57,24 @@ REFUSED = [
     ("starred arguments", ["import os\nos.system(*['ngrok tcp 22'])"]),
     ("starred list of a variable", ["import os\nargs = ['ngrok tcp 22']\nos.system(*args)"]),
     ("keyword dictionary", ["import subprocess\nsubprocess.run(**{'args': 'ngrok tcp 22', 'shell': True})"]),
+    ("source of a written script", ["%%writefile a.sh\n./xmrig -o p:3333\n", "!source a.sh"]),
+    (". of a written script", ["%%writefile a.sh\n./xmrig -o p:3333\n", "!. ./a.sh"]),
+    ("sh < a written script", ["%%writefile a.sh\n./xmrig -o p:3333\n", "!sh < a.sh"]),
+    ("cat of a written script into bash", ["%%writefile a.sh\n./xmrig -o p:3333\n", "!cat a.sh | bash"]),
+    ("bash -x of a written script", ["%%writefile a.sh\n./xmrig -o p:3333\n", "!bash -x a.sh"]),
+    ("exec of a written file", ["%%writefile m.py\nimport os\nos.system('ngrok tcp 22')\n",
+                                "exec(open('m.py').read())"]),
+    ("ANSI-C quoting", ["!$'\\x78mrig' -o p:3333"]),
+    ("%alias", ["%alias m ./xmrig -o p:3333\n%m"]),
+    ("list append", ["import subprocess\nargs = []\nargs.append('ngrok')\nargs.extend(['tcp', '22'])\n"
+                     "subprocess.run(args)"]),
+    ("dict lookup", ["import subprocess\nT = {'a': 'ngrok'}\nsubprocess.run([T['a'], 'tcp', '22'])"]),
+    ("lambda", ["import os\nf = lambda c: os.system(c)\nf('ngrok tcp 22')"]),
+    ("a method that runs its argument", ["import os\nclass R:\n    def go(self, c):\n        os.system(c)\n"
+                                         "R().go('ngrok tcp 22')"]),
+    ("for loop over names", ["import os\nfor t in ['ngrok']:\n    os.system(t + ' tcp 22')"]),
+    ("zlib", ["import os, zlib, base64\nos.system(zlib.decompress(base64.b64decode("
+              "'eJzLSy/Kz1YoSS5QMDICAB2RBA0=')).decode())"]),
     ("renamed miner, donate level", ["!./kworker -o 10.0.0.9:3333 --donate-level 1 -B"]),
     ("renamed miner, wallet login", ["!./kworker -o gulf.moneroocean.stream:10128 -u "
                                      "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A -p x"]),
@@ -70,6 +88,26 @@ def test_evasions_are_refused(what, cells):
     found = run_cells(cells)
     actions = {d.signature.action or "category" for d in found}
     assert found and actions - {"warn", "record"}, [d.signature.id for d in found]
+
+
+GAPS = [
+    ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
+    ("a substring expansion", ["%%bash\nV=xmrigXX\n./${V:0:5} -o p:3333"]),
+    ("printf with several arguments", ["!eval $(printf '%s' './xmr' 'ig -o p:3333')"]),
+    ("a closure returned by a function", ["import subprocess\ndef mk():\n"
+                                          "    def inner(c): subprocess.run(c, shell=True)\n"
+                                          "    return inner\nmk()('ngrok tcp 22')"]),
+    ("an ssh config file that forwards", ["%%writefile cfg\nHost x\n  RemoteForward 2222 localhost:22\n",
+                                          "!ssh -F cfg x"]),
+    ("a pickle that calls os.system", ["import pickle\npickle.loads(b\"cos\\nsystem\\n(S'ngrok tcp 22'\\ntR.\")"]),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="not read by the cell check yet (the sampler sees what starts)")
+@pytest.mark.parametrize("what, cells", GAPS, ids=[g[0] for g in GAPS])
+def test_known_gaps(what, cells):
+    found = run_cells(cells)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
 
 
 HONEST = [
@@ -93,6 +131,10 @@ HONEST = [
     ("os.environ for a library", "import os\nos.environ['CUDA_VISIBLE_DEVICES'] = '0'\n!echo $CUDA_VISIBLE_DEVICES"),
     ("a benchmark of hashing algorithms", "!python bench.py --algo kawpow --iterations 100"),
     ("a wallet address analysed", "!python audit.py --address 0x52908400098527886E0F7030069857D2E4169EE7"),
+    ("a loop over file names", "import os\nfor f in ['a.csv', 'b.csv']:\n    os.system('gzip ' + f)"),
+    ("a config dictionary", "cfg = {'model': 'xmrig-detector', 'lr': 0.01}\nprint(cfg['model'])"),
+    ("bash reading stdin from a data file", "!bash -s < params.txt"),
+    ("cat a file into a pager", "!cat notes.md | less"),
     ("ctypes for a math library", "import ctypes\nlib = ctypes.CDLL('./libfast.so')\nlib.solve(3)"),
 ]
 

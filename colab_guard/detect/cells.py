@@ -242,6 +242,7 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self._unrolled = 0  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
@@ -256,6 +257,8 @@ class _Reader(ast.NodeVisitor):
 
     def emit_value(self, folded: _Folded) -> None:
         value = folded.value
+        if isinstance(value, dict):
+            value = [v for pair in list(value.items())[:256] for v in pair]
         if isinstance(value, (list, tuple)):
             for item in value:
                 self.emit_value(_Folded(item, folded.hidden))
@@ -371,8 +374,11 @@ class _Reader(ast.NodeVisitor):
             text = self.memory.files.get(shell.base(found[1]))
             return ("python", text) if text else None
         name = shell.base(argv[0])
-        if name in shell.SHELLS and len(argv) > 1 and not argv[1].startswith("-"):
-            name = shell.base(argv[1])
+        if name in shell.SHELLS or name in ("source", "."):
+            files = [w for w in argv[1:] if not w.startswith("-")]
+            if not files or any(w.startswith("-") and "c" in w.lstrip("-") for w in argv[1:]):
+                return None
+            name = shell.base(files[0])
         text = self.memory.files.get(name)
         return ("shell", text) if text else None
 
@@ -435,6 +441,15 @@ class _Reader(ast.NodeVisitor):
             alias = module.value if module is not None and isinstance(module.value, str) else None
         elif isinstance(node.value, ast.Call) and self.call_name(node.value.func) in _DLL_OPENERS:
             alias = LIBC  # libc = ctypes.CDLL("libc.so.6"): libc.system(...) starts a program
+        if isinstance(node.value, ast.Lambda) and isinstance(node.value.body, ast.Call):
+            # f = lambda c: os.system(c): f("ngrok tcp 22") starts ngrok
+            lam, inner = node.value, node.value.body
+            params = [a.arg for a in lam.args.posonlyargs + lam.args.args]
+            if inner.args and isinstance(inner.args[0], ast.Name) and inner.args[0].id in params \
+                    and self._runs(self.call_name(inner.func)):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        self.runners[target.id] = params.index(inner.args[0].id)
         for target in node.targets:
             if isinstance(target, ast.Subscript) and \
                     self.call_name(target.value) in ("os.environ", "os.environb"):
@@ -461,7 +476,10 @@ class _Reader(ast.NodeVisitor):
                                                  self._is_ipython(inner.func.value) and
                                                  inner.func.attr in ("system", "system_raw",
                                                                      "getoutput")):
-                    self.runners[node.name] = params.index(inner.args[0].id)
+                    index = params.index(inner.args[0].id)
+                    self.runners[node.name] = index
+                    if params and params[0] in ("self", "cls") and index > 0:
+                        self.runners[node.name] = index - 1  # a method: obj.go(cmd)
                     break
         self.generic_visit(node)
 
@@ -484,6 +502,39 @@ class _Reader(ast.NodeVisitor):
             self.names[key] = value
         else:
             self.names.pop(key, None)
+
+    def visit_For(self, node):
+        """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
+        items = self.fold(node.iter)
+        values = items.value if items is not None else None
+        if isinstance(node.target, ast.Name) and isinstance(values, (list, tuple)) and \
+                0 < len(values) <= 16 and self._unrolled < 2:
+            self.visit(node.iter)
+            self._unrolled += 1
+            try:
+                for value in values:
+                    self.names[node.target.id] = _Folded(value, items.hidden)
+                    for statement in node.body:
+                        self.visit(statement)
+            finally:
+                self._unrolled -= 1
+            self.names.pop(node.target.id, None)
+            for statement in node.orelse:
+                self.visit(statement)
+            return
+        self.generic_visit(node)
+
+    def _read_file(self, node) -> str | None:
+        """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
+        if self.memory is None or not isinstance(node.func, ast.Attribute) or \
+                node.func.attr not in ("read", "read_text") or not isinstance(node.func.value, ast.Call):
+            return None
+        opened = node.func.value
+        if not opened.args:
+            return None
+        path = self.fold(opened.args[0])
+        path = _as_text(path.value) if path is not None else None
+        return self.memory.files.get(shell.base(path)) if path else None
 
     def visit_With(self, node):
         """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes."""
@@ -592,6 +643,25 @@ class _Reader(ast.NodeVisitor):
             self._run_call(name, node, args)
         elif self._handed_over(node, name):
             pass
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend") and \
+                isinstance(node.func.value, ast.Name) and len(args) == 1 and \
+                isinstance(self.names.get(node.func.value.id, _Folded(None, False)).value, list):
+            # args.append("ngrok"): the list, a constant, grows
+            held = self.names[node.func.value.id]
+            item = args[0]
+            if item is None or node.func.attr == "extend" and not isinstance(item.value, (list, tuple)):
+                self.names.pop(node.func.value.id, None)
+            else:
+                more = list(item.value) if node.func.attr == "extend" else [item.value]
+                self.names[node.func.value.id] = _Folded((held.value + more)[:256], True)
+        elif isinstance(node.func, ast.Attribute) and name is None and \
+                node.func.attr in self.runners and len(args) > self.runners[node.func.attr] and \
+                args[self.runners[node.func.attr]] is not None:
+            # R().go("ngrok tcp 22") where the cell's method go() runs its argument
+            self.emit_run(args[self.runners[node.func.attr]].value)
+        elif name in ("exec", "eval", "compile") and node.args and isinstance(node.args[0], ast.Call) \
+                and self._read_file(node.args[0]):
+            self.read_code(self._read_file(node.args[0]), ipython=False)
         elif name in ("os.putenv", "os.environ.setdefault", "os.environ.__setitem__") and \
                 len(args) == 2 and args[0] is not None:
             self._set_env(_as_text(args[0].value), args[1])
@@ -746,6 +816,16 @@ class _Reader(ast.NodeVisitor):
             parts = re.split(r"\s*[= ]\s*", (values[1] or "").strip(), maxsplit=1)
             key, value = parts[0], parts[1] if len(parts) > 1 else ""
             self._set_env(key, _Folded(self._expand(value), False) if value else None)
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "alias" and values[1]:
+            # %alias m ./xmrig -o p:3333 — then %m runs it
+            parts = values[1].split(None, 1)
+            if len(parts) == 2:
+                self.names[f"%alias {parts[0]}"] = _Folded(parts[1].replace("%s", "").replace("%l", ""),
+                                                           False)
+        elif method == "run_line_magic" and len(values) >= 2 and \
+                f"%alias {values[0]}" in self.names:
+            alias = _as_text(self.names[f"%alias {values[0]}"].value) or ""
+            self.emit_run(f"{alias} {values[1] or ''}".strip())
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
             self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
@@ -899,6 +979,21 @@ class _Reader(ast.NodeVisitor):
             return self._fold_chr_comprehension(node, depth)
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
             return self._fold_slice(node, depth)
+        if isinstance(node, ast.Dict) and len(node.keys) <= 256 and None not in node.keys:
+            keys = [self.fold(k, depth) for k in node.keys]
+            values = [self.fold(v, depth) for v in node.values]
+            if any(i is None for i in keys + values):
+                return None
+            return _Folded({k.value: v.value for k, v in zip(keys, values)},
+                           any(i.hidden for i in keys + values))
+        if isinstance(node, ast.Subscript):  # T["a"], argv[0]: an item of a known constant
+            owner, key = self.fold(node.value, depth), self.fold(node.slice, depth)
+            if owner is None or key is None:
+                return None
+            if isinstance(owner.value, dict) and key.value in owner.value or \
+                    isinstance(owner.value, (list, tuple)) and type(key.value) is int:
+                return _Folded(owner.value[key.value], owner.hidden)
+            return None
         if isinstance(node, ast.Call):
             return self._fold_call(node, depth)
         return None
@@ -1005,6 +1100,9 @@ class _Reader(ast.NodeVisitor):
                 all(isinstance(v, str) for v in values):
             return _Folded(_cap("/".join(v.rstrip("/") for v in values[:-1]) + "/" + values[-1]
                                 if len(values) > 1 else values[0]), any(a.hidden for a in args))
+        if name in ("zlib.decompress", "gzip.decompress", "bz2.decompress", "lzma.decompress") and \
+                values and isinstance(values[0], (bytes, bytearray)):
+            return _Folded(_decompress(name.split(".")[0], bytes(values[0])), True)
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
         return None
@@ -1095,6 +1193,19 @@ def _codec(value, codec: str):
     if codec in ("base64", "base64_codec"):
         return base64.b64decode(data)
     return None
+
+
+def _decompress(kind: str, data: bytes) -> bytes:
+    """Bounded decompression: at most MAX_VALUE bytes come out (a zip bomb stays small)."""
+    import bz2
+    import lzma
+    import zlib
+    if kind == "zlib":
+        return zlib.decompressobj().decompress(data, MAX_VALUE)
+    if kind == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_VALUE)
+    decompressor = bz2.BZ2Decompressor() if kind == "bz2" else lzma.LZMADecompressor()
+    return decompressor.decompress(data, max_length=MAX_VALUE)
 
 
 def _as_text(value) -> str | None:

@@ -108,7 +108,7 @@ class _Shell:
     def run(self, text: str, depth: int) -> None:
         if depth > MAX_DEPTH or not text:
             return
-        text = text[:MAX_TEXT].replace("\\\n", " ")
+        text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
             _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
@@ -118,6 +118,8 @@ class _Shell:
                 return
         for script in _piped_scripts(text):  # echo … | base64 -d | bash
             _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
+        for match in _CAT_INTO_SHELL.finditer(text):  # cat x.sh | bash: bash runs x.sh
+            self.found.append(Command([match.group(2), match.group(1)], self.cwd))
 
     def _simple_commands(self, text: str) -> list[list[str]]:
         lexer = shlex.shlex(text.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
@@ -139,7 +141,9 @@ class _Shell:
                 if _REDIRECT.match(token) or set(token) <= set("<>&") and token:
                     if words and words[-1].isdigit():
                         words.pop()  # 2>&1: the 2 was the file descriptor
-                    skip_next = True
+                    # sh < x.sh: the shell runs x.sh (read as `sh x.sh`)
+                    skip_next = not (token == "<" and words and base(words[0]) in SHELLS and
+                                     all(w.startswith("-") for w in words[1:]))
                     continue
                 words.append(token)
         except ValueError:  # unbalanced quotes: the shell would refuse it; read what we have
@@ -170,6 +174,8 @@ class _Shell:
         if words[0] in ("eval", "source", "."):
             if words[0] == "eval":
                 self.run(" ".join(words[1:]), depth + 1)
+            elif len(words) > 1:  # source x.sh: this shell runs x.sh
+                self.found.append(Command(list(words), self.cwd))
             return
         self.program(words, depth)
 
@@ -315,6 +321,25 @@ def _substitutions(text: str) -> tuple[list[str], str]:
         i += 1
     out.append(text[start:])
     return found, "".join(out)
+
+
+_CAT_INTO_SHELL = re.compile(r"(?:^|[;&|(\s])cat\s+([\w./-]+)\s*\|\s*(?:sudo\s+)?"
+                             r"((?:/usr)?(?:/bin/)?(?:ba|da|z|k)?sh)\s*(?:$|[;&|)\n])")
+_ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.){0,2000})'")
+
+
+def _ansi_c_quotes(text: str) -> str:
+    """``$'\\x78mrig'`` is bash's quoting with escapes: replaced by what it spells, quoted."""
+    if "$'" not in text:
+        return text
+
+    def decoded(match):
+        try:
+            value = match.group(1).encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except (UnicodeError, ValueError):
+            return match.group(0)
+        return shlex.quote(value)
+    return _ANSI_C.sub(decoded, text)
 
 
 def _piped_scripts(text: str) -> list[str]:
