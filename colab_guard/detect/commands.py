@@ -73,6 +73,7 @@ _WRAPPERS: dict[str, tuple[set[str], int]] = {
     "proxychains4": ({"-f"}, 0),
     "torsocks": (set(), 0),
     "unbuffer": (set(), 0),
+    "sshpass": ({"-p", "-f", "-d", "-P"}, 0),
     "watch": ({"-n", "-d", "--interval"}, 0),
     "strace": ({"-o", "-e", "-p", "-s"}, 0),
     "daemonize": ({"-c", "-e", "-o", "-p", "-l", "-u"}, 0),
