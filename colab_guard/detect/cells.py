@@ -76,6 +76,7 @@ MAX_NAMES = 512  # variables one kernel's memory keeps
 MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 _BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
+_WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+")
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
@@ -149,6 +150,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if tree is None:
         return CellAnalysis("", [])
     reader = _Reader(memory)
+    reader.literals = _literals(tree)
     for statement in tree.body:
         try:
             reader.visit(statement)
@@ -242,6 +244,7 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self.literals = ""  # the cell's own string constants, lower case (see _plain)
         self._unrolled = 0  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
@@ -266,9 +269,18 @@ class _Reader(ast.NodeVisitor):
         if not isinstance(value, (str, bytes, bytearray)):
             return  # numbers alone say nothing
         text = _as_text(value)
-        self.emit("hidden" if folded.hidden else "text", text)
+        hidden = folded.hidden and not self._plain(text)
+        self.emit("hidden" if hidden else "text", text)
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
+
+    def _plain(self, text: str | None) -> bool:
+        """Whether an assembled string only repeats what the cell spells plainly (a list of
+        names joined for a report, a name upper-cased): then it hides nothing."""
+        if not text or not self.literals:
+            return False
+        words = [w for w in _WORDS.split(text.lower()) if w and not w.isdigit()]
+        return bool(words) and len(words) <= 64 and all(w in self.literals for w in words)
 
     def emit_run(self, command, split: bool = True) -> None:
         argv = None
@@ -839,7 +851,12 @@ class _Reader(ast.NodeVisitor):
             if magic in ("writefile", "file") and self.memory is not None and line.split():
                 name = shell.base(line.split()[-1])
                 self.memory.files[name] = values[2][:MAX_SOURCE]
-            for body_line in values[2].splitlines():
+            body = values[2]
+            if shell_cell:  # here-documents are input, not commands (a shell's own is run)
+                body, documents = shell.heredocs(body)
+                body = "\n".join([body, *(d for h, d in documents if not shell.PYTHONS.match(
+                    shell.base(h)))])
+            for body_line in body.splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
                     if shell_cell:
                         self.emit_run(body_line, split=False)
@@ -1193,6 +1210,19 @@ def _codec(value, codec: str):
     if codec in ("base64", "base64_codec"):
         return base64.b64decode(data)
     return None
+
+
+def _literals(tree: ast.AST) -> str:
+    """The string constants a cell's source spells out, lower case, NUL-separated."""
+    found, size = [], 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = _as_text(node.value).lower()
+            found.append(text)
+            size += len(text)
+            if size > MAX_SOURCE:
+                break
+    return "\0".join(found)
 
 
 def _decompress(kind: str, data: bytes) -> bytes:

@@ -110,6 +110,12 @@ class _Shell:
         if depth > MAX_DEPTH or not text:
             return
         text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
+        text, documents = heredocs(text)
+        for head, script in documents:  # bash <<EOF … EOF: the shell runs the document
+            if PYTHONS.match(base(head)):  # python - <<EOF: read as python -c
+                self.found.append(Command([head, "-c", script], self.cwd))
+            else:
+                _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
             _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
@@ -327,6 +333,43 @@ def _substitutions(text: str) -> tuple[list[str], str]:
 _CAT_INTO_SHELL = re.compile(r"(?:^|[;&|(\s])cat\s+([\w./-]+)\s*\|\s*(?:sudo\s+)?"
                              r"((?:/usr)?(?:/bin/)?(?:ba|da|z|k)?sh)\s*(?:$|[;&|)\n])")
 _ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.){0,2000})'")
+
+
+_HEREDOC = re.compile(r"(?<!<)<<(-?)\s*(['\"]?)([A-Za-z_][\w-]*)\2")
+
+
+def heredocs(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """A here-document is the input of its command, not commands: ``cat <<EOF > notes`` writes
+    its lines, ``bash <<EOF`` (or ``sh -s``, ``python -``) runs them. The text without the
+    documents, and (interpreter, document) for each document a shell or Python runs."""
+    if "<<" not in text:
+        return text, []
+    lines, kept, scripts = text.split("\n"), [], []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        kept.append(line)
+        i += 1
+        for match in _HEREDOC.finditer(line):
+            strip, delimiter = match.group(1), match.group(3)
+            body = []
+            while i < len(lines):
+                current = lines[i].lstrip("\t") if strip else lines[i]
+                i += 1
+                if current.strip() == delimiter:
+                    break
+                body.append(current)
+            try:
+                head = shlex.split(line[:match.start()].split("|")[-1].split(";")[-1])
+            except ValueError:
+                head = []
+            while head and base(head[0]) in ("sudo", "nohup", "exec", "env", "command"):
+                head = head[1:]
+            if head and (base(head[0]) in SHELLS or PYTHONS.match(base(head[0]))) and \
+                    not any(w.startswith("-") and "c" in w.lstrip("-") for w in head[1:]) and \
+                    all(w.startswith("-") for w in head[1:]):
+                scripts.append((head[0], "\n".join(body)))
+    return "\n".join(kept), scripts[:8]
 
 
 def _ansi_c_quotes(text: str) -> str:
