@@ -187,3 +187,33 @@ HONEST = [
 @pytest.mark.parametrize("what, cell", HONEST, ids=[h[0] for h in HONEST])
 def test_honest_cells_are_left_alone(what, cell):
     assert [(d.signature.id, d.reasons[:1]) for d in run_cells([cell])] == []
+
+
+# ---------------------------------------------------------------- Gradio's share link
+
+GRADIO_FRPC = "/usr/local/lib/python3.11/dist-packages/gradio/frpc_linux_amd64_v0.3"
+
+
+def _process_ids(process: dict) -> set[str]:
+    from colab_guard.detect.engine import example_matches
+    from colab_guard.observe.model import Process
+
+    proc = Process.from_dict({"pid": 4242, **process})
+    return {s.id for s in RULES.signatures.values() if not s.on_cells and example_matches(s, proc)}
+
+
+def test_gradios_share_link_is_a_dashboard_warned_and_a_copied_frpc_is_a_tunnel():
+    share = [GRADIO_FRPC, "http", "-n", "7f3a", "-l", "7860", "-i", "127.0.0.1", "--uc", "--sd", "random",
+             "--ue", "--server_addr", "gradio.live:7000", "--disable_log_color"]
+    sockets = [{"remote_ip": "34.1.1.1", "remote_port": 7000, "status": "ESTABLISHED"}]
+    found = _process_ids({"name": "frpc_linux_amd6", "exe": GRADIO_FRPC, "cmdline": share, "sockets": sockets})
+    assert found == {"proxy-gradio-share"}
+    assert RULES.signatures["proxy-gradio-share"].action == "warn"
+    copied = ["/tmp/frpc_linux_amd64_v0.3", *share[1:]]
+    assert "proxy-known-tool" in _process_ids({"name": "frpc_linux_amd6", "exe": copied[0], "cmdline": copied})
+    own_server = [GRADIO_FRPC, "tcp", "-l", "22", "--server_addr", "vps.example.org:7000"]
+    assert "proxy-known-tool" in _process_ids({"name": "frpc_linux_amd6", "exe": GRADIO_FRPC,
+                                               "cmdline": own_server})
+    # the cell that asks for the link starts nothing the cell check can see: only the sampler acts
+    assert run_cells(["import gradio as gr\ngr.Interface(fn=f, inputs='text', outputs='text')"
+                      ".launch(share=True)"]) == []
