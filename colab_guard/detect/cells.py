@@ -151,6 +151,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
         return CellAnalysis("", [])
     reader = _Reader(memory)
     reader.literals = _literals(tree)
+    reader.find_runners(tree)
     for statement in tree.body:
         try:
             reader.visit(statement)
@@ -244,6 +245,7 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self._imported: set[str] = set()
         self.literals = ""  # the cell's own string constants, lower case (see _plain)
         self._unrolled = 0  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
@@ -420,13 +422,25 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ statements
 
+    def _import_written(self, module: str | None) -> None:
+        """``import m`` of an ``m.py`` the cell or an earlier one wrote: its code runs."""
+        if self.memory is None or not module or "." in module:
+            return
+        code = self.memory.files.get(module + ".py")
+        if code and module not in self._imported:
+            self._imported.add(module)
+            self.read_code(code, ipython=False)
+
     def visit_Import(self, node):
         for alias in node.names:
+            self._import_written(alias.name)
             self.emit("import", alias.name)
             self.aliases[alias.asname or alias.name.split(".")[0]] = \
                 alias.name if alias.asname else alias.name.split(".")[0]
 
     def visit_ImportFrom(self, node):
+        if node.module and not node.level:
+            self._import_written(node.module)
         if node.module:
             self.emit("import", node.module)
             for alias in node.names:
@@ -439,6 +453,7 @@ class _Reader(ast.NodeVisitor):
 
     def visit_Assign(self, node):
         self.visit(node.value)
+        self._unpack(node)
         folded = self.fold(node.value)
         # f = os.system, ip = get_ipython(): a new name for a function or for IPython
         alias = None
@@ -476,8 +491,23 @@ class _Reader(ast.NodeVisitor):
                 if alias:
                     self.aliases[target.id] = alias
 
+    def find_runners(self, tree) -> None:
+        """Functions that run their argument, wherever they are defined in the cell (``a(x)``
+        calls ``b(x)`` defined below it, which runs x): a few passes until nothing changes."""
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for _ in range(4):
+            before = dict(self.runners)
+            for function in functions[:256]:
+                self._runner(function)
+            if self.runners == before:
+                return
+
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
+        self._runner(node)
+        self.generic_visit(node)
+
+    def _runner(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
@@ -493,7 +523,6 @@ class _Reader(ast.NodeVisitor):
                     if params and params[0] in ("self", "cls") and index > 0:
                         self.runners[node.name] = index - 1  # a method: obj.go(cmd)
                     break
-        self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -535,6 +564,25 @@ class _Reader(ast.NodeVisitor):
                 self.visit(statement)
             return
         self.generic_visit(node)
+
+    def visit_ListComp(self, node):
+        """``[os.system(c) for c in ["ngrok tcp 22"]]``: read once per item, like a loop."""
+        folded = self.fold(node)
+        if folded is not None:  # [chr(c) for c in (...)]: a constant
+            self.emit_value(folded)
+            return
+        if len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) and \
+                not node.generators[0].ifs:
+            gen = node.generators[0]
+            element = node.elt if not isinstance(node, ast.DictComp) else node.value
+            loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
+            items = self.fold(gen.iter)
+            if items is not None and isinstance(items.value, (list, tuple)):
+                self.visit_For(loop)
+                return
+        self.generic_visit(node)
+
+    visit_GeneratorExp = visit_SetComp = visit_ListComp
 
     def _read_file(self, node) -> str | None:
         """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
@@ -599,6 +647,27 @@ class _Reader(ast.NodeVisitor):
             if name and "." in name:
                 self.emit("base", name)
         self.generic_visit(node)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit_Assign(ast.Assign(targets=[node.target], value=node.value))
+
+    def visit_NamedExpr(self, node):
+        self.visit_Assign(ast.Assign(targets=[node.target], value=node.value))
+
+    def _unpack(self, node) -> None:
+        """``a, b = "ngrok", "tcp 22"``: each name its constant."""
+        for target in node.targets:
+            if isinstance(target, (ast.Tuple, ast.List)) and \
+                    isinstance(node.value, (ast.Tuple, ast.List)) and \
+                    len(target.elts) == len(node.value.elts):
+                for name, value in zip(target.elts, node.value.elts):
+                    if isinstance(name, ast.Name):
+                        folded = self.fold(value)
+                        if folded is not None:
+                            self.names[name.id] = folded
+                        else:
+                            self.names.pop(name.id, None)
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -708,6 +777,8 @@ class _Reader(ast.NodeVisitor):
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
                 and args[0] is not None and _as_text(args[0].value):
             self.read_code(_as_text(args[0].value), ipython=False)
+        elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
+            self._import_written(_as_text(args[0].value))
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -801,6 +872,11 @@ class _Reader(ast.NodeVisitor):
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
                     command = folded.value if folded else self.loose(kw.value)
+        executable = next((self.fold(kw.value) for kw in node.keywords if kw.arg == "executable"), None)
+        if isinstance(command, (list, tuple)) and command and executable is not None and \
+                _as_text(executable.value):
+            # Popen(["kworker", …], executable="./ngrok"): ngrok runs, named kworker
+            self.emit_run([_as_text(executable.value), *command[1:]])
         if command:
             # a string without shell=True execs one word: split anyway, as a shell would
             # (the cell may pass shell=True through a variable)
@@ -808,8 +884,20 @@ class _Reader(ast.NodeVisitor):
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
         values = [_as_text(a.value) if a else None for a in args]
+        if method == "magic" and values and values[0]:  # ip.magic("system ngrok tcp 22")
+            name, _, rest = values[0].lstrip("%").partition(" ")
+            method, values = "run_line_magic", [name, rest]
         if method in ("system", "getoutput", "system_raw", "system_piped") and values and values[0]:
             self.emit_run(values[0])
+        elif method in ("run_cell", "run_cell_async", "ex", "ev", "run_code", "transform_cell") and \
+                values and values[0]:
+            self.read_code(values[0], ipython=method in ("run_cell", "run_cell_async"))
+        elif method in ("safe_execfile", "safe_execfile_ipy", "safe_run_module") and values and \
+                values[0] and self.memory is not None:
+            name = shell.base(values[0])
+            code = self.memory.files.get(name) or self.memory.files.get(name + ".py")
+            if code:
+                self.read_code(code, ipython=method == "safe_execfile_ipy")
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
             self.emit_run(values[1] or "")
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in ("cd", "pushd"):
@@ -1065,6 +1153,9 @@ class _Reader(ast.NodeVisitor):
             if codes is not None and isinstance(codes.value, list):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
+        if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
+            text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
+            return _Folded(text, True) if text else None
         args = [self.fold(a, depth) for a in node.args]
         if isinstance(func, ast.Attribute) and func.attr == "format" and \
                 all(a is not None for a in args):

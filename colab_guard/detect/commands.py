@@ -239,7 +239,8 @@ class _Shell:
         for i, word in enumerate(args):
             if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
                 if i + 1 < len(args):
-                    _Shell(self.found, self.cwd, dict(self.vars)).run(args[i + 1], depth + 1)
+                    _Shell(self.found, self.cwd, dict(self.vars)).run(
+                        _positional(args[i + 1], args[i + 2:]), depth + 1)
                 return
             if not word.startswith("-"):
                 return  # bash script.sh: the script is a file we cannot read
@@ -276,7 +277,31 @@ def _after_options(argv: list[str], takes_value: set[str], value_letters: str = 
     return []
 
 
+def _positional(script: str, params: list[str]) -> str:
+    """``bash -c '$0 tcp 22' ngrok``: the words after the script are $0, $1…, "$@"."""
+    if not params or "$" not in script:
+        return script
+
+    def value(match):
+        index = int(match.group(1) or match.group(2))
+        return shlex.quote(params[index]) if index < len(params) else ""
+    script = re.sub(r"\$\{([0-9])\}|\$([0-9])", value, script)
+    rest = " ".join(shlex.quote(p) for p in params[1:])
+    return script.replace('"$@"', rest).replace("$@", rest).replace("$*", rest)
+
+
 def _env(argv: list[str], shell: _Shell) -> list[str]:
+    for i, word in enumerate(argv[1:], 1):  # env -S 'ngrok tcp 22': the string is split
+        if word in ("-S", "--split-string") and i + 1 < len(argv):
+            try:
+                return [*shlex.split(argv[i + 1]), *argv[i + 2:]]
+            except ValueError:
+                return []
+        if word.startswith("--split-string="):
+            try:
+                return [*shlex.split(word.split("=", 1)[1]), *argv[i + 1:]]
+            except ValueError:
+                return []
     rest = _after_options(argv, _WRAPPERS["env"][0])
     while rest and _ASSIGN.match(rest[0]):
         rest = rest[1:]
