@@ -247,7 +247,8 @@ class _Reader(ast.NodeVisitor):
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
         self._imported: set[str] = set()
         self.literals = ""  # the cell's own string constants, lower case (see _plain)
-        self._unrolled = 0  # for loops read once per item, nested at most twice
+        self._unrolled = 0
+        self._unroll_budget = 4096  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
@@ -548,8 +549,11 @@ class _Reader(ast.NodeVisitor):
         """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
         items = self.fold(node.iter)
         values = items.value if items is not None else None
-        if isinstance(node.target, ast.Name) and isinstance(values, (list, tuple)) and \
-                0 < len(values) <= 16 and self._unrolled < 2:
+        size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
+            if isinstance(values, (list, tuple)) and 0 < len(values) <= 16 else 0
+        if isinstance(node.target, ast.Name) and size and self._unrolled < 2 and \
+                size * len(values) <= self._unroll_budget:
+            self._unroll_budget -= size * len(values)  # bounded: a cell's loops read ≤ 4096 nodes more
             self.visit(node.iter)
             self._unrolled += 1
             try:
