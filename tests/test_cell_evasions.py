@@ -108,6 +108,10 @@ REFUSED = [
     ("annotated assignment", ["import os\nc: str = 'ngrok tcp 22'\nos.system(c)"]),
     ("a runner defined below its caller", ["import subprocess\ndef a(x):\n    b(x)\ndef b(y):\n"
                                            "    subprocess.run(y, shell=True)\na('ngrok tcp 22')"]),
+    ("a script written by a here-document", ["%%bash\ncat > x.sh <<EOF\n./xmrig -o p:3333\nEOF", "!bash x.sh"]),
+    ("a here-document script run in the same cell", ["%%bash\ncat <<'EOF' > x.sh\nngrok tcp 22\nEOF\nbash x.sh"]),
+    ("a python file written through tee", ["%%bash\ntee x.py <<EOF\nimport os\nos.system('ngrok tcp 22')\nEOF",
+                                           "!python x.py"]),
     ("renamed miner, donate level", ["!./kworker -o 10.0.0.9:3333 --donate-level 1 -B"]),
     ("renamed miner, wallet login", ["!./kworker -o gulf.moneroocean.stream:10128 -u "
                                      "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A -p x"]),

@@ -946,8 +946,10 @@ class _Reader(ast.NodeVisitor):
             body = values[2]
             if shell_cell:  # here-documents are input, not commands (a shell's own is run)
                 body, documents = shell.heredocs(body)
-                body = "\n".join([body, *(d for h, d in documents if not shell.PYTHONS.match(
-                    shell.base(h)))])
+                body = "\n".join([body, *(d for k, h, d in documents if k == "shell")])
+                for kind, name, document in documents:
+                    if kind == "file":  # cat > x.sh <<EOF: remembered like %%writefile
+                        self._wrote(name, document)
             for body_line in body.splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
                     if shell_cell:

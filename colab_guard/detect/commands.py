@@ -111,10 +111,10 @@ class _Shell:
             return
         text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
         text, documents = heredocs(text)
-        for head, script in documents:  # bash <<EOF … EOF: the shell runs the document
-            if PYTHONS.match(base(head)):  # python - <<EOF: read as python -c
+        for kind, head, script in documents:  # bash <<EOF … EOF: the shell runs the document
+            if kind == "python":  # python - <<EOF: read as python -c
                 self.found.append(Command([head, "-c", script], self.cwd))
-            else:
+            elif kind == "shell":
                 _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
@@ -360,13 +360,15 @@ _CAT_INTO_SHELL = re.compile(r"(?:^|[;&|(\s])cat\s+([\w./-]+)\s*\|\s*(?:sudo\s+)
 _ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.){0,2000})'")
 
 
+_WRITTEN_TO = re.compile(r"\bcat\b[^|;&]*?>>?\s*([\w./~-]+)|\btee\s+(?:-a\s+)?([\w./~-]+)")
 _HEREDOC = re.compile(r"(?<!<)<<(-?)\s*(['\"]?)([A-Za-z_][\w-]*)\2")
 
 
-def heredocs(text: str) -> tuple[str, list[tuple[str, str]]]:
+def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
     """A here-document is the input of its command, not commands: ``cat <<EOF > notes`` writes
     its lines, ``bash <<EOF`` (or ``sh -s``, ``python -``) runs them. The text without the
-    documents, and (interpreter, document) for each document a shell or Python runs."""
+    documents, and for each document ("shell" or "python", the interpreter, the document) or
+    ("file", the file ``cat >``/``tee`` writes it to, the document)."""
     if "<<" not in text:
         return text, []
     lines, kept, scripts = text.split("\n"), [], []
@@ -390,10 +392,16 @@ def heredocs(text: str) -> tuple[str, list[tuple[str, str]]]:
                 head = []
             while head and base(head[0]) in ("sudo", "nohup", "exec", "env", "command"):
                 head = head[1:]
+            document = "\n".join(body)
             if head and (base(head[0]) in SHELLS or PYTHONS.match(base(head[0]))) and \
                     not any(w.startswith("-") and "c" in w.lstrip("-") for w in head[1:]) and \
                     all(w.startswith("-") for w in head[1:]):
-                scripts.append((head[0], "\n".join(body)))
+                kind = "shell" if base(head[0]) in SHELLS else "python"
+                scripts.append((kind, head[0], document))
+                continue
+            written = _WRITTEN_TO.search(line[:match.start()] + " " + line[match.end():])
+            if written:  # cat > x.sh <<EOF, cat <<EOF | tee x.sh: a file the cell writes
+                scripts.append(("file", written.group(1) or written.group(2), document))
     return "\n".join(kept), scripts[:8]
 
 
