@@ -46,6 +46,12 @@ _RUN_CALLS = {
     "subprocess.check_output", "subprocess.getoutput", "subprocess.getstatusoutput",
     "os.system", "os.popen", "os.posix_spawn", "os.posix_spawnp", "pty.spawn",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
+    # the same through other libraries
+    "IPython.utils.process.system", "IPython.utils.process.getoutput",
+    "IPython.utils.process.getoutputerror", "IPython.utils.process.get_output_error_code",
+    "pexpect.spawn", "pexpect.run", "pexpect.spawnu", "pexpect.popen_spawn.PopenSpawn",
+    "pexpect.pty_spawn.spawn", "ptyprocess.PtyProcess.spawn", "ptyprocess.PtyProcessUnicode.spawn",
+    "invoke.run", "fabric.Connection.local", "sh.Command", "plumbum.local.__getitem__",
 }
 _RUN_NAMES = {f"os.{n}" for n in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
                                    "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl",
@@ -54,7 +60,15 @@ _PY_DOWNLOADS = {"urllib.request.urlretrieve", "urllib.request.urlopen", "reques
                  "requests.request", "httpx.get", "wget.download", "gdown.download",
                  "urllib.urlretrieve", "huggingface_hub.hf_hub_download", "torch.hub.download_url_to_file"}
 _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
-                "asyncio.create_subprocess_shell", "commands.getoutput"}
+                "asyncio.create_subprocess_shell", "commands.getoutput",
+                "IPython.utils.process.system", "IPython.utils.process.getoutput",
+                "IPython.utils.process.getoutputerror", "IPython.utils.process.get_output_error_code",
+                "pexpect.run", "invoke.run"}
+# callables handed another function to run with arguments: Process(target=os.system,
+# args=(cmd,)), executor.submit(os.system, cmd), functools.partial(os.system, cmd), map(os.system, …)
+_HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", "call_soon",
+                "start_new_thread", "Process", "Thread", "Timer", "map", "starmap", "imap",
+                "imap_unordered", "map_async", "to_thread")
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -62,6 +76,7 @@ MAX_NAMES = 512  # variables one kernel's memory keeps
 MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 _BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
+_WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+")
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
@@ -135,10 +150,15 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if tree is None:
         return CellAnalysis("", [])
     reader = _Reader(memory)
-    try:
-        reader.visit(tree)
-    except RecursionError:
-        pass
+    reader.literals = _literals(tree)
+    reader.find_runners(tree)
+    for statement in tree.body:
+        try:
+            reader.visit(statement)
+        except RecursionError:
+            break
+        except Exception:  # a reading bug in one statement must not hide the others
+            continue
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
@@ -225,6 +245,12 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self._imported: set[str] = set()
+        self.literals = ""  # the cell's own string constants, lower case (see _plain)
+        self._unrolled = 0
+        self._unroll_budget = 4096  # for loops read once per item, nested at most twice
+        self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
+        self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
     # ------------------------------------------------------------ output
 
@@ -237,6 +263,8 @@ class _Reader(ast.NodeVisitor):
 
     def emit_value(self, folded: _Folded) -> None:
         value = folded.value
+        if isinstance(value, dict):
+            value = [v for pair in list(value.items())[:256] for v in pair]
         if isinstance(value, (list, tuple)):
             for item in value:
                 self.emit_value(_Folded(item, folded.hidden))
@@ -244,9 +272,18 @@ class _Reader(ast.NodeVisitor):
         if not isinstance(value, (str, bytes, bytearray)):
             return  # numbers alone say nothing
         text = _as_text(value)
-        self.emit("hidden" if folded.hidden else "text", text)
+        hidden = folded.hidden and not self._plain(text)
+        self.emit("hidden" if hidden else "text", text)
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
+
+    def _plain(self, text: str | None) -> bool:
+        """Whether an assembled string only repeats what the cell spells plainly (a list of
+        names joined for a report, a name upper-cased): then it hides nothing."""
+        if not text or not self.literals:
+            return False
+        words = [w for w in _WORDS.split(text.lower()) if w and not w.isdigit()]
+        return bool(words) and len(words) <= 64 and all(w in self.literals for w in words)
 
     def emit_run(self, command, split: bool = True) -> None:
         argv = None
@@ -352,8 +389,11 @@ class _Reader(ast.NodeVisitor):
             text = self.memory.files.get(shell.base(found[1]))
             return ("python", text) if text else None
         name = shell.base(argv[0])
-        if name in shell.SHELLS and len(argv) > 1 and not argv[1].startswith("-"):
-            name = shell.base(argv[1])
+        if name in shell.SHELLS or name in ("source", "."):
+            files = [w for w in argv[1:] if not w.startswith("-")]
+            if not files or any(w.startswith("-") and "c" in w.lstrip("-") for w in argv[1:]):
+                return None
+            name = shell.base(files[0])
         text = self.memory.files.get(name)
         return ("shell", text) if text else None
 
@@ -383,13 +423,25 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ statements
 
+    def _import_written(self, module: str | None) -> None:
+        """``import m`` of an ``m.py`` the cell or an earlier one wrote: its code runs."""
+        if self.memory is None or not module or "." in module:
+            return
+        code = self.memory.files.get(module + ".py")
+        if code and module not in self._imported:
+            self._imported.add(module)
+            self.read_code(code, ipython=False)
+
     def visit_Import(self, node):
         for alias in node.names:
+            self._import_written(alias.name)
             self.emit("import", alias.name)
             self.aliases[alias.asname or alias.name.split(".")[0]] = \
                 alias.name if alias.asname else alias.name.split(".")[0]
 
     def visit_ImportFrom(self, node):
+        if node.module and not node.level:
+            self._import_written(node.module)
         if node.module:
             self.emit("import", node.module)
             for alias in node.names:
@@ -402,6 +454,7 @@ class _Reader(ast.NodeVisitor):
 
     def visit_Assign(self, node):
         self.visit(node.value)
+        self._unpack(node)
         folded = self.fold(node.value)
         # f = os.system, ip = get_ipython(): a new name for a function or for IPython
         alias = None
@@ -414,7 +467,23 @@ class _Reader(ast.NodeVisitor):
                 self.call_name(node.value.func) in ("__import__", "importlib.import_module"):
             module = self.fold(node.value.args[0])  # lt = __import__("libtorrent")
             alias = module.value if module is not None and isinstance(module.value, str) else None
+        elif isinstance(node.value, ast.Call) and self.call_name(node.value.func) in _DLL_OPENERS:
+            alias = LIBC  # libc = ctypes.CDLL("libc.so.6"): libc.system(...) starts a program
+        if isinstance(node.value, ast.Lambda) and isinstance(node.value.body, ast.Call):
+            # f = lambda c: os.system(c): f("ngrok tcp 22") starts ngrok
+            lam, inner = node.value, node.value.body
+            params = [a.arg for a in lam.args.posonlyargs + lam.args.args]
+            if inner.args and isinstance(inner.args[0], ast.Name) and inner.args[0].id in params \
+                    and self._runs(self.call_name(inner.func)):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        self.runners[target.id] = params.index(inner.args[0].id)
         for target in node.targets:
+            if isinstance(target, ast.Subscript) and \
+                    self.call_name(target.value) in ("os.environ", "os.environb"):
+                # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
+                key = self.fold(target.slice)
+                self._set_env(_as_text(key.value) if key is not None else None, folded)
             if isinstance(target, ast.Name):
                 if folded is not None:
                     self.names[target.id] = folded
@@ -423,8 +492,23 @@ class _Reader(ast.NodeVisitor):
                 if alias:
                     self.aliases[target.id] = alias
 
+    def find_runners(self, tree) -> None:
+        """Functions that run their argument, wherever they are defined in the cell (``a(x)``
+        calls ``b(x)`` defined below it, which runs x): a few passes until nothing changes."""
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for _ in range(4):
+            before = dict(self.runners)
+            for function in functions[:256]:
+                self._runner(function)
+            if self.runners == before:
+                return
+
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
+        self._runner(node)
+        self.generic_visit(node)
+
+    def _runner(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
@@ -435,9 +519,11 @@ class _Reader(ast.NodeVisitor):
                                                  self._is_ipython(inner.func.value) and
                                                  inner.func.attr in ("system", "system_raw",
                                                                      "getoutput")):
-                    self.runners[node.name] = params.index(inner.args[0].id)
+                    index = params.index(inner.args[0].id)
+                    self.runners[node.name] = index
+                    if params and params[0] in ("self", "cls") and index > 0:
+                        self.runners[node.name] = index - 1  # a method: obj.go(cmd)
                     break
-        self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -450,12 +536,142 @@ class _Reader(ast.NodeVisitor):
             return True
         return isinstance(node, ast.Name) and self.aliases.get(node.id) == IPYTHON
 
+    def _set_env(self, key: str | None, value: _Folded | None) -> None:
+        """An environment variable the cell sets: shell lines read it as ``$key``."""
+        if not key or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            return
+        if value is not None and isinstance(value.value, (str, bytes)):
+            self.names[key] = value
+        else:
+            self.names.pop(key, None)
+
+    def visit_For(self, node):
+        """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
+        items = self.fold(node.iter)
+        values = items.value if items is not None else None
+        size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
+            if isinstance(values, (list, tuple)) and 0 < len(values) <= 16 else 0
+        if isinstance(node.target, ast.Name) and size and self._unrolled < 2 and \
+                size * len(values) <= self._unroll_budget:
+            self._unroll_budget -= size * len(values)  # bounded: a cell's loops read ≤ 4096 nodes more
+            self.visit(node.iter)
+            self._unrolled += 1
+            try:
+                for value in values:
+                    self.names[node.target.id] = _Folded(value, items.hidden)
+                    for statement in node.body:
+                        self.visit(statement)
+            finally:
+                self._unrolled -= 1
+            self.names.pop(node.target.id, None)
+            for statement in node.orelse:
+                self.visit(statement)
+            return
+        self.generic_visit(node)
+
+    def visit_ListComp(self, node):
+        """``[os.system(c) for c in ["ngrok tcp 22"]]``: read once per item, like a loop."""
+        folded = self.fold(node)
+        if folded is not None:  # [chr(c) for c in (...)]: a constant
+            self.emit_value(folded)
+            return
+        if len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) and \
+                not node.generators[0].ifs:
+            gen = node.generators[0]
+            element = node.elt if not isinstance(node, ast.DictComp) else node.value
+            loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
+            items = self.fold(gen.iter)
+            if items is not None and isinstance(items.value, (list, tuple)):
+                self.visit_For(loop)
+                return
+        self.generic_visit(node)
+
+    visit_GeneratorExp = visit_SetComp = visit_ListComp
+
+    def _read_file(self, node) -> str | None:
+        """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
+        if self.memory is None or not isinstance(node.func, ast.Attribute) or \
+                node.func.attr not in ("read", "read_text") or not isinstance(node.func.value, ast.Call):
+            return None
+        opened = node.func.value
+        if not opened.args:
+            return None
+        path = self.fold(opened.args[0])
+        path = _as_text(path.value) if path is not None else None
+        return self.memory.files.get(shell.base(path)) if path else None
+
+    def visit_With(self, node):
+        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes."""
+        for item in node.items:
+            path = self._opened_for_writing(item.context_expr)
+            if path and isinstance(item.optional_vars, ast.Name):
+                self.writers[item.optional_vars.id] = path
+        self.generic_visit(node)
+
+    visit_AsyncWith = visit_With
+
+    def _opened_for_writing(self, node) -> str | None:
+        """The file name of ``open(name, "w")`` (or ``Path(name).open("w")``), else None."""
+        if not isinstance(node, ast.Call):
+            return None
+        name = self.call_name(node.func)
+        target, mode = None, None
+        if name in ("open", "io.open", "codecs.open") and node.args:
+            target = node.args[0]
+            mode = node.args[1] if len(node.args) > 1 else None
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "open" and \
+                isinstance(node.func.value, ast.Call):
+            target = node.func.value.args[0] if node.func.value.args else None
+            mode = node.args[0] if node.args else None
+        for kw in node.keywords:
+            if kw.arg == "mode":
+                mode = kw.value
+        path, mode = self.fold(target) if target is not None else None, \
+            self.fold(mode) if mode is not None else None
+        if path is None or mode is None or not isinstance(mode.value, str) or \
+                not set(mode.value) & set("wax"):
+            return None
+        return _as_text(path.value)
+
+    def _wrote(self, path: str | None, text) -> None:
+        """A script the cell writes (open().write, Path.write_text): remembered like %%writefile."""
+        text = _as_text(text) if text is not None else None
+        if self.memory is None or not path or not text:
+            return
+        name = shell.base(path)
+        if not name:
+            return
+        earlier = self.memory.files.get(name, "") if name in self._written else ""
+        self._written.add(name)
+        self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
+
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
             if name and "." in name:
                 self.emit("base", name)
         self.generic_visit(node)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit_Assign(ast.Assign(targets=[node.target], value=node.value))
+
+    def visit_NamedExpr(self, node):
+        self.visit_Assign(ast.Assign(targets=[node.target], value=node.value))
+
+    def _unpack(self, node) -> None:
+        """``a, b = "ngrok", "tcp 22"``: each name its constant."""
+        for target in node.targets:
+            if isinstance(target, (ast.Tuple, ast.List)) and \
+                    isinstance(node.value, (ast.Tuple, ast.List)) and \
+                    len(target.elts) == len(node.value.elts):
+                for name, value in zip(target.elts, node.value.elts):
+                    if isinstance(name, ast.Name):
+                        folded = self.fold(value)
+                        if folded is not None:
+                            self.names[name.id] = folded
+                        else:
+                            self.names.pop(name.id, None)
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -468,14 +684,95 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ expressions
 
+    def _unstarred(self, node: ast.Call) -> ast.Call:
+        """``f(*["ngrok tcp 22"])``, ``f(**{"args": cmd})``: the call with its arguments spelled out."""
+        if not any(isinstance(a, ast.Starred) for a in node.args) and \
+                all(kw.arg for kw in node.keywords):
+            return node
+        args, keywords = [], []
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                if isinstance(arg.value, (ast.List, ast.Tuple)):
+                    args.extend(arg.value.elts)
+                    continue
+                folded = self.fold(arg.value)
+                if folded is not None and isinstance(folded.value, (list, tuple)):
+                    args.extend(ast.Constant(v) for v in folded.value[:256])
+                    continue
+            args.append(arg)
+        for kw in node.keywords:
+            if kw.arg is None and isinstance(kw.value, ast.Dict):
+                for k, v in zip(kw.value.keys, kw.value.values):
+                    key = self.fold(k) if k is not None else None
+                    if key is not None and isinstance(key.value, str):
+                        keywords.append(ast.keyword(arg=key.value, value=v))
+                continue
+            keywords.append(kw)
+        return ast.Call(func=node.func, args=args, keywords=keywords)
+
     def visit_Call(self, node):
+        node = self._unstarred(node)
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
         if name and "." in name and not (
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
+        if name and name.startswith("sh.") and name.count(".") == 1 and \
+                self.aliases.get(name.split(".")[0], "sh") == "sh" and \
+                name not in ("sh.Command", "sh.contrib", "sh.ErrorReturnCode") and \
+                "sh" in self.aliases.values():
+            # the sh library: sh.ngrok("tcp", "22") runs the program ngrok
+            words = [_as_text(a.value) if a is not None else UNKNOWN for a in args]
+            self.emit_run([name.split(".", 1)[1], *[w or UNKNOWN for w in words]])
         if name in _RUN_CALLS or (name and name.startswith(_RUN_PREFIXES)):
             self._run_call(name, node, args)
+        elif self._handed_over(node, name):
+            pass
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend") and \
+                isinstance(node.func.value, ast.Name) and len(args) == 1 and \
+                isinstance(self.names.get(node.func.value.id, _Folded(None, False)).value, list):
+            # args.append("ngrok"): the list, a constant, grows
+            held = self.names[node.func.value.id]
+            item = args[0]
+            if item is None or node.func.attr == "extend" and not isinstance(item.value, (list, tuple)):
+                self.names.pop(node.func.value.id, None)
+            else:
+                more = list(item.value) if node.func.attr == "extend" else [item.value]
+                self.names[node.func.value.id] = _Folded((held.value + more)[:256], True)
+        elif isinstance(node.func, ast.Attribute) and name is None and \
+                node.func.attr in self.runners and len(args) > self.runners[node.func.attr] and \
+                args[self.runners[node.func.attr]] is not None:
+            # R().go("ngrok tcp 22") where the cell's method go() runs its argument
+            self.emit_run(args[self.runners[node.func.attr]].value)
+        elif name in ("exec", "eval", "compile") and node.args and isinstance(node.args[0], ast.Call) \
+                and self._read_file(node.args[0]):
+            self.read_code(self._read_file(node.args[0]), ipython=False)
+        elif name in ("os.putenv", "os.environ.setdefault", "os.environ.__setitem__") and \
+                len(args) == 2 and args[0] is not None:
+            self._set_env(_as_text(args[0].value), args[1])
+        elif name == "os.environ.update":
+            for kw in node.keywords:
+                if kw.arg:
+                    self._set_env(kw.arg, self.fold(kw.value))
+            if args and args[0] is not None and isinstance(node.args[0], ast.Dict):
+                for k, v in zip(node.args[0].keys, node.args[0].values):
+                    key = self.fold(k) if k is not None else None
+                    self._set_env(_as_text(key.value) if key is not None else None, self.fold(v))
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "write", "writelines", "write_text", "write_bytes") and args and args[0] is not None:
+            owner = node.func.value
+            if node.func.attr in ("write_text", "write_bytes"):
+                path = self.fold(owner.args[0]) if isinstance(owner, ast.Call) and owner.args and \
+                    (self.call_name(owner.func) or "").endswith("Path") else None
+                path = _as_text(path.value) if path is not None else None
+            elif isinstance(owner, ast.Name):
+                path = self.writers.get(owner.id)
+            else:
+                path = self._opened_for_writing(owner)
+            text = args[0].value
+            if isinstance(text, (list, tuple)):
+                text = "".join(_as_text(t) or "" for t in text)
+            self._wrote(path, text)
         elif isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value):
             self._ipython_call(node.func.attr, args)
         elif name in self.runners and len(args) > self.runners[name] and \
@@ -484,6 +781,8 @@ class _Reader(ast.NodeVisitor):
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
                 and args[0] is not None and _as_text(args[0].value):
             self.read_code(_as_text(args[0].value), ipython=False)
+        elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
+            self._import_written(_as_text(args[0].value))
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -510,6 +809,50 @@ class _Reader(ast.NodeVisitor):
         else:
             self.generic_expression(node)
 
+    def _handed_over(self, node: ast.Call, name: str | None) -> bool:
+        """A function that starts programs handed to another that calls it: ``Thread(target=
+        os.system, args=(cmd,))``, ``pool.submit(os.system, cmd)``, ``map(os.system, cmds)``."""
+        short = node.func.attr if isinstance(node.func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if short not in _HANDED_OVER:
+            return False
+        keywords = {kw.arg: kw.value for kw in node.keywords if kw.arg}
+        target, rest = keywords.get("target"), None
+        if target is not None:
+            given = keywords.get("args")
+            rest = list(given.elts) if isinstance(given, (ast.Tuple, ast.List)) else []
+        else:
+            for i, arg in enumerate(node.args):
+                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)):
+                    target, rest = arg, node.args[i + 1:]
+                    break
+        runner = self.call_name(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
+        if not self._runs(runner) or not rest:
+            return False
+        if short in ("map", "starmap", "imap", "imap_unordered", "map_async"):
+            many = self.fold(rest[0])
+            commands = many.value if many is not None and isinstance(many.value, (list, tuple)) else []
+            for command in commands[:256]:
+                if short == "starmap" and isinstance(command, (list, tuple)) and command:
+                    command = command[0]
+                self._run_with(runner, [ast.Constant(command)])
+            return True
+        self._run_with(runner, rest)
+        return True
+
+    def _runs(self, name: str | None) -> bool:
+        return bool(name) and (name in _RUN_CALLS or name.startswith(_RUN_PREFIXES) or
+                               name in self.runners)
+
+    def _run_with(self, runner: str, arg_nodes: list) -> None:
+        call = ast.Call(func=ast.Name(id="_", ctx=ast.Load()), args=list(arg_nodes), keywords=[])
+        args = [self.fold(a) for a in arg_nodes]
+        if runner in self.runners:
+            index = self.runners[runner]
+            if len(args) > index and args[index] is not None:
+                self.emit_run(args[index].value)
+            return
+        self._run_call(runner, call, args)
+
     def _run_call(self, name: str, node: ast.Call, args: list[_Folded | None]) -> None:
         command = None
         if name.startswith(_RUN_PREFIXES) or name in ("os.posix_spawn", "os.posix_spawnp"):
@@ -533,6 +876,11 @@ class _Reader(ast.NodeVisitor):
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
                     command = folded.value if folded else self.loose(kw.value)
+        executable = next((self.fold(kw.value) for kw in node.keywords if kw.arg == "executable"), None)
+        if isinstance(command, (list, tuple)) and command and executable is not None and \
+                _as_text(executable.value):
+            # Popen(["kworker", …], executable="./ngrok"): ngrok runs, named kworker
+            self.emit_run([_as_text(executable.value), *command[1:]])
         if command:
             # a string without shell=True execs one word: split anyway, as a shell would
             # (the cell may pass shell=True through a variable)
@@ -540,8 +888,20 @@ class _Reader(ast.NodeVisitor):
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
         values = [_as_text(a.value) if a else None for a in args]
+        if method == "magic" and values and values[0]:  # ip.magic("system ngrok tcp 22")
+            name, _, rest = values[0].lstrip("%").partition(" ")
+            method, values = "run_line_magic", [name, rest]
         if method in ("system", "getoutput", "system_raw", "system_piped") and values and values[0]:
             self.emit_run(values[0])
+        elif method in ("run_cell", "run_cell_async", "ex", "ev", "run_code", "transform_cell") and \
+                values and values[0]:
+            self.read_code(values[0], ipython=method in ("run_cell", "run_cell_async"))
+        elif method in ("safe_execfile", "safe_execfile_ipy", "safe_run_module") and values and \
+                values[0] and self.memory is not None:
+            name = shell.base(values[0])
+            code = self.memory.files.get(name) or self.memory.files.get(name + ".py")
+            if code:
+                self.read_code(code, ipython=method == "safe_execfile_ipy")
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _SHELL_MAGICS:
             self.emit_run(values[1] or "")
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in ("cd", "pushd"):
@@ -553,6 +913,23 @@ class _Reader(ast.NodeVisitor):
                 self.started(shell.split_argv(["python", *words], self.cwd))
             elif len(words) > 1:
                 self.started(shell.split_argv(["python", *words], self.cwd))
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "set_env" or \
+                method == "run_line_magic" and len(values) >= 2 and values[0] == "env" and \
+                values[1] and re.match(r"\s*[A-Za-z_]\w*\s*[= ]\s*\S", values[1]):
+            # %env T=xmrig, %set_env T xmrig
+            parts = re.split(r"\s*[= ]\s*", (values[1] or "").strip(), maxsplit=1)
+            key, value = parts[0], parts[1] if len(parts) > 1 else ""
+            self._set_env(key, _Folded(self._expand(value), False) if value else None)
+        elif method == "run_line_magic" and len(values) >= 2 and values[0] == "alias" and values[1]:
+            # %alias m ./xmrig -o p:3333 — then %m runs it
+            parts = values[1].split(None, 1)
+            if len(parts) == 2:
+                self.names[f"%alias {parts[0]}"] = _Folded(parts[1].replace("%s", "").replace("%l", ""),
+                                                           False)
+        elif method == "run_line_magic" and len(values) >= 2 and \
+                f"%alias {values[0]}" in self.names:
+            alias = _as_text(self.names[f"%alias {values[0]}"].value) or ""
+            self.emit_run(f"{alias} {values[1] or ''}".strip())
         elif method == "run_line_magic" and len(values) >= 2 and values[0] in _CODE_MAGICS:
             self.read_code(values[1] or "")
         elif method == "run_cell_magic" and len(values) >= 3 and values[2]:
@@ -566,7 +943,14 @@ class _Reader(ast.NodeVisitor):
             if magic in ("writefile", "file") and self.memory is not None and line.split():
                 name = shell.base(line.split()[-1])
                 self.memory.files[name] = values[2][:MAX_SOURCE]
-            for body_line in values[2].splitlines():
+            body = values[2]
+            if shell_cell:  # here-documents are input, not commands (a shell's own is run)
+                body, documents = shell.heredocs(body)
+                body = "\n".join([body, *(d for k, h, d in documents if k == "shell")])
+                for kind, name, document in documents:
+                    if kind == "file":  # cat > x.sh <<EOF: remembered like %%writefile
+                        self._wrote(name, document)
+            for body_line in body.splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
                     if shell_cell:
                         self.emit_run(body_line, split=False)
@@ -618,17 +1002,41 @@ class _Reader(ast.NodeVisitor):
         return UNKNOWN
 
     def call_name(self, func: ast.expr) -> str | None:
-        """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run)."""
+        """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run),
+        the builtins module, ``sys.modules[...]``, ``vars(os)[...]`` and a C library's handle
+        (``ctypes.CDLL(None).system`` is ``os.system``)."""
+        return _canonical(self._call_name(func))
+
+    def _call_name(self, func: ast.expr) -> str | None:
         parts = []
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
             func = func.value
+        if isinstance(func, ast.Subscript):  # sys.modules["os"].system, vars(os)["system"]
+            key = self.fold(func.slice)
+            key = key.value if key is not None and isinstance(key.value, str) else None
+            owner = self.call_name(func.value) if isinstance(func.value, (ast.Name, ast.Attribute)) \
+                else None
+            if isinstance(func.value, ast.Call) and self.call_name(func.value.func) == "vars" and \
+                    len(func.value.args) == 1:
+                owner = self.call_name(func.value.args[0])
+            elif owner and owner.endswith(".__dict__"):
+                owner = owner[:-len(".__dict__")]
+            elif owner == "sys.modules":
+                owner = None if key is None else ""
+            else:
+                return None
+            if key is None or owner is None:
+                return None
+            return ".".join([p for p in (owner, key) if p] + list(reversed(parts)))
         if isinstance(func, ast.Call) and parts:
             called = self.call_name(func.func)
             module = self.fold(func.args[0]) if func.args else None
             if called in ("__import__", "importlib.import_module") and module is not None \
                     and isinstance(module.value, str):
                 return ".".join([module.value, *reversed(parts)])
+            if called in _DLL_OPENERS:  # ctypes.CDLL(None).system: the C library's system()
+                return ".".join([LIBC, *reversed(parts)])
             return None
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
@@ -682,6 +1090,21 @@ class _Reader(ast.NodeVisitor):
             return self._fold_chr_comprehension(node, depth)
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
             return self._fold_slice(node, depth)
+        if isinstance(node, ast.Dict) and len(node.keys) <= 256 and None not in node.keys:
+            keys = [self.fold(k, depth) for k in node.keys]
+            values = [self.fold(v, depth) for v in node.values]
+            if any(i is None for i in keys + values):
+                return None
+            return _Folded({k.value: v.value for k, v in zip(keys, values)},
+                           any(i.hidden for i in keys + values))
+        if isinstance(node, ast.Subscript):  # T["a"], argv[0]: an item of a known constant
+            owner, key = self.fold(node.value, depth), self.fold(node.slice, depth)
+            if owner is None or key is None:
+                return None
+            if isinstance(owner.value, dict) and key.value in owner.value or \
+                    isinstance(owner.value, (list, tuple)) and type(key.value) is int:
+                return _Folded(owner.value[key.value], owner.hidden)
+            return None
         if isinstance(node, ast.Call):
             return self._fold_call(node, depth)
         return None
@@ -736,6 +1159,9 @@ class _Reader(ast.NodeVisitor):
             if codes is not None and isinstance(codes.value, list):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
+        if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
+            text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
+            return _Folded(text, True) if text else None
         args = [self.fold(a, depth) for a in node.args]
         if isinstance(func, ast.Attribute) and func.attr == "format" and \
                 all(a is not None for a in args):
@@ -780,12 +1206,45 @@ class _Reader(ast.NodeVisitor):
             return _Folded(_codec(values[0], values[1]), True)
         if name in ("shlex.split",) and values and isinstance(values[0], str):
             return _Folded(shlex.split(values[0], comments=False)[:256], args[0].hidden)
+        if name in ("shutil.which", "os.path.abspath", "os.path.realpath", "os.path.expanduser",
+                    "os.fsencode", "os.fsdecode", "pathlib.Path", "os.path.normpath") and \
+                len(values) == 1 and isinstance(values[0], (str, bytes)):
+            return _Folded(values[0], args[0].hidden)  # the program found on the PATH is that name
+        if name in ("os.path.join", "posixpath.join") and values and \
+                all(isinstance(v, str) for v in values):
+            return _Folded(_cap("/".join(v.rstrip("/") for v in values[:-1]) + "/" + values[-1]
+                                if len(values) > 1 else values[0]), any(a.hidden for a in args))
+        if name in ("zlib.decompress", "gzip.decompress", "bz2.decompress", "lzma.decompress") and \
+                values and isinstance(values[0], (bytes, bytearray)):
+            return _Folded(_decompress(name.split(".")[0], bytes(values[0])), True)
         if name in ("reversed",) and values and isinstance(values[0], (str, list)):
             return _Folded(list(reversed(values[0])), True)
         return None
 
 
 # ---------------------------------------------------------------- helpers
+
+LIBC = "libc"  # a handle on a C library opened through ctypes
+_DLL_OPENERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.CDLL.LoadLibrary",
+                "ctypes.pydll.LoadLibrary", "ctypes.LibraryLoader.LoadLibrary"}
+# what a C library's functions are, when the cell calls them through a handle
+_LIBC_RUNS = {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
+              "posix_spawn", "posix_spawnp"}
+
+
+def _canonical(name: str | None) -> str | None:
+    """``__builtins__.__import__`` is ``__import__``; a C library's ``system`` is ``os.system``."""
+    if not name:
+        return name
+    for prefix in ("__builtins__.", "builtins."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.startswith(LIBC + "."):
+        rest = name[len(LIBC) + 1:]
+        if rest in _LIBC_RUNS:
+            return f"os.{rest}"
+    return name
+
 
 def _cap(value):
     if isinstance(value, (str, bytes)) and len(value) > MAX_VALUE:
@@ -848,6 +1307,32 @@ def _codec(value, codec: str):
     if codec in ("base64", "base64_codec"):
         return base64.b64decode(data)
     return None
+
+
+def _literals(tree: ast.AST) -> str:
+    """The string constants a cell's source spells out, lower case, NUL-separated."""
+    found, size = [], 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = _as_text(node.value).lower()
+            found.append(text)
+            size += len(text)
+            if size > MAX_SOURCE:
+                break
+    return "\0".join(found)
+
+
+def _decompress(kind: str, data: bytes) -> bytes:
+    """Bounded decompression: at most MAX_VALUE bytes come out (a zip bomb stays small)."""
+    import bz2
+    import lzma
+    import zlib
+    if kind == "zlib":
+        return zlib.decompressobj().decompress(data, MAX_VALUE)
+    if kind == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_VALUE)
+    decompressor = bz2.BZ2Decompressor() if kind == "bz2" else lzma.LZMADecompressor()
+    return decompressor.decompress(data, max_length=MAX_VALUE)
 
 
 def _as_text(value) -> str | None:

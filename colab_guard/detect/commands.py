@@ -73,6 +73,7 @@ _WRAPPERS: dict[str, tuple[set[str], int]] = {
     "proxychains4": ({"-f"}, 0),
     "torsocks": (set(), 0),
     "unbuffer": (set(), 0),
+    "sshpass": ({"-p", "-f", "-d", "-P"}, 0),
     "watch": ({"-n", "-d", "--interval"}, 0),
     "strace": ({"-o", "-e", "-p", "-s"}, 0),
     "daemonize": ({"-c", "-e", "-o", "-p", "-l", "-u"}, 0),
@@ -108,7 +109,13 @@ class _Shell:
     def run(self, text: str, depth: int) -> None:
         if depth > MAX_DEPTH or not text:
             return
-        text = text[:MAX_TEXT].replace("\\\n", " ")
+        text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
+        text, documents = heredocs(text)
+        for kind, head, script in documents:  # bash <<EOF … EOF: the shell runs the document
+            if kind == "python":  # python - <<EOF: read as python -c
+                self.found.append(Command([head, "-c", script], self.cwd))
+            elif kind == "shell":
+                _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
             _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
@@ -118,6 +125,8 @@ class _Shell:
                 return
         for script in _piped_scripts(text):  # echo … | base64 -d | bash
             _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
+        for match in _CAT_INTO_SHELL.finditer(text):  # cat x.sh | bash: bash runs x.sh
+            self.found.append(Command([match.group(2), match.group(1)], self.cwd))
 
     def _simple_commands(self, text: str) -> list[list[str]]:
         lexer = shlex.shlex(text.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
@@ -139,7 +148,9 @@ class _Shell:
                 if _REDIRECT.match(token) or set(token) <= set("<>&") and token:
                     if words and words[-1].isdigit():
                         words.pop()  # 2>&1: the 2 was the file descriptor
-                    skip_next = True
+                    # sh < x.sh: the shell runs x.sh (read as `sh x.sh`)
+                    skip_next = not (token == "<" and words and base(words[0]) in SHELLS and
+                                     all(w.startswith("-") for w in words[1:]))
                     continue
                 words.append(token)
         except ValueError:  # unbalanced quotes: the shell would refuse it; read what we have
@@ -170,6 +181,8 @@ class _Shell:
         if words[0] in ("eval", "source", "."):
             if words[0] == "eval":
                 self.run(" ".join(words[1:]), depth + 1)
+            elif len(words) > 1:  # source x.sh: this shell runs x.sh
+                self.found.append(Command(list(words), self.cwd))
             return
         self.program(words, depth)
 
@@ -226,7 +239,8 @@ class _Shell:
         for i, word in enumerate(args):
             if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
                 if i + 1 < len(args):
-                    _Shell(self.found, self.cwd, dict(self.vars)).run(args[i + 1], depth + 1)
+                    _Shell(self.found, self.cwd, dict(self.vars)).run(
+                        _positional(args[i + 1], args[i + 2:]), depth + 1)
                 return
             if not word.startswith("-"):
                 return  # bash script.sh: the script is a file we cannot read
@@ -263,7 +277,31 @@ def _after_options(argv: list[str], takes_value: set[str], value_letters: str = 
     return []
 
 
+def _positional(script: str, params: list[str]) -> str:
+    """``bash -c '$0 tcp 22' ngrok``: the words after the script are $0, $1…, "$@"."""
+    if not params or "$" not in script:
+        return script
+
+    def value(match):
+        index = int(match.group(1) or match.group(2))
+        return shlex.quote(params[index]) if index < len(params) else ""
+    script = re.sub(r"\$\{([0-9])\}|\$([0-9])", value, script)
+    rest = " ".join(shlex.quote(p) for p in params[1:])
+    return script.replace('"$@"', rest).replace("$@", rest).replace("$*", rest)
+
+
 def _env(argv: list[str], shell: _Shell) -> list[str]:
+    for i, word in enumerate(argv[1:], 1):  # env -S 'ngrok tcp 22': the string is split
+        if word in ("-S", "--split-string") and i + 1 < len(argv):
+            try:
+                return [*shlex.split(argv[i + 1]), *argv[i + 2:]]
+            except ValueError:
+                return []
+        if word.startswith("--split-string="):
+            try:
+                return [*shlex.split(word.split("=", 1)[1]), *argv[i + 1:]]
+            except ValueError:
+                return []
     rest = _after_options(argv, _WRAPPERS["env"][0])
     while rest and _ASSIGN.match(rest[0]):
         rest = rest[1:]
@@ -315,6 +353,70 @@ def _substitutions(text: str) -> tuple[list[str], str]:
         i += 1
     out.append(text[start:])
     return found, "".join(out)
+
+
+_CAT_INTO_SHELL = re.compile(r"(?:^|[;&|(\s])cat\s+([\w./-]+)\s*\|\s*(?:sudo\s+)?"
+                             r"((?:/usr)?(?:/bin/)?(?:ba|da|z|k)?sh)\s*(?:$|[;&|)\n])")
+_ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.){0,2000})'")
+
+
+_WRITTEN_TO = re.compile(r"\bcat\b[^|;&]*?>>?\s*([\w./~-]+)|\btee\s+(?:-a\s+)?([\w./~-]+)")
+_HEREDOC = re.compile(r"(?<!<)<<(-?)\s*(['\"]?)([A-Za-z_][\w-]*)\2")
+
+
+def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """A here-document is the input of its command, not commands: ``cat <<EOF > notes`` writes
+    its lines, ``bash <<EOF`` (or ``sh -s``, ``python -``) runs them. The text without the
+    documents, and for each document ("shell" or "python", the interpreter, the document) or
+    ("file", the file ``cat >``/``tee`` writes it to, the document)."""
+    if "<<" not in text:
+        return text, []
+    lines, kept, scripts = text.split("\n"), [], []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        kept.append(line)
+        i += 1
+        for match in _HEREDOC.finditer(line):
+            strip, delimiter = match.group(1), match.group(3)
+            body = []
+            while i < len(lines):
+                current = lines[i].lstrip("\t") if strip else lines[i]
+                i += 1
+                if current.strip() == delimiter:
+                    break
+                body.append(current)
+            try:
+                head = shlex.split(line[:match.start()].split("|")[-1].split(";")[-1])
+            except ValueError:
+                head = []
+            while head and base(head[0]) in ("sudo", "nohup", "exec", "env", "command"):
+                head = head[1:]
+            document = "\n".join(body)
+            if head and (base(head[0]) in SHELLS or PYTHONS.match(base(head[0]))) and \
+                    not any(w.startswith("-") and "c" in w.lstrip("-") for w in head[1:]) and \
+                    all(w.startswith("-") for w in head[1:]):
+                kind = "shell" if base(head[0]) in SHELLS else "python"
+                scripts.append((kind, head[0], document))
+                continue
+            written = _WRITTEN_TO.search(line[:match.start()] + " " + line[match.end():])
+            if written:  # cat > x.sh <<EOF, cat <<EOF | tee x.sh: a file the cell writes
+                scripts.append(("file", written.group(1) or written.group(2), document))
+    return "\n".join(kept), scripts[:8]
+
+
+def _ansi_c_quotes(text: str) -> str:
+    """``$'\\x78mrig'`` is bash's quoting with escapes: replaced by what it spells, quoted."""
+    if "$'" not in text:
+        return text
+
+    def decoded(match):
+        try:
+            value = match.group(1).encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except (UnicodeError, ValueError):
+            return match.group(0)
+        return shlex.quote(value)
+    return _ANSI_C.sub(decoded, text)
 
 
 def _piped_scripts(text: str) -> list[str]:
