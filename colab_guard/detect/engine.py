@@ -57,10 +57,11 @@ class Engine:
     #: signatures whose regex ran past its time limit at least once (said once each)
     slow: set[str] = field(default_factory=set)
     # (signature id, kernel id, pid, create time) too slow to test: skipped while it lives
-    _too_slow: set[tuple] = field(default_factory=set)
+    # kernel id -> (signature id, pid, create time) whose regex ran out of time on it
+    _too_slow: dict[str, set[tuple]] = field(default_factory=dict)
     # (kernel id, pid, create time) -> what is left of the process's fallback-regex budget,
     # spent across ticks (a process whose arguments keep changing is searched again each tick)
-    _regex_budget: dict[tuple, RegexBudget] = field(default_factory=dict)
+    _regex_budget: dict[str, dict[tuple, RegexBudget]] = field(default_factory=dict)
     # kernel id -> process key -> (the sample, what it observed, the signatures it
     # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
@@ -101,21 +102,24 @@ class Engine:
                         detections.append(found)
         self._last[snapshot.kernel_id] = now  # live processes only: bounded
         self._forget(snapshot.kernel_id, held_now)
-        if self._too_slow or self._regex_budget:
+        # Per kernel, so a tick costs what its own processes cost, not every kernel's.
+        slow, budgets = self._too_slow.get(snapshot.kernel_id), \
+            self._regex_budget.get(snapshot.kernel_id)
+        if slow or budgets:
             live = {p.key for p in snapshot.processes}
-            self._too_slow = {k for k in self._too_slow
-                              if k[1] != snapshot.kernel_id or tuple(k[2:]) in live}
-            for key in [k for k in self._regex_budget
-                        if k[0] == snapshot.kernel_id and tuple(k[1:]) not in live]:
-                del self._regex_budget[key]
+            if slow:
+                self._too_slow[snapshot.kernel_id] = {k for k in slow if k[1:] in live}
+            if budgets and len(budgets) > len(live) or budgets and not budgets.keys() <= live:
+                for key in budgets.keys() - live:
+                    del budgets[key]
         return detections
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
         self._last.pop(kernel_id, None)
         self._cells.pop(kernel_id, None)
-        self._too_slow = {k for k in self._too_slow if k[1] != kernel_id}
-        self._regex_budget = {k: v for k, v in self._regex_budget.items() if k[0] != kernel_id}
+        self._too_slow.pop(kernel_id, None)
+        self._regex_budget.pop(kernel_id, None)
 
     # ------------------------------------------------------------------ cells
 
@@ -207,7 +211,7 @@ class Engine:
         for sig in list(self.rules.signatures.values()):
             if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
                 continue  # cell signatures see only cell checks, and process ones only processes
-            if (sig.id, snapshot.kernel_id, *process.key) in self._too_slow:
+            if (sig.id, *process.key) in self._too_slow.get(snapshot.kernel_id, ()):
                 continue
             reasons = self._reused(sig.id, sig.when, view, before, results,
                                    lambda: self._test(sig, snapshot, process, view))
@@ -220,8 +224,8 @@ class Engine:
         """The reasons the signature's condition holds, or None."""
         budget = None
         if not getattr(process, "cell", ""):  # a cell is checked once; a process every tick
-            budget = self._regex_budget.setdefault((snapshot.kernel_id, *process.key),
-                                                   RegexBudget())
+            budget = self._regex_budget.setdefault(snapshot.kernel_id, {}).setdefault(
+                process.key, RegexBudget())
         try:
             with charged_to(budget):
                 ok, reasons = sig.when.test(view)
@@ -230,7 +234,7 @@ class Engine:
             # this process every tick (a cell is checked once anyway). Not disabled: the
             # user would otherwise switch the rule off for everyone.
             if not getattr(process, "cell", ""):
-                self._too_slow.add((sig.id, snapshot.kernel_id, *process.key))
+                self._too_slow.setdefault(snapshot.kernel_id, set()).add((sig.id, *process.key))
             if sig.id not in self.slow:
                 self.slow.add(sig.id)
                 self.log.warning("colab-guard: signature %r (%s): %s on pid %s of kernel %s; "
