@@ -43,6 +43,10 @@ __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
 ProcessKey = tuple[int, float]
 
+#: Seconds after its start from which an unchanged fd count tells that a process opened no
+#: new socket (see _walk_fds).
+FD_COUNT_SETTLED = 10.0
+
 
 class Entry:
     """A process in the table, as the pass knows it from one tick to the next."""
@@ -426,9 +430,12 @@ class ProcessSampler:
         last = state.fds
         if last is not None and now - last.when < self.libraries_refresh:
             # A socket nobody is known to hold appeared somewhere: only a process whose
-            # fds changed can have opened it (one it swapped for another fd is found at
-            # the refresh, libraries_refresh at most).
-            if not walk or (last.count is not None and procfs.fd_count(pid) == last.count):
+            # fds changed can have opened it. Not for a young process: starting up, it opens
+            # and closes files, so a socket can take a closed file's place at the same count
+            # (an old one that swaps a file for a socket is found at the refresh).
+            settled = now - key[1] > FD_COUNT_SETTLED
+            if not walk or (settled and last.count is not None
+                            and procfs.fd_count(pid) == last.count):
                 return last
         count = procfs.fd_count(pid)
         inodes: list[int] = []
