@@ -100,9 +100,11 @@ def test_a_retired_kernel_is_forgotten_once_nothing_of_it_lives():
     assert node.pids() == {} and node.kernel("k1") is None
 
 
-def test_the_user_is_the_hub_user_if_the_kernel_names_one():
+def test_the_user_is_the_uids_never_a_name_the_kernels_environment_claims():
+    # JUPYTERHUB_USER is in the user's own environment: naming someone else must not put
+    # the incident (and its strike) on them.
     kernel = Seen(200, start=20, ppid=100, uid=54321, marker="k1", hub_user="ada")
-    assert _node(SERVER, kernel).user_of("k1") == "ada"
+    assert _node(SERVER, kernel).user_of("k1") == "uid-54321"
 
 
 # ---------------------------------------------------------------- the monitor

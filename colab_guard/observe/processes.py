@@ -428,16 +428,17 @@ class ProcessSampler:
         libraries' pace; otherwise the last walk's."""
         state = self._state(key)
         last = state.fds
+        count = procfs.fd_count(pid) if walk or last is None else None  # one stat, read once
         if last is not None and now - last.when < self.libraries_refresh:
             # A socket nobody is known to hold appeared somewhere: only a process whose
             # fds changed can have opened it. Not for a young process: starting up, it opens
             # and closes files, so a socket can take a closed file's place at the same count
             # (an old one that swaps a file for a socket is found at the refresh).
             settled = now - key[1] > FD_COUNT_SETTLED
-            if not walk or (settled and last.count is not None
-                            and procfs.fd_count(pid) == last.count):
+            if not walk or (settled and last.count is not None and count == last.count):
                 return last
-        count = procfs.fd_count(pid)
+        if count is None:
+            count = procfs.fd_count(pid)
         inodes: list[int] = []
         files: list[str] = []
         try:

@@ -64,7 +64,7 @@ class NodeKernel:
     start: int
     uid: int
     ppid: int
-    user: str  # JUPYTERHUB_USER if the kernel has it, else the uid's login name
+    user: str  # the login name of the kernel's uid (what root can prove)
     notebook: str | None = None
 
 
@@ -184,9 +184,15 @@ class NodeKernels:
                 self._warn_once(f"uids:{kernel_id}", "colab-guard watch: kernel id %s is carried "
                                 "by processes of several users; only user %s's (the oldest) is "
                                 "that kernel", kernel_id, first.uid)
+            # The user is the uid's: JUPYTERHUB_USER is in the user's own environment, where
+            # anyone can write another user's name to have their strikes counted against them.
+            user = _login(first.uid)
+            if first.hub_user and first.hub_user != user:
+                self._warn_once(f"hub-user:{kernel_id}", "colab-guard watch: kernel %s of uid "
+                                "%s (%s) says JUPYTERHUB_USER=%r; recorded as %s", kernel_id,
+                                first.uid, user, first.hub_user, user)
             kernels[kernel_id] = NodeKernel(kernel_id, first.pid, first.start, first.uid,
-                                            first.ppid, first.hub_user or _login(first.uid),
-                                            first.session)
+                                            first.ppid, user, first.session)
             self._retired.pop(kernel_id, None)
             self.log.info("colab-guard watch: kernel %s of user %s (uid %s), pid %s",
                           kernel_id, kernels[kernel_id].user, first.uid, first.pid)
