@@ -1,7 +1,8 @@
 """What the sampler reads each tick: a process is read in full only when it is new or
 has run since its last read; one that did not run is handed out again as it was, its
-sockets' states still current. Real processes, except where a kernel that cannot exist
-here is played (scheduler counts switched off, a pid taken again)."""
+sockets' states from the socket tables (read again at least every ``libraries_refresh``).
+Real processes, except where a kernel that cannot exist here is played (scheduler counts
+switched off, a pid taken again)."""
 
 from __future__ import annotations
 
@@ -93,12 +94,17 @@ def test_the_socket_of_an_idle_process_is_seen_changing_state(started):
     proc.stdin.flush()
     assert proc.stdout.readline() == "ran\n"
     accepted, _ = listener.accept()
-    sampler = ProcessSampler()
+    sampler = ProcessSampler(libraries_refresh=0.5)  # the socket tables read again within it
     idle = settled(sampler, proc.pid)
     assert [s.status for s in idle.sockets] == ["ESTABLISHED"]
     reads = sampler.stats.full_reads
     accepted.close()  # the peer hangs up; the process, blocked on stdin, does not run
-    closed = kernel_process(sampler, proc.pid)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        closed = kernel_process(sampler, proc.pid)
+        if [s.status for s in closed.sockets] == ["CLOSE_WAIT"]:
+            break
+        time.sleep(0.05)
     assert [s.status for s in closed.sockets] == ["CLOSE_WAIT"]
     assert sampler.stats.full_reads == reads  # from the socket tables, not a full read
     listener.close()
@@ -167,9 +173,9 @@ def test_a_process_is_not_taken_for_the_child_of_whoever_took_its_dead_parents_p
     table = {500: Entry((500, 1.0), 1, 1, 100),  # the kernel
              700: Entry((700, 3.0), 2, 500, 300),  # its child, with the recycled pid
              900: Entry((900, 2.0), 3, 700, 200)}  # X, started before that child
-    assert sampler._attribute({"k": 500}, table) == {500: "k", 700: "k"}
+    assert sampler._attribute_anew({"k": 500}, table) == {500: "k", 700: "k"}
     table[900] = Entry((900, 4.0), 4, 700, 400)  # a real child of 700 this time
-    assert sampler._attribute({"k": 500}, table) == {500: "k", 700: "k", 900: "k"}
+    assert sampler._attribute_anew({"k": 500}, table) == {500: "k", 700: "k", 900: "k"}
 
 
 def test_a_process_whose_proc_inode_changed_keeps_its_identity_and_owner(started):

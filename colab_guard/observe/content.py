@@ -485,7 +485,13 @@ class ContentScanner:
         """Whether the files of a process have all been scanned already (and, given its key,
         its memory once it has run a little), so that ``process_markers`` answers from the
         cache, finally (until the files change, or the process does). Schedules what is due."""
-        done = True
+        done = self.files_settled(pid, exe, cmdline)
+        if key is not None and not self._memory_settled(pid, exe, key):
+            done = False
+        return done
+
+    def files_settled(self, pid: int, exe: str, cmdline: list[str]) -> bool:
+        """Whether the process's executable and script have been scanned already."""
         for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
             try:
                 st = os.stat(path)
@@ -493,10 +499,8 @@ class ContentScanner:
                 continue
             if stat.S_ISREG(st.st_mode) and \
                     (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in self._cache:
-                done = False
-        if key is not None and not self._memory_settled(pid, exe, key):
-            done = False
-        return done
+                return False
+        return True
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""

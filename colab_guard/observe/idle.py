@@ -9,8 +9,10 @@ each tick on the sampling thread's own counts.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import procfs
 from .model import Process
@@ -27,17 +29,71 @@ class QuietRead:
     sample: Process
     activity: tuple  # (thread id, its schedstat) of each thread
     refresh_at: float  # read in full then all the same
-    markers_pending: bool  # its files were still being scanned at that read
+    markers_pending: bool  # its files or memory were still being scanned at that read
     # It ran before that read, but its fds were not walked or its maps not read again then
     # (not due yet): done once they are due, even if it does not run again.
     fds_pending: bool
     maps_pending: bool
     vms: int  # its virtual size at that read
+    held: HeldCounts | None = field(default=None, repr=False)  # its schedstat files, open
+    files_pending: bool = False  # its executable or script not scanned yet
+
+    def __post_init__(self):
+        self.counts = tuple(counts for _, counts in self.activity)
+
+    def ran(self, pid: int) -> tuple[bool, tuple | None]:
+        """Whether a thread of the process ran since this read, and the complete activity
+        if it was read whole on the way (the next full read's baseline)."""
+        if self.held is not None:
+            return self.held.counts() != self.counts, None
+        activity = procfs.activity(pid, self.single)
+        return activity != self.activity, None if self.single else activity
 
     @property
     def single(self) -> bool:
         """One thread: its schedstat alone shows whether the process ran."""
         return len(self.activity) == 1 and self.activity[0][0] == self.sample.pid
+
+
+class HeldCounts:
+    """The schedstat files of a quiet process's threads, kept open and read again with
+    pread: about 1.4 µs a file instead of 6.4 µs to open, read and close it each tick,
+    which is most of what a thousand idle processes cost. A file descriptor per thread
+    held, within a budget of a quarter of the open-files limit; beyond it, files are
+    opened each tick as before."""
+
+    open_files = 0  # held by every sampler of this process
+    budget = max(0, min(8192, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+
+    def __init__(self, fds: list[int]):
+        self.fds = fds
+        HeldCounts.open_files += len(fds)
+
+    @classmethod
+    def read(cls, pid: int, single: bool) -> tuple[tuple | None, HeldCounts | None]:
+        """The process's activity (procfs.activity), with its files held if the budget
+        allows."""
+        found = procfs.open_activity(pid, single)
+        if found is None:
+            return None, None
+        counts, fds = found
+        if cls.open_files + len(fds) <= cls.budget:
+            return counts, cls(fds)
+        for fd in fds:
+            os.close(fd)
+        return counts, None
+
+    def counts(self) -> tuple[bytes, ...] | None:
+        return procfs.reread(self.fds)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        HeldCounts.open_files -= len(self.fds)
+        self.fds = []
+
+    def __del__(self):  # a forgotten process's state: its files go with it
+        self.close()
 
 
 def refresh_time(now: float, pid: int) -> float:

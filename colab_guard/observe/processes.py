@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import psutil
@@ -35,7 +35,7 @@ from .attribution import (ENVIRON_TRIES, KERNEL_ENV_MARKER, children_of, descend
                           environment_marker, kernel_environment, same_user)
 from .content import ContentScanner
 from .gpu import GpuSample
-from .idle import QUIET_REFRESH, QuietRead, SchedCounts, refresh_time
+from .idle import QUIET_REFRESH, HeldCounts, QuietRead, SchedCounts, refresh_time
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -88,6 +88,14 @@ class Tracked:
     uid: int | None = None
     quiet: QuietRead | None = None  # the last full read, for the idle fast path
     handed: Process | None = None  # the sample handed out last tick
+    full_due: float = 0.0  # when it is read in full again if it keeps running (_light_read)
+    changed_at: float = 0.0  # when a full read found it had exec'd (another exe or name)
+    running: bool = False  # it ran at its last check: read lightly without asking again
+
+    def forget_quiet(self) -> None:
+        if self.quiet is not None and self.quiet.held is not None:
+            self.quiet.held.close()
+        self.quiet = None
 
 
 @dataclass
@@ -97,6 +105,7 @@ class SamplerStats:
     ticks: int = 0
     processes_sampled: int = 0
     full_reads: int = 0  # processes read in full (new, or ran since their last read)
+    light_reads: int = 0  # processes that ran, read lightly (_light_read)
     vanished: int = 0  # exited between listing and reading
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
@@ -132,6 +141,10 @@ class ProcessSampler:
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
+        # The last attribution (kernels, pid -> kernel id), and whether it must be made anew.
+        self._owners: tuple[dict[str, int], dict[int, str]] | None = None
+        self._tables: InetTables | None = None  # the last read of the socket tables
+        self._table_changed = True
 
     # ------------------------------------------------------------------ public
 
@@ -143,7 +156,9 @@ class ProcessSampler:
         self._check_counts_move()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
-        sockets = InetTables()  # read when first needed: a full read, or a known socket
+        # Read when first needed: a socket not seen before, or the states of known ones
+        # once the last tick's read is ``libraries_refresh`` old.
+        sockets = InetTables(self._tables, max_age=self.libraries_refresh)
         self._unaccounted = None
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
@@ -153,11 +168,13 @@ class ProcessSampler:
             use = gpu.processes.get(pid) if gpu is not None else None
             gpu_use = (use.percent, use.memory_mb) if use is not None else no_gpu
             proc = self._unchanged(entry, now, is_kernel, sockets, gpu_use) or \
+                self._light_read(entry, now, is_kernel, sockets, gpu_use) or \
                 self._read_process(entry, now, is_kernel, sockets, gpu_use)
             if proc is not None:
                 snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
         if sockets.read:
             self._remember_foreign_sockets(sockets)
+            self._tables = sockets
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
@@ -201,6 +218,7 @@ class ProcessSampler:
             else (pid, procfs.create_time(stat.start, psutil.boot_time()))
         state = self._state(key)
         state.owner = state.owner or kernel_id
+        self._table_changed = True
 
     # ---------------------------------------------------------------- the pass
 
@@ -214,6 +232,7 @@ class ProcessSampler:
         each process not seen before (or whose parent has just exited: reparented)."""
         before, table = self._table, {}
         boot: list[float] = []  # read once per tick, and only when needed
+        kept = 0  # entries of the last table still there
         with os.scandir("/proc") as listing:
             for dirent in listing:
                 if not dirent.name.isdigit():
@@ -224,13 +243,18 @@ class ProcessSampler:
                     known = self._identify(pid, dirent.inode(), known, boot)
                     if known is None:
                         continue  # gone already
+                else:
+                    kept += 1
                 table[pid] = known
+        changed = kept != len(before) or kept != len(table)
         for entry in table.values():
             parent = table.get(entry.ppid)
             if entry.ppid in before and (parent is None or parent.start > entry.start):
                 stat = _read_stat(entry.pid)  # its parent exited: whose child is it now?
                 if stat is not None:
                     entry.ppid = stat.ppid
+                changed = True
+        self._table_changed = self._table_changed or changed
         self._table = table
         self._activity_now = {}
         return table
@@ -248,7 +272,18 @@ class ProcessSampler:
         return Entry((pid, procfs.create_time(stat.start, boot[0])), inode, stat.ppid, stat.start)
 
     def _attribute(self, kernels: Mapping[str, int], table: dict[int, Entry]) -> dict[int, str]:
-        """pid -> kernel id for every process that belongs to a kernel."""
+        """pid -> kernel id for every process that belongs to a kernel: the last tick's,
+        when no process started or exited, none was reparented, the kernels are the same
+        and no orphan's environment is still to be read."""
+        if not self._table_changed and self._owners is not None and kernels == self._owners[0]:
+            return self._owners[1]
+        self._table_changed = False  # set again below if an environment is still unread
+        owners = self._attribute_anew(kernels, table)
+        self._owners = (dict(kernels), owners)
+        return owners
+
+    def _attribute_anew(self, kernels: Mapping[str, int], table: dict[int, Entry]
+                        ) -> dict[int, str]:
         children = children_of(table)
         owners: dict[int, str] = {}
         roots = [(pid, kid) for kid, pid in kernels.items() if pid in table]
@@ -282,6 +317,7 @@ class ProcessSampler:
         if not read:
             state.environ_tries += 1
             if state.environ_tries < ENVIRON_TRIES:
+                self._table_changed = True  # asked again next tick
                 return None
         if kid is not None and kid not in kernels:
             kid = None
@@ -319,7 +355,13 @@ class ProcessSampler:
                       gpu_use: tuple[float, float]) -> Process | None:
         """Read one process in full."""
         pid, key = entry.pid, entry.key
-        activity = self._activity_now.get(pid) or procfs.activity(pid, single=False)
+        activity, held = self._activity_now.get(pid), None
+        if activity is None:
+            activity, held = HeldCounts.read(pid, single=False)
+        state = self._state(key)
+        before = state.quiet.sample if state.quiet is not None else None
+        state.forget_quiet()
+        state.running = False
         denied_before = self.stats.denied
         sample = Process(pid=pid, ppid=entry.ppid, create_time=key[1], is_kernel=is_kernel)
         try:
@@ -330,12 +372,15 @@ class ProcessSampler:
             sample.exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
             sample.uid = self._denied_ok(procfs.read_real_uid, None, "status", pid)
         except (FileNotFoundError, ProcessLookupError):
+            _closed(held)
             self.stats.vanished += 1
             return None
         except PermissionError as err:
+            _closed(held)
             self._denied("process", pid, err)
             return self._hand_out(key, sample)
         except (ValueError, IndexError) as err:  # a stat line that cannot be parsed
+            _closed(held)
             self.stats.errors += 1
             self._problem("stat", "could not read /proc/%s/stat: %s", pid, err)
             return None
@@ -346,7 +391,7 @@ class ProcessSampler:
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
-        fds = self._walk_fds(key, pid, now, self._sockets_unaccounted(sockets))
+        fds = self._walk_fds(key, pid, now, lambda: self._sockets_unaccounted(sockets))
         sample.open_files = fds.files
         libraries = self._tracked[key].libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
@@ -355,10 +400,18 @@ class ProcessSampler:
         # some (the scan runs in the background), and are looked up again later.
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
         sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
+        if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
+            state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
-            self._tracked[key].quiet = QuietRead(
+            files_pending = not settled and not self.content.files_settled(
+                pid, sample.exe, sample.cmdline)
+            state.quiet = QuietRead(
                 sample, activity, refresh_time(now, pid), not settled,
-                fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms)
+                fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms, held=held,
+                files_pending=files_pending)
+            state.full_due = now + self.libraries_refresh * (8 + pid % 8) / 16
+        else:
+            _closed(held)
         return self._hand_out(key, sample)
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
@@ -370,13 +423,12 @@ class ProcessSampler:
         (scanned in the background) or its GPU use differ."""
         state = self._tracked.get(entry.key)
         quiet = state.quiet if state is not None else None
-        if quiet is None or now >= quiet.refresh_at or not self.counts_move:
+        if quiet is None or state.running or now >= quiet.refresh_at or not self.counts_move:
             return None
-        single = quiet.single
-        activity = procfs.activity(entry.pid, single)
-        if not single:
+        ran, activity = quiet.ran(entry.pid)
+        if activity is not None:
             self._activity_now[entry.pid] = activity  # complete: the next read's baseline
-        if activity != quiet.activity:
+        if ran:
             return None
         key = entry.key
         state.cpu = (state.cpu[0], now)  # no CPU used since
@@ -409,7 +461,8 @@ class ProcessSampler:
                 last = replace(last, exe_markers=markers)
             quiet.markers_pending = False
         if quiet.fds_pending and now - state.fds.when >= self.libraries_refresh:
-            last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now, True).files)
+            last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now,
+                                                           lambda: True).files)
             quiet.fds_pending = False
         if quiet.maps_pending and now - state.libraries[0] >= self.libraries_refresh:
             last = replace(last, libraries=self._mapped_libraries(entry.key, entry.pid, now,
@@ -417,28 +470,66 @@ class ProcessSampler:
             quiet.maps_pending = False
         quiet.sample = last
 
+    def _light_read(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
+                    gpu_use: tuple[float, float]) -> Process | None:
+        """This tick's sample of a process that ran since its last full read but, by its
+        stat, command line and fd count, changed nothing a signature reads but its CPU and
+        memory use; or None when it must be read in full. A kernel's threads wake every
+        second: reading only these three files, not its exe, uid, threads' counts, fds
+        and markers, is most of what fifty kernels cost. What it does not read cannot
+        change without changing what it reads (an exec changes the name, the command line
+        and the memory size; a library mapped, the memory size; a socket opened, the fd
+        count), and the full read comes back every few seconds all the same."""
+        state = self._tracked.get(entry.key)
+        quiet = state.quiet if state is not None else None
+        # A new process (or one that has just exec'd) is read in full for its first seconds:
+        # it opens and closes files, and its executable, script and memory are being
+        # scanned (markers that land later are taken at the next full read). What is due at
+        # the fds' and maps' pace falls due after ``full_due``.
+        if quiet is None or now >= state.full_due or quiet.files_pending or state.fds is None \
+                or now - max(entry.key[1], state.changed_at) <= FD_COUNT_SETTLED:
+            return None
+        pid, base = entry.pid, quiet.sample
+        try:
+            stat = procfs.read_stat(pid)
+            cmdline = procfs.read_cmdline(pid)
+        except (OSError, ValueError, IndexError):
+            return None  # the full read says what went wrong
+        if stat.start != entry.start or stat.threads != base.threads or stat.vms != quiet.vms \
+                or cmdline != base.cmdline or procfs.full_name(stat.comm, cmdline) != base.name:
+            return None
+        fds = state.fds
+        if fds.count is None or procfs.fd_count(pid) != fds.count:
+            return None
+        state.running = True
+        self.stats.light_reads += 1
+        return self._hand_out(entry.key, replace(
+            base, ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
+            cpu_percent=self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now),
+            sockets=sockets.of(fds.inodes) if fds.inodes else [],
+            gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
         self._state(key).handed = sample
         return sample
 
-    def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: bool,
+    def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: Callable[[], bool],
                   limit: int = 256) -> _Fds:
         """The process's sockets and the regular files it has open (a model file, a
-        .torrent; at most ``limit``): walked when asked, when never walked, and at the
-        libraries' pace; otherwise the last walk's."""
+        .torrent; at most ``limit``): walked when ``walk()`` says so, when never walked,
+        and at the libraries' pace; otherwise the last walk's."""
         state = self._state(key)
         last = state.fds
-        count = procfs.fd_count(pid) if walk or last is None else None  # one stat, read once
+        count = procfs.fd_count(pid)  # one stat
         if last is not None and now - last.when < self.libraries_refresh:
             # A socket nobody is known to hold appeared somewhere: only a process whose
             # fds changed can have opened it. Not for a young process: starting up, it opens
             # and closes files, so a socket can take a closed file's place at the same count
-            # (an old one that swaps a file for a socket is found at the refresh).
+            # (an old one that swaps a file for a socket is found at the refresh). Asked
+            # last: it reads the socket tables.
             settled = now - key[1] > FD_COUNT_SETTLED
-            if not walk or (settled and last.count is not None and count == last.count):
+            if (settled and last.count is not None and count == last.count) or not walk():
                 return last
-        if count is None:
-            count = procfs.fd_count(pid)
         inodes: list[int] = []
         files: list[str] = []
         try:
@@ -540,8 +631,14 @@ class ProcessSampler:
         """Drop state of processes that exited, so memory stays bounded."""
         alive = {entry.key for entry in table.values()}
         for key in self._tracked.keys() - alive:
-            del self._tracked[key]
+            self._tracked.pop(key).forget_quiet()
         self.content.forget(alive)  # what it read of their memory
+
+
+def _closed(held: HeldCounts | None) -> None:
+    """A read that will not be kept: its schedstat files are closed."""
+    if held is not None:
+        held.close()
 
 
 def _read_stat(pid: int) -> procfs.Stat | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from .model import Socket, normalise_ip
@@ -170,13 +171,40 @@ def activity(pid: int, single: bool) -> tuple | None:
     run time, wait time and run count there change whenever the thread runs. ``single``:
     the process had one thread at its last read, so only that one is read (a new thread
     is made by a thread that runs). None where there are no such counts (read in full)."""
+    found = open_activity(pid, single)
+    if found is None:
+        return None
+    counts, fds = found
+    for fd in fds:
+        os.close(fd)
+    return counts
+
+
+def open_activity(pid: int, single: bool) -> tuple[tuple, list[int]] | None:
+    """``activity``, and the schedstat files it read, left open for ``reread`` (the
+    caller closes them)."""
+    fds: list[int] = []
     try:
-        if single:
-            return ((pid, read_small(f"/proc/{pid}/schedstat")),)
-        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-        return tuple((tid, read_small(f"/proc/{pid}/task/{tid}/schedstat")) for tid in tids)
+        tids = [pid] if single else sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        counts = []
+        for tid in tids:
+            path = f"/proc/{pid}/schedstat" if single else f"/proc/{pid}/task/{tid}/schedstat"
+            fds.append(os.open(path, os.O_RDONLY))
+            counts.append((tid, os.read(fds[-1], 256)))
+        return tuple(counts), fds
     except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
         return None  # gone, or no schedstat
+
+
+def reread(fds: list[int]) -> tuple[bytes, ...] | None:
+    """The counts of schedstat files kept open, read again from the start (a process's
+    /proc file keeps naming that process: once it has exited, ESRCH, never another's)."""
+    try:
+        return tuple(os.pread(fd, 256, 0) for fd in fds)
+    except OSError:
+        return None
 
 
 #: /proc/net tables and their protocol; TCP states by their hex code there.
@@ -189,17 +217,32 @@ TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FI
 
 class InetTables:
     """The inet sockets of this network namespace, from one read of
-    /proc/net/{tcp,udp}{,6}, made when first needed (the TCP tables cost about a
-    millisecond each however few sockets there are: the kernel walks its whole hash);
-    a line is parsed only for a socket asked for."""
+    /proc/net/{tcp,udp}{,6}, made when first needed (the TCP tables cost a few
+    milliseconds each however few sockets there are: the kernel walks its whole hash);
+    a line is parsed only for a socket asked for.
 
-    def __init__(self):
+    ``earlier``: the last read of the tables, which answers for the sockets looked up in it
+    while it is younger than ``max_age`` seconds, so that the states of sockets a process
+    has held all along are read again only every ``max_age`` (a socket that was not in the
+    tables then, a Unix socket or one not yet bound, is taken to be absent still); a socket
+    not looked up then, or the set of all sockets (``inodes``), needs a read of the tables
+    now. A line that did not change since ``earlier`` is not parsed again."""
+
+    def __init__(self, earlier: InetTables | None = None, max_age: float = 0.0):
         self._lines: dict[int, tuple[str, list[str]]] | None = None
         self._inodes: set[int] | None = None
         self._parsed: dict[int, Socket] = {}
+        self.read_at = 0.0  # time.monotonic() of the read
+        self._earlier = earlier if earlier is not None and earlier._lines is not None \
+            and time.monotonic() - earlier.read_at < max_age else None
+        self._raw: dict[int, tuple] = {}  # what each parsed socket was parsed from
+        # Sockets looked up in this read, found or not (a Unix socket, one not yet bound).
+        self._asked: set[int] = set()
+        self._parse_cache = (earlier._raw, earlier._parsed) if earlier is not None else ({}, {})
 
     @property
     def read(self) -> bool:
+        """Whether the tables were read for this instance (not answered from ``earlier``)."""
         return self._lines is not None
 
     @property
@@ -210,19 +253,36 @@ class InetTables:
 
     def of(self, inodes: tuple[int, ...]) -> list[Socket]:
         """The sockets among ``inodes`` (those closed since are left out)."""
+        if not inodes:
+            return []
+        source = self
+        if self._lines is None and self._earlier is not None \
+                and self._earlier._asked.issuperset(inodes):
+            source = self._earlier
+        lines = source._table()
+        if source is self:
+            self._asked.update(inodes)
         found = []
-        lines = self._table() if inodes else {}
         for inode in inodes:
-            sock = self._parsed.get(inode)
+            sock = source._parsed.get(inode)
             if sock is None and inode in lines:
-                sock = self._parsed[inode] = _parse_socket(*lines[inode])
+                sock = source._parsed[inode] = source._parse(inode, *lines[inode])
             if sock is not None:
                 found.append(sock)
         return found
 
+    def _parse(self, inode: int, protocol: str, fields: list[str]) -> Socket:
+        raw = self._raw[inode] = (protocol, fields[1], fields[2], fields[3])
+        raws, parsed = self._parse_cache
+        if raws.get(inode) == raw:
+            return parsed[inode]
+        return _parse_socket(protocol, fields)
+
     def _table(self) -> dict[int, tuple[str, list[str]]]:
         if self._lines is None:
             self._lines = {}
+            self._earlier = None
+            self.read_at = time.monotonic()
             for protocol, path in INET_TABLES:
                 try:
                     with open(path, encoding="ascii") as table:

@@ -1,0 +1,243 @@
+"""The sampler's cheaper reads, and what they must still see at once.
+
+- A process that runs every tick (a kernel's threads wake each second) is read lightly:
+  its stat, command line and fd count, the rest kept from its last full read. Anything a
+  signature reads changes one of those, and then it is read in full at once: renamed,
+  its command line rewritten, a socket opened, a thread started, another program exec'd.
+- An idle process's scheduler counts are read through files kept open (within a budget).
+- Which kernel each process belongs to is worked out again only when a process started,
+  exited or was reparented, or the kernels changed.
+
+Real processes throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from colab_guard.observe import processes
+from colab_guard.observe.idle import HeldCounts
+from colab_guard.observe.procfs import InetTables
+from colab_guard.observe.processes import ProcessSampler
+
+PY = sys.executable
+
+# Wakes every 20 ms (so it runs at every tick) and does what its stdin says.
+RUNNER = """\
+import ctypes, os, select, socket, sys, threading, time
+keep = []
+print('up', flush=True)
+while True:
+    if not select.select([sys.stdin], [], [], 0.02)[0]:
+        continue
+    command = sys.stdin.readline().strip()
+    if command == 'rename':
+        ctypes.CDLL(None).prctl(15, b'renamed', 0, 0, 0)
+    elif command == 'listen':
+        keep.append(socket.create_server(('127.0.0.1', 0)))
+    elif command == 'thread':
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    elif command == 'argv':
+        fields = open('/proc/self/stat', 'rb').read().rsplit(b')', 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+        fd = os.open('/proc/self/mem', os.O_RDWR)
+        os.pwrite(fd, b'rewritten'.ljust(end - start - 1, b' ') + b'\\0', start)
+    elif command == 'spin':
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            pass
+    elif command == 'exec':
+        print('done', flush=True)
+        os.execv('/bin/sleep', ['sleep', '600'])
+    print('done', flush=True)
+"""
+
+
+@pytest.fixture
+def runner():
+    proc = subprocess.Popen([PY, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "up\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def young_ok(monkeypatch):
+    """The fd count is trusted from a process's start (the tests' processes are young)."""
+    monkeypatch.setattr(processes, "FD_COUNT_SETTLED", -1.0)
+
+
+def sample(sampler: ProcessSampler, pid: int):
+    return sampler.sample({"k": pid})["k"].kernel_process
+
+
+def read_lightly(sampler: ProcessSampler, pid: int):
+    """Sample until a tick reads the running process lightly."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        before = sampler.stats.light_reads
+        proc = sample(sampler, pid)
+        if sampler.stats.light_reads > before:
+            return proc
+        time.sleep(0.05)
+    raise AssertionError("the running process was never read lightly")
+
+
+def command(proc: subprocess.Popen, what: str) -> None:
+    proc.stdin.write(what + "\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "done\n"
+
+
+def test_a_running_process_is_read_lightly_with_its_cpu_and_memory_current(runner, young_ok):
+    sampler = ProcessSampler()
+    first = sample(sampler, runner.pid)
+    light = read_lightly(sampler, runner.pid)
+    assert light is not first
+    assert (light.cmdline, light.exe, light.name, light.threads) == \
+        (first.cmdline, first.exe, first.name, first.threads)
+    assert abs(light.rss - psutil.Process(runner.pid).memory_info().rss) < 4 << 20
+    command(runner, "spin")  # half a second of CPU
+    busy = sample(sampler, runner.pid)
+    assert sampler.stats.light_reads >= 2 and busy.cpu_percent > 20.0  # seen, lightly
+
+
+@pytest.mark.parametrize("change, seen", [
+    ("rename", lambda p: p.name == "renamed"),
+    ("argv", lambda p: p.cmdline[0] == "rewritten"),
+    ("listen", lambda p: [s.status for s in p.sockets] == ["LISTEN"]),
+    ("thread", lambda p: p.threads == 2),
+    ("exec", lambda p: p.name == "sleep" and p.exe == os.path.realpath("/bin/sleep")),
+])
+def test_what_a_light_read_skips_is_read_in_full_as_soon_as_it_changes(runner, young_ok,
+                                                                         change, seen):
+    sampler = ProcessSampler()
+    sample(sampler, runner.pid)
+    before = read_lightly(sampler, runner.pid)
+    assert not seen(before)
+    full_reads = sampler.stats.full_reads
+    command(runner, change)
+    if change == "exec":  # until the exec is done
+        deadline = time.monotonic() + 10
+        while psutil.Process(runner.pid).name() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    after = sample(sampler, runner.pid)  # the very next tick
+    assert seen(after), after
+    assert sampler.stats.full_reads == full_reads + 1
+
+
+def test_a_process_running_on_is_still_read_in_full_every_few_seconds(runner, young_ok):
+    sampler = ProcessSampler(libraries_refresh=0.5)  # a full read due within 0.25–0.47 s
+    sample(sampler, runner.pid)
+    read_lightly(sampler, runner.pid)
+    full_reads = sampler.stats.full_reads
+    deadline = time.monotonic() + 10
+    while sampler.stats.full_reads == full_reads and time.monotonic() < deadline:
+        time.sleep(0.05)
+        sample(sampler, runner.pid)
+    assert sampler.stats.full_reads == full_reads + 1
+
+
+def test_an_idle_process_is_watched_through_held_files_which_close_when_it_exits():
+    held_before = HeldCounts.open_files
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        sampler = ProcessSampler()
+        sample(sampler, sleeper.pid)
+        assert HeldCounts.open_files == held_before + 1  # its schedstat, kept open
+        reads = sampler.stats.full_reads
+        for _ in range(3):
+            sample(sampler, sleeper.pid)
+        assert sampler.stats.full_reads == reads  # it did not run
+        sleeper.kill()
+        sleeper.wait()
+        sampler.sample({})  # gone from the table: its state and files forgotten
+        assert HeldCounts.open_files == held_before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_past_the_budget_of_held_files_idle_processes_are_read_as_before(monkeypatch):
+    monkeypatch.setattr(HeldCounts, "budget", HeldCounts.open_files)  # none to spare
+    kernel = subprocess.Popen(["/bin/sh", "-c", "sleep 600 & echo up; wait"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert kernel.stdout.readline() == "up\n"
+        child = psutil.Process(kernel.pid).children()[0]
+        sampler = ProcessSampler()
+
+        def child_sample():
+            snap = sampler.sample({"k": kernel.pid})["k"]
+            return next(p for p in snap.processes if p.pid == child.pid)
+
+        child_sample()
+        held = HeldCounts.open_files
+        time.sleep(0.2)
+        quiet = child_sample()
+        assert child_sample() is quiet and HeldCounts.open_files == held  # read, not held
+        child.suspend()
+        child.resume()  # it ran (a signal is handled by running)
+        assert child_sample() is not quiet
+    finally:
+        os.killpg(kernel.pid, 9)
+        kernel.wait()
+
+
+def test_attribution_is_made_anew_when_a_process_starts_or_the_kernels_change():
+    kernel = subprocess.Popen(["/bin/sh", "-c", "read line; sleep 600 & echo up; wait"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        sampler = ProcessSampler()
+        for _ in range(3):  # nothing changes: the same attribution each tick
+            snap = sampler.sample({"k": kernel.pid})["k"]
+        assert [p.pid for p in snap.processes] == [kernel.pid]
+        kernel.stdin.write("go\n")
+        kernel.stdin.flush()
+        assert kernel.stdout.readline() == "up\n"
+        snap = sampler.sample({"k": kernel.pid})["k"]
+        assert len(snap.processes) == 2  # the new child, at the next tick
+        sampler.sample({"k": kernel.pid})  # `other` belongs to no kernel
+        sampler.claim(other.pid, "k")  # the kernel hook says it started it
+        snap = sampler.sample({"k": kernel.pid})["k"]
+        assert other.pid in [p.pid for p in snap.processes]
+        third = subprocess.Popen(["sleep", "600"])
+        sampler.sample({"k": kernel.pid})
+        both = sampler.sample({"k": kernel.pid, "k2": third.pid})
+        third.kill()
+        third.wait()
+        assert [p.pid for p in both["k2"].processes] == [third.pid]  # a kernel more
+    finally:
+        os.killpg(kernel.pid, 9)
+        kernel.wait()
+        other.kill()
+        other.wait()
+
+
+def test_the_socket_tables_are_read_again_for_a_new_socket_or_once_too_old():
+    held = socket.create_server(("127.0.0.1", 0))
+    inode = os.fstat(held.fileno()).st_ino
+    first = InetTables()
+    assert [s.status for s in first.of((inode,))] == ["LISTEN"] and first.read
+    again = InetTables(first, max_age=60)
+    assert [s.status for s in again.of((inode,))] == ["LISTEN"]
+    assert not again.read  # a socket the last read knew: answered from it
+    new = socket.create_server(("127.0.0.1", 0))
+    found = again.of((inode, os.fstat(new.fileno()).st_ino))
+    assert again.read and len(found) == 2  # one it did not know: read now
+    stale = InetTables(first, max_age=0)
+    stale.of((inode,))
+    assert stale.read  # too old to answer
+    held.close()
+    new.close()
