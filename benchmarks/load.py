@@ -7,8 +7,9 @@ starting ``--children`` sleeping child processes): one with `--ColabGuard.enable
 (the baseline), one guarded, sampling at 1 Hz. Over ``--seconds`` of each it reports:
 
 - ticks done and ticks missed (`colab_guard_ticks_missed_total`);
-- processes sampled per tick, and of those the ones read in full (new, or ran since their
-  last read: `colab_guard_processes_read_in_full_total`);
+- processes sampled per tick, and of those the ones read in full (new, changed, or due their
+  refresh: `colab_guard_processes_read_in_full_total`) and lightly (ran, changed nothing but
+  their CPU and memory use: `colab_guard_processes_read_lightly_total`);
 - the guard's CPU: the server process's CPU time with the guard minus without it, and the
   tick's own duration (`colab_guard_sample_duration_seconds`, wall time, mean and max);
 - API latency (median and 95th percentile) of `/api/status` and `/api/kernels`;
@@ -199,6 +200,8 @@ def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dic
         result["processes_per_tick"] = delta.get("colab_guard_processes_sampled_total", 0) / max(count, 1)
         result["full_reads_per_tick"] = \
             delta.get("colab_guard_processes_read_in_full_total", 0) / max(count, 1)
+        result["light_reads_per_tick"] = \
+            delta.get("colab_guard_processes_read_lightly_total", 0) / max(count, 1)
     return result
 
 
@@ -306,7 +309,8 @@ def report(base: dict, guard: dict, args) -> None:
           f"(in {guard['seconds']:.0f} s) |")
     print(f"| processes sampled per tick (on the machine) | ({base['system_processes']}) | "
           f"{guard['processes_per_tick']:.0f} ({guard['system_processes']}) |")
-    print(f"| of which read in full (new, or ran since) | | {guard['full_reads_per_tick']:.1f} |")
+    print(f"| of which read in full (new, changed, or due) / lightly (ran, changed nothing) | | "
+          f"{guard['full_reads_per_tick']:.1f} / {guard['light_reads_per_tick']:.1f} |")
     print(f"| tick duration, mean / max bucket | | {guard['tick_mean_ms']:.1f} ms / "
           f"≤ {guard['tick_max_ms']:.0f} ms |")
     print(f"| server CPU (% of one core) | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} |")

@@ -237,7 +237,8 @@ class Monitor:
             self._reported_stats[kind] = value
         for name, counter, value in (
                 ("sampled", metrics.PROCESSES_SAMPLED, stats.processes_sampled),
-                ("read in full", metrics.PROCESSES_READ_IN_FULL, stats.full_reads)):
+                ("read in full", metrics.PROCESSES_READ_IN_FULL, stats.full_reads),
+                ("read lightly", metrics.PROCESSES_READ_LIGHTLY, stats.light_reads)):
             counter.inc(value - self._reported_stats.get(name, 0))
             self._reported_stats[name] = value
         metrics.SAMPLER_TRACKED.set(self.sampler.tracked())

@@ -8,9 +8,13 @@ KERNELS_MONITORED = Gauge("colab_guard_kernels_monitored", "Kernels the guard is
 PROCESSES_SAMPLED = Counter("colab_guard_processes_sampled_total",
                             "Processes read by the sampler, summed over ticks.")
 PROCESSES_READ_IN_FULL = Counter("colab_guard_processes_read_in_full_total",
-                                 "Of the processes sampled, those read in full (new, or ran "
-                                 "since their last read); the others had not run, so their "
-                                 "last read stood.")
+                                 "Of the processes sampled, those read in full (new, changed, "
+                                 "or due their refresh); the others were read lightly or had "
+                                 "not run, so their last read stood.")
+PROCESSES_READ_LIGHTLY = Counter("colab_guard_processes_read_lightly_total",
+                                 "Of the processes sampled, those that ran but changed nothing "
+                                 "but their CPU and memory use (stat, command line and fd "
+                                 "count read; the rest kept from their last full read).")
 SAMPLE_DURATION = Histogram("colab_guard_sample_duration_seconds",
                             "Time one tick takes: sampling every kernel, detecting, acting.",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
