@@ -36,12 +36,17 @@ NAME, VERSION, MODULE, SCRIPT = "guardtest-miner", "1.2.3", "guardtest_miner", "
 WALLET = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
 
 
+#: A program shipped as a binary in the package (a copy of sleep, named as a miner would be).
+BINARY = f"{MODULE}/bin/xmrig"
+
+
 def build_wheel(folder: Path, name: str = NAME, version: str = VERSION) -> Path:
-    """A real wheel: the stand-in miner as a module, and a console script that runs it."""
+    """A real wheel: the stand-in miner as a module, a console script that runs it, a binary."""
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
     files = {
         f"{module}/__init__.py": b"",
+        f"{module}/bin/xmrig": Path(shutil.which("sleep")).read_bytes(),
         f"{module}/miner.py": (STANDINS / "miner.py").read_bytes(),
         f"{module}/common.py": (STANDINS / "common.py").read_bytes(),
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
@@ -83,6 +88,7 @@ def installed(tmp_path_factory):
     venv = make_venv(root / "venv")
     pip_install(venv, "--find-links", str(wheels), NAME)
     site = next((venv / "lib").glob("python*/site-packages"))
+    (site / BINARY).chmod(0o755)
     return {"root": root, "venv": venv, "site": site, "wheels": wheels,
             "script": venv / "bin" / SCRIPT, "module": site / MODULE / "miner.py"}
 
@@ -200,6 +206,28 @@ def test_a_distribution_installed_from_a_local_path_is_a_strike(installed, progr
     package, refused = package_of([process], PackageIndex())
     assert package is None and "installed from a local path" in refused["reason"]
     assert strike(package)
+
+
+def test_a_binary_the_distribution_ships_names_it_as_it_runs(installed, tmp_path):
+    binary = installed["site"] / BINARY
+    child = subprocess.Popen([str(binary), "60"])
+    try:
+        proc = psutil.Process(child.pid)
+        wait_until(lambda: proc.exe() == str(binary), what="the exec")
+        process = Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
+                          cmdline=proc.cmdline(), create_time=proc.create_time())
+        package, _ = package_of([process], PackageIndex())
+        assert (package.name, package.path) == (NAME, str(binary))
+
+        # The file swapped for another after the start (and back in content): not the one running.
+        swapped = tmp_path / "swapped"
+        shutil.copy(binary, swapped)
+        os.replace(swapped, binary)
+        package, refused = package_of([process], PackageIndex())
+        assert package is None and "replaced after the program started" in refused["reason"]
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_program_gone_before_it_is_looked_at_fails_safe(installed):
