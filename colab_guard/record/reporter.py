@@ -159,6 +159,12 @@ class HubReporter:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def scope(self) -> str:
+        """The scope the contract asks of this reporter's token."""
+        return "custom:colab-guard:report-any" if self.source == "watcher" else \
+            "custom:colab-guard:report"
+
     def status(self) -> dict[str, Any]:
         return {"enabled": True, "url": self.url, "queued": len(self.queue), **self.counts,
                 "failures": self.failures, "last_error": self.last_error,
@@ -239,8 +245,8 @@ class HubReporter:
         self.log.error("colab-guard: the hub refused %d incident(s) (%s) with HTTP %d %s: %s; "
                        "not retried%s", len(batch), ", ".join(i for _, i, _ in batch[:5]),
                        err.code, err.reason, ascii(message),
-                       " (is hub_api_token right, and does it have the scope "
-                       "custom:colab-guard:report?)" if err.code in (401, 403) else "")
+                       f" (is the hub token right, and does it have the scope "
+                       f"{self.scope}?)" if err.code in (401, 403) else "")
         self.queue.remove([seq for seq, _, _ in batch])
         self.counts["refused"] += len(batch)
         metrics.HUB_REPORTS.labels("refused").inc(len(batch))
