@@ -230,6 +230,27 @@ def test_a_binary_the_distribution_ships_names_it_as_it_runs(installed, tmp_path
         child.wait()
 
 
+def test_the_shell_line_that_started_a_packaged_program_does_not_make_it_a_strike(
+        installed, programs, pool_port):
+    argv = " ".join([str(installed["script"]), *miner_args(pool_port)])
+    shell = programs(["/bin/bash", "-c", f"{argv}; true"])  # "; true": bash forks, not execs
+    child = wait_until(lambda: psutil.Process(shell.pid).children(), what="the shell's child")[0]
+    try:
+        wait_until(lambda: "stratum" in " ".join(child.cmdline()) and len(child.cmdline()) > 2,
+                   what="the child's exec")
+        packaged = Process(pid=child.pid, ppid=shell.pid, name=child.name(), exe=child.exe(),
+                           cmdline=child.cmdline(), create_time=child.create_time())
+        package, _ = package_of([shell, packaged], PackageIndex())
+        assert package is not None and package.name == NAME
+    finally:
+        child.kill()
+
+
+def test_a_system_program_is_no_package_and_no_error(programs):
+    sleeper = programs(["/bin/bash", "-c", "exec -a stratum-sleep sleep 60"])
+    assert package_of([sleeper], PackageIndex()) == (None, None)
+
+
 def test_a_program_gone_before_it_is_looked_at_fails_safe(installed):
     gone_process = Process(pid=2**22 + 7, exe=str(installed["venv"] / "bin" / "python"),
                            cmdline=["python", "miner.py"], create_time=1.0)

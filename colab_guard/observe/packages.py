@@ -48,7 +48,7 @@ from .model import Process
 SITE_FOLDERS = ("site-packages", "dist-packages")
 _PYTHON_FOLDER = re.compile(r"^python\d+(\.\d+)?t?$")
 _INTERPRETER = re.compile(r"^python\d*(\.\d+)?t?$")
-MAX_HASHED = 512 * 2**20  # bytes: a larger file is not hashed (no package)
+MAX_HASHED = 64 * 2**20  # bytes: a larger file is not hashed (no package)
 MAX_RECORD = 16 * 2**20  # bytes of one RECORD file
 _CACHE_SIZE = 16  # site folders indexed at once
 # Options of the interpreter that take a value (python -W error x.py).
@@ -78,41 +78,58 @@ class _Entry:
 
 
 class PackageIndex:
-    """Which installed file belongs to which distribution, per site folder (cached until the
-    folder changes: an install or uninstall changes its entries, so its mtime)."""
+    """Which distribution installed a file: its site folder's RECORD files searched, the
+    distribution named like the file's top-level folder (or script) first, so that a lookup
+    usually reads one RECORD. Answers are cached until the site folder changes (an install
+    or uninstall changes its entries, so its mtime)."""
 
-    def __init__(self):
+    def __init__(self, size: int = 4096):
         self._lock = threading.Lock()
-        self._sites: dict[Path, tuple[int, dict[str, _Entry]]] = {}
+        self._size = size
+        self._found: dict[tuple[Path, str], tuple[int, _Entry | None]] = {}
 
     def entry(self, site_dir: Path, path: str) -> _Entry | None:
-        return self._index(site_dir).get(path)
-
-    def _index(self, site_dir: Path) -> dict[str, _Entry]:
         stamp = os.stat(site_dir).st_mtime_ns
         with self._lock:
-            cached = self._sites.get(site_dir)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-        files: dict[str, _Entry] = {}
-        for dist_info in sorted(site_dir.glob("*.dist-info")):
-            record = dist_info / "RECORD"
-            try:
-                if record.stat().st_size > MAX_RECORD:
-                    continue
-                lines = record.read_text(encoding="utf-8", errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in lines:
-                name, _, rest = line.partition(",")
-                digest = rest.split(",", 1)[0]
-                if name and "=" in digest:
-                    files[os.path.realpath(site_dir / name)] = _Entry(dist_info, digest)
+            cached = self._found.get((site_dir, path))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found = _search(site_dir, path)
         with self._lock:
-            if len(self._sites) >= _CACHE_SIZE:
-                self._sites.pop(next(iter(self._sites)))
-            self._sites[site_dir] = (stamp, files)
-        return files
+            if len(self._found) >= self._size:
+                self._found.clear()
+            self._found[(site_dir, path)] = (stamp, found)
+        return found
+
+
+def _search(site_dir: Path, path: str) -> _Entry | None:
+    """The RECORD entry (with a hash) of ``path`` in ``site_dir``'s distributions."""
+    relative = os.path.relpath(path, site_dir)
+    top = relative.split(os.sep, 1)[0]
+    likely = _normalise(os.path.basename(path) if top == os.pardir else top)
+    basename = os.path.basename(path)
+    for dist_info in sorted(site_dir.glob("*.dist-info"),
+                            key=lambda d: _normalise(d.name.split("-", 1)[0]) != likely):
+        record = dist_info / "RECORD"
+        try:
+            if record.stat().st_size > MAX_RECORD:
+                continue
+            text = record.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if basename not in text:
+            continue
+        for line in text.splitlines():
+            name, _, rest = line.partition(",")
+            if name and os.path.normpath(os.path.join(site_dir, name)) == path:
+                digest = rest.split(",", 1)[0]
+                return _Entry(dist_info, digest) if "=" in digest else None
+    return None
+
+
+def _normalise(name: str) -> str:
+    """A project or module name as PEP 503 compares them (dist-info names use "_")."""
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 INDEX = PackageIndex()
@@ -167,9 +184,7 @@ def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
 def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Package | None:
     """The package that installed ``path`` (whose bytes are read from ``content``), or None."""
     real = os.path.realpath(path)
-    sites = _site_folders(Path(real))
-    if not sites:
-        return None
+    sites, inside = _site_folders(Path(real))
     for site_dir in sites:
         entry = index.entry(site_dir, real)
         if entry is None:
@@ -185,21 +200,24 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
         if not name or not version:
             return None
         return Package(name, version, path)
-    raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
-                         "lists it with a hash")
+    if inside:
+        raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
+                             "lists it with a hash")
+    return None  # a program in an environment's bin/ that no distribution installed
 
 
-def _site_folders(path: Path) -> list[Path]:
-    """The environment's site folders that may have installed ``path``; [] if none."""
+def _site_folders(path: Path) -> tuple[list[Path], bool]:
+    """The environment's site folders that may have installed ``path``, and whether the path
+    lies inside one (else it may be a console script in the environment's ``bin``)."""
     for parent in path.parents:
         if parent.name in SITE_FOLDERS:
             if not _is_environment_site(parent):
                 raise NotFromPackage(f"{parent} is not the site folder of a Python environment")
-            return [parent]
+            return [parent], True
     if path.parent.name == "bin":  # a console script: <prefix>/bin/name
         prefix = path.parent.parent
-        return [s for s in _prefix_sites(prefix) if _is_environment_site(s)]
-    return []
+        return [s for s in _prefix_sites(prefix) if _is_environment_site(s)], False
+    return [], False
 
 
 def _prefix_sites(prefix: Path) -> list[Path]:
