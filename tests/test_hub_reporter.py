@@ -218,37 +218,49 @@ def test_the_hub_url_gets_its_final_slash_and_defaults_from_the_environment(monk
         ColabGuard().check_environment()
 
 
-def test_a_server_reports_a_stopped_miner_with_its_own_token(service, pool, tmp_path):
-    """A real guarded server, configured as JupyterHub would (the environment), a real miner:
-    the miner is stopped while the service hangs (the guard waits for nothing), and its
-    incident reaches the service with the server's token once the service answers."""
+def guarded_server(folder, service) -> GuardedServer:
+    """A guarded server configured as JupyterHub would configure it: by the environment."""
     server = GuardedServer({"sample_interval": 0.5, "stop_grace": 1.0, "cell_checks": False},
-                           folder=tmp_path / "server")
+                           folder=folder)
     server.env.update(COLAB_GUARD_HUB_URL=service.url, JUPYTERHUB_API_TOKEN=service.token)
+    return server
+
+
+def test_a_server_reports_a_stopped_miner_with_its_own_token_even_after_a_restart(
+        service, pool, tmp_path):
+    """A real guarded server, a real miner: the miner is stopped while the service hangs (the
+    guard waits for nothing); the server is stopped with the incident still queued, and once
+    it is back its incident reaches the service with the server's token."""
     service.mode = "hang"
-    with server:
+    with guarded_server(tmp_path / "server", service) as server:
         status = server.api("GET", "colab-guard/api/status")
         assert status["reporting"]["enabled"] and status["reporting"]["queued"] == 0
         kernel_id, client = server.start_kernel()
         try:
-            client.execute(f"import subprocess\np = subprocess.Popen({[PYTHON, str(STANDINS / 'miner.py'), '-o', f'stratum+tcp://127.0.0.1:{pool}', '-u', WALLET]!r})\n"
-                           "print(p.pid, flush=True)\n")
+            argv = [PYTHON, str(STANDINS / "miner.py"), "-o", f"stratum+tcp://127.0.0.1:{pool}",
+                    "-u", WALLET]
+            client.execute(f"import subprocess\np = subprocess.Popen({argv!r})\n")
             done = wait_until(lambda: [i for i in server.incidents(kernel_id)
                                        if i["status"] == "done"], timeout=60, what="the incident")
             assert done[0]["category"] == "crypto-mining"
-            pid = done[0]["evidence"]["processes"][0]["pid"]
-            wait_until(lambda: gone(pid), what="the miner stopped")
+            wait_until(lambda: gone(done[0]["evidence"]["processes"][0]["pid"]),
+                       what="the miner stopped")
             ticks = server.api("GET", "colab-guard/api/status")["ticks"]
             wait_until(lambda: server.api("GET", "colab-guard/api/status")["ticks"] > ticks + 2,
                        what="ticks going on while the service hangs")
-            assert server.api("GET", "colab-guard/api/status")["reporting"]["queued"] >= 1
-
-            service.release()
-            service.mode = "ok"
-            wait_until(lambda: service.taken.get(done[0]["id"], {}).get("status") == "done",
-                       timeout=60, what="the done incident at the service")
+            assert server.api("GET", "colab-guard/api/status")["reporting"]["queued"] == 1
         finally:
             client.stop_channels()
+    # The server is gone with its incident queued; the hung request ends in a 503.
+    service.mode = "ok"
+    service.release()
+    assert done[0]["id"] not in service.taken
+    sent_before = len(service.requests)
+
+    with guarded_server(tmp_path / "server", service):
+        wait_until(lambda: service.taken.get(done[0]["id"], {}).get("status") == "done",
+                   timeout=60, what="the done incident at the service after the restart")
+    assert len(service.requests) > sent_before
     assert all(r["headers"]["Authorization"] == f"token {service.token}"
                for r in service.requests)
     taken = service.taken[done[0]["id"]]

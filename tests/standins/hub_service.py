@@ -3,7 +3,7 @@ on 127.0.0.1, in a thread of its own: it records what it takes and can misbehave
 
     service = HubStandin(token="secret").start()
     service.url            # http://127.0.0.1:PORT/services/colab-guard/
-    service.mode = "503"   # or "403", "hang"; "ok" takes reports again
+    service.mode = "503"   # or "403", "hang" (until release(), then 503); "ok" takes again
     service.down()         # connections refused (the port stays reserved for up())
     service.up()
     service.taken          # incident id -> the last version taken
@@ -29,8 +29,9 @@ class ReportsHandler(web.RequestHandler):
         service = self.service
         body = json.loads(self.request.body)
         service.requests.append({"headers": dict(self.request.headers), "body": body})
-        if service.mode == "hang":
+        if service.mode == "hang":  # until released; then a 503, as a service restarting
             await service.released.wait()
+            raise web.HTTPError(503, "the stand-in hung")
         if service.mode in ("503", "403"):
             raise web.HTTPError(int(service.mode), "the stand-in says no")
         if self.request.headers.get("Authorization") != f"token {service.token}":
