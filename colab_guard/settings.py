@@ -86,7 +86,8 @@ class GuardTraits(HasTraits):
         "Strikes within strike_window after which the user cannot start new kernels, until "
         "an admin clears the strikes or they age out. A strike is an enforced incident "
         "(processes stopped, kernel interrupted or shut down; not dry run), or a refused "
-        "cell beyond cell_refusals_allowed. 0 never refuses."))
+        "cell beyond cell_refusals_allowed; never one whose program came from an installed "
+        "package (fair strikes: the incident names the package). 0 never refuses."))
 
     strike_window = Float(7 * 24 * 3600.0, min=1, max=10 * 365 * 86400, config=True, help=(
         "Seconds a strike counts against its user (default 7 days)."))
