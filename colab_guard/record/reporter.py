@@ -127,7 +127,8 @@ class HubReporter:
     def listen(self, incident: Incident, action: str = "") -> None:
         """Queue the incident (its current version) and wake the sender."""
         try:
-            dropped = self.queue.put(incident.id, json.dumps(incident.to_dict(), ensure_ascii=False))
+            # ASCII JSON: any text (a lone surrogate in evidence too) goes out as valid UTF-8.
+            dropped = self.queue.put(incident.id, json.dumps(incident.to_dict()))
         except sqlite3.Error as err:
             metrics.HUB_REPORTS.labels("dropped").inc()
             self.counts["dropped"] += 1
@@ -177,7 +178,12 @@ class HubReporter:
             self._wake.wait()
             self._wake.clear()
             while not self._stopping.is_set():
-                retry_at = self._send_queued()
+                try:
+                    retry_at = self._send_queued()
+                except Exception:  # the queue unreadable (disk errors): never end the thread
+                    self.log.exception("colab-guard: reporting to the hub failed; retried")
+                    self.failures += 1
+                    retry_at = time.monotonic() + self.backoff_max
                 if not retry_at:
                     break
                 # A backoff: incidents queued meanwhile wait for its end too.
