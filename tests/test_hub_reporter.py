@@ -280,3 +280,16 @@ def test_a_hub_url_without_a_token_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no hub_api_token"):
         build_reporter(settings, "server")
     assert build_reporter(settings.replace(hub_url=""), "server") is None
+
+
+def test_a_wrong_token_is_refused_with_a_hint_and_not_retried(service, tmp_path, caplog):
+    queue = ReportQueue(tmp_path / "hub-reports.sqlite", 100)
+    reporter = HubReporter(service.url, "not-the-token", queue, "watcher", backoff=0.05)
+    reporter.start()
+    try:
+        reporter.listen(incident())
+        wait_until(lambda: reporter.status()["refused"] == 1, what="the refusal")
+    finally:
+        reporter.stop(timeout=10)
+    assert "HTTP 401" in caplog.text and "custom:colab-guard:report-any" in caplog.text
+    assert len(service.requests) == 1 and len(queue) == 0
