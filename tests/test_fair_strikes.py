@@ -251,6 +251,43 @@ def test_a_system_program_is_no_package_and_no_error(programs):
     assert package_of([sleeper], PackageIndex()) == (None, None)
 
 
+def test_named_pipes_in_place_of_a_package_file_or_its_record_never_hang_the_lookup(
+        installed, tmp_path):
+    import threading
+
+    venv = make_venv(tmp_path / "venv")
+    pip_install(venv, "--find-links", str(installed["wheels"]), NAME)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    module = site / MODULE / "miner.py"
+    module.unlink()
+    os.mkfifo(module)  # python blocks reading it; the guard must not
+    child = subprocess.Popen([str(venv / "bin" / "python"), str(module)])
+    try:
+        proc = psutil.Process(child.pid)
+        wait_until(lambda: str(module) in proc.cmdline(), what="the exec")
+        process = Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
+                          cmdline=proc.cmdline(), create_time=proc.create_time())
+        answers = []
+
+        def look():
+            answers.append(package_of([process], PackageIndex()))
+            record = next(site.glob("*.dist-info")) / "RECORD"
+            record.unlink()
+            os.mkfifo(record)
+            answers.append(package_of([process], PackageIndex()))
+
+        looking = threading.Thread(target=look, daemon=True)
+        looking.start()
+        looking.join(30)
+        assert not looking.is_alive(), "the lookup hangs on a named pipe"
+        assert [package for package, _ in answers] == [None, None]
+        assert "differs from what" in answers[0][1]["reason"]
+        assert "no installed distribution lists it" in answers[1][1]["reason"]
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_program_gone_before_it_is_looked_at_fails_safe(installed):
     gone_process = Process(pid=2**22 + 7, exe=str(installed["venv"] / "bin" / "python"),
                            cmdline=["python", "miner.py"], create_time=1.0)

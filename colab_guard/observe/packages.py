@@ -23,8 +23,10 @@ one user ever ran, and decides. Python's ``-m module`` and ``-c`` programs and t
 itself are not traced to a package (the path Python would import from depends on the
 process's working folder and environment): the normal rule applies.
 
-Metadata is read as files (``importlib.metadata.PathDistribution``); nothing of the
-user's is imported.
+Metadata is read as files (RECORD, METADATA, direct_url.json); nothing of the user's is
+imported. Every file is opened without blocking and read only if it is a regular file of
+bounded size (a named pipe in its place must not hang the guard), and one lookup stops after
+``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders): no package.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import re
 import site
+import stat
 import threading
+import time
 from dataclasses import dataclass
-from importlib.metadata import PathDistribution
+from email.parser import HeaderParser
 from pathlib import Path
 
 import psutil
@@ -50,11 +53,10 @@ _PYTHON_FOLDER = re.compile(r"^python\d+(\.\d+)?t?$")
 _INTERPRETER = re.compile(r"^python\d*(\.\d+)?t?$")
 MAX_HASHED = 64 * 2**20  # bytes: a larger file is not hashed (no package)
 MAX_RECORD = 16 * 2**20  # bytes of one RECORD file
-_CACHE_SIZE = 16  # site folders indexed at once
+MAX_METADATA = 2**20  # bytes of METADATA or direct_url.json
+SEARCH_BUDGET = 2.0  # seconds one search of a site folder may take
 # Options of the interpreter that take a value (python -W error x.py).
 _OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
-
-log = logging.getLogger("colab_guard")
 
 
 @dataclass(frozen=True)
@@ -108,16 +110,14 @@ def _search(site_dir: Path, path: str) -> _Entry | None:
     top = relative.split(os.sep, 1)[0]
     likely = _normalise(os.path.basename(path) if top == os.pardir else top)
     basename = os.path.basename(path)
+    deadline = time.monotonic() + SEARCH_BUDGET
     for dist_info in sorted(site_dir.glob("*.dist-info"),
                             key=lambda d: _normalise(d.name.split("-", 1)[0]) != likely):
-        record = dist_info / "RECORD"
-        try:
-            if record.stat().st_size > MAX_RECORD:
-                continue
-            text = record.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        if basename not in text:
+        if time.monotonic() > deadline:
+            raise NotFromPackage(f"{site_dir}: searching its distributions took over "
+                                 f"{SEARCH_BUDGET:g} s")
+        text = read_regular(dist_info / "RECORD", MAX_RECORD)
+        if text is None or basename not in text:
             continue
         for line in text.splitlines():
             name, _, rest = line.partition(",")
@@ -192,14 +192,15 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
         if not _hash_matches(content, entry.hash):
             raise NotFromPackage(f"{path} differs from what {entry.dist_info.name} installed "
                                  "(edited after the install)")
-        dist = PathDistribution(entry.dist_info)
-        if _installed_from_local_path(dist):
+        if _installed_from_local_path(entry.dist_info):
             raise NotFromPackage(f"{entry.dist_info.name} was installed from a local path "
                                  "(direct_url.json file://): the user's own code")
-        name, version = dist.metadata["Name"], dist.version
+        metadata = read_regular(entry.dist_info / "METADATA", MAX_METADATA)
+        headers = HeaderParser().parsestr(metadata) if metadata else {}
+        name, version = headers.get("Name"), headers.get("Version")
         if not name or not version:
-            return None
-        return Package(name, version, path)
+            raise NotFromPackage(f"{entry.dist_info.name} has no readable name and version")
+        return Package(str(name).strip(), str(version).strip(), path)
     if inside:
         raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
                              "lists it with a hash")
@@ -251,9 +252,7 @@ def _hash_matches(content: str, expected: str) -> bool:
         return False
     digest = hashlib.new(algorithm)
     try:
-        with open(content, "rb") as f:
-            if os.fstat(f.fileno()).st_size > MAX_HASHED:
-                return False
+        with _open_regular(content, MAX_HASHED) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     except OSError:
@@ -261,18 +260,40 @@ def _hash_matches(content: str, expected: str) -> bool:
     return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() == encoded
 
 
-def _installed_from_local_path(dist: PathDistribution) -> bool:
-    try:
-        text = dist.read_text("direct_url.json")
-    except OSError:
+def _installed_from_local_path(dist_info: Path) -> bool:
+    """pip's direct_url.json with a file:// URL; one that cannot be read counts as local."""
+    path = dist_info / "direct_url.json"
+    if not os.path.lexists(path):
         return False
-    if text is None:
-        return False
+    text = read_regular(path, MAX_METADATA)
     try:
         url = json.loads(text).get("url", "")
-    except (ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError):
         return True  # unreadable provenance: not counted as a package's
     return not isinstance(url, str) or url.startswith("file:")
+
+
+def read_regular(path: Path | str, limit: int) -> str | None:
+    """A regular file's text, if it is one of at most ``limit`` bytes; else None."""
+    try:
+        with _open_regular(path, limit) as f:
+            return f.read(limit + 1).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _open_regular(path: Path | str, limit: int):
+    """Open without blocking (a named pipe would wait for a writer); refuse what is not a
+    regular file of at most ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise OSError(f"{path}: not a regular file of at most {limit} bytes")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _script(p: Process) -> str | None:
