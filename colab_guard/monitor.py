@@ -31,6 +31,10 @@ from .record.recorder import Recorder
 from .settings import Settings
 
 
+#: Seconds the fair-strike lookup may hold up an incident (then: no package, the normal rule).
+PACKAGE_LOOKUP_TIMEOUT = 5.0
+
+
 class Monitor:
     def __init__(self, settings: Settings, kernels: Kernels, engine: Engine, policy: Policy,
                  recorder: Recorder, log: logging.Logger | None = None,
@@ -185,8 +189,8 @@ class Monitor:
         (read from files in a worker thread; any failure: none, the normal rule)."""
         processes = [d.process for d in unique_processes(plan.detections)]
         try:
-            package, refused = await asyncio.get_running_loop().run_in_executor(
-                self._acting, package_of, processes)
+            package, refused = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self._acting, package_of, processes), PACKAGE_LOOKUP_TIMEOUT)
         except Exception:
             self.log.exception("colab-guard: could not tell whether incident %s's program comes "
                                "from an installed package; counted by the normal rule", incident.id)
