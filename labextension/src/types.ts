@@ -130,6 +130,16 @@ export interface IStatus {
   strike_limit?: number;
   /** The categories incidents may have: built-in, declared by the operator, in `actions`. */
   categories?: string[];
+  /** Reporting incidents to the hub service (ColabGuard.hub_url). */
+  reporting?: {
+    enabled: boolean;
+    queued: number;
+    sent?: number;
+    refused?: number;
+    dropped?: number;
+    failures?: number;
+    last_error?: string | null;
+  };
 }
 
 /** A strike in force (GET /colab-guard/api/strikes). */
