@@ -136,3 +136,22 @@ def test_the_token_file_is_read(tmp_path):
                        "--Watcher.hub_url=http://127.0.0.1:1/services/colab-guard"])
     assert watcher.hub_api_token == "secret"
     assert watcher.hub_url == "http://127.0.0.1:1/services/colab-guard/"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--Watcher.hub_url=ftp://hub/"], "Watcher.hub_url: 'ftp://hub/' is not an http"),
+    (["--Watcher.hub_api_token_file=/nonexistent/token"], "does not exist"),
+])
+def test_bad_hub_settings_are_refused(argv, message):
+    with pytest.raises(WatchError, match=message):
+        Watcher().configure(argv)
+
+
+def test_a_hub_url_without_a_token_stops_the_watcher_naming_both_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    watcher = Watcher()
+    watcher.configure(["--Watcher.hub_url=http://127.0.0.1:1/",
+                       f"--Watcher.database_url=sqlite:///{tmp_path / 'incidents.sqlite'}",
+                       f"--Watcher.incident_log={tmp_path / 'incidents.jsonl'}"])
+    with pytest.raises(WatchError, match="no hub_api_token.*hub_api_token_file"):
+        watcher.build()
