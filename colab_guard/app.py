@@ -28,6 +28,7 @@ from .record import metrics
 from .record.database import DatabaseError, IncidentDatabase, IncidentStore
 from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID
 from .record.recorder import Recorder
+from .record.reporter import HubReporter, build_reporter
 from .record.store import IncidentLog, IncidentLogError
 from .settings import GuardTraits, Settings
 from .vocabulary import CATEGORIES
@@ -52,6 +53,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
     engine: Engine | None = None
     policy: Policy | None = None
     recorder: Recorder | None = None
+    reporter: HubReporter | None = None  # reports incidents to the hub service (hub_url)
     started: float = 0.0  # when the guard started: incidents_this_session counts from here
 
     def _link_jupyter_server_extension(self, serverapp):
@@ -59,6 +61,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
         try:
             super()._link_jupyter_server_extension(serverapp)
             self._refuse_unknown_settings()
+            self.check_environment()
         except TraitError as err:
             self._linked = True  # linking itself worked: the error is ours to report
             self._cannot_start(f"a bad setting: {err}", err)
@@ -118,6 +121,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
         self.kernels = JupyterKernels(server.kernel_manager, server.session_manager)
         self.policy = Policy(settings)
         self.recorder = Recorder(self.store, self.policy, settings, emit=self._emit, log=self.log)
+        self._build_reporter(settings, database)
         self.monitor = Monitor(settings, self.kernels, self.engine, self.policy, self.recorder,
                                log=self.log)
         self.channel = KernelChannel(settings, self.rules, self.monitor, self.policy,
@@ -131,6 +135,20 @@ class ColabGuard(ExtensionApp, GuardTraits):
                       settings.sample_interval, " (DRY RUN: nothing will be stopped)"
                       if settings.dry_run else "", settings.incident_log)
 
+    def _build_reporter(self, settings: Settings, database: IncidentDatabase) -> None:
+        """Incidents to the hub service, if hub_url is set (sent when detected and when done)."""
+        try:
+            self.reporter = build_reporter(settings, "server", log=self.log)
+        except ValueError as err:
+            raise GuardStartError(f"ColabGuard.hub_url: {err}") from None
+        if self.reporter is None:
+            return
+        self.recorder.acting_listeners.append(self.reporter.listen)
+        self.recorder.listeners.append(self.reporter.listen)
+        for incident_id in database.recovered:  # left unfinished by a stop: the hub learns it
+            self.reporter.listen(database.get(incident_id))
+        self.log.info("colab-guard: incidents are reported to the hub at %s", settings.hub_url)
+
     def _emit(self, data: dict) -> None:
         self.serverapp.event_logger.emit(schema_id=INCIDENT_SCHEMA_ID, data=data)
 
@@ -140,6 +158,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
     async def _start_jupyter_server_extension(self, serverapp):
         if self.unguarded_reason:
             return
+        if self.reporter is not None:
+            self.reporter.start()
         if self.enabled and self.monitor is not None:
             self.monitor.start()
             if self.channel is not None:
@@ -155,6 +175,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
             await self.monitor.stop()
         if self.store is not None:
             self.store.flush()
+        if self.reporter is not None:
+            self.reporter.stop(timeout=1.0)  # what is still queued is sent after the restart
 
     # ------------------------------------------------------------ kernels
 
@@ -210,6 +232,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
             "strikes": len(self.store.strikes(settings.user_name, settings.strike_window)),
             "strike_limit": settings.strike_limit,
             "gpu": self._gpu_status(),
+            "reporting": self.reporter.status() if self.reporter is not None else
+            {"enabled": False, "queued": 0},
         }
 
     def _gpu_status(self) -> dict:

@@ -268,7 +268,7 @@ class KernelChannel:
             detected += f" — {shorten(_finding_text(findings[0]), 120)}"
         return {"incident_id": incident.id, "category": incident.category,
                 "detected": detected, "action": action, "dry_run": incident.dry_run,
-                "strike": incident.strike,
+                "strike": incident.strike, "package": _package_text(incident.package),
                 "message": self.settings.warning_message, "policy_url": self.settings.policy_url}
 
     def _tell_kernel(self, incident: Incident, action: str) -> None:
@@ -364,4 +364,6 @@ def _private_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="colab-guard-"))
 
 
-
+def _package_text(package: dict | None) -> str | None:
+    """"ultralytics 8.3.41": the installed package the program came from, for the notice."""
+    return f"{package.get('name', '')} {package.get('version', '')}".strip() if package else None

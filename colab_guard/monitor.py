@@ -25,9 +25,14 @@ from .observe.gpu import GpuSample, GpuSampler
 from .observe.model import Snapshot
 from .observe.processes import ProcessSampler
 from .record import metrics
-from .record.incident import Action, Incident
+from .observe.packages import package_of
+from .record.incident import Action, Incident, clean_text
 from .record.recorder import Recorder
 from .settings import Settings
+
+
+#: Seconds the fair-strike lookup may hold up an incident (then: no package, the normal rule).
+PACKAGE_LOOKUP_TIMEOUT = 5.0
 
 
 class Monitor:
@@ -172,11 +177,29 @@ class Monitor:
                                             await self.kernels.notebook_path(plan.kernel_id),
                                             self.settings.dry_run)
         incident.actions = plan.steps
+        await self._find_package(incident, plan)
         self.recorder.begin(incident, plan.action)  # on disk before anything is done
         if not self.settings.dry_run:
             await self._carry_out(incident, plan)
         await self.recorder.finish(incident, plan.action)
         return incident
+
+    async def _find_package(self, incident: Incident, plan: Plan) -> None:
+        """Fair strikes: the installed distribution the offending programs come from, if any
+        (read from files in a worker thread; any failure: none, the normal rule)."""
+        processes = [d.process for d in unique_processes(plan.detections)]
+        try:
+            package, refused = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self._acting, package_of, processes), PACKAGE_LOOKUP_TIMEOUT)
+        except Exception:
+            self.log.exception("colab-guard: could not tell whether incident %s's program comes "
+                               "from an installed package; counted by the normal rule", incident.id)
+            return
+        if package is not None:
+            incident.package = {k: clean_text(v, 1024) for k, v in package.to_dict().items()}
+        elif refused is not None:
+            incident.evidence["package_refused"] = {
+                k: clean_text(v, 1024) if isinstance(v, str) else v for k, v in refused.items()}
 
     def user_of(self, kernel_id: str) -> str:
         """Whose kernel this is: the adapter's answer where it knows (the node watcher sees

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, List, TraitError, Unicode, default, validate
@@ -87,7 +88,8 @@ class GuardTraits(HasTraits):
         "Strikes within strike_window after which the user cannot start new kernels, until "
         "an admin clears the strikes or they age out. A strike is an enforced incident "
         "(processes stopped, kernel interrupted or shut down; not dry run), or a refused "
-        "cell beyond cell_refusals_allowed. 0 never refuses."))
+        "cell beyond cell_refusals_allowed; never one whose program came from an installed "
+        "package (fair strikes: the incident names the package). 0 never refuses."))
 
     strike_window = Float(7 * 24 * 3600.0, min=1, max=10 * 365 * 86400, config=True, help=(
         "Seconds a strike counts against its user (default 7 days)."))
@@ -123,6 +125,20 @@ class GuardTraits(HasTraits):
         "incident log), stop the server rather than let it run unguarded. False: the server "
         "runs unguarded and says so in its log and the status API."))
 
+    hub_url = Unicode(config=True, help=(
+        "Base URL of the colab-guard JupyterHub service that incidents are reported to "
+        "(POST {hub_url}api/reports), e.g. http://127.0.0.1:8081/services/colab-guard/. "
+        "Default: $COLAB_GUARD_HUB_URL (which the hub's configure(c) sets for single-user "
+        "servers). Empty: incidents are not reported."))
+
+    hub_api_token = Unicode(config=True, help=(
+        "The token the reports carry (Authorization: token ...). Default: "
+        "$JUPYTERHUB_API_TOKEN, the single-user server's own token."))
+
+    hub_queue_size = Int(10_000, min=1, max=1_000_000, config=True, help=(
+        "Incidents kept on disk while the hub service cannot be reached (beside the incident "
+        "database, hub-reports.sqlite). When full, the oldest is dropped, logged and counted."))
+
     @default("incident_log")
     def _default_incident_log(self):
         return str(Path(jupyter_data_dir()) / "colab_guard" / "incidents.jsonl")
@@ -134,6 +150,24 @@ class GuardTraits(HasTraits):
     @default("user_name")
     def _default_user_name(self):
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @default("hub_url")
+    def _default_hub_url(self):
+        # traitlets does not validate defaults: checked here (check_environment calls this)
+        return check_hub_url(os.environ.get("COLAB_GUARD_HUB_URL", ""),
+                             f"$COLAB_GUARD_HUB_URL (the default of {type(self).__name__}.hub_url)")
+
+    @default("hub_api_token")
+    def _default_hub_api_token(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @validate("hub_url")
+    def _check_hub_url(self, proposal):
+        return check_hub_url(proposal.value, f"{type(self).__name__}.hub_url")
+
+    def check_environment(self) -> None:
+        """Settings whose defaults come from the environment: a bad one raises TraitError."""
+        self.hub_url  # noqa: B018 (reading it computes and checks the default)
 
     @validate("actions")
     def _check_actions(self, proposal):
@@ -151,6 +185,24 @@ class GuardTraits(HasTraits):
     @default("actions")
     def _default_actions(self):
         return dict(DEFAULT_ACTIONS)
+
+
+def check_hub_url(value: str, name: str) -> str:
+    """An http(s) base URL, ending in "/" (added if missing); empty stays empty."""
+    value = value.strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or \
+            parts.fragment or parts.username:
+        raise TraitError(f"{name}: {value!r} is not an http:// or https:// base URL (such as "
+                         "http://127.0.0.1:8081/services/colab-guard/; no query, fragment or "
+                         "credentials)")
+    try:
+        parts.port
+    except ValueError as err:
+        raise TraitError(f"{name}: {value!r}: {err}") from None
+    return value if value.endswith("/") else value + "/"
 
 
 @dataclass(frozen=True)
@@ -178,6 +230,9 @@ class Settings:
     cell_check_timeout: float = 1.0
     signature_paths: tuple[str, ...] = ()
     disabled_signatures: tuple[str, ...] = ()
+    hub_url: str = ""
+    hub_api_token: str = field(default="", repr=False)
+    hub_queue_size: int = 10_000
 
     @classmethod
     def from_traits(cls, traits: HasTraits) -> Settings:

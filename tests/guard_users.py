@@ -60,4 +60,4 @@ def enforced_incident(user: str = OWNER, category: str = "crypto-mining", dry_ru
                                              "./xmrig -o stratum+tcp://127.0.0.1:3333"}]},
                     actions=[Action("record", "incident log", "done"),
                              Action("interrupt", "kernel", outcome)],
-                    dry_run=dry_run, strike=not dry_run, status="done", **fields)
+                    dry_run=dry_run, strike=fields.pop("strike", not dry_run), status="done", **fields)

@@ -152,3 +152,21 @@ def test_tail_follows_new_incidents(jp_environ, server_config_file, guard_config
     finally:
         tail.terminate()
         tail.wait(10)
+
+
+async def test_an_incident_from_an_installed_package_shows_it_and_no_strike(capsys, guard):
+    package = {"name": "ultralytics", "version": "8.3.41", "path": "/venv/bin/yolo"}
+    from_package = enforced_incident(OWNER, package=package, strike=False)
+    own = enforced_incident(OWNER)
+    for incident in (from_package, own):
+        assert guard.store.save(incident)
+
+    code, out, _ = cli(capsys, "incidents", "list", "--package", "ultralytics", "--json")
+    assert code == 0 and [i["id"] for i in json_lines(out)] == [from_package.id]
+    assert json_lines(out)[0]["package"] == package
+    code, out, _ = cli(capsys, "incidents", "show", from_package.id)
+    assert "strike:      no" in out
+    assert "package:     ultralytics 8.3.41 (/venv/bin/yolo): no strike" in out
+    code, out, _ = cli(capsys, "incidents", "list")
+    assert "[package ultralytics 8.3.41]" in out
+    assert [s.incident_id for s in guard.store.strikes(OWNER)] == [own.id]

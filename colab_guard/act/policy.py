@@ -15,7 +15,9 @@ kernel channel carry plans out, so every decision is unit-tested on data.
 - Tampering with the kernel hook is recorded (at most warned about): the server side
   still enforces everything, so there is nothing to stop.
 - A strike: an enforced incident (not dry run), or a refused cell once the user has had
-  ``cell_refusals_allowed`` refusals of that category within the strike window.
+  ``cell_refusals_allowed`` refusals of that category within the strike window; never an
+  incident whose program came from an installed package (fair strikes: the incident names
+  the package, observe/packages.py).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class Policy:
     def is_strike(self, incident: Incident, earlier_refusals: int = 0) -> bool:
         """Does this incident count against its user? ``earlier_refusals``: refused cells
         of the same user and category within the strike window, before this one."""
-        if incident.dry_run:
+        if incident.dry_run or incident.package:
             return False
         done = {a.action for a in incident.actions}
         if done & (set(ENFORCING_ACTIONS) - {"refuse"}):

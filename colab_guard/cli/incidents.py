@@ -37,6 +37,8 @@ def _register_incidents(groups) -> None:
                          help="ISO 8601 time, epoch seconds, or an age such as 30m, 12h, 7d")
     listing.add_argument("--user")
     listing.add_argument("--category")
+    listing.add_argument("--package", metavar="NAME",
+                         help="incidents whose program came from this installed distribution")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.add_argument("--json", action="store_true",
                          help="one JSON object per line, as the REST API returns them")
@@ -84,7 +86,7 @@ def _register_appeals(groups) -> None:
 def list_incidents(args) -> int:
     db = open_database(args)
     incidents = db.query(user=args.user, category=args.category, since=args.since,
-                         limit=args.limit)
+                         limit=args.limit, package=args.package)
     views = with_appeals(db, incidents)
     if args.json:
         for view in views:
@@ -106,6 +108,13 @@ def show_incident(args) -> int:
                 "signature", "summary", "description", "status", "dry_run"):
         print(f"{key + ':':<12} {safe(view[key])}")
     print("signatures:  " + safe(", ".join(view["signatures"])))
+    print(f"strike:      {'yes' if view.get('strike') else 'no'}")
+    if view.get("package"):
+        package = view["package"]
+        print(f"package:     {safe(package.get('name', ''))} {safe(package.get('version', ''))} "
+              f"({safe(package.get('path', ''))}): no strike (fair strikes)")
+    elif view["evidence"].get("package_refused"):
+        print(f"package:     none counted: {safe(view['evidence']['package_refused'].get('reason', ''))}")
     print("actions:")
     for a in view["actions"]:
         print(f"  {safe(a['action'])} {safe(a['target'])}: {safe(a['outcome'])}"
@@ -147,9 +156,12 @@ def tail_incidents(args) -> int:
 def incident_row(view: dict) -> list[str]:
     enforced = [a["action"] for a in view["actions"] if a["action"] not in ("record", "warn")]
     action = enforced[0] if enforced else ("warn" if len(view["actions"]) > 1 else "record")
+    package = view.get("package")
+    summary = view["summary"] + (f" [package {package.get('name')} {package.get('version')}]"
+                                 if package else "")
     return [view["time"][:19], view["user"], view["category"],
             ("would " + action) if view["dry_run"] else action, view["status"], view["id"][:12],
-            view["summary"]]
+            summary]
 
 
 # ------------------------------------------------------------ strikes

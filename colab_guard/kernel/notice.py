@@ -37,9 +37,18 @@ def shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def package_line(notice: dict) -> str:
+    """Fair strikes: the program came from an installed package; not held against the user."""
+    if not notice.get("package"):
+        return ""
+    return (f"The program came from the installed package {shorten(notice['package'], 80)}: "
+            "this does not count as a strike against you.")
+
+
 def as_text(notice: dict) -> str:
     lines = [headline(notice), str(notice.get("message", ""))]
     lines.append(f"Detected: {shorten(notice.get('detected', notice.get('category', '')))}")
+    lines.append(package_line(notice))
     if notice.get("policy_url"):
         lines.append(f"Policy: {notice['policy_url']}")
     lines.append(f"Incident: {notice.get('incident_id', '')} (quote it if you appeal)")
@@ -62,6 +71,7 @@ def as_html(notice: dict) -> str:
         f"<div><strong>{e(headline(notice))}</strong></div>"
         f"<div>{e(str(notice.get('message', '')))}</div>"
         f"<div>Detected: {e(shorten(notice.get('detected', notice.get('category', ''))))}</div>"
+        + (f"<div>{e(package_line(notice))}</div>" if notice.get("package") else "") +
         f"{policy}"
         f"<div>Incident: <code>{e(str(notice.get('incident_id', '')))}</code> "
         "(quote it if you appeal)</div></div>"

@@ -32,7 +32,7 @@ from typing import Any
 from .incident import Action, Incident, _iso
 from .retried import RetriedWrites
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one
 APPEAL_MAX_TEXT = 2000
 
@@ -91,6 +91,11 @@ MIGRATIONS = {
             SELECT id, user, time, category FROM incidents
             WHERE dry_run = 0 AND id IN (SELECT incident_id FROM actions
                                          WHERE action IN ('stop', 'interrupt', 'shutdown'));
+    """,
+    3: """
+        -- fair strikes: the installed distribution an incident's program came from
+        ALTER TABLE incidents ADD COLUMN package TEXT;
+        CREATE INDEX incidents_package ON incidents (package);
     """,
 }
 
@@ -263,10 +268,11 @@ class IncidentDatabase(RetriedWrites):
                     "actions", "summary"):
             data.pop(key, None)
         self._db.execute(
-            "INSERT INTO incidents (id, time, user, category, kernel_id, dry_run, status, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = "
-            "excluded.status, data = excluded.data",
+            "INSERT INTO incidents (id, time, user, category, kernel_id, dry_run, status, package, "
+            "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = "
+            "excluded.status, package = excluded.package, data = excluded.data",
             (inc.id, inc.time, inc.user, inc.category, inc.kernel_id, int(inc.dry_run), inc.status,
+             inc.package.get("name") if inc.package else None,
              json.dumps(data, ensure_ascii=False)))
         self._db.execute("DELETE FROM actions WHERE incident_id = ?", (inc.id,))
         self._db.executemany(
@@ -294,14 +300,17 @@ class IncidentDatabase(RetriedWrites):
 
     def query(self, user: str | None = None, category: str | None = None,
               kernel_id: str | None = None, since: float | None = None,
-              limit: int | None = None) -> list[Incident]:
-        """Newest first; incidents not yet written are included."""
-        where, params = _filters(user=user, category=category, kernel_id=kernel_id, since=since)
+              limit: int | None = None, package: str | None = None) -> list[Incident]:
+        """Newest first; incidents not yet written are included. ``package``: those whose
+        program came from this installed distribution."""
+        where, params = _filters(user=user, category=category, kernel_id=kernel_id, since=since,
+                                 package=package)
         sql = f"{where} ORDER BY time DESC" + (" LIMIT ?" if limit is not None else "")
         found = [self._unwritten.get(inc.id, inc)
                  for _, inc in self._select(sql, params + ([limit] if limit is not None else []))]
         pending = [i for i in self._unwritten.values() if i.id not in {f.id for f in found}
-                   and _matches(i, user, category, kernel_id, since)]
+                   and _matches(i, user, category, kernel_id, since)
+                   and (package is None or (i.package or {}).get("name") == package)]
         merged = sorted(found + pending, key=lambda i: -i.time)
         return merged[:limit] if limit is not None else merged
 

@@ -26,6 +26,7 @@ def incident_event(incident: Incident, action: str, message: str, policy_url: st
                      for a in incident.actions],
         "dry_run": incident.dry_run,
         "strike": incident.strike,
+        "package": incident.package,
         "message": message,
         "policy_url": policy_url,
     }

@@ -75,6 +75,9 @@ class Incident:
     actions: list[Action] = field(default_factory=list)
     dry_run: bool = False
     strike: bool = False  # counts against its user (the policy decides; see act/policy.py)
+    #: the installed distribution the offending program comes from ({"name", "version",
+    #: "path"}; observe/packages.py): then the incident is no strike
+    package: dict[str, str] | None = None
     status: str = "acting"  # acting -> done; "unfinished" if the server stopped meanwhile
     time: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)

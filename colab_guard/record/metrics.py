@@ -50,3 +50,12 @@ WATCH_PROC_EVENTS = Counter("colab_guard_watch_proc_events_total",
                             "Process events the node watcher read from the kernel's proc "
                             "connector, by kind (fork, exec, exit; overrun: some were lost).",
                             ["kind"])
+HUB_REPORTS = Counter("colab_guard_hub_reports_total",
+                      "Incidents reported to the hub service, by outcome: sent (taken), refused "
+                      "(HTTP 400/401/403: not retried), dropped (the queue was full: the oldest "
+                      "went unreported).", ["outcome"])
+HUB_REPORTS_QUEUED = Gauge("colab_guard_hub_reports_queued",
+                           "Incidents waiting to be sent to the hub service (on disk).")
+HUB_REPORT_ERRORS = Counter("colab_guard_hub_report_errors_total",
+                            "Failed attempts to reach the hub service (connection refused, "
+                            "timeout, 5xx): retried with backoff.")

@@ -31,6 +31,7 @@ from ..monitor import Monitor
 from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
+from ..record.reporter import build_reporter
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
 from .kernels import NodeKernels
@@ -114,6 +115,12 @@ class Watcher(Application, GuardTraits):
     metrics_address = Unicode("127.0.0.1", config=True, help=(
         "Address the metrics are served on."))
 
+    hub_api_token_file = Unicode("", config=True, help=(
+        "A file holding the watcher's token for the hub service (a token with the scope "
+        "custom:colab-guard:report-any), read at start instead of hub_api_token. It must be "
+        "root's: owned by root, readable by root alone (mode 0600 or 0400), in folders only "
+        "root can change."))
+
     heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
         "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
         "that anyone can tell whether a watcher covers this machine. Empty: none."))
@@ -143,6 +150,9 @@ class Watcher(Application, GuardTraits):
             Application.parse_command_line.__wrapped__(self, argv)
             self._load_root_config()
             self._refuse_unknown_settings()
+            self.check_environment()
+            if self.hub_api_token_file:
+                self.hub_api_token = read_token_file(Path(self.hub_api_token_file))
         except TraitError as err:
             raise WatchError(f"a bad setting: {err}") from None
 
@@ -197,9 +207,23 @@ class Watcher(Application, GuardTraits):
                                    grace=settings.stop_grace, log=self.log)
         self.policy = Policy(settings)
         self.recorder = Recorder(self.store, self.policy, settings, log=self.log)
+        self.reporter = self._build_reporter(settings, database)
         self.monitor = NodeMonitor(settings, self.kernels, Engine(self.rules, log=self.log),
                                    self.policy, self.recorder, log=self.log)
         return self.monitor
+
+    def _build_reporter(self, settings: Settings, database: IncidentDatabase):
+        """Every incident to the hub service too, if hub_url is set (README: Reporting to the hub)."""
+        try:
+            reporter = build_reporter(settings, "watcher", log=self.log)
+        except ValueError as err:
+            raise WatchError(f"Watcher.hub_url: {err} (Watcher.hub_api_token_file)") from None
+        if reporter is not None:
+            self.recorder.acting_listeners.append(reporter.listen)
+            self.recorder.listeners.append(reporter.listen)
+            for incident_id in database.recovered:
+                reporter.listen(database.get(incident_id))
+        return reporter
 
     async def run(self) -> None:
         os.umask(0o027)  # its database and log hold every user's incidents: not for other users
@@ -240,6 +264,10 @@ class Watcher(Application, GuardTraits):
         if not self.settings.enabled:
             self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")
         else:
+            if self.reporter is not None:
+                self.reporter.start()
+                self.log.info("colab-guard watch: incidents are reported to the hub at %s",
+                              self.settings.hub_url)
             monitor.start()
         await stopping.wait()
         self.log.info("colab-guard watch: stopping")
@@ -247,6 +275,8 @@ class Watcher(Application, GuardTraits):
             events.close()
         await monitor.stop()
         self.store.flush()
+        if self.reporter is not None:
+            self.reporter.stop(timeout=2.0)  # what is still queued is sent after the restart
 
 
 def refuse_unless_root_only(path: Path) -> None:
@@ -266,6 +296,21 @@ def refuse_unless_root_only(path: Path) -> None:
             raise WatchError(f"refusing config file {path}: folder {folder} can be changed by "
                              f"someone other than root (owned by uid {info.st_uid}, mode "
                              f"{stat.S_IMODE(info.st_mode):o})")
+
+
+def read_token_file(path: Path) -> str:
+    """The hub token from a file root alone can write and read."""
+    if not path.exists():
+        raise WatchError(f"Watcher.hub_api_token_file {path} does not exist")
+    refuse_unless_root_only(path)
+    mode = stat.S_IMODE(os.stat(os.path.realpath(path)).st_mode)
+    if mode & 0o077:
+        raise WatchError(f"refusing Watcher.hub_api_token_file {path}: a token must be readable "
+                         f"by root alone (mode {mode:o}; chmod 600 it)")
+    token = path.read_text().strip()
+    if not token:
+        raise WatchError(f"Watcher.hub_api_token_file {path} is empty")
+    return token
 
 
 def _sqlite_path(url: str) -> Path | None:

@@ -9,7 +9,7 @@ import {
   safeLink,
   shortTime
 } from './logic';
-import { ICellEvidence, IIncident, IIncidentEvent, IProcessEvidence } from './types';
+import { ICellEvidence, IIncident, IIncidentEvent, IPackage, IProcessEvidence } from './types';
 
 /** The body of the "Details" dialog for an incident event. */
 export function renderEventDetails(incident: IIncidentEvent): HTMLElement {
@@ -37,6 +37,10 @@ export function renderEventDetails(incident: IIncidentEvent): HTMLElement {
           ? h('ul', {}, ...outcomes.map(line => h('li', {}, line)))
           : null
       ),
+      incident.package ? h('dt', {}, 'Strike') : null,
+      incident.package
+        ? h('dd', { class: 'jp-ColabGuard-strike' }, strikeText(incident))
+        : null,
       h('dt', {}, 'Incident'),
       h('dd', { class: 'jp-ColabGuard-incident-id' }, incident.incident_id)
     ),
@@ -44,6 +48,15 @@ export function renderEventDetails(incident: IIncidentEvent): HTMLElement {
       ? h('p', {}, 'Policy: ', link(policy, policy))
       : null
   );
+}
+
+/** Whether the incident counts against its user; fair strikes name the package. */
+export function strikeText(incident: { strike?: boolean; package?: IPackage | null }): string {
+  const p = incident.package;
+  if (p) {
+    return `no: the program came from the installed package ${p.name} ${p.version} (${p.path})`;
+  }
+  return incident.strike ? 'yes' : 'no';
 }
 
 const PROCESS_COLUMNS: [keyof IProcessEvidence, string][] = [
@@ -240,7 +253,9 @@ export function renderIncident(incident: IIncident): HTMLElement {
       h('dt', {}, 'Signatures'),
       h('dd', {}, (incident.signatures ?? [incident.signature]).join(', ')),
       h('dt', {}, 'Status'),
-      h('dd', {}, incident.dry_run ? `${incident.status} (dry run: nothing was stopped)` : incident.status)
+      h('dd', {}, incident.dry_run ? `${incident.status} (dry run: nothing was stopped)` : incident.status),
+      h('dt', {}, 'Strike'),
+      h('dd', { class: 'jp-ColabGuard-strike' }, strikeText(incident))
     ),
     incident.description ? h('p', {}, incident.description) : null,
     h('h4', {}, 'Why it matched'),

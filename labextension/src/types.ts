@@ -39,8 +39,17 @@ export interface IIncidentEvent {
   outcomes?: IOutcome[];
   dry_run: boolean;
   strike?: boolean;
+  /** The installed package the program came from (then no strike). */
+  package?: IPackage | null;
   message: string;
   policy_url?: string;
+}
+
+/** Fair strikes: the installed Python distribution an offending program came from. */
+export interface IPackage {
+  name: string;
+  version: string;
+  path: string;
 }
 
 export interface IProcessEvidence {
@@ -92,6 +101,8 @@ export interface IIncident {
   };
   dry_run: boolean;
   status: string;
+  strike?: boolean;
+  package?: IPackage | null;
   actions?: IOutcome[];
   appeals?: IAppeal[];
 }
@@ -119,6 +130,16 @@ export interface IStatus {
   strike_limit?: number;
   /** The categories incidents may have: built-in, declared by the operator, in `actions`. */
   categories?: string[];
+  /** Reporting incidents to the hub service (ColabGuard.hub_url). */
+  reporting?: {
+    enabled: boolean;
+    queued: number;
+    sent?: number;
+    refused?: number;
+    dropped?: number;
+    failures?: number;
+    last_error?: string | null;
+  };
 }
 
 /** A strike in force (GET /colab-guard/api/strikes). */

@@ -130,3 +130,23 @@ describe('a refused cell', () => {
     node.remove();
   });
 });
+
+describe('fair strikes', () => {
+  const pkg = { name: 'ultralytics', version: '8.3.41', path: '/venv/bin/<b>yolo</b>' };
+
+  it('names the package an incident came from, as text, and says it is no strike', () => {
+    const node = renderIncident(incident({ strike: false, package: pkg }));
+    const strike = node.querySelector('.jp-ColabGuard-strike');
+    expect(strike?.textContent).toBe(
+      'no: the program came from the installed package ultralytics 8.3.41 (/venv/bin/<b>yolo</b>)'
+    );
+    expect(node.querySelector('b')).toBeNull();
+  });
+
+  it('says yes for a strike, and shows the package in the event dialog', () => {
+    expect(renderIncident(incident({ strike: true })).querySelector('.jp-ColabGuard-strike')?.textContent).toBe('yes');
+    const details = renderEventDetails(incidentEvent({ package: pkg, strike: false }));
+    expect(details.textContent).toContain('installed package ultralytics 8.3.41');
+    expect(renderEventDetails(incidentEvent()).querySelector('.jp-ColabGuard-strike')).toBeNull();
+  });
+});

@@ -1,0 +1,347 @@
+"""Fair strikes: does an offending program come from an installed Python distribution?
+
+A program whose executable, or whose Python script, is a file that an installed
+distribution put there (a compromised release from an index, such as ultralytics
+8.3.41, which ran a miner inside its users' notebooks) is named on its incident and
+counts as no strike. Only what the guard can check counts; anything else fails safe
+(no package: the normal rule):
+
+- the file lies in a ``site-packages``/``dist-packages`` folder laid out as a Python
+  environment's (``<prefix>/lib[64]/pythonX.Y/site-packages``, the prefix holding a
+  ``pyvenv.cfg`` or a ``bin/python*``, or being a ``.local`` user scheme), or in that
+  prefix's ``bin`` (console scripts);
+- a ``*.dist-info/RECORD`` there lists the file with a hash, and the file's content has
+  that hash (a package file the user edited afterwards is the user's code); an executable
+  is hashed as the process runs it (``/proc/PID/exe``), so a file swapped after the start
+  does not pass;
+- the distribution was not installed from a local path (``direct_url.json`` with a
+  ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code.
+
+What a user can still forge: a package of their own, uploaded to an index or laid out by
+hand. The hub service groups incidents by package, so an admin sees a package that only
+one user ever ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
+itself are not traced to a package (the path Python would import from depends on the
+process's working folder and environment): the normal rule applies.
+
+Metadata is read as files (RECORD, METADATA, direct_url.json); nothing of the user's is
+imported. Every file is opened without blocking and read only if it is a regular file of
+bounded size (a named pipe in its place must not hang the guard), and one lookup stops after
+``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders): no package.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import site
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+
+import psutil
+
+from .model import Process
+
+SITE_FOLDERS = ("site-packages", "dist-packages")
+_PYTHON_FOLDER = re.compile(r"^python\d+(\.\d+)?t?$")
+_INTERPRETER = re.compile(r"^python\d*(\.\d+)?t?$")
+MAX_HASHED = 64 * 2**20  # bytes: a larger file is not hashed (no package)
+MAX_RECORD = 16 * 2**20  # bytes of one RECORD file
+MAX_METADATA = 2**20  # bytes of METADATA or direct_url.json
+SEARCH_BUDGET = 2.0  # seconds one search of a site folder may take
+# Options of the interpreter that take a value (python -W error x.py).
+_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    path: str  # the offending file the distribution installed
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "path": self.path}
+
+
+class NotFromPackage(Exception):
+    """Why a program under a site folder was not counted as the package's (for the evidence)."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dist_info: Path
+    hash: str  # "sha256=..." from RECORD
+
+
+class PackageIndex:
+    """Which distribution installed a file: its site folder's RECORD files searched, the
+    distribution named like the file's top-level folder (or script) first, so that a lookup
+    usually reads one RECORD. Answers are cached until the site folder changes (an install
+    or uninstall changes its entries, so its mtime)."""
+
+    def __init__(self, size: int = 4096):
+        self._lock = threading.Lock()
+        self._size = size
+        self._found: dict[tuple[Path, str], tuple[int, _Entry | None]] = {}
+
+    def entry(self, site_dir: Path, path: str) -> _Entry | None:
+        stamp = os.stat(site_dir).st_mtime_ns
+        with self._lock:
+            cached = self._found.get((site_dir, path))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found = _search(site_dir, path)
+        with self._lock:
+            if len(self._found) >= self._size:
+                self._found.clear()
+            self._found[(site_dir, path)] = (stamp, found)
+        return found
+
+
+def _search(site_dir: Path, path: str) -> _Entry | None:
+    """The RECORD entry (with a hash) of ``path`` in ``site_dir``'s distributions."""
+    relative = os.path.relpath(path, site_dir)
+    top = relative.split(os.sep, 1)[0]
+    likely = _normalise(os.path.basename(path) if top == os.pardir else top)
+    basename = os.path.basename(path)
+    deadline = time.monotonic() + SEARCH_BUDGET
+    for dist_info in sorted(site_dir.glob("*.dist-info"),
+                            key=lambda d: _normalise(d.name.split("-", 1)[0]) != likely):
+        if time.monotonic() > deadline:
+            raise NotFromPackage(f"{site_dir}: searching its distributions took over "
+                                 f"{SEARCH_BUDGET:g} s")
+        text = read_regular(dist_info / "RECORD", MAX_RECORD)
+        if text is None or basename not in text:
+            continue
+        for line in text.splitlines():
+            name, _, rest = line.partition(",")
+            if name and os.path.normpath(os.path.join(site_dir, name)) == path:
+                digest = rest.split(",", 1)[0]
+                return _Entry(dist_info, digest) if "=" in digest else None
+    return None
+
+
+def _normalise(name: str) -> str:
+    """A project or module name as PEP 503 compares them (dist-info names use "_")."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+INDEX = PackageIndex()
+
+
+def package_of(processes: list[Process], index: PackageIndex = INDEX
+               ) -> tuple[Package | None, dict | None]:
+    """The distribution the offending processes come from, if they all do (a shell that
+    started one may be among them); else None. Also why a program under a site folder was
+    not counted, if one was not (for the evidence)."""
+    offenders = [p for p in processes if not p.is_kernel]
+    if not offenders or len(offenders) < len(processes):
+        return None, None
+    found: dict[int, Package] = {}
+    refused = None
+    for p in offenders:
+        try:
+            package = program_package(p, index)
+        except NotFromPackage as why:
+            package, refused = None, refused or {"pid": p.pid, "reason": str(why)}
+        if package is not None:
+            found[p.pid] = package
+    if not found:
+        return None, refused
+    parents = _ancestors_of(found, offenders)
+    if any(p.pid not in found and p.pid not in parents for p in offenders):
+        return None, refused or {"reason": "other offending programs do not come from a package"}
+    first = next(p for p in offenders if p.pid in found)
+    return found[first.pid], None
+
+
+def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
+    """The package of one process's program: its executable, or its Python script."""
+    if _INTERPRETER.match(os.path.basename(p.exe)) or \
+            (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0]))):
+        script = _script(p)
+        return file_package(script, script, index) if script else None
+    if not p.exe:
+        return None
+    proc_exe = f"/proc/{p.pid}/exe"
+    if not _same_process(p):
+        return None
+    try:
+        running, on_disk = os.stat(proc_exe), os.stat(p.exe)
+    except OSError:
+        return None  # gone, or not ours to read (non-dumpable): fail safe
+    if (running.st_dev, running.st_ino) != (on_disk.st_dev, on_disk.st_ino):
+        raise NotFromPackage(f"{p.exe} was replaced after the program started")
+    return file_package(p.exe, proc_exe, index)
+
+
+def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Package | None:
+    """The package that installed ``path`` (whose bytes are read from ``content``), or None."""
+    real = os.path.realpath(path)
+    sites, inside = _site_folders(Path(real))
+    for site_dir in sites:
+        entry = index.entry(site_dir, real)
+        if entry is None:
+            continue
+        if not _hash_matches(content, entry.hash):
+            raise NotFromPackage(f"{path} differs from what {entry.dist_info.name} installed "
+                                 "(edited after the install)")
+        if _installed_from_local_path(entry.dist_info):
+            raise NotFromPackage(f"{entry.dist_info.name} was installed from a local path "
+                                 "(direct_url.json file://): the user's own code")
+        metadata = read_regular(entry.dist_info / "METADATA", MAX_METADATA)
+        headers = HeaderParser().parsestr(metadata) if metadata else {}
+        name, version = headers.get("Name"), headers.get("Version")
+        if not name or not version:
+            raise NotFromPackage(f"{entry.dist_info.name} has no readable name and version")
+        return Package(str(name).strip(), str(version).strip(), path)
+    if inside:
+        raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
+                             "lists it with a hash")
+    return None  # a program in an environment's bin/ that no distribution installed
+
+
+def _site_folders(path: Path) -> tuple[list[Path], bool]:
+    """The environment's site folders that may have installed ``path``, and whether the path
+    lies inside one (else it may be a console script in the environment's ``bin``)."""
+    for parent in path.parents:
+        if parent.name in SITE_FOLDERS:
+            if not _is_environment_site(parent):
+                raise NotFromPackage(f"{parent} is not the site folder of a Python environment")
+            return [parent], True
+    if path.parent.name == "bin":  # a console script: <prefix>/bin/name
+        prefix = path.parent.parent
+        return [s for s in _prefix_sites(prefix) if _is_environment_site(s)], False
+    return [], False
+
+
+def _prefix_sites(prefix: Path) -> list[Path]:
+    return [s for lib in ("lib", "lib64") for s in sorted((prefix / lib).glob("python*/*-packages"))
+            if s.name in SITE_FOLDERS and s.is_dir()]
+
+
+def _is_environment_site(site_dir: Path) -> bool:
+    """``<prefix>/lib[64]/pythonX[.Y]/site-packages`` of a real environment."""
+    if str(site_dir) in _own_sites():
+        return True
+    python, lib = site_dir.parent, site_dir.parent.parent
+    if not _PYTHON_FOLDER.match(python.name) or lib.name not in ("lib", "lib64"):
+        return False
+    prefix = lib.parent
+    return (prefix / "pyvenv.cfg").is_file() or prefix.name == ".local" or \
+        any(prefix.glob("bin/python*"))
+
+
+def _own_sites() -> set[str]:
+    """The site folders of the interpreter the guard runs in (the system's, or the venv's)."""
+    try:
+        return {os.path.realpath(s) for s in site.getsitepackages()}
+    except AttributeError:  # an old virtualenv's site module
+        return set()
+
+
+def _hash_matches(content: str, expected: str) -> bool:
+    algorithm, _, encoded = expected.partition("=")
+    if algorithm not in hashlib.algorithms_guaranteed or algorithm in ("md5", "sha1"):
+        return False
+    digest = hashlib.new(algorithm)
+    try:
+        with _open_regular(content, MAX_HASHED) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return False
+    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() == encoded
+
+
+def _installed_from_local_path(dist_info: Path) -> bool:
+    """pip's direct_url.json with a file:// URL; one that cannot be read counts as local."""
+    path = dist_info / "direct_url.json"
+    if not os.path.lexists(path):
+        return False
+    text = read_regular(path, MAX_METADATA)
+    try:
+        url = json.loads(text).get("url", "")
+    except (TypeError, ValueError, AttributeError):
+        return True  # unreadable provenance: not counted as a package's
+    return not isinstance(url, str) or url.startswith("file:")
+
+
+def read_regular(path: Path | str, limit: int) -> str | None:
+    """A regular file's text, if it is one of at most ``limit`` bytes; else None."""
+    try:
+        with _open_regular(path, limit) as f:
+            return f.read(limit + 1).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _open_regular(path: Path | str, limit: int):
+    """Open without blocking (a named pipe would wait for a writer); refuse what is not a
+    regular file of at most ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise OSError(f"{path}: not a regular file of at most {limit} bytes")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _script(p: Process) -> str | None:
+    """The script a Python process runs (``python [options] x.py``), absolute; None for
+    ``-c``, ``-m``, stdin or an interactive interpreter."""
+    args = p.cmdline[1:]
+    while args:
+        arg = args.pop(0)
+        if arg in _OPTIONS_WITH_VALUE:
+            args = args[1:]
+        elif arg.startswith(("-W", "-X", "--")):
+            continue
+        elif arg == "-" or arg.startswith("-") and ("c" in arg or "m" in arg):
+            return None  # code given inline, a module, or stdin
+        elif arg.startswith("-"):
+            continue
+        else:
+            return arg if os.path.isabs(arg) else _relative_to_cwd(p, arg)
+    return None
+
+
+def _relative_to_cwd(p: Process, path: str) -> str | None:
+    try:
+        process = psutil.Process(p.pid)
+        if process.create_time() != p.create_time:
+            return None
+        return os.path.join(process.cwd(), path)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _same_process(p: Process) -> bool:
+    """Still the process sampled (its pid not reused)."""
+    try:
+        return psutil.Process(p.pid).create_time() == p.create_time
+    except psutil.Error:
+        return False
+
+
+def _ancestors_of(found: dict[int, Package], offenders: list[Process]) -> set[int]:
+    """Offenders that started (directly or not) one of the packaged programs: a shell line."""
+    parent = {p.pid: p.ppid for p in offenders}
+    ancestors: set[int] = set()
+    for pid in found:
+        seen = set()
+        while pid in parent and pid not in seen:
+            seen.add(pid)
+            pid = parent[pid]
+            if pid in parent:
+                ancestors.add(pid)
+    return ancestors
