@@ -147,7 +147,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return set(self.current_user["scopes"]) if self.current_user else set()
 
     def has(self, scope: str) -> bool:
+        """Holds ``scope`` (with its filter, if it names one; unfiltered if not)."""
         return bool(check_scopes(scope, self.scopes))
+
+    def holds_any(self, scope: str) -> bool:
+        """Holds ``scope`` with any filter (``custom:x!user=alice`` holds ``custom:x``)."""
+        return any(held.partition("!")[0] == scope for held in self.scopes)
 
     async def is_reviewer(self) -> bool:
         user = self.current_user
@@ -243,7 +248,7 @@ class ReportsHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
         metrics = self.settings["metrics"]
-        if not (self.has(REPORT_SCOPE) or self.has(REPORT_ANY_SCOPE)):
+        if not (self.holds_any(REPORT_SCOPE) or self.has(REPORT_ANY_SCOPE)):
             metrics.refused("scope")
             raise web.HTTPError(403, "this token lacks the scope %s", REPORT_SCOPE)
         try:
