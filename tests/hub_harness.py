@@ -217,9 +217,12 @@ class Hub:
     def wait_stopped(self, user: str, timeout: float = 120) -> None:
         wait_until(lambda: self.server(user) is None, timeout, 0.5, f"{user}'s server stopped")
 
+    def server_env(self, user: str) -> dict[str, str]:
+        """The running server's environment (root reads /proc/PID/environ)."""
+        pid = self.server(user)["state"]["pid"]
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
     def server_token(self, user: str) -> str:
         """The running server's own JUPYTERHUB_API_TOKEN (what its guard reports with)."""
-        pid = self.server(user)["state"]["pid"]
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        return next(v.split(b"=", 1)[1].decode() for v in environ
-                    if v.startswith(b"JUPYTERHUB_API_TOKEN="))
+        return self.server_env(user)["JUPYTERHUB_API_TOKEN"]

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.hub_harness import Hub, add_user, can_run_a_hub, remove_user
+from tests.hub_harness import Hub, add_user, call, can_run_a_hub, remove_user
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(can_run_a_hub() is not None, reason=str(can_run_a_hub()))]
@@ -92,8 +92,11 @@ def test_reports_are_checked_against_the_hubs_tokens(hub, tokens):
     assert malformed.status == 400 and "incidents[0].category" in malformed.json["message"]
     assert not ids(hub, tokens["admin"]) & {f"{ALICE}-90", f"{BOB}-91", f"{ALICE}-92"}
 
-    taken = hub.service("POST", "api/reports", tokens["alice-server"],
-                        report(incident(1, ALICE, strike=False)))
+    # as the server's guard sends it: to COLAB_GUARD_HUB_URL, the service's own address
+    reporter_url = hub.server_env(ALICE)["COLAB_GUARD_HUB_URL"]
+    assert reporter_url == f"{hub.service_url}/services/colab-guard/"
+    taken = call("POST", f"{reporter_url}api/reports", tokens["alice-server"],
+                 report(incident(1, ALICE, strike=False)))
     assert taken.status == 200, taken.text
     assert taken.json == {"taken": [f"{ALICE}-1"], "strikes": 0, "strike_limit": 3,
                           "banned": False}

@@ -10,13 +10,14 @@ and its service read one file.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from urllib.parse import urlparse
 
 from tornado import ioloop, web
 from traitlets import Bool, Float, Int, Unicode, default
-from traitlets.config import Application, catch_config_error
+from traitlets.config import Application, Config, catch_config_error
 
 from ..settings import DEFAULT_WARNING
 
@@ -98,6 +99,10 @@ class ColabGuardHub(Application):
         "colab-guard-watcher with it and the scope custom:colab-guard:report-any). Give "
         "the same token to the watchers (e.g. from a Kubernetes secret)."))
 
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
     @default("reporter_url")
     def _default_reporter_url(self):
         return f"{self.service_url.rstrip('/')}/services/{SERVICE_NAME}/"
@@ -121,9 +126,12 @@ class ColabGuardHub(Application):
     @catch_config_error
     def initialize(self, argv=None) -> None:
         super().initialize(argv)
+        settings = os.environ.get("COLAB_GUARD_HUB_SETTINGS")  # from configure(c)
+        if settings:
+            self.update_config(Config({"ColabGuardHub": json.loads(settings)}))
         if self.config_file:
             self.load_config_file(self.config_file)
-            self.update_config(self.cli_config)  # the command line wins over the file
+        self.update_config(self.cli_config)  # the command line wins
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
     def make_app(self) -> web.Application:

@@ -28,6 +28,7 @@ The service reads the same jupyterhub_config.py (configure passes it ``--config`
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import secrets
 import sys
@@ -43,6 +44,8 @@ WATCHER_ROLE = "colab-guard-watcher"
 ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 #: The default ``server`` role of JupyterHub 5 and 6, which configure extends.
 SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
+#: The service's environment variable with configure's settings (JSON).
+SETTINGS_ENV = "COLAB_GUARD_HUB_SETTINGS"
 #: Environment variable with a fixed token for the service (else one is made per hub start).
 TOKEN_ENV = "COLAB_GUARD_HUB_SERVICE_TOKEN"
 
@@ -65,7 +68,7 @@ def configure(c, **settings) -> ColabGuardHub:
     hub = ColabGuardHub(config=c)
     token = os.environ.get(TOKEN_ENV) or secrets.token_hex(32)
     c.JupyterHub.services = _without(_value(c.JupyterHub, "services", []), SERVICE_NAME) + [
-        _service(hub, token, _caller_file())]
+        _service(hub, token, _caller_file(), _settings_json(c))]
     _custom_scopes(c)
     _roles(c, hub)
     environment = dict(_value(c.Spawner, "environment", {}))
@@ -76,11 +79,12 @@ def configure(c, **settings) -> ColabGuardHub:
     return hub
 
 
-def _service(hub: ColabGuardHub, token: str, config_file: str | None) -> dict:
+def _service(hub: ColabGuardHub, token: str, config_file: str | None, settings: str) -> dict:
     command = [sys.executable, "-m", "colab_guard.hub"]
     if config_file:
         command.append(f"--config={config_file}")
     return {"name": SERVICE_NAME, "url": hub.service_url, "command": command,
+            "environment": {SETTINGS_ENV: settings},
             "api_token": token, "oauth_no_confirm": True,
             "oauth_client_allowed_scopes": [REVIEW_SCOPE], "display": True,
             "info": {"description": "colab-guard: incidents, strikes, bans and appeals"}}
@@ -194,13 +198,26 @@ def _refusal(status: int, message: str):
 
 
 def _caller_file() -> str | None:
-    """The jupyterhub_config.py that called configure (for the service to read too)."""
-    frame = inspect.currentframe().f_back.f_back
-    path = Path(frame.f_code.co_filename)
-    # traitlets runs a config file with get_config in its namespace
-    if "get_config" in frame.f_globals and path.is_file():
-        return str(path.resolve())
+    """The jupyterhub_config.py that called configure (for the service to read too): the
+    nearest calling file that traitlets runs as a config file (get_config in its namespace);
+    Zero to JupyterHub exec()s hub.extraConfig from its own jupyterhub_config.py."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if "get_config" in frame.f_globals and path.suffix == ".py" and path.is_file():
+            return str(path.resolve())
+        frame = frame.f_back
     return None
+
+
+def _settings_json(c) -> str:
+    """The c.ColabGuardHub settings made so far, as JSON, for the service's environment (so
+    they reach it also when the config file cannot be found or read)."""
+    settings = {k: v for k, v in dict(c.ColabGuardHub).items() if not hasattr(v, "get_value")}
+    try:
+        return json.dumps(settings)
+    except TypeError as err:
+        raise ValueError(f"c.ColabGuardHub settings must be plain values: {err}") from None
 
 
 def _value(section, name: str, default):

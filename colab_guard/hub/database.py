@@ -206,6 +206,14 @@ class HubDatabase:
                 setattr(row, key, value)
             return "updated"
 
+    def owners(self, ids: list[str]) -> dict[str, str]:
+        """The users of the incidents already stored among ``ids``."""
+        if not ids:
+            return {}
+        with self.session() as db:
+            return dict(db.execute(select(Incident.id, Incident.user)
+                                   .where(Incident.id.in_(ids))).all())
+
     # ------------------------------------------------------------ standing
 
     def strikes(self, db: Session, user: str) -> list[Incident]:

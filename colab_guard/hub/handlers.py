@@ -262,6 +262,12 @@ class ReportsHandler(APIHandler):
                 metrics.refused("user")
                 raise web.HTTPError(403, "this token may report only its own user's incidents, "
                                     "not %r's (the whole report is refused)", user)
+        owners = self.db.owners([i["id"] for i in incidents])
+        for incident in incidents:
+            if owners.get(incident["id"], incident["user"]) != incident["user"]:
+                metrics.refused("user")
+                raise web.HTTPError(403, "incident %s belongs to another user (the whole "
+                                    "report is refused)", incident["id"])
         taken, users = [], set()
         reporter = self.current_user["name"]
         for incident in incidents:
