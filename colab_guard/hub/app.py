@@ -89,15 +89,29 @@ class ColabGuardHub(Application):
         "Where the managed service listens (configure(c) gives it to JupyterHub as the "
         "service's url; the proxy routes /services/colab-guard/ there)."))
 
+    spawn_gate_url = Unicode(config=True, help=(
+        "Where the spawn gate (in the hub's process) reaches the service. Default: "
+        "service_url; on Kubernetes, where the service runs in the hub's pod, "
+        "http://127.0.0.1:PORT avoids a round trip through the cluster's Service."))
+
+    @default("spawn_gate_url")
+    def _default_spawn_gate_url(self):
+        return self.service_url
+
     reporter_url = Unicode(config=True, help=(
         "The base URL reporters send incidents to (COLAB_GUARD_HUB_URL in the single-user "
         "servers' environment; ends in /). Default: service_url + /services/colab-guard/, "
         "the service's direct address, reachable while the proxy restarts."))
 
-    watcher_api_token = Unicode("", config=True, help=(
+    watcher_api_token = Unicode(config=True, help=(
         "An API token for the node watchers (configure(c) then adds the API-only service "
         "colab-guard-watcher with it and the scope custom:colab-guard:report-any). Give "
-        "the same token to the watchers (e.g. from a Kubernetes secret)."))
+        "the same token to the watchers (e.g. from a Kubernetes secret). Default: "
+        "$COLAB_GUARD_WATCHER_TOKEN, else none (no watcher service)."))
+
+    @default("watcher_api_token")
+    def _default_watcher_api_token(self):
+        return os.environ.get("COLAB_GUARD_WATCHER_TOKEN", "")
 
     @default("log_level")
     def _default_log_level(self):

@@ -166,7 +166,7 @@ class SpawnGate:
                 await result
         hub = ColabGuardHub(config=spawner.config)
         name = spawner.user.name
-        url = (f"{hub.service_url.rstrip('/')}/services/{SERVICE_NAME}/api/standing"
+        url = (f"{hub.spawn_gate_url.rstrip('/')}/services/{SERVICE_NAME}/api/standing"
                f"?user={quote(name, safe='')}")
         try:
             response = await AsyncHTTPClient().fetch(
