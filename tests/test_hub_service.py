@@ -11,6 +11,7 @@ report checks and the package incident.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -149,6 +150,50 @@ def test_review_needs_the_scope_or_a_hub_admin(hub, tokens):
     assert hub.service("GET", "api/packages", tokens["watcher"]).status == 403
 
 
+def browser(hub: Hub, user: str):
+    """A session logged in to the hub as ``user`` (DummyAuthenticator), as a browser's."""
+    import requests
+
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login")
+    response = session.post(f"{hub.url}/hub/login?next=%2Fhub%2Fhome",
+                            data={"username": user, "password": "any",
+                                  "_xsrf": session.cookies.get("_xsrf")})
+    assert response.status_code == 200, response.text[-2000:]
+    return session
+
+
+def _xsrf(page: str) -> str:
+    return re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+
+
+def test_the_pages_log_in_through_the_hub_and_their_forms_need_the_xsrf_token(hub, tokens):
+    bob = browser(hub, BOB)
+    page = bob.get(hub.base)  # through the hub's OAuth, without a confirmation page
+    assert page.status_code == 200 and page.url == hub.base
+    assert [r.status_code for r in page.history] == [302, 302, 302]
+    assert f"{BOB}-5" in page.text
+    assert bob.post(hub.base, data={"incident": f"{BOB}-5", "text": "no token"}
+                    ).status_code == 403
+    appealed = bob.post(hub.base, data={"_xsrf": _xsrf(page.text), "incident": f"{BOB}-5",
+                                        "text": "That was <b>my</b> own test."})
+    assert appealed.status_code == 200
+    assert "“That was &lt;b&gt;my&lt;/b&gt; own test.” — pending" in appealed.text
+    assert bob.get(f"{hub.base}admin").status_code == 403
+
+    admin = browser(hub, ADMIN)
+    review = admin.get(f"{hub.base}admin")
+    assert review.status_code == 200 and "Incidents of all users" in review.text
+    [appeal] = hub.service("GET", f"api/appeals?user={BOB}", tokens["admin"]).json["appeals"]
+    resolved = admin.post(f"{hub.base}admin", data={
+        "_xsrf": _xsrf(review.text), "do": "rejected", "appeal": appeal["id"],
+        "reply": "It ran a miner."})
+    assert resolved.status_code == 200
+    [appeal] = hub.service("GET", f"api/appeals?user={BOB}", tokens["admin"]).json["appeals"]
+    assert (appeal["status"], appeal["resolved_by"], appeal["reply"]) == \
+        ("rejected", ADMIN, "It ran a miner.")
+
+
 def test_at_the_limit_the_users_server_stops_and_spawns_are_refused_until_an_appeal(
         hub, tokens):
     for n in (20, 21, 22):
@@ -219,6 +264,7 @@ def test_the_metrics(hub, tokens):
     assert metrics['colab_guard_hub_reports_refused_total{reason="user"}'] >= 1
     assert metrics['colab_guard_hub_reports_refused_total{reason="scope"}'] >= 1
     assert metrics['colab_guard_hub_reports_refused_total{reason="malformed"}'] >= 1
+    assert metrics['colab_guard_hub_reports_refused_total{reason="token"}'] >= 2
     assert metrics["colab_guard_hub_strikes"] == 2  # Alice's two left after her appeal
     assert metrics["colab_guard_hub_bans"] == 0
     assert metrics["colab_guard_hub_appeals_open"] == 0

@@ -113,6 +113,10 @@ class ColabGuardHub(Application):
     def _default_watcher_api_token(self):
         return os.environ.get("COLAB_GUARD_WATCHER_TOKEN", "")
 
+    @default("log_format")
+    def _default_log_format(self):
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
     @default("log_level")
     def _default_log_level(self):
         return logging.INFO

@@ -245,9 +245,11 @@ def _since(handler: web.RequestHandler) -> float | None:
 
 
 class ReportsHandler(APIHandler):
-    @authenticated
     async def post(self) -> None:
         metrics = self.settings["metrics"]
+        if not self.current_user:
+            metrics.refused("token")
+            raise web.HTTPError(401, "no valid token: send 'Authorization: token <TOKEN>'")
         if not (self.holds_any(REPORT_SCOPE) or self.has(REPORT_ANY_SCOPE)):
             metrics.refused("scope")
             raise web.HTTPError(403, "this token lacks the scope %s", REPORT_SCOPE)
