@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,6 +39,21 @@ def can_run_a_hub() -> str | None:
     if python_for_users() is None:
         return "no Python interpreter with this environment's packages that a test user can run"
     return None
+
+
+POSTGRES_URL = os.environ.get("COLAB_GUARD_TEST_POSTGRES_URL", "")
+
+
+def empty_postgres(url: str) -> str:
+    """The database at ``url`` emptied (its public schema made anew); the URL."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
 
 
 def python_for_users() -> str | None:

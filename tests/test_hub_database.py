@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from colab_guard.hub.database import HubDatabase, Refused
 from colab_guard.hub.handlers import BadReport, parse_report
+from tests.hub_harness import POSTGRES_URL, empty_postgres
 
-POSTGRES_URL = os.environ.get("COLAB_GUARD_TEST_POSTGRES_URL", "")
 DAY = 86400.0
 
 
@@ -27,14 +27,6 @@ class Clock:
         return self.now
 
 
-def _empty_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
@@ -44,8 +36,7 @@ def db_url(request, tmp_path):
             pytest.fail("CI=true but COLAB_GUARD_TEST_POSTGRES_URL is unset: .ci/run starts "
                         "PostgreSQL and sets it")
         pytest.skip("COLAB_GUARD_TEST_POSTGRES_URL is unset (CI sets it; see .ci/run)")
-    _empty_postgres(POSTGRES_URL)
-    return POSTGRES_URL
+    return empty_postgres(POSTGRES_URL)
 
 
 @pytest.fixture

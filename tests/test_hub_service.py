@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.hub_harness import Hub, add_user, call, can_run_a_hub, remove_user
+from tests.hub_harness import (POSTGRES_URL, Hub, add_user, call, can_run_a_hub, empty_postgres,
+                               remove_user)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(can_run_a_hub() is not None, reason=str(can_run_a_hub()))]
@@ -29,7 +30,10 @@ MESSAGE = "The platform's message."
 def hub():
     for name in (ALICE, BOB):
         add_user(name)
-    running = Hub(ADMIN, {"strike_limit": 3, "warning_message": MESSAGE})
+    settings = {"strike_limit": 3, "warning_message": MESSAGE}
+    if POSTGRES_URL:  # CI: the service on PostgreSQL (test_hub_database.py checks both)
+        settings["db_url"] = empty_postgres(POSTGRES_URL)
+    running = Hub(ADMIN, settings)
     try:
         running.start()
         running.create_users(ALICE, BOB)

@@ -154,11 +154,9 @@ class SpawnGate:
         self.previous = previous
 
     async def __call__(self, spawner) -> None:
-        import json
         from urllib.parse import quote
 
         from tornado.httpclient import AsyncHTTPClient
-        from tornado.web import HTTPError
 
         if self.previous is not None:
             result = self.previous(spawner)
