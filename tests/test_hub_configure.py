@@ -105,7 +105,7 @@ def test_the_gate_when_the_service_cannot_be_reached(fail_open):
         return
     with pytest.raises(HTTPError) as refused:
         asyncio.run(gate(_spawner(config)))
-    assert refused.value.status_code == 503
+    assert refused.value.status_code == 424  # not 5xx: see SpawnGate
     assert "cannot be reached" in refused.value.jupyterhub_message
 
 

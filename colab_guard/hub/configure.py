@@ -147,7 +147,7 @@ class SpawnGate:
     Asks the service's ``api/standing`` with the service's token. The refusal is an HTTP
     403 whose message (the platform's message and why) JupyterHub shows on the spawn page
     and returns from its REST API. When the service cannot be reached it refuses with a
-    503 saying so, or lets the spawn go on (``ColabGuardHub.spawn_gate_fail_open``)."""
+    424 saying so, or lets the spawn go on (``ColabGuardHub.spawn_gate_fail_open``)."""
 
     def __init__(self, token: str, previous=None):
         self.token = token
@@ -178,7 +178,10 @@ class SpawnGate:
                 return
             spawner.log.error("colab-guard's service did not answer (%s): %s's server is "
                               "refused (fail closed)", err, name)
-            raise _refusal(503, "New servers are refused while colab-guard's service cannot "
+            # 424, not 503: JupyterHub counts 5xx spawn failures towards
+            # Spawner.consecutive_failure_limit and exits at the limit (Zero to JupyterHub
+            # sets one), which a service restart must not cause.
+            raise _refusal(424, "New servers are refused while colab-guard's service cannot "
                                 "be reached to check your standing. Try again in a minute, "
                                 "or ask an admin.") from None
         if standing.get("banned"):

@@ -372,8 +372,9 @@ class HubDatabase:
 
     def totals(self) -> dict[str, Any]:
         with self.session() as db:
-            users = db.scalars(select(Incident.user).where(Incident.counted.is_(True))
-                               .distinct()).all()
+            users = db.scalars(select(Incident.user).where(
+                Incident.counted.is_(True),
+                Incident.time > self.clock() - self.strike_window).distinct()).all()
             strikes = sum(len(self.strikes(db, u)) for u in users)
             bans = db.scalar(select(func.count(func.distinct(Ban.user)))
                              .where(Ban.lifted.is_(None)))
