@@ -125,3 +125,11 @@ def test_settings_given_in_zero_to_jupyterhubs_extra_config_reach_the_service(
     app = ColabGuardHub()
     app.initialize([])  # without the file: the settings from the environment
     assert app.strike_limit == 4
+
+
+def test_the_command_line_lists_the_services_settings(capsys):
+    from colab_guard.cli import main
+
+    assert main(["hub", "--help-all"]) == 0
+    said = capsys.readouterr().out
+    assert "--ColabGuardHub.strike_limit" in said and "--ColabGuardHub.spawn_gate_fail_open" in said
