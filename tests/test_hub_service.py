@@ -89,13 +89,17 @@ def test_reports_are_checked_against_the_hubs_tokens(hub, tokens):
     unscoped = hub.token_for(ALICE, ["read:users:name!user"])
     refused = hub.service("POST", "api/reports", unscoped, report(incident(92, ALICE)))
     assert refused.status == 403 and "custom:colab-guard:report" in refused.json["message"]
+    posing = hub.service("POST", "api/reports", tokens["alice-server"],
+                         report(incident(94, ALICE), source="watcher"))
+    assert posing.status == 403 and "report-any" in posing.json["message"]
     assert hub.service("POST", "api/reports", None, report(incident(93, ALICE))).status == 401
     assert hub.service("POST", "api/reports", "not-a-token",
                        report(incident(93, ALICE))).status == 401
     malformed = hub.service("POST", "api/reports", tokens["alice-server"],
                             {"source": "server", "incidents": [{"id": "x", "user": ALICE}]})
     assert malformed.status == 400 and "incidents[0].category" in malformed.json["message"]
-    assert not ids(hub, tokens["admin"]) & {f"{ALICE}-90", f"{BOB}-91", f"{ALICE}-92"}
+    assert not ids(hub, tokens["admin"]) & {f"{ALICE}-90", f"{BOB}-91", f"{ALICE}-92",
+                                            f"{ALICE}-94"}
 
     # as the server's guard sends it: to COLAB_GUARD_HUB_URL, the service's own address
     reporter_url = hub.server_env(ALICE)["COLAB_GUARD_HUB_URL"]

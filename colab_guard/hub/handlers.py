@@ -258,6 +258,10 @@ class ReportsHandler(APIHandler):
         except BadReport as err:
             metrics.refused("malformed")
             raise web.HTTPError(400, "%s", str(err)) from None
+        if source == "watcher" and not self.has(REPORT_ANY_SCOPE):
+            # a watcher's report outranks a server's (database.upsert): only a watcher's token
+            metrics.refused("scope")
+            raise web.HTTPError(403, "source 'watcher' needs the scope %s", REPORT_ANY_SCOPE)
         for incident in incidents:
             user = incident["user"]
             if not self.has(REPORT_ANY_SCOPE) and not self.has(f"{REPORT_SCOPE}!user={user}"):
