@@ -276,3 +276,26 @@ def test_the_metrics(hub, tokens):
     assert metrics["colab_guard_hub_strikes"] == 2  # Alice's two left after her appeal
     assert metrics["colab_guard_hub_bans"] == 0
     assert metrics["colab_guard_hub_appeals_open"] == 0
+
+
+def test_while_the_service_restarts_spawns_are_refused_and_nothing_is_lost(hub, tokens):
+    """The gate fails closed; the hub restarts its managed service, which finds its data."""
+    import psutil
+
+    from tests.harness import wait_until
+
+    assert hub.hub("DELETE", f"users/{BOB}/server").status in (202, 204)
+    hub.wait_stopped(BOB)
+    [service] = [p for p in psutil.Process(hub.process.pid).children()
+                 if "colab_guard.hub" in p.cmdline()]
+    service.kill()
+    service.wait(30)
+    refused = hub.spawn(BOB)
+    assert refused.status == 424, refused.text
+    assert "cannot be reached" in refused.json["message"]
+
+    # JupyterHub polls its managed services (every 30 s) and starts a dead one again
+    wait_until(lambda: hub.service("GET", "metrics", None).status == 200, 120, 0.5,
+               "colab-guard's service started again")
+    assert hub.service("GET", "api/standing", tokens["alice"]).json["strikes"] == 2
+    assert f"{ALICE}-22" in ids(hub, tokens["admin"], user=ALICE)
