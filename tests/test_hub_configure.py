@@ -65,8 +65,8 @@ def test_configure_keeps_the_operators_settings():
     assert set(roles["server"]["scopes"]) == {"users:activity!user", "read:users:name!user",
                                               "custom:colab-guard:report!user"}
     assert roles["colab-guard-watcher"]["scopes"] == ["custom:colab-guard:report-any"]
-    assert c.Spawner.environment == {"TZ": "UTC",
-                                     "COLAB_GUARD_HUB_URL": "http://hub:10101/services/colab-guard/"}
+    assert c.Spawner.environment == {
+        "TZ": "UTC", "COLAB_GUARD_HUB_URL": "http://hub:10101/services/colab-guard/"}
     assert c.Spawner.pre_spawn_hook.previous is not None
     configure(c)  # twice: still one of each
     assert [s["name"] for s in c.JupyterHub.services].count("colab-guard") == 1

@@ -107,6 +107,23 @@ def check_incident(incident: Any, where: str) -> None:
 # ---------------------------------------------------------------- base
 
 
+class InThreads:
+    """The database's methods, awaited in a worker thread: a slow database (PostgreSQL
+    across the network) never holds up the service's other requests."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def __getattr__(self, name: str):
+        method = getattr(self._db, name)
+
+        async def in_a_thread(*args, **kwargs):
+            return await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(method, *args, **kwargs))
+
+        return in_a_thread
+
+
 def authenticated(method):
     """401 (not a redirect to the login page) without a valid token."""
 
@@ -127,8 +144,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self.settings["service"]
 
     @property
-    def db(self):
-        return self.settings["db"]
+    def db(self) -> InThreads:
+        return InThreads(self.settings["db"])
 
     @property
     def hub_auth(self):
@@ -171,7 +188,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     async def gone_too_far(self, user: str) -> None:
         """Stop the user's servers if they may not run any (at the limit, or banned)."""
-        if not self.service.stop_servers or not self.db.standing(user).banned:
+        if not self.service.stop_servers or not (await self.db.standing(user)).banned:
             return
         try:
             await self.settings["hub_api"].stop_servers(user)
@@ -268,7 +285,7 @@ class ReportsHandler(APIHandler):
                 metrics.refused("user")
                 raise web.HTTPError(403, "this token may report only its own user's incidents, "
                                     "not %r's (the whole report is refused)", user)
-        owners = self.db.owners([i["id"] for i in incidents])
+        owners = await self.db.owners([i["id"] for i in incidents])
         for incident in incidents:
             if owners.get(incident["id"], incident["user"]) != incident["user"]:
                 metrics.refused("user")
@@ -278,7 +295,7 @@ class ReportsHandler(APIHandler):
         reporter = self.current_user["name"]
         for incident in incidents:
             try:
-                outcome = self.db.upsert(incident, source, reporter, node)
+                outcome = await self.db.upsert(incident, source, reporter, node)
             except Refused as err:
                 metrics.refused("user")
                 self.refused(err)
@@ -290,7 +307,7 @@ class ReportsHandler(APIHandler):
         for user in users:
             self.stop_in_background(user)
         own = self.current_user["name"] if self.current_user.get("kind") == "user" else None
-        standing = self.db.standing(own or (incidents[0]["user"] if incidents else ""))
+        standing = await self.db.standing(own or (incidents[0]["user"] if incidents else ""))
         self.json({"taken": taken, "strikes": standing.strikes,
                    "strike_limit": standing.strike_limit, "banned": standing.banned})
 
@@ -301,7 +318,7 @@ class StandingHandler(APIHandler):
         user = self.get_argument("user", None) or self.current_user["name"]
         if user != self.current_user["name"] or self.current_user.get("kind") == "service":
             await self.reviewer()
-        self.json(self.db.standing(user, self.service.warning_message).to_dict())
+        self.json((await self.db.standing(user, self.service.warning_message)).to_dict())
 
 
 # ---------------------------------------------------------------- incidents and appeals
@@ -315,7 +332,7 @@ class IncidentsHandler(APIHandler):
             if user not in (None, self.current_user["name"]):
                 raise web.HTTPError(403, "you may see only your own incidents")
             user = self.current_user["name"]
-        self.json({"incidents": self.db.incidents(
+        self.json({"incidents": await self.db.incidents(
             user=user, category=self.get_argument("category", None),
             package=self.get_argument("package", None), since=_since(self))})
 
@@ -325,7 +342,7 @@ class AppealHandler(APIHandler):
     async def post(self, incident_id: str) -> None:
         text = self.text_field(self.body(), "text", required=True)
         try:
-            appeal = self.db.appeal(incident_id, self.current_user["name"], text)
+            appeal = await self.db.appeal(incident_id, self.current_user["name"], text)
         except Refused as err:
             self.refused(err)
         self.json(appeal, 201)
@@ -336,9 +353,10 @@ class AppealsHandler(APIHandler):
     async def get(self) -> None:
         status = self.get_argument("status", None)
         if await self.is_reviewer():
-            self.json({"appeals": self.db.appeals(status, self.get_argument("user", None))})
+            user = self.get_argument("user", None)
+            self.json({"appeals": await self.db.appeals(status, user)})
         else:
-            self.json({"appeals": self.db.appeals(status, self.current_user["name"])})
+            self.json({"appeals": await self.db.appeals(status, self.current_user["name"])})
 
 
 class ResolveAppealHandler(APIHandler):
@@ -347,7 +365,7 @@ class ResolveAppealHandler(APIHandler):
         by = await self.reviewer()
         data = self.body()
         try:
-            appeal = self.db.resolve(int(appeal_id), self.text_field(data, "status", True),
+            appeal = await self.db.resolve(int(appeal_id), self.text_field(data, "status", True),
                                      by, self.text_field(data, "reply"))
         except Refused as err:
             self.refused(err)
@@ -358,42 +376,43 @@ class PackagesHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
         await self.reviewer()
-        self.json({"packages": self.db.packages()})
+        self.json({"packages": await self.db.packages()})
 
 
 class ClearHandler(APIHandler):
     @authenticated
     async def post(self, user: str) -> None:
         by = await self.reviewer()
-        self.db.clear_strikes(user, by, self.text_field(self.body(), "note"))
-        self.json(self.db.standing(user).to_dict())
+        await self.db.clear_strikes(user, by, self.text_field(self.body(), "note"))
+        self.json((await self.db.standing(user)).to_dict())
 
 
 class BanHandler(APIHandler):
     @authenticated
     async def post(self, user: str) -> None:
         by = await self.reviewer()
-        self.db.ban(user, by, self.text_field(self.body(), "reason"))
+        await self.db.ban(user, by, self.text_field(self.body(), "reason"))
         await self.gone_too_far(user)
-        self.json(self.db.standing(user).to_dict())
+        self.json((await self.db.standing(user)).to_dict())
 
     @authenticated
     async def delete(self, user: str) -> None:
         by = await self.reviewer()
-        self.db.unban(user, by)
-        self.json(self.db.standing(user).to_dict())
+        await self.db.unban(user, by)
+        self.json((await self.db.standing(user)).to_dict())
 
 
 class BansHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
         await self.reviewer()
-        self.json({"bans": self.db.banned_users()})
+        self.json({"bans": await self.db.banned_users()})
 
 
 class MetricsHandler(web.RequestHandler):
-    def get(self) -> None:
-        body, content_type = self.settings["metrics"].render()
+    async def get(self) -> None:
+        body, content_type = await asyncio.get_running_loop().run_in_executor(
+            None, self.settings["metrics"].render)
         self.set_header("Content-Type", content_type)
         self.finish(body)
 

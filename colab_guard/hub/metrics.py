@@ -41,7 +41,8 @@ class Metrics:
         self.reports = Counter(f"{PREFIX}_reports", "Report requests, by outcome.",
                                ["outcome"], registry=self.registry)
         self.refusals = Counter(f"{PREFIX}_reports_refused", "Reports refused, by reason "
-                                "(token, scope, user, malformed).", ["reason"], registry=self.registry)
+                                "(token, scope, user, malformed).", ["reason"],
+                                registry=self.registry)
         self.registry.register(_FromDatabase(db))
 
     def taken(self, incident: dict[str, Any]) -> None:

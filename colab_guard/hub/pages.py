@@ -42,14 +42,15 @@ class UserPage(Page):
     @web.authenticated
     async def get(self) -> None:
         me = self.current_user["name"]
-        self.render_page("user.html", standing=self.db.standing(me, self.service.warning_message),
-                         incidents=self.db.incidents(user=me),
+        standing = await self.db.standing(me, self.service.warning_message)
+        self.render_page("user.html", standing=standing,
+                         incidents=await self.db.incidents(user=me),
                          reviewer=await self.is_reviewer(), error=self.get_argument("error", ""))
 
     @web.authenticated
     async def post(self) -> None:
         try:
-            self.db.appeal(self.get_body_argument("incident"), self.current_user["name"],
+            await self.db.appeal(self.get_body_argument("incident"), self.current_user["name"],
                            self.get_body_argument("text", ""))
         except Refused as err:
             return self.back("", error=str(err))
@@ -64,14 +65,15 @@ class AdminPage(Page):
         await self._reviewer_or_403()
         filters = {name: self.get_argument(name, "") for name in
                    ("user", "category", "package", "since")}
-        incidents = self.db.incidents(user=filters["user"] or None,
+        incidents = await self.db.incidents(user=filters["user"] or None,
                                       category=filters["category"] or None,
                                       package=filters["package"] or None, since=_since(self))
         users = sorted({i["user"] for i in incidents})
         self.render_page("admin.html", filters=filters, incidents=incidents,
-                         packages=self.db.packages(), appeals=self.db.appeals("pending"),
-                         bans=self.db.banned_users(),
-                         standings={u: self.db.standing(u) for u in users}, reviewer=True,
+                         packages=await self.db.packages(),
+                         appeals=await self.db.appeals("pending"),
+                         bans=await self.db.banned_users(),
+                         standings={u: await self.db.standing(u) for u in users}, reviewer=True,
                          error=self.get_argument("error", ""))
 
     @web.authenticated
@@ -81,14 +83,14 @@ class AdminPage(Page):
         user = self.get_body_argument("user", "")
         try:
             if action == "clear":
-                self.db.clear_strikes(user, by, self.get_body_argument("note", ""))
+                await self.db.clear_strikes(user, by, self.get_body_argument("note", ""))
             elif action == "ban":
-                self.db.ban(user, by, self.get_body_argument("reason", ""))
+                await self.db.ban(user, by, self.get_body_argument("reason", ""))
                 await self.gone_too_far(user)
             elif action == "unban":
-                self.db.unban(user, by)
+                await self.db.unban(user, by)
             elif action in ("accepted", "rejected"):
-                self.db.resolve(int(self.get_body_argument("appeal")), action, by,
+                await self.db.resolve(int(self.get_body_argument("appeal")), action, by,
                                 self.get_body_argument("reply", ""))
             else:
                 raise web.HTTPError(400, "unknown action")
