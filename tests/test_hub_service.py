@@ -290,7 +290,14 @@ def test_while_the_service_restarts_spawns_are_refused_and_nothing_is_lost(hub, 
     [service] = [p for p in psutil.Process(hub.process.pid).children()
                  if "colab_guard.hub" in p.cmdline()]
     service.kill()
-    service.wait(30)
+
+    def dead() -> bool:  # the hub reaps it only when it polls it next: a zombie till then
+        try:
+            return service.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(dead, 30, 0.1, "the service killed")
     refused = hub.spawn(BOB)
     assert refused.status == 424, refused.text
     assert "cannot be reached" in refused.json["message"]

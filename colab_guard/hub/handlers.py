@@ -202,10 +202,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
 
 class APIHandler(BaseHandler):
-    def check_xsrf_cookie(self):
-        # Cookie-authenticated (a browser) POSTs must carry the XSRF token; HubOAuth checks
-        # it before accepting the cookie. Token-authenticated calls need none.
-        return self.hub_auth.check_xsrf_cookie(self)
+    """JSON in and out. A browser's cookie-authenticated POST must carry the XSRF token
+    (HubOAuth checks it before it accepts the cookie); token-authenticated calls need none."""
 
     def get_login_url(self):
         raise web.HTTPError(401, "no valid token: send 'Authorization: token <TOKEN>'")
