@@ -150,7 +150,10 @@ class Hub:
             c.Authenticator.admin_users = {{{admin!r}}}
             c.JupyterHub.spawner_class = "localprocess"
             c.Spawner.cmd = [{python!r}, "-m", "jupyterhub.singleuser"]
-            c.Spawner.environment = {{"PYTHONPATH": {os.pathsep.join(user_path)!r}}}
+            # The servers run colab-guard (their guard reports to the service) whichever
+            # interpreter they have: its server extension enabled from the checkout's config.
+            c.Spawner.environment = {{"PYTHONPATH": {os.pathsep.join(user_path)!r},
+                                     "JUPYTER_CONFIG_PATH": {str(ROOT / "jupyter-config")!r}}}
             c.Spawner.start_timeout = 180
             c.Spawner.http_timeout = 180
             c.JupyterHub.services = [{{"name": "cg-tests", "api_token": {self.token!r}}}]

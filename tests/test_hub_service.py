@@ -11,8 +11,12 @@ report checks and the package incident.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -307,3 +311,57 @@ def test_while_the_service_restarts_spawns_are_refused_and_nothing_is_lost(hub, 
                "colab-guard's service started again")
     assert hub.service("GET", "api/standing", tokens["alice"]).json["strikes"] == 2
     assert f"{ALICE}-22" in ids(hub, tokens["admin"], user=ALICE)
+
+
+def test_a_real_miner_on_a_users_own_server_is_stopped_reported_and_counted_hub_wide(
+        hub, tokens, pool):
+    """The whole path, nothing posted by the test: Alice's guarded server (spawned by the hub,
+    running as her) stops a real miner started in her kernel and reports it to the service
+    with its own token; the hub counts it (her third strike), stops her server and refuses
+    her next spawn. (Last in the module: Alice ends banned.)"""
+    import json
+    import pwd
+
+    from jupyter_client import BlockingKernelClient
+
+    from tests.harness import wait_until
+    from tests.hub_harness import ROOT, python_for_users
+
+    assert hub.service("GET", "api/standing", tokens["alice"]).json["strikes"] == 2
+    hub.wait_ready(ALICE)
+    kernel = call("POST", f"{hub.url}/user/{ALICE}/api/kernels", tokens["alice"],
+                  {"name": "python3"})
+    assert kernel.status == 201, kernel.text
+    home = Path(pwd.getpwnam(ALICE).pw_dir)
+    connection = wait_until(
+        lambda: next(home.glob(f"**/runtime/kernel-{kernel.json['id']}.json"), None), 60, 0.2,
+        "the kernel's connection file")
+    # The miner's arguments come from a file, so that the cell check does not refuse the cell
+    # first: the process itself is what Alice's guard must stop.
+    folder = Path(tempfile.mkdtemp(prefix="cg-hub-argv-"))  # one Alice can read
+    folder.chmod(0o755)
+    argv = folder / "argv.json"
+    argv.write_text(json.dumps([python_for_users(), str(ROOT / "tests" / "standins" / "miner.py"),
+                                "-o", f"stratum+tcp://127.0.0.1:{pool}", "-u", "x" * 95]))
+    argv.chmod(0o644)
+    client = BlockingKernelClient()
+    client.load_connection_file(str(connection))
+    client.start_channels(hb=False)
+    try:
+        client.wait_for_ready(timeout=120)
+        client.execute(f"import json, subprocess\n"
+                       f"p = subprocess.Popen(json.load(open({str(argv)!r})))\n")
+        found = wait_until(
+            lambda: [i for i in hub.service("GET", f"api/incidents?user={ALICE}",
+                                            tokens["admin"]).json["incidents"]
+                     if i["category"] == "crypto-mining" and i["kernel_id"] == kernel.json["id"]],
+            120, 0.5, "Alice's own server's report of the miner at the hub")
+    finally:
+        client.stop_channels()
+        shutil.rmtree(folder)
+    assert found[0]["strike"] is True and not found[0].get("package")
+    hub.wait_stopped(ALICE)  # her third strike: the hub stopped her server
+    standing = hub.service("GET", "api/standing", tokens["alice"]).json
+    assert (standing["strikes"], standing["banned"]) == (3, True)
+    refused = hub.spawn(ALICE)
+    assert refused.status == 403 and refused.json["message"].startswith(MESSAGE)
