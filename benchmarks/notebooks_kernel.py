@@ -190,9 +190,9 @@ class ThrowawayUser:
         self.pw = pwd.getpwnam(self.name)
 
     def processes(self, sparing: set[int] = frozenset()) -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["uids"])
-                if p.info["uids"] and self.pw.pw_uid in (p.info["uids"].real, p.info["uids"].effective)
-                and p.pid not in sparing]
+        uid = self.pw.pw_uid
+        return [p for p in psutil.process_iter(["uids"]) if p.pid not in sparing
+                and p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective)]
 
     def kill_processes(self, sparing: set[int] = frozenset()) -> int:
         """Kill every process of this user but ``sparing``; how many there were."""
@@ -467,13 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     enter_network_namespace(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cleanup still runs
     started = time.monotonic()
-    results = run_all(entries, args.cell_timeout,
-                      (lambda r: print(json.dumps(r.row()), flush=True)) if args.json else print_row)
+    report = (lambda r: print(json.dumps(r.row()), flush=True)) if args.json else print_row
+    results = run_all(entries, args.cell_timeout, report)
     if not args.json:
         abuse = [r for r in results if r.kind == "abuse"]
         benign = [r for r in results if r.kind == "benign"]
-        print(f"\nabuse acted on at or before the key cell: {sum(r.ok for r in abuse)}/{len(abuse)}; "
-              f"benign touched: {sum(not r.ok for r in benign)}/{len(benign)}; "
+        print(f"\nabuse acted on at or before the key cell: {sum(r.ok for r in abuse)}/"
+              f"{len(abuse)}; benign touched: {sum(not r.ok for r in benign)}/{len(benign)}; "
               f"{time.monotonic() - started:.0f} s in all")
     return 0 if all(r.ok for r in results) else 1
 
