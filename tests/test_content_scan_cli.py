@@ -24,10 +24,11 @@ def isolated_config(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(tmp_path / "config"))
 
 
-def _start(argv: list[str]) -> subprocess.Popen:
-    """Start a program and wait until it has exec'd (its command line is the one given)."""
+def _start(argv: list[str], runs: list[str] | None = None) -> subprocess.Popen:
+    """Start a program and wait until it has exec'd ``runs`` (by default ``argv``: a
+    launcher such as unshare execs the program it is given)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _until(lambda: psutil.Process(proc.pid).cmdline() == argv)
+    _until(lambda: psutil.Process(proc.pid).cmdline() == (runs or argv), timeout=60)
     return proc
 
 
@@ -112,7 +113,7 @@ def _in_another_network_namespace(argv: list[str]) -> subprocess.Popen:
     for flags in (["-n"], ["-rn"]):
         probe = subprocess.run([unshare, *flags, "true"], capture_output=True)
         if probe.returncode == 0:
-            return _start([unshare, *flags, *argv])
+            return _start([unshare, *flags, *argv], runs=argv)
     pytest.skip("cannot create a network namespace here (unshare -n and -rn refused)")
 
 
