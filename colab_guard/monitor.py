@@ -124,6 +124,9 @@ class Monitor:
             await asyncio.wait(self._tasks, timeout=10)
         if self.gpu is not None:
             self._sampling.submit(self.gpu.stop)
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.close)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
         self.sampler.content.close()

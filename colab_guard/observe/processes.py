@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from . import procfs
+from .behaviour import Behaviour
 from .attribution import (ENVIRON_TRIES, KERNEL_ENV_MARKER, children_of, descend,
                           environment_marker, kernel_environment, same_user)
 from .content import ContentScanner
@@ -132,6 +133,10 @@ class ProcessSampler:
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
+        # Behaviour over a window (behaviour.py): its own state, fed at the end of each tick.
+        self.behaviour = Behaviour(self.log)
+        self._netns_tables: dict[str, InetTables] = {}  # this tick's, per other namespace
+        self._pairs_now: dict[ProcessKey, list] = {}  # this tick's (inode, socket) per process
 
     # ------------------------------------------------------------------ public
 
@@ -145,6 +150,7 @@ class ProcessSampler:
         owners = self._attribute(kernels, table)
         sockets = InetTables()  # read when first needed: a full read, or a known socket
         self._unaccounted = None
+        self._netns_tables, self._pairs_now = {}, {}
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         no_gpu = (0.0, 0.0)
@@ -158,10 +164,50 @@ class ProcessSampler:
                 snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
         if sockets.read:
             self._remember_foreign_sockets(sockets)
+        self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
+        """Behaviour fields over a window, for the few candidate processes; a sample whose
+        fields changed is replaced (never changed in place) and handed out as such."""
+        changed = self.behaviour.annotate(
+            snapshots, lambda p: self._pairs_now.get(p.key, []), now)
+        if not changed:
+            return
+        for snapshot in snapshots.values():
+            for i, proc in enumerate(snapshot.processes):
+                new = changed.get(proc.key)
+                if new is not None:
+                    snapshot.processes[i] = self._hand_out(proc.key, new)
+
+    def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
+                      pid: int, sockets: InetTables) -> list:
+        """(inode, socket) of the process's inet sockets, read from its own network
+        namespace's tables when that is not the guard's (/proc/PID/net)."""
+        if not inodes:
+            return []
+        tables = sockets
+        if netns:
+            tables = self._netns_tables.get(netns)
+            if tables is None:
+                tables = self._netns_tables[netns] = InetTables(f"/proc/{pid}/net") \
+                    if netns != procfs.NETNS_UNREADABLE else sockets
+        pairs = self._pairs_now[key] = tables.pairs(inodes)
+        return pairs
+
+    def _netns(self, pid: int) -> str:
+        """'' for the guard's own network namespace, else its name, or 'unreadable'
+        (another user's process, to a guard that is not root: evidence, not a blind spot)."""
+        try:
+            netns = procfs.read_netns(pid)
+        except PermissionError:
+            return procfs.NETNS_UNREADABLE
+        except OSError:
+            return ""
+        return "" if netns == procfs.OWN_NETNS else netns
 
     def owner_of(self, pid: int) -> str | None:
         """The kernel a live process is attributed to, if any."""
@@ -346,11 +392,17 @@ class ProcessSampler:
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
-        fds = self._walk_fds(key, pid, now, self._sockets_unaccounted(sockets))
+        before = self._tracked[key].handed
+        # A socket of another namespace never shows in the guard's tables: its fds are
+        # walked whenever it ran.
+        private = before is not None and before.netns != ""
+        fds = self._walk_fds(key, pid, now, private or self._sockets_unaccounted(sockets))
         sample.open_files = fds.files
         libraries = self._tracked[key].libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
-        sample.sockets = sockets.of(fds.inodes)
+        sample.netns = self._netns(pid) if fds.inodes else ""
+        sample.sockets = [s for _, s in self._socket_pairs(key, fds.inodes, sample.netns, pid,
+                                                            sockets)]
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
@@ -383,8 +435,9 @@ class ProcessSampler:
         if quiet.markers_pending or quiet.fds_pending or quiet.maps_pending:
             self._catch_up(entry, state, now)
         fds = state.fds
-        found = sockets.of(fds.inodes) if fds is not None and fds.inodes else []
         base, last = quiet.sample, state.handed
+        found = [s for _, s in self._socket_pairs(key, fds.inodes, base.netns, entry.pid,
+                                                   sockets)] if fds is not None else []
         if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
                 and last.ppid == entry.ppid and last.sockets == found \
                 and last.exe_markers is base.exe_markers and last.libraries is base.libraries \

@@ -155,6 +155,15 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
+def read_netns(pid: int) -> str:
+    """The process's network namespace ('net:[4026531840]')."""
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+OWN_NETNS = read_netns(os.getpid())
+NETNS_UNREADABLE = "unreadable"
+
+
 def full_name(comm: str, cmdline: list[str]) -> str:
     """psutil's name: the kernel cuts names at 15 characters, so a longer one is taken
     from the command line when that starts the same way."""
@@ -193,7 +202,8 @@ class InetTables:
     millisecond each however few sockets there are: the kernel walks its whole hash);
     a line is parsed only for a socket asked for."""
 
-    def __init__(self):
+    def __init__(self, folder: str = "/proc/net"):
+        self.folder = folder  # /proc/PID/net: the namespace of process PID
         self._lines: dict[int, tuple[str, list[str]]] | None = None
         self._inodes: set[int] | None = None
         self._parsed: dict[int, Socket] = {}
@@ -210,6 +220,10 @@ class InetTables:
 
     def of(self, inodes: tuple[int, ...]) -> list[Socket]:
         """The sockets among ``inodes`` (those closed since are left out)."""
+        return [sock for _, sock in self.pairs(inodes)]
+
+    def pairs(self, inodes: tuple[int, ...]) -> list[tuple[int, Socket]]:
+        """(inode, socket) for the sockets among ``inodes``."""
         found = []
         lines = self._table() if inodes else {}
         for inode in inodes:
@@ -217,13 +231,14 @@ class InetTables:
             if sock is None and inode in lines:
                 sock = self._parsed[inode] = _parse_socket(*lines[inode])
             if sock is not None:
-                found.append(sock)
+                found.append((inode, sock))
         return found
 
     def _table(self) -> dict[int, tuple[str, list[str]]]:
         if self._lines is None:
             self._lines = {}
             for protocol, path in INET_TABLES:
+                path = path.replace("/proc/net", self.folder, 1)
                 try:
                     with open(path, encoding="ascii") as table:
                         lines = table.readlines()[1:]
