@@ -191,6 +191,13 @@ class Monitor:
         """Attribute a process the kernel hook reported (in the sampler's own thread)."""
         self._sampling.submit(self.sampler.claim, pid, kernel_id)
 
+    def note_connects(self, kernel_id: str, endpoints: list[tuple[str, int]]) -> None:
+        """Connections the kernel hook saw the kernel open (refused ones too), for the
+        behaviour window (in the sampler's own thread)."""
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.note_connects, kernel_id, endpoints, time.time())
+
     async def _carry_out(self, incident: Incident, plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
         stops = [a for a in incident.actions if a.action == "stop"]

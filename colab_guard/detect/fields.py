@@ -52,10 +52,16 @@ def _inbound_peer_hosts(p: Process) -> int:
                 if s.remote_ip is not None and s.local_port in listening})
 
 
-def _outbound_peers(p: Process) -> int:
+def _outbound(p: Process) -> set[tuple[str, int]]:
+    """Remote endpoints of the connections the process opened (not accepted on a listening
+    port: a server's clients connect from many ports, which is no scan)."""
     listening = {s.local_port for s in p.sockets if s.protocol == "tcp" and s.listening}
-    return len({s.remote for s in p.sockets
-                if s.remote is not None and s.local_port not in listening})
+    return {s.remote for s in p.sockets
+            if s.remote is not None and s.local_port not in listening}
+
+
+def _outbound_peers(p: Process) -> int:
+    return len(_outbound(p))
 
 
 FIELDS: dict[str, Field] = {
@@ -126,6 +132,21 @@ FIELDS: dict[str, Field] = {
               "outbound TCP connections open through the behaviour window, carrying little, on "
               "which the peer sent data unprompted at least twice (a mining pool's jobs)",
               lambda p: p.pushed_connections),
+        Field("kernel_ports_tried", "number",
+              "distinct ports of at most two hosts that the kernel's processes (the kernel "
+              "included, refused connections too where the kernel hook reports them) opened "
+              "connections to within the scan window (10 s), where this process tried one",
+              lambda p: p.kernel_ports_tried),
+        Field("kernel_hosts_unanswered", "number",
+              "distinct hosts the kernel's processes tried within the scan window that never "
+              "answered (seen only half-open), where this process tried one",
+              lambda p: p.kernel_hosts_unanswered),
+        Field("outbound_ports", "number",
+              "distinct remote ports of connections the process opened (not ones it accepted)",
+              lambda p: len({r[1] for r in _outbound(p)})),
+        Field("outbound_hosts", "number",
+              "distinct remote addresses of connections the process opened",
+              lambda p: len({r[0] for r in _outbound(p)})),
         Field("kernel_slow_connections", "number",
               "half-open or silent (nothing received for 5 s) outbound TCP connections of all "
               "the kernel's processes to one endpoint none of the user's kernels serves, where "

@@ -14,6 +14,12 @@ samples as fields (``observe/model.py``):
   sent data unprompted (a second or more after the process last sent anything) at least
   ``PUSHES`` times: how a mining pool hands out jobs. A client of a local service asks and
   is answered at once (prompted), many times a second; an idle connection carries nothing.
+- ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
+  hosts, and the hosts that never answered (seen only half-open), that the kernel's
+  processes opened connections to within the last ``SCAN_WINDOW`` seconds, from every
+  tick's sockets and from the connections the kernel hook reports (``note_connects``: every
+  ``connect()`` made in the kernel, refused ones included, which no sample can see). Given
+  to each live process that tried one of them.
 - ``kernel_slow_connections``: outbound TCP connections from all of the kernel's processes
   (the kernel included) to one endpoint that none of the user's kernels serves, which are
   half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
@@ -54,6 +60,17 @@ SLOW_MS = 5000
 #: Outbound connections of one kernel to one endpoint from which their traffic is read.
 FLOOD_CANDIDATE = 50
 LOOPBACK = ("127.", "::1")
+#: Seconds over which a scan's connection attempts are counted: a scanner need not keep
+#: its attempts open at once (a sweep of 65,535 ports, a hundred at a time, still counts).
+SCAN_WINDOW = 10.0
+#: Seconds a connection must stay half-open (seen so at two ticks) to count as unanswered:
+#: an honest crawler's connections are half-open for a round trip, and seldom seen so twice.
+UNANSWERED_AFTER = 1.0
+#: Endpoints a kernel tried within the window before they are counted per host at all.
+SCAN_CANDIDATE = 50
+#: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
+#: closed at once, as a port scan's open ports do).
+OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
 
 Endpoint = tuple[str, int]
 Key = tuple[int, float]
@@ -92,6 +109,16 @@ class Behaviour:
                                        else Dumper.for_namespace(pid))
         self._dumpers: dict[str, Dumper] = {}  # by network namespace ('' the guard's own)
         self._said_broken: set[str] = set()
+        # kernel id -> endpoint -> [last tried, process key or None, answered (None: not
+        # known yet, or reported by the kernel hook), first tried]
+        self._tried: dict[str, dict[Endpoint, list]] = {}
+        self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
+
+    def note_connects(self, kernel_id: str, endpoints: list[Endpoint], when: float) -> None:
+        """Connections the kernel hook saw the kernel open (call in the sampler's thread)."""
+        reported = self._reported.setdefault(kernel_id, [])
+        if len(reported) < 200_000:  # bounded between two ticks, whatever the kernel sends
+            reported.extend((endpoint, when) for endpoint in endpoints)
 
     def annotate(self, snapshots: dict[str, Snapshot],
                  sockets_of: Callable[[Process], list[tuple[int, Socket]]],
@@ -112,22 +139,22 @@ class Behaviour:
                 if proc.sockets:
                     mine = [(inode, s) for inode, s in sockets_of(proc)
                             if s.protocol == "tcp" and s.remote is not None
-                            and s.status in ("ESTABLISHED", "SYN_SENT")
+                            and s.status in OUTBOUND_STATES
                             and s.local_port not in listening
                             and not _is_served(s.remote, served, owners)]
                     if mine:
                         outbound[proc.key] = mine
+        fields: dict[Key, dict] = self._scan_counts(snapshots, outbound, served, now)
         miners = {k for k, conns in outbound.items()
                   if (by_key[k].cpu_percent >= CANDIDATE_CPU or k in self._demand)
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
         floods = self._flood_candidates(snapshots, outbound)
         flooding = {key for conns in floods.values() for key, _, _ in conns}
         info, blind = self._dump([by_key[k] for k in miners | flooding])
-        fields: dict[Key, dict] = {}
         for key in miners:
             unknown = by_key[key].netns in blind
-            fields[key] = {"cpu_demand_percent": self._cpu_demand(by_key[key], now),
-                           "pushed_connections": self._pushed(outbound[key], info, now, unknown)}
+            fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
+                           "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
         for key, count in self._slow_counts(floods, info).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
         self._forget(miners, outbound, {p.netns for p in by_key.values()})
@@ -191,6 +218,56 @@ class Behaviour:
                 count += 1
         return count
 
+    # ------------------------------------------------------------ scans
+
+    def _scan_counts(self, snapshots: dict[str, Snapshot], outbound: dict[Key, list],
+                     served: dict, now: float) -> dict[Key, dict]:
+        fields: dict[Key, dict] = {}
+        reported, self._reported = self._reported, {}
+        for kid in self._tried.keys() - snapshots.keys():
+            del self._tried[kid]
+        for kid, snapshot in snapshots.items():
+            tried = self._tried.setdefault(kid, {})
+            for proc in snapshot.processes:
+                for _, sock in outbound.get(proc.key, ()):
+                    entry = tried.get(sock.remote)
+                    if entry is None:
+                        entry = tried[sock.remote] = [now, proc.key, None, now]
+                    entry[0], entry[1] = now, proc.key
+                    if sock.status != "SYN_SENT":
+                        entry[2] = True
+                    elif entry[2] is None and now - entry[3] >= UNANSWERED_AFTER:
+                        entry[2] = False  # still half-open a second later: no answer
+            kernel = snapshot.kernel_process
+            owners = {p.uid for p in snapshot.processes} | {kid}
+            for endpoint, when in reported.get(kid, ()):
+                if endpoint not in tried and not _is_served(endpoint, served, owners):
+                    tried[endpoint] = [when, kernel.key if kernel else None, None, when]
+            for endpoint in [e for e, entry in tried.items() if now - entry[0] > SCAN_WINDOW]:
+                del tried[endpoint]
+            if len(tried) >= SCAN_CANDIDATE:
+                self._scan_fields(tried, {p.key for p in snapshot.processes}, fields)
+        return fields
+
+    @staticmethod
+    def _scan_fields(tried: dict[Endpoint, list], live: set[Key], fields: dict) -> None:
+        ports: dict[str, set[int]] = {}
+        answers: dict[str, set] = {}
+        for (host, port), (_, _, answered, _) in tried.items():
+            ports.setdefault(host, set()).add(port)
+            answers.setdefault(host, set()).add(answered)
+        top = sorted(ports, key=lambda h: len(ports[h]), reverse=True)[:2]
+        port_count = sum(len(ports[h]) for h in top)
+        unanswered = {h for h, seen in answers.items() if False in seen and True not in seen}
+        for (host, _), (_, key, _, _) in tried.items():
+            if key not in live:
+                continue
+            if host in top:
+                values = fields.setdefault(key, {})
+                values["kernel_ports_tried"] = port_count
+            if host in unanswered:
+                fields.setdefault(key, {})["kernel_hosts_unanswered"] = len(unanswered)
+
     # ------------------------------------------------------------ floods
 
     @staticmethod
@@ -203,6 +280,8 @@ class Behaviour:
             per_endpoint: dict[Endpoint, list] = {}
             for proc in snapshot.processes:
                 for inode, sock in outbound.get(proc.key, ()):
+                    if sock.status == "CLOSE_WAIT":
+                        continue
                     per_endpoint.setdefault(sock.remote, []).append((proc.key, inode, sock))
             for endpoint, conns in per_endpoint.items():
                 if len(conns) < FLOOD_CANDIDATE:
@@ -258,7 +337,8 @@ class Behaviour:
 
 
 #: The fields this module sets on a Process (0 where it does not apply).
-BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections")
+BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
+                    "kernel_ports_tried", "kernel_hosts_unanswered")
 
 
 def _served(snapshots: dict[str, Snapshot]) -> dict[Endpoint | int, set]:

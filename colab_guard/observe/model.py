@@ -84,6 +84,8 @@ class Process:
     cpu_demand_percent: float = 0.0  # CPU its threads ran or waited for, percent of a core
     pushed_connections: int = 0  # long-lived, light outbound connections the peer pushes on
     kernel_slow_connections: int = 0  # its kernel's slow connections to one endpoint it holds
+    kernel_ports_tried: int = 0  # ports of <= 2 hosts its kernel tried within the scan window
+    kernel_hosts_unanswered: int = 0  # hosts its kernel tried within that window, none answering
 
     @property
     def key(self) -> tuple[int, float]:
