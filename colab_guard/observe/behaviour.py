@@ -141,7 +141,7 @@ class Behaviour:
                             if s.protocol == "tcp" and s.remote is not None
                             and s.status in OUTBOUND_STATES
                             and s.local_port not in listening
-                            and not _is_served(s.remote, served, owners)]
+                            and not _is_served(s.remote, proc.netns, served, owners)]
                     if mine:
                         outbound[proc.key] = mine
         fields: dict[Key, dict] = self._scan_counts(snapshots, outbound, served, now)
@@ -241,7 +241,8 @@ class Behaviour:
             kernel = snapshot.kernel_process
             owners = {p.uid for p in snapshot.processes} | {kid}
             for endpoint, when in reported.get(kid, ()):
-                if endpoint not in tried and not _is_served(endpoint, served, owners):
+                if endpoint not in tried and not _is_served(
+                        endpoint, kernel.netns if kernel else "", served, owners):
                     tried[endpoint] = [when, kernel.key if kernel else None, None, when]
             for endpoint in [e for e, entry in tried.items() if now - entry[0] > SCAN_WINDOW]:
                 del tried[endpoint]
@@ -341,25 +342,27 @@ BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_con
                     "kernel_ports_tried", "kernel_hosts_unanswered")
 
 
-def _served(snapshots: dict[str, Snapshot]) -> dict[Endpoint | int, set]:
-    """Endpoints the kernels' processes listen on -> the kernel ids and uids serving them
-    (a wildcard address is keyed by its port alone)."""
+def _served(snapshots: dict[str, Snapshot]) -> dict[tuple, set]:
+    """(network namespace, address, port) the kernels' processes listen on -> the kernel ids
+    and uids serving them (a wildcard address is keyed as '*')."""
     served: dict = {}
     for kid, snapshot in snapshots.items():
         for proc in snapshot.processes:
             for s in proc.sockets:
                 if s.protocol == "tcp" and s.listening:
-                    key = s.local_port if s.local_ip in ("0.0.0.0", "::") else \
-                        (s.local_ip, s.local_port)
-                    served.setdefault(key, set()).update({kid, proc.uid})
+                    ip = "*" if s.local_ip in ("0.0.0.0", "::") else s.local_ip
+                    served.setdefault((proc.netns, ip, s.local_port), set()).update(
+                        {kid, proc.uid})
     return served
 
 
-def _is_served(endpoint: Endpoint, served: dict, owners: set) -> bool:
+def _is_served(endpoint: Endpoint, netns: str, served: dict, owners: set) -> bool:
+    """Whether one of ``owners`` (kernel ids and uids) serves ``endpoint``, as reached from
+    network namespace ``netns``."""
     ip, port = endpoint
-    if owners & served.get(endpoint, set()):
+    if owners & served.get((netns, ip, port), set()):
         return True
-    return ip.startswith(LOOPBACK) and bool(owners & served.get(port, set()))
+    return ip.startswith(LOOPBACK) and bool(owners & served.get((netns, "*", port), set()))
 
 
 def _slow(sock: Socket, info: TcpInfo | None) -> bool:

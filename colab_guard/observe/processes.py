@@ -191,10 +191,11 @@ class ProcessSampler:
             return []
         tables = sockets
         if netns:
-            tables = self._netns_tables.get(netns)
+            # An unreadable namespace has no name to share its tables by: read as its own.
+            name = netns if netns != procfs.NETNS_UNREADABLE else f"{netns}:{pid}"
+            tables = self._netns_tables.get(name)
             if tables is None:
-                tables = self._netns_tables[netns] = InetTables(f"/proc/{pid}/net") \
-                    if netns != procfs.NETNS_UNREADABLE else sockets
+                tables = self._netns_tables[name] = InetTables(f"/proc/{pid}/net")
         pairs = self._pairs_now[key] = tables.pairs(inodes)
         return pairs
 
