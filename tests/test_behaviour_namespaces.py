@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from colab_guard.observe import behaviour
 from colab_guard.observe.behaviour import Behaviour
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from colab_guard.observe.tcpinfo import Dumper
@@ -24,6 +25,7 @@ from tests.harness import wait_until
 STANDINS = Path(__file__).parent / "standins"
 ROOT = Path(__file__).parent.parent
 WINDOW = 3.0  # the sampler-level tests' behaviour window (the server's is 15 s)
+WINDOW_SERVER = behaviour.WINDOW
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="network namespaces need root and iproute2")
@@ -139,11 +141,12 @@ async def test_a_miner_in_a_private_namespace_is_stopped_by_the_server(
     assert reply["status"] == "error", KernelRunner.text(outputs)
     found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
                                     if i["status"] == "done"], timeout=20)
-    assert len(found) == 1 and found[0]["signature"] == "mining-busy-pool-connection"
+    assert len(found) == 1 and found[0]["signature"] == "mining-busy-pool-connection", found
     miner = found[0]["evidence"]["processes"][0]
-    assert miner["network_namespace"].startswith("net:[")
-    assert any(f"127.0.0.1:{pool_in} ESTABLISHED" in s for s in miner["sockets"])
-    assert elapsed <= 15 + 3 + 2  # the window, the rule's 2 s, a late tick; ip netns exec's start
+    assert miner["network_namespace"].startswith("net:["), miner
+    assert any(f"127.0.0.1:{pool_in} ESTABLISHED" in s for s in miner["sockets"]), miner
+    # the window, the rule's 2 s, a late tick on this busy machine
+    assert elapsed <= WINDOW_SERVER + 3, elapsed
     wait_until(lambda: not _alive(miner["pid"]), timeout=10, what="the miner stopped")
 
 

@@ -150,7 +150,8 @@ class Behaviour:
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
         floods = self._flood_candidates(snapshots, outbound)
         flooding = {key for conns in floods.values() for key, _, _ in conns}
-        info, blind = self._dump([by_key[k] for k in miners | flooding])
+        info, blind = self._read_traffic([by_key[k] for k in miners], outbound,
+                                         [by_key[k] for k in flooding])
         for key in miners:
             unknown = by_key[key].netns in blind
             fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
@@ -301,17 +302,25 @@ class Behaviour:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _dump(self, procs: list[Process]) -> tuple[dict[int, TcpInfo], set[str]]:
-        """The traffic of every connection in the namespaces of ``procs`` (socket inodes
-        are unique across namespaces), and the namespaces whose traffic cannot be read."""
+    def _read_traffic(self, miners: list[Process], outbound: dict[Key, list],
+                      flooding: list[Process]) -> tuple[dict[int, TcpInfo], set[str]]:
+        """The traffic of the candidates' connections (socket inodes are unique across
+        namespaces), and the namespaces whose traffic cannot be read. A namespace with a
+        flood candidate is dumped whole; elsewhere each connection is looked up."""
         info: dict[int, TcpInfo] = {}
         blind: set[str] = set()
-        for netns, pid in {p.netns: p.pid for p in procs}.items():
+        dumped = {p.netns for p in flooding}
+        asked: dict[str, list] = {}
+        for proc in miners:
+            if proc.netns not in dumped:
+                asked.setdefault(proc.netns, []).extend(
+                    c for c in outbound[proc.key] if c[1].status == "ESTABLISHED")
+        for netns, pid in {p.netns: p.pid for p in miners + flooding}.items():
             dumper = self._dumpers.get(netns)
             if dumper is None and netns != NETNS_UNREADABLE:
                 dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
             if dumper is not None:
-                info.update(dumper.dump())
+                info.update(dumper.dump() if netns in dumped else dumper.lookup(asked[netns]))
             if dumper is None or dumper.broken:
                 blind.add(netns)
                 if netns not in self._said_broken:

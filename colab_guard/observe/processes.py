@@ -89,6 +89,7 @@ class Tracked:
     uid: int | None = None
     quiet: QuietRead | None = None  # the last full read, for the idle fast path
     handed: Process | None = None  # the sample handed out last tick
+    netns: str | None = None  # its network namespace ('' the guard's own), once read
 
 
 @dataclass
@@ -393,15 +394,19 @@ class ProcessSampler:
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
-        before = self._tracked[key].handed
+        state = self._tracked[key]
+        if state.netns is None:
+            state.netns = self._netns(pid)  # read once; again when its sockets are walked
         # A socket of another namespace never shows in the guard's tables: its fds are
         # walked whenever it ran.
-        private = before is not None and before.netns != ""
-        fds = self._walk_fds(key, pid, now, private or self._sockets_unaccounted(sockets))
+        fds = self._walk_fds(key, pid, now, state.netns != "" or
+                             self._sockets_unaccounted(sockets))
+        if fds.inodes and fds.when == now:
+            state.netns = self._netns(pid)  # it may have moved (unshare -n)
         sample.open_files = fds.files
-        libraries = self._tracked[key].libraries
+        libraries = state.libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
-        sample.netns = self._netns(pid) if fds.inodes else ""
+        sample.netns = state.netns
         sample.sockets = [s for _, s in self._socket_pairs(key, fds.inodes, sample.netns, pid,
                                                             sockets)]
         # Asked first: if the files were not all scanned yet, the markers below may miss
