@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -36,7 +37,7 @@ from .detect.engine import STARTS_PREFIX, Detection, Engine, cell_findings
 from .detect.signatures import SignatureSet
 from .kernel import protocol
 from .kernel.notice import shorten
-from .observe.model import Snapshot
+from .observe.model import Snapshot, normalise_ip
 from .record import metrics
 from .record.incident import Action, Incident, clean_text
 from .record.recorder import Recorder
@@ -206,6 +207,9 @@ class KernelChannel:
             conn.dropped = dropped
         if message.get("events"):
             self._check_burst()
+            endpoints = connected_to(message["events"])
+            if endpoints:
+                self.monitor.note_connects(conn.kernel_id, endpoints)
 
     def _check_burst(self) -> None:
         """Check now, and keep checking briefly: a program just started has no sockets yet."""
@@ -308,6 +312,25 @@ class _Connection:
     def send(self, kind: str, **fields) -> None:
         if not self.writer.is_closing():
             self.writer.write(protocol.encode(kind, **fields))
+
+
+_CONNECT = re.compile(r"\('([0-9A-Za-z.:_-]{1,255})', ([0-9]{1,5})[,)]")
+
+
+def connected_to(events) -> list[tuple[str, int]]:
+    """The (host, port) of each inet connection among a kernel's reported events (the hook
+    reports socket.connect's address as text: "('127.0.0.1', 8080)"); anything else is
+    skipped (the events are the user's, untrusted)."""
+    found = []
+    if not isinstance(events, list):
+        return found
+    for event in events:
+        if isinstance(event, list) and len(event) == 2 and event[0] == "connect" \
+                and isinstance(event[1], str):
+            match = _CONNECT.match(event[1])
+            if match and int(match.group(2)) <= 65535:
+                found.append((normalise_ip(match.group(1)), int(match.group(2))))
+    return found
 
 
 def cell_evidence(detections: list[Detection], source: str) -> dict:

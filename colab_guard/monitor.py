@@ -129,6 +129,9 @@ class Monitor:
             await asyncio.wait(self._tasks, timeout=10)
         if self.gpu is not None:
             self._sampling.submit(self.gpu.stop)
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.close)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
         self.sampler.content.close()
@@ -210,6 +213,13 @@ class Monitor:
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process the kernel hook reported (in the sampler's own thread)."""
         self._sampling.submit(self.sampler.claim, pid, kernel_id)
+
+    def note_connects(self, kernel_id: str, endpoints: list[tuple[str, int]]) -> None:
+        """Connections the kernel hook saw the kernel open (refused ones too), for the
+        behaviour window (in the sampler's own thread)."""
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.note_connects, kernel_id, endpoints, time.time())
 
     async def _carry_out(self, incident: Incident, plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
