@@ -128,8 +128,9 @@ class ColabGuard(ExtensionApp, GuardTraits):
                                      self.recorder, log=self.log) \
             if settings.kernel_hook and settings.enabled else None
         self.kernels.on_start(self._kernel_starting)
-        self.settings["colab_guard_api"] = GuardAPI(settings, self.store, self.status,
-                                                    self.started, self.categories)
+        self.settings["colab_guard_api"] = GuardAPI(
+            settings, self.store, self.status, self.started, self.categories,
+            hub_appeal=self.reporter.appeal if self.reporter is not None else None)
         self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
                       "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
                       settings.sample_interval, " (DRY RUN: nothing will be stopped)"

@@ -11,6 +11,7 @@ Malformed requests get a 400 naming the parameter; unknown ids a 404.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class GuardAPI:
     started: float  # incidents_this_session counts from here
     #: the categories incidents can have: built-in, declared by signature files, configured
     categories: Callable[[], list[str]] = lambda: list(CATEGORIES)
+    #: sends an appeal to the hub service (incident id, text -> what came of it), if reporting
+    hub_appeal: Callable[[str, str], dict] | None = None
 
 
 class GuardHandler(ExtensionHandlerMixin, APIHandler):
@@ -197,7 +200,10 @@ class AppealHandler(GuardHandler):
             appeal = self.store.appeal(incident.id, self.username, text)
         except AppealError as err:
             raise web.HTTPError(err.status, str(err))
-        self.write_json({"appeal": appeal.to_dict()}, status=201)
+        answer = {"appeal": appeal.to_dict()}
+        if self.guard.hub_appeal is not None:  # hub-wide strikes are lifted at the hub
+            answer["hub"] = await asyncio.to_thread(self.guard.hub_appeal, incident.id, text)
+        self.write_json(answer, status=201)
 
 
 class AppealsHandler(GuardHandler):

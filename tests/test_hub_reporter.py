@@ -258,9 +258,14 @@ def test_a_server_reports_a_stopped_miner_with_its_own_token_even_after_a_restar
     assert done[0]["id"] not in service.taken
     sent_before = len(service.requests)
 
-    with guarded_server(tmp_path / "server", service):
+    with guarded_server(tmp_path / "server", service) as server:
         wait_until(lambda: service.taken.get(done[0]["id"], {}).get("status") == "done",
                    timeout=60, what="the done incident at the service after the restart")
+        # The user appeals in JupyterLab: the appeal reaches the hub too.
+        answer = server.api("POST", f"colab-guard/api/incidents/{done[0]['id']}/appeal",
+                            {"text": "A test of my own"})
+        assert answer["hub"] == {"forwarded": True}
+        assert service.appeals[done[0]["id"]] == "A test of my own"
     assert len(service.requests) > sent_before
     assert all(r["headers"]["Authorization"] == f"token {service.token}"
                for r in service.requests)
@@ -269,6 +274,24 @@ def test_a_server_reports_a_stopped_miner_with_its_own_token_even_after_a_restar
     assert {r["body"]["source"] for r in service.requests} == {"server"}
     with sqlite3.connect(tmp_path / "server" / "hub-reports.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0
+
+
+def test_an_appeal_goes_to_the_hub_after_its_incident(service, make_reporter):
+    """An appeal of an incident still queued (the service was down): the incident is sent
+    first, then the appeal; with the service down, the appeal says it was not forwarded."""
+    service.down()
+    reporter = make_reporter()
+    reporter.start()
+    first = incident()
+    reporter.listen(first)
+    down = reporter.appeal(first.id, "It was my own load test.")
+    assert down["forwarded"] is False and "cannot be reached" in down["error"]
+    service.up()
+    assert reporter.appeal(first.id, "It was my own load test.") == {"forwarded": True}
+    assert first.id in service.taken
+    assert service.appeals[first.id] == "It was my own load test."
+    unknown = reporter.appeal("no-such-incident", "?")
+    assert unknown["forwarded"] is False and "404" in unknown["error"]
 
 
 def test_a_hub_url_without_a_token_is_refused(tmp_path):

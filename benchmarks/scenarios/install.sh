@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SMALL=(aria2 ctorrent dropbear-bin microsocks)
+SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2)
 FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent john hashcat hydra tor
       slowhttptest nmap hping3 binutils)
 

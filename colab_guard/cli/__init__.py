@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import incidents, scan, signatures, watch
+from . import hub, incidents, scan, signatures, watch
 
-GROUPS = [signatures, incidents, scan, watch]
+GROUPS = [signatures, incidents, scan, watch, hub]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,12 @@ class ReportQueue:
         with self._lock:
             return self._db.execute("SELECT seq, id, body FROM reports ORDER BY seq LIMIT ?",
                                     (count,)).fetchall()
+
+    def of(self, incident_id: str) -> list[tuple[int, str, str]]:
+        """The incident's queued (seq, id, body), if it waits to be sent."""
+        with self._lock:
+            return self._db.execute("SELECT seq, id, body FROM reports WHERE id = ?",
+                                    (incident_id,)).fetchall()
 
     def remove(self, seqs: list[int]) -> None:
         """Remove these rows (by seq: an incident queued again meanwhile stays queued)."""
@@ -241,6 +248,34 @@ class HubReporter:
             self.standing = {k: answer.get(k) for k in ("strikes", "strike_limit", "banned")}
         self.last_error = None
         return True
+
+    def appeal(self, incident_id: str, text: str) -> dict[str, Any]:
+        """Send the user's appeal of an incident to the hub service, where the admins who
+        can lift hub-wide strikes see it (blocking: call it in a thread). Its queued
+        version goes first, so that the service knows the incident. Says what came of it:
+        {"forwarded": True} or {"forwarded": False, "error": why}."""
+        queued = self.queue.of(incident_id)
+        if queued and not self._deliver(queued):
+            return {"forwarded": False, "error": f"the hub cannot be reached ({self.last_error})"}
+        url = self.url[:-len("reports")] + \
+            f"incidents/{urllib.parse.quote(incident_id, safe='')}/appeal"
+        request = urllib.request.Request(url, data=json.dumps({"text": text}).encode("utf-8"),
+                                         method="POST",
+                                         headers={"Authorization": f"token {self.token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with self._opener.open(request, timeout=self.timeout):
+                return {"forwarded": True}
+        except urllib.error.HTTPError as err:
+            try:
+                message = json.loads(err.read(2000) or b"{}").get("message", "")
+            except (OSError, ValueError, AttributeError):
+                message = ""
+            return {"forwarded": False, "error": f"the hub answered HTTP {err.code}"
+                    + (f": {message}" if message else "")}
+        except (OSError, ValueError) as err:
+            cause = err.reason if isinstance(err, urllib.error.URLError) else err
+            return {"forwarded": False, "error": f"the hub cannot be reached ({cause})"}
 
     def _refused(self, batch: list[tuple[int, str, str]], err: urllib.error.HTTPError) -> None:
         try:

@@ -7,6 +7,7 @@ on 127.0.0.1, in a thread of its own: it records what it takes and can misbehave
     service.down()         # connections refused (the port stays reserved for up())
     service.up()
     service.taken          # incident id -> the last version taken
+    service.appeals        # incident id -> the text of its appeal
     service.requests       # every request: headers and JSON body
 """
 
@@ -49,6 +50,24 @@ class ReportsHandler(web.RequestHandler):
                      "banned": False})
 
 
+class AppealHandler(web.RequestHandler):
+    """The service's appeal route: 404 for an incident it was never sent."""
+
+    def initialize(self, service: HubStandin):
+        self.service = service
+
+    def post(self, incident_id: str):
+        if self.request.headers.get("Authorization") != f"token {self.service.token}":
+            raise web.HTTPError(401, "no valid token")
+        if incident_id not in self.service.taken:
+            self.set_status(404)
+            self.finish({"status": 404, "message": f"no incident {incident_id}"})
+            return
+        self.service.appeals[incident_id] = json.loads(self.request.body)["text"]
+        self.set_status(201)
+        self.finish({"incident_id": incident_id, "status": "pending"})
+
+
 class HubStandin:
     def __init__(self, token: str = "hub-standin-token", port: int | None = None):
         self.token = token
@@ -57,6 +76,7 @@ class HubStandin:
         self.mode = "ok"
         self.taken: dict[str, dict] = {}
         self.requests: list[dict] = []
+        self.appeals: dict[str, str] = {}  # incident id -> the appeal's text
         self.loop = asyncio.new_event_loop()
         self.released: asyncio.Event | None = None
         self._server: httpserver.HTTPServer | None = None
@@ -76,8 +96,10 @@ class HubStandin:
     def up(self) -> None:
         def listen():
             self.released = self.released or asyncio.Event()
-            app = web.Application([(r"/services/colab-guard/api/reports", ReportsHandler,
-                                    {"service": self})])
+            app = web.Application([
+                (r"/services/colab-guard/api/reports", ReportsHandler, {"service": self}),
+                (r"/services/colab-guard/api/incidents/([^/]+)/appeal", AppealHandler,
+                 {"service": self})])
             self._server = httpserver.HTTPServer(app)
             self._server.listen(self.port, "127.0.0.1")
         self._call(listen)
