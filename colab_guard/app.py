@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
-from traitlets import TraitError
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import TraitError, Unicode
 
 from .act.policy import Policy
 from .channel import KernelChannel
@@ -26,11 +28,13 @@ from .monitor import Monitor
 from .observe.processes import kernel_environment
 from .record import metrics
 from .record.database import DatabaseError, IncidentDatabase, IncidentStore
-from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID
+from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID, incident_event
 from .record.recorder import Recorder
 from .record.store import IncidentLog, IncidentLogError
 from .settings import GuardTraits, Settings
 from .vocabulary import CATEGORIES
+from .watch.protocol import DEFAULT_SOCKET
+from .watcher_link import WatcherLink
 
 
 class GuardStartError(RuntimeError):
@@ -42,6 +46,12 @@ class ColabGuard(ExtensionApp, GuardTraits):
     description = "Watch every kernel, stop forbidden use, tell the user, record the incident."
     load_other_extensions = True
 
+    watcher_socket = Unicode(DEFAULT_SOCKET, config=True, help=(
+        "The node watcher's socket (colab-guard watch, as root). When a watcher listening "
+        "there as root watches this server's user, it checks and stops the kernels' "
+        "processes and records those incidents, and this server tells the user (the cell, "
+        "JupyterLab, the REST API) instead of sampling processes itself. Empty: no watcher."))
+
     # ------------------------------------------------------------ wiring
 
     settings_: Settings | None = None  # the settings in force, once validated
@@ -52,6 +62,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
     engine: Engine | None = None
     policy: Policy | None = None
     recorder: Recorder | None = None
+    watcher: WatcherLink | None = None
     started: float = 0.0  # when the guard started: incidents_this_session counts from here
 
     def _link_jupyter_server_extension(self, serverapp):
@@ -124,8 +135,14 @@ class ColabGuard(ExtensionApp, GuardTraits):
                                      self.recorder, log=self.log) \
             if settings.kernel_hook and settings.enabled else None
         self.kernels.on_start(self._kernel_starting)
+        if self.watcher_socket:
+            self.watcher = WatcherLink(
+                self.watcher_socket, Path(jupyter_data_dir()) / "colab_guard" /
+                "watcher-told.json", self._watcher_incident, log=self.log)
+            self.monitor.deferred = lambda: self.watcher.covered
         self.settings["colab_guard_api"] = GuardAPI(settings, self.store, self.status,
-                                                    self.started, self.categories)
+                                                    self.started, self.categories,
+                                                    self._watcher_incidents)
         self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
                       "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
                       settings.sample_interval, " (DRY RUN: nothing will be stopped)"
@@ -140,6 +157,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
     async def _start_jupyter_server_extension(self, serverapp):
         if self.unguarded_reason:
             return
+        if self.watcher is not None:
+            self.watcher.start()
         if self.enabled and self.monitor is not None:
             self.monitor.start()
             if self.channel is not None:
@@ -149,12 +168,31 @@ class ColabGuard(ExtensionApp, GuardTraits):
                              "not watched")
 
     async def stop_extension(self):
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self.channel is not None:
             await self.channel.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.store is not None:
             self.store.flush()
+
+    # ------------------------------------------------------------ the node watcher
+
+    def _watcher_incident(self, incident, action: str, phase: str, message: str,
+                          policy_url: str, new: bool) -> None:
+        """The node watcher recorded an incident of this user: tell, never record again.
+        The kernel hears of it as soon as it is recorded (before the interrupt that it
+        explains); JupyterLab once it is complete."""
+        if not new:
+            return  # told by an earlier server of this user; listed in the REST API only
+        if self.channel is not None:
+            self.channel.tell(incident, action, message, policy_url)
+        if phase == "done":
+            self._emit(incident_event(incident, action, message, policy_url))
+
+    def _watcher_incidents(self) -> list:
+        return [i for i, _ in self.watcher.incidents.values()] if self.watcher else []
 
     # ------------------------------------------------------------ kernels
 
@@ -210,6 +248,10 @@ class ColabGuard(ExtensionApp, GuardTraits):
             "strikes": len(self.store.strikes(settings.user_name, settings.strike_window)),
             "strike_limit": settings.strike_limit,
             "gpu": self._gpu_status(),
+            "watcher": self.watcher.status() if self.watcher else
+            {"covered": False, "reason": "ColabGuard.watcher_socket is empty"},
+            "processes_checked_by": "node watcher" if self.watcher and self.watcher.covered
+            else "this server",
         }
 
     def _gpu_status(self) -> dict:

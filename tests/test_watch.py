@@ -155,8 +155,8 @@ def confined(argv: list[str]) -> list[str]:
 
 
 class RunningWatcher:
-    def __init__(self, folder: Path, proc: subprocess.Popen, log: Path):
-        self.folder, self.proc, self.log_path = folder, proc, log
+    def __init__(self, folder: Path, proc: subprocess.Popen, log: Path, socket: Path):
+        self.folder, self.proc, self.log_path, self.socket = folder, proc, log, socket
         self._store = None
 
     @property
@@ -179,6 +179,9 @@ class RunningWatcher:
 @pytest.fixture(scope="module")
 def watcher(users, tmp_path_factory):
     folder = tmp_path_factory.mktemp("watcher")  # under /tmp/pytest-of-root: root's alone
+    run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))  # as /run/colab-guard: users reach it
+    run.chmod(0o755)
+    socket = run / "watch.sock"
     config = folder / "watch_config.py"
     config.write_text(textwrap.dedent(f"""
         c.Watcher.users = [{ALICE!r}, {BOB!r}]
@@ -189,6 +192,7 @@ def watcher(users, tmp_path_factory):
         c.Watcher.strike_limit = 0
         c.Watcher.heartbeat_file = "{folder / 'run' / 'heartbeat.json'}"
         c.Watcher.metrics_port = {free_port()}
+        c.Watcher.user_socket = "{socket}"
     """))
     config.chmod(0o644)
     log = folder / "watcher.log"
@@ -197,13 +201,14 @@ def watcher(users, tmp_path_factory):
                                           f"--Watcher.config_file={config}",
                                           "--Watcher.gpu_sampling=False"]),
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    running = RunningWatcher(folder, proc, log)
+    running = RunningWatcher(folder, proc, log, socket)
     wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
                timeout=30, what="the watcher started")
     assert proc.poll() is None, running.log()
     yield running
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=15)
+    shutil.rmtree(run, ignore_errors=True)
     assert "Traceback" not in running.log(), running.log()
 
 
@@ -456,10 +461,10 @@ def _python_for_users() -> str | None:
 class UsersServer(GuardedServer):
     """A guarded ``jupyter server`` run as a test user, in a folder of that user's."""
 
-    def __init__(self, user, folder: Path, python: str):
-        folder.mkdir(mode=0o755)
+    def __init__(self, user, folder: Path, python: str, guard: dict | None = None):
+        folder.mkdir(mode=0o755, exist_ok=True)
         os.chown(folder, user.pw_uid, user.pw_gid)
-        super().__init__(folder=folder)
+        super().__init__(guard=guard, folder=folder)
         self.user = user
         self.env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         self.argv = [python if a == sys.executable else a for a in self.argv

@@ -34,6 +34,8 @@ from ..record.recorder import Recorder
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
 from .kernels import NodeKernels
+from .protocol import DEFAULT_SOCKET
+from .tell import UserChannel
 
 DEFAULT_CONFIG = "/etc/colab-guard/watch_config.py"
 STATE_DIR = Path("/var/lib/colab-guard")
@@ -113,6 +115,11 @@ class Watcher(Application, GuardTraits):
 
     metrics_address = Unicode("127.0.0.1", config=True, help=(
         "Address the metrics are served on."))
+
+    user_socket = Unicode(DEFAULT_SOCKET, config=True, help=(
+        "Unix socket the users' Jupyter servers connect to, to be told of their own "
+        "incidents (each server gets only its uid's: SO_PEERCRED); its folder is created "
+        "root-owned, mode 0755. Empty: users' servers are not told."))
 
     heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
         "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
@@ -237,16 +244,34 @@ class Watcher(Application, GuardTraits):
                       "on" if events is not None else "off", self.min_uid,
                       f" ({', '.join(self.users)} only)" if self.users else "",
                       self.settings.database_url, self.settings.incident_log)
+        users_told = await self._tell_users()
         if not self.settings.enabled:
             self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")
         else:
             monitor.start()
         await stopping.wait()
         self.log.info("colab-guard watch: stopping")
+        if users_told is not None:
+            await users_told.stop()
         if events is not None:
             events.close()
         await monitor.stop()
         self.store.flush()
+
+    async def _tell_users(self) -> UserChannel | None:
+        """Push each incident to its user's own Jupyter servers (watch/tell.py)."""
+        if not self.user_socket:
+            return None
+        channel = UserChannel(self.user_socket, self.store, self.kernels, self.settings,
+                              log=self.log)
+        try:
+            await channel.start()
+        except OSError as err:
+            raise WatchError(f"Watcher.user_socket: cannot listen on {self.user_socket}: "
+                             f"{err}") from None
+        self.recorder.acting_listeners.append(channel.acting)
+        self.recorder.listeners.append(channel.done)
+        return channel
 
 
 def refuse_unless_root_only(path: Path) -> None:

@@ -204,6 +204,10 @@ class NodeKernels:
             del self._retired[kernel_id]
         self._kernels = kernels
 
+    def watches_uid(self, uid: int) -> bool:
+        """Whether this uid's kernels are watched (a notebook user's, within ``users``)."""
+        return self._is_user(uid)
+
     def _is_user(self, uid: int) -> bool:
         if uid == 0 or uid < self.min_uid:
             return False
