@@ -52,6 +52,10 @@ class WatcherLink:
         #: incident id -> (incident, action): the watcher's incidents of this user
         self.incidents: OrderedDict[str, tuple[Incident, str]] = OrderedDict()
         self._phases: set[tuple[str, str]] = set()
+        #: new incidents of the catch-up: what happened while no server of the user listened
+        #: (JupyterLab shows them when it loads: no browser was connected to be told then)
+        self.told_on_return: list[dict] = []
+        self._catching_up = False
         self._said: set[str] = set()
         self._told_until = self._load_seen()
         self._task: asyncio.Task | None = None
@@ -71,7 +75,7 @@ class WatcherLink:
     def status(self) -> dict:
         """For the status API and the status bar."""
         found = {"covered": self.covered, "socket": self.path, "reason": self.reason,
-                 "incidents": len(self.incidents)}
+                 "incidents": len(self.incidents), "told_on_return": self.told_on_return}
         if self.covered:
             found.update(connected_since=self.connected_since,
                          watcher_pid=self.welcome.get("watcher_pid"),
@@ -121,7 +125,10 @@ class WatcherLink:
 
     def _received(self, message: dict) -> None:
         kind = message["type"]
-        if kind == "welcome":
+        if kind == "caught_up":
+            self._catching_up = False
+        elif kind == "welcome":
+            self._catching_up = True
             self.welcome = message
             self.covered = bool(message.get("covered"))
             if self.covered:
@@ -156,6 +163,12 @@ class WatcherLink:
             self.log.exception("colab-guard: telling the node watcher's incident %s failed",
                                incident.id)
         if new and phase == "done":
+            if self._catching_up:
+                self.told_on_return = [*self.told_on_return[-19:], {
+                    "id": incident.id, "time": incident.to_dict()["time"],
+                    "category": incident.category, "summary": incident.summary(),
+                    "action": action, "kernel_id": incident.kernel_id,
+                    "dry_run": incident.dry_run}]
             self._told_until = incident.time
             self._save_seen()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -17,8 +18,8 @@ import time
 import pytest
 
 from tests.test_watch import (  # noqa: F401 (fixtures)
-    ALICE, BOB, MINER, WALLET, UsersServer, _incident_of, _python_for_users, pool, users,
-    waits, watcher, world,
+    ALICE, BOB, MINER, WALLET, UsersServer, _alive, _incident_of, _python_for_users, pool,
+    users, waits, watcher, world,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: root only")
@@ -57,7 +58,10 @@ def run_cell(client, code: str, timeout: float = 60) -> tuple[dict, list[tuple[f
         outputs.append((time.time(), msg))
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
-    return client.get_shell_msg(timeout=timeout)["content"], outputs
+    while True:  # kernel_info replies to wait_for_ready may still be queued
+        reply = client.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"], outputs
 
 
 def load_hook(client) -> None:
@@ -68,13 +72,13 @@ def load_hook(client) -> None:
     assert reply["status"] == "ok", reply
 
 
-def job(world, pool: str, name: str = "job.sh") -> str:
-    """A script that runs the stand-in miner, written by the test: the cell only runs the
-    script, so the cell check (which would refuse a cell that names the pool) lets it run,
-    and what stops it is the watcher seeing the program."""
+def job(world, pool: str, name: str = "job.sh", before: str = "", rename: str = "") -> str:
+    """A script that runs the stand-in miner (renamed, if asked), written by the test: the
+    cell only runs the script, so the cell check (which would refuse a cell that names the
+    pool) lets it run, and what stops it is the watcher seeing the program."""
     path = world / name
-    path.write_text(f"exec /usr/bin/python3 {MINER} -o {pool} "
-                    f"-u {WALLET} -p x\n")
+    path.write_text(f"{before}\nexec /usr/bin/python3 {MINER} -o {pool} -u {WALLET} -p x"
+                    + (f" --rename {rename}" if rename else "") + "\n")
     path.chmod(0o755)
     return str(path)
 
@@ -104,13 +108,14 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         kernel_id, client = server.start_kernel()
         waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
         load_hook(client)
-        reply, outputs = run_cell(client, "import subprocess\n"
-                                          f"subprocess.Popen(['/bin/sh', {job(world, pool)!r}]).wait()")
+        reply, outputs = run_cell(client, "import subprocess, time\n"
+                                          f"subprocess.Popen(['/bin/sh', {job(world, pool)!r}])\n"
+                                          "while True:\n    time.sleep(0.05)\n")
         assert _incident_of(watcher, kernel_id) is not None, (reply, outputs)
         incident = _incident_of(watcher, kernel_id)
         assert incident.user == ALICE
         # The cell says why, within 2 s of the watcher's incident.
-        assert reply["status"] == "error"
+        assert reply["status"] == "error", (reply, outputs, incident.actions, incident.time)
         assert "stopped by the platform's usage guard" in reply["traceback"][0]
         [(arrived, notice)] = notices(outputs)
         assert incident.id in json.dumps(notice["content"])
@@ -118,7 +123,8 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         # One incident per offence: the watcher's; this server recorded none of its own.
         assert [i.id for i in watcher.incidents() if i.kernel_id == kernel_id] == [incident.id]
         assert server.incidents(kernel_id) == []
-        listed = server.api("GET", "colab-guard/api/incidents")["incidents"]
+        listed = server.api("GET", f"colab-guard/api/incidents?kernel_id={kernel_id}")[
+            "incidents"]
         assert [(i["id"], i["recorded_by"]) for i in listed] == [(incident.id, "node watcher")]
         assert server.api("GET", "colab-guard/api/status")["incidents_this_session"] == 1
         # Each uid is told its own user's incidents only.
@@ -133,3 +139,87 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         if client is not None:
             client.stop_channels()
         server.stop()
+
+
+def covered_server(watcher, user, folder, python) -> UsersServer:
+    server = UsersServer(user, folder, python,
+                         guard={"watcher_socket": str(watcher.socket)}).start()
+    waits(watcher, lambda: server.api("GET", "colab-guard/api/status")["watcher"]["covered"],
+          "the server covered by the watcher")
+    return server
+
+
+def test_a_frozen_server_that_is_resumed_tells_what_happened_meanwhile(
+        watcher, users, world, pool, python):
+    server = covered_server(watcher, users[ALICE], world / "alice-frozen", python)
+    client = None
+    try:
+        kernel_id, client = server.start_kernel()
+        waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
+        load_hook(client)
+        os.kill(server.process.pid, signal.SIGSTOP)  # what a cell can do to its own server
+        pid_file = world / "frozen-miner.pid"
+        script = job(world, pool, "frozen.sh", before=f"echo $$ > {pid_file}", rename="kworker")
+        client.execute(f"import subprocess; subprocess.Popen(['/bin/sh', {script!r}])")
+        miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
+                          "the miner started"))
+        incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
+                         "the watcher's incident")
+        assert incident.user == ALICE
+        assert server.process.poll() is None
+        assert open(f"/proc/{server.process.pid}/stat").read().split(") ")[1][0] == "T"
+        waits(watcher, lambda: not _alive(miner), "the miner stopped")
+        assert {a.action: a.outcome for a in incident.actions}["interrupt"] == "done"
+        os.kill(server.process.pid, signal.SIGCONT)
+        # Resumed: the server reads what the watcher pushed meanwhile, and tells it.
+        listed = waits(watcher, lambda: server.api(
+            "GET", f"colab-guard/api/incidents?kernel_id={kernel_id}")["incidents"],
+            "the incident listed by the resumed server")
+        assert [i["id"] for i in listed] == [incident.id]
+        reply, outputs = run_cell(client, "1 + 1")
+        assert reply["status"] == "ok"
+        assert incident.id in json.dumps([m["content"] for _, m in notices(outputs)])
+        assert server.incidents(kernel_id) == []  # the watcher's alone
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        if client is not None:
+            client.stop_channels()
+        server.stop()
+
+
+def test_a_killed_server_started_again_tells_what_its_left_behind_miner_did(
+        watcher, users, world, pool, python):
+    folder = world / "alice-killed"
+    server = covered_server(watcher, users[ALICE], folder, python)
+    again = None
+    try:
+        kernel_id, client = server.start_kernel()
+        waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
+        pid_file = world / "left-miner.pid"
+        script = job(world, pool, "left.sh", rename="kworker", before=(
+            f"while kill -0 {server.process.pid} 2>/dev/null; do sleep 0.1; done\n"
+            f"echo $$ > {pid_file}"))
+        reply, _ = run_cell(client, "import subprocess\n"
+                                    f"subprocess.Popen(['/bin/sh', {script!r}], start_new_session=True)")
+        assert reply["status"] == "ok", reply
+        client.stop_channels()
+        server.process.kill()  # the server, killed; its detached program lives on
+        server.process.wait()
+        miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
+                          "the left-behind miner started"))
+        incident = waits(watcher, lambda: _incident_of(watcher, kernel_id), "its incident")
+        assert incident.user == ALICE
+        waits(watcher, lambda: not _alive(miner), "the left-behind miner stopped")
+        # The user's server, started again, is told what happened while it was gone.
+        again = covered_server(watcher, users[ALICE], folder, python)
+        status = waits(watcher, lambda: (lambda s: s["watcher"]["told_on_return"] and s)(
+            again.api("GET", "colab-guard/api/status")), "the missed incident told")
+        assert [i["id"] for i in status["watcher"]["told_on_return"]] == [incident.id]
+        listed = again.api("GET", f"colab-guard/api/incidents?kernel_id={kernel_id}")[
+            "incidents"]
+        assert [(i["id"], i["recorded_by"]) for i in listed] == [(incident.id, "node watcher")]
+    finally:
+        for running in (server, again):
+            if running is not None:
+                running.stop()
