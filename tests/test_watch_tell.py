@@ -8,6 +8,7 @@ user connecting to the watcher's socket never gets it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -142,8 +143,9 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
 
 
 def covered_server(watcher, user, folder, python) -> UsersServer:
-    server = UsersServer(user, folder, python,
-                         guard={"watcher_socket": str(watcher.socket)}).start()
+    server = UsersServer(user, folder, python, guard={"watcher_socket": str(watcher.socket)})
+    server.argv.append("--ServerApp.jpserver_extensions=jupyter_server_terminals=True")
+    server.start()
     waits(watcher, lambda: server.api("GET", "colab-guard/api/status")["watcher"]["covered"],
           "the server covered by the watcher")
     return server
@@ -223,3 +225,55 @@ def test_a_killed_server_started_again_tells_what_its_left_behind_miner_did(
         for running in (server, again):
             if running is not None:
                 running.stop()
+
+
+async def _terminal_runs(server, command: str, events: list, until, timeout: float = 60):
+    """Open a JupyterLab terminal on ``server`` (its REST and websocket API, terminado),
+    type ``command`` in it, and collect the server's events until ``until(events)``."""
+    from tornado.websocket import websocket_connect
+
+    name = server.api("POST", "api/terminals")["name"]
+    base = server.url.replace("http", "ws", 1)
+    bus = await websocket_connect(f"{base}/api/events/subscribe?token={server.token}")
+    term = await websocket_connect(f"{base}/terminals/websocket/{name}?token={server.token}")
+    try:
+        await term.write_message(json.dumps(["stdin", command + "\r"]))
+        deadline = time.monotonic() + timeout
+        while not until(events):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no such event within {timeout} s: {events}"
+            try:
+                message = await asyncio.wait_for(bus.read_message(), min(left, 1.0))
+            except asyncio.TimeoutError:
+                continue
+            assert message is not None, "the event stream closed"
+            events.append(json.loads(message))
+    finally:
+        term.close()
+        bus.close()
+    return name
+
+
+def test_a_miner_run_from_a_jupyterlab_terminal_is_stopped_and_the_user_told(
+        watcher, users, world, pool, python):
+    server = covered_server(watcher, users[ALICE], world / "alice-terminal", python)
+    try:
+        pid_file = world / "terminal-miner.pid"
+        script = job(world, pool, "terminal.sh", before=f"echo $$ > {pid_file}", rename="kworker")
+        events: list = []
+
+        def told(found):
+            return [e for e in found if e.get("schema_id", "").endswith("colab_guard/incident/v1")]
+
+        asyncio.run(_terminal_runs(server, f"sh {script}", events, told))
+        [event] = told(events)
+        miner = int(pid_file.read_text())
+        incident = _incident_of(watcher, event["kernel_id"])
+        assert incident is not None and incident.id == event["incident_id"]
+        assert incident.kernel_id.startswith("terminal-") and incident.notebook == "terminal"
+        assert incident.user == ALICE and incident.category == "crypto-mining"
+        assert any(p["pid"] == miner for p in incident.evidence["processes"])
+        waits(watcher, lambda: not _alive(miner), "the terminal's miner stopped")
+        assert server.incidents() == []  # recorded once, by the watcher
+    finally:
+        server.stop()
