@@ -277,3 +277,77 @@ def test_a_miner_run_from_a_jupyterlab_terminal_is_stopped_and_the_user_told(
         assert server.incidents() == []  # recorded once, by the watcher
     finally:
         server.stop()
+
+
+#: rewrites its own argument area at once (as a native miner would with its argv), then runs
+#: the stand-in miner with the arguments it was started with
+HIDE_ARGV = textwrap.dedent("""
+    import os, runpy, sys
+    fields = open("/proc/self/stat", "rb").read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])
+    fd = os.open("/proc/self/mem", os.O_RDWR)
+    os.pwrite(fd, b"python3\\0notebook_helper.py".ljust(end - start, b"\\0"), start)
+    os.close(fd)
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+#: ways a cell can switch the kernel hook off
+TAMPERING = {
+    "unloaded": "%unload_ext colab_guard.kernel",
+    "silenced": "import colab_guard.kernel as k; k._guard.reporter.enabled = False",
+    "channel closed": "import colab_guard.kernel as k; k._guard.client.close()",
+}
+
+
+def test_tampering_in_the_kernel_changes_nothing_for_the_watcher(
+        watcher, users, world, pool, python):
+    """The kernel hook unloaded, silenced or its channel closed, and a program that rewrites
+    its argv at once: each miner is stopped by the watcher, recorded under the user's name,
+    and the user's server lists it."""
+    hide = world / "hide.py"
+    hide.write_text(HIDE_ARGV)
+    hide.chmod(0o644)
+    server = covered_server(watcher, users[ALICE], world / "alice-tamper", python)
+    try:
+        for how, cell in [*TAMPERING.items(), ("argv rewritten", None)]:
+            kernel_id, client = server.start_kernel()
+            try:
+                waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
+                load_hook(client)
+                pid_file = world / f"tamper-{kernel_id}.pid"
+                if cell is not None:
+                    reply, _ = run_cell(client, cell)
+                    assert reply["status"] == "ok", (how, reply)
+                    script = job(world, pool, f"{kernel_id}.sh", before=f"echo $$ > {pid_file}",
+                                 rename="kworker")
+                else:
+                    script = world / f"{kernel_id}.sh"
+                    script.write_text(f"echo $$ > {pid_file}\nexec /usr/bin/python3 {hide} "
+                                      f"{MINER} -o {pool} -u {WALLET} -p x\n")
+                reply, _ = run_cell(client, f"import subprocess; subprocess.Popen(['/bin/sh', "
+                                            f"{str(script)!r}], start_new_session=True)")
+                assert reply["status"] == "ok", (how, reply)
+                miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
+                                  f"the miner started ({how})"))
+                incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
+                                 f"the watcher's incident ({how})")
+                assert incident.user == ALICE and incident.category == "crypto-mining", how
+                waits(watcher, lambda: not _alive(miner), f"the miner stopped ({how})")
+                if cell is None:  # checked and shown with the argv it was started with
+                    [shown] = [p for p in incident.evidence["processes"] if p["pid"] == miner]
+                    assert "stratum+tcp://" in shown["cmdline"], shown
+                    assert b"stratum" not in open(f"/proc/{miner}/cmdline", "rb").read() \
+                        if _alive(miner) else True
+                def from_watcher():
+                    listed = server.api("GET", "colab-guard/api/incidents?kernel_id="
+                                               f"{kernel_id}")["incidents"]
+                    return [i["id"] for i in listed if i["recorded_by"] == "node watcher"]
+
+                assert waits(watcher, from_watcher, f"the incident listed ({how})") == [
+                    incident.id], how
+            finally:
+                client.stop_channels()
+                server.api("DELETE", f"api/kernels/{kernel_id}")
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from traitlets import Bool, Int, List, TraitError, Unicode, default
 from traitlets.config import Application, Config
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
@@ -28,6 +29,7 @@ from ..act.policy import Policy
 from ..detect.engine import Engine
 from ..detect.signatures import SignatureError, load_signatures
 from ..monitor import Monitor
+from ..observe import procfs
 from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
@@ -51,6 +53,11 @@ class NodeMonitor(Monitor):
 
     heartbeat_file: Path | None = None
     proc_events: bool = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: pid -> (start ticks, argv) as read when its exec was announced (proc_events.py)
+        self.exec_argv: dict[int, tuple[int, list[str]]] = {}
 
     async def tick(self) -> None:
         try:
@@ -85,7 +92,21 @@ class NodeMonitor(Monitor):
         snapshots = super()._observe(kernels)
         # In the sampler's thread: which kernels, exited or not, still have processes.
         self.kernels.attributed = self.sampler.owners()
+        self._exec_command_lines(snapshots)
         return snapshots
+
+    def _exec_command_lines(self, snapshots) -> None:
+        """A program that rewrote its argument area since its exec is checked (and shown)
+        with the command line it was started with, the one that says what it is."""
+        boot = None
+        for snapshot in snapshots.values():
+            for process in snapshot.processes:
+                started = self.exec_argv.get(process.pid)
+                if started is None or not started[1] or started[1] == process.cmdline:
+                    continue
+                boot = boot or psutil.boot_time()
+                if abs(procfs.create_time(started[0], boot) - process.create_time) < 0.01:
+                    process.cmdline = started[1]
 
 
 class Watcher(Application, GuardTraits):
