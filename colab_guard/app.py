@@ -32,6 +32,7 @@ from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID, incident_event
 from .record.recorder import Recorder
 from .record.store import IncidentLog, IncidentLogError
 from .settings import GuardTraits, Settings
+from .settings_origin import SettingSource, setting_sources, summary
 from .vocabulary import CATEGORIES
 from .watch.protocol import DEFAULT_SOCKET
 from .watcher_link import WatcherLink
@@ -63,16 +64,32 @@ class ColabGuard(ExtensionApp, GuardTraits):
     policy: Policy | None = None
     recorder: Recorder | None = None
     watcher: WatcherLink | None = None
+    #: where each guard setting came from (settings_origin.py)
+    sources: list[SettingSource] = []
     started: float = 0.0  # when the guard started: incidents_this_session counts from here
 
     def _link_jupyter_server_extension(self, serverapp):
         """Read the configuration; a bad value is refused whole, never half applied."""
         try:
             super()._link_jupyter_server_extension(serverapp)
+            self._say_where_settings_come_from(serverapp)
             self._refuse_unknown_settings()
         except TraitError as err:
             self._linked = True  # linking itself worked: the error is ours to report
             self._cannot_start(f"a bad setting: {err}", err)
+
+    def _say_where_settings_come_from(self, serverapp) -> None:
+        try:
+            cli = serverapp.cli_config.copy()
+            cli.merge(self.cli_config)
+            self.sources = setting_sources(list(serverapp.config_file_paths), cli)
+        except Exception:
+            self.log.exception("colab-guard: could not tell where its settings come from")
+            return
+        mine = summary(self.sources)
+        if mine:
+            self.log.warning("colab-guard: settings this server's user can change: %s. They "
+                             "apply to this server only; a node watcher ignores them", mine)
 
     def _refuse_unknown_settings(self) -> None:
         known = set(self.trait_names(config=True))
@@ -228,7 +245,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
     def status(self) -> dict:
         """The guard's state, for the status API and the JupyterLab status bar."""
         if self.settings_ is None or self.unguarded_reason:
-            return {"enabled": False, "guarded": False,
+            return {"enabled": False, "guarded": False, **self._sources_status(),
                     "unguarded_reason": self.unguarded_reason or "not started",
                     "kernels_monitored": 0, "signatures": 0, "ticks": 0, "strikes": 0,
                     "strike_limit": 0, "gpu": {"available": False, "reason": "unguarded"}}
@@ -252,7 +269,13 @@ class ColabGuard(ExtensionApp, GuardTraits):
             {"covered": False, "reason": "ColabGuard.watcher_socket is empty"},
             "processes_checked_by": "node watcher" if self.watcher and self.watcher.covered
             else "this server",
+            **self._sources_status(),
         }
+
+    def _sources_status(self) -> dict:
+        return {"settings_from": [s.to_dict() for s in self.sources],
+                "user_writable_settings": sorted({s.setting for s in self.sources
+                                                  if s.user_writable})}
 
     def _gpu_status(self) -> dict:
         gpu = self.monitor.gpu if self.monitor else None

@@ -467,9 +467,16 @@ class UsersServer(GuardedServer):
         folder.mkdir(mode=0o755, exist_ok=True)
         os.chown(folder, user.pw_uid, user.pw_gid)
         super().__init__(guard=guard, folder=folder)
-        # The config folder is the operator's (root's): jupyter_core must not try to write
-        # its "migrated" mark there once the user has an ~/.ipython.
-        (self.dir / "config" / "migrated").touch()
+        # The operator's config, out of the user's reach (the user's own folder would let
+        # them replace it); jupyter_core must not try to write its "migrated" mark there.
+        operator = Path(tempfile.mkdtemp(prefix="cg-watch-operator-"))
+        operator.chmod(0o755)
+        shutil.copy(self.dir / "config" / "jupyter_server_config.json", operator)
+        (operator / "migrated").touch()
+        shutil.rmtree(self.dir / "config")
+        self.env["JUPYTER_CONFIG_DIR"] = str(operator)
+        self.operator_config = operator
+
         self.user = user
         self.env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         self.argv = [python if a == sys.executable else a for a in self.argv
@@ -478,6 +485,10 @@ class UsersServer(GuardedServer):
             import site
 
             self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.operator_config, ignore_errors=True)
 
     def launch(self) -> subprocess.Popen:
         log = open(self.log_path, "wb")  # noqa: SIM115 (the server writes it until it stops)

@@ -351,3 +351,80 @@ def test_tampering_in_the_kernel_changes_nothing_for_the_watcher(
                 server.api("DELETE", f"api/kernels/{kernel_id}")
     finally:
         server.stop()
+
+
+def test_the_guard_switched_off_in_the_users_own_config_changes_nothing_for_the_watcher(
+        watcher, users, world, pool, python):
+    """The user's own config folder (theirs to write) switches the guard off, then the server
+    extension itself; the server restarted each time. The watcher stops each miner all the
+    same, and once the guard is back the user's server tells what happened meanwhile."""
+    alice = users[ALICE]
+    folder, own = world / "alice-own-config", world / "alice-jupyter"
+    own.mkdir()
+    os.chown(own, alice.pw_uid, alice.pw_gid)
+    user_config = own / "jupyter_server_config.json"
+
+    def server_with(config: dict, guard_on: bool = True) -> UsersServer:
+        user_config.write_text(json.dumps(config))
+        os.chown(user_config, alice.pw_uid, alice.pw_gid)
+        server = UsersServer(alice, folder, python,
+                             guard={"watcher_socket": str(watcher.socket)})
+        server.env["JUPYTER_CONFIG_PATH"] = str(own)  # read after the operator's folder
+        if not guard_on:
+            server.argv.remove("--ServerApp.jpserver_extensions=colab_guard=True")
+        return server.start()
+
+    def mine(server, name: str):
+        kernel_id, client = server.start_kernel()
+        try:
+            waits(watcher, lambda: watcher.knows_kernel(kernel_id), f"the kernel found ({name})")
+            pid_file = world / f"{name}.pid"
+            script = job(world, pool, f"{name}.sh", before=f"echo $$ > {pid_file}",
+                         rename="kworker")
+            reply, _ = run_cell(client, f"import subprocess; subprocess.Popen(['/bin/sh', "
+                                        f"{str(script)!r}])")
+            assert reply["status"] == "ok", reply
+            miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
+                              f"the miner started ({name})"))
+            incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
+                             f"the watcher's incident ({name})")
+            assert incident.user == ALICE, name
+            waits(watcher, lambda: not _alive(miner), f"the miner stopped ({name})")
+            return incident
+        finally:
+            client.stop_channels()
+
+    # 1. ColabGuard.enabled = False in the user's own file: applied here, and said so.
+    server = server_with({"ColabGuard": {"enabled": False}})
+    try:
+        status = waits(watcher, lambda: (lambda s: s["watcher"]["covered"] and s)(
+            server.api("GET", "colab-guard/api/status")), "covered")
+        assert status["enabled"] is False
+        assert status["user_writable_settings"] == ["ColabGuard.enabled"]
+        sources = {s["setting"]: s for s in status["settings_from"]}
+        assert sources["ColabGuard.enabled"] == {"setting": "ColabGuard.enabled",
+                                                 "source": str(user_config),
+                                                 "user_writable": True}
+        assert sources["ColabGuard.watcher_socket"]["user_writable"] is False  # the operator's
+        assert "settings this server's user can change: ColabGuard.enabled" in server.log()
+        first = mine(server, "guard-disabled")
+        waits(watcher, lambda: first.id in json.dumps(server.api(
+            "GET", "colab-guard/api/incidents")), "the incident told to the server")
+    finally:
+        server.stop()
+    # 2. The server extension switched off altogether: kernels carry no marker now.
+    server = server_with({"ServerApp": {"jpserver_extensions": {"colab_guard": False}}},
+                         guard_on=False)
+    try:
+        second = mine(server, "extension-off")
+    finally:
+        server.stop()
+    # 3. The guard back: what happened while it was off is told.
+    server = server_with({})
+    try:
+        status = waits(watcher, lambda: (lambda s: s["watcher"]["told_on_return"] and s)(
+            server.api("GET", "colab-guard/api/status")), "the missed incident told")
+        told = [i["id"] for i in status["watcher"]["told_on_return"]]
+        assert second.id in told and first.id not in told  # the first was told when it happened
+    finally:
+        server.stop()
