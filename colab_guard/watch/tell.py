@@ -26,6 +26,8 @@ from .kernels import NodeKernels, _login
 
 #: bytes queued for one client before it is dropped (it catches up when it reconnects)
 MAX_BUFFER = 4 * 1024 * 1024
+#: connections one uid may hold at once (a user's servers; more is refused)
+MAX_CLIENTS_PER_UID = 32
 
 
 class _Client:
@@ -103,10 +105,12 @@ class UserChannel:
             since = hello.get("since") or 0
             if hello["type"] != "hello" or not isinstance(since, (int, float)):
                 raise ValueError("the first message must be hello {since: <time>}")
+            if sum(1 for c in self.clients if c.uid == uid) >= MAX_CLIENTS_PER_UID:
+                raise ValueError(f"uid {uid} already holds {MAX_CLIENTS_PER_UID} connections")
             client = _Client(uid, _login(uid), writer)
             self._welcome(client, float(since))
-            while await reader.readline():
-                pass  # nothing is asked of the watcher yet; EOF: the server went away
+            if await reader.readline():  # nothing more is asked of the watcher
+                raise ValueError(f"uid {uid} sent more than its hello")
         except (OSError, ValueError, KeyError, asyncio.TimeoutError,
                 asyncio.LimitOverrunError, asyncio.IncompleteReadError) as err:
             self.log.info("colab-guard watch: a user's server connection ended: %s", err)
