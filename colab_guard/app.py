@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
-from jupyter_core.paths import jupyter_data_dir
 from traitlets import TraitError, Unicode
 
 from .act.policy import Policy

@@ -203,7 +203,8 @@ def test_a_killed_server_started_again_tells_what_its_left_behind_miner_did(
             f"while kill -0 {server.process.pid} 2>/dev/null; do sleep 0.1; done\n"
             f"echo $$ > {pid_file}"))
         reply, _ = run_cell(client, "import subprocess\n"
-                                    f"subprocess.Popen(['/bin/sh', {script!r}], start_new_session=True)")
+                                    f"subprocess.Popen(['/bin/sh', {script!r}], "
+                                    "start_new_session=True)")
         assert reply["status"] == "ok", reply
         client.stop_channels()
         server.process.kill()  # the server, killed; its detached program lives on

@@ -12,8 +12,10 @@ A JupyterLab terminal is watched as a kernel of its own, ``terminal-<pid>``: a p
 with a controlling terminal and ``TERM`` in its environment, no kernel's, whose parent is
 the same user's Jupyter server (the parent of one of its kernels, or a process whose
 command line is a Jupyter server's). Its shell stands for the kernel; what runs in it is
-attributed to it as a kernel's processes are. Root reads every process's environment, so the watcher needs nothing
-from the user's server: it keeps working while that server is frozen or gone.
+attributed to it as a kernel's processes are.
+
+Root reads every process's environment, so the watcher needs nothing from the user's
+server: it keeps working while that server is frozen or gone.
 
 A kernel that exits is retired, not forgotten: while processes it started live on (a
 detached miner left behind by a killed kernel), it stays listed, with pid 0 (no process),
