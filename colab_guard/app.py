@@ -159,7 +159,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
             self.monitor.deferred = lambda: self.watcher.covered
         self.settings["colab_guard_api"] = GuardAPI(settings, self.store, self.status,
                                                     self.started, self.categories,
-                                                    self._watcher_incidents)
+                                                    self._watcher_incidents,
+                                                    self.watcher.appeal if self.watcher else None)
         self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
                       "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
                       settings.sample_interval, " (DRY RUN: nothing will be stopped)"

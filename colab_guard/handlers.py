@@ -46,6 +46,8 @@ class GuardAPI:
     categories: Callable[[], list[str]] = lambda: list(CATEGORIES)
     #: the node watcher's incidents of this server's user (watcher_link.py): shown, not stored
     watcher_incidents: Callable[[], list] = lambda: []
+    #: appeal one of those: (incident id, text) -> the appeal, or AppealError
+    appeal_to_watcher: Callable | None = None
 
 
 class GuardHandler(ExtensionHandlerMixin, APIHandler):
@@ -207,10 +209,16 @@ class AppealHandler(GuardHandler):
         incident = await self.visible_incident(incident_id)
         if incident.user != self.username:
             raise web.HTTPError(403, "only the incident's own user can appeal it")
-        if self.store.get(incident.id) is None:
-            raise web.HTTPError(409, "this incident was recorded by the node watcher, outside "
-                                     "this server: ask the platform's admins to review it")
         text = self.text_field(self.json_body(), "text")
+        if self.store.get(incident.id) is None:  # the node watcher's: appealed there
+            if self.guard.appeal_to_watcher is None:
+                raise web.HTTPError(503, "the node watcher that recorded it cannot be reached")
+            try:
+                appeal = await self.guard.appeal_to_watcher(incident.id, text)
+            except AppealError as err:
+                raise web.HTTPError(err.status, str(err))
+            self.write_json({"appeal": appeal}, status=201)
+            return
         try:
             appeal = self.store.appeal(incident.id, self.username, text)
         except AppealError as err:

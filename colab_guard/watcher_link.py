@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from .record.database import AppealError
 from .record.incident import Incident
 from .watch import protocol
 
@@ -34,6 +36,8 @@ RETRY = 2.0
 KEPT = 500
 #: how far back a server that starts asks for its user's incidents (for "My incidents")
 HISTORY = 7 * 86400
+#: seconds an appeal waits for the watcher's answer
+APPEAL_TIMEOUT = 10.0
 
 #: (incident, action, phase, message, policy_url, new): new is False for an incident
 #: already told by an earlier server (listed, not notified again)
@@ -60,6 +64,8 @@ class WatcherLink:
         self._told_until = self._load_seen()
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._requests: dict[str, asyncio.Future] = {}  # appeals waiting for their answer
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,6 +120,7 @@ class WatcherLink:
                 self._say_once(self.reason)
                 return
             writer.write(protocol.encode("hello", since=time.time() - HISTORY))
+            self._writer = writer
             while True:
                 line = await reader.readline()
                 if not line:
@@ -121,7 +128,26 @@ class WatcherLink:
                     return
                 self._received(protocol.decode(line))
         finally:
+            self._writer = None
             writer.close()
+
+    async def appeal(self, incident_id: str, text: str) -> dict:
+        """Appeal one of the watcher's incidents of this user; the appeal, or AppealError."""
+        if self._writer is None or self._writer.is_closing():
+            raise AppealError("the node watcher that recorded it cannot be reached now", 503)
+        request = uuid.uuid4().hex
+        answer = self._requests[request] = asyncio.get_running_loop().create_future()
+        self._writer.write(protocol.encode("appeal", request=request, incident_id=incident_id,
+                                           text=text))
+        try:
+            found = await asyncio.wait_for(answer, APPEAL_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise AppealError("the node watcher did not answer", 504) from None
+        finally:
+            self._requests.pop(request, None)
+        if "appeal" not in found:
+            raise AppealError(str(found.get("error", "refused")), int(found.get("status", 400)))
+        return found["appeal"]
 
     def _received(self, message: dict) -> None:
         kind = message["type"]
@@ -141,6 +167,10 @@ class WatcherLink:
             self.log.info("colab-guard: %s", self.reason)
         elif kind == "incident":
             self._incident(message)
+        elif kind == "appeal":
+            waiting = self._requests.get(str(message.get("request")))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
 
     def _incident(self, message: dict) -> None:
         incident = Incident.from_dict(message["incident"])

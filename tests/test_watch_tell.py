@@ -15,6 +15,7 @@ import signal
 import subprocess
 import textwrap
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -26,16 +27,25 @@ from tests.test_watch import (  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: root only")
 
-#: a client of the watcher's socket, run as a test user: what it is told, as JSON lines
+#: a client of the watcher's socket, run as a test user: what it is told, as JSON lines;
+#: with an incident id, it then appeals that incident and prints the answer
 CLIENT = textwrap.dedent("""
     import json, socket, sys
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(sys.argv[1])
     sock.sendall(b'{"type": "hello", "since": 0}\\n')
-    for line in sock.makefile():
+    lines = sock.makefile()
+    for line in lines:
         print(line.strip(), flush=True)
         if json.loads(line)["type"] == "caught_up":
             break
+    if len(sys.argv) > 2:
+        sock.sendall(json.dumps({"type": "appeal", "request": "r1", "incident_id": sys.argv[2],
+                                 "text": "not mine"}).encode() + b"\\n")
+        for line in lines:
+            if json.loads(line)["type"] == "appeal":
+                print(line.strip(), flush=True)
+                break
 """)
 
 
@@ -90,8 +100,9 @@ def notices(outputs) -> list[tuple[float, dict]]:
             and "colab_guard" in m["content"].get("metadata", {})]
 
 
-def told_as(user, python: str, socket) -> list[dict]:
-    done = subprocess.run([python, "-c", CLIENT, str(socket)], user=user.pw_uid,
+def told_as(user, python: str, socket, appeal: str = "") -> list[dict]:
+    done = subprocess.run([python, "-c", CLIENT, str(socket), *([appeal] if appeal else [])],
+                          user=user.pw_uid,
                           group=user.pw_gid, extra_groups=[], capture_output=True, text=True,
                           timeout=60, cwd="/")
     assert done.returncode == 0, done.stderr
@@ -133,12 +144,22 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         assert server.api("GET", "colab-guard/api/status")["incidents_this_session"] == 1
         # Each uid is told its own user's incidents only.
         as_alice = told_as(users[ALICE], python, watcher.socket)
-        as_bob = told_as(users[BOB], python, watcher.socket)
+        as_bob = told_as(users[BOB], python, watcher.socket, appeal=incident.id)
         assert as_alice[0]["user"] == ALICE and as_alice[0]["covered"] is True
         assert incident.id in {m["incident"]["id"] for m in as_alice if m["type"] == "incident"}
         assert as_bob[0]["user"] == BOB
         assert not [m for m in as_bob if m["type"] == "incident"]
-        assert incident.id not in json.dumps(as_bob)
+        assert as_bob[-1] == {"type": "appeal", "request": "r1", "status": 404,
+                              "error": "no such incident of yours"}
+        assert incident.id not in json.dumps(as_bob[:-1])
+        # The user appeals it from their server; the watcher records the appeal.
+        appeal = server.api("POST", f"colab-guard/api/incidents/{incident.id}/appeal",
+                            {"text": "It was my benchmark."})["appeal"]
+        assert appeal["incident_id"] == incident.id and appeal["user"] == ALICE
+        assert [a.id for a in watcher.store.appeals(user=ALICE)] == [appeal["id"]]
+        with pytest.raises(urllib.error.HTTPError) as refused:  # one pending appeal at a time
+            server.api("POST", f"colab-guard/api/incidents/{incident.id}/appeal", {"text": "x"})
+        assert refused.value.code == 409
     finally:
         if client is not None:
             client.stop_channels()

@@ -10,12 +10,14 @@ root's, so that no user can stand in for the watcher.
 Newline-delimited JSON, as the kernel channel (kernel/protocol.py):
 
 client -> watcher:  hello {since}        the time of the last incident it has seen (0: none)
+                    appeal {request, incident_id, text}   the user appeals their own incident
 watcher -> client:  welcome {user, uid, covered, watcher_pid, sample_interval, dry_run}
                     incident {phase, action, incident, message, policy_url}
                         phase "acting": recorded, about to be acted on (tell the kernel now);
                         phase "done": complete, with every action's outcome. The catch-up
                         (incidents of the user after ``since``) comes as "done" ones.
                     caught_up {count}    the catch-up is over; what follows is live
+                    appeal {request, appeal} or {request, error, status}: the appeal's answer
 
 ``covered``: whether the watcher watches this uid's kernels at all (a system user's or
 root's server, or a user outside ``Watcher.users``, is not covered, and gets no incidents).

@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..record.database import AppealError
 from ..record.incident import Incident
 from ..vocabulary import ACTIONS, strongest
 from . import protocol
@@ -109,8 +110,11 @@ class UserChannel:
                 raise ValueError(f"uid {uid} already holds {MAX_CLIENTS_PER_UID} connections")
             client = _Client(uid, _login(uid), writer)
             self._welcome(client, float(since))
-            if await reader.readline():  # nothing more is asked of the watcher
-                raise ValueError(f"uid {uid} sent more than its hello")
+            while line := await reader.readline():
+                request = protocol.decode(line)
+                if request["type"] != "appeal":
+                    raise ValueError(f"uid {uid} sent {request['type'][:20]!r}")
+                self._appeal(client, request)
         except (OSError, ValueError, KeyError, asyncio.TimeoutError,
                 asyncio.LimitOverrunError, asyncio.IncompleteReadError) as err:
             self.log.info("colab-guard watch: a user's server connection ended: %s", err)
@@ -118,6 +122,23 @@ class UserChannel:
             if client is not None:
                 self.clients.discard(client)
             writer.close()
+
+    def _appeal(self, client: _Client, request: dict) -> None:
+        """The user appeals one of their own incidents (their server passes it on)."""
+        answer = {"request": str(request.get("request", ""))[:64]}
+        incident = self.store.get(str(request.get("incident_id", ""))[:64])
+        text = request.get("text")
+        try:
+            if incident is None or incident.user != client.user:
+                raise AppealError("no such incident of yours", 404)
+            if not isinstance(text, str):
+                raise AppealError("field 'text' must be a string")
+            answer["appeal"] = self.store.appeal(incident.id, client.user, text).to_dict()
+            self.log.info("colab-guard watch: user %s appealed incident %s", client.user,
+                          incident.id)
+        except AppealError as err:
+            answer.update(error=str(err)[:200], status=err.status)
+        client.send("appeal", **answer)
 
     def _welcome(self, client: _Client, since: float) -> None:
         covered = self.kernels.watches_uid(client.uid)
