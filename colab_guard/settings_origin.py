@@ -9,21 +9,24 @@ node watcher reads only root's config and ignores them all.
 
 The files are the ones a Jupyter server reads: ``jupyter_server_config.{json,py}``, the
 extension's own ``jupyter_colab_guard_config.*``, and the ``*.d/*.json`` folders beside
-them, in every folder of the server's config path.
+them, in every folder of the server's config path. A ``.py`` file is read as text
+(``c.ColabGuard.<name>``), never run a second time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from traitlets.config.loader import PyFileConfigLoader
-
 SECTION = "ColabGuard"
 _NAMES = ("jupyter_server_config", "jupyter_colab_guard_config")
+#: in a .py config file, read as text (running it again could do anything it does)
+_PY_SETTING = re.compile(r"\bc\.ColabGuard\.([A-Za-z_]\w*)")
+_PY_EXTENSION = re.compile(r"jpserver_extensions\b[^\n]*['\"]colab_guard['\"]")
 
 
 @dataclass
@@ -87,11 +90,15 @@ def _config_files(folder: Path) -> list[Path]:
 
 def _read(path: Path) -> dict:
     try:
+        text = path.read_text()
         if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return _as_dict(PyFileConfigLoader(path.name, str(path.parent)).load_config())
-    except Exception:  # the server itself reports a config file it cannot read
+            return json.loads(text)
+    except (OSError, ValueError):  # the server itself reports a config file it cannot read
         return {}
+    found: dict = {SECTION: dict.fromkeys(_PY_SETTING.findall(text))}
+    if _PY_EXTENSION.search(text):
+        found["ServerApp"] = {"jpserver_extensions": {"colab_guard": None}}
+    return found
 
 
 def _as_dict(config) -> dict:
