@@ -45,6 +45,8 @@ KERNEL = textwrap.dedent("""
         with open(report, "a") as f:
             f.write(what + "\\n")
     signal.signal(signal.SIGINT, lambda *_: note("SIGINT"))
+    while not os.path.exists(report + ".go"):  # as a cell runs once the kernel has started
+        time.sleep(0.02)
     argv = [sys.executable, miner, "-o", url, "-u", wallet, "-p", "x"]
     if mode == "miner":
         note("miner %d" % subprocess.Popen(argv).pid)
@@ -218,16 +220,21 @@ class Kernel:
     """A kernel-like process of a test user: the marker in its environment, its own session."""
 
     def __init__(self, world: Path, user, kernel_id: str, mode: str, pool_url: str,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, watcher: RunningWatcher | None = None):
         self.kernel_id = kernel_id
         self.report = world / f"{kernel_id}.report"
         self.report.unlink(missing_ok=True)
+        go = world / f"{kernel_id}.report.go"
+        go.unlink(missing_ok=True)
         env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "COLAB_GUARD_KERNEL_ID": kernel_id,
                **(extra_env or {})}
         self.proc = subprocess.Popen(
             ["/usr/bin/python3", str(world / "kernel.py"), mode, str(self.report), str(MINER),
              pool_url, WALLET], user=user.pw_uid, group=user.pw_gid, extra_groups=[], env=env,
             start_new_session=True, cwd="/")
+        if watcher is not None:  # its first program runs once the watcher knows the kernel
+            waits(watcher, lambda: watcher.knows_kernel(kernel_id), f"kernel {kernel_id} found")
+        go.touch()
         wait_until(lambda: "ready" in self.notes(), timeout=20, what=f"kernel {kernel_id} ready")
 
     def notes(self) -> list[str]:
@@ -281,7 +288,8 @@ def waits(watcher: RunningWatcher, predicate, what: str, timeout: float = 30):
 
 def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-1"), "the incident recorded")
@@ -299,7 +307,8 @@ def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
 
 def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-2"),
@@ -311,7 +320,8 @@ def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
 
 def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     waits(watcher, lambda: watcher.knows_kernel("k-alice-4"), "the kernel found")
@@ -330,7 +340,8 @@ def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
 
 
 def test_a_non_dumpable_miner_is_seen_whole(watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-5", "non-dumpable", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-5", "non-dumpable", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     # Non-dumpable: its /proc entries are root's, so its own user (and that user's server)
@@ -349,7 +360,8 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
     # Both carry alice's kernel id in their environment and run the very same miner.
     env = {"PATH": "/usr/bin:/bin", "COLAB_GUARD_KERNEL_ID": "k-alice-3"}
     argv = ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET, "-p", "x"]
-    kernel = Kernel(world, users[ALICE], "k-alice-3", "idle", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-3", "idle", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     as_root = subprocess.Popen(argv, env=env, start_new_session=True)
     bob = users[BOB]
