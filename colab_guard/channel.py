@@ -261,8 +261,10 @@ class KernelChannel:
 
     # ------------------------------------------------------------ notices
 
-    def notice(self, incident: Incident, action: str) -> dict:
-        """What the notebook shows (every text in it is escaped there)."""
+    def notice(self, incident: Incident, action: str, message: str | None = None,
+               policy_url: str | None = None) -> dict:
+        """What the notebook shows (every text in it is escaped there); the message and
+        policy link are this server's unless given (the node watcher's own)."""
         detected = incident.summary()
         procs = incident.evidence.get("processes") or []
         if procs and procs[0].get("cmdline"):
@@ -273,9 +275,11 @@ class KernelChannel:
         return {"incident_id": incident.id, "category": incident.category,
                 "detected": detected, "action": action, "dry_run": incident.dry_run,
                 "strike": incident.strike, "package": _package_text(incident.package),
-                "message": self.settings.warning_message, "policy_url": self.settings.policy_url}
+                "message": self.settings.warning_message if message is None else message,
+                "policy_url": self.settings.policy_url if policy_url is None else policy_url}
 
-    def _tell_kernel(self, incident: Incident, action: str) -> None:
+    def _tell_kernel(self, incident: Incident, action: str, message: str | None = None,
+                     policy_url: str | None = None) -> None:
         """Monitor listener: send the notice to the incident's kernel, once."""
         if incident.id in self._told or not at_least(action, "warn"):
             return
@@ -284,7 +288,10 @@ class KernelChannel:
             self._told.add(incident.id)
             if len(self._told) > 10_000:
                 self._told.clear()
-            conn.send("notice", notice=self.notice(incident, action))
+            conn.send("notice", notice=self.notice(incident, action, message, policy_url))
+
+    #: the node watcher's incidents (watcher_link.py), with the watcher's message and link
+    tell = _tell_kernel
 
     async def _tampering(self, conn: _Connection, signature: str, description: str) -> None:
         action = self.policy.tampering()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,9 @@ class Monitor:
         self._wake = asyncio.Event()
         self._running = False
         self._reported_stats: dict[str, int] = {}
+        #: True while a node watcher checks these kernels' processes (watcher_link.py): the
+        #: monitor then neither samples nor acts, so an offence is never recorded twice
+        self.deferred: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------ the loop
 
@@ -139,6 +143,8 @@ class Monitor:
     async def tick(self) -> None:
         started = time.perf_counter()
         self.recorder.flush()  # retry anything a failed write left behind
+        if self.deferred():
+            return
         kernels = self.kernel_pids()
         metrics.KERNELS_MONITORED.set(len(kernels))
         try:

@@ -63,6 +63,7 @@ class Stat:
     start: int  # clock ticks after boot
     vms: int  # bytes
     rss: int  # bytes
+    tty: int = 0  # the controlling terminal's device number; 0: none
 
 
 def read_stat(pid: int) -> Stat:
@@ -72,7 +73,8 @@ def read_stat(pid: int) -> Stat:
     return Stat(comm=data[data.index(b"(") + 1:name_end].decode(ENCODING, ENCODING_ERRORS),
                 state=fields[0].decode(), ppid=int(fields[1]),
                 cpu_ticks=int(fields[11]) + int(fields[12]), threads=int(fields[17]),
-                start=int(fields[19]), vms=int(fields[20]), rss=int(fields[21]) * PAGE_SIZE)
+                start=int(fields[19]), vms=int(fields[20]), rss=int(fields[21]) * PAGE_SIZE,
+                tty=int(fields[4]))
 
 
 def create_time(start_ticks: int, boot_time: float) -> float:

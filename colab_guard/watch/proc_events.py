@@ -164,8 +164,23 @@ class ProcEvents:
         users = [pid for pid in execs if self._users(pid)]
         for pid in users:
             self.monitor.kernels.exec_seen(pid)
+            self._remember_argv(pid)
+        for pid in exits:
+            self.monitor.exec_argv.pop(pid, None)
         if users:
             self._wake()
+
+    def _remember_argv(self, pid: int) -> None:
+        """The command line a program was started with, read as its exec is announced (before
+        a program that rewrites its argument area has run far): the monitor checks that one,
+        whatever the program shows later."""
+        argv_by_pid = self.monitor.exec_argv
+        if len(argv_by_pid) >= MAX_LINEAGE and pid not in argv_by_pid:
+            return  # exits not seen (events lost): the scans still read each command line
+        try:
+            argv_by_pid[pid] = (procfs.read_stat(pid).start, procfs.read_cmdline(pid))
+        except (OSError, ValueError):
+            argv_by_pid.pop(pid, None)
 
     def _users(self, pid: int) -> bool:
         """Whether a process runs as a notebook user (the system's execs wake nothing)."""
