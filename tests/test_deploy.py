@@ -55,7 +55,8 @@ def test_the_daemonset_sees_every_process_with_only_the_capabilities_it_needs():
     assert security["readOnlyRootFilesystem"] is True and security["runAsUser"] == 0
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/etc/colab-guard"]["readOnly"] is True  # its config: root's, read only
+    config = mounts["/etc/colab-guard/watch_config.py"]  # its config: root's, read only, the
+    assert config["readOnly"] is True and config["subPath"] == "watch_config.py"  # file alone
     for folder in ("/var/lib/colab-guard", "/var/log/colab-guard", "/run/colab-guard"):
         assert folder in mounts  # its record and heartbeat outlive the pod
     assert "watch_config.py" in documents()["ConfigMap"]["data"]
