@@ -46,7 +46,8 @@ def test_the_manifest_is_valid_kubernetes(version):
 def test_the_daemonset_sees_every_process_with_only_the_capabilities_it_needs():
     pod = documents()["DaemonSet"]["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
-    assert pod["hostNetwork"] is False and pod["automountServiceAccountToken"] is False
+    assert pod["hostNetwork"] is True  # process events reach the host's network namespace only
+    assert pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
     security = container["securityContext"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": sorted(CAPABILITIES, key=[
@@ -55,7 +56,8 @@ def test_the_daemonset_sees_every_process_with_only_the_capabilities_it_needs():
     assert security["readOnlyRootFilesystem"] is True and security["runAsUser"] == 0
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/etc/colab-guard"]["readOnly"] is True  # its config: root's, read only
+    config = mounts["/etc/colab-guard/watch_config.py"]  # its config: root's, read only, the
+    assert config["readOnly"] is True and config["subPath"] == "watch_config.py"  # file alone
     for folder in ("/var/lib/colab-guard", "/var/log/colab-guard", "/run/colab-guard"):
         assert folder in mounts  # its record and heartbeat outlive the pod
     assert "watch_config.py" in documents()["ConfigMap"]["data"]

@@ -111,8 +111,7 @@ def told_as(user, python: str, socket, appeal: str = "") -> list[dict]:
 
 def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why(
         watcher, users, world, pool, python):
-    server = UsersServer(users[ALICE], world / "alice-told", python,
-                         guard={"watcher_socket": str(watcher.socket)}).start()
+    server = covered_server(watcher, users[ALICE], world / "alice-told", python)
     client = None
     try:
         status = waits(watcher, lambda: (lambda s: s["watcher"]["covered"] and s)(
@@ -169,9 +168,13 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
 def covered_server(watcher, user, folder, python) -> UsersServer:
     server = UsersServer(user, folder, python, guard={"watcher_socket": str(watcher.socket)})
     server.argv.append("--ServerApp.jpserver_extensions=jupyter_server_terminals=True")
-    server.start()
-    waits(watcher, lambda: server.api("GET", "colab-guard/api/status")["watcher"]["covered"],
-          "the server covered by the watcher")
+    try:
+        server.start()
+        waits(watcher, lambda: server.api("GET", "colab-guard/api/status")["watcher"]["covered"],
+              "the server covered by the watcher")
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 

@@ -327,3 +327,44 @@ def test_settings_a_user_can_write_are_told_apart(tmp_path):
     assert user_can_write(operator / "jupyter_server_config.json", other, [])
     operator.chmod(0o1777)  # a sticky folder: others cannot replace the file
     assert not user_can_write(operator / "jupyter_server_config.json", other, [])
+
+
+#: opens the process connector as the watcher does and says whether its events arrive
+PROBE = """
+import asyncio, concurrent.futures, logging, types
+from colab_guard.watch.proc_events import ProcEvents
+
+async def main():
+    kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict,
+                                    exec_seen=lambda pid: None, _is_user=lambda uid: False)
+    monitor = types.SimpleNamespace(
+        kernels=kernels, exec_argv={}, check_soon=lambda: None,
+        _sampling=concurrent.futures.ThreadPoolExecutor(1),
+        sampler=types.SimpleNamespace(owner_of=lambda pid: None, claim=lambda *a: None),
+        settings=types.SimpleNamespace(sample_interval=1.0))
+    events = ProcEvents.start(asyncio.get_running_loop(), monitor, logging.getLogger())
+    print("events" if events is not None and await events.probe(timeout=3) else "silent")
+
+asyncio.run(main())
+"""
+
+
+def test_process_events_are_probed_and_a_silent_connector_is_not_trusted():
+    """In a network namespace of its own (a pod without hostNetwork) the connector's socket
+    opens but no event arrives: the probe says so, and the watcher scans /proc instead."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    here = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert here.stdout.strip() == "events", here.stderr
+    apart = subprocess.run(["unshare", "--net", sys.executable, "-c", PROBE],
+                           capture_output=True, text=True, env=env, timeout=60)
+    if apart.returncode != 0 and "unshare" in apart.stderr:
+        pytest.skip(f"no network namespace here: {apart.stderr.strip()}")
+    assert apart.stdout.strip() == "silent", apart.stderr

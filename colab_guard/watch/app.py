@@ -265,6 +265,13 @@ class Watcher(Application, GuardTraits):
             from .proc_events import ProcEvents
 
             events = ProcEvents.start(loop, monitor, log=self.log)
+            if events is not None and not await events.probe():
+                self.log.warning("colab-guard watch: no process events arrive (the connector "
+                                 "reports only to the host's network namespace: in Kubernetes, "
+                                 "hostNetwork: true); programs are found by scanning /proc "
+                                 "every %gs", self.settings.sample_interval)
+                events.close()
+                events = None
         monitor.proc_events = events is not None
         if self.heartbeat_file:
             monitor.heartbeat_file = Path(self.heartbeat_file)
