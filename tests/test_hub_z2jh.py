@@ -39,9 +39,10 @@ def test_the_watchers_daemonset_reports_to_the_hub_with_a_root_only_token_file()
     assert pod["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
     config = docs["ConfigMap"]["data"]["watch_config.py"]
     assert 'c.Watcher.hub_url = "http://hub:10101/services/colab-guard/"' in config
-    assert 'c.Watcher.hub_api_token_file = "/etc/colab-guard/hub/watcher-token"' in config
+    assert 'c.Watcher.hub_api_token_file = "/etc/colab-guard/hub-token"' in config
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "hub-token"]
     assert volume["secret"]["secretName"] == "colab-guard" and volume["secret"]["defaultMode"] == 0o400
     [mount] = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "hub-token"]
-    assert mount["mountPath"] == "/etc/colab-guard/hub" and mount["readOnly"]
+    assert (mount["mountPath"], mount["subPath"]) == ("/etc/colab-guard/hub-token", "watcher-token")
+    assert mount["readOnly"]
     assert not any("TOKEN" in e["name"] for e in pod["spec"]["containers"][0].get("env", []))
