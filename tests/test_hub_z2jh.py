@@ -37,6 +37,7 @@ def test_the_watchers_daemonset_reports_to_the_hub_with_a_root_only_token_file()
     docs = {d["kind"]: d for d in yaml.safe_load_all(DAEMONSET.read_text())}
     pod = docs["DaemonSet"]["spec"]["template"]
     assert pod["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
+    assert pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"  # `hub` resolves, host network
     config = docs["ConfigMap"]["data"]["watch_config.py"]
     assert 'c.Watcher.hub_url = "http://hub:10101/services/colab-guard/"' in config
     assert 'c.Watcher.hub_api_token_file = "/etc/colab-guard/hub-token"' in config
