@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,12 +31,15 @@ from colab_guard.observe.gpu import GpuSampler
 from colab_guard.observe.processes import ProcessSampler
 
 
-def start_tree(size: int, busy: bool = False) -> subprocess.Popen:
+def start_tree(size: int, busy: bool = False, connect_to: int | None = None) -> subprocess.Popen:
     """A parent shell with ``size - 1`` children: ``size`` processes in all. Idle children
     sleep; busy ones are python processes waking every 50 ms, so each is read in full every
-    tick (an idle process's last full read is reused until it runs)."""
-    child = (f"{sys.executable} -c 'import time\nwhile True: time.sleep(0.05)' & " if busy
-             else "sleep 600 & ")
+    tick (an idle process's last full read is reused until it runs). ``connect_to``: busy
+    children that each hold a connection to that local port and spin (every one a
+    candidate of the behaviour rules: CPU demand and connection traffic read each tick)."""
+    spin = (f"import socket\ns = socket.create_connection((\"127.0.0.1\", {connect_to}))\n"
+            "while True: pass" if connect_to else "import time\nwhile True: time.sleep(0.05)")
+    child = (f"{sys.executable} -c '{spin}' & " if busy else "sleep 600 & ")
     script = child * (size - 1) + "wait" if size > 1 else "sleep 600"
     parent = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
     deadline = time.monotonic() + 10
@@ -97,6 +101,18 @@ def main() -> None:
             print(row(f"1 kernel, {size} {'busy' if busy else 'idle'} processes", bare, guard))
         finally:
             stop_tree(tree)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    tree = start_tree(5, True, connect_to=listener.getsockname()[1])
+    try:
+        sampler = ProcessSampler(libraries_refresh=5.0)
+        bare = cpu_cost(lambda: bare_walk(tree.pid), args.samples)
+        guard = cpu_cost(lambda: sampler.sample({"k": tree.pid}), args.samples)
+        print(row("1 kernel, 5 spinning processes each holding a connection", bare, guard))
+    finally:
+        stop_tree(tree)
+        listener.close()
     trees = [start_tree(20) for _ in range(10)]
     try:
         sampler = ProcessSampler(libraries_refresh=5.0)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
-from traitlets import TraitError
+from traitlets import TraitError, Unicode
 
 from .act.policy import Policy
 from .channel import KernelChannel
@@ -26,12 +28,15 @@ from .monitor import Monitor
 from .observe.processes import kernel_environment
 from .record import metrics
 from .record.database import DatabaseError, IncidentDatabase, IncidentStore
-from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID
+from .record.events import INCIDENT_SCHEMA, INCIDENT_SCHEMA_ID, incident_event
 from .record.recorder import Recorder
 from .record.reporter import HubReporter, build_reporter
 from .record.store import IncidentLog, IncidentLogError
 from .settings import GuardTraits, Settings
+from .settings_origin import SettingSource, setting_sources, summary
 from .vocabulary import CATEGORIES
+from .watch.protocol import DEFAULT_SOCKET
+from .watcher_link import WatcherLink
 
 
 class GuardStartError(RuntimeError):
@@ -42,6 +47,12 @@ class ColabGuard(ExtensionApp, GuardTraits):
     name = "colab_guard"
     description = "Watch every kernel, stop forbidden use, tell the user, record the incident."
     load_other_extensions = True
+
+    watcher_socket = Unicode(DEFAULT_SOCKET, config=True, help=(
+        "The node watcher's socket (colab-guard watch, as root). When a watcher listening "
+        "there as root watches this server's user, it checks and stops the kernels' "
+        "processes and records those incidents, and this server tells the user (the cell, "
+        "JupyterLab, the REST API) instead of sampling processes itself. Empty: no watcher."))
 
     # ------------------------------------------------------------ wiring
 
@@ -54,17 +65,34 @@ class ColabGuard(ExtensionApp, GuardTraits):
     policy: Policy | None = None
     recorder: Recorder | None = None
     reporter: HubReporter | None = None  # reports incidents to the hub service (hub_url)
+    watcher: WatcherLink | None = None
+    #: where each guard setting came from (settings_origin.py)
+    sources: list[SettingSource] = []
     started: float = 0.0  # when the guard started: incidents_this_session counts from here
 
     def _link_jupyter_server_extension(self, serverapp):
         """Read the configuration; a bad value is refused whole, never half applied."""
         try:
             super()._link_jupyter_server_extension(serverapp)
+            self._say_where_settings_come_from(serverapp)
             self._refuse_unknown_settings()
             self.check_environment()
         except TraitError as err:
             self._linked = True  # linking itself worked: the error is ours to report
             self._cannot_start(f"a bad setting: {err}", err)
+
+    def _say_where_settings_come_from(self, serverapp) -> None:
+        try:
+            cli = serverapp.cli_config.copy()
+            cli.merge(self.cli_config)
+            self.sources = setting_sources(list(serverapp.config_file_paths), cli)
+        except Exception:
+            self.log.exception("colab-guard: could not tell where its settings come from")
+            return
+        mine = summary(self.sources)
+        if mine:
+            self.log.warning("colab-guard: settings this server's user can change: %s. They "
+                             "apply to this server only; a node watcher ignores them", mine)
 
     def _refuse_unknown_settings(self) -> None:
         known = set(self.trait_names(config=True))
@@ -128,8 +156,14 @@ class ColabGuard(ExtensionApp, GuardTraits):
                                      self.recorder, log=self.log) \
             if settings.kernel_hook and settings.enabled else None
         self.kernels.on_start(self._kernel_starting)
+        if self.watcher_socket:
+            self.watcher = WatcherLink(
+                self.watcher_socket, Path(jupyter_data_dir()) / "colab_guard" /
+                "watcher-told.json", self._watcher_incident, log=self.log)
+            self.monitor.deferred = lambda: self.watcher.covered
         self.settings["colab_guard_api"] = GuardAPI(
             settings, self.store, self.status, self.started, self.categories,
+            self._watcher_incidents, self.watcher.appeal if self.watcher else None,
             hub_appeal=self.reporter.appeal if self.reporter is not None else None)
         self.log.info("colab-guard: %d signatures, %d allow rules, sampling every %gs%s; "
                       "incidents in %s", len(self.rules.signatures), len(self.rules.allow),
@@ -161,6 +195,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
             return
         if self.reporter is not None:
             self.reporter.start()
+        if self.watcher is not None:
+            self.watcher.start()
         if self.enabled and self.monitor is not None:
             self.monitor.start()
             if self.channel is not None:
@@ -170,6 +206,8 @@ class ColabGuard(ExtensionApp, GuardTraits):
                              "not watched")
 
     async def stop_extension(self):
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self.channel is not None:
             await self.channel.stop()
         if self.monitor is not None:
@@ -178,6 +216,23 @@ class ColabGuard(ExtensionApp, GuardTraits):
             self.store.flush()
         if self.reporter is not None:
             self.reporter.stop(timeout=1.0)  # what is still queued is sent after the restart
+
+    # ------------------------------------------------------------ the node watcher
+
+    def _watcher_incident(self, incident, action: str, phase: str, message: str,
+                          policy_url: str, new: bool) -> None:
+        """The node watcher recorded an incident of this user: tell, never record again.
+        The kernel hears of it as soon as it is recorded (before the interrupt that it
+        explains); JupyterLab once it is complete."""
+        if not new:
+            return  # told by an earlier server of this user; listed in the REST API only
+        if self.channel is not None:
+            self.channel.tell(incident, action, message, policy_url)
+        if phase == "done":
+            self._emit(incident_event(incident, action, message, policy_url))
+
+    def _watcher_incidents(self) -> list:
+        return [i for i, _ in self.watcher.incidents.values()] if self.watcher else []
 
     # ------------------------------------------------------------ kernels
 
@@ -213,7 +268,7 @@ class ColabGuard(ExtensionApp, GuardTraits):
     def status(self) -> dict:
         """The guard's state, for the status API and the JupyterLab status bar."""
         if self.settings_ is None or self.unguarded_reason:
-            return {"enabled": False, "guarded": False,
+            return {"enabled": False, "guarded": False, **self._sources_status(),
                     "unguarded_reason": self.unguarded_reason or "not started",
                     "kernels_monitored": 0, "signatures": 0, "ticks": 0, "strikes": 0,
                     "strike_limit": 0, "gpu": {"available": False, "reason": "unguarded"}}
@@ -235,7 +290,17 @@ class ColabGuard(ExtensionApp, GuardTraits):
             "gpu": self._gpu_status(),
             "reporting": self.reporter.status() if self.reporter is not None else
             {"enabled": False, "queued": 0},
+            "watcher": self.watcher.status() if self.watcher else
+            {"covered": False, "reason": "ColabGuard.watcher_socket is empty"},
+            "processes_checked_by": "node watcher" if self.watcher and self.watcher.covered
+            else "this server",
+            **self._sources_status(),
         }
+
+    def _sources_status(self) -> dict:
+        return {"settings_from": [s.to_dict() for s in self.sources],
+                "user_writable_settings": sorted({s.setting for s in self.sources
+                                                  if s.user_writable})}
 
     def _gpu_status(self) -> dict:
         gpu = self.monitor.gpu if self.monitor else None

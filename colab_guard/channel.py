@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -36,7 +37,7 @@ from .detect.engine import STARTS_PREFIX, Detection, Engine, cell_findings
 from .detect.signatures import SignatureSet
 from .kernel import protocol
 from .kernel.notice import shorten
-from .observe.model import Snapshot
+from .observe.model import Snapshot, normalise_ip
 from .record import metrics
 from .record.incident import Action, Incident, clean_text
 from .record.recorder import Recorder
@@ -206,6 +207,9 @@ class KernelChannel:
             conn.dropped = dropped
         if message.get("events"):
             self._check_burst()
+            endpoints = connected_to(message["events"])
+            if endpoints:
+                self.monitor.note_connects(conn.kernel_id, endpoints)
 
     def _check_burst(self) -> None:
         """Check now, and keep checking briefly: a program just started has no sockets yet."""
@@ -257,8 +261,10 @@ class KernelChannel:
 
     # ------------------------------------------------------------ notices
 
-    def notice(self, incident: Incident, action: str) -> dict:
-        """What the notebook shows (every text in it is escaped there)."""
+    def notice(self, incident: Incident, action: str, message: str | None = None,
+               policy_url: str | None = None) -> dict:
+        """What the notebook shows (every text in it is escaped there); the message and
+        policy link are this server's unless given (the node watcher's own)."""
         detected = incident.summary()
         procs = incident.evidence.get("processes") or []
         if procs and procs[0].get("cmdline"):
@@ -269,9 +275,11 @@ class KernelChannel:
         return {"incident_id": incident.id, "category": incident.category,
                 "detected": detected, "action": action, "dry_run": incident.dry_run,
                 "strike": incident.strike, "package": _package_text(incident.package),
-                "message": self.settings.warning_message, "policy_url": self.settings.policy_url}
+                "message": self.settings.warning_message if message is None else message,
+                "policy_url": self.settings.policy_url if policy_url is None else policy_url}
 
-    def _tell_kernel(self, incident: Incident, action: str) -> None:
+    def _tell_kernel(self, incident: Incident, action: str, message: str | None = None,
+                     policy_url: str | None = None) -> None:
         """Monitor listener: send the notice to the incident's kernel, once."""
         if incident.id in self._told or not at_least(action, "warn"):
             return
@@ -280,7 +288,10 @@ class KernelChannel:
             self._told.add(incident.id)
             if len(self._told) > 10_000:
                 self._told.clear()
-            conn.send("notice", notice=self.notice(incident, action))
+            conn.send("notice", notice=self.notice(incident, action, message, policy_url))
+
+    #: the node watcher's incidents (watcher_link.py), with the watcher's message and link
+    tell = _tell_kernel
 
     async def _tampering(self, conn: _Connection, signature: str, description: str) -> None:
         action = self.policy.tampering()
@@ -308,6 +319,25 @@ class _Connection:
     def send(self, kind: str, **fields) -> None:
         if not self.writer.is_closing():
             self.writer.write(protocol.encode(kind, **fields))
+
+
+_CONNECT = re.compile(r"\('([0-9A-Za-z.:_-]{1,255})', ([0-9]{1,5})[,)]")
+
+
+def connected_to(events) -> list[tuple[str, int]]:
+    """The (host, port) of each inet connection among a kernel's reported events (the hook
+    reports socket.connect's address as text: "('127.0.0.1', 8080)"); anything else is
+    skipped (the events are the user's, untrusted)."""
+    found = []
+    if not isinstance(events, list):
+        return found
+    for event in events:
+        if isinstance(event, list) and len(event) == 2 and event[0] == "connect" \
+                and isinstance(event[1], str):
+            match = _CONNECT.match(event[1])
+            if match and int(match.group(2)) <= 65535:
+                found.append((normalise_ip(match.group(1)), int(match.group(2))))
+    return found
 
 
 def cell_evidence(detections: list[Detection], source: str) -> dict:

@@ -45,6 +45,10 @@ class GuardAPI:
     started: float  # incidents_this_session counts from here
     #: the categories incidents can have: built-in, declared by signature files, configured
     categories: Callable[[], list[str]] = lambda: list(CATEGORIES)
+    #: the node watcher's incidents of this server's user (watcher_link.py): shown, not stored
+    watcher_incidents: Callable[[], list] = lambda: []
+    #: appeal one of those: (incident id, text) -> the appeal, or AppealError
+    appeal_to_watcher: Callable | None = None
     #: sends an appeal to the hub service (incident id, text -> what came of it), if reporting
     hub_appeal: Callable[[str, str], dict] | None = None
 
@@ -88,16 +92,28 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
         if not await self.is_admin("write"):
             raise web.HTTPError(403, f"only admins may do this (resource {ADMIN_RESOURCE!r})")
 
+    def watcher_incidents(self, user: str | None, category: str | None = None,
+                          kernel_id: str | None = None, since: float | None = None) -> list:
+        """The node watcher's incidents this server was told of, filtered as the store's."""
+        return [i for i in self.guard.watcher_incidents()
+                if (user is None or i.user == user) and (category is None or i.category == category)
+                and (kernel_id is None or i.kernel_id == kernel_id)
+                and (since is None or i.time >= since)]
+
     async def visible_incident(self, incident_id: str):
         """The incident if the current user may see it; 404 otherwise (its existence stays private)."""
-        incident = self.store.get(incident_id)
+        incident = self.store.get(incident_id) or next(
+            (i for i in self.guard.watcher_incidents() if i.id == incident_id), None)
         if incident is None or (incident.user != self.username and not await self.is_admin()):
             raise web.HTTPError(404, f"no incident with id {incident_id[:64]!r}")
         return incident
 
     def views(self, incidents) -> list[dict]:
         appeals = self.store.appeals_by_incident([i.id for i in incidents])
-        return [incident_view(i, appeals[i.id]) for i in incidents]
+        watcher = {i.id for i in self.guard.watcher_incidents()}
+        return [{**incident_view(i, appeals[i.id]),
+                 "recorded_by": "node watcher" if i.id in watcher else "server"}
+                for i in incidents]
 
     def json_body(self) -> dict:
         try:
@@ -169,13 +185,14 @@ class IncidentsHandler(GuardHandler):
     async def get(self):
         """Incidents, newest first. Filters: user (admins), category, kernel_id, since; limit."""
         user = self.get_argument("user", None) if await self.is_admin() else self.username
-        incidents = self.store.query(
-            user=user,
-            category=self.category_argument(),
-            kernel_id=self.get_argument("kernel_id", None),
-            since=self.time_argument("since"),
-            limit=self.int_argument("limit", 100, 1, MAX_LIMIT),
-        )
+        filters = dict(user=user, category=self.category_argument(),
+                       kernel_id=self.get_argument("kernel_id", None),
+                       since=self.time_argument("since"))
+        limit = self.int_argument("limit", 100, 1, MAX_LIMIT)
+        incidents = self.store.query(**filters, limit=limit)
+        known = {i.id for i in incidents}
+        incidents += [i for i in self.watcher_incidents(**filters) if i.id not in known]
+        incidents = sorted(incidents, key=lambda i: -i.time)[:limit]
         self.write_json({"incidents": self.views(incidents)})
 
 
@@ -196,6 +213,15 @@ class AppealHandler(GuardHandler):
         if incident.user != self.username:
             raise web.HTTPError(403, "only the incident's own user can appeal it")
         text = self.text_field(self.json_body(), "text")
+        if self.store.get(incident.id) is None:  # the node watcher's: appealed there
+            if self.guard.appeal_to_watcher is None:
+                raise web.HTTPError(503, "the node watcher that recorded it cannot be reached")
+            try:
+                appeal = await self.guard.appeal_to_watcher(incident.id, text)
+            except AppealError as err:
+                raise web.HTTPError(err.status, str(err))
+            self.write_json({"appeal": appeal}, status=201)
+            return
         try:
             appeal = self.store.appeal(incident.id, self.username, text)
         except AppealError as err:
@@ -266,9 +292,10 @@ class StatusHandler(GuardHandler):
     async def get(self):
         guard, admin = self.guard, await self.is_admin()
         status = guard.status()
-        status.update(user=self.username, admin=admin, incidents_this_session=guard.store.count(
-            user=None if admin else self.username, since=guard.started) if guard.store else 0,
-            categories=self.known_categories())
+        user = None if admin else self.username
+        status.update(user=self.username, admin=admin, incidents_this_session=(guard.store.count(
+            user=user, since=guard.started) + len(self.watcher_incidents(user, since=guard.started))
+            if guard.store else 0), categories=self.known_categories())
         self.write_json(status)
 
 

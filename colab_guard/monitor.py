@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,9 @@ class Monitor:
         self._wake = asyncio.Event()
         self._running = False
         self._reported_stats: dict[str, int] = {}
+        #: True while a node watcher checks these kernels' processes (watcher_link.py): the
+        #: monitor then neither samples nor acts, so an offence is never recorded twice
+        self.deferred: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------ the loop
 
@@ -129,6 +133,9 @@ class Monitor:
             await asyncio.wait(self._tasks, timeout=10)
         if self.gpu is not None:
             self._sampling.submit(self.gpu.stop)
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.close)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
         self.sampler.content.close()
@@ -136,6 +143,8 @@ class Monitor:
     async def tick(self) -> None:
         started = time.perf_counter()
         self.recorder.flush()  # retry anything a failed write left behind
+        if self.deferred():
+            return
         kernels = self.kernel_pids()
         metrics.KERNELS_MONITORED.set(len(kernels))
         try:
@@ -210,6 +219,13 @@ class Monitor:
     def claim(self, pid: int, kernel_id: str) -> None:
         """Attribute a process the kernel hook reported (in the sampler's own thread)."""
         self._sampling.submit(self.sampler.claim, pid, kernel_id)
+
+    def note_connects(self, kernel_id: str, endpoints: list[tuple[str, int]]) -> None:
+        """Connections the kernel hook saw the kernel open (refused ones too), for the
+        behaviour window (in the sampler's own thread)."""
+        behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
+        if behaviour is not None:
+            self._sampling.submit(behaviour.note_connects, kernel_id, endpoints, time.time())
 
     async def _carry_out(self, incident: Incident, plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}

@@ -230,13 +230,13 @@ def test_the_socket_tables_are_read_again_for_a_new_socket_or_once_too_old():
     inode = os.fstat(held.fileno()).st_ino
     first = InetTables()
     assert [s.status for s in first.of((inode,))] == ["LISTEN"] and first.read
-    again = InetTables(first, max_age=60)
+    again = InetTables(earlier=first, max_age=60)
     assert [s.status for s in again.of((inode,))] == ["LISTEN"]
     assert not again.read  # a socket the last read knew: answered from it
     new = socket.create_server(("127.0.0.1", 0))
     found = again.of((inode, os.fstat(new.fileno()).st_ino))
     assert again.read and len(found) == 2  # one it did not know: read now
-    stale = InetTables(first, max_age=0)
+    stale = InetTables(earlier=first, max_age=0)
     stale.of((inode,))
     assert stale.read  # too old to answer
     held.close()

@@ -1,7 +1,8 @@
 """The node watcher, for real: Unix users of its own, kernels run as them, the watcher as root.
 
 Needs root (CI runs as root): the fixtures create two unprivileged users
-(cg-watch-alice, cg-watch-bob; removed at teardown), run "kernels" as them (a small
+(cgw<pid>-alice, cgw<pid>-bob, named after the test run so that runs side by side never
+share one; removed at teardown), run "kernels" as them (a small
 Python process with the kernel's marker in its environment, in a session of its own as
 jupyter_client starts kernels, that records the SIGINTs it gets), the stand-in pool on
 127.0.0.1, and ``python -m colab_guard.watch`` as root with a root-only config file and a
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "colab-guard-watch.service"
 MINER = ROOT / "tests" / "standins" / "miner.py"
-ALICE, BOB = "cg-watch-alice", "cg-watch-bob"
+#: per test run: another run on the machine must never see, remove or signal our users
+ALICE, BOB = f"cgw{os.getpid()}-alice", f"cgw{os.getpid()}-bob"
 WALLET = "4" + "A" * 94
 
 KERNEL = textwrap.dedent("""
@@ -43,6 +45,8 @@ KERNEL = textwrap.dedent("""
         with open(report, "a") as f:
             f.write(what + "\\n")
     signal.signal(signal.SIGINT, lambda *_: note("SIGINT"))
+    while not os.path.exists(report + ".go"):  # as a cell runs once the kernel has started
+        time.sleep(0.02)
     argv = [sys.executable, miner, "-o", url, "-u", wallet, "-p", "x"]
     if mode == "miner":
         note("miner %d" % subprocess.Popen(argv).pid)
@@ -155,8 +159,8 @@ def confined(argv: list[str]) -> list[str]:
 
 
 class RunningWatcher:
-    def __init__(self, folder: Path, proc: subprocess.Popen, log: Path):
-        self.folder, self.proc, self.log_path = folder, proc, log
+    def __init__(self, folder: Path, proc: subprocess.Popen, log: Path, socket: Path):
+        self.folder, self.proc, self.log_path, self.socket = folder, proc, log, socket
         self._store = None
 
     @property
@@ -179,6 +183,9 @@ class RunningWatcher:
 @pytest.fixture(scope="module")
 def watcher(users, tmp_path_factory):
     folder = tmp_path_factory.mktemp("watcher")  # under /tmp/pytest-of-root: root's alone
+    run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))  # as /run/colab-guard: users reach it
+    run.chmod(0o755)
+    socket = run / "watch.sock"
     config = folder / "watch_config.py"
     config.write_text(textwrap.dedent(f"""
         c.Watcher.users = [{ALICE!r}, {BOB!r}]
@@ -189,6 +196,7 @@ def watcher(users, tmp_path_factory):
         c.Watcher.strike_limit = 0
         c.Watcher.heartbeat_file = "{folder / 'run' / 'heartbeat.json'}"
         c.Watcher.metrics_port = {free_port()}
+        c.Watcher.user_socket = "{socket}"
     """))
     config.chmod(0o644)
     log = folder / "watcher.log"
@@ -197,13 +205,14 @@ def watcher(users, tmp_path_factory):
                                           f"--Watcher.config_file={config}",
                                           "--Watcher.gpu_sampling=False"]),
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    running = RunningWatcher(folder, proc, log)
+    running = RunningWatcher(folder, proc, log, socket)
     wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
                timeout=30, what="the watcher started")
     assert proc.poll() is None, running.log()
     yield running
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=15)
+    shutil.rmtree(run, ignore_errors=True)
     assert "Traceback" not in running.log(), running.log()
 
 
@@ -211,16 +220,21 @@ class Kernel:
     """A kernel-like process of a test user: the marker in its environment, its own session."""
 
     def __init__(self, world: Path, user, kernel_id: str, mode: str, pool_url: str,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, watcher: RunningWatcher | None = None):
         self.kernel_id = kernel_id
         self.report = world / f"{kernel_id}.report"
         self.report.unlink(missing_ok=True)
+        go = world / f"{kernel_id}.report.go"
+        go.unlink(missing_ok=True)
         env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "COLAB_GUARD_KERNEL_ID": kernel_id,
                **(extra_env or {})}
         self.proc = subprocess.Popen(
             ["/usr/bin/python3", str(world / "kernel.py"), mode, str(self.report), str(MINER),
              pool_url, WALLET], user=user.pw_uid, group=user.pw_gid, extra_groups=[], env=env,
             start_new_session=True, cwd="/")
+        if watcher is not None:  # its first program runs once the watcher knows the kernel
+            waits(watcher, lambda: watcher.knows_kernel(kernel_id), f"kernel {kernel_id} found")
+        go.touch()
         wait_until(lambda: "ready" in self.notes(), timeout=20, what=f"kernel {kernel_id} ready")
 
     def notes(self) -> list[str]:
@@ -274,7 +288,8 @@ def waits(watcher: RunningWatcher, predicate, what: str, timeout: float = 30):
 
 def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-1", "miner", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-1"), "the incident recorded")
@@ -292,7 +307,8 @@ def test_a_users_miner_is_stopped_the_kernel_interrupted_and_the_user_recorded(
 
 def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-2", "double-fork", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     incident = waits(watcher, lambda: _incident_of(watcher, "k-alice-2"),
@@ -304,7 +320,8 @@ def test_a_detached_miner_with_a_wiped_environment_is_still_the_kernels(
 
 def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
         watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-4", "left-behind", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     waits(watcher, lambda: watcher.knows_kernel("k-alice-4"), "the kernel found")
@@ -318,12 +335,13 @@ def test_a_miner_left_behind_by_a_killed_kernel_is_still_its_users(
     assert steps["interrupt"].outcome == "gone"
     waits(watcher, lambda: not _alive(miner), "the left-behind miner stopped")
     # Its id was not given to the orphan: no kernel of that id has a process now.
-    assert "kernel k-alice-4 of user cg-watch-alice (uid" in watcher.log()
+    assert f"kernel k-alice-4 of user {ALICE} (uid" in watcher.log()
     assert watcher.log().count("kernel k-alice-4 of user") == 1
 
 
 def test_a_non_dumpable_miner_is_seen_whole(watcher, users, world, pool, kernels):
-    kernel = Kernel(world, users[ALICE], "k-alice-5", "non-dumpable", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-5", "non-dumpable", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     miner = kernel.miner_pid
     # Non-dumpable: its /proc entries are root's, so its own user (and that user's server)
@@ -342,7 +360,8 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
     # Both carry alice's kernel id in their environment and run the very same miner.
     env = {"PATH": "/usr/bin:/bin", "COLAB_GUARD_KERNEL_ID": "k-alice-3"}
     argv = ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET, "-p", "x"]
-    kernel = Kernel(world, users[ALICE], "k-alice-3", "idle", pool)
+    kernel = Kernel(world, users[ALICE], "k-alice-3", "idle", pool,
+                    watcher=watcher)
     kernels.append(kernel)
     as_root = subprocess.Popen(argv, env=env, start_new_session=True)
     bob = users[BOB]
@@ -360,7 +379,7 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
         waits(watcher, lambda: bob_kernel.poll() is not None, "bob's kernel shut")
         assert as_root.poll() is None and as_bob.poll() is None
         assert _incident_of(watcher, "k-alice-3") is None
-        assert "kernel k-alice-3 of user cg-watch-alice" in watcher.log()
+        assert f"kernel k-alice-3 of user {ALICE}" in watcher.log()
         for incident in watcher.incidents():
             pids = {p["pid"] for p in incident.evidence["processes"]}
             assert as_root.pid not in pids and as_bob.pid not in pids
@@ -456,10 +475,20 @@ def _python_for_users() -> str | None:
 class UsersServer(GuardedServer):
     """A guarded ``jupyter server`` run as a test user, in a folder of that user's."""
 
-    def __init__(self, user, folder: Path, python: str):
-        folder.mkdir(mode=0o755)
+    def __init__(self, user, folder: Path, python: str, guard: dict | None = None):
+        folder.mkdir(mode=0o755, exist_ok=True)
         os.chown(folder, user.pw_uid, user.pw_gid)
-        super().__init__(folder=folder)
+        super().__init__(guard=guard, folder=folder)
+        # The operator's config, out of the user's reach (the user's own folder would let
+        # them replace it); jupyter_core must not try to write its "migrated" mark there.
+        operator = Path(tempfile.mkdtemp(prefix="cg-watch-operator-"))
+        operator.chmod(0o755)
+        shutil.copy(self.dir / "config" / "jupyter_server_config.json", operator)
+        (operator / "migrated").touch()
+        shutil.rmtree(self.dir / "config")
+        self.env["JUPYTER_CONFIG_DIR"] = str(operator)
+        self.operator_config = operator
+
         self.user = user
         self.env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         self.argv = [python if a == sys.executable else a for a in self.argv
@@ -469,46 +498,16 @@ class UsersServer(GuardedServer):
 
             self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
 
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.operator_config, ignore_errors=True)
+
     def launch(self) -> subprocess.Popen:
         log = open(self.log_path, "wb")  # noqa: SIM115 (the server writes it until it stops)
         self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.dir, stdout=log,
                                         stderr=subprocess.STDOUT, user=self.user.pw_uid,
                                         group=self.user.pw_gid, extra_groups=[])
         return self.process
-
-
-def test_the_miner_is_stopped_while_the_users_server_is_frozen(watcher, users, world, pool):
-    python = _python_for_users()
-    if python is None:
-        pytest.skip("no Python interpreter with this environment's packages that a test user "
-                    "can run (this one's lies in a folder only root can read)")
-    server = UsersServer(users[ALICE], world / "alice-server", python).start()
-    client = None
-    try:
-        kernel_id, client = server.start_kernel()
-        waits(watcher, lambda: watcher.knows_kernel(kernel_id), "the kernel found")
-        os.kill(server.process.pid, signal.SIGSTOP)  # what a cell can do to its own server
-        pid_file = world / "frozen-miner.pid"
-        client.execute(textwrap.dedent(f"""
-            import subprocess, sys
-            miner = subprocess.Popen([sys.executable, {str(MINER)!r}, "-o", {pool!r},
-                                      "-u", {WALLET!r}, "-p", "x"])
-            open({str(pid_file)!r}, "w").write(str(miner.pid))
-        """))
-        miner = int(waits(watcher, lambda: pid_file.exists() and pid_file.read_text(),
-                          "the miner started"))
-        incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
-                         "the watcher's incident")
-        assert incident.user == ALICE
-        assert psutil.Process(server.process.pid).status() == psutil.STATUS_STOPPED
-        waits(watcher, lambda: not _alive(miner), "the miner stopped")
-        assert {a.action: a.outcome for a in incident.actions}["interrupt"] == "done"
-    finally:
-        if server.process is not None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        if client is not None:
-            client.stop_channels()
-        server.stop()
 
 
 # ---------------------------------------------------------------- configuration

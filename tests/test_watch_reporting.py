@@ -83,6 +83,7 @@ def test_the_watchers_incident_reaches_the_hub_with_its_own_token(
         c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
         c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
         c.Watcher.heartbeat_file = ""
+        c.Watcher.user_socket = ""
         c.Watcher.hub_url = {service.url!r}
         c.Watcher.hub_api_token_file = "{token_file(folder, service.token)}"
     """))
@@ -95,7 +96,7 @@ def test_the_watchers_incident_reaches_the_hub_with_its_own_token(
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={k: v for k, v in os.environ.items()
                                      if k not in ("JUPYTERHUB_API_TOKEN", "COLAB_GUARD_HUB_URL")})
-    watcher = RunningWatcher(folder, proc, log)
+    watcher = RunningWatcher(folder, proc, log, folder / "no-socket")
     kernel = None
     try:
         wait_until(lambda: "reported to the hub at" in watcher.log() or proc.poll() is not None,

@@ -199,3 +199,172 @@ def test_the_watch_command_takes_watcher_options_and_refuses_bad_ones(capsys, tm
     with pytest.raises(SystemExit):  # other commands take no such options
         main(["signatures", "list", "--Watcher.min_uid=5"])
     assert "unrecognized arguments: --Watcher.min_uid=5" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- terminals, kernels unmarked
+
+
+def test_a_terminal_shell_of_a_users_server_is_a_kernel_of_its_own():
+    server = Seen(pid=500, start=1, ppid=1, uid=60001, server=True)
+    shell = Seen(pid=510, start=5, ppid=500, uid=60001, tty=34816, term=True)
+    node = _node(server, shell,
+                 Seen(pid=520, start=6, ppid=500, uid=60001, term=True),  # no tty: no terminal
+                 Seen(pid=530, start=7, ppid=500, uid=60002, tty=34817, term=True),  # not its uid
+                 Seen(pid=540, start=8, ppid=1, uid=60001, tty=34818, term=True))  # an ssh login
+    assert node.pids() == {"terminal-510": 510}
+    assert node.kernel("terminal-510").notebook == "terminal"
+
+
+def test_a_kernels_parent_is_a_server_whose_terminals_are_watched():
+    kernel = Seen(pid=610, start=2, ppid=600, uid=60001, marker="k1")
+    shell = Seen(pid=620, start=3, ppid=600, uid=60001, tty=34816, term=True)
+    node = _node(Seen(pid=600, start=1, ppid=1, uid=60001), kernel, shell)
+    assert node.pids() == {"k1": 610, "terminal-620": 620}
+
+
+def test_a_kernel_without_the_marker_is_known_by_its_connection_file(tmp_path):
+    from colab_guard.watch.kernels import _CONNECTION_FILE, _SERVER
+
+    found = Seen(pid=1, start=1, ppid=0, uid=60001)
+    argv = ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f",
+            "/home/a/.local/share/jupyter/runtime/kernel-8c1e-44.json"]
+    script = tmp_path / "argv.py"
+    script.write_text("import time; time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, str(script), *argv[3:]])
+    try:
+        wait = __import__("tests.harness", fromlist=["wait_until"]).wait_until
+        wait(lambda: "kernel-8c1e-44" in open(f"/proc/{proc.pid}/cmdline").read(), timeout=10)
+        NodeKernels._read_command_line(proc.pid, found)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert found.marker == "8c1e-44"
+    assert _CONNECTION_FILE.search("kernel-../../x.json") is None  # no path in an id
+    for line in ("/usr/local/bin/jupyter-lab --no-browser", "/usr/bin/python3 -m jupyter_server",
+                 "/opt/conda/bin/python /opt/conda/bin/jupyterhub-singleuser --ip=0.0.0.0",
+                 "jupyter lab"):
+        assert _SERVER.search(line), line
+    for line in ("python3 my_jupyter_serverless.py", "vim jupyter_server_config.py"):
+        assert not _SERVER.search(line), line
+
+
+# ---------------------------------------------------------------- telling users' servers
+
+
+def test_the_catch_up_names_the_action_from_the_recorded_steps():
+    from colab_guard.record.incident import Action, Incident
+    from colab_guard.watch.tell import plan_action
+
+    incident = Incident("k", "crypto-mining", "high", "s", "d", "alice", actions=[
+        Action("record", "incident log", "done"), Action("warn", "user", "done"),
+        Action("interrupt", "kernel", "done"), Action("stop", "pid 5", "done")])
+    assert plan_action(incident) == "interrupt"
+    assert plan_action(Incident("k", "tampering", "medium", "s", "d", "alice")) == "record"
+
+
+def test_the_server_tells_each_watcher_incident_once_and_remembers_what_was_told(tmp_path):
+    from colab_guard.record.incident import Incident
+    from colab_guard.watcher_link import WatcherLink
+
+    told = []
+    seen_file = tmp_path / "told.json"
+    link = WatcherLink("/nonexistent.sock", seen_file, lambda *args: told.append(args))
+    old = Incident("k", "crypto-mining", "high", "s", "d", "alice", time=link._told_until - 60)
+    new = Incident("k", "crypto-mining", "high", "s", "d", "alice", time=link._told_until + 1)
+    link._received({"type": "welcome", "covered": True, "user": "alice", "uid": 60001})
+    assert link.covered
+    for incident in (old, new):  # the catch-up
+        link._received({"type": "incident", "phase": "done", "action": "interrupt",
+                        "incident": incident.to_dict(), "message": "m", "policy_url": ""})
+    link._received({"type": "caught_up", "count": 2})
+    link._received({"type": "incident", "phase": "acting", "action": "interrupt",
+                    "incident": new.to_dict(), "message": "m", "policy_url": ""})  # again
+    assert [(a[0].id, a[2], a[5]) for a in told] == [(old.id, "done", False),
+                                                     (new.id, "done", True)]
+    assert [i["id"] for i in link.status()["told_on_return"]] == [new.id]
+    assert list(link.incidents) == [old.id, new.id]
+    again = WatcherLink("/nonexistent.sock", seen_file, lambda *args: None)
+    assert abs(again._told_until - new.time) < 0.001  # a later server does not tell it again
+
+
+def test_settings_a_user_can_write_are_told_apart(tmp_path):
+    import json
+
+    from colab_guard.settings_origin import setting_sources, user_can_write
+
+    operator, own = tmp_path / "etc", tmp_path / "home"
+    operator.mkdir()
+    own.mkdir()
+    (operator / "jupyter_server_config.json").write_text(json.dumps(
+        {"ColabGuard": {"policy_url": "https://x"}}))
+    conf_d = own / "jupyter_server_config.d"
+    conf_d.mkdir()
+    (conf_d / "mine.json").write_text(json.dumps(
+        {"ColabGuard": {"enabled": False},
+         "ServerApp": {"jpserver_extensions": {"colab_guard": False}}}))
+    (own / "jupyter_colab_guard_config.py").write_text("c.ColabGuard.dry_run = True\n")
+    me = os.getuid()
+    if me == 0:  # root is never "a user": the folders become a user's
+        me = 60011
+        for folder in (tmp_path, own, operator):
+            os.chown(folder, me, me)
+
+    def sources(uid):
+        return {(s.setting, s.user_writable) for s in setting_sources(
+            [str(own), str(operator)], {"ColabGuard": {"sample_interval": 2}}, uid=uid,
+            groups=[])}
+
+    # As the folders' owner: everything in them is theirs (the operator's folder too, here).
+    assert sources(me) == {("ColabGuard.enabled", True), ("ColabGuard.dry_run", True),
+                           ("ServerApp.jpserver_extensions.colab_guard", True),
+                           ("ColabGuard.policy_url", True),
+                           ("ColabGuard.sample_interval", False)}  # the command line
+    assert all(not writable for _, writable in sources(0))  # root is the operator
+    other = 60009 if me != 60009 else 60010
+    operator.chmod(0o755)
+    assert not user_can_write(operator / "jupyter_server_config.json", other, [])
+    operator.chmod(0o757)
+    assert user_can_write(operator / "jupyter_server_config.json", other, [])
+    operator.chmod(0o1777)  # a sticky folder: others cannot replace the file
+    assert not user_can_write(operator / "jupyter_server_config.json", other, [])
+
+
+#: opens the process connector as the watcher does and says whether its events arrive
+PROBE = """
+import asyncio, concurrent.futures, logging, types
+from colab_guard.watch.proc_events import ProcEvents
+
+async def main():
+    kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict,
+                                    exec_seen=lambda pid: None, _is_user=lambda uid: False)
+    monitor = types.SimpleNamespace(
+        kernels=kernels, exec_argv={}, check_soon=lambda: None,
+        _sampling=concurrent.futures.ThreadPoolExecutor(1),
+        sampler=types.SimpleNamespace(owner_of=lambda pid: None, claim=lambda *a: None),
+        settings=types.SimpleNamespace(sample_interval=1.0))
+    events = ProcEvents.start(asyncio.get_running_loop(), monitor, logging.getLogger())
+    print("events" if events is not None and await events.probe(timeout=3) else "silent")
+
+asyncio.run(main())
+"""
+
+
+def test_process_events_are_probed_and_a_silent_connector_is_not_trusted():
+    """In a network namespace of its own (a pod without hostNetwork) the connector's socket
+    opens but no event arrives: the probe says so, and the watcher scans /proc instead."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    here = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert here.stdout.strip() == "events", here.stderr
+    apart = subprocess.run(["unshare", "--net", sys.executable, "-c", PROBE],
+                           capture_output=True, text=True, env=env, timeout=60)
+    if apart.returncode != 0 and "unshare" in apart.stderr:
+        pytest.skip(f"no network namespace here: {apart.stderr.strip()}")
+    assert apart.stdout.strip() == "silent", apart.stderr

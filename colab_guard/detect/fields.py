@@ -52,6 +52,18 @@ def _inbound_peer_hosts(p: Process) -> int:
                 if s.remote_ip is not None and s.local_port in listening})
 
 
+def _outbound(p: Process) -> set[tuple[str, int]]:
+    """Remote endpoints of the connections the process opened (not accepted on a listening
+    port: a server's clients connect from many ports, which is no scan)."""
+    listening = {s.local_port for s in p.sockets if s.protocol == "tcp" and s.listening}
+    return {s.remote for s in p.sockets
+            if s.remote is not None and s.local_port not in listening}
+
+
+def _outbound_peers(p: Process) -> int:
+    return len(_outbound(p))
+
+
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
@@ -104,6 +116,41 @@ FIELDS: dict[str, Field] = {
               lambda p: len({port for _, port in _remote_endpoints(p)})),
         Field("connecting", "number", "TCP connections still being opened (SYN_SENT)",
               lambda p: sum(1 for s in p.sockets if s.protocol == "tcp" and s.status == "SYN_SENT")),
+        Field("outbound_peers", "number",
+              "distinct remote endpoints of connections the process opened (not ones it accepted "
+              "on a listening port)", _outbound_peers),
+        Field("network_namespace", "text",
+              "'shared' (the guard's own network namespace), 'private' (another: its sockets "
+              "are read from /proc/PID/net) or 'unreadable'",
+              lambda p: "shared" if not p.netns else
+              "unreadable" if p.netns == "unreadable" else "private"),
+        Field("cpu_demand_percent", "number",
+              "CPU the process's threads ran or waited to run for, averaged over the behaviour "
+              "window (15 s), percent of one core; 0 until watched that long",
+              lambda p: p.cpu_demand_percent),
+        Field("pushed_connections", "number",
+              "outbound TCP connections open through the behaviour window, carrying little, on "
+              "which the peer sent data unprompted at least twice (a mining pool's jobs)",
+              lambda p: p.pushed_connections),
+        Field("kernel_ports_tried", "number",
+              "distinct ports of at most two hosts that the kernel's processes (the kernel "
+              "included, refused connections too where the kernel hook reports them) opened "
+              "connections to within the scan window (10 s), where this process tried one",
+              lambda p: p.kernel_ports_tried),
+        Field("kernel_hosts_unanswered", "number",
+              "distinct hosts the kernel's processes tried within the scan window that never "
+              "answered (seen only half-open), where this process tried one",
+              lambda p: p.kernel_hosts_unanswered),
+        Field("outbound_ports", "number",
+              "distinct remote ports of connections the process opened (not ones it accepted)",
+              lambda p: len({r[1] for r in _outbound(p)})),
+        Field("outbound_hosts", "number",
+              "distinct remote addresses of connections the process opened",
+              lambda p: len({r[0] for r in _outbound(p)})),
+        Field("kernel_slow_connections", "number",
+              "half-open or silent (nothing received for 5 s) outbound TCP connections of all "
+              "the kernel's processes to one endpoint none of the user's kernels serves, where "
+              "this process holds one", lambda p: p.kernel_slow_connections),
     ]
 }
 

@@ -78,6 +78,14 @@ class Process:
     open_files: list[str] = field(default_factory=list)  # paths of regular files it has open
     gpu_percent: float = 0.0  # SM utilisation on its GPU(s), from NVML
     gpu_memory_mb: float = 0.0  # GPU memory it holds
+    # Its network namespace: "" the guard's own, else "net:[N]", or "unreadable" (behaviour.py)
+    netns: str = ""
+    # Behaviour over a window (observe/behaviour.py); 0 where it does not apply
+    cpu_demand_percent: float = 0.0  # CPU its threads ran or waited for, percent of a core
+    pushed_connections: int = 0  # long-lived, light outbound connections the peer pushes on
+    kernel_slow_connections: int = 0  # its kernel's slow connections to one endpoint it holds
+    kernel_ports_tried: int = 0  # ports of <= 2 hosts its kernel tried within the scan window
+    kernel_hosts_unanswered: int = 0  # hosts its kernel tried within that window, none answering
 
     @property
     def key(self) -> tuple[int, float]:

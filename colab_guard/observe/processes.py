@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from . import procfs
+from .behaviour import Behaviour
 from .attribution import (ENVIRON_TRIES, KERNEL_ENV_MARKER, children_of, descend,
                           environment_marker, kernel_environment, same_user)
 from .content import ContentScanner
@@ -88,6 +89,7 @@ class Tracked:
     uid: int | None = None
     quiet: QuietRead | None = None  # the last full read, for the idle fast path
     handed: Process | None = None  # the sample handed out last tick
+    netns: str | None = None  # its network namespace ('' the guard's own), once read
     full_due: float = 0.0  # when it is read in full again if it keeps running (_light_read)
     changed_at: float = 0.0  # when a full read found it had exec'd (another exe or name)
     running: bool = False  # it ran at its last check: read lightly without asking again
@@ -145,6 +147,10 @@ class ProcessSampler:
         self._owners: tuple[dict[str, int], dict[int, str]] | None = None
         self._tables: InetTables | None = None  # the last read of the socket tables
         self._table_changed = True
+        # Behaviour over a window (behaviour.py): its own state, fed at the end of each tick.
+        self.behaviour = Behaviour(self.log)
+        self._netns_tables: dict[str, InetTables] = {}  # this tick's, per other namespace
+        self._pairs_now: dict[ProcessKey, list] = {}  # this tick's (inode, socket) per process
 
     # ------------------------------------------------------------------ public
 
@@ -158,8 +164,9 @@ class ProcessSampler:
         owners = self._attribute(kernels, table)
         # Read when first needed: a socket not seen before, or the states of known ones
         # once the last tick's read is ``libraries_refresh`` old.
-        sockets = InetTables(self._tables, max_age=self.libraries_refresh)
+        sockets = InetTables(earlier=self._tables, max_age=self.libraries_refresh)
         self._unaccounted = None
+        self._netns_tables, self._pairs_now = {}, {}
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         no_gpu = (0.0, 0.0)
@@ -175,10 +182,51 @@ class ProcessSampler:
         if sockets.read:
             self._remember_foreign_sockets(sockets)
             self._tables = sockets
+        self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
         self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
+        """Behaviour fields over a window, for the few candidate processes; a sample whose
+        fields changed is replaced (never changed in place) and handed out as such."""
+        changed = self.behaviour.annotate(
+            snapshots, lambda p: self._pairs_now.get(p.key, []), now)
+        if not changed:
+            return
+        for snapshot in snapshots.values():
+            for i, proc in enumerate(snapshot.processes):
+                new = changed.get(proc.key)
+                if new is not None:
+                    snapshot.processes[i] = self._hand_out(proc.key, new)
+
+    def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
+                      pid: int, sockets: InetTables) -> list:
+        """(inode, socket) of the process's inet sockets, read from its own network
+        namespace's tables when that is not the guard's (/proc/PID/net)."""
+        if not inodes:
+            return []
+        tables = sockets
+        if netns:
+            # An unreadable namespace has no name to share its tables by: read as its own.
+            name = netns if netns != procfs.NETNS_UNREADABLE else f"{netns}:{pid}"
+            tables = self._netns_tables.get(name)
+            if tables is None:
+                tables = self._netns_tables[name] = InetTables(f"/proc/{pid}/net")
+        pairs = self._pairs_now[key] = tables.pairs(inodes)
+        return pairs
+
+    def _netns(self, pid: int) -> str:
+        """'' for the guard's own network namespace, else its name, or 'unreadable'
+        (another user's process, to a guard that is not root: evidence, not a blind spot)."""
+        try:
+            netns = procfs.read_netns(pid)
+        except PermissionError:
+            return procfs.NETNS_UNREADABLE
+        except OSError:
+            return ""
+        return "" if netns == procfs.OWN_NETNS else netns
 
     def owner_of(self, pid: int) -> str | None:
         """The kernel a live process is attributed to, if any."""
@@ -391,11 +439,20 @@ class ProcessSampler:
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
         sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
-        fds = self._walk_fds(key, pid, now, lambda: self._sockets_unaccounted(sockets))
+        if state.netns is None:
+            state.netns = self._netns(pid)  # read once; again when its sockets are walked
+        # A socket of another namespace never shows in the guard's tables: its fds are
+        # walked whenever it ran (and its fd count changed).
+        fds = self._walk_fds(key, pid, now, lambda: state.netns != "" or
+                             self._sockets_unaccounted(sockets))
+        if fds.inodes and fds.when == now:
+            state.netns = self._netns(pid)  # it may have moved (unshare -n)
         sample.open_files = fds.files
-        libraries = self._tracked[key].libraries
+        libraries = state.libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
-        sample.sockets = sockets.of(fds.inodes)
+        sample.netns = state.netns
+        sample.sockets = [s for _, s in self._socket_pairs(key, fds.inodes, sample.netns, pid,
+                                                            sockets)]
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
@@ -435,8 +492,9 @@ class ProcessSampler:
         if quiet.markers_pending or quiet.fds_pending or quiet.maps_pending:
             self._catch_up(entry, state, now)
         fds = state.fds
-        found = sockets.of(fds.inodes) if fds is not None and fds.inodes else []
         base, last = quiet.sample, state.handed
+        found = [s for _, s in self._socket_pairs(key, fds.inodes, base.netns, entry.pid,
+                                                   sockets)] if fds is not None else []
         if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
                 and last.ppid == entry.ppid and last.sockets == found \
                 and last.exe_markers is base.exe_markers and last.libraries is base.libraries \
@@ -503,11 +561,12 @@ class ProcessSampler:
             return None
         state.running = True
         self.stats.light_reads += 1
+        found = [s for _, s in self._socket_pairs(entry.key, fds.inodes, base.netns, pid,
+                                                   sockets)]
         return self._hand_out(entry.key, replace(
             base, ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
             cpu_percent=self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now),
-            sockets=sockets.of(fds.inodes) if fds.inodes else [],
-            gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+            sockets=found, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
 
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
         self._state(key).handed = sample

@@ -63,6 +63,7 @@ class Stat:
     start: int  # clock ticks after boot
     vms: int  # bytes
     rss: int  # bytes
+    tty: int = 0  # the controlling terminal's device number; 0: none
 
 
 def read_stat(pid: int) -> Stat:
@@ -72,7 +73,8 @@ def read_stat(pid: int) -> Stat:
     return Stat(comm=data[data.index(b"(") + 1:name_end].decode(ENCODING, ENCODING_ERRORS),
                 state=fields[0].decode(), ppid=int(fields[1]),
                 cpu_ticks=int(fields[11]) + int(fields[12]), threads=int(fields[17]),
-                start=int(fields[19]), vms=int(fields[20]), rss=int(fields[21]) * PAGE_SIZE)
+                start=int(fields[19]), vms=int(fields[20]), rss=int(fields[21]) * PAGE_SIZE,
+                tty=int(fields[4]))
 
 
 def create_time(start_ticks: int, boot_time: float) -> float:
@@ -156,6 +158,15 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
+def read_netns(pid: int) -> str:
+    """The process's network namespace ('net:[4026531840]')."""
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+OWN_NETNS = read_netns(os.getpid())
+NETNS_UNREADABLE = "unreadable"
+
+
 def full_name(comm: str, cmdline: list[str]) -> str:
     """psutil's name: the kernel cuts names at 15 characters, so a longer one is taken
     from the command line when that starts the same way."""
@@ -221,6 +232,7 @@ class InetTables:
     milliseconds each however few sockets there are: the kernel walks its whole hash);
     a line is parsed only for a socket asked for.
 
+    ``folder``: /proc/PID/net for the namespace of process PID.
     ``earlier``: the last read of the tables, which answers for the sockets looked up in it
     while it is younger than ``max_age`` seconds, so that the states of sockets a process
     has held all along are read again only every ``max_age`` (a socket that was not in the
@@ -228,7 +240,9 @@ class InetTables:
     not looked up then, or the set of all sockets (``inodes``), needs a read of the tables
     now. A line that did not change since ``earlier`` is not parsed again."""
 
-    def __init__(self, earlier: InetTables | None = None, max_age: float = 0.0):
+    def __init__(self, folder: str = "/proc/net", earlier: InetTables | None = None,
+                 max_age: float = 0.0):
+        self.folder = folder
         self._lines: dict[int, tuple[str, list[str]]] | None = None
         self._inodes: set[int] | None = None
         self._parsed: dict[int, Socket] = {}
@@ -253,6 +267,10 @@ class InetTables:
 
     def of(self, inodes: tuple[int, ...]) -> list[Socket]:
         """The sockets among ``inodes`` (those closed since are left out)."""
+        return [sock for _, sock in self.pairs(inodes)]
+
+    def pairs(self, inodes: tuple[int, ...]) -> list[tuple[int, Socket]]:
+        """(inode, socket) for the sockets among ``inodes``."""
         if not inodes:
             return []
         source = self
@@ -268,7 +286,7 @@ class InetTables:
             if sock is None and inode in lines:
                 sock = source._parsed[inode] = source._parse(inode, *lines[inode])
             if sock is not None:
-                found.append(sock)
+                found.append((inode, sock))
         return found
 
     def _parse(self, inode: int, protocol: str, fields: list[str]) -> Socket:
@@ -284,6 +302,7 @@ class InetTables:
             self._earlier = None
             self.read_at = time.monotonic()
             for protocol, path in INET_TABLES:
+                path = path.replace("/proc/net", self.folder, 1)
                 try:
                     with open(path, encoding="ascii") as table:
                         lines = table.readlines()[1:]

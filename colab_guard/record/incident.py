@@ -50,7 +50,19 @@ def process_evidence(p: Process) -> dict[str, Any]:
         "is_kernel": p.is_kernel,
         "sockets": sockets,
         "sockets_total": len(p.sockets),
+        **_behaviour_evidence(p),
     }
+
+
+def _behaviour_evidence(p: Process) -> dict[str, Any]:
+    """What was measured over a window (observe/behaviour.py), where it applies."""
+    found: dict[str, Any] = {name: getattr(p, name) for name in
+                             ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
+                              "kernel_ports_tried", "kernel_hosts_unanswered")
+                             if getattr(p, name, 0)}
+    if getattr(p, "netns", ""):
+        found["network_namespace"] = clean_text(p.netns, 64)
+    return found
 
 
 @dataclass

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from traitlets import Bool, Int, List, TraitError, Unicode, default
 from traitlets.config import Application, Config
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
@@ -28,6 +29,7 @@ from ..act.policy import Policy
 from ..detect.engine import Engine
 from ..detect.signatures import SignatureError, load_signatures
 from ..monitor import Monitor
+from ..observe import procfs
 from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
@@ -35,6 +37,8 @@ from ..record.reporter import build_reporter
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
 from .kernels import NodeKernels
+from .protocol import DEFAULT_SOCKET
+from .tell import UserChannel
 
 DEFAULT_CONFIG = "/etc/colab-guard/watch_config.py"
 STATE_DIR = Path("/var/lib/colab-guard")
@@ -50,6 +54,11 @@ class NodeMonitor(Monitor):
 
     heartbeat_file: Path | None = None
     proc_events: bool = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: pid -> (start ticks, argv) as read when its exec was announced (proc_events.py)
+        self.exec_argv: dict[int, tuple[int, list[str]]] = {}
 
     async def tick(self) -> None:
         try:
@@ -84,7 +93,21 @@ class NodeMonitor(Monitor):
         snapshots = super()._observe(kernels)
         # In the sampler's thread: which kernels, exited or not, still have processes.
         self.kernels.attributed = self.sampler.owners()
+        self._exec_command_lines(snapshots)
         return snapshots
+
+    def _exec_command_lines(self, snapshots) -> None:
+        """A program that rewrote its argument area since its exec is checked (and shown)
+        with the command line it was started with, the one that says what it is."""
+        boot = None
+        for snapshot in snapshots.values():
+            for process in snapshot.processes:
+                started = self.exec_argv.get(process.pid)
+                if started is None or not started[1] or started[1] == process.cmdline:
+                    continue
+                boot = boot or psutil.boot_time()
+                if abs(procfs.create_time(started[0], boot) - process.create_time) < 0.01:
+                    process.cmdline = started[1]
 
 
 class Watcher(Application, GuardTraits):
@@ -120,6 +143,11 @@ class Watcher(Application, GuardTraits):
         "custom:colab-guard:report-any), read at start instead of hub_api_token. It must be "
         "root's: owned by root, readable by root alone (mode 0600 or 0400), in folders only "
         "root can change."))
+
+    user_socket = Unicode(DEFAULT_SOCKET, config=True, help=(
+        "Unix socket the users' Jupyter servers connect to, to be told of their own "
+        "incidents (each server gets only its uid's: SO_PEERCRED); its folder is created "
+        "root-owned, mode 0755. Empty: users' servers are not told."))
 
     heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
         "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
@@ -237,6 +265,13 @@ class Watcher(Application, GuardTraits):
             from .proc_events import ProcEvents
 
             events = ProcEvents.start(loop, monitor, log=self.log)
+            if events is not None and not await events.probe():
+                self.log.warning("colab-guard watch: no process events arrive (the connector "
+                                 "reports only to the host's network namespace: in Kubernetes, "
+                                 "hostNetwork: true); programs are found by scanning /proc "
+                                 "every %gs", self.settings.sample_interval)
+                events.close()
+                events = None
         monitor.proc_events = events is not None
         if self.heartbeat_file:
             monitor.heartbeat_file = Path(self.heartbeat_file)
@@ -261,6 +296,7 @@ class Watcher(Application, GuardTraits):
                       "on" if events is not None else "off", self.min_uid,
                       f" ({', '.join(self.users)} only)" if self.users else "",
                       self.settings.database_url, self.settings.incident_log)
+        users_told = await self._tell_users()
         if not self.settings.enabled:
             self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")
         else:
@@ -271,12 +307,29 @@ class Watcher(Application, GuardTraits):
             monitor.start()
         await stopping.wait()
         self.log.info("colab-guard watch: stopping")
+        if users_told is not None:
+            await users_told.stop()
         if events is not None:
             events.close()
         await monitor.stop()
         self.store.flush()
         if self.reporter is not None:
             self.reporter.stop(timeout=2.0)  # what is still queued is sent after the restart
+
+    async def _tell_users(self) -> UserChannel | None:
+        """Push each incident to its user's own Jupyter servers (watch/tell.py)."""
+        if not self.user_socket:
+            return None
+        channel = UserChannel(self.user_socket, self.store, self.kernels, self.settings,
+                              log=self.log)
+        try:
+            await channel.start()
+        except OSError as err:
+            raise WatchError(f"Watcher.user_socket: cannot listen on {self.user_socket}: "
+                             f"{err}") from None
+        self.recorder.acting_listeners.append(channel.acting)
+        self.recorder.listeners.append(channel.done)
+        return channel
 
 
 def refuse_unless_root_only(path: Path) -> None:

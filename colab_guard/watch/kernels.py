@@ -4,8 +4,18 @@ A guarded kernel carries ``COLAB_GUARD_KERNEL_ID`` in its environment (the serve
 extension puts it there; everything the kernel starts inherits it). The kernel itself is
 the oldest live process carrying a given id whose parent does not carry it; later
 carriers (orphans of a double fork, ``setsid``) are its processes, which the sampler
-attributes to it. Root reads every process's environment, so the watcher needs nothing
-from the user's server: it keeps working while that server is frozen or gone.
+attributes to it. A kernel started without the server extension (the user switched it
+off in their own config) has no marker: it is known by its connection file instead
+(``-f .../kernel-<id>.json`` on its command line, as every Jupyter server starts kernels).
+
+A JupyterLab terminal is watched as a kernel of its own, ``terminal-<pid>``: a process
+with a controlling terminal and ``TERM`` in its environment, no kernel's, whose parent is
+the same user's Jupyter server (the parent of one of its kernels, or a process whose
+command line is a Jupyter server's). Its shell stands for the kernel; what runs in it is
+attributed to it as a kernel's processes are.
+
+Root reads every process's environment, so the watcher needs nothing from the user's
+server: it keeps working while that server is frozen or gone.
 
 A kernel that exits is retired, not forgotten: while processes it started live on (a
 detached miner left behind by a killed kernel), it stays listed, with pid 0 (no process),
@@ -28,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -42,6 +53,13 @@ _MARKER = KERNEL_ENV_MARKER.encode() + b"="
 YOUNG = 5.0
 _HUB_USER = b"JUPYTERHUB_USER="
 _SESSION = b"JPY_SESSION_NAME="  # the notebook a kernel serves (jupyter_server sets it)
+_TERM = b"TERM="
+#: a kernel's connection file, as jupyter_client names it: the kernel id without a marker
+_CONNECTION_FILE = re.compile(r"(?:^|/)kernel-([A-Za-z0-9._-]{1,128})\.json$")
+#: command lines of a Jupyter server (jupyter lab/server/notebook, the hub's single-user one)
+_SERVER = re.compile(r"(?:^|[/ ])(?:jupyter[-_ ](?:lab|server|notebook)|jupyterhub-singleuser"
+                     r"|jupyter_server|jupyterlab|notebook\.app)\b")
+TERMINAL_PREFIX = "terminal-"
 
 
 @dataclass
@@ -55,6 +73,9 @@ class Seen:
     marker: str | None = None  # the kernel id in its environment, if any
     hub_user: str | None = None
     session: str | None = None
+    tty: int = 0
+    term: bool = False  # TERM in its environment
+    server: bool = False  # its command line is a Jupyter server's
 
 
 @dataclass
@@ -139,7 +160,7 @@ class NodeKernels:
             uid = procfs.read_real_uid(pid)
         except (OSError, ValueError):
             return None, False
-        info = Seen(pid, stat.start, stat.ppid, uid)
+        info = Seen(pid, stat.start, stat.ppid, uid, tty=stat.tty)
         if not self._is_user(uid):
             return info, True
         try:
@@ -155,7 +176,26 @@ class NodeKernels:
                 info.hub_user = _text(item[len(_HUB_USER):])
             elif item.startswith(_SESSION):
                 info.session = _text(item[len(_SESSION):])
+            elif item.startswith(_TERM):
+                info.term = True
+        if info.marker is None:
+            self._read_command_line(pid, info)
         return info, True
+
+    @staticmethod
+    def _read_command_line(pid: int, info: Seen) -> None:
+        """A kernel without the marker (its connection file names it), or a Jupyter server."""
+        try:
+            argv = procfs.read_cmdline(pid)
+        except OSError:
+            return
+        for before, word in zip(["", *argv], argv):
+            value = word[4:] if word.startswith("--f=") else word if before == "-f" else None
+            found = _CONNECTION_FILE.search(value) if value else None
+            if found:
+                info.marker = found.group(1)
+                return
+        info.server = bool(_SERVER.search(" ".join(argv[:4])))
 
     def _elect(self) -> None:
         """The kernel of each id: the oldest live carrier under a parent that does not carry
@@ -166,6 +206,8 @@ class NodeKernels:
                 parent = self._seen.get(info.ppid, (0, None))[1]
                 if parent is None or parent.marker != info.marker:
                     carriers.setdefault(info.marker, []).append(info)
+        for info in self._terminals(carriers):
+            carriers[f"{TERMINAL_PREFIX}{info.pid}"] = [info]
         kernels = {}
         for kernel_id, found in carriers.items():
             known = self._kernels.get(kernel_id)
@@ -191,8 +233,9 @@ class NodeKernels:
                 self._warn_once(f"hub-user:{kernel_id}", "colab-guard watch: kernel %s of uid "
                                 "%s (%s) says JUPYTERHUB_USER=%r; recorded as %s", kernel_id,
                                 first.uid, user, first.hub_user, user)
+            notebook = "terminal" if kernel_id.startswith(TERMINAL_PREFIX) else first.session
             kernels[kernel_id] = NodeKernel(kernel_id, first.pid, first.start, first.uid,
-                                            first.ppid, user, first.session)
+                                            first.ppid, user, notebook)
             self._retired.pop(kernel_id, None)
             self.log.info("colab-guard watch: kernel %s of user %s (uid %s), pid %s",
                           kernel_id, kernels[kernel_id].user, first.uid, first.pid)
@@ -203,6 +246,26 @@ class NodeKernels:
                           and k not in carriers and k not in kernels]:
             del self._retired[kernel_id]
         self._kernels = kernels
+
+    def _terminals(self, carriers: dict[str, list[Seen]]) -> list[Seen]:
+        """Terminal shells of the users' Jupyter servers: a controlling terminal, TERM, no
+        kernel's, the child of a server of the same uid."""
+        servers = {info.ppid for found in carriers.values() for info in found}
+        servers.update(pid for pid, (_, info) in self._seen.items()
+                       if info is not None and info.server)
+        found = []
+        for pid, (_, info) in self._seen.items():
+            if info is None or info.marker or not info.tty or not info.term \
+                    or info.ppid not in servers or not self._is_user(info.uid):
+                continue
+            parent = self._seen.get(info.ppid, (0, None))[1]
+            if parent is not None and parent.uid == info.uid:
+                found.append(info)
+        return found
+
+    def watches_uid(self, uid: int) -> bool:
+        """Whether this uid's kernels are watched (a notebook user's, within ``users``)."""
+        return self._is_user(uid)
 
     def _is_user(self, uid: int) -> bool:
         if uid == 0 or uid < self.min_uid:

@@ -7,7 +7,10 @@ once, instead of at the next ``sample_interval``); each fork of a process the sa
 attributes to a kernel gives the child to that kernel at once, so a double fork whose
 middle process exits at once, or an ``env -i`` exec that drops the kernel's marker, cannot
 slip out between two scans. Where the connector is unavailable (no privilege, a container
-without it), the watcher says so once and polls /proc every ``sample_interval``.
+without it), the watcher says so once and polls /proc every ``sample_interval``. The
+connector reports only to sockets in the host's network namespace (a Kubernetes pod needs
+``hostNetwork``): elsewhere the socket opens and stays silent, so the watcher first checks
+that the events of a program it starts itself arrive (``probe``).
 
 Layout (native byte order, linux/netlink.h, linux/connector.h, linux/cn_proc.h):
 ``nlmsghdr`` (16 bytes) + ``cn_msg`` (20) + ``proc_event``: what u32, cpu u32,
@@ -22,6 +25,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 
 from ..observe import procfs
@@ -105,6 +109,7 @@ class ProcEvents:
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
         self._last_wake = 0.0
         self._pending: asyncio.TimerHandle | None = None
+        self._probing: set[int] | None = None  # pids of the events read while probing
         loop.add_reader(sock.fileno(), self._readable)
         monitor.kernels.events_live = True
 
@@ -119,6 +124,19 @@ class ProcEvents:
             return None
         log.info("colab-guard watch: listening to process events (netlink proc connector)")
         return cls(sock, loop, monitor, log)
+
+    async def probe(self, timeout: float = 5.0) -> bool:
+        """Whether events arrive here: a program started now must be seen exiting."""
+        self._probing = set()
+        try:
+            child = await asyncio.create_subprocess_exec(sys.executable, "-c", "")
+            await child.wait()
+            deadline = self.loop.time() + timeout
+            while child.pid not in self._probing and self.loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            return child.pid in self._probing
+        finally:
+            self._probing = None
 
     def close(self) -> None:
         self.monitor.kernels.events_live = False
@@ -151,6 +169,8 @@ class ProcEvents:
                 self.log.exception("colab-guard watch: reading process events failed")
                 break
             for event in parse(datagram):
+                if self._probing is not None:
+                    self._probing.add(event[-1])  # the process (tgid) it is about
                 self.events += 1
                 metrics.WATCH_PROC_EVENTS.labels(event[0]).inc()
                 if event[0] == "exec":
@@ -164,8 +184,23 @@ class ProcEvents:
         users = [pid for pid in execs if self._users(pid)]
         for pid in users:
             self.monitor.kernels.exec_seen(pid)
+            self._remember_argv(pid)
+        for pid in exits:
+            self.monitor.exec_argv.pop(pid, None)
         if users:
             self._wake()
+
+    def _remember_argv(self, pid: int) -> None:
+        """The command line a program was started with, read as its exec is announced (before
+        a program that rewrites its argument area has run far): the monitor checks that one,
+        whatever the program shows later."""
+        argv_by_pid = self.monitor.exec_argv
+        if len(argv_by_pid) >= MAX_LINEAGE and pid not in argv_by_pid:
+            return  # exits not seen (events lost): the scans still read each command line
+        try:
+            argv_by_pid[pid] = (procfs.read_stat(pid).start, procfs.read_cmdline(pid))
+        except (OSError, ValueError):
+            argv_by_pid.pop(pid, None)
 
     def _users(self, pid: int) -> bool:
         """Whether a process runs as a notebook user (the system's execs wake nothing)."""

@@ -15,7 +15,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { GuardAPI } from './api';
-import { eventFromIncident, incidentFromEvent } from './logic';
+import { eventFromIncident, incidentFromEvent, missedIncidents } from './logic';
 import { IncidentNotifier } from './notify';
 import { IncidentPanel, IPanelActions } from './panel';
 import { GuardStatusItem } from './status';
@@ -151,7 +151,20 @@ function activate(
     }
   });
 
+  // What the node watcher did while no server of the user listened: told once Lab loads.
+  const showMissed = async () => {
+    for (const id of missedIncidents(status, seen)) {
+      seen.add(id);
+      try {
+        notifier.handle(eventFromIncident(await api.incident(id), status));
+      } catch (error) {
+        console.warn('colab-guard: incident unavailable', error);
+      }
+    }
+  };
+
   void refreshStatus().then(() => {
+    void showMissed();
     if (status?.admin) {
       palette?.addItem({ command: CommandIDs.openIncidents, category: 'colab-guard' });
       launcher?.add({ command: CommandIDs.openIncidents, category: 'Other', rank: 90 });

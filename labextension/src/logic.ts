@@ -200,13 +200,50 @@ export function statusBarText(
     ? ` You have ${strikes}` +
       (refused ? ': new kernels are refused.' : '; at the limit new kernels are refused.')
     : '';
+  const covered = status?.watcher?.covered === true;
+  const shown = state === 'off' && covered ? 'Guard: node watcher' : label;
   return {
     text:
-      state === 'off' || state === 'unknown'
+      (state === 'off' && !covered) || state === 'unknown'
         ? label
-        : `${label} · ${incidents}` + (strikes ? ` · ${strikes}` : ''),
-    title: `${title}. ${incidents} ${plural} in this server session; click to see yours.${strikesTitle}`
+        : `${shown} · ${incidents}` + (strikes ? ` · ${strikes}` : ''),
+    title:
+      `${title}. ${incidents} ${plural} in this server session; click to see yours.` +
+      `${strikesTitle}${watcherTitle(status)}${userSettingsTitle(status)}`
   };
+}
+
+/** Whether a node watcher covers this server, for the status bar's tooltip. */
+export function watcherTitle(status: IStatus | null): string {
+  const watcher = status?.watcher;
+  if (!watcher) {
+    return '';
+  }
+  if (watcher.covered) {
+    return (
+      ' A node watcher (root) covers this server: it checks and stops the processes of your ' +
+      'kernels and terminals, also while this server is stopped.'
+    );
+  }
+  return ` No node watcher covers this server${watcher.reason ? ` (${watcher.reason})` : ''}.`;
+}
+
+/** The guard settings the user can change themselves, for the status bar's tooltip. */
+export function userSettingsTitle(status: IStatus | null): string {
+  const mine = (status?.settings_from ?? []).filter(source => source.user_writable);
+  if (!mine.length) {
+    return '';
+  }
+  const listed = mine.map(source => `${source.setting} (in ${source.source})`).join(', ');
+  const binds = status?.watcher?.covered ? ' and do not bind the node watcher' : '';
+  return ` Settings from files you can write apply to this server only${binds}: ${listed}.`;
+}
+
+/** Incidents the node watcher handled while no server of the user listened, not shown yet. */
+export function missedIncidents(status: IStatus | null, shown: Set<string>): string[] {
+  return (status?.watcher?.told_on_return ?? [])
+    .map(incident => incident.id)
+    .filter(id => typeof id === 'string' && !shown.has(id));
 }
 
 /** The query string of GET /colab-guard/api/incidents for these filters. */

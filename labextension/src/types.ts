@@ -140,6 +140,24 @@ export interface IStatus {
     failures?: number;
     last_error?: string | null;
   };
+  /** Whether a node watcher (root) covers this server, and what it told meanwhile. */
+  watcher?: IWatcherStatus;
+  /** Guard settings this server's user can change (files they can write). */
+  user_writable_settings?: string[];
+  settings_from?: ISettingSource[];
+}
+
+export interface IWatcherStatus {
+  covered: boolean;
+  reason?: string;
+  /** Incidents that happened while no server of the user listened: shown once Lab loads. */
+  told_on_return?: { id: string; summary: string; action: string }[];
+}
+
+export interface ISettingSource {
+  setting: string;
+  source: string;
+  user_writable: boolean;
 }
 
 /** A strike in force (GET /colab-guard/api/strikes). */

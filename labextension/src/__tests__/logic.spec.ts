@@ -18,7 +18,8 @@ import {
   safeLink,
   shouldNotify,
   sinceFor,
-  statusBarText
+  statusBarText,
+  missedIncidents
 } from '../logic';
 import { INCIDENT_SCHEMA_ID } from '../types';
 import { incident, incidentEvent } from './fixtures';
@@ -127,6 +128,52 @@ describe('statusBarText', () => {
   it('explains itself in the tooltip', () => {
     expect(statusBarText(status, 1).title).toContain('1 incident in this server session');
     expect(statusBarText({ ...status, dry_run: true }, 3).title).toContain('dry-run');
+  });
+});
+
+describe('the node watcher in the status bar', () => {
+  const status = { enabled: true, dry_run: false };
+  const covered = { covered: true, reason: 'covered by the node watcher (pid 7) for user alice' };
+
+  it('says whether a watcher covers the server', () => {
+    expect(statusBarText({ ...status, watcher: covered }, 1).title).toContain(
+      'A node watcher (root) covers this server'
+    );
+    const alone = { covered: false, reason: 'no node watcher socket at /run/colab-guard/watch.sock' };
+    const title = statusBarText({ ...status, watcher: alone }, 0).title;
+    expect(title).toContain('No node watcher covers this server (no node watcher socket');
+    expect(statusBarText(status, 0).title).not.toContain('node watcher');
+  });
+
+  it('shows the watcher still at work when the user switched the guard off', () => {
+    const off = { ...status, enabled: false };
+    expect(statusBarText({ ...off, watcher: covered }, 2).text).toBe('Guard: node watcher · 2');
+    expect(statusBarText({ ...off, watcher: { covered: false } }, 2).text).toBe('Guard: off');
+  });
+
+  it('lists the settings the user can change, and whether they bind the watcher', () => {
+    const settings_from = [
+      { setting: 'ColabGuard.enabled', source: '/home/alice/.jupyter/jupyter_server_config.json', user_writable: true },
+      { setting: 'ColabGuard.policy_url', source: '/etc/jupyter/jupyter_server_config.json', user_writable: false }
+    ];
+    const alone = statusBarText({ ...status, settings_from }, 0).title;
+    expect(alone).toContain(
+      'Settings from files you can write apply to this server only: ColabGuard.enabled (in /home/alice/.jupyter/jupyter_server_config.json).'
+    );
+    expect(alone).not.toContain('policy_url');
+    const withWatcher = statusBarText({ ...status, settings_from, watcher: covered }, 0).title;
+    expect(withWatcher).toContain('apply to this server only and do not bind the node watcher');
+  });
+
+  it('tells once what the watcher did while no server listened', () => {
+    const told_on_return = [
+      { id: 'a1', summary: 'crypto-mining: kworker (pid 9)', action: 'interrupt' },
+      { id: 'b2', summary: 'torrenting: x (pid 10)', action: 'stop' }
+    ];
+    const withMissed = { ...status, watcher: { ...covered, told_on_return } };
+    expect(missedIncidents(withMissed, new Set())).toEqual(['a1', 'b2']);
+    expect(missedIncidents(withMissed, new Set(['a1']))).toEqual(['b2']);
+    expect(missedIncidents(status, new Set())).toEqual([]);
   });
 });
 

@@ -1,0 +1,399 @@
+"""Behaviour over a window: what a kernel's processes do across seconds, not at one tick.
+
+A sample once a second sees which connections are open, never what passes on them nor how
+busy a throttled process would be without contention. This module keeps, for the few
+processes that are candidates, what the behaviour rules need, and writes it into their
+samples as fields (``observe/model.py``):
+
+- ``cpu_demand_percent``: CPU time the process's threads ran *or waited to run* (their run
+  queue wait, from /proc/PID/task/*/schedstat), averaged over the last ``WINDOW`` seconds,
+  percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
+  load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
+- ``pushed_connections``: outbound TCP connections open through the whole window that carried
+  little (at most ``QUIET_SEGMENTS_PER_S`` data segments a second) and on which the peer
+  sent data unprompted (a second or more after the process last sent anything) at least
+  ``PUSHES`` times: how a mining pool hands out jobs. A client of a local service asks and
+  is answered at once (prompted), many times a second; an idle connection carries nothing.
+- ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
+  hosts, and the hosts that never answered (seen only half-open), that the kernel's
+  processes opened connections to within the last ``SCAN_WINDOW`` seconds, from every
+  tick's sockets and from the connections the kernel hook reports (``note_connects``: every
+  ``connect()`` made in the kernel, refused ones included, which no sample can see). Given
+  to each live process that tried one of them.
+- ``kernel_slow_connections``: outbound TCP connections from all of the kernel's processes
+  (the kernel included) to one endpoint that none of the user's kernels serves, which are
+  half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
+  each process holding one of them, so each is stopped.
+
+Traffic comes from the kernel's ``tcp_info`` (tcpinfo.py), read once a tick, and only when
+a process is a candidate: it holds an outbound connection and used CPU (mining), or its
+kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .model import Process, Snapshot, Socket
+from .procfs import NETNS_UNREADABLE
+from .tcpinfo import Dumper, TcpInfo
+
+#: Seconds over which CPU demand is averaged and a pool connection must stay open: long
+#: enough that a burst of honest work (a cell's import, a compile) does not count, short
+#: enough that a miner is stopped within about this long of starting.
+WINDOW = 15.0
+#: Data received this long after the process last sent anything was not asked for.
+PUSH_QUIET_MS = 1000
+#: Unprompted messages a connection must carry before it counts as a pool's.
+PUSHES = 2
+#: Traffic at most this many data segments a second (both ways) counts as "little".
+QUIET_SEGMENTS_PER_S = 4.0
+#: Process CPU (this tick, percent of a core) that makes a process with an outbound
+#: connection a mining candidate; it stays one while it holds such a connection.
+CANDIDATE_CPU = 10.0
+#: A connection that received nothing for this long is slow (a flood's).
+SLOW_MS = 5000
+#: Outbound connections of one kernel to one endpoint from which their traffic is read.
+FLOOD_CANDIDATE = 50
+LOOPBACK = ("127.", "::1")
+#: Seconds over which a scan's connection attempts are counted: a scanner need not keep
+#: its attempts open at once (a sweep of 65,535 ports, a hundred at a time, still counts).
+SCAN_WINDOW = 10.0
+#: Seconds a connection must stay half-open (seen so at two ticks) to count as unanswered:
+#: an honest crawler's connections are half-open for a round trip, and seldom seen so twice.
+UNANSWERED_AFTER = 1.0
+#: Endpoints a kernel tried within the window before they are counted per host at all.
+SCAN_CANDIDATE = 50
+#: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
+#: closed at once, as a port scan's open ports do).
+OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
+
+Endpoint = tuple[str, int]
+Key = tuple[int, float]
+
+
+@dataclass
+class _Demand:
+    """CPU demand of one process, accumulated tick by tick."""
+
+    threads: dict[int, int]  # thread id -> its run + wait time (ns) at the last read
+    total: float = 0.0  # seconds of demand since watched
+    samples: deque = field(default_factory=deque)  # (time, total)
+
+
+@dataclass
+class _Traffic:
+    """One outbound connection's traffic, as watched."""
+
+    since: float  # first seen
+    received: int
+    pushes: int = 0
+    segments: deque = field(default_factory=deque)  # (time, data segments)
+
+
+class Behaviour:
+    """Behaviour state of the sampler's candidate processes (the sampler's thread only)."""
+
+    def __init__(self, log: logging.Logger | None = None,
+                 dumper: Callable[[int | None], Dumper] | None = None, window: float = WINDOW):
+        self.log = log or logging.getLogger("colab_guard")
+        self.window = window
+        self._demand: dict[Key, _Demand] = {}
+        self._traffic: dict[int, _Traffic] = {}  # by socket inode
+        #: makes a dumper for the guard's own namespace (None) or process pid's
+        self._make_dumper = dumper or (lambda pid: Dumper() if pid is None
+                                       else Dumper.for_namespace(pid))
+        self._dumpers: dict[str, Dumper] = {}  # by network namespace ('' the guard's own)
+        self._said_broken: set[str] = set()
+        # kernel id -> endpoint -> [last tried, process key or None, answered (None: not
+        # known yet, or reported by the kernel hook), first tried]
+        self._tried: dict[str, dict[Endpoint, list]] = {}
+        self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
+
+    def note_connects(self, kernel_id: str, endpoints: list[Endpoint], when: float) -> None:
+        """Connections the kernel hook saw the kernel open (call in the sampler's thread)."""
+        reported = self._reported.setdefault(kernel_id, [])
+        if len(reported) < 200_000:  # bounded between two ticks, whatever the kernel sends
+            reported.extend((endpoint, when) for endpoint in endpoints)
+
+    def annotate(self, snapshots: dict[str, Snapshot],
+                 sockets_of: Callable[[Process], list[tuple[int, Socket]]],
+                 now: float) -> dict[Key, Process]:
+        """The samples whose behaviour fields changed, as new Process objects (the sampler
+        puts them in the snapshots: a sample handed out is never changed)."""
+        served = _served(snapshots)
+        outbound: dict[Key, list[tuple[int, Socket]]] = {}
+        by_key: dict[Key, Process] = {}
+        for kid, snapshot in snapshots.items():
+            listening = {s.local_port for p in snapshot.processes for s in p.sockets
+                         if s.protocol == "tcp" and s.listening}
+            # A server of the user's own (a local LLM server, a dask scheduler, a database
+            # started from the notebook) is no pool and no flood's target.
+            owners = {p.uid for p in snapshot.processes} | {kid}
+            for proc in snapshot.processes:
+                by_key[proc.key] = proc
+                if proc.sockets:
+                    mine = [(inode, s) for inode, s in sockets_of(proc)
+                            if s.protocol == "tcp" and s.remote is not None
+                            and s.status in OUTBOUND_STATES
+                            and s.local_port not in listening
+                            and not _is_served(s.remote, proc.netns, served, owners)]
+                    if mine:
+                        outbound[proc.key] = mine
+        fields: dict[Key, dict] = self._scan_counts(snapshots, outbound, served, now)
+        miners = {k for k, conns in outbound.items()
+                  if (by_key[k].cpu_percent >= CANDIDATE_CPU or k in self._demand)
+                  and any(s.status == "ESTABLISHED" for _, s in conns)}
+        floods = self._flood_candidates(snapshots, outbound)
+        flooding = {key for conns in floods.values() for key, _, _ in conns}
+        info, blind = self._read_traffic([by_key[k] for k in miners], outbound,
+                                         [by_key[k] for k in flooding])
+        for key in miners:
+            unknown = by_key[key].netns in blind
+            fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
+                           "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
+        for key, count in self._slow_counts(floods, info).items():
+            fields.setdefault(key, {})["kernel_slow_connections"] = count
+        self._forget(miners, outbound, {p.netns for p in by_key.values()})
+        changed = {}
+        for key, proc in by_key.items():
+            values = fields.get(key, {})
+            new = {name: values.get(name, 0) for name in BEHAVIOUR_FIELDS}
+            if any(getattr(proc, name) != value for name, value in new.items()):
+                changed[key] = replace(proc, **new)
+        return changed
+
+    # ------------------------------------------------------------ mining
+
+    def _cpu_demand(self, proc: Process, now: float) -> float:
+        threads = _thread_demand(proc.pid)
+        state = self._demand.get(proc.key)
+        if state is None:
+            state = self._demand[proc.key] = _Demand(threads)
+            state.samples.append((now, 0.0))
+            return 0.0
+        added = sum(ns - state.threads.get(tid, 0) for tid, ns in threads.items())
+        state.threads = threads
+        state.total += max(added, 0) / 1e9
+        samples = state.samples
+        samples.append((now, state.total))
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        start, total_then = samples[0]
+        if now - start < self.window * 0.95:
+            return 0.0  # not watched a whole window yet
+        return round(100.0 * (state.total - total_then) / (now - start))
+
+    def _pushed(self, conns: list[tuple[int, Socket]], info: dict[int, TcpInfo],
+                now: float, unknown: bool) -> int:
+        """Connections that look like a pool's. ``unknown``: the traffic of the process's
+        namespace cannot be read; its connections open through the window count."""
+        count = 0
+        for inode, sock in conns:
+            seen = info.get(inode)
+            if sock.status != "ESTABLISHED" or (seen is None and not unknown):
+                continue
+            traffic = self._traffic.get(inode)
+            if traffic is None:
+                traffic = self._traffic[inode] = _Traffic(now, seen.received if seen else 0)
+            if seen is None:
+                count += now - traffic.since >= self.window * 0.95
+                continue
+            elif seen.received > traffic.received:
+                if seen.since_sent_ms >= seen.since_received_ms + PUSH_QUIET_MS:
+                    traffic.pushes += 1
+                traffic.received = seen.received
+            segments = traffic.segments
+            segments.append((now, seen.data_segments))
+            while len(segments) > 2 and segments[1][0] <= now - self.window:
+                segments.popleft()
+            opened_for = now - traffic.since
+            if opened_for < self.window * 0.95 or traffic.pushes < PUSHES:
+                continue
+            rate = (seen.data_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
+            if rate <= QUIET_SEGMENTS_PER_S:
+                count += 1
+        return count
+
+    # ------------------------------------------------------------ scans
+
+    def _scan_counts(self, snapshots: dict[str, Snapshot], outbound: dict[Key, list],
+                     served: dict, now: float) -> dict[Key, dict]:
+        fields: dict[Key, dict] = {}
+        reported, self._reported = self._reported, {}
+        for kid in self._tried.keys() - snapshots.keys():
+            del self._tried[kid]
+        for kid, snapshot in snapshots.items():
+            tried = self._tried.setdefault(kid, {})
+            for proc in snapshot.processes:
+                for _, sock in outbound.get(proc.key, ()):
+                    entry = tried.get(sock.remote)
+                    if entry is None:
+                        entry = tried[sock.remote] = [now, proc.key, None, now]
+                    entry[0], entry[1] = now, proc.key
+                    if sock.status != "SYN_SENT":
+                        entry[2] = True
+                    elif entry[2] is None and now - entry[3] >= UNANSWERED_AFTER:
+                        entry[2] = False  # still half-open a second later: no answer
+            kernel = snapshot.kernel_process
+            owners = {p.uid for p in snapshot.processes} | {kid}
+            for endpoint, when in reported.get(kid, ()):
+                if endpoint not in tried and not _is_served(
+                        endpoint, kernel.netns if kernel else "", served, owners):
+                    tried[endpoint] = [when, kernel.key if kernel else None, None, when]
+            for endpoint in [e for e, entry in tried.items() if now - entry[0] > SCAN_WINDOW]:
+                del tried[endpoint]
+            if len(tried) >= SCAN_CANDIDATE:
+                self._scan_fields(tried, {p.key for p in snapshot.processes}, fields)
+        return fields
+
+    @staticmethod
+    def _scan_fields(tried: dict[Endpoint, list], live: set[Key], fields: dict) -> None:
+        ports: dict[str, set[int]] = {}
+        answers: dict[str, set] = {}
+        for (host, port), (_, _, answered, _) in tried.items():
+            ports.setdefault(host, set()).add(port)
+            answers.setdefault(host, set()).add(answered)
+        top = sorted(ports, key=lambda h: len(ports[h]), reverse=True)[:2]
+        port_count = sum(len(ports[h]) for h in top)
+        unanswered = {h for h, seen in answers.items() if False in seen and True not in seen}
+        for (host, _), (_, key, _, _) in tried.items():
+            if key not in live:
+                continue
+            if host in top:
+                values = fields.setdefault(key, {})
+                values["kernel_ports_tried"] = port_count
+            if host in unanswered:
+                fields.setdefault(key, {})["kernel_hosts_unanswered"] = len(unanswered)
+
+    # ------------------------------------------------------------ floods
+
+    @staticmethod
+    def _flood_candidates(snapshots, outbound) -> dict[tuple[str, Endpoint], list]:
+        """(kernel id, endpoint) -> [(process key, inode, socket)] where a kernel holds
+        FLOOD_CANDIDATE outbound connections or more to one endpoint (``outbound`` holds only
+        endpoints none of the user's kernels serves)."""
+        found: dict[tuple[str, Endpoint], list] = {}
+        for kid, snapshot in snapshots.items():
+            per_endpoint: dict[Endpoint, list] = {}
+            for proc in snapshot.processes:
+                for inode, sock in outbound.get(proc.key, ()):
+                    if sock.status == "CLOSE_WAIT":
+                        continue
+                    per_endpoint.setdefault(sock.remote, []).append((proc.key, inode, sock))
+            for endpoint, conns in per_endpoint.items():
+                if len(conns) < FLOOD_CANDIDATE:
+                    continue
+                found[(kid, endpoint)] = conns
+        return found
+
+    @staticmethod
+    def _slow_counts(floods, info: dict[int, TcpInfo]) -> dict[Key, int]:
+        counts: dict[Key, int] = {}
+        for conns in floods.values():
+            slow = [key for key, inode, sock in conns if _slow(sock, info.get(inode))]
+            for key in set(slow):
+                counts[key] = max(counts.get(key, 0), len(slow))
+        return counts
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _read_traffic(self, miners: list[Process], outbound: dict[Key, list],
+                      flooding: list[Process]) -> tuple[dict[int, TcpInfo], set[str]]:
+        """The traffic of the candidates' connections (socket inodes are unique across
+        namespaces), and the namespaces whose traffic cannot be read. A namespace with a
+        flood candidate is dumped whole; elsewhere each connection is looked up."""
+        info: dict[int, TcpInfo] = {}
+        blind: set[str] = set()
+        dumped = {p.netns for p in flooding}
+        asked: dict[str, list] = {}
+        for proc in miners:
+            if proc.netns not in dumped:
+                asked.setdefault(proc.netns, []).extend(
+                    c for c in outbound[proc.key] if c[1].status == "ESTABLISHED")
+        for netns, pid in {p.netns: p.pid for p in miners + flooding}.items():
+            dumper = self._dumpers.get(netns)
+            if dumper is None and netns != NETNS_UNREADABLE:
+                dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
+            if dumper is not None:
+                info.update(dumper.dump() if netns in dumped else dumper.lookup(asked[netns]))
+            if dumper is None or dumper.broken:
+                blind.add(netns)
+                if netns not in self._said_broken:
+                    self._said_broken.add(netns)
+                    self.log.warning(
+                        "colab-guard: the traffic of connections in network namespace %s "
+                        "cannot be read (%s); the behaviour rules count it as suspect",
+                        netns or "(the guard's own)",
+                        dumper.broken if dumper is not None else "its namespace is unreadable")
+        return info, blind
+
+    def _forget(self, miners: set[Key], outbound: dict[Key, list], namespaces: set[str]) -> None:
+        for key in self._demand.keys() - miners:
+            del self._demand[key]
+        live = {inode for key in miners for inode, _ in outbound[key]}
+        for inode in self._traffic.keys() - live:
+            del self._traffic[inode]
+        for netns in self._dumpers.keys() - namespaces - {""}:
+            self._dumpers.pop(netns).close()  # a namespace no watched process is in now
+
+    def close(self) -> None:
+        for dumper in self._dumpers.values():
+            dumper.close()
+
+
+#: The fields this module sets on a Process (0 where it does not apply).
+BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
+                    "kernel_ports_tried", "kernel_hosts_unanswered")
+
+
+def _served(snapshots: dict[str, Snapshot]) -> dict[tuple, set]:
+    """(network namespace, address, port) the kernels' processes listen on -> the kernel ids
+    and uids serving them (a wildcard address is keyed as '*')."""
+    served: dict = {}
+    for kid, snapshot in snapshots.items():
+        for proc in snapshot.processes:
+            for s in proc.sockets:
+                if s.protocol == "tcp" and s.listening:
+                    ip = "*" if s.local_ip in ("0.0.0.0", "::") else s.local_ip
+                    served.setdefault((proc.netns, ip, s.local_port), set()).update(
+                        {kid, proc.uid})
+    return served
+
+
+def _is_served(endpoint: Endpoint, netns: str, served: dict, owners: set) -> bool:
+    """Whether one of ``owners`` (kernel ids and uids) serves ``endpoint``, as reached from
+    network namespace ``netns``."""
+    ip, port = endpoint
+    if owners & served.get((netns, ip, port), set()):
+        return True
+    return ip.startswith(LOOPBACK) and bool(owners & served.get((netns, "*", port), set()))
+
+
+def _slow(sock: Socket, info: TcpInfo | None) -> bool:
+    if sock.status == "SYN_SENT":
+        return True
+    if info is None:
+        return True  # traffic unknown (closed meanwhile, or unreadable): counted
+    return info.since_received_ms >= SLOW_MS
+
+
+def _thread_demand(pid: int) -> dict[int, int]:
+    """Thread id -> run + run-queue wait time (ns) from its schedstat."""
+    found = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                run, wait = stat.read().split()[:2]
+            found[int(tid)] = int(run) + int(wait)
+        except (OSError, ValueError):
+            continue
+    return found
