@@ -40,7 +40,7 @@ import site
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class Package:
     name: str
     version: str
     path: str  # the offending file the distribution installed
+    dist_info: Path | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "path": self.path}
@@ -154,24 +155,33 @@ def package_of(processes: list[Process], index: PackageIndex = INDEX
             found[p.pid] = package
     if not found:
         return None, refused
-    parents = _ancestors_of(found, offenders)
-    if any(p.pid not in found and p.pid not in parents for p in offenders):
+    shells = {p.pid for p in offenders if p.pid in _ancestors_of(found, offenders) and _is_shell(p)}
+    if any(p.pid not in found and p.pid not in shells for p in offenders):
         return None, refused or {"reason": "other offending programs do not come from a package"}
     first = next(p for p in offenders if p.pid in found)
     return found[first.pid], None
 
 
 def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
-    """The package of one process's program: its executable, or its Python script."""
-    if _INTERPRETER.match(os.path.basename(p.exe)) or \
-            (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0]))):
-        script = _script(p)
-        return file_package(script, script, index) if script else None
-    if not p.exe:
+    """The package of one process's program: its executable, or its Python script; and only
+    if nothing of the user's can run inside it (see ``_refuse_users_code``)."""
+    python = _INTERPRETER.match(os.path.basename(p.exe)) or \
+        (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0])))
+    if python:
+        options, script, arguments = _python_command(p)
+        package = file_package(script, script, index) if script else None
+    else:
+        options, arguments = "", p.cmdline[1:]
+        package = _executable_package(p, index)
+    if package is not None:
+        _refuse_users_code(p, package, python, options, arguments, index)
+    return package
+
+
+def _executable_package(p: Process, index: PackageIndex) -> Package | None:
+    if not p.exe or not _same_process(p):
         return None
     proc_exe = f"/proc/{p.pid}/exe"
-    if not _same_process(p):
-        return None
     try:
         running, on_disk = os.stat(proc_exe), os.stat(p.exe)
     except OSError:
@@ -179,6 +189,23 @@ def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
     if (running.st_dev, running.st_ino) != (on_disk.st_dev, on_disk.st_ino):
         raise NotFromPackage(f"{p.exe} was replaced after the program started")
     return file_package(p.exe, proc_exe, index)
+
+
+def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
+                       arguments: list[str], index: PackageIndex) -> None:
+    """A package's program may still run the user's code: refused (NotFromPackage) when its
+    environment loads code from where the user can write (LD_PRELOAD, PYTHONPATH, ...), when
+    an argument names a file that is not the package's (a runner such as ``ipython x.py``),
+    and for Python when the interpreter is the user's, when it reads code from stdin after
+    the script (``-i``), or when the script or any Python file of the distribution changed
+    after the install or after the program started (Python reads them once)."""
+    environ = _environ(p)
+    _refuse_loader_variables(environ)
+    if python:
+        _refuse_users_interpreter(p)
+        _refuse_python_variables(environ, options)
+        _refuse_changed_code(p, package, index)
+    _refuse_file_arguments(p, package, arguments, index)
 
 
 def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Package | None:
@@ -200,7 +227,7 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
         name, version = headers.get("Name"), headers.get("Version")
         if not name or not version:
             raise NotFromPackage(f"{entry.dist_info.name} has no readable name and version")
-        return Package(str(name).strip(), str(version).strip(), path)
+        return Package(str(name).strip(), str(version).strip(), path, entry.dist_info)
     if inside:
         raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
                              "lists it with a hash")
@@ -296,10 +323,10 @@ def _open_regular(path: Path | str, limit: int):
         raise
 
 
-def _script(p: Process) -> str | None:
-    """The script a Python process runs (``python [options] x.py``), absolute; None for
-    ``-c``, ``-m``, stdin or an interactive interpreter."""
-    args = p.cmdline[1:]
+def _python_command(p: Process) -> tuple[str, str | None, list[str]]:
+    """``python [options] x.py [arguments]``: the option letters, the script (absolute; None
+    for ``-c``, ``-m``, stdin or an interactive interpreter) and its arguments."""
+    args, letters = p.cmdline[1:], ""
     while args:
         arg = args.pop(0)
         if arg in _OPTIONS_WITH_VALUE:
@@ -307,12 +334,17 @@ def _script(p: Process) -> str | None:
         elif arg.startswith(("-W", "-X", "--")):
             continue
         elif arg == "-" or arg.startswith("-") and ("c" in arg or "m" in arg):
-            return None  # code given inline, a module, or stdin
+            return letters, None, []  # code given inline, a module, or stdin
         elif arg.startswith("-"):
-            continue
+            letters += arg[1:]
         else:
-            return arg if os.path.isabs(arg) else _relative_to_cwd(p, arg)
-    return None
+            script = arg if os.path.isabs(arg) else _relative_to_cwd(p, arg)
+            return letters, script, args
+    return letters, None, []
+
+
+def _script(p: Process) -> str | None:
+    return _python_command(p)[1]
 
 
 def _relative_to_cwd(p: Process, path: str) -> str | None:
@@ -345,3 +377,174 @@ def _ancestors_of(found: dict[int, Package], offenders: list[Process]) -> set[in
             if pid in parent:
                 ancestors.add(pid)
     return ancestors
+
+
+# ------------------------------------------------------------ the user's code in a package's program
+
+#: Variables that make the dynamic loader load code from the paths they name.
+_LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH")
+#: Variables that make Python import code from the paths they name (ignored under -E or -I).
+_PYTHON_PATH_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE")
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox"}
+MAX_ENVIRON = 4 * 2**20  # bytes of /proc/PID/environ read
+MAX_ARGUMENTS = 64  # arguments looked at for files of the user's
+START_SLACK = 0.02  # seconds: a start time is known to the clock tick (10 ms)
+MAX_VERIFIED = 512 * 2**20  # bytes of a distribution's Python files hashed at most
+_CODE_SUFFIXES = (".py", ".so", ".pyd")
+
+
+def _environ(p: Process) -> dict[str, str]:
+    """The program's environment as it started (/proc/PID/environ); unreadable: refused."""
+    try:
+        with open(f"/proc/{p.pid}/environ", "rb") as f:
+            data = f.read(MAX_ENVIRON + 1)
+    except OSError:
+        data = None
+    if data is None or len(data) > MAX_ENVIRON or not _same_process(p):
+        raise NotFromPackage("its environment cannot be read")
+    pairs = (item.partition(b"=") for item in data.split(b"\0") if item)
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "surrogateescape")
+            for k, _, v in pairs}
+
+
+def _root_only(path: str) -> bool:
+    """Neither ``path`` (or, if it does not exist, its nearest existing folder) nor any folder
+    above it can be changed by anyone but root (a sticky folder such as /tmp allowed above)."""
+    real = Path(os.path.realpath(path))
+    while not os.path.lexists(real) and real != real.parent:
+        real = real.parent
+    for i, part in enumerate([real, *real.parents]):
+        try:
+            info = os.stat(part)
+        except OSError:
+            return False
+        writable = info.st_mode & 0o022 and not (i and info.st_mode & stat.S_ISVTX)
+        if info.st_uid != 0 or writable:
+            return False
+    return True
+
+
+def _users_paths(value: str, separators: str = ":") -> list[str]:
+    """The entries of a path list that someone other than root can change."""
+    entries = re.split(f"[{re.escape(separators)}]", value)
+    return [e for e in entries if e and "/" in e and not _root_only(e)] + \
+        [e for e in entries if e and "/" not in e and e.startswith(".")]
+
+
+def _refuse_loader_variables(environ: dict[str, str]) -> None:
+    for name in _LOADER_VARIABLES:
+        users = _users_paths(environ.get(name, ""), ": " if name == "LD_PRELOAD" else ":;")
+        if users or (name == "LD_LIBRARY_PATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
+            raise NotFromPackage(f"{name} loads code from a place the user can change "
+                                 f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_python_variables(environ: dict[str, str], options: str) -> None:
+    if "i" in options or ("E" not in options and "I" not in options
+                          and environ.get("PYTHONINSPECT")):
+        raise NotFromPackage("Python reads more code from stdin after the script (-i, "
+                             "PYTHONINSPECT)")
+    if "E" in options or "I" in options:
+        return  # the PYTHON* variables are ignored
+    for name in _PYTHON_PATH_VARIABLES:
+        users = _users_paths(environ.get(name, ""))
+        if users or (name == "PYTHONPATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
+            raise NotFromPackage(f"{name} imports code from a place the user can change "
+                                 f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_users_interpreter(p: Process) -> None:
+    """An interpreter the user can change (a copy, a build of theirs named python3) runs
+    whatever it likes besides the script."""
+    try:
+        exe = os.readlink(f"/proc/{p.pid}/exe")
+    except OSError:
+        raise NotFromPackage("its interpreter cannot be read") from None
+    if not _root_only(exe):
+        raise NotFromPackage(f"its interpreter {exe} is a file the user can change")
+
+
+def _refuse_changed_code(p: Process, package: Package, index: PackageIndex) -> None:
+    """The script, and every Python file of its distribution (the script may be a stub that
+    imports them), as installed (RECORD's hashes) and unchanged since the program started
+    (its ctime, which no user can set back: a file swapped back after Python read it)."""
+    site_dir = package.dist_info.parent
+    text = read_regular(package.dist_info / "RECORD", MAX_RECORD) or ""
+    files = {package.path: None}
+    for line in text.splitlines():
+        name, _, rest = line.partition(",")
+        digest = rest.split(",", 1)[0]
+        if name.endswith(_CODE_SUFFIXES) and "=" in digest:
+            files[os.path.normpath(os.path.join(site_dir, name))] = digest
+    deadline, hashed = time.monotonic() + SEARCH_BUDGET, 0
+    started = _started_at(p)
+    for path, digest in files.items():
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise NotFromPackage(f"{path}, a file of {package.dist_info.name}, is missing") from None
+        if info.st_ctime > started + START_SLACK:
+            raise NotFromPackage(f"{path} changed after the program started")
+        hashed += info.st_size
+        if hashed > MAX_VERIFIED or time.monotonic() > deadline:
+            raise NotFromPackage(f"{package.dist_info.name} is too large to verify")
+        if digest is not None and not _hash_matches(path, digest):
+            raise NotFromPackage(f"{path} differs from what {package.dist_info.name} "
+                                 "installed (edited after the install)")
+
+
+def _started_at(p: Process) -> float:
+    """When the process started, to the clock tick (psutil's create_time rests on the boot
+    time, which /proc gives to the second only)."""
+    try:
+        with open(f"/proc/{p.pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        raise NotFromPackage("its start time cannot be read") from None
+    since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - since_start
+
+
+def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
+                           index: PackageIndex) -> None:
+    """An argument naming a file that is not the distribution's: an honest runner (ipython,
+    coverage, a packaged interpreter) runs the user's script, or a program follows the user's
+    configuration. (A file the distribution installed is fine.)"""
+    cwd = None
+    for arg in arguments[:MAX_ARGUMENTS]:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if not value or value.startswith("-"):
+            continue
+        if not os.path.isabs(value):
+            cwd = cwd if cwd is not None else _cwd(p)
+            value = os.path.join(cwd, value) if cwd else value
+        if not os.path.exists(value) or _is_distribution_file(value, package, index):
+            continue
+        raise NotFromPackage(f"its argument {value} is not a file of "
+                             f"{package.dist_info.name}: the user's code or configuration")
+
+
+def _is_distribution_file(path: str, package: Package, index: PackageIndex) -> bool:
+    try:
+        other = file_package(path, path, index)
+    except NotFromPackage:
+        return False
+    return other is not None and other.dist_info == package.dist_info
+
+
+def _cwd(p: Process) -> str | None:
+    try:
+        return os.readlink(f"/proc/{p.pid}/cwd")
+    except OSError:
+        return None
+
+
+def _is_shell(p: Process) -> bool:
+    """A system shell (root's file) holding no connection of its own: it only started the
+    packaged program (``!pkg-tool ...`` in a notebook)."""
+    try:
+        exe = os.path.realpath(f"/proc/{p.pid}/exe")
+    except OSError:
+        return False
+    return os.path.basename(exe) in _SHELLS and _root_only(exe) and not p.sockets \
+        and _same_process(p)

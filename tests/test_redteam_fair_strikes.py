@@ -1,0 +1,283 @@
+"""Red team: a notebook user who knows the fair-strike rule (observe/packages.py) tries to run
+their own miner, or a forbidden tool, and have it named as an installed package (no strike).
+
+Real processes, a real wheel pip-installed into throwaway virtual environments, a real
+unprivileged Unix user (``redteam-...``) owning the attacker's folders. Each test is one
+attack; those that still work are ``xfail(strict=True)`` with the reason (README "Strikes":
+what the rule does not protect against).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from colab_guard.observe.model import Process
+from colab_guard.observe.packages import PackageIndex, package_of
+from tests.harness import wait_until
+from tests.test_fair_strikes import (MODULE, NAME, SCRIPT, installed, make_venv,  # noqa: F401
+                                     miner_args, pip_install, pool_port, programs, strike)
+
+VENV_BIN = Path(sys.executable).parent
+USER = f"redteam-fs-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def attacker():
+    """An unprivileged user who owns the attacker's folders."""
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root to create a throwaway user")
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", USER], check=True)
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        subprocess.run(["userdel", USER], check=False)
+
+
+def give(path: Path, user) -> Path:
+    """The attacker's: every file and folder under ``path`` owned by them."""
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.chown(name, user.pw_uid, user.pw_gid)
+    return path
+
+
+@pytest.fixture
+def venv(installed, tmp_path):  # noqa: F811
+    """A fresh environment of the attacker's with the honest wheel installed by name."""
+    env = make_venv(tmp_path / "venv")
+    pip_install(env, "--find-links", str(installed["wheels"]), NAME)
+    site = next((env / "lib").glob("python*/site-packages"))
+    return {"venv": env, "site": site, "script": env / "bin" / SCRIPT,
+            "module": site / MODULE / "miner.py"}
+
+
+def start(argv, started: list, env: dict | None = None, stdin=None, until=None) -> Process:
+    """Start a program and describe it as the sampler would, once it has exec'd."""
+    child = subprocess.Popen([str(a) for a in argv], env=env, stdin=stdin,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = psutil.Process(child.pid)
+    started.append(child)
+    wait_until(lambda: child.poll() is not None or (until or _execd)(proc, argv),
+               timeout=60, what="the program started")
+    assert child.poll() is None, "the program exited at once"
+    return Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
+                   cmdline=proc.cmdline(), create_time=proc.create_time())
+
+
+def _execd(proc: psutil.Process, argv) -> bool:
+    return proc.cmdline()[-1:] == [str(argv[-1])]
+
+
+@pytest.fixture
+def started():
+    children: list[subprocess.Popen] = []
+    yield children
+    for child in children:
+        child.kill()
+        child.wait(10)
+
+
+def users_miner(folder: Path, marker: Path | None = None) -> Path:
+    """The attacker's own miner (the stand-in's code, with a line of theirs)."""
+    from tests.conftest import STANDINS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(STANDINS / "common.py", folder / "common.py")
+    code = (STANDINS / "miner.py").read_text()
+    if marker is not None:
+        code = code.replace("def main()", f"open({str(marker)!r}, 'w').close()\n\n\ndef main()")
+    (folder / "miner.py").write_text(code + "\n# the attacker's own miner\n")
+    return folder / "miner.py"
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_"))}
+    return {**env, **extra}
+
+
+# ------------------------------------------------------------ attacks that no longer work
+
+
+def test_the_users_own_miner_that_starts_a_packaged_program_is_a_strike(
+        venv, started, tmp_path, pool_port):  # noqa: F811
+    # The exemption of "the shell that started a packaged program" held for any ancestor:
+    # the user's miner starts a packaged program beside itself and hides behind it.
+    own = users_miner(tmp_path / "own")
+    launcher = tmp_path / "own" / "launch.py"
+    launcher.write_text("import runpy, subprocess, sys\n"
+                        f"subprocess.Popen([{str(venv['script'])!r}, *sys.argv[1:]])\n"
+                        f"sys.argv[0] = {str(own)!r}\n"
+                        f"runpy.run_path({str(own)!r}, run_name='__main__')\n")
+    parent = start([sys.executable, launcher, *miner_args(pool_port)], started)
+    child = wait_until(lambda: [c for c in psutil.Process(parent.pid).children()
+                                if len(c.cmdline()) > 2], what="the packaged child")[0]
+    packaged = Process(pid=child.pid, ppid=parent.pid, name=child.name(), exe=child.exe(),
+                       cmdline=child.cmdline(), create_time=child.create_time())
+    package, refused = package_of([parent, packaged], PackageIndex())
+    assert package is None, "the user's own miner counted as the package's"
+    assert strike(package)
+
+
+def test_a_package_script_swapped_for_the_users_and_restored_after_the_start_is_a_strike(
+        venv, started, tmp_path, pool_port):  # noqa: F811
+    # Python reads its script once, at the start: put the miner in the package file, start
+    # it, put the original back. The hash then matches what RECORD says.
+    module = venv["module"]
+    original = module.read_bytes()
+    marker = tmp_path / "ran"
+    module.write_text(users_miner(tmp_path / "own", marker).read_text())
+    process = start([venv["venv"] / "bin" / "python", module, *miner_args(pool_port)], started,
+                    until=lambda proc, argv: marker.exists())
+    module.write_bytes(original)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "a script swapped back after the start counted as the package's"
+    assert "changed after the program started" in refused["reason"]
+
+
+def test_an_honest_runner_given_the_users_script_is_a_strike(started, tmp_path, pool_port):  # noqa: F811
+    # ipython (installed from PyPI, hash and all) runs whatever file it is given.
+    own = users_miner(tmp_path / "own")
+    process = start([VENV_BIN / "ipython", "--no-banner", own, *miner_args(pool_port)], started)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, f"the user's script counted as {package}'s"
+    assert str(own) in refused["reason"]
+
+
+def test_the_environment_cannot_slip_the_users_code_into_a_packaged_program(
+        venv, attacker, started, tmp_path, pool_port):  # noqa: F811
+    # PYTHONPATH: a folder of the user's holding a module of the package's name: the honest
+    # console script imports the user's miner.
+    evil = tmp_path / "evil"
+    users_miner(evil / MODULE)
+    (evil / MODULE / "__init__.py").write_text("")
+    give(evil, attacker)
+    process = start([venv["script"], *miner_args(pool_port)], started,
+                    env=clean_env(PYTHONPATH=str(evil)))
+    package, refused = package_of([process], PackageIndex())
+    assert package is None and "PYTHONPATH" in refused["reason"]
+
+    # LD_PRELOAD: code of the user's loaded into the package's own binary.
+    library = evil / "libpreload.so"
+    shutil.copy(next(Path(p) for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/libz.so.1",
+                                       "/lib/aarch64-linux-gnu/libz.so.1") if Path(p).exists()),
+                library)
+    give(evil, attacker)
+    binary = venv["site"] / MODULE / "bin" / "xmrig"
+    binary.chmod(0o755)
+    process = start([binary, "60"], started, env=clean_env(LD_PRELOAD=str(library)))
+    package, refused = package_of([process], PackageIndex())
+    assert package is None and "LD_PRELOAD" in refused["reason"]
+
+
+def test_code_read_from_stdin_after_a_packaged_script_is_a_strike(venv, started, tmp_path,
+                                                                  pool_port):  # noqa: F811
+    # python -i PACKAGE_FILE: the package's (empty) file runs, then whatever stdin holds.
+    own = users_miner(tmp_path / "own")
+    code = tmp_path / "stdin.py"
+    code.write_text(f"import sys, runpy; sys.argv = ['m', *{miner_args(pool_port)!r}]; "
+                    f"runpy.run_path({str(own)!r}, run_name='__main__')\n")
+    empty = venv["site"] / MODULE / "__init__.py"
+    with open(code) as stdin:
+        process = start([venv["venv"] / "bin" / "python", "-i", empty], started, stdin=stdin,
+                        until=lambda proc, argv: any(c.raddr for c in proc.net_connections()))
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, f"python -i {empty}: counted as {package}"
+    assert "stdin" in refused["reason"]
+
+
+def test_a_module_of_the_package_edited_after_the_install_is_a_strike(venv, started, pool_port):  # noqa: F811
+    # The console script is a stub that imports the package's module: the user edits the
+    # module, not the script, and runs the honest script.
+    venv["module"].write_text(venv["module"].read_text() + "\n# the user's own change\n")
+    process = start([venv["script"], *miner_args(pool_port)], started)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "an edited module of the package counted as the package's"
+    assert "edited after the install" in refused["reason"]
+
+
+def test_an_interpreter_of_the_users_named_python_is_a_strike(installed, attacker, started,  # noqa: F811
+                                                              tmp_path, pool_port):  # noqa: F811
+    # Only the script of a Python program is checked: an interpreter the user built (or
+    # patched) and named python3 runs the honest script and whatever else it likes.
+    mine = tmp_path / "mine"
+    subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(mine)],
+                   check=True)
+    pip_install(mine, "--find-links", str(installed["wheels"]), NAME)
+    give(mine, attacker)
+    process = start([mine / "bin" / "python3", mine / "bin" / SCRIPT, *miner_args(pool_port)],
+                    started)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "an interpreter of the user's counted as the package's"
+    assert "interpreter" in refused["reason"]
+
+
+# ------------------------------------------------------------ attacks that still work (gaps)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A distribution the user built is indistinguishable from an index's once its "
+    "direct_url.json is deleted (pip leaves no other trace of where a wheel came from): "
+    "the hub service's grouping by package is the only defence"))
+def test_the_users_own_wheel_with_its_direct_url_removed_is_a_strike(installed, started,  # noqa: F811
+                                                                     tmp_path, pool_port):  # noqa: F811
+    from tests.test_fair_strikes import build_wheel
+
+    wheel = build_wheel(tmp_path / "mine", name="totally-honest", version="1.0")
+    env = make_venv(tmp_path / "venv")
+    pip_install(env, str(wheel))
+    site = next((env / "lib").glob("python*/site-packages"))
+    next(site.glob("totally_honest-1.0.dist-info/direct_url.json")).unlink()
+    process = start([env / "bin" / "totally-honest", *miner_args(pool_port)], started)
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A module of another distribution (a dependency the honest program imports), or a .pth "
+    "file in the site folder, edited by the user runs their code inside an honest package's "
+    "program; checking every file Python may import from a user-writable environment costs "
+    "too much per incident"))
+def test_a_pth_file_of_the_users_in_the_site_folder_is_a_strike(venv, started, tmp_path,
+                                                                pool_port):  # noqa: F811
+    own = users_miner(tmp_path / "own")
+    (venv["site"] / "zz_helper.pth").write_text(
+        f"import sys, runpy; 'guardtest' in sys.argv[0] and runpy.run_path({str(own)!r}, "
+        "run_name='__main__')\n")
+    process = start([venv["script"], *miner_args(pool_port)], started)
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Code given inline to an honest package's interpreter (ipython -c CODE) cannot be told "
+    "from an argument"))
+def test_inline_code_given_to_an_honest_runner_is_a_strike(started, tmp_path, pool_port):  # noqa: F811
+    own = users_miner(tmp_path / "own")
+    code = (f"import sys, runpy; sys.argv = ['m', *{miner_args(pool_port)!r}]; "
+            f"runpy.run_path({str(own)!r}, run_name='__main__')")
+    process = start([VENV_BIN / "ipython", "--no-banner", "-c", code], started,
+                    until=lambda proc, argv: any(c.raddr for c in proc.net_connections()))
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A forbidden tool published on an index and run on purpose (pproxy, a proxy) is an "
+    "installed package like a compromised release: the rule cannot tell who meant to run it; "
+    "the hub service's grouping by package is the only defence"))
+def test_a_forbidden_tool_from_an_index_run_on_purpose_is_a_strike(started):
+    from tests.harness import free_port
+
+    listen = f"socks5://127.0.0.1:{free_port()}"
+    process = start([VENV_BIN / "pproxy", "-l", listen], started)
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
