@@ -281,3 +281,39 @@ def test_a_forbidden_tool_from_an_index_run_on_purpose_is_a_strike(started):
     process = start([VENV_BIN / "pproxy", "-l", listen], started)
     package, _ = package_of([process], PackageIndex())
     assert package is None
+
+
+# (placed after the gaps: these two were found in a second round, and fixed)
+
+def test_a_module_of_the_users_beside_the_console_script_is_a_strike(venv, started, tmp_path,
+                                                                     pool_port):  # noqa: F811
+    # The script's folder (the environment's bin/) is first on sys.path: a package of the
+    # package's name there is imported instead of the installed one.
+    shadow = venv["venv"] / "bin" / MODULE
+    users_miner(shadow)
+    (shadow / "__init__.py").write_text("")
+    process = start([venv["script"], *miner_args(pool_port)], started)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "a module beside the console script counted as the package's"
+    assert "beside the program" in refused["reason"]
+
+
+def test_bytecode_of_the_users_in_the_packages_cache_is_a_strike(venv, started, tmp_path,
+                                                                 pool_port):  # noqa: F811
+    # Python runs __pycache__/miner.cpython-XY.pyc instead of miner.py when the pyc's header
+    # has the source's time and size: every source keeps its hash.
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+
+    module = venv["module"]
+    own = users_miner(tmp_path / "own").read_text().replace(
+        "sys.path.insert(0", "print('the user', flush=True)\nsys.path.insert(0")
+    info = module.stat()
+    pyc = Path(importlib.util.cache_from_source(str(module)))
+    pyc.parent.mkdir(exist_ok=True)
+    pyc.write_bytes(_code_to_timestamp_pyc(compile(own, str(module), "exec"), info.st_mtime,
+                                           info.st_size))
+    process = start([venv["script"], *miner_args(pool_port)], started)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "bytecode of the user's counted as the package's"
+    assert "written after" in refused["reason"]

@@ -201,11 +201,12 @@ def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
     after the install or after the program started (Python reads them once)."""
     environ = _environ(p)
     _refuse_loader_variables(environ)
+    files = _distribution_files(package)
     if python:
         _refuse_users_interpreter(p)
         _refuse_python_variables(environ, options)
-        _refuse_changed_code(p, package, index)
-    _refuse_file_arguments(p, package, arguments, index)
+        _refuse_changed_code(p, package, files, index)
+    _refuse_file_arguments(p, package, arguments, files)
 
 
 def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Package | None:
@@ -391,6 +392,7 @@ MAX_ARGUMENTS = 64  # arguments looked at for files of the user's
 START_SLACK = 0.02  # seconds: a start time is known to the clock tick (10 ms)
 MAX_VERIFIED = 512 * 2**20  # bytes of a distribution's Python files hashed at most
 _CODE_SUFFIXES = (".py", ".so", ".pyd")
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
 
 
 def _environ(p: Process) -> dict[str, str]:
@@ -464,21 +466,33 @@ def _refuse_users_interpreter(p: Process) -> None:
         raise NotFromPackage(f"its interpreter {exe} is a file the user can change")
 
 
-def _refuse_changed_code(p: Process, package: Package, index: PackageIndex) -> None:
-    """The script, and every Python file of its distribution (the script may be a stub that
-    imports them), as installed (RECORD's hashes) and unchanged since the program started
-    (its ctime, which no user can set back: a file swapped back after Python read it)."""
+def _distribution_files(package: Package) -> dict[str, str | None]:
+    """Every file the distribution's RECORD lists (absolute, normalised) and its hash."""
     site_dir = package.dist_info.parent
     text = read_regular(package.dist_info / "RECORD", MAX_RECORD) or ""
-    files = {package.path: None}
+    files: dict[str, str | None] = {}
     for line in text.splitlines():
         name, _, rest = line.partition(",")
         digest = rest.split(",", 1)[0]
-        if name.endswith(_CODE_SUFFIXES) and "=" in digest:
-            files[os.path.normpath(os.path.join(site_dir, name))] = digest
-    deadline, hashed = time.monotonic() + SEARCH_BUDGET, 0
-    started = _started_at(p)
-    for path, digest in files.items():
+        if name:
+            files[os.path.normpath(os.path.join(site_dir, name))] = digest if "=" in digest else None
+    return files
+
+
+def _refuse_changed_code(p: Process, package: Package, files: dict[str, str | None],
+                         index: PackageIndex) -> None:
+    """The script, and every Python file of its distribution (the script may be a stub that
+    imports them), as installed (RECORD's hashes) and unchanged since the program started
+    (its ctime, which no user can set back: a file swapped back after Python read it); no
+    compiled file (``__pycache__``, which Python prefers to a source of the same time and
+    size) written after the install; nothing importable beside the script that the
+    distribution did not install (the script's folder comes first on ``sys.path``)."""
+    installed = _ctime(package.dist_info / "RECORD")
+    code = {package.path: files.get(package.path),
+            **{path: digest for path, digest in files.items()
+               if path.endswith(_CODE_SUFFIXES) and digest is not None}}
+    deadline, hashed, started = time.monotonic() + SEARCH_BUDGET, 0, _started_at(p)
+    for path, digest in code.items():
         try:
             info = os.stat(path)
         except OSError:
@@ -491,6 +505,63 @@ def _refuse_changed_code(p: Process, package: Package, index: PackageIndex) -> N
         if digest is not None and not _hash_matches(path, digest):
             raise NotFromPackage(f"{path} differs from what {package.dist_info.name} "
                                  "installed (edited after the install)")
+    _refuse_late_bytecode(code, installed, package)
+    _refuse_unlisted_beside(os.path.dirname(os.path.realpath(package.path)), files, package, index)
+
+
+def _refuse_late_bytecode(code: dict[str, str | None], installed: float, package: Package) -> None:
+    caches: dict[str, list[os.DirEntry]] = {}
+    for path in code:
+        if not path.endswith(".py"):
+            continue
+        folder, stem = os.path.split(path)
+        cache = os.path.join(folder, "__pycache__")
+        if cache not in caches:
+            try:
+                caches[cache] = list(os.scandir(cache))
+            except OSError:
+                caches[cache] = []
+        for entry in caches[cache]:
+            if entry.name.startswith(stem[:-3] + ".") and \
+                    entry.stat(follow_symlinks=False).st_ctime > installed + START_SLACK:
+                raise NotFromPackage(f"{entry.path} was written after {package.dist_info.name} "
+                                     "was installed (Python may run it instead of its source)")
+
+
+def _refuse_unlisted_beside(folder: str, files: dict[str, str | None], package: Package,
+                            index: PackageIndex) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        raise NotFromPackage(f"{folder} cannot be read") from None
+    for entry in entries:
+        module = _module_file(entry)
+        if module is None or module in files or _installed_by_any(module, index):
+            continue
+        raise NotFromPackage(f"{entry.path}, beside the program, was not installed by "
+                             f"{package.dist_info.name} (it may be imported instead of the "
+                             "package's own module)")
+
+
+def _module_file(entry: os.DirEntry) -> str | None:
+    """The file Python would import for this entry of a folder on sys.path (a module, or a
+    package's __init__), or None (not importable)."""
+    try:
+        if entry.is_dir():  # a link to a folder too
+            return next((os.path.realpath(os.path.join(entry.path, f"__init__{s}"))
+                         for s in _MODULE_SUFFIXES if os.path.lexists(
+                             os.path.join(entry.path, f"__init__{s}"))), None)
+    except OSError:
+        return entry.path
+    return os.path.realpath(entry.path) if entry.name.endswith(_MODULE_SUFFIXES) else None
+
+
+def _installed_by_any(path: str, index: PackageIndex) -> bool:
+    """Another distribution's file, as it installed it (docutils puts rst2html.py in bin/)."""
+    try:
+        return file_package(path, path, index) is not None
+    except NotFromPackage:
+        return False
 
 
 def _started_at(p: Process) -> float:
@@ -505,11 +576,18 @@ def _started_at(p: Process) -> float:
     return time.time() - since_start
 
 
+def _ctime(path: Path) -> float:
+    try:
+        return os.stat(path).st_ctime
+    except OSError:
+        raise NotFromPackage(f"{path} cannot be read") from None
+
+
 def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
-                           index: PackageIndex) -> None:
-    """An argument naming a file that is not the distribution's: an honest runner (ipython,
-    coverage, a packaged interpreter) runs the user's script, or a program follows the user's
-    configuration. (A file the distribution installed is fine.)"""
+                           files: dict[str, str | None]) -> None:
+    """An argument naming a file that is not the distribution's as installed: an honest
+    runner (ipython, coverage, a packaged interpreter) runs the user's script, or a program
+    follows the user's configuration."""
     cwd = None
     for arg in arguments[:MAX_ARGUMENTS]:
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
@@ -518,18 +596,13 @@ def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
         if not os.path.isabs(value):
             cwd = cwd if cwd is not None else _cwd(p)
             value = os.path.join(cwd, value) if cwd else value
-        if not os.path.exists(value) or _is_distribution_file(value, package, index):
+        if not os.path.exists(value):
+            continue
+        real = os.path.realpath(value)
+        if real in files and (files[real] is None or _hash_matches(real, files[real])):
             continue
         raise NotFromPackage(f"its argument {value} is not a file of "
                              f"{package.dist_info.name}: the user's code or configuration")
-
-
-def _is_distribution_file(path: str, package: Package, index: PackageIndex) -> bool:
-    try:
-        other = file_package(path, path, index)
-    except NotFromPackage:
-        return False
-    return other is not None and other.dist_info == package.dist_info
 
 
 def _cwd(p: Process) -> str | None:
