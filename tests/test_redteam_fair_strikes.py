@@ -317,3 +317,34 @@ def test_bytecode_of_the_users_in_the_packages_cache_is_a_strike(venv, started, 
     package, refused = package_of([process], PackageIndex())
     assert package is None, "bytecode of the user's counted as the package's"
     assert "written after" in refused["reason"]
+
+
+def test_an_incident_of_many_programs_of_a_large_distribution_is_looked_up_in_bounded_time(
+        venv, started):
+    # Each program's distribution is hashed (its Python files): forty programs of a 150 MB
+    # distribution kept a worker busy for ten seconds and more, for every such incident (and
+    # the workers were those that stop programs).
+    import base64
+    import hashlib
+    import time
+
+    from colab_guard.observe import packages
+
+    site, record = venv["site"], next(venv["site"].glob("*.dist-info")) / "RECORD"
+    rows = []
+    for name, data in [(f"{MODULE}/idle.py", b"import time\ntime.sleep(120)\n"),
+                       *((f"{MODULE}/big{i}.py", b"# padding\n" * 5_000_000) for i in range(3))]:
+        (site / name).write_bytes(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows.append(f"{name},sha256={digest},{len(data)}\n")
+    record.write_text(record.read_text() + "".join(rows))
+    idle = site / MODULE / "idle.py"
+    programs = [start([venv["venv"] / "bin" / "python", idle], started,
+                      until=lambda proc, argv: proc.cmdline()[-1:] == [str(idle)])
+                for _ in range(40)]
+    began = time.monotonic()
+    package, refused = package_of(programs, PackageIndex())
+    took = time.monotonic() - began
+    assert took < packages.LOOKUP_BUDGET + 1.5, f"the lookup took {took:.1f} s"
+    if package is None:
+        assert "took over" in refused["reason"]

@@ -55,6 +55,10 @@ MAX_HASHED = 64 * 2**20  # bytes: a larger file is not hashed (no package)
 MAX_RECORD = 16 * 2**20  # bytes of one RECORD file
 MAX_METADATA = 2**20  # bytes of METADATA or direct_url.json
 SEARCH_BUDGET = 2.0  # seconds one search of a site folder may take
+#: Seconds one lookup (every program of an incident, every check) may take: an incident of a
+#: hundred programs of a large distribution must not keep a worker busy for minutes.
+LOOKUP_BUDGET = 4.0
+_lookup = threading.local()
 # Options of the interpreter that take a value (python -W error x.py).
 _OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
 
@@ -114,6 +118,7 @@ def _search(site_dir: Path, path: str) -> _Entry | None:
     deadline = time.monotonic() + SEARCH_BUDGET
     for dist_info in sorted(site_dir.glob("*.dist-info"),
                             key=lambda d: _normalise(d.name.split("-", 1)[0]) != likely):
+        _check_time()
         if time.monotonic() > deadline:
             raise NotFromPackage(f"{site_dir}: searching its distributions took over "
                                  f"{SEARCH_BUDGET:g} s")
@@ -144,6 +149,15 @@ def package_of(processes: list[Process], index: PackageIndex = INDEX
     offenders = [p for p in processes if not p.is_kernel]
     if not offenders or len(offenders) < len(processes):
         return None, None
+    _lookup.deadline = time.monotonic() + LOOKUP_BUDGET
+    try:
+        return _package_of(offenders, index)
+    finally:
+        _lookup.deadline = None
+
+
+def _package_of(offenders: list[Process], index: PackageIndex
+                ) -> tuple[Package | None, dict | None]:
     found: dict[int, Package] = {}
     refused = None
     for p in offenders:
@@ -151,6 +165,8 @@ def package_of(processes: list[Process], index: PackageIndex = INDEX
             package = program_package(p, index)
         except NotFromPackage as why:
             package, refused = None, refused or {"pid": p.pid, "reason": str(why)}
+        if refused and refused["reason"].startswith(_OUT_OF_TIME):
+            return None, refused
         if package is not None:
             found[p.pid] = package
     if not found:
@@ -500,6 +516,7 @@ def _refuse_changed_code(p: Process, package: Package, files: dict[str, str | No
         if info.st_ctime > started + START_SLACK:
             raise NotFromPackage(f"{path} changed after the program started")
         hashed += info.st_size
+        _check_time()
         if hashed > MAX_VERIFIED or time.monotonic() > deadline:
             raise NotFromPackage(f"{package.dist_info.name} is too large to verify")
         if digest is not None and not _hash_matches(path, digest):
@@ -507,6 +524,16 @@ def _refuse_changed_code(p: Process, package: Package, files: dict[str, str | No
                                  "installed (edited after the install)")
     _refuse_late_bytecode(code, installed, package)
     _refuse_unlisted_beside(os.path.dirname(os.path.realpath(package.path)), files, package, index)
+
+
+_OUT_OF_TIME = "the lookup took over"
+
+
+def _check_time() -> None:
+    """Within the whole lookup's LOOKUP_BUDGET (package_of), else NotFromPackage."""
+    deadline = getattr(_lookup, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise NotFromPackage(f"{_OUT_OF_TIME} {LOOKUP_BUDGET:g} s")
 
 
 def _refuse_late_bytecode(code: dict[str, str | None], installed: float, package: Package) -> None:
@@ -535,6 +562,7 @@ def _refuse_unlisted_beside(folder: str, files: dict[str, str | None], package: 
     except OSError:
         raise NotFromPackage(f"{folder} cannot be read") from None
     for entry in entries:
+        _check_time()
         module = _module_file(entry)
         if module is None or module in files or _installed_by_any(module, index):
             continue
@@ -590,6 +618,7 @@ def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
     follows the user's configuration."""
     cwd = None
     for arg in arguments[:MAX_ARGUMENTS]:
+        _check_time()
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         if not value or value.startswith("-"):
             continue
