@@ -156,3 +156,23 @@ def test_a_user_listening_on_the_hubs_port_while_it_restarts_gets_no_token_and_n
 
     service.up()  # the real service is back: the incident arrives
     wait_until(lambda: found.id in service.taken, timeout=30, what="the incident taken")
+
+
+def test_a_queue_file_the_user_overwrote_is_started_afresh_and_said(service, make_reporter,
+                                                                    tmp_path, caplog):
+    # The server's queue is in the user's own data folder: they overwrite it with junk. Every
+    # later incident was lost ("not reported to the hub") and the status API failed (500).
+    reporter = make_reporter(source="server")
+    reporter.start()
+    first = incident()
+    reporter.listen(first)
+    wait_until(lambda: first.id in service.taken, what="the first incident taken")
+    for path in tmp_path.glob("hub-reports.sqlite*"):
+        path.write_bytes(b"not a database " * 4096)
+    reporter.status()  # answers (it raised "file is not a database" once the cache was gone)
+
+    later = incident()
+    reporter.listen(later)
+    wait_until(lambda: later.id in service.taken, what="a later incident taken")
+    assert "moved aside" in caplog.text and "not reported" in caplog.text
+    assert list(tmp_path.glob("hub-reports.sqlite.unreadable-*"))

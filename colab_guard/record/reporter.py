@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import random
 import socket
 import sqlite3
@@ -59,12 +60,29 @@ class ReportQueue:
         self.path, self.limit = Path(path), limit
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across a process crash
-        self._db.execute("CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY "
-                         "AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across a process crash
+        db.execute("CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY "
+                   "AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        return db
+
+    def start_afresh(self) -> Path:
+        """The file is no database (overwritten, corrupt): move it aside, start an empty one.
+        What it held is lost; returns where it was moved."""
+        with self._lock:
+            self._db.close()
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                source = Path(f"{self.path}{suffix}")
+                if source.exists():
+                    os.replace(source, f"{aside}{suffix}")
+            self._db = self._open()
+            return aside
 
     def put(self, incident_id: str, body: str) -> list[str]:
         """Queue (or replace) one incident; the ids of those dropped to keep the bound."""
@@ -142,9 +160,14 @@ class HubReporter:
 
     def listen(self, incident: Incident, action: str = "") -> None:
         """Queue the incident (its current version) and wake the sender."""
+        body = bounded_body(incident)  # ASCII JSON: any text goes out as valid UTF-8
         try:
-            # ASCII JSON: any text (a lone surrogate in evidence too) goes out as valid UTF-8.
-            dropped = self.queue.put(incident.id, bounded_body(incident))
+            try:
+                dropped = self.queue.put(incident.id, body)
+            except sqlite3.DatabaseError as err:
+                if not _unreadable(err) or not self._start_afresh(err):
+                    raise
+                dropped = self.queue.put(incident.id, body)
         except sqlite3.Error as err:
             metrics.HUB_REPORTS.labels("dropped").inc()
             self.counts["dropped"] += 1
@@ -183,9 +206,27 @@ class HubReporter:
             "custom:colab-guard:report"
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": True, "url": self.url, "queued": len(self.queue), **self.counts,
+        try:
+            queued = len(self.queue)
+        except sqlite3.Error as err:  # the status still answers, and says why
+            queued, self.last_error = None, f"the report queue {self.queue.path}: {err}"
+        return {"enabled": True, "url": self.url, "queued": queued, **self.counts,
                 "failures": self.failures, "last_error": self.last_error,
                 "standing": self.standing}
+
+    def _start_afresh(self, err: sqlite3.Error) -> bool:
+        """A new, empty queue in place of an unreadable one; False if that failed too."""
+        try:
+            aside = self.queue.start_afresh()
+        except (OSError, sqlite3.Error) as again:
+            self.last_error = f"the report queue is unreadable ({err}) and cannot be replaced " \
+                              f"({again})"
+            return False
+        self.last_error = f"the report queue was unreadable ({err}); moved aside to {aside}"
+        self.log.error("colab-guard: the hub report queue %s was unreadable (%s): moved aside "
+                       "to %s and started afresh; incidents queued in it are not reported",
+                       self.queue.path, err, aside)
+        return True
 
     # ------------------------------------------------------------ the sender
 
@@ -196,7 +237,10 @@ class HubReporter:
             while not self._stopping.is_set():
                 try:
                     retry_at = self._send_queued()
-                except Exception:  # the queue unreadable (disk errors): never end the thread
+                except Exception as err:  # the queue unreadable (disk errors): never end the thread
+                    if isinstance(err, sqlite3.DatabaseError) and _unreadable(err) and \
+                            self._start_afresh(err):
+                        continue
                     self.log.exception("colab-guard: reporting to the hub failed; retried")
                     self.failures += 1
                     retry_at = time.monotonic() + self.backoff_max
@@ -277,6 +321,11 @@ class HubReporter:
         self.queue.remove([seq for seq, _, _ in batch])
         self.counts["refused"] += len(batch)
         metrics.HUB_REPORTS.labels("refused").inc(len(batch))
+
+
+def _unreadable(err: sqlite3.DatabaseError) -> bool:
+    """No database there (overwritten, corrupt), rather than a busy or full disk."""
+    return not isinstance(err, sqlite3.OperationalError)
 
 
 def bounded_body(incident: Incident) -> str:
