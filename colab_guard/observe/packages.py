@@ -15,18 +15,29 @@ counts as no strike. Only what the guard can check counts; anything else fails s
   is hashed as the process runs it (``/proc/PID/exe``), so a file swapped after the start
   does not pass;
 - the distribution was not installed from a local path (``direct_url.json`` with a
-  ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code.
+  ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code;
+- nothing of the user's runs inside the program (``_refuse_users_code``): no loader or
+  Python path variable naming a place the user can change, no ``-i``/PYTHONINSPECT, an
+  interpreter that is root's file, no argument naming a file that is not the distribution's,
+  every Python file of the distribution as installed and unchanged since the start, no
+  ``__pycache__`` written after the install, nothing unlisted importable beside the script;
+- an offender that is not a package's program counts only if it is a system shell that
+  started one (and holds no connection).
 
-What a user can still forge: a package of their own, uploaded to an index or laid out by
-hand. The hub service groups incidents by package, so an admin sees a package that only
-one user ever ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
+What a user can still forge (README "Strikes"; tests/test_redteam_fair_strikes.py): a
+package of their own, uploaded to an index or laid out by hand (under any name); an honest
+package's program running their code through a file of another distribution or a ``.pth``
+file; inline code (``ipython -c``); a forbidden tool from an index run on purpose. The hub
+service groups incidents by package, so an admin sees a package that only one user ever
+ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
 itself are not traced to a package (the path Python would import from depends on the
 process's working folder and environment): the normal rule applies.
 
 Metadata is read as files (RECORD, METADATA, direct_url.json); nothing of the user's is
 imported. Every file is opened without blocking and read only if it is a regular file of
-bounded size (a named pipe in its place must not hang the guard), and one lookup stops after
-``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders): no package.
+bounded size (a named pipe in its place must not hang the guard), one search stops after
+``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders) and one lookup
+after ``LOOKUP_BUDGET``: no package.
 """
 
 from __future__ import annotations
