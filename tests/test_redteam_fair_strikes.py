@@ -24,7 +24,7 @@ from colab_guard.observe.model import Process
 from colab_guard.observe.packages import PackageIndex, package_of
 from tests.harness import wait_until
 from tests.test_fair_strikes import (MODULE, NAME, SCRIPT, installed, make_venv,  # noqa: F401
-                                     miner_args, pip_install, pool_port, programs, strike)
+                                     miner_args, pip_install, pool_port, strike)
 
 VENV_BIN = Path(sys.executable).parent
 USER = f"redteam-fs-{uuid.uuid4().hex[:6]}"
@@ -207,17 +207,41 @@ def test_a_module_of_the_package_edited_after_the_install_is_a_strike(venv, star
 def test_an_interpreter_of_the_users_named_python_is_a_strike(installed, attacker, started,  # noqa: F811
                                                               tmp_path, pool_port):  # noqa: F811
     # Only the script of a Python program is checked: an interpreter the user built (or
-    # patched) and named python3 runs the honest script and whatever else it likes.
+    # patched) and named python3 runs an honest script of an environment only root can
+    # change (found through a .pth path line of the user's), and whatever else it likes.
     mine = tmp_path / "mine"
     subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(mine)],
                    check=True)
-    pip_install(mine, "--find-links", str(installed["wheels"]), NAME)
+    next((mine / "lib").glob("python*/site-packages")).joinpath("honest.pth").write_text(
+        f"{installed['site']}\n")
     give(mine, attacker)
-    process = start([mine / "bin" / "python3", mine / "bin" / SCRIPT, *miner_args(pool_port)],
+    process = start([mine / "bin" / "python3", installed["script"], *miner_args(pool_port)],
                     started)
     package, refused = package_of([process], PackageIndex())
     assert package is None, "an interpreter of the user's counted as the package's"
     assert "interpreter" in refused["reason"]
+
+
+def test_a_pth_file_in_the_users_own_site_folder_is_a_strike(installed, attacker, started,  # noqa: F811
+                                                             tmp_path, pool_port):  # noqa: F811
+    # The system's Python reads ~/.local/lib/pythonX.Y/site-packages/*.pth at every start:
+    # an import line there runs the user's miner inside an honest script of an environment
+    # only root can change.
+    own = users_miner(tmp_path / "own")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    user_site = tmp_path / "home" / ".local" / "lib" / f"python{version}" / "site-packages"
+    user_site.mkdir(parents=True)
+    (user_site / "honest.pth").write_text(f"{installed['site']}\n")
+    (user_site / "zz-helper.pth").write_text(
+        f"import sys, runpy; 'guardtest' in sys.argv[0] and runpy.run_path({str(own)!r}, "
+        "run_name='__main__')\n")
+    give(tmp_path / "home", attacker)
+    base = os.path.realpath(sys.executable)  # the system's interpreter, not a venv's
+    process = start([base, installed["script"], *miner_args(pool_port)], started,
+                    env=clean_env(HOME=str(tmp_path / "home")))
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "a .pth file of the user's counted as the package's"
+    assert "zz-helper.pth" in refused["reason"]
 
 
 # ------------------------------------------------------------ attacks that still work (gaps)

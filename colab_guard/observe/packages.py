@@ -230,8 +230,12 @@ def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
     _refuse_loader_variables(environ)
     files = _distribution_files(package)
     if python:
-        _refuse_users_interpreter(p)
+        if _root_only(str(package.dist_info.parent)):
+            # In an environment of the user's the interpreter is theirs too (docker-stacks'
+            # /opt/conda, a venv --copies), and they could as well forge a distribution.
+            _refuse_users_interpreter(p)
         _refuse_python_variables(environ, options)
+        _refuse_user_site_code(p, environ, options, index)
         _refuse_changed_code(p, package, files, index)
     _refuse_file_arguments(p, package, arguments, files)
 
@@ -480,6 +484,62 @@ def _refuse_python_variables(environ: dict[str, str], options: str) -> None:
         if users or (name == "PYTHONPATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
             raise NotFromPackage(f"{name} imports code from a place the user can change "
                                  f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_user_site_code(p: Process, environ: dict[str, str], options: str,
+                           index: PackageIndex) -> None:
+    """Python runs the ``import`` lines of every ``.pth`` file, and ``usercustomize``, in the
+    user's own site folder (``~/.local/lib/pythonX.Y/site-packages``) at every start, also
+    for an honest script of an environment only root can change: any there that no
+    distribution installed (as it installed it) is the user's code."""
+    if "s" in options or "I" in options or (environ.get("PYTHONNOUSERSITE") and "E" not in options):
+        return
+    home = environ.get("HOME") or _home_of(p)
+    version = _python_version(p)
+    if not home or not version:
+        return
+    user_site = Path(home) / ".local" / "lib" / f"python{version}" / "site-packages"
+    try:
+        entries = list(os.scandir(user_site))
+    except OSError:
+        return  # none (a venv without the user site does not read it either)
+    for entry in entries:
+        _check_time()
+        code = entry.name in ("usercustomize.py", "sitecustomize.py") or \
+            entry.name.endswith(".pth") and _runs_code(entry.path)
+        if code and not _installed_by_any(os.path.realpath(entry.path), index):
+            raise NotFromPackage(f"{entry.path} (the user's site folder) runs code at every "
+                                 "start of Python and no distribution installed it")
+
+
+def _runs_code(pth: str) -> bool:
+    """A .pth file with a line Python executes (``import ...``), or one that cannot be read."""
+    text = read_regular(pth, MAX_METADATA)
+    return text is None or any(line.startswith(("import ", "import\t"))
+                               for line in text.splitlines())
+
+
+def _home_of(p: Process) -> str | None:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.stat(f"/proc/{p.pid}").st_uid).pw_dir
+    except (OSError, KeyError):
+        return None
+
+
+def _python_version(p: Process) -> str | None:
+    """X.Y of the interpreter running ``p``, from the libpython or stdlib it has open or
+    mapped, else from its executable's name (python3.11)."""
+    try:
+        with open(f"/proc/{p.pid}/maps") as f:
+            found = re.search(r"/(?:libpython|python)(\d+\.\d+)", f.read(MAX_METADATA))
+    except OSError:
+        found = None
+    if found:
+        return found.group(1)
+    named = re.search(r"python(\d+\.\d+)", os.path.realpath(f"/proc/{p.pid}/exe"))
+    return named.group(1) if named else None
 
 
 def _refuse_users_interpreter(p: Process) -> None:
