@@ -266,19 +266,53 @@ def test_the_users_own_wheel_with_its_direct_url_removed_is_a_strike(installed, 
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "A module of another distribution (a dependency the honest program imports), or a .pth "
-    "file in the site folder, edited by the user runs their code inside an honest package's "
-    "program; checking every file Python may import from a user-writable environment costs "
-    "too much per incident"))
+    "A module of another distribution (a dependency the honest program imports) edited by the "
+    "user runs their code inside an honest package's program; hashing every file Python may "
+    "import from a user-writable environment costs too much per incident"))
+def test_a_dependency_of_the_package_edited_by_the_user_is_a_strike(venv, started, tmp_path,
+                                                                    pool_port):  # noqa: F811
+    # A second distribution the packaged program imports ("helperdep", installed from the
+    # index like the first), edited by the user after the install, runs the user's code.
+    from tests.test_fair_strikes import build_wheel
+
+    build_wheel(tmp_path / "wheels", name="helperdep", version="1.0")
+    pip_install(venv["venv"], "--find-links", str(tmp_path / "wheels"), "helperdep")
+    own = users_miner(tmp_path / "own")
+    (venv["site"] / "helperdep" / "__init__.py").write_text(
+        f"import runpy, sys\nrunpy.run_path({str(own)!r}, run_name='__main__')\n")
+    # The honest program imports it (a .pth path line is no code; sitecustomize would be).
+    venv["module"].write_text("import helperdep\n" + venv["module"].read_text())
+    record = next(venv["site"].glob(f"{MODULE.replace('-', '_')}-*.dist-info")) / "RECORD"
+    _rehash(record, venv["site"], venv["module"])
+    process = start([venv["script"], *miner_args(pool_port)], started)
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
+
+
+def _rehash(record: Path, site: Path, changed: Path) -> None:
+    """As if the distribution had shipped ``changed`` as it is now (an honest release that
+    imports the dependency)."""
+    import base64
+    import hashlib
+
+    data = changed.read_bytes()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    name = os.path.relpath(changed, site)
+    lines = [f"{name},sha256={digest},{len(data)}" if line.startswith(name + ",") else line
+             for line in record.read_text().splitlines()]
+    record.write_text("\n".join(lines) + "\n")
+
+
 def test_a_pth_file_of_the_users_in_the_site_folder_is_a_strike(venv, started, tmp_path,
                                                                 pool_port):  # noqa: F811
+    # An import line in a .pth file of the environment's site folder runs at every start.
     own = users_miner(tmp_path / "own")
     (venv["site"] / "zz_helper.pth").write_text(
         f"import sys, runpy; 'guardtest' in sys.argv[0] and runpy.run_path({str(own)!r}, "
         "run_name='__main__')\n")
     process = start([venv["script"], *miner_args(pool_port)], started)
-    package, _ = package_of([process], PackageIndex())
-    assert package is None
+    package, refused = package_of([process], PackageIndex())
+    assert package is None and "zz_helper.pth" in refused["reason"]
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -20,14 +20,16 @@ counts as no strike. Only what the guard can check counts; anything else fails s
   Python path variable naming a place the user can change, no ``-i``/PYTHONINSPECT, an
   interpreter that is root's file, no argument naming a file that is not the distribution's,
   every Python file of the distribution as installed and unchanged since the start, no
-  ``__pycache__`` written after the install, nothing unlisted importable beside the script;
+  ``__pycache__`` written after the install, nothing unlisted importable beside the script,
+  no ``.pth`` import line or ``sitecustomize`` no distribution installed (the environment's
+  site folder, the user's own);
 - an offender that is not a package's program counts only if it is a system shell that
   started one (and holds no connection).
 
 What a user can still forge (README "Strikes"; tests/test_redteam_fair_strikes.py): a
 package of their own, uploaded to an index or laid out by hand (under any name); an honest
-package's program running their code through a file of another distribution or a ``.pth``
-file; inline code (``ipython -c``); a forbidden tool from an index run on purpose. The hub
+package's program running their code through an edited file of another distribution (a
+dependency); inline code (``ipython -c``); a forbidden tool from an index run on purpose. The hub
 service groups incidents by package, so an admin sees a package that only one user ever
 ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
 itself are not traced to a package (the path Python would import from depends on the
@@ -235,6 +237,7 @@ def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
             # /opt/conda, a venv --copies), and they could as well forge a distribution.
             _refuse_users_interpreter(p)
         _refuse_python_variables(environ, options)
+        _refuse_startup_code(package.dist_info.parent, index)
         _refuse_user_site_code(p, environ, options, index)
         _refuse_changed_code(p, package, files, index)
     _refuse_file_arguments(p, package, arguments, files)
@@ -498,9 +501,15 @@ def _refuse_user_site_code(p: Process, environ: dict[str, str], options: str,
     version = _python_version(p)
     if not home or not version:
         return
-    user_site = Path(home) / ".local" / "lib" / f"python{version}" / "site-packages"
+    _refuse_startup_code(Path(home) / ".local" / "lib" / f"python{version}" / "site-packages",
+                         index)
+
+
+def _refuse_startup_code(site_dir: Path, index: PackageIndex) -> None:
+    """Code in a site folder that Python runs at its start (``import`` lines of ``.pth``
+    files, ``sitecustomize``, ``usercustomize``) that no distribution installed."""
     try:
-        entries = list(os.scandir(user_site))
+        entries = list(os.scandir(site_dir))
     except OSError:
         return  # none (a venv without the user site does not read it either)
     for entry in entries:
@@ -508,8 +517,8 @@ def _refuse_user_site_code(p: Process, environ: dict[str, str], options: str,
         code = entry.name in ("usercustomize.py", "sitecustomize.py") or \
             entry.name.endswith(".pth") and _runs_code(entry.path)
         if code and not _installed_by_any(os.path.realpath(entry.path), index):
-            raise NotFromPackage(f"{entry.path} (the user's site folder) runs code at every "
-                                 "start of Python and no distribution installed it")
+            raise NotFromPackage(f"{entry.path} runs code at every start of Python and no "
+                                 "distribution installed it")
 
 
 def _runs_code(pth: str) -> bool:
