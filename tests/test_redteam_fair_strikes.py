@@ -145,11 +145,27 @@ def test_a_package_script_swapped_for_the_users_and_restored_after_the_start_is_
 
 def test_an_honest_runner_given_the_users_script_is_a_strike(started, tmp_path, pool_port):  # noqa: F811
     # ipython (installed from PyPI, hash and all) runs whatever file it is given.
-    own = users_miner(tmp_path / "own")
-    process = start([VENV_BIN / "ipython", "--no-banner", own, *miner_args(pool_port)], started)
+    script = runner_script(tmp_path, pool_port)
+    connected = lambda proc, argv: any(c.raddr for c in proc.net_connections())  # noqa: E731
+    process = start([VENV_BIN / "ipython", "--no-banner", script], started, until=connected)
     package, refused = package_of([process], PackageIndex())
     assert package is None, f"the user's script counted as {package}'s"
-    assert str(own) in refused["reason"]
+    assert str(script) in refused["reason"]
+
+    # ... also behind a hundred options (only the first 64 arguments were looked at)
+    process = start([VENV_BIN / "ipython", *["--no-banner"] * 100, script], started,
+                    until=connected)
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, f"the user's script behind 100 options counted as {package}'s"
+
+
+def runner_script(tmp_path: Path, pool_port: int) -> Path:  # noqa: F811
+    """A script of the user's that runs their miner (for a runner given only a file)."""
+    own = users_miner(tmp_path / "own")
+    script = tmp_path / "own" / "run.py"
+    script.write_text(f"import sys, runpy; sys.argv = ['m', *{miner_args(pool_port)!r}]; "
+                      f"runpy.run_path({str(own)!r}, run_name='__main__')\n")
+    return script
 
 
 def test_the_environment_cannot_slip_the_users_code_into_a_packaged_program(
@@ -313,6 +329,19 @@ def test_a_pth_file_of_the_users_in_the_site_folder_is_a_strike(venv, started, t
     process = start([venv["script"], *miner_args(pool_port)], started)
     package, refused = package_of([process], PackageIndex())
     assert package is None and "zz_helper.pth" in refused["reason"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A file given to an honest runner and deleted once it has read it leaves nothing to tell "
+    "it from any other argument (\"60\", \"run\")"))
+def test_the_users_script_deleted_after_an_honest_runner_read_it_is_a_strike(started, tmp_path,
+                                                                            pool_port):  # noqa: F811
+    script = runner_script(tmp_path, pool_port)
+    process = start([VENV_BIN / "ipython", "--no-banner", script], started,
+                    until=lambda proc, argv: any(c.raddr for c in proc.net_connections()))
+    script.unlink()
+    package, _ = package_of([process], PackageIndex())
+    assert package is None
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -422,7 +422,6 @@ _LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH")
 _PYTHON_PATH_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE")
 _SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox"}
 MAX_ENVIRON = 4 * 2**20  # bytes of /proc/PID/environ read
-MAX_ARGUMENTS = 64  # arguments looked at for files of the user's
 START_SLACK = 0.02  # seconds: a start time is known to the clock tick (10 ms)
 MAX_VERIFIED = 512 * 2**20  # bytes of a distribution's Python files hashed at most
 _CODE_SUFFIXES = (".py", ".so", ".pyd")
@@ -697,7 +696,7 @@ def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
     runner (ipython, coverage, a packaged interpreter) runs the user's script, or a program
     follows the user's configuration."""
     cwd = None
-    for arg in arguments[:MAX_ARGUMENTS]:
+    for arg in arguments:  # all of them: 64 options before the user's file hide it no better
         _check_time()
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         if not value or value.startswith("-"):
