@@ -435,3 +435,36 @@ def test_an_incident_of_many_programs_of_a_large_distribution_is_looked_up_in_bo
     assert took < packages.LOOKUP_BUDGET + 1.5, f"the lookup took {took:.1f} s"
     if package is None:
         assert "took over" in refused["reason"]
+
+
+WIPE_ENVIRONMENT = r"""
+#include <string.h>
+extern char **environ;
+/* Runs before the program: overwrites the environment's text, LD_PRELOAD=... included, so
+   that /proc/PID/environ no longer shows it. A miner would start its threads here. */
+__attribute__((constructor)) static void wipe(void) {
+    for (char **e = environ; *e; e++) memset(*e, 'x', strlen(*e));
+}
+"""
+
+
+def test_a_preloaded_library_that_wipes_the_environment_is_a_strike(venv, attacker, started,
+                                                                    tmp_path):
+    # LD_PRELOAD is refused when the environment shows it: the preloaded code wipes the
+    # environment's text before the guard reads it.
+    if not shutil.which("cc"):
+        pytest.skip("needs a C compiler")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "wipe.c").write_text(WIPE_ENVIRONMENT)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(evil / "libwipe.so"),
+                    str(evil / "wipe.c")], check=True)
+    give(evil, attacker)
+    binary = venv["site"] / MODULE / "bin" / "xmrig"
+    binary.chmod(0o755)
+    process = start([binary, "60"], started, env=clean_env(LD_PRELOAD=str(evil / "libwipe.so")),
+                    until=lambda proc, argv: "libwipe" in Path(f"/proc/{proc.pid}/maps").read_text())
+    assert b"LD_PRELOAD" not in Path(f"/proc/{process.pid}/environ").read_bytes()
+    package, refused = package_of([process], PackageIndex())
+    assert package is None, "a preloaded library of the user's counted as the package's"
+    assert "libwipe.so" in refused["reason"]

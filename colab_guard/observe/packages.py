@@ -230,6 +230,7 @@ def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
     after the install or after the program started (Python reads them once)."""
     environ = _environ(p)
     _refuse_loader_variables(environ)
+    _refuse_users_libraries(p, package, hashed=not python, index=index)
     files = _distribution_files(package)
     if python:
         if _root_only(str(package.dist_info.parent)):
@@ -472,6 +473,59 @@ def _refuse_loader_variables(environ: dict[str, str]) -> None:
         if users or (name == "LD_LIBRARY_PATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
             raise NotFromPackage(f"{name} loads code from a place the user can change "
                                  f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_users_libraries(p: Process, package: Package, hashed: bool,
+                            index: PackageIndex) -> None:
+    """Code mapped into the program from a file the user can change and that no distribution
+    installed: a library of LD_PRELOAD whose constructor wiped the environment's text, or a
+    library swapped in. A native program's libraries are hashed too; a Python program's only
+    found in a RECORD (hashing every extension module it imported, torch's among them, would
+    cost seconds)."""
+    started = None
+    for path in _mapped_code(p):
+        _check_time()
+        if path.endswith(" (deleted)"):
+            raise NotFromPackage(f"it runs code from {path}, a file deleted since")
+        if _root_only(path):
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise NotFromPackage(f"it runs code from {path}, which cannot be read") from None
+        started = started or _started_at(p)
+        # ctime, not the inode /proc/PID/maps names: overlayfs (containers) shows another one
+        if info.st_ctime > started + START_SLACK:
+            raise NotFromPackage(f"it runs code from {path}, changed since it was loaded")
+        if path == os.path.realpath(package.path):
+            continue
+        if not (_installed_by_any(path, index) if hashed else _listed_by_any(path, index)):
+            raise NotFromPackage(f"it runs code from {path}, which no distribution installed "
+                                 "(LD_PRELOAD, a library swapped in)")
+
+
+def _mapped_code(p: Process) -> set[str]:
+    """The files mapped executable into the process."""
+    try:
+        with open(f"/proc/{p.pid}/maps") as f:
+            text = f.read(MAX_ENVIRON)
+    except OSError:
+        raise NotFromPackage("its memory map cannot be read") from None
+    found = set()
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and "x" in fields[1] and fields[5].startswith("/"):
+            found.add(fields[5])
+    return found
+
+
+def _listed_by_any(path: str, index: PackageIndex) -> bool:
+    """Listed with a hash in a RECORD of its environment's site folder (not hashed now)."""
+    try:
+        sites, _ = _site_folders(Path(path))
+        return any(index.entry(site_dir, path) is not None for site_dir in sites)
+    except (NotFromPackage, OSError):
+        return False
 
 
 def _refuse_python_variables(environ: dict[str, str], options: str) -> None:
