@@ -17,7 +17,8 @@ counts as no strike. Only what the guard can check counts; anything else fails s
 - the distribution was not installed from a local path (``direct_url.json`` with a
   ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code;
 - nothing of the user's runs inside the program (``_refuse_users_code``): no loader or
-  Python path variable naming a place the user can change, no ``-i``/PYTHONINSPECT, an
+  Python path variable naming a place the user can change, no code mapped from a file the
+  user can change that no distribution installed, no ``-i``/PYTHONINSPECT, an
   interpreter that is root's file, no argument naming a file that is not the distribution's,
   every Python file of the distribution as installed and unchanged since the start, no
   ``__pycache__`` written after the install, nothing unlisted importable beside the script,
