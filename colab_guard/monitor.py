@@ -53,6 +53,8 @@ class Monitor:
         self.ticks = 0
         self._sampling = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-sample")
         self._acting = ThreadPoolExecutor(4, thread_name_prefix="colab-guard-act")
+        # Fair-strike lookups apart: a slow one (the user's files) never holds up a stop.
+        self._looking = ThreadPoolExecutor(2, thread_name_prefix="colab-guard-package")
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -138,6 +140,7 @@ class Monitor:
             self._sampling.submit(behaviour.close)
         self._sampling.shutdown(wait=False)
         self._acting.shutdown(wait=False)
+        self._looking.shutdown(wait=False)
         self.sampler.content.close()
 
     async def tick(self) -> None:
@@ -199,7 +202,7 @@ class Monitor:
         processes = [d.process for d in unique_processes(plan.detections)]
         try:
             package, refused = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                self._acting, package_of, processes), PACKAGE_LOOKUP_TIMEOUT)
+                self._looking, package_of, processes), PACKAGE_LOOKUP_TIMEOUT)
         except Exception:
             self.log.exception("colab-guard: could not tell whether incident %s's program comes "
                                "from an installed package; counted by the normal rule", incident.id)

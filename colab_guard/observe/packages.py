@@ -15,18 +15,32 @@ counts as no strike. Only what the guard can check counts; anything else fails s
   is hashed as the process runs it (``/proc/PID/exe``), so a file swapped after the start
   does not pass;
 - the distribution was not installed from a local path (``direct_url.json`` with a
-  ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code.
+  ``file://`` URL: ``pip install ./mine``, editable installs): that is the user's own code;
+- nothing of the user's runs inside the program (``_refuse_users_code``): no loader or
+  Python path variable naming a place the user can change, no code mapped from a file the
+  user can change that no distribution installed, no ``-i``/PYTHONINSPECT, an
+  interpreter that is root's file, no argument naming a file that is not the distribution's,
+  every Python file of the distribution as installed and unchanged since the start, no
+  ``__pycache__`` written after the install, nothing unlisted importable beside the script,
+  no ``.pth`` import line or ``sitecustomize`` no distribution installed (the environment's
+  site folder, the user's own);
+- an offender that is not a package's program counts only if it is a system shell that
+  started one (and holds no connection).
 
-What a user can still forge: a package of their own, uploaded to an index or laid out by
-hand. The hub service groups incidents by package, so an admin sees a package that only
-one user ever ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
+What a user can still forge (README "Strikes"; tests/test_redteam_fair_strikes.py): a
+package of their own, uploaded to an index or laid out by hand (under any name); an honest
+package's program running their code through an edited file of another distribution (a
+dependency); inline code (``ipython -c``); a forbidden tool from an index run on purpose. The hub
+service groups incidents by package, so an admin sees a package that only one user ever
+ran, and decides. Python's ``-m module`` and ``-c`` programs and the kernel
 itself are not traced to a package (the path Python would import from depends on the
 process's working folder and environment): the normal rule applies.
 
 Metadata is read as files (RECORD, METADATA, direct_url.json); nothing of the user's is
 imported. Every file is opened without blocking and read only if it is a regular file of
-bounded size (a named pipe in its place must not hang the guard), and one lookup stops after
-``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders): no package.
+bounded size (a named pipe in its place must not hang the guard), one search stops after
+``SEARCH_BUDGET`` seconds (a site folder with a million dist-info folders) and one lookup
+after ``LOOKUP_BUDGET``: no package.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ import site
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -55,6 +69,10 @@ MAX_HASHED = 64 * 2**20  # bytes: a larger file is not hashed (no package)
 MAX_RECORD = 16 * 2**20  # bytes of one RECORD file
 MAX_METADATA = 2**20  # bytes of METADATA or direct_url.json
 SEARCH_BUDGET = 2.0  # seconds one search of a site folder may take
+#: Seconds one lookup (every program of an incident, every check) may take: an incident of a
+#: hundred programs of a large distribution must not keep a worker busy for minutes.
+LOOKUP_BUDGET = 4.0
+_lookup = threading.local()
 # Options of the interpreter that take a value (python -W error x.py).
 _OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
 
@@ -64,6 +82,7 @@ class Package:
     name: str
     version: str
     path: str  # the offending file the distribution installed
+    dist_info: Path | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "path": self.path}
@@ -113,6 +132,7 @@ def _search(site_dir: Path, path: str) -> _Entry | None:
     deadline = time.monotonic() + SEARCH_BUDGET
     for dist_info in sorted(site_dir.glob("*.dist-info"),
                             key=lambda d: _normalise(d.name.split("-", 1)[0]) != likely):
+        _check_time()
         if time.monotonic() > deadline:
             raise NotFromPackage(f"{site_dir}: searching its distributions took over "
                                  f"{SEARCH_BUDGET:g} s")
@@ -143,6 +163,15 @@ def package_of(processes: list[Process], index: PackageIndex = INDEX
     offenders = [p for p in processes if not p.is_kernel]
     if not offenders or len(offenders) < len(processes):
         return None, None
+    _lookup.deadline = time.monotonic() + LOOKUP_BUDGET
+    try:
+        return _package_of(offenders, index)
+    finally:
+        _lookup.deadline = None
+
+
+def _package_of(offenders: list[Process], index: PackageIndex
+                ) -> tuple[Package | None, dict | None]:
     found: dict[int, Package] = {}
     refused = None
     for p in offenders:
@@ -150,28 +179,39 @@ def package_of(processes: list[Process], index: PackageIndex = INDEX
             package = program_package(p, index)
         except NotFromPackage as why:
             package, refused = None, refused or {"pid": p.pid, "reason": str(why)}
+        if refused and refused["reason"].startswith(_OUT_OF_TIME):
+            return None, refused
         if package is not None:
             found[p.pid] = package
     if not found:
         return None, refused
-    parents = _ancestors_of(found, offenders)
-    if any(p.pid not in found and p.pid not in parents for p in offenders):
+    shells = {p.pid for p in offenders if p.pid in _ancestors_of(found, offenders) and _is_shell(p)}
+    if any(p.pid not in found and p.pid not in shells for p in offenders):
         return None, refused or {"reason": "other offending programs do not come from a package"}
     first = next(p for p in offenders if p.pid in found)
     return found[first.pid], None
 
 
 def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
-    """The package of one process's program: its executable, or its Python script."""
-    if _INTERPRETER.match(os.path.basename(p.exe)) or \
-            (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0]))):
-        script = _script(p)
-        return file_package(script, script, index) if script else None
-    if not p.exe:
+    """The package of one process's program: its executable, or its Python script; and only
+    if nothing of the user's can run inside it (see ``_refuse_users_code``)."""
+    python = _INTERPRETER.match(os.path.basename(p.exe)) or \
+        (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0])))
+    if python:
+        options, script, arguments = _python_command(p)
+        package = file_package(script, script, index) if script else None
+    else:
+        options, arguments = "", p.cmdline[1:]
+        package = _executable_package(p, index)
+    if package is not None:
+        _refuse_users_code(p, package, python, options, arguments, index)
+    return package
+
+
+def _executable_package(p: Process, index: PackageIndex) -> Package | None:
+    if not p.exe or not _same_process(p):
         return None
     proc_exe = f"/proc/{p.pid}/exe"
-    if not _same_process(p):
-        return None
     try:
         running, on_disk = os.stat(proc_exe), os.stat(p.exe)
     except OSError:
@@ -179,6 +219,30 @@ def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
     if (running.st_dev, running.st_ino) != (on_disk.st_dev, on_disk.st_ino):
         raise NotFromPackage(f"{p.exe} was replaced after the program started")
     return file_package(p.exe, proc_exe, index)
+
+
+def _refuse_users_code(p: Process, package: Package, python: bool, options: str,
+                       arguments: list[str], index: PackageIndex) -> None:
+    """A package's program may still run the user's code: refused (NotFromPackage) when its
+    environment loads code from where the user can write (LD_PRELOAD, PYTHONPATH, ...), when
+    an argument names a file that is not the package's (a runner such as ``ipython x.py``),
+    and for Python when the interpreter is the user's, when it reads code from stdin after
+    the script (``-i``), or when the script or any Python file of the distribution changed
+    after the install or after the program started (Python reads them once)."""
+    environ = _environ(p)
+    _refuse_loader_variables(environ)
+    _refuse_users_libraries(p, package, hashed=not python, index=index)
+    files = _distribution_files(package)
+    if python:
+        if _root_only(str(package.dist_info.parent)):
+            # In an environment of the user's the interpreter is theirs too (docker-stacks'
+            # /opt/conda, a venv --copies), and they could as well forge a distribution.
+            _refuse_users_interpreter(p)
+        _refuse_python_variables(environ, options)
+        _refuse_startup_code(package.dist_info.parent, index)
+        _refuse_user_site_code(p, environ, options, index)
+        _refuse_changed_code(p, package, files, index)
+    _refuse_file_arguments(p, package, arguments, files)
 
 
 def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Package | None:
@@ -200,7 +264,7 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
         name, version = headers.get("Name"), headers.get("Version")
         if not name or not version:
             raise NotFromPackage(f"{entry.dist_info.name} has no readable name and version")
-        return Package(str(name).strip(), str(version).strip(), path)
+        return Package(str(name).strip(), str(version).strip(), path, entry.dist_info)
     if inside:
         raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
                              "lists it with a hash")
@@ -296,10 +360,10 @@ def _open_regular(path: Path | str, limit: int):
         raise
 
 
-def _script(p: Process) -> str | None:
-    """The script a Python process runs (``python [options] x.py``), absolute; None for
-    ``-c``, ``-m``, stdin or an interactive interpreter."""
-    args = p.cmdline[1:]
+def _python_command(p: Process) -> tuple[str, str | None, list[str]]:
+    """``python [options] x.py [arguments]``: the option letters, the script (absolute; None
+    for ``-c``, ``-m``, stdin or an interactive interpreter) and its arguments."""
+    args, letters = p.cmdline[1:], ""
     while args:
         arg = args.pop(0)
         if arg in _OPTIONS_WITH_VALUE:
@@ -307,12 +371,17 @@ def _script(p: Process) -> str | None:
         elif arg.startswith(("-W", "-X", "--")):
             continue
         elif arg == "-" or arg.startswith("-") and ("c" in arg or "m" in arg):
-            return None  # code given inline, a module, or stdin
+            return letters, None, []  # code given inline, a module, or stdin
         elif arg.startswith("-"):
-            continue
+            letters += arg[1:]
         else:
-            return arg if os.path.isabs(arg) else _relative_to_cwd(p, arg)
-    return None
+            script = arg if os.path.isabs(arg) else _relative_to_cwd(p, arg)
+            return letters, script, args
+    return letters, None, []
+
+
+def _script(p: Process) -> str | None:
+    return _python_command(p)[1]
 
 
 def _relative_to_cwd(p: Process, path: str) -> str | None:
@@ -345,3 +414,373 @@ def _ancestors_of(found: dict[int, Package], offenders: list[Process]) -> set[in
             if pid in parent:
                 ancestors.add(pid)
     return ancestors
+
+
+# ------------------------------------------------------------ the user's code in a package's program
+
+#: Variables that make the dynamic loader load code from the paths they name.
+_LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH")
+#: Variables that make Python import code from the paths they name (ignored under -E or -I).
+_PYTHON_PATH_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE")
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox"}
+MAX_ENVIRON = 4 * 2**20  # bytes of /proc/PID/environ read
+START_SLACK = 0.02  # seconds: a start time is known to the clock tick (10 ms)
+MAX_VERIFIED = 512 * 2**20  # bytes of a distribution's Python files hashed at most
+_CODE_SUFFIXES = (".py", ".so", ".pyd")
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
+
+
+def _environ(p: Process) -> dict[str, str]:
+    """The program's environment as it started (/proc/PID/environ); unreadable: refused."""
+    try:
+        with open(f"/proc/{p.pid}/environ", "rb") as f:
+            data = f.read(MAX_ENVIRON + 1)
+    except OSError:
+        data = None
+    if data is None or len(data) > MAX_ENVIRON or not _same_process(p):
+        raise NotFromPackage("its environment cannot be read")
+    pairs = (item.partition(b"=") for item in data.split(b"\0") if item)
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "surrogateescape")
+            for k, _, v in pairs}
+
+
+def _root_only(path: str) -> bool:
+    """Neither ``path`` (or, if it does not exist, its nearest existing folder) nor any folder
+    above it can be changed by anyone but root (a sticky folder such as /tmp allowed above)."""
+    real = Path(os.path.realpath(path))
+    while not os.path.lexists(real) and real != real.parent:
+        real = real.parent
+    for i, part in enumerate([real, *real.parents]):
+        try:
+            info = os.stat(part)
+        except OSError:
+            return False
+        writable = info.st_mode & 0o022 and not (i and info.st_mode & stat.S_ISVTX)
+        if info.st_uid != 0 or writable:
+            return False
+    return True
+
+
+def _users_paths(value: str, separators: str = ":") -> list[str]:
+    """The entries of a path list that someone other than root can change."""
+    entries = re.split(f"[{re.escape(separators)}]", value)
+    return [e for e in entries if e and "/" in e and not _root_only(e)] + \
+        [e for e in entries if e and "/" not in e and e.startswith(".")]
+
+
+def _refuse_loader_variables(environ: dict[str, str]) -> None:
+    for name in _LOADER_VARIABLES:
+        users = _users_paths(environ.get(name, ""), ": " if name == "LD_PRELOAD" else ":;")
+        if users or (name == "LD_LIBRARY_PATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
+            raise NotFromPackage(f"{name} loads code from a place the user can change "
+                                 f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_users_libraries(p: Process, package: Package, hashed: bool,
+                            index: PackageIndex) -> None:
+    """Code mapped into the program from a file the user can change and that no distribution
+    installed: a library of LD_PRELOAD whose constructor wiped the environment's text, or a
+    library swapped in. A native program's libraries are hashed too; a Python program's only
+    found in a RECORD (hashing every extension module it imported, torch's among them, would
+    cost seconds)."""
+    started = None
+    for path in _mapped_code(p):
+        _check_time()
+        if path.endswith(" (deleted)"):
+            raise NotFromPackage(f"it runs code from {path}, a file deleted since")
+        if _root_only(path):
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise NotFromPackage(f"it runs code from {path}, which cannot be read") from None
+        started = started or _started_at(p)
+        # ctime, not the inode /proc/PID/maps names: overlayfs (containers) shows another one
+        if info.st_ctime > started + START_SLACK:
+            raise NotFromPackage(f"it runs code from {path}, changed since it was loaded")
+        if path == os.path.realpath(package.path):
+            continue
+        if not (_installed_by_any(path, index) if hashed else _listed_by_any(path, index)):
+            raise NotFromPackage(f"it runs code from {path}, which no distribution installed "
+                                 "(LD_PRELOAD, a library swapped in)")
+
+
+def _mapped_code(p: Process) -> set[str]:
+    """The files mapped executable into the process."""
+    try:
+        with open(f"/proc/{p.pid}/maps") as f:
+            text = f.read(MAX_ENVIRON)
+    except OSError:
+        raise NotFromPackage("its memory map cannot be read") from None
+    found = set()
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and "x" in fields[1] and fields[5].startswith("/"):
+            found.add(fields[5])
+    return found
+
+
+def _listed_by_any(path: str, index: PackageIndex) -> bool:
+    """Listed with a hash in a RECORD of its environment's site folder (not hashed now)."""
+    try:
+        sites, _ = _site_folders(Path(path))
+        return any(index.entry(site_dir, path) is not None for site_dir in sites)
+    except (NotFromPackage, OSError):
+        return False
+
+
+def _refuse_python_variables(environ: dict[str, str], options: str) -> None:
+    if "i" in options or ("E" not in options and "I" not in options
+                          and environ.get("PYTHONINSPECT")):
+        raise NotFromPackage("Python reads more code from stdin after the script (-i, "
+                             "PYTHONINSPECT)")
+    if "E" in options or "I" in options:
+        return  # the PYTHON* variables are ignored
+    for name in _PYTHON_PATH_VARIABLES:
+        users = _users_paths(environ.get(name, ""))
+        if users or (name == "PYTHONPATH" and re.search(r"(^|:)(:|$)", environ.get(name, "x"))):
+            raise NotFromPackage(f"{name} imports code from a place the user can change "
+                                 f"({(users or ['the working folder'])[0]})")
+
+
+def _refuse_user_site_code(p: Process, environ: dict[str, str], options: str,
+                           index: PackageIndex) -> None:
+    """Python runs the ``import`` lines of every ``.pth`` file, and ``usercustomize``, in the
+    user's own site folder (``~/.local/lib/pythonX.Y/site-packages``) at every start, also
+    for an honest script of an environment only root can change: any there that no
+    distribution installed (as it installed it) is the user's code."""
+    if "s" in options or "I" in options or (environ.get("PYTHONNOUSERSITE") and "E" not in options):
+        return
+    home = environ.get("HOME") or _home_of(p)
+    version = _python_version(p)
+    if not home or not version:
+        return
+    _refuse_startup_code(Path(home) / ".local" / "lib" / f"python{version}" / "site-packages",
+                         index)
+
+
+def _refuse_startup_code(site_dir: Path, index: PackageIndex) -> None:
+    """Code in a site folder that Python runs at its start (``import`` lines of ``.pth``
+    files, ``sitecustomize``, ``usercustomize``) that no distribution installed."""
+    try:
+        entries = list(os.scandir(site_dir))
+    except OSError:
+        return  # none (a venv without the user site does not read it either)
+    for entry in entries:
+        _check_time()
+        code = entry.name in ("usercustomize.py", "sitecustomize.py") or \
+            entry.name.endswith(".pth") and _runs_code(entry.path)
+        if code and not _installed_by_any(os.path.realpath(entry.path), index):
+            raise NotFromPackage(f"{entry.path} runs code at every start of Python and no "
+                                 "distribution installed it")
+
+
+def _runs_code(pth: str) -> bool:
+    """A .pth file with a line Python executes (``import ...``), or one that cannot be read."""
+    text = read_regular(pth, MAX_METADATA)
+    return text is None or any(line.startswith(("import ", "import\t"))
+                               for line in text.splitlines())
+
+
+def _home_of(p: Process) -> str | None:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.stat(f"/proc/{p.pid}").st_uid).pw_dir
+    except (OSError, KeyError):
+        return None
+
+
+def _python_version(p: Process) -> str | None:
+    """X.Y of the interpreter running ``p``, from the libpython or stdlib it has open or
+    mapped, else from its executable's name (python3.11)."""
+    try:
+        with open(f"/proc/{p.pid}/maps") as f:
+            found = re.search(r"/(?:libpython|python)(\d+\.\d+)", f.read(MAX_METADATA))
+    except OSError:
+        found = None
+    if found:
+        return found.group(1)
+    named = re.search(r"python(\d+\.\d+)", os.path.realpath(f"/proc/{p.pid}/exe"))
+    return named.group(1) if named else None
+
+
+def _refuse_users_interpreter(p: Process) -> None:
+    """An interpreter the user can change (a copy, a build of theirs named python3) runs
+    whatever it likes besides the script."""
+    try:
+        exe = os.readlink(f"/proc/{p.pid}/exe")
+    except OSError:
+        raise NotFromPackage("its interpreter cannot be read") from None
+    if not _root_only(exe):
+        raise NotFromPackage(f"its interpreter {exe} is a file the user can change")
+
+
+def _distribution_files(package: Package) -> dict[str, str | None]:
+    """Every file the distribution's RECORD lists (absolute, normalised) and its hash."""
+    site_dir = package.dist_info.parent
+    text = read_regular(package.dist_info / "RECORD", MAX_RECORD) or ""
+    files: dict[str, str | None] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(",")
+        digest = rest.split(",", 1)[0]
+        if name:
+            files[os.path.normpath(os.path.join(site_dir, name))] = digest if "=" in digest else None
+    return files
+
+
+def _refuse_changed_code(p: Process, package: Package, files: dict[str, str | None],
+                         index: PackageIndex) -> None:
+    """The script, and every Python file of its distribution (the script may be a stub that
+    imports them), as installed (RECORD's hashes) and unchanged since the program started
+    (its ctime, which no user can set back: a file swapped back after Python read it); no
+    compiled file (``__pycache__``, which Python prefers to a source of the same time and
+    size) written after the install; nothing importable beside the script that the
+    distribution did not install (the script's folder comes first on ``sys.path``)."""
+    installed = _ctime(package.dist_info / "RECORD")
+    code = {package.path: files.get(package.path),
+            **{path: digest for path, digest in files.items()
+               if path.endswith(_CODE_SUFFIXES) and digest is not None}}
+    deadline, hashed, started = time.monotonic() + SEARCH_BUDGET, 0, _started_at(p)
+    for path, digest in code.items():
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise NotFromPackage(f"{path}, a file of {package.dist_info.name}, is missing") from None
+        if info.st_ctime > started + START_SLACK:
+            raise NotFromPackage(f"{path} changed after the program started")
+        hashed += info.st_size
+        _check_time()
+        if hashed > MAX_VERIFIED or time.monotonic() > deadline:
+            raise NotFromPackage(f"{package.dist_info.name} is too large to verify")
+        if digest is not None and not _hash_matches(path, digest):
+            raise NotFromPackage(f"{path} differs from what {package.dist_info.name} "
+                                 "installed (edited after the install)")
+    _refuse_late_bytecode(code, installed, package)
+    _refuse_unlisted_beside(os.path.dirname(os.path.realpath(package.path)), files, package, index)
+
+
+_OUT_OF_TIME = "the lookup took over"
+
+
+def _check_time() -> None:
+    """Within the whole lookup's LOOKUP_BUDGET (package_of), else NotFromPackage."""
+    deadline = getattr(_lookup, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise NotFromPackage(f"{_OUT_OF_TIME} {LOOKUP_BUDGET:g} s")
+
+
+def _refuse_late_bytecode(code: dict[str, str | None], installed: float, package: Package) -> None:
+    caches: dict[str, list[os.DirEntry]] = {}
+    for path in code:
+        if not path.endswith(".py"):
+            continue
+        folder, stem = os.path.split(path)
+        cache = os.path.join(folder, "__pycache__")
+        if cache not in caches:
+            try:
+                caches[cache] = list(os.scandir(cache))
+            except OSError:
+                caches[cache] = []
+        for entry in caches[cache]:
+            if entry.name.startswith(stem[:-3] + ".") and \
+                    entry.stat(follow_symlinks=False).st_ctime > installed + START_SLACK:
+                raise NotFromPackage(f"{entry.path} was written after {package.dist_info.name} "
+                                     "was installed (Python may run it instead of its source)")
+
+
+def _refuse_unlisted_beside(folder: str, files: dict[str, str | None], package: Package,
+                            index: PackageIndex) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        raise NotFromPackage(f"{folder} cannot be read") from None
+    for entry in entries:
+        _check_time()
+        module = _module_file(entry)
+        if module is None or module in files or _installed_by_any(module, index):
+            continue
+        raise NotFromPackage(f"{entry.path}, beside the program, was not installed by "
+                             f"{package.dist_info.name} (it may be imported instead of the "
+                             "package's own module)")
+
+
+def _module_file(entry: os.DirEntry) -> str | None:
+    """The file Python would import for this entry of a folder on sys.path (a module, or a
+    package's __init__), or None (not importable)."""
+    try:
+        if entry.is_dir():  # a link to a folder too
+            return next((os.path.realpath(os.path.join(entry.path, f"__init__{s}"))
+                         for s in _MODULE_SUFFIXES if os.path.lexists(
+                             os.path.join(entry.path, f"__init__{s}"))), None)
+    except OSError:
+        return entry.path
+    return os.path.realpath(entry.path) if entry.name.endswith(_MODULE_SUFFIXES) else None
+
+
+def _installed_by_any(path: str, index: PackageIndex) -> bool:
+    """Another distribution's file, as it installed it (docutils puts rst2html.py in bin/)."""
+    try:
+        return file_package(path, path, index) is not None
+    except NotFromPackage:
+        return False
+
+
+def _started_at(p: Process) -> float:
+    """When the process started, to the clock tick (psutil's create_time rests on the boot
+    time, which /proc gives to the second only)."""
+    try:
+        with open(f"/proc/{p.pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        raise NotFromPackage("its start time cannot be read") from None
+    since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - since_start
+
+
+def _ctime(path: Path) -> float:
+    try:
+        return os.stat(path).st_ctime
+    except OSError:
+        raise NotFromPackage(f"{path} cannot be read") from None
+
+
+def _refuse_file_arguments(p: Process, package: Package, arguments: list[str],
+                           files: dict[str, str | None]) -> None:
+    """An argument naming a file that is not the distribution's as installed: an honest
+    runner (ipython, coverage, a packaged interpreter) runs the user's script, or a program
+    follows the user's configuration."""
+    cwd = None
+    for arg in arguments:  # all of them: 64 options before the user's file hide it no better
+        _check_time()
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if not value or value.startswith("-"):
+            continue
+        if not os.path.isabs(value):
+            cwd = cwd if cwd is not None else _cwd(p)
+            value = os.path.join(cwd, value) if cwd else value
+        if not os.path.exists(value):
+            continue
+        real = os.path.realpath(value)
+        if real in files and (files[real] is None or _hash_matches(real, files[real])):
+            continue
+        raise NotFromPackage(f"its argument {value} is not a file of "
+                             f"{package.dist_info.name}: the user's code or configuration")
+
+
+def _cwd(p: Process) -> str | None:
+    try:
+        return os.readlink(f"/proc/{p.pid}/cwd")
+    except OSError:
+        return None
+
+
+def _is_shell(p: Process) -> bool:
+    """A system shell (root's file) holding no connection of its own: it only started the
+    packaged program (``!pkg-tool ...`` in a notebook)."""
+    try:
+        exe = os.path.realpath(f"/proc/{p.pid}/exe")
+    except OSError:
+        return False
+    return os.path.basename(exe) in _SHELLS and _root_only(exe) and not p.sockets \
+        and _same_process(p)

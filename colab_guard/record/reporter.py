@@ -14,12 +14,21 @@ when its actions are done (the service keeps the last version of each id).
   malformed one is lost).
 - Queuing is one local SQLite write; the sampler and the actions never wait for the
   network.
+- Sized for a proxy in front of the hub (nginx takes 1 MB a request by default): an incident
+  is queued at most ``MAX_INCIDENT_BYTES`` long (its evidence cut, saying how much), a batch
+  is at most ``MAX_BATCH_BYTES``, and a 413 is split like a 400. One incident a proxy refuses
+  must not hold up every incident queued after it.
+- A hub on loopback is only reached when the port is a system account's (root's, or a uid
+  below ``first_user_uid``): a notebook user who binds the port while the service restarts
+  gets neither the token nor the incidents (they stay queued, retried).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import random
 import socket
 import sqlite3
@@ -35,7 +44,12 @@ from . import metrics
 from .incident import Incident
 
 BATCH_SIZE = 100  # the contract's limit per request
-NOT_RETRIED = (400, 401, 403)
+NOT_RETRIED = (400, 401, 403, 413)
+SPLIT = (400, 413)  # a batch refused with these is sent again one incident at a time
+MAX_INCIDENT_BYTES = 256 * 2**10  # one queued incident's JSON, at most
+MAX_BATCH_BYTES = 768 * 2**10  # one request's body, at most (under nginx's 1 MB default)
+EVIDENCE_KEPT = 16  # processes and matches kept of an incident too large to send whole
+FIRST_USER_UID = 1000  # uids from here on are people's: a hub port of theirs is not trusted
 QUEUE_FILE = "hub-reports.sqlite"
 
 
@@ -46,12 +60,29 @@ class ReportQueue:
         self.path, self.limit = Path(path), limit
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across a process crash
-        self._db.execute("CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY "
-                         "AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across a process crash
+        db.execute("CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY "
+                   "AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        return db
+
+    def start_afresh(self) -> Path:
+        """The file is no database (overwritten, corrupt): move it aside, start an empty one.
+        What it held is lost; returns where it was moved."""
+        with self._lock:
+            self._db.close()
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                source = Path(f"{self.path}{suffix}")
+                if source.exists():
+                    os.replace(source, f"{aside}{suffix}")
+            self._db = self._open()
+            return aside
 
     def put(self, incident_id: str, body: str) -> list[str]:
         """Queue (or replace) one incident; the ids of those dropped to keep the bound."""
@@ -112,12 +143,14 @@ class HubReporter:
 
     def __init__(self, hub_url: str, token: str, queue: ReportQueue, source: str,
                  log: logging.Logger | None = None, node: str | None = None,
-                 timeout: float = 10.0, backoff: float = 1.0, backoff_max: float = 60.0):
+                 timeout: float = 10.0, backoff: float = 1.0, backoff_max: float = 60.0,
+                 first_user_uid: int = FIRST_USER_UID):
         self.url = hub_url + "api/reports"
         self.token, self.queue, self.source = token, queue, source
         self.node = node or socket.gethostname()
         self.log = log or logging.getLogger("colab_guard")
         self.timeout, self.backoff, self.backoff_max = timeout, backoff, backoff_max
+        self.first_user_uid = first_user_uid
         # The hub service is reached directly: no proxy from the environment, no redirects.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
         self._wake = threading.Event()
@@ -133,9 +166,14 @@ class HubReporter:
 
     def listen(self, incident: Incident, action: str = "") -> None:
         """Queue the incident (its current version) and wake the sender."""
+        body = bounded_body(incident)  # ASCII JSON: any text goes out as valid UTF-8
         try:
-            # ASCII JSON: any text (a lone surrogate in evidence too) goes out as valid UTF-8.
-            dropped = self.queue.put(incident.id, json.dumps(incident.to_dict()))
+            try:
+                dropped = self.queue.put(incident.id, body)
+            except sqlite3.DatabaseError as err:
+                if not _unreadable(err) or not self._start_afresh(err):
+                    raise
+                dropped = self.queue.put(incident.id, body)
         except sqlite3.Error as err:
             metrics.HUB_REPORTS.labels("dropped").inc()
             self.counts["dropped"] += 1
@@ -174,9 +212,27 @@ class HubReporter:
             "custom:colab-guard:report"
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": True, "url": self.url, "queued": len(self.queue), **self.counts,
+        try:
+            queued = len(self.queue)
+        except sqlite3.Error as err:  # the status still answers, and says why
+            queued, self.last_error = None, f"the report queue {self.queue.path}: {err}"
+        return {"enabled": True, "url": self.url, "queued": queued, **self.counts,
                 "failures": self.failures, "last_error": self.last_error,
                 "standing": self.standing}
+
+    def _start_afresh(self, err: sqlite3.Error) -> bool:
+        """A new, empty queue in place of an unreadable one; False if that failed too."""
+        try:
+            aside = self.queue.start_afresh()
+        except (OSError, sqlite3.Error) as again:
+            self.last_error = f"the report queue is unreadable ({err}) and cannot be replaced " \
+                              f"({again})"
+            return False
+        self.last_error = f"the report queue was unreadable ({err}); moved aside to {aside}"
+        self.log.error("colab-guard: the hub report queue %s was unreadable (%s): moved aside "
+                       "to %s and started afresh; incidents queued in it are not reported",
+                       self.queue.path, err, aside)
+        return True
 
     # ------------------------------------------------------------ the sender
 
@@ -187,7 +243,10 @@ class HubReporter:
             while not self._stopping.is_set():
                 try:
                     retry_at = self._send_queued()
-                except Exception:  # the queue unreadable (disk errors): never end the thread
+                except Exception as err:  # the queue unreadable (disk errors): never end the thread
+                    if isinstance(err, sqlite3.DatabaseError) and _unreadable(err) and \
+                            self._start_afresh(err):
+                        continue
                     self.log.exception("colab-guard: reporting to the hub failed; retried")
                     self.failures += 1
                     retry_at = time.monotonic() + self.backoff_max
@@ -199,7 +258,7 @@ class HubReporter:
     def _send_queued(self) -> float:
         """Send until the queue is empty (0.0) or an attempt fails (when to retry)."""
         while not self._stopping.is_set():
-            batch = self.queue.oldest(BATCH_SIZE)
+            batch = _within_bytes(self.queue.oldest(BATCH_SIZE), MAX_BATCH_BYTES)
             if not batch:
                 return 0.0
             if not self._deliver(batch):
@@ -219,6 +278,11 @@ class HubReporter:
 
     def _deliver(self, batch: list[tuple[int, str, str]]) -> bool:
         """One request; True if the batch is settled (taken, or refused for good)."""
+        squatted = untrusted_listener(self.url, self.first_user_uid)
+        if squatted:
+            self.last_error = squatted  # logged as a failure to report, retried
+            metrics.HUB_REPORT_ERRORS.inc()
+            return False
         body = ('{"source": %s, "node": %s, "incidents": [%s]}' % (
             json.dumps(self.source), json.dumps(self.node), ", ".join(b for _, _, b in batch)))
         request = urllib.request.Request(self.url, data=body.encode("utf-8"), method="POST",
@@ -228,7 +292,7 @@ class HubReporter:
             with self._opener.open(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as err:
-            if err.code == 400 and len(batch) > 1:  # find the malformed one, send the rest
+            if err.code in SPLIT and len(batch) > 1:  # find the malformed one, send the rest
                 return all([self._deliver([row]) for row in batch])
             if err.code in NOT_RETRIED:
                 self._refused(batch, err)
@@ -293,6 +357,81 @@ class HubReporter:
         metrics.HUB_REPORTS.labels("refused").inc(len(batch))
 
 
+def _unreadable(err: sqlite3.DatabaseError) -> bool:
+    """No database there (overwritten, corrupt), rather than a busy or full disk."""
+    return not isinstance(err, sqlite3.OperationalError)
+
+
+def bounded_body(incident: Incident) -> str:
+    """The incident's JSON (ASCII), at most MAX_INCIDENT_BYTES: else its evidence is cut to
+    the first processes and matches, saying how many there were (the hub keeps the user,
+    the category, the actions and the strike whatever the evidence)."""
+    data = incident.to_dict()
+    body = json.dumps(data)
+    if len(body) <= MAX_INCIDENT_BYTES:
+        return body
+    evidence = dict(data.get("evidence") or {})
+    for key in ("processes", "matches"):
+        if isinstance(evidence.get(key), list):
+            evidence[f"{key}_total"] = len(evidence[key])
+            evidence[key] = evidence[key][:EVIDENCE_KEPT]
+    evidence["truncated"] = "cut to fit a report; the full evidence is in the node's database"
+    data["evidence"], data["actions"] = evidence, data["actions"][:BATCH_SIZE]
+    body = json.dumps(data)
+    if len(body) > MAX_INCIDENT_BYTES:  # still too large: the evidence is left out
+        data["evidence"] = {"truncated": evidence["truncated"],
+                            **{k: v for k, v in evidence.items() if k.endswith("_total")}}
+        body = json.dumps(data)
+    return body
+
+
+def _within_bytes(batch: list[tuple[int, str, str]], limit: int) -> list[tuple[int, str, str]]:
+    """The first rows of the batch whose bodies fit ``limit`` together (one at least)."""
+    size = 0
+    for i, (_, _, body) in enumerate(batch):
+        size += len(body) + 2
+        if size > limit and i:
+            return batch[:i]
+    return batch
+
+
+def untrusted_listener(url: str, first_user_uid: int) -> str | None:
+    """Why the hub's loopback port is not to be trusted (a user's program listens there),
+    or None. A hub on another host, or a port nothing here listens on, is not checked."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for uid in _listener_uids(port):
+        if uid >= first_user_uid:
+            return (f"the hub's port {port} on loopback is held by uid {uid}, a user's "
+                    "program, not the hub service")
+    return None
+
+
+def _listener_uids(port: int) -> set[int]:
+    """The owners of the TCP sockets listening on ``port`` (any address) in this network
+    namespace (/proc/net/tcp and tcp6)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 7 and fields[3] == "0A" and \
+                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids
+
+
 def queue_path(database_url: str) -> Path:
     """The queue's file: beside the incident database."""
     from .database import sqlite_path
@@ -300,7 +439,8 @@ def queue_path(database_url: str) -> Path:
     return sqlite_path(database_url).parent / QUEUE_FILE
 
 
-def build_reporter(settings, source: str, log: logging.Logger | None = None) -> HubReporter | None:
+def build_reporter(settings, source: str, log: logging.Logger | None = None,
+                   first_user_uid: int = FIRST_USER_UID) -> HubReporter | None:
     """The reporter the settings ask for (None: no hub_url, no reporting)."""
     if not settings.hub_url:
         return None
@@ -312,4 +452,5 @@ def build_reporter(settings, source: str, log: logging.Logger | None = None) -> 
     except (OSError, sqlite3.Error) as err:
         raise ValueError(f"the hub report queue beside the incident database cannot be "
                          f"opened: {err}") from None
-    return HubReporter(settings.hub_url, settings.hub_api_token, queue, source, log=log)
+    return HubReporter(settings.hub_url, settings.hub_api_token, queue, source, log=log,
+                       first_user_uid=first_user_uid)

@@ -243,7 +243,8 @@ class Watcher(Application, GuardTraits):
     def _build_reporter(self, settings: Settings, database: IncidentDatabase):
         """Every incident to the hub service too, if hub_url is set (README: Reporting to the hub)."""
         try:
-            reporter = build_reporter(settings, "watcher", log=self.log)
+            reporter = build_reporter(settings, "watcher", log=self.log,
+                                      first_user_uid=self.min_uid)
         except ValueError as err:
             raise WatchError(f"Watcher.hub_url: {err} (Watcher.hub_api_token_file)") from None
         if reporter is not None:

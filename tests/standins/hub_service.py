@@ -9,6 +9,7 @@ on 127.0.0.1, in a thread of its own: it records what it takes and can misbehave
     service.taken          # incident id -> the last version taken
     service.appeals        # incident id -> the text of its appeal
     service.requests       # every request: headers and JSON body
+    service.max_body = N   # a larger body is answered 413, as nginx's client_max_body_size
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class ReportsHandler(web.RequestHandler):
 
     async def post(self):
         service = self.service
+        if service.max_body is not None and len(self.request.body) > service.max_body:
+            service.too_large += 1
+            raise web.HTTPError(413, "request entity too large")
         body = json.loads(self.request.body)
         service.requests.append({"headers": dict(self.request.headers), "body": body})
         if service.mode == "hang":  # until released; then a 503, as a service restarting
@@ -74,6 +78,8 @@ class HubStandin:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/services/colab-guard/"
         self.mode = "ok"
+        self.max_body: int | None = None
+        self.too_large = 0
         self.taken: dict[str, dict] = {}
         self.requests: list[dict] = []
         self.appeals: dict[str, str] = {}  # incident id -> the appeal's text
