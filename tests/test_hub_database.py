@@ -69,8 +69,9 @@ def test_the_schema_is_alembics_and_migrating_twice_changes_nothing(db_url, cloc
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
-    assert {"incidents", "appeals", "strike_clears", "bans", "alembic_version"} <= tables
-    assert version == "0001"
+    assert {"incidents", "appeals", "strike_clears", "bans", "package_verdicts",
+            "alembic_version"} <= tables
+    assert version == "0002"
 
 
 def test_strikes_count_to_the_limit_and_the_same_incident_counts_once(db):
@@ -98,6 +99,27 @@ def test_an_incident_from_an_installed_package_counts_no_strike_and_is_grouped(d
         ("ultralytics", "8.3.41", 4, 3)
     assert group["categories"] == ["crypto-mining"]
     assert {i["user"] for i in db.incidents(package="ultralytics")} == {"alice", "bob", "carol"}
+
+
+def test_an_admin_marks_a_package_run_on_purpose_to_count(db):
+    """A forbidden tool published on an index (pproxy), installed and run on purpose: its
+    incidents count once an admin says so, for its past incidents too; one version or all."""
+    pproxy = {"name": "pproxy", "version": "2.7.9", "path": "/env/bin/pproxy"}
+    older = {**pproxy, "version": "2.7.8"}
+    db.upsert(incident(1, package=pproxy), "server", "alice", "node-1")
+    db.upsert(incident(2, package=older), "server", "alice", "node-1")
+    db.upsert(incident(3, package=pproxy, dry_run=True), "server", "alice", "node-1")
+    assert db.standing("alice").strikes == 0
+    assert db.judge_package("pproxy", "2.7.9", True, "admin", "a proxy")["counts"] is True
+    assert db.standing("alice").strikes == 1  # that version, not the dry run
+    verdicts = {p["version"]: p["verdict"] for p in db.packages()}
+    assert verdicts["2.7.9"]["counts"] and verdicts["2.7.8"] is None
+    db.judge_package("pproxy", "", True, "admin")  # every version
+    assert db.standing("alice").strikes == 2
+    db.judge_package("pproxy", "2.7.9", False, "admin", "that one was a bad release")
+    assert db.standing("alice").strikes == 1  # a version's verdict before the package's
+    with pytest.raises(Refused):
+        db.judge_package(" ", "", True, "admin")
 
 
 def test_strikes_age_out_of_the_window(db, clock):

@@ -268,6 +268,27 @@ def test_clearing_strikes(hub, tokens):
     assert cleared.status == 200 and cleared.json["strikes"] == 0
 
 
+def test_an_admin_marks_a_package_run_on_purpose_to_count(hub, tokens):
+    """A forbidden tool from an index (pproxy), run on purpose: no strike until a reviewer
+    marks the package, then its incidents count (and again not, once unmarked)."""
+    proxy = {"name": "pproxy", "version": "2.7.9", "path": f"/home/{BOB}/env/bin/pproxy"}
+    before = hub.service("GET", f"api/standing?user={BOB}", tokens["admin"]).json["strikes"]
+    assert hub.service("POST", "api/reports", tokens["bob-server"],
+                       report(incident(40, BOB, strike=False, package=proxy))).status == 200
+    assert hub.service("GET", "api/standing", tokens["bob"]).json["strikes"] == before
+    verdict = {"name": "pproxy", "version": "2.7.9", "counts": True, "note": "a proxy"}
+    assert hub.service("POST", "api/packages/verdict", tokens["bob"], verdict).status == 403
+    marked = hub.service("POST", "api/packages/verdict", tokens["admin"], verdict)
+    assert marked.status == 200 and marked.json["counts"] is True, marked.text
+    assert hub.service("GET", "api/standing", tokens["bob"]).json["strikes"] == before + 1
+    page = hub.service("GET", "admin", tokens["admin"]).text
+    assert f"count (marked by {ADMIN})" in page.split('id="packages"')[1].split("</table>")[0]
+    assert hub.service("POST", "api/packages/verdict", tokens["admin"],
+                       {**verdict, "counts": "yes"}).status == 400
+    hub.service("POST", "api/packages/verdict", tokens["admin"], {**verdict, "counts": False})
+    assert hub.service("GET", "api/standing", tokens["bob"]).json["strikes"] == before
+
+
 def test_the_metrics(hub, tokens):
     text = hub.service("GET", "metrics", None).text
     metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

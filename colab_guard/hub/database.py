@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text,
-                        create_engine, event, func, select)
+                        and_, create_engine, event, func, or_, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..vocabulary import ENFORCING_ACTIONS
 
 HERE = Path(__file__).resolve().parent
 APPEAL_MAX_TEXT = 2000
@@ -115,6 +117,26 @@ class Ban(Base):
     by: Mapped[str] = mapped_column(String(255))
     lifted: Mapped[float | None] = mapped_column(Float, nullable=True)
     lifted_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class PackageVerdict(Base):
+    """An admin's word on an installed package's incidents. By default they count as no strike
+    (a compromised release: the package's fault, not its users'); a package a user installs
+    to run on purpose (a proxy, a miner published on an index) is marked to count, for one
+    version or every version (``version`` empty)."""
+
+    __tablename__ = "package_verdicts"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    counts: Mapped[bool] = mapped_column(Boolean)
+    by: Mapped[str] = mapped_column(String(255))
+    time: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "counts": self.counts,
+                "by": self.by, "time": self.time, "note": self.note}
 
 
 @dataclass
@@ -223,7 +245,7 @@ class HubDatabase:
         if cleared is not None:
             since = max(since, cleared)
         forgiven = select(Appeal.incident_id).where(Appeal.status == "accepted")
-        query = (select(Incident).where(Incident.user == user, Incident.counted.is_(True),
+        query = (select(Incident).where(Incident.user == user, _counts(),
                                         Incident.time > since, Incident.id.not_in(forgiven))
                  .order_by(Incident.time))
         return list(db.scalars(query))
@@ -289,10 +311,27 @@ class HubDatabase:
                     select(Incident.package_name, Incident.package_version, Incident.category)
                     .where(Incident.package_name.is_not(None)).distinct()):
                 categories.setdefault((name, version), set()).add(category)
+            verdicts = {(v.name, v.version): v.to_dict() for v in db.scalars(select(PackageVerdict))}
         return [{"name": name, "version": version, "incidents": count, "users": users,
                  "first": first, "last": last,
-                 "categories": sorted(categories.get((name, version), ()))}
+                 "categories": sorted(categories.get((name, version), ())),
+                 "verdict": verdicts.get((name, version or "")) or verdicts.get((name, ""))}
                 for name, version, count, users, first, last in rows]
+
+    def judge_package(self, name: str, version: str, counts: bool, by: str,
+                      note: str = "") -> dict[str, Any]:
+        """Mark a package's incidents (one version, or every version: ``version`` empty) as
+        counting as strikes or not, from now on and for the incidents already recorded."""
+        if not name.strip():
+            raise Refused("field 'name': a package's name")
+        with self.session.begin() as db:
+            verdict = db.get(PackageVerdict, (name, version))
+            if verdict is None:
+                verdict = PackageVerdict(name=name, version=version)
+                db.add(verdict)
+            verdict.counts, verdict.by, verdict.time = counts, by, self.clock()
+            verdict.note = note[:NOTE_MAX_TEXT]
+            return verdict.to_dict()
 
     def clear_strikes(self, user: str, by: str, note: str = "") -> None:
         with self.session.begin() as db:
@@ -373,8 +412,7 @@ class HubDatabase:
     def totals(self) -> dict[str, Any]:
         with self.session() as db:
             users = db.scalars(select(Incident.user).where(
-                Incident.counted.is_(True),
-                Incident.time > self.clock() - self.strike_window).distinct()).all()
+                _counts(), Incident.time > self.clock() - self.strike_window).distinct()).all()
             strikes = sum(len(self.strikes(db, u)) for u in users)
             bans = db.scalar(select(func.count(func.distinct(Ban.user)))
                              .where(Ban.lifted.is_(None)))
@@ -384,6 +422,20 @@ class HubDatabase:
                            and len(self.strikes(db, u)) >= self.strike_limit)
         return {"strikes": strikes, "bans": bans, "appeals_open": appeals_open,
                 "users_at_limit": at_limit}
+
+
+def _counts():
+    """The condition of an incident that counts against its user (within the window): a
+    strike that names no package, or an enforced incident of a package an admin marked to
+    count (that version's verdict first, else the verdict for every version)."""
+    def verdict(version):
+        return (select(PackageVerdict.counts)
+                .where(PackageVerdict.name == Incident.package_name,
+                       PackageVerdict.version == version).scalar_subquery())
+    marked = func.coalesce(verdict(Incident.package_version), verdict(""), False)
+    return or_(Incident.counted.is_(True),
+               and_(Incident.package_name.is_not(None), Incident.dry_run.is_(False),
+                    Incident.action.in_(ENFORCING_ACTIONS), marked.is_(True)))
 
 
 def strongest_action(incident: dict[str, Any]) -> str:

@@ -377,6 +377,28 @@ class PackagesHandler(APIHandler):
         self.json({"packages": await self.db.packages()})
 
 
+class PackageVerdictHandler(APIHandler):
+    """{"name", "version" (empty: every version), "counts": bool, "note"}: whether the
+    package's incidents count as strikes (by default they do not: a compromised release)."""
+
+    @authenticated
+    async def post(self) -> None:
+        by = await self.reviewer()
+        data = self.body()
+        if not isinstance(data.get("counts"), bool):
+            raise web.HTTPError(400, "field 'counts': true or false")
+        try:
+            verdict = await self.db.judge_package(
+                self.text_field(data, "name", required=True), self.text_field(data, "version"),
+                data["counts"], by, self.text_field(data, "note"))
+        except Refused as err:
+            self.refused(err)
+        if verdict["counts"]:  # its users may be at the limit now
+            for user in {i["user"] for i in await self.db.incidents(package=verdict["name"])}:
+                self.stop_in_background(user)
+        self.json(verdict)
+
+
 class ClearHandler(APIHandler):
     @authenticated
     async def post(self, user: str) -> None:
@@ -427,6 +449,7 @@ def handlers(base: str) -> list[tuple]:
         (api + "appeals", AppealsHandler),
         (api + r"appeals/(\d+)", ResolveAppealHandler),
         (api + "packages", PackagesHandler),
+        (api + "packages/verdict", PackageVerdictHandler),
         (api + "bans", BansHandler),
         (api + r"users/([^/]+)/clear", ClearHandler),
         (api + r"users/([^/]+)/ban", BanHandler),

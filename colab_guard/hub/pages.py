@@ -89,6 +89,13 @@ class AdminPage(Page):
                 await self.gone_too_far(user)
             elif action == "unban":
                 await self.db.unban(user, by)
+            elif action in ("package-counts", "package-free"):
+                verdict = await self.db.judge_package(
+                    self.get_body_argument("name"), self.get_body_argument("version", ""),
+                    action == "package-counts", by, self.get_body_argument("note", ""))
+                if verdict["counts"]:
+                    for name in {i["user"] for i in await self.db.incidents(package=verdict["name"])}:
+                        await self.gone_too_far(name)
             elif action in ("accepted", "rejected"):
                 await self.db.resolve(int(self.get_body_argument("appeal")), action, by,
                                 self.get_body_argument("reply", ""))
