@@ -157,8 +157,9 @@ FIELDS: dict[str, Field] = {
               "Jupyter ports left out): asyncssh for an SSH server, pproxy for a proxy",
               lambda p: list(p.listening_modules)),
         Field("served_ports", "number list",
-              "TCP ports the process listens on, the kernel's own Jupyter ports left out (a "
-              "server the process runs)",
+              "TCP ports the process listens on; for the kernel, those its Python code bound "
+              "(its own Jupyter sockets left out: with the kernel hook, every port no Python code "
+              "bound; without it, its connection file's)",
               lambda p: sorted({s.local_port for s in p.sockets if s.protocol == "tcp"
                                 and s.listening and s.local_port not in p.own_ports})),
         Field("kernel_slow_connections", "number",

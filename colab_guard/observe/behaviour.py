@@ -73,6 +73,8 @@ SCAN_WINDOW = 10.0
 UNANSWERED_AFTER = 1.0
 #: Endpoints a kernel tried within the window before they are counted per host at all.
 SCAN_CANDIDATE = 50
+#: Endpoints remembered per kernel within the scan window (far past any rule's threshold).
+MAX_TRIED = 20_000
 #: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
 #: closed at once, as a port scan's open ports do).
 OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
@@ -124,6 +126,7 @@ class Behaviour:
         # _unplaced until a new listening port of the kernel shows which they got
         self._bound: dict[str, dict[int, tuple[str, ...]]] = {}
         self._unplaced: dict[str, list[tuple[str, ...]]] = {}
+        self._listening_before: dict[str, set[int]] = {}  # kernel id -> its ports last tick
 
     def note_binds(self, kernel_id: str, binds: list[tuple[int, list[str]]]) -> None:
         """Ports the kernel hook saw the kernel bind, and the modules on the stack then."""
@@ -254,7 +257,7 @@ class Behaviour:
     # ------------------------------------------------------------ the kernel itself
 
     def _kernel_fields(self, snapshots: dict[str, Snapshot], fields: dict[Key, dict]) -> None:
-        for table in (self._imports, self._bound, self._unplaced):
+        for table in (self._imports, self._bound, self._unplaced, self._listening_before):
             for kid in table.keys() - snapshots.keys():
                 del table[kid]
         live = set()
@@ -263,28 +266,36 @@ class Behaviour:
             if kernel is None:
                 continue
             live.add(kernel.key)
+            # Read again until found: a kernel first seen between its fork and its exec
+            # still carries its parent's command line.
             own = self._own_ports.get(kernel.key)
-            if own is None:
+            if not own:
                 own = self._own_ports[kernel.key] = _connection_ports(kernel.cmdline)
+            modules, bound = self._listening_modules(kid, kernel)
+            if kid in self._imports or kid in self._bound:
+                # The hook reports: the kernel's own ports are those no Python code bound
+                # (ipykernel's ZMQ sockets, some of them in no connection file).
+                own = tuple(sorted({s.local_port for s in kernel.sockets if s.protocol == "tcp"
+                                    and s.listening} - bound))
             fields.setdefault(kernel.key, {}).update(
                 imports=tuple(sorted(self._imports.get(kid, ()))), own_ports=own,
-                listening_modules=self._listening_modules(kid, kernel, own))
+                listening_modules=modules)
         for key in self._own_ports.keys() - live:
             del self._own_ports[key]
 
-    def _listening_modules(self, kid: str, kernel: Process, own: tuple[int, ...]
-                           ) -> tuple[str, ...]:
-        """The modules whose code bound a port the kernel listens on now (its own Jupyter
-        ports left out)."""
+    def _listening_modules(self, kid: str, kernel: Process) -> tuple[tuple[str, ...], set[int]]:
+        """The modules whose code bound a port the kernel listens on now, and those ports
+        (the ones its Python code bound, as the kernel hook reported)."""
         bound = self._bound.get(kid, {})
-        listening = sorted({s.local_port for s in kernel.sockets if s.protocol == "tcp"
-                            and s.listening and s.local_port not in own})
+        listening = {s.local_port for s in kernel.sockets if s.protocol == "tcp" and s.listening}
+        before = self._listening_before.get(kid, listening)
+        self._listening_before[kid] = listening
         unplaced = self._unplaced.get(kid)
-        for port in listening:
+        for port in sorted(listening - before):
             if port not in bound and unplaced:
-                bound[port] = unplaced.pop(0)  # bound to port 0: the next new port is its
-        modules = {m for port in listening for m in bound.get(port, ())}
-        return tuple(sorted(modules))
+                bound[port] = unplaced.pop(0)  # bound to port 0: a port new since is its
+        ports = {port for port in listening if port in bound}
+        return tuple(sorted({m for port in ports for m in bound[port]})), ports
 
     # ------------------------------------------------------------ scans
 
@@ -309,6 +320,8 @@ class Behaviour:
             kernel = snapshot.kernel_process
             owners = {p.uid for p in snapshot.processes} | {kid}
             for endpoint, when in reported.get(kid, ()):
+                if len(tried) >= MAX_TRIED:
+                    break  # a scan by any count: memory stays bounded
                 if endpoint not in tried and not _is_served(
                         endpoint, kernel.netns if kernel else "", served, owners):
                     tried[endpoint] = [when, kernel.key if kernel else None, None, when]

@@ -87,7 +87,9 @@ class Process:
     kernel_ports_tried: int = 0  # ports of <= 2 hosts its kernel tried within the scan window
     kernel_hosts_unanswered: int = 0  # hosts its kernel tried within that window, none answering
     imports: tuple[str, ...] = ()  # the kernel only: top-level modules the kernel hook saw imported
-    own_ports: tuple[int, ...] = ()  # the kernel only: its own Jupyter ports (connection file)
+    # the kernel only: its own ports (those no Python code bound, as the kernel hook reports;
+    # without the hook, its connection file's)
+    own_ports: tuple[int, ...] = ()
     listening_modules: tuple[str, ...] = ()  # the kernel only: modules that bound its served ports
 
     @property
