@@ -210,6 +210,13 @@ class KernelChannel:
             endpoints = connected_to(message["events"])
             if endpoints:
                 self.monitor.note_connects(conn.kernel_id, endpoints)
+            modules = [e[1] for e in message["events"] if isinstance(e, list) and len(e) == 2
+                       and e[0] == "import" and isinstance(e[1], str)]
+            if modules:
+                self.monitor.note_imports(conn.kernel_id, modules)
+            binds = bound_by(message["events"])
+            if binds:
+                self.monitor.note_binds(conn.kernel_id, binds)
 
     def _check_burst(self) -> None:
         """Check now, and keep checking briefly: a program just started has no sockets yet."""
@@ -337,6 +344,24 @@ def connected_to(events) -> list[tuple[str, int]]:
             match = _CONNECT.match(event[1])
             if match and int(match.group(2)) <= 65535:
                 found.append((normalise_ip(match.group(1)), int(match.group(2))))
+    return found
+
+
+_BIND = re.compile(r"\('[0-9A-Za-z.:_-]{0,255}', ([0-9]{1,5})[^)]*\)((?: [A-Za-z_][A-Za-z0-9_]{0,99}){0,16})$")
+
+
+def bound_by(events) -> list[tuple[int, list[str]]]:
+    """(port, the modules on the stack) of each inet socket the kernel bound, from the hook's
+    "bind" reports ("('0.0.0.0', 8022) asyncssh asyncio ..."); anything else is skipped."""
+    found = []
+    if not isinstance(events, list):
+        return found
+    for event in events:
+        if isinstance(event, list) and len(event) == 2 and event[0] == "bind" \
+                and isinstance(event[1], str):
+            match = _BIND.match(event[1])
+            if match and int(match.group(1)) <= 65535:  # 0: a port the system picks
+                found.append((int(match.group(1)), match.group(2).split()))
     return found
 
 

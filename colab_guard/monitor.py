@@ -230,6 +230,18 @@ class Monitor:
         if behaviour is not None:
             self._sampling.submit(behaviour.note_connects, kernel_id, endpoints, time.time())
 
+    def note_imports(self, kernel_id: str, modules: list[str]) -> None:
+        """Modules the kernel hook saw the kernel import (in the sampler's own thread)."""
+        behaviour = getattr(self.sampler, "behaviour", None)
+        if behaviour is not None:
+            self._sampling.submit(behaviour.note_imports, kernel_id, modules)
+
+    def note_binds(self, kernel_id: str, binds: list[tuple[int, list[str]]]) -> None:
+        """Ports the kernel hook saw the kernel bind, with whose code bound them."""
+        behaviour = getattr(self.sampler, "behaviour", None)
+        if behaviour is not None:
+            self._sampling.submit(behaviour.note_binds, kernel_id, binds)
+
     async def _carry_out(self, incident: Incident, plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
         stops = [a for a in incident.actions if a.action == "stop"]

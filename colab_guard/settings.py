@@ -46,7 +46,7 @@ class GuardTraits(HasTraits):
         "A signature with the id of an earlier one replaces it."))
 
     disabled_signatures = List(Unicode(), config=True, help=(
-        "Ids of signatures (or allow rules) to switch off, e.g. ['mining-pool-port-busy']."))
+        "Ids of signatures (or allow rules) to switch off, e.g. ['mining-busy-pool-connection']."))
 
     actions = Dict(value_trait=Unicode(), config=True, help=(
         f"Action per category, one of {', '.join(POLICY_ACTIONS)}. Merged over the "

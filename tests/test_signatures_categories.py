@@ -145,7 +145,13 @@ def test_operator_errors_on_the_new_fields_name_the_field():
 
 
 CONTENT_AND_BEHAVIOUR_FIELDS = ["exe_markers", "open_files", "library_paths", "public_listen_ports",
-                                "inbound_peer_hosts", "peer_ports", "connecting"]
+                                "inbound_peer_hosts", "peer_ports", "connecting",
+                                # behaviour over a window (observe/behaviour.py)
+                                "outbound_peers", "outbound_ports", "outbound_hosts",
+                                "network_namespace", "cpu_demand_percent", "pushed_connections",
+                                "kernel_slow_connections", "kernel_ports_tried",
+                                "kernel_hosts_unanswered", "imports", "listening_modules",
+                                "served_ports"]
 
 
 def test_the_content_and_behaviour_fields_exist_and_are_documented_in_the_readme():

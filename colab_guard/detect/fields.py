@@ -147,6 +147,21 @@ FIELDS: dict[str, Field] = {
         Field("outbound_hosts", "number",
               "distinct remote addresses of connections the process opened",
               lambda p: len({r[0] for r in _outbound(p)})),
+        Field("imports", "text list",
+              "the kernel process only: top-level modules the kernel hook saw the kernel "
+              "import (empty without the hook, and for other processes)",
+              lambda p: list(p.imports)),
+        Field("listening_modules", "text list",
+              "the kernel process only: top-level modules whose code was on the stack when "
+              "the kernel bound a port it now listens on (reported by the kernel hook; its own "
+              "Jupyter ports left out): asyncssh for an SSH server, pproxy for a proxy",
+              lambda p: list(p.listening_modules)),
+        Field("served_ports", "number list",
+              "TCP ports the process listens on; for the kernel, those its Python code bound "
+              "(its own Jupyter sockets left out: with the kernel hook, every port no Python code "
+              "bound; without it, its connection file's)",
+              lambda p: sorted({s.local_port for s in p.sockets if s.protocol == "tcp"
+                                and s.listening and s.local_port not in p.own_ports})),
         Field("kernel_slow_connections", "number",
               "half-open or silent (nothing received for 5 s) outbound TCP connections of all "
               "the kernel's processes to one endpoint none of the user's kernels serves, where "

@@ -23,7 +23,7 @@ KINDS = {
     "subprocess.Popen": "start", "os.system": "start", "os.exec": "start",
     "os.posix_spawn": "start", "os.spawn": "start", "pty.spawn": "start",
     "os.fork": "fork", "os.forkpty": "fork",
-    "socket.connect": "connect", "socket.getaddrinfo": "resolve",
+    "socket.connect": "connect", "socket.getaddrinfo": "resolve", "socket.bind": "bind",
     "import": "import",
 }
 #: Kinds that make the sender write at once (and the server check at once).
@@ -62,6 +62,8 @@ class Reporter:
             if len(pending) >= state.maxlen:
                 state.dropped += 1
                 return
+            if kind == "bind":  # rare: who binds is read now, while its code is on the stack
+                args = (args[1], _callers())
             pending.append((kind, event, args))
             if kind in urgent and not wake.is_set():
                 wake.set()
@@ -101,12 +103,27 @@ def describe(kind: str, event: str, args) -> str:
             text = f"{_word(args[0])}:{args[1]}"
         elif kind == "import":
             text = str(args[0])
+        elif kind == "bind":
+            text = f"{args[0]} {' '.join(args[1])}"
         else:
             text = event
     except Exception:
         text = event
     text = _word(text)
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
+
+
+def _callers(limit: int = 64) -> tuple[str, ...]:
+    """The top-level modules whose code is on the stack (asyncssh's listen, pproxy's server,
+    a dashboard's framework), innermost first, at most 16."""
+    found: list[str] = []
+    frame = sys._getframe(2)
+    while frame is not None and limit and len(found) < 16:
+        name = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+        if name and name not in found:
+            found.append(name)
+        frame, limit = frame.f_back, limit - 1
+    return tuple(found)
 
 
 def _word(value) -> str:

@@ -20,6 +20,10 @@ samples as fields (``observe/model.py``):
   tick's sockets and from the connections the kernel hook reports (``note_connects``: every
   ``connect()`` made in the kernel, refused ones included, which no sample can see). Given
   to each live process that tried one of them.
+- ``imports`` and ``own_ports`` (the kernel process only): the top-level modules the kernel
+  hook saw the kernel import (``note_imports``), and the ports of the kernel's own Jupyter
+  sockets (its connection file's), so that a server the kernel runs besides is told from
+  the kernel's own listening.
 - ``kernel_slow_connections``: outbound TCP connections from all of the kernel's processes
   (the kernel included) to one endpoint that none of the user's kernels serves, which are
   half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
@@ -32,6 +36,7 @@ kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
@@ -68,6 +73,8 @@ SCAN_WINDOW = 10.0
 UNANSWERED_AFTER = 1.0
 #: Endpoints a kernel tried within the window before they are counted per host at all.
 SCAN_CANDIDATE = 50
+#: Endpoints remembered per kernel within the scan window (far past any rule's threshold).
+MAX_TRIED = 20_000
 #: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
 #: closed at once, as a port scan's open ports do).
 OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
@@ -113,6 +120,32 @@ class Behaviour:
         # known yet, or reported by the kernel hook), first tried]
         self._tried: dict[str, dict[Endpoint, list]] = {}
         self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
+        self._imports: dict[str, set[str]] = {}  # kernel id -> top-level modules it imported
+        self._own_ports: dict[Key, tuple[int, ...]] = {}  # kernel process -> its Jupyter ports
+        # kernel id -> port -> the modules whose code bound it; binds to port 0 wait in
+        # _unplaced until a new listening port of the kernel shows which they got
+        self._bound: dict[str, dict[int, tuple[str, ...]]] = {}
+        self._unplaced: dict[str, list[tuple[str, ...]]] = {}
+        self._listening_before: dict[str, set[int]] = {}  # kernel id -> its ports last tick
+
+    def note_binds(self, kernel_id: str, binds: list[tuple[int, list[str]]]) -> None:
+        """Ports the kernel hook saw the kernel bind, and the modules on the stack then."""
+        bound = self._bound.setdefault(kernel_id, {})
+        unplaced = self._unplaced.setdefault(kernel_id, [])
+        for port, modules in binds:
+            if port:
+                if len(bound) < MAX_IMPORTS:
+                    bound[port] = tuple(modules)
+            elif len(unplaced) < 64:
+                unplaced.append(tuple(modules))
+
+    def note_imports(self, kernel_id: str, modules: list[str]) -> None:
+        """Modules the kernel hook saw the kernel import (call in the sampler's thread)."""
+        known = self._imports.setdefault(kernel_id, set())
+        for module in modules:
+            if len(known) >= MAX_IMPORTS:
+                break
+            known.add(module.partition(".")[0][:100])
 
     def note_connects(self, kernel_id: str, endpoints: list[Endpoint], when: float) -> None:
         """Connections the kernel hook saw the kernel open (call in the sampler's thread)."""
@@ -158,11 +191,13 @@ class Behaviour:
                            "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
         for key, count in self._slow_counts(floods, info).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
+        self._kernel_fields(snapshots, fields)
         self._forget(miners, outbound, {p.netns for p in by_key.values()})
         changed = {}
         for key, proc in by_key.items():
             values = fields.get(key, {})
             new = {name: values.get(name, 0) for name in BEHAVIOUR_FIELDS}
+            new.update({name: values.get(name, ()) for name in KERNEL_FIELDS})
             if any(getattr(proc, name) != value for name, value in new.items()):
                 changed[key] = replace(proc, **new)
         return changed
@@ -219,6 +254,49 @@ class Behaviour:
                 count += 1
         return count
 
+    # ------------------------------------------------------------ the kernel itself
+
+    def _kernel_fields(self, snapshots: dict[str, Snapshot], fields: dict[Key, dict]) -> None:
+        for table in (self._imports, self._bound, self._unplaced, self._listening_before):
+            for kid in table.keys() - snapshots.keys():
+                del table[kid]
+        live = set()
+        for kid, snapshot in snapshots.items():
+            kernel = snapshot.kernel_process
+            if kernel is None:
+                continue
+            live.add(kernel.key)
+            # Read again until found: a kernel first seen between its fork and its exec
+            # still carries its parent's command line.
+            own = self._own_ports.get(kernel.key)
+            if not own:
+                own = self._own_ports[kernel.key] = _connection_ports(kernel.cmdline)
+            modules, bound = self._listening_modules(kid, kernel)
+            if kid in self._imports or kid in self._bound:
+                # The hook reports: the kernel's own ports are those no Python code bound
+                # (ipykernel's ZMQ sockets, some of them in no connection file).
+                own = tuple(sorted({s.local_port for s in kernel.sockets if s.protocol == "tcp"
+                                    and s.listening} - bound))
+            fields.setdefault(kernel.key, {}).update(
+                imports=tuple(sorted(self._imports.get(kid, ()))), own_ports=own,
+                listening_modules=modules)
+        for key in self._own_ports.keys() - live:
+            del self._own_ports[key]
+
+    def _listening_modules(self, kid: str, kernel: Process) -> tuple[tuple[str, ...], set[int]]:
+        """The modules whose code bound a port the kernel listens on now, and those ports
+        (the ones its Python code bound, as the kernel hook reported)."""
+        bound = self._bound.get(kid, {})
+        listening = {s.local_port for s in kernel.sockets if s.protocol == "tcp" and s.listening}
+        before = self._listening_before.get(kid, listening)
+        self._listening_before[kid] = listening
+        unplaced = self._unplaced.get(kid)
+        for port in sorted(listening - before):
+            if port not in bound and unplaced:
+                bound[port] = unplaced.pop(0)  # bound to port 0: a port new since is its
+        ports = {port for port in listening if port in bound}
+        return tuple(sorted({m for port in ports for m in bound[port]})), ports
+
     # ------------------------------------------------------------ scans
 
     def _scan_counts(self, snapshots: dict[str, Snapshot], outbound: dict[Key, list],
@@ -242,6 +320,8 @@ class Behaviour:
             kernel = snapshot.kernel_process
             owners = {p.uid for p in snapshot.processes} | {kid}
             for endpoint, when in reported.get(kid, ()):
+                if len(tried) >= MAX_TRIED:
+                    break  # a scan by any count: memory stays bounded
                 if endpoint not in tried and not _is_served(
                         endpoint, kernel.netns if kernel else "", served, owners):
                     tried[endpoint] = [when, kernel.key if kernel else None, None, when]
@@ -346,6 +426,13 @@ class Behaviour:
             dumper.close()
 
 
+#: The kernel process's fields this module sets (empty elsewhere).
+KERNEL_FIELDS = ("imports", "own_ports", "listening_modules")
+#: Top-level modules remembered per kernel (a kernel importing more is cut there).
+MAX_IMPORTS = 4096
+#: Keys of a kernel's connection file that name its own ports.
+CONNECTION_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
 #: The fields this module sets on a Process (0 where it does not apply).
 BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
                     "kernel_ports_tried", "kernel_hosts_unanswered")
@@ -380,6 +467,20 @@ def _slow(sock: Socket, info: TcpInfo | None) -> bool:
     if info is None:
         return True  # traffic unknown (closed meanwhile, or unreadable): counted
     return info.since_received_ms >= SLOW_MS
+
+
+def _connection_ports(cmdline: list[str]) -> tuple[int, ...]:
+    """The ports of a kernel's own Jupyter sockets, from the connection file its command
+    line names (``-f kernel-ID.json``); none if it cannot be read."""
+    path = next((cmdline[i + 1] for i, word in enumerate(cmdline[:-1]) if word == "-f"), None)
+    if path is None:
+        path = next((w[3:] for w in cmdline if w.startswith("-f=")), None)
+    try:
+        with open(path, encoding="utf-8") as connection:
+            info = json.loads(connection.read(65536))
+        return tuple(sorted(int(info[k]) for k in CONNECTION_PORTS if k in info))
+    except (OSError, TypeError, ValueError, AttributeError):
+        return ()
 
 
 def _thread_demand(pid: int) -> dict[int, int]:

@@ -74,9 +74,12 @@ MARKERS: tuple[Marker, ...] = (
     # remote-access
     Marker("dropbear", (b"Dropbear", b"dropbear_rsa_host_key"), need=2),
     Marker("openssh-server", (b"sshd_config", b"PermitRootLogin", b"privilege separation"), need=3),
+    # an SSH server written with asyncssh (a script: only a server gives host keys)
+    Marker("asyncssh-server", (b"asyncssh", b"server_host_keys"), need=2),
     # proxy and tunnels
     Marker("tor", (b"Tor will try a different fallback", b"torrc"), need=2),
     Marker("microsocks", (b"MicroSocks SOCKS5 Server",), need=1),
+    Marker("pproxy", (b"import pproxy", b"from pproxy"), need=1),  # a script using pproxy
     Marker("v2ray", (b"github.com/v2fly/v2ray-core", b"github.com/xtls/xray-core",
                      b"github.com/XTLS/Xray-core"), need=1),
     Marker("shadowsocks", (b"github.com/shadowsocks/", b"shadowsocks-libev"), need=1),

@@ -1,0 +1,123 @@
+"""The behaviour module's parts on their own: tcp_info from real sockets, the kernel hook's
+connect and bind reports as the server reads them, a kernel's own ports, the scan counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from colab_guard.channel import bound_by, connected_to
+from colab_guard.kernel import hook
+from colab_guard.observe.behaviour import Behaviour, _connection_ports
+from colab_guard.observe.model import Process, Snapshot, Socket
+from colab_guard.observe.procfs import InetTables
+from colab_guard.observe.tcpinfo import Dumper
+
+
+def _pair():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    return server, client, accepted
+
+
+def test_tcp_info_counts_what_passed_each_way_by_dump_and_by_lookup():
+    server, client, accepted = _pair()
+    with server, client, accepted:
+        client.sendall(b"x" * 100)
+        accepted.recv(100)
+        accepted.sendall(b"y" * 40)
+        client.recv(40)
+        inode = os.fstat(client.fileno()).st_ino
+        pairs = [p for p in InetTables().pairs((inode,))]
+        dumper = Dumper()
+        try:
+            by_lookup = dumper.lookup(pairs)[inode]
+            by_dump = dumper.dump()[inode]
+        finally:
+            dumper.close()
+    for info in (by_lookup, by_dump):
+        assert info.state == 1
+        assert info.received == 40
+        assert info.sent >= 100  # acknowledged bytes (the SYN counts one)
+        assert info.data_segments >= 2
+
+
+def test_a_connection_held_by_an_ipv6_socket_is_found_under_its_mapped_address():
+    server = socket.socket(socket.AF_INET6)
+    server.bind(("::", 0))
+    server.listen()
+    with server, socket.create_connection(("127.0.0.1", server.getsockname()[1])) as client:
+        accepted, _ = server.accept()
+        with accepted:
+            inode = os.fstat(accepted.fileno()).st_ino
+            pairs = InetTables().pairs((inode,))
+            assert pairs[0][1].local_ip == "127.0.0.1"  # normalised in the model
+            assert inode in Dumper().lookup(pairs)
+
+
+def test_the_kernel_hooks_connect_and_bind_reports_are_read_and_anything_else_skipped():
+    events = [["connect", "('127.0.0.1', 8080)"], ["connect", "('::ffff:10.0.0.1', 22, 0, 0)"],
+              ["connect", "/tmp/unix.sock"], ["connect", "('127.0.0.1', 99999)"],
+              ["bind", "('0.0.0.0', 8022) asyncio asyncssh __main__"],
+              ["bind", "('127.0.0.1', 0) asyncio pproxy"], ["bind", "garbage ) ;rm -rf"],
+              ["import", "os"], "not a list", ["connect", 5]]
+    assert connected_to(events) == [("127.0.0.1", 8080), ("10.0.0.1", 22)]
+    assert bound_by(events) == [(8022, ["asyncio", "asyncssh", "__main__"]),
+                                (0, ["asyncio", "pproxy"])]
+    assert connected_to("nope") == [] and bound_by(None) == []
+
+
+def test_the_hook_reports_the_modules_whose_code_binds():
+    reporter = hook.Reporter()
+    hook_fn = reporter.make_hook()
+    with socket.socket() as sock:
+        hook_fn("socket.bind", (sock, ("127.0.0.1", 0)))
+    [(kind, detail)] = reporter.drain()
+    assert kind == "bind"
+    assert detail.startswith("('127.0.0.1', 0) ")
+    assert detail.split()[2] == __name__.partition(".")[0]  # this test's code bound it
+
+
+def test_a_kernels_own_ports_come_from_its_connection_file(tmp_path):
+    connection = tmp_path / "kernel-1.json"
+    connection.write_text(json.dumps({"shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003,
+                                      "control_port": 5004, "hb_port": 5005, "ip": "127.0.0.1"}))
+    assert _connection_ports(["python", "-m", "ipykernel_launcher", "-f", str(connection)]) == \
+        (5001, 5002, 5003, 5004, 5005)
+    assert _connection_ports(["python", "-m", "ipykernel_launcher", f"-f={connection}"]) == \
+        (5001, 5002, 5003, 5004, 5005)
+    assert _connection_ports(["python", "-f", str(tmp_path / "missing.json")]) == ()
+    assert _connection_ports(["python"]) == ()
+
+
+def _kernel(pid: int = 10, sockets=()) -> Process:
+    return Process(pid=pid, name="python3", is_kernel=True, create_time=1.0, uid=1000,
+                   sockets=list(sockets))
+
+
+def test_refused_connections_the_hook_reports_count_as_ports_tried_within_the_window():
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    kernel = _kernel()
+    snapshots = {"k": Snapshot("k", 100.0, [kernel])}
+    behaviour.note_connects("k", [("127.0.0.1", port) for port in range(1, 121)], 100.0)
+    changed = behaviour.annotate(snapshots, lambda p: [], 100.0)
+    assert changed[kernel.key].kernel_ports_tried == 120
+    # eleven seconds later, nothing new: the window forgot them
+    snapshots = {"k": Snapshot("k", 111.0, [changed[kernel.key]])}
+    changed = behaviour.annotate(snapshots, lambda p: [], 111.0)
+    assert changed[kernel.key].kernel_ports_tried == 0
+
+
+def test_ports_the_users_own_kernels_serve_are_not_counted_as_tried():
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    server = Process(pid=11, name="python3", create_time=1.0, uid=1000, sockets=[
+        Socket("tcp", "127.0.0.1", port, status="LISTEN") for port in range(1, 121)])
+    kernel = _kernel()
+    snapshots = {"k": Snapshot("k", 100.0, [kernel, server])}
+    behaviour.note_connects("k", [("127.0.0.1", port) for port in range(1, 121)], 100.0)
+    changed = behaviour.annotate(snapshots, lambda p: [], 100.0)
+    assert kernel.key not in changed or changed[kernel.key].kernel_ports_tried == 0
