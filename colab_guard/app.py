@@ -132,12 +132,11 @@ class ColabGuard(ExtensionApp, GuardTraits):
     def _build(self) -> None:
         settings = self.settings_ = Settings.from_traits(self)
         rules = load_signatures(settings.signature_paths)
-        unknown = [s for s in settings.disabled_signatures
-                   if s not in rules.signatures and s not in rules.allow]
-        if unknown:
-            raise GuardStartError(f"ColabGuard.disabled_signatures names unknown id(s): "
-                                  f"{', '.join(unknown)}")
-        self.rules = rules.without(settings.disabled_signatures)
+        try:
+            self.rules = rules.disabling(settings.disabled_signatures,
+                                         "ColabGuard.disabled_signatures", self.log)
+        except ValueError as err:
+            raise GuardStartError(str(err)) from None
         self.engine = Engine(self.rules, log=self.log)
         # A short busy timeout: a writer holding the database must not delay an action for long.
         database = IncidentDatabase(settings.database_url, log=self.log, recover=True,

@@ -233,3 +233,17 @@ def test_no_builtin_signature_uses_a_category_outside_the_builtin_list():
 
     assert {s.category for s in BUILTIN.signatures.values()} <= set(BUILTIN_CATEGORIES)
     assert BUILTIN.categories == []
+
+
+def test_a_renamed_built_in_id_in_the_disabled_list_disables_its_successor(caplog):
+    from colab_guard.detect.signatures import RENAMED, load_signatures
+
+    rules = load_signatures()
+    for old, new in RENAMED.items():
+        assert old not in rules.signatures and all(n in rules.signatures for n in new)
+    with caplog.at_level("WARNING", "colab_guard"):
+        left = rules.disabling(["mining-pool-port-busy"], "ColabGuard.disabled_signatures")
+    assert "mining-busy-pool-connection" not in left.signatures
+    assert "replaced by mining-busy-pool-connection" in caplog.text
+    with pytest.raises(ValueError, match="ColabGuard.disabled_signatures names unknown id"):
+        rules.disabling(["mining-pool-port-busyy"], "ColabGuard.disabled_signatures")

@@ -96,8 +96,7 @@ def load_rules(guard: ColabGuard) -> SignatureSet:
     except SignatureError as err:
         head = "ColabGuard.signature_paths: "
         raise _error(head + ("\ncolab-guard: " + head).join(str(err).splitlines())) from None
-    unknown = [s for s in guard.disabled_signatures
-               if s not in rules.signatures and s not in rules.allow]
-    if unknown:
-        raise _error(f"ColabGuard.disabled_signatures names unknown id(s): {', '.join(unknown)}")
-    return rules.without(guard.disabled_signatures)
+    try:
+        return rules.disabling(guard.disabled_signatures, "ColabGuard.disabled_signatures")
+    except ValueError as err:
+        raise _error(str(err)) from None

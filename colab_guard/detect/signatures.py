@@ -9,6 +9,7 @@ reported at once, and a file with any error is refused whole.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ SIGNATURE_KEYS = {"id", "category", "severity", "description", "when", "for", "a
 ALLOW_KEYS = {"id", "description", "when", "examples"}
 TOP_LEVEL_KEYS = ("signatures", "allow", "categories")
 
+
+#: Built-in signatures replaced by others: an operator's configuration that disables an old id
+#: keeps working (the new ones are disabled, and the log says so).
+RENAMED = {
+    "mining-pool-port-busy": ("mining-busy-pool-connection",),  # a pool on any port, by behaviour
+    "dos-connection-flood": ("dos-slow-connections",),  # per kernel, the kernel itself included
+}
 
 class SignatureError(ValueError):
     """A signature file that cannot be loaded, and exactly where it went wrong."""
@@ -102,6 +110,28 @@ class SignatureSet:
     allow: dict[str, AllowRule] = field(default_factory=dict)
     overridden: list[str] = field(default_factory=list)  # ids replaced by a later file
     categories: list[str] = field(default_factory=list)  # declared by operators' files
+
+    def disabling(self, disabled: Iterable[str], setting: str,
+                  log: logging.Logger | None = None) -> SignatureSet:
+        """These rules without the ``disabled`` ids (the operator's ``setting``). An id that
+        names nothing is refused (ValueError naming the setting: a typo must not leave a rule
+        on); one of a built-in rule that was renamed (RENAMED) is taken for its new ids, said
+        in the log."""
+        wanted: list[str] = []
+        for rule_id in disabled:
+            renamed = RENAMED.get(rule_id)
+            if renamed and rule_id not in self.signatures and rule_id not in self.allow:
+                (log or logging.getLogger("colab_guard")).warning(
+                    "colab-guard: %s names %s, a built-in signature since replaced by %s: "
+                    "disabling that instead (name it in your configuration)", setting, rule_id,
+                    ", ".join(renamed))
+                wanted.extend(renamed)
+            else:
+                wanted.append(rule_id)
+        unknown = [s for s in wanted if s not in self.signatures and s not in self.allow]
+        if unknown:
+            raise ValueError(f"{setting} names unknown id(s): {', '.join(unknown)}")
+        return self.without(wanted)
 
     def without(self, disabled: Iterable[str]) -> SignatureSet:
         disabled = set(disabled)

@@ -122,6 +122,7 @@ class Behaviour:
         self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
         self._imports: dict[str, set[str]] = {}  # kernel id -> top-level modules it imported
         self._own_ports: dict[Key, tuple[int, ...]] = {}  # kernel process -> its Jupyter ports
+        self._annotated: set[Key] = set()  # processes given behaviour values at the last tick
         # kernel id -> port -> the modules whose code bound it; binds to port 0 wait in
         # _unplaced until a new listening port of the kernel shows which they got
         self._bound: dict[str, dict[int, tuple[str, ...]]] = {}
@@ -193,13 +194,16 @@ class Behaviour:
             fields.setdefault(key, {})["kernel_slow_connections"] = count
         self._kernel_fields(snapshots, fields)
         self._forget(miners, outbound, {p.netns for p in by_key.values()})
+        # Only the processes given values now or last tick can differ from their samples (a
+        # thousand idle children have none): the others are not looked at.
         changed = {}
-        for key, proc in by_key.items():
-            values = fields.get(key, {})
+        for key in (fields.keys() | self._annotated) & by_key.keys():
+            proc, values = by_key[key], fields.get(key, {})
             new = {name: values.get(name, 0) for name in BEHAVIOUR_FIELDS}
             new.update({name: values.get(name, ()) for name in KERNEL_FIELDS})
             if any(getattr(proc, name) != value for name, value in new.items()):
                 changed[key] = replace(proc, **new)
+        self._annotated = {key for key, values in fields.items() if any(values.values())}
         return changed
 
     # ------------------------------------------------------------ mining

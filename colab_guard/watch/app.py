@@ -219,12 +219,11 @@ class Watcher(Application, GuardTraits):
     def build(self) -> NodeMonitor:
         settings = self.settings = Settings.from_traits(self)
         rules = load_signatures(settings.signature_paths)
-        unknown = [s for s in settings.disabled_signatures
-                   if s not in rules.signatures and s not in rules.allow]
-        if unknown:
-            raise WatchError("Watcher.disabled_signatures names unknown id(s): "
-                             f"{', '.join(unknown)}")
-        self.rules = rules.without(settings.disabled_signatures)
+        try:
+            self.rules = rules.disabling(settings.disabled_signatures,
+                                         "Watcher.disabled_signatures", self.log)
+        except ValueError as err:
+            raise WatchError(str(err)) from None
         for target in (_sqlite_path(settings.database_url), Path(settings.incident_log)):
             if target is not None:
                 _private_folder(target.parent)
