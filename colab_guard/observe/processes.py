@@ -93,6 +93,7 @@ class Tracked:
     full_due: float = 0.0  # when it is read in full again if it keeps running (_light_read)
     changed_at: float = 0.0  # when a full read found it had exec'd (another exe or name)
     running: bool = False  # it ran at its last check: read lightly without asking again
+    steady: Process | None = None  # idle, no socket, nothing pending: handed out as it was
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -482,6 +483,16 @@ class ProcessSampler:
         quiet = state.quiet if state is not None else None
         if quiet is None or state.running or now >= quiet.refresh_at or not self.counts_move:
             return None
+        last = state.handed
+        if last is not None and state.steady is last and last.ppid == entry.ppid \
+                and last.is_kernel == is_kernel and last.gpu_percent == gpu_use[0] \
+                and last.gpu_memory_mb == gpu_use[1]:
+            # Most of a thousand idle children: handed out as they were last tick, with no
+            # socket and nothing pending; one pread of its schedstat says it did not run.
+            if not quiet.ran(entry.pid)[0]:
+                state.cpu = (state.cpu[0], now)
+                return last
+            return None
         ran, activity = quiet.ran(entry.pid)
         if activity is not None:
             self._activity_now[entry.pid] = activity  # complete: the next read's baseline
@@ -500,6 +511,8 @@ class ProcessSampler:
                 and last.exe_markers is base.exe_markers and last.libraries is base.libraries \
                 and last.open_files is base.open_files \
                 and (last.gpu_percent, last.gpu_memory_mb) == gpu_use:
+            if not (found or quiet.markers_pending or quiet.fds_pending or quiet.maps_pending):
+                state.steady = last  # the fast path above, from the next tick
             return last
         return self._hand_out(key, replace(
             base, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
