@@ -15,6 +15,7 @@ import pytest
 
 from colab_guard.observe.behaviour import SLOW_MS
 from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.standins.holder import Holder
 
 pytestmark = pytest.mark.integration
 
@@ -25,34 +26,9 @@ FLOOD_HOLD = 3.0  # dos-slow-connections' `for`
 FLOOD_STOPPED_WITHIN = SLOW_MS / 1000 + FLOOD_HOLD + 3.0
 
 
-class _Holder:
-    """A server outside the kernel that accepts and never answers (a slowloris target)."""
-
-    def __init__(self):
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(1024)
-        self.port = self.server.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self):
-        self.server.close()
-        for conn in self.held:
-            conn.close()
-
-
 @pytest.fixture
 def target():
-    holder = _Holder()
+    holder = Holder()
     yield holder.port
     holder.close()
 

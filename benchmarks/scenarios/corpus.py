@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from tests.standins import pool as standin_pool
 from tests.standins import tracker as standin_tracker
+from tests.standins.holder import Holder
 
 STANDINS = ROOT / "tests" / "standins"
 HERE = Path(__file__).resolve().parent
@@ -45,29 +45,6 @@ class _Quiet(SimpleHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-class _Holder:
-    """A TCP listener on 127.0.0.1 that accepts connections and keeps them open."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=512)
-        self.port = self.server.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-
-    def close(self):
-        self.server.close()
-        for c in self.conns:
-            c.close()
 
 
 @dataclass
@@ -96,7 +73,7 @@ class Env:
                                    lambda *a: _Quiet(*a, directory=str(site)))
         threading.Thread(target=http.serve_forever, daemon=True).start()
         env.http = http.server_address[1]
-        holder = _Holder()
+        holder = Holder()
         env.holder = holder.port
         env._closers = [tracker.shutdown, pool.close, http.shutdown, holder.close]
         env._prepare_files()
