@@ -111,8 +111,7 @@ class GuardHandler(ExtensionHandlerMixin, APIHandler):
     def views(self, incidents) -> list[dict]:
         appeals = self.store.appeals_by_incident([i.id for i in incidents])
         watcher = {i.id for i in self.guard.watcher_incidents()}
-        return [{**incident_view(i, appeals[i.id]),
-                 "recorded_by": "node watcher" if i.id in watcher else "server"}
+        return [incident_view(i, appeals[i.id], "node watcher" if i.id in watcher else "server")
                 for i in incidents]
 
     def json_body(self) -> dict:

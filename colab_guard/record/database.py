@@ -486,9 +486,12 @@ class IncidentStore:
         return getattr(self.database, name)
 
 
-def incident_view(incident: Incident, appeals: list[Appeal]) -> dict[str, Any]:
-    """An incident as the API and the CLI show it: with its appeals."""
-    return {**incident.to_dict(), "appeals": [a.to_dict() for a in appeals]}
+def incident_view(incident: Incident, appeals: list[Appeal],
+                  recorded_by: str = "server") -> dict[str, Any]:
+    """An incident as the API and the CLI show it: with its appeals, and who recorded it
+    ("server", or "node watcher" for one the watcher told the server of)."""
+    return {**incident.to_dict(), "appeals": [a.to_dict() for a in appeals],
+            "recorded_by": recorded_by}
 
 
 def _filters(**values) -> tuple[str, list]:
