@@ -163,6 +163,7 @@ def test_a_malformed_incident_is_refused_alone_and_the_rest_of_its_batch_taken(
     wait_until(lambda: {i.id for i in good} <= set(service.taken), what="the good ones taken")
     wait_until(lambda: reporter.status()["refused"] == 1 and len(reporter.queue) == 0,
                what="the malformed one refused")
+    assert "malformed" not in service.taken and reporter.status()["sent"] == 2
 
 
 def test_a_hanging_service_never_holds_up_the_recorder(service, make_reporter, tmp_path):
