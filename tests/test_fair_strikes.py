@@ -248,7 +248,23 @@ def test_the_shell_line_that_started_a_packaged_program_does_not_make_it_a_strik
 
 def test_a_system_program_is_no_package_and_no_error(programs):
     sleeper = programs(["/bin/bash", "-c", "exec -a stratum-sleep sleep 60"])
+    # bash's own command line already says "stratum": wait for the exec to sleep.
+    wait_until(lambda: psutil.Process(sleeper.pid).cmdline()[0] == "stratum-sleep",
+               what="the exec to sleep")
+    sleeper.exe = psutil.Process(sleeper.pid).exe()
     assert package_of([sleeper], PackageIndex()) == (None, None)
+
+
+def test_a_program_that_exec_d_since_the_sample_is_not_called_replaced(programs, tmp_path):
+    """Sampled as bash, running sleep by the time it is looked up: not a package, and not
+    refused as "replaced" (that reason would tell the hub of a tampered file)."""
+    go = tmp_path / "go"
+    shell = programs(["/bin/bash", "-c",
+                      f": stratum; until [ -e {go} ]; do sleep 0.05; done; exec sleep 60"])
+    assert shell.exe.endswith("bash")
+    go.touch()
+    wait_until(lambda: psutil.Process(shell.pid).exe().endswith("sleep"), what="the exec")
+    assert package_of([shell], PackageIndex()) == (None, None)
 
 
 def test_named_pipes_in_place_of_a_package_file_or_its_record_never_hang_the_lookup(

@@ -217,6 +217,8 @@ def _executable_package(p: Process, index: PackageIndex) -> Package | None:
     except OSError:
         return None  # gone, or not ours to read (non-dumpable): fail safe
     if (running.st_dev, running.st_ino) != (on_disk.st_dev, on_disk.st_ino):
+        if _now_running(proc_exe) not in (p.exe, None):
+            return None  # it exec'd another program since the sample: the next sample judges it
         raise NotFromPackage(f"{p.exe} was replaced after the program started")
     return file_package(p.exe, proc_exe, index)
 
@@ -392,6 +394,16 @@ def _relative_to_cwd(p: Process, path: str) -> str | None:
         return os.path.join(process.cwd(), path)
     except (psutil.Error, OSError):
         return None
+
+
+def _now_running(proc_exe: str) -> str | None:
+    """The path of the program a process runs now (None when it cannot be read, and for a
+    program deleted or replaced on disk since it started, which the kernel marks)."""
+    try:
+        path = os.readlink(proc_exe)
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path
 
 
 def _same_process(p: Process) -> bool:
