@@ -407,9 +407,10 @@ def _now_running(proc_exe: str) -> str | None:
 
 
 def _same_process(p: Process) -> bool:
-    """Still the process sampled (its pid not reused)."""
+    """Still the process sampled (its pid not reused). Within a second: the boot time both
+    start times rest on is /proc/stat's, whole seconds the kernel moves when the clock is set."""
     try:
-        return psutil.Process(p.pid).create_time() == p.create_time
+        return abs(psutil.Process(p.pid).create_time() - p.create_time) <= 1
     except psutil.Error:
         return False
 
