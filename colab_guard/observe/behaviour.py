@@ -148,6 +148,11 @@ class Behaviour:
                 break
             known.add(module.partition(".")[0][:100])
 
+    @property
+    def annotated(self) -> set[Key]:
+        """The processes given behaviour values at the last pass."""
+        return self._annotated
+
     def note_connects(self, kernel_id: str, endpoints: list[Endpoint], when: float) -> None:
         """Connections the kernel hook saw the kernel open (call in the sampler's thread)."""
         reported = self._reported.setdefault(kernel_id, [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -92,9 +93,10 @@ class Process:
     own_ports: tuple[int, ...] = ()
     listening_modules: tuple[str, ...] = ()  # the kernel only: modules that bound its served ports
 
-    @property
+    @cached_property
     def key(self) -> tuple[int, float]:
-        """(pid, create_time) names a process uniquely even when pids are reused."""
+        """(pid, create_time) names a process uniquely even when pids are reused. Computed
+        once (read several times per process and tick; neither field changes)."""
         return (self.pid, self.create_time)
 
     def to_dict(self) -> dict[str, Any]:

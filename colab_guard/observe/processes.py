@@ -192,15 +192,26 @@ class ProcessSampler:
     def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
         """Behaviour fields over a window, for the few candidate processes; a sample whose
         fields changed is replaced (never changed in place) and handed out as such."""
+        # The rules read the processes that hold sockets, and the kernel itself; a thousand
+        # idle children hold none and are left out (but for those given values last tick,
+        # whose values are taken back).
+        annotated = self.behaviour.annotated
+        views = {kid: Snapshot(kid, snapshot.time, [
+                     p for p in snapshot.processes
+                     if p.sockets or p.is_kernel or (annotated and p.key in annotated)])
+                 for kid, snapshot in snapshots.items()}
         changed = self.behaviour.annotate(
-            snapshots, lambda p: self._pairs_now.get(p.key, []), now)
+            views, lambda p: self._pairs_now.get(p.key, []), now)
         if not changed:
             return
-        for snapshot in snapshots.values():
-            for i, proc in enumerate(snapshot.processes):
+        for kid, view in views.items():
+            if not any(p.key in changed for p in view.processes):
+                continue
+            processes = snapshots[kid].processes
+            for i, proc in enumerate(processes):
                 new = changed.get(proc.key)
                 if new is not None:
-                    snapshot.processes[i] = self._hand_out(proc.key, new)
+                    processes[i] = self._hand_out(proc.key, new)
 
     def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
                       pid: int, sockets: InetTables) -> list:
