@@ -184,7 +184,13 @@ signatures:
     busy = sample(90.0, 300)
     [found] = engine.evaluate(Snapshot("k", 4.0, [busy]))
     assert tested and found.process is busy
-    assert "cpu_percent >= 50: 90.0" in found.reasons
+    # The reasons in the order the rule was written, though the number was tested first.
+    assert found.reasons[0].startswith("name matches") and \
+        found.reasons[1] == "cpu_percent >= 50: 90.0"
+    tested.clear()
+    renamed = Process(pid=7, name="xmrig-2", create_time=1.0, cpu_percent=1.0, rss=300)
+    assert engine.evaluate(Snapshot("k", 5.0, [renamed])) == []
+    assert tested == ["cpu_percent"]  # the cheap part failed: the regex did not run
 
 
 SHELL_LINE = "cd /tmp/work && ./hashcat -m 0 -a 3 hashes.txt '?a?a?a?a?a'"

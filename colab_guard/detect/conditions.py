@@ -225,14 +225,20 @@ class Condition:
 class All(Condition):
     parts: list[Condition]
 
+    def __post_init__(self):
+        # Cheap parts first (a number or a flag compared): on a kernel whose CPU changed, a
+        # rule like "busy and named like a miner" fails on the number without its regex
+        # running. The reasons keep the order the rule was written in.
+        self._order = sorted(range(len(self.parts)), key=lambda i: _cost(self.parts[i]))
+
     def test(self, view):
-        reasons: list[str] = []
-        for part in self.parts:
-            ok, why = part.test(view)
+        found: list[list[str] | None] = [None] * len(self.parts)
+        for i in self._order:
+            ok, why = self.parts[i].test(view)
             if not ok:
                 return False, []
-            reasons.extend(why)
-        return True, reasons
+            found[i] = why
+        return True, [reason for why in found for reason in why]
 
 
 @dataclass
@@ -297,6 +303,14 @@ class FieldTest(Condition):
             else:
                 parts.append(f"{op} {operand!r}")
         return " and ".join(parts)
+
+
+def _cost(condition: Condition) -> int:
+    """0 for a field compared by value (no regex, no substring), 1 for any other."""
+    if isinstance(condition, FieldTest) and all(op not in ("regex", "contains")
+                                                for op, _ in condition.tests):
+        return 0
+    return 1
 
 
 def _holds(op: str, operand: Any, item: Any) -> bool:

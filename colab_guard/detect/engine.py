@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
@@ -69,6 +70,7 @@ class Engine:
     # kernel id -> what its earlier cells left (variables, imports, folder, clones, scripts)
     _cells: OrderedDict = field(default_factory=OrderedDict)
     _pending_ok: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, may hold)
+    _union: tuple | None = None  # (the rules' conditions, every field they read)
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
@@ -90,9 +92,9 @@ class Engine:
                     # A kernel differs a little at every tick (its CPU, its memory): a rule
                     # is tested again only if a field it reads changed. (Kept only while
                     # the process keeps changing: a thousand idle ones would cost memory.)
-                    results: dict[str, tuple] = {}
-                    matches = self._matches(snapshot, process, cached[3] or {} if cached else {},
-                                            results)
+                    results = _Results()
+                    matches = self._matches(snapshot, process,
+                                            cached[3] if cached is not None else None, results)
                     cached = (process, observed, matches, results)
             now[process.key] = cached
             for sig, reasons in cached[2]:
@@ -199,12 +201,26 @@ class Engine:
 
     # ------------------------------------------------------------------
 
-    def _matches(self, snapshot: Snapshot, process: Process, before: dict[str, tuple],
-                 results: dict[str, tuple]) -> list[tuple[Signature, list[str]]]:
+    def _matches(self, snapshot: Snapshot, process: Process, before: _Results | None,
+                 results: _Results) -> list[tuple[Signature, list[str]]]:
         """The signatures the process matches now, with the reasons (none if allowed).
         ``before``: each rule's result at the last tick, reused where the fields it reads
         have the same values; ``results`` gets this tick's."""
         view = FieldView(process)
+        results.bind(view, before)
+        reads = self._all_reads()
+        if before is not None and before.matches is not None and reads is not None \
+                and not results.changed(reads):
+            # None of the fields any rule reads changed (a kernel's CPU and memory did, and
+            # no rule reads them): every result stands.
+            results.rules, results.matches = before.rules, before.matches
+            return before.matches
+        results.matches = self._test_all(snapshot, process, view, before, results)
+        return results.matches
+
+    def _test_all(self, snapshot: Snapshot, process: Process, view: FieldView,
+                  before: _Results | None, results: _Results
+                  ) -> list[tuple[Signature, list[str]]]:
         if self._allowed(view, before, results):
             return []
         found = []
@@ -262,32 +278,46 @@ class Engine:
             reasons = reasons + [f"held for {held:.0f} s (needs {sig.hold_seconds:g} s)"]
         return Detection(sig, snapshot.kernel_id, process, reasons, held)
 
-    def _reused(self, key: str, condition, view: FieldView, before: dict[str, tuple],
-                results: dict[str, tuple], test):
-        """A rule's result: last tick's if the fields it reads have the same values, else
+    def _reused(self, key: str, condition, view: FieldView, before: _Results | None,
+                results: _Results, test):
+        """A rule's result: last tick's if none of the fields it reads changed, else
         ``test()``; kept in ``results`` for the next tick."""
-        values = self._values(key, condition, view)
-        last = before.get(key)
-        if values is not None and last is not None and last[0] == values:
-            result = last[1]
+        reads = self._reads_of(key, condition)
+        if reads is None:
+            return test()  # what it reads is not known: never reused
+        changed = results.changed(reads)
+        if before is not None and not changed and key in before.rules:
+            result = before.rules[key]
         else:
             result = test()
-        if values is not None:
-            results[key] = (values, result)
+        results.rules[key] = result
         return result
 
-    def _values(self, rule_id: str, condition, view: FieldView) -> tuple | None:
-        """The values of the fields a rule reads (None: not known, never reused)."""
+    def _all_reads(self) -> tuple[str, ...] | None:
+        """Every field some rule reads (None if a rule reads fields not known), for the
+        rules as they are now."""
+        rules = [*self.rules.signatures.values(), *self.rules.allow.values()]
+        key = tuple(id(rule.when) for rule in rules)
+        if self._union is None or self._union[0] != key:
+            reads: set[str] | None = set()
+            for rule in rules:
+                found = fields_read(rule.when)
+                if found is None:
+                    reads = None
+                    break
+                reads |= found
+            self._union = (key, None if reads is None else tuple(sorted(reads)))
+        return self._union[1]
+
+    def _reads_of(self, rule_id: str, condition) -> tuple[str, ...] | None:
+        """The fields a rule reads (None: not known)."""
         known = self._reads.get(rule_id)
         if known is None or known[0] is not condition:
             reads = fields_read(condition)
-            known = self._reads[rule_id] = (condition, None if reads is None else sorted(reads))
-        reads = known[1]
-        if reads is None:
-            return None
-        return tuple(tuple(v) if isinstance(v, list) else v for v in map(view.__getitem__, reads))
+            known = self._reads[rule_id] = (condition, None if reads is None else tuple(reads))
+        return known[1]
 
-    def _allowed(self, view: FieldView, before: dict[str, tuple], results: dict[str, tuple]
+    def _allowed(self, view: FieldView, before: _Results | None, results: _Results
                  ) -> bool:
         for rule in self.rules.allow.values():
             if self._reused("allow " + rule.id, rule.when, view, before, results,
@@ -310,8 +340,46 @@ class Engine:
             del self._since[key]
 
 
+class _Results:
+    """One process's fields as its rules read them at one tick, and each rule's result:
+    the next tick tests again only the rules that read a field that changed (a kernel's
+    CPU and memory change at every tick; its command line, sockets and markers seldom).
+    Each field is read and compared once per tick, however many rules read it."""
+
+    __slots__ = ("values", "rules", "matches", "_view", "_before", "_changed")
+
+    def __init__(self):
+        self.values: dict[str, Any] = {}  # field -> its value (lists as tuples)
+        self.rules: dict[str, Any] = {}  # rule -> its result
+        self.matches: list | None = None  # the signatures matched, with the reasons
+        self._changed: dict[str, bool] = {}
+
+    def bind(self, view: FieldView, before: _Results | None) -> None:
+        self._view, self._before = view, before.values if before is not None else None
+
+    def changed(self, reads: tuple[str, ...]) -> bool:
+        """Whether any of these fields differs from the last tick (every one is read, so
+        that the next tick can compare it too)."""
+        found = False
+        for name in reads:
+            differs = self._changed.get(name)
+            if differs is None:
+                value = self._view[name]
+                if isinstance(value, list):
+                    value = tuple(value)
+                self.values[name] = value
+                differs = self._changed[name] = \
+                    self._before is None or self._before.get(name, _UNREAD) != value
+            found = found or differs
+        return found
+
+
+_UNREAD = object()
+
+
 def _observed(process: Process) -> tuple:
-    """Everything the sampler saw of a process, comparable from one tick to the next."""
+    """Everything the sampler saw of a process, comparable from one tick to the next (its
+    cached ``key`` included: evaluate() reads it before, on every process alike)."""
     return tuple(tuple(v) if isinstance(v, list) else v for v in vars(process).values())
 
 
