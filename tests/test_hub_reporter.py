@@ -18,32 +18,9 @@ from colab_guard.record.reporter import HubReporter, ReportQueue
 from tests.conftest import PYTHON, STANDINS
 from tests.test_guard_integration import gone
 from tests.harness import GuardedServer, wait_until
-from tests.standins.hub_service import HubStandin
+from tests.reporting import make_reporter, service  # noqa: F401
 
 WALLET = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
-
-
-@pytest.fixture
-def service():
-    hub = HubStandin(token="report-token").start()
-    yield hub
-    hub.close()
-
-
-@pytest.fixture
-def make_reporter(tmp_path, service):
-    made = []
-
-    def make(limit: int = 100, timeout: float = 5.0) -> HubReporter:
-        queue = ReportQueue(tmp_path / "hub-reports.sqlite", limit)
-        reporter = HubReporter(service.url, service.token, queue, "server", node="node-a",
-                               timeout=timeout, backoff=0.05, backoff_max=0.3)
-        made.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in made:
-        reporter.stop(timeout=10)
 
 
 def incident(user: str = "alice", status: str = "acting") -> Incident:

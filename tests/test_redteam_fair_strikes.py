@@ -10,11 +10,9 @@ what the rule does not protect against).
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import psutil
@@ -23,23 +21,18 @@ import pytest
 from colab_guard.observe.model import Process
 from colab_guard.observe.packages import PackageIndex, package_of
 from tests.harness import wait_until
+from tests.unix_users import throwaway_user
 from tests.test_fair_strikes import (MODULE, NAME, SCRIPT, installed, make_venv,  # noqa: F401
                                      miner_args, pip_install, pool_port, strike)
 
 VENV_BIN = Path(sys.executable).parent
-USER = f"redteam-fs-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
 def attacker():
     """An unprivileged user who owns the attacker's folders."""
-    if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip("needs root to create a throwaway user")
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", USER], check=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["userdel", USER], check=False)
+    with throwaway_user("redteam-fs") as user:
+        yield user
 
 
 def give(path: Path, user) -> Path:

@@ -9,57 +9,25 @@ unprivileged Unix user (``redteam-...``) for the attacker's own listener.
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from colab_guard.record.incident import Action, Incident, process_evidence
 from colab_guard.observe.model import Process
-from colab_guard.record.reporter import HubReporter, ReportQueue
 from tests.harness import wait_until
-from tests.standins.hub_service import HubStandin
+from tests.reporting import make_reporter, service  # noqa: F401
+from tests.unix_users import throwaway_user
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # the user's
-USER = f"redteam-rp-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def service():
-    hub = HubStandin(token="report-token").start()
-    yield hub
-    hub.close()
-
-
-@pytest.fixture
-def make_reporter(tmp_path, service):
-    made = []
-
-    def make(source: str = "watcher") -> HubReporter:
-        queue = ReportQueue(tmp_path / "hub-reports.sqlite", 1000)
-        reporter = HubReporter(service.url, service.token, queue, source, node="node-a",
-                               timeout=5.0, backoff=0.05, backoff_max=0.3)
-        made.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in made:
-        reporter.stop(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def attacker():
-    if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip("needs root to create a throwaway user")
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", USER], check=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["userdel", USER], check=False)
+    with throwaway_user("redteam-rp") as user:
+        yield user
 
 
 def incident(user: str = "mallory", processes: int = 1) -> Incident:
@@ -82,7 +50,7 @@ def test_an_incident_too_large_for_the_hubs_proxy_does_not_hold_up_the_others(
     # starts 600 miners at once; their incident (with every command line) is larger than
     # that. A 413 was retried for ever, and every incident queued after it waited behind it.
     service.max_body = 2**20
-    reporter = make_reporter()
+    reporter = make_reporter(source="watcher", limit=1000)
     huge, later = incident(processes=600), incident(user="alice")
     assert len(json.dumps(huge.to_dict())) > service.max_body
     reporter.listen(huge)
@@ -99,7 +67,7 @@ def test_an_incident_too_large_for_the_hubs_proxy_does_not_hold_up_the_others(
 def test_a_batch_of_ordinary_incidents_fits_the_hubs_proxy(service, make_reporter):
     # 100 incidents of 20 kB each: every one fits, their batch did not.
     service.max_body = 2**20
-    reporter = make_reporter()
+    reporter = make_reporter(source="watcher", limit=1000)
     incidents = [incident(processes=8) for _ in range(100)]
     for found in incidents:
         reporter.listen(found)
@@ -140,7 +108,7 @@ def test_a_user_listening_on_the_hubs_port_while_it_restarts_gets_no_token_and_n
         user=attacker.pw_uid, group=attacker.pw_gid, cwd="/")
     try:
         assert squatter.stdout.readline().strip() == "listening"
-        reporter = make_reporter()
+        reporter = make_reporter(source="watcher", limit=1000)
         found = incident()
         reporter.listen(found)
         reporter.start()
@@ -162,7 +130,7 @@ def test_a_queue_file_the_user_overwrote_is_started_afresh_and_said(service, mak
                                                                     tmp_path, caplog):
     # The server's queue is in the user's own data folder: they overwrite it with junk. Every
     # later incident was lost ("not reported to the hub") and the status API failed (500).
-    reporter = make_reporter(source="server")
+    reporter = make_reporter(source="server", limit=1000)
     reporter.start()
     first = incident()
     reporter.listen(first)
