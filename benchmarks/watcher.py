@@ -111,28 +111,8 @@ class Bench:
 
     def start_watcher(self) -> None:
         self.metrics_port = free_port()
-        config = self.folder / "watch_config.py"
-        config.write_text(textwrap.dedent(f"""
-            c.Watcher.users = {[u.pw_name for u in self.users]!r}
-            c.Watcher.sample_interval = 1.0
-            c.Watcher.strike_limit = 0
-            c.Watcher.gpu_sampling = False
-            c.Watcher.database_url = "sqlite:///{self.folder / 'incidents.sqlite'}"
-            c.Watcher.incident_log = "{self.folder / 'incidents.jsonl'}"
-            c.Watcher.heartbeat_file = "{self.folder / 'heartbeat.json'}"
-            c.Watcher.user_socket = ""
-            c.Watcher.metrics_port = {self.metrics_port}
-        """))
-        config.chmod(0o644)
-        self.log_path = self.folder / "watcher.log"
-        with open(self.log_path, "w") as log:
-            self.watcher = subprocess.Popen(
-                [sys.executable, "-m", "colab_guard.watch", f"--Watcher.config_file={config}"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: "sampling every" in self.log() or self.watcher.poll() is not None,
-                   timeout=60, what="the watcher started")
-        if self.watcher.poll() is not None:
-            raise SystemExit(f"the watcher did not start:\n{self.log()}")
+        self.watcher, self.log_path = start_watcher(
+            self.folder, [u.pw_name for u in self.users], metrics_port=self.metrics_port)
 
     def start_servers(self, users: list[pwd.struct_passwd]) -> None:
         """Each user's server and its kernels; returns once the watcher knows every kernel
@@ -171,8 +151,7 @@ class Bench:
         return self.log_path.read_text(errors="replace")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.watcher.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        return cpu_seconds(self.watcher.pid)
 
     def metrics(self) -> dict[str, float]:
         page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/", timeout=30)
@@ -315,6 +294,58 @@ class Bench:
             self.pool.close()
         shutil.rmtree(self.world, ignore_errors=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_watcher(folder: Path, users: list[str], metrics_port: int = 0, user_socket: str = ""
+                  ) -> tuple[subprocess.Popen, Path]:
+    """``python -m colab_guard.watch`` as root, watching only ``users``, its config, database,
+    log and heartbeat in ``folder`` (root's alone); returns once it samples."""
+    config = folder / "watch_config.py"
+    config.write_text(textwrap.dedent(f"""
+        c.Watcher.users = {users!r}
+        c.Watcher.sample_interval = 1.0
+        c.Watcher.strike_limit = 0
+        c.Watcher.gpu_sampling = False
+        c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
+        c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
+        c.Watcher.heartbeat_file = "{folder / 'heartbeat.json'}"
+        c.Watcher.user_socket = {user_socket!r}
+        c.Watcher.metrics_port = {metrics_port}
+    """))
+    config.chmod(0o644)
+    log_path = folder / "watcher.log"
+    with open(log_path, "w") as log:
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "colab_guard.watch", f"--Watcher.config_file={config}"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: "sampling every" in log_path.read_text(errors="replace")
+               or watcher.poll() is not None, timeout=60, what="the watcher started")
+    if watcher.poll() is not None:
+        raise SystemExit(f"the watcher did not start:\n{log_path.read_text(errors='replace')}")
+    return watcher, log_path
+
+
+def python_for_users() -> tuple[str, dict[str, str]]:
+    """An interpreter other users can run with this environment's packages, and the
+    environment it needs: this one (a virtual environment's base may sit in root's home, out
+    of their reach) or the system's of the same version, given the packages on PYTHONPATH."""
+    base = os.path.realpath(sys.executable)
+    if all(os.stat(folder).st_mode & 0o005 == 0o005 for folder in Path(base).parents):
+        return sys.executable, {}
+    found = subprocess.run([PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True) if Path(PYTHON).exists() else None
+    if found is None or found.stdout.strip() != str(tuple(sys.version_info[:2])):
+        raise SystemExit("no Python interpreter with this environment's packages that another "
+                         "user can run")
+    import site
+
+    return PYTHON, {"PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _pids() -> list[int]:
