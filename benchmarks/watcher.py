@@ -2,7 +2,7 @@
 
     ./dev bench watcher [--users 50] [--kernels 5] [--processes 20] [--small-users 10]
                         [--seconds 20] [--runs 3] [--exec-rates 10,50] [--busy 3]
-                        [--latency-runs 20] [--json FILE]
+                        [--latency-runs 20] [--json FILE] [--profile DIR]
 
 As root. Simulated users: Unix users made for the run (``cgb<pid>-NN``, no home; removed at
 the end with every process they have). Each user runs a stand-in Jupyter server
