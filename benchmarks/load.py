@@ -14,6 +14,13 @@ starting ``--children`` sleeping child processes): one with `--ColabGuard.enable
   tick's own duration (`colab_guard_sample_duration_seconds`, wall time, mean and max);
 - API latency (median and 95th percentile) of `/api/status` and `/api/kernels`;
 
+As root, a third run (``--no-watcher`` leaves it out): the same server and kernels with the
+guard on and the node watcher (``python -m colab_guard.watch``, as root) covering them, so that
+the server extension leaves processes to the watcher; the server's CPU and the watcher's own
+(its process's utime + stime) over the same window. Then every server and its kernels run as
+a Unix user made for the run (``cgl<pid>``, removed at the end): the watcher never watches
+root's processes.
+
 then, guarded only, a fork storm in kernel 0 (a helper forking ``--storm-rate`` short-lived
 processes per second) while kernel 1 starts the stand-in miner: whether the miner is still
 stopped, ticks missed during the storm, and the guard's memory (server RSS; the sampler's
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -39,7 +47,8 @@ from pathlib import Path
 import psutil
 from jupyter_client import BlockingKernelClient
 
-from tests.harness import GuardedServer
+from benchmarks.watcher import cpu_seconds, kill_users_processes, python_for_users, start_watcher
+from tests.harness import GuardedServer, wait_until
 from tests.standins import pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,14 +68,32 @@ STORM = str(ROOT / "tests" / "standins" / "fork_storm.py")
 class Server(GuardedServer):
     """The guarded (or unguarded) server under load, and what it costs."""
 
-    def __init__(self, workdir: Path, guarded: bool):
+    def __init__(self, workdir: Path, guarded: bool, user: pwd.struct_passwd | None = None,
+                 watcher_socket: str = ""):
         super().__init__(
-            {"enabled": guarded, "sample_interval": 1, "stop_grace": 1, "cell_checks": False},
+            {"enabled": guarded, "sample_interval": 1, "stop_grace": 1, "cell_checks": False,
+             "watcher_socket": watcher_socket},
             # IPC, not TCP: fifty kernels starting at once race for random TCP ports.
             args=["--KernelManager.transport=ipc"], folder=workdir)
-        self.workdir = workdir
+        self.workdir, self.user = workdir, user
+        if user is not None:
+            python, env = python_for_users()
+            self.argv = [python if a == sys.executable else a for a in self.argv
+                         if a != "--allow-root"]
+            self.env.update(HOME=str(workdir), USER=user.pw_name, **env)
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(workdir)],
+                           check=True)
         self.start(timeout=60)
         self.ps = psutil.Process(self.process.pid)
+
+    def launch(self) -> subprocess.Popen:
+        if self.user is None:
+            return super().launch()
+        log = open(self.log_path, "wb")  # noqa: SIM115 (the server writes it until it stops)
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.dir, stdout=log,
+                                        stderr=subprocess.STDOUT, user=self.user.pw_uid,
+                                        group=self.user.pw_gid, extra_groups=[])
+        return self.process
 
     def call(self, path: str, body: dict | None = None) -> bytes:
         return self.request("POST" if body is not None else "GET", path, body, timeout=120)
@@ -101,6 +128,37 @@ class Server(GuardedServer):
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Watcher:
+    """The node watcher as root, watching the run's user only, its socket where that user's
+    server finds it (the server extension then leaves processes to it)."""
+
+    def __init__(self, folder: Path, user: pwd.struct_passwd):
+        folder.mkdir(mode=0o755)
+        self.socket = str(folder / "watch.sock")
+        records = folder / "records"
+        records.mkdir(mode=0o700)
+        self.process, self.log_path = start_watcher(records, [user.pw_name],
+                                                    user_socket=self.socket)
+        self.heartbeat = records / "heartbeat.json"
+
+    def kernels(self) -> int:
+        try:
+            return json.loads(self.heartbeat.read_text())["kernels"]
+        except (OSError, ValueError):
+            return 0
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -266,31 +324,50 @@ def _miner_stopped(server: Server) -> bool:
     return any(i["category"] == "crypto-mining" and i["status"] == "done" for i in incidents)
 
 
-def run(guarded: bool, args) -> dict:
+def run(guarded: bool, args, user: pwd.struct_passwd | None = None,
+        with_watcher: bool = False) -> dict:
+    label = "with the watcher" if with_watcher else "guarded" if guarded else "baseline"
     with tempfile.TemporaryDirectory(prefix="colab-guard-load-") as tmp:
-        server = Server(Path(tmp), guarded)
+        os.chmod(tmp, 0o755)  # the user's server lives below
+        watcher = None
+        if with_watcher:
+            watcher = Watcher(Path(tmp) / "watcher", user)
+        server = Server(Path(tmp) / "server", guarded, user,
+                        watcher.socket if watcher is not None else "")
         try:
             started = time.monotonic()
             ids, pids = start_kernels(server, args.kernels, args.children)
-            print(f"  {'guarded' if guarded else 'baseline'}: {len(ids)} kernels, {len(pids)} "
+            print(f"  {label}: {len(ids)} kernels, {len(pids)} "
                   f"children started in {time.monotonic() - started:.0f} s", file=sys.stderr)
-            if guarded:  # every kernel watched before measuring
+            if with_watcher:  # every kernel watched by the watcher, the server covered
+                wait_until(lambda: watcher.kernels() >= len(ids) and server.get(
+                    "/colab-guard/api/status")["processes_checked_by"] == "node watcher",
+                    timeout=120, interval=1, what="the watcher covering every kernel")
+            elif guarded:  # every kernel watched before measuring
                 deadline = time.monotonic() + 120
                 while server.get("/colab-guard/api/status")["kernels_monitored"] < len(ids):
                     if time.monotonic() > deadline:
                         raise SystemExit("the guard did not see every kernel")
                     time.sleep(1)
-            time.sleep(5)  # kernels settled
-            result = measure(server, args.seconds, args.requests, guarded)
-            if guarded:
+            time.sleep(15 if with_watcher else 5)  # kernels settled (the watcher's first reads)
+            watcher_cpu0 = watcher.cpu() if watcher is not None else 0.0
+            result = measure(server, args.seconds, args.requests, guarded and not with_watcher)
+            if watcher is not None:
+                result["watcher_percent"] = \
+                    100 * (watcher.cpu() - watcher_cpu0) / result["seconds"]
+            if guarded and not with_watcher:
                 result["storm"] = fork_storm(server, ids, args.storm_rate, args.storm_seconds)
             return result
         finally:
             server.stop()
-            kill_leftovers(Path(tmp))
+            if watcher is not None:
+                watcher.stop()
+            kill_leftovers(Path(tmp) / "server")
+            if user is not None:
+                kill_users_processes({user.pw_uid})
             if args.keep_log:
-                Path(args.keep_log + ("-guarded" if guarded else "-baseline")).write_text(
-                    (Path(tmp) / "server.log").read_text())
+                Path(f"{args.keep_log}-{label.replace(' ', '-')}").write_text(
+                    (Path(tmp) / "server" / "server.log").read_text())
 
 
 def ms(values: list[float], q: float) -> str:
@@ -298,7 +375,7 @@ def ms(values: list[float], q: float) -> str:
     return f"{1e3 * values[min(len(values) - 1, int(q * len(values)))]:.1f}"
 
 
-def report(base: dict, guard: dict, args) -> None:
+def report(base: dict, guard: dict, args, watched: dict | None = None) -> None:
     load = os.getloadavg()
     print(f"\n{args.kernels} kernels x {args.children} children, sample_interval 1 s, "
           f"{args.seconds:g} s measured; {os.cpu_count()} cores, load average "
@@ -322,6 +399,19 @@ def report(base: dict, guard: dict, args) -> None:
         print(f"| `{path}` median / p95 | {ms(base[key], 0.5)} / {ms(base[key], 0.95)} ms | "
               f"{ms(guard[key], 0.5)} / {ms(guard[key], 0.95)} ms |")
     print(f"| server RSS | {base['rss_mb']:.0f} MiB | {guard['rss_mb']:.0f} MiB |")
+    if watched is not None:
+        both = watched["cpu_percent"] + watched["watcher_percent"]
+        print("\nwith the node watcher covering the same server (its extension on, leaving "
+              "processes to the watcher):\n")
+        print("| CPU, % of one core | without the guard | server extension alone | "
+              "server extension + node watcher |")
+        print("| --- | --- | --- | --- |")
+        print(f"| the server | {base['cpu_percent']:.1f} | {guard['cpu_percent']:.1f} | "
+              f"{watched['cpu_percent']:.1f} |")
+        print(f"| the node watcher | | | {watched['watcher_percent']:.1f} |")
+        print(f"| the guard's own (difference to without) | | "
+              f"{guard['cpu_percent'] - base['cpu_percent']:.1f} | "
+              f"{both - base['cpu_percent']:.1f} |")
     storm = guard["storm"]
     print(f"\nfork storm in kernel 0: {storm['forked']} processes in {args.storm_seconds:g} s "
           f"({storm['rate']:.0f}/s)\n")
@@ -344,12 +434,29 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per API route")
     parser.add_argument("--storm-rate", type=float, default=1000, help="forks per second")
     parser.add_argument("--storm-seconds", type=float, default=15)
-    parser.add_argument("--keep-log", help="copy the servers' logs to KEEP_LOG-baseline/-guarded")
+    parser.add_argument("--keep-log", help="copy the servers' logs to KEEP_LOG-baseline, "
+                        "-guarded, -with-the-watcher")
+    parser.add_argument("--no-watcher", action="store_true",
+                        help="leave out the run with the node watcher (it needs root)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
-    base = run(False, args)
-    guard = run(True, args)
-    report(base, guard, args)
+    user = None
+    if not args.no_watcher:
+        if os.geteuid() != 0:
+            raise SystemExit("the node watcher's run needs root (or --no-watcher)")
+        name = f"cgl{os.getpid()}"
+        subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", name],
+                       check=True, capture_output=True)
+        user = pwd.getpwnam(name)
+    try:
+        base = run(False, args, user)
+        guard = run(True, args, user)
+        watched = run(True, args, user, with_watcher=True) if user is not None else None
+    finally:
+        if user is not None:
+            kill_users_processes({user.pw_uid})
+            subprocess.run(["userdel", user.pw_name], capture_output=True)
+    report(base, guard, args, watched)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,36 @@ async def test_a_reused_pid_is_never_signalled():
     finally:
         proc.kill()
         proc.wait()
+
+
+TREE = ("import subprocess, threading, time\n"
+        "kids = [subprocess.Popen(['sleep', '600'])]\n"
+        "kids.append(subprocess.Popen(['sh', '-c', 'sleep 601 & sleep 602; :']))\n"
+        "threading.Thread(target=lambda: kids.append(subprocess.Popen(['sleep', '603'])))"
+        ".start()\n"  # a child of a thread other than the main one
+        "time.sleep(0.5)\nprint('up', flush=True)\ntime.sleep(600)")
+
+
+def test_descendants_reads_only_the_subtree_and_finds_what_psutil_finds():
+    from colab_guard.act.enforce import descendants
+
+    proc = started(TREE)
+    try:
+        parent = psutil.Process(proc.pid)
+        expected = {p.pid for p in parent.children(recursive=True)}
+        assert len(expected) == 5  # sleep, sh and its two sleeps, the thread's sleep
+        assert {p.pid for p in descendants(parent)} == expected
+    finally:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+
+
+async def test_a_stop_reaches_the_offenders_children():
+    proc = started(TREE)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    actions = await stop_processes_async([offender(proc)], 2.0, set())
+    assert actions[0].outcome == "done" and "with 5 process(es)" in actions[0].detail
+    proc.wait(10)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)

@@ -163,6 +163,28 @@ async def test_execs_wake_the_monitor_at_most_every_min_gap():
     assert events._pending is None
 
 
+async def test_an_exec_is_looked_at_again_once_after_the_last_of_a_burst():
+    import asyncio
+
+    class Monitor:
+        woken = 0
+
+        def check_soon(self):
+            self.woken += 1
+
+    events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
+    events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
+    events._last_wake, events._pending, events._again = 0.0, None, None
+    for _ in range(5):  # execs 20 ms apart: each pushes the second look back
+        events._look_again_later()
+        await asyncio.sleep(0.02)
+    assert events.monitor.woken == 0 and events._again is not None
+    await wait_for(lambda: events.monitor.woken == 1, timeout=2, interval=0.01)
+    assert events._again is None
+    await asyncio.sleep(proc_events.LOOK_AGAIN + 0.1)
+    assert events.monitor.woken == 1  # once
+
+
 def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
     import asyncio
     import logging

@@ -54,6 +54,10 @@ HEAD = NLMSGHDR.size + CN_MSG.size
 MAX_LINEAGE = 100_000
 #: seconds between two ticks woken by execs (a fork storm must not tick without pause)
 MIN_GAP = 0.05
+#: seconds after the last exec when the monitor looks once more: what a program does in its
+#: first moments (its pool connection, its file's content once scanned) is checked then, not
+#: at the next periodic tick up to ``sample_interval`` later
+LOOK_AGAIN = 0.3
 
 
 def listen_message(op: int = PROC_CN_MCAST_LISTEN) -> bytes:
@@ -109,6 +113,7 @@ class ProcEvents:
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
         self._last_wake = 0.0
         self._pending: asyncio.TimerHandle | None = None
+        self._again: asyncio.TimerHandle | None = None  # the look after the last exec
         self._probing: set[int] | None = None  # pids of the events read while probing
         loop.add_reader(sock.fileno(), self._readable)
         monitor.kernels.events_live = True
@@ -140,8 +145,9 @@ class ProcEvents:
 
     def close(self) -> None:
         self.monitor.kernels.events_live = False
-        if self._pending is not None:
-            self._pending.cancel()
+        for timer in (self._pending, self._again):
+            if timer is not None:
+                timer.cancel()
         self.loop.remove_reader(self.sock.fileno())
         try:
             self.sock.send(listen_message(PROC_CN_MCAST_IGNORE))
@@ -189,6 +195,7 @@ class ProcEvents:
             self.monitor.exec_argv.pop(pid, None)
         if users:
             self._wake()
+            self._look_again_later()
 
     def _remember_argv(self, pid: int) -> None:
         """The command line a program was started with, read as its exec is announced (before
@@ -221,6 +228,17 @@ class ProcEvents:
 
     def _wake_later(self) -> None:
         self._pending = None
+        self._wake()
+
+    def _look_again_later(self) -> None:
+        """One more tick ``LOOK_AGAIN`` s after the last exec (a burst of execs: once, after
+        it; the ticks its execs wake look meanwhile)."""
+        if self._again is not None:
+            self._again.cancel()
+        self._again = self.loop.call_later(LOOK_AGAIN, self._look_again)
+
+    def _look_again(self) -> None:
+        self._again = None
         self._wake()
 
     def _follow(self, forks: list[tuple[int, int]], exits: list[int]) -> None:
