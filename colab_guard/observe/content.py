@@ -106,7 +106,7 @@ MARKERS: tuple[Marker, ...] = (
 @dataclass(frozen=True)
 class SymbolMarker:
     """A tool known by the names an ELF file exports (elf.py), which survive ``strip`` and
-    the removal of its strings: at least ``need`` exported names contain one of ``fragments``."""
+    the removal of its strings: ``fragments`` occur at least ``need`` times in those names."""
 
     name: str
     fragments: tuple[bytes, ...]
@@ -130,9 +130,9 @@ SYMBOL_MARKERS: tuple[SymbolMarker, ...] = (
 
 def symbol_markers(names: list[bytes],
                    markers: tuple[SymbolMarker, ...] = SYMBOL_MARKERS) -> list[str]:
-    """The tools whose exported names these are."""
-    return [m.name for m in markers
-            if sum(1 for n in names if any(f in n for f in m.fragments)) >= m.need]
+    """The tools whose exported names these are (counted in C: libtorrent exports 12,000)."""
+    text = b"\0".join(names)
+    return [m.name for m in markers if sum(text.count(f) for f in m.fragments) >= m.need]
 
 
 INTERPRETER = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|bun|deno|perl[0-9.]*|ruby[0-9.]*|"
