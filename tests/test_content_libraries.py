@@ -306,11 +306,12 @@ async def _ready(guard, kernel) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("loader", sorted(LOADERS))
 async def test_renamed_libtorrent_loaded_in_a_real_kernel_is_recognised_within_two_seconds(
-        guard, kernel, guard_config, tmp_path):
+        loader, guard, kernel, guard_config, tmp_path):
     path = _renamed(tmp_path, _libtorrent())
     await _ready(guard, kernel)
-    reply, _ = await kernel.run(_load_cell("importlib", path))
+    reply, _ = await kernel.run(_load_cell(loader, path))
     loaded = time.monotonic()
     assert reply["status"] == "ok", reply
     found = await wait_for(lambda: _torrent_incidents(guard_config), timeout=30, interval=0.05)
