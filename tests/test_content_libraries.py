@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from tests.conftest import PYTHON, incidents_in, wait_for
 
 IN_CI = os.environ.get("CI") == "true"
 SITE = sysconfig.get_paths()["purelib"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _libtorrent() -> str:
@@ -344,15 +346,69 @@ async def test_honest_libraries_loaded_in_a_real_kernel_are_left_alone(guard, ke
                                                                        guard_config, tmp_path):
     copies = _honest_copies(tmp_path)
     await _ready(guard, kernel)
-    looks = guard.monitor.sampler.content.stats["library_looks"]
     for loader, path, module in copies:
         reply, _ = await kernel.run(_load_cell(loader, path, module))
         assert reply["status"] == "ok", reply
-    # looked at again after the last load, and every scan it asked for done
-    await wait_for(lambda: guard.monitor.sampler.content.stats["library_looks"] > looks + 1,
-                   timeout=30)
+    content = guard.monitor.sampler.content
+
+    def looked_at() -> set[str]:
+        return {path for libs in list(content._libraries.values()) for _, path, _ in libs.files}
+
+    # every copy seen mapped, every scan done, and two ticks after that for the engine
+    await wait_for(lambda: {path for _, path, _ in copies} <= looked_at(), timeout=30)
     await wait_for(lambda: _scans_idle(guard), timeout=60)
-    scanned = {path for libs in guard.monitor.sampler.content._libraries.values()
-               for _, path, _ in libs.files}
-    assert {path for _, path, _ in copies} <= scanned
+    ticks = guard.monitor.ticks
+    await wait_for(lambda: guard.monitor.ticks >= ticks + 2, timeout=30)
     assert incidents_in(guard_config["incident_log"]) == []
+
+
+# ---------------------------------------------------------------- when a process is looked at
+
+COMMANDS = ("import ctypes, sys\nkept = []\nprint('ready', flush=True)\n"
+            "for line in sys.stdin:\n"
+            "    if line.startswith('alloc'):\n"
+            "        kept.append(bytearray(256 << 20))\n"
+            "    else:\n"
+            "        ctypes.CDLL(line.strip())\n"
+            "    print('done', flush=True)\n")
+
+
+def test_a_process_is_looked_at_again_when_it_loads_a_library_not_when_it_allocates(tmp_path):
+    """Its executable memory (VmLib) tells: a busy numpy process allocating arrays is not
+    read again and again; one that loads a library is, at once."""
+    scanner = ContentScanner(background=False, memory_after=0.0, libraries_recheck=0.0)
+    path = _renamed(tmp_path, _libtorrent())
+    proc = subprocess.Popen([PYTHON, "-c", COMMANDS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+    def ask(command: str) -> list[str]:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"
+        scanner.settled(proc.pid, PYTHON, [], key)
+        return scanner.process_markers(proc.pid, PYTHON, [], key)
+
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        key = _key(proc.pid)
+        scanner.settled(proc.pid, PYTHON, [], key)
+        looks = scanner.stats["library_looks"]
+        assert "libtorrent" not in ask("alloc")
+        assert scanner.stats["library_looks"] == looks  # its size changed, its code did not
+        assert "libtorrent" in ask(path)
+        assert scanner.stats["library_looks"] == looks + 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_kernel_hook_reports_a_library_loaded_at_once(tmp_path):
+    """ctypes.dlopen, under any name: an urgent event (the sender writes at once and the server
+    checks at once), with the path it loaded."""
+    code = ("import ctypes, sys\nfrom colab_guard.kernel.hook import install\n"
+            "reporter = install()\nctypes.CDLL(sys.argv[1])\n"
+            "print(reporter.wake.is_set(), reporter.drain())\n")
+    path = _renamed(tmp_path, "/usr/lib/x86_64-linux-gnu/libz.so.1", "weights.bin")
+    out = subprocess.run([PYTHON, "-c", code, path], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.startswith("True ") and f"['load', '{path}']" in out, out

@@ -553,12 +553,24 @@ def _known_clean(mapped: MappedFile, system: bool, packages: SystemPackages) -> 
     return system and packages.installed(mapped.path)
 
 
+def executable_kib(pid: int) -> int:
+    """KiB of a process's executable mappings besides its program (VmLib in
+    /proc/PID/status): a library loaded changes it, memory allocated for data does not, so a
+    busy numpy process is not looked at again for nothing. ProcessLookupError: gone."""
+    for line in procfs.read_small(f"/proc/{pid}/status").splitlines():
+        if line.startswith(b"VmLib:"):
+            return int(line.split()[1])
+        if line.startswith(b"Threads:"):
+            break  # past where it would be (a kernel thread has none)
+    return 0
+
+
 @dataclass
 class _Libraries:
     """What a process has mapped executable, as last looked at (``ContentScanner``)."""
 
     start: int  # its start (clock ticks after boot): the pid's identity
-    vms: int = -1  # its virtual size then: loading a library changes it
+    code: int = -1  # its executable memory then (executable_kib)
     looked_at: float = 0.0  # monotonic; 0: never
     # each file's key, a path to read it by, and whether it is a system library
     files: tuple[tuple[FileKey, str, bool], ...] = ()
@@ -884,29 +896,33 @@ class ContentScanner:
     # ------------------------------------------------------------ libraries
 
     def _libraries_settled(self, pid: int, key: tuple) -> bool:
-        """Whether what the process has mapped executable was looked at and holds: its size
-        has not changed since (loading a library changes it). Queues a look once it has run
-        ``memory_after`` seconds, and again, at most every ``libraries_recheck`` seconds,
-        when its size changed (every ``memory_rescan`` all the same)."""
+        """Whether what the process has mapped executable was looked at and holds: its
+        executable memory (``executable_kib``) has not changed since, as loading a library
+        changes it (and allocating data does not). Queues a look once it has run
+        ``memory_after`` seconds, and again, at most every ``libraries_recheck`` seconds, when
+        that changed (every ``memory_rescan`` all the same)."""
         if time.time() - key[1] < self.memory_after:
             return False  # not yet: asked again at the next read
         try:
-            st = procfs.read_stat(pid)
+            code = executable_kib(pid)
+            start = procfs.read_stat(pid).start if key not in self._libraries else None
         except (OSError, ValueError, IndexError):
             return True  # gone
         now = time.monotonic()
         with self._lock:
             libraries = self._libraries.get(key)
-            if libraries is None or libraries.start != st.start:
-                libraries = self._libraries[key] = _Libraries(start=st.start)
+            if libraries is None:
+                if start is None:
+                    return True  # forgotten meanwhile: gone
+                libraries = self._libraries[key] = _Libraries(start=start)
             if libraries.queued:
                 return False
-            if libraries.looked_at and (libraries.vms == st.vms and
+            if libraries.looked_at and (libraries.code == code and
                                         now - libraries.looked_at < self.memory_rescan):
                 return not self._libraries_pending(key)
             if libraries.looked_at and now - libraries.looked_at < self.libraries_recheck:
                 return False  # it changed: looked at again once due
-            libraries.vms, libraries.looked_at = st.vms, now
+            libraries.code, libraries.looked_at = code, now
             if self._background:
                 libraries.queued = self._queue(4096, ("libraries", key, pid))
                 return False
