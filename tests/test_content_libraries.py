@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path

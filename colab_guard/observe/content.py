@@ -16,6 +16,11 @@ Scanning costs time (about 20 ms per MiB on a busy core), so:
 
 Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are scanned
 too, the first script argument only, with the smaller ``max_script_bytes``.
+
+So is every file a process maps executable (a library loaded under any name: libtorrent's
+Python module copied to ``fastmath.so``), once per file like a program, its strings and the
+names it exports (``SYMBOL_MARKERS``, elf.py); looked at again when the process's executable
+memory changes. dpkg's own system libraries are known clean and never read.
 """
 
 from __future__ import annotations
@@ -487,7 +492,7 @@ class SystemPackages:
         self._lock = threading.Lock()
 
     def installed(self, path: str) -> bool:
-        """Whether dpkg installed ``path`` (as maps names it: /usr/lib, where dpkg may say /lib)."""
+        """Whether dpkg installed ``path`` (maps says /usr/lib where dpkg may say /lib)."""
         with self._lock:
             self._refresh()
             paths = self._paths
