@@ -851,7 +851,7 @@ class ContentScanner:
 
     def _scan(self, key: FileKey, path: str, max_bytes: int) -> Scan:
         deadline = time.monotonic() + self.scan_seconds
-        result, opened = Scan([]), key
+        result, opened, exported = Scan([]), key, []
         try:
             fd, st = open_regular(path)
             try:
@@ -892,7 +892,7 @@ class ContentScanner:
             self._pending.pop(key, None)
             # Cached under what was read: a file swapped in after the stat is not taken for
             # the one that was there (which is scanned when asked again).
-            if opened == key or opened not in self._cache:
+            if opened == key or opened not in self._cache or exported:  # (or its interim)
                 self._cache[opened] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
