@@ -99,7 +99,8 @@ FIELDS: dict[str, Field] = {
               lambda p: p.gpu_percent),
         Field("gpu_memory_mb", "number", "GPU memory the process holds, MiB", lambda p: p.gpu_memory_mb),
         Field("exe_markers", "text list",
-              "known tools recognised in the executable's content (and an interpreter's script), "
+              "known tools recognised in the executable's content (and an interpreter's script, "
+              "its memory, the libraries it maps), "
               "whatever the file is called; see colab_guard/observe/content.py",
               lambda p: list(p.exe_markers)),
         Field("open_files", "text list", "paths of the regular files the process has open",

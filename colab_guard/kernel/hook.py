@@ -25,9 +25,11 @@ KINDS = {
     "os.fork": "fork", "os.forkpty": "fork",
     "socket.connect": "connect", "socket.getaddrinfo": "resolve", "socket.bind": "bind",
     "import": "import",
+    "ctypes.dlopen": "load",  # a shared library loaded, under any name (ctypes.CDLL)
 }
-#: Kinds that make the sender write at once (and the server check at once).
-URGENT = frozenset({"start", "fork", "connect", "resolve"})
+#: Kinds that make the sender write at once (and the server check at once: a library just
+#: loaded is scanned for what it is, content.py).
+URGENT = frozenset({"start", "fork", "connect", "resolve", "load"})
 FLUSH_INTERVAL = 0.25  # seconds: imports are sent at least this often
 MAX_DETAIL = 1024
 
@@ -103,6 +105,8 @@ def describe(kind: str, event: str, args) -> str:
             text = f"{_word(args[0])}:{args[1]}"
         elif kind == "import":
             text = str(args[0])
+        elif kind == "load":
+            text = _word(args[0])
         elif kind == "bind":
             text = f"{args[0]} {' '.join(args[1])}"
         else:

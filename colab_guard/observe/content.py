@@ -16,6 +16,11 @@ Scanning costs time (about 20 ms per MiB on a busy core), so:
 
 Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are scanned
 too, the first script argument only, with the smaller ``max_script_bytes``.
+
+So is every file a process maps executable (a library loaded under any name: libtorrent's
+Python module copied to ``fastmath.so``), once per file like a program, its strings and the
+names it exports (``SYMBOL_MARKERS``, elf.py); looked at again when the process's executable
+memory changes. dpkg's own system libraries are known clean and never read.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import NamedTuple
 
 import re2
 
-from . import procfs
+from . import elf, procfs
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -43,6 +48,8 @@ CHUNK = 1 << 20
 
 
 INTERPRETER_PREFIX = "interpreter:"
+
+FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,40 @@ MARKERS: tuple[Marker, ...] = (
     Marker(INTERPRETER_PREFIX + "python", (b"Py_BytesMain",)),
     Marker(INTERPRETER_PREFIX + "node", (b"NODE_OPTIONS", b"node::Start"), need=2),
 )
+
+
+
+@dataclass(frozen=True)
+class SymbolMarker:
+    """A tool known by the names an ELF file exports (elf.py), which survive ``strip`` and
+    the removal of its strings: ``fragments`` occur at least ``need`` times in those names."""
+
+    name: str
+    fragments: tuple[bytes, ...]
+    need: int
+
+
+#: Checked against the real libtorrent wheel from PyPI (246 exported names in its namespace),
+#: and absent from everything tests/test_content_libraries.py scans.
+SYMBOL_MARKERS: tuple[SymbolMarker, ...] = (
+    # libtorrent's C++ namespace, mangled (N10libtorrent...): its Python module, and
+    # libtorrent-rasterbar itself
+    SymbolMarker("libtorrent", (b"10libtorrent",), need=20),
+    SymbolMarker("xmrig", (b"5xmrig",), need=20),  # xmrig's namespace, built as a library
+    # RandomX (Monero's proof of work) and hashcat's library API
+    SymbolMarker("randomx", (b"randomx_calculate_hash", b"randomx_create_vm",
+                             b"randomx_init_cache"), need=2),
+    SymbolMarker("hashcat", (b"hashcat_session_execute", b"hashcat_session_init",
+                             b"hashcat_init"), need=2),
+)
+
+
+def symbol_markers(names: list[bytes],
+                   markers: tuple[SymbolMarker, ...] = SYMBOL_MARKERS) -> list[str]:
+    """The tools whose exported names these are (counted in C: libtorrent exports 12,000)."""
+    text = b"\0".join(names)
+    return [m.name for m in markers if sum(text.count(f) for f in m.fragments) >= m.need]
+
 
 INTERPRETER = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|bun|deno|perl[0-9.]*|ruby[0-9.]*|"
                          r"php[0-9.]*|bash|sh|dash|zsh)$")
@@ -224,13 +265,24 @@ def scan_fd(fd: int, max_bytes: int, deadline: float | None = None,
 
 def scan_file(path: str, max_bytes: int, search: MarkerSearch = SEARCH,
               seconds: float | None = None) -> list[str]:
-    """The markers in the first ``max_bytes`` of a regular file (NotRegularFile otherwise)."""
-    fd, _ = open_regular(path)
+    """The markers in the first ``max_bytes`` of a regular file and in the names it exports
+    (NotRegularFile if it is not a regular file)."""
+    fd, st = open_regular(path)
     try:
         deadline = None if seconds is None else time.monotonic() + seconds
-        return scan_fd(fd, max_bytes, deadline, search).markers
+        head: list[bytes] = []
+        markers = scan_fd(fd, max_bytes, deadline, search, first=head).markers
+        return _with_symbols(markers, fd, head, st.st_size)
     finally:
         os.close(fd)
+
+
+def _with_symbols(markers: list[str], fd: int, head: list[bytes], size: int) -> list[str]:
+    """``markers`` and those of the names the (ELF) file exports."""
+    if not head:
+        return markers
+    found = symbol_markers(elf.exported_symbols(fd, head[0], size))
+    return markers + [m for m in found if m not in markers]
 
 
 def packed(head: bytes) -> list[str]:
@@ -387,6 +439,150 @@ def scan_memory(pid: int, start_ticks: int, exe: str, interpreter: bool, max_byt
     return Scan(scanning.markers(), cut=maps_cut), layout
 
 
+#: At most this many files mapped executable are looked up per process (a program maps a few
+#: hundred at most); past it, the rest are not scanned and the process carries ``scan:cut``.
+MAX_LIBRARIES = 1024
+
+
+class MappedFile(NamedTuple):
+    """A file a process has mapped executable, as /proc/PID/maps names it."""
+
+    path: str
+    inode: int
+    start: int  # of its first executable mapping (/proc/PID/map_files/START-END)
+    end: int
+
+
+def executable_files(text: str) -> list[MappedFile]:
+    """The files mapped executable in a /proc/PID/maps text (its program, the shared
+    libraries it loaded, under whatever names), once each. Not a deleted file's mappings:
+    ``code_regions`` reads those from memory."""
+    found: dict[int, MappedFile] = {}
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 6 or "x" not in fields[1] or not fields[5].startswith("/") \
+                or fields[5].endswith(" (deleted)"):
+            continue
+        start, _, end = fields[0].partition("-")
+        try:
+            inode = int(fields[4])
+            if inode and inode not in found:
+                found[inode] = MappedFile(fields[5], inode, int(start, 16), int(end, 16))
+        except ValueError:
+            continue
+    return list(found.values())
+
+
+#: Folders of the system's own libraries: their root-owned files are scanned after the others,
+#: or not at all where the system's package manager installed them (``SystemPackages``).
+SYSTEM_LIBRARY_FOLDERS = ("/usr/lib/", "/usr/lib64/", "/lib/", "/lib64/")
+
+
+class SystemPackages:
+    """The shared objects dpkg installed in the system's library folders, from its file lists
+    (``/var/lib/dpkg/info/*.list``: plain text, no package of ours needed), read again when
+    that folder changes (a package installed). Only root can put a file there and list it: a
+    user cannot pass a renamed library off as the system's, so these are known clean."""
+
+    def __init__(self, folder: str = "/var/lib/dpkg/info", max_bytes: int = 64 << 20):
+        self.folder = folder
+        self.max_bytes = max_bytes  # of all lists together: more is not read (none clean)
+        self._stamp: int | None = None
+        self._paths: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def installed(self, path: str) -> bool:
+        """Whether dpkg installed ``path`` (maps says /usr/lib where dpkg may say /lib)."""
+        with self._lock:
+            self._refresh()
+            paths = self._paths
+        return path in paths or (path.startswith("/usr/") and path[4:] in paths)
+
+    def _refresh(self) -> None:
+        try:
+            stamp = os.stat(self.folder).st_mtime_ns
+        except OSError:
+            self._stamp, self._paths = None, frozenset()
+            return
+        if stamp == self._stamp:
+            return
+        paths: set[str] = set()
+        left = self.max_bytes
+        try:
+            names = [n for n in os.listdir(self.folder) if n.endswith(".list")]
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                fd, st = open_regular(os.path.join(self.folder, name))
+            except OSError:
+                continue
+            try:
+                text = os.pread(fd, min(st.st_size, left), 0).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
+            left -= len(text)
+            if left <= 0:
+                paths = set()
+                break
+            paths.update(line for line in text.splitlines()
+                         if line.startswith(SYSTEM_LIBRARY_FOLDERS) and ".so" in line)
+        self._stamp, self._paths = stamp, frozenset(paths)
+
+
+#: The system's state, the same for every scanner.
+SYSTEM_PACKAGES = SystemPackages()
+
+
+def _mapped_file_key(pid: int, mapped: MappedFile) -> tuple[FileKey, str, bool] | None:
+    """The key of a mapped file, a path that reads it (its path if that is still the very file
+    mapped, the same inode, else the mapping itself: /proc/PID/map_files, which only root may
+    open), and whether it is one of the system's own libraries (a root-owned file no one else
+    may write, in a system folder); None if it cannot be read (it moved after it was loaded)."""
+    for path in (mapped.path, f"/proc/{pid}/map_files/{mapped.start:x}-{mapped.end:x}"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        # The device is not compared: on overlayfs, maps shows the layer's, stat the overlay's.
+        if st.st_ino == mapped.inode and stat.S_ISREG(st.st_mode):
+            system = st.st_uid == 0 and not st.st_mode & 0o022 and \
+                mapped.path.startswith(SYSTEM_LIBRARY_FOLDERS)
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), path, system
+    return None
+
+
+def _known_clean(mapped: MappedFile, system: bool, packages: SystemPackages) -> bool:
+    """A system library that the system's package manager installed (root's file, no one
+    else may write it, listed by dpkg): never scanned."""
+    return system and packages.installed(mapped.path)
+
+
+def executable_kib(pid: int) -> int:
+    """KiB of a process's executable mappings besides its program (VmLib in
+    /proc/PID/status): a library loaded changes it, memory allocated for data does not, so a
+    busy numpy process is not looked at again for nothing. ProcessLookupError: gone."""
+    for line in procfs.read_small(f"/proc/{pid}/status").splitlines():
+        if line.startswith(b"VmLib:"):
+            return int(line.split()[1])
+        if line.startswith(b"Threads:"):
+            break  # past where it would be (a kernel thread has none)
+    return 0
+
+
+@dataclass
+class _Libraries:
+    """What a process has mapped executable, as last looked at (``ContentScanner``)."""
+
+    start: int  # its start (clock ticks after boot): the pid's identity
+    code: int = -1  # its executable memory then (executable_kib)
+    looked_at: float = 0.0  # monotonic; 0: never
+    # each file's key, a path to read it by, and whether it is a system library
+    files: tuple[tuple[FileKey, str, bool], ...] = ()
+    cut: bool = False  # more files, or more maps, than are looked up
+    queued: bool = False
+
+
 @dataclass
 class _Memory:
     """A process's memory scans."""
@@ -401,9 +597,6 @@ class _Memory:
     ran: int = -1  # its run time (ns, schedstat) when last looked at
     maps: bytes = b""  # its /proc/PID/maps when last looked at
     queued: bool = False
-
-
-FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
 
 class ContentScanner:
@@ -421,7 +614,8 @@ class ContentScanner:
                  log: logging.Logger | None = None, scan_seconds: float = 5.0,
                  memory_bytes: int = 32 << 20, memory_after: float = 0.5,
                  memory_recheck: float = 5.0, memory_rescan: float = 120.0,
-                 max_pending: int = 512, stuck_after: float = 10.0):
+                 max_pending: int = 512, stuck_after: float = 10.0,
+                 libraries_recheck: float = 0.5):
         self.max_bytes = max_bytes
         self.max_script_bytes = max_script_bytes
         self.cache_size = cache_size
@@ -430,16 +624,22 @@ class ContentScanner:
         self.memory_after = memory_after  # seconds a process runs before its memory is read
         self.memory_recheck = memory_recheck  # its layout looked at again (while it runs)
         self.memory_rescan = memory_rescan  # read again all the same (while it runs)
+        # a process whose size changed (a library loaded) has its mapped files looked at
+        # again, at most this often
+        self.libraries_recheck = libraries_recheck
         self.max_pending = max_pending
         self.log = log or logging.getLogger("colab_guard")
         self.scans = 0  # files actually read (the rest came from the cache)
         self.bytes_read = 0
         self.stats = {"file_scans": 0, "memory_scans": 0, "cut": 0, "refused": 0,
-                      "dropped": 0, "memory_denied": 0, "vanished": 0}
+                      "dropped": 0, "memory_denied": 0, "vanished": 0,
+                      "library_looks": 0}
         self._said: set[str] = set()
         self._cache: OrderedDict[FileKey, Scan] = OrderedDict()
         self._pending: dict[FileKey, bool] = {}
         self._memory: dict[tuple, _Memory] = {}
+        self._libraries: dict[tuple, _Libraries] = {}
+        self.system_packages = SYSTEM_PACKAGES
         self._lock = threading.Lock()
         self._background = background
         self._jobs: list[tuple] = []  # heap of (bytes to read, sequence, job)
@@ -482,19 +682,29 @@ class ContentScanner:
             if memory is not None:
                 markers += [m for m in memory.markers if m not in markers]
                 extra += memory.traits
+            found, cut = self._library_markers(key)
+            markers += [m for m in found if m not in markers]
+            if cut:
+                extra.append(SCAN_CUT)
         return markers + [t for t in dict.fromkeys(extra) if t not in markers]
 
     def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
         """Whether the files of a process have all been scanned already (and, given its key,
         its memory once it has run a little), so that ``process_markers`` answers from the
         cache, finally (until the files change, or the process does). Schedules what is due."""
-        done = self.files_settled(pid, exe, cmdline)
+        done = self.files_settled(pid, exe, cmdline, key)
         if key is not None and not self._memory_settled(pid, exe, key):
+            done = False
+        if key is not None and not self._libraries_settled(pid, key):
             done = False
         return done
 
-    def files_settled(self, pid: int, exe: str, cmdline: list[str]) -> bool:
-        """Whether the process's executable and script have been scanned already."""
+    def files_settled(self, pid: int, exe: str, cmdline: list[str],
+                      key: tuple | None = None) -> bool:
+        """Whether the process's executable and script have been scanned already (and, given
+        its key, the files it was last seen to have mapped executable)."""
+        if key is not None and self._libraries_pending(key):
+            return False
         for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
             try:
                 st = os.stat(path)
@@ -549,6 +759,8 @@ class ContentScanner:
         with self._lock:
             for key in [k for k in self._memory if k not in alive]:
                 del self._memory[key]
+            for key in [k for k in self._libraries if k not in alive]:
+                del self._libraries[key]
 
     # ------------------------------------------------------------ the queue
 
@@ -592,6 +804,10 @@ class ContentScanner:
         if job[0] == "file":
             self._pending.pop(job[1], None)
             self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
+        elif job[0] == "libraries":
+            libraries = self._libraries.get(job[1])
+            if libraries is not None:
+                libraries.queued, libraries.cut = False, True
         else:
             memory = self._memory.get(job[1])
             if memory is not None:
@@ -611,6 +827,8 @@ class ContentScanner:
             try:
                 if job[0] == "file":
                     self._scan(*job[1:])
+                elif job[0] == "libraries":
+                    self._look_at_libraries(*job[1:])
                 else:
                     self._scan_memory(*job[1:])
             except Exception:  # a bug: said, and the thread goes on with the next
@@ -633,13 +851,21 @@ class ContentScanner:
 
     def _scan(self, key: FileKey, path: str, max_bytes: int) -> Scan:
         deadline = time.monotonic() + self.scan_seconds
-        result, opened = Scan([]), key
+        result, opened, exported = Scan([]), key, []
         try:
             fd, st = open_regular(path)
             try:
                 opened = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                # The names it exports first (milliseconds): a tool they show is known at
+                # once, while the rest of a large library is still being read.
+                exported = symbol_markers(elf.exported_symbols(fd, os.pread(fd, 4096, 0),
+                                                               st.st_size))
+                if exported:
+                    with self._lock:
+                        self._cache.setdefault(opened, Scan(list(exported)))
                 head: list[bytes] = []
                 result = scan_fd(fd, max_bytes, deadline, first=head)
+                result.markers += [m for m in exported if m not in result.markers]
                 if head:
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])
@@ -666,11 +892,135 @@ class ContentScanner:
             self._pending.pop(key, None)
             # Cached under what was read: a file swapped in after the stat is not taken for
             # the one that was there (which is scanned when asked again).
-            if opened == key or opened not in self._cache:
+            if opened == key or opened not in self._cache or exported:  # (or its interim)
                 self._cache[opened] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    # ------------------------------------------------------------ libraries
+
+    def _libraries_settled(self, pid: int, key: tuple) -> bool:
+        """Whether what the process has mapped executable was looked at and holds: its
+        executable memory (``executable_kib``) has not changed since, as loading a library
+        changes it (and allocating data does not). Queues a look once it has run
+        ``memory_after`` seconds, and again, at most every ``libraries_recheck`` seconds, when
+        that changed (every ``memory_rescan`` all the same)."""
+        if time.time() - key[1] < self.memory_after:
+            return False  # not yet: asked again at the next read
+        try:
+            code = executable_kib(pid)
+            start = procfs.read_stat(pid).start if key not in self._libraries else None
+        except (OSError, ValueError, IndexError):
+            return True  # gone
+        now = time.monotonic()
+        with self._lock:
+            libraries = self._libraries.get(key)
+            if libraries is None:
+                if start is None:
+                    return True  # forgotten meanwhile: gone
+                libraries = self._libraries[key] = _Libraries(start=start)
+            if libraries.queued:
+                return False
+            if libraries.looked_at and (libraries.code == code and
+                                        now - libraries.looked_at < self.memory_rescan):
+                return not self._libraries_pending(key)
+            if libraries.looked_at and now - libraries.looked_at < self.libraries_recheck:
+                return False  # it changed: looked at again once due
+            libraries.code, libraries.looked_at = code, now
+            if self._background:
+                libraries.queued = self._queue(4096, ("libraries", key, pid))
+                return False
+        self._look_at_libraries(key, pid)
+        return not self._libraries_pending(key)
+
+    def _libraries_pending(self, key: tuple) -> bool:
+        """Whether a look at the process's mapped files, or a scan of one that is not a system
+        library, is under way. (The system's own are scanned last and not waited for: what
+        they carry is taken at the process's next full read; so is the rest of a library whose
+        exported names already showed a tool.)"""
+        libraries = self._libraries.get(key)
+        return libraries is not None and (libraries.queued or any(
+            k in self._pending and k not in self._cache
+            for k, _, system in libraries.files if not system))
+
+    def _library_markers(self, key: tuple) -> tuple[list[str], bool]:
+        """The tools the files the process has mapped carry (scans not yet done are queued),
+        and whether some were not looked up."""
+        found: list[str] = []
+        with self._lock:
+            libraries = self._libraries.get(key)
+            if libraries is None:
+                return [], False
+            for file_key, path, system in libraries.files:
+                scan = self._cache.get(file_key)
+                if scan is None:
+                    self._want(file_key, path, system)
+                    continue
+                self._cache.move_to_end(file_key)
+                found += [m for m in reported(scan.markers) if m not in found]
+            return found, libraries.cut
+
+    def _want(self, key: FileKey, path: str, system: bool) -> None:
+        """With the lock held: a mapped file's scan, unless it is cached or under way. The
+        system's own libraries go after the others (libc is scanned once, for precision's
+        sake; a library the user copied under a neutral name is what matters first)."""
+        if key in self._cache or key in self._pending:
+            return
+        if self._background:
+            cost = min(key[2], self.max_bytes) + (self.max_bytes if system else 0)
+            if self._queue(cost, ("file", key, path, self.max_bytes)):
+                self._pending[key] = True
+        else:
+            self._lock.release()  # scanned here and now (tests, the command line)
+            try:
+                self._scan(key, path, self.max_bytes)
+            finally:
+                self._lock.acquire()
+
+    def _look_at_libraries(self, key: tuple, pid: int) -> None:
+        """Read which files the process has mapped executable (its program aside, which is
+        scanned as /proc/PID/exe), and ask for the scans of those not known yet."""
+        with self._lock:
+            libraries = self._libraries.get(key)
+        if libraries is None:
+            return
+        files: list[tuple[FileKey, str, bool]] = []
+        cut = False
+        try:
+            raw = procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES + 1)
+            if procfs.read_stat(pid).start != libraries.start:
+                raise ProcessLookupError(pid)  # the pid was taken again
+            cut = len(raw) > MAPS_MAX_BYTES
+            mapped = executable_files(raw[:MAPS_MAX_BYTES].decode("utf-8", "replace"))
+            if len(mapped) > MAX_LIBRARIES:
+                cut, mapped = True, mapped[:MAX_LIBRARIES]
+            try:
+                program = os.stat(f"/proc/{pid}/exe").st_ino
+            except OSError:
+                program = None
+            for mapped_file in mapped:
+                if mapped_file.inode != program:
+                    found = _mapped_file_key(pid, mapped_file)
+                    if found is not None and not _known_clean(mapped_file, found[2],
+                                                              self.system_packages):
+                        files.append(found)
+        except PermissionError as err:
+            with self._lock:
+                self._count("memory_denied", "the memory of process %s cannot be read (%s); "
+                            "recorded as evidence (%s)", pid, err, MEMORY_UNREADABLE)
+        except (ProcessLookupError, FileNotFoundError):
+            with self._lock:
+                self.stats["vanished"] += 1
+        except OSError as err:
+            self.log.debug("colab-guard: could not read the maps of %s: %s", pid, err)
+        with self._lock:
+            libraries.files, libraries.cut, libraries.queued = tuple(files), cut, False
+            self.stats["library_looks"] += 1
+            for file_key, path, system in files:
+                self._want(file_key, path, system)
+
+    # ------------------------------------------------------------ memory
 
     def _memory_settled(self, pid: int, exe: str, key: tuple) -> bool:
         """Whether the process's memory scan is done and holds: it has not run since it was

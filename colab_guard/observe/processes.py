@@ -473,7 +473,7 @@ class ProcessSampler:
             state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
             files_pending = not settled and not self.content.files_settled(
-                pid, sample.exe, sample.cmdline)
+                pid, sample.exe, sample.cmdline, key)
             state.quiet = QuietRead(
                 sample, activity, refresh_time(now, pid), not settled,
                 fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms, held=held,
@@ -536,12 +536,14 @@ class ProcessSampler:
         a library it mapped just before it went quiet)."""
         quiet = state.quiet
         last = quiet.sample
-        if quiet.markers_pending and self.content.settled(last.pid, last.exe, last.cmdline,
-                                                          entry.key):
+        if quiet.markers_pending:
+            # Taken as each scan ends (a library's can end long before the memory scan
+            # queued behind it); pending until all have.
+            settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
             markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
             if markers != last.exe_markers:  # the same: the same sample is handed on
                 last = replace(last, exe_markers=markers)
-            quiet.markers_pending = False
+            quiet.markers_pending = not settled
         if quiet.fds_pending and now - state.fds.when >= self.libraries_refresh:
             last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now,
                                                            lambda: True).files)

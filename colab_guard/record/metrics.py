@@ -41,7 +41,7 @@ EVENTS_REFUSED = Counter("colab_guard_events_refused_total",
                          "recorded; the frontend is not told).")
 CONTENT_SCANS = Counter("colab_guard_content_scans_total",
                         "What the content scanner did, by outcome: file_scans and memory_scans "
-                        "done; cut (past a time or byte budget), refused (not a regular file), "
+                        "done, library_looks (a process's mapped files read); cut (past a time or byte budget), refused (not a regular file), "
                         "dropped (queue full; asked again later), memory_denied, vanished.",
                         ["outcome"])
 WATCH_HEARTBEAT = Gauge("colab_guard_watch_heartbeat_timestamp_seconds",
