@@ -12,6 +12,7 @@ the server side catches at run time. Cell-check evasions are at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -412,10 +413,9 @@ def test_a_cell_padded_with_distinct_constants_is_still_read_to_its_end(pool):
     after them was never read (fixed: the field is bounded in characters, not lines)."""
     from colab_guard.detect.cells import CellProcess
     from colab_guard.detect.engine import Engine
-    from colab_guard.detect.signatures import load_signatures
     from colab_guard.observe.model import Snapshot
 
-    engine = Engine(load_signatures())
+    engine = Engine(_rules())
     for filler in ("\n".join(f"label_{i} = 'class {i}'" for i in range(2100)),
                    "\n".join(f"f{i}()" for i in range(2100)),
                    "\n".join(f"h{i} = 'A{i}' * 2000" for i in range(600))):
@@ -661,13 +661,20 @@ def test_the_kernel_process_exec_ing_a_tool_is_stopped(kernel, tmp_path):
 # ---------------------------------------------------------------- cell checks, without a kernel
 
 
+@functools.lru_cache(maxsize=1)
+def _rules():
+    from colab_guard.detect.signatures import load_signatures
+
+    return load_signatures()
+
+
 def _cell_signatures(*cells: str) -> set[str]:
+    """The signatures a fresh kernel's cell check finds in these cells, run in order."""
     from colab_guard.detect.cells import CellProcess
     from colab_guard.detect.engine import Engine
-    from colab_guard.detect.signatures import load_signatures
     from colab_guard.observe.model import Snapshot
 
-    engine, found = Engine(load_signatures()), []
+    engine, found = Engine(_rules()), []
     for cell in cells:
         found = engine.evaluate(Snapshot("k", 1.0, [CellProcess(pid=7, is_kernel=True, cell=cell)]))
     return {d.signature.id for d in found}
@@ -687,3 +694,48 @@ def test_a_tool_run_through_the_dynamic_loader_is_refused_in_its_cell(cells):
 
 def test_the_dynamic_loader_listing_a_programs_libraries_is_no_run():
     assert _cell_signatures("!/lib64/ld-linux-x86-64.so.2 --list /usr/bin/microsocks") == set()
+
+
+#: Cell-check evasions still open (each runs ``ngrok tcp 22``, which the sampler stops by name
+#: once it runs: these are about refusing the cell before it runs). Tried beside the ones the
+#: cell check already reads (tests/test_cell_evasions.py).
+CELL_GAPS = [
+    ("an IPython macro", ["get_ipython().define_macro('m', '!ngrok tcp 22')", "m"]),
+    ("an alias defined through the alias manager",
+     ["get_ipython().alias_manager.define_alias('go', 'ngrok tcp 22')", "%go"]),
+    ("the shell's system method kept in a variable", ["sh = get_ipython().system\nsh('ngrok tcp 22')"]),
+    ("str.translate", ["import os\nos.system('ozspl gdh 22'.translate(str.maketrans('ozspl gdh', "
+                       "'ngrok tcp')))"]),
+    ("bytes XOR'd with a key", ["import os\nk = 7\nos.system(bytes(b ^ k for b in "
+                                "bytes.fromhex('6960756c68277364772735')).decode())"]),
+    ("int.to_bytes", ["import os\nos.system((0x6e67726f6b).to_bytes(5, 'big').decode() + ' tcp 22')"]),
+    ("string.Template", ["import os, string\nos.system(string.Template('$a$b tcp 22')"
+                         ".substitute(a='ng', b='rok'))"]),
+    ("operator.methodcaller", ["import os, operator\noperator.methodcaller('system', 'ngrok tcp 22')(os)"]),
+    ("a dictionary of functions", ["import os\nd = {'go': os.system}\nd['go']('ngrok tcp 22')"]),
+    ("a lambda's default argument", ["import os\n(lambda f=os.system: f('ngrok tcp 22'))()"]),
+    ("a walrus", ["import os\n(f := os.system)('ngrok tcp 22')"]),
+    ("a decorator", ["import os\n@os.system\ndef f(): pass"]),
+    ("a sort key", ["import os\nsorted(['ngrok tcp 22'], key=os.system)"]),
+    ("atexit", ["import atexit, os\natexit.register(os.system, 'ngrok tcp 22')"]),
+    ("weakref.finalize", ["import os, weakref\nclass A: pass\na = A()\n"
+                          "weakref.finalize(a, os.system, 'ngrok tcp 22')\ndel a"]),
+    ("an ExitStack callback", ["import os\nfrom contextlib import ExitStack\nwith ExitStack() as s:\n"
+                               "    s.callback(os.system, 'ngrok tcp 22')"]),
+    ("%%perl", ["%%perl\nsystem('ngrok tcp 22')"]),
+    ("%%ruby", ["%%ruby\nsystem('ngrok tcp 22')"]),
+    ("%%script node", ["%%script node\nrequire('child_process').execSync('ngrok tcp 22')"]),
+    ("marshal'd code", ["import marshal, base64\nexec(marshal.loads(base64.b64decode("
+                        "'YwAAAAAAAAAAAAAAAAMAAAAAAAAA8y4AAACXAGQAZAFsAFoAAgBlAGoBAAAAAAAAAABkAqYBAACrAQAAAAAA"
+                        "AAAAAQBkAVMAKQPpAAAAAE56DG5ncm9rIHRjcCAyMikC2gJvc9oGc3lzdGVtqQDzAAAAAPoIPHN0cmluZz76CDxt"
+                        "b2R1bGU+cgcAAAABAAAAcyYAAADwAwEBAdgACYAJgAmACdgACYAChAmILtEAGdQAGdAAGdAAGdAAGXIFAAAA')))"]),
+    ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="not read by the cell check (the sampler sees what starts)")
+@pytest.mark.parametrize("what, cells", CELL_GAPS, ids=[g[0] for g in CELL_GAPS])
+def test_cell_check_gaps(what, cells):
+    found = _cell_signatures(*cells)
+    assert found, what
