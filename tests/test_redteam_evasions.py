@@ -739,3 +739,24 @@ CELL_GAPS = [
 def test_cell_check_gaps(what, cells):
     found = _cell_signatures(*cells)
     assert found, what
+
+
+# ---------------------------------------------------------------- a frozen guard (no watcher)
+
+
+def test_a_proxy_started_while_the_server_is_frozen_is_stopped_when_it_resumes(server, kernel,
+                                                                                 tmp_path):
+    """Standalone (no node watcher), the user freezes their own server: nothing can act while
+    it is frozen (the node watcher is the answer, tests/test_watch.py), but once it resumes the
+    program started meanwhile is stopped and recorded, in the guard's first seconds back."""
+    import signal
+
+    tool = _copy("microsocks", tmp_path, "kworker")
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        pid, _ = kernel.start([tool, "-i", "127.0.0.1", "-p", str(_port())])
+        time.sleep(2)  # the freeze lasts (what the test is about), then the server resumes
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    resumed = time.time()
+    assert_stopped_in_time(kernel, pid, resumed, "proxy")
