@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2)
-FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent john hashcat hydra tor
-      slowhttptest nmap hping3 binutils)
+SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john)
+FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent hashcat hydra tor
+      slowhttptest hping3 binutils)
 
 if [ "${1:-}" = "--small" ]; then packages=("${SMALL[@]}"); else packages=("${FULL[@]}"); fi
 SUDO=""

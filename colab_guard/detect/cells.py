@@ -36,7 +36,12 @@ from .fields import FIELDS, Field
 
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
-MAX_LINES = 2000
+MAX_LINES = 2000  # programs a cell starts
+#: Lines of the ``cell`` field: no count alone (a cell padded with thousands of distinct
+#: constants must still have its code read to the end), but characters: ``text:`` lines
+#: repeat the source's own literals (at most MAX_SOURCE), the others can be assembled far
+#: longer than their source (``'A' * 4000``), so they have a budget of their own.
+MAX_CODE_CHARS = 2 << 20
 _GET_IPYTHON = {"get_ipython", "IPython.get_ipython", "IPython.core.getipython.get_ipython"}
 IPYTHON = "get_ipython()"  # the alias of a name bound to the IPython shell
 UNKNOWN = "…"  # a part of a command only known when it runs
@@ -163,7 +168,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
         memory._trim()
-    return CellAnalysis("\n".join(reader.lines[:MAX_LINES]), reader.commands[:MAX_LINES])
+    return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES])
 
 
 def normalise_cell(source: str) -> str:
@@ -237,6 +242,7 @@ class _Reader(ast.NodeVisitor):
     def __init__(self, memory: CellMemory | None = None):
         self.lines: list[str] = []
         self._seen: set[str] = set()
+        self._code_chars = 0
         self.memory = memory
         self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
         self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
@@ -257,9 +263,19 @@ class _Reader(ast.NodeVisitor):
     def emit(self, kind: str, text: str) -> None:
         text = " ".join(str(text).split())[:MAX_VALUE]
         line = f"{kind}: {text}"
-        if text and line not in self._seen and len(self.lines) < MAX_LINES:
-            self._seen.add(line)
-            self.lines.append(line)
+        if not text or line in self._seen or not self._within_budget(kind, len(line)):
+            return
+        self._seen.add(line)
+        self.lines.append(line)
+
+    def _within_budget(self, kind: str, size: int) -> bool:
+        """Whether one more line of ``kind`` fits, counting it if so."""
+        if kind == "text":
+            return True  # bounded by the source's own length
+        if self._code_chars + size > MAX_CODE_CHARS:
+            return False
+        self._code_chars += size
+        return True
 
     def emit_value(self, folded: _Folded) -> None:
         value = folded.value

@@ -82,6 +82,11 @@ _WRAPPERS: dict[str, tuple[set[str], int]] = {
     "firejail": (set(), 0),
 }
 
+#: The dynamic loader runs the program it is given (``/lib64/ld-linux-x86-64.so.2 ./tool``):
+#: a wrapper whose own name varies with the architecture and the C library.
+_LOADER = re.compile(r"^ld(-linux(-[\w-]+)?|-musl-\w+)?\.so(\.[0-9]+)*$")
+_LOADER_OPTIONS = {"--library-path", "--preload", "--argv0", "--audit", "--inhibit-rpath"}
+
 
 def split_shell(text: str, cwd: str | None = None, variables: dict[str, str] | None = None,
                 depth: int = 0) -> list[Command]:
@@ -201,6 +206,11 @@ class _Shell:
         name = base(argv[0])
         if name in SHELLS:
             self._shell(argv, depth)
+        elif _LOADER.match(name):  # --list and --verify only read the program
+            inner = [] if {"--list", "--verify"} & set(argv) else \
+                _after_options(argv, _LOADER_OPTIONS)
+            if inner:
+                self.program(inner, depth + 1)
         elif name in _WRAPPERS:
             inner = _unwrap(name, argv)
             if name == "env":
