@@ -1,0 +1,191 @@
+"""Relays recognised by what they do (observe/behaviour.py): a kernel's processes accept a
+connection and an outbound connection of theirs carries the same bytes each way, for several
+clients; whatever the program is called, split across processes or not. And the honest
+servers closest to one: a web app querying a database per request, a forward to the user's
+own app. Real processes watched by the real sampler; one real guarded kernel at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from colab_guard.observe.behaviour import Behaviour
+from colab_guard.observe.processes import ProcessSampler, kernel_environment
+from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.standins.relay import Streamer, plain_client, socks_client
+
+ROOT = Path(__file__).parent.parent
+RELAY = [sys.executable, "-m", "tests.standins.relay"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def far_end():
+    """A server outside any kernel (the outside host a relay reaches)."""
+    streamer = Streamer()
+    yield streamer.port
+    streamer.close()
+
+
+class Watched:
+    """A process started as kernel 'k1' and sampled in a thread until stopped; the highest
+    value of each behaviour field per process."""
+
+    def __init__(self, argv: list[str], **popen):
+        self.proc = subprocess.Popen(argv, env=kernel_environment("k1", ENV), cwd=ROOT,
+                                     stdout=subprocess.PIPE, text=True, **popen)
+        self.seen: dict[tuple, dict[str, int]] = {}
+        self.ticks = 0
+        self._stop = threading.Event()
+        self.sampler = ProcessSampler()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            snapshot = self.sampler.sample({"k1": self.proc.pid})["k1"]
+            for p in snapshot.processes:
+                best = self.seen.setdefault(p.key, {})
+                for name in ("kernel_relayed_connections", "kernel_refused_attempts"):
+                    best[name] = max(best.get(name, 0), getattr(p, name))
+            self.ticks += 1
+            self._stop.wait(0.3)
+
+    def highest(self, name: str) -> int:
+        return max((fields.get(name, 0) for fields in self.seen.values()), default=0)
+
+    def holders(self, name: str) -> set:
+        return {key for key, fields in self.seen.items() if fields.get(name)}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sampler.behaviour.close()
+        os.killpg(self.proc.pid, 9) if self.proc.poll() is None else None
+        self.proc.wait()
+
+
+def _users(target, count: int, requests: int = 1) -> list[int]:
+    """``count`` users downloading at once (``target(i)`` is one user's download)."""
+    got = [0] * count
+
+    def user(i):
+        got[i] = target(i)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+def _started(argv: list[str]) -> tuple[Watched, int]:
+    watched = Watched(argv, start_new_session=True)
+    return watched, int(watched.proc.stdout.readline())
+
+
+# ------------------------------------------------------------------ relays
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "split"])
+def test_a_socks_relay_under_a_neutral_name_is_measured(far_end, split):
+    watched, port = _started(RELAY + ["socks", "--name", "kworker"] + (["--split"] if split else []))
+    try:
+        got = _users(lambda i: socks_client(port, far_end, requests=2), 4)
+        assert min(got) >= 20 * 16 * 1024  # every user got everything
+    finally:
+        watched.stop()
+    assert watched.highest("kernel_relayed_connections") >= 3, watched.seen
+    if split:  # the accepting parent and the connecting children are each named
+        assert len(watched.holders("kernel_relayed_connections")) >= 3, watched.seen
+
+
+def test_a_port_forwarder_to_an_outside_host_is_measured(far_end):
+    watched, port = _started(RELAY + ["forward", str(far_end)])
+    try:
+        got = _users(lambda i: plain_client(port, requests=2), 4)
+        assert min(got) >= 20 * 16 * 1024
+    finally:
+        watched.stop()
+    assert watched.highest("kernel_relayed_connections") >= 3, watched.seen
+
+
+# ------------------------------------------------------------------ near misses
+
+WEB_APP_WITH_DB = r"""
+import socket, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+DB = int(sys.argv[1])
+class App(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        with socket.create_connection(('127.0.0.1', DB)) as db:   # a query per request
+            db.sendall(b'SELECT * FROM runs\n')
+            rows, want = b'', 10 * 16 * 1024
+            while len(rows) < want:
+                rows += db.recv(65536)
+        table = ''.join('<tr><td>%d</td><td>%s</td></tr>' % (i, rows[i:i + 64].decode())
+                        for i in range(0, len(rows), 64))
+        body = ('<table>%s</table>' % table).encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+app = ThreadingHTTPServer(('127.0.0.1', 0), App); app.daemon_threads = True
+print(app.server_address[1], flush=True)
+app.serve_forever()
+"""
+
+
+def _browser(port: int, reloads: int) -> int:
+    """One user on a kept-alive connection, reloading the page."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    got = 0
+    for _ in range(reloads):
+        conn.request("GET", "/")
+        got += len(conn.getresponse().read())
+    conn.close()
+    return got
+
+
+def test_a_web_app_querying_an_outside_database_per_request_is_not_a_relay(far_end):
+    watched, port = _started([sys.executable, "-c", WEB_APP_WITH_DB, str(far_end)])
+    try:
+        got = _users(lambda i: _browser(port, 4), 6)
+        assert min(got) > 4 * 10 * 16 * 1024
+        assert watched.ticks >= 10
+    finally:
+        watched.stop()
+    assert watched.highest("kernel_relayed_connections") == 0, watched.seen
+
+
+OWN_APP_BEHIND_A_FORWARDER = r"""
+import subprocess, sys
+app = subprocess.Popen([sys.executable, '-c',
+    'from tests.standins.relay import Streamer; import time; s = Streamer(); '
+    'print(s.port, flush=True); time.sleep(600)'], stdout=subprocess.PIPE, text=True)
+app_port = app.stdout.readline().strip()
+forwarder = subprocess.Popen([sys.executable, '-m', 'tests.standins.relay', 'forward', app_port])
+forwarder.wait()
+"""
+
+
+def test_a_forward_to_the_users_own_app_is_not_a_relay():
+    """As jupyter-server-proxy forwards to a local app (here both run in the kernel)."""
+    watched = Watched([sys.executable, "-c", OWN_APP_BEHIND_A_FORWARDER], start_new_session=True)
+    try:
+        forwarder = int(watched.proc.stdout.readline())  # the forwarder prints its port
+        got = _users(lambda i: plain_client(forwarder, requests=2), 4)
+        assert min(got) >= 20 * 16 * 1024
+    finally:
+        watched.stop()
+    assert watched.highest("kernel_relayed_connections") == 0, watched.seen
