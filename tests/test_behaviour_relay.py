@@ -20,10 +20,10 @@ from colab_guard.observe.behaviour import Behaviour
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.conftest import KernelRunner, incidents_in, wait_for
 from tests.standins.relay import Streamer, plain_client, socks_client
+from tests.standins.watched import Watched
 
 ROOT = Path(__file__).parent.parent
 RELAY = [sys.executable, "-m", "tests.standins.relay"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture
@@ -32,44 +32,6 @@ def far_end():
     streamer = Streamer()
     yield streamer.port
     streamer.close()
-
-
-class Watched:
-    """A process started as kernel 'k1' and sampled in a thread until stopped; the highest
-    value of each behaviour field per process."""
-
-    def __init__(self, argv: list[str], **popen):
-        self.proc = subprocess.Popen(argv, env=kernel_environment("k1", ENV), cwd=ROOT,
-                                     stdout=subprocess.PIPE, text=True, **popen)
-        self.seen: dict[tuple, dict[str, int]] = {}
-        self.ticks = 0
-        self._stop = threading.Event()
-        self.sampler = ProcessSampler()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            snapshot = self.sampler.sample({"k1": self.proc.pid})["k1"]
-            for p in snapshot.processes:
-                best = self.seen.setdefault(p.key, {})
-                for name in ("kernel_relayed_connections", "kernel_refused_attempts"):
-                    best[name] = max(best.get(name, 0), getattr(p, name))
-            self.ticks += 1
-            self._stop.wait(0.3)
-
-    def highest(self, name: str) -> int:
-        return max((fields.get(name, 0) for fields in self.seen.values()), default=0)
-
-    def holders(self, name: str) -> set:
-        return {key for key, fields in self.seen.items() if fields.get(name)}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.sampler.behaviour.close()
-        os.killpg(self.proc.pid, 9) if self.proc.poll() is None else None
-        self.proc.wait()
 
 
 def _users(target, count: int, requests: int = 1) -> list[int]:
@@ -88,7 +50,7 @@ def _users(target, count: int, requests: int = 1) -> list[int]:
 
 
 def _started(argv: list[str]) -> tuple[Watched, int]:
-    watched = Watched(argv, start_new_session=True)
+    watched = Watched(argv)
     return watched, int(watched.proc.stdout.readline())
 
 
@@ -181,7 +143,7 @@ forwarder.wait()
 
 def test_a_forward_to_the_users_own_app_is_not_a_relay():
     """As jupyter-server-proxy forwards to a local app (here both run in the kernel)."""
-    watched = Watched([sys.executable, "-c", OWN_APP_BEHIND_A_FORWARDER], start_new_session=True)
+    watched = Watched([sys.executable, "-c", OWN_APP_BEHIND_A_FORWARDER])
     try:
         forwarder = int(watched.proc.stdout.readline())  # the forwarder prints its port
         got = _users(lambda i: plain_client(forwarder, requests=2), 4)

@@ -498,6 +498,9 @@ class Behaviour:
                 continue
             churning = self._churning(netns, procs, checked)
             kernels = {kid for kid, _ in churning}
+            if not kernels and netns:
+                churning = _sole_kernel(netns, procs)
+                kernels = {kid for kid, _ in churning}
             if len(kernels) == 1:
                 self._refused.setdefault(kernels.pop(), deque()).append(
                     (now, total - last, {key for _, key in churning}))
@@ -617,6 +620,31 @@ def _mirrored(inbound: TcpInfo, outbound: TcpInfo) -> bool:
     if max(inbound.received, inbound.sent) < RELAY_MIN_BYTES:
         return False
     return _close(inbound.received, outbound.sent) and _close(inbound.sent, outbound.received)
+
+
+def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str, Key]]:
+    """Where every process in network namespace ``netns`` (not the guard's) is one kernel's,
+    that kernel's processes there that ran (all of them if none did): whatever was refused in
+    the namespace, they tried. Empty if anyone else has a process there (in a pod, the
+    user's Jupyter server shares the kernels' namespace) or it holds other kernels' too."""
+    kernels = {kid for kid, _ in procs}
+    if len(kernels) != 1:
+        return []
+    mine = {p.pid for _, p in procs}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if int(pid) in mine:
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == netns:
+                return []
+        except OSError:
+            continue  # gone, or not ours to read (then not in a namespace we could enter)
+    ran = [(kid, p.key) for kid, p in procs if p.cpu_percent > 0]
+    return ran or [(kid, p.key) for kid, p in procs]
 
 
 def _socket_inodes(pid: int) -> frozenset:
