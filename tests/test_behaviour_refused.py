@@ -31,6 +31,7 @@ def _measured(watched: Watched, seconds: float = 20) -> int:
     """The highest kernel_refused_attempts once it passes the rule's threshold (or 0 after
     ``seconds``)."""
     try:
+        watched.warm()
         wait_until(lambda: watched.highest("kernel_refused_attempts") >= THRESHOLD,
                    timeout=seconds, what="refused attempts attributed")
     finally:
@@ -91,6 +92,7 @@ def test_a_bash_dev_tcp_sweep_of_ipv6_loopback_in_a_private_namespace_is_counted
 def _honest(argv: list[str], seconds: float = HONEST_SECONDS) -> Watched:
     watched = Watched(argv)
     try:
+        watched.warm()
         wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= seconds,
                    timeout=seconds * 4, what="the honest program ran its course")
         assert watched.ticks >= 10

@@ -19,8 +19,7 @@ import pytest
 from colab_guard.observe.behaviour import Behaviour
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.conftest import KernelRunner, incidents_in, wait_for
-from tests.standins.relay import Streamer, plain_client, socks_client
-from tests.standins.watched import Watched
+from tests.standins.watched import ENV, Watched
 
 ROOT = Path(__file__).parent.parent
 RELAY = [sys.executable, "-m", "tests.standins.relay"]
@@ -29,29 +28,25 @@ RELAY = [sys.executable, "-m", "tests.standins.relay"]
 @pytest.fixture
 def far_end():
     """A server outside any kernel (the outside host a relay reaches)."""
-    streamer = Streamer()
-    yield streamer.port
-    streamer.close()
+    proc = subprocess.Popen(RELAY + ["stream"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            text=True)
+    yield int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
 
 
-def _users(target, count: int, requests: int = 1) -> list[int]:
-    """``count`` users downloading at once (``target(i)`` is one user's download)."""
-    got = [0] * count
-
-    def user(i):
-        got[i] = target(i)
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return got
+def _users(kind: str, port: int, target: int = 0, count: int = 4, requests: int = 2) -> list[int]:
+    """Users downloading at once, from a process of their own: what each got."""
+    done = subprocess.run(RELAY + ["users", kind, str(port), str(target), str(count),
+                                   str(requests)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=180)
+    return [int(n) for n in done.stdout.split()]
 
 
 def _started(argv: list[str]) -> tuple[Watched, int]:
     watched = Watched(argv)
-    return watched, int(watched.proc.stdout.readline())
+    port = int(watched.proc.stdout.readline())
+    return watched.warm(), port
 
 
 # ------------------------------------------------------------------ relays
@@ -61,7 +56,7 @@ def _started(argv: list[str]) -> tuple[Watched, int]:
 def test_a_socks_relay_under_a_neutral_name_is_measured(far_end, split):
     watched, port = _started(RELAY + ["socks", "--name", "kworker"] + (["--split"] if split else []))
     try:
-        got = _users(lambda i: socks_client(port, far_end, requests=2), 4)
+        got = _users("socks", port, far_end)
         assert min(got) >= 20 * 16 * 1024  # every user got everything
     finally:
         watched.stop()
@@ -73,7 +68,7 @@ def test_a_socks_relay_under_a_neutral_name_is_measured(far_end, split):
 def test_a_port_forwarder_to_an_outside_host_is_measured(far_end):
     watched, port = _started(RELAY + ["forward", str(far_end)])
     try:
-        got = _users(lambda i: plain_client(port, requests=2), 4)
+        got = _users("plain", port)
         assert min(got) >= 20 * 16 * 1024
     finally:
         watched.stop()
@@ -106,23 +101,32 @@ app.serve_forever()
 """
 
 
-def _browser(port: int, reloads: int) -> int:
-    """One user on a kept-alive connection, reloading the page."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    got = 0
+BROWSERS = r"""
+import http.client, sys, threading
+port, count, reloads = map(int, sys.argv[1:])
+got = [0] * count
+def user(i):   # one user on a kept-alive connection, reloading the page
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
     for _ in range(reloads):
-        conn.request("GET", "/")
-        got += len(conn.getresponse().read())
+        conn.request('GET', '/')
+        got[i] += len(conn.getresponse().read())
     conn.close()
-    return got
+threads = [threading.Thread(target=user, args=(i,)) for i in range(count)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(*got)
+"""
+
+
+def _browsers(port: int, count: int, reloads: int) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", BROWSERS, str(port), str(count), str(reloads)],
+                          capture_output=True, text=True, timeout=180)
+    return [int(n) for n in done.stdout.split()]
 
 
 def test_a_web_app_querying_an_outside_database_per_request_is_not_a_relay(far_end):
     watched, port = _started([sys.executable, "-c", WEB_APP_WITH_DB, str(far_end)])
     try:
-        got = _users(lambda i: _browser(port, 4), 6)
+        got = _browsers(port, 6, 4)
         assert min(got) > 4 * 10 * 16 * 1024
         assert watched.ticks >= 10
     finally:
@@ -146,7 +150,8 @@ def test_a_forward_to_the_users_own_app_is_not_a_relay():
     watched = Watched([sys.executable, "-c", OWN_APP_BEHIND_A_FORWARDER])
     try:
         forwarder = int(watched.proc.stdout.readline())  # the forwarder prints its port
-        got = _users(lambda i: plain_client(forwarder, requests=2), 4)
+        watched.warm()
+        got = _users("plain", forwarder)
         assert min(got) >= 20 * 16 * 1024
     finally:
         watched.stop()

@@ -6,8 +6,10 @@ forward PORT`` forwards every connection to 127.0.0.1:PORT. ``--split``: each cl
 accepted by this process and its outbound connection made by a forked child, the bytes passing
 between them over a Unix socket pair (accepting and connecting in different processes).
 
-For the tests: ``Streamer`` (a server outside any kernel that streams data on request) and
-``socks_client`` / ``plain_client`` (a browser-like user downloading through the relay).
+For the tests, each in a process of its own (so that the test's sampler, scanning in the
+background, never starves them): ``relay.py stream`` (the far end: a server outside any
+kernel that streams data on request) and ``relay.py users KIND PORT TARGET COUNT REQUESTS``
+(browser-like users downloading through the relay at once; prints what each got).
 """
 
 from __future__ import annotations
@@ -139,8 +141,35 @@ def plain_client(port: int, requests: int = 1) -> int:
     return _download(socket.create_connection(("127.0.0.1", port), timeout=30), requests)
 
 
+def users(kind: str, port: int, target: int, count: int, requests: int) -> list[int]:
+    """``count`` users downloading at once through ``port`` (kind 'socks', to ``target``;
+    'plain': a forwarder's or the far end's own port): bytes each got."""
+    got = [0] * count
+
+    def user(i):
+        try:
+            got[i] = socks_client(port, target, requests) if kind == "socks" \
+                else plain_client(port, requests)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return got
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[0] == "stream":  # the far end, in a process of its own
+        streamer = Streamer()
+        print(streamer.port, flush=True)
+        time.sleep(3600)
+    if args[0] == "users":  # users KIND PORT TARGET COUNT REQUESTS
+        print(*users(args[1], *map(int, args[2:6])), flush=True)
+        sys.exit(0)
     if "--name" in args:
         from tests.standins.common import rename
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
@@ -40,6 +41,16 @@ class Watched:
                     best[name] = max(best.get(name, 0), getattr(p, name))
             self.ticks += 1
             self._stop.wait(self.interval)
+
+    def warm(self, ticks: int = 3, timeout: float = 60) -> Watched:
+        """Wait until the sampler has made ``ticks`` ticks (its first ones are slow, while
+        the content scanner reads the new programs), so that what follows is seen."""
+        deadline = time.monotonic() + timeout
+        while self.ticks < ticks:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the sampler made {self.ticks} ticks in {timeout} s")
+            time.sleep(0.05)  # polling the sampler thread's count
+        return self
 
     def highest(self, name: str) -> int:
         return max((fields.get(name, 0) for fields in self.seen.values()), default=0)
