@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from colab_guard.detect.engine import Engine  # noqa: F401 (the rule's threshold below)
+from tests.conftest import KernelRunner, incidents_in, wait_for
 from tests.harness import wait_until
 from tests.standins.watched import Watched
 
@@ -141,3 +142,29 @@ def test_pip_with_a_dead_proxy_is_not_a_scan(tmp_path):
 def test_a_busy_wait_for_a_port_that_never_pauses_is_not_a_scan():
     watched = _honest(SWEEPER + ["127.0.0.1", "--seconds", str(HONEST_SECONDS)])
     assert watched.highest("kernel_refused_attempts") == 0
+
+
+# ------------------------------------------------------------------ in a guarded kernel
+
+
+@pytest.mark.integration
+async def test_a_sweep_in_a_subprocess_of_the_kernel_is_stopped(kernel, guard_config):
+    code = ("import subprocess, sys, time\n"
+            f"p = subprocess.Popen({SWEEPER + ['127.0.0.1', '--seconds', '60']!r}, cwd={str(ROOT)!r})\n"
+            "print('SWEEPING', time.time(), flush=True)\n"
+            "p.wait()\nprint('done')\n")
+    started = time.time()
+    reply, outputs = await kernel.run(code, timeout=120)
+    elapsed = time.time() - started
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "error" and "done" not in text, text  # interrupted
+    found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
+                                    if i["status"] == "done"], timeout=20)
+    assert len(found) == 1, found
+    assert found[0]["signature"] == "scan-refused-attempts", found[0]
+    assert found[0]["kernel_id"] == kernel.kernel_id
+    sweeper = found[0]["evidence"]["processes"][0]
+    assert "tests.standins.sweeper" in sweeper["cmdline"]
+    assert sweeper["kernel_refused_attempts"] >= THRESHOLD
+    # three hot ticks (0.5 s apart here), the program's start, a late tick on this machine
+    assert elapsed <= 10, elapsed

@@ -6,18 +6,12 @@ own app. Real processes watched by the real sampler; one real guarded kernel at 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from colab_guard.observe.behaviour import Behaviour
-from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.conftest import KernelRunner, incidents_in, wait_for
 from tests.standins.watched import ENV, Watched
 
@@ -156,3 +150,30 @@ def test_a_forward_to_the_users_own_app_is_not_a_relay():
     finally:
         watched.stop()
     assert watched.highest("kernel_relayed_connections") == 0, watched.seen
+
+
+# ------------------------------------------------------------------ in a guarded kernel
+
+
+@pytest.mark.integration
+async def test_a_relay_started_from_the_kernel_is_stopped(kernel, guard_config, far_end,
+                                                          jp_asyncio_loop):
+    code = ("import subprocess, sys\n"
+            f"relay = subprocess.Popen({RELAY + ['socks', '--name', 'kworker']!r}, "
+            f"cwd={str(ROOT)!r}, stdout=subprocess.PIPE, text=True)\n"
+            "print('PORT', relay.stdout.readline().strip(), flush=True)\n")
+    reply, outputs = await kernel.run(code, timeout=60)
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "ok", text
+    port = int(text.split()[1])
+    got = await jp_asyncio_loop.run_in_executor(None, lambda: _users("socks", port, far_end,
+                                                                      count=6, requests=3))
+    found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
+                                    if i["status"] == "done"], timeout=30)
+    assert got and min(got) < 30 * 16 * 1024, got  # cut short: not every user got it all
+    incident = found[0]
+    assert incident["signature"] == "proxy-relay", incident
+    assert incident["category"] == "proxy"
+    assert incident["kernel_id"] == kernel.kernel_id
+    relay = incident["evidence"]["processes"][0]
+    assert relay["name"] == "kworker" and relay["kernel_relayed_connections"] >= 3, relay
