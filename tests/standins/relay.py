@@ -4,7 +4,8 @@ As a program: ``relay.py socks [--split] [--name NAME]`` serves SOCKS5 (CONNECT,
 authentication) on 127.0.0.1, a port of its own, printed on the first line; ``relay.py
 forward PORT`` forwards every connection to 127.0.0.1:PORT. ``--split``: each client is
 accepted by this process and its outbound connection made by a forked child, the bytes passing
-between them over a Unix socket pair (accepting and connecting in different processes).
+between them over a Unix socket pair (accepting and connecting in different processes);
+``--pad``: what goes to the client is padded to twice its length (a tunnel's own framing).
 
 For the tests, each in a process of its own (so that the test's sampler, scanning in the
 background, never starves them): ``relay.py stream`` (the far end: a server outside any
@@ -24,11 +25,12 @@ import time
 CHUNK = 16 * 1024
 
 
-def pipe(a: socket.socket, b: socket.socket) -> None:
-    """Copy a -> b until a ends; then end both."""
+def pipe(a: socket.socket, b: socket.socket, pad: bool = False) -> None:
+    """Copy a -> b until a ends; then end both. ``pad``: each piece sent twice as long (junk
+    the relay's own client drops), so that the two sides never carry the same bytes."""
     try:
         while data := a.recv(65536):
-            b.sendall(data)
+            b.sendall(data + bytes(len(data)) if pad else data)
     except OSError:
         pass
     for s in (a, b):
@@ -38,9 +40,13 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
             pass
 
 
+PAD = "--pad" in sys.argv
+
+
 def both_ways(a: socket.socket, b: socket.socket) -> None:
+    """Relay between a client ``a`` and its upstream ``b``."""
     threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-    pipe(b, a)
+    pipe(b, a, PAD)
 
 
 def socks_target(client: socket.socket) -> tuple[str, int]:

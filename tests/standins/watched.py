@@ -9,18 +9,21 @@ import threading
 import time
 from pathlib import Path
 
+from colab_guard.observe.behaviour import Behaviour
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 
 ROOT = Path(__file__).parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-FIELDS = ("kernel_relayed_connections", "kernel_refused_attempts", "kernel_ports_tried")
+FIELDS = ("kernel_relayed_connections", "kernel_refused_attempts", "kernel_ports_tried",
+          "cpu_demand_percent", "pushed_connections")
 
 
 class Watched:
     """A process started as kernel 'k1' and sampled in a thread until stopped; the highest
     value of each behaviour field per process."""
 
-    def __init__(self, argv: list[str], interval: float = 0.3, **popen):
+    def __init__(self, argv: list[str], interval: float = 0.3, window: float | None = None,
+                 **popen):
         self.interval = interval
         self.proc = subprocess.Popen(argv, env=kernel_environment("k1", ENV), cwd=ROOT,
                                      stdout=subprocess.PIPE, text=True, start_new_session=True,
@@ -29,6 +32,8 @@ class Watched:
         self.ticks = 0
         self._stop = threading.Event()
         self.sampler = ProcessSampler()
+        if window is not None:  # a shorter mining window than the server's
+            self.sampler.behaviour = Behaviour(window=window)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
