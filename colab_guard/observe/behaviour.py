@@ -489,6 +489,11 @@ class Behaviour:
                     members.setdefault(proc.netns, []).append((kid, proc))
         checked: dict[Key, frozenset] = {}
         for netns, procs in members.items():
+            if not any(p.cpu_percent > 0 for _, p in procs):
+                # No watched process there ran: nothing of theirs was refused. The baseline
+                # is dropped, so what others did meanwhile is never counted later.
+                self._refusals.pop(netns, None)
+                continue
             total = refused_attempts(procs[0][1].pid if netns else None)
             last = self._refusals.get(netns)
             if total is None:
@@ -524,21 +529,23 @@ class Behaviour:
                   checked: dict[Key, frozenset]) -> list[tuple[str, Key]]:
         """(kernel id, process key) of the processes in the namespace that ran since the last
         tick and hold a socket they did not hold at their last check, which no socket table
-        of the namespace lists."""
+        of the namespace lists (``checked``: each one's sockets now, for the next check)."""
         running = [(kid, p) for kid, p in procs if p.cpu_percent > 0][:MAX_CHURN_CHECKS]
-        if not running:
-            return []
-        dumper = self._dumper(netns, running[0][1].pid)
-        listed = dumper.inodes() if dumper is not None else None
-        found = []
+        new: list[tuple[str, Key, frozenset]] = []
         for kid, proc in running:
             held = checked[proc.key] = _socket_inodes(proc.pid)
             before = self._held.get(proc.key)
-            if before is None or listed is None:
-                continue
-            if held - before - listed:
-                found.append((kid, proc.key))
-        return found
+            if before is not None and held - before:
+                new.append((kid, proc.key, held - before))
+        if not new:
+            return []
+        # Which of the new sockets are listed: one dump of the namespace (about 25 ms here,
+        # only at such a tick, and only when a watched process holds a new socket).
+        dumper = self._dumper(netns, running[0][1].pid)
+        listed = dumper.inodes() if dumper is not None else None
+        if listed is None:
+            return []
+        return [(kid, key) for kid, key, inodes in new if inodes - listed]
 
     # ------------------------------------------------------------ bookkeeping
 
