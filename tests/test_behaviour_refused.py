@@ -71,6 +71,31 @@ def netns():
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+COUNT_REFUSALS = r"""
+import socket
+from colab_guard.observe.netcounters import refused_attempts
+before = refused_attempts(None)
+for port in range(1, 101):
+    with socket.socket() as s: s.connect_ex(('127.0.0.1', port))
+for port in range(1, 21):
+    with socket.socket(socket.AF_INET6) as s: s.connect_ex(('::1', port))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    for port in range(1, 11): u.sendto(b'?', ('127.0.0.1', port))
+with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
+    for port in range(1, 6): u.sendto(b'?', ('::1', port))
+print(refused_attempts(None) - before)
+"""
+
+
+def test_the_namespace_counts_every_refused_attempt_tcp_udp_ipv4_and_ipv6(netns):
+    """100 + 20 TCP connects refused (IPv4, IPv6), 10 + 5 UDP datagrams to closed ports:
+    nothing else runs in the namespace, so the count is exact."""
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", COUNT_REFUSALS],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["135"], done.stderr
+
+
 def test_nmap_renamed_in_a_private_namespace_is_counted(netns, tmp_path):
     if not shutil.which("nmap"):
         pytest.skip("nmap is not installed")

@@ -648,8 +648,10 @@ def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str
         try:
             if os.readlink(f"/proc/{pid}/ns/net") == netns:
                 return []
+        except PermissionError:
+            return []  # another user's process (to a guard that is not root): it may be there
         except OSError:
-            continue  # gone, or not ours to read (then not in a namespace we could enter)
+            continue  # gone meanwhile
     ran = [(kid, p.key) for kid, p in procs if p.cpu_percent > 0]
     return ran or [(kid, p.key) for kid, p in procs]
 
