@@ -177,3 +177,20 @@ async def test_a_relay_started_from_the_kernel_is_stopped(kernel, guard_config, 
     assert incident["kernel_id"] == kernel.kernel_id
     relay = incident["evidence"]["processes"][0]
     assert relay["name"] == "kworker" and relay["kernel_relayed_connections"] >= 3, relay
+
+
+@pytest.mark.integration
+async def test_a_web_app_in_the_kernel_querying_an_outside_database_is_left_alone(
+        kernel, guard_config, guard, far_end, jp_asyncio_loop):
+    code = (f"import threading, sys\nsys.argv = ['app', '{far_end}']\n"
+            + WEB_APP_WITH_DB.replace("app.serve_forever()",
+                                      "threading.Thread(target=app.serve_forever, daemon=True).start()"))
+    reply, outputs = await kernel.run(code, timeout=60)
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "ok", text
+    port = int(text.split()[0])
+    ticks = guard.monitor.ticks
+    got = await jp_asyncio_loop.run_in_executor(None, lambda: _browsers(port, 6, 4))
+    assert len(got) == 6 and min(got) > 4 * 10 * 16 * 1024, got
+    assert guard.monitor.ticks - ticks >= 6
+    assert incidents_in(guard_config["incident_log"]) == []

@@ -29,9 +29,22 @@ samples as fields (``observe/model.py``):
   half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
   each process holding one of them, so each is stopped.
 
+- ``kernel_relayed_connections``: inbound connections of the kernel's processes (accepted on
+  a port one of them listens on, the kernel's own Jupyter ports left out) whose bytes, each
+  way, an outbound connection of the kernel to an endpoint none of the user's kernels serves
+  carried too (``_mirrored``), within the last ``RELAY_WINDOW`` seconds: a relay, split
+  across processes or not. A web app querying a database per request sends its clients other
+  bytes than it reads; a forward to the user's own app is not outbound.
+- ``kernel_refused_attempts``: connection attempts refused in the process's network namespace
+  (netcounters.py: no sample sees a connect refused in microseconds; the kernel counts it),
+  summed over ``SCAN_WINDOW`` for the ticks when the kernel's processes alone were seen
+  churning sockets (holding new ones no socket table lists) there, or when the namespace is
+  the kernel's alone; 0 unless that happened at ``REFUSED_TICKS`` ticks.
+
 Traffic comes from the kernel's ``tcp_info`` (tcpinfo.py), read once a tick, and only when
-a process is a candidate: it holds an outbound connection and used CPU (mining), or its
-kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood).
+a process is a candidate: it holds an outbound connection and used CPU (mining), its
+kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood), or its
+kernel's processes hold both inbound and outbound connections (relay).
 """
 
 from __future__ import annotations
