@@ -108,6 +108,7 @@ MAX_RELAY_CONNECTIONS = 512
 #: socket churn, and the ticks within the scan window at which that must be so.
 REFUSED_HOT = 10
 REFUSED_TICKS = 3
+ROOT = os.geteuid() == 0
 #: Processes of one namespace checked for churn at a tick; fds read per process.
 MAX_CHURN_CHECKS = 64
 MAX_FDS_READ = 4096
@@ -643,8 +644,8 @@ def _mirrored(inbound: TcpInfo, outbound: TcpInfo) -> bool:
 
 
 def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str, Key]]:
-    """Where every process in network namespace ``netns`` (not the guard's) is one kernel's,
-    that kernel's processes there that ran (all of them if none did): whatever was refused in
+    """Where every process in network namespace ``netns`` (not the guard's) is one kernel's
+    (or a child of one started since the sample), that kernel's processes there that ran (all of them if none did): whatever was refused in
     the namespace, they tried. Empty if anyone else has a process there (in a pod, the
     user's Jupyter server shares the kernels' namespace) or it holds other kernels' too."""
     kernels = {kid for kid, _ in procs}
@@ -659,14 +660,32 @@ def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str
         if int(pid) in mine:
             continue
         try:
-            if os.readlink(f"/proc/{pid}/ns/net") == netns:
+            if os.readlink(f"/proc/{pid}/ns/net") == netns and not _descends(int(pid), mine):
                 return []
         except PermissionError:
-            return []  # another user's process (to a guard that is not root): it may be there
+            if not ROOT:
+                return []  # another user's process (to a guard that is not root): it may be there
+            # to root, only a process above the guard's own container (its init) is closed
         except OSError:
             continue  # gone meanwhile
     ran = [(kid, p.key) for kid, p in procs if p.cpu_percent > 0]
     return ran or [(kid, p.key) for kid, p in procs]
+
+
+def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
+    """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
+    sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid in ancestors:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def _socket_inodes(pid: int) -> frozenset:
