@@ -150,7 +150,8 @@ CONTENT_AND_BEHAVIOUR_FIELDS = ["exe_markers", "open_files", "library_paths", "p
                                 "outbound_peers", "outbound_ports", "outbound_hosts",
                                 "network_namespace", "cpu_demand_percent", "pushed_connections",
                                 "kernel_slow_connections", "kernel_ports_tried",
-                                "kernel_hosts_unanswered", "imports", "listening_modules",
+                                "kernel_hosts_unanswered", "kernel_relayed_connections",
+                                "kernel_refused_attempts", "imports", "listening_modules",
                                 "served_ports"]
 
 

@@ -163,6 +163,18 @@ FIELDS: dict[str, Field] = {
               "bound; without it, its connection file's)",
               lambda p: sorted({s.local_port for s in p.sockets if s.protocol == "tcp"
                                 and s.listening and s.local_port not in p.own_ports})),
+        Field("kernel_relayed_connections", "number",
+              "inbound TCP connections of the kernel's processes (its own Jupyter ports left "
+              "out) that were relayed within 30 s: an outbound connection of the kernel to an "
+              "endpoint none of the user's kernels serves carried the same bytes each way "
+              "(16 KiB or more), where this process holds one side",
+              lambda p: p.kernel_relayed_connections),
+        Field("kernel_refused_attempts", "number",
+              "refused connection attempts (TCP AttemptFails, ICMP port unreachable) counted "
+              "in the process's network namespace within the scan window (10 s) at the ticks "
+              "when only this kernel's processes there held new sockets that no socket table "
+              "lists, at 3 ticks or more, where this process was one of them",
+              lambda p: p.kernel_refused_attempts),
         Field("kernel_slow_connections", "number",
               "half-open or silent (nothing received for 5 s) outbound TCP connections of all "
               "the kernel's processes to one endpoint none of the user's kernels serves, where "

@@ -29,9 +29,22 @@ samples as fields (``observe/model.py``):
   half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
   each process holding one of them, so each is stopped.
 
+- ``kernel_relayed_connections``: inbound connections of the kernel's processes (accepted on
+  a port one of them listens on, the kernel's own Jupyter ports left out) whose bytes, each
+  way, an outbound connection of the kernel to an endpoint none of the user's kernels serves
+  carried too (``_mirrored``), within the last ``RELAY_WINDOW`` seconds: a relay, split
+  across processes or not. A web app querying a database per request sends its clients other
+  bytes than it reads; a forward to the user's own app is not outbound.
+- ``kernel_refused_attempts``: connection attempts refused in the process's network namespace
+  (netcounters.py: no sample sees a connect refused in microseconds; the kernel counts it),
+  summed over ``SCAN_WINDOW`` for the ticks when the kernel's processes alone were seen
+  churning sockets (holding new ones no socket table lists) there, or when the namespace is
+  the kernel's alone; 0 unless that happened at ``REFUSED_TICKS`` ticks.
+
 Traffic comes from the kernel's ``tcp_info`` (tcpinfo.py), read once a tick, and only when
-a process is a candidate: it holds an outbound connection and used CPU (mining), or its
-kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood).
+a process is a candidate: it holds an outbound connection and used CPU (mining), its
+kernel holds ``FLOOD_CANDIDATE`` outbound connections to one endpoint (flood), or its
+kernel's processes hold both inbound and outbound connections (relay).
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .model import Process, Snapshot, Socket
+from .netcounters import refused_attempts
 from .procfs import NETNS_UNREADABLE
 from .tcpinfo import Dumper, TcpInfo
 
@@ -78,6 +92,26 @@ MAX_TRIED = 20_000
 #: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
 #: closed at once, as a port scan's open ports do).
 OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
+
+#: Relays: an inbound connection counts as relayed when one outbound connection of its
+#: kernel carried the same bytes each way, to within this many bytes plus this fraction
+#: (a SOCKS or CONNECT handshake, headers rewritten, data in flight) ...
+RELAY_SLACK_BYTES = 1024
+RELAY_SLACK = 0.2
+#: ... and it carried at least this much one way (two small requests may match by chance).
+RELAY_MIN_BYTES = 16 * 1024
+#: Seconds a relayed connection is remembered (counted) after it was last seen so.
+RELAY_WINDOW = 30.0
+#: Inbound and outbound connections of one kernel whose traffic is read for relaying.
+MAX_RELAY_CONNECTIONS = 512
+#: Refused attempts in a namespace between two ticks that make its processes checked for
+#: socket churn, and the ticks within the scan window at which that must be so.
+REFUSED_HOT = 10
+REFUSED_TICKS = 3
+ROOT = os.geteuid() == 0
+#: Processes of one namespace checked for churn at a tick; fds read per process.
+MAX_CHURN_CHECKS = 64
+MAX_FDS_READ = 4096
 
 Endpoint = tuple[str, int]
 Key = tuple[int, float]
@@ -128,6 +162,14 @@ class Behaviour:
         self._bound: dict[str, dict[int, tuple[str, ...]]] = {}
         self._unplaced: dict[str, list[tuple[str, ...]]] = {}
         self._listening_before: dict[str, set[int]] = {}  # kernel id -> its ports last tick
+        # kernel id -> inbound socket inode -> (last seen mirrored, the process keys holding
+        # it and its outbound twin)
+        self._relayed: dict[str, dict[int, tuple[float, set[Key]]]] = {}
+        self._sockets_of: Callable[[Process], list[tuple[int, Socket]]] = lambda p: []
+        self._refusals: dict[str, int] = {}  # network namespace -> refused attempts so far
+        # kernel id -> (time, refused attempts attributed then, the processes churning)
+        self._refused: dict[str, deque] = {}
+        self._held: dict[Key, frozenset] = {}  # socket inodes at the last churn check
 
     def note_binds(self, kernel_id: str, binds: list[tuple[int, list[str]]]) -> None:
         """Ports the kernel hook saw the kernel bind, and the modules on the stack then."""
@@ -165,6 +207,7 @@ class Behaviour:
         """The samples whose behaviour fields changed, as new Process objects (the sampler
         puts them in the snapshots: a sample handed out is never changed)."""
         served = _served(snapshots)
+        self._sockets_of = sockets_of
         outbound: dict[Key, list[tuple[int, Socket]]] = {}
         by_key: dict[Key, Process] = {}
         for kid, snapshot in snapshots.items():
@@ -189,14 +232,22 @@ class Behaviour:
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
         floods = self._flood_candidates(snapshots, outbound)
         flooding = {key for conns in floods.values() for key, _, _ in conns}
-        info, blind = self._read_traffic([by_key[k] for k in miners], outbound,
-                                         [by_key[k] for k in flooding])
+        relays = self._relay_candidates(snapshots, outbound)
+        lookups = [(by_key[k], [c for c in outbound[k] if c[1].status == "ESTABLISHED"])
+                   for k in miners]
+        lookups += [(by_key[key], [(inode, sock)]) for inbound, out in relays.values()
+                    for key, inode, sock in inbound + out]
+        info, blind = self._read_traffic(lookups, [by_key[k] for k in flooding])
         for key in miners:
             unknown = by_key[key].netns in blind
             fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
                            "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
         for key, count in self._slow_counts(floods, info).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
+        for key, count in self._relay_counts(relays, info, by_key, now).items():
+            fields.setdefault(key, {})["kernel_relayed_connections"] = count
+        for key, count in self._refused_counts(snapshots, now).items():
+            fields.setdefault(key, {})["kernel_refused_attempts"] = count
         self._kernel_fields(snapshots, fields)
         self._forget(miners, outbound, {p.netns for p in by_key.values()})
         # Only the processes given values now or last tick can differ from their samples (a
@@ -389,27 +440,154 @@ class Behaviour:
                 counts[key] = max(counts.get(key, 0), len(slow))
         return counts
 
+    # ------------------------------------------------------------ relays
+
+    def _relay_candidates(self, snapshots: dict[str, Snapshot], outbound: dict[Key, list]
+                          ) -> dict[str, tuple[list, list]]:
+        """kernel id -> (inbound, outbound) open connections, each (process key, inode,
+        socket), for a kernel whose processes hold both: connections clients opened to one
+        of its listening ports (the kernel's own Jupyter ports left out), and connections
+        they opened to an endpoint none of the user's kernels serves (``outbound``)."""
+        found = {}
+        for kid, snapshot in snapshots.items():
+            listening = {s.local_port for p in snapshot.processes for s in p.sockets
+                         if s.protocol == "tcp" and s.listening}
+            inbound, out = [], []
+            for proc in snapshot.processes:
+                out += [(proc.key, inode, sock) for inode, sock in outbound.get(proc.key, ())
+                        if sock.status == "ESTABLISHED"]
+                if not proc.sockets:
+                    continue
+                own = self._own_ports.get(proc.key, ()) if proc.is_kernel else ()
+                inbound += [(proc.key, inode, sock) for inode, sock in self._sockets_of(proc)
+                            if sock.protocol == "tcp" and sock.status == "ESTABLISHED"
+                            and sock.remote is not None and sock.local_port in listening
+                            and sock.local_port not in own]
+            if inbound and out:
+                found[kid] = (inbound[:MAX_RELAY_CONNECTIONS], out[:MAX_RELAY_CONNECTIONS])
+        for kid in self._relayed.keys() - snapshots.keys():
+            del self._relayed[kid]
+        return found
+
+    def _relay_counts(self, relays: dict[str, tuple[list, list]], info: dict[int, TcpInfo],
+                      by_key: dict[Key, Process], now: float) -> dict[Key, int]:
+        """Inbound connections of each kernel seen mirrored within the relay window, given to
+        the live processes holding either side of one."""
+        counts: dict[Key, int] = {}
+        for kid, (inbound, out) in relays.items():
+            seen = self._relayed.setdefault(kid, {})
+            unused = [(key, info[inode]) for key, inode, _ in out if inode in info]
+            for key, inode, _ in inbound:
+                mine = info.get(inode)
+                if mine is None:
+                    continue
+                match = next((i for i, (_, theirs) in enumerate(unused)
+                              if _mirrored(mine, theirs)), None)
+                if match is not None:
+                    seen[inode] = (now, {key, unused.pop(match)[0]})
+        for kid, seen in self._relayed.items():
+            for inode in [i for i, (when, _) in seen.items() if now - when > RELAY_WINDOW]:
+                del seen[inode]
+            holders = {key for _, keys in seen.values() for key in keys} & by_key.keys()
+            for key in holders:
+                counts[key] = len(seen)
+        return counts
+
+    # ------------------------------------------------------------ refused attempts
+
+    def _refused_counts(self, snapshots: dict[str, Snapshot], now: float) -> dict[Key, int]:
+        """Refused connection attempts (netcounters.py) counted in a namespace at the ticks
+        when exactly one kernel's processes there held sockets that were new and in no
+        socket table (a refused connect leaves its socket so until it is closed), summed per
+        kernel over the scan window, given to those processes; 0 unless it happened at
+        ``REFUSED_TICKS`` ticks or more (a burst is not a scan)."""
+        members: dict[str, list[tuple[str, Process]]] = {}
+        for kid, snapshot in snapshots.items():
+            for proc in snapshot.processes:
+                if proc.netns != NETNS_UNREADABLE:
+                    members.setdefault(proc.netns, []).append((kid, proc))
+        checked: dict[Key, frozenset] = {}
+        for netns, procs in members.items():
+            if not any(p.cpu_percent > 0 for _, p in procs):
+                # No watched process there ran: nothing of theirs was refused. The baseline
+                # is dropped, so what others did meanwhile is never counted later.
+                self._refusals.pop(netns, None)
+                continue
+            total = refused_attempts(procs[0][1].pid if netns else None)
+            last = self._refusals.get(netns)
+            if total is None:
+                continue
+            self._refusals[netns] = total
+            if last is None or total - last < REFUSED_HOT:
+                continue
+            churning = self._churning(netns, procs, checked)
+            kernels = {kid for kid, _ in churning}
+            if not kernels and netns:
+                churning = _sole_kernel(netns, procs)
+                kernels = {kid for kid, _ in churning}
+            if len(kernels) == 1:
+                self._refused.setdefault(kernels.pop(), deque()).append(
+                    (now, total - last, {key for _, key in churning}))
+        self._held = checked
+        counts: dict[Key, int] = {}
+        for kid in list(self._refused):
+            ticks = self._refused[kid]
+            while ticks and now - ticks[0][0] > SCAN_WINDOW:
+                ticks.popleft()
+            if kid not in snapshots or not ticks:
+                del self._refused[kid]
+                continue
+            if len(ticks) < REFUSED_TICKS:
+                continue
+            total = sum(delta for _, delta, _ in ticks)
+            for key in set().union(*(keys for _, _, keys in ticks)):
+                counts[key] = total
+        return counts
+
+    def _churning(self, netns: str, procs: list[tuple[str, Process]],
+                  checked: dict[Key, frozenset]) -> list[tuple[str, Key]]:
+        """(kernel id, process key) of the processes in the namespace that ran since the last
+        tick and hold a socket they did not hold at their last check, which no socket table
+        of the namespace lists (``checked``: each one's sockets now, for the next check)."""
+        running = [(kid, p) for kid, p in procs if p.cpu_percent > 0][:MAX_CHURN_CHECKS]
+        new: list[tuple[str, Key, frozenset]] = []
+        for kid, proc in running:
+            held = checked[proc.key] = _socket_inodes(proc.pid)
+            before = self._held.get(proc.key)
+            if before is not None and held - before:
+                new.append((kid, proc.key, held - before))
+        if not new:
+            return []
+        # Which of the new sockets are listed: one dump of the namespace (about 25 ms here,
+        # only at such a tick, and only when a watched process holds a new socket).
+        dumper = self._dumper(netns, running[0][1].pid)
+        listed = dumper.inodes() if dumper is not None else None
+        if listed is None:
+            return []
+        return [(kid, key) for kid, key, inodes in new if inodes - listed]
+
     # ------------------------------------------------------------ bookkeeping
 
-    def _read_traffic(self, miners: list[Process], outbound: dict[Key, list],
-                      flooding: list[Process]) -> tuple[dict[int, TcpInfo], set[str]]:
-        """The traffic of the candidates' connections (socket inodes are unique across
-        namespaces), and the namespaces whose traffic cannot be read. A namespace with a
-        flood candidate is dumped whole; elsewhere each connection is looked up."""
+    def _read_traffic(self, lookups: list[tuple[Process, list]], flooding: list[Process]
+                      ) -> tuple[dict[int, TcpInfo], set[str]]:
+        """The traffic of the candidates' connections (``lookups``: a process and the
+        connections of it to read; socket inodes are unique across namespaces), and the
+        namespaces whose traffic cannot be read. A namespace with a flood candidate is
+        dumped whole; elsewhere each connection is looked up."""
         info: dict[int, TcpInfo] = {}
         blind: set[str] = set()
         dumped = {p.netns for p in flooding}
         asked: dict[str, list] = {}
-        for proc in miners:
+        pids = {p.netns: p.pid for p in flooding}
+        for proc, conns in lookups:
+            pids.setdefault(proc.netns, proc.pid)
             if proc.netns not in dumped:
-                asked.setdefault(proc.netns, []).extend(
-                    c for c in outbound[proc.key] if c[1].status == "ESTABLISHED")
-        for netns, pid in {p.netns: p.pid for p in miners + flooding}.items():
-            dumper = self._dumpers.get(netns)
-            if dumper is None and netns != NETNS_UNREADABLE:
-                dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
+                asked.setdefault(proc.netns, []).extend(conns)
+        for netns, pid in pids.items():
+            dumper = self._dumper(netns, pid)
             if dumper is not None:
-                info.update(dumper.dump() if netns in dumped else dumper.lookup(asked[netns]))
+                info.update(dumper.dump() if netns in dumped
+                            else dumper.lookup(asked.get(netns, ())))
             if dumper is None or dumper.broken:
                 blind.add(netns)
                 if netns not in self._said_broken:
@@ -421,6 +599,13 @@ class Behaviour:
                         dumper.broken if dumper is not None else "its namespace is unreadable")
         return info, blind
 
+    def _dumper(self, netns: str, pid: int) -> Dumper | None:
+        """The namespace's dumper, made on first use (None: the namespace is unreadable)."""
+        dumper = self._dumpers.get(netns)
+        if dumper is None and netns != NETNS_UNREADABLE:
+            dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
+        return dumper
+
     def _forget(self, miners: set[Key], outbound: dict[Key, list], namespaces: set[str]) -> None:
         for key in self._demand.keys() - miners:
             del self._demand[key]
@@ -429,6 +614,8 @@ class Behaviour:
             del self._traffic[inode]
         for netns in self._dumpers.keys() - namespaces - {""}:
             self._dumpers.pop(netns).close()  # a namespace no watched process is in now
+        for netns in self._refusals.keys() - namespaces:
+            del self._refusals[netns]
 
     def close(self) -> None:
         for dumper in self._dumpers.values():
@@ -444,7 +631,83 @@ CONNECTION_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "h
 
 #: The fields this module sets on a Process (0 where it does not apply).
 BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
-                    "kernel_ports_tried", "kernel_hosts_unanswered")
+                    "kernel_ports_tried", "kernel_hosts_unanswered",
+                    "kernel_relayed_connections", "kernel_refused_attempts")
+
+
+def _close(a: int, b: int) -> bool:
+    return abs(a - b) <= RELAY_SLACK_BYTES + RELAY_SLACK * max(a, b)
+
+
+def _mirrored(inbound: TcpInfo, outbound: TcpInfo) -> bool:
+    """Whether what a client sent on ``inbound`` went out on ``outbound`` and what came back
+    went to the client: both directions the same to within a protocol's handshake and the
+    bytes in flight, and enough of them that a coincidence of two small requests is not it."""
+    if max(inbound.received, inbound.sent) < RELAY_MIN_BYTES:
+        return False
+    return _close(inbound.received, outbound.sent) and _close(inbound.sent, outbound.received)
+
+
+def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str, Key]]:
+    """Where every process in network namespace ``netns`` (not the guard's) is one kernel's
+    (or a child of one started since the sample), that kernel's processes there that ran (all of them if none did): whatever was refused in
+    the namespace, they tried. Empty if anyone else has a process there (in a pod, the
+    user's Jupyter server shares the kernels' namespace) or it holds other kernels' too."""
+    kernels = {kid for kid, _ in procs}
+    if len(kernels) != 1:
+        return []
+    mine = {p.pid for _, p in procs}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if int(pid) in mine:
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == netns and not _descends(int(pid), mine):
+                return []
+        except PermissionError:
+            if not ROOT:
+                return []  # another user's process (to a guard that is not root): it may be there
+            # to root, only a process above the guard's own container (its init) is closed
+        except OSError:
+            continue  # gone meanwhile
+    ran = [(kid, p.key) for kid, p in procs if p.cpu_percent > 0]
+    return ran or [(kid, p.key) for kid, p in procs]
+
+
+def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
+    """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
+    sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid in ancestors:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def _socket_inodes(pid: int) -> frozenset:
+    """The inodes of the sockets process ``pid`` holds now."""
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return frozenset()
+    for fd in fds[:MAX_FDS_READ]:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return frozenset(found)
 
 
 def _served(snapshots: dict[str, Snapshot]) -> dict[tuple, set]:

@@ -87,6 +87,8 @@ class Process:
     kernel_slow_connections: int = 0  # its kernel's slow connections to one endpoint it holds
     kernel_ports_tried: int = 0  # ports of <= 2 hosts its kernel tried within the scan window
     kernel_hosts_unanswered: int = 0  # hosts its kernel tried within that window, none answering
+    kernel_relayed_connections: int = 0  # its kernel's inbound connections relayed outward
+    kernel_refused_attempts: int = 0  # refused attempts its kernel's socket churn explains
     imports: tuple[str, ...] = ()  # the kernel only: top-level modules the kernel hook saw imported
     # the kernel only: its own ports (those no Python code bound, as the kernel hook reports;
     # without the hook, its connection file's)
