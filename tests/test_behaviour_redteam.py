@@ -34,8 +34,9 @@ def far_end():
 # ------------------------------------------------------------------ the abuser
 
 
-@pytest.mark.xfail(strict=True, reason="a relay that pads (or compresses) one direction by "
-                   "more than 20 % carries other bytes on each side: no pair mirrors")
+@pytest.mark.xfail(strict=False, reason="a relay that pads (or compresses) one direction by "
+                   "more than 20 % carries other bytes on each side: no pair mirrors (caught "
+                   "in some runs, when the other direction alone pairs: not strict)")
 def test_a_relay_padding_what_it_sends_its_clients_is_measured(far_end):
     watched, port = _started(RELAY + ["socks", "--pad"])
     try:

@@ -192,13 +192,14 @@ class ProcessSampler:
     def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
         """Behaviour fields over a window, for the few candidate processes; a sample whose
         fields changed is replaced (never changed in place) and handed out as such."""
-        # The rules read the processes that hold sockets, and the kernel itself; a thousand
-        # idle children hold none and are left out (but for those given values last tick,
-        # whose values are taken back).
+        # The rules read the processes that hold sockets or ran (a refused connect leaves a
+        # socket no table lists), and the kernel itself; a thousand idle children are left
+        # out (but for those given values last tick, whose values are taken back).
         annotated = self.behaviour.annotated
         views = {kid: Snapshot(kid, snapshot.time, [
                      p for p in snapshot.processes
-                     if p.sockets or p.is_kernel or (annotated and p.key in annotated)])
+                     if p.sockets or p.is_kernel or p.cpu_percent > 0
+                     or (annotated and p.key in annotated)])
                  for kid, snapshot in snapshots.items()}
         changed = self.behaviour.annotate(
             views, lambda p: self._pairs_now.get(p.key, []), now)
