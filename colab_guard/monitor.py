@@ -38,7 +38,7 @@ from .observe.packages import package_of
 from .record.incident import Action, Incident, clean_text, process_evidence
 from .record.recorder import Recorder
 from .settings import Settings
-from .vocabulary import strongest
+from .vocabulary import SEVERITY_RANK, strongest
 
 
 #: Seconds the fair-strike lookup may hold up an incident (then: no package, the normal rule).
@@ -56,7 +56,8 @@ class Coalesced:
     action: str  # the strongest action taken so far
     ends: float  # loop time at which it is written and the user told
     keys: set = field(default_factory=set)  # processes listed or counted
-    offences: int = 0  # plans merged into it
+    #: the most telling processes: (rank, their detections, their tie or None), best first
+    listed: list = field(default_factory=list)
     tasks: set = field(default_factory=set)  # its actions under way
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # begun: on disk
 
@@ -254,7 +255,6 @@ class Monitor:
             await group.ready.wait()
             self._merge(group, plan, ties)
             self.recorder.save(group.incident)
-        group.offences += 1
         metrics.OFFENCES_COALESCED.labels(plan.detections[0].signature.category).inc()
         listed = group.incident.actions
         stops_listed = sum(a.action == "stop" for a in listed)
@@ -285,39 +285,47 @@ class Monitor:
         incident = Incident.from_detections(plan.detections, self.user_of(plan.kernel_id), None,
                                             self.settings.dry_run)
         incident.actions = [a for a in plan.steps if a.action in ("record", "warn")]
-        group = Coalesced(incident, plan.action,
-                          asyncio.get_running_loop().time() + INCIDENT_WINDOW,
-                          keys={d.process.key for d in plan.detections})
         incident.evidence["coalesced"] = {
             "why": f"more than the kernel's burst of incidents within {INCIDENT_WINDOW:g} s: "
                    "what it did next is recorded here, together",
-            "offences": 1, "processes": len(group.keys)}
-        _note_attribution(incident, ties)
-        _cap_evidence(incident)
+            "offences": 0, "processes": 0}
+        _note_attribution(incident, {})
+        group = Coalesced(incident, plan.action,
+                          asyncio.get_running_loop().time() + INCIDENT_WINDOW)
+        self._merge(group, plan, ties)
         self._coalescing[plan.kernel_id] = group
         return group
 
     def _merge(self, group: Coalesced, plan: Plan, ties: dict) -> None:
-        """A later offence into the open incident: its signatures, processes and matches
-        (listed up to ``MAX_PROCESSES_SHOWN``, counted beyond), the strongest action."""
+        """An offence into the open incident: its signatures and the strongest action; its
+        processes among those listed if they are among the ``MAX_PROCESSES_SHOWN`` most
+        telling (most severe, most signatures matched), the others counted."""
         incident, evidence = group.incident, group.incident.evidence
         incident.signatures = sorted(set(incident.signatures) |
                                      {d.signature.id for d in plan.detections})
         group.action = strongest(group.action, plan.action)
-        new = [d for d in unique_processes(plan.detections) if d.process.key not in group.keys]
-        group.keys.update(d.process.key for d in new)
-        room = max(0, MAX_PROCESSES_SHOWN - len(evidence["processes"]))
-        listed = {d.process.key for d in new[:room]}
-        evidence["processes"] += [process_evidence(d.process) for d in new[:room]]
-        evidence["matches"] += [{**d.to_dict(), "reasons": [clean_text(r, 512) for r in d.reasons]}
-                                for d in plan.detections if d.process.key in listed]
-        if len(new) > room:
-            not_shown = evidence.setdefault("not_shown", {"processes": 0})
-            not_shown["processes"] += len(new) - room
+        by_process: dict[tuple, list[Detection]] = {}
+        for d in plan.detections:
+            by_process.setdefault(d.process.key, []).append(d)
+        for key, found in by_process.items():
+            if key not in group.keys:
+                group.keys.add(key)
+                group.listed.append((_telling(found), found, ties.get(found[0].process.pid)))
+        group.listed.sort(key=lambda item: item[0], reverse=True)
+        del group.listed[MAX_PROCESSES_SHOWN:]
+        shown = [d for _, found, _ in group.listed for d in found]
+        evidence["processes"] = [process_evidence(found[0].process)
+                                 for _, found, _ in group.listed]
+        evidence["matches"] = [{**d.to_dict(), "reasons": [clean_text(r, 512) for r in d.reasons]}
+                               for d in shown]
+        evidence["attribution"] = _attribution({found[0].process.pid: tie
+                                                for _, found, tie in group.listed if tie})
+        if not evidence["attribution"]:
+            del evidence["attribution"]
+        if len(group.keys) > len(group.listed):
+            evidence["not_shown"] = {"processes": len(group.keys) - len(group.listed)}
         evidence["coalesced"]["offences"] += 1
         evidence["coalesced"]["processes"] = len(group.keys)
-        attribution = evidence.setdefault("attribution", [])
-        attribution += _attribution(ties)[:max(0, MAX_PROCESSES_SHOWN - len(attribution))]
 
     async def _close_coalesced(self, due: float | None = None) -> None:
         """Write the coalesced incidents whose window ended (all of them: ``due`` None), once
@@ -484,6 +492,12 @@ def _attribution(ties: dict) -> list[dict]:
     return [{"pid": pid, "kernel": clean_text(tie.kernel, 256), "how": tie.how,
              "detail": clean_text(tie.detail, 512)}
             for pid, tie in list(ties.items())[:MAX_PROCESSES_SHOWN]]
+
+
+def _telling(detections: list[Detection]) -> tuple[int, int]:
+    """How telling a process's detections are: the most severe, then the most signatures."""
+    return (max(SEVERITY_RANK[d.signature.severity] for d in detections),
+            len({d.signature.id for d in detections}))
 
 
 def _cap_evidence(incident: Incident) -> None:
