@@ -408,7 +408,12 @@ class Monitor:
 
     async def _carry_out(self, kernel_id: str, steps: list[Action], plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
-        stops = [a for a in steps if a.action == "stop"]
+        found: dict[str, list[Detection]] = {}
+        for d in plan.detections:
+            found.setdefault(f"pid {d.process.pid}", []).append(d)
+        # The most telling first: signalled first (a miner among a hundred decoys).
+        stops = sorted((a for a in steps if a.action == "stop"),
+                       key=lambda a: _telling(found[a.target]), reverse=True)
         for step in steps:
             if step.target == "kernel":
                 await self._act_on_kernel(kernel_id, step)

@@ -187,3 +187,15 @@ def test_a_marker_naming_another_user_s_kernel_is_ignored(kernels, other_user):
     sampler = ProcessSampler()
     found = owners(sampler, [root_kernel, theirs])
     assert found[forged] == unknown_kernel(other_user.pw_uid)
+
+
+def test_no_kernel_is_interrupted_for_processes_tied_to_none():
+    from colab_guard.act.policy import Policy
+    from colab_guard.settings import Settings
+    from tests.test_policy import MINER, detection, steps
+
+    [plan] = Policy(Settings()).respond(unknown_kernel(1001),
+                                        [detection(MINER, kernel=unknown_kernel(1001))])
+    assert plan.action == "stop"
+    assert [s[:2] for s in steps(plan)] == [("record", "incident log"), ("warn", "user"),
+                                            ("stop", "pid 4242")]

@@ -182,3 +182,15 @@ async def test_decoys_in_a_loop_become_few_incidents_and_the_miner_is_still_stop
     assert sum(metrics.OFFENCES_COALESCED.labels(c)._value.get()
                for c in ("crypto-mining",)) > coalesced_before
     assert "coalesced into incident" in caplog.text
+
+
+def test_a_kernel_opens_its_burst_of_incidents_then_coalesces_until_the_window_passes():
+    from tests.test_policy import Clock
+
+    clock = Clock()
+    policy = Policy(Settings(), clock=clock)
+    assert [policy.admit("k1") for _ in range(INCIDENT_BURST)] == [True] * INCIDENT_BURST
+    assert not policy.admit("k1")
+    assert policy.admit("k2")  # per kernel
+    clock.now += policy_module.INCIDENT_WINDOW
+    assert policy.admit("k1")

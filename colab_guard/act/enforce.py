@@ -57,10 +57,13 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
                      may_signal: MaySignal | None = None
                      ) -> tuple[list[Action], dict[int, psutil.Process]]:
     """SIGTERM to each offender and its descendants (never ``spare_pids`` nor what
-    ``may_signal`` refuses); the actions (those already settled: gone, failed, spared) and
-    the processes signalled."""
+    ``may_signal`` refuses), in the order given (the most telling first): each family is
+    signalled as soon as it is found, so a hundred decoys listed after the miner cannot
+    delay its SIGTERM. The actions (those already settled: gone, failed, spared) and the
+    processes signalled."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
+    children = _children_map() if len(offenders) > 1 else None  # one pass for all of them
     for offender in offenders:
         action = Action("stop", f"pid {offender.pid}")
         actions.append(action)
@@ -69,7 +72,8 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
             if offender.create_time and abs(proc.create_time() - offender.create_time) > 0.01:
                 action.outcome, action.detail = "gone", "exited (its pid now names another process)"
                 continue
-            family = [proc, *proc.children(recursive=True)]
+            family = [proc, *(_descendants(proc, children) if children is not None
+                              else proc.children(recursive=True))]
         except psutil.NoSuchProcess:
             action.outcome, action.detail = "gone", "had already exited"
             continue
@@ -80,14 +84,41 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
             action.outcome, action.detail = "failed", "spared: not a notebook user's process"
             continue
         for member in family:
-            if member.pid not in spare_pids and (may_signal is None or may_signal(member)):
+            if member.pid not in spare_pids and member.pid not in targets \
+                    and (may_signal is None or may_signal(member)):
                 targets[member.pid] = member
-    for proc in targets.values():
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
+                try:
+                    member.terminate()
+                except psutil.Error:
+                    pass
     return actions, targets
+
+
+def _children_map() -> dict[int, list[int]]:
+    """ppid -> pids, from one pass over the processes."""
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(proc.pid)
+    return children
+
+
+def _descendants(proc: psutil.Process, children: dict[int, list[int]]) -> list[psutil.Process]:
+    """A process's descendants by the map, each checked to be younger than its parent (a
+    pid reused since the map was made is no descendant)."""
+    found, stack = [], [proc]
+    while stack:
+        parent = stack.pop()
+        for pid in children.get(parent.pid, ()):
+            try:
+                child = psutil.Process(pid)
+                if child.ppid() == parent.pid and child.create_time() >= parent.create_time():
+                    found.append(child)
+                    stack.append(child)
+            except psutil.Error:
+                continue
+    return found
 
 
 def _outcomes(actions: list[Action], targets: dict[int, psutil.Process],
