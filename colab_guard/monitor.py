@@ -245,35 +245,46 @@ class Monitor:
         incident (on disk before it is carried out), carried out at once."""
         kernel_id = plan.kernel_id
         group = self._coalescing.get(kernel_id)
-        steps = [a for a in plan.steps if a.action not in ("record", "warn")]
-        if group is None:
+        opening = group is None
+        if opening:
             group = self._open_coalesced(plan, ties)
-            group.incident.notebook = await self.kernels.notebook_path(kernel_id)
-            self.recorder.begin(group.incident, group.action)
-            group.ready.set()
-        else:
-            await group.ready.wait()
-            self._merge(group, plan, ties)
-            self.recorder.save(group.incident)
-        metrics.OFFENCES_COALESCED.labels(plan.detections[0].signature.category).inc()
+        task = asyncio.current_task()
+        group.tasks.add(task)  # the incident is written once every task merged into it is done
+        try:
+            if opening:
+                group.incident.notebook = await self.kernels.notebook_path(kernel_id)
+                self.recorder.begin(group.incident, group.action)
+                group.ready.set()
+            else:
+                await group.ready.wait()
+                self._merge(group, plan, ties)
+                self.recorder.save(group.incident)
+            metrics.OFFENCES_COALESCED.labels(plan.detections[0].signature.category).inc()
+            steps = [a for a in plan.steps if a.action not in ("record", "warn")]
+            self._list_steps(group, steps)
+            if not self.settings.dry_run:
+                await self._carry_out(kernel_id, steps, plan)
+                self._count_hidden_stops(group, steps)
+        finally:
+            group.tasks.discard(task)
+
+    @staticmethod
+    def _list_steps(group: Coalesced, steps: list[Action]) -> None:
+        """Each kernel step once, stops up to ``MAX_PROCESSES_SHOWN``: those listed get their
+        outcome as they are carried out; the others are counted once done."""
         listed = group.incident.actions
         stops_listed = sum(a.action == "stop" for a in listed)
         kernel_steps = {a.action for a in listed if a.target == "kernel"}
-        for step in steps:  # those listed get their outcome as they are carried out
+        for step in steps:
             if step.target == "kernel" and step.action not in kernel_steps:
                 kernel_steps.add(step.action)
                 listed.append(step)
             elif step.action == "stop" and stops_listed < MAX_PROCESSES_SHOWN:
                 stops_listed += 1
                 listed.append(step)
-        if self.settings.dry_run:
-            return
-        task = asyncio.current_task()
-        group.tasks.add(task)
-        try:
-            await self._carry_out(kernel_id, steps, plan)
-        finally:
-            group.tasks.discard(task)
+
+    @staticmethod
+    def _count_hidden_stops(group: Coalesced, steps: list[Action]) -> None:
         shown = {id(a) for a in group.incident.actions}
         hidden = [s for s in steps if s.action == "stop" and id(s) not in shown]
         if hidden:
@@ -337,8 +348,7 @@ class Monitor:
             self._spawn(self._finish_coalesced(group))
 
     async def _finish_coalesced(self, group: Coalesced) -> None:
-        await group.ready.wait()
-        if group.tasks:
+        while group.tasks:  # a task may merge another offence meanwhile: not after this
             await asyncio.wait(set(group.tasks))
         incident, coalesced = group.incident, group.incident.evidence["coalesced"]
         self.log.warning("colab-guard: kernel %s: %s offence(s) of %s process(es) past its "

@@ -11,6 +11,7 @@ stop of the one that matters).
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 
 import psutil
@@ -57,13 +58,15 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
                      may_signal: MaySignal | None = None
                      ) -> tuple[list[Action], dict[int, psutil.Process]]:
     """SIGTERM to each offender and its descendants (never ``spare_pids`` nor what
-    ``may_signal`` refuses), in the order given (the most telling first): each family is
-    signalled as soon as it is found, so a hundred decoys listed after the miner cannot
-    delay its SIGTERM. The actions (those already settled: gone, failed, spared) and the
-    processes signalled."""
+    ``may_signal`` refuses), in the order given (the most telling first). Each offender is
+    frozen (SIGSTOP) the moment it is checked, so that it stops running at once while its
+    descendants are found (a pass over the processes: seconds on a loaded machine with many
+    stops under way), and cannot exit meanwhile and leave them to init; then its family gets
+    SIGTERM and it is let go (SIGCONT) to take it. The actions (those already settled: gone,
+    failed, spared) and the processes signalled."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
-    children = _children_map() if len(offenders) > 1 else None  # one pass for all of them
+    children = None  # ppid -> pids: one pass over the processes for all the offenders
     for offender in offenders:
         action = Action("stop", f"pid {offender.pid}")
         actions.append(action)
@@ -72,8 +75,6 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
             if offender.create_time and abs(proc.create_time() - offender.create_time) > 0.01:
                 action.outcome, action.detail = "gone", "exited (its pid now names another process)"
                 continue
-            family = [proc, *(_descendants(proc, children) if children is not None
-                              else proc.children(recursive=True))]
         except psutil.NoSuchProcess:
             action.outcome, action.detail = "gone", "had already exited"
             continue
@@ -83,15 +84,32 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
         if may_signal is not None and not may_signal(proc):
             action.outcome, action.detail = "failed", "spared: not a notebook user's process"
             continue
+        frozen = proc.pid not in spare_pids and _signal(proc, signal.SIGSTOP)
+        try:
+            if len(offenders) > 1:
+                children = children if children is not None else _children_map()
+                family = [proc, *_descendants(proc, children)]
+            else:
+                family = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            family = [proc]  # gone meanwhile: what it started is found if it offends
         for member in family:
             if member.pid not in spare_pids and member.pid not in targets \
                     and (may_signal is None or may_signal(member)):
                 targets[member.pid] = member
-                try:
-                    member.terminate()
-                except psutil.Error:
-                    pass
+                _signal(member, signal.SIGTERM)
+        if frozen:
+            _signal(proc, signal.SIGCONT)
     return actions, targets
+
+
+def _signal(proc: psutil.Process, number: int) -> bool:
+    """Send a signal to the process (psutil checks that its pid still names it)."""
+    try:
+        proc.send_signal(number)
+        return True
+    except psutil.Error:
+        return False
 
 
 def _children_map() -> dict[int, list[int]]:

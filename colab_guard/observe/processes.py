@@ -139,6 +139,7 @@ class ProcessSampler:
         self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
         self._tracked: dict[ProcessKey, Tracked] = {}  # live processes the sampler knows
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
+        self._unheld_once: set[int] = set()  # held by none at the last tick's end
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
@@ -373,7 +374,12 @@ class ProcessSampler:
         server's own connections, other users'); forgotten once closed."""
         held = self._held_sockets()
         present = sockets.inodes
-        self._foreign_sockets = (self._foreign_sockets & present) | (present - held)
+        # Only once unheld at two tick ends: a socket opened by a process after its fds were
+        # walked this tick, and before the tables were read, is found at the next tick's walk
+        # (taken as foreign at once, it stayed unseen until the refresh, seconds later).
+        unheld = present - held
+        self._foreign_sockets = (self._foreign_sockets & present) | (unheld & self._unheld_once)
+        self._unheld_once = unheld
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                       gpu_use: tuple[float, float]) -> Process | None:
