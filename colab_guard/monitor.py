@@ -7,6 +7,11 @@ at the next tick; the other kernels are unaffected.
 
 It knows nothing of Jupyter: kernels come through a ``Kernels`` adapter
 (kernels.py), decisions from the ``Policy``, and incidents go to the ``Recorder``.
+
+Offences are coalesced per kernel: past the policy's burst of incidents (``Policy.admit``),
+what a kernel does is still acted on at once, but recorded in one incident per kernel and
+window (``Coalesced``), written when the window ends, with the offenders listed up to
+``MAX_PROCESSES_SHOWN`` and counted beyond; a metric and a log line say what was coalesced.
 """
 
 from __future__ import annotations
@@ -14,26 +19,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from .act.enforce import stop_processes_async
-from .act.policy import Plan, Policy, unique_processes
+from .act.policy import INCIDENT_WINDOW, Plan, Policy, unique_processes
 from .detect.engine import Detection, Engine
 from .kernels import Kernels
 from .observe.gpu import GpuSample, GpuSampler
+from .observe.attribution import unknown_kernel_uid
 from .observe.model import Snapshot
 from .observe.processes import ProcessSampler
 from .record import metrics
 from .observe.packages import package_of
-from .record.incident import Action, Incident, clean_text
+from .record.incident import Action, Incident, clean_text, process_evidence
 from .record.recorder import Recorder
 from .settings import Settings
+from .vocabulary import SEVERITY_RANK, strongest
 
 
 #: Seconds the fair-strike lookup may hold up an incident (then: no package, the normal rule).
 PACKAGE_LOOKUP_TIMEOUT = 5.0
+#: An incident lists at most this many offending processes, matches and stops; the rest are
+#: counted (``evidence["not_shown"]``), their stops' outcomes summed up in one action.
+MAX_PROCESSES_SHOWN = 20
+
+
+@dataclass
+class Coalesced:
+    """One kernel's offences past its burst of incidents, recorded together (see Policy.admit)."""
+
+    incident: Incident
+    action: str  # the strongest action taken so far
+    ends: float  # loop time at which it is written and the user told
+    keys: set = field(default_factory=set)  # processes listed or counted
+    #: the most telling processes: (rank, their detections, their tie or None), best first
+    listed: list = field(default_factory=list)
+    tasks: set = field(default_factory=set)  # its actions under way
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # begun: on disk
 
 
 class Monitor:
@@ -60,6 +86,7 @@ class Monitor:
         self._wake = asyncio.Event()
         self._running = False
         self._reported_stats: dict[str, int] = {}
+        self._coalescing: dict[str, Coalesced] = {}  # kernel -> its open coalesced incident
         #: True while a node watcher checks these kernels' processes (watcher_link.py): the
         #: monitor then neither samples nor acts, so an offence is never recorded twice
         self.deferred: Callable[[], bool] = lambda: False
@@ -131,6 +158,7 @@ class Monitor:
             done, _ = await asyncio.wait({self._loop_task}, timeout=10)
             if not done:
                 self._loop_task.cancel()
+        await self._close_coalesced()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         if self.gpu is not None:
@@ -146,6 +174,7 @@ class Monitor:
     async def tick(self) -> None:
         started = time.perf_counter()
         self.recorder.flush()  # retry anything a failed write left behind
+        await self._close_coalesced(asyncio.get_running_loop().time())
         if self.deferred():
             return
         kernels = self.kernel_pids()
@@ -164,7 +193,8 @@ class Monitor:
                 metrics.SAMPLER_ERRORS.labels("check").inc()
                 self.log.exception("colab-guard: acting on kernel %s failed; retried at the "
                                    "next tick", snapshot.kernel_id)
-        self._forget_kernels_gone(kernels)
+        # Users' processes tied to no kernel have their own stand-in kernel (attribution.py).
+        self._forget_kernels_gone({**kernels, **{s.kernel_id: 0 for s, _ in found}})
         self._export_sampler_stats()
         self.ticks += 1
         metrics.SAMPLE_DURATION.observe(time.perf_counter() - started)
@@ -175,26 +205,170 @@ class Monitor:
     # ------------------------------------------------------------ act
 
     def act_on(self, snapshot: Snapshot, detections: list[Detection]) -> None:
-        """Start a response to what is new among one kernel's detections."""
+        """Start a response to what is new among one kernel's detections, the strongest
+        first; past the kernel's burst of incidents, coalesced into one (``Coalesced``)."""
         plans = self.policy.respond(snapshot.kernel_id, detections,
                                     live={p.key for p in snapshot.processes})
         for plan in plans:
-            task = asyncio.ensure_future(self.respond(plan))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            ties = self._ties(plan)
+            if self.policy.admit(plan.kernel_id):
+                self._spawn(self.respond(plan, ties))
+            else:
+                self._spawn(self._respond_coalesced(plan, ties))
 
-    async def respond(self, plan: Plan) -> Incident:
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def respond(self, plan: Plan, ties: dict | None = None) -> Incident:
         """Record, carry the plan out, record the outcome, notify."""
         incident = Incident.from_detections(plan.detections, self.user_of(plan.kernel_id),
                                             await self.kernels.notebook_path(plan.kernel_id),
                                             self.settings.dry_run)
         incident.actions = plan.steps
+        _note_attribution(incident, ties or {})
+        _cap_evidence(incident)
         await self._find_package(incident, plan)
         self.recorder.begin(incident, plan.action)  # on disk before anything is done
         if not self.settings.dry_run:
-            await self._carry_out(incident, plan)
+            await self._carry_out(incident.kernel_id, plan.steps, plan)
+        _fold_stops(incident)
         await self.recorder.finish(incident, plan.action)
         return incident
+
+    # ------------------------------------------------------------ coalescing
+
+    async def _respond_coalesced(self, plan: Plan, ties: dict) -> None:
+        """A plan past the kernel's burst: merged into the kernel's open ``Coalesced``
+        incident (on disk before it is carried out), carried out at once."""
+        kernel_id = plan.kernel_id
+        group = self._coalescing.get(kernel_id)
+        opening = group is None
+        if opening:
+            group = self._open_coalesced(plan, ties)
+        task = asyncio.current_task()
+        group.tasks.add(task)  # the incident is written once every task merged into it is done
+        try:
+            if opening:
+                group.incident.notebook = await self.kernels.notebook_path(kernel_id)
+                self.recorder.begin(group.incident, group.action)
+                group.ready.set()
+            else:
+                await group.ready.wait()
+                self._merge(group, plan, ties)
+                self.recorder.save(group.incident)
+            metrics.OFFENCES_COALESCED.labels(plan.detections[0].signature.category).inc()
+            steps = [a for a in plan.steps if a.action not in ("record", "warn")]
+            self._list_steps(group, steps)
+            if not self.settings.dry_run:
+                await self._carry_out(kernel_id, steps, plan)
+                self._count_hidden_stops(group, steps)
+        finally:
+            group.tasks.discard(task)
+
+    @staticmethod
+    def _list_steps(group: Coalesced, steps: list[Action]) -> None:
+        """Each kernel step once, stops up to ``MAX_PROCESSES_SHOWN``: those listed get their
+        outcome as they are carried out; the others are counted once done."""
+        listed = group.incident.actions
+        stops_listed = sum(a.action == "stop" for a in listed)
+        kernel_steps = {a.action for a in listed if a.target == "kernel"}
+        for step in steps:
+            if step.target == "kernel" and step.action not in kernel_steps:
+                kernel_steps.add(step.action)
+                listed.append(step)
+            elif step.action == "stop" and stops_listed < MAX_PROCESSES_SHOWN:
+                stops_listed += 1
+                listed.append(step)
+
+    @staticmethod
+    def _count_hidden_stops(group: Coalesced, steps: list[Action]) -> None:
+        shown = {id(a) for a in group.incident.actions}
+        hidden = [s for s in steps if s.action == "stop" and id(s) not in shown]
+        if hidden:
+            outcomes = group.incident.evidence["coalesced"].setdefault("stops_not_shown", {})
+            for outcome, count in Counter(s.outcome for s in hidden).items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + count
+
+    def _open_coalesced(self, plan: Plan, ties: dict) -> Coalesced:
+        incident = Incident.from_detections(plan.detections, self.user_of(plan.kernel_id), None,
+                                            self.settings.dry_run)
+        incident.actions = [a for a in plan.steps if a.action in ("record", "warn")]
+        incident.evidence["coalesced"] = {
+            "why": f"more than the kernel's burst of incidents within {INCIDENT_WINDOW:g} s: "
+                   "what it did next is recorded here, together",
+            "offences": 0, "processes": 0}
+        _note_attribution(incident, {})
+        group = Coalesced(incident, plan.action,
+                          asyncio.get_running_loop().time() + INCIDENT_WINDOW)
+        self._merge(group, plan, ties)
+        self._coalescing[plan.kernel_id] = group
+        return group
+
+    def _merge(self, group: Coalesced, plan: Plan, ties: dict) -> None:
+        """An offence into the open incident: its signatures and the strongest action; its
+        processes among those listed if they are among the ``MAX_PROCESSES_SHOWN`` most
+        telling (most severe, most signatures matched), the others counted."""
+        incident, evidence = group.incident, group.incident.evidence
+        incident.signatures = sorted(set(incident.signatures) |
+                                     {d.signature.id for d in plan.detections})
+        group.action = strongest(group.action, plan.action)
+        by_process: dict[tuple, list[Detection]] = {}
+        for d in plan.detections:
+            by_process.setdefault(d.process.key, []).append(d)
+        for key, found in by_process.items():
+            if key not in group.keys:
+                group.keys.add(key)
+                group.listed.append((_telling(found), found, ties.get(found[0].process.pid)))
+        group.listed.sort(key=lambda item: item[0], reverse=True)
+        del group.listed[MAX_PROCESSES_SHOWN:]
+        shown = [d for _, found, _ in group.listed for d in found]
+        evidence["processes"] = [process_evidence(found[0].process)
+                                 for _, found, _ in group.listed]
+        evidence["matches"] = [{**d.to_dict(), "reasons": [clean_text(r, 512) for r in d.reasons]}
+                               for d in shown]
+        evidence["attribution"] = _attribution({found[0].process.pid: tie
+                                                for _, found, tie in group.listed if tie})
+        if not evidence["attribution"]:
+            del evidence["attribution"]
+        if len(group.keys) > len(group.listed):
+            evidence["not_shown"] = {"processes": len(group.keys) - len(group.listed)}
+        evidence["coalesced"]["offences"] += 1
+        evidence["coalesced"]["processes"] = len(group.keys)
+
+    async def _close_coalesced(self, due: float | None = None) -> None:
+        """Write the coalesced incidents whose window ended (all of them: ``due`` None), once
+        what they started is done; a log line and the user told."""
+        for kernel_id, group in list(self._coalescing.items()):
+            if due is not None and group.ends > due:
+                continue
+            del self._coalescing[kernel_id]
+            self._spawn(self._finish_coalesced(group))
+
+    async def _finish_coalesced(self, group: Coalesced) -> None:
+        while group.tasks:  # a task may merge another offence meanwhile: not after this
+            await asyncio.wait(set(group.tasks))
+        incident, coalesced = group.incident, group.incident.evidence["coalesced"]
+        self.log.warning("colab-guard: kernel %s: %s offence(s) of %s process(es) past its "
+                         "burst of incidents coalesced into incident %s (%s not listed)",
+                         incident.kernel_id, coalesced["offences"], coalesced["processes"],
+                         incident.id, incident.evidence.get("not_shown", {}).get("processes", 0))
+        await self.recorder.finish(incident, group.action)
+
+    def _ties(self, plan: Plan) -> dict:
+        """pid -> how each of the plan's processes was tied to its kernel, where it left the
+        kernel's tree before it was seen (attribution.py)."""
+        orphans = getattr(self.sampler, "orphans", None)
+        if orphans is None:
+            return {}
+        found = {}
+        for d in unique_processes(plan.detections):
+            tie = orphans.why(d.process.key)
+            if tie is not None:
+                found[d.process.pid] = tie
+        return found
 
     async def _find_package(self, incident: Incident, plan: Plan) -> None:
         """Fair strikes: the installed distribution the offending programs come from, if any
@@ -242,14 +416,19 @@ class Monitor:
         if behaviour is not None:
             self._sampling.submit(behaviour.note_binds, kernel_id, binds)
 
-    async def _carry_out(self, incident: Incident, plan: Plan) -> None:
+    async def _carry_out(self, kernel_id: str, steps: list[Action], plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}
-        stops = [a for a in incident.actions if a.action == "stop"]
-        for step in incident.actions:
+        found: dict[str, list[Detection]] = {}
+        for d in plan.detections:
+            found.setdefault(f"pid {d.process.pid}", []).append(d)
+        # The most telling first: signalled first (a miner among a hundred decoys).
+        stops = sorted((a for a in steps if a.action == "stop"),
+                       key=lambda a: _telling(found[a.target]), reverse=True)
+        for step in steps:
             if step.target == "kernel":
-                await self._act_on_kernel(incident.kernel_id, step)
+                await self._act_on_kernel(kernel_id, step)
             elif step is (stops[0] if stops else None):
-                await self._stop([offenders[a.target] for a in stops], stops, incident.kernel_id)
+                await self._stop([offenders[a.target] for a in stops], stops, kernel_id)
 
     async def _stop(self, offenders, steps: list[Action], kernel_id: str) -> None:
         kernel_pid = self.kernel_pids().get(kernel_id)
@@ -302,4 +481,60 @@ class Monitor:
             if delta > 0:
                 metrics.CONTENT_SCANS.labels(outcome).inc(delta)
             self._reported_stats[name] = value
+        orphans = getattr(self.sampler, "orphans", None)
+        for how, value in dict(orphans.counts if orphans is not None else {}).items():
+            name = f"attribution:{how}"
+            delta = value - self._reported_stats.get(name, 0)
+            if delta > 0:
+                metrics.ATTRIBUTIONS.labels(how).inc(delta)
+            self._reported_stats[name] = value
 
+
+
+def _note_attribution(incident: Incident, ties: dict) -> None:
+    """How processes that had left their kernel's tree were tied to it; for a stand-in
+    kernel, that no kernel could be named (and none was interrupted)."""
+    if ties:
+        incident.evidence["attribution"] = _attribution(ties)
+    if unknown_kernel_uid(incident.kernel_id) is not None:
+        incident.evidence["kernel"] = (
+            "unknown: the processes left their kernel's tree and session before they were "
+            "seen, and nothing ties them to one kernel of the user; they were stopped, and "
+            "no kernel was interrupted")
+
+
+def _attribution(ties: dict) -> list[dict]:
+    return [{"pid": pid, "kernel": clean_text(tie.kernel, 256), "how": tie.how,
+             "detail": clean_text(tie.detail, 512)}
+            for pid, tie in list(ties.items())[:MAX_PROCESSES_SHOWN]]
+
+
+def _telling(detections: list[Detection]) -> tuple[int, int]:
+    """How telling a process's detections are: the most severe, then the most signatures."""
+    return (max(SEVERITY_RANK[d.signature.severity] for d in detections),
+            len({d.signature.id for d in detections}))
+
+
+def _cap_evidence(incident: Incident) -> None:
+    """At most ``MAX_PROCESSES_SHOWN`` processes and matches listed, the rest counted."""
+    evidence = incident.evidence
+    processes = evidence.get("processes", [])
+    if len(processes) > MAX_PROCESSES_SHOWN:
+        shown = {p["pid"] for p in processes[:MAX_PROCESSES_SHOWN]}
+        evidence["not_shown"] = {"processes": len(processes) - MAX_PROCESSES_SHOWN}
+        evidence["processes"] = processes[:MAX_PROCESSES_SHOWN]
+        evidence["matches"] = [m for m in evidence.get("matches", [])
+                               if m.get("pid") in shown][:4 * MAX_PROCESSES_SHOWN]
+
+
+def _fold_stops(incident: Incident) -> None:
+    """Stops past ``MAX_PROCESSES_SHOWN`` summed up in one action, by outcome."""
+    stops = [a for a in incident.actions if a.action == "stop"]
+    if len(stops) <= MAX_PROCESSES_SHOWN:
+        return
+    hidden = stops[MAX_PROCESSES_SHOWN:]
+    incident.actions = [a for a in incident.actions if a not in hidden]
+    counts = Counter(a.outcome for a in hidden)
+    outcome = "done" if set(counts) <= {"done", "gone"} else "failed"
+    incident.actions.append(Action("stop", f"{len(hidden)} more processes", outcome,
+                                   ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))))

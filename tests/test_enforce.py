@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 
 import psutil
+import pytest
 
 from colab_guard.act.enforce import stop_processes_async
 from colab_guard.observe.model import Process
@@ -69,15 +71,21 @@ TREE = ("import subprocess, threading, time\n"
         "time.sleep(0.5)\nprint('up', flush=True)\ntime.sleep(600)")
 
 
-def test_descendants_reads_only_the_subtree_and_finds_what_psutil_finds():
-    from colab_guard.act.enforce import descendants
+def test_the_subtree_walk_finds_what_psutil_finds():
+    from colab_guard.act.enforce import _children_map, _descendants, subtree
 
     proc = started(TREE)
     try:
         parent = psutil.Process(proc.pid)
         expected = {p.pid for p in parent.children(recursive=True)}
         assert len(expected) == 5  # sleep, sh and its two sleeps, the thread's sleep
-        assert {p.pid for p in descendants(parent)} == expected
+        # Many offenders at once: one pass over the processes for all of them.
+        assert {p.pid for p in _descendants(parent, _children_map())} == expected
+        below = subtree(parent)
+        if below is None:
+            assert not os.path.exists(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            pytest.skip("this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)")
+        assert {p.pid for p in below} == expected
     finally:
         for child in psutil.Process(proc.pid).children(recursive=True):
             child.kill()

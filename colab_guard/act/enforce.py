@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Awaitable, Callable
 
 import psutil
@@ -58,10 +59,15 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
                      may_signal: MaySignal | None = None
                      ) -> tuple[list[Action], dict[int, psutil.Process]]:
     """SIGTERM to each offender and its descendants (never ``spare_pids`` nor what
-    ``may_signal`` refuses); the actions (those already settled: gone, failed, spared) and
-    the processes signalled."""
+    ``may_signal`` refuses), in the order given (the most telling first). Each offender is
+    frozen (SIGSTOP) the moment it is checked, so that it stops running at once while its
+    descendants are found (a pass over the processes: seconds on a loaded machine with many
+    stops under way), and cannot exit meanwhile and leave them to init; then its family gets
+    SIGTERM and it is let go (SIGCONT) to take it. The actions (those already settled: gone,
+    failed, spared) and the processes signalled."""
     actions: list[Action] = []
     targets: dict[int, psutil.Process] = {}
+    children = None  # ppid -> pids: one pass over the processes for all the offenders
     for offender in offenders:
         action = Action("stop", f"pid {offender.pid}")
         actions.append(action)
@@ -70,7 +76,6 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
             if offender.create_time and abs(proc.create_time() - offender.create_time) > 0.01:
                 action.outcome, action.detail = "gone", "exited (its pid now names another process)"
                 continue
-            family = [proc, *descendants(proc)]
         except psutil.NoSuchProcess:
             action.outcome, action.detail = "gone", "had already exited"
             continue
@@ -80,22 +85,41 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
         if may_signal is not None and not may_signal(proc):
             action.outcome, action.detail = "failed", "spared: not a notebook user's process"
             continue
-        for member in family:
-            if member.pid not in spare_pids and (may_signal is None or may_signal(member)):
-                targets[member.pid] = member
-    for proc in targets.values():
+        frozen = proc.pid not in spare_pids and _signal(proc, signal.SIGSTOP)
         try:
-            proc.terminate()
+            below = subtree(proc)
+            if below is None and len(offenders) > 1:
+                children = children if children is not None else _children_map()
+                below = _descendants(proc, children)
+            elif below is None:
+                below = proc.children(recursive=True)
+            family = [proc, *below]
         except psutil.Error:
-            pass
+            family = [proc]  # gone meanwhile: what it started is found if it offends
+        for member in family:
+            if member.pid not in spare_pids and member.pid not in targets \
+                    and (may_signal is None or may_signal(member)):
+                targets[member.pid] = member
+                _signal(member, signal.SIGTERM)
+        if frozen:
+            _signal(proc, signal.SIGCONT)
     return actions, targets
 
 
-def descendants(proc: psutil.Process) -> list[psutil.Process]:
-    """Every process below ``proc``, from /proc/PID/task/TID/children: only its own subtree is
-    read, where psutil's ``children(recursive=True)`` reads the stat of every process on the
-    machine (a node watcher's machine has thousands: tens of milliseconds before the SIGTERM).
-    psutil's walk where the kernel has no such file (built without CONFIG_PROC_CHILDREN)."""
+def _signal(proc: psutil.Process, number: int) -> bool:
+    """Send a signal to the process (psutil checks that its pid still names it)."""
+    try:
+        proc.send_signal(number)
+        return True
+    except psutil.Error:
+        return False
+
+
+def subtree(proc: psutil.Process) -> list[psutil.Process] | None:
+    """Every process below ``proc``, from /proc/PID/task/TID/children: only its own subtree
+    is read, where a pass over the processes reads the stat of every process on the machine
+    (a node watcher's machine has thousands: tens of milliseconds before the SIGTERM). None
+    where the kernel has no such file (built without CONFIG_PROC_CHILDREN)."""
     found: list[psutil.Process] = []
     parents, seen = [proc.pid], {proc.pid}
     while parents:
@@ -111,7 +135,7 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
             except FileNotFoundError:
                 if not os.path.exists(f"/proc/{pid}/task/{tid}"):
                     continue  # the thread ended
-                return proc.children(recursive=True)  # no such file on this kernel
+                return None  # no such file on this kernel
             for child in children:
                 if child not in seen:
                     seen.add(child)
@@ -120,6 +144,33 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
                         found.append(psutil.Process(child))
                     except psutil.NoSuchProcess:
                         pass
+    return found
+
+
+def _children_map() -> dict[int, list[int]]:
+    """ppid -> pids, from one pass over the processes."""
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(proc.pid)
+    return children
+
+
+def _descendants(proc: psutil.Process, children: dict[int, list[int]]) -> list[psutil.Process]:
+    """A process's descendants by the map, each checked to be younger than its parent (a
+    pid reused since the map was made is no descendant)."""
+    found, stack = [], [proc]
+    while stack:
+        parent = stack.pop()
+        for pid in children.get(parent.pid, ()):
+            try:
+                child = psutil.Process(pid)
+                if child.ppid() == parent.pid and child.create_time() >= parent.create_time():
+                    found.append(child)
+                    stack.append(child)
+            except psutil.Error:
+                continue
     return found
 
 

@@ -10,8 +10,16 @@ kernel channel carry plans out, so every decision is unit-tested on data.
 - The kernel process itself cannot be stopped like a child: it is interrupted, and
   shut down if it offends again within ``KERNEL_ESCALATION_WINDOW``.
 - A process already acted on is not acted on again while it lives.
+- Processes tied to no kernel (``observe/attribution.py``: a user's orphan whose
+  environment names a kernel that nothing proves) are stopped at most: no kernel is
+  interrupted or shut down for what cannot be tied to it.
 - A cell is refused (not run) when its action would stop anything; warned about or
   recorded otherwise.
+- Offences coalesced per kernel: a kernel opens at most ``INCIDENT_BURST`` incidents within
+  ``INCIDENT_WINDOW`` seconds (``admit``). What it does past that is still acted on at once,
+  the strongest first, but recorded in one incident per kernel and window that lists the
+  offenders (capped, with a count): a loop of decoys cannot flood the record, the admins'
+  view or the user's notebook, nor hold up the stop of the one that matters.
 - Tampering with the kernel hook is recorded (at most warned about): the server side
   still enforces everything, so there is nothing to stop.
 - A strike: an enforced incident (not dry run), or a refused cell once the user has had
@@ -27,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..detect.engine import Detection
+from ..observe.attribution import unknown_kernel_uid
 from ..record.incident import Action, Incident
 from ..settings import Settings
 from ..vocabulary import ENFORCING_ACTIONS, RANK, at_least, strongest, weakest
@@ -35,6 +44,10 @@ from ..vocabulary import ENFORCING_ACTIONS, RANK, at_least, strongest, weakest
 KERNEL_GRACE = 3.0
 #: The kernel offending again within this long of being interrupted is shut down.
 KERNEL_ESCALATION_WINDOW = 60.0
+#: Incidents one kernel may open within ``INCIDENT_WINDOW`` seconds before what it does
+#: next is coalesced into one incident for the rest of the window.
+INCIDENT_BURST = 3
+INCIDENT_WINDOW = 10.0
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Policy:
         self._clock = clock
         self._handled: dict[str, set[tuple]] = defaultdict(set)  # kernel -> process keys acted on
         self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
+        self._opened: dict[str, list[float]] = defaultdict(list)  # kernel -> incidents opened, when
 
     # ------------------------------------------------------------ processes
 
@@ -90,12 +104,24 @@ class Policy:
             plans.append(Plan(group, action, self._steps(action, group)))
         return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
 
+    def admit(self, kernel_id: str) -> bool:
+        """Whether the kernel may open an incident of its own now (counted if so); False:
+        its plan is coalesced with the others of this window (the monitor's ``Coalesced``)."""
+        now = self._clock()
+        opened = self._opened[kernel_id]
+        opened[:] = [t for t in opened if now - t < INCIDENT_WINDOW]
+        if len(opened) >= INCIDENT_BURST:
+            return False
+        opened.append(now)
+        return True
+
     def forget_kernel(self, kernel_id: str) -> None:
         self._handled.pop(kernel_id, None)
         self._kernel_acted.pop(kernel_id, None)
+        self._opened.pop(kernel_id, None)
 
     def kernels_known(self) -> set[str]:
-        return set(self._handled) | set(self._kernel_acted)
+        return set(self._handled) | set(self._kernel_acted) | set(self._opened)
 
     def _is_new(self, d: Detection) -> bool:
         if d.process.is_kernel and not self.settings.dry_run:
@@ -107,6 +133,8 @@ class Policy:
 
     def _choose(self, detections: list[Detection], escalate: bool) -> str:
         action = choose_action(detections, self.settings)
+        if unknown_kernel_uid(detections[0].kernel_id) is not None:
+            return weakest(action, "stop")  # no kernel it can be tied to is touched
         kernel_offends = any(d.process.is_kernel for d in detections)
         if kernel_offends and at_least(action, "stop") and not self.settings.dry_run:
             # The kernel process cannot be "stopped" like a child process.

@@ -32,8 +32,7 @@ import psutil
 
 from . import procfs
 from .behaviour import Behaviour
-from .attribution import (ENVIRON_TRIES, KERNEL_ENV_MARKER, children_of, descend,
-                          environment_marker, kernel_environment, same_user)
+from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import ContentScanner
 from .gpu import GpuSample
 from .idle import QUIET_REFRESH, HeldCounts, QuietRead, SchedCounts, refresh_time
@@ -80,9 +79,6 @@ class Tracked:
     """What the sampler keeps about one live process between ticks (forgotten at its exit)."""
 
     owner: str | None = None  # the kernel it was attributed to: sticky
-    environ_read: bool = False  # its environment was read for a kernel's marker
-    environ_owner: str | None = None  # the kernel that marker named, if any
-    environ_tries: int = 0  # reads that found its environment empty (mid-exec)
     cpu: tuple[float, float] | None = None  # (CPU seconds, wall time) at the last read
     libraries: tuple[float, int, list[str]] | None = None  # (when, vms, paths) at the last maps read
     fds: _Fds | None = None  # the last walk of its fds
@@ -135,12 +131,15 @@ class ProcessSampler:
         self.log = log or logging.getLogger("colab_guard")
         self.libraries_refresh = libraries_refresh
         self.read_environ = read_environ
+        # Which kernel an orphan (in no kernel's tree) belongs to, by what can be proven.
+        self.orphans = OrphanJudge(read_environ, self.log)
         self.stats = SamplerStats()
         # Executable content, scanned once per file in a background thread.
         self.content = content if content is not None else ContentScanner(log=self.log)
         self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
         self._tracked: dict[ProcessKey, Tracked] = {}  # live processes the sampler knows
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
+        self._unheld_once: set[int] = set()  # held by none at the last tick's end
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
@@ -353,45 +352,22 @@ class ProcessSampler:
             if state is not None and state.owner in kernels:
                 roots.append((pid, state.owner))
         descend(roots, children, owners)
-        # Orphans never seen in a tree: claimed by the marker in their environment.
+        # Orphans never seen in a tree: tied by what can be proven (attribution.py).
+        self.orphans.note_owned(owners, table)
         claimed = []
         for pid, entry in table.items():
             if pid not in owners:
-                kid = self._owner_from_environment(entry, kernels)
-                if kid is not None:
-                    claimed.append((pid, kid))
+                tie, final = self.orphans.tie(entry, kernels, table)
+                if not final:
+                    self._table_changed = True  # its environment is read again next tick
+                if tie is not None:
+                    claimed.append((pid, tie.kernel))
         descend(claimed, children, owners)
+        self.stats.claimed_by_environment = self.orphans.counts["environment"]
         for pid, kid in owners.items():
             state = self._state(table[pid].key)
             state.owner = state.owner or kid
         return owners
-
-    def _owner_from_environment(self, entry: Entry, kernels: Mapping[str, int]) -> str | None:
-        """Claim an orphan by the marker its kernel left in its environment."""
-        if not self.read_environ:
-            return None
-        state = self._tracked.get(entry.key)
-        if state is not None and state.environ_read:
-            return state.environ_owner
-        kid, read = environment_marker(entry.pid, entry.key[1])
-        state = self._state(entry.key)
-        if not read:
-            state.environ_tries += 1
-            if state.environ_tries < ENVIRON_TRIES:
-                self._table_changed = True  # asked again next tick
-                return None
-        if kid is not None and kid not in kernels:
-            kid = None
-        if kid is not None and not same_user(entry.pid, kernels[kid]):
-            # Another user's process naming our kernel: never blamed on it, never acted on.
-            self._problem("foreign-marker", "process %s names kernel %s in its environment but "
-                          "runs as another user than the kernel; not attributed to it",
-                          entry.pid, kid)
-            kid = None
-        if kid is not None:
-            self.stats.claimed_by_environment += 1
-        state.environ_read, state.environ_owner = True, kid
-        return kid
 
     def _sockets_unaccounted(self, sockets: InetTables) -> bool:
         """Whether a socket appeared that no watched process is known to hold and that
@@ -410,7 +386,12 @@ class ProcessSampler:
         server's own connections, other users'); forgotten once closed."""
         held = self._held_sockets()
         present = sockets.inodes
-        self._foreign_sockets = (self._foreign_sockets & present) | (present - held)
+        # Only once unheld at two tick ends: a socket opened by a process after its fds were
+        # walked this tick, and before the tables were read, is found at the next tick's walk
+        # (taken as foreign at once, it stayed unseen until the refresh, seconds later).
+        unheld = present - held
+        self._foreign_sockets = (self._foreign_sockets & present) | (unheld & self._unheld_once)
+        self._unheld_once = unheld
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                       gpu_use: tuple[float, float]) -> Process | None:
@@ -719,6 +700,7 @@ class ProcessSampler:
         for key in self._tracked.keys() - alive:
             self._tracked.pop(key).forget_quiet()
         self.content.forget(alive)  # what it read of their memory
+        self.orphans.forget(table)
 
 
 def _closed(held: HeldCounts | None) -> None:

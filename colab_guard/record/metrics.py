@@ -4,6 +4,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 INCIDENTS = Counter("colab_guard_incidents_total", "Incidents recorded, by category and action "
                     "(dry-run incidents have action 'dry-run').", ["category", "action"])
+OFFENCES_COALESCED = Counter("colab_guard_offences_coalesced_total",
+                             "Offences of a kernel past its burst of incidents, acted on at once "
+                             "and recorded together in one incident per kernel and window, by "
+                             "category (a log line names the incident).", ["category"])
+ATTRIBUTIONS = Counter("colab_guard_attributions_total",
+                       "Processes first seen outside every kernel's tree, tied by how: session "
+                       "(in a kernel's session), environment (the marker, agreeing with what is "
+                       "known), unproven (the user's, kernel unknown: stopped, no kernel "
+                       "interrupted).", ["how"])
 KERNELS_MONITORED = Gauge("colab_guard_kernels_monitored", "Kernels the guard is watching now.")
 PROCESSES_SAMPLED = Counter("colab_guard_processes_sampled_total",
                             "Processes read by the sampler, summed over ticks.")

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..observe import procfs
-from ..observe.attribution import KERNEL_ENV_MARKER
+from ..observe.attribution import KERNEL_ENV_MARKER, unknown_kernel_uid
 
 _MARKER = KERNEL_ENV_MARKER.encode() + b"="
 #: seconds after its start during which a process that is no kernel's is read again each scan
@@ -294,8 +294,13 @@ class NodeKernels:
         return self._kernels.get(kernel_id) or self._retired.get(kernel_id)
 
     def user_of(self, kernel_id: str) -> str | None:
+        """The kernel's user; for a user's processes tied to no kernel (attribution.py's
+        stand-in id), the login of their uid."""
         kernel = self.kernel(kernel_id)
-        return kernel.user if kernel is not None else None
+        if kernel is not None:
+            return kernel.user
+        uid = unknown_kernel_uid(kernel_id)
+        return _login(uid) if uid is not None else None
 
     async def notebook_path(self, kernel_id: str) -> str | None:
         kernel = self.kernel(kernel_id)
