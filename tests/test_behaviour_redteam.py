@@ -16,19 +16,10 @@ from tests.harness import wait_until
 from tests.standins import pool as standin_pool
 from tests.standins.watched import ENV, Watched
 from tests.test_behaviour_refused import SWEEPER, THRESHOLD, _honest, _measured
-from tests.test_behaviour_relay import RELAY, _started, _users
+from tests.test_behaviour_relay import RELAY, _started, _users, far_end  # noqa: F401
 
 ROOT = Path(__file__).parent.parent
 WINDOW = 3.0  # the mining window in these sampler-level tests (the server's is 15 s)
-
-
-@pytest.fixture
-def far_end():
-    proc = subprocess.Popen(RELAY + ["stream"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            text=True)
-    yield int(proc.stdout.readline())
-    proc.kill()
-    proc.wait()
 
 
 # ------------------------------------------------------------------ the abuser
