@@ -101,9 +101,11 @@ def environment_marker(pid: int, create_time: float) -> tuple[str | None, bool]:
 
 
 def same_process(proc: psutil.Process, create_time: float) -> bool:
-    """Whether a psutil handle is the process that started at ``create_time``."""
+    """Whether a psutil handle is the process that started at ``create_time``. Within a
+    second: both start times rest on /proc/stat's boot time, whole seconds the kernel moves
+    when the clock is set."""
     try:
-        return abs(proc.create_time() - create_time) < 0.01
+        return abs(proc.create_time() - create_time) <= 1
     except psutil.Error:
         return False
 

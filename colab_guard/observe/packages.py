@@ -60,6 +60,7 @@ from pathlib import Path
 
 import psutil
 
+from .attribution import same_process
 from .model import Process
 
 SITE_FOLDERS = ("site-packages", "dist-packages")
@@ -407,10 +408,9 @@ def _now_running(proc_exe: str) -> str | None:
 
 
 def _same_process(p: Process) -> bool:
-    """Still the process sampled (its pid not reused). Within a second: the boot time both
-    start times rest on is /proc/stat's, whole seconds the kernel moves when the clock is set."""
+    """Still the process sampled (its pid not reused)."""
     try:
-        return abs(psutil.Process(p.pid).create_time() - p.create_time) <= 1
+        return same_process(psutil.Process(p.pid), p.create_time)
     except psutil.Error:
         return False
 
