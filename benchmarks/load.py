@@ -231,6 +231,18 @@ def latencies(server: Server, path: str, count: int) -> list[float]:
     return found
 
 
+def profile(server: Server, args) -> subprocess.Popen | None:
+    """py-spy samples of the guarded server over the measured window (``--profile FILE``:
+    collapsed stacks, one line per stack with its sample count; only samples where a thread
+    ran, so what the guard spends its CPU on)."""
+    if not args.profile:
+        return None
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(server.process.pid),
+         "--duration", str(int(args.seconds)), "--rate", "50", "--nonblocking", "--threads",
+         "--format", "raw", "--output", args.profile], stdout=subprocess.DEVNULL)
+
+
 def measure(server: Server, seconds: float, requests: int, guarded: bool) -> dict:
     """Server CPU, ticks and API latency over ``seconds``."""
     before_metrics = server.metrics() if guarded else {}
@@ -351,7 +363,10 @@ def run(guarded: bool, args, user: pwd.struct_passwd | None = None,
                     time.sleep(1)
             time.sleep(15 if with_watcher else 5)  # kernels settled (the watcher's first reads)
             watcher_cpu0 = watcher.cpu() if watcher is not None else 0.0
+            profiler = profile(server, args) if guarded and not with_watcher else None
             result = measure(server, args.seconds, args.requests, guarded and not with_watcher)
+            if profiler is not None:
+                profiler.wait(timeout=60)
             if watcher is not None:
                 result["watcher_percent"] = \
                     100 * (watcher.cpu() - watcher_cpu0) / result["seconds"]
@@ -438,6 +453,10 @@ def main() -> None:
                         "-guarded, -with-the-watcher")
     parser.add_argument("--no-watcher", action="store_true",
                         help="leave out the run with the node watcher (it needs root)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy's collapsed stacks of the guarded server over its window")
+    parser.add_argument("--guarded-only", action="store_true",
+                        help="only the guarded run (to profile it; no comparison)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     user = None
@@ -449,6 +468,11 @@ def main() -> None:
                        check=True, capture_output=True)
         user = pwd.getpwnam(name)
     try:
+        if args.guarded_only:
+            guard = run(True, args)
+            print(json.dumps({k: v for k, v in guard.items() if k not in ("status", "kernels")},
+                             indent=1, default=str))
+            return
         base = run(False, args, user)
         guard = run(True, args, user)
         watched = run(True, args, user, with_watcher=True) if user is not None else None

@@ -403,6 +403,7 @@ class Monitor:
         behaviour = getattr(self.sampler, "behaviour", None)  # a replaying sampler has none
         if behaviour is not None:
             self._sampling.submit(behaviour.note_connects, kernel_id, endpoints, time.time())
+            self._sampling.submit(self.sampler.read_kernel_in_full, kernel_id)
 
     def note_imports(self, kernel_id: str, modules: list[str]) -> None:
         """Modules the kernel hook saw the kernel import (in the sampler's own thread)."""
@@ -415,6 +416,7 @@ class Monitor:
         behaviour = getattr(self.sampler, "behaviour", None)
         if behaviour is not None:
             self._sampling.submit(behaviour.note_binds, kernel_id, binds)
+            self._sampling.submit(self.sampler.read_kernel_in_full, kernel_id)
 
     async def _carry_out(self, kernel_id: str, steps: list[Action], plan: Plan) -> None:
         offenders = {f"pid {d.process.pid}": d.process for d in unique_processes(plan.detections)}

@@ -13,7 +13,9 @@ Real processes throughout.
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -147,7 +149,102 @@ def test_a_process_running_on_is_still_read_in_full_every_few_seconds(runner, yo
     assert sampler.stats.full_reads == full_reads + 1
 
 
+def _full_every(sampler: ProcessSampler, pid: int) -> float:
+    return next(t.full_every for (p, _), t in sampler._tracked.items() if p == pid)
+
+
+def _tick_until(sampler, pid, condition, what: str):
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+        sample(sampler, pid)
+
+
+def test_a_kernel_found_unchanged_is_read_in_full_ever_further_apart(runner, young_ok,
+                                                                      monkeypatch):
+    monkeypatch.setattr(processes, "KERNEL_FULL_READ_MAX", 0.8)
+    sampler = ProcessSampler(libraries_refresh=0.1)
+    sample(sampler, runner.pid)
+    seen = []
+
+    def spaced_out():
+        seen.append(_full_every(sampler, runner.pid))
+        return seen[-1] == 0.8
+
+    _tick_until(sampler, runner.pid, spaced_out, "the kernel's full reads never spaced out")
+    grown = list(dict.fromkeys(seen))
+    assert grown[-4:] == [0.1, 0.2, 0.4, 0.8]  # doubled at each full read that found nothing
+    # Anything new (a socket) has it read in full at once, and the spacing starts again.
+    full_reads = sampler.stats.full_reads
+    command(runner, "listen")
+    sample(sampler, runner.pid)
+    assert sampler.stats.full_reads == full_reads + 1
+    assert _full_every(sampler, runner.pid) == 0.1
+
+
+def test_a_connection_the_kernel_hook_reports_has_the_kernel_read_in_full_at_the_next_tick(
+        runner, young_ok, monkeypatch):
+    monkeypatch.setattr(processes, "KERNEL_FULL_READ_MAX", 60.0)
+    sampler = ProcessSampler(libraries_refresh=0.1)
+    sample(sampler, runner.pid)
+    _tick_until(sampler, runner.pid, lambda: _full_every(sampler, runner.pid) >= 3.2,
+                "the kernel's full reads never spaced out")
+    read_lightly(sampler, runner.pid)
+    full_reads = sampler.stats.full_reads
+    sampler.read_kernel_in_full("k")  # what Monitor.note_connects does
+    sample(sampler, runner.pid)
+    assert sampler.stats.full_reads == full_reads + 1
+
+
+def test_a_process_that_is_no_kernel_is_read_in_full_at_the_usual_pace(runner, young_ok,
+                                                                       monkeypatch):
+    """A busy child (a miner whose memory may unpack later) is not spaced out."""
+    monkeypatch.setattr(processes, "KERNEL_FULL_READ_MAX", 0.8)
+    kernel = subprocess.Popen(["sleep", "600"])
+    try:
+        sampler = ProcessSampler(libraries_refresh=0.1)
+        sampler.claim(runner.pid, "k")  # the runner is the kernel's child here
+        full_reads = sampler.stats.full_reads
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            sampler.sample({"k": kernel.pid})
+            time.sleep(0.02)
+        assert _full_every(sampler, runner.pid) == 0.1
+        assert sampler.stats.full_reads - full_reads >= 3 / 0.1 * 0.5  # every 50-94 ms
+    finally:
+        kernel.kill()
+        kernel.wait()
+
+
+def test_a_kernel_that_keeps_running_holds_no_schedstat_files(runner, young_ok):
+    gc.collect()
+    held_before = HeldCounts.open_files
+    sampler = ProcessSampler()
+    sample(sampler, runner.pid)
+    assert HeldCounts.open_files > held_before  # its baseline, if it turns out idle
+    read_lightly(sampler, runner.pid)
+    assert HeldCounts.open_files == held_before  # running: not read until its next full read
+
+
+def test_the_open_files_limit_is_raised_for_held_files():
+    """Most services start with a soft limit of 1,024 (a budget of 256 held files, for a
+    thousand idle processes): the sampler raises it towards the hard limit."""
+    hard = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
+    code = ("import resource\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, (1024, {hard}))\n"
+            "from colab_guard.observe.idle import HeldCounts\n"
+            "print(HeldCounts._budget(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout
+    raised = min(hard, 32768)
+    assert out.split() == [str(min(8192, raised // 4)), str(raised)]
+    code = code.replace(str(hard), "2048")  # the hard limit is as far as it goes
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["512", "2048"]
+
+
 def test_an_idle_process_is_watched_through_held_files_which_close_when_it_exits():
+    gc.collect()  # earlier tests' samplers: their files closed now, not during this test
     held_before = HeldCounts.open_files
     sleeper = subprocess.Popen(["sleep", "600"])
     try:

@@ -639,6 +639,10 @@ class ContentScanner:
         self._pending: dict[FileKey, bool] = {}
         self._memory: dict[tuple, _Memory] = {}
         self._libraries: dict[tuple, _Libraries] = {}
+        #: processes whose memory scan found other markers or traits than the last one: read
+        #: in full at the next tick (added and pruned under the lock; the sampler's look-ups
+        #: and discards are single set operations)
+        self.news: set[tuple] = set()
         self.system_packages = SYSTEM_PACKAGES
         self._lock = threading.Lock()
         self._background = background
@@ -761,6 +765,7 @@ class ContentScanner:
                 del self._memory[key]
             for key in [k for k in self._libraries if k not in alive]:
                 del self._libraries[key]
+            self.news.intersection_update(alive)
 
     # ------------------------------------------------------------ the queue
 
@@ -1069,6 +1074,7 @@ class ContentScanner:
         except OSError:
             interpreter = True
         traits: list[str] = []
+        found_before = (list(memory.markers), list(memory.traits))
         now = time.monotonic()
         try:
             rescan = now - memory.scanned_at >= self.memory_rescan or not memory.scanned_at
@@ -1112,6 +1118,9 @@ class ContentScanner:
             memory.scanned_at = memory.scanned_at or now
             self.log.debug("colab-guard: could not read the memory of %s: %s", pid, err)
         finally:
+            if (memory.markers, traits) != found_before:
+                with self._lock:
+                    self.news.add(key)
             memory.traits = traits
             memory.queued = False
             memory.checked_at = time.monotonic()

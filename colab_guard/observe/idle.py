@@ -21,6 +21,10 @@ from .model import Process
 #: process at its own point between half this and this, so they do not come at once).
 QUIET_REFRESH = 120.0
 
+#: The open-files soft limit the sampler raises its process's to, if the hard limit allows:
+#: a quarter of it holds idle processes' schedstat files (HeldCounts).
+WANTED_OPEN_FILES = 32768
+
 
 @dataclass
 class QuietRead:
@@ -63,7 +67,7 @@ class HeldCounts:
     opened each tick as before."""
 
     open_files = 0  # held by every sampler of this process
-    budget = max(0, min(8192, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+    budget: int | None = None  # set at the first read (see _budget)
 
     def __init__(self, fds: list[int]):
         self.fds = fds
@@ -77,11 +81,30 @@ class HeldCounts:
         if found is None:
             return None, None
         counts, fds = found
-        if cls.open_files + len(fds) <= cls.budget:
+        if cls.open_files + len(fds) <= cls._budget():
             return counts, cls(fds)
         for fd in fds:
             os.close(fd)
         return counts, None
+
+    @classmethod
+    def _budget(cls) -> int:
+        """A quarter of the open-files limit, at most 8,192; worked out at the first read, so
+        after the server raised its limit (jupyter_server's ``min_open_files_limit``), and
+        with the soft limit raised towards the hard one first (as the Go runtime and
+        jupyter_server do: the soft limit is 1,024 in most services, the hard one far more)."""
+        if cls.budget is None:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            wanted = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY \
+                else min(hard, WANTED_OPEN_FILES)
+            if soft != resource.RLIM_INFINITY and soft < wanted:
+                try:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                    soft = wanted
+                except (ValueError, OSError):
+                    pass  # kept as it is: fewer files held
+            cls.budget = max(0, min(8192, soft // 4))
+        return cls.budget
 
     def counts(self) -> tuple[bytes, ...] | None:
         if len(self.fds) == 1:  # most processes: said without a generator

@@ -47,6 +47,16 @@ ProcessKey = tuple[int, float]
 #: new socket (see _walk_fds).
 FD_COUNT_SETTLED = 10.0
 
+#: Seconds at most between two full reads of a kernel that keeps running and whose full reads
+#: keep finding it unchanged: its threads wake every second, so it is read lightly at every
+#: tick (see _light_read), and the full read that backs that up comes at ``libraries_refresh``,
+#: then twice as far apart each time it finds nothing new, up to this. Whatever else it does
+#: changes what a light read reads (see there), or is reported by the kernel hook (a connect,
+#: a bind: read_kernel_in_full) or found by its memory scan (ContentScanner.news), and has it
+#: read in full at the next tick; only a socket put in a closed file's place (the same fd
+#: count) by a connect the hook does not see waits for this.
+KERNEL_FULL_READ_MAX = 40.0
+
 
 class Entry:
     """A process in the table, as the pass knows it from one tick to the next."""
@@ -87,6 +97,7 @@ class Tracked:
     handed: Process | None = None  # the sample handed out last tick
     netns: str | None = None  # its network namespace ('' the guard's own), once read
     full_due: float = 0.0  # when it is read in full again if it keeps running (_light_read)
+    full_every: float = 0.0  # seconds between those full reads (a kernel's grow: _full_due)
     changed_at: float = 0.0  # when a full read found it had exec'd (another exe or name)
     running: bool = False  # it ran at its last check: read lightly without asking again
     steady: Process | None = None  # idle, no socket, nothing pending: handed out as it was
@@ -449,6 +460,7 @@ class ProcessSampler:
                                                             sockets)]
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
+        self.content.news.discard(key)  # taken now, whatever the memory scan found
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
         sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
         if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
@@ -460,10 +472,33 @@ class ProcessSampler:
                 sample, activity, refresh_time(now, pid), not settled,
                 fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms, held=held,
                 files_pending=files_pending)
-            state.full_due = now + self.libraries_refresh * (8 + pid % 8) / 16
+            state.full_due = self._full_due(state, now, pid, before, sample,
+                                            not files_pending)
         else:
             _closed(held)
         return self._hand_out(key, sample)
+
+    def _full_due(self, state: Tracked, now: float, pid: int, before: Process | None,
+                  sample: Process, files_settled: bool) -> float:
+        """When a process that keeps running is read in full again: every ``libraries_refresh``
+        (spread by pid); a kernel whose full read found nothing new (beyond its CPU and
+        memory) and whose files are all scanned, twice as far apart each time, up to
+        ``KERNEL_FULL_READ_MAX`` (sooner when the kernel hook reports a connection or a bind,
+        read_kernel_in_full, or its memory scan finds something, ContentScanner.news)."""
+        unchanged = sample.is_kernel and files_settled and before is not None and \
+            _same_but_usage(before, sample)
+        state.full_every = min(2 * state.full_every, KERNEL_FULL_READ_MAX) if unchanged \
+            and state.full_every else self.libraries_refresh
+        return now + state.full_every * (8 + pid % 8) / 16
+
+    def read_kernel_in_full(self, kernel_id: str) -> None:
+        """The kernel hook saw the kernel connect or bind: its sockets are read at the next
+        tick, not at its spaced-out full read (call from the sampler's thread)."""
+        pid = self._owners[0].get(kernel_id) if self._owners is not None else None
+        entry = self._table.get(pid) if pid is not None else None
+        state = self._tracked.get(entry.key) if entry is not None else None
+        if state is not None:
+            state.full_due, state.full_every = 0.0, self.libraries_refresh
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                    gpu_use: tuple[float, float]) -> Process | None:
@@ -553,7 +588,8 @@ class ProcessSampler:
         # scanned (markers that land later are taken at the next full read). What is due at
         # the fds' and maps' pace falls due after ``full_due``.
         if quiet is None or now >= state.full_due or quiet.files_pending or state.fds is None \
-                or now - max(entry.key[1], state.changed_at) <= FD_COUNT_SETTLED:
+                or now - max(entry.key[1], state.changed_at) <= FD_COUNT_SETTLED \
+                or entry.key in self.content.news:  # its memory scan found something new
             return None
         pid, base = entry.pid, quiet.sample
         try:
@@ -567,6 +603,11 @@ class ProcessSampler:
         fds = state.fds
         if fds.count is None or procfs.fd_count(pid) != fds.count:
             return None
+        if not state.running and quiet.held is not None:
+            # It keeps running (a kernel): its threads' schedstat files are not read again
+            # before its next full read, so they are not held meanwhile (a shared budget).
+            quiet.held.close()
+            quiet.held = None
         state.running = True
         self.stats.light_reads += 1
         found = [s for _, s in self._socket_pairs(entry.key, fds.inodes, base.netns, pid,
@@ -701,6 +742,16 @@ class ProcessSampler:
             self._tracked.pop(key).forget_quiet()
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
+
+
+def _same_but_usage(before: Process, now: Process) -> bool:
+    """Two full reads of a process that differ in nothing a signature reads but its CPU and
+    memory use."""
+    return (before.exe, before.cmdline, before.name, before.uid, before.threads,
+            before.libraries, before.open_files, before.sockets, before.exe_markers,
+            before.netns) == (now.exe, now.cmdline, now.name, now.uid, now.threads,
+                              now.libraries, now.open_files, now.sockets, now.exe_markers,
+                              now.netns)
 
 
 def _closed(held: HeldCounts | None) -> None:
