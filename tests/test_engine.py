@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from colab_guard.detect.conditions import FieldTest
-from colab_guard.detect.engine import Engine
+from colab_guard.detect.engine import USAGE_FIELDS, Engine
+from colab_guard.detect.fields import FIELDS, FieldView
 from colab_guard.detect.signatures import load_signatures, parse_text
-from colab_guard.observe.model import Process, Snapshot
+from colab_guard.observe.model import Process, Snapshot, Socket
 
 DATA = Path(__file__).parent / "data"
 RULES = load_signatures()
@@ -177,9 +179,11 @@ signatures:
     assert engine.evaluate(Snapshot("k", 1.0, [idle])) == []  # the very same sample
     assert tested == []
     assert engine.evaluate(Snapshot("k", 2.0, [sample(1.0, 200)])) == []
-    assert tested  # it changed after a quiet tick: tested in full
+    assert tested == []  # only its memory changed, which no rule reads
+    assert engine.evaluate(Snapshot("k", 2.5, [sample(2.0, 200)])) == []
+    assert tested  # its CPU changed, which the rule reads: tested
     tested.clear()
-    assert engine.evaluate(Snapshot("k", 3.0, [sample(1.0, 300)])) == []
+    assert engine.evaluate(Snapshot("k", 3.0, [sample(2.0, 300)])) == []
     assert tested == []  # it changed again, but only rss, which the rule does not read
     busy = sample(90.0, 300)
     [found] = engine.evaluate(Snapshot("k", 4.0, [busy]))
@@ -220,3 +224,35 @@ def test_a_shell_caught_before_it_started_the_program_is_named_with_its_command(
     incident = incident_from([shell])
     assert incident.summary() == "password-cracking: bash (pid 200)"
     assert SHELL_LINE in incident.evidence["processes"][0]["cmdline"]
+
+
+def test_the_usage_fields_are_the_only_fields_that_read_a_processs_usage():
+    """The engine leaves a process's CPU, memory and GPU use out of what it compares from one
+    tick to the next while no rule reads the fields in USAGE_FIELDS: no other field may
+    depend on those attributes."""
+    base = Process(pid=7, name="python", cmdline=["python", "x.py"], create_time=1.0,
+                   sockets=[Socket("tcp", "127.0.0.1", 5000, "127.0.0.1", 3333, "ESTABLISHED")])
+    used = replace(base, cpu_percent=95.0, rss=7 << 30, gpu_percent=99.0, gpu_memory_mb=8000.0)
+    for name in FIELDS.keys() - USAGE_FIELDS.keys():
+        assert FieldView(base)[name] == FieldView(used)[name], name
+    for name, attribute in USAGE_FIELDS.items():
+        assert FieldView(base)[name] != FieldView(used)[name], name
+        assert attribute in vars(base)
+
+
+def test_a_rule_reading_the_cpu_sees_every_change_of_it():
+    rules = parse_text("""
+signatures:
+  - id: busy
+    category: crypto-mining
+    severity: high
+    description: busy
+    when: {cpu_percent: {gte: 50}}
+    examples:
+      match: [{cpu_percent: 99}]
+      no_match: [{cpu_percent: 1}]
+""")
+    engine = Engine(rules)
+    proc = Process(pid=7, name="x", create_time=1.0, cpu_percent=1.0)
+    assert engine.evaluate(Snapshot("k", 0.0, [proc])) == []
+    assert engine.evaluate(Snapshot("k", 1.0, [replace(proc, cpu_percent=90.0)]))

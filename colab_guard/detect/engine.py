@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from ..observe.model import Process, Snapshot
@@ -71,11 +73,16 @@ class Engine:
     _cells: OrderedDict = field(default_factory=OrderedDict)
     _pending_ok: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, may hold)
     _union: tuple | None = None  # (the rules' conditions, every field they read)
+    _union_tick: float | None = None  # the snapshot time it was last looked at for
+    # what evaluate() compares of a process from one tick to the next (see _observer)
+    _observer: Callable[[Process], tuple] = field(default_factory=lambda: _observer(None))
 
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
         held_now: set[tuple] = set()
         last, now = self._last.get(snapshot.kernel_id, {}), {}
+        self._all_reads(snapshot.time)  # once a tick: the rules may have changed since
+        observe = self._observer
         for process in snapshot.processes:
             if getattr(process, "cell", ""):
                 detections.extend(self._check_cell(snapshot, process, held_now))
@@ -83,9 +90,11 @@ class Engine:
             cached = last.get(process.key)
             # Most processes look the same from one tick to the next (a thousand idle
             # children of fifty kernels): the same observation gives the same matches.
-            # The sampler hands out the very same object for a process that did not change.
+            # The sampler hands out the very same object for a process that did not change;
+            # a kernel's CPU and memory change at every tick, and are left out of what is
+            # compared while no rule reads them.
             if cached is None or cached[0] is not process or cached[3]:
-                observed = _observed(process)
+                observed = observe(process)
                 if cached is not None and cached[1] == observed:
                     cached = (process, observed, cached[2], None)
                 else:
@@ -208,7 +217,7 @@ class Engine:
         have the same values; ``results`` gets this tick's."""
         view = FieldView(process)
         results.bind(view, before)
-        reads = self._all_reads()
+        reads = self._all_reads(snapshot.time)
         if before is not None and before.matches is not None and reads is not None \
                 and not results.changed(reads):
             # None of the fields any rule reads changed (a kernel's CPU and memory did, and
@@ -293,9 +302,13 @@ class Engine:
         results.rules[key] = result
         return result
 
-    def _all_reads(self) -> tuple[str, ...] | None:
+    def _all_reads(self, tick: float | None = None) -> tuple[str, ...] | None:
         """Every field some rule reads (None if a rule reads fields not known), for the
-        rules as they are now."""
+        rules as they are now (looked at again at each new ``tick``: a snapshot's time), and
+        with it what ``evaluate`` compares of a process (``_observer``)."""
+        if tick is not None and tick == self._union_tick and self._union is not None:
+            return self._union[1]
+        self._union_tick = tick
         rules = [*self.rules.signatures.values(), *self.rules.allow.values()]
         key = tuple(id(rule.when) for rule in rules)
         if self._union is None or self._union[0] != key:
@@ -307,6 +320,7 @@ class Engine:
                     break
                 reads |= found
             self._union = (key, None if reads is None else tuple(sorted(reads)))
+            self._observer = _observer(self._union[1])
         return self._union[1]
 
     def _reads_of(self, rule_id: str, condition) -> tuple[str, ...] | None:
@@ -377,10 +391,19 @@ class _Results:
 _UNREAD = object()
 
 
-def _observed(process: Process) -> tuple:
-    """Everything the sampler saw of a process, comparable from one tick to the next (its
-    cached ``key`` included: evaluate() reads it before, on every process alike)."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in vars(process).values())
+#: Fields that read what a process uses (CPU, memory, GPU): it changes at every tick for a
+#: running process, and no other field reads these attributes (tests/test_engine.py checks).
+USAGE_FIELDS = {"cpu_percent": "cpu_percent", "rss_mb": "rss", "gpu_percent": "gpu_percent",
+                "gpu_memory_mb": "gpu_memory_mb"}
+
+
+def _observer(reads: tuple[str, ...] | None) -> Callable[[Process], tuple]:
+    """What the sampler saw of a process, comparable from one tick to the next: every
+    attribute, but those of the usage fields no rule reads (``reads``: the fields the rules
+    read, None if not known). Lists compare by value; a sample is never changed once handed
+    out."""
+    unread = {attr for name, attr in USAGE_FIELDS.items() if reads is not None and name not in reads}
+    return attrgetter(*[f.name for f in fields(Process) if f.name not in unread])
 
 
 def check_examples(sig: Signature) -> list[str]:

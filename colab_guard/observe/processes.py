@@ -148,6 +148,7 @@ class ProcessSampler:
         # Executable content, scanned once per file in a background thread.
         self.content = content if content is not None else ContentScanner(log=self.log)
         self._table: dict[int, Entry] = {}  # the last tick's process table, by pid
+        self._table_moved = True  # this tick's table differs from the last tick's
         self._tracked: dict[ProcessKey, Tracked] = {}  # live processes the sampler knows
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
         self._unheld_once: set[int] = set()  # held by none at the last tick's end
@@ -189,12 +190,16 @@ class ProcessSampler:
                 self._light_read(entry, now, is_kernel, sockets, gpu_use) or \
                 self._read_process(entry, now, is_kernel, sockets, gpu_use)
             if proc is not None:
-                snapshots.setdefault(kid, Snapshot(kernel_id=kid, time=now)).processes.append(proc)
+                snapshot = snapshots.get(kid)
+                if snapshot is None:  # an orphan's stand-in kernel (attribution.py)
+                    snapshot = snapshots[kid] = Snapshot(kernel_id=kid, time=now)
+                snapshot.processes.append(proc)
         if sockets.read:
             self._remember_foreign_sockets(sockets)
             self._tables = sockets
         self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
-        self._forget_dead(table)
+        if self._table_moved:  # a process started or exited: the state of those gone goes
+            self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
@@ -326,6 +331,7 @@ class ProcessSampler:
                     entry.ppid = stat.ppid
                 changed = True
         self._table_changed = self._table_changed or changed
+        self._table_moved = changed  # this tick's: what _forget_dead has to look at
         self._table = table
         self._activity_now = {}
         return table
