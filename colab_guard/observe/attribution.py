@@ -38,6 +38,10 @@ from . import procfs
 
 #: Set in every guarded kernel's environment; inherited by everything it starts.
 KERNEL_ENV_MARKER = "COLAB_GUARD_KERNEL_ID"
+_MARKER_PREFIX = KERNEL_ENV_MARKER.encode() + b"="
+#: Bytes of an environment read at most (Linux allows a few MiB): a marker past them is not
+#: seen, which gains nothing (a process can drop its marker anyway: it is a hint).
+ENVIRON_MAX_BYTES = 1 << 20
 
 #: Reads of an orphan's environment that found it empty (mid-exec) before giving up.
 ENVIRON_TRIES = 3
@@ -87,17 +91,21 @@ def descend(roots: Iterable[tuple[int, str]], children: Mapping[int, list[int]],
             stack.extend(children.get(pid, ()))
 
 
-def environment_marker(pid: int, create_time: float) -> tuple[str | None, bool]:
-    """(the kernel named in the process's environment, whether the environment was read):
-    an empty environment (the process is in the middle of an exec) is not a read."""
+def environment_marker(pid: int, start: int) -> tuple[str | None, bool]:
+    """(the kernel named in the environment of the process that started at ``start``, clock
+    ticks after boot; whether the environment was read): an empty environment (the process
+    is in the middle of an exec) is not a read. Read from /proc directly: this is asked of
+    every new process of the machine that no kernel's tree holds."""
     try:
-        proc = psutil.Process(pid)
-        if not same_process(proc, create_time):
-            return None, True
-        environment = proc.environ()
-    except psutil.Error:  # gone, or another user's process: not one of ours to claim
+        raw = procfs.read_all(f"/proc/{pid}/environ", ENVIRON_MAX_BYTES)
+        if procfs.read_stat(pid).start != start:
+            return None, True  # gone, and its pid taken again
+    except (OSError, ValueError, IndexError):  # gone, or another user's: not ours to claim
         return None, True
-    return environment.get(KERNEL_ENV_MARKER), bool(environment)
+    for item in raw.split(b"\0"):
+        if item.startswith(_MARKER_PREFIX):
+            return item[len(_MARKER_PREFIX):].decode("utf-8", "replace"), True
+    return None, bool(raw)
 
 
 def same_process(proc: psutil.Process, create_time: float) -> bool:
@@ -165,6 +173,7 @@ class OrphanJudge:
         self._kernels: dict[tuple[int, int], _KernelFacts | None] = {}  # (pid, start) -> facts
         self._warned: set[str] = set()
         self.counts: dict[str, int] = defaultdict(int)  # ties made, by how
+        self._pass_facts: tuple | None = None  # (kernels, table, facts) of the last pass
 
     def tie(self, entry, kernels: Mapping[str, int], table: Mapping) -> tuple[Tie | None, bool]:
         """(the tie of a process in no kernel's tree, whether that is final: False when its
@@ -217,8 +226,7 @@ class OrphanJudge:
                ) -> tuple[Tie | None, bool]:
         if not self.read_environ:
             return None, True
-        facts = {kid: self._facts(pid, table) for kid, pid in kernels.items() if pid > 0}
-        facts = {kid: f for kid, f in facts.items() if f is not None}
+        facts = self._all_facts(kernels, table)
         sid = session_of(entry.pid, entry.start)
         if sid is None:
             return None, True  # gone
@@ -226,7 +234,7 @@ class OrphanJudge:
         if by_session is not None:
             self._members[entry.key] = sid
             return Tie(by_session, "session", f"in the kernel's session ({sid})"), True
-        marker, read = environment_marker(entry.pid, entry.key[1])
+        marker, read = environment_marker(entry.pid, entry.start)
         if not read:
             tries = self._tries[entry.key] = self._tries.get(entry.key, 0) + 1
             if tries < ENVIRON_TRIES:
@@ -278,6 +286,18 @@ class OrphanJudge:
         return Tie(own, "unproven", f"its environment names kernel {marker}, but it left that "
                    f"kernel's tree and session before it was seen, and {others} other "
                    f"kernel(s) of the user were running: nothing ties it to one kernel")
+
+    def _all_facts(self, kernels: Mapping[str, int], table: Mapping
+                   ) -> dict[str, _KernelFacts]:
+        """What is known of each kernel, worked out once per attribution pass (the same
+        ``kernels`` and ``table``), however many new processes it judges."""
+        last = self._pass_facts
+        if last is not None and last[0] is kernels and last[1] is table:
+            return last[2]
+        facts = {kid: self._facts(pid, table) for kid, pid in kernels.items() if pid > 0}
+        facts = {kid: f for kid, f in facts.items() if f is not None}
+        self._pass_facts = (kernels, table, facts)
+        return facts
 
     def _facts(self, pid: int, table: Mapping) -> _KernelFacts | None:
         entry = table.get(pid)

@@ -18,8 +18,11 @@ from . import procfs
 from .model import Process
 
 #: Seconds after which a process that has not run is read in full all the same (each
-#: process at its own point between half this and this, so they do not come at once).
-QUIET_REFRESH = 120.0
+#: process at its own point between half this and this, so they do not come at once). A
+#: process that does not run cannot exec, map a library, open a file or change its uid;
+#: this is a safety net only, and each refresh is a full read: a thousand idle processes
+#: refreshed every one to two minutes cost twelve full reads a tick.
+QUIET_REFRESH = 600.0
 
 #: The open-files soft limit the sampler raises its process's to, if the hard limit allows:
 #: a quarter of it holds idle processes' schedstat files (HeldCounts).

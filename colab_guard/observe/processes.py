@@ -35,7 +35,7 @@ from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import ContentScanner
 from .gpu import GpuSample
-from .idle import QUIET_REFRESH, HeldCounts, QuietRead, SchedCounts, refresh_time
+from .idle import HeldCounts, QuietRead, SchedCounts, refresh_time
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -46,6 +46,10 @@ ProcessKey = tuple[int, float]
 #: Seconds after its start from which an unchanged fd count tells that a process opened no
 #: new socket (see _walk_fds).
 FD_COUNT_SETTLED = 10.0
+
+#: Seconds after which a running process's maps are read again even if its virtual size is
+#: the same (a library swapped for another of the same size).
+MAPS_MAX_AGE = 60.0
 
 #: Seconds at most between two full reads of a kernel that keeps running and whose full reads
 #: keep finding it unchanged: its threads wake every second, so it is read lightly at every
@@ -694,13 +698,13 @@ class ProcessSampler:
 
         /proc/PID/maps can be long: it is read again at most every ``libraries_refresh``
         seconds, and then only if the process's virtual size ``vms`` changed since (mapping
-        a library grows it), or at the quiet refresh.
+        a library grows it), or once ``MAPS_MAX_AGE`` old.
         """
         state = self._state(key)
         cached = state.libraries
         if cached is not None:
             age = now - cached[0]
-            if age < self.libraries_refresh or (vms == cached[1] and age < QUIET_REFRESH / 2):
+            if age < self.libraries_refresh or (vms == cached[1] and age < MAPS_MAX_AGE):
                 return cached[2]
         libraries: list[str] = []
         try:
