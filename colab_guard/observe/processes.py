@@ -317,17 +317,19 @@ class ProcessSampler:
             for dirent in listing:
                 if not dirent.name.isdigit():
                     continue
-                pid = int(dirent.name)
+                pid, inode = int(dirent.name), dirent.inode()
                 known = before.get(pid)
-                if known is None or known.inode != dirent.inode():
-                    known = self._identify(pid, dirent.inode(), known, boot)
+                if known is None or known.inode != inode:
+                    known = self._identify(pid, inode, known, boot)
                     if known is None:
                         continue  # gone already
                 else:
                     kept += 1
                 table[pid] = known
         changed = kept != len(before) or kept != len(table)
-        for entry in table.values():
+        # A process is reparented only when its parent exits: only if one of the last
+        # table's processes is gone (every process of a busy machine, looked up otherwise).
+        for entry in table.values() if kept != len(before) else ():
             parent = table.get(entry.ppid)
             if entry.ppid in before and (parent is None or parent.start > entry.start):
                 stat = _read_stat(entry.pid)  # its parent exited: whose child is it now?
