@@ -133,6 +133,19 @@ async def test_a_cryptojacking_detector_citing_hashcat_net_in_a_cell_runs(kernel
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "cell-stratum-client: a cell that names Stratum's methods, opens a socket and sends on it "
+    "is read as a Stratum client, whatever it sends; the cell check cannot tell the detector's "
+    "data from the bytes it sends (its alert to a local collector)"))
+async def test_a_cryptojacking_detector_posting_alerts_to_a_local_collector_runs(
+        kernel, guard_config, service):
+    port = service("params")  # the course's collector: answers each line
+    await run_to_the_end(kernel, guard_config, DETECTOR.replace(
+        'print("done")',
+        f'import socket\nc = socket.create_connection(("127.0.0.1", {port}))\n'
+        'c.sendall(b"ALERT flagged=%d\\n" % n); c.recv(100)\nprint("done")'))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "a script is searched for markers as bytes, comments included (observe/content.py): "
     "'hashcat.net' in a comment is the hashcat marker (cracking-tool-content)"))
 async def test_a_password_lab_script_citing_hashcat_net_in_a_comment_runs(

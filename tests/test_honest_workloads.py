@@ -380,3 +380,82 @@ async def test_reading_a_csv_of_malware_names_is_left_alone(kernel, guard_config
     ]
     for cell in cells:
         await run_to_the_end(kernel, guard_config, cell, done="")
+
+
+#: The lecture as people also run it, a script: ``!python week5.py``.
+LECTURE_SCRIPT = ('"""Week 5: what a miner and a torrent client look like on the wire and in a '
+                  'process list."""\n'
+                  'NOTES = ["XMRig: xmrig --donate-level 1 -o pool.example.org:3333 -u WALLET",\n'
+                  '         "BitTorrent: every peer connection starts with 19 + b\'BitTorrent protocol\'"]\n'
+                  'BT_HANDSHAKE = bytes([19]) + b"BitTorrent protocol"\n'
+                  'import time\nend = time.time() + 3\nwhile time.time() < end:\n    time.sleep(0.1)\n'
+                  'print(*NOTES, sep="\\n")\nprint("done")\n')
+
+
+async def test_a_security_lecture_run_as_a_script_is_left_alone(kernel, guard_config, tmp_path):
+    """Its notes carry xmrig's and BitTorrent's markers (observe/content.py reads a script's
+    strings too), but a script that holds no socket is no miner nor client."""
+    script = tmp_path / "week5.py"
+    script.write_text(LECTURE_SCRIPT)
+    await run_to_the_end(kernel, guard_config, f"!python {script}")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a script is searched for markers as bytes, its strings included (observe/content.py): a "
+    "lecture's notes naming XMRig and its --donate-level are xmrig's markers, and with any "
+    "socket open (here the course's mirror) the script is taken for a miner "
+    "(mining-miner-content); issue #17: markers in scripts count only where they are code"))
+async def test_a_security_lecture_script_that_fetches_its_slides_is_left_alone(
+        kernel, guard_config, service, tmp_path):
+    port = service("params")  # the course's mirror: answers each request
+    script = tmp_path / "week5.py"
+    script.write_text(LECTURE_SCRIPT.replace(
+        "import time\n", f"import socket, time\nmirror = socket.create_connection(('127.0.0.1', {port}))\n"
+                         "mirror.sendall(b'PULL slides\\n'); mirror.recv(8192)\n"))
+    await run_to_the_end(kernel, guard_config, f"!python {script}")
+
+
+GOSSIP = '''
+import socket, subprocess, sys, time
+NODE = """
+import socket, sys, threading, time
+me, peers, seconds = int(sys.argv[1]), [int(p) for p in sys.argv[2].split(',')], float(sys.argv[3])
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(('127.0.0.1', me)); server.listen(16)
+def serve(conn):
+    with conn:
+        while conn.recv(64): conn.sendall(b'ack')
+threading.Thread(target=lambda: [threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start() for _ in iter(int, 1)], daemon=True).start()
+time.sleep(1)  # the other nodes start
+links = [socket.create_connection(('127.0.0.1', p)) for p in peers if p != me]
+end, beats = time.time() + seconds, 0
+while time.time() < end:  # a heartbeat to every peer each half second
+    for link in links:
+        link.sendall(b'beat'); link.recv(64)
+    beats += 1; time.sleep(0.5)
+print(beats)
+"""
+def free(port):
+    with socket.socket() as s:
+        return s.connect_ex(('127.0.0.1', port)) != 0
+ports = [p for p in range(6900, 6999) if free(p)][:6]
+nodes = [subprocess.Popen([sys.executable, '-c', NODE, str(p), ','.join(map(str, ports)), 'SECONDS'],
+                          stdout=subprocess.PIPE, text=True) for p in ports]
+beats = [int(n.communicate()[0] or 0) for n in nodes]
+print('done', ports, beats, [n.returncode for n in nodes])
+'''
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "torrent-swarm: outbound_peers (detect/fields.py) counts every endpoint a process connected "
+    "out to, also servers of the user's own kernel; the behaviour pass knows which endpoints the "
+    "user serves (observe/behaviour.py, _is_served) and leaves them out of the mining, flood and "
+    "scan rules, but the swarm rule reads a plain socket field"))
+async def test_a_distributed_systems_lab_gossiping_on_ports_6900_and_up_is_left_alone(
+        kernel, guard_config):
+    """Six nodes of a course's gossip protocol, each listening on a port in BitTorrent's old
+    range and connected to the five others, past the swarm rule's 10 s: peers that are the
+    user's own servers are no swarm."""
+    text = await run_to_the_end(kernel, guard_config,
+                                GOSSIP.replace("SECONDS", str(HONEST_SECONDS - 5)))
+    assert text.rstrip().endswith("[0, 0, 0, 0, 0, 0]"), text  # every node ran to its end
