@@ -459,3 +459,56 @@ async def test_a_distributed_systems_lab_gossiping_on_ports_6900_and_up_is_left_
     text = await run_to_the_end(kernel, guard_config,
                                 GOSSIP.replace("SECONDS", str(HONEST_SECONDS - 5)))
     assert text.rstrip().endswith("[0, 0, 0, 0, 0, 0]"), text  # every node ran to its end
+
+
+@pytest.fixture
+def shared_dask_scheduler():
+    """A research group's Dask scheduler, no kernel's (run by the test): its address."""
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-dashboard"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=60,
+               what="the scheduler listening")
+    yield f"tcp://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+GROUP_CLIENT = '''
+import sys, time
+from dask.distributed import Client
+def work(seed):
+    t, n = time.time(), seed
+    while time.time() - t < 0.5:
+        n = (n * 1103515245 + 12345) % 2**31
+    return n
+with Client(sys.argv[1], timeout=60) as client:
+    client.wait_for_workers(1, timeout=60)
+    end, done = time.time() + float(sys.argv[2]), 0
+    while time.time() < end:
+        done += len(client.gather(client.map(work, range(done, done + 4))))
+print(done)
+'''
+
+
+async def test_a_worker_lent_to_a_research_groups_dask_scheduler_is_left_alone(
+        kernel, guard_config, measured, shared_dask_scheduler, jp_asyncio_loop):
+    """A busy worker, started from the kernel, taking tasks from a scheduler that is no kernel
+    of the user's, past the mining window: the mining rule weighs it (busy, one long-lived
+    connection), and lets it be (the worker talks as much as it listens: heartbeats, results)."""
+    await run_to_the_end(
+        kernel, guard_config,
+        "import subprocess, sys\n"
+        "worker = subprocess.Popen([sys.executable, '-m', 'distributed.cli.dask_worker', "
+        f"{shared_dask_scheduler!r}, '--nthreads', '1', '--no-nanny', '--no-dashboard'], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint('done')")
+    group = await jp_asyncio_loop.run_in_executor(None, lambda: subprocess.run(
+        [PYTHON, "-c", GROUP_CLIENT, shared_dask_scheduler, str(HONEST_SECONDS)],
+        capture_output=True, text=True, timeout=HONEST_SECONDS + 120))
+    assert group.stdout.strip().isdigit() and int(group.stdout) >= 8, group.stdout + group.stderr
+    text = await run_to_the_end(kernel, guard_config,
+                                "print('done', worker.poll())\nworker.kill(); _ = worker.wait()")
+    assert "done None" in text, text  # the worker was running all along
+    seen = measured[kernel.kernel_id]
+    assert seen.get("cpu_demand_percent", 0) >= 50, seen  # it was a candidate, and busy
