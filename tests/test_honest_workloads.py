@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -289,6 +291,11 @@ async def test_multiprocessing_workers_sharing_a_manager_over_loopback_are_left_
 async def test_port_checks_of_ones_own_services_are_left_alone(kernel, guard_config):
     """``socket.connect_ex`` over eight ports, and ``nc -z`` in a loop, every half second,
     past the scan window: two of the ports are the notebook's own services, the rest down."""
+    nc = shutil.which("nc")
+    usage = subprocess.run([nc, "-h"], capture_output=True, text=True) if nc else None
+    if usage is None or not re.search(r"\s-z\s", usage.stdout + usage.stderr):
+        message = "OpenBSD's nc (with -z) is not installed (benchmarks/scenarios/install.sh)"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
     code = ('import socket, subprocess, sys, time\n'
             'up = [subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", '
             '"127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]\n'
