@@ -395,7 +395,7 @@ LECTURE_SCRIPT = ('"""Week 5: what a miner and a torrent client look like on the
                   'NOTES = ["XMRig: xmrig --donate-level 1 -o pool.example.org:3333 -u WALLET",\n'
                   '         "BitTorrent: every peer connection starts with 19 + b\'BitTorrent protocol\'"]\n'
                   'BT_HANDSHAKE = bytes([19]) + b"BitTorrent protocol"\n'
-                  'import time\nend = time.time() + 3\nwhile time.time() < end:\n    time.sleep(0.1)\n'
+                  'import time\nend = time.time() + 5\nwhile time.time() < end:\n    time.sleep(0.1)\n'
                   'print(*NOTES, sep="\\n")\nprint("done")\n')
 
 
