@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john)
+SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john netcat-openbsd)
 FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent hashcat hydra tor
       slowhttptest hping3 binutils)
 
