@@ -338,3 +338,15 @@ def test_the_socket_tables_are_read_again_for_a_new_socket_or_once_too_old():
     assert stale.read  # too old to answer
     held.close()
     new.close()
+
+
+def test_a_sample_copied_with_changes_is_a_new_sample_and_the_old_one_unchanged():
+    from colab_guard.observe.model import Process
+    base = Process(pid=7, name="python", cmdline=["python"], create_time=1.0, cpu_percent=1.0)
+    assert base.key == (7, 1.0)
+    copy = base.but(cpu_percent=50.0, rss=10)
+    assert (copy.cpu_percent, copy.rss, copy.name, copy.key) == (50.0, 10, "python", (7, 1.0))
+    assert (base.cpu_percent, base.rss) == (1.0, 0) and copy == base.but(cpu_percent=50.0, rss=10)
+    assert base.but(pid=8).key == (8, 1.0)  # its key follows a new pid
+    with pytest.raises(TypeError, match="not fields of Process: \\['cpu'\\]"):
+        base.but(cpu=1.0)

@@ -7,7 +7,7 @@ loaded into these classes with ``from_dict`` and fed to the engine as-is.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -101,6 +101,19 @@ class Process:
         once (read several times per process and tick; neither field changes)."""
         return (self.pid, self.create_time)
 
+    def but(self, **changes) -> Process:
+        """A copy with ``changes`` (fields' new values): what ``dataclasses.replace`` does, in
+        a tenth of the time (the sampler makes one per running process and tick). A sample
+        handed out is never changed in place."""
+        if not changes.keys() <= _FIELD_NAMES:
+            raise TypeError(f"not fields of Process: {sorted(changes.keys() - _FIELD_NAMES)}")
+        new = object.__new__(Process)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        if "pid" in changes or "create_time" in changes:
+            new.__dict__.pop("key", None)  # computed again from the new values
+        return new
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -113,6 +126,9 @@ class Process:
             known["cmdline"] = cmdline.split()
         known.setdefault("name", _basename(known.get("cmdline", [""])[0]) if known.get("cmdline") else "")
         return cls(**known)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Process))
 
 
 @dataclass

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -554,8 +554,8 @@ class ProcessSampler:
             if not (found or quiet.markers_pending or quiet.fds_pending or quiet.maps_pending):
                 state.steady = last  # the fast path above, from the next tick
             return last
-        return self._hand_out(key, replace(
-            base, ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
+        return self._hand_out(key, base.but(
+            ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
             gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
 
     def _catch_up(self, entry: Entry, state: Tracked, now: float) -> None:
@@ -571,14 +571,14 @@ class ProcessSampler:
             settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
             markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
             if markers != last.exe_markers:  # the same: the same sample is handed on
-                last = replace(last, exe_markers=markers)
+                last = last.but(exe_markers=markers)
             quiet.markers_pending = not settled
         if quiet.fds_pending and now - state.fds.when >= self.libraries_refresh:
-            last = replace(last, open_files=self._walk_fds(entry.key, entry.pid, now,
+            last = last.but(open_files=self._walk_fds(entry.key, entry.pid, now,
                                                            lambda: True).files)
             quiet.fds_pending = False
         if quiet.maps_pending and now - state.libraries[0] >= self.libraries_refresh:
-            last = replace(last, libraries=self._mapped_libraries(entry.key, entry.pid, now,
+            last = last.but(libraries=self._mapped_libraries(entry.key, entry.pid, now,
                                                                   quiet.vms))
             quiet.maps_pending = False
         quiet.sample = last
@@ -624,8 +624,8 @@ class ProcessSampler:
         self.stats.light_reads += 1
         found = [s for _, s in self._socket_pairs(entry.key, fds.inodes, base.netns, pid,
                                                    sockets)]
-        return self._hand_out(entry.key, replace(
-            base, ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
+        return self._hand_out(entry.key, base.but(
+            ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
             cpu_percent=self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now),
             sockets=found, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
 
