@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import re2
 
-from . import elf, procfs
+from . import elf, procfs, scripts
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -631,8 +631,8 @@ class ContentScanner:
         self.log = log or logging.getLogger("colab_guard")
         self.scans = 0  # files actually read (the rest came from the cache)
         self.bytes_read = 0
-        self.stats = {"file_scans": 0, "memory_scans": 0, "cut": 0, "refused": 0,
-                      "dropped": 0, "memory_denied": 0, "vanished": 0,
+        self.stats = {"file_scans": 0, "script_scans": 0, "memory_scans": 0, "cut": 0,
+                      "refused": 0, "dropped": 0, "memory_denied": 0, "vanished": 0,
                       "library_looks": 0}
         self._said: set[str] = set()
         self._cache: OrderedDict[FileKey, Scan] = OrderedDict()
@@ -666,7 +666,8 @@ class ContentScanner:
         interpreter = any(m.startswith(INTERPRETER_PREFIX) for m in found)  # even when renamed
         script = script_path(pid, exe, cmdline, interpreter)
         if script is not None:
-            markers += [m for m in reported(self.file_markers(script, self.max_script_bytes))
+            language = script_language(exe, found)
+            markers += [m for m in reported(self.script_markers(script, language))
                         if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
@@ -705,15 +706,24 @@ class ContentScanner:
         its key, the files it was last seen to have mapped executable)."""
         if key is not None and self._libraries_pending(key):
             return False
-        for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and \
-                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in self._cache:
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            found = []
+        else:
+            program = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            if program is None:
                 return False
-        return True
+            found = program.markers
+        script = script_path(pid, exe, cmdline, True)
+        if script is None:
+            return True
+        try:
+            st = os.stat(_script_file(script))
+        except OSError:
+            return True
+        return not stat.S_ISREG(st.st_mode) or \
+            _script_key(st, script_language(exe, found)) in self._cache
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
@@ -736,6 +746,33 @@ class ContentScanner:
                     self._pending[key] = True
                 return []
         return self._scan(key, path, max_bytes).markers
+
+    def script_markers(self, path: str, language: str) -> list[str]:
+        """The markers of the script an interpreter runs (a directory: its ``__main__.py``),
+        read as code for Python and shell (``scripts.py``), as bytes for the other languages;
+        [] while a background read is running or on error."""
+        if language == scripts.OTHER:
+            return self.file_markers(path, self.max_script_bytes)
+        path = _script_file(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        key = _script_key(st, language)
+        with self._lock:
+            self._check_stuck()
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key].markers
+            if key in self._pending:
+                return []
+            if self._background:
+                if self._queue(min(st.st_size, self.max_script_bytes), ("script", key, path)):
+                    self._pending[key] = True
+                return []
+        return self._scan_script(key, path).markers
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the scans under way (tests and the command line use it)."""
@@ -801,7 +838,7 @@ class ContentScanner:
         self._count("stuck", "a content scan (%s) was blocked for over %g s; it is left to its "
                     "thread, counted as cut (%s), and a new thread scans the rest", job[2],
                     self.scan_seconds + self.stuck_after, SCAN_CUT)
-        if job[0] == "file":
+        if job[0] in ("file", "script"):
             self._pending.pop(job[1], None)
             self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
         elif job[0] == "libraries":
@@ -827,6 +864,8 @@ class ContentScanner:
             try:
                 if job[0] == "file":
                     self._scan(*job[1:])
+                elif job[0] == "script":
+                    self._scan_script(*job[1:])
                 elif job[0] == "libraries":
                     self._look_at_libraries(*job[1:])
                 else:
@@ -894,6 +933,56 @@ class ContentScanner:
             # the one that was there (which is scanned when asked again).
             if opened == key or opened not in self._cache or exported:  # (or its interim)
                 self._cache[opened] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _scan_script(self, key: tuple, path: str) -> Scan:
+        """Read a Python or shell script as code (``scripts.read_isolated``: in a child process,
+        within the scan's time budget), and search it: Python's code markers, a shell script's
+        text without its comments. A .pyc of another Python is searched as bytes."""
+        deadline = time.monotonic() + self.scan_seconds
+        queued, language = key, key[4]
+        result = Scan([])
+        try:
+            fd, st = open_regular(path)
+            try:
+                key = _script_key(st, language)  # what was read (a file swapped in: its own)
+                answer = scripts.read_isolated(fd, language, self.max_script_bytes,
+                                               self.max_bytes, deadline)
+                if "evidence" in answer:
+                    result = Scan(scripts.code_markers(
+                        scripts.Evidence.from_json(answer["evidence"])))
+                elif "code" in answer:
+                    found = SEARCH.needles_in(answer["code"].encode("latin-1"))
+                    result = Scan(SEARCH.markers_for(found))
+                else:
+                    result = scan_fd(fd, self.max_script_bytes, deadline)
+            except scripts.ScriptReadFailed as err:
+                # Past its budget, or built to exhaust the parser: its top-level import lines
+                # alone (a regular expression and one-line parses), and counted as cut.
+                result = Scan([], cut=True)
+                if language == scripts.PYTHON:
+                    result.markers = scripts.code_markers(scripts.tail_imports(
+                        os.pread(fd, self.max_script_bytes, 0)))
+                self.log.debug("colab-guard: could not read the script %s: %s", path, err)
+            finally:
+                os.close(fd)
+        except NotRegularFile as err:
+            with self._lock:
+                self._count("refused", "not scanned: %s", err)
+        except OSError as err:
+            self.log.debug("colab-guard: could not scan %s: %s", path, err)
+        if result.cut:
+            result.markers.append(SCAN_CUT)
+            with self._lock:
+                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
+                            self.scan_seconds)
+        with self._lock:
+            self.scans += 1
+            self.stats["script_scans"] += 1
+            self._pending.pop(queued, None)
+            self._cache[key] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
@@ -1115,6 +1204,27 @@ class ContentScanner:
             memory.traits = traits
             memory.queued = False
             memory.checked_at = time.monotonic()
+
+
+def script_language(exe: str, found: list[str]) -> str:
+    """How the script of an interpreter is read (``scripts.py``): Python's (its markers
+    say so even when renamed), a shell's, or as bytes (node, perl, ruby, php...)."""
+    program = os.path.basename(exe or "").split(" (")[0]
+    if INTERPRETER_PREFIX + "python" in found or re.match(r"^(python|pypy)[0-9.]*$", program):
+        return scripts.PYTHON
+    if re.match(r"^(bash|sh|dash|zsh)$", program):
+        return scripts.SHELL
+    return scripts.OTHER
+
+
+def _script_file(path: str) -> str:
+    """What ``python DIR`` runs: DIR/__main__.py."""
+    return os.path.join(path, "__main__.py") if os.path.isdir(path) else path
+
+
+def _script_key(st: os.stat_result, language: str) -> tuple:
+    """A script's cache key: its file's, and how it is read."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, language
 
 
 #: Interpreter options whose value is the next word (python -W ignore x.py).
