@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import keyword
 import os
 import re
 import subprocess
@@ -35,9 +36,6 @@ OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as
 
 #: Bytes of decompressed code read from one zip member, and members read from one zip app.
 ZIP_MEMBERS_MAX = 32
-#: Past the part of a Python script that is parsed, its top-level import lines are read up to
-#: the file bound (a script padded with a MiB of comments before ``import pproxy``).
-TAIL_IMPORTS_MAX = 10_000
 #: The child's own limits.
 CHILD_MEMORY = 1 << 30
 
@@ -259,11 +257,11 @@ class _Reader:
         if parts:
             root = self.aliases.get(parts[0])
             evidence.calls.add(".".join(([root] if root else parts[:1]) + parts[1:]))
-        for keyword in node.keywords:
-            if keyword.arg:
-                evidence.names.add(keyword.arg)
-                if keyword.arg == "method":
-                    self._request(keyword.value)
+        for kw in node.keywords:
+            if kw.arg:
+                evidence.names.add(kw.arg)
+                if kw.arg == "method":
+                    self._request(kw.value)
         if last is None:
             return
         if last in NETWORK_CALLS:
@@ -308,7 +306,9 @@ def python_evidence(source: bytes, cut: bool = False) -> Evidence:
     too deeply nested) is read as tokens: names and imports, never its strings or comments."""
     if cut:
         ends = [m.start() for m in _TOP_LEVEL.finditer(source)]
-        source = source[:ends[-1] + 1] if ends else b""
+        evidence = python_evidence(source[:ends[-1] + 1]) if ends else token_evidence(source)
+        evidence.merge(tail_imports(source))  # and the import lines of the statement cut
+        return evidence
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -319,48 +319,61 @@ def python_evidence(source: bytes, cut: bool = False) -> Evidence:
 def token_evidence(source: bytes) -> Evidence:
     """The fallback for source that does not parse: its NAME tokens (names; ``import x`` and
     ``from x import``), ``"method": "x"`` and ``method="x"`` requests, network calls. Strings
-    and comments are not names."""
+    and comments are not names. Tokens are read as a stream (a few kept), whatever the size."""
     evidence = Evidence()
-    tokens: list[tokenize.TokenInfo] = []
+    last: list[tokenize.TokenInfo] = []  # the last three significant tokens
+    importing: list[str] | None = None  # the dotted name after ``import``/``from``, so far
+    from_import = plain_import = False  # that name came after ``from``; ``import`` alone
     try:
         for token in tokenize.tokenize(io.BytesIO(source).readline):
-            tokens.append(token)
+            if token.type in _INSIGNIFICANT:
+                continue
+            if importing is not None:
+                if token.type == tokenize.NAME and not keyword.iskeyword(token.string) and \
+                        (not importing or importing[-1] == "."):
+                    importing.append(token.string)
+                elif token.string == "." and importing and importing[-1] != ".":
+                    importing.append(".")
+                elif from_import and set(token.string) == {"."} and \
+                        set("".join(importing)) <= {"."}:
+                    importing.append(token.string)  # from .x import y: the program's own
+                else:
+                    module = "".join(importing).rstrip(".")
+                    if module and not module.startswith("."):
+                        evidence.imports.add(module)
+                    importing = None
+                    if from_import and token.string == "import":
+                        if module and not module.startswith("."):  # a.b (b: a module?)
+                            importing, from_import = [module, "."], False
+                        last = (last + [token])[-3:]
+                        continue
+                    if token.string == "," and plain_import:
+                        importing = []  # import a, b
+                        continue
+            if token.type == tokenize.NAME:
+                evidence.names.add(token.string)
+                if token.string in ("import", "from"):
+                    importing, from_import = [], token.string == "from"
+                    plain_import = token.string == "import"
+            elif token.string == "(" and last and last[-1].type == tokenize.NAME and \
+                    last[-1].string in NETWORK_CALLS:
+                evidence.network = True
+            elif token.type == tokenize.STRING and len(last) >= 2 and last[-1].string in ":=":
+                key = last[-2]
+                if (last[-1].string == ":" and key.type == tokenize.STRING and
+                        _string_token(key.string) == "method") or \
+                        (last[-1].string == "=" and key.string == "method"):
+                    value = _string_token(token.string)
+                    if value:
+                        evidence.requests.add(value)
+            last = (last + [token])[-3:]
     except (tokenize.TokenError, SyntaxError, ValueError, RecursionError, MemoryError):
         pass  # what was read up to there
-    words = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                                                 tokenize.INDENT, tokenize.DEDENT)]
-    for i, token in enumerate(words):
-        after = words[i + 1] if i + 1 < len(words) else None
-        if token.type == tokenize.NAME:
-            evidence.names.add(token.string)
-            if token.string in NETWORK_CALLS and after is not None and after.string == "(":
-                evidence.network = True
-            if token.string in ("import", "from") and after is not None:
-                module = _dotted_tokens(words, i + 1)
-                if module:
-                    evidence.imports.add(module)
-        elif token.type == tokenize.STRING and i + 2 < len(words) and \
-                words[i + 1].string in (":", "=") and words[i + 2].type == tokenize.STRING:
-            key = _string_token(token.string) if words[i + 1].string == ":" else None
-            if key == "method":
-                evidence.requests.add(_string_token(words[i + 2].string) or "")
-        if token.type == tokenize.NAME and token.string == "method" and i + 2 < len(words) and \
-                words[i + 1].string == "=" and words[i + 2].type == tokenize.STRING:
-            evidence.requests.add(_string_token(words[i + 2].string) or "")
-    evidence.requests.discard("")
     return evidence
 
 
-def _dotted_tokens(words: list, start: int) -> str:
-    parts: list[str] = []
-    for token in words[start:start + 64]:
-        if token.type == tokenize.NAME and (not parts or parts[-1] == "."):
-            parts.append(token.string)
-        elif token.string == "." and parts and parts[-1] != ".":
-            parts.append(".")
-        else:
-            break
-    return "".join(parts).rstrip(".")
+_INSIGNIFICANT = frozenset({tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT,
+                            tokenize.DEDENT, tokenize.ENCODING})
 
 
 def _string_token(text: str) -> str | None:
@@ -372,19 +385,28 @@ def _string_token(text: str) -> str | None:
         if isinstance(value, str) else None
 
 
+#: A top-level import line: ``import a.b as c, d`` or ``from a.b import (c, d``.
+_IMPORT_LINE = re.compile(rb"^(?:import[ \t]+([\w. \t,]+)|from[ \t]+([\w.]+)[ \t]+import[ \t]+"
+                          rb"\(?([\w \t,]*))", re.MULTILINE)
+
+
 def tail_imports(data: bytes) -> Evidence:
-    """The top-level import lines of the part of a script past what is parsed."""
+    """The modules of the top-level import lines in ``data`` (a regular expression: linear,
+    whatever their number): the part of a script past what is parsed, or all of a script that
+    could not be read in time."""
     evidence = Evidence()
-    for n, match in enumerate(_TOP_IMPORT.finditer(data)):
-        if n >= TAIL_IMPORTS_MAX:
-            break
-        try:
-            tree = ast.parse(match.group(0))
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-        reader = _Reader(tree)
-        reader.read()
-        evidence.imports.update(reader.evidence.imports)
+    for match in _IMPORT_LINE.finditer(data):
+        plain, module, names = (g.decode("latin-1") if g else "" for g in match.groups())
+        for part in plain.split(","):
+            words = part.split()
+            if words:
+                evidence.imports.add(words[0])
+        if module and not module.startswith("."):
+            evidence.imports.add(module)
+            for part in names.split(","):
+                words = part.split()
+                if words:
+                    evidence.imports.add(f"{module}.{words[0]}")
     return evidence
 
 
@@ -406,6 +428,7 @@ def pyc_evidence(data: bytes) -> Evidence | None:
     except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
         return Evidence()
     evidence = Evidence()
+    aliases: dict[str, str] = {}  # a name an import was stored under -> the module path
     stack, seen = [top], 0
     while stack and seen < 100_000:
         code = stack.pop()
@@ -414,7 +437,7 @@ def pyc_evidence(data: bytes) -> Evidence | None:
             continue
         evidence.names.update(code.co_names)
         evidence.names.add(code.co_name)
-        _read_instructions(code, evidence)
+        _read_instructions(code, evidence, aliases)
         for const in code.co_consts:
             if hasattr(const, "co_code"):
                 stack.append(const)
@@ -432,25 +455,37 @@ _LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD", "LOA
 _KEYS = frozenset({"BUILD_CONST_KEY_MAP", "CALL_KW", "CALL_FUNCTION_KW"})
 
 
-def _read_instructions(code, evidence: Evidence) -> None:
-    """A code object's imports, keyword and key names, network calls, and requests built as
+def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> None:
+    """A code object's imports (and the names they are stored under), the modules' functions
+    it uses (``asyncssh.listen``), keyword and key names, network calls, and requests built as
     ``{"method": "x"}`` (two constants in a row)."""
     import dis
 
-    module, before = None, None
+    imported = module = before = None
     for instruction in dis.get_instructions(code):
         op, value = instruction.opname, instruction.argval
         if op in ("CACHE", "PUSH_NULL", "PRECALL", "NOP", "EXTENDED_ARG"):
             continue
-        if op == "IMPORT_NAME":
-            module = value
-            evidence.imports.add(value)
-        elif op == "IMPORT_FROM" and module:
-            evidence.imports.add(f"{module}.{value}")
-        elif op in _LOADS and value in NETWORK_CALLS:
-            evidence.network = True
-        elif op == "KW_NAMES" and isinstance(value, tuple):
+        if op == "KW_NAMES":  # (3.11's dis does not resolve it)
+            value = code.co_consts[instruction.arg]
             evidence.names.update(v for v in value if isinstance(v, str))
+        elif op == "IMPORT_NAME":
+            imported = module = value
+            evidence.imports.add(value)
+        elif op == "IMPORT_FROM" and module is not None:
+            imported = f"{module}.{value}"
+            evidence.imports.add(imported)
+        elif op.startswith("STORE_") and imported is not None:
+            aliases[value] = imported if op != "STORE_ATTR" else aliases.get(value, value)
+            imported = None
+        elif op in _LOADS:
+            if value in NETWORK_CALLS:
+                evidence.network = True
+            if op in ("LOAD_ATTR", "LOAD_METHOD") and before is not None and \
+                    before.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"):
+                evidence.calls.add(f"{aliases.get(before.argval, before.argval)}.{value}")
+            elif value in aliases:
+                evidence.calls.add(aliases[value])
         elif op in _KEYS and before is not None and before.opname == "LOAD_CONST" and \
                 isinstance(before.argval, tuple):
             evidence.names.update(v for v in before.argval if isinstance(v, str))
@@ -459,6 +494,8 @@ def _read_instructions(code, evidence: Evidence) -> None:
                 evidence.imports.add(value)  # __import__("x"), importlib.import_module("x")
             elif before.opname == "LOAD_CONST" and before.argval == "method":
                 evidence.requests.add(value)
+        if not op.startswith(("IMPORT_", "STORE_")) and op != "POP_TOP":
+            imported = None if op != "IMPORT_NAME" else imported
         before = instruction
 
 
