@@ -215,7 +215,7 @@ def scanner():
     found.close()
 
 
-def test_a_detector_file_read_in_its_child_process_carries_no_marker(scanner, tmp_path):
+def test_a_detector_file_carries_no_marker_when_read_as_python(scanner, tmp_path):
     script = tmp_path / "detector.py"
     script.write_text(HONEST["a cryptojacking detector listing the Stratum and getwork method "
                              "names"]
@@ -347,6 +347,36 @@ def test_the_stand_in_miner_run_by_a_renamed_interpreter_is_read_as_python(tmp_p
 
 
 # ---------------------------------------------------------------- bounded, whatever the script
+
+
+def test_a_small_source_is_read_here_and_a_zip_or_pyc_in_a_child(scanner, tmp_path, monkeypatch):
+    calls = []
+    real = scripts.read_isolated
+    monkeypatch.setattr(scripts, "read_isolated", lambda *a: calls.append(a) or real(*a))
+    small = tmp_path / "small.py"
+    small.write_text("import pproxy\n" + "x = 1\n" * 2000)  # 12 KiB
+    assert scanner.script_markers(str(small), scripts.PYTHON) == ["pproxy"] and calls == []
+    compiled = py_compile.compile(str(small), cfile=str(tmp_path / "small.pyc"))
+    assert scanner.script_markers(compiled, scripts.PYTHON) == ["pproxy"] and len(calls) == 1
+    app = tmp_path / "app.zip"
+    with zipfile.ZipFile(app, "w") as z:
+        z.writestr("__main__.py", "import pproxy\n")
+    assert scanner.script_markers(str(app), scripts.PYTHON) == ["pproxy"] and len(calls) == 2
+
+
+@pytest.mark.parametrize("hostile", [
+    "-" * 16_000 + "1",
+    "x = " + "[" * 5_000 + "]" * 5_000,
+    "x = " + "1 + " * 4_000 + "1",
+    "f'{" * 2000 + "}'" * 2000,
+], ids=["unary chain", "nested lists", "long sum", "nested f-strings"])
+def test_a_small_hostile_source_read_here_stays_bounded(tmp_path, hostile):
+    script = tmp_path / "hostile.py"
+    script.write_text("import pproxy\n" + hostile + "\n")
+    assert script.stat().st_size <= scripts.IN_PROCESS_MAX
+    scanner = ContentScanner(background=False)
+    gap, found = _gaps_while(lambda: scanner.script_markers(str(script), scripts.PYTHON))
+    assert found == ["pproxy"] and gap < 0.25, (found, gap)
 
 
 def _gaps_while(work) -> tuple[float, object]:

@@ -938,8 +938,8 @@ class ContentScanner:
         return result
 
     def _scan_script(self, key: tuple, path: str) -> Scan:
-        """Read a Python or shell script as code (``scripts.read_isolated``: in a child process,
-        within the scan's time budget), and search it: Python's code markers, a shell script's
+        """Read a Python or shell script as code (``scripts.read``: a small source here, any
+        other in a child process within the scan's time budget), and search it: Python's code markers, a shell script's
         text without its comments. A .pyc of another Python is searched as bytes."""
         deadline = time.monotonic() + self.scan_seconds
         queued, language = key, key[4]
@@ -948,8 +948,8 @@ class ContentScanner:
             fd, st = open_regular(path)
             try:
                 key = _script_key(st, language)  # what was read (a file swapped in: its own)
-                answer = scripts.read_isolated(fd, language, self.max_script_bytes,
-                                               self.max_bytes, deadline)
+                answer = scripts.read(fd, language, self.max_script_bytes, self.max_bytes,
+                                      deadline)
                 if "evidence" in answer:
                     result = Scan(scripts.code_markers(
                         scripts.Evidence.from_json(answer["evidence"])))

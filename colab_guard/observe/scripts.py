@@ -613,6 +613,23 @@ def _is_zip(fd: int) -> bool:
             return False
 
 
+#: A Python or shell source this small is read in the guard's own process (a parse of a few
+#: milliseconds: a small script is known at once, without a child's start of 0.1 to 1 s). Not
+#: before Python 3.11, whose parser turns absurd nesting into RecursionError, not a crash.
+IN_PROCESS_MAX = 16 << 10
+
+
+def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: float) -> dict:
+    """``read_script``: here if the script is a small source, else in a child process
+    (``read_isolated``). Zip apps and .pyc files always go to the child (decompression, and
+    ``marshal``, which is not meant for hostile data)."""
+    size = os.fstat(fd).st_size
+    if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and \
+            (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd))):
+        return read_script(fd, language, parse_bytes, file_bytes)
+    return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
+
+
 _PROGRAM: bytes | None = None  # this file's source, given to the child on its stdin
 NOBODY = 65534
 _AS_NOBODY: bool | None = None  # whether the reader runs as nobody (None: not tried yet)
