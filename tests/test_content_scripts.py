@@ -243,6 +243,23 @@ def test_a_zip_app_is_read_through_its_main_and_the_modules_it_imports(scanner, 
     assert scanner.script_markers(str(honest), scripts.PYTHON) == []
 
 
+def test_a_script_is_read_with_its_own_modules_beside_it(scanner, tmp_path):
+    (tmp_path / "main.py").write_text("import json, helper\nhelper.run()\n")
+    (tmp_path / "helper.py").write_text("def run():\n    import pproxy\n")
+    (tmp_path / "unused.py").write_text("import pproxy\n")  # not imported: not the program
+    package = tmp_path / "lab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "ssh.py").write_text("import asyncssh\n"
+                                    "async def f():\n    await asyncssh.listen(server_host_keys=[])\n")
+    assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == ["pproxy"]
+    (tmp_path / "other.py").write_text("from lab import ssh\n")
+    assert scanner.script_markers(str(tmp_path / "other.py"), scripts.PYTHON) == \
+        ["asyncssh-server"]
+    (tmp_path / "honest.py").write_text("import json\nprint('unused.py is not imported')\n")
+    assert scanner.script_markers(str(tmp_path / "honest.py"), scripts.PYTHON) == []
+
+
 def test_a_zip_bomb_is_read_only_to_its_bound(tmp_path):
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:

@@ -951,8 +951,10 @@ class ContentScanner:
                 answer = scripts.read(fd, language, self.max_script_bytes, self.max_bytes,
                                       deadline)
                 if "evidence" in answer:
-                    result = Scan(scripts.code_markers(
-                        scripts.Evidence.from_json(answer["evidence"])))
+                    evidence = scripts.Evidence.from_json(answer["evidence"])
+                    if not answer.get("zip"):
+                        self._with_local_modules(path, evidence, deadline)
+                    result = Scan(scripts.code_markers(evidence))
                 elif "code" in answer:
                     found = SEARCH.needles_in(answer["code"].encode("latin-1"))
                     result = Scan(SEARCH.markers_for(found))
@@ -986,6 +988,24 @@ class ContentScanner:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _with_local_modules(self, path: str, evidence: scripts.Evidence,
+                            deadline: float) -> None:
+        """Add what the script's own modules show (helper.py beside it that it imports: a
+        program split in two is still one program), one level, within the same budget."""
+        for module in scripts.local_modules(path, evidence.imports):
+            try:
+                fd, _ = open_regular(module)
+                try:
+                    answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                          self.max_bytes, deadline)
+                finally:
+                    os.close(fd)
+            except (OSError, scripts.ScriptReadFailed) as err:
+                self.log.debug("colab-guard: could not read %s: %s", module, err)
+                continue
+            if "evidence" in answer:
+                evidence.merge(scripts.Evidence.from_json(answer["evidence"]))
 
     # ------------------------------------------------------------ libraries
 

@@ -36,6 +36,30 @@ OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as
 
 #: Bytes of decompressed code read from one zip member, and members read from one zip app.
 ZIP_MEMBERS_MAX = 32
+#: Modules of a script's own folder that it imports (``import helper``: helper.py beside it,
+#: first on its sys.path) read with it, at most this many, one level.
+LOCAL_MODULES_MAX = 16
+
+
+def local_modules(script: str, imports: set[str]) -> list[str]:
+    """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
+    helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
+    them first on its path (the script's folder)."""
+    folder = os.path.dirname(script)
+    found: list[str] = []
+    for module in sorted(imports):
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+            continue
+        path = os.path.join(folder, *module.split("."))
+        for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+            if candidate not in found and os.path.isfile(candidate):
+                found.append(candidate)
+                break
+        if len(found) >= LOCAL_MODULES_MAX:
+            break
+    return found
+
+
 #: The child's own limits.
 CHILD_MEMORY = 1 << 30
 
@@ -578,7 +602,7 @@ def _comment_start(data: bytes, at: int) -> bool:
 
 def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> dict:
     """What the script open at ``fd`` shows: {"evidence": ...} for Python (a source, a zip
-    app or a .pyc of this Python); {"code": text} for a shell script (its code without
+    app, with "zip": true, or a .pyc of this Python); {"code": text} for a shell script (its code without
     comments, as Latin-1); {"bytes": true}: to be searched as bytes (a .pyc of another
     Python)."""
     head = os.pread(fd, 16, 0)
@@ -586,7 +610,7 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
         return {"code": shell_code(os.pread(fd, parse_bytes, 0)).decode("latin-1")}
     if head.startswith(b"PK\x03\x04") or _is_zip(fd):
         with os.fdopen(os.dup(fd), "rb") as fileobj:
-            return {"evidence": zip_evidence(fileobj, parse_bytes).to_json()}
+            return {"evidence": zip_evidence(fileobj, parse_bytes).to_json(), "zip": True}
     if _pyc(head):
         found = pyc_evidence(os.pread(fd, file_bytes, 0))
         return {"bytes": True} if found is None else {"evidence": found.to_json()}
