@@ -35,6 +35,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -48,6 +49,9 @@ CHUNK = 1 << 20
 
 
 INTERPRETER_PREFIX = "interpreter:"
+
+#: Threads that read scripts (each mostly waits on its child process).
+SCRIPT_THREADS = 2
 
 FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
@@ -650,6 +654,8 @@ class ContentScanner:
         self.stuck_threads = 0  # threads left blocked in a read (see _check_stuck)
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._scripts: ThreadPoolExecutor | None = None  # reads scripts (_queue_script)
+        self._scripts_queued = 0
 
     # ------------------------------------------------------------ public
 
@@ -769,16 +775,44 @@ class ContentScanner:
             if key in self._pending:
                 return []
             if self._background:
-                if self._queue(min(st.st_size, self.max_script_bytes), ("script", key, path)):
-                    self._pending[key] = True
+                self._queue_script(key, path)
                 return []
         return self._scan_script(key, path).markers
+
+    def _queue_script(self, key: tuple, path: str) -> None:
+        """With the lock held: read a script in the scripts' own threads. The work is a child
+        process's or a few milliseconds here, so it does not wait behind a 64 MiB library
+        scan of the scanner's thread: a tool script is known within a tick or two."""
+        if self._closed:
+            return
+        if self._scripts_queued >= self.max_pending:
+            self._count("dropped", "the content scanner's queue is full (%d jobs); scans are "
+                        "dropped and asked again later", self.max_pending)
+            return
+        if self._scripts is None:
+            self._scripts = ThreadPoolExecutor(SCRIPT_THREADS, "colab-guard-script")
+        self._pending[key] = True
+        self._scripts_queued += 1
+        self._scripts.submit(self._script_job, key, path)
+
+    def _script_job(self, key: tuple, path: str) -> None:
+        try:
+            if not self._closed:
+                self._scan_script(key, path)
+        except Exception:  # a bug: said, and the next goes on
+            self.log.exception("colab-guard: reading a script failed")
+            with self._lock:
+                self._pending.pop(key, None)
+        finally:
+            with self._lock:
+                self._scripts_queued -= 1
+                self._wake.notify_all()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the scans under way (tests and the command line use it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._jobs or self._running is not None:
+            while self._jobs or self._running is not None or self._scripts_queued:
                 self._check_stuck()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -790,6 +824,9 @@ class ContentScanner:
             self._closed = True
             self._jobs.clear()
             self._wake.notify_all()
+            scripts_pool, self._scripts = self._scripts, None
+        if scripts_pool is not None:
+            scripts_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, alive: set) -> None:
         """Drop the memory state of processes that are gone (keys not in ``alive``)."""
@@ -838,7 +875,7 @@ class ContentScanner:
         self._count("stuck", "a content scan (%s) was blocked for over %g s; it is left to its "
                     "thread, counted as cut (%s), and a new thread scans the rest", job[2],
                     self.scan_seconds + self.stuck_after, SCAN_CUT)
-        if job[0] in ("file", "script"):
+        if job[0] == "file":
             self._pending.pop(job[1], None)
             self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
         elif job[0] == "libraries":
@@ -864,8 +901,6 @@ class ContentScanner:
             try:
                 if job[0] == "file":
                     self._scan(*job[1:])
-                elif job[0] == "script":
-                    self._scan_script(*job[1:])
                 elif job[0] == "libraries":
                     self._look_at_libraries(*job[1:])
                 else:
