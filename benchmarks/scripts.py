@@ -2,7 +2,7 @@
 
     ./dev bench scripts
 
-For a Python script of 1 MiB and one of 64 MiB (real code: copies of a stand-in's source,
+For a Python script of 12 KiB (read in the guard's own thread), 1 MiB and 64 MiB (real code: copies of a stand-in's source,
 ``import pproxy`` at the very end), and for a hostile one (a unary chain of 2 million
 operators, which defeats the parser and goes to the token fallback): the time to its markers
 (the child process that parses it, started and answered), the child's CPU, the longest another
@@ -73,14 +73,19 @@ def measure(label: str, path: Path, runs: int = 3) -> None:
         results.append((elapsed, gap, children_cpu() - before, found))
     elapsed, gap, cpu, found = sorted(results)[len(results) // 2]
     old, old_gap, old_found = gil_wait_during(lambda: scan_file(str(path), 1 << 20))
-    print(f"{label:>22}: {elapsed:6.2f} s to markers {found}, child CPU {cpu:5.2f} s, "
+    print(f"{label:>24}: {elapsed:6.2f} s to markers {found}, child CPU {cpu:5.2f} s, "
           f"longest GIL wait {gap * 1000:5.1f} ms | bytes search of its first MiB "
           f"{old:5.3f} s, {old_found}")
 
 
 def main() -> None:
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    idle, gap, _ = gil_wait_during(lambda: time.sleep(2))
+    print(f"{'no scan (2 s)':>24}: longest GIL wait {gap * 1000:5.1f} ms (the machine's noise)")
     with tempfile.TemporaryDirectory() as folder:
+        small = Path(folder) / "small.py"
+        write_script(small, 12 << 10)  # read in the guard's own thread (IN_PROCESS_MAX)
+        measure("12 KiB script (here)", small)
         one = Path(folder) / "one.py"
         write_script(one, (1 << 20) - 4096)
         measure("1 MiB script", one)
