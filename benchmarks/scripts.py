@@ -2,9 +2,10 @@
 
     ./dev bench scripts
 
-For a Python script of 12 KiB (read in the guard's own thread), 1 MiB and 64 MiB (real code: copies of a stand-in's source,
-``import pproxy`` at the very end), and for a hostile one (a unary chain of 2 million
-operators, which defeats the parser and goes to the token fallback): the time to its markers
+For a Python script of 12 KiB (read in the guard's own thread), 1 MiB and 64 MiB (real
+code: copies of a stand-in's source, ``import pproxy`` at the very end), and for a hostile
+one (a unary chain of 2 million operators, which defeats the parser and goes to the token
+fallback): the time to its markers
 (the child process that parses it, started and answered), the child's CPU, the longest another
 thread of the guard (the server's event loop) waits for the GIL meanwhile, and, beside it,
 the byte search the scanner used before (which reads data and code alike).

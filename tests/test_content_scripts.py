@@ -250,8 +250,8 @@ def test_a_script_is_read_with_its_own_modules_beside_it(scanner, tmp_path):
     package = tmp_path / "lab"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "ssh.py").write_text("import asyncssh\n"
-                                    "async def f():\n    await asyncssh.listen(server_host_keys=[])\n")
+    (package / "ssh.py").write_text("import asyncssh\nasync def f():\n"
+                                    "    await asyncssh.listen(server_host_keys=[])\n")
     assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == ["pproxy"]
     (tmp_path / "other.py").write_text("from lab import ssh\n")
     assert scanner.script_markers(str(tmp_path / "other.py"), scripts.PYTHON) == \

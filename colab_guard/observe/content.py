@@ -14,8 +14,10 @@ Scanning costs time (about 20 ms per MiB on a busy core), so:
   is reported without markers on the tick that first sees it and with them
   from the tick after the scan finishes, so a tick never waits on a scan.
 
-Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are scanned
-too, the first script argument only, with the smaller ``max_script_bytes``.
+Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are read too, the first
+script argument only, with the smaller ``max_script_bytes``: Python and shell scripts as code
+(``scripts.py``: a tool's name in a comment, a docstring or a list of labels is not the tool),
+the others as bytes.
 
 So is every file a process maps executable (a library loaded under any name: libtorrent's
 Python module copied to ``fastmath.so``), once per file like a program, its strings and the
@@ -85,12 +87,13 @@ MARKERS: tuple[Marker, ...] = (
     # remote-access
     Marker("dropbear", (b"Dropbear", b"dropbear_rsa_host_key"), need=2),
     Marker("openssh-server", (b"sshd_config", b"PermitRootLogin", b"privilege separation"), need=3),
-    # an SSH server written with asyncssh (a script: only a server gives host keys)
+    # an SSH server written with asyncssh, frozen into a program (only a server gives host
+    # keys); a Python script is read as code instead (scripts.CODE_MARKERS), as for pproxy
     Marker("asyncssh-server", (b"asyncssh", b"server_host_keys"), need=2),
     # proxy and tunnels
     Marker("tor", (b"Tor will try a different fallback", b"torrc"), need=2),
     Marker("microsocks", (b"MicroSocks SOCKS5 Server",), need=1),
-    Marker("pproxy", (b"import pproxy", b"from pproxy"), need=1),  # a script using pproxy
+    Marker("pproxy", (b"import pproxy", b"from pproxy"), need=1),  # (frozen; see above)
     Marker("v2ray", (b"github.com/v2fly/v2ray-core", b"github.com/xtls/xray-core",
                      b"github.com/XTLS/Xray-core"), need=1),
     Marker("shadowsocks", (b"github.com/shadowsocks/", b"shadowsocks-libev"), need=1),
@@ -101,7 +104,7 @@ MARKERS: tuple[Marker, ...] = (
     Marker("masscan", (b"Starting masscan", b"robertdavidgraham/masscan"), need=1),
     Marker("hping3", (b"hping3 listen mode",), need=1),
     Marker("slowhttptest", (b"SlowHTTPTest", b"github.com/shekyan/slowhttptest"), need=1),
-    # deepfake (mostly scripts: the interpreter's first script argument)
+    # deepfake (in a Python script: as code, scripts.CODE_MARKERS)
     # (not tool names alone: deepfake-detection research names its datasets after them)
     Marker("face-swap", (b"inswapper_128", b"roop.processors.frame", b"facefusion.processors",
                          b"SAEHDModel"), need=1),
@@ -974,8 +977,9 @@ class ContentScanner:
 
     def _scan_script(self, key: tuple, path: str) -> Scan:
         """Read a Python or shell script as code (``scripts.read``: a small source here, any
-        other in a child process within the scan's time budget), and search it: Python's code markers, a shell script's
-        text without its comments. A .pyc of another Python is searched as bytes."""
+        other in a child process within the scan's time budget) and search it: Python's code
+        markers, a shell script's text without its comments. A .pyc of another Python is
+        searched as bytes."""
         deadline = time.monotonic() + self.scan_seconds
         queued, language = key, key[4]
         result = Scan([])

@@ -602,9 +602,9 @@ def _comment_start(data: bytes, at: int) -> bool:
 
 def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> dict:
     """What the script open at ``fd`` shows: {"evidence": ...} for Python (a source, a zip
-    app, with "zip": true, or a .pyc of this Python); {"code": text} for a shell script (its code without
-    comments, as Latin-1); {"bytes": true}: to be searched as bytes (a .pyc of another
-    Python)."""
+    app, with "zip": true, or a .pyc of this Python); {"code": text} for a shell script (its
+    code without comments, as Latin-1); {"bytes": true}: to be searched as bytes (a .pyc of
+    another Python)."""
     head = os.pread(fd, 16, 0)
     if language == SHELL:
         return {"code": shell_code(os.pread(fd, parse_bytes, 0)).decode("latin-1")}
@@ -657,6 +657,7 @@ def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: fl
 _PROGRAM: bytes | None = None  # this file's source, given to the child on its stdin
 NOBODY = 65534
 _AS_NOBODY: bool | None = None  # whether the reader runs as nobody (None: not tried yet)
+_NOBODY_ANSWERED = False  # a reader run as nobody has answered once (so it works here)
 
 
 class ScriptReadFailed(Exception):
@@ -667,29 +668,35 @@ def read_isolated(fd: int, language: str, parse_bytes: int, file_bytes: int,
                   deadline: float) -> dict:
     """``read_script`` in a child process, killed at ``deadline`` (time.monotonic());
     ScriptReadFailed if it did not answer."""
-    global _PROGRAM
+    global _PROGRAM, _NOBODY_ANSWERED
     if _PROGRAM is None:
         with open(__file__, "rb") as f:
             _PROGRAM = f.read()
     seconds = max(0.05, deadline - time.monotonic())
     argv = [sys.executable, "-I", "-S", "-", str(fd), language, str(parse_bytes), str(file_bytes),
             str(int(seconds) + 1)]
-    child = _start_child(argv, fd)
+    global _AS_NOBODY
+    child, as_nobody = _start_child(argv, fd)
     try:
         out, _ = child.communicate(_PROGRAM, timeout=seconds)
     except subprocess.TimeoutExpired:
         child.kill()
         child.communicate()
         raise ScriptReadFailed(f"the script reader ran past its budget ({seconds:.2g} s)")
+    if child.returncode != 0 and as_nobody and not _NOBODY_ANSWERED:
+        _AS_NOBODY = False  # nobody may run this Python but not read its library: as ourselves
+        return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
     if child.returncode != 0:
         raise ScriptReadFailed(f"the script reader exited with {child.returncode}")
     try:
-        return json.loads(out)
+        answer = json.loads(out)
     except ValueError as err:
         raise ScriptReadFailed(f"the script reader answered nonsense: {err}") from err
+    _NOBODY_ANSWERED = _NOBODY_ANSWERED or as_nobody
+    return answer
 
 
-def _start_child(argv: list[str], fd: int) -> subprocess.Popen:
+def _start_child(argv: list[str], fd: int) -> tuple[subprocess.Popen, bool]:
     """The reader, as ``nobody`` where the guard is root (it only gets the open script), or as
     the guard's own user where nobody may not run this Python (one installed under /root)."""
     global _AS_NOBODY
@@ -699,11 +706,12 @@ def _start_child(argv: list[str], fd: int) -> subprocess.Popen:
         _AS_NOBODY = os.geteuid() == 0
     if _AS_NOBODY:
         try:
-            return subprocess.Popen(argv, user=NOBODY, group=NOBODY, extra_groups=[], **options)
+            return subprocess.Popen(argv, user=NOBODY, group=NOBODY, extra_groups=[],
+                                    **options), True
         except PermissionError:
             _AS_NOBODY = False
     try:
-        return subprocess.Popen(argv, **options)
+        return subprocess.Popen(argv, **options), False
     except OSError as err:
         raise ScriptReadFailed(f"could not start the script reader: {err}") from err
 
