@@ -5,6 +5,7 @@ code too; reading is bounded whatever the script (``colab_guard/observe/scripts.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import py_compile
 import shutil
@@ -185,6 +186,18 @@ swapper = insightface.model_zoo.get_model(f"{MODELS}/inswapper_128.onnx", downlo
 @pytest.mark.parametrize("expected, source", USED.values(), ids=USED.keys())
 def test_a_marker_used_as_code_is_recognised(expected, source):
     assert markers(source) == [expected]
+
+
+def test_a_real_library_whose_docstring_shows_a_server_carries_no_marker(scanner):
+    """prompt_toolkit's SSH helper shows ``asyncssh.create_server(..., server_host_keys=...)``
+    in a docstring: as bytes, an asyncssh server; as code, a module defining classes. (Read as
+    code, the 19,282 Python files of site-packages and the standard library here carry no
+    marker; searched as bytes, three did.)"""
+    spec = importlib.util.find_spec("prompt_toolkit.contrib.ssh.server")
+    if spec is None or spec.origin is None:
+        pytest.skip("prompt_toolkit's ssh contrib is not installed")
+    assert scanner.script_markers(spec.origin, scripts.OTHER) == ["asyncssh-server"]
+    assert scanner.script_markers(spec.origin, scripts.PYTHON) == []
 
 
 def test_one_stratum_request_or_requests_never_sent_are_not_a_miner():
