@@ -299,6 +299,21 @@ def test_a_pyc_is_read_through_its_code_objects(scanner, tmp_path):
     assert scanner.script_markers(server, scripts.PYTHON) == ["asyncssh-server"]
 
 
+def test_the_stand_in_miner_compiled_is_still_a_stratum_client(scanner, tmp_path):
+    source = tmp_path / "miner.py"
+    source.write_text((STANDINS / "miner.py").read_text())
+    compiled = py_compile.compile(str(source), cfile=str(tmp_path / "miner.pyc"))
+    assert scanner.script_markers(compiled, scripts.PYTHON) == ["stratum-miner"]
+    source.write_text(USED["stratum-miner: method= keywords (nightminer's shape), through a "
+                           "name"][1].replace("method=SUBSCRIBE", 'method="mining.subscribe"'))
+    compiled = py_compile.compile(str(source), cfile=str(tmp_path / "client.pyc"))
+    assert scanner.script_markers(compiled, scripts.PYTHON) == ["stratum-miner"]
+    source.write_text(HONEST["a detector's own test samples: Stratum requests as JSON, never "
+                             "sent"])
+    compiled = py_compile.compile(str(source), cfile=str(tmp_path / "samples.pyc"))
+    assert scanner.script_markers(compiled, scripts.PYTHON) == []
+
+
 def test_a_pyc_of_another_python_is_searched_as_bytes(scanner, tmp_path):
     source = tmp_path / "job.py"
     source.write_text("BANNER = 'MicroSocks SOCKS5 Server'\n")

@@ -486,13 +486,21 @@ def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> Non
     import dis
 
     imported = module = before = None
-    for instruction in dis.get_instructions(code):
+    instructions = list(dis.get_instructions(code))
+    for at, instruction in enumerate(instructions):
         op, value = instruction.opname, instruction.argval
         if op in ("CACHE", "PUSH_NULL", "PRECALL", "NOP", "EXTENDED_ARG"):
             continue
         if op == "KW_NAMES":  # (3.11's dis does not resolve it)
             value = code.co_consts[instruction.arg]
             evidence.names.update(v for v in value if isinstance(v, str))
+            if "method" in value:  # f(method="x"): the keyword values are the last arguments
+                _request_at(instructions, at, len(value) - 1 - value.index("method"), evidence)
+        if op == "BUILD_CONST_KEY_MAP" and before is not None and \
+                isinstance(before.argval, tuple) and "method" in before.argval:
+            keys = before.argval  # {"id": 1, "method": "x", ...}: its values are below the keys
+            _request_at(instructions, instructions.index(before),
+                        len(keys) - 1 - keys.index("method"), evidence)
         elif op == "IMPORT_NAME":
             imported = module = value
             evidence.imports.add(value)
@@ -521,6 +529,37 @@ def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> Non
         if not op.startswith(("IMPORT_", "STORE_")) and op != "POP_TOP":
             imported = None if op != "IMPORT_NAME" else imported
         before = instruction
+
+
+#: Instructions that push nothing (the others push at least one value).
+_PUSH_NOTHING = ("PRECALL", "KW_NAMES", "CACHE", "NOP", "EXTENDED_ARG", "RESUME", "STORE_",
+                 "POP_", "DELETE_", "JUMP", "RETURN", "RAISE", "SETUP", "LIST_", "SET_ADD",
+                 "SET_UPDATE", "MAP_ADD", "DICT_", "PRINT_EXPR", "IMPORT_STAR")
+
+
+def _request_at(instructions: list, at: int, depth: int, evidence: Evidence) -> None:
+    """The constant that was ``depth`` values below the top of the stack just before
+    instruction ``at``, if a LOAD_CONST of a str pushed it, as a request's method. Found by
+    walking back over the stack effects (within 64 instructions: a dict or call being built)."""
+    import dis
+
+    for instruction in reversed(instructions[max(0, at - 64):at]):
+        op = instruction.opname
+        if op.startswith(("JUMP", "POP_JUMP", "FOR_ITER", "SEND")):
+            return  # control flow: not one expression
+        arg = instruction.arg if instruction.opcode >= dis.HAVE_ARGUMENT else None
+        try:
+            effect = dis.stack_effect(instruction.opcode, arg, jump=False)
+        except ValueError:
+            return
+        pushed = 0 if op.startswith(_PUSH_NOTHING) else max(1, effect)
+        if op == "LOAD_METHOD" or (op == "LOAD_GLOBAL" and (arg or 0) & 1):
+            pushed = 2  # (3.11: with a NULL or the method's self)
+        if depth < pushed:
+            if op == "LOAD_CONST" and isinstance(instruction.argval, str):
+                evidence.requests.add(instruction.argval)
+            return
+        depth += (pushed - effect) - pushed
 
 
 def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
