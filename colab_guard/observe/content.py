@@ -1001,7 +1001,7 @@ class ContentScanner:
                     result = scan_fd(fd, self.max_script_bytes, deadline)
             except scripts.ScriptReadFailed as err:
                 # Past its budget, or built to exhaust the parser: its top-level import lines
-                # alone (a regular expression and one-line parses), and counted as cut.
+                # alone (one linear regular expression), and counted as cut.
                 result = Scan([], cut=True)
                 if language == scripts.PYTHON:
                     result.markers = scripts.code_markers(scripts.tail_imports(
