@@ -209,6 +209,26 @@ def test_one_stratum_request_or_requests_never_sent_are_not_a_miner():
     assert markers(offline) == []
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a method name passed positionally to the miner's own send function is a plain argument "
+    "(a detector passes the same names to its own functions): behaviour only"))
+def test_a_stratum_client_with_positional_method_names_is_recognised():
+    assert markers("import socket\ns = socket.create_connection(('127.0.0.1', 3333))\n"
+                   "def rpc(method, *params):\n    s.sendall(repr((method, params)).encode())\n"
+                   "rpc('mining.subscribe')\nrpc('mining.authorize', 'w', 'x')\n") == \
+        ["stratum-miner"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "the method is read where a request is built, not whether it is sent: a detector's request "
+    "samples in a program that also connects (to fetch a capture) read as a Stratum client"))
+def test_a_detector_with_request_samples_that_also_connects_carries_no_marker():
+    assert markers("import json, urllib.request\n"
+                   "SAMPLES = [{'method': 'mining.subscribe'}, {'method': 'mining.authorize'}]\n"
+                   "capture = urllib.request.urlopen('http://127.0.0.1:8000/pcap.json').read()\n"
+                   "print([s in json.loads(capture) for s in SAMPLES])\n") == []
+
+
 def test_source_that_does_not_parse_is_read_as_tokens_never_as_text():
     broken = "import pproxy\nx = (\n"
     assert markers(broken) == ["pproxy"]
@@ -271,6 +291,28 @@ def test_a_script_is_read_with_its_own_modules_beside_it(scanner, tmp_path):
         ["asyncssh-server"]
     (tmp_path / "honest.py").write_text("import json\nprint('unused.py is not imported')\n")
     assert scanner.script_markers(str(tmp_path / "honest.py"), scripts.PYTHON) == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a script's own modules are read one level deep")
+def test_a_script_is_read_with_its_modules_two_levels_deep(scanner, tmp_path):
+    (tmp_path / "main.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("import inner\n")
+    (tmp_path / "inner.py").write_text("import pproxy\n")
+    assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == ["pproxy"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "in a .pyc, only a constant where the request is built is its method (no data flow)"))
+def test_a_compiled_stratum_client_naming_its_methods_through_variables(scanner, tmp_path):
+    source = tmp_path / "client.py"
+    source.write_text(USED["stratum-miner: requests built as dicts and sent"][1]
+                      .replace('"method": "mining.subscribe"', '"method": SUB')
+                      .replace('"method": "mining.authorize"', '"method": AUTH')
+                      .replace("import json, socket\n", "import json, socket\n"
+                               "SUB, AUTH = 'mining.subscribe', 'mining.authorize'\n"))
+    compiled = py_compile.compile(str(source), cfile=str(tmp_path / "client.pyc"))
+    assert scanner.script_markers(compiled, scripts.PYTHON) == ["stratum-miner"]
 
 
 def test_a_zip_bomb_is_read_only_to_its_bound(tmp_path):
