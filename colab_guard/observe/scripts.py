@@ -9,10 +9,11 @@ modules it imports) and ``python x.pyc`` (its code objects, when compiled by thi
 are read as code too.
 
 Parsing holds the GIL and cannot be interrupted (~0.2-0.5 s per MiB of source, far more on a
-busy core), and a hostile script could exhaust memory or the C stack: so it runs in a child
-process (``python -I -S -``, this file's source on its stdin, the already opened script passed
-as a descriptor), bounded in time (killed at the scan's deadline), memory and CPU, and as
-``nobody`` when the guard is root. This module is therefore standard library only.
+busy core), and a hostile script could exhaust memory or the C stack: so, but for a small
+source (``IN_PROCESS_MAX``), it runs in a child process (``python -I -S -``, this file's
+source on its stdin, the already opened script passed as a descriptor), bounded in time
+(killed at the scan's deadline), memory and CPU, and as ``nobody`` when the guard is root.
+This module is therefore standard library only.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PYTHON = "python"
 SHELL = "shell"
 OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as bytes
 
-#: Bytes of decompressed code read from one zip member, and members read from one zip app.
+#: Modules of a zip app read besides its ``__main__.py`` (those it imports), at most.
 ZIP_MEMBERS_MAX = 32
 #: Modules of a script's own folder that it imports (``import helper``: helper.py beside it,
 #: first on its sys.path) read with it, at most this many, one level.
