@@ -94,7 +94,7 @@ def main() -> None:
         write_script(huge, (64 << 20) - 4096)  # its last line within the 64 MiB read
         measure("64 MiB script", huge)
         hostile = Path(folder) / "hostile.py"
-        hostile.write_text("import pproxy\nx = " + "-" * 2_000_000 + "1\n")
+        hostile.write_text("import pproxy\n" + "-" * 2_000_000 + "1\n")
         measure("hostile (2 M unary ops)", hostile, runs=1)
 
 

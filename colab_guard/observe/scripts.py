@@ -35,6 +35,8 @@ PYTHON = "python"
 SHELL = "shell"
 OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as bytes
 
+#: Bytes of a source that does not parse read as tokens (its import lines: all of it).
+TOKENS_MAX = 128 << 10
 #: Modules of a zip app read besides its ``__main__.py`` (those it imports), at most.
 ZIP_MEMBERS_MAX = 32
 #: Modules of a script's own folder that it imports (``import helper``: helper.py beside it,
@@ -328,16 +330,21 @@ _TOP_IMPORT = re.compile(rb"^(?:import|from)[ \t][^\n]{1,400}", re.MULTILINE)
 def python_evidence(source: bytes, cut: bool = False) -> Evidence:
     """What Python source shows as code. ``cut``: the source stops at a byte bound, mid-way
     (parsed up to its last top-level statement). Source that does not parse (a newer syntax,
-    too deeply nested) is read as tokens: names and imports, never its strings or comments."""
+    too deeply nested) is read as tokens, its first ``TOKENS_MAX`` bytes (Python's tokenizer
+    takes a second or more per MiB): names and imports, never its strings or comments; and its
+    top-level import lines throughout."""
     if cut:
         ends = [m.start() for m in _TOP_LEVEL.finditer(source)]
-        evidence = python_evidence(source[:ends[-1] + 1]) if ends else token_evidence(source)
+        evidence = python_evidence(source[:ends[-1] + 1]) if ends else \
+            token_evidence(source[:TOKENS_MAX])
         evidence.merge(tail_imports(source))  # and the import lines of the statement cut
         return evidence
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return token_evidence(source)
+        evidence = token_evidence(source[:TOKENS_MAX])
+        evidence.merge(tail_imports(source))
+        return evidence
     return _Reader(tree).read()
 
 
