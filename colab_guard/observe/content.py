@@ -14,8 +14,10 @@ Scanning costs time (about 20 ms per MiB on a busy core), so:
   is reported without markers on the tick that first sees it and with them
   from the tick after the scan finishes, so a tick never waits on a scan.
 
-Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are scanned
-too, the first script argument only, with the smaller ``max_script_bytes``.
+Scripts run by an interpreter (``python3 x.py``, ``node x.js``) are read too, the first
+script argument only, with the smaller ``max_script_bytes``: Python and shell scripts as code
+(``scripts.py``: a tool's name in a comment, a docstring or a list of labels is not the tool),
+the others as bytes.
 
 So is every file a process maps executable (a library loaded under any name: libtorrent's
 Python module copied to ``fastmath.so``), once per file like a program, its strings and the
@@ -35,12 +37,13 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import re2
 
-from . import elf, procfs
+from . import elf, procfs, scripts
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -48,6 +51,9 @@ CHUNK = 1 << 20
 
 
 INTERPRETER_PREFIX = "interpreter:"
+
+#: Threads that read scripts (each mostly waits on its child process).
+SCRIPT_THREADS = 2
 
 FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
@@ -81,12 +87,13 @@ MARKERS: tuple[Marker, ...] = (
     # remote-access
     Marker("dropbear", (b"Dropbear", b"dropbear_rsa_host_key"), need=2),
     Marker("openssh-server", (b"sshd_config", b"PermitRootLogin", b"privilege separation"), need=3),
-    # an SSH server written with asyncssh (a script: only a server gives host keys)
+    # an SSH server written with asyncssh, frozen into a program (only a server gives host
+    # keys); a Python script is read as code instead (scripts.CODE_MARKERS), as for pproxy
     Marker("asyncssh-server", (b"asyncssh", b"server_host_keys"), need=2),
     # proxy and tunnels
     Marker("tor", (b"Tor will try a different fallback", b"torrc"), need=2),
     Marker("microsocks", (b"MicroSocks SOCKS5 Server",), need=1),
-    Marker("pproxy", (b"import pproxy", b"from pproxy"), need=1),  # a script using pproxy
+    Marker("pproxy", (b"import pproxy", b"from pproxy"), need=1),  # (frozen; see above)
     Marker("v2ray", (b"github.com/v2fly/v2ray-core", b"github.com/xtls/xray-core",
                      b"github.com/XTLS/Xray-core"), need=1),
     Marker("shadowsocks", (b"github.com/shadowsocks/", b"shadowsocks-libev"), need=1),
@@ -97,7 +104,7 @@ MARKERS: tuple[Marker, ...] = (
     Marker("masscan", (b"Starting masscan", b"robertdavidgraham/masscan"), need=1),
     Marker("hping3", (b"hping3 listen mode",), need=1),
     Marker("slowhttptest", (b"SlowHTTPTest", b"github.com/shekyan/slowhttptest"), need=1),
-    # deepfake (mostly scripts: the interpreter's first script argument)
+    # deepfake (in a Python script: as code, scripts.CODE_MARKERS)
     # (not tool names alone: deepfake-detection research names its datasets after them)
     Marker("face-swap", (b"inswapper_128", b"roop.processors.frame", b"facefusion.processors",
                          b"SAEHDModel"), need=1),
@@ -631,8 +638,8 @@ class ContentScanner:
         self.log = log or logging.getLogger("colab_guard")
         self.scans = 0  # files actually read (the rest came from the cache)
         self.bytes_read = 0
-        self.stats = {"file_scans": 0, "memory_scans": 0, "cut": 0, "refused": 0,
-                      "dropped": 0, "memory_denied": 0, "vanished": 0,
+        self.stats = {"file_scans": 0, "script_scans": 0, "memory_scans": 0, "cut": 0,
+                      "refused": 0, "dropped": 0, "memory_denied": 0, "vanished": 0,
                       "library_looks": 0}
         self._said: set[str] = set()
         self._cache: OrderedDict[FileKey, Scan] = OrderedDict()
@@ -654,6 +661,8 @@ class ContentScanner:
         self.stuck_threads = 0  # threads left blocked in a read (see _check_stuck)
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._scripts: ThreadPoolExecutor | None = None  # reads scripts (_queue_script)
+        self._scripts_queued = 0
 
     # ------------------------------------------------------------ public
 
@@ -670,7 +679,8 @@ class ContentScanner:
         interpreter = any(m.startswith(INTERPRETER_PREFIX) for m in found)  # even when renamed
         script = script_path(pid, exe, cmdline, interpreter)
         if script is not None:
-            markers += [m for m in reported(self.file_markers(script, self.max_script_bytes))
+            language = script_language(exe, found)
+            markers += [m for m in reported(self.script_markers(script, language))
                         if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
@@ -709,15 +719,24 @@ class ContentScanner:
         its key, the files it was last seen to have mapped executable)."""
         if key is not None and self._libraries_pending(key):
             return False
-        for path in filter(None, [f"/proc/{pid}/exe", script_path(pid, exe, cmdline, True)]):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and \
-                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) not in self._cache:
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            found = []
+        else:
+            program = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            if program is None:
                 return False
-        return True
+            found = program.markers
+        script = script_path(pid, exe, cmdline, True)
+        if script is None:
+            return True
+        try:
+            st = os.stat(_script_file(script))
+        except OSError:
+            return True
+        return not stat.S_ISREG(st.st_mode) or \
+            _script_key(st, script_language(exe, found)) in self._cache
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
@@ -741,11 +760,66 @@ class ContentScanner:
                 return []
         return self._scan(key, path, max_bytes).markers
 
+    def script_markers(self, path: str, language: str) -> list[str]:
+        """The markers of the script an interpreter runs (a directory: its ``__main__.py``),
+        read as code for Python and shell (``scripts.py``), as bytes for the other languages;
+        [] while a background read is running or on error."""
+        if language == scripts.OTHER:
+            return self.file_markers(path, self.max_script_bytes)
+        path = _script_file(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        key = _script_key(st, language)
+        with self._lock:
+            self._check_stuck()
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key].markers
+            if key in self._pending:
+                return []
+            if self._background:
+                self._queue_script(key, path)
+                return []
+        return self._scan_script(key, path).markers
+
+    def _queue_script(self, key: tuple, path: str) -> None:
+        """With the lock held: read a script in the scripts' own threads. The work is a child
+        process's or a few milliseconds here, so it does not wait behind a 64 MiB library
+        scan of the scanner's thread: a tool script is known within a tick or two."""
+        if self._closed:
+            return
+        if self._scripts_queued >= self.max_pending:
+            self._count("dropped", "the content scanner's queue is full (%d jobs); scans are "
+                        "dropped and asked again later", self.max_pending)
+            return
+        if self._scripts is None:
+            self._scripts = ThreadPoolExecutor(SCRIPT_THREADS, "colab-guard-script")
+        self._pending[key] = True
+        self._scripts_queued += 1
+        self._scripts.submit(self._script_job, key, path)
+
+    def _script_job(self, key: tuple, path: str) -> None:
+        try:
+            if not self._closed:
+                self._scan_script(key, path)
+        except Exception:  # a bug: said, and the next goes on
+            self.log.exception("colab-guard: reading a script failed")
+            with self._lock:
+                self._pending.pop(key, None)
+        finally:
+            with self._lock:
+                self._scripts_queued -= 1
+                self._wake.notify_all()
+
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the scans under way (tests and the command line use it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._jobs or self._running is not None:
+            while self._jobs or self._running is not None or self._scripts_queued:
                 self._check_stuck()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -757,6 +831,9 @@ class ContentScanner:
             self._closed = True
             self._jobs.clear()
             self._wake.notify_all()
+            scripts_pool, self._scripts = self._scripts, None
+        if scripts_pool is not None:
+            scripts_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, alive: set) -> None:
         """Drop the memory state of processes that are gone (keys not in ``alive``)."""
@@ -902,6 +979,77 @@ class ContentScanner:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _scan_script(self, key: tuple, path: str) -> Scan:
+        """Read a Python or shell script as code (``scripts.read``: a small source here, any
+        other in a child process within the scan's time budget) and search it: Python's code
+        markers, a shell script's text without its comments. A .pyc of another Python is
+        searched as bytes."""
+        deadline = time.monotonic() + self.scan_seconds
+        queued, language = key, key[4]
+        result = Scan([])
+        try:
+            fd, st = open_regular(path)
+            try:
+                key = _script_key(st, language)  # what was read (a file swapped in: its own)
+                answer = scripts.read(fd, language, self.max_script_bytes, self.max_bytes,
+                                      deadline)
+                if "evidence" in answer:
+                    evidence = scripts.Evidence.from_json(answer["evidence"])
+                    if not answer.get("zip"):
+                        self._with_local_modules(path, evidence, deadline)
+                    result = Scan(scripts.code_markers(evidence))
+                elif "code" in answer:
+                    found = SEARCH.needles_in(answer["code"].encode("latin-1"))
+                    result = Scan(SEARCH.markers_for(found))
+                else:
+                    result = scan_fd(fd, self.max_script_bytes, deadline)
+            except scripts.ScriptReadFailed as err:
+                # Past its budget, or built to exhaust the parser: its top-level import lines
+                # alone (one linear regular expression), and counted as cut.
+                result = Scan([], cut=True)
+                if language == scripts.PYTHON:
+                    result.markers = scripts.code_markers(scripts.tail_imports(
+                        os.pread(fd, self.max_script_bytes, 0)))
+                self.log.debug("colab-guard: could not read the script %s: %s", path, err)
+            finally:
+                os.close(fd)
+        except NotRegularFile as err:
+            with self._lock:
+                self._count("refused", "not scanned: %s", err)
+        except OSError as err:
+            self.log.debug("colab-guard: could not scan %s: %s", path, err)
+        if result.cut:
+            result.markers.append(SCAN_CUT)
+            with self._lock:
+                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
+                            self.scan_seconds)
+        with self._lock:
+            self.scans += 1
+            self.stats["script_scans"] += 1
+            self._pending.pop(queued, None)
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _with_local_modules(self, path: str, evidence: scripts.Evidence,
+                            deadline: float) -> None:
+        """Add what the script's own modules show (helper.py beside it that it imports: a
+        program split in two is still one program), one level, within the same budget."""
+        for module in scripts.local_modules(path, evidence.imports):
+            try:
+                fd, _ = open_regular(module)
+                try:
+                    answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                          self.max_bytes, deadline)
+                finally:
+                    os.close(fd)
+            except (OSError, scripts.ScriptReadFailed) as err:
+                self.log.debug("colab-guard: could not read %s: %s", module, err)
+                continue
+            if "evidence" in answer:
+                evidence.merge(scripts.Evidence.from_json(answer["evidence"]))
 
     # ------------------------------------------------------------ libraries
 
@@ -1124,6 +1272,27 @@ class ContentScanner:
             memory.traits = traits
             memory.queued = False
             memory.checked_at = time.monotonic()
+
+
+def script_language(exe: str, found: list[str]) -> str:
+    """How the script of an interpreter is read (``scripts.py``): Python's (its markers
+    say so even when renamed), a shell's, or as bytes (node, perl, ruby, php...)."""
+    program = os.path.basename(exe or "").split(" (")[0]
+    if INTERPRETER_PREFIX + "python" in found or re.match(r"^(python|pypy)[0-9.]*$", program):
+        return scripts.PYTHON
+    if re.match(r"^(bash|sh|dash|zsh)$", program):
+        return scripts.SHELL
+    return scripts.OTHER
+
+
+def _script_file(path: str) -> str:
+    """What ``python DIR`` runs: DIR/__main__.py."""
+    return os.path.join(path, "__main__.py") if os.path.isdir(path) else path
+
+
+def _script_key(st: os.stat_result, language: str) -> tuple:
+    """A script's cache key: its file's, and how it is read."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, language
 
 
 #: Interpreter options whose value is the next word (python -W ignore x.py).

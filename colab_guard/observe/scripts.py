@@ -1,0 +1,777 @@
+"""What a script's code does, not what its text says (issue #17, precision).
+
+A Python script is recognised by its code: the modules it imports, the names it calls and
+defines, the protocol requests it builds. Not by comments, docstrings, or string constants
+that are data: a cryptojacking detector's list of Stratum method names, an intrusion-detection
+label list naming "DoS attacks-SlowHTTPTest", a docstring citing hashcat.net. A shell script is
+searched without its comments. ``python app.zip`` (a zip app's ``__main__.py`` and the zip's
+modules it imports) and ``python x.pyc`` (its code objects, when compiled by this very Python)
+are read as code too.
+
+Parsing holds the GIL and cannot be interrupted (~0.2-0.5 s per MiB of source, far more on a
+busy core), and a hostile script could exhaust memory or the C stack: so, but for a small
+source (``IN_PROCESS_MAX``), it runs in a child process (``python -I -S -``, this file's
+source on its stdin, the already opened script passed as a descriptor), bounded in time
+(killed at the scan's deadline), memory and CPU, and as ``nobody`` when the guard is root.
+This module is therefore standard library only.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import keyword
+import os
+import re
+import subprocess
+import sys
+import time
+import tokenize
+import zipfile
+from dataclasses import dataclass, field
+
+PYTHON = "python"
+SHELL = "shell"
+OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as bytes
+
+#: Bytes of a source that does not parse read as tokens (its import lines: all of it).
+TOKENS_MAX = 128 << 10
+#: Modules of a zip app read besides its ``__main__.py`` (those it imports), at most.
+ZIP_MEMBERS_MAX = 32
+#: Modules of a script's own folder that it imports (``import helper``: helper.py beside it,
+#: first on its sys.path) read with it, at most this many, one level.
+LOCAL_MODULES_MAX = 16
+
+
+def local_modules(script: str, imports: set[str]) -> list[str]:
+    """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
+    helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
+    them first on its path (the script's folder)."""
+    folder = os.path.dirname(script)
+    found: list[str] = []
+    for module in sorted(imports):
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+            continue
+        path = os.path.join(folder, *module.split("."))
+        for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+            if candidate not in found and os.path.isfile(candidate):
+                found.append(candidate)
+                break
+        if len(found) >= LOCAL_MODULES_MAX:
+            break
+    return found
+
+
+#: The child's own limits.
+CHILD_MEMORY = 1 << 30
+
+
+@dataclass(frozen=True)
+class CodeMarker:
+    """A tool as a Python program shows it in code. It matches when the program imports
+    every module in ``requires``, talks to the network if ``network``, and shows any of:
+    an import of ``imports`` (or a submodule), one of the ``names`` as an identifier (a name,
+    attribute, keyword argument, definition, dict key), a call of one of ``calls`` (dotted,
+    after the program's own import aliases), a model file containing one of ``models`` given
+    to a loader, a ``messages`` constant a message is built from, or ``need`` of the
+    ``requests`` (RPC method names sent as requests)."""
+
+    name: str
+    imports: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    calls: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    requests: tuple[str, ...] = ()
+    need: int = 1
+    requires: tuple[str, ...] = ()
+    network: bool = False
+
+
+#: The tools a Python script can be (the names are content.MARKERS's). Every other marker is
+#: a native tool's: in a Python script its strings are data (a log line, a label, a command
+#: line it passes to the tool, which is itself scanned when it runs).
+CODE_MARKERS: tuple[CodeMarker, ...] = (
+    # A Stratum or getwork client: the method of a JSON-RPC request it builds ({"method": ...},
+    # method=..., or JSON text), two of them, in a program that opens connections.
+    CodeMarker("stratum-miner", requests=("mining.subscribe", "mining.authorize",
+                                          "mining.submit", "mining.notify"),
+               need=2, network=True),
+    CodeMarker("getwork-miner", requests=("eth_submitWork", "eth_submitHashrate", "eth_getWork"),
+               need=2, network=True),
+    # A BitTorrent peer: its handshake built from the protocol string, and a connection.
+    CodeMarker("bittorrent", messages=("BitTorrent protocol",), network=True),
+    CodeMarker("pproxy", imports=("pproxy",)),
+    # An SSH server: asyncssh imported, and host keys given to a server, or a server started.
+    CodeMarker("asyncssh-server", requires=("asyncssh",), names=("server_host_keys",),
+               calls=("asyncssh.listen", "asyncssh.create_server")),
+    CodeMarker("face-swap", imports=("roop.processors.frame", "facefusion.processors"),
+               names=("SAEHDModel",), models=("inswapper_",)),
+)
+
+#: Calls (their last name) that open or use a connection.
+NETWORK_CALLS = frozenset({
+    "connect", "connect_ex", "create_connection", "open_connection", "urlopen", "ws_connect",
+    "sendall", "sendto", "post", "HTTPConnection", "HTTPSConnection", "create_datagram_endpoint",
+})
+#: Calls (their last name) whose constant argument is a model file loaded.
+MODEL_LOADERS = frozenset({"get_model", "InferenceSession"})
+#: Calls (their last name) whose constant argument goes into a message.
+MESSAGE_CALLS = frozenset({"pack", "pack_into", "send", "sendall", "sendto", "write"})
+#: Calls that import the module named by their first argument.
+IMPORT_CALLS = frozenset({"__import__", "import_module"})
+
+#: A JSON-RPC request in a text constant: "method": "mining.subscribe".
+_JSON_METHOD = re.compile(r"""["']method["']\s*:\s*["']([^"'\\]{1,200})["']""")
+
+
+@dataclass
+class Evidence:
+    """What a Python program's code shows (see CodeMarker)."""
+
+    imports: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+    calls: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    messages: set[str] = field(default_factory=set)
+    requests: set[str] = field(default_factory=set)
+    network: bool = False
+
+    def merge(self, other: "Evidence") -> None:
+        for name in ("imports", "names", "calls", "models", "messages", "requests"):
+            getattr(self, name).update(getattr(other, name))
+        self.network = self.network or other.network
+
+    def to_json(self) -> dict:
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Evidence":
+        evidence = cls(network=bool(data.get("network")))
+        for name in ("imports", "names", "calls", "models", "messages", "requests"):
+            getattr(evidence, name).update(str(v) for v in data.get(name, ()))
+        return evidence
+
+
+def code_markers(evidence: Evidence, markers: tuple[CodeMarker, ...] = CODE_MARKERS) -> list[str]:
+    """The tools the evidence shows."""
+    return [m.name for m in markers if _matches(m, evidence)]
+
+
+def _imported(module: str, evidence: Evidence) -> bool:
+    return any(i == module or i.startswith(module + ".") for i in evidence.imports)
+
+
+def _matches(marker: CodeMarker, evidence: Evidence) -> bool:
+    if not all(_imported(r, evidence) for r in marker.requires):
+        return False
+    if marker.network and not evidence.network:
+        return False
+    return (any(_imported(i, evidence) for i in marker.imports)
+            or any(n in evidence.names for n in marker.names)
+            or any(c in evidence.calls for c in marker.calls)
+            or any(m in path for m in marker.models for path in evidence.models)
+            or any(m in text for m in marker.messages for text in evidence.messages)
+            or (bool(marker.requests)
+                and sum(r in evidence.requests for r in marker.requests) >= marker.need))
+
+
+# ------------------------------------------------------------------ Python source
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    """``a.b.c`` as ['a', 'b', 'c'] (None for anything else: a call's result, a subscript)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+class _Reader:
+    """One pass over a module's syntax tree (``ast.walk``: iterative, whatever the nesting)."""
+
+    def __init__(self, tree: ast.AST):
+        self.tree = tree
+        self.evidence = Evidence()
+        self.aliases: dict[str, str] = {}  # a name bound by an import -> the module path
+        self.constants: dict[str, str] = {}  # NAME = "text" (read where NAME is used)
+
+    def read(self) -> Evidence:
+        nodes = list(ast.walk(self.tree))
+        for node in nodes:  # first what names mean: imports and constants
+            if isinstance(node, ast.Import):
+                self._import(node)
+            elif isinstance(node, ast.ImportFrom):
+                self._import_from(node)
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                    isinstance(node.targets[0], ast.Name):
+                text = _text(node.value)
+                if text is not None:
+                    self.constants[node.targets[0].id] = text
+        for node in nodes:
+            self._node(node)
+        return self.evidence
+
+    def _import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self.evidence.imports.add(alias.name)
+            if alias.asname:
+                self.aliases[alias.asname] = alias.name
+            else:
+                root = alias.name.split(".")[0]
+                self.aliases[root] = root
+
+    def _import_from(self, node: ast.ImportFrom) -> None:
+        if node.level or not node.module:
+            return  # the program's own modules (read where they are: a zip app's)
+        self.evidence.imports.add(node.module)
+        for alias in node.names:
+            if alias.name != "*":
+                self.evidence.imports.add(f"{node.module}.{alias.name}")
+                self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def _value(self, node: ast.AST) -> str | None:
+        """The text a constant expression, or a name bound once to one, stands for."""
+        if isinstance(node, ast.Name):
+            return self.constants.get(node.id)
+        return _text(node)
+
+    def _node(self, node: ast.AST) -> None:
+        evidence = self.evidence
+        if isinstance(node, ast.Name):
+            evidence.names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            evidence.names.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            evidence.names.add(node.name)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                key_text = self._value(key) if key is not None else None
+                if key_text is None:
+                    continue
+                evidence.names.add(key_text)  # a dict of keyword arguments (**options)
+                if key_text == "method":
+                    self._request(value)
+        elif isinstance(node, ast.Call):
+            self._call(node)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+            for side in (node.left, node.right):
+                self._message(side)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = _text(node)
+            if text and "method" in text:
+                evidence.requests.update(_JSON_METHOD.findall(text))
+
+    def _request(self, node: ast.AST) -> None:
+        text = self._value(node)
+        if text is not None:
+            self.evidence.requests.add(text)
+
+    def _message(self, node: ast.AST) -> None:
+        text = self._value(node)
+        if text is not None:
+            self.evidence.messages.add(text)
+
+    def _call(self, node: ast.Call) -> None:
+        evidence = self.evidence
+        parts = _dotted(node.func)
+        last = parts[-1] if parts else None
+        if parts:
+            root = self.aliases.get(parts[0])
+            evidence.calls.add(".".join(([root] if root else parts[:1]) + parts[1:]))
+        for kw in node.keywords:
+            if kw.arg:
+                evidence.names.add(kw.arg)
+                if kw.arg == "method":
+                    self._request(kw.value)
+        if last is None:
+            return
+        if last in NETWORK_CALLS:
+            evidence.network = True
+        if last in IMPORT_CALLS and node.args:
+            module = self._value(node.args[0])
+            if module:
+                evidence.imports.add(module)
+        if last in MODEL_LOADERS:
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                path = self._value(arg)
+                if path is not None:
+                    evidence.models.add(path)
+        if last in MESSAGE_CALLS:
+            for arg in node.args:
+                self._message(arg)
+
+
+def _text(node: ast.AST) -> str | None:
+    """A str or bytes constant's text (bytes as Latin-1), an f-string's constant parts (its
+    values as ``{}``); None for anything else."""
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, str):
+            return node.value
+        if isinstance(node.value, bytes):
+            return node.value.decode("latin-1")
+        return None
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str)
+                       else "{}" for v in node.values)
+    return None
+
+
+#: Where a top-level statement starts (a script cut at its byte bound is parsed up to there).
+_TOP_LEVEL = re.compile(rb"\n(?=[A-Za-z_@])")
+_TOP_IMPORT = re.compile(rb"^(?:import|from)[ \t][^\n]{1,400}", re.MULTILINE)
+
+
+def python_evidence(source: bytes, cut: bool = False) -> Evidence:
+    """What Python source shows as code. ``cut``: the source stops at a byte bound, mid-way
+    (parsed up to its last top-level statement). Source that does not parse (a newer syntax,
+    too deeply nested) is read as tokens, its first ``TOKENS_MAX`` bytes (Python's tokenizer
+    takes a second or more per MiB): names and imports, never its strings or comments; and its
+    top-level import lines throughout."""
+    if cut:
+        ends = [m.start() for m in _TOP_LEVEL.finditer(source)]
+        evidence = python_evidence(source[:ends[-1] + 1]) if ends else \
+            token_evidence(source[:TOKENS_MAX])
+        evidence.merge(tail_imports(source))  # and the import lines of the statement cut
+        return evidence
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        evidence = token_evidence(source[:TOKENS_MAX])
+        evidence.merge(tail_imports(source))
+        return evidence
+    return _Reader(tree).read()
+
+
+def token_evidence(source: bytes) -> Evidence:
+    """The fallback for source that does not parse: its NAME tokens (names; ``import x`` and
+    ``from x import``), ``"method": "x"`` and ``method="x"`` requests, network calls. Strings
+    and comments are not names. Tokens are read as a stream (a few kept), whatever the size."""
+    evidence = Evidence()
+    last: list[tokenize.TokenInfo] = []  # the last three significant tokens
+    importing: list[str] | None = None  # the dotted name after ``import``/``from``, so far
+    from_import = plain_import = False  # that name came after ``from``; ``import`` alone
+    try:
+        for token in tokenize.tokenize(io.BytesIO(source).readline):
+            if token.type in _INSIGNIFICANT:
+                continue
+            if importing is not None:
+                if token.type == tokenize.NAME and not keyword.iskeyword(token.string) and \
+                        (not importing or importing[-1] == "."):
+                    importing.append(token.string)
+                elif token.string == "." and importing and importing[-1] != ".":
+                    importing.append(".")
+                elif from_import and set(token.string) == {"."} and \
+                        set("".join(importing)) <= {"."}:
+                    importing.append(token.string)  # from .x import y: the program's own
+                else:
+                    module = "".join(importing).rstrip(".")
+                    if module and not module.startswith("."):
+                        evidence.imports.add(module)
+                    importing = None
+                    if from_import and token.string == "import":
+                        if module and not module.startswith("."):  # a.b (b: a module?)
+                            importing, from_import = [module, "."], False
+                        last = (last + [token])[-3:]
+                        continue
+                    if token.string == "," and plain_import:
+                        importing = []  # import a, b
+                        continue
+            if token.type == tokenize.NAME:
+                evidence.names.add(token.string)
+                if token.string in ("import", "from"):
+                    importing, from_import = [], token.string == "from"
+                    plain_import = token.string == "import"
+            elif token.string == "(" and last and last[-1].type == tokenize.NAME and \
+                    last[-1].string in NETWORK_CALLS:
+                evidence.network = True
+            elif token.type == tokenize.STRING and len(last) >= 2 and last[-1].string in ":=":
+                key = last[-2]
+                if (last[-1].string == ":" and key.type == tokenize.STRING and
+                        _string_token(key.string) == "method") or \
+                        (last[-1].string == "=" and key.string == "method"):
+                    value = _string_token(token.string)
+                    if value:
+                        evidence.requests.add(value)
+            last = (last + [token])[-3:]
+    except (tokenize.TokenError, SyntaxError, ValueError, RecursionError, MemoryError):
+        pass  # what was read up to there
+    return evidence
+
+
+_INSIGNIFICANT = frozenset({tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT,
+                            tokenize.DEDENT, tokenize.ENCODING})
+
+
+def _string_token(text: str) -> str | None:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value.decode("latin-1") if isinstance(value, bytes) else value \
+        if isinstance(value, str) else None
+
+
+#: A top-level import line: ``import a.b as c, d`` or ``from a.b import (c, d``.
+_IMPORT_LINE = re.compile(rb"^(?:import[ \t]+([\w. \t,]+)|from[ \t]+([\w.]+)[ \t]+import[ \t]+"
+                          rb"\(?([\w \t,]*))", re.MULTILINE)
+
+
+def tail_imports(data: bytes) -> Evidence:
+    """The modules of the top-level import lines in ``data`` (a regular expression: linear,
+    whatever their number): the part of a script past what is parsed, or all of a script that
+    could not be read in time."""
+    evidence = Evidence()
+    for match in _IMPORT_LINE.finditer(data):
+        plain, module, names = (g.decode("latin-1") if g else "" for g in match.groups())
+        for part in plain.split(","):
+            words = part.split()
+            if words:
+                evidence.imports.add(words[0])
+        if module and not module.startswith("."):
+            evidence.imports.add(module)
+            for part in names.split(","):
+                words = part.split()
+                if words:
+                    evidence.imports.add(f"{module}.{words[0]}")
+    return evidence
+
+
+# ------------------------------------------------------------------ compiled and zipped
+
+
+def pyc_evidence(data: bytes) -> Evidence | None:
+    """What a ``.pyc`` compiled by this very Python shows as code: the modules its code
+    imports (IMPORT_NAME, IMPORT_FROM; ``__import__``/``import_module`` of a constant), the
+    names it uses (co_names), defines and passes as keywords, JSON-RPC requests in its
+    constants. None: compiled by another Python (its code cannot be read here)."""
+    import importlib.util
+    import marshal
+
+    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
+        return None
+    try:
+        top = marshal.loads(data[16:])
+    except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        return Evidence()
+    evidence = Evidence()
+    aliases: dict[str, str] = {}  # a name an import was stored under -> the module path
+    stack, seen = [top], 0
+    while stack and seen < 100_000:
+        code = stack.pop()
+        seen += 1
+        if not hasattr(code, "co_code"):
+            continue
+        evidence.names.update(code.co_names)
+        evidence.names.add(code.co_name)
+        _read_instructions(code, evidence, aliases)
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                stack.append(const)
+            elif isinstance(const, (str, bytes)):
+                text = const.decode("latin-1") if isinstance(const, bytes) else const
+                if "method" in text:
+                    evidence.requests.update(_JSON_METHOD.findall(text))
+    return evidence
+
+
+#: Instructions that load a name (a callable, a module, an attribute).
+_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD", "LOAD_FAST",
+                    "LOAD_DEREF"})
+#: Instructions that take a tuple constant just before them as keyword or key names.
+_KEYS = frozenset({"BUILD_CONST_KEY_MAP", "CALL_KW", "CALL_FUNCTION_KW"})
+
+
+def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> None:
+    """A code object's imports (and the names they are stored under), the modules' functions
+    it uses (``asyncssh.listen``), keyword and key names, network calls, and requests built as
+    ``{"method": "x"}`` (two constants in a row)."""
+    import dis
+
+    imported = module = before = None
+    instructions = list(dis.get_instructions(code))
+    for at, instruction in enumerate(instructions):
+        op, value = instruction.opname, instruction.argval
+        if op in ("CACHE", "PUSH_NULL", "PRECALL", "NOP", "EXTENDED_ARG"):
+            continue
+        if op == "KW_NAMES":  # (3.11's dis does not resolve it)
+            value = code.co_consts[instruction.arg]
+            evidence.names.update(v for v in value if isinstance(v, str))
+            if "method" in value:  # f(method="x"): the keyword values are the last arguments
+                _request_at(instructions, at, len(value) - 1 - value.index("method"), evidence)
+        if op == "BUILD_CONST_KEY_MAP" and before is not None and \
+                isinstance(before.argval, tuple) and "method" in before.argval:
+            keys = before.argval  # {"id": 1, "method": "x", ...}: its values are below the keys
+            _request_at(instructions, instructions.index(before),
+                        len(keys) - 1 - keys.index("method"), evidence)
+        elif op == "IMPORT_NAME":
+            imported = module = value
+            evidence.imports.add(value)
+        elif op == "IMPORT_FROM" and module is not None:
+            imported = f"{module}.{value}"
+            evidence.imports.add(imported)
+        elif op.startswith("STORE_") and imported is not None:
+            aliases[value] = imported if op != "STORE_ATTR" else aliases.get(value, value)
+            imported = None
+        elif op in _LOADS:
+            if value in NETWORK_CALLS:
+                evidence.network = True
+            if op in ("LOAD_ATTR", "LOAD_METHOD") and before is not None and \
+                    before.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"):
+                evidence.calls.add(f"{aliases.get(before.argval, before.argval)}.{value}")
+            elif value in aliases:
+                evidence.calls.add(aliases[value])
+        elif op in _KEYS and before is not None and before.opname == "LOAD_CONST" and \
+                isinstance(before.argval, tuple):
+            evidence.names.update(v for v in before.argval if isinstance(v, str))
+        elif op == "LOAD_CONST" and isinstance(value, str) and before is not None:
+            if before.opname in _LOADS and before.argval in IMPORT_CALLS:
+                evidence.imports.add(value)  # __import__("x"), importlib.import_module("x")
+            elif before.opname == "LOAD_CONST" and before.argval == "method":
+                evidence.requests.add(value)
+        if not op.startswith(("IMPORT_", "STORE_")) and op != "POP_TOP":
+            imported = None if op != "IMPORT_NAME" else imported
+        before = instruction
+
+
+#: Instructions that push nothing (the others push at least one value).
+_PUSH_NOTHING = ("PRECALL", "KW_NAMES", "CACHE", "NOP", "EXTENDED_ARG", "RESUME", "STORE_",
+                 "POP_", "DELETE_", "JUMP", "RETURN", "RAISE", "SETUP", "LIST_", "SET_ADD",
+                 "SET_UPDATE", "MAP_ADD", "DICT_", "PRINT_EXPR", "IMPORT_STAR")
+
+
+def _request_at(instructions: list, at: int, depth: int, evidence: Evidence) -> None:
+    """The constant that was ``depth`` values below the top of the stack just before
+    instruction ``at``, if a LOAD_CONST of a str pushed it, as a request's method. Found by
+    walking back over the stack effects (within 64 instructions: a dict or call being built)."""
+    import dis
+
+    for instruction in reversed(instructions[max(0, at - 64):at]):
+        op = instruction.opname
+        if op.startswith(("JUMP", "POP_JUMP", "FOR_ITER", "SEND")):
+            return  # control flow: not one expression
+        arg = instruction.arg if instruction.opcode >= dis.HAVE_ARGUMENT else None
+        try:
+            effect = dis.stack_effect(instruction.opcode, arg, jump=False)
+        except ValueError:
+            return
+        pushed = 0 if op.startswith(_PUSH_NOTHING) else max(1, effect)
+        if op == "LOAD_METHOD" or (op == "LOAD_GLOBAL" and (arg or 0) & 1):
+            pushed = 2  # (3.11: with a NULL or the method's self)
+        if depth < pushed:
+            if op == "LOAD_CONST" and isinstance(instruction.argval, str):
+                evidence.requests.add(instruction.argval)
+            return
+        depth += (pushed - effect) - pushed
+
+
+def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
+    """What a zip app runs: its ``__main__.py`` and the modules of the zip it imports (one
+    level), each read up to ``parse_bytes`` decompressed."""
+    evidence = Evidence()
+    try:
+        archive = zipfile.ZipFile(fileobj)
+        members = {i.filename: i for i in archive.infolist()[:100_000]}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, MemoryError):
+        return evidence
+    main = _zip_source(archive, members, "__main__.py", parse_bytes)
+    if main is None:
+        return evidence
+    reader_evidence = python_evidence(*main)
+    evidence.merge(reader_evidence)
+    local = [m for m in _local_modules(main[0]) if m]
+    for module in local[:ZIP_MEMBERS_MAX]:
+        path = module.replace(".", "/")
+        for name in (path + ".py", path + "/__init__.py"):
+            found = _zip_source(archive, members, name, parse_bytes)
+            if found is not None:
+                evidence.merge(python_evidence(*found))
+                break
+    return evidence
+
+
+def _local_modules(source: bytes) -> list[str]:
+    """The modules a source imports, relative ones by their name (a zip app's own)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    modules: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            modules += [base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
+    return list(dict.fromkeys(modules))
+
+
+def _zip_source(archive: zipfile.ZipFile, members: dict, name: str,
+                limit: int) -> tuple[bytes, bool] | None:
+    info = members.get(name)
+    if info is None:
+        return None
+    try:
+        with archive.open(info) as member:
+            data = member.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError,
+            MemoryError):
+        return None
+    return data[:limit], len(data) > limit
+
+
+# ------------------------------------------------------------------ shell
+
+
+#: A shell word that starts with ``#`` begins a comment (``$#``, ``${#x}``, ``a#b`` do not);
+#: quoted text and escapes are skipped whole.
+_SHELL = re.compile(rb"""'[^']*'?|"(?:\\.|[^"\\])*"?|\\.|"""
+                    rb"""(?:(?<=[\s;&|()<>])|^)#[^\n]*|[^'"\\#]+|.""", re.DOTALL)
+
+
+def shell_code(data: bytes) -> bytes:
+    """A shell script without its comments."""
+    return b"".join(m.group(0) for m in _SHELL.finditer(data)
+                    if not m.group(0).startswith(b"#") or not _comment_start(data, m.start()))
+
+
+def _comment_start(data: bytes, at: int) -> bool:
+    return at == 0 or data[at - 1:at] in b" \t\n;&|()<>"
+
+
+# ------------------------------------------------------------------ reading a script
+
+
+def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> dict:
+    """What the script open at ``fd`` shows: {"evidence": ...} for Python (a source, a zip
+    app, with "zip": true, or a .pyc of this Python); {"code": text} for a shell script (its
+    code without comments, as Latin-1); {"bytes": true}: to be searched as bytes (a .pyc of
+    another Python)."""
+    head = os.pread(fd, 16, 0)
+    if language == SHELL:
+        return {"code": shell_code(os.pread(fd, parse_bytes, 0)).decode("latin-1")}
+    if head.startswith(b"PK\x03\x04") or _is_zip(fd):
+        with os.fdopen(os.dup(fd), "rb") as fileobj:
+            return {"evidence": zip_evidence(fileobj, parse_bytes).to_json(), "zip": True}
+    if _pyc(head):
+        found = pyc_evidence(os.pread(fd, file_bytes, 0))
+        return {"bytes": True} if found is None else {"evidence": found.to_json()}
+    source = os.pread(fd, parse_bytes + 1, 0)
+    cut = len(source) > parse_bytes
+    evidence = python_evidence(source[:parse_bytes], cut)
+    if cut:
+        evidence.merge(tail_imports(os.pread(fd, max(0, file_bytes - parse_bytes), parse_bytes)))
+    return {"evidence": evidence.to_json()}
+
+
+def _pyc(head: bytes) -> bool:
+    """A .pyc's header: a 2-byte magic number (CPython 3: 3000 to 3999) and CR LF."""
+    return len(head) == 16 and head[2:4] == b"\r\n" and \
+        3000 <= int.from_bytes(head[:2], "little") < 4000
+
+
+def _is_zip(fd: int) -> bool:
+    """A zip app may start with anything (a shebang line): its end record says it is a zip."""
+    with os.fdopen(os.dup(fd), "rb") as fileobj:
+        try:
+            return zipfile.is_zipfile(fileobj)
+        except (OSError, ValueError):
+            return False
+
+
+#: A Python or shell source this small is read in the guard's own process (a parse of a few
+#: milliseconds: a small script is known at once, without a child's start of 0.1 to 1 s). Not
+#: before Python 3.11, whose parser turns absurd nesting into RecursionError, not a crash.
+IN_PROCESS_MAX = 16 << 10
+
+
+def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: float) -> dict:
+    """``read_script``: here if the script is a small source, else in a child process
+    (``read_isolated``). Zip apps and .pyc files always go to the child (decompression, and
+    ``marshal``, which is not meant for hostile data)."""
+    size = os.fstat(fd).st_size
+    if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and \
+            (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd))):
+        return read_script(fd, language, parse_bytes, file_bytes)
+    return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
+
+
+_PROGRAM: bytes | None = None  # this file's source, given to the child on its stdin
+NOBODY = 65534
+_AS_NOBODY: bool | None = None  # whether the reader runs as nobody (None: not tried yet)
+_NOBODY_ANSWERED = False  # a reader run as nobody has answered once (so it works here)
+
+
+class ScriptReadFailed(Exception):
+    """The child did not answer in time, or died (a script built to exhaust the parser)."""
+
+
+def read_isolated(fd: int, language: str, parse_bytes: int, file_bytes: int,
+                  deadline: float) -> dict:
+    """``read_script`` in a child process, killed at ``deadline`` (time.monotonic());
+    ScriptReadFailed if it did not answer."""
+    global _PROGRAM, _NOBODY_ANSWERED
+    if _PROGRAM is None:
+        with open(__file__, "rb") as f:
+            _PROGRAM = f.read()
+    seconds = max(0.05, deadline - time.monotonic())
+    argv = [sys.executable, "-I", "-S", "-", str(fd), language, str(parse_bytes), str(file_bytes),
+            str(int(seconds) + 1)]
+    global _AS_NOBODY
+    child, as_nobody = _start_child(argv, fd)
+    try:
+        out, _ = child.communicate(_PROGRAM, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise ScriptReadFailed(f"the script reader ran past its budget ({seconds:.2g} s)")
+    if child.returncode != 0 and as_nobody and not _NOBODY_ANSWERED:
+        _AS_NOBODY = False  # nobody may run this Python but not read its library: as ourselves
+        return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
+    if child.returncode != 0:
+        raise ScriptReadFailed(f"the script reader exited with {child.returncode}")
+    try:
+        answer = json.loads(out)
+    except ValueError as err:
+        raise ScriptReadFailed(f"the script reader answered nonsense: {err}") from err
+    _NOBODY_ANSWERED = _NOBODY_ANSWERED or as_nobody
+    return answer
+
+
+def _start_child(argv: list[str], fd: int) -> tuple[subprocess.Popen, bool]:
+    """The reader, as ``nobody`` where the guard is root (it only gets the open script), or as
+    the guard's own user where nobody may not run this Python (one installed under /root)."""
+    global _AS_NOBODY
+    options = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                   pass_fds=(fd,), close_fds=True)
+    if _AS_NOBODY is None:
+        _AS_NOBODY = os.geteuid() == 0
+    if _AS_NOBODY:
+        try:
+            return subprocess.Popen(argv, user=NOBODY, group=NOBODY, extra_groups=[],
+                                    **options), True
+        except PermissionError:
+            _AS_NOBODY = False
+    try:
+        return subprocess.Popen(argv, **options), False
+    except OSError as err:
+        raise ScriptReadFailed(f"could not start the script reader: {err}") from err
+
+
+def _child(argv: list[str]) -> None:
+    import resource
+
+    fd, language, parse_bytes, file_bytes, seconds = argv
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (int(seconds), int(seconds)))
+    result = read_script(int(fd), language, int(parse_bytes), int(file_bytes))
+    sys.stdout.write(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
