@@ -271,7 +271,7 @@ def test_an_idle_program_is_recognised_once_the_background_scan_of_its_file_ends
     # A shell script carrying xmrig's strings, waiting on a child: idle after its first read,
     # which happens before the background scan of its file has finished.
     script = tmp_path / "kworker"
-    script.write_text("#!/bin/sh\n# XMRig donate-level xmrig.com\nsleep 60\n")
+    script.write_text("#!/bin/sh\n: XMRig donate-level xmrig.com\nsleep 60\n")  # code, no comment
     script.chmod(0o755)
     proc = subprocess.Popen([str(script)])
     spawned.append(proc.pid)
