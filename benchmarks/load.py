@@ -1,10 +1,13 @@
 """Load: one guarded server with many kernels, each with many children, and a fork storm.
 
-    ./dev bench load [--kernels 50] [--children 20] [--seconds 30] [--storm-rate 1000]
+    ./dev bench load [--kernels 50] [--children 20] [--seconds 30] [--settle 60]
+                     [--storm-rate 1000] [--no-watcher] [--guarded-only] [--profile FILE]
 
 Two real `jupyter server` runs with the same kernels (started through the REST API, each
 starting ``--children`` sleeping child processes): one with `--ColabGuard.enabled=False`
-(the baseline), one guarded, sampling at 1 Hz. Over ``--seconds`` of each it reports:
+(the baseline), one guarded, sampling at 1 Hz. ``--settle`` seconds after every kernel is
+watched (the startup's first reads and scans behind: the steady state of a hub's idle
+kernels), over ``--seconds`` of each it reports:
 
 - ticks done and ticks missed (`colab_guard_ticks_missed_total`);
 - processes sampled per tick, and of those the ones read in full (new, changed, or due their
@@ -361,7 +364,9 @@ def run(guarded: bool, args, user: pwd.struct_passwd | None = None,
                     if time.monotonic() > deadline:
                         raise SystemExit("the guard did not see every kernel")
                     time.sleep(1)
-            time.sleep(15 if with_watcher else 5)  # kernels settled (the watcher's first reads)
+            # Kernels settled: the first reads and scans of 1,050 new processes, and the
+            # kernels' full reads spaced out (see README, Under load), behind.
+            time.sleep(max(args.settle, 15) if with_watcher else args.settle)
             watcher_cpu0 = watcher.cpu() if watcher is not None else 0.0
             profiler = profile(server, args) if guarded and not with_watcher else None
             result = measure(server, args.seconds, args.requests, guarded and not with_watcher)
@@ -453,6 +458,8 @@ def main() -> None:
                         "-guarded, -with-the-watcher")
     parser.add_argument("--no-watcher", action="store_true",
                         help="leave out the run with the node watcher (it needs root)")
+    parser.add_argument("--settle", type=float, default=60,
+                        help="seconds between the last kernel watched and the window")
     parser.add_argument("--profile", metavar="FILE",
                         help="py-spy's collapsed stacks of the guarded server over its window")
     parser.add_argument("--guarded-only", action="store_true",
