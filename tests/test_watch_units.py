@@ -144,7 +144,7 @@ def test_a_process_groups_members_are_found_with_their_uids():
     assert members[os.getpid()] == os.getuid()
 
 
-async def test_execs_wake_the_monitor_at_most_every_min_gap():
+async def test_execs_bring_two_looks_and_a_burst_one_look_every_look_again():
     import asyncio
 
     class Monitor:
@@ -155,34 +155,22 @@ async def test_execs_wake_the_monitor_at_most_every_min_gap():
 
     events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
     events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
-    events._last_wake, events._pending = 0.0, None
-    for _ in range(100):  # a burst of execs
-        events._wake()
-    assert events.monitor.woken == 1 and events._pending is not None
-    await wait_for(lambda: events.monitor.woken == 2, timeout=2, interval=0.01)  # deferred
-    assert events._pending is None
-
-
-async def test_an_exec_is_looked_at_again_once_after_the_last_of_a_burst():
-    import asyncio
-
-    class Monitor:
-        woken = 0
-
-        def check_soon(self):
-            self.woken += 1
-
-    events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
-    events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
-    events._last_wake, events._pending, events._again = 0.0, None, None
-    for _ in range(5):  # execs 20 ms apart: each pushes the second look back
-        events._look_again_later()
-        await asyncio.sleep(0.02)
-    assert events.monitor.woken == 0 and events._again is not None
-    await wait_for(lambda: events.monitor.woken == 1, timeout=2, interval=0.01)
-    assert events._again is None
+    events._last_exec, events._look = 0.0, None
+    events._look_soon()  # one exec: no pass at once (checked at its exec), two looks after
+    assert events.monitor.woken == 0 and events._look is not None
+    await wait_for(lambda: events.monitor.woken == 2, timeout=3, interval=0.01)
+    await wait_for(lambda: events._look is None, timeout=3, interval=0.01)
     await asyncio.sleep(proc_events.LOOK_AGAIN + 0.1)
-    assert events.monitor.woken == 1  # once
+    assert events.monitor.woken == 2  # and no more
+    # A burst: 30 execs 20 ms apart (0.6 s) brings a look every LOOK_AGAIN s, not one each.
+    began = events.loop.time()
+    for _ in range(30):
+        events._look_soon()
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: events._look is None, timeout=5, interval=0.01)
+    looks = events.monitor.woken - 2
+    span = events.loop.time() - began
+    assert 2 <= looks <= span / proc_events.LOOK_AGAIN + 1, (looks, span)
 
 
 def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
@@ -358,9 +346,11 @@ from colab_guard.watch.proc_events import ProcEvents
 
 async def main():
     kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict,
-                                    exec_seen=lambda pid: None, _is_user=lambda uid: False)
+                                    exec_seen=lambda pid: None, _is_user=lambda uid: False,
+                                    forked=lambda pid: None, exited=lambda pid: None)
     monitor = types.SimpleNamespace(
-        kernels=kernels, exec_argv={}, check_soon=lambda: None,
+        kernels=kernels, exec_argv={}, check_soon=lambda: None, attributed_at_pass={},
+        exited=lambda pid: None,
         _sampling=concurrent.futures.ThreadPoolExecutor(1),
         sampler=types.SimpleNamespace(owner_of=lambda pid: None, claim=lambda *a: None),
         settings=types.SimpleNamespace(sample_interval=1.0))

@@ -30,12 +30,14 @@ from ..detect.engine import Engine
 from ..detect.signatures import SignatureError, load_signatures
 from ..monitor import Monitor
 from ..observe import procfs
+from ..observe.model import Process, Snapshot
 from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
 from ..record.reporter import build_reporter
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
+from .at_exec import ExecCheck
 from .kernels import NodeKernels
 from .protocol import DEFAULT_SOCKET
 from .tell import UserChannel
@@ -49,6 +51,15 @@ class WatchError(RuntimeError):
     """The watcher cannot start as configured; the message says which setting or file."""
 
 
+#: processes acted on at their exec remembered until their exit (events lost: exits unseen)
+MAX_ACTED_AT_EXEC = 10_000
+
+
+def _acted(acted: dict[int, float], process: Process) -> bool:
+    created = acted.get(process.pid)
+    return created is not None and abs(created - process.create_time) <= 1
+
+
 class NodeMonitor(Monitor):
     """The monitor, with the machine's kernels discovered afresh at each tick."""
 
@@ -59,6 +70,40 @@ class NodeMonitor(Monitor):
         super().__init__(*args, **kwargs)
         #: pid -> (start ticks, argv) as read when its exec was announced (proc_events.py)
         self.exec_argv: dict[int, tuple[int, list[str]]] = {}
+        #: pid -> (create time, kernel id) of every process the last pass attributed: what
+        #: the process events tie a fork or an exec to between passes (replaced, never changed)
+        self.attributed_at_pass: dict[int, tuple[float, str]] = {}
+        self.at_exec = ExecCheck(self.engine, self.log)
+        #: pid -> create time of the processes acted on at their exec: the pass leaves them
+        #: to that response (as the Policy does a process it has handled)
+        self.acted_at_exec: dict[int, float] = {}
+
+    def check_at_exec(self, kernel_id: str, process: Process) -> None:
+        """On the event loop: a kernel's program acted on at its exec if what it shows then
+        (name, executable, command line) is enough (at_exec.py)."""
+        if not self._running:
+            return
+        try:
+            detections = self.at_exec.detections(kernel_id, process)
+            if detections:
+                if len(self.acted_at_exec) < MAX_ACTED_AT_EXEC:
+                    self.acted_at_exec[process.pid] = process.create_time
+                self.act_on(Snapshot(kernel_id, time.time(), [process]), detections,
+                            partial=True)
+        except Exception:
+            metrics.SAMPLER_ERRORS.labels("check").inc()
+            self.log.exception("colab-guard watch: checking pid %s at its exec failed; the "
+                               "next pass checks it", process.pid)
+
+    def exited(self, pid: int) -> None:
+        self.acted_at_exec.pop(pid, None)
+
+    def act_on(self, snapshot, detections, partial: bool = False) -> None:
+        if self.acted_at_exec and not partial:
+            # The same process, its start time computed from a boot time the clock moved:
+            # what the Policy does for a process it has handled.
+            detections = [d for d in detections if not _acted(self.acted_at_exec, d.process)]
+        super().act_on(snapshot, detections, partial)
 
     async def tick(self) -> None:
         try:
@@ -93,6 +138,9 @@ class NodeMonitor(Monitor):
         snapshots = super()._observe(kernels)
         # In the sampler's thread: which kernels, exited or not, still have processes.
         self.kernels.attributed = self.sampler.owners()
+        self.attributed_at_pass = {p.pid: (p.create_time, kid)
+                                   for kid, snapshot in snapshots.items()
+                                   for p in snapshot.processes}
         self._exec_command_lines(snapshots)
         return snapshots
 
