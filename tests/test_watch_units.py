@@ -380,3 +380,97 @@ def test_process_events_are_probed_and_a_silent_connector_is_not_trusted():
     if apart.returncode != 0 and "unshare" in apart.stderr:
         pytest.skip(f"no network namespace here: {apart.stderr.strip()}")
     assert apart.stdout.strip() == "silent", apart.stderr
+
+
+# ---------------------------------------------------------------- the event-kept table
+
+
+def _listing() -> tuple[set[int], set[int]]:
+    """The live processes, and the zombies (discovery forgets a process at its exit: one
+    listed as a zombie may be known or not)."""
+    live, zombies = set(), set()
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit():
+                state = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[0]
+                (zombies if state in ("Z", "X") else live).add(int(name))
+        except (OSError, IndexError):
+            continue
+    return live, zombies
+
+
+def _agrees(events, node: NodeKernels) -> bool:
+    """Whether discovery's processes are /proc's: every process alive before and after the
+    refresh is known, and nothing is known that was alive at neither (a busy machine: tried
+    a few times)."""
+    for _ in range(10):
+        before, zombies = _listing()
+        events._readable()  # the events read so far, as the loop would
+        node.refresh()
+        after, more_zombies = _listing()
+        if before & after <= set(node._seen) <= before | after | zombies | more_zombies:
+            return True
+    return False
+
+
+async def test_the_event_kept_process_table_agrees_with_proc_after_forks_exits_and_lost_events():
+    """With process events live, discovery lists /proc only every RECONCILE s (or after lost
+    events) and follows forks, execs and exits in between."""
+    import asyncio
+    import concurrent.futures
+    import logging
+    import types
+
+    import pytest
+
+    from colab_guard.watch import kernels as kernels_module
+
+    if os.geteuid() != 0:
+        pytest.skip("the process connector needs root")
+    node = NodeKernels(min_uid=1000)
+    monitor = types.SimpleNamespace(
+        kernels=node, exec_argv={}, check_soon=lambda: None, attributed_at_pass={},
+        exited=lambda pid: None, check_at_exec=lambda *a: None,
+        _sampling=concurrent.futures.ThreadPoolExecutor(1),
+        sampler=types.SimpleNamespace(claim=lambda *a: None),
+        settings=types.SimpleNamespace(sample_interval=1.0))
+    events = proc_events.ProcEvents.start(asyncio.get_running_loop(), monitor,
+                                          logging.getLogger())
+    assert events is not None and await events.probe(timeout=5)
+    sleepers = []
+    try:
+        node.refresh()
+        listed = node._listed_at
+        sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(10)]
+        for _ in range(10):
+            subprocess.run(["true"])  # started and gone between two refreshes
+        for proc in sleepers[:5]:
+            proc.kill()
+            proc.wait()
+        assert _agrees(events, node)
+        assert node._listed_at == listed  # followed from events, /proc not listed
+        alive = {p.pid for p in sleepers[5:]}
+        assert alive <= set(node._seen)
+        assert not {p.pid for p in sleepers[:5]} & set(node._seen)
+        # Events lost: read none of them (as when the socket's buffer overran) ...
+        events.loop.remove_reader(events.sock.fileno())
+        events.sock.close()
+        lost = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+        sleepers += lost
+        node.refresh()
+        assert not {p.pid for p in lost} & set(node._seen)  # not known: nothing said so
+        node.events_lost = True  # what ENOBUFS sets
+        node.refresh()
+        assert node._listed_at != listed and {p.pid for p in lost} <= set(node._seen)
+        # ... and the reconciliation lists /proc all the same, every RECONCILE s
+        listed = node._listed_at
+        node._listed_at -= kernels_module.RECONCILE
+        unseen = subprocess.Popen(["sleep", "60"])
+        sleepers.append(unseen)
+        node.refresh()
+        assert node._listed_at > listed - kernels_module.RECONCILE and unseen.pid in node._seen
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        monitor._sampling.shutdown()

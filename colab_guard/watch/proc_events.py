@@ -160,7 +160,8 @@ class ProcEvents:
         self.sock.close()
 
     def _readable(self) -> None:
-        forks, exits, execs, claims = [], [], [], []
+        exits, execs, claims = [], [], []
+        kernels = self.monitor.kernels
         kernel_pids: dict[int, str] | None = None  # kernel pid -> id, made when first needed
         while True:
             try:
@@ -188,19 +189,19 @@ class ProcEvents:
                     execs.append(event[1])
                 elif event[0] == "fork" and event[2] == event[3]:  # a process, not a thread
                     if kernel_pids is None:
-                        kernel_pids = {pid: kid for kid, pid in
-                                       self.monitor.kernels.pids().items() if pid}
+                        kernel_pids = {pid: kid for kid, pid in kernels.pids().items() if pid}
                     kernel_id = self._inherit(event[1], event[3], kernel_pids)
                     if kernel_id is not None:
                         claims.append((event[3], kernel_id))
-                    forks.append(event[3])
+                    kernels.forked(event[3])
                 elif event[0] == "exit" and event[1] == event[2]:
                     exits.append(event[2])
-        if claims or exits:
+                    kernels.exited(event[2])
+        if claims:
             self.monitor._sampling.submit(self._follow, claims)
         users = [pid for pid in execs if self._users(pid)]
         for pid in users:
-            self.monitor.kernels.exec_seen(pid)
+            kernels.exec_seen(pid)
             started = self._remember_argv(pid)
             if started is not None:
                 self._check_at_exec(pid, *started)
