@@ -155,8 +155,9 @@ async def test_execs_bring_two_looks_and_a_burst_one_look_every_look_again():
 
     events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
     events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
-    events._last_exec, events._look = 0.0, None
-    events._look_soon()  # one exec: no pass at once (checked at its exec), two looks after
+    events._named, events._look = {}, None
+    me = [os.getpid()]  # a program that lives on
+    events._look_soon(me)  # one exec: no pass at once (checked at its exec), two looks after
     assert events.monitor.woken == 0 and events._look is not None
     await wait_for(lambda: events.monitor.woken == 2, timeout=3, interval=0.01)
     await wait_for(lambda: events._look is None, timeout=3, interval=0.01)
@@ -165,12 +166,19 @@ async def test_execs_bring_two_looks_and_a_burst_one_look_every_look_again():
     # A burst: 30 execs 20 ms apart (0.6 s) brings a look every LOOK_AGAIN s, not one each.
     began = events.loop.time()
     for _ in range(30):
-        events._look_soon()
+        events._look_soon(me)
         await asyncio.sleep(0.02)
     await wait_for(lambda: events._look is None, timeout=5, interval=0.01)
     looks = events.monitor.woken - 2
     span = events.loop.time() - began
     assert 2 <= looks <= span / proc_events.LOOK_AGAIN + 1, (looks, span)
+    # Programs that have exited by then (/bin/true in a loop) need no look.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    woken = events.monitor.woken
+    events._look_soon([gone.pid])
+    await wait_for(lambda: events._look is None, timeout=3, interval=0.01)
+    assert events.monitor.woken == woken
 
 
 def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
@@ -474,3 +482,39 @@ async def test_the_event_kept_process_table_agrees_with_proc_after_forks_exits_a
             proc.kill()
             proc.wait()
         monitor._sampling.shutdown()
+
+
+def test_the_passs_table_is_discoverys_users_processes_not_the_machines():
+    """The node watcher's sampler takes its table from discovery (no second listing of
+    /proc), and only the notebook users' processes: root's are not in it."""
+    import pwd
+
+    import pytest
+
+    from colab_guard.watch.sampler import NodeSampler
+
+    if os.geteuid() != 0:
+        pytest.skip("starts a process as another user")
+    nobody = pwd.getpwnam("nobody")
+    node = NodeKernels(min_uid=1000)
+    sampler = NodeSampler(node)
+    proc = subprocess.Popen(["sleep", "60"], user=nobody.pw_uid, group=nobody.pw_gid,
+                            extra_groups=[])
+    try:
+        from tests.harness import wait_until
+
+        wait_until(lambda: open(f"/proc/{proc.pid}/comm").read().strip() == "sleep", timeout=10,
+                   what="sleep exec'd")
+        node.refresh()
+        table = sampler._scan_table()
+        assert proc.pid in table and os.getpid() not in table and 1 not in table
+        entry = table[proc.pid]
+        assert entry.pid == proc.pid and entry.ppid == os.getpid()
+        assert abs(entry.key[1] - psutil.Process(proc.pid).create_time()) < 0.01
+        proc.kill()
+        proc.wait()
+        node.refresh()
+        assert proc.pid not in sampler._scan_table()
+    finally:
+        proc.kill()
+        proc.wait()

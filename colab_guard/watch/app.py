@@ -40,6 +40,7 @@ from ..settings import GuardTraits, Settings
 from .at_exec import ExecCheck
 from .kernels import NodeKernels
 from .protocol import DEFAULT_SOCKET
+from .sampler import NodeSampler
 from .tell import UserChannel
 
 DEFAULT_CONFIG = "/etc/colab-guard/watch_config.py"
@@ -51,13 +52,16 @@ class WatchError(RuntimeError):
     """The watcher cannot start as configured; the message says which setting or file."""
 
 
-#: processes acted on at their exec remembered until their exit (events lost: exits unseen)
-MAX_ACTED_AT_EXEC = 10_000
+#: seconds a process acted on at its exec is remembered (a pass sampled before its stop
+#: may act after it: passes take a second at most, many on a loaded machine)
+ACTED_AT_EXEC_KEPT = 120.0
 
 
-def _acted(acted: dict[int, float], process: Process) -> bool:
-    created = acted.get(process.pid)
-    return created is not None and abs(created - process.create_time) <= 1
+def _acted(acted: dict[int, tuple[float, float]], process: Process) -> bool:
+    """Whether this very process was acted on at its exec (start times within a second: the
+    pass may have computed its own from a boot time the kernel moved)."""
+    seen = acted.get(process.pid)
+    return seen is not None and abs(seen[0] - process.create_time) <= 1
 
 
 class NodeMonitor(Monitor):
@@ -74,9 +78,10 @@ class NodeMonitor(Monitor):
         #: the process events tie a fork or an exec to between passes (replaced, never changed)
         self.attributed_at_pass: dict[int, tuple[float, str]] = {}
         self.at_exec = ExecCheck(self.engine, self.log)
-        #: pid -> create time of the processes acted on at their exec: the pass leaves them
-        #: to that response (as the Policy does a process it has handled)
-        self.acted_at_exec: dict[int, float] = {}
+        #: pid -> (create time, when) of the processes acted on at their exec: a pass that
+        #: sees one later (even after its exit: it was sampled alive) leaves it to that
+        #: response, as the Policy does a process it has handled
+        self.acted_at_exec: dict[int, tuple[float, float]] = {}
 
     def check_at_exec(self, kernel_id: str, process: Process) -> None:
         """On the event loop: a kernel's program acted on at its exec if what it shows then
@@ -86,8 +91,8 @@ class NodeMonitor(Monitor):
         try:
             detections = self.at_exec.detections(kernel_id, process)
             if detections:
-                if len(self.acted_at_exec) < MAX_ACTED_AT_EXEC:
-                    self.acted_at_exec[process.pid] = process.create_time
+                self._forget_acted_at_exec()
+                self.acted_at_exec[process.pid] = (process.create_time, time.monotonic())
                 self.act_on(Snapshot(kernel_id, time.time(), [process]), detections,
                             partial=True)
         except Exception:
@@ -95,8 +100,13 @@ class NodeMonitor(Monitor):
             self.log.exception("colab-guard watch: checking pid %s at its exec failed; the "
                                "next pass checks it", process.pid)
 
-    def exited(self, pid: int) -> None:
-        self.acted_at_exec.pop(pid, None)
+    def _forget_acted_at_exec(self) -> None:
+        """Those acted on more than ``ACTED_AT_EXEC_KEPT`` s ago: every pass since has seen
+        them gone (they were stopped), or left them to that response."""
+        if len(self.acted_at_exec) >= 64:
+            oldest = time.monotonic() - ACTED_AT_EXEC_KEPT
+            self.acted_at_exec = {pid: seen for pid, seen in self.acted_at_exec.items()
+                                  if seen[1] > oldest}
 
     def act_on(self, snapshot, detections, partial: bool = False) -> None:
         if self.acted_at_exec and not partial:
@@ -283,8 +293,10 @@ class Watcher(Application, GuardTraits):
         self.policy = Policy(settings)
         self.recorder = Recorder(self.store, self.policy, settings, log=self.log)
         self.reporter = self._build_reporter(settings, database)
+        sampler = NodeSampler(self.kernels, self.log,
+                              libraries_refresh=settings.libraries_refresh)
         self.monitor = NodeMonitor(settings, self.kernels, Engine(self.rules, log=self.log),
-                                   self.policy, self.recorder, log=self.log)
+                                   self.policy, self.recorder, log=self.log, sampler=sampler)
         return self.monitor
 
     def _build_reporter(self, settings: Settings, database: IncidentDatabase):

@@ -156,8 +156,9 @@ class NodeKernels:
         changes = self._forks or self._exits or self._execs or self._unsettled
         if self.events_live and not self.events_lost and self._listed_at is not None \
                 and now - self._listed_at < RECONCILE:
-            if changes or self.attributed != self._elected_for:
-                self._seen = self._follow_events()
+            # The election reads only users' processes: the system's churn changes nothing.
+            users_changed = self._follow_events() if changes else False
+            if users_changed or self.attributed != self._elected_for:
                 self._elect()
             return self._kernels
         self._seen = self._list()
@@ -165,24 +166,30 @@ class NodeKernels:
         self._elect()
         return self._kernels
 
-    def _follow_events(self) -> dict[int, tuple[int, Seen | None]]:
+    def _follow_events(self) -> bool:
         """The last refresh's processes, those that exited left out, those that started or
-        exec'd (or were read mid-exec) read."""
-        seen = self._seen
+        exec'd (or were read mid-exec) read; whether a notebook user's was among them."""
+        seen, users = self._seen, False
         for pid in self._exits:
             known = seen.pop(pid, None)
             if known is not None and known[1] is not None and _lives(pid, known[1].start):
                 seen[pid] = known  # its main thread exited, its other threads run on
+            elif known is not None:
+                users = users or known[1] is None or self._is_user(known[1].uid)
         changed = self._forks | self._execs | self._unsettled
         self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
         for pid in changed:
             try:
                 inode = os.stat(f"/proc/{pid}").st_ino
             except OSError:
-                seen.pop(pid, None)  # gone already
+                known = seen.pop(pid, None)  # gone already
+                users = users or (known is not None and (
+                    known[1] is None or self._is_user(known[1].uid)))
                 continue
-            self._remember(seen, pid, inode, *self._read(pid))
-        return seen
+            info, final = self._read(pid)
+            self._remember(seen, pid, inode, info, final)
+            users = users or info is None or self._is_user(info.uid)
+        return users
 
     def _list(self) -> dict[int, tuple[int, Seen | None]]:
         """One listing of /proc (see refresh)."""
@@ -332,6 +339,11 @@ class NodeKernels:
             if parent is not None and parent.uid == info.uid:
                 found.append(info)
         return found
+
+    def processes(self) -> dict[int, tuple[int, Seen | None]]:
+        """Every process of the machine as the last refresh knew it: pid -> (the inode of
+        its /proc folder, or 0 if it is to be read again; what it is, None if unknown)."""
+        return self._seen
 
     def watches_uid(self, uid: int) -> bool:
         """Whether this uid's kernels are watched (a notebook user's, within ``users``)."""

@@ -116,7 +116,7 @@ class ProcEvents:
         self.events = 0
         self.overruns = 0
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
-        self._last_exec = 0.0
+        self._named: dict[int, float] = {}  # pid -> when it exec'd, for the looks after
         self._look: asyncio.TimerHandle | None = None  # the next look after execs
         self._boot: tuple[float, float] | None = None  # (boot time, when read)
         self._probing: set[int] | None = None  # pids of the events read while probing
@@ -208,9 +208,8 @@ class ProcEvents:
         for pid in exits:
             self.monitor.exec_argv.pop(pid, None)
             self._lineage.pop(pid, None)
-            self.monitor.exited(pid)
         if users:
-            self._look_soon()
+            self._look_soon(users)
 
     def _inherit(self, parent: int, child: int, kernel_pids: dict[int, str]) -> str | None:
         """The kernel a new process belongs to: its parent's (a fork seen since the last
@@ -224,8 +223,15 @@ class ProcEvents:
         return kernel_id
 
     def _attributed(self, pid: int, start: int | None = None) -> str | None:
-        """The kernel the last pass attributed this very process to (its pid may have been
-        taken again since: its start time says)."""
+        """The kernel the last pass attributed this very process to."""
+        known = self._at_pass(pid, start)
+        return known[1] if known is not None else None
+
+    def _at_pass(self, pid: int, start: int | None = None) -> tuple[float, str] | None:
+        """(its start time as the pass computed it, its kernel) if the last pass attributed
+        this very process (its pid may have been taken again since: its start time says,
+        within a second, as attribution.same_process: both rest on /proc/stat's boot time,
+        which the kernel moves by whole seconds)."""
         known = self.monitor.attributed_at_pass.get(pid)
         if known is None:
             return None
@@ -234,8 +240,8 @@ class ProcEvents:
                 start = procfs.read_stat(pid).start
             except (OSError, ValueError):
                 return None
-        same = abs(procfs.create_time(start, self._boot_time()) - known[0]) < 0.01
-        return known[1] if same else None
+        same = abs(procfs.create_time(start, self._boot_time()) - known[0]) <= 1
+        return known if same else None
 
     def _boot_time(self) -> float:
         """As the sampler computes start times (read again each minute: the clock may be set)."""
@@ -248,7 +254,8 @@ class ProcEvents:
                        ) -> None:
         """The program tested at once on what it shows at its exec (at_exec.py), if it is a
         process of a kernel (or of its user's unknown kernel) of the same user."""
-        kernel_id = self._lineage.get(pid) or self._attributed(pid, start)
+        at_pass = self._at_pass(pid, start)
+        kernel_id = self._lineage.get(pid) or (at_pass[1] if at_pass is not None else None)
         if kernel_id is None:
             return  # not a kernel's that is known yet: the next pass decides
         kernels = self.monitor.kernels
@@ -264,9 +271,12 @@ class ProcEvents:
             exe = procfs.read_exe(pid)
         except OSError:
             exe = ""
+        # The pass's start time where it has seen the process: the Policy knows a process by
+        # it, and acts once on it, whichever of the pass and this check comes first.
+        created = at_pass[0] if at_pass is not None else \
+            procfs.create_time(start, self._boot_time())
         process = Process(pid=pid, ppid=ppid, name=procfs.full_name(comm, argv), exe=exe,
-                          cmdline=argv, create_time=procfs.create_time(start, self._boot_time()),
-                          uid=uid)
+                          cmdline=argv, create_time=created, uid=uid)
         self.monitor.check_at_exec(kernel_id, process)
 
     def _remember_argv(self, pid: int) -> tuple[int, int, str, list[str]] | None:
@@ -293,26 +303,46 @@ class ProcEvents:
         except (OSError, ValueError):
             return False  # gone already: the next scan settles it
 
-    def _look_soon(self) -> None:
+    def _look_soon(self, pids: list[int]) -> None:
         """A pass ``LOOK_AGAIN`` s after an exec, and another ``LOOK_AGAIN`` s later: what a
         program does in its first moments (its pool connection, its file's content once
         scanned) is checked then. What it shows at its exec was checked already
         (``_check_at_exec``), so an exec wakes no pass at once; during a burst of execs, one
-        pass every ``LOOK_AGAIN`` s covers them all."""
-        self._last_exec = self.loop.time()
+        pass every ``LOOK_AGAIN`` s covers them all, and none once the programs have exited
+        (``/bin/true`` in a loop)."""
+        now = self.loop.time()
+        for pid in pids:
+            if len(self._named) < MAX_LINEAGE:
+                self._named[pid] = now
         if self._look is None:
             self._look = self.loop.call_later(LOOK_AGAIN, self._look_now)
 
     def _look_now(self) -> None:
         self._look = None
-        self.monitor.check_soon()
-        if self.loop.time() - self._last_exec < 2 * LOOK_AGAIN - MIN_GAP:
+        now = self.loop.time()
+        named, self._named = self._named, {}
+        alive = {pid: when for pid, when in named.items() if _alive(pid)}
+        if alive:
+            self.monitor.check_soon()
+        # each program looked at twice at least LOOK_AGAIN s apart, the first LOOK_AGAIN s
+        # after its exec
+        self._named = {pid: when for pid, when in alive.items()
+                       if now - when < 2 * LOOK_AGAIN - MIN_GAP}
+        if self._named:
             self._look = self.loop.call_later(LOOK_AGAIN, self._look_now)
 
     def _follow(self, claims: list[tuple[int, str]]) -> None:
         """In the sampler's thread: a child of a kernel's process is that kernel's."""
         for child, kernel_id in claims:
             self.monitor.sampler.claim(child, kernel_id)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process is there and no zombie (a program that has exited needs no look)."""
+    try:
+        return procfs.read_stat(pid).state not in ("Z", "X")
+    except (OSError, ValueError):
+        return False
 
 
 def _uid_of(kernels, kernel_id: str) -> int | None:
