@@ -148,9 +148,7 @@ class NodeMonitor(Monitor):
         snapshots = super()._observe(kernels)
         # In the sampler's thread: which kernels, exited or not, still have processes.
         self.kernels.attributed = self.sampler.owners()
-        self.attributed_at_pass = {p.pid: (p.create_time, kid)
-                                   for kid, snapshot in snapshots.items()
-                                   for p in snapshot.processes}
+        self.attributed_at_pass = getattr(self.sampler, "attributed", {})
         self._exec_command_lines(snapshots)
         return snapshots
 

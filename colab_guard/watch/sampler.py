@@ -23,6 +23,18 @@ class NodeSampler(ProcessSampler):
     def __init__(self, kernels: NodeKernels, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.node = kernels
+        #: pid -> (create time, kernel id) of every process attributed at the last pass,
+        #: made again only when the attribution was (replaced, never changed: the event
+        #: loop reads it, proc_events.py)
+        self.attributed: dict[int, tuple[float, str]] = {}
+        self._attributed_from: dict | None = None
+
+    def _attribute(self, kernels, table):
+        owners = super()._attribute(kernels, table)
+        if owners is not self._attributed_from:
+            self._attributed_from = owners
+            self.attributed = {pid: (table[pid].key[1], kid) for pid, kid in owners.items()}
+        return owners
 
     def _scan_table(self) -> dict[int, Entry]:
         """The users' processes, and those that descend from one; a process whose parent
