@@ -354,6 +354,10 @@ class Watcher(Application, GuardTraits):
                       "on" if events is not None else "off", self.min_uid,
                       f" ({', '.join(self.users)} only)" if self.users else "",
                       self.settings.database_url, self.settings.incident_log)
+        self.log.info("colab-guard watch: %d signatures are checked at a program's exec (they "
+                      "read only its name, executable and command line)%s",
+                      len(monitor.at_exec.signatures()),
+                      "" if events is not None else ", not used: no process events")
         users_told = await self._tell_users()
         if not self.settings.enabled:
             self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")

@@ -169,7 +169,8 @@ class NodeKernels:
     def _follow_events(self) -> bool:
         """The last refresh's processes, those that exited left out, those that started or
         exec'd (or were read mid-exec) read; whether a notebook user's was among them."""
-        seen, users = self._seen, False
+        # A copy, replaced whole: the pass reads the last one in its own thread (sampler.py).
+        seen, users = dict(self._seen), False
         for pid in self._exits:
             known = seen.pop(pid, None)
             if known is not None and known[1] is not None and _lives(pid, known[1].start):
@@ -189,6 +190,7 @@ class NodeKernels:
             info, final = self._read(pid)
             self._remember(seen, pid, inode, info, final)
             users = users or info is None or self._is_user(info.uid)
+        self._seen = seen
         return users
 
     def _list(self) -> dict[int, tuple[int, Seen | None]]:
