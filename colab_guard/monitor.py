@@ -204,11 +204,14 @@ class Monitor:
 
     # ------------------------------------------------------------ act
 
-    def act_on(self, snapshot: Snapshot, detections: list[Detection]) -> None:
+    def act_on(self, snapshot: Snapshot, detections: list[Detection],
+               partial: bool = False) -> None:
         """Start a response to what is new among one kernel's detections, the strongest
-        first; past the kernel's burst of incidents, coalesced into one (``Coalesced``)."""
+        first; past the kernel's burst of incidents, coalesced into one (``Coalesced``).
+        ``partial``: the snapshot holds only some of the kernel's processes (the node
+        watcher's check at a program's exec), so those acted on before are not forgotten."""
         plans = self.policy.respond(snapshot.kernel_id, detections,
-                                    live={p.key for p in snapshot.processes})
+                                    live=None if partial else {p.key for p in snapshot.processes})
         for plan in plans:
             ties = self._ties(plan)
             if self.policy.admit(plan.kernel_id):

@@ -144,7 +144,7 @@ def test_a_process_groups_members_are_found_with_their_uids():
     assert members[os.getpid()] == os.getuid()
 
 
-async def test_execs_wake_the_monitor_at_most_every_min_gap():
+async def test_execs_bring_two_looks_and_a_burst_one_look_every_look_again():
     import asyncio
 
     class Monitor:
@@ -155,34 +155,30 @@ async def test_execs_wake_the_monitor_at_most_every_min_gap():
 
     events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
     events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
-    events._last_wake, events._pending = 0.0, None
-    for _ in range(100):  # a burst of execs
-        events._wake()
-    assert events.monitor.woken == 1 and events._pending is not None
-    await wait_for(lambda: events.monitor.woken == 2, timeout=2, interval=0.01)  # deferred
-    assert events._pending is None
-
-
-async def test_an_exec_is_looked_at_again_once_after_the_last_of_a_burst():
-    import asyncio
-
-    class Monitor:
-        woken = 0
-
-        def check_soon(self):
-            self.woken += 1
-
-    events = proc_events.ProcEvents.__new__(proc_events.ProcEvents)
-    events.loop, events.monitor = asyncio.get_running_loop(), Monitor()
-    events._last_wake, events._pending, events._again = 0.0, None, None
-    for _ in range(5):  # execs 20 ms apart: each pushes the second look back
-        events._look_again_later()
-        await asyncio.sleep(0.02)
-    assert events.monitor.woken == 0 and events._again is not None
-    await wait_for(lambda: events.monitor.woken == 1, timeout=2, interval=0.01)
-    assert events._again is None
+    events._named, events._look = {}, None
+    me = [os.getpid()]  # a program that lives on
+    events._look_soon(me)  # one exec: no pass at once (checked at its exec), two looks after
+    assert events.monitor.woken == 0 and events._look is not None
+    await wait_for(lambda: events.monitor.woken == 2, timeout=3, interval=0.01)
+    await wait_for(lambda: events._look is None, timeout=3, interval=0.01)
     await asyncio.sleep(proc_events.LOOK_AGAIN + 0.1)
-    assert events.monitor.woken == 1  # once
+    assert events.monitor.woken == 2  # and no more
+    # A burst: 30 execs 20 ms apart (0.6 s) brings a look every LOOK_AGAIN s, not one each.
+    began = events.loop.time()
+    for _ in range(30):
+        events._look_soon(me)
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: events._look is None, timeout=5, interval=0.01)
+    looks = events.monitor.woken - 2
+    span = events.loop.time() - began
+    assert 2 <= looks <= span / proc_events.LOOK_AGAIN + 1, (looks, span)
+    # Programs that have exited by then (/bin/true in a loop) need no look.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    woken = events.monitor.woken
+    events._look_soon([gone.pid])
+    await wait_for(lambda: events._look is None, timeout=3, interval=0.01)
+    assert events.monitor.woken == woken
 
 
 def test_without_the_connector_the_watcher_says_so_once_and_polls(monkeypatch, caplog):
@@ -358,9 +354,11 @@ from colab_guard.watch.proc_events import ProcEvents
 
 async def main():
     kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict,
-                                    exec_seen=lambda pid: None, _is_user=lambda uid: False)
+                                    exec_seen=lambda pid: None, _is_user=lambda uid: False,
+                                    forked=lambda pid: None, exited=lambda pid: None)
     monitor = types.SimpleNamespace(
-        kernels=kernels, exec_argv={}, check_soon=lambda: None,
+        kernels=kernels, exec_argv={}, check_soon=lambda: None, attributed_at_pass={},
+        exited=lambda pid: None,
         _sampling=concurrent.futures.ThreadPoolExecutor(1),
         sampler=types.SimpleNamespace(owner_of=lambda pid: None, claim=lambda *a: None),
         settings=types.SimpleNamespace(sample_interval=1.0))
@@ -390,3 +388,133 @@ def test_process_events_are_probed_and_a_silent_connector_is_not_trusted():
     if apart.returncode != 0 and "unshare" in apart.stderr:
         pytest.skip(f"no network namespace here: {apart.stderr.strip()}")
     assert apart.stdout.strip() == "silent", apart.stderr
+
+
+# ---------------------------------------------------------------- the event-kept table
+
+
+def _listing() -> tuple[set[int], set[int]]:
+    """The live processes, and the zombies (discovery forgets a process at its exit: one
+    listed as a zombie may be known or not)."""
+    live, zombies = set(), set()
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit():
+                state = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[0]
+                (zombies if state in ("Z", "X") else live).add(int(name))
+        except (OSError, IndexError):
+            continue
+    return live, zombies
+
+
+def _agrees(events, node: NodeKernels) -> bool:
+    """Whether discovery's processes are /proc's: every process alive before and after the
+    refresh is known, and nothing is known that was alive at neither (a busy machine: tried
+    a few times)."""
+    for _ in range(10):
+        before, zombies = _listing()
+        events._readable()  # the events read so far, as the loop would
+        node.refresh()
+        after, more_zombies = _listing()
+        if before & after <= set(node._seen) <= before | after | zombies | more_zombies:
+            return True
+    return False
+
+
+async def test_the_event_kept_process_table_agrees_with_proc_after_forks_exits_and_lost_events():
+    """With process events live, discovery lists /proc only every RECONCILE s (or after lost
+    events) and follows forks, execs and exits in between."""
+    import asyncio
+    import concurrent.futures
+    import logging
+    import types
+
+    import pytest
+
+    from colab_guard.watch import kernels as kernels_module
+
+    if os.geteuid() != 0:
+        pytest.skip("the process connector needs root")
+    node = NodeKernels(min_uid=1000)
+    monitor = types.SimpleNamespace(
+        kernels=node, exec_argv={}, check_soon=lambda: None, attributed_at_pass={},
+        exited=lambda pid: None, check_at_exec=lambda *a: None,
+        _sampling=concurrent.futures.ThreadPoolExecutor(1),
+        sampler=types.SimpleNamespace(claim=lambda *a: None),
+        settings=types.SimpleNamespace(sample_interval=1.0))
+    events = proc_events.ProcEvents.start(asyncio.get_running_loop(), monitor,
+                                          logging.getLogger())
+    assert events is not None and await events.probe(timeout=5)
+    sleepers = []
+    try:
+        node.refresh()
+        listed = node._listed_at
+        sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(10)]
+        for _ in range(10):
+            subprocess.run(["true"])  # started and gone between two refreshes
+        for proc in sleepers[:5]:
+            proc.kill()
+            proc.wait()
+        assert _agrees(events, node)
+        assert node._listed_at == listed  # followed from events, /proc not listed
+        alive = {p.pid for p in sleepers[5:]}
+        assert alive <= set(node._seen)
+        assert not {p.pid for p in sleepers[:5]} & set(node._seen)
+        # Events lost: read none of them (as when the socket's buffer overran) ...
+        events.loop.remove_reader(events.sock.fileno())
+        events.sock.close()
+        lost = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+        sleepers += lost
+        node.refresh()
+        assert not {p.pid for p in lost} & set(node._seen)  # not known: nothing said so
+        node.events_lost = True  # what ENOBUFS sets
+        node.refresh()
+        assert node._listed_at != listed and {p.pid for p in lost} <= set(node._seen)
+        # ... and the reconciliation lists /proc all the same, every RECONCILE s
+        listed = node._listed_at
+        node._listed_at -= kernels_module.RECONCILE
+        unseen = subprocess.Popen(["sleep", "60"])
+        sleepers.append(unseen)
+        node.refresh()
+        assert node._listed_at > listed - kernels_module.RECONCILE and unseen.pid in node._seen
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        monitor._sampling.shutdown()
+
+
+def test_the_passs_table_is_discoverys_users_processes_not_the_machines():
+    """The node watcher's sampler takes its table from discovery (no second listing of
+    /proc), and only the notebook users' processes: root's are not in it."""
+    import pwd
+
+    import pytest
+
+    from colab_guard.watch.sampler import NodeSampler
+
+    if os.geteuid() != 0:
+        pytest.skip("starts a process as another user")
+    nobody = pwd.getpwnam("nobody")
+    node = NodeKernels(min_uid=1000)
+    sampler = NodeSampler(node)
+    proc = subprocess.Popen(["sleep", "60"], user=nobody.pw_uid, group=nobody.pw_gid,
+                            extra_groups=[])
+    try:
+        from tests.harness import wait_until
+
+        wait_until(lambda: open(f"/proc/{proc.pid}/comm").read().strip() == "sleep", timeout=10,
+                   what="sleep exec'd")
+        node.refresh()
+        table = sampler._scan_table()
+        assert proc.pid in table and os.getpid() not in table and 1 not in table
+        entry = table[proc.pid]
+        assert entry.pid == proc.pid and entry.ppid == os.getpid()
+        assert abs(entry.key[1] - psutil.Process(proc.pid).create_time()) < 0.01
+        proc.kill()
+        proc.wait()
+        node.refresh()
+        assert proc.pid not in sampler._scan_table()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -30,14 +30,17 @@ from ..detect.engine import Engine
 from ..detect.signatures import SignatureError, load_signatures
 from ..monitor import Monitor
 from ..observe import procfs
+from ..observe.model import Process, Snapshot
 from ..record import metrics
 from ..record.database import DatabaseError, IncidentDatabase, IncidentStore
 from ..record.recorder import Recorder
 from ..record.reporter import build_reporter
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
+from .at_exec import ExecCheck
 from .kernels import NodeKernels
 from .protocol import DEFAULT_SOCKET
+from .sampler import NodeSampler
 from .tell import UserChannel
 
 DEFAULT_CONFIG = "/etc/colab-guard/watch_config.py"
@@ -47,6 +50,18 @@ LOG_DIR = Path("/var/log/colab-guard")
 
 class WatchError(RuntimeError):
     """The watcher cannot start as configured; the message says which setting or file."""
+
+
+#: seconds a process acted on at its exec is remembered (a pass sampled before its stop
+#: may act after it: passes take a second at most, many on a loaded machine)
+ACTED_AT_EXEC_KEPT = 120.0
+
+
+def _acted(acted: dict[int, tuple[float, float]], process: Process) -> bool:
+    """Whether this very process was acted on at its exec (start times within a second: the
+    pass may have computed its own from a boot time the kernel moved)."""
+    seen = acted.get(process.pid)
+    return seen is not None and abs(seen[0] - process.create_time) <= 1
 
 
 class NodeMonitor(Monitor):
@@ -59,6 +74,46 @@ class NodeMonitor(Monitor):
         super().__init__(*args, **kwargs)
         #: pid -> (start ticks, argv) as read when its exec was announced (proc_events.py)
         self.exec_argv: dict[int, tuple[int, list[str]]] = {}
+        #: pid -> (create time, kernel id) of every process the last pass attributed: what
+        #: the process events tie a fork or an exec to between passes (replaced, never changed)
+        self.attributed_at_pass: dict[int, tuple[float, str]] = {}
+        self.at_exec = ExecCheck(self.engine, self.log)
+        #: pid -> (create time, when) of the processes acted on at their exec: a pass that
+        #: sees one later (even after its exit: it was sampled alive) leaves it to that
+        #: response, as the Policy does a process it has handled
+        self.acted_at_exec: dict[int, tuple[float, float]] = {}
+
+    def check_at_exec(self, kernel_id: str, process: Process) -> None:
+        """On the event loop: a kernel's program acted on at its exec if what it shows then
+        (name, executable, command line) is enough (at_exec.py)."""
+        if not self._running:
+            return
+        try:
+            detections = self.at_exec.detections(kernel_id, process)
+            if detections:
+                self._forget_acted_at_exec()
+                self.acted_at_exec[process.pid] = (process.create_time, time.monotonic())
+                self.act_on(Snapshot(kernel_id, time.time(), [process]), detections,
+                            partial=True)
+        except Exception:
+            metrics.SAMPLER_ERRORS.labels("check").inc()
+            self.log.exception("colab-guard watch: checking pid %s at its exec failed; the "
+                               "next pass checks it", process.pid)
+
+    def _forget_acted_at_exec(self) -> None:
+        """Those acted on more than ``ACTED_AT_EXEC_KEPT`` s ago: every pass since has seen
+        them gone (they were stopped), or left them to that response."""
+        if len(self.acted_at_exec) >= 64:
+            oldest = time.monotonic() - ACTED_AT_EXEC_KEPT
+            self.acted_at_exec = {pid: seen for pid, seen in self.acted_at_exec.items()
+                                  if seen[1] > oldest}
+
+    def act_on(self, snapshot, detections, partial: bool = False) -> None:
+        if self.acted_at_exec and not partial:
+            # The same process, its start time computed from a boot time the clock moved:
+            # what the Policy does for a process it has handled.
+            detections = [d for d in detections if not _acted(self.acted_at_exec, d.process)]
+        super().act_on(snapshot, detections, partial)
 
     async def tick(self) -> None:
         try:
@@ -93,6 +148,7 @@ class NodeMonitor(Monitor):
         snapshots = super()._observe(kernels)
         # In the sampler's thread: which kernels, exited or not, still have processes.
         self.kernels.attributed = self.sampler.owners()
+        self.attributed_at_pass = getattr(self.sampler, "attributed", {})
         self._exec_command_lines(snapshots)
         return snapshots
 
@@ -235,8 +291,10 @@ class Watcher(Application, GuardTraits):
         self.policy = Policy(settings)
         self.recorder = Recorder(self.store, self.policy, settings, log=self.log)
         self.reporter = self._build_reporter(settings, database)
+        sampler = NodeSampler(self.kernels, self.log,
+                              libraries_refresh=settings.libraries_refresh)
         self.monitor = NodeMonitor(settings, self.kernels, Engine(self.rules, log=self.log),
-                                   self.policy, self.recorder, log=self.log)
+                                   self.policy, self.recorder, log=self.log, sampler=sampler)
         return self.monitor
 
     def _build_reporter(self, settings: Settings, database: IncidentDatabase):
@@ -296,6 +354,10 @@ class Watcher(Application, GuardTraits):
                       "on" if events is not None else "off", self.min_uid,
                       f" ({', '.join(self.users)} only)" if self.users else "",
                       self.settings.database_url, self.settings.incident_log)
+        self.log.info("colab-guard watch: %d signatures are checked at a program's exec (they "
+                      "read only its name, executable and command line)%s",
+                      len(monitor.at_exec.signatures()),
+                      "" if events is not None else ", not used: no process events")
         users_told = await self._tell_users()
         if not self.settings.enabled:
             self.log.warning("colab-guard watch: Watcher.enabled = False: nothing is watched")

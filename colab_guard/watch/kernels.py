@@ -51,6 +51,12 @@ from ..observe.attribution import KERNEL_ENV_MARKER, unknown_kernel_uid
 _MARKER = KERNEL_ENV_MARKER.encode() + b"="
 #: seconds after its start during which a process that is no kernel's is read again each scan
 YOUNG = 5.0
+#: seconds between two listings of /proc while process events keep discovery up to date
+#: (events can be lost unnoticed only if the connector drops them silently; ENOBUFS, the
+#: way it says so, brings a listing at the next refresh)
+RECONCILE = 10.0
+#: process events kept between two refreshes; past it, the next refresh lists /proc
+MAX_PENDING = 50_000
 _HUB_USER = b"JUPYTERHUB_USER="
 _SESSION = b"JPY_SESSION_NAME="  # the notebook a kernel serves (jupyter_server sets it)
 _TERM = b"TERM="
@@ -104,7 +110,14 @@ class NodeKernels:
         #: kernels that live processes are attributed to (the monitor sets it every tick)
         self.attributed: set[str] = set()
         self._warned: set[str] = set()
-        self._execs: set[int] = set()  # pids that exec'd since the last refresh
+        # pids that exec'd, started, exited since the last refresh (process events), and
+        # those whose environment was read mid-exec
+        self._execs: set[int] = set()
+        self._forks: set[int] = set()
+        self._exits: set[int] = set()
+        self._unsettled: set[int] = set()
+        self._listed_at: float | None = None  # when /proc was last listed (time.monotonic)
+        self._elected_for: set[str] = set()  # ``attributed`` at the last election
         #: exec events arrive (proc_events.py); else young processes are read again each scan
         self.events_live = False
         #: some events were lost: read young processes again at the next scan
@@ -112,19 +125,79 @@ class NodeKernels:
 
     def exec_seen(self, pid: int) -> None:
         """A process exec'd (a process event): read it again at the next refresh."""
-        self._execs.add(pid)
+        self._note(self._execs, pid)
+
+    def forked(self, pid: int) -> None:
+        """A process started (a process event): read at the next refresh."""
+        self._note(self._forks, pid)
+
+    def exited(self, pid: int) -> None:
+        """A process exited (a process event): forgotten at the next refresh."""
+        self._note(self._exits, pid)
+
+    def _note(self, pids: set[int], pid: int) -> None:
+        if len(pids) < MAX_PENDING:
+            pids.add(pid)
+        else:  # a storm between two refreshes: the next one lists /proc instead
+            self.events_lost = True
 
     # ------------------------------------------------------------ discovery
 
     def refresh(self) -> dict[str, NodeKernel]:
-        """One listing of /proc; reads only processes not seen before, and again those that
-        may have exec'd since: a kernel is first a fork of its server (no marker yet, or
-        still root's under a spawner that drops privileges before the exec). Those are the
-        processes exec events named (``exec_seen``) and, for scans without events, young
-        processes (started within ``YOUNG`` s) that were not a kernel's, when events are off
-        or some were lost."""
+        """The machine's processes as discovery knows them, then the kernels elected.
+
+        With process events live: what the events named since the last refresh (started,
+        exec'd, exited), and no listing of /proc, but every ``RECONCILE`` s and after events
+        were lost. Otherwise one listing of /proc that reads only processes not seen before,
+        and again those that may have exec'd since: a kernel is first a fork of its server
+        (no marker yet, or still root's under a spawner that drops privileges before the
+        exec): young processes (started within ``YOUNG`` s) that were not a kernel's."""
+        now = time.monotonic()
+        changes = self._forks or self._exits or self._execs or self._unsettled
+        if self.events_live and not self.events_lost and self._listed_at is not None \
+                and now - self._listed_at < RECONCILE:
+            # The election reads only users' processes: the system's churn changes nothing.
+            users_changed = self._follow_events() if changes else False
+            if users_changed or self.attributed != self._elected_for:
+                self._elect()
+            return self._kernels
+        self._seen = self._list()
+        self._listed_at = now
+        self._elect()
+        return self._kernels
+
+    def _follow_events(self) -> bool:
+        """The last refresh's processes, those that exited left out, those that started or
+        exec'd (or were read mid-exec) read; whether a notebook user's was among them."""
+        # A copy, replaced whole: the pass reads the last one in its own thread (sampler.py).
+        seen, users = dict(self._seen), False
+        for pid in self._exits:
+            known = seen.pop(pid, None)
+            if known is not None and known[1] is not None and _lives(pid, known[1].start):
+                seen[pid] = known  # its main thread exited, its other threads run on
+            elif known is not None:
+                users = users or known[1] is None or self._is_user(known[1].uid)
+        changed = self._forks | self._execs | self._unsettled
+        self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
+        for pid in changed:
+            try:
+                inode = os.stat(f"/proc/{pid}").st_ino
+            except OSError:
+                known = seen.pop(pid, None)  # gone already
+                users = users or (known is not None and (
+                    known[1] is None or self._is_user(known[1].uid)))
+                continue
+            info, final = self._read(pid)
+            self._remember(seen, pid, inode, info, final)
+            users = users or info is None or self._is_user(info.uid)
+        self._seen = seen
+        return users
+
+    def _list(self) -> dict[int, tuple[int, Seen | None]]:
+        """One listing of /proc (see refresh)."""
         before, seen = self._seen, {}
-        execs, self._execs = self._execs, set()
+        execs = self._execs
+        self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
         young, self.events_lost = not self.events_live or self.events_lost, False
         young_since = _uptime_ticks() - YOUNG * procfs.CLOCK_TICKS if young else float("inf")
         with os.scandir("/proc") as listing:
@@ -142,14 +215,19 @@ class NodeKernels:
                         and known[1].start >= young_since):
                     seen[pid] = known
                     continue
-                info, final = self._read(pid)
-                if final:  # an environment read mid-exec is read again next time
-                    seen[pid] = (inode, info)
-                elif info is not None:
-                    seen[pid] = (0, info)
-        self._seen = seen
-        self._elect()
-        return self._kernels
+                self._remember(seen, pid, inode, *self._read(pid))
+        return seen
+
+    def _remember(self, seen: dict, pid: int, inode: int, info: Seen | None, final: bool
+                  ) -> None:
+        if final:
+            seen[pid] = (inode, info)
+        else:  # an environment read mid-exec is read again next time
+            self._unsettled.add(pid)
+            if info is not None:
+                seen[pid] = (0, info)
+            else:
+                seen.pop(pid, None)
 
     def _read(self, pid: int) -> tuple[Seen | None, bool]:
         """(what the process is, whether that is final); None: not a notebook user's."""
@@ -246,6 +324,7 @@ class NodeKernels:
                           and k not in carriers and k not in kernels]:
             del self._retired[kernel_id]
         self._kernels = kernels
+        self._elected_for = set(self.attributed)
 
     def _terminals(self, carriers: dict[str, list[Seen]]) -> list[Seen]:
         """Terminal shells of the users' Jupyter servers: a controlling terminal, TERM, no
@@ -262,6 +341,11 @@ class NodeKernels:
             if parent is not None and parent.uid == info.uid:
                 found.append(info)
         return found
+
+    def processes(self) -> dict[int, tuple[int, Seen | None]]:
+        """Every process of the machine as the last refresh knew it: pid -> (the inode of
+        its /proc folder, or 0 if it is to be read again; what it is, None if unknown)."""
+        return self._seen
 
     def watches_uid(self, uid: int) -> bool:
         """Whether this uid's kernels are watched (a notebook user's, within ``users``)."""
@@ -360,6 +444,15 @@ class NodeKernels:
         except (OSError, ValueError):
             return False
         return stat.start == kernel.start and stat.state != "Z"
+
+
+def _lives(pid: int, start: int) -> bool:
+    """Whether this very process is still there, and no zombie."""
+    try:
+        stat = procfs.read_stat(pid)
+    except (OSError, ValueError):
+        return False
+    return stat.start == start and stat.state not in ("Z", "X")
 
 
 def _uptime_ticks() -> float:

@@ -2,11 +2,12 @@
 
 No compiler, no headers, no eBPF: a netlink socket (``NETLINK_CONNECTOR``), joined to the
 ``CN_IDX_PROC`` group, told ``PROC_CN_MCAST_LISTEN``, and each ``struct proc_event`` read
-with ``struct``. Needs CAP_NET_ADMIN (root has it). Each exec wakes the monitor (a tick at
-once, instead of at the next ``sample_interval``); each fork of a process the sampler
-attributes to a kernel gives the child to that kernel at once, so a double fork whose
-middle process exits at once, or an ``env -i`` exec that drops the kernel's marker, cannot
-slip out between two scans. Where the connector is unavailable (no privilege, a container
+with ``struct``. Needs CAP_NET_ADMIN (root has it). Each exec of a kernel's process is
+checked at once on its name, executable and command line (at_exec.py), and brings a look
+(a pass) ``LOOK_AGAIN`` s later and once more after that, instead of at the next
+``sample_interval``; each fork of a process attributed to a kernel gives the child to that
+kernel at once, so a double fork whose middle process exits at once, or an ``env -i`` exec
+that drops the kernel's marker, cannot slip out between two scans. Where the connector is unavailable (no privilege, a container
 without it), the watcher says so once and polls /proc every ``sample_interval``. The
 connector reports only to sockets in the host's network namespace (a Kubernetes pod needs
 ``hostNetwork``): elsewhere the socket opens and stays silent, so the watcher first checks
@@ -28,7 +29,11 @@ import struct
 import sys
 from collections.abc import Iterator
 
+import psutil
+
 from ..observe import procfs
+from ..observe.attribution import unknown_kernel_uid
+from ..observe.model import Process
 from ..record import metrics
 
 NETLINK_CONNECTOR = 11
@@ -52,11 +57,11 @@ HEAD = NLMSGHDR.size + CN_MSG.size
 
 #: lineage kept for processes forked from a kernel's tree, until their exit
 MAX_LINEAGE = 100_000
-#: seconds between two ticks woken by execs (a fork storm must not tick without pause)
+#: seconds: two looks closer than this after an exec are one
 MIN_GAP = 0.05
-#: seconds after the last exec when the monitor looks once more: what a program does in its
-#: first moments (its pool connection, its file's content once scanned) is checked then, not
-#: at the next periodic tick up to ``sample_interval`` later
+#: seconds after an exec when the monitor looks (and once more as long again after that):
+#: what a program does in its first moments (its pool connection, its file's content once
+#: scanned) is checked then, not at the next periodic tick up to ``sample_interval`` later
 LOOK_AGAIN = 0.3
 
 
@@ -111,9 +116,9 @@ class ProcEvents:
         self.events = 0
         self.overruns = 0
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
-        self._last_wake = 0.0
-        self._pending: asyncio.TimerHandle | None = None
-        self._again: asyncio.TimerHandle | None = None  # the look after the last exec
+        self._named: dict[int, float] = {}  # pid -> when it exec'd, for the looks after
+        self._look: asyncio.TimerHandle | None = None  # the next look after execs
+        self._boot: tuple[float, float] | None = None  # (boot time, when read)
         self._probing: set[int] | None = None  # pids of the events read while probing
         loop.add_reader(sock.fileno(), self._readable)
         monitor.kernels.events_live = True
@@ -145,9 +150,8 @@ class ProcEvents:
 
     def close(self) -> None:
         self.monitor.kernels.events_live = False
-        for timer in (self._pending, self._again):
-            if timer is not None:
-                timer.cancel()
+        if self._look is not None:
+            self._look.cancel()
         self.loop.remove_reader(self.sock.fileno())
         try:
             self.sock.send(listen_message(PROC_CN_MCAST_IGNORE))
@@ -156,7 +160,9 @@ class ProcEvents:
         self.sock.close()
 
     def _readable(self) -> None:
-        forks, exits, execs = [], [], []
+        exits, execs, claims = [], [], []
+        kernels = self.monitor.kernels
+        kernel_pids: dict[int, str] | None = None  # kernel pid -> id, made when first needed
         while True:
             try:
                 datagram = self.sock.recv(65536)
@@ -182,32 +188,113 @@ class ProcEvents:
                 if event[0] == "exec":
                     execs.append(event[1])
                 elif event[0] == "fork" and event[2] == event[3]:  # a process, not a thread
-                    forks.append((event[1], event[3]))
+                    if kernel_pids is None:
+                        kernel_pids = {pid: kid for kid, pid in kernels.pids().items() if pid}
+                    kernel_id = self._inherit(event[1], event[3], kernel_pids)
+                    if kernel_id is not None:
+                        claims.append((event[3], kernel_id))
+                    kernels.forked(event[3])
                 elif event[0] == "exit" and event[1] == event[2]:
                     exits.append(event[2])
-        if forks or exits:
-            self.monitor._sampling.submit(self._follow, forks, exits)
+                    kernels.exited(event[2])
+        if claims:
+            self.monitor._sampling.submit(self._follow, claims)
         users = [pid for pid in execs if self._users(pid)]
         for pid in users:
-            self.monitor.kernels.exec_seen(pid)
-            self._remember_argv(pid)
+            kernels.exec_seen(pid)
+            started = self._remember_argv(pid)
+            if started is not None:
+                self._check_at_exec(pid, *started)
         for pid in exits:
             self.monitor.exec_argv.pop(pid, None)
+            self._lineage.pop(pid, None)
         if users:
-            self._wake()
-            self._look_again_later()
+            self._look_soon(users)
 
-    def _remember_argv(self, pid: int) -> None:
+    def _inherit(self, parent: int, child: int, kernel_pids: dict[int, str]) -> str | None:
+        """The kernel a new process belongs to: its parent's (a fork seen since the last
+        pass, the kernel itself, or a process the last pass attributed)."""
+        kernel_id = self._lineage.get(parent) or kernel_pids.get(parent)
+        if kernel_id is None:
+            kernel_id = self._attributed(parent)
+        if kernel_id is None or len(self._lineage) >= MAX_LINEAGE:
+            return None
+        self._lineage[child] = kernel_id
+        return kernel_id
+
+    def _attributed(self, pid: int, start: int | None = None) -> str | None:
+        """The kernel the last pass attributed this very process to."""
+        known = self._at_pass(pid, start)
+        return known[1] if known is not None else None
+
+    def _at_pass(self, pid: int, start: int | None = None) -> tuple[float, str] | None:
+        """(its start time as the pass computed it, its kernel) if the last pass attributed
+        this very process (its pid may have been taken again since: its start time says,
+        within a second, as attribution.same_process: both rest on /proc/stat's boot time,
+        which the kernel moves by whole seconds)."""
+        known = self.monitor.attributed_at_pass.get(pid)
+        if known is None:
+            return None
+        if start is None:
+            try:
+                start = procfs.read_stat(pid).start
+            except (OSError, ValueError):
+                return None
+        same = abs(procfs.create_time(start, self._boot_time()) - known[0]) <= 1
+        return known if same else None
+
+    def _boot_time(self) -> float:
+        """As the sampler computes start times (read again each minute: the clock may be set)."""
+        now = self.loop.time()
+        if self._boot is None or now - self._boot[1] > 60:
+            self._boot = (psutil.boot_time(), now)
+        return self._boot[0]
+
+    def _check_at_exec(self, pid: int, start: int, ppid: int, comm: str, argv: list[str]
+                       ) -> None:
+        """The program tested at once on what it shows at its exec (at_exec.py), if it is a
+        process of a kernel (or of its user's unknown kernel) of the same user."""
+        at_pass = self._at_pass(pid, start)
+        kernel_id = self._lineage.get(pid) or (at_pass[1] if at_pass is not None else None)
+        if kernel_id is None:
+            return  # not a kernel's that is known yet: the next pass decides
+        kernels = self.monitor.kernels
+        if kernels.pids().get(kernel_id) == pid:
+            return  # the kernel itself: interrupted, not stopped; the pass decides
+        try:
+            uid = procfs.read_real_uid(pid)
+        except (OSError, ValueError):
+            return
+        if uid != _uid_of(kernels, kernel_id):
+            return  # a setuid program, a pid taken again: the pass decides
+        try:
+            exe = procfs.read_exe(pid)
+        except OSError:
+            exe = ""
+        # The pass's start time where it has seen the process: the Policy knows a process by
+        # it, and acts once on it, whichever of the pass and this check comes first.
+        created = at_pass[0] if at_pass is not None else \
+            procfs.create_time(start, self._boot_time())
+        process = Process(pid=pid, ppid=ppid, name=procfs.full_name(comm, argv), exe=exe,
+                          cmdline=argv, create_time=created, uid=uid)
+        self.monitor.check_at_exec(kernel_id, process)
+
+    def _remember_argv(self, pid: int) -> tuple[int, int, str, list[str]] | None:
         """The command line a program was started with, read as its exec is announced (before
         a program that rewrites its argument area has run far): the monitor checks that one,
-        whatever the program shows later."""
+        whatever the program shows later. (start, ppid, comm, argv); None if it is gone."""
         argv_by_pid = self.monitor.exec_argv
-        if len(argv_by_pid) >= MAX_LINEAGE and pid not in argv_by_pid:
-            return  # exits not seen (events lost): the scans still read each command line
         try:
-            argv_by_pid[pid] = (procfs.read_stat(pid).start, procfs.read_cmdline(pid))
+            stat = procfs.read_stat(pid)
+            argv = procfs.read_cmdline(pid)
         except (OSError, ValueError):
             argv_by_pid.pop(pid, None)
+            return None
+        # Exits not seen (events lost) could fill it: past the bound, the scans still read
+        # each command line.
+        if len(argv_by_pid) < MAX_LINEAGE or pid in argv_by_pid:
+            argv_by_pid[pid] = (stat.start, argv)
+        return stat.start, stat.ppid, stat.comm, argv
 
     def _users(self, pid: int) -> bool:
         """Whether a process runs as a notebook user (the system's execs wake nothing)."""
@@ -216,42 +303,52 @@ class ProcEvents:
         except (OSError, ValueError):
             return False  # gone already: the next scan settles it
 
-    def _wake(self) -> None:
-        """A tick now, or at most every ``MIN_GAP`` s while programs keep starting."""
+    def _look_soon(self, pids: list[int]) -> None:
+        """A pass ``LOOK_AGAIN`` s after an exec, and another ``LOOK_AGAIN`` s later: what a
+        program does in its first moments (its pool connection, its file's content once
+        scanned) is checked then. What it shows at its exec was checked already
+        (``_check_at_exec``), so an exec wakes no pass at once; during a burst of execs, one
+        pass every ``LOOK_AGAIN`` s covers them all, and none once the programs have exited
+        (``/bin/true`` in a loop)."""
         now = self.loop.time()
-        wait = self._last_wake + MIN_GAP - now
-        if wait <= 0:
-            self._last_wake = now
+        for pid in pids:
+            if len(self._named) < MAX_LINEAGE:
+                self._named[pid] = now
+        if self._look is None:
+            self._look = self.loop.call_later(LOOK_AGAIN, self._look_now)
+
+    def _look_now(self) -> None:
+        self._look = None
+        now = self.loop.time()
+        named, self._named = self._named, {}
+        alive = {pid: when for pid, when in named.items() if _alive(pid)}
+        if alive:
             self.monitor.check_soon()
-        elif self._pending is None:
-            self._pending = self.loop.call_later(wait, self._wake_later)
+        # each program looked at twice at least LOOK_AGAIN s apart, the first LOOK_AGAIN s
+        # after its exec
+        self._named = {pid: when for pid, when in alive.items()
+                       if now - when < 2 * LOOK_AGAIN - MIN_GAP}
+        if self._named:
+            self._look = self.loop.call_later(LOOK_AGAIN, self._look_now)
 
-    def _wake_later(self) -> None:
-        self._pending = None
-        self._wake()
-
-    def _look_again_later(self) -> None:
-        """One more tick ``LOOK_AGAIN`` s after the last exec (a burst of execs: once, after
-        it; the ticks its execs wake look meanwhile)."""
-        if self._again is not None:
-            self._again.cancel()
-        self._again = self.loop.call_later(LOOK_AGAIN, self._look_again)
-
-    def _look_again(self) -> None:
-        self._again = None
-        self._wake()
-
-    def _follow(self, forks: list[tuple[int, int]], exits: list[int]) -> None:
+    def _follow(self, claims: list[tuple[int, str]]) -> None:
         """In the sampler's thread: a child of a kernel's process is that kernel's."""
-        sampler = self.monitor.sampler
-        kernels = self.monitor.kernels.pids()
-        by_pid = {pid: kid for kid, pid in kernels.items()}
-        for parent, child in forks:
-            kernel_id = self._lineage.get(parent) or by_pid.get(parent) or \
-                sampler.owner_of(parent)
-            if kernel_id is None or len(self._lineage) >= MAX_LINEAGE:
-                continue
-            self._lineage[child] = kernel_id
-            sampler.claim(child, kernel_id)
-        for pid in exits:
-            self._lineage.pop(pid, None)
+        for child, kernel_id in claims:
+            self.monitor.sampler.claim(child, kernel_id)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process is there and no zombie (a program that has exited needs no look)."""
+    try:
+        return procfs.read_stat(pid).state not in ("Z", "X")
+    except (OSError, ValueError):
+        return False
+
+
+def _uid_of(kernels, kernel_id: str) -> int | None:
+    """The uid of a kernel's user (of the user's unknown kernel: its uid)."""
+    uid = unknown_kernel_uid(kernel_id)
+    if uid is not None:
+        return uid
+    kernel = kernels.kernel(kernel_id)
+    return kernel.uid if kernel is not None else None

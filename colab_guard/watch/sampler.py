@@ -1,0 +1,93 @@
+"""The node watcher's sampler: its process table taken from discovery's, not listed again.
+
+The server extension's sampler lists /proc at every tick (observe/processes.py). The node
+watcher's discovery (kernels.py) already knows every process of the machine, kept from the
+process events between its own listings: the pass takes its table from there, and only the
+notebook users' processes (and whatever descends from one of them, a setuid program), so
+that what a tick costs follows the users' processes, not the machine's (a shared node runs
+thousands of the system's and other services' processes the watcher never acts on).
+"""
+
+from __future__ import annotations
+
+import psutil
+
+from ..observe import procfs
+from ..observe.processes import Entry, ProcessSampler, _read_stat
+from .kernels import NodeKernels
+
+
+class NodeSampler(ProcessSampler):
+    """A ``ProcessSampler`` whose table is discovery's users' processes (see the module)."""
+
+    def __init__(self, kernels: NodeKernels, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.node = kernels
+        #: pid -> (create time, kernel id) of every process attributed at the last pass,
+        #: made again only when the attribution was (replaced, never changed: the event
+        #: loop reads it, proc_events.py)
+        self.attributed: dict[int, tuple[float, str]] = {}
+        self._attributed_from: dict | None = None
+
+    def _attribute(self, kernels, table):
+        owners = super()._attribute(kernels, table)
+        if owners is not self._attributed_from:
+            self._attributed_from = owners
+            self.attributed = {pid: (table[pid].key[1], kid) for pid, kid in owners.items()}
+        return owners
+
+    def _scan_table(self) -> dict[int, Entry]:
+        """The users' processes, and those that descend from one; a process whose parent
+        has exited has its stat read again (whose child is it now?). Discovery's view is
+        refreshed on the event loop before each pass and left alone while it runs."""
+        before, table = self._table, {}
+        boot: float | None = None
+        watched: dict[int, bool] = {}  # uid -> a notebook user's
+        others = []  # the rest: kept if a parent is kept (a setuid program of a kernel)
+        kept = 0
+        for pid, (inode, info) in self.node.processes().items():
+            if info is None:
+                continue
+            user = watched.get(info.uid)
+            if user is None:
+                user = watched[info.uid] = self.node.watches_uid(info.uid)
+            if not user:
+                others.append((pid, inode, info))
+                continue
+            known = before.get(pid)
+            if known is not None and known.start == info.start:
+                known.inode = inode
+                kept += 1
+            else:
+                boot = boot or psutil.boot_time()
+                known = Entry((pid, procfs.create_time(info.start, boot)), inode, info.ppid,
+                              info.start)
+            table[pid] = known
+        added = True
+        while added and others:  # descendants of the users' processes
+            added, rest = False, []
+            for pid, inode, info in others:
+                if info.ppid not in table:
+                    rest.append((pid, inode, info))
+                    continue
+                known = before.get(pid)
+                if known is not None and known.start == info.start:
+                    kept += 1
+                else:
+                    boot = boot or psutil.boot_time()
+                    known = Entry((pid, procfs.create_time(info.start, boot)), inode,
+                                  info.ppid, info.start)
+                table[pid], added = known, True
+            others = rest
+        changed = kept != len(before) or kept != len(table)
+        for entry in table.values():
+            parent = table.get(entry.ppid)
+            if entry.ppid in before and (parent is None or parent.start > entry.start):
+                stat = _read_stat(entry.pid)  # its parent exited: whose child is it now?
+                if stat is not None:
+                    entry.ppid = stat.ppid
+                changed = True
+        self._table_changed = self._table_changed or changed
+        self._table = table
+        self._activity_now = {}
+        return table
