@@ -326,6 +326,12 @@ class ProcessSampler:
                 else:
                     kept += 1
                 table[pid] = known
+        return self._take_table(before, table, kept)
+
+    def _take_table(self, before: dict[int, Entry], table: dict[int, Entry], kept: int
+                    ) -> dict[int, Entry]:
+        """This tick's table (``kept``: how many of the last one's entries are still there),
+        with the parents of processes whose parent exited read again."""
         changed = kept != len(before) or kept != len(table)
         # A process is reparented only when its parent exits: only if one of the last
         # table's processes is gone (every process of a busy machine, looked up otherwise).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import psutil
 
 from ..observe import procfs
-from ..observe.processes import Entry, ProcessSampler, _read_stat
+from ..observe.processes import Entry, ProcessSampler
 from .kernels import NodeKernels
 
 
@@ -79,15 +79,4 @@ class NodeSampler(ProcessSampler):
                                   info.ppid, info.start)
                 table[pid], added = known, True
             others = rest
-        changed = kept != len(before) or kept != len(table)
-        for entry in table.values():
-            parent = table.get(entry.ppid)
-            if entry.ppid in before and (parent is None or parent.start > entry.start):
-                stat = _read_stat(entry.pid)  # its parent exited: whose child is it now?
-                if stat is not None:
-                    entry.ppid = stat.ppid
-                changed = True
-        self._table_changed = self._table_changed or changed
-        self._table = table
-        self._activity_now = {}
-        return table
+        return self._take_table(before, table, kept)
