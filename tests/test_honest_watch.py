@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from colab_guard.observe.behaviour import WINDOW
-from tests.harness import free_port
-from tests.test_watch import RunningWatcher, _remove_user, confined, waits
+from tests.test_watch import RunningWatcher, _remove_user, launch_watcher, waits, watcher_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="the node watcher's tests create Unix users: root only")
@@ -84,25 +83,9 @@ def world():
 @pytest.fixture(scope="module")
 def watcher(user, tmp_path_factory):
     folder = tmp_path_factory.mktemp("watcher")
-    config = folder / "watch_config.py"
-    config.write_text(textwrap.dedent(f"""
-        c.Watcher.users = [{USER!r}]
-        c.Watcher.sample_interval = 0.5
-        c.Watcher.stop_grace = 0.5
-        c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
-        c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
-        c.Watcher.strike_limit = 0
-        c.Watcher.heartbeat_file = "{folder / 'run' / 'heartbeat.json'}"
-        c.Watcher.metrics_port = {free_port()}
-        c.Watcher.user_socket = "{folder / 'run' / 'watch.sock'}"
-    """))
-    config.chmod(0o644)
+    config = watcher_config(folder, [USER], sample_interval=0.5)
     log = folder / "watcher.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(confined([PYTHON, "-m", "colab_guard.watch",
-                                          f"--Watcher.config_file={config}",
-                                          "--Watcher.gpu_sampling=False"]),
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = launch_watcher(config, log, PYTHON)
     running = RunningWatcher(folder, proc, log, folder / "run" / "watch.sock")
     waits(running, lambda: "sampling every 0.5s" in running.log() or proc.poll() is not None,
           "the watcher started")

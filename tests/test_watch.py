@@ -158,6 +158,34 @@ def confined(argv: list[str]) -> list[str]:
             "--bounding-set=-all," + ",".join(f"+{c}" for c in caps), "--", *argv]
 
 
+def watcher_config(folder: Path, users: list[str], **settings) -> Path:
+    """A watcher config file for a test (root's, as the watcher requires): ``users`` watched,
+    quick ticks, its database, log, heartbeat and socket under ``folder``; ``settings``
+    (``c.Watcher.<name>`` values) add to or replace those, None leaving one out."""
+    values = {"users": users, "sample_interval": 0.3, "stop_grace": 0.5,
+              "database_url": f"sqlite:///{folder / 'incidents.sqlite'}",
+              "incident_log": str(folder / "incidents.jsonl"), "strike_limit": 0,
+              "heartbeat_file": str(folder / "run" / "heartbeat.json"),
+              "metrics_port": free_port(), "user_socket": str(folder / "run" / "watch.sock"),
+              **settings}
+    config = folder / "watch_config.py"
+    config.write_text("".join(f"c.Watcher.{name} = {value!r}\n"
+                              for name, value in values.items() if value is not None))
+    config.chmod(0o644)
+    return config
+
+
+def launch_watcher(config: Path, log: Path, python: str = sys.executable,
+                   env: dict | None = None) -> subprocess.Popen:
+    """``python -m colab_guard.watch`` with that config, confined as its systemd unit is,
+    writing to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(confined([python, "-m", "colab_guard.watch",
+                                          f"--Watcher.config_file={config}",
+                                          "--Watcher.gpu_sampling=False"]),
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
 class RunningWatcher:
     def __init__(self, folder: Path, proc: subprocess.Popen, log: Path, socket: Path):
         self.folder, self.proc, self.log_path, self.socket = folder, proc, log, socket
@@ -186,25 +214,9 @@ def watcher(users, tmp_path_factory):
     run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))  # as /run/colab-guard: users reach it
     run.chmod(0o755)
     socket = run / "watch.sock"
-    config = folder / "watch_config.py"
-    config.write_text(textwrap.dedent(f"""
-        c.Watcher.users = [{ALICE!r}, {BOB!r}]
-        c.Watcher.sample_interval = 0.3
-        c.Watcher.stop_grace = 0.5
-        c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
-        c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
-        c.Watcher.strike_limit = 0
-        c.Watcher.heartbeat_file = "{folder / 'run' / 'heartbeat.json'}"
-        c.Watcher.metrics_port = {free_port()}
-        c.Watcher.user_socket = "{socket}"
-    """))
-    config.chmod(0o644)
+    config = watcher_config(folder, [ALICE, BOB], user_socket=str(socket))
     log = folder / "watcher.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(confined([sys.executable, "-m", "colab_guard.watch",
-                                          f"--Watcher.config_file={config}",
-                                          "--Watcher.gpu_sampling=False"]),
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = launch_watcher(config, log)
     running = RunningWatcher(folder, proc, log, socket)
     wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
                timeout=30, what="the watcher started")

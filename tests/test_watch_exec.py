@@ -28,6 +28,7 @@ from colab_guard.observe.model import Process
 from colab_guard.record.database import IncidentDatabase, IncidentStore
 from colab_guard.watch.at_exec import AT_EXEC, ExecCheck, exec_only
 from tests.harness import wait_until
+from tests.test_watch import launch_watcher, watcher_config
 
 ROOT = Path(__file__).resolve().parent.parent
 MINER = ROOT / "tests" / "standins" / "miner.py"
@@ -166,23 +167,11 @@ class Watching:
 
     def __init__(self, folder: Path, world: Path, carol):
         self.folder, self.world = folder, world
-        config = folder / "watch_config.py"
-        config.write_text(textwrap.dedent(f"""
-            c.Watcher.users = [{CAROL!r}]
-            c.Watcher.sample_interval = 60.0  # the most allowed: no periodic tick in a test
-            c.Watcher.stop_grace = 0.5
-            c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
-            c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
-            c.Watcher.strike_limit = 0
-            c.Watcher.heartbeat_file = ""
-            c.Watcher.user_socket = ""
-        """))
-        config.chmod(0o644)
+        # the most allowed sample_interval: no periodic tick in a test
+        config = watcher_config(folder, [CAROL], sample_interval=60.0, metrics_port=None,
+                                heartbeat_file="", user_socket="")
         self.log_path = folder / "watcher.log"
-        with open(self.log_path, "w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "colab_guard.watch", f"--Watcher.config_file={config}",
-                 "--Watcher.gpu_sampling=False"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = launch_watcher(config, self.log_path)
         self.waits(lambda: "process events on" in self.log() or self.proc.poll() is not None,
                    "the watcher started")
         assert self.proc.poll() is None, self.log()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ import pytest
 from colab_guard.watch.app import WatchError, Watcher
 from tests.harness import wait_until
 from tests.standins.hub_service import HubStandin
-from tests.test_watch import KERNEL, ROOT, Kernel, RunningWatcher, _remove_user, confined
+from tests.test_watch import (KERNEL, ROOT, Kernel, RunningWatcher, _remove_user,
+                              launch_watcher, watcher_config)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="creates a Unix user and runs the watcher: root only")
@@ -75,27 +75,13 @@ def test_the_watchers_incident_reaches_the_hub_with_its_own_token(
         user, world, pool, service, tmp_path):
     folder = tmp_path / "watcher"  # under /tmp/pytest-of-root: root's alone
     folder.mkdir()
-    config = folder / "watch_config.py"
-    config.write_text(textwrap.dedent(f"""
-        c.Watcher.users = [{USER!r}]
-        c.Watcher.sample_interval = 0.3
-        c.Watcher.stop_grace = 0.5
-        c.Watcher.database_url = "sqlite:///{folder / 'incidents.sqlite'}"
-        c.Watcher.incident_log = "{folder / 'incidents.jsonl'}"
-        c.Watcher.heartbeat_file = ""
-        c.Watcher.user_socket = ""
-        c.Watcher.hub_url = {service.url!r}
-        c.Watcher.hub_api_token_file = "{token_file(folder, service.token)}"
-    """))
-    config.chmod(0o644)
+    config = watcher_config(folder, [USER], strike_limit=None, metrics_port=None,
+                            heartbeat_file="", user_socket="", hub_url=service.url,
+                            hub_api_token_file=str(token_file(folder, service.token)))
     log = folder / "watcher.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(confined([sys.executable, "-m", "colab_guard.watch",
-                                          f"--Watcher.config_file={config}",
-                                          "--Watcher.gpu_sampling=False"]),
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={k: v for k, v in os.environ.items()
-                                     if k not in ("JUPYTERHUB_API_TOKEN", "COLAB_GUARD_HUB_URL")})
+    proc = launch_watcher(config, log, env={k: v for k, v in os.environ.items()
+                                            if k not in ("JUPYTERHUB_API_TOKEN",
+                                                         "COLAB_GUARD_HUB_URL")})
     watcher = RunningWatcher(folder, proc, log, folder / "no-socket")
     kernel = None
     try:

@@ -955,18 +955,9 @@ class ContentScanner:
                         result.markers.append(PACKED_ENTROPY)
             finally:
                 os.close(fd)
-        except NotRegularFile as err:
-            # Swapped for a FIFO, a socket or a device after it was queued: never opened.
-            with self._lock:
-                self._count("refused", "not scanned: %s", err)
         except OSError as err:
-            # Unreadable (another user's file, gone): try again when it changes.
-            self.log.debug("colab-guard: could not scan %s: %s", path, err)
-        if result.cut:
-            result.markers.append(SCAN_CUT)
-            with self._lock:
-                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
-                            self.scan_seconds)
+            self._not_read(path, err)
+        self._note_cut(path, result)
         with self._lock:
             self.scans += 1
             self.stats["file_scans"] += 1
@@ -979,6 +970,22 @@ class ContentScanner:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _not_read(self, path: str, err: OSError) -> None:
+        if isinstance(err, NotRegularFile):
+            # Swapped for a FIFO, a socket or a device after it was queued: never opened.
+            with self._lock:
+                self._count("refused", "not scanned: %s", err)
+        else:  # unreadable (another user's file, gone): tried again when it changes
+            self.log.debug("colab-guard: could not scan %s: %s", path, err)
+
+    def _note_cut(self, path: str, result: Scan) -> None:
+        """A scan that stopped at its budget says so in its markers, and once in the log."""
+        if result.cut:
+            result.markers.append(SCAN_CUT)
+            with self._lock:
+                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
+                            self.scan_seconds)
 
     def _scan_script(self, key: tuple, path: str) -> Scan:
         """Read a Python or shell script as code (``scripts.read``: a small source here, any
@@ -1014,16 +1021,9 @@ class ContentScanner:
                 self.log.debug("colab-guard: could not read the script %s: %s", path, err)
             finally:
                 os.close(fd)
-        except NotRegularFile as err:
-            with self._lock:
-                self._count("refused", "not scanned: %s", err)
         except OSError as err:
-            self.log.debug("colab-guard: could not scan %s: %s", path, err)
-        if result.cut:
-            result.markers.append(SCAN_CUT)
-            with self._lock:
-                self._count("cut", "a content scan of %s stopped at its budget of %g s", path,
-                            self.scan_seconds)
+            self._not_read(path, err)
+        self._note_cut(path, result)
         with self._lock:
             self.scans += 1
             self.stats["script_scans"] += 1
