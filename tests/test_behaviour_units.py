@@ -178,3 +178,27 @@ def test_a_subscriber_that_only_listens_is_no_pool_connection():
 def test_a_parameter_server_pushing_weights_is_no_pool_connection():
     """Weights pushed unasked (64 KiB each), gradients sent back: no job is that big."""
     assert _pushed_after(_conversation(60, 5, 64 * 1024, 5, 64 * 1024)) == 0
+
+
+def test_peers_a_listening_process_connects_to_count_only_when_the_user_does_not_serve_them():
+    """Six nodes of a lab (ports 6900-6905), each connected to the five others: no foreign
+    peer; a node also connected to five outside endpoints has five."""
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    sockets = {}
+    nodes = []
+    for i in range(6):
+        port = 6900 + i
+        listening = Socket("tcp", "0.0.0.0", port, status="LISTEN")
+        out = [Socket("tcp", "127.0.0.1", 50000 + 10 * i + j, "127.0.0.1", 6900 + j, "ESTABLISHED")
+               for j in range(6) if j != i]
+        if i == 0:
+            out += [Socket("tcp", "10.0.0.2", 51000 + j, f"10.0.1.{j}", 6881, "ESTABLISHED")
+                    for j in range(5)]
+        node = Process(pid=20 + i, name="python3", create_time=1.0, uid=1000,
+                       sockets=[listening, *out])
+        sockets[node.pid] = [(1000 * node.pid + n, s) for n, s in enumerate(node.sockets)]
+        nodes.append(node)
+    snapshots = {"k": Snapshot("k", 100.0, [_kernel(), *nodes])}
+    changed = behaviour.annotate(snapshots, lambda p: sockets.get(p.pid, []), 100.0)
+    assert changed[nodes[0].key].foreign_peers == 5
+    assert all(n.key not in changed or changed[n.key].foreign_peers == 0 for n in nodes[1:])
