@@ -9,8 +9,9 @@ another machine's would be (tests/standins/honest_services.py). Runs:
 - ``params``: two processes busy on both cores, each pulling from a parameter server every 3 s
   (it only answers): expected no incident however long it runs;
 - ``pubsub N``: one busy process subscribed to a broker's channel that pushes a message every
-  N seconds, unasked: the rule counts pushes over the connection's life, so it reports when
-  (if ever) the run was taken for a miner.
+  N seconds, unasked, and sends nothing back: expected no incident (the mining rule needs the
+  process to answer pushes, as a miner submits shares); it reports when (if ever) the run was
+  taken for a miner.
 
 Prints one line per run: the seconds it ran, and the first incident's signature and seconds
 after the start, or "no incident".

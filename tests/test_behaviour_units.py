@@ -121,3 +121,84 @@ def test_ports_the_users_own_kernels_serve_are_not_counted_as_tried():
     behaviour.note_connects("k", [("127.0.0.1", port) for port in range(1, 121)], 100.0)
     changed = behaviour.annotate(snapshots, lambda p: [], 100.0)
     assert kernel.key not in changed or changed[kernel.key].kernel_ports_tried == 0
+
+
+# ---------------------------------------------------------------- a pool's connection, by traffic
+
+
+def _pushed_after(ticks: list[tuple[int, int, int, int]]) -> int:
+    """``pushed_connections`` of one connection after the given ticks, a second apart, each
+    (bytes sent, bytes received, ms since last sent, ms since last received) so far."""
+    from colab_guard.observe.behaviour import WINDOW
+    from colab_guard.observe.tcpinfo import TcpInfo
+
+    behaviour = Behaviour(window=WINDOW)
+    conn = [(7, Socket("tcp", "127.0.0.1", 40000, "127.0.0.1", 3333, "ESTABLISHED"))]
+    count, segments = 0, 0
+    for second, (sent, received, since_sent, since_received) in enumerate(ticks):
+        segments += 1
+        info = {7: TcpInfo(1, sent, received, segments, since_sent, since_received)}
+        count = behaviour._pushed(conn, info, float(second), unknown=False)
+    return count
+
+
+def _conversation(seconds: int, push_every: int, push_bytes: int, reply_every: int,
+                  reply_bytes: int) -> list[tuple[int, int, int, int]]:
+    """A connection's counters, tick by tick: a login (a request and its answer), then the
+    peer pushing ``push_bytes`` every ``push_every`` s and the process sending
+    ``reply_bytes`` every ``reply_every`` s (0: never), each answered at once with 20 bytes."""
+    sent, received, last_sent, last_received, ticks = 150, 300, 0, 0, []
+    for second in range(1, seconds + 1):
+        if push_every and second % push_every == 0:
+            received, last_received = received + push_bytes, second
+        if reply_every and second % reply_every == 1:
+            sent, last_sent = sent + reply_bytes, second
+            received, last_received = received + 20, second
+        ticks.append((sent, received, (second - last_sent) * 1000 + 300,
+                      (second - last_received) * 1000 + 300))
+    return ticks
+
+
+def test_a_pool_pushing_jobs_to_a_miner_submitting_shares_is_a_pushed_connection():
+    assert _pushed_after(_conversation(20, 2, 250, 3, 120)) == 1
+    # a real pool's pace: a job every 30 s, a share every 10 s; counted once two jobs came
+    assert _pushed_after(_conversation(59, 30, 600, 10, 150)) == 0
+    assert _pushed_after(_conversation(61, 30, 600, 10, 150)) == 1
+
+
+def test_a_subscriber_that_only_listens_is_no_pool_connection():
+    """A shared broker's channel (a job announcement every 2 s, every 20 s) pushed to a
+    busy subscriber that sends nothing back, however long it runs."""
+    assert _pushed_after(_conversation(60, 2, 120, 0, 0)) == 0
+    assert _pushed_after(_conversation(120, 20, 120, 0, 0)) == 0
+    # keepalives (Redis' PING, MQTT's PINGREQ) are not shares
+    assert _pushed_after(_conversation(60, 2, 120, 5, 14)) == 0
+
+
+def test_a_parameter_server_pushing_weights_is_no_pool_connection():
+    """Weights pushed unasked (64 KiB each), gradients sent back: no job is that big."""
+    assert _pushed_after(_conversation(60, 5, 64 * 1024, 5, 64 * 1024)) == 0
+
+
+def test_peers_a_listening_process_connects_to_count_only_when_the_user_does_not_serve_them():
+    """Six nodes of a lab (ports 6900-6905), each connected to the five others: no foreign
+    peer; a node also connected to five outside endpoints has five."""
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    sockets = {}
+    nodes = []
+    for i in range(6):
+        port = 6900 + i
+        listening = Socket("tcp", "0.0.0.0", port, status="LISTEN")
+        out = [Socket("tcp", "127.0.0.1", 50000 + 10 * i + j, "127.0.0.1", 6900 + j, "ESTABLISHED")
+               for j in range(6) if j != i]
+        if i == 0:
+            out += [Socket("tcp", "10.0.0.2", 51000 + j, f"10.0.1.{j}", 6881, "ESTABLISHED")
+                    for j in range(5)]
+        node = Process(pid=20 + i, name="python3", create_time=1.0, uid=1000,
+                       sockets=[listening, *out])
+        sockets[node.pid] = [(1000 * node.pid + n, s) for n, s in enumerate(node.sockets)]
+        nodes.append(node)
+    snapshots = {"k": Snapshot("k", 100.0, [_kernel(), *nodes])}
+    changed = behaviour.annotate(snapshots, lambda p: sockets.get(p.pid, []), 100.0)
+    assert changed[nodes[0].key].foreign_peers == 5
+    assert all(n.key not in changed or changed[n.key].foreign_peers == 0 for n in nodes[1:])

@@ -132,12 +132,10 @@ async def test_a_cryptojacking_detector_citing_hashcat_net_in_a_cell_runs(kernel
     await run_to_the_end(kernel, guard_config, DETECTOR)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "cell-stratum-client: a cell that names Stratum's methods, opens a socket and sends on it "
-    "is read as a Stratum client, whatever it sends; the cell check cannot tell the detector's "
-    "data from the bytes it sends (its alert to a local collector)"))
 async def test_a_cryptojacking_detector_posting_alerts_to_a_local_collector_runs(
         kernel, guard_config, service):
+    """Stratum's method names as a detector's data (and a sample request among its captured
+    payloads), a socket opened and an alert sent: no Stratum request is sent."""
     port = service("params")  # the course's collector: answers each line
     await run_to_the_end(kernel, guard_config, DETECTOR.replace(
         'print("done")',

@@ -133,6 +133,11 @@ FIELDS: dict[str, Field] = {
               "outbound TCP connections open through the behaviour window, carrying little, on "
               "which the peer sent data unprompted at least twice (a mining pool's jobs)",
               lambda p: p.pushed_connections),
+        Field("foreign_peers", "number",
+              "for a process listening on a TCP port: distinct remote endpoints of connections "
+              "it opened to endpoints that none of the user's kernels serves (its own servers "
+              "left out: a lab's nodes connected to each other are no swarm)",
+              lambda p: p.foreign_peers),
         Field("kernel_ports_tried", "number",
               "distinct ports of at most two hosts that the kernel's processes (the kernel "
               "included, refused connections too where the kernel hook reports them) opened "

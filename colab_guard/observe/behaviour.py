@@ -10,10 +10,17 @@ samples as fields (``observe/model.py``):
   percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
   load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
 - ``pushed_connections``: outbound TCP connections open through the whole window that carried
-  little (at most ``QUIET_SEGMENTS_PER_S`` data segments a second) and on which the peer
-  sent data unprompted (a second or more after the process last sent anything) at least
-  ``PUSHES`` times: how a mining pool hands out jobs. A client of a local service asks and
-  is answered at once (prompted), many times a second; an idle connection carries nothing.
+  little (at most ``QUIET_SEGMENTS_PER_S`` data segments a second), on which the peer sent
+  small messages (``MAX_PUSH_BYTES``) unprompted (a second or more after the process last
+  sent anything) at least ``PUSHES`` times, and the process sent something back after the
+  first of them (``MIN_REPLY_BYTES`` or more between two ticks): how a mining pool hands out
+  jobs and a miner submits shares. A client of a local service asks and is answered at once
+  (prompted); a subscriber to a shared broker's channel (a job announcement, a feed) is
+  pushed to but sends nothing back; a parameter server pushes megabytes, not a job's few
+  hundred bytes; an idle connection carries nothing.
+- ``foreign_peers`` (processes that listen on a TCP port only): the distinct endpoints of the
+  connections the process opened to endpoints none of the user's kernels serves. A swarm's
+  peers are other people's; six nodes of a lab connected to each other are the user's own.
 - ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
   hosts, and the hosts that never answered (seen only half-open), that the kernel's
   processes opened connections to within the last ``SCAN_WINDOW`` seconds, from every
@@ -67,8 +74,16 @@ from .tcpinfo import Dumper, TcpInfo
 WINDOW = 15.0
 #: Data received this long after the process last sent anything was not asked for.
 PUSH_QUIET_MS = 1000
-#: Unprompted messages a connection must carry before it counts as a pool's.
+#: Unprompted messages a connection must carry before it counts as a pool's (over its life:
+#: a real pool pushes a job every 30 s to 2 min, longer than the window) ...
 PUSHES = 2
+#: ... each at most this big (a Stratum job is a few hundred bytes, a Bitcoin one with its
+#: merkle branches a few KiB; pushed weights or a feed's frames are more) ...
+MAX_PUSH_BYTES = 8 * 1024
+#: ... and the process must have sent this much back between two ticks since the first push
+#: (a share is a JSON request of 100-300 bytes; a keepalive, MQTT's or Redis' PING, is less):
+#: a subscriber that only listens is no miner.
+MIN_REPLY_BYTES = 64
 #: Traffic at most this many data segments a second (both ways) counts as "little".
 QUIET_SEGMENTS_PER_S = 4.0
 #: Process CPU (this tick, percent of a core) that makes a process with an outbound
@@ -132,7 +147,9 @@ class _Traffic:
 
     since: float  # first seen
     received: int
-    pushes: int = 0
+    sent: int
+    pushes: int = 0  # small unprompted messages from the peer
+    replies: int = 0  # sends of MIN_REPLY_BYTES or more after the first push
     segments: deque = field(default_factory=deque)  # (time, data segments)
 
 
@@ -227,6 +244,9 @@ class Behaviour:
                     if mine:
                         outbound[proc.key] = mine
         fields: dict[Key, dict] = self._scan_counts(snapshots, outbound, served, now)
+        for key, conns in outbound.items():
+            if any(s.protocol == "tcp" and s.listening for s in by_key[key].sockets):
+                fields.setdefault(key, {})["foreign_peers"] = len({s.remote for _, s in conns})
         miners = {k for k, conns in outbound.items()
                   if (by_key[k].cpu_percent >= CANDIDATE_CPU or k in self._demand)
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
@@ -294,20 +314,19 @@ class Behaviour:
                 continue
             traffic = self._traffic.get(inode)
             if traffic is None:
-                traffic = self._traffic[inode] = _Traffic(now, seen.received if seen else 0)
+                traffic = self._traffic[inode] = _Traffic(
+                    now, seen.received if seen else 0, seen.sent if seen else 0)
             if seen is None:
                 count += now - traffic.since >= self.window * 0.95
                 continue
-            elif seen.received > traffic.received:
-                if seen.since_sent_ms >= seen.since_received_ms + PUSH_QUIET_MS:
-                    traffic.pushes += 1
-                traffic.received = seen.received
+            _count_messages(traffic, seen)
             segments = traffic.segments
             segments.append((now, seen.data_segments))
             while len(segments) > 2 and segments[1][0] <= now - self.window:
                 segments.popleft()
             opened_for = now - traffic.since
-            if opened_for < self.window * 0.95 or traffic.pushes < PUSHES:
+            if (opened_for < self.window * 0.95 or traffic.pushes < PUSHES
+                    or not traffic.replies):
                 continue
             rate = (seen.data_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
             if rate <= QUIET_SEGMENTS_PER_S:
@@ -630,9 +649,25 @@ MAX_IMPORTS = 4096
 CONNECTION_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 #: The fields this module sets on a Process (0 where it does not apply).
-BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "kernel_slow_connections",
+BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "foreign_peers",
+                    "kernel_slow_connections",
                     "kernel_ports_tried", "kernel_hosts_unanswered",
                     "kernel_relayed_connections", "kernel_refused_attempts")
+
+
+def _count_messages(traffic: _Traffic, seen: TcpInfo) -> None:
+    """What passed on a watched connection since the last tick: a small message the peer
+    sent unprompted (more data is no job: not counted), and whether the process sent
+    something back after one."""
+    if seen.sent > traffic.sent:
+        if traffic.pushes and seen.sent - traffic.sent >= MIN_REPLY_BYTES:
+            traffic.replies += 1
+        traffic.sent = seen.sent
+    if seen.received > traffic.received:
+        if (seen.since_sent_ms >= seen.since_received_ms + PUSH_QUIET_MS
+                and seen.received - traffic.received <= MAX_PUSH_BYTES):
+            traffic.pushes += 1
+        traffic.received = seen.received
 
 
 def _close(a: int, b: int) -> bool:

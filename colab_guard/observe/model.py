@@ -84,6 +84,7 @@ class Process:
     # Behaviour over a window (observe/behaviour.py); 0 where it does not apply
     cpu_demand_percent: float = 0.0  # CPU its threads ran or waited for, percent of a core
     pushed_connections: int = 0  # long-lived, light outbound connections the peer pushes on
+    foreign_peers: int = 0  # a listening process: endpoints it connected to that the user serves not
     kernel_slow_connections: int = 0  # its kernel's slow connections to one endpoint it holds
     kernel_ports_tried: int = 0  # ports of <= 2 hosts its kernel tried within the scan window
     kernel_hosts_unanswered: int = 0  # hosts its kernel tried within that window, none answering
