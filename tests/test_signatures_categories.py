@@ -149,6 +149,7 @@ CONTENT_AND_BEHAVIOUR_FIELDS = ["exe_markers", "open_files", "library_paths", "p
                                 # behaviour over a window (observe/behaviour.py)
                                 "outbound_peers", "outbound_ports", "outbound_hosts",
                                 "network_namespace", "cpu_demand_percent", "pushed_connections",
+                                "foreign_peers",
                                 "kernel_slow_connections", "kernel_ports_tried",
                                 "kernel_hosts_unanswered", "kernel_relayed_connections",
                                 "kernel_refused_attempts", "imports", "listening_modules",
