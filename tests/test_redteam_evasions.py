@@ -281,10 +281,6 @@ def _xor(data: bytes, key: int = 0x5A) -> bytes:
     return bytes(b ^ key for b in data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a Stratum miner in the kernel whose code is read from a file at run time (no cell check "
-    "sees it) is known only by behaviour: mining-busy-pool-connection needs 15 s of CPU and two "
-    "pushed jobs"))
 def test_a_miner_decrypted_and_exec_d_in_the_kernel_is_stopped(kernel, pool, tmp_path):
     blob = tmp_path / "weights.bin"
     blob.write_bytes(_xor((STANDINS / "quiet_miner.py").read_bytes()))
@@ -392,10 +388,6 @@ def test_a_stratum_client_cell_is_refused(kernel, pool):
     assert found and (found[0]["user"], found[0]["kernel_id"]) == (USER, kernel.id)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the hook sends the raw cell (pre_run_cell's raw_cell), not what runs: an input "
-    "transformer registered by an earlier, harmless-looking cell rewrites the cell after it "
-    "was checked (kernel/extension.py: check the transformed source too)"))
 def test_an_input_transformer_cannot_rewrite_a_cell_after_its_check(kernel, pool):
     reply, text = kernel.run("get_ipython().input_transformers_post.append(\n"
                              "    lambda lines: [l.replace('@@', 'mining.') for l in lines])")
@@ -420,18 +412,12 @@ def test_a_cell_padded_with_distinct_constants_is_still_read_to_its_end(pool):
         assert "cell-stratum-client" in {d.signature.id for d in found}, filler[:40]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a cell whose check outlasts cell_check_timeout runs unchecked (kernel/extension.py: no "
-    "answer in time, run it): 10,000 harmless assignments before the code take seconds to read"))
 def test_a_cell_whose_check_outlasts_the_timeout_is_not_run(kernel, pool):
     filler = "\n".join(f"x{i} = 'v{i}'" for i in range(10_000))
     reply, text = kernel.run(filler + "\n" + STRATUM_CELL.format(pool=pool))
     assert _refused(reply), f"the cell ran: {reply['status']} {text[-200:]}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the kernel sends only the first 256 Ki characters of a cell and the server reads only "
-    "those: a long comment before the code hides it (issue #17: check in parts or refuse)"))
 def test_a_cell_padded_past_the_checked_length_is_refused(kernel, pool):
     padding = "# " + "x" * (300 * 1024) + "\n"
     reply, text = kernel.run(padding + STRATUM_CELL.format(pool=pool))
@@ -447,9 +433,6 @@ def _tampering(kernel: Kernel) -> list[dict]:
     "get_ipython()._colab_guard.cell_timeout = 0",
     "import colab_guard.kernel.hook as h\nh._installed.enabled = False",
 ], ids=["transformer removed", "cell timeout zeroed", "audit hook silenced"])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the hook's own state is the user's to change: switched off from a cell, it goes quiet with "
-    "no tampering incident (issue #17: noticed at the next cell or heartbeat)"))
 def test_the_kernel_hook_switched_off_from_a_cell_is_tampering(kernel, pool, switch_off):
     reply, text = kernel.run(switch_off)
     assert reply["status"] == "ok", text
