@@ -11,8 +11,8 @@ IPython compiles the cell under). A cell that ran with no check, or checked and 
 no report, is tampering.
 
 Not tampering: a cell with nothing to run (blank, comments only, a syntax error, all
-checked by the server itself before it says so), a cell refused, a cell interrupted before
-its code started, a check still in progress (a long cell, a slow kernel: the deadline
+checked by the server itself before it says so), a cell refused, a cell interrupted through
+the server (the kernel manager's interrupt, which the channel notes), a check still in progress (a long cell, a slow kernel: the deadline
 grows with the cell's size and counts from the kernel going idle).
 
 Pure: fed messages and times, it answers what is due; channel.py does the I/O.
@@ -24,7 +24,7 @@ import ast
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: seconds after the kernel goes idle for the hook's reports to arrive (another socket)
 GRACE = 1.5
@@ -53,7 +53,7 @@ class Execution:
     file: str = ""  # the file the check said the cell compiles under
     checked_code: str = ""  # the code the check read (what runs)
     ran: bool = False
-    errors: set[str] = field(default_factory=set)  # enames of errors shown for it
+    interrupted: bool = False  # the server interrupted the kernel while it ran
 
 
 class CellWitness:
@@ -85,10 +85,12 @@ class CellWitness:
         if ex is not None and ex.idle_at is None:
             ex.idle_at = self.clock()
 
-    def error(self, msg_id: str, ename: str) -> None:
-        ex = self.open.get(msg_id)
-        if ex is not None:
-            ex.errors.add(str(ename))
+    def interrupted(self) -> None:
+        """The kernel was interrupted through the server (a KeyboardInterrupt may come before
+        the check or before the code starts: neither is then owed)."""
+        for ex in self.open.values():
+            if ex.idle_at is None:
+                ex.interrupted = True
 
     def checked(self, cell_digest: str, file: str, decision: str, code: str) -> None:
         """The hook asked for a check of the cell with this digest; the server answered."""
@@ -123,13 +125,16 @@ class CellWitness:
         for msg_id, ex in list(self.open.items()):
             finished = ex.idle_at is not None and now - ex.idle_at > GRACE
             overdue = now - ex.started > DEADLINE + len(ex.code) / DEADLINE_PER_CHARS
+            if ex.interrupted:
+                if finished or overdue:
+                    del self.open[msg_id]
+                continue
             if self.expect_checks and not ex.checked:
                 if finished or overdue:
                     found.append((ex, "unchecked"))
                     del self.open[msg_id]
                 continue
-            needs_run = ex.checked and ex.decision == "run" and ex.file and not ex.ran \
-                and "KeyboardInterrupt" not in ex.errors
+            needs_run = ex.checked and ex.decision == "run" and ex.file and not ex.ran
             if needs_run and (finished or overdue):
                 found.append((ex, "unreported"))
                 del self.open[msg_id]

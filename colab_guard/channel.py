@@ -354,6 +354,23 @@ class KernelChannel:
         conn.witness = CellWitness(expect_checks=self.settings.cell_checks)
         conn.iopub = stream
         stream.on_recv(lambda parts: _witness_message(conn.witness, session, parts))
+        self._note_interrupts(km)
+
+    def _note_interrupts(self, km) -> None:
+        """Wrap the kernel manager's interrupt (this instance, once): a cell interrupted through
+        the server owes no check and no run report."""
+        if getattr(km, "_colab_guard_notes_interrupts", False):
+            return
+        interrupt_kernel = km.interrupt_kernel
+
+        def noted_interrupt_kernel(kernel_id, *args, **kwargs):
+            conn = self.kernels.get(kernel_id)
+            if conn is not None and conn.witness is not None:
+                conn.witness.interrupted()
+            return interrupt_kernel(kernel_id, *args, **kwargs)
+
+        km.interrupt_kernel = noted_interrupt_kernel
+        km._colab_guard_notes_interrupts = True
 
     async def _watch_witnesses(self) -> None:
         while not self._stopping:
@@ -492,14 +509,14 @@ class _Connection:
 
 
 def _witness_message(witness: CellWitness | None, session, parts) -> None:
-    """One IOPub message: what the witness needs of it (cells starting, finishing, failing)."""
+    """One IOPub message: what the witness needs of it (cells starting and finishing)."""
     if witness is None:
         return
     try:
         _idents, fed = session.feed_identities(parts)
         message = session.deserialize(fed, content=False)
         kind = message["header"]["msg_type"]
-        if kind not in ("execute_input", "status", "error"):
+        if kind not in ("execute_input", "status"):
             return
         message = session.deserialize(fed)
         parent = str((message.get("parent_header") or {}).get("msg_id", ""))
@@ -508,8 +525,6 @@ def _witness_message(witness: CellWitness | None, session, parts) -> None:
             witness.executing(parent, str(content.get("code", "")))
         elif kind == "status" and content.get("execution_state") == "idle":
             witness.idle(parent)
-        elif kind == "error":
-            witness.error(parent, str(content.get("ename", "")))
     except Exception:  # a malformed message is the kernel's problem, never the server's
         return
 

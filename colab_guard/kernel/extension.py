@@ -179,7 +179,10 @@ class KernelGuard:
         raw, self._raw_cell = self._raw_cell, None
         if self.cell_timeout <= 0 or self.client.closed.is_set():
             return
-        pieces = cell_pieces(tree, len(raw) if raw is not None else 0)
+        try:
+            pieces = cell_pieces(tree, len(raw) if raw is not None else 0)
+        except RecursionError:  # nested deeper than unparse goes: the server reads the cell
+            pieces = [raw[:protocol.MAX_CELL]] if raw is not None else []
         if not pieces:
             return
         fields = {}
