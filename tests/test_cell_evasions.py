@@ -66,6 +66,10 @@ REFUSED = [
                                 "exec(open('m.py').read())"]),
     ("ANSI-C quoting", ["!$'\\x78mrig' -o p:3333"]),
     ("%alias", ["%alias m ./xmrig -o p:3333\n%m"]),
+    ("method names assembled by a helper", [
+        "import json, socket\ndef _method(*parts):\n    return '.'.join(''.join(p) for p in parts)\n"
+        "def run(host, port):\n    s = socket.create_connection((host, port))\n    pre = ['mi', 'ning']\n"
+        "    s.sendall(json.dumps({'method': _method(pre, ['sub', 'scribe'])}).encode())"]),
     ("list append", ["import subprocess\nargs = []\nargs.append('ngrok')\nargs.extend(['tcp', '22'])\n"
                      "subprocess.run(args)"]),
     ("dict lookup", ["import subprocess\nT = {'a': 'ngrok'}\nsubprocess.run([T['a'], 'tcp', '22'])"]),
@@ -209,6 +213,10 @@ HONEST = [
     ("bash reading stdin from a data file", "!bash -s < params.txt"),
     ("cat a file into a pager", "!cat notes.md | less"),
     ("ctypes for a math library", "import ctypes\nlib = ctypes.CDLL('./libfast.so')\nlib.solve(3)"),
+    ("a helper naming metrics, sent to a local collector",
+     "import socket\ndef key(*parts):\n    return '.'.join(parts)\n"
+     "s = socket.create_connection(('127.0.0.1', 8125))\n"
+     "s.sendall(f\"{key('train', 'loss')}:0.3|g\".encode())"),
 ]
 
 

@@ -256,6 +256,9 @@ class _Reader(ast.NodeVisitor):
         self._unrolled = 0
         self._unroll_budget = 4096  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
+        # the cell's functions that only return an expression of their arguments (inlined
+        # when called with constants: a method name assembled by a helper)
+        self.pure: dict[str, ast.FunctionDef] = {}
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
     # ------------------------------------------------------------ output
@@ -512,6 +515,9 @@ class _Reader(ast.NodeVisitor):
         """Functions that run their argument, wherever they are defined in the cell (``a(x)``
         calls ``b(x)`` defined below it, which runs x): a few passes until nothing changes."""
         functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for function in functions[:256]:
+            if _returns_only(function):
+                self.pure[function.name] = function
         for _ in range(4):
             before = dict(self.runners)
             for function in functions[:256]:
@@ -1153,22 +1159,70 @@ class _Reader(ast.NodeVisitor):
         return _Folded(base.value[slice(*(b.value for b in bounds))], True)
 
     def _fold_chr_comprehension(self, node, depth: int) -> _Folded | None:
-        """``chr(c) for c in [120, 109, ...]``: the usual way to spell a word in numbers."""
+        """``chr(c) for c in [120, 109, ...]``: the usual way to spell a word in numbers; any
+        other comprehension over a short constant (``"".join(p) for p in parts``) item by item."""
         if len(node.generators) != 1 or node.generators[0].ifs:
             return None
         loop = node.generators[0]
         elt = node.elt
-        if not (isinstance(loop.target, ast.Name) and isinstance(elt, ast.Call)
+        if not isinstance(loop.target, ast.Name):
+            return None
+        if not (isinstance(elt, ast.Call)
                 and isinstance(elt.func, ast.Name) and elt.func.id == "chr" and len(elt.args) == 1
                 and isinstance(elt.args[0], ast.Name) and elt.args[0].id == loop.target.id):
-            return None
+            items = self.fold(loop.iter, depth)
+            if items is None or not isinstance(items.value, (list, tuple)) or \
+                    len(items.value) > MAX_INLINED_ITEMS:
+                return None
+            found = [self._fold_with({loop.target.id: _Folded(item, items.hidden)}, elt, depth)
+                     for item in items.value]
+            if any(f is None for f in found):
+                return None
+            return _Folded([f.value for f in found], True)
         codes = self.fold(loop.iter, depth)
         if codes is None or not isinstance(codes.value, list):
             return None
         return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
 
+    def _fold_with(self, bound: dict[str, _Folded], node: ast.expr, depth: int) -> _Folded | None:
+        """``node`` folded with these names bound (a parameter, a loop variable), then unbound."""
+        saved = {name: self.names.get(name) for name in bound}
+        self.names.update(bound)
+        try:
+            return self.fold(node, depth)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    self.names.pop(name, None)
+                else:
+                    self.names[name] = value
+
+    def _fold_inlined(self, function: ast.FunctionDef, node: ast.Call,
+                      depth: int) -> _Folded | None:
+        """A call of one of the cell's return-only functions with constant arguments."""
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        args = [self.fold(a, depth) for a in node.args]
+        if node.keywords or any(a is None for a in args) or \
+                len(args) > len(params) and function.args.vararg is None or \
+                len(args) < len(params) - len(function.args.defaults):
+            return None
+        bound = dict(zip(params, args))
+        for name, default in zip(params[::-1], function.args.defaults[::-1]):
+            if name not in bound:
+                bound[name] = self.fold(default, depth)
+        if function.args.vararg is not None:
+            rest = args[len(params):]
+            bound[function.args.vararg.arg] = _Folded([a.value for a in rest],
+                                                      any(a.hidden for a in rest))
+        if any(v is None for v in bound.values()):
+            return None
+        result = self._fold_with(bound, function.body[-1].value, depth)
+        return _Folded(result.value, True) if result is not None else None
+
     def _fold_call(self, node: ast.Call, depth: int) -> _Folded | None:
         func = node.func
+        if isinstance(func, ast.Name) and func.id in self.pure and depth < MAX_INLINE_DEPTH:
+            return self._fold_inlined(self.pure[func.id], node, depth)
         if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
                 isinstance(node.args[0], ast.Name) and node.args[0].id == "chr":
             codes = self.fold(node.args[1], depth)
@@ -1239,6 +1293,18 @@ class _Reader(ast.NodeVisitor):
 
 
 # ---------------------------------------------------------------- helpers
+
+MAX_INLINED_ITEMS = 64  # items of a constant a comprehension is folded over
+MAX_INLINE_DEPTH = 20  # fold depth past which a helper's call is not inlined
+
+
+def _returns_only(function) -> bool:
+    """``def f(a, *b): return expr`` (a docstring allowed), undecorated, synchronous."""
+    body = function.body[1:] if function.body and isinstance(function.body[0], ast.Expr) and \
+        isinstance(function.body[0].value, ast.Constant) else function.body
+    return isinstance(function, ast.FunctionDef) and not function.decorator_list and \
+        len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and \
+        not function.args.kwonlyargs and function.args.kwarg is None
 
 LIBC = "libc"  # a handle on a C library opened through ctypes
 _DLL_OPENERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.CDLL.LoadLibrary",
