@@ -35,6 +35,7 @@ DEADLINE_PER_CHARS = 50_000
 #: checks and run reports not matched yet are kept this long (they can arrive first)
 KEEP = 60.0
 MAX_OPEN = 256
+MAX_UNMATCHED = 128  # checks (silent executions, nested run_cell) and run reports not matched
 
 
 def digest(source: str) -> str:
@@ -98,6 +99,8 @@ class CellWitness:
             if ex.digest == cell_digest and not ex.checked:
                 self._match_check(ex, file, decision, code)
                 return
+        if sum(len(v) for v in self._checks.values()) >= MAX_UNMATCHED:
+            self._checks.pop(next(iter(self._checks)))  # the oldest digest's
         self._checks.setdefault(cell_digest, []).append((self.clock(), file, decision, code))
 
     def ran(self, file: str) -> None:
@@ -106,6 +109,8 @@ class CellWitness:
             if ex.checked and ex.file == file and not ex.ran:
                 ex.ran = True
                 return
+        if sum(len(v) for v in self._ran.values()) >= MAX_UNMATCHED:
+            self._ran.pop(next(iter(self._ran)))
         self._ran.setdefault(file, []).append(self.clock())
 
     def _match_check(self, ex: Execution, file: str, decision: str, code: str) -> None:

@@ -165,3 +165,16 @@ def test_what_is_too_long_to_check_says_what_to_do():
     assert _too_long(["x = 1"] * 3) == ""
     assert "Split it" in _too_long(["y" * (protocol.MAX_CELL + 1)])
     assert "Split it" in _too_long(["y = 1\n" * 40_000] * 10)
+
+
+def test_unmatched_reports_are_bounded(clock):
+    """Silent executions' checks (never on IOPub) and stray run reports: kept a while, bounded."""
+    witness = CellWitness(clock=clock)
+    for i in range(1000):
+        witness.checked(digest(f"x = {i}"), f"/tmp/{i}.py", "run", f"x = {i}")
+        witness.ran(f"/tmp/r{i}.py")
+    assert sum(map(len, witness._checks.values())) <= cellwitness.MAX_UNMATCHED
+    assert sum(map(len, witness._ran.values())) <= cellwitness.MAX_UNMATCHED
+    clock.now += cellwitness.KEEP + 1
+    witness.due()
+    assert not witness._checks and not witness._ran
