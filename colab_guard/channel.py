@@ -303,6 +303,8 @@ class KernelChannel:
         """Source the kernel compiled and ran (exec of a string, a file imported): checked
         like a cell, off the event loop, within the kernel's budget; what it finds is acted on
         like a process of the kernel (interrupt)."""
+        if not self.settings.cell_checks:
+            return
         now = time.monotonic()
         conn.code_credit = min(CODE_CHECK_BURST,
                                conn.code_credit + (now - conn.code_checked) * CODE_CHECK_RATE)

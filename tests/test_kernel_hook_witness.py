@@ -178,3 +178,48 @@ def test_unmatched_reports_are_bounded(clock):
     clock.now += cellwitness.KEEP + 1
     witness.due()
     assert not witness._checks and not witness._ran
+
+
+# ---------------------------------------------------------------- the audit hook's code events
+
+HOOKED = r'''
+import json, os, sys, time
+from colab_guard.kernel.hook import Reporter
+r = Reporter()
+sys.addaudithook(r.make_hook())
+r.code_checks = {checks}
+r.cell_file = "/tmp/ipykernel_1/cell.py"
+cell = "a = 1\nb = 2\n"
+exec(compile(cell, r.cell_file, "exec"))           # the cell itself: checked, reported run
+exec("import socket  # exec'd at run time")       # run-time code
+exec("import socket  # exec'd at run time")       # the same text again: once
+exec(compile("x = 3", os.path.join(sys.prefix, "lib", "mod.py"), "exec"))  # the environment's
+ns = {{}}
+exec(compile("def f(): return 1", "/tmp/helper.py", "exec"), ns)
+compile("never_run()", "/tmp/parsed_only.py", "exec")  # compiled, never executed
+import collections, dataclasses                    # the standard code generators' own code
+collections.namedtuple("P", "x y")
+dataclasses.make_dataclass("D", [("a", int)])
+time.sleep(0)
+print(json.dumps(r.drain()))
+'''
+
+
+def _hooked_events(checks: bool) -> list:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HOOKED.format(checks=checks)], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return [e for e in json.loads(out.stdout) if e[0] in ("ran", "code")]
+
+
+def test_the_audit_hook_reports_code_run_at_run_time_and_the_cells_run():
+    assert _hooked_events(True) == [["ran", "/tmp/ipykernel_1/cell.py"],
+                                    ["code", "import socket  # exec'd at run time"],
+                                    ["code", "def f(): return 1"]]
+
+
+def test_no_code_is_reported_when_cell_checks_are_off():
+    assert _hooked_events(False) == [["ran", "/tmp/ipykernel_1/cell.py"]]

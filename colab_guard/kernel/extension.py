@@ -79,6 +79,7 @@ class KernelGuard:
         reporter.child_report = lambda detail: report_from_child(path, kernel_id, token, detail)
         guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")),
                        float(env.get(protocol.ENV_CELL_LIMIT, "15")))
+        reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
         return guard
 
     # ------------------------------------------------------------ lifecycle

@@ -43,6 +43,9 @@ MAX_DETAIL = 1024
 MAX_CODE = 256 * 1024  # characters of one piece of run-time code sent (its head)
 CODE_BUDGET = 1024 * 1024  # characters of run-time code sent a second, at most (then dropped)
 MAX_COMPILED = 32  # compiled sources kept, waiting for their execution
+#: standard library modules that generate code from field names (namedtuple, dataclass):
+#: what they compile is theirs, not the user's
+CODE_GENERATORS = frozenset({"collections", "dataclasses", "typing", "enum", "functools"})
 
 
 class Reporter:
@@ -59,6 +62,7 @@ class Reporter:
         self.child_report = None  # callable(detail) used in a forked child
         self._in_child_report = False
         self.cell_file = None  # the file name the cell about to run is compiled under
+        self.code_checks = True  # report run-time code (off with the server's cell checks)
         self.compiled: dict = {}  # file name -> source compiled, until its code is executed
         # code compiled from files in the environment is the environment's (imports)
         self.library_prefixes = tuple({os.path.join(p, "") for p in (
@@ -97,8 +101,9 @@ class Reporter:
         """Cheap: a dict store on compile, a lookup on exec; the rest in the sender thread."""
         if kind == "compile":
             source, filename = args[0], args[1]
-            if isinstance(source, (str, bytes)) and isinstance(filename, str) and \
-                    not filename.startswith(self.library_prefixes):
+            if self.code_checks and isinstance(source, (str, bytes)) and \
+                    isinstance(filename, str) and \
+                    not filename.startswith(self.library_prefixes) and not _generated():
                 compiled = self.compiled
                 if len(compiled) >= MAX_COMPILED:
                     compiled.pop(next(iter(compiled)))
@@ -107,8 +112,9 @@ class Reporter:
         filename = getattr(args[0], "co_filename", None)
         if filename is None or os.getpid() != self.pid or len(self.pending) >= self.maxlen:
             return
-        if filename == self.cell_file:
+        if filename == self.cell_file:  # the cell's own text (IPython parsed it) was checked
             self.cell_file = None
+            self.compiled.pop(filename, None)
             self.pending.append(("ran", "exec", filename))
             self.wake.set()
         else:
@@ -199,6 +205,15 @@ def _callers(limit: int = 64) -> tuple[str, ...]:
             found.append(name)
         frame, limit = frame.f_back, limit - 1
     return tuple(found)
+
+
+def _generated() -> bool:
+    """Whether the code being compiled comes from a standard code generator (its caller is
+    two frames up: this hook's closure, then the caller of compile/exec)."""
+    try:
+        return sys._getframe(3).f_globals.get("__name__") in CODE_GENERATORS
+    except ValueError:
+        return False
 
 
 def _word(value) -> str:
