@@ -213,6 +213,15 @@ HONEST = [
     ("bash reading stdin from a data file", "!bash -s < params.txt"),
     ("cat a file into a pager", "!cat notes.md | less"),
     ("ctypes for a math library", "import ctypes\nlib = ctypes.CDLL('./libfast.so')\nlib.solve(3)"),
+    ("a sort key, an exit handler, a finalizer that run nothing",
+     "import atexit, os, weakref, shutil\nfiles = sorted(['b.csv', 'a.csv'], key=os.path.getsize)\n"
+     "atexit.register(shutil.rmtree, '/tmp/scratch')\nweakref.finalize(model, print, 'freed')"),
+    ("text cleaned with translate and a Template report",
+     "import string\nclean = raw.translate(str.maketrans('', '', string.punctuation))\n"
+     "print(string.Template('$n rows from $src').substitute(n=3, src='ngrok-logs.csv'))"),
+    ("a Perl one-off that prints", "%%perl\nprint \"ngrok tcp 22 seen in logs\\n\";"),
+    ("node printing a command it does not run", "%%script node\nconsole.log('exec(\"ngrok tcp 22\")')"),
+    ("a macro of harmless code", "get_ipython().define_macro('show', 'print(42)')"),
     ("a helper naming metrics, sent to a local collector",
      "import socket\ndef key(*parts):\n    return '.'.join(parts)\n"
      "s = socket.create_connection(('127.0.0.1', 8125))\n"
