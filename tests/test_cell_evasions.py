@@ -70,6 +70,10 @@ REFUSED = [
         "import json, socket\ndef _method(*parts):\n    return '.'.join(''.join(p) for p in parts)\n"
         "def run(host, port):\n    s = socket.create_connection((host, port))\n    pre = ['mi', 'ning']\n"
         "    s.sendall(json.dumps({'method': _method(pre, ['sub', 'scribe'])}).encode())"]),
+    ("a closure returned by a function", ["import subprocess\ndef mk():\n"
+                                          "    def inner(c): subprocess.run(c, shell=True)\n"
+                                          "    return inner\nmk()('ngrok tcp 22')"]),
+    ("a class attribute", ["import os\nclass K:\n    c = 'ngrok tcp 22'\nos.system(K.c)"]),
     ("list append", ["import subprocess\nargs = []\nargs.append('ngrok')\nargs.extend(['tcp', '22'])\n"
                      "subprocess.run(args)"]),
     ("dict lookup", ["import subprocess\nT = {'a': 'ngrok'}\nsubprocess.run([T['a'], 'tcp', '22'])"]),
@@ -151,14 +155,10 @@ GAPS = [
     ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
     ("a substring expansion", ["%%bash\nV=xmrigXX\n./${V:0:5} -o p:3333"]),
     ("printf with several arguments", ["!eval $(printf '%s' './xmr' 'ig -o p:3333')"]),
-    ("a closure returned by a function", ["import subprocess\ndef mk():\n"
-                                          "    def inner(c): subprocess.run(c, shell=True)\n"
-                                          "    return inner\nmk()('ngrok tcp 22')"]),
     ("an ssh config file that forwards", ["%%writefile cfg\nHost x\n  RemoteForward 2222 localhost:22\n",
                                           "!ssh -F cfg x"]),
     ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
     ("brace expansion", ["!{ngrok,tcp,22}"]),
-    ("a class attribute", ["import os\nclass K:\n    c = 'ngrok tcp 22'\nos.system(K.c)"]),
     ("a pickle that calls os.system", ["import pickle\npickle.loads(b\"cos\\nsystem\\n(S'ngrok tcp 22'\\ntR.\")"]),
 ]
 
@@ -221,6 +221,10 @@ HONEST = [
      "print(string.Template('$n rows from $src').substitute(n=3, src='ngrok-logs.csv'))"),
     ("a Perl one-off that prints", "%%perl\nprint \"ngrok tcp 22 seen in logs\\n\";"),
     ("node printing a command it does not run", "%%script node\nconsole.log('exec(\"ngrok tcp 22\")')"),
+    ("a factory of a shell runner, run on ls", "import subprocess\ndef mk():\n"
+     "    def inner(c): subprocess.run(c, shell=True)\n    return inner\nmk()('ls -la data/')"),
+    ("a class of settings naming a tool", "class Cfg:\n    label = 'ngrok tcp 22'\n"
+     "    path = 'logs/xmrig.csv'\nprint(Cfg.label, open(Cfg.path).read()[:10])"),
     ("a macro of harmless code", "get_ipython().define_macro('show', 'print(42)')"),
     ("a helper naming metrics, sent to a local collector",
      "import socket\ndef key(*parts):\n    return '.'.join(parts)\n"

@@ -269,6 +269,7 @@ class _Reader(ast.NodeVisitor):
         # the cell's functions that only return an expression of their arguments (inlined
         # when called with constants: a method name assembled by a helper)
         self.pure: dict[str, ast.FunctionDef] = {}
+        self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
     # ------------------------------------------------------------ output
@@ -538,7 +539,13 @@ class _Reader(ast.NodeVisitor):
             for function in functions[:256]:
                 self._runner(function)
             if self.runners == before:
-                return
+                break
+        self._returned_runners = {}
+        for function in functions[:256]:  # def mk(): def inner(c): … ; return inner
+            last = function.body[-1] if function.body else None
+            if isinstance(last, ast.Return) and isinstance(last.value, ast.Name) and \
+                    last.value.id in self.runners:
+                self._returned_runners[function.name] = last.value.id
 
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
@@ -688,6 +695,12 @@ class _Reader(ast.NodeVisitor):
             if name and "." in name:
                 self.emit("base", name)
         self.generic_visit(node)
+        for statement in node.body:  # class K: c = "…" — K.c is that constant
+            if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
+                    isinstance(statement.targets[0], ast.Name):
+                folded = self.fold(statement.value)
+                if folded is not None:
+                    self.names[f"{node.name}.{statement.targets[0].id}"] = folded
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
@@ -1120,6 +1133,9 @@ class _Reader(ast.NodeVisitor):
             if called in _DLL_OPENERS:  # ctypes.CDLL(None).system: the C library's system()
                 return ".".join([LIBC, *reversed(parts)])
             return None
+        if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Name) and \
+                func.func.id in self._returned_runners:
+            return self._returned_runners[func.func.id]  # mk()("…") where mk returns a runner
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
                 owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
@@ -1151,6 +1167,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(value, False) if ok else None
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.fold(e, depth) for e in node.elts]
             if any(i is None for i in items):
