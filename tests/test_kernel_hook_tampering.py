@@ -211,3 +211,16 @@ def test_honest_code_exec_d_at_run_time_runs(kernel, tmp_path):
                 f"exec(open({str(helper)!r}).read())\n"
                 "for i in range(200):\n    exec(f'v{i} = {i} * 2')\nprint(v199)")
     kernel.quiet_for(2)
+
+
+def test_cells_aborted_after_an_error_are_no_tampering(kernel):
+    """Run all: a cell fails, the kernel aborts the cells queued behind it (never run)."""
+    failing = kernel.client.execute("import time\ntime.sleep(1)\nraise ValueError('bad data')")
+    queued = [kernel.client.execute(f"print('queued {i}')") for i in range(3)]
+    replies = {}
+    while len(replies) < 4:
+        reply = kernel.client.get_shell_msg(timeout=60)
+        replies[reply["parent_header"]["msg_id"]] = reply["content"]["status"]
+    assert replies[failing] == "error" and {replies[q] for q in queued} == {"aborted"}
+    _ok(kernel, "print('after')")
+    kernel.quiet_for(3)
