@@ -37,7 +37,7 @@ KINDS = {
 }
 #: Kinds that make the sender write at once (and the server check at once: a library just
 #: loaded is scanned for what it is, content.py).
-URGENT = frozenset({"start", "fork", "connect", "resolve", "load", "code", "ran"})
+URGENT = frozenset({"start", "fork", "connect", "resolve", "load", "ran"})
 FLUSH_INTERVAL = 0.25  # seconds: imports are sent at least this often
 MAX_DETAIL = 1024
 MAX_CODE = 256 * 1024  # characters of one piece of run-time code sent (its head)
@@ -120,8 +120,11 @@ class Reporter:
         else:
             source = self.compiled.pop(filename, None)
             if source is not None:
+                if len(self.pending) >= self.maxlen // 2:  # half the queue stays for programs
+                    self.dropped += 1
+                    return
+                # not urgent: sent within FLUSH_INTERVAL (a loop of exec() wakes no thread)
                 self.pending.append(("code", "exec", (source, filename)))
-                self.wake.set()
 
     def _from_child(self, event: str, args) -> None:
         if event != "os.exec" or self._in_child_report or self.child_report is None:
