@@ -50,7 +50,7 @@ class Execution:
     started: float
     idle_at: float | None = None
     checked: bool = False
-    decision: str = ""  # the check's verdict: run, refuse
+    decision: str = ""  # the check's verdict: pending, run, refuse, abandoned (by the kernel)
     file: str = ""  # the file the check said the cell compiles under
     checked_code: str = ""  # the code the check read (what runs)
     ran: bool = False
@@ -103,6 +103,30 @@ class CellWitness:
             self._checks.pop(next(iter(self._checks)))  # the oldest digest's
         self._checks.setdefault(cell_digest, []).append((self.clock(), file, decision, code))
 
+    def decide(self, cell_digest: str, decision: str, force: bool = False) -> None:
+        """The server's verdict on a check (``force``: the kernel gave up waiting for it, and
+        did not run the cell, whatever the verdict)."""
+        for ex in self.open.values():
+            if ex.digest == cell_digest and ex.checked and not ex.ran and \
+                    (force or ex.decision == "pending"):
+                ex.decision = decision
+                return
+        for i, (at, file, old, code) in enumerate(self._checks.get(cell_digest, [])):
+            if force or old == "pending":
+                self._checks[cell_digest][i] = (at, file, decision, code)
+                return
+
+    def read(self, cell_digest: str, code: str) -> None:
+        """The code the check read of that cell (is it compilable? asked only if no report)."""
+        for ex in self.open.values():
+            if ex.digest == cell_digest and ex.checked and not ex.checked_code:
+                ex.checked_code = code
+                return
+        for i, (at, file, decision, old) in enumerate(self._checks.get(cell_digest, [])):
+            if not old:
+                self._checks[cell_digest][i] = (at, file, decision, code)
+                return
+
     def ran(self, file: str) -> None:
         """The audit hook saw the code of the cell compiled under ``file`` executed."""
         for ex in self.open.values():
@@ -137,6 +161,10 @@ class CellWitness:
             if self.expect_checks and not ex.checked:
                 if finished or overdue:
                     found.append((ex, "unchecked"))
+                    del self.open[msg_id]
+                continue
+            if ex.decision == "pending":  # the verdict is on its way (a long cell)
+                if now - ex.started > KEEP:
                     del self.open[msg_id]
                 continue
             needs_run = ex.checked and ex.decision == "run" and ex.file and not ex.ran

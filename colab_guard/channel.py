@@ -15,6 +15,7 @@ told to the kernel, which shows it in the notebook.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import os
@@ -61,6 +62,7 @@ WITNESS_STEP = 0.5  # seconds between two looks at what the kernels' reports owe
 CODE_CHECK_RATE = 0.2
 CODE_CHECK_BURST = 2.0
 MAX_PIECES = protocol.MAX_CHECKED // protocol.MAX_CELL + 2
+READ_CELLS_KEPT = 8  # a kernel's last cells read, answered again without reading
 
 
 class KernelChannel:
@@ -191,7 +193,13 @@ class KernelChannel:
                 conn.add_part(message.get("id"), message.get("piece"))
             elif kind == "cell":
                 conn.send("checking", id=message.get("id"))  # the kernel waits for the verdict
+                if conn.witness is not None and isinstance(message.get("digest"), str):
+                    conn.witness.checked(message["digest"], str(message.get("file") or ""),
+                                         "pending", "")
                 self._spawn(self._answer_cell(conn, message))
+            elif kind == "cell-abandoned":  # the kernel gave up waiting: the cell did not run
+                if conn.witness is not None and isinstance(message.get("digest"), str):
+                    conn.witness.decide(message["digest"], "abandoned", force=True)
             elif kind == "unloaded":
                 conn.unloaded = True
                 conn.stop_witness()
@@ -274,9 +282,7 @@ class KernelChannel:
         if reason:
             answer.update(decision="refuse", reason=reason)
         else:
-            loop = asyncio.get_running_loop()
-            detections = await loop.run_in_executor(self._checking, self._evaluate_cell,
-                                                    conn, pieces)
+            detections = await self._read_cell(conn, pieces)
             if detections and self.settings.cell_checks:
                 incident, action = await self._record_cell(conn, source, detections)
                 answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run \
@@ -285,9 +291,22 @@ class KernelChannel:
                     answer["notice"] = self.notice(incident, action)
         conn.send("verdict", **answer)
         if conn.witness is not None and isinstance(message.get("digest"), str):
-            code = pieces[0] if len(pieces) == 1 else ""
-            conn.witness.checked(message["digest"], str(message.get("file") or ""),
-                                 answer["decision"], code)
+            conn.witness.decide(message["digest"], answer["decision"])
+            if len(pieces) == 1:  # what the check read, to tell a cell that cannot compile
+                conn.witness.read(message["digest"], pieces[0])
+
+    async def _read_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
+        """What the cell check finds in this code; the same code sent again (a cell run again
+        after the kernel gave up waiting for a long check) is answered from the first reading."""
+        key = hashlib.sha256("\0".join(pieces).encode("utf-8", "surrogatepass")).digest()
+        found = conn.read_cells.get(key)
+        if found is None:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._checking, self._evaluate_cell, conn, pieces)
+            conn.read_cells[key] = found
+            while len(conn.read_cells) > READ_CELLS_KEPT:
+                conn.read_cells.pop(next(iter(conn.read_cells)))
+        return found
 
     def _evaluate_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
         """A cell's code, piece by piece (read as consecutive cells: names carry over)."""
@@ -483,6 +502,7 @@ class _Connection:
         self.unloaded = False
         self.replaced = False
         self.parts: dict = {}  # check request id -> pieces of a long cell received so far
+        self.read_cells: dict[bytes, list] = {}  # digest of a cell's code -> what was found
         self.witness: CellWitness | None = None
         self.iopub = None  # the kernel's IOPub stream the witness reads
         self.tampered: set[str] = set()  # tampering signatures recorded for this connection

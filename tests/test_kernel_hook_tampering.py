@@ -224,3 +224,29 @@ def test_cells_aborted_after_an_error_are_no_tampering(kernel):
     assert replies[failing] == "error" and {replies[q] for q in queued} == {"aborted"}
     _ok(kernel, "print('after')")
     kernel.quiet_for(3)
+
+
+def test_a_cell_whose_check_outlasts_the_limit_is_refused_then_runs_when_run_again(tmp_path):
+    """cell_check_limit 1 s, a cell that takes longer to read: refused with what to do (never
+    run unread), no tampering; run again, it is answered from the first reading and runs."""
+    settings = {"sample_interval": 0.5, "cell_checks": True, "cell_check_limit": 1.0,
+                "user_name": USER, "strike_limit": 0}
+    with GuardedServer(guard=settings, folder=tmp_path / "server") as slow:
+        kernel = Kernel(slow)
+        try:
+            kernel.run("1")
+            cell = "\n".join(f"x{i} = 'v{i}'" for i in range(15_000)) + "\nprint('ran')"
+            reply, text = kernel.run(cell)
+            assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
+            assert "Run it again" in text
+            text = wait_until(lambda: _ran_again(kernel, cell), timeout=60, interval=0.5,
+                              what="the cell ran when run again")
+            assert "ran" in text
+            kernel.quiet_for(3)
+        finally:
+            kernel.close()
+
+
+def _ran_again(kernel: Kernel, cell: str) -> str:
+    reply, text = kernel.run(cell)
+    return text if reply["status"] == "ok" else ""

@@ -223,3 +223,27 @@ def test_the_audit_hook_reports_code_run_at_run_time_and_the_cells_run():
 
 def test_no_code_is_reported_when_cell_checks_are_off():
     assert _hooked_events(False) == [["ran", "/tmp/ipykernel_1/cell.py"]]
+
+
+def test_a_check_counts_when_asked_and_its_verdict_when_given(clock):
+    """A long check: the request proves the hook on at once; a run is owed only once the
+    verdict says run, and never for a cell the kernel gave up on (refused, not run)."""
+    witness = CellWitness(clock=clock)
+    code = "x = 1\n" * 10_000
+    witness.executing("m1", code)
+    witness.checked(digest(code), "/tmp/f1.py", "pending", "")
+    clock.now += cellwitness.DEADLINE + 5  # checking takes long: no "unchecked"
+    assert witness.due() == []
+    witness.decide(digest(code), "abandoned", force=True)  # the kernel's limit passed first
+    witness.decide(digest(code), "run")  # the late verdict changes nothing
+    witness.idle("m1")
+    clock.now += cellwitness.GRACE + 1
+    assert witness.due() == []
+
+    witness.executing("m2", "y = 2")
+    witness.checked(digest("y = 2"), "/tmp/f2.py", "pending", "")
+    assert witness.due() == []  # looked at while its verdict is on its way: still owed
+    witness.decide(digest("y = 2"), "run")
+    witness.idle("m2")
+    clock.now += cellwitness.GRACE + 1
+    assert [what for _, what in witness.due()] == ["unreported"]

@@ -90,6 +90,7 @@ class ChannelClient:
             if not slot[2].wait(ack_timeout) and not slot[0].is_set():
                 return None
             if not slot[0].wait(max(limit, ack_timeout)):
+                self.send("cell-abandoned", id=request_id, digest=fields.get("digest"))
                 return {"decision": "timeout"}
             return slot[1]
         finally:

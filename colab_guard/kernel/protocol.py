@@ -14,6 +14,7 @@ kernel -> server:  hello {kernel_id, token, role: kernel|child}
                                           how many cell-part came first; digest: sha256 of the
                                           raw cell; file: the name its code is compiled under.
                                           Acknowledged at once, then answered by a verdict)
+                   cell-abandoned {id, digest}  (no verdict within the limit: not run)
                    unloaded {}            (the hook is being switched off)
                    events carry, beside programs, connections and imports:
                    ["ran", file]          a cell's code was executed (the audit hook's exec)
