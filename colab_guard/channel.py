@@ -359,7 +359,7 @@ class KernelChannel:
     def _start_witness(self, conn: _Connection) -> None:
         """Subscribe to the kernel's IOPub, as a frontend does: the cells that run there must
         be the cells the hook had checked and reported run (cellwitness.py)."""
-        km = getattr(self.monitor.kernels, "km", None)
+        km = getattr(getattr(self.monitor, "kernels", None), "km", None)
         if km is None:
             return
         try:

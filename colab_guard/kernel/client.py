@@ -122,6 +122,8 @@ class ChannelClient:
         except (OSError, ValueError):
             pass
         self.closed.set()
+        for slot in list(self._waiting.values()):  # the server is gone: no verdict will come
+            slot[0].set()
 
     def _dispatch(self, message: dict) -> None:
         if message["type"] == "checking":
