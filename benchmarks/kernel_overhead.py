@@ -75,6 +75,11 @@ class _Monitor:
     def claim(self, pid, kernel_id):
         pass
 
+    def note_connects(self, kernel_id, endpoints):
+        pass
+
+    note_imports = note_binds = note_connects
+
 
 async def start_kernel(env: dict, km=None) -> tuple[AsyncKernelManager, object]:
     km = km or AsyncKernelManager(kernel_name="python3")

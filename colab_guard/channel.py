@@ -15,6 +15,7 @@ told to the kernel, which shows it in the notebook.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import os
@@ -31,7 +32,9 @@ from typing import TYPE_CHECKING
 import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 
+from . import cellwitness
 from .act.policy import Policy
+from .cellwitness import CellWitness
 from .detect.cells import CellProcess, normalise_cell
 from .detect.engine import STARTS_PREFIX, Detection, Engine, cell_findings
 from .detect.signatures import SignatureSet
@@ -53,6 +56,13 @@ BURST_STEP = 0.1
 HELLO_TIMEOUT = 5.0
 #: A channel that closes while its kernel lives on this long after is tampering.
 CLOSE_GRACE = 1.0
+WITNESS_STEP = 0.5  # seconds between two looks at what the kernels' reports owe
+#: Run-time code (exec, compile, imports of files outside the environment) is checked like a
+#: cell, within a budget per kernel: seconds of checking earned per second, at most BURST.
+CODE_CHECK_RATE = 0.2
+CODE_CHECK_BURST = 2.0
+MAX_PIECES = protocol.MAX_CHECKED // protocol.MAX_CELL + 2
+READ_CELLS_KEPT = 8  # a kernel's last cells read, answered again without reading
 
 
 class KernelChannel:
@@ -65,7 +75,10 @@ class KernelChannel:
         self.path = str(self.folder / "kernels.sock")
         self.kernels: dict[str, _Connection] = {}  # kernel id -> its live connection
         self.engine = Engine(rules, log=self.log)  # own state: cell checks only
+        self.code_engine = Engine(rules, log=self.log)  # run-time code (its own memory)
         self._checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
+        self._code_checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-code")
+        self._witness_task: asyncio.Task | None = None
         self._server: asyncio.AbstractServer | None = None
         self._burst_until = 0.0
         self._burst_task: asyncio.Task | None = None
@@ -83,23 +96,29 @@ class KernelChannel:
             # 0: the kernel does not ask (cell checks off)
             protocol.ENV_CELL_TIMEOUT: str(self.settings.cell_check_timeout
                                            if self.settings.cell_checks else 0),
+            protocol.ENV_CELL_LIMIT: str(self.settings.cell_check_limit),
         }
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path,
                                                        limit=protocol.MAX_LINE)
         os.chmod(self.path, 0o600)
+        self._witness_task = asyncio.ensure_future(self._watch_witnesses())
         self.log.info("colab-guard: kernel channel on %s", self.path)
 
     async def stop(self) -> None:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._witness_task is not None:
+            self._witness_task.cancel()
         for conn in list(self.kernels.values()):
             conn.writer.close()
+            conn.stop_witness()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         self._checking.shutdown(wait=False)
+        self._code_checking.shutdown(wait=False)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def connected(self, kernel_id: str) -> bool:
@@ -148,7 +167,9 @@ class KernelChannel:
         if previous is not None:
             previous.replaced = True
             previous.writer.close()
+            previous.stop_witness()
         conn.send("welcome")
+        self._start_witness(conn)
         return conn
 
     async def _child_report(self, conn: _Connection) -> None:
@@ -168,15 +189,26 @@ class KernelChannel:
             kind = message["type"]
             if kind == "events":
                 self._events(conn, message)
+            elif kind == "cell-part":
+                conn.add_part(message.get("id"), message.get("piece"))
             elif kind == "cell":
+                conn.send("checking", id=message.get("id"))  # the kernel waits for the verdict
+                if conn.witness is not None and isinstance(message.get("digest"), str):
+                    conn.witness.checked(message["digest"], str(message.get("file") or ""),
+                                         "pending", "")
                 self._spawn(self._answer_cell(conn, message))
+            elif kind == "cell-abandoned":  # the kernel gave up waiting: the cell did not run
+                if conn.witness is not None and isinstance(message.get("digest"), str):
+                    conn.witness.decide(message["digest"], "abandoned", force=True)
             elif kind == "unloaded":
                 conn.unloaded = True
+                conn.stop_witness()
                 await self._tampering(conn, "kernel-hook-unloaded",
                                       "The kernel hook was unloaded from inside the kernel; the "
                                       "server side still watches and enforces.")
 
     async def _closed(self, conn: _Connection) -> None:
+        conn.stop_witness()
         if self.kernels.get(conn.kernel_id) is conn:
             del self.kernels[conn.kernel_id]
             self.engine.forget_kernel(conn.kernel_id)  # what its cells left: gone with it
@@ -206,7 +238,9 @@ class KernelChannel:
             metrics.KERNEL_EVENTS_DROPPED.inc(dropped - conn.dropped)
             conn.dropped = dropped
         if message.get("events"):
-            self._check_burst()
+            if any(not (isinstance(e, list) and e and e[0] in ("ran", "code"))
+                   for e in message["events"]):
+                self._check_burst()  # a program, a connection: sample now
             endpoints = connected_to(message["events"])
             if endpoints:
                 self.monitor.note_connects(conn.kernel_id, endpoints)
@@ -217,6 +251,11 @@ class KernelChannel:
             binds = bound_by(message["events"])
             if binds:
                 self.monitor.note_binds(conn.kernel_id, binds)
+            for kind, detail in _details(message["events"], ("ran", "code")):
+                if kind == "ran" and conn.witness is not None:
+                    conn.witness.ran(detail)
+                elif kind == "code":
+                    self._check_code(conn, detail)
 
     def _check_burst(self) -> None:
         """Check now, and keep checking briefly: a program just started has no sockets yet."""
@@ -233,21 +272,161 @@ class KernelChannel:
     # ------------------------------------------------------------ cells
 
     async def _answer_cell(self, conn: _Connection, message: dict) -> None:
-        source = str(message.get("source", ""))[:protocol.MAX_CELL]
-        loop = asyncio.get_running_loop()
-        detections = await loop.run_in_executor(self._checking, self._evaluate_cell,
-                                                conn, source)
+        pieces = conn.parts.pop(message.get("id"), [])
+        if isinstance(message.get("code"), str) and message["code"]:
+            pieces.append(message["code"])
+        source = str(message.get("source") or "")[:protocol.MAX_SOURCE_SHOWN] or \
+            "\n".join(pieces)[:protocol.MAX_SOURCE_SHOWN]
         answer = {"id": message.get("id"), "decision": "run"}
-        if detections and self.settings.cell_checks:
-            incident, action = await self._record_cell(conn, source, detections)
-            answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run else "run"
-            if action != "record":
-                answer["notice"] = self.notice(incident, action)
+        reason = _too_long(pieces)
+        if reason:
+            answer.update(decision="refuse", reason=reason)
+        else:
+            detections = await self._read_cell(conn, pieces)
+            if detections and self.settings.cell_checks:
+                incident, action = await self._record_cell(conn, source, detections)
+                answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run \
+                    else "run"
+                if action != "record":
+                    answer["notice"] = self.notice(incident, action)
         conn.send("verdict", **answer)
+        if conn.witness is not None and isinstance(message.get("digest"), str):
+            conn.witness.decide(message["digest"], answer["decision"])
+            if len(pieces) == 1:  # what the check read, to tell a cell that cannot compile
+                conn.witness.read(message["digest"], pieces[0])
 
-    def _evaluate_cell(self, conn: _Connection, source: str) -> list[Detection]:
-        process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=source)
-        return self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process]))
+    async def _read_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
+        """What the cell check finds in this code; the same code sent again (a cell run again
+        after the kernel gave up waiting for a long check) is answered from the first reading."""
+        key = hashlib.sha256("\0".join(pieces).encode("utf-8", "surrogatepass")).digest()
+        found = conn.read_cells.get(key)
+        if found is None:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._checking, self._evaluate_cell, conn, pieces)
+            conn.read_cells[key] = found
+            while len(conn.read_cells) > READ_CELLS_KEPT:
+                conn.read_cells.pop(next(iter(conn.read_cells)))
+        return found
+
+    def _evaluate_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
+        """A cell's code, piece by piece (read as consecutive cells: names carry over)."""
+        found: list[Detection] = []
+        for piece in pieces:
+            process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=piece)
+            found.extend(self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process])))
+        return found
+
+    # ------------------------------------------------------------ code run in the kernel
+
+    def _check_code(self, conn: _Connection, text: str) -> None:
+        """Source the kernel compiled and ran (exec of a string, a file imported): checked
+        like a cell, off the event loop, within the kernel's budget; what it finds is acted on
+        like a process of the kernel (interrupt)."""
+        if not self.settings.cell_checks:
+            return
+        now = time.monotonic()
+        conn.code_credit = min(CODE_CHECK_BURST,
+                               conn.code_credit + (now - conn.code_checked) * CODE_CHECK_RATE)
+        conn.code_checked = now
+        if conn.code_credit <= 0 or conn.code_queued >= 8:
+            metrics.KERNEL_CODE_UNCHECKED.inc()
+            self.log.info("colab-guard: kernel %s: run-time code over its check budget, not "
+                          "checked (%d characters)", conn.kernel_id, len(text))
+            return
+        conn.code_queued += 1
+        self._spawn(self._answer_code(conn, text))
+
+    async def _answer_code(self, conn: _Connection, text: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            started = time.monotonic()
+            snapshot, detections = await loop.run_in_executor(
+                self._code_checking, self._evaluate_code, conn, text)
+            conn.code_credit -= time.monotonic() - started
+        finally:
+            conn.code_queued -= 1
+        if detections and not self._stopping:
+            self.monitor.act_on(snapshot, detections)
+
+    def _evaluate_code(self, conn: _Connection, text: str):
+        process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=text,
+                              name="python", cmdline=["(code run in the kernel)"])
+        snapshot = Snapshot(conn.kernel_id, time.time(), [process])
+        return snapshot, self.code_engine.evaluate(snapshot)
+
+    # ------------------------------------------------------------ the witness
+
+    def _start_witness(self, conn: _Connection) -> None:
+        """Subscribe to the kernel's IOPub, as a frontend does: the cells that run there must
+        be the cells the hook had checked and reported run (cellwitness.py)."""
+        km = getattr(getattr(self.monitor, "kernels", None), "km", None)
+        if km is None:
+            return
+        try:
+            from jupyter_client.session import Session
+
+            kernel = km.get_kernel(conn.kernel_id)
+            session = Session(config=kernel.session.config, key=kernel.session.key)
+            stream = kernel.connect_iopub()
+        except Exception as err:  # no IOPub to watch: the other checks still hold
+            self.log.warning("colab-guard: kernel %s: its IOPub cannot be watched (%s)",
+                             conn.kernel_id, err)
+            return
+        conn.witness = CellWitness(expect_checks=self.settings.cell_checks)
+        conn.iopub = stream
+        stream.on_recv(lambda parts: _witness_message(conn.witness, session, parts))
+        self._note_interrupts(km)
+
+    def _note_interrupts(self, km) -> None:
+        """Wrap the kernel manager's interrupt (this instance, once): a cell interrupted through
+        the server owes no check and no run report."""
+        if getattr(km, "_colab_guard_notes_interrupts", False):
+            return
+        interrupt_kernel = km.interrupt_kernel
+
+        def noted_interrupt_kernel(kernel_id, *args, **kwargs):
+            conn = self.kernels.get(kernel_id)
+            if conn is not None and conn.witness is not None:
+                conn.witness.interrupted()
+            return interrupt_kernel(kernel_id, *args, **kwargs)
+
+        km.interrupt_kernel = noted_interrupt_kernel
+        km._colab_guard_notes_interrupts = True
+
+    async def _watch_witnesses(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(WITNESS_STEP)
+            for conn in list(self.kernels.values()):
+                if conn.witness is None or conn.unloaded:
+                    continue
+                for execution, what in conn.witness.due():
+                    self._spawn(self._confirm_tampering(conn, execution, what))
+
+    async def _confirm_tampering(self, conn: _Connection, execution, what: str) -> None:
+        """The server itself checks the cell could run before it calls the silence tampering."""
+        loop = asyncio.get_running_loop()
+        if what == "unchecked":
+            if not await loop.run_in_executor(self._checking, cellwitness.would_run,
+                                              execution.code):
+                return
+            signature, text = "kernel-hook-cell-unchecked", (
+                "A cell ran without being checked: the kernel hook's cell check was switched "
+                "off from inside the kernel. The server side still watches and enforces.")
+        else:
+            if execution.checked_code and not await loop.run_in_executor(
+                    self._checking, cellwitness.compiles, execution.checked_code):
+                return
+            signature, text = "kernel-hook-silenced", (
+                "A cell ran and the kernel hook did not report it: its audit hook was "
+                "switched off from inside the kernel. The server side still watches and "
+                "enforces.")
+        if signature in conn.tampered or not self._alive_connection(conn):
+            return
+        conn.tampered.add(signature)
+        await self._tampering(conn, signature, text)
+
+    def _alive_connection(self, conn: _Connection) -> bool:
+        return self.kernels.get(conn.kernel_id) is conn and not conn.unloaded
 
     async def _record_cell(self, conn: _Connection, source: str,
                            detections: list[Detection]) -> tuple[Incident, str]:
@@ -322,10 +501,79 @@ class _Connection:
         self.dropped = 0
         self.unloaded = False
         self.replaced = False
+        self.parts: dict = {}  # check request id -> pieces of a long cell received so far
+        self.read_cells: dict[bytes, list] = {}  # digest of a cell's code -> what was found
+        self.witness: CellWitness | None = None
+        self.iopub = None  # the kernel's IOPub stream the witness reads
+        self.tampered: set[str] = set()  # tampering signatures recorded for this connection
+        self.code_credit, self.code_checked, self.code_queued = CODE_CHECK_BURST, 0.0, 0
 
     def send(self, kind: str, **fields) -> None:
         if not self.writer.is_closing():
             self.writer.write(protocol.encode(kind, **fields))
+
+    def add_part(self, request_id, piece) -> None:
+        """A piece of a long cell; past MAX_PIECES the rest is kept as one overflow marker."""
+        if not isinstance(piece, str) or len(self.parts) > 16 and request_id not in self.parts:
+            return
+        pieces = self.parts.setdefault(request_id, [])
+        if len(pieces) < MAX_PIECES:
+            pieces.append(piece)
+
+    def stop_witness(self) -> None:
+        self.witness = None
+        if self.iopub is not None:
+            try:
+                self.iopub.close()
+            except Exception:
+                pass
+            self.iopub = None
+
+
+def _witness_message(witness: CellWitness | None, session, parts) -> None:
+    """One IOPub message: what the witness needs of it (cells starting and finishing)."""
+    if witness is None:
+        return
+    try:
+        _idents, fed = session.feed_identities(parts)
+        message = session.deserialize(fed, content=False)
+        kind = message["header"]["msg_type"]
+        if kind not in ("execute_input", "status"):
+            return
+        message = session.deserialize(fed)
+        parent = str((message.get("parent_header") or {}).get("msg_id", ""))
+        content = message["content"]
+        if kind == "execute_input":
+            witness.executing(parent, str(content.get("code", "")))
+        elif kind == "status" and content.get("execution_state") == "idle":
+            witness.idle(parent)
+    except Exception:  # a malformed message is the kernel's problem, never the server's
+        return
+
+
+def _details(events, kinds: tuple[str, ...]):
+    """(kind, detail) of the well-formed events of these kinds (the events are untrusted)."""
+    if not isinstance(events, list):
+        return
+    for event in events:
+        if isinstance(event, list) and len(event) == 2 and event[0] in kinds \
+                and isinstance(event[1], str):
+            yield event[0], event[1]
+
+
+def _too_long(pieces: list[str]) -> str:
+    """Why a cell's code is too long to check, or ''."""
+    total = sum(len(p) for p in pieces)
+    if total > protocol.MAX_CHECKED or len(pieces) >= MAX_PIECES:
+        return (f"it has more code than the guard checks in one cell ({total:,} characters; "
+                f"the limit is {protocol.MAX_CHECKED:,}). Split it into smaller cells, or load "
+                "large data from a file (json.load, pandas.read_csv).")
+    longest = max((len(p) for p in pieces), default=0)
+    if longest > protocol.MAX_CELL:
+        return (f"one of its statements is {longest:,} characters long, more than the guard "
+                f"checks at once ({protocol.MAX_CELL:,}). Split it, or load large data from a "
+                "file (json.load, pandas.read_csv).")
+    return ""
 
 
 _CONNECT = re.compile(r"\('([0-9A-Za-z.:_-]{1,255})', ([0-9]{1,5})[,)]")

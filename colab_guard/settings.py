@@ -117,8 +117,15 @@ class GuardTraits(HasTraits):
         "interrupt or shutdown refuse it."))
 
     cell_check_timeout = Float(1.0, min=0.05, max=10, config=True, help=(
-        "Seconds a kernel waits for the server's verdict on a cell before running it anyway "
-        "(0.05 to 10). The server still watches what the cell does."))
+        "Seconds a kernel waits for the server to start checking a cell (0.05 to 10). No "
+        "answer (the server is frozen or gone): the cell runs, and what it does is watched "
+        "from outside. Once the check has started, the kernel waits for its verdict up to "
+        "cell_check_limit."))
+
+    cell_check_limit = Float(15.0, min=1, max=600, config=True, help=(
+        "Seconds a kernel waits for the verdict on a cell whose check has started (1 to 600): "
+        "a long cell takes longer to check. Past it the cell is refused, with a message "
+        "saying to run it again (the server finishes reading it meanwhile) or split it."))
 
     fail_closed = Bool(True, config=True, help=(
         "When the guard cannot start (a broken signature file, a bad setting, an unwritable "
@@ -228,6 +235,7 @@ class Settings:
     kernel_hook: bool = True
     cell_checks: bool = True
     cell_check_timeout: float = 1.0
+    cell_check_limit: float = 15.0
     signature_paths: tuple[str, ...] = ()
     disabled_signatures: tuple[str, ...] = ()
     hub_url: str = ""

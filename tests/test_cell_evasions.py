@@ -66,6 +66,14 @@ REFUSED = [
                                 "exec(open('m.py').read())"]),
     ("ANSI-C quoting", ["!$'\\x78mrig' -o p:3333"]),
     ("%alias", ["%alias m ./xmrig -o p:3333\n%m"]),
+    ("method names assembled by a helper", [
+        "import json, socket\ndef _method(*parts):\n    return '.'.join(''.join(p) for p in parts)\n"
+        "def run(host, port):\n    s = socket.create_connection((host, port))\n    pre = ['mi', 'ning']\n"
+        "    s.sendall(json.dumps({'method': _method(pre, ['sub', 'scribe'])}).encode())"]),
+    ("a closure returned by a function", ["import subprocess\ndef mk():\n"
+                                          "    def inner(c): subprocess.run(c, shell=True)\n"
+                                          "    return inner\nmk()('ngrok tcp 22')"]),
+    ("a class attribute", ["import os\nclass K:\n    c = 'ngrok tcp 22'\nos.system(K.c)"]),
     ("list append", ["import subprocess\nargs = []\nargs.append('ngrok')\nargs.extend(['tcp', '22'])\n"
                      "subprocess.run(args)"]),
     ("dict lookup", ["import subprocess\nT = {'a': 'ngrok'}\nsubprocess.run([T['a'], 'tcp', '22'])"]),
@@ -147,14 +155,10 @@ GAPS = [
     ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
     ("a substring expansion", ["%%bash\nV=xmrigXX\n./${V:0:5} -o p:3333"]),
     ("printf with several arguments", ["!eval $(printf '%s' './xmr' 'ig -o p:3333')"]),
-    ("a closure returned by a function", ["import subprocess\ndef mk():\n"
-                                          "    def inner(c): subprocess.run(c, shell=True)\n"
-                                          "    return inner\nmk()('ngrok tcp 22')"]),
     ("an ssh config file that forwards", ["%%writefile cfg\nHost x\n  RemoteForward 2222 localhost:22\n",
                                           "!ssh -F cfg x"]),
     ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
     ("brace expansion", ["!{ngrok,tcp,22}"]),
-    ("a class attribute", ["import os\nclass K:\n    c = 'ngrok tcp 22'\nos.system(K.c)"]),
     ("a pickle that calls os.system", ["import pickle\npickle.loads(b\"cos\\nsystem\\n(S'ngrok tcp 22'\\ntR.\")"]),
 ]
 
@@ -209,6 +213,23 @@ HONEST = [
     ("bash reading stdin from a data file", "!bash -s < params.txt"),
     ("cat a file into a pager", "!cat notes.md | less"),
     ("ctypes for a math library", "import ctypes\nlib = ctypes.CDLL('./libfast.so')\nlib.solve(3)"),
+    ("a sort key, an exit handler, a finalizer that run nothing",
+     "import atexit, os, weakref, shutil\nfiles = sorted(['b.csv', 'a.csv'], key=os.path.getsize)\n"
+     "atexit.register(shutil.rmtree, '/tmp/scratch')\nweakref.finalize(model, print, 'freed')"),
+    ("text cleaned with translate and a Template report",
+     "import string\nclean = raw.translate(str.maketrans('', '', string.punctuation))\n"
+     "print(string.Template('$n rows from $src').substitute(n=3, src='ngrok-logs.csv'))"),
+    ("a Perl one-off that prints", "%%perl\nprint \"ngrok tcp 22 seen in logs\\n\";"),
+    ("node printing a command it does not run", "%%script node\nconsole.log('exec(\"ngrok tcp 22\")')"),
+    ("a factory of a shell runner, run on ls", "import subprocess\ndef mk():\n"
+     "    def inner(c): subprocess.run(c, shell=True)\n    return inner\nmk()('ls -la data/')"),
+    ("a class of settings naming a tool", "class Cfg:\n    label = 'ngrok tcp 22'\n"
+     "    path = 'logs/xmrig.csv'\nprint(Cfg.label, open(Cfg.path).read()[:10])"),
+    ("a macro of harmless code", "get_ipython().define_macro('show', 'print(42)')"),
+    ("a helper naming metrics, sent to a local collector",
+     "import socket\ndef key(*parts):\n    return '.'.join(parts)\n"
+     "s = socket.create_connection(('127.0.0.1', 8125))\n"
+     "s.sendall(f\"{key('train', 'loss')}:0.3|g\".encode())"),
 ]
 
 

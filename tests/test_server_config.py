@@ -44,7 +44,7 @@ BAD_VALUES = {
     "warning_message": 42, "policy_url": ["x"], "incident_log": 7, "stop_grace": 31,
     "libraries_refresh": -1, "user_name": 3.5, "database_url": [], "strike_limit": -1,
     "strike_window": 0, "cell_refusals_allowed": -2, "gpu_sampling": "on", "kernel_hook": "yes",
-    "cell_checks": 2, "cell_check_timeout": 60, "fail_closed": "no", "watcher_socket": 5,
+    "cell_checks": 2, "cell_check_timeout": 60, "cell_check_limit": 0, "fail_closed": "no", "watcher_socket": 5,
     "hub_url": "ftp://hub/", "hub_api_token": 5, "hub_queue_size": 0,
 }
 

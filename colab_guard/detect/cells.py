@@ -73,13 +73,23 @@ _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.get
 # args=(cmd,)), executor.submit(os.system, cmd), functools.partial(os.system, cmd), map(os.system, …)
 _HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", "call_soon",
                 "start_new_thread", "Process", "Thread", "Timer", "map", "starmap", "imap",
-                "imap_unordered", "map_async", "to_thread")
+                "imap_unordered", "map_async", "to_thread",
+                # atexit.register, ExitStack.callback, weakref.finalize(obj, f, *args)
+                "register", "callback", "finalize",
+                # sorted(cmds, key=os.system): each item handed to the key
+                "sorted", "min", "max")
+_KEYED = ("sorted", "min", "max")
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
 MAX_NAMES = 512  # variables one kernel's memory keeps
 MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
+#: interpreters whose cells are read for the commands they run: system("…"), `…`, exec("…"),
+#: execSync("…"), spawn("…"), qx(…)
+_SCRIPT_MAGICS = {"perl", "ruby", "node"}
+_SCRIPT_RUNS = re.compile(
+    r"""\b(?:system|exec|execSync|spawn|spawnSync|popen|qx)\s*\(\s*(?:'([^'\n]{1,4096})'|"([^"\n]{1,4096})")""")
 _BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
 _WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+")
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
@@ -256,6 +266,10 @@ class _Reader(ast.NodeVisitor):
         self._unrolled = 0
         self._unroll_budget = 4096  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
+        # the cell's functions that only return an expression of their arguments (inlined
+        # when called with constants: a method name assembled by a helper)
+        self.pure: dict[str, ast.FunctionDef] = {}
+        self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
 
     # ------------------------------------------------------------ output
@@ -474,7 +488,12 @@ class _Reader(ast.NodeVisitor):
         folded = self.fold(node.value)
         # f = os.system, ip = get_ipython(): a new name for a function or for IPython
         alias = None
-        if isinstance(node.value, (ast.Name, ast.Attribute)):
+        if isinstance(node.value, ast.Attribute) and self._is_ipython(node.value.value) and \
+                node.value.attr in ("system", "system_raw", "system_piped", "getoutput"):
+            # sh = get_ipython().system: sh("ngrok tcp 22") runs it in a shell
+            alias = "IPython.utils.process." + ("getoutput" if node.value.attr == "getoutput"
+                                                else "system")
+        elif isinstance(node.value, (ast.Name, ast.Attribute)):
             alias = self.call_name(node.value)
             alias = alias if alias and ("." in alias or alias in self.runners) else None
         elif self._is_ipython(node.value):
@@ -512,12 +531,21 @@ class _Reader(ast.NodeVisitor):
         """Functions that run their argument, wherever they are defined in the cell (``a(x)``
         calls ``b(x)`` defined below it, which runs x): a few passes until nothing changes."""
         functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for function in functions[:256]:
+            if _returns_only(function):
+                self.pure[function.name] = function
         for _ in range(4):
             before = dict(self.runners)
             for function in functions[:256]:
                 self._runner(function)
             if self.runners == before:
-                return
+                break
+        self._returned_runners = {}
+        for function in functions[:256]:  # def mk(): def inner(c): … ; return inner
+            last = function.body[-1] if function.body else None
+            if isinstance(last, ast.Return) and isinstance(last.value, ast.Name) and \
+                    last.value.id in self.runners:
+                self._returned_runners[function.name] = last.value.id
 
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
@@ -667,6 +695,12 @@ class _Reader(ast.NodeVisitor):
             if name and "." in name:
                 self.emit("base", name)
         self.generic_visit(node)
+        for statement in node.body:  # class K: c = "…" — K.c is that constant
+            if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
+                    isinstance(statement.targets[0], ast.Name):
+                folded = self.fold(statement.value)
+                if folded is not None:
+                    self.names[f"{node.name}.{statement.targets[0].id}"] = folded
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
@@ -744,6 +778,16 @@ class _Reader(ast.NodeVisitor):
             self._run_call(name, node, args)
         elif self._handed_over(node, name):
             pass
+        elif self._method_caller(node):
+            pass
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "define_alias", "soft_define_alias") and \
+                isinstance(node.func.value, ast.Attribute) and \
+                node.func.value.attr == "alias_manager" and self._is_ipython(node.func.value.value) \
+                and len(args) == 2 and None not in args:
+            # ip.alias_manager.define_alias("go", "ngrok tcp 22"), then %go: as %alias
+            self.names[f"%alias {_as_text(args[0].value)}"] = _Folded(
+                (_as_text(args[1].value) or "").replace("%s", "").replace("%l", ""), False)
         elif isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend") and \
                 isinstance(node.func.value, ast.Name) and len(args) == 1 and \
                 isinstance(self.names.get(node.func.value.id, _Folded(None, False)).value, list):
@@ -833,7 +877,10 @@ class _Reader(ast.NodeVisitor):
             return False
         keywords = {kw.arg: kw.value for kw in node.keywords if kw.arg}
         target, rest = keywords.get("target"), None
-        if target is not None:
+        if short in _KEYED:
+            target = keywords.get("key")
+            rest = node.args[:1] if target is not None else None
+        elif target is not None:
             given = keywords.get("args")
             rest = list(given.elts) if isinstance(given, (ast.Tuple, ast.List)) else []
         else:
@@ -844,7 +891,7 @@ class _Reader(ast.NodeVisitor):
         runner = self.call_name(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
         if not self._runs(runner) or not rest:
             return False
-        if short in ("map", "starmap", "imap", "imap_unordered", "map_async"):
+        if short in ("map", "starmap", "imap", "imap_unordered", "map_async", *_KEYED):
             many = self.fold(rest[0])
             commands = many.value if many is not None and isinstance(many.value, (list, tuple)) else []
             for command in commands[:256]:
@@ -853,6 +900,22 @@ class _Reader(ast.NodeVisitor):
                 self._run_with(runner, [ast.Constant(command)])
             return True
         self._run_with(runner, rest)
+        return True
+
+    def _method_caller(self, node: ast.Call) -> bool:
+        """``operator.methodcaller("system", "ngrok tcp 22")(os)``: os.system("ngrok tcp 22")."""
+        caller = node.func
+        if not (isinstance(caller, ast.Call) and caller.args and len(node.args) == 1 and
+                self.call_name(caller.func) == "operator.methodcaller"):
+            return False
+        method = self.fold(caller.args[0])
+        owner = self.call_name(node.args[0]) if isinstance(node.args[0], (ast.Name, ast.Attribute)) \
+            else None
+        runner = f"{owner}.{method.value}" if owner and method is not None and \
+            isinstance(method.value, str) else None
+        if not self._runs(runner):
+            return False
+        self._run_with(runner, caller.args[1:])
         return True
 
     def _runs(self, name: str | None) -> bool:
@@ -912,6 +975,9 @@ class _Reader(ast.NodeVisitor):
         elif method in ("run_cell", "run_cell_async", "ex", "ev", "run_code", "transform_cell") and \
                 values and values[0]:
             self.read_code(values[0], ipython=method in ("run_cell", "run_cell_async"))
+        elif method == "define_macro" and len(values) >= 2 and values[0] and values[1]:
+            # ip.define_macro("m", "!ngrok tcp 22"): a later cell `m` runs that code
+            self.names[f"%macro {values[0]}"] = _Folded(values[1][:MAX_VALUE], False)
         elif method in ("safe_execfile", "safe_execfile_ipy", "safe_run_module") and values and \
                 values[0] and self.memory is not None:
             name = shell.base(values[0])
@@ -956,6 +1022,11 @@ class _Reader(ast.NodeVisitor):
                     shell.base((line.split() or [""])[0])):
                 self.read_code(values[2])
                 return
+            interpreter = magic if magic in _SCRIPT_MAGICS else \
+                shell.base((line.split() or [""])[0]) if magic == "script" else ""
+            if interpreter in _SCRIPT_MAGICS:  # %%perl, %%ruby, %%script node: their system()
+                for command in _script_runs(values[2]):
+                    self.emit_run(command)
             if magic in ("writefile", "file") and self.memory is not None and line.split():
                 name = shell.base(line.split()[-1])
                 self.memory.files[name] = values[2][:MAX_SOURCE]
@@ -987,6 +1058,14 @@ class _Reader(ast.NodeVisitor):
                 self.emit_value(folded)
                 return
         super().generic_visit(node)
+
+    def visit_Expr(self, node):
+        """A cell that names a macro runs the macro's code."""
+        if isinstance(node.value, ast.Name) and f"%macro {node.value.id}" in self.names:
+            code = _as_text(self.names[f"%macro {node.value.id}"].value)
+            if code and self.nesting < MAX_NESTING:
+                self.read_code(code)
+        self.generic_visit(node)
 
     def visit_Name(self, node):
         pass  # a variable's value was emitted where it was assigned
@@ -1054,6 +1133,9 @@ class _Reader(ast.NodeVisitor):
             if called in _DLL_OPENERS:  # ctypes.CDLL(None).system: the C library's system()
                 return ".".join([LIBC, *reversed(parts)])
             return None
+        if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Name) and \
+                func.func.id in self._returned_runners:
+            return self._returned_runners[func.func.id]  # mk()("…") where mk returns a runner
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
                 owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
@@ -1062,6 +1144,8 @@ class _Reader(ast.NodeVisitor):
                 if owner and attr is not None and isinstance(attr.value, str):
                     return f"{owner}.{attr.value}"
             return None
+        if isinstance(func, ast.NamedExpr) and not parts:  # (f := os.system)("…")
+            return self._call_name(func.value)
         if not isinstance(func, ast.Name):
             return None
         head = self.aliases.get(func.id, func.id)
@@ -1083,6 +1167,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(value, False) if ok else None
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.fold(e, depth) for e in node.elts]
             if any(i is None for i in items):
@@ -1138,6 +1224,8 @@ class _Reader(ast.NodeVisitor):
                 not _BIG_WIDTH.search(left.value):
             operand = tuple(right.value) if isinstance(right.value, list) else right.value
             return _Folded(_cap(left.value % operand), True)
+        if isinstance(node.op, ast.BitXor) and type(left.value) is int and type(right.value) is int:
+            return _Folded(left.value ^ right.value, True)
         if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
                 isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
             return _Folded(left.value * right.value, True)
@@ -1153,22 +1241,86 @@ class _Reader(ast.NodeVisitor):
         return _Folded(base.value[slice(*(b.value for b in bounds))], True)
 
     def _fold_chr_comprehension(self, node, depth: int) -> _Folded | None:
-        """``chr(c) for c in [120, 109, ...]``: the usual way to spell a word in numbers."""
+        """``chr(c) for c in [120, 109, ...]``: the usual way to spell a word in numbers; any
+        other comprehension over a short constant (``"".join(p) for p in parts``) item by item."""
         if len(node.generators) != 1 or node.generators[0].ifs:
             return None
         loop = node.generators[0]
         elt = node.elt
-        if not (isinstance(loop.target, ast.Name) and isinstance(elt, ast.Call)
+        if not isinstance(loop.target, ast.Name):
+            return None
+        if not (isinstance(elt, ast.Call)
                 and isinstance(elt.func, ast.Name) and elt.func.id == "chr" and len(elt.args) == 1
                 and isinstance(elt.args[0], ast.Name) and elt.args[0].id == loop.target.id):
-            return None
+            items = self.fold(loop.iter, depth)
+            if items is None or not isinstance(items.value, (list, tuple, bytes, str)) or \
+                    len(items.value) > MAX_INLINED_ITEMS:
+                return None
+            found = [self._fold_with({loop.target.id: _Folded(item, items.hidden)}, elt, depth)
+                     for item in items.value]
+            if any(f is None for f in found):
+                return None
+            return _Folded([f.value for f in found], True)
         codes = self.fold(loop.iter, depth)
         if codes is None or not isinstance(codes.value, list):
             return None
         return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
 
+    def _fold_with(self, bound: dict[str, _Folded], node: ast.expr, depth: int) -> _Folded | None:
+        """``node`` folded with these names bound (a parameter, a loop variable), then unbound."""
+        saved = {name: self.names.get(name) for name in bound}
+        self.names.update(bound)
+        try:
+            return self.fold(node, depth)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    self.names.pop(name, None)
+                else:
+                    self.names[name] = value
+
+    def _fold_template(self, node: ast.Call, depth: int) -> _Folded | None:
+        """``string.Template("$a$b tcp 22").substitute(a="ng", b="rok")``."""
+        owner = node.func.value
+        if not (isinstance(owner, ast.Call) and owner.args and
+                self.call_name(owner.func) in ("string.Template", "Template")):
+            return None
+        template = self.fold(owner.args[0], depth)
+        keywords = {kw.arg: self.fold(kw.value, depth) for kw in node.keywords}
+        if template is None or not isinstance(template.value, str) or node.args or \
+                None in keywords or any(v is None for v in keywords.values()):
+            return None
+        import string
+
+        return _Folded(_cap(string.Template(template.value).safe_substitute(
+            {k: _as_text(v.value) or "" for k, v in keywords.items()})), True)
+
+    def _fold_inlined(self, function: ast.FunctionDef, node: ast.Call,
+                      depth: int) -> _Folded | None:
+        """A call of one of the cell's return-only functions with constant arguments."""
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        args = [self.fold(a, depth) for a in node.args]
+        if node.keywords or any(a is None for a in args) or \
+                len(args) > len(params) and function.args.vararg is None or \
+                len(args) < len(params) - len(function.args.defaults):
+            return None
+        bound = dict(zip(params, args))
+        for name, default in zip(params[::-1], function.args.defaults[::-1]):
+            if name not in bound:
+                bound[name] = self.fold(default, depth)
+        if function.args.vararg is not None:
+            rest = args[len(params):]
+            bound[function.args.vararg.arg] = _Folded([a.value for a in rest],
+                                                      any(a.hidden for a in rest))
+        if any(v is None for v in bound.values()):
+            return None
+        result = self._fold_with(bound, function.body[-1].value, depth)
+        return _Folded(result.value, True) if result is not None else None
+
     def _fold_call(self, node: ast.Call, depth: int) -> _Folded | None:
         func = node.func
+        if isinstance(func, ast.Name) and func.id in self.pure and depth < MAX_INLINE_DEPTH:
+            return self._fold_inlined(self.pure[func.id], node, depth)
         if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
                 isinstance(node.args[0], ast.Name) and node.args[0].id == "chr":
             codes = self.fold(node.args[1], depth)
@@ -1179,6 +1331,14 @@ class _Reader(ast.NodeVisitor):
             text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
             return _Folded(text, True) if text else None
         args = [self.fold(a, depth) for a in node.args]
+        if isinstance(func, ast.Attribute) and func.attr in ("substitute", "safe_substitute"):
+            return self._fold_template(node, depth)
+        if isinstance(func, ast.Attribute) and func.attr == "to_bytes" and len(args) == 2 and \
+                None not in args and type(args[0].value) is int and args[0].value <= MAX_VALUE:
+            number = self.fold(func.value, depth)  # (0x6e67726f6b).to_bytes(5, "big")
+            if number is not None and type(number.value) is int and number.value >= 0:
+                return _Folded(number.value.to_bytes(args[0].value, _as_text(args[1].value)), True)
+            return None
         if isinstance(func, ast.Attribute) and func.attr == "format" and \
                 all(a is not None for a in args):
             base = self.fold(func.value, depth)
@@ -1194,8 +1354,12 @@ class _Reader(ast.NodeVisitor):
             return None
         values = [a.value for a in args]
         name = self.call_name(func) or ""
+        if (self.call_name(func) or "").endswith("maketrans") and len(values) == 2 and \
+                all(isinstance(v, str) for v in values) and len(values[0]) == len(values[1]):
+            return _Folded(str.maketrans(values[0], values[1]), True)
         if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
-                                                             "strip", "lower", "upper", "split"):
+                                                             "strip", "lower", "upper", "split",
+                                                             "translate"):
             base = self.fold(func.value, depth)
             if base is not None:
                 return _Folded(_method(base.value, func.attr, values), True)
@@ -1239,6 +1403,32 @@ class _Reader(ast.NodeVisitor):
 
 
 # ---------------------------------------------------------------- helpers
+
+def _script_runs(body: str) -> list[str]:
+    """The commands a Perl, Ruby or Node cell runs through system()/exec()/execSync()...: a
+    call inside a string on its line (an odd number of quotes before it) is text."""
+    found = []
+    for match in _SCRIPT_RUNS.finditer(body):
+        before = body[body.rfind("\n", 0, match.start()) + 1:match.start()]
+        if before.count("'") % 2 == 0 and before.count('"') % 2 == 0 and \
+                before.count("`") % 2 == 0:
+            found.append(match.group(1) or match.group(2))
+        if len(found) >= MAX_LINES:
+            break
+    return found
+
+
+MAX_INLINED_ITEMS = 64  # items of a constant a comprehension is folded over
+MAX_INLINE_DEPTH = 20  # fold depth past which a helper's call is not inlined
+
+
+def _returns_only(function) -> bool:
+    """``def f(a, *b): return expr`` (a docstring allowed), undecorated, synchronous."""
+    body = function.body[1:] if function.body and isinstance(function.body[0], ast.Expr) and \
+        isinstance(function.body[0].value, ast.Constant) else function.body
+    return isinstance(function, ast.FunctionDef) and not function.decorator_list and \
+        len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and \
+        not function.args.kwonlyargs and function.args.kwarg is None
 
 LIBC = "libc"  # a handle on a C library opened through ctypes
 _DLL_OPENERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.CDLL.LoadLibrary",
@@ -1295,6 +1485,9 @@ def _method(base, method: str, args: list):
         return base.split(*(a for a in args if isinstance(a, str)))[:256]
     if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
         return getattr(base, method)()
+    if method == "translate" and isinstance(base, str) and len(args) == 1 and \
+            isinstance(args[0], dict):
+        return _cap(base.translate(args[0]))
     return None
 
 

@@ -72,15 +72,26 @@ class ChannelClient:
             self.closed.set()
             return False
 
-    def request(self, kind: str, timeout: float, **fields) -> dict | None:
-        """Send a request and wait for its answer; None after ``timeout`` seconds."""
+    def check(self, pieces: list[str], ack_timeout: float, limit: float, kind: str = "cell",
+              **fields) -> dict | None:
+        """Send a cell's pieces and its check request; wait ``ack_timeout`` for the server to
+        say it is checking, then up to ``limit`` for its verdict. None: no acknowledgement
+        (the server is away: the cell runs, watched from outside); ``{"decision":
+        "timeout"}``: acknowledged, but no verdict within ``limit``."""
         request_id = next(self._ids)
-        slot = [threading.Event(), None]
+        slot = [threading.Event(), None, threading.Event()]  # answered, answer, acknowledged
         self._waiting[request_id] = slot
         try:
-            if not self.send(kind, id=request_id, **fields):
+            for piece in pieces:
+                if not self.send("cell-part", id=request_id, piece=piece):
+                    return None
+            if not self.send(kind, id=request_id, pieces=len(pieces), **fields):
                 return None
-            slot[0].wait(timeout)
+            if not slot[2].wait(ack_timeout) and not slot[0].is_set():
+                return None
+            if not slot[0].wait(max(limit, ack_timeout)):
+                self.send("cell-abandoned", id=request_id, digest=fields.get("digest"))
+                return {"decision": "timeout"}
             return slot[1]
         finally:
             self._waiting.pop(request_id, None)
@@ -111,8 +122,14 @@ class ChannelClient:
         except (OSError, ValueError):
             pass
         self.closed.set()
+        for slot in list(self._waiting.values()):  # the server is gone: no verdict will come
+            slot[0].set()
 
     def _dispatch(self, message: dict) -> None:
+        if message["type"] == "checking":
+            slot = self._waiting.get(message.get("id"))
+            if slot is not None:
+                slot[2].set()
         if message["type"] == "verdict":
             slot = self._waiting.get(message.get("id"))
             if slot is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import sys
 import threading
@@ -15,6 +16,7 @@ from IPython.display import publish_display_data
 from . import notice as notices
 from . import protocol
 from .client import ChannelClient, report_from_child
+from .code import cell_pieces
 from .hook import Reporter, install
 
 #: How long an interrupted cell waits for the guard's notice before it shows a plain
@@ -25,21 +27,31 @@ NOTICE_FRESH = 15.0
 
 
 class CellRefused(InputRejected):
-    """The server refused to run a cell; the notice above the error says why."""
+    """The server refused to run a cell; the notice above the error, or ``reason``, says why."""
 
-    def __init__(self, incident_id: str):
-        super().__init__(incident_id)
-        self.incident_id = incident_id
+    def __init__(self, incident_id: str, reason: str = ""):
+        super().__init__(reason or incident_id)
+        self.incident_id, self.reason = incident_id, reason
 
     def _render_traceback_(self):
+        if self.reason:
+            return [f"CellRefused: the platform's usage guard did not run this cell: {self.reason}"]
         return [f"CellRefused: the platform's usage guard did not run this cell "
                 f"(incident {self.incident_id})"]
 
 
+#: A check the server started but did not finish within the limit (its verdict comes later:
+#: the same cell run again is answered from what the server read meanwhile).
+NOT_CHECKED_IN_TIME = ("the guard could not finish checking it within {limit:g} s (it is long, "
+                       "or the server is busy). Run it again; if it is refused again, split it "
+                       "into smaller cells or load large data from a file.")
+
+
 class KernelGuard:
-    def __init__(self, shell, client: ChannelClient, reporter: Reporter, cell_timeout: float):
+    def __init__(self, shell, client: ChannelClient, reporter: Reporter, cell_timeout: float,
+                 cell_limit: float = 15.0):
         self.shell, self.client, self.reporter = shell, client, reporter
-        self.cell_timeout = cell_timeout
+        self.cell_timeout, self.cell_limit = cell_timeout, cell_limit
         self.inbox: deque[dict] = deque(maxlen=32)  # notices not shown yet
         self.shown: dict[str, float] = {}  # incident id -> when shown
         self.running = False
@@ -65,7 +77,9 @@ class KernelGuard:
             return None
         reporter = install()
         reporter.child_report = lambda detail: report_from_child(path, kernel_id, token, detail)
-        guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")))
+        guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")),
+                       float(env.get(protocol.ENV_CELL_LIMIT, "15")))
+        reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
         return guard
 
     # ------------------------------------------------------------ lifecycle
@@ -123,6 +137,12 @@ class KernelGuard:
 
     def pre_run_cell(self, info) -> None:
         self._raw_cell = getattr(info, "raw_cell", None)
+        transformers = self.shell.ast_transformers
+        if transformers and transformers[-1] is not self._checker and \
+                self._checker in transformers:
+            # Last: the check reads the tree as it will run, after other extensions' changes.
+            transformers.remove(self._checker)
+            transformers.append(self._checker)
         self.running = True
         self.show_inbox()
 
@@ -155,18 +175,41 @@ class KernelGuard:
     # ------------------------------------------------------------ cell checks
 
     def check_cell(self, tree: ast.Module) -> None:
-        """Ask the server about the cell about to run; raise CellRefused if it says no."""
-        source = self._raw_cell if self._raw_cell is not None else ast.unparse(tree)
-        self._raw_cell = None
-        if self.cell_timeout <= 0 or not source.strip() or self.client.closed.is_set():
+        """Ask the server about the code about to run (the tree after every transformer, not
+        the raw cell); raise CellRefused if it says no."""
+        raw, self._raw_cell = self._raw_cell, None
+        if self.cell_timeout <= 0 or self.client.closed.is_set():
             return
-        verdict = self.client.request("cell", self.cell_timeout,
-                                      source=source[:protocol.MAX_CELL])
-        if not verdict or not isinstance(verdict.get("notice"), dict):
-            return  # no answer in time: run it; the server side still watches what it does
-        self.show(verdict["notice"])
+        try:
+            pieces = cell_pieces(tree, len(raw) if raw is not None else 0)
+        except RecursionError:  # nested deeper than unparse goes: the server reads the cell
+            pieces = [raw[:protocol.MAX_CELL]] if raw is not None else []
+        if not pieces:
+            return
+        fields = {}
+        if raw is not None:  # the cell itself (not code a magic such as %time transforms)
+            fields = {"digest": hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest(),
+                      "source": raw[:protocol.MAX_SOURCE_SHOWN], "file": self._file_of(raw)}
+            self.reporter.cell_file = fields["file"]
+        code = pieces.pop() if len(pieces) == 1 else ""
+        verdict = self.client.check(pieces, self.cell_timeout, self.cell_limit, code=code,
+                                    **fields)
+        if verdict is None:
+            return  # the server did not answer: run it; the server side still watches it
+        if verdict.get("decision") == "timeout":
+            raise CellRefused("", NOT_CHECKED_IN_TIME.format(limit=self.cell_limit))
+        if isinstance(verdict.get("notice"), dict):
+            self.show(verdict["notice"])
         if verdict.get("decision") == "refuse":
-            raise CellRefused(str(verdict["notice"].get("incident_id", "")))
+            notice = verdict.get("notice") if isinstance(verdict.get("notice"), dict) else {}
+            raise CellRefused(str(notice.get("incident_id", "")), str(verdict.get("reason", "")))
+
+    def _file_of(self, raw: str) -> str:
+        """The file name IPython compiles this cell under (its executions are reported by it)."""
+        try:
+            return str(self.shell.compile.get_code_name(raw, raw, self.shell.execution_count))
+        except Exception:
+            return ""
 
 
 class _CellCheck(ast.NodeTransformer):

@@ -6,6 +6,12 @@ the events it watches an append to a bounded deque. Never I/O, never a lock,
 never waiting: when the deque is full the event is dropped and counted. A sender
 thread drains the deque and writes batches to the server.
 
+Two events concern code rather than programs. ``exec`` of the cell's own code object
+is reported as ``ran``: the server knows which cells it checked, and a cell checked but
+never reported run means the hook was silenced. ``compile`` of source text (``exec``
+of a string, ``compile()``, the import of a file outside the environment) is kept, and
+reported as ``code`` when that code is executed, for the server to check like a cell.
+
 Audit hooks cannot be removed, so "unloading" switches the hook off. A child
 forked by the kernel (``!cmd`` lines go through pexpect's forkpty) keeps the hook
 but not the sender thread: just before it execs the command, it reports the
@@ -17,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections import deque
 
 KINDS = {
@@ -26,12 +33,19 @@ KINDS = {
     "socket.connect": "connect", "socket.getaddrinfo": "resolve", "socket.bind": "bind",
     "import": "import",
     "ctypes.dlopen": "load",  # a shared library loaded, under any name (ctypes.CDLL)
+    "exec": "exec", "compile": "compile",
 }
 #: Kinds that make the sender write at once (and the server check at once: a library just
 #: loaded is scanned for what it is, content.py).
-URGENT = frozenset({"start", "fork", "connect", "resolve", "load"})
+URGENT = frozenset({"start", "fork", "connect", "resolve", "load", "ran"})
 FLUSH_INTERVAL = 0.25  # seconds: imports are sent at least this often
 MAX_DETAIL = 1024
+MAX_CODE = 256 * 1024  # characters of one piece of run-time code sent (its head)
+CODE_BUDGET = 1024 * 1024  # characters of run-time code sent a second, at most (then dropped)
+MAX_COMPILED = 32  # compiled sources kept, waiting for their execution
+#: standard library modules that generate code from field names (namedtuple, dataclass):
+#: what they compile is theirs, not the user's
+CODE_GENERATORS = frozenset({"collections", "dataclasses", "typing", "enum", "functools"})
 
 
 class Reporter:
@@ -47,6 +61,14 @@ class Reporter:
         self.quiet_threads: set[int] = set()  # the channel's own threads
         self.child_report = None  # callable(detail) used in a forked child
         self._in_child_report = False
+        self.cell_file = None  # the file name the cell about to run is compiled under
+        self.code_checks = True  # report run-time code (off with the server's cell checks)
+        self.compiled: dict = {}  # file name -> source compiled, until its code is executed
+        # code compiled from files in the environment is the environment's (imports)
+        self.library_prefixes = tuple({os.path.join(p, "") for p in (
+            sys.prefix, sys.base_prefix, sys.exec_prefix)})
+        self.code_seen: set[int] = set()  # hashes of code already sent
+        self._code_window = [0.0, 0]  # start of this second, characters sent in it
 
     def make_hook(self):
         """The function given to sys.addaudithook (a closure: fewer lookups per event)."""
@@ -57,6 +79,9 @@ class Reporter:
         def colab_guard_audit_hook(event, args):
             kind = kinds.get(event)
             if kind is None or not state.enabled or get_ident() in state.quiet_threads:
+                return
+            if kind == "exec" or kind == "compile":
+                state._code_event(kind, args)
                 return
             if kind == "start" and os.getpid() != state.pid:
                 state._from_child(event, args)
@@ -71,6 +96,35 @@ class Reporter:
                 wake.set()
 
         return colab_guard_audit_hook
+
+    def _code_event(self, kind: str, args) -> None:
+        """Cheap: a dict store on compile, a lookup on exec; the rest in the sender thread."""
+        if kind == "compile":
+            source, filename = args[0], args[1]
+            if self.code_checks and isinstance(source, (str, bytes)) and \
+                    isinstance(filename, str) and \
+                    not filename.startswith(self.library_prefixes) and not _generated():
+                compiled = self.compiled
+                if len(compiled) >= MAX_COMPILED:
+                    compiled.pop(next(iter(compiled)))
+                compiled[filename] = source
+            return
+        filename = getattr(args[0], "co_filename", None)
+        if filename is None or os.getpid() != self.pid or len(self.pending) >= self.maxlen:
+            return
+        if filename == self.cell_file:  # the cell's own text (IPython parsed it) was checked
+            self.cell_file = None
+            self.compiled.pop(filename, None)
+            self.pending.append(("ran", "exec", filename))
+            self.wake.set()
+        else:
+            source = self.compiled.pop(filename, None)
+            if source is not None:
+                if len(self.pending) >= self.maxlen // 2:  # half the queue stays for programs
+                    self.dropped += 1
+                    return
+                # not urgent: sent within FLUSH_INTERVAL (a loop of exec() wakes no thread)
+                self.pending.append(("code", "exec", (source, filename)))
 
     def _from_child(self, event: str, args) -> None:
         if event != "os.exec" or self._in_child_report or self.child_report is None:
@@ -87,8 +141,32 @@ class Reporter:
         batch = []
         while self.pending:
             kind, event, args = self.pending.popleft()
+            if kind == "code":
+                text = self._code_text(*args)
+                if text is not None:
+                    batch.append([kind, text])
+                continue
             batch.append([kind, describe(kind, event, args)])
         return batch
+
+    def _code_text(self, source, filename: str) -> str | None:
+        """Run-time code, once per distinct text, within the budget (else dropped, counted)."""
+        text = _word(source[:MAX_CODE])
+        key = hash(text)
+        if key in self.code_seen or not text.strip():
+            return None
+        now = time.monotonic()
+        window = self._code_window
+        if now - window[0] >= 1.0:
+            window[0], window[1] = now, 0
+        if window[1] + len(text) > CODE_BUDGET:
+            self.dropped += 1
+            return None
+        window[1] += len(text)
+        if len(self.code_seen) > 4096:
+            self.code_seen.clear()
+        self.code_seen.add(key)
+        return text
 
 
 def describe(kind: str, event: str, args) -> str:
@@ -109,6 +187,8 @@ def describe(kind: str, event: str, args) -> str:
             text = _word(args[0])
         elif kind == "bind":
             text = f"{args[0]} {' '.join(args[1])}"
+        elif kind == "ran":
+            return _word(args)
         else:
             text = event
     except Exception:
@@ -128,6 +208,15 @@ def _callers(limit: int = 64) -> tuple[str, ...]:
             found.append(name)
         frame, limit = frame.f_back, limit - 1
     return tuple(found)
+
+
+def _generated() -> bool:
+    """Whether the code being compiled comes from a standard code generator (its caller is
+    two frames up: this hook's closure, then the caller of compile/exec)."""
+    try:
+        return sys._getframe(3).f_globals.get("__name__") in CODE_GENERATORS
+    except ValueError:
+        return False
 
 
 def _word(value) -> str:

@@ -8,11 +8,22 @@ from the rest of colab_guard: the kernel loads it at start.
 
 kernel -> server:  hello {kernel_id, token, role: kernel|child}
                    events {events: [[kind, detail], ...], dropped}
-                   cell {id, source}      (answered by a verdict with the same id)
+                   cell-part {id, piece}  (a long cell's code, one piece of whole statements)
+                   cell {id, digest, source, code, pieces, file}
+                                          (code: what runs, after every transformer; pieces:
+                                          how many cell-part came first; digest: sha256 of the
+                                          raw cell; file: the name its code is compiled under.
+                                          Acknowledged at once, then answered by a verdict)
+                   cell-abandoned {id, digest}  (no verdict within the limit: not run)
                    unloaded {}            (the hook is being switched off)
+                   events carry, beside programs, connections and imports:
+                   ["ran", file]          a cell's code was executed (the audit hook's exec)
+                   ["code", text]         source compiled at run time (exec, compile, import
+                                          of a file outside the environment): checked like a cell
 server -> kernel:  welcome {}
                    notice {notice}        (the guard acted: show it in the notebook)
-                   verdict {id, decision: run|refuse, notice}
+                   checking {id}          (the check has started: wait for its verdict)
+                   verdict {id, decision: run|refuse, notice, reason}
 """
 
 from __future__ import annotations
@@ -24,9 +35,14 @@ import json
 ENV_SOCKET = "COLAB_GUARD_CHANNEL"
 ENV_TOKEN = "COLAB_GUARD_TOKEN"
 ENV_KERNEL = "COLAB_GUARD_KERNEL_ID"  # the same marker observe.processes sets
-ENV_CELL_TIMEOUT = "COLAB_GUARD_CELL_TIMEOUT"
+ENV_CELL_TIMEOUT = "COLAB_GUARD_CELL_TIMEOUT"  # seconds to wait for the check to start
+ENV_CELL_LIMIT = "COLAB_GUARD_CELL_LIMIT"  # seconds to wait for a started check's verdict
 MAX_LINE = 2 * 1024 * 1024  # one message, at most
-MAX_CELL = 256 * 1024  # characters of a cell sent for checking
+MAX_CELL = 256 * 1024  # characters of one piece of a cell's code (whole statements)
+#: characters of a cell's code checked in all (big data literals are shortened first): a cell
+#: longer than this is refused with a message saying how to run it
+MAX_CHECKED = 2 * 1024 * 1024
+MAX_SOURCE_SHOWN = 64 * 1024  # characters of the raw cell sent as evidence
 
 
 def token_for(secret: bytes, kernel_id: str) -> str:

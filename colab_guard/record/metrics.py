@@ -42,6 +42,9 @@ KERNEL_STARTS_REFUSED = Counter("colab_guard_kernel_starts_refused_total",
 KERNEL_EVENTS_DROPPED = Counter("colab_guard_kernel_events_dropped_total",
                                 "Events the kernel hook dropped because its queue was full "
                                 "(reported by the kernels).")
+KERNEL_CODE_UNCHECKED = Counter("colab_guard_kernel_code_unchecked_total",
+                                "Pieces of code run in a kernel at run time (exec, compile) "
+                                "not checked because the kernel was over its check budget.")
 KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
                                  "Connections to the kernel channel refused (bad token, "
                                  "a process that is not the kernel's, malformed hello).")
