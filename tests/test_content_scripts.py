@@ -169,6 +169,13 @@ OPTIONS = {"server_host_keys": ["k"]}
 async def serve(factory):
     await create_server(factory, "", 8022, **OPTIONS)
 '''),
+    "stratum-miner: requests built from a table of method names": ("stratum-miner", '''
+import json, socket
+sock = socket.create_connection(("127.0.0.1", 3333))
+for ident, method, params in ((1, "mining.subscribe", ["job/1.0"]),
+                              (2, "mining.authorize", ["x", "x"])):
+    sock.sendall(json.dumps({"id": ident, "method": method, "params": params}).encode())
+'''),
     "face-swap: roop's processor imported": (
         "face-swap", "import roop.processors.frame.face_swapper as swapper\n"),
     "face-swap: FaceFusion's processors imported": (
@@ -302,8 +309,6 @@ def test_a_script_is_read_with_its_modules_two_levels_deep(scanner, tmp_path):
     assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == ["pproxy"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "in a .pyc, only a constant where the request is built is its method (no data flow)"))
 def test_a_compiled_stratum_client_naming_its_methods_through_variables(scanner, tmp_path):
     source = tmp_path / "client.py"
     source.write_text(USED["stratum-miner: requests built as dicts and sent"][1]

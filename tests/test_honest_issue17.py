@@ -3,7 +3,7 @@ with cell checks on. Four of them have tests elsewhere (tests/test_behaviour_net
 200-client LLM benchmark, 120 users through one proxy, the API on port 6900;
 tests/test_behaviour_mining.py: the CPU-bound loop asking a service on a pool port;
 tests/test_redteam_evasions.py: the ``%%bash`` health check through /dev/tcp, and a detector
-script listing Stratum names and citing hashcat.net, a strict xfail). Here are the others, each
+script listing Stratum names and citing hashcat.net). Here are the others, each
 as a cell and, where people run it so, as a script."""
 
 from __future__ import annotations
@@ -56,10 +56,6 @@ async def test_an_ids_model_trained_on_cic_ids2018_labels_in_the_kernel_runs(
     await run_to_the_end(kernel, guard_config, code)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a script is searched for markers as bytes, data or code alike (observe/content.py): the "
-    "label 'DoS attacks-SlowHTTPTest' in a training script is read as slowhttptest "
-    "(dos-tool-content); issue #17: markers in scripts count only where they are code that runs"))
 async def test_an_ids_model_trained_on_cic_ids2018_labels_as_a_script_runs(
         kernel, guard_config, tmp_path):
     script = tmp_path / "train_ids.py"
@@ -128,7 +124,7 @@ print("done")
 
 async def test_a_cryptojacking_detector_citing_hashcat_net_in_a_cell_runs(kernel, guard_config):
     """The Stratum method names as a detector's data and hashcat.net in a comment, in the
-    kernel (the script form is tests/test_redteam_evasions.py's strict xfail)."""
+    kernel (the script form is in tests/test_redteam_evasions.py)."""
     await run_to_the_end(kernel, guard_config, DETECTOR)
 
 
@@ -143,9 +139,6 @@ async def test_a_cryptojacking_detector_posting_alerts_to_a_local_collector_runs
         'c.sendall(b"ALERT flagged=%d\\n" % n); c.recv(100)\nprint("done")'))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a script is searched for markers as bytes, comments included (observe/content.py): "
-    "'hashcat.net' in a comment is the hashcat marker (cracking-tool-content)"))
 async def test_a_password_lab_script_citing_hashcat_net_in_a_comment_runs(
         kernel, guard_config, tmp_path):
     script = tmp_path / "strength.py"

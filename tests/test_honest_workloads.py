@@ -404,11 +404,6 @@ async def test_a_security_lecture_run_as_a_script_is_left_alone(kernel, guard_co
     await run_to_the_end(kernel, guard_config, f"!python {script}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a script is searched for markers as bytes, its strings included (observe/content.py): a "
-    "lecture's notes naming XMRig and its --donate-level are xmrig's markers, and with any "
-    "socket open (here the course's mirror) the script is taken for a miner "
-    "(mining-miner-content); issue #17: markers in scripts count only where they are code"))
 async def test_a_security_lecture_script_that_fetches_its_slides_is_left_alone(
         kernel, guard_config, service, tmp_path):
     port = service("params")  # the course's mirror: answers each request

@@ -110,6 +110,9 @@ CODE_MARKERS: tuple[CodeMarker, ...] = (
                names=("SAEHDModel",), models=("inswapper_",)),
 )
 
+#: The RPC method names of the markers above (a program's constants are looked up in them).
+REQUEST_NAMES = frozenset(r for m in CODE_MARKERS for r in m.requests)
+
 #: Calls (their last name) that open or use a connection.
 NETWORK_CALLS = frozenset({
     "connect", "connect_ex", "create_connection", "open_connection", "urlopen", "ws_connect",
@@ -137,19 +140,29 @@ class Evidence:
     messages: set[str] = field(default_factory=set)
     requests: set[str] = field(default_factory=set)
     network: bool = False
+    # A request whose method is not a constant ({"method": method}, a loop over a table of
+    # requests), and the known RPC method names among the program's string constants.
+    variable_requests: bool = False
+    mentioned: set[str] = field(default_factory=set)
 
     def merge(self, other: "Evidence") -> None:
-        for name in ("imports", "names", "calls", "models", "messages", "requests"):
+        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
             getattr(self, name).update(getattr(other, name))
         self.network = self.network or other.network
+        self.variable_requests = self.variable_requests or other.variable_requests
+
+    def mention(self, text: str) -> None:
+        if text in REQUEST_NAMES:
+            self.mentioned.add(text)
 
     def to_json(self) -> dict:
         return {k: sorted(v) if isinstance(v, set) else v for k, v in self.__dict__.items()}
 
     @classmethod
     def from_json(cls, data: dict) -> "Evidence":
-        evidence = cls(network=bool(data.get("network")))
-        for name in ("imports", "names", "calls", "models", "messages", "requests"):
+        evidence = cls(network=bool(data.get("network")),
+                       variable_requests=bool(data.get("variable_requests")))
+        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
             getattr(evidence, name).update(str(v) for v in data.get(name, ()))
         return evidence
 
@@ -174,7 +187,11 @@ def _matches(marker: CodeMarker, evidence: Evidence) -> bool:
             or any(m in path for m in marker.models for path in evidence.models)
             or any(m in text for m in marker.messages for text in evidence.messages)
             or (bool(marker.requests)
-                and sum(r in evidence.requests for r in marker.requests) >= marker.need))
+                and sum(r in evidence.requests for r in marker.requests) >= marker.need)
+            # Requests built from a table ({"method": method} in a loop over the names): the
+            # names among its constants, and a request whose method is a variable.
+            or (bool(marker.requests) and evidence.variable_requests
+                and sum(r in evidence.mentioned for r in marker.requests) >= marker.need))
 
 
 # ------------------------------------------------------------------ Python source
@@ -264,6 +281,8 @@ class _Reader:
                 self._message(side)
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
             text = _text(node)
+            if text:
+                evidence.mention(text)
             if text and "method" in text:
                 evidence.requests.update(_JSON_METHOD.findall(text))
 
@@ -271,6 +290,8 @@ class _Reader:
         text = self._value(node)
         if text is not None:
             self.evidence.requests.add(text)
+        elif not isinstance(node, ast.Constant):
+            self.evidence.variable_requests = True  # {"method": name}: from a table
 
     def _message(self, node: ast.AST) -> None:
         text = self._value(node)
@@ -473,8 +494,12 @@ def pyc_evidence(data: bytes) -> Evidence | None:
         for const in code.co_consts:
             if hasattr(const, "co_code"):
                 stack.append(const)
+            elif isinstance(const, tuple):  # a table of requests: (("mining.subscribe", ...), ...)
+                for item in _flat(const):
+                    evidence.mention(item)
             elif isinstance(const, (str, bytes)):
                 text = const.decode("latin-1") if isinstance(const, bytes) else const
+                evidence.mention(text)
                 if "method" in text:
                     evidence.requests.update(_JSON_METHOD.findall(text))
     return evidence
@@ -485,6 +510,15 @@ _LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD", "LOA
                     "LOAD_DEREF"})
 #: Instructions that take a tuple constant just before them as keyword or key names.
 _KEYS = frozenset({"BUILD_CONST_KEY_MAP", "CALL_KW", "CALL_FUNCTION_KW"})
+
+
+def _flat(constant: tuple, depth: int = 3):
+    """The strings of a tuple constant and of the tuples in it (``depth`` levels)."""
+    for item in constant[:10_000]:
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, tuple) and depth > 1:
+            yield from _flat(item, depth - 1)
 
 
 def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> None:
@@ -566,6 +600,8 @@ def _request_at(instructions: list, at: int, depth: int, evidence: Evidence) -> 
         if depth < pushed:
             if op == "LOAD_CONST" and isinstance(instruction.argval, str):
                 evidence.requests.add(instruction.argval)
+            elif op != "LOAD_CONST":
+                evidence.variable_requests = True  # {"method": name}: from a table
             return
         depth += (pushed - effect) - pushed
 
