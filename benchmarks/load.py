@@ -39,6 +39,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,9 +307,16 @@ def fork_storm(server: Server, ids: list[str], rate: float, seconds: float) -> d
     storm_client.execute(f"import subprocess, sys\n_storm = subprocess.Popen([sys.executable, "
                          f"{STORM!r}, '{rate}', '{seconds}', {str(out)!r}])\n")
     time.sleep(2)  # the storm is under way
+    # The kernel's own Python and a copy of the miner in the server's folder: a server run
+    # as the benchmark's user can reach neither this Python nor the repository.
+    miner = server.workdir / "miner.py"
+    for name in ("miner.py", "common.py"):  # the stand-in and what it imports
+        shutil.copy(MINER.with_name(name), server.workdir / name)
+        if server.user is not None:
+            os.chown(server.workdir / name, server.user.pw_uid, server.user.pw_gid)
     miner_start = time.monotonic()
     miner_client.execute(
-        f"import subprocess\n_m = subprocess.Popen([{sys.executable!r}, {str(MINER)!r}, '-o', "
+        f"import subprocess, sys\n_m = subprocess.Popen([sys.executable, {str(miner)!r}, '-o', "
         f"'stratum+tcp://127.0.0.1:{pool_server.getsockname()[1]}', '-u', 'x', '-p', 'x'])\n"
         f"_m.wait()\n")
     miner_stopped = None
