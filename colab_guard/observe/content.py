@@ -748,17 +748,23 @@ class ContentScanner:
             return []
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            self._check_stuck()
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key].markers
-            if key in self._pending:
-                return []
+            known = self._known(key)
+            if known is not None:
+                return known
             if self._background:
                 if self._queue(min(st.st_size, max_bytes), ("file", key, path, max_bytes)):
                     self._pending[key] = True
                 return []
         return self._scan(key, path, max_bytes).markers
+
+    def _known(self, key: tuple) -> list[str] | None:
+        """With the lock held: a file's markers if it was scanned, [] while its scan is under
+        way, None if neither (then it is to be scanned)."""
+        self._check_stuck()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key].markers
+        return [] if key in self._pending else None
 
     def script_markers(self, path: str, language: str) -> list[str]:
         """The markers of the script an interpreter runs (a directory: its ``__main__.py``),
@@ -775,12 +781,9 @@ class ContentScanner:
             return []
         key = _script_key(st, language)
         with self._lock:
-            self._check_stuck()
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key].markers
-            if key in self._pending:
-                return []
+            known = self._known(key)
+            if known is not None:
+                return known
             if self._background:
                 self._queue_script(key, path)
                 return []
