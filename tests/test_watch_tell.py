@@ -123,8 +123,10 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         reply, outputs = run_cell(client, "import subprocess, time\n"
                                           f"subprocess.Popen(['/bin/sh', {job(world, pool)!r}])\n"
                                           "while True:\n    time.sleep(0.05)\n")
-        assert _incident_of(watcher, kernel_id) is not None, (reply, outputs)
-        incident = _incident_of(watcher, kernel_id)
+        # Read from the watcher's database, which its writer may reach a moment after the
+        # interrupt (the message the cell shows names the incident already).
+        incident = waits(watcher, lambda: _incident_of(watcher, kernel_id),
+                         f"the watcher's incident (the cell said {reply}, {outputs})")
         assert incident.user == ALICE
         # The cell says why, within 2 s of the watcher's incident.
         assert reply["status"] == "error", (reply, outputs, incident.actions, incident.time)
