@@ -190,7 +190,7 @@ async def test_curl_and_wget_with_many_options_are_left_alone(kernel, guard_conf
         f"-P data --user=student --password=s3cret --header 'X-Course: ml101' -U Mozilla/5.0 "
         f"-e robots=off {url}/data/\n"
         f"!wget -q -O - --post-data 'q=1' --no-check-certificate {url}/data/test.csv | wc -l\n"
-        f"!wget -q -N -P cache -i - <<< '{url}/data/train.csv'\n"
+        f"!echo '{url}/data/train.csv' | wget -q -N -P cache -i -\n"
         "!ls train.csv got/labels.json data/train.csv data/test.csv cache/train.csv && echo done")
 
 
