@@ -210,8 +210,11 @@ class Monitor:
         first; past the kernel's burst of incidents, coalesced into one (``Coalesced``).
         ``partial``: the snapshot holds only some of the kernel's processes (the node
         watcher's check at a program's exec), so those acted on before are not forgotten."""
-        plans = self.policy.respond(snapshot.kernel_id, detections,
-                                    live=None if partial else {p.key for p in snapshot.processes})
+        # Which processes live is asked only of a kernel with processes acted on (a thousand
+        # idle ones, every tick, otherwise).
+        plans = self.policy.respond(
+            snapshot.kernel_id, detections,
+            live=None if partial else lambda: {p.key for p in snapshot.processes})
         for plan in plans:
             ties = self._ties(plan)
             if self.policy.admit(plan.kernel_id):

@@ -119,8 +119,10 @@ def test_an_orphan_never_seen_in_the_tree_is_claimed_by_its_environment(fake_ker
     pid = start_detached(kernel_environment("kernel-a"), ["sleep", "60"])
     spawned.append(pid)
     assert psutil.Process(pid).ppid() == 1
-    snap = sampler.sample({"kernel-a": kernel.pid})
-    assert pid in pids_of(snap["kernel-a"])
+    # Its environment may be read in the middle of its exec (empty then): read again at the
+    # next tick, so wait for the tick that ties it.
+    wait_until(lambda: pid in pids_of(sampler.sample({"kernel-a": kernel.pid})["kernel-a"]),
+               timeout=10, what="the orphan tied to its kernel by its environment")
     assert sampler.stats.claimed_by_environment == 1
 
 

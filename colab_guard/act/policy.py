@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..detect.engine import Detection
@@ -80,13 +81,14 @@ class Policy:
     # ------------------------------------------------------------ processes
 
     def respond(self, kernel_id: str, detections: list[Detection],
-                live: set[tuple] | None = None) -> list[Plan]:
+                live: set[tuple] | Callable[[], set[tuple]] | None = None) -> list[Plan]:
         """Plans for what is new among one kernel's detections, one per category.
 
-        ``live``: keys of the kernel's processes alive now; a process acted on that is
+        ``live``: keys of the kernel's processes alive now (or a function that gives them,
+        called only if a process of the kernel was acted on); a process acted on that is
         gone is forgotten (its pid may come back as another program)."""
-        if live is not None:
-            self._handled[kernel_id] &= live
+        if live is not None and self._handled.get(kernel_id):
+            self._handled[kernel_id] &= live() if callable(live) else live
         by_category: dict[str, list[Detection]] = defaultdict(list)
         for d in detections:
             if self._is_new(d):

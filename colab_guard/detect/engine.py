@@ -83,7 +83,17 @@ class Engine:
         last, now = self._last.get(snapshot.kernel_id, {}), {}
         self._all_reads(snapshot.time)  # once a tick: the rules may have changed since
         observe = self._observer
-        for process in snapshot.processes:
+        visited = snapshot.processes
+        if snapshot.parked:  # quiet ones, unchanged: their last result stands (no match)
+            visited = snapshot.visited()
+            for process in snapshot.processes[len(visited):]:
+                cached = last.get(process.key)
+                if cached is not None and cached[0] is process and not cached[2] \
+                        and not cached[3]:
+                    now[process.key] = cached
+                else:
+                    visited.append(process)
+        for process in visited:
             if getattr(process, "cell", ""):
                 detections.extend(self._check_cell(snapshot, process, held_now))
                 continue

@@ -139,6 +139,15 @@ class Snapshot:
     kernel_id: str
     time: float
     processes: list[Process] = field(default_factory=list)
+    #: The last ``parked`` of ``processes`` are quiet ones the sampler did not visit this tick
+    #: (idle.Parked): the very objects it handed out when it last did. Whoever looked at them
+    #: then may pass over them quickly.
+    parked: int = 0
+
+    def visited(self) -> list[Process]:
+        """The processes but the parked ones."""
+        return self.processes[:len(self.processes) - self.parked] if self.parked \
+            else self.processes
 
     @property
     def kernel_process(self) -> Process | None:

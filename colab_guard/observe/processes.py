@@ -35,7 +35,8 @@ from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import ContentScanner
 from .gpu import GpuSample
-from .idle import HeldCounts, QuietRead, SchedCounts, refresh_time
+from .idle import (BARELY_RUNNING, LIGHT_READ_MAX_AGE, SPREAD_FROM, HeldCounts, HeldStat,
+                   Parked, QuietRead, SchedCounts, next_check, refresh_time)
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -105,11 +106,19 @@ class Tracked:
     changed_at: float = 0.0  # when a full read found it had exec'd (another exe or name)
     running: bool = False  # it ran at its last check: read lightly without asking again
     steady: Process | None = None  # idle, no socket, nothing pending: handed out as it was
+    check_at: float = 0.0  # a quiet one: when next asked whether it ran (idle.next_check)
+    light_at: float = 0.0  # a running one: its last light read (idle.BARELY_RUNNING)
+    stat: HeldStat | None = None  # a running one's stat, held open (spread: idle.py)
+    pairs: list | None = None  # its sockets at its last light read: (inode, socket)
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
             self.quiet.held.close()
         self.quiet = None
+        self.check_at = self.light_at = 0.0
+        if self.stat is not None:
+            self.stat.close()
+            self.stat = None
 
 
 @dataclass
@@ -167,6 +176,15 @@ class ProcessSampler:
         self.behaviour = Behaviour(self.log)
         self._netns_tables: dict[str, InetTables] = {}  # this tick's, per other namespace
         self._pairs_now: dict[ProcessKey, list] = {}  # this tick's (inode, socket) per process
+        # Many processes watched, with process events: quiet ones asked in turn, barely
+        # running ones read lightly less often (idle.SPREAD_FROM); this tick's, and how many
+        # were quiet at the last tick (and this one's count so far).
+        self._spreading = False
+        self._watched = 0  # processes this tick (the quiet ones' turns follow it)
+        self._check_now: set[int] = set()  # pids asked this tick all the same (they exec'd)
+        self._parked = Parked()  # quiet processes waiting their turn (idle.py)
+        self._to_park: list[tuple[int, Process, float]] = []  # this tick's: (pid, sample, due)
+        self._owner_set: set[str] | None = None  # owners(), until the attribution changes
 
     # ------------------------------------------------------------------ public
 
@@ -185,8 +203,13 @@ class ProcessSampler:
         self._netns_tables, self._pairs_now = {}, {}
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
+        self._spreading = self.may_spread() and len(owners) > SPREAD_FROM
+        if not self._spreading:
+            self._parked.reset()
+        self._watched = len(owners)
+        visit = self._parked.visit(owners, now, self._check_now) if self._spreading else owners
         no_gpu = (0.0, 0.0)
-        for pid, kid in owners.items():
+        for pid, kid in list(visit.items()):
             entry, is_kernel = table[pid], kernel_pids.get(pid) == kid
             use = gpu.processes.get(pid) if gpu is not None else None
             gpu_use = (use.percent, use.memory_mb) if use is not None else no_gpu
@@ -202,11 +225,33 @@ class ProcessSampler:
             self._remember_foreign_sockets(sockets)
             self._tables = sockets
         self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
+        self._park_quiet(snapshots, now)
         if self._table_moved:  # a process started or exited: the state of those gone goes
             self._forget_dead(table)
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    def _park_quiet(self, snapshots: dict[str, Snapshot], now: float) -> None:
+        """The quiet processes not due before their turn are parked (not visited until then),
+        and every parked one handed out as it was."""
+        annotated = self.behaviour.annotated
+        for pid, sample, due in self._to_park:
+            if sample.key not in annotated:
+                self._parked.park(pid, sample, due)
+        self._to_park = []
+        for kid, parked in self._parked.by_kernel.items():
+            if parked:
+                snapshot = snapshots.get(kid)
+                if snapshot is None:
+                    snapshot = snapshots[kid] = Snapshot(kernel_id=kid, time=now)
+                snapshot.processes.extend(parked.values())
+                snapshot.parked = len(parked)
+
+    def may_spread(self) -> bool:
+        """Whether quiet processes may be asked in turn (idle.SPREAD_FROM): only where process
+        events say at once which exec'd (the node watcher's sampler)."""
+        return False
 
     def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
         """Behaviour fields over a window, for the few candidate processes; a sample whose
@@ -271,8 +316,11 @@ class ProcessSampler:
                     None)
 
     def owners(self) -> set[str]:
-        """The kernels that live processes are attributed to (call from the sampler's thread)."""
-        return {t.owner for t in self._tracked.values() if t.owner}
+        """The kernels that live processes are attributed to (call from the sampler's thread;
+        worked out again only after an attribution, a claim or an exit)."""
+        if self._owner_set is None:
+            self._owner_set = {t.owner for t in self._tracked.values() if t.owner}
+        return self._owner_set
 
     @property
     def counts_move(self) -> bool:
@@ -299,6 +347,7 @@ class ProcessSampler:
         state = self._state(key)
         state.owner = state.owner or kernel_id
         self._table_changed = True
+        self._owner_set = None
 
     # ---------------------------------------------------------------- the pass
 
@@ -396,6 +445,7 @@ class ProcessSampler:
         for pid, kid in owners.items():
             state = self._state(table[pid].key)
             state.owner = state.owner or kid
+        self._owner_set = None
         return owners
 
     def _sockets_unaccounted(self, sockets: InetTables) -> bool:
@@ -517,6 +567,7 @@ class ProcessSampler:
         state = self._tracked.get(entry.key) if entry is not None else None
         if state is not None:
             state.full_due, state.full_every = 0.0, self.libraries_refresh
+            state.light_at = 0.0
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                    gpu_use: tuple[float, float]) -> Process | None:
@@ -534,10 +585,19 @@ class ProcessSampler:
                 and last.is_kernel == is_kernel and last.gpu_percent == gpu_use[0] \
                 and last.gpu_memory_mb == gpu_use[1]:
             # Most of a thousand idle children: handed out as they were last tick, with no
-            # socket and nothing pending; one pread of its schedstat says it did not run.
+            # socket and nothing pending; one pread of its schedstat says it did not run
+            # (with many, asked in turn: idle.next_check).
+            if self._spreading and now < state.check_at and entry.pid not in self._check_now:
+                self._to_park.append((entry.pid, last, state.check_at))
+                return last
             if not quiet.ran(entry.pid)[0]:
                 state.cpu = (state.cpu[0], now)
+                if self._spreading:
+                    state.check_at = next_check(now, entry.pid, self._watched)
+                    if state.check_at:
+                        self._to_park.append((entry.pid, last, state.check_at))
                 return last
+            state.check_at = 0.0
             return None
         ran, activity = quiet.ran(entry.pid)
         if activity is not None:
@@ -610,6 +670,9 @@ class ProcessSampler:
                 or entry.key in self.content.news:  # its memory scan found something new
             return None
         pid, base = entry.pid, quiet.sample
+        if self._spreading and state.running and self._barely_ran(entry, state, quiet, now,
+                                                                  is_kernel, gpu_use):
+            return state.handed
         try:
             stat = procfs.read_stat(pid)
             cmdline = procfs.read_cmdline(pid)
@@ -628,12 +691,38 @@ class ProcessSampler:
             quiet.held = None
         state.running = True
         self.stats.light_reads += 1
-        found = [s for _, s in self._socket_pairs(entry.key, fds.inodes, base.netns, pid,
-                                                   sockets)]
+        pairs = self._socket_pairs(entry.key, fds.inodes, base.netns, pid, sockets)
+        state.light_at, state.pairs = now, pairs
+        found = [s for _, s in pairs]
         return self._hand_out(entry.key, base.but(
             ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
             cpu_percent=self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now),
             sockets=found, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+
+    def _barely_ran(self, entry: Entry, state: Tracked, quiet: QuietRead, now: float,
+                    is_kernel: bool, gpu_use: tuple[float, float]) -> bool:
+        """Whether a process read lightly less than LIGHT_READ_MAX_AGE s ago used less than
+        BARELY_RUNNING of a core since, and changed neither its threads nor its size: then
+        it is handed out as it was (idle.py), its sockets as they were."""
+        last = state.handed
+        if now - state.light_at >= LIGHT_READ_MAX_AGE or last is None or state.cpu is None \
+                or last.is_kernel != is_kernel or last.ppid != entry.ppid \
+                or (last.gpu_percent, last.gpu_memory_mb) != gpu_use:
+            return False
+        if state.stat is None:
+            state.stat = HeldStat.open(entry.pid)
+            if state.stat is None:
+                return False
+        stat = state.stat.read()
+        if stat is None or stat.start != entry.start or stat.threads != quiet.sample.threads \
+                or stat.vms != quiet.vms:
+            return False
+        used, since = stat.cpu_ticks / CLOCK_TICKS - state.cpu[0], now - state.cpu[1]
+        if since <= 0 or used > BARELY_RUNNING * since:
+            return False
+        if state.pairs:
+            self._pairs_now[entry.key] = state.pairs
+        return True
 
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
         self._state(key).handed = sample
@@ -758,6 +847,7 @@ class ProcessSampler:
         alive = {entry.key for entry in table.values()}
         for key in self._tracked.keys() - alive:
             self._tracked.pop(key).forget_quiet()
+        self._owner_set = None
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
 

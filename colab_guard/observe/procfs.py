@@ -67,7 +67,11 @@ class Stat:
 
 
 def read_stat(pid: int) -> Stat:
-    data = read_small(f"/proc/{pid}/stat")
+    return parse_stat(read_small(f"/proc/{pid}/stat"))
+
+
+def parse_stat(data: bytes) -> Stat:
+    """/proc/PID/stat's fields (a ValueError or IndexError if it cannot be parsed)."""
     name_end = data.rindex(b")")  # the name may hold spaces and parentheses
     fields = data[name_end + 2:].split()
     return Stat(comm=data[data.index(b"(") + 1:name_end].decode(ENCODING, ENCODING_ERRORS),

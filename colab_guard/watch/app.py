@@ -157,7 +157,7 @@ class NodeMonitor(Monitor):
         with the command line it was started with, the one that says what it is."""
         boot = None
         for snapshot in snapshots.values():
-            for process in snapshot.processes:
+            for process in snapshot.visited():  # a parked one was corrected when visited
                 started = self.exec_argv.get(process.pid)
                 if started is None or not started[1] or started[1] == process.cmdline:
                     continue

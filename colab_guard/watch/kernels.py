@@ -116,6 +116,9 @@ class NodeKernels:
         self._forks: set[int] = set()
         self._exits: set[int] = set()
         self._unsettled: set[int] = set()
+        #: pids that exec'd since the sampler last took them (execs_for_pass): asked at its
+        #: next pass whether they ran, however many quiet processes wait their turn
+        self._execs_for_pass: set[int] = set()
         self._listed_at: float | None = None  # when /proc was last listed (time.monotonic)
         self._elected_for: set[str] = set()  # ``attributed`` at the last election
         #: exec events arrive (proc_events.py); else young processes are read again each scan
@@ -140,6 +143,18 @@ class NodeKernels:
             pids.add(pid)
         else:  # a storm between two refreshes: the next one lists /proc instead
             self.events_lost = True
+
+    def _keep_for_pass(self, execs: set[int]) -> None:
+        if len(self._execs_for_pass) < MAX_PENDING:
+            self._execs_for_pass |= execs
+        else:
+            self.events_lost = True  # the next scan reads them all
+
+    def execs_for_pass(self) -> set[int]:
+        """The pids that exec'd since the last call (from the pass's thread; refresh, on the
+        event loop, runs before each pass, never during one)."""
+        taken, self._execs_for_pass = self._execs_for_pass, set()
+        return taken
 
     # ------------------------------------------------------------ discovery
 
@@ -178,6 +193,7 @@ class NodeKernels:
             elif known is not None:
                 users = users or known[1] is None or self._is_user(known[1].uid)
         changed = self._forks | self._execs | self._unsettled
+        self._keep_for_pass(self._execs)
         self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
         for pid in changed:
             try:
@@ -197,6 +213,7 @@ class NodeKernels:
         """One listing of /proc (see refresh)."""
         before, seen = self._seen, {}
         execs = self._execs
+        self._keep_for_pass(execs)
         self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
         young, self.events_lost = not self.events_live or self.events_lost, False
         young_since = _uptime_ticks() - YOUNG * procfs.CLOCK_TICKS if young else float("inf")

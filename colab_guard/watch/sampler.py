@@ -36,11 +36,16 @@ class NodeSampler(ProcessSampler):
             self.attributed = {pid: (table[pid].key[1], kid) for pid, kid in owners.items()}
         return owners
 
+    def may_spread(self) -> bool:
+        """Quiet processes asked in turn while process events say which exec'd (idle.py)."""
+        return self.node.events_live and not self.node.events_lost
+
     def _scan_table(self) -> dict[int, Entry]:
         """The users' processes, and those that descend from one; a process whose parent
         has exited has its stat read again (whose child is it now?). Discovery's view is
         refreshed on the event loop before each pass and left alone while it runs."""
         before, table = self._table, {}
+        self._check_now = self.node.execs_for_pass()
         boot: float | None = None
         watched: dict[int, bool] = {}  # uid -> a notebook user's
         others = []  # the rest: kept if a parent is kept (a setuid program of a kernel)

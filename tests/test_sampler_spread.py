@@ -1,0 +1,197 @@
+"""Many processes watched, with process events to say which exec'd (the node watcher):
+quiet processes are asked in turn whether they ran, not at every tick (idle.Parked), and a
+process that barely runs (a kernel's once-a-second wake-up) is not read at every tick
+(idle.BARELY_RUNNING). What a tick costs then follows what runs; what they do once they
+wake is seen all the same: at their turn, at once when they exec, or when they use a core.
+
+Real processes; the thresholds are lowered so that a few processes are "many".
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from colab_guard.observe import idle, processes
+from colab_guard.observe.processes import ProcessSampler
+from tests.harness import wait_until
+
+PY = sys.executable
+CHILDREN = 12
+
+# A kernel stand-in: CHILDREN children that wait for a line, then do what it says; it wakes
+# every 0.1 s itself (a kernel's poller) and spins for a second when told to on its stdin.
+KERNEL = f"""\
+import os, select, subprocess, sys, time
+CHILD = ("import os, sys, time\\n"
+         "command = sys.stdin.readline().strip()\\n"
+         "if command == 'exec':\\n"
+         "    os.execv('/bin/sleep', ['sleep', '600'])\\n"
+         "end = time.monotonic() + 30\\n"
+         "while time.monotonic() < end:\\n"
+         "    pass\\n")
+children = [subprocess.Popen([sys.executable, '-c', CHILD], stdin=subprocess.PIPE, text=True)
+            for _ in range({CHILDREN})]
+print(' '.join(str(c.pid) for c in children), flush=True)
+while True:
+    if not select.select([sys.stdin], [], [], 0.1)[0]:
+        continue
+    command = sys.stdin.readline().split()
+    if not command:
+        break
+    if command[0] == 'spin':
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            pass
+    else:  # a child's index, and what it is to do
+        child = children[int(command[0])]
+        child.stdin.write(command[1] + '\\n')
+        child.stdin.flush()
+for child in children:
+    child.kill()
+"""
+
+
+class SpreadingSampler(ProcessSampler):
+    """The server extension's sampler, spreading as the node watcher's does; ``asked``: the
+    pids the process events would name as exec'd before the next tick."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: set[int] = set()
+
+    def may_spread(self) -> bool:
+        return True
+
+    def _scan_table(self):
+        table = super()._scan_table()
+        self._check_now, self.asked = self.asked, set()
+        return table
+
+
+@pytest.fixture
+def many(monkeypatch):
+    """A handful of processes counts as many; a quiet one waits at most 2 s for its turn."""
+    monkeypatch.setattr(processes, "SPREAD_FROM", 4)
+    monkeypatch.setattr(idle, "SPREAD_FROM", 4)
+    monkeypatch.setattr(idle, "QUIET_CHECKS_PER_SECOND", 2)
+    monkeypatch.setattr(idle, "QUIET_CHECK_MAX", 2.0)
+    monkeypatch.setattr(processes, "FD_COUNT_SETTLED", -1.0)  # light reads from the start
+
+
+@pytest.fixture
+def kernel():
+    proc = subprocess.Popen([PY, "-c", KERNEL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    children = [int(pid) for pid in proc.stdout.readline().split()]
+    yield proc, children
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def tell(proc, line: str) -> None:
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+def parked_once(sampler: SpreadingSampler, pid: int, expected: set[int]):
+    """Sample (every 0.2 s, the whole kernel each time) until most of its children are
+    parked; the snapshot."""
+    def tick():
+        snapshot = sampler.sample({"k": pid})["k"]
+        assert {p.pid for p in snapshot.processes} == expected  # parked or not, all there
+        return snapshot
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        snapshot = tick()
+        if snapshot.parked >= CHILDREN - 2:
+            return snapshot
+        time.sleep(0.2)
+    raise AssertionError(f"the children were never parked: {snapshot.parked}")
+
+
+def test_quiet_processes_are_parked_handed_out_as_they_were_and_asked_in_turn(many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    first = parked_once(sampler, proc.pid, {proc.pid, *children})
+    before = {p.pid: p for p in first.processes[-first.parked:]}
+    checks = sampler.stats.ticks
+    asked = []  # how many of them were asked (visited) at each tick
+    for _ in range(8):
+        time.sleep(0.2)
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        visited = {p.pid for p in snapshot.visited()}
+        asked.append(len(visited & before.keys()))
+        for process in snapshot.processes:  # quiet: the same objects, visited or not
+            if process.pid in before:
+                assert process is before[process.pid]
+    assert sampler.stats.ticks == checks + 8
+    # Not all at every tick, but each within its 2 s turn: all asked in 8 ticks (1.6 s + reads).
+    assert min(asked) < len(before), asked
+    assert sum(asked) >= len(before) - 2, asked
+
+
+def test_a_parked_process_that_starts_computing_is_seen_at_its_turn(many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked = parked_once(sampler, proc.pid, {proc.pid, *children})
+    busy = next(p.pid for p in parked.processes[-parked.parked:])
+    tell(proc, f"{children.index(busy)} spin")
+    started = time.monotonic()
+
+    def computing():
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        return any(p.pid == busy and p.cpu_percent > 20 for p in snapshot.processes)
+
+    wait_until(computing, timeout=10, interval=0.2, what="the busy child read again")
+    assert time.monotonic() - started < 2.0 + 2.0  # its turn, and the CPU shown
+
+
+def test_a_parked_process_that_execs_is_read_at_the_next_tick(many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked = parked_once(sampler, proc.pid, {proc.pid, *children})
+    execs = next(p.pid for p in parked.processes[-parked.parked:])
+    tell(proc, f"{children.index(execs)} exec")
+    wait_until(lambda: open(f"/proc/{execs}/comm").read().strip() == "sleep", timeout=10,
+               what="the child exec'd")
+    sampler.asked = {execs}  # the exec event
+    snapshot = sampler.sample({"k": proc.pid})["k"]
+    assert next(p for p in snapshot.processes if p.pid == execs).name == "sleep"
+
+
+def test_a_kernel_that_barely_runs_is_handed_out_as_it_was_until_it_computes(many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked_once(sampler, proc.pid, {proc.pid, *children})
+    light = sampler.stats.light_reads
+
+    def kernel_sample():
+        return sampler.sample({"k": proc.pid})["k"].kernel_process
+
+    wait_until(lambda: kernel_sample() is not None and sampler.stats.light_reads > light,
+               timeout=30, what="a light read of the kernel")  # after its files' scan
+    last = kernel_sample()
+    same = 0
+    for _ in range(5):  # it wakes ten times a second, using next to nothing
+        time.sleep(0.2)
+        now = kernel_sample()
+        same += now is last
+        last = now
+    assert same >= 3, same  # not read at every tick (read again LIGHT_READ_MAX_AGE s after)
+    tell(proc, "spin")
+    wait_until(lambda: kernel_sample().cpu_percent > 20, timeout=5, interval=0.2,
+               what="the computing kernel read at once")
+
+
+def test_without_process_events_every_quiet_process_is_asked_at_every_tick(many, kernel):
+    proc, children = kernel
+    sampler = ProcessSampler()  # the server extension's: no events, no spreading
+    for _ in range(10):
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        assert snapshot.parked == 0
+        time.sleep(0.1)
