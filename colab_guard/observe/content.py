@@ -1038,21 +1038,38 @@ class ContentScanner:
 
     def _with_local_modules(self, path: str, evidence: scripts.Evidence,
                             deadline: float) -> None:
-        """Add what the script's own modules show (helper.py beside it that it imports: a
-        program split in two is still one program), one level, within the same budget."""
-        for module in scripts.local_modules(path, evidence.imports):
+        """Add what the script's own modules show (helper.py beside it that it imports, what
+        helper imports in turn, a package's relative imports: a program split in files is
+        still one program), ``scripts.LOCAL_MODULES_MAX`` files and
+        ``scripts.LOCAL_MODULES_DEPTH`` levels at most, within the same budget."""
+        read, level = {path}, [(path, evidence)]
+        for _ in range(scripts.LOCAL_MODULES_DEPTH):
+            following = []
+            for importer, found in level:
+                for module in scripts.local_modules(path, found.imports, found.relative,
+                                                    importer):
+                    if module in read or len(read) > scripts.LOCAL_MODULES_MAX or \
+                            time.monotonic() >= deadline:
+                        continue
+                    read.add(module)
+                    answer = self._read_module(module, deadline)
+                    if answer is not None:
+                        evidence.merge(answer)
+                        following.append((module, answer))
+            level = following
+
+    def _read_module(self, module: str, deadline: float) -> scripts.Evidence | None:
+        try:
+            fd, _ = open_regular(module)
             try:
-                fd, _ = open_regular(module)
-                try:
-                    answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
-                                          self.max_bytes, deadline)
-                finally:
-                    os.close(fd)
-            except (OSError, scripts.ScriptReadFailed) as err:
-                self.log.debug("colab-guard: could not read %s: %s", module, err)
-                continue
-            if "evidence" in answer:
-                evidence.merge(scripts.Evidence.from_json(answer["evidence"]))
+                answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                      self.max_bytes, deadline)
+            finally:
+                os.close(fd)
+        except (OSError, scripts.ScriptReadFailed) as err:
+            self.log.debug("colab-guard: could not read %s: %s", module, err)
+            return None
+        return scripts.Evidence.from_json(answer["evidence"]) if "evidence" in answer else None
 
     # ------------------------------------------------------------ libraries
 

@@ -44,16 +44,25 @@ ZIP_MEMBERS_MAX = 32
 LOCAL_MODULES_MAX = 16
 
 
-def local_modules(script: str, imports: set[str]) -> list[str]:
+#: How deep a script's own modules are followed (main imports helper, which imports inner...).
+LOCAL_MODULES_DEPTH = 4
+
+
+def local_modules(script: str, imports: set[str], relative: set[str] = frozenset(),
+                  module: str | None = None) -> list[str]:
     """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
     helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
-    them first on its path (the script's folder)."""
+    them first on its path (the script's folder). ``relative``: the ``from .x import y`` of
+    ``module`` (one of those files), found from its own folder."""
     folder = os.path.dirname(script)
     found: list[str] = []
-    for module in sorted(imports):
-        if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+    wanted = [(folder, name) for name in sorted(imports)]
+    if module is not None:
+        wanted += [_relative_to(module, name) for name in sorted(relative)]
+    for base, name in wanted:
+        if base is None or not re.fullmatch(r"[A-Za-z_][\w.]*|", name):
             continue
-        path = os.path.join(folder, *module.split("."))
+        path = os.path.join(base, *name.split(".")) if name else base
         for candidate in (path + ".py", os.path.join(path, "__init__.py")):
             if candidate not in found and os.path.isfile(candidate):
                 found.append(candidate)
@@ -61,6 +70,16 @@ def local_modules(script: str, imports: set[str]) -> list[str]:
         if len(found) >= LOCAL_MODULES_MAX:
             break
     return found
+
+
+def _relative_to(module: str, name: str) -> tuple[str | None, str]:
+    """``from ..x import y`` in ``module``: the folder the dots lead to, and ``x.y``."""
+    level = len(name) - len(name.lstrip("."))
+    folder = os.path.dirname(module)
+    for _ in range(level - 1):
+        folder = os.path.dirname(folder)
+    rest = name[level:]
+    return (folder if level <= LOCAL_MODULES_DEPTH else None), rest
 
 
 #: The child's own limits.
@@ -129,6 +148,9 @@ IMPORT_CALLS = frozenset({"__import__", "import_module"})
 _JSON_METHOD = re.compile(r"""["']method["']\s*:\s*["']([^"'\\]{1,200})["']""")
 
 
+_SETS = ("imports", "names", "calls", "models", "messages", "requests", "mentioned", "relative")
+
+
 @dataclass
 class Evidence:
     """What a Python program's code shows (see CodeMarker)."""
@@ -144,9 +166,10 @@ class Evidence:
     # requests), and the known RPC method names among the program's string constants.
     variable_requests: bool = False
     mentioned: set[str] = field(default_factory=set)
+    relative: set[str] = field(default_factory=set)  # from .x import y: ".x", ".x.y"
 
     def merge(self, other: "Evidence") -> None:
-        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
+        for name in _SETS:
             getattr(self, name).update(getattr(other, name))
         self.network = self.network or other.network
         self.variable_requests = self.variable_requests or other.variable_requests
@@ -162,7 +185,7 @@ class Evidence:
     def from_json(cls, data: dict) -> "Evidence":
         evidence = cls(network=bool(data.get("network")),
                        variable_requests=bool(data.get("variable_requests")))
-        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
+        for name in _SETS:
             getattr(evidence, name).update(str(v) for v in data.get(name, ()))
         return evidence
 
@@ -209,6 +232,172 @@ def _dotted(node: ast.AST) -> list[str] | None:
     return parts[::-1]
 
 
+#: Names a folded constant expression may go through (``A = B + "x"``), and its longest text.
+FOLD_DEPTH = 8
+FOLD_MAX = 4096
+#: Calls (their last name) that send a message on a connection (a request's data is in them).
+SEND_CALLS = frozenset({"send", "sendall", "sendto"})
+
+
+def _fold(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
+    """The text a constant expression evaluates to, or None: what names bound to constants,
+    ``+``, ``%s``, f-strings, ``sep.join([...])``, slices and ``.decode()`` make of constants
+    (a name built from pieces is still that name). Never evaluates anything else."""
+    if depth <= 0:
+        return None
+    text = _fold_node(node, assigned, depth - 1)
+    return text if text is None or len(text) <= FOLD_MAX else None
+
+
+def _fold_node(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
+    def fold(child: ast.AST) -> str | None:
+        return _fold(child, assigned, depth)
+
+    if isinstance(node, ast.Name):
+        value = assigned.get(node.id)
+        return fold(value) if value is not None else None
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else _fold_formatted(v, fold)
+                       for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = fold(node.left), fold(node.right)
+        return left + right if left is not None and right is not None else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        return _fold_percent(fold(node.left), node.right, fold)
+    if isinstance(node, ast.Subscript):
+        return _fold_subscript(fold(node.value), node.slice)
+    if isinstance(node, ast.Call):
+        return _fold_call(node, fold)
+    return _text(node)
+
+
+def _fold_formatted(value: ast.AST, fold) -> str:
+    if isinstance(value, ast.FormattedValue) and value.conversion == -1 and \
+            value.format_spec is None:
+        text = fold(value.value)
+        if text is not None:
+            return text
+    return "{}"  # a value not known here (as before folding: f"{DATA}/t-rex.jpg")
+
+
+def _fold_percent(template: str | None, right: ast.AST, fold) -> str | None:
+    """``"mining.%s" % x``: plain ``%s`` only (a width could build a huge text)."""
+    if template is None or re.search(r"%[^s%]", template):
+        return None
+    values = [fold(e) for e in right.elts] if isinstance(right, ast.Tuple) else [fold(right)]
+    if None in values or template.count("%s") != len(values):
+        return None
+    parts = template.replace("%%", "\0").split("%s")
+    return "".join(p + v for p, v in zip(parts, values + [""])).replace("\0", "%")
+
+
+def _fold_subscript(text: str | None, index: ast.AST) -> str | None:
+    def number(node):
+        if node is None:
+            return None
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            value = number(node.operand)
+            return -value if isinstance(value, int) else False
+        return node.value if isinstance(node, ast.Constant) and \
+            type(node.value) is int else False
+
+    if text is None:
+        return None
+    if isinstance(index, ast.Slice):
+        bounds = [number(index.lower), number(index.upper), number(index.step)]
+        return None if False in bounds or bounds[2] == 0 else text[slice(*bounds)]
+    at = number(index)
+    return text[at] if isinstance(at, int) and -len(text) <= at < len(text) else None
+
+
+def _fold_call(node: ast.Call, fold) -> str | None:
+    func = node.func
+    if node.keywords or not isinstance(func, ast.Attribute):
+        if isinstance(func, ast.Name) and func.id == "str" and len(node.args) == 1:
+            return fold(node.args[0])
+        return None
+    if func.attr == "join" and len(node.args) == 1 and \
+            isinstance(node.args[0], (ast.List, ast.Tuple)):
+        separator, items = fold(func.value), [fold(e) for e in node.args[0].elts]
+        return None if separator is None or None in items else separator.join(items)
+    if func.attr == "fromhex" and isinstance(func.value, ast.Name) and \
+            func.value.id == "bytes" and len(node.args) == 1:
+        digits = fold(node.args[0])
+        try:
+            return bytes.fromhex(digits).decode("latin-1") if digits is not None else None
+        except ValueError:
+            return None
+    if func.attr in ("decode", "encode", "lower", "upper", "strip") and \
+            len(node.args) <= (1 if func.attr in ("decode", "encode") else 0):
+        text = fold(func.value)
+        return text if text is None or func.attr in ("decode", "encode") else \
+            getattr(text, func.attr)()
+    return None
+
+
+def _through_getattr(func: ast.AST) -> ast.AST:
+    """``getattr(importlib, "import_module")`` read as ``importlib.import_module``."""
+    if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and \
+            func.func.id == "getattr" and len(func.args) >= 2 and \
+            isinstance(func.args[1], ast.Constant) and isinstance(func.args[1].value, str):
+        return ast.Attribute(value=func.args[0], attr=func.args[1].value, ctx=ast.Load())
+    return func
+
+
+@dataclass(frozen=True)
+class _Sender:
+    """A function that sends some of its parameters as a request: ``def rpc(method, *p):
+    sock.sendall(repr((method, p)).encode())`` or ``{"method": method}`` built in it."""
+
+    parameters: tuple[str, ...]
+    sent: tuple[str, ...]
+
+
+def _sender(function: ast.FunctionDef | ast.AsyncFunctionDef) -> _Sender | None:
+    """The parameters a function puts in a structure it sends on a connection (a tuple, list
+    or dict given to ``send``/``sendall``/``sendto``, directly or through a name assigned in
+    it) or in a request's ``"method"``. Not a text it sends (a detector's alert, "seen
+    mining.subscribe", is no request), not what it writes to a file."""
+    arguments = function.args
+    parameters = tuple(a.arg for a in (*arguments.posonlyargs, *arguments.args,
+                                       *arguments.kwonlyargs))
+    if not parameters:
+        return None
+    local: dict[str, ast.AST] = {}
+    sends: list[ast.AST] = []
+    sent: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name):
+            local[node.targets[0].id] = node.value
+        elif isinstance(node, ast.Call):
+            parts = _dotted(node.func)
+            if parts and parts[-1] in SEND_CALLS:
+                sends += node.args
+        elif isinstance(node, ast.Dict):
+            sent.update(v.id for k, v in zip(node.keys, node.values)
+                        if isinstance(k, ast.Constant) and k.value == "method" and
+                        isinstance(v, ast.Name))
+    for argument in sends:
+        sent.update(_in_structures(argument, local))
+    found = tuple(p for p in parameters if p in sent)
+    return _Sender(parameters, found) if found else None
+
+
+def _in_structures(node: ast.AST, local: dict[str, ast.AST], depth: int = 2) -> set[str]:
+    """The names that are items of a tuple, list or dict within ``node`` (names assigned in
+    the function followed ``depth`` times)."""
+    found: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, (ast.Tuple, ast.List, ast.Set)):
+            found.update(e.id for e in child.elts if isinstance(e, ast.Name))
+        elif isinstance(child, ast.Dict):
+            found.update(v.id for v in child.values if isinstance(v, ast.Name))
+        elif isinstance(child, ast.Name) and depth > 0 and child.id in local:
+            found |= _in_structures(local[child.id], local, depth - 1)
+    return found
+
+
 class _Reader:
     """One pass over a module's syntax tree (``ast.walk``: iterative, whatever the nesting)."""
 
@@ -216,20 +405,24 @@ class _Reader:
         self.tree = tree
         self.evidence = Evidence()
         self.aliases: dict[str, str] = {}  # a name bound by an import -> the module path
-        self.constants: dict[str, str] = {}  # NAME = "text" (read where NAME is used)
+        # NAME = <expression> (folded where NAME is used: NAME = "ppr" + "oxy")
+        self.assigned: dict[str, ast.AST] = {}
+        self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
-        for node in nodes:  # first what names mean: imports and constants
+        for node in nodes:  # first what names mean: imports, constants, senders
             if isinstance(node, ast.Import):
                 self._import(node)
             elif isinstance(node, ast.ImportFrom):
                 self._import_from(node)
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
-                text = _text(node.value)
-                if text is not None:
-                    self.constants[node.targets[0].id] = text
+                self.assigned[node.targets[0].id] = node.value
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                sender = _sender(node)
+                if sender is not None:
+                    self.senders[node.name] = sender
         for node in nodes:
             self._node(node)
         return self.evidence
@@ -245,7 +438,12 @@ class _Reader:
 
     def _import_from(self, node: ast.ImportFrom) -> None:
         if node.level or not node.module:
-            return  # the program's own modules (read where they are: a zip app's)
+            # The program's own modules (read where they are: a zip app's, a package's).
+            base = "." * node.level + (node.module or "")
+            self.evidence.relative.add(base)
+            self.evidence.relative.update(f"{base}.{a.name}" if node.module else base + a.name
+                                          for a in node.names if a.name != "*")
+            return
         self.evidence.imports.add(node.module)
         for alias in node.names:
             if alias.name != "*":
@@ -253,10 +451,9 @@ class _Reader:
                 self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
     def _value(self, node: ast.AST) -> str | None:
-        """The text a constant expression, or a name bound once to one, stands for."""
-        if isinstance(node, ast.Name):
-            return self.constants.get(node.id)
-        return _text(node)
+        """The text a constant expression stands for, folded as Python would (names bound
+        to one, ``+``, ``%s``, f-strings, ``"".join``, slices, ``.decode()``...)."""
+        return _fold(node, self.assigned, FOLD_DEPTH)
 
     def _node(self, node: ast.AST) -> None:
         evidence = self.evidence
@@ -300,8 +497,10 @@ class _Reader:
 
     def _call(self, node: ast.Call) -> None:
         evidence = self.evidence
-        parts = _dotted(node.func)
+        parts = _dotted(_through_getattr(node.func))
         last = parts[-1] if parts else None
+        if last in self.senders:  # rpc("mining.subscribe"): a method its own sender sends
+            self._sent_arguments(node, self.senders[last], method=len(parts) > 1)
         if parts:
             root = self.aliases.get(parts[0])
             evidence.calls.add(".".join(([root] if root else parts[:1]) + parts[1:]))
@@ -326,6 +525,20 @@ class _Reader:
         if last in MESSAGE_CALLS:
             for arg in node.args:
                 self._message(arg)
+
+
+    def _sent_arguments(self, node: ast.Call, sender: "_Sender", method: bool) -> None:
+        """The texts given to a sender's parameters that it sends in a request (a call
+        through an attribute, ``self.rpc(...)``, skips a method's ``self``)."""
+        names = sender.parameters
+        if method and names[:1] == ("self",):
+            names = names[1:]
+        given = dict(zip(names, node.args))
+        given.update((k.arg, k.value) for k in node.keywords if k.arg)
+        for name in sender.sent:
+            text = self._value(given[name]) if name in given else None
+            if text is not None:
+                self.evidence.requests.add(text)
 
 
 def _text(node: ast.AST) -> str | None:
