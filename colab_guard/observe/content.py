@@ -52,6 +52,8 @@ CHUNK = 1 << 20
 
 INTERPRETER_PREFIX = "interpreter:"
 
+#: Bytes of each file a shell script sources that are read with it (in the script's thread).
+SOURCED_BYTES = 256 << 10
 #: Threads that read scripts (each mostly waits on its child process).
 SCRIPT_THREADS = 2
 
@@ -1010,7 +1012,8 @@ class ContentScanner:
                         self._with_local_modules(path, evidence, deadline)
                     result = Scan(scripts.code_markers(evidence))
                 elif "code" in answer:
-                    found = SEARCH.needles_in(answer["code"].encode("latin-1"))
+                    code = answer["code"] + self._sourced_code(path, answer["code"], deadline)
+                    found = SEARCH.needles_in(code.encode("latin-1"))
                     result = Scan(SEARCH.markers_for(found))
                 else:
                     result = scan_fd(fd, self.max_script_bytes, deadline)
@@ -1047,7 +1050,7 @@ class ContentScanner:
             following = []
             for importer, found in level:
                 for module in scripts.local_modules(path, found.imports, found.relative,
-                                                    importer):
+                                                    importer, found.runs):
                     if module in read or len(read) > scripts.LOCAL_MODULES_MAX or \
                             time.monotonic() >= deadline:
                         continue
@@ -1057,6 +1060,30 @@ class ContentScanner:
                         evidence.merge(answer)
                         following.append((module, answer))
             level = following
+
+    def _sourced_code(self, path: str, code: str, deadline: float) -> str:
+        """The code of the files a shell script sources (``. ./lib.sh``, ``source x``), found
+        from its folder, and of those they source: ``scripts.SOURCED_MAX`` files at most."""
+        folder, read, texts, waiting = os.path.dirname(path), {path}, [], [code]
+        while waiting and len(read) <= scripts.SOURCED_MAX and time.monotonic() < deadline:
+            for name in scripts.sourced(waiting.pop(0)):
+                source = os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
+                if source in read or len(read) > scripts.SOURCED_MAX:
+                    continue
+                read.add(source)
+                try:
+                    fd, _ = open_regular(source)
+                except OSError:
+                    continue
+                try:
+                    text = scripts.shell_code(os.pread(fd, min(self.max_script_bytes, SOURCED_BYTES), 0))
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+                texts.append(text.decode("latin-1"))
+                waiting.append(texts[-1])
+        return "\n" + "\n".join(texts) if texts else ""
 
     def _read_module(self, module: str, deadline: float) -> scripts.Evidence | None:
         try:
@@ -1327,7 +1354,7 @@ def script_path(pid: int, exe: str, cmdline: list[str], interpreter: bool = Fals
     path is resolved against the process's working directory.
     """
     program = os.path.basename(exe or (cmdline[0] if cmdline else ""))
-    if not (interpreter or INTERPRETER.match(program)) or len(cmdline) < 2:
+    if not (interpreter or INTERPRETER.match(program)) or not cmdline:
         return None
     skip_next = False
     for arg in cmdline[1:]:
@@ -1339,9 +1366,29 @@ def script_path(pid: int, exe: str, cmdline: list[str], interpreter: bool = Fals
         if arg in _OPTIONS_WITH_VALUE:
             skip_next = True
             continue
+        if arg == "-":
+            break  # the program is its standard input
         if arg.startswith("-"):
             continue
-        if os.path.isabs(arg):
-            return arg
+        return _own_path(pid, arg)
+    # No script (``python - < x.py``, ``python < x.py``, ``bash -s < x.sh``): its standard
+    # input, read if it is a file (script_markers reads regular files only, never a pipe).
+    return f"/proc/{pid}/fd/0"
+
+
+#: Paths that mean the process's own descriptors (the guard's own, if read as they are).
+_OWN_PATH = re.compile(r"^/(?:proc/self|proc/thread-self|dev)/(fd/\d+|stdin)$|"
+                       r"^/proc/self/(fd/\d+|cwd/.*|root/.*)$")
+
+
+def _own_path(pid: int, arg: str) -> str:
+    """The script's path as the process sees it: relative to its working directory, and
+    ``/proc/self/fd/3``, ``/dev/fd/3``, ``/dev/stdin`` its own descriptors, not the guard's."""
+    if not os.path.isabs(arg):
         return os.path.join(f"/proc/{pid}/cwd", arg)
-    return None
+    own = _OWN_PATH.match(os.path.normpath(arg) if not arg.startswith("/proc/self/cwd/")
+                          else arg)
+    if own is None:
+        return arg
+    rest = own.group(1) or own.group(2)
+    return f"/proc/{pid}/" + ("fd/0" if rest == "stdin" else rest)

@@ -49,14 +49,19 @@ LOCAL_MODULES_DEPTH = 4
 
 
 def local_modules(script: str, imports: set[str], relative: set[str] = frozenset(),
-                  module: str | None = None) -> list[str]:
+                  module: str | None = None, runs: set[str] = frozenset()) -> list[str]:
     """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
     helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
     them first on its path (the script's folder). ``relative``: the ``from .x import y`` of
-    ``module`` (one of those files), found from its own folder."""
+    ``module`` (one of those files), found from its own folder; ``runs``: the files whose
+    text it runs (``exec(open("x.py").read())``), from the script's folder too."""
     folder = os.path.dirname(script)
     found: list[str] = []
     wanted = [(folder, name) for name in sorted(imports)]
+    for path in sorted(runs)[:LOCAL_MODULES_MAX]:  # exec(open("x.py").read()): a file as is
+        candidate = os.path.normpath(os.path.join(folder, path))
+        if candidate not in found and os.path.isfile(candidate):
+            found.append(candidate)
     if module is not None:
         wanted += [_relative_to(module, name) for name in sorted(relative)]
     for base, name in wanted:
@@ -141,6 +146,10 @@ NETWORK_CALLS = frozenset({
 MODEL_LOADERS = frozenset({"get_model", "InferenceSession"})
 #: Calls (their last name) whose constant argument goes into a message.
 MESSAGE_CALLS = frozenset({"pack", "pack_into", "send", "sendall", "sendto", "write"})
+#: Calls that run code given as text (or a file's, by its path: run_path).
+RUN_CALLS = frozenset({"exec", "eval", "compile", "run_path", "execfile"})
+#: Calls whose constant first argument is a file whose text is read (or run: run_path).
+OPENERS = frozenset({"open", "Path", "read_text", "read_bytes", "run_path", "execfile"})
 #: Calls that import the module named by their first argument.
 IMPORT_CALLS = frozenset({"__import__", "import_module"})
 
@@ -148,7 +157,8 @@ IMPORT_CALLS = frozenset({"__import__", "import_module"})
 _JSON_METHOD = re.compile(r"""["']method["']\s*:\s*["']([^"'\\]{1,200})["']""")
 
 
-_SETS = ("imports", "names", "calls", "models", "messages", "requests", "mentioned", "relative")
+_SETS = ("imports", "names", "calls", "models", "messages", "requests", "mentioned", "relative",
+         "runs")
 
 
 @dataclass
@@ -167,6 +177,7 @@ class Evidence:
     variable_requests: bool = False
     mentioned: set[str] = field(default_factory=set)
     relative: set[str] = field(default_factory=set)  # from .x import y: ".x", ".x.y"
+    runs: set[str] = field(default_factory=set)  # files it runs: exec(open("x").read())
 
     def merge(self, other: "Evidence") -> None:
         for name in _SETS:
@@ -513,6 +524,8 @@ class _Reader:
             return
         if last in NETWORK_CALLS:
             evidence.network = True
+        if last in RUN_CALLS:
+            self._runs(node)
         if last in IMPORT_CALLS and node.args:
             module = self._value(node.args[0])
             if module:
@@ -526,6 +539,22 @@ class _Reader:
             for arg in node.args:
                 self._message(arg)
 
+
+    def _runs(self, node: ast.Call) -> None:
+        """``exec(open("x.py").read())``, ``runpy.run_path("x.py")``: the file whose text it
+        runs (the constant path given to an opener within its arguments)."""
+        parts = _dotted(node.func) or [""]
+        if parts[-1] in OPENERS and node.args:  # run_path("x"), execfile("x")
+            path = self._value(node.args[0])
+            if path:
+                self.evidence.runs.add(path)
+        for argument in node.args[:1]:
+            for inner in ast.walk(argument):
+                opener = _dotted(inner.func) if isinstance(inner, ast.Call) else None
+                if opener and opener[-1] in OPENERS and inner.args:
+                    path = self._value(inner.args[0])
+                    if path:
+                        self.evidence.runs.add(path)
 
     def _sent_arguments(self, node: ast.Call, sender: "_Sender", method: bool) -> None:
         """The texts given to a sender's parameters that it sends in a request (a call
@@ -891,6 +920,24 @@ def shell_code(data: bytes) -> bytes:
 
 def _comment_start(data: bytes, at: int) -> bool:
     return at == 0 or data[at - 1:at] in b" \t\n;&|()<>"
+
+
+#: ``source x.sh`` / ``. ./x.sh`` as a command (after a line start, ``;``, ``&&``, ``|``...).
+_SOURCE = re.compile(r"""(?:^|[;&|(]|\bthen|\bdo|\belse)[ \t]*(?:source|\.)[ \t]+"""
+                     r"""(?:"([^"$`\n]{1,4096})"|'([^'\n]{1,4096})'|([^\s;&|<>()$`"']{1,4096}))""",
+                     re.MULTILINE)
+#: Files a shell script sources that are read with it (and theirs), at most.
+SOURCED_MAX = 8
+
+
+def sourced(code: str) -> list[str]:
+    """The files a shell script (its code without comments) sources by a constant path."""
+    found = []
+    for match in _SOURCE.finditer(code):
+        path = next(g for g in match.groups() if g is not None)
+        if path not in found:
+            found.append(path)
+    return found[:SOURCED_MAX]
 
 
 # ------------------------------------------------------------------ reading a script
