@@ -270,12 +270,15 @@ def test_sourcing_in_a_loop_stays_bounded(scanner, tmp_path):
 # ---------------------------------------------------------------- the process's own view
 
 
-def _process_markers(argv: list[str], **options) -> list[str]:
+def _process_markers(argv: list[str], program: str | None = None, **options) -> list[str]:
+    """The markers of a real process (``program``: what it execs into, if not argv[0])."""
+    program = program or argv[0]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             **options)
     scanner = ContentScanner(background=False)
     try:
-        cmdline = wait_until(lambda: _cmdline(proc.pid), timeout=30,
+        cmdline = wait_until(lambda: _cmdline(proc.pid)[:1] == [program] and
+                             _cmdline(proc.pid), timeout=30,
                              what="the new program's command line")  # (empty during exec)
         return scanner.process_markers(proc.pid, os.readlink(f"/proc/{proc.pid}/exe"), cmdline)
     finally:
@@ -311,16 +314,11 @@ def test_a_script_on_standard_input_deleted_after_start_is_read(tmp_path):
 
 @pytest.mark.parametrize("path", ["/proc/self/fd/3", "/dev/fd/3"])
 def test_a_script_named_by_the_processs_own_descriptor_is_read(tmp_path, path):
-    """Was misread: /proc/self/fd/3 was the guard's own descriptor 3 (fixed: the process's)."""
+    """Was misread: /proc/self/fd/3 was the guard's own descriptor 3 (fixed: the process's).
+    The shell opens descriptor 3 in the child only, then becomes Python."""
     (tmp_path / "tool.py").write_text(TOOL)
-    fd = os.open(tmp_path / "tool.py", os.O_RDONLY)
-    try:
-        os.set_inheritable(fd, True)
-        if fd != 3:
-            os.dup2(fd, 3)  # (3 is free in pytest's own process: dup2 onto it is ours)
-        assert _process_markers([PYTHON, path], pass_fds=(3,)) == ["pproxy"]
-    finally:
-        os.close(fd)
+    assert _process_markers(["sh", "-c", f'exec "$0" {path} 3< "$1"', PYTHON,
+                             str(tmp_path / "tool.py")], program=PYTHON) == ["pproxy"]
 
 
 def test_own_paths_are_the_processs():
