@@ -849,8 +849,9 @@ def _request_at(instructions: list, at: int, depth: int, evidence: Evidence) -> 
 
 
 def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
-    """What a zip app runs: its ``__main__.py`` and the modules of the zip it imports (one
-    level), each read up to ``parse_bytes`` decompressed."""
+    """What a zip app runs: its ``__main__.py`` and the modules of the zip it imports, and
+    those they import (``ZIP_MEMBERS_MAX`` at most), each read up to ``parse_bytes``
+    decompressed."""
     evidence = Evidence()
     try:
         archive = zipfile.ZipFile(fileobj)
@@ -860,21 +861,28 @@ def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
     main = _zip_source(archive, members, "__main__.py", parse_bytes)
     if main is None:
         return evidence
-    reader_evidence = python_evidence(*main)
-    evidence.merge(reader_evidence)
-    local = [m for m in _local_modules(main[0]) if m]
-    for module in local[:ZIP_MEMBERS_MAX]:
+    evidence.merge(python_evidence(*main))
+    waiting, seen, read = [m for m in _local_modules(main[0]) if m], set(), 0
+    while waiting and read < ZIP_MEMBERS_MAX:  # what they import in turn (a package's modules)
+        module = waiting.pop(0)
+        if module in seen:
+            continue
+        seen.add(module)
         path = module.replace(".", "/")
         for name in (path + ".py", path + "/__init__.py"):
             found = _zip_source(archive, members, name, parse_bytes)
             if found is not None:
+                read += 1
                 evidence.merge(python_evidence(*found))
+                package = module if name.endswith("__init__.py") else module.rpartition(".")[0]
+                waiting += [m for m in _local_modules(found[0], package) if m and m not in seen]
                 break
     return evidence
 
 
-def _local_modules(source: bytes) -> list[str]:
-    """The modules a source imports, relative ones by their name (a zip app's own)."""
+def _local_modules(source: bytes, package: str = "") -> list[str]:
+    """The modules a source imports; relative ones (a zip app's own) from ``package``, the
+    package the source is in ("": the zip's top)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -885,6 +893,10 @@ def _local_modules(source: bytes) -> list[str]:
             modules += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(parts + ([base] if base else []))
             modules += [base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
     return list(dict.fromkeys(modules))
 
