@@ -352,13 +352,36 @@ def test_an_interactive_interpreter_reads_nothing_from_a_pipe(tmp_path):
         proc.stdout.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "python -c code is not read by the script reader (only by the command-line rules), nor "
-    "the file its code reads and runs"))
-def test_python_c_running_a_files_text_is_recognised(tmp_path):
+@pytest.mark.parametrize("argv_tail", [
+    ["-c", "import time; time.sleep(60); exec(open('notes.txt').read())"],
+    ["-Ic", "import time; time.sleep(60); import runpy; runpy.run_path('notes.txt')"],
+    ["-u", "-c", "import time; time.sleep(60); __import__('ppr' + 'oxy')"],
+    ["-c", "import time; time.sleep(60); import helper"],
+], ids=["exec(open(f).read())", "-Ic run_path", "-c __import__ of pieces", "-c its module"])
+def test_python_c_is_read_as_code_with_the_files_it_runs(tmp_path, argv_tail):
+    """Was missed: ``python -c`` code was read by the command-line rules only, never as code,
+    nor the file it reads and runs (fixed: read as a script's, from a memfd)."""
     (tmp_path / "notes.txt").write_text(TOOL)
-    assert _process_markers([PYTHON, "-c", "import time; time.sleep(60); "
-                             "exec(open('notes.txt').read())"], cwd=tmp_path) == ["pproxy"]
+    (tmp_path / "helper.py").write_text(TOOL)
+    assert _process_markers([PYTHON, *argv_tail], cwd=tmp_path) == ["pproxy"]
+
+
+def test_python_c_honest_code_carries_no_marker(tmp_path):
+    (tmp_path / "notes.txt").write_text(TOOL)
+    assert _process_markers([PYTHON, "-c", "import time, json; print(open('notes.txt').read()"
+                             " + json.dumps(['mining.subscribe', 'pproxy'])); time.sleep(60)"],
+                            cwd=tmp_path) == []
+
+
+def test_inline_code_is_taken_from_the_command_line():
+    from colab_guard.observe.content import inline_code
+
+    assert inline_code(["python3", "-c", "x"]) == "x"
+    assert inline_code(["python3", "-cx=1"]) == "x=1"
+    assert inline_code(["python3", "-W", "ignore", "-Ic", "y"]) == "y"
+    assert inline_code(["python3", "x.py", "-c", "z"]) is None  # the script's own option
+    assert inline_code(["python3", "-m", "mod", "-c", "z"]) is None
+    assert inline_code(["python3", "-c"]) is None
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(

@@ -27,6 +27,7 @@ memory changes. dpkg's own system libraries are known clean and never read.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -684,6 +685,11 @@ class ContentScanner:
             language = script_language(exe, found)
             markers += [m for m in reported(self.script_markers(script, language))
                         if m not in markers]
+        elif script_language(exe, found) == scripts.PYTHON:
+            code = inline_code(cmdline)
+            if code is not None:
+                markers += [m for m in reported(self.inline_markers(pid, code))
+                            if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
             link = os.readlink(f"/proc/{pid}/exe")
@@ -732,7 +738,9 @@ class ContentScanner:
             found = program.markers
         script = script_path(pid, exe, cmdline, True)
         if script is None:
-            return True
+            code = inline_code(cmdline) if script_language(exe, found) == scripts.PYTHON \
+                else None
+            return code is None or _inline_key(pid, code) in self._cache
         try:
             st = os.stat(_script_file(script))
         except OSError:
@@ -791,7 +799,50 @@ class ContentScanner:
                 return []
         return self._scan_script(key, path).markers
 
-    def _queue_script(self, key: tuple, path: str) -> None:
+    def inline_markers(self, pid: int, code: str) -> list[str]:
+        """The markers of ``python -c CODE``: its code read as a script's (and the files it
+        imports or runs from the process's working directory); [] while being read."""
+        key = _inline_key(pid, code)
+        with self._lock:
+            known = self._known(key)
+            if known is not None:
+                return known
+            if self._background:
+                self._queue_script(key, (pid, code))
+                return []
+        return self._scan_inline(key, pid, code).markers
+
+    def _scan_inline(self, key: tuple, pid: int, code: str) -> Scan:
+        """``_scan_script`` for code given on the command line: read from a memfd holding it
+        (``scripts.read``: here if small, else in a child), its modules from its directory."""
+        deadline = time.monotonic() + self.scan_seconds
+        data = code.encode("utf-8", "surrogateescape")[:self.max_script_bytes]
+        result = Scan([])
+        try:
+            fd = os.memfd_create("colab-guard-inline", os.MFD_CLOEXEC)
+            try:
+                os.write(fd, data)
+                answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                      self.max_bytes, deadline)
+            finally:
+                os.close(fd)
+            evidence = scripts.Evidence.from_json(answer.get("evidence", {}))
+            self._with_local_modules(f"/proc/{pid}/cwd/-c", evidence, deadline)
+            result = Scan(scripts.code_markers(evidence))
+        except scripts.ScriptReadFailed:
+            result = Scan(scripts.code_markers(scripts.tail_imports(data)), cut=True)
+        except OSError as err:
+            self.log.debug("colab-guard: could not read the code of process %d: %s", pid, err)
+        with self._lock:
+            self.scans += 1
+            self.stats["script_scans"] += 1
+            self._pending.pop(key, None)
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _queue_script(self, key: tuple, path: str | tuple[int, str]) -> None:
         """With the lock held: read a script in the scripts' own threads. The work is a child
         process's or a few milliseconds here, so it does not wait behind a 64 MiB library
         scan of the scanner's thread: a tool script is known within a tick or two."""
@@ -807,9 +858,11 @@ class ContentScanner:
         self._scripts_queued += 1
         self._scripts.submit(self._script_job, key, path)
 
-    def _script_job(self, key: tuple, path: str) -> None:
+    def _script_job(self, key: tuple, path: str | tuple[int, str]) -> None:
         try:
-            if not self._closed:
+            if not self._closed and isinstance(path, tuple):
+                self._scan_inline(key, *path)
+            elif not self._closed:
                 self._scan_script(key, path)
         except Exception:  # a bug: said, and the next goes on
             self.log.exception("colab-guard: reading a script failed")
@@ -1332,6 +1385,40 @@ def script_language(exe: str, found: list[str]) -> str:
     return scripts.OTHER
 
 
+#: ``python -c CODE``, ``python -Ic CODE``, ``python -cCODE`` (flags without a value first).
+_INLINE = re.compile(r"^-[bBdEiIOPqsSuvx]*c(.*)$", re.DOTALL)
+_MODULE = re.compile(r"^-[bBdEiIOPqsSuvx]*m")
+
+
+def inline_code(cmdline: list[str]) -> str | None:
+    """The code a Python command line runs with ``-c`` (None: a script, a module, stdin)."""
+    skip_next = False
+    for at, arg in enumerate(cmdline[1:], 1):
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in _OPTIONS_WITH_VALUE:
+            skip_next = True
+            continue
+        inline = _INLINE.match(arg)
+        if inline is not None:
+            code = inline.group(1) or (cmdline[at + 1] if at + 1 < len(cmdline) else None)
+            return code or None
+        if not arg.startswith("-") or arg == "-" or _MODULE.match(arg):
+            return None
+    return None
+
+
+def _inline_key(pid: int, code: str) -> tuple:
+    """Inline code's cache key: the code, and the folder its imports and files come from."""
+    try:
+        st = os.stat(f"/proc/{pid}/cwd")
+        folder = (st.st_dev, st.st_ino)
+    except OSError:
+        folder = None
+    return ("inline", hashlib.sha256(code.encode("utf-8", "surrogateescape")).digest(), folder)
+
+
 def _script_file(path: str) -> str:
     """What ``python DIR`` runs: DIR/__main__.py."""
     return os.path.join(path, "__main__.py") if os.path.isdir(path) else path
@@ -1361,8 +1448,9 @@ def script_path(pid: int, exe: str, cmdline: list[str], interpreter: bool = Fals
         if skip_next:
             skip_next = False
             continue
-        if arg in ("-m", "-c", "-e", "--eval", "-p", "--print"):
-            return None
+        if arg in ("-m", "-c", "-e", "--eval", "-p", "--print") or _INLINE.match(arg) or \
+                _MODULE.match(arg):
+            return None  # (-Ic code, -Im module: flags joined)
         if arg in _OPTIONS_WITH_VALUE:
             skip_next = True
             continue
