@@ -271,8 +271,12 @@ def _fold_node(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str |
         return "".join(v.value if isinstance(v, ast.Constant) else _fold_formatted(v, fold)
                        for v in node.values)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = fold(node.left), fold(node.right)
-        return left + right if left is not None and right is not None else None
+        texts = []  # 'm' + 'i' + 'n' + ...: a chain of any length is one level
+        for operand in _operands(node):
+            texts.append(fold(operand))
+            if texts[-1] is None:
+                return None
+        return "".join(texts)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
         return _fold_percent(fold(node.left), node.right, fold)
     if isinstance(node, ast.Subscript):
@@ -280,6 +284,20 @@ def _fold_node(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str |
     if isinstance(node, ast.Call):
         return _fold_call(node, fold)
     return _text(node)
+
+
+def _operands(node: ast.AST) -> list[ast.AST]:
+    """The operands of a chain ``a + b + c`` (left to right; FOLD_MAX at most), or
+    ``[left, right]`` of another operator."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)):
+        return [node.left, node.right] if isinstance(node, ast.BinOp) else [node]
+    operands = []
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and \
+            len(operands) < FOLD_MAX:
+        operands.append(node.right)
+        node = node.left
+    operands.append(node)
+    return operands[::-1]
 
 
 def _fold_formatted(value: ast.AST, fold) -> str:
@@ -324,8 +342,11 @@ def _fold_subscript(text: str | None, index: ast.AST) -> str | None:
 def _fold_call(node: ast.Call, fold) -> str | None:
     func = node.func
     if node.keywords or not isinstance(func, ast.Attribute):
-        if isinstance(func, ast.Name) and func.id == "str" and len(node.args) == 1:
-            return fold(node.args[0])
+        if isinstance(func, ast.Name) and len(node.args) == 1:
+            if func.id == "str":
+                return fold(node.args[0])
+            if func.id in ("chr", "bytes", "bytearray"):  # chr(112), bytes([112, 112])
+                return _fold_codes(node.args[0], func.id == "chr")
         return None
     if func.attr == "join" and len(node.args) == 1 and \
             isinstance(node.args[0], (ast.List, ast.Tuple)):
@@ -344,6 +365,17 @@ def _fold_call(node: ast.Call, fold) -> str | None:
         return text if text is None or func.attr in ("decode", "encode") else \
             getattr(text, func.attr)()
     return None
+
+
+def _fold_codes(node: ast.AST, single: bool) -> str | None:
+    """``chr(112)``, ``bytes([112, 112, ...])``: characters from constant code points."""
+    items = [node] if single else node.elts if isinstance(node, (ast.List, ast.Tuple)) else None
+    if items is None or len(items) > FOLD_MAX:
+        return None
+    codes = [i.value for i in items if isinstance(i, ast.Constant) and type(i.value) is int]
+    if len(codes) != len(items) or not all(0 <= c < (0x110000 if single else 256) for c in codes):
+        return None
+    return "".join(map(chr, codes))
 
 
 def _through_getattr(func: ast.AST) -> ast.AST:
@@ -419,6 +451,7 @@ class _Reader:
         # NAME = <expression> (folded where NAME is used: NAME = "ppr" + "oxy")
         self.assigned: dict[str, ast.AST] = {}
         self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
+        self.chained: set[int] = set()  # the inner links of ``a + b + c`` chains
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
@@ -430,6 +463,8 @@ class _Reader:
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
                 self.assigned[node.targets[0].id] = node.value
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+                self.chained.add(id(node.left))  # a + b + c: read once, from its top
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 sender = _sender(node)
                 if sender is not None:
@@ -485,8 +520,10 @@ class _Reader:
         elif isinstance(node, ast.Call):
             self._call(node)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
-            for side in (node.left, node.right):
-                self._message(side)
+            if id(node) in self.chained:
+                return  # read with the chain it is part of
+            for operand in [*_operands(node), node]:  # each, and what they make together
+                self._message(operand)
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
             text = _text(node)
             if text:
