@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import zipfile
 
 import pytest
@@ -182,6 +183,10 @@ def test_folding_stays_bounded():
     evidence = scripts.python_evidence((chain + "__import__(a40)\n").encode())
     assert all(len(i) <= scripts.FOLD_MAX for i in evidence.imports)
     assert markers("p = '%999999999s' % 'x'\n__import__(p)\n") == []
+    chain = ("x = " + " + ".join("'a'" for _ in range(20_000)) + "\n").encode()
+    started = time.monotonic()
+    scripts.python_evidence(chain)  # a chain is read once, from its top: linear
+    assert time.monotonic() - started < 5
 
 
 # ---------------------------------------------------------------- a program in several files

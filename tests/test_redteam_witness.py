@@ -146,6 +146,25 @@ def test_the_hook_made_to_check_other_code_is_tampering_and_the_cell_is_read(ker
     _tampering(kernel, "kernel-hook-check-forged")
 
 
+def test_run_cell_replaced_to_check_other_code_is_tampering(kernel, pool):
+    """``run_cell`` replaced by one that asks for a check of ``x = 1`` under the cell's own
+    digest, then compiles the cell under the file name the check announced (so its run is
+    reported): the check, the report and the witness all agree, but the cell is not what was
+    checked (fixed with the comparison above)."""
+    _ok(kernel, "import ast\nip = get_ipython()\nguard = ip._colab_guard\n"
+                "original = ip.run_cell\n"
+                "def run_cell(raw_cell, *args, **kwargs):\n"
+                "    if 'mining' not in raw_cell:\n"
+                "        return original(raw_cell, *args, **kwargs)\n"
+                "    guard._raw_cell = raw_cell\n"
+                "    guard.check_cell(ast.parse('x = 1'))\n"
+                "    exec(compile(raw_cell, guard.reporter.cell_file, 'exec'), ip.user_ns)\n"
+                "    return original('pass', *args, **kwargs)\n"
+                "ip.run_cell = run_cell")
+    kernel.run(STRATUM.format(pool=pool))
+    _tampering(kernel, "kernel-hook-check-forged")
+
+
 def test_an_honest_transformer_that_changes_the_code_is_no_forged_check(kernel):
     _ok(kernel, "import ast\n"
                 "class Rename(ast.NodeTransformer):\n"
