@@ -217,7 +217,8 @@ def test_exec_of_a_files_text_reads_that_file(scanner, tmp_path):
     for runner in ("exec(open('notes.txt').read())",
                    "import runpy\nrunpy.run_path('notes.txt')",
                    "from pathlib import Path\nexec(compile(Path('notes.txt').read_text(), "
-                   "'n', 'exec'))"):
+                   "'n', 'exec'))",
+                   "text = open('notes.txt').read()\nexec(text)"):
         (tmp_path / "main.py").write_text(runner + "\n")
         assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == \
             ["pproxy"], runner
@@ -227,6 +228,10 @@ def test_a_file_opened_as_data_is_not_read_as_code(scanner, tmp_path):
     (tmp_path / "notes.txt").write_text("import pproxy\n")
     (tmp_path / "main.py").write_text("text = open('notes.txt').read()\nprint(len(text))\n")
     assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == []
+    (tmp_path / "lint.py").write_text("source = open('notes.txt').read()\n"
+                                      "compile(source, 'notes.txt', 'exec')  # a syntax check\n"
+                                      "compile(open('notes.txt').read(), 'n', 'exec')\n")
+    assert scanner.script_markers(str(tmp_path / "lint.py"), scripts.PYTHON) == []
 
 
 def test_a_zip_app_with_a_neutral_extension_is_read(scanner, tmp_path):

@@ -146,8 +146,9 @@ NETWORK_CALLS = frozenset({
 MODEL_LOADERS = frozenset({"get_model", "InferenceSession"})
 #: Calls (their last name) whose constant argument goes into a message.
 MESSAGE_CALLS = frozenset({"pack", "pack_into", "send", "sendall", "sendto", "write"})
-#: Calls that run code given as text (or a file's, by its path: run_path).
-RUN_CALLS = frozenset({"exec", "eval", "compile", "run_path", "execfile"})
+#: Calls that run code given as text (or a file's, by its path: run_path). Not compile()
+#: alone: a linter compiles files it never runs (exec(compile(open(f)...)) is exec's).
+RUN_CALLS = frozenset({"exec", "eval", "run_path", "execfile"})
 #: Calls whose constant first argument is a file whose text is read (or run: run_path).
 OPENERS = frozenset({"open", "Path", "read_text", "read_bytes", "run_path", "execfile"})
 #: Calls that import the module named by their first argument.
@@ -586,6 +587,8 @@ class _Reader:
             if path:
                 self.evidence.runs.add(path)
         for argument in node.args[:1]:
+            if isinstance(argument, ast.Name) and argument.id in self.assigned:
+                argument = self.assigned[argument.id]  # text = open(f).read(); exec(text)
             for inner in ast.walk(argument):
                 opener = _dotted(inner.func) if isinstance(inner, ast.Call) else None
                 if opener and opener[-1] in OPENERS and inner.args:
