@@ -428,13 +428,40 @@ def test_a_script_from_a_fifo_is_recognised(tmp_path):
         writer.wait()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a .pth file or sitecustomize.py on PYTHONPATH runs code at every start of an honest "
-    "command: the reader reads the script, not the environment's start-up files"))
-def test_a_tool_in_sitecustomize_is_recognised(tmp_path):
+@pytest.mark.parametrize("name, folder", [("sitecustomize.py", None), ("usercustomize.py", ".")])
+def test_a_tool_in_a_startup_module_on_pythonpath_is_recognised(tmp_path, name, folder):
+    """Was missed: sitecustomize.py on PYTHONPATH runs before an honest ``python -c`` (fixed:
+    the start-up modules of the process's PYTHONPATH are read as its own)."""
+    (tmp_path / name).write_text("import core\n")
+    (tmp_path / "core.py").write_text(TOOL)
+    env = dict(os.environ, PYTHONPATH=folder or str(tmp_path))
+    assert _process_markers([PYTHON, "-c", "import time; time.sleep(60)"], env=env,
+                            cwd=tmp_path) == ["pproxy"]
+
+
+def test_startup_modules_python_does_not_run_are_not_read(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(TOOL)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    assert _process_markers([PYTHON, "-c", "pass"], env=env) == ["pproxy"]
+    assert _process_markers([PYTHON, "-I", "-c", "import time; time.sleep(60)"], env=env) == []
+    (tmp_path / "notes.py").write_text("SITE = 'sitecustomize.py: import pproxy'\n")
+    assert _process_markers([PYTHON, "-c", "import time; time.sleep(60)"],
+                            env=dict(os.environ, PYTHONPATH="/nonexistent")) == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a .pth file in the environment's or the user's site-packages runs its import lines at "
+    "every start: not read (only PYTHONPATH's start-up modules are)"))
+def test_a_tool_in_a_pth_file_is_recognised(tmp_path):
+    import site
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "zz-redteam3.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(TOOL)
+    # site.addsitedir() is what processes a .pth (a user site or the environment's own)
+    code = f"import site, time; site.addsitedir({str(site_dir)!r}); time.sleep(60)"
+    assert site.ENABLE_USER_SITE is not None
+    assert _process_markers([PYTHON, "-c", code]) == ["pproxy"]
 
 
 # ---------------------------------------------------------------- files the reader refuses

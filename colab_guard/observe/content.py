@@ -690,6 +690,10 @@ class ContentScanner:
             if code is not None:
                 markers += [m for m in reported(self.inline_markers(pid, code))
                             if m not in markers]
+        if script_language(exe, found) == scripts.PYTHON:
+            for path in startup_files(pid, cmdline):  # run before any script: as its own
+                markers += [m for m in reported(self.script_markers(path, scripts.PYTHON))
+                            if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
             link = os.readlink(f"/proc/{pid}/exe")
@@ -737,16 +741,23 @@ class ContentScanner:
                 return False
             found = program.markers
         script = script_path(pid, exe, cmdline, True)
+        language = script_language(exe, found)
         if script is None:
-            code = inline_code(cmdline) if script_language(exe, found) == scripts.PYTHON \
-                else None
-            return code is None or _inline_key(pid, code) in self._cache
+            code = inline_code(cmdline) if language == scripts.PYTHON else None
+            if code is not None and _inline_key(pid, code) not in self._cache:
+                return False
+        elif not self._script_read(_script_file(script), language):
+            return False
+        return language != scripts.PYTHON or \
+            all(self._script_read(p, language) for p in startup_files(pid, cmdline))
+
+    def _script_read(self, path: str, language: str) -> bool:
+        """Whether the script at ``path`` was read (or is none: gone, not a regular file)."""
         try:
-            st = os.stat(_script_file(script))
+            st = os.stat(path)
         except OSError:
             return True
-        return not stat.S_ISREG(st.st_mode) or \
-            _script_key(st, script_language(exe, found)) in self._cache
+        return not stat.S_ISREG(st.st_mode) or _script_key(st, language) in self._cache
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
@@ -1407,6 +1418,35 @@ def inline_code(cmdline: list[str]) -> str | None:
         if not arg.startswith("-") or arg == "-" or _MODULE.match(arg):
             return None
     return None
+
+
+#: Python options that keep PYTHONPATH's start-up files from running (-I, -E, -S; joined).
+_NO_STARTUP = re.compile(r"^-[bBdEhiIOPqsSuvVx]*[IES]")
+STARTUP_NAMES = ("sitecustomize.py", "usercustomize.py")
+
+
+def startup_files(pid: int, cmdline: list[str]) -> list[str]:
+    """The start-up modules Python imports from the process's ``PYTHONPATH`` before its script
+    (``sitecustomize.py``, ``usercustomize.py``): code that runs in an honest ``python -c
+    pass``. Relative folders are the process's working directory's."""
+    for arg in cmdline[1:]:
+        if not arg.startswith("-") or arg == "-" or _INLINE.match(arg) or _MODULE.match(arg):
+            break
+        if _NO_STARTUP.match(arg):
+            return []
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read(256 << 10)
+    except OSError:
+        return []
+    value = next((e[len(b"PYTHONPATH="):] for e in environ.split(b"\0")
+                  if e.startswith(b"PYTHONPATH=")), b"")
+    found = []
+    for folder in value.decode("utf-8", "surrogateescape").split(":")[:16] if value else ():
+        base = folder if os.path.isabs(folder) else os.path.join(f"/proc/{pid}/cwd", folder)
+        found += [os.path.join(base, n) for n in STARTUP_NAMES
+                  if os.path.isfile(os.path.join(base, n))]
+    return found[:4]
 
 
 def _inline_key(pid: int, code: str) -> tuple:
