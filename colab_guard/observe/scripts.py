@@ -247,6 +247,7 @@ def _dotted(node: ast.AST) -> list[str] | None:
 #: Names a folded constant expression may go through (``A = B + "x"``), and its longest text.
 FOLD_DEPTH = 8
 FOLD_MAX = 4096
+LOOP_VALUES = 64  # the constants of a loop a folded name takes, at most
 #: Calls (their last name) that send a message on a connection (a request's data is in them).
 SEND_CALLS = frozenset({"send", "sendall", "sendto"})
 
@@ -453,6 +454,7 @@ class _Reader:
         self.assigned: dict[str, ast.AST] = {}
         self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
         self.chained: set[int] = set()  # the inner links of ``a + b + c`` chains
+        self.loops: dict[str, list[str]] = {}  # for x in ("a", "b"): the texts x takes
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
@@ -466,6 +468,12 @@ class _Reader:
                 self.assigned[node.targets[0].id] = node.value
             elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
                 self.chained.add(id(node.left))  # a + b + c: read once, from its top
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
+                    isinstance(node.target, ast.Name) and \
+                    isinstance(node.iter, (ast.List, ast.Tuple, ast.Set)):
+                values = [_text(e) for e in node.iter.elts[:LOOP_VALUES]]
+                if None not in values:  # for x in ("subscribe", "authorize"): x is each
+                    self.loops[node.target.id] = values
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 sender = _sender(node)
                 if sender is not None:
@@ -533,11 +541,28 @@ class _Reader:
                 evidence.requests.update(_JSON_METHOD.findall(text))
 
     def _request(self, node: ast.AST) -> None:
+        looped = self._looped(node)
+        if looped:  # f"mining.{x}" for x in (...): each turn's (an f-string folds anyway)
+            self.evidence.requests.update(looped)
+            return
         text = self._value(node)
         if text is not None:
             self.evidence.requests.add(text)
         elif not isinstance(node, ast.Constant):
             self.evidence.variable_requests = True  # {"method": name}: from a table
+
+    def _looped(self, node: ast.AST) -> list[str]:
+        """``"mining.%s" % x`` where x is a loop's over constants: the text of each turn."""
+        name = next((n.id for n in ast.walk(node)
+                     if isinstance(n, ast.Name) and n.id in self.loops), None)
+        if name is None:
+            return []
+        texts = []
+        for value in self.loops[name]:
+            text = _fold(node, {**self.assigned, name: ast.Constant(value)}, FOLD_DEPTH)
+            if text is not None:
+                texts.append(text)
+        return texts
 
     def _message(self, node: ast.AST) -> None:
         text = self._value(node)
