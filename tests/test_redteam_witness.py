@@ -233,3 +233,33 @@ def test_the_witness_blinded_by_suppressing_execute_input_is_tampering(kernel):
                 "get_ipython().ast_transformers.clear()")
     kernel.run("x = 'unchecked'")
     _tampering(kernel, timeout=8)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "IPython compiles a cell's statements one at a time, as each runs: a thread holding the "
+    "tree (kept by an earlier transformer) rewrites a later statement after the check read "
+    "it, and the cell is neither what was checked nor what IOPub showed"))
+def test_a_thread_rewriting_the_tree_after_its_check_is_caught(kernel, pool):
+    _ok(kernel, "import ast, threading, time\nip = get_ipython()\nheld = []\n"
+                "class Keep(ast.NodeTransformer):\n"
+                "    def visit(self, node):\n"
+                "        held.append(node)\n"
+                "        return node\n"
+                "ip.ast_transformers.insert(0, Keep())\n"
+                "def rewrite():\n"
+                "    while True:\n"
+                "        time.sleep(0.05)\n"
+                "        for tree in list(held):\n"
+                "            for n in ast.walk(tree):\n"
+                "                if isinstance(n, ast.Constant) and n.value == '@@subscribe' and "
+                "ip._colab_guard.reporter.cell_file is None:\n"
+                "                    n.value = 'mining.subscribe'\n"
+                "threading.Thread(target=rewrite, daemon=True).start()")
+    cell = "import time\ntime.sleep(1)\n" + STRATUM.format(pool=pool).replace(
+        "mining.subscribe", "@@subscribe") + "print('sent', '@@subscribe')\n"
+    reply, text = kernel.run(cell)
+    if reply.get("ename") != "CellRefused" and "sent mining.subscribe" not in text:
+        pytest.fail(f"the attack did not rewrite the cell: {text[-200:]}")  # (not xfail's)
+    assert reply.get("ename") == "CellRefused" or wait_until(
+        lambda: kernel.incidents("crypto-mining") or kernel.incidents("tampering"),
+        timeout=10, what="an incident for the rewritten cell")
