@@ -41,7 +41,8 @@ HIDDEN = {
     "an f-string of constants": "a = 'ppr'\n__import__(f'{a}oxy')",
     "a reversed text": "__import__('yxorpp'[::-1])",
     "hex decoded": "__import__(bytes.fromhex('7070726f7879').decode())",
-    "import_module through getattr": "import importlib\ngetattr(importlib, 'import_module')('pproxy')",
+    "import_module through getattr":
+        "import importlib\ngetattr(importlib, 'import_module')('pproxy')",
     "%s formatting": "import importlib\nimportlib.import_module('%sxy' % 'ppro')",
     "one character at a time": "__import__(" + " + ".join(repr(c) for c in "pproxy") + ")",
     "code points": "__import__(chr(112) + bytes([112, 114, 111, 120, 121]).decode())",

@@ -1140,7 +1140,8 @@ class ContentScanner:
                 except OSError:
                     continue
                 try:
-                    text = scripts.shell_code(os.pread(fd, min(self.max_script_bytes, SOURCED_BYTES), 0))
+                    size = min(self.max_script_bytes, SOURCED_BYTES)
+                    text = scripts.shell_code(os.pread(fd, size, 0))
                 except OSError:
                     continue
                 finally:
