@@ -52,7 +52,10 @@ class Execution:
     checked: bool = False
     decision: str = ""  # the check's verdict: pending, run, refuse, abandoned (by the kernel)
     file: str = ""  # the file the check said the cell compiles under
-    checked_code: str = ""  # the code the check read (what runs)
+    checked_code: str = ""  # the code the check read (what runs), when one piece
+    checked_text: str | None = None  # all of the code the check read (its pieces joined)
+    checked_found: frozenset = frozenset()  # the signatures the check found in it
+    compared: bool = False  # handed out to be compared with the cell itself (due: "compare")
     ran: bool = False
     interrupted: bool = False  # the server interrupted the kernel while it ran
 
@@ -64,7 +67,8 @@ class CellWitness:
         self.expect_checks = expect_checks
         self.clock = clock
         self.open: OrderedDict[str, Execution] = OrderedDict()
-        self._checks: dict[str, list[tuple[float, str, str, str]]] = {}  # digest -> unmatched
+        # digest -> unmatched checks: (time, file, decision, code, text, found)
+        self._checks: dict[str, list[tuple]] = {}
         self._ran: dict[str, list[float]] = {}  # file -> unmatched run reports
 
     # ------------------------------------------------------------ what arrives
@@ -101,7 +105,8 @@ class CellWitness:
                 return
         if sum(len(v) for v in self._checks.values()) >= MAX_UNMATCHED:
             self._checks.pop(next(iter(self._checks)))  # the oldest digest's
-        self._checks.setdefault(cell_digest, []).append((self.clock(), file, decision, code))
+        self._checks.setdefault(cell_digest, []).append(
+            (self.clock(), file, decision, code, None, frozenset()))
 
     def decide(self, cell_digest: str, decision: str, force: bool = False) -> None:
         """The server's verdict on a check (``force``: the kernel gave up waiting for it, and
@@ -111,20 +116,23 @@ class CellWitness:
                     (force or ex.decision == "pending"):
                 ex.decision = decision
                 return
-        for i, (at, file, old, code) in enumerate(self._checks.get(cell_digest, [])):
+        for i, (at, file, old, *rest) in enumerate(self._checks.get(cell_digest, [])):
             if force or old == "pending":
-                self._checks[cell_digest][i] = (at, file, decision, code)
+                self._checks[cell_digest][i] = (at, file, decision, *rest)
                 return
 
-    def read(self, cell_digest: str, code: str) -> None:
-        """The code the check read of that cell (is it compilable? asked only if no report)."""
+    def read(self, cell_digest: str, code: str, text: str | None = None,
+             found: frozenset = frozenset()) -> None:
+        """The code the check read of that cell: ``code`` when one piece (is it compilable?
+        asked only if no report), ``text`` all its pieces, and the signatures it ``found``
+        (is it what the cell itself makes? see ``due``)."""
         for ex in self.open.values():
-            if ex.digest == cell_digest and ex.checked and not ex.checked_code:
-                ex.checked_code = code
+            if ex.digest == cell_digest and ex.checked and ex.checked_text is None:
+                ex.checked_code, ex.checked_text, ex.checked_found = code, text, found
                 return
-        for i, (at, file, decision, old) in enumerate(self._checks.get(cell_digest, [])):
-            if not old:
-                self._checks[cell_digest][i] = (at, file, decision, code)
+        for i, (at, file, decision, _, old, _) in enumerate(self._checks.get(cell_digest, [])):
+            if old is None:
+                self._checks[cell_digest][i] = (at, file, decision, code, text, found)
                 return
 
     def ran(self, file: str) -> None:
@@ -137,8 +145,10 @@ class CellWitness:
             self._ran.pop(next(iter(self._ran)))
         self._ran.setdefault(file, []).append(self.clock())
 
-    def _match_check(self, ex: Execution, file: str, decision: str, code: str) -> None:
+    def _match_check(self, ex: Execution, file: str, decision: str, code: str,
+                     text: str | None = None, found: frozenset = frozenset()) -> None:
         ex.checked, ex.file, ex.decision, ex.checked_code = True, file, decision, code
+        ex.checked_text, ex.checked_found = text, found
         waiting = self._ran.get(file)
         if waiting:
             waiting.pop(0)
@@ -148,10 +158,16 @@ class CellWitness:
 
     def due(self) -> list[tuple[Execution, str]]:
         """Executions whose reports are overdue: (execution, "unchecked" | "unreported").
-        Each is answered once (and forgotten); the caller confirms the cell could run."""
+        Each is answered once (and forgotten); the caller confirms the cell could run. And
+        cells checked and let run, once each: (execution, "compare"), for the caller to tell
+        whether the code the check read is what the cell itself makes (``own_pieces``)."""
         now = self.clock()
         found = []
         for msg_id, ex in list(self.open.items()):
+            if ex.checked and ex.decision == "run" and ex.checked_text is not None and \
+                    not ex.compared:
+                ex.compared = True
+                found.append((ex, "compare"))
             finished = ex.idle_at is not None and now - ex.idle_at > GRACE
             overdue = now - ex.started > DEADLINE + len(ex.code) / DEADLINE_PER_CHARS
             if ex.interrupted:
@@ -208,3 +224,26 @@ def compiles(code: str) -> bool:
         return True
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return False
+
+
+def own_pieces(code: str, checked_text: str) -> list[str] | None:
+    """The pieces the kernel hook sends for this cell (IPython's own transforms, the same
+    ``cell_pieces``), or None where they are what the check read. A hook whose check was
+    fed other code (its functions replaced, a transformer after it) is told apart from one
+    that read the cell: what the cell itself makes is then read by the server. Honest
+    transformers (another extension's) differ too, so what it finds decides, not the
+    difference. Off the event loop: it parses."""
+    from .kernel.code import cell_pieces
+
+    raw_length = len(code)
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        code = TransformerManager().transform_cell(code)
+    except Exception:
+        pass
+    try:
+        pieces = cell_pieces(ast.parse(code), raw_length)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None  # it does not parse: nothing of it ran
+    return None if "\n".join(pieces) == checked_text else pieces

@@ -233,6 +233,14 @@ class KernelChannel:
     # ------------------------------------------------------------ reports
 
     def _events(self, conn: _Connection, message: dict) -> None:
+        altered = message.get("altered")
+        if isinstance(altered, list) and altered and "kernel-hook-altered" not in conn.tampered:
+            conn.tampered.add("kernel-hook-altered")
+            what = ", ".join(clean_text(str(a))[:40] for a in altered[:8])
+            self._spawn(self._tampering(
+                conn, "kernel-hook-altered",
+                f"The kernel hook's settings were changed from inside the kernel ({what}): "
+                "what it reports was silenced. The server side still watches and enforces."))
         dropped = message.get("dropped")
         if isinstance(dropped, int) and dropped > conn.dropped:
             metrics.KERNEL_EVENTS_DROPPED.inc(dropped - conn.dropped)
@@ -278,6 +286,7 @@ class KernelChannel:
         source = str(message.get("source") or "")[:protocol.MAX_SOURCE_SHOWN] or \
             "\n".join(pieces)[:protocol.MAX_SOURCE_SHOWN]
         answer = {"id": message.get("id"), "decision": "run"}
+        detections: list[Detection] = []
         reason = _too_long(pieces)
         if reason:
             answer.update(decision="refuse", reason=reason)
@@ -292,8 +301,12 @@ class KernelChannel:
         conn.send("verdict", **answer)
         if conn.witness is not None and isinstance(message.get("digest"), str):
             conn.witness.decide(message["digest"], answer["decision"])
-            if len(pieces) == 1:  # what the check read, to tell a cell that cannot compile
-                conn.witness.read(message["digest"], pieces[0])
+            # What the check read (one piece: to tell a cell that cannot compile; all of it,
+            # to compare with what the cell itself makes), and what it found there.
+            conn.witness.read(message["digest"], pieces[0] if len(pieces) == 1 else "",
+                              "\n".join(pieces) if not reason else None,
+                              frozenset(d.signature.id for d in detections) if not reason
+                              else frozenset())
 
     async def _read_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
         """What the cell check finds in this code; the same code sent again (a cell run again
@@ -405,6 +418,9 @@ class KernelChannel:
     async def _confirm_tampering(self, conn: _Connection, execution, what: str) -> None:
         """The server itself checks the cell could run before it calls the silence tampering."""
         loop = asyncio.get_running_loop()
+        if what == "compare":
+            await self._compare_check(conn, execution)
+            return
         if what == "unchecked":
             if not await loop.run_in_executor(self._checking, cellwitness.would_run,
                                               execution.code):
@@ -424,6 +440,29 @@ class KernelChannel:
             return
         conn.tampered.add(signature)
         await self._tampering(conn, signature, text)
+
+    async def _compare_check(self, conn: _Connection, execution) -> None:
+        """A cell checked and let run: if the code the check read is not what the cell itself
+        makes, the server reads the cell (as run-time code, off the event loop); what it
+        finds there that the check did not means the check was fed other code: tampering,
+        and acted on like code run in the kernel."""
+        loop = asyncio.get_running_loop()
+        pieces = await loop.run_in_executor(self._code_checking, cellwitness.own_pieces,
+                                            execution.code, execution.checked_text)
+        if not pieces or self._stopping:
+            return
+        snapshot, detections = await loop.run_in_executor(
+            self._code_checking, self._evaluate_code, conn, "\n".join(pieces))
+        missed = [d for d in detections if d.signature.id not in execution.checked_found]
+        if not missed or not self._alive_connection(conn):
+            return
+        if "kernel-hook-check-forged" not in conn.tampered:
+            conn.tampered.add("kernel-hook-check-forged")
+            await self._tampering(conn, "kernel-hook-check-forged", (
+                "A cell ran whose check had read other code: the kernel hook's cell check was "
+                "fed something else from inside the kernel. The server read the cell itself "
+                "and acts on what it found."))
+        self.monitor.act_on(snapshot, missed)
 
     def _alive_connection(self, conn: _Connection) -> bool:
         return self.kernels.get(conn.kernel_id) is conn and not conn.unloaded

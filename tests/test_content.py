@@ -152,7 +152,9 @@ def test_unreadable_and_special_files_have_no_markers(tmp_path):
     (["node", "/usr/lib/node_modules/webtorrent-cli/bin/cmd.js"], "/usr/lib/node_modules/webtorrent-cli/bin/cmd.js"),
     (["python3", "-m", "roop"], None),
     (["python3", "-c", "print(1)"], None),
-    (["python3"], None),
+    (["python3"], "/proc/7/fd/0"),  # its standard input (read only if a regular file)
+    (["python3", "-u", "-"], "/proc/7/fd/0"),
+    (["python3", "-Ic", "print(1)"], None),
     (["gcc", "x.c"], None),
 ])
 def test_script_of_an_interpreter(cmdline, expected):

@@ -216,10 +216,9 @@ def test_one_stratum_request_or_requests_never_sent_are_not_a_miner():
     assert markers(offline) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a method name passed positionally to the miner's own send function is a plain argument "
-    "(a detector passes the same names to its own functions): behaviour only"))
 def test_a_stratum_client_with_positional_method_names_is_recognised():
+    """Fixed (tests/test_redteam_scripts.py): a parameter its function sends in a structure
+    is a request, and the texts given to it are its methods."""
     assert markers("import socket\ns = socket.create_connection(('127.0.0.1', 3333))\n"
                    "def rpc(method, *params):\n    s.sendall(repr((method, params)).encode())\n"
                    "rpc('mining.subscribe')\nrpc('mining.authorize', 'w', 'x')\n") == \
@@ -300,8 +299,6 @@ def test_a_script_is_read_with_its_own_modules_beside_it(scanner, tmp_path):
     assert scanner.script_markers(str(tmp_path / "honest.py"), scripts.PYTHON) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a script's own modules are read one level deep")
 def test_a_script_is_read_with_its_modules_two_levels_deep(scanner, tmp_path):
     (tmp_path / "main.py").write_text("import helper\n")
     (tmp_path / "helper.py").write_text("import inner\n")

@@ -26,6 +26,7 @@ class ChannelClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, list] = {}  # request id -> [Event, answer]
         self._reported_dropped = 0
+        self._reported_altered: list[str] = []  # the hook's settings changed (Reporter.altered)
 
     # ------------------------------------------------------------ connection
 
@@ -97,21 +98,22 @@ class ChannelClient:
             self._waiting.pop(request_id, None)
 
     def _send_loop(self, reporter: Reporter) -> None:
-        reporter.quiet_threads.add(threading.get_ident())
+        reporter.quiet(threading.get_ident())
         while not self.closed.is_set():
             reporter.wake.wait(FLUSH_INTERVAL)
             reporter.wake.clear()
             batch = reporter.drain()
             dropped = reporter.dropped
-            if batch or dropped != self._reported_dropped:
-                if not self.send("events", events=batch, dropped=dropped):
+            altered = reporter.altered()
+            if batch or dropped != self._reported_dropped or altered != self._reported_altered:
+                if not self.send("events", events=batch, dropped=dropped, altered=altered):
                     return
-                self._reported_dropped = dropped
+                self._reported_dropped, self._reported_altered = dropped, altered
                 # Coalesce bursts (a loop starting 100 programs): one write per SEND_GAP at most.
                 time.sleep(SEND_GAP)
 
     def _receive_loop(self, reporter: Reporter) -> None:
-        reporter.quiet_threads.add(threading.get_ident())
+        reporter.quiet(threading.get_ident())
         try:
             for line in iter(lambda: self._reader.readline(protocol.MAX_LINE), b""):
                 try:

@@ -80,6 +80,7 @@ class KernelGuard:
         guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")),
                        float(env.get(protocol.ENV_CELL_LIMIT, "15")))
         reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
+        reporter.settle()
         return guard
 
     # ------------------------------------------------------------ lifecycle
@@ -103,7 +104,7 @@ class KernelGuard:
                 self.shell.events.unregister(name, callback)
             except ValueError:
                 pass
-        if self._checker in self.shell.ast_transformers:
+        while self._checker in self.shell.ast_transformers:
             self.shell.ast_transformers.remove(self._checker)
         self.shell.custom_exceptions, self.shell.CustomTB = self._previous_custom
         self.shell._colab_guard = None
@@ -138,10 +139,12 @@ class KernelGuard:
     def pre_run_cell(self, info) -> None:
         self._raw_cell = getattr(info, "raw_cell", None)
         transformers = self.shell.ast_transformers
-        if transformers and transformers[-1] is not self._checker and \
-                self._checker in transformers:
-            # Last: the check reads the tree as it will run, after other extensions' changes.
-            transformers.remove(self._checker)
+        if self._checker in transformers and \
+                (transformers[-1] is not self._checker or transformers.count(self._checker) > 1):
+            # Last, once: the check reads the tree as it will run, after other extensions'
+            # changes (_CellCheck.visit keeps it last while the transformers run).
+            while self._checker in transformers:
+                transformers.remove(self._checker)
             transformers.append(self._checker)
         self.running = True
         self.show_inbox()
@@ -219,6 +222,12 @@ class _CellCheck(ast.NodeTransformer):
         self.guard = guard
 
     def visit(self, node):
+        transformers = self.guard.shell.ast_transformers
+        if transformers and transformers[-1] is not self and self in transformers:
+            # A transformer added while they run (IPython iterates the live list): this
+            # check comes again after it, so it reads the tree those leave.
+            transformers.append(self)
+            return node
         try:
             self.guard.check_cell(node)
         except InputRejected:

@@ -69,10 +69,46 @@ class Reporter:
             sys.prefix, sys.base_prefix, sys.exec_prefix)})
         self.code_seen: set[int] = set()  # hashes of code already sent
         self._code_window = [0.0, 0]  # start of this second, characters sent in it
+        self._own_threads: set[int] = set()  # the channel's threads (quiet on purpose)
+        self._settled: dict | None = None  # the settings as the guard left them (settle())
+
+    def quiet(self, ident: int) -> None:
+        """The channel's own thread: its socket's events are not reported."""
+        self._own_threads.add(ident)
+        self.quiet_threads.add(ident)
+
+    def settle(self) -> None:
+        """Remember the settings as the guard configured them: ``altered`` says what a cell
+        changed since (switched off from inside the kernel, it would not say so itself)."""
+        self._settled = self._settings()
+
+    def _settings(self) -> dict:
+        own = vars(self)
+        return {"code_checks": self.code_checks, "library_prefixes": self.library_prefixes,
+                "maxlen": self.maxlen, "child_report": self.child_report is not None,
+                "compiled": type(self.compiled) is dict, "code_seen": type(self.code_seen) is set,
+                # what the installed hook reads: the same queue, events, and methods
+                "pending": self.pending is own.get("_hook_pending", self.pending),
+                "kinds": own.get("_hook_kinds") == KINDS_INSTALLED,
+                "methods": all(n not in own and getattr(type(self), n, None) is f
+                               for n, f in _METHODS.items())}
+
+    def altered(self) -> list[str]:
+        """The settings changed since ``settle`` (sorted names), and threads made quiet that
+        are not the channel's: what silences the hook without switching it off. (``enabled``
+        is the witness's: a cell run and not reported.)"""
+        if self._settled is None:
+            return []
+        now = self._settings()
+        found = [k for k, v in self._settled.items() if now.get(k) != v]
+        if not self.quiet_threads <= self._own_threads:
+            found.append("quiet_threads")
+        return sorted(found)
 
     def make_hook(self):
         """The function given to sys.addaudithook (a closure: fewer lookups per event)."""
         kinds, pending, wake, get_ident = KINDS, self.pending, self.wake, threading.get_ident
+        self._hook_kinds, self._hook_pending = kinds, pending  # (altered() compares them)
         urgent = URGENT
         state = self
 
@@ -167,6 +203,12 @@ class Reporter:
             self.code_seen.clear()
         self.code_seen.add(key)
         return text
+
+
+#: What the hook is installed with (a cell that edits KINDS or patches a method silences it).
+KINDS_INSTALLED = dict(KINDS)
+_METHODS = {name: Reporter.__dict__[name] for name in ("_code_event", "_from_child", "drain",
+                                                        "_code_text", "altered", "_settings")}
 
 
 def describe(kind: str, event: str, args) -> str:

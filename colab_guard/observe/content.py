@@ -27,6 +27,7 @@ memory changes. dpkg's own system libraries are known clean and never read.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -52,6 +53,8 @@ CHUNK = 1 << 20
 
 INTERPRETER_PREFIX = "interpreter:"
 
+#: Bytes of each file a shell script sources that are read with it (in the script's thread).
+SOURCED_BYTES = 256 << 10
 #: Threads that read scripts (each mostly waits on its child process).
 SCRIPT_THREADS = 2
 
@@ -682,6 +685,15 @@ class ContentScanner:
             language = script_language(exe, found)
             markers += [m for m in reported(self.script_markers(script, language))
                         if m not in markers]
+        elif script_language(exe, found) == scripts.PYTHON:
+            code = inline_code(cmdline)
+            if code is not None:
+                markers += [m for m in reported(self.inline_markers(pid, code))
+                            if m not in markers]
+        if script_language(exe, found) == scripts.PYTHON:
+            for path in startup_files(pid, cmdline):  # run before any script: as its own
+                markers += [m for m in reported(self.script_markers(path, scripts.PYTHON))
+                            if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
             link = os.readlink(f"/proc/{pid}/exe")
@@ -729,14 +741,23 @@ class ContentScanner:
                 return False
             found = program.markers
         script = script_path(pid, exe, cmdline, True)
+        language = script_language(exe, found)
         if script is None:
-            return True
+            code = inline_code(cmdline) if language == scripts.PYTHON else None
+            if code is not None and _inline_key(pid, code) not in self._cache:
+                return False
+        elif not self._script_read(_script_file(script), language):
+            return False
+        return language != scripts.PYTHON or \
+            all(self._script_read(p, language) for p in startup_files(pid, cmdline))
+
+    def _script_read(self, path: str, language: str) -> bool:
+        """Whether the script at ``path`` was read (or is none: gone, not a regular file)."""
         try:
-            st = os.stat(_script_file(script))
+            st = os.stat(path)
         except OSError:
             return True
-        return not stat.S_ISREG(st.st_mode) or \
-            _script_key(st, script_language(exe, found)) in self._cache
+        return not stat.S_ISREG(st.st_mode) or _script_key(st, language) in self._cache
 
     def file_markers(self, path: str, max_bytes: int) -> list[str]:
         """The file's markers; [] while a background scan is still running or on error."""
@@ -789,7 +810,50 @@ class ContentScanner:
                 return []
         return self._scan_script(key, path).markers
 
-    def _queue_script(self, key: tuple, path: str) -> None:
+    def inline_markers(self, pid: int, code: str) -> list[str]:
+        """The markers of ``python -c CODE``: its code read as a script's (and the files it
+        imports or runs from the process's working directory); [] while being read."""
+        key = _inline_key(pid, code)
+        with self._lock:
+            known = self._known(key)
+            if known is not None:
+                return known
+            if self._background:
+                self._queue_script(key, (pid, code))
+                return []
+        return self._scan_inline(key, pid, code).markers
+
+    def _scan_inline(self, key: tuple, pid: int, code: str) -> Scan:
+        """``_scan_script`` for code given on the command line: read from a memfd holding it
+        (``scripts.read``: here if small, else in a child), its modules from its directory."""
+        deadline = time.monotonic() + self.scan_seconds
+        data = code.encode("utf-8", "surrogateescape")[:self.max_script_bytes]
+        result = Scan([])
+        try:
+            fd = os.memfd_create("colab-guard-inline", os.MFD_CLOEXEC)
+            try:
+                os.write(fd, data)
+                answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                      self.max_bytes, deadline)
+            finally:
+                os.close(fd)
+            evidence = scripts.Evidence.from_json(answer.get("evidence", {}))
+            self._with_local_modules(f"/proc/{pid}/cwd/-c", evidence, deadline)
+            result = Scan(scripts.code_markers(evidence))
+        except scripts.ScriptReadFailed:
+            result = Scan(scripts.code_markers(scripts.tail_imports(data)), cut=True)
+        except OSError as err:
+            self.log.debug("colab-guard: could not read the code of process %d: %s", pid, err)
+        with self._lock:
+            self.scans += 1
+            self.stats["script_scans"] += 1
+            self._pending.pop(key, None)
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _queue_script(self, key: tuple, path: str | tuple[int, str]) -> None:
         """With the lock held: read a script in the scripts' own threads. The work is a child
         process's or a few milliseconds here, so it does not wait behind a 64 MiB library
         scan of the scanner's thread: a tool script is known within a tick or two."""
@@ -805,9 +869,11 @@ class ContentScanner:
         self._scripts_queued += 1
         self._scripts.submit(self._script_job, key, path)
 
-    def _script_job(self, key: tuple, path: str) -> None:
+    def _script_job(self, key: tuple, path: str | tuple[int, str]) -> None:
         try:
-            if not self._closed:
+            if not self._closed and isinstance(path, tuple):
+                self._scan_inline(key, *path)
+            elif not self._closed:
                 self._scan_script(key, path)
         except Exception:  # a bug: said, and the next goes on
             self.log.exception("colab-guard: reading a script failed")
@@ -1010,7 +1076,8 @@ class ContentScanner:
                         self._with_local_modules(path, evidence, deadline)
                     result = Scan(scripts.code_markers(evidence))
                 elif "code" in answer:
-                    found = SEARCH.needles_in(answer["code"].encode("latin-1"))
+                    code = answer["code"] + self._sourced_code(path, answer["code"], deadline)
+                    found = SEARCH.needles_in(code.encode("latin-1"))
                     result = Scan(SEARCH.markers_for(found))
                 else:
                     result = scan_fd(fd, self.max_script_bytes, deadline)
@@ -1038,21 +1105,63 @@ class ContentScanner:
 
     def _with_local_modules(self, path: str, evidence: scripts.Evidence,
                             deadline: float) -> None:
-        """Add what the script's own modules show (helper.py beside it that it imports: a
-        program split in two is still one program), one level, within the same budget."""
-        for module in scripts.local_modules(path, evidence.imports):
-            try:
-                fd, _ = open_regular(module)
+        """Add what the script's own modules show (helper.py beside it that it imports, what
+        helper imports in turn, a package's relative imports: a program split in files is
+        still one program), ``scripts.LOCAL_MODULES_MAX`` files and
+        ``scripts.LOCAL_MODULES_DEPTH`` levels at most, within the same budget."""
+        read, level = {path}, [(path, evidence)]
+        for _ in range(scripts.LOCAL_MODULES_DEPTH):
+            following = []
+            for importer, found in level:
+                for module in scripts.local_modules(path, found.imports, found.relative,
+                                                    importer, found.runs):
+                    if module in read or len(read) > scripts.LOCAL_MODULES_MAX or \
+                            time.monotonic() >= deadline:
+                        continue
+                    read.add(module)
+                    answer = self._read_module(module, deadline)
+                    if answer is not None:
+                        evidence.merge(answer)
+                        following.append((module, answer))
+            level = following
+
+    def _sourced_code(self, path: str, code: str, deadline: float) -> str:
+        """The code of the files a shell script sources (``. ./lib.sh``, ``source x``), found
+        from its folder, and of those they source: ``scripts.SOURCED_MAX`` files at most."""
+        folder, read, texts, waiting = os.path.dirname(path), {path}, [], [code]
+        while waiting and len(read) <= scripts.SOURCED_MAX and time.monotonic() < deadline:
+            for name in scripts.sourced(waiting.pop(0)):
+                source = os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
+                if source in read or len(read) > scripts.SOURCED_MAX:
+                    continue
+                read.add(source)
                 try:
-                    answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
-                                          self.max_bytes, deadline)
+                    fd, _ = open_regular(source)
+                except OSError:
+                    continue
+                try:
+                    size = min(self.max_script_bytes, SOURCED_BYTES)
+                    text = scripts.shell_code(os.pread(fd, size, 0))
+                except OSError:
+                    continue
                 finally:
                     os.close(fd)
-            except (OSError, scripts.ScriptReadFailed) as err:
-                self.log.debug("colab-guard: could not read %s: %s", module, err)
-                continue
-            if "evidence" in answer:
-                evidence.merge(scripts.Evidence.from_json(answer["evidence"]))
+                texts.append(text.decode("latin-1"))
+                waiting.append(texts[-1])
+        return "\n" + "\n".join(texts) if texts else ""
+
+    def _read_module(self, module: str, deadline: float) -> scripts.Evidence | None:
+        try:
+            fd, _ = open_regular(module)
+            try:
+                answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                                      self.max_bytes, deadline)
+            finally:
+                os.close(fd)
+        except (OSError, scripts.ScriptReadFailed) as err:
+            self.log.debug("colab-guard: could not read %s: %s", module, err)
+            return None
+        return scripts.Evidence.from_json(answer["evidence"]) if "evidence" in answer else None
 
     # ------------------------------------------------------------ libraries
 
@@ -1288,6 +1397,69 @@ def script_language(exe: str, found: list[str]) -> str:
     return scripts.OTHER
 
 
+#: ``python -c CODE``, ``python -Ic CODE``, ``python -cCODE`` (flags without a value first).
+_INLINE = re.compile(r"^-[bBdEiIOPqsSuvx]*c(.*)$", re.DOTALL)
+_MODULE = re.compile(r"^-[bBdEiIOPqsSuvx]*m")
+
+
+def inline_code(cmdline: list[str]) -> str | None:
+    """The code a Python command line runs with ``-c`` (None: a script, a module, stdin)."""
+    skip_next = False
+    for at, arg in enumerate(cmdline[1:], 1):
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in _OPTIONS_WITH_VALUE:
+            skip_next = True
+            continue
+        inline = _INLINE.match(arg)
+        if inline is not None:
+            code = inline.group(1) or (cmdline[at + 1] if at + 1 < len(cmdline) else None)
+            return code or None
+        if not arg.startswith("-") or arg == "-" or _MODULE.match(arg):
+            return None
+    return None
+
+
+#: Python options that keep PYTHONPATH's start-up files from running (-I, -E, -S; joined).
+_NO_STARTUP = re.compile(r"^-[bBdEhiIOPqsSuvVx]*[IES]")
+STARTUP_NAMES = ("sitecustomize.py", "usercustomize.py")
+
+
+def startup_files(pid: int, cmdline: list[str]) -> list[str]:
+    """The start-up modules Python imports from the process's ``PYTHONPATH`` before its script
+    (``sitecustomize.py``, ``usercustomize.py``): code that runs in an honest ``python -c
+    pass``. Relative folders are the process's working directory's."""
+    for arg in cmdline[1:]:
+        if not arg.startswith("-") or arg == "-" or _INLINE.match(arg) or _MODULE.match(arg):
+            break
+        if _NO_STARTUP.match(arg):
+            return []
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read(256 << 10)
+    except OSError:
+        return []
+    value = next((e[len(b"PYTHONPATH="):] for e in environ.split(b"\0")
+                  if e.startswith(b"PYTHONPATH=")), b"")
+    found = []
+    for folder in value.decode("utf-8", "surrogateescape").split(":")[:16] if value else ():
+        base = folder if os.path.isabs(folder) else os.path.join(f"/proc/{pid}/cwd", folder)
+        found += [os.path.join(base, n) for n in STARTUP_NAMES
+                  if os.path.isfile(os.path.join(base, n))]
+    return found[:4]
+
+
+def _inline_key(pid: int, code: str) -> tuple:
+    """Inline code's cache key: the code, and the folder its imports and files come from."""
+    try:
+        st = os.stat(f"/proc/{pid}/cwd")
+        folder = (st.st_dev, st.st_ino)
+    except OSError:
+        folder = None
+    return ("inline", hashlib.sha256(code.encode("utf-8", "surrogateescape")).digest(), folder)
+
+
 def _script_file(path: str) -> str:
     """What ``python DIR`` runs: DIR/__main__.py."""
     return os.path.join(path, "__main__.py") if os.path.isdir(path) else path
@@ -1310,21 +1482,42 @@ def script_path(pid: int, exe: str, cmdline: list[str], interpreter: bool = Fals
     path is resolved against the process's working directory.
     """
     program = os.path.basename(exe or (cmdline[0] if cmdline else ""))
-    if not (interpreter or INTERPRETER.match(program)) or len(cmdline) < 2:
+    if not (interpreter or INTERPRETER.match(program)) or not cmdline:
         return None
     skip_next = False
     for arg in cmdline[1:]:
         if skip_next:
             skip_next = False
             continue
-        if arg in ("-m", "-c", "-e", "--eval", "-p", "--print"):
-            return None
+        if arg in ("-m", "-c", "-e", "--eval", "-p", "--print") or _INLINE.match(arg) or \
+                _MODULE.match(arg):
+            return None  # (-Ic code, -Im module: flags joined)
         if arg in _OPTIONS_WITH_VALUE:
             skip_next = True
             continue
+        if arg == "-":
+            break  # the program is its standard input
         if arg.startswith("-"):
             continue
-        if os.path.isabs(arg):
-            return arg
+        return _own_path(pid, arg)
+    # No script (``python - < x.py``, ``python < x.py``, ``bash -s < x.sh``): its standard
+    # input, read if it is a file (script_markers reads regular files only, never a pipe).
+    return f"/proc/{pid}/fd/0"
+
+
+#: Paths that mean the process's own descriptors (the guard's own, if read as they are).
+_OWN_PATH = re.compile(r"^/(?:proc/self|proc/thread-self|dev)/(fd/\d+|stdin)$|"
+                       r"^/proc/self/(fd/\d+|cwd/.*|root/.*)$")
+
+
+def _own_path(pid: int, arg: str) -> str:
+    """The script's path as the process sees it: relative to its working directory, and
+    ``/proc/self/fd/3``, ``/dev/fd/3``, ``/dev/stdin`` its own descriptors, not the guard's."""
+    if not os.path.isabs(arg):
         return os.path.join(f"/proc/{pid}/cwd", arg)
-    return None
+    own = _OWN_PATH.match(os.path.normpath(arg) if not arg.startswith("/proc/self/cwd/")
+                          else arg)
+    if own is None:
+        return arg
+    rest = own.group(1) or own.group(2)
+    return f"/proc/{pid}/" + ("fd/0" if rest == "stdin" else rest)

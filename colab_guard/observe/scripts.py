@@ -44,16 +44,30 @@ ZIP_MEMBERS_MAX = 32
 LOCAL_MODULES_MAX = 16
 
 
-def local_modules(script: str, imports: set[str]) -> list[str]:
+#: How deep a script's own modules are followed (main imports helper, which imports inner...).
+LOCAL_MODULES_DEPTH = 4
+
+
+def local_modules(script: str, imports: set[str], relative: set[str] = frozenset(),
+                  module: str | None = None, runs: set[str] = frozenset()) -> list[str]:
     """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
     helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
-    them first on its path (the script's folder)."""
+    them first on its path (the script's folder). ``relative``: the ``from .x import y`` of
+    ``module`` (one of those files), found from its own folder; ``runs``: the files whose
+    text it runs (``exec(open("x.py").read())``), from the script's folder too."""
     folder = os.path.dirname(script)
     found: list[str] = []
-    for module in sorted(imports):
-        if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+    wanted = [(folder, name) for name in sorted(imports)]
+    for path in sorted(runs)[:LOCAL_MODULES_MAX]:  # exec(open("x.py").read()): a file as is
+        candidate = os.path.normpath(os.path.join(folder, path))
+        if candidate not in found and os.path.isfile(candidate):
+            found.append(candidate)
+    if module is not None:
+        wanted += [_relative_to(module, name) for name in sorted(relative)]
+    for base, name in wanted:
+        if base is None or not re.fullmatch(r"[A-Za-z_][\w.]*|", name):
             continue
-        path = os.path.join(folder, *module.split("."))
+        path = os.path.join(base, *name.split(".")) if name else base
         for candidate in (path + ".py", os.path.join(path, "__init__.py")):
             if candidate not in found and os.path.isfile(candidate):
                 found.append(candidate)
@@ -61,6 +75,16 @@ def local_modules(script: str, imports: set[str]) -> list[str]:
         if len(found) >= LOCAL_MODULES_MAX:
             break
     return found
+
+
+def _relative_to(module: str, name: str) -> tuple[str | None, str]:
+    """``from ..x import y`` in ``module``: the folder the dots lead to, and ``x.y``."""
+    level = len(name) - len(name.lstrip("."))
+    folder = os.path.dirname(module)
+    for _ in range(level - 1):
+        folder = os.path.dirname(folder)
+    rest = name[level:]
+    return (folder if level <= LOCAL_MODULES_DEPTH else None), rest
 
 
 #: The child's own limits.
@@ -122,11 +146,20 @@ NETWORK_CALLS = frozenset({
 MODEL_LOADERS = frozenset({"get_model", "InferenceSession"})
 #: Calls (their last name) whose constant argument goes into a message.
 MESSAGE_CALLS = frozenset({"pack", "pack_into", "send", "sendall", "sendto", "write"})
+#: Calls that run code given as text (or a file's, by its path: run_path). Not compile()
+#: alone: a linter compiles files it never runs (exec(compile(open(f)...)) is exec's).
+RUN_CALLS = frozenset({"exec", "eval", "run_path", "execfile"})
+#: Calls whose constant first argument is a file whose text is read (or run: run_path).
+OPENERS = frozenset({"open", "Path", "read_text", "read_bytes", "run_path", "execfile"})
 #: Calls that import the module named by their first argument.
 IMPORT_CALLS = frozenset({"__import__", "import_module"})
 
 #: A JSON-RPC request in a text constant: "method": "mining.subscribe".
 _JSON_METHOD = re.compile(r"""["']method["']\s*:\s*["']([^"'\\]{1,200})["']""")
+
+
+_SETS = ("imports", "names", "calls", "models", "messages", "requests", "mentioned", "relative",
+         "runs")
 
 
 @dataclass
@@ -144,9 +177,11 @@ class Evidence:
     # requests), and the known RPC method names among the program's string constants.
     variable_requests: bool = False
     mentioned: set[str] = field(default_factory=set)
+    relative: set[str] = field(default_factory=set)  # from .x import y: ".x", ".x.y"
+    runs: set[str] = field(default_factory=set)  # files it runs: exec(open("x").read())
 
     def merge(self, other: "Evidence") -> None:
-        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
+        for name in _SETS:
             getattr(self, name).update(getattr(other, name))
         self.network = self.network or other.network
         self.variable_requests = self.variable_requests or other.variable_requests
@@ -162,7 +197,7 @@ class Evidence:
     def from_json(cls, data: dict) -> "Evidence":
         evidence = cls(network=bool(data.get("network")),
                        variable_requests=bool(data.get("variable_requests")))
-        for name in ("imports", "names", "calls", "models", "messages", "requests", "mentioned"):
+        for name in _SETS:
             getattr(evidence, name).update(str(v) for v in data.get(name, ()))
         return evidence
 
@@ -209,6 +244,205 @@ def _dotted(node: ast.AST) -> list[str] | None:
     return parts[::-1]
 
 
+#: Names a folded constant expression may go through (``A = B + "x"``), and its longest text.
+FOLD_DEPTH = 8
+FOLD_MAX = 4096
+LOOP_VALUES = 64  # the constants of a loop a folded name takes, at most
+#: Calls (their last name) that send a message on a connection (a request's data is in them).
+SEND_CALLS = frozenset({"send", "sendall", "sendto"})
+
+
+def _fold(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
+    """The text a constant expression evaluates to, or None: what names bound to constants,
+    ``+``, ``%s``, f-strings, ``sep.join([...])``, slices and ``.decode()`` make of constants
+    (a name built from pieces is still that name). Never evaluates anything else."""
+    if depth <= 0:
+        return None
+    text = _fold_node(node, assigned, depth - 1)
+    return text if text is None or len(text) <= FOLD_MAX else None
+
+
+def _fold_node(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
+    def fold(child: ast.AST) -> str | None:
+        return _fold(child, assigned, depth)
+
+    if isinstance(node, ast.Name):
+        value = assigned.get(node.id)
+        return fold(value) if value is not None else None
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else _fold_formatted(v, fold)
+                       for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        texts = []  # 'm' + 'i' + 'n' + ...: a chain of any length is one level
+        for operand in _operands(node):
+            texts.append(fold(operand))
+            if texts[-1] is None:
+                return None
+        return "".join(texts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        return _fold_percent(fold(node.left), node.right, fold)
+    if isinstance(node, ast.Subscript):
+        return _fold_subscript(fold(node.value), node.slice)
+    if isinstance(node, ast.Call):
+        return _fold_call(node, fold)
+    return _text(node)
+
+
+def _operands(node: ast.AST) -> list[ast.AST]:
+    """The operands of a chain ``a + b + c`` (left to right; FOLD_MAX at most), or
+    ``[left, right]`` of another operator."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)):
+        return [node.left, node.right] if isinstance(node, ast.BinOp) else [node]
+    operands = []
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and \
+            len(operands) < FOLD_MAX:
+        operands.append(node.right)
+        node = node.left
+    operands.append(node)
+    return operands[::-1]
+
+
+def _fold_formatted(value: ast.AST, fold) -> str:
+    if isinstance(value, ast.FormattedValue) and value.conversion == -1 and \
+            value.format_spec is None:
+        text = fold(value.value)
+        if text is not None:
+            return text
+    return "{}"  # a value not known here (as before folding: f"{DATA}/t-rex.jpg")
+
+
+def _fold_percent(template: str | None, right: ast.AST, fold) -> str | None:
+    """``"mining.%s" % x``: plain ``%s`` only (a width could build a huge text)."""
+    if template is None or re.search(r"%[^s%]", template):
+        return None
+    values = [fold(e) for e in right.elts] if isinstance(right, ast.Tuple) else [fold(right)]
+    if None in values or template.count("%s") != len(values):
+        return None
+    parts = template.replace("%%", "\0").split("%s")
+    return "".join(p + v for p, v in zip(parts, values + [""])).replace("\0", "%")
+
+
+def _fold_subscript(text: str | None, index: ast.AST) -> str | None:
+    def number(node):
+        if node is None:
+            return None
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            value = number(node.operand)
+            return -value if isinstance(value, int) else False
+        return node.value if isinstance(node, ast.Constant) and \
+            type(node.value) is int else False
+
+    if text is None:
+        return None
+    if isinstance(index, ast.Slice):
+        bounds = [number(index.lower), number(index.upper), number(index.step)]
+        return None if False in bounds or bounds[2] == 0 else text[slice(*bounds)]
+    at = number(index)
+    return text[at] if isinstance(at, int) and -len(text) <= at < len(text) else None
+
+
+def _fold_call(node: ast.Call, fold) -> str | None:
+    func = node.func
+    if node.keywords or not isinstance(func, ast.Attribute):
+        if isinstance(func, ast.Name) and len(node.args) == 1:
+            if func.id == "str":
+                return fold(node.args[0])
+            if func.id in ("chr", "bytes", "bytearray"):  # chr(112), bytes([112, 112])
+                return _fold_codes(node.args[0], func.id == "chr")
+        return None
+    if func.attr == "join" and len(node.args) == 1 and \
+            isinstance(node.args[0], (ast.List, ast.Tuple)):
+        separator, items = fold(func.value), [fold(e) for e in node.args[0].elts]
+        return None if separator is None or None in items else separator.join(items)
+    if func.attr == "fromhex" and isinstance(func.value, ast.Name) and \
+            func.value.id == "bytes" and len(node.args) == 1:
+        digits = fold(node.args[0])
+        try:
+            return bytes.fromhex(digits).decode("latin-1") if digits is not None else None
+        except ValueError:
+            return None
+    if func.attr in ("decode", "encode", "lower", "upper", "strip") and \
+            len(node.args) <= (1 if func.attr in ("decode", "encode") else 0):
+        text = fold(func.value)
+        return text if text is None or func.attr in ("decode", "encode") else \
+            getattr(text, func.attr)()
+    return None
+
+
+def _fold_codes(node: ast.AST, single: bool) -> str | None:
+    """``chr(112)``, ``bytes([112, 112, ...])``: characters from constant code points."""
+    items = [node] if single else node.elts if isinstance(node, (ast.List, ast.Tuple)) else None
+    if items is None or len(items) > FOLD_MAX:
+        return None
+    codes = [i.value for i in items if isinstance(i, ast.Constant) and type(i.value) is int]
+    if len(codes) != len(items) or not all(0 <= c < (0x110000 if single else 256) for c in codes):
+        return None
+    return "".join(map(chr, codes))
+
+
+def _through_getattr(func: ast.AST) -> ast.AST:
+    """``getattr(importlib, "import_module")`` read as ``importlib.import_module``."""
+    if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and \
+            func.func.id == "getattr" and len(func.args) >= 2 and \
+            isinstance(func.args[1], ast.Constant) and isinstance(func.args[1].value, str):
+        return ast.Attribute(value=func.args[0], attr=func.args[1].value, ctx=ast.Load())
+    return func
+
+
+@dataclass(frozen=True)
+class _Sender:
+    """A function that sends some of its parameters as a request: ``def rpc(method, *p):
+    sock.sendall(repr((method, p)).encode())`` or ``{"method": method}`` built in it."""
+
+    parameters: tuple[str, ...]
+    sent: tuple[str, ...]
+
+
+def _sender(function: ast.FunctionDef | ast.AsyncFunctionDef) -> _Sender | None:
+    """The parameters a function puts in a structure it sends on a connection (a tuple, list
+    or dict given to ``send``/``sendall``/``sendto``, directly or through a name assigned in
+    it) or in a request's ``"method"``. Not a text it sends (a detector's alert, "seen
+    mining.subscribe", is no request), not what it writes to a file."""
+    arguments = function.args
+    parameters = tuple(a.arg for a in (*arguments.posonlyargs, *arguments.args,
+                                       *arguments.kwonlyargs))
+    if not parameters:
+        return None
+    local: dict[str, ast.AST] = {}
+    sends: list[ast.AST] = []
+    sent: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name):
+            local[node.targets[0].id] = node.value
+        elif isinstance(node, ast.Call):
+            parts = _dotted(node.func)
+            if parts and parts[-1] in SEND_CALLS:
+                sends += node.args
+        elif isinstance(node, ast.Dict):
+            sent.update(v.id for k, v in zip(node.keys, node.values)
+                        if isinstance(k, ast.Constant) and k.value == "method" and
+                        isinstance(v, ast.Name))
+    for argument in sends:
+        sent.update(_in_structures(argument, local))
+    found = tuple(p for p in parameters if p in sent)
+    return _Sender(parameters, found) if found else None
+
+
+def _in_structures(node: ast.AST, local: dict[str, ast.AST], depth: int = 2) -> set[str]:
+    """The names that are items of a tuple, list or dict within ``node`` (names assigned in
+    the function followed ``depth`` times)."""
+    found: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, (ast.Tuple, ast.List, ast.Set)):
+            found.update(e.id for e in child.elts if isinstance(e, ast.Name))
+        elif isinstance(child, ast.Dict):
+            found.update(v.id for v in child.values if isinstance(v, ast.Name))
+        elif isinstance(child, ast.Name) and depth > 0 and child.id in local:
+            found |= _in_structures(local[child.id], local, depth - 1)
+    return found
+
+
 class _Reader:
     """One pass over a module's syntax tree (``ast.walk``: iterative, whatever the nesting)."""
 
@@ -216,20 +450,34 @@ class _Reader:
         self.tree = tree
         self.evidence = Evidence()
         self.aliases: dict[str, str] = {}  # a name bound by an import -> the module path
-        self.constants: dict[str, str] = {}  # NAME = "text" (read where NAME is used)
+        # NAME = <expression> (folded where NAME is used: NAME = "ppr" + "oxy")
+        self.assigned: dict[str, ast.AST] = {}
+        self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
+        self.chained: set[int] = set()  # the inner links of ``a + b + c`` chains
+        self.loops: dict[str, list[str]] = {}  # for x in ("a", "b"): the texts x takes
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
-        for node in nodes:  # first what names mean: imports and constants
+        for node in nodes:  # first what names mean: imports, constants, senders
             if isinstance(node, ast.Import):
                 self._import(node)
             elif isinstance(node, ast.ImportFrom):
                 self._import_from(node)
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
-                text = _text(node.value)
-                if text is not None:
-                    self.constants[node.targets[0].id] = text
+                self.assigned[node.targets[0].id] = node.value
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+                self.chained.add(id(node.left))  # a + b + c: read once, from its top
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
+                    isinstance(node.target, ast.Name) and \
+                    isinstance(node.iter, (ast.List, ast.Tuple, ast.Set)):
+                values = [_text(e) for e in node.iter.elts[:LOOP_VALUES]]
+                if None not in values:  # for x in ("subscribe", "authorize"): x is each
+                    self.loops[node.target.id] = values
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                sender = _sender(node)
+                if sender is not None:
+                    self.senders[node.name] = sender
         for node in nodes:
             self._node(node)
         return self.evidence
@@ -245,7 +493,12 @@ class _Reader:
 
     def _import_from(self, node: ast.ImportFrom) -> None:
         if node.level or not node.module:
-            return  # the program's own modules (read where they are: a zip app's)
+            # The program's own modules (read where they are: a zip app's, a package's).
+            base = "." * node.level + (node.module or "")
+            self.evidence.relative.add(base)
+            self.evidence.relative.update(f"{base}.{a.name}" if node.module else base + a.name
+                                          for a in node.names if a.name != "*")
+            return
         self.evidence.imports.add(node.module)
         for alias in node.names:
             if alias.name != "*":
@@ -253,10 +506,9 @@ class _Reader:
                 self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
     def _value(self, node: ast.AST) -> str | None:
-        """The text a constant expression, or a name bound once to one, stands for."""
-        if isinstance(node, ast.Name):
-            return self.constants.get(node.id)
-        return _text(node)
+        """The text a constant expression stands for, folded as Python would (names bound
+        to one, ``+``, ``%s``, f-strings, ``"".join``, slices, ``.decode()``...)."""
+        return _fold(node, self.assigned, FOLD_DEPTH)
 
     def _node(self, node: ast.AST) -> None:
         evidence = self.evidence
@@ -277,8 +529,10 @@ class _Reader:
         elif isinstance(node, ast.Call):
             self._call(node)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
-            for side in (node.left, node.right):
-                self._message(side)
+            if id(node) in self.chained:
+                return  # read with the chain it is part of
+            for operand in [*_operands(node), node]:  # each, and what they make together
+                self._message(operand)
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
             text = _text(node)
             if text:
@@ -287,11 +541,28 @@ class _Reader:
                 evidence.requests.update(_JSON_METHOD.findall(text))
 
     def _request(self, node: ast.AST) -> None:
+        looped = self._looped(node)
+        if looped:  # f"mining.{x}" for x in (...): each turn's (an f-string folds anyway)
+            self.evidence.requests.update(looped)
+            return
         text = self._value(node)
         if text is not None:
             self.evidence.requests.add(text)
         elif not isinstance(node, ast.Constant):
             self.evidence.variable_requests = True  # {"method": name}: from a table
+
+    def _looped(self, node: ast.AST) -> list[str]:
+        """``"mining.%s" % x`` where x is a loop's over constants: the text of each turn."""
+        name = next((n.id for n in ast.walk(node)
+                     if isinstance(n, ast.Name) and n.id in self.loops), None)
+        if name is None:
+            return []
+        texts = []
+        for value in self.loops[name]:
+            text = _fold(node, {**self.assigned, name: ast.Constant(value)}, FOLD_DEPTH)
+            if text is not None:
+                texts.append(text)
+        return texts
 
     def _message(self, node: ast.AST) -> None:
         text = self._value(node)
@@ -300,8 +571,10 @@ class _Reader:
 
     def _call(self, node: ast.Call) -> None:
         evidence = self.evidence
-        parts = _dotted(node.func)
+        parts = _dotted(_through_getattr(node.func))
         last = parts[-1] if parts else None
+        if last in self.senders:  # rpc("mining.subscribe"): a method its own sender sends
+            self._sent_arguments(node, self.senders[last], method=len(parts) > 1)
         if parts:
             root = self.aliases.get(parts[0])
             evidence.calls.add(".".join(([root] if root else parts[:1]) + parts[1:]))
@@ -314,6 +587,8 @@ class _Reader:
             return
         if last in NETWORK_CALLS:
             evidence.network = True
+        if last in RUN_CALLS:
+            self._runs(node)
         if last in IMPORT_CALLS and node.args:
             module = self._value(node.args[0])
             if module:
@@ -326,6 +601,38 @@ class _Reader:
         if last in MESSAGE_CALLS:
             for arg in node.args:
                 self._message(arg)
+
+
+    def _runs(self, node: ast.Call) -> None:
+        """``exec(open("x.py").read())``, ``runpy.run_path("x.py")``: the file whose text it
+        runs (the constant path given to an opener within its arguments)."""
+        parts = _dotted(node.func) or [""]
+        if parts[-1] in OPENERS and node.args:  # run_path("x"), execfile("x")
+            path = self._value(node.args[0])
+            if path:
+                self.evidence.runs.add(path)
+        for argument in node.args[:1]:
+            if isinstance(argument, ast.Name) and argument.id in self.assigned:
+                argument = self.assigned[argument.id]  # text = open(f).read(); exec(text)
+            for inner in ast.walk(argument):
+                opener = _dotted(inner.func) if isinstance(inner, ast.Call) else None
+                if opener and opener[-1] in OPENERS and inner.args:
+                    path = self._value(inner.args[0])
+                    if path:
+                        self.evidence.runs.add(path)
+
+    def _sent_arguments(self, node: ast.Call, sender: "_Sender", method: bool) -> None:
+        """The texts given to a sender's parameters that it sends in a request (a call
+        through an attribute, ``self.rpc(...)``, skips a method's ``self``)."""
+        names = sender.parameters
+        if method and names[:1] == ("self",):
+            names = names[1:]
+        given = dict(zip(names, node.args))
+        given.update((k.arg, k.value) for k in node.keywords if k.arg)
+        for name in sender.sent:
+            text = self._value(given[name]) if name in given else None
+            if text is not None:
+                self.evidence.requests.add(text)
 
 
 def _text(node: ast.AST) -> str | None:
@@ -607,8 +914,9 @@ def _request_at(instructions: list, at: int, depth: int, evidence: Evidence) -> 
 
 
 def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
-    """What a zip app runs: its ``__main__.py`` and the modules of the zip it imports (one
-    level), each read up to ``parse_bytes`` decompressed."""
+    """What a zip app runs: its ``__main__.py`` and the modules of the zip it imports, and
+    those they import (``ZIP_MEMBERS_MAX`` at most), each read up to ``parse_bytes``
+    decompressed."""
     evidence = Evidence()
     try:
         archive = zipfile.ZipFile(fileobj)
@@ -618,21 +926,28 @@ def zip_evidence(fileobj, parse_bytes: int) -> Evidence:
     main = _zip_source(archive, members, "__main__.py", parse_bytes)
     if main is None:
         return evidence
-    reader_evidence = python_evidence(*main)
-    evidence.merge(reader_evidence)
-    local = [m for m in _local_modules(main[0]) if m]
-    for module in local[:ZIP_MEMBERS_MAX]:
+    evidence.merge(python_evidence(*main))
+    waiting, seen, read = [m for m in _local_modules(main[0]) if m], set(), 0
+    while waiting and read < ZIP_MEMBERS_MAX:  # what they import in turn (a package's modules)
+        module = waiting.pop(0)
+        if module in seen:
+            continue
+        seen.add(module)
         path = module.replace(".", "/")
         for name in (path + ".py", path + "/__init__.py"):
             found = _zip_source(archive, members, name, parse_bytes)
             if found is not None:
+                read += 1
                 evidence.merge(python_evidence(*found))
+                package = module if name.endswith("__init__.py") else module.rpartition(".")[0]
+                waiting += [m for m in _local_modules(found[0], package) if m and m not in seen]
                 break
     return evidence
 
 
-def _local_modules(source: bytes) -> list[str]:
-    """The modules a source imports, relative ones by their name (a zip app's own)."""
+def _local_modules(source: bytes, package: str = "") -> list[str]:
+    """The modules a source imports; relative ones (a zip app's own) from ``package``, the
+    package the source is in ("": the zip's top)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -643,6 +958,10 @@ def _local_modules(source: bytes) -> list[str]:
             modules += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(parts + ([base] if base else []))
             modules += [base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
     return list(dict.fromkeys(modules))
 
@@ -678,6 +997,24 @@ def shell_code(data: bytes) -> bytes:
 
 def _comment_start(data: bytes, at: int) -> bool:
     return at == 0 or data[at - 1:at] in b" \t\n;&|()<>"
+
+
+#: ``source x.sh`` / ``. ./x.sh`` as a command (after a line start, ``;``, ``&&``, ``|``...).
+_SOURCE = re.compile(r"""(?:^|[;&|(]|\bthen|\bdo|\belse)[ \t]*(?:source|\.)[ \t]+"""
+                     r"""(?:"([^"$`\n]{1,4096})"|'([^'\n]{1,4096})'|([^\s;&|<>()$`"']{1,4096}))""",
+                     re.MULTILINE)
+#: Files a shell script sources that are read with it (and theirs), at most.
+SOURCED_MAX = 8
+
+
+def sourced(code: str) -> list[str]:
+    """The files a shell script (its code without comments) sources by a constant path."""
+    found = []
+    for match in _SOURCE.finditer(code):
+        path = next(g for g in match.groups() if g is not None)
+        if path not in found:
+            found.append(path)
+    return found[:SOURCED_MAX]
 
 
 # ------------------------------------------------------------------ reading a script

@@ -1,0 +1,518 @@
+"""Red team against the script reader (``colab_guard/observe/scripts.py``, issue #17): tools
+whose source hides what they are from a reader that has been read, and honest research and
+teaching code the reader must not mistake for tools. What the guard catches passes; what it
+misses is ``xfail(strict=True)`` asserting what should happen. Unit level with the scanner
+(real files, real processes where the attack is the process's own view: its descriptors)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import zipfile
+
+import pytest
+
+from colab_guard.observe import scripts
+from colab_guard.observe.content import ContentScanner, script_path
+from tests.conftest import PYTHON
+from tests.harness import wait_until
+
+CONNECT = "import socket, json\ns = socket.create_connection(('127.0.0.1', 3333))\n"
+
+
+def markers(source: str) -> list[str]:
+    return scripts.code_markers(scripts.python_evidence(source.encode()))
+
+
+@pytest.fixture
+def scanner():
+    found = ContentScanner(background=False)
+    yield found
+    found.close()
+
+
+# ---------------------------------------------------------------- names built at run time
+
+HIDDEN = {
+    "__import__ of a concatenation": "__import__('ppr' + 'oxy')",
+    "import_module of a join": "import importlib\nimportlib.import_module(''.join(['ppr', 'oxy']))",
+    "names bound to the pieces": "A = 'ppr'\nB = A + 'ox'\n__import__(B + 'y')",
+    "an f-string of constants": "a = 'ppr'\n__import__(f'{a}oxy')",
+    "a reversed text": "__import__('yxorpp'[::-1])",
+    "hex decoded": "__import__(bytes.fromhex('7070726f7879').decode())",
+    "import_module through getattr":
+        "import importlib\ngetattr(importlib, 'import_module')('pproxy')",
+    "%s formatting": "import importlib\nimportlib.import_module('%sxy' % 'ppro')",
+    "one character at a time": "__import__(" + " + ".join(repr(c) for c in "pproxy") + ")",
+    "code points": "__import__(chr(112) + bytes([112, 114, 111, 120, 121]).decode())",
+}
+
+
+@pytest.mark.parametrize("source", HIDDEN.values(), ids=HIDDEN.keys())
+def test_a_module_name_built_from_constants_is_the_module(source):
+    """Was missed: the reader took a constant argument only (fixed: constant expressions are
+    folded, never evaluated)."""
+    assert markers(source) == ["pproxy"]
+
+
+STRATUM_HIDDEN = {
+    "method names concatenated": CONNECT +
+    "for m in ('subscribe', 'authorize'):\n    pass\n"
+    "s.sendall(json.dumps({'method': 'mining.' + 'subscribe'}).encode())\n"
+    "s.sendall(json.dumps({'method': 'mining.' + 'authorize'}).encode())\n",
+    "method names joined": CONNECT +
+    "s.sendall(json.dumps({'method': '.'.join(('mining', 'subscribe'))}).encode())\n"
+    "s.sendall(json.dumps({'method': '.'.join(('mining', 'authorize'))}).encode())\n",
+    "a prefix constant": CONNECT + "P = 'mining.'\n"
+    "s.sendall(json.dumps({'method': P + 'subscribe', 'params': []}).encode())\n"
+    "s.sendall(json.dumps({'method': f'{P}authorize', 'params': ['w']}).encode())\n",
+    "positional to its own sender (a tuple sent)": CONNECT +
+    "def rpc(method, *params):\n    s.sendall(repr((method, params)).encode())\n"
+    "rpc('mining.subscribe')\nrpc('mining.authorize', 'w', 'x')\n",
+    "positional to a method (a list through a local name)": CONNECT +
+    "class Client:\n    def call(self, name, params):\n        frame = [1, name, params]\n"
+    "        s.sendall(json.dumps(frame).encode())\n"
+    "c = Client()\nc.call('mining.subscribe', [])\nc.call('mining.authorize', ['w', 'x'])\n",
+    "by keyword to its own sender": CONNECT +
+    "def rpc(params, method):\n    s.send(json.dumps({'m': method, 'p': params}).encode())\n"
+    "rpc([], method='mining.subscribe')\nrpc(['w'], method='mining.' + 'authorize')\n",
+}
+
+
+@pytest.mark.parametrize("source", STRATUM_HIDDEN.values(), ids=STRATUM_HIDDEN.keys())
+def test_a_stratum_client_whose_methods_are_built_or_passed_along_is_recognised(source):
+    assert markers(source) == ["stratum-miner"]
+
+
+def test_a_stratum_method_built_in_a_loop_is_recognised():
+    """Was missed: a method built from a loop variable (fixed: a loop over constants gives
+    the name each of its values)."""
+    assert markers(CONNECT + "for x in ('subscribe', 'authorize'):\n"
+                   "    s.sendall(json.dumps({'method': 'mining.%s' % x}).encode())\n") == \
+        ["stratum-miner"]
+    assert markers(CONNECT + "frames = [json.dumps({'method': f'mining.{x}'}) for x in "
+                   "['subscribe', 'authorize']]\ns.sendall('\\n'.join(frames).encode())\n") == \
+        ["stratum-miner"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a method built from input or a computed table is not a constant: the sampler's "
+    "behaviour rules are the answer"))
+def test_a_stratum_method_read_from_a_file_is_recognised():
+    assert markers(CONNECT + "for x in open('methods.txt').read().split():\n"
+                   "    s.sendall(json.dumps({'method': 'mining.' + x}).encode())\n") == \
+        ["stratum-miner"]
+
+
+# ---------------------------------------------------------------- honest near-misses
+
+HONEST = {
+    "a security course parsing Stratum captures": '''
+import json, socket, hashlib
+METHODS = {"mining." + m for m in ("subscribe", "authorize", "submit", "notify")}
+def classify(line):
+    message = json.loads(line)
+    return message.get("method") in METHODS
+def count(method, lines):
+    return sum(json.loads(l).get("method") == method for l in lines)
+lines = open("capture.jsonl").read().splitlines()
+print(count("mining.subscribe", lines), count("mining." + "authorize", lines))
+print(hashlib.sha256(open("capture.jsonl", "rb").read()).hexdigest())
+''',
+    "a detector that alerts a local collector in text": '''
+import socket
+alerts = socket.create_connection(("127.0.0.1", 9000))
+def alert(method):
+    alerts.sendall(f"seen {method}\\n".encode())
+for method in ("mining.subscribe", "mining.authorize"):
+    alert(method)
+alert("mining.subscribe")
+alert("mining." + "authorize")
+''',
+    "a detector writing (method, count) rows to a report": '''
+import socket, csv
+socket.create_connection(("127.0.0.1", 8000)).close()
+out = open("report.csv", "w")
+def row(method, n):
+    out.write(repr((method, n)))
+row("mining.subscribe", 3)
+row("mining.authorize", 1)
+''',
+    "a tutorial building JSON-RPC requests for a node": '''
+import json, urllib.request
+def rpc(method, *params):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    return urllib.request.urlopen("http://127.0.0.1:8545", body.encode()).read()
+rpc("eth_blockNumber")
+rpc("eth_getBalance", "0x0", "latest")
+''',
+    "a crawler with checksums": '''
+import hashlib, socket, urllib.request
+from html.parser import HTMLParser
+seen = {}
+for url in ["http://127.0.0.1:8000/"]:
+    page = urllib.request.urlopen(url).read()
+    seen[url] = hashlib.sha1(page).hexdigest()
+    socket.create_connection(("127.0.0.1", 8000)).sendall(b"HEAD / HTTP/1.0\\r\\n\\r\\n")
+''',
+    "an async web app": '''
+import asyncio
+from aiohttp import web
+async def handle(request):
+    return web.json_response({"method": request.method, "path": request.path})
+app = web.Application()
+app.add_routes([web.get("/", handle)])
+web.run_app(app, host="127.0.0.1", port=8080)
+''',
+    "a test suite full of Stratum fixtures": '''
+import json, pytest
+SUBSCRIBE = {"id": 1, "method": "mining." + "subscribe", "params": []}
+AUTHORIZE = json.dumps({"id": 2, "method": "mining.authorize", "params": ["w", "x"]})
+@pytest.mark.parametrize("message", [SUBSCRIBE, json.loads(AUTHORIZE)])
+def test_parser_reads(message):
+    assert message["method"].startswith("mining.")
+''',
+    "a course's table of Stratum messages it parses, built in a loop": '''
+import json
+SAMPLES = [json.dumps({"id": i, "method": "mining." + m}) for i, m in
+           enumerate(("subscribe", "authorize"))]
+KNOWN = {m: "mining.%s" % m for m in ("subscribe", "authorize", "submit")}
+print([json.loads(s)["method"] in KNOWN.values() for s in SAMPLES])
+''',
+    "module names built for a plugin loader (not a tool)": '''
+import importlib
+for name in ("json", "csv"):
+    importlib.import_module("my" + "plugins." + name)
+importlib.import_module(".".join(["numpy", "linalg"]))
+''',
+    "a huge repeated text is not folded": "__import__('pproxy' * 0 + 'x' * 10)\n"
+                                           "x = 'a' * 10**9 if False else ''\n",
+}
+
+
+@pytest.mark.parametrize("source", HONEST.values(), ids=HONEST.keys())
+def test_honest_code_the_reader_might_mistake_carries_no_marker(source):
+    assert markers(source) == []
+
+
+def test_folding_stays_bounded():
+    """A fold builds at most scripts.FOLD_MAX characters and follows FOLD_DEPTH names."""
+    chain = "a0 = 'x'\n" + "".join(f"a{i + 1} = a{i} + a{i}\n" for i in range(40))
+    evidence = scripts.python_evidence((chain + "__import__(a40)\n").encode())
+    assert all(len(i) <= scripts.FOLD_MAX for i in evidence.imports)
+    assert markers("p = '%999999999s' % 'x'\n__import__(p)\n") == []
+    chain = ("x = " + " + ".join("'a'" for _ in range(20_000)) + "\n").encode()
+    started = time.monotonic()
+    scripts.python_evidence(chain)  # a chain is read once, from its top: linear
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- a program in several files
+
+
+def test_a_package_two_levels_deep_with_relative_imports_is_read(scanner, tmp_path):
+    (tmp_path / "main.py").write_text("from app.core import run\nrun()\n")
+    (tmp_path / "app" / "core").mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "core" / "__init__.py").write_text("from .engine import run\n")
+    (tmp_path / "app" / "core" / "engine.py").write_text("from ..net import relay as run\n")
+    (tmp_path / "app" / "net.py").write_text("import asyncio\nfrom pproxy import server\n"
+                                             "def relay():\n    pass\n")
+    assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == ["pproxy"]
+
+
+def test_a_program_split_in_files_honestly_stays_unmarked(scanner, tmp_path):
+    (tmp_path / "main.py").write_text("import helper\nhelper.train()\n")
+    (tmp_path / "helper.py").write_text("from labels import LABELS\ndef train():\n"
+                                        "    return len(LABELS)\n")
+    (tmp_path / "labels.py").write_text("LABELS = ['Benign', 'DoS attacks-SlowHTTPTest', "
+                                        "'import pproxy', 'mining.subscribe']\n")
+    assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == []
+
+
+def test_exec_of_a_files_text_reads_that_file(scanner, tmp_path):
+    (tmp_path / "notes.txt").write_text("import pproxy\n")
+    for runner in ("exec(open('notes.txt').read())",
+                   "import runpy\nrunpy.run_path('notes.txt')",
+                   "from pathlib import Path\nexec(compile(Path('notes.txt').read_text(), "
+                   "'n', 'exec'))",
+                   "text = open('notes.txt').read()\nexec(text)"):
+        (tmp_path / "main.py").write_text(runner + "\n")
+        assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == \
+            ["pproxy"], runner
+
+
+def test_a_file_opened_as_data_is_not_read_as_code(scanner, tmp_path):
+    (tmp_path / "notes.txt").write_text("import pproxy\n")
+    (tmp_path / "main.py").write_text("text = open('notes.txt').read()\nprint(len(text))\n")
+    assert scanner.script_markers(str(tmp_path / "main.py"), scripts.PYTHON) == []
+    (tmp_path / "lint.py").write_text("source = open('notes.txt').read()\n"
+                                      "compile(source, 'notes.txt', 'exec')  # a syntax check\n"
+                                      "compile(open('notes.txt').read(), 'n', 'exec')\n")
+    assert scanner.script_markers(str(tmp_path / "lint.py"), scripts.PYTHON) == []
+
+
+def test_a_zip_app_with_a_neutral_extension_is_read(scanner, tmp_path):
+    app = tmp_path / "weights.dat"
+    with zipfile.ZipFile(app, "w") as z:
+        z.writestr("__main__.py", "import core\n")
+        z.writestr("core.py", "import pproxy\n")
+    assert scanner.script_markers(str(app), scripts.PYTHON) == ["pproxy"]
+
+
+def test_a_zip_app_two_levels_deep_is_read(scanner, tmp_path):
+    """Was missed: a zip app's modules were read one level deep (fixed: what they import in
+    turn, scripts.ZIP_MEMBERS_MAX at most)."""
+    app = tmp_path / "weights.dat"
+    with zipfile.ZipFile(app, "w") as z:
+        z.writestr("__main__.py", "import core\n")
+        z.writestr("core.py", "import inner\n")
+        z.writestr("inner.py", "import pproxy\n")
+    assert scanner.script_markers(str(app), scripts.PYTHON) == ["pproxy"]
+    package = tmp_path / "package.bin"
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("__main__.py", "from app import run\n")
+        z.writestr("app/__init__.py", "from .core import run\n")
+        z.writestr("app/core.py", "from .net import relay as run\n")
+        z.writestr("app/net.py", "from pproxy import server\n")
+        z.writestr("net.py", "x = 1\n")  # the same name at the top: not the package's
+    assert scanner.script_markers(str(package), scripts.PYTHON) == ["pproxy"]
+
+
+# ---------------------------------------------------------------- shells
+
+
+def test_a_shell_script_that_sources_another_is_read_with_it(scanner, tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "env.sh").write_text("# settings\nsource ./lib/run.sh\n")
+    (tmp_path / "lib" / "run.sh").write_text("wget -q https://hashcat.net/files/h.7z\n")
+    for line in (". ./lib/env.sh", "source lib/env.sh", "true && . \"lib/env.sh\""):
+        (tmp_path / "start.sh").write_text(f"#!/bin/bash\nset -e\n{line}\necho done\n")
+        assert scanner.script_markers(str(tmp_path / "start.sh"), scripts.SHELL) == \
+            ["hashcat"], line
+
+
+def test_a_sourced_file_named_only_in_a_comment_or_text_is_not_read(scanner, tmp_path):
+    (tmp_path / "tool.sh").write_text("wget -q https://hashcat.net/files/h.7z\n")
+    (tmp_path / "start.sh").write_text("#!/bin/bash\n# . ./tool.sh (old)\n"
+                                       "echo 'source tool.sh'\ncat ./tool.sh | wc -l\n")
+    assert scanner.script_markers(str(tmp_path / "start.sh"), scripts.SHELL) == []
+
+
+def test_sourcing_in_a_loop_stays_bounded(scanner, tmp_path):
+    (tmp_path / "a.sh").write_text(". ./b.sh\n")
+    (tmp_path / "b.sh").write_text(". ./a.sh\nwget https://hashcat.net/x\n")
+    assert scanner.script_markers(str(tmp_path / "a.sh"), scripts.SHELL) == ["hashcat"]
+
+
+# ---------------------------------------------------------------- the process's own view
+
+
+def _process_markers(argv: list[str], program: str | None = None, **options) -> list[str]:
+    """The markers of a real process (``program``: what it execs into, if not argv[0])."""
+    program = program or argv[0]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **options)
+    scanner = ContentScanner(background=False)
+    try:
+        cmdline = wait_until(lambda: _cmdline(proc.pid)[:1] == [program] and
+                             _cmdline(proc.pid), timeout=30,
+                             what="the new program's command line")  # (empty during exec)
+        return scanner.process_markers(proc.pid, os.readlink(f"/proc/{proc.pid}/exe"), cmdline)
+    finally:
+        proc.kill()
+        proc.wait()
+        scanner.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0")[:-1]]
+
+
+TOOL = "import time\ntime.sleep(60)\nimport pproxy\n"
+
+
+@pytest.mark.parametrize("argv_tail", [["-"], [], ["-u", "-"]], ids=["python -", "python",
+                                                                      "python -u -"])
+def test_a_script_on_standard_input_is_read(tmp_path, argv_tail):
+    """Was missed: ``python - < tool.py`` ran no script file (fixed: its standard input, when
+    a file; a pipe is never opened)."""
+    (tmp_path / "tool.py").write_text(TOOL)
+    with open(tmp_path / "tool.py") as stdin:
+        assert _process_markers([PYTHON, *argv_tail], stdin=stdin) == ["pproxy"]
+
+
+def test_a_script_on_standard_input_deleted_after_start_is_read(tmp_path):
+    (tmp_path / "tool.py").write_text(TOOL)
+    with open(tmp_path / "tool.py") as stdin:
+        os.unlink(tmp_path / "tool.py")
+        assert _process_markers([PYTHON, "-"], stdin=stdin) == ["pproxy"]
+
+
+@pytest.mark.parametrize("path", ["/proc/self/fd/3", "/dev/fd/3"])
+def test_a_script_named_by_the_processs_own_descriptor_is_read(tmp_path, path):
+    """Was misread: /proc/self/fd/3 was the guard's own descriptor 3 (fixed: the process's).
+    The shell opens descriptor 3 in the child only, then becomes Python."""
+    (tmp_path / "tool.py").write_text(TOOL)
+    assert _process_markers(["sh", "-c", f'exec "$0" {path} 3< "$1"', PYTHON,
+                             str(tmp_path / "tool.py")], program=PYTHON) == ["pproxy"]
+
+
+def test_own_paths_are_the_processs():
+    assert script_path(42, "/usr/bin/python3", ["python3", "/proc/self/fd/7"]) == \
+        "/proc/42/fd/7"
+    assert script_path(42, "/usr/bin/python3", ["python3", "/dev/stdin"]) == "/proc/42/fd/0"
+    assert script_path(42, "/usr/bin/python3", ["python3", "/proc/self/cwd/x.py"]) == \
+        "/proc/42/cwd/x.py"
+    assert script_path(42, "/usr/bin/python3", ["python3", "/opt/x.py"]) == "/opt/x.py"
+    assert script_path(42, "/usr/bin/python3", ["python3", "-c", "pass"]) is None
+
+
+def test_an_interactive_interpreter_reads_nothing_from_a_pipe(tmp_path):
+    """Standard input a pipe (``cat x | python -``): never opened (it would take the
+    program's input, or block); the sampler's behaviour rules are the answer."""
+    proc = subprocess.Popen(["sh", "-c", f"cat {tmp_path}/none 2>/dev/null; sleep 60"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert _process_markers([PYTHON, "-"], stdin=proc.stdout) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("argv_tail", [
+    ["-c", "import time; time.sleep(60); exec(open('notes.txt').read())"],
+    ["-Ic", "import time; time.sleep(60); import runpy; runpy.run_path('notes.txt')"],
+    ["-u", "-c", "import time; time.sleep(60); __import__('ppr' + 'oxy')"],
+    ["-c", "import time; time.sleep(60); import helper"],
+], ids=["exec(open(f).read())", "-Ic run_path", "-c __import__ of pieces", "-c its module"])
+def test_python_c_is_read_as_code_with_the_files_it_runs(tmp_path, argv_tail):
+    """Was missed: ``python -c`` code was read by the command-line rules only, never as code,
+    nor the file it reads and runs (fixed: read as a script's, from a memfd)."""
+    (tmp_path / "notes.txt").write_text(TOOL)
+    (tmp_path / "helper.py").write_text(TOOL)
+    assert _process_markers([PYTHON, *argv_tail], cwd=tmp_path) == ["pproxy"]
+
+
+def test_python_c_honest_code_carries_no_marker(tmp_path):
+    (tmp_path / "notes.txt").write_text(TOOL)
+    assert _process_markers([PYTHON, "-c", "import time, json; print(open('notes.txt').read()"
+                             " + json.dumps(['mining.subscribe', 'pproxy'])); time.sleep(60)"],
+                            cwd=tmp_path) == []
+
+
+def test_inline_code_is_taken_from_the_command_line():
+    from colab_guard.observe.content import inline_code
+
+    assert inline_code(["python3", "-c", "x"]) == "x"
+    assert inline_code(["python3", "-cx=1"]) == "x=1"
+    assert inline_code(["python3", "-W", "ignore", "-Ic", "y"]) == "y"
+    assert inline_code(["python3", "x.py", "-c", "z"]) is None  # the script's own option
+    assert inline_code(["python3", "-m", "mod", "-c", "z"]) is None
+    assert inline_code(["python3", "-c"]) is None
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a script whose file is deleted after it started is gone (Python closed it): only its "
+    "behaviour and its memory are left"))
+def test_a_script_deleted_after_start_is_recognised(tmp_path):
+    (tmp_path / "tool.py").write_text(TOOL)
+    proc = subprocess.Popen([PYTHON, str(tmp_path / "tool.py")])
+    scanner = ContentScanner(background=False)
+    try:
+        wait_until(lambda: _cmdline(proc.pid), timeout=30, what="the new program")
+        os.unlink(tmp_path / "tool.py")
+        assert scanner.process_markers(proc.pid, os.readlink(f"/proc/{proc.pid}/exe"),
+                                       _cmdline(proc.pid)) == ["pproxy"]
+    finally:
+        proc.kill()
+        proc.wait()
+        scanner.close()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a script in a FIFO or through bash <(cat x) is never opened (it would block or take "
+    "its reader's data): behaviour only"))
+def test_a_script_from_a_fifo_is_recognised(tmp_path):
+    fifo = tmp_path / "tool.py"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf '%s' '{TOOL}' > {fifo}"])
+    try:
+        assert _process_markers([PYTHON, str(fifo)]) == ["pproxy"]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+@pytest.mark.parametrize("name, folder", [("sitecustomize.py", None), ("usercustomize.py", ".")])
+def test_a_tool_in_a_startup_module_on_pythonpath_is_recognised(tmp_path, name, folder):
+    """Was missed: sitecustomize.py on PYTHONPATH runs before an honest ``python -c`` (fixed:
+    the start-up modules of the process's PYTHONPATH are read as its own)."""
+    (tmp_path / name).write_text("import core\n")
+    (tmp_path / "core.py").write_text(TOOL)
+    env = dict(os.environ, PYTHONPATH=folder or str(tmp_path))
+    assert _process_markers([PYTHON, "-c", "import time; time.sleep(60)"], env=env,
+                            cwd=tmp_path) == ["pproxy"]
+
+
+def test_startup_modules_python_does_not_run_are_not_read(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(TOOL)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    assert _process_markers([PYTHON, "-I", "-c", "import time; time.sleep(60)"], env=env) == []
+    (tmp_path / "notes.py").write_text("SITE = 'sitecustomize.py: import pproxy'\n")
+    assert _process_markers([PYTHON, "-c", "import time; time.sleep(60)"],
+                            env=dict(os.environ, PYTHONPATH="/nonexistent")) == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a .pth file in the environment's or the user's site-packages runs its import lines at "
+    "every start: not read (only PYTHONPATH's start-up modules are)"))
+def test_a_tool_in_a_pth_file_is_recognised(tmp_path):
+    import site
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "zz-redteam3.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(TOOL)
+    # site.addsitedir() is what processes a .pth (a user site or the environment's own)
+    code = f"import site, time; site.addsitedir({str(site_dir)!r}); time.sleep(60)"
+    assert site.ENABLE_USER_SITE is not None
+    assert _process_markers([PYTHON, "-c", code]) == ["pproxy"]
+
+
+# ---------------------------------------------------------------- files the reader refuses
+
+
+def test_a_tool_after_a_mebibyte_of_comments_keeps_its_import_lines(tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text("#" * 80 + "\n" * 0 + ("# padding\n" * (200 << 10)) + "import pproxy\n")
+    scanner = ContentScanner(background=False, max_script_bytes=1 << 20)
+    try:
+        assert scanner.script_markers(str(script), scripts.PYTHON) == ["pproxy"]
+    finally:
+        scanner.close()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "past max_script_bytes only top-level import lines are read: a Stratum client after "
+    "a mebibyte of comments is cut"))
+def test_a_stratum_client_after_a_mebibyte_of_comments_is_recognised(tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text("# padding\n" * (120 << 10) + CONNECT +
+                      "s.sendall(json.dumps({'method': 'mining.subscribe'}).encode())\n"
+                      "s.sendall(json.dumps({'method': 'mining.authorize'}).encode())\n")
+    scanner = ContentScanner(background=False, max_script_bytes=1 << 20)
+    try:
+        assert scanner.script_markers(str(script), scripts.PYTHON) == ["stratum-miner"]
+    finally:
+        scanner.close()
+
+
+def test_a_source_in_another_encoding_is_read(scanner, tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_bytes("# -*- coding: latin-1 -*-\nLABEL = 'caf\xe9'\nimport pproxy\n"
+                       .encode("latin-1"))
+    assert scanner.script_markers(str(script), scripts.PYTHON) == ["pproxy"]
