@@ -84,6 +84,14 @@ MAX_PUSH_BYTES = 8 * 1024
 #: (a share is a JSON request of 100-300 bytes; a keepalive, MQTT's or Redis' PING, is less):
 #: a subscriber that only listens is no miner.
 MIN_REPLY_BYTES = 64
+#: Seconds between one connection to a host and the next within which a process's
+#: conversation with the host goes on (a miner recycling its pool connection), and within
+#: which a mining candidate that dropped its connection keeps its CPU demand measured.
+RECONNECT_GAP = 3.0
+#: The lowest CPU demand over any slice of the window (``cpu_demand_steady_percent``) is
+#: taken over slices this fraction of the window or longer (between two ticks): a throttled
+#: miner's demand is as steady as its duty cycle; a bot answering messages works in bursts.
+STEADY_SLICE = 1 / 15
 #: Traffic at most this many data segments a second (both ways) counts as "little".
 QUIET_SEGMENTS_PER_S = 4.0
 #: Process CPU (this tick, percent of a core) that makes a process with an outbound
@@ -139,18 +147,24 @@ class _Demand:
     threads: dict[int, int]  # thread id -> its run + wait time (ns) at the last read
     total: float = 0.0  # seconds of demand since watched
     samples: deque = field(default_factory=deque)  # (time, total)
+    last: float = 0.0  # last a mining candidate
 
 
 @dataclass
 class _Traffic:
-    """One outbound connection's traffic, as watched."""
+    """A conversation with one host on one outbound connection, as watched, or on one after
+    another (a miner that recycles its pool connection keeps one conversation going)."""
 
-    since: float  # first seen
-    received: int
-    sent: int
-    pushes: int = 0  # small unprompted messages from the peer
+    since: float  # the conversation's first connection first seen
+    last: float  # its connection last seen
+    key: Key | None = None  # the process holding it
+    host: str = ""  # the remote host
+    counters: tuple[int, int, int] = (0, 0, 0)  # its connection's bytes received, bytes
+    # sent and data segments at the last read
+    pushes: int = 0  # small unprompted messages from the host
     replies: int = 0  # sends of MIN_REPLY_BYTES or more after the first push
-    segments: deque = field(default_factory=deque)  # (time, data segments)
+    total_segments: int = 0  # data segments seen pass since first seen, all connections
+    segments: deque = field(default_factory=deque)  # (time, total_segments)
 
 
 class Behaviour:
@@ -162,6 +176,8 @@ class Behaviour:
         self.window = window
         self._demand: dict[Key, _Demand] = {}
         self._traffic: dict[int, _Traffic] = {}  # by socket inode
+        # (process, remote host) -> conversations whose connection closed, the latest last
+        self._closed: dict[tuple[Key, str], list[_Traffic]] = {}
         #: makes a dumper for the guard's own namespace (None) or process pid's
         self._make_dumper = dumper or (lambda pid: Dumper() if pid is None
                                        else Dumper.for_namespace(pid))
@@ -258,10 +274,15 @@ class Behaviour:
         lookups += [(by_key[key], [(inode, sock)]) for inbound, out in relays.values()
                     for key, inode, sock in inbound + out]
         info, blind = self._read_traffic(lookups, [by_key[k] for k in flooding])
+        # A connection closed since the last tick hands its conversation to a new one.
+        self._retire({inode for conns in outbound.values() for inode, _ in conns},
+                     by_key.keys())
         for key in miners:
             unknown = by_key[key].netns in blind
-            fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
-                           "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
+            demand, steady = self._cpu_demand(by_key[key], now)
+            fields.setdefault(key, {}).update(
+                cpu_demand_percent=demand, cpu_demand_steady_percent=steady,
+                pushed_connections=self._pushed(outbound[key], info, now, unknown, key))
         for key, count in self._slow_counts(floods, info).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
         for key, count in self._relay_counts(relays, info, by_key, now).items():
@@ -269,7 +290,7 @@ class Behaviour:
         for key, count in self._refused_counts(snapshots, now).items():
             fields.setdefault(key, {})["kernel_refused_attempts"] = count
         self._kernel_fields(snapshots, fields)
-        self._forget(miners, outbound, {p.netns for p in by_key.values()})
+        self._forget(miners, outbound, by_key.keys(), {p.netns for p in by_key.values()}, now)
         # Only the processes given values now or last tick can differ from their samples (a
         # thousand idle children have none): the others are not looked at.
         changed = {}
@@ -284,13 +305,17 @@ class Behaviour:
 
     # ------------------------------------------------------------ mining
 
-    def _cpu_demand(self, proc: Process, now: float) -> float:
+    def _cpu_demand(self, proc: Process, now: float) -> tuple[float, float]:
+        """The process's CPU demand averaged over the window, and the lowest over any slice
+        of it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a
+        whole window."""
         threads = _thread_demand(proc.pid)
         state = self._demand.get(proc.key)
         if state is None:
-            state = self._demand[proc.key] = _Demand(threads)
+            state = self._demand[proc.key] = _Demand(threads, last=now)
             state.samples.append((now, 0.0))
-            return 0.0
+            return 0.0, 0.0
+        state.last = now
         added = sum(ns - state.threads.get(tid, 0) for tid, ns in threads.items())
         state.threads = threads
         state.total += max(added, 0) / 1e9
@@ -300,13 +325,19 @@ class Behaviour:
             samples.popleft()
         start, total_then = samples[0]
         if now - start < self.window * 0.95:
-            return 0.0  # not watched a whole window yet
-        return round(100.0 * (state.total - total_then) / (now - start))
+            return 0.0, 0.0  # not watched a whole window yet
+        average = 100.0 * (state.total - total_then) / (now - start)
+        return round(average), round(_lowest_slice(samples, self.window * STEADY_SLICE))
 
     def _pushed(self, conns: list[tuple[int, Socket]], info: dict[int, TcpInfo],
-                now: float, unknown: bool) -> int:
-        """Connections that look like a pool's. ``unknown``: the traffic of the process's
-        namespace cannot be read; its connections open through the window count."""
+                now: float, unknown: bool, key: Key | None = None) -> int:
+        """Connections of process ``key`` that look like a pool's: open through the window
+        (or opened within ``RECONNECT_GAP`` s of the close of one to the same host, which it
+        takes over: a miner recycling its pool connection), carrying little, on which the
+        host pushed small messages unprompted and the process answered. Connections open at
+        once are each a conversation of their own (a broker's subscription beside commands
+        to the same server). ``unknown``: the traffic of the process's namespace cannot be
+        read; its connections open through the window count."""
         count = 0
         for inode, sock in conns:
             seen = info.get(inode)
@@ -314,24 +345,37 @@ class Behaviour:
                 continue
             traffic = self._traffic.get(inode)
             if traffic is None:
-                traffic = self._traffic[inode] = _Traffic(
-                    now, seen.received if seen else 0, seen.sent if seen else 0)
+                traffic = self._traffic[inode] = self._conversation(key, sock.remote[0], now)
+                traffic.counters = ((seen.received, seen.sent, seen.data_segments)
+                                    if seen else (0, 0, 0))
+            traffic.last = now
             if seen is None:
                 count += now - traffic.since >= self.window * 0.95
                 continue
             _count_messages(traffic, seen)
             segments = traffic.segments
-            segments.append((now, seen.data_segments))
+            segments.append((now, traffic.total_segments))
             while len(segments) > 2 and segments[1][0] <= now - self.window:
                 segments.popleft()
-            opened_for = now - traffic.since
-            if (opened_for < self.window * 0.95 or traffic.pushes < PUSHES
+            if (now - traffic.since < self.window * 0.95 or traffic.pushes < PUSHES
                     or not traffic.replies):
                 continue
-            rate = (seen.data_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
+            rate = (traffic.total_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
             if rate <= QUIET_SEGMENTS_PER_S:
                 count += 1
         return count
+
+    def _conversation(self, key: Key | None, host: str, now: float) -> _Traffic:
+        """The conversation a new connection of process ``key`` to ``host`` carries: the
+        latest one whose connection closed within ``RECONNECT_GAP`` s, or a new one."""
+        closed = self._closed.get((key, host))
+        while closed:
+            traffic = closed.pop()
+            if now - traffic.last <= RECONNECT_GAP:
+                return traffic
+        traffic = _Traffic(now, now, key, host)
+        traffic.segments.append((now, 0))
+        return traffic
 
     # ------------------------------------------------------------ the kernel itself
 
@@ -625,12 +669,27 @@ class Behaviour:
             dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
         return dumper
 
-    def _forget(self, miners: set[Key], outbound: dict[Key, list], namespaces: set[str]) -> None:
-        for key in self._demand.keys() - miners:
+    def _retire(self, held: set[int], live: set[Key]) -> None:
+        """Conversations whose connection is no longer held wait in ``_closed`` for the
+        next connection of their process to their host."""
+        for inode in self._traffic.keys() - held:
+            traffic = self._traffic.pop(inode)
+            if traffic.key in live:
+                self._closed.setdefault((traffic.key, traffic.host), []).append(traffic)
+
+    def _forget(self, miners: set[Key], outbound: dict[Key, list], live: set[Key],
+                namespaces: set[str], now: float) -> None:
+        # A candidate that dropped its connection a moment ago (to open another) is one still.
+        for key in [k for k, d in self._demand.items()
+                    if k not in live or (k not in miners and now - d.last > RECONNECT_GAP)]:
             del self._demand[key]
-        live = {inode for key in miners for inode, _ in outbound[key]}
-        for inode in self._traffic.keys() - live:
-            del self._traffic[inode]
+        self._retire({inode for key in miners for inode, _ in outbound[key]}, live)
+        for conversation in list(self._closed):
+            kept = [t for t in self._closed[conversation] if now - t.last <= RECONNECT_GAP]
+            if kept and conversation[0] in live:
+                self._closed[conversation] = kept[-8:]
+            else:
+                del self._closed[conversation]
         for netns in self._dumpers.keys() - namespaces - {""}:
             self._dumpers.pop(netns).close()  # a namespace no watched process is in now
         for netns in self._refusals.keys() - namespaces:
@@ -649,7 +708,8 @@ MAX_IMPORTS = 4096
 CONNECTION_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 #: The fields this module sets on a Process (0 where it does not apply).
-BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "foreign_peers",
+BEHAVIOUR_FIELDS = ("cpu_demand_percent", "cpu_demand_steady_percent",
+                    "pushed_connections", "foreign_peers",
                     "kernel_slow_connections",
                     "kernel_ports_tried", "kernel_hosts_unanswered",
                     "kernel_relayed_connections", "kernel_refused_attempts")
@@ -659,15 +719,29 @@ def _count_messages(traffic: _Traffic, seen: TcpInfo) -> None:
     """What passed on a watched connection since the last tick: a small message the peer
     sent unprompted (more data is no job: not counted), and whether the process sent
     something back after one."""
-    if seen.sent > traffic.sent:
-        if traffic.pushes and seen.sent - traffic.sent >= MIN_REPLY_BYTES:
-            traffic.replies += 1
-        traffic.sent = seen.sent
-    if seen.received > traffic.received:
+    received, sent, segments = traffic.counters
+    traffic.counters = (seen.received, seen.sent, seen.data_segments)
+    traffic.total_segments += max(seen.data_segments - segments, 0)
+    if seen.sent > sent and traffic.pushes and seen.sent - sent >= MIN_REPLY_BYTES:
+        traffic.replies += 1
+    if seen.received > received:
         if (seen.since_sent_ms >= seen.since_received_ms + PUSH_QUIET_MS
-                and seen.received - traffic.received <= MAX_PUSH_BYTES):
+                and seen.received - received <= MAX_PUSH_BYTES):
             traffic.pushes += 1
-        traffic.received = seen.received
+
+
+def _lowest_slice(samples: deque, shortest: float) -> float:
+    """The lowest CPU demand (percent of a core) between two of ``samples`` ((time, seconds
+    of demand so far), oldest first), each slice ``shortest`` s or longer (a late tick makes
+    one longer)."""
+    lowest = None
+    start, total = samples[0]
+    for when, so_far in samples:
+        if when - start >= shortest:
+            rate = 100.0 * (so_far - total) / (when - start)
+            lowest = rate if lowest is None else min(lowest, rate)
+            start, total = when, so_far
+    return lowest or 0.0
 
 
 def _close(a: int, b: int) -> bool:
