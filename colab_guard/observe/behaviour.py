@@ -88,6 +88,10 @@ MIN_REPLY_BYTES = 64
 #: conversation with the host goes on (a miner recycling its pool connection), and within
 #: which a mining candidate that dropped its connection keeps its CPU demand measured.
 RECONNECT_GAP = 3.0
+#: ... or within this many, while the process holds a socket its sample does not list yet
+#: (the sampler reads again the fds of a process whose fd count stays the same only now and
+#: then: a connection closed and another opened in its place was seen 8 to 23 s late here).
+UNSEEN_GAP = 30.0
 #: The lowest CPU demand over any slice of the window (``cpu_demand_steady_percent``) is
 #: taken over slices this fraction of the window or longer (between two ticks): a throttled
 #: miner's demand is as steady as its duty cycle; a bot answering messages works in bursts.
@@ -178,6 +182,9 @@ class Behaviour:
         self._traffic: dict[int, _Traffic] = {}  # by socket inode
         # (process, remote host) -> conversations whose connection closed, the latest last
         self._closed: dict[tuple[Key, str], list[_Traffic]] = {}
+        # mining candidate -> the sockets it held that its sample did not list (Unix
+        # sockets, UDP ...) when it became one
+        self._unlisted: dict[Key, frozenset] = {}
         #: makes a dumper for the guard's own namespace (None) or process pid's
         self._make_dumper = dumper or (lambda pid: Dumper() if pid is None
                                        else Dumper.for_namespace(pid))
@@ -278,6 +285,8 @@ class Behaviour:
         self._retire({inode for conns in outbound.values() for inode, _ in conns},
                      by_key.keys())
         for key in miners:
+            if key not in self._unlisted:
+                self._unlisted[key] = self._unlisted_sockets(by_key[key])
             unknown = by_key[key].netns in blind
             demand, steady = self._cpu_demand(by_key[key], now)
             fields.setdefault(key, {}).update(
@@ -290,7 +299,7 @@ class Behaviour:
         for key, count in self._refused_counts(snapshots, now).items():
             fields.setdefault(key, {})["kernel_refused_attempts"] = count
         self._kernel_fields(snapshots, fields)
-        self._forget(miners, outbound, by_key.keys(), {p.netns for p in by_key.values()}, now)
+        self._forget(miners, outbound, by_key, {p.netns for p in by_key.values()}, now)
         # Only the processes given values now or last tick can differ from their samples (a
         # thousand idle children have none): the others are not looked at.
         changed = {}
@@ -371,7 +380,7 @@ class Behaviour:
         closed = self._closed.get((key, host))
         while closed:
             traffic = closed.pop()
-            if now - traffic.last <= RECONNECT_GAP:
+            if now - traffic.last <= UNSEEN_GAP:  # kept this long only while unseen (_forget)
                 return traffic
         traffic = _Traffic(now, now, key, host)
         traffic.segments.append((now, 0))
@@ -677,23 +686,47 @@ class Behaviour:
             if traffic.key in live:
                 self._closed.setdefault((traffic.key, traffic.host), []).append(traffic)
 
-    def _forget(self, miners: set[Key], outbound: dict[Key, list], live: set[Key],
+    def _forget(self, miners: set[Key], outbound: dict[Key, list], live: dict[Key, Process],
                 namespaces: set[str], now: float) -> None:
-        # A candidate that dropped its connection a moment ago (to open another) is one still.
+        unseen: dict[Key, bool] = {}
+
+        def kept(key: Key, last: float) -> bool:
+            # A candidate that dropped its connection a moment ago (to open another) is one
+            # still, and longer while it holds a new socket its sample does not show.
+            if now - last <= RECONNECT_GAP:
+                return True
+            if now - last > UNSEEN_GAP:
+                return False
+            if key not in unseen:
+                unseen[key] = self._holds_unseen_socket(live[key])
+            return unseen[key]
+
         for key in [k for k, d in self._demand.items()
-                    if k not in live or (k not in miners and now - d.last > RECONNECT_GAP)]:
+                    if k not in live or (k not in miners and not kept(k, d.last))]:
             del self._demand[key]
-        self._retire({inode for key in miners for inode, _ in outbound[key]}, live)
+        self._retire({inode for key in miners for inode, _ in outbound[key]}, live.keys())
         for conversation in list(self._closed):
-            kept = [t for t in self._closed[conversation] if now - t.last <= RECONNECT_GAP]
-            if kept and conversation[0] in live:
-                self._closed[conversation] = kept[-8:]
+            key = conversation[0]
+            still = [t for t in self._closed[conversation] if key in live and kept(key, t.last)]
+            if still:
+                self._closed[conversation] = still[-8:]
             else:
                 del self._closed[conversation]
+        for key in self._unlisted.keys() - self._demand.keys():
+            del self._unlisted[key]
         for netns in self._dumpers.keys() - namespaces - {""}:
             self._dumpers.pop(netns).close()  # a namespace no watched process is in now
         for netns in self._refusals.keys() - namespaces:
             del self._refusals[netns]
+
+    def _holds_unseen_socket(self, proc: Process) -> bool:
+        """Whether the process holds a socket its sample does not list, which it did not hold
+        (or which was listed) when it became a mining candidate (its fds are read: about
+        0.15 ms)."""
+        return bool(self._unlisted_sockets(proc) - self._unlisted.get(proc.key, frozenset()))
+
+    def _unlisted_sockets(self, proc: Process) -> frozenset:
+        return _socket_inodes(proc.pid) - {inode for inode, _ in self._sockets_of(proc)}
 
     def close(self) -> None:
         for dumper in self._dumpers.values():
