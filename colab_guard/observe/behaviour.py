@@ -9,6 +9,10 @@ samples as fields (``observe/model.py``):
   queue wait, from /proc/PID/task/*/schedstat), averaged over the last ``WINDOW`` seconds,
   percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
   load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
+- ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
+  between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
+  is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
+  whole slices between two.
 - ``pushed_connections``: outbound TCP connections open through the whole window that carried
   little (at most ``QUIET_SEGMENTS_PER_S`` data segments a second), on which the peer sent
   small messages (``MAX_PUSH_BYTES``) unprompted (a second or more after the process last
@@ -17,7 +21,10 @@ samples as fields (``observe/model.py``):
   jobs and a miner submits shares. A client of a local service asks and is answered at once
   (prompted); a subscriber to a shared broker's channel (a job announcement, a feed) is
   pushed to but sends nothing back; a parameter server pushes megabytes, not a job's few
-  hundred bytes; an idle connection carries nothing.
+  hundred bytes; an idle connection carries nothing. A connection opened within
+  ``RECONNECT_GAP`` s of the close of one of the process's connections to the same host
+  carries its conversation on (its age, pushes and answers): a miner recycling its pool
+  connection more often than the window. Connections open at once are never merged.
 - ``foreign_peers`` (processes that listen on a TCP port only): the distinct endpoints of the
   connections the process opened to endpoints none of the user's kernels serves. A swarm's
   peers are other people's; six nodes of a lab connected to each other are the user's own.
@@ -376,7 +383,9 @@ class Behaviour:
 
     def _conversation(self, key: Key | None, host: str, now: float) -> _Traffic:
         """The conversation a new connection of process ``key`` to ``host`` carries: the
-        latest one whose connection closed within ``RECONNECT_GAP`` s, or a new one."""
+        latest one whose connection closed within ``RECONNECT_GAP`` s (``UNSEEN_GAP`` while
+        the process holds a socket its sample does not list: ``_forget`` keeps no other), or
+        a new one."""
         closed = self._closed.get((key, host))
         while closed:
             traffic = closed.pop()
