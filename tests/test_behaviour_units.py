@@ -180,22 +180,27 @@ def test_a_parameter_server_pushing_weights_is_no_pool_connection():
     assert _pushed_after(_conversation(60, 5, 64 * 1024, 5, 64 * 1024)) == 0
 
 
-def _conversations_after(ticks: list[tuple[int, int, int, int]], inode_at) -> int:
+def _conversations_after(ticks: list[tuple[int, int, int, int]], inode_at,
+                         pid: int = 4_194_305, at_gap=lambda: None) -> int:
     """``pushed_connections`` after the given ticks (as ``_pushed_after``), the connection's
     inode at each second given by ``inode_at(second)`` (a new inode: a new connection, its
-    counters from 0; None: no connection at that tick)."""
+    counters from 0; None: no connection at that tick, when ``at_gap()`` is called first) of
+    process ``pid`` (by default none: it holds no socket)."""
     from colab_guard.observe.behaviour import WINDOW
     from colab_guard.observe.tcpinfo import TcpInfo
 
     behaviour = Behaviour(window=WINDOW)
-    miner = Process(pid=4_194_305, name="python3", create_time=1.0, uid=1000)  # no such pid
+    miner = Process(pid=pid, name="python3", create_time=1.0, uid=1000)
     key = miner.key
+    behaviour._unlisted[key] = behaviour._unlisted_sockets(miner)  # as when it became one
     count, base, current = 0, (0, 0, 0), None
     for second, (sent, received, since_sent, since_received) in enumerate(ticks):
         inode = inode_at(second)
         if inode != current:
             base, current = (sent, received, second), inode
         behaviour._retire({inode} if inode else set(), {key})
+        if inode is None:
+            at_gap()
         conn = [(inode, Socket("tcp", "127.0.0.1", 40000 + inode, "127.0.0.1", 3333,
                                "ESTABLISHED"))] if inode else []
         if conn:
@@ -217,6 +222,21 @@ def test_a_conversation_is_not_carried_over_a_gap_without_a_connection():
     each connection starts a conversation of its own, none lives through the window."""
     talk = _conversation(40, 2, 250, 3, 120)
     assert _conversations_after(talk, lambda s: None if s % 14 >= 9 else 100 + s // 14) == 0
+
+
+def test_a_conversation_is_carried_over_a_gap_while_the_process_holds_a_socket_unseen():
+    """The same 5 s gap, while the process (this one) holds a socket its sample does not list
+    (the sampler sees a swapped socket late): the conversation waits for it."""
+    held = []
+    try:
+        count = _conversations_after(
+            _conversation(40, 2, 250, 3, 120),
+            lambda s: None if s % 14 >= 9 else 100 + s // 14, pid=os.getpid(),
+            at_gap=lambda: held.append(socket.socket()))
+    finally:
+        for sock in held:
+            sock.close()
+    assert count == 1
 
 
 def test_the_lowest_demand_is_over_slices_between_ticks():
