@@ -12,6 +12,10 @@ another machine's would be (tests/standins/honest_services.py). Runs:
   N seconds, unasked, and sends nothing back: expected no incident (the mining rule needs the
   process to answer pushes, as a miner submits shares); it reports when (if ever) the run was
   taken for a miner.
+- ``bot EVERY BURST``: a chat server pushes a message every EVERY seconds; a bot in the kernel
+  works BURST seconds of CPU on each (a small model's inference) and answers: pushed to and
+  answering, as a miner is, but in bursts (the mining rule's steady demand tells them apart):
+  expected no incident.
 
 Prints one line per run: the seconds it ran, and the first incident's signature and seconds
 after the start, or "no incident".
@@ -59,8 +63,27 @@ print("done", jobs)
 '''
 
 
+BOT = '''
+import hashlib, json, socket, time
+chat = socket.create_connection(("127.0.0.1", PORT)).makefile("rwb")
+end, answered = time.monotonic() + SECONDS, 0
+while time.monotonic() < end:
+    message = json.loads(chat.readline())
+    busy_until, d = time.monotonic() + BURST, b"x"
+    while time.monotonic() < busy_until:
+        d = hashlib.sha256(d).digest()
+    chat.write(json.dumps({"reply_to": message["d"]["id"], "content": d.hex()}).encode() + b"\\n")
+    chat.flush(); answered += 1
+print("done", answered)
+'''
+
+
 def service(*args: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.standins.honest_services", *args],
+    return service_module("tests.standins.honest_services", *args)
+
+
+def service_module(module: str, *args: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", module, *args],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline())
 
@@ -86,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--intervals", default="5,20", help="broker push intervals, seconds")
+    parser.add_argument("--bots", default="2:0.4,5:1.0",
+                        help="chat bots, each EVERY:BURST seconds ('' for none)")
     args = parser.parse_args()
     settings = {"sample_interval": 0.5, "stop_grace": 1.0, "cell_checks": True,
                 "strike_limit": 0}
@@ -96,11 +121,18 @@ def main() -> None:
             services.append(params)
             code = TRAINER.replace("PORT", str(port)).replace("SECONDS", str(args.seconds))
             print(one_run(server, "params", code, args.seconds), flush=True)
-            for every in args.intervals.split(","):
+            for every in filter(None, args.intervals.split(",")):
                 broker, port = service("pubsub", every)
                 services.append(broker)
                 code = SUBSCRIBER.replace("PORT", str(port)).replace("SECONDS", str(args.seconds))
                 print(one_run(server, f"pubsub {every}", code, args.seconds), flush=True)
+            for bot in filter(None, args.bots.split(",")):
+                every, burst = bot.split(":")
+                chat, port = service_module("tests.standins.chat", every)
+                services.append(chat)
+                code = (BOT.replace("PORT", str(port)).replace("SECONDS", str(args.seconds))
+                        .replace("BURST", burst))
+                print(one_run(server, f"bot {every} {burst}", code, args.seconds), flush=True)
         finally:
             for proc in services:
                 proc.kill()

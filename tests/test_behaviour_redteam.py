@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from colab_guard.detect.fields import FieldView
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.model import Process, Socket
 from tests.harness import wait_until
+from tests.standins import chat as standin_chat
 from tests.standins import pool as standin_pool
 from tests.standins.watched import ENV, Watched
 from tests.test_behaviour_refused import SWEEPER, THRESHOLD, _honest, _measured
@@ -50,7 +54,9 @@ def test_a_sweep_split_across_four_processes_is_counted_and_each_named():
 
 @pytest.mark.xfail(strict=True, reason="a sweep paced under 30 refused attempts a second "
                    "(the rule's 300 in 10 s) from a subprocess: the kernel hook sees no "
-                   "connect there and the counters stay under the threshold")
+                   "connect there, the counters stay under the threshold, and the sweeper "
+                   "holds its socket a few microseconds of every 50 ms, so no tick ties the "
+                   "refusals to it")
 def test_a_sweep_paced_at_twenty_ports_a_second_is_counted():
     watched = Watched(SWEEPER + ["127.0.0.1", "--pause", "0.05"])
     assert _measured(watched, 15) >= THRESHOLD
@@ -63,45 +69,183 @@ def pool():
     server.close()
 
 
-def _miner_fields(argv: list[str], seconds: float) -> tuple[float, int]:
-    """The highest CPU demand and pushed connections a miner was given while it ran (at
-    most ``seconds``)."""
-    watched = Watched(argv, window=WINDOW)
+def _miner_fields(argv: list[str], seconds: float, window: float = WINDOW) -> dict[str, int]:
+    """The highest CPU demand (average, steady) and pushed connections a miner was given
+    while it ran (at most ``seconds``)."""
+    watched = Watched(argv, window=window)
     try:
         watched.warm()
         wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= seconds,
                    timeout=seconds * 4, what="the miner ran")
     finally:
         watched.stop()
-    return watched.highest("cpu_demand_percent"), watched.highest("pushed_connections")
+    return {name: watched.highest(name) for name in
+            ("cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")}
+
+
+#: The mining rule's average CPU demand (the condition itself is read from the signature).
+BUSY = 50
+QUIET_MINER = [sys.executable, "-m", "tests.standins.quiet_miner"]
+RECYCLING_MINER = [sys.executable, "-m", "tests.standins.recycling_miner"]
+MINING_RULE = load_signatures().signatures["mining-busy-pool-connection"]
+
+
+def _mines(seen: dict[str, int]) -> bool:
+    """Whether a process given these fields matches mining-busy-pool-connection."""
+    process = Process(pid=1, name="python3", create_time=1.0, uid=1000, **seen,
+                      sockets=[Socket("tcp", "10.0.0.2", 40000, "10.3.3.3", 443, "ESTABLISHED")])
+    return MINING_RULE.when.test(FieldView(process))[0]
 
 
 def test_the_sampler_level_miner_is_measured_as_such(pool):
-    """The baseline for the two below: the same miner, one connection, a full core."""
-    demand, pushed = _miner_fields([sys.executable, "-m", "tests.standins.quiet_miner",
-                                    "127.0.0.1", str(pool), "--seconds", "20"], WINDOW + 6)
-    assert demand >= 50 and pushed >= 1, (demand, pushed)
+    """The baseline for the ones below: the same miner, one connection, a full core."""
+    seen = _miner_fields(QUIET_MINER + ["127.0.0.1", str(pool), "--seconds", "20"], WINDOW + 6)
+    assert seen["cpu_demand_percent"] >= BUSY and _mines(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="a miner that opens a new pool connection more often "
-                   "than the window (15 s in the server) never holds one through it")
-def test_a_miner_recycling_its_pool_connection_is_measured(pool):
-    demand, pushed = _miner_fields([sys.executable, "-m", "tests.standins.recycling_miner",
-                                    "127.0.0.1", str(pool), str(WINDOW * 0.6),
-                                    "--seconds", "20"], WINDOW * 3 + 4)
-    assert demand >= 50 and pushed >= 1, (demand, pushed)
+#: A window longer than the stand-in pool's 2 s between jobs, so that a connection recycled
+#: at 60 % of it still hears jobs (the server's 15 s window against a pool's 30 s to 2 min is
+#: the case below this one).
+RECYCLE_WINDOW = 6.0
 
 
-@pytest.mark.xfail(strict=True, reason="a miner throttled under half a core (the rule's 50 %"
-                   " of CPU demand) mines on, slowly")
+def test_a_miner_recycling_its_pool_connection_more_often_than_the_window_is_measured(pool):
+    """Each connection lives 3.6 s of the 6 s window: the next one, opened as the last closes,
+    carries the conversation on (its pushes, the shares answering them, its age)."""
+    seen = _miner_fields(RECYCLING_MINER + ["127.0.0.1", str(pool), str(RECYCLE_WINDOW * 0.6),
+                                            "--seconds", "30"],
+                         RECYCLE_WINDOW * 2 + 4, window=RECYCLE_WINDOW)
+    assert _mines(seen), seen
+
+
+def test_a_miner_recycling_after_a_pause_is_measured(pool):
+    """The abuser's next step: a second without a connection between two (the rule carries a
+    conversation over a gap of up to 3 s)."""
+    script = ("import time, sys\nfrom tests.standins.quiet_miner import run\n"
+              "end = time.monotonic() + 30\n"
+              "while time.monotonic() < end:\n"
+              f"    run('127.0.0.1', {pool}, 1.0, {RECYCLE_WINDOW * 0.6})\n"
+              "    time.sleep(1)\n")
+    seen = _miner_fields([sys.executable, "-c", script], RECYCLE_WINDOW * 2 + 6,
+                         window=RECYCLE_WINDOW)
+    assert _mines(seen), seen
+
+
+@pytest.mark.xfail(strict=True, reason="a miner that recycles its pool connection before the "
+                   "pool pushes a job on it (a real pool pushes every 30 s to 2 min) is only "
+                   "ever answered (the job comes with its login): a client asking a service, "
+                   "as a training loop posting metrics without keep-alive is")
+def test_a_miner_recycling_faster_than_its_pool_pushes_is_measured(pool):
+    seen = _miner_fields(RECYCLING_MINER + ["127.0.0.1", str(pool), str(WINDOW * 0.6),
+                                            "--seconds", "20"], WINDOW * 3 + 4)
+    assert _mines(seen), seen
+
+
 def test_a_miner_throttled_to_a_fifth_of_a_core_is_measured(pool):
-    demand, pushed = _miner_fields([sys.executable, "-m", "tests.standins.quiet_miner",
-                                    "127.0.0.1", str(pool), "--duty", "0.2",
-                                    "--seconds", "20"], WINDOW + 6)
-    assert demand >= 50 and pushed >= 1, (demand, pushed)
+    seen = _miner_fields(QUIET_MINER + ["127.0.0.1", str(pool), "--duty", "0.2",
+                                        "--seconds", "20"], WINDOW + 6)
+    # (its average demand may pass half a core on a loaded machine: waiting counts)
+    assert seen["cpu_demand_steady_percent"] >= 15 and _mines(seen), seen
+
+
+@pytest.mark.xfail(strict=True, reason="a miner throttled to a quarter of a core in bursts "
+                   "longer than a slice of the window (here 0.3 s on, 0.9 s off; 1 s of 15 s "
+                   "in the server) is idle for whole slices, as a bot answering messages is")
+def test_a_miner_throttled_in_long_bursts_is_measured(pool):
+    seen = _miner_fields(QUIET_MINER + ["127.0.0.1", str(pool), "--duty", "0.25",
+                                        "--period", "1.2", "--seconds", "20"], WINDOW + 6)
+    assert _mines(seen), seen
+
+
+@pytest.mark.xfail(strict=True, reason="a miner throttled under a sixth of a core (the rule's "
+                   "15 % in every slice) mines on, slowly")
+def test_a_miner_throttled_to_a_tenth_of_a_core_is_measured(pool):
+    seen = _miner_fields(QUIET_MINER + ["127.0.0.1", str(pool), "--duty", "0.1",
+                                        "--seconds", "20"], WINDOW + 6)
+    assert _mines(seen), seen
+
+
+SPLIT_MINER = r"""
+import subprocess, sys
+from tests.standins.quiet_miner import run
+spin = "import hashlib\nd = b'x'\nwhile True: d = hashlib.sha256(d).digest()"
+workers = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)   # the parent only talks to the pool
+finally:
+    for w in workers: w.kill()
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a miner whose hashing runs in child processes while "
+                   "a parent that barely runs holds the pool connection: the connection's "
+                   "holder is idle and the busy workers hold none (a job-queue master with "
+                   "busy workers, celery's prefork, is the same shape)")
+def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured(pool):
+    watched = Watched([sys.executable, "-c", SPLIT_MINER, str(pool)], window=WINDOW)
+    try:
+        watched.warm()
+        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
+                   timeout=(WINDOW + 6) * 4, what="the miner ran")
+    finally:
+        watched.stop()
+    assert any(_mines({name: fields.get(name, 0) for name in (
+        "cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")})
+        for fields in watched.seen.values()), watched.seen
 
 
 # ------------------------------------------------------------------ the honest researcher
+
+def test_a_bot_answering_the_messages_it_is_pushed_in_bursts_is_left_alone():
+    """A chat server pushes a message every 2 s; the bot works 0.3 s on each (a sixth of a
+    core) and answers: pushed to and answering, as a miner is, but idle for whole slices of
+    the window between two messages, where a throttled miner is steady."""
+    chat = standin_chat.serve(2.0)
+    try:
+        seen = _miner_fields([sys.executable, "-c", standin_chat.BOT, "127.0.0.1",
+                              str(chat.getsockname()[1]), "0.3", "30"], WINDOW * 3 + 4)
+    finally:
+        chat.close()
+    assert seen["pushed_connections"] >= 1 and seen["cpu_demand_percent"] >= 10, seen
+    assert not _mines(seen), seen
+
+
+SUBSCRIBED_AND_COMMITTING = r"""
+import socket, sys, time
+broker, database, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+channel = socket.create_connection(("127.0.0.1", broker)); channel.setblocking(False)
+channel.sendall(b"SUBSCRIBE jobs\r\n")
+end, n, last = time.monotonic() + seconds, 1, 0.0
+while time.monotonic() < end:
+    for _ in range(20000): n = (n * 48271) % 2147483647
+    try: channel.recv(4096)
+    except BlockingIOError: pass
+    if time.monotonic() - last > 1:   # commit metrics, a new connection each time
+        with socket.create_connection(("127.0.0.1", database)) as db:
+            db.sendall(b"INSERT metrics %d " % n + b"x" * 100 + b"\n"); db.recv(4096)
+        last = time.monotonic()
+"""
+
+
+def test_a_busy_subscriber_committing_to_the_same_host_on_new_connections_is_left_alone():
+    """The broker pushes on one connection (never answered), the database is asked on a new
+    connection every second, both on one host: a new connection takes over the conversation
+    of one that closed, never of one still open, so no pushes meet answers."""
+    broker = subprocess.Popen([sys.executable, "-m", "tests.standins.honest_services",
+                               "pubsub", "1.5"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    database = subprocess.Popen([sys.executable, "-m", "tests.standins.honest_services",
+                                 "params"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        ports = [broker.stdout.readline().strip(), database.stdout.readline().strip()]
+        seen = _miner_fields([sys.executable, "-c", SUBSCRIBED_AND_COMMITTING, *ports, "30"],
+                             WINDOW * 3 + 4)
+    finally:
+        for service in (broker, database):
+            service.kill()
+            service.wait()
+    assert seen["cpu_demand_percent"] >= BUSY, seen  # a candidate, busy
+    assert seen["pushed_connections"] == 0, seen
+
 
 FEED_PER_VIEWER = r"""
 import socket, sys, threading

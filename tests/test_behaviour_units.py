@@ -180,6 +180,78 @@ def test_a_parameter_server_pushing_weights_is_no_pool_connection():
     assert _pushed_after(_conversation(60, 5, 64 * 1024, 5, 64 * 1024)) == 0
 
 
+def _conversations_after(ticks: list[tuple[int, int, int, int]], inode_at,
+                         pid: int = 4_194_305, at_gap=lambda: None) -> int:
+    """``pushed_connections`` after the given ticks (as ``_pushed_after``), the connection's
+    inode at each second given by ``inode_at(second)`` (a new inode: a new connection, its
+    counters from 0; None: no connection at that tick, when ``at_gap()`` is called first) of
+    process ``pid`` (by default none: it holds no socket)."""
+    from colab_guard.observe.behaviour import WINDOW
+    from colab_guard.observe.tcpinfo import TcpInfo
+
+    behaviour = Behaviour(window=WINDOW)
+    miner = Process(pid=pid, name="python3", create_time=1.0, uid=1000)
+    key = miner.key
+    behaviour._unlisted[key] = behaviour._unlisted_sockets(miner)  # as when it became one
+    count, base, current = 0, (0, 0, 0), None
+    for second, (sent, received, since_sent, since_received) in enumerate(ticks):
+        inode = inode_at(second)
+        if inode != current:
+            base, current = (sent, received, second), inode
+        behaviour._retire({inode} if inode else set(), {key})
+        if inode is None:
+            at_gap()
+        conn = [(inode, Socket("tcp", "127.0.0.1", 40000 + inode, "127.0.0.1", 3333,
+                               "ESTABLISHED"))] if inode else []
+        if conn:
+            info = {inode: TcpInfo(1, sent - base[0], received - base[1], second - base[2],
+                                   since_sent, since_received)}
+            count = behaviour._pushed(conn, info, float(second), unknown=False, key=key)
+        behaviour._forget({key} if conn else set(), {key: conn}, {key: miner}, set(),
+                          float(second))
+    return count
+
+
+def test_a_pool_connection_recycled_every_9_s_carries_its_conversation_on():
+    talk = _conversation(40, 2, 250, 3, 120)
+    assert _conversations_after(talk, lambda second: 100 + second // 9) == 1
+
+
+def test_a_conversation_is_not_carried_over_a_gap_without_a_connection():
+    """5 s without a connection between two (and no socket held that the sample misses):
+    each connection starts a conversation of its own, none lives through the window."""
+    talk = _conversation(40, 2, 250, 3, 120)
+    assert _conversations_after(talk, lambda s: None if s % 14 >= 9 else 100 + s // 14) == 0
+
+
+def test_a_conversation_is_carried_over_a_gap_while_the_process_holds_a_socket_unseen():
+    """The same 5 s gap, while the process (this one) holds a socket its sample does not list
+    (the sampler sees a swapped socket late): the conversation waits for it."""
+    held = []
+    try:
+        count = _conversations_after(
+            _conversation(40, 2, 250, 3, 120),
+            lambda s: None if s % 14 >= 9 else 100 + s // 14, pid=os.getpid(),
+            at_gap=lambda: held.append(socket.socket()))
+    finally:
+        for sock in held:
+            sock.close()
+    assert count == 1
+
+
+def test_the_lowest_demand_is_over_slices_between_ticks():
+    from collections import deque
+
+    from colab_guard.observe.behaviour import _lowest_slice
+
+    steady = deque((t, 0.2 * t) for t in range(16))  # a fifth of a core, every second
+    assert round(_lowest_slice(steady, 1.0)) == 20
+    bursts = deque((t, 0.4 * ((t + 1) // 2)) for t in range(16))  # 0.4 s every 2 s
+    assert _lowest_slice(bursts, 1.0) == 0
+    late = deque([(0, 0), (0.5, 0.1), (2.5, 0.5), (3.5, 0.7)])  # a late tick: one longer slice
+    assert round(_lowest_slice(late, 1.0)) == 20
+
+
 def test_peers_a_listening_process_connects_to_count_only_when_the_user_does_not_serve_them():
     """Six nodes of a lab (ports 6900-6905), each connected to the five others: no foreign
     peer; a node also connected to five outside endpoints has five."""

@@ -148,7 +148,8 @@ CONTENT_AND_BEHAVIOUR_FIELDS = ["exe_markers", "open_files", "library_paths", "p
                                 "inbound_peer_hosts", "peer_ports", "connecting",
                                 # behaviour over a window (observe/behaviour.py)
                                 "outbound_peers", "outbound_ports", "outbound_hosts",
-                                "network_namespace", "cpu_demand_percent", "pushed_connections",
+                                "network_namespace", "cpu_demand_percent",
+                                "cpu_demand_steady_percent", "pushed_connections",
                                 "foreign_peers",
                                 "kernel_slow_connections", "kernel_ports_tried",
                                 "kernel_hosts_unanswered", "kernel_relayed_connections",

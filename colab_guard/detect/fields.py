@@ -129,6 +129,11 @@ FIELDS: dict[str, Field] = {
               "CPU the process's threads ran or waited to run for, averaged over the behaviour "
               "window (15 s), percent of one core; 0 until watched that long",
               lambda p: p.cpu_demand_percent),
+        Field("cpu_demand_steady_percent", "number",
+              "the lowest CPU demand (as cpu_demand_percent) over any slice of the behaviour "
+              "window between two samples, a fifteenth of it or longer (1 s of 15 s): steady "
+              "work, such as a throttled miner's, keeps it up; work in bursts does not",
+              lambda p: p.cpu_demand_steady_percent),
         Field("pushed_connections", "number",
               "outbound TCP connections open through the behaviour window, carrying little, on "
               "which the peer sent data unprompted at least twice (a mining pool's jobs)",

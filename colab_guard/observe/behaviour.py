@@ -9,6 +9,10 @@ samples as fields (``observe/model.py``):
   queue wait, from /proc/PID/task/*/schedstat), averaged over the last ``WINDOW`` seconds,
   percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
   load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
+- ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
+  between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
+  is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
+  whole slices between two.
 - ``pushed_connections``: outbound TCP connections open through the whole window that carried
   little (at most ``QUIET_SEGMENTS_PER_S`` data segments a second), on which the peer sent
   small messages (``MAX_PUSH_BYTES``) unprompted (a second or more after the process last
@@ -17,7 +21,10 @@ samples as fields (``observe/model.py``):
   jobs and a miner submits shares. A client of a local service asks and is answered at once
   (prompted); a subscriber to a shared broker's channel (a job announcement, a feed) is
   pushed to but sends nothing back; a parameter server pushes megabytes, not a job's few
-  hundred bytes; an idle connection carries nothing.
+  hundred bytes; an idle connection carries nothing. A connection opened within
+  ``RECONNECT_GAP`` s of the close of one of the process's connections to the same host
+  carries its conversation on (its age, pushes and answers): a miner recycling its pool
+  connection more often than the window. Connections open at once are never merged.
 - ``foreign_peers`` (processes that listen on a TCP port only): the distinct endpoints of the
   connections the process opened to endpoints none of the user's kernels serves. A swarm's
   peers are other people's; six nodes of a lab connected to each other are the user's own.
@@ -84,6 +91,18 @@ MAX_PUSH_BYTES = 8 * 1024
 #: (a share is a JSON request of 100-300 bytes; a keepalive, MQTT's or Redis' PING, is less):
 #: a subscriber that only listens is no miner.
 MIN_REPLY_BYTES = 64
+#: Seconds between one connection to a host and the next within which a process's
+#: conversation with the host goes on (a miner recycling its pool connection), and within
+#: which a mining candidate that dropped its connection keeps its CPU demand measured.
+RECONNECT_GAP = 3.0
+#: ... or within this many, while the process holds a socket its sample does not list yet
+#: (the sampler reads again the fds of a process whose fd count stays the same only now and
+#: then: a connection closed and another opened in its place was seen 8 to 23 s late here).
+UNSEEN_GAP = 30.0
+#: The lowest CPU demand over any slice of the window (``cpu_demand_steady_percent``) is
+#: taken over slices this fraction of the window or longer (between two ticks): a throttled
+#: miner's demand is as steady as its duty cycle; a bot answering messages works in bursts.
+STEADY_SLICE = 1 / 15
 #: Traffic at most this many data segments a second (both ways) counts as "little".
 QUIET_SEGMENTS_PER_S = 4.0
 #: Process CPU (this tick, percent of a core) that makes a process with an outbound
@@ -139,18 +158,24 @@ class _Demand:
     threads: dict[int, int]  # thread id -> its run + wait time (ns) at the last read
     total: float = 0.0  # seconds of demand since watched
     samples: deque = field(default_factory=deque)  # (time, total)
+    last: float = 0.0  # last a mining candidate
 
 
 @dataclass
 class _Traffic:
-    """One outbound connection's traffic, as watched."""
+    """A conversation with one host on one outbound connection, as watched, or on one after
+    another (a miner that recycles its pool connection keeps one conversation going)."""
 
-    since: float  # first seen
-    received: int
-    sent: int
-    pushes: int = 0  # small unprompted messages from the peer
+    since: float  # the conversation's first connection first seen
+    last: float  # its connection last seen
+    key: Key | None = None  # the process holding it
+    host: str = ""  # the remote host
+    counters: tuple[int, int, int] = (0, 0, 0)  # its connection's bytes received, bytes
+    # sent and data segments at the last read
+    pushes: int = 0  # small unprompted messages from the host
     replies: int = 0  # sends of MIN_REPLY_BYTES or more after the first push
-    segments: deque = field(default_factory=deque)  # (time, data segments)
+    total_segments: int = 0  # data segments seen pass since first seen, all connections
+    segments: deque = field(default_factory=deque)  # (time, total_segments)
 
 
 class Behaviour:
@@ -162,6 +187,11 @@ class Behaviour:
         self.window = window
         self._demand: dict[Key, _Demand] = {}
         self._traffic: dict[int, _Traffic] = {}  # by socket inode
+        # (process, remote host) -> conversations whose connection closed, the latest last
+        self._closed: dict[tuple[Key, str], list[_Traffic]] = {}
+        # mining candidate -> the sockets it held that its sample did not list (Unix
+        # sockets, UDP ...) when it became one
+        self._unlisted: dict[Key, frozenset] = {}
         #: makes a dumper for the guard's own namespace (None) or process pid's
         self._make_dumper = dumper or (lambda pid: Dumper() if pid is None
                                        else Dumper.for_namespace(pid))
@@ -258,10 +288,17 @@ class Behaviour:
         lookups += [(by_key[key], [(inode, sock)]) for inbound, out in relays.values()
                     for key, inode, sock in inbound + out]
         info, blind = self._read_traffic(lookups, [by_key[k] for k in flooding])
+        # A connection closed since the last tick hands its conversation to a new one.
+        self._retire({inode for conns in outbound.values() for inode, _ in conns},
+                     by_key.keys())
         for key in miners:
+            if key not in self._unlisted:
+                self._unlisted[key] = self._unlisted_sockets(by_key[key])
             unknown = by_key[key].netns in blind
-            fields.setdefault(key, {}).update({"cpu_demand_percent": self._cpu_demand(by_key[key], now),
-                           "pushed_connections": self._pushed(outbound[key], info, now, unknown)})
+            demand, steady = self._cpu_demand(by_key[key], now)
+            fields.setdefault(key, {}).update(
+                cpu_demand_percent=demand, cpu_demand_steady_percent=steady,
+                pushed_connections=self._pushed(outbound[key], info, now, unknown, key))
         for key, count in self._slow_counts(floods, info).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
         for key, count in self._relay_counts(relays, info, by_key, now).items():
@@ -269,7 +306,7 @@ class Behaviour:
         for key, count in self._refused_counts(snapshots, now).items():
             fields.setdefault(key, {})["kernel_refused_attempts"] = count
         self._kernel_fields(snapshots, fields)
-        self._forget(miners, outbound, {p.netns for p in by_key.values()})
+        self._forget(miners, outbound, by_key, {p.netns for p in by_key.values()}, now)
         # Only the processes given values now or last tick can differ from their samples (a
         # thousand idle children have none): the others are not looked at.
         changed = {}
@@ -284,13 +321,17 @@ class Behaviour:
 
     # ------------------------------------------------------------ mining
 
-    def _cpu_demand(self, proc: Process, now: float) -> float:
+    def _cpu_demand(self, proc: Process, now: float) -> tuple[float, float]:
+        """The process's CPU demand averaged over the window, and the lowest over any slice
+        of it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a
+        whole window."""
         threads = _thread_demand(proc.pid)
         state = self._demand.get(proc.key)
         if state is None:
-            state = self._demand[proc.key] = _Demand(threads)
+            state = self._demand[proc.key] = _Demand(threads, last=now)
             state.samples.append((now, 0.0))
-            return 0.0
+            return 0.0, 0.0
+        state.last = now
         added = sum(ns - state.threads.get(tid, 0) for tid, ns in threads.items())
         state.threads = threads
         state.total += max(added, 0) / 1e9
@@ -300,13 +341,19 @@ class Behaviour:
             samples.popleft()
         start, total_then = samples[0]
         if now - start < self.window * 0.95:
-            return 0.0  # not watched a whole window yet
-        return round(100.0 * (state.total - total_then) / (now - start))
+            return 0.0, 0.0  # not watched a whole window yet
+        average = 100.0 * (state.total - total_then) / (now - start)
+        return round(average), round(_lowest_slice(samples, self.window * STEADY_SLICE))
 
     def _pushed(self, conns: list[tuple[int, Socket]], info: dict[int, TcpInfo],
-                now: float, unknown: bool) -> int:
-        """Connections that look like a pool's. ``unknown``: the traffic of the process's
-        namespace cannot be read; its connections open through the window count."""
+                now: float, unknown: bool, key: Key | None = None) -> int:
+        """Connections of process ``key`` that look like a pool's: open through the window
+        (or opened within ``RECONNECT_GAP`` s of the close of one to the same host, which it
+        takes over: a miner recycling its pool connection), carrying little, on which the
+        host pushed small messages unprompted and the process answered. Connections open at
+        once are each a conversation of their own (a broker's subscription beside commands
+        to the same server). ``unknown``: the traffic of the process's namespace cannot be
+        read; its connections open through the window count."""
         count = 0
         for inode, sock in conns:
             seen = info.get(inode)
@@ -314,24 +361,39 @@ class Behaviour:
                 continue
             traffic = self._traffic.get(inode)
             if traffic is None:
-                traffic = self._traffic[inode] = _Traffic(
-                    now, seen.received if seen else 0, seen.sent if seen else 0)
+                traffic = self._traffic[inode] = self._conversation(key, sock.remote[0], now)
+                traffic.counters = ((seen.received, seen.sent, seen.data_segments)
+                                    if seen else (0, 0, 0))
+            traffic.last = now
             if seen is None:
                 count += now - traffic.since >= self.window * 0.95
                 continue
             _count_messages(traffic, seen)
             segments = traffic.segments
-            segments.append((now, seen.data_segments))
+            segments.append((now, traffic.total_segments))
             while len(segments) > 2 and segments[1][0] <= now - self.window:
                 segments.popleft()
-            opened_for = now - traffic.since
-            if (opened_for < self.window * 0.95 or traffic.pushes < PUSHES
+            if (now - traffic.since < self.window * 0.95 or traffic.pushes < PUSHES
                     or not traffic.replies):
                 continue
-            rate = (seen.data_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
+            rate = (traffic.total_segments - segments[0][1]) / max(now - segments[0][0], 1.0)
             if rate <= QUIET_SEGMENTS_PER_S:
                 count += 1
         return count
+
+    def _conversation(self, key: Key | None, host: str, now: float) -> _Traffic:
+        """The conversation a new connection of process ``key`` to ``host`` carries: the
+        latest one whose connection closed within ``RECONNECT_GAP`` s (``UNSEEN_GAP`` while
+        the process holds a socket its sample does not list: ``_forget`` keeps no other), or
+        a new one."""
+        closed = self._closed.get((key, host))
+        while closed:
+            traffic = closed.pop()
+            if now - traffic.last <= UNSEEN_GAP:  # kept this long only while unseen (_forget)
+                return traffic
+        traffic = _Traffic(now, now, key, host)
+        traffic.segments.append((now, 0))
+        return traffic
 
     # ------------------------------------------------------------ the kernel itself
 
@@ -625,16 +687,55 @@ class Behaviour:
             dumper = self._dumpers[netns] = self._make_dumper(pid if netns else None)
         return dumper
 
-    def _forget(self, miners: set[Key], outbound: dict[Key, list], namespaces: set[str]) -> None:
-        for key in self._demand.keys() - miners:
+    def _retire(self, held: set[int], live: set[Key]) -> None:
+        """Conversations whose connection is no longer held wait in ``_closed`` for the
+        next connection of their process to their host."""
+        for inode in self._traffic.keys() - held:
+            traffic = self._traffic.pop(inode)
+            if traffic.key in live:
+                self._closed.setdefault((traffic.key, traffic.host), []).append(traffic)
+
+    def _forget(self, miners: set[Key], outbound: dict[Key, list], live: dict[Key, Process],
+                namespaces: set[str], now: float) -> None:
+        unseen: dict[Key, bool] = {}
+
+        def kept(key: Key, last: float) -> bool:
+            # A candidate that dropped its connection a moment ago (to open another) is one
+            # still, and longer while it holds a new socket its sample does not show.
+            if now - last <= RECONNECT_GAP:
+                return True
+            if now - last > UNSEEN_GAP:
+                return False
+            if key not in unseen:
+                unseen[key] = self._holds_unseen_socket(live[key])
+            return unseen[key]
+
+        for key in [k for k, d in self._demand.items()
+                    if k not in live or (k not in miners and not kept(k, d.last))]:
             del self._demand[key]
-        live = {inode for key in miners for inode, _ in outbound[key]}
-        for inode in self._traffic.keys() - live:
-            del self._traffic[inode]
+        self._retire({inode for key in miners for inode, _ in outbound[key]}, live.keys())
+        for conversation in list(self._closed):
+            key = conversation[0]
+            still = [t for t in self._closed[conversation] if key in live and kept(key, t.last)]
+            if still:
+                self._closed[conversation] = still[-8:]
+            else:
+                del self._closed[conversation]
+        for key in self._unlisted.keys() - self._demand.keys():
+            del self._unlisted[key]
         for netns in self._dumpers.keys() - namespaces - {""}:
             self._dumpers.pop(netns).close()  # a namespace no watched process is in now
         for netns in self._refusals.keys() - namespaces:
             del self._refusals[netns]
+
+    def _holds_unseen_socket(self, proc: Process) -> bool:
+        """Whether the process holds a socket its sample does not list, which it did not hold
+        (or which was listed) when it became a mining candidate (its fds are read: about
+        0.15 ms)."""
+        return bool(self._unlisted_sockets(proc) - self._unlisted.get(proc.key, frozenset()))
+
+    def _unlisted_sockets(self, proc: Process) -> frozenset:
+        return _socket_inodes(proc.pid) - {inode for inode, _ in self._sockets_of(proc)}
 
     def close(self) -> None:
         for dumper in self._dumpers.values():
@@ -649,7 +750,8 @@ MAX_IMPORTS = 4096
 CONNECTION_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 #: The fields this module sets on a Process (0 where it does not apply).
-BEHAVIOUR_FIELDS = ("cpu_demand_percent", "pushed_connections", "foreign_peers",
+BEHAVIOUR_FIELDS = ("cpu_demand_percent", "cpu_demand_steady_percent",
+                    "pushed_connections", "foreign_peers",
                     "kernel_slow_connections",
                     "kernel_ports_tried", "kernel_hosts_unanswered",
                     "kernel_relayed_connections", "kernel_refused_attempts")
@@ -659,15 +761,29 @@ def _count_messages(traffic: _Traffic, seen: TcpInfo) -> None:
     """What passed on a watched connection since the last tick: a small message the peer
     sent unprompted (more data is no job: not counted), and whether the process sent
     something back after one."""
-    if seen.sent > traffic.sent:
-        if traffic.pushes and seen.sent - traffic.sent >= MIN_REPLY_BYTES:
-            traffic.replies += 1
-        traffic.sent = seen.sent
-    if seen.received > traffic.received:
+    received, sent, segments = traffic.counters
+    traffic.counters = (seen.received, seen.sent, seen.data_segments)
+    traffic.total_segments += max(seen.data_segments - segments, 0)
+    if seen.sent > sent and traffic.pushes and seen.sent - sent >= MIN_REPLY_BYTES:
+        traffic.replies += 1
+    if seen.received > received:
         if (seen.since_sent_ms >= seen.since_received_ms + PUSH_QUIET_MS
-                and seen.received - traffic.received <= MAX_PUSH_BYTES):
+                and seen.received - received <= MAX_PUSH_BYTES):
             traffic.pushes += 1
-        traffic.received = seen.received
+
+
+def _lowest_slice(samples: deque, shortest: float) -> float:
+    """The lowest CPU demand (percent of a core) between two of ``samples`` ((time, seconds
+    of demand so far), oldest first), each slice ``shortest`` s or longer (a late tick makes
+    one longer)."""
+    lowest = None
+    start, total = samples[0]
+    for when, so_far in samples:
+        if when - start >= shortest:
+            rate = 100.0 * (so_far - total) / (when - start)
+            lowest = rate if lowest is None else min(lowest, rate)
+            start, total = when, so_far
+    return lowest or 0.0
 
 
 def _close(a: int, b: int) -> bool:

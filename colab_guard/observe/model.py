@@ -83,6 +83,7 @@ class Process:
     netns: str = ""
     # Behaviour over a window (observe/behaviour.py); 0 where it does not apply
     cpu_demand_percent: float = 0.0  # CPU its threads ran or waited for, percent of a core
+    cpu_demand_steady_percent: float = 0.0  # the lowest of that over any slice of the window
     pushed_connections: int = 0  # long-lived, light outbound connections the peer pushes on
     foreign_peers: int = 0  # a listening process: endpoints it connected to that the user serves not
     kernel_slow_connections: int = 0  # its kernel's slow connections to one endpoint it holds

@@ -57,7 +57,8 @@ def process_evidence(p: Process) -> dict[str, Any]:
 def _behaviour_evidence(p: Process) -> dict[str, Any]:
     """What was measured over a window (observe/behaviour.py), where it applies."""
     found: dict[str, Any] = {name: getattr(p, name) for name in
-                             ("cpu_demand_percent", "pushed_connections", "foreign_peers",
+                             ("cpu_demand_percent", "cpu_demand_steady_percent",
+                              "pushed_connections", "foreign_peers",
                               "kernel_slow_connections",
                               "kernel_ports_tried", "kernel_hosts_unanswered",
                               "kernel_relayed_connections", "kernel_refused_attempts")

@@ -2,7 +2,7 @@
 names assembled at run time (no string of them in the file or in memory before it runs),
 throttled to a duty cycle, its pool on any port.
 
-    python quiet_miner.py HOST PORT [--duty 0.7] [--seconds N]
+    python quiet_miner.py HOST PORT [--duty 0.7] [--period 0.05] [--seconds N]
 
 or, in a kernel: ``quiet_miner.run(host, port, duty, seconds)``.
 """
@@ -31,9 +31,10 @@ def _send(sock: socket.socket, ident: int, method: str, params: list) -> None:
 SHARE_EVERY = 3.0
 
 
-def run(host: str, port: int, duty: float = 1.0, seconds: float = 600) -> int:
-    """Mine: hash for ``duty`` of each 50 ms, take the pool's jobs as they come, submit a
-    share every ``SHARE_EVERY`` s. Returns the number of jobs received."""
+def run(host: str, port: int, duty: float = 1.0, seconds: float = 600,
+        period: float = 0.05) -> int:
+    """Mine: hash for ``duty`` of each ``period`` s, take the pool's jobs as they come, submit
+    a share every ``SHARE_EVERY`` s. Returns the number of jobs received."""
     sock = socket.create_connection((host, port))
     prefix = ["mi", "ning"]
     _send(sock, 1, _method(prefix, ["sub", "scribe"]), ["w/1.0"])
@@ -42,7 +43,7 @@ def run(host: str, port: int, duty: float = 1.0, seconds: float = 600) -> int:
     data = best = b"\xff" * 32
     share_at = time.monotonic() + SHARE_EVERY
     while time.monotonic() < end:
-        busy_until = time.monotonic() + 0.05 * duty
+        busy_until = time.monotonic() + period * duty
         while time.monotonic() < busy_until:
             data = hashlib.sha256(job + data).digest()
             best = min(best, data)
@@ -50,7 +51,7 @@ def run(host: str, port: int, duty: float = 1.0, seconds: float = 600) -> int:
             _send(sock, ident, _method(prefix, ["sub", "mit"]), ["wallet.rig", "job", best.hex()])
             ident, best, share_at = ident + 1, b"\xff" * 32, time.monotonic() + SHARE_EVERY
         if duty < 1:
-            time.sleep(0.05 * (1 - duty))
+            time.sleep(period * (1 - duty))
         try:
             incoming = sock.recv(65536)
         except BlockingIOError:
@@ -68,9 +69,10 @@ def main() -> None:
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--duty", type=float, default=1.0)
+    parser.add_argument("--period", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=600)
     args = parser.parse_args()
-    print("jobs", run(args.host, args.port, args.duty, args.seconds), flush=True)
+    print("jobs", run(args.host, args.port, args.duty, args.seconds, args.period), flush=True)
 
 
 if __name__ == "__main__":

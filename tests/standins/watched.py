@@ -15,7 +15,7 @@ from colab_guard.observe.processes import ProcessSampler, kernel_environment
 ROOT = Path(__file__).parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 FIELDS = ("kernel_relayed_connections", "kernel_refused_attempts", "kernel_ports_tried",
-          "cpu_demand_percent", "pushed_connections")
+          "cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")
 
 
 class Watched:
