@@ -256,3 +256,65 @@ signatures:
     proc = Process(pid=7, name="x", create_time=1.0, cpu_percent=1.0)
     assert engine.evaluate(Snapshot("k", 0.0, [proc])) == []
     assert engine.evaluate(Snapshot("k", 1.0, [replace(proc, cpu_percent=90.0)]))
+
+
+
+def parked(time: float, visited: list[Process], quiet: list[Process],
+           members: frozenset | None = None) -> Snapshot:
+    """A snapshot as the spreading sampler gives it: the parked quiet ones last, and the keys
+    of all as one object while the processes are the same (Snapshot.members)."""
+    return Snapshot("k", time, [*visited, *quiet], parked=len(quiet), members=members)
+
+
+def members_of(*processes: Process) -> frozenset:
+    return frozenset(p.key for p in processes)
+
+
+def test_parked_processes_keep_their_results_and_one_that_matches_is_held_all_the_same():
+    engine = Engine(hold_rules(5))
+    kernel = Process(pid=1, create_time=1.0, name="python", is_kernel=True)
+    quiet = [Process(pid=100 + i, create_time=2.0, name="sleep") for i in range(5)]
+    hot = busy(99)  # matches from the start; handed out unchanged (it could be parked)
+    members = members_of(kernel, hot, *quiet)
+    engine.evaluate(Snapshot("k", 0, [kernel, hot, *quiet], members=members))
+    engine.evaluate(parked(1, [kernel], [hot, *quiet], members))
+    # Parked, but it matched: still held, and found once its window is over.
+    found = engine.evaluate(parked(6, [kernel], [hot, *quiet], members))
+    assert [d.process.pid for d in found] == [10]
+
+
+def test_a_parked_process_the_engine_never_saw_is_checked():
+    engine = Engine(hold_rules(5))
+    kernel = Process(pid=1, create_time=1.0, name="python", is_kernel=True)
+    quiet = [Process(pid=100 + i, create_time=2.0, name="sleep") for i in range(3)]
+    members = members_of(kernel, *quiet)
+    engine.evaluate(Snapshot("k", 0, [kernel, *quiet], members=members))
+    engine.evaluate(parked(1, [kernel], quiet, members))
+    # As many processes, but one of the parked is new to the engine and one of the last ones
+    # gone (other members): it is tested, and the one gone forgotten.
+    newcomer = busy(99)
+    now = members_of(kernel, *quiet[:2], newcomer)
+    engine.evaluate(parked(2, [kernel], [*quiet[:2], newcomer], now))
+    assert set(engine._last["k"]) == now
+    # It matched: held while it stays parked, and found once its window is over.
+    assert engine.evaluate(parked(4, [kernel], [*quiet[:2], newcomer], now)) == []
+    found = engine.evaluate(parked(8, [kernel], [*quiet[:2], newcomer], now))
+    assert [d.process.pid for d in found] == [10]
+
+
+def test_while_the_same_processes_come_back_parked_only_the_visited_are_looked_at(monkeypatch):
+    engine = Engine(hold_rules(5))
+    kernel = Process(pid=1, create_time=1.0, name="python", is_kernel=True)
+    quiet = [Process(pid=100 + i, create_time=2.0, name="sleep") for i in range(50)]
+    members = members_of(kernel, *quiet)
+    engine.evaluate(Snapshot("k", 0, [kernel, *quiet], members=members))
+    engine.evaluate(parked(1, [kernel], quiet, members))
+    looked_at = []
+    observe = engine._observer
+    monkeypatch.setattr(engine, "_observer", lambda p: looked_at.append(p.pid) or observe(p))
+    last = engine._last["k"]
+    again = Process(pid=1, create_time=1.0, name="python", is_kernel=True, cpu_percent=3.0)
+    engine.evaluate(parked(2, [again], quiet, members))
+    assert looked_at == [1]  # the kernel's new sample, none of the fifty
+    assert engine._last["k"] is last and last[again.key][0] is again  # updated in place
+    assert set(last) == members

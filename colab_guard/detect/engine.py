@@ -69,6 +69,10 @@ class Engine:
     # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
     _reads: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, fields it reads)
+    # kernel id -> the processes whose last result matched or is still being tested again
+    _active: dict[str, set[tuple]] = field(default_factory=dict)
+    _complete: set[str] = field(default_factory=set)  # kernels whose last evaluate() ended
+    _members: dict[str, frozenset | None] = field(default_factory=dict)  # their Snapshot.members
     # kernel id -> what its earlier cells left (variables, imports, folder, clones, scripts)
     _cells: OrderedDict = field(default_factory=OrderedDict)
     _pending_ok: dict[str, tuple] = field(default_factory=dict)  # rule -> (condition, may hold)
@@ -80,19 +84,13 @@ class Engine:
     def evaluate(self, snapshot: Snapshot) -> list[Detection]:
         detections: list[Detection] = []
         held_now: set[tuple] = set()
-        last, now = self._last.get(snapshot.kernel_id, {}), {}
+        kernel_id = snapshot.kernel_id
+        last = self._last.get(kernel_id, {})
         self._all_reads(snapshot.time)  # once a tick: the rules may have changed since
         observe = self._observer
-        visited = snapshot.processes
-        if snapshot.parked:  # quiet ones, unchanged: their last result stands (no match)
-            visited = snapshot.visited()
-            for process in snapshot.processes[len(visited):]:
-                cached = last.get(process.key)
-                if cached is not None and cached[0] is process and not cached[2] \
-                        and not cached[3]:
-                    now[process.key] = cached
-                else:
-                    visited.append(process)
+        visited, now, same_processes = self._to_evaluate(snapshot, last)
+        self._complete.discard(kernel_id)  # until this one ends (an error leaves it out)
+        active = set()
         for process in visited:
             if getattr(process, "cell", ""):
                 detections.extend(self._check_cell(snapshot, process, held_now))
@@ -116,17 +114,21 @@ class Engine:
                                             cached[3] if cached is not None else None, results)
                     cached = (process, observed, matches, results)
             now[process.key] = cached
+            if cached[2] or cached[3]:
+                active.add(process.key)
             for sig, reasons in cached[2]:
                 if sig.id not in self.disabled:
                     found = self._hold(sig, snapshot, process, reasons, held_now)
                     if found is not None:
                         detections.append(found)
-        self._last[snapshot.kernel_id] = now  # live processes only: bounded
-        self._forget(snapshot.kernel_id, held_now)
+        self._last[kernel_id] = now  # live processes only: bounded
+        self._active[kernel_id] = active
+        self._members[kernel_id] = snapshot.members
+        self._forget(kernel_id, held_now)
+        self._complete.add(kernel_id)
         # Per kernel, so a tick costs what its own processes cost, not every kernel's.
-        slow, budgets = self._too_slow.get(snapshot.kernel_id), \
-            self._regex_budget.get(snapshot.kernel_id)
-        if slow or budgets:
+        slow, budgets = self._too_slow.get(kernel_id), self._regex_budget.get(kernel_id)
+        if (slow or budgets) and not same_processes:
             live = {p.key for p in snapshot.processes}
             if slow:
                 self._too_slow[snapshot.kernel_id] = {k for k in slow if k[1:] in live}
@@ -135,9 +137,39 @@ class Engine:
                     del budgets[key]
         return detections
 
+    def _to_evaluate(self, snapshot: Snapshot, last: dict[tuple, tuple]
+                     ) -> tuple[list[Process], dict[tuple, tuple], bool]:
+        """The processes to look at, the map their results go in, and whether the kernel's
+        processes are the last tick's. The quiet ones the sampler parked (Snapshot.parked)
+        are the objects it handed out before: their last results stand. Where the others
+        are the last tick's processes too (none exited, none came) and none of the parked
+        matched anything, the last results are updated in place, the parked ones not even
+        looked at (a thousand idle children of fifty kernels, every tick)."""
+        if not snapshot.parked:
+            return snapshot.processes, {}, False
+        visited = snapshot.visited()
+        kernel_id = snapshot.kernel_id
+        members = snapshot.members
+        if members is not None and members is self._members.get(kernel_id) \
+                and kernel_id in self._complete and len(members) == len(last) \
+                and self._active.get(kernel_id, set()) <= {p.key for p in visited}:
+            return visited, last, True
+        now = {}
+        for process in snapshot.processes[len(visited):]:
+            cached = last.get(process.key)
+            if cached is not None and cached[0] is process and not cached[2] \
+                    and not cached[3]:
+                now[process.key] = cached
+            else:
+                visited.append(process)
+        return visited, now, False
+
     def forget_kernel(self, kernel_id: str) -> None:
         self._forget(kernel_id, set())
         self._last.pop(kernel_id, None)
+        self._active.pop(kernel_id, None)
+        self._members.pop(kernel_id, None)
+        self._complete.discard(kernel_id)
         self._cells.pop(kernel_id, None)
         self._too_slow.pop(kernel_id, None)
         self._regex_budget.pop(kernel_id, None)

@@ -144,6 +144,10 @@ class Snapshot:
     #: (idle.Parked): the very objects it handed out when it last did. Whoever looked at them
     #: then may pass over them quickly.
     parked: int = 0
+    #: The keys of ``processes``, the very same object from one tick to the next while they
+    #: are the same processes (None where the sampler cannot say): a consumer that keeps
+    #: something per process knows by identity that none came or went.
+    members: frozenset | None = None
 
     def visited(self) -> list[Process]:
         """The processes but the parked ones."""

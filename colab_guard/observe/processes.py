@@ -185,6 +185,8 @@ class ProcessSampler:
         self._parked = Parked()  # quiet processes waiting their turn (idle.py)
         self._to_park: list[tuple[int, Process, float]] = []  # this tick's: (pid, sample, due)
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
+        # kernel id -> its processes' keys (Snapshot.members), for one attribution
+        self._members: tuple[Mapping[int, str] | None, dict[str, frozenset]] = (None, {})
 
     # ------------------------------------------------------------------ public
 
@@ -226,6 +228,8 @@ class ProcessSampler:
             self._tables = sockets
         self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
         self._park_quiet(snapshots, now)
+        if self._spreading:
+            self._name_members(snapshots, owners, table)
         if self._table_moved:  # a process started or exited: the state of those gone goes
             self._forget_dead(table)
         self.stats.ticks += 1
@@ -233,13 +237,9 @@ class ProcessSampler:
         return snapshots
 
     def _park_quiet(self, snapshots: dict[str, Snapshot], now: float) -> None:
-        """The quiet processes not due before their turn are parked (not visited until then),
-        and every parked one handed out as it was."""
-        annotated = self.behaviour.annotated
-        for pid, sample, due in self._to_park:
-            if sample.key not in annotated:
-                self._parked.park(pid, sample, due)
-        self._to_park = []
+        """Every process parked before this tick is handed out as it was (the snapshot's
+        parked tail); then the quiet ones visited now and not due before their turn are
+        parked (they are in the snapshots already)."""
         for kid, parked in self._parked.by_kernel.items():
             if parked:
                 snapshot = snapshots.get(kid)
@@ -247,6 +247,29 @@ class ProcessSampler:
                     snapshot = snapshots[kid] = Snapshot(kernel_id=kid, time=now)
                 snapshot.processes.extend(parked.values())
                 snapshot.parked = len(parked)
+        annotated = self.behaviour.annotated
+        for pid, sample, due in self._to_park:
+            if sample.key not in annotated:
+                self._parked.park(pid, sample, due)
+        self._to_park = []
+
+    def _name_members(self, snapshots: dict[str, Snapshot], owners: Mapping[int, str],
+                      table: dict[int, Entry]) -> None:
+        """Snapshot.members: the same object per kernel while the attribution is the same
+        (no process started or exited), and the kernel's snapshot holds all of them (none
+        vanished between the listing and its read)."""
+        if self._members[0] is not owners:
+            keys: dict[str, set] = {}
+            for pid, kid in owners.items():
+                keys.setdefault(kid, set()).add(table[pid].key)
+            before = self._members[1]  # a kernel whose processes are the same keeps its object
+            self._members = (owners, {kid: known if (known := before.get(kid)) == k
+                                      else frozenset(k) for kid, k in keys.items()})
+        members = self._members[1]
+        for kid, snapshot in snapshots.items():
+            known = members.get(kid)
+            if known is not None and len(known) == len(snapshot.processes):
+                snapshot.members = known
 
     def may_spread(self) -> bool:
         """Whether quiet processes may be asked in turn (idle.SPREAD_FROM): only where process
