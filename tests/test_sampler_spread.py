@@ -62,9 +62,10 @@ class SpreadingSampler(ProcessSampler):
     def __init__(self):
         super().__init__()
         self.asked: set[int] = set()
+        self.events_live = True
 
     def may_spread(self) -> bool:
-        return True
+        return self.events_live
 
     def _scan_table(self):
         table = super()._scan_table()
@@ -192,6 +193,17 @@ def test_a_kernel_that_barely_runs_is_handed_out_as_it_was_until_it_computes(man
     tell(proc, "spin")
     wait_until(lambda: kernel_sample().cpu_percent > 20, timeout=5, interval=0.2,
                what="the computing kernel read at once")
+
+
+def test_once_events_are_lost_nothing_stays_parked_and_each_process_is_there_once(many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked_once(sampler, proc.pid, {proc.pid, *children})
+    sampler.events_live = False  # events lost: every process visited again
+    for _ in range(3):
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        assert snapshot.parked == 0
+        assert sorted(p.pid for p in snapshot.processes) == sorted([proc.pid, *children])
 
 
 def test_without_process_events_every_quiet_process_is_asked_at_every_tick(many, kernel):

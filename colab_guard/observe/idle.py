@@ -206,10 +206,6 @@ class Parked:
         self.unparked: dict[int, str] = {}  # owners but the parked
         self._queue: list[tuple[float, int]] = []  # (when due, pid)
 
-    @property
-    def count(self) -> int:
-        return len(self.owners) - len(self.unparked) if self.owners is not None else 0
-
     def visit(self, owners: Mapping[int, str], now: float, asked: set[int]
               ) -> Mapping[int, str]:
         """The processes this pass visits: every one under a new attribution; else all but
@@ -237,7 +233,8 @@ class Parked:
             self.unparked[pid] = kernel_id
 
     def reset(self) -> None:
-        self.owners = None
+        """Nothing parked (spreading off: events lost, or few processes)."""
+        self.owners, self.by_kernel, self.unparked, self._queue = None, {}, {}, []
 
 
 def refresh_time(now: float, pid: int) -> float:
