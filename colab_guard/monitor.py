@@ -432,11 +432,18 @@ class Monitor:
         # The most telling first: signalled first (a miner among a hundred decoys).
         stops = sorted((a for a in steps if a.action == "stop"),
                        key=lambda a: _telling(found[a.target]), reverse=True)
-        for step in steps:
-            if step.target == "kernel":
-                await self._act_on_kernel(kernel_id, step)
-            elif step is (stops[0] if stops else None):
-                await self._stop([offenders[a.target] for a in stops], stops, kernel_id)
+        # The offenders' stop and the kernel's steps at once: neither waits on the other (a
+        # kernel's process group is found by a pass over thousands of processes; an offender
+        # that ignores SIGTERM is waited for up to the grace).
+        stopping = asyncio.ensure_future(
+            self._stop([offenders[a.target] for a in stops], stops, kernel_id)) if stops else None
+        try:
+            for step in steps:
+                if step.target == "kernel":
+                    await self._act_on_kernel(kernel_id, step)
+        finally:
+            if stopping is not None:
+                await stopping
 
     async def _stop(self, offenders, steps: list[Action], kernel_id: str) -> None:
         kernel_pid = self.kernel_pids().get(kernel_id)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import threading
+from dataclasses import replace
 
 from colab_guard.channel import bound_by, connected_to
 from colab_guard.kernel import hook
@@ -86,12 +89,39 @@ def test_a_kernels_own_ports_come_from_its_connection_file(tmp_path):
     connection = tmp_path / "kernel-1.json"
     connection.write_text(json.dumps({"shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003,
                                       "control_port": 5004, "hb_port": 5005, "ip": "127.0.0.1"}))
-    assert _connection_ports(["python", "-m", "ipykernel_launcher", "-f", str(connection)]) == \
+    me = os.getpid()
+    assert _connection_ports(me, ["python", "-m", "ipykernel_launcher", "-f", str(connection)]) \
+        == (5001, 5002, 5003, 5004, 5005)
+    assert _connection_ports(me, ["python", "-m", "ipykernel_launcher", f"-f={connection}"]) == \
         (5001, 5002, 5003, 5004, 5005)
-    assert _connection_ports(["python", "-m", "ipykernel_launcher", f"-f={connection}"]) == \
-        (5001, 5002, 5003, 5004, 5005)
-    assert _connection_ports(["python", "-f", str(tmp_path / "missing.json")]) == ()
-    assert _connection_ports(["python"]) == ()
+    assert _connection_ports(me, ["python", "-f", str(tmp_path / "missing.json")]) == ()
+    assert _connection_ports(me, ["python"]) == ()
+
+
+def test_a_relative_connection_file_is_read_from_the_kernels_directory(tmp_path):
+    (tmp_path / "kernel-2.json").write_text(json.dumps({"shell_port": 6001, "hb_port": 6002}))
+    kernel = subprocess.Popen(["sleep", "60"], cwd=tmp_path)
+    try:
+        assert _connection_ports(kernel.pid, ["python", "-f", "kernel-2.json"]) == (6001, 6002)
+    finally:
+        kernel.kill()
+        kernel.wait()
+
+
+def test_a_connection_file_that_is_a_fifo_is_not_opened(tmp_path):
+    # The path is the user's to choose (a kernel may rewrite its command line): a FIFO there
+    # would block the sampler's thread until someone writes to it.
+    fifo = tmp_path / "kernel-3.json"
+    os.mkfifo(fifo)
+    done = []
+    reader = threading.Thread(target=lambda: done.append(
+        _connection_ports(os.getpid(), ["python", "-f", str(fifo)])), daemon=True)
+    reader.start()
+    reader.join(10)
+    if not done:
+        with open(fifo, "w"):  # let the thread go
+            pass
+    assert done == [()]
 
 
 def _kernel(pid: int = 10, sockets=()) -> Process:
@@ -121,6 +151,37 @@ def test_ports_the_users_own_kernels_serve_are_not_counted_as_tried():
     behaviour.note_connects("k", [("127.0.0.1", port) for port in range(1, 121)], 100.0)
     changed = behaviour.annotate(snapshots, lambda p: [], 100.0)
     assert kernel.key not in changed or changed[kernel.key].kernel_ports_tried == 0
+
+
+def test_a_kernel_handed_out_as_it_was_gets_what_the_hook_reported_since():
+    # The same sample again (an idle kernel) keeps its fields without their being worked out
+    # again; imports the hook reports meanwhile are given all the same.
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    kernel = _kernel()
+    behaviour.note_imports("k", ["numpy.linalg"])
+    kernel = behaviour.annotate({"k": Snapshot("k", 100.0, [kernel])}, lambda p: [], 100.0)[
+        kernel.key]
+    assert kernel.imports == ("numpy",)
+    assert behaviour.annotate({"k": Snapshot("k", 101.0, [kernel])}, lambda p: [], 101.0) == {}
+    behaviour.note_imports("k", ["libtorrent"])
+    changed = behaviour.annotate({"k": Snapshot("k", 102.0, [kernel])}, lambda p: [], 102.0)
+    assert changed[kernel.key].imports == ("libtorrent", "numpy")
+
+
+def test_a_kernels_connection_file_is_read_again_when_its_command_line_changes(tmp_path):
+    # First seen between its fork and its exec, a kernel carries its parent's command line;
+    # while the command line is the same, the file is not read at every tick.
+    connection = tmp_path / "kernel-9.json"
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    forked = Process(pid=os.getpid(), name="python3", is_kernel=True, create_time=1.0,
+                     uid=1000, cmdline=["jupyter-lab"])
+    kernel = behaviour.annotate({"k": Snapshot("k", 100.0, [forked])}, lambda p: [], 100.0).get(
+        forked.key, forked)
+    assert kernel.own_ports == ()
+    connection.write_text(json.dumps({"shell_port": 7001, "hb_port": 7002}))
+    execd = replace(kernel, cmdline=["python", "-m", "ipykernel_launcher", "-f", str(connection)])
+    changed = behaviour.annotate({"k": Snapshot("k", 101.0, [execd])}, lambda p: [], 101.0)
+    assert changed[execd.key].own_ports == (7001, 7002)
 
 
 # ---------------------------------------------------------------- a pool's connection, by traffic

@@ -70,6 +70,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .content import open_regular
 from .model import Process, Snapshot, Socket
 from .netcounters import refused_attempts
 from .procfs import NETNS_UNREADABLE
@@ -202,8 +203,16 @@ class Behaviour:
         self._tried: dict[str, dict[Endpoint, list]] = {}
         self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
         self._imports: dict[str, set[str]] = {}  # kernel id -> top-level modules it imported
-        self._own_ports: dict[Key, tuple[int, ...]] = {}  # kernel process -> its Jupyter ports
+        # kernel process -> (the command line its Jupyter ports were read from, the ports)
+        self._own_ports: dict[Key, tuple[list[str], tuple[int, ...]]] = {}
         self._annotated: set[Key] = set()  # processes given behaviour values at the last tick
+        # process -> (the sample handed out after the last pass, the values it was given):
+        # the same sample given the same values again is not compared field by field
+        self._settled: dict[Key, tuple[Process, dict]] = {}
+        # kernel process -> (its sample after the last pass, its kernel fields then); kernel
+        # ids the hook reported imports or binds for since (their fields are worked out again)
+        self._kernel_values: dict[Key, tuple[Process, dict]] = {}
+        self._hook_news: set[str] = set()
         # kernel id -> port -> the modules whose code bound it; binds to port 0 wait in
         # _unplaced until a new listening port of the kernel shows which they got
         self._bound: dict[str, dict[int, tuple[str, ...]]] = {}
@@ -220,6 +229,7 @@ class Behaviour:
 
     def note_binds(self, kernel_id: str, binds: list[tuple[int, list[str]]]) -> None:
         """Ports the kernel hook saw the kernel bind, and the modules on the stack then."""
+        self._hook_news.add(kernel_id)
         bound = self._bound.setdefault(kernel_id, {})
         unplaced = self._unplaced.setdefault(kernel_id, [])
         for port, modules in binds:
@@ -231,6 +241,7 @@ class Behaviour:
 
     def note_imports(self, kernel_id: str, modules: list[str]) -> None:
         """Modules the kernel hook saw the kernel import (call in the sampler's thread)."""
+        self._hook_news.add(kernel_id)
         known = self._imports.setdefault(kernel_id, set())
         for module in modules:
             if len(known) >= MAX_IMPORTS:
@@ -307,16 +318,31 @@ class Behaviour:
             fields.setdefault(key, {})["kernel_refused_attempts"] = count
         self._kernel_fields(snapshots, fields)
         self._forget(miners, outbound, by_key, {p.netns for p in by_key.values()}, now)
-        # Only the processes given values now or last tick can differ from their samples (a
-        # thousand idle children have none): the others are not looked at.
-        changed = {}
+        changed = self._changed(fields, by_key)
+        self._annotated = {key for key, values in fields.items() if any(values.values())}
+        return changed
+
+    def _changed(self, fields: dict[Key, dict], by_key: dict[Key, Process]) -> dict[Key, Process]:
+        """The samples whose behaviour values differ from ``fields``, with them. Only the
+        processes given values now or last tick can differ from their samples (a thousand
+        idle children have none): the others are not looked at; nor is one handed out as it
+        was after the last pass and given the same values (fifty idle kernels)."""
+        changed, settled = {}, {}
         for key in (fields.keys() | self._annotated) & by_key.keys():
             proc, values = by_key[key], fields.get(key, {})
+            last = self._settled.get(key)
+            if last is not None and last[0] is proc and last[1] == values:
+                settled[key] = last
+                continue
             new = {name: values.get(name, 0) for name in BEHAVIOUR_FIELDS}
             new.update({name: values.get(name, ()) for name in KERNEL_FIELDS})
             if any(getattr(proc, name) != value for name, value in new.items()):
-                changed[key] = replace(proc, **new)
-        self._annotated = {key for key, values in fields.items() if any(values.values())}
+                proc = changed[key] = replace(proc, **new)
+            settled[key] = (proc, values)
+        self._settled = settled
+        for key, (_, kernel_values) in self._kernel_values.items():
+            if key in settled:
+                self._kernel_values[key] = (settled[key][0], kernel_values)
         return changed
 
     # ------------------------------------------------------------ mining
@@ -401,28 +427,39 @@ class Behaviour:
         for table in (self._imports, self._bound, self._unplaced, self._listening_before):
             for kid in table.keys() - snapshots.keys():
                 del table[kid]
-        live = set()
+        news, self._hook_news = self._hook_news, set()
+        values_now = {}
         for kid, snapshot in snapshots.items():
             kernel = snapshot.kernel_process
             if kernel is None:
                 continue
-            live.add(kernel.key)
-            # Read again until found: a kernel first seen between its fork and its exec
-            # still carries its parent's command line.
-            own = self._own_ports.get(kernel.key)
-            if not own:
-                own = self._own_ports[kernel.key] = _connection_ports(kernel.cmdline)
-            modules, bound = self._listening_modules(kid, kernel)
-            if kid in self._imports or kid in self._bound:
-                # The hook reports: the kernel's own ports are those no Python code bound
-                # (ipykernel's ZMQ sockets, some of them in no connection file).
-                own = tuple(sorted({s.local_port for s in kernel.sockets if s.protocol == "tcp"
-                                    and s.listening} - bound))
-            fields.setdefault(kernel.key, {}).update(
-                imports=tuple(sorted(self._imports.get(kid, ()))), own_ports=own,
-                listening_modules=modules)
-        for key in self._own_ports.keys() - live:
+            last = self._kernel_values.get(kernel.key)
+            # The sample handed out after the last pass, and nothing new from the hook: its
+            # sockets and command line are those its fields were worked out from.
+            values = last[1] if last is not None and last[0] is kernel and kid not in news \
+                else self._kernel_values_of(kid, kernel)
+            values_now[kernel.key] = (kernel, values)
+            fields.setdefault(kernel.key, {}).update(values)
+        self._kernel_values = values_now
+        for key in self._own_ports.keys() - values_now.keys():
             del self._own_ports[key]
+
+    def _kernel_values_of(self, kid: str, kernel: Process) -> dict:
+        # Read again when the command line changes: a kernel first seen between its fork and
+        # its exec still carries its parent's.
+        read = self._own_ports.get(kernel.key)
+        if read is None or read[0] != kernel.cmdline:
+            read = self._own_ports[kernel.key] = (kernel.cmdline,
+                                                  _connection_ports(kernel.pid, kernel.cmdline))
+        own = read[1]
+        modules, bound = self._listening_modules(kid, kernel)
+        if kid in self._imports or kid in self._bound:
+            # The hook reports: the kernel's own ports are those no Python code bound
+            # (ipykernel's ZMQ sockets, some of them in no connection file).
+            own = tuple(sorted({s.local_port for s in kernel.sockets if s.protocol == "tcp"
+                                and s.listening} - bound))
+        return dict(imports=tuple(sorted(self._imports.get(kid, ()))), own_ports=own,
+                    listening_modules=modules)
 
     def _listening_modules(self, kid: str, kernel: Process) -> tuple[tuple[str, ...], set[int]]:
         """The modules whose code bound a port the kernel listens on now, and those ports
@@ -539,7 +576,7 @@ class Behaviour:
                         if sock.status == "ESTABLISHED"]
                 if not proc.sockets:
                     continue
-                own = self._own_ports.get(proc.key, ()) if proc.is_kernel else ()
+                own = self._own_ports.get(proc.key, ((), ()))[1] if proc.is_kernel else ()
                 inbound += [(proc.key, inode, sock) for inode, sock in self._sockets_of(proc)
                             if sock.protocol == "tcp" and sock.status == "ESTABLISHED"
                             and sock.remote is not None and sock.local_port in listening
@@ -892,17 +929,22 @@ def _slow(sock: Socket, info: TcpInfo | None) -> bool:
     return info.since_received_ms >= SLOW_MS
 
 
-def _connection_ports(cmdline: list[str]) -> tuple[int, ...]:
+def _connection_ports(pid: int, cmdline: list[str]) -> tuple[int, ...]:
     """The ports of a kernel's own Jupyter sockets, from the connection file its command
-    line names (``-f kernel-ID.json``); none if it cannot be read."""
+    line names (``-f kernel-ID.json``, relative to the kernel's directory); none if it cannot
+    be read. The path is the user's to choose: only a regular file is opened (a FIFO there
+    would block the sampler for ever)."""
     path = next((cmdline[i + 1] for i, word in enumerate(cmdline[:-1]) if word == "-f"), None)
     if path is None:
         path = next((w[3:] for w in cmdline if w.startswith("-f=")), None)
+    if not path:
+        return ()
     try:
-        with open(path, encoding="utf-8") as connection:
+        fd, _ = open_regular(os.path.join(f"/proc/{pid}/cwd", path))
+        with os.fdopen(fd, "rb") as connection:
             info = json.loads(connection.read(65536))
         return tuple(sorted(int(info[k]) for k in CONNECTION_PORTS if k in info))
-    except (OSError, TypeError, ValueError, AttributeError):
+    except (OSError, TypeError, ValueError, AttributeError, KeyError):
         return ()
 
 

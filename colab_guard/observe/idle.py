@@ -47,6 +47,10 @@ QUIET_CHECK_MAX = 10.0
 #: read at once) is read at the latest then.
 BARELY_RUNNING = 0.02
 LIGHT_READ_MAX_AGE = 5.0
+#: Once found barely running, it is not asked again for BARELY_RECHECK s (half to all of it,
+#: spread by pid): fifty idle kernels each wake every second. An exec (the process events)
+#: or a connect or bind the kernel hook reports has it read at the next tick all the same.
+BARELY_RECHECK = 3.0
 
 #: The open-files soft limit the sampler raises its process's to, if the hard limit allows:
 #: a quarter of it holds idle processes' schedstat files (HeldCounts).

@@ -35,8 +35,8 @@ from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import ContentScanner
 from .gpu import GpuSample
-from .idle import (BARELY_RUNNING, LIGHT_READ_MAX_AGE, SPREAD_FROM, HeldCounts, HeldStat,
-                   Parked, QuietRead, SchedCounts, next_check, refresh_time)
+from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, SPREAD_FROM, HeldCounts,
+                   HeldStat, Parked, QuietRead, SchedCounts, next_check, refresh_time)
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -108,6 +108,7 @@ class Tracked:
     steady: Process | None = None  # idle, no socket, nothing pending: handed out as it was
     check_at: float = 0.0  # a quiet one: when next asked whether it ran (idle.next_check)
     light_at: float = 0.0  # a running one: its last light read (idle.BARELY_RUNNING)
+    barely_next: float = 0.0  # one that barely ran: not asked again before (idle.BARELY_RECHECK)
     stat: HeldStat | None = None  # a running one's stat, held open (spread: idle.py)
     pairs: list | None = None  # its sockets at its last light read: (inode, socket)
 
@@ -115,7 +116,7 @@ class Tracked:
         if self.quiet is not None and self.quiet.held is not None:
             self.quiet.held.close()
         self.quiet = None
-        self.check_at = self.light_at = 0.0
+        self.check_at = self.light_at = self.barely_next = 0.0
         if self.stat is not None:
             self.stat.close()
             self.stat = None
@@ -590,7 +591,7 @@ class ProcessSampler:
         state = self._tracked.get(entry.key) if entry is not None else None
         if state is not None:
             state.full_due, state.full_every = 0.0, self.libraries_refresh
-            state.light_at = 0.0
+            state.light_at = state.barely_next = 0.0
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                    gpu_use: tuple[float, float]) -> Process | None:
@@ -732,6 +733,10 @@ class ProcessSampler:
                 or last.is_kernel != is_kernel or last.ppid != entry.ppid \
                 or (last.gpu_percent, last.gpu_memory_mb) != gpu_use:
             return False
+        if now < state.barely_next and entry.pid not in self._check_now:
+            if state.pairs:  # it barely ran a moment ago: not asked again so soon
+                self._pairs_now[entry.key] = state.pairs
+            return True
         if state.stat is None:
             state.stat = HeldStat.open(entry.pid)
             if state.stat is None:
@@ -743,6 +748,7 @@ class ProcessSampler:
         used, since = stat.cpu_ticks / CLOCK_TICKS - state.cpu[0], now - state.cpu[1]
         if since <= 0 or used > BARELY_RUNNING * since:
             return False
+        state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
         if state.pairs:
             self._pairs_now[entry.key] = state.pairs
         return True

@@ -439,6 +439,10 @@ def _private_folder(folder: Path) -> None:
         folder.mkdir(parents=True, mode=0o750)
 
 
+#: Seconds a thread holds the GIL before another waiting for it is let in (Python's: 0.005).
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 def main(argv: list[str] | None = None) -> int:
     watcher = Watcher()
     try:
@@ -446,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0:
             watcher.log.warning("colab-guard watch: not running as root: other users' "
                                 "processes cannot be read or stopped")
+        # The event loop (process events, stops) and the stopping threads wait for the GIL
+        # while the sampler's thread computes; each syscall of a stop gives it up and waits
+        # again: at the default 5 ms a turn, a stop's dozen reads and signals took 100 ms
+        # and more on a machine of 5,000 processes.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         asyncio.run(watcher.run())
     except (WatchError, SignatureError, IncidentLogError, DatabaseError) as err:
         print(f"colab-guard watch cannot start: {err}", file=sys.stderr)
