@@ -80,6 +80,7 @@ def many(monkeypatch):
     monkeypatch.setattr(idle, "SPREAD_FROM", 4)
     monkeypatch.setattr(idle, "QUIET_CHECKS_PER_SECOND", 2)
     monkeypatch.setattr(idle, "QUIET_CHECK_MAX", 2.0)
+    monkeypatch.setattr(processes, "BARELY_RECHECK", 1.0)  # asked again within 0.5-1 s
     monkeypatch.setattr(processes, "FD_COUNT_SETTLED", -1.0)  # light reads from the start
 
 
@@ -143,7 +144,7 @@ def wake_a_parked_child(sampler: SpreadingSampler, kernel, command: str) -> int:
     """Park the kernel's children, then tell one of the parked ones to ``command``; its pid."""
     proc, children = kernel
     parked = parked_once(sampler, proc.pid, {proc.pid, *children})
-    child = next(p.pid for p in parked.processes[-parked.parked:])
+    child = next(p.pid for p in parked.processes[-parked.parked:] if p.pid in children)
     tell(proc, f"{children.index(child)} {command}")
     return child
 
@@ -192,7 +193,27 @@ def test_a_kernel_that_barely_runs_is_handed_out_as_it_was_until_it_computes(man
     assert same >= 3, same  # not read at every tick (read again LIGHT_READ_MAX_AGE s after)
     tell(proc, "spin")
     wait_until(lambda: kernel_sample().cpu_percent > 20, timeout=5, interval=0.2,
-               what="the computing kernel read at once")
+               what="the computing kernel read at its next check (1 s here)")
+
+
+def test_a_kernel_that_barely_runs_is_parked_and_visited_at_once_when_the_hook_reports(
+        many, kernel):
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked_once(sampler, proc.pid, {proc.pid, *children})
+
+    def kernel_parked():
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        return snapshot.kernel_process not in snapshot.visited()
+
+    # Barely running (it wakes ten times a second), it is not visited between its checks ...
+    wait_until(kernel_parked, timeout=30, interval=0.1, what="the barely running kernel parked")
+    # ... but the kernel hook's report of a connect has it visited, and read, at the next pass.
+    reads = sampler.stats.light_reads + sampler.stats.full_reads
+    sampler.read_kernel_in_full("k")
+    snapshot = sampler.sample({"k": proc.pid})["k"]
+    assert snapshot.kernel_process in snapshot.visited()
+    assert sampler.stats.light_reads + sampler.stats.full_reads > reads
 
 
 def test_once_events_are_lost_nothing_stays_parked_and_each_process_is_there_once(many, kernel):

@@ -151,9 +151,10 @@ class Engine:
         kernel_id = snapshot.kernel_id
         members = snapshot.members
         if members is not None and members is self._members.get(kernel_id) \
-                and kernel_id in self._complete and len(members) == len(last) \
-                and self._active.get(kernel_id, set()) <= {p.key for p in visited}:
-            return visited, last, True
+                and kernel_id in self._complete and len(members) == len(last):
+            active = self._active.get(kernel_id)
+            if not active or active <= {p.key for p in visited}:
+                return visited, last, True
         now = {}
         for process in snapshot.processes[len(visited):]:
             cached = last.get(process.key)

@@ -206,12 +206,14 @@ class Behaviour:
         # kernel process -> (the command line its Jupyter ports were read from, the ports)
         self._own_ports: dict[Key, tuple[list[str], tuple[int, ...]]] = {}
         self._annotated: set[Key] = set()  # processes given behaviour values at the last tick
+        self._measuring: set[Key] = set()  # those of them given values that move tick by tick
         # process -> (the sample handed out after the last pass, the values it was given):
         # the same sample given the same values again is not compared field by field
         self._settled: dict[Key, tuple[Process, dict]] = {}
-        # kernel process -> (its sample after the last pass, its kernel fields then); kernel
-        # ids the hook reported imports or binds for since (their fields are worked out again)
-        self._kernel_values: dict[Key, tuple[Process, dict]] = {}
+        # kernel id -> (its process, its sample after the last pass, its kernel fields then);
+        # kernel ids the hook reported imports or binds for since (worked out again)
+        self._kernel_values: dict[str, tuple[Key, Process, dict]] = {}  # by kernel id
+        self._kernel_ids: set[str] = set()  # the kernels watched at the last pass
         self._hook_news: set[str] = set()
         # kernel id -> port -> the modules whose code bound it; binds to port 0 wait in
         # _unplaced until a new listening port of the kernel shows which they got
@@ -252,6 +254,12 @@ class Behaviour:
     def annotated(self) -> set[Key]:
         """The processes given behaviour values at the last pass."""
         return self._annotated
+
+    @property
+    def measuring(self) -> set[Key]:
+        """The processes given values at the last pass that are measured tick by tick (not a
+        kernel's imports or ports): they are looked at every tick, never parked."""
+        return self._measuring
 
     def note_connects(self, kernel_id: str, endpoints: list[Endpoint], when: float) -> None:
         """Connections the kernel hook saw the kernel open (call in the sampler's thread)."""
@@ -320,6 +328,8 @@ class Behaviour:
         self._forget(miners, outbound, by_key, {p.netns for p in by_key.values()}, now)
         changed = self._changed(fields, by_key)
         self._annotated = {key for key, values in fields.items() if any(values.values())}
+        self._measuring = {key for key in self._annotated
+                           if any(fields[key].get(name) for name in BEHAVIOUR_FIELDS)}
         return changed
 
     def _changed(self, fields: dict[Key, dict], by_key: dict[Key, Process]) -> dict[Key, Process]:
@@ -340,9 +350,9 @@ class Behaviour:
                 proc = changed[key] = replace(proc, **new)
             settled[key] = (proc, values)
         self._settled = settled
-        for key, (_, kernel_values) in self._kernel_values.items():
+        for kid, (key, _, kernel_values) in self._kernel_values.items():
             if key in settled:
-                self._kernel_values[key] = (settled[key][0], kernel_values)
+                self._kernel_values[kid] = (key, settled[key][0], kernel_values)
         return changed
 
     # ------------------------------------------------------------ mining
@@ -424,25 +434,29 @@ class Behaviour:
     # ------------------------------------------------------------ the kernel itself
 
     def _kernel_fields(self, snapshots: dict[str, Snapshot], fields: dict[Key, dict]) -> None:
-        for table in (self._imports, self._bound, self._unplaced, self._listening_before):
-            for kid in table.keys() - snapshots.keys():
-                del table[kid]
+        if snapshots.keys() != self._kernel_ids:  # a kernel came or went
+            self._kernel_ids = set(snapshots)
+            for table in (self._imports, self._bound, self._unplaced, self._listening_before):
+                for kid in table.keys() - snapshots.keys():
+                    del table[kid]
+            # A kernel parked (idle.Parked) is not in its snapshot's view: what was worked out
+            # for it is kept while its kernel is watched.
+            for kid in self._kernel_values.keys() - snapshots.keys():
+                self._own_ports.pop(self._kernel_values.pop(kid)[0], None)
         news, self._hook_news = self._hook_news, set()
-        values_now = {}
         for kid, snapshot in snapshots.items():
             kernel = snapshot.kernel_process
             if kernel is None:
                 continue
-            last = self._kernel_values.get(kernel.key)
+            last = self._kernel_values.get(kid)
+            if last is not None and last[0] != kernel.key:  # restarted: another process
+                self._own_ports.pop(last[0], None)
             # The sample handed out after the last pass, and nothing new from the hook: its
             # sockets and command line are those its fields were worked out from.
-            values = last[1] if last is not None and last[0] is kernel and kid not in news \
+            values = last[2] if last is not None and last[1] is kernel and kid not in news \
                 else self._kernel_values_of(kid, kernel)
-            values_now[kernel.key] = (kernel, values)
+            self._kernel_values[kid] = (kernel.key, kernel, values)
             fields.setdefault(kernel.key, {}).update(values)
-        self._kernel_values = values_now
-        for key in self._own_ports.keys() - values_now.keys():
-            del self._own_ports[key]
 
     def _kernel_values_of(self, kid: str, kernel: Process) -> dict:
         # Read again when the command line changes: a kernel first seen between its fork and
@@ -483,7 +497,13 @@ class Behaviour:
         reported, self._reported = self._reported, {}
         for kid in self._tried.keys() - snapshots.keys():
             del self._tried[kid]
-        for kid, snapshot in snapshots.items():
+        # Only the kernels with something to count: connections out now, connects the hook
+        # reported, or attempts still in the window (most kernels have none).
+        with_outbound = {kid for kid, snapshot in snapshots.items() if snapshot.processes
+                         and any(p.key in outbound for p in snapshot.processes)} \
+            if outbound else set()
+        for kid in (with_outbound | reported.keys() | self._tried.keys()) & snapshots.keys():
+            snapshot = snapshots[kid]
             tried = self._tried.setdefault(kid, {})
             for proc in snapshot.processes:
                 for _, sock in outbound.get(proc.key, ()):
@@ -505,6 +525,9 @@ class Behaviour:
                     tried[endpoint] = [when, kernel.key if kernel else None, None, when]
             for endpoint in [e for e, entry in tried.items() if now - entry[0] > SCAN_WINDOW]:
                 del tried[endpoint]
+            if not tried:
+                del self._tried[kid]
+                continue
             if len(tried) >= SCAN_CANDIDATE:
                 self._scan_fields(tried, {p.key for p in snapshot.processes}, fields)
         return fields

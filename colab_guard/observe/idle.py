@@ -25,6 +25,9 @@ from .model import Process
 #: this is a safety net only, and each refresh is a full read: a thousand idle processes
 #: refreshed every one to two minutes cost twelve full reads a tick.
 QUIET_REFRESH = 600.0
+#: ... and past a thousand or so processes, this many of those refreshes a second in all (5,000
+#: idle processes at QUIET_REFRESH would be eleven full reads a second, 1 % of a core).
+QUIET_REFRESHES_PER_SECOND = 2.0
 
 #: Watching more processes than this, with process events to say which exec'd (the node
 #: watcher): the quiet ones are not all asked at every tick whether they ran, and a process
@@ -219,9 +222,9 @@ class Parked:
             self.unparked = dict(owners)
             return owners
         while self._queue and self._queue[0][0] <= now:
-            self._unpark(heapq.heappop(self._queue)[1])
+            self.unpark(heapq.heappop(self._queue)[1])
         for pid in asked:
-            self._unpark(pid)
+            self.unpark(pid)
         return self.unparked
 
     def park(self, pid: int, sample: Process, due: float) -> None:
@@ -230,7 +233,8 @@ class Parked:
             self.by_kernel.setdefault(kernel_id, {})[pid] = sample
             heapq.heappush(self._queue, (due, pid))
 
-    def _unpark(self, pid: int) -> None:
+    def unpark(self, pid: int) -> None:
+        """Visited from the next pass on (it exec'd, or the kernel hook saw it connect)."""
         kernel_id = self.owners.get(pid) if self.owners is not None else None
         parked = self.by_kernel.get(kernel_id) if kernel_id is not None else None
         if parked is not None and parked.pop(pid, None) is not None:
@@ -241,10 +245,11 @@ class Parked:
         self.owners, self.by_kernel, self.unparked, self._queue = None, {}, {}, []
 
 
-def refresh_time(now: float, pid: int) -> float:
+def refresh_time(now: float, pid: int, watched: int = 0) -> float:
     """When a quiet process is read in full all the same: spread by pid, so that the
-    refreshes of many processes started together do not all fall on one tick."""
-    return now + QUIET_REFRESH * (8 + pid % 8) / 16
+    refreshes of many processes started together do not all fall on one tick; with
+    ``watched`` processes, no more than QUIET_REFRESHES_PER_SECOND of them a second."""
+    return now + max(QUIET_REFRESH, watched / QUIET_REFRESHES_PER_SECOND) * (8 + pid % 8) / 16
 
 
 class SchedCounts:

@@ -248,9 +248,9 @@ class ProcessSampler:
                     snapshot = snapshots[kid] = Snapshot(kernel_id=kid, time=now)
                 snapshot.processes.extend(parked.values())
                 snapshot.parked = len(parked)
-        annotated = self.behaviour.annotated
+        measuring = self.behaviour.measuring
         for pid, sample, due in self._to_park:
-            if sample.key not in annotated:
+            if sample.key not in measuring:
                 self._parked.park(pid, sample, due)
         self._to_park = []
 
@@ -561,7 +561,7 @@ class ProcessSampler:
             files_pending = not settled and not self.content.files_settled(
                 pid, sample.exe, sample.cmdline, key)
             state.quiet = QuietRead(
-                sample, activity, refresh_time(now, pid), not settled,
+                sample, activity, refresh_time(now, pid, self._watched), not settled,
                 fds_pending=fds.when < now, maps_pending=maps_pending, vms=stat.vms, held=held,
                 files_pending=files_pending)
             state.full_due = self._full_due(state, now, pid, before, sample,
@@ -592,6 +592,7 @@ class ProcessSampler:
         if state is not None:
             state.full_due, state.full_every = 0.0, self.libraries_refresh
             state.light_at = state.barely_next = 0.0
+            self._parked.unpark(pid)
 
     def _unchanged(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                    gpu_use: tuple[float, float]) -> Process | None:
@@ -749,6 +750,8 @@ class ProcessSampler:
         if since <= 0 or used > BARELY_RUNNING * since:
             return False
         state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
+        if _parks_running(last):
+            self._to_park.append((entry.pid, last, state.barely_next))
         if state.pairs:
             self._pairs_now[entry.key] = state.pairs
         return True
@@ -904,3 +907,12 @@ def _read_stat(pid: int) -> procfs.Stat | None:
     except (OSError, ValueError, IndexError):
         return None
 
+
+
+def _parks_running(sample: Process) -> bool:
+    """Whether a process that barely runs may be parked until it is asked again: one holding
+    no socket but listening ones and clients' connections to its own Jupyter ports (a
+    kernel's); a connection of its own (an idle relay, a reverse shell) is read each tick."""
+    own = sample.own_ports
+    return all(s.listening or (s.protocol == "tcp" and s.local_port in own and s.remote)
+               for s in sample.sockets)
