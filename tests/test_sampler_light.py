@@ -28,6 +28,7 @@ from colab_guard.observe import processes
 from colab_guard.observe.idle import HeldCounts
 from colab_guard.observe.procfs import InetTables
 from colab_guard.observe.processes import ProcessSampler
+from tests.harness import wait_until
 
 PY = sys.executable
 
@@ -282,8 +283,11 @@ def test_past_the_budget_of_held_files_idle_processes_are_read_as_before(monkeyp
         time.sleep(0.2)
         quiet = child_sample()
         assert child_sample() is quiet and HeldCounts.open_files == held  # read, not held
+        ran = open(f"/proc/{child.pid}/schedstat").read()
         child.suspend()
-        child.resume()  # it ran (a signal is handled by running)
+        child.resume()  # it runs (a signal is handled by running), once scheduled
+        wait_until(lambda: open(f"/proc/{child.pid}/schedstat").read() != ran, timeout=10,
+                   what="the child scheduled")
         assert child_sample() is not quiet
     finally:
         os.killpg(kernel.pid, 9)
