@@ -202,8 +202,6 @@ def _incident_with(watcher: RunningWatcher, pid: int):
 # ------------------------------------------------------ discovery and attribution
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="not watched: a user's process in no kernel's tree, session or marker")
 def test_a_miner_cloned_onto_the_server_with_setsid_and_env_i_is_stopped(
         watcher, users, world, pool, servers):
     """clone(CLONE_PARENT) from the kernel: the fork event names the server as the parent,
@@ -219,8 +217,6 @@ def test_a_miner_cloned_onto_the_server_with_setsid_and_env_i_is_stopped(
     waits(watcher, lambda: not _alive(miner), "the miner stopped")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="not watched: a program the server starts is in no kernel's tree")
 def test_a_program_the_users_server_starts_itself_is_stopped(
         watcher, users, world, pool, servers):
     """A ``jupyter_server_config.py`` in the user's own ~/.jupyter runs in their server: a
