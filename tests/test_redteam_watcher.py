@@ -242,3 +242,36 @@ def test_a_miner_in_a_thread_of_the_users_server_is_stopped(
     incident = waits(watcher, lambda: _incident_with(watcher, server.proc.pid),
                      "the server's incident", timeout=15)
     assert incident.user == MALLORY
+
+
+def _as(user, argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(argv, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                            env={"PATH": "/usr/bin:/bin", **env}, cwd="/",
+                            start_new_session=True, **kwargs)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a marker naming a stand-in id (unknown-kernel:UID, terminal-PID) "
+                          "is elected a kernel of that id, with the forger as its user")
+def test_a_marker_that_names_a_stand_in_id_makes_no_kernel(users):
+    """The ids the watcher makes up itself are no marker's to claim: ``unknown-kernel:UID``
+    of another user (whose offences would then be recorded under the forger's name, or the
+    other way round) and ``terminal-PID`` of a shell to come (which would then not be taken
+    for a terminal: only the same parent takes an id again)."""
+    from colab_guard.watch.kernels import NodeKernels
+
+    mallory, other = users[MALLORY], users[OTHER]
+    stand_in, terminal = f"unknown-kernel:{other.pw_uid}", f"terminal-{os.getpid() + 50}"
+    forged = [_as(mallory, ["sleep", "60"], {"COLAB_GUARD_KERNEL_ID": marker})
+              for marker in (stand_in, terminal)]
+    try:
+        node = NodeKernels(users=(MALLORY, OTHER))
+        wait_until(lambda: all(b"COLAB_GUARD" in Path(f"/proc/{p.pid}/environ").read_bytes()
+                               for p in forged), timeout=10, what="the forgers started")
+        node.refresh()
+        assert stand_in not in node.pids() and terminal not in node.pids()
+        assert node.user_of(stand_in) == OTHER
+    finally:
+        for proc in forged:
+            proc.kill()
+            proc.wait()
