@@ -250,9 +250,6 @@ def _as(user, argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Pope
                             start_new_session=True, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a marker naming a stand-in id (unknown-kernel:UID, terminal-PID) "
-                          "is elected a kernel of that id, with the forger as its user")
 def test_a_marker_that_names_a_stand_in_id_makes_no_kernel(users):
     """The ids the watcher makes up itself are no marker's to claim: ``unknown-kernel:UID``
     of another user (whose offences would then be recorded under the forger's name, or the
