@@ -272,3 +272,135 @@ def test_a_marker_that_names_a_stand_in_id_makes_no_kernel(users):
         for proc in forged:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------ parking
+
+
+CROWD = int(os.environ.get("RT4_CROWD", 450))  # more than idle.SPREAD_FROM: the watcher parks the quiet ones
+
+# A kernel with CROWD sleeping children and a few agents: Python processes blocked on a
+# FIFO (quiet, so parked) until the test writes them a command and a pool URL and wallet
+# (never on their command line, which would give them away at their exec).
+CROWD_KERNEL = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    here, agents, crowd, report = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the watcher interrupts it at each offence
+    # each in a group of its own: the interrupt (SIGINT to the kernel's group) spares them
+    sleepers = [subprocess.Popen(["sleep", "900"], process_group=0) for _ in range(crowd)]
+    for i in range(agents):
+        subprocess.Popen([sys.executable, os.path.join(here, "agent.py"),
+                          os.path.join(here, "agent-%d" % i)], process_group=0)
+    with open(report, "a") as f:
+        f.write("ready\\n")
+    while True:
+        time.sleep(1)
+""")
+
+AGENT = textwrap.dedent("""
+    import ctypes, os, runpy, sys, threading, time
+    with open(sys.argv[1]) as fifo:  # blocks: no CPU until told
+        command, url, wallet = fifo.readline().split()
+    miner = os.environ["MINER"]
+    argv = [sys.executable, miner, "-o", url, "-u", wallet, "-p", "x"]
+    if command == "thread-exec":  # exec from a thread that is not the process's first
+        threading.Thread(target=os.execv, args=(sys.executable, argv)).start()
+    elif command == "rename":  # prctl(PR_SET_NAME): no exec, no fork
+        ctypes.CDLL(None).prctl(15, b"xmrig", 0, 0, 0)
+    elif command == "thread-mine":  # a thread of the parked process connects and hashes
+        sys.path.insert(0, os.path.dirname(miner))
+        import quiet_miner
+        host, port = url.split("://")[1].rsplit(":", 1)
+        threading.Thread(target=quiet_miner.run, args=(host, int(port), 0.7, 300),
+                         daemon=True).start()
+    elif command == "vfork-exec":  # posix_spawn: vfork then exec, the child the miner
+        os.posix_spawn(sys.executable, argv, {})
+    while True:
+        time.sleep(1)
+""")
+
+AGENTS = ("thread-exec", "rename", "thread-mine", "vfork-exec")
+
+
+@pytest.fixture(scope="module")
+def crowd(users, world, watcher):
+    """CROWD sleepers and the agents under one kernel of mallory's, parked by the time the
+    tests tell an agent what to do."""
+    (world / "crowd.py").write_text(CROWD_KERNEL)
+    (world / "agent.py").write_text(AGENT)
+    for i in range(len(AGENTS)):
+        os.mkfifo(world / f"agent-{i}")
+        os.chmod(world / f"agent-{i}", 0o666)
+    report = world / "crowd.report"
+    mallory = users[MALLORY]
+    proc = _as(mallory, ["/usr/bin/python3", str(world / "crowd.py"), str(world),
+                         str(len(AGENTS)), str(CROWD), str(report)],
+               {"COLAB_GUARD_KERNEL_ID": "rt4-crowd", "MINER": str(MINER)})
+    try:
+        wait_until(lambda: report.exists() and "ready" in report.read_text(), timeout=60,
+                   what="the crowd started")
+        waits(watcher, lambda: watcher.knows_kernel("rt4-crowd"), "the crowd's kernel found")
+        members = [p for p in psutil.Process(proc.pid).children()]
+        assert len(members) > min(CROWD, idle.SPREAD_FROM)
+        _ticks_pass(watcher, 10)  # each read once, then parked at its next turn
+        yield {i: f"agent-{i}" for i in range(len(AGENTS))}, proc
+    finally:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        proc.kill()
+        proc.wait()
+
+
+def _ticks_pass(watcher: RunningWatcher, count: int) -> None:
+    import json
+
+    beat = watcher.folder / "run" / "heartbeat.json"
+
+    def ticks() -> int:
+        try:
+            return json.loads(beat.read_text())["ticks"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+    first = ticks()
+    waits(watcher, lambda: ticks() >= first + count, f"{count} ticks", timeout=60)
+
+
+def _argv(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # gone, or a zombie (a stopped miner the kernel did not reap)
+        return []
+
+
+def _tell_agent(world: Path, crowd, command: str, pool_url: str) -> int:
+    agents, kernel = crowd
+    index = AGENTS.index(command)
+    [agent] = [p for p in psutil.Process(kernel.pid).children()
+               if _argv(p)[-1:] == [str(world / agents[index])]]
+    with open(world / agents[index], "w") as fifo:
+        fifo.write(f"{command} {pool_url} {WALLET}\n")
+    return agent.pid
+
+
+@pytest.mark.parametrize("command", AGENTS)
+def test_a_parked_process_that_turns_miner_is_stopped(watcher, world, pool, crowd, command):
+    """A parked process, told to mine: by an exec from a second thread, a rename with prctl,
+    a thread that connects and hashes, a vfork'd child. Each is stopped, and recorded as
+    mallory's."""
+    agent = _tell_agent(world, crowd, command, pool)
+    offender = agent
+    if command == "vfork-exec":
+        offender = waits(watcher, lambda: next(iter(psutil.Process(agent).children()), None),
+                         "the spawned miner").pid
+    incident = waits(watcher, lambda: _incident_with(watcher, offender), "the incident",
+                     timeout=40)
+    assert incident.user == MALLORY and incident.category == "crypto-mining"
+    waits(watcher, lambda: not _alive(offender), "the offender stopped")
+    _ticks_pass(watcher, 5)  # what is left of it (a zombie its parent does not reap): no more
+    found = [i for i in watcher.incidents()
+             if any(p["pid"] == offender for p in i.evidence["processes"])]
+    assert len(found) == 1, [(i.id, i.evidence) for i in found]
