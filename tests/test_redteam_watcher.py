@@ -315,11 +315,22 @@ AGENT = textwrap.dedent("""
                          daemon=True).start()
     elif command == "vfork-exec":  # posix_spawn: vfork then exec, the child the miner
         os.posix_spawn(sys.executable, argv, {})
+    elif command == "build":  # honest: a parallel build, 1,500 short programs 8 at a time
+        import subprocess
+        subprocess.run("seq 1 1500 | xargs -P 8 -n 1 sh -c 'echo $0 | sha256sum >/dev/null'",
+                       shell=True, check=True)
+        open(sys.argv[1] + ".done", "w").close()
+    elif command == "dataloader":  # honest: 16 workers that each compute for a while
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(16) as workers:
+            workers.map(sum, [range(3_000_000)] * 64)
+        open(sys.argv[1] + ".done", "w").close()
     while True:
         time.sleep(1)
 """)
 
-AGENTS = ("thread-exec", "rename", "thread-mine", "vfork-exec")
+ATTACKS = ("thread-exec", "rename", "thread-mine", "vfork-exec")
+AGENTS = (*ATTACKS, "build", "dataloader")
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +397,7 @@ def _tell_agent(world: Path, crowd, command: str, pool_url: str) -> int:
     return agent.pid
 
 
-@pytest.mark.parametrize("command", AGENTS)
+@pytest.mark.parametrize("command", ATTACKS)
 def test_a_parked_process_that_turns_miner_is_stopped(watcher, world, pool, crowd, command):
     """A parked process, told to mine: by an exec from a second thread, a rename with prctl,
     a thread that connects and hashes, a vfork'd child. Each is stopped, and recorded as
@@ -404,3 +415,17 @@ def test_a_parked_process_that_turns_miner_is_stopped(watcher, world, pool, crow
     found = [i for i in watcher.incidents()
              if any(p["pid"] == offender for p in i.evidence["processes"])]
     assert len(found) == 1, [(i.id, i.evidence) for i in found]
+
+
+@pytest.mark.parametrize("command", ["build", "dataloader"])
+def test_honest_work_among_parked_processes_is_left_alone(watcher, world, pool, crowd, command):
+    """A parallel build (1,500 short programs) and a DataLoader's 16 busy workers, among the
+    parked: nothing recorded, nothing stopped."""
+    _ticks_pass(watcher, 3)
+    before = {i.id for i in watcher.incidents()}
+    agent = _tell_agent(world, crowd, command, pool)
+    done = world / (crowd[0][AGENTS.index(command)] + ".done")
+    waits(watcher, done.exists, f"the {command} finished", timeout=50)
+    _ticks_pass(watcher, 5)
+    assert _alive(agent)
+    assert [i.evidence for i in watcher.incidents() if i.id not in before] == []
