@@ -71,11 +71,8 @@ class NodeSampler(ProcessSampler):
             uid = uid_of(pid)
             if uid is not None and self._notebooks(pid, uid, table, servers, uid_of, caught):
                 roots.append((pid, unknown_kernel(uid)))
-        if roots:
-            descend(roots, children_of(table), owners)
-            for pid, _ in roots:
-                state = self._state(table[pid].key)
-                state.owner = state.owner or owners[pid]
+        if roots:  # not remembered as theirs (Tracked.owner): a kernel is one before it is
+            descend(roots, children_of(table), owners)  # elected, an orphan before it is tied
 
     @staticmethod
     def _notebooks(pid: int, uid: int, table: dict[int, Entry], servers: set[int],
