@@ -99,6 +99,12 @@ KERNEL = textwrap.dedent("""
             os.setsid()
             os.execvp("env", ["env", "-i", *argv])
         note("miner %d" % child)
+    elif mode == "exec-self":  # the kernel's own process becomes the miner, deaf to SIGINT
+        note("miner %d" % os.getpid())
+        note("ready")
+        deaf = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+        os.execve(sys.executable, [sys.executable, "-c", deaf, *argv[1:]], {})
     elif mode == "odd":  # odd /proc content, then a miner
         import subprocess
         odd = ("import ctypes, time; ctypes.CDLL(None).prctl(15, b'x) R 1 1\\n2 3', 0, 0, 0); "
@@ -266,6 +272,19 @@ def test_a_miner_in_a_thread_of_the_users_server_is_stopped(
     incident = waits(watcher, lambda: _incident_with(watcher, server.proc.pid),
                      "the server's incident", timeout=15)
     assert incident.user == MALLORY
+
+
+def test_a_kernel_that_execs_into_a_miner_deaf_to_sigint_is_ended(
+        watcher, users, world, pool, servers):
+    """The kernel's own process execs the miner with an empty environment (no marker): it
+    is still that kernel, interrupted, then shut down when the interrupt does nothing."""
+    server = Server(world, users[MALLORY], "rt4-exec-self", "exec-self", "idle", pool,
+                    watcher)
+    servers.append(server)
+    miner = server.pid_of("miner")
+    incident = waits(watcher, lambda: _incident_with(watcher, miner), "the miner's incident")
+    assert incident.user == MALLORY and incident.kernel_id == "rt4-exec-self"
+    waits(watcher, lambda: not _alive(miner), "the miner ended", timeout=40)
 
 
 def test_odd_proc_content_and_a_zombie_storm_leave_the_watcher_working(
