@@ -90,13 +90,15 @@ KERNEL = textwrap.dedent("""
     while not os.path.exists(report + ".go"):
         time.sleep(0.02)
     argv = [sys.executable, miner, "-o", url, "-u", wallet, "-p", "x"]
-    if mode == "clone-parent":
+    if mode in ("clone-parent", "fake-ancestor"):
         libc = ctypes.CDLL(None, use_errno=True)
         CLONE_PARENT, SIGCHLD, SYS_clone = 0x8000, 17, 56  # x86_64
-        read, write = os.pipe()
         child = libc.syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)
         if child == 0:
             os.setsid()
+            if mode == "fake-ancestor":  # first a "kernel" of its own, then the miner
+                os.execvp("env", ["env", "-i", sys.executable, "-c", FAKE_ANCESTOR,
+                                  "\\0".join(argv).encode().hex()])
             os.execvp("env", ["env", "-i", *argv])
         note("miner %d" % child)
     elif mode == "exec-self":  # the kernel's own process becomes the miner, deaf to SIGINT
@@ -118,6 +120,17 @@ KERNEL = textwrap.dedent("""
     while True:
         time.sleep(0.05)
 """)
+
+# Started with nothing of the kernel's (env -i): a "kernel" of its own, then the miner.
+FAKE_ANCESTOR = """
+import os, sys, time
+if os.fork() == 0:
+    os.execve("/bin/sleep", ["sleep", "600"], {"COLAB_GUARD_KERNEL_ID": "rt4-fake"})
+time.sleep(3)  # its "kernel" elected meanwhile: it is now an ancestor of one
+argv = bytes.fromhex(sys.argv[1]).decode().split("\\0")  # nothing to see on its command line
+os.execv(argv[0], argv)
+"""
+KERNEL = KERNEL.replace("FAKE_ANCESTOR", repr(FAKE_ANCESTOR))
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +261,19 @@ def test_a_miner_cloned_onto_the_server_with_setsid_and_env_i_is_stopped(
                      timeout=20)
     assert incident.user == MALLORY and incident.category == "crypto-mining"
     waits(watcher, lambda: not _alive(miner), "the miner stopped")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the ancestors of kernels are not watched (the users' servers): a "
+                          "program outside every kernel's tree that starts a process carrying "
+                          "a fresh marker makes itself one")
+def test_a_miner_that_makes_itself_a_kernels_ancestor_is_stopped(
+        watcher, users, world, pool, servers):
+    server = Server(world, users[MALLORY], "rt4-ancestor", "fake-ancestor", "idle", pool,
+                    watcher)
+    servers.append(server)
+    miner = server.pid_of("miner")
+    waits(watcher, lambda: _incident_with(watcher, miner), "the miner's incident", timeout=12)
 
 
 def test_a_program_the_users_server_starts_itself_is_stopped(
