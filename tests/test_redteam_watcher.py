@@ -101,6 +101,10 @@ KERNEL = textwrap.dedent("""
                                   "\\0".join(argv).encode().hex()])
             os.execvp("env", ["env", "-i", *argv])
         note("miner %d" % child)
+    elif mode == "child":  # a plain miner, its start time noted
+        import subprocess
+        started = time.time()
+        note("miner %d %f" % (subprocess.Popen(argv).pid, started))
     elif mode == "exec-self":  # the kernel's own process becomes the miner, deaf to SIGINT
         note("miner %d" % os.getpid())
         note("ready")
@@ -314,6 +318,44 @@ def test_a_kernel_that_execs_into_a_miner_deaf_to_sigint_is_ended(
     incident = waits(watcher, lambda: _incident_with(watcher, miner), "the miner's incident")
     assert incident.user == MALLORY and incident.kernel_id == "rt4-exec-self"
     waits(watcher, lambda: not _alive(miner), "the miner ended", timeout=40)
+
+
+FLOOD = textwrap.dedent("""
+    import json, socket, sys, threading
+    path = sys.argv[1]
+    def hammer():
+        while True:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                s.sendall(json.dumps({"type": "hello", "since": 0}).encode() + b"\\n")
+                s.recv(65536)
+                s.close()
+            except OSError:
+                pass
+    for _ in range(32):
+        threading.Thread(target=hammer, daemon=True).start()
+    threading.Event().wait()
+""")
+
+
+def test_a_user_flooding_the_watchers_socket_does_not_delay_a_stop(
+        watcher, users, world, pool, servers):
+    """Another user's 32 threads that connect, say hello (a catch-up from the start) and
+    leave, without end: the watcher's event loop still stops a miner at its exec."""
+    flood = _as(users[OTHER], ["/usr/bin/python3", "-c", FLOOD, str(watcher.socket)], {})
+    try:
+        server = Server(world, users[MALLORY], "rt4-flood", "child", "idle", pool, watcher)
+        servers.append(server)
+        note = next(n for n in server.notes() if n.startswith("miner "))
+        miner, started = int(note.split()[1]), float(note.split()[2])
+        waits(watcher, lambda: not _alive(miner), "the miner stopped")
+        stopped = time.time()
+        assert flood.poll() is None  # flooding all along
+        assert stopped - started < 3.0
+    finally:
+        flood.kill()
+        flood.wait()
 
 
 def test_odd_proc_content_and_a_zombie_storm_leave_the_watcher_working(
