@@ -483,6 +483,12 @@ AGENT = textwrap.dedent("""
                          daemon=True).start()
     elif command == "vfork-exec":  # posix_spawn: vfork then exec, the child the miner
         os.posix_spawn(sys.executable, argv, {})
+    elif command == "storm-exec":  # 1,500 forks as fast as it can, then the exec
+        for _ in range(1500):
+            if os.fork() == 0:
+                os._exit(0)
+            os.wait()
+        os.execv(sys.executable, argv)
     elif command == "build":  # honest: a parallel build, 1,500 short programs 8 at a time
         import subprocess
         subprocess.run("seq 1 1500 | xargs -P 8 -n 1 sh -c 'echo $0 | sha256sum >/dev/null'",
@@ -497,7 +503,7 @@ AGENT = textwrap.dedent("""
         time.sleep(1)
 """)
 
-ATTACKS = ("thread-exec", "rename", "thread-mine", "vfork-exec")
+ATTACKS = ("thread-exec", "rename", "thread-mine", "vfork-exec", "storm-exec")
 AGENTS = (*ATTACKS, "build", "dataloader")
 
 
