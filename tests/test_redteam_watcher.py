@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from colab_guard.observe import idle, processes
+from colab_guard.observe import idle
 from tests.harness import wait_until
 from tests.test_watch import (MINER, WALLET, RunningWatcher, _alive, _remove_user,
                               launch_watcher, watcher_config, waits)
