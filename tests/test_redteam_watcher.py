@@ -399,6 +399,23 @@ def test_a_users_honest_processes_outside_kernels_are_left_alone(
                 pass
 
 
+def test_a_named_miner_a_root_service_runs_for_the_user_is_stopped_at_its_exec(
+        watcher, users, pool):
+    """What a program of the user's shows at its exec (xmrig's own options) is checked
+    wherever it runs, also where the pass leaves it alone (see the next test)."""
+    miner = _as(users[MALLORY], ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET,
+                                 "-p", "x", "--donate-level", "1"], {})
+    try:
+        incident = waits(watcher, lambda: _incident_with(watcher, miner.pid),
+                         "the miner's incident", timeout=20)
+        assert incident.user == MALLORY
+        assert incident.kernel_id == f"unknown-kernel:{users[MALLORY].pw_uid}"
+        waits(watcher, lambda: miner.poll() is not None, "the miner stopped")
+    finally:
+        miner.kill()
+        miner.wait()
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="a program a root service starts for the user (an SSH login, a cron "
                           "or at job) is not watched while that service's process is its "
