@@ -270,9 +270,9 @@ def test_a_miner_cloned_onto_the_server_with_setsid_and_env_i_is_stopped(
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the ancestors of kernels are not watched (the users' servers): a "
-                          "program outside every kernel's tree that starts a process carrying "
-                          "a fresh marker makes itself one")
+                   reason="the ancestors of kernels (the users' servers) are only checked at "
+                          "their exec: a program outside every kernel's tree that starts a "
+                          "process carrying a fresh marker makes itself one")
 def test_a_miner_that_makes_itself_a_kernels_ancestor_is_stopped(
         watcher, users, world, pool, servers):
     server = Server(world, users[MALLORY], "rt4-ancestor", "fake-ancestor", "idle", pool,
@@ -418,8 +418,9 @@ def test_a_named_miner_a_root_service_runs_for_the_user_is_stopped_at_its_exec(
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="a program a root service starts for the user (an SSH login, a cron "
-                          "or at job) is not watched while that service's process is its "
-                          "ancestor: telling it from OpenSSH's own session process needs more")
+                          "or at job) is only checked at its exec while that service's process "
+                          "is its ancestor: telling it from OpenSSH's own session process "
+                          "needs more")
 def test_a_miner_a_root_service_runs_for_the_user_is_stopped(watcher, users, pool):
     miner = _as(users[MALLORY], ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET,
                                  "-p", "x"], {})
