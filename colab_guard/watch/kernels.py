@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..observe import procfs
-from ..observe.attribution import KERNEL_ENV_MARKER, unknown_kernel_uid
+from ..observe.attribution import KERNEL_ENV_MARKER, UNKNOWN_KERNEL, unknown_kernel_uid
 
 _MARKER = KERNEL_ENV_MARKER.encode() + b"="
 #: seconds after its start during which a process that is no kernel's is read again each scan
@@ -267,7 +267,7 @@ class NodeKernels:
             return info, stat.state == "Z"
         for item in environ.split(b"\0"):
             if item.startswith(_MARKER):
-                info.marker = _text(item[len(_MARKER):])
+                info.marker = _kernel_id(_text(item[len(_MARKER):]))
             elif item.startswith(_HUB_USER):
                 info.hub_user = _text(item[len(_HUB_USER):])
             elif item.startswith(_SESSION):
@@ -493,6 +493,16 @@ def group_members(pgid: int) -> dict[int, int]:
             except (OSError, ValueError):
                 continue
     return members
+
+
+def _kernel_id(marker: str) -> str | None:
+    """A marker's kernel id; None for an id the watcher makes up itself (a terminal's, a
+    user's unknown kernel): no process names those, but one that would be elected a kernel
+    of that id, to record another user's offences under its own name or keep a terminal to
+    come from being one."""
+    if marker.startswith((TERMINAL_PREFIX, UNKNOWN_KERNEL + ":")):
+        return None
+    return marker
 
 
 def _text(raw: bytes) -> str:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import psutil
 
 from ..observe import procfs
-from ..observe.attribution import unknown_kernel_uid
+from ..observe.attribution import unknown_kernel, unknown_kernel_uid
 from ..observe.model import Process
 from ..record import metrics
 
@@ -256,15 +256,18 @@ class ProcEvents:
         process of a kernel (or of its user's unknown kernel) of the same user."""
         at_pass = self._at_pass(pid, start)
         kernel_id = self._lineage.get(pid) or (at_pass[1] if at_pass is not None else None)
-        if kernel_id is None:
-            return  # not a kernel's that is known yet: the next pass decides
         kernels = self.monitor.kernels
-        if kernels.pids().get(kernel_id) == pid:
+        if kernel_id is not None and kernels.pids().get(kernel_id) == pid:
             return  # the kernel itself: interrupted, not stopped; the pass decides
         try:
             uid = procfs.read_real_uid(pid)
         except (OSError, ValueError):
             return
+        if kernel_id is None:
+            # No kernel's that is known yet (the pass decides the rest), or one the pass
+            # leaves alone (an ancestor of a kernel, a program a root service started for the
+            # user): its user's all the same, for what its exec shows.
+            kernel_id = unknown_kernel(uid)
         if uid != _uid_of(kernels, kernel_id):
             return  # a setuid program, a pid taken again: the pass decides
         try:

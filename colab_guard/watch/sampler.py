@@ -13,6 +13,7 @@ from __future__ import annotations
 import psutil
 
 from ..observe import procfs
+from ..observe.attribution import children_of, descend, unknown_kernel
 from ..observe.processes import Entry, ProcessSampler
 from .kernels import NodeKernels
 
@@ -35,6 +36,65 @@ class NodeSampler(ProcessSampler):
             self._attributed_from = owners
             self.attributed = {pid: (table[pid].key[1], kid) for pid, kid in owners.items()}
         return owners
+
+    def _attribute_anew(self, kernels, table):
+        owners = super()._attribute_anew(kernels, table)
+        self._claim_the_rest(kernels, table, owners)
+        return owners
+
+    def _claim_the_rest(self, kernels, table: dict[int, Entry], owners: dict[int, str]) -> None:
+        """The users' processes in no kernel's tree, session or marker that a notebook can
+        have started, each its user's with the kernel unknown (attribution.unknown_kernel):
+        those under a user's Jupyter server but no kernel's (a child ``clone(CLONE_PARENT)``
+        put there, a program a ``jupyter_server_config.py`` in ``~/.jupyter`` starts) and
+        orphans (reparented to init: a double fork, ``setsid``, ``env -i``). Left alone: the
+        ancestors of kernels and terminals (the users' servers, what started them) and what
+        the system started for a user (an SSH login, a cron job: under a process of root's
+        other than init)."""
+        seen = self.node.processes()
+
+        def uid_of(pid: int) -> int | None:
+            info = seen.get(pid, (0, None))[1]
+            return info.uid if info is not None and self.node.watches_uid(info.uid) else None
+
+        servers: set[int] = set()  # ancestors of kernels and terminals
+        for pid in kernels.values():
+            entry = table.get(pid)
+            while entry is not None and entry.ppid in table and entry.ppid not in servers:
+                servers.add(entry.ppid)
+                entry = table[entry.ppid]
+        caught: dict[int, bool] = {}
+        roots = []
+        for pid, entry in table.items():
+            if pid in owners or pid in servers:
+                continue
+            uid = uid_of(pid)
+            if uid is not None and self._notebooks(pid, uid, table, servers, uid_of, caught):
+                roots.append((pid, unknown_kernel(uid)))
+        if roots:  # not remembered as theirs (Tracked.owner): a kernel is one before it is
+            descend(roots, children_of(table), owners)  # elected, an orphan before it is tied
+
+    @staticmethod
+    def _notebooks(pid: int, uid: int, table: dict[int, Entry], servers: set[int],
+                   uid_of, caught: dict[int, bool]) -> bool:
+        """Whether a process of a user came from what a notebook can start: up its user's
+        own ancestors, a user's server, or init (see _claim_the_rest)."""
+        path = []
+        while pid not in caught:
+            path.append(pid)
+            parent = table[pid].ppid
+            if parent in servers or parent <= 1:
+                verdict = True
+                break
+            if parent not in table or uid_of(parent) != uid:
+                verdict = False  # a session the system started for the user
+                break
+            pid = parent
+        else:
+            verdict = caught[pid]
+        for pid in path:
+            caught[pid] = verdict
+        return verdict
 
     def may_spread(self) -> bool:
         """Quiet processes asked in turn while process events say which exec'd (idle.py)."""
