@@ -267,6 +267,8 @@ FOLD_MAX = 4096
 LOOP_VALUES = 64  # the constants of a loop a folded name takes, at most
 #: Calls (their last name) that send a message on a connection (a request's data is in them).
 SEND_CALLS = frozenset({"send", "sendall", "sendto"})
+#: Calls (their last name) that send what they are given (a table of requests among it).
+TABLE_SENDS = SEND_CALLS | {"write", "post", "request", "urlopen", "send_str", "send_json"}
 
 
 def _fold(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
@@ -472,6 +474,13 @@ class _Reader:
         self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
         self.chained: set[int] = set()  # the inner links of ``a + b + c`` chains
         self.loops: dict[str, list[str]] = {}  # for x in ("a", "b"): the texts x takes
+        # A table of requests (REQS = [{"method": "a"}, ...]): its dicts, by id, its name's
+        # methods (counted once sent: a detector's samples are not requests), and the loop
+        # names that walk it (for r in REQS)
+        self.tabled: dict[int, str] = {}
+        self.tables: dict[str, set[str]] = {}
+        self.walks: dict[str, str] = {}
+        self.table_sends: list[ast.Call] = []
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
@@ -483,6 +492,9 @@ class _Reader:
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
                 self.assigned[node.targets[0].id] = node.value
+                if isinstance(node.value, (ast.List, ast.Tuple, ast.Set)):
+                    self.tabled.update((id(e), node.targets[0].id) for e in node.value.elts
+                                       if isinstance(e, ast.Dict))
             elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
                 self.chained.add(id(node.left))  # a + b + c: read once, from its top
             elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
@@ -491,12 +503,17 @@ class _Reader:
                 values = [_text(e) for e in node.iter.elts[:LOOP_VALUES]]
                 if None not in values:  # for x in ("subscribe", "authorize"): x is each
                     self.loops[node.target.id] = values
+            if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
+                    isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
+                self.walks[node.target.id] = node.iter.id  # for r in REQS: r is one of them
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 sender = _sender(node)
                 if sender is not None:
                     self.senders[node.name] = sender
         for node in nodes:
             self._node(node)
+        for node in self.table_sends if self.tables else ():
+            self._sent_tables(node)
         return self.evidence
 
     def _import(self, node: ast.Import) -> None:
@@ -541,7 +558,10 @@ class _Reader:
                 if key_text is None:
                     continue
                 evidence.names.add(key_text)  # a dict of keyword arguments (**options)
-                if key_text == "method":
+                if key_text == "method" and id(node) in self.tabled:
+                    table = self.tables.setdefault(self.tabled[id(node)], set())
+                    table.add(self._value(value) or "")
+                elif key_text == "method":
                     self._request(value)
         elif isinstance(node, ast.Call):
             self._call(node)
@@ -624,7 +644,18 @@ class _Reader:
         if last in MESSAGE_CALLS:
             for arg in node.args:
                 self._message(arg)
+        if last in TABLE_SENDS:
+            self.table_sends.append(node)  # read once every table is known
 
+
+    def _sent_tables(self, node: ast.Call) -> None:
+        """A table of requests sent (``sock.sendall(json.dumps(REQS))``, or one of it walked
+        by a loop): its methods are requests."""
+        for argument in [*node.args, *(k.value for k in node.keywords)]:
+            for name in ast.walk(argument):
+                if isinstance(name, ast.Name):
+                    table = self.tables.get(self.walks.get(name.id, name.id), set())
+                    self.evidence.requests.update(t for t in table if t)
 
     def _on_sys_path(self, parts: list[str], last: str) -> bool:
         """``sys.path.insert``/``append``/``extend`` or ``site.addsitedir`` (after aliases)."""
