@@ -151,15 +151,40 @@ def test_evasions_are_refused(what, cells):
     assert found and actions - {"warn", "record"}, [d.signature.id for d in found]
 
 
-GAPS = [
-    ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
+SHELL_READ = [
+    # fixed: what the shell expands is expanded by the cell check too (detect/commands.py)
     ("a substring expansion", ["%%bash\nV=xmrigXX\n./${V:0:5} -o p:3333"]),
+    ("a substring from the end", ["%%bash\nV=XXxmrig\n./${V: -5} -o p:3333"]),
+    ("a text replaced", ["%%bash\nV=xmXXrig\n./${V/XX/} -o p:3333"]),
+    ("a suffix removed", ["%%bash\nV=xmrig.txt\n./${V%.txt} -o p:3333"]),
+    ("a default value", ["!./${NOTSET:-xmrig} -o p:3333"]),
     ("printf with several arguments", ["!eval $(printf '%s' './xmr' 'ig -o p:3333')"]),
+    ("printf with two conversions", ["!$(printf '%s%s' ngr ok) tcp 22"]),
+    ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
+    ("a variable's words split", ["%%bash\nc='ngrok tcp 22'\n$c"]),
+    ("brace expansion", ["!{ngrok,tcp,22}"]),
+    ("brace expansion in a word", ["!./xm{r,}ig -o p:3333"]),
     ("an ssh config file that forwards", ["%%writefile cfg\nHost x\n  RemoteForward 2222 localhost:22\n",
                                           "!ssh -F cfg x"]),
-    ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
-    ("brace expansion", ["!{ngrok,tcp,22}"]),
+    ("an ssh config's forward for every host", ["%%writefile cfg\nRemoteForward 2222 localhost:22\n",
+                                                 "!ssh -Fcfg me@x"]),
     ("a pickle that calls os.system", ["import pickle\npickle.loads(b\"cos\\nsystem\\n(S'ngrok tcp 22'\\ntR.\")"]),
+    ("a protocol 4 pickle that calls posix.system",
+     ["import pickle\npickle.loads(b\"\\x80\\x04\\x95'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x8c\\x05posix\\x94"
+      "\\x8c\\x06system\\x94\\x93\\x94\\x8c\\x0cngrok tcp 22\\x94\\x85\\x94R\\x94.\")"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", SHELL_READ, ids=[g[0] for g in SHELL_READ])
+def test_what_the_shell_or_a_pickle_expands_is_refused(what, cells):
+    found = run_cells(cells)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+GAPS = [
+    # a glob is resolved by the shell against the files of the kernel's folder, which the
+    # cell check does not read (the sampler sees the program that starts)
+    ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
 ]
 
 
@@ -168,6 +193,27 @@ GAPS = [
 def test_known_gaps(what, cells):
     found = run_cells(cells)
     assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+HONEST_EXPANDED = [
+    ("braces in quotes and awk", ["!echo '{ngrok,tcp,22}' && awk '{print $1}' data.txt"]),
+    ("braces over honest files", ["!cp data/{train,test}.csv /tmp/ && mkdir -p out/{logs,ckpt}"]),
+    ("a substring and a default", ["%%bash\nNAME=experiment01\necho ${NAME:0:10}\n"
+                                   "python train.py --epochs ${EPOCHS:-10} --name ${NAME%01}"]),
+    ("printf of a list", ["!printf '%s\\n' ngrok xmrig t-rex > blocklist.txt"]),
+    ("IFS for a CSV line", ["!IFS=,; line='ngrok,tcp,22'; echo $line"]),
+    ("an ssh config with a local forward", ["%%writefile cfg\nHost x\n  User me\n  LocalForward 5432 db:5432\n",
+                                            "!ssh -F cfg x"]),
+    ("an ssh config forwarding for another host", ["%%writefile cfg\nHost other\n  RemoteForward 2222 localhost:22\n"
+                                                   "Host x\n  User me\n", "!ssh -F cfg x"]),
+    ("a pickle of data naming a tool", ["import pickle\nd = pickle.loads(b'\\x80\\x04\\x95\\x10\\x00\\x00\\x00\\x00"
+                                        "\\x00\\x00\\x00\\x8c\\x0cngrok tcp 22\\x94.')\nprint(d)"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", HONEST_EXPANDED, ids=[h[0] for h in HONEST_EXPANDED])
+def test_honest_expansions_are_left_alone(what, cells):
+    assert [(d.signature.id, d.reasons[:1]) for d in run_cells(cells)] == []
 
 
 HONEST = [

@@ -79,6 +79,10 @@ _HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", 
                 # sorted(cmds, key=os.system): each item handed to the key
                 "sorted", "min", "max")
 _KEYED = ("sorted", "min", "max")
+# loads of a pickle (its opcodes are read for the callables it calls, never run)
+_UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
+               "cloudpickle.loads", "joblib.loads"}
+MAX_PICKLE_OPS = 10_000
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -339,7 +343,7 @@ class _Reader(ast.NodeVisitor):
         for command in found:
             if len(self.commands) >= MAX_LINES:
                 return
-            argv = self._resolved(command)
+            argv = self._with_ssh_config(self._resolved(command))
             self.commands.append(Command(argv, command.cwd))
             original = self._renamed(argv)
             if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
@@ -359,6 +363,16 @@ class _Reader(ast.NodeVisitor):
                     self.read_code(text, ipython=False)
                 else:
                     self.started(shell.split_shell(text, command.cwd))
+
+    def _with_ssh_config(self, argv: list[str]) -> list[str]:
+        """``ssh -F cfg host`` with a cfg the cell wrote: the forwards it gives that host, as
+        the options they are (``-o 'RemoteForward 2222 localhost:22'``)."""
+        if not argv or shell.base(argv[0]) != "ssh" or self.memory is None:
+            return argv
+        config = shell.ssh_config_file(argv)
+        text = self.memory.files.get(shell.base(config)) if config else None
+        forwards = shell.ssh_forwards(argv, text) if text else []
+        return [argv[0], *forwards, *argv[1:]] if forwards else argv
 
     def _resolved(self, command: Command) -> list[str]:
         """``python run.py`` in a folder: the script's path from that folder, with a folder
@@ -843,6 +857,9 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
             self._import_written(_as_text(args[0].value))
+        elif name in _UNPICKLERS and args and args[0] is not None and \
+                isinstance(args[0].value, (bytes, bytearray, str)):
+            self._unpickled(args[0].value)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -931,6 +948,38 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _unpickled(self, data) -> None:
+        """A pickle the cell loads from a constant: what it calls as it loads (its GLOBAL and
+        STACK_GLOBAL opcodes, read with ``pickletools``, never run) where that starts a
+        program or runs code: ``cos\\nsystem\\n(S'ngrok tcp 22'…`` runs ``ngrok tcp 22``."""
+        import pickletools
+
+        if isinstance(data, str):
+            data = data.encode("latin-1", "replace")
+        strings: list[str] = []
+        calls: list[str] = []
+        try:
+            for at, (opcode, arg, _) in enumerate(pickletools.genops(bytes(data[:MAX_VALUE]))):
+                if at > MAX_PICKLE_OPS:
+                    break
+                if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    calls.append(arg.replace(" ", ".", 1))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    calls.append(f"{strings.pop(-2)}.{strings.pop()}")
+                elif isinstance(arg, (str, bytes)):
+                    strings.append(_as_text(arg) or "")
+        except Exception:  # a malformed pickle (it would fail to load there too): what was read
+            pass
+        for call in dict.fromkeys(_canonical(c.replace("posix.", "os.", 1)) for c in calls):
+            if call in _RUN_CALLS or call.startswith(_RUN_PREFIXES):
+                self.emit("call", call)
+                for text in strings:
+                    self.emit_run(text)
+            elif call in ("exec", "eval"):
+                self.emit("call", call)
+                for text in strings:
+                    self.read_code(text, ipython=False)
 
     def _run_call(self, name: str, node: ast.Call, args: list[_Folded | None]) -> None:
         command = None
