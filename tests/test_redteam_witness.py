@@ -216,23 +216,42 @@ def test_a_users_own_audit_hook_silences_nothing(kernel, pool):
 # ---------------------------------------------------------------- still open
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a silent execution publishes no execute_input: with the check removed in one, the "
-    "witness never sees the silent cells that follow (a frontend of the user's own)"))
 def test_silent_executions_after_the_check_is_removed_are_tampering(kernel):
+    """Was missed: a silent execution publishes no execute_input, so the witness never saw
+    the silent cells that follow (fixed: the hook's sender asks at every flush, a heartbeat,
+    whether the check is still among the AST transformers, Reporter.altered)."""
     kernel.run("get_ipython().ast_transformers.clear()", silent=True)
     kernel.run("x = 'unchecked'", silent=True)
-    _tampering(kernel, timeout=8)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "IOPub is published by the kernel: with execute_input suppressed, the witness sees no "
-    "cell that owes a check"))
 def test_the_witness_blinded_by_suppressing_execute_input_is_tampering(kernel):
     _ok(kernel, "k = get_ipython().kernel\nk._publish_execute_input = lambda *a, **kw: None\n"
                 "get_ipython().ast_transformers.clear()")
     kernel.run("x = 'unchecked'")
-    _tampering(kernel, timeout=8)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
+
+
+@pytest.mark.parametrize("change", [
+    "get_ipython().ast_transformers[:] = []",
+    "ip = get_ipython()\nip.events.unregister('pre_run_cell', ip._colab_guard.pre_run_cell)",
+], ids=["the transformer list emptied", "the pre_run_cell callback unregistered"])
+def test_the_guard_taken_out_of_ipython_is_tampering_at_the_next_heartbeat(kernel, change):
+    kernel.run(change, silent=True)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
+
+
+def test_honest_silent_executions_and_transformer_changes_are_quiet(kernel):
+    """Near-misses: silent executions (a frontend's variable inspector), other transformers
+    added and removed, the check moved within the list by IPython's own order, many cells."""
+    _ok(kernel, "import ast\nclass Noop(ast.NodeTransformer):\n    pass\n"
+                "noop = Noop()\nip = get_ipython()\nip.ast_transformers.insert(0, noop)")
+    for _ in range(3):
+        _ok(kernel, "x = sorted(globals())[:3]", silent=True)
+        _ok(kernel, "print(len(dir()))")
+    _ok(kernel, "ip.ast_transformers.remove(noop)\nip.ast_transformers.append(noop)")
+    _ok(kernel, "print('after')")
+    kernel.quiet_for(3)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(

@@ -80,18 +80,19 @@ class KernelGuard:
         guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")),
                        float(env.get(protocol.ENV_CELL_LIMIT, "15")))
         reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
+        reporter.watched = guard.missing
         reporter.settle()
         return guard
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.client.start(self.reporter)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         self.shell.ast_transformers.append(self._checker)
         self.shell.set_custom_exc((KeyboardInterrupt,), _show_interrupt)
         self.shell._colab_guard = self
+        self.client.start(self.reporter)  # (its heartbeat asks what is in place: all of it)
 
     def stop(self) -> None:
         """Unloaded from inside the kernel: the server records it, then stops listening."""
@@ -142,10 +143,10 @@ class KernelGuard:
         if self._checker in transformers and \
                 (transformers[-1] is not self._checker or transformers.count(self._checker) > 1):
             # Last, once: the check reads the tree as it will run, after other extensions'
-            # changes (_CellCheck.visit keeps it last while the transformers run).
-            while self._checker in transformers:
-                transformers.remove(self._checker)
-            transformers.append(self._checker)
+            # changes (_CellCheck.visit keeps it last while the transformers run). In one
+            # slice assignment: the heartbeat (missing) never sees it gone meanwhile.
+            transformers[:] = [t for t in transformers if t is not self._checker] + \
+                [self._checker]
         self.running = True
         self.show_inbox()
 
@@ -153,6 +154,23 @@ class KernelGuard:
         self.running = False
         self._raw_cell = None
         self.show_inbox()
+
+    def missing(self) -> list[str]:
+        """What of the guard a cell took out of IPython, asked by the hook's sender at every
+        flush (a heartbeat, ``Reporter.altered``): the check from the AST transformers, its
+        pre/post_run_cell callbacks. Cells that run then (silent ones too, which IOPub does
+        not show) would go unchecked; the server records it as tampering."""
+        if self.shell is None or getattr(self.shell, "_colab_guard", None) is not self:
+            return ["extension"] if self.shell is not None else []
+        found = []
+        if self._checker not in getattr(self.shell, "ast_transformers", ()):
+            found.append("cell-check")
+        callbacks = getattr(getattr(self.shell, "events", None), "callbacks", {})
+        for name, callback in (("pre_run_cell", self.pre_run_cell),
+                               ("post_run_cell", self.post_run_cell)):
+            if callback not in callbacks.get(name, ()):
+                found.append(name)
+        return found
 
     def guard_interrupted(self) -> dict | None:
         """The notice that explains a KeyboardInterrupt, waiting briefly for it to arrive."""

@@ -71,6 +71,9 @@ class Reporter:
         self._code_window = [0.0, 0]  # start of this second, characters sent in it
         self._own_threads: set[int] = set()  # the channel's threads (quiet on purpose)
         self._settled: dict | None = None  # the settings as the guard left them (settle())
+        #: callable -> names of what the guard put in IPython and is gone (the cell check
+        #: from the AST transformers...): asked at every flush, a heartbeat (extension.py)
+        self.watched = None
 
     def quiet(self, ident: int) -> None:
         """The channel's own thread: its socket's events are not reported."""
@@ -87,6 +90,7 @@ class Reporter:
         return {"code_checks": self.code_checks, "library_prefixes": self.library_prefixes,
                 "maxlen": self.maxlen, "child_report": self.child_report is not None,
                 "compiled": type(self.compiled) is dict, "code_seen": type(self.code_seen) is set,
+                "watched": self.watched is not None,
                 # what the installed hook reads: the same queue, events, and methods
                 "pending": self.pending is own.get("_hook_pending", self.pending),
                 "kinds": own.get("_hook_kinds") == KINDS_INSTALLED,
@@ -103,7 +107,12 @@ class Reporter:
         found = [k for k, v in self._settled.items() if now.get(k) != v]
         if not self.quiet_threads <= self._own_threads:
             found.append("quiet_threads")
-        return sorted(found)
+        if self.watched is not None:
+            try:
+                found += [str(name) for name in self.watched()]
+            except Exception:
+                found.append("watched")
+        return sorted(set(found))
 
     def make_hook(self):
         """The function given to sys.addaudithook (a closure: fewer lookups per event)."""
