@@ -254,11 +254,11 @@ def test_honest_silent_executions_and_transformer_changes_are_quiet(kernel):
     kernel.quiet_for(3)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "IPython compiles a cell's statements one at a time, as each runs: a thread holding the "
-    "tree (kept by an earlier transformer) rewrites a later statement after the check read "
-    "it, and the cell is neither what was checked nor what IOPub showed"))
-def test_a_thread_rewriting_the_tree_after_its_check_is_caught(kernel, pool):
+def test_a_thread_rewriting_the_tree_after_its_check_changes_nothing(kernel, pool):
+    """Was missed: IPython compiles a cell's statements one at a time, as each runs, and a
+    thread holding the tree (kept by an earlier transformer) rewrote a later statement after
+    the check read it (fixed: where another transformer saw the tree, the check reads its own
+    copy and hands that to IPython: what runs is what was read)."""
     _ok(kernel, "import ast, threading, time\nip = get_ipython()\nheld = []\n"
                 "class Keep(ast.NodeTransformer):\n"
                 "    def visit(self, node):\n"
@@ -277,8 +277,7 @@ def test_a_thread_rewriting_the_tree_after_its_check_is_caught(kernel, pool):
     cell = "import time\ntime.sleep(1)\n" + STRATUM.format(pool=pool).replace(
         "mining.subscribe", "@@subscribe") + "print('sent', '@@subscribe')\n"
     reply, text = kernel.run(cell)
-    if reply.get("ename") != "CellRefused" and "sent mining.subscribe" not in text:
-        pytest.fail(f"the attack did not rewrite the cell: {text[-200:]}")  # (not xfail's)
-    assert reply.get("ename") == "CellRefused" or wait_until(
-        lambda: kernel.incidents("crypto-mining") or kernel.incidents("tampering"),
-        timeout=10, what="an incident for the rewritten cell")
+    assert reply["status"] == "ok" and "sent @@subscribe" in text, text[-200:]
+    # the thread did rewrite the tree it held: the original, which did not run
+    assert "mining.subscribe" in _ok(kernel, "print([n.value for t in held for n in ast.walk(t) "
+                                             "if getattr(n, 'value', '') == 'mining.subscribe'])")
