@@ -181,10 +181,61 @@ def test_what_the_shell_or_a_pickle_expands_is_refused(what, cells):
     assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
 
 
-GAPS = [
-    # a glob is resolved by the shell against the files of the kernel's folder, which the
-    # cell check does not read (the sampler sees the program that starts)
+@pytest.fixture
+def kernel_folder(tmp_path):
+    """A process standing in for the kernel, in a folder of its own: the channel gives the cell
+    check ``/proc/PID/cwd`` as the kernel's folder."""
+    import subprocess
+
+    (tmp_path / "bin").mkdir()
+    for name in ("xmrig", "train.sh", "bin/ngrok", ".xmrig-hidden"):
+        (tmp_path / name).write_text("")
+    proc = subprocess.Popen(["sleep", "60"], cwd=tmp_path)
+    yield f"/proc/{proc.pid}/cwd"
+    proc.kill()
+    proc.wait()
+
+
+def run_cells_in(folder, cells):
+    engine = Engine(RULES)
+    engine.cell_memory("k").folder = folder
+    found = []
+    for cell in cells:
+        found = engine.evaluate(Snapshot("k", 1.0, [CellProcess(pid=7, is_kernel=True, cell=cell)]))
+    return found
+
+
+GLOBS = [
     ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
+    ("a glob with a star", ["!./x*g -o p:3333"]),
+    ("a glob in a folder below", ["!./bin/ng[r]ok tcp 22"]),
+    ("a glob after a cd in the cell", ["%cd bin\n!./n*k tcp 22"]),
+    ("a glob after cd in the shell line", ["!cd bin && ./n?rok tcp 22"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", GLOBS, ids=[g[0] for g in GLOBS])
+def test_a_glob_is_resolved_against_the_kernels_folder(kernel_folder, what, cells):
+    """Was a gap: ``./xm?ig`` is only resolved by the shell (fixed: against the kernel's
+    folder on disk, /proc/PID/cwd, as the shell would)."""
+    found = run_cells_in(kernel_folder, cells)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+@pytest.mark.parametrize("cell", [
+    "!./tr?in.sh --epochs 3",  # an honest script matched
+    "!./xm?ig-missing -o p:3333",  # nothing matches: left as written, as bash does
+    "!./.xm*",  # a dot file a pattern does not start with is not matched
+    "!echo ./xm?ig",  # a glob in an argument of a program that only prints
+], ids=["honest match", "no match", "dot file", "an argument"])
+def test_globs_that_match_no_tool_are_left_alone(kernel_folder, cell):
+    assert [(d.signature.id, d.reasons[:1]) for d in run_cells_in(kernel_folder, [cell])] == []
+
+
+GAPS = [
+    # without the kernel's folder (a check with no kernel process to read) a glob stays as
+    # written: the sampler sees the program that starts
+    ("a glob with no folder known", ["!./xm?ig -o p:3333"]),
 ]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import os
 import binascii
 import codecs
 import re
@@ -134,6 +135,10 @@ class CellMemory:
         self.files: dict[str, str] = {}
         self.runners: dict[str, int] = {}
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
+        #: the kernel's working folder on disk (``/proc/PID/cwd``, set by the channel before a
+        #: check), where a glob in a program's place is resolved as the shell would; None: not
+        #: known (the glob stays as written)
+        self.folder: str | None = None
         self._last: tuple[str, CellAnalysis] | None = None
 
     def analyse(self, source: str) -> CellAnalysis:
@@ -261,6 +266,7 @@ class _Reader(ast.NodeVisitor):
         self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
         self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
         self.cwd: str | None = memory.cwd if memory else None
+        self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
         self.commands: list[Command] = []
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
@@ -343,7 +349,7 @@ class _Reader(ast.NodeVisitor):
         for command in found:
             if len(self.commands) >= MAX_LINES:
                 return
-            argv = self._with_ssh_config(self._resolved(command))
+            argv = self._with_ssh_config(self._resolved(self._globbed(command)))
             self.commands.append(Command(argv, command.cwd))
             original = self._renamed(argv)
             if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
@@ -363,6 +369,38 @@ class _Reader(ast.NodeVisitor):
                     self.read_code(text, ipython=False)
                 else:
                     self.started(shell.split_shell(text, command.cwd))
+
+    def _globbed(self, command: Command) -> Command:
+        """A glob in the program's place, or the script's of an interpreter (``./xm?ig``,
+        ``python t*.py``): resolved against the kernel's folder on disk, as the shell would
+        (its matches, sorted; none: left as written), where the memory knows the folder."""
+        folder = self._disk_folder(command.cwd)
+        argv = list(command.argv)
+        if folder is None or not argv:
+            return command
+        script = shell.script_of(argv)
+        for index in ([script[0]] if script else []) + [0]:
+            matches = shell.glob_in(folder, argv[index])
+            if matches:
+                argv[index:index + 1] = matches
+                return Command(argv, command.cwd, command.note)
+        return command
+
+    def _disk_folder(self, cwd: str | None) -> str | None:
+        """Where ``cwd`` (the cell's notion of its folder) is on disk: the kernel's own folder
+        while the cell has not changed it, a folder below it or an absolute one after."""
+        folder = self.memory.folder if self.memory is not None else None
+        if folder is None:
+            return None
+        if cwd == self._start_cwd:
+            return folder
+        if cwd and cwd.startswith("/"):
+            return os.path.join(folder.rsplit("/cwd", 1)[0] + "/root", cwd.lstrip("/")) \
+                if folder.startswith("/proc/") else cwd
+        start = (self._start_cwd or "").rstrip("/")
+        if cwd and (not start or cwd.startswith(start + "/")):
+            return os.path.join(folder, cwd[len(start):].lstrip("/"))
+        return None
 
     def _with_ssh_config(self, argv: list[str]) -> list[str]:
         """``ssh -F cfg host`` with a cfg the cell wrote: the forwards it gives that host, as

@@ -17,6 +17,7 @@ Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
@@ -680,6 +681,31 @@ def join(cwd: str | None, path: str) -> str | None:
     if cwd is None:
         return posixpath.normpath(path)
     return posixpath.normpath(posixpath.join(cwd, path))
+
+
+MAX_LISTED = 4096  # entries of a folder a glob is matched against, at most
+MAX_MATCHES = 64
+
+
+def glob_in(folder: str, word: str) -> list[str]:
+    """A word with a glob in its last part (``./xm?ig``, ``bin/t*``), resolved as bash would
+    against ``folder`` (the word's relative folder below it): the matching names, sorted,
+    with the word's folder; [] if it is no glob or nothing matches (bash leaves it as is).
+    A glob in a folder part, or a dot file a pattern does not start with, is not matched."""
+    import fnmatch
+
+    head, _, pattern = word.rpartition("/")
+    if not _GLOB.search(pattern) or _GLOB.search(head) or head.startswith("~"):
+        return []
+    where = os.path.join(folder, head) if head else folder
+    try:
+        with os.scandir(where) as entries:
+            names = [e.name for _, e in zip(range(MAX_LISTED), entries)]
+    except OSError:
+        return []
+    found = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
+                   (pattern.startswith(".") or not n.startswith(".")))[:MAX_MATCHES]
+    return [f"{head}/{n}" if head or word.startswith("/") else n for n in found]
 
 
 def script_of(argv: list[str]) -> tuple[int, str] | None:
