@@ -521,6 +521,22 @@ def test_a_tool_in_a_pth_file_of_the_users_site_folder_is_recognised(tmp_path):
     assert _process_markers([PYTHON, *SLEEP], env=env) == []
 
 
+@pytest.mark.parametrize("files", [
+    {"zz-tool.pth": "lib\nimport core\n"},
+    {"a-path.pth": "lib\n", "zz-tool.pth": "import core\n"},
+], ids=["its own folder line", "a sibling's folder line"])
+def test_a_tool_in_a_folder_a_pth_file_adds_is_recognised(tmp_path, files):
+    """What an abuser does next: the module not beside the .pth, in a folder a .pth adds."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / "lib").mkdir()
+    (site_dir / "lib" / "core.py").write_text(TOOL)
+    for name, text in files.items():
+        (site_dir / name).write_text(text)
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("PYTHONNOUSERSITE", None)
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == ["pproxy"]
+
+
 def test_pth_files_are_read_as_their_import_lines_only(tmp_path):
     """Near-misses: a .pth file's other lines are folders added to the path (a folder named
     after a tool is not the tool), its comments are not run; one that imports an honest module

@@ -1073,6 +1073,8 @@ class ContentScanner:
                                       deadline)
                 if "evidence" in answer:
                     evidence = scripts.Evidence.from_json(answer["evidence"])
+                    if language == scripts.PTH:  # the folders its sibling .pth files add
+                        evidence.folders.update(_sibling_folders(path))
                     if not answer.get("zip"):
                         self._with_local_modules(path, evidence, deadline)
                     result = Scan(scripts.code_markers(evidence))
@@ -1604,6 +1606,26 @@ def pth_files(folders: list[str]) -> list[str]:
             while len(_PTH_LISTED) > 256:
                 _PTH_LISTED.popitem(last=False)
         found += [os.path.join(folder, n) for n in names]
+    return found
+
+
+def _sibling_folders(pth: str) -> set[str]:
+    """The folders the .pth files of a site folder add to the path (``site`` processes them
+    all, in order, before or after this one: an import line may find its module in any)."""
+    found: set[str] = set()
+    for sibling in pth_files([os.path.dirname(pth)]):
+        if sibling == pth:
+            continue
+        try:
+            fd, _ = open_regular(sibling)
+        except OSError:
+            continue
+        try:
+            found.update(scripts.pth_folders(os.pread(fd, 64 << 10, 0)))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return found
 
 

@@ -1094,7 +1094,10 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
         found = pyc_evidence(os.pread(fd, file_bytes, 0))
         return {"bytes": True} if found is None else {"evidence": found.to_json()}
     if language == PTH:
-        return {"evidence": python_evidence(pth_code(os.pread(fd, parse_bytes, 0))).to_json()}
+        data = os.pread(fd, parse_bytes, 0)
+        evidence = python_evidence(pth_code(data))
+        evidence.folders.update(pth_folders(data))
+        return {"evidence": evidence.to_json()}
     source = os.pread(fd, parse_bytes + 1, 0)
     cut = len(source) > parse_bytes
     if cut:  # padded with comments? Those are skipped (up to file_bytes), then it may fit
@@ -1110,6 +1113,17 @@ def pth_code(data: bytes) -> bytes:
     are folders added to the path)."""
     return b"\n".join(line for line in data.splitlines()
                       if line.startswith((b"import ", b"import\t")))
+
+
+def pth_folders(data: bytes) -> list[str]:
+    """The folders a .pth file adds to the path (its other lines, from its own folder: its
+    imports and its siblings' are looked for there too), ``PATH_FOLDERS_MAX`` at most."""
+    found = []
+    for line in data.splitlines():
+        text = line.rstrip().decode("utf-8", "surrogateescape")
+        if text and not text.startswith(("#", "import ", "import\t")) and "\0" not in text:
+            found.append(text)
+    return found[:PATH_FOLDERS_MAX]
 
 
 #: A blank line, or a comment line with no quote or backslash: removing it changes no code,
