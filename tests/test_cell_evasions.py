@@ -363,3 +363,20 @@ def test_gradios_share_link_is_a_dashboard_warned_and_a_copied_frpc_is_a_tunnel(
     # the cell that asks for the link starts nothing the cell check can see: only the sampler acts
     assert run_cells(["import gradio as gr\ngr.Interface(fn=f, inputs='text', outputs='text')"
                       ".launch(share=True)"]) == []
+
+
+@pytest.mark.parametrize("text", [
+    "{" + "," * 16000, "a{" + ",b" * 8000, "${V:-" * 3000, "${V/" * 3000, "${V:1:" * 3000,
+    "printf %s " + "a " * 8000,
+], ids=["commas unclosed", "items unclosed", "defaults unclosed", "replacements unclosed",
+        "substrings unclosed", "printf arguments"])
+def test_the_shell_expansions_stay_linear_on_hostile_text(text):
+    """A line built to make the new expansions' patterns backtrack (quadratic, 2 to 6 s here
+    before their parts were made unambiguous and bounded) is read in a fraction of that."""
+    import time
+
+    from colab_guard.detect import commands
+
+    started = time.process_time()
+    commands.split_shell(text)
+    assert time.process_time() - started < 1.5

@@ -44,11 +44,12 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 #: ``${V:1:4}``, ``${V:0-3}`` (a substring; ``${V: -3}`` is read as that), ``${V:-x}``/``${V-x}`` (a default),
 #: ``${V/a/b}``/``${V//a/b}`` (a literal text replaced), ``${V#a}``/``${V%a}`` (a literal
 #: prefix or suffix removed). Patterns with glob characters are left alone (not expanded).
+#: Each part is bounded (256 characters): linear over a line of unclosed ``${V:-``.
 _PARAMETER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:"
                         r":(?P<offset>[0-9]+|0-[0-9]+)(?::(?P<length>-?[0-9]+))?"
-                        r"|(?P<default>:?-)(?P<fallback>[^}]*)"
-                        r"|(?P<replace>//?)(?P<old>[^/}*?\[]+)/(?P<new>[^}]*)"
-                        r"|(?P<strip>##?|%%?)(?P<affix>[^}*?\[]+))\}")
+                        r"|(?P<default>:?-)(?P<fallback>[^}]{0,256})"
+                        r"|(?P<replace>//?)(?P<old>[^/}*?\[]{1,256})/(?P<new>[^}]{0,256})"
+                        r"|(?P<strip>##?|%%?)(?P<affix>[^}*?\[]{1,256}))\}")
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -468,8 +469,9 @@ def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
 
 
 #: An unquoted word with a brace expansion: ``{ngrok,tcp,22}``, ``./xm{r,}ig`` (a comma in it,
-#: no space, quote or ``$``: not ``${V}``, not awk's ``'{print}'``, not ``f() { …; }``).
-_BRACE = re.compile(r"(?<![^\s;&|()<>])([^\s'\"`;&|()<>{}$]*)\{([^{}\s'\"`$]*,[^{}\s'\"`$]*)\}"
+#: no space, quote or ``$``: not ``${V}``, not awk's ``'{print}'``, not ``f() { …; }``). Each
+#: part between commas excludes commas: no backtracking over them (linear, whatever the text).
+_BRACE = re.compile(r"(?<![^\s;&|()<>])([^\s'\"`;&|()<>{}$]*)\{([^{}\s'\"`$,]*(?:,[^{}\s'\"`$,]*)+)\}"
                     r"([^\s'\"`;&|()<>{}]*)")
 MAX_BRACE_WORDS = 64
 

@@ -1473,11 +1473,26 @@ PTH_MAX = 32
 SITE_FOLDERS_MAX = 8
 
 
+_STARTUP: OrderedDict[tuple, tuple[list[str], list[str]]] = OrderedDict()
+
+
 def python_startup(pid: int, cmdline: list[str]) -> list[tuple[str, str]]:
     """What a Python process runs before its script, and how each is read: ``PYTHONPATH``'s
-    start-up modules (Python), the .pth files of its site folders (their import lines)."""
-    return [(p, scripts.PYTHON) for p in startup_files(pid, cmdline)] + \
-        [(p, scripts.PTH) for p in pth_files(site_folders(pid, cmdline))]
+    start-up modules (Python), the .pth files of its site folders (their import lines). Its
+    folders are fixed when it starts (its environment, its options): found once per process
+    (by pid, command line and executable), the folders' .pth files listed while they hold."""
+    try:
+        key = (pid, tuple(cmdline), os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return []
+    found = _STARTUP.get(key)
+    if found is None:
+        found = _STARTUP[key] = (startup_files(pid, cmdline), site_folders(pid, cmdline))
+        while len(_STARTUP) > 1024:
+            _STARTUP.popitem(last=False)
+    startup, sites = found
+    return [(p, scripts.PYTHON) for p in startup] + \
+        [(p, scripts.PTH) for p in pth_files(sites)]
 
 
 def site_folders(pid: int, cmdline: list[str]) -> list[str]:
