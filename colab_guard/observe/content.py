@@ -749,8 +749,13 @@ class ContentScanner:
                 return False
         elif not self._script_read(_script_file(script), language):
             return False
-        return language != scripts.PYTHON or \
-            all(self._script_read(p, how) for p, how in python_startup(pid, cmdline))
+        if language != scripts.PYTHON:
+            return True
+        unread = [(p, how) for p, how in python_startup(pid, cmdline)
+                  if not self._script_read(p, how)]
+        for path, how in unread:  # (queued if not yet: it may not have been asked)
+            self.script_markers(path, how)
+        return all(self._script_read(p, how) for p, how in unread)
 
     def _script_read(self, path: str, language: str) -> bool:
         """Whether the script at ``path`` was read (or is none: gone, not a regular file)."""
