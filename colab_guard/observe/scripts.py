@@ -503,13 +503,13 @@ class _Reader:
                 values = [_text(e) for e in node.iter.elts[:LOOP_VALUES]]
                 if None not in values:  # for x in ("subscribe", "authorize"): x is each
                     self.loops[node.target.id] = values
-            if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
-                    isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
-                self.walks[node.target.id] = node.iter.id  # for r in REQS: r is one of them
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 sender = _sender(node)
                 if sender is not None:
                     self.senders[node.name] = sender
+            if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
+                    isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
+                self.walks[node.target.id] = node.iter.id  # for r in REQS: r is one of them
         for node in nodes:
             self._node(node)
         for node in self.table_sends if self.tables else ():
@@ -658,7 +658,7 @@ class _Reader:
                     self.evidence.requests.update(t for t in table if t)
 
     def _on_sys_path(self, parts: list[str], last: str) -> bool:
-        """``sys.path.insert``/``append``/``extend`` or ``site.addsitedir`` (after aliases)."""
+        """``sys.path.insert``/``append`` or ``site.addsitedir`` (after the import aliases)."""
         name = ".".join([self.aliases.get(parts[0], parts[0])] + parts[1:])
         return name == "site.addsitedir" if last == "addsitedir" else name == f"sys.path.{last}"
 
@@ -1126,6 +1126,7 @@ def pth_folders(data: bytes) -> list[str]:
     return found[:PATH_FOLDERS_MAX]
 
 
+CODE_CHUNK = 1 << 20  # bytes of a long source read at a time to skip its comment lines
 #: A blank line, or a comment line with no quote or backslash: removing it changes no code,
 #: even within a triple-quoted string (only that string's text: its quotes are all kept).
 _NOT_CODE = re.compile(rb"^[ \t\f\r]*(?:#[^\n'\"\\]*)?\n", re.MULTILINE)
@@ -1154,9 +1155,6 @@ def code_lines(fd: int, parse_bytes: int, file_bytes: int) -> tuple[bytes, bool]
         carry = data[end:]
     source = b"".join(kept) + carry
     return source, len(source) > parse_bytes or at < os.fstat(fd).st_size
-
-
-CODE_CHUNK = 1 << 20
 
 
 def _pyc(head: bytes) -> bool:
