@@ -241,6 +241,36 @@ def test_the_guard_taken_out_of_ipython_is_tampering_at_the_next_heartbeat(kerne
     _tampering(kernel, "kernel-hook-altered", timeout=8)
 
 
+def test_the_check_taken_out_only_while_silent_cells_run_is_tampering(kernel):
+    """What an abuser does next: the check out in pre_execute and back in post_execute, so
+    the heartbeat never sees it missing and IOPub shows no silent cell (fixed: the audit hook
+    sees a cell's code executed with no check before it, Reporter.unchecked_cells)."""
+    _ok(kernel, "ip = get_ipython()\nguard = ip._colab_guard\n"
+                "def off():\n"
+                "    while guard._checker in ip.ast_transformers:\n"
+                "        ip.ast_transformers.remove(guard._checker)\n"
+                "def on(*args):\n"
+                "    if guard._checker not in ip.ast_transformers:\n"
+                "        ip.ast_transformers.append(guard._checker)\n"
+                "ip.events.register('pre_execute', off)\n"
+                "ip.events.register('post_execute', on)")
+    kernel.run("x = 'unchecked'", silent=True)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
+
+
+def test_nested_and_repeated_cells_are_no_unchecked_cells(kernel):
+    """Near-misses of the above: a cell that runs another (run_cell, %%capture), its later
+    statements after that, the same cell twice, a cell magic, silent cells."""
+    _ok(kernel, "get_ipython().run_cell('y = 2')\nz = 3\nprint(z)")
+    _ok(kernel, "%%capture out\nprint('captured')\nw = 1")
+    _ok(kernel, "%%time\nv = sum(range(10))")
+    _ok(kernel, "print('again')")
+    _ok(kernel, "print('again')")
+    _ok(kernel, "q = 1", silent=True)
+    _ok(kernel, "async def f():\n    return 1\nawait f()")
+    kernel.quiet_for(3)
+
+
 def test_honest_silent_executions_and_transformer_changes_are_quiet(kernel):
     """Near-misses: silent executions (a frontend's variable inspector), other transformers
     added and removed, the check moved within the list by IPython's own order, many cells."""

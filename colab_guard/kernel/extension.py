@@ -81,6 +81,8 @@ class KernelGuard:
                        float(env.get(protocol.ENV_CELL_LIMIT, "15")))
         reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
         reporter.watched = guard.missing
+        if guard.cell_timeout > 0:  # (no checks asked: none owed)
+            reporter.cell_prefix = guard._cell_prefix()
         reporter.settle()
         return guard
 
@@ -205,6 +207,7 @@ class KernelGuard:
             pieces = cell_pieces(tree, len(raw) if raw is not None else 0)
         except RecursionError:  # nested deeper than unparse goes: the server reads the cell
             pieces = [raw[:protocol.MAX_CELL]] if raw is not None else []
+        self.reporter.cell_checked = True  # (taken back if refused: then nothing runs)
         if not pieces:
             return
         fields = {}
@@ -217,6 +220,8 @@ class KernelGuard:
                                     **fields)
         if verdict is None:
             return  # the server did not answer: run it; the server side still watches it
+        if verdict.get("decision") in ("timeout", "refuse"):
+            self.reporter.cell_checked = False
         if verdict.get("decision") == "timeout":
             raise CellRefused("", NOT_CHECKED_IN_TIME.format(limit=self.cell_limit))
         if isinstance(verdict.get("notice"), dict):
@@ -224,6 +229,16 @@ class KernelGuard:
         if verdict.get("decision") == "refuse":
             notice = verdict.get("notice") if isinstance(verdict.get("notice"), dict) else {}
             raise CellRefused(str(notice.get("incident_id", "")), str(verdict.get("reason", "")))
+
+    def _cell_prefix(self) -> str | None:
+        """What the file names IPython compiles cells under start with (ipykernel's
+        ``/tmp/ipykernel_PID/``, IPython's ``<ipython-input-``): their code executed with no
+        check before it is a cell run unchecked. None where it cannot be told."""
+        name = self._file_of("pass")
+        if name.startswith("<ipython-input-"):
+            return "<ipython-input-"
+        folder = os.path.dirname(name)
+        return os.path.join(folder, "") if os.path.isabs(name) and folder != "/" else None
 
     def _file_of(self, raw: str) -> str:
         """The file name IPython compiles this cell under (its executions are reported by it)."""
