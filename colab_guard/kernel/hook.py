@@ -181,6 +181,7 @@ class Reporter:
                     pass  # (another thread's exec meanwhile: trimmed next time)
             else:
                 self.unchecked_cells += 1
+                self.wake.set()  # said at once (the sender's next flush), not within 0.25 s
         if len(self.pending) >= self.maxlen:
             return
         if filename == self.cell_file:  # the cell's own text (IPython parsed it) was checked
