@@ -238,6 +238,11 @@ def test_a_detector_with_request_samples_that_also_connects_carries_no_marker():
                    "SAMPLES = ({'method': 'mining.subscribe'}, {'method': 'mining.authorize'})\n"
                    "alerts = socket.create_connection(('127.0.0.1', 9000))\n"
                    "for s in SAMPLES:\n    alerts.sendall(b'checked one sample')\n") == []
+    # and one that writes its samples to a report file while it fetches a capture
+    assert markers("import json, urllib.request\n"
+                   "SAMPLES = [{'method': 'mining.subscribe'}, {'method': 'mining.authorize'}]\n"
+                   "urllib.request.urlopen('http://127.0.0.1:8000/pcap.json').read()\n"
+                   "open('report.json', 'w').write(json.dumps(SAMPLES))\n") == []
 
 
 TABLE_SENT = {

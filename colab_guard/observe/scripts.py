@@ -267,8 +267,9 @@ FOLD_MAX = 4096
 LOOP_VALUES = 64  # the constants of a loop a folded name takes, at most
 #: Calls (their last name) that send a message on a connection (a request's data is in them).
 SEND_CALLS = frozenset({"send", "sendall", "sendto"})
-#: Calls (their last name) that send what they are given (a table of requests among it).
-TABLE_SENDS = SEND_CALLS | {"write", "post", "request", "urlopen", "send_str", "send_json"}
+#: Calls (their last name) that send what they are given (a table of requests among it). Not
+#: ``write``: a file's as much as a stream's (a detector writing its samples to a report).
+TABLE_SENDS = SEND_CALLS | {"post", "request", "urlopen", "send_str", "send_json"}
 
 
 def _fold(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
