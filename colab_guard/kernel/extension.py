@@ -167,7 +167,9 @@ class KernelGuard:
         found = []
         if self._checker not in getattr(self.shell, "ast_transformers", ()):
             found.append("cell-check")
-        callbacks = getattr(getattr(self.shell, "events", None), "callbacks", {})
+        callbacks = getattr(getattr(self.shell, "events", None), "callbacks", None)
+        if not isinstance(callbacks, dict):
+            return found  # (an IPython that keeps them otherwise: not told here)
         for name, callback in (("pre_run_cell", self.pre_run_cell),
                                ("post_run_cell", self.post_run_cell)):
             if callback not in callbacks.get(name, ()):
