@@ -324,6 +324,9 @@ class KernelChannel:
     def _evaluate_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
         """A cell's code, piece by piece (read as consecutive cells: names carry over)."""
         found: list[Detection] = []
+        # a glob in a program's place is resolved against the kernel's folder, as its shell
+        # would (through /proc: the kernel's own view, whatever its mount namespace)
+        self.engine.cell_memory(conn.kernel_id).folder = f"/proc/{conn.kernel_pid}/cwd"
         for piece in pieces:
             process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=piece)
             found.extend(self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process])))

@@ -151,15 +151,91 @@ def test_evasions_are_refused(what, cells):
     assert found and actions - {"warn", "record"}, [d.signature.id for d in found]
 
 
-GAPS = [
-    ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
+SHELL_READ = [
+    # fixed: what the shell expands is expanded by the cell check too (detect/commands.py)
     ("a substring expansion", ["%%bash\nV=xmrigXX\n./${V:0:5} -o p:3333"]),
+    ("a substring from the end", ["%%bash\nV=XXxmrig\n./${V: -5} -o p:3333"]),
+    ("a text replaced", ["%%bash\nV=xmXXrig\n./${V/XX/} -o p:3333"]),
+    ("a suffix removed", ["%%bash\nV=xmrig.txt\n./${V%.txt} -o p:3333"]),
+    ("a default value", ["!./${NOTSET:-xmrig} -o p:3333"]),
     ("printf with several arguments", ["!eval $(printf '%s' './xmr' 'ig -o p:3333')"]),
+    ("printf with two conversions", ["!$(printf '%s%s' ngr ok) tcp 22"]),
+    ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
+    ("a variable's words split", ["%%bash\nc='ngrok tcp 22'\n$c"]),
+    ("brace expansion", ["!{ngrok,tcp,22}"]),
+    ("brace expansion in a word", ["!./xm{r,}ig -o p:3333"]),
     ("an ssh config file that forwards", ["%%writefile cfg\nHost x\n  RemoteForward 2222 localhost:22\n",
                                           "!ssh -F cfg x"]),
-    ("IFS splitting", ["!IFS=,; c='ngrok,tcp,22'; $c"]),
-    ("brace expansion", ["!{ngrok,tcp,22}"]),
+    ("an ssh config's forward for every host", ["%%writefile cfg\nRemoteForward 2222 localhost:22\n",
+                                                 "!ssh -Fcfg me@x"]),
     ("a pickle that calls os.system", ["import pickle\npickle.loads(b\"cos\\nsystem\\n(S'ngrok tcp 22'\\ntR.\")"]),
+    ("a protocol 4 pickle that calls posix.system",
+     ["import pickle\npickle.loads(b\"\\x80\\x04\\x95'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x8c\\x05posix\\x94"
+      "\\x8c\\x06system\\x94\\x93\\x94\\x8c\\x0cngrok tcp 22\\x94\\x85\\x94R\\x94.\")"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", SHELL_READ, ids=[g[0] for g in SHELL_READ])
+def test_what_the_shell_or_a_pickle_expands_is_refused(what, cells):
+    found = run_cells(cells)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+@pytest.fixture
+def kernel_folder(tmp_path):
+    """A process standing in for the kernel, in a folder of its own: the channel gives the cell
+    check ``/proc/PID/cwd`` as the kernel's folder."""
+    import subprocess
+
+    (tmp_path / "bin").mkdir()
+    for name in ("xmrig", "train.sh", "bin/ngrok", ".xmrig-hidden"):
+        (tmp_path / name).write_text("")
+    proc = subprocess.Popen(["sleep", "60"], cwd=tmp_path)
+    yield f"/proc/{proc.pid}/cwd"
+    proc.kill()
+    proc.wait()
+
+
+def run_cells_in(folder, cells):
+    engine = Engine(RULES)
+    engine.cell_memory("k").folder = folder
+    found = []
+    for cell in cells:
+        found = engine.evaluate(Snapshot("k", 1.0, [CellProcess(pid=7, is_kernel=True, cell=cell)]))
+    return found
+
+
+GLOBS = [
+    ("a glob that only the shell resolves", ["!./xm?ig -o p:3333"]),
+    ("a glob with a star", ["!./x*g -o p:3333"]),
+    ("a glob in a folder below", ["!./bin/ng[r]ok tcp 22"]),
+    ("a glob after a cd in the cell", ["%cd bin\n!./n*k tcp 22"]),
+    ("a glob after cd in the shell line", ["!cd bin && ./n?rok tcp 22"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", GLOBS, ids=[g[0] for g in GLOBS])
+def test_a_glob_is_resolved_against_the_kernels_folder(kernel_folder, what, cells):
+    """Was a gap: ``./xm?ig`` is only resolved by the shell (fixed: against the kernel's
+    folder on disk, /proc/PID/cwd, as the shell would)."""
+    found = run_cells_in(kernel_folder, cells)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+@pytest.mark.parametrize("cell", [
+    "!./tr?in.sh --epochs 3",  # an honest script matched
+    "!./xm?ig-missing -o p:3333",  # nothing matches: left as written, as bash does
+    "!./.xm*",  # a dot file a pattern does not start with is not matched
+    "!echo ./xm?ig",  # a glob in an argument of a program that only prints
+], ids=["honest match", "no match", "dot file", "an argument"])
+def test_globs_that_match_no_tool_are_left_alone(kernel_folder, cell):
+    assert [(d.signature.id, d.reasons[:1]) for d in run_cells_in(kernel_folder, [cell])] == []
+
+
+GAPS = [
+    # without the kernel's folder (a check with no kernel process to read) a glob stays as
+    # written: the sampler sees the program that starts
+    ("a glob with no folder known", ["!./xm?ig -o p:3333"]),
 ]
 
 
@@ -168,6 +244,27 @@ GAPS = [
 def test_known_gaps(what, cells):
     found = run_cells(cells)
     assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}
+
+
+HONEST_EXPANDED = [
+    ("braces in quotes and awk", ["!echo '{ngrok,tcp,22}' && awk '{print $1}' data.txt"]),
+    ("braces over honest files", ["!cp data/{train,test}.csv /tmp/ && mkdir -p out/{logs,ckpt}"]),
+    ("a substring and a default", ["%%bash\nNAME=experiment01\necho ${NAME:0:10}\n"
+                                   "python train.py --epochs ${EPOCHS:-10} --name ${NAME%01}"]),
+    ("printf of a list", ["!printf '%s\\n' ngrok xmrig t-rex > blocklist.txt"]),
+    ("IFS for a CSV line", ["!IFS=,; line='ngrok,tcp,22'; echo $line"]),
+    ("an ssh config with a local forward", ["%%writefile cfg\nHost x\n  User me\n  LocalForward 5432 db:5432\n",
+                                            "!ssh -F cfg x"]),
+    ("an ssh config forwarding for another host", ["%%writefile cfg\nHost other\n  RemoteForward 2222 localhost:22\n"
+                                                   "Host x\n  User me\n", "!ssh -F cfg x"]),
+    ("a pickle of data naming a tool", ["import pickle\nd = pickle.loads(b'\\x80\\x04\\x95\\x10\\x00\\x00\\x00\\x00"
+                                        "\\x00\\x00\\x00\\x8c\\x0cngrok tcp 22\\x94.')\nprint(d)"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", HONEST_EXPANDED, ids=[h[0] for h in HONEST_EXPANDED])
+def test_honest_expansions_are_left_alone(what, cells):
+    assert [(d.signature.id, d.reasons[:1]) for d in run_cells(cells)] == []
 
 
 HONEST = [
@@ -266,3 +363,20 @@ def test_gradios_share_link_is_a_dashboard_warned_and_a_copied_frpc_is_a_tunnel(
     # the cell that asks for the link starts nothing the cell check can see: only the sampler acts
     assert run_cells(["import gradio as gr\ngr.Interface(fn=f, inputs='text', outputs='text')"
                       ".launch(share=True)"]) == []
+
+
+@pytest.mark.parametrize("text", [
+    "{" + "," * 16000, "a{" + ",b" * 8000, "${V:-" * 3000, "${V/" * 3000, "${V:1:" * 3000,
+    "printf %s " + "a " * 8000,
+], ids=["commas unclosed", "items unclosed", "defaults unclosed", "replacements unclosed",
+        "substrings unclosed", "printf arguments"])
+def test_the_shell_expansions_stay_linear_on_hostile_text(text):
+    """A line built to make the new expansions' patterns backtrack (quadratic, 2 to 6 s here
+    before their parts were made unambiguous and bounded) is read in a fraction of that."""
+    import time
+
+    from colab_guard.detect import commands
+
+    started = time.process_time()
+    commands.split_shell(text)
+    assert time.process_time() - started < 1.5

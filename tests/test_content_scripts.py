@@ -225,14 +225,40 @@ def test_a_stratum_client_with_positional_method_names_is_recognised():
         ["stratum-miner"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the method is read where a request is built, not whether it is sent: a detector's request "
-    "samples in a program that also connects (to fetch a capture) read as a Stratum client"))
 def test_a_detector_with_request_samples_that_also_connects_carries_no_marker():
+    """Was a false positive: a request was read where it was built (fixed: the requests of a
+    table, a list of dicts assigned to a name, count once the table or an item of it is
+    sent)."""
     assert markers("import json, urllib.request\n"
                    "SAMPLES = [{'method': 'mining.subscribe'}, {'method': 'mining.authorize'}]\n"
                    "capture = urllib.request.urlopen('http://127.0.0.1:8000/pcap.json').read()\n"
                    "print([s in json.loads(capture) for s in SAMPLES])\n") == []
+    # and one that also sends something else (its alerts) to a local collector
+    assert markers("import json, socket\n"
+                   "SAMPLES = ({'method': 'mining.subscribe'}, {'method': 'mining.authorize'})\n"
+                   "alerts = socket.create_connection(('127.0.0.1', 9000))\n"
+                   "for s in SAMPLES:\n    alerts.sendall(b'checked one sample')\n") == []
+    # and one that writes its samples to a report file while it fetches a capture
+    assert markers("import json, urllib.request\n"
+                   "SAMPLES = [{'method': 'mining.subscribe'}, {'method': 'mining.authorize'}]\n"
+                   "urllib.request.urlopen('http://127.0.0.1:8000/pcap.json').read()\n"
+                   "open('report.json', 'w').write(json.dumps(SAMPLES))\n") == []
+
+
+TABLE_SENT = {
+    "each item sent in a loop": "for r in REQS:\n    s.sendall(json.dumps(r).encode())\n",
+    "the table sent joined": "s.sendall('\\n'.join(json.dumps(r) for r in REQS).encode())\n",
+    "the table posted": "import requests\nrequests.post('http://127.0.0.1:3333', json=REQS)\n",
+}
+
+
+@pytest.mark.parametrize("send", TABLE_SENT.values(), ids=TABLE_SENT.keys())
+def test_a_table_of_requests_that_is_sent_is_a_stratum_client(send):
+    """What an abuser does next: the requests in a table, then sent."""
+    assert markers("import json, socket\ns = socket.create_connection(('127.0.0.1', 3333))\n"
+                   "REQS = [{'id': 1, 'method': 'mining.subscribe', 'params': []},\n"
+                   "        {'id': 2, 'method': 'mining.authorize', 'params': ['w', 'x']}]\n"
+                   + send) == ["stratum-miner"]
 
 
 def test_source_that_does_not_parse_is_read_as_tokens_never_as_text():

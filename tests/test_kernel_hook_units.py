@@ -79,3 +79,38 @@ def test_startup_file_is_shipped_and_inert_outside_guarded_kernels():
                           "import colab_guard.kernel as k; print('RAN', ran, 'GUARD', k._guard)"],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert "RAN True GUARD None" in out.stdout, out.stderr
+
+
+def test_the_checks_own_copy_of_a_tree_is_what_it_read():
+    """kernel/extension.py _own_copy: the tree the check reads and IPython compiles, copied
+    from one other transformers saw: a node of the original changed later changes nothing,
+    a subclass's property is read once, the user's own attributes (a lambda, which a pickle
+    copy would fail on) are dropped, positions kept."""
+    import ast
+
+    from colab_guard.kernel.extension import _own_copy
+
+    class Shifty(ast.Constant):
+        reads = 0
+
+        @property
+        def value(self):
+            Shifty.reads += 1
+            return "@@subscribe" if Shifty.reads == 1 else "mining.subscribe"
+
+        @value.setter
+        def value(self, _):
+            pass
+
+    tree = ast.parse("send('x')\nsend('y')")
+    tree.body[1].value.args[0] = ast.copy_location(Shifty(), tree.body[1].value.args[0])
+    tree.body[1].value.args[0].kind = None
+    tree._keep = lambda: None
+    copy = _own_copy(tree)
+    tree.body[0].value.args[0].value = "mining.authorize"  # the original, rewritten after
+    assert copy is not tree and not hasattr(copy, "_keep")
+    assert type(copy.body[1].value.args[0]) is ast.Constant
+    first = ast.unparse(copy)
+    assert first == ast.unparse(copy) and "mining.authorize" not in first
+    assert copy.body[1].lineno == 2
+    compile(copy, "<cell>", "exec")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import zipfile
 
@@ -467,10 +468,9 @@ def test_startup_modules_python_does_not_run_are_not_read(tmp_path):
                             env=dict(os.environ, PYTHONPATH="/nonexistent")) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a .pth file in the environment's or the user's site-packages runs its import lines at "
-    "every start: not read (only PYTHONPATH's start-up modules are)"))
 def test_a_tool_in_a_pth_file_is_recognised(tmp_path):
+    """Was missed: a .pth file's import lines run at every start (fixed: the .pth files of
+    the site folders a process's Python processes are read, and of those its code adds)."""
     import site
 
     site_dir = tmp_path / "site"
@@ -481,6 +481,90 @@ def test_a_tool_in_a_pth_file_is_recognised(tmp_path):
     code = f"import site, time; site.addsitedir({str(site_dir)!r}); time.sleep(60)"
     assert site.ENABLE_USER_SITE is not None
     assert _process_markers([PYTHON, "-c", code]) == ["pproxy"]
+
+
+def _user_site(home, version: str = "%d.%d" % sys.version_info[:2]):
+    folder = home / ".local" / "lib" / f"python{version}" / "site-packages"
+    folder.mkdir(parents=True)
+    return folder
+
+
+BASE_PYTHON = getattr(sys, "_base_executable", PYTHON)
+SLEEP = ["-c", "import time; time.sleep(60)"]
+
+
+def test_a_tool_in_a_pth_file_of_a_virtual_environment_is_recognised(tmp_path):
+    """The environment's own site-packages (a virtual environment found by the pyvenv.cfg
+    beside the program as started, as Python finds it)."""
+    subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(tmp_path / "env")],
+                   check=True)
+    (site_dir,) = (tmp_path / "env" / "lib").glob("python3*/site-packages")
+    (site_dir / "zz-tool.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(TOOL)
+    python = str(tmp_path / "env" / "bin" / "python")
+    assert _process_markers([python, *SLEEP]) == ["pproxy"]
+    assert _process_markers([python, "-S", *SLEEP]) == []  # -S: no site folder is processed
+    assert _process_markers([BASE_PYTHON, *SLEEP]) == []  # not that environment's process
+
+
+def test_a_tool_in_a_pth_file_of_the_users_site_folder_is_recognised(tmp_path):
+    site_dir = _user_site(tmp_path)
+    (site_dir / "zz-tool.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(TOOL)
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("PYTHONNOUSERSITE", None)
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == ["pproxy"]
+    # what Python does not process: with -s, -I, PYTHONNOUSERSITE, or in a virtual environment
+    assert _process_markers([BASE_PYTHON, "-s", *SLEEP], env=env) == []
+    assert _process_markers([BASE_PYTHON, "-I", *SLEEP], env=env) == []
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=dict(env, PYTHONNOUSERSITE="1")) == []
+    assert _process_markers([PYTHON, *SLEEP], env=env) == []
+
+
+@pytest.mark.parametrize("files", [
+    {"zz-tool.pth": "lib\nimport core\n"},
+    {"a-path.pth": "lib\n", "zz-tool.pth": "import core\n"},
+], ids=["its own folder line", "a sibling's folder line"])
+def test_a_tool_in_a_folder_a_pth_file_adds_is_recognised(tmp_path, files):
+    """What an abuser does next: the module not beside the .pth, in a folder a .pth adds."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / "lib").mkdir()
+    (site_dir / "lib" / "core.py").write_text(TOOL)
+    for name, text in files.items():
+        (site_dir / name).write_text(text)
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("PYTHONNOUSERSITE", None)
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == ["pproxy"]
+
+
+def test_pth_files_are_read_as_their_import_lines_only(tmp_path):
+    """Near-misses: a .pth file's other lines are folders added to the path (a folder named
+    after a tool is not the tool), its comments are not run; one that imports an honest module
+    of its folder carries nothing."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / "a-paths.pth").write_text("# import pproxy\n/opt/pproxy\nlib/stratum\n")
+    (site_dir / "b-hook.pth").write_text("import honest; honest.install()\n")
+    (site_dir / "honest.py").write_text("SEEN = ['pproxy', 'mining.subscribe']\n"
+                                        "def install():\n    return SEEN\n")
+    (site_dir / "unused.py").write_text(TOOL)  # beside them, imported by none
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("PYTHONNOUSERSITE", None)
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == []
+
+
+def test_a_tool_in_a_folder_the_code_puts_on_its_path_is_recognised(tmp_path):
+    """What an abuser does next: no .pth at all, the folder put on sys.path by the code."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "core.py").write_text(TOOL)
+    assert _process_markers([PYTHON, "-c", "import sys, time; sys.path.insert(0, 'lib'); "
+                             "import core"], cwd=tmp_path) == ["pproxy"]
+    # near-misses: the folder put on the path but its tool module not imported; a module of
+    # the same name in the script's own folder comes first (Python's order)
+    assert _process_markers([PYTHON, "-c", "import sys, time; sys.path.append('lib'); "
+                             "time.sleep(60)"], cwd=tmp_path) == []
+    (tmp_path / "core.py").write_text("import time\ntime.sleep(60)\n")
+    assert _process_markers([PYTHON, "-c", "import sys; sys.path.append('lib'); import core"],
+                            cwd=tmp_path) == []
 
 
 # ---------------------------------------------------------------- files the reader refuses
@@ -496,10 +580,9 @@ def test_a_tool_after_a_mebibyte_of_comments_keeps_its_import_lines(tmp_path):
         scanner.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "past max_script_bytes only top-level import lines are read: a Stratum client after "
-    "a mebibyte of comments is cut"))
 def test_a_stratum_client_after_a_mebibyte_of_comments_is_recognised(tmp_path):
+    """Was missed: past max_script_bytes only top-level import lines were read (fixed: blank
+    and comment-only lines are skipped, up to max_bytes, before the source is parsed)."""
     script = tmp_path / "big.py"
     script.write_text("# padding\n" * (120 << 10) + CONNECT +
                       "s.sendall(json.dumps({'method': 'mining.subscribe'}).encode())\n"
@@ -507,6 +590,28 @@ def test_a_stratum_client_after_a_mebibyte_of_comments_is_recognised(tmp_path):
     scanner = ContentScanner(background=False, max_script_bytes=1 << 20)
     try:
         assert scanner.script_markers(str(script), scripts.PYTHON) == ["stratum-miner"]
+    finally:
+        scanner.close()
+
+
+PADDING = "# padding\n" * (120 << 10)
+
+
+@pytest.mark.parametrize("source, expected", [
+    # a comment line with a quote inside a string ends it: the code after it is code
+    ("X = \"\"\"\n" + PADDING + "# \"\"\"\nimport pproxy\n", ["pproxy"]),
+    # near-miss: a tool's import line inside a long string padded with comment-like lines
+    ("X = \"\"\"\n" + PADDING + "import pproxy\n\"\"\"\nprint(len(X))\n", []),
+    # near-miss: a long honest script whose comments name a tool
+    ("# import pproxy\n" + PADDING + "import json\nprint(json.dumps(['mining.subscribe']))\n",
+     []),
+], ids=["code after a quoted comment line", "a string padded", "honest comments"])
+def test_comment_lines_skipped_past_the_budget_change_no_code(tmp_path, source, expected):
+    script = tmp_path / "big.py"
+    script.write_text(source)
+    scanner = ContentScanner(background=False, max_script_bytes=1 << 20)
+    try:
+        assert scanner.script_markers(str(script), scripts.PYTHON) == expected
     finally:
         scanner.close()
 

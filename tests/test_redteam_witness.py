@@ -216,30 +216,79 @@ def test_a_users_own_audit_hook_silences_nothing(kernel, pool):
 # ---------------------------------------------------------------- still open
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a silent execution publishes no execute_input: with the check removed in one, the "
-    "witness never sees the silent cells that follow (a frontend of the user's own)"))
 def test_silent_executions_after_the_check_is_removed_are_tampering(kernel):
+    """Was missed: a silent execution publishes no execute_input, so the witness never saw
+    the silent cells that follow (fixed: the hook's sender asks at every flush, a heartbeat,
+    whether the check is still among the AST transformers, Reporter.altered)."""
     kernel.run("get_ipython().ast_transformers.clear()", silent=True)
     kernel.run("x = 'unchecked'", silent=True)
-    _tampering(kernel, timeout=8)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "IOPub is published by the kernel: with execute_input suppressed, the witness sees no "
-    "cell that owes a check"))
 def test_the_witness_blinded_by_suppressing_execute_input_is_tampering(kernel):
     _ok(kernel, "k = get_ipython().kernel\nk._publish_execute_input = lambda *a, **kw: None\n"
                 "get_ipython().ast_transformers.clear()")
     kernel.run("x = 'unchecked'")
-    _tampering(kernel, timeout=8)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "IPython compiles a cell's statements one at a time, as each runs: a thread holding the "
-    "tree (kept by an earlier transformer) rewrites a later statement after the check read "
-    "it, and the cell is neither what was checked nor what IOPub showed"))
-def test_a_thread_rewriting_the_tree_after_its_check_is_caught(kernel, pool):
+@pytest.mark.parametrize("change", [
+    "get_ipython().ast_transformers[:] = []",
+    "ip = get_ipython()\nip.events.unregister('pre_run_cell', ip._colab_guard.pre_run_cell)",
+], ids=["the transformer list emptied", "the pre_run_cell callback unregistered"])
+def test_the_guard_taken_out_of_ipython_is_tampering_at_the_next_heartbeat(kernel, change):
+    kernel.run(change, silent=True)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
+
+
+def test_the_check_taken_out_only_while_silent_cells_run_is_tampering(kernel):
+    """What an abuser does next: the check out in pre_execute and back in post_execute, so
+    the heartbeat never sees it missing and IOPub shows no silent cell (fixed: the audit hook
+    sees a cell's code executed with no check before it, Reporter.unchecked_cells)."""
+    _ok(kernel, "ip = get_ipython()\nguard = ip._colab_guard\n"
+                "def off():\n"
+                "    while guard._checker in ip.ast_transformers:\n"
+                "        ip.ast_transformers.remove(guard._checker)\n"
+                "def on(*args):\n"
+                "    if guard._checker not in ip.ast_transformers:\n"
+                "        ip.ast_transformers.append(guard._checker)\n"
+                "ip.events.register('pre_execute', off)\n"
+                "ip.events.register('post_execute', on)")
+    kernel.run("x = 'unchecked'", silent=True)
+    _tampering(kernel, "kernel-hook-altered", timeout=8)
+
+
+def test_nested_and_repeated_cells_are_no_unchecked_cells(kernel):
+    """Near-misses of the above: a cell that runs another (run_cell, %%capture), its later
+    statements after that, the same cell twice, a cell magic, silent cells."""
+    _ok(kernel, "get_ipython().run_cell('y = 2')\nz = 3\nprint(z)")
+    _ok(kernel, "%%capture out\nprint('captured')\nw = 1")
+    _ok(kernel, "%%time\nv = sum(range(10))")
+    _ok(kernel, "print('again')")
+    _ok(kernel, "print('again')")
+    _ok(kernel, "q = 1", silent=True)
+    _ok(kernel, "async def f():\n    return 1\nawait f()")
+    kernel.quiet_for(3)
+
+
+def test_honest_silent_executions_and_transformer_changes_are_quiet(kernel):
+    """Near-misses: silent executions (a frontend's variable inspector), other transformers
+    added and removed, the check moved within the list by IPython's own order, many cells."""
+    _ok(kernel, "import ast\nclass Noop(ast.NodeTransformer):\n    pass\n"
+                "noop = Noop()\nip = get_ipython()\nip.ast_transformers.insert(0, noop)")
+    for _ in range(3):
+        _ok(kernel, "x = sorted(globals())[:3]", silent=True)
+        _ok(kernel, "print(len(dir()))")
+    _ok(kernel, "ip.ast_transformers.remove(noop)\nip.ast_transformers.append(noop)")
+    _ok(kernel, "print('after')")
+    kernel.quiet_for(3)
+
+
+def test_a_thread_rewriting_the_tree_after_its_check_changes_nothing(kernel, pool):
+    """Was missed: IPython compiles a cell's statements one at a time, as each runs, and a
+    thread holding the tree (kept by an earlier transformer) rewrote a later statement after
+    the check read it (fixed: where another transformer saw the tree, the check reads its own
+    copy and hands that to IPython: what runs is what was read)."""
     _ok(kernel, "import ast, threading, time\nip = get_ipython()\nheld = []\n"
                 "class Keep(ast.NodeTransformer):\n"
                 "    def visit(self, node):\n"
@@ -258,8 +307,7 @@ def test_a_thread_rewriting_the_tree_after_its_check_is_caught(kernel, pool):
     cell = "import time\ntime.sleep(1)\n" + STRATUM.format(pool=pool).replace(
         "mining.subscribe", "@@subscribe") + "print('sent', '@@subscribe')\n"
     reply, text = kernel.run(cell)
-    if reply.get("ename") != "CellRefused" and "sent mining.subscribe" not in text:
-        pytest.fail(f"the attack did not rewrite the cell: {text[-200:]}")  # (not xfail's)
-    assert reply.get("ename") == "CellRefused" or wait_until(
-        lambda: kernel.incidents("crypto-mining") or kernel.incidents("tampering"),
-        timeout=10, what="an incident for the rewritten cell")
+    assert reply["status"] == "ok" and "sent @@subscribe" in text, text[-200:]
+    # the thread did rewrite the tree it held: the original, which did not run
+    assert "mining.subscribe" in _ok(kernel, "print([n.value for t in held for n in ast.walk(t) "
+                                             "if getattr(n, 'value', '') == 'mining.subscribe'])")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import os
 import binascii
 import codecs
 import re
@@ -79,6 +80,10 @@ _HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", 
                 # sorted(cmds, key=os.system): each item handed to the key
                 "sorted", "min", "max")
 _KEYED = ("sorted", "min", "max")
+# loads of a pickle (its opcodes are read for the callables it calls, never run)
+_UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
+               "cloudpickle.loads", "joblib.loads"}
+MAX_PICKLE_OPS = 10_000
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -130,6 +135,10 @@ class CellMemory:
         self.files: dict[str, str] = {}
         self.runners: dict[str, int] = {}
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
+        #: the kernel's working folder on disk (``/proc/PID/cwd``, set by the channel before a
+        #: check), where a glob in a program's place is resolved as the shell would; None: not
+        #: known (the glob stays as written)
+        self.folder: str | None = None
         self._last: tuple[str, CellAnalysis] | None = None
 
     def analyse(self, source: str) -> CellAnalysis:
@@ -257,6 +266,7 @@ class _Reader(ast.NodeVisitor):
         self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
         self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
         self.cwd: str | None = memory.cwd if memory else None
+        self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
         self.commands: list[Command] = []
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
@@ -339,7 +349,7 @@ class _Reader(ast.NodeVisitor):
         for command in found:
             if len(self.commands) >= MAX_LINES:
                 return
-            argv = self._resolved(command)
+            argv = self._with_ssh_config(self._resolved(self._globbed(command)))
             self.commands.append(Command(argv, command.cwd))
             original = self._renamed(argv)
             if original is not None:  # ./kworker after mv xmrig kworker: also as xmrig
@@ -359,6 +369,48 @@ class _Reader(ast.NodeVisitor):
                     self.read_code(text, ipython=False)
                 else:
                     self.started(shell.split_shell(text, command.cwd))
+
+    def _globbed(self, command: Command) -> Command:
+        """A glob in the program's place, or the script's of an interpreter (``./xm?ig``,
+        ``python t*.py``): resolved against the kernel's folder on disk, as the shell would
+        (its matches, sorted; none: left as written), where the memory knows the folder."""
+        folder = self._disk_folder(command.cwd)
+        argv = list(command.argv)
+        if folder is None or not argv:
+            return command
+        script = shell.script_of(argv)
+        for index in ([script[0]] if script else []) + [0]:
+            matches = shell.glob_in(folder, argv[index])
+            if matches:
+                argv[index:index + 1] = matches
+                return Command(argv, command.cwd, command.note)
+        return command
+
+    def _disk_folder(self, cwd: str | None) -> str | None:
+        """Where ``cwd`` (the cell's notion of its folder) is on disk: the kernel's own folder
+        while the cell has not changed it, a folder below it or an absolute one after."""
+        folder = self.memory.folder if self.memory is not None else None
+        if folder is None:
+            return None
+        if cwd == self._start_cwd:
+            return folder
+        if cwd and cwd.startswith("/"):
+            return os.path.join(folder.rsplit("/cwd", 1)[0] + "/root", cwd.lstrip("/")) \
+                if folder.startswith("/proc/") else cwd
+        start = (self._start_cwd or "").rstrip("/")
+        if cwd and (not start or cwd.startswith(start + "/")):
+            return os.path.join(folder, cwd[len(start):].lstrip("/"))
+        return None
+
+    def _with_ssh_config(self, argv: list[str]) -> list[str]:
+        """``ssh -F cfg host`` with a cfg the cell wrote: the forwards it gives that host, as
+        the options they are (``-o 'RemoteForward 2222 localhost:22'``)."""
+        if not argv or shell.base(argv[0]) != "ssh" or self.memory is None:
+            return argv
+        config = shell.ssh_config_file(argv)
+        text = self.memory.files.get(shell.base(config)) if config else None
+        forwards = shell.ssh_forwards(argv, text) if text else []
+        return [argv[0], *forwards, *argv[1:]] if forwards else argv
 
     def _resolved(self, command: Command) -> list[str]:
         """``python run.py`` in a folder: the script's path from that folder, with a folder
@@ -843,6 +895,9 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
             self._import_written(_as_text(args[0].value))
+        elif name in _UNPICKLERS and args and args[0] is not None and \
+                isinstance(args[0].value, (bytes, bytearray, str)):
+            self._unpickled(args[0].value)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -931,6 +986,38 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _unpickled(self, data) -> None:
+        """A pickle the cell loads from a constant: what it calls as it loads (its GLOBAL and
+        STACK_GLOBAL opcodes, read with ``pickletools``, never run) where that starts a
+        program or runs code: ``cos\\nsystem\\n(S'ngrok tcp 22'…`` runs ``ngrok tcp 22``."""
+        import pickletools
+
+        if isinstance(data, str):
+            data = data.encode("latin-1", "replace")
+        strings: list[str] = []
+        calls: list[str] = []
+        try:
+            for at, (opcode, arg, _) in enumerate(pickletools.genops(bytes(data[:MAX_VALUE]))):
+                if at > MAX_PICKLE_OPS:
+                    break
+                if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    calls.append(arg.replace(" ", ".", 1))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    calls.append(f"{strings.pop(-2)}.{strings.pop()}")
+                elif isinstance(arg, (str, bytes)):
+                    strings.append(_as_text(arg) or "")
+        except Exception:  # a malformed pickle (it would fail to load there too): what was read
+            pass
+        for call in dict.fromkeys(_canonical(c.replace("posix.", "os.", 1)) for c in calls):
+            if call in _RUN_CALLS or call.startswith(_RUN_PREFIXES):
+                self.emit("call", call)
+                for text in strings:
+                    self.emit_run(text)
+            elif call in ("exec", "eval"):
+                self.emit("call", call)
+                for text in strings:
+                    self.read_code(text, ipython=False)
 
     def _run_call(self, name: str, node: ast.Call, args: list[_Folded | None]) -> None:
         command = None

@@ -17,6 +17,7 @@ Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
@@ -40,6 +41,16 @@ _OPERATORS = {"&&", "||", ";", "|", "&", "|&", ";;", "(", ")", "\n"}
 _REDIRECT = re.compile(r"^[0-9]*(>>?|<<?<?|>&|<&|&>>?|>\|)$")
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+#: ``${V:1:4}``, ``${V:0-3}`` (a substring; ``${V: -3}`` is read as that), ``${V:-x}``/``${V-x}`` (a default),
+#: ``${V/a/b}``/``${V//a/b}`` (a literal text replaced), ``${V#a}``/``${V%a}`` (a literal
+#: prefix or suffix removed). Patterns with glob characters are left alone (not expanded).
+#: Each part is bounded (256 characters): linear over a line of unclosed ``${V:-``.
+_PARAMETER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:"
+                        r":(?P<offset>[0-9]+|0-[0-9]+)(?::(?P<length>-?[0-9]+))?"
+                        r"|(?P<default>:?-)(?P<fallback>[^}]{0,256})"
+                        r"|(?P<replace>//?)(?P<old>[^/}*?\[]{1,256})/(?P<new>[^}]{0,256})"
+                        r"|(?P<strip>##?|%%?)(?P<affix>[^}*?\[]{1,256}))\}")
+_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -124,6 +135,8 @@ class _Shell:
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
             _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
+        # ${V: -5} and ${V:(-5)} are ${V:0-5} (one word: the offset is arithmetic)
+        text = braces(re.sub(r"(\$\{[A-Za-z_]\w*:)(?:[ \t]+-|\(-)([0-9]+)\)?", r"\g<1>0-\2", text))
         for simple in self._simple_commands(text):
             self.simple(simple, depth)
             if len(self.found) >= MAX_COMMANDS:
@@ -165,12 +178,12 @@ class _Shell:
         return commands
 
     def simple(self, words: list[str], depth: int) -> None:
-        words = [self.expand(w) for w in words]
         assignments = {}
         while words and _ASSIGN.match(words[0]):
             name, value = _ASSIGN.match(words[0]).groups()
-            assignments[name] = value
+            assignments[name] = self.expand(value)
             words = words[1:]
+        words = [part for w in words for part in self.split(w)]
         if not words:
             self.vars.update(assignments)  # A=b alone sets a shell variable
             return
@@ -195,7 +208,47 @@ class _Shell:
         def known(match):
             name = match.group(1) or match.group(2)
             return self.vars.get(name, match.group(0))
-        return _VAR.sub(known, word) if "$" in word else word
+        if "$" not in word:
+            return word
+        return _VAR.sub(known, _PARAMETER.sub(self._parameter, word))
+
+    def split(self, word: str) -> list[str]:
+        """A word expanded, and split at the characters of ``IFS`` where an expansion made
+        it (``c='ngrok,tcp,22'; IFS=,; $c``). The quotes are gone by now: a quoted "$x" is
+        split too, which only matters where it names the program (then it is the program)."""
+        expanded = self.expand(word)
+        if expanded == word:
+            return [word]
+        separators = self.vars.get("IFS", " \t\n")
+        if not separators:
+            return [expanded]
+        parts = re.split("[" + re.escape(separators) + "]+", expanded)
+        return [p for p in parts if p] or [expanded]
+
+    def _parameter(self, match: re.Match) -> str:
+        """One ``${V…}`` expansion of a variable set earlier in the shell (else left as is)."""
+        value = self.vars.get(match.group(1))
+        if match.group("default") is not None:
+            empty = value is None or (value == "" and match.group("default") == ":-")
+            return match.group("fallback") if empty else value
+        if value is None:
+            return match.group(0)
+        if match.group("offset") is not None:
+            offset = -int(match.group("offset")[2:]) if match.group("offset").startswith("0-") \
+                else int(match.group("offset"))
+            start = max(0, len(value) + offset) if offset < 0 else offset
+            length = match.group("length")
+            if length is None:
+                return value[start:]
+            end = len(value) + int(length) if int(length) < 0 else start + int(length)
+            return value[start:max(start, end)]
+        if match.group("replace") is not None:
+            count = -1 if match.group("replace") == "//" else 1
+            return value.replace(match.group("old"), match.group("new"), count)
+        affix, strip = match.group("affix"), match.group("strip")
+        if strip.startswith("#"):
+            return value[len(affix):] if value.startswith(affix) else value
+        return value[:-len(affix)] if value.endswith(affix) else value
 
     # ------------------------------------------------------------ programs
 
@@ -415,6 +468,53 @@ def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
     return "\n".join(kept), scripts[:8]
 
 
+#: An unquoted word with a brace expansion: ``{ngrok,tcp,22}``, ``./xm{r,}ig`` (a comma in it,
+#: no space, quote or ``$``: not ``${V}``, not awk's ``'{print}'``, not ``f() { …; }``). Each
+#: part between commas excludes commas: no backtracking over them (linear, whatever the text).
+_BRACE = re.compile(r"(?<![^\s;&|()<>])([^\s'\"`;&|()<>{}$]*)\{([^{}\s'\"`$,]*(?:,[^{}\s'\"`$,]*)+)\}"
+                    r"([^\s'\"`;&|()<>{}]*)")
+MAX_BRACE_WORDS = 64
+
+
+def braces(text: str) -> str:
+    """Bash's brace expansion of the unquoted words of ``text``: ``{ngrok,tcp,22}`` is the
+    three words ``ngrok tcp 22``, ``a{b,c}d`` is ``abd acd`` (one level, 64 words at most)."""
+    if "{" not in text or "," not in text:
+        return text
+    quoted = _quoted_spans(text)
+
+    def expanded(match):
+        if any(start <= match.start() < end for start, end in quoted):
+            return match.group(0)
+        head, tail = match.group(1), match.group(3)
+        items = match.group(2).split(",")[:MAX_BRACE_WORDS]
+        return " ".join(shlex.quote(head + item + tail) for item in items
+                        if head + item + tail)
+    return _BRACE.sub(expanded, text)
+
+
+def _quoted_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` is within single or double quotes (or escaped)."""
+    spans, i, quote, start = [], 0, None, 0
+    while i < len(text):
+        ch = text[i]
+        if quote is None and ch == "\\":
+            spans.append((i, i + 2))
+            i += 2
+            continue
+        if quote is None and ch in "'\"":
+            quote, start = ch, i
+        elif quote == "\"" and ch == "\\":
+            i += 1
+        elif ch == quote:
+            spans.append((start, i + 1))
+            quote = None
+        i += 1
+    if quote is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
 def _ansi_c_quotes(text: str) -> str:
     """``$'\\x78mrig'`` is bash's quoting with escapes: replaced by what it spells, quoted."""
     if "$'" not in text:
@@ -462,6 +562,10 @@ def _output_of(inner: str) -> str:
     words = stages[0][1:]
     escapes = stages[0][0] == "printf" or any(re.match(r"^-[nE]*e[nE]*$", w) for w in words)
     value = " ".join(w for w in words if not re.match(r"^-[neE]+$", w))
+    if stages[0][0] == "printf" and words and "%" in words[0]:
+        value = _printf(words[0], words[1:])
+        if value is None:
+            return "__output__"
     if escapes and "\\" in value:  # printf '\x78mrig', echo -e '\170mrig'
         value = re.sub(r"\\x([0-9a-fA-F]{2})|\\0?([0-7]{3})",
                        lambda m: chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)),
@@ -481,6 +585,74 @@ def _output_of(inner: str) -> str:
         else:
             return "__output__"
     return shlex.quote(value.strip()) if value.strip() else "''"
+
+
+def _printf(template: str, args: list[str]) -> str | None:
+    """What ``printf FORMAT ARGS…`` prints with ``%s`` conversions alone: the format used again
+    while arguments are left (``printf '%s' './xmr' 'ig'`` is ``./xmrig``). None: another
+    conversion (a width, a number)."""
+    if re.search(r"%[^s%]", template):
+        return None
+    parts = template.replace("%%", "\0").split("%s")
+    per_use = len(parts) - 1
+    if per_use == 0:
+        return template.replace("\0", "%")
+    out, args = [], args or [""]
+    for at in range(0, min(len(args), MAX_TEXT), per_use):
+        given = args[at:at + per_use] + [""] * (per_use - len(args[at:at + per_use]))
+        out.append("".join(p + v for p, v in zip(parts, given + [""])))
+        if sum(map(len, out)) > MAX_TEXT:
+            return None
+    return "".join(out).replace("\0", "%")
+
+
+#: ssh's options that take a value (the destination is the first word that is neither).
+_SSH_VALUES = set("bcDEeFIiJLlmOopQRSWw")
+_SSH_FORWARDS = ("remoteforward", "dynamicforward", "localforward")
+
+
+def ssh_config_file(argv: list[str]) -> str | None:
+    """The configuration file ``ssh -F FILE`` reads."""
+    for at, word in enumerate(argv[1:], 1):
+        if word == "-F" and at + 1 < len(argv):
+            return argv[at + 1]
+        if word.startswith("-F") and len(word) > 2:
+            return word[2:]
+    return None
+
+
+def ssh_forwards(argv: list[str], config: str) -> list[str]:
+    """The forwards an ssh configuration gives the command's destination, as ``-o`` options
+    (``RemoteForward 2222 localhost:22`` in a ``Host`` block that matches it, or before any
+    block; a ``Match`` block is taken as matching)."""
+    import fnmatch
+
+    destination, skip = "", False
+    for word in argv[1:]:
+        if skip:
+            skip = False
+        elif word.startswith("-") and len(word) > 1:
+            skip = word[-1] in _SSH_VALUES and len(word) == 2
+        else:
+            destination = word.rsplit("@", 1)[-1]
+            break
+    found, applies = [], True
+    for line in config.splitlines()[:2000]:
+        words = line.replace("=", " ", 1).split()
+        if not words or words[0].startswith("#"):
+            continue
+        key = words[0].lower()
+        if key == "host":
+            patterns = words[1:]
+            applies = any(fnmatch.fnmatchcase(destination, p) for p in patterns
+                          if not p.startswith("!")) and \
+                not any(fnmatch.fnmatchcase(destination, p[1:]) for p in patterns
+                        if p.startswith("!"))
+        elif key == "match":
+            applies = True
+        elif applies and key in _SSH_FORWARDS and len(words) > 1:
+            found += ["-o", " ".join([words[0], *words[1:]])]
+    return found[:32]
 
 
 def _tr_set(spec: str) -> str:
@@ -511,6 +683,31 @@ def join(cwd: str | None, path: str) -> str | None:
     if cwd is None:
         return posixpath.normpath(path)
     return posixpath.normpath(posixpath.join(cwd, path))
+
+
+MAX_LISTED = 4096  # entries of a folder a glob is matched against, at most
+MAX_MATCHES = 64
+
+
+def glob_in(folder: str, word: str) -> list[str]:
+    """A word with a glob in its last part (``./xm?ig``, ``bin/t*``), resolved as bash would
+    against ``folder`` (the word's relative folder below it): the matching names, sorted,
+    with the word's folder; [] if it is no glob or nothing matches (bash leaves it as is).
+    A glob in a folder part, or a dot file a pattern does not start with, is not matched."""
+    import fnmatch
+
+    head, _, pattern = word.rpartition("/")
+    if not _GLOB.search(pattern) or _GLOB.search(head) or head.startswith("~"):
+        return []
+    where = os.path.join(folder, head) if head else folder
+    try:
+        with os.scandir(where) as entries:
+            names = [e.name for _, e in zip(range(MAX_LISTED), entries)]
+    except OSError:
+        return []
+    found = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
+                   (pattern.startswith(".") or not n.startswith(".")))[:MAX_MATCHES]
+    return [f"{head}/{n}" if head or word.startswith("/") else n for n in found]
 
 
 def script_of(argv: list[str]) -> tuple[int, str] | None:

@@ -80,18 +80,21 @@ class KernelGuard:
         guard.__init__(shell, client, reporter, float(env.get(protocol.ENV_CELL_TIMEOUT, "1.0")),
                        float(env.get(protocol.ENV_CELL_LIMIT, "15")))
         reporter.code_checks = guard.cell_timeout > 0  # run-time code is checked as cells are
+        reporter.watched = guard.missing
+        if guard.cell_timeout > 0:  # (no checks asked: none owed)
+            reporter.cell_prefix = guard._cell_prefix()
         reporter.settle()
         return guard
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.client.start(self.reporter)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         self.shell.ast_transformers.append(self._checker)
         self.shell.set_custom_exc((KeyboardInterrupt,), _show_interrupt)
         self.shell._colab_guard = self
+        self.client.start(self.reporter)  # (its heartbeat asks what is in place: all of it)
 
     def stop(self) -> None:
         """Unloaded from inside the kernel: the server records it, then stops listening."""
@@ -142,10 +145,10 @@ class KernelGuard:
         if self._checker in transformers and \
                 (transformers[-1] is not self._checker or transformers.count(self._checker) > 1):
             # Last, once: the check reads the tree as it will run, after other extensions'
-            # changes (_CellCheck.visit keeps it last while the transformers run).
-            while self._checker in transformers:
-                transformers.remove(self._checker)
-            transformers.append(self._checker)
+            # changes (_CellCheck.visit keeps it last while the transformers run). In one
+            # slice assignment: the heartbeat (missing) never sees it gone meanwhile.
+            transformers[:] = [t for t in transformers if t is not self._checker] + \
+                [self._checker]
         self.running = True
         self.show_inbox()
 
@@ -153,6 +156,25 @@ class KernelGuard:
         self.running = False
         self._raw_cell = None
         self.show_inbox()
+
+    def missing(self) -> list[str]:
+        """What of the guard a cell took out of IPython, asked by the hook's sender at every
+        flush (a heartbeat, ``Reporter.altered``): the check from the AST transformers, its
+        pre/post_run_cell callbacks. Cells that run then (silent ones too, which IOPub does
+        not show) would go unchecked; the server records it as tampering."""
+        if self.shell is None or getattr(self.shell, "_colab_guard", None) is not self:
+            return ["extension"] if self.shell is not None else []
+        found = []
+        if self._checker not in getattr(self.shell, "ast_transformers", ()):
+            found.append("cell-check")
+        callbacks = getattr(getattr(self.shell, "events", None), "callbacks", None)
+        if not isinstance(callbacks, dict):
+            return found  # (an IPython that keeps them otherwise: not told here)
+        for name, callback in (("pre_run_cell", self.pre_run_cell),
+                               ("post_run_cell", self.post_run_cell)):
+            if callback not in callbacks.get(name, ()):
+                found.append(name)
+        return found
 
     def guard_interrupted(self) -> dict | None:
         """The notice that explains a KeyboardInterrupt, waiting briefly for it to arrive."""
@@ -187,6 +209,7 @@ class KernelGuard:
             pieces = cell_pieces(tree, len(raw) if raw is not None else 0)
         except RecursionError:  # nested deeper than unparse goes: the server reads the cell
             pieces = [raw[:protocol.MAX_CELL]] if raw is not None else []
+        self.reporter.cell_checked = True  # (taken back if refused: then nothing runs)
         if not pieces:
             return
         fields = {}
@@ -199,6 +222,8 @@ class KernelGuard:
                                     **fields)
         if verdict is None:
             return  # the server did not answer: run it; the server side still watches it
+        if verdict.get("decision") in ("timeout", "refuse"):
+            self.reporter.cell_checked = False
         if verdict.get("decision") == "timeout":
             raise CellRefused("", NOT_CHECKED_IN_TIME.format(limit=self.cell_limit))
         if isinstance(verdict.get("notice"), dict):
@@ -206,6 +231,16 @@ class KernelGuard:
         if verdict.get("decision") == "refuse":
             notice = verdict.get("notice") if isinstance(verdict.get("notice"), dict) else {}
             raise CellRefused(str(notice.get("incident_id", "")), str(verdict.get("reason", "")))
+
+    def _cell_prefix(self) -> str | None:
+        """What the file names IPython compiles cells under start with (ipykernel's
+        ``/tmp/ipykernel_PID/``, IPython's ``<ipython-input-``): their code executed with no
+        check before it is a cell run unchecked. None where it cannot be told."""
+        name = self._file_of("pass")
+        if name.startswith("<ipython-input-"):
+            return "<ipython-input-"
+        folder = os.path.dirname(name)
+        return os.path.join(folder, "") if os.path.isabs(name) and folder != "/" else None
 
     def _file_of(self, raw: str) -> str:
         """The file name IPython compiles this cell under (its executions are reported by it)."""
@@ -228,6 +263,8 @@ class _CellCheck(ast.NodeTransformer):
             # check comes again after it, so it reads the tree those leave.
             transformers.append(self)
             return node
+        if any(t is not self for t in transformers):
+            node = _own_copy(node)
         try:
             self.guard.check_cell(node)
         except InputRejected:
@@ -235,6 +272,36 @@ class _CellCheck(ast.NodeTransformer):
         except Exception:
             pass  # IPython drops a transformer that raises anything else
         return node
+
+
+def _own_copy(tree: ast.AST) -> ast.AST:
+    """A copy of a tree that other transformers saw (and may have kept: a thread holding it
+    could rewrite a statement after the check read it, before IPython compiles it). The
+    check reads the copy and IPython runs it: what runs is what was read. Only the nodes'
+    fields and positions are copied, each into the ``ast`` class it is (a subclass's
+    properties read once, attributes of the user's own dropped); about as fast as a pickle
+    round trip (~1 ms per KiB of code). Nested past the recursion limit: the tree itself
+    (the server then reads the raw cell, check_cell)."""
+    try:
+        return _copied(tree)
+    except (RecursionError, TypeError, ValueError, AttributeError):
+        return tree
+
+
+def _copied(node):
+    if isinstance(node, list):
+        return [_copied(item) for item in node]
+    if not isinstance(node, ast.AST):
+        return node  # a constant, an identifier (compile takes exact types only)
+    cls = next(c for c in type(node).__mro__ if c.__module__ == "ast" and c is not ast.AST)
+    new = cls.__new__(cls)
+    for name in cls._fields:
+        if hasattr(node, name):
+            setattr(new, name, _copied(getattr(node, name)))
+    for name in cls._attributes:
+        if hasattr(node, name):
+            setattr(new, name, getattr(node, name))
+    return new
 
 
 def _show_interrupt(shell, etype, value, tb, tb_offset=None):

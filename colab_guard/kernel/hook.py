@@ -43,6 +43,7 @@ MAX_DETAIL = 1024
 MAX_CODE = 256 * 1024  # characters of one piece of run-time code sent (its head)
 CODE_BUDGET = 1024 * 1024  # characters of run-time code sent a second, at most (then dropped)
 MAX_COMPILED = 32  # compiled sources kept, waiting for their execution
+CELLS_KEPT = 64  # file names of cells run after their check, remembered
 #: standard library modules that generate code from field names (namedtuple, dataclass):
 #: what they compile is theirs, not the user's
 CODE_GENERATORS = frozenset({"collections", "dataclasses", "typing", "enum", "functools"})
@@ -62,6 +63,15 @@ class Reporter:
         self.child_report = None  # callable(detail) used in a forked child
         self._in_child_report = False
         self.cell_file = None  # the file name the cell about to run is compiled under
+        # Cells run without a check (the check taken out and put back around silent ones):
+        # the prefix of the file names IPython compiles cells under (None: not tracked), the
+        # cells whose code ran after a check (their later statements, a cell that called
+        # run_cell going on, the same cell again), whether a check let the next one run,
+        # and how many ran with none (said by ``altered``)
+        self.cell_prefix: str | None = None
+        self.cells_run: dict[str, None] = {}
+        self.cell_checked = False
+        self.unchecked_cells = 0
         self.code_checks = True  # report run-time code (off with the server's cell checks)
         self.compiled: dict = {}  # file name -> source compiled, until its code is executed
         # code compiled from files in the environment is the environment's (imports)
@@ -71,6 +81,9 @@ class Reporter:
         self._code_window = [0.0, 0]  # start of this second, characters sent in it
         self._own_threads: set[int] = set()  # the channel's threads (quiet on purpose)
         self._settled: dict | None = None  # the settings as the guard left them (settle())
+        #: callable -> names of what the guard put in IPython and is gone (the cell check
+        #: from the AST transformers...): asked at every flush, a heartbeat (extension.py)
+        self.watched = None
 
     def quiet(self, ident: int) -> None:
         """The channel's own thread: its socket's events are not reported."""
@@ -87,6 +100,7 @@ class Reporter:
         return {"code_checks": self.code_checks, "library_prefixes": self.library_prefixes,
                 "maxlen": self.maxlen, "child_report": self.child_report is not None,
                 "compiled": type(self.compiled) is dict, "code_seen": type(self.code_seen) is set,
+                "watched": self.watched is not None, "cell_prefix": self.cell_prefix,
                 # what the installed hook reads: the same queue, events, and methods
                 "pending": self.pending is own.get("_hook_pending", self.pending),
                 "kinds": own.get("_hook_kinds") == KINDS_INSTALLED,
@@ -103,7 +117,14 @@ class Reporter:
         found = [k for k, v in self._settled.items() if now.get(k) != v]
         if not self.quiet_threads <= self._own_threads:
             found.append("quiet_threads")
-        return sorted(found)
+        if self.unchecked_cells:
+            found.append("cell-ran-unchecked")
+        if self.watched is not None:
+            try:
+                found += [str(name) for name in self.watched()]
+            except Exception:
+                found.append("watched")
+        return sorted(set(found))
 
     def make_hook(self):
         """The function given to sys.addaudithook (a closure: fewer lookups per event)."""
@@ -146,7 +167,22 @@ class Reporter:
                 compiled[filename] = source
             return
         filename = getattr(args[0], "co_filename", None)
-        if filename is None or os.getpid() != self.pid or len(self.pending) >= self.maxlen:
+        if filename is None or os.getpid() != self.pid:
+            return
+        prefix = self.cell_prefix
+        if prefix and filename not in self.cells_run and filename.startswith(prefix):
+            if self.cell_checked:  # a new cell's code, after its check
+                self.cell_checked = False
+                self.cells_run[filename] = None
+                try:
+                    if len(self.cells_run) > CELLS_KEPT:
+                        self.cells_run.pop(next(iter(self.cells_run)))
+                except (RuntimeError, StopIteration, KeyError):
+                    pass  # (another thread's exec meanwhile: trimmed next time)
+            else:
+                self.unchecked_cells += 1
+                self.wake.set()  # said at once (the sender's next flush), not within 0.25 s
+        if len(self.pending) >= self.maxlen:
             return
         if filename == self.cell_file:  # the cell's own text (IPython parsed it) was checked
             self.cell_file = None

@@ -27,6 +27,7 @@ memory changes. dpkg's own system libraries are known clean and never read.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import heapq
 import logging
@@ -691,8 +692,8 @@ class ContentScanner:
                 markers += [m for m in reported(self.inline_markers(pid, code))
                             if m not in markers]
         if script_language(exe, found) == scripts.PYTHON:
-            for path in startup_files(pid, cmdline):  # run before any script: as its own
-                markers += [m for m in reported(self.script_markers(path, scripts.PYTHON))
+            for path, language in python_startup(pid, cmdline):  # run before any script
+                markers += [m for m in reported(self.script_markers(path, language))
                             if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
@@ -748,8 +749,13 @@ class ContentScanner:
                 return False
         elif not self._script_read(_script_file(script), language):
             return False
-        return language != scripts.PYTHON or \
-            all(self._script_read(p, language) for p in startup_files(pid, cmdline))
+        if language != scripts.PYTHON:
+            return True
+        unread = [(p, how) for p, how in python_startup(pid, cmdline)
+                  if not self._script_read(p, how)]
+        for path, how in unread:  # (queued if not yet: it may not have been asked)
+            self.script_markers(path, how)
+        return all(self._script_read(p, how) for p, how in unread)
 
     def _script_read(self, path: str, language: str) -> bool:
         """Whether the script at ``path`` was read (or is none: gone, not a regular file)."""
@@ -1072,6 +1078,8 @@ class ContentScanner:
                                       deadline)
                 if "evidence" in answer:
                     evidence = scripts.Evidence.from_json(answer["evidence"])
+                    if language == scripts.PTH:  # the folders its sibling .pth files add
+                        evidence.folders.update(_sibling_folders(path))
                     if not answer.get("zip"):
                         self._with_local_modules(path, evidence, deadline)
                     result = Scan(scripts.code_markers(evidence))
@@ -1104,17 +1112,18 @@ class ContentScanner:
         return result
 
     def _with_local_modules(self, path: str, evidence: scripts.Evidence,
-                            deadline: float) -> None:
+                            deadline: float, nested: bool = False) -> None:
         """Add what the script's own modules show (helper.py beside it that it imports, what
-        helper imports in turn, a package's relative imports: a program split in files is
-        still one program), ``scripts.LOCAL_MODULES_MAX`` files and
-        ``scripts.LOCAL_MODULES_DEPTH`` levels at most, within the same budget."""
+        helper imports in turn, a package's relative imports, those of folders it adds to
+        its path: a program split in files is still one program), ``scripts.LOCAL_MODULES_MAX``
+        files and ``scripts.LOCAL_MODULES_DEPTH`` levels at most, within the same budget; and
+        the .pth files of the site folders it adds (``site.addsitedir``), with theirs."""
         read, level = {path}, [(path, evidence)]
         for _ in range(scripts.LOCAL_MODULES_DEPTH):
             following = []
             for importer, found in level:
                 for module in scripts.local_modules(path, found.imports, found.relative,
-                                                    importer, found.runs):
+                                                    importer, found.runs, evidence.folders):
                     if module in read or len(read) > scripts.LOCAL_MODULES_MAX or \
                             time.monotonic() >= deadline:
                         continue
@@ -1124,6 +1133,15 @@ class ContentScanner:
                         evidence.merge(answer)
                         following.append((module, answer))
             level = following
+        folder = os.path.dirname(path)
+        sites = [os.path.normpath(os.path.join(folder, d)) for d in sorted(evidence.site_dirs)]
+        for pth in [] if nested else pth_files(sites[:scripts.PATH_FOLDERS_MAX]):
+            if time.monotonic() >= deadline:
+                break
+            answer = self._read_module(pth, deadline, scripts.PTH)
+            if answer is not None:
+                self._with_local_modules(pth, answer, deadline, nested=True)
+                evidence.merge(answer)
 
     def _sourced_code(self, path: str, code: str, deadline: float) -> str:
         """The code of the files a shell script sources (``. ./lib.sh``, ``source x``), found
@@ -1150,11 +1168,12 @@ class ContentScanner:
                 waiting.append(texts[-1])
         return "\n" + "\n".join(texts) if texts else ""
 
-    def _read_module(self, module: str, deadline: float) -> scripts.Evidence | None:
+    def _read_module(self, module: str, deadline: float,
+                     language: str = scripts.PYTHON) -> scripts.Evidence | None:
         try:
             fd, _ = open_regular(module)
             try:
-                answer = scripts.read(fd, scripts.PYTHON, self.max_script_bytes,
+                answer = scripts.read(fd, language, self.max_script_bytes,
                                       self.max_bytes, deadline)
             finally:
                 os.close(fd)
@@ -1448,6 +1467,186 @@ def startup_files(pid: int, cmdline: list[str]) -> list[str]:
         found += [os.path.join(base, n) for n in STARTUP_NAMES
                   if os.path.isfile(os.path.join(base, n))]
     return found[:4]
+
+
+#: Python options that keep the user's site folder out (-s, -I); -S: no site folder at all.
+_NO_USER_SITE = re.compile(r"^-[bBdEhiIOPqsSuvVx]*[sI]")
+_NO_SITE = re.compile(r"^-[bBdEhiIOPqsSuvVx]*S")
+_IGNORE_ENVIRONMENT = re.compile(r"^-[bBdEhiIOPqsSuvVx]*[EI]")
+#: .pth files read per site folder, and site folders per process, at most.
+PTH_MAX = 32
+SITE_FOLDERS_MAX = 8
+
+
+_STARTUP: OrderedDict[tuple, tuple[list[str], list[str]]] = OrderedDict()
+
+
+def python_startup(pid: int, cmdline: list[str]) -> list[tuple[str, str]]:
+    """What a Python process runs before its script, and how each is read: ``PYTHONPATH``'s
+    start-up modules (Python), the .pth files of its site folders (their import lines). Its
+    folders are fixed when it starts (its environment, its options): found once per process
+    (by pid, command line and executable), the folders' .pth files listed while they hold."""
+    try:
+        key = (pid, tuple(cmdline), os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return []
+    found = _STARTUP.get(key)
+    if found is None:
+        found = _STARTUP[key] = (startup_files(pid, cmdline), site_folders(pid, cmdline))
+        while len(_STARTUP) > 1024:
+            _STARTUP.popitem(last=False)
+    startup, sites = found
+    return [(p, scripts.PYTHON) for p in startup] + \
+        [(p, scripts.PTH) for p in pth_files(sites)]
+
+
+def site_folders(pid: int, cmdline: list[str]) -> list[str]:
+    """The site folders whose .pth files ``site`` processes at the start of a Python process:
+    its environment's (a virtual environment's, by the ``pyvenv.cfg`` beside the program as
+    it was started; the base's where that includes system site packages; else the real
+    program's prefix's, Debian's dist-packages too) and its user's
+    (``~/.local/lib/pythonX.Y/site-packages``, or under ``PYTHONUSERBASE``; not in a
+    virtual environment, nor with -s, -I or ``PYTHONNOUSERSITE``). None with -S."""
+    options = _options(cmdline)
+    if any(_NO_SITE.match(o) for o in options):
+        return []
+    environ = _environ(pid)
+    try:
+        real = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return []
+    version = re.match(r"^python(\d+\.\d+)", os.path.basename(real))
+    pattern = f"python{version.group(1)}" if version else "python3*"
+    prefixes, user = [], not any(_NO_USER_SITE.match(o) for o in options)
+    venv = _venv_of(pid, cmdline[0] if cmdline else "", environ)
+    if venv is not None:
+        prefix, system = venv
+        prefixes.append(prefix)
+        user = False
+        if system:
+            prefixes.append(os.path.dirname(os.path.dirname(real)))
+    else:
+        prefixes.append(os.path.dirname(os.path.dirname(real)))
+    if user and (environ.get("PYTHONNOUSERSITE") and
+                 not any(_IGNORE_ENVIRONMENT.match(o) for o in options)):
+        user = False
+    folders = []
+    for prefix in prefixes:
+        for form in ("lib/{}/site-packages", "lib/{}/dist-packages", "local/lib/{}/dist-packages",
+                     "lib/python3/dist-packages"):
+            folders += sorted(glob.glob(os.path.join(prefix, form.format(pattern))))
+    base = environ.get("PYTHONUSERBASE") or os.path.join(_home(pid, environ), ".local")
+    if user and base:
+        folders += sorted(glob.glob(os.path.join(base, "lib", pattern, "site-packages")))
+    return list(dict.fromkeys(f for f in folders if os.path.isdir(f)))[:SITE_FOLDERS_MAX]
+
+
+def _options(cmdline: list[str]) -> list[str]:
+    """The interpreter's own options (before its script, ``-c`` or ``-m``)."""
+    found = []
+    for arg in cmdline[1:]:
+        if not arg.startswith("-") or arg == "-":
+            break
+        found.append(arg)
+        if _INLINE.match(arg) or _MODULE.match(arg):
+            break
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read(256 << 10)
+    except OSError:
+        return {}
+    pairs = (e.decode("utf-8", "surrogateescape").partition("=") for e in data.split(b"\0"))
+    return {k: v for k, _, v in pairs if k}
+
+
+def _home(pid: int, environ: dict[str, str]) -> str:
+    """The home folder ``~`` means to the process: its HOME, else its user's."""
+    if environ.get("HOME"):
+        return environ["HOME"]
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_dir
+    except (OSError, KeyError):
+        return ""
+
+
+def _venv_of(pid: int, program: str, environ: dict[str, str]) -> tuple[str, bool] | None:
+    """The virtual environment of the program as started (``.venv/bin/python``, a link to the
+    base's: not resolved, as Python does not), found on its PATH if named alone: its folder,
+    and whether it includes system site packages. None: not in one."""
+    if "/" not in program:
+        folders = environ.get("PATH", "").split(":")[:32]
+        program = next((os.path.join(d, program) for d in folders if d and program and
+                        os.path.isfile(os.path.join(d, program))), "")
+    if not program:
+        return None
+    if not os.path.isabs(program):
+        program = os.path.join(f"/proc/{pid}/cwd", program)
+    folder = os.path.dirname(program)
+    for candidate in (folder, os.path.dirname(folder)):
+        config = os.path.join(candidate, "pyvenv.cfg")
+        try:
+            with open(config, "rb") as f:
+                text = f.read(16 << 10).decode("utf-8", "replace")
+        except OSError:
+            continue
+        system = re.search(r"^\s*include-system-site-packages\s*=\s*true\s*$", text,
+                           re.MULTILINE | re.IGNORECASE)
+        return os.path.dirname(config), system is not None
+    return None
+
+
+_PTH_LISTED: OrderedDict[tuple, list[str]] = OrderedDict()  # folder's (dev, ino, mtime) -> .pth
+
+
+def pth_files(folders: list[str]) -> list[str]:
+    """The .pth files of site folders (``PTH_MAX`` per folder, in the order site reads them),
+    each folder listed once while it is unchanged."""
+    found = []
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        key = (folder, st.st_dev, st.st_ino, st.st_mtime_ns)
+        names = _PTH_LISTED.get(key)
+        if names is None:
+            try:
+                with os.scandir(folder) as entries:
+                    names = sorted(e.name for e in entries if e.name.endswith(".pth") and
+                                   not e.name.startswith("."))[:PTH_MAX]
+            except OSError:
+                names = []
+            _PTH_LISTED[key] = names
+            while len(_PTH_LISTED) > 256:
+                _PTH_LISTED.popitem(last=False)
+        found += [os.path.join(folder, n) for n in names]
+    return found
+
+
+def _sibling_folders(pth: str) -> set[str]:
+    """The folders the .pth files of a site folder add to the path (``site`` processes them
+    all, in order, before or after this one: an import line may find its module in any)."""
+    found: set[str] = set()
+    for sibling in pth_files([os.path.dirname(pth)]):
+        if sibling == pth:
+            continue
+        try:
+            fd, _ = open_regular(sibling)
+        except OSError:
+            continue
+        try:
+            found.update(scripts.pth_folders(os.pread(fd, 64 << 10, 0)))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return found
 
 
 def _inline_key(pid: int, code: str) -> tuple:

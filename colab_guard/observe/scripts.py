@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 PYTHON = "python"
 SHELL = "shell"
 OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as bytes
+PTH = "pth"  # a site folder's .pth file: its ``import`` lines are Python that runs at start
 
 #: Bytes of a source that does not parse read as tokens (its import lines: all of it).
 TOKENS_MAX = 128 << 10
@@ -46,31 +47,42 @@ LOCAL_MODULES_MAX = 16
 
 #: How deep a script's own modules are followed (main imports helper, which imports inner...).
 LOCAL_MODULES_DEPTH = 4
+#: Folders a script adds to its import path (constant ones) that its imports are looked for in.
+PATH_FOLDERS_MAX = 4
 
 
 def local_modules(script: str, imports: set[str], relative: set[str] = frozenset(),
-                  module: str | None = None, runs: set[str] = frozenset()) -> list[str]:
+                  module: str | None = None, runs: set[str] = frozenset(),
+                  folders: set[str] = frozenset()) -> list[str]:
     """The files beside a script (or a .pyc) that its imports load: ``import helper`` is
     helper.py there, ``import pkg.mod`` pkg/mod.py or pkg/__init__.py, as Python would find
     them first on its path (the script's folder). ``relative``: the ``from .x import y`` of
     ``module`` (one of those files), found from its own folder; ``runs``: the files whose
-    text it runs (``exec(open("x.py").read())``), from the script's folder too."""
+    text it runs (``exec(open("x.py").read())``), from the script's folder too; ``folders``:
+    those the code adds to its path (``sys.path.insert``, ``site.addsitedir``), searched
+    after the script's own (relative ones from it)."""
     folder = os.path.dirname(script)
     found: list[str] = []
-    wanted = [(folder, name) for name in sorted(imports)]
+    searched = [folder] + [os.path.normpath(os.path.join(folder, f))
+                           for f in sorted(folders)[:PATH_FOLDERS_MAX]]
+    wanted = [(base, name) for name in sorted(imports) for base in searched]
     for path in sorted(runs)[:LOCAL_MODULES_MAX]:  # exec(open("x.py").read()): a file as is
         candidate = os.path.normpath(os.path.join(folder, path))
         if candidate not in found and os.path.isfile(candidate):
             found.append(candidate)
     if module is not None:
         wanted += [_relative_to(module, name) for name in sorted(relative)]
-    for base, name in wanted:
-        if base is None or not re.fullmatch(r"[A-Za-z_][\w.]*|", name):
+    resolved: set[str] = set()  # names found in a folder before the next (Python's first)
+    for at, (base, name) in enumerate(wanted):
+        absolute = at < len(imports) * len(searched)
+        if base is None or not re.fullmatch(r"[A-Za-z_][\w.]*|", name) or \
+                (absolute and name in resolved):
             continue
         path = os.path.join(base, *name.split(".")) if name else base
         for candidate in (path + ".py", os.path.join(path, "__init__.py")):
             if candidate not in found and os.path.isfile(candidate):
                 found.append(candidate)
+                resolved.add(name)
                 break
         if len(found) >= LOCAL_MODULES_MAX:
             break
@@ -153,13 +165,16 @@ RUN_CALLS = frozenset({"exec", "eval", "run_path", "execfile"})
 OPENERS = frozenset({"open", "Path", "read_text", "read_bytes", "run_path", "execfile"})
 #: Calls that import the module named by their first argument.
 IMPORT_CALLS = frozenset({"__import__", "import_module"})
+#: Calls that add a folder (their last argument) to the import path: sys.path's, and site's
+#: (which also runs the folder's .pth files).
+PATH_CALLS = frozenset({"insert", "append", "addsitedir"})
 
 #: A JSON-RPC request in a text constant: "method": "mining.subscribe".
 _JSON_METHOD = re.compile(r"""["']method["']\s*:\s*["']([^"'\\]{1,200})["']""")
 
 
 _SETS = ("imports", "names", "calls", "models", "messages", "requests", "mentioned", "relative",
-         "runs")
+         "runs", "folders", "site_dirs")
 
 
 @dataclass
@@ -179,6 +194,8 @@ class Evidence:
     mentioned: set[str] = field(default_factory=set)
     relative: set[str] = field(default_factory=set)  # from .x import y: ".x", ".x.y"
     runs: set[str] = field(default_factory=set)  # files it runs: exec(open("x").read())
+    folders: set[str] = field(default_factory=set)  # sys.path.insert(0, "x"): imports from x
+    site_dirs: set[str] = field(default_factory=set)  # site.addsitedir("x"): x's .pth files run
 
     def merge(self, other: "Evidence") -> None:
         for name in _SETS:
@@ -250,6 +267,9 @@ FOLD_MAX = 4096
 LOOP_VALUES = 64  # the constants of a loop a folded name takes, at most
 #: Calls (their last name) that send a message on a connection (a request's data is in them).
 SEND_CALLS = frozenset({"send", "sendall", "sendto"})
+#: Calls (their last name) that send what they are given (a table of requests among it). Not
+#: ``write``: a file's as much as a stream's (a detector writing its samples to a report).
+TABLE_SENDS = SEND_CALLS | {"post", "request", "urlopen", "send_str", "send_json"}
 
 
 def _fold(node: ast.AST, assigned: dict[str, ast.AST], depth: int) -> str | None:
@@ -455,6 +475,13 @@ class _Reader:
         self.senders: dict[str, _Sender] = {}  # def rpc(method, ...): sends it in a request
         self.chained: set[int] = set()  # the inner links of ``a + b + c`` chains
         self.loops: dict[str, list[str]] = {}  # for x in ("a", "b"): the texts x takes
+        # A table of requests (REQS = [{"method": "a"}, ...]): its dicts, by id, its name's
+        # methods (counted once sent: a detector's samples are not requests), and the loop
+        # names that walk it (for r in REQS)
+        self.tabled: dict[int, str] = {}
+        self.tables: dict[str, set[str]] = {}
+        self.walks: dict[str, str] = {}
+        self.table_sends: list[ast.Call] = []
 
     def read(self) -> Evidence:
         nodes = list(ast.walk(self.tree))
@@ -466,6 +493,9 @@ class _Reader:
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
                 self.assigned[node.targets[0].id] = node.value
+                if isinstance(node.value, (ast.List, ast.Tuple, ast.Set)):
+                    self.tabled.update((id(e), node.targets[0].id) for e in node.value.elts
+                                       if isinstance(e, ast.Dict))
             elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
                 self.chained.add(id(node.left))  # a + b + c: read once, from its top
             elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
@@ -478,8 +508,13 @@ class _Reader:
                 sender = _sender(node)
                 if sender is not None:
                     self.senders[node.name] = sender
+            if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and \
+                    isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
+                self.walks[node.target.id] = node.iter.id  # for r in REQS: r is one of them
         for node in nodes:
             self._node(node)
+        for node in self.table_sends if self.tables else ():
+            self._sent_tables(node)
         return self.evidence
 
     def _import(self, node: ast.Import) -> None:
@@ -524,7 +559,10 @@ class _Reader:
                 if key_text is None:
                     continue
                 evidence.names.add(key_text)  # a dict of keyword arguments (**options)
-                if key_text == "method":
+                if key_text == "method" and id(node) in self.tabled:
+                    table = self.tables.setdefault(self.tabled[id(node)], set())
+                    table.add(self._value(value) or "")
+                elif key_text == "method":
                     self._request(value)
         elif isinstance(node, ast.Call):
             self._call(node)
@@ -589,6 +627,12 @@ class _Reader:
             evidence.network = True
         if last in RUN_CALLS:
             self._runs(node)
+        if last in PATH_CALLS and node.args and parts and self._on_sys_path(parts, last):
+            folder = self._value(node.args[-1])
+            if folder:
+                evidence.folders.add(folder)
+                if last == "addsitedir":
+                    evidence.site_dirs.add(folder)
         if last in IMPORT_CALLS and node.args:
             module = self._value(node.args[0])
             if module:
@@ -601,7 +645,23 @@ class _Reader:
         if last in MESSAGE_CALLS:
             for arg in node.args:
                 self._message(arg)
+        if last in TABLE_SENDS:
+            self.table_sends.append(node)  # read once every table is known
 
+
+    def _sent_tables(self, node: ast.Call) -> None:
+        """A table of requests sent (``sock.sendall(json.dumps(REQS))``, or one of it walked
+        by a loop): its methods are requests."""
+        for argument in [*node.args, *(k.value for k in node.keywords)]:
+            for name in ast.walk(argument):
+                if isinstance(name, ast.Name):
+                    table = self.tables.get(self.walks.get(name.id, name.id), set())
+                    self.evidence.requests.update(t for t in table if t)
+
+    def _on_sys_path(self, parts: list[str], last: str) -> bool:
+        """``sys.path.insert``/``append`` or ``site.addsitedir`` (after the import aliases)."""
+        name = ".".join([self.aliases.get(parts[0], parts[0])] + parts[1:])
+        return name == "site.addsitedir" if last == "addsitedir" else name == f"sys.path.{last}"
 
     def _runs(self, node: ast.Call) -> None:
         """``exec(open("x.py").read())``, ``runpy.run_path("x.py")``: the file whose text it
@@ -1034,12 +1094,68 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
     if _pyc(head):
         found = pyc_evidence(os.pread(fd, file_bytes, 0))
         return {"bytes": True} if found is None else {"evidence": found.to_json()}
+    if language == PTH:
+        data = os.pread(fd, parse_bytes, 0)
+        evidence = python_evidence(pth_code(data))
+        evidence.folders.update(pth_folders(data))
+        return {"evidence": evidence.to_json()}
     source = os.pread(fd, parse_bytes + 1, 0)
     cut = len(source) > parse_bytes
+    if cut:  # padded with comments? Those are skipped (up to file_bytes), then it may fit
+        source, cut = code_lines(fd, parse_bytes, file_bytes)
     evidence = python_evidence(source[:parse_bytes], cut)
     if cut:
         evidence.merge(tail_imports(os.pread(fd, max(0, file_bytes - parse_bytes), parse_bytes)))
     return {"evidence": evidence.to_json()}
+
+
+def pth_code(data: bytes) -> bytes:
+    """The code of a .pth file: its lines that begin ``import`` (site.py runs each; the others
+    are folders added to the path)."""
+    return b"\n".join(line for line in data.splitlines()
+                      if line.startswith((b"import ", b"import\t")))
+
+
+def pth_folders(data: bytes) -> list[str]:
+    """The folders a .pth file adds to the path (its other lines, from its own folder: its
+    imports and its siblings' are looked for there too), ``PATH_FOLDERS_MAX`` at most."""
+    found = []
+    for line in data.splitlines():
+        text = line.rstrip().decode("utf-8", "surrogateescape")
+        if text and not text.startswith(("#", "import ", "import\t")) and "\0" not in text:
+            found.append(text)
+    return found[:PATH_FOLDERS_MAX]
+
+
+CODE_CHUNK = 1 << 20  # bytes of a long source read at a time to skip its comment lines
+#: A blank line, or a comment line with no quote or backslash: removing it changes no code,
+#: even within a triple-quoted string (only that string's text: its quotes are all kept).
+_NOT_CODE = re.compile(rb"^[ \t\f\r]*(?:#[^\n'\"\\]*)?\n", re.MULTILINE)
+
+
+def code_lines(fd: int, parse_bytes: int, file_bytes: int) -> tuple[bytes, bool]:
+    """A source too long to parse whole without its blank and comment-only lines (a tool
+    padded with a mebibyte of comments is still parsed), read in chunks up to ``file_bytes``;
+    and whether what is left is still cut (more code than ``parse_bytes``, or a longer file).
+    Its first two lines are kept as they are (a coding declaration)."""
+    kept, size, at, carry = [], 0, 0, b""
+    while at < file_bytes and size <= parse_bytes:
+        chunk = os.pread(fd, min(CODE_CHUNK, file_bytes - at), at)
+        if not chunk:
+            return b"".join(kept) + carry, False
+        at += len(chunk)
+        data = carry + chunk
+        end = data.rfind(b"\n") + 1
+        if at == len(chunk):  # the first chunk: its first two lines untouched
+            head = data.find(b"\n", data.find(b"\n") + 1) + 1
+            kept.append(data[:head])
+            data, end = data[head:], max(0, end - head)
+        code = _NOT_CODE.sub(b"", data[:end])
+        kept.append(code)
+        size += len(code)
+        carry = data[end:]
+    source = b"".join(kept) + carry
+    return source, len(source) > parse_bytes or at < os.fstat(fd).st_size
 
 
 def _pyc(head: bytes) -> bool:
