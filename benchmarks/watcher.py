@@ -195,7 +195,7 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         name = "".join(c if c.isalnum() else "-" for c in label)
         subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                        str(self.watcher.pid), "-d", str(int(self.args.seconds)), "-r", "50",
+                        str(self.watcher.pid), "-d", str(int(self.args.seconds)), "-r", "200",
                         "-f", "raw", "--nonblocking", "-o", str(folder / f"{name}.txt")],
                        capture_output=True)
 

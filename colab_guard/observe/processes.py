@@ -283,11 +283,11 @@ class ProcessSampler:
         # The rules read the processes that hold sockets or ran (a refused connect leaves a
         # socket no table lists), and the kernel itself; a thousand idle children are left
         # out (but for those given values last tick, whose values are taken back).
-        annotated = self.behaviour.annotated
+        others = self.behaviour.measuring  # given values last tick, kernels aside
         views = {kid: Snapshot(kid, snapshot.time, [
                      p for p in snapshot.processes
-                     if p.sockets or p.is_kernel or p.cpu_percent > 0
-                     or (annotated and p.key in annotated)])
+                     if p.is_kernel or p.sockets or p.cpu_percent > 0
+                     or (others and p.key in others)] if snapshot.processes else [])
                  for kid, snapshot in snapshots.items()}
         changed = self.behaviour.annotate(
             views, lambda p: self._pairs_now.get(p.key, []), now)
