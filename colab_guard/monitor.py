@@ -432,15 +432,19 @@ class Monitor:
         # The most telling first: signalled first (a miner among a hundred decoys).
         stops = sorted((a for a in steps if a.action == "stop"),
                        key=lambda a: _telling(found[a.target]), reverse=True)
-        # The offenders' stop and the kernel's steps at once: neither waits on the other (a
-        # kernel's process group is found by a pass over thousands of processes; an offender
-        # that ignores SIGTERM is waited for up to the grace).
+        # The offenders' stop and the kernel's interrupt at once: neither waits on the other
+        # (the node watcher finds a kernel's process group by a pass over thousands of
+        # processes; an offender that ignores SIGTERM is waited for up to the grace). A
+        # shutdown comes once the offenders are stopped.
         stopping = asyncio.ensure_future(
             self._stop([offenders[a.target] for a in stops], stops, kernel_id)) if stops else None
         try:
             for step in steps:
-                if step.target == "kernel":
-                    await self._act_on_kernel(kernel_id, step)
+                if step.target != "kernel":
+                    continue
+                if step.action != "interrupt" and stopping is not None:
+                    await stopping
+                await self._act_on_kernel(kernel_id, step)
         finally:
             if stopping is not None:
                 await stopping

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import psutil
 
 from colab_guard.act.policy import Policy
 from colab_guard.detect.engine import Engine
@@ -15,6 +20,7 @@ from colab_guard.observe.processes import ProcessSampler
 from colab_guard.record.database import IncidentDatabase, IncidentStore
 from colab_guard.record.recorder import Recorder
 from colab_guard.settings import Settings
+from tests.harness import wait_until
 
 DATA = Path(__file__).parent / "data"
 
@@ -122,3 +128,43 @@ async def test_detection_runs_in_the_sampling_thread_not_on_the_event_loop(tmp_p
     await tick_through(monitor, 2)
     assert threads and all(name.startswith("colab-guard-sample") for name in threads)
     await monitor.stop()
+
+
+async def test_the_offenders_are_stopped_while_the_kernels_interrupt_is_under_way(tmp_path):
+    """The interrupt and the stop go at once: an interrupt that takes its time (the node
+    watcher finds a kernel's process group by a pass over /proc) holds no signal back. Here
+    the interrupt returns only once the miner is gone: were the stop to wait for it, neither
+    would ever end."""
+    miner = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", miner)
+    kernel = subprocess.Popen(["/bin/sh", "-c", f"{miner} 600 & wait"], start_new_session=True)
+    try:
+        found = wait_until(lambda: psutil.Process(kernel.pid).children(), timeout=10,
+                           what="the miner started")
+        offender = found[0]
+
+        class SlowKernels(FakeKernels):
+            async def interrupt(self, kernel_id: str) -> None:
+                self.calls.append(("interrupt", kernel_id))
+                while offender.is_running() and offender.status() != psutil.STATUS_ZOMBIE:
+                    await asyncio.sleep(0.05)
+
+        settings = Settings(user_name="ada", gpu_sampling=False, stop_grace=0.5)
+        kernels = SlowKernels("k1", kernel.pid)
+        store = IncidentStore(IncidentDatabase(f"sqlite:///{tmp_path / 'i.sqlite'}"))
+        policy = Policy(settings)
+        engine = Engine(load_signatures())
+        monitor = Monitor(settings, kernels, engine, policy, Recorder(store, policy, settings),
+                          sampler=ProcessSampler())
+        snapshot = ProcessSampler().sample({"k1": kernel.pid})["k1"]
+        detections = engine.evaluate(snapshot)
+        assert any(d.process.pid == offender.pid for d in detections)
+        monitor.act_on(snapshot, detections)
+        await asyncio.wait_for(asyncio.gather(*monitor._tasks), timeout=20)
+        [incident] = store.query()
+        steps = {a.action: a.outcome for a in incident.actions}
+        assert steps["stop"] == "done" and kernels.calls == [("interrupt", "k1")]
+        await monitor.stop()
+    finally:
+        os.killpg(kernel.pid, 9)
+        kernel.wait()
