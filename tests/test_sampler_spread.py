@@ -63,6 +63,11 @@ class SpreadingSampler(ProcessSampler):
         super().__init__()
         self.asked: set[int] = set()
         self.events_live = True
+        self.turns: list[int] = []  # the parked processes asked at their turn, in order
+
+    def _still_quiet(self, pid, sample, now):
+        self.turns.append(pid)
+        return super()._still_quiet(pid, sample, now)
 
     def may_spread(self) -> bool:
         return self.events_live
@@ -123,14 +128,15 @@ def test_quiet_processes_are_parked_handed_out_as_they_were_and_asked_in_turn(ma
     first = parked_once(sampler, proc.pid, {proc.pid, *children})
     before = {p.pid: p for p in first.processes[-first.parked:]}
     checks = sampler.stats.ticks
-    asked = []  # how many of them were asked (visited) at each tick
+    asked = []  # how many of them were asked at each tick (at their turn, or visited)
     for _ in range(12):
         time.sleep(0.2)
+        sampler.turns = []
         snapshot = sampler.sample({"k": proc.pid})["k"]
         assert sorted(p.pid for p in snapshot.processes) == sorted([proc.pid, *children])
         assert snapshot.members is first.members is not None  # the same processes
         visited = {p.pid for p in snapshot.visited()}
-        asked.append(len(visited & before.keys()))
+        asked.append(len((visited | set(sampler.turns)) & before.keys()))
         for process in snapshot.processes:  # quiet: the same objects, visited or not
             if process.pid in before:
                 assert process is before[process.pid]

@@ -13,7 +13,7 @@ import heapq
 import os
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import procfs
@@ -213,18 +213,31 @@ class Parked:
         self.unparked: dict[int, str] = {}  # owners but the parked
         self._queue: list[tuple[float, int]] = []  # (when due, pid)
 
-    def visit(self, owners: Mapping[int, str], now: float, asked: set[int]
+    def visit(self, owners: Mapping[int, str], now: float, asked: set[int],
+              still_quiet: Callable[[int, Process, float], float] | None = None
               ) -> Mapping[int, str]:
         """The processes this pass visits: every one under a new attribution; else all but
-        the parked, those due or ``asked`` (they exec'd) unparked first."""
+        the parked, those ``asked`` (they exec'd) unparked first, then those due: each
+        unparked unless ``still_quiet(pid, sample, now)`` says when it is due next (it did not
+        run: asked there and then, without a visit)."""
         if owners is not self.owners:
             self.owners, self.by_kernel, self._queue = owners, {}, []
             self.unparked = dict(owners)
             return owners
-        while self._queue and self._queue[0][0] <= now:
-            self.unpark(heapq.heappop(self._queue)[1])
         for pid in asked:
             self.unpark(pid)
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            pid = heapq.heappop(queue)[1]
+            parked = self.by_kernel.get(owners.get(pid))
+            sample = parked.get(pid) if parked is not None else None
+            if sample is None:
+                continue  # unparked since (this entry is stale)
+            again = still_quiet(pid, sample, now) if still_quiet is not None else 0.0
+            if again:
+                heapq.heappush(queue, (again, pid))
+            else:
+                self.unpark(pid)
         return self.unparked
 
     def park(self, pid: int, sample: Process, due: float) -> None:

@@ -210,7 +210,8 @@ class ProcessSampler:
         if not self._spreading:
             self._parked.reset()
         self._watched = len(owners)
-        visit = self._parked.visit(owners, now, self._check_now) if self._spreading else owners
+        visit = self._parked.visit(owners, now, self._check_now, self._still_quiet) \
+            if self._spreading else owners
         no_gpu = (0.0, 0.0)
         for pid, kid in list(visit.items()):
             entry, is_kernel = table[pid], kernel_pids.get(pid) == kid
@@ -236,6 +237,19 @@ class ProcessSampler:
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    def _still_quiet(self, pid: int, sample: Process, now: float) -> float:
+        """A parked quiet process at its turn: when it is due next if it did not run (one
+        pread of its schedstat: it stays parked, not visited), else 0 (visited at this pass,
+        as is one due its refresh or parked while running: idle.Parked.visit)."""
+        state = self._tracked.get(sample.key)
+        quiet = state.quiet if state is not None else None
+        if quiet is None or state.running or state.steady is not sample \
+                or now >= quiet.refresh_at or not self.counts_move or quiet.ran(pid)[0]:
+            return 0.0
+        state.cpu = (state.cpu[0], now)
+        state.check_at = next_check(now, pid, self._watched)
+        return state.check_at
 
     def _park_quiet(self, snapshots: dict[str, Snapshot], now: float) -> None:
         """Every process parked before this tick is handed out as it was (the snapshot's
