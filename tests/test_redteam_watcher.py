@@ -25,8 +25,8 @@ import pytest
 
 from colab_guard.observe import idle
 from tests.harness import wait_until
-from tests.test_watch import (MINER, WALLET, RunningWatcher, _alive, _remove_user,
-                              launch_watcher, watcher_config, waits)
+from tests.test_watch import (MINER, WALLET, RunningWatcher, _alive, _remove_user, waits,
+                              watching)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="the node watcher's red team creates Unix users: root only")
@@ -174,22 +174,7 @@ def pool():
 
 @pytest.fixture(scope="module")
 def watcher(users, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("watcher")
-    run = Path(tempfile.mkdtemp(prefix="cg-redteam4-run-"))
-    run.chmod(0o755)
-    socket = run / "watch.sock"
-    config = watcher_config(folder, [MALLORY, OTHER], user_socket=str(socket))
-    log = folder / "watcher.log"
-    proc = launch_watcher(config, log)
-    running = RunningWatcher(folder, proc, log, socket)
-    wait_until(lambda: "sampling every 0.3s" in running.log() or proc.poll() is not None,
-               timeout=30, what="the watcher started")
-    assert proc.poll() is None, running.log()
-    yield running
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=15)
-    shutil.rmtree(run, ignore_errors=True)
-    assert "Traceback" not in running.log(), running.log()
+    yield from watching(tmp_path_factory.mktemp("watcher"), [MALLORY, OTHER])
 
 
 class Server:

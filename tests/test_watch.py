@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -208,13 +209,13 @@ class RunningWatcher:
         return f"kernel {kernel_id} of user" in self.log()
 
 
-@pytest.fixture(scope="module")
-def watcher(users, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("watcher")  # under /tmp/pytest-of-root: root's alone
-    run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))  # as /run/colab-guard: users reach it
+def watching(folder: Path, users: list[str]) -> Iterator[RunningWatcher]:
+    """A watcher for ``users`` (its files in ``folder``: root's alone), its users' socket in
+    a folder they reach, as /run/colab-guard; stopped after, its log free of tracebacks."""
+    run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))
     run.chmod(0o755)
     socket = run / "watch.sock"
-    config = watcher_config(folder, [ALICE, BOB], user_socket=str(socket))
+    config = watcher_config(folder, users, user_socket=str(socket))
     log = folder / "watcher.log"
     proc = launch_watcher(config, log)
     running = RunningWatcher(folder, proc, log, socket)
@@ -226,6 +227,11 @@ def watcher(users, tmp_path_factory):
     proc.wait(timeout=15)
     shutil.rmtree(run, ignore_errors=True)
     assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture(scope="module")
+def watcher(users, tmp_path_factory):
+    yield from watching(tmp_path_factory.mktemp("watcher"), [ALICE, BOB])
 
 
 class Kernel:
