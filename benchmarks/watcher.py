@@ -296,6 +296,19 @@ class Bench:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def incidents_in(log: Path) -> tuple[int, int]:
+    """(incidents, processes to stop) in the watcher's incident log, where each incident is
+    a line when it begins and another when it is done (and one per offence merged into a
+    coalesced one): the last line of each (the last may not be done yet)."""
+    last = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        incident = json.loads(line)
+        last[incident["id"]] = incident
+    stops = sum(1 for incident in last.values() for action in incident["actions"]
+                if action["action"] == "stop")
+    return len(last), stops
+
+
 def start_watcher(folder: Path, users: list[str], metrics_port: int = 0, user_socket: str = ""
                   ) -> tuple[subprocess.Popen, Path]:
     """``python -m colab_guard.watch`` as root, watching only ``users``, its config, database,
@@ -417,9 +430,7 @@ def run(args) -> dict:
         if args.latency_runs:
             for mode in ("name", "args", "url", "content"):
                 results["latency"].append(bench.latency(mode))
-        incidents = bench.folder / "incidents.jsonl"
-        results["incidents"] = len(incidents.read_text().splitlines()) \
-            if incidents.exists() else 0
+        results["incidents"], results["stops"] = incidents_in(bench.folder / "incidents.jsonl")
         results["machine"]["load_after"] = os.getloadavg()
         if "Traceback" in bench.log():
             print(bench.log()[-4000:], file=sys.stderr)
@@ -450,7 +461,8 @@ def report(results: dict, args) -> None:
         for r in results["latency"]:
             print(f"| {r['miner']} | {1e3 * r['median']:.0f} ms | {1e3 * r['min']:.0f} ms | "
                   f"{1e3 * r['max']:.0f} ms | {', '.join(r['ended'])} |")
-    print(f"\nincidents recorded: {results['incidents']}"
+    print(f"\nincidents recorded: {results['incidents']} ({results.get('stops', 0)} processes "
+          "to stop in them; past a kernel's burst, offences are coalesced into one incident)"
           + ("; the watcher logged a traceback" if results.get("tracebacks") else ""))
 
 
