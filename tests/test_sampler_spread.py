@@ -9,6 +9,7 @@ Real processes; the thresholds are lowered so that a few processes are "many".
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,10 @@ while True:
         end = time.monotonic() + 1.5
         while time.monotonic() < end:
             pass
+    elif command[0] == 'connect':  # a connection of its own, held
+        import socket
+        held = socket.create_connection(('127.0.0.1', int(command[1])))
+        print('connected', flush=True)
     else:  # a child's index, and what it is to do
         child = children[int(command[0])]
         child.stdin.write(command[1] + '\\n')
@@ -220,6 +225,26 @@ def test_a_kernel_that_barely_runs_is_parked_and_visited_at_once_when_the_hook_r
     snapshot = sampler.sample({"k": proc.pid})["k"]
     assert snapshot.kernel_process in snapshot.visited()
     assert sampler.stats.light_reads + sampler.stats.full_reads > reads
+
+
+def test_a_barely_running_process_holding_a_connection_of_its_own_is_never_parked(many, kernel):
+    # An idle relay or a reverse shell barely runs too: its connection is read at each tick.
+    proc, children = kernel
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        tell(proc, f"connect {listener.getsockname()[1]}")
+        assert proc.stdout.readline().strip() == "connected"
+        sampler = SpreadingSampler()
+        parked_once(sampler, proc.pid, {proc.pid, *children})
+        seen = 0
+        for _ in range(15):  # past its 0.5-1 s recheck, several times over
+            time.sleep(0.2)
+            snapshot = sampler.sample({"k": proc.pid})["k"]
+            assert snapshot.kernel_process in snapshot.visited()
+            seen += any(s.remote for s in snapshot.kernel_process.sockets)
+        assert seen  # its connection is there (once its sockets were read)
+    finally:
+        listener.close()
 
 
 def test_once_events_are_lost_nothing_stays_parked_and_each_process_is_there_once(many, kernel):
