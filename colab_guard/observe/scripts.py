@@ -1111,17 +1111,24 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
 
 def pth_code(data: bytes) -> bytes:
     """The code of a .pth file: its lines that begin ``import`` (site.py runs each; the others
-    are folders added to the path)."""
-    return b"\n".join(line for line in data.splitlines()
-                      if line.startswith((b"import ", b"import\t")))
+    are folders added to the path). Split as Python up to 3.12 splits it (bytes at \\n and \\r)
+    and as 3.13 does (decoded as utf-8-sig, ``str.splitlines``: a BOM, a form feed or \\x1c
+    may begin a line there); the lines of both."""
+    lines = data.splitlines()
+    text = data.decode("utf-8-sig", "surrogateescape")
+    lines += [line.encode("utf-8", "surrogateescape") for line in text.splitlines()]
+    return b"\n".join(dict.fromkeys(line for line in lines
+                                     if line.startswith((b"import ", b"import\t"))))
 
 
 def pth_folders(data: bytes) -> list[str]:
     """The folders a .pth file adds to the path (its other lines, from its own folder: its
     imports and its siblings' are looked for there too), ``PATH_FOLDERS_MAX`` at most."""
     found = []
-    for line in data.splitlines():
-        text = line.rstrip().decode("utf-8", "surrogateescape")
+    lines = [line.decode("utf-8", "surrogateescape") for line in data.splitlines()]
+    lines += data.decode("utf-8-sig", "surrogateescape").splitlines()  # as 3.13 reads it
+    for line in dict.fromkeys(lines):
+        text = line.rstrip()
         if text and not text.startswith(("#", "import ", "import\t")) and "\0" not in text:
             found.append(text)
     return found[:PATH_FOLDERS_MAX]

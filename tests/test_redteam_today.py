@@ -1,0 +1,140 @@
+"""Red team against what landed on the morning of issues #14 and #17: the cell check's shell
+reading (brace expansion, its cost on hostile text), the script reader's .pth files, and the
+node watcher's parked kernels. What the guard gets right passes; what it missed and was fixed
+passes too (its docstring says what was missed); what is still missed is
+``xfail(strict=True)`` asserting what should happen. Real files, processes and kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from colab_guard.detect.commands import split_shell
+from tests.test_cell_commands import RULES, check
+from tests.test_redteam_scripts import BASE_PYTHON, SLEEP, TOOL, _process_markers, _user_site
+
+PYTHON313 = "/root/.pyenv/versions/3.13.0/bin/python3.13"
+
+
+def programs(text: str) -> list[str]:
+    return [c.argv[0] for c in split_shell(text)]
+
+
+# ---------------------------------------------------------------- cell check: brace expansion
+
+@pytest.mark.parametrize("cell", [
+    "!./xm{r,}{i,}g -o pool:3333",        # two groups side by side: ./xmrig ./xmrg ./xmig ./xmg
+    "!./{x{m,}rig,} -o pool:3333",        # nested: ./xmrig ./xrig ./
+    "!./xm{r..q}ig -o pool:3333",         # a sequence: ./xmrig ./xmqig
+    "!\"./xm\"{r,}ig -o pool:3333",       # a quoted head: bash expands the braces after it
+], ids=["adjacent groups", "nested groups", "sequence", "quoted head"])
+def test_a_miner_spelled_with_braces_bash_expands_is_refused(cell):
+    """Was missed: only one level, one group per word, commas only (``./xm{r,}{i,}g`` read as
+    the program ``./xmr``). Fixed: bash's brace expansion (adjacent, nested, sequences, quoted
+    parts), 64 words a word."""
+    found = check(cell)
+    assert found and {d.signature.action or "category" for d in found} - {"warn", "record"}, \
+        [d.signature.id for d in found]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mkdir -p data/{train,test}/{cats,dogs}",
+     [["mkdir", "-p", "data/train/cats", "data/train/dogs", "data/test/cats", "data/test/dogs"]]),
+    ("cp file{,.bak}", [["cp", "file", "file.bak"]]),
+    ("touch part{01..03}.csv", [["touch", "part01.csv", "part02.csv", "part03.csv"]]),
+    ("echo {{a,b}}", [["echo", "{a}", "{b}"]]),
+    ("find . -name '*.py' -exec wc -l {} +", [["find", ".", "-name", "*.py", "-exec", "wc", "-l", "{}", "+"],
+                                              ["wc", "-l"]]),
+    ("awk '{print $1,$2}' f", [["awk", "{print $1,$2}", "f"]]),
+    ('echo ${V:-a,b} {x}', [["echo", "a,b", "{x}"]]),  # a parameter's default, unsplit
+])
+def test_honest_braces_expand_as_bash_does(text, expected):
+    """Near-misses: honest brace expansions read as bash reads them, braces that expand
+    nothing (``{}``, a parameter, quoted awk) left as they are."""
+    assert [c.argv for c in split_shell(text)] == expected
+
+
+def test_honest_brace_cells_are_not_touched():
+    for cell in ("!mkdir -p data/{train,val,test}/{images,labels}", "!cp config.yaml{,.orig}",
+                 "!for i in {1..5}; do python train.py --seed $i; done",
+                 "!unzip -q data.zip -d /content/{raw,processed}"):
+        assert [d.signature.id for d in check(cell)] == [], cell
+
+
+@pytest.mark.parametrize("text", [
+    "{a,b}" * 3000,                                   # 2^3000 words
+    "x" * 8000 + "{a,b}" + "y" * 8000,                # long words
+    "{" * 8000 + "}" * 8000,                          # deep nesting, nothing to expand
+    "{a," * 4000,                                     # unclosed
+    ("{a,b}" * 6 + " ") * 500,                        # many words of 64
+    "{" + "{a,b}," * 3000 + "}",                      # thousands of alternatives
+    ("{1..99999} ") * 100,                            # long sequences
+    "\"{a,b}\"" * 2000, "'" * 3 + "{a,b} " * 2000,    # quoted, an unclosed quote
+], ids=["product", "long", "nesting", "unclosed", "words", "alternatives", "sequences",
+        "quoted", "unclosed quote"])
+def test_hostile_brace_expansions_are_read_in_bounded_time(text):
+    started = time.perf_counter()
+    found = split_shell(text)
+    assert time.perf_counter() - started < 2.0  # about 0.2 s at most here, alone
+    assert len(found) <= 200 and sum(len(" ".join(c.argv)) for c in found) < 200_000
+
+
+# ---------------------------------------------------------------- script reader: .pth files
+
+def _site_env(home) -> dict:
+    env = dict(os.environ, HOME=str(home))
+    env.pop("PYTHONNOUSERSITE", None)
+    return env
+
+
+#: The module a .pth imports: says it ran and exits at once when asked (the premise), else the tool.
+PREMISE = "import os\nif os.environ.get('PREMISE'):\n    print('RAN', flush=True)\n    os._exit(0)\n"
+
+
+def _runs_it(python: str, env: dict) -> bool:
+    return subprocess.run([python, "-c", "pass"], env=dict(env, PREMISE="1"), capture_output=True,
+                          text=True, timeout=60).stdout.strip() == "RAN"
+
+
+def test_a_hidden_pth_file_is_read_where_python_runs_it(tmp_path):
+    """Was missed: a .pth whose name begins with a dot was skipped, as Python 3.13 skips it;
+    Python up to 3.12 (this venv's 3.11 among them) runs its import lines at every start.
+    Fixed: read whatever the version (a hidden .pth a 3.13 skips is read for nothing)."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / ".zz-tool.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(PREMISE + TOOL)
+    env = _site_env(tmp_path)
+    assert _runs_it(BASE_PYTHON, env)  # the premise: this Python ran the hidden .pth's import line
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == ["pproxy"]
+
+
+@pytest.mark.skipif(not os.path.exists(PYTHON313), reason="needs a Python 3.13")
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbfimport core\n", b"# notes\x0cimport core\n",
+                                     b"# notes\x1cimport core\n"],
+                         ids=["BOM", "form feed", "file separator"])
+def test_a_pth_line_python_313_splits_differently_is_read(tmp_path, content):
+    """Was missed: Python 3.13 decodes a .pth as utf-8-sig and splits it with str.splitlines
+    (a BOM before ``import``, a form feed or \\x1c ending a comment line start an import line
+    it runs); the reader split bytes at \\n and \\r only. Fixed: both readings' lines."""
+    site_dir = _user_site(tmp_path, "3.13")
+    (site_dir / "zz-tool.pth").write_bytes(content)
+    (site_dir / "core.py").write_text(PREMISE + TOOL)
+    env = _site_env(tmp_path)
+    assert _runs_it(PYTHON313, env)  # the premise: Python 3.13 ran it
+    assert _process_markers([PYTHON313, *SLEEP], env=env) == ["pproxy"]
+
+
+def test_an_honest_pth_of_a_scientific_package_carries_nothing(tmp_path):
+    """Near-miss: the .pth files scientific packages install (a path line, an import line of
+    their own hook, a BOM from an editor) are read and carry no marker."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / "distutils-precedence.pth").write_text(
+        "import os; var = 'SETUPTOOLS_USE_DISTUTILS'; enabled = os.environ.get(var, 'local') == "
+        "'local'; enabled and __import__('_distutils_hack').add_shim(); \n")
+    (site_dir / "_distutils_hack.py").write_text("def add_shim():\n    pass\n")
+    (site_dir / "matplotlib-nspkg.pth").write_bytes(b"\xef\xbb\xbf./mpl_toolkits\n")
+    (site_dir / ".hidden-notes.pth").write_text("# see pproxy and stratum+tcp notes\n")
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=_site_env(tmp_path)) == []
