@@ -7,13 +7,17 @@ passes too (its docstring says what was missed); what is still missed is
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from colab_guard.detect.commands import split_shell
-from tests.test_cell_commands import RULES, check
+from tests.test_cell_commands import check
+from tests.test_sampler_spread import SpreadingSampler, many, tell  # noqa: F401 (a fixture)
+from tests.harness import wait_until
 from tests.test_redteam_scripts import BASE_PYTHON, SLEEP, TOOL, _process_markers, _user_site
 
 PYTHON313 = "/root/.pyenv/versions/3.13.0/bin/python3.13"
@@ -138,3 +142,87 @@ def test_an_honest_pth_of_a_scientific_package_carries_nothing(tmp_path):
     (site_dir / "matplotlib-nspkg.pth").write_bytes(b"\xef\xbb\xbf./mpl_toolkits\n")
     (site_dir / ".hidden-notes.pth").write_text("# see pproxy and stratum+tcp notes\n")
     assert _process_markers([BASE_PYTHON, *SLEEP], env=_site_env(tmp_path)) == []
+
+
+# ---------------------------------------------------------------- node watcher: parked kernels
+
+# A kernel stand-in that barely runs (a poller waking ten times a second) with a few sleeping
+# children (so that, thresholds lowered, its processes are "many"), a file open; told
+# ``swap PORT`` it connects with libc through ctypes (no audit event, so no hook report) and
+# puts the socket in the file's place (dup2): the same number of fds.
+SWAPPER = """\
+import ctypes, os, select, socket, struct, subprocess, sys
+children = [subprocess.Popen(['sleep', '600']) for _ in range(6)]
+held = open('/etc/hostname')
+ports = socket.create_server(('127.0.0.1', 0))  # a kernel's own listening port (ZMQ's)
+print(' '.join(str(c.pid) for c in children), flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+while True:
+    if not select.select([sys.stdin], [], [], 0.1)[0]:
+        continue
+    command = sys.stdin.readline().split()
+    if not command:
+        break
+    fd = libc.socket(2, 1, 0)
+    address = struct.pack('=H', 2) + struct.pack('!H', int(command[1])) + bytes([127, 0, 0, 1]) + bytes(8)
+    assert libc.connect(fd, address, 16) == 0, ctypes.get_errno()
+    assert libc.dup2(fd, held.fileno()) == held.fileno()
+    libc.close(fd)
+    print('swapped', flush=True)
+for child in children:
+    child.kill()
+"""
+
+
+@pytest.fixture
+def swapper():
+    proc = subprocess.Popen([sys.executable, "-c", SWAPPER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    children = [int(pid) for pid in proc.stdout.readline().split()]
+    yield proc, children
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(30)
+    yield server
+    server.close()
+
+
+def test_a_socket_a_barely_running_kernel_swaps_into_a_files_place_is_seen(
+        many, swapper, listener, monkeypatch):
+    """Was missed: a kernel that barely runs is handed out as it was, then read lightly (its
+    fd count); a connection made with libc (no hook report) and dup2'd over an open file
+    keeps the count, became "foreign" (unheld at two tick ends) and stayed unseen until the
+    kernel's next full read (up to KERNEL_FULL_READ_MAX, 40 s). Fixed: a socket no watched
+    process is known to hold, when the tables are next read (every ``libraries_refresh``, 5 s,
+    where a process holds sockets), has the running processes of its owner (its uid in the
+    tables) read in full at the next tick."""
+    proc, children = swapper
+    sampler = SpreadingSampler()
+    # Its full reads grown far apart, as they do for a kernel that finds nothing new
+    # (KERNEL_FULL_READ_MAX, after a minute or so): what its light reads see is the question.
+    monkeypatch.setattr(sampler, "_full_due", lambda state, now, *_: now + 60.0)
+    wait_until(lambda: sampler.sample({"k": proc.pid})["k"].parked >= len(children) - 2,
+               timeout=30, interval=0.2, what="the sleeping children parked")
+    light = sampler.stats.light_reads
+
+    def kernel_sample():
+        return sampler.sample({"k": proc.pid})["k"].kernel_process
+
+    wait_until(lambda: kernel_sample() is not None and sampler.stats.light_reads > light,
+               timeout=30, what="a light read of the kernel")
+    port = listener.getsockname()[1]
+    tell(proc, f"swap {port}")
+    accepted, _ = listener.accept()
+    assert proc.stdout.readline().strip() == "swapped"
+    try:
+        wait_until(lambda: any(s.remote_port == port for s in kernel_sample().sockets),
+                   timeout=15, interval=0.2, what="the swapped-in connection in the sample")
+    finally:
+        accepted.close()

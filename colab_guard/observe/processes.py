@@ -493,8 +493,24 @@ class ProcessSampler:
         # walked this tick, and before the tables were read, is found at the next tick's walk
         # (taken as foreign at once, it stayed unseen until the refresh, seconds later).
         unheld = present - held
+        fresh = unheld - self._unheld_once - self._foreign_sockets
         self._foreign_sockets = (self._foreign_sockets & present) | (unheld & self._unheld_once)
         self._unheld_once = unheld
+        if fresh:
+            self._walk_owners_of(fresh, sockets)
+
+    def _walk_owners_of(self, inodes: set[int], sockets: InetTables) -> None:
+        """A socket no watched process is known to hold may be one a running process put in
+        an open file's place (dup2: the same fd count, which light reads and barely-running
+        checks go by): the running processes of its owner (its uid in the tables) are read in
+        full, fds walked, at the next tick (a user's few; not the idle: they did not run)."""
+        uids = {uid for uid in map(sockets.uid, inodes) if uid is not None}
+        for key, state in self._tracked.items():
+            if state.running and state.uid in uids and state.fds is not None:
+                state.full_due = state.light_at = state.barely_next = 0.0
+                state.fds = _Fds(float("-inf"), state.fds.inodes, state.fds.files,
+                                 state.fds.count)
+                self._parked.unpark(key[0])
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                       gpu_use: tuple[float, float]) -> Process | None:
