@@ -86,6 +86,38 @@ def test_hostile_brace_expansions_are_read_in_bounded_time(text):
     assert len(found) <= 200 and sum(len(" ".join(c.argv)) for c in found) < 200_000
 
 
+# A shell variable doubled at each step (2^59 characters), a replacement that doubles it, run in
+# a child process with its memory limited (a regression raises MemoryError there, no more).
+DOUBLING = {
+    "variables": "; ".join(f"A{i}=$A{i - 1}$A{i - 1}" for i in range(1, 60)) + "; ./$A59",
+    "replacements": "A=aaaaaaaa; " + "; ".join(["A=${A//a/aa}"] * 60) + "; ./$A",
+    "words": "A=" + "x" * 16000 + "; ./$A" + " $A" * 2000,
+}
+
+
+@pytest.mark.parametrize("text", DOUBLING.values(), ids=DOUBLING.keys())
+def test_doubling_shell_variables_are_read_in_bounded_time_and_memory(text):
+    """Was missed: ``B=$A$A; C=$B$B; …`` in a ``!`` line grew each value twofold: 59 steps
+    took the machine's memory (the cell check was killed). Fixed: an expansion is cut at
+    MAX_TEXT (16 KiB) as it is built."""
+    code = ("import resource, sys, time\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from colab_guard.detect.commands import split_shell\n"
+            "started = time.perf_counter()\n"
+            "found = split_shell(sys.argv[1])\n"
+            "print(time.perf_counter() - started, sum(len(' '.join(c.argv)) for c in found))\n")
+    done = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, size = done.stdout.split()
+    assert float(seconds) < 2.0 and int(size) < 2_000_000
+
+
+def test_an_honest_variable_chain_expands_as_bash_does():
+    assert [c.argv for c in split_shell("D=data; OUT=$D/out; mkdir -p $OUT/{a,b} ${OUT}_bak")] == \
+        [["mkdir", "-p", "data/out/a", "data/out/b", "data/out_bak"]]
+
+
 # ---------------------------------------------------------------- script reader: .pth files
 
 def _site_env(home) -> dict:

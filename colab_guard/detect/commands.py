@@ -184,7 +184,7 @@ class _Shell:
             name, value = _ASSIGN.match(words[0]).groups()
             assignments[name] = self.expand(value)
             words = words[1:]
-        words = [part for w in words for part in self.split(w)]
+        words = _bounded([part for w in words for part in self.split(w)], 4 * MAX_TEXT)
         if not words:
             self.vars.update(assignments)  # A=b alone sets a shell variable
             return
@@ -206,12 +206,23 @@ class _Shell:
         self.program(words, depth)
 
     def expand(self, word: str) -> str:
+        """``word`` with the shell variables set earlier replaced, at most MAX_TEXT long (a
+        chain ``B=$A$A; C=$B$B; …`` doubles at each step: cut, never built whole)."""
+        budget = [MAX_TEXT]
+
+        def bounded(value: str) -> str:
+            value = value[:max(0, budget[0])]
+            budget[0] -= len(value)
+            return value
+
         def known(match):
             name = match.group(1) or match.group(2)
-            return self.vars.get(name, match.group(0))
+            return bounded(self.vars.get(name, match.group(0)))
         if "$" not in word:
             return word
-        return _VAR.sub(known, _PARAMETER.sub(self._parameter, word))
+        word = _PARAMETER.sub(lambda m: bounded(self._parameter(m)), word)
+        budget[0] = MAX_TEXT
+        return _VAR.sub(known, word)[:MAX_TEXT]
 
     def split(self, word: str) -> list[str]:
         """A word expanded, and split at the characters of ``IFS`` where an expansion made
@@ -314,6 +325,18 @@ _SCRIPTING = {"awk", "gawk", "mawk", "nawk", "busybox", "perl", "ruby", "node", 
               "Rscript"}
 _SCRIPTED = re.compile(r"""(?:system|exec|execSync|spawnSync|popen|shell_exec|passthru|os\.execute)"""
                        r"""\s*\(?\s*(?:\[\s*)?(["'])(.{1,2000}?)\1""")
+
+
+def _bounded(words: list[str], size: int) -> list[str]:
+    """The first of ``words`` that hold ``size`` characters in all (an expanded variable
+    repeated a thousand times: the program and its first arguments are what is read)."""
+    kept = []
+    for word in words:
+        size -= len(word) + 1
+        if size < 0 and kept:
+            break
+        kept.append(word)
+    return kept
 
 
 def _scripted_commands(code: str) -> list[str]:
