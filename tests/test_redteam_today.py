@@ -291,3 +291,46 @@ def test_a_socket_a_barely_running_kernel_swaps_into_a_files_place_is_seen(
                    timeout=15, interval=0.2, what="the swapped-in connection in the sample")
     finally:
         accepted.close()
+
+
+# ---------------------------------------------------------------- kernel hook: honest cells
+
+@pytest.fixture(scope="module")
+def guarded():
+    from tests.harness import GuardedServer
+    settings = {"sample_interval": 0.5, "stop_grace": 1.0, "cell_checks": True,
+                "user_name": "redteam5-today", "strike_limit": 0}
+    with GuardedServer(guard=settings) as server:
+        yield server
+
+
+@pytest.mark.integration
+def test_honest_magics_that_run_code_are_no_unchecked_cells(guarded, tmp_path):
+    """Near-misses for the heartbeat and the audit hook's unchecked cells: %autoreload
+    reloading a module the researcher edits, %timeit, %run of a script, %%writefile then
+    %run, a function a cell defined called in a later cell and from a thread, %rerun."""
+    from tests.test_kernel_hook_tampering import Kernel
+    kernel = Kernel(guarded)
+    try:
+        def ok(code: str) -> str:
+            reply, text = kernel.run(code)
+            assert reply["status"] == "ok", f"{code[:80]!r}: {text[-300:]}"
+            return text
+
+        module = tmp_path / "helpers_rt5.py"
+        module.write_text("def value():\n    return 1\n")
+        ok(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n%load_ext autoreload\n"
+           "%autoreload 2\nimport helpers_rt5\nprint(helpers_rt5.value())")
+        module.write_text("def value():\n    return 2  # edited\n")
+        os.utime(module, (time.time() + 5, time.time() + 5))  # newer, whatever the clock's grain
+        assert "2" in ok("print(helpers_rt5.value())")
+        ok("%timeit -n 3 -r 1 sum(range(100))")
+        ok(f"%%writefile {tmp_path}/train_rt5.py\nprint('epoch', 1)\n")
+        assert "epoch 1" in ok(f"%run {tmp_path}/train_rt5.py")
+        ok("def step(x):\n    return x + 1")
+        ok("import threading\nt = threading.Thread(target=step, args=(1,))\nt.start(); t.join()\n"
+           "print(step(2))")
+        ok("%rerun -l 1")
+        kernel.quiet_for(3)
+    finally:
+        kernel.close()
