@@ -196,6 +196,20 @@ def test_a_pth_line_python_313_splits_differently_is_read(tmp_path, content):
     assert _process_markers([PYTHON313, *SLEEP], env=env) == ["pproxy"]
 
 
+@pytest.mark.parametrize("padding", [b"#\n" * (1 << 20), b"./not-there\n" * 100_000],
+                         ids=["comments", "folder lines"])
+def test_a_pth_import_line_after_a_mebibyte_of_padding_is_read(tmp_path, padding):
+    """Was missed: a .pth was read for its first max_script_bytes (1 MiB) only; site.py reads
+    it whole, so an import line after a mebibyte of comments or folder lines ran unread.
+    Fixed: past the budget, its lines that hold "import" are read up to max_bytes."""
+    site_dir = _user_site(tmp_path)
+    (site_dir / "zz-tool.pth").write_bytes(padding + b"import core\n")
+    (site_dir / "core.py").write_text(PREMISE + TOOL)
+    env = _site_env(tmp_path)
+    assert _runs_it(BASE_PYTHON, env)  # the premise: site.py ran the line after the padding
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=env) == ["pproxy"]
+
+
 def test_an_honest_pth_of_a_scientific_package_carries_nothing(tmp_path):
     """Near-miss: the .pth files scientific packages install (a path line, an import line of
     their own hook, a BOM from an editor) are read and carry no marker."""
