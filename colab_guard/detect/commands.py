@@ -495,7 +495,8 @@ def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
 #: A shell word (unquoted characters, quoted and escaped ones), at a word's start: each
 #: alternative begins with a different character, so matching is linear whatever the text.
 _WORD = re.compile(r"""(?<![^\s;&|()<>])(?:[^\s'"`;&|()<>\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")+""")
-_SEQUENCE = re.compile(r"^(?:(-?\d{1,6})\.\.(-?\d{1,6})|([A-Za-z])\.\.([A-Za-z]))(?:\.\.(-?\d{1,6}))?$")
+_SEQUENCE = re.compile(r"^(?:(-?\d{1,6})\.\.(-?\d{1,6})|([A-Za-z])\.\.([A-Za-z]))"
+                       r"(?:\.\.(-?\d{1,6}))?$")
 MAX_BRACE_WORDS = 64
 MAX_BRACE_NESTING = 32
 MAX_BRACE_TEXT = 2 * MAX_TEXT  # characters the words of one text's brace expansions make, at most
@@ -582,7 +583,8 @@ def _sequence(spec: str) -> list[str]:
         first, last = int(match.group(1)), int(match.group(2))
         width = max(len(match.group(1)), len(match.group(2))) \
             if re.match(r"^-?0\d", match.group(1)) or re.match(r"^-?0\d", match.group(2)) else 0
-        numbers = range(first, last + (1 if last >= first else -1), step if last >= first else -step)
+        numbers = range(first, last + (1 if last >= first else -1),
+                        step if last >= first else -step)
         return [str(n).zfill(width) for _, n in zip(range(MAX_BRACE_WORDS), numbers)]
     first, last = ord(match.group(3)), ord(match.group(4))
     letters = range(first, last + (1 if last >= first else -1), step if last >= first else -step)

@@ -167,6 +167,7 @@ class ProcessSampler:
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
         self._unheld_once: set[int] = set()  # held by none at the last tick's end
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
+        self._owners_walked: dict[int, float] = {}  # uid -> its last _walk_owners_of
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
         # The last attribution (kernels, pid -> kernel id), and whether it must be made anew.
@@ -504,7 +505,16 @@ class ProcessSampler:
         an open file's place (dup2: the same fd count, which light reads and barely-running
         checks go by): the running processes of its owner (its uid in the tables) are read in
         full, fds walked, at the next tick (a user's few; not the idle: they did not run)."""
-        uids = {uid for uid in map(sockets.uid, inodes) if uid is not None}
+        now = time.monotonic()
+        every = self.libraries_refresh
+        uids = {uid for uid in map(sockets.uid, inodes)
+                if uid is not None and now - self._owners_walked.get(uid, -every) >= every}
+        if not uids:
+            return  # once per libraries_refresh a uid (a server's clients come and go)
+        self._owners_walked.update(dict.fromkeys(uids, now))
+        if len(self._owners_walked) > 4096:
+            self._owners_walked = {u: t for u, t in self._owners_walked.items()
+                                   if now - t < self.libraries_refresh}
         for key, state in self._tracked.items():
             if state.running and state.uid in uids and state.fds is not None:
                 state.full_due = state.light_at = state.barely_next = 0.0
