@@ -348,3 +348,17 @@ def test_honest_magics_that_run_code_are_no_unchecked_cells(guarded, tmp_path):
         kernel.quiet_for(3)
     finally:
         kernel.close()
+
+
+def test_hostile_pth_files_neither_block_nor_blind_the_reader(tmp_path):
+    """A FIFO no one writes and a symlink loop among the .pth files: not opened (a FIFO would
+    block the reader as it blocks this Python's start), and the tool in the next one still
+    read. (No link to /dev/zero here: the Python started would read it without end.)"""
+    site_dir = _user_site(tmp_path)
+    os.mkfifo(site_dir / "a-fifo.pth")
+    (site_dir / "b-loop.pth").symlink_to(site_dir / "b-loop.pth")
+    (site_dir / "zz-tool.pth").write_text("import core\n")
+    (site_dir / "core.py").write_text(TOOL)
+    started = time.perf_counter()
+    assert _process_markers([BASE_PYTHON, *SLEEP], env=_site_env(tmp_path)) == ["pproxy"]
+    assert time.perf_counter() - started < 30
