@@ -83,7 +83,7 @@ _KEYED = ("sorted", "min", "max")
 # loads of a pickle (its opcodes are read for the callables it calls, never run)
 _UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
                "cloudpickle.loads", "joblib.loads"}
-MAX_PICKLE_OPS = 10_000
+MAX_PICKLE_OPS = MAX_SOURCE  # an op is a byte at least: a pickle is read to its end (0.3 s)
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -998,7 +998,7 @@ class _Reader(ast.NodeVisitor):
         strings: list[str] = []
         calls: list[str] = []
         try:
-            for at, (opcode, arg, _) in enumerate(pickletools.genops(bytes(data[:MAX_VALUE]))):
+            for at, (opcode, arg, _) in enumerate(pickletools.genops(bytes(data[:MAX_SOURCE]))):
                 if at > MAX_PICKLE_OPS:
                     break
                 if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):

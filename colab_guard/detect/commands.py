@@ -17,6 +17,7 @@ Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH 
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import re
@@ -183,7 +184,7 @@ class _Shell:
             name, value = _ASSIGN.match(words[0]).groups()
             assignments[name] = self.expand(value)
             words = words[1:]
-        words = [part for w in words for part in self.split(w)]
+        words = _bounded([part for w in words for part in self.split(w)], 4 * MAX_TEXT)
         if not words:
             self.vars.update(assignments)  # A=b alone sets a shell variable
             return
@@ -205,12 +206,23 @@ class _Shell:
         self.program(words, depth)
 
     def expand(self, word: str) -> str:
+        """``word`` with the shell variables set earlier replaced, at most MAX_TEXT long (a
+        chain ``B=$A$A; C=$B$B; …`` doubles at each step: cut, never built whole)."""
+        budget = [MAX_TEXT]
+
+        def bounded(value: str) -> str:
+            value = value[:max(0, budget[0])]
+            budget[0] -= len(value)
+            return value
+
         def known(match):
             name = match.group(1) or match.group(2)
-            return self.vars.get(name, match.group(0))
+            return bounded(self.vars.get(name, match.group(0)))
         if "$" not in word:
             return word
-        return _VAR.sub(known, _PARAMETER.sub(self._parameter, word))
+        word = _PARAMETER.sub(lambda m: bounded(self._parameter(m)), word)
+        budget[0] = MAX_TEXT
+        return _VAR.sub(known, word)[:MAX_TEXT]
 
     def split(self, word: str) -> list[str]:
         """A word expanded, and split at the characters of ``IFS`` where an expansion made
@@ -313,6 +325,18 @@ _SCRIPTING = {"awk", "gawk", "mawk", "nawk", "busybox", "perl", "ruby", "node", 
               "Rscript"}
 _SCRIPTED = re.compile(r"""(?:system|exec|execSync|spawnSync|popen|shell_exec|passthru|os\.execute)"""
                        r"""\s*\(?\s*(?:\[\s*)?(["'])(.{1,2000}?)\1""")
+
+
+def _bounded(words: list[str], size: int) -> list[str]:
+    """The first of ``words`` that hold ``size`` characters in all (an expanded variable
+    repeated a thousand times: the program and its first arguments are what is read)."""
+    kept = []
+    for word in words:
+        size -= len(word) + 1
+        if size < 0 and kept:
+            break
+        kept.append(word)
+    return kept
 
 
 def _scripted_commands(code: str) -> list[str]:
@@ -468,29 +492,103 @@ def heredocs(text: str) -> tuple[str, list[tuple[str, str, str]]]:
     return "\n".join(kept), scripts[:8]
 
 
-#: An unquoted word with a brace expansion: ``{ngrok,tcp,22}``, ``./xm{r,}ig`` (a comma in it,
-#: no space, quote or ``$``: not ``${V}``, not awk's ``'{print}'``, not ``f() { …; }``). Each
-#: part between commas excludes commas: no backtracking over them (linear, whatever the text).
-_BRACE = re.compile(r"(?<![^\s;&|()<>])([^\s'\"`;&|()<>{}$]*)\{([^{}\s'\"`$,]*(?:,[^{}\s'\"`$,]*)+)\}"
-                    r"([^\s'\"`;&|()<>{}]*)")
+#: A shell word (unquoted characters, quoted and escaped ones), at a word's start: each
+#: alternative begins with a different character, so matching is linear whatever the text.
+_WORD = re.compile(r"""(?<![^\s;&|()<>])(?:[^\s'"`;&|()<>\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")+""")
+_SEQUENCE = re.compile(r"^(?:(-?\d{1,6})\.\.(-?\d{1,6})|([A-Za-z])\.\.([A-Za-z]))"
+                       r"(?:\.\.(-?\d{1,6}))?$")
 MAX_BRACE_WORDS = 64
+MAX_BRACE_NESTING = 32
+MAX_BRACE_TEXT = 2 * MAX_TEXT  # characters the words of one text's brace expansions make, at most
 
 
 def braces(text: str) -> str:
     """Bash's brace expansion of the unquoted words of ``text``: ``{ngrok,tcp,22}`` is the
-    three words ``ngrok tcp 22``, ``a{b,c}d`` is ``abd acd`` (one level, 64 words at most)."""
-    if "{" not in text or "," not in text:
+    three words ``ngrok tcp 22``, ``a{b,c}d`` is ``abd acd``, ``./xm{r,}{i,}g`` starts with
+    ``./xmrig``, ``{x{m,}rig,}`` nests, ``{q..r}`` is a sequence (64 words at most a word;
+    quoted parts stay as they are, ``${V}`` is a parameter)."""
+    if "{" not in text:
         return text
     quoted = _quoted_spans(text)
+    budget = [MAX_BRACE_TEXT]
 
     def expanded(match):
-        if any(start <= match.start() < end for start, end in quoted):
-            return match.group(0)
-        head, tail = match.group(1), match.group(3)
-        items = match.group(2).split(",")[:MAX_BRACE_WORDS]
-        return " ".join(shlex.quote(head + item + tail) for item in items
-                        if head + item + tail)
-    return _BRACE.sub(expanded, text)
+        word = match.group(0)
+        if "{" not in word or any(start < match.start() < end for start, end in quoted):
+            return word
+        words = [w for w in _brace_expand(word, _brace_pairs(word), 0, len(word), 0) if w]
+        kept = list(itertools.takewhile(lambda w: budget.__setitem__(0, budget[0] - len(w) - 1)
+                                        or budget[0] >= 0, words))
+        return " ".join(kept) if kept else word
+    return _WORD.sub(expanded, text)
+
+
+def _brace_pairs(word: str) -> dict[int, tuple[int, list[int]]]:
+    """The unquoted ``{`` … ``}`` pairs of a word that expand: opening index -> (closing index,
+    the indices of its own commas); a pair with no comma is kept only as a sequence."""
+    pairs, stack, at = {}, [], 0
+    while at < len(word):
+        ch = word[at]
+        if ch == "\\":
+            at += 2
+            continue
+        if ch in "'\"":
+            close = word.find(ch, at + 1)
+            while ch == '"' and close > 0 and word[close - 1] == "\\":
+                close = word.find(ch, close + 1)
+            at = len(word) if close < 0 else close + 1
+            continue
+        if ch == "{":
+            stack.append((at, at > 0 and word[at - 1] == "$", []))
+        elif ch == "," and stack:
+            stack[-1][2].append(at)
+        elif ch == "}" and stack:
+            start, parameter, commas = stack.pop()
+            if not parameter and (commas or _SEQUENCE.match(word[start + 1:at])):
+                pairs[start] = (at, commas)
+        at += 1
+    return pairs
+
+
+def _brace_expand(word: str, pairs: dict, begin: int, end: int, nesting: int) -> list[str]:
+    """The words ``word[begin:end]`` expands to (its raw text: quotes kept), at most
+    ``MAX_BRACE_WORDS``: its parts left to right, each group's alternatives expanded in turn."""
+    results, literal, at = [""], begin, begin
+    while at < end:
+        group = pairs.get(at)
+        if group is None or group[0] >= end or nesting >= MAX_BRACE_NESTING:
+            at += 1
+            continue
+        close, commas = group
+        prefix = word[literal:at]
+        if commas:
+            bounds = [at, *commas, close]
+            alternatives = [w for left, right in zip(bounds, bounds[1:])
+                            for w in _brace_expand(word, pairs, left + 1, right, nesting + 1)]
+        else:
+            alternatives = _sequence(word[at + 1:close])
+        results = [r + prefix + a for r, a in itertools.islice(
+            itertools.product(results, alternatives), MAX_BRACE_WORDS)]
+        literal = at = close + 1
+        if len(results[0]) > MAX_TEXT:  # a word longer than a text: the rest left as it is
+            break
+    return [r + word[literal:end] for r in results]
+
+
+def _sequence(spec: str) -> list[str]:
+    """``{1..5}``, ``{01..10..2}``, ``{a..e}``: bash's sequence expression (64 items at most)."""
+    match = _SEQUENCE.match(spec)
+    step = abs(int(match.group(5) or 1)) or 1
+    if match.group(1) is not None:
+        first, last = int(match.group(1)), int(match.group(2))
+        width = max(len(match.group(1)), len(match.group(2))) \
+            if re.match(r"^-?0\d", match.group(1)) or re.match(r"^-?0\d", match.group(2)) else 0
+        numbers = range(first, last + (1 if last >= first else -1),
+                        step if last >= first else -step)
+        return [str(n).zfill(width) for _, n in zip(range(MAX_BRACE_WORDS), numbers)]
+    first, last = ord(match.group(3)), ord(match.group(4))
+    letters = range(first, last + (1 if last >= first else -1), step if last >= first else -step)
+    return [chr(c) for _, c in zip(range(MAX_BRACE_WORDS), letters)]
 
 
 def _quoted_spans(text: str) -> list[tuple[int, int]]:

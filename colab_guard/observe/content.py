@@ -1618,8 +1618,8 @@ def pth_files(folders: list[str]) -> list[str]:
         if names is None:
             try:
                 with os.scandir(folder) as entries:
-                    names = sorted(e.name for e in entries if e.name.endswith(".pth") and
-                                   not e.name.startswith("."))[:PTH_MAX]
+                    # a hidden one too: Python up to 3.12 runs it (3.13 skips it)
+                    names = sorted(e.name for e in entries if e.name.endswith(".pth"))[:PTH_MAX]
             except OSError:
                 names = []
             _PTH_LISTED[key] = names

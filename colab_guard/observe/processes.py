@@ -167,6 +167,8 @@ class ProcessSampler:
         self._foreign_sockets: set[int] = set()  # socket inodes no watched process holds
         self._unheld_once: set[int] = set()  # held by none at the last tick's end
         self._unaccounted: bool | None = None  # this tick's _sockets_unaccounted
+        self._owners_walked: dict[int, float] = {}  # uid -> its last _walk_owners_of
+        self._owners_pending: set[int] = set()  # uids whose walk waits its turn
         self._activity_now: dict[int, tuple | None] = {}  # this tick's full activity, by pid
         self._counts = SchedCounts()  # whether schedstat shows who ran (checked every tick)
         # The last attribution (kernels, pid -> kernel id), and whether it must be made anew.
@@ -507,8 +509,39 @@ class ProcessSampler:
         # walked this tick, and before the tables were read, is found at the next tick's walk
         # (taken as foreign at once, it stayed unseen until the refresh, seconds later).
         unheld = present - held
+        fresh = unheld - self._unheld_once - self._foreign_sockets
         self._foreign_sockets = (self._foreign_sockets & present) | (unheld & self._unheld_once)
         self._unheld_once = unheld
+        if fresh or self._owners_pending:
+            self._walk_owners_of(fresh, sockets)
+
+    def _walk_owners_of(self, inodes: set[int], sockets: InetTables) -> None:
+        """A socket no watched process is known to hold may be one a running process put in
+        an open file's place (dup2: the same fd count, which light reads and barely-running
+        checks go by): the running processes of its owner (its uid in the tables) are read in
+        full, fds walked, at the next tick (a user's few; not the idle: they did not run)."""
+        now = time.monotonic()
+        every = self.libraries_refresh
+        self._owners_pending.update(uid for uid in map(sockets.uid, inodes) if uid is not None)
+        due = [uid for uid in self._owners_pending
+               if now - self._owners_walked.get(uid, -every) >= every]
+        if not due:
+            return  # once per libraries_refresh a uid (a server's clients come and go)
+        # One uid a tick, the longest waiting first: users whose servers' connections come
+        # and go (every page a browser loads) cost a few full reads a second in all, not a
+        # few for each of them.
+        uid = min(due, key=lambda u: self._owners_walked.get(u, -every))
+        self._owners_pending.discard(uid)
+        self._owners_walked[uid] = now
+        if len(self._owners_walked) > 4096:
+            self._owners_walked = {u: t for u, t in self._owners_walked.items()
+                                   if now - t < self.libraries_refresh}
+        for key, state in self._tracked.items():
+            if state.running and state.uid == uid and state.fds is not None:
+                state.full_due = state.light_at = state.barely_next = 0.0
+                state.fds = _Fds(float("-inf"), state.fds.inodes, state.fds.files,
+                                 state.fds.count)
+                self._parked.unpark(key[0])
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
                       gpu_use: tuple[float, float]) -> Process | None:

@@ -269,6 +269,14 @@ class InetTables:
             self._inodes = set(self._table())
         return self._inodes
 
+    def uid(self, inode: int) -> int | None:
+        """The uid that owns a socket of the tables as read (None: not in them)."""
+        line = self._lines.get(inode) if self._lines is not None else None
+        try:
+            return int(line[1][7]) if line is not None else None
+        except (IndexError, ValueError):
+            return None
+
     def of(self, inodes: tuple[int, ...]) -> list[Socket]:
         """The sockets among ``inodes`` (those closed since are left out)."""
         return [sock for _, sock in self.pairs(inodes)]

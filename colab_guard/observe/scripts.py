@@ -1095,7 +1095,7 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
         found = pyc_evidence(os.pread(fd, file_bytes, 0))
         return {"bytes": True} if found is None else {"evidence": found.to_json()}
     if language == PTH:
-        data = os.pread(fd, parse_bytes, 0)
+        data = pth_lines(fd, parse_bytes, file_bytes)
         evidence = python_evidence(pth_code(data))
         evidence.folders.update(pth_folders(data))
         return {"evidence": evidence.to_json()}
@@ -1109,25 +1109,61 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
     return {"evidence": evidence.to_json()}
 
 
+CODE_CHUNK = 1 << 20  # bytes of a long source read at a time to skip its comment lines
+#: A line of a .pth file that may hold code: one with "import" in it (site runs only lines
+#: that begin so; 3.13 splits at a form feed and the like too, so anywhere in the line).
+_PTH_IMPORT_LINE = re.compile(rb"^[^\n]*import[^\n]*\n?", re.MULTILINE)
+
+
+def pth_lines(fd: int, parse_bytes: int, file_bytes: int) -> bytes:
+    """A .pth file's first ``parse_bytes``, and past them the lines that hold "import", read
+    up to ``file_bytes``: site.py reads it whole, so an import line after a mebibyte of
+    comments or folder lines still runs (at most ``parse_bytes`` of such lines)."""
+    head = os.pread(fd, parse_bytes, 0)
+    if len(head) < parse_bytes:
+        return head
+    at = head.rfind(b"\n") + 1 or parse_bytes
+    kept, size, carry = [head[:at]], 0, b""
+    while at < file_bytes and size < parse_bytes:
+        chunk = os.pread(fd, min(CODE_CHUNK, file_bytes - at), at)
+        if not chunk:
+            break
+        at += len(chunk)
+        data = carry + chunk
+        end = data.rfind(b"\n") + 1
+        data, carry = data[:end], data[end:][-CODE_CHUNK:]
+        for match in _PTH_IMPORT_LINE.finditer(data):
+            kept.append(match.group(0))
+            size += len(match.group(0))
+    kept.append(carry if b"import" in carry else b"")
+    return b"".join(kept)
+
+
 def pth_code(data: bytes) -> bytes:
     """The code of a .pth file: its lines that begin ``import`` (site.py runs each; the others
-    are folders added to the path)."""
-    return b"\n".join(line for line in data.splitlines()
-                      if line.startswith((b"import ", b"import\t")))
+    are folders added to the path). Split as Python up to 3.12 splits it (bytes at \\n and \\r)
+    and as 3.13 does (decoded as utf-8-sig, ``str.splitlines``: a BOM, a form feed or \\x1c
+    may begin a line there); the lines of both."""
+    lines = data.splitlines()
+    text = data.decode("utf-8-sig", "surrogateescape")
+    lines += [line.encode("utf-8", "surrogateescape") for line in text.splitlines()]
+    return b"\n".join(dict.fromkeys(line for line in lines
+                                     if line.startswith((b"import ", b"import\t"))))
 
 
 def pth_folders(data: bytes) -> list[str]:
     """The folders a .pth file adds to the path (its other lines, from its own folder: its
     imports and its siblings' are looked for there too), ``PATH_FOLDERS_MAX`` at most."""
     found = []
-    for line in data.splitlines():
-        text = line.rstrip().decode("utf-8", "surrogateescape")
+    lines = [line.decode("utf-8", "surrogateescape") for line in data.splitlines()]
+    lines += data.decode("utf-8-sig", "surrogateescape").splitlines()  # as 3.13 reads it
+    for line in dict.fromkeys(lines):
+        text = line.rstrip()
         if text and not text.startswith(("#", "import ", "import\t")) and "\0" not in text:
             found.append(text)
     return found[:PATH_FOLDERS_MAX]
 
 
-CODE_CHUNK = 1 << 20  # bytes of a long source read at a time to skip its comment lines
 #: A blank line, or a comment line with no quote or backslash: removing it changes no code,
 #: even within a triple-quoted string (only that string's text: its quotes are all kept).
 _NOT_CODE = re.compile(rb"^[ \t\f\r]*(?:#[^\n'\"\\]*)?\n", re.MULTILINE)
