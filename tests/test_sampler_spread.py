@@ -265,3 +265,35 @@ def test_without_process_events_every_quiet_process_is_asked_at_every_tick(many,
         snapshot = sampler.sample({"k": proc.pid})["k"]
         assert snapshot.parked == 0
         time.sleep(0.1)
+
+
+def test_unheld_sockets_have_their_owners_running_processes_read_one_uid_a_tick():
+    """A socket no watched process holds has the running processes of its owner (the uid in
+    the socket tables) read in full at the next tick (a socket dup2'd over an open file
+    leaves the fd count as it was); many users' new connections (their servers' clients) cost
+    one uid's processes a tick, the others in turn."""
+    from colab_guard.observe.processes import Tracked, _Fds
+
+    class Tables:  # the socket tables as read: inode -> its owner's uid
+        def uid(self, inode):
+            return {1: 1001, 2: 1002}.get(inode)
+
+    sampler = ProcessSampler()
+    states = {}
+    for pid, uid in ((101, 1001), (102, 1002), (103, 1001)):
+        state = states[pid] = sampler._tracked[(pid, 1.0)] = Tracked(uid=uid, running=True)
+        state.fds = _Fds(5.0, (), [], 3)
+        state.full_due = 1e12
+    idle = sampler._tracked[(104, 1.0)] = Tracked(uid=1001, running=False)
+    idle.full_due = 1e12
+
+    def read_at_next_tick():
+        return {pid for pid, state in states.items() if state.full_due == 0.0}
+
+    sampler._walk_owners_of({1, 2}, Tables())
+    first = read_at_next_tick()
+    assert first in ({101, 103}, {102})  # one uid's running processes, fds walked again
+    assert all(states[pid].fds.when == float("-inf") for pid in first)
+    assert idle.full_due == 1e12  # one that did not run did not dup2 anything
+    sampler._walk_owners_of(set(), Tables())  # the next tick: the other uid's turn
+    assert read_at_next_tick() == {101, 102, 103}
