@@ -83,6 +83,13 @@ class KernelGuard:
         reporter.watched = guard.missing
         if guard.cell_timeout > 0:  # (no checks asked: none owed)
             reporter.cell_prefix = guard._cell_prefix()
+            # Loaded from a cell (`%load_ext`, or the guard's own loader run by hand): that
+            # cell started before any check existed, and its later statements owe none.
+            frame = sys._getframe()
+            while frame is not None and reporter.cell_prefix:
+                if frame.f_code.co_filename.startswith(reporter.cell_prefix):
+                    reporter.cells_run[frame.f_code.co_filename] = None
+                frame = frame.f_back
         reporter.settle()
         return guard
 
