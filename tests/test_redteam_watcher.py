@@ -10,11 +10,9 @@ is a passing test; what it misses, a strict ``xfail`` asserting what should happ
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -25,13 +23,12 @@ import pytest
 
 from colab_guard.observe import idle
 from tests.harness import wait_until
-from tests.test_watch import (MINER, WALLET, RunningWatcher, _alive, _remove_user, waits,
-                              watching)
+from tests.test_watch import (  # noqa: F401 (the pool fixture)
+    MINER, WALLET, RunningWatcher, _alive, made_users, pool, waits, watching)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                                 reason="the node watcher's red team creates Unix users: root only")
 
-ROOT = Path(__file__).resolve().parent.parent
 MALLORY, OTHER = f"redteam4{os.getpid()}a", f"redteam4{os.getpid()}b"
 
 # A user's Jupyter server stand-in: starts one kernel (kernel.py) in a session of its own
@@ -141,14 +138,7 @@ KERNEL = KERNEL.replace("FAKE_ANCESTOR", repr(FAKE_ANCESTOR))
 
 @pytest.fixture(scope="module")
 def users():
-    made = {}
-    for name in (MALLORY, OTHER):
-        _remove_user(name)
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
-        made[name] = pwd.getpwnam(name)
-    yield made
-    for name in made:
-        _remove_user(name)
+    yield from made_users((MALLORY, OTHER))
 
 
 @pytest.fixture(scope="module")
@@ -160,16 +150,6 @@ def world():
         (folder / name).chmod(0o644)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.standins.pool"], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    yield f"stratum+tcp://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture(scope="module")

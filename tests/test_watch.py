@@ -101,16 +101,22 @@ def _remove_user(name: str) -> None:
     subprocess.run(["userdel", "-r", name], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def users():
+def made_users(names) -> Iterator[dict]:
+    """Unix users with these names (any left over by an interrupted run replaced), name ->
+    passwd entry; removed after."""
     made = {}
-    for name in (ALICE, BOB):
-        _remove_user(name)  # left over by an interrupted run
+    for name in names:
+        _remove_user(name)
         subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
         made[name] = pwd.getpwnam(name)
     yield made
     for name in made:
         _remove_user(name)
+
+
+@pytest.fixture(scope="module")
+def users():
+    yield from made_users((ALICE, BOB))
 
 
 @pytest.fixture(scope="module")
@@ -451,17 +457,19 @@ def test_a_kernel_is_found_after_the_exec_that_follows_its_fork(users, events):
     from colab_guard.watch.kernels import NodeKernels
 
     alice = users[ALICE]
-    later = ("import os, sys, time; time.sleep(float(sys.argv[1])); "
+    later = ("import os, sys; sys.stdin.readline(); "  # exec'd once the test says so
              "os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)'], "
              "{'COLAB_GUARD_KERNEL_ID': 'k-alice-exec'})")
-    proc = subprocess.Popen(["/usr/bin/python3", "-c", later, "0.5"], user=alice.pw_uid,
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", later], user=alice.pw_uid,
                             group=alice.pw_gid, extra_groups=[], env={"PATH": "/usr/bin"},
-                            start_new_session=True, cwd="/")
+                            start_new_session=True, cwd="/", stdin=subprocess.PIPE)
     try:
         node = NodeKernels(users=(ALICE,))
         node.events_live = events
         node.refresh()
         assert "k-alice-exec" not in node.pids()  # not yet exec'd: no marker
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
         environ = Path(f"/proc/{proc.pid}/environ")
         wait_until(lambda: b"COLAB_GUARD_KERNEL_ID" in environ.read_bytes(), timeout=10,
                    what="the exec")
