@@ -214,7 +214,9 @@ class Monitor:
         # idle ones, every tick, otherwise).
         plans = self.policy.respond(
             snapshot.kernel_id, detections,
-            live=None if partial else lambda: {p.key for p in snapshot.processes})
+            live=None if partial else lambda: {p.key for p in snapshot.processes},
+            parents=None if partial else lambda: {p.pid: p.ppid for p in snapshot.processes
+                                                  if not p.is_kernel})
         for plan in plans:
             ties = self._ties(plan)
             if self.policy.admit(plan.kernel_id):
@@ -455,7 +457,8 @@ class Monitor:
         done = await stop_processes_async(
             offenders, self.settings.stop_grace, {kernel_pid} if kernel_pid else set(),
             may_signal=getattr(self.kernels, "may_signal", None),
-            run=lambda fn, *args: loop.run_in_executor(self._acting, fn, *args))
+            run=lambda fn, *args: loop.run_in_executor(self._acting, fn, *args),
+            signalled=lambda keys: self.policy.note_stopping(kernel_id, keys))
         for step, result in zip(steps, done):
             step.outcome, step.detail = result.outcome, result.detail
 

@@ -49,8 +49,10 @@ def test_a_command_line_of_450_000_words_is_cut_before_it_is_split():
         sample = next(p for p in snapshot.processes if p.pid == proc.pid)
         assert len(sample.cmdline) <= procfs.CMDLINE_MAX_WORDS + 1
         assert sample.cmdline[:2] == [PYTHON, "-c"] and sample.cmdline[-1] == procfs.CMDLINE_CUT
-        # Split whole, the words alone take ~28 MiB of the sampler's memory.
-        assert peak < 4 << 20, peak
+        # Split whole, the words alone take ~28 MiB of the sampler's memory; cut, the sample
+        # takes ~3 MiB (the raw 1.3 MB area read once, then decoded). The peak counts every
+        # thread of the test process, so threads other tests left behind get some headroom.
+        assert peak < 8 << 20, peak
     finally:
         proc.kill()
         proc.wait()

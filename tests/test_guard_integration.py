@@ -45,7 +45,9 @@ def pid_from(outputs) -> int:
 async def only_incident(guard_config, category: str) -> dict:
     found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
                                     if i["status"] == "done"], timeout=20)
-    assert len(found) == 1, found
+    assert len(found) == 1, [(i["summary"], [(p.get("pid"), p.get("ppid"), p.get("cmdline"))
+                                             for p in i["evidence"].get("processes", [])])
+                             for i in found]
     assert found[0]["category"] == category
     return found[0]
 

@@ -72,6 +72,40 @@ def test_a_process_is_acted_on_once_while_it_lives():
     assert len(policy.respond("k1", [detection(MINER)], live={(4242, 1.0)})) == 1
 
 
+def test_what_a_process_acted_on_started_is_not_a_new_offence():
+    # A shell caught before it started the tool; the tool caught while the shell's stop is
+    # under way: one act, one incident (the shell's stop takes the tool too).
+    policy = Policy(Settings())
+    shell, tool = detection(MINER, pid=500, ppid=100), detection(MINER, pid=502, ppid=501)
+    live = {(100, 1.0), (500, 1.0), (501, 1.0), (502, 1.0)}
+    parents = {500: 100, 501: 500, 502: 501}  # the kernel (100) is not among them
+    assert len(policy.respond("k1", [shell], live=live, parents=lambda: parents)) == 1
+    assert policy.respond("k1", [tool], live=live, parents=lambda: parents) == []
+    # Another process of the kernel, outside the shell's family, is a new offence.
+    other = detection(MINER, pid=600, ppid=100)
+    assert len(policy.respond("k1", [other], live=live | {(600, 1.0)},
+                              parents=lambda: {**parents, 600: 100})) == 1
+
+
+def test_the_kernel_acted_on_does_not_cover_what_it_starts_next():
+    for settings in (Settings(), Settings(dry_run=True)):
+        policy = Policy(settings)
+        assert len(policy.respond("k1", [detection(MINER, pid=100, is_kernel=True)],
+                                  live={(100, 1.0)}, parents=dict)) == 1
+        child = detection(MINER, pid=700, ppid=100)
+        assert len(policy.respond("k1", [child], live={(100, 1.0), (700, 1.0)},
+                                  parents=lambda: {700: 100})) == 1
+
+
+def test_a_process_signalled_by_a_stop_under_way_is_not_a_new_offence():
+    policy = Policy(Settings())
+    policy.note_stopping("k1", [(800, 1.0)])  # an orphan of the offender, already reparented
+    orphan = detection(MINER, pid=800, ppid=1)
+    assert policy.respond("k1", [orphan], live={(800, 1.0)}, parents=lambda: {800: 1}) == []
+    policy.respond("k1", [], live=set())  # gone: its pid, reused, is a new process
+    assert len(policy.respond("k1", [orphan], live={(800, 1.0)})) == 1
+
+
 def test_the_kernel_itself_is_interrupted_then_shut_down_if_it_goes_on():
     clock = Clock()
     policy = Policy(Settings(actions={"crypto-mining": "stop"}), clock=clock)

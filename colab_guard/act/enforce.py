@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import psutil
@@ -35,13 +36,18 @@ def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int],
 
 async def stop_processes_async(offenders: list[Process], grace: float, spare_pids: set[int],
                                may_signal: MaySignal | None = None,
-                               run: Callable[..., Awaitable] | None = None) -> list[Action]:
+                               run: Callable[..., Awaitable] | None = None,
+                               signalled: Callable[[list[tuple]], None] | None = None
+                               ) -> list[Action]:
     """``stop_processes`` waiting on the event loop. ``run(fn, *args)`` runs the walk of
-    each offender's children off the loop (a thread pool's run_in_executor)."""
+    each offender's children off the loop (a thread pool's run_in_executor).
+    ``signalled(keys)``: told the (pid, create_time) of every process sent SIGTERM."""
     if run is None:
         actions, targets = signal_offenders(offenders, spare_pids, may_signal)
     else:
         actions, targets = await run(signal_offenders, offenders, spare_pids, may_signal)
+    if signalled is not None:
+        signalled([_key(p) for p in targets.values()])
     alive = await _exited(list(targets.values()), grace)
     for proc in alive:
         try:
@@ -86,6 +92,8 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
             action.outcome, action.detail = "failed", "spared: not a notebook user's process"
             continue
         frozen = proc.pid not in spare_pids and _signal(proc, signal.SIGSTOP)
+        if frozen:
+            _wait_stopped(proc.pid)
         try:
             below = subtree(proc)
             if below is None and len(offenders) > 1:
@@ -104,6 +112,43 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
         if frozen:
             _signal(proc, signal.SIGCONT)
     return actions, targets
+
+
+#: How long the walk of an offender's children waits for it to be stopped after SIGSTOP.
+STOPPED_WAIT = 0.2
+
+
+def _wait_stopped(pid: int, timeout: float = STOPPED_WAIT) -> None:
+    """Wait until every thread of the process is stopped (or gone). SIGSTOP takes effect
+    when a thread leaves the kernel: one in the middle of a fork finishes it first, and a
+    child it is forking is not yet among its children. Read before, the child is missed and
+    runs on (a shell that starts the tool at that moment: the tool is not stopped)."""
+    deadline = time.monotonic() + timeout
+    while not _all_stopped(pid) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def _all_stopped(pid: int) -> bool:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True  # gone
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as stat:
+                state = stat.read().rpartition(b")")[2].split(None, 1)[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
+def _key(proc: psutil.Process) -> tuple:
+    try:
+        return (proc.pid, proc.create_time())  # psutil's, cached when the process was made
+    except psutil.Error:
+        return (proc.pid, 0.0)
 
 
 def _signal(proc: psutil.Process, number: int) -> bool:

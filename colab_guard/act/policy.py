@@ -81,14 +81,20 @@ class Policy:
     # ------------------------------------------------------------ processes
 
     def respond(self, kernel_id: str, detections: list[Detection],
-                live: set[tuple] | Callable[[], set[tuple]] | None = None) -> list[Plan]:
+                live: set[tuple] | Callable[[], set[tuple]] | None = None,
+                parents: Callable[[], dict[int, int]] | None = None) -> list[Plan]:
         """Plans for what is new among one kernel's detections, one per category.
 
         ``live``: keys of the kernel's processes alive now (or a function that gives them,
         called only if a process of the kernel was acted on); a process acted on that is
-        gone is forgotten (its pid may come back as another program)."""
+        gone is forgotten (its pid may come back as another program). ``parents``: pid ->
+        parent pid of the kernel's processes other than the kernel (called likewise): what a
+        process acted on started is not a new offence, its stop takes it too (a shell caught
+        before it started the tool, the tool caught while the shell's stop is under way)."""
         if live is not None and self._handled.get(kernel_id):
             self._handled[kernel_id] &= live() if callable(live) else live
+        if parents is not None and self._handled.get(kernel_id):
+            self._handle_descendants(kernel_id, detections, parents())
         by_category: dict[str, list[Detection]] = defaultdict(list)
         for d in detections:
             if self._is_new(d):
@@ -105,6 +111,24 @@ class Policy:
             action = self._choose(group, escalate)
             plans.append(Plan(group, action, self._steps(action, group)))
         return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
+
+    def _handle_descendants(self, kernel_id: str, detections: list[Detection],
+                            parents: dict[int, int]) -> None:
+        handled = self._handled[kernel_id]
+        acted_on = {pid for pid, _ in handled if pid in parents}  # never the kernel itself
+        if not acted_on:
+            return
+        for d in detections:
+            pid, steps = d.process.ppid, 0
+            while pid is not None and steps < 64 and pid not in acted_on:
+                pid, steps = parents.get(pid), steps + 1
+            if pid in acted_on:
+                handled.add(d.process.key)
+
+    def note_stopping(self, kernel_id: str, keys: list[tuple]) -> None:
+        """Processes signalled by a stop under way (the offenders' families): not new
+        offences while they take the signal (SIGKILL comes after the grace)."""
+        self._handled[kernel_id].update(keys)
 
     def admit(self, kernel_id: str) -> bool:
         """Whether the kernel may open an incident of its own now (counted if so); False:
