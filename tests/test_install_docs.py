@@ -15,9 +15,9 @@ README = (ROOT / "README.md").read_text()
 VENV = ROOT / ".venv"
 
 
-def test_dev_test_shows_why_tests_were_skipped():
+def test_dev_test_shows_why_tests_were_skipped_and_names_failures_last():
     script = (ROOT / "dev").read_text()
-    assert 'exec "$PY" -m pytest -rs "$@"' in script
+    assert 'exec "$PY" -m pytest -rsfE "$@"' in script
 
 
 def test_dev_lab_says_what_it_does_and_where_colab_guard_is():
