@@ -138,3 +138,22 @@ async def test_a_child_forked_as_the_stop_begins_is_stopped_too():
         for pid in left:
             os.kill(pid, 9)
         assert not left, f"{len(left)} child(ren) ran on after their parent's stop"
+
+
+async def test_a_stop_is_carried_out_when_the_clock_moved_the_boot_time(monkeypatch):
+    # /proc/stat's btime moves by a second when the clock is set or slewed (seen on CI's
+    # machines); psutil reads it afresh. The offender's key, taken before, must still name it.
+    from psutil import _pslinux
+
+    from colab_guard.observe import procfs
+    proc = started("import time\nprint('up', flush=True)\ntime.sleep(600)")
+    key = Process(pid=proc.pid, create_time=procfs.start_time(proc.pid))
+    real = _pslinux.boot_time
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: real() + 1)
+    try:
+        [action] = await stop_processes_async([key], 1.0, set())
+        assert action.outcome == "done", action.detail
+        assert proc.wait(10) is not None
+    finally:
+        proc.kill()
+        proc.wait()

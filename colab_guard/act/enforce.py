@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import psutil
 
+from ..observe import procfs
 from ..observe.model import Process
 from ..record.incident import Action
 
@@ -79,10 +80,11 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
         actions.append(action)
         try:
             proc = psutil.Process(offender.pid)
-            if offender.create_time and abs(proc.create_time() - offender.create_time) > 0.01:
+            if offender.create_time and \
+                    abs(procfs.start_time(proc.pid) - offender.create_time) > 0.01:
                 action.outcome, action.detail = "gone", "exited (its pid now names another process)"
                 continue
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
             action.outcome, action.detail = "gone", "had already exited"
             continue
         except psutil.Error as err:
@@ -146,8 +148,8 @@ def _all_stopped(pid: int) -> bool:
 
 def _key(proc: psutil.Process) -> tuple:
     try:
-        return (proc.pid, proc.create_time())  # psutil's, cached when the process was made
-    except psutil.Error:
+        return (proc.pid, procfs.start_time(proc.pid))  # as the sampler's keys
+    except OSError:
         return (proc.pid, 0.0)
 
 
@@ -211,10 +213,11 @@ def _descendants(proc: psutil.Process, children: dict[int, list[int]]) -> list[p
         for pid in children.get(parent.pid, ()):
             try:
                 child = psutil.Process(pid)
-                if child.ppid() == parent.pid and child.create_time() >= parent.create_time():
+                if child.ppid() == parent.pid and \
+                        procfs.start_time(child.pid) >= procfs.start_time(parent.pid):
                     found.append(child)
                     stack.append(child)
-            except psutil.Error:
+            except (psutil.Error, OSError):
                 continue
     return found
 

@@ -113,8 +113,8 @@ def same_process(proc: psutil.Process, create_time: float) -> bool:
     second: both start times rest on /proc/stat's boot time, whole seconds the kernel moves
     when the clock is set."""
     try:
-        return abs(proc.create_time() - create_time) <= 1
-    except psutil.Error:
+        return abs(procfs.start_time(proc.pid) - create_time) <= 1
+    except (psutil.Error, OSError):
         return False
 
 

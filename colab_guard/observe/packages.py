@@ -60,6 +60,7 @@ from pathlib import Path
 
 import psutil
 
+from . import procfs
 from .attribution import same_process
 from .model import Process
 
@@ -390,7 +391,7 @@ def _script(p: Process) -> str | None:
 def _relative_to_cwd(p: Process, path: str) -> str | None:
     try:
         process = psutil.Process(p.pid)
-        if process.create_time() != p.create_time:
+        if abs(procfs.start_time(p.pid) - p.create_time) > 0.01:
             return None
         return os.path.join(process.cwd(), path)
     except (psutil.Error, OSError):

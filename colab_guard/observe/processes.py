@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import psutil
 
 from . import procfs
 from .behaviour import Behaviour
@@ -69,7 +68,7 @@ class Entry:
     __slots__ = ("key", "inode", "ppid", "start")
 
     def __init__(self, key: ProcessKey, inode: int, ppid: int, start: int):
-        self.key = key  # (pid, create time as psutil gives it): the process's identity
+        self.key = key  # (pid, create time on procfs.boot_time()): the process's identity
         self.inode = inode  # of /proc/PID: unchanged while the same process lives
         self.ppid = ppid
         self.start = start  # clock ticks after boot
@@ -383,7 +382,7 @@ class ProcessSampler:
             return
         known = self._table.get(pid)
         key = known.key if known is not None and known.start == stat.start \
-            else (pid, procfs.create_time(stat.start, psutil.boot_time()))
+            else (pid, procfs.create_time(stat.start, procfs.boot_time()))
         state = self._state(key)
         state.owner = state.owner or kernel_id
         self._table_changed = True
@@ -446,7 +445,7 @@ class ProcessSampler:
             known.inode, known.ppid = inode, stat.ppid
             return known
         if not boot:
-            boot.append(psutil.boot_time())
+            boot.append(procfs.boot_time())
         return Entry((pid, procfs.create_time(stat.start, boot[0])), inode, stat.ppid, stat.start)
 
     def _attribute(self, kernels: Mapping[str, int], table: dict[int, Entry]) -> dict[int, str]:

@@ -86,6 +86,29 @@ def create_time(start_ticks: int, boot_time: float) -> float:
     return float(start_ticks) / CLOCK_TICKS + boot_time
 
 
+_BOOT_TIME: list[float] = []
+
+
+def boot_time() -> float:
+    """The machine's boot time as this process first read it: start times computed from it
+    never move. /proc/stat's btime is the clock now less the time since boot, in whole
+    seconds: it moves by a second when the clock is set or slewed. psutil reads it afresh for
+    every process handle, so a process's key (pid, create time) could change under the guard:
+    one acted on taken for a new offender (a second incident, a second strike), its stop
+    refused as "its pid now names another process"."""
+    if not _BOOT_TIME:
+        with open("/proc/stat", "rb") as stat:
+            btime = next(line for line in stat if line.startswith(b"btime "))
+        _BOOT_TIME.append(float(btime.split()[1]))
+    return _BOOT_TIME[0]
+
+
+def start_time(pid: int) -> float:
+    """The create time of the process with this pid now, on the fixed boot time (what the
+    sampler's keys hold). FileNotFoundError or ProcessLookupError: gone."""
+    return create_time(read_stat(pid).start, boot_time())
+
+
 #: At most this much of a command line is read, and split into at most this many words: a
 #: process that makes its argument area megabytes of one-letter words would otherwise cost
 #: the sampler a hundred bytes of memory per letter. The signatures read 8 KiB of it.

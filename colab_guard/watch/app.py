@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 from traitlets import Bool, Int, List, TraitError, Unicode, default
 from traitlets.config import Application, Config
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
@@ -161,7 +160,7 @@ class NodeMonitor(Monitor):
                 started = self.exec_argv.get(process.pid)
                 if started is None or not started[1] or started[1] == process.cmdline:
                     continue
-                boot = boot or psutil.boot_time()
+                boot = boot or procfs.boot_time()
                 if abs(procfs.create_time(started[0], boot) - process.create_time) < 0.01:
                     process.cmdline = started[1]
 

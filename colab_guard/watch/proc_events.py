@@ -29,7 +29,6 @@ import struct
 import sys
 from collections.abc import Iterator
 
-import psutil
 
 from ..observe import procfs
 from ..observe.attribution import unknown_kernel, unknown_kernel_uid
@@ -118,7 +117,6 @@ class ProcEvents:
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
         self._named: dict[int, float] = {}  # pid -> when it exec'd, for the looks after
         self._look: asyncio.TimerHandle | None = None  # the next look after execs
-        self._boot: tuple[float, float] | None = None  # (boot time, when read)
         self._probing: set[int] | None = None  # pids of the events read while probing
         loop.add_reader(sock.fileno(), self._readable)
         monitor.kernels.events_live = True
@@ -243,12 +241,10 @@ class ProcEvents:
         same = abs(procfs.create_time(start, self._boot_time()) - known[0]) <= 1
         return known if same else None
 
-    def _boot_time(self) -> float:
-        """As the sampler computes start times (read again each minute: the clock may be set)."""
-        now = self.loop.time()
-        if self._boot is None or now - self._boot[1] > 60:
-            self._boot = (psutil.boot_time(), now)
-        return self._boot[0]
+    @staticmethod
+    def _boot_time() -> float:
+        """As the sampler computes start times (procfs.boot_time: fixed, so keys agree)."""
+        return procfs.boot_time()
 
     def _check_at_exec(self, pid: int, start: int, ppid: int, comm: str, argv: list[str]
                        ) -> None:

@@ -10,7 +10,6 @@ thousands of the system's and other services' processes the watcher never acts o
 
 from __future__ import annotations
 
-import psutil
 
 from ..observe import procfs
 from ..observe.attribution import children_of, descend, unknown_kernel
@@ -124,7 +123,7 @@ class NodeSampler(ProcessSampler):
                 known.inode = inode
                 kept += 1
             else:
-                boot = boot or psutil.boot_time()
+                boot = boot or procfs.boot_time()
                 known = Entry((pid, procfs.create_time(info.start, boot)), inode, info.ppid,
                               info.start)
             table[pid] = known
@@ -139,7 +138,7 @@ class NodeSampler(ProcessSampler):
                 if known is not None and known.start == info.start:
                     kept += 1
                 else:
-                    boot = boot or psutil.boot_time()
+                    boot = boot or procfs.boot_time()
                     known = Entry((pid, procfs.create_time(info.start, boot)), inode,
                                   info.ppid, info.start)
                 table[pid], added = known, True
