@@ -235,7 +235,9 @@ def test_a_cell_whose_check_outlasts_the_limit_is_refused_then_runs_when_run_aga
         kernel = Kernel(slow)
         try:
             kernel.run("1")
-            cell = "\n".join(f"x{i} = 'v{i}'" for i in range(15_000)) + "\nprint('ran')"
+            # ~1.7 MB in 7 pieces, seconds to read on any machine (one piece of 250 KB was
+            # read within the second on a fast one, and the cell ran).
+            cell = "\n".join(f"x{i} = 'v' + 'w{i}' * 2" for i in range(64_000)) + "\nprint('ran')"
             reply, text = kernel.run(cell)
             assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
             assert "Run it again" in text
