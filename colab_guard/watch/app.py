@@ -57,8 +57,8 @@ ACTED_AT_EXEC_KEPT = 120.0
 
 
 def _acted(acted: dict[int, tuple[float, float]], process: Process) -> bool:
-    """Whether this very process was acted on at its exec (start times within a second: the
-    pass may have computed its own from a boot time the kernel moved)."""
+    """Whether this very process was acted on at its exec (start times within a second, as
+    ``attribution.same_process``: both are computed on procfs.boot_time, so they agree)."""
     seen = acted.get(process.pid)
     return seen is not None and abs(seen[0] - process.create_time) <= 1
 
@@ -109,8 +109,8 @@ class NodeMonitor(Monitor):
 
     def act_on(self, snapshot, detections, partial: bool = False) -> None:
         if self.acted_at_exec and not partial:
-            # The same process, its start time computed from a boot time the clock moved:
-            # what the Policy does for a process it has handled.
+            # A process acted on at its exec: what the Policy does for a process it has
+            # handled (the exec check answers outside the Policy's record of the pass).
             detections = [d for d in detections if not _acted(self.acted_at_exec, d.process)]
         super().act_on(snapshot, detections, partial)
 
