@@ -27,6 +27,7 @@ import binascii
 import codecs
 import re
 import shlex
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -84,6 +85,12 @@ _KEYED = ("sorted", "min", "max")
 _UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
                "cloudpickle.loads", "joblib.loads"}
 MAX_PICKLE_OPS = MAX_SOURCE  # an op is a byte at least: a pickle is read to its end (0.3 s)
+#: characters the arguments of a cell's unpickler calls may be folded to, all together (a
+#: pickle assembled past MAX_VALUE, ``b'N0' * 3000 + payload``, is still read; the budget keeps
+#: thousands of such calls from costing more than one long one)
+MAX_PICKLE_FOLDING = MAX_SOURCE
+#: the longest string one fold builds (raised only while a pickle's argument is folded)
+_VALUE_LIMIT: ContextVar[int] = ContextVar("value_limit", default=MAX_VALUE)
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -281,6 +288,7 @@ class _Reader(ast.NodeVisitor):
         self.pure: dict[str, ast.FunctionDef] = {}
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
+        self._pickle_budget = MAX_PICKLE_FOLDING  # characters left for long pickle folds
 
     # ------------------------------------------------------------ output
 
@@ -895,9 +903,10 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
             self._import_written(_as_text(args[0].value))
-        elif name in _UNPICKLERS and args and args[0] is not None and \
-                isinstance(args[0].value, (bytes, bytearray, str)):
-            self._unpickled(args[0].value)
+        elif name in _UNPICKLERS and args and \
+                (pickled := args[0] or self._fold_long(node.args[0])) is not None and \
+                isinstance(pickled.value, (bytes, bytearray, str)):
+            self._unpickled(pickled.value)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -986,6 +995,19 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _fold_long(self, node: ast.expr) -> _Folded | None:
+        """A pickle's argument folded past MAX_VALUE, out of the cell's MAX_PICKLE_FOLDING."""
+        if self._pickle_budget <= MAX_VALUE:
+            return None
+        token = _VALUE_LIMIT.set(self._pickle_budget)
+        try:
+            folded = self.fold(node)
+        finally:
+            _VALUE_LIMIT.reset(token)
+        if folded is not None and isinstance(folded.value, (str, bytes)):
+            self._pickle_budget -= len(folded.value)
+        return folded
 
     def _unpickled(self, data) -> None:
         """A pickle the cell loads from a constant: what it calls as it loads (its GLOBAL and
@@ -1314,7 +1336,8 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node.op, ast.BitXor) and type(left.value) is int and type(right.value) is int:
             return _Folded(left.value ^ right.value, True)
         if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
-                isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
+                isinstance(left.value, (str, bytes)) and \
+                len(left.value) * right.value <= _VALUE_LIMIT.get():
             return _Folded(left.value * right.value, True)
         return None
 
@@ -1540,7 +1563,7 @@ def _canonical(name: str | None) -> str | None:
 
 
 def _cap(value):
-    if isinstance(value, (str, bytes)) and len(value) > MAX_VALUE:
+    if isinstance(value, (str, bytes)) and len(value) > _VALUE_LIMIT.get():
         raise ValueError("too long")
     return value
 
