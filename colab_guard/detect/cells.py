@@ -344,6 +344,8 @@ class _Reader(ast.NodeVisitor):
             return
         text = self._expand(text)
         self.emit("run", text)
+        if split:  # a whole shell line: with its own variables replaced too
+            self.emit("run", shell.with_variables(text, {}))
         for word in text.split():
             for decoded in _decode_literal(word.strip("'\"")):
                 self.emit("hidden", decoded)
@@ -1146,10 +1148,12 @@ class _Reader(ast.NodeVisitor):
                 for kind, name, document in documents:
                     if kind == "file":  # cat > x.sh <<EOF: remembered like %%writefile
                         self._wrote(name, document)
+            variables: dict[str, str] = {}  # one shell: what a line sets, the next ones use
             for body_line in body.splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
                     if shell_cell:
                         self.emit_run(body_line, split=False)
+                        self.emit("run", shell.with_variables(self._expand(body_line), variables))
                     else:
                         self.emit("text", body_line)
             if shell_cell:  # one shell runs the whole body: cd and variables carry over

@@ -110,6 +110,17 @@ def split_shell(text: str, cwd: str | None = None, variables: dict[str, str] | N
     return found[:MAX_COMMANDS]
 
 
+def with_variables(line: str, variables: dict[str, str]) -> str:
+    """``line`` with the shell variables it and earlier lines set (``variables``, updated)
+    replaced where the shell would: redirections are no argv, so ``>& ${P}p/host/port`` with
+    ``P=/dev/tc`` shows /dev/tcp only this way. At most MAX_TEXT characters."""
+    if "$" not in line and "=" not in line:
+        return line
+    shell = _Shell([], None, variables)
+    shell.run(line, MAX_DEPTH)  # only this line's assignments: what it starts is read elsewhere
+    return shell.expand(line[:MAX_TEXT]) if "$" in line else line
+
+
 def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[Command]:
     """The programs an exec of ``argv`` starts: itself, and what its wrappers start."""
     found: list[Command] = []
