@@ -686,8 +686,8 @@ class _Reader(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
-        self._decorated(node)
         self._visit_with_defaults(node)
+        self._decorated(node)  # last: a reading error there leaves the body read
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -829,7 +829,6 @@ class _Reader(ast.NodeVisitor):
         self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
 
     def visit_ClassDef(self, node):
-        self._decorated(node)
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
             if name and "." in name:
@@ -841,6 +840,7 @@ class _Reader(ast.NodeVisitor):
                 folded = self.fold(statement.value)
                 if folded is not None:
                     self.names[f"{node.name}.{statement.targets[0].id}"] = folded
+        self._decorated(node)
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
