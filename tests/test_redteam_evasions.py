@@ -724,7 +724,7 @@ CELL_GAPS_READ += [
         compile("import os\nX = %r\nos.system('ngrok tcp 22')" % ("x" * 6000), "x", "exec"))]),
 ]
 
-#: Read now (fixed in detect/commands.py: a shell line's variables replaced in its run: line)
+#: Read now (fixed in detect/commands.py: a redirection's target a variable spells, expanded)
 CELL_GAPS_REVERSE_SHELL = [
     ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
     ("/dev/tcp through a variable on one line", ["!P=/dev/tc; bash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
@@ -735,7 +735,8 @@ CELL_GAPS_REVERSE_SHELL = [
                          ids=[g[0] for g in CELL_GAPS_REVERSE_SHELL])
 def test_dev_tcp_spelled_through_a_variable_is_refused(what, cells):
     """Was missed: the run: line kept ``${P}p`` (a redirection is no argv, so the shell's
-    variables never reached it)."""
+    variables never reached it). Fixed: such a redirection is a run: line of its own,
+    expanded (``run: >& /dev/tcp/127.0.0.1/4444``)."""
     assert "cell-reverse-shell" in _cell_signatures(*cells), what
 
 

@@ -346,15 +346,22 @@ class _Reader(ast.NodeVisitor):
             return
         text = self._expand(text)
         self.emit("run", text)
-        if split:  # a whole shell line: with its own variables replaced too
-            self.emit("run", shell.with_variables(text, {}))
         for word in text.split():
             for decoded in _decode_literal(word.strip("'\"")):
                 self.emit("hidden", decoded)
         if split:
             found = shell.split_argv(argv, self.cwd) if argv is not None else \
-                shell.split_shell(text, self.cwd)
+                self.split_shell(text, self.cwd)
             self.started(found)
+
+    def split_shell(self, text: str, cwd: str | None) -> list[Command]:
+        """The programs a shell line starts; a redirection whose target a shell variable
+        spells is a ``run:`` line of its own, expanded (``run: >& /dev/tcp/host/4444``)."""
+        redirects: list[str] = []
+        found = shell.split_shell(text, cwd, redirects=redirects)
+        for redirect in redirects:
+            self.emit("run", redirect)
+        return found
 
     def started(self, found: list[Command]) -> None:
         """Programs the cell starts: kept, and what they tell about the cell's folders."""
@@ -380,7 +387,7 @@ class _Reader(ast.NodeVisitor):
                 if kind == "python":
                     self.read_code(text, ipython=False)
                 else:
-                    self.started(shell.split_shell(text, command.cwd))
+                    self.started(self.split_shell(text, command.cwd))
 
     def _globbed(self, command: Command) -> Command:
         """A glob in the program's place, or the script's of an interpreter (``./xm?ig``,
@@ -1249,16 +1256,14 @@ class _Reader(ast.NodeVisitor):
                 for kind, name, document in documents:
                     if kind == "file":  # cat > x.sh <<EOF: remembered like %%writefile
                         self._wrote(name, document)
-            variables: dict[str, str] = {}  # one shell: what a line sets, the next ones use
             for body_line in body.splitlines():
                 if body_line.strip() and not body_line.lstrip().startswith("#"):
                     if shell_cell:
                         self.emit_run(body_line, split=False)
-                        self.emit("run", shell.with_variables(self._expand(body_line), variables))
                     else:
                         self.emit("text", body_line)
             if shell_cell:  # one shell runs the whole body: cd and variables carry over
-                self.started(shell.split_shell(self._expand(values[2]), self.cwd))
+                self.started(self.split_shell(self._expand(values[2]), self.cwd))
 
     def generic_expression(self, node):
         """Emit the largest constant sub-expressions; look inside the rest."""
