@@ -711,6 +711,8 @@ CELL_GAPS_READ += [
                              "r[1](['ngrok', 'tcp', '22'])"]),
     ("a lambda's default argument", ["import os\n(lambda f=os.system: f('ngrok tcp 22'))()"]),
     ("a function's default argument", ["import os\ndef g(run=os.system):\n    run('ngrok tcp 22')\ng()"]),
+    ("a helper's default runner", ["import subprocess\ndef sh(c, run=subprocess.run):\n"
+                                   "    return run(c, shell=True)\nsh('ngrok tcp 22')"]),
     ("a decorator over a lambda", ["import os\n@os.system\n@lambda f: 'ngrok tcp 22'\ndef f(): pass"]),
     ("a decorator over a helper", ["import os\ndef cmd(_):\n    return 'ngrok tcp 22'\n"
                                    "@os.system\n@cmd\nclass C: pass"]),

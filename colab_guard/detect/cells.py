@@ -27,6 +27,7 @@ import binascii
 import codecs
 import re
 import shlex
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -636,19 +637,24 @@ class _Reader(ast.NodeVisitor):
                 bound[param.arg] = runner
         return bound
 
-    def _visit_with_defaults(self, node) -> None:
-        """The body of a function or lambda read with its runner defaults bound."""
+    @contextmanager
+    def _defaults_bound(self, node):
+        """While a function's or lambda's body is read: its runner defaults bound."""
         bound = self._runner_defaults(node.args)
         saved = {name: self.aliases.get(name) for name in bound}
         self.aliases.update(bound)
         try:
-            self.generic_visit(node)
+            yield
         finally:
             for name, value in saved.items():
                 if value is None:
                     self.aliases.pop(name, None)
                 else:
                     self.aliases[name] = value
+
+    def _visit_with_defaults(self, node) -> None:
+        with self._defaults_bound(node):
+            self.generic_visit(node)
 
     def visit_Lambda(self, node):
         self._visit_with_defaults(node)
@@ -696,9 +702,11 @@ class _Reader(ast.NodeVisitor):
         self._visit_with_defaults(node)
         self._decorated(node)  # last: a reading error there leaves the body read
 
-    visit_AsyncFunctionDef = visit_FunctionDef
-
     def _runner(self, node) -> None:
+        with self._defaults_bound(node):  # def sh(c, run=subprocess.run): run(c, shell=True)
+            self._runs_its_argument(node)
+
+    def _runs_its_argument(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
