@@ -618,8 +618,8 @@ class _Reader(ast.NodeVisitor):
             self._tables.discard(name)
         for key, item in pairs[:256]:
             runner = self.call_name(item) if isinstance(item, (ast.Name, ast.Attribute)) else None
-            folded = self.fold(key)
-            if self._runs(runner) and folded is not None:
+            folded = self.fold(key) if self._runs(runner) else None
+            if folded is not None:
                 self.aliases[f"{name}[{folded.value!r}]"] = runner
                 self._tables.add(name)
 
