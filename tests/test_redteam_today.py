@@ -144,11 +144,26 @@ def test_an_honest_pickle_constant_is_not_touched():
     assert not check("import pickle\nstate = pickle.loads(%r)" % data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a value the cell assembles (b'N0' * 3000 + payload) longer than "
-                          "MAX_VALUE (4,096) is not folded at all: the pickle is unknown")
 def test_a_pickle_assembled_past_the_folding_limit_is_read():
+    """Was missed: a value the cell assembles (``b'N0' * 3000 + payload``) longer than
+    MAX_VALUE (4,096) was not folded at all, so the pickle was unknown. Fixed: an unpickler's
+    argument is folded up to MAX_PICKLE_FOLDING (256 KiB for the whole cell)."""
     assert _refused("import pickle\npickle.loads(b'N0' * 3000 + %r)" % PAYLOAD)
+
+
+def test_many_long_assembled_pickles_are_read_in_bounded_time():
+    """The long folding is one budget per cell: thousands of calls assembling 200 KB each
+    cost about what one does (the last ones are left unread, as any unknown value)."""
+    cell = "import pickle\n" + "pickle.loads(b'N0' * 100000 + b'N.')\n" * 5000
+    started = time.perf_counter()
+    assert not check(cell)
+    assert time.perf_counter() - started < 10.0
+
+
+def test_an_honest_assembled_pickle_is_not_touched():
+    import pickle
+    data = pickle.dumps({"rows": list(range(2000)), "note": "xmrig ngrok tcp 22"})
+    assert not check("import pickle\nstate = pickle.loads(%r + %r)" % (data[:3000], data[3000:]))
 
 
 # ---------------------------------------------------------------- script reader: .pth files

@@ -27,6 +27,8 @@ import binascii
 import codecs
 import re
 import shlex
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -84,6 +86,12 @@ _KEYED = ("sorted", "min", "max")
 _UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
                "cloudpickle.loads", "joblib.loads"}
 MAX_PICKLE_OPS = MAX_SOURCE  # an op is a byte at least: a pickle is read to its end (0.3 s)
+#: characters the arguments of a cell's unpickler and unmarshaller calls may be folded to,
+#: all together (a pickle assembled past MAX_VALUE, ``b'N0' * 3000 + payload``, is still read;
+#: the budget keeps thousands of such calls from costing more than one long one)
+MAX_LONG_FOLDING = MAX_SOURCE
+#: the longest string one fold builds (raised only while such an argument is folded)
+_VALUE_LIMIT: ContextVar[int] = ContextVar("value_limit", default=MAX_VALUE)
 _RUN_PREFIXES = ("os.exec", "os.spawn")
 _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3"}
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
@@ -281,6 +289,9 @@ class _Reader(ast.NodeVisitor):
         self.pure: dict[str, ast.FunctionDef] = {}
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
+        self._long_budget = MAX_LONG_FOLDING  # characters left for long folds
+        # names of tables of functions that start programs (their items are aliases, d['go'])
+        self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
 
     # ------------------------------------------------------------ output
 
@@ -341,8 +352,17 @@ class _Reader(ast.NodeVisitor):
                 self.emit("hidden", decoded)
         if split:
             found = shell.split_argv(argv, self.cwd) if argv is not None else \
-                shell.split_shell(text, self.cwd)
+                self.split_shell(text, self.cwd)
             self.started(found)
+
+    def split_shell(self, text: str, cwd: str | None) -> list[Command]:
+        """The programs a shell line starts; a redirection whose target a shell variable
+        spells is a ``run:`` line of its own, expanded (``run: >& /dev/tcp/host/4444``)."""
+        redirects: list[str] = []
+        found = shell.split_shell(text, cwd, redirects=redirects)
+        for redirect in redirects:
+            self.emit("run", redirect)
+        return found
 
     def started(self, found: list[Command]) -> None:
         """Programs the cell starts: kept, and what they tell about the cell's folders."""
@@ -368,7 +388,7 @@ class _Reader(ast.NodeVisitor):
                 if kind == "python":
                     self.read_code(text, ipython=False)
                 else:
-                    self.started(shell.split_shell(text, command.cwd))
+                    self.started(self.split_shell(text, command.cwd))
 
     def _globbed(self, command: Command) -> Command:
         """A glob in the program's place, or the script's of an interpreter (``./xm?ig``,
@@ -566,6 +586,8 @@ class _Reader(ast.NodeVisitor):
                     if isinstance(target, ast.Name):
                         self.runners[target.id] = params.index(inner.args[0].id)
         for target in node.targets:
+            if isinstance(target, ast.Name):
+                self._runner_table(target.id, node.value)  # (a new value: a new table)
             if isinstance(target, ast.Subscript) and \
                     self.call_name(target.value) in ("os.environ", "os.environb"):
                 # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
@@ -578,6 +600,81 @@ class _Reader(ast.NodeVisitor):
                     self.names.pop(target.id, None)
                 if alias:
                     self.aliases[target.id] = alias
+
+    def _runner_table(self, name: str, value: ast.expr) -> None:
+        """``d = {"go": os.system}`` (or ``dict(go=…)``, ``[os.system]``): ``d["go"]`` is an
+        alias of os.system, kept as the alias ``d['go']``."""
+        if isinstance(value, ast.Dict) and None not in value.keys:
+            pairs = list(zip(value.keys, value.values))
+        elif isinstance(value, (ast.List, ast.Tuple)):
+            pairs = [(ast.Constant(i), item) for i, item in enumerate(value.elts)]
+        elif isinstance(value, ast.Call) and self.call_name(value.func) == "dict" and not value.args:
+            pairs = [(ast.Constant(kw.arg), kw.value) for kw in value.keywords if kw.arg]
+        else:
+            pairs = []
+        if name in self._tables:
+            for alias in [a for a in self.aliases if a.startswith(name + "[")]:
+                del self.aliases[alias]
+            self._tables.discard(name)
+        for key, item in pairs[:256]:
+            runner = self.call_name(item) if isinstance(item, (ast.Name, ast.Attribute)) else None
+            folded = self.fold(key) if self._runs(runner) else None
+            if folded is not None:
+                self.aliases[f"{name}[{folded.value!r}]"] = runner
+                self._tables.add(name)
+
+    def _runner_defaults(self, arguments: ast.arguments) -> dict[str, str]:
+        """Parameters whose default is a function that starts programs (``lambda f=os.system:
+        f("…")``): inside the body, that function."""
+        params = arguments.posonlyargs + arguments.args
+        pairs = list(zip(params[len(params) - len(arguments.defaults):], arguments.defaults))
+        pairs += [(a, d) for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults) if d]
+        bound = {}
+        for param, default in pairs:
+            runner = self.call_name(default) if isinstance(default, (ast.Name, ast.Attribute)) \
+                else None
+            if self._runs(runner):
+                bound[param.arg] = runner
+        return bound
+
+    @contextmanager
+    def _defaults_bound(self, node):
+        """While a function's or lambda's body is read: its runner defaults bound."""
+        bound = self._runner_defaults(node.args)
+        saved = {name: self.aliases.get(name) for name in bound}
+        self.aliases.update(bound)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    self.aliases.pop(name, None)
+                else:
+                    self.aliases[name] = value
+
+    def _visit_with_defaults(self, node) -> None:
+        with self._defaults_bound(node):
+            self.generic_visit(node)
+
+    def visit_Lambda(self, node):
+        self._visit_with_defaults(node)
+
+    def _decorated(self, node) -> None:
+        """Decorators that start programs, applied as Python applies them (bottom up):
+        ``@os.system`` over ``@lambda f: "ngrok tcp 22"`` runs ``os.system("ngrok tcp 22")``;
+        the function itself is no command (a bare ``@os.system`` fails and runs nothing)."""
+        decorators = node.decorator_list
+        if not any(self._runs(self.call_name(d)) for d in decorators
+                   if isinstance(d, (ast.Name, ast.Attribute))):
+            return
+        applied: ast.expr = ast.Name(id=_DECORATED, ctx=ast.Load())
+        for decorator in reversed(decorators[-16:]):
+            applied = ast.Call(func=decorator, args=[applied], keywords=[])
+        self.names[_DECORATED] = _Folded(_FUNCTION, False)
+        try:
+            self.visit_Call(applied)
+        finally:
+            self.names.pop(_DECORATED, None)
 
     def find_runners(self, tree) -> None:
         """Functions that run their argument, wherever they are defined in the cell (``a(x)``
@@ -602,9 +699,14 @@ class _Reader(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
-        self.generic_visit(node)
+        self._visit_with_defaults(node)
+        self._decorated(node)  # last: a reading error there leaves the body read
 
     def _runner(self, node) -> None:
+        with self._defaults_bound(node):  # def sh(c, run=subprocess.run): run(c, shell=True)
+            self._runs_its_argument(node)
+
+    def _runs_its_argument(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
@@ -753,6 +855,7 @@ class _Reader(ast.NodeVisitor):
                 folded = self.fold(statement.value)
                 if folded is not None:
                     self.names[f"{node.name}.{statement.targets[0].id}"] = folded
+        self._decorated(node)
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
@@ -895,9 +998,14 @@ class _Reader(ast.NodeVisitor):
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
             self._import_written(_as_text(args[0].value))
-        elif name in _UNPICKLERS and args and args[0] is not None and \
-                isinstance(args[0].value, (bytes, bytearray, str)):
-            self._unpickled(args[0].value)
+        elif name in _UNPICKLERS and args and \
+                (pickled := args[0] or self._fold_long(node.args[0])) is not None and \
+                isinstance(pickled.value, (bytes, bytearray, str)):
+            self._unpickled(pickled.value)
+        elif name == "marshal.loads" and args and \
+                (marshalled := args[0] or self._fold_long(node.args[0])) is not None and \
+                isinstance(marshalled.value, (bytes, bytearray)):
+            self._unmarshalled(marshalled.value)
         elif name in ("os.chdir",) and args and args[0] is not None:
             self.change_folder(_as_text(args[0].value))
         elif name in _PY_DOWNLOADS and args and args[0] is not None and _as_text(args[0].value):
@@ -986,6 +1094,38 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _fold_long(self, node: ast.expr) -> _Folded | None:
+        """An unpickler's or unmarshaller's argument folded past MAX_VALUE, out of the cell's
+        MAX_LONG_FOLDING."""
+        if self._long_budget <= MAX_VALUE:
+            return None
+        token = _VALUE_LIMIT.set(self._long_budget)
+        try:
+            folded = self.fold(node)
+        finally:
+            _VALUE_LIMIT.reset(token)
+        if folded is not None and isinstance(folded.value, (str, bytes)):
+            self._long_budget -= len(folded.value)
+        return folded
+
+    def _unmarshalled(self, data: bytes) -> None:
+        """Code the cell unmarshals from a constant (``exec(marshal.loads(…))``), never loaded
+        (marshal is not safe against hostile data): its strings, read by their type codes.
+        Where they name a module and its function that starts programs (``os`` and
+        ``system`` among a code object's names), its other strings are the commands it may run
+        (read by its strings, not its bytecode: ``platform.system()`` beside ``import os``
+        reads as os.system too)."""
+        strings = _marshal_strings(bytes(data[:MAX_SOURCE]))
+        present = set(strings)
+        for call in sorted(_RUN_CALLS | _RUN_NAMES):
+            module, _, attr = call.rpartition(".")
+            if module in present and attr in present:
+                self.emit("call", call)
+                for text in strings:
+                    if text not in (module, attr) and not text.startswith("<"):
+                        self.emit_run(text)
+                return
 
     def _unpickled(self, data) -> None:
         """A pickle the cell loads from a constant: what it calls as it loads (its GLOBAL and
@@ -1131,7 +1271,7 @@ class _Reader(ast.NodeVisitor):
                     else:
                         self.emit("text", body_line)
             if shell_cell:  # one shell runs the whole body: cd and variables carry over
-                self.started(shell.split_shell(self._expand(values[2]), self.cwd))
+                self.started(self.split_shell(self._expand(values[2]), self.cwd))
 
     def generic_expression(self, node):
         """Emit the largest constant sub-expressions; look inside the rest."""
@@ -1194,6 +1334,11 @@ class _Reader(ast.NodeVisitor):
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
             func = func.value
+        if isinstance(func, ast.Subscript) and isinstance(func.value, ast.Name):
+            key = self.fold(func.slice)  # d["go"] where d = {"go": os.system}
+            table = self.aliases.get(f"{func.value.id}[{key.value!r}]") if key is not None else None
+            if table:
+                return ".".join([table, *reversed(parts)])
         if isinstance(func, ast.Subscript):  # sys.modules["os"].system, vars(os)["system"]
             key = self.fold(func.slice)
             key = key.value if key is not None and isinstance(key.value, str) else None
@@ -1314,7 +1459,8 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node.op, ast.BitXor) and type(left.value) is int and type(right.value) is int:
             return _Folded(left.value ^ right.value, True)
         if isinstance(node.op, ast.Mult) and isinstance(right.value, int) and \
-                isinstance(left.value, (str, bytes)) and len(left.value) * right.value <= MAX_VALUE:
+                isinstance(left.value, (str, bytes)) and \
+                len(left.value) * right.value <= _VALUE_LIMIT.get():
             return _Folded(left.value * right.value, True)
         return None
 
@@ -1406,6 +1552,10 @@ class _Reader(ast.NodeVisitor):
 
     def _fold_call(self, node: ast.Call, depth: int) -> _Folded | None:
         func = node.func
+        if isinstance(func, ast.Lambda) and depth < MAX_INLINE_DEPTH:  # (lambda x: …)(…)
+            return self._fold_inlined(ast.FunctionDef(
+                name="<lambda>", args=func.args, body=[ast.Return(func.body)], decorator_list=[]),
+                node, depth)
         if isinstance(func, ast.Name) and func.id in self.pure and depth < MAX_INLINE_DEPTH:
             return self._fold_inlined(self.pure[func.id], node, depth)
         if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
@@ -1507,6 +1657,8 @@ def _script_runs(body: str) -> list[str]:
 
 MAX_INLINED_ITEMS = 64  # items of a constant a comprehension is folded over
 MAX_INLINE_DEPTH = 20  # fold depth past which a helper's call is not inlined
+_DECORATED = "\0decorated"  # the name a decorated function is read under (no Python name)
+_FUNCTION = object()  # its value: a function, no command
 
 
 def _returns_only(function) -> bool:
@@ -1539,8 +1691,36 @@ def _canonical(name: str | None) -> str | None:
     return name
 
 
+_MARSHAL_SHORT = {ord("z"), ord("Z")}  # short ASCII strings: a length byte
+_MARSHAL_LONG = {ord(c) for c in "aAut"}  # ASCII or UTF-8 strings: a 4-byte length
+MAX_MARSHAL_STRINGS = 4096
+
+
+def _marshal_strings(data: bytes) -> list[str]:
+    """The printable strings of marshal data, in order (each type code, FLAG_REF or not,
+    followed by its length and text; what only looks so in code bytes is read too)."""
+    found: list[str] = []
+    at = 0
+    while at < len(data) - 1 and len(found) < MAX_MARSHAL_STRINGS:
+        code = data[at] & 0x7F
+        if code in _MARSHAL_SHORT:
+            size, start = data[at + 1], at + 2
+        elif code in _MARSHAL_LONG and at + 5 <= len(data):
+            size, start = int.from_bytes(data[at + 1:at + 5], "little"), at + 5
+        else:
+            at += 1
+            continue
+        text = data[start:start + size]
+        if size and len(text) == size and text.isascii() and text.decode().isprintable():
+            found.append(text.decode())
+            at = start + size
+        else:
+            at += 1
+    return found
+
+
 def _cap(value):
-    if isinstance(value, (str, bytes)) and len(value) > MAX_VALUE:
+    if isinstance(value, (str, bytes)) and len(value) > _VALUE_LIMIT.get():
         raise ValueError("too long")
     return value
 

@@ -101,12 +101,15 @@ _LOADER_OPTIONS = {"--library-path", "--preload", "--argv0", "--audit", "--inhib
 
 
 def split_shell(text: str, cwd: str | None = None, variables: dict[str, str] | None = None,
-                depth: int = 0) -> list[Command]:
+                depth: int = 0, redirects: list[str] | None = None) -> list[Command]:
     """Every program a shell would start for ``text`` (a ``!`` line, a ``%%bash`` body, an
     ``os.system`` string), outer wrappers first. ``variables`` (shell variables set earlier
-    in the same shell) is updated with the assignments the text makes."""
+    in the same shell) is updated with the assignments the text makes. ``redirects`` gets
+    each redirection whose target a variable spells, expanded (``>& /dev/tcp/host/4444`` for
+    ``P=/dev/tc; … >& ${P}p/host/4444``): a redirection is no argv, so only this shows it."""
     found: list[Command] = []
-    _Shell(found, cwd, {} if variables is None else variables).run(text, depth)
+    _Shell(found, cwd, {} if variables is None else variables,
+           [] if redirects is None else redirects).run(text, depth)
     return found[:MAX_COMMANDS]
 
 
@@ -118,8 +121,14 @@ def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[
 
 
 class _Shell:
-    def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str]):
+    def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str],
+                 redirects: list[str] | None = None):
         self.found, self.cwd, self.vars = found, cwd, variables
+        self.redirects = [] if redirects is None else redirects
+
+    def sub(self) -> _Shell:
+        """A sub-shell: this one's variables, copied."""
+        return _Shell(self.found, self.cwd, dict(self.vars), self.redirects)
 
     # ------------------------------------------------------------ text
 
@@ -132,51 +141,64 @@ class _Shell:
             if kind == "python":  # python - <<EOF: read as python -c
                 self.found.append(Command([head, "-c", script], self.cwd))
             elif kind == "shell":
-                _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
+                self.sub().run(script, depth + 1)
         inners, text = _substitutions(text)
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
-            _Shell(self.found, self.cwd, dict(self.vars)).run(inner, depth + 1)
+            self.sub().run(inner, depth + 1)
         # ${V: -5} and ${V:(-5)} are ${V:0-5} (one word: the offset is arithmetic)
         text = braces(re.sub(r"(\$\{[A-Za-z_]\w*:)(?:[ \t]+-|\(-)([0-9]+)\)?", r"\g<1>0-\2", text))
-        for simple in self._simple_commands(text):
+        for simple, redirections in self._simple_commands(text):
+            self._redirected(redirections)
             self.simple(simple, depth)
             if len(self.found) >= MAX_COMMANDS:
                 return
         for script in _piped_scripts(text):  # echo … | base64 -d | bash
-            _Shell(self.found, self.cwd, dict(self.vars)).run(script, depth + 1)
+            self.sub().run(script, depth + 1)
         for match in _CAT_INTO_SHELL.finditer(text):  # cat x.sh | bash: bash runs x.sh
             self.found.append(Command([match.group(2), match.group(1)], self.cwd))
 
-    def _simple_commands(self, text: str) -> list[list[str]]:
+    def _simple_commands(self, text: str) -> list[tuple[list[str], list[tuple[str, str]]]]:
+        """Each simple command's words, and its redirections whose target holds a ``$``
+        (operator, target)."""
         lexer = shlex.shlex(text.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
         lexer.whitespace_split = True
         lexer.commenters = "#"
         words: list[str] = []
-        commands: list[list[str]] = []
-        skip_next = False
+        redirections: list[tuple[str, str]] = []
+        commands: list[tuple[list[str], list[tuple[str, str]]]] = []
+        operator = None
         try:
             for token in lexer:
-                if skip_next:  # a redirection's target is not an argument
-                    skip_next = False
+                if operator is not None:  # a redirection's target is not an argument
+                    if "$" in token and len(redirections) < 16:
+                        redirections.append((operator, token))
+                    operator = None
                     continue
                 if token in _OPERATORS or set(token) <= set(";&|()") and token:
-                    if words:
-                        commands.append(words)
-                    words = []
+                    if words or redirections:
+                        commands.append((words, redirections))
+                    words, redirections = [], []
                     continue
                 if _REDIRECT.match(token) or set(token) <= set("<>&") and token:
                     if words and words[-1].isdigit():
                         words.pop()  # 2>&1: the 2 was the file descriptor
                     # sh < x.sh: the shell runs x.sh (read as `sh x.sh`)
-                    skip_next = not (token == "<" and words and base(words[0]) in SHELLS and
-                                     all(w.startswith("-") for w in words[1:]))
+                    if not (token == "<" and words and base(words[0]) in SHELLS and
+                            all(w.startswith("-") for w in words[1:])):
+                        operator = token
                     continue
                 words.append(token)
         except ValueError:  # unbalanced quotes: the shell would refuse it; read what we have
             pass
-        if words:
-            commands.append(words)
+        if words or redirections:
+            commands.append((words, redirections))
         return commands
+
+    def _redirected(self, redirections: list[tuple[str, str]]) -> None:
+        for operator, target in redirections:
+            expanded = self.expand(target)
+            if expanded != target and len(self.redirects) < MAX_COMMANDS:
+                self.redirects.append(f"{operator} {expanded[:MAX_TEXT]}")
 
     def simple(self, words: list[str], depth: int) -> None:
         assignments = {}
@@ -314,7 +336,7 @@ class _Shell:
         for i, word in enumerate(args):
             if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
                 if i + 1 < len(args):
-                    _Shell(self.found, self.cwd, dict(self.vars)).run(
+                    self.sub().run(
                         _positional(args[i + 1], args[i + 2:]), depth + 1)
                 return
             if not word.startswith("-"):
