@@ -393,6 +393,7 @@ SSH_LOGIN = textwrap.dedent("""
     connection, _ = listener.accept()
     session = os.fork()
     if session == 0:  # the session process: the user's, root's program, no exec
+        time.sleep(2)  # as root first (PAM opens the session): known as root's till it drops
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
