@@ -483,7 +483,8 @@ def _ssh_login(world: Path, user, *mine: str) -> tuple[subprocess.Popen, int, Pa
 def test_a_named_miner_a_root_service_runs_for_the_user_is_stopped_at_its_exec(
         watcher, users, pool):
     """What a program of the user's shows at its exec (xmrig's own options) is checked
-    wherever it runs, also where the pass leaves it alone (see the next test)."""
+    wherever it runs, also where the pass holds it to less (a root service's session
+    process: see the next test)."""
     miner = _as(users[MALLORY], ["/usr/bin/python3", str(MINER), "-o", pool, "-u", WALLET,
                                  "-p", "x", "--donate-level", "1"], {})
     try:

@@ -273,9 +273,8 @@ class ProcEvents:
         except (OSError, ValueError):
             return
         if kernel_id is None:
-            # No kernel's that is known yet (the pass decides the rest), or one the pass
-            # leaves alone (an ancestor of a kernel, a program a root service started for the
-            # user): its user's all the same, for what its exec shows.
+            # No kernel's that is known yet (the pass decides the rest), or none at all (a
+            # server, a program a root service started for the user): its user's.
             kernel_id = unknown_kernel(uid)
         if uid != _uid_of(kernels, kernel_id):
             return  # a setuid program, a pid taken again: the pass decides
