@@ -77,9 +77,9 @@ class NodeSampler(ProcessSampler):
                     sessions.add(entry.key)
         if sessions != self.service_sessions:
             self.service_sessions = frozenset(sessions)
-        if not loose:
-            return
         owners.update(loose)
+        if not loose or len(owners) == len(table):
+            return  # no other uid's process below them (a setuid program) to give them
         children = children_of(table)
         descend([(child, kid) for pid, kid in loose.items() for child in children.get(pid, ())
                  if child not in owners], children, owners)
