@@ -161,6 +161,36 @@ def test_pip_with_a_dead_proxy_is_not_a_scan(tmp_path):
     assert watched.highest("kernel_refused_attempts") == 0, watched.seen
 
 
+#: An event loop made every 0.1 s and kept (its socketpair: two new Unix sockets each time),
+#: a netlink socket beside each (a DNS lookup's), as a Jupyter server starting up does.
+EVENT_LOOPS = """
+import asyncio, socket, time
+kept = []
+for _ in range(80):
+    kept.append(asyncio.new_event_loop())
+    kept.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    kept[-1].bind((0, 0))  # as glibc's getaddrinfo binds its own
+    sum(range(1000000))
+    time.sleep(0.1)
+"""
+
+
+def test_event_loops_made_while_someone_else_is_refused_are_not_a_scan():
+    """New sockets no TCP or UDP table lists, but Unix (an event loop's socketpair) and
+    netlink ones, listed as such: not the socket a refused connect leaves. Another program of
+    the machine sweeps meanwhile (its refusals counted in the shared namespace): none of them
+    is given to the watched process."""
+    sweeper = subprocess.Popen(SWEEPER + ["127.0.0.1", "--seconds", str(HONEST_SECONDS + 4)],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sweeper.stdout.readline().strip() == "SWEEPING"
+        watched = _honest([sys.executable, "-c", EVENT_LOOPS])
+    finally:
+        sweeper.kill()
+        sweeper.wait()
+    assert watched.highest("kernel_refused_attempts") == 0, watched.seen
+
+
 @pytest.mark.xfail(strict=True, reason="a wait-for-port loop that never pauses refuses "
                    "thousands of attempts a second while it churns sockets, as a scan does: "
                    "the counters cannot say which port was tried (README: what it cannot see)")

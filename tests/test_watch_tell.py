@@ -139,8 +139,11 @@ def test_the_users_server_tells_the_watchers_incident_once_and_the_cell_says_why
         # One incident per offence: the watcher's; this server recorded none of its own.
         assert [i.id for i in watcher.incidents() if i.kernel_id == kernel_id] == [incident.id]
         assert server.incidents(kernel_id) == []
-        listed = server.api("GET", f"colab-guard/api/incidents?kernel_id={kernel_id}")[
-            "incidents"]
+        # Listed once complete (the watcher's "done", after the stop and the interrupt; the
+        # cell was told at the start): waited for.
+        listed = waits(watcher, lambda: server.api(
+            "GET", f"colab-guard/api/incidents?kernel_id={kernel_id}")["incidents"],
+            "the incident listed by the server")
         assert [(i["id"], i["recorded_by"]) for i in listed] == [(incident.id, "node watcher")]
         assert server.api("GET", "colab-guard/api/status")["incidents_this_session"] == 1
         # Each uid is told its own user's incidents only.

@@ -30,10 +30,11 @@ def _message(what: int, *data: int, fmt: str) -> bytes:
 def test_fork_exec_and_exit_events_are_parsed():
     datagram = (_message(proc_events.PROC_EVENT_FORK, 10, 10, 11, 11, fmt="=iiii")
                 + _message(proc_events.PROC_EVENT_EXEC, 11, 11, fmt="=ii")
-                + _message(0x20, 11, 11, fmt="=ii")  # a uid change: not used
+                + _message(0x200, 11, 11, 0, 0, fmt="=iiII")  # a new comm: not used
+                + _message(proc_events.PROC_EVENT_UID, 12, 11, 1001, 1001, fmt="=iiII")
                 + _message(proc_events.PROC_EVENT_EXIT, 11, 11, 0, 17, fmt="=iiII"))
     assert list(proc_events.parse(datagram)) == [
-        ("fork", 10, 11, 11), ("exec", 11), ("exit", 11, 11)]
+        ("fork", 10, 11, 11), ("exec", 11), ("uid", 11), ("exit", 11, 11)]
 
 
 def test_a_truncated_datagram_yields_what_is_whole():

@@ -35,6 +35,12 @@ CLONE_NEWNET = 0x40000000
 STATES = (1 << 1) | (1 << 2)
 ALL_STATES = 0xFFFF
 _REQUEST = struct.Struct("=BBBBI48s")
+#: unix_diag_req (family, protocol, pad, states, inode, show, cookie) and netlink_diag_req
+#: (family, protocol, pad, inode, show, cookie); where each answer holds its socket's inode
+_UNIX_REQUEST = struct.Struct("=BBHIIIII")
+_NETLINK_REQUEST = struct.Struct("=BBHIIII")
+_UNIX_INODE_AT, _NETLINK_INODE_AT, _INET_INODE_AT = 4, 16, 68
+NDIAG_PROTO_ALL = 255
 _HEADER = struct.Struct("=IHHII")
 _ATTR = struct.Struct("=HH")
 #: offsets in struct tcp_info (linux/tcp.h)
@@ -153,8 +159,10 @@ class Dumper:
 
     def inodes(self) -> set[int] | None:
         """The inodes of every TCP and UDP socket of the namespace, in any state (IPv4 and
-        IPv6); None where the kernel refuses. A socket a process holds that is not among
-        them was never connected or bound, or its attempt failed (a refused connect)."""
+        IPv6), and of its Unix and netlink sockets where the kernel lists them; None where
+        it refuses the first. A socket a process holds that is not among them was never
+        connected or bound, or its attempt failed (a refused connect): not the socketpair
+        of an event loop (a Jupyter server's, a kernel's), nor a DNS lookup's netlink."""
         if self.broken is not None:
             return None
         found: set[int] = set()
@@ -167,6 +175,15 @@ class Dumper:
         except OSError as err:
             self.broken = f"sock_diag dump refused: {err}"
             return None
+        for request, inode_at in (
+                (_UNIX_REQUEST.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, 0, NO_COOKIE,
+                                    NO_COOKIE), _UNIX_INODE_AT),
+                (_NETLINK_REQUEST.pack(socket.AF_NETLINK, NDIAG_PROTO_ALL, 0, 0, 0, NO_COOKIE,
+                                       NO_COOKIE), _NETLINK_INODE_AT)):
+            try:  # a kernel without unix_diag or netlink_diag: those count as unlisted
+                self._dump(request, found, inode_at)
+            except OSError:
+                continue
         return found
 
     def close(self) -> None:
@@ -177,8 +194,13 @@ class Dumper:
                      states: int = STATES, ext: int = 1 << (INET_DIAG_INFO - 1)) -> None:
         """Dump one family's sockets into ``found``: a dict of TcpInfo by inode, or (with
         ``ext`` 0, no tcp_info asked) a set of inodes."""
-        self._seq += 1
         request = _REQUEST.pack(family, protocol, ext, 0, states, b"\0" * 48)
+        self._dump(request, found, _INET_INODE_AT)
+
+    def _dump(self, request: bytes, found, inode_at: int) -> None:
+        """One dump; each answer's inode (at ``inode_at``) into the set ``found``, or each
+        inet answer parsed into the dict ``found``."""
+        self._seq += 1
         self._sock.send(_HEADER.pack(_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY,
                                      NLM_F_REQUEST_DUMP, self._seq, 0) + request)
         while True:
@@ -195,7 +217,8 @@ class Dumper:
                         error = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
                         raise OSError(error, os.strerror(error))
                     if isinstance(found, set):
-                        found.add(struct.unpack_from("=I", data, offset + _HEADER.size + 68)[0])
+                        found.add(struct.unpack_from("=I", data,
+                                                     offset + _HEADER.size + inode_at)[0])
                     else:
                         _parse(data, offset + _HEADER.size, offset + length, found)
                 offset += (length + 3) & ~3

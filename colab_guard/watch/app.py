@@ -36,7 +36,7 @@ from ..record.recorder import Recorder
 from ..record.reporter import build_reporter
 from ..record.store import IncidentLog, IncidentLogError
 from ..settings import GuardTraits, Settings
-from .at_exec import ExecCheck
+from .at_exec import ExecCheck, exec_only
 from .kernels import NodeKernels
 from .protocol import DEFAULT_SOCKET
 from .sampler import NodeSampler
@@ -81,6 +81,8 @@ class NodeMonitor(Monitor):
         #: sees one later (even after its exit: it was sampled alive) leaves it to that
         #: response, as the Policy does a process it has handled
         self.acted_at_exec: dict[int, tuple[float, float]] = {}
+        #: (the rules it was worked out for, the ids of their exec-only signatures)
+        self._exec_only: tuple[tuple | None, frozenset[str]] = (None, frozenset())
 
     def check_at_exec(self, kernel_id: str, process: Process) -> None:
         """On the event loop: a kernel's program acted on at its exec if what it shows then
@@ -142,6 +144,31 @@ class NodeMonitor(Monitor):
             if not getattr(self, "_beat_failed", False):
                 self._beat_failed = True
                 self.log.warning("colab-guard watch: cannot write the heartbeat %s: %s", path, err)
+
+    def _observe_and_detect(self, kernels):
+        """A process a root service started for the user (``NodeSampler.service_sessions``)
+        is not held to what only its exec shows (name, executable, command line): OpenSSH's
+        session process runs as the user under root's program and the name ``sshd``; the
+        user's own exec there was checked as it happened (check_at_exec). All the rest
+        holds (its sockets, CPU, content, behaviour), and everything below it is checked
+        in full."""
+        found = super()._observe_and_detect(kernels)
+        sessions = getattr(self.sampler, "service_sessions", None)
+        if not sessions:
+            return found
+        skip = self._exec_only_ids()
+        return [(snapshot, [d for d in detections if d.signature.id not in skip
+                            or d.process.key not in sessions])
+                for snapshot, detections in found]
+
+    def _exec_only_ids(self) -> frozenset[str]:
+        """The ids of the signatures that read only what a program shows at its exec (in
+        the sampler's thread: at_exec's own cache is the event loop's)."""
+        signatures = self.engine.rules.signatures
+        key = tuple(id(s.when) for s in signatures.values())
+        if self._exec_only[0] != key:
+            self._exec_only = (key, frozenset(s.id for s in signatures.values() if exec_only(s)))
+        return self._exec_only[1]
 
     def _observe(self, kernels):
         snapshots = super()._observe(kernels)

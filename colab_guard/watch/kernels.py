@@ -135,6 +135,11 @@ class NodeKernels:
         """A process started (a process event): read at the next refresh."""
         self._note(self._forks, pid)
 
+    def uid_changed(self, pid: int) -> None:
+        """A process's uid changed without an exec (a process event: root's fork that drops
+        to a user, as OpenSSH's session process does): read again at the next refresh."""
+        self._note(self._forks, pid)
+
     def exited(self, pid: int) -> None:
         """A process exited (a process event): forgotten at the next refresh."""
         self._note(self._exits, pid)

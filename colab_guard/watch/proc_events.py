@@ -44,6 +44,7 @@ PROC_CN_MCAST_IGNORE = 2
 
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_UID = 0x00000004
 PROC_EVENT_EXIT = 0x80000000
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -52,6 +53,7 @@ EVENT_HEAD = struct.Struct("=IIQ")
 FORK = struct.Struct("=iiii")  # parent pid, parent tgid, child pid, child tgid
 EXEC = struct.Struct("=ii")  # pid, tgid
 EXIT = struct.Struct("=iiII")  # pid, tgid, exit code, exit signal
+UID = struct.Struct("=iiII")  # pid, tgid, real uid, effective uid
 HEAD = NLMSGHDR.size + CN_MSG.size
 
 #: lineage kept for processes forked from a kernel's tree, until their exit
@@ -73,7 +75,7 @@ def listen_message(op: int = PROC_CN_MCAST_LISTEN) -> bytes:
 
 def parse(datagram: bytes) -> Iterator[tuple]:
     """('fork', parent tgid, child pid, child tgid) / ('exec', tgid) / ('exit', pid, tgid)
-    for each message in a datagram; other events are skipped."""
+    / ('uid', tgid) for each message in a datagram; other events are skipped."""
     offset = 0
     while offset + HEAD + EVENT_HEAD.size <= len(datagram):
         length = NLMSGHDR.unpack_from(datagram, offset)[0]
@@ -90,6 +92,8 @@ def parse(datagram: bytes) -> Iterator[tuple]:
         elif what == PROC_EVENT_EXIT and data + EXIT.size <= offset + length:
             pid, tgid, _, _ = EXIT.unpack_from(datagram, data)
             yield ("exit", pid, tgid)
+        elif what == PROC_EVENT_UID and data + UID.size <= offset + length:
+            yield ("uid", UID.unpack_from(datagram, data)[1])
         offset += (length + 3) & ~3  # NLMSG_ALIGN
 
 
@@ -192,6 +196,8 @@ class ProcEvents:
                     if kernel_id is not None:
                         claims.append((event[3], kernel_id))
                     kernels.forked(event[3])
+                elif event[0] == "uid":
+                    kernels.uid_changed(event[1])
                 elif event[0] == "exit" and event[1] == event[2]:
                     exits.append(event[2])
                     kernels.exited(event[2])
@@ -211,11 +217,14 @@ class ProcEvents:
 
     def _inherit(self, parent: int, child: int, kernel_pids: dict[int, str]) -> str | None:
         """The kernel a new process belongs to: its parent's (a fork seen since the last
-        pass, the kernel itself, or a process the last pass attributed)."""
+        pass, the kernel itself, or a process the last pass attributed). None for a child of
+        the user's processes tied to no kernel (a server's child may be a kernel to come;
+        the pass claims whatever of the user's no kernel does: NodeSampler._claim_the_rest)."""
         kernel_id = self._lineage.get(parent) or kernel_pids.get(parent)
         if kernel_id is None:
             kernel_id = self._attributed(parent)
-        if kernel_id is None or len(self._lineage) >= MAX_LINEAGE:
+        if kernel_id is None or unknown_kernel_uid(kernel_id) is not None \
+                or len(self._lineage) >= MAX_LINEAGE:
             return None
         self._lineage[child] = kernel_id
         return kernel_id
@@ -260,9 +269,8 @@ class ProcEvents:
         except (OSError, ValueError):
             return
         if kernel_id is None:
-            # No kernel's that is known yet (the pass decides the rest), or one the pass
-            # leaves alone (an ancestor of a kernel, a program a root service started for the
-            # user): its user's all the same, for what its exec shows.
+            # No kernel's that is known yet (the pass decides the rest), or none at all (a
+            # server, a program a root service started for the user): its user's.
             kernel_id = unknown_kernel(uid)
         if uid != _uid_of(kernels, kernel_id):
             return  # a setuid program, a pid taken again: the pass decides

@@ -28,6 +28,10 @@ class NodeSampler(ProcessSampler):
         #: loop reads it, proc_events.py)
         self.attributed: dict[int, tuple[float, str]] = {}
         self._attributed_from: dict | None = None
+        #: keys of the users' processes a root service started (their parent is root's or a
+        #: system user's, not init: OpenSSH's ``sshd: user@pts/0``, a cron job's shell);
+        #: replaced, never changed (NodeMonitor reads it)
+        self.service_sessions: frozenset = frozenset()
 
     def _attribute(self, kernels, table):
         owners = super()._attribute(kernels, table)
@@ -42,58 +46,42 @@ class NodeSampler(ProcessSampler):
         return owners
 
     def _claim_the_rest(self, kernels, table: dict[int, Entry], owners: dict[int, str]) -> None:
-        """The users' processes in no kernel's tree, session or marker that a notebook can
-        have started, each its user's with the kernel unknown (attribution.unknown_kernel):
-        those under a user's Jupyter server but no kernel's (a child ``clone(CLONE_PARENT)``
-        put there, a program a ``jupyter_server_config.py`` in ``~/.jupyter`` starts) and
-        orphans (reparented to init: a double fork, ``setsid``, ``env -i``). Left alone: the
-        ancestors of kernels and terminals (the users' servers, what started them) and what
-        the system started for a user (an SSH login, a cron job: under a process of root's
-        other than init)."""
+        """Every process of a notebook user in no kernel's tree, session or marker, each its
+        user's with the kernel unknown (attribution.unknown_kernel), and what it started as
+        another uid (a setuid program) with it: under a user's Jupyter server but no kernel's
+        (a child ``clone(CLONE_PARENT)`` put there, a program a ``jupyter_server_config.py``
+        in ``~/.jupyter`` starts), orphans (``setsid``, ``env -i``), the ancestors of kernels
+        and terminals (the users' servers, which a server extension or a program posing as a
+        kernel's ancestor can mine in), and what a root service started for the user (an SSH
+        login, a cron job). The kernels' trees are claimed before (first claim wins); these
+        claims are not remembered (Tracked.owner): a server's fork is a kernel before it is
+        elected, an orphan before it is tied. Those a root service started are noted in
+        ``service_sessions`` (see there)."""
         seen = self.node.processes()
-
-        def uid_of(pid: int) -> int | None:
-            info = seen.get(pid, (0, None))[1]
-            return info.uid if info is not None and self.node.watches_uid(info.uid) else None
-
-        servers: set[int] = set()  # ancestors of kernels and terminals
-        for pid in kernels.values():
-            entry = table.get(pid)
-            while entry is not None and entry.ppid in table and entry.ppid not in servers:
-                servers.add(entry.ppid)
-                entry = table[entry.ppid]
-        caught: dict[int, bool] = {}
-        roots = []
+        watched: dict[int, bool] = {}
+        loose: dict[int, str] = {}
+        sessions = set()
         for pid, entry in table.items():
-            if pid in owners or pid in servers:
+            if pid in owners:
                 continue
-            uid = uid_of(pid)
-            if uid is not None and self._notebooks(pid, uid, table, servers, uid_of, caught):
-                roots.append((pid, unknown_kernel(uid)))
-        if roots:  # not remembered as theirs (Tracked.owner): a kernel is one before it is
-            descend(roots, children_of(table), owners)  # elected, an orphan before it is tied
-
-    @staticmethod
-    def _notebooks(pid: int, uid: int, table: dict[int, Entry], servers: set[int],
-                   uid_of, caught: dict[int, bool]) -> bool:
-        """Whether a process of a user came from what a notebook can start: up its user's
-        own ancestors, a user's server, or init (see _claim_the_rest)."""
-        path = []
-        while pid not in caught:
-            path.append(pid)
-            parent = table[pid].ppid
-            if parent in servers or parent <= 1:
-                verdict = True
-                break
-            if parent not in table or uid_of(parent) != uid:
-                verdict = False  # a session the system started for the user
-                break
-            pid = parent
-        else:
-            verdict = caught[pid]
-        for pid in path:
-            caught[pid] = verdict
-        return verdict
+            info = seen.get(pid, (0, None))[1]
+            if info is None:
+                continue
+            user = watched.get(info.uid)
+            if user is None:
+                user = watched[info.uid] = self.node.watches_uid(info.uid)
+            if user:
+                loose[pid] = unknown_kernel(info.uid)
+                if entry.ppid > 1 and entry.ppid not in table:
+                    sessions.add(entry.key)
+        if sessions != self.service_sessions:
+            self.service_sessions = frozenset(sessions)
+        owners.update(loose)
+        if not loose or len(owners) == len(table):
+            return  # no other uid's process below them (a setuid program) to give them
+        children = children_of(table)
+        descend([(child, kid) for pid, kid in loose.items() for child in children.get(pid, ())
+                 if child not in owners], children, owners)
 
     def may_spread(self) -> bool:
         """Quiet processes asked in turn while process events say which exec'd (idle.py)."""
