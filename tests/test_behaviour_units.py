@@ -335,3 +335,29 @@ def test_peers_a_listening_process_connects_to_count_only_when_the_user_does_not
     changed = behaviour.annotate(snapshots, lambda p: sockets.get(p.pid, []), 100.0)
     assert changed[nodes[0].key].foreign_peers == 5
     assert all(n.key not in changed or changed[n.key].foreign_peers == 0 for n in nodes[1:])
+
+
+def test_a_relayed_connection_mirrors_the_same_outbound_one_at_two_ticks():
+    """Counters compared at one tick match by chance on a web app serving many clients (a
+    response half sent, another request's database reply half read): an inbound connection
+    counts as relayed once it mirrored the same outbound one at two ticks."""
+    from colab_guard.observe.behaviour import RELAY_SIGHTINGS
+    from colab_guard.observe.tcpinfo import TcpInfo
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    client, server = (1, 1.0), (1, 1.0)
+    relays = {"k": ([(client, 10, None)], [(server, 20, None), (server, 21, None)])}
+    by_key = {client: object()}
+
+    def counters(sent, received):
+        return TcpInfo(1, sent, received, 10, 0, 0)
+
+    def tick(inbound, outbound20, outbound21, now):
+        info = {10: inbound, 20: outbound20, 21: outbound21}
+        return behaviour._relay_counts(relays, info, by_key, now).get(client, 0)
+
+    # A chance match with 20, then with 21: no relay.
+    assert tick(counters(170_000, 60), counters(19, 165_000), counters(19, 40_000), 1.0) == 0
+    assert tick(counters(250_000, 60), counters(19, 160_000), counters(19, 240_000), 2.0) == 0
+    # The same pair at two ticks: relayed.
+    assert RELAY_SIGHTINGS == 2
+    assert tick(counters(300_000, 60), counters(19, 100_000), counters(19, 290_000), 3.0) == 1

@@ -3,6 +3,7 @@ renames, sockets, and the faults it must survive (vanished, zombie, denied)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -205,7 +206,8 @@ def test_a_process_that_vanishes_between_listing_and_reading_is_counted(fake_ker
 
     def read_then_vanish(self, entry, *args):
         if entry.pid != kernel.pid:  # the sleep child: gone between listing and reading
-            os.kill(entry.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # already gone (read once more)
+                os.kill(entry.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5  # until its parent has reaped it
             while psutil.pid_exists(entry.pid) and time.monotonic() < deadline:
                 time.sleep(0.01)

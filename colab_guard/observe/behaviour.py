@@ -46,9 +46,11 @@ samples as fields (``observe/model.py``):
 - ``kernel_relayed_connections``: inbound connections of the kernel's processes (accepted on
   a port one of them listens on, the kernel's own Jupyter ports left out) whose bytes, each
   way, an outbound connection of the kernel to an endpoint none of the user's kernels serves
-  carried too (``_mirrored``), within the last ``RELAY_WINDOW`` seconds: a relay, split
-  across processes or not. A web app querying a database per request sends its clients other
-  bytes than it reads; a forward to the user's own app is not outbound.
+  carried too (``_mirrored``), with the same outbound connection at ``RELAY_SIGHTINGS``
+  ticks, within the last ``RELAY_WINDOW`` seconds: a relay, split across processes or not. A
+  web app querying a database per request sends its clients other bytes than it reads (a
+  response half sent can match another request's reply half read, at one tick); a forward
+  to the user's own app is not outbound.
 - ``kernel_refused_attempts``: connection attempts refused in the process's network namespace
   (netcounters.py: no sample sees a connect refused in microseconds; the kernel counts it),
   summed over ``SCAN_WINDOW`` for the ticks when the kernel's processes alone were seen
@@ -135,6 +137,10 @@ RELAY_SLACK_BYTES = 1024
 RELAY_SLACK = 0.2
 #: ... and it carried at least this much one way (two small requests may match by chance).
 RELAY_MIN_BYTES = 16 * 1024
+#: ... with the same outbound connection at this many ticks: counters compared at one tick
+#: match by chance where a kernel serves many clients from many outbound connections (a web
+#: app's response half sent, another request's database reply half read).
+RELAY_SIGHTINGS = 2
 #: Seconds a relayed connection is remembered (counted) after it was last seen so.
 RELAY_WINDOW = 30.0
 #: Inbound and outbound connections of one kernel whose traffic is read for relaying.
@@ -223,6 +229,8 @@ class Behaviour:
         # kernel id -> inbound socket inode -> (last seen mirrored, the process keys holding
         # it and its outbound twin)
         self._relayed: dict[str, dict[int, tuple[float, set[Key]]]] = {}
+        #: kernel -> inbound inode -> (the outbound inode it mirrored, ticks it did so)
+        self._mirroring: dict[str, dict[int, tuple[int, int]]] = {}
         self._sockets_of: Callable[[Process], list[tuple[int, Socket]]] = lambda p: []
         self._refusals: dict[str, int] = {}  # network namespace -> refused attempts so far
         # kernel id -> (time, refused attempts attributed then, the processes churning)
@@ -615,17 +623,27 @@ class Behaviour:
         """Inbound connections of each kernel seen mirrored within the relay window, given to
         the live processes holding either side of one."""
         counts: dict[Key, int] = {}
+        mirroring: dict[str, dict[int, tuple[int, int]]] = {}
         for kid, (inbound, out) in relays.items():
             seen = self._relayed.setdefault(kid, {})
-            unused = [(key, info[inode]) for key, inode, _ in out if inode in info]
+            before, now_mirroring = self._mirroring.get(kid, {}), mirroring.setdefault(kid, {})
+            unused = [(key, inode, info[inode]) for key, inode, _ in out if inode in info]
             for key, inode, _ in inbound:
                 mine = info.get(inode)
                 if mine is None:
                     continue
-                match = next((i for i, (_, theirs) in enumerate(unused)
-                              if _mirrored(mine, theirs)), None)
-                if match is not None:
-                    seen[inode] = (now, {key, unused.pop(match)[0]})
+                partner, sightings = before.get(inode, (None, 0))
+                match = _partner(mine, unused, partner)
+                if match is None:
+                    if partner is not None:
+                        now_mirroring[inode] = (partner, sightings)  # in flight: kept
+                    continue
+                their_key, their_inode, _ = unused.pop(match)
+                sightings = sightings + 1 if their_inode == partner else 1
+                now_mirroring[inode] = (their_inode, sightings)
+                if sightings >= RELAY_SIGHTINGS:
+                    seen[inode] = (now, {key, their_key})
+        self._mirroring = mirroring
         for kid, seen in self._relayed.items():
             for inode in [i for i, (when, _) in seen.items() if now - when > RELAY_WINDOW]:
                 del seen[inode]
@@ -848,6 +866,20 @@ def _lowest_slice(samples: deque, shortest: float) -> float:
 
 def _close(a: int, b: int) -> bool:
     return abs(a - b) <= RELAY_SLACK_BYTES + RELAY_SLACK * max(a, b)
+
+
+def _partner(inbound: TcpInfo, unused: list[tuple[Key, int, TcpInfo]], partner: int | None
+             ) -> int | None:
+    """Which of the outbound connections (key, inode, counters) ``inbound`` mirrors, the one
+    it mirrored before first."""
+    if partner is not None:
+        for i, (_, inode, theirs) in enumerate(unused):
+            if inode == partner:
+                if _mirrored(inbound, theirs):
+                    return i
+                break
+    return next((i for i, (_, _, theirs) in enumerate(unused) if _mirrored(inbound, theirs)),
+                None)
 
 
 def _mirrored(inbound: TcpInfo, outbound: TcpInfo) -> bool:
