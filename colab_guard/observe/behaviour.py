@@ -154,9 +154,11 @@ Key = tuple[int, float]
 
 @dataclass
 class _Demand:
-    """CPU demand of one process, accumulated tick by tick."""
+    """CPU demand of one process and its family (the descendants that hold no outbound
+    connection of their own), accumulated tick by tick."""
 
-    threads: dict[int, int]  # thread id -> its run + wait time (ns) at the last read
+    threads: dict[tuple[int, int], int]  # (pid, thread id) -> run + wait time (ns) at the
+    # last read of that process
     total: float = 0.0  # seconds of demand since watched
     samples: deque = field(default_factory=deque)  # (time, total)
     last: float = 0.0  # last a mining candidate
@@ -296,8 +298,10 @@ class Behaviour:
         for key, conns in outbound.items():
             if any(s.protocol == "tcp" and s.listening for s in by_key[key].sockets):
                 fields.setdefault(key, {})["foreign_peers"] = len({s.remote for _, s in conns})
+        families = _families(snapshots, outbound)
         miners = {k for k, conns in outbound.items()
-                  if (by_key[k].cpu_percent >= CANDIDATE_CPU or k in self._demand)
+                  if (by_key[k].cpu_percent + sum(p.cpu_percent for p in families.get(k, ()))
+                      >= CANDIDATE_CPU or k in self._demand)
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
         floods = self._flood_candidates(snapshots, outbound)
         flooding = {key for conns in floods.values() for key, _, _ in conns}
@@ -314,7 +318,7 @@ class Behaviour:
             if key not in self._unlisted:
                 self._unlisted[key] = self._unlisted_sockets(by_key[key])
             unknown = by_key[key].netns in blind
-            demand, steady = self._cpu_demand(by_key[key], now)
+            demand, steady = self._cpu_demand(by_key[key], families.get(key, []), now)
             fields.setdefault(key, {}).update(
                 cpu_demand_percent=demand, cpu_demand_steady_percent=steady,
                 pushed_connections=self._pushed(outbound[key], info, now, unknown, key))
@@ -357,19 +361,31 @@ class Behaviour:
 
     # ------------------------------------------------------------ mining
 
-    def _cpu_demand(self, proc: Process, now: float) -> tuple[float, float]:
-        """The process's CPU demand averaged over the window, and the lowest over any slice
-        of it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a
-        whole window."""
-        threads = _thread_demand(proc.pid)
+    def _cpu_demand(self, proc: Process, family: list[Process],
+                    now: float) -> tuple[float, float]:
+        """The CPU demand of the process and its ``family`` (descendants holding no outbound
+        connection of their own) averaged over the window, and the lowest over any slice of
+        it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a whole
+        window. A miner's hashing in children while the parent talks to the pool is the
+        parent's, as one process's threads are."""
+        threads = _family_demand(proc, family)
         state = self._demand.get(proc.key)
         if state is None:
             state = self._demand[proc.key] = _Demand(threads, last=now)
             state.samples.append((now, 0.0))
             return 0.0, 0.0
+        # A thread started since the last read, or a member started since then (its start
+        # known to a second: the boot time is), counts whole; a member older than that that
+        # joins the family (seen running again) counts from now on.
+        known = {pid for pid, _ in state.threads} | {proc.pid} | {
+            p.pid for p in family if p.create_time >= state.last - 1.0}
+        added = sum(ns - state.threads.get((pid, tid), 0) for (pid, tid), ns in threads.items()
+                    if (pid, tid) in state.threads or pid in known)
         state.last = now
-        added = sum(ns - state.threads.get(tid, 0) for tid, ns in threads.items())
-        state.threads = threads
+        # a member that did not run this tick is not read: its last read stays its baseline
+        members = {p.pid for p in family} | {proc.pid}
+        state.threads = {k: v for k, v in state.threads.items()
+                         if k[0] in members and k not in threads} | threads
         state.total += max(added, 0) / 1e9
         samples = state.samples
         samples.append((now, state.total))
@@ -969,6 +985,46 @@ def _connection_ports(pid: int, cmdline: list[str]) -> tuple[int, ...]:
         return tuple(sorted(int(info[k]) for k in CONNECTION_PORTS if k in info))
     except (OSError, TypeError, ValueError, AttributeError, KeyError):
         return ()
+
+
+#: Descendants of a mining candidate whose demand is read at a tick (the busiest ones).
+MAX_FAMILY = 64
+
+
+def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
+              ) -> dict[Key, list[Process]]:
+    """Holder of outbound connections -> its descendants (as far as the samples show) that
+    hold none of their own, nor descend from one that does: the workers whose CPU is the
+    holder's (a miner's hashing children, a pool's worker processes)."""
+    found: dict[Key, list[Process]] = {}
+    for snapshot in snapshots.values():
+        children: dict[int, list[Process]] = {}
+        for proc in snapshot.processes:
+            children.setdefault(proc.ppid, []).append(proc)
+        for proc in snapshot.processes:
+            if proc.key not in outbound or proc.pid not in children:
+                continue
+            family, todo = [], list(children[proc.pid])
+            while todo and len(family) < 4 * MAX_FAMILY:
+                child = todo.pop()
+                if child.key in outbound:
+                    continue  # a holder of its own: its workers are its
+                family.append(child)
+                todo.extend(children.get(child.pid, ()))
+            if family:
+                found[proc.key] = family
+    return found
+
+
+def _family_demand(proc: Process, family: list[Process]) -> dict[tuple[int, int], int]:
+    """(pid, thread id) -> run + run-queue wait time (ns) of the process's threads and those
+    of the members of its family that ran since the last tick (the busiest ``MAX_FAMILY``)."""
+    running = sorted((p for p in family if p.cpu_percent > 0),
+                     key=lambda p: p.cpu_percent, reverse=True)[:MAX_FAMILY]
+    found = {}
+    for pid in [proc.pid] + [p.pid for p in running]:
+        found.update({(pid, tid): ns for tid, ns in _thread_demand(pid).items()})
+    return found
 
 
 def _thread_demand(pid: int) -> dict[int, int]:
