@@ -335,3 +335,22 @@ def test_peers_a_listening_process_connects_to_count_only_when_the_user_does_not
     changed = behaviour.annotate(snapshots, lambda p: sockets.get(p.pid, []), 100.0)
     assert changed[nodes[0].key].foreign_peers == 5
     assert all(n.key not in changed or changed[n.key].foreign_peers == 0 for n in nodes[1:])
+
+
+def test_a_connection_holders_family_is_its_descendants_that_hold_no_connection_out():
+    """A master (holding a connection out) with two workers, one of which starts a helper, and
+    a third child that holds a connection of its own (with a worker of its own): the first
+    three are the master's family; the third child and its worker are the third's."""
+    from colab_guard.observe.behaviour import _families
+
+    def proc(pid, ppid):
+        return Process(pid=pid, ppid=ppid, name="python3", create_time=1.0, uid=1000)
+
+    master, worker, other, helper, own, owns_worker = (
+        proc(10, 1), proc(11, 10), proc(12, 10), proc(13, 11), proc(14, 10), proc(15, 14))
+    outbound = {master.key: ["a connection"], own.key: ["another"]}
+    snapshots = {"k": Snapshot("k", 1.0, [master, worker, other, helper, own, owns_worker])}
+    families = _families(snapshots, outbound)
+    assert {p.pid for p in families[master.key]} == {11, 12, 13}
+    assert [p.pid for p in families[own.key]] == [15]
+    assert _families({"k": Snapshot("k", 1.0, [master, worker])}, {}) == {}

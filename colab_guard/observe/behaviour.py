@@ -9,6 +9,9 @@ samples as fields (``observe/model.py``):
   queue wait, from /proc/PID/task/*/schedstat), averaged over the last ``WINDOW`` seconds,
   percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
   load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
+  Measured for the process's family: its threads and those of its descendants that hold no
+  outbound connection of their own (``_families``), so a miner whose hashing runs in child
+  processes while the parent talks to the pool is measured as one whose threads hash.
 - ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
   between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
   is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
@@ -998,6 +1001,8 @@ def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
     holder's (a miner's hashing children, a pool's worker processes)."""
     found: dict[Key, list[Process]] = {}
     for snapshot in snapshots.values():
+        if not any(p.key in outbound for p in snapshot.processes):
+            continue  # most kernels hold no connection out
         children: dict[int, list[Process]] = {}
         for proc in snapshot.processes:
             children.setdefault(proc.ppid, []).append(proc)
