@@ -201,6 +201,34 @@ def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured
         for fields in watched.seen.values()), watched.seen
 
 
+SHELL_SPLIT_MINER = r"""
+import os, subprocess, sys
+from tests.standins.quiet_miner import run
+spin = (f"{sys.executable} -c 'import hashlib; d = bytes(1); "
+        "any((d := hashlib.sha256(d).digest()) is None for _ in iter(int, 1))'")
+shell = subprocess.Popen(["sh", "-c", f"{spin} & {spin} & wait"], start_new_session=True)
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)
+finally:
+    os.killpg(shell.pid, 9)
+"""
+
+
+def test_a_miner_whose_hashing_children_an_idle_shell_started_is_measured(pool):
+    """The split miner's next step: its workers started through a shell that then only waits
+    (an idle process between the holder and the workers, which the sample leaves out): the
+    workers are the holder's, the nearest ancestor of theirs the sample shows."""
+    watched = Watched([sys.executable, "-c", SHELL_SPLIT_MINER, str(pool)], window=WINDOW)
+    try:
+        watched.warm()
+        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
+                   timeout=(WINDOW + 6) * 4, what="the miner ran")
+    finally:
+        watched.stop()
+    assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
+               for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
+
+
 # ------------------------------------------------------------------ the honest researcher
 
 def test_a_bot_answering_the_messages_it_is_pushed_in_bursts_is_left_alone():

@@ -910,17 +910,7 @@ def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str
 def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
     """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
     sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
-    for _ in range(depth):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid in ancestors:
-            return True
-        if pid <= 1:
-            return False
-    return False
+    return _nearest_ancestor(pid, ancestors, depth) is not None
 
 
 def _socket_inodes(pid: int) -> frozenset:
@@ -1004,8 +994,14 @@ def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
         if not any(p.key in outbound for p in snapshot.processes):
             continue  # most kernels hold no connection out
         children: dict[int, list[Process]] = {}
+        pids = {p.pid for p in snapshot.processes}
         for proc in snapshot.processes:
-            children.setdefault(proc.ppid, []).append(proc)
+            parent = proc.ppid
+            if parent not in pids and proc.cpu_percent > 0 and not proc.is_kernel:
+                # its parent is not in the view (an idle shell between a holder and the
+                # workers it started): the nearest ancestor that is
+                parent = _nearest_ancestor(proc.pid, pids) or parent
+            children.setdefault(parent, []).append(proc)
         for proc in snapshot.processes:
             if proc.key not in outbound or proc.pid not in children:
                 continue
@@ -1019,6 +1015,21 @@ def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
             if family:
                 found[proc.key] = family
     return found
+
+
+def _nearest_ancestor(pid: int, pids: set[int], depth: int = 8) -> int | None:
+    """The nearest ancestor of ``pid`` among ``pids``, looking ``depth`` parents up."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid in pids:
+            return pid
+        if pid <= 1:
+            return None
+    return None
 
 
 def _family_demand(proc: Process, family: list[Process]) -> dict[tuple[int, int], int]:
