@@ -386,6 +386,16 @@ def test_a_holders_demand_counts_its_workers_from_when_they_joined_its_family():
         demand, _ = behaviour._cpu_demand(holder, [worker], time.time())
         assert demand >= 50, demand  # the worker's (waiting to run counts too)
 
+        # a worker left out of one read (idle, so not in the sample): its next read counts
+        # what it did since the read before
+        again = Behaviour(dumper=lambda pid: Dumper(), window=1.0)
+        again._cpu_demand(holder, [worker], time.time())
+        time.sleep(0.6)
+        again._cpu_demand(holder, [], time.time())
+        time.sleep(0.6)
+        demand, _ = again._cpu_demand(holder, [worker], time.time())
+        assert demand >= 50, demand
+
         late = Behaviour(dumper=lambda pid: Dumper(), window=1.0)
         late._cpu_demand(holder, [], time.time())  # the worker is 1.2 s old: older than a tick
         time.sleep(1.2)

@@ -165,6 +165,7 @@ class _Demand:
     total: float = 0.0  # seconds of demand since watched
     samples: deque = field(default_factory=deque)  # (time, total)
     last: float = 0.0  # last a mining candidate
+    members: dict[int, float] = field(default_factory=dict)  # pid -> last seen in the family
 
 
 @dataclass
@@ -374,7 +375,8 @@ class Behaviour:
         threads = _family_demand(proc, family)
         state = self._demand.get(proc.key)
         if state is None:
-            state = self._demand[proc.key] = _Demand(threads, last=now)
+            state = self._demand[proc.key] = _Demand(threads, last=now,
+                                                     members={p.pid: now for p in family})
             state.samples.append((now, 0.0))
             return 0.0, 0.0
         # A thread started since the last read, or a member started since then (its start
@@ -385,10 +387,14 @@ class Behaviour:
         added = sum(ns - state.threads.get((pid, tid), 0) for (pid, tid), ns in threads.items()
                     if (pid, tid) in state.threads or pid in known)
         state.last = now
-        # a member that did not run this tick is not read: its last read stays its baseline
-        members = {p.pid for p in family} | {proc.pid}
+        # A member that did not run this tick is not read, nor in the sample while idle: its
+        # last read stays its baseline for a window (a worker's next burst counts whole).
+        state.members.update({p.pid: now for p in family})
+        state.members = {pid: when for pid, when in state.members.items()
+                         if now - when <= self.window}
+        read = {pid for pid, _ in threads}
         state.threads = {k: v for k, v in state.threads.items()
-                         if k[0] in members and k not in threads} | threads
+                         if k[0] in state.members and k[0] not in read} | threads
         state.total += max(added, 0) / 1e9
         samples = state.samples
         samples.append((now, state.total))
