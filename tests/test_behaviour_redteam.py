@@ -69,9 +69,15 @@ def pool():
     server.close()
 
 
-def _miner_fields(argv: list[str], seconds: float, window: float = WINDOW) -> dict[str, int]:
+MINING_FIELDS = ("cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")
+
+
+def _miner_fields(argv: list[str], seconds: float, window: float = WINDOW,
+                  started_only: bool = False) -> dict[str, int]:
     """The highest CPU demand (average, steady) and pushed connections a miner was given
-    while it ran (at most ``seconds``)."""
+    while it ran (at most ``seconds``); ``started_only``: the process started itself only
+    (a near-miss's connection holder, never another test's process marked as the same
+    kernel)."""
     watched = Watched(argv, window=window)
     try:
         watched.warm()
@@ -79,8 +85,10 @@ def _miner_fields(argv: list[str], seconds: float, window: float = WINDOW) -> di
                    timeout=seconds * 4, what="the miner ran")
     finally:
         watched.stop()
-    return {name: watched.highest(name) for name in
-            ("cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")}
+    if started_only:
+        mine = [f for key, f in watched.seen.items() if key[0] == watched.proc.pid]
+        return {name: max((f.get(name, 0) for f in mine), default=0) for name in MINING_FIELDS}
+    return {name: watched.highest(name) for name in MINING_FIELDS}
 
 
 #: The mining rule's average CPU demand (the condition itself is read from the signature).
@@ -177,11 +185,10 @@ finally:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a miner whose hashing runs in child processes while "
-                   "a parent that barely runs holds the pool connection: the connection's "
-                   "holder is idle and the busy workers hold none (a job-queue master with "
-                   "busy workers, celery's prefork, is the same shape)")
 def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured(pool):
+    """Missed once (the connection's holder barely ran, the busy workers held none): the CPU
+    demand of a connection's holder is now its family's, its own and that of its descendants
+    that hold no outbound connection of their own, as one process's threads are."""
     watched = Watched([sys.executable, "-c", SPLIT_MINER, str(pool)], window=WINDOW)
     try:
         watched.warm()
@@ -189,9 +196,37 @@ def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured
                    timeout=(WINDOW + 6) * 4, what="the miner ran")
     finally:
         watched.stop()
-    assert any(_mines({name: fields.get(name, 0) for name in (
-        "cpu_demand_percent", "cpu_demand_steady_percent", "pushed_connections")})
-        for fields in watched.seen.values()), watched.seen
+    # the parent itself (another test's miner marked as the same kernel is not it)
+    assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
+               for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
+
+
+SHELL_SPLIT_MINER = r"""
+import os, subprocess, sys
+from tests.standins.quiet_miner import run
+spin = (f"{sys.executable} -c 'import hashlib; d = bytes(1); "
+        "any((d := hashlib.sha256(d).digest()) is None for _ in iter(int, 1))'")
+shell = subprocess.Popen(["sh", "-c", f"{spin} & {spin} & wait"], start_new_session=True)
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)
+finally:
+    os.killpg(shell.pid, 9)
+"""
+
+
+def test_a_miner_whose_hashing_children_an_idle_shell_started_is_measured(pool):
+    """The split miner's next step: its workers started through a shell that then only waits
+    (an idle process between the holder and the workers, which the sample leaves out): the
+    workers are the holder's, the nearest ancestor of theirs the sample shows."""
+    watched = Watched([sys.executable, "-c", SHELL_SPLIT_MINER, str(pool)], window=WINDOW)
+    try:
+        watched.warm()
+        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
+                   timeout=(WINDOW + 6) * 4, what="the miner ran")
+    finally:
+        watched.stop()
+    assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
+               for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
 
 
 # ------------------------------------------------------------------ the honest researcher
@@ -208,6 +243,75 @@ def test_a_bot_answering_the_messages_it_is_pushed_in_bursts_is_left_alone():
         chat.close()
     assert seen["pushed_connections"] >= 1 and seen["cpu_demand_percent"] >= 10, seen
     assert not _mines(seen), seen
+
+
+BOT_WITH_A_WORKER = r"""
+import json, socket, subprocess, sys, time
+host, port, burst, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+work = ("import hashlib, sys, time\nfor line in sys.stdin:\n"
+        "    end = time.monotonic() + float(line); d = b'x'\n"
+        "    while time.monotonic() < end: d = hashlib.sha256(d).digest()\n"
+        "    print(d.hex(), flush=True)")
+worker = subprocess.Popen([sys.executable, "-c", work], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+chat = socket.create_connection((host, port)).makefile("rwb")
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    message = json.loads(chat.readline())   # each message answered by the worker's burst
+    worker.stdin.write(burst + "\n"); worker.stdin.flush()
+    reply = {"op": 0, "d": {"reply_to": message["d"]["id"], "content": worker.stdout.readline()}}
+    chat.write(json.dumps(reply).encode() + b"\n"); chat.flush()
+worker.kill()
+"""
+
+
+def test_a_bot_answering_each_message_through_a_worker_process_is_left_alone():
+    """The family near-miss of the one above: the work for each message runs in a worker
+    process the bot started (a model served beside it), so the bot holding the chat
+    connection is measured with its worker's CPU, which still comes in bursts after each
+    push."""
+    chat = standin_chat.serve(2.0)
+    try:
+        seen = _miner_fields([sys.executable, "-c", BOT_WITH_A_WORKER, "127.0.0.1",
+                              str(chat.getsockname()[1]), "0.3", "30"], WINDOW * 3 + 4,
+                             started_only=True)
+    finally:
+        chat.close()
+    assert seen["pushed_connections"] >= 1 and seen["cpu_demand_percent"] >= 10, seen
+    assert not _mines(seen), seen
+
+
+SUBSCRIBED_WITH_BUSY_WORKERS = r"""
+import socket, subprocess, sys, time
+spin = "import hashlib\nd = b'x'\nwhile True: d = hashlib.sha256(d).digest()"
+workers = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+channel = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+channel.sendall(b"SUBSCRIBE jobs\r\n")
+end = time.monotonic() + float(sys.argv[2])
+try:
+    while time.monotonic() < end:   # the master listens for work; its workers compute
+        channel.settimeout(max(end - time.monotonic(), 0.01))
+        try: channel.recv(4096)
+        except socket.timeout: pass
+finally:
+    for w in workers: w.kill()
+"""
+
+
+def test_a_master_subscribed_to_a_broker_with_busy_worker_processes_is_left_alone():
+    """A job queue's master (celery's prefork shape): its busy children are measured as its
+    own demand, but the broker's pushes are never answered on that connection: no pool."""
+    broker = subprocess.Popen([sys.executable, "-m", "tests.standins.honest_services",
+                               "pubsub", "1.0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = broker.stdout.readline().strip()
+        seen = _miner_fields([sys.executable, "-c", SUBSCRIBED_WITH_BUSY_WORKERS, port, "30"],
+                             WINDOW * 3 + 4, started_only=True)
+    finally:
+        broker.kill()
+        broker.wait()
+    assert seen["cpu_demand_percent"] >= BUSY, seen  # the family's demand, the master idle
+    assert seen["pushed_connections"] == 0 and not _mines(seen), seen
 
 
 SUBSCRIBED_AND_COMMITTING = r"""

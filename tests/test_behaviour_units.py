@@ -7,12 +7,17 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
+
+import psutil
 
 from colab_guard.channel import bound_by, connected_to
 from colab_guard.kernel import hook
 from colab_guard.observe.behaviour import Behaviour, _connection_ports
+from colab_guard.observe import procfs
 from colab_guard.observe.model import Process, Snapshot, Socket
 from colab_guard.observe.procfs import InetTables
 from colab_guard.observe.tcpinfo import Dumper
@@ -361,3 +366,68 @@ def test_a_relayed_connection_mirrors_the_same_outbound_one_at_two_ticks():
     # The same pair at two ticks: relayed.
     assert RELAY_SIGHTINGS == 2
     assert tick(counters(300_000, 60), counters(19, 100_000), counters(19, 290_000), 3.0) == 1
+
+
+def test_a_connection_holders_family_is_its_descendants_that_hold_no_connection_out():
+    """A master (holding a connection out) with two workers, one of which starts a helper, and
+    a third child that holds a connection of its own (with a worker of its own): the first
+    three are the master's family; the third child and its worker are the third's."""
+    from colab_guard.observe.behaviour import _families
+
+    def proc(pid, ppid):
+        return Process(pid=pid, ppid=ppid, name="python3", create_time=1.0, uid=1000)
+
+    master, worker, other, helper, own, owns_worker = (
+        proc(10, 1), proc(11, 10), proc(12, 10), proc(13, 11), proc(14, 10), proc(15, 14))
+    outbound = {master.key: ["a connection"], own.key: ["another"]}
+    snapshots = {"k": Snapshot("k", 1.0, [master, worker, other, helper, own, owns_worker])}
+    families = _families(snapshots, outbound)
+    assert {p.pid for p in families[master.key]} == {11, 12, 13}
+    assert [p.pid for p in families[own.key]] == [15]
+    assert _families({"k": Snapshot("k", 1.0, [master, worker])}, {}) == {}
+
+
+def _spinner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def _as_process(popen: subprocess.Popen, ppid: int = 1) -> Process:
+    stat = procfs.read_stat(popen.pid)
+    return Process(pid=popen.pid, ppid=ppid, name="python3", uid=os.getuid(), cpu_percent=100.0,
+                   create_time=procfs.create_time(stat.start, psutil.boot_time()))
+
+
+def test_a_holders_demand_counts_its_workers_from_when_they_joined_its_family():
+    """A holder that sleeps, with a worker that spins: the worker's demand is the holder's
+    from the first read on; a worker that had run a while before it was first seen in the
+    family counts from then, not for its whole life."""
+    holder_popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    worker_popen = _spinner()
+    try:
+        holder, worker = _as_process(holder_popen), _as_process(worker_popen, holder_popen.pid)
+        behaviour = Behaviour(dumper=lambda pid: Dumper(), window=1.0)
+        start = time.time()
+        assert behaviour._cpu_demand(holder, [worker], start) == (0.0, 0.0)
+        time.sleep(1.2)
+        demand, _ = behaviour._cpu_demand(holder, [worker], time.time())
+        assert demand >= 50, demand  # the worker's (waiting to run counts too)
+
+        # a worker left out of one read (idle, so not in the sample): its next read counts
+        # what it did since the read before
+        again = Behaviour(dumper=lambda pid: Dumper(), window=1.0)
+        again._cpu_demand(holder, [worker], time.time())
+        time.sleep(0.6)
+        again._cpu_demand(holder, [], time.time())
+        time.sleep(0.6)
+        demand, _ = again._cpu_demand(holder, [worker], time.time())
+        assert demand >= 50, demand
+
+        late = Behaviour(dumper=lambda pid: Dumper(), window=1.0)
+        late._cpu_demand(holder, [], time.time())  # the worker is 1.2 s old: older than a tick
+        time.sleep(1.2)
+        demand, _ = late._cpu_demand(holder, [worker], time.time())
+        assert demand < 20, demand  # joined now: its seconds of spinning before are not counted
+    finally:
+        for popen in (holder_popen, worker_popen):
+            popen.kill()
+            popen.wait()

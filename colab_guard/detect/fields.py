@@ -127,7 +127,9 @@ FIELDS: dict[str, Field] = {
               "unreadable" if p.netns == "unreadable" else "private"),
         Field("cpu_demand_percent", "number",
               "CPU the process's threads ran or waited to run for, averaged over the behaviour "
-              "window (15 s), percent of one core; 0 until watched that long",
+              "window (15 s), percent of one core; 0 until watched that long. For a process "
+              "holding an outbound connection, its family's: its threads and those of its "
+              "descendants that hold no outbound connection of their own (workers it started)",
               lambda p: p.cpu_demand_percent),
         Field("cpu_demand_steady_percent", "number",
               "the lowest CPU demand (as cpu_demand_percent) over any slice of the behaviour "

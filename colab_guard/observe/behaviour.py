@@ -9,6 +9,9 @@ samples as fields (``observe/model.py``):
   queue wait, from /proc/PID/task/*/schedstat), averaged over the last ``WINDOW`` seconds,
   percent of one core. A miner throttled to 70 % of a core shows 70 here even when other
   load leaves it only 40 % of real CPU. Zero until the process was watched a whole window.
+  Measured for the process's family: its threads and those of its descendants that hold no
+  outbound connection of their own (``_families``), so a miner whose hashing runs in child
+  processes while the parent talks to the pool is measured as one whose threads hash.
 - ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
   between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
   is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
@@ -160,12 +163,15 @@ Key = tuple[int, float]
 
 @dataclass
 class _Demand:
-    """CPU demand of one process, accumulated tick by tick."""
+    """CPU demand of one process and its family (the descendants that hold no outbound
+    connection of their own), accumulated tick by tick."""
 
-    threads: dict[int, int]  # thread id -> its run + wait time (ns) at the last read
+    threads: dict[tuple[int, int], int]  # (pid, thread id) -> run + wait time (ns) at the
+    # last read of that process
     total: float = 0.0  # seconds of demand since watched
     samples: deque = field(default_factory=deque)  # (time, total)
     last: float = 0.0  # last a mining candidate
+    members: dict[int, float] = field(default_factory=dict)  # pid -> last seen in the family
 
 
 @dataclass
@@ -304,8 +310,10 @@ class Behaviour:
         for key, conns in outbound.items():
             if any(s.protocol == "tcp" and s.listening for s in by_key[key].sockets):
                 fields.setdefault(key, {})["foreign_peers"] = len({s.remote for _, s in conns})
+        families = _families(snapshots, outbound)
         miners = {k for k, conns in outbound.items()
-                  if (by_key[k].cpu_percent >= CANDIDATE_CPU or k in self._demand)
+                  if (by_key[k].cpu_percent + sum(p.cpu_percent for p in families.get(k, ()))
+                      >= CANDIDATE_CPU or k in self._demand)
                   and any(s.status == "ESTABLISHED" for _, s in conns)}
         floods = self._flood_candidates(snapshots, outbound)
         flooding = {key for conns in floods.values() for key, _, _ in conns}
@@ -322,7 +330,7 @@ class Behaviour:
             if key not in self._unlisted:
                 self._unlisted[key] = self._unlisted_sockets(by_key[key])
             unknown = by_key[key].netns in blind
-            demand, steady = self._cpu_demand(by_key[key], now)
+            demand, steady = self._cpu_demand(by_key[key], families.get(key, []), now)
             fields.setdefault(key, {}).update(
                 cpu_demand_percent=demand, cpu_demand_steady_percent=steady,
                 pushed_connections=self._pushed(outbound[key], info, now, unknown, key))
@@ -365,19 +373,36 @@ class Behaviour:
 
     # ------------------------------------------------------------ mining
 
-    def _cpu_demand(self, proc: Process, now: float) -> tuple[float, float]:
-        """The process's CPU demand averaged over the window, and the lowest over any slice
-        of it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a
-        whole window."""
-        threads = _thread_demand(proc.pid)
+    def _cpu_demand(self, proc: Process, family: list[Process],
+                    now: float) -> tuple[float, float]:
+        """The CPU demand of the process and its ``family`` (descendants holding no outbound
+        connection of their own) averaged over the window, and the lowest over any slice of
+        it between two ticks (``STEADY_SLICE`` s at least): (0, 0) until watched a whole
+        window. A miner's hashing in children while the parent talks to the pool is the
+        parent's, as one process's threads are."""
+        threads = _family_demand(proc, family)
         state = self._demand.get(proc.key)
         if state is None:
-            state = self._demand[proc.key] = _Demand(threads, last=now)
+            state = self._demand[proc.key] = _Demand(threads, last=now,
+                                                     members={p.pid: now for p in family})
             state.samples.append((now, 0.0))
             return 0.0, 0.0
+        # A thread started since the last read, or a member started since then (its start
+        # known to a second: the boot time is), counts whole; a member older than that that
+        # joins the family (seen running again) counts from now on.
+        known = {pid for pid, _ in state.threads} | {proc.pid} | {
+            p.pid for p in family if p.create_time >= state.last - 1.0}
+        added = sum(ns - state.threads.get((pid, tid), 0) for (pid, tid), ns in threads.items()
+                    if (pid, tid) in state.threads or pid in known)
         state.last = now
-        added = sum(ns - state.threads.get(tid, 0) for tid, ns in threads.items())
-        state.threads = threads
+        # A member that did not run this tick is not read, nor in the sample while idle: its
+        # last read stays its baseline for a window (a worker's next burst counts whole).
+        state.members.update({p.pid: now for p in family})
+        state.members = {pid: when for pid, when in state.members.items()
+                         if now - when <= self.window}
+        read = {pid for pid, _ in threads}
+        state.threads = {k: v for k, v in state.threads.items()
+                         if k[0] in state.members and k[0] not in read} | threads
         state.total += max(added, 0) / 1e9
         samples = state.samples
         samples.append((now, state.total))
@@ -923,17 +948,7 @@ def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str
 def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
     """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
     sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
-    for _ in range(depth):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid in ancestors:
-            return True
-        if pid <= 1:
-            return False
-    return False
+    return _nearest_ancestor(pid, ancestors, depth) is not None
 
 
 def _socket_inodes(pid: int) -> frozenset:
@@ -1001,6 +1016,69 @@ def _connection_ports(pid: int, cmdline: list[str]) -> tuple[int, ...]:
         return tuple(sorted(int(info[k]) for k in CONNECTION_PORTS if k in info))
     except (OSError, TypeError, ValueError, AttributeError, KeyError):
         return ()
+
+
+#: Descendants of a mining candidate whose demand is read at a tick (the busiest ones).
+MAX_FAMILY = 64
+
+
+def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
+              ) -> dict[Key, list[Process]]:
+    """Holder of outbound connections -> its descendants (as far as the samples show) that
+    hold none of their own, nor descend from one that does: the workers whose CPU is the
+    holder's (a miner's hashing children, a pool's worker processes)."""
+    found: dict[Key, list[Process]] = {}
+    for snapshot in snapshots.values():
+        if not any(p.key in outbound for p in snapshot.processes):
+            continue  # most kernels hold no connection out
+        children: dict[int, list[Process]] = {}
+        pids = {p.pid for p in snapshot.processes}
+        for proc in snapshot.processes:
+            parent = proc.ppid
+            if parent not in pids and proc.cpu_percent > 0 and not proc.is_kernel:
+                # its parent is not in the view (an idle shell between a holder and the
+                # workers it started): the nearest ancestor that is
+                parent = _nearest_ancestor(proc.pid, pids) or parent
+            children.setdefault(parent, []).append(proc)
+        for proc in snapshot.processes:
+            if proc.key not in outbound or proc.pid not in children:
+                continue
+            family, todo = [], list(children[proc.pid])
+            while todo and len(family) < 4 * MAX_FAMILY:
+                child = todo.pop()
+                if child.key in outbound:
+                    continue  # a holder of its own: its workers are its
+                family.append(child)
+                todo.extend(children.get(child.pid, ()))
+            if family:
+                found[proc.key] = family
+    return found
+
+
+def _nearest_ancestor(pid: int, pids: set[int], depth: int = 8) -> int | None:
+    """The nearest ancestor of ``pid`` among ``pids``, looking ``depth`` parents up."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid in pids:
+            return pid
+        if pid <= 1:
+            return None
+    return None
+
+
+def _family_demand(proc: Process, family: list[Process]) -> dict[tuple[int, int], int]:
+    """(pid, thread id) -> run + run-queue wait time (ns) of the process's threads and those
+    of the members of its family that ran since the last tick (the busiest ``MAX_FAMILY``)."""
+    running = sorted((p for p in family if p.cpu_percent > 0),
+                     key=lambda p: p.cpu_percent, reverse=True)[:MAX_FAMILY]
+    found = {}
+    for pid in [proc.pid] + [p.pid for p in running]:
+        found.update({(pid, tid): ns for tid, ns in _thread_demand(pid).items()})
+    return found
 
 
 def _thread_demand(pid: int) -> dict[int, int]:

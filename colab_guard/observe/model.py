@@ -82,7 +82,8 @@ class Process:
     # Its network namespace: "" the guard's own, else "net:[N]", or "unreadable" (behaviour.py)
     netns: str = ""
     # Behaviour over a window (observe/behaviour.py); 0 where it does not apply
-    cpu_demand_percent: float = 0.0  # CPU its threads ran or waited for, percent of a core
+    cpu_demand_percent: float = 0.0  # CPU its threads (and its unconnected descendants')
+    # ran or waited for, percent of a core
     cpu_demand_steady_percent: float = 0.0  # the lowest of that over any slice of the window
     pushed_connections: int = 0  # long-lived, light outbound connections the peer pushes on
     foreign_peers: int = 0  # a listening process: endpoints it connected to that the user serves not
