@@ -189,14 +189,20 @@ def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured
     """Missed once (the connection's holder barely ran, the busy workers held none): the CPU
     demand of a connection's holder is now its family's, its own and that of its descendants
     that hold no outbound connection of their own, as one process's threads are."""
-    watched = Watched([sys.executable, "-c", SPLIT_MINER, str(pool)], window=WINDOW)
+    _assert_the_parent_mines(SPLIT_MINER, pool)
+
+
+def _assert_the_parent_mines(code: str, pool: int) -> None:
+    """Run ``code`` (given the pool's port) watched for a window: the process started is
+    measured as mining (the parent itself: another test's miner marked as the same kernel
+    is not it)."""
+    watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW)
     try:
         watched.warm()
         wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
                    timeout=(WINDOW + 6) * 4, what="the miner ran")
     finally:
         watched.stop()
-    # the parent itself (another test's miner marked as the same kernel is not it)
     assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
                for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
 
@@ -218,15 +224,7 @@ def test_a_miner_whose_hashing_children_an_idle_shell_started_is_measured(pool):
     """The split miner's next step: its workers started through a shell that then only waits
     (an idle process between the holder and the workers, which the sample leaves out): the
     workers are the holder's, the nearest ancestor of theirs the sample shows."""
-    watched = Watched([sys.executable, "-c", SHELL_SPLIT_MINER, str(pool)], window=WINDOW)
-    try:
-        watched.warm()
-        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
-                   timeout=(WINDOW + 6) * 4, what="the miner ran")
-    finally:
-        watched.stop()
-    assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
-               for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
+    _assert_the_parent_mines(SHELL_SPLIT_MINER, pool)
 
 
 # ------------------------------------------------------------------ the honest researcher
