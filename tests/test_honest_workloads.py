@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -154,12 +155,16 @@ def git_daemon(tmp_path):
     port = free_port()
     proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
                              f"--port={port}", f"--base-path={base}", str(base)],
-                            stderr=subprocess.DEVNULL)
-    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=30,
-               what="git daemon listening")
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_until(lambda: _listening(port), timeout=30, what="git daemon listening")
     yield port
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # git runs git-daemon as its child: both
     proc.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_git_clone_over_git_daemon_is_left_alone(kernel, guard_config, git_daemon, tmp_path):
