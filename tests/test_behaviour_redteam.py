@@ -210,13 +210,16 @@ def _assert_the_parent_mines(code: str, pool: int) -> None:
 SHELL_SPLIT_MINER = r"""
 import os, subprocess, sys
 from tests.standins.quiet_miner import run
-spin = (f"{sys.executable} -c 'import hashlib; d = bytes(1); "
-        "any((d := hashlib.sha256(d).digest()) is None for _ in iter(int, 1))'")
-shell = subprocess.Popen(["sh", "-c", f"{spin} & {spin} & wait"], start_new_session=True)
+spin = (f"{sys.executable} -c 'import hashlib, time; d = bytes(1); end = time.monotonic() + 90; "
+        "any((d := hashlib.sha256(d).digest()) is None or time.monotonic() > end "
+        "for _ in iter(int, 1))'")
+# In this process's group (Watched's session), so that Watched.stop's killpg ends the shell
+# and its workers too (in a session of their own they outlived the test, spinning two cores).
+shell = subprocess.Popen(["sh", "-c", f"{spin} & {spin} & wait"])
 try:
     run("127.0.0.1", int(sys.argv[1]), 0.02, 20)
 finally:
-    os.killpg(shell.pid, 9)
+    os.killpg(0, 9)
 """
 
 
