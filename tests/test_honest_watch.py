@@ -145,8 +145,11 @@ def test_the_watcher_leaves_honest_work_alone_and_still_stops_a_miner(watcher, u
 
         waits(watcher, lambda: _notes(report)[:2] == ["rc 0", "rc 0"] or recorded(),
               "the honest work done", timeout=WINDOW + 90)
-        assert recorded() == []
-        assert "SIGINT" not in _notes(report)
+        # The kernel goes straight on to the miner, which may be stopped (SIGINT noted) by
+        # now: the honest commands both ran to the end first, and nothing was recorded but it.
+        notes = _notes(report)
+        assert notes[:2] == ["rc 0", "rc 0"], notes
+        assert all("miner.py" in str(evidence) for _, evidence in recorded()), recorded()
         assert len(list((world / kernel_id / "downloads" / "pub").glob("*.csv"))) == 2
         incident = waits(watcher, lambda: next(
             (i for i in watcher.incidents() if i.kernel_id == kernel_id), None),
