@@ -87,6 +87,24 @@ def test_what_a_process_acted_on_started_is_not_a_new_offence():
                               parents=lambda: {**parents, 600: 100})) == 1
 
 
+def test_what_a_process_only_recorded_starts_is_judged_on_its_own():
+    # A web server recorded (not stopped) that then starts a miner: the miner is a new
+    # offence, stopped; so is one a dry run's offender starts (nothing was stopped).
+    for settings in (Settings(), Settings(dry_run=True)):
+        policy = Policy(settings)
+        live, parents = {(500, 1.0), (501, 1.0)}, {500: 100, 501: 500}
+        if not settings.dry_run:
+            [recorded] = policy.respond("k1", [detection(WEB, pid=500, ppid=100)], live=live,
+                                        parents=lambda: parents)
+            assert recorded.action == "record"
+        else:
+            policy.respond("k1", [detection(MINER, pid=500, ppid=100)], live=live,
+                           parents=lambda: parents)
+        [miner] = policy.respond("k1", [detection(MINER, pid=501, ppid=500)], live=live,
+                                 parents=lambda: parents)
+        assert miner.detections[0].process.pid == 501
+
+
 def test_the_kernel_acted_on_does_not_cover_what_it_starts_next():
     for settings in (Settings(), Settings(dry_run=True)):
         policy = Policy(settings)

@@ -75,6 +75,10 @@ class Policy:
         self.settings = settings
         self._clock = clock
         self._handled: dict[str, set[tuple]] = defaultdict(set)  # kernel -> process keys acted on
+        #: kernel -> keys of the processes being stopped (a plan that stops them, a stop's
+        #: family): what they start is theirs. Never those only recorded or warned about,
+        #: whose children must be judged on their own (a recorded server starting a miner).
+        self._stopping: dict[str, set[tuple]] = defaultdict(set)
         self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
         self._opened: dict[str, list[float]] = defaultdict(list)  # kernel -> incidents opened, when
 
@@ -92,8 +96,10 @@ class Policy:
         process acted on started is not a new offence, its stop takes it too (a shell caught
         before it started the tool, the tool caught while the shell's stop is under way)."""
         if live is not None and self._handled.get(kernel_id):
-            self._handled[kernel_id] &= live() if callable(live) else live
-        if parents is not None and self._handled.get(kernel_id):
+            alive = live() if callable(live) else live
+            self._handled[kernel_id] &= alive
+            self._stopping[kernel_id] &= alive
+        if parents is not None and self._stopping.get(kernel_id):
             self._handle_descendants(kernel_id, detections, parents())
         by_category: dict[str, list[Detection]] = defaultdict(list)
         for d in detections:
@@ -109,13 +115,16 @@ class Policy:
                     escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
                     self._kernel_acted[kernel_id] = now
             action = self._choose(group, escalate)
+            if at_least(action, "stop") and not self.settings.dry_run:
+                self._stopping[kernel_id].update(d.process.key for d in group
+                                                 if not d.process.is_kernel)
             plans.append(Plan(group, action, self._steps(action, group)))
         return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
 
     def _handle_descendants(self, kernel_id: str, detections: list[Detection],
                             parents: dict[int, int]) -> None:
         handled = self._handled[kernel_id]
-        acted_on = {pid for pid, _ in handled if pid in parents}  # never the kernel itself
+        acted_on = {pid for pid, _ in self._stopping[kernel_id] if pid in parents}
         if not acted_on:
             return
         for d in detections:
@@ -129,6 +138,7 @@ class Policy:
         """Processes signalled by a stop under way (the offenders' families): not new
         offences while they take the signal (SIGKILL comes after the grace)."""
         self._handled[kernel_id].update(keys)
+        self._stopping[kernel_id].update(keys)
 
     def admit(self, kernel_id: str) -> bool:
         """Whether the kernel may open an incident of its own now (counted if so); False:
@@ -143,11 +153,13 @@ class Policy:
 
     def forget_kernel(self, kernel_id: str) -> None:
         self._handled.pop(kernel_id, None)
+        self._stopping.pop(kernel_id, None)
         self._kernel_acted.pop(kernel_id, None)
         self._opened.pop(kernel_id, None)
 
     def kernels_known(self) -> set[str]:
-        return set(self._handled) | set(self._kernel_acted) | set(self._opened)
+        return (set(self._handled) | set(self._stopping) | set(self._kernel_acted)
+                | set(self._opened))
 
     def _is_new(self, d: Detection) -> bool:
         if d.process.is_kernel and not self.settings.dry_run:
