@@ -116,8 +116,10 @@ def signal_offenders(offenders: list[Process], spare_pids: set[int],
     return actions, targets
 
 
-#: How long the walk of an offender's children waits for it to be stopped after SIGSTOP.
-STOPPED_WAIT = 0.2
+#: How long the walk of an offender's children waits for it to be stopped after SIGSTOP (a
+#: fork finishes in a millisecond; a process held in the kernel longer, such as a vfork
+#: parent, costs each stop no more than this).
+STOPPED_WAIT = 0.05
 
 
 def _wait_stopped(pid: int, timeout: float = STOPPED_WAIT) -> None:

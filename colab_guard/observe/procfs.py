@@ -12,6 +12,7 @@ process is gone, PermissionError when a read is denied.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -86,9 +87,7 @@ def create_time(start_ticks: int, boot_time: float) -> float:
     return float(start_ticks) / CLOCK_TICKS + boot_time
 
 
-_BOOT_TIME: list[float] = []
-
-
+@functools.cache
 def boot_time() -> float:
     """The machine's boot time as this process first read it: start times computed from it
     never move. /proc/stat's btime is the clock now less the time since boot, in whole
@@ -96,11 +95,9 @@ def boot_time() -> float:
     every process handle, so a process's key (pid, create time) could change under the guard:
     one acted on taken for a new offender (a second incident, a second strike), its stop
     refused as "its pid now names another process"."""
-    if not _BOOT_TIME:
-        with open("/proc/stat", "rb") as stat:
-            btime = next(line for line in stat if line.startswith(b"btime "))
-        _BOOT_TIME.append(float(btime.split()[1]))
-    return _BOOT_TIME[0]
+    with open("/proc/stat", "rb") as stat:
+        btime = next(line for line in stat if line.startswith(b"btime "))
+    return float(btime.split()[1])
 
 
 def start_time(pid: int) -> float:
