@@ -68,11 +68,15 @@ class SpreadingSampler(ProcessSampler):
         super().__init__()
         self.asked: set[int] = set()
         self.events_live = True
-        self.turns: list[int] = []  # the parked processes asked at their turn, in order
+        self._parked.turns = []  # the parked processes asked at their turn, in order
 
-    def _still_quiet(self, pid, sample, now):
-        self.turns.append(pid)
-        return super()._still_quiet(pid, sample, now)
+    @property
+    def turns(self) -> list[int]:
+        return self._parked.turns
+
+    @turns.setter
+    def turns(self, value: list[int]) -> None:
+        self._parked.turns = value
 
     def may_spread(self) -> bool:
         return self.events_live
@@ -298,3 +302,75 @@ def test_unheld_sockets_have_their_owners_running_processes_read_one_uid_a_tick(
     assert idle.full_due == 1e12  # one that did not run did not dup2 anything
     sampler._walk_owners_of(set(), Tables())  # the next tick: the other uid's turn
     assert read_at_next_tick() == {101, 102, 103}
+
+
+class Asked:
+    """The sampler's side of Parked's questions: what ``still_quiet`` was asked."""
+
+    def __init__(self, answer: float = 0.0):
+        self.calls: list[tuple[int, float | None]] = []
+        self.answer = answer
+
+    def __call__(self, pid, sample, now, quiet_at):
+        self.calls.append((pid, quiet_at))
+        return self.answer
+
+
+@pytest.fixture
+def sleeper():
+    """A child that sleeps until told (a line on its stdin) to spin for a moment; its pid and
+    its held schedstat file (what the sampler holds for a quiet process)."""
+    proc = subprocess.Popen([PY, "-c", "import sys, time\nsys.stdin.readline()\n"
+                             "end = time.monotonic() + 0.2\nwhile time.monotonic() < end: pass\n"
+                             "sys.stdin.readline()\n"], stdin=subprocess.PIPE, text=True)
+    wait_until(lambda: open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] == "S",
+               timeout=10, what="the child asleep")
+    counts, held = idle.HeldCounts.read(proc.pid, single=True)
+    yield proc, held
+    held.close()
+    proc.kill()
+    proc.wait()
+
+
+def parked_with_probe(proc, held, refresh_at=float("inf")):
+    parked, owners = idle.Parked(), {proc.pid: "k"}
+    parked.visit(owners, 0.0, set())  # a new attribution: visited once
+    probe = (held.fds[0], held.counts()[0], refresh_at)
+    parked.park(proc.pid, object(), 1.0, probe)
+    return parked, owners
+
+
+def test_a_probed_quiet_process_is_asked_at_its_turn_without_the_sampler(sleeper):
+    proc, held = sleeper
+    parked, owners = parked_with_probe(proc, held)
+    asked = Asked()
+    for now in (0.5, 1.0, 3.0, 5.0):  # due at 1 s, then every 2 s (spacing 2.5, spread by pid)
+        assert parked.visit(owners, now, set(), asked, spacing=2.5) == {}
+    assert asked.calls == []  # the probe said it had not run: still parked, never visited
+    assert proc.pid in parked.by_kernel["k"]
+
+
+def test_a_probed_process_that_ran_is_asked_with_when_it_was_last_found_quiet(sleeper):
+    proc, held = sleeper
+    parked, owners = parked_with_probe(proc, held)
+    asked = Asked()
+    parked.visit(owners, 1.0, set(), asked, spacing=2.5)  # quiet at 1 s
+    proc.stdin.write("spin\n")
+    proc.stdin.flush()
+    wait_until(lambda: held.counts()[0] != parked._turns[proc.pid][1][1], timeout=10,
+               what="the child ran")
+    assert parked.visit(owners, 100.0, set(), asked, spacing=2.5) == {proc.pid: "k"}
+    # The sampler takes its CPU baseline from then: it used none before 1 s.
+    assert asked.calls == [(proc.pid, 1.0)]
+
+
+def test_a_probe_is_not_believed_once_the_refresh_is_due_or_the_counts_do_not_move(sleeper):
+    proc, held = sleeper
+    parked, owners = parked_with_probe(proc, held, refresh_at=2.0)
+    asked = Asked()
+    assert parked.visit(owners, 2.5, set(), asked, spacing=2.5) == {proc.pid: "k"}
+    assert asked.calls == [(proc.pid, None)]  # the refresh: the sampler reads it in full
+    parked, owners = parked_with_probe(proc, held)
+    asked = Asked(answer=9.0)  # the sampler asks for itself, and finds it quiet
+    assert parked.visit(owners, 1.0, set(), asked, spacing=2.5, probing=False) == {}
+    assert asked.calls == [(proc.pid, None)]

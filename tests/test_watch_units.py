@@ -354,7 +354,7 @@ import asyncio, concurrent.futures, logging, types
 from colab_guard.watch.proc_events import ProcEvents
 
 async def main():
-    kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict,
+    kernels = types.SimpleNamespace(events_live=False, events_lost=False, pids=dict, by_pid=dict,
                                     exec_seen=lambda pid: None, _is_user=lambda uid: False,
                                     forked=lambda pid: None, exited=lambda pid: None)
     monitor = types.SimpleNamespace(

@@ -49,11 +49,13 @@ QUIET_CHECK_MAX = 10.0
 #: could do with so little time (a connect, a bind: reported by the kernel hook, which has it
 #: read at once) is read at the latest then.
 BARELY_RUNNING = 0.02
-LIGHT_READ_MAX_AGE = 5.0
+LIGHT_READ_MAX_AGE = 10.0
 #: Once found barely running, it is not asked again for BARELY_RECHECK s (half to all of it,
-#: spread by pid): fifty idle kernels each wake every second. An exec (the process events)
-#: or a connect or bind the kernel hook reports has it read at the next tick all the same.
-BARELY_RECHECK = 3.0
+#: spread by pid): two hundred idle kernels each wake every second. An exec (the process
+#: events) or a connect or bind the kernel hook reports has it read at the next tick all the
+#: same; one that starts to compute is seen within this, long before a rule that measures
+#: CPU over a window could hold.
+BARELY_RECHECK = 5.0
 
 #: The open-files soft limit the sampler raises its process's to, if the hard limit allows:
 #: a quarter of it holds idle processes' schedstat files (HeldCounts).
@@ -86,6 +88,14 @@ class QuietRead:
             return self.held.counts() != self.counts, None
         activity = procfs.activity(pid, self.single)
         return activity != self.activity, None if self.single else activity
+
+    def probe(self) -> Probe | None:
+        """What Parked asks at its turns (see there): its held schedstat file and what it
+        read, if it has one thread and its file is held."""
+        held = self.held
+        if held is None or len(held.fds) != 1 or len(self.counts) != 1:
+            return None
+        return held.fds[0], self.counts[0], self.refresh_at
 
     @property
     def single(self) -> bool:
@@ -191,59 +201,96 @@ class HeldStat:
         self.close()
 
 
+def quiet_check_spacing(watched: int) -> float:
+    """Seconds between two turns of a quiet process (before the spread by pid), ``watched``
+    processes being watched: QUIET_CHECKS_PER_SECOND turns a second in all, each process at
+    least every QUIET_CHECK_MAX s."""
+    return min(QUIET_CHECK_MAX, watched / QUIET_CHECKS_PER_SECOND)
+
+
 def next_check(now: float, pid: int, watched: int) -> float:
     """When a quiet process is next asked whether it ran, ``watched`` processes being watched
     (most of them quiet: SPREAD_FROM): at every tick for a few; else spread by pid, at most
     QUIET_CHECK_MAX s apart."""
     if watched <= SPREAD_FROM:
         return 0.0
-    spacing = min(QUIET_CHECK_MAX, watched / QUIET_CHECKS_PER_SECOND)
-    return now + spacing * (8 + pid % 8) / 16
+    return now + quiet_check_spacing(watched) * (8 + pid % 8) / 16
 
 
 class Parked:
     """Quiet processes the pass does not visit until their turn (next_check), kept by kernel
     and handed out as they were, so that a tick costs what the others cost. Valid for one
     attribution (pid -> kernel id, the same object while no process started or exited):
-    a new one has every process visited once (those not due are parked again at once)."""
+    a new one has every process visited once (those not due are parked again at once).
+
+    A quiet process parked with a *probe* (its one held schedstat file and what it read) is
+    asked at its turn here, with one pread and a comparison: the few hundred turns a second
+    of five thousand idle processes cost what the reads cost, not a call into the sampler
+    each. Any other turn, and a probe that says it ran or whose refresh is due, go to
+    ``still_quiet``."""
 
     def __init__(self):
         self.owners: Mapping[int, str] | None = None
         self.by_kernel: dict[str, dict[int, Process]] = {}
         self.unparked: dict[int, str] = {}  # owners but the parked
-        self._queue: list[tuple[float, int]] = []  # (when due, pid)
+        self._queue: list[tuple[float, int]] = []  # (when due, pid); stale unless in _turns
+        # pid -> (its one live turn in the queue, its probe, when the probe last found it had
+        # not run): one lookup a turn
+        self._turns: dict[int, tuple[float, Probe | None, float | None]] = {}
+        self.turns: list[int] | None = None  # (tests) the pids asked at their turn, in order
 
     def visit(self, owners: Mapping[int, str], now: float, asked: set[int],
-              still_quiet: Callable[[int, Process, float], float] | None = None
-              ) -> Mapping[int, str]:
+              still_quiet: StillQuiet | None = None, spacing: float = 0.0,
+              probing: bool = True) -> Mapping[int, str]:
         """The processes this pass visits: every one under a new attribution; else all but
-        the parked, those ``asked`` (they exec'd) unparked first, then those due: each
-        unparked unless ``still_quiet(pid, sample, now)`` says when it is due next (it did not
-        run: asked there and then, without a visit)."""
+        the parked, those ``asked`` (they exec'd) unparked first, then those due: a probed
+        one that did not run is due again ``spacing`` s on (spread by pid); any other is
+        unparked unless ``still_quiet(pid, sample, now, quiet_at)`` says when it is due next
+        (it did not run: asked there and then, without a visit; ``quiet_at``: when a probe
+        last found it had not run, or None). ``probing`` False: the scheduler counts do not
+        move (idle.SchedCounts), so no probe is believed."""
         if owners is not self.owners:
-            self.owners, self.by_kernel, self._queue = owners, {}, []
-            self.unparked = dict(owners)
+            self.reset()
+            self.owners, self.unparked = owners, dict(owners)
             return owners
         for pid in asked:
             self.unpark(pid)
-        queue = self._queue
+        queue, live, turns = self._queue, self._turns, self.turns
         while queue and queue[0][0] <= now:
-            pid = heapq.heappop(queue)[1]
-            parked = self.by_kernel.get(owners.get(pid))
-            sample = parked.get(pid) if parked is not None else None
-            if sample is None:
-                continue  # unparked since (this entry is stale)
-            again = still_quiet(pid, sample, now) if still_quiet is not None else 0.0
+            when, pid = queue[0]
+            turn = live.get(pid)
+            if turn is None or turn[0] != when:
+                heapq.heappop(queue)  # unparked since, or parked again with another turn
+                continue
+            if turns is not None:
+                turns.append(pid)
+            probe = turn[1]
+            if probing and probe is not None and now < probe[2]:
+                try:
+                    same = os.pread(probe[0], 256, 0) == probe[1]
+                except OSError:
+                    same = False  # the slow path says why
+                if same:
+                    again = now + spacing * (8 + pid % 8) / 16
+                    live[pid] = (again, probe, now)
+                    heapq.heapreplace(queue, (again, pid))
+                    continue
+            heapq.heappop(queue)
+            del live[pid]
+            sample = self.by_kernel[owners[pid]][pid]
+            again = still_quiet(pid, sample, now, turn[2]) if still_quiet is not None else 0.0
             if again:
+                live[pid] = (again, probe, None)
                 heapq.heappush(queue, (again, pid))
             else:
                 self.unpark(pid)
         return self.unparked
 
-    def park(self, pid: int, sample: Process, due: float) -> None:
+    def park(self, pid: int, sample: Process, due: float, probe: Probe | None = None) -> None:
         kernel_id = self.unparked.pop(pid, None)
         if kernel_id is not None:
             self.by_kernel.setdefault(kernel_id, {})[pid] = sample
+            self._turns[pid] = (due, probe, None)
             heapq.heappush(self._queue, (due, pid))
 
     def unpark(self, pid: int) -> None:
@@ -252,10 +299,19 @@ class Parked:
         parked = self.by_kernel.get(kernel_id) if kernel_id is not None else None
         if parked is not None and parked.pop(pid, None) is not None:
             self.unparked[pid] = kernel_id
+            self._turns.pop(pid, None)
 
     def reset(self) -> None:
         """Nothing parked (spreading off: events lost, or few processes)."""
         self.owners, self.by_kernel, self.unparked, self._queue = None, {}, {}, []
+        self._turns = {}
+
+
+#: A parked process's probe: (the fd of its one thread's schedstat, held open; what it read at
+#: the last full read; when it is read in full all the same, QuietRead.refresh_at).
+Probe = tuple[int, bytes, float]
+#: Parked.visit's question to the sampler: (pid, sample, now, quiet_at) -> when due next, or 0.
+StillQuiet = Callable[[int, Process, float, "float | None"], float]
 
 
 def refresh_time(now: float, pid: int, watched: int = 0) -> float:

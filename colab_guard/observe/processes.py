@@ -35,7 +35,8 @@ from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, k
 from .content import ContentScanner
 from .gpu import GpuSample
 from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, SPREAD_FROM, HeldCounts,
-                   HeldStat, Parked, QuietRead, SchedCounts, next_check, refresh_time)
+                   HeldStat, Parked, Probe, QuietRead, SchedCounts, next_check,
+                   quiet_check_spacing, refresh_time)
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -60,6 +61,11 @@ MAPS_MAX_AGE = 60.0
 #: read in full at the next tick; only a socket put in a closed file's place (the same fd
 #: count) by a connect the hook does not see waits for this.
 KERNEL_FULL_READ_MAX = 40.0
+#: ... and for a kernel that barely runs (under idle.BARELY_RUNNING of a core), among many
+#: processes with process events (the node watcher, idle.SPREAD_FROM): two hundred idle
+#: kernels' full reads are most of what a tick reads. One that computes again (a light read
+#: measures it) is due within KERNEL_FULL_READ_MAX again.
+KERNEL_FULL_READ_MAX_IDLE = 120.0
 
 
 class Entry:
@@ -185,7 +191,8 @@ class ProcessSampler:
         self._watched = 0  # processes this tick (the quiet ones' turns follow it)
         self._check_now: set[int] = set()  # pids asked this tick all the same (they exec'd)
         self._parked = Parked()  # quiet processes waiting their turn (idle.py)
-        self._to_park: list[tuple[int, Process, float]] = []  # this tick's: (pid, sample, due)
+        # this tick's: (pid, sample, due, its probe if a quiet one: idle.Parked)
+        self._to_park: list[tuple[int, Process, float, Probe | None]] = []
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
         # kernel id -> its processes' keys (Snapshot.members), for one attribution
         self._members: tuple[Mapping[int, str] | None, dict[str, frozenset]] = (None, {})
@@ -211,7 +218,8 @@ class ProcessSampler:
         if not self._spreading:
             self._parked.reset()
         self._watched = len(owners)
-        visit = self._parked.visit(owners, now, self._check_now, self._still_quiet) \
+        visit = self._parked.visit(owners, now, self._check_now, self._still_quiet,
+                                   quiet_check_spacing(len(owners)), self.counts_move) \
             if self._spreading else owners
         no_gpu = (0.0, 0.0)
         for pid, kid in list(visit.items()):
@@ -239,12 +247,16 @@ class ProcessSampler:
         self.stats.processes_sampled += len(owners)
         return snapshots
 
-    def _still_quiet(self, pid: int, sample: Process, now: float) -> float:
+    def _still_quiet(self, pid: int, sample: Process, now: float,
+                     quiet_at: float | None = None) -> float:
         """A parked quiet process at its turn: when it is due next if it did not run (one
         pread of its schedstat: it stays parked, not visited), else 0 (visited at this pass,
-        as is one due its refresh or parked while running: idle.Parked.visit)."""
+        as is one due its refresh or parked while running: idle.Parked.visit). ``quiet_at``:
+        when Parked's probe last found it had not run (its CPU was the same then)."""
         state = self._tracked.get(sample.key)
         quiet = state.quiet if state is not None else None
+        if quiet_at is not None and state is not None and state.cpu is not None:
+            state.cpu = (state.cpu[0], quiet_at)
         if quiet is None or state.running or state.steady is not sample \
                 or now >= quiet.refresh_at or not self.counts_move or quiet.ran(pid)[0]:
             return 0.0
@@ -264,9 +276,9 @@ class ProcessSampler:
                 snapshot.processes.extend(parked.values())
                 snapshot.parked = len(parked)
         measuring = self.behaviour.measuring
-        for pid, sample, due in self._to_park:
+        for pid, sample, due, probe in self._to_park:
             if sample.key not in measuring:
-                self._parked.park(pid, sample, due)
+                self._parked.park(pid, sample, due, probe)
         self._to_park = []
 
     def _name_members(self, snapshots: dict[str, Snapshot], owners: Mapping[int, str],
@@ -625,7 +637,9 @@ class ProcessSampler:
         read_kernel_in_full, or its memory scan finds something, ContentScanner.news)."""
         unchanged = sample.is_kernel and files_settled and before is not None and \
             _same_but_usage(before, sample)
-        state.full_every = min(2 * state.full_every, KERNEL_FULL_READ_MAX) if unchanged \
+        most = KERNEL_FULL_READ_MAX_IDLE if self._spreading and \
+            sample.cpu_percent < 100 * BARELY_RUNNING else KERNEL_FULL_READ_MAX
+        state.full_every = min(2 * state.full_every, most) if unchanged \
             and state.full_every else self.libraries_refresh
         return now + state.full_every * (8 + pid % 8) / 16
 
@@ -659,14 +673,14 @@ class ProcessSampler:
             # socket and nothing pending; one pread of its schedstat says it did not run
             # (with many, asked in turn: idle.next_check).
             if self._spreading and now < state.check_at and entry.pid not in self._check_now:
-                self._to_park.append((entry.pid, last, state.check_at))
+                self._to_park.append((entry.pid, last, state.check_at, quiet.probe()))
                 return last
             if not quiet.ran(entry.pid)[0]:
                 state.cpu = (state.cpu[0], now)
                 if self._spreading:
                     state.check_at = next_check(now, entry.pid, self._watched)
                     if state.check_at:
-                        self._to_park.append((entry.pid, last, state.check_at))
+                        self._to_park.append((entry.pid, last, state.check_at, quiet.probe()))
                 return last
             state.check_at = 0.0
             return None
@@ -762,13 +776,17 @@ class ProcessSampler:
             quiet.held = None
         state.running = True
         self.stats.light_reads += 1
+        cpu_percent = self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now)
+        if state.full_every > KERNEL_FULL_READ_MAX and cpu_percent >= 100 * BARELY_RUNNING:
+            state.full_every = KERNEL_FULL_READ_MAX  # it computes: KERNEL_FULL_READ_MAX_IDLE
+            state.full_due = min(state.full_due, now + KERNEL_FULL_READ_MAX * (8 + pid % 8) / 16)
         pairs = self._socket_pairs(entry.key, fds.inodes, base.netns, pid, sockets)
         state.light_at, state.pairs = now, pairs
         found = [s for _, s in pairs]
         return self._hand_out(entry.key, base.but(
             ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
-            cpu_percent=self._cpu_percent(entry.key, stat.cpu_ticks / CLOCK_TICKS, now),
-            sockets=found, gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+            cpu_percent=cpu_percent, sockets=found, gpu_percent=gpu_use[0],
+            gpu_memory_mb=gpu_use[1]))
 
     def _barely_ran(self, entry: Entry, state: Tracked, quiet: QuietRead, now: float,
                     is_kernel: bool, gpu_use: tuple[float, float]) -> bool:
@@ -797,7 +815,7 @@ class ProcessSampler:
             return False
         state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
         if _parks_running(last):
-            self._to_park.append((entry.pid, last, state.barely_next))
+            self._to_park.append((entry.pid, last, state.barely_next, None))
         if state.pairs:
             self._pairs_now[entry.key] = state.pairs
         return True

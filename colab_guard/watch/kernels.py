@@ -42,6 +42,7 @@ import pwd
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psutil
@@ -108,6 +109,8 @@ class NodeKernels:
         self._kernels: dict[str, NodeKernel] = {}
         #: kernels that exited; listed (pid 0) while ``attributed`` names them
         self._retired: dict[str, NodeKernel] = {}
+        # ((_kernels, attributed) they were made for, (pids(), by_pid()))
+        self._pids: tuple = ((None, None), ({}, {}))
         #: kernels that live processes are attributed to (the monitor sets it every tick)
         self.attributed: set[str] = set()
         self._warned: set[str] = set()
@@ -388,9 +391,22 @@ class NodeKernels:
 
     def pids(self) -> dict[str, int]:
         """Live kernels, and exited ones whose processes live on (pid 0: no process)."""
-        found = {kid: 0 for kid in self._retired if kid in self.attributed}
-        found.update((kid, k.pid) for kid, k in self._kernels.items())
-        return found
+        # Asked at every pass and at each batch of fork events: made again only when the
+        # election (a new _kernels) or the pass's attribution (a new set) was.
+        return dict(self._made_pids()[0])
+
+    def by_pid(self) -> Mapping[int, str]:
+        """Live kernels' pid -> id (read only: the same object until pids() changes)."""
+        return self._made_pids()[1]
+
+    def _made_pids(self) -> tuple[dict[str, int], dict[int, str]]:
+        made_for = self._pids[0]
+        if made_for[0] is not self._kernels or made_for[1] is not self.attributed:
+            found = {kid: 0 for kid in self._retired if kid in self.attributed}
+            found.update((kid, k.pid) for kid, k in self._kernels.items())
+            self._pids = ((self._kernels, self.attributed),
+                          (found, {pid: kid for kid, pid in found.items() if pid}))
+        return self._pids[1]
 
     def __contains__(self, kernel_id: str) -> bool:
         kernel = self._kernels.get(kernel_id)

@@ -27,7 +27,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 
 from ..observe import procfs
@@ -191,7 +191,7 @@ class ProcEvents:
                     execs.append(event[1])
                 elif event[0] == "fork" and event[2] == event[3]:  # a process, not a thread
                     if kernel_pids is None:
-                        kernel_pids = {pid: kid for kid, pid in kernels.pids().items() if pid}
+                        kernel_pids = kernels.by_pid()
                     kernel_id = self._inherit(event[1], event[3], kernel_pids)
                     if kernel_id is not None:
                         claims.append((event[3], kernel_id))
@@ -215,7 +215,7 @@ class ProcEvents:
         if users:
             self._look_soon(users)
 
-    def _inherit(self, parent: int, child: int, kernel_pids: dict[int, str]) -> str | None:
+    def _inherit(self, parent: int, child: int, kernel_pids: Mapping[int, str]) -> str | None:
         """The kernel a new process belongs to: its parent's (a fork seen since the last
         pass, the kernel itself, or a process the last pass attributed). None for a child of
         the user's processes tied to no kernel (a server's child may be a kernel to come;

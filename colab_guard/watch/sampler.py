@@ -32,6 +32,7 @@ class NodeSampler(ProcessSampler):
         #: system user's, not init: OpenSSH's ``sshd: user@pts/0``, a cron job's shell);
         #: replaced, never changed (NodeMonitor reads it)
         self.service_sessions: frozenset = frozenset()
+        self._listed_from: dict | None = None  # discovery's view the table was taken from
 
     def _attribute(self, kernels, table):
         owners = super()._attribute(kernels, table)
@@ -93,11 +94,15 @@ class NodeSampler(ProcessSampler):
         refreshed on the event loop before each pass and left alone while it runs."""
         before, table = self._table, {}
         self._check_now = self.node.execs_for_pass()
+        machine = self.node.processes()
+        if machine is self._listed_from:  # replaced whenever a process started or exited
+            return self._take_table(before, before, len(before))
+        self._listed_from = machine
         boot: float | None = None
         watched: dict[int, bool] = {}  # uid -> a notebook user's
         others = []  # the rest: kept if a parent is kept (a setuid program of a kernel)
         kept = 0
-        for pid, (inode, info) in self.node.processes().items():
+        for pid, (inode, info) in machine.items():
             if info is None:
                 continue
             user = watched.get(info.uid)
