@@ -156,6 +156,24 @@ def test_quiet_processes_are_parked_handed_out_as_they_were_and_asked_in_turn(ma
     assert sum(asked) >= len(before) - 2, asked
 
 
+def test_a_program_started_and_gone_leaves_the_quiet_processes_parked(many, kernel):
+    """A new attribution (the machine's processes changed) visits what changed, not every
+    parked process again: at 10 execs a second that was every idle process at every pass."""
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    first = parked_once(sampler, proc.pid, {proc.pid, *children})
+    parked = {p.pid for p in first.processes[-first.parked:]} & set(children)
+    other = subprocess.Popen(["sleep", "60"])  # started, then gone: the table moves twice
+    for step in ("started", "gone"):
+        attribution = sampler._owners[1]
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        assert sampler._owners[1] is not attribution, step  # made anew
+        assert not {p.pid for p in snapshot.visited()} & parked, step
+        assert sorted(p.pid for p in snapshot.processes) == sorted([proc.pid, *children])
+        other.kill()
+        other.wait()
+
+
 def wake_a_parked_child(sampler: SpreadingSampler, kernel, command: str) -> int:
     """Park the kernel's children, then tell one of the parked ones to ``command``; its pid."""
     proc, children = kernel

@@ -219,9 +219,9 @@ def next_check(now: float, pid: int, watched: int) -> float:
 
 class Parked:
     """Quiet processes the pass does not visit until their turn (next_check), kept by kernel
-    and handed out as they were, so that a tick costs what the others cost. Valid for one
-    attribution (pid -> kernel id, the same object while no process started or exited):
-    a new one has every process visited once (those not due are parked again at once).
+    and handed out as they were, so that a tick costs what the others cost. Kept across
+    attributions (pid -> kernel id, a new object when a process started or exited) for the
+    processes still of the same kernel and as they were.
 
     A quiet process parked with a *probe* (its one held schedstat file and what it read) is
     asked at its turn here, with one pread and a comparison: the few hundred turns a second
@@ -241,18 +241,17 @@ class Parked:
 
     def visit(self, owners: Mapping[int, str], now: float, asked: set[int],
               still_quiet: StillQuiet | None = None, spacing: float = 0.0,
-              probing: bool = True) -> Mapping[int, str]:
-        """The processes this pass visits: every one under a new attribution; else all but
-        the parked, those ``asked`` (they exec'd) unparked first, then those due: a probed
+              probing: bool = True, same: Same | None = None) -> Mapping[int, str]:
+        """The processes this pass visits: all but the parked (under a new attribution, those
+        of the same kernel that ``same(pid, sample)`` says are as they were stay parked),
+        those ``asked`` (they exec'd) unparked first, then those due: a probed
         one that did not run is due again ``spacing`` s on (spread by pid); any other is
         unparked unless ``still_quiet(pid, sample, now, quiet_at)`` says when it is due next
         (it did not run: asked there and then, without a visit; ``quiet_at``: when a probe
         last found it had not run, or None). ``probing`` False: the scheduler counts do not
         move (idle.SchedCounts), so no probe is believed."""
         if owners is not self.owners:
-            self.reset()
-            self.owners, self.unparked = owners, dict(owners)
-            return owners
+            self._carry_over(owners, same)
         for pid in asked:
             self.unpark(pid)
         queue, live, turns = self._queue, self._turns, self.turns
@@ -286,6 +285,27 @@ class Parked:
                 self.unpark(pid)
         return self.unparked
 
+    def _carry_over(self, owners: Mapping[int, str], same: Same | None) -> None:
+        """A new attribution (a process started or exited): the parked that are still of the
+        same kernel and as they were (``same``: the same process, parent and role) stay
+        parked, at their turn; the rest is visited. A program started and gone costs the
+        pass what changed, not a visit of every idle process."""
+        by_kernel, turns = {}, self._turns
+        for kernel_id, parked in self.by_kernel.items() if same is not None else ():
+            kept = {}
+            for pid, sample in parked.items():
+                if owners.get(pid) == kernel_id and same(pid, sample):
+                    kept[pid] = sample
+                else:
+                    turns.pop(pid, None)  # its stale turn in the queue is skipped
+            if kept:
+                by_kernel[kernel_id] = kept
+        if not by_kernel:
+            self.reset()
+        self.owners, self.by_kernel = owners, by_kernel
+        self.unparked = {pid: kid for pid, kid in owners.items()
+                         if pid not in by_kernel.get(kid, ())}
+
     def park(self, pid: int, sample: Process, due: float, probe: Probe | None = None) -> None:
         kernel_id = self.unparked.pop(pid, None)
         if kernel_id is not None:
@@ -312,6 +332,8 @@ class Parked:
 Probe = tuple[int, bytes, float]
 #: Parked.visit's question to the sampler: (pid, sample, now, quiet_at) -> when due next, or 0.
 StillQuiet = Callable[[int, Process, float, "float | None"], float]
+#: ... and under a new attribution: (pid, its parked sample) -> whether that sample still holds.
+Same = Callable[[int, Process], bool]
 
 
 def refresh_time(now: float, pid: int, watched: int = 0) -> float:

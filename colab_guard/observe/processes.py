@@ -219,7 +219,8 @@ class ProcessSampler:
             self._parked.reset()
         self._watched = len(owners)
         visit = self._parked.visit(owners, now, self._check_now, self._still_quiet,
-                                   quiet_check_spacing(len(owners)), self.counts_move) \
+                                   quiet_check_spacing(len(owners)), self.counts_move,
+                                   self._still_same(table, kernel_pids, owners)) \
             if self._spreading else owners
         no_gpu = (0.0, 0.0)
         for pid, kid in list(visit.items()):
@@ -246,6 +247,17 @@ class ProcessSampler:
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    @staticmethod
+    def _still_same(table: dict[int, Entry], kernel_pids: dict[int, str],
+                    owners: Mapping[int, str]) -> Callable[[int, Process], bool]:
+        """Whether a parked sample holds under this attribution: the same process (its key),
+        parent and role (the kernel or not)."""
+        def same(pid: int, sample: Process) -> bool:
+            entry = table.get(pid)
+            return entry is not None and entry.key == sample.key and entry.ppid == sample.ppid \
+                and sample.is_kernel == (kernel_pids.get(pid) == owners.get(pid))
+        return same
 
     def _still_quiet(self, pid: int, sample: Process, now: float,
                      quiet_at: float | None = None) -> float:
