@@ -1,0 +1,120 @@
+"""Red team, session 11: against what changed last (the policy's "what a process being stopped
+starts is not a new offence", relays seen at two ticks, a family's CPU demand, cell checks),
+as an abuser who has read the code, on a real guarded server, everything on loopback.
+
+Each attack asserts what SHOULD happen (the forbidden program stopped soon after its start, an
+incident naming the right kernel). What is still missed is ``xfail(strict=True)`` with the
+exact reason; what was missed and is fixed says so in its docstring."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from colab_guard.act.policy import Policy
+from colab_guard.settings import Settings
+from tests.harness import wait_until
+from tests.test_policy import MINER as MINER_RULE, detection
+from tests.test_redteam_evasions import (  # noqa: F401 (fixtures)
+    LIMIT, PYTHON, USER, Kernel, _alive, kernel, pool, server)
+
+STANDINS = Path(__file__).parent / "standins"
+MINER = STANDINS / "miner.py"
+WALLET = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
+
+
+def _miner_argv(pool_port: int) -> list[str]:
+    return [PYTHON, str(MINER), "-o", f"stratum+tcp://127.0.0.1:{pool_port}", "-u", WALLET,
+            "--seconds", "60"]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _pid_in(path: Path) -> int:
+    """The pid a program wrote to ``path`` (waited for)."""
+    return int(wait_until(lambda: path.exists() and path.read_text().strip(), timeout=30,
+                          what=f"{path.name} written"))
+
+
+def assert_gone_with_an_incident(kernel: Kernel, pid: int, limit: float) -> None:
+    """The process is gone within ``limit`` s and the kernel has an incident naming it
+    (killed at the end either way)."""
+    try:
+        wait_until(lambda: not _alive(pid), timeout=limit, interval=0.05,
+                   what=f"pid {pid} stopped")
+    finally:
+        _kill(pid)
+    assert any(i["kernel_id"] == kernel.id and i["user"] == USER for i in kernel.incidents())
+
+
+# ---------------------------------------------------------------- a decoy whose stop is under way
+
+def test_what_a_stopped_process_left_behind_is_judged_once_it_is_orphaned():
+    """Was missed: a process its ancestor's stop covered (started after the stop's family walk,
+    so never signalled) stayed handled for life once the ancestor was gone. Fixed: judged again
+    once it no longer descends from it (policy.py ``_uncover_orphans``); what the stop signalled
+    itself is still covered."""
+    policy = Policy(Settings())
+    decoy, miner = detection(MINER_RULE, pid=500, ppid=100), detection(MINER_RULE, pid=501, ppid=500)
+    live, parents = {(500, 1.0), (501, 1.0)}, {500: 100, 501: 500}
+    assert len(policy.respond("k1", [decoy], live=live, parents=lambda: parents)) == 1
+    assert policy.respond("k1", [miner], live=live, parents=lambda: parents) == []  # under way
+    orphan = detection(MINER_RULE, pid=501, ppid=1)  # the decoy killed: the miner is init's
+    [plan] = policy.respond("k1", [orphan], live={(501, 1.0)}, parents=lambda: {501: 1})
+    assert plan.action in ("stop", "interrupt") and plan.detections[0].process.pid == 501
+    # A member the stop signalled, reparented the same way, is not a new offence.
+    policy.note_stopping("k1", [(600, 1.0)])
+    assert policy.respond("k1", [detection(MINER_RULE, pid=600, ppid=1)], live={(600, 1.0)},
+                          parents=lambda: {600: 1}) == []
+
+
+#: A decoy with a forbidden name (argv[0] ``xmrig``) that ignores SIGTERM and, once told to
+#: stop, forks the real miner: the family walk of its stop ran before the fork.
+DECOY_FORKS_ON_SIGTERM = """
+import os, signal, sys, time
+forked = []
+def on_term(*_):
+    if forked:
+        return
+    forked.append(1)
+    pid = os.fork()
+    if pid == 0:
+        {child}
+    open(sys.argv[1] + ".tmp", "w").write(str(pid)); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupt reaches its group
+import ctypes; ctypes.CDLL(None).prctl(15, b"xmrig", 0, 0, 0)  # the forbidden name, now
+while True:
+    time.sleep(0.05)
+"""
+
+EXEC_MINER = "os.execv(sys.argv[2], sys.argv[2:])"
+#: the child leaves a session of its own, then a grandchild (the miner) is reparented at once.
+SETSID_DOUBLE_FORK = "os.setsid()\n        os.fork() and os._exit(0)\n        " \
+    "open(sys.argv[1] + '.miner', 'w').write(str(os.getpid()))\n        " + EXEC_MINER
+
+
+@pytest.mark.parametrize("child", [EXEC_MINER, SETSID_DOUBLE_FORK],
+                         ids=["exec'd child", "setsid double fork"])
+def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, pool, tmp_path,
+                                                                      child):
+    written = tmp_path / "child"
+    code = DECOY_FORKS_ON_SIGTERM.format(child=child)
+    decoy, _ = kernel.start([PYTHON, "-c", code, str(written), *_miner_argv(pool)])
+    try:
+        pid = _pid_in(written)
+        if child is SETSID_DOUBLE_FORK:
+            pid = _pid_in(tmp_path / "child.miner")
+        assert_gone_with_an_incident(kernel, pid, LIMIT + 3)
+    finally:
+        _kill(decoy)
