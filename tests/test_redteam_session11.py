@@ -98,7 +98,8 @@ while True:
     time.sleep(0.05)
 """
 
-EXEC_MINER = "os.execv(sys.argv[2], sys.argv[2:])"
+#: the child ignores SIGTERM too, then execs the miner (an ignored signal stays ignored).
+EXEC_MINER = "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.execv(sys.argv[2], sys.argv[2:])"
 #: the child leaves a session of its own, then a grandchild (the miner) is reparented at once.
 SETSID_DOUBLE_FORK = "os.setsid()\n        os.fork() and os._exit(0)\n        " \
     "open(sys.argv[1] + '.miner', 'w').write(str(os.getpid()))\n        " + EXEC_MINER
@@ -108,6 +109,12 @@ SETSID_DOUBLE_FORK = "os.setsid()\n        os.fork() and os._exit(0)\n        " 
                          ids=["exec'd child", "setsid double fork"])
 def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, pool, tmp_path,
                                                                       child):
+    """Was missed: the decoy, caught by its name, ignores SIGTERM and forks the miner once told
+    to stop (after its stop's family walk); the policy took the miner for part of the stop under
+    way, but SIGKILL went to the decoy only, and the miner, left to init, was handled for life.
+    Fixed: at SIGKILL the survivor is frozen and its children read again (enforce.py
+    ``kill_with_families``: the exec'd child dies with it, within the grace), and what a stop
+    covered but never signalled is judged again once orphaned (the double fork's miner)."""
     written = tmp_path / "child"
     code = DECOY_FORKS_ON_SIGTERM.format(child=child)
     decoy, _ = kernel.start([PYTHON, "-c", code, str(written), *_miner_argv(pool)])
@@ -115,6 +122,6 @@ def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, po
         pid = _pid_in(written)
         if child is SETSID_DOUBLE_FORK:
             pid = _pid_in(tmp_path / "child.miner")
-        assert_gone_with_an_incident(kernel, pid, LIMIT + 3)
+        assert_gone_with_an_incident(kernel, pid, LIMIT)
     finally:
         _kill(decoy)
