@@ -125,3 +125,102 @@ def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, po
         assert_gone_with_an_incident(kernel, pid, LIMIT)
     finally:
         _kill(decoy)
+
+
+# ---------------------------------------------------------------- a family's CPU demand
+
+#: The hashing worker of the miners below: spins for at most 90 s.
+SPIN = ("import hashlib, time\nd = b'x'\nend = time.monotonic() + 90\n"
+        "while time.monotonic() < end: d = hashlib.sha256(d).digest()\n")
+
+#: Each worker holds a connection of its own to the pool's host, never used: a holder of its
+#: own, its CPU is no longer its parent's, and its idle connection is pushed nothing.
+WORKERS_WITH_DUMMY_CONNECTIONS = r"""
+import os, socket, subprocess, sys
+from tests.standins.quiet_miner import run
+spin = "import socket, sys\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n" + %r
+workers = [subprocess.Popen([sys.executable, "-c", spin, sys.argv[1]]) for _ in range(2)]
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)   # the parent only talks to the pool
+finally:
+    os.killpg(0, 9)
+""" % SPIN
+
+#: The workers started by a child that exits at once (a daemon's double fork): reparented to
+#: init, they are no descendants of the connection's holder.
+ORPHANED_WORKERS = r"""
+import os, subprocess, sys
+from tests.standins.quiet_miner import run
+if os.fork() == 0:
+    for _ in range(2):
+        subprocess.Popen([sys.executable, "-c", %r])
+    os._exit(0)
+os.wait()
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)
+finally:
+    os.killpg(0, 9)
+""" % SPIN
+
+#: The holder and the hashers are siblings, both started by the "kernel" (jobs and shares
+#: would pass over a pipe; here the hashers only spin).
+SIBLING_HASHERS = r"""
+import os, subprocess, sys
+talker = subprocess.Popen([sys.executable, "-c", "import sys\nfrom tests.standins.quiet_miner "
+                           "import run\nrun('127.0.0.1', int(sys.argv[1]), 0.02, 20)", sys.argv[1]])
+hashers = [subprocess.Popen([sys.executable, "-c", %r]) for _ in range(2)]
+try:
+    talker.wait()
+finally:
+    os.killpg(0, 9)
+""" % SPIN
+
+
+def _a_process_of_it_mines(code: str, pool: int) -> bool:
+    """Run ``code`` (given the pool's port) watched for a window: whether any of its processes
+    was measured as mining. The premise (a RuntimeError, not the AssertionError the xfails
+    expect): the holder and its workers were all seen. (Checked by hand with behaviour.py's
+    ``_families`` traced: the workers busy at 60-90 % of a core, the holder with its
+    connection out, and no family found; the same miner without the dodge is
+    ``test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured``.)"""
+    from tests.standins.watched import Watched
+    from tests.test_behaviour_redteam import BUSY, MINING_FIELDS, WINDOW, _mines
+
+    watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW)
+    try:
+        watched.warm()
+        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
+                   timeout=(WINDOW + 6) * 4, what="the miner ran")
+    finally:
+        watched.stop()
+    seen = watched.seen.values()
+    if len(watched.seen) < 3:
+        raise RuntimeError(f"the holder and its workers were not all seen: {watched.seen}")
+    return any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS}) for fields in seen)
+
+
+#: Why the family's demand misses them (each a strict xfail).
+NOT_DESCENDANTS = ("the hashing workers are no descendants of the connection's holder "
+                   "(behaviour.py _families: the workers whose CPU is a holder's are its "
+                   "descendants); a kernel's busy process beside a talking one is honest work "
+                   "too (training beside a bot), so no sibling's CPU is a holder's")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "each hashing worker holds an idle outbound connection of its own, so it is a holder "
+    "itself (behaviour.py _families: 'a holder of its own: its workers are its') and its "
+    "CPU is not its parent's; its own connection is pushed nothing. Counting a connected "
+    "child's CPU as its parent's would take a bot with busy scraping workers for a miner"))
+def test_a_miner_whose_workers_each_hold_a_dummy_connection_is_measured(pool):
+    assert _a_process_of_it_mines(WORKERS_WITH_DUMMY_CONNECTIONS, pool)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "orphaned by a double fork: " + NOT_DESCENDANTS))
+def test_a_miner_whose_workers_are_orphaned_by_a_double_fork_is_measured(pool):
+    assert _a_process_of_it_mines(ORPHANED_WORKERS, pool)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="siblings: " + NOT_DESCENDANTS)
+def test_a_miner_hashing_in_sibling_processes_is_measured(pool):
+    assert _a_process_of_it_mines(SIBLING_HASHERS, pool)
