@@ -224,3 +224,175 @@ def test_a_miner_whose_workers_are_orphaned_by_a_double_fork_is_measured(pool):
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="siblings: " + NOT_DESCENDANTS)
 def test_a_miner_hashing_in_sibling_processes_is_measured(pool):
     assert _a_process_of_it_mines(SIBLING_HASHERS, pool)
+
+
+# ---------------------------------------------------------------- cell checks: runners kept aside
+
+#: Spellings of ``os.system("ngrok tcp 22")`` (a tool known by name) that the cell check does
+#: not follow: a runner kept in a container, a namespace or a scope it does not model. The
+#: sampler still stops ngrok when it starts (known by its name); these are about refusing the
+#: cell before it runs.
+CELL_GAPS = [
+    ("a class attribute", "import os\nclass R:\n    go = os.system\nR.go('ngrok tcp 22')"),
+    ("a staticmethod", "import os\nclass R:\n    go = staticmethod(os.system)\nR().go('ngrok tcp 22')"),
+    ("a class whose __call__ runs", "import os\nclass R:\n    __call__ = staticmethod(os.system)\n"
+                                    "R()('ngrok tcp 22')"),
+    ("a nested dictionary", "import os\nd = {'a': {'b': os.system}}\nd['a']['b']('ngrok tcp 22')"),
+    ("a loop over a list of runners", "import os\nfor f in [os.system]:\n    f('ngrok tcp 22')"),
+    ("a loop over a table's values", "import os\nd = {'go': os.system}\nfor f in d.values():\n"
+                                     "    f('ngrok tcp 22')"),
+    ("a table made by a walrus", "import os\n(t := {'go': os.system})['go']('ngrok tcp 22')"),
+    ("an item appended", "import os\nr = [print]\nr.append(os.system)\nr[1]('ngrok tcp 22')"),
+    ("list.pop", "import subprocess\nr = [print, subprocess.run]\nr.pop()(['ngrok', 'tcp', '22'])"),
+    ("next(iter(...))", "import os\nnext(iter([os.system]))('ngrok tcp 22')"),
+    ("a dict comprehension", "import os\n{k: os.system for k in 'a'}['a']('ngrok tcp 22')"),
+    ("a function returning the runner", "import os\ndef runner():\n    return os.system\n"
+                                        "runner()('ngrok tcp 22')"),
+    ("globals()", "import os\nglobals()['r'] = os.system\nr('ngrok tcp 22')"),
+    ("a builtin set", "import os, builtins\nsetattr(builtins, 'go', os.system)\ngo('ngrok tcp 22')"),
+    ("a namespace's attribute", "import os, types\nns = types.SimpleNamespace(go=os.system)\n"
+                                "ns.go('ngrok tcp 22')"),
+    ("functools.reduce", "import os, functools\nfunctools.reduce(lambda a, f: f(a), [os.system], "
+                         "'ngrok tcp 22')"),
+    ("a class decorator", "import subprocess\n@lambda c: subprocess.run(c.cmd, shell=True)\n"
+                          "class C:\n    cmd = 'ngrok tcp 22'"),
+]
+
+
+#: Read now (fixed in detect/cells.py: tuple unpacking, an item assigned, a negative index,
+#: ``get``/``setdefault``/``pop`` of a table).
+CELL_GAPS_READ = [
+    ("tuple unpacking", "import os\na, b = print, os.system\nb('ngrok tcp 22')"),
+    ("dict.get", "import os\nd = {'go': os.system}\nd.get('go')('ngrok tcp 22')"),
+    ("setdefault", "import os\nd = {}\nd.setdefault('go', os.system)('ngrok tcp 22')"),
+    ("an item assigned", "import os\nd = {}\nd['go'] = os.system\nd['go']('ngrok tcp 22')"),
+    ("an item assigned in an earlier cell", "import os\nd = {}\nd['go'] = os.system",
+     "d['go']('ngrok tcp 22')"),
+    ("a negative index", "import subprocess\nr = [print, subprocess.run]\n"
+                         "r[-1](['ngrok', 'tcp', '22'])"),
+]
+
+
+@pytest.mark.parametrize("what, cells", [(g[0], g[1:]) for g in CELL_GAPS_READ],
+                         ids=[g[0] for g in CELL_GAPS_READ])
+def test_a_runner_unpacked_assigned_or_fetched_from_a_table_is_refused(what, cells):
+    """Was missed (the cell ran; the sampler then stopped ngrok by its name)."""
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert "proxy-known-tool" in _cell_signatures(*cells), what
+
+
+HONEST_CELLS = [
+    ("an item replaced by a printer", "import os\nd = {'go': os.system}\nd['go'] = print\n"
+                                      "d['go']('ngrok tcp 22 is blocked here')"),
+    ("a pair replaced by printers", "import os\na, b = print, os.system\na, b = print, print\n"
+                                    "b('ngrok tcp 22 is blocked here')"),
+    ("a table of losses fetched", "import torch\nlosses = {'l1': torch.abs}\n"
+                                  "losses.get('l1')(x - y)"),
+    ("a runner fetched for an honest command", "import subprocess\nd = {}\n"
+                                               "d['sh'] = subprocess.run\nd.get('sh')(['nvidia-smi'])"),
+    ("a default printer", "d = {}\nd.setdefault('log', print)('ngrok tcp 22 is blocked')"),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST_CELLS, ids=[h[0] for h in HONEST_CELLS])
+def test_honest_tables_items_and_pairs_are_left_alone(what, cell):
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert _cell_signatures(cell) == set(), what
+
+
+@pytest.mark.xfail(strict=True, reason="the cell check (detect/cells.py) follows a runner through "
+                   "a name, a table assigned whole ({...}, [...], dict(...)), a default "
+                   "argument and a decorator; not through these containers, scopes and calls, "
+                   "so the cell runs (ngrok is then stopped by the sampler, by its name)")
+@pytest.mark.parametrize("what, cell", CELL_GAPS, ids=[g[0] for g in CELL_GAPS])
+def test_a_runner_kept_aside_is_refused_in_its_cell(what, cell):
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert "proxy-known-tool" in _cell_signatures(cell), what
+
+
+# ---------------------------------------------------------------- a relay rotating its upstream
+
+#: The far end (outside any kernel): for each line, a page of 64 KiB, then it closes (HTTP/1.0).
+PAGES = r"""
+import socket, threading
+server = socket.create_server(("127.0.0.1", 0), backlog=256)
+print(server.getsockname()[1], flush=True)
+def serve(conn):
+    with conn:
+        if conn.makefile("rb").readline():
+            conn.sendall(b"p" * 65536)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+#: A forwarder that keeps each client's connection and opens a new upstream one per request:
+#: no outbound connection lives beside the inbound one for two ticks.
+ROTATING_RELAY = r"""
+import socket, sys, threading
+far = int(sys.argv[1])
+server = socket.create_server(("127.0.0.1", 0), backlog=128)
+print(server.getsockname()[1], flush=True)
+def client(conn):
+    reader = conn.makefile("rb")
+    while line := reader.readline():
+        with socket.create_connection(("127.0.0.1", far)) as up:
+            up.sendall(line)
+            while data := up.recv(65536):
+                conn.sendall(data)
+while True:
+    threading.Thread(target=client, args=(server.accept()[0],), daemon=True).start()
+"""
+
+#: Users on kept-alive connections, a page every 0.1 s for 12 s: bytes each got.
+PAGE_USERS = r"""
+import socket, sys, threading, time
+port, got = int(sys.argv[1]), [0] * 4
+def user(i):
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        end = time.monotonic() + 12
+        while time.monotonic() < end:
+            conn.sendall(b"GET /\n")
+            want = got[i] + 65536
+            while got[i] < want:
+                got[i] += len(conn.recv(65536))
+            time.sleep(0.1)
+threads = [threading.Thread(target=user, args=(i,)) for i in range(4)]
+[t.start() for t in threads]
+[t.join(60) for t in threads]
+print(*got, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a forwarder that opens a new upstream connection per request behind each kept-alive "
+    "client connection: every outbound connection opens and closes between two ticks "
+    "(behaviour.py _relay_counts pairs an inbound connection with one outbound connection "
+    "seen at RELAY_SIGHTINGS ticks carrying the same bytes), so no inbound one is relayed; "
+    "summing closed connections' bytes would take a web app querying a database per request "
+    "for a relay"))
+def test_a_relay_rotating_its_upstream_per_request_is_measured():
+    import subprocess
+
+    from tests.standins.watched import ENV, Watched
+
+    far = subprocess.Popen([sys.executable, "-c", PAGES], stdout=subprocess.PIPE, text=True)
+    try:
+        far_port = int(far.stdout.readline())
+        watched = Watched([sys.executable, "-c", ROTATING_RELAY, str(far_port)])
+        try:
+            port = int(watched.proc.stdout.readline())
+            watched.warm()
+            users = subprocess.run([sys.executable, "-c", PAGE_USERS, str(port)], env=ENV,
+                                   capture_output=True, text=True, timeout=120)
+        finally:
+            watched.stop()
+    finally:
+        far.kill()
+        far.wait()
+    got = [int(n) for n in users.stdout.split()]
+    if len(got) != 4 or min(got) < 20 * 65536:
+        raise RuntimeError(f"the users were not served through the relay: {got} {users.stderr}")
+    assert watched.highest("kernel_relayed_connections") >= 3, watched.seen

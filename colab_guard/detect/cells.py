@@ -588,6 +588,8 @@ class _Reader(ast.NodeVisitor):
         for target in node.targets:
             if isinstance(target, ast.Name):
                 self._runner_table(target.id, node.value)  # (a new value: a new table)
+            if isinstance(target, ast.Subscript):
+                self._runner_item(target, node.value)
             if isinstance(target, ast.Subscript) and \
                     self.call_name(target.value) in ("os.environ", "os.environb"):
                 # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
@@ -601,13 +603,32 @@ class _Reader(ast.NodeVisitor):
                 if alias:
                     self.aliases[target.id] = alias
 
+    def _runner_in(self, value: ast.expr) -> str | None:
+        """The function that starts programs ``value`` names (``os.system``), if it does."""
+        runner = self.call_name(value) if isinstance(value, (ast.Name, ast.Attribute)) else None
+        return runner if self._runs(runner) else None
+
+    def _runner_item(self, target: ast.Subscript, value: ast.expr) -> None:
+        """``d["go"] = os.system``: ``d["go"]`` is an alias of os.system, as in a table."""
+        key, runner = self.fold(target.slice), self._runner_in(value)
+        if not isinstance(target.value, ast.Name) or key is None:
+            return
+        item = f"{target.value.id}[{key.value!r}]"
+        if runner:
+            self.aliases[item] = runner
+            self._tables.add(target.value.id)
+        else:
+            self.aliases.pop(item, None)  # d["go"] = print: no runner any more
+
     def _runner_table(self, name: str, value: ast.expr) -> None:
         """``d = {"go": os.system}`` (or ``dict(go=…)``, ``[os.system]``): ``d["go"]`` is an
         alias of os.system, kept as the alias ``d['go']``."""
         if isinstance(value, ast.Dict) and None not in value.keys:
             pairs = list(zip(value.keys, value.values))
         elif isinstance(value, (ast.List, ast.Tuple)):
+            count = len(value.elts)  # r[1] and r[-1] alike
             pairs = [(ast.Constant(i), item) for i, item in enumerate(value.elts)]
+            pairs += [(ast.Constant(i - count), item) for i, item in enumerate(value.elts)]
         elif isinstance(value, ast.Call) and self.call_name(value.func) == "dict" and not value.args:
             pairs = [(ast.Constant(kw.arg), kw.value) for kw in value.keywords if kw.arg]
         else:
@@ -877,6 +898,11 @@ class _Reader(ast.NodeVisitor):
                             self.names[name.id] = folded
                         else:
                             self.names.pop(name.id, None)
+                        runner = self._runner_in(value)  # a, b = print, os.system
+                        if runner:
+                            self.aliases[name.id] = runner
+                        elif self._runs(self.aliases.get(name.id)):
+                            del self.aliases[name.id]  # a, b = print, print: no runner any more
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -1368,6 +1394,15 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Name) and \
                 func.func.id in self._returned_runners:
             return self._returned_runners[func.func.id]  # mk()("…") where mk returns a runner
+        if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Attribute) \
+                and isinstance(func.func.value, ast.Name) and func.args \
+                and func.func.attr in ("get", "setdefault", "pop"):
+            # d.get("go")(...), d.setdefault("go", os.system)(...): the table's item (or the
+            # default given, a function that starts programs)
+            key = self.fold(func.args[0])
+            item = self.aliases.get(f"{func.func.value.id}[{key.value!r}]") if key else None
+            default = self._runner_in(func.args[1]) if len(func.args) > 1 else None
+            return item or default
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
                 owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
