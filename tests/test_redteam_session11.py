@@ -460,3 +460,17 @@ def test_aria2c_given_its_torrent_and_options_in_files_is_stopped(kernel, counti
     if not announces:
         raise RuntimeError("the client never announced (no torrent work to catch)")
     assert_stopped_in_time(kernel, pid, started, "torrenting")
+
+
+# ---------------------------------------------------------------- packed real tools
+
+@pytest.mark.parametrize("wipe", [False, True], ids=["packed", "packed, header wiped"])
+def test_a_upx_packed_ssh_server_under_a_neutral_name_is_stopped(kernel, tmp_path, wipe):
+    """Issue #17's packed dropbear (the packed tools tested so far were microsocks, nmap and
+    john): its markers are found in its unpacked memory."""
+    from tests.test_redteam_evasions import _packed, _port, assert_stopped_in_time
+
+    tool = _packed("dropbear", tmp_path, "update-motd", wipe=wipe)
+    pid, started = kernel.start([tool, "-F", "-E", "-R", "-p", f"127.0.0.1:{_port()}",
+                                 "-P", str(tmp_path / "pid")])
+    assert_stopped_in_time(kernel, pid, started, "remote-access")
