@@ -91,6 +91,7 @@ def on_term(*_):
     if pid == 0:
         {child}
     open(sys.argv[1] + ".tmp", "w").write(str(pid)); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    {after}
 signal.signal(signal.SIGTERM, on_term)
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupt reaches its group
 import ctypes; ctypes.CDLL(None).prctl(15, b"xmrig", 0, 0, 0)  # the forbidden name, now
@@ -105,18 +106,25 @@ SETSID_DOUBLE_FORK = "os.setsid()\n        os.fork() and os._exit(0)\n        " 
     "open(sys.argv[1] + '.miner', 'w').write(str(os.getpid()))\n        " + EXEC_MINER
 
 
-@pytest.mark.parametrize("child", [EXEC_MINER, SETSID_DOUBLE_FORK],
-                         ids=["exec'd child", "setsid double fork"])
+#: the decoy exits by itself once a tick or two saw its child (no SIGKILL comes: the child is
+#: left to init before the grace ends).
+EXITS_SOON = "time.sleep(0.7); os._exit(0)"
+
+
+@pytest.mark.parametrize("child, after", [(EXEC_MINER, "pass"), (SETSID_DOUBLE_FORK, "pass"),
+                                          (EXEC_MINER, EXITS_SOON)],
+                         ids=["exec'd child", "setsid double fork", "the decoy exits"])
 def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, pool, tmp_path,
-                                                                      child):
+                                                                      child, after):
     """Was missed: the decoy, caught by its name, ignores SIGTERM and forks the miner once told
     to stop (after its stop's family walk); the policy took the miner for part of the stop under
     way, but SIGKILL went to the decoy only, and the miner, left to init, was handled for life.
     Fixed: at SIGKILL the survivor is frozen and its children read again (enforce.py
     ``kill_with_families``: the exec'd child dies with it, within the grace), and what a stop
-    covered but never signalled is judged again once orphaned (the double fork's miner)."""
+    covered but never signalled is judged again once orphaned (the double fork's miner, the
+    miner of a decoy that exits before its SIGKILL)."""
     written = tmp_path / "child"
-    code = DECOY_FORKS_ON_SIGTERM.format(child=child)
+    code = DECOY_FORKS_ON_SIGTERM.format(child=child, after=after)
     decoy, _ = kernel.start([PYTHON, "-c", code, str(written), *_miner_argv(pool)])
     try:
         pid = _pid_in(written)
