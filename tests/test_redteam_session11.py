@@ -539,3 +539,31 @@ def test_a_upx_packed_ssh_server_under_a_neutral_name_is_stopped(kernel, tmp_pat
     pid, started = kernel.start([tool, "-F", "-E", "-R", "-p", f"127.0.0.1:{_port()}",
                                  "-P", str(tmp_path / "pid")])
     assert_stopped_in_time(kernel, pid, started, "remote-access")
+
+
+#: The workers started through a chain of idle shells deeper than the walk up from a busy
+#: process whose parent the sample leaves out (behaviour.py ``_nearest_ancestor``).
+DEEP_SHELL_CHAIN = r"""
+import os, subprocess, sys, tempfile
+from tests.standins.quiet_miner import run
+spin = (f"{sys.executable} -c 'import hashlib, time; d = bytes(1); end = time.monotonic() + 90; "
+        "any((d := hashlib.sha256(d).digest()) is None or time.monotonic() > end "
+        "for _ in iter(int, 1))'")
+chain = tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False)
+# each level a shell that starts the next in the background and waits, idle: twelve deep
+chain.write(f'if [ "$1" -gt 0 ]; then sh "$0" $(($1 - 1)) & wait; else {spin} & {spin} & wait; fi\n')
+chain.close()
+shell = subprocess.Popen(["sh", chain.name, "12"])
+try:
+    run("127.0.0.1", int(sys.argv[1]), 0.02, 20)
+finally:
+    os.unlink(chain.name)
+    os.killpg(0, 9)
+"""
+
+
+def test_a_miner_whose_workers_sit_below_a_deep_chain_of_idle_shells_is_measured(pool):
+    """Was missed: a busy process whose parent the sample leaves out was placed under its
+    nearest ancestor the sample shows, looking 8 parents up: twelve idle shells hid the
+    workers from their holder. Fixed: 64 up (ANCESTOR_DEPTH), each parent read once a tick."""
+    assert _a_process_of_it_mines(DEEP_SHELL_CHAIN, pool)
