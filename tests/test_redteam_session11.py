@@ -135,6 +135,51 @@ def test_a_miner_forked_by_a_decoy_whose_stop_is_under_way_is_stopped(kernel, po
         _kill(decoy)
 
 
+#: A decoy that ignores SIGTERM and, told to stop, forks a child that ignores it too and
+#: sleeps (the miner's place); prints the child's pid.
+FORKS_WHEN_TOLD = """
+import os, signal, sys, time
+def on_term(*_):
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(600)
+        os._exit(0)
+    print(pid, flush=True)
+signal.signal(signal.SIGTERM, on_term)
+print('up', flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("waiting", ["blocking", "on the event loop"])
+def test_a_stop_kills_what_its_survivor_started_after_its_sigterm(waiting):
+    """enforce.py ``kill_with_families``, both ways of waiting: the child forked after the
+    family walk dies with the decoy at the grace (it was left running, reparented)."""
+    import asyncio
+    import subprocess
+
+    from colab_guard.act.enforce import stop_processes, stop_processes_async
+    from tests.test_enforce import offender, started
+
+    decoy = started(FORKS_WHEN_TOLD)
+    child = None
+    try:
+        if waiting == "blocking":
+            [action] = stop_processes([offender(decoy)], 0.5, set())
+        else:
+            [action] = asyncio.run(stop_processes_async([offender(decoy)], 0.5, set()))
+        child = int(decoy.stdout.readline())
+        assert action.outcome == "done"
+        wait_until(lambda: not _alive(child), timeout=5, interval=0.05, what="the child killed")
+    finally:
+        decoy.kill()
+        decoy.wait()
+        if child:
+            _kill(child)
+
+
 # ---------------------------------------------------------------- a family's CPU demand
 
 #: The hashing worker of the miners below: spins for at most 90 s.
