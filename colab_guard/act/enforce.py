@@ -31,7 +31,8 @@ def stop_processes(offenders: list[Process], grace: float, spare_pids: set[int],
     """Stop each offender and everything it started; never a pid in ``spare_pids``, nor a
     process ``may_signal`` refuses (the node watcher: root's, the system's)."""
     actions, targets = signal_offenders(offenders, spare_pids, may_signal)
-    survivors = _terminate(list(targets.values()), grace) if targets else {}
+    survivors = _terminate(list(targets.values()), grace, spare_pids, may_signal) \
+        if targets else {}
     return _outcomes(actions, targets, survivors)
 
 
@@ -50,13 +51,44 @@ async def stop_processes_async(offenders: list[Process], grace: float, spare_pid
     if signalled is not None:
         signalled([_key(p) for p in targets.values()])
     alive = await _exited(list(targets.values()), grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+    if alive:
+        killed = await (run or _now)(kill_with_families, alive, spare_pids, may_signal)
+        if signalled is not None and len(killed) > len(alive):
+            signalled([_key(p) for p in killed[len(alive):]])
+        alive = killed
     alive = await _exited(alive, max(grace, 1.0))
     return _outcomes(actions, targets, {p.pid: SURVIVED for p in alive})
+
+
+async def _now(fn, *args):
+    return fn(*args)
+
+
+def kill_with_families(survivors: list[psutil.Process], spare_pids: set[int],
+                       may_signal: MaySignal | None = None) -> list[psutil.Process]:
+    """SIGKILL to each process that outlived its grace and to what it started meanwhile:
+    frozen first, its children read again (one that ignores SIGTERM and forks a miner once
+    told to stop: the family walk before its SIGTERM could not see that child). The
+    survivors, then the members found now."""
+    found: dict[int, psutil.Process] = {}
+    for proc in survivors:
+        if _signal(proc, signal.SIGSTOP):
+            _wait_stopped(proc.pid)
+        try:
+            below = subtree(proc)
+            below = proc.children(recursive=True) if below is None else below
+        except psutil.Error:
+            below = []
+        for member in below:
+            if member.pid not in spare_pids and member.pid not in found \
+                    and (may_signal is None or may_signal(member)):
+                found[member.pid] = member
+        _signal(proc, signal.SIGKILL)
+    known = {p.pid for p in survivors}
+    new = [p for pid, p in found.items() if pid not in known]
+    for member in new:
+        _signal(member, signal.SIGKILL)
+    return [*survivors, *new]
 
 
 SURVIVED = "still running after SIGKILL (uninterruptible or not ours)"
@@ -257,15 +289,11 @@ def _is_gone(proc: psutil.Process) -> bool:
         return True
 
 
-def _terminate(procs: list[psutil.Process], grace: float) -> dict[int, str]:
+def _terminate(procs: list[psutil.Process], grace: float, spare_pids: set[int],
+               may_signal: MaySignal | None) -> dict[int, str]:
     """SIGKILL to those still alive after ``grace`` (SIGTERM was sent); returns the pids
     still alive after that, with why."""
-    alive = _wait(procs, grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+    alive = kill_with_families(_wait(procs, grace), spare_pids, may_signal)
     alive = _wait(alive, max(grace, 1.0))
     return {p.pid: SURVIVED for p in alive}
 

@@ -79,6 +79,10 @@ class Policy:
         #: family): what they start is theirs. Never those only recorded or warned about,
         #: whose children must be judged on their own (a recorded server starting a miner).
         self._stopping: dict[str, set[tuple]] = defaultdict(set)
+        #: kernel -> key of a process its ancestor's stop covers -> that ancestor's key: judged
+        #: again once the ancestor is gone and it is not (a decoy that ignores SIGTERM forks
+        #: the miner after its stop's family walk; killed, it leaves the miner to init).
+        self._covered: dict[str, dict[tuple, tuple]] = defaultdict(dict)
         self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
         self._opened: dict[str, list[float]] = defaultdict(list)  # kernel -> incidents opened, when
 
@@ -99,7 +103,7 @@ class Policy:
             alive = live() if callable(live) else live
             self._handled[kernel_id] &= alive
             self._stopping[kernel_id] &= alive
-        if parents is not None and self._stopping.get(kernel_id):
+        if parents is not None and (self._stopping.get(kernel_id) or self._covered.get(kernel_id)):
             self._handle_descendants(kernel_id, detections, parents())
         by_category: dict[str, list[Detection]] = defaultdict(list)
         for d in detections:
@@ -123,22 +127,37 @@ class Policy:
 
     def _handle_descendants(self, kernel_id: str, detections: list[Detection],
                             parents: dict[int, int]) -> None:
-        handled = self._handled[kernel_id]
-        acted_on = {pid for pid, _ in self._stopping[kernel_id] if pid in parents}
+        handled, covered = self._handled[kernel_id], self._covered[kernel_id]
+        self._uncover_orphans(kernel_id, parents)
+        acted_on = {key[0]: key for key in self._stopping[kernel_id] if key[0] in parents}
         if not acted_on:
             return
         for d in detections:
-            pid, steps = d.process.ppid, 0
-            while pid is not None and steps < 64 and pid not in acted_on:
-                pid, steps = parents.get(pid), steps + 1
-            if pid in acted_on:
+            pid = _ancestor_among(d.process.ppid, acted_on, parents)
+            if pid is not None and d.process.key not in handled:
                 handled.add(d.process.key)
+                covered[d.process.key] = acted_on[pid]
+
+    def _uncover_orphans(self, kernel_id: str, parents: dict[int, int]) -> None:
+        """Judge again the processes covered by an ancestor's stop that no longer descend from
+        it (it exited, or was killed, and left them to init): its stop did not signal them
+        (started after its family walk)."""
+        covered = self._covered[kernel_id]
+        for key, ancestor in list(covered.items()):
+            if key[0] in parents and _ancestor_among(parents[key[0]], {ancestor[0]}, parents):
+                continue
+            del covered[key]
+            if key not in self._stopping[kernel_id]:  # signalled itself: its stop goes on
+                self._handled[kernel_id].discard(key)
 
     def note_stopping(self, kernel_id: str, keys: list[tuple]) -> None:
         """Processes signalled by a stop under way (the offenders' families): not new
         offences while they take the signal (SIGKILL comes after the grace)."""
         self._handled[kernel_id].update(keys)
         self._stopping[kernel_id].update(keys)
+        covered = self._covered.get(kernel_id)
+        for key in keys if covered else ():
+            covered.pop(key, None)  # signalled: taken by a stop of its own
 
     def admit(self, kernel_id: str) -> bool:
         """Whether the kernel may open an incident of its own now (counted if so); False:
@@ -154,6 +173,7 @@ class Policy:
     def forget_kernel(self, kernel_id: str) -> None:
         self._handled.pop(kernel_id, None)
         self._stopping.pop(kernel_id, None)
+        self._covered.pop(kernel_id, None)
         self._kernel_acted.pop(kernel_id, None)
         self._opened.pop(kernel_id, None)
 
@@ -230,6 +250,14 @@ class Policy:
         if done & (set(ENFORCING_ACTIONS) - {"refuse"}):
             return True
         return "refuse" in done and earlier_refusals >= self.settings.cell_refusals_allowed
+
+
+def _ancestor_among(pid: int | None, pids, parents: dict[int, int]) -> int | None:
+    """The first of ``pids`` met going up from ``pid`` (itself included) by ``parents``."""
+    steps = 0
+    while pid is not None and steps < 64 and pid not in pids:
+        pid, steps = parents.get(pid), steps + 1
+    return pid if pid in pids else None
 
 
 def unique_processes(detections: list[Detection]) -> list[Detection]:

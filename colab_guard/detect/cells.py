@@ -85,6 +85,12 @@ _KEYED = ("sorted", "min", "max")
 # loads of a pickle (its opcodes are read for the callables it calls, never run)
 _UNPICKLERS = {"pickle.loads", "_pickle.loads", "cPickle.loads", "pickle._loads", "dill.loads",
                "cloudpickle.loads", "joblib.loads"}
+#: loads of a pickle from a stream: read when the stream is ``io.BytesIO(constant)``
+#: (``pickle.load``, ``pickle.Unpickler(…).load()``, and libraries that unpickle what they load)
+_STREAM_UNPICKLERS = {"pickle.load", "_pickle.load", "cPickle.load", "dill.load",
+                      "cloudpickle.load", "joblib.load", "torch.load", "numpy.load",
+                      "pandas.read_pickle", "pickle.Unpickler", "_pickle.Unpickler"}
+_STREAMS = {"io.BytesIO", "io.StringIO", "_io.BytesIO"}
 MAX_PICKLE_OPS = MAX_SOURCE  # an op is a byte at least: a pickle is read to its end (0.3 s)
 #: characters the arguments of a cell's unpickler and unmarshaller calls may be folded to,
 #: all together (a pickle assembled past MAX_VALUE, ``b'N0' * 3000 + payload``, is still read;
@@ -588,6 +594,8 @@ class _Reader(ast.NodeVisitor):
         for target in node.targets:
             if isinstance(target, ast.Name):
                 self._runner_table(target.id, node.value)  # (a new value: a new table)
+            if isinstance(target, ast.Subscript):
+                self._runner_item(target, node.value)
             if isinstance(target, ast.Subscript) and \
                     self.call_name(target.value) in ("os.environ", "os.environb"):
                 # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
@@ -601,13 +609,32 @@ class _Reader(ast.NodeVisitor):
                 if alias:
                     self.aliases[target.id] = alias
 
+    def _runner_in(self, value: ast.expr) -> str | None:
+        """The function that starts programs ``value`` names (``os.system``), if it does."""
+        runner = self.call_name(value) if isinstance(value, (ast.Name, ast.Attribute)) else None
+        return runner if self._runs(runner) else None
+
+    def _runner_item(self, target: ast.Subscript, value: ast.expr) -> None:
+        """``d["go"] = os.system``: ``d["go"]`` is an alias of os.system, as in a table."""
+        key, runner = self.fold(target.slice), self._runner_in(value)
+        if not isinstance(target.value, ast.Name) or key is None:
+            return
+        item = f"{target.value.id}[{key.value!r}]"
+        if runner:
+            self.aliases[item] = runner
+            self._tables.add(target.value.id)
+        else:
+            self.aliases.pop(item, None)  # d["go"] = print: no runner any more
+
     def _runner_table(self, name: str, value: ast.expr) -> None:
         """``d = {"go": os.system}`` (or ``dict(go=…)``, ``[os.system]``): ``d["go"]`` is an
         alias of os.system, kept as the alias ``d['go']``."""
         if isinstance(value, ast.Dict) and None not in value.keys:
             pairs = list(zip(value.keys, value.values))
         elif isinstance(value, (ast.List, ast.Tuple)):
+            count = len(value.elts)  # r[1] and r[-1] alike
             pairs = [(ast.Constant(i), item) for i, item in enumerate(value.elts)]
+            pairs += [(ast.Constant(i - count), item) for i, item in enumerate(value.elts)]
         elif isinstance(value, ast.Call) and self.call_name(value.func) == "dict" and not value.args:
             pairs = [(ast.Constant(kw.arg), kw.value) for kw in value.keywords if kw.arg]
         else:
@@ -877,6 +904,11 @@ class _Reader(ast.NodeVisitor):
                             self.names[name.id] = folded
                         else:
                             self.names.pop(name.id, None)
+                        runner = self._runner_in(value)  # a, b = print, os.system
+                        if runner:
+                            self.aliases[name.id] = runner
+                        elif self._runs(self.aliases.get(name.id)):
+                            del self.aliases[name.id]  # a, b = print, print: no runner any more
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -1002,6 +1034,9 @@ class _Reader(ast.NodeVisitor):
                 (pickled := args[0] or self._fold_long(node.args[0])) is not None and \
                 isinstance(pickled.value, (bytes, bytearray, str)):
             self._unpickled(pickled.value)
+        elif name in _STREAM_UNPICKLERS and node.args and \
+                (pickled := self._streamed(node.args[0])) is not None:
+            self._unpickled(pickled)  # pickle.load(io.BytesIO(b"…")), Unpickler(…) alike
         elif name == "marshal.loads" and args and \
                 (marshalled := args[0] or self._fold_long(node.args[0])) is not None and \
                 isinstance(marshalled.value, (bytes, bytearray)):
@@ -1094,6 +1129,16 @@ class _Reader(ast.NodeVisitor):
                 self.emit_run(args[index].value)
             return
         self._run_call(runner, call, args)
+
+    def _streamed(self, node: ast.expr) -> bytes | str | None:
+        """What ``io.BytesIO(constant)`` holds, folded as an unpickler's argument is."""
+        if not (isinstance(node, ast.Call) and node.args and
+                self.call_name(node.func) in _STREAMS):
+            return None
+        folded = self.fold(node.args[0]) or self._fold_long(node.args[0])
+        if folded is not None and isinstance(folded.value, (bytes, bytearray, str)):
+            return folded.value
+        return None
 
     def _fold_long(self, node: ast.expr) -> _Folded | None:
         """An unpickler's or unmarshaller's argument folded past MAX_VALUE, out of the cell's
@@ -1368,6 +1413,15 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Name) and \
                 func.func.id in self._returned_runners:
             return self._returned_runners[func.func.id]  # mk()("…") where mk returns a runner
+        if isinstance(func, ast.Call) and not parts and isinstance(func.func, ast.Attribute) \
+                and isinstance(func.func.value, ast.Name) and func.args \
+                and func.func.attr in ("get", "setdefault", "pop"):
+            # d.get("go")(...), d.setdefault("go", os.system)(...): the table's item (or the
+            # default given, a function that starts programs)
+            key = self.fold(func.args[0])
+            item = self.aliases.get(f"{func.func.value.id}[{key.value!r}]") if key else None
+            default = self._runner_in(func.args[1]) if len(func.args) > 1 else None
+            return item or default
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
                 owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
@@ -1617,7 +1671,7 @@ class _Reader(ast.NodeVisitor):
                 short in ("unhexlify", "a2b_hex"):
             return _Folded(bytes.fromhex(_as_text(values[0]) or ""), True)
         if short in ("b64decode", "urlsafe_b64decode", "standard_b64decode", "b32decode",
-                     "b16decode", "a2b_base64", "decodebytes"):
+                     "b16decode", "a2b_base64", "decodebytes", "b85decode", "a85decode"):
             return _Folded(_b64(short, values[0]), True)
         if name in ("codecs.decode", "codecs.encode") and len(values) == 2 and isinstance(values[1], str):
             return _Folded(_codec(values[0], values[1]), True)
@@ -1770,6 +1824,8 @@ def _b64(kind: str, value):
         return base64.b16decode(data, casefold=True)
     if kind == "urlsafe_b64decode":
         return base64.urlsafe_b64decode(data)
+    if kind in ("b85decode", "a85decode"):
+        return getattr(base64, kind)(data)
     return base64.b64decode(data)
 
 

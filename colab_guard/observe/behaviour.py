@@ -948,7 +948,7 @@ def _sole_kernel(netns: str, procs: list[tuple[str, Process]]) -> list[tuple[str
 def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
     """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
     sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
-    return _nearest_ancestor(pid, ancestors, depth) is not None
+    return _nearest_ancestor(pid, ancestors, depth=depth) is not None
 
 
 def _socket_inodes(pid: int) -> frozenset:
@@ -1033,12 +1033,13 @@ def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
             continue  # most kernels hold no connection out
         children: dict[int, list[Process]] = {}
         pids = {p.pid for p in snapshot.processes}
+        ppids: dict[int, int] = {}  # read this tick: a chain shared by many workers, once
         for proc in snapshot.processes:
             parent = proc.ppid
             if parent not in pids and proc.cpu_percent > 0 and not proc.is_kernel:
                 # its parent is not in the view (an idle shell between a holder and the
                 # workers it started): the nearest ancestor that is
-                parent = _nearest_ancestor(proc.pid, pids) or parent
+                parent = _nearest_ancestor(proc.pid, pids, ppids) or parent
             children.setdefault(parent, []).append(proc)
         for proc in snapshot.processes:
             if proc.key not in outbound or proc.pid not in children:
@@ -1055,14 +1056,24 @@ def _families(snapshots: dict[str, Snapshot], outbound: dict[Key, list]
     return found
 
 
-def _nearest_ancestor(pid: int, pids: set[int], depth: int = 8) -> int | None:
-    """The nearest ancestor of ``pid`` among ``pids``, looking ``depth`` parents up."""
+#: How far up ``_nearest_ancestor`` looks: past any chain of idle shells a miner would put
+#: between its connection's holder and its workers (twelve were: 8 was the limit once).
+ANCESTOR_DEPTH = 64
+
+
+def _nearest_ancestor(pid: int, pids: set[int], ppids: dict[int, int] | None = None,
+                      depth: int = ANCESTOR_DEPTH) -> int | None:
+    """The nearest ancestor of ``pid`` among ``pids``, looking ``depth`` parents up;
+    ``ppids``: parents read before (at this tick), read once each."""
+    ppids = {} if ppids is None else ppids
     for _ in range(depth):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
+        if pid not in ppids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    ppids[pid] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return None
+        pid = ppids[pid]
         if pid in pids:
             return pid
         if pid <= 1:
