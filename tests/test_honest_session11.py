@@ -1,0 +1,302 @@
+"""Honest work near the newest behaviour rules and cell checks (issue 17, "Honest work that was
+stopped"): a worker pool whose parent holds one long-lived connection, a long-polling bot that
+trains, a test suite starting servers on ephemeral ports, a load test of one's own API, a
+reverse proxy in front of a notebook's app, health checks and downloads whose options look
+odd, and cells that name tools in data. Each runs to its end with no incident."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.standins.honest_fixtures import (HONEST_SECONDS, guard_config, measured,  # noqa: F401
+                                            run_to_the_end, service)
+from tests.test_honest_workloads import course_mirror  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+PYTHON = sys.executable
+
+#: Two pool workers busy for SECONDS (pure Python: no BLAS threads), started from the kernel.
+BUSY_POOL = '''
+import multiprocessing as mp, time
+def train(seconds):
+    end, n = time.time() + seconds, 1
+    while time.time() < end:
+        for _ in range(20000): n = (n * 48271) % 2147483647
+    return n
+pool = mp.get_context("fork").Pool(2)
+training = pool.map_async(train, [SECONDS, SECONDS])
+'''
+
+
+# ---------------------------------------------------------------- a busy family, one connection
+
+
+TRACKED = BUSY_POOL + '''
+import http.client, json
+tracker = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+logged = 0
+while not training.ready():  # log metrics once a second on one kept-alive connection
+    tracker.request("POST", "/api/2.0/mlflow/runs/log-metric", body=json.dumps(
+        {"run_id": "4f1c", "key": "loss", "value": 1 / (logged + 1), "step": logged}))
+    tracker.getresponse().read(); logged += 1
+    time.sleep(1)
+print("done", logged, training.get()); pool.close(); pool.join()
+'''
+
+
+async def test_a_worker_pool_logging_to_a_local_tracker_runs(kernel, guard_config, measured,
+                                                             service):
+    """Pool workers busy past the mining window while their parent logs metrics to an
+    experiment tracker (MLflow's REST API, one kept-alive connection): the family is
+    measured as one, and a tracker answers what it is asked, never pushes."""
+    port = service("longpoll", 0)  # POSTs answered at once
+    await run_to_the_end(kernel, guard_config, TRACKED.replace("PORT", str(port))
+                         .replace("SECONDS", str(HONEST_SECONDS)))
+    assert measured[kernel.kernel_id].get("cpu_demand_percent", 0) >= 50  # measured, busy
+
+
+LONG_POLL_BOT = BUSY_POOL + '''
+import http.client, json
+api = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+offset, answered = 0, 0
+while not training.ready():  # a chat bot reporting on the training it runs
+    api.request("GET", f"/bot/getUpdates?offset={offset}&timeout=3")
+    for update in json.loads(api.getresponse().read()):
+        offset = update["update_id"] + 1
+        api.request("POST", "/bot/sendMessage", body=json.dumps(
+            {"chat_id": update["chat"], "text": f"still training, {answered} reports so far"}))
+        api.getresponse().read(); answered += 1
+print("done", answered, training.get()); pool.close(); pool.join()
+'''
+
+
+async def test_a_long_polling_bot_reporting_on_its_training_runs(kernel, guard_config, measured,
+                                                                service):
+    """A Telegram-style bot that long-polls its chat service (each ``getUpdates`` held 3 s,
+    then one small update) and answers each, while its pool trains: the answers arrive
+    late because they were asked for, not pushed."""
+    port = service("longpoll", 3)
+    await run_to_the_end(kernel, guard_config, LONG_POLL_BOT.replace("PORT", str(port))
+                         .replace("SECONDS", str(HONEST_SECONDS)))
+    assert measured[kernel.kernel_id].get("cpu_demand_percent", 0) >= 50
+
+
+# ---------------------------------------------------------------- many ports, one's own
+
+
+EPHEMERAL_SERVERS = '''
+import threading, time, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args): pass
+passed, end = 0, time.time() + SECONDS
+while time.time() < end:  # one test per server, each on a port of its own
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,)); thread.start()
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/").read() == b"ok"
+    server.shutdown(); server.server_close(); thread.join(); passed += 1
+print("done", passed)
+'''
+
+
+async def test_a_test_suite_starting_a_server_per_test_in_the_kernel_runs(kernel, guard_config):
+    """A web framework's tests, each starting a server on an ephemeral port and calling it:
+    hundreds of ports within the scan window, every one the suite's own, every attempt
+    answered (the kernel hook reports each connect; no tick sees the servers)."""
+    text = await run_to_the_end(kernel, guard_config, EPHEMERAL_SERVERS.replace("SECONDS", "12"))
+    assert int(text.split()[-1]) >= 100, text  # past the scan rule's count
+
+
+async def test_a_test_suite_starting_a_server_per_test_as_a_script_runs(kernel, guard_config,
+                                                                       tmp_path):
+    """The same suite run as pytest runs it, ``!python``: its connects are seen only in the
+    socket tables, a tick at a time."""
+    script = tmp_path / "test_server.py"
+    script.write_text(EPHEMERAL_SERVERS.replace("SECONDS", "12"))
+    text = await run_to_the_end(kernel, guard_config, f"!{PYTHON} {script}")
+    assert int(text.split()[-1]) >= 100, text
+
+
+# ---------------------------------------------------------------- one's own API, loaded
+
+
+API = '''
+import asyncio, sys
+async def handle(reader, writer):  # an events endpoint: the answer comes when there is news
+    await reader.readline()
+    await asyncio.sleep(float(sys.argv[2]))
+    writer.write(b"HTTP/1.0 200 OK\\r\\n\\r\\n{\\"news\\": 1}"); await writer.drain(); writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    async with server: await server.serve_forever()
+asyncio.run(main())
+'''
+
+LOAD_TEST = '''
+import asyncio, time
+async def client(port):
+    for _ in range(50):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port); break
+        except OSError: await asyncio.sleep(0.2)  # the API is starting
+    writer.write(b"GET /events HTTP/1.0\\r\\n\\r\\n"); await writer.drain()
+    answer = await reader.read(); writer.close()
+    return answer.endswith(b"}")
+async def main(port, users):
+    return sum(await asyncio.gather(*(client(port) for _ in range(users))))
+print("done", await main(PORT, 500))  # the kernel's own event loop
+'''
+
+
+async def test_a_load_test_of_ones_own_api_with_500_slow_clients_runs(kernel, guard_config,
+                                                                     tmp_path):
+    """500 concurrent clients, each waiting 9 s for its answer, of an API the notebook
+    started with ``nohup … &`` in ``%%bash`` (the shell exits: the API is no descendant of the kernel
+    any more)."""
+    from tests.harness import free_port
+    port = free_port()
+    (tmp_path / "api.py").write_text(API)
+    await run_to_the_end(kernel, guard_config,
+                         f"%%bash\ncd {tmp_path}\nnohup {PYTHON} api.py {port} 9 > api.log 2>&1 &\n"
+                         "echo done")
+    text = await run_to_the_end(kernel, guard_config, LOAD_TEST.replace("PORT", str(port)))
+    assert text.split()[-1] == "500", text
+
+
+# ---------------------------------------------------------------- a proxy in front of one's app
+
+
+REVERSE_PROXY = '''
+import asyncio, threading
+async def pipe(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data); await writer.drain()
+    writer.close()
+async def forward(client_reader, client_writer):  # jupyter-server-proxy's job, in small
+    app_reader, app_writer = await asyncio.open_connection("127.0.0.1", APP)
+    await asyncio.gather(pipe(client_reader, app_writer), pipe(app_reader, client_writer))
+async def serve(ready):
+    server = await asyncio.start_server(forward, "127.0.0.1", 0)
+    ready.append(server.sockets[0].getsockname()[1])
+    await server.serve_forever()
+ready = []
+threading.Thread(target=lambda: asyncio.run(serve(ready)), daemon=True).start()
+while not ready: pass
+print("done", ready[0])
+'''
+
+DOWNLOADS = '''
+import sys, threading, time, urllib.request
+port, users, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+got = [0] * users
+def user(i):
+    end = time.time() + seconds
+    while time.time() < end:
+        got[i] += len(urllib.request.urlopen(f"http://127.0.0.1:{port}/report.html").read())
+        time.sleep(0.5)
+threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(min(got))
+'''
+
+
+async def test_a_reverse_proxy_in_the_kernel_before_a_nohup_dashboard_runs(
+        kernel, guard_config, tmp_path, jp_asyncio_loop):
+    """A dashboard started with ``nohup … &`` (no longer the kernel's descendant), and a
+    small reverse proxy in the kernel in front of it, as jupyter-server-proxy is: ten
+    users fetch a 64 KiB report through it, past the relay window's count."""
+    from tests.harness import free_port, wait_until
+    app = free_port()
+    (tmp_path / "report.html").write_text("<p>loss</p>" * 6000)
+    await run_to_the_end(kernel, guard_config,
+                         f"%%bash\ncd {tmp_path}\nnohup {PYTHON} -m http.server {app} "
+                         "--bind 127.0.0.1 > app.log 2>&1 &\necho done")
+    wait_until(lambda: _listening(app), timeout=30, what="the dashboard listening")
+    text = await run_to_the_end(kernel, guard_config, REVERSE_PROXY.replace("APP", str(app)))
+    proxy = int(text.split()[-1])
+    users = await jp_asyncio_loop.run_in_executor(None, lambda: subprocess.run(
+        [PYTHON, "-c", DOWNLOADS, str(proxy), "10", "8"], capture_output=True, text=True,
+        timeout=120))
+    assert int(users.stdout or 0) >= 64 * 1024, users.stdout + users.stderr
+    await run_to_the_end(kernel, guard_config, "print('done')")
+
+
+def _listening(port: int) -> bool:
+    import socket
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ---------------------------------------------------------------- commands whose options look odd
+
+
+async def test_a_health_check_with_nc_that_starts_the_service_when_down_runs(kernel, guard_config,
+                                                                            tmp_path):
+    """``nc -z`` checks a port; if it is down, ``bash -c`` runs the start script: read as
+    netcat's ``-c`` executing a shell."""
+    (tmp_path / "start.sh").write_text("echo starting the service\n")
+    await run_to_the_end(
+        kernel, guard_config,
+        f"%cd {tmp_path}\n"
+        "!nc -z -w 1 127.0.0.1 9 && echo up || bash -c ./start.sh\n"
+        "!nc -z -w 1 127.0.0.1 9 || bash start.sh; echo done")
+
+
+async def test_aria2c_with_a_log_file_and_a_parameterized_ftp_uri_runs(kernel, guard_config,
+                                                                       service, tmp_path):
+    """aria2c's ``-l aria.log`` (its log) and ``-P`` (a parameterized URI: mirrors of one file) before an
+    ``ftp://`` URL: read as hydra's login and password list against an FTP server."""
+    pub = tmp_path / "ftp" / "pub"
+    pub.mkdir(parents=True)
+    for name in ("train.csv", "test.csv"):
+        (pub / name).write_text("x,y\n1,2\n" * 1000)
+    port = service("ftp", tmp_path / "ftp")
+    text = await run_to_the_end(
+        kernel, guard_config,
+        f"%cd {tmp_path}\n"
+        f"!aria2c -q -d got -l aria.log --ftp-reuse-connection=false -P 'ftp://127.0.0.1:{port}/pub/{{train,test}}.csv'\n"
+        "!ls got && echo done")
+    assert "train.csv" in text or "test.csv" in text, text  # from one mirror or the other
+
+
+# ---------------------------------------------------------------- tools named in data
+
+
+NAMED_CELLS = [
+    # a malware-family classifier's dataset: one folder per family, paths built in f-strings
+    "import os\nDATA = 'families'\nFAMILIES = ['xmrig', 'mirai', 'emotet', 't-rex']\n"
+    "for family in FAMILIES:\n    os.makedirs(f'{DATA}/{family}', exist_ok=True)\n"
+    "    open(os.path.join(DATA, family, 'sample.bin'), 'wb').write(family.encode())\n"
+    "print(sorted(os.listdir(DATA)))",
+    "paths = [f'{DATA}/{f}/sample.bin' for f in FAMILIES]\n"
+    "sizes = {p.split('/')[-2]: os.path.getsize(p) for p in paths}\nprint(sizes)",
+    # a table of tools seen in incidents, the projects' URLs among its columns
+    "import csv\n"
+    "rows = [{'tool': 'xmrig', 'url': 'https://github.com/xmrig/xmrig', 'seen': 12},\n"
+    "        {'tool': 'hashcat', 'url': 'https://hashcat.net/hashcat/', 'seen': 3},\n"
+    "        {'tool': 'nmap', 'url': 'https://nmap.org', 'seen': 40}]\n"
+    "for row in rows:\n    row['cmd'] = f\"{row['tool']} --help\"\n"
+    "with open('tools.csv', 'w', newline='') as f:\n"
+    "    writer = csv.DictWriter(f, fieldnames=list(rows[0])); writer.writeheader(); writer.writerows(rows)\n"
+    "print(sorted(rows, key=lambda r: r['seen']))",
+    # a C library's stderr captured to a file, a service checked, a script fed to bash
+    "import os, socket, subprocess\n"
+    "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=1).close()\n"
+    "except OSError:\n    print('the cache service is down')\n"
+    "log = open('native.log', 'w'); saved = os.dup(2); os.dup2(log.fileno(), 2)\n"
+    "os.write(2, b'warning from C\\n'); os.dup2(saved, 2); log.close()\n"
+    "print(subprocess.run(['bash'], input='ls *.csv | wc -l', capture_output=True, text=True).stdout)",
+    "print('done')",
+]
+
+
+async def test_cells_naming_tools_in_paths_tables_and_urls_run(kernel, guard_config, tmp_path):
+    await run_to_the_end(kernel, guard_config, f"%cd {tmp_path}", done="")
+    for cell in NAMED_CELLS:
+        await run_to_the_end(kernel, guard_config, cell, done="")
