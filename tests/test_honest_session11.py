@@ -347,6 +347,11 @@ def _cell_ids(cell: str) -> set[str]:
     (NAMED_CELLS[0], set()),
     ("d = '/tmp/.cache'\nexe = f'{d}/xm' + 'rig'\nprint(exe)", {"cell-hidden-miner-name"}),
     ("import os\nbase = 'data'\nos.makedirs(os.path.join(base, 'x' + 'mrig'))", {"cell-hidden-miner-name"}),
+    ("FAMILIES = ['xmrig', 'mirai']\nfor fam in FAMILIES:\n    print(f'samples/{fam}.bin')", set()),
+    ("d = '/tmp/.cache'\nexe = f'{d}/xm' + 'rig.exe'", {"cell-hidden-miner-name"}),
+    # a URL's scheme is not cut from its host: a pool URL assembled from plain parts is hidden
+    ("import os\nhost = 'pool.example.net:3333'\nos.environ['POOL'] = 'stratum+tcp://' + host",
+     {"cell-pool-url"}),
     # a shell given its script as input= runs that script: pipes, not a socket, are its streams
     (NAMED_CELLS[3], set()),
     ("import subprocess\nsubprocess.run(['bash'], input='./x -o stratum+tcp://pool.example.net:3333')",

@@ -105,9 +105,11 @@ _SCRIPT_RUNS = re.compile(
     r"""\b(?:system|exec|execSync|spawn|spawnSync|popen|qx)\s*\(\s*(?:'([^'\n]{1,4096})'|"([^"\n]{1,4096})")""")
 _SHELL = re.compile(r"^(\S*/)?(ba|da|z|k|a)?sh$")
 _BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
-#: what separates the words of an assembled string (a path's folders are words: a folder per
-#: class or malware family named in a plain list is not a name hidden)
-_WORDS = re.compile(r"[\s,;|'\"()\[\]{}/]+")
+#: what separates the words of an assembled string: a path's folders and a file's extension
+#: are words (a folder or file per class or malware family named in a plain list hides no
+#: name); a URL's scheme is not cut from its host (stratum+tcp:// + a host is assembled),
+#: nor a dotted name from its last part ('mining.' + 'authorize')
+_WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+|(?<![:/])/+|\.(?=[A-Za-z0-9]{1,4}(?:$|[\s,;|'\"()\[\]{}/]))")
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
