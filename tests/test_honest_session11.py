@@ -391,3 +391,28 @@ def test_the_hook_leaves_out_only_connects_to_the_kernels_own_listeners():
     server.close()
     client.close()
     assert not _own_listener(listeners, ("127.0.0.1", port))
+
+
+async def test_a_word_game_solver_with_a_wordlist_option_runs(kernel, guard_config, tmp_path):
+    """``-m 6 -a 0 --wordlist words.txt``: a Wordle solver's most guesses, its algorithm and
+    its word list, once read as hashcat's hash mode, attack mode and word list (hashcat takes
+    its word list as a file, and has no ``--wordlist``)."""
+    (tmp_path / "words.txt").write_text("crane\nslate\nadieu\n")
+    (tmp_path / "wordle.py").write_text(
+        "import argparse\np = argparse.ArgumentParser()\n"
+        "p.add_argument('-m', type=int); p.add_argument('-a', type=int); p.add_argument('--wordlist')\n"
+        "args = p.parse_args()\nwords = open(args.wordlist).read().split()\n"
+        "print('best opener:', sorted(words)[args.a], 'in', args.m, 'guesses')\nprint('done')\n")
+    await run_to_the_end(kernel, guard_config,
+                         f"%cd {tmp_path}\n!{PYTHON} wordle.py -m 6 -a 0 --wordlist words.txt")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "deepfake-swap-options: a run.py given a source image (-s) and a target video (-t) is "
+    "roop's command line exactly; a video style-transfer script with the same entry point "
+    "and options cannot be told from it by its command line (its content is what differs, "
+    "and it is no known tool's)"))
+async def test_a_video_style_transfer_script_called_run_py_runs(kernel, guard_config, tmp_path):
+    (tmp_path / "run.py").write_text("import sys\nprint('styled', sys.argv[1:])\nprint('done')\n")
+    await run_to_the_end(kernel, guard_config,
+                         f"%cd {tmp_path}\n!{PYTHON} run.py -s starry_night.jpg -t clip.mp4 -o out.mp4")
