@@ -109,8 +109,13 @@ _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 _SCRIPT_MAGICS = {"perl", "ruby", "node"}
 _SCRIPT_RUNS = re.compile(
     r"""\b(?:system|exec|execSync|spawn|spawnSync|popen|qx)\s*\(\s*(?:'([^'\n]{1,4096})'|"([^"\n]{1,4096})")""")
+_SHELL = re.compile(r"^(\S*/)?(ba|da|z|k|a)?sh$")
 _BIG_WIDTH = re.compile(r"[0-9]{4,}|\*")  # %99999s, {:>99999}: no huge strings
-_WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+")
+#: what separates the words of an assembled string: a path's folders and a file's extension
+#: are words (a folder or file per class or malware family named in a plain list hides no
+#: name); a URL's scheme is not cut from its host (stratum+tcp:// + a host is assembled),
+#: nor a dotted name from its last part ('mining.' + 'authorize')
+_WORDS = re.compile(r"[\s,;|'\"()\[\]{}]+|(?<![:/])/+|\.(?=[A-Za-z0-9]{1,4}(?:$|[\s,;|'\"()\[\]{}/]))")
 _B64 = re.compile(r"^[A-Za-z0-9+/_-]{16,}={0,2}$")
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){8,}$")
 
@@ -1232,10 +1237,29 @@ class _Reader(ast.NodeVisitor):
                 _as_text(executable.value):
             # Popen(["kworker", …], executable="./ngrok"): ngrok runs, named kworker
             self.emit_run([_as_text(executable.value), *command[1:]])
+        script = self._shell_input(command, node)
+        if script is not None:
+            # run(["bash"], input="ls | wc -l"): the shell runs what it is given, through a
+            # pipe (its streams are not the cell's, nor a socket dup2 put there)
+            command = [_as_text(command[0] if isinstance(command, (list, tuple)) else
+                                command.split()[0]), "-c", script]
         if command:
             # a string without shell=True execs one word: split anyway, as a shell would
             # (the cell may pass shell=True through a variable)
             self.emit_run(command)
+
+    def _shell_input(self, command, node: ast.Call) -> str | None:
+        """The script given as ``input=`` to a shell started with none of its own."""
+        if isinstance(command, str):
+            words = command.split()
+        elif isinstance(command, (list, tuple)):
+            words = [_as_text(w) or "" for w in command]
+        else:
+            return None
+        if not 1 <= len(words) <= 2 or not _SHELL.match(words[0]) or words[1:] not in ([], ["-s"]):
+            return None
+        folded = next((self.fold(kw.value) for kw in node.keywords if kw.arg == "input"), None)
+        return (_as_text(folded.value) or None) if folded is not None else None
 
     def _ipython_call(self, method: str, args: list[_Folded | None]) -> None:
         values = [_as_text(a.value) if a else None for a in args]

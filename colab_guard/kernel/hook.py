@@ -21,9 +21,11 @@ command itself over a short-lived connection.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 
 KINDS = {
@@ -132,6 +134,7 @@ class Reporter:
         self._hook_kinds, self._hook_pending = kinds, pending  # (altered() compares them)
         urgent = URGENT
         state = self
+        listeners = weakref.WeakSet()  # sockets the kernel's code bound (its own servers)
 
         def colab_guard_audit_hook(event, args):
             kind = kinds.get(event)
@@ -147,7 +150,10 @@ class Reporter:
                 state.dropped += 1
                 return
             if kind == "bind":  # rare: who binds is read now, while its code is on the stack
+                _remember(listeners, args[0])
                 args = (args[1], _callers())
+            elif kind == "connect" and _own_listener(listeners, args[1]):
+                return  # to a server of its own (a test's, on a port gone before any tick)
             pending.append((kind, event, args))
             if kind in urgent and not wake.is_set():
                 wake.set()
@@ -273,6 +279,40 @@ def describe(kind: str, event: str, args) -> str:
         text = event
     text = _word(text)
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
+
+
+#: Sockets the kernel bound that are remembered (to tell its own servers' ports).
+MAX_LISTENERS = 256
+LOOPBACK_HOSTS = ("127.", "::1", "localhost")
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _remember(listeners, sock) -> None:
+    if isinstance(sock, socket.socket) and len(listeners) < MAX_LISTENERS:
+        listeners.add(sock)
+
+
+def _own_listener(listeners, address) -> bool:
+    """Whether ``address`` is on loopback and one of the kernel's own sockets listens on its
+    port, on loopback or every address (a server a test suite started on an ephemeral port,
+    gone before the next sample): connecting to it tries no one else's port. Two or three
+    system calls per socket remembered, for loopback connects only; the socket class's own
+    methods (a subclass cannot pretend)."""
+    try:
+        host, port = address[0], address[1]
+    except (TypeError, IndexError, KeyError):
+        return False
+    if not (isinstance(host, str) and host.startswith(LOOPBACK_HOSTS)) or not port:
+        return False
+    for sock in list(listeners):
+        try:
+            bound = socket.socket.getsockname(sock)
+            if bound[1] == port and str(bound[0]).startswith(LOOPBACK_HOSTS + WILDCARDS) \
+                    and socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return True
+        except (OSError, TypeError, IndexError, ValueError):
+            continue  # closed meanwhile, or not an internet socket
+    return False
 
 
 def _callers(limit: int = 64) -> tuple[str, ...]:

@@ -8,6 +8,9 @@ until killed.
 - ``pubsub SECONDS``: a Redis-like broker: a client that sends ``SUBSCRIBE <channel>`` gets a
   message on it every SECONDS, unasked (a shared job queue announcing new work, a
   hyper-parameter channel), as Redis' PUBLISH does.
+- ``longpoll SECONDS``: a chat service's bot API (HTTP/1.1, kept alive): ``GET /getUpdates``
+  is held SECONDS and answered with one small update (long polling, as Telegram's is);
+  ``POST /sendMessage`` is answered at once.
 - ``clients PORT N SECONDS``: not a service: N browser-like users keep requesting ``/`` of a
   local web app over kept-alive connections for SECONDS; prints each one's request count.
 """
@@ -102,6 +105,36 @@ def _clients(port: int, users: int, seconds: float) -> None:
     print(*counts, flush=True)
 
 
+def _long_poll(seconds: float) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Bot(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        updates = 0
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            time.sleep(seconds)  # held until a user writes
+            Bot.updates += 1
+            self._answer(b'[{"update_id": %d, "chat": 7, "text": "/status"}]' % Bot.updates)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(b'{"ok": true}')
+
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bot)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 def main(argv: list[str]) -> None:
     kind = argv[0]
     if kind == "ftp":
@@ -110,6 +143,8 @@ def main(argv: list[str]) -> None:
         _serve(_listen(), _parameters)
     elif kind == "pubsub":
         _serve(_listen(), _broker(float(argv[1])))
+    elif kind == "longpoll":
+        _long_poll(float(argv[1]))
     elif kind == "clients":
         _clients(int(argv[1]), int(argv[2]), float(argv[3]))
     else:
