@@ -192,10 +192,9 @@ def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured
     _assert_the_parent_mines(SPLIT_MINER, pool)
 
 
-def _assert_the_parent_mines(code: str, pool: int) -> None:
-    """Run ``code`` (given the pool's port) watched for a window: the process started is
-    measured as mining (the parent itself: another test's miner marked as the same kernel
-    is not it)."""
+def watched_for_a_window(code: str, pool: int) -> Watched:
+    """Run ``code`` (given the pool's port) watched for a window and a little more (or
+    until it exits); the Watched, stopped."""
     watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW)
     try:
         watched.warm()
@@ -203,6 +202,13 @@ def _assert_the_parent_mines(code: str, pool: int) -> None:
                    timeout=(WINDOW + 6) * 4, what="the miner ran")
     finally:
         watched.stop()
+    return watched
+
+
+def _assert_the_parent_mines(code: str, pool: int) -> None:
+    """Run ``code`` watched for a window: the process started is measured as mining (the
+    parent itself: another test's miner marked as the same kernel is not it)."""
+    watched = watched_for_a_window(code, pool)
     assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
                for key, fields in watched.seen.items() if key[0] == watched.proc.pid), watched.seen
 

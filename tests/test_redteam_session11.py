@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -158,7 +157,6 @@ def test_a_stop_kills_what_its_survivor_started_after_its_sigterm(waiting):
     """enforce.py ``kill_with_families``, both ways of waiting: the child forked after the
     family walk dies with the decoy at the grace (it was left running, reparented)."""
     import asyncio
-    import subprocess
 
     from colab_guard.act.enforce import stop_processes, stop_processes_async
     from tests.test_enforce import offender, started
@@ -236,16 +234,9 @@ def _a_process_of_it_mines(code: str, pool: int) -> bool:
     ``_families`` traced: the workers busy at 60-90 % of a core, the holder with its
     connection out, and no family found; the same miner without the dodge is
     ``test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured``.)"""
-    from tests.standins.watched import Watched
-    from tests.test_behaviour_redteam import BUSY, MINING_FIELDS, WINDOW, _mines
+    from tests.test_behaviour_redteam import MINING_FIELDS, _mines, watched_for_a_window
 
-    watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW)
-    try:
-        watched.warm()
-        wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,
-                   timeout=(WINDOW + 6) * 4, what="the miner ran")
-    finally:
-        watched.stop()
+    watched = watched_for_a_window(code, pool)
     seen = watched.seen.values()
     if len(watched.seen) < 3:
         raise RuntimeError(f"the holder and its workers were not all seen: {watched.seen}")
