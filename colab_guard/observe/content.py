@@ -709,17 +709,19 @@ class ContentScanner:
             extra.append(EXE_MEMFD)
         elif link.endswith(" (deleted)"):
             extra.append(EXE_DELETED)
+        program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)
             if memory is not None:
                 markers += [m for m in memory.markers if m not in markers]
                 extra += memory.traits
+                program += memory.markers  # (a packed aria2c)
             mapped, cut = self._library_markers(key)
             markers += [m for m in mapped if m not in markers]
             if cut:
                 extra.append(SCAN_CUT)
-            found = found + mapped
-        if "aria2" in found:  # its own file's or a library's content, not a script's
+            program += mapped
+        if "aria2" in program:
             markers += [m for m in self.aria2_markers(pid, cmdline, key) if m not in markers]
         return markers + [t for t in dict.fromkeys(extra) if t not in markers]
 
@@ -757,7 +759,8 @@ class ContentScanner:
                 return False
         elif not self._script_read(_script_file(script), language):
             return False
-        if "aria2" in found and _aria2_key(pid, cmdline, key) not in self._cache:
+        options = _aria2_key(pid, cmdline, key)  # aria2c's option files (queued if packed)
+        if ("aria2" in found and options not in self._cache) or options in self._pending:
             return False
         if language != scripts.PYTHON:
             return True
