@@ -71,6 +71,7 @@ def test_the_option_files_named_on_its_command_line_are_found():
     assert given.last("torrent-file") == "t"
     assert given.uris == ["data.bin", "-odd"]  # not "16" nor "out": options' values
     assert aria2.invocation(["aria2c", "--no-conf"]).last("no-conf") == "true"
+    assert aria2.invocation(["aria2c", "--follow-t=false"]).last("follow-torrent") == "false"
 
 
 def test_a_configuration_and_an_input_file_are_read_as_aria2c_reads_them():

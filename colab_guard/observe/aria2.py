@@ -52,7 +52,7 @@ class Invocation:
 
 #: Long options aria2c also accepts abbreviated (getopt): the shortest unambiguous prefix.
 _ABBREVIATED = {"conf-path": "conf", "input-file": "inp", "torrent-file": "tor",
-                "follow-torrent": "fol", "no-conf": "no-c"}
+                "follow-torrent": "follow-t", "no-conf": "no-c"}
 _SHORT_NAMES = {"i": "input-file", "T": "torrent-file"}
 
 
@@ -146,9 +146,10 @@ class Reader:
 
 
 def given_a_torrent(cmdline: list[str], reader: Reader) -> bool:
-    """Whether aria2c, started with ``cmdline``, downloads a torrent or a magnet link given
-    in the files it reads (its configuration, its input files) or as a local file of any
-    name; what its command line says in words is the signature's (args)."""
+    """Whether aria2c, started with ``cmdline``, downloads a torrent or a magnet link: given
+    in the files it reads (its configuration, its input file), or on its command line (a
+    local file of any name read for its content; the words themselves are also the
+    signature's ``args``)."""
     given = invocation(cmdline)
     options: dict[str, list[str]] = {}
     no_conf = given.last("no-conf")

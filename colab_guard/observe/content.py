@@ -759,9 +759,10 @@ class ContentScanner:
                 return False
         elif not self._script_read(_script_file(script), language):
             return False
-        options = _aria2_key(pid, cmdline, key)  # aria2c's option files (queued if packed)
-        if ("aria2" in found and options not in self._cache) or options in self._pending:
-            return False
+        if "aria2" in found or self._pending:  # aria2c's option files (queued if packed)
+            options = _aria2_key(pid, cmdline, key)
+            if ("aria2" in found and options not in self._cache) or options in self._pending:
+                return False
         if language != scripts.PYTHON:
             return True
         unread = [(p, how) for p, how in python_startup(pid, cmdline)
