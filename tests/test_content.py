@@ -54,7 +54,7 @@ REAL_TOOLS = {
     "nmap": "nmap", "hashcat": "hashcat", "john": "john", "hydra": "hydra", "dropbear": "dropbear",
     "microsocks": "microsocks", "tor": "tor", "hping3": "hping3", "slowhttptest": "slowhttptest",
     "ctorrent": "ctorrent", "rtorrent": "rtorrent", "qbittorrent-nox": "qbittorrent",
-    "transmission-cli": "bittorrent",
+    "transmission-cli": "bittorrent", "aria2c": "aria2",
 }
 #: The small set .ci/run installs; missing in CI is a failure, not a skip.
 CI_TOOLS = {"dropbear", "microsocks", "ctorrent"}

@@ -199,6 +199,50 @@ async def test_curl_and_wget_with_many_options_are_left_alone(kernel, guard_conf
         "!ls train.csv got/labels.json data/train.csv data/test.csv cache/train.csv && echo done")
 
 
+#: A seedbox-style aria2.conf of the kind guides share: BitTorrent options set, for HTTP and FTP.
+ARIA2_CONF = """# aria2 settings
+continue=true
+max-connection-per-server=4
+split=4
+max-overall-download-limit=400K
+enable-dht=true
+bt-max-peers=55
+bt-enable-lpd=true
+seed-time=0
+follow-torrent=mem
+listen-port=6881-6999
+# input-file=/no/such/list.torrent (a comment: not read)
+input-file={inputs}
+quiet=true
+"""
+
+
+@pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c is not installed")
+async def test_aria2c_over_http_and_ftp_with_bittorrent_options_in_its_configuration_is_left_alone(
+        kernel, guard_config, course_mirror, service, tmp_path):
+    """aria2c's option files are read for a torrent (observe/aria2.py): a configuration file
+    full of BitTorrent options, by --conf-path and as the default ~/.aria2/aria2.conf of a
+    HOME, for plain HTTP and FTP downloads (a few seconds each, rate-limited) is not one."""
+    root, port = course_mirror
+    (root / "weights.bin").write_bytes(os.urandom(3 << 20))
+    (tmp_path / "ftp").mkdir()
+    (tmp_path / "ftp" / "corpus.txt").write_text("token " * 200_000)
+    ftp = service("ftp", tmp_path / "ftp")
+    (tmp_path / "urls.txt").write_text(
+        f"http://127.0.0.1:{port}/weights.bin\n  out=w.bin\n"
+        f"ftp://127.0.0.1:{ftp}/corpus.txt\n# magnet:?xt=urn:btih:{'0' * 40} (a comment)\n")
+    (tmp_path / "seedbox.conf").write_text(ARIA2_CONF.format(inputs=tmp_path / "urls.txt"))
+    home = tmp_path / "home"
+    (home / ".aria2").mkdir(parents=True)
+    (home / ".aria2" / "aria2.conf").write_text(ARIA2_CONF.format(inputs=tmp_path / "urls.txt"))
+    await run_to_the_end(
+        kernel, guard_config,
+        f"%cd {tmp_path}\n"
+        f"!aria2c --conf-path={tmp_path / 'seedbox.conf'} -d first\n"
+        f"!HOME={home} aria2c -d second\n"
+        "!ls first/w.bin first/corpus.txt second/w.bin second/corpus.txt && echo done")
+
+
 # ---------------------------------------------------------------- servers in the kernel
 
 

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import re2
 
-from . import elf, procfs, scripts
+from . import aria2, elf, procfs, scripts
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -53,6 +53,8 @@ CHUNK = 1 << 20
 
 
 INTERPRETER_PREFIX = "interpreter:"
+#: aria2c that downloads a torrent or a magnet link given in the files it reads (aria2.py).
+ARIA2_BITTORRENT = "aria2-bittorrent"
 
 #: Bytes of each file a shell script sources that are read with it (in the script's thread).
 SOURCED_BYTES = 256 << 10
@@ -88,6 +90,9 @@ MARKERS: tuple[Marker, ...] = (
     Marker("ctorrent", (b"ctorrent.sourceforge.net",), need=1),
     Marker("rtorrent", (b"rtorrent.rc",), need=1),
     Marker("qbittorrent", (b"Thank you for using qBittorrent",), need=1),
+    # aria2c (an honest downloader too): Debian's links libaria2, a static build carries its
+    # default configuration's path. Its option files are then read (aria2.py).
+    Marker("aria2", (b"libaria2.so", b"/.aria2/aria2.conf"), need=1),
     # remote-access
     Marker("dropbear", (b"Dropbear", b"dropbear_rsa_host_key"), need=2),
     Marker("openssh-server", (b"sshd_config", b"PermitRootLogin", b"privilege separation"), need=3),
@@ -704,15 +709,20 @@ class ContentScanner:
             extra.append(EXE_MEMFD)
         elif link.endswith(" (deleted)"):
             extra.append(EXE_DELETED)
+        program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)
             if memory is not None:
                 markers += [m for m in memory.markers if m not in markers]
                 extra += memory.traits
-            found, cut = self._library_markers(key)
-            markers += [m for m in found if m not in markers]
+                program += memory.markers  # (a packed aria2c)
+            mapped, cut = self._library_markers(key)
+            markers += [m for m in mapped if m not in markers]
             if cut:
                 extra.append(SCAN_CUT)
+            program += mapped
+        if "aria2" in program:
+            markers += [m for m in self.aria2_markers(pid, cmdline, key) if m not in markers]
         return markers + [t for t in dict.fromkeys(extra) if t not in markers]
 
     def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
@@ -749,6 +759,10 @@ class ContentScanner:
                 return False
         elif not self._script_read(_script_file(script), language):
             return False
+        if "aria2" in found or self._pending:  # aria2c's option files (queued if packed)
+            options = _aria2_key(pid, cmdline, key)
+            if ("aria2" in found and options not in self._cache) or options in self._pending:
+                return False
         if language != scripts.PYTHON:
             return True
         unread = [(p, how) for p, how in python_startup(pid, cmdline)
@@ -829,6 +843,48 @@ class ContentScanner:
                 return []
         return self._scan_inline(key, pid, code).markers
 
+    def aria2_markers(self, pid: int, cmdline: list[str], process: tuple | None) -> list[str]:
+        """``ARIA2_BITTORRENT`` if aria2c's option files (or a local file it is given) hold
+        a torrent (aria2.py); [] while they are read. Read once per process: aria2c reads
+        them once, at its start."""
+        key = _aria2_key(pid, cmdline, process)
+        with self._lock:
+            known = self._known(key)
+            if known is not None:
+                return known
+            if self._background:
+                self._queue_script(key, (pid, cmdline))
+                return []
+        return self._read_aria2(key, pid, cmdline).markers
+
+    def _read_aria2(self, key: tuple, pid: int, cmdline: list[str]) -> Scan:
+        deadline = time.monotonic() + self.scan_seconds
+
+        def read(path: str, most: int) -> bytes | None:
+            if time.monotonic() > deadline:
+                return None
+            try:
+                fd, _ = open_regular(path)
+            except OSError:
+                return None
+            try:
+                return os.pread(fd, most, 0) if most else b""
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+
+        environ = _environ(pid)
+        reader = aria2.Reader(pid, environ, _home(pid, environ), read)
+        result = Scan([ARIA2_BITTORRENT] if aria2.given_a_torrent(cmdline, reader) else [])
+        with self._lock:
+            self.stats["script_scans"] += 1
+            self._pending.pop(key, None)
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
     def _scan_inline(self, key: tuple, pid: int, code: str) -> Scan:
         """``_scan_script`` for code given on the command line: read from a memfd holding it
         (``scripts.read``: here if small, else in a child), its modules from its directory."""
@@ -877,7 +933,9 @@ class ContentScanner:
 
     def _script_job(self, key: tuple, path: str | tuple[int, str]) -> None:
         try:
-            if not self._closed and isinstance(path, tuple):
+            if not self._closed and key[0] == "aria2":
+                self._read_aria2(key, *path)
+            elif not self._closed and isinstance(path, tuple):
                 self._scan_inline(key, *path)
             elif not self._closed:
                 self._scan_script(key, path)
@@ -1657,6 +1715,11 @@ def _inline_key(pid: int, code: str) -> tuple:
     except OSError:
         folder = None
     return ("inline", hashlib.sha256(code.encode("utf-8", "surrogateescape")).digest(), folder)
+
+
+def _aria2_key(pid: int, cmdline: list[str], process: tuple | None) -> tuple:
+    """The cache key of what one aria2c process reads (its identity, its command line)."""
+    return ("aria2", process or (pid,), tuple(cmdline[:256]))
 
 
 def _script_file(path: str) -> str:
