@@ -187,6 +187,8 @@ class Monitor:
             self.log.exception("colab-guard: sampling failed; retried at the next tick")
             return
         for snapshot, detections in found:
+            if not detections and not self.policy.keeps(snapshot.kernel_id):
+                continue  # nothing to act on, nothing to forget (most kernels, most ticks)
             try:
                 self.act_on(snapshot, detections)
             except Exception:

@@ -125,6 +125,12 @@ class Policy:
             plans.append(Plan(group, action, self._steps(action, group)))
         return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
 
+    def keeps(self, kernel_id: str) -> bool:
+        """Whether the kernel has processes acted on or covered: ``respond`` has something to
+        forget or to judge again even without detections."""
+        return bool(self._handled.get(kernel_id) or self._stopping.get(kernel_id)
+                    or self._covered.get(kernel_id))
+
     def _handle_descendants(self, kernel_id: str, detections: list[Detection],
                             parents: dict[int, int]) -> None:
         handled, covered = self._handled[kernel_id], self._covered[kernel_id]

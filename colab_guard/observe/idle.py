@@ -25,9 +25,11 @@ from .model import Process
 #: this is a safety net only, and each refresh is a full read: a thousand idle processes
 #: refreshed every one to two minutes cost twelve full reads a tick.
 QUIET_REFRESH = 600.0
-#: ... and past a thousand or so processes, this many of those refreshes a second in all (5,000
-#: idle processes at QUIET_REFRESH would be eleven full reads a second, 1 % of a core).
-QUIET_REFRESHES_PER_SECOND = 2.0
+#: ... and past six hundred or so processes, about this many of those refreshes a second in all
+#: (5,000 idle processes at QUIET_REFRESH would be eleven full reads a second, 1 % of a core;
+#: each process is refreshed between half and all of ``watched / this`` s, so the rate is up to
+#: twice this).
+QUIET_REFRESHES_PER_SECOND = 1.0
 
 #: Watching more processes than this, with process events to say which exec'd (the node
 #: watcher): the quiet ones are not all asked at every tick whether they ran, and a process
