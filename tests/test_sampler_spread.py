@@ -230,6 +230,24 @@ def test_a_kernel_that_barely_runs_is_handed_out_as_it_was_until_it_computes(man
                what="the computing kernel read at its next check (1 s here)")
 
 
+def test_a_parked_kernel_that_barely_runs_is_asked_by_its_probe_without_a_visit(many, kernel):
+    """At its turn, one pread of its held stat says it still barely runs: parked on, not
+    visited (two hundred idle kernels' visits were a fifth of an idle watcher's cost)."""
+    proc, children = kernel
+    sampler = SpreadingSampler()
+    parked_once(sampler, proc.pid, {proc.pid, *children})
+    asked_not_visited = 0
+    deadline = time.monotonic() + 30
+    while asked_not_visited < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        sampler.turns = []
+        snapshot = sampler.sample({"k": proc.pid})["k"]
+        asked = proc.pid in sampler.turns
+        visited = proc.pid in {p.pid for p in snapshot.visited()}
+        asked_not_visited += asked and not visited
+    assert asked_not_visited >= 2
+
+
 def test_a_kernel_that_barely_runs_is_parked_and_visited_at_once_when_the_hook_reports(
         many, kernel):
     proc, children = kernel
@@ -362,7 +380,7 @@ def test_a_probed_quiet_process_is_asked_at_its_turn_without_the_sampler(sleeper
     proc, held = sleeper
     parked, owners = parked_with_probe(proc, held)
     asked = Asked()
-    for now in (0.5, 1.0, 3.0, 5.0):  # due at 1 s, then every 2 s (spacing 2.5, spread by pid)
+    for now in (0.5, 1.0, 3.5, 6.0):  # due at 1 s, then every 2.5 s (the spacing)
         assert parked.visit(owners, now, set(), asked, spacing=2.5) == {}
     assert asked.calls == []  # the probe said it had not run: still parked, never visited
     assert proc.pid in parked.by_kernel["k"]

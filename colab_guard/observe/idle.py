@@ -228,7 +228,8 @@ class Parked:
     A quiet process parked with a *probe* (its one held schedstat file and what it read) is
     asked at its turn here, with one pread and a comparison: the few hundred turns a second
     of five thousand idle processes cost what the reads cost, not a call into the sampler
-    each. Any other turn, and a probe that says it ran or whose refresh is due, go to
+    each; one that barely runs (a kernel) is asked by its probe (a pread of its held stat),
+    not visited. Any other turn, and a probe that says it ran or whose refresh is due, go to
     ``still_quiet``."""
 
     def __init__(self):
@@ -266,14 +267,21 @@ class Parked:
             if turns is not None:
                 turns.append(pid)
             probe = turn[1]
-            if probing and probe is not None and now < probe[2]:
-                try:
-                    same = os.pread(probe[0], 256, 0) == probe[1]
-                except OSError:
-                    same = False  # the slow path says why
-                if same:
-                    again = now + spacing * (8 + pid % 8) / 16
-                    live[pid] = (again, probe, now)
+            if probing and type(probe) is tuple:  # a quiet one's: did it run at all?
+                if now < probe[2]:
+                    try:
+                        same = os.pread(probe[0], 256, 0) == probe[1]
+                    except OSError:
+                        same = False  # the slow path says why
+                    if same:  # its next turn a spacing on (the first was spread by pid)
+                        again = max(now, when + spacing)
+                        live[pid] = (again, probe, now)
+                        heapq.heapreplace(queue, (again, pid))
+                        continue
+            elif probing and probe is not None:  # one that barely runs: did it compute?
+                again = probe(now)
+                if again:
+                    live[pid] = (again, probe, None)
                     heapq.heapreplace(queue, (again, pid))
                     continue
             heapq.heappop(queue)
@@ -329,9 +337,11 @@ class Parked:
         self._turns = {}
 
 
-#: A parked process's probe: (the fd of its one thread's schedstat, held open; what it read at
-#: the last full read; when it is read in full all the same, QuietRead.refresh_at).
-Probe = tuple[int, bytes, float]
+#: A parked process's probe. A quiet one's: (the fd of its one thread's schedstat, held open;
+#: what it read at the last full read; when it is read in full all the same,
+#: QuietRead.refresh_at). One that barely runs: now -> its next turn if it still barely runs
+#: and nothing else is due, else 0 (ProcessSampler._barely_probe).
+Probe = "tuple[int, bytes, float] | Callable[[float], float]"
 #: Parked.visit's question to the sampler: (pid, sample, now, quiet_at) -> when due next, or 0.
 StillQuiet = Callable[[int, Process, float, "float | None"], float]
 #: ... and under a new attribution: (pid, its parked sample) -> whether that sample still holds.

@@ -193,6 +193,7 @@ class ProcessSampler:
         self._parked = Parked()  # quiet processes waiting their turn (idle.py)
         # this tick's: (pid, sample, due, its probe if a quiet one: idle.Parked)
         self._to_park: list[tuple[int, Process, float, Probe | None]] = []
+        self._gpu_on = False  # this tick's: GPU use sampled (a parked one's is asked at visits)
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
         # kernel id -> its processes' keys (Snapshot.members), for one attribution
         self._members: tuple[Mapping[int, str] | None, dict[str, frozenset]] = (None, {})
@@ -204,6 +205,7 @@ class ProcessSampler:
         """Snapshot every kernel in ``kernels`` (kernel id -> kernel pid), with each
         process's GPU use from ``gpu`` (NVML's view of the same instant) when given."""
         now = time.time()
+        self._gpu_on = gpu is not None
         self._check_counts_move()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
@@ -827,10 +829,37 @@ class ProcessSampler:
             return False
         state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
         if _parks_running(last):
-            self._to_park.append((entry.pid, last, state.barely_next, None))
+            self._to_park.append((entry.pid, last, state.barely_next,
+                                  self._barely_probe(entry, state, quiet)))
         if state.pairs:
             self._pairs_now[entry.key] = state.pairs
         return True
+
+    def _barely_probe(self, entry: Entry, state: Tracked, quiet: QuietRead
+                      ) -> Callable[[float], float] | None:
+        """What Parked asks a parked process that barely runs at its turn, without a visit:
+        what _barely_ran asks (one pread of its held stat), until its light or full read is
+        due or its memory scan found something (then 0: visited). None with GPU sampling on
+        (its GPU use is asked at each visit)."""
+        if self._gpu_on or state.stat is None or state.cpu is None:
+            return None
+        held, key, pid = state.stat, entry.key, entry.pid
+        start, threads, vms = entry.start, quiet.sample.threads, quiet.vms
+        cpu, since = state.cpu
+        due = min(state.light_at + LIGHT_READ_MAX_AGE, state.full_due)
+        news = self.content.news
+
+        def again(now: float) -> float:
+            if now >= due or key in news:
+                return 0.0
+            stat = held.read()
+            if stat is None or stat.start != start or stat.threads != threads \
+                    or stat.vms != vms \
+                    or stat.cpu_ticks / CLOCK_TICKS - cpu > BARELY_RUNNING * (now - since):
+                return 0.0
+            state.barely_next = now + BARELY_RECHECK * (8 + pid % 8) / 16
+            return state.barely_next
+        return again
 
     def _hand_out(self, key: ProcessKey, sample: Process) -> Process:
         self._state(key).handed = sample
