@@ -625,3 +625,23 @@ def test_the_systemd_unit_is_valid_and_hardened(tmp_path):
                           timeout=60)
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if UNIT.name in line]
     assert done.returncode == 0 and not complaints, done.stdout + done.stderr
+
+
+def test_a_metrics_client_that_hangs_up_leaves_no_traceback(watcher):
+    """A port scan or a health check connects to the metrics port and resets the connection
+    before its request: the watcher's log stays free of tracebacks (the red-team tests found
+    prometheus_client's server printing one), and the metrics are served on."""
+    import re
+    import socket
+    import struct
+    import urllib.request
+
+    port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/", watcher.log()).group(1))
+    for _ in range(3):
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.send(b"GET / HT")
+        client.close()  # an RST, with the request line half sent
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+    assert "colab_guard_watch_heartbeat_timestamp_seconds" in page
+    assert "Traceback" not in watcher.log(), watcher.log()[-2000:]

@@ -337,6 +337,12 @@ class Watcher(Application, GuardTraits):
                 reporter.listen(database.get(incident_id))
         return reporter
 
+    def _metrics_client_error(self, request, address) -> None:
+        """A metrics client that went wrong (one that connects and hangs up at once: a port
+        scan, a health check) is its own affair: a debug line, not a traceback in the log."""
+        self.log.debug("colab-guard watch: a metrics client %s went away: %s", address,
+                       sys.exc_info()[1])
+
     async def run(self) -> None:
         os.umask(0o027)  # its database and log hold every user's incidents: not for other users
         monitor = self.build()
@@ -366,10 +372,12 @@ class Watcher(Application, GuardTraits):
             from prometheus_client import start_http_server
 
             try:
-                start_http_server(self.metrics_port, addr=self.metrics_address)
+                served = start_http_server(self.metrics_port, addr=self.metrics_address)
             except OSError as err:
                 raise WatchError(f"Watcher.metrics_port: cannot serve metrics on "
                                  f"{self.metrics_address}:{self.metrics_port}: {err}") from None
+            if served is not None:  # (server, thread) from prometheus_client 0.19 on
+                served[0].handle_error = self._metrics_client_error
             self.log.info("colab-guard watch: metrics on http://%s:%d/", self.metrics_address,
                           self.metrics_port)
         self.log.info("colab-guard watch: %d signatures, %d allow rules, sampling every %gs%s, "
