@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from colab_guard.act.enforce import stop_processes_async
+from colab_guard.observe import procfs
 from colab_guard.observe.model import Process
 
 IGNORES_SIGTERM = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -25,7 +26,9 @@ def started(code: str) -> subprocess.Popen:
 
 
 def offender(proc: subprocess.Popen) -> Process:
-    return Process(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
+    # On the guard's fixed boot time (procfs.boot_time), as the sampler's keys: psutil reads
+    # /proc/stat's btime afresh, which moves a second when the clock is slewed (CI).
+    return Process(pid=proc.pid, create_time=procfs.start_time(proc.pid))
 
 
 async def test_decoys_that_ignore_sigterm_do_not_hold_up_other_stops():

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from colab_guard.act.policy import Policy
+from colab_guard.observe import procfs
 from colab_guard.observe.model import Process
 from colab_guard.observe.packages import PackageIndex, package_of
 from colab_guard.record.incident import Action, Incident
@@ -112,7 +113,7 @@ def programs():
         proc = run([str(a) for a in argv], cwd)
         started.append(proc)
         return Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
-                       cmdline=proc.cmdline(), create_time=proc.create_time())
+                       cmdline=proc.cmdline(), create_time=procfs.start_time(proc.pid))
 
     yield start
     for proc in started:
@@ -215,7 +216,7 @@ def test_a_binary_the_distribution_ships_names_it_as_it_runs(installed, tmp_path
         proc = psutil.Process(child.pid)
         wait_until(lambda: proc.exe() == str(binary), what="the exec")
         process = Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
-                          cmdline=proc.cmdline(), create_time=proc.create_time())
+                          cmdline=proc.cmdline(), create_time=procfs.start_time(proc.pid))
         package, _ = package_of([process], PackageIndex())
         assert (package.name, package.path) == (NAME, str(binary))
 
@@ -239,7 +240,7 @@ def test_the_shell_line_that_started_a_packaged_program_does_not_make_it_a_strik
         wait_until(lambda: "stratum" in " ".join(child.cmdline()) and len(child.cmdline()) > 2,
                    what="the child's exec")
         packaged = Process(pid=child.pid, ppid=shell.pid, name=child.name(), exe=child.exe(),
-                           cmdline=child.cmdline(), create_time=child.create_time())
+                           cmdline=child.cmdline(), create_time=procfs.start_time(child.pid))
         package, _ = package_of([shell, packaged], PackageIndex())
         assert package is not None and package.name == NAME
     finally:
@@ -282,7 +283,7 @@ def test_named_pipes_in_place_of_a_package_file_or_its_record_never_hang_the_loo
         proc = psutil.Process(child.pid)
         wait_until(lambda: str(module) in proc.cmdline(), what="the exec")
         process = Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
-                          cmdline=proc.cmdline(), create_time=proc.create_time())
+                          cmdline=proc.cmdline(), create_time=procfs.start_time(proc.pid))
         answers = []
 
         def look():

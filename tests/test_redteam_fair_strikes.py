@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from colab_guard.observe import procfs
 from colab_guard.observe.model import Process
 from colab_guard.observe.packages import PackageIndex, package_of
 from tests.harness import wait_until
@@ -63,7 +64,7 @@ def start(argv, started: list, env: dict | None = None, stdin=None, until=None) 
                timeout=60, what="the program started")
     assert child.poll() is None, "the program exited at once"
     return Process(pid=proc.pid, ppid=proc.ppid(), name=proc.name(), exe=proc.exe(),
-                   cmdline=proc.cmdline(), create_time=proc.create_time())
+                   cmdline=proc.cmdline(), create_time=procfs.start_time(proc.pid))
 
 
 def _execd(proc: psutil.Process, argv) -> bool:
@@ -114,7 +115,7 @@ def test_the_users_own_miner_that_starts_a_packaged_program_is_a_strike(
     child = wait_until(lambda: [c for c in psutil.Process(parent.pid).children()
                                 if len(c.cmdline()) > 2], what="the packaged child")[0]
     packaged = Process(pid=child.pid, ppid=parent.pid, name=child.name(), exe=child.exe(),
-                       cmdline=child.cmdline(), create_time=child.create_time())
+                       cmdline=child.cmdline(), create_time=procfs.start_time(child.pid))
     package, refused = package_of([parent, packaged], PackageIndex())
     assert package is None, "the user's own miner counted as the package's"
     assert strike(package)

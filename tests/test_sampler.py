@@ -258,7 +258,7 @@ def test_state_of_exited_processes_is_forgotten(fake_kernel):
     exited = []
     for _ in range(3):
         short = subprocess.Popen(["sleep", "0.2"])
-        exited.append((short.pid, psutil.Process(short.pid).create_time()))
+        exited.append((short.pid, procfs.start_time(short.pid)))
         sampler.sample({"k1": short.pid})  # each one sampled as a kernel while it lived
         short.wait()
     sampler.sample({"k1": kernel.pid})

@@ -162,7 +162,7 @@ def test_keys_are_psutils_create_times(started):
     snap = sampler.sample({"k": kernel.pid})["k"]
     assert len(snap.processes) == 2
     for sample in snap.processes:
-        assert sample.key == (sample.pid, psutil.Process(sample.pid).create_time())
+        assert sample.key == (sample.pid, procfs.start_time(sample.pid))
     psutil.Process(kernel.pid).children()[0].kill()
 
 

@@ -11,6 +11,7 @@ import sys
 import psutil
 
 from colab_guard.act.enforce import stop_processes
+from colab_guard.observe import procfs
 from colab_guard.observe.model import Process
 from colab_guard.watch import proc_events
 from colab_guard.watch.kernels import NodeKernels, Seen
@@ -128,7 +129,7 @@ async def test_the_incident_names_the_user_the_kernels_adapter_knows(tmp_path):
 def test_a_process_the_adapter_refuses_is_never_signalled():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        created = psutil.Process(proc.pid).create_time()
+        created = procfs.start_time(proc.pid)
         offender = Process(pid=proc.pid, ppid=os.getpid(), name="python", create_time=created)
         [action] = stop_processes([offender], 0.1, set(), may_signal=lambda p: False)
         assert action.outcome == "failed" and "spared" in action.detail
@@ -511,7 +512,7 @@ def test_the_passs_table_is_discoverys_users_processes_not_the_machines():
         assert proc.pid in table and os.getpid() not in table and 1 not in table
         entry = table[proc.pid]
         assert entry.pid == proc.pid and entry.ppid == os.getpid()
-        assert abs(entry.key[1] - psutil.Process(proc.pid).create_time()) < 0.01
+        assert abs(entry.key[1] - procfs.start_time(proc.pid)) < 0.01
         proc.kill()
         proc.wait()
         node.refresh()
