@@ -15,22 +15,14 @@ import pytest
 from colab_guard.observe import aria2
 from colab_guard.observe.content import ARIA2_BITTORRENT, ContentScanner, scan_file
 from tests.harness import wait_until
+from tests.standins.common import bencode
 
 MAGNET = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"
 
 
-def _bencode(value) -> bytes:
-    if isinstance(value, int):
-        return b"i%de" % value
-    if isinstance(value, (str, bytes)):
-        raw = value.encode() if isinstance(value, str) else value
-        return b"%d:%s" % (len(raw), raw)
-    return b"d" + b"".join(_bencode(k) + _bencode(value[k]) for k in sorted(value)) + b"e"
-
-
 def _torrent(path) -> str:
     piece = bytes(16384)
-    path.write_bytes(_bencode({"announce": "http://127.0.0.1:1/announce", "info": {
+    path.write_bytes(bencode({"announce": "http://127.0.0.1:1/announce", "info": {
         "name": "data.bin", "length": len(piece), "piece length": len(piece),
         "pieces": hashlib.sha1(piece).digest()}}))
     return str(path)

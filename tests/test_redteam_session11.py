@@ -19,6 +19,7 @@ from colab_guard.act.policy import Policy
 from colab_guard.settings import Settings
 from tests.harness import wait_until
 from tests.test_policy import MINER as MINER_RULE, detection
+from tests.standins.common import bencode
 from tests.test_redteam_evasions import (  # noqa: F401 (fixtures)
     LIMIT, PYTHON, USER, Kernel, _alive, kernel, pool, server)
 
@@ -501,16 +502,6 @@ def test_a_relay_rotating_its_upstream_per_request_is_measured():
 
 # ---------------------------------------------------------------- a torrent client's options in files
 
-def _bencode(value) -> bytes:
-    if isinstance(value, int):
-        return b"i%de" % value
-    if isinstance(value, (str, bytes)):
-        raw = value.encode() if isinstance(value, str) else value
-        return b"%d:%s" % (len(raw), raw)
-    if isinstance(value, dict):
-        return b"d" + b"".join(_bencode(k) + _bencode(value[k]) for k in sorted(value)) + b"e"
-    raise TypeError(type(value))
-
 
 @pytest.fixture
 def counting_tracker():
@@ -550,7 +541,7 @@ def test_aria2c_given_its_torrent_and_options_in_files_is_stopped(kernel, counti
 
     tracker, announces = counting_tracker
     piece = bytes(16384)
-    (tmp_path / "data.torrent").write_bytes(_bencode({
+    (tmp_path / "data.torrent").write_bytes(bencode({
         "announce": f"http://127.0.0.1:{tracker}/announce",
         "info": {"name": "data.bin", "length": len(piece), "piece length": len(piece),
                  "pieces": hashlib.sha1(piece).digest()}}))

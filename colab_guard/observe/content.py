@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -821,41 +822,34 @@ class ContentScanner:
         if not stat.S_ISREG(st.st_mode):
             return []
         key = _script_key(st, language)
-        with self._lock:
-            known = self._known(key)
-            if known is not None:
-                return known
-            if self._background:
-                self._queue_script(key, path)
-                return []
-        return self._scan_script(key, path).markers
+        return self._known_or_queued(key, path, lambda: self._scan_script(key, path))
 
     def inline_markers(self, pid: int, code: str) -> list[str]:
         """The markers of ``python -c CODE``: its code read as a script's (and the files it
         imports or runs from the process's working directory); [] while being read."""
         key = _inline_key(pid, code)
-        with self._lock:
-            known = self._known(key)
-            if known is not None:
-                return known
-            if self._background:
-                self._queue_script(key, (pid, code))
-                return []
-        return self._scan_inline(key, pid, code).markers
+        return self._known_or_queued(key, (pid, code),
+                                     lambda: self._scan_inline(key, pid, code))
 
     def aria2_markers(self, pid: int, cmdline: list[str], process: tuple | None) -> list[str]:
         """``ARIA2_BITTORRENT`` if aria2c's option files (or a local file it is given) hold
         a torrent (aria2.py); [] while they are read. Read once per process: aria2c reads
         them once, at its start."""
         key = _aria2_key(pid, cmdline, process)
+        return self._known_or_queued(key, (pid, cmdline),
+                                     lambda: self._read_aria2(key, pid, cmdline))
+
+    def _known_or_queued(self, key: tuple, job, read: Callable[[], Scan]) -> list[str]:
+        """The markers found for ``key``; else ``job`` queued for the script threads and []
+        (in the background), or ``read()`` now."""
         with self._lock:
             known = self._known(key)
             if known is not None:
                 return known
             if self._background:
-                self._queue_script(key, (pid, cmdline))
+                self._queue_script(key, job)
                 return []
-        return self._read_aria2(key, pid, cmdline).markers
+        return read().markers
 
     def _read_aria2(self, key: tuple, pid: int, cmdline: list[str]) -> Scan:
         deadline = time.monotonic() + self.scan_seconds

@@ -22,3 +22,15 @@ def burn(seconds: float, duty: float = 0.5) -> None:
         while time.monotonic() < busy_until:
             data = hashlib.sha256(data).digest()
         time.sleep(0.05 * (1 - duty))
+
+
+def bencode(value) -> bytes:
+    """BitTorrent's encoding of ints, strings and dicts (keys sorted): a .torrent's bytes."""
+    if isinstance(value, int):
+        return b"i%de" % value
+    if isinstance(value, (str, bytes)):
+        raw = value.encode() if isinstance(value, str) else value
+        return b"%d:%s" % (len(raw), raw)
+    if isinstance(value, dict):
+        return b"d" + b"".join(bencode(k) + bencode(value[k]) for k in sorted(value)) + b"e"
+    raise TypeError(type(value))
