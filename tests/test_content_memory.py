@@ -261,6 +261,28 @@ def test_a_process_that_unpacks_after_its_first_scan_is_scanned_again(sharing):
         scanner.close()
 
 
+def test_a_process_that_unpacks_late_is_looked_at_again_soon_not_at_the_recheck_period():
+    """A packed tool starved of CPU on a loaded machine has not unpacked itself at its first
+    look (CI: found 5.5 s after its start, at the next period): the looks after the first come
+    soon, then less often (here the period is a minute; the change is found long before)."""
+    proc = subprocess.Popen([PYTHON, "-c", CHANGER, "private"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"up\n"
+    scanner = ContentScanner(memory_after=0.2, memory_recheck=60.0)
+    sampler = ProcessSampler(content=scanner)
+    try:
+        assert _markers(sampler, proc.pid, lambda m: scanner.stats["memory_scans"] >= 1) == []
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"changed\n"
+        assert "microsocks" in _markers(sampler, proc.pid, lambda m: "microsocks" in m,
+                                        timeout=30.0)
+    finally:
+        proc.kill()
+        proc.wait()
+        scanner.close()
+
+
 def test_a_process_that_exits_or_whose_pid_is_taken_mid_scan_is_no_error():
     proc = subprocess.Popen(["sleep", "60"])
     start = procfs.read_stat(proc.pid).start

@@ -31,7 +31,6 @@ from tests.standins import pool as standin_pool
 
 LIMIT = 2.0  # seconds from a program's start to its incident (issue #17)
 SCRIPT_CHILD_LIMIT = 6.0  # the same for a script read in a child process (zip, .pyc), under load
-PACKED_SCANNER_LIMIT = 8.0  # the same for the packed nmap, known by its memory, under CI's load
 USER = "redteam-user"
 IN_CI = os.environ.get("CI") == "true"
 PYTHON = sys.executable
@@ -204,12 +203,6 @@ MEMFD_RUNNER = ("import os, sys, time\nfd = os.memfd_create('')\n"
                 "os.execve(fd, ['[kworker/u8:2]', *sys.argv[3:]], {})")
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "a race, 2 runs in 5 here (then 5.5 s after the exec): the memory look can come before "
-    "the new executable's file scan is done, and then counts it as an interpreter (whose "
-    "writable memory is never read) and finds nothing; the next look is due 5 s later "
-    "(content.py: _scan_memory's 'not knowing yet counts as one', memory_recheck). Not strict "
-    "while it is a race"))
 def test_a_socks_proxy_run_from_a_memfd_is_stopped(kernel, tmp_path):
     """memfd_create + fexecve (os.execve on the descriptor), the file deleted first, a kernel
     thread's name as argv[0] and an empty environment."""
@@ -262,11 +255,10 @@ def test_a_upx_packed_port_scanner_is_stopped(kernel, tmp_path):
     # loaded machine's first look (CI), which proves nothing about the guard.
     pid, started = kernel.start([tool, "-sT", "-Pn", "-n", "--max-retries", "0", "--max-rate",
                                  "3000", "-p", "1-65535", "127.0.0.1"])
-    # Recognised by its unpacked memory (scan-tool-content): about 1 s here, 5.5 s in a loaded
-    # CI run (a 3 MB scanner's memory scanned behind the rest of the queue): the issue's 2 s is
-    # not met under such load (session 11 note); a scan paced as this one is stopped early all
-    # the same.
-    assert_stopped_in_time(kernel, pid, started, "scanning", limit=PACKED_SCANNER_LIMIT)
+    # Recognised by its unpacked memory (scan-tool-content). On a loaded machine (CI) it may
+    # not have unpacked itself at the first look: the next comes soon after (5 s later, it was
+    # found 5.5 s after its start).
+    assert_stopped_in_time(kernel, pid, started, "scanning")
 
 
 def test_a_upx_packed_password_cracker_is_stopped(kernel, tmp_path):

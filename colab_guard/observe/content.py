@@ -614,6 +614,7 @@ class _Memory:
     ran: int = -1  # its run time (ns, schedstat) when last looked at
     maps: bytes = b""  # its /proc/PID/maps when last looked at
     queued: bool = False
+    recheck: float = 0.0  # seconds from one look to the next while it runs (grows)
 
 
 class ContentScanner:
@@ -1361,7 +1362,8 @@ class ContentScanner:
     def _memory_settled(self, pid: int, exe: str, key: tuple) -> bool:
         """Whether the process's memory scan is done and holds: it has not run since it was
         last looked at. Queues the scan once it has run ``memory_after`` seconds, and a look
-        again once ``memory_recheck`` has passed since the last if it ran meanwhile."""
+        again if it ran meanwhile: ``memory_after`` after the first, each gap twice the last,
+        at most ``memory_recheck``."""
         now = time.monotonic()
         try:
             st = procfs.read_stat(pid)
@@ -1378,8 +1380,11 @@ class ContentScanner:
                 return False
             if memory.scanned_at and memory.ran == ran:
                 return True  # it has not run since it was last looked at
-            if memory.scanned_at and now - memory.checked_at < self.memory_recheck:
+            if memory.scanned_at and now - memory.checked_at < memory.recheck:
                 return False  # it ran: looked at again once due
+            # Soon after the first look, then less often: a packed program starved of CPU
+            # (a loaded machine) may not have unpacked itself at the first.
+            memory.recheck = min(self.memory_recheck, max(self.memory_after, 2 * memory.recheck))
             memory.checked_at = now
             memory.ran = ran
             if self._background:
