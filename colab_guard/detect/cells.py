@@ -310,6 +310,18 @@ MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduc
 MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
              "__setitem__")
+#: attributes of a holder that are its container's (or a key's) methods or a function's data,
+#: not what it holds (``r.append("…")`` of a list of runners runs nothing), unless it has a
+#: member so named
+_NO_RUNNER_ATTRIBUTES = frozenset(
+    ("append", "extend", "insert", "remove", "clear", "copy", "index", "count", "sort",
+     "reverse", "add", "discard", "get", "setdefault", "update", "keys", "items", "values",
+     "pop", "popitem", "popleft", "appendleft", "extendleft", "rotate", "fromkeys",
+     # a key's, of ``for name, f in d.items()``
+     "startswith", "endswith", "replace", "split", "join", "format", "strip", "lower", "upper",
+     "find", "encode", "ljust", "rjust",
+     "__doc__", "__name__", "__qualname__", "__module__", "__class__", "__annotations__",
+     "__defaults__", "__code__"))
 
 
 class _Reader(ast.NodeVisitor):
@@ -1021,8 +1033,11 @@ class _Reader(ast.NodeVisitor):
         be something else is not; an unknown one may)."""
         if not self._tainted(node.value, depth):
             return False
+        members = self._members_of(node.value)
+        if isinstance(node, ast.Attribute) and node.attr in _NO_RUNNER_ATTRIBUTES:
+            return isinstance(members, dict) and members.get(node.attr, False)  # r.append
         key = node.attr if isinstance(node, ast.Attribute) else self._key(node.slice)
-        return _may_run(self._members_of(node.value), key)
+        return _may_run(members, key)
 
     def _key(self, node: ast.expr):
         folded = None if isinstance(node, ast.Slice) else self.fold(node)
@@ -1204,14 +1219,17 @@ class _Reader(ast.NodeVisitor):
             self.holders.held[owner] = None
         if members is None:
             return
-        if method == "append" and isinstance(members, list) and len(node.args) == 1:
+        if method == "append" and isinstance(members, list) and len(node.args) == 1 and \
+                len(members) < MAX_MEMBERS:
             members.append(tainted)
         elif method in ("__setitem__", "setdefault") and isinstance(members, dict) and \
-                len(node.args) == 2 and self._key(node.args[0]) is not None:
+                len(node.args) == 2 and self._key(node.args[0]) is not None and \
+                len(members) < MAX_MEMBERS:
             key = self._key(node.args[0])
             if method == "__setitem__" or key not in members:
                 members[key] = self._tainted(node.args[1])
-        elif method == "update" and isinstance(members, dict) and not node.args:
+        elif method == "update" and isinstance(members, dict) and not node.args and \
+                len(members) + len(node.keywords) <= MAX_MEMBERS:
             members.update({kw.arg: self._tainted(kw.value) for kw in node.keywords if kw.arg})
         elif tainted or isinstance(members, list):
             del self.holders.members[owner]  # where it went is not known
