@@ -421,8 +421,10 @@ def test_a_runner_kept_aside_is_refused_in_its_cell(what, cell):
     assert "proxy-known-tool" in _cell_signatures(cell), what
 
 
-#: More spellings of the same, none of them written for one of the cases above: read by the
-#: same rule (a cell given in parts is run cell after cell in one kernel).
+#: More spellings of the same, tried once the rule was written: most read by it as it was; the
+#: last three (an instance's attribute set in ``__init__``, ``map`` of a lambda, a cell function
+#: given the runner) made it look into methods and apply functions too. A cell given in parts
+#: is run cell after cell in one kernel.
 KEPT_ASIDE_MORE = [
     ("a tuple indexed by a variable", ["import os\nt = (print, os.system)\ni = int('1')\n"
                                        "t[i]('ngrok tcp 22')"]),
@@ -445,13 +447,13 @@ KEPT_ASIDE_MORE = [
     ("a comprehension over runners", ["import os\n[f('ngrok tcp 22') for f in [os.system]]"]),
     ("a printer then a runner in a loop", ["import os\nfor f in [print, os.system]:\n"
                                            "    f('ngrok tcp 22')"]),
-    ("an instance attribute set in __init__", ["import os\nclass R:\n    def __init__(self):\n"
-                                                "        self.go = os.system\n"
-                                                "R().go('ngrok tcp 22')"]),
     ("dict.fromkeys", ["import os\nd = dict.fromkeys(['go'], os.system)\nd['go']('ngrok tcp 22')"]),
     ("a deque's popleft", ["import os, collections\nq = collections.deque([os.system])\n"
                            "q.popleft()('ngrok tcp 22')"]),
     ("next() of a generator", ["import os\ng = (x for x in [os.system])\nnext(g)('ngrok tcp 22')"]),
+    ("an instance attribute set in __init__", ["import os\nclass R:\n    def __init__(self):\n"
+                                                "        self.go = os.system\n"
+                                                "R().go('ngrok tcp 22')"]),
     ("map of a lambda over runners", ["import os\n"
                                       "list(map(lambda f: f('ngrok tcp 22'), [os.system]))"]),
     ("a cell function given the runner", ["import os\ndef call(f, c):\n    return f(c)\n"
@@ -543,6 +545,15 @@ HONEST_KEPT_ASIDE = [
                                              "for name, fn in d.items():\n"
                                              "    print(name.replace('go', 'ngrok tcp 22 blocked'))\n"
                                              "    fn.__doc__.count('ngrok tcp 22 is blocked')"),
+    ("what a runner handed to an executor gave", "import asyncio, subprocess\n"
+                                                 "from functools import partial\n"
+                                                 "async def main():\n"
+                                                 "    loop = asyncio.get_running_loop()\n"
+                                                 "    done = await loop.run_in_executor(None, "
+                                                 "partial(subprocess.run, ['nvidia-smi'], "
+                                                 "capture_output=True))\n"
+                                                 "    done.stdout.decode().partition("
+                                                 "'ngrok tcp 22 is blocked')"),
     ("a runner table used for an honest command", "import subprocess\n"
                                                   "tools = {'smi': subprocess.run}\n"
                                                   "for f in tools.values():\n"

@@ -310,6 +310,9 @@ MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduc
 MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
              "__setitem__")
+#: calls that run a function they are given, their result what it returned (partial binds it,
+#: atexit.register and ExitStack.callback return it, sorted/min/max return the items)
+_RUNS_WHAT_IT_IS_GIVEN = frozenset(_HANDED_OVER) - {"partial", "register", "callback", *_KEYED}
 #: attributes of a holder that are its container's (or a key's) methods or a function's data,
 #: not what it holds (``r.append("…")`` of a list of runners runs nothing), unless it has a
 #: member so named
@@ -1081,6 +1084,10 @@ class _Reader(ast.NodeVisitor):
             return True
         if isinstance(func, ast.Attribute) and self._tainted(func.value, depth):
             return self._fetched_may_run(func, node)
+        name = self.call_name(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
+        short = func.attr if isinstance(func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if self._runs(name) or short in _RUNS_WHAT_IT_IS_GIVEN:
+            return False  # what running it gave: run_in_executor(None, partial(run, cmd))
         return any(self._tainted(a, depth) for a in [*node.args, *(k.value for k in node.keywords)])
 
     def _fetched_may_run(self, func: ast.Attribute, node: ast.Call) -> bool:
