@@ -422,8 +422,9 @@ def test_a_runner_kept_aside_is_refused_in_its_cell(what, cell):
 
 
 #: More spellings of the same, tried once the rule was written: most read by it as it was; the
-#: last three (an instance's attribute set in ``__init__``, ``map`` of a lambda, a cell function
-#: given the runner) made it look into methods and apply functions too. A cell given in parts
+#: last four (an instance's attribute set in ``__init__``, ``map`` of a lambda, a list nested
+#: past the depth followed member by member, a cell function given the runner) made it look
+#: into methods, apply functions and look through deep nesting too. A cell given in parts
 #: is run cell after cell in one kernel.
 KEPT_ASIDE_MORE = [
     ("a tuple indexed by a variable", ["import os\nt = (print, os.system)\ni = int('1')\n"
@@ -456,6 +457,8 @@ KEPT_ASIDE_MORE = [
                                                 "R().go('ngrok tcp 22')"]),
     ("map of a lambda over runners", ["import os\n"
                                       "list(map(lambda f: f('ngrok tcp 22'), [os.system]))"]),
+    ("a list 150 deep", ["import os\nr = " + "[" * 150 + "os.system" + "]" * 150 + "\nr" +
+                         "[0]" * 150 + "('ngrok tcp 22')"]),
     ("a cell function given the runner", ["import os\ndef call(f, c):\n    return f(c)\n"
                                           "call(os.system, 'ngrok tcp 22')"]),
 ]
@@ -554,6 +557,18 @@ HONEST_KEPT_ASIDE = [
                                                  "capture_output=True))\n"
                                                  "    done.stdout.decode().partition("
                                                  "'ngrok tcp 22 is blocked')"),
+    ("a long concatenation", "s = " + " + ".join(f"'w{i} '" for i in range(100)) +
+                             "\ns.partition('ngrok tcp 22 is blocked')"),
+    ("printers 150 deep", "r = " + "[" * 150 + "print" + "]" * 150 + "\nr" + "[0]" * 150 +
+                          "('ngrok tcp 22 is blocked')"),
+    ("an object keeping its runner on self", "import subprocess\nclass Caller:\n"
+                                             "    def __init__(self, runner=None):\n"
+                                             "        self.runner = runner or subprocess.run\n"
+                                             "    def note(self, text):\n        print(text)\n"
+                                             "    def build(self):\n"
+                                             "        self.note('ngrok tcp 22 is blocked')\n"
+                                             "Caller().build()\n"
+                                             "Caller().note('ngrok tcp 22 is blocked')"),
     ("a runner table used for an honest command", "import subprocess\n"
                                                   "tools = {'smi': subprocess.run}\n"
                                                   "for f in tools.values():\n"

@@ -306,6 +306,8 @@ class _Holders:
 
 
 MAX_MEMBERS = 256  # items of one holder whose runners are told apart (more: unknown)
+MAX_HOLDING_DEPTH = 48  # nesting a runner is followed through member by member
+MAX_DEEP_NODES = 65536  # nodes past that depth looked through for one, per cell
 MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduce, map…)
 MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
@@ -358,6 +360,7 @@ class _Reader(ast.NodeVisitor):
         self._applying = 0  # functions being read as applied, one inside another
         self._apply_budget = MAX_APPLIED_NODES  # nodes of applied functions' bodies left
         self._sizes: dict[int, int] = {}  # id(function) -> its nodes (up to the budget)
+        self._deep_budget = MAX_DEEP_NODES  # see _refers_to_runner
         # names of tables of functions that start programs (their items are aliases, d['go'])
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
 
@@ -744,8 +747,30 @@ class _Reader(ast.NodeVisitor):
                     self.aliases[name] = value
 
     def _visit_with_defaults(self, node) -> None:
-        with self._defaults_bound(node):
+        with self._defaults_bound(node), self._parameters_scoped(node):
             self.generic_visit(node)
+
+    @contextmanager
+    def _parameters_scoped(self, node):
+        """While a function's body is read, its parameters are its own: what it keeps in them
+        (``self.run = runner``) leaves no holder of that name outside."""
+        arguments = node.args
+        params = [a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs]
+        params += [a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None]
+        tables = (self.holders.held, self.holders.members, self.holders.classes,
+                  self.holders.returning)
+        saved = [{p: table[p] for p in params if p in table} for table in tables]
+        for param in params:
+            self._bind(param, False, None)
+        try:
+            yield
+        finally:
+            tables = (self.holders.held, self.holders.members, self.holders.classes,
+                      self.holders.returning)
+            for table, before in zip(tables, saved):
+                for param in params:
+                    table.pop(param, None)
+                table.update(before)
 
     def visit_Lambda(self, node):
         self._visit_with_defaults(node)
@@ -1009,8 +1034,10 @@ class _Reader(ast.NodeVisitor):
 
     def _tainted(self, node: ast.expr | None, depth: int = 0) -> bool:
         """Whether ``node``'s value may be, or hold, a function that starts programs."""
-        if node is None or depth > 20:
+        if node is None:
             return False
+        if depth > MAX_HOLDING_DEPTH:
+            return self._refers_to_runner(node)
         if isinstance(node, (ast.Name, ast.Attribute)) and self._runs(self.call_name(node)):
             return True
         if isinstance(node, ast.Name):
@@ -1030,6 +1057,22 @@ class _Reader(ast.NodeVisitor):
         else:
             parts = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
         return any(self._tainted(part, depth + 1) for part in parts)
+
+    def _refers_to_runner(self, node: ast.expr) -> bool:
+        """Past MAX_HOLDING_DEPTH (a list in a list … 100 deep, indexed as deep): whether the
+        rest names a runner or a holder anywhere but as a callee; read without recursion, out
+        of a budget of MAX_DEEP_NODES for the cell."""
+        callees = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+        for inner in ast.walk(node):
+            self._deep_budget -= 1
+            if self._deep_budget < 0:
+                return False
+            if id(inner) in callees or not isinstance(inner, (ast.Name, ast.Attribute)):
+                continue
+            if isinstance(inner, ast.Name) and inner.id in self.holders.held or \
+                    self._runs(self.call_name(inner)):
+                return True
+        return False
 
     def _member_may_run(self, node: ast.Attribute | ast.Subscript, depth: int = 0) -> bool:
         """``X.a`` or ``X[k]`` of a holder: whether that member may be a runner (one known to
