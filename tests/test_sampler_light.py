@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from colab_guard.observe import processes
+from colab_guard.observe.content import ContentScanner
 from colab_guard.observe.idle import HeldCounts
 from colab_guard.observe.procfs import InetTables
 from colab_guard.observe.processes import ProcessSampler
@@ -182,6 +183,31 @@ def test_a_kernel_found_unchanged_is_read_in_full_ever_further_apart(runner, you
     sample(sampler, runner.pid)
     assert sampler.stats.full_reads == full_reads + 1
     assert _full_every(sampler, runner.pid) == 0.1
+
+
+def test_a_kernel_whose_libraries_are_looked_at_again_keeps_its_spacing(runner, young_ok,
+                                                                       monkeypatch):
+    """The content scanner looks at what a process has mapped again every ``memory_rescan``
+    all the same: while that look is under way the kernel's files are pending, which is no
+    change. (It had the spacing start again: two hundred idle kernels read in full every
+    40 s instead of 120 s.)"""
+    monkeypatch.setattr(processes, "KERNEL_FULL_READ_MAX", 0.8)
+    content = ContentScanner(memory_rescan=1.0)
+    sampler = ProcessSampler(libraries_refresh=0.1, content=content)
+    try:
+        sample(sampler, runner.pid)
+        _tick_until(sampler, runner.pid, lambda: _full_every(sampler, runner.pid) == 0.8,
+                    "the kernel's full reads never spaced out")
+        looks, seen = content.stats["library_looks"], []
+        deadline = time.monotonic() + 4  # past two periodic looks
+        while time.monotonic() < deadline or content.stats["library_looks"] < looks + 2:
+            assert time.monotonic() < deadline + 30, "no periodic look at its libraries"
+            time.sleep(0.02)
+            sample(sampler, runner.pid)
+            seen.append(_full_every(sampler, runner.pid))
+        assert set(seen) == {0.8}
+    finally:
+        content.close()
 
 
 def test_a_connection_the_kernel_hook_reports_has_the_kernel_read_in_full_at_the_next_tick(

@@ -72,7 +72,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from .content import open_regular
@@ -226,6 +226,7 @@ class Behaviour:
         # kernel ids the hook reported imports or binds for since (worked out again)
         self._kernel_values: dict[str, tuple[Key, Process, dict]] = {}  # by kernel id
         self._kernel_ids: set[str] = set()  # the kernels watched at the last pass
+        self._kernels: Collection[str] = ()  # the kernels watched at this pass (annotate)
         self._hook_news: set[str] = set()
         # kernel id -> port -> the modules whose code bound it; binds to port 0 wait in
         # _unplaced until a new listening port of the kernel shows which they got
@@ -283,9 +284,13 @@ class Behaviour:
 
     def annotate(self, snapshots: dict[str, Snapshot],
                  sockets_of: Callable[[Process], list[tuple[int, Socket]]],
-                 now: float) -> dict[Key, Process]:
+                 now: float, kernels: Collection[str] | None = None) -> dict[Key, Process]:
         """The samples whose behaviour fields changed, as new Process objects (the sampler
-        puts them in the snapshots: a sample handed out is never changed)."""
+        puts them in the snapshots: a sample handed out is never changed). ``kernels``: every
+        kernel watched, where ``snapshots`` holds only those with a process to look at (two
+        hundred idle kernels have none at most ticks); what is kept for a kernel is dropped
+        once it is not watched."""
+        self._kernels = snapshots.keys() if kernels is None else kernels
         served = _served(snapshots)
         self._sockets_of = sockets_of
         outbound: dict[Key, list[tuple[int, Socket]]] = {}
@@ -467,14 +472,15 @@ class Behaviour:
     # ------------------------------------------------------------ the kernel itself
 
     def _kernel_fields(self, snapshots: dict[str, Snapshot], fields: dict[Key, dict]) -> None:
-        if snapshots.keys() != self._kernel_ids:  # a kernel came or went
-            self._kernel_ids = set(snapshots)
+        kernels = self._kernels
+        if kernels != self._kernel_ids:  # a kernel came or went
+            self._kernel_ids = set(kernels)
             for table in (self._imports, self._bound, self._unplaced, self._listening_before):
-                for kid in table.keys() - snapshots.keys():
+                for kid in table.keys() - kernels:
                     del table[kid]
             # A kernel parked (idle.Parked) is not in its snapshot's view: what was worked out
             # for it is kept while its kernel is watched.
-            for kid in self._kernel_values.keys() - snapshots.keys():
+            for kid in self._kernel_values.keys() - kernels:
                 self._own_ports.pop(self._kernel_values.pop(kid)[0], None)
         news, self._hook_news = self._hook_news, set()
         for kid, snapshot in snapshots.items():
@@ -528,15 +534,15 @@ class Behaviour:
                      served: dict, now: float) -> dict[Key, dict]:
         fields: dict[Key, dict] = {}
         reported, self._reported = self._reported, {}
-        for kid in self._tried.keys() - snapshots.keys():
+        for kid in self._tried.keys() - self._kernels:
             del self._tried[kid]
         # Only the kernels with something to count: connections out now, connects the hook
         # reported, or attempts still in the window (most kernels have none).
         with_outbound = {kid for kid, snapshot in snapshots.items() if snapshot.processes
                          and any(p.key in outbound for p in snapshot.processes)} \
             if outbound else set()
-        for kid in (with_outbound | reported.keys() | self._tried.keys()) & snapshots.keys():
-            snapshot = snapshots[kid]
+        for kid in (with_outbound | reported.keys() | self._tried.keys()) & self._kernels:
+            snapshot = snapshots.get(kid) or Snapshot(kid, now)
             tried = self._tried.setdefault(kid, {})
             for proc in snapshot.processes:
                 for _, sock in outbound.get(proc.key, ()):
@@ -639,7 +645,7 @@ class Behaviour:
                             and sock.local_port not in own]
             if inbound and out:
                 found[kid] = (inbound[:MAX_RELAY_CONNECTIONS], out[:MAX_RELAY_CONNECTIONS])
-        for kid in self._relayed.keys() - snapshots.keys():
+        for kid in self._relayed.keys() - self._kernels:
             del self._relayed[kid]
         return found
 
@@ -718,7 +724,7 @@ class Behaviour:
             ticks = self._refused[kid]
             while ticks and now - ticks[0][0] > SCAN_WINDOW:
                 ticks.popleft()
-            if kid not in snapshots or not ticks:
+            if kid not in self._kernels or not ticks:
                 del self._refused[kid]
                 continue
             if len(ticks) < REFUSED_TICKS:

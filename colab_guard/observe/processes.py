@@ -323,15 +323,16 @@ class ProcessSampler:
         fields changed is replaced (never changed in place) and handed out as such."""
         # The rules read the processes that hold sockets or ran (a refused connect leaves a
         # socket no table lists), and the kernel itself; a thousand idle children are left
-        # out (but for those given values last tick, whose values are taken back).
+        # out (but for those given values last tick, whose values are taken back), and so
+        # are the kernels with none of these (the parked are not in the snapshots yet).
         others = self.behaviour.measuring  # given values last tick, kernels aside
-        views = {kid: Snapshot(kid, snapshot.time, [
+        views = {kid: Snapshot(kid, snapshot.time, view) for kid, snapshot in snapshots.items()
+                 if snapshot.processes and (view := [
                      p for p in snapshot.processes
                      if p.is_kernel or p.sockets or p.cpu_percent > 0
-                     or (others and p.key in others)] if snapshot.processes else [])
-                 for kid, snapshot in snapshots.items()}
+                     or (others and p.key in others)])}
         changed = self.behaviour.annotate(
-            views, lambda p: self._pairs_now.get(p.key, []), now)
+            views, lambda p: self._pairs_now.get(p.key, []), now, snapshots.keys())
         if not changed:
             return
         for kid, view in views.items():
@@ -649,12 +650,16 @@ class ProcessSampler:
         memory) and whose files are all scanned, twice as far apart each time, up to
         ``KERNEL_FULL_READ_MAX`` (sooner when the kernel hook reports a connection or a bind,
         read_kernel_in_full, or its memory scan finds something, ContentScanner.news)."""
-        unchanged = sample.is_kernel and files_settled and before is not None and \
-            _same_but_usage(before, sample)
+        unchanged = sample.is_kernel and before is not None and _same_but_usage(before, sample)
         most = KERNEL_FULL_READ_MAX_IDLE if self._spreading and \
             sample.cpu_percent < 100 * BARELY_RUNNING else KERNEL_FULL_READ_MAX
-        state.full_every = min(2 * state.full_every, most) if unchanged \
-            and state.full_every else self.libraries_refresh
+        if not unchanged or not state.full_every:
+            state.full_every = self.libraries_refresh
+        elif files_settled:
+            state.full_every = min(2 * state.full_every, most)
+        # else its files are being looked at (again: every memory_rescan all the same): the
+        # spacing holds, and it is read in full once they are (_light_read), not from the
+        # start of the ramp (which brought two hundred idle kernels' reads back every 40 s).
         return now + state.full_every * (8 + pid % 8) / 16
 
     def read_kernel_in_full(self, kernel_id: str) -> None:
