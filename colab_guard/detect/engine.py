@@ -89,6 +89,10 @@ class Engine:
         self._all_reads(snapshot.time)  # once a tick: the rules may have changed since
         observe = self._observer
         visited, now, same_processes = self._to_evaluate(snapshot, last)
+        if same_processes and not visited and not self._active.get(kernel_id):
+            # All of them parked as they were, none matching anything (most of two hundred
+            # idle kernels, most ticks): the last results stand, nothing held to forget.
+            return detections
         self._complete.discard(kernel_id)  # until this one ends (an error leaves it out)
         active = set()
         for process in visited:
