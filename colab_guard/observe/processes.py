@@ -802,27 +802,10 @@ class ProcessSampler:
         pairs = self._socket_pairs(entry.key, fds.inodes, base.netns, pid, sockets)
         state.light_at, state.pairs = now, pairs
         found = [s for _, s in pairs]
-        sample = self._hand_out(entry.key, base.but(
+        return self._hand_out(entry.key, base.but(
             ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
             cpu_percent=cpu_percent, sockets=found, gpu_percent=gpu_use[0],
             gpu_memory_mb=gpu_use[1]))
-        if self._spreading and cpu_percent < 100 * BARELY_RUNNING and pid not in self._check_now:
-            self._park_barely(entry, state, quiet, now, sample)
-        return sample
-
-    def _park_barely(self, entry: Entry, state: Tracked, quiet: QuietRead, now: float,
-                     sample: Process) -> None:
-        """A process whose light read found it barely ran is parked at once, asked by its probe
-        until its next light read (as _barely_ran parks it): two hundred idle kernels are not
-        visited again at the next tick only to be found barely running."""
-        if state.stat is None:
-            state.stat = HeldStat.open(entry.pid)
-            if state.stat is None:
-                return
-        state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
-        if _parks_running(sample):
-            self._to_park.append((entry.pid, sample, state.barely_next,
-                                  self._barely_probe(entry, state, quiet)))
 
     def _barely_ran(self, entry: Entry, state: Tracked, quiet: QuietRead, now: float,
                     is_kernel: bool, gpu_use: tuple[float, float]) -> bool:
