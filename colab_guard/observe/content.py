@@ -617,6 +617,12 @@ class _Memory:
     recheck: float = 0.0  # seconds from one look to the next while it runs (grows)
 
 
+#: The shortest gap between two looks at a running process's memory (the first after the
+#: first look; then each twice the last, up to ``memory_recheck``): never every read, even
+#: with ``memory_after`` 0.
+MEMORY_RECHECK_FIRST = 0.5
+
+
 class ContentScanner:
     """Markers per file, scanned once per (device, inode, size, mtime), and per running
     process, from its memory.
@@ -1362,8 +1368,8 @@ class ContentScanner:
     def _memory_settled(self, pid: int, exe: str, key: tuple) -> bool:
         """Whether the process's memory scan is done and holds: it has not run since it was
         last looked at. Queues the scan once it has run ``memory_after`` seconds, and a look
-        again if it ran meanwhile: ``memory_after`` after the first, each gap twice the last,
-        at most ``memory_recheck``."""
+        again if it ran meanwhile: ``memory_after`` (at least MEMORY_RECHECK_FIRST) after the
+        first, each gap twice the last, at most ``memory_recheck``."""
         now = time.monotonic()
         try:
             st = procfs.read_stat(pid)
@@ -1384,7 +1390,8 @@ class ContentScanner:
                 return False  # it ran: looked at again once due
             # Soon after the first look, then less often: a packed program starved of CPU
             # (a loaded machine) may not have unpacked itself at the first.
-            memory.recheck = min(self.memory_recheck, max(self.memory_after, 2 * memory.recheck))
+            memory.recheck = min(self.memory_recheck,
+                                 max(self.memory_after, 2 * memory.recheck, MEMORY_RECHECK_FIRST))
             memory.checked_at = now
             memory.ran = ran
             if self._background:
