@@ -456,9 +456,10 @@ def test_a_preloaded_library_that_wipes_the_environment_is_a_strike(venv, attack
     give(evil, attacker)
     binary = venv["site"] / MODULE / "bin" / "xmrig"
     binary.chmod(0o755)
+    # The library is mapped before its constructor runs: wait for the wiped environment too.
     process = start([binary, "60"], started, env=clean_env(LD_PRELOAD=str(evil / "libwipe.so")),
-                    until=lambda proc, argv: "libwipe" in Path(f"/proc/{proc.pid}/maps").read_text())
-    assert b"LD_PRELOAD" not in Path(f"/proc/{process.pid}/environ").read_bytes()
+                    until=lambda proc, argv: "libwipe" in Path(f"/proc/{proc.pid}/maps").read_text()
+                    and b"LD_PRELOAD" not in Path(f"/proc/{proc.pid}/environ").read_bytes())
     package, refused = package_of([process], PackageIndex())
     assert package is None, "a preloaded library of the user's counted as the package's"
     assert "libwipe.so" in refused["reason"]
