@@ -273,10 +273,10 @@ def test_a_miner_hashing_in_sibling_processes_is_measured(pool):
 
 # ---------------------------------------------------------------- cell checks: runners kept aside
 
-#: Spellings of ``os.system("ngrok tcp 22")`` (a tool known by name) that the cell check does
-#: not follow: a runner kept in a container, a namespace or a scope it does not model. The
-#: sampler still stops ngrok when it starts (known by its name); these are about refusing the
-#: cell before it runs.
+#: Spellings of ``os.system("ngrok tcp 22")`` (a tool known by name) that keep the runner in a
+#: container, a namespace or a scope the cell check did not model (read now: see
+#: ``test_a_runner_kept_aside_is_refused_in_its_cell``). The sampler still stops ngrok when it
+#: starts (known by its name); these are about refusing the cell before it runs.
 CELL_GAPS = [
     ("a class attribute", "import os\nclass R:\n    go = os.system\nR.go('ngrok tcp 22')"),
     ("a staticmethod", "import os\nclass R:\n    go = staticmethod(os.system)\nR().go('ngrok tcp 22')"),
@@ -404,15 +404,183 @@ def test_honest_data_loaded_from_a_stream_is_left_alone():
         assert _cell_signatures(cell) == set(), cell
 
 
-@pytest.mark.xfail(strict=True, reason="the cell check (detect/cells.py) follows a runner through "
-                   "a name, a table assigned whole ({...}, [...], dict(...)), a default "
-                   "argument and a decorator; not through these containers, scopes and calls, "
-                   "so the cell runs (ngrok is then stopped by the sampler, by its name)")
 @pytest.mark.parametrize("what, cell", CELL_GAPS, ids=[g[0] for g in CELL_GAPS])
 def test_a_runner_kept_aside_is_refused_in_its_cell(what, cell):
+    """Was missed: the cell check followed a runner through a name, a table assigned whole,
+    an item assigned, get/setdefault/pop, a default argument and a decorator, not through
+    these containers, scopes and calls, so the cell ran (ngrok then stopped by the sampler).
+    Caught now by one rule (detect/cells.py, "runners kept aside"): a runner used as a value
+    taints what holds it (the table, class, namespace, list, loop variable, the function that
+    returns it, the name ``globals()``/``setattr(builtins, …)`` binds), and a call through a
+    holder that does not resolve to a member known to be something else runs the constant
+    command line it is given; a function applied (a lambda class decorator,
+    ``functools.reduce`` or ``map`` of a lambda, a cell function given a runner) is read with
+    its parameters bound to its arguments."""
     from tests.test_redteam_evasions import _cell_signatures
 
     assert "proxy-known-tool" in _cell_signatures(cell), what
+
+
+#: More spellings of the same, tried once the rule was written: most read by it as it was; the
+#: last four (an instance's attribute set in ``__init__``, ``map`` of a lambda, a list nested
+#: past the depth followed member by member, a cell function given the runner) made it look
+#: into methods, apply functions and look through deep nesting too. A cell given in parts
+#: is run cell after cell in one kernel.
+KEPT_ASIDE_MORE = [
+    ("a tuple indexed by a variable", ["import os\nt = (print, os.system)\ni = int('1')\n"
+                                       "t[i]('ngrok tcp 22')"]),
+    ("a list made by list()", ["import os\nfs = list([os.system])\nfs[0]('ngrok tcp 22')"]),
+    ("a lambda wrapper in a table", ["import os\nd = {'go': lambda c: os.system(c)}\n"
+                                     "d['go']('ngrok tcp 22')"]),
+    ("an instance whose __call__ runs", ["import os\nclass R:\n    __call__ = staticmethod(os.system)\n"
+                                         "r = R()\nr('ngrok tcp 22')"]),
+    ("getattr of a class", ["import os\nclass R:\n    go = os.system\n"
+                            "getattr(R, 'go')('ngrok tcp 22')"]),
+    ("a nested table in an earlier cell", ["import os\nd = {'a': {'b': os.system}}",
+                                           "d['a']['b']('ngrok tcp 22')"]),
+    ("a function returning it, an earlier cell", ["import os\ndef mk():\n    return os.system",
+                                                  "mk()('ngrok tcp 22')"]),
+    ("a lambda called at once", ["import os\n(lambda f, c: f(c))(os.system, 'ngrok tcp 22')"]),
+    ("a list grown by +=", ["import os\nr = []\nr += [os.system]\nr[0]('ngrok tcp 22')"]),
+    ("setattr on an object", ["import os\nns = type('N', (), {})()\n"
+                              "setattr(ns, 'go', os.system)\nns.go('ngrok tcp 22')"]),
+    ("dict.update", ["import os\nd = {}\nd.update(go=os.system)\nd['go']('ngrok tcp 22')"]),
+    ("a comprehension over runners", ["import os\n[f('ngrok tcp 22') for f in [os.system]]"]),
+    ("a printer then a runner in a loop", ["import os\nfor f in [print, os.system]:\n"
+                                           "    f('ngrok tcp 22')"]),
+    ("dict.fromkeys", ["import os\nd = dict.fromkeys(['go'], os.system)\nd['go']('ngrok tcp 22')"]),
+    ("a deque's popleft", ["import os, collections\nq = collections.deque([os.system])\n"
+                           "q.popleft()('ngrok tcp 22')"]),
+    ("next() of a generator", ["import os\ng = (x for x in [os.system])\nnext(g)('ngrok tcp 22')"]),
+    ("an instance attribute set in __init__", ["import os\nclass R:\n    def __init__(self):\n"
+                                                "        self.go = os.system\n"
+                                                "R().go('ngrok tcp 22')"]),
+    ("map of a lambda over runners", ["import os\n"
+                                      "list(map(lambda f: f('ngrok tcp 22'), [os.system]))"]),
+    ("a list 150 deep", ["import os\nr = " + "[" * 150 + "os.system" + "]" * 150 + "\nr" +
+                         "[0]" * 150 + "('ngrok tcp 22')"]),
+    ("a cell function given the runner", ["import os\ndef call(f, c):\n    return f(c)\n"
+                                          "call(os.system, 'ngrok tcp 22')"]),
+]
+
+
+@pytest.mark.parametrize("what, cells", KEPT_ASIDE_MORE, ids=[k[0] for k in KEPT_ASIDE_MORE])
+def test_more_runners_kept_aside_are_refused_by_the_same_rule(what, cells):
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert "proxy-known-tool" in _cell_signatures(*cells), what
+
+
+#: Honest near-misses of that rule, each given text that names a tool: a holder of a runner
+#: whose call resolves to a member known to be something else (refused if any call through a
+#: holder counted), holders of printers and loggers only, a lambda applied that runs nothing.
+HONEST_KEPT_ASIDE = [
+    ("a table of callbacks called with a log message",
+     "import logging, subprocess\ncallbacks = {'run': subprocess.run, 'log': logging.info}\n"
+     "callbacks['log']('ngrok tcp 22 is blocked here')"),
+    ("a loop over printers", "import logging\nfor f in [print, logging.info]:\n"
+                             "    f('ngrok tcp 22 is blocked')"),
+    ("functools.reduce joining words", "import functools\n"
+                                       "functools.reduce(lambda a, b: a + b, ['ngrok', ' tcp'])"),
+    ("reduce over text functions", "import functools\nfunctools.reduce(lambda a, f: f(a), "
+                                   "[str.upper, print], 'ngrok tcp 22 is blocked')"),
+    ("a class attribute holding a string", "class Help:\n    tip = 'ngrok tcp 22 is blocked'\n"
+                                           "print(Help.tip)"),
+    ("a class's printer beside its runner", "import subprocess\nclass Tools:\n"
+                                            "    run = subprocess.run\n    log = print\n"
+                                            "Tools.log('ngrok tcp 22 is blocked')"),
+    ("a class's methods beside its runner", "import os\nclass Tool:\n    shell = os.system\n"
+                                            "    def __call__(self, msg):\n        print(msg)\n"
+                                            "    def say(self, msg):\n        print(msg)\n"
+                                            "Tool()('ngrok tcp 22 is blocked')\n"
+                                            "t = Tool()\nt('ngrok tcp 22 is blocked')\n"
+                                            "Tool().say('ngrok tcp 22 is blocked')"),
+    ("a class holding a runner made with text", "import subprocess\nclass Job:\n"
+                                                "    run = subprocess.run\n"
+                                                "    def __init__(self, note):\n"
+                                                "        self.note = note\n"
+                                                "j = Job('ngrok tcp 22 is blocked')"),
+    ("a decorator that only registers a class", "REG = {}\n"
+                                                "@lambda c: REG.setdefault(c.__name__, c)\n"
+                                                "class Tunnel:\n    cmd = 'ngrok tcp 22'\n"
+                                                "print(REG)"),
+    ("a list popped down to a printer", "import subprocess\nr = [subprocess.run, print]\n"
+                                        "r.pop()('ngrok tcp 22 is blocked')"),
+    ("a printer appended after a runner", "import os\nr = [os.system]\nr.append(print)\n"
+                                          "r[1]('ngrok tcp 22 is blocked')"),
+    ("a namespace's printer", "import os, types\n"
+                              "ns = types.SimpleNamespace(sh=os.system, log=print)\n"
+                              "ns.log('ngrok tcp 22 is blocked')"),
+    ("a table updated with a printer", "import os\nd = {'go': os.system}\nd.update(log=print)\n"
+                                       "d['log']('ngrok tcp 22 is blocked')"),
+    ("a nested table's printer", "import os\nd = {'a': {'b': os.system}, 'log': print}\n"
+                                 "d['log']('ngrok tcp 22 is blocked')"),
+    ("a function returning a printer", "def pick():\n    return print\n"
+                                       "pick()('ngrok tcp 22 is blocked')"),
+    ("globals() given a printer", "globals()['say'] = print\nsay('ngrok tcp 22 is blocked')"),
+    ("a table's keys printed", "import os\nd = {'go': os.system}\nfor name in d:\n"
+                               "    print(name, 'ngrok tcp 22 is blocked')"),
+    ("a loop variable rebound to a printer", "import os\nfor f in [os.system]:\n    pass\n"
+                                             "f = print\nf('ngrok tcp 22 is blocked')"),
+    ("torch and a logger beside a runner table",
+     "import logging, subprocess, torch\nops = {'sh': subprocess.run, 'abs': torch.abs}\n"
+     "x = ops['abs'](torch.tensor([-1.0]))\ntorch.save(x, 'ngrok tcp 22.pt')\n"
+     "logging.getLogger().warning('ngrok tcp 22 is blocked')"),
+    ("an instance's printer beside its runner", "import subprocess\nclass Job:\n"
+                                                "    def __init__(self):\n"
+                                                "        self.run = subprocess.run\n"
+                                                "        self.log = print\n"
+                                                "Job().log('ngrok tcp 22 is blocked')"),
+    ("a cell function given a runner it only names", "import os\ndef describe(f, text):\n"
+                                                     "    print(f.__name__, text)\n"
+                                                     "describe(os.system, 'ngrok tcp 22 is blocked')"),
+    ("a cell function given a printer", "def call(f, c):\n    return f(c)\n"
+                                        "call(print, 'ngrok tcp 22 is blocked')"),
+    ("map of a lambda that prints", "import os\nlist(map(lambda f: print(f.__name__, "
+                                    "'ngrok tcp 22 is blocked'), [os.system, print]))"),
+    ("a list of runners given text", "import os\nlog = [os.system]\n"
+                                     "log.append('ngrok tcp 22 is blocked')\n"
+                                     "log.index('ngrok tcp 22 is blocked')"),
+    ("a table of runners asked for a key", "import os\nd = {'go': os.system}\n"
+                                           "d.get('ngrok tcp 22 is blocked')\n"
+                                           "d.setdefault('ngrok tcp 22 is blocked', print)"),
+    ("a runner's name and its table's keys", "import os\nd = {'go': os.system}\n"
+                                             "for name, fn in d.items():\n"
+                                             "    print(name.replace('go', 'ngrok tcp 22 blocked'))\n"
+                                             "    fn.__doc__.count('ngrok tcp 22 is blocked')"),
+    ("what a runner handed to an executor gave", "import asyncio, subprocess\n"
+                                                 "from functools import partial\n"
+                                                 "async def main():\n"
+                                                 "    loop = asyncio.get_running_loop()\n"
+                                                 "    done = await loop.run_in_executor(None, "
+                                                 "partial(subprocess.run, ['nvidia-smi'], "
+                                                 "capture_output=True))\n"
+                                                 "    done.stdout.decode().partition("
+                                                 "'ngrok tcp 22 is blocked')"),
+    ("a long concatenation", "s = " + " + ".join(f"'w{i} '" for i in range(100)) +
+                             "\ns.partition('ngrok tcp 22 is blocked')"),
+    ("printers 150 deep", "r = " + "[" * 150 + "print" + "]" * 150 + "\nr" + "[0]" * 150 +
+                          "('ngrok tcp 22 is blocked')"),
+    ("an object keeping its runner on self", "import subprocess\nclass Caller:\n"
+                                             "    def __init__(self, runner=None):\n"
+                                             "        self.runner = runner or subprocess.run\n"
+                                             "    def note(self, text):\n        print(text)\n"
+                                             "    def build(self):\n"
+                                             "        self.note('ngrok tcp 22 is blocked')\n"
+                                             "Caller().build()\n"
+                                             "Caller().note('ngrok tcp 22 is blocked')"),
+    ("a runner table used for an honest command", "import subprocess\n"
+                                                  "tools = {'smi': subprocess.run}\n"
+                                                  "for f in tools.values():\n"
+                                                  "    f(['nvidia-smi'])"),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST_KEPT_ASIDE, ids=[h[0] for h in HONEST_KEPT_ASIDE])
+def test_honest_holders_of_printers_and_runners_are_left_alone(what, cell):
+    from tests.test_redteam_evasions import _cell_signatures
+
+    assert _cell_signatures(cell) == set(), what
 
 
 # ---------------------------------------------------------------- a relay rotating its upstream

@@ -11,7 +11,8 @@ The ``cell`` field is plain text, one finding per line:
     base: paramiko.ServerInterface              a class the cell's classes derive from
 
 ``run:`` comes from ``!`` lines, ``%%bash``/``%%sh``/``%%script`` cells, ``%system``,
-``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``.
+``subprocess``, ``os.system``/``popen``/``exec*``/``spawn*``/``posix_spawn`` and ``pty.spawn``,
+called by name or through whatever the cell keeps them in (see "runners kept aside").
 ``hidden:`` is a string the cell assembles (concatenation, ``chr()`` joins, f-strings,
 slicing backwards, base64/base32/hex decoding, ``bytes([...])``), and any literal that
 decodes as base64 or hex to readable text. Nothing is ever evaluated: the source is parsed
@@ -29,7 +30,7 @@ import re
 import shlex
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..observe.model import Process
@@ -153,6 +154,7 @@ class CellMemory:
         self.clones: dict[str, str] = {}
         self.files: dict[str, str] = {}
         self.runners: dict[str, int] = {}
+        self.holders = _Holders()  # names that may hold a runner (see _Holders)
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
         #: the kernel's working folder on disk (``/proc/PID/cwd``, set by the channel before a
         #: check), where a glob in a program's place is resolved as the shell would; None: not
@@ -205,6 +207,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
+        memory.holders = reader.holders.trimmed(MAX_NAMES)
         memory._trim()
     return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES])
 
@@ -276,6 +279,56 @@ class _Folded:
         self.value, self.hidden = value, hidden
 
 
+@dataclass
+class _Holders:
+    """Where a cell keeps functions that start programs aside, away from the names it calls
+    them by: ``held``, names whose value may be one or hold one (a table, a class, a namespace,
+    a loop's variable); ``members``, the known items of a table, list, class or namespace (key
+    -> whether it may be one; a list's in a list); ``classes``, the cell's classes among the
+    held (called, they make an instance, whose call is its ``__call__``); ``returning``, the
+    cell's functions that return one. Dicts used as ordered sets, so they can be trimmed."""
+
+    held: dict = field(default_factory=dict)
+    members: dict = field(default_factory=dict)
+    classes: dict = field(default_factory=dict)
+    returning: dict = field(default_factory=dict)
+
+    def copy(self) -> "_Holders":
+        return _Holders(dict(self.held), {k: v.copy() for k, v in self.members.items()},
+                        dict(self.classes), dict(self.returning))
+
+    def trimmed(self, limit: int) -> "_Holders":
+        kept = self.copy()
+        for table in (kept.held, kept.members, kept.classes, kept.returning):
+            while len(table) > limit:
+                table.pop(next(iter(table)))
+        return kept
+
+
+MAX_MEMBERS = 256  # items of one holder whose runners are told apart (more: unknown)
+MAX_HOLDING_DEPTH = 48  # nesting a runner is followed through member by member
+MAX_DEEP_NODES = 65536  # nodes past that depth looked through for one, per cell
+MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduce, map…)
+MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
+_MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
+             "__setitem__")
+#: calls that run a function they are given, their result what it returned (partial binds it,
+#: atexit.register and ExitStack.callback return it, sorted/min/max return the items)
+_RUNS_WHAT_IT_IS_GIVEN = frozenset(_HANDED_OVER) - {"partial", "register", "callback", *_KEYED}
+#: attributes of a holder that are its container's (or a key's) methods or a function's data,
+#: not what it holds (``r.append("…")`` of a list of runners runs nothing), unless it has a
+#: member so named
+_NO_RUNNER_ATTRIBUTES = frozenset(
+    ("append", "extend", "insert", "remove", "clear", "copy", "index", "count", "sort",
+     "reverse", "add", "discard", "get", "setdefault", "update", "keys", "items", "values",
+     "pop", "popitem", "popleft", "appendleft", "extendleft", "rotate", "fromkeys",
+     # a key's, of ``for name, f in d.items()``
+     "startswith", "endswith", "replace", "split", "join", "format", "strip", "lower", "upper",
+     "find", "encode", "ljust", "rjust",
+     "__doc__", "__name__", "__qualname__", "__module__", "__class__", "__annotations__",
+     "__defaults__", "__code__"))
+
+
 class _Reader(ast.NodeVisitor):
     def __init__(self, memory: CellMemory | None = None):
         self.lines: list[str] = []
@@ -290,6 +343,7 @@ class _Reader(ast.NodeVisitor):
         self.nesting = 0
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
+        self.holders = memory.holders.copy() if memory else _Holders()
         self._imported: set[str] = set()
         self.literals = ""  # the cell's own string constants, lower case (see _plain)
         self._unrolled = 0
@@ -298,9 +352,15 @@ class _Reader(ast.NodeVisitor):
         # the cell's functions that only return an expression of their arguments (inlined
         # when called with constants: a method name assembled by a helper)
         self.pure: dict[str, ast.FunctionDef] = {}
+        self.functions: dict[str, ast.FunctionDef] = {}  # the cell's functions, by name
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
         self._long_budget = MAX_LONG_FOLDING  # characters left for long folds
+        self._applied = 0  # functions read as applied (bounded: MAX_APPLIED)
+        self._applying = 0  # functions being read as applied, one inside another
+        self._apply_budget = MAX_APPLIED_NODES  # nodes of applied functions' bodies left
+        self._sizes: dict[int, int] = {}  # id(function) -> its nodes (up to the budget)
+        self._deep_budget = MAX_DEEP_NODES  # see _refers_to_runner
         # names of tables of functions that start programs (their items are aliases, d['go'])
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
 
@@ -613,6 +673,8 @@ class _Reader(ast.NodeVisitor):
                     self.names.pop(target.id, None)
                 if alias:
                     self.aliases[target.id] = alias
+        for target in node.targets:
+            self._hold(target, node.value)
 
     def _runner_in(self, value: ast.expr) -> str | None:
         """The function that starts programs ``value`` names (``os.system``), if it does."""
@@ -685,8 +747,30 @@ class _Reader(ast.NodeVisitor):
                     self.aliases[name] = value
 
     def _visit_with_defaults(self, node) -> None:
-        with self._defaults_bound(node):
+        with self._defaults_bound(node), self._parameters_scoped(node):
             self.generic_visit(node)
+
+    @contextmanager
+    def _parameters_scoped(self, node):
+        """While a function's body is read, its parameters are its own: what it keeps in them
+        (``self.run = runner``) leaves no holder of that name outside."""
+        arguments = node.args
+        params = [a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs]
+        params += [a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None]
+        tables = (self.holders.held, self.holders.members, self.holders.classes,
+                  self.holders.returning)
+        saved = [{p: table[p] for p in params if p in table} for table in tables]
+        for param in params:
+            self._bind(param, False, None)
+        try:
+            yield
+        finally:
+            tables = (self.holders.held, self.holders.members, self.holders.classes,
+                      self.holders.returning)
+            for table, before in zip(tables, saved):
+                for param in params:
+                    table.pop(param, None)
+                table.update(before)
 
     def visit_Lambda(self, node):
         self._visit_with_defaults(node)
@@ -715,6 +799,8 @@ class _Reader(ast.NodeVisitor):
         for function in functions[:256]:
             if _returns_only(function):
                 self.pure[function.name] = function
+            if isinstance(function, ast.FunctionDef):
+                self.functions[function.name] = function
         for _ in range(4):
             before = dict(self.runners)
             for function in functions[:256]:
@@ -732,6 +818,11 @@ class _Reader(ast.NodeVisitor):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
         self._visit_with_defaults(node)
+        returns = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value]
+        self._bind(node.name, False, None)
+        if any(self._tainted(value) for value in returns[:64]):
+            self.holders.returning[node.name] = None  # def mk(): return os.system
+        self._lambda_decorators(node)
         self._decorated(node)  # last: a reading error there leaves the body read
 
     def _runner(self, node) -> None:
@@ -777,6 +868,7 @@ class _Reader(ast.NodeVisitor):
 
     def visit_For(self, node):
         """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
+        self._hold_loop(node.target, node.iter)
         items = self.fold(node.iter)
         values = items.value if items is not None else None
         size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
@@ -805,6 +897,8 @@ class _Reader(ast.NodeVisitor):
         if folded is not None:  # [chr(c) for c in (...)]: a constant
             self.emit_value(folded)
             return
+        for generator in node.generators:  # [f(c) for f in [os.system]]
+            self._hold_loop(generator.target, generator.iter)
         if len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) and \
                 not node.generators[0].ifs:
             gen = node.generators[0]
@@ -887,6 +981,8 @@ class _Reader(ast.NodeVisitor):
                 folded = self.fold(statement.value)
                 if folded is not None:
                     self.names[f"{node.name}.{statement.targets[0].id}"] = folded
+        self._hold_class(node)
+        self._lambda_decorators(node)
         self._decorated(node)
 
     def visit_AnnAssign(self, node):
@@ -917,12 +1013,396 @@ class _Reader(ast.NodeVisitor):
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
+        if isinstance(node.target, ast.Name) and self._tainted(node.value):
+            self.holders.held[node.target.id] = None  # r += [os.system]
+            self.holders.members.pop(node.target.id, None)
         if isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):
             left, right = self.names.get(node.target.id), self.fold(node.value)
             joined = _add(left.value, right.value) if left and right else None
             if joined is not None:
                 self.names[node.target.id] = _Folded(joined, True)
                 self.emit_value(self.names[node.target.id])
+
+    # ------------------------------------------------------------ runners kept aside
+    #
+    # A runner used as a value (stored in a table, a class, a namespace, a list it is appended
+    # to; returned, looped over) taints the names that hold it, instead of each container
+    # being modelled: a call through such a holder (``R.go``, ``d['a']['b']``, ``r.pop()``,
+    # ``f`` of ``for f in d.values()``) that does not resolve to a member known to be something
+    # else (``d['log']`` where ``d['log'] = print``) may start a program, so a constant command
+    # line passed to it counts as run. Calls through anything else are left alone.
+
+    def _tainted(self, node: ast.expr | None, depth: int = 0) -> bool:
+        """Whether ``node``'s value may be, or hold, a function that starts programs."""
+        if node is None:
+            return False
+        if depth > MAX_HOLDING_DEPTH:
+            return self._refers_to_runner(node)
+        if isinstance(node, (ast.Name, ast.Attribute)) and self._runs(self.call_name(node)):
+            return True
+        if isinstance(node, ast.Name):
+            return node.id in self.holders.held
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            return self._member_may_run(node, depth + 1)
+        if isinstance(node, ast.Call):
+            return self._returns_runner(node, depth + 1)
+        if isinstance(node, ast.NamedExpr):
+            return self._tainted(node.value, depth + 1)
+        if isinstance(node, ast.Lambda) and isinstance(node.body, ast.Call) and \
+                self._runs(self.call_name(node.body.func)):
+            return True  # lambda c: os.system(c)
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            parts = [node.value if isinstance(node, ast.DictComp) else node.elt,
+                     *(g.iter for g in node.generators)]
+        else:
+            parts = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
+        return any(self._tainted(part, depth + 1) for part in parts)
+
+    def _refers_to_runner(self, node: ast.expr) -> bool:
+        """Past MAX_HOLDING_DEPTH (a list in a list … 100 deep, indexed as deep): whether the
+        rest names a runner or a holder anywhere but as a callee; read without recursion, out
+        of a budget of MAX_DEEP_NODES for the cell."""
+        callees = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+        for inner in ast.walk(node):
+            self._deep_budget -= 1
+            if self._deep_budget < 0:
+                return False
+            if id(inner) in callees or not isinstance(inner, (ast.Name, ast.Attribute)):
+                continue
+            if isinstance(inner, ast.Name) and inner.id in self.holders.held or \
+                    self._runs(self.call_name(inner)):
+                return True
+        return False
+
+    def _member_may_run(self, node: ast.Attribute | ast.Subscript, depth: int = 0) -> bool:
+        """``X.a`` or ``X[k]`` of a holder: whether that member may be a runner (one known to
+        be something else is not; an unknown one may)."""
+        if not self._tainted(node.value, depth):
+            return False
+        members = self._members_of(node.value)
+        if isinstance(node, ast.Attribute) and node.attr in _NO_RUNNER_ATTRIBUTES:
+            return isinstance(members, dict) and members.get(node.attr, False)  # r.append
+        key = node.attr if isinstance(node, ast.Attribute) else self._key(node.slice)
+        return _may_run(members, key)
+
+    def _key(self, node: ast.expr):
+        folded = None if isinstance(node, ast.Slice) else self.fold(node)
+        value = folded.value if folded is not None else None
+        return value if isinstance(value, (str, bytes, int)) else None
+
+    def _members_of(self, node: ast.expr):
+        """The known members of what ``node`` evaluates to, or None."""
+        if isinstance(node, ast.Name):
+            return self.holders.members.get(node.id)
+        if isinstance(node, ast.NamedExpr):
+            return self._members_of(node.value)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in self.holders.classes:
+            return self.holders.members.get(node.func.id)  # an instance: its class's
+        return self._literal_members(node)
+
+    def _literal_members(self, node: ast.expr):
+        """The members a table, list or namespace spelled out has (key -> may it run)."""
+        if isinstance(node, ast.Dict) and len(node.keys) <= MAX_MEMBERS:
+            keys = [self._key(k) if k is not None else None for k in node.keys]
+            if None in keys:
+                return None  # {**other, …} or a key only known when it runs
+            return {k: self._tainted(v) for k, v in zip(keys, node.values)}
+        if isinstance(node, (ast.List, ast.Tuple)) and len(node.elts) <= MAX_MEMBERS and \
+                not any(isinstance(e, ast.Starred) for e in node.elts):
+            return [self._tainted(e) for e in node.elts]
+        if isinstance(node, ast.Call) and not node.args and len(node.keywords) <= MAX_MEMBERS and \
+                all(kw.arg for kw in node.keywords) and \
+                (self.call_name(node.func) or "").rsplit(".", 1)[-1] in ("dict", "SimpleNamespace"):
+            return {kw.arg: self._tainted(kw.value) for kw in node.keywords}
+        return None
+
+    def _returns_runner(self, node: ast.Call, depth: int = 0) -> bool:
+        """Whether a call's result may be a runner: from a cell function that returns one, an
+        instance of a class that holds one, an item or view fetched from a holder
+        (``r.pop()``, ``d.values()``), anything made from one (``iter([os.system])``)."""
+        func = node.func
+        if isinstance(func, ast.Name) and (func.id in self.holders.returning or
+                                           func.id in self.holders.classes):
+            return True
+        if isinstance(func, ast.Attribute) and self._tainted(func.value, depth):
+            return self._fetched_may_run(func, node)
+        name = self.call_name(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
+        short = func.attr if isinstance(func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if self._runs(name) or short in _RUNS_WHAT_IT_IS_GIVEN:
+            return False  # what running it gave: run_in_executor(None, partial(run, cmd))
+        return any(self._tainted(a, depth) for a in [*node.args, *(k.value for k in node.keywords)])
+
+    def _fetched_may_run(self, func: ast.Attribute, node: ast.Call) -> bool:
+        """``d.get(k)``, ``d.pop(k)``, ``r.pop()`` of a holder: that item (or the default
+        given); any other method's result may be one."""
+        members = self._members_of(func.value)
+        if func.attr == "pop" and not node.args and isinstance(members, list):
+            return _may_run(members, -1)
+        if func.attr in ("get", "pop", "setdefault") and node.args:
+            return _may_run(members, self._key(node.args[0])) or \
+                any(self._tainted(a) for a in node.args[1:])
+        return True
+
+    def _possibly_runs(self, func: ast.expr) -> bool:
+        """Whether a callee the check cannot name may be a runner kept aside."""
+        if isinstance(func, ast.Name):
+            members = self.holders.members.get(func.id)
+            if isinstance(members, dict) and "__call__" in members:
+                return members["__call__"]  # t = Tool(); t(…): its class's __call__
+            return func.id in self.holders.held and func.id not in self.holders.classes
+        if isinstance(func, (ast.Attribute, ast.Subscript)):
+            return self._member_may_run(func)
+        if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and \
+                func.func.id in self.holders.classes:  # R()(…): the instance's __call__
+            members = self.holders.members.get(func.func.id)
+            return bool(isinstance(members, dict) and members.get("__call__"))
+        if isinstance(func, ast.Call):
+            return self._returns_runner(func)
+        if isinstance(func, ast.NamedExpr):
+            return self._tainted(func.value)
+        return False
+
+    def _run_kept_aside(self, node: ast.Call, args: list[_Folded | None]) -> None:
+        """A constant command line passed to a runner kept aside: run."""
+        command = args[0] if args else next(
+            (self.fold(kw.value) for kw in node.keywords if kw.arg in ("args", "command", "cmd")),
+            None)
+        if command is not None and isinstance(command.value, (str, bytes, list, tuple)):
+            self.emit_run(command.value)
+
+    def _bind(self, name: str, tainted: bool, members) -> None:
+        """``name`` bound anew: it holds a runner or not, with these members if known."""
+        for table in (self.holders.held, self.holders.members, self.holders.classes,
+                      self.holders.returning):
+            table.pop(name, None)
+        if tainted:
+            self.holders.held[name] = None
+        if members is not None:
+            self.holders.members[name] = members
+
+    def _bound_name(self, target: ast.expr) -> str | None:
+        """The variable an assignment target binds: ``x``, ``globals()['x']``, ``builtins.x``."""
+        if isinstance(target, ast.Starred):
+            target = target.value
+        if isinstance(target, ast.Name):
+            return target.id
+        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Call) and \
+                self.call_name(target.value.func) in ("globals", "locals", "vars") and \
+                not target.value.args:
+            key = self._key(target.slice)
+            return key if isinstance(key, str) else None
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and \
+                self.call_name(target.value) in ("builtins", "__builtins__"):
+            return target.attr
+        return None
+
+    def _hold(self, target: ast.expr, value: ast.expr) -> None:
+        """An assignment: the names it binds hold a runner or no longer do; a holder's member
+        assigned (``d[k] = …``, ``R.go = …``) known anew."""
+        if isinstance(target, (ast.Tuple, ast.List)):
+            if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts):
+                for name, item in zip(target.elts, value.elts):
+                    self._hold(name, item)
+                return
+            tainted = self._tainted(value)  # a, b = d.values(): either may be one
+            for name in target.elts:
+                bound = self._bound_name(name)
+                if bound:
+                    self._bind(bound, tainted, None)
+            return
+        bound = self._bound_name(target)
+        if bound:
+            tainted = self._tainted(value)
+            self._bind(bound, tainted, self._members_of(value))
+        elif isinstance(target, (ast.Attribute, ast.Subscript)):
+            key = target.attr if isinstance(target, ast.Attribute) else self._key(target.slice)
+            self._set_member(target.value, key, self._tainted(value))
+
+    def _set_member(self, owner: ast.expr, key, tainted: bool) -> None:
+        """``owner[key] = …`` (or ``owner.key``, ``d['a']['b']``): what its root holds now."""
+        keys = [key]
+        while isinstance(owner, (ast.Attribute, ast.Subscript)):
+            keys.append(owner.attr if isinstance(owner, ast.Attribute) else self._key(owner.slice))
+            owner = owner.value
+        if not isinstance(owner, ast.Name):
+            return
+        name, first = owner.id, keys[-1]
+        if tainted:
+            self.holders.held[name] = None
+        members = self.holders.members.get(name)
+        if members is None or len(keys) > 1 and not tainted:
+            return  # d['a']['b'] = print: d['a'] may still hold one
+        if first is None:
+            if tainted:
+                del self.holders.members[name]  # d[k] = os.system: any item may be it
+        elif isinstance(members, dict) and len(members) < MAX_MEMBERS:
+            members[first] = tainted
+        elif isinstance(members, list) and type(first) is int and \
+                -len(members) <= first < len(members):
+            members[first] = tainted
+
+    def _mutated(self, node: ast.Call, name: str | None) -> None:
+        """``r.append(os.system)``, ``setattr(ns, 'go', os.system)``: the holder it goes to
+        holds it (a list's indices kept as they shift)."""
+        func = node.func
+        if name == "setattr" and len(node.args) == 3 and isinstance(self._key(node.args[1]), str):
+            attr = ast.Attribute(value=node.args[0], attr=self._key(node.args[1]), ctx=ast.Store())
+            self._hold(attr, node.args[2])
+            return
+        if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+            return
+        owner, method = func.value.id, func.attr
+        members = self.holders.members.get(owner)
+        if method == "pop" and isinstance(members, list):
+            index = self._key(node.args[0]) if node.args else -1
+            if type(index) is int and -len(members) <= index < len(members):
+                members.pop(index)
+            else:
+                self.holders.members.pop(owner, None)
+            return
+        if method not in _MUTATORS:
+            return
+        given = [*node.args, *(kw.value for kw in node.keywords)]
+        tainted = any(self._tainted(a) for a in given)
+        if tainted:
+            self.holders.held[owner] = None
+        if members is None:
+            return
+        if method == "append" and isinstance(members, list) and len(node.args) == 1 and \
+                len(members) < MAX_MEMBERS:
+            members.append(tainted)
+        elif method in ("__setitem__", "setdefault") and isinstance(members, dict) and \
+                len(node.args) == 2 and self._key(node.args[0]) is not None and \
+                len(members) < MAX_MEMBERS:
+            key = self._key(node.args[0])
+            if method == "__setitem__" or key not in members:
+                members[key] = self._tainted(node.args[1])
+        elif method == "update" and isinstance(members, dict) and not node.args and \
+                len(members) + len(node.keywords) <= MAX_MEMBERS:
+            members.update({kw.arg: self._tainted(kw.value) for kw in node.keywords if kw.arg})
+        elif tainted or isinstance(members, list):
+            del self.holders.members[owner]  # where it went is not known
+
+    def _hold_loop(self, target: ast.expr, items: ast.expr) -> None:
+        """``for f in [os.system]``, ``for f in d.values()``: the loop's variables may be one."""
+        tainted = self._tainted(items)
+        for name in ast.walk(target):
+            if isinstance(name, ast.Name):
+                self._bind(name.id, tainted, None)
+
+    def _hold_class(self, node: ast.ClassDef) -> None:
+        """A class whose attributes hold a runner (``go = os.system``, ``staticmethod(…)``,
+        ``__call__ = …``): a holder, its attributes its members (methods are no runners)."""
+        members = {}
+        for statement in node.body[:MAX_MEMBERS]:
+            if isinstance(statement, ast.Assign):
+                for target in statement.targets:
+                    if isinstance(target, ast.Name):
+                        members[target.id] = self._tainted(statement.value)
+            elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+                members[statement.target.id] = self._tainted(statement.value)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                members.setdefault(statement.name, False)
+                members.update(self._instance_members(statement))
+        tainted = any(members.values())
+        self._bind(node.name, tainted, members)
+        if tainted:
+            self.holders.classes[node.name] = None
+
+    def _instance_members(self, method) -> dict:
+        """``self.go = os.system`` in a method: the instances' attributes it sets."""
+        params = method.args.posonlyargs + method.args.args \
+            if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+        if not params:
+            return {}
+        found = {}
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assign) and len(found) < MAX_MEMBERS:
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id == params[0].arg:
+                        found[target.attr] = found.get(target.attr) or self._tainted(node.value)
+        return found
+
+    # ------------------------------------------------------------ functions applied
+
+    def _lambda_decorators(self, node) -> None:
+        """``@lambda c: subprocess.run(c.cmd, shell=True)`` over a class: its body read with
+        ``c`` the class (its constants ``c.cmd``)."""
+        for decorator in node.decorator_list[-16:]:
+            if isinstance(decorator, ast.Lambda):
+                self._apply(decorator, [ast.Name(id=node.name, ctx=ast.Load())])
+
+    def _applied_functions(self, node: ast.Call, name: str | None) -> None:
+        """A function of the cell applied to what is known of its arguments: ``(lambda f, c:
+        f(c))(os.system, …)``; ``def call(f, c): f(c)`` called with a runner;
+        ``map(lambda f: f(…), [os.system])`` (the lambda applied to each item);
+        ``functools.reduce(lambda a, f: f(a), [os.system], 'ngrok tcp 22')`` (applied to the
+        initial value and the first item, then to what is not known and each next item)."""
+        function, args = node.func, node.args
+        if isinstance(function, ast.Lambda):
+            self._apply(function, args, node.keywords)
+        elif isinstance(function, ast.Name) and function.id in self.functions and \
+                any(self._tainted(a) for a in [*args, *(k.value for k in node.keywords)]):
+            self._apply(self.functions[function.id], args, node.keywords)
+        elif name in ("map", "filter") and len(args) == 2 and isinstance(args[0], ast.Lambda) and \
+                isinstance(args[1], (ast.List, ast.Tuple)) and self._tainted(args[1]):
+            for item in args[1].elts[:16]:
+                self._apply(args[0], [item])
+        elif name in ("functools.reduce", "_functools.reduce") and len(args) >= 2 and \
+                isinstance(args[0], ast.Lambda) and isinstance(args[1], (ast.List, ast.Tuple)):
+            items = list(args[1].elts[:16])
+            first = args[2] if len(args) > 2 else items.pop(0) if items else None
+            for item in items:
+                self._apply(args[0], [first, item])
+                first = None
+
+    def _apply(self, function: ast.Lambda | ast.FunctionDef, values: list,
+               keywords: list[ast.keyword] = ()) -> None:
+        """A function's body read as applied to these arguments (what it binds forgotten
+        after; bounded in number and nesting)."""
+        if self._applied >= MAX_APPLIED or self._applying >= 4:
+            return
+        size = self._sizes.get(id(function))
+        if size is None:
+            size = self._sizes[id(function)] = _size(function, self._apply_budget + 1)
+        if size > self._apply_budget:
+            return
+        self._applied += 1
+        self._apply_budget -= size
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        given = dict(zip(params, values))
+        given.update({kw.arg: kw.value for kw in keywords if kw.arg in params})
+        saved = self.names, self.aliases, self.holders
+        self.names, self.aliases, self.holders = dict(self.names), dict(self.aliases), \
+            self.holders.copy()
+        self._applying += 1
+        try:
+            for param in params:
+                self._bind_parameter(param, given.get(param))
+            for statement in function.body if isinstance(function.body, list) else [function.body]:
+                self.visit(statement)
+        finally:
+            self._applying -= 1
+            self.names, self.aliases, self.holders = saved
+
+    def _bind_parameter(self, param: str, value: ast.expr | None) -> None:
+        """A parameter bound to its argument: its constant, the runner it is, the holder it
+        is, a class's constants (``c.cmd`` for ``C.cmd``)."""
+        for table in (self.names, self.aliases):
+            table.pop(param, None)
+        folded = self.fold(value) if value is not None else None
+        if folded is not None:
+            self.names[param] = folded
+        runner = self._runner_in(value) if value is not None else None
+        if runner:
+            self.aliases[param] = runner
+        self._bind(param, self._tainted(value), self._members_of(value) if value else None)
+        if isinstance(value, ast.Name):
+            prefix = value.id + "."
+            for key in [k for k in self.names if k.startswith(prefix)][:MAX_MEMBERS]:
+                self.names[param + "." + key[len(prefix):]] = self.names[key]
 
     # ------------------------------------------------------------ expressions
 
@@ -959,6 +1439,8 @@ class _Reader(ast.NodeVisitor):
         if name and "." in name and not (
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
+        self._mutated(node, name)
+        self._applied_functions(node, name)
         if name and name.startswith("sh.") and name.count(".") == 1 and \
                 self.aliases.get(name.split(".")[0], "sh") == "sh" and \
                 name not in ("sh.Command", "sh.contrib", "sh.ErrorReturnCode") and \
@@ -1030,6 +1512,8 @@ class _Reader(ast.NodeVisitor):
         elif name in self.runners and len(args) > self.runners[name] and \
                 args[self.runners[name]] is not None:
             self.emit_run(args[self.runners[name]].value)
+        elif self._possibly_runs(node.func):
+            self._run_kept_aside(node, args)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
                 and args[0] is not None and _as_text(args[0].value):
             self.read_code(_as_text(args[0].value), ipython=False)
@@ -1746,6 +2230,25 @@ def _returns_only(function) -> bool:
     return isinstance(function, ast.FunctionDef) and not function.decorator_list and \
         len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and \
         not function.args.kwonlyargs and function.args.kwarg is None
+
+def _size(tree: ast.AST, limit: int) -> int:
+    """How many nodes ``tree`` has, counted up to ``limit``."""
+    count = 0
+    for _ in ast.walk(tree):
+        count += 1
+        if count >= limit:
+            break
+    return count
+
+
+def _may_run(members, key) -> bool:
+    """Whether a holder's member ``key`` may be a runner (not known: it may)."""
+    if members is None or key is None:
+        return True
+    if isinstance(members, list):
+        return members[key] if type(key) is int and -len(members) <= key < len(members) else True
+    return members.get(key, True)
+
 
 LIBC = "libc"  # a handle on a C library opened through ctypes
 _DLL_OPENERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.CDLL.LoadLibrary",
