@@ -158,6 +158,9 @@ def test_an_interrupted_cell_is_no_tampering(kernel, server):
 def test_a_restarted_kernel_is_no_tampering(kernel, server):
     _ok(kernel, "a = 1")
     server.api("POST", f"api/kernels/{kernel.id}/restart")
+    # This client's iopub reconnects on its own: output sent before then is lost (the run
+    # would wait for it), so wait until kernel_info is answered with iopub connected.
+    kernel.client.wait_for_ready(timeout=60)
     wait_until(lambda: kernel.run("print('back')", timeout=60)[0]["status"] == "ok", timeout=90,
                what="the restarted kernel answers")
     _ok(kernel, "b = 2\nprint(b)")
