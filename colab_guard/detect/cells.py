@@ -77,7 +77,7 @@ _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.get
 # args=(cmd,)), executor.submit(os.system, cmd), functools.partial(os.system, cmd), map(os.system, …)
 _HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", "call_soon",
                 "start_new_thread", "Process", "Thread", "Timer", "map", "starmap", "imap",
-                "imap_unordered", "map_async", "to_thread",
+                "imap_unordered", "map_async", "to_thread", "call",
                 # atexit.register, ExitStack.callback, weakref.finalize(obj, f, *args)
                 "register", "callback", "finalize",
                 # sorted(cmds, key=os.system): each item handed to the key
@@ -818,9 +818,9 @@ class _Reader(ast.NodeVisitor):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
         self._visit_with_defaults(node)
-        returns = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value]
+        returns = _returned(node)
         self._bind(node.name, False, None)
-        if any(self._tainted(value) for value in returns[:64]):
+        if any(self._tainted(value) for value in returns):
             self.holders.returning[node.name] = None  # def mk(): return os.system
         self._lambda_decorators(node)
         self._decorated(node)  # last: a reading error there leaves the body read
@@ -925,12 +925,39 @@ class _Reader(ast.NodeVisitor):
         return self.memory.files.get(shell.base(path)) if path else None
 
     def visit_With(self, node):
-        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes."""
+        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes.
+        ``with nullcontext(os.system) as f``: f may be what the context was made from."""
         for item in node.items:
             path = self._opened_for_writing(item.context_expr)
             if path and isinstance(item.optional_vars, ast.Name):
                 self.writers[item.optional_vars.id] = path
+            if item.optional_vars is not None:
+                self.visit(item.context_expr)
+                self._hold_entered(item.optional_vars, item.context_expr)
         self.generic_visit(node)
+
+    def _hold_entered(self, target: ast.expr, context: ast.expr) -> None:
+        """What ``with context as target`` binds: a cell class's instance is itself unless its
+        ``__enter__`` gives a runner; anything else, what it was made of."""
+        func = context.func if isinstance(context, ast.Call) else None
+        members = self.holders.members.get(func.id) if isinstance(func, ast.Name) and \
+            func.id in self.holders.classes else None
+        if isinstance(members, dict) and isinstance(target, ast.Name) and \
+                not members.get("__enter__"):
+            self._bind(target.id, True, members)
+        else:
+            self._hold_loop(target, context)
+
+    def visit_Match(self, node):
+        """``match os.system: case f: f(…)``: what a case captures may be the subject's."""
+        self.visit(node.subject)
+        for case in node.cases:
+            for name in ast.walk(case.pattern):
+                captured = getattr(name, "name", None) or getattr(name, "rest", None)
+                if isinstance(captured, str):
+                    self._bind(captured, self._tainted(node.subject), None)
+            for statement in case.body:
+                self.visit(statement)
 
     visit_AsyncWith = visit_With
 
@@ -1038,8 +1065,9 @@ class _Reader(ast.NodeVisitor):
             return False
         if depth > MAX_HOLDING_DEPTH:
             return self._refers_to_runner(node)
-        if isinstance(node, (ast.Name, ast.Attribute)) and self._runs(self.call_name(node)):
-            return True
+        if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)) and \
+                self._runs(self.call_name(node)):
+            return True  # os.system, getattr(os, "system"), vars(os)["system"]
         if isinstance(node, ast.Name):
             return node.id in self.holders.held
         if isinstance(node, (ast.Attribute, ast.Subscript)):
@@ -1080,6 +1108,8 @@ class _Reader(ast.NodeVisitor):
         if not self._tainted(node.value, depth):
             return False
         members = self._members_of(node.value)
+        if isinstance(node, ast.Attribute) and node.attr in _SAME_HOLDER:
+            return True  # A.__dict__: what A holds, whatever its members
         if isinstance(node, ast.Attribute) and node.attr in _NO_RUNNER_ATTRIBUTES:
             return isinstance(members, dict) and members.get(node.attr, False)  # r.append
         key = node.attr if isinstance(node, ast.Attribute) else self._key(node.slice)
@@ -1099,6 +1129,8 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
                 node.func.id in self.holders.classes:
             return self.holders.members.get(node.func.id)  # an instance: its class's
+        if self._made_class(node):
+            return self._literal_members(node.args[2])
         return self._literal_members(node)
 
     def _literal_members(self, node: ast.expr):
@@ -1125,10 +1157,16 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, ast.Name) and (func.id in self.holders.returning or
                                            func.id in self.holders.classes):
             return True
+        if isinstance(func, ast.Lambda):  # (lambda: os.system)()
+            return self._tainted(func.body, depth)
         if isinstance(func, ast.Attribute) and self._tainted(func.value, depth):
             return self._fetched_may_run(func, node)
         name = self.call_name(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
         short = func.attr if isinstance(func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if name == "getattr" and len(node.args) >= 2 and isinstance(self._key(node.args[1]), str):
+            attribute = ast.Attribute(value=node.args[0], attr=self._key(node.args[1]))
+            return self._member_may_run(attribute, depth) or \
+                any(self._tainted(a, depth) for a in node.args[2:])  # getattr(x, "k", default)
         if self._runs(name) or short in _RUNS_WHAT_IT_IS_GIVEN:
             return False  # what running it gave: run_in_executor(None, partial(run, cmd))
         return any(self._tainted(a, depth) for a in [*node.args, *(k.value for k in node.keywords)])
@@ -1159,8 +1197,10 @@ class _Reader(ast.NodeVisitor):
             return bool(isinstance(members, dict) and members.get("__call__"))
         if isinstance(func, ast.Call):
             return self._returns_runner(func)
-        if isinstance(func, ast.NamedExpr):
+        if isinstance(func, (ast.NamedExpr, ast.Await)):
             return self._tainted(func.value)
+        if isinstance(func, (ast.IfExp, ast.BoolOp)):  # (os.system if … else print)(…)
+            return self._tainted(func)
         return False
 
     def _run_kept_aside(self, node: ast.Call, args: list[_Folded | None]) -> None:
@@ -1215,9 +1255,18 @@ class _Reader(ast.NodeVisitor):
         if bound:
             tainted = self._tainted(value)
             self._bind(bound, tainted, self._members_of(value))
+            if isinstance(value, ast.Lambda) and self._tainted(value.body):
+                self.holders.returning[bound] = None  # g = lambda: os.system
+            if self._made_class(value) and tainted:
+                self.holders.classes[bound] = None  # type("A", (), {"go": …})
         elif isinstance(target, (ast.Attribute, ast.Subscript)):
             key = target.attr if isinstance(target, ast.Attribute) else self._key(target.slice)
             self._set_member(target.value, key, self._tainted(value))
+
+    def _made_class(self, value: ast.expr) -> bool:
+        """``type("A", (), {...})``: a class whose members are the table's."""
+        return isinstance(value, ast.Call) and len(value.args) == 3 and \
+            self.call_name(value.func) == "type"
 
     def _set_member(self, owner: ast.expr, key, tainted: bool) -> None:
         """``owner[key] = …`` (or ``owner.key``, ``d['a']['b']``): what its root holds now."""
@@ -1293,8 +1342,10 @@ class _Reader(ast.NodeVisitor):
 
     def _hold_class(self, node: ast.ClassDef) -> None:
         """A class whose attributes hold a runner (``go = os.system``, ``staticmethod(…)``,
-        ``__call__ = …``): a holder, its attributes its members (methods are no runners)."""
-        members = {}
+        ``__call__ = …``), or a base's do, or a method returns one: a holder, its attributes
+        its members (a base's first, then its own; methods are no runners, but a property or
+        ``__getattr__`` returning one is, and ``__enter__``'s gives ``with C() as f`` one)."""
+        members, returns = {_CLASS: False, **self._inherited(node.bases)}, False
         for statement in node.body[:MAX_MEMBERS]:
             if isinstance(statement, ast.Assign):
                 for target in statement.targets:
@@ -1303,12 +1354,29 @@ class _Reader(ast.NodeVisitor):
             elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
                 members[statement.target.id] = self._tainted(statement.value)
             elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                members.setdefault(statement.name, False)
+                gives = not isinstance(statement, ast.ClassDef) and \
+                    any(self._tainted(v) for v in _returned(statement))
+                returns = returns or gives
+                members[statement.name] = gives and (
+                    statement.name in _GIVING_METHODS or any(
+                        self.call_name(d) in ("property", "functools.cached_property")
+                        for d in statement.decorator_list))
                 members.update(self._instance_members(statement))
-        tainted = any(members.values())
+        tainted = any(members.values()) or returns
         self._bind(node.name, tainted, members)
         if tainted:
             self.holders.classes[node.name] = None
+
+    def _inherited(self, bases: list[ast.expr]) -> dict:
+        """The members a class's bases of the cell hold (the first base's win)."""
+        members: dict = {}
+        for base in reversed(bases[:16]):
+            known = self.holders.members.get(base.id) if isinstance(base, ast.Name) else None
+            if isinstance(known, dict):
+                members.update(known)
+            elif self._tainted(base):
+                members["__getattr__"] = True  # what it holds is not known: any attribute
+        return members
 
     def _instance_members(self, method) -> dict:
         """``self.go = os.system`` in a method: the instances' attributes it sets."""
@@ -2223,6 +2291,12 @@ _DECORATED = "\0decorated"  # the name a decorated function is read under (no Py
 _FUNCTION = object()  # its value: a function, no command
 
 
+def _returned(function) -> list[ast.expr]:
+    """What a function gives its caller: its returns, and what it yields (a generator's items)."""
+    return [n.value for n in ast.walk(function)
+            if isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) and n.value][:64]
+
+
 def _returns_only(function) -> bool:
     """``def f(a, *b): return expr`` (a docstring allowed), undecorated, synchronous."""
     body = function.body[1:] if function.body and isinstance(function.body[0], ast.Expr) and \
@@ -2241,12 +2315,20 @@ def _size(tree: ast.AST, limit: int) -> int:
     return count
 
 
+_SAME_HOLDER = ("__dict__", "__mro__", "__bases__", "__base__")  # what a holder holds, again
+_CLASS = "\0class"  # in a class's members: those not named are its bases' (no runners)
+#: methods whose result stands for an attribute (``__getattr__``) or what ``with`` binds
+_GIVING_METHODS = ("__getattr__", "__getattribute__", "__enter__", "__aenter__")
+
+
 def _may_run(members, key) -> bool:
     """Whether a holder's member ``key`` may be a runner (not known: it may)."""
     if members is None or key is None:
         return True
     if isinstance(members, list):
         return members[key] if type(key) is int and -len(members) <= key < len(members) else True
+    if _CLASS in members and key not in members:  # a base's (outside the cell), or none
+        return members.get("__getattr__", False) or members.get("__getattribute__", False)
     return members.get(key, True)
 
 
