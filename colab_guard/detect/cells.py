@@ -363,6 +363,8 @@ class _Reader(ast.NodeVisitor):
         self._deep_budget = MAX_DEEP_NODES  # see _refers_to_runner
         # names of tables of functions that start programs (their items are aliases, d['go'])
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
+        #: names bound to ``operator.attrgetter(…)``/``methodcaller(…)`` calls (the call)
+        self.getters: dict[str, ast.Call] = {}
 
     # ------------------------------------------------------------ output
 
@@ -675,6 +677,11 @@ class _Reader(ast.NodeVisitor):
                     self.aliases[target.id] = alias
         for target in node.targets:
             self._hold(target, node.value)
+            if isinstance(target, ast.Name):
+                self.getters.pop(target.id, None)
+                if isinstance(node.value, ast.Call) and self.call_name(node.value.func) in (
+                        "operator.attrgetter", "operator.methodcaller"):
+                    self.getters[target.id] = node.value
 
     def _runner_in(self, value: ast.expr) -> str | None:
         """The function that starts programs ``value`` names (``os.system``), if it does."""
@@ -760,8 +767,11 @@ class _Reader(ast.NodeVisitor):
         tables = (self.holders.held, self.holders.members, self.holders.classes,
                   self.holders.returning)
         saved = [{p: table[p] for p in params if p in table} for table in tables]
-        for param in params:
-            self._bind(param, False, None)
+        defaults = _defaults(arguments)
+        for param in params:  # tools={"sh": os.system}: what its default holds
+            default = defaults.get(param)
+            self._bind(param, self._tainted(default),
+                       self._members_of(default) if default is not None else None)
         try:
             yield
         finally:
@@ -823,14 +833,21 @@ class _Reader(ast.NodeVisitor):
         if any(self._tainted(value) for value in returns):
             self.holders.returning[node.name] = None  # def mk(): return os.system
         self._lambda_decorators(node)
+        applied: ast.expr = ast.Name(id=node.name, ctx=ast.Load())
+        for decorator in reversed(node.decorator_list[-16:]):
+            applied = ast.Call(func=decorator, args=[applied], keywords=[])
+        if node.decorator_list and self._tainted(applied):
+            self._bind(node.name, True, None)  # @deco, where deco returns os.system
         self._decorated(node)  # last: a reading error there leaves the body read
 
     def _runner(self, node) -> None:
-        with self._defaults_bound(node):  # def sh(c, run=subprocess.run): run(c, shell=True)
+        with self._defaults_bound(node), self._parameters_scoped(node):
+            # def sh(c, run=subprocess.run): run(c, shell=True); tools={"sh": os.system}
             self._runs_its_argument(node)
 
     def _runs_its_argument(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
+        defaults = _defaults(node.args)
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
                     and inner.args[0].id in params:
@@ -839,7 +856,8 @@ class _Reader(ast.NodeVisitor):
                         name in self.runners or (isinstance(inner.func, ast.Attribute) and
                                                  self._is_ipython(inner.func.value) and
                                                  inner.func.attr in ("system", "system_raw",
-                                                                     "getoutput")):
+                                                                     "getoutput")) or \
+                        _root(inner.func) in defaults and self._possibly_runs(inner.func):
                     index = params.index(inner.args[0].id)
                     self.runners[node.name] = index
                     if params and params[0] in ("self", "cls") and index > 0:
@@ -867,29 +885,130 @@ class _Reader(ast.NodeVisitor):
             self.names.pop(key, None)
 
     def visit_For(self, node):
-        """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
+        """``for t in ["ngrok"]: os.system(t + " tcp 22")``, ``for name, cmd in
+        {"t": "ngrok tcp 22"}.items()``, ``for f, c in zip([os.system], [...])``: the body read
+        once per row, its variables bound to the row's items."""
         self._hold_loop(node.target, node.iter)
-        items = self.fold(node.iter)
-        values = items.value if items is not None else None
+        names = _loop_names(node.target)
+        rows = self._rows(node.iter, len(names)) if names else None
         size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
-            if isinstance(values, (list, tuple)) and 0 < len(values) <= 16 else 0
-        if isinstance(node.target, ast.Name) and size and self._unrolled < 2 and \
-                size * len(values) <= self._unroll_budget:
-            self._unroll_budget -= size * len(values)  # bounded: a cell's loops read ≤ 4096 nodes more
+            if rows and len(rows) <= 16 else 0
+        if size and self._unrolled < 2 and size * len(rows) <= self._unroll_budget:
+            self._unroll_budget -= size * len(rows)  # bounded: a cell's loops read ≤ 4096 nodes more
             self.visit(node.iter)
             self._unrolled += 1
             try:
-                for value in values:
-                    self.names[node.target.id] = _Folded(value, items.hidden)
+                for row in rows:
+                    for name, item in zip(names, row):
+                        self._bind_item(name, item)
                     for statement in node.body:
                         self.visit(statement)
             finally:
                 self._unrolled -= 1
-            self.names.pop(node.target.id, None)
+            for name in names:
+                self.names.pop(name, None)
+                self.aliases.pop(name, None)
+            self._hold_loop(node.target, node.iter)
             for statement in node.orelse:
                 self.visit(statement)
             return
         self.generic_visit(node)
+
+    def _bind_item(self, name: str, item) -> None:
+        """A loop variable bound to one row's item: a constant, or what an expression is."""
+        if isinstance(item, _Folded):
+            self.aliases.pop(name, None)
+            self._bind(name, False, None)
+            self.names[name] = item
+        else:
+            self._bind_parameter(name, item)
+
+    def _rows(self, node: ast.expr, width: int) -> list[list] | None:
+        """The rows a loop over ``node`` goes through, each ``width`` items (a constant
+        folded, or an expression), when the cell spells them out; else None."""
+        items = self._items(node)
+        if items is None or width == 1:
+            single = items is not None and not any(isinstance(i, list) for i in items)
+            return [[i] for i in items] if single else None
+        rows = []
+        for item in items:
+            if isinstance(item, _Folded) and isinstance(item.value, (list, tuple)):
+                row = [_Folded(v, item.hidden) for v in item.value]
+            elif isinstance(item, (ast.Tuple, ast.List)) and \
+                    not any(isinstance(e, ast.Starred) for e in item.elts):
+                row = list(item.elts)
+            elif isinstance(item, list):
+                row = item
+            else:
+                return None
+            if len(row) != width:
+                return None
+            rows.append(row)
+        return rows
+
+    def _items(self, node: ast.expr, depth: int = 0) -> list | None:
+        """The items iterating ``node`` gives (at most MAX_LOOP_ROWS), when the cell spells
+        them out: a constant's (a table's keys), a literal list's, ``d.items()``/``values()``/
+        ``keys()``, ``enumerate``, ``zip``, ``range``, ``reversed``/``sorted``/``list``/``tuple``
+        of those; a row of several items is a list."""
+        if depth > 8:
+            return None
+        folded = self.fold(node)
+        if folded is not None:
+            value = folded.value
+            if isinstance(value, dict):
+                value = list(value)
+            if not isinstance(value, (list, tuple)) or len(value) > MAX_LOOP_ROWS:
+                return None
+            return [_Folded(v, folded.hidden) for v in value]
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            if len(node.elts) > MAX_LOOP_ROWS or any(isinstance(e, ast.Starred) for e in node.elts):
+                return None
+            return list(node.elts)
+        if not isinstance(node, ast.Call) or node.keywords:
+            return None
+        func, args = node.func, node.args
+        if isinstance(func, ast.Attribute) and func.attr in ("items", "values", "keys") and \
+                not args:
+            table = self._table(func.value)
+            if table is None:
+                return None
+            if func.attr == "items":
+                return [list(pair) for pair in table]
+            return [pair[1 if func.attr == "values" else 0] for pair in table]
+        name = self.call_name(func)
+        if name == "range":
+            bounds = [self.fold(a) for a in args]
+            if not 1 <= len(bounds) <= 3 or any(b is None or type(b.value) is not int for b in bounds):
+                return None
+            numbers = range(*(b.value for b in bounds))
+            return [_Folded(i, False) for i in numbers] if len(numbers) <= MAX_LOOP_ROWS else None
+        inner = [self._items(a, depth + 1) for a in args]
+        if name == "zip" and any(i is not None for i in inner):
+            # an iterable not spelled out (a holder's values): its items, whatever they are
+            count = max(len(i) for i in inner if i is not None)
+            inner = [i if i is not None else [_any_item(a)] * count for i, a in zip(inner, args)]
+        if any(i is None for i in inner):
+            return None
+        if name == "enumerate" and len(inner) == 1:
+            return [[_Folded(i, False), item] for i, item in enumerate(inner[0])]
+        if name == "zip" and inner:
+            return [list(row) for row in zip(*inner)]
+        if name in ("reversed", "sorted", "list", "tuple", "set", "iter") and len(inner) == 1:
+            return inner[0]
+        return None
+
+    def _table(self, node: ast.expr) -> list[tuple] | None:
+        """A table's (key, value) pairs: a constant's, or a literal's with constant keys."""
+        folded = self.fold(node)
+        if folded is not None and isinstance(folded.value, dict) and \
+                len(folded.value) <= MAX_LOOP_ROWS:
+            return [(_Folded(k, folded.hidden), _Folded(v, folded.hidden))
+                    for k, v in folded.value.items()]
+        if isinstance(node, ast.Dict) and None not in node.keys and \
+                len(node.keys) <= MAX_LOOP_ROWS:
+            return list(zip(node.keys, node.values))
+        return None
 
     def visit_ListComp(self, node):
         """``[os.system(c) for c in ["ngrok tcp 22"]]``: read once per item, like a loop."""
@@ -899,13 +1018,12 @@ class _Reader(ast.NodeVisitor):
             return
         for generator in node.generators:  # [f(c) for f in [os.system]]
             self._hold_loop(generator.target, generator.iter)
-        if len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) and \
+        if len(node.generators) == 1 and _loop_names(node.generators[0].target) and \
                 not node.generators[0].ifs:
             gen = node.generators[0]
             element = node.elt if not isinstance(node, ast.DictComp) else node.value
             loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
-            items = self.fold(gen.iter)
-            if items is not None and isinstance(items.value, (list, tuple)):
+            if self._rows(gen.iter, len(_loop_names(gen.target)) or 1):
                 self.visit_For(loop)
                 return
         self.generic_visit(node)
@@ -1210,6 +1328,33 @@ class _Reader(ast.NodeVisitor):
             None)
         if command is not None and isinstance(command.value, (str, bytes, list, tuple)):
             self.emit_run(command.value)
+        elif command is None and node.args:
+            for choice in self._one_of(node.args[0]):
+                self.emit_run(choice)
+
+    def _one_of(self, node: ast.expr) -> list:
+        """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
+        known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``."""
+        table = None
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice) and \
+                self.fold(node.slice) is None:
+            table = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("pop", "popleft", "get", "__getitem__"):
+            table = node.func.value
+            key = self.fold(node.args[0]) if node.args else None
+            known = self.fold(table)
+            if key is not None and known is not None and isinstance(known.value, dict):
+                return [known.value[key.value]] if key.value in known.value else []
+        elif isinstance(node, ast.Call) and len(node.args) == 1 and \
+                self.call_name(node.func) in ("random.choice", "secrets.choice", "next"):
+            table = node.args[0].args[0] if isinstance(node.args[0], ast.Call) and \
+                node.args[0].args and self.call_name(node.args[0].func) == "iter" else node.args[0]
+        folded = self.fold(table) if table is not None else None
+        if folded is None or not isinstance(folded.value, (list, tuple, dict)):
+            return []
+        items = folded.value.values() if isinstance(folded.value, dict) else folded.value
+        return [i for i in list(items)[:MAX_LOOP_ROWS] if isinstance(i, (str, bytes, list, tuple))]
 
     def _bind(self, name: str, tainted: bool, members) -> None:
         """``name`` bound anew: it holds a runner or not, with these members if known."""
@@ -1272,8 +1417,14 @@ class _Reader(ast.NodeVisitor):
         """``owner[key] = …`` (or ``owner.key``, ``d['a']['b']``): what its root holds now."""
         keys = [key]
         while isinstance(owner, (ast.Attribute, ast.Subscript)):
+            if isinstance(owner, ast.Attribute) and owner.attr == "__dict__":
+                owner = owner.value  # a.__dict__["go"] = …: a.go
+                continue
             keys.append(owner.attr if isinstance(owner, ast.Attribute) else self._key(owner.slice))
             owner = owner.value
+        if isinstance(owner, ast.Call) and self.call_name(owner.func) == "vars" and \
+                len(owner.args) == 1:
+            owner = owner.args[0]  # vars(a)["go"] = …: a.go
         if not isinstance(owner, ast.Name):
             return
         name, first = owner.id, keys[-1]
@@ -1640,11 +1791,14 @@ class _Reader(ast.NodeVisitor):
             rest = list(given.elts) if isinstance(given, (ast.Tuple, ast.List)) else []
         else:
             for i, arg in enumerate(node.args):
-                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)):
+                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)) \
+                        or self._possibly_runs(arg):
                     target, rest = arg, node.args[i + 1:]
                     break
         runner = self.call_name(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
-        if not self._runs(runner) or not rest:
+        if not self._runs(runner) and target is not None and rest and self._possibly_runs(target):
+            runner = _KEPT  # d["a"], r[0]: a runner kept aside, handed over
+        if not self._runs(runner) and runner != _KEPT or not rest:
             return False
         if short in ("map", "starmap", "imap", "imap_unordered", "map_async", *_KEYED):
             many = self.fold(rest[0])
@@ -1658,20 +1812,31 @@ class _Reader(ast.NodeVisitor):
         return True
 
     def _method_caller(self, node: ast.Call) -> bool:
-        """``operator.methodcaller("system", "ngrok tcp 22")(os)``: os.system("ngrok tcp 22")."""
-        caller = node.func
-        if not (isinstance(caller, ast.Call) and caller.args and len(node.args) == 1 and
-                self.call_name(caller.func) == "operator.methodcaller"):
+        """``operator.methodcaller("system", "ngrok tcp 22")(os)``: os.system("ngrok tcp 22")
+        (the caller kept in a name too; the method a holder's)."""
+        caller = self._getter(node.func, "operator.methodcaller")
+        if caller is None or not caller.args or len(node.args) != 1:
             return False
         method = self.fold(caller.args[0])
         owner = self.call_name(node.args[0]) if isinstance(node.args[0], (ast.Name, ast.Attribute)) \
             else None
         runner = f"{owner}.{method.value}" if owner and method is not None and \
             isinstance(method.value, str) else None
-        if not self._runs(runner):
+        if not self._runs(runner) and method is not None and isinstance(method.value, str) and \
+                self._possibly_runs(ast.Attribute(value=node.args[0], attr=method.value)):
+            runner = _KEPT
+        if not self._runs(runner) and runner != _KEPT:
             return False
         self._run_with(runner, caller.args[1:])
         return True
+
+    def _getter(self, func: ast.expr, maker: str) -> ast.Call | None:
+        """The ``maker(…)`` call (operator.attrgetter, methodcaller) ``func`` is, or is kept in."""
+        if isinstance(func, ast.Name):
+            func = self.getters.get(func.id)
+        if isinstance(func, ast.Call) and self.call_name(func.func) == maker:
+            return func
+        return None
 
     def _runs(self, name: str | None) -> bool:
         return bool(name) and (name in _RUN_CALLS or name.startswith(_RUN_PREFIXES) or
@@ -1680,6 +1845,9 @@ class _Reader(ast.NodeVisitor):
     def _run_with(self, runner: str, arg_nodes: list) -> None:
         call = ast.Call(func=ast.Name(id="_", ctx=ast.Load()), args=list(arg_nodes), keywords=[])
         args = [self.fold(a) for a in arg_nodes]
+        if runner == _KEPT:
+            self._run_kept_aside(call, args)
+            return
         if runner in self.runners:
             index = self.runners[runner]
             if len(args) > index and args[index] is not None:
@@ -1777,6 +1945,10 @@ class _Reader(ast.NodeVisitor):
                 command = " ".join(w for w in strings if w != UNKNOWN)
         elif args and args[0] is not None:
             command = args[0].value
+        elif node.args and self._one_of(node.args[0]):
+            for choice in self._one_of(node.args[0]):
+                self.emit_run(choice)  # os.system(cmds[k]): each command the table holds
+            return
         elif node.args:
             command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
@@ -1998,6 +2170,24 @@ class _Reader(ast.NodeVisitor):
             item = self.aliases.get(f"{func.func.value.id}[{key.value!r}]") if key else None
             default = self._runner_in(func.args[1]) if len(func.args) > 1 else None
             return item or default
+        getter = self._getter(func.func, "operator.attrgetter") if isinstance(func, ast.Call) \
+            else None
+        if getter is not None and len(getter.args) == 1 and len(func.args) == 1:
+            attr = self.fold(getter.args[0])  # operator.attrgetter("system")(os)
+            owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+                ast.Name, ast.Attribute)) else None
+            if owner and attr is not None and isinstance(attr.value, str):
+                return ".".join([owner, attr.value, *reversed(parts)])
+            return None
+        if isinstance(func, ast.Call) and not parts and self.call_name(func.func) == "eval" and \
+                len(func.args) == 1:  # eval("os.system")(...): the name it evaluates to
+            text = self.fold(func.args[0])
+            try:
+                named = ast.parse(_as_text(text.value) or "", mode="eval").body if text else None
+            except (SyntaxError, ValueError):
+                named = None
+            return self._call_name(named) if isinstance(named, (ast.Name, ast.Attribute)) \
+                else None
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
             if self.call_name(func.func) == "getattr" and len(func.args) == 2:
                 owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
@@ -2291,6 +2481,42 @@ _DECORATED = "\0decorated"  # the name a decorated function is read under (no Py
 _FUNCTION = object()  # its value: a function, no command
 
 
+MAX_LOOP_ROWS = 16  # rows of a loop read one by one
+
+
+def _loop_names(target: ast.expr) -> list[str]:
+    """The names a loop binds, in order (``x``; ``a, b``), or [] for any other target."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)) and \
+            all(isinstance(e, ast.Name) for e in target.elts):
+        return [e.id for e in target.elts]
+    return []
+
+
+def _any_item(iterable: ast.expr) -> ast.expr:
+    """An expression for an item of ``iterable`` (what a loop over it may bind)."""
+    return ast.Call(func=ast.Name(id="next", ctx=ast.Load()),
+                    args=[ast.Call(func=ast.Name(id="iter", ctx=ast.Load()), args=[iterable],
+                                   keywords=[])], keywords=[])
+
+
+def _defaults(arguments: ast.arguments) -> dict[str, ast.expr]:
+    """A function's parameters that have a default: name -> the default."""
+    params = arguments.posonlyargs + arguments.args
+    found = {a.arg: d for a, d in zip(params[len(params) - len(arguments.defaults):],
+                                      arguments.defaults)}
+    found.update({a.arg: d for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults) if d})
+    return found
+
+
+def _root(node: ast.expr) -> str | None:
+    """The variable an attribute or item is read from (``tools`` of ``tools["sh"].run``)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
 def _returned(function) -> list[ast.expr]:
     """What a function gives its caller: its returns, and what it yields (a generator's items)."""
     return [n.value for n in ast.walk(function)
@@ -2315,6 +2541,7 @@ def _size(tree: ast.AST, limit: int) -> int:
     return count
 
 
+_KEPT = "\0kept aside"  # a runner handed over that is only known to be in a holder
 _SAME_HOLDER = ("__dict__", "__mro__", "__bases__", "__base__")  # what a holder holds, again
 _CLASS = "\0class"  # in a class's members: those not named are its bases' (no runners)
 #: methods whose result stands for an attribute (``__getattr__``) or what ``with`` binds
