@@ -365,6 +365,10 @@ class _Reader(ast.NodeVisitor):
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
         #: names bound to ``operator.attrgetter(…)``/``methodcaller(…)`` calls (the call)
         self.getters: dict[str, ast.Call] = {}
+        #: variables that hold one item of a constant table, not known which (a loop's over
+        #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
+        self.choices: dict[str, list[_Folded]] = {}
+        self._choice_budget = MAX_CHOICE_FOLDS
 
     # ------------------------------------------------------------ output
 
@@ -669,10 +673,14 @@ class _Reader(ast.NodeVisitor):
                 key = self.fold(target.slice)
                 self._set_env(_as_text(key.value) if key is not None else None, folded)
             if isinstance(target, ast.Name):
+                self.choices.pop(target.id, None)
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
                     self.names.pop(target.id, None)
+                    items = self._one_of(node.value)
+                    if items:  # c = cmds[i]: one of them
+                        self.choices[target.id] = [_Folded(i, False) for i in items]
                 if alias:
                     self.aliases[target.id] = alias
         for target in node.targets:
@@ -912,7 +920,15 @@ class _Reader(ast.NodeVisitor):
             for statement in node.orelse:
                 self.visit(statement)
             return
-        self.generic_visit(node)
+        for column, name in enumerate(names if rows else []):  # too many rows, or nested
+            items = [row[column] for row in rows if isinstance(row[column], _Folded)]
+            if items:
+                self.choices[name] = items
+        try:
+            self.generic_visit(node)
+        finally:
+            for name in names:
+                self.choices.pop(name, None)
 
     def _bind_item(self, name: str, item) -> None:
         """A loop variable bound to one row's item: a constant, or what an expression is."""
@@ -947,7 +963,7 @@ class _Reader(ast.NodeVisitor):
         return rows
 
     def _items(self, node: ast.expr, depth: int = 0) -> list | None:
-        """The items iterating ``node`` gives (at most MAX_LOOP_ROWS), when the cell spells
+        """The items iterating ``node`` gives (at most MAX_CHOICES), when the cell spells
         them out: a constant's (a table's keys), a literal list's, ``d.items()``/``values()``/
         ``keys()``, ``enumerate``, ``zip``, ``range``, ``reversed``/``sorted``/``list``/``tuple``
         of those; a row of several items is a list."""
@@ -958,11 +974,11 @@ class _Reader(ast.NodeVisitor):
             value = folded.value
             if isinstance(value, dict):
                 value = list(value)
-            if not isinstance(value, (list, tuple)) or len(value) > MAX_LOOP_ROWS:
+            if not isinstance(value, (list, tuple)) or len(value) > MAX_CHOICES:
                 return None
             return [_Folded(v, folded.hidden) for v in value]
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            if len(node.elts) > MAX_LOOP_ROWS or any(isinstance(e, ast.Starred) for e in node.elts):
+            if len(node.elts) > MAX_CHOICES or any(isinstance(e, ast.Starred) for e in node.elts):
                 return None
             return list(node.elts)
         if not isinstance(node, ast.Call) or node.keywords:
@@ -982,7 +998,7 @@ class _Reader(ast.NodeVisitor):
             if not 1 <= len(bounds) <= 3 or any(b is None or type(b.value) is not int for b in bounds):
                 return None
             numbers = range(*(b.value for b in bounds))
-            return [_Folded(i, False) for i in numbers] if len(numbers) <= MAX_LOOP_ROWS else None
+            return [_Folded(i, False) for i in numbers] if len(numbers) <= MAX_CHOICES else None
         inner = [self._items(a, depth + 1) for a in args]
         if name == "zip" and any(i is not None for i in inner):
             # an iterable not spelled out (a holder's values): its items, whatever they are
@@ -1002,11 +1018,11 @@ class _Reader(ast.NodeVisitor):
         """A table's (key, value) pairs: a constant's, or a literal's with constant keys."""
         folded = self.fold(node)
         if folded is not None and isinstance(folded.value, dict) and \
-                len(folded.value) <= MAX_LOOP_ROWS:
+                len(folded.value) <= MAX_CHOICES:
             return [(_Folded(k, folded.hidden), _Folded(v, folded.hidden))
                     for k, v in folded.value.items()]
         if isinstance(node, ast.Dict) and None not in node.keys and \
-                len(node.keys) <= MAX_LOOP_ROWS:
+                len(node.keys) <= MAX_CHOICES:
             return list(zip(node.keys, node.values))
         return None
 
@@ -1334,7 +1350,20 @@ class _Reader(ast.NodeVisitor):
 
     def _one_of(self, node: ast.expr) -> list:
         """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
-        known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``."""
+        known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``; an
+        expression of a variable that holds one of a table's items, for each item."""
+        chosen = next((n.id for n in ast.walk(node) if isinstance(n, ast.Name) and
+                       n.id in self.choices), None) if self.choices else None
+        if chosen is not None:
+            found = []
+            for item in self.choices[chosen]:
+                self._choice_budget -= 1
+                if self._choice_budget < 0:
+                    break
+                folded = self._fold_with({chosen: item}, node, 0)
+                if folded is not None:
+                    found.append(folded.value)
+            return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
         table = None
         if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice) and \
                 self.fold(node.slice) is None:
@@ -1354,7 +1383,7 @@ class _Reader(ast.NodeVisitor):
         if folded is None or not isinstance(folded.value, (list, tuple, dict)):
             return []
         items = folded.value.values() if isinstance(folded.value, dict) else folded.value
-        return [i for i in list(items)[:MAX_LOOP_ROWS] if isinstance(i, (str, bytes, list, tuple))]
+        return [i for i in list(items)[:MAX_CHOICES] if isinstance(i, (str, bytes, list, tuple))]
 
     def _bind(self, name: str, tainted: bool, members) -> None:
         """``name`` bound anew: it holds a runner or not, with these members if known."""
@@ -1731,6 +1760,10 @@ class _Reader(ast.NodeVisitor):
         elif name in self.runners and len(args) > self.runners[name] and \
                 args[self.runners[name]] is not None:
             self.emit_run(args[self.runners[name]].value)
+        elif name in self.runners and len(args) > self.runners[name] and \
+                self._one_of(node.args[self.runners[name]]):
+            for choice in self._one_of(node.args[self.runners[name]]):
+                self.emit_run(choice)
         elif self._possibly_runs(node.func):
             self._run_kept_aside(node, args)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
@@ -2384,6 +2417,12 @@ class _Reader(ast.NodeVisitor):
             if codes is not None and isinstance(codes.value, list):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
+        if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
+                isinstance(node.args[0], ast.Name) and node.args[0].id == "str":
+            items = self.fold(node.args[1], depth)  # map(str, [...])
+            if items is not None and isinstance(items.value, (list, tuple)):
+                return _Folded([_as_text(v) or "" for v in items.value], True)
+            return None
         if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
             text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
             return _Folded(text, True) if text else None
@@ -2415,11 +2454,13 @@ class _Reader(ast.NodeVisitor):
                 all(isinstance(v, str) for v in values) and len(values[0]) == len(values[1]):
             return _Folded(str.maketrans(values[0], values[1]), True)
         if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
-                                                             "strip", "lower", "upper", "split",
-                                                             "translate"):
+                                                             "split", "translate", *_STR_METHODS):
             base = self.fold(func.value, depth)
             if base is not None:
                 return _Folded(_method(base.value, func.attr, values), True)
+            if name.split(".")[0] in ("str", "bytes") and values:  # str.join(" ", [...])
+                return _Folded(_method(values[0], func.attr, values[1:]), True)
+
         if isinstance(func, ast.Attribute) and func.attr == "join" and \
                 isinstance(func.value, ast.Constant):
             return None
@@ -2482,6 +2523,8 @@ _FUNCTION = object()  # its value: a function, no command
 
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
+MAX_CHOICES = 256  # items a variable taken from a table may be, told apart
+MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
 
 
 def _loop_names(target: ast.expr) -> list[str]:
@@ -2640,12 +2683,19 @@ def _method(base, method: str, args: list):
         return _cap(base.replace(args[0], args[1]))
     if method == "split" and isinstance(base, str) and len(args) <= 1:
         return base.split(*(a for a in args if isinstance(a, str)))[:256]
-    if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
-        return getattr(base, method)()
+    if method in _STR_METHODS and isinstance(base, str) and \
+            all(isinstance(a, str) for a in args) and len(args) <= 1:
+        return _cap(getattr(base, method)(*args))  # none makes a string much longer
     if method == "translate" and isinstance(base, str) and len(args) == 1 and \
             isinstance(args[0], dict):
         return _cap(base.translate(args[0]))
     return None
+
+
+#: str methods folded: their results are no longer than their base (str.upper of "ß" aside)
+_STR_METHODS = ("strip", "lstrip", "rstrip", "lower", "upper", "casefold", "swapcase", "title",
+                "capitalize", "removeprefix", "removesuffix", "rsplit", "splitlines",
+                "partition", "rpartition")
 
 
 def _only_decode_keywords(node: ast.Call) -> bool:
