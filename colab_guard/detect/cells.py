@@ -365,6 +365,7 @@ class _Reader(ast.NodeVisitor):
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
         #: names bound to ``operator.attrgetter(…)``/``methodcaller(…)`` calls (the call)
         self.getters: dict[str, ast.Call] = {}
+        self._classes: list[tuple[ast.ClassDef, dict]] = []  # the classes being read, inner last
         #: variables that hold one item of a constant table, not known which (a loop's over
         #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
         self.choices: dict[str, list[_Folded]] = {}
@@ -681,8 +682,15 @@ class _Reader(ast.NodeVisitor):
                     items = self._one_of(node.value)
                     if items:  # c = cmds[i]: one of them
                         self.choices[target.id] = [_Folded(i, False) for i in items]
+                self._instance_named(target.id, node.value)
                 if alias:
                     self.aliases[target.id] = alias
+            elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+                key = f"{target.value.id}.{target.attr}"  # K.cmd = "…", self.cmd = "…"
+                if folded is not None:
+                    self.names[key] = folded
+                else:
+                    self.names.pop(key, None)
         for target in node.targets:
             self._hold(target, node.value)
             if isinstance(target, ast.Name):
@@ -690,6 +698,15 @@ class _Reader(ast.NodeVisitor):
                 if isinstance(node.value, ast.Call) and self.call_name(node.value.func) in (
                         "operator.attrgetter", "operator.methodcaller"):
                     self.getters[target.id] = node.value
+
+    def _instance_named(self, name: str, value: ast.expr) -> None:
+        """``k = K()``: ``k.cmd`` is the class's constant ``K.cmd`` (what k was is forgotten)."""
+        for key in [k for k in self.names if k.startswith(name + ".")][:MAX_MEMBERS]:
+            del self.names[key]
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+            prefix = value.func.id + "."
+            for key in [k for k in self.names if k.startswith(prefix)][:MAX_MEMBERS]:
+                self.names[name + "." + key[len(prefix):]] = self.names[key]
 
     def _runner_in(self, value: ast.expr) -> str | None:
         """The function that starts programs ``value`` names (``os.system``), if it does."""
@@ -762,8 +779,37 @@ class _Reader(ast.NodeVisitor):
                     self.aliases[name] = value
 
     def _visit_with_defaults(self, node) -> None:
-        with self._defaults_bound(node), self._parameters_scoped(node):
+        with self._defaults_bound(node), self._parameters_scoped(node), \
+                self._constants_bound(node):
             self.generic_visit(node)
+
+    @contextmanager
+    def _constants_bound(self, node):
+        """While a function's body is read: its parameters' constant defaults (``cmd="…"``,
+        the others unknown), and in a method, its class's constants as ``self.x``/``cls.x``."""
+        arguments = node.args
+        params = [a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs]
+        bound = {p: None for p in params}
+        bound.update({p: self.fold(d) for p, d in _defaults(arguments).items()})
+        owner = self._classes[-1] if self._classes else None
+        if owner is not None and any(s is node for s in owner[0].body) and \
+                arguments.posonlyargs + arguments.args:
+            first = (arguments.posonlyargs + arguments.args)[0].arg
+            bound.update({f"{first}.{k}": v for k, v in owner[1].items()})
+        saved = {name: self.names.get(name) for name in bound}
+        for name, value in bound.items():
+            if value is None:
+                self.names.pop(name, None)
+            else:
+                self.names[name] = value
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    self.names.pop(name, None)
+                else:
+                    self.names[name] = value
 
     @contextmanager
     def _parameters_scoped(self, node):
@@ -1135,16 +1181,50 @@ class _Reader(ast.NodeVisitor):
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
             if name and "." in name:
                 self.emit("base", name)
-        self.generic_visit(node)
-        for statement in node.body:  # class K: c = "…" — K.c is that constant
-            if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
-                    isinstance(statement.targets[0], ast.Name):
-                folded = self.fold(statement.value)
-                if folded is not None:
-                    self.names[f"{node.name}.{statement.targets[0].id}"] = folded
+        constants = self._class_constants(node)  # class K: c = "…" — K.c is that constant
+        for attr, folded in constants.items():
+            self.names[f"{node.name}.{attr}"] = folded
+        self._classes.append((node, constants))
+        try:
+            self.generic_visit(node)
+        finally:
+            self._classes.pop()
         self._hold_class(node)
         self._lambda_decorators(node)
         self._decorated(node)
+
+    def _class_constants(self, node: ast.ClassDef) -> dict[str, _Folded]:
+        """A class's constants: its attributes (``cmd = "…"``, ``cmd: str = "…"``) and those
+        its methods set on the instance (``self.cmd = "…"``)."""
+        found: dict[str, _Folded] = {}
+        for statement in node.body[:MAX_MEMBERS]:
+            target = statement.targets[0] if isinstance(statement, ast.Assign) and \
+                len(statement.targets) == 1 else getattr(statement, "target", None)
+            value = getattr(statement, "value", None)
+            if isinstance(statement, (ast.Assign, ast.AnnAssign)) and \
+                    isinstance(target, ast.Name) and value is not None:
+                folded = self.fold(value)
+                if folded is not None:
+                    found[target.id] = folded
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.update(self._instance_constants(statement))
+        return found
+
+    def _instance_constants(self, method) -> dict[str, _Folded]:
+        """``self.cmd = "…"`` in a method: the instance's constants it sets."""
+        params = method.args.posonlyargs + method.args.args
+        found: dict[str, _Folded] = {}
+        if not params:
+            return found
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assign) and len(found) < MAX_MEMBERS:
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id == params[0].arg:
+                        folded = self.fold(node.value)
+                        if folded is not None:
+                            found.setdefault(target.attr, folded)
+        return found
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
@@ -1760,9 +1840,10 @@ class _Reader(ast.NodeVisitor):
         elif name in self.runners and len(args) > self.runners[name] and \
                 args[self.runners[name]] is not None:
             self.emit_run(args[self.runners[name]].value)
-        elif name in self.runners and len(args) > self.runners[name] and \
-                self._one_of(node.args[self.runners[name]]):
-            for choice in self._one_of(node.args[self.runners[name]]):
+        elif name in self.runners and (given := self._runner_argument(name, node)) is not None \
+                and (self.fold(given) is not None or self._one_of(given)):
+            folded = self.fold(given)  # sh(cmd="…"), sh(cmds[i])
+            for choice in [folded.value] if folded is not None else self._one_of(given):
                 self.emit_run(choice)
         elif self._possibly_runs(node.func):
             self._run_kept_aside(node, args)
@@ -1807,6 +1888,20 @@ class _Reader(ast.NodeVisitor):
             self.emit_value(folded)
         else:
             self.generic_expression(node)
+
+    def _runner_argument(self, name: str, node: ast.Call) -> ast.expr | None:
+        """What a cell function that runs its argument is given for it, by position or by
+        its parameter's name."""
+        index = self.runners[name]
+        if index < len(node.args):
+            return node.args[index]
+        function = self.functions.get(name)
+        params = [a.arg for a in function.args.posonlyargs + function.args.args] \
+            if function is not None else []
+        if params and params[0] in ("self", "cls"):
+            index += 1  # a method's index skips its instance
+        param = params[index] if index < len(params) else None
+        return next((kw.value for kw in node.keywords if param and kw.arg == param), None)
 
     def _handed_over(self, node: ast.Call, name: str | None) -> bool:
         """A function that starts programs handed to another that calls it: ``Thread(target=
@@ -2254,6 +2349,9 @@ class _Reader(ast.NodeVisitor):
             return self.names.get(node.id)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
+                isinstance(node.value.func, ast.Name):
+            return self.names.get(f"{node.value.func.id}.{node.attr}")  # an instance's: K().c
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.fold(e, depth) for e in node.elts]
             if any(i is None for i in items):
