@@ -370,6 +370,7 @@ class _Reader(ast.NodeVisitor):
         #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
         self.choices: dict[str, list[_Folded]] = {}
         self._choice_budget = MAX_CHOICE_FOLDS
+        self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
 
     # ------------------------------------------------------------ output
 
@@ -1013,7 +1014,7 @@ class _Reader(ast.NodeVisitor):
         them out: a constant's (a table's keys), a literal list's, ``d.items()``/``values()``/
         ``keys()``, ``enumerate``, ``zip``, ``range``, ``reversed``/``sorted``/``list``/``tuple``
         of those; a row of several items is a list."""
-        if depth > 8:
+        if depth > 8 or self._row_budget <= 0:
             return None
         folded = self.fold(node)
         if folded is not None:
@@ -1022,10 +1023,12 @@ class _Reader(ast.NodeVisitor):
                 value = list(value)
             if not isinstance(value, (list, tuple)) or len(value) > MAX_CHOICES:
                 return None
+            self._row_budget -= len(value)
             return [_Folded(v, folded.hidden) for v in value]
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             if len(node.elts) > MAX_CHOICES or any(isinstance(e, ast.Starred) for e in node.elts):
                 return None
+            self._row_budget -= len(node.elts)
             return list(node.elts)
         if not isinstance(node, ast.Call) or node.keywords:
             return None
@@ -2623,6 +2626,7 @@ _FUNCTION = object()  # its value: a function, no command
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHOICES = 256  # items a variable taken from a table may be, told apart
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
+MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
 
 
 def _loop_names(target: ast.expr) -> list[str]:
