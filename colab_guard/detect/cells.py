@@ -2376,6 +2376,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(-operand.value, False) if operand and type(operand.value) is int else None
         if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
             return self._fold_chr_comprehension(node, depth)
+        if isinstance(node, ast.DictComp):
+            return self._fold_dict_comprehension(node, depth)
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
             return self._fold_slice(node, depth)
         if isinstance(node, ast.Dict) and len(node.keys) <= 256 and None not in node.keys:
@@ -2452,6 +2454,29 @@ class _Reader(ast.NodeVisitor):
         if codes is None or not isinstance(codes.value, list):
             return None
         return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
+
+    def _fold_dict_comprehension(self, node: ast.DictComp, depth: int) -> _Folded | None:
+        """``{k: v for k, v in [("t", "ngrok tcp 22")]}``: row by row, over constants."""
+        if len(node.generators) != 1 or node.generators[0].ifs:
+            return None
+        loop = node.generators[0]
+        names = _loop_names(loop.target)
+        rows = self._rows(loop.iter, len(names)) if names else None
+        if rows is None or len(rows) > MAX_INLINED_ITEMS:
+            return None
+        found, hidden = {}, False
+        for row in rows:
+            bound = {n: i if isinstance(i, _Folded) else self.fold(i, depth)
+                     for n, i in zip(names, row)}
+            if None in bound.values():
+                return None
+            key, value = self._fold_with(bound, node.key, depth), \
+                self._fold_with(bound, node.value, depth)
+            if key is None or value is None or not isinstance(key.value, (str, bytes, int)):
+                return None
+            found[key.value] = value.value
+            hidden = hidden or key.hidden or value.hidden
+        return _Folded(found, hidden)
 
     def _fold_with(self, bound: dict[str, _Folded], node: ast.expr, depth: int) -> _Folded | None:
         """``node`` folded with these names bound (a parameter, a loop variable), then unbound."""
