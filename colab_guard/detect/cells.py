@@ -2320,10 +2320,15 @@ class _Reader(ast.NodeVisitor):
             return self._call_name(named) if isinstance(named, (ast.Name, ast.Attribute)) \
                 else None
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
-            if self.call_name(func.func) == "getattr" and len(func.args) == 2:
-                owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+            pair = func.args
+            if isinstance(func.func, ast.Attribute) and func.func.attr == "__getattribute__" \
+                    and len(func.args) == 1:
+                pair = [func.func.value, func.args[0]]  # os.__getattribute__("system")
+            if (self.call_name(func.func) in ("getattr", "object.__getattribute__") or
+                    pair is not func.args) and len(pair) == 2:
+                owner = self.call_name(pair[0]) if isinstance(pair[0], (
                     ast.Name, ast.Attribute, ast.Call)) else None
-                attr = self.fold(func.args[1])
+                attr = self.fold(pair[1])
                 if owner and attr is not None and isinstance(attr.value, str):
                     return f"{owner}.{attr.value}"
             return None
