@@ -431,6 +431,45 @@ HONEST = [
                            "print(get(1), 'ngrok tcp 22 is blocked')"),
     ('methodcaller upper', 'import operator\n' "up = operator.methodcaller('upper')\n"
                            "print(up('ngrok tcp 22 is blocked'))"),
+    # the shapes of public setup notebooks: labelled command tables, install lists, a printing
+    # run helper, f-string commands, a class of commands
+    ('labelled setup commands', 'import subprocess\n' 'steps = {\n'
+                                "    'Upgrade pip': ['python', '-m', 'pip', 'install', '-U', 'pip'],\n"
+                                "    'Requirements': ['python', '-m', 'pip', 'install', '-r', 'requirements.txt'],\n"
+                                "    'Folders': ['mkdir', '-p', 'input', 'output'],\n" '}\n'
+                                'for label, argv in steps.items():\n'
+                                "    print('==', label, '==')\n" '    subprocess.run(argv)'),
+    ('install list with sudo and a clone', 'import subprocess\n' 'setup = [\n'
+                                           "    'sudo apt-get update',\n"
+                                           "    'sudo apt-get -y install ffmpeg git',\n"
+                                           "    'pip3 install --upgrade torch matplotlib',\n"
+                                           "    'git clone https://github.com/pytorch/examples',\n"
+                                           ']\n' 'for line in setup:\n'
+                                           '    proc = subprocess.Popen(line, stdout=subprocess.PIPE, shell=True)\n'
+                                           '    print(proc.communicate()[0].decode())'),
+    ('a printing run helper', 'import os\n' 'from subprocess import run\n' 'def r(cmd):\n'
+                              "    print(f'$ {cmd}', flush=True)\n"
+                              '    return run(cmd, shell=True, check=True)\n'
+                              "r('git clone https://github.com/openai/gym')\n"
+                              "os.chdir('gym')\n" "r('pip install -e .')\n"
+                              "r('mkdir -p data figures')\n"
+                              "r('wget https://example.org/data.tgz && tar -xzf data.tgz')"),
+    ('f-string commands over a folder', 'import subprocess\n' "base = '/content/project'\n"
+                                        "for x in [f'pip install -r {base}/requirements.txt', f'rm -rf {base}/tmp', f'bash {base}/postBuild']:\n"
+                                        '    print(x)\n' "    subprocess.call(['bash', '-c', x])"),
+    ('a class of commands with a dry run', 'import subprocess\n' 'class Setup:\n'
+                                           "    CMDS = ['nvidia-smi', 'df -h', 'free -m']\n"
+                                           '    def __init__(self, dry=False):\n'
+                                           '        self.dry = dry\n' '    def run(self):\n'
+                                           '        for c in self.CMDS:\n'
+                                           "            print('$', c)\n"
+                                           '            if not self.dry:\n'
+                                           '                subprocess.run(c, shell=True)\n'
+                                           'Setup(dry=True).run()'),
+    ('a table of tool checks', 'import shutil\n'
+                               "TOOLS = {'ffmpeg': 'video', 'git': 'code', 'ngrok': 'blocked here'}\n"
+                               'for tool, why in TOOLS.items():\n'
+                               '    print(tool, why, shutil.which(tool))'),
 ]
 
 
