@@ -1330,6 +1330,8 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node, ast.Attribute) and node.attr in _NO_RUNNER_ATTRIBUTES:
             return isinstance(members, dict) and members.get(node.attr, False)  # r.append
         key = node.attr if isinstance(node, ast.Attribute) else self._key(node.slice)
+        if isinstance(node, ast.Subscript) and isinstance(members, dict) and _CLASS in members:
+            return True  # D(…)["go"] of a class derived from dict: its items are not its members
         return _may_run(members, key)
 
     def _key(self, node: ast.expr):
@@ -1345,6 +1347,8 @@ class _Reader(ast.NodeVisitor):
             return self._members_of(node.value)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
                 node.func.id in self.holders.classes:
+            if any(self._tainted(a) for a in [*node.args, *(k.value for k in node.keywords)]):
+                return None  # C(run=os.system): where it keeps what it is given is not known
             return self.holders.members.get(node.func.id)  # an instance: its class's
         if self._made_class(node):
             return self._literal_members(node.args[2])
@@ -1529,8 +1533,8 @@ class _Reader(ast.NodeVisitor):
         """``owner[key] = …`` (or ``owner.key``, ``d['a']['b']``): what its root holds now."""
         keys = [key]
         while isinstance(owner, (ast.Attribute, ast.Subscript)):
-            if isinstance(owner, ast.Attribute) and owner.attr == "__dict__":
-                owner = owner.value  # a.__dict__["go"] = …: a.go
+            if isinstance(owner, ast.Attribute) and owner.attr in ("__dict__", "__class__"):
+                owner = owner.value  # a.__dict__["go"] = …, a.__class__.go = …: a.go
                 continue
             keys.append(owner.attr if isinstance(owner, ast.Attribute) else self._key(owner.slice))
             owner = owner.value
@@ -1558,13 +1562,26 @@ class _Reader(ast.NodeVisitor):
         """``r.append(os.system)``, ``setattr(ns, 'go', os.system)``: the holder it goes to
         holds it (a list's indices kept as they shift)."""
         func = node.func
-        if name == "setattr" and len(node.args) == 3 and isinstance(self._key(node.args[1]), str):
-            attr = ast.Attribute(value=node.args[0], attr=self._key(node.args[1]), ctx=ast.Store())
-            self._hold(attr, node.args[2])
+        given = node.args
+        if isinstance(func, ast.Attribute) and func.attr == "__setattr__" and len(given) == 2:
+            name, given = "setattr", [func.value, *given]  # a.__setattr__("go", os.system)
+        if name in ("setattr", "object.__setattr__", "type.__setattr__") and len(given) == 3:
+            key = self._key(given[1])
+            if isinstance(key, str):
+                attr = ast.Attribute(value=given[0], attr=key, ctx=ast.Store())
+                self._hold(attr, given[2])
+            elif isinstance(given[0], ast.Name) and self._tainted(given[2]):
+                self._bind(given[0].id, True, None)  # setattr(a, name, os.system): any of a's
             return
-        if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+        holder = func.value if isinstance(func, ast.Attribute) else None
+        if isinstance(holder, ast.Attribute) and holder.attr in ("__dict__", "__class__"):
+            holder = holder.value  # a.__dict__.update(go=os.system): a's members
+        elif isinstance(holder, ast.Call) and self.call_name(holder.func) == "vars" and \
+                len(holder.args) == 1:
+            holder = holder.args[0]
+        if not isinstance(holder, ast.Name):
             return
-        owner, method = func.value.id, func.attr
+        owner, method = holder.id, func.attr
         members = self.holders.members.get(owner)
         if method == "pop" and isinstance(members, list):
             index = self._key(node.args[0]) if node.args else -1
