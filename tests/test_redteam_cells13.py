@@ -99,6 +99,10 @@ KEPT_ASIDE = [
                               'class C:\n' '    run: object = print\n'
                               '    other: object = os.system\n'
                               "C(run=os.system).run('ngrok tcp 22')"),
+    ('self.go = self.sh', 'import subprocess\n' 'class A:\n'
+                          '    sh = staticmethod(subprocess.getoutput)\n'
+                          '    def __init__(self):\n' '        self.go = self.sh\n'
+                          "A().go('ngrok tcp 22')"),
     ('__getattribute__', "import os\nf = os.__getattribute__('system')\nf('ngrok tcp 22')"),
     ('object.__getattribute__', "import os\nf = object.__getattribute__(os, 'system')\n"
                                 "f('ngrok tcp 22')"),
@@ -185,8 +189,8 @@ FOLDED = [
 ]
 
 #: A runner put on an object past the members its class names (``__setattr__``, ``__dict__``,
-#: ``vars()``, ``__class__``, a name only known when it runs), or kept as an item of a class
-#: derived from dict: refused by the rule as it was (any attribute of a holder it did not name
+#: ``vars()``, ``__class__``, a name only known when it runs, a class decorator or metaclass),
+#: or kept as an item of a class derived from dict: refused by the rule as it was (any attribute of a holder it did not name
 #: might run); kept refused now that a class's unnamed attributes are taken for its bases'.
 CLOSED_CLASSES = [
     ('object.__setattr__ on instance', 'import os, subprocess\n' 'class A:\n'
@@ -208,6 +212,15 @@ CLOSED_CLASSES = [
                              'setattr(a, n, os.system)\n' "a.go('ngrok tcp 22')"),
     ('type.__setattr__', 'import os, subprocess\n' 'class A:\n' '    sh = subprocess.run\n'
                          "type.__setattr__(A, 'go', os.system)\n" "A.go('ngrok tcp 22')"),
+    ('class decorator adds runner', 'import os, subprocess\n' 'def add(c):\n'
+                                    '    c.go = os.system\n' '    return c\n' '@add\n'
+                                    'class A:\n' '    sh = subprocess.run\n'
+                                    "A.go('ngrok tcp 22')"),
+    ('metaclass adds runner', 'import os, subprocess\n' 'class M(type):\n'
+                              '    def __new__(m, n, b, d):\n' "        d['go'] = os.system\n"
+                              '        return super().__new__(m, n, b, d)\n'
+                              'class A(metaclass=M):\n' '    sh = subprocess.run\n'
+                              "A.go('ngrok tcp 22')"),
 ]
 
 EVASIONS = KEPT_ASIDE + COMMAND_TABLES + FOLDED + CLOSED_CLASSES
@@ -248,7 +261,8 @@ def test_a_command_assembled_with_more_string_methods_is_refused(what, cell):
 def test_a_runner_set_past_a_classs_named_members_is_still_refused(what, cell):
     """``_set_member``/``_mutated`` read ``a.__dict__``, ``vars(a)`` and ``a.__class__`` as a,
     ``__setattr__`` (bound, ``object.``'s, ``type.``'s) as setattr, a name not known as any of a's;
-    items of an instance are not its members."""
+    items of an instance are not its members; a class with a metaclass or a decorator other
+    than ``dataclass``/``total_ordering``/``final`` is not closed."""
     assert FORBIDDEN in _cell_signatures(cell), what
 
 

@@ -1625,7 +1625,10 @@ class _Reader(ast.NodeVisitor):
         ``__call__ = …``), or a base's do, or a method returns one: a holder, its attributes
         its members (a base's first, then its own; methods are no runners, but a property or
         ``__getattr__`` returning one is, and ``__enter__``'s gives ``with C() as f`` one)."""
-        members, returns = {_CLASS: False, **self._inherited(node.bases)}, False
+        members, returns = self._inherited(node.bases), False
+        if not node.keywords and all(self.call_name(d.func if isinstance(d, ast.Call) else d)
+                                     in _PLAIN_DECORATORS for d in node.decorator_list):
+            members[_CLASS] = False  # no metaclass, no decorator that may add to it: closed
         for statement in node.body[:MAX_MEMBERS]:
             if isinstance(statement, ast.Assign):
                 for target in statement.targets:
@@ -1641,7 +1644,7 @@ class _Reader(ast.NodeVisitor):
                     statement.name in _GIVING_METHODS or any(
                         self.call_name(d) in ("property", "functools.cached_property")
                         for d in statement.decorator_list))
-                members.update(self._instance_members(statement))
+                members.update(self._instance_members(statement, members))
         tainted = any(members.values()) or returns
         self._bind(node.name, tainted, members)
         if tainted:
@@ -1658,8 +1661,9 @@ class _Reader(ast.NodeVisitor):
                 members["__getattr__"] = True  # what it holds is not known: any attribute
         return members
 
-    def _instance_members(self, method) -> dict:
-        """``self.go = os.system`` in a method: the instances' attributes it sets."""
+    def _instance_members(self, method, members: dict) -> dict:
+        """``self.go = os.system`` (or ``= self.sh``, a member that holds one) in a method: the
+        instances' attributes it sets."""
         params = method.args.posonlyargs + method.args.args \
             if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
         if not params:
@@ -1670,7 +1674,12 @@ class _Reader(ast.NodeVisitor):
                 for target in node.targets:
                     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
                             and target.value.id == params[0].arg:
-                        found[target.attr] = found.get(target.attr) or self._tainted(node.value)
+                        value = node.value
+                        own = isinstance(value, ast.Attribute) and \
+                            isinstance(value.value, ast.Name) and value.value.id == params[0].arg
+                        found[target.attr] = found.get(target.attr) or (
+                            {**members, **found}.get(value.attr, False) is True if own
+                            else self._tainted(value))
         return found
 
     # ------------------------------------------------------------ functions applied
@@ -2735,6 +2744,8 @@ def _size(tree: ast.AST, limit: int) -> int:
 
 _KEPT = "\0kept aside"  # a runner handed over that is only known to be in a holder
 _SAME_HOLDER = ("__dict__", "__mro__", "__bases__", "__base__")  # what a holder holds, again
+_PLAIN_DECORATORS = ("dataclass", "dataclasses.dataclass", "functools.total_ordering",
+                     "typing.final", "final")  # class decorators that add no runner
 _CLASS = "\0class"  # in a class's members: those not named are its bases' (no runners)
 #: methods whose result stands for an attribute (``__getattr__``) or what ``with`` binds
 _GIVING_METHODS = ("__getattr__", "__getattribute__", "__enter__", "__aenter__")
