@@ -2234,7 +2234,23 @@ class _Reader(ast.NodeVisitor):
             if folded is not None:
                 self.emit_value(folded)
                 return
+            if self._long_chain(node):
+                return
         super().generic_visit(node)
+
+    def _long_chain(self, node: ast.expr) -> bool:
+        """``r[0][0]…[0]`` past MAX_CHAIN items that did not fold: its keys and its root read
+        once each (folding every shorter chain in turn costs the square of its length)."""
+        chain = []
+        while isinstance(node, ast.Subscript) and len(chain) <= MAX_CHAIN * 64:
+            chain.append(node.slice)
+            node = node.value
+        if len(chain) <= MAX_CHAIN:
+            return False
+        for key in chain:
+            self.visit(key)
+        self.visit(node)
+        return True
 
     def visit_Expr(self, node):
         """A cell that names a macro runs the macro's code."""
@@ -2680,6 +2696,7 @@ _FUNCTION = object()  # its value: a function, no command
 
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
+MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
 MAX_CHOICES = 256  # items a variable taken from a table may be, told apart
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
 MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
