@@ -1064,14 +1064,19 @@ class _Reader(ast.NodeVisitor):
         return None
 
     def _table(self, node: ast.expr) -> list[tuple] | None:
-        """A table's (key, value) pairs: a constant's, or a literal's with constant keys."""
+        """A table's (key, value) pairs: a constant's, or a literal's with constant keys (out of
+        the cell's budget of rows)."""
+        if self._row_budget <= 0:
+            return None
         folded = self.fold(node)
         if folded is not None and isinstance(folded.value, dict) and \
                 len(folded.value) <= MAX_CHOICES:
+            self._row_budget -= len(folded.value)
             return [(_Folded(k, folded.hidden), _Folded(v, folded.hidden))
                     for k, v in folded.value.items()]
         if isinstance(node, ast.Dict) and None not in node.keys and \
                 len(node.keys) <= MAX_CHOICES:
+            self._row_budget -= len(node.keys)
             return list(zip(node.keys, node.values))
         return None
 
