@@ -797,20 +797,27 @@ class _Reader(ast.NodeVisitor):
                 arguments.posonlyargs + arguments.args:
             first = (arguments.posonlyargs + arguments.args)[0].arg
             bound.update({f"{first}.{k}": v for k, v in owner[1].items()})
-        saved = {name: self.names.get(name) for name in bound}
+        saved = {name: (self.names.get(name), self.choices.get(name)) for name in bound}
         for name, value in bound.items():
-            if value is None:
-                self.names.pop(name, None)
-            else:
-                self.names[name] = value
+            self._bind_constant(name, value)
         try:
             yield
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    self.names.pop(name, None)
-                else:
-                    self.names[name] = value
+            for name, (value, choices) in saved.items():
+                self._bind_constant(name, value)
+                if choices is not None:
+                    self.choices[name] = choices
+
+    def _bind_constant(self, name: str, value) -> None:
+        """``name`` is ``value`` (a constant), one of ``value`` (a list of them), or unknown."""
+        self.names.pop(name, None)
+        self.choices.pop(name, None)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, list):
+            self.choices[name] = value
+        elif value is not None:
+            self.names[name] = value
 
     @contextmanager
     def _parameters_scoped(self, node):
@@ -1030,7 +1037,13 @@ class _Reader(ast.NodeVisitor):
                 return None
             self._row_budget -= len(node.elts)
             return list(node.elts)
-        if not isinstance(node, ast.Call) or node.keywords:
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)) and \
+                len(node.generators) == 1 and isinstance(node.elt, ast.Name) and \
+                isinstance(node.generators[0].target, ast.Name) and \
+                node.elt.id == node.generators[0].target.id:
+            return self._items(node.generators[0].iter, depth + 1)  # (x for x in T if …): T's
+        if not isinstance(node, ast.Call) or node.keywords and \
+                self.call_name(node.func) not in ("sorted", "filter"):
             return None
         func, args = node.func, node.args
         if isinstance(func, ast.Attribute) and func.attr in ("items", "values", "keys") and \
@@ -1048,6 +1061,9 @@ class _Reader(ast.NodeVisitor):
                 return None
             numbers = range(*(b.value for b in bounds))
             return [_Folded(i, False) for i in numbers] if len(numbers) <= MAX_CHOICES else None
+        if name in ("filter", "itertools.filterfalse", "itertools.cycle") and args:
+            args = args[-1:]  # filter(f, T): some of T's items
+            name = "list"
         inner = [self._items(a, depth + 1) for a in args]
         if name == "zip" and any(i is not None for i in inner):
             # an iterable not spelled out (a holder's values): its items, whatever they are
@@ -1059,8 +1075,11 @@ class _Reader(ast.NodeVisitor):
             return [[_Folded(i, False), item] for i, item in enumerate(inner[0])]
         if name == "zip" and inner:
             return [list(row) for row in zip(*inner)]
-        if name in ("reversed", "sorted", "list", "tuple", "set", "iter") and len(inner) == 1:
+        if name in ("reversed", "sorted", "list", "tuple", "set", "iter", "frozenset") and \
+                len(inner) == 1:
             return inner[0]
+        if name in ("itertools.chain",) and len(inner) <= 16:
+            return [item for items in inner for item in items][:MAX_CHOICES]
         return None
 
     def _table(self, node: ast.expr) -> list[tuple] | None:
@@ -1191,7 +1210,7 @@ class _Reader(ast.NodeVisitor):
                 self.emit("base", name)
         constants = self._class_constants(node)  # class K: c = "…" — K.c is that constant
         for attr, folded in constants.items():
-            self.names[f"{node.name}.{attr}"] = folded
+            self._bind_constant(f"{node.name}.{attr}", folded)
         self._classes.append((node, constants))
         try:
             self.generic_visit(node)
@@ -1201,10 +1220,11 @@ class _Reader(ast.NodeVisitor):
         self._lambda_decorators(node)
         self._decorated(node)
 
-    def _class_constants(self, node: ast.ClassDef) -> dict[str, _Folded]:
+    def _class_constants(self, node: ast.ClassDef) -> dict[str, list[_Folded]]:
         """A class's constants: its attributes (``cmd = "…"``, ``cmd: str = "…"``) and those
-        its methods set on the instance (``self.cmd = "…"``)."""
-        found: dict[str, _Folded] = {}
+        its methods set on the instance (``self.cmd = "…"``), each with every constant it is
+        given (``__init__``'s and another method's: either may be what a third reads)."""
+        found: dict[str, list[_Folded]] = {}
         for statement in node.body[:MAX_MEMBERS]:
             target = statement.targets[0] if isinstance(statement, ast.Assign) and \
                 len(statement.targets) == 1 else getattr(statement, "target", None)
@@ -1213,15 +1233,16 @@ class _Reader(ast.NodeVisitor):
                     isinstance(target, ast.Name) and value is not None:
                 folded = self.fold(value)
                 if folded is not None:
-                    found[target.id] = folded
+                    found.setdefault(target.id, []).append(folded)
             elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                found.update(self._instance_constants(statement))
-        return found
+                for attr, values in self._instance_constants(statement).items():
+                    found.setdefault(attr, []).extend(values)
+        return {attr: values[:MAX_MEMBERS] for attr, values in found.items()}
 
-    def _instance_constants(self, method) -> dict[str, _Folded]:
+    def _instance_constants(self, method) -> dict[str, list[_Folded]]:
         """``self.cmd = "…"`` in a method: the instance's constants it sets."""
         params = method.args.posonlyargs + method.args.args
-        found: dict[str, _Folded] = {}
+        found: dict[str, list[_Folded]] = {}
         if not params:
             return found
         for node in ast.walk(method):
@@ -1231,7 +1252,7 @@ class _Reader(ast.NodeVisitor):
                             and target.value.id == params[0].arg:
                         folded = self.fold(node.value)
                         if folded is not None:
-                            found.setdefault(target.attr, folded)
+                            found.setdefault(target.attr, []).append(folded)
         return found
 
     def visit_AnnAssign(self, node):
@@ -1444,8 +1465,8 @@ class _Reader(ast.NodeVisitor):
         """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
         known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``; an
         expression of a variable that holds one of a table's items, for each item."""
-        chosen = next((n.id for n in ast.walk(node) if isinstance(n, ast.Name) and
-                       n.id in self.choices), None) if self.choices else None
+        chosen = next((key for n in ast.walk(node) if (key := _dotted(n)) in self.choices),
+                      None) if self.choices else None
         if chosen is not None:
             found = []
             for item in self.choices[chosen]:
@@ -1466,7 +1487,10 @@ class _Reader(ast.NodeVisitor):
             key = self.fold(node.args[0]) if node.args else None
             known = self.fold(table)
             if key is not None and known is not None and isinstance(known.value, dict):
-                return [known.value[key.value]] if key.value in known.value else []
+                if key.value in known.value:
+                    return [known.value[key.value]]
+                default = self.fold(node.args[1]) if len(node.args) > 1 else None
+                return [default.value] if default is not None else []  # cmds.get("a", "…")
         elif isinstance(node, ast.Call) and len(node.args) == 1 and \
                 self.call_name(node.func) in ("random.choice", "secrets.choice", "next"):
             table = node.args[0].args[0] if isinstance(node.args[0], ast.Call) and \
@@ -2702,9 +2726,18 @@ _FUNCTION = object()  # its value: a function, no command
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
-MAX_CHOICES = 256  # items a variable taken from a table may be, told apart
+MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
 MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``x`` or ``x.a``: the key a variable or an attribute of one is known by."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return None
 
 
 def _loop_names(target: ast.expr) -> list[str]:
