@@ -24,6 +24,8 @@ from tests.test_redteam_evasions import _cell_signatures
 FORBIDDEN = "proxy-known-tool"
 _ECHOES = ", ".join(f"'echo {i}'" for i in range(20))  # a table padded past the rows read one by one
 _ECHO_TABLE = ", ".join(f"'k{i}': 'echo {i}'" for i in range(20))
+_HUNDRED = ", ".join(f"'echo {i}'" for i in range(100))
+_ECHOES_600 = ", ".join(f"'echo {i}'" for i in range(600))
 
 #: A runner used as a value, through what the rule did not follow: a call or an item that names
 #: one (``getattr(os, "system")``, ``vars(os)["system"]``, kept in a name), attrgetter and
@@ -115,10 +117,11 @@ KEPT_ASIDE = [
 
 #: A constant command line reaching a runner the check names (os.system, subprocess.run, a cell
 #: function that runs its argument) through a loop over a table's items, pairs, enumerate or
-#: range, an item taken by a key or index only known when it runs (``cmds[k]``, ``pop()``,
-#: ``random.choice``, ``c = cmds[i]``), loops nested three deep, a dict comprehension, a class's
-#: or instance's constant (``self.cmd``, ``K().cmd``, a dataclass default), a parameter's
-#: default, a keyword argument.
+#: range, a generator, filter, sorted or chain of a table, an item taken by a key or index only
+#: known when it runs (``cmds[k]``, ``pop()``, ``random.choice``, ``c = cmds[i]``, ``get``'s
+#: default), loops nested three deep, a dict comprehension, a class's or instance's constant
+#: (``self.cmd``, ``K().cmd``, a dataclass default, one of several a method may set), a
+#: parameter's default, a keyword argument.
 COMMAND_TABLES = [
     ('loop over items', 'import os\n' "for name, cmd in {'t': 'ngrok tcp 22'}.items():\n"
                         '    os.system(cmd)'),
@@ -162,6 +165,29 @@ COMMAND_TABLES = [
     ('runner fn 2nd arg kw', 'import subprocess\n' 'def sh(name, cmd):\n'
                              '    subprocess.run(cmd, shell=True)\n'
                              "sh('x', cmd='ngrok tcp 22')"),
+    ('get default', 'import os\n' "cmds = {'b': 'echo'}\n"
+                    "os.system(cmds.get('a', 'ngrok tcp 22'))"),
+    ('chain', 'import os, itertools\n' "for c in itertools.chain(['echo'], ['ngrok tcp 22']):\n"
+              '    os.system(c)'),
+    ('self attr set twice, arm first', 'import os\n' 'class T:\n' '    def arm(self):\n'
+                                       "        self.cmd = 'ngrok tcp 22'\n"
+                                       '    def __init__(self):\n'
+                                       "        self.cmd = 'echo ready'\n" '    def go(self):\n'
+                                       '        os.system(self.cmd)\n' 't = T()\n' 't.arm()\n'
+                                       't.go()'),
+    ('class attr then instance attr', 'import os\n' 'class T:\n' "    cmd = 'echo ready'\n"
+                                      '    def arm(self):\n'
+                                      "        self.cmd = 'ngrok tcp 22'\n" '    def go(self):\n'
+                                      '        os.system(self.cmd)\n' 't = T()\n' 't.arm()\n'
+                                      't.go()'),
+    ('a generator over a long table', "import os\nT = [" + _HUNDRED + ", 'ngrok tcp 22']\n"
+                                      "for c in (x for x in T if x):\n    os.system(c)"),
+    ('filter of a long table', "import os\nT = [" + _HUNDRED + ", 'ngrok tcp 22']\n"
+                               "for c in filter(None, T):\n    os.system(c)"),
+    ('sorted with a key', "import os\nT = [" + _HUNDRED + ", 'ngrok tcp 22']\n"
+                          "for c in sorted(T, key=len):\n    os.system(c)"),
+    ('a table padded to 600 items', "import os\nT = [" + _ECHOES_600 + ", 'ngrok tcp 22']\n"
+                                    "for c in T:\n    os.system(c)"),
     ('a table padded past 16 rows', "import os\nfor name, cmd in {" + _ECHO_TABLE +
      ", 'z': 'ngrok tcp 22'}.items():\n    os.system(cmd)"),
     ('a list padded past 16 rows', "import os\nfor cmd in [" + _ECHOES + ", 'ngrok tcp 22']:\n"
@@ -579,6 +605,16 @@ SEARCHED = [
 @pytest.mark.parametrize("what, cell", SEARCHED, ids=[s[0] for s in SEARCHED])
 def test_a_runner_found_by_searching_a_module_is_refused(what, cell):
     assert FORBIDDEN in _cell_signatures(cell), what
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a loop over a table of more than MAX_CHOICES (1024) items: its variable is not taken for "
+    "each of them (any bound can be padded past; unbounded, a cell of many loops over one "
+    "long table would be read item by item for each), so the command it is given is unknown"))
+def test_a_loop_over_a_table_padded_past_the_choices_is_refused():
+    echoes = ", ".join(f"'echo {i}'" for i in range(1100))
+    cell = "import os\nT = [" + echoes + ", 'ngrok tcp 22']\nfor c in T:\n    os.system(c)"
+    assert FORBIDDEN in _cell_signatures(cell)
 
 
 BENIGN = Path(__file__).parent / "notebooks" / "benign"
