@@ -1300,7 +1300,9 @@ class _Reader(ast.NodeVisitor):
     # being modelled: a call through such a holder (``R.go``, ``d['a']['b']``, ``r.pop()``,
     # ``f`` of ``for f in d.values()``) that does not resolve to a member known to be something
     # else (``d['log']`` where ``d['log'] = print``) may start a program, so a constant command
-    # line passed to it counts as run. Calls through anything else are left alone.
+    # line passed to it counts as run. Calls through anything else are left alone. A class's
+    # members are closed (what it does not name is its library bases', no runner) unless a
+    # metaclass, a decorator, ``__getattr__`` or a base of unknown members may add to them.
 
     def _tainted(self, node: ast.expr | None, depth: int = 0) -> bool:
         """Whether ``node``'s value may be, or hold, a function that starts programs."""
