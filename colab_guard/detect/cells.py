@@ -366,6 +366,9 @@ class _Reader(ast.NodeVisitor):
         #: names bound to ``operator.attrgetter(…)``/``methodcaller(…)`` calls (the call)
         self.getters: dict[str, ast.Call] = {}
         self._classes: list[tuple[ast.ClassDef, dict]] = []  # the classes being read, inner last
+        self._class_table: dict[str, dict] = {}  # the cell's classes' constants, by class
+        self._instances: dict[str, str] = {}  # k -> K, of k = K()
+        self._method_constants_budget = MAX_METHOD_CONSTANTS
         #: variables that hold one item of a constant table, not known which (a loop's over
         #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
         self.choices: dict[str, list[_Folded]] = {}
@@ -702,12 +705,13 @@ class _Reader(ast.NodeVisitor):
 
     def _instance_named(self, name: str, value: ast.expr) -> None:
         """``k = K()``: ``k.cmd`` is the class's constant ``K.cmd`` (what k was is forgotten)."""
-        for key in [k for k in self.names if k.startswith(name + ".")][:MAX_MEMBERS]:
-            del self.names[key]
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
-            prefix = value.func.id + "."
-            for key in [k for k in self.names if k.startswith(prefix)][:MAX_MEMBERS]:
-                self.names[name + "." + key[len(prefix):]] = self.names[key]
+        for attr in self._class_table.get(self._instances.pop(name, None), {}):
+            self._bind_constant(f"{name}.{attr}", None)
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+                value.func.id in self._class_table:
+            self._instances[name] = value.func.id
+            for attr, values in self._class_table[value.func.id].items():
+                self._bind_constant(f"{name}.{attr}", values)
 
     def _runner_in(self, value: ast.expr) -> str | None:
         """The function that starts programs ``value`` names (``os.system``), if it does."""
@@ -794,7 +798,9 @@ class _Reader(ast.NodeVisitor):
         bound.update({p: self.fold(d) for p, d in _defaults(arguments).items()})
         owner = self._classes[-1] if self._classes else None
         if owner is not None and any(s is node for s in owner[0].body) and \
-                arguments.posonlyargs + arguments.args:
+                arguments.posonlyargs + arguments.args and \
+                len(owner[1]) <= self._method_constants_budget:
+            self._method_constants_budget -= len(owner[1])  # bounded: classes × methods
             first = (arguments.posonlyargs + arguments.args)[0].arg
             bound.update({f"{first}.{k}": v for k, v in owner[1].items()})
         saved = {name: (self.names.get(name), self.choices.get(name)) for name in bound}
@@ -1211,6 +1217,7 @@ class _Reader(ast.NodeVisitor):
         constants = self._class_constants(node)  # class K: c = "…" — K.c is that constant
         for attr, folded in constants.items():
             self._bind_constant(f"{node.name}.{attr}", folded)
+        self._class_table[node.name] = constants
         self._classes.append((node, constants))
         try:
             self.generic_visit(node)
@@ -1225,6 +1232,10 @@ class _Reader(ast.NodeVisitor):
         its methods set on the instance (``self.cmd = "…"``), each with every constant it is
         given (``__init__``'s and another method's: either may be what a third reads)."""
         found: dict[str, list[_Folded]] = {}
+        for base in node.bases[:16]:  # class B(A): A's constants are B's
+            inherited = self._class_table.get(base.id, {}) if isinstance(base, ast.Name) else {}
+            for attr, values in inherited.items():
+                found.setdefault(attr, []).extend(values)
         for statement in node.body[:MAX_MEMBERS]:
             target = statement.targets[0] if isinstance(statement, ast.Assign) and \
                 len(statement.targets) == 1 else getattr(statement, "target", None)
@@ -1463,7 +1474,7 @@ class _Reader(ast.NodeVisitor):
             for choice in self._one_of(node.args[0]):
                 self.emit_run(choice)
 
-    def _one_of(self, node: ast.expr) -> list:
+    def _one_of(self, node: ast.expr, depth: int = 0) -> list:
         """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
         known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``; an
         expression of a variable that holds one of a table's items, for each item."""
@@ -1478,6 +1489,13 @@ class _Reader(ast.NodeVisitor):
                 folded = self._fold_with({chosen: item}, node, 0)
                 if folded is not None:
                     found.append(folded.value)
+            return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
+        if isinstance(node, (ast.IfExp, ast.BoolOp)) and depth < 8:
+            parts = [node.body, node.orelse] if isinstance(node, ast.IfExp) else node.values
+            found = []  # "ngrok tcp 22" if x else "echo": either may run
+            for part in parts[:16]:
+                folded = self.fold(part)
+                found += [folded.value] if folded is not None else self._one_of(part, depth + 1)
             return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
         table = None
         if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice) and \
@@ -2141,6 +2159,10 @@ class _Reader(ast.NodeVisitor):
             command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
             for kw in node.keywords:
+                if kw.arg in ("args", "command", "cmd") and self._one_of(kw.value):
+                    for choice in self._one_of(kw.value):
+                        self.emit_run(choice)  # run(args=c, …) of a loop over a table
+                    return
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
                     command = folded.value if folded else self.loose(kw.value)
@@ -2428,6 +2450,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(value, False) if ok else None
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
+        if isinstance(node, ast.NamedExpr):
+            return self.fold(node.value, depth)  # os.system(c := "…")
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
@@ -2669,6 +2693,8 @@ class _Reader(ast.NodeVisitor):
                 isinstance(func.value, ast.Constant):
             return None
         short = name.rsplit(".", 1)[-1]
+        if name == "format" and len(values) == 1 and isinstance(values[0], str):
+            return _Folded(values[0], args[0].hidden)
         if name == "chr" and values and isinstance(values[0], int):
             return _Folded(chr(values[0]), True)
         if name in ("str", "bytes", "bytearray") and len(values) == 1:
@@ -2728,6 +2754,7 @@ _FUNCTION = object()  # its value: a function, no command
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
+MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
 MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
 MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
