@@ -120,8 +120,9 @@ KEPT_ASIDE = [
 #: range, a generator, filter, sorted or chain of a table, an item taken by a key or index only
 #: known when it runs (``cmds[k]``, ``pop()``, ``random.choice``, ``c = cmds[i]``, ``get``'s
 #: default), loops nested three deep, a dict comprehension, a class's or instance's constant
-#: (``self.cmd``, ``K().cmd``, a dataclass default, one of several a method may set), a
-#: parameter's default, a keyword argument.
+#: (``self.cmd``, ``K().cmd``, a dataclass default, one of several a method may set, a cell base
+#: class's), a parameter's default, a keyword argument, either side of ``if … else``/``and``/
+#: ``or``, a walrus, ``format()``.
 COMMAND_TABLES = [
     ('loop over items', 'import os\n' "for name, cmd in {'t': 'ngrok tcp 22'}.items():\n"
                         '    os.system(cmd)'),
@@ -188,6 +189,19 @@ COMMAND_TABLES = [
                           "for c in sorted(T, key=len):\n    os.system(c)"),
     ('a table padded to 600 items', "import os\nT = [" + _ECHOES_600 + ", 'ngrok tcp 22']\n"
                                     "for c in T:\n    os.system(c)"),
+    ('inherited constant', 'import os\n' 'class A:\n' "    CMD = 'ngrok tcp 22'\n"
+                           'class B(A):\n' '    def go(self):\n' '        os.system(self.CMD)\n'
+                           'B().go()'),
+    ('inherited constant on class', 'import os\n' 'class A:\n' "    CMD = 'ngrok tcp 22'\n"
+                                    'class B(A):\n' '    pass\n' 'os.system(B.CMD)'),
+    ('ifexp command', 'import os, sys\n' "os.system('ngrok tcp 22' if sys.argv else 'echo')"),
+    ('boolop command', 'import os, sys\n' "os.system(sys.argv[0] and 'ngrok tcp 22')"),
+    ('walrus command', 'import os\n' "os.system(c := 'ngrok tcp 22')"),
+    ('format builtin', 'import os\n' "os.system(format('ngrok tcp 22'))"),
+    ('ifexp in kept runner', 'import os, sys\n' 'r = [os.system]\n'
+                             "r[0]('ngrok tcp 22' if sys.argv else 'echo')"),
+    ('a keyword command from a padded loop', "import subprocess\nfor c in [" + _ECHOES +
+     ", 'ngrok tcp 22']:\n    subprocess.run(args=c, shell=True)"),
     ('a table padded past 16 rows', "import os\nfor name, cmd in {" + _ECHO_TABLE +
      ", 'z': 'ngrok tcp 22'}.items():\n    os.system(cmd)"),
     ('a list padded past 16 rows', "import os\nfor cmd in [" + _ECHOES + ", 'ngrok tcp 22']:\n"
@@ -641,6 +655,10 @@ LARGE = {
     "holders handed over": "import os\nr = [os.system]\n" + "list(map(r[0], ['x']))\n" * 10000,
     "a list 90 deep indexed 1000 times": "import os\nr = " + "[" * 90 + "os.system" + "]" * 90 + "\n"
                                          + ("r" + "[0]" * 90 + "('x')\n") * 1000,
+    "instances of a class": "class K:\n    c = 'x'\n" + "".join(f"k{i} = K()\n" for i in range(25000)),
+    "classes of 256 constants and methods": ("class K(B):\n" + "".join(f"    c{i} = 'x'\n" for i in range(256))
+                                             + "".join(f"    def m{i}(self):\n        pass\n"
+                                                       for i in range(256))) * 20,
     "loops 90 deep": "import os\n" + "".join("    " * d + f"for a{d} in [1, 2, 3]:\n" for d in range(90))
                      + "    " * 90 + "os.system('x')\n",
 }
@@ -649,9 +667,9 @@ LARGE = {
 @pytest.mark.parametrize("what", list(LARGE))
 def test_a_large_cell_is_read_in_bounded_time(what):
     """Bounded: rows listed out of a budget per cell (MAX_ROWS), a choice's folds too
-    (MAX_CHOICE_FOLDS); an item of an item … past MAX_CHAIN levels is read once, not folded
+    (MAX_CHOICE_FOLDS), class constants bound in methods too (MAX_METHOD_CONSTANTS); an item of an item … past MAX_CHAIN levels is read once, not folded
     at each level (the list 90 deep took 6.4 s, now 2.4 s, most of it IPython's tokeniser);
-    measured at 0.1 to 2.4 s on a busy 2-core machine (10 s: a failure means a loop that grows
+    measured at 0.1 to 3 s on a busy 2-core machine (10 s: a failure means a loop that grows
     with the cell, not a slow machine)."""
     from colab_guard.detect.cells import MAX_SOURCE, analyse_cell
 
