@@ -261,6 +261,10 @@ CLOSED_CLASSES = [
                               '        return super().__new__(m, n, b, d)\n'
                               'class A(metaclass=M):\n' '    sh = subprocess.run\n'
                               "A.go('ngrok tcp 22')"),
+    ('type(a).go', 'import os, subprocess\n' 'class A:\n' '    sh = subprocess.run\n' 'a = A()\n'
+                   'type(a).go = os.system\n' "a.go('ngrok tcp 22')"),
+    ('setattr type(a)', 'import os, subprocess\n' 'class A:\n' '    sh = subprocess.run\n'
+                        'a = A()\n' "setattr(type(a), 'go', os.system)\n" "a.go('ngrok tcp 22')"),
 ]
 
 EVASIONS = KEPT_ASIDE + COMMAND_TABLES + FOLDED + CLOSED_CLASSES
@@ -299,7 +303,8 @@ def test_a_command_assembled_with_more_string_methods_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", CLOSED_CLASSES, ids=[c[0] for c in CLOSED_CLASSES])
 def test_a_runner_set_past_a_classs_named_members_is_still_refused(what, cell):
-    """``_set_member``/``_mutated`` read ``a.__dict__``, ``vars(a)`` and ``a.__class__`` as a,
+    """``_set_member``/``_mutated`` read ``a.__dict__``, ``vars(a)``, ``type(a)`` and
+    ``a.__class__`` as a,
     ``__setattr__`` (bound, ``object.``'s, ``type.``'s) as setattr, a name not known as any of a's;
     items of an instance are not its members; a class with a metaclass or a decorator other
     than ``dataclass``/``total_ordering``/``final`` is not closed."""

@@ -1587,9 +1587,9 @@ class _Reader(ast.NodeVisitor):
                 continue
             keys.append(owner.attr if isinstance(owner, ast.Attribute) else self._key(owner.slice))
             owner = owner.value
-        if isinstance(owner, ast.Call) and self.call_name(owner.func) == "vars" and \
+        if isinstance(owner, ast.Call) and self.call_name(owner.func) in ("vars", "type") and \
                 len(owner.args) == 1:
-            owner = owner.args[0]  # vars(a)["go"] = …: a.go
+            owner = owner.args[0]  # vars(a)["go"] = …, type(a).go = …: a.go
         if not isinstance(owner, ast.Name):
             return
         name, first = owner.id, keys[-1]
@@ -1625,8 +1625,8 @@ class _Reader(ast.NodeVisitor):
         holder = func.value if isinstance(func, ast.Attribute) else None
         if isinstance(holder, ast.Attribute) and holder.attr in ("__dict__", "__class__"):
             holder = holder.value  # a.__dict__.update(go=os.system): a's members
-        elif isinstance(holder, ast.Call) and self.call_name(holder.func) == "vars" and \
-                len(holder.args) == 1:
+        elif isinstance(holder, ast.Call) and self.call_name(holder.func) in ("vars", "type") \
+                and len(holder.args) == 1:
             holder = holder.args[0]
         if not isinstance(holder, ast.Name):
             return
