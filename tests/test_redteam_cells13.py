@@ -304,10 +304,10 @@ def test_a_command_assembled_with_more_string_methods_is_refused(what, cell):
 @pytest.mark.parametrize("what, cell", CLOSED_CLASSES, ids=[c[0] for c in CLOSED_CLASSES])
 def test_a_runner_set_past_a_classs_named_members_is_still_refused(what, cell):
     """``_set_member``/``_mutated`` read ``a.__dict__``, ``vars(a)``, ``type(a)`` and
-    ``a.__class__`` as a,
-    ``__setattr__`` (bound, ``object.``'s, ``type.``'s) as setattr, a name not known as any of a's;
-    items of an instance are not its members; a class with a metaclass or a decorator other
-    than ``dataclass``/``total_ordering``/``final`` is not closed."""
+    ``a.__class__`` as a, ``__setattr__`` (bound, ``object.``'s, ``type.``'s) as setattr, a name
+    not known as any of a's; items of an instance are not its members; a class with a
+    metaclass or a decorator other than ``dataclass``/``total_ordering``/``final`` is not
+    closed."""
     assert FORBIDDEN in _cell_signatures(cell), what
 
 
