@@ -567,6 +567,31 @@ HONEST = [
                                "TOOLS = {'ffmpeg': 'video', 'git': 'code', 'ngrok': 'blocked here'}\n"
                                'for tool, why in TOOLS.items():\n'
                                '    print(tool, why, shutil.which(tool))'),
+    # and of a public notebook starting its services in threads from a table of rows
+    ('service launcher threads', 'import threading, time, sys, os\n' 'import uvicorn\n'
+                                 "REPO_PATH = '/content/repo'\n"
+                                 "for service in ['api-gateway', 'gemma-service', 'rag-service']:\n"
+                                 "    sys.path.insert(0, os.path.join(REPO_PATH, f'services/{service}'))\n"
+                                 'def start_service(name, import_path, port):\n'
+                                 "    print(f'Starting {name} on port {port}...')\n" '    try:\n'
+                                 "        uvicorn.run(import_path, host='0.0.0.0', port=port, log_level='error')\n"
+                                 '    except Exception as e:\n'
+                                 "        print(f'{name} error: {e}')\n" 'services = [\n'
+                                 "    ('API Gateway', 'services.api-gateway.src.main:app', 8000),\n"
+                                 "    ('Gemma', 'services.gemma-service.src.main:app', 8001),\n"
+                                 ']\n' 'for name, path, port in services:\n'
+                                 '    t = threading.Thread(target=start_service, args=(name, path, port), daemon=True)\n'
+                                 '    t.start()\n' '    time.sleep(2)'),
+    ('health check loop', 'import requests\n' "ports = {8000: 'API Gateway', 8001: 'Gemma'}\n"
+                          'for port, name in ports.items():\n' '    try:\n'
+                          "        r = requests.get(f'http://localhost:{port}/health', timeout=2)\n"
+                          "        status = 'UP' if r.status_code == 200 else f'Code {r.status_code}'\n"
+                          '    except Exception:\n' "        status = 'DOWN'\n"
+                          "    print(f'  {name:15} (:{port}): {status}')"),
+    ('gpu check', 'import subprocess, sys, platform\n' 'try:\n'
+                  "    result = subprocess.run(['nvidia-smi'], capture_output=True, text=True, check=True)\n"
+                  '    print(result.stdout)\n' 'except Exception as e:\n'
+                  "    print(f'no GPU: {e}')"),
 ]
 
 
