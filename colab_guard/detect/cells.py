@@ -77,7 +77,7 @@ _SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.get
 # args=(cmd,)), executor.submit(os.system, cmd), functools.partial(os.system, cmd), map(os.system, …)
 _HANDED_OVER = ("submit", "apply", "apply_async", "run_in_executor", "partial", "call_soon",
                 "start_new_thread", "Process", "Thread", "Timer", "map", "starmap", "imap",
-                "imap_unordered", "map_async", "to_thread",
+                "imap_unordered", "map_async", "to_thread", "call",
                 # atexit.register, ExitStack.callback, weakref.finalize(obj, f, *args)
                 "register", "callback", "finalize",
                 # sorted(cmds, key=os.system): each item handed to the key
@@ -363,6 +363,17 @@ class _Reader(ast.NodeVisitor):
         self._deep_budget = MAX_DEEP_NODES  # see _refers_to_runner
         # names of tables of functions that start programs (their items are aliases, d['go'])
         self._tables = {a.split("[", 1)[0] for a in self.aliases if "[" in a}
+        #: names bound to ``operator.attrgetter(…)``/``methodcaller(…)`` calls (the call)
+        self.getters: dict[str, ast.Call] = {}
+        self._classes: list[tuple[ast.ClassDef, dict]] = []  # the classes being read, inner last
+        self._class_table: dict[str, dict] = {}  # the cell's classes' constants, by class
+        self._instances: dict[str, str] = {}  # k -> K, of k = K()
+        self._method_constants_budget = MAX_METHOD_CONSTANTS
+        #: variables that hold one item of a constant table, not known which (a loop's over
+        #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
+        self.choices: dict[str, list[_Folded]] = {}
+        self._choice_budget = MAX_CHOICE_FOLDS
+        self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
 
     # ------------------------------------------------------------ output
 
@@ -667,14 +678,40 @@ class _Reader(ast.NodeVisitor):
                 key = self.fold(target.slice)
                 self._set_env(_as_text(key.value) if key is not None else None, folded)
             if isinstance(target, ast.Name):
+                self.choices.pop(target.id, None)
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
                     self.names.pop(target.id, None)
+                    items = self._one_of(node.value)
+                    if items:  # c = cmds[i]: one of them
+                        self.choices[target.id] = [_Folded(i, False) for i in items]
+                self._instance_named(target.id, node.value)
                 if alias:
                     self.aliases[target.id] = alias
+            elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+                key = f"{target.value.id}.{target.attr}"  # K.cmd = "…", self.cmd = "…"
+                if folded is not None:
+                    self.names[key] = folded
+                else:
+                    self.names.pop(key, None)
         for target in node.targets:
             self._hold(target, node.value)
+            if isinstance(target, ast.Name):
+                self.getters.pop(target.id, None)
+                if isinstance(node.value, ast.Call) and self.call_name(node.value.func) in (
+                        "operator.attrgetter", "operator.methodcaller"):
+                    self.getters[target.id] = node.value
+
+    def _instance_named(self, name: str, value: ast.expr) -> None:
+        """``k = K()``: ``k.cmd`` is the class's constant ``K.cmd`` (what k was is forgotten)."""
+        for attr in self._class_table.get(self._instances.pop(name, None), {}):
+            self._bind_constant(f"{name}.{attr}", None)
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+                value.func.id in self._class_table:
+            self._instances[name] = value.func.id
+            for attr, values in self._class_table[value.func.id].items():
+                self._bind_constant(f"{name}.{attr}", values)
 
     def _runner_in(self, value: ast.expr) -> str | None:
         """The function that starts programs ``value`` names (``os.system``), if it does."""
@@ -747,8 +784,46 @@ class _Reader(ast.NodeVisitor):
                     self.aliases[name] = value
 
     def _visit_with_defaults(self, node) -> None:
-        with self._defaults_bound(node), self._parameters_scoped(node):
+        with self._defaults_bound(node), self._parameters_scoped(node), \
+                self._constants_bound(node):
             self.generic_visit(node)
+
+    @contextmanager
+    def _constants_bound(self, node):
+        """While a function's body is read: its parameters' constant defaults (``cmd="…"``,
+        the others unknown), and in a method, its class's constants as ``self.x``/``cls.x``."""
+        arguments = node.args
+        params = [a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs]
+        bound = {p: None for p in params}
+        bound.update({p: self.fold(d) for p, d in _defaults(arguments).items()})
+        owner = self._classes[-1] if self._classes else None
+        if owner is not None and any(s is node for s in owner[0].body) and \
+                arguments.posonlyargs + arguments.args and \
+                len(owner[1]) <= self._method_constants_budget:
+            self._method_constants_budget -= len(owner[1])  # bounded: classes × methods
+            first = (arguments.posonlyargs + arguments.args)[0].arg
+            bound.update({f"{first}.{k}": v for k, v in owner[1].items()})
+        saved = {name: (self.names.get(name), self.choices.get(name)) for name in bound}
+        for name, value in bound.items():
+            self._bind_constant(name, value)
+        try:
+            yield
+        finally:
+            for name, (value, choices) in saved.items():
+                self._bind_constant(name, value)
+                if choices is not None:
+                    self.choices[name] = choices
+
+    def _bind_constant(self, name: str, value) -> None:
+        """``name`` is ``value`` (a constant), one of ``value`` (a list of them), or unknown."""
+        self.names.pop(name, None)
+        self.choices.pop(name, None)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, list):
+            self.choices[name] = value
+        elif value is not None:
+            self.names[name] = value
 
     @contextmanager
     def _parameters_scoped(self, node):
@@ -760,8 +835,11 @@ class _Reader(ast.NodeVisitor):
         tables = (self.holders.held, self.holders.members, self.holders.classes,
                   self.holders.returning)
         saved = [{p: table[p] for p in params if p in table} for table in tables]
-        for param in params:
-            self._bind(param, False, None)
+        defaults = _defaults(arguments)
+        for param in params:  # tools={"sh": os.system}: what its default holds
+            default = defaults.get(param)
+            self._bind(param, self._tainted(default),
+                       self._members_of(default) if default is not None else None)
         try:
             yield
         finally:
@@ -818,19 +896,26 @@ class _Reader(ast.NodeVisitor):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
         self._visit_with_defaults(node)
-        returns = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value]
+        returns = _returned(node)
         self._bind(node.name, False, None)
-        if any(self._tainted(value) for value in returns[:64]):
+        if any(self._tainted(value) for value in returns):
             self.holders.returning[node.name] = None  # def mk(): return os.system
         self._lambda_decorators(node)
+        applied: ast.expr = ast.Name(id=node.name, ctx=ast.Load())
+        for decorator in reversed(node.decorator_list[-16:]):
+            applied = ast.Call(func=decorator, args=[applied], keywords=[])
+        if node.decorator_list and self._tainted(applied):
+            self._bind(node.name, True, None)  # @deco, where deco returns os.system
         self._decorated(node)  # last: a reading error there leaves the body read
 
     def _runner(self, node) -> None:
-        with self._defaults_bound(node):  # def sh(c, run=subprocess.run): run(c, shell=True)
+        with self._defaults_bound(node), self._parameters_scoped(node):
+            # def sh(c, run=subprocess.run): run(c, shell=True); tools={"sh": os.system}
             self._runs_its_argument(node)
 
     def _runs_its_argument(self, node) -> None:
         params = [a.arg for a in node.args.posonlyargs + node.args.args]
+        defaults = _defaults(node.args)
         for inner in ast.walk(node):
             if isinstance(inner, ast.Call) and inner.args and isinstance(inner.args[0], ast.Name) \
                     and inner.args[0].id in params:
@@ -839,7 +924,8 @@ class _Reader(ast.NodeVisitor):
                         name in self.runners or (isinstance(inner.func, ast.Attribute) and
                                                  self._is_ipython(inner.func.value) and
                                                  inner.func.attr in ("system", "system_raw",
-                                                                     "getoutput")):
+                                                                     "getoutput")) or \
+                        _root(inner.func) in defaults and self._possibly_runs(inner.func):
                     index = params.index(inner.args[0].id)
                     self.runners[node.name] = index
                     if params and params[0] in ("self", "cls") and index > 0:
@@ -867,29 +953,157 @@ class _Reader(ast.NodeVisitor):
             self.names.pop(key, None)
 
     def visit_For(self, node):
-        """``for t in ["ngrok"]: os.system(t + " tcp 22")``: the body read once per item."""
+        """``for t in ["ngrok"]: os.system(t + " tcp 22")``, ``for name, cmd in
+        {"t": "ngrok tcp 22"}.items()``, ``for f, c in zip([os.system], [...])``: the body read
+        once per row, its variables bound to the row's items."""
         self._hold_loop(node.target, node.iter)
-        items = self.fold(node.iter)
-        values = items.value if items is not None else None
+        names = _loop_names(node.target)
+        rows = self._rows(node.iter, len(names)) if names else None
         size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
-            if isinstance(values, (list, tuple)) and 0 < len(values) <= 16 else 0
-        if isinstance(node.target, ast.Name) and size and self._unrolled < 2 and \
-                size * len(values) <= self._unroll_budget:
-            self._unroll_budget -= size * len(values)  # bounded: a cell's loops read ≤ 4096 nodes more
+            if rows and len(rows) <= 16 else 0
+        if size and self._unrolled < 2 and size * len(rows) <= self._unroll_budget:
+            self._unroll_budget -= size * len(rows)  # bounded: a cell's loops read ≤ 4096 nodes more
             self.visit(node.iter)
             self._unrolled += 1
             try:
-                for value in values:
-                    self.names[node.target.id] = _Folded(value, items.hidden)
+                for row in rows:
+                    for name, item in zip(names, row):
+                        self._bind_item(name, item)
                     for statement in node.body:
                         self.visit(statement)
             finally:
                 self._unrolled -= 1
-            self.names.pop(node.target.id, None)
+            for name in names:
+                self.names.pop(name, None)
+                self.aliases.pop(name, None)
+            self._hold_loop(node.target, node.iter)
             for statement in node.orelse:
                 self.visit(statement)
             return
-        self.generic_visit(node)
+        for column, name in enumerate(names if rows else []):  # too many rows, or nested
+            items = [row[column] for row in rows if isinstance(row[column], _Folded)]
+            if items:
+                self.choices[name] = items
+        try:
+            self.generic_visit(node)
+        finally:
+            for name in names:
+                self.choices.pop(name, None)
+
+    def _bind_item(self, name: str, item) -> None:
+        """A loop variable bound to one row's item: a constant, or what an expression is."""
+        if isinstance(item, _Folded):
+            self.aliases.pop(name, None)
+            self._bind(name, False, None)
+            self.names[name] = item
+        else:
+            self._bind_parameter(name, item)
+
+    def _rows(self, node: ast.expr, width: int) -> list[list] | None:
+        """The rows a loop over ``node`` goes through, each ``width`` items (a constant
+        folded, or an expression), when the cell spells them out; else None."""
+        items = self._items(node)
+        if items is None or width == 1:
+            single = items is not None and not any(isinstance(i, list) for i in items)
+            return [[i] for i in items] if single else None
+        rows = []
+        for item in items:
+            if isinstance(item, _Folded) and isinstance(item.value, (list, tuple)):
+                row = [_Folded(v, item.hidden) for v in item.value]
+            elif isinstance(item, (ast.Tuple, ast.List)) and \
+                    not any(isinstance(e, ast.Starred) for e in item.elts):
+                row = list(item.elts)
+            elif isinstance(item, list):
+                row = item
+            else:
+                return None
+            if len(row) != width:
+                return None
+            rows.append(row)
+        return rows
+
+    def _items(self, node: ast.expr, depth: int = 0) -> list | None:
+        """The items iterating ``node`` gives (at most MAX_CHOICES), when the cell spells
+        them out: a constant's (a table's keys), a literal list's, ``d.items()``/``values()``/
+        ``keys()``, ``enumerate``, ``zip``, ``range``, ``reversed``/``sorted``/``list``/``tuple``
+        of those; a row of several items is a list."""
+        if depth > 8 or self._row_budget <= 0:
+            return None
+        folded = self.fold(node)
+        if folded is not None:
+            value = folded.value
+            if isinstance(value, dict):
+                value = list(value)
+            if not isinstance(value, (list, tuple)) or len(value) > MAX_CHOICES:
+                return None
+            self._row_budget -= len(value)
+            return [_Folded(v, folded.hidden) for v in value]
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            if len(node.elts) > MAX_CHOICES or any(isinstance(e, ast.Starred) for e in node.elts):
+                return None
+            self._row_budget -= len(node.elts)
+            return list(node.elts)
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)) and \
+                len(node.generators) == 1 and isinstance(node.elt, ast.Name) and \
+                isinstance(node.generators[0].target, ast.Name) and \
+                node.elt.id == node.generators[0].target.id:
+            return self._items(node.generators[0].iter, depth + 1)  # (x for x in T if …): T's
+        if not isinstance(node, ast.Call) or node.keywords and \
+                self.call_name(node.func) not in ("sorted", "filter"):
+            return None
+        func, args = node.func, node.args
+        if isinstance(func, ast.Attribute) and func.attr in ("items", "values", "keys") and \
+                not args:
+            table = self._table(func.value)
+            if table is None:
+                return None
+            if func.attr == "items":
+                return [list(pair) for pair in table]
+            return [pair[1 if func.attr == "values" else 0] for pair in table]
+        name = self.call_name(func)
+        if name == "range":
+            bounds = [self.fold(a) for a in args]
+            if not 1 <= len(bounds) <= 3 or any(b is None or type(b.value) is not int for b in bounds):
+                return None
+            numbers = range(*(b.value for b in bounds))
+            return [_Folded(i, False) for i in numbers] if len(numbers) <= MAX_CHOICES else None
+        if name in ("filter", "itertools.filterfalse", "itertools.cycle") and args:
+            args = args[-1:]  # filter(f, T): some of T's items
+            name = "list"
+        inner = [self._items(a, depth + 1) for a in args]
+        if name == "zip" and any(i is not None for i in inner):
+            # an iterable not spelled out (a holder's values): its items, whatever they are
+            count = max(len(i) for i in inner if i is not None)
+            inner = [i if i is not None else [_any_item(a)] * count for i, a in zip(inner, args)]
+        if any(i is None for i in inner):
+            return None
+        if name == "enumerate" and len(inner) == 1:
+            return [[_Folded(i, False), item] for i, item in enumerate(inner[0])]
+        if name == "zip" and inner:
+            return [list(row) for row in zip(*inner)]
+        if name in ("reversed", "sorted", "list", "tuple", "set", "iter", "frozenset") and \
+                len(inner) == 1:
+            return inner[0]
+        if name in ("itertools.chain",) and len(inner) <= 16:
+            return [item for items in inner for item in items][:MAX_CHOICES]
+        return None
+
+    def _table(self, node: ast.expr) -> list[tuple] | None:
+        """A table's (key, value) pairs: a constant's, or a literal's with constant keys (out of
+        the cell's budget of rows)."""
+        if self._row_budget <= 0:
+            return None
+        folded = self.fold(node)
+        if folded is not None and isinstance(folded.value, dict) and \
+                len(folded.value) <= MAX_CHOICES:
+            self._row_budget -= len(folded.value)
+            return [(_Folded(k, folded.hidden), _Folded(v, folded.hidden))
+                    for k, v in folded.value.items()]
+        if isinstance(node, ast.Dict) and None not in node.keys and \
+                len(node.keys) <= MAX_CHOICES:
+            self._row_budget -= len(node.keys)
+            return list(zip(node.keys, node.values))
+        return None
 
     def visit_ListComp(self, node):
         """``[os.system(c) for c in ["ngrok tcp 22"]]``: read once per item, like a loop."""
@@ -899,13 +1113,12 @@ class _Reader(ast.NodeVisitor):
             return
         for generator in node.generators:  # [f(c) for f in [os.system]]
             self._hold_loop(generator.target, generator.iter)
-        if len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) and \
+        if len(node.generators) == 1 and _loop_names(node.generators[0].target) and \
                 not node.generators[0].ifs:
             gen = node.generators[0]
             element = node.elt if not isinstance(node, ast.DictComp) else node.value
             loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
-            items = self.fold(gen.iter)
-            if items is not None and isinstance(items.value, (list, tuple)):
+            if self._rows(gen.iter, len(_loop_names(gen.target)) or 1):
                 self.visit_For(loop)
                 return
         self.generic_visit(node)
@@ -925,12 +1138,39 @@ class _Reader(ast.NodeVisitor):
         return self.memory.files.get(shell.base(path)) if path else None
 
     def visit_With(self, node):
-        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes."""
+        """``with open("r.sh", "w") as f: f.write(...)``: the file is a script the cell writes.
+        ``with nullcontext(os.system) as f``: f may be what the context was made from."""
         for item in node.items:
             path = self._opened_for_writing(item.context_expr)
             if path and isinstance(item.optional_vars, ast.Name):
                 self.writers[item.optional_vars.id] = path
+            if item.optional_vars is not None:
+                self.visit(item.context_expr)
+                self._hold_entered(item.optional_vars, item.context_expr)
         self.generic_visit(node)
+
+    def _hold_entered(self, target: ast.expr, context: ast.expr) -> None:
+        """What ``with context as target`` binds: a cell class's instance is itself unless its
+        ``__enter__`` gives a runner; anything else, what it was made of."""
+        func = context.func if isinstance(context, ast.Call) else None
+        members = self.holders.members.get(func.id) if isinstance(func, ast.Name) and \
+            func.id in self.holders.classes else None
+        if isinstance(members, dict) and isinstance(target, ast.Name) and \
+                not members.get("__enter__"):
+            self._bind(target.id, True, members)
+        else:
+            self._hold_loop(target, context)
+
+    def visit_Match(self, node):
+        """``match os.system: case f: f(…)``: what a case captures may be the subject's."""
+        self.visit(node.subject)
+        for case in node.cases:
+            for name in ast.walk(case.pattern):
+                captured = getattr(name, "name", None) or getattr(name, "rest", None)
+                if isinstance(captured, str):
+                    self._bind(captured, self._tainted(node.subject), None)
+            for statement in case.body:
+                self.visit(statement)
 
     visit_AsyncWith = visit_With
 
@@ -974,16 +1214,57 @@ class _Reader(ast.NodeVisitor):
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
             if name and "." in name:
                 self.emit("base", name)
-        self.generic_visit(node)
-        for statement in node.body:  # class K: c = "…" — K.c is that constant
-            if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
-                    isinstance(statement.targets[0], ast.Name):
-                folded = self.fold(statement.value)
-                if folded is not None:
-                    self.names[f"{node.name}.{statement.targets[0].id}"] = folded
+        constants = self._class_constants(node)  # class K: c = "…" — K.c is that constant
+        for attr, folded in constants.items():
+            self._bind_constant(f"{node.name}.{attr}", folded)
+        self._class_table[node.name] = constants
+        self._classes.append((node, constants))
+        try:
+            self.generic_visit(node)
+        finally:
+            self._classes.pop()
         self._hold_class(node)
         self._lambda_decorators(node)
         self._decorated(node)
+
+    def _class_constants(self, node: ast.ClassDef) -> dict[str, list[_Folded]]:
+        """A class's constants: its attributes (``cmd = "…"``, ``cmd: str = "…"``) and those
+        its methods set on the instance (``self.cmd = "…"``), each with every constant it is
+        given (``__init__``'s and another method's: either may be what a third reads)."""
+        found: dict[str, list[_Folded]] = {}
+        for base in node.bases[:16]:  # class B(A): A's constants are B's
+            inherited = self._class_table.get(base.id, {}) if isinstance(base, ast.Name) else {}
+            for attr, values in inherited.items():
+                found.setdefault(attr, []).extend(values)
+        for statement in node.body[:MAX_MEMBERS]:
+            target = statement.targets[0] if isinstance(statement, ast.Assign) and \
+                len(statement.targets) == 1 else getattr(statement, "target", None)
+            value = getattr(statement, "value", None)
+            if isinstance(statement, (ast.Assign, ast.AnnAssign)) and \
+                    isinstance(target, ast.Name) and value is not None:
+                folded = self.fold(value)
+                if folded is not None:
+                    found.setdefault(target.id, []).append(folded)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for attr, values in self._instance_constants(statement).items():
+                    found.setdefault(attr, []).extend(values)
+        return {attr: values[:MAX_MEMBERS] for attr, values in found.items()}
+
+    def _instance_constants(self, method) -> dict[str, list[_Folded]]:
+        """``self.cmd = "…"`` in a method: the instance's constants it sets."""
+        params = method.args.posonlyargs + method.args.args
+        found: dict[str, list[_Folded]] = {}
+        if not params:
+            return found
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assign) and len(found) < MAX_MEMBERS:
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id == params[0].arg:
+                        folded = self.fold(node.value)
+                        if folded is not None:
+                            found.setdefault(target.attr, []).append(folded)
+        return found
 
     def visit_AnnAssign(self, node):
         if node.value is not None:
@@ -1030,7 +1311,9 @@ class _Reader(ast.NodeVisitor):
     # being modelled: a call through such a holder (``R.go``, ``d['a']['b']``, ``r.pop()``,
     # ``f`` of ``for f in d.values()``) that does not resolve to a member known to be something
     # else (``d['log']`` where ``d['log'] = print``) may start a program, so a constant command
-    # line passed to it counts as run. Calls through anything else are left alone.
+    # line passed to it counts as run. Calls through anything else are left alone. A class's
+    # members are closed (what it does not name is its library bases', no runner) unless a
+    # metaclass, a decorator, ``__getattr__`` or a base of unknown members may add to them.
 
     def _tainted(self, node: ast.expr | None, depth: int = 0) -> bool:
         """Whether ``node``'s value may be, or hold, a function that starts programs."""
@@ -1038,8 +1321,9 @@ class _Reader(ast.NodeVisitor):
             return False
         if depth > MAX_HOLDING_DEPTH:
             return self._refers_to_runner(node)
-        if isinstance(node, (ast.Name, ast.Attribute)) and self._runs(self.call_name(node)):
-            return True
+        if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)) and \
+                self._runs(self.call_name(node)):
+            return True  # os.system, getattr(os, "system"), vars(os)["system"]
         if isinstance(node, ast.Name):
             return node.id in self.holders.held
         if isinstance(node, (ast.Attribute, ast.Subscript)):
@@ -1080,9 +1364,13 @@ class _Reader(ast.NodeVisitor):
         if not self._tainted(node.value, depth):
             return False
         members = self._members_of(node.value)
+        if isinstance(node, ast.Attribute) and node.attr in _SAME_HOLDER:
+            return True  # A.__dict__: what A holds, whatever its members
         if isinstance(node, ast.Attribute) and node.attr in _NO_RUNNER_ATTRIBUTES:
             return isinstance(members, dict) and members.get(node.attr, False)  # r.append
         key = node.attr if isinstance(node, ast.Attribute) else self._key(node.slice)
+        if isinstance(node, ast.Subscript) and isinstance(members, dict) and _CLASS in members:
+            return True  # D(…)["go"] of a class derived from dict: its items are not its members
         return _may_run(members, key)
 
     def _key(self, node: ast.expr):
@@ -1098,7 +1386,11 @@ class _Reader(ast.NodeVisitor):
             return self._members_of(node.value)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
                 node.func.id in self.holders.classes:
+            if any(self._tainted(a) for a in [*node.args, *(k.value for k in node.keywords)]):
+                return None  # C(run=os.system): where it keeps what it is given is not known
             return self.holders.members.get(node.func.id)  # an instance: its class's
+        if self._made_class(node):
+            return self._literal_members(node.args[2])
         return self._literal_members(node)
 
     def _literal_members(self, node: ast.expr):
@@ -1125,10 +1417,16 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, ast.Name) and (func.id in self.holders.returning or
                                            func.id in self.holders.classes):
             return True
+        if isinstance(func, ast.Lambda):  # (lambda: os.system)()
+            return self._tainted(func.body, depth)
         if isinstance(func, ast.Attribute) and self._tainted(func.value, depth):
             return self._fetched_may_run(func, node)
         name = self.call_name(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
         short = func.attr if isinstance(func, ast.Attribute) else (name or "").rsplit(".", 1)[-1]
+        if name == "getattr" and len(node.args) >= 2 and isinstance(self._key(node.args[1]), str):
+            attribute = ast.Attribute(value=node.args[0], attr=self._key(node.args[1]))
+            return self._member_may_run(attribute, depth) or \
+                any(self._tainted(a, depth) for a in node.args[2:])  # getattr(x, "k", default)
         if self._runs(name) or short in _RUNS_WHAT_IT_IS_GIVEN:
             return False  # what running it gave: run_in_executor(None, partial(run, cmd))
         return any(self._tainted(a, depth) for a in [*node.args, *(k.value for k in node.keywords)])
@@ -1159,8 +1457,10 @@ class _Reader(ast.NodeVisitor):
             return bool(isinstance(members, dict) and members.get("__call__"))
         if isinstance(func, ast.Call):
             return self._returns_runner(func)
-        if isinstance(func, ast.NamedExpr):
+        if isinstance(func, (ast.NamedExpr, ast.Await)):
             return self._tainted(func.value)
+        if isinstance(func, (ast.IfExp, ast.BoolOp)):  # (os.system if … else print)(…)
+            return self._tainted(func)
         return False
 
     def _run_kept_aside(self, node: ast.Call, args: list[_Folded | None]) -> None:
@@ -1170,6 +1470,56 @@ class _Reader(ast.NodeVisitor):
             None)
         if command is not None and isinstance(command.value, (str, bytes, list, tuple)):
             self.emit_run(command.value)
+        elif command is None and node.args:
+            for choice in self._one_of(node.args[0]):
+                self.emit_run(choice)
+
+    def _one_of(self, node: ast.expr, depth: int = 0) -> list:
+        """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
+        known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``; an
+        expression of a variable that holds one of a table's items, for each item."""
+        chosen = next((key for n in ast.walk(node) if (key := _dotted(n)) in self.choices),
+                      None) if self.choices else None
+        if chosen is not None:
+            found = []
+            for item in self.choices[chosen]:
+                self._choice_budget -= 1
+                if self._choice_budget < 0:
+                    break
+                folded = self._fold_with({chosen: item}, node, 0)
+                if folded is not None:
+                    found.append(folded.value)
+            return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
+        if isinstance(node, (ast.IfExp, ast.BoolOp)) and depth < 8:
+            parts = [node.body, node.orelse] if isinstance(node, ast.IfExp) else node.values
+            found = []  # "ngrok tcp 22" if x else "echo": either may run
+            for part in parts[:16]:
+                folded = self.fold(part)
+                found += [folded.value] if folded is not None else self._one_of(part, depth + 1)
+            return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
+        table = None
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice) and \
+                self.fold(node.slice) is None:
+            table = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("pop", "popleft", "get", "__getitem__"):
+            table = node.func.value
+            key = self.fold(node.args[0]) if node.args else None
+            known = self.fold(table)
+            if key is not None and known is not None and isinstance(known.value, dict):
+                if key.value in known.value:
+                    return [known.value[key.value]]
+                default = self.fold(node.args[1]) if len(node.args) > 1 else None
+                return [default.value] if default is not None else []  # cmds.get("a", "…")
+        elif isinstance(node, ast.Call) and len(node.args) == 1 and \
+                self.call_name(node.func) in ("random.choice", "secrets.choice", "next"):
+            table = node.args[0].args[0] if isinstance(node.args[0], ast.Call) and \
+                node.args[0].args and self.call_name(node.args[0].func) == "iter" else node.args[0]
+        folded = self.fold(table) if table is not None else None
+        if folded is None or not isinstance(folded.value, (list, tuple, dict)):
+            return []
+        items = folded.value.values() if isinstance(folded.value, dict) else folded.value
+        return [i for i in list(items)[:MAX_CHOICES] if isinstance(i, (str, bytes, list, tuple))]
 
     def _bind(self, name: str, tainted: bool, members) -> None:
         """``name`` bound anew: it holds a runner or not, with these members if known."""
@@ -1215,16 +1565,31 @@ class _Reader(ast.NodeVisitor):
         if bound:
             tainted = self._tainted(value)
             self._bind(bound, tainted, self._members_of(value))
+            if isinstance(value, ast.Lambda) and self._tainted(value.body):
+                self.holders.returning[bound] = None  # g = lambda: os.system
+            if self._made_class(value) and tainted:
+                self.holders.classes[bound] = None  # type("A", (), {"go": …})
         elif isinstance(target, (ast.Attribute, ast.Subscript)):
             key = target.attr if isinstance(target, ast.Attribute) else self._key(target.slice)
             self._set_member(target.value, key, self._tainted(value))
+
+    def _made_class(self, value: ast.expr) -> bool:
+        """``type("A", (), {...})``: a class whose members are the table's."""
+        return isinstance(value, ast.Call) and len(value.args) == 3 and \
+            self.call_name(value.func) == "type"
 
     def _set_member(self, owner: ast.expr, key, tainted: bool) -> None:
         """``owner[key] = …`` (or ``owner.key``, ``d['a']['b']``): what its root holds now."""
         keys = [key]
         while isinstance(owner, (ast.Attribute, ast.Subscript)):
+            if isinstance(owner, ast.Attribute) and owner.attr in ("__dict__", "__class__"):
+                owner = owner.value  # a.__dict__["go"] = …, a.__class__.go = …: a.go
+                continue
             keys.append(owner.attr if isinstance(owner, ast.Attribute) else self._key(owner.slice))
             owner = owner.value
+        if isinstance(owner, ast.Call) and self.call_name(owner.func) in ("vars", "type") and \
+                len(owner.args) == 1:
+            owner = owner.args[0]  # vars(a)["go"] = …, type(a).go = …: a.go
         if not isinstance(owner, ast.Name):
             return
         name, first = owner.id, keys[-1]
@@ -1246,13 +1611,26 @@ class _Reader(ast.NodeVisitor):
         """``r.append(os.system)``, ``setattr(ns, 'go', os.system)``: the holder it goes to
         holds it (a list's indices kept as they shift)."""
         func = node.func
-        if name == "setattr" and len(node.args) == 3 and isinstance(self._key(node.args[1]), str):
-            attr = ast.Attribute(value=node.args[0], attr=self._key(node.args[1]), ctx=ast.Store())
-            self._hold(attr, node.args[2])
+        given = node.args
+        if isinstance(func, ast.Attribute) and func.attr == "__setattr__" and len(given) == 2:
+            name, given = "setattr", [func.value, *given]  # a.__setattr__("go", os.system)
+        if name in ("setattr", "object.__setattr__", "type.__setattr__") and len(given) == 3:
+            key = self._key(given[1])
+            if isinstance(key, str):
+                attr = ast.Attribute(value=given[0], attr=key, ctx=ast.Store())
+                self._hold(attr, given[2])
+            elif isinstance(given[0], ast.Name) and self._tainted(given[2]):
+                self._bind(given[0].id, True, None)  # setattr(a, name, os.system): any of a's
             return
-        if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+        holder = func.value if isinstance(func, ast.Attribute) else None
+        if isinstance(holder, ast.Attribute) and holder.attr in ("__dict__", "__class__"):
+            holder = holder.value  # a.__dict__.update(go=os.system): a's members
+        elif isinstance(holder, ast.Call) and self.call_name(holder.func) in ("vars", "type") \
+                and len(holder.args) == 1:
+            holder = holder.args[0]
+        if not isinstance(holder, ast.Name):
             return
-        owner, method = func.value.id, func.attr
+        owner, method = holder.id, func.attr
         members = self.holders.members.get(owner)
         if method == "pop" and isinstance(members, list):
             index = self._key(node.args[0]) if node.args else -1
@@ -1293,8 +1671,13 @@ class _Reader(ast.NodeVisitor):
 
     def _hold_class(self, node: ast.ClassDef) -> None:
         """A class whose attributes hold a runner (``go = os.system``, ``staticmethod(…)``,
-        ``__call__ = …``): a holder, its attributes its members (methods are no runners)."""
-        members = {}
+        ``__call__ = …``), or a base's do, or a method returns one: a holder, its attributes
+        its members (a base's first, then its own; methods are no runners, but a property or
+        ``__getattr__`` returning one is, and ``__enter__``'s gives ``with C() as f`` one)."""
+        members, returns = self._inherited(node.bases), False
+        if not node.keywords and all(self.call_name(d.func if isinstance(d, ast.Call) else d)
+                                     in _PLAIN_DECORATORS for d in node.decorator_list):
+            members[_CLASS] = False  # no metaclass, no decorator that may add to it: closed
         for statement in node.body[:MAX_MEMBERS]:
             if isinstance(statement, ast.Assign):
                 for target in statement.targets:
@@ -1303,15 +1686,33 @@ class _Reader(ast.NodeVisitor):
             elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
                 members[statement.target.id] = self._tainted(statement.value)
             elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                members.setdefault(statement.name, False)
-                members.update(self._instance_members(statement))
-        tainted = any(members.values())
+                gives = not isinstance(statement, ast.ClassDef) and \
+                    any(self._tainted(v) for v in _returned(statement))
+                returns = returns or gives
+                members[statement.name] = gives and (
+                    statement.name in _GIVING_METHODS or any(
+                        self.call_name(d) in ("property", "functools.cached_property")
+                        for d in statement.decorator_list))
+                members.update(self._instance_members(statement, members))
+        tainted = any(members.values()) or returns
         self._bind(node.name, tainted, members)
         if tainted:
             self.holders.classes[node.name] = None
 
-    def _instance_members(self, method) -> dict:
-        """``self.go = os.system`` in a method: the instances' attributes it sets."""
+    def _inherited(self, bases: list[ast.expr]) -> dict:
+        """The members a class's bases of the cell hold (the first base's win)."""
+        members: dict = {}
+        for base in reversed(bases[:16]):
+            known = self.holders.members.get(base.id) if isinstance(base, ast.Name) else None
+            if isinstance(known, dict):
+                members.update(known)
+            elif self._tainted(base):
+                members["__getattr__"] = True  # what it holds is not known: any attribute
+        return members
+
+    def _instance_members(self, method, members: dict) -> dict:
+        """``self.go = os.system`` (or ``= self.sh``, a member that holds one) in a method: the
+        instances' attributes it sets."""
         params = method.args.posonlyargs + method.args.args \
             if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
         if not params:
@@ -1322,7 +1723,12 @@ class _Reader(ast.NodeVisitor):
                 for target in node.targets:
                     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
                             and target.value.id == params[0].arg:
-                        found[target.attr] = found.get(target.attr) or self._tainted(node.value)
+                        value = node.value
+                        own = isinstance(value, ast.Attribute) and \
+                            isinstance(value.value, ast.Name) and value.value.id == params[0].arg
+                        found[target.attr] = found.get(target.attr) or (
+                            {**members, **found}.get(value.attr, False) is True if own
+                            else self._tainted(value))
         return found
 
     # ------------------------------------------------------------ functions applied
@@ -1512,6 +1918,11 @@ class _Reader(ast.NodeVisitor):
         elif name in self.runners and len(args) > self.runners[name] and \
                 args[self.runners[name]] is not None:
             self.emit_run(args[self.runners[name]].value)
+        elif name in self.runners and (given := self._runner_argument(name, node)) is not None \
+                and (self.fold(given) is not None or self._one_of(given)):
+            folded = self.fold(given)  # sh(cmd="…"), sh(cmds[i])
+            for choice in [folded.value] if folded is not None else self._one_of(given):
+                self.emit_run(choice)
         elif self._possibly_runs(node.func):
             self._run_kept_aside(node, args)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
@@ -1556,6 +1967,20 @@ class _Reader(ast.NodeVisitor):
         else:
             self.generic_expression(node)
 
+    def _runner_argument(self, name: str, node: ast.Call) -> ast.expr | None:
+        """What a cell function that runs its argument is given for it, by position or by
+        its parameter's name."""
+        index = self.runners[name]
+        if index < len(node.args):
+            return node.args[index]
+        function = self.functions.get(name)
+        params = [a.arg for a in function.args.posonlyargs + function.args.args] \
+            if function is not None else []
+        if params and params[0] in ("self", "cls"):
+            index += 1  # a method's index skips its instance
+        param = params[index] if index < len(params) else None
+        return next((kw.value for kw in node.keywords if param and kw.arg == param), None)
+
     def _handed_over(self, node: ast.Call, name: str | None) -> bool:
         """A function that starts programs handed to another that calls it: ``Thread(target=
         os.system, args=(cmd,))``, ``pool.submit(os.system, cmd)``, ``map(os.system, cmds)``."""
@@ -1572,11 +1997,14 @@ class _Reader(ast.NodeVisitor):
             rest = list(given.elts) if isinstance(given, (ast.Tuple, ast.List)) else []
         else:
             for i, arg in enumerate(node.args):
-                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)):
+                if isinstance(arg, (ast.Name, ast.Attribute)) and self._runs(self.call_name(arg)) \
+                        or self._possibly_runs(arg):
                     target, rest = arg, node.args[i + 1:]
                     break
         runner = self.call_name(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
-        if not self._runs(runner) or not rest:
+        if not self._runs(runner) and target is not None and rest and self._possibly_runs(target):
+            runner = _KEPT  # d["a"], r[0]: a runner kept aside, handed over
+        if not self._runs(runner) and runner != _KEPT or not rest:
             return False
         if short in ("map", "starmap", "imap", "imap_unordered", "map_async", *_KEYED):
             many = self.fold(rest[0])
@@ -1590,20 +2018,31 @@ class _Reader(ast.NodeVisitor):
         return True
 
     def _method_caller(self, node: ast.Call) -> bool:
-        """``operator.methodcaller("system", "ngrok tcp 22")(os)``: os.system("ngrok tcp 22")."""
-        caller = node.func
-        if not (isinstance(caller, ast.Call) and caller.args and len(node.args) == 1 and
-                self.call_name(caller.func) == "operator.methodcaller"):
+        """``operator.methodcaller("system", "ngrok tcp 22")(os)``: os.system("ngrok tcp 22")
+        (the caller kept in a name too; the method a holder's)."""
+        caller = self._getter(node.func, "operator.methodcaller")
+        if caller is None or not caller.args or len(node.args) != 1:
             return False
         method = self.fold(caller.args[0])
         owner = self.call_name(node.args[0]) if isinstance(node.args[0], (ast.Name, ast.Attribute)) \
             else None
         runner = f"{owner}.{method.value}" if owner and method is not None and \
             isinstance(method.value, str) else None
-        if not self._runs(runner):
+        if not self._runs(runner) and method is not None and isinstance(method.value, str) and \
+                self._possibly_runs(ast.Attribute(value=node.args[0], attr=method.value)):
+            runner = _KEPT
+        if not self._runs(runner) and runner != _KEPT:
             return False
         self._run_with(runner, caller.args[1:])
         return True
+
+    def _getter(self, func: ast.expr, maker: str) -> ast.Call | None:
+        """The ``maker(…)`` call (operator.attrgetter, methodcaller) ``func`` is, or is kept in."""
+        if isinstance(func, ast.Name):
+            func = self.getters.get(func.id)
+        if isinstance(func, ast.Call) and self.call_name(func.func) == maker:
+            return func
+        return None
 
     def _runs(self, name: str | None) -> bool:
         return bool(name) and (name in _RUN_CALLS or name.startswith(_RUN_PREFIXES) or
@@ -1612,6 +2051,9 @@ class _Reader(ast.NodeVisitor):
     def _run_with(self, runner: str, arg_nodes: list) -> None:
         call = ast.Call(func=ast.Name(id="_", ctx=ast.Load()), args=list(arg_nodes), keywords=[])
         args = [self.fold(a) for a in arg_nodes]
+        if runner == _KEPT:
+            self._run_kept_aside(call, args)
+            return
         if runner in self.runners:
             index = self.runners[runner]
             if len(args) > index and args[index] is not None:
@@ -1709,10 +2151,18 @@ class _Reader(ast.NodeVisitor):
                 command = " ".join(w for w in strings if w != UNKNOWN)
         elif args and args[0] is not None:
             command = args[0].value
+        elif node.args and self._one_of(node.args[0]):
+            for choice in self._one_of(node.args[0]):
+                self.emit_run(choice)  # os.system(cmds[k]): each command the table holds
+            return
         elif node.args:
             command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
             for kw in node.keywords:
+                if kw.arg in ("args", "command", "cmd") and self._one_of(kw.value):
+                    for choice in self._one_of(kw.value):
+                        self.emit_run(choice)  # run(args=c, …) of a loop over a table
+                    return
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
                     command = folded.value if folded else self.loose(kw.value)
@@ -1837,7 +2287,23 @@ class _Reader(ast.NodeVisitor):
             if folded is not None:
                 self.emit_value(folded)
                 return
+            if self._long_chain(node):
+                return
         super().generic_visit(node)
+
+    def _long_chain(self, node: ast.expr) -> bool:
+        """``r[0][0]…[0]`` past MAX_CHAIN items that did not fold: its keys and its root read
+        once each (folding every shorter chain in turn costs the square of its length)."""
+        chain = []
+        while isinstance(node, ast.Subscript) and len(chain) <= MAX_CHAIN * 64:
+            chain.append(node.slice)
+            node = node.value
+        if len(chain) <= MAX_CHAIN:
+            return False
+        for key in chain:
+            self.visit(key)
+        self.visit(node)
+        return True
 
     def visit_Expr(self, node):
         """A cell that names a macro runs the macro's code."""
@@ -1930,11 +2396,34 @@ class _Reader(ast.NodeVisitor):
             item = self.aliases.get(f"{func.func.value.id}[{key.value!r}]") if key else None
             default = self._runner_in(func.args[1]) if len(func.args) > 1 else None
             return item or default
+        getter = self._getter(func.func, "operator.attrgetter") if isinstance(func, ast.Call) \
+            else None
+        if getter is not None and len(getter.args) == 1 and len(func.args) == 1:
+            attr = self.fold(getter.args[0])  # operator.attrgetter("system")(os)
+            owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+                ast.Name, ast.Attribute)) else None
+            if owner and attr is not None and isinstance(attr.value, str):
+                return ".".join([owner, attr.value, *reversed(parts)])
+            return None
+        if isinstance(func, ast.Call) and not parts and self.call_name(func.func) == "eval" and \
+                len(func.args) == 1:  # eval("os.system")(...): the name it evaluates to
+            text = self.fold(func.args[0])
+            try:
+                named = ast.parse(_as_text(text.value) or "", mode="eval").body if text else None
+            except (SyntaxError, ValueError):
+                named = None
+            return self._call_name(named) if isinstance(named, (ast.Name, ast.Attribute)) \
+                else None
         if isinstance(func, ast.Call) and not parts:  # getattr(os, "system")(...)
-            if self.call_name(func.func) == "getattr" and len(func.args) == 2:
-                owner = self.call_name(func.args[0]) if isinstance(func.args[0], (
+            pair = func.args
+            if isinstance(func.func, ast.Attribute) and func.func.attr == "__getattribute__" \
+                    and len(func.args) == 1:
+                pair = [func.func.value, func.args[0]]  # os.__getattribute__("system")
+            if (self.call_name(func.func) in ("getattr", "object.__getattribute__") or
+                    pair is not func.args) and len(pair) == 2:
+                owner = self.call_name(pair[0]) if isinstance(pair[0], (
                     ast.Name, ast.Attribute, ast.Call)) else None
-                attr = self.fold(func.args[1])
+                attr = self.fold(pair[1])
                 if owner and attr is not None and isinstance(attr.value, str):
                     return f"{owner}.{attr.value}"
             return None
@@ -1961,8 +2450,13 @@ class _Reader(ast.NodeVisitor):
             return _Folded(value, False) if ok else None
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
+        if isinstance(node, ast.NamedExpr):
+            return self.fold(node.value, depth)  # os.system(c := "…")
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
+                isinstance(node.value.func, ast.Name):
+            return self.names.get(f"{node.value.func.id}.{node.attr}")  # an instance's: K().c
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.fold(e, depth) for e in node.elts]
             if any(i is None for i in items):
@@ -1984,6 +2478,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(-operand.value, False) if operand and type(operand.value) is int else None
         if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
             return self._fold_chr_comprehension(node, depth)
+        if isinstance(node, ast.DictComp):
+            return self._fold_dict_comprehension(node, depth)
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
             return self._fold_slice(node, depth)
         if isinstance(node, ast.Dict) and len(node.keys) <= 256 and None not in node.keys:
@@ -2061,6 +2557,29 @@ class _Reader(ast.NodeVisitor):
             return None
         return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
 
+    def _fold_dict_comprehension(self, node: ast.DictComp, depth: int) -> _Folded | None:
+        """``{k: v for k, v in [("t", "ngrok tcp 22")]}``: row by row, over constants."""
+        if len(node.generators) != 1 or node.generators[0].ifs:
+            return None
+        loop = node.generators[0]
+        names = _loop_names(loop.target)
+        rows = self._rows(loop.iter, len(names)) if names else None
+        if rows is None or len(rows) > MAX_INLINED_ITEMS:
+            return None
+        found, hidden = {}, False
+        for row in rows:
+            bound = {n: i if isinstance(i, _Folded) else self.fold(i, depth)
+                     for n, i in zip(names, row)}
+            if None in bound.values():
+                return None
+            key, value = self._fold_with(bound, node.key, depth), \
+                self._fold_with(bound, node.value, depth)
+            if key is None or value is None or not isinstance(key.value, (str, bytes, int)):
+                return None
+            found[key.value] = value.value
+            hidden = hidden or key.hidden or value.hidden
+        return _Folded(found, hidden)
+
     def _fold_with(self, bound: dict[str, _Folded], node: ast.expr, depth: int) -> _Folded | None:
         """``node`` folded with these names bound (a parameter, a loop variable), then unbound."""
         saved = {name: self.names.get(name) for name in bound}
@@ -2126,6 +2645,12 @@ class _Reader(ast.NodeVisitor):
             if codes is not None and isinstance(codes.value, list):
                 return _Folded([chr(c) for c in codes.value[:MAX_VALUE]], True)
             return None
+        if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
+                isinstance(node.args[0], ast.Name) and node.args[0].id == "str":
+            items = self.fold(node.args[1], depth)  # map(str, [...])
+            if items is not None and isinstance(items.value, (list, tuple)):
+                return _Folded([_as_text(v) or "" for v in items.value], True)
+            return None
         if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
             text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
             return _Folded(text, True) if text else None
@@ -2157,15 +2682,19 @@ class _Reader(ast.NodeVisitor):
                 all(isinstance(v, str) for v in values) and len(values[0]) == len(values[1]):
             return _Folded(str.maketrans(values[0], values[1]), True)
         if isinstance(func, ast.Attribute) and func.attr in ("join", "decode", "encode", "replace",
-                                                             "strip", "lower", "upper", "split",
-                                                             "translate"):
+                                                             "split", "translate", *_STR_METHODS):
             base = self.fold(func.value, depth)
             if base is not None:
                 return _Folded(_method(base.value, func.attr, values), True)
+            if name.split(".")[0] in ("str", "bytes") and values:  # str.join(" ", [...])
+                return _Folded(_method(values[0], func.attr, values[1:]), True)
+
         if isinstance(func, ast.Attribute) and func.attr == "join" and \
                 isinstance(func.value, ast.Constant):
             return None
         short = name.rsplit(".", 1)[-1]
+        if name == "format" and len(values) == 1 and isinstance(values[0], str):
+            return _Folded(values[0], args[0].hidden)
         if name == "chr" and values and isinstance(values[0], int):
             return _Folded(chr(values[0]), True)
         if name in ("str", "bytes", "bytearray") and len(values) == 1:
@@ -2223,6 +2752,62 @@ _DECORATED = "\0decorated"  # the name a decorated function is read under (no Py
 _FUNCTION = object()  # its value: a function, no command
 
 
+MAX_LOOP_ROWS = 16  # rows of a loop read one by one
+MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
+MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
+MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart
+MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
+MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``x`` or ``x.a``: the key a variable or an attribute of one is known by."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return None
+
+
+def _loop_names(target: ast.expr) -> list[str]:
+    """The names a loop binds, in order (``x``; ``a, b``), or [] for any other target."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)) and \
+            all(isinstance(e, ast.Name) for e in target.elts):
+        return [e.id for e in target.elts]
+    return []
+
+
+def _any_item(iterable: ast.expr) -> ast.expr:
+    """An expression for an item of ``iterable`` (what a loop over it may bind)."""
+    return ast.Call(func=ast.Name(id="next", ctx=ast.Load()),
+                    args=[ast.Call(func=ast.Name(id="iter", ctx=ast.Load()), args=[iterable],
+                                   keywords=[])], keywords=[])
+
+
+def _defaults(arguments: ast.arguments) -> dict[str, ast.expr]:
+    """A function's parameters that have a default: name -> the default."""
+    params = arguments.posonlyargs + arguments.args
+    found = {a.arg: d for a, d in zip(params[len(params) - len(arguments.defaults):],
+                                      arguments.defaults)}
+    found.update({a.arg: d for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults) if d})
+    return found
+
+
+def _root(node: ast.expr) -> str | None:
+    """The variable an attribute or item is read from (``tools`` of ``tools["sh"].run``)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _returned(function) -> list[ast.expr]:
+    """What a function gives its caller: its returns, and what it yields (a generator's items)."""
+    return [n.value for n in ast.walk(function)
+            if isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) and n.value][:64]
+
+
 def _returns_only(function) -> bool:
     """``def f(a, *b): return expr`` (a docstring allowed), undecorated, synchronous."""
     body = function.body[1:] if function.body and isinstance(function.body[0], ast.Expr) and \
@@ -2241,12 +2826,23 @@ def _size(tree: ast.AST, limit: int) -> int:
     return count
 
 
+_KEPT = "\0kept aside"  # a runner handed over that is only known to be in a holder
+_SAME_HOLDER = ("__dict__", "__mro__", "__bases__", "__base__")  # what a holder holds, again
+_PLAIN_DECORATORS = ("dataclass", "dataclasses.dataclass", "functools.total_ordering",
+                     "typing.final", "final")  # class decorators that add no runner
+_CLASS = "\0class"  # in a class's members: those not named are its bases' (no runners)
+#: methods whose result stands for an attribute (``__getattr__``) or what ``with`` binds
+_GIVING_METHODS = ("__getattr__", "__getattribute__", "__enter__", "__aenter__")
+
+
 def _may_run(members, key) -> bool:
     """Whether a holder's member ``key`` may be a runner (not known: it may)."""
     if members is None or key is None:
         return True
     if isinstance(members, list):
         return members[key] if type(key) is int and -len(members) <= key < len(members) else True
+    if _CLASS in members and key not in members:  # a base's (outside the cell), or none
+        return members.get("__getattr__", False) or members.get("__getattribute__", False)
     return members.get(key, True)
 
 
@@ -2331,12 +2927,19 @@ def _method(base, method: str, args: list):
         return _cap(base.replace(args[0], args[1]))
     if method == "split" and isinstance(base, str) and len(args) <= 1:
         return base.split(*(a for a in args if isinstance(a, str)))[:256]
-    if method in ("strip", "lower", "upper") and isinstance(base, str) and not args:
-        return getattr(base, method)()
+    if method in _STR_METHODS and isinstance(base, str) and \
+            all(isinstance(a, str) for a in args) and len(args) <= 1:
+        return _cap(getattr(base, method)(*args))  # none makes a string much longer
     if method == "translate" and isinstance(base, str) and len(args) == 1 and \
             isinstance(args[0], dict):
         return _cap(base.translate(args[0]))
     return None
+
+
+#: str methods folded: their results are no longer than their base (str.upper of "ß" aside)
+_STR_METHODS = ("strip", "lstrip", "rstrip", "lower", "upper", "casefold", "swapcase", "title",
+                "capitalize", "removeprefix", "removesuffix", "rsplit", "splitlines",
+                "partition", "rpartition")
 
 
 def _only_decode_keywords(node: ast.Call) -> bool:
