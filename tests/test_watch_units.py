@@ -520,3 +520,62 @@ def test_the_passs_table_is_discoverys_users_processes_not_the_machines():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_listing_that_finds_nothing_new_keeps_the_table_and_holds_no_election(monkeypatch):
+    """Without process events discovery lists /proc at every refresh (with them, every
+    RECONCILE s): one that finds no process new, exec'd or gone keeps the same table (the
+    pass does not make its own again: NodeSampler._scan_table) and elects no kernels again;
+    a process started is read and brings an election."""
+    from tests.harness import wait_until
+
+    node = NodeKernels(min_uid=1000)
+    node.refresh()
+    elections = []
+    elect = node._elect
+    monkeypatch.setattr(node, "_elect", lambda: (elections.append(1), elect()))
+
+    def unchanged() -> bool:
+        table, held = node.processes(), len(elections)
+        node.refresh()
+        return node.processes() is table and len(elections) == held
+
+    # (a process younger than 5 s is read again at each listing: it may still exec)
+    wait_until(unchanged, timeout=60, interval=0.5, what="a listing with no process new or gone")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        table, held = node.processes(), len(elections)
+        node.refresh()
+        assert node.processes() is not table and child.pid in node.processes()
+        assert len(elections) == held + 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_heartbeat_is_written_every_few_seconds_and_when_the_kernels_watched_change(
+        tmp_path):
+    import json
+    import types
+
+    from colab_guard.watch.app import HEARTBEAT_EVERY, NodeMonitor
+
+    kernels = {"k1": 10}
+    monitor = types.SimpleNamespace(
+        heartbeat_file=tmp_path / "heartbeat.json", ticks=1, proc_events=True,
+        settings=types.SimpleNamespace(sample_interval=1.0), kernel_pids=lambda: kernels,
+        _beaten=NodeMonitor._beaten)
+
+    def beat(now: float, ticks: int) -> dict:
+        monitor.ticks = ticks
+        NodeMonitor._beat(monitor, now)
+        return json.loads(monitor.heartbeat_file.read_text())
+
+    assert beat(1000.0, 1) == {"time": 1000.0, "pid": os.getpid(), "ticks": 1, "kernels": 1,
+                               "proc_events": True, "sample_interval": 1.0}
+    assert beat(1001.0, 2)["ticks"] == 1  # nothing new to say: not written again so soon
+    kernels["k2"] = 11
+    assert beat(1002.0, 3)["kernels"] == 2  # the kernels watched changed: written at once
+    assert beat(1003.0, 4)["ticks"] == 3
+    assert beat(1002.0 + HEARTBEAT_EVERY, 5)["ticks"] == 5
+    assert monitor.heartbeat_file.stat().st_mode & 0o777 == 0o644

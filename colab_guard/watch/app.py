@@ -11,6 +11,7 @@ setting, or a config file a user could have written, is refused with one line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -54,6 +55,14 @@ class WatchError(RuntimeError):
 #: seconds a process acted on at its exec is remembered (a pass sampled before its stop
 #: may act after it: passes take a second at most, many on a loaded machine)
 ACTED_AT_EXEC_KEPT = 120.0
+#: seconds between two heartbeats while what they say (beyond the time) stays the same: a
+#: liveness probe allows a minute; writing a file at every tick cost a fifth of the idle
+#: watcher's event loop
+HEARTBEAT_EVERY = 5.0
+#: The collector's thresholds in the watcher's process (Python's: 700, 10, 10): each
+#: collection of the youngest objects walks the pass's tables of the machine's processes
+#: (about 1 ms at five thousand), so they are collected less often.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def _acted(acted: dict[int, tuple[float, float]], process: Process) -> bool:
@@ -68,6 +77,7 @@ class NodeMonitor(Monitor):
 
     heartbeat_file: Path | None = None
     proc_events: bool = False
+    _beaten: tuple[float, tuple] = (0.0, ())  # the last heartbeat: (its time, what it said)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -129,11 +139,15 @@ class NodeMonitor(Monitor):
             self._beat(now)
 
     def _beat(self, now: float) -> None:
-        """The heartbeat: a small JSON file replaced at every tick (readable by all: whether
-        a watcher covers this machine, nothing about anyone's kernels)."""
-        beat = {"time": now, "pid": os.getpid(), "ticks": self.ticks,
-                "kernels": len(self.kernel_pids()), "proc_events": self.proc_events,
-                "sample_interval": self.settings.sample_interval}
+        """The heartbeat: a small JSON file replaced every HEARTBEAT_EVERY s, and at the
+        tick where what it says changes (readable by all: whether a watcher covers this
+        machine, nothing about anyone's kernels)."""
+        said = (len(self.kernel_pids()), self.proc_events, self.settings.sample_interval)
+        if said == self._beaten[1] and now - self._beaten[0] < HEARTBEAT_EVERY:
+            return
+        self._beaten = (now, said)
+        beat = {"time": now, "pid": os.getpid(), "ticks": self.ticks, "kernels": said[0],
+                "proc_events": said[1], "sample_interval": said[2]}
         path = self.heartbeat_file
         try:
             temporary = path.with_name(f".{path.name}.{os.getpid()}")
@@ -232,8 +246,9 @@ class Watcher(Application, GuardTraits):
         "root-owned, mode 0755. Empty: users' servers are not told."))
 
     heartbeat_file = Unicode("/run/colab-guard/heartbeat.json", config=True, help=(
-        "JSON file replaced at every tick (time, ticks, kernels watched), readable by all, so "
-        "that anyone can tell whether a watcher covers this machine. Empty: none."))
+        "JSON file replaced every 5 s and when the number of kernels watched changes (time, "
+        "ticks, kernels watched), readable by all, so that anyone can tell whether a watcher "
+        "covers this machine. Empty: none."))
 
     @default("incident_log")
     def _default_incident_log(self):
@@ -345,6 +360,7 @@ class Watcher(Application, GuardTraits):
 
     async def run(self) -> None:
         os.umask(0o027)  # its database and log hold every user's incidents: not for other users
+        gc.set_threshold(*GC_THRESHOLDS)
         monitor = self.build()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

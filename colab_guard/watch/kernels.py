@@ -56,7 +56,7 @@ YOUNG = 5.0
 #: seconds between two listings of /proc while process events keep discovery up to date
 #: (events can be lost unnoticed only if the connector drops them silently; ENOBUFS, the
 #: way it says so, brings a listing at the next refresh)
-RECONCILE = 10.0
+RECONCILE = 30.0
 #: process events kept between two refreshes; past it, the next refresh lists /proc
 MAX_PENDING = 50_000
 _HUB_USER = b"JUPYTERHUB_USER="
@@ -185,9 +185,12 @@ class NodeKernels:
             if users_changed or self.attributed != self._elected_for:
                 self._elect()
             return self._kernels
-        self._seen = self._list()
+        seen, changed = self._list()
+        if changed:  # else the same object: the pass's table stands (sampler.py)
+            self._seen = seen
         self._listed_at = now
-        self._elect()
+        if changed or self.attributed != self._elected_for:
+            self._elect()
         return self._kernels
 
     def _follow_events(self) -> bool:
@@ -218,9 +221,10 @@ class NodeKernels:
         self._seen = seen
         return users
 
-    def _list(self) -> dict[int, tuple[int, Seen | None]]:
-        """One listing of /proc (see refresh)."""
-        before, seen = self._seen, {}
+    def _list(self) -> tuple[dict[int, tuple[int, Seen | None]], bool]:
+        """One listing of /proc (see refresh), and whether a process was read (new, exec'd,
+        unsettled) or gone since the last refresh."""
+        before, seen, read = self._seen, {}, False
         execs = self._execs
         self._keep_for_pass(execs)
         self._forks, self._exits, self._execs, self._unsettled = set(), set(), set(), set()
@@ -241,8 +245,9 @@ class NodeKernels:
                         and known[1].start >= young_since):
                     seen[pid] = known
                     continue
+                read = True
                 self._remember(seen, pid, inode, *self._read(pid))
-        return seen
+        return seen, read or len(seen) != len(before)
 
     def _remember(self, seen: dict, pid: int, inode: int, info: Seen | None, final: bool
                   ) -> None:
