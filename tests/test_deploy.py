@@ -14,7 +14,7 @@ MANIFEST = ROOT / "deploy" / "kubernetes" / "colab-guard-watch.yaml"
 UNIT = ROOT / "deploy" / "systemd" / "colab-guard-watch.service"
 #: what the watcher uses (README, "Node watcher"): /proc of others, their files, signals,
 #: the process events connector
-CAPABILITIES = {"SYS_PTRACE", "DAC_READ_SEARCH", "KILL", "NET_ADMIN"}
+CAPABILITIES = {"SYS_PTRACE", "DAC_READ_SEARCH", "KILL", "NET_ADMIN", "PERFMON"}
 
 
 def documents() -> dict[str, dict]:
@@ -51,7 +51,7 @@ def test_the_daemonset_sees_every_process_with_only_the_capabilities_it_needs():
     [container] = pod["containers"]
     security = container["securityContext"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": sorted(CAPABILITIES, key=[
-        "SYS_PTRACE", "DAC_READ_SEARCH", "KILL", "NET_ADMIN"].index)}
+        "SYS_PTRACE", "DAC_READ_SEARCH", "KILL", "NET_ADMIN", "PERFMON"].index)}
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True and security["runAsUser"] == 0
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -443,11 +443,13 @@ def test_the_watcher_beats_and_serves_its_metrics(watcher):
     assert "colab_guard_watch_heartbeat_timestamp_seconds" in page
     assert 'colab_guard_watch_proc_events_total{kind="exec"}' in page
     assert "colab_guard_kernels_monitored" in page
+    assert "colab_guard_watch_switch_records_lost_total" in page
     if shutil.which("setpriv"):  # it ran with the systemd unit's capabilities alone
         status = Path(f"/proc/{watcher.proc.pid}/status").read_text()
         effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)
-        assert effective == (1 << 2) | (1 << 5) | (1 << 12) | (1 << 19)  # dac_read_search,
-        # kill, net_admin, sys_ptrace
+        assert effective == (1 << 2) | (1 << 5) | (1 << 12) | (1 << 19) | (1 << 38)
+        # dac_read_search, kill, net_admin, sys_ptrace, perfmon: and they suffice
+        assert "process events on, context-switch records on" in watcher.log()
 
 
 @pytest.mark.parametrize("events", [True, False])
@@ -614,7 +616,7 @@ def test_the_systemd_unit_is_valid_and_hardened(tmp_path):
     assert settings["ExecStart"].endswith("colab-guard watch")
     assert settings["User"] == "root" and settings["NoNewPrivileges"] == "yes"
     assert set(settings["CapabilityBoundingSet"].split()) == {
-        "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_NET_ADMIN"}
+        "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_NET_ADMIN", "CAP_PERFMON"}
     assert settings["ProtectSystem"] == "strict" and settings["UMask"] == "0027"
     assert "ProtectProc" not in settings and "PrivatePIDs" not in settings  # it sees every process
     # verify needs the program to exist: this environment's colab-guard stands in for it

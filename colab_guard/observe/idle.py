@@ -44,6 +44,11 @@ SPREAD_FROM = 400
 #: window waits longer than that anyway.
 QUIET_CHECKS_PER_SECOND = 400
 QUIET_CHECK_MAX = 10.0
+#: ... where the kernel's context-switch records say which processes ran (the node watcher,
+#: watch/switches.py): one that ran is asked at the next tick, and the others only every
+#: this many seconds, a safety net, so that 5,000 idle processes cost 80 preads a second
+#: rather than 500. Records lost, it is QUIET_CHECK_MAX again at once.
+QUIET_CHECK_SWITCHES = 60.0
 
 #: A process that ran less than this share of a core since its last light read (spread past
 #: SPREAD_FROM) is handed out as it was, up to LIGHT_READ_MAX_AGE s after that read: one
@@ -203,20 +208,23 @@ class HeldStat:
         self.close()
 
 
-def quiet_check_spacing(watched: int) -> float:
+def quiet_check_spacing(watched: int, switches: bool = False) -> float:
     """Seconds between two turns of a quiet process (before the spread by pid), ``watched``
     processes being watched: QUIET_CHECKS_PER_SECOND turns a second in all, each process at
-    least every QUIET_CHECK_MAX s."""
+    least every QUIET_CHECK_MAX s; QUIET_CHECK_SWITCHES where the context-switch records
+    (``switches``) say which ran."""
+    if switches:
+        return QUIET_CHECK_SWITCHES
     return min(QUIET_CHECK_MAX, watched / QUIET_CHECKS_PER_SECOND)
 
 
-def next_check(now: float, pid: int, watched: int) -> float:
+def next_check(now: float, pid: int, watched: int, switches: bool = False) -> float:
     """When a quiet process is next asked whether it ran, ``watched`` processes being watched
     (most of them quiet: SPREAD_FROM): at every tick for a few; else spread by pid, at most
-    QUIET_CHECK_MAX s apart."""
+    quiet_check_spacing apart."""
     if watched <= SPREAD_FROM:
         return 0.0
-    return now + quiet_check_spacing(watched) * (8 + pid % 8) / 16
+    return now + quiet_check_spacing(watched, switches) * (8 + pid % 8) / 16
 
 
 class Parked:
@@ -230,7 +238,11 @@ class Parked:
     of five thousand idle processes cost what the reads cost, not a call into the sampler
     each; one that barely runs (a kernel) is asked by its probe (a pread of its held stat),
     not visited. Any other turn, and a probe that says it ran or whose refresh is due, go to
-    ``still_quiet``."""
+    ``still_quiet``.
+
+    Where the context-switch records say which processes ran (``woken``), a quiet one among
+    them has its turn at once, and the others are asked only a long spacing apart; when
+    they cannot say (records lost), every quiet turn is brought within the usual spacing."""
 
     def __init__(self):
         self.owners: Mapping[int, str] | None = None
@@ -241,10 +253,13 @@ class Parked:
         # not run): one lookup a turn
         self._turns: dict[int, tuple[float, Probe | None, float | None]] = {}
         self.turns: list[int] | None = None  # (tests) the pids asked at their turn, in order
+        self.woken_known = False  # the last visit was told which processes ran
+        self._barely: set[int] = set()  # parked ones that barely run (park); some stale
 
     def visit(self, owners: Mapping[int, str], now: float, asked: set[int],
               still_quiet: StillQuiet | None = None, spacing: float = 0.0,
-              probing: bool = True, same: Same | None = None) -> Mapping[int, str]:
+              probing: bool = True, same: Same | None = None,
+              woken: set[int] | None = None) -> Mapping[int, str]:
         """The processes this pass visits: all but the parked (under a new attribution, those
         of the same kernel that ``same(pid, sample)`` says are as they were stay parked),
         those ``asked`` (they exec'd) unparked first, then those due: a probed
@@ -252,11 +267,17 @@ class Parked:
         unparked unless ``still_quiet(pid, sample, now, quiet_at)`` says when it is due next
         (it did not run: asked there and then, without a visit; ``quiet_at``: when a probe
         last found it had not run, or None). ``probing`` False: the scheduler counts do not
-        move (idle.SchedCounts), so no probe is believed."""
+        move (idle.SchedCounts), so no probe is believed. ``woken``: the processes that ran
+        since the last visit (watch/switches.py), or None if that is not known."""
         if owners is not self.owners:
             self._carry_over(owners, same)
         for pid in asked:
             self.unpark(pid)
+        if woken is not None:
+            self._wake(woken, now)
+        elif self.woken_known:
+            self._tighten(now, spacing)
+        self.woken_known = woken is not None
         queue, live, turns = self._queue, self._turns, self.turns
         while queue and queue[0][0] <= now:
             when, pid = queue[0]
@@ -295,6 +316,27 @@ class Parked:
                 self.unpark(pid)
         return self.unparked
 
+    def _wake(self, woken: set[int], now: float) -> None:
+        """The quiet among ``woken`` (those that ran) have their turn now: a process that
+        barely runs (a kernel, woken every second) keeps its own."""
+        live, queue = self._turns, self._queue
+        for pid in (woken & live.keys()) - self._barely:  # at C speed (4 µs): few are left
+            when, probe, quiet_at = live[pid]
+            if when > now:
+                live[pid] = (now, probe, quiet_at)
+                heapq.heappush(queue, (now, pid))
+
+    def _tighten(self, now: float, spacing: float) -> None:
+        """Who ran is no longer known: every quiet process is asked within ``spacing`` again
+        (spread by pid), as if it had been parked without the records."""
+        live, barely = self._turns, self._barely
+        for pid, (when, probe, quiet_at) in live.items():
+            soon = now + spacing * (8 + pid % 8) / 16
+            if when > soon and pid not in barely:
+                live[pid] = (soon, probe, quiet_at)
+        self._queue = [(turn[0], pid) for pid, turn in live.items()]
+        heapq.heapify(self._queue)
+
     def _carry_over(self, owners: Mapping[int, str], same: Same | None) -> None:
         """A new attribution (a process started or exited): the parked that are still of the
         same kernel and as they were (``same``: the same process, parent and role) stay
@@ -312,13 +354,21 @@ class Parked:
                 by_kernel[kernel_id] = kept
         if not by_kernel:
             self.reset()
+        self._barely.intersection_update(turns)
         self.owners, self.by_kernel = owners, by_kernel
         self.unparked = {pid: kid for pid, kid in owners.items()
                          if pid not in by_kernel.get(kid, ())}
 
-    def park(self, pid: int, sample: Process, due: float, probe: Probe | None = None) -> None:
+    def park(self, pid: int, sample: Process, due: float, probe: Probe | None = None,
+             barely: bool = False) -> None:
+        """Parked until ``due``; ``barely``: it runs, but barely (a kernel: not woken by the
+        switch records, which name it every second)."""
         kernel_id = self.unparked.pop(pid, None)
         if kernel_id is not None:
+            if barely:
+                self._barely.add(pid)
+            else:
+                self._barely.discard(pid)
             self.by_kernel.setdefault(kernel_id, {})[pid] = sample
             self._turns[pid] = (due, probe, None)
             heapq.heappush(self._queue, (due, pid))
@@ -334,7 +384,7 @@ class Parked:
     def reset(self) -> None:
         """Nothing parked (spreading off: events lost, or few processes)."""
         self.owners, self.by_kernel, self.unparked, self._queue = None, {}, {}, []
-        self._turns = {}
+        self._turns, self.woken_known, self._barely = {}, False, set()
 
 
 #: A parked process's probe. A quiet one's: (the fd of its one thread's schedstat, held open;

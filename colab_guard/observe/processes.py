@@ -34,9 +34,9 @@ from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import ContentScanner
 from .gpu import GpuSample
-from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, SPREAD_FROM, HeldCounts,
-                   HeldStat, Parked, Probe, QuietRead, SchedCounts, next_check,
-                   quiet_check_spacing, refresh_time)
+from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, QUIET_CHECK_MAX,
+                   SPREAD_FROM, HeldCounts, HeldStat, Parked, Probe, QuietRead, SchedCounts,
+                   next_check, quiet_check_spacing, refresh_time)
 from .model import Process, Snapshot
 from .procfs import CLOCK_TICKS, InetTables
 
@@ -190,9 +190,10 @@ class ProcessSampler:
         self._spreading = False
         self._watched = 0  # processes this tick (the quiet ones' turns follow it)
         self._check_now: set[int] = set()  # pids asked this tick all the same (they exec'd)
+        self._woken: set[int] | None = None  # this tick's: the pids that ran (woken()), if known
         self._parked = Parked()  # quiet processes waiting their turn (idle.py)
-        # this tick's: (pid, sample, due, its probe if a quiet one: idle.Parked)
-        self._to_park: list[tuple[int, Process, float, Probe | None]] = []
+        # this tick's: (pid, sample, due, its probe, whether it barely runs: idle.Parked)
+        self._to_park: list[tuple[int, Process, float, Probe | None, bool]] = []
         self._gpu_on = False  # this tick's: GPU use sampled (a parked one's is asked at visits)
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
         # kernel id -> its processes' keys (Snapshot.members), for one attribution
@@ -207,6 +208,7 @@ class ProcessSampler:
         now = time.time()
         self._gpu_on = gpu is not None
         self._check_counts_move()
+        self._woken = self.woken()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
         # Read when first needed: a socket not seen before, or the states of known ones
@@ -221,8 +223,9 @@ class ProcessSampler:
             self._parked.reset()
         self._watched = len(owners)
         visit = self._parked.visit(owners, now, self._check_now, self._still_quiet,
-                                   quiet_check_spacing(len(owners)), self.counts_move,
-                                   self._still_same(table, kernel_pids, owners)) \
+                                   quiet_check_spacing(len(owners), self._woken is not None),
+                                   self.counts_move, self._still_same(table, kernel_pids, owners),
+                                   self._woken) \
             if self._spreading else owners
         no_gpu = (0.0, 0.0)
         for pid, kid in list(visit.items()):
@@ -275,7 +278,7 @@ class ProcessSampler:
                 or now >= quiet.refresh_at or not self.counts_move or quiet.ran(pid)[0]:
             return 0.0
         state.cpu = (state.cpu[0], now)
-        state.check_at = next_check(now, pid, self._watched)
+        state.check_at = next_check(now, pid, self._watched, self._woken is not None)
         return state.check_at
 
     def _park_quiet(self, snapshots: dict[str, Snapshot], now: float) -> None:
@@ -290,9 +293,9 @@ class ProcessSampler:
                 snapshot.processes.extend(parked.values())
                 snapshot.parked = len(parked)
         measuring = self.behaviour.measuring
-        for pid, sample, due, probe in self._to_park:
+        for pid, sample, due, probe, barely in self._to_park:
             if sample.key not in measuring:
-                self._parked.park(pid, sample, due, probe)
+                self._parked.park(pid, sample, due, probe, barely)
         self._to_park = []
 
     def _name_members(self, snapshots: dict[str, Snapshot], owners: Mapping[int, str],
@@ -317,6 +320,11 @@ class ProcessSampler:
         """Whether quiet processes may be asked in turn (idle.SPREAD_FROM): only where process
         events say at once which exec'd (the node watcher's sampler)."""
         return False
+
+    def woken(self) -> set[int] | None:
+        """The pids that ran since the last tick, where the kernel says so (the node watcher's
+        context-switch records), else None: quiet processes are then asked in turn."""
+        return None
 
     def _annotate_behaviour(self, snapshots: dict[str, Snapshot], now: float) -> None:
         """Behaviour fields over a window, for the few candidate processes; a sample whose
@@ -691,15 +699,16 @@ class ProcessSampler:
             # Most of a thousand idle children: handed out as they were last tick, with no
             # socket and nothing pending; one pread of its schedstat says it did not run
             # (with many, asked in turn: idle.next_check).
-            if self._spreading and now < state.check_at and entry.pid not in self._check_now:
-                self._to_park.append((entry.pid, last, state.check_at, quiet.probe()))
+            if self._spreading and self._turn_stands(entry.pid, state.check_at, now):
+                self._to_park.append((entry.pid, last, state.check_at, quiet.probe(), False))
                 return last
             if not quiet.ran(entry.pid)[0]:
                 state.cpu = (state.cpu[0], now)
                 if self._spreading:
-                    state.check_at = next_check(now, entry.pid, self._watched)
+                    state.check_at = next_check(now, entry.pid, self._watched,
+                                                self._woken is not None)
                     if state.check_at:
-                        self._to_park.append((entry.pid, last, state.check_at, quiet.probe()))
+                        self._to_park.append((entry.pid, last, state.check_at, quiet.probe(), False))
                 return last
             state.check_at = 0.0
             return None
@@ -727,6 +736,17 @@ class ProcessSampler:
         return self._hand_out(key, base.but(
             ppid=entry.ppid, cpu_percent=0.0, is_kernel=is_kernel, sockets=found,
             gpu_percent=gpu_use[0], gpu_memory_mb=gpu_use[1]))
+
+    def _turn_stands(self, pid: int, check_at: float, now: float) -> bool:
+        """Whether a quiet process visited now may wait for its turn at ``check_at`` without
+        being asked: not if it exec'd or the switch records say it ran, nor if its turn was
+        set while they said who ran and they no longer do."""
+        if now >= check_at or pid in self._check_now:
+            return False
+        woken = self._woken
+        if woken is None:
+            return check_at <= now + QUIET_CHECK_MAX
+        return pid not in woken
 
     def _catch_up(self, entry: Entry, state: Tracked, now: float) -> None:
         """Finish what the last full read of a now idle process left for later: markers
@@ -835,7 +855,7 @@ class ProcessSampler:
         state.barely_next = now + BARELY_RECHECK * (8 + entry.pid % 8) / 16
         if _parks_running(last):
             self._to_park.append((entry.pid, last, state.barely_next,
-                                  self._barely_probe(entry, state, quiet)))
+                                  self._barely_probe(entry, state, quiet), True))
         if state.pairs:
             self._pairs_now[entry.key] = state.pairs
         return True

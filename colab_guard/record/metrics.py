@@ -62,6 +62,10 @@ WATCH_PROC_EVENTS = Counter("colab_guard_watch_proc_events_total",
                             "Process events the node watcher read from the kernel's proc "
                             "connector, by kind (fork, exec, exit; overrun: some were lost).",
                             ["kind"])
+WATCH_SWITCHES_LOST = Counter("colab_guard_watch_switch_records_lost_total",
+                              "Passes at which the node watcher lost context-switch records "
+                              "(more switches than its buffers hold): the quiet processes "
+                              "were asked in turn, as without them.")
 HUB_REPORTS = Counter("colab_guard_hub_reports_total",
                       "Incidents reported to the hub service, by outcome: sent (taken), refused "
                       "(HTTP 400/401/403: not retried), dropped (the queue was full: the oldest "

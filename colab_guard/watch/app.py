@@ -227,6 +227,13 @@ class Watcher(Application, GuardTraits):
         "Listen to the kernel's process events (netlink proc connector) and check at once "
         "when a program starts; the /proc scan every sample_interval stays as the fallback."))
 
+    switch_records = Bool(True, config=True, help=(
+        "Read the kernel's context-switch records (perf_event_open, as `perf record "
+        "--switch-events -a`; needs CAP_PERFMON) to know which processes ran since the last "
+        "pass, so that thousands of idle processes are not each asked in turn. Off, or where "
+        "they cannot be opened or some are lost: each quiet process is asked at least every "
+        "10 s. Used only with proc_events."))
+
     metrics_port = Int(0, min=0, max=65535, config=True, help=(
         "Serve the watcher's Prometheus metrics on this port (http://metrics_address:PORT/). "
         "0: not served."))
@@ -379,6 +386,11 @@ class Watcher(Application, GuardTraits):
                 events.close()
                 events = None
         monitor.proc_events = events is not None
+        switches = None
+        if events is not None and self.switch_records:
+            from .switches import SwitchRecords
+
+            switches = monitor.sampler.switches = SwitchRecords.open(self.log)
         if self.heartbeat_file:
             monitor.heartbeat_file = Path(self.heartbeat_file)
             if not monitor.heartbeat_file.parent.exists():
@@ -397,11 +409,13 @@ class Watcher(Application, GuardTraits):
             self.log.info("colab-guard watch: metrics on http://%s:%d/", self.metrics_address,
                           self.metrics_port)
         self.log.info("colab-guard watch: %d signatures, %d allow rules, sampling every %gs%s, "
-                      "process events %s; users uid >= %d%s; incidents in %s and %s",
+                      "process events %s, context-switch records %s; users uid >= %d%s; "
+                      "incidents in %s and %s",
                       len(self.rules.signatures), len(self.rules.allow),
                       self.settings.sample_interval,
                       " (DRY RUN: nothing will be stopped)" if self.settings.dry_run else "",
-                      "on" if events is not None else "off", self.min_uid,
+                      "on" if events is not None else "off",
+                      "on" if switches is not None else "off", self.min_uid,
                       f" ({', '.join(self.users)} only)" if self.users else "",
                       self.settings.database_url, self.settings.incident_log)
         self.log.info("colab-guard watch: %d signatures are checked at a program's exec (they "
@@ -424,6 +438,8 @@ class Watcher(Application, GuardTraits):
         if events is not None:
             events.close()
         await monitor.stop()
+        if switches is not None:
+            switches.close()
         self.store.flush()
         if self.reporter is not None:
             self.reporter.stop(timeout=2.0)  # what is still queued is sent after the restart

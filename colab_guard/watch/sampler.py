@@ -14,7 +14,9 @@ from __future__ import annotations
 from ..observe import procfs
 from ..observe.attribution import children_of, descend, unknown_kernel
 from ..observe.processes import Entry, ProcessSampler
+from ..record import metrics
 from .kernels import NodeKernels
+from .switches import SwitchRecords
 
 
 class NodeSampler(ProcessSampler):
@@ -33,6 +35,9 @@ class NodeSampler(ProcessSampler):
         #: replaced, never changed (NodeMonitor reads it)
         self.service_sessions: frozenset = frozenset()
         self._listed_from: dict | None = None  # discovery's view the table was taken from
+        #: which processes ran, from the kernel's context-switch records (switches.py), if
+        #: they could be opened (Watcher.switch_records)
+        self.switches: SwitchRecords | None = None
 
     def _attribute(self, kernels, table):
         owners = super()._attribute(kernels, table)
@@ -87,6 +92,18 @@ class NodeSampler(ProcessSampler):
     def may_spread(self) -> bool:
         """Quiet processes asked in turn while process events say which exec'd (idle.py)."""
         return self.node.events_live and not self.node.events_lost
+
+    def woken(self) -> set[int] | None:
+        """The pids that ran since the last pass, from the context-switch records; None
+        without them or when some were lost (counted)."""
+        switches = self.switches
+        if switches is None:
+            return None
+        lost = switches.lost
+        woken = switches.ran()
+        if switches.lost != lost:
+            metrics.WATCH_SWITCHES_LOST.inc()
+        return woken
 
     def _scan_table(self) -> dict[int, Entry]:
         """The users' processes, and those that descend from one; a process whose parent

@@ -1,0 +1,210 @@
+"""Which processes ran: the kernel's context-switch records (perf_event_open).
+
+The node watcher asks each of thousands of quiet processes in turn whether it ran
+(observe/idle.py: one pread of its schedstat at least every QUIET_CHECK_MAX s), a cost that
+grows with the processes that sleep. The kernel can say it instead: a perf event on each
+CPU with ``context_switch`` set writes a record at every switch, naming the task switched
+to (or from), into a ring buffer mapped here (PERF_RECORD_SWITCH_CPU). Drained once a tick,
+they give the processes that ran since, at a cost that follows what runs: a switch costs
+the kernel one 16-byte record, and reading them 10 ns or so a record.
+
+Nothing to compile or load: one system call per CPU, as ``perf record --switch-events -a``
+makes. It needs CAP_PERFMON (or CAP_SYS_ADMIN before Linux 5.8, or perf_event_paranoid at
+-1). Where the events cannot be opened, a CPU comes online uncovered, or records were lost
+(more switches in a tick than a buffer holds), ``ran`` says None: "unknown", and the quiet
+processes are asked in turn as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import platform
+import struct
+import time
+from array import array
+
+#: perf_event_open's system call number, by machine (asm/unistd.h).
+SYSCALL = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331, "riscv64": 241,
+           "i686": 336, "armv7l": 364}
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_DUMMY = 9  # counts nothing: only its side-band records
+CONTEXT_SWITCH = 1 << 26  # perf_event_attr's context_switch bit
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_RECORD_LOST = 2
+PERF_RECORD_SWITCH_CPU = 15
+RECORD = 16  # a switch record: header (type, misc, size), next_prev_pid, next_prev_tid
+#: Data pages per CPU: 256 KiB, about 8,000 switches a tick on that CPU, and within the
+#: locked memory perf allows any user per CPU by default (perf_event_mlock_kb, 516 KiB).
+PAGES = 64
+HEAD, TAIL = 1024, 1032  # data_head and data_tail in perf_event_mmap_page
+#: Seconds after records were lost during which they are not believed, so that a machine
+#: (or a user) switching tasks faster than the buffers hold does not toggle the watcher
+#: between its two ways every other tick (each way back costs a pass over every quiet turn).
+DOUBT = 30.0
+#: Free bytes under which a buffer counts as full: records may have been lost (a lost
+#: record is written only once there is room again, in the next tick's records).
+FULL = 64
+
+
+class Attr(ctypes.Structure):
+    """perf_event_attr as of its first version (64 bytes): all that is set here."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32),
+                ("config", ctypes.c_uint64), ("sample_period", ctypes.c_uint64),
+                ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
+
+
+ONLINE = "/sys/devices/system/cpu/online"
+
+
+def online_cpus(text: bytes) -> tuple[int, ...]:
+    """The online CPUs, from the kernel's list of them (b"0-3,6")."""
+    cpus = []
+    for part in filter(None, text.decode().strip().split(",")):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return tuple(cpus)
+
+
+class CpuBuffer:
+    """One CPU's event and its ring buffer."""
+
+    def __init__(self, fd: int, pages: int):
+        self.fd = fd
+        self.page = mmap.PAGESIZE
+        self.size = pages * self.page
+        self.map = mmap.mmap(fd, self.page + self.size, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def drain(self) -> bytes | None:
+        """The records written since the last drain, and the space they took given back;
+        None if the buffer filled up (the kernel says so only with its next record)."""
+        head, tail = struct.unpack_from("<QQ", self.map, HEAD)
+        if head == tail:
+            return b""
+        if head - tail > self.size - FULL:
+            struct.pack_into("<Q", self.map, TAIL, head)
+            return None
+        start, end = self.page + tail % self.size, self.page + head % self.size
+        if end <= start:  # wrapped round the buffer's end
+            data = self.map[start:self.page + self.size] + self.map[self.page:end]
+        else:
+            data = self.map[start:end]
+        struct.pack_into("<Q", self.map, TAIL, head)
+        return data
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+class SwitchRecords:
+    """The context-switch records of every online CPU (see the module)."""
+
+    def __init__(self, buffers: list[CpuBuffer], online: int, cpus: tuple[int, ...],
+                 log: logging.Logger):
+        self.buffers = buffers
+        self.online = online  # the list of online CPUs, held open (read again: 0.5 µs)
+        self.cpus = cpus
+        self.log = log
+        self.lost = 0  # times records were lost (metrics)
+        self.doubt_until = 0.0  # monotonic time until which they are not believed (DOUBT)
+
+    @classmethod
+    def open(cls, log: logging.Logger, pages: int = PAGES) -> SwitchRecords | None:
+        """The records of every online CPU, or None (said in the log) if they cannot be had."""
+        number = SYSCALL.get(platform.machine())
+        if number is None:
+            log.info("colab-guard watch: no context-switch records on %s: quiet processes "
+                     "are asked in turn", platform.machine())
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = Attr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(Attr),
+                    config=PERF_COUNT_SW_DUMMY, flags=CONTEXT_SWITCH)
+        buffers: list[CpuBuffer] = []
+        online = -1
+        try:
+            online = os.open(ONLINE, os.O_RDONLY | os.O_CLOEXEC)
+            cpus = online_cpus(os.pread(online, 4096, 0))
+            for cpu in cpus:
+                fd = libc.syscall(number, ctypes.byref(attr), -1, cpu, -1,
+                                  PERF_FLAG_FD_CLOEXEC)
+                if fd < 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"perf_event_open on CPU {cpu}: {os.strerror(err)}")
+                try:
+                    buffers.append(CpuBuffer(fd, pages))
+                except OSError:
+                    os.close(fd)
+                    raise
+        except (OSError, ValueError) as err:
+            for buffer in buffers:
+                buffer.close()
+            if online >= 0:
+                os.close(online)
+            log.info("colab-guard watch: no context-switch records (%s; they need "
+                     "CAP_PERFMON): quiet processes are asked in turn", err)
+            return None
+        return cls(buffers, online, cpus, log)
+
+    def ran(self) -> set[int] | None:
+        """The processes (thread group ids) that ran since the last call, or None when that
+        cannot be known: records lost, or the online CPUs changed (then opened anew; for
+        good if that fails)."""
+        if not self.buffers:
+            return None
+        pids: set[int] = set()
+        whole = True
+        for buffer in self.buffers:
+            data = buffer.drain()
+            if data is None or data and not _switched(data, pids):
+                whole = False
+        try:
+            cpus = online_cpus(os.pread(self.online, 4096, 0))
+        except (OSError, ValueError):
+            cpus = ()
+        if cpus != self.cpus:
+            self._reopen()
+            return None
+        now = time.monotonic()
+        if not whole:
+            self.lost += 1
+            self.doubt_until = now + DOUBT
+        return pids if now >= self.doubt_until else None
+
+    def _reopen(self) -> None:
+        again = SwitchRecords.open(self.log, self.buffers[0].size // mmap.PAGESIZE
+                                   if self.buffers else PAGES)
+        self.close()
+        if again is not None:
+            self.buffers, self.online, self.cpus = again.buffers, again.online, again.cpus
+
+    def close(self) -> None:
+        for buffer in self.buffers:
+            buffer.close()
+        if self.online >= 0:
+            os.close(self.online)
+        self.buffers, self.online, self.cpus = [], -1, ()
+
+
+def _switched(data: bytes, pids: set[int]) -> bool:
+    """Add the pids named in ``data`` (records) to ``pids``; False if any were lost or the
+    records cannot be read."""
+    words = array("I", data)  # native order, as the kernel writes them
+    if len(data) % RECORD == 0 and words[0::4].count(PERF_RECORD_SWITCH_CPU) == len(words) // 4:
+        pids.update(words[2::4])  # every record a switch: at C speed
+        return True
+    offset = 0
+    while offset + 8 <= len(data):  # another record among them: walked one by one
+        kind, _, size = struct.unpack_from("=IHH", data, offset)
+        if size < 8 or offset + size > len(data) or kind == PERF_RECORD_LOST:
+            return False
+        if kind == PERF_RECORD_SWITCH_CPU and size >= RECORD:
+            pids.add(struct.unpack_from("=I", data, offset + 8)[0])
+        offset += size
+    return offset == len(data)
