@@ -21,7 +21,7 @@ from colab_guard.observe import idle
 from colab_guard.watch import switches
 from colab_guard.watch.switches import SwitchRecords
 from tests.harness import wait_until
-from tests.test_sampler_spread import (CHILDREN, Asked, SpreadingSampler, kernel,  # noqa: F401
+from tests.test_sampler_spread import (Asked, SpreadingSampler, kernel,  # noqa: F401
                                        many, parked_once, sleeper, tell)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-wide perf events need root")
@@ -42,25 +42,25 @@ def asleep(pid: int) -> bool:
 
 
 def test_a_process_that_ran_is_named_and_one_that_sleeps_is_not(records):
-    sleeper = subprocess.Popen(["sleep", "600"])
+    sleeping = subprocess.Popen(["sleep", "600"])
     spinner = subprocess.Popen([sys.executable, "-c", "import sys\nsys.stdin.readline()\n"
                                 "sum(range(10**6))\n"], stdin=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: asleep(sleeper.pid) and asleep(spinner.pid), timeout=10,
+        wait_until(lambda: asleep(sleeping.pid) and asleep(spinner.pid), timeout=10,
                    what="both asleep")
         records.ran()  # what ran before: drained
         first = records.ran()
-        assert first is not None and sleeper.pid not in first and spinner.pid not in first
+        assert first is not None and sleeping.pid not in first and spinner.pid not in first
         spinner.stdin.write("go\n")
         spinner.stdin.flush()
         spinner.wait(timeout=30)
         then = records.ran()
         assert spinner.pid in then  # it woke, computed and exited
         assert os.getpid() in then  # this process ran too
-        assert sleeper.pid not in then
+        assert sleeping.pid not in then
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        sleeping.kill()
+        sleeping.wait()
 
 
 def test_records_lost_make_it_unknown_for_a_while(monkeypatch):
