@@ -411,9 +411,9 @@ def test_root_and_other_users_processes_are_never_touched(watcher, users, world,
             # here, it is bob's with the kernel unknown (attribution.py), and stopped as such
             if as_bob.pid in pids:
                 assert (incident.user, incident.kernel_id) == (BOB, f"unknown-kernel:{bob.pw_uid}")
-        if as_bob.poll() is not None:
-            assert any(as_bob.pid in {p["pid"] for p in i.evidence["processes"]}
-                       for i in watcher.incidents())
+        if as_bob.poll() is not None:  # stopped: its incident is written just after
+            waits(watcher, lambda: any(as_bob.pid in {p["pid"] for p in i.evidence["processes"]}
+                                       for i in watcher.incidents()), "bob's miner's incident")
     finally:
         for proc in (as_root, as_bob, bob_kernel):
             proc.kill()

@@ -46,15 +46,17 @@ QUIET_CHECKS_PER_SECOND = 400
 QUIET_CHECK_MAX = 10.0
 #: ... where the kernel's context-switch records say which processes ran (the node watcher,
 #: watch/switches.py): one that ran is asked at the next tick, and the others only every
-#: this many seconds, a safety net, so that 5,000 idle processes cost 80 preads a second
+#: this many seconds, a safety net, so that 5,000 idle processes cost 40 preads a second
 #: rather than 500. Records lost, it is QUIET_CHECK_MAX again at once.
-QUIET_CHECK_SWITCHES = 60.0
+QUIET_CHECK_SWITCHES = 120.0
 
 #: A process that ran less than this share of a core since its last light read (spread past
 #: SPREAD_FROM) is handed out as it was, up to LIGHT_READ_MAX_AGE s after that read: one
 #: pread of its stat (start, threads, virtual size, CPU) instead of three reads. Whatever it
 #: could do with so little time (a connect, a bind: reported by the kernel hook, which has it
-#: read at once) is read at the latest then.
+#: read at once) is read at the latest then. (Its light read also reads the socket tables
+#: that find a socket it swapped into an open file's place: ProcessSampler._walk_owners_of;
+#: at 20 s, that took 20 s.)
 BARELY_RUNNING = 0.02
 LIGHT_READ_MAX_AGE = 10.0
 #: Once found barely running, it is not asked again for BARELY_RECHECK s (half to all of it,

@@ -58,14 +58,14 @@ MAPS_MAX_AGE = 60.0
 #: then twice as far apart each time it finds nothing new, up to this. Whatever else it does
 #: changes what a light read reads (see there), or is reported by the kernel hook (a connect,
 #: a bind: read_kernel_in_full) or found by its memory scan (ContentScanner.news), and has it
-#: read in full at the next tick; only a socket put in a closed file's place (the same fd
-#: count) by a connect the hook does not see waits for this.
+#: read in full at the next tick; a socket put in a closed file's place (the same fd count)
+#: by a connect the hook does not see, at the next tick too (_walk_owners_of).
 KERNEL_FULL_READ_MAX = 40.0
 #: ... and for a kernel that barely runs (under idle.BARELY_RUNNING of a core), among many
 #: processes with process events (the node watcher, idle.SPREAD_FROM): two hundred idle
 #: kernels' full reads are most of what a tick reads. One that computes again (a light read
 #: measures it) is due within KERNEL_FULL_READ_MAX again.
-KERNEL_FULL_READ_MAX_IDLE = 120.0
+KERNEL_FULL_READ_MAX_IDLE = 240.0
 
 
 class Entry:
