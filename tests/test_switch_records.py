@@ -115,6 +115,7 @@ def test_records_other_than_switches_are_walked_and_a_lost_one_says_so():
     lost = record(switches.PERF_RECORD_LOST, struct.pack("=QQ", 1, 12))
     assert not switches._switched(switch + lost, set())
     assert not switches._switched(switch + b"\0" * 8, set())  # a record of no size: garbage
+    assert not switches._switched(switch + b"\0" * 4, set())  # not 8-byte aligned
 
 
 def test_a_woken_quiet_process_has_its_turn_now_and_one_that_barely_runs_keeps_its_own(sleeper):

@@ -195,6 +195,8 @@ class SwitchRecords:
 def _switched(data: bytes, pids: set[int]) -> bool:
     """Add the pids named in ``data`` (records) to ``pids``; False if any were lost or the
     records cannot be read."""
+    if len(data) % 8:
+        return False  # records are 8-byte aligned: these were not read whole
     words = array("I", data)  # native order, as the kernel writes them
     if len(data) % RECORD == 0 and words[0::4].count(PERF_RECORD_SWITCH_CPU) == len(words) // 4:
         pids.update(words[2::4])  # every record a switch: at C speed
