@@ -63,8 +63,9 @@ LIGHT_READ_MAX_AGE = 10.0
 #: spread by pid): two hundred idle kernels each wake every second. An exec (the process
 #: events) or a connect or bind the kernel hook reports has it read at the next tick all the
 #: same; one that starts to compute is seen within this, long before a rule that measures
-#: CPU over a window could hold.
-BARELY_RECHECK = 5.0
+#: CPU over a window could hold (and mining needs a connection: one of its own has the
+#: process read at every tick, never parked, from the tick it is seen: _parks_running).
+BARELY_RECHECK = 10.0
 
 #: The open-files soft limit the sampler raises its process's to, if the hard limit allows:
 #: a quarter of it holds idle processes' schedstat files (HeldCounts).
