@@ -11,7 +11,6 @@ watcher runs).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import platform
@@ -184,6 +183,23 @@ def test_a_process_in_its_own_pid_namespace_is_named_by_the_watchers_pid(records
     finally:
         outer.kill()
         outer.wait()
+
+
+def test_a_process_computing_without_a_switch_still_moves_its_counts_so_is_never_parked():
+    """One that runs on and on (no switch to name it, on a CPU of its own) cannot wait for
+    a turn: a parked process is one whose schedstat did not move, and a running one's moves
+    at every scheduler tick, switched or not."""
+    proc = subprocess.Popen([PY, "-c", "import time\nend = time.monotonic() + 30\n"
+                             "while time.monotonic() < end: pass\n"])
+    try:
+        seen = [schedstat(proc.pid)]
+        for _ in range(5):
+            time.sleep(0.1)
+            seen.append(schedstat(proc.pid))
+        assert all(a.split()[0] != b.split()[0] for a, b in zip(seen, seen[1:])), seen
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # A kernel stand-in whose CHILDREN children run ``argv[1]`` (with ``argv[2:]``), and pass

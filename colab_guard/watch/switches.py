@@ -12,7 +12,9 @@ Nothing to compile or load: one system call per CPU, as ``perf record --switch-e
 makes. It needs CAP_PERFMON (or CAP_SYS_ADMIN before Linux 5.8, or perf_event_paranoid at
 -1). Where the events cannot be opened, a CPU comes online uncovered, or records were lost
 (more switches in a tick than a buffer holds), ``ran`` says None: "unknown", and the quiet
-processes are asked in turn as before.
+processes are asked in turn as before. A CPU that went offline, even one back online by the
+next pass, has its event taken off by the kernel for good: found by the event's time on
+(CpuBuffer.lapsed), the records are opened anew and that pass says None.
 """
 
 from __future__ import annotations
@@ -230,6 +232,8 @@ class SwitchRecords:
             return b""
 
     def _reopen(self) -> None:
+        self.log.info("colab-guard watch: a CPU went offline or came online: context-switch "
+                      "records opened anew")
         again = SwitchRecords.open(self.log, self.buffers[0].size // mmap.PAGESIZE
                                    if self.buffers else PAGES)
         self.close()
