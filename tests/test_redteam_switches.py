@@ -573,3 +573,36 @@ def test_a_cpu_taken_offline_and_back_between_two_passes_is_not_left_unwatched(r
         proc.wait()
         if open(cpu_online_file(cpu)).read().strip() != "1":
             set_online(cpu, True)
+
+
+def make_a_network_namespace_as_nobody() -> None:
+    """What any user may do where user namespaces are allowed: a device event (its
+    loopback) moves the kernel's count of them."""
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "unshare", "-Urn", "true"], check=True, timeout=30)
+
+
+def test_a_user_moving_the_device_events_at_every_pass_has_every_cpu_read_seldom(
+        records, monkeypatch):
+    """Every CPU's event is read (an interrupt to each) when the device events move, as
+    they do when a CPU goes or comes; a user who makes a network namespace before every
+    pass has that done once per DEVICE_CHECK_EVERY, not at every pass."""
+    before = open(switches.DEVICE_EVENTS).read()
+    try:
+        make_a_network_namespace_as_nobody()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no user namespaces for users here")
+    if open(switches.DEVICE_EVENTS).read() == before:
+        pytest.skip("a user's network namespace moves no device event here")
+    reads = []
+    lapsed = switches.CpuBuffer.lapsed
+    monkeypatch.setattr(switches.CpuBuffer, "lapsed",
+                        lambda buffer: (reads.append(buffer), lapsed(buffer))[1])
+    passes = 0
+    for _ in range(8):
+        make_a_network_namespace_as_nobody()
+        assert records.ran() is not None or records.lost
+        passes += 1
+    everyone = len(records.buffers)
+    silent_at_most = len(reads) - everyone  # the first move is checked at once
+    assert silent_at_most < everyone * (passes - 1), (len(reads), passes)

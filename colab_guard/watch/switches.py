@@ -69,6 +69,10 @@ class Attr(ctypes.Structure):
 ONLINE = "/sys/devices/system/cpu/online"
 #: The kernel's count of device events (uevents): it moves when a CPU goes offline or online.
 DEVICE_EVENTS = "/sys/kernel/uevent_seqnum"
+#: ... and when any user makes a network namespace (its loopback): every CPU's event is read
+#: when it moved (an interrupt to each CPU) at most this often, s; a CPU that went offline
+#: and came back meanwhile is found all the same a pass or two later (no records from it).
+DEVICE_CHECK_EVERY = 10.0
 
 
 def online_cpus(text: bytes) -> tuple[int, ...]:
@@ -140,7 +144,8 @@ class SwitchRecords:
         self.buffers = buffers
         self.online = online  # the list of online CPUs, held open (read again: 0.5 µs)
         self.device_events = device_events  # DEVICE_EVENTS held open, or -1
-        self.seqnum = self._seqnum()
+        self.seqnum = self._seqnum()  # at the last check of every CPU's event
+        self.checked_all_at = float("-inf")  # (monotonic)
         self.cpus = cpus
         self.log = log
         self.lost = 0  # times records were lost (metrics)
@@ -221,9 +226,20 @@ class SwitchRecords:
         gone offline and perhaps come back: asked of the buffers with no records this pass
         (one whose event is off has none) and, when the kernel's device events moved (they
         do when a CPU goes or comes), of all (one still holds what came before it went)."""
+        return any(buffer.lapsed() for buffer in
+                   (self.buffers if self._device_events_moved() else silent))
+
+    def _device_events_moved(self) -> bool:
+        """Whether every CPU's event is to be checked: the device events moved since the
+        last such check, at most every DEVICE_CHECK_EVERY s (a user can move them)."""
+        now = time.monotonic()
+        if now < self.checked_all_at + DEVICE_CHECK_EVERY:
+            return False
         seqnum = self._seqnum()
-        moved, self.seqnum = seqnum != self.seqnum, seqnum
-        return any(buffer.lapsed() for buffer in (self.buffers if moved else silent))
+        if seqnum == self.seqnum:
+            return False
+        self.seqnum, self.checked_all_at = seqnum, now
+        return True
 
     def _seqnum(self) -> bytes:
         try:
@@ -240,6 +256,7 @@ class SwitchRecords:
         if again is not None:
             self.buffers, self.online, self.cpus = again.buffers, again.online, again.cpus
             self.device_events, self.seqnum = again.device_events, again.seqnum
+            self.checked_all_at = again.checked_all_at
 
     def close(self) -> None:
         for buffer in self.buffers:
