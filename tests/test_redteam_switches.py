@@ -575,6 +575,38 @@ def test_a_cpu_taken_offline_and_back_between_two_passes_is_not_left_unwatched(r
             set_online(cpu, True)
 
 
+def test_a_cpu_that_went_and_came_unannounced_is_found_by_its_silence(records, monkeypatch):
+    """The device events seen a moment ago (a user's network namespace, say), the next
+    are not looked at for DEVICE_CHECK_EVERY s: a CPU that goes and comes meanwhile is found
+    because its buffer stays empty, its event read within SILENT_CHECK_EVERY (0.5 s here)."""
+    monkeypatch.setattr(switches, "SILENT_CHECK_EVERY", 0.5)
+    monkeypatch.setattr(switches, "DEVICE_CHECK_EVERY", 60.0)
+    cpu = records.cpus[-1]
+    if cpu == 0 or not os.access(cpu_online_file(cpu), os.W_OK):
+        pytest.skip("no CPU that can be taken offline here")
+    proc = subprocess.Popen([PY, "-c", "import sys\nwhile sys.stdin.readline(): pass\n"],
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        known(records)
+        records.checked_all_at = time.monotonic()  # every CPU read a moment ago
+        first = records.buffers[0]
+        try:
+            set_online(cpu, False)
+        finally:
+            set_online(cpu, True)
+        wait_until(lambda: records.ran() is None and records.buffers[0] is not first,
+                   timeout=5, interval=0.1, what="the CPU's event found off, opened anew")
+        os.sched_setaffinity(proc.pid, {cpu})
+        ran = named_after(records, proc.pid, lambda: tell(proc, "go"),
+                          lambda: schedstat(proc.pid))
+        assert ran is not None and proc.pid in ran
+    finally:
+        proc.kill()
+        proc.wait()
+        if open(cpu_online_file(cpu)).read().strip() != "1":
+            set_online(cpu, True)
+
+
 def make_a_network_namespace_as_nobody() -> None:
     """What any user may do where user namespaces are allowed: a device event (its
     loopback) moves the kernel's count of them."""

@@ -73,6 +73,9 @@ DEVICE_EVENTS = "/sys/kernel/uevent_seqnum"
 #: when it moved (an interrupt to each CPU) at most this often, s; a CPU that went offline
 #: and came back meanwhile is found all the same a pass or two later (no records from it).
 DEVICE_CHECK_EVERY = 10.0
+#: A CPU with no records in a pass (idle, or its event off) has its event read at most this
+#: often, s: on an idle node most CPUs have none, and each read wakes one.
+SILENT_CHECK_EVERY = 10.0
 
 
 def online_cpus(text: bytes) -> tuple[int, ...]:
@@ -223,11 +226,14 @@ class SwitchRecords:
 
     def _lapsed(self, silent: list[CpuBuffer]) -> bool:
         """Whether a CPU's event went off since the last pass (CpuBuffer.lapsed), a CPU having
-        gone offline and perhaps come back: asked of the buffers with no records this pass
-        (one whose event is off has none) and, when the kernel's device events moved (they
-        do when a CPU goes or comes), of all (one still holds what came before it went)."""
-        return any(buffer.lapsed() for buffer in
-                   (self.buffers if self._device_events_moved() else silent))
+        gone offline and perhaps come back: asked of all when the kernel's device events
+        moved (they do when a CPU goes or comes; its buffer may still hold what came before),
+        else of those with no records this pass (one whose event is off has none), each at
+        most every SILENT_CHECK_EVERY s."""
+        if self._device_events_moved():
+            return any(buffer.lapsed() for buffer in self.buffers)
+        due = time.monotonic() - SILENT_CHECK_EVERY
+        return any(buffer.lapsed() for buffer in silent if buffer.looked_at <= due)
 
     def _device_events_moved(self) -> bool:
         """Whether every CPU's event is to be checked: the device events moved since the
