@@ -26,7 +26,8 @@ from colab_guard.observe import idle
 from colab_guard.watch import switches
 from colab_guard.watch.switches import SwitchRecords
 from tests.harness import wait_until
-from tests.test_sampler_spread import (CHILDREN, SpreadingSampler, kernel,  # noqa: F401
+from tests.test_switch_records import SwitchingSampler
+from tests.test_sampler_spread import (CHILDREN, kernel,  # noqa: F401
                                        many, parked_once, tell)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-wide perf events need root")
@@ -52,17 +53,6 @@ def records(monkeypatch):
     assert opened is not None, "perf_event_open refused the context-switch records as root"
     yield opened
     opened.close()
-
-
-class SwitchingSampler(SpreadingSampler):
-    """The spreading sampler told who ran by the real records, as the node watcher's is."""
-
-    def __init__(self, records: SwitchRecords):
-        super().__init__()
-        self.records = records
-
-    def woken(self):
-        return self.records.ran()
 
 
 def schedstat(pid: int, tid: int | None = None) -> str:
