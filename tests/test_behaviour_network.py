@@ -76,12 +76,18 @@ async def test_slowloris_from_inside_the_kernel_is_stopped(kernel, guard_config,
 
 async def test_slowloris_split_across_processes_each_bound_to_udp_is_stopped_whole(
         kernel, guard_config, target):
+    # The four start together (each told to once all are up): one started a second late on a
+    # loaded machine had no connection silent yet when the other three's 150 made the flood.
     script = SLOWLORIS + ("u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                           "u.bind(('127.0.0.1', 0))  # a listening port: no exemption\n"
+                          "print('ready', flush=True)\n"
+                          "sys.stdin.readline()\n"
                           "slowloris(int(sys.argv[1]), 50, 60)\n")
     code = ("import subprocess, sys\n"
-            f"procs = [subprocess.Popen([sys.executable, '-c', {script!r}, '{target}']) "
-            "for _ in range(4)]\n"
+            f"procs = [subprocess.Popen([sys.executable, '-c', {script!r}, '{target}'], "
+            "stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(4)]\n"
+            "[p.stdout.readline() for p in procs]\n"
+            "for p in procs:\n    p.stdin.write('go\\n')\n    p.stdin.flush()\n"
             "print('PIDS', *[p.pid for p in procs], flush=True)\n"
             "[p.wait() for p in procs]\nprint('done')\n")
     incident = await _stopped(kernel, guard_config, code, "denial-of-service",
