@@ -26,7 +26,7 @@ from colab_guard.observe import idle
 from colab_guard.watch import switches
 from colab_guard.watch.switches import SwitchRecords
 from tests.harness import wait_until
-from tests.test_switch_records import SwitchingSampler
+from tests.test_switch_records import SwitchingSampler, woken_child_read
 from tests.test_sampler_spread import (CHILDREN, kernel,  # noqa: F401
                                        many, parked_once, tell)
 
@@ -222,21 +222,8 @@ def threaded_kernel():
 def test_a_parked_process_whose_second_thread_computes_is_read_at_the_next_pass(
         many, threaded_kernel, records, monkeypatch):
     monkeypatch.setattr(idle, "QUIET_CHECK_SWITCHES", 600.0)  # its turn: 5 to 10 minutes on
-    proc, children = threaded_kernel
-    sampler = SwitchingSampler(records)
-    parked = parked_once(sampler, proc.pid, {proc.pid, *children})
-    quiet = [p.pid for p in parked.processes[-parked.parked:] if p.pid in children]
-    turns = {pid: sampler._parked._turns[pid][0] for pid in quiet
-             if pid in sampler._parked._turns}
-    assert turns and min(turns.values()) > time.time() + 200
-    child = next(iter(turns))
-    tell(proc, f"{children.index(child)} go")
-
-    def computing():
-        snapshot = sampler.sample({"k": proc.pid})["k"]
-        return any(p.pid == child and p.cpu_percent > 20 for p in snapshot.visited())
-
-    wait_until(computing, timeout=20, interval=0.2, what="the child's computing thread read")
+    woken_child_read(SwitchingSampler(records), threaded_kernel, "go",
+                     "the child's computing thread read")
 
 
 # --------------------------------------------------------------------- lost records, floods
@@ -529,6 +516,19 @@ def set_online(cpu: int, online: bool) -> None:
         control.write("1" if online else "0")
 
 
+def bounce(cpu: int) -> None:
+    """The CPU taken offline and brought back at once (back online whatever happens)."""
+    try:
+        set_online(cpu, False)
+    finally:
+        set_online(cpu, True)
+
+
+def back_online(cpu: int) -> None:
+    if open(cpu_online_file(cpu)).read().strip() != "1":
+        set_online(cpu, True)
+
+
 def test_a_cpu_taken_offline_and_back_between_two_passes_is_not_left_unwatched(records):
     """The online CPUs read the same at both passes, but the CPU's perf event died with it
     (the kernel takes a CPU's events off when it goes): believed, the records would miss
@@ -543,10 +543,7 @@ def test_a_cpu_taken_offline_and_back_between_two_passes_is_not_left_unwatched(r
     try:
         wait_until(lambda: all_asleep(proc.pid), timeout=10, what="asleep")
         known(records)
-        try:
-            set_online(cpu, False)
-        finally:
-            set_online(cpu, True)  # restored whatever happens
+        bounce(cpu)
         os.sched_setaffinity(proc.pid, {cpu})  # it runs on that CPU alone from now on
 
         def woken_there(settle: bool) -> set[int] | None:
@@ -561,8 +558,7 @@ def test_a_cpu_taken_offline_and_back_between_two_passes_is_not_left_unwatched(r
     finally:
         proc.kill()
         proc.wait()
-        if open(cpu_online_file(cpu)).read().strip() != "1":
-            set_online(cpu, True)
+        back_online(cpu)
 
 
 def test_a_cpu_that_went_and_came_unannounced_is_found_by_its_silence(records, monkeypatch):
@@ -580,10 +576,7 @@ def test_a_cpu_that_went_and_came_unannounced_is_found_by_its_silence(records, m
         known(records)
         records.checked_all_at = time.monotonic()  # every CPU read a moment ago
         first = records.buffers[0]
-        try:
-            set_online(cpu, False)
-        finally:
-            set_online(cpu, True)
+        bounce(cpu)
         wait_until(lambda: records.ran() is None and records.buffers[0] is not first,
                    timeout=5, interval=0.1, what="the CPU's event found off, opened anew")
         os.sched_setaffinity(proc.pid, {cpu})
@@ -593,8 +586,7 @@ def test_a_cpu_that_went_and_came_unannounced_is_found_by_its_silence(records, m
     finally:
         proc.kill()
         proc.wait()
-        if open(cpu_online_file(cpu)).read().strip() != "1":
-            set_online(cpu, True)
+        back_online(cpu)
 
 
 def make_a_network_namespace_as_nobody() -> None:

@@ -166,23 +166,33 @@ class SwitchingSampler(SpreadingSampler):
         return self.records.ran()
 
 
-def test_a_parked_process_that_wakes_is_read_at_the_next_pass_not_at_its_turn(
-        many, kernel, records, monkeypatch):
-    monkeypatch.setattr(idle, "QUIET_CHECK_SWITCHES", 600.0)  # its turn: 5 to 10 minutes on
+def woken_child_read(sampler: SwitchingSampler, kernel, command: str, what: str
+                     ) -> tuple[int, dict[int, float]]:
+    """Park the kernel's children (their turns minutes away), tell one to ``command`` (a
+    computing one), and wait until a pass reads it computing; that child, and the parked
+    children's turns as they were."""
     proc, children = kernel
-    sampler = SwitchingSampler(records)
     parked = parked_once(sampler, proc.pid, {proc.pid, *children})
     quiet = [p.pid for p in parked.processes[-parked.parked:] if p.pid in children]
     turns = {pid: sampler._parked._turns[pid][0] for pid in quiet if pid in sampler._parked._turns}
     assert turns and min(turns.values()) > time.time() + 200
     child = next(iter(turns))
-    tell(proc, f"{children.index(child)} spin")
+    tell(proc, f"{children.index(child)} {command}")
 
     def computing():
         snapshot = sampler.sample({"k": proc.pid})["k"]
         return any(p.pid == child and p.cpu_percent > 20 for p in snapshot.visited())
 
-    wait_until(computing, timeout=20, interval=0.2, what="the woken child read")
+    wait_until(computing, timeout=20, interval=0.2, what=what)
+    return child, turns
+
+
+def test_a_parked_process_that_wakes_is_read_at_the_next_pass_not_at_its_turn(
+        many, kernel, records, monkeypatch):
+    monkeypatch.setattr(idle, "QUIET_CHECK_SWITCHES", 600.0)  # its turn: 5 to 10 minutes on
+    proc = kernel[0]
+    sampler = SwitchingSampler(records)
+    child, turns = woken_child_read(sampler, kernel, "spin", "the woken child read")
     # The others were not asked: still parked, their turns minutes away.
     sampler.turns = []
     snapshot = sampler.sample({"k": proc.pid})["k"]
