@@ -846,7 +846,7 @@ LARGE = {
                                        + "c = T[i]\nos.system(c)\n" * 10000,
     "fresh 2,000-row tables in new folders": "import os\nT = [" + _ROWS_2000 + "]\n"
                                              + "os.chdir('d')\nfor c in T + ['x']:\n    os.system(c)\n"
-                                             * 3000,
+                                             * 1500,
     "f-strings of a 2,000-row table": "import os\nT = [" + _ROWS_2000 + "]\n"
                                       + "for c in T:\n    os.system(f'{c} x')\n" * 6000,
     "guarded loops over a module's members": "import os\n" + "for k, v in vars(os).items():\n"

@@ -281,6 +281,7 @@ class _Listed(list):
         super().__init__(items)
         self.hidden = hidden
         self.done: set = set()  # the (folder, writes) it was run in
+        self.keys: list | None = None  # its items as set keys (_hashable), when known
 
 
 class _Folded:
@@ -389,9 +390,10 @@ class _Reader(ast.NodeVisitor):
         self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
         self.previous: dict[int, ast.stmt] = {}  # id(loop) -> the statement just before it
         self._listings: dict[tuple, tuple] = {}  # (id(table), view) -> (table, its _Listed)
-        self._listed: set = set()  # (command, folder, writes) a long table's item was run as
+        self._listed: dict = {}  # (folder, writes) -> the long tables' items run there
         self._listing_budget = MAX_ROWS  # such commands run, per cell (then once per command)
         self._writes = 0  # scripts the cell wrote so far (a command may read one anew)
+        self._values_seen: set = set()  # (constant, assembled) whose lines were emitted
 
     # ------------------------------------------------------------ output
 
@@ -413,17 +415,23 @@ class _Reader(ast.NodeVisitor):
         return True
 
     def emit_value(self, folded: _Folded) -> None:
-        value = folded.value
+        self._emit_value(folded.value, folded.hidden)
+
+    def _emit_value(self, value, assembled: bool) -> None:
         if isinstance(value, dict):
             value = [v for pair in list(value.items())[:256] for v in pair]
         if isinstance(value, (list, tuple)):
             for item in value:
-                self.emit_value(_Folded(item, folded.hidden))
+                self._emit_value(item, assembled)
             return
         if not isinstance(value, (str, bytes, bytearray)):
             return  # numbers alone say nothing
+        key = (bytes(value) if isinstance(value, bytearray) else value, assembled)
+        if key in self._values_seen:
+            return  # its lines are out already (a long table folded again, in each loop)
+        self._values_seen.add(key)
         text = _as_text(value)
-        hidden = folded.hidden and not self._plain(text)
+        hidden = assembled and not self._plain(text)
         self.emit("hidden" if hidden else "text", text)
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
@@ -1220,9 +1228,12 @@ class _Reader(ast.NodeVisitor):
         items = table.values() if view == "values" else table
         distinct = {}
         for item in items:
-            if isinstance(item, (str, bytes, int, list, tuple)) and not isinstance(item, bool):
+            if type(item) is str:
+                distinct.setdefault(item, item)
+            elif isinstance(item, (bytes, int, list, tuple)) and not isinstance(item, bool):
                 distinct.setdefault(_hashable(item), item)
         listing = _Listed(distinct.values(), hidden)
+        listing.keys = list(distinct)
         self._listings[(id(table), view)] = (table, listing)  # the table kept: its id stays its
         return listing
 
@@ -1238,13 +1249,14 @@ class _Reader(ast.NodeVisitor):
         if place in commands.done:
             return
         commands.done.add(place)
-        for command in commands:
-            key = (_hashable(command), place)
-            if isinstance(command, int) or key in self._listed:
-                continue
-            self._listed.add(key)
-            self._listing_budget -= 1
-            self.emit_run(command)
+        seen = self._listed.setdefault(place, set())
+        keys = commands.keys if commands.keys is not None else map(_hashable, commands)
+        fresh = [(key, command) for key, command in zip(keys, commands) if key not in seen]
+        for key, command in fresh:
+            seen.add(key)
+            if not isinstance(command, int):
+                self._listing_budget -= 1
+                self.emit_run(command)
 
     def _table(self, node: ast.expr) -> list[tuple] | None:
         """A table's (key, value) pairs: a constant's, or a literal's with constant keys (out of
