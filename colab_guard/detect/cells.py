@@ -1497,6 +1497,8 @@ class _Reader(ast.NodeVisitor):
             return True  # os.system, getattr(os, "system"), vars(os)["system"]
         if isinstance(node, ast.Name):
             return node.id in self.holders.held
+        if (variable := self._namespace_item(node)) is not None:
+            return self._tainted(variable, depth + 1)  # globals()["d"]: d
         if isinstance(node, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(node, depth + 1)
         if isinstance(node, ast.Call):
@@ -1585,6 +1587,8 @@ class _Reader(ast.NodeVisitor):
         """The known members of what ``node`` evaluates to, or None."""
         if isinstance(node, ast.Name):
             return self.holders.members.get(node.id)
+        if (variable := self._namespace_item(node)) is not None:
+            return self._members_of(variable)
         if isinstance(node, ast.NamedExpr):
             return self._members_of(node.value)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
@@ -2664,6 +2668,14 @@ class _Reader(ast.NodeVisitor):
             return isinstance(node.value, (ast.Name, ast.Attribute)) and \
                 self.call_name(node.value) == "__main__"
         return isinstance(node, ast.Attribute) and node.attr in ("f_globals", "f_locals")
+
+    def _namespace_item(self, node: ast.expr) -> ast.Name | None:
+        """``globals()["d"]``, ``sys._getframe().f_locals["d"]``: the variable d."""
+        if not isinstance(node, ast.Subscript) or not self._is_namespace(node.value):
+            return None
+        key = self._key(node.slice)
+        return ast.Name(id=key, ctx=ast.Load()) if isinstance(key, str) and key.isidentifier() \
+            else None
 
     def _members_mapping(self, node: ast.expr) -> str | None:
         """The module (or object) whose members ``node`` is a table of, by name: ``vars(os)``,
