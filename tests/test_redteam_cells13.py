@@ -856,6 +856,9 @@ LARGE = {
                                       + "for c in T:\n    os.system(f'{c} x')\n" * 6000,
     "guarded loops over a module's members": "import os\n" + "for k, v in vars(os).items():\n"
                                              "    if k == 'getcwd':\n        print(v)\n" * 3000,
+    "a search with a long condition and element": "import os\nf = next((v if [" + "1, " * 30000
+                                                  + "] else v) for k, v in vars(os).items() if k in ("
+                                                  + "'system', " * 20000 + "'popen'))\nf('x')\n",
     "searches of a module": "import os\n"
                             + "f = next(v for k, v in vars(os).items() if k == 'system')\n" * 4000,
 }

@@ -26,7 +26,6 @@ import base64
 import os
 import binascii
 import codecs
-import copy
 import re
 import shlex
 from contextlib import contextmanager
@@ -1062,10 +1061,7 @@ class _Reader(ast.NodeVisitor):
         module = self._member_pairs(source) if width == 2 and column == 0 else \
             self._member_names(source) if width == 1 else None
         if module and isinstance(key, str) and key.isidentifier():
-            try:
-                member = ast.parse(f"{module}.{key}", mode="eval").body
-            except SyntaxError:
-                return None
+            member = _dotted_name(f"{module}.{key}")
             return [[ast.Constant(key), member]] if width == 2 else [[ast.Constant(key)]]
         view = None
         if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute) and \
@@ -1520,32 +1516,42 @@ class _Reader(ast.NodeVisitor):
     def _searched_runner(self, node, depth: int) -> bool:
         """A search of a module's members that picks names the cell spells (``next(v for k, v
         in vars(os).items() if k == "system")``, ``[getattr(os, k) for k in dir(os) if k in
-        ("system",)]``): what it gives is read with each picked member in place. A search that
-        picks no spelled name is no runner (honest code lists modules' members)."""
+        ("system",)]``): what it gives is read with the loop's variables bound to each picked
+        member that is a runner, and its name. A search that picks no spelled name is no runner
+        (honest code lists modules' members)."""
         if len(node.generators) != 1:
             return False
         loop = node.generators[0]
         names = _loop_names(loop.target)
-        if len(names) == 2:
-            module = self._member_pairs(loop.iter)
-        elif len(names) == 1:
-            module = self._member_names(loop.iter)
-        else:
+        module = self._member_pairs(loop.iter) if len(names) == 2 else \
+            self._member_names(loop.iter) if len(names) == 1 else None
+        if not module:
             return False
-        picked = _pinned(loop.ifs, names[0], self.fold) if module else []
+        picked = dict.fromkeys(n for n in _pinned(loop.ifs, names[0], self.fold)
+                               if isinstance(n, str) and n.isidentifier() and
+                               self._runs(f"{module}.{n}"))
         element = node.value if isinstance(node, ast.DictComp) else node.elt
-        for name in picked[:16]:
-            if not isinstance(name, str) or not name.isidentifier():
-                continue
-            bound = {names[0]: ast.Constant(name)}
-            if len(names) == 2:
-                try:
-                    bound[names[1]] = ast.parse(f"{module}.{name}", mode="eval").body
-                except SyntaxError:
-                    continue
-            if self._tainted(_substituted(element, bound), depth + 1):
-                return True
+        for name in picked:
+            with self._row_bound(names, [ast.Constant(name), _dotted_name(f"{module}.{name}")]):
+                if self._tainted(element, depth + 1):
+                    return True
         return False
+
+    @contextmanager
+    def _row_bound(self, names: list[str], values: list[ast.expr]):
+        """While a row is read: each name bound to its value as a parameter is, then unbound."""
+        tables = (self.names, self.aliases, self.holders.held, self.holders.members,
+                  self.holders.classes, self.holders.returning)
+        saved = [{n: table[n] for n in names if n in table} for table in tables]
+        try:
+            for name, value in zip(names, values):
+                self._bind_parameter(name, value)
+            yield
+        finally:
+            for table, before in zip(tables, saved):
+                for name in names:
+                    table.pop(name, None)
+                table.update(before)
 
     def _refers_to_runner(self, node: ast.expr) -> bool:
         """Past MAX_HOLDING_DEPTH (a list in a list … 100 deep, indexed as deep): whether the
@@ -3121,23 +3127,19 @@ def _pinned(tests: list[ast.expr], name: str, fold) -> list:
             if isinstance(left, ast.Name) and left.id == name and \
                     isinstance(op, (ast.Eq, ast.In)) and (value := fold(right)) is not None:
                 found = [value.value] if isinstance(op, ast.Eq) else \
-                    list(value.value)[:64] if isinstance(value.value, (list, tuple)) else []
+                    list(value.value) if isinstance(value.value, (list, tuple)) else []
         if found:
             return found
     return []
 
 
-class _Substitution(ast.NodeTransformer):
-    def __init__(self, bound: dict[str, ast.expr]):
-        self.bound = bound
-
-    def visit_Name(self, node):
-        return self.bound.get(node.id, node) if isinstance(node.ctx, ast.Load) else node
-
-
-def _substituted(node: ast.expr, bound: dict[str, ast.expr]) -> ast.expr:
-    """A copy of ``node`` with these variables replaced by these expressions."""
-    return _Substitution(bound).visit(copy.deepcopy(node))
+def _dotted_name(name: str) -> ast.expr:
+    """``a.b.c`` as the expression that names it."""
+    head, *rest = name.split(".")
+    node: ast.expr = ast.Name(id=head, ctx=ast.Load())
+    for part in rest:
+        node = ast.Attribute(value=node, attr=part, ctx=ast.Load())
+    return node
 
 
 def _defaults(arguments: ast.arguments) -> dict[str, ast.expr]:
