@@ -1740,8 +1740,8 @@ class _Reader(ast.NodeVisitor):
             return []
         items = folded.value.values() if isinstance(folded.value, dict) else folded.value
         if len(items) > MAX_CHOICES:  # each of them all the same, listed once
-            return self._listing(folded.value, "values" if isinstance(folded.value, dict) else None,
-                                 folded.hidden)
+            view = "values" if isinstance(folded.value, dict) else None
+            return self._listing(folded.value, view, folded.hidden)
         return [i for i in list(items) if isinstance(i, (str, bytes, list, tuple))]
 
     def _bind(self, name: str, tainted: bool, members) -> None:
@@ -3061,9 +3061,11 @@ _FUNCTION = object()  # its value: a function, no command
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
 MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
-MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart
+MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart (past: a _Listed)
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
-MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
+#: items of the tables a cell's loops go through that are listed, per cell; and long tables'
+#: items run per folder (past it, each once in all)
+MAX_ROWS = 16384
 
 
 def _dotted(node: ast.AST) -> str | None:
