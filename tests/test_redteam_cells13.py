@@ -615,20 +615,68 @@ def test_a_library_classs_own_methods_are_no_runners(cell):
     assert _cell_signatures(cell) == set()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a loop over a table of runners that calls only the row a condition picks (if name == "
-    "'log': fn(msg)): the check reads every row's call, the condition unread (folding it would "
-    "trust constants the cell can change where the check does not see it, globals()['name'] = "
-    "…, and so open an evasion), so the message reads as a command given to subprocess.run"))
-def test_a_loop_over_handlers_guarded_by_name_is_left_alone():
-    cell = ("import subprocess\nhandlers = {'sh': subprocess.run, 'log': print}\n"
-            "for name, fn in handlers.items():\n    if name == 'log':\n"
-            "        fn('ngrok tcp 22 is blocked')")
-    assert _cell_signatures(cell) == set()
+_HANDLERS = "import subprocess\nhandlers = {'sh': subprocess.run, 'log': print}\n"
+
+#: Honest loops over a table whose whole body is ``if key == "…":``: only that row runs.
+GUARDED_HONEST = [
+    ("handlers guarded by name", _HANDLERS + "for name, fn in handlers.items():\n"
+                                             "    if name == 'log':\n"
+                                             "        fn('ngrok tcp 22 is blocked')"),
+    ("a constant table guarded by name", "import subprocess\n"
+                                         "STEPS = {'install': ['pip', 'install', 'x'], "
+                                         "'note': 'ngrok tcp 22 is blocked'}\n"
+                                         "for name, what in STEPS.items():\n"
+                                         "    if name == 'install':\n"
+                                         "        subprocess.run(what)"),
+    ("sinks guarded by name", "import subprocess, logging\n"
+                              "sinks = {'run': subprocess.run, 'log': logging.warning}\n"
+                              "for name, sink in sinks.items():\n    if 'log' == name:\n"
+                              "        sink('ngrok tcp 22 is blocked')"),
+]
+
+#: The same loops where the row the condition picks is the runner's, or where the check cannot
+#: tell the condition decides alone: still refused (each really starts ngrok).
+GUARDED = [
+    ("the runner's row picked", _HANDLERS + "for name, fn in handlers.items():\n"
+                                            "    if name == 'sh':\n"
+                                            "        fn('ngrok tcp 22', shell=True)"),
+    ("the table changed before the loop", _HANDLERS + "handlers['log'] = subprocess.getoutput\n"
+                                                      "for name, fn in handlers.items():\n"
+                                                      "    if name == 'log':\n"
+                                                      "        fn('ngrok tcp 22')"),
+    ("a row picked by else", _HANDLERS + "for name, fn in handlers.items():\n"
+                                         "    if name == 'log':\n        pass\n    else:\n"
+                                         "        fn('ngrok tcp 22', shell=True)"),
+    ("a call after the condition", _HANDLERS + "for name, fn in handlers.items():\n"
+                                               "    if name == 'log':\n        print(name)\n"
+                                               "    fn('ngrok tcp 22', shell=True)"),
+    ("a condition that is not equality", _HANDLERS + "for name, fn in handlers.items():\n"
+                                                     "    if name != 'log':\n"
+                                                     "        fn('ngrok tcp 22', shell=True)"),
+    ("a command table guarded by name", "import os\n"
+                                        "for name, cmd in {'a': 'echo hi', 'b': 'ngrok tcp 22'}.items():\n"
+                                        "    if name == 'b':\n        os.system(cmd)"),
+]
 
 
-#: Runners found by a search or a frame the check does not model (the sampler stops ngrok by its
-#: name when it starts).
+@pytest.mark.parametrize("what, cell", GUARDED_HONEST, ids=[g[0] for g in GUARDED_HONEST])
+def test_a_loop_over_handlers_guarded_by_name_is_left_alone(what, cell):
+    """Was refused (a false positive): every row's call was read, the condition unread, so the
+    message read as a command given to subprocess.run. Now (``_picked``) a loop whose whole body
+    is one ``if key == "…":`` with no ``else`` reads only the rows with that key (the others run
+    nothing at all, so nothing can change the key or the table before the picked row), of a
+    constant table, a literal in the loop, or a literal the statement just before the loop
+    assigns (nothing runs between them: a table changed elsewhere is read row by row as before)."""
+    assert _cell_signatures(cell) == set(), what
+
+
+@pytest.mark.parametrize("what, cell", GUARDED, ids=[g[0] for g in GUARDED])
+def test_a_loop_guarded_by_name_still_reads_the_row_it_runs(what, cell):
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+#: Runners found by a search of a module's members that picks a name the cell spells, or by a
+#: frame's (or globals()') table of the cell's variables.
 SEARCHED = [
     ("a search of vars(os)", "import os\nf = next(v for k, v in vars(os).items() if k == 'system')\n"
                               "f('ngrok tcp 22')"),
@@ -638,27 +686,132 @@ SEARCHED = [
                                     "f = functools.reduce(getattr, ['system'], os)\nf('ngrok tcp 22')"),
     ("a frame's globals", "import os, sys\nf = sys._getframe().f_globals['os'].system\n"
                           "f('ngrok tcp 22')"),
+    ("globals()", "import os\nglobals()['os'].system('ngrok tcp 22')"),
+    ("a holder through globals()", "import os\nd = {'go': os.system}\n"
+                                   "globals()['d']['go']('ngrok tcp 22')"),
+    ("a loop over a module's members", "import os\nfor k, v in vars(os).items():\n"
+                                       "    if k == 'system':\n        f = v\nf('ngrok tcp 22')"),
+    ("getattr over dir", "import os\nf = [getattr(os, k) for k in dir(os) if k in ('system',)][0]\n"
+                         "f('ngrok tcp 22')"),
+    ("a dict comprehension of __dict__", "import os\n"
+                                         "f = {k: v for k, v in os.__dict__.items() if k == 'system'}['system']\n"
+                                         "f('ngrok tcp 22')"),
+    ("a search of an aliased module", "import subprocess as sp\n"
+                                      "f = next(v for k, v in vars(sp).items() if k == 'getoutput')\n"
+                                      "f('ngrok tcp 22')"),
+]
+
+#: Honest searches of modules' members, and tables of a frame's or the cell's variables, beside
+#: a message that names ngrok.
+SEARCHED_HONEST = [
+    ("callables listed", "import os\nnames = [k for k, v in vars(os).items() if callable(v)]\n"
+                         "print(len(names), 'ngrok tcp 22 is blocked')"),
+    ("a math function searched", "import math\nf = next(v for k, v in vars(math).items() if k == 'sqrt')\n"
+                                 "print(f(4), 'ngrok tcp 22 is blocked')"),
+    ("getmembers of getcwd", "import os, inspect\nf = dict(inspect.getmembers(os))['getcwd']\n"
+                             "print(f(), 'ngrok tcp 22 is blocked')"),
+    ("reduce to os.path.join", "import os, functools\n"
+                               "j = functools.reduce(getattr, ['path', 'join'], os)\n"
+                               "print(j('ngrok', 'tcp 22'))"),
+    ("a frame's print", "import sys\nsys._getframe().f_globals['print']('ngrok tcp 22 is blocked')"),
+    ("getters by prefix", "import os\nfuncs = {k: v for k, v in vars(os).items() if k.startswith('get')}\n"
+                          "print(sorted(funcs), 'ngrok tcp 22 is blocked')"),
+    ("a loop picking getcwd", "import os\nfor k, v in vars(os).items():\n    if k == 'getcwd':\n"
+                              "        print(v(), 'ngrok tcp 22 is blocked')"),
+    ("names found", "import os\nfound = [k for k in dir(os) if k == 'system']\n"
+                    "print(found, 'ngrok tcp 22 is blocked')"),
+    ("the runner's name shown", "import os\nf = next(v for k, v in vars(os).items() if k == 'system')\n"
+                                "print(f.__name__, 'ngrok tcp 22 is blocked')"),
+    ("globals() listed", "import os\nprint(sorted(globals()), 'ngrok tcp 22 is blocked')"),
+    ("a holder's printer through globals()", "import subprocess\n"
+                                             "d = {'sh': subprocess.run, 'say': print}\n"
+                                             "globals()['d']['say']('ngrok tcp 22 is blocked')"),
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a module is no holder to the check: only its runners named (os.system, getattr(os, "
-    "'system'), vars(os)['system']) are followed, not a search of its members (vars(os).items(), "
-    "inspect.getmembers, reduce(getattr, …)) nor a frame's globals; tainting every module "
-    "passed as a value would make any call of what a function given a module returns a run"))
 @pytest.mark.parametrize("what, cell", SEARCHED, ids=[s[0] for s in SEARCHED])
 def test_a_runner_found_by_searching_a_module_is_refused(what, cell):
+    """Was missed: a module was no holder to the check, only its runners named (os.system,
+    getattr(os, 'system'), vars(os)['system']). Caught now, where the name searched for is a
+    constant the cell spells (a module passed around as a value still holds nothing):
+    ``_searched_runner`` reads a comprehension over ``vars(m).items()``, ``m.__dict__.items()``,
+    ``inspect.getmembers(m)`` or ``dir(m)`` whose condition pins the name (``k == "system"``,
+    ``k in (…)``) with that member in place; ``_picked`` reads a loop over them whose body is
+    ``if k == "system":`` with that row; ``dict(inspect.getmembers(m))["system"]``,
+    ``functools.reduce(getattr, ["system"], m)`` and ``globals()``'s or a frame's
+    ``f_globals["os"]`` are names (``_call_name``)."""
     assert FORBIDDEN in _cell_signatures(cell), what
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a loop over a table of more than MAX_CHOICES (1024) items: its variable is not taken for "
-    "each of them (any bound can be padded past; unbounded, a cell of many loops over one "
-    "long table would be read item by item for each), so the command it is given is unknown"))
-def test_a_loop_over_a_table_padded_past_the_choices_is_refused():
-    echoes = ", ".join(f"'echo {i}'" for i in range(1100))
-    cell = "import os\nT = [" + echoes + ", 'ngrok tcp 22']\nfor c in T:\n    os.system(c)"
-    assert FORBIDDEN in _cell_signatures(cell)
+@pytest.mark.parametrize("what, cell", SEARCHED_HONEST, ids=[s[0] for s in SEARCHED_HONEST])
+def test_an_honest_search_of_a_modules_members_is_left_alone(what, cell):
+    assert _cell_signatures(cell) == set(), what
+
+
+_PADDING = ", ".join(f"'echo {i}'" for i in range(1100))  # past MAX_CHOICES (1024)
+_PADDED_TABLE = ", ".join(f"'k{i}': 'echo {i}'" for i in range(1100))
+_ECHOES_1000 = ", ".join(f"'echo {i}'" for i in range(1000))  # 17 loops: past MAX_ROWS
+#: Tables padded past the items a variable is told apart by (MAX_CHOICES), past the cell's
+#: budget of rows (MAX_ROWS, 16384: empty strings, so that the cell still runs as ``python -c``)
+#: or with that budget spent on other loops first.
+PADDED = [
+    ("a loop", "import os\nT = [" + _PADDING + ", 'ngrok tcp 22']\nfor c in T:\n    os.system(c)"),
+    ("a loop over a literal", "import os\nfor c in [" + _PADDING + ", 'ngrok tcp 22']:\n"
+                              "    os.system(c)"),
+    ("a loop past the rows budget", "import os\nT = [" + "'', " * 17000 + "'ngrok tcp 22']\n"
+                                    "for c in T:\n    os.system(c)"),
+    ("a loop after the rows budget is spent", "import os\nT = [" + _ECHOES_1000 + "]\n"
+     + "for c in T:\n    pass\n" * 17 + "for c in ['ngrok tcp 22']:\n    os.system(c)"),
+    ("a dict's values", "import os\nD = {" + _PADDED_TABLE + ", 'z': 'ngrok tcp 22'}\n"
+                        "for c in D.values():\n    os.system(c)"),
+    ("a dict's items", "import os\nD = {" + _PADDED_TABLE + ", 'z': 'ngrok tcp 22'}\n"
+                       "for k, c in D.items():\n    os.system(c)"),
+    ("an f-string of a padded loop", "import os\nfor t in [" + _PADDING + ", 'ngrok']:\n"
+                                     "    os.system(f'{t} tcp 22')"),
+    ("random.choice", "import os, random\nT = [" + _PADDING + ", 'ngrok tcp 22']\n"
+                      "os.system(random.choice(T))"),
+    ("an item kept", "import os, sys\nT = [" + _PADDING + ", 'ngrok tcp 22']\n"
+                     "c = T[len(sys.argv) + 1099]\nos.system(c)"),
+    ("a runner kept aside", "import os\nr = [os.system]\nfor c in sorted([" + _PADDING +
+                            ", 'ngrok tcp 22']):\n    r[0](c)"),
+    ("a cell runner", "import subprocess\ndef sh(c):\n    subprocess.run(c, shell=True)\n"
+                      "for c in [" + _PADDING + ", 'ngrok tcp 22']:\n    sh(c)"),
+]
+
+#: Honest long tables: files converted, messages printed, tool names looked up.
+PADDED_HONEST = [
+    ("files converted", "import subprocess\nFILES = [" + ", ".join(f"'img{i}.png'" for i in range(1100))
+     + "]\nfor f in FILES:\n    subprocess.run(['convert', f, f + '.jpg'])"),
+    ("messages printed", "import os\nMSG = [" + _PADDING + ", 'ngrok tcp 22 is blocked']\n"
+                         "for m in MSG:\n    print(m)\nos.system('nvidia-smi')"),
+    ("tools looked up", "import shutil\nTOOLS = [" + _PADDING + ", 'ngrok']\n"
+                        "for t in TOOLS:\n    print(t, shutil.which(t))"),
+    ("packages installed", "import os\nPKGS = [" + ", ".join(f"'pkg{i}'" for i in range(1100))
+     + ", 'pyngrok']\nfor p in PKGS:\n    os.system('pip install ' + p)"),
+]
+
+
+@pytest.mark.parametrize("what, cell", PADDED, ids=[p[0] for p in PADDED])
+def test_a_loop_over_a_table_padded_past_the_choices_is_refused(what, cell):
+    """Was missed: past MAX_CHOICES (1024) items (or the cell's MAX_ROWS) a loop's variable was
+    not taken for each item, so the command it was given was unknown. Now (``_Listed``) it is
+    any of the table's distinct items: a runner given it bare runs each, listed once per table,
+    folder and script written however many loops give it (``_run_each``), so no bound is left
+    to pad past; an expression of it is folded with each, out of the cell's MAX_CHOICE_FOLDS."""
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+@pytest.mark.parametrize("what, cell", PADDED_HONEST, ids=[p[0] for p in PADDED_HONEST])
+def test_an_honest_long_table_is_left_alone(what, cell):
+    assert _cell_signatures(cell) == set(), what
+
+
+@pytest.mark.parametrize("what, cell", SEARCHED + GUARDED, ids=[e[0] for e in SEARCHED + GUARDED])
+def test_each_search_and_guarded_loop_really_starts_its_program(what, cell, stand_in_path,
+                                                                tmp_path):
+    """As ``test_each_evasion_really_starts_its_program`` (the padded tables are left out: each
+    would start its 1,100 to 17,000 shells of padding first)."""
+    test_each_evasion_really_starts_its_program(what, cell, stand_in_path, tmp_path)
 
 
 BENIGN = Path(__file__).parent / "notebooks" / "benign"
@@ -674,6 +827,7 @@ def test_no_cell_of_a_benign_notebook_is_refused(notebook):
 
 
 _ROWS = ", ".join(f"'echo {i}'" for i in range(256))
+_ROWS_2000 = ", ".join(f"'echo {i}'" for i in range(2000))
 #: Cells of about 250 KB that make the new readings work hardest.
 LARGE = {
     "loops over 256-row tables": "import os\nT = [" + _ROWS + "]\n" + "for c in T:\n    os.system(c)\n" * 10000,
@@ -691,6 +845,22 @@ LARGE = {
                                                        for i in range(256))) * 20,
     "loops 90 deep": "import os\n" + "".join("    " * d + f"for a{d} in [1, 2, 3]:\n" for d in range(90))
                      + "    " * 90 + "os.system('x')\n",
+    "loops over a 2,000-row table": "import os\nT = [" + _ROWS_2000 + "]\n"
+                                    + "for c in T:\n    os.system(c)\n" * 6000,
+    "items of a 2,000-row table kept": "import os\nT = [" + _ROWS_2000 + "]\n"
+                                       + "c = T[i]\nos.system(c)\n" * 10000,
+    "fresh 2,000-row tables in new folders": "import os\nT = [" + _ROWS_2000 + "]\n"
+                                             + "os.chdir('d')\nfor c in T + ['x']:\n    os.system(c)\n"
+                                             * 1500,
+    "f-strings of a 2,000-row table": "import os\nT = [" + _ROWS_2000 + "]\n"
+                                      + "for c in T:\n    os.system(f'{c} x')\n" * 6000,
+    "guarded loops over a module's members": "import os\n" + "for k, v in vars(os).items():\n"
+                                             "    if k == 'getcwd':\n        print(v)\n" * 3000,
+    "a search with a long condition and element": "import os\nf = next((v if [" + "1, " * 30000
+                                                  + "] else v) for k, v in vars(os).items() if k in ("
+                                                  + "'system', " * 20000 + "'popen'))\nf('x')\n",
+    "searches of a module": "import os\n"
+                            + "f = next(v for k, v in vars(os).items() if k == 'system')\n" * 4000,
 }
 
 
@@ -698,7 +868,11 @@ LARGE = {
 def test_a_large_cell_is_read_in_bounded_time(what):
     """Bounded: rows listed out of a budget per cell (MAX_ROWS), a choice's folds too
     (MAX_CHOICE_FOLDS), class constants bound in methods too (MAX_METHOD_CONSTANTS); an item of an item … past MAX_CHAIN levels is read once, not folded
-    at each level (the list 90 deep took 6.4 s, now 2.4 s, most of it IPython's tokeniser);
+    at each level (the list 90 deep took 6.4 s, now 2.4 s, most of it IPython's tokeniser); a
+    table too long to take item by item is listed once per table and folder (``_run_each``), and
+    a constant's lines are emitted once (3,000 loops over a 2,000-row table folded anew took
+    15 s, now 4 s: what remains, each fold of ``T + [...]`` walking its items, is linear in the
+    table for each loop, as before);
     measured at 0.1 to 3 s on a busy 2-core machine (10 s: a failure means a loop that grows
     with the cell, not a slow machine)."""
     from colab_guard.detect.cells import MAX_SOURCE, analyse_cell

@@ -196,6 +196,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
         return CellAnalysis("", [])
     reader = _Reader(memory)
     reader.literals = _literals(tree)
+    reader.previous = _previous_statements(tree)
     reader.find_runners(tree)
     for statement in tree.body:
         try:
@@ -268,6 +269,18 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
         return ast.parse(python)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None  # a cell that does not parse does not run
+
+
+class _Listed(list):
+    """The items one item of a constant table may be, the table too long to take item by item
+    (more than MAX_CHOICES, or past the cell's budget of rows): distinct, read as a whole
+    (``_run_each``), never one fold per item past the cell's budget of folds."""
+
+    def __init__(self, items, hidden: bool):
+        super().__init__(items)
+        self.hidden = hidden
+        self.done: set = set()  # the (folder, writes) it was run in
+        self.keys: list | None = None  # its items as set keys (_hashable), when known
 
 
 class _Folded:
@@ -374,6 +387,12 @@ class _Reader(ast.NodeVisitor):
         self.choices: dict[str, list[_Folded]] = {}
         self._choice_budget = MAX_CHOICE_FOLDS
         self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
+        self.previous: dict[int, ast.stmt] = {}  # id(loop) -> the statement just before it
+        self._listings: dict[tuple, tuple] = {}  # (id(table), view) -> (table, its _Listed)
+        self._listed: dict = {}  # (folder, writes) -> the long tables' items run there
+        self._listing_budget = MAX_ROWS  # such commands run, per cell (then once per command)
+        self._writes = 0  # scripts the cell wrote so far (a command may read one anew)
+        self._values_seen: set = set()  # (constant, assembled) whose lines were emitted
 
     # ------------------------------------------------------------ output
 
@@ -395,17 +414,23 @@ class _Reader(ast.NodeVisitor):
         return True
 
     def emit_value(self, folded: _Folded) -> None:
-        value = folded.value
+        self._emit_value(folded.value, folded.hidden)
+
+    def _emit_value(self, value, assembled: bool) -> None:
         if isinstance(value, dict):
             value = [v for pair in list(value.items())[:256] for v in pair]
         if isinstance(value, (list, tuple)):
             for item in value:
-                self.emit_value(_Folded(item, folded.hidden))
+                self._emit_value(item, assembled)
             return
         if not isinstance(value, (str, bytes, bytearray)):
             return  # numbers alone say nothing
+        key = (bytes(value) if isinstance(value, bytearray) else value, assembled)
+        if key in self._values_seen:
+            return  # its lines are out already (a long table folded again, in each loop)
+        self._values_seen.add(key)
         text = _as_text(value)
-        hidden = folded.hidden and not self._plain(text)
+        hidden = assembled and not self._plain(text)
         self.emit("hidden" if hidden else "text", text)
         for decoded in _decode_literal(text):
             self.emit("hidden", decoded)
@@ -685,7 +710,8 @@ class _Reader(ast.NodeVisitor):
                     self.names.pop(target.id, None)
                     items = self._one_of(node.value)
                     if items:  # c = cmds[i]: one of them
-                        self.choices[target.id] = [_Folded(i, False) for i in items]
+                        self.choices[target.id] = items if isinstance(items, _Listed) else \
+                            [_Folded(i, False) for i in items]
                 self._instance_named(target.id, node.value)
                 if alias:
                     self.aliases[target.id] = alias
@@ -959,6 +985,7 @@ class _Reader(ast.NodeVisitor):
         self._hold_loop(node.target, node.iter)
         names = _loop_names(node.target)
         rows = self._rows(node.iter, len(names)) if names else None
+        rows = self._picked(node, names, rows)
         size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
             if rows and len(rows) <= 16 else 0
         if size and self._unrolled < 2 and size * len(rows) <= self._unroll_budget:
@@ -984,11 +1011,79 @@ class _Reader(ast.NodeVisitor):
             items = [row[column] for row in rows if isinstance(row[column], _Folded)]
             if items:
                 self.choices[name] = items
+        if rows is None and names:  # a table too long to take row by row: any of its items
+            for name, listing in zip(names, self._long_columns(node.iter, len(names)) or []):
+                self.choices[name] = listing
         try:
             self.generic_visit(node)
         finally:
             for name in names:
                 self.choices.pop(name, None)
+
+    def _picked(self, node: ast.For, names: list[str], rows: list[list] | None):
+        """The rows of a loop whose whole body is ``if key == "a":`` (no ``else``): only those
+        whose key may be "a", as only they run any of it (the others run nothing that could
+        change the rest). Rows also of a table assigned a literal just before the loop (nothing
+        runs between) and of a search of a module's members (the picked member)."""
+        pin = self._pin(node, names)
+        if pin is None:
+            return rows
+        column, key = pin
+        if rows is None:
+            rows = self._fixed_rows(node, names, column, key)
+        if rows is None:
+            return None
+        picked = []
+        for row in rows:
+            item = row[column]
+            folded = item if isinstance(item, _Folded) else \
+                self.fold(item) if isinstance(item, ast.expr) else None
+            if folded is None or folded.value == key:
+                picked.append(row)
+        return picked
+
+    def _pin(self, node: ast.For, names: list[str]) -> tuple[int, object] | None:
+        """(column, constant) where the loop's whole body is one ``if`` with no ``else`` that
+        holds only when that loop variable is that constant."""
+        if len(node.body) != 1 or not isinstance(node.body[0], ast.If) or node.body[0].orelse:
+            return None
+        for column, name in enumerate(names):
+            found = _pinned([node.body[0].test], name, self.fold)
+            if len(found) == 1 and isinstance(found[0], (str, bytes, int)):
+                return column, found[0]
+        return None
+
+    def _fixed_rows(self, node: ast.For, names: list[str], column: int, key) -> list[list] | None:
+        """The rows of ``for k, v in T.items()`` where the statement before the loop assigns T a
+        literal (``T.values()``, ``T.keys()``, ``T`` alike), or of a search of a module's members
+        (``vars(os).items()``, ``inspect.getmembers(os)``, ``dir(os)``) for the pinned name."""
+        width, source = len(names), node.iter
+        module = self._member_pairs(source) if width == 2 and column == 0 else \
+            self._member_names(source) if width == 1 else None
+        if module and isinstance(key, str) and key.isidentifier():
+            member = _dotted_name(f"{module}.{key}")
+            return [[ast.Constant(key), member]] if width == 2 else [[ast.Constant(key)]]
+        view = None
+        if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute) and \
+                not source.args and source.func.attr in ("items", "keys", "values"):
+            view, source = source.func.attr, source.func.value
+        table = self._assigned_just_before(node, source)
+        if table is None or (view == "items") != (width == 2):
+            return None
+        pairs = list(zip(table.keys, table.values))
+        if view == "items":
+            return [list(pair) for pair in pairs]
+        return [[value if view == "values" else key] for key, value in pairs]
+
+    def _assigned_just_before(self, node: ast.stmt, name: ast.expr) -> ast.Dict | None:
+        """The table literal the statement just before ``node`` assigns ``name``, if it does."""
+        before = self.previous.get(id(node))
+        if not isinstance(name, ast.Name) or not isinstance(before, ast.Assign) or \
+                len(before.targets) != 1 or not isinstance(before.targets[0], ast.Name) or \
+                before.targets[0].id != name.id or not isinstance(before.value, ast.Dict) or \
+                None in before.value.keys or len(before.value.keys) > MAX_CHOICES:
+            return None
+        return before.value
 
     def _bind_item(self, name: str, item) -> None:
         """A loop variable bound to one row's item: a constant, or what an expression is."""
@@ -1087,6 +1182,77 @@ class _Reader(ast.NodeVisitor):
         if name in ("itertools.chain",) and len(inner) <= 16:
             return [item for items in inner for item in items][:MAX_CHOICES]
         return None
+
+    def _long_columns(self, node: ast.expr, width: int, depth: int = 0) -> list | None:
+        """For a loop over a constant table not taken row by row (longer than MAX_CHOICES, or
+        past the cell's budget of rows): each loop variable's items, as one _Listed each."""
+        if depth > 8:
+            return None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                not node.args and node.func.attr in ("items", "keys", "values"):
+            table = self.fold(node.func.value)
+            views = {"items": ("keys", "values"), "keys": ("keys",),
+                     "values": ("values",)}[node.func.attr]
+            if table is None or not isinstance(table.value, dict) or len(views) != width:
+                return None
+            return [self._listing(table.value, view, table.hidden) for view in views]
+        if isinstance(node, ast.Call) and node.args and self.call_name(node.func) in (
+                "sorted", "reversed", "list", "tuple", "set", "frozenset", "iter", "filter",
+                "itertools.filterfalse"):
+            return self._long_columns(node.args[-1], width, depth + 1)
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)) and \
+                len(node.generators) == 1 and isinstance(node.elt, ast.Name) and \
+                isinstance(node.generators[0].target, ast.Name) and \
+                node.elt.id == node.generators[0].target.id:
+            return self._long_columns(node.generators[0].iter, width, depth + 1)
+        if width != 1:
+            return None
+        folded = self.fold(node)
+        if folded is None and isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            known = [f for f in (self.fold(e) for e in node.elts) if f is not None]
+            folded = _Folded([f.value for f in known], any(f.hidden for f in known))
+        if folded is None or not isinstance(folded.value, (list, tuple, dict)):
+            return None
+        view = "keys" if isinstance(folded.value, dict) else None
+        return [self._listing(folded.value, view, folded.hidden)]
+
+    def _listing(self, table, view: str | None, hidden: bool) -> "_Listed":
+        """A table's distinct items (its keys' or values' for a dict), listed once per table."""
+        known = self._listings.get((id(table), view))
+        if known is not None and known[0] is table:
+            return known[1]
+        items = table.values() if view == "values" else table
+        distinct = {}
+        for item in items:
+            if type(item) is str:
+                distinct.setdefault(item, item)
+            elif isinstance(item, (bytes, int, list, tuple)) and not isinstance(item, bool):
+                distinct.setdefault(_hashable(item), item)
+        listing = _Listed(distinct.values(), hidden)
+        listing.keys = list(distinct)
+        self._listings[(id(table), view)] = (table, listing)  # the table kept: its id stays its
+        return listing
+
+    def _run_each(self, commands: list) -> None:
+        """Each command a runner is given one of: a _Listed's once per cell, folder and script
+        written (past the cell's budget, once per command), so many loops over one long table
+        are one reading; others each."""
+        if not isinstance(commands, _Listed):
+            for command in commands:
+                self.emit_run(command)
+            return
+        place = (self.cwd, self._writes) if self._listing_budget > 0 else None
+        if place in commands.done:
+            return
+        commands.done.add(place)
+        seen = self._listed.setdefault(place, set())
+        keys = commands.keys if commands.keys is not None else map(_hashable, commands)
+        fresh = [(key, command) for key, command in zip(keys, commands) if key not in seen]
+        for key, command in fresh:
+            seen.add(key)
+            if not isinstance(command, int):
+                self._listing_budget -= 1
+                self.emit_run(command)
 
     def _table(self, node: ast.expr) -> list[tuple] | None:
         """A table's (key, value) pairs: a constant's, or a literal's with constant keys (out of
@@ -1207,6 +1373,7 @@ class _Reader(ast.NodeVisitor):
             return
         earlier = self.memory.files.get(name, "") if name in self._written else ""
         self._written.add(name)
+        self._writes += 1
         self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
 
     def visit_ClassDef(self, node):
@@ -1326,6 +1493,8 @@ class _Reader(ast.NodeVisitor):
             return True  # os.system, getattr(os, "system"), vars(os)["system"]
         if isinstance(node, ast.Name):
             return node.id in self.holders.held
+        if (variable := self._namespace_item(node)) is not None:
+            return self._tainted(variable, depth + 1)  # globals()["d"]: d
         if isinstance(node, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(node, depth + 1)
         if isinstance(node, ast.Call):
@@ -1336,11 +1505,53 @@ class _Reader(ast.NodeVisitor):
                 self._runs(self.call_name(node.body.func)):
             return True  # lambda c: os.system(c)
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            if self._searched_runner(node, depth):
+                return True
             parts = [node.value if isinstance(node, ast.DictComp) else node.elt,
                      *(g.iter for g in node.generators)]
         else:
             parts = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
         return any(self._tainted(part, depth + 1) for part in parts)
+
+    def _searched_runner(self, node, depth: int) -> bool:
+        """A search of a module's members that picks names the cell spells (``next(v for k, v
+        in vars(os).items() if k == "system")``, ``[getattr(os, k) for k in dir(os) if k in
+        ("system",)]``): what it gives is read with the loop's variables bound to each picked
+        member that is a runner, and its name. A search that picks no spelled name is no runner
+        (honest code lists modules' members)."""
+        if len(node.generators) != 1:
+            return False
+        loop = node.generators[0]
+        names = _loop_names(loop.target)
+        module = self._member_pairs(loop.iter) if len(names) == 2 else \
+            self._member_names(loop.iter) if len(names) == 1 else None
+        if not module:
+            return False
+        picked = dict.fromkeys(n for n in _pinned(loop.ifs, names[0], self.fold)
+                               if isinstance(n, str) and n.isidentifier() and
+                               self._runs(f"{module}.{n}"))
+        element = node.value if isinstance(node, ast.DictComp) else node.elt
+        for name in picked:
+            with self._row_bound(names, [ast.Constant(name), _dotted_name(f"{module}.{name}")]):
+                if self._tainted(element, depth + 1):
+                    return True
+        return False
+
+    @contextmanager
+    def _row_bound(self, names: list[str], values: list[ast.expr]):
+        """While a row is read: each name bound to its value as a parameter is, then unbound."""
+        tables = (self.names, self.aliases, self.holders.held, self.holders.members,
+                  self.holders.classes, self.holders.returning)
+        saved = [{n: table[n] for n in names if n in table} for table in tables]
+        try:
+            for name, value in zip(names, values):
+                self._bind_parameter(name, value)
+            yield
+        finally:
+            for table, before in zip(tables, saved):
+                for name in names:
+                    table.pop(name, None)
+                table.update(before)
 
     def _refers_to_runner(self, node: ast.expr) -> bool:
         """Past MAX_HOLDING_DEPTH (a list in a list … 100 deep, indexed as deep): whether the
@@ -1382,6 +1593,8 @@ class _Reader(ast.NodeVisitor):
         """The known members of what ``node`` evaluates to, or None."""
         if isinstance(node, ast.Name):
             return self.holders.members.get(node.id)
+        if (variable := self._namespace_item(node)) is not None:
+            return self._members_of(variable)
         if isinstance(node, ast.NamedExpr):
             return self._members_of(node.value)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
@@ -1471,8 +1684,7 @@ class _Reader(ast.NodeVisitor):
         if command is not None and isinstance(command.value, (str, bytes, list, tuple)):
             self.emit_run(command.value)
         elif command is None and node.args:
-            for choice in self._one_of(node.args[0]):
-                self.emit_run(choice)
+            self._run_each(self._one_of(node.args[0]))
 
     def _one_of(self, node: ast.expr, depth: int = 0) -> list:
         """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
@@ -1481,22 +1693,30 @@ class _Reader(ast.NodeVisitor):
         chosen = next((key for n in ast.walk(node) if (key := _dotted(n)) in self.choices),
                       None) if self.choices else None
         if chosen is not None:
+            items = self.choices[chosen]
+            if isinstance(items, _Listed) and _dotted(node) == chosen:
+                return items  # the item itself: each of the table's, none folded
             found = []
-            for item in self.choices[chosen]:
+            for item in items:
                 self._choice_budget -= 1
                 if self._choice_budget < 0:
                     break
+                if isinstance(items, _Listed):
+                    item = _Folded(item, items.hidden)
                 folded = self._fold_with({chosen: item}, node, 0)
                 if folded is not None:
                     found.append(folded.value)
             return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
         if isinstance(node, (ast.IfExp, ast.BoolOp)) and depth < 8:
             parts = [node.body, node.orelse] if isinstance(node, ast.IfExp) else node.values
-            found = []  # "ngrok tcp 22" if x else "echo": either may run
+            found, listed = [], False  # "ngrok tcp 22" if x else "echo": either may run
             for part in parts[:16]:
                 folded = self.fold(part)
-                found += [folded.value] if folded is not None else self._one_of(part, depth + 1)
-            return [f for f in found if isinstance(f, (str, bytes, list, tuple))]
+                more = [folded.value] if folded is not None else self._one_of(part, depth + 1)
+                listed = listed or isinstance(more, _Listed)
+                found += more
+            found = [f for f in found if isinstance(f, (str, bytes, list, tuple))]
+            return _Listed(found, False) if listed else found
         table = None
         if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice) and \
                 self.fold(node.slice) is None:
@@ -1519,7 +1739,10 @@ class _Reader(ast.NodeVisitor):
         if folded is None or not isinstance(folded.value, (list, tuple, dict)):
             return []
         items = folded.value.values() if isinstance(folded.value, dict) else folded.value
-        return [i for i in list(items)[:MAX_CHOICES] if isinstance(i, (str, bytes, list, tuple))]
+        if len(items) > MAX_CHOICES:  # each of them all the same, listed once
+            view = "values" if isinstance(folded.value, dict) else None
+            return self._listing(folded.value, view, folded.hidden)
+        return [i for i in list(items) if isinstance(i, (str, bytes, list, tuple))]
 
     def _bind(self, name: str, tainted: bool, members) -> None:
         """``name`` bound anew: it holds a runner or not, with these members if known."""
@@ -1921,8 +2144,7 @@ class _Reader(ast.NodeVisitor):
         elif name in self.runners and (given := self._runner_argument(name, node)) is not None \
                 and (self.fold(given) is not None or self._one_of(given)):
             folded = self.fold(given)  # sh(cmd="…"), sh(cmds[i])
-            for choice in [folded.value] if folded is not None else self._one_of(given):
-                self.emit_run(choice)
+            self._run_each([folded.value] if folded is not None else self._one_of(given))
         elif self._possibly_runs(node.func):
             self._run_kept_aside(node, args)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
@@ -2151,17 +2373,15 @@ class _Reader(ast.NodeVisitor):
                 command = " ".join(w for w in strings if w != UNKNOWN)
         elif args and args[0] is not None:
             command = args[0].value
-        elif node.args and self._one_of(node.args[0]):
-            for choice in self._one_of(node.args[0]):
-                self.emit_run(choice)  # os.system(cmds[k]): each command the table holds
+        elif node.args and (choices := self._one_of(node.args[0])):
+            self._run_each(choices)  # os.system(cmds[k]): each command the table holds
             return
         elif node.args:
             command = self.loose(node.args[0])  # f"tool --port {port}": the tool is known
         else:
             for kw in node.keywords:
-                if kw.arg in ("args", "command", "cmd") and self._one_of(kw.value):
-                    for choice in self._one_of(kw.value):
-                        self.emit_run(choice)  # run(args=c, …) of a loop over a table
+                if kw.arg in ("args", "command", "cmd") and (choices := self._one_of(kw.value)):
+                    self._run_each(choices)  # run(args=c, …) of a loop over a table
                     return
                 if kw.arg in ("args", "command", "cmd"):
                     folded = self.fold(kw.value)
@@ -2361,11 +2581,16 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, ast.Subscript):  # sys.modules["os"].system, vars(os)["system"]
             key = self.fold(func.slice)
             key = key.value if key is not None and isinstance(key.value, str) else None
+            if self._is_namespace(func.value):  # globals()["os"], a frame's f_globals["os"]
+                if not key or not key.isidentifier():
+                    return None
+                head = self._call_name(ast.Name(id=key, ctx=ast.Load()))
+                return ".".join([head, *reversed(parts)])
             owner = self.call_name(func.value) if isinstance(func.value, (ast.Name, ast.Attribute)) \
                 else None
-            if isinstance(func.value, ast.Call) and self.call_name(func.value.func) == "vars" and \
-                    len(func.value.args) == 1:
-                owner = self.call_name(func.value.args[0])
+            searched = self._members_mapping(func.value)
+            if searched is not None:  # vars(os), dict(inspect.getmembers(os)): os's members
+                owner = searched
             elif owner and owner.endswith(".__dict__"):
                 owner = owner[:-len(".__dict__")]
             elif owner == "sys.modules":
@@ -2375,6 +2600,9 @@ class _Reader(ast.NodeVisitor):
             if key is None or owner is None:
                 return None
             return ".".join([p for p in (owner, key) if p] + list(reversed(parts)))
+        reduced = self._reduced_getattr(func) if isinstance(func, ast.Call) else None
+        if reduced:  # functools.reduce(getattr, ["system"], os): os.system
+            return ".".join([reduced, *reversed(parts)])
         if isinstance(func, ast.Call) and parts:
             called = self.call_name(func.func)
             module = self.fold(func.args[0]) if func.args else None
@@ -2434,6 +2662,84 @@ class _Reader(ast.NodeVisitor):
         head = self.aliases.get(func.id, func.id)
         return ".".join([head, *reversed(parts)])
 
+    def _is_namespace(self, node: ast.expr) -> bool:
+        """The cell's own variables as a table: ``globals()``, ``locals()``, ``vars()``, a
+        frame's ``f_globals``/``f_locals``, ``vars(__main__)``, ``__main__.__dict__``."""
+        if isinstance(node, ast.Call) and not node.keywords and \
+                self.call_name(node.func) in ("globals", "locals", "vars"):
+            return not node.args or len(node.args) == 1 and \
+                isinstance(node.args[0], (ast.Name, ast.Attribute)) and \
+                self.call_name(node.args[0]) == "__main__"
+        if isinstance(node, ast.Attribute) and node.attr == "__dict__":
+            return isinstance(node.value, (ast.Name, ast.Attribute)) and \
+                self.call_name(node.value) == "__main__"
+        return isinstance(node, ast.Attribute) and node.attr in ("f_globals", "f_locals")
+
+    def _namespace_item(self, node: ast.expr) -> ast.Name | None:
+        """``globals()["d"]``, ``sys._getframe().f_locals["d"]``: the variable d."""
+        if not isinstance(node, ast.Subscript) or not self._is_namespace(node.value):
+            return None
+        key = self._key(node.slice)
+        return ast.Name(id=key, ctx=ast.Load()) if isinstance(key, str) and key.isidentifier() \
+            else None
+
+    def _members_mapping(self, node: ast.expr) -> str | None:
+        """The module (or object) whose members ``node`` is a table of, by name: ``vars(os)``,
+        ``dict(inspect.getmembers(os))``, ``dict(vars(os).items())``, ``os.__dict__.copy()``."""
+        if isinstance(node, ast.Attribute) and node.attr == "__dict__":
+            owner = node.value
+        elif isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                self.call_name(node.func) == "vars":
+            owner = node.args[0]
+        elif isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                self.call_name(node.func) == "dict":
+            return self._members_mapping(node.args[0]) or self._member_pairs(node.args[0])
+        elif isinstance(node, ast.Call) and not node.args and \
+                isinstance(node.func, ast.Attribute) and node.func.attr == "copy":
+            return self._members_mapping(node.func.value)
+        else:
+            return None
+        return self.call_name(owner) if isinstance(owner, (ast.Name, ast.Attribute)) else None
+
+    def _member_pairs(self, node: ast.expr) -> str | None:
+        """The module whose (name, member) pairs ``node`` gives: ``inspect.getmembers(os)``,
+        ``vars(os).items()``, ``os.__dict__.items()``."""
+        if not isinstance(node, ast.Call):
+            return None
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "items" and not node.args:
+            return self._members_mapping(node.func.value)
+        if self.call_name(node.func) == "inspect.getmembers" and node.args and \
+                isinstance(node.args[0], (ast.Name, ast.Attribute)):
+            return self.call_name(node.args[0])
+        return None
+
+    def _member_names(self, node: ast.expr) -> str | None:
+        """The module whose members' names ``node`` gives: ``dir(os)``, ``vars(os)``,
+        ``os.__dict__``, ``vars(os).keys()``."""
+        if isinstance(node, ast.Call) and len(node.args) == 1 and \
+                self.call_name(node.func) == "dir" and \
+                isinstance(node.args[0], (ast.Name, ast.Attribute)):
+            return self.call_name(node.args[0])
+        if isinstance(node, ast.Call) and not node.args and \
+                isinstance(node.func, ast.Attribute) and node.func.attr == "keys":
+            return self._members_mapping(node.func.value)
+        return self._members_mapping(node)
+
+    def _reduced_getattr(self, node: ast.Call) -> str | None:
+        """``functools.reduce(getattr, ["path", "join"], os)``: ``os.path.join``."""
+        if len(node.args) != 3 or node.keywords or \
+                self.call_name(node.func) not in ("functools.reduce", "_functools.reduce") or \
+                not isinstance(node.args[0], ast.Name) or \
+                self.call_name(node.args[0]) != "getattr" or \
+                not isinstance(node.args[2], (ast.Name, ast.Attribute)):
+            return None
+        names = self.fold(node.args[1])
+        owner = self.call_name(node.args[2])
+        if names is None or not isinstance(names.value, (list, tuple)) or not owner or \
+                not all(isinstance(n, str) and n.isidentifier() for n in names.value):
+            return None
+        return ".".join([owner, *names.value])
+
     def fold(self, node: ast.expr, depth: int = 0) -> _Folded | None:
         if depth > 50:
             return None
@@ -2482,7 +2788,7 @@ class _Reader(ast.NodeVisitor):
             return self._fold_dict_comprehension(node, depth)
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
             return self._fold_slice(node, depth)
-        if isinstance(node, ast.Dict) and len(node.keys) <= 256 and None not in node.keys:
+        if isinstance(node, ast.Dict) and None not in node.keys:  # of any length, as a list
             keys = [self.fold(k, depth) for k in node.keys]
             values = [self.fold(v, depth) for v in node.values]
             if any(i is None for i in keys + values):
@@ -2755,9 +3061,11 @@ _FUNCTION = object()  # its value: a function, no command
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
 MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
-MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart
+MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart (past: a _Listed)
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
-MAX_ROWS = 16384  # items of the tables a cell's loops go through that are listed, per cell
+#: items of the tables a cell's loops go through that are listed, per cell; and long tables'
+#: items run per folder (past it, each once in all)
+MAX_ROWS = 16384
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -2784,6 +3092,56 @@ def _any_item(iterable: ast.expr) -> ast.expr:
     return ast.Call(func=ast.Name(id="next", ctx=ast.Load()),
                     args=[ast.Call(func=ast.Name(id="iter", ctx=ast.Load()), args=[iterable],
                                    keywords=[])], keywords=[])
+
+
+def _hashable(value):
+    """A command as a set's key (an argv list as a tuple)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value if isinstance(value, (str, bytes, int)) else repr(value)
+
+
+def _previous_statements(tree: ast.AST) -> dict[int, ast.stmt]:
+    """Each loop's statement just before it in the same block: id(loop) -> that statement."""
+    found = {}
+    for node in ast.walk(tree):
+        for block in ("body", "orelse", "finalbody"):
+            statements = getattr(node, block, None)
+            if isinstance(statements, list):
+                for before, statement in zip(statements, statements[1:]):
+                    if isinstance(statement, ast.For):
+                        found[id(statement)] = before
+    return found
+
+
+def _pinned(tests: list[ast.expr], name: str, fold) -> list:
+    """The constants conditions that must all hold pin ``name`` to: ``name == "a"``, ``"a" ==
+    name``, ``name in ("a", "b")``, the constants folded (the first such condition's; [] if
+    none)."""
+    for test in tests:
+        found = []
+        if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+            found = _pinned(test.values, name, fold)
+        elif isinstance(test, ast.Compare) and len(test.ops) == 1:
+            left, right, op = test.left, test.comparators[0], test.ops[0]
+            if isinstance(op, ast.Eq) and isinstance(right, ast.Name) and right.id == name:
+                left, right = right, left
+            if isinstance(left, ast.Name) and left.id == name and \
+                    isinstance(op, (ast.Eq, ast.In)) and (value := fold(right)) is not None:
+                found = [value.value] if isinstance(op, ast.Eq) else \
+                    list(value.value) if isinstance(value.value, (list, tuple)) else []
+        if found:
+            return found
+    return []
+
+
+def _dotted_name(name: str) -> ast.expr:
+    """``a.b.c`` as the expression that names it."""
+    head, *rest = name.split(".")
+    node: ast.expr = ast.Name(id=head, ctx=ast.Load())
+    for part in rest:
+        node = ast.Attribute(value=node, attr=part, ctx=ast.Load())
+    return node
 
 
 def _defaults(arguments: ast.arguments) -> dict[str, ast.expr]:
