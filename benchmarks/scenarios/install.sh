@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john netcat-openbsd)
-FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent hashcat hydra tor
+SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john hydra netcat-openbsd
+       wget curl)
+FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent hashcat tor
       slowhttptest hping3 binutils)
 
 if [ "${1:-}" = "--small" ]; then packages=("${SMALL[@]}"); else packages=("${FULL[@]}"); fi

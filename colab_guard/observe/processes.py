@@ -899,13 +899,17 @@ class ProcessSampler:
         last = state.fds
         count = procfs.fd_count(pid)  # one stat
         if last is not None and now - last.when < self.libraries_refresh:
-            # A socket nobody is known to hold appeared somewhere: only a process whose
+            # A young process (or one that has just exec'd) whose fd count moved is walked
+            # at once: what it opens in its first seconds (a swap model, a .torrent, named
+            # in a config file rather than on its command line) is what it is.
+            young = now - max(key[1], state.changed_at) <= FD_COUNT_SETTLED
+            counted = last.count is not None and count == last.count
+            # Else, a socket nobody is known to hold appeared somewhere: only a process whose
             # fds changed can have opened it. Not for a young process: starting up, it opens
             # and closes files, so a socket can take a closed file's place at the same count
             # (an old one that swaps a file for a socket is found at the refresh). Asked
             # last: it reads the socket tables.
-            settled = now - key[1] > FD_COUNT_SETTLED
-            if (settled and last.count is not None and count == last.count) or not walk():
+            if not (young and not counted) and ((not young and counted) or not walk()):
                 return last
         inodes: list[int] = []
         files: list[str] = []
