@@ -16,13 +16,12 @@ import pytest
 
 from colab_guard.observe.attribution import KERNEL_ENV_MARKER, unknown_kernel
 from tests.harness import wait_until
+from tests.test_coalesce import MINER, WALLET
 from tests.test_redteam_evasions import (LIMIT, USER, Kernel, _alive,  # noqa: F401 (fixtures)
                                          pool, server)
 
 pytestmark = pytest.mark.integration
 
-STANDINS = Path(__file__).parent / "standins"
-WALLET = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
 A_CELL_SECONDS = 12  # A's cell outlasts the miner's detection, its stop and a late tick
 
 #: Double-forks the program given, in a session of its own, its environment naming the kernel
@@ -68,7 +67,7 @@ def test_an_orphan_of_kernel_b_naming_kernel_a_never_frames_a(server, pool, tmp_
 
         detach, pid_file = tmp_path / "detach.py", tmp_path / "orphan.pid"
         detach.write_text(DETACH)
-        miner = [sys.executable, str(STANDINS / "miner.py"), "-o",
+        miner = [sys.executable, str(MINER), "-o",
                  f"stratum+tcp://127.0.0.1:{pool}", "-u", WALLET, "-p", "x"]
         _, started = b.start([sys.executable, str(detach), str(pid_file), a.id, *miner])
         wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30,
