@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,9 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 STANDINS = Path(__file__).parent / "standins"
 PYTHON = sys.executable
+#: Whose server the fixtures' guarded server is, as its incidents must name it: user_name's
+#: default (the hub's user, else the login name of the Unix user running the tests).
+SERVER_USER = os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from colab_guard.observe.behaviour import WINDOW
-from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
 from tests.standins import pool as standin_pool
 
 pytestmark = pytest.mark.integration
@@ -73,10 +73,12 @@ async def _assert_stopped_in_time(kernel, guard_config, code: str, started_marke
     incident = found[0]
     assert incident["category"] == "crypto-mining"
     assert incident["signature"] == "mining-busy-pool-connection"
-    assert incident["kernel_id"] == kernel.kernel_id
+    assert (incident["user"], incident["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
+    assert ("interrupt", "done") in {(a["action"], a["outcome"]) for a in incident["actions"]
+                                     if a["target"] == "kernel"}, incident["actions"]
     # clear once the window is full; stopped within STOP_WITHIN of that
     assert ended - started <= WINDOW + STOP_WITHIN, (ended - started, incident)
-    return incident
+    return incident, text
 
 
 async def test_a_stratum_miner_in_the_kernel_with_its_pool_on_8443_is_stopped(
@@ -85,7 +87,7 @@ async def test_a_stratum_miner_in_the_kernel_with_its_pool_on_8443_is_stopped(
             "import quiet_miner\n"
             "print('MINING', time.time(), flush=True)\n"
             f"quiet_miner.run('127.0.0.1', {pool_8443}, duty=1.0, seconds={WINDOW + 40})\n")
-    incident = await _assert_stopped_in_time(kernel, guard_config, code, "MINING")
+    incident, _ = await _assert_stopped_in_time(kernel, guard_config, code, "MINING")
     kernel_proc = incident["evidence"]["processes"][0]
     assert kernel_proc["is_kernel"]
     assert kernel_proc["cpu_demand_percent"] >= 50
@@ -100,12 +102,24 @@ async def test_a_throttled_miner_in_a_subprocess_with_assembled_method_names_is_
             f"'127.0.0.1', '{pool}', '--duty', '0.7', '--seconds', '{WINDOW + 40}'])\n"
             "print('PID', p.pid, flush=True)\n"
             "p.wait()\n")
-    incident = await _assert_stopped_in_time(kernel, guard_config, code, "MINING")
+    incident, text = await _assert_stopped_in_time(kernel, guard_config, code, "MINING")
     miner = incident["evidence"]["processes"][0]
     assert "quiet_miner.py" in miner["cmdline"]
     # 70 % of a core asked for, whatever other load left it
     assert 50 <= miner["cpu_demand_percent"] <= 100
     assert miner["pushed_connections"] == 1
+    pid = int(next(line.split()[1] for line in text.splitlines()
+                   if line.startswith("PID")))
+    assert miner["pid"] == pid
+    await wait_for(lambda: not _alive(pid), timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- near misses

@@ -19,7 +19,7 @@ from colab_guard.observe import behaviour
 from colab_guard.observe.behaviour import Behaviour
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from colab_guard.observe.tcpinfo import Dumper
-from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
 from tests.harness import wait_until
 
 STANDINS = Path(__file__).parent / "standins"
@@ -146,6 +146,7 @@ async def test_a_miner_in_a_private_namespace_is_stopped_by_the_server(
     found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
                                     if i["status"] == "done"], timeout=20)
     assert len(found) == 1 and found[0]["signature"] == "mining-busy-pool-connection", found
+    assert (found[0]["user"], found[0]["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
     miner = found[0]["evidence"]["processes"][0]
     assert miner["network_namespace"].startswith("net:["), miner
     assert any(f"127.0.0.1:{pool_in} ESTABLISHED" in s for s in miner["sockets"]), miner

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from colab_guard.observe.behaviour import SLOW_MS
-from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
 from tests.standins.holder import Holder
 
 pytestmark = pytest.mark.integration
@@ -60,9 +60,17 @@ async def _stopped(kernel, guard_config, code: str, category: str, within: float
                                     if i["status"] == "done"], timeout=20)
     assert len(found) == 1, found
     assert found[0]["category"] == category
-    assert found[0]["kernel_id"] == kernel.kernel_id
+    assert (found[0]["user"], found[0]["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
     assert elapsed <= within, elapsed
     return found[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 async def test_slowloris_from_inside_the_kernel_is_stopped(kernel, guard_config, target):
@@ -96,6 +104,7 @@ async def test_slowloris_split_across_processes_each_bound_to_udp_is_stopped_who
     stopped = {p["pid"] for p in incident["evidence"]["processes"]}
     assert len(stopped) == 4, incident["evidence"]["processes"]
     assert all(p["kernel_slow_connections"] >= 150 for p in incident["evidence"]["processes"])
+    await wait_for(lambda: not any(_alive(pid) for pid in stopped), timeout=10)
 
 
 async def test_a_port_sweep_in_the_kernel_is_stopped_from_its_refused_connections(

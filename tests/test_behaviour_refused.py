@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
 from tests.harness import wait_until
 from tests.standins.watched import Watched
 
@@ -224,9 +224,18 @@ async def test_a_sweep_in_a_subprocess_of_the_kernel_is_stopped(kernel, guard_co
                                     if i["status"] == "done"], timeout=20)
     assert len(found) == 1, found
     assert found[0]["signature"] == "scan-refused-attempts", found[0]
-    assert found[0]["kernel_id"] == kernel.kernel_id
+    assert (found[0]["user"], found[0]["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
     sweeper = found[0]["evidence"]["processes"][0]
     assert "tests.standins.sweeper" in sweeper["cmdline"]
     assert sweeper["kernel_refused_attempts"] >= THRESHOLD
+    await wait_for(lambda: not _alive(sweeper["pid"]), timeout=10)  # stopped, not just named
     # three hot ticks (0.5 s apart here), the program's start, a late tick on this machine
     assert elapsed <= 10, elapsed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

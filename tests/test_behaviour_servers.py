@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import KernelRunner, incidents_in, wait_for
+from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
 from tests.harness import free_port
 
 pytestmark = pytest.mark.integration
@@ -43,9 +43,8 @@ async def _stopped(kernel, guard_config, code: str, signature: str) -> dict:
                                     if i["status"] == "done"], timeout=20)
     first = found[0]
     assert first["signature"] == signature, first
-    assert first["kernel_id"] == kernel.kernel_id
-    # recorded within 2 s of serving, and one more for a late tick on this busy machine
-    assert datetime.fromisoformat(first["time"]).timestamp() - serving <= 3.0, first["time"]
+    assert (first["user"], first["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
+    assert _recorded_after(first, serving) <= STOP_WITHIN, first["time"]
     assert [a["action"] for a in first["actions"] if a["target"] == "kernel"] == ["interrupt"]
     # the server lives on in the kernel's event loop: the kernel is shut down
     shut = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
@@ -53,7 +52,23 @@ async def _stopped(kernel, guard_config, code: str, signature: str) -> dict:
                                           for a in i["actions"])], timeout=30)
     assert shut[0]["signature"] == signature
     await wait_for(lambda: _refused(port), timeout=20)
+    # One incident for the offence and one for its going on past the interrupt (the policy
+    # shuts a kernel that offends again within KERNEL_GRACE down, in an incident of its
+    # own), both naming the user and the kernel: nothing else.
+    recorded = incidents_in(guard_config["incident_log"])
+    assert [(i["signature"], i["user"], i["kernel_id"],
+             [a["action"] for a in i["actions"] if a["target"] == "kernel"]) for i in recorded] \
+        == [(signature, SERVER_USER, kernel.kernel_id, ["interrupt"]),
+            (signature, SERVER_USER, kernel.kernel_id, ["shutdown"])], recorded
     return first
+
+
+#: recorded within 2 s of serving, and one more for a late tick on this busy machine
+STOP_WITHIN = 3.0
+
+
+def _recorded_after(incident: dict, started: float) -> float:
+    return datetime.fromisoformat(incident["time"]).timestamp() - started
 
 
 def _refused(port: int) -> bool:
@@ -84,11 +99,22 @@ async def test_a_pproxy_script_in_a_subprocess_is_stopped(kernel, guard_config, 
             "print('SERVING', time.time(), flush=True)\n"
             "p.wait()\n")
     reply, outputs = await kernel.run(code, timeout=120)
-    assert reply["status"] == "error", KernelRunner.text(outputs)
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "error", text  # the kernel was interrupted
+    serving = float(next(line.split()[1] for line in text.splitlines()
+                         if line.startswith("SERVING")))
     found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
                                     if i["status"] == "done"], timeout=20)
-    assert found[0]["signature"] == "proxy-python-server"
-    assert "relay.py" in found[0]["evidence"]["processes"][0]["cmdline"]
+    assert len(found) == 1, found
+    incident = found[0]
+    assert incident["signature"] == "proxy-python-server"
+    assert (incident["user"], incident["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
+    # from the script's start (printed just after Popen): the rule's 2 s and a late tick
+    assert _recorded_after(incident, serving) <= STOP_WITHIN, incident["time"]
+    relay = incident["evidence"]["processes"][0]
+    assert "relay.py" in relay["cmdline"]
+    assert ("stop", "done") in {(a["action"], a["outcome"]) for a in incident["actions"]
+                                if a["target"] == f"pid {relay['pid']}"}, incident["actions"]
 
 
 async def test_an_asyncssh_client_beside_a_dashboard_in_the_kernel_is_left_alone(

@@ -23,7 +23,7 @@ from colab_guard.observe import elf
 from colab_guard.observe.content import (ContentScanner, SystemPackages, executable_files,
                                          reported, scan_file, symbol_markers)
 from colab_guard.observe.processes import ProcessSampler
-from tests.conftest import PYTHON, incidents_in, wait_for
+from tests.conftest import PYTHON, SERVER_USER, incidents_in, wait_for
 
 IN_CI = os.environ.get("CI") == "true"
 SITE = sysconfig.get_paths()["purelib"]
@@ -318,6 +318,23 @@ async def test_renamed_libtorrent_loaded_in_a_real_kernel_is_recognised_within_t
     found = await wait_for(lambda: _torrent_incidents(guard_config), timeout=30, interval=0.05)
     assert time.monotonic() - loaded < 2.0
     assert "torrent-library-loaded" in {s for i in found for s in i["signatures"]}, found
+    # A library cannot be unloaded: the kernel is interrupted at once, and shut down when it
+    # still holds it past the policy's KERNEL_GRACE (an incident of its own): nothing else.
+    await wait_for(lambda: _kernel_shut_down(guard_config), timeout=30)
+    assert [(i["signature"], i["user"], i["kernel_id"], _kernel_actions(i))
+            for i in _torrent_incidents(guard_config)] == [
+        ("torrent-library-loaded", SERVER_USER, kernel.kernel_id, [("interrupt", "done")]),
+        ("torrent-library-loaded", SERVER_USER, kernel.kernel_id, [("shutdown", "done")])]
+    assert [i for i in incidents_in(guard_config["incident_log"])
+            if i["category"] != "torrenting"] == []
+
+
+def _kernel_actions(incident: dict) -> list[tuple[str, str]]:
+    return [(a["action"], a["outcome"]) for a in incident["actions"] if a["target"] == "kernel"]
+
+
+def _kernel_shut_down(guard_config) -> bool:
+    return any(("shutdown", "done") in _kernel_actions(i) for i in _torrent_incidents(guard_config))
 
 
 @pytest.mark.integration
@@ -338,6 +355,25 @@ async def test_renamed_libtorrent_loaded_by_a_kernels_subprocess_is_recognised_w
     pid = int(kernel.text(outputs).split()[-1])
     assert "torrent-library-loaded" in {s for i in found for s in i["signatures"]}, found
     assert pid in {p["pid"] for i in found for p in i["evidence"]["processes"]}, found
+    # one incident, naming the user and the kernel; the loader stopped
+    incident, = found
+    assert (incident["user"], incident["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
+    await wait_for(lambda: _incident_done(guard_config, incident["id"]), timeout=15)
+    await wait_for(lambda: not _alive(pid), timeout=15)
+    assert len(_torrent_incidents(guard_config)) == 1, _torrent_incidents(guard_config)
+
+
+def _incident_done(guard_config, incident_id: str) -> dict | None:
+    return next((i for i in incidents_in(guard_config["incident_log"])
+                 if i["id"] == incident_id and i["status"] == "done"), None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 @pytest.mark.integration

@@ -419,10 +419,24 @@ def test_a_cell_whose_check_outlasts_the_timeout_is_not_run(kernel, pool):
     assert _refused(reply), f"the cell ran: {reply['status']} {text[-200:]}"
 
 
-def test_a_cell_padded_past_the_checked_length_is_refused(kernel, pool):
-    padding = "# " + "x" * (300 * 1024) + "\n"
-    reply, text = kernel.run(padding + STRATUM_CELL.format(pool=pool))
-    assert _refused(reply), f"the cell ran: {reply['status']}"
+def test_a_cell_padded_past_the_checked_length_is_refused(kernel):
+    """Read to its end (the padding is one comment), refused before any of it runs, with
+    the message and one incident naming the user and the kernel."""
+    with socket.create_server(("127.0.0.1", 0)) as pool:
+        padding = "# " + "x" * (300 * 1024) + "\n"
+        reply, text = kernel.run(padding + STRATUM_CELL.format(pool=pool.getsockname()[1]))
+        assert _refused(reply), f"the cell ran: {reply['status']}"
+        pool.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # not one line of it ran: nobody connected
+            pool.accept()
+    found = kernel.incidents("crypto-mining")
+    assert [i["signature"] for i in found] == ["cell-stratum-client"], found
+    assert (found[0]["user"], found[0]["kernel_id"]) == (USER, kernel.id)
+    assert "This cell was not run" in text and found[0]["id"] in text, text[-300:]
+    deadline = time.monotonic() + 1.0  # two ticks of the guard: nothing more is recorded
+    while time.monotonic() < deadline:
+        assert [i["id"] for i in kernel.incidents()] == [found[0]["id"]]
+        time.sleep(0.2)
 
 
 def _tampering(kernel: Kernel) -> list[dict]:
