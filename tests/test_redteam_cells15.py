@@ -45,6 +45,8 @@ CAUGHT = [
     ("os.__dict__.get", "import os\nf = os.__dict__.get('system')\nf('ngrok tcp 22')"),
     ("globals().get", "import os\nglobals().get('os').system('ngrok tcp 22')"),
     ("vars of sys.modules", "import os, sys\nf = vars(sys.modules['os'])['system']\nf('ngrok tcp 22')"),
+    ("a loop over globals() picking os", "import os\nfor k, v in list(globals().items()):\n"
+                                         "    if k == 'os':\n        v.system('ngrok tcp 22')"),
     ("a search of sys.modules' entry", "import os, sys\n"
                                        "f = next(v for k, v in vars(sys.modules['os']).items() if k == 'system')\n"
                                        "f('ngrok tcp 22')"),
@@ -93,10 +95,6 @@ MISSED = [
                  "f('ngrok tcp 22')", id="filter of a module's pairs",
                  marks=_missed("filter(lambda …, vars(os).items()) is no search to the check: "
                                "only comprehensions and loops are")),
-    pytest.param("import os\nfor k, v in list(globals().items()):\n    if k == 'os':\n"
-                 "        v.system('ngrok tcp 22')", id="a loop over globals() picking os",
-                 marks=_missed("_fixed_rows reads searches of modules' members, not of the "
-                               "cell's variables (globals().items())")),
     pytest.param("import os\nfor c in ['echo %d' % i for i in range(1100)] + ['ngrok tcp 22']:\n"
                  "    os.system(c)", id="padding made by a comprehension",
                  marks=_missed("a comprehension is folded over at most MAX_INLINED_ITEMS (64) "
@@ -118,7 +116,9 @@ def test_an_evasion_of_the_new_rules_is_refused(what, cell):
     c is the last column's; now ``_pin`` needs distinct names); a search was read only where
     its condition was ``k == …`` or ``k in (tuple)`` (now ``_accepted_runners`` folds the
     condition with k bound to each of the module's runners' names, ``_holds``, and a set
-    counts); ``.get`` of a members table or globals() was no item (``_item_got``); vars() of
+    counts); a loop over ``globals().items()`` pinned to a name was read with no row
+    (``_fixed_rows``: the variable so named, a module's alias kept, ``_bind_parameter``);
+    ``.get`` of a members table or globals() was no item (``_item_got``); vars() of
     ``sys.modules[…]`` no module's; a padded table through ``enumerate``/``zip``/
     ``itertools.chain``, or of rows of several items, was no listing (``_long_columns``); an
     expression of two loop variables was folded for neither (now row by row, ``_fold_rows``);

@@ -1087,6 +1087,9 @@ class _Reader(ast.NodeVisitor):
         if module and isinstance(key, str) and key.isidentifier():
             member = _dotted_name(f"{module}.{key}")
             return [[ast.Constant(key), member]] if width == 2 else [[ast.Constant(key)]]
+        if width == 2 and column == 0 and isinstance(key, str) and key.isidentifier() and \
+                self._namespace_pairs(source):  # globals().items(): the variable so named
+            return [[ast.Constant(key), ast.Name(id=key, ctx=ast.Load())]]
         view = None
         if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute) and \
                 not source.args and source.func.attr in ("items", "keys", "values"):
@@ -1098,6 +1101,15 @@ class _Reader(ast.NodeVisitor):
         if view == "items":
             return [list(pair) for pair in pairs]
         return [[value if view == "values" else key] for key, value in pairs]
+
+    def _namespace_pairs(self, node: ast.expr) -> bool:
+        """``globals().items()``, a frame's ``f_globals.items()``, in ``list()`` or not."""
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                self.call_name(node.func) in ("list", "tuple", "sorted"):
+            node = node.args[0]
+        return isinstance(node, ast.Call) and not node.args and \
+            isinstance(node.func, ast.Attribute) and node.func.attr == "items" and \
+            self._is_namespace(node.func.value)
 
     def _assigned_just_before(self, node: ast.stmt, name: ast.expr) -> ast.Dict | None:
         """The table literal the statement just before ``node`` assigns ``name``, if it does."""
@@ -2179,6 +2191,8 @@ class _Reader(ast.NodeVisitor):
         runner = self._runner_in(value) if value is not None else None
         if runner:
             self.aliases[param] = runner
+        elif isinstance(value, ast.Name) and value.id in self.aliases:
+            self.aliases[param] = self.aliases[value.id]  # a module: v.system is os.system
         self._bind(param, self._tainted(value), self._members_of(value) if value else None)
         if isinstance(value, ast.Name):
             prefix = value.id + "."
