@@ -255,13 +255,18 @@ LARGE = {
     "loops over members by prefix": "import os\n" + "for k, v in vars(os).items():\n"
                                     "    if k.startswith('s'):\n        print(k)\n" * 3000,
     "members got": "import os\n" + "f = vars(os).get('getcwd')\nf()\n" * 8000,
+    "items got of items got": "import os\n" + "vars(os).get('x').get('y')\n" * 8000,
+    "a frame's variables got": "import sys\n" + "sys._getframe().f_globals.get('os')\n" * 6000,
+    "chains of .get 200 long": "d = {}\n" + ("x = d" + ".get(1)" * 200 + "\n") * 2,
 }
 
 
 @pytest.mark.parametrize("what", list(LARGE))
 def test_a_large_cell_is_read_in_bounded_time(what):
     """Measured at 0.4 to 3.2 s on a busy 2-core machine (10 s, as session 13's bound: a
-    failure means a reading that grows with the cell)."""
+    failure means a reading that grows with the cell). ``.get`` of a table of members was first
+    read with its table's name resolved anew at each link of a chain: 200 links took minutes
+    (14 links 3.3 s); now only a table shaped as one is (``_may_be_members_table``)."""
     from colab_guard.detect.cells import MAX_SOURCE, analyse_cell
 
     start = time.monotonic()

@@ -390,6 +390,7 @@ class _Reader(ast.NodeVisitor):
         #: of those, a loop's variables: name -> (the table's rows, its column), so that an
         #: expression of several of them is folded row by row (``a + " " + b``)
         self._choice_rows: dict[str, tuple[list, int]] = {}
+        self._getting = False  # while _item_got reads a table
         self._choice_budget = MAX_CHOICE_FOLDS
         self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
         self.previous: dict[int, ast.stmt] = {}  # id(loop) -> the statement just before it
@@ -2847,13 +2848,20 @@ class _Reader(ast.NodeVisitor):
         variables or of sys.modules, as ``m[k]`` (its default aside); else ``node``."""
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and
                 node.func.attr in ("get", "__getitem__") and 1 <= len(node.args) <= 2 and
-                not node.keywords):
-            return node
+                not node.keywords) or self._getting:
+            return node  # not one, or one inside another's table (linear: no chain re-read)
         table = node.func.value
-        owner = self.call_name(table) if isinstance(table, (ast.Name, ast.Attribute)) else None
-        if self._members_mapping(table) is None and not self._is_namespace(table) and \
-                owner != "sys.modules" and not (owner or "").endswith(".__dict__"):
+        if not _may_be_members_table(table):
             return node
+        self._getting = True
+        try:
+            owner = self.call_name(table) if isinstance(table, (ast.Name, ast.Attribute)) \
+                else None
+            if self._members_mapping(table) is None and not self._is_namespace(table) and \
+                    owner != "sys.modules" and not (owner or "").endswith(".__dict__"):
+                return node
+        finally:
+            self._getting = False
         return ast.Subscript(value=table, slice=node.args[0], ctx=ast.Load())
 
     def _namespace_item(self, node: ast.expr) -> ast.Name | None:
@@ -3303,6 +3311,23 @@ _COMPARISONS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt
 #: a string's methods a name filter may test it with (each bounded by the folded lengths)
 _STR_PREDICATES = frozenset(("startswith", "endswith", "isidentifier", "islower", "isupper",
                              "isalpha", "isalnum", "__contains__", "__eq__"))
+
+
+def _may_be_members_table(node: ast.expr) -> bool:
+    """Whether ``node`` is shaped as a table of members or variables is (``vars(…)``,
+    ``dict(…)``, ``globals()``, ``x.__dict__``, ``f.f_globals``, ``sys.modules``: a dotted
+    name or a call of one), so that a chain of ``.get(…)`` is not read anew at each link."""
+    hops = 0  # calls and items along the way (``sys._getframe().f_globals``): two at most
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("get", "__getitem__"):
+            return False  # a chain of .get(…): the outer link is no table of members
+        if not isinstance(node, ast.Attribute):
+            hops += 1
+            if hops > 2:
+                return False
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return isinstance(node, ast.Name)
 
 
 def _pinned(tests: list[ast.expr], name: str, fold) -> list:
