@@ -26,6 +26,7 @@ import base64
 import os
 import binascii
 import codecs
+import operator
 import re
 import shlex
 from contextlib import contextmanager
@@ -281,6 +282,7 @@ class _Listed(list):
         self.hidden = hidden
         self.done: set = set()  # the (folder, writes) it was run in
         self.keys: list | None = None  # its items as set keys (_hashable), when known
+        self.rows: tuple[list, int] | None = None  # (the table's rows, its column), of a column
 
 
 class _Folded:
@@ -385,6 +387,10 @@ class _Reader(ast.NodeVisitor):
         #: variables that hold one item of a constant table, not known which (a loop's over
         #: more rows than are read one by one, ``c = cmds[i]``): name -> the items
         self.choices: dict[str, list[_Folded]] = {}
+        #: of those, a loop's variables: name -> (the table's rows, its column), so that an
+        #: expression of several of them is folded row by row (``a + " " + b``)
+        self._choice_rows: dict[str, tuple[list, int]] = {}
+        self._getting = False  # while _item_got reads a table
         self._choice_budget = MAX_CHOICE_FOLDS
         self._row_budget = MAX_ROWS  # items of loops' tables listed, per cell
         self.previous: dict[int, ast.stmt] = {}  # id(loop) -> the statement just before it
@@ -1011,14 +1017,19 @@ class _Reader(ast.NodeVisitor):
             items = [row[column] for row in rows if isinstance(row[column], _Folded)]
             if items:
                 self.choices[name] = items
+                self._choice_rows[name] = (rows, column)
         if rows is None and names:  # a table too long to take row by row: any of its items
             for name, listing in zip(names, self._long_columns(node.iter, len(names)) or []):
-                self.choices[name] = listing
+                if listing is not None:  # None: an index, or a column not spelled out
+                    self.choices[name] = listing
+                    if listing.rows is not None:
+                        self._choice_rows[name] = listing.rows
         try:
             self.generic_visit(node)
         finally:
             for name in names:
                 self.choices.pop(name, None)
+                self._choice_rows.pop(name, None)
 
     def _picked(self, node: ast.For, names: list[str], rows: list[list] | None):
         """The rows of a loop whose whole body is ``if key == "a":`` (no ``else``): only those
@@ -1027,7 +1038,7 @@ class _Reader(ast.NodeVisitor):
         runs between) and of a search of a module's members (the picked member)."""
         pin = self._pin(node, names)
         if pin is None:
-            return rows
+            return self._filtered_members(node, names) or rows
         column, key = pin
         if rows is None:
             rows = self._fixed_rows(node, names, column, key)
@@ -1042,10 +1053,24 @@ class _Reader(ast.NodeVisitor):
                 picked.append(row)
         return picked
 
+    def _filtered_members(self, node: ast.For, names: list[str]) -> list[list] | None:
+        """The rows of a search of a module's members whose whole body is one ``if`` (no
+        ``else``) its runners' names pass (``if k.startswith("syst"):``): each such runner."""
+        if len(node.body) != 1 or not isinstance(node.body[0], ast.If) or node.body[0].orelse \
+                or not names or len(set(names)) != len(names) or len(names) > 2:
+            return None
+        module = self._member_pairs(node.iter) if len(names) == 2 else \
+            self._member_names(node.iter)
+        if not module:
+            return None
+        accepted = self._accepted_runners(module, names[0], [node.body[0].test])
+        return [[ast.Constant(n), _dotted_name(f"{module}.{n}")][:len(names)] for n in accepted]
+
     def _pin(self, node: ast.For, names: list[str]) -> tuple[int, object] | None:
         """(column, constant) where the loop's whole body is one ``if`` with no ``else`` that
         holds only when that loop variable is that constant."""
-        if len(node.body) != 1 or not isinstance(node.body[0], ast.If) or node.body[0].orelse:
+        if len(node.body) != 1 or not isinstance(node.body[0], ast.If) or node.body[0].orelse \
+                or len(set(names)) != len(names):  # ``for c, c in …``: c is the last column's
             return None
         for column, name in enumerate(names):
             found = _pinned([node.body[0].test], name, self.fold)
@@ -1063,6 +1088,9 @@ class _Reader(ast.NodeVisitor):
         if module and isinstance(key, str) and key.isidentifier():
             member = _dotted_name(f"{module}.{key}")
             return [[ast.Constant(key), member]] if width == 2 else [[ast.Constant(key)]]
+        if width == 2 and column == 0 and isinstance(key, str) and key.isidentifier() and \
+                self._namespace_pairs(source):  # globals().items(): the variable so named
+            return [[ast.Constant(key), ast.Name(id=key, ctx=ast.Load())]]
         view = None
         if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute) and \
                 not source.args and source.func.attr in ("items", "keys", "values"):
@@ -1074,6 +1102,15 @@ class _Reader(ast.NodeVisitor):
         if view == "items":
             return [list(pair) for pair in pairs]
         return [[value if view == "values" else key] for key, value in pairs]
+
+    def _namespace_pairs(self, node: ast.expr) -> bool:
+        """``globals().items()``, a frame's ``f_globals.items()``, in ``list()`` or not."""
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                self.call_name(node.func) in ("list", "tuple", "sorted"):
+            node = node.args[0]
+        return isinstance(node, ast.Call) and not node.args and \
+            isinstance(node.func, ast.Attribute) and node.func.attr == "items" and \
+            self._is_namespace(node.func.value)
 
     def _assigned_just_before(self, node: ast.stmt, name: ast.expr) -> ast.Dict | None:
         """The table literal the statement just before ``node`` assigns ``name``, if it does."""
@@ -1134,10 +1171,11 @@ class _Reader(ast.NodeVisitor):
             self._row_budget -= len(value)
             return [_Folded(v, folded.hidden) for v in value]
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            if len(node.elts) > MAX_CHOICES or any(isinstance(e, ast.Starred) for e in node.elts):
+            elts = self._spread_items(node.elts)
+            if elts is None or len(elts) > MAX_CHOICES:
                 return None
-            self._row_budget -= len(node.elts)
-            return list(node.elts)
+            self._row_budget -= len(elts)
+            return elts
         if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)) and \
                 len(node.generators) == 1 and isinstance(node.elt, ast.Name) and \
                 isinstance(node.generators[0].target, ast.Name) and \
@@ -1183,6 +1221,21 @@ class _Reader(ast.NodeVisitor):
             return [item for items in inner for item in items][:MAX_CHOICES]
         return None
 
+    def _spread_items(self, elts: list[ast.expr]) -> list | None:
+        """A literal's items, ``*T`` of a constant table spread (its items folded); None where
+        a starred one is not constant."""
+        found = []
+        for elt in elts:
+            if not isinstance(elt, ast.Starred):
+                found.append(elt)
+                continue
+            folded = self.fold(elt.value)
+            if folded is None or not isinstance(folded.value, (list, tuple, str)) or \
+                    len(found) + len(folded.value) > MAX_CHOICES:
+                return None
+            found += [_Folded(v, folded.hidden) for v in folded.value]
+        return found
+
     def _long_columns(self, node: ast.expr, width: int, depth: int = 0) -> list | None:
         """For a loop over a constant table not taken row by row (longer than MAX_CHOICES, or
         past the cell's budget of rows): each loop variable's items, as one _Listed each."""
@@ -1195,7 +1248,12 @@ class _Reader(ast.NodeVisitor):
                      "values": ("values",)}[node.func.attr]
             if table is None or not isinstance(table.value, dict) or len(views) != width:
                 return None
-            return [self._listing(table.value, view, table.hidden) for view in views]
+            listings = [self._listing(table.value, view, table.hidden) for view in views]
+            if width == 2 and listings[0].rows is None:  # k and v of one row, as a column's
+                shared = [[_Folded(k, table.hidden), _Folded(v, table.hidden)]
+                          for k, v in table.value.items()]
+                listings[0].rows, listings[1].rows = (shared, 0), (shared, 1)
+            return listings
         if isinstance(node, ast.Call) and node.args and self.call_name(node.func) in (
                 "sorted", "reversed", "list", "tuple", "set", "frozenset", "iter", "filter",
                 "itertools.filterfalse"):
@@ -1205,23 +1263,46 @@ class _Reader(ast.NodeVisitor):
                 isinstance(node.generators[0].target, ast.Name) and \
                 node.elt.id == node.generators[0].target.id:
             return self._long_columns(node.generators[0].iter, width, depth + 1)
-        if width != 1:
-            return None
+        name = self.call_name(node.func) if isinstance(node, ast.Call) else None
+        if name == "enumerate" and len(node.args) == 1 and width == 2:
+            items = self._long_columns(node.args[0], 1, depth + 1)  # the index: unknown
+            return [None, items[0]] if items else None
+        if name == "zip" and len(node.args) == width and not node.keywords:
+            columns = [(self._long_columns(a, 1, depth + 1) or [None])[0] for a in node.args]
+            return columns if any(c is not None for c in columns) else None
+        if name == "itertools.chain" and node.args and width == 1:
+            parts = [self.fold(a) for a in node.args]
+            if any(p is None or not isinstance(p.value, (list, tuple)) for p in parts):
+                return None
+            return [self._listing([i for p in parts for i in p.value], None,
+                                  any(p.hidden for p in parts))]
         folded = self.fold(node)
         if folded is None and isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             known = [f for f in (self.fold(e) for e in node.elts) if f is not None]
             folded = _Folded([f.value for f in known], any(f.hidden for f in known))
         if folded is None or not isinstance(folded.value, (list, tuple, dict)):
             return None
-        view = "keys" if isinstance(folded.value, dict) else None
-        return [self._listing(folded.value, view, folded.hidden)]
+        if width == 1:
+            view = "keys" if isinstance(folded.value, dict) else None
+            return [self._listing(folded.value, view, folded.hidden)]
+        rows = folded.value if isinstance(folded.value, (list, tuple)) else ()
+        if not all(isinstance(r, (list, tuple)) and len(r) == width for r in rows):
+            return None  # rows of ``width`` items each: one listing per column
+        listings = [self._listing(rows, column, folded.hidden) for column in range(width)]
+        if listings[0].rows is None:  # one copy of the rows, that all columns share
+            shared = [[_Folded(i, folded.hidden) for i in row] for row in rows]
+            for column, listing in enumerate(listings):
+                listing.rows = (shared, column)
+        return listings
 
-    def _listing(self, table, view: str | None, hidden: bool) -> "_Listed":
-        """A table's distinct items (its keys' or values' for a dict), listed once per table."""
+    def _listing(self, table, view: str | int | None, hidden: bool) -> "_Listed":
+        """A table's distinct items (its keys' or values' for a dict, a column's of rows),
+        listed once per table."""
         known = self._listings.get((id(table), view))
         if known is not None and known[0] is table:
             return known[1]
-        items = table.values() if view == "values" else table
+        items = table.values() if view == "values" else \
+            (row[view] for row in table) if isinstance(view, int) else table
         distinct = {}
         for item in items:
             if type(item) is str:
@@ -1530,12 +1611,65 @@ class _Reader(ast.NodeVisitor):
         picked = dict.fromkeys(n for n in _pinned(loop.ifs, names[0], self.fold)
                                if isinstance(n, str) and n.isidentifier() and
                                self._runs(f"{module}.{n}"))
+        picked.update(dict.fromkeys(self._accepted_runners(module, names[0], loop.ifs)))
         element = node.value if isinstance(node, ast.DictComp) else node.elt
         for name in picked:
             with self._row_bound(names, [ast.Constant(name), _dotted_name(f"{module}.{name}")]):
                 if self._tainted(element, depth + 1):
                     return True
         return False
+
+    def _accepted_runners(self, module: str, name: str, tests: list[ast.expr]) -> list[str]:
+        """The module's runners whose names the search's conditions, folded with ``name``
+        bound to each, all accept (``k.startswith("syst")``, ``not k != "system"``): a
+        condition not folded (``callable(v)``) accepts none, as honest code filters so."""
+        if not tests:
+            return []
+        prefix = f"{module}."
+        found = []
+        for full in sorted(_RUN_CALLS | _RUN_NAMES):
+            member = full[len(prefix):]
+            if not full.startswith(prefix) or not member.isidentifier():
+                continue
+            bound = {name: _Folded(member, False)}
+            if all(self._holds(test, bound) is True for test in tests):
+                found.append(member)
+        return found
+
+    def _holds(self, test: ast.expr, bound: dict[str, _Folded], depth: int = 0) -> bool | None:
+        """A name filter's truth with these names bound: comparisons, ``not``, ``and``/``or``
+        and a string's predicates of folded operands; None where it does not fold."""
+        if depth > 8:
+            return None
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            inner = self._holds(test.operand, bound, depth + 1)
+            return None if inner is None else not inner
+        if isinstance(test, ast.BoolOp):
+            parts = [self._holds(v, bound, depth + 1) for v in test.values]
+            if isinstance(test.op, ast.And):
+                return False if False in parts else None if None in parts else True
+            return True if True in parts else None if None in parts else False
+        if isinstance(test, ast.Compare) and len(test.ops) == 1:
+            left, right = (self._fold_with(bound, n, 0) for n in (test.left, test.comparators[0]))
+            compare = _COMPARISONS.get(type(test.ops[0]))
+            if left is None or right is None or compare is None:
+                return None
+            try:
+                return bool(compare(left.value, right.value))
+            except (TypeError, ValueError):
+                return None
+        if isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and \
+                test.func.attr in _STR_PREDICATES and not test.keywords:
+            base = self._fold_with(bound, test.func.value, 0)
+            args = [self._fold_with(bound, a, 0) for a in test.args]
+            if base is None or not isinstance(base.value, str) or None in args:
+                return None
+            try:
+                return bool(getattr(base.value, test.func.attr)(*(a.value for a in args)))
+            except (TypeError, ValueError):
+                return None
+        folded = self._fold_with(bound, test, 0)
+        return None if folded is None else bool(folded.value)
 
     @contextmanager
     def _row_bound(self, names: list[str], values: list[ast.expr]):
@@ -1686,12 +1820,43 @@ class _Reader(ast.NodeVisitor):
         elif command is None and node.args:
             self._run_each(self._one_of(node.args[0]))
 
+    def _joint_rows(self, node: ast.expr) -> tuple[list, dict[str, int]] | None:
+        """Where ``node`` uses several variables of one loop over a table's rows: those rows
+        and each variable's column."""
+        used = dict.fromkeys(k for n in ast.walk(node) if (k := _dotted(n)) in self._choice_rows)
+        if len(used) < 2:
+            return None
+        tables = {id(self._choice_rows[name][0]) for name in used}
+        if len(tables) != 1:
+            return None
+        return self._choice_rows[next(iter(used))][0], \
+            {name: self._choice_rows[name][1] for name in used}
+
+    def _fold_rows(self, node: ast.expr, rows: list, columns: dict[str, int]) -> list:
+        """``node`` folded with the variables bound to each row's items, out of the cell's
+        MAX_CHOICE_FOLDS; distinct."""
+        found = {}
+        for row in rows:
+            bound = {name: row[column] for name, column in columns.items()}
+            if not all(isinstance(item, _Folded) for item in bound.values()):
+                continue
+            self._choice_budget -= 1
+            if self._choice_budget < 0:
+                break
+            folded = self._fold_with(bound, node, 0)
+            if folded is not None and isinstance(folded.value, (str, bytes, list, tuple)):
+                found.setdefault(_hashable(folded.value), folded.value)
+        return list(found.values())
+
     def _one_of(self, node: ast.expr, depth: int = 0) -> list:
         """The commands an item taken from a constant table may be: ``cmds[k]`` (the key only
         known when it runs), ``cmds.pop()``, ``cmds.get(k)``, ``random.choice(cmds)``; an
         expression of a variable that holds one of a table's items, for each item."""
         chosen = next((key for n in ast.walk(node) if (key := _dotted(n)) in self.choices),
                       None) if self.choices else None
+        joint = self._joint_rows(node) if chosen is not None else None
+        if joint is not None:
+            return self._fold_rows(node, *joint)
         if chosen is not None:
             items = self.choices[chosen]
             if isinstance(items, _Listed) and _dotted(node) == chosen:
@@ -2027,6 +2192,8 @@ class _Reader(ast.NodeVisitor):
         runner = self._runner_in(value) if value is not None else None
         if runner:
             self.aliases[param] = runner
+        elif isinstance(value, ast.Name) and value.id in self.aliases:
+            self.aliases[param] = self.aliases[value.id]  # a module: v.system is os.system
         self._bind(param, self._tainted(value), self._members_of(value) if value else None)
         if isinstance(value, ast.Name):
             prefix = value.id + "."
@@ -2578,6 +2745,7 @@ class _Reader(ast.NodeVisitor):
             table = self.aliases.get(f"{func.value.id}[{key.value!r}]") if key is not None else None
             if table:
                 return ".".join([table, *reversed(parts)])
+        func = self._item_got(func)  # vars(os).get("system"): vars(os)["system"]
         if isinstance(func, ast.Subscript):  # sys.modules["os"].system, vars(os)["system"]
             key = self.fold(func.slice)
             key = key.value if key is not None and isinstance(key.value, str) else None
@@ -2675,8 +2843,30 @@ class _Reader(ast.NodeVisitor):
                 self.call_name(node.value) == "__main__"
         return isinstance(node, ast.Attribute) and node.attr in ("f_globals", "f_locals")
 
+    def _item_got(self, node: ast.expr) -> ast.expr:
+        """``m.get(k)`` or ``m.__getitem__(k)`` of a table of a module's members, of the cell's
+        variables or of sys.modules, as ``m[k]`` (its default aside); else ``node``."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and
+                node.func.attr in ("get", "__getitem__") and 1 <= len(node.args) <= 2 and
+                not node.keywords) or self._getting:
+            return node  # not one, or one inside another's table (linear: no chain re-read)
+        table = node.func.value
+        if not _may_be_members_table(table):
+            return node
+        self._getting = True
+        try:
+            owner = self.call_name(table) if isinstance(table, (ast.Name, ast.Attribute)) \
+                else None
+            if self._members_mapping(table) is None and not self._is_namespace(table) and \
+                    owner != "sys.modules" and not (owner or "").endswith(".__dict__"):
+                return node
+        finally:
+            self._getting = False
+        return ast.Subscript(value=table, slice=node.args[0], ctx=ast.Load())
+
     def _namespace_item(self, node: ast.expr) -> ast.Name | None:
         """``globals()["d"]``, ``sys._getframe().f_locals["d"]``: the variable d."""
+        node = self._item_got(node)
         if not isinstance(node, ast.Subscript) or not self._is_namespace(node.value):
             return None
         key = self._key(node.slice)
@@ -2699,7 +2889,8 @@ class _Reader(ast.NodeVisitor):
             return self._members_mapping(node.func.value)
         else:
             return None
-        return self.call_name(owner) if isinstance(owner, (ast.Name, ast.Attribute)) else None
+        return self.call_name(owner) if isinstance(owner, (ast.Name, ast.Attribute)) or \
+            isinstance(owner, ast.Subscript) and self._item_got(owner) is owner else None
 
     def _member_pairs(self, node: ast.expr) -> str | None:
         """The module whose (name, member) pairs ``node`` gives: ``inspect.getmembers(os)``,
@@ -2709,7 +2900,7 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node.func, ast.Attribute) and node.func.attr == "items" and not node.args:
             return self._members_mapping(node.func.value)
         if self.call_name(node.func) == "inspect.getmembers" and node.args and \
-                isinstance(node.args[0], (ast.Name, ast.Attribute)):
+                isinstance(node.args[0], (ast.Name, ast.Attribute, ast.Subscript)):
             return self.call_name(node.args[0])
         return None
 
@@ -2718,7 +2909,7 @@ class _Reader(ast.NodeVisitor):
         ``os.__dict__``, ``vars(os).keys()``."""
         if isinstance(node, ast.Call) and len(node.args) == 1 and \
                 self.call_name(node.func) == "dir" and \
-                isinstance(node.args[0], (ast.Name, ast.Attribute)):
+                isinstance(node.args[0], (ast.Name, ast.Attribute, ast.Subscript)):
             return self.call_name(node.args[0])
         if isinstance(node, ast.Call) and not node.args and \
                 isinstance(node.func, ast.Attribute) and node.func.attr == "keys":
@@ -3114,6 +3305,31 @@ def _previous_statements(tree: ast.AST) -> dict[int, ast.stmt]:
     return found
 
 
+_COMPARISONS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+                ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+                ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+#: a string's methods a name filter may test it with (each bounded by the folded lengths)
+_STR_PREDICATES = frozenset(("startswith", "endswith", "isidentifier", "islower", "isupper",
+                             "isalpha", "isalnum", "__contains__", "__eq__"))
+
+
+def _may_be_members_table(node: ast.expr) -> bool:
+    """Whether ``node`` is shaped as a table of members or variables is (``vars(…)``,
+    ``dict(…)``, ``globals()``, ``x.__dict__``, ``f.f_globals``, ``sys.modules``: a dotted
+    name or a call of one), so that a chain of ``.get(…)`` is not read anew at each link."""
+    hops = 0  # calls and items along the way (``sys._getframe().f_globals``): two at most
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("get", "__getitem__"):
+            return False  # a chain of .get(…): the outer link is no table of members
+        if not isinstance(node, ast.Attribute):
+            hops += 1
+            if hops > 2:
+                return False
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return isinstance(node, ast.Name)
+
+
 def _pinned(tests: list[ast.expr], name: str, fold) -> list:
     """The constants conditions that must all hold pin ``name`` to: ``name == "a"``, ``"a" ==
     name``, ``name in ("a", "b")``, the constants folded (the first such condition's; [] if
@@ -3126,6 +3342,8 @@ def _pinned(tests: list[ast.expr], name: str, fold) -> list:
             left, right, op = test.left, test.comparators[0], test.ops[0]
             if isinstance(op, ast.Eq) and isinstance(right, ast.Name) and right.id == name:
                 left, right = right, left
+            if isinstance(op, ast.In) and isinstance(right, ast.Set):  # ``k in {"a"}``: a tuple's
+                right = ast.Tuple(elts=right.elts, ctx=ast.Load())
             if isinstance(left, ast.Name) and left.id == name and \
                     isinstance(op, (ast.Eq, ast.In)) and (value := fold(right)) is not None:
                 found = [value.value] if isinstance(op, ast.Eq) else \
