@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .act.enforce import stop_processes_async
-from .act.policy import INCIDENT_WINDOW, Plan, Policy, unique_processes
+from .act.policy import (ESCALATION, INCIDENT_WINDOW, KERNEL_ESCALATION_WINDOW, Plan, Policy,
+                         unique_processes)
 from .detect.engine import Detection, Engine
 from .kernels import Kernels
 from .observe.gpu import GpuSample, GpuSampler
@@ -238,6 +239,10 @@ class Monitor:
                                             await self.kernels.notebook_path(plan.kernel_id),
                                             self.settings.dry_run)
         incident.actions = plan.steps
+        if plan.escalates:
+            incident.evidence[ESCALATION] = (
+                f"the kernel went on within {KERNEL_ESCALATION_WINDOW:g} s of its interrupt for "
+                "this offence: shut down (no second strike)")
         _note_attribution(incident, ties or {})
         _cap_evidence(incident)
         await self._find_package(incident, plan)

@@ -60,6 +60,9 @@ async def _stopped(kernel, guard_config, code: str, signature: str) -> dict:
              [a["action"] for a in i["actions"] if a["target"] == "kernel"]) for i in recorded] \
         == [(signature, SERVER_USER, kernel.kernel_id, ["interrupt"]),
             (signature, SERVER_USER, kernel.kernel_id, ["shutdown"])], recorded
+    # One offence, one strike: the shutdown's incident says it carries the offence on.
+    assert [(i["strike"], "escalation" in i["evidence"]) for i in recorded] == \
+        [(True, False), (False, True)], recorded
     return first
 
 

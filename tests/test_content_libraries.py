@@ -325,6 +325,8 @@ async def test_renamed_libtorrent_loaded_in_a_real_kernel_is_recognised_within_t
             for i in _torrent_incidents(guard_config)] == [
         ("torrent-library-loaded", SERVER_USER, kernel.kernel_id, [("interrupt", "done")]),
         ("torrent-library-loaded", SERVER_USER, kernel.kernel_id, [("shutdown", "done")])]
+    assert [(i["strike"], "escalation" in i["evidence"]) for i in _torrent_incidents(
+        guard_config)] == [(True, False), (False, True)]  # one offence, one strike
     assert [i for i in incidents_in(guard_config["incident_log"])
             if i["category"] != "torrenting"] == []
 

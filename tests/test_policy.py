@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from colab_guard.act.policy import KERNEL_ESCALATION_WINDOW, KERNEL_GRACE, Policy
+from colab_guard.act.policy import ESCALATION, KERNEL_ESCALATION_WINDOW, KERNEL_GRACE, Policy
 from colab_guard.detect.engine import Detection
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.model import Process
@@ -12,6 +12,7 @@ from colab_guard.settings import Settings
 RULES = load_signatures().signatures
 MINER = RULES["mining-stratum-url"]
 WEB = next(s for s in RULES.values() if s.category == "web-hosting")
+TORRENT = next(s for s in RULES.values() if s.category == "torrenting" and s.action is None)
 
 
 class Clock:
@@ -135,9 +136,25 @@ def test_the_kernel_itself_is_interrupted_then_shut_down_if_it_goes_on():
     clock.now += KERNEL_GRACE
     [second] = policy.respond("k1", [detection(MINER, is_kernel=True)])
     assert second.action == "shutdown"
+    assert second.escalates and not first.escalates  # the same offence carried on
     clock.now += KERNEL_ESCALATION_WINDOW * 2
     [later] = policy.respond("k1", [detection(MINER, is_kernel=True)])
-    assert later.action == "interrupt"  # long after: an interrupt again
+    assert later.action == "interrupt" and not later.escalates  # long after: a new offence
+    clock.now += KERNEL_GRACE * 2
+    torrent = detection(TORRENT, is_kernel=True)
+    [other] = policy.respond("k1", [torrent])
+    assert other.action == "shutdown" and not other.escalates  # another offence: a strike
+
+
+def test_a_kernel_matched_by_two_signatures_at_once_is_interrupted_not_shut_down():
+    """Was shut down at its first offence: each of the kernel's detections in one act counted
+    as an act of its own, so the second found the first's within the escalation window."""
+    policy = Policy(Settings())
+    both = [detection(MINER, is_kernel=True),
+            detection(next(s for s in RULES.values() if s.category == "crypto-mining"
+                           and s.id != MINER.id), is_kernel=True)]
+    [plan] = policy.respond("k1", both)
+    assert plan.action == "interrupt" and not plan.escalates
 
 
 def test_a_cell_is_refused_when_its_action_would_stop_anything():
@@ -169,3 +186,13 @@ def test_strikes_are_enforced_incidents_and_repeated_refusals():
     assert not policy.is_strike(incident("record", "refuse"), earlier_refusals=0)
     assert policy.is_strike(incident("record", "refuse"), earlier_refusals=1)
     assert Policy(Settings(cell_refusals_allowed=0)).is_strike(incident("refuse"))
+
+
+def test_a_kernel_shut_down_for_going_on_after_its_interrupt_is_no_second_strike():
+    """One offence, one strike: the interrupt's incident counts; the escalation's shutdown,
+    recorded as an incident of its own (what the user is told), does not."""
+    policy = Policy(Settings())
+    escalation = incident("record", "warn", "shutdown")
+    assert policy.is_strike(escalation)  # a shutdown of its own (the policy's action) counts
+    escalation.evidence[ESCALATION] = "the kernel went on after its interrupt"
+    assert not policy.is_strike(escalation)

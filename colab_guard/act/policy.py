@@ -45,6 +45,8 @@ from ..vocabulary import ENFORCING_ACTIONS, RANK, at_least, strongest, weakest
 KERNEL_GRACE = 3.0
 #: The kernel offending again within this long of being interrupted is shut down.
 KERNEL_ESCALATION_WINDOW = 60.0
+#: The evidence key of an escalation's incident (a Plan that ``escalates``).
+ESCALATION = "escalation"
 #: Incidents one kernel may open within ``INCIDENT_WINDOW`` seconds before what it does
 #: next is coalesced into one incident for the rest of the window.
 INCIDENT_BURST = 3
@@ -58,6 +60,9 @@ class Plan:
     detections: list[Detection]
     action: str
     steps: list[Action] = field(default_factory=list)
+    #: A shutdown of a kernel that went on after its interrupt for the same category: the
+    #: same offence carried on (its incident says so, and is no second strike: ``is_strike``).
+    escalates: bool = False
 
     @property
     def kernel_id(self) -> str:
@@ -84,6 +89,7 @@ class Policy:
         #: the miner after its stop's family walk; killed, it leaves the miner to init).
         self._covered: dict[str, dict[tuple, tuple]] = defaultdict(dict)
         self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
+        self._kernel_offence: dict[str, str] = {}  # kernel -> the category it was acted on for
         self._opened: dict[str, list[float]] = defaultdict(list)  # kernel -> incidents opened, when
 
     # ------------------------------------------------------------ processes
@@ -111,18 +117,22 @@ class Policy:
                 by_category[d.signature.category].append(d)
         plans = []
         for group in by_category.values():
-            escalate = False
+            escalate = same = False
             for d in group:
                 self._handled[kernel_id].add(d.process.key)
-                if d.process.is_kernel:
-                    now, last = self._clock(), self._kernel_acted.get(kernel_id)
-                    escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
-                    self._kernel_acted[kernel_id] = now
+            if any(d.process.is_kernel for d in group):  # once per act, however many matched
+                now, last = self._clock(), self._kernel_acted.get(kernel_id)
+                escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
+                category = group[0].signature.category
+                same = escalate and self._kernel_offence.get(kernel_id) == category
+                self._kernel_acted[kernel_id] = now
+                self._kernel_offence[kernel_id] = category
             action = self._choose(group, escalate)
             if at_least(action, "stop") and not self.settings.dry_run:
                 self._stopping[kernel_id].update(d.process.key for d in group
                                                  if not d.process.is_kernel)
-            plans.append(Plan(group, action, self._steps(action, group)))
+            plans.append(Plan(group, action, self._steps(action, group),
+                              escalates=same and action == "shutdown"))
         return sorted(plans, key=lambda p: -RANK[p.action])  # the strongest first
 
     def keeps(self, kernel_id: str) -> bool:
@@ -181,6 +191,7 @@ class Policy:
         self._stopping.pop(kernel_id, None)
         self._covered.pop(kernel_id, None)
         self._kernel_acted.pop(kernel_id, None)
+        self._kernel_offence.pop(kernel_id, None)
         self._opened.pop(kernel_id, None)
 
     def kernels_known(self) -> set[str]:
@@ -250,8 +261,8 @@ class Policy:
     def is_strike(self, incident: Incident, earlier_refusals: int = 0) -> bool:
         """Does this incident count against its user? ``earlier_refusals``: refused cells
         of the same user and category within the strike window, before this one."""
-        if incident.dry_run or incident.package:
-            return False
+        if incident.dry_run or incident.package or ESCALATION in incident.evidence:
+            return False  # an escalation: its interrupt's incident was the strike
         done = {a.action for a in incident.actions}
         if done & (set(ENFORCING_ACTIONS) - {"refuse"}):
             return True
