@@ -16,6 +16,7 @@ import pytest
 
 from colab_guard.observe.behaviour import WINDOW
 from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
+from tests.harness import alive as _alive
 from tests.standins import pool as standin_pool
 
 pytestmark = pytest.mark.integration
@@ -112,14 +113,6 @@ async def test_a_throttled_miner_in_a_subprocess_with_assembled_method_names_is_
                    if line.startswith("PID")))
     assert miner["pid"] == pid
     await wait_for(lambda: not _alive(pid), timeout=10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------- near misses

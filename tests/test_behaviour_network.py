@@ -15,6 +15,7 @@ import pytest
 
 from colab_guard.observe.behaviour import SLOW_MS
 from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
+from tests.harness import alive as _alive
 from tests.standins.holder import Holder
 
 pytestmark = pytest.mark.integration
@@ -63,14 +64,6 @@ async def _stopped(kernel, guard_config, code: str, category: str, within: float
     assert (found[0]["user"], found[0]["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
     assert elapsed <= within, elapsed
     return found[0]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 async def test_slowloris_from_inside_the_kernel_is_stopped(kernel, guard_config, target):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SERVER_USER, KernelRunner, incidents_in, wait_for
+from tests.harness import alive as _alive
 from tests.harness import wait_until
 from tests.standins.watched import Watched
 
@@ -232,10 +233,3 @@ async def test_a_sweep_in_a_subprocess_of_the_kernel_is_stopped(kernel, guard_co
     # three hot ticks (0.5 s apart here), the program's start, a late tick on this machine
     assert elapsed <= 10, elapsed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

@@ -24,6 +24,7 @@ from colab_guard.observe.content import (ContentScanner, SystemPackages, executa
                                          reported, scan_file, symbol_markers)
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON, SERVER_USER, incidents_in, wait_for
+from tests.harness import alive as _alive
 
 IN_CI = os.environ.get("CI") == "true"
 SITE = sysconfig.get_paths()["purelib"]
@@ -368,14 +369,6 @@ async def test_renamed_libtorrent_loaded_by_a_kernels_subprocess_is_recognised_w
 def _incident_done(guard_config, incident_id: str) -> dict | None:
     return next((i for i in incidents_in(guard_config["incident_log"])
                  if i["id"] == incident_id and i["status"] == "done"), None)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @pytest.mark.integration
