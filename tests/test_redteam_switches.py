@@ -333,6 +333,18 @@ def test_records_lost_and_back_a_parked_process_that_computes_is_seen_either_way
 # --------------------------------------------------------------------- the buffer's parse
 
 
+def switched_out(pid: int) -> int:
+    """How many times ``pid`` (one thread) gave up its CPU to sleep. It moves only once the
+    process is off its run queue: a line written after that wakes it with a switch in (a
+    record naming it), where one written while it is still on its CPU (asleep by its state,
+    not yet switched out) lets it run on unnamed."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{pid}/status")
+
+
 def test_records_that_wrap_round_the_buffers_end_are_read_whole(monkeypatch):
     monkeypatch.setattr(switches, "DOUBT", 0.0)  # a round lost to another job: the next counts
     small = SwitchRecords.open(LOG, pages=1)  # 4 KiB a CPU: wraps every few dozen rounds
@@ -340,10 +352,14 @@ def test_records_that_wrap_round_the_buffers_end_are_read_whole(monkeypatch):
     proc = subprocess.Popen([PY, "-c", "import sys\nwhile sys.stdin.readline(): pass\n"],
                             stdin=subprocess.PIPE, text=True)
     try:
-        wrapped_and_whole = 0
-        for _ in range(2000):
+        wait_until(lambda: all_asleep(proc.pid), timeout=10, what="started and asleep")
+        wrapped_and_whole = rounds = 0
+        deadline = time.monotonic() + 120  # rounds lost to a busy machine are not counted
+        while wrapped_and_whole < 5 and time.monotonic() < deadline:
+            before = switched_out(proc.pid)
             tell(proc, "go")
-            wait_until(lambda: all_asleep(proc.pid), timeout=10, interval=0.001, what="asleep")
+            wait_until(lambda: switched_out(proc.pid) > before, timeout=10, interval=0.001,
+                       what="it read the line and slept again")
             wraps = False
             for buffer in small.buffers:
                 head, tail = struct.unpack_from("<QQ", buffer.map, switches.HEAD)
@@ -351,11 +367,10 @@ def test_records_that_wrap_round_the_buffers_end_are_read_whole(monkeypatch):
             ran = small.ran()
             if ran is None:
                 continue  # another job's switches overflowed 4 KiB meanwhile
+            rounds += 1
             assert proc.pid in ran
             wrapped_and_whole += wraps
-            if wrapped_and_whole >= 5:
-                break
-        assert wrapped_and_whole >= 5
+        assert wrapped_and_whole >= 5, f"{rounds} rounds read whole, {wrapped_and_whole} wrapped"
     finally:
         proc.kill()
         proc.wait()
