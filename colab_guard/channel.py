@@ -82,7 +82,7 @@ class KernelChannel:
         self._server: asyncio.AbstractServer | None = None
         self._burst_until = 0.0
         self._burst_task: asyncio.Task | None = None
-        self._told: set[str] = set()  # incidents already sent to their kernel
+        self._told: set[tuple[str, str]] = set()  # (incident, action) sent to its kernel
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         recorder.acting_listeners.append(self._tell_kernel)
@@ -483,7 +483,7 @@ class KernelChannel:
                                 if f["signature"] == match["signature"]]
         incident.evidence = {"cell": cell, "matches": matches}
         incident.actions = plan.steps
-        self._told.add(incident.id)  # the verdict carries the notice
+        self._told.add((incident.id, plan.action))  # the verdict carries the notice
         await self.recorder.record(incident, plan.action)
         return incident, plan.action
 
@@ -509,11 +509,12 @@ class KernelChannel:
     def _tell_kernel(self, incident: Incident, action: str, message: str | None = None,
                      policy_url: str | None = None) -> None:
         """Monitor listener: send the notice to the incident's kernel, once."""
-        if incident.id in self._told or not at_least(action, "warn"):
+        told = (incident.id, action)  # an incident's later, stronger action told too
+        if told in self._told or not at_least(action, "warn"):
             return
         conn = self.kernels.get(incident.kernel_id)
         if conn is not None:
-            self._told.add(incident.id)
+            self._told.add(told)
             if len(self._told) > 10_000:
                 self._told.clear()
             conn.send("notice", notice=self.notice(incident, action, message, policy_url))

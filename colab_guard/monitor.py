@@ -88,6 +88,9 @@ class Monitor:
         self._running = False
         self._reported_stats: dict[str, int] = {}
         self._coalescing: dict[str, Coalesced] = {}  # kernel -> its open coalesced incident
+        #: kernel -> the incident of its last interrupt: a shutdown for the same offence going
+        #: on past it (``Plan.escalates``) is carried out and recorded in that incident
+        self._interrupted: dict[str, Incident] = {}
         #: True while a node watcher checks these kernels' processes (watcher_link.py): the
         #: monitor then neither samples nor acts, so an offence is never recorded twice
         self.deferred: Callable[[], bool] = lambda: False
@@ -222,7 +225,11 @@ class Monitor:
                                                   if not p.is_kernel})
         for plan in plans:
             ties = self._ties(plan)
-            if self.policy.admit(plan.kernel_id):
+            acts_on_kernel = any(a.target == "kernel" for a in plan.steps)
+            first = self._interrupted.pop(plan.kernel_id, None) if acts_on_kernel else None
+            if first is not None and plan.escalates:
+                self._spawn(self._escalate(first, plan))
+            elif self.policy.admit(plan.kernel_id):
                 self._spawn(self.respond(plan, ties))
             else:
                 self._spawn(self._respond_coalesced(plan, ties))
@@ -239,18 +246,34 @@ class Monitor:
                                             await self.kernels.notebook_path(plan.kernel_id),
                                             self.settings.dry_run)
         incident.actions = plan.steps
-        if plan.escalates:
-            incident.evidence[ESCALATION] = (
-                f"the kernel went on within {KERNEL_ESCALATION_WINDOW:g} s of its interrupt for "
-                "this offence: shut down (no second strike)")
+        if plan.escalates:  # its interrupt's incident is gone (coalesced): this one says so
+            incident.evidence[ESCALATION] = _escalation_text()
         _note_attribution(incident, ties or {})
         _cap_evidence(incident)
         await self._find_package(incident, plan)
+        if any(a.action == "interrupt" and a.target == "kernel" for a in plan.steps):
+            self._interrupted[plan.kernel_id] = incident
         self.recorder.begin(incident, plan.action)  # on disk before anything is done
         if not self.settings.dry_run:
             await self._carry_out(incident.kernel_id, plan.steps, plan)
         _fold_stops(incident)
         await self.recorder.finish(incident, plan.action)
+        return incident
+
+    async def _escalate(self, incident: Incident, plan: Plan) -> Incident:
+        """The kernel went on past its interrupt for the same offence: the shutdown is carried
+        out within that offence's incident, told and recorded again (one offence, one
+        incident, one strike), not opened as an incident of its own."""
+        steps = [a for a in plan.steps if a.action not in ("record", "warn")]
+        incident.actions.extend(steps)
+        incident.evidence[ESCALATION] = _escalation_text()
+        known = set(incident.signatures)
+        incident.signatures = sorted(known | {d.signature.id for d in plan.detections})
+        incident.status = "acting"
+        self.recorder.begin(incident, plan.action)
+        await self._carry_out(incident.kernel_id, steps, plan)
+        _fold_stops(incident)
+        await self.recorder.finish(incident, plan.action, again=True)
         return incident
 
     # ------------------------------------------------------------ coalescing
@@ -487,6 +510,7 @@ class Monitor:
     def _forget_kernels_gone(self, kernels: dict[str, Any]) -> None:
         for kernel_id in self.policy.kernels_known() - set(kernels):
             self.policy.forget_kernel(kernel_id)
+            self._interrupted.pop(kernel_id, None)
             self._sampling.submit(self.engine.forget_kernel, kernel_id)  # the engine's thread
 
     def _export_sampler_stats(self) -> None:
@@ -554,6 +578,11 @@ def _cap_evidence(incident: Incident) -> None:
         evidence["processes"] = processes[:MAX_PROCESSES_SHOWN]
         evidence["matches"] = [m for m in evidence.get("matches", [])
                                if m.get("pid") in shown][:4 * MAX_PROCESSES_SHOWN]
+
+
+def _escalation_text() -> str:
+    return (f"the kernel went on within {KERNEL_ESCALATION_WINDOW:g} s of its interrupt for this "
+            "offence: shut down (one offence, one strike)")
 
 
 def _fold_stops(incident: Incident) -> None:

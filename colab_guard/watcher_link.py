@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .record.database import AppealError
 from .record.incident import Incident
+from .vocabulary import RANK
 from .watch import protocol
 
 #: seconds between two tries to reach the watcher (its socket missing, or it restarted)
@@ -55,7 +56,9 @@ class WatcherLink:
         self.connected_since: float | None = None
         #: incident id -> (incident, action): the watcher's incidents of this user
         self.incidents: OrderedDict[str, tuple[Incident, str]] = OrderedDict()
-        self._phases: set[tuple[str, str]] = set()
+        #: incident id -> the (action, phase) pairs told of it: an incident is told again
+        #: when a stronger action is carried out in it (a kernel shut down past its interrupt)
+        self._phases: dict[str, set[tuple[str, str]]] = {}
         #: new incidents of the catch-up: what happened while no server of the user listened
         #: (JupyterLab shows them when it loads: no browser was connected to be told then)
         self.told_on_return: list[dict] = []
@@ -175,17 +178,23 @@ class WatcherLink:
     def _incident(self, message: dict) -> None:
         incident = Incident.from_dict(message["incident"])
         action, phase = str(message.get("action", "record")), str(message.get("phase"))
-        if (incident.id, phase) in self._phases or (incident.id, "done") in self._phases:
+        told = self._phases.setdefault(incident.id, set())
+        if (action, phase) in told or (action, "done") in told:
             return
-        self._phases.add((incident.id, phase))
+        earlier = {RANK.get(told_action, 0) for told_action, _ in told if told_action != action}
+        if earlier and max(earlier) > RANK.get(action, 0):
+            return  # a weaker action's phase come late: the incident was told stronger
+        stronger = bool(earlier)
+        told.add((action, phase))
         if phase == "done":
             self.incidents[incident.id] = (incident, action)
             self.incidents.move_to_end(incident.id)
             while len(self.incidents) > KEPT:
                 old, _ = self.incidents.popitem(last=False)
-                self._phases.discard((old, "acting"))
-                self._phases.discard((old, "done"))
-        new = incident.time > self._told_until
+                self._phases.pop(old, None)
+        while len(self._phases) > 2 * KEPT:  # some told only as acting (the watcher stopped)
+            self._phases.pop(next(iter(self._phases)))
+        new = incident.time > self._told_until or stronger
         try:
             self.on_incident(incident, action, phase, str(message.get("message", "")),
                              str(message.get("policy_url", "")), new)

@@ -45,24 +45,22 @@ async def _stopped(kernel, guard_config, code: str, signature: str) -> dict:
     assert first["signature"] == signature, first
     assert (first["user"], first["kernel_id"]) == (SERVER_USER, kernel.kernel_id)
     assert _recorded_after(first, serving) <= STOP_WITHIN, first["time"]
-    assert [a["action"] for a in first["actions"] if a["target"] == "kernel"] == ["interrupt"]
+    assert [a["action"] for a in first["actions"] if a["target"] == "kernel"][0] == "interrupt"
     # the server lives on in the kernel's event loop: the kernel is shut down
     shut = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
                                    if any(a["action"] == "shutdown" and a["outcome"] == "done"
                                           for a in i["actions"])], timeout=30)
     assert shut[0]["signature"] == signature
     await wait_for(lambda: _refused(port), timeout=20)
-    # One incident for the offence and one for its going on past the interrupt (the policy
-    # shuts a kernel that offends again within KERNEL_GRACE down, in an incident of its
-    # own), both naming the user and the kernel: nothing else.
+    # One offence, one incident, one strike: the shutdown (the policy shuts a kernel that
+    # offends again past KERNEL_GRACE down) is carried out and recorded in the interrupt's
+    # incident, which says so, naming the user and the kernel: nothing else.
     recorded = incidents_in(guard_config["incident_log"])
-    assert [(i["signature"], i["user"], i["kernel_id"],
+    assert [(i["id"], i["signature"], i["user"], i["kernel_id"],
              [a["action"] for a in i["actions"] if a["target"] == "kernel"]) for i in recorded] \
-        == [(signature, SERVER_USER, kernel.kernel_id, ["interrupt"]),
-            (signature, SERVER_USER, kernel.kernel_id, ["shutdown"])], recorded
-    # One offence, one strike: the shutdown's incident says it carries the offence on.
-    assert [(i["strike"], "escalation" in i["evidence"]) for i in recorded] == \
-        [(True, False), (False, True)], recorded
+        == [(first["id"], signature, SERVER_USER, kernel.kernel_id, ["interrupt", "shutdown"])], \
+        recorded
+    assert [(i["strike"], "escalation" in i["evidence"]) for i in recorded] == [(True, True)]
     return first
 
 

@@ -191,12 +191,16 @@ async def test_abuse_from_inside_the_kernel_interrupts_then_shuts_it_down(
     # The library stays loaded, so the behaviour goes on: the kernel is shut down.
     km = guard.serverapp.kernel_manager
     await wait_for(lambda: kernel.kernel_id not in km.list_kernel_ids(), timeout=30)
-    incidents = incidents_in(guard_config["incident_log"])
-    assert [i["signature"] for i in incidents] == ["mining-library-loaded"] * 2
+    # in the interrupt's incident: one offence, one incident (and one strike)
+    incidents = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
+                                        if i["status"] == "done" and
+                                        i["actions"][-1]["action"] == "shutdown"], timeout=30)
+    assert incidents == incidents_in(guard_config["incident_log"])
+    assert [i["signature"] for i in incidents] == ["mining-library-loaded"]
     assert incidents[0]["evidence"]["processes"][0]["is_kernel"] is True
-    assert [a["action"] for a in incidents[0]["actions"]][-1] == "interrupt"
-    assert [a["action"] for a in incidents[1]["actions"]][-1] == "shutdown"
-    assert incidents[1]["actions"][-1]["outcome"] == "done"
+    assert [(a["action"], a["outcome"]) for a in incidents[0]["actions"]
+            if a["target"] == "kernel"] == [("interrupt", "done"), ("shutdown", "done")]
+    assert incidents[0]["strike"] and "escalation" in incidents[0]["evidence"]
 
 
 def ctypes_util_find(name: str) -> str:

@@ -307,6 +307,36 @@ def test_the_server_tells_each_watcher_incident_once_and_remembers_what_was_told
     assert abs(again._told_until - new.time) < 0.001  # a later server does not tell it again
 
 
+def test_a_watcher_incident_is_told_again_when_a_stronger_action_is_carried_out_in_it(tmp_path):
+    """A kernel shut down for going on past its interrupt: the interrupt's incident is told
+    again with the shutdown (one incident, kept once), and a late weaker phase is not."""
+    from colab_guard.record.incident import Incident
+    from colab_guard.watcher_link import WatcherLink
+
+    told = []
+    link = WatcherLink("/nonexistent.sock", tmp_path / "told.json", lambda *args: told.append(args))
+
+    def tell(incident: Incident, phases: list[tuple[str, str]]) -> list[tuple]:
+        del told[:]
+        for phase, action in phases:
+            link._received({"type": "incident", "phase": phase, "action": action,
+                            "incident": incident.to_dict(), "message": "m", "policy_url": ""})
+        return [(a[1], a[2], a[5]) for a in told]
+
+    in_order = Incident("k", "remote-access", "high", "s", "d", "alice", time=link._told_until + 1)
+    assert tell(in_order, [("acting", "interrupt"), ("done", "interrupt"), ("acting", "shutdown"),
+                           ("done", "shutdown"), ("done", "shutdown")]) == [
+        ("interrupt", "acting", True), ("interrupt", "done", True),
+        ("shutdown", "acting", True), ("shutdown", "done", True)]
+    # the interrupt's completion after the shutdown began: not told over it
+    late = Incident("k", "remote-access", "high", "s", "d", "alice", time=link._told_until + 1)
+    assert tell(late, [("acting", "interrupt"), ("acting", "shutdown"), ("done", "interrupt"),
+                       ("done", "shutdown")]) == [
+        ("interrupt", "acting", True), ("shutdown", "acting", True), ("shutdown", "done", True)]
+    assert list(link.incidents) == [in_order.id, late.id]
+    assert [action for _, action in link.incidents.values()] == ["shutdown", "shutdown"]
+
+
 def test_settings_a_user_can_write_are_told_apart(tmp_path):
     import json
 

@@ -44,11 +44,15 @@ class Recorder:
             except Exception:
                 self.log.exception("colab-guard: an acting listener failed")
 
-    async def finish(self, incident: Incident, action: str) -> None:
-        """The incident is complete: saved with its outcomes, counted, logged, emitted, told."""
+    async def finish(self, incident: Incident, action: str, again: bool = False) -> None:
+        """The incident is complete: saved with its outcomes, counted, logged, emitted, told.
+        ``again``: complete once more, a stronger action carried out in it (a kernel shut down
+        for going on past its interrupt), counted already."""
         incident.status = "done"
         self.save(incident)
-        metrics.INCIDENTS.labels(incident.category, "dry-run" if incident.dry_run else action).inc()
+        if not again:
+            metrics.INCIDENTS.labels(incident.category,
+                                     "dry-run" if incident.dry_run else action).inc()
         self._log_line(incident, action)
         self._emit(incident, action)
         for listener in list(self.listeners):

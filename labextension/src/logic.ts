@@ -336,7 +336,11 @@ export function appealState(incident: IIncident, user: string | undefined): Appe
   return 'can-appeal'; // never appealed, or rejected: one may appeal again
 }
 
-const STRENGTH: Action[] = ['record', 'warn', 'refuse', 'stop', 'interrupt', 'shutdown'];
+/** Whether ``action`` is stronger than ``than`` (ACTIONS, weakest first; unknown: weakest). */
+export function stronger(action: string, than: string | undefined): boolean {
+  const rank = (name: string | undefined) => ACTIONS.indexOf(name as Action);
+  return rank(action) > rank(than);
+}
 
 /** An incident from the API seen as the event the Details dialog shows. */
 export function eventFromIncident(
@@ -345,9 +349,8 @@ export function eventFromIncident(
 ): IIncidentEvent {
   let action: Action = 'record';
   for (const outcome of incident.actions ?? []) {
-    const name = outcome.action as Action;
-    if (STRENGTH.indexOf(name) > STRENGTH.indexOf(action)) {
-      action = name;
+    if (stronger(outcome.action, action)) {
+      action = outcome.action as Action;
     }
   }
   return {

@@ -17,7 +17,8 @@ import {
   notificationText,
   replyProblem,
   shouldNotify,
-  strikeWarning
+  strikeWarning,
+  stronger
 } from './logic';
 import { renderEventDetails } from './render';
 import { AppealDecision, IAppeal, IIncidentEvent, IStatus } from './types';
@@ -107,12 +108,16 @@ export class IncidentNotifier {
    * than a second one stacked over the notebook.
    */
   handle(incident: IIncidentEvent): boolean {
-    if (!shouldNotify(incident) || this.notified.has(incident.incident_id)) {
+    const told = this.notified.get(incident.incident_id);
+    if (!shouldNotify(incident) || (told !== undefined && !stronger(incident.action, told))) {
       return false;
     }
-    this.notified.add(incident.incident_id);
+    // An incident told again carries a stronger action (a kernel shut down after its
+    // interrupt did not end the offence): the same incident, not one more. A weaker one
+    // arriving late (the interrupt's completion) is not told over it.
+    this.notified.set(incident.incident_id, incident.action);
     const shown = this.current !== null && Notification.manager.has(this.current.id);
-    const count = shown ? this.current!.count + 1 : 1;
+    const count = shown ? this.current!.count + (told === undefined ? 1 : 0) : 1;
     const message = notificationText(incident, count);
     const type = incident.dry_run ? 'info' : 'warning';
     const options = { autoClose: false as const, actions: this.incidentActions(incident) };
@@ -276,7 +281,7 @@ export class IncidentNotifier {
     }
   }
 
-  private readonly notified = new Set<string>();
+  private readonly notified = new Map<string, string>(); // incident id -> action told
   private current: { id: string; count: number } | null = null;
   private strikeId: string | null = null;
   private strikeKey: string | null = null;

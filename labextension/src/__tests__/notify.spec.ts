@@ -63,6 +63,18 @@ describe('IncidentNotifier', () => {
     expect(shown[0].options.actions?.map(a => a.label)).toEqual(['Details', 'My incidents']);
   });
 
+  it('tells an incident again when a stronger action is carried out in it, as one incident', () => {
+    const notifier = new IncidentNotifier(api);
+    const summary = 'remote-access: the kernel itself';
+    expect(notifier.handle(incidentEvent({ incident_id: 'a', summary }))).toBe(true);
+    expect(notifier.handle(incidentEvent({ incident_id: 'a', summary, action: 'shutdown' }))).toBe(true);
+    expect(notifier.handle(incidentEvent({ incident_id: 'a', summary, action: 'shutdown' }))).toBe(false);
+    expect(notifier.handle(incidentEvent({ incident_id: 'a', summary }))).toBe(false);
+    expect(Notification.manager.notifications.map(n => n.message)).toEqual([
+      'Stopped, kernel shut down: remote-access: the kernel itself. Mining is not allowed here.'
+    ]);
+  });
+
   it('starts a new notification once the last one was dismissed', () => {
     const notifier = new IncidentNotifier(api);
     notifier.handle(incidentEvent({ incident_id: 'a' }));
