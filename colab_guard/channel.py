@@ -288,16 +288,17 @@ class KernelChannel:
         answer = {"id": message.get("id"), "decision": "run"}
         detections: list[Detection] = []
         reason = _too_long(pieces)
+        if not reason:
+            detections, reason = await self._read_cell(conn, pieces)
         if reason:
             answer.update(decision="refuse", reason=reason)
-        else:
-            detections = await self._read_cell(conn, pieces)
-            if detections and self.settings.cell_checks:
-                incident, action = await self._record_cell(conn, source, detections)
-                answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run \
-                    else "run"
-                if action != "record":
-                    answer["notice"] = self.notice(incident, action)
+            detections = []
+        elif detections and self.settings.cell_checks:
+            incident, action = await self._record_cell(conn, source, detections)
+            answer["decision"] = "refuse" if action == "refuse" and not incident.dry_run \
+                else "run"
+            if action != "record":
+                answer["notice"] = self.notice(incident, action)
         conn.send("verdict", **answer)
         if conn.witness is not None and isinstance(message.get("digest"), str):
             conn.witness.decide(message["digest"], answer["decision"])
@@ -308,9 +309,11 @@ class KernelChannel:
                               frozenset(d.signature.id for d in detections) if not reason
                               else frozenset())
 
-    async def _read_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
-        """What the cell check finds in this code; the same code sent again (a cell run again
-        after the kernel gave up waiting for a long check) is answered from the first reading."""
+    async def _read_cell(self, conn: _Connection, pieces: list[str]
+                         ) -> tuple[list[Detection], str]:
+        """What the cell check finds in this code, and why it could not be read at all (or
+        ""); the same code sent again (a cell run again after the kernel gave up waiting for
+        a long check) is answered from the first reading."""
         key = hashlib.sha256("\0".join(pieces).encode("utf-8", "surrogatepass")).digest()
         found = conn.read_cells.get(key)
         if found is None:
@@ -321,8 +324,10 @@ class KernelChannel:
                 conn.read_cells.pop(next(iter(conn.read_cells)))
         return found
 
-    def _evaluate_cell(self, conn: _Connection, pieces: list[str]) -> list[Detection]:
-        """A cell's code, piece by piece (read as consecutive cells: names carry over)."""
+    def _evaluate_cell(self, conn: _Connection, pieces: list[str]
+                       ) -> tuple[list[Detection], str]:
+        """A cell's code, piece by piece (read as consecutive cells: names carry over); and
+        why a piece could not be read at all, or ""."""
         found: list[Detection] = []
         # a glob in a program's place is resolved against the kernel's folder, as its shell
         # would (through /proc: the kernel's own view, whatever its mount namespace)
@@ -330,7 +335,9 @@ class KernelChannel:
         for piece in pieces:
             process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=piece)
             found.extend(self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process])))
-        return found
+            if process.unread:
+                return [], process.unread
+        return found, ""
 
     # ------------------------------------------------------------ code run in the kernel
 
@@ -545,7 +552,8 @@ class _Connection:
         self.unloaded = False
         self.replaced = False
         self.parts: dict = {}  # check request id -> pieces of a long cell received so far
-        self.read_cells: dict[bytes, list] = {}  # digest of a cell's code -> what was found
+        #: digest of a cell's code -> what was found, and why it could not be read (or "")
+        self.read_cells: dict[bytes, tuple[list, str]] = {}
         self.witness: CellWitness | None = None
         self.iopub = None  # the kernel's IOPub stream the witness reads
         self.tampered: set[str] = set()  # tampering signatures recorded for this connection

@@ -206,6 +206,29 @@ def test_a_statement_too_long_to_check_is_refused_with_what_to_do(kernel):
     kernel.quiet_for(1)
 
 
+def test_cells_nested_too_deeply_for_the_reader_are_checked_or_refused(kernel, tmp_path):
+    """A sum of 1,000 terms before the code made the reader give up on the rest of the cell;
+    a sum of 5,000 terms, run once the kernel raised its recursion limit, did not even parse
+    in the server and ran unchecked (tests/test_redteam_cells16.py)."""
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\nimport os\nos.system('ngrok tcp 22')\n"
+    reply, text = kernel.run("x = 1" + " + 1" * 1000 + "\n" + code)
+    assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
+    _ok(kernel, "import sys\nsys.setrecursionlimit(100_000)")
+    reply, text = kernel.run("x = 1" + " + 1" * 5000 + "\n" + code)
+    assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
+    assert "nested more deeply than the guard reads" in text and "Split the expression" in text
+    assert not marker.exists()
+    # an honest formula as deep as the first runs
+    _ok(kernel, "x = 1" + " + 1" * 1000 + "\nprint(x)")
+    # the first cell's incident (its ngrok), none for the one too deep to read (a refusal
+    # that says what to do, as for a cell too long), and no tampering
+    deadline = time.monotonic() + 2  # the witness's grace (1.5 s) and a look
+    while time.monotonic() < deadline:
+        assert [i["signature"] for i in kernel.incidents()] == ["proxy-known-tool"]
+        time.sleep(0.2)  # polling the incident log while the witness looks
+
+
 def test_code_exec_d_from_a_file_is_checked_like_a_cell(kernel, pool, tmp_path):
     """exec(open(f).read()) of a Stratum client: the kernel is interrupted, one incident."""
     script = tmp_path / "notes.txt"

@@ -42,6 +42,19 @@ from .fields import FIELDS, Field
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000  # programs a cell starts
+#: Levels of expression within one statement read as they are: the reader walks a tree by
+#: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep).
+MAX_DEPTH = 150
+#: ... and in a call found in what was cut, read as a statement of its own: the calls inside
+#: it are read on their own too, so only what folds its arguments is needed (a chain of a
+#: thousand calls read as a thousand short statements, not as ever deeper ones).
+MAX_CUT_CALL_DEPTH = 24
+#: The name a cut expression is read as: nothing the check knows.
+CUT = "_colab_guard_cut_"
+UNREAD_TOO_DEEP = ("its code is nested more deeply than the guard reads (an expression of "
+                   "thousands of terms, which runs only once the recursion limit is raised). "
+                   "Split the expression, or load the data from a file (json.load, "
+                   "pandas.read_csv).")
 #: Lines of the ``cell`` field: no count alone (a cell padded with thousands of distinct
 #: constants must still have its code read to the end), but characters: ``text:`` lines
 #: repeat the source's own literals (at most MAX_SOURCE), the others can be assembled far
@@ -130,6 +143,8 @@ class CellProcess(Process):
     #: the ``cell`` field when the engine has already read the cell with its kernel's
     #: memory of earlier cells (None: read the source alone)
     normalised: str | None = None
+    #: why the engine could not read the cell at all (CellAnalysis.unread), or ""
+    unread: str = ""
 
 
 CELL_FIELD = "cell"
@@ -141,6 +156,8 @@ class CellAnalysis:
 
     text: str  # the ``cell`` field: run:/hidden:/text:/import:/call: lines
     commands: list[Command]  # every program it would start, with the folder it starts in
+    #: why the cell could not be read at all (then it is refused), or ""
+    unread: str = ""
 
 
 class CellMemory:
@@ -192,9 +209,13 @@ def analyse_cell(source: str, memory: CellMemory | None = None) -> CellAnalysis:
 def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if not source.strip():
         return CellAnalysis("", [])
-    tree = _parse(source)
+    try:
+        tree = _parse(source)
+    except TooDeep:
+        return CellAnalysis("", [], unread=UNREAD_TOO_DEEP)
     if tree is None:
         return CellAnalysis("", [])
+    _cut_deep(tree)
     reader = _Reader(memory)
     reader.literals = _literals(tree)
     reader.previous = _previous_statements(tree)
@@ -202,8 +223,6 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     for statement in tree.body:
         try:
             reader.visit(statement)
-        except RecursionError:
-            break
         except Exception:  # a reading bug in one statement must not hide the others
             continue
     if memory is not None:
@@ -268,8 +287,68 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
             python = source
     try:
         return ast.parse(python)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+    except RecursionError:
+        raise TooDeep from None  # the kernel may compile it: its recursion limit is its own
+    except (SyntaxError, ValueError, MemoryError):
         return None  # a cell that does not parse does not run
+
+
+class TooDeep(Exception):
+    """A cell nested deeper than the guard's recursion limit lets it parse (Python's parser
+    needs a raised ``sys.setrecursionlimit`` for it, which the kernel may have): it cannot
+    be read, so it is refused (``CellAnalysis.unread``), never taken for one that does not
+    run."""
+
+
+def _cut_deep(tree: ast.Module) -> None:
+    """Expressions nested deeper than MAX_DEPTH within their statement are read down to
+    it (walked here without recursion): below, each is replaced by a name the check does not
+    know (CUT), and every call made down there is read as a statement of its own just before
+    its statement (its own arguments cut likewise), so a program started from within a long
+    formula is still seen; and the statements after it are read as usual."""
+    bodies = [tree.body]
+    while bodies:
+        body = bodies.pop()
+        index = 0
+        while index < len(body):
+            calls = _cut_statement(body[index], bodies, extract=True)
+            for call in calls:
+                _cut_statement(call, bodies, extract=False)
+            body[index:index] = calls
+            index += len(calls) + 1
+
+
+def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]],
+                   extract: bool) -> list[ast.stmt]:
+    """Cut one statement's expressions past MAX_DEPTH (see _cut_deep); the blocks of
+    statements inside it go to ``bodies``. The calls made in what was cut, as statements."""
+    calls: list[ast.stmt] = []
+    stack: list[tuple[ast.AST, int]] = [(statement, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                if value and isinstance(value[0], ast.stmt):
+                    bodies.append(value)
+                    continue
+                for i, item in enumerate(value):
+                    if isinstance(item, ast.AST):
+                        value[i] = _cut_or_keep(item, depth + 1, stack, calls, extract)
+            elif isinstance(value, ast.AST):
+                setattr(node, name, _cut_or_keep(value, depth + 1, stack, calls, extract))
+    return calls
+
+
+def _cut_or_keep(node: ast.AST, depth: int, stack: list, calls: list[ast.stmt],
+                 extract: bool) -> ast.AST:
+    if depth < (MAX_DEPTH if extract else MAX_CUT_CALL_DEPTH) or not isinstance(node, ast.expr):
+        stack.append((node, depth))
+        return node
+    if extract:
+        calls.extend(ast.copy_location(ast.Expr(value=call), call)
+                     for call in ast.walk(node) if isinstance(call, ast.Call))
+    context = getattr(node, "ctx", None) or ast.Load()
+    return ast.copy_location(ast.Name(id=CUT, ctx=context), node)
 
 
 class _Listed(list):

@@ -197,7 +197,7 @@ class Engine:
         kernel's earlier cells left), and the process signatures on every program it would
         start, as programs not started yet (name and command line known, the rest not)."""
         analysis = self.cell_memory(snapshot.kernel_id).analyse(process.cell)
-        process.normalised = analysis.text
+        process.normalised, process.unread = analysis.text, analysis.unread
         detections: list[Detection] = []
         view = FieldView(process)
         for sig in list(self.rules.signatures.values()):

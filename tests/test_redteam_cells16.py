@@ -1,0 +1,105 @@
+"""Red team, session 16: cells nested too deeply for the cell check's reader.
+
+The reader walks a cell's tree by recursion. A statement nested past the recursion limit (a
+sum of a thousand terms, 450 unary minus signs) raised RecursionError, and the reader gave
+up on the rest of the cell: any cell prefixed with such a line ran unchecked. A cell deeper
+still (a sum of 3,000 terms) did not even parse in the server, and was taken for one that
+cannot run, though a kernel that raised its own recursion limit compiles and runs it. Now
+expressions are read down to ``MAX_DEPTH`` and cut below (their calls read on their own,
+``_cut_deep``), and a cell the server cannot parse for its depth is refused
+(``CellAnalysis.unread``). Each evasion really starts ``ngrok`` when run; honest deep cells
+(generated formulas) are read without a finding, in bounded time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from colab_guard.detect.cells import MAX_DEPTH, UNREAD_TOO_DEEP, analyse_cell
+from tests.test_redteam_cells13 import FORBIDDEN, stand_in_path  # noqa: F401  (a fixture)
+from tests.test_redteam_evasions import _cell_signatures
+
+PAYLOAD = "import os\nos.system('ngrok tcp 22')\n"
+SUM_1000 = "x = 1" + " + 1" * 1000  # compiles under Python's default recursion limit
+SUM_5000 = "x = 1" + " + 1" * 5000  # compiles once the limit is raised
+
+#: Cells that start ngrok after (or from within) a statement too deep for a recursive reader.
+EVASIONS = [
+    ("a sum of 1,000 terms first", SUM_1000 + "\n" + PAYLOAD),
+    ("450 unary minus signs first", "x = " + "-" * 450 + "1\n" + PAYLOAD),
+    ("deep first, in a block", "if True:\n    " + SUM_1000 + "\n    " + PAYLOAD.replace("\n", "\n    ")),
+    ("the call at the bottom of the sum", "import os\nx = os.system('ngrok tcp 22')" + " + 1" * 1000),
+    ("the call at the top of the sum", "import os\nx = 1" + " + 1" * 1000 + " + os.system('ngrok tcp 22')"),
+    ("the call in the middle, inside another call",
+     "import os\nx = 1" + " + 1" * 500 + " + len(str(os.system('ngrok tcp 22')))" + " + 1" * 500),
+    ("the call in a deep list", "import os\nx = " + "[" * 180 + "os.system('ngrok tcp 22')" + "]" * 180),
+]
+
+
+@pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
+def test_a_cell_behind_or_inside_a_deep_expression_is_refused(what, cell):
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+@pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
+def test_each_deep_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
+    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+
+
+def test_a_cell_too_deep_to_parse_here_is_refused_not_taken_for_one_that_cannot_run(
+        stand_in_path, tmp_path):
+    """The server's parser gives up on it under its recursion limit; a kernel that raised its
+    own runs it: so the check refuses it, saying why and what to do."""
+    cell = SUM_5000 + "\n" + PAYLOAD
+    assert analyse_cell(cell).unread == UNREAD_TOO_DEEP
+    assert "Split the expression" in UNREAD_TOO_DEEP
+    _runs_ngrok(cell, stand_in_path, tmp_path, "a 5,000-term sum", recursion_limit=100_000)
+
+
+def test_a_deep_runner_argument_is_cut_not_read_wrongly():
+    """Known and left: a command assembled by a sum deeper than MAX_DEPTH is not folded
+    (cut: nothing the check knows), as any argument known only when it runs; the sampler
+    stops what it starts. What is read of the call is that it runs something unknown."""
+    cell = "import os\nos.system('ngrok' + ''" + " + ''" * (MAX_DEPTH + 10) + " + ' tcp 22')"
+    assert FORBIDDEN not in _cell_signatures(cell)
+
+
+def _runs_ngrok(cell: str, stand_in_path, tmp_path, what: str, recursion_limit: int = 0) -> None:
+    started = stand_in_path / "started"
+    started.unlink(missing_ok=True)
+    script = tmp_path / "cell.py"
+    script.write_text(cell)
+    raise_limit = f"import sys; sys.setrecursionlimit({recursion_limit})\n" if recursion_limit else ""
+    runner = raise_limit + f"exec(compile(open({str(script)!r}).read(), 'cell', 'exec'))"
+    env = dict(os.environ, PATH=f"{stand_in_path}:{os.environ['PATH']}")
+    subprocess.run([sys.executable, "-c", runner], env=env, cwd=tmp_path, timeout=60,
+                   capture_output=True)
+    assert started.exists() and "tcp 22" in started.read_text(), what
+
+
+#: Honest cells as deep: generated formulas, long sums of calls, nested data.
+HONEST = [
+    ("a generated polynomial of 1,000 terms",
+     "import math\nx, y = 0.5, 2.0\n"
+     "p = " + " + ".join(f"{i}*x**{i % 7}*y - math.sin({i}*x)" for i in range(1000))
+     + "\nprint(p)\n"),
+    ("a sum of 1,000 calls", "import numpy as np\ns = " + " + ".join(
+        f"np.float64({i})" for i in range(1000)) + "\nprint(s)\n"),
+    ("nested lists 120 deep", "x = " + "[" * 120 + "1" + "]" * 120 + "\nprint(len(x))\n"),
+    ("a long string concatenation", "s = " + " + ".join(f"'part {i} '" for i in range(2000))
+     + "\nprint(len(s))\n"),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST, ids=[h[0] for h in HONEST])
+def test_an_honest_deep_cell_is_read_without_a_finding_in_bounded_time(what, cell):
+    """Measured at 0.05 to 0.3 s here; 10 s (as the other large cells' bound) means a
+    reading that grows with the depth."""
+    start = time.monotonic()
+    assert _cell_signatures(cell) == set(), what
+    assert analyse_cell(cell).unread == ""
+    assert time.monotonic() - start < 10
