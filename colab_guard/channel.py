@@ -368,6 +368,10 @@ class KernelChannel:
             conn.code_credit -= time.monotonic() - started
         finally:
             conn.code_queued -= 1
+        if snapshot.processes[0].unread:  # already running: said, not refused
+            metrics.KERNEL_CODE_UNCHECKED.inc()
+            self.log.info("colab-guard: kernel %s: run-time code too deeply nested to read, not "
+                          "checked (%d characters)", conn.kernel_id, len(text))
         if detections and not self._stopping:
             self.monitor.act_on(snapshot, detections)
 

@@ -44,7 +44,8 @@ KERNEL_EVENTS_DROPPED = Counter("colab_guard_kernel_events_dropped_total",
                                 "(reported by the kernels).")
 KERNEL_CODE_UNCHECKED = Counter("colab_guard_kernel_code_unchecked_total",
                                 "Pieces of code run in a kernel at run time (exec, compile) "
-                                "not checked because the kernel was over its check budget.")
+                                "not checked because the kernel was over its check budget, or "
+                                "nested too deeply to read.")
 KERNEL_CHANNEL_REFUSED = Counter("colab_guard_kernel_channel_refused_total",
                                  "Connections to the kernel channel refused (bad token, "
                                  "a process that is not the kernel's, malformed hello).")
