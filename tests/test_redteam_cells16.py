@@ -107,3 +107,18 @@ def test_an_honest_deep_cell_is_read_without_a_finding_in_bounded_time(what, cel
     assert _cell_signatures(cell) == set(), what
     assert analyse_cell(cell).unread == ""
     assert time.monotonic() - start < 10
+
+
+def test_a_statement_the_reader_fails_on_still_has_its_calls_read(monkeypatch):
+    """A bug of the reader's on one statement (forced here: reading any assignment fails)
+    skipped that statement whole, and a cell could be built to hit one: its calls are read
+    on their own."""
+    from colab_guard.detect import cells
+
+    def broken(self, node):
+        raise ValueError("a reading bug")
+
+    monkeypatch.setattr(cells._Reader, "visit_Assign", broken)
+    assert FORBIDDEN in _cell_signatures("import os\nx = os.system('ngrok tcp 22')")
+    assert FORBIDDEN in _cell_signatures("import os\nx = [len(str(os.system('ngrok tcp 22')))]")
+    assert _cell_signatures("import os\nx = os.getcwd()") == set()

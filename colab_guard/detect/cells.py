@@ -223,8 +223,8 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     for statement in tree.body:
         try:
             reader.visit(statement)
-        except Exception:  # a reading bug in one statement must not hide the others
-            continue
+        except Exception:  # a reading bug in one statement must not hide the others,
+            _read_calls_alone(reader, statement)  # nor the programs it starts
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
@@ -291,6 +291,17 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
         raise TooDeep from None  # the kernel may compile it: its recursion limit is its own
     except (SyntaxError, ValueError, MemoryError):
         return None  # a cell that does not parse does not run
+
+
+def _read_calls_alone(reader: _Reader, statement: ast.stmt) -> None:
+    """A statement the reader failed on (a bug of the reader's, which a cell could be built
+    to hit): each call in it read as a statement of its own, what it would start still seen."""
+    calls = [node for node in ast.walk(statement) if isinstance(node, ast.Call)]
+    for call in calls[:MAX_LINES]:
+        try:
+            reader.visit(ast.copy_location(ast.Expr(value=call), call))
+        except Exception:
+            continue
 
 
 class TooDeep(Exception):
