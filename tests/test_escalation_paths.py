@@ -18,6 +18,7 @@ import pytest
 
 from colab_guard.hub.database import HubDatabase
 from tests.conftest import incidents_in
+from tests.harness import wait_until
 from tests.test_hub_database import DAY
 from tests.test_hub_database import clock, db_url  # noqa: F401 (fixtures)
 
@@ -90,6 +91,40 @@ def test_a_later_version_of_the_same_progress_still_replaces_the_stored_one(hub_
     hub_db.upsert(first, "watcher", "colab-guard-watcher", "node-1")
     assert hub_db.upsert(more, "watcher", "colab-guard-watcher", "node-1") == "updated"
     assert [p["pid"] for p in hub_db.incident("inc-c")["evidence"]["processes"]] == [42, 43]
+
+
+def test_two_versions_taken_at_once_are_compared_in_turn_on_postgresql(hub_db, db_url):
+    """The service takes reports in worker threads: an older version read while the newer
+    is being written waits for it (the row is locked), then is compared with it and not
+    kept. (SQLite writes one transaction at a time.)"""
+    from sqlalchemy import create_engine, text
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's row locks")
+    sent = versions("inc-race", "dave")
+    hub_db.upsert(sent["interrupting"], "watcher", "colab-guard-watcher", "node-1")
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as writer:  # the newer version's transaction, under way
+            writer.execute(text("SELECT id FROM incidents WHERE id = 'inc-race' FOR UPDATE"))
+            late = threading.Thread(target=hub_db.upsert, args=(
+                sent["interrupted"], "watcher", "colab-guard-watcher", "node-1"))
+            late.start()
+            wait_until(lambda: writer.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                "pid <> pg_backend_pid()")).scalar() == 1, timeout=20,
+                what="the older version waiting for the row")
+            writer.execute(text("UPDATE incidents SET action = 'shutdown', status = 'done', "
+                                "data = CAST(:data AS JSON) WHERE id = 'inc-race'"),
+                           {"data": json.dumps(sent["shut down"])})
+            writer.commit()
+            late.join(20)
+    finally:
+        engine.dispose()
+    stored = hub_db.incident("inc-race")
+    assert (stored["action"], stored["status"], _kernel_steps(stored["actions"])) == (
+        "shutdown", "done", [("interrupt", "done"), ("shutdown", "done")])
+    assert hub_db.standing("dave").strikes == 1
 
 
 # ---------------------------------------------------------------- the node watcher, for real

@@ -208,7 +208,8 @@ class HubDatabase:
         now = self.clock()
         package = incident.get("package") or None
         with self.session.begin() as db:
-            row = db.get(Incident, incident["id"])
+            # locked (PostgreSQL): two versions of one id taken at once are compared in turn
+            row = db.get(Incident, incident["id"], with_for_update=True)
             if row is not None and row.user != incident["user"]:
                 raise Refused(f"incident {incident['id']} belongs to another user", 403)
             if row is not None and row.source == "watcher" and source != "watcher":
