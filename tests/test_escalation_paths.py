@@ -19,8 +19,14 @@ import pytest
 from colab_guard.hub.database import HubDatabase
 from tests.conftest import incidents_in
 from tests.harness import wait_until
+from tests.standins.hub_service import HubStandin
+from tests.test_guard_integration import ctypes_util_find
 from tests.test_hub_database import DAY
 from tests.test_hub_database import clock, db_url  # noqa: F401 (fixtures)
+from tests.test_watch import (  # noqa: F401 (fixtures)
+    ALICE, BOB, _alive, users, waits, watching, world,
+)
+from tests.test_watch_tell import covered_server, python, run_cell  # noqa: F401 (fixtures)
 
 # ---------------------------------------------------------------- the hub
 
@@ -60,7 +66,7 @@ ORDERS = list(itertools.permutations(["interrupting", "interrupted", "shutting d
 
 
 @pytest.mark.parametrize("source", ["watcher", "server"])
-def test_an_escalated_incident_stays_one_incident_and_one_strike_in_whatever_order_its_versions_arrive(
+def test_an_escalated_incident_is_one_incident_and_one_strike_in_any_order_of_arrival(
         hub_db, clock, source):
     """Reported with the interrupt, then again with the shutdown appended: one incident, its
     strongest action the shutdown, one strike, in any of the 24 orders the four versions can
@@ -128,13 +134,6 @@ def test_two_versions_taken_at_once_are_compared_in_turn_on_postgresql(hub_db, d
 
 
 # ---------------------------------------------------------------- the node watcher, for real
-
-from tests.standins.hub_service import HubStandin  # noqa: E402
-from tests.test_guard_integration import ctypes_util_find  # noqa: E402
-from tests.test_watch import (  # noqa: E402,F401 (fixtures)
-    ALICE, BOB, _alive, users, waits, watching, world,
-)
-from tests.test_watch_tell import covered_server, python, run_cell  # noqa: E402,F401
 
 as_root = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists(),
                              reason="the node watcher's tests create Unix users: root only")
