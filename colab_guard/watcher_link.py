@@ -39,6 +39,10 @@ KEPT = 500
 HISTORY = 7 * 86400
 #: seconds an appeal waits for the watcher's answer
 APPEAL_TIMEOUT = 10.0
+#: incidents whose action told is remembered across the user's servers (the seen file): a
+#: stronger action carried out in one later (a kernel shut down past its interrupt, within
+#: KERNEL_ESCALATION_WINDOW) is told by the next server, even one started after
+TOLD_ACTIONS_KEPT = 100
 
 #: (incident, action, phase, message, policy_url, new): new is False for an incident
 #: already told by an earlier server (listed, not notified again)
@@ -64,6 +68,8 @@ class WatcherLink:
         self.told_on_return: list[dict] = []
         self._catching_up = False
         self._said: set[str] = set()
+        #: incident id -> the action told of it complete, by this server or an earlier one
+        self._told_actions: dict[str, str] = {}
         self._told_until = self._load_seen()
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
@@ -184,7 +190,7 @@ class WatcherLink:
         earlier = {RANK.get(told_action, 0) for told_action, _ in told if told_action != action}
         if earlier and max(earlier) > RANK.get(action, 0):
             return  # a weaker action's phase come late: the incident was told stronger
-        stronger = bool(earlier)
+        stronger = bool(earlier) or self._stronger_than_told(incident.id, action)
         told.add((action, phase))
         if phase == "done":
             self.incidents[incident.id] = (incident, action)
@@ -203,13 +209,26 @@ class WatcherLink:
                                incident.id)
         if new and phase == "done":
             if self._catching_up:
-                self.told_on_return = [*self.told_on_return[-19:], {
+                others = [i for i in self.told_on_return if i["id"] != incident.id]
+                self.told_on_return = [*others[-19:], {
                     "id": incident.id, "time": incident.to_dict()["time"],
                     "category": incident.category, "summary": incident.summary(),
                     "action": action, "kernel_id": incident.kernel_id,
                     "dry_run": incident.dry_run}]
-            self._told_until = incident.time
+            self._told_until = max(self._told_until, incident.time)
+            self._remember_told(incident.id, action)
             self._save_seen()
+
+    def _stronger_than_told(self, incident_id: str, action: str) -> bool:
+        """Whether a server of this user told the incident complete with a weaker action."""
+        told = self._told_actions.get(incident_id)
+        return told is not None and RANK.get(action, 0) > RANK.get(told, 0)
+
+    def _remember_told(self, incident_id: str, action: str) -> None:
+        self._told_actions.pop(incident_id, None)  # newest last
+        self._told_actions[incident_id] = action
+        while len(self._told_actions) > TOLD_ACTIONS_KEPT:
+            self._told_actions.pop(next(iter(self._told_actions)))
 
     # ------------------------------------------------------------ what was told already
 
@@ -217,8 +236,12 @@ class WatcherLink:
         """The time of the last incident told by this user's servers; a server that starts
         for the first time tells what happens from now on."""
         try:
-            return float(json.loads(self.seen_file.read_text())["told_until"])
-        except (OSError, ValueError, KeyError, TypeError):
+            seen = json.loads(self.seen_file.read_text())
+            told = seen.get("told_actions") or {}
+            self._told_actions = {str(i): str(a) for i, a in told.items()} \
+                if isinstance(told, dict) else {}
+            return float(seen["told_until"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             now = time.time()
             self._save_seen(now)
             return now
@@ -226,7 +249,8 @@ class WatcherLink:
     def _save_seen(self, until: float | None = None) -> None:
         try:
             self.seen_file.parent.mkdir(parents=True, exist_ok=True)
-            self.seen_file.write_text(json.dumps({"told_until": until or self._told_until}))
+            self.seen_file.write_text(json.dumps({"told_until": until or self._told_until,
+                                                  "told_actions": self._told_actions}))
         except OSError as err:
             self._say_once(f"cannot write {self.seen_file}: {err}")
 

@@ -215,13 +215,14 @@ class RunningWatcher:
         return f"kernel {kernel_id} of user" in self.log()
 
 
-def watching(folder: Path, users: list[str]) -> Iterator[RunningWatcher]:
+def watching(folder: Path, users: list[str], **settings) -> Iterator[RunningWatcher]:
     """A watcher for ``users`` (its files in ``folder``: root's alone), its users' socket in
-    a folder they reach, as /run/colab-guard; stopped after, its log free of tracebacks."""
+    a folder they reach, as /run/colab-guard; stopped after, its log free of tracebacks.
+    ``settings``: more ``c.Watcher.<name>`` values (watcher_config)."""
     run = Path(tempfile.mkdtemp(prefix="cg-watch-run-"))
     run.chmod(0o755)
     socket = run / "watch.sock"
-    config = watcher_config(folder, users, user_socket=str(socket))
+    config = watcher_config(folder, users, user_socket=str(socket), **settings)
     log = folder / "watcher.log"
     proc = launch_watcher(config, log)
     running = RunningWatcher(folder, proc, log, socket)

@@ -24,12 +24,14 @@ from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String
                         and_, create_engine, event, func, or_, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from ..vocabulary import ENFORCING_ACTIONS
+from ..vocabulary import ENFORCING_ACTIONS, RANK
 
 HERE = Path(__file__).resolve().parent
 APPEAL_MAX_TEXT = 2000
 NOTE_MAX_TEXT = 2000
 APPEAL_STATUSES = ("pending", "accepted", "rejected")
+#: an incident's statuses once its actions are over (record/incident.py: acting -> done)
+COMPLETE = ("done", "unfinished")
 
 
 class Base(DeclarativeBase):
@@ -201,15 +203,20 @@ class HubDatabase:
     def upsert(self, incident: dict[str, Any], source: str, reported_by: str,
                node: str) -> str:
         """Store one reported incident (already validated): "new", "updated", or "kept"
-        (an incident of the watcher's is not replaced by a server's report)."""
+        (an incident of the watcher's is not replaced by a server's report, nor a version
+        by one less far along from the same source: ``_progress``)."""
         now = self.clock()
         package = incident.get("package") or None
         with self.session.begin() as db:
-            row = db.get(Incident, incident["id"])
+            # locked (PostgreSQL): two versions of one id taken at once are compared in turn
+            row = db.get(Incident, incident["id"], with_for_update=True)
             if row is not None and row.user != incident["user"]:
                 raise Refused(f"incident {incident['id']} belongs to another user", 403)
             if row is not None and row.source == "watcher" and source != "watcher":
                 return "kept"
+            if row is not None and row.source == source and \
+                    _progress(incident) < (RANK.get(row.action, 0), row.status in COMPLETE):
+                return "kept"  # an older version come late (reports can cross: a retry)
             happened = min(_epoch(incident.get("time"), now), now)
             strike = bool(incident.get("strike")) or (row is not None and row.strike)
             values = dict(
@@ -440,11 +447,17 @@ def _counts():
 
 def strongest_action(incident: dict[str, Any]) -> str:
     """The strongest action carried out (or, in dry run, that would have been)."""
-    from ..vocabulary import RANK
-
     taken = [a.get("action") for a in incident.get("actions") or []
              if isinstance(a, dict) and a.get("action") in RANK]
     return max(taken, key=RANK.__getitem__) if taken else "record"
+
+
+def _progress(incident: dict[str, Any]) -> tuple[int, bool]:
+    """How far along a reported version of an incident is: its strongest action, then
+    whether it is complete. Versions of one id only go forward (acting -> done; a kernel shut
+    down for going on past its interrupt, within the interrupt's incident: interrupt ->
+    shutdown), so one less far along arrived late and is not kept over the stored one."""
+    return RANK[strongest_action(incident)], incident.get("status") in COMPLETE
 
 
 def _epoch(value: Any, default: float) -> float:
