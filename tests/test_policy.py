@@ -146,6 +146,22 @@ def test_the_kernel_itself_is_interrupted_then_shut_down_if_it_goes_on():
     assert other.action == "shutdown" and not other.escalates  # another offence: a strike
 
 
+def test_a_kernel_restarted_after_its_interrupt_offends_anew_not_as_the_same_offence():
+    """A restart keeps the kernel's id but starts another process: its offence is a new one
+    (interrupted, an incident and a strike of its own), not the interrupted one carried on
+    (which would be folded into the first incident: one strike for two offences)."""
+    clock = Clock()
+    policy = Policy(Settings(), clock=clock)
+    [first] = policy.respond("k1", [detection(MINER, pid=100, is_kernel=True)])
+    assert first.action == "interrupt"
+    clock.now += KERNEL_GRACE / 2  # restarted at once: the new process is not in its grace
+    [again] = policy.respond("k1", [detection(MINER, pid=200, is_kernel=True)])
+    assert again.action == "interrupt" and not again.escalates
+    clock.now += KERNEL_GRACE
+    [going_on] = policy.respond("k1", [detection(MINER, pid=200, is_kernel=True)])
+    assert going_on.action == "shutdown" and going_on.escalates
+
+
 def test_a_kernel_matched_by_two_signatures_at_once_is_interrupted_not_shut_down():
     """Was shut down at its first offence: each of the kernel's detections in one act counted
     as an act of its own, so the second found the first's within the escalation window."""

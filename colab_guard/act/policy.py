@@ -88,7 +88,9 @@ class Policy:
         #: again once the ancestor is gone and it is not (a decoy that ignores SIGTERM forks
         #: the miner after its stop's family walk; killed, it leaves the miner to init).
         self._covered: dict[str, dict[tuple, tuple]] = defaultdict(dict)
-        self._kernel_acted: dict[str, float] = {}  # kernel -> when its own process was last acted on
+        #: kernel -> when its own process was last acted on, and that process's key: a
+        #: kernel restarted since (another process under the same id) offends anew
+        self._kernel_acted: dict[str, tuple[float, tuple]] = {}
         self._kernel_offence: dict[str, str] = {}  # kernel -> the category it was acted on for
         self._opened: dict[str, list[float]] = defaultdict(list)  # kernel -> incidents opened, when
 
@@ -120,12 +122,14 @@ class Policy:
             escalate = same = False
             for d in group:
                 self._handled[kernel_id].add(d.process.key)
-            if any(d.process.is_kernel for d in group):  # once per act, however many matched
+            kernel = next((d.process for d in group if d.process.is_kernel), None)
+            if kernel is not None:  # once per act, however many matched
                 now, last = self._clock(), self._kernel_acted.get(kernel_id)
-                escalate = last is not None and now - last < KERNEL_ESCALATION_WINDOW
+                escalate = last is not None and last[1] == kernel.key and \
+                    now - last[0] < KERNEL_ESCALATION_WINDOW
                 category = group[0].signature.category
                 same = escalate and self._kernel_offence.get(kernel_id) == category
-                self._kernel_acted[kernel_id] = now
+                self._kernel_acted[kernel_id] = (now, kernel.key)
                 self._kernel_offence[kernel_id] = category
             action = self._choose(group, escalate)
             if at_least(action, "stop") and not self.settings.dry_run:
@@ -203,7 +207,8 @@ class Policy:
             # The kernel cannot be stopped like a child: it is interrupted, then shut
             # down if the behaviour goes on after the interrupt had time to work.
             last = self._kernel_acted.get(d.kernel_id)
-            return last is None or self._clock() - last >= KERNEL_GRACE
+            return last is None or last[1] != d.process.key or \
+                self._clock() - last[0] >= KERNEL_GRACE
         return d.process.key not in self._handled[d.kernel_id]
 
     def _choose(self, detections: list[Detection], escalate: bool) -> str:
