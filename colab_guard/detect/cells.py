@@ -26,6 +26,7 @@ import base64
 import os
 import binascii
 import codecs
+import copy
 import operator
 import re
 import shlex
@@ -45,9 +46,9 @@ MAX_LINES = 2000  # programs a cell starts
 #: Levels of expression within one statement read as they are: the reader walks a tree by
 #: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep).
 MAX_DEPTH = 150
-#: ... and in a call found in what was cut, read as a statement of its own: the calls inside
-#: it are read on their own too, so only what folds its arguments is needed (a chain of a
-#: thousand calls read as a thousand short statements, not as ever deeper ones).
+#: ... and in a call found in what was cut, read as a statement of its own, the calls nested
+#: deeper than this in it: they are read on their own too (a chain of a thousand calls read
+#: as a thousand short statements, not as ever deeper ones).
 MAX_CUT_CALL_DEPTH = 24
 #: The name a cut expression is read as: nothing the check knows.
 CUT = "_colab_guard_cut_"
@@ -315,26 +316,23 @@ def _cut_deep(tree: ast.Module) -> None:
     """Expressions nested deeper than MAX_DEPTH within their statement are read down to
     it (walked here without recursion): below, each is replaced by a name the check does not
     know (CUT), and every call made down there is read as a statement of its own just before
-    its statement (its own arguments cut likewise), as is every name a walrus binds there
-    (``(f := os.system)`` deep in a formula, ``f(…)`` after it), so a program started from
-    within a long formula is still seen; and the statements after it are read as usual."""
+    its statement (_alone), as is every name a walrus binds there (``(f := os.system)`` deep
+    in a formula, ``f(…)`` after it), so a program started from within a long formula is
+    still seen; and the statements after it are read as usual."""
     bodies = [tree.body]
     while bodies:
         body = bodies.pop()
         index = 0
         while index < len(body):
-            calls = _cut_statement(body[index], bodies, extract=True)
-            for call in calls:
-                _cut_statement(call, bodies, extract=False)
-            body[index:index] = calls
-            index += len(calls) + 1
+            alone = [_alone(found) for found in _cut_statement(body[index], bodies)]
+            body[index:index] = alone
+            index += len(alone) + 1
 
 
-def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]],
-                   extract: bool) -> list[ast.stmt]:
+def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]]) -> list[ast.expr]:
     """Cut one statement's expressions past MAX_DEPTH (see _cut_deep); the blocks of
-    statements inside it go to ``bodies``. The calls made in what was cut, as statements."""
-    calls: list[ast.stmt] = []
+    statements inside it go to ``bodies``. The calls and walruses in what was cut."""
+    found: list[ast.expr] = []
     stack: list[tuple[ast.AST, int]] = [(statement, 0)]
     while stack:
         node, depth = stack.pop()
@@ -345,24 +343,65 @@ def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]],
                     continue
                 for i, item in enumerate(value):
                     if isinstance(item, ast.AST):
-                        value[i] = _cut_or_keep(item, depth + 1, stack, calls, extract)
+                        value[i] = _cut_or_keep(item, depth + 1, stack, found)
             elif isinstance(value, ast.AST):
-                setattr(node, name, _cut_or_keep(value, depth + 1, stack, calls, extract))
-    return calls
+                setattr(node, name, _cut_or_keep(value, depth + 1, stack, found))
+    return found
 
 
-def _cut_or_keep(node: ast.AST, depth: int, stack: list, calls: list[ast.stmt],
-                 extract: bool) -> ast.AST:
-    if depth < (MAX_DEPTH if extract else MAX_CUT_CALL_DEPTH) or not isinstance(node, ast.expr):
+def _cut_or_keep(node: ast.AST, depth: int, stack: list, found: list[ast.expr]) -> ast.AST:
+    if depth < MAX_DEPTH or not isinstance(node, ast.expr):
         stack.append((node, depth))
         return node
-    if extract:  # the calls made down there, and the names a walrus binds there
-        calls.extend(ast.copy_location(ast.Expr(value=found), found) if isinstance(found, ast.Call)
-                     else ast.copy_location(ast.Assign(targets=[found.target], value=found.value),
-                                            found)
-                     for found in ast.walk(node) if isinstance(found, (ast.Call, ast.NamedExpr)))
+    found.extend(inner for inner in ast.walk(node) if isinstance(inner, (ast.Call, ast.NamedExpr)))
+    return _cut_name(node)
+
+
+def _cut_name(node: ast.expr) -> ast.Name:
     context = getattr(node, "ctx", None) or ast.Load()
     return ast.copy_location(ast.Name(id=CUT, ctx=context), node)
+
+
+def _alone(found: ast.expr) -> ast.stmt:
+    """A call found in a cut expression as a statement of its own (a walrus as the assignment
+    it makes), read from a copy cut in turn (_cut_copy): the calls found there share their
+    nodes (a call within another's arguments), and cutting one in place would cut the
+    arguments of another, an ``os.system('…')`` twenty calls down then read as
+    ``os.system(CUT)``."""
+    if isinstance(found, ast.Call):
+        statement: ast.stmt = ast.Expr(value=found)
+    else:
+        statement = ast.Assign(targets=[found.target], value=found.value)
+    return ast.copy_location(_cut_copy(statement), found)
+
+
+def _cut_copy(statement: ast.stmt) -> ast.stmt:
+    """A copy of a statement made of a call found in a cut expression, its expressions cut
+    past MAX_DEPTH as any statement's, and its calls past MAX_CUT_CALL_DEPTH (each is read
+    alone too: a chain of a thousand calls is read as a thousand short statements, not as
+    ever deeper ones); its other arguments are read as deep as any (a command assembled from
+    thirty pieces)."""
+    top = copy.copy(statement)
+    stack: list[tuple[ast.AST, int]] = [(top, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                setattr(node, name, [_copy_or_cut(item, depth + 1, stack) for item in value])
+            elif isinstance(value, ast.AST):
+                setattr(node, name, _copy_or_cut(value, depth + 1, stack))
+    return top
+
+
+def _copy_or_cut(node, depth: int, stack: list):
+    if not isinstance(node, ast.AST):
+        return node
+    if isinstance(node, ast.expr) and (
+            depth >= MAX_DEPTH or isinstance(node, ast.Call) and depth >= MAX_CUT_CALL_DEPTH):
+        return _cut_name(node)
+    copied = copy.copy(node)
+    stack.append((copied, depth))
+    return copied
 
 
 class _Listed(list):
@@ -2865,6 +2904,8 @@ class _Reader(ast.NodeVisitor):
         if reduced:  # functools.reduce(getattr, ["system"], os): os.system
             return ".".join([reduced, *reversed(parts)])
         if isinstance(func, ast.Call) and parts:
+            if _calls_chained(func.func, MAX_NAMED_CHAIN):
+                return None  # df.pipe(f).pipe(g)…: no module's member (named anew at each link)
             called = self.call_name(func.func)
             module = self.fold(func.args[0]) if func.args else None
             if called in ("__import__", "importlib.import_module") and module is not None \
@@ -3344,6 +3385,9 @@ _FUNCTION = object()  # its value: a function, no command
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
+#: calls chained before a member (``__import__("ctypes").CDLL(None).system``) whose name is
+#: looked for: a pandas pipeline of hundreds of links was named anew from each link (minutes)
+MAX_NAMED_CHAIN = 4
 MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
 MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart (past: a _Listed)
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
@@ -3404,6 +3448,18 @@ _COMPARISONS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt
 #: a string's methods a name filter may test it with (each bounded by the folded lengths)
 _STR_PREDICATES = frozenset(("startswith", "endswith", "isidentifier", "islower", "isupper",
                              "isalpha", "isalnum", "__contains__", "__eq__"))
+
+
+def _calls_chained(node: ast.expr, most: int) -> bool:
+    """Whether more than ``most`` calls are chained in ``node`` (``a.f().g().h``)."""
+    calls = 0
+    while isinstance(node, (ast.Attribute, ast.Call)):
+        if isinstance(node, ast.Call):
+            calls += 1
+            if calls > most:
+                return True
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return False
 
 
 def _may_be_members_table(node: ast.expr) -> bool:

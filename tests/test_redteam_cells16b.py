@@ -1,0 +1,135 @@
+"""Red team, session 16 (b): the cut of deep expressions, read by one who has read it.
+
+``_cut_deep`` cuts what is nested past ``MAX_DEPTH`` in a statement and reads the calls (and
+walrus bindings) found there as statements of their own, their arguments cut at
+``MAX_CUT_CALL_DEPTH``. Two ways around it, both fixed: those statements shared their nodes,
+so cutting the arguments of an outer call cut those of a call twenty levels down in it
+(``os.system('ngrok tcp 22')`` read as ``os.system(CUT)``, ``f := os.system`` as
+``f = CUT.system``); and every argument was cut at 24 levels, so a command assembled from
+thirty pieces was unknown there though read anywhere else. Left (xfail): a runner chosen or
+held past MAX_DEPTH is cut with the rest of the value. And the reading's cost: a method chain
+was named anew from each of its links (a cell of pandas-like pipelines read for minutes)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from colab_guard.detect.cells import MAX_DEPTH, analyse_cell
+from tests.test_redteam_cells13 import FORBIDDEN, stand_in_path  # noqa: F401  (a fixture)
+from tests.test_redteam_cells16 import _runs_ngrok
+from tests.test_redteam_evasions import _cell_signatures
+
+PAST_THE_CUT = " + 1" * (MAX_DEPTH + 50)  # what precedes it is nested past MAX_DEPTH
+
+
+def _in_calls(count: int, inner: str) -> str:
+    return "str(" * count + inner + ")" * count
+
+
+#: Cells whose program is started from inside what the cut takes away.
+EVASIONS = [
+    ("a runner call twenty calls down in a cut sum",
+     "import os\nx = len(" + _in_calls(20, "os.system('ngrok tcp 22')") + ")" + PAST_THE_CUT),
+    ("a runner call twenty-one calls down in a cut sum",
+     "import os\nx = len(" + _in_calls(21, "os.system('ngrok tcp 22')") + ")" + PAST_THE_CUT),
+    ("a walrus naming the runner twenty calls down in a cut sum",
+     "import os\nx = len(" + _in_calls(20, "(f := os.system)") + ")" + PAST_THE_CUT
+     + "\nf('ngrok tcp 22')"),
+    ("a command of thirty pieces in a call in a cut sum",
+     "import os\nx = os.system('ngrok'" + " + ''" * 30 + " + ' tcp 22')" + PAST_THE_CUT),
+]
+
+
+@pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
+def test_a_program_started_inside_a_cut_expression_is_refused(what, cell):
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+@pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
+def test_each_cut_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
+    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+
+
+def test_the_same_cells_within_the_depth_read_were_found_already():
+    """What the cut lost, not what the reader never read: each shape, nested less deeply."""
+    for _, cell in EVASIONS:
+        assert FORBIDDEN in _cell_signatures(cell.replace(PAST_THE_CUT, "")), cell[:60]
+
+
+def _conditional(levels: int, leaf: str) -> str:
+    return "(" * levels + leaf + " if 1 else print)" * levels
+
+
+def _cut_runners(levels: int) -> list[tuple[str, str]]:
+    """A runner chosen or held ``levels`` deep (180: past MAX_DEPTH; Python allows 200
+    levels of brackets)."""
+    return [
+        (f"a runner chosen by conditionals {levels} deep",
+         "import os\nr = " + _conditional(levels, "os.system") + "\nr('ngrok tcp 22')"),
+        (f"a runner held in lists {levels} deep",
+         "import os\nr = " + "[" * levels + "os.system" + "]" * levels + "\nr" + "[0]" * levels
+         + "('ngrok tcp 22')"),
+    ]
+
+
+CUT_RUNNERS = _cut_runners(180)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a value nested past MAX_DEPTH is cut to a name the check does not know (CUT): only the "
+    "calls and walrus bindings down there are read on their own, so a runner merely chosen "
+    "or held there (no call, no walrus) is lost with it, and the name it is assigned to "
+    "calls nothing known; reading it would need the whole value, the recursion the cut "
+    "avoids. Within MAX_DEPTH the same shapes are found (test below)"))
+@pytest.mark.parametrize("what, cell", CUT_RUNNERS, ids=[c[0] for c in CUT_RUNNERS])
+def test_a_runner_chosen_or_held_past_the_cut_is_refused(what, cell):
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+@pytest.mark.parametrize("what, cell", CUT_RUNNERS, ids=[c[0] for c in CUT_RUNNERS])
+def test_each_cut_runner_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
+    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+
+
+@pytest.mark.parametrize("what, cell", _cut_runners(100), ids=[c[0] for c in _cut_runners(100)])
+def test_a_runner_chosen_or_held_within_the_depth_read_is_refused(what, cell):
+    assert FORBIDDEN in _cell_signatures(cell), what
+
+
+#: Honest cells as deep: generated formulas, nested data, long pipelines.
+HONEST = [
+    ("a generated formula of nested calls 180 deep",
+     "import math\nx = 0.5\ny = " + "math.sin(" * 90 + "math.cos(" * 90 + "x" + ")" * 180
+     + "\nprint(y)\n"),
+    ("nested JSON-like data 180 deep", "d = " + "{'a': [" * 90 + "1" + "]}" * 90 + "\n"),
+    ("a pandas pipeline of 200 links",
+     "import pandas as pd\ndf = pd.DataFrame({'a': [1]})\nout = df" + ".pipe(lambda d: d)" * 200
+     + ".reset_index()\n"),
+    ("a concatenation of 300 calls", "s = " + " + ".join(f"str({i})" for i in range(300)) + "\n"),
+]
+
+
+@pytest.mark.parametrize("what, cell", HONEST, ids=[h[0] for h in HONEST])
+def test_an_honest_deep_cell_is_read_without_a_finding(what, cell):
+    assert _cell_signatures(cell) == set(), what
+    assert analyse_cell(cell).unread == ""
+
+
+def test_a_cell_of_method_chains_is_read_in_bounded_time():
+    """Each link of ``df.pipe(f).pipe(f)…`` was named anew down the whole chain (0.5 s a line
+    of 74 links here, minutes for a 256 KiB cell of them); the name is looked for through
+    MAX_NAMED_CHAIN calls only. Measured at 3 s here (30 s before); 10 s as the other bounds."""
+    cell = "\n".join("x = df" + ".pipe(f)" * 74 for _ in range(60))
+    start = time.monotonic()
+    assert analyse_cell(cell).commands == []
+    assert time.monotonic() - start < 10
+
+
+def test_a_module_member_named_through_a_few_calls_is_still_found():
+    """The bound on chained calls keeps what a chain names a runner through."""
+    assert FORBIDDEN in _cell_signatures(
+        "__import__('ctypes').CDLL(None).system(b'ngrok tcp 22')")
+    assert FORBIDDEN in _cell_signatures(
+        "import importlib\nimportlib.import_module('os').system('ngrok tcp 22')")
