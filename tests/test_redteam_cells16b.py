@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from colab_guard.detect.cells import MAX_DEPTH, analyse_cell
+from colab_guard.detect.cells import MAX_DEPTH, UNREAD_TOO_DEEP, analyse_cell
 from tests.test_redteam_cells13 import FORBIDDEN, stand_in_path  # noqa: F401  (a fixture)
 from tests.test_redteam_cells16 import _runs_ngrok
 from tests.test_redteam_evasions import _cell_signatures
@@ -42,6 +42,39 @@ EVASIONS = [
 ]
 
 
+#: Code run from a string (exec, ``python -c``) with a statement too deep for a recursive
+#: reader first: it was read whole, neither cut nor statement by statement, and the reading
+#: gave up at the deep statement (RecursionError), the programs after it unseen.
+_DEEP_CODE = "x = 1" + " + 1" * 1000 + "\nimport os\nos.system('ngrok tcp 22')"
+_BLOCKS = 60
+
+
+def _in_blocks(code: str, blocks: int = _BLOCKS) -> str:
+    return "".join("    " * i + "if True:\n" for i in range(blocks)) + "".join(
+        "    " * blocks + line + "\n" for line in code.split("\n"))
+
+
+def _exec_in_blocks(levels: int) -> str:
+    """Blocks holding exec of blocks … (each level's blocks read on the same stack), the last
+    with a call as deep as the cut allows, then a runner named and called."""
+    code = _in_blocks("x = " + "abs(" * (MAX_DEPTH - 1) + "1" + ")" * (MAX_DEPTH - 1)
+                      + "\nimport os\nr = os.system\nr('ngrok tcp 22')")
+    for _ in range(levels):
+        code = _in_blocks(f"exec({code!r})")
+    return code
+
+
+EVASIONS += [
+    ("exec of code with a 1,000-term sum first", f"exec({_DEEP_CODE!r})"),
+    ("exec in a function, of code with a 1,000-term sum first",
+     f"def g():\n    exec({_DEEP_CODE!r})\ng()"),
+    ("python -c of code with a 1,000-term sum first",
+     f"import subprocess\nsubprocess.run(['python3', '-c', {_DEEP_CODE!r}])"),
+    (f"exec of exec of exec, each in {_BLOCKS} blocks: an assignment behind what is too deep",
+     _exec_in_blocks(3)),
+]
+
+
 @pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
 def test_a_program_started_inside_a_cut_expression_is_refused(what, cell):
     assert FORBIDDEN in _cell_signatures(cell), what
@@ -52,10 +85,19 @@ def test_each_cut_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_pat
     _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
+def test_code_run_from_a_string_too_deep_to_parse_here_is_refused(stand_in_path, tmp_path):
+    """As a cell too deep to parse (test_redteam_cells16): the cell raised the limit first."""
+    code = "x = 1" + " + 1" * 5000 + "\nimport os\nos.system('ngrok tcp 22')"
+    cell = f"import sys\nsys.setrecursionlimit(100_000)\nexec({code!r})"
+    assert analyse_cell(cell).unread == UNREAD_TOO_DEEP
+    _runs_ngrok(cell, stand_in_path, tmp_path, "exec of a 5,000-term sum")
+
+
 def test_the_same_cells_within_the_depth_read_were_found_already():
     """What the cut lost, not what the reader never read: each shape, nested less deeply."""
     for _, cell in EVASIONS:
-        assert FORBIDDEN in _cell_signatures(cell.replace(PAST_THE_CUT, "")), cell[:60]
+        shallower = cell.replace(PAST_THE_CUT, "").replace(" + 1" * 1000, " + 1" * 100)
+        assert FORBIDDEN in _cell_signatures(shallower.replace(_exec_in_blocks(3), _exec_in_blocks(1))), cell[:60]
 
 
 def _conditional(levels: int, leaf: str) -> str:

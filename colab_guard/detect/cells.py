@@ -221,17 +221,25 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     reader.literals = _literals(tree)
     reader.previous = _previous_statements(tree)
     reader.find_runners(tree)
-    for statement in tree.body:
-        try:
-            reader.visit(statement)
-        except Exception:  # a reading bug in one statement must not hide the others,
-            _read_calls_alone(reader, statement)  # nor the programs it starts
+    _read_statements(reader, tree, cut=False)
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
         memory.holders = reader.holders.trimmed(MAX_NAMES)
         memory._trim()
-    return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES])
+    return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES], unread=reader.unread)
+
+
+def _read_statements(reader: _Reader, tree: ast.Module, cut: bool = True) -> None:
+    """Read a cell's statements (or those of code it runs from a string) one by one, their
+    expressions cut past MAX_DEPTH (_cut_deep, unless done already)."""
+    if cut:
+        _cut_deep(tree)
+    for statement in tree.body:
+        try:
+            reader.visit(statement)
+        except Exception:  # a reading bug in one statement must not hide the others,
+            _read_piecewise(reader, statement)  # nor the programs it starts
 
 
 def normalise_cell(source: str) -> str:
@@ -294,15 +302,54 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
         return None  # a cell that does not parse does not run
 
 
-def _read_calls_alone(reader: _Reader, statement: ast.stmt) -> None:
-    """A statement the reader failed on (a bug of the reader's, which a cell could be built
-    to hit): each call in it read as a statement of its own, what it would start still seen."""
-    calls = [node for node in ast.walk(statement) if isinstance(node, ast.Call)]
-    for call in calls[:MAX_LINES]:
-        try:
-            reader.visit(ast.copy_location(ast.Expr(value=call), call))
-        except Exception:
+def _read_piecewise(reader: _Reader, statement: ast.stmt) -> None:
+    """A statement the reader failed on (a bug of the reader's, or blocks and code run from
+    strings nested past the recursion limit: a cell can be built to hit either), read piece
+    by piece: the simple statements in its blocks one by one, in order (an assignment, then a
+    call through the name it binds, behind a statement too deep), and, of those that fail
+    again and of the compound statements themselves (an ``if``'s test), the calls alone."""
+    pending = [statement]
+    while pending:
+        node = pending.pop()
+        own, statements = _split_blocks(node)
+        if not statements and node is not statement and _visited(reader, node):
             continue
+        for part in own:
+            _read_calls_alone(reader, part)
+        pending.extend(reversed(statements))
+
+
+def _visited(reader: _Reader, node: ast.stmt) -> bool:
+    try:
+        reader.visit(node)
+    except Exception:
+        return False
+    return True
+
+
+def _split_blocks(node: ast.AST) -> tuple[list[ast.AST], list[ast.stmt]]:
+    """A statement's own parts (an ``if``'s test, a ``def``'s defaults and decorators) and the
+    statements of its blocks, in order (those of ``except`` and ``case`` clauses included)."""
+    own: list[ast.AST] = []
+    statements: list[ast.stmt] = []
+    for _, value in ast.iter_fields(node):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, ast.stmt):
+                statements.append(item)
+            elif isinstance(item, (ast.excepthandler, ast.match_case)):
+                clause_own, clause_statements = _split_blocks(item)
+                own.extend(clause_own)
+                statements.extend(clause_statements)
+            elif isinstance(item, ast.AST):
+                own.append(item)
+    return own, statements
+
+
+def _read_calls_alone(reader: _Reader, node: ast.AST) -> None:
+    """Each call in ``node`` read as a statement of its own: what it would start still seen."""
+    calls = [inner for inner in ast.walk(node) if isinstance(inner, ast.Call)]
+    for call in calls[:MAX_LINES]:
+        _visited(reader, ast.copy_location(ast.Expr(value=call), call))
 
 
 class TooDeep(Exception):
@@ -488,6 +535,7 @@ class _Reader(ast.NodeVisitor):
         self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
         self.commands: list[Command] = []
         self.nesting = 0
+        self.unread = ""  # why code the cell runs from a string could not be read (TooDeep)
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
         self.holders = memory.holders.copy() if memory else _Holders()
@@ -748,12 +796,16 @@ class _Reader(ast.NodeVisitor):
         """Python code the cell runs from a string (exec, eval, python -c): read it too."""
         if self.nesting >= MAX_NESTING or not code:
             return
-        tree = _parse(code[:MAX_SOURCE], ipython)
+        try:
+            tree = _parse(code[:MAX_SOURCE], ipython)
+        except TooDeep:  # run once the cell has raised its recursion limit, as a cell would be
+            self.unread = UNREAD_TOO_DEEP
+            return
         if tree is None:
             return
         self.nesting += 1
         try:
-            self.visit(tree)
+            _read_statements(self, tree)  # cut and read as a cell's: nested as deeply
         finally:
             self.nesting -= 1
 
@@ -3133,8 +3185,11 @@ class _Reader(ast.NodeVisitor):
         return None
 
     def _fold_binop(self, node: ast.BinOp, depth: int) -> _Folded | None:
-        left, right = self.fold(node.left, depth), self.fold(node.right, depth)
-        if left is None or right is None:
+        left = self.fold(node.left, depth)
+        if left is None:  # the right not folded in vain: a sum of calls was folded anew at
+            return None   # each of its levels, each call of the fifty below it (seconds a line)
+        right = self.fold(node.right, depth)
+        if right is None:
             return None
         if isinstance(node.op, ast.Add):
             value = _add(left.value, right.value)
