@@ -238,6 +238,9 @@ def _read_statements(reader: _Reader, tree: ast.Module, cut: bool = True) -> Non
     for statement in tree.body:
         try:
             reader.visit(statement)
+        except RecursionError:  # blocks of code run from strings run from blocks …: nested
+            reader.unread = UNREAD_TOO_DEEP  # past what the reader holds, refused (read in
+            return  # pieces instead, each piece failing anew, it took seconds a statement)
         except Exception:  # a reading bug in one statement must not hide the others,
             _read_piecewise(reader, statement)  # nor the programs it starts
 
@@ -303,9 +306,8 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
 
 
 def _read_piecewise(reader: _Reader, statement: ast.stmt) -> None:
-    """A statement the reader failed on (a bug of the reader's, or blocks and code run from
-    strings nested past the recursion limit: a cell can be built to hit either), read piece
-    by piece: the simple statements in its blocks one by one, in order (an assignment, then a
+    """A statement the reader failed on (a bug of the reader's, which a cell could be built to
+    hit), read piece by piece: the simple statements in its blocks one by one, in order (an assignment, then a
     call through the name it binds, behind a statement too deep), and, of those that fail
     again and of the compound statements themselves (an ``if``'s test), the calls alone."""
     pending = [statement]
