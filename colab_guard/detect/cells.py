@@ -307,9 +307,10 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
 
 def _read_piecewise(reader: _Reader, statement: ast.stmt) -> None:
     """A statement the reader failed on (a bug of the reader's, which a cell could be built to
-    hit), read piece by piece: the simple statements in its blocks one by one, in order (an assignment, then a
-    call through the name it binds, behind a statement too deep), and, of those that fail
-    again and of the compound statements themselves (an ``if``'s test), the calls alone."""
+    hit), read piece by piece: the simple statements in its blocks one by one, in order (an
+    assignment, then a call through the name it binds: read as calls alone, the name was
+    unknown), and, of those that fail again and of the compound statements themselves (an
+    ``if``'s test), the calls alone."""
     pending = [statement]
     while pending:
         node = pending.pop()
@@ -537,7 +538,8 @@ class _Reader(ast.NodeVisitor):
         self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
         self.commands: list[Command] = []
         self.nesting = 0
-        self.unread = ""  # why code the cell runs from a string could not be read (TooDeep)
+        self.unread = ""  # why the cell cannot be read: code it runs from a string too deep to
+        # parse here, or blocks (of exec of blocks …) nested past the recursion limit
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
         self.holders = memory.holders.copy() if memory else _Holders()
