@@ -26,6 +26,7 @@ import base64
 import os
 import binascii
 import codecs
+import copy
 import operator
 import re
 import shlex
@@ -45,9 +46,9 @@ MAX_LINES = 2000  # programs a cell starts
 #: Levels of expression within one statement read as they are: the reader walks a tree by
 #: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep).
 MAX_DEPTH = 150
-#: ... and in a call found in what was cut, read as a statement of its own: the calls inside
-#: it are read on their own too, so only what folds its arguments is needed (a chain of a
-#: thousand calls read as a thousand short statements, not as ever deeper ones).
+#: ... and in a call found in what was cut, read as a statement of its own, the calls nested
+#: deeper than this in it: they are read on their own too (a chain of a thousand calls read
+#: as a thousand short statements, not as ever deeper ones).
 MAX_CUT_CALL_DEPTH = 24
 #: The name a cut expression is read as: nothing the check knows.
 CUT = "_colab_guard_cut_"
@@ -220,17 +221,28 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     reader.literals = _literals(tree)
     reader.previous = _previous_statements(tree)
     reader.find_runners(tree)
-    for statement in tree.body:
-        try:
-            reader.visit(statement)
-        except Exception:  # a reading bug in one statement must not hide the others,
-            _read_calls_alone(reader, statement)  # nor the programs it starts
+    _read_statements(reader, tree, cut=False)
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
         memory.holders = reader.holders.trimmed(MAX_NAMES)
         memory._trim()
-    return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES])
+    return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES], unread=reader.unread)
+
+
+def _read_statements(reader: _Reader, tree: ast.Module, cut: bool = True) -> None:
+    """Read a cell's statements (or those of code it runs from a string) one by one, their
+    expressions cut past MAX_DEPTH (_cut_deep, unless done already)."""
+    if cut:
+        _cut_deep(tree)
+    for statement in tree.body:
+        try:
+            reader.visit(statement)
+        except RecursionError:  # blocks of code run from strings run from blocks …: nested
+            reader.unread = UNREAD_TOO_DEEP  # past what the reader holds, refused (read in
+            return  # pieces instead, each piece failing anew, it took seconds a statement)
+        except Exception:  # a reading bug in one statement must not hide the others,
+            _read_piecewise(reader, statement)  # nor the programs it starts
 
 
 def normalise_cell(source: str) -> str:
@@ -293,15 +305,54 @@ def _parse(source: str, ipython: bool = True) -> ast.Module | None:
         return None  # a cell that does not parse does not run
 
 
-def _read_calls_alone(reader: _Reader, statement: ast.stmt) -> None:
-    """A statement the reader failed on (a bug of the reader's, which a cell could be built
-    to hit): each call in it read as a statement of its own, what it would start still seen."""
-    calls = [node for node in ast.walk(statement) if isinstance(node, ast.Call)]
-    for call in calls[:MAX_LINES]:
-        try:
-            reader.visit(ast.copy_location(ast.Expr(value=call), call))
-        except Exception:
+def _read_piecewise(reader: _Reader, statement: ast.stmt) -> None:
+    """A statement the reader failed on (a bug of the reader's, which a cell could be built to
+    hit), read piece by piece: the simple statements in its blocks one by one, in order (an
+    assignment, then a call through the name it binds: read as calls alone, the name was
+    unknown), and, of those that fail again and of the compound statements themselves (an
+    ``if``'s test), the calls alone."""
+    pending = [statement]
+    while pending:
+        node = pending.pop()
+        own, statements = _split_blocks(node)
+        if not statements and node is not statement and _visited(reader, node):
             continue
+        for part in own:
+            _read_calls_alone(reader, part)
+        pending.extend(reversed(statements))
+
+
+def _visited(reader: _Reader, node: ast.stmt) -> bool:
+    try:
+        reader.visit(node)
+    except Exception:
+        return False
+    return True
+
+
+def _split_blocks(node: ast.AST) -> tuple[list[ast.AST], list[ast.stmt]]:
+    """A statement's own parts (an ``if``'s test, a ``def``'s defaults and decorators) and the
+    statements of its blocks, in order (those of ``except`` and ``case`` clauses included)."""
+    own: list[ast.AST] = []
+    statements: list[ast.stmt] = []
+    for _, value in ast.iter_fields(node):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, ast.stmt):
+                statements.append(item)
+            elif isinstance(item, (ast.excepthandler, ast.match_case)):
+                clause_own, clause_statements = _split_blocks(item)
+                own.extend(clause_own)
+                statements.extend(clause_statements)
+            elif isinstance(item, ast.AST):
+                own.append(item)
+    return own, statements
+
+
+def _read_calls_alone(reader: _Reader, node: ast.AST) -> None:
+    """Each call in ``node`` read as a statement of its own: what it would start still seen."""
+    calls = [inner for inner in ast.walk(node) if isinstance(inner, ast.Call)]
+    for call in calls[:MAX_LINES]:
+        _visited(reader, ast.copy_location(ast.Expr(value=call), call))
 
 
 class TooDeep(Exception):
@@ -315,26 +366,23 @@ def _cut_deep(tree: ast.Module) -> None:
     """Expressions nested deeper than MAX_DEPTH within their statement are read down to
     it (walked here without recursion): below, each is replaced by a name the check does not
     know (CUT), and every call made down there is read as a statement of its own just before
-    its statement (its own arguments cut likewise), as is every name a walrus binds there
-    (``(f := os.system)`` deep in a formula, ``f(…)`` after it), so a program started from
-    within a long formula is still seen; and the statements after it are read as usual."""
+    its statement (_alone), as is every name a walrus binds there (``(f := os.system)`` deep
+    in a formula, ``f(…)`` after it), so a program started from within a long formula is
+    still seen; and the statements after it are read as usual."""
     bodies = [tree.body]
     while bodies:
         body = bodies.pop()
         index = 0
         while index < len(body):
-            calls = _cut_statement(body[index], bodies, extract=True)
-            for call in calls:
-                _cut_statement(call, bodies, extract=False)
-            body[index:index] = calls
-            index += len(calls) + 1
+            alone = [_alone(found) for found in _cut_statement(body[index], bodies)]
+            body[index:index] = alone
+            index += len(alone) + 1
 
 
-def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]],
-                   extract: bool) -> list[ast.stmt]:
+def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]]) -> list[ast.expr]:
     """Cut one statement's expressions past MAX_DEPTH (see _cut_deep); the blocks of
-    statements inside it go to ``bodies``. The calls made in what was cut, as statements."""
-    calls: list[ast.stmt] = []
+    statements inside it go to ``bodies``. The calls and walruses in what was cut."""
+    found: list[ast.expr] = []
     stack: list[tuple[ast.AST, int]] = [(statement, 0)]
     while stack:
         node, depth = stack.pop()
@@ -345,24 +393,65 @@ def _cut_statement(statement: ast.stmt, bodies: list[list[ast.stmt]],
                     continue
                 for i, item in enumerate(value):
                     if isinstance(item, ast.AST):
-                        value[i] = _cut_or_keep(item, depth + 1, stack, calls, extract)
+                        value[i] = _cut_or_keep(item, depth + 1, stack, found)
             elif isinstance(value, ast.AST):
-                setattr(node, name, _cut_or_keep(value, depth + 1, stack, calls, extract))
-    return calls
+                setattr(node, name, _cut_or_keep(value, depth + 1, stack, found))
+    return found
 
 
-def _cut_or_keep(node: ast.AST, depth: int, stack: list, calls: list[ast.stmt],
-                 extract: bool) -> ast.AST:
-    if depth < (MAX_DEPTH if extract else MAX_CUT_CALL_DEPTH) or not isinstance(node, ast.expr):
+def _cut_or_keep(node: ast.AST, depth: int, stack: list, found: list[ast.expr]) -> ast.AST:
+    if depth < MAX_DEPTH or not isinstance(node, ast.expr):
         stack.append((node, depth))
         return node
-    if extract:  # the calls made down there, and the names a walrus binds there
-        calls.extend(ast.copy_location(ast.Expr(value=found), found) if isinstance(found, ast.Call)
-                     else ast.copy_location(ast.Assign(targets=[found.target], value=found.value),
-                                            found)
-                     for found in ast.walk(node) if isinstance(found, (ast.Call, ast.NamedExpr)))
+    found.extend(inner for inner in ast.walk(node) if isinstance(inner, (ast.Call, ast.NamedExpr)))
+    return _cut_name(node)
+
+
+def _cut_name(node: ast.expr) -> ast.Name:
     context = getattr(node, "ctx", None) or ast.Load()
     return ast.copy_location(ast.Name(id=CUT, ctx=context), node)
+
+
+def _alone(found: ast.expr) -> ast.stmt:
+    """A call found in a cut expression as a statement of its own (a walrus as the assignment
+    it makes), read from a copy cut in turn (_cut_copy): the calls found there share their
+    nodes (a call within another's arguments), and cutting one in place would cut the
+    arguments of another, an ``os.system('…')`` twenty calls down then read as
+    ``os.system(CUT)``."""
+    if isinstance(found, ast.Call):
+        statement: ast.stmt = ast.Expr(value=found)
+    else:
+        statement = ast.Assign(targets=[found.target], value=found.value)
+    return ast.copy_location(_cut_copy(statement), found)
+
+
+def _cut_copy(statement: ast.stmt) -> ast.stmt:
+    """A copy of a statement made of a call found in a cut expression, its expressions cut
+    past MAX_DEPTH as any statement's, and its calls past MAX_CUT_CALL_DEPTH (each is read
+    alone too: a chain of a thousand calls is read as a thousand short statements, not as
+    ever deeper ones); its other arguments are read as deep as any (a command assembled from
+    thirty pieces)."""
+    top = copy.copy(statement)
+    stack: list[tuple[ast.AST, int]] = [(top, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                setattr(node, name, [_copy_or_cut(item, depth + 1, stack) for item in value])
+            elif isinstance(value, ast.AST):
+                setattr(node, name, _copy_or_cut(value, depth + 1, stack))
+    return top
+
+
+def _copy_or_cut(node, depth: int, stack: list):
+    if not isinstance(node, ast.AST):
+        return node
+    if isinstance(node, ast.expr) and (
+            depth >= MAX_DEPTH or isinstance(node, ast.Call) and depth >= MAX_CUT_CALL_DEPTH):
+        return _cut_name(node)
+    copied = copy.copy(node)
+    stack.append((copied, depth))
+    return copied
 
 
 class _Listed(list):
@@ -449,6 +538,8 @@ class _Reader(ast.NodeVisitor):
         self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
         self.commands: list[Command] = []
         self.nesting = 0
+        self.unread = ""  # why the cell cannot be read: code it runs from a string too deep to
+        # parse here, or blocks (of exec of blocks …) nested past the recursion limit
         # functions of the cell (or earlier cells) that run their argument: name -> its index
         self.runners: dict[str, int] = dict(memory.runners) if memory else {}
         self.holders = memory.holders.copy() if memory else _Holders()
@@ -709,12 +800,16 @@ class _Reader(ast.NodeVisitor):
         """Python code the cell runs from a string (exec, eval, python -c): read it too."""
         if self.nesting >= MAX_NESTING or not code:
             return
-        tree = _parse(code[:MAX_SOURCE], ipython)
+        try:
+            tree = _parse(code[:MAX_SOURCE], ipython)
+        except TooDeep:  # run once the cell has raised its recursion limit, as a cell would be
+            self.unread = UNREAD_TOO_DEEP
+            return
         if tree is None:
             return
         self.nesting += 1
         try:
-            self.visit(tree)
+            _read_statements(self, tree)  # cut and read as a cell's: nested as deeply
         finally:
             self.nesting -= 1
 
@@ -2865,6 +2960,8 @@ class _Reader(ast.NodeVisitor):
         if reduced:  # functools.reduce(getattr, ["system"], os): os.system
             return ".".join([reduced, *reversed(parts)])
         if isinstance(func, ast.Call) and parts:
+            if _calls_chained(func.func, MAX_NAMED_CHAIN):
+                return None  # df.pipe(f).pipe(g)…: no module's member (named anew at each link)
             called = self.call_name(func.func)
             module = self.fold(func.args[0]) if func.args else None
             if called in ("__import__", "importlib.import_module") and module is not None \
@@ -3092,8 +3189,11 @@ class _Reader(ast.NodeVisitor):
         return None
 
     def _fold_binop(self, node: ast.BinOp, depth: int) -> _Folded | None:
-        left, right = self.fold(node.left, depth), self.fold(node.right, depth)
-        if left is None or right is None:
+        left = self.fold(node.left, depth)
+        if left is None:  # the right not folded in vain: a sum of calls was folded anew at
+            return None   # each of its levels, each call of the fifty below it (seconds a line)
+        right = self.fold(node.right, depth)
+        if right is None:
             return None
         if isinstance(node.op, ast.Add):
             value = _add(left.value, right.value)
@@ -3344,6 +3444,9 @@ _FUNCTION = object()  # its value: a function, no command
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
+#: calls chained before a member (``__import__("ctypes").CDLL(None).system``) whose name is
+#: looked for: a pandas pipeline of hundreds of links was named anew from each link (minutes)
+MAX_NAMED_CHAIN = 4
 MAX_METHOD_CONSTANTS = 16384  # class constants bound as self.x in methods, per cell
 MAX_CHOICES = 1024  # items a variable taken from a table may be, told apart (past: a _Listed)
 MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per cell
@@ -3404,6 +3507,18 @@ _COMPARISONS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt
 #: a string's methods a name filter may test it with (each bounded by the folded lengths)
 _STR_PREDICATES = frozenset(("startswith", "endswith", "isidentifier", "islower", "isupper",
                              "isalpha", "isalnum", "__contains__", "__eq__"))
+
+
+def _calls_chained(node: ast.expr, most: int) -> bool:
+    """Whether more than ``most`` calls are chained in ``node`` (``a.f().g().h``)."""
+    calls = 0
+    while isinstance(node, (ast.Attribute, ast.Call)):
+        if isinstance(node, ast.Call):
+            calls += 1
+            if calls > most:
+                return True
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return False
 
 
 def _may_be_members_table(node: ast.expr) -> bool:
