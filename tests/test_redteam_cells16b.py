@@ -9,8 +9,8 @@ so cutting the arguments of an outer call cut those of a call twenty levels down
 thirty pieces was unknown there though read anywhere else. Code run from a string (exec,
 ``python -c``) was neither cut nor read statement by statement: a deep statement first hid
 the rest (now cut, and refused when too deep to parse here, or to read: blocks of exec of
-blocks). Left (xfail): a runner chosen or held past MAX_DEPTH is cut with the rest of the
-value. And the reading's cost: a method chain was named anew from each of its links, a sum
+blocks). Left (xfail): a runner chosen past MAX_DEPTH (by conditionals: brackets nest 200
+levels at most, within the depth read) is cut with the rest of the value. And the reading's cost: a method chain was named anew from each of its links, a sum
 of calls folded anew at each level (cells of them read for minutes)."""
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _in_blocks(code: str, blocks: int = _BLOCKS) -> str:
 
 def _exec_in_blocks(levels: int) -> str:
     """Blocks holding exec of blocks … (each level's blocks read on the same stack), the last
-    with a call as deep as the cut allows, then a runner named and called."""
-    code = _in_blocks("x = " + "abs(" * (MAX_DEPTH - 1) + "1" + ")" * (MAX_DEPTH - 1)
+    with calls nested 149 deep, then a runner named and called."""
+    code = _in_blocks("x = " + "abs(" * 149 + "1" + ")" * 149
                       + "\nimport os\nr = os.system\nr('ngrok tcp 22')")
     for _ in range(levels):
         code = _in_blocks(f"exec({code!r})")
@@ -113,22 +113,26 @@ def test_the_same_cells_within_the_depth_read_were_found_already():
 
 
 def _conditional(levels: int, leaf: str) -> str:
-    return "(" * levels + leaf + " if 1 else print)" * levels
+    """``leaf`` chosen by ``levels`` conditionals: no brackets, so nested past the 200 levels
+    Python allows brackets."""
+    return "print if 0 else " * levels + leaf
 
 
 def _cut_runners(levels: int) -> list[tuple[str, str]]:
-    """A runner chosen or held ``levels`` deep (180: past MAX_DEPTH; Python allows 200
-    levels of brackets)."""
-    return [
-        (f"a runner chosen by conditionals {levels} deep",
-         "import os\nr = " + _conditional(levels, "os.system") + "\nr('ngrok tcp 22')"),
-        (f"a runner held in lists {levels} deep",
-         "import os\nr = " + "[" * levels + "os.system" + "]" * levels + "\nr" + "[0]" * levels
-         + "('ngrok tcp 22')"),
-    ]
+    return [(f"a runner chosen by conditionals {levels} deep",
+             "import os\nr = " + _conditional(levels, "os.system") + "\nr('ngrok tcp 22')")]
 
 
-CUT_RUNNERS = _cut_runners(180)
+def _held_in_lists(levels: int) -> tuple[str, str]:
+    return (f"a runner held in lists {levels} deep",
+            "import os\nr = " + "[" * levels + "os.system" + "]" * levels + "\nr" + "[0]" * levels
+            + "('ngrok tcp 22')")
+
+
+CUT_RUNNERS = _cut_runners(MAX_DEPTH + 100)
+#: within the depth read: conditionals half of MAX_DEPTH, lists 180 deep (brackets nest 200
+#: levels at most, the statement and the call one more each)
+WITHIN = [*_cut_runners(MAX_DEPTH // 2), _held_in_lists(180)]
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -147,7 +151,7 @@ def test_each_cut_runner_really_starts_ngrok(what, cell, stand_in_path, tmp_path
     _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
-@pytest.mark.parametrize("what, cell", _cut_runners(100), ids=[c[0] for c in _cut_runners(100)])
+@pytest.mark.parametrize("what, cell", WITHIN, ids=[c[0] for c in WITHIN])
 def test_a_runner_chosen_or_held_within_the_depth_read_is_refused(what, cell):
     assert FORBIDDEN in _cell_signatures(cell), what
 

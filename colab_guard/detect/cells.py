@@ -44,8 +44,9 @@ MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
 MAX_LINES = 2000  # programs a cell starts
 #: Levels of expression within one statement read as they are: the reader walks a tree by
-#: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep).
-MAX_DEPTH = 150
+#: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep);
+#: brackets nest 200 levels at most, so lists or calls nested almost that deep are read whole.
+MAX_DEPTH = 200
 #: ... and in a call found in what was cut, read as a statement of its own, the calls nested
 #: deeper than this in it: they are read on their own too (a chain of a thousand calls read
 #: as a thousand short statements, not as ever deeper ones).
