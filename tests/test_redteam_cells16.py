@@ -122,36 +122,3 @@ def test_a_statement_the_reader_fails_on_still_has_its_calls_read(monkeypatch):
     assert FORBIDDEN in _cell_signatures("import os\nx = os.system('ngrok tcp 22')")
     assert FORBIDDEN in _cell_signatures("import os\nx = [len(str(os.system('ngrok tcp 22')))]")
     assert _cell_signatures("import os\nx = os.getcwd()") == set()
-
-
-#: Found missed by the red team (shallow, not a matter of depth): a dict comprehension was
-#: read as no loop at all, and a comprehension of two loops only with its variables unbound.
-#: Now each is read as the loops it runs (``_as_loops``); one that filters (``if``) is read
-#: as before.
-COMPREHENSIONS = [
-    ("a dict comprehension's value", "import os\nd = {c: os.system(c) for c in ['ngrok tcp 22']}"),
-    ("a dict comprehension's key", "import os\nd = {os.system(c): 1 for c in ['ngrok tcp 22']}"),
-    ("a comprehension of two loops", "import os\nx = [os.system(a + b) for a in ['ngrok ']"
-                                     " for b in ['tcp 22']]"),
-    ("a generator of two loops over pairs", "import os\nx = list(os.system(a + ' ' + b + ' ' + p)"
-                                            " for a, b in [('ngrok', 'tcp')] for p in ['22'])"),
-]
-
-
-@pytest.mark.parametrize("what, cell", COMPREHENSIONS, ids=[c[0] for c in COMPREHENSIONS])
-def test_a_program_started_from_a_comprehension_is_refused(what, cell):
-    assert FORBIDDEN in _cell_signatures(cell), what
-
-
-@pytest.mark.parametrize("what, cell", COMPREHENSIONS, ids=[c[0] for c in COMPREHENSIONS])
-def test_each_comprehension_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
-
-
-@pytest.mark.parametrize("cell", [
-    "import os\nsizes = {d: os.path.getsize(d) for d in ['a', 'b']}",
-    "import subprocess\nout = {c: subprocess.run(['echo', c]) for c in ['ngrok is blocked here']}",
-    "grid = [(a, b) for a in ['ngrok', 'frp'] for b in ['tcp 22', 'http']]\nprint(grid)",
-], ids=["sizes", "echo of a message", "a grid printed"])
-def test_honest_comprehensions_are_left_alone(cell):
-    assert _cell_signatures(cell) == set()

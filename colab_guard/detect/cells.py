@@ -1549,13 +1549,17 @@ class _Reader(ast.NodeVisitor):
             return
         for generator in node.generators:  # [f(c) for f in [os.system]]
             self._hold_loop(generator.target, generator.iter)
-        loop = _as_loops(node)
-        if loop is not None and self._rows(loop.iter, len(_loop_names(loop.target))):
-            self.visit_For(loop)
-            return
+        if len(node.generators) == 1 and _loop_names(node.generators[0].target) and \
+                not node.generators[0].ifs:
+            gen = node.generators[0]
+            element = node.elt if not isinstance(node, ast.DictComp) else node.value
+            loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
+            if self._rows(gen.iter, len(_loop_names(gen.target)) or 1):
+                self.visit_For(loop)
+                return
         self.generic_visit(node)
 
-    visit_GeneratorExp = visit_SetComp = visit_DictComp = visit_ListComp
+    visit_GeneratorExp = visit_SetComp = visit_ListComp
 
     def _read_file(self, node) -> str | None:
         """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
@@ -3459,20 +3463,6 @@ def _dotted(node: ast.AST) -> str | None:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
         return f"{node.value.id}.{node.attr}"
     return None
-
-
-def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
-              ) -> ast.For | None:
-    """A comprehension as the loops it runs (``{a: f(a + b) for a in A for b in B}`` as ``for
-    a in A: for b in B: a; f(a + b)``), or None where a loop filters (``if``: read unbound, as
-    before) or binds anything but names."""
-    elements = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
-    body: list[ast.stmt] = [ast.Expr(element) for element in elements]
-    for generator in reversed(node.generators):
-        if generator.ifs or generator.is_async or not _loop_names(generator.target):
-            return None
-        body = [ast.For(target=generator.target, iter=generator.iter, body=body, orelse=[])]
-    return body[0] if isinstance(body[0], ast.For) else None
 
 
 def _loop_names(target: ast.expr) -> list[str]:
