@@ -10,7 +10,6 @@ import os
 import py_compile
 import shutil
 import subprocess
-import threading
 import time
 import zipfile
 
@@ -20,6 +19,7 @@ from colab_guard.observe import scripts
 from colab_guard.observe.content import SCAN_CUT, ContentScanner, script_language
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON, STANDINS
+from tests.harness import longest_hold
 
 
 def markers(source: str) -> list[str]:
@@ -490,28 +490,8 @@ def test_a_small_hostile_source_read_here_stays_bounded(tmp_path, hostile):
     script.write_text("import pproxy\n" + hostile + "\n")
     assert script.stat().st_size <= scripts.IN_PROCESS_MAX
     scanner = ContentScanner(background=False)
-    gap, found = _gaps_while(lambda: scanner.script_markers(str(script), scripts.PYTHON))
-    assert found == ["pproxy"] and gap < 0.25, (found, gap)
-
-
-def _gaps_while(work) -> tuple[float, object]:
-    """The longest the other threads waited while ``work`` ran (the server's event loop)."""
-    gaps, stop = [0.0], threading.Event()
-
-    def other_thread():
-        while not stop.is_set():
-            started = time.perf_counter()
-            time.sleep(0.001)
-            gaps.append(time.perf_counter() - started)
-
-    thread = threading.Thread(target=other_thread)
-    thread.start()
-    try:
-        result = work()
-    finally:
-        stop.set()
-        thread.join()
-    return max(gaps), result
+    hold, found = longest_hold(lambda: scanner.script_markers(str(script), scripts.PYTHON))
+    assert found == ["pproxy"] and hold < 0.25, (found, hold)
 
 
 def _big_script(path, size: int, tail: str) -> None:
@@ -533,9 +513,9 @@ def test_a_1_mib_script_is_read_in_a_child_without_holding_the_servers_threads(t
     _big_script(script, (1 << 20) - 4096, "\nimport pproxy\n")
     assert os.path.getsize(script) < 1 << 20
     scanner = ContentScanner(background=False, max_script_bytes=1 << 20, scan_seconds=60)
-    gap, found = _gaps_while(lambda: scanner.script_markers(str(script), scripts.PYTHON))
+    hold, found = longest_hold(lambda: scanner.script_markers(str(script), scripts.PYTHON))
     assert found == ["pproxy"]
-    assert gap < 0.25, gap  # parsed in this process, the GIL would be held 0.3 s to seconds
+    assert hold < 0.25, hold  # parsed in this process, the GIL would be held 0.3 s to seconds
 
 
 def test_a_64_mib_script_is_parsed_to_its_bound_and_its_import_lines_read_to_the_end(tmp_path):
@@ -543,8 +523,8 @@ def test_a_64_mib_script_is_parsed_to_its_bound_and_its_import_lines_read_to_the
     _big_script(script, 63 << 20, "\nimport pproxy\n")
     scanner = ContentScanner(background=False, scan_seconds=60)
     started = time.monotonic()
-    gap, found = _gaps_while(lambda: scanner.script_markers(str(script), scripts.PYTHON))
-    assert found == ["pproxy"] and gap < 0.25, (found, gap)
+    hold, found = longest_hold(lambda: scanner.script_markers(str(script), scripts.PYTHON))
+    assert found == ["pproxy"] and hold < 0.25, (found, hold)
     assert time.monotonic() - started < 30
 
 
@@ -568,6 +548,6 @@ def test_a_hostile_script_stays_bounded_and_its_imports_still_count(tmp_path, ho
     script.write_text("import pproxy\n" + hostile + "\n")
     scanner = ContentScanner(background=False, scan_seconds=20)
     started = time.monotonic()
-    gap, found = _gaps_while(lambda: scanner.script_markers(str(script), scripts.PYTHON))
-    assert "pproxy" in found and gap < 0.25, (found, gap)
+    hold, found = longest_hold(lambda: scanner.script_markers(str(script), scripts.PYTHON))
+    assert "pproxy" in found and hold < 0.25, (found, hold)
     assert time.monotonic() - started < 25
