@@ -290,9 +290,9 @@ def test_a_full_buffer_costs_a_pass_nothing_to_read(records):
     flood(30000)
     full = [b for b in records.buffers if used(b) > b.size - switches.FULL]
     assert full, "the flood did not fill a buffer"
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU spent: a busy machine's wait is not the pass's cost
     assert records.ran() is None
-    took = time.perf_counter() - start
+    took = time.thread_time() - start
     assert took < 0.05, took
 
 

@@ -80,9 +80,9 @@ def test_honest_brace_cells_are_not_touched():
 ], ids=["product", "long", "nesting", "unclosed", "words", "alternatives", "sequences",
         "quoted", "unclosed quote"])
 def test_hostile_brace_expansions_are_read_in_bounded_time(text):
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU spent, whatever else the machine runs
     found = split_shell(text)
-    assert time.perf_counter() - started < 2.0  # about 0.2 s at most here, alone
+    assert time.thread_time() - started < 2.0  # about 0.2 s at most here
     assert len(found) <= 200 and sum(len(" ".join(c.argv)) for c in found) < 200_000
 
 
