@@ -877,6 +877,6 @@ def test_a_large_cell_is_read_in_bounded_time(what):
     with the cell, not a slow machine)."""
     from colab_guard.detect.cells import MAX_SOURCE, analyse_cell
 
-    start = time.monotonic()
+    start = time.thread_time()  # CPU spent here: a busy machine is not the reading's cost
     analyse_cell(LARGE[what][:MAX_SOURCE])
-    assert time.monotonic() - start < 10
+    assert time.thread_time() - start < 10

@@ -269,6 +269,6 @@ def test_a_large_cell_is_read_in_bounded_time(what):
     (14 links 3.3 s); now only a table shaped as one is (``_may_be_members_table``)."""
     from colab_guard.detect.cells import MAX_SOURCE, analyse_cell
 
-    start = time.monotonic()
+    start = time.thread_time()  # CPU spent here: a busy machine is not the reading's cost
     analyse_cell(LARGE[what][:MAX_SOURCE])
-    assert time.monotonic() - start < 10
+    assert time.thread_time() - start < 10

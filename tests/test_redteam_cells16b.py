@@ -180,9 +180,9 @@ def test_a_cell_of_method_chains_is_read_in_bounded_time():
     of 74 links here, minutes for a 256 KiB cell of them); the name is looked for through
     MAX_NAMED_CHAIN calls only. Measured at 3 s here (26 s before); 10 s as the other bounds."""
     cell = "\n".join("x = df" + ".pipe(f)" * 74 for _ in range(60))
-    start = time.monotonic()
+    start = time.thread_time()  # CPU spent here: a busy machine is not the reading's cost
     assert analyse_cell(cell).commands == []
-    assert time.monotonic() - start < 10
+    assert time.thread_time() - start < 10
 
 
 def test_a_cell_of_sums_of_calls_is_read_in_bounded_time():
@@ -190,9 +190,9 @@ def test_a_cell_of_sums_of_calls_is_read_in_bounded_time():
     fifty levels below it though the sum below had not folded (0.065 s a line of 160 terms,
     25 s for a 256 KiB cell of them). Measured at 4 s here (15 s before)."""
     cell = "\n".join("x = " + "+".join(["f(1)"] * 160) for _ in range(200))
-    start = time.monotonic()
+    start = time.thread_time()  # CPU spent here: a busy machine is not the reading's cost
     assert analyse_cell(cell).commands == []
-    assert time.monotonic() - start < 10
+    assert time.thread_time() - start < 10
 
 
 def test_a_module_member_named_through_a_few_calls_is_still_found():

@@ -133,9 +133,9 @@ def test_a_pickle_padded_with_inert_ops_is_read_to_its_end(pad):
     """Was missed: a constant pickle was read for its first 4,096 bytes (MAX_VALUE), so
     2,100 ``N0`` pairs (None, popped) before its GLOBAL hid it. Fixed: read to its end (a
     cell is 256 KiB at most, an op a byte at least: 0.3 s for the largest)."""
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU spent reading, whatever else the machine runs
     assert _refused("import pickle\npickle.loads(%r)" % (b"N0" * pad + PAYLOAD))
-    assert time.perf_counter() - started < 5.0
+    assert time.thread_time() - started < 5.0
 
 
 def test_an_honest_pickle_constant_is_not_touched():
@@ -155,9 +155,9 @@ def test_many_long_assembled_pickles_are_read_in_bounded_time():
     """The long folding is one budget per cell: thousands of calls assembling 200 KB each
     cost about what one does (the last ones are left unread, as any unknown value)."""
     cell = "import pickle\n" + "pickle.loads(b'N0' * 100000 + b'N.')\n" * 5000
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU spent reading, whatever else the machine runs
     assert not check(cell)
-    assert time.perf_counter() - started < 10.0
+    assert time.thread_time() - started < 10.0
 
 
 def test_an_honest_assembled_pickle_is_not_touched():

@@ -42,6 +42,7 @@ from .fields import FIELDS, Field
 
 MAX_SOURCE = 256 * 1024  # characters of a cell that are checked
 MAX_VALUE = 4096  # characters of one folded string
+MAX_WORDS = 20_000  # words of earlier cells' string constants remembered (CellMemory.words)
 MAX_LINES = 2000  # programs a cell starts
 #: Levels of expression within one statement read as they are: the reader walks a tree by
 #: recursion, and deeper (a sum of a thousand terms, a generated formula) is cut (_cut_deep);
@@ -176,6 +177,9 @@ class CellMemory:
         self.runners: dict[str, int] = {}
         self.holders = _Holders()  # names that may hold a runner (see _Holders)
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
+        #: the words of the string constants earlier cells spelled out (see _Reader._plain):
+        #: a name one cell lists plainly and a later one slices out of a path hides nothing
+        self.words: set[str] = set()
         #: the kernel's working folder on disk (``/proc/PID/cwd``, set by the channel before a
         #: check), where a glob in a program's place is resolved as the shell would; None: not
         #: known (the glob stays as written)
@@ -191,6 +195,13 @@ class CellMemory:
         analysis = _analyse(source, self)
         self._last = (source, analysis)
         return analysis
+
+    def remember_words(self, literals: str) -> None:
+        words = {w for literal in literals.split("\0") for w in _WORDS.split(literal)
+                 if w and not w.isdigit()}
+        if len(self.words) + len(words) > MAX_WORDS:
+            self.words = set()  # the oldest cells' words forgotten first, roughly
+        self.words |= set(list(words)[:MAX_WORDS])
 
     def _trim(self) -> None:
         for table, limit in ((self.names, MAX_NAMES), (self.aliases, MAX_NAMES),
@@ -220,6 +231,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     _cut_deep(tree)
     reader = _Reader(memory)
     reader.literals = _literals(tree)
+    reader.earlier_words = memory.words if memory is not None else set()
     reader.previous = _previous_statements(tree)
     reader.find_runners(tree)
     _read_statements(reader, tree, cut=False)
@@ -227,6 +239,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
         memory.holders = reader.holders.trimmed(MAX_NAMES)
+        memory.remember_words(reader.literals)
         memory._trim()
     return CellAnalysis("\n".join(reader.lines), reader.commands[:MAX_LINES], unread=reader.unread)
 
@@ -546,6 +559,7 @@ class _Reader(ast.NodeVisitor):
         self.holders = memory.holders.copy() if memory else _Holders()
         self._imported: set[str] = set()
         self.literals = ""  # the cell's own string constants, lower case (see _plain)
+        self.earlier_words: set[str] = set()  # ... and the words of earlier cells' (a set)
         self._unrolled = 0
         self._unroll_budget = 4096  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
@@ -629,10 +643,11 @@ class _Reader(ast.NodeVisitor):
     def _plain(self, text: str | None) -> bool:
         """Whether an assembled string only repeats what the cell spells plainly (a list of
         names joined for a report, a name upper-cased): then it hides nothing."""
-        if not text or not self.literals:
+        if not text or not (self.literals or self.earlier_words):
             return False
         words = [w for w in _WORDS.split(text.lower()) if w and not w.isdigit()]
-        return bool(words) and len(words) <= 64 and all(w in self.literals for w in words)
+        return bool(words) and len(words) <= 64 and all(
+            w in self.earlier_words or w in self.literals for w in words)
 
     def emit_run(self, command, split: bool = True) -> None:
         argv = None
@@ -1549,17 +1564,13 @@ class _Reader(ast.NodeVisitor):
             return
         for generator in node.generators:  # [f(c) for f in [os.system]]
             self._hold_loop(generator.target, generator.iter)
-        if len(node.generators) == 1 and _loop_names(node.generators[0].target) and \
-                not node.generators[0].ifs:
-            gen = node.generators[0]
-            element = node.elt if not isinstance(node, ast.DictComp) else node.value
-            loop = ast.For(target=gen.target, iter=gen.iter, body=[ast.Expr(element)], orelse=[])
-            if self._rows(gen.iter, len(_loop_names(gen.target)) or 1):
-                self.visit_For(loop)
-                return
+        loop = _as_loops(node)
+        if loop is not None and self._rows(loop.iter, len(_loop_names(loop.target))):
+            self.visit_For(loop)
+            return
         self.generic_visit(node)
 
-    visit_GeneratorExp = visit_SetComp = visit_ListComp
+    visit_GeneratorExp = visit_SetComp = visit_DictComp = visit_ListComp
 
     def _read_file(self, node) -> str | None:
         """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
@@ -2114,14 +2125,14 @@ class _Reader(ast.NodeVisitor):
             target = target.value
         if isinstance(target, ast.Name):
             return target.id
-        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Call) and \
-                self.call_name(target.value.func) in ("globals", "locals", "vars") and \
-                not target.value.args:
-            key = self._key(target.slice)
+        if isinstance(target, ast.Subscript) and self._is_namespace(target.value):
+            key = self._key(target.slice)  # globals()['x'], sys._getframe().f_globals['x']
             return key if isinstance(key, str) else None
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and \
                 self.call_name(target.value) in ("builtins", "__builtins__"):
             return target.attr
+        if isinstance(target, ast.Attribute) and self._main_module(target.value):
+            return target.attr  # sys.modules['__main__'].x, __main__.x
         return None
 
     def _hold(self, target: ast.expr, value: ast.expr) -> None:
@@ -2184,13 +2195,52 @@ class _Reader(ast.NodeVisitor):
                 -len(members) <= first < len(members):
             members[first] = tainted
 
+    def _namespace_set(self, method: str, node: ast.Call) -> None:
+        """The cell's variables assigned through its namespace's methods:
+        ``globals().__setitem__("r", …)``, ``.setdefault("r", …)``, ``.update(r=…)``,
+        ``.update({"r": …})``, ``.update([("r", …)])``."""
+        pairs: list[tuple[ast.expr | str, ast.expr]] = []
+        if method in ("__setitem__", "setdefault") and len(node.args) == 2:
+            pairs.append((node.args[0], node.args[1]))
+        elif method == "update":
+            pairs += [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
+            for table in node.args[:1]:
+                if isinstance(table, ast.Dict):
+                    pairs += [(k, v) for k, v in zip(table.keys, table.values) if k is not None]
+                elif isinstance(table, (ast.List, ast.Tuple)):
+                    pairs += [(pair.elts[0], pair.elts[1]) for pair in table.elts
+                              if isinstance(pair, (ast.Tuple, ast.List)) and len(pair.elts) == 2]
+        for key, value in pairs[:MAX_MEMBERS]:
+            key = key if isinstance(key, str) else self._key(key)
+            if isinstance(key, str) and key.isidentifier():
+                self._hold(ast.Name(id=key, ctx=ast.Store()), value)
+
+    def _main_module(self, node: ast.expr) -> bool:
+        """``__main__``, ``sys.modules["__main__"]``: the module whose members are the cell's
+        variables."""
+        node = self._item_got(node)
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            return self.call_name(node) == "__main__"
+        return isinstance(node, ast.Subscript) and \
+            isinstance(node.value, (ast.Name, ast.Attribute)) and \
+            self.call_name(node.value) == "sys.modules" and self._key(node.slice) == "__main__"
+
     def _mutated(self, node: ast.Call, name: str | None) -> None:
         """``r.append(os.system)``, ``setattr(ns, 'go', os.system)``: the holder it goes to
         holds it (a list's indices kept as they shift)."""
         func = node.func
         given = node.args
+        if isinstance(func, ast.Attribute) and self._is_namespace(func.value):
+            self._namespace_set(func.attr, node)  # globals().update(r=os.system): r
+            return
         if isinstance(func, ast.Attribute) and func.attr == "__setattr__" and len(given) == 2:
             name, given = "setattr", [func.value, *given]  # a.__setattr__("go", os.system)
+        if name in ("setattr", "object.__setattr__", "type.__setattr__") and len(given) == 3 \
+                and self._main_module(given[0]):
+            key = self._key(given[1])  # setattr(sys.modules["__main__"], "r", os.system): r
+            if isinstance(key, str) and key.isidentifier():
+                self._hold(ast.Name(id=key, ctx=ast.Store()), given[2])
+            return
         if name in ("setattr", "object.__setattr__", "type.__setattr__") and len(given) == 3:
             key = self._key(given[1])
             if isinstance(key, str):
@@ -3463,6 +3513,20 @@ def _dotted(node: ast.AST) -> str | None:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
         return f"{node.value.id}.{node.attr}"
     return None
+
+
+def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+              ) -> ast.For | None:
+    """A comprehension as the loops it runs (``{a: f(a + b) for a in A for b in B}`` as ``for
+    a in A: for b in B: a; f(a + b)``), or None where a loop filters (``if``: read unbound, as
+    before) or binds anything but names."""
+    elements = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+    body: list[ast.stmt] = [ast.Expr(element) for element in elements]
+    for generator in reversed(node.generators):
+        if generator.ifs or generator.is_async or not _loop_names(generator.target):
+            return None
+        body = [ast.For(target=generator.target, iter=generator.iter, body=body, orelse=[])]
+    return body[0] if isinstance(body[0], ast.For) else None
 
 
 def _loop_names(target: ast.expr) -> list[str]:
