@@ -74,9 +74,10 @@ class KernelChannel:
         self.folder = _private_folder()
         self.path = str(self.folder / "kernels.sock")
         self.kernels: dict[str, _Connection] = {}  # kernel id -> its live connection
-        self.engine = Engine(rules, log=self.log)  # own state: cell checks only
+        self.rules = rules
+        #: kernel id -> its cell checks (an engine of its own and a thread of its own)
+        self._cell_checks: dict[str, _KernelChecks] = {}
         self.code_engine = Engine(rules, log=self.log)  # run-time code (its own memory)
-        self._checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
         self._code_checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-code")
         self._witness_task: asyncio.Task | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -117,7 +118,8 @@ class KernelChannel:
             conn.stop_witness()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        self._checking.shutdown(wait=False)
+        for checks in self._cell_checks.values():
+            checks.thread.shutdown(wait=False)
         self._code_checking.shutdown(wait=False)
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -211,7 +213,9 @@ class KernelChannel:
         conn.stop_witness()
         if self.kernels.get(conn.kernel_id) is conn:
             del self.kernels[conn.kernel_id]
-            self.engine.forget_kernel(conn.kernel_id)  # what its cells left: gone with it
+            checks = self._cell_checks.pop(conn.kernel_id, None)
+            if checks is not None:  # what its cells left: gone with it
+                checks.thread.shutdown(wait=False)
         if conn.unloaded or conn.replaced or self._stopping:
             return
         try:
@@ -316,28 +320,38 @@ class KernelChannel:
         a long check) is answered from the first reading."""
         key = hashlib.sha256("\0".join(pieces).encode("utf-8", "surrogatepass")).digest()
         found = conn.read_cells.get(key)
+        if found is None and self.kernels.get(conn.kernel_id) is not conn:
+            return [], ""  # its kernel is gone (or connected anew): no one waits for this
         if found is None:
-            loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(self._checking, self._evaluate_cell, conn, pieces)
+            loop, checks = asyncio.get_running_loop(), self._checks_of(conn)
+            found = await loop.run_in_executor(checks.thread, self._evaluate_cell, conn,
+                                               checks.engine, pieces)
             conn.read_cells[key] = found
             while len(conn.read_cells) > READ_CELLS_KEPT:
                 conn.read_cells.pop(next(iter(conn.read_cells)))
         return found
 
-    def _evaluate_cell(self, conn: _Connection, pieces: list[str]
+    @staticmethod
+    def _evaluate_cell(conn: _Connection, engine: Engine, pieces: list[str]
                        ) -> tuple[list[Detection], str]:
         """A cell's code, piece by piece (read as consecutive cells: names carry over); and
         why a piece could not be read at all, or ""."""
         found: list[Detection] = []
         # a glob in a program's place is resolved against the kernel's folder, as its shell
         # would (through /proc: the kernel's own view, whatever its mount namespace)
-        self.engine.cell_memory(conn.kernel_id).folder = f"/proc/{conn.kernel_pid}/cwd"
+        engine.cell_memory(conn.kernel_id).folder = f"/proc/{conn.kernel_pid}/cwd"
         for piece in pieces:
             process = CellProcess(pid=conn.kernel_pid, is_kernel=True, cell=piece)
-            found.extend(self.engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process])))
+            found.extend(engine.evaluate(Snapshot(conn.kernel_id, time.time(), [process])))
             if process.unread:
                 return [], process.unread
         return found, ""
+
+    def _checks_of(self, conn: _Connection) -> _KernelChecks:
+        checks = self._cell_checks.get(conn.kernel_id)
+        if checks is None:
+            checks = self._cell_checks[conn.kernel_id] = _KernelChecks(self.rules, self.log)
+        return checks
 
     # ------------------------------------------------------------ code run in the kernel
 
@@ -436,7 +450,7 @@ class KernelChannel:
             await self._compare_check(conn, execution)
             return
         if what == "unchecked":
-            if not await loop.run_in_executor(self._checking, cellwitness.would_run,
+            if not await loop.run_in_executor(self._code_checking, cellwitness.would_run,
                                               execution.code):
                 return
             signature, text = "kernel-hook-cell-unchecked", (
@@ -444,7 +458,7 @@ class KernelChannel:
                 "off from inside the kernel. The server side still watches and enforces.")
         else:
             if execution.checked_code and not await loop.run_in_executor(
-                    self._checking, cellwitness.compiles, execution.checked_code):
+                    self._code_checking, cellwitness.compiles, execution.checked_code):
                 return
             signature, text = "kernel-hook-silenced", (
                 "A cell ran and the kernel hook did not report it: its audit hook was "
@@ -545,6 +559,17 @@ class KernelChannel:
         if at_least(action, "warn"):
             incident.actions.append(Action("warn", "user", "done"))
         await self.recorder.record(incident, action)
+
+
+class _KernelChecks:
+    """One kernel's cell checks: an engine of its own (what its earlier cells left) and a
+    thread of its own, so that a cell slow to read (a quarter of a MiB of chained calls reads
+    for seconds) holds up only its own kernel's cells, never another user's: the threads take
+    turns on the GIL."""
+
+    def __init__(self, rules: SignatureSet, log: logging.Logger):
+        self.engine = Engine(rules, log=log)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
 
 
 class _Connection:

@@ -292,6 +292,30 @@ def test_a_cell_whose_check_outlasts_the_limit_is_refused_then_runs_when_run_aga
             kernel.close()
 
 
+def test_a_kernels_cells_are_checked_while_another_kernels_long_cell_is_read(tmp_path):
+    """Each kernel's cells are read on a thread of its own: a cell that takes seconds to read
+    in one kernel (another user's, on a shared server) does not hold up the next kernel's
+    checks. Read on one thread for all, the second kernel's cell waited behind the first
+    one's reading and was refused once cell_check_limit passed."""
+    settings = {"sample_interval": 0.5, "cell_checks": True, "cell_check_limit": 1.0,
+                "user_name": USER, "strike_limit": 0}
+    with GuardedServer(guard=settings, folder=tmp_path / "server") as shared:
+        slow, other = Kernel(shared), Kernel(shared)
+        try:
+            slow.run("1")
+            other.run("1")
+            # ~1.7 MB in 7 pieces: about 9 s of reading here, refused after 1 s while the
+            # server reads on
+            cell = "\n".join(f"x{i} = 'v' + 'w{i}' * 2" for i in range(64_000))
+            reply, text = slow.run(cell)
+            assert reply["status"] == "error" and "Run it again" in text, text[-300:]
+            reply, text = other.run("print('checked and run')")
+            assert reply["status"] == "ok" and "checked and run" in text, text[-300:]
+        finally:
+            slow.close()
+            other.close()
+
+
 def _ran_again(kernel: Kernel, cell: str) -> str:
     reply, text = kernel.run(cell)
     return text if reply["status"] == "ok" else ""
