@@ -6,6 +6,7 @@ checked like a cell. The attacks themselves are in tests/test_redteam_evasions.p
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,20 +154,47 @@ def test_other_extensions_transformers_are_no_tampering_and_are_checked_after(ke
 
 
 def test_an_interrupted_cell_is_no_tampering(kernel, server):
-    """Interrupted through the server as soon as it starts (maybe before its check)."""
+    """Interrupted through the server as soon as it waits (for its check's verdict, or in its
+    sleep). Not before: an interrupt that lands while ipykernel still tokenizes the cell is
+    caught there and no reply is ever sent (ipykernel's, not the guard's; it failed CI so)."""
+    pid = int(kernel.run("import os; print(os.getpid())")[1])
     msg_id = kernel.client.execute("import time\ntime.sleep(30)")
-
-    def started() -> bool:
-        msg = kernel.client.get_iopub_msg(timeout=30)
-        return msg["msg_type"] == "execute_input" and msg["parent_header"]["msg_id"] == msg_id
-
-    wait_until(started, timeout=60, interval=0, what="the cell started")
+    _started(kernel, msg_id)
+    wait_until(_asleep_and_idle(pid), timeout=60, interval=0.1, what="the kernel waits")
     server.api("POST", f"api/kernels/{kernel.id}/interrupt")
     reply = kernel.client.get_shell_msg(timeout=60)
     assert reply["parent_header"]["msg_id"] == msg_id
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     _ok_after_error(kernel, "print('after the interrupt')")
     kernel.quiet_for(3)
+
+
+def test_a_cell_interrupted_while_it_is_checked_did_not_run_and_is_no_tampering(tmp_path):
+    """The interrupt lands in the kernel while it waits for the check's verdict: the cell is
+    answered as interrupted, did not run, and the next one runs; no tampering (the check
+    the server goes on with is not a cell the kernel owes a report of)."""
+    settings = {"sample_interval": 0.5, "cell_checks": True, "cell_check_limit": 120,
+                "user_name": USER, "strike_limit": 0}
+    with GuardedServer(guard=settings, folder=tmp_path / "server") as guarded:
+        kernel = Kernel(guarded)
+        try:
+            pid = int(kernel.run("import os; print(os.getpid())")[1])
+            # quick for the kernel to parse, seconds for the server to read (chained calls)
+            cell = "\n".join("x = df" + ".pipe(f)" * 74 for _ in range(120))
+            _started(kernel, kernel.client.execute("ran = True\n" + cell))
+            # Interrupted once the kernel waits for the verdict: one landing while ipykernel
+            # still tokenizes the cell is lost there (ipykernel catches it and sends no reply:
+            # not the guard's to mend).
+            wait_until(_asleep_and_idle(pid), timeout=60, interval=0.1,
+                       what="the kernel waits for the verdict")
+            guarded.api("POST", f"api/kernels/{kernel.id}/interrupt")
+            reply = kernel.client.get_shell_msg(timeout=60)
+            assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+            text = _ok_after_error(kernel, "print('ran' in globals())")
+            assert text.strip() == "False"
+            kernel.quiet_for(3)
+        finally:
+            kernel.close()
 
 
 def test_a_restarted_kernel_is_no_tampering(kernel, server):
@@ -314,6 +342,29 @@ def test_a_kernels_cells_are_checked_while_another_kernels_long_cell_is_read(tmp
         finally:
             slow.close()
             other.close()
+
+
+def _started(kernel: Kernel, msg_id: str) -> None:
+    """Wait until the kernel took up this execution (published its input)."""
+    def started() -> bool:
+        msg = kernel.client.get_iopub_msg(timeout=30)
+        return msg["msg_type"] == "execute_input" and msg["parent_header"]["msg_id"] == msg_id
+
+    wait_until(started, timeout=60, interval=0, what="the cell started")
+
+
+def _asleep_and_idle(pid: int):
+    """A predicate: the process's main thread asleep, with no CPU spent since the last look
+    (it waits on a lock or a socket, not on the CPU)."""
+    last = [None]
+
+    def check() -> bool:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        state, spent = fields[0], int(fields[11]) + int(fields[12])
+        idle, last[0] = spent == last[0], spent
+        return state == "S" and idle
+
+    return check
 
 
 def _ran_again(kernel: Kernel, cell: str) -> str:
