@@ -63,6 +63,11 @@ NAMESPACE_BINDINGS = [
     ("exec with locals of its own",
      "exec(\"r('ngrok tcp 22')\", {}, {'r': os.system})\nr = print"),
     ("eval with globals of its own", "eval(\"r('ngrok tcp 22')\", {'r': os.system})\nr = print"),
+    ("a name for the __main__ module", "m = sys.modules['__main__']\nm.r = os.system"),
+    ("getattr(__main__, '__dict__')",
+     "getattr(sys.modules['__main__'], '__dict__')['r'] = os.system"),
+    ("a name for globals() by a walrus", "(g := globals())['r'] = os.system"),
+    ("a name for globals() among others", "g, h = globals(), 1\ng['r'] = os.system"),
     ("a function of the cell's replaced", "def r(c):\n    print(c)\n"
                                           "globals().update(zip(['r'], [os.system]))"),
 ]
@@ -144,6 +149,9 @@ LEFT = [
      "os.system(S('ngrok tcp 22'))",
      "an instance of a str class replacing any of str's methods is not folded (its methods "
      "may make it any text to the check's folding)"),
+    ("the namespace's __setitem__ mapped",
+     "list(map(globals().__setitem__, ['r'], [os.system]))\nr('ngrok tcp 22')",
+     "a namespace's method handed to map is not read as called with the items"),
     ("__builtins__ as a dict or a module",
      "getattr(__builtins__, '__dict__', __builtins__)['r'] = os.system\nr('ngrok tcp 22')",
      "getattr with a default of the same object is not read as the namespace"),

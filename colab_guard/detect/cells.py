@@ -905,6 +905,8 @@ class _Reader(ast.NodeVisitor):
         alias = None
         if self._is_namespace(node.value):
             alias = NAMESPACE  # g = globals(): g["r"] = os.system binds r
+        elif self._main_module(node.value):
+            alias = "__main__"  # m = sys.modules["__main__"]: m.r = os.system binds r
         elif isinstance(node.value, ast.Attribute) and self._is_ipython(node.value.value) and \
                 node.value.attr in ("system", "system_raw", "system_piped", "getoutput"):
             # sh = get_ipython().system: sh("ngrok tcp 22") runs it in a shell
@@ -1793,6 +1795,8 @@ class _Reader(ast.NodeVisitor):
                     isinstance(node.value, (ast.Tuple, ast.List)) and \
                     len(target.elts) == len(node.value.elts):
                 for name, value in zip(target.elts, node.value.elts):
+                    if isinstance(name, ast.Name) and self._is_namespace(value):
+                        self.aliases[name.id] = NAMESPACE  # g, h = globals(), 1
                     if isinstance(name, ast.Name):
                         folded = self.fold(value)
                         if folded is not None:
@@ -3197,6 +3201,11 @@ class _Reader(ast.NodeVisitor):
         frame's ``f_globals``/``f_locals``, ``vars(__main__)``, ``__main__.__dict__``."""
         if isinstance(node, ast.Name):
             return self.aliases.get(node.id) == NAMESPACE  # g = globals()
+        if isinstance(node, ast.NamedExpr):
+            return self._is_namespace(node.value)  # (g := globals())["r"] = …
+        if isinstance(node, ast.Call) and len(node.args) == 2 and \
+                self.call_name(node.func) == "getattr" and self._key(node.args[1]) == "__dict__":
+            return self._names_module(node.args[0])  # getattr(__main__, "__dict__")
         if isinstance(node, ast.Call) and not node.keywords and \
                 self.call_name(node.func) in ("globals", "locals", "vars"):
             return not node.args or len(node.args) == 1 and self._names_module(node.args[0])
