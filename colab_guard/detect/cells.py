@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import builtins
 import os
 import binascii
 import codecs
@@ -65,6 +66,10 @@ UNREAD_TOO_DEEP = ("its code is nested more deeply than the guard reads (an expr
 MAX_CODE_CHARS = 2 << 20
 _GET_IPYTHON = {"get_ipython", "IPython.get_ipython", "IPython.core.getipython.get_ipython"}
 IPYTHON = "get_ipython()"  # the alias of a name bound to the IPython shell
+NAMESPACE = "globals()"  # the alias of a name bound to the cell's variables (g = globals())
+#: a key of ``_Holders.held``: a runner went into the cell's variables under a name not known
+#: (``globals().update(table)``), so any name the cell did not bind itself may be one
+ANY_NAME = "*"
 UNKNOWN = "…"  # a part of a command only known when it runs
 
 _RUN_CALLS = {
@@ -497,20 +502,23 @@ class _Holders:
     a loop's variable); ``members``, the known items of a table, list, class or namespace (key
     -> whether it may be one; a list's in a list); ``classes``, the cell's classes among the
     held (called, they make an instance, whose call is its ``__call__``); ``returning``, the
-    cell's functions that return one. Dicts used as ordered sets, so they can be trimmed."""
+    cell's functions that return one; ``defined``, the cell's functions and classes (not a
+    runner put in its variables under a name not known, see ANY_NAME). Dicts used as ordered
+    sets, so they can be trimmed."""
 
     held: dict = field(default_factory=dict)
     members: dict = field(default_factory=dict)
     classes: dict = field(default_factory=dict)
     returning: dict = field(default_factory=dict)
+    defined: dict = field(default_factory=dict)
 
     def copy(self) -> "_Holders":
         return _Holders(dict(self.held), {k: v.copy() for k, v in self.members.items()},
-                        dict(self.classes), dict(self.returning))
+                        dict(self.classes), dict(self.returning), dict(self.defined))
 
     def trimmed(self, limit: int) -> "_Holders":
         kept = self.copy()
-        for table in (kept.held, kept.members, kept.classes, kept.returning):
+        for table in (kept.held, kept.members, kept.classes, kept.returning, kept.defined):
             while len(table) > limit:
                 table.pop(next(iter(table)))
         return kept
@@ -521,6 +529,17 @@ MAX_HOLDING_DEPTH = 48  # nesting a runner is followed through member by member
 MAX_DEEP_NODES = 65536  # nodes past that depth looked through for one, per cell
 MAX_APPLIED = 64  # functions a cell's check reads as applied (decorators, reduce, map…)
 MAX_APPLIED_NODES = 16384  # their bodies' nodes, all together
+#: a namespace's methods that bind names, by the dict method they do as
+_DICT_SETTERS = {"__ior__": "update", "__setitem__": "__setitem__", "setdefault": "setdefault",
+                 "update": "update"}
+#: the same methods called unbound, the namespace their first argument
+_UNBOUND_DICT_SETTERS = {"dict.update": "update", "dict.__setitem__": "__setitem__",
+                         "dict.setdefault": "setdefault", "dict.__ior__": "update",
+                         "operator.setitem": "__setitem__", "operator.__setitem__": "__setitem__",
+                         "operator.ior": "update", "operator.__ior__": "update"}
+_BUILTIN_NAMES = frozenset(dir(builtins))
+#: what a class made from str replaces that changes its text or what the check folds of it
+_STR_OWN_NAMES = frozenset(dir(str)) - {"__init__", "__doc__", "__module__"}
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
              "__setitem__")
 #: calls that run a function they are given, their result what it returned (partial binds it,
@@ -561,6 +580,7 @@ class _Reader(ast.NodeVisitor):
         self.literals = ""  # the cell's own string constants, lower case (see _plain)
         self.earlier_words: set[str] = set()  # ... and the words of earlier cells' (a set)
         self._unrolled = 0
+        self._row_constants: set[str] = set()  # loop variables bound to a row's constant now
         self._unroll_budget = 4096  # for loops read once per item, nested at most twice
         self.writers: dict[str, str] = {}  # f -> the file ``with open(..., "w") as f`` writes
         # the cell's functions that only return an expression of their arguments (inlined
@@ -581,6 +601,7 @@ class _Reader(ast.NodeVisitor):
         self.getters: dict[str, ast.Call] = {}
         self._classes: list[tuple[ast.ClassDef, dict]] = []  # the classes being read, inner last
         self._class_table: dict[str, dict] = {}  # the cell's classes' constants, by class
+        self._str_classes: set[str] = set()  # the cell's classes made from str (_made_from_str)
         self._instances: dict[str, str] = {}  # k -> K, of k = K()
         self._method_constants_budget = MAX_METHOD_CONSTANTS
         #: variables that hold one item of a constant table, not known which (a loop's over
@@ -865,11 +886,16 @@ class _Reader(ast.NodeVisitor):
             self.emit("import", node.module)
             for alias in node.names:
                 if alias.name == "*":  # from subprocess import *: run() is subprocess.run
-                    for full in _RUN_CALLS | _RUN_NAMES:
-                        if full.rsplit(".", 1)[0] == node.module:
-                            self.aliases[full.rsplit(".", 1)[1]] = full
+                    self._runners_imported(node.module)
                     continue
                 self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def _runners_imported(self, module: str) -> None:
+        """All of a module's members bound by their names (``from os import *``,
+        ``globals().update(vars(os))``): its runners by theirs."""
+        for full in _RUN_CALLS | _RUN_NAMES:
+            if full.rsplit(".", 1)[0] == module:
+                self.aliases[full.rsplit(".", 1)[1]] = full
 
     def visit_Assign(self, node):
         self.visit(node.value)
@@ -877,7 +903,11 @@ class _Reader(ast.NodeVisitor):
         folded = self.fold(node.value)
         # f = os.system, ip = get_ipython(): a new name for a function or for IPython
         alias = None
-        if isinstance(node.value, ast.Attribute) and self._is_ipython(node.value.value) and \
+        if self._is_namespace(node.value):
+            alias = NAMESPACE  # g = globals(): g["r"] = os.system binds r
+        elif self._main_module(node.value):
+            alias = "__main__"  # m = sys.modules["__main__"]: m.r = os.system binds r
+        elif isinstance(node.value, ast.Attribute) and self._is_ipython(node.value.value) and \
                 node.value.attr in ("system", "system_raw", "system_piped", "getoutput"):
             # sh = get_ipython().system: sh("ngrok tcp 22") runs it in a shell
             alias = "IPython.utils.process." + ("getoutput" if node.value.attr == "getoutput"
@@ -925,6 +955,8 @@ class _Reader(ast.NodeVisitor):
                 self._instance_named(target.id, node.value)
                 if alias:
                     self.aliases[target.id] = alias
+                elif self.aliases.get(target.id) == NAMESPACE:
+                    self.aliases.pop(target.id)  # g = {}: no longer the cell's variables
             elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
                 key = f"{target.value.id}.{target.attr}"  # K.cmd = "…", self.cmd = "…"
                 if folded is not None:
@@ -1134,6 +1166,7 @@ class _Reader(ast.NodeVisitor):
         self._visit_with_defaults(node)
         returns = _returned(node)
         self._bind(node.name, False, None)
+        self.holders.defined[node.name] = None
         if any(self._tainted(value) for value in returns):
             self.holders.returning[node.name] = None  # def mk(): return os.system
         self._lambda_decorators(node)
@@ -1207,7 +1240,8 @@ class _Reader(ast.NodeVisitor):
                     for name, item in zip(names, row):
                         self._bind_item(name, item)
                     for statement in node.body:
-                        self.visit(statement)
+                        if not self._filtered_out(statement):
+                            self.visit(statement)
             finally:
                 self._unrolled -= 1
             for name in names:
@@ -1240,7 +1274,7 @@ class _Reader(ast.NodeVisitor):
         whose key may be "a", as only they run any of it (the others run nothing that could
         change the rest). Rows also of a table assigned a literal just before the loop (nothing
         runs between) and of a search of a module's members (the picked member)."""
-        pin = self._pin(node, names)
+        pin = None if self._str_classes else self._pin(node, names)  # as in _filtered_out
         if pin is None:
             return self._filtered_members(node, names) or rows
         column, key = pin
@@ -1326,13 +1360,29 @@ class _Reader(ast.NodeVisitor):
             return None
         return before.value
 
+    def _filtered_out(self, statement: ast.stmt) -> bool:
+        """A comprehension's filter that drops the row bound now, by the row's own constants
+        alone (its loops' variables bound to constants the cell spells, no function the cell
+        may have replaced, no object of its classes that may compare as it likes): only those
+        are sure enough to leave its calls unread."""
+        if not isinstance(statement, _Filter) or self._str_classes:
+            return False  # S.__ne__ = …, set after class S(str): its S("…") compares as it says
+        used = {n.id for n in ast.walk(statement.test) if isinstance(n, ast.Name)}
+        plain = all(not isinstance(n, ast.Call) or isinstance(n.func, ast.Attribute) and
+                    isinstance(n.func.value, ast.Name) and n.func.value.id in statement.loop_names
+                    for n in ast.walk(statement.test))
+        return plain and used <= statement.loop_names & self._row_constants and \
+            all(name in self.names for name in used) and self._holds(statement.test, {}) is False
+
     def _bind_item(self, name: str, item) -> None:
         """A loop variable bound to one row's item: a constant, or what an expression is."""
         if isinstance(item, _Folded):
             self.aliases.pop(name, None)
             self._bind(name, False, None)
             self.names[name] = item
+            self._row_constants.add(name)
         else:
+            self._row_constants.discard(name)
             self._bind_parameter(name, item)
 
     def _rows(self, node: ast.expr, width: int) -> list[list] | None:
@@ -1657,6 +1707,19 @@ class _Reader(ast.NodeVisitor):
         self._writes += 1
         self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
 
+    def _made_from_str(self, node: ast.ClassDef) -> bool:
+        """``class S(str): …`` replacing none of str's methods (``__init__`` aside: it cannot
+        change the text): ``S("ngrok tcp 22")`` is that text, to a runner and to every string
+        method and comparison the check folds. One that replaces any (``__new__``, ``__ne__``,
+        ``replace``) is left unfolded, as any call."""
+        bases = [self.call_name(b) for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))]
+        if bases != ["str"] or node.keywords or node.decorator_list:
+            return False
+        named = {n.name for n in ast.walk(node)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        named |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        return not named & _STR_OWN_NAMES
+
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
             name = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
@@ -1666,6 +1729,10 @@ class _Reader(ast.NodeVisitor):
         for attr, folded in constants.items():
             self._bind_constant(f"{node.name}.{attr}", folded)
         self._class_table[node.name] = constants
+        if self._made_from_str(node):
+            self._str_classes.add(node.name)
+        else:
+            self._str_classes.discard(node.name)
         self._classes.append((node, constants))
         try:
             self.generic_visit(node)
@@ -1728,6 +1795,8 @@ class _Reader(ast.NodeVisitor):
                     isinstance(node.value, (ast.Tuple, ast.List)) and \
                     len(target.elts) == len(node.value.elts):
                 for name, value in zip(target.elts, node.value.elts):
+                    if isinstance(name, ast.Name) and self._is_namespace(value):
+                        self.aliases[name.id] = NAMESPACE  # g, h = globals(), 1
                     if isinstance(name, ast.Name):
                         folded = self.fold(value)
                         if folded is not None:
@@ -1742,6 +1811,10 @@ class _Reader(ast.NodeVisitor):
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
+        if isinstance(node.op, ast.BitOr) and self._is_namespace(node.target):
+            update = ast.Call(func=ast.Name(id="update", ctx=ast.Load()), args=[node.value],
+                              keywords=[])
+            self._namespace_set("update", update)  # g = globals(); g |= {"r": os.system}
         if isinstance(node.target, ast.Name) and self._tainted(node.value):
             self.holders.held[node.target.id] = None  # r += [os.system]
             self.holders.members.pop(node.target.id, None)
@@ -1995,7 +2068,8 @@ class _Reader(ast.NodeVisitor):
             members = self.holders.members.get(func.id)
             if isinstance(members, dict) and "__call__" in members:
                 return members["__call__"]  # t = Tool(); t(…): its class's __call__
-            return func.id in self.holders.held and func.id not in self.holders.classes
+            return func.id in self.holders.held and func.id not in self.holders.classes or \
+                self._any_name_may_run(func.id)
         if isinstance(func, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(func)
         if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and \
@@ -2009,6 +2083,19 @@ class _Reader(ast.NodeVisitor):
         if isinstance(func, (ast.IfExp, ast.BoolOp)):  # (os.system if … else print)(…)
             return self._tainted(func)
         return False
+
+    def _runner_under_any_name(self) -> None:
+        """A runner went into the cell's variables under a name not known: any name not bound
+        since may be it, the cell's functions defined before included."""
+        self.holders.held[ANY_NAME] = None
+        self.holders.defined.clear()
+
+    def _any_name_may_run(self, name: str) -> bool:
+        """A name the cell never bound, called after a runner went into its variables under a
+        name not known (ANY_NAME): it may be that runner. Python's builtins aside."""
+        return ANY_NAME in self.holders.held and name not in _BUILTIN_NAMES and \
+            name not in self.names and name not in self.aliases and \
+            name not in self.holders.members and name not in self.holders.defined
 
     def _run_kept_aside(self, node: ast.Call, args: list[_Folded | None]) -> None:
         """A constant command line passed to a runner kept aside: run."""
@@ -2157,6 +2244,9 @@ class _Reader(ast.NodeVisitor):
                 self.holders.returning[bound] = None  # g = lambda: os.system
             if self._made_class(value) and tainted:
                 self.holders.classes[bound] = None  # type("A", (), {"go": …})
+        elif isinstance(target, ast.Subscript) and self._is_namespace(target.value):
+            if self._tainted(value):  # globals()[k] = os.system, k only known when it runs
+                self._runner_under_any_name()
         elif isinstance(target, (ast.Attribute, ast.Subscript)):
             key = target.attr if isinstance(target, ast.Attribute) else self._key(target.slice)
             self._set_member(target.value, key, self._tainted(value))
@@ -2205,15 +2295,38 @@ class _Reader(ast.NodeVisitor):
         elif method == "update":
             pairs += [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
             for table in node.args[:1]:
-                if isinstance(table, ast.Dict):
-                    pairs += [(k, v) for k, v in zip(table.keys, table.values) if k is not None]
-                elif isinstance(table, (ast.List, ast.Tuple)):
-                    pairs += [(pair.elts[0], pair.elts[1]) for pair in table.elts
-                              if isinstance(pair, (ast.Tuple, ast.List)) and len(pair.elts) == 2]
+                if isinstance(table, ast.Dict) and None not in table.keys:
+                    pairs += list(zip(table.keys, table.values))
+                elif isinstance(table, (ast.List, ast.Tuple)) and all(
+                        isinstance(p, (ast.Tuple, ast.List)) and len(p.elts) == 2
+                        for p in table.elts):
+                    pairs += [(pair.elts[0], pair.elts[1]) for pair in table.elts]
+                else:
+                    self._namespace_table(table)
         for key, value in pairs[:MAX_MEMBERS]:
             key = key if isinstance(key, str) else self._key(key)
             if isinstance(key, str) and key.isidentifier():
                 self._hold(ast.Name(id=key, ctx=ast.Store()), value)
+            elif self._tainted(value):  # globals()[k] = os.system, k known when it runs
+                self._runner_under_any_name()
+
+    def _namespace_table(self, table: ast.expr) -> None:
+        """``globals().update(t)`` of a table not spelled out: its members bound where known
+        (``t = {"r": os.system}``), else, if it may hold a runner (``vars(os)``, ``zip(…)``,
+        a comprehension), any name the cell did not bind may now be one."""
+        members = self._members_of(table)
+        module = self._members_mapping(table)
+        loops = _as_loops(table, _namespace_assigned) if isinstance(table, ast.DictComp) \
+            else None
+        if isinstance(members, dict) and all(isinstance(k, str) for k in members):
+            for key, tainted in members.items():
+                self._bind(key, tainted, None)
+        elif module is not None:
+            self._runners_imported(module)  # globals().update(vars(os)): system() is os.system
+        elif loops is not None and self._rows(loops.iter, len(_loop_names(loops.target))):
+            self.visit_For(loops)  # .update({n: getattr(os, n) for n in …}): globals()[n] = …
+        elif self._tainted(table):
+            self._runner_under_any_name()
 
     def _main_module(self, node: ast.expr) -> bool:
         """``__main__``, ``sys.modules["__main__"]``: the module whose members are the cell's
@@ -2221,6 +2334,9 @@ class _Reader(ast.NodeVisitor):
         node = self._item_got(node)
         if isinstance(node, (ast.Name, ast.Attribute)):
             return self.call_name(node) == "__main__"
+        if isinstance(node, ast.Call) and len(node.args) == 1 and \
+                self.call_name(node.func) in ("__import__", "importlib.import_module"):
+            return self._key(node.args[0]) == "__main__"  # __import__("__main__").r = …
         return isinstance(node, ast.Subscript) and \
             isinstance(node.value, (ast.Name, ast.Attribute)) and \
             self.call_name(node.value) == "sys.modules" and self._key(node.slice) == "__main__"
@@ -2231,7 +2347,12 @@ class _Reader(ast.NodeVisitor):
         func = node.func
         given = node.args
         if isinstance(func, ast.Attribute) and self._is_namespace(func.value):
-            self._namespace_set(func.attr, node)  # globals().update(r=os.system): r
+            self._namespace_set(_DICT_SETTERS.get(func.attr, func.attr), node)
+            return  # globals().update(r=os.system): r
+        if name in _UNBOUND_DICT_SETTERS and given and self._is_namespace(given[0]):
+            # dict.update(globals(), r=…), operator.setitem(globals(), "r", …): as the method
+            self._namespace_set(_UNBOUND_DICT_SETTERS[name],
+                                ast.Call(func=func, args=given[1:], keywords=node.keywords))
             return
         if isinstance(func, ast.Attribute) and func.attr == "__setattr__" and len(given) == 2:
             name, given = "setattr", [func.value, *given]  # a.__setattr__("go", os.system)
@@ -2555,6 +2676,10 @@ class _Reader(ast.NodeVisitor):
             self._run_kept_aside(node, args)
         elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and args \
                 and args[0] is not None and _as_text(args[0].value):
+            for table in node.args[1:3]:  # exec("r(…)", {"r": os.system}): its globals, locals
+                if not self._is_namespace(table):
+                    self._namespace_set("update", ast.Call(func=node.func, args=[table],
+                                                           keywords=[]))
             self.read_code(_as_text(args[0].value), ipython=False)
         elif name in ("importlib.import_module", "__import__") and args and args[0] is not None:
             self._import_written(_as_text(args[0].value))
@@ -3074,15 +3199,25 @@ class _Reader(ast.NodeVisitor):
     def _is_namespace(self, node: ast.expr) -> bool:
         """The cell's own variables as a table: ``globals()``, ``locals()``, ``vars()``, a
         frame's ``f_globals``/``f_locals``, ``vars(__main__)``, ``__main__.__dict__``."""
+        if isinstance(node, ast.Name):
+            return self.aliases.get(node.id) == NAMESPACE  # g = globals()
+        if isinstance(node, ast.NamedExpr):
+            return self._is_namespace(node.value)  # (g := globals())["r"] = …
+        if isinstance(node, ast.Call) and len(node.args) == 2 and \
+                self.call_name(node.func) == "getattr" and self._key(node.args[1]) == "__dict__":
+            return self._names_module(node.args[0])  # getattr(__main__, "__dict__")
         if isinstance(node, ast.Call) and not node.keywords and \
                 self.call_name(node.func) in ("globals", "locals", "vars"):
-            return not node.args or len(node.args) == 1 and \
-                isinstance(node.args[0], (ast.Name, ast.Attribute)) and \
-                self.call_name(node.args[0]) == "__main__"
+            return not node.args or len(node.args) == 1 and self._names_module(node.args[0])
         if isinstance(node, ast.Attribute) and node.attr == "__dict__":
-            return isinstance(node.value, (ast.Name, ast.Attribute)) and \
-                self.call_name(node.value) == "__main__"
+            return self._names_module(node.value)
         return isinstance(node, ast.Attribute) and node.attr in ("f_globals", "f_locals")
+
+    def _names_module(self, node: ast.expr) -> bool:
+        """A module whose members are names the cell calls bare: ``__main__`` (however
+        reached) or ``builtins`` (a builtin is found when no variable has the name)."""
+        return self._main_module(node) or isinstance(node, (ast.Name, ast.Attribute)) and \
+            self.call_name(node) in ("builtins", "__builtins__")
 
     def _item_got(self, node: ast.expr) -> ast.expr:
         """``m.get(k)`` or ``m.__getitem__(k)`` of a table of a module's members, of the cell's
@@ -3438,6 +3573,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(values[0], args[0].hidden)
         if name == "chr" and values and isinstance(values[0], int):
             return _Folded(chr(values[0]), True)
+        if name in self._str_classes and len(values) == 1 and isinstance(values[0], str):
+            return _Folded(values[0], True)  # class S(str): … ; S("ngrok tcp 22")
         if name in ("str", "bytes", "bytearray") and len(values) == 1:
             value = values[0]
             if name == "str" and isinstance(value, (str, int)):
@@ -3515,18 +3652,47 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
-              ) -> ast.For | None:
-    """A comprehension as the loops it runs (``{a: f(a + b) for a in A for b in B}`` as ``for
-    a in A: for b in B: a; f(a + b)``), or None where a loop filters (``if``: read unbound, as
-    before) or binds anything but names."""
+def _namespace_assigned(node: ast.DictComp) -> list[ast.stmt]:
+    """A dict comprehension's item as assigned to the cell's variables, as by
+    ``globals().update({k: v for …})``: ``globals()[k] = v``."""
+    namespace = ast.Call(func=ast.Name(id="globals", ctx=ast.Load()), args=[], keywords=[])
+    target = ast.Subscript(value=namespace, slice=node.key, ctx=ast.Store())
+    return [ast.Assign(targets=[target], value=node.value, lineno=0)]
+
+
+def _evaluated(node) -> list[ast.stmt]:
     elements = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
-    body: list[ast.stmt] = [ast.Expr(element) for element in elements]
+    return [ast.Expr(element) for element in elements]
+
+
+def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp,
+              body_of=_evaluated) -> ast.For | None:
+    """A comprehension as the loops it runs (``{a: f(a + b) for a in A for b in B}`` as ``for
+    a in A: for b in B: a; f(a + b)``), or None where a loop is async or binds anything but
+    names. A filter (``for c in C if c``) is an ``if`` around the rest (a _Filter): else
+    adding ``if c`` read the loop's variables unbound, and what it ran unknown.
+    ``body_of``: what each item does."""
+    body: list[ast.stmt] = body_of(node)
+    names = {n for g in node.generators for n in _loop_names(g.target)}
     for generator in reversed(node.generators):
-        if generator.ifs or generator.is_async or not _loop_names(generator.target):
+        if generator.is_async or not _loop_names(generator.target):
             return None
+        if generator.ifs:
+            test = generator.ifs[0] if len(generator.ifs) == 1 else \
+                ast.BoolOp(op=ast.And(), values=list(generator.ifs))
+            body = [_Filter(test=test, body=body, orelse=[], loop_names=names)]
         body = [ast.For(target=generator.target, iter=generator.iter, body=body, orelse=[])]
     return body[0] if isinstance(body[0], ast.For) else None
+
+
+class _Filter(ast.If):
+    """A comprehension's ``if``, with the names its loops bind: for a row of constants it
+    drops (``if c != "ngrok"`` of ``c = "ngrok"``), nothing is run (see _Reader._filtered_out)."""
+    _fields = ast.If._fields
+
+    def __init__(self, *, loop_names: set[str], **fields):
+        super().__init__(**fields)
+        self.loop_names = loop_names
 
 
 def _loop_names(target: ast.expr) -> list[str]:
