@@ -613,11 +613,17 @@ class Behaviour:
 
     @staticmethod
     def _slow_counts(floods, info: dict[int, TcpInfo]) -> dict[Key, int]:
+        """Each flood's slow connections, given to every process of the kernel connected to
+        its endpoint: a process whose connections are not silent long enough yet (started a
+        moment after the others) is part of the same flood, and is stopped with it, not left
+        to flood on alone under the threshold."""
         counts: dict[Key, int] = {}
         for conns in floods.values():
-            slow = [key for key, inode, sock in conns if _slow(sock, info.get(inode))]
-            for key in set(slow):
-                counts[key] = max(counts.get(key, 0), len(slow))
+            slow = sum(1 for _, inode, sock in conns if _slow(sock, info.get(inode)))
+            if not slow:
+                continue
+            for key in {key for key, _, _ in conns}:
+                counts[key] = max(counts.get(key, 0), slow)
         return counts
 
     # ------------------------------------------------------------ relays
