@@ -77,7 +77,12 @@ class KernelChannel:
         self.rules = rules
         #: kernel id -> its cell checks (an engine of its own and a thread of its own)
         self._cell_checks: dict[str, _KernelChecks] = {}
-        self.code_engine = Engine(rules, log=self.log)  # run-time code (its own memory)
+        #: cell signatures switched off after raising, with the error, and those whose regex
+        #: ran out of time: shared by every kernel's engine, so that one is said once and
+        #: switched off for all (never raising again in each new kernel)
+        self.disabled: dict[str, str] = {}
+        self.slow: set[str] = set()
+        self.code_engine = self._engine()  # run-time code (its own memory)
         self._code_checking = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-code")
         self._witness_task: asyncio.Task | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -350,8 +355,11 @@ class KernelChannel:
     def _checks_of(self, conn: _Connection) -> _KernelChecks:
         checks = self._cell_checks.get(conn.kernel_id)
         if checks is None:
-            checks = self._cell_checks[conn.kernel_id] = _KernelChecks(self.rules, self.log)
+            checks = self._cell_checks[conn.kernel_id] = _KernelChecks(self._engine())
         return checks
+
+    def _engine(self) -> Engine:
+        return Engine(self.rules, log=self.log, disabled=self.disabled, slow=self.slow)
 
     # ------------------------------------------------------------ code run in the kernel
 
@@ -567,8 +575,8 @@ class _KernelChecks:
     for seconds) holds up only its own kernel's cells, never another user's: the threads take
     turns on the GIL."""
 
-    def __init__(self, rules: SignatureSet, log: logging.Logger):
-        self.engine = Engine(rules, log=log)
+    def __init__(self, engine: Engine):
+        self.engine = engine
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
 
 

@@ -395,3 +395,32 @@ async def test_a_signature_that_raises_is_disabled_by_name_and_the_others_still_
     assert status["signatures_failed"] == {"mining-known-miner": "RuntimeError: boom"}
     assert server_log.count("'mining-known-miner'") == 1  # once, though every tick sees it
     assert "is disabled" in next(m for m in server_log.messages if "mining-known-miner" in m)
+
+
+@pytest.fixture
+def cell_checks_on(guard_config):
+    guard_config.update(cell_checks=True)
+
+
+async def test_a_cell_signature_that_raises_is_disabled_once_for_every_kernel(
+        cell_checks_on, two_kernels, guard, jp_fetch, server_log):
+    """Each kernel's cells are read by an engine of its own: a cell signature that raises is
+    switched off for all of them at once, said once, and listed in the status; the other cell
+    signatures still refuse, and honest cells run."""
+    class Exploding(FieldTest):
+        def test(self, view):
+            raise RuntimeError("boom")
+
+    guard.rules.signatures["cell-reverse-shell"].when = Exploding("cell", [])
+    for kernel in two_kernels:
+        await wait_for(lambda: guard.channel.connected(kernel.kernel_id), timeout=30)
+        reply, outputs = await kernel.run("print('it ran')")
+        assert reply["status"] == "ok" and "it ran" in kernel.text(outputs)
+        reply, outputs = await kernel.run(
+            "import subprocess\nsubprocess.Popen(['./' + 'xm' + 'rig', '--donate-level', '1'])\n"
+            "print('it ran')")
+        assert reply["ename"] == "CellRefused" and "it ran" not in kernel.text(outputs)
+
+    status = json.loads((await jp_fetch("colab-guard", "api", "status")).body)
+    assert status["signatures_failed"] == {"cell-reverse-shell": "RuntimeError: boom"}
+    assert server_log.count("'cell-reverse-shell'") == 1
