@@ -100,6 +100,16 @@ async def test_slowloris_split_across_processes_each_bound_to_udp_is_stopped_who
     await wait_for(lambda: not any(_alive(pid) for pid in stopped), timeout=10)
 
 
+async def test_a_connection_flood_that_sends_nothing_is_stopped(kernel, guard_config, target):
+    # connections opened and held, never a byte sent: a server's connection slots taken
+    code = ("import socket, time\n"
+            f"conns = [socket.create_connection(('127.0.0.1', {target})) for _ in range(200)]\n"
+            "time.sleep(60)\nprint('done')\n")
+    incident = await _stopped(kernel, guard_config, code, "denial-of-service",
+                              FLOOD_STOPPED_WITHIN + 3)
+    assert incident["signature"] == "dos-slow-connections"
+
+
 async def test_a_port_sweep_in_the_kernel_is_stopped_from_its_refused_connections(
         kernel, guard_config):
     # Every port refused at once: no sample ever sees one; the kernel hook reports them.
@@ -277,3 +287,91 @@ async def test_a_small_api_on_port_6900_used_by_six_tabs_is_left_alone(
     assert incidents_in(guard_config["incident_log"]) == []
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
         assert answer.status == 200  # the kernel's app still serves
+
+
+class _SlowApi:
+    """A language-model API that someone else runs (not the user's kernels): it reads each
+    whole request, thinks ``seconds``, then answers, keeping the connection alive."""
+
+    def __init__(self, seconds: float):
+        import asyncio
+        self.seconds, self.answered = seconds, 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready):
+        import asyncio
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader, writer):
+        import asyncio
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                await asyncio.sleep(self.seconds)  # generating the answer
+                body = b'{"choices": [{"message": {"content": "positive"}}]}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+                self.answered += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+#: What `asyncio.gather` over a dataset's prompts does with an API client that opens a
+#: connection for each request in flight (OpenAI's Python client allows 1,000): each sends its
+#: whole request, hears nothing while the model generates, and sends the next one on the same
+#: connection a moment after its answer.
+API_BATCH = r"""
+import asyncio, json
+async def label(port, prompts):
+    reader, writer = await asyncio.open_connection('127.0.0.1', port)
+    for prompt in prompts:
+        body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': prompt}]})
+        writer.write(b'POST /v1/chat/completions HTTP/1.1\r\nHost: api\r\n'
+                     b'Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s'
+                     % (len(body), body.encode()))
+        await writer.drain()
+        head = await reader.readuntil(b'\r\n\r\n')
+        await reader.readexactly(int(head.split(b'Content-Length: ')[1].split(b'\r\n')[0]))
+        await asyncio.sleep(1.5)  # the notebook's own work between two requests
+    writer.close()
+    return len(prompts)
+async def batch(port, clients):
+    done = await asyncio.gather(*[label(port, [f'review {i}', f'review {i}b'])
+                                  for i in range(clients)])
+    return sum(done)
+"""
+
+
+async def test_200_api_requests_in_flight_to_a_slow_model_server_are_left_alone(
+        kernel, guard_config, guard):
+    """Each connection is silent far longer than 5 s (the model generates), 200 at once to
+    one endpoint none of the user's kernels serves: a request sent whole and waited for is
+    no slow-request flood, which trickles its request out while the server says nothing."""
+    api = _SlowApi(seconds=9)
+    ticks = guard.monitor.ticks
+    try:
+        reply, outputs = await kernel.run(API_BATCH + f"print('done', await batch({api.port}, "
+                                          "200))\n", timeout=120)
+    finally:
+        api.close()
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "ok", text
+    assert "done 400" in text and api.answered == 400
+    assert guard.monitor.ticks - ticks >= 18  # silent 9 s, twice
+    assert incidents_in(guard_config["incident_log"]) == []

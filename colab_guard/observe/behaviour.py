@@ -43,8 +43,11 @@ samples as fields (``observe/model.py``):
   the kernel's own listening.
 - ``kernel_slow_connections``: outbound TCP connections from all of the kernel's processes
   (the kernel included) to one endpoint that none of the user's kernels serves, which are
-  half-open (SYN_SENT) or received nothing for ``SLOW_MS``: a slow-request flood. Given to
-  each process holding one of them, so each is stopped.
+  half-open (SYN_SENT), or received nothing for ``SLOW_MS`` and either never sent anything
+  or trickled (sent a little again, ``TRICKLE_BYTES`` or less, while the far end had said
+  nothing since its last send): a slow-request flood. A client that sent its request whole
+  and waits for a slow answer (a language model generating) is no flood. Given to each
+  process holding one of them, so each is stopped.
 
 - ``kernel_relayed_connections``: inbound connections of the kernel's processes (accepted on
   a port one of them listens on, the kernel's own Jupyter ports left out) whose bytes, each
@@ -71,6 +74,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
@@ -114,8 +118,17 @@ QUIET_SEGMENTS_PER_S = 4.0
 #: Process CPU (this tick, percent of a core) that makes a process with an outbound
 #: connection a mining candidate; it stays one while it holds such a connection.
 CANDIDATE_CPU = 10.0
-#: A connection that received nothing for this long is slow (a flood's).
+#: A connection that received nothing for this long is slow (a flood's), if it sent nothing
+#: or trickled its request out.
 SLOW_MS = 5000
+#: A send of at most this many bytes, on a connection whose far end has said nothing since
+#: its last send, is a trickle: a slow-request flood holding the server's request open
+#: (slowloris: a header line every few seconds; R.U.D.Y.: a body byte at a time). An honest
+#: client sends its request whole, then waits.
+TRICKLE_BYTES = 1024
+#: Two sends this far apart or more are two (not the segments of one request, a tick
+#: falling between them).
+TRICKLE_GAP = 0.5
 #: Outbound connections of one kernel to one endpoint from which their traffic is read.
 FLOOD_CANDIDATE = 50
 LOOPBACK = ("127.", "::1")
@@ -175,6 +188,18 @@ class _Demand:
 
 
 @dataclass
+class _Silence:
+    """A flood candidate's connection at the last tick: when it last sent, its byte counts,
+    whether that send came after the last data it received, and whether it trickled."""
+
+    sent_at: float
+    sent: int
+    received: int
+    sent_after_received: bool
+    trickled: bool
+
+
+@dataclass
 class _Traffic:
     """A conversation with one host on one outbound connection, as watched, or on one after
     another (a miner that recycles its pool connection keeps one conversation going)."""
@@ -200,6 +225,7 @@ class Behaviour:
         self.window = window
         self._demand: dict[Key, _Demand] = {}
         self._traffic: dict[int, _Traffic] = {}  # by socket inode
+        self._silences: dict[int, _Silence] = {}  # flood candidates' connections, by inode
         # (process, remote host) -> conversations whose connection closed, the latest last
         self._closed: dict[tuple[Key, str], list[_Traffic]] = {}
         # mining candidate -> the sockets it held that its sample did not list (Unix
@@ -328,6 +354,7 @@ class Behaviour:
         lookups += [(by_key[key], [(inode, sock)]) for inbound, out in relays.values()
                     for key, inode, sock in inbound + out]
         info, blind = self._read_traffic(lookups, [by_key[k] for k in flooding])
+        trickled = self._trickled(floods, info, time.monotonic())
         # A connection closed since the last tick hands its conversation to a new one.
         self._retire({inode for conns in outbound.values() for inode, _ in conns},
                      by_key.keys())
@@ -339,7 +366,7 @@ class Behaviour:
             fields.setdefault(key, {}).update(
                 cpu_demand_percent=demand, cpu_demand_steady_percent=steady,
                 pushed_connections=self._pushed(outbound[key], info, now, unknown, key))
-        for key, count in self._slow_counts(floods, info).items():
+        for key, count in self._slow_counts(floods, info, trickled).items():
             fields.setdefault(key, {})["kernel_slow_connections"] = count
         for key, count in self._relay_counts(relays, info, by_key, now).items():
             fields.setdefault(key, {})["kernel_relayed_connections"] = count
@@ -611,15 +638,39 @@ class Behaviour:
                 found[(kid, endpoint)] = conns
         return found
 
+    def _trickled(self, floods, info: dict[int, TcpInfo], read_at: float) -> set[int]:
+        """The flood candidates' connections (socket inodes) that trickled: sent a little
+        again, ``TRICKLE_GAP`` or more after their last send, with nothing received since
+        (and their last send came after anything they received). A keep-alive client's next
+        request follows an answer; one request's segments come together."""
+        now: dict[int, _Silence] = {}
+        for conns in floods.values():
+            for _, inode, _ in conns:
+                seen = info.get(inode)
+                if seen is None:
+                    continue
+                last, sent_at = self._silences.get(inode), read_at - seen.since_sent_ms / 1000
+                quiet = last is not None and seen.received == last.received
+                # a second send (the SYN acknowledged counts one byte: nothing sent yet)
+                trickle = (quiet and last.sent_after_received and 1 < last.sent < seen.sent
+                           and seen.sent - last.sent <= TRICKLE_BYTES
+                           and sent_at - last.sent_at >= TRICKLE_GAP)
+                now[inode] = _Silence(sent_at, seen.sent, seen.received,
+                                      seen.since_sent_ms <= seen.since_received_ms,
+                                      trickle or (quiet and last.trickled))
+        self._silences = now
+        return {inode for inode, silence in now.items() if silence.trickled}
+
     @staticmethod
-    def _slow_counts(floods, info: dict[int, TcpInfo]) -> dict[Key, int]:
+    def _slow_counts(floods, info: dict[int, TcpInfo], trickled: set[int]) -> dict[Key, int]:
         """Each flood's slow connections, given to every process of the kernel connected to
         its endpoint: a process whose connections are not silent long enough yet (started a
         moment after the others) is part of the same flood, and is stopped with it, not left
         to flood on alone under the threshold."""
         counts: dict[Key, int] = {}
         for conns in floods.values():
-            slow = sum(1 for _, inode, sock in conns if _slow(sock, info.get(inode)))
+            slow = sum(1 for _, inode, sock in conns
+                       if _slow(sock, info.get(inode), inode in trickled))
             if not slow:
                 continue
             for key in {key for key, _, _ in conns}:
@@ -1003,12 +1054,14 @@ def _is_served(endpoint: Endpoint, netns: str, served: dict, owners: set) -> boo
     return ip.startswith(LOOPBACK) and bool(owners & served.get((netns, "*", port), set()))
 
 
-def _slow(sock: Socket, info: TcpInfo | None) -> bool:
+def _slow(sock: Socket, info: TcpInfo | None, trickled: bool) -> bool:
+    """A flood's connection: half-open, or silent ``SLOW_MS`` having sent nothing (the
+    acknowledged SYN counts one byte) or trickled its request out."""
     if sock.status == "SYN_SENT":
         return True
     if info is None:
         return True  # traffic unknown (closed meanwhile, or unreadable): counted
-    return info.since_received_ms >= SLOW_MS
+    return info.since_received_ms >= SLOW_MS and (info.sent <= 1 or trickled)
 
 
 def _connection_ports(pid: int, cmdline: list[str]) -> tuple[int, ...]:
