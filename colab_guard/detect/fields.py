@@ -7,11 +7,12 @@ matching so a hostile 1 MB command line cannot slow the engine down.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..observe.model import Process
+from ..observe.model import Process, network_block
 
 MAX_TEXT = 8192
 
@@ -62,6 +63,21 @@ def _outbound(p: Process) -> set[tuple[str, int]]:
 
 def _outbound_peers(p: Process) -> int:
     return len(_outbound(p))
+
+
+def _connecting_hosts(p: Process) -> set[str]:
+    return {s.remote_ip for s in p.sockets
+            if s.protocol == "tcp" and s.status == "SYN_SENT" and s.remote_ip}
+
+
+def _connecting_share(p: Process) -> int:
+    hosts = {host for host, _ in _outbound(p)}
+    return 100 * len(_connecting_hosts(p) & hosts) // len(hosts) if hosts else 0
+
+
+def _connecting_in_one_block(p: Process) -> int:
+    blocks = Counter(network_block(host) for host in _connecting_hosts(p))
+    return max(blocks.values(), default=0)
 
 
 FIELDS: dict[str, Field] = {
@@ -160,6 +176,14 @@ FIELDS: dict[str, Field] = {
         Field("outbound_hosts", "number",
               "distinct remote addresses of connections the process opened",
               lambda p: len({r[0] for r in _outbound(p)})),
+        Field("connecting_share", "number",
+              "percent of outbound_hosts the process is still connecting to (SYN_SENT): a "
+              "sweep's hosts mostly never answer, a crawler's dead links are a few among "
+              "sites that do", _connecting_share),
+        Field("connecting_in_one_block", "number",
+              "the most hosts the process is still connecting to (SYN_SENT) in one network "
+              "block (an IPv4 /16, an IPv6 /64): a sweep goes through a network address by "
+              "address, a crawler's dead links are scattered", _connecting_in_one_block),
         Field("imports", "text list",
               "the kernel process only: top-level modules the kernel hook saw the kernel "
               "import (empty without the hook, and for other processes)",

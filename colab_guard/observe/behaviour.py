@@ -32,11 +32,13 @@ samples as fields (``observe/model.py``):
   connections the process opened to endpoints none of the user's kernels serves. A swarm's
   peers are other people's; six nodes of a lab connected to each other are the user's own.
 - ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
-  hosts, and the hosts that never answered (seen only half-open), that the kernel's
-  processes opened connections to within the last ``SCAN_WINDOW`` seconds, from every
-  tick's sockets and from the connections the kernel hook reports (``note_connects``: every
-  ``connect()`` made in the kernel, refused ones included, which no sample can see). Given
-  to each live process that tried one of them.
+  hosts, and the hosts that never answered (seen only half-open: all of them where they
+  outnumber the hosts seen answering, else those of the one ``network_block`` that holds
+  the most: a crawler's dead links are a few scattered among many answering sites, a sweep
+  goes address by address), that the kernel's processes opened connections to within the
+  last ``SCAN_WINDOW`` seconds, from every tick's sockets and from the connections the
+  kernel hook reports (``note_connects``: every ``connect()`` made in the kernel, refused
+  ones included, which no sample can see). Given to each live process that tried one.
 - ``imports`` and ``own_ports`` (the kernel process only): the top-level modules the kernel
   hook saw the kernel import (``note_imports``), and the ports of the kernel's own Jupyter
   sockets (its connection file's), so that a server the kernel runs besides is told from
@@ -75,12 +77,12 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from .content import open_regular
-from .model import Process, Snapshot, Socket
+from .model import Process, Snapshot, Socket, network_block
 from .netcounters import refused_attempts
 from .procfs import NETNS_UNREADABLE
 from .tcpinfo import Dumper, TcpInfo
@@ -608,6 +610,10 @@ class Behaviour:
         top = sorted(ports, key=lambda h: len(ports[h]), reverse=True)[:2]
         port_count = sum(len(ports[h]) for h in top)
         unanswered = {h for h, seen in answers.items() if False in seen and True not in seen}
+        answered = sum(1 for seen in answers.values() if True in seen)
+        if unanswered and len(unanswered) < answered:  # a crawler's dead links, or a sweep?
+            block = Counter(network_block(h) for h in unanswered).most_common(1)[0][0]
+            unanswered = {h for h in unanswered if network_block(h) == block}
         for (host, _), (_, key, _, _) in tried.items():
             if key not in live:
                 continue

@@ -23,6 +23,18 @@ def normalise_ip(address: str) -> str:
     return str(ip)
 
 
+def network_block(host: str) -> str:
+    """The network block a sweep goes through address by address: an IPv4 /16 (an IPv4
+    address mapped into IPv6 too), an IPv6 /64; anything else is a block of its own."""
+    try:
+        address = ipaddress.ip_address(normalise_ip(host))
+    except ValueError:
+        return host
+    if address.version == 6:
+        return ":".join(address.exploded.split(":")[:4])
+    return ".".join(str(address).split(".")[:2])
+
+
 @dataclass(frozen=True)
 class Socket:
     """One inet socket held by a process."""

@@ -1,0 +1,111 @@
+"""A host sweep told from a crawler with dead links (``kernel_hosts_unanswered``,
+observe/behaviour.py ``_scan_fields``): real processes in a network namespace of their own
+whose 10.0.0.0/8 is routed into loopback, so that a connect there is never answered (as a
+host that is down or filtered), while an HTTP server run by the test (no kernel's) answers
+every 127.x address after 0.4 s (a remote site's round trips)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.processes import ProcessSampler, kernel_environment
+
+ROOT = Path(__file__).parent.parent
+STANDINS = Path(__file__).parent / "standins"
+SERVER = r"""
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Site(BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(0.4)
+        self.send_response(200); self.end_headers(); self.wfile.write(b'x' * 20000)
+    def log_message(self, *a): pass
+server = ThreadingHTTPServer(('0.0.0.0', 0), Site); server.daemon_threads = True
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                reason="network namespaces need root and iproute2")
+
+
+@pytest.fixture
+def netns():
+    """A namespace of its own: loopback up, 10.0.0.0/8 routed into it (never answered)."""
+    name = f"hosts-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "-n", name, "route", "add", "10.0.0.0/8", "dev", "lo"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def site(netns):
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER],
+                            stdout=subprocess.PIPE, text=True)
+    yield int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+
+
+def _watch(netns: str, command: list[str], seconds: float) -> tuple[set[str], set[str]]:
+    """Run ``command`` in the namespace as kernel k1 and evaluate the built-in signatures at
+    each tick (once a second) until it ends: what matched, and the hosts of 10/8 its samples
+    showed half-open."""
+    sampler = ProcessSampler()
+    engine = Engine(load_signatures())
+    kernel = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, *command],
+                              env={**kernel_environment("k1"), "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL)
+    found, half_open = set(), set()
+    try:
+        end = time.monotonic() + seconds
+        while kernel.poll() is None and time.monotonic() < end:
+            snapshot = sampler.sample({"k1": kernel.pid})["k1"]
+            found |= {d.signature.id for d in engine.evaluate(snapshot)}
+            half_open |= {s.remote_ip for p in snapshot.processes for s in p.sockets
+                          if s.status == "SYN_SENT" and s.remote_ip.startswith("10.")}
+            time.sleep(1.0)  # the guard's tick
+    finally:
+        kernel.kill()
+        kernel.wait()
+        sampler.content.close()
+    return found, half_open
+
+
+def test_a_crawler_whose_dead_links_are_scattered_is_no_host_sweep(netns, site):
+    found, half_open = _watch(netns, [str(STANDINS / "crawler.py"), "--port", str(site),
+                                      "--seconds", "20"], 30)
+    assert len(half_open) >= 100  # the old rule's 50 within 10 s, and more
+    assert not found, found
+
+
+def test_a_sweep_hidden_among_answering_hosts_is_still_a_sweep(netns, site):
+    found, _ = _watch(netns, [str(STANDINS / "crawler.py"), "--port", str(site),
+                              "--seconds", "20", "--dead-in", "10.9"], 30)
+    assert "scan-hosts-over-window" in found
+
+
+def test_a_sweep_of_a_network_for_ssh_is_a_host_sweep(netns):
+    sweep = ("import socket, threading\n"
+             "def knock(h):\n"
+             "    try: socket.create_connection((h, 22), timeout=3).close()\n"
+             "    except OSError: pass\n"
+             "for third in range(4):\n"
+             "    ts = [threading.Thread(target=knock, args=(f'10.20.{third}.{i}',)) "
+             "for i in range(1, 255)]\n"
+             "    [t.start() for t in ts]; [t.join() for t in ts]\n")
+    found, half_open = _watch(netns, ["-c", sweep], 20)
+    assert len(half_open) >= 50
+    assert "scan-hosts-over-window" in found
