@@ -102,6 +102,19 @@ FIXED_PROCESSES = [
                               exe_markers=["tunnel-client"])),
     ("black formats hulk.py", Process(pid=13, name="black", cmdline=[
         "/usr/bin/python3", "/usr/local/bin/black", "hulk.py", "hammer.py"])),
+    # mining-wallet-login: a client of the notebook's own model server given a hex id that
+    # starts with 1 or 3 (a Hugging Face revision, an MLflow run) took it for a Bitcoin address
+    ("a benchmark pinned to a model's revision",
+     Process(pid=16, name="python3", cmdline=[
+         "python3", "bench.py", "--url", "http://127.0.0.1:8000/v1", "--model",
+         "mistralai/Mistral-7B-Instruct-v0.2", "--revision",
+         "3ad372fc79158a2148299e3318516c786aeded6c"],
+         sockets=[Socket("tcp", "127.0.0.1", 40001, "127.0.0.1", 8000, "ESTABLISHED")])),
+    ("an MLflow model's client given its run",
+     Process(pid=17, name="python3", cmdline=[
+         "python3", "predict.py", "--url", "http://127.0.0.1:5000/invocations", "--run-id",
+         "1f3a9c2b7d8e4f5a6b7c8d9e0f1a2b3c"],
+         sockets=[Socket("tcp", "127.0.0.1", 40002, "127.0.0.1", 5000, "ESTABLISHED")])),
     # a deepfake detector training on GPU with FaceForensics++' FaceSwap frames open (h5py)
     ("a deepfake detector's training frames",
      Process(pid=14, name="python3", cmdline=["python3", "train_detector.py", "--method",
@@ -154,6 +167,16 @@ def test_a_renamed_scanner_asked_only_for_its_version_is_still_known_by_its_cont
                             exe_markers=["nmap"])
     assert process_detections(masscan) == ["scan-tool-content"]
     assert process_detections(nmap_scanning) == ["scan-tool-content"]
+
+
+@pytest.mark.parametrize("wallet", ["1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2.rig1",
+                                    "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+                                    "0x52908400098527886E0F7030069857D2E4169EE7"])
+def test_a_miner_logging_in_with_a_wallet_is_still_recognised(wallet):
+    miner = Process(pid=24, name="kworker", cmdline=["./kworker", "-o", "10.2.2.2:3333", "-u",
+                                                     wallet, "-p", "x"],
+                    sockets=[Socket("tcp", "10.0.0.2", 40003, "10.2.2.2", 3333, "ESTABLISHED")])
+    assert "mining-wallet-login" in process_detections(miner)
 
 
 def test_a_swap_model_kept_open_on_a_busy_gpu_is_still_recognised():
