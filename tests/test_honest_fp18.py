@@ -81,6 +81,10 @@ FIXED_CELLS = [
     ("print() to a socket in python -c",
      "!python -c \"import socket,os; s=socket.socket(); s.connect(('127.0.0.1',9000)); "
      "os.dup2(s.fileno(),1); print('hello')\""),
+    # acquire-miner-release: T-REx, NLP's knowledge-base triples (LAMA's probes), for T-Rex's
+    # release (a miner's: the cell refused)
+    ("the T-REx data set", "!wget -O TREx.zip https://figshare.com/ndownloader/files/8760241 "
+     "&& unzip -q TREx.zip -d data/trex"),
     # torrent-aria2-bittorrent: a downloader alias's BitTorrent options on an HTTPS model
     ("aria2c alias with --seed-time=0",
      "!aria2c --seed-time=0 -c -x 16 -s 16 -k 1M https://huggingface.co/TheBloke/Llama-2-7B-GGUF"
@@ -154,6 +158,7 @@ STILL_RECOGNISED = [
     ("tor asked for its version (no exception but cloudflared's and ngrok's)", "!tor --version",
      "proxy-known-tool"),
     ("nmap scanning", "!nmap -V 127.0.0.1", "scan-known-tool"),
+    ("T-Rex's release unpacked", "!tar xf t-rex-0.26.8-linux.tar.gz", "acquire-miner-release"),
     ("sshuttle's VPN", "!sshuttle -r me@vps.example.org 0/0", "proxy-known-tool"),
     ("sshuttle installed (a warning)", "!pip install sshuttle", "acquire-tunnel-tool"),
     ("a Python reverse shell on a python -c line",
