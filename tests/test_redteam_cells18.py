@@ -5,7 +5,7 @@ Closed in detect/cells.py, each a general rule:
 - a loop over a generator function of the cell's (``async`` or not) goes through what it
   yields (``_yielded``: its parameters spelled as the call's arguments, a yield in its loops
   once per row, ``yield from``); ``async for`` and async comprehensions are read as loops;
-  ``next``/``anext``/``list`` of one fold to its items; ``it = g()`` is g's call;
+  ``next``/``anext``/``list``/``dict`` of one fold to its items; ``it = g()`` is g's call;
 - a loop binding anything but names (``for *r, in``, ``for d["c"] in``, ``for n.c in``) is
   read as binding a name, then assigning the target from it (``_with_named_target``); a
   constant unpacked into starred, nested, item or attribute targets binds each
@@ -13,8 +13,9 @@ Closed in detect/cells.py, each a general rule:
   item where d is not a constant (``_set_item``, ``_items_set``; a method called on d
   forgets it);
 - an item of a comprehension by a known key or index (``{n: getattr(os, n) for n in
-  ["system"]}["system"]``, ``[…][0]``, ``next(…)``, ``.get``, ``t[…]`` of ``t = {…}``) is
-  its expression for that row (``_comprehension_item``);
+  ["system"]}["system"]``, ``[…][0]``, ``next(…)``, ``.get``, ``operator.getitem``,
+  ``itemgetter``, ``t[…]`` of ``t = {…}``) is its expression for that row
+  (``_comprehension_item``);
 - a str class's instance is its text unless the class replaces ``__new__`` (a runner reads
   the text itself; a replaced method can only make the check fold a command the cell
   spells, never hide one it did not hide unfolded) (``_made_from_str``);
@@ -98,6 +99,8 @@ GENERATORS = [
     ("a generator listed, then looped over", G + "cs = list(g())\nfor c in cs:\n    os.system(c)"),
     ("a starred target over a generator", "def g():\n    yield ('ngrok', 'tcp', '22')\n"
                                           "for *r, in g():\n    os.system(' '.join(r))"),
+    ("dict() of a generator's pairs",
+     "def g():\n    yield 'c', 'ngrok tcp 22'\nd = dict(g())\nos.system(d['c'])"),
     ("an async comprehension indexed", ASYNC_G + "async def m():\n"
                                        "    cs = [c async for c in g()]\n    os.system(cs[0])\n"
                                        "asyncio.run(m())"),
@@ -158,6 +161,11 @@ COMPREHENSION_ITEMS = [
      "r = {n.upper(): getattr(os, n) for n in ['system']}['SYSTEM']\nr('ngrok tcp 22')"),
     ("dict() of a dict comprehension",
      "r = dict({n: getattr(os, n) for n in ['system']})['system']\nr('ngrok tcp 22')"),
+    ("itemgetter of a dict comprehension",
+     "r = operator.itemgetter('system')({n: getattr(os, n) for n in ['system']})\n"
+     "r('ngrok tcp 22')"),
+    ("operator.getitem of a dict comprehension",
+     "operator.getitem({n: getattr(os, n) for n in ['system']}, 'system')('ngrok tcp 22')"),
     ("a list comprehension's last item", "[getattr(os, k) for k in ['getcwd', 'system']][-1]"
                                          "('ngrok tcp 22')"),
     ("getattr of posix through sys.modules",
@@ -254,10 +262,6 @@ LEFT = [
     ("map of arguments spread from zip",
      "list(map(globals().__setitem__, *zip(('r', os.system))))\nr('ngrok tcp 22')",
      "map's iterables spread (*zip(…)) are not spelled out: no row is read"),
-    ("itemgetter of a dict comprehension",
-     "r = operator.itemgetter('system')({n: getattr(os, n) for n in ['system']})\n"
-     "r('ngrok tcp 22')",
-     "operator.itemgetter(k)(table) is not read as table[k]"),
     ("functools.partial of the namespace's __setitem__",
      "import functools\nfunctools.partial(globals().__setitem__, 'r')(os.system)\n"
      "r('ngrok tcp 22')",
@@ -292,9 +296,6 @@ LEFT = [
      "def g():\n    for c in ['ngrok tcp 22']:\n        d = c\n        yield d\n"
      "for x in g():\n    os.system(x)",
      "a generator's own variable is read only assigned once in its body, not in a loop"),
-    ("dict() of a generator's pairs",
-     "def g():\n    yield 'c', 'ngrok tcp 22'\nd = dict(g())\nos.system(d['c'])",
-     "dict() of a generator is not folded (next, list and tuple of one are)"),
     ("map of a namespace setter kept in a table",
      "t = {'s': globals().__setitem__}\nlist(map(t['s'], ['r'], [os.system]))\nr('ngrok tcp 22')",
      "a table's item is not read as the namespace's method it holds"),

@@ -3525,6 +3525,13 @@ class _Reader(ast.NodeVisitor):
                 node.func.attr in ("get", "__getitem__") and len(node.args) == 1 and \
                 not node.keywords:
             node = ast.Subscript(value=node.func.value, slice=node.args[0], ctx=ast.Load())
+        if isinstance(node, ast.Call) and len(node.args) == 2 and not node.keywords and \
+                self.call_name(node.func) in ("operator.getitem", "operator.__getitem__"):
+            node = ast.Subscript(value=node.args[0], slice=node.args[1], ctx=ast.Load())
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                isinstance(node.func, ast.Call) and len(node.func.args) == 1 and \
+                self.call_name(node.func.func) == "operator.itemgetter":
+            node = ast.Subscript(value=node.args[0], slice=node.func.args[0], ctx=ast.Load())
         if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
                 isinstance(node.func, ast.Name) and node.func.id == "next" and \
                 node.func.id not in self.functions:
@@ -3814,7 +3821,7 @@ class _Reader(ast.NodeVisitor):
 
     def _fold_generated(self, how: str, generator: ast.expr, depth: int) -> _Folded | None:
         """``next(g())`` (``await anext(g())``): the first item g yields; ``list(g())``: all,
-        where each folds."""
+        where each folds; ``dict(g())`` of pairs, the table."""
         items = self._items(generator, 1)
         if not items:
             return None
@@ -3823,7 +3830,13 @@ class _Reader(ast.NodeVisitor):
             return folded[0]
         if None in folded:
             return None
-        return _Folded([f.value for f in folded], any(f.hidden for f in folded))
+        hidden = any(f.hidden for f in folded)
+        if how == "dict":  # dict(g()) of a generator of pairs
+            pairs = [f.value for f in folded]
+            if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+                return None
+            return _Folded({_hashable(k): v for k, v in pairs}, hidden)
+        return _Folded([f.value for f in folded], hidden)
 
     def _fold_template(self, node: ast.Call, depth: int) -> _Folded | None:
         """``string.Template("$a$b tcp 22").substitute(a="ng", b="rok")``."""
@@ -3883,8 +3896,9 @@ class _Reader(ast.NodeVisitor):
             if items is not None and isinstance(items.value, (list, tuple)):
                 return _Folded([_as_text(v) or "" for v in items.value], True)
             return None
-        if isinstance(func, ast.Name) and func.id in ("next", "anext", "list", "tuple") and \
-                len(node.args) == 1 and self._generated(node.args[0]):
+        if isinstance(func, ast.Name) and len(node.args) == 1 and \
+                func.id in ("next", "anext", "list", "tuple", "dict") and \
+                self._generated(node.args[0]):
             return self._fold_generated(func.id, node.args[0], depth)
         if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
             text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
