@@ -69,6 +69,21 @@ CAUGHT = [
 ]
 
 
+#: Missed then (strict xfails), fixed in session 18 (tests/test_redteam_cells18.py): a module
+#: kept in a variable is an alias of it, posix's members are os's, and an item of a
+#: comprehension by index is its expression for that row.
+CAUGHT += [
+    ("a search of a module kept in a variable",
+     "import os\nm = os\nf = next(v for k, v in vars(m).items() if k == 'system')\n"
+     "f('ngrok tcp 22')"),
+    ("a search of posix",
+     "import os, sys\nf = next(v for k, v in vars(sys.modules['posix']).items() "
+     "if k == 'system')\nf('ngrok tcp 22')"),
+    ("getattr over a list the cell builds",
+     "import os\nks = ['sys' + 'tem']\nf = [getattr(os, k) for k in ks][0]\nf('ngrok tcp 22')"),
+]
+
+
 def _missed(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)
 
@@ -79,18 +94,6 @@ MISSED = [
                  "f('ngrok tcp 22')", id="a search with two loops",
                  marks=_missed("_searched_runner reads a comprehension of one loop only, and "
                                "vars(m) of a loop variable m names no module")),
-    pytest.param("import os\nm = os\nf = next(v for k, v in vars(m).items() if k == 'system')\n"
-                 "f('ngrok tcp 22')", id="a search of a module kept in a variable",
-                 marks=_missed("m = os makes m no alias of os (a module passed around as a "
-                               "value holds nothing to the check)")),
-    pytest.param("import os, sys\n"
-                 "f = next(v for k, v in vars(sys.modules['posix']).items() if k == 'system')\n"
-                 "f('ngrok tcp 22')", id="a search of posix",
-                 marks=_missed("posix.system is no runner name (only os.system is)")),
-    pytest.param("import os\nks = ['sys' + 'tem']\nf = [getattr(os, k) for k in ks][0]\n"
-                 "f('ngrok tcp 22')", id="getattr over a list the cell builds",
-                 marks=_missed("an item of a comprehension of getattr over a folded list is "
-                               "not read as getattr of each item")),
     pytest.param("import os\nf = next(filter(lambda kv: kv[0] == 'system', vars(os).items()))[1]\n"
                  "f('ngrok tcp 22')", id="filter of a module's pairs",
                  marks=_missed("filter(lambda …, vars(os).items()) is no search to the check: "

