@@ -7,7 +7,6 @@ every 127.x address after 0.4 s (a remote site's round trips)."""
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
+from tests.test_behaviour_namespaces import private_namespace
 
 ROOT = Path(__file__).parent.parent
 STANDINS = Path(__file__).parent / "standins"
@@ -30,7 +30,10 @@ class Site(BaseHTTPRequestHandler):
         time.sleep(0.4)
         self.send_response(200); self.end_headers(); self.wfile.write(b'x' * 20000)
     def log_message(self, *a): pass
-server = ThreadingHTTPServer(('0.0.0.0', 0), Site); server.daemon_threads = True
+class Sites(ThreadingHTTPServer):
+    request_queue_size = 1024  # many sites: none of them drops a SYN for a full queue
+    daemon_threads = True
+server = Sites(('0.0.0.0', 0), Site)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
@@ -41,13 +44,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
 
 @pytest.fixture
 def netns():
-    """A namespace of its own: loopback up, 10.0.0.0/8 routed into it (never answered)."""
-    name = f"hosts-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "-n", name, "route", "add", "10.0.0.0/8", "dev", "lo"], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    """A namespace of its own whose 10.0.0.0/8 is routed into loopback (never answered)."""
+    with private_namespace("hosts", ("10.0.0.0/8 dev lo",)) as name:
+        yield name
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,25 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="network namespaces need root and iproute2")
 
 
+@contextmanager
+def private_namespace(prefix: str, routes: tuple[str, ...] = ()):
+    """A network namespace of its own, loopback up, ``routes`` (``ip route`` arguments) added;
+    yields its name."""
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        for route in routes:
+            subprocess.run(["ip", "-n", name, "route", "add", *route.split()], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 @pytest.fixture
 def netns():
-    """A network namespace of its own, loopback up; yields its name."""
-    name = f"behaviour-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    with private_namespace("behaviour") as name:
+        yield name
 
 
 @pytest.fixture

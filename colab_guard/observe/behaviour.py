@@ -33,7 +33,8 @@ samples as fields (``observe/model.py``):
   peers are other people's; six nodes of a lab connected to each other are the user's own.
 - ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
   hosts, and the hosts that never answered (seen only half-open: all of them where they
-  outnumber the hosts seen answering, else those of the one ``network_block`` that holds
+  outnumber the hosts seen answering within ``ANSWERED_MEMORY``, else those of the one
+  ``network_block`` that holds
   the most: a crawler's dead links are a few scattered among many answering sites, a sweep
   goes address by address), that the kernel's processes opened connections to within the
   last ``SCAN_WINDOW`` seconds, from every tick's sockets and from the connections the
@@ -144,6 +145,11 @@ UNANSWERED_AFTER = 1.0
 SCAN_CANDIDATE = 50
 #: Endpoints remembered per kernel within the scan window (far past any rule's threshold).
 MAX_TRIED = 20_000
+#: Seconds a host seen answering is remembered, to weigh a kernel's unanswered hosts against:
+#: longer than the window, as a host that never answers is seen half-open for seconds (until
+#: its connect times out) and one that answers for a moment, so that a crawler that pauses
+#: is not left with its dead links alone.
+ANSWERED_MEMORY = 3 * SCAN_WINDOW
 #: TCP states of a connection a process opened and still holds (CLOSE_WAIT: the far end
 #: closed at once, as a port scan's open ports do).
 OUTBOUND_STATES = ("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT")
@@ -241,6 +247,7 @@ class Behaviour:
         # kernel id -> endpoint -> [last tried, process key or None, answered (None: not
         # known yet, or reported by the kernel hook), first tried]
         self._tried: dict[str, dict[Endpoint, list]] = {}
+        self._answered: dict[str, dict[str, float]] = {}  # kernel id -> host -> last seen
         self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
         self._imports: dict[str, set[str]] = {}  # kernel id -> top-level modules it imported
         # kernel process -> (the command line its Jupyter ports were read from, the ports)
@@ -565,6 +572,8 @@ class Behaviour:
         reported, self._reported = self._reported, {}
         for kid in self._tried.keys() - self._kernels:
             del self._tried[kid]
+        for kid in self._answered.keys() - self._kernels:
+            del self._answered[kid]
         # Only the kernels with something to count: connections out now, connects the hook
         # reported, or attempts still in the window (most kernels have none).
         with_outbound = {kid for kid, snapshot in snapshots.items() if snapshot.processes
@@ -597,11 +606,26 @@ class Behaviour:
                 del self._tried[kid]
                 continue
             if len(tried) >= SCAN_CANDIDATE:
-                self._scan_fields(tried, {p.key for p in snapshot.processes}, fields)
+                self._scan_fields(tried, self._remember_answered(kid, tried, now),
+                                  {p.key for p in snapshot.processes}, fields)
         return fields
 
+    def _remember_answered(self, kid: str, tried: dict[Endpoint, list], now: float) -> int:
+        """How many hosts the kernel's processes were seen connected to within the last
+        ``ANSWERED_MEMORY`` seconds."""
+        answered = self._answered.setdefault(kid, {})
+        for (host, _), (last, _, yes, _) in tried.items():
+            if yes and len(answered) < MAX_TRIED:
+                answered[host] = max(answered.get(host, 0.0), last)
+        for host in [h for h, last in answered.items() if now - last > ANSWERED_MEMORY]:
+            del answered[host]
+        if not answered:
+            del self._answered[kid]
+        return len(answered)
+
     @staticmethod
-    def _scan_fields(tried: dict[Endpoint, list], live: set[Key], fields: dict) -> None:
+    def _scan_fields(tried: dict[Endpoint, list], answering_hosts: int, live: set[Key],
+                     fields: dict) -> None:
         ports: dict[str, set[int]] = {}
         answers: dict[str, set] = {}
         for (host, port), (_, _, answered, _) in tried.items():
@@ -610,8 +634,7 @@ class Behaviour:
         top = sorted(ports, key=lambda h: len(ports[h]), reverse=True)[:2]
         port_count = sum(len(ports[h]) for h in top)
         unanswered = {h for h, seen in answers.items() if False in seen and True not in seen}
-        answered = sum(1 for seen in answers.values() if True in seen)
-        if unanswered and len(unanswered) < answered:  # a crawler's dead links, or a sweep?
+        if unanswered and len(unanswered) < answering_hosts:  # a crawler's dead links?
             block = Counter(network_block(h) for h in unanswered).most_common(1)[0][0]
             unanswered = {h for h in unanswered if network_block(h) == block}
         for (host, _), (_, key, _, _) in tried.items():
