@@ -23,6 +23,7 @@ from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.standins.holder import Holder
 from tests.test_behaviour_hosts import SERVER as SITE
+from tests.test_behaviour_trickle import _slow_at_each_tick
 
 ROOT = Path(__file__).parent.parent
 STANDINS = Path(__file__).parent / "standins"
@@ -215,6 +216,19 @@ def test_200_posts_that_wait_for_100_continue_then_a_slow_answer_are_left_alone(
         api.close()
     assert api.answered == 200
     assert not found, found
+
+
+def test_tick_by_tick_a_body_sent_once_after_waiting_for_100_continue_is_no_trickle():
+    # headers at 0 s, the body 3 s later (no 100 Continue came), then 9 s of thinking
+    ticks = [(0.5, 171, 0, 500, 500), (1.5, 171, 0, 1500, 1500), (3.5, 201, 0, 500, 3500)]
+    ticks += [(t + 0.5, 201, 0, (t - 3) * 1000 + 500, t * 1000 + 500) for t in range(4, 12)]
+    assert not any(_slow_at_each_tick(ticks))
+
+
+def test_tick_by_tick_a_slowloris_every_4_s_counts_at_its_second_trickle():
+    ticks = [(t + 0.5, 40 + 8 * (t // 4), 0, (t % 4) * 1000 + 500, t * 1000 + 500)
+             for t in range(12)]
+    assert _slow_at_each_tick(ticks) == [False] * 8 + [True] * 4
 
 
 # ------------------------------------------------------------------ host sweeps
