@@ -32,7 +32,8 @@ samples as fields (``observe/model.py``):
   connections the process opened to endpoints none of the user's kernels serves. A swarm's
   peers are other people's; six nodes of a lab connected to each other are the user's own.
 - ``kernel_ports_tried`` and ``kernel_hosts_unanswered``: the distinct ports of at most two
-  hosts, and the hosts that never answered (seen only half-open: all of them where they
+  hosts (not those of connections seen open at a tick: a cluster's workers used, not
+  probed), and the hosts that never answered (seen only half-open: all of them where they
   outnumber the hosts seen answering within ``ANSWERED_MEMORY``, else those of the one
   ``network_block`` that holds
   the most: a crawler's dead links are a few scattered among many answering sites, a sweep
@@ -132,6 +133,10 @@ TRICKLE_BYTES = 1024
 #: Two sends this far apart or more are two (not the segments of one request, a tick
 #: falling between them).
 TRICKLE_GAP = 0.5
+#: A connection trickled once it sent a little again twice with nothing heard between, or
+#: once this long after its last send: an HTTP client waiting for ``100 Continue`` sends its
+#: body once, 1 s (curl) to 3 s (Apache HttpClient) after its headers, never again.
+LONE_TRICKLE_GAP = SLOW_MS / 1000
 #: Outbound connections of one kernel to one endpoint from which their traffic is read.
 FLOOD_CANDIDATE = 50
 LOOPBACK = ("127.", "::1")
@@ -143,6 +148,11 @@ SCAN_WINDOW = 10.0
 UNANSWERED_AFTER = 1.0
 #: Endpoints a kernel tried within the window before they are counted per host at all.
 SCAN_CANDIDATE = 50
+#: Ticks at which a connection must be seen open for its port not to count as tried: a
+#: driver holding a connection to each of a cluster's 128 worker ports (Ray's direct task
+#: calls) uses them; a scan finds most ports shut or filtered, and closes the open ones at
+#: once (seldom seen at a tick).
+HELD_TICKS = 1
 #: Endpoints remembered per kernel within the scan window (far past any rule's threshold).
 MAX_TRIED = 20_000
 #: Seconds a host seen answering is remembered, to weigh a kernel's unanswered hosts against:
@@ -204,6 +214,7 @@ class _Silence:
     sent: int
     received: int
     sent_after_received: bool
+    trickles: int  # small sends again, with nothing received since the first send
     trickled: bool
 
 
@@ -245,7 +256,7 @@ class Behaviour:
         self._dumpers: dict[str, Dumper] = {}  # by network namespace ('' the guard's own)
         self._said_broken: set[str] = set()
         # kernel id -> endpoint -> [last tried, process key or None, answered (None: not
-        # known yet, or reported by the kernel hook), first tried]
+        # known yet, or reported by the kernel hook), first tried, ticks seen ESTABLISHED]
         self._tried: dict[str, dict[Endpoint, list]] = {}
         self._answered: dict[str, dict[str, float]] = {}  # kernel id -> host -> last seen
         self._reported: dict[str, list[tuple[Endpoint, float]]] = {}  # the kernel hook's connects
@@ -586,10 +597,12 @@ class Behaviour:
                 for _, sock in outbound.get(proc.key, ()):
                     entry = tried.get(sock.remote)
                     if entry is None:
-                        entry = tried[sock.remote] = [now, proc.key, None, now]
+                        entry = tried[sock.remote] = [now, proc.key, None, now, 0]
                     entry[0], entry[1] = now, proc.key
                     if sock.status != "SYN_SENT":
                         entry[2] = True
+                    if sock.status == "ESTABLISHED":
+                        entry[4] += 1
                     elif entry[2] is None and now - entry[3] >= UNANSWERED_AFTER:
                         entry[2] = False  # still half-open a second later: no answer
             kernel = snapshot.kernel_process
@@ -599,7 +612,7 @@ class Behaviour:
                     break  # a scan by any count: memory stays bounded
                 if endpoint not in tried and not _is_served(
                         endpoint, kernel.netns if kernel else "", served, owners):
-                    tried[endpoint] = [when, kernel.key if kernel else None, None, when]
+                    tried[endpoint] = [when, kernel.key if kernel else None, None, when, 0]
             for endpoint in [e for e, entry in tried.items() if now - entry[0] > SCAN_WINDOW]:
                 del tried[endpoint]
             if not tried:
@@ -614,7 +627,7 @@ class Behaviour:
         """How many hosts the kernel's processes were seen connected to within the last
         ``ANSWERED_MEMORY`` seconds."""
         answered = self._answered.setdefault(kid, {})
-        for (host, _), (last, _, yes, _) in tried.items():
+        for (host, _), (last, _, yes, *_) in tried.items():
             if yes and len(answered) < MAX_TRIED:
                 answered[host] = max(answered.get(host, 0.0), last)
         for host in [h for h, last in answered.items() if now - last > ANSWERED_MEMORY]:
@@ -628,8 +641,9 @@ class Behaviour:
                      fields: dict) -> None:
         ports: dict[str, set[int]] = {}
         answers: dict[str, set] = {}
-        for (host, port), (_, _, answered, _) in tried.items():
-            ports.setdefault(host, set()).add(port)
+        for (host, port), (_, _, answered, _, established) in tried.items():
+            if established < HELD_TICKS:  # a port held open is a service used, not probed
+                ports.setdefault(host, set()).add(port)
             answers.setdefault(host, set()).add(answered)
         top = sorted(ports, key=lambda h: len(ports[h]), reverse=True)[:2]
         port_count = sum(len(ports[h]) for h in top)
@@ -637,7 +651,7 @@ class Behaviour:
         if unanswered and len(unanswered) < answering_hosts:  # a crawler's dead links?
             block = Counter(network_block(h) for h in unanswered).most_common(1)[0][0]
             unanswered = {h for h in unanswered if network_block(h) == block}
-        for (host, _), (_, key, _, _) in tried.items():
+        for (host, _), (_, key, _, _, _) in tried.items():
             if key not in live:
                 continue
             if host in top:
@@ -670,8 +684,10 @@ class Behaviour:
     def _trickled(self, floods, info: dict[int, TcpInfo], read_at: float) -> set[int]:
         """The flood candidates' connections (socket inodes) that trickled: sent a little
         again, ``TRICKLE_GAP`` or more after their last send, with nothing received since
-        (and their last send came after anything they received). A keep-alive client's next
-        request follows an answer; one request's segments come together."""
+        (and their last send came after anything they received), twice, or once
+        ``LONE_TRICKLE_GAP`` after it. A keep-alive client's next request follows an answer;
+        one request's segments come together; a body sent after waiting for ``100
+        Continue`` is sent once."""
         now: dict[int, _Silence] = {}
         for conns in floods.values():
             for _, inode, _ in conns:
@@ -681,12 +697,14 @@ class Behaviour:
                 last, sent_at = self._silences.get(inode), read_at - seen.since_sent_ms / 1000
                 quiet = last is not None and seen.received == last.received
                 # a second send (the SYN acknowledged counts one byte: nothing sent yet)
+                gap = sent_at - last.sent_at if last is not None else 0.0
                 trickle = (quiet and last.sent_after_received and 1 < last.sent < seen.sent
-                           and seen.sent - last.sent <= TRICKLE_BYTES
-                           and sent_at - last.sent_at >= TRICKLE_GAP)
+                           and seen.sent - last.sent <= TRICKLE_BYTES and gap >= TRICKLE_GAP)
+                trickles = (last.trickles if quiet else 0) + trickle
                 now[inode] = _Silence(sent_at, seen.sent, seen.received,
-                                      seen.since_sent_ms <= seen.since_received_ms,
-                                      trickle or (quiet and last.trickled))
+                                      seen.since_sent_ms <= seen.since_received_ms, trickles,
+                                      quiet and (last.trickled or trickles >= 2
+                                                 or (trickle and gap >= LONE_TRICKLE_GAP)))
         self._silences = now
         return {inode for inode, silence in now.items() if silence.trickled}
 
