@@ -6,13 +6,11 @@ the test's own (no kernel's), on loopback or in a network namespace of their own
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.standins.holder import Holder
 from tests.test_behaviour_hosts import SERVER as SITE
+from tests.test_behaviour_network import _SlowApi
 from tests.test_behaviour_trickle import _slow_at_each_tick
 
 ROOT = Path(__file__).parent.parent
@@ -160,43 +159,6 @@ def test_a_slowloris_that_pings_the_server_every_4_s_is_stopped(pinged):
 
 
 # ------------------------------------------------------------------ honest clients
-
-
-class _SlowApi:
-    """An API someone else runs that reads each whole request (announcing no ``100
-    Continue``), thinks ``seconds``, answers and closes."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.answered = seconds, 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait(10)
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024))
-        self.port = self.server.sockets[0].getsockname()[1]
-        ready.set()
-        self.loop.run_forever()
-
-    async def _serve(self, reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            await reader.readexactly(length)
-            await asyncio.sleep(self.seconds)  # a model generating
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-            await writer.drain()
-            self.answered += 1
-        finally:
-            writer.close()
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
