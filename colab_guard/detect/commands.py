@@ -120,6 +120,17 @@ def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[
     return found[:MAX_COMMANDS]
 
 
+def runs_only_data_tools(argv: list[str]) -> bool:
+    """Whether ``argv`` is a shell given a script (``sh -c 'echo …; grep …'``) that starts
+    nothing but programs whose arguments are data (DATA_ONLY): a tool's name or options in
+    its script are text it prints or searches for, not a program it runs."""
+    if len(argv) < 3 or base(argv[0]) not in SHELLS:
+        return False
+    inner = split_argv(argv)[1:]
+    return bool(inner) and len(inner) < MAX_COMMANDS - 1 and \
+        all(c.argv and base(c.argv[0]) in DATA_ONLY for c in inner)
+
+
 class _Shell:
     def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str],
                  redirects: list[str] | None = None):

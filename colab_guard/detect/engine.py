@@ -14,7 +14,7 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import DATA_ONLY, Command, base, show
+from .commands import DATA_ONLY, SHELLS, Command, base, runs_only_data_tools, show
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -25,6 +25,8 @@ PENDING_UNKNOWN = frozenset(FIELDS) - KNOWN_BEFORE_START
 #: distinct programs of one cell tested before it runs (about 1 ms each): the kernel waits
 #: `cell_check_timeout` (1 s by default) for the verdict
 MAX_PROGRAMS_CHECKED = 500
+#: Folders only root can write to: a shell's file there is the system's, not a copy named sh
+SYSTEM_PROGRAMS = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/")
 
 
 @dataclass
@@ -279,6 +281,8 @@ class Engine:
                   ) -> list[tuple[Signature, list[str]]]:
         if self._allowed(view, before, results):
             return []
+        if not getattr(process, "cell", "") and _system_shell_printing(process):
+            return []
         found = []
         for sig in list(self.rules.signatures.values()):
             if sig.id in self.disabled or sig.on_cells != bool(getattr(process, "cell", "")):
@@ -442,6 +446,15 @@ _UNREAD = object()
 #: running process, and no other field reads these attributes (tests/test_engine.py checks).
 USAGE_FIELDS = {"cpu_percent": "cpu_percent", "rss_mb": "rss", "gpu_percent": "gpu_percent",
                 "gpu_memory_mb": "gpu_memory_mb"}
+
+
+def _system_shell_printing(process: Process) -> bool:
+    """The system's shell (its own file, not a copy named sh) running a script of text tools
+    only: `sh -c 'echo "xmrig --donate-level 1 …"'` prints a course's notes. Its arguments are
+    data; a program it would start is seen as a process of its own."""
+    exe = process.exe
+    return exe.startswith(SYSTEM_PROGRAMS) and base(exe) in SHELLS and not process.exe_markers \
+        and runs_only_data_tools(process.cmdline)
 
 
 def _observer(reads: tuple[str, ...] | None) -> Callable[[Process], tuple]:

@@ -107,6 +107,10 @@ FIELDS: dict[str, Field] = {
               lambda p: sorted({s.local_port for s in p.sockets if s.listening})),
         Field("established", "number", "TCP connections in state ESTABLISHED",
               lambda p: sum(1 for s in p.sockets if s.protocol == "tcp" and s.status == "ESTABLISHED")),
+        Field("stream_sockets", "number",
+              "inet sockets the process holds on its standard streams (stdin, stdout, stderr): "
+              "a shell whose input and output are a network connection",
+              lambda p: sum(1 for s in p.sockets if s.stream)),
         Field("peers", "number", "distinct remote endpoints (address and port)",
               lambda p: len(_remote_endpoints(p))),
         Field("peer_hosts", "number", "distinct remote addresses", lambda p: len({ip for ip, _ in _remote_endpoints(p)})),

@@ -45,6 +45,7 @@ class Socket:
     remote_ip: str | None = None
     remote_port: int | None = None
     status: str = ""  # psutil's status: ESTABLISHED, LISTEN, NONE (udp), ...
+    stream: bool = False  # held on one of the process's standard streams (fd 0-2)
 
     @property
     def listening(self) -> bool:
@@ -67,6 +68,7 @@ class Socket:
             remote_ip=normalise_ip(data["remote_ip"]) if data.get("remote_ip") else None,
             remote_port=int(data["remote_port"]) if data.get("remote_port") is not None else None,
             status=data.get("status", "ESTABLISHED" if data.get("remote_ip") else "LISTEN"),
+            stream=bool(data.get("stream", False)),
         )
 
 

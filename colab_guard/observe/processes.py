@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 from . import procfs
@@ -37,7 +37,7 @@ from .gpu import GpuSample
 from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, QUIET_CHECK_MAX,
                    SPREAD_FROM, HeldCounts, HeldStat, Parked, Probe, QuietRead, SchedCounts,
                    next_check, quiet_check_spacing, refresh_time)
-from .model import Process, Snapshot
+from .model import Process, Snapshot, Socket
 from .procfs import CLOCK_TICKS, InetTables
 
 __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
@@ -92,6 +92,15 @@ class _Fds:
     inodes: tuple[int, ...]  # of its sockets
     files: list[str]  # regular files open
     count: int | None = None  # fds open at that walk (procfs.fd_count), where the kernel says
+    streams: frozenset[int] = frozenset()  # inodes of the sockets on fds 0-2 (its stdin...)
+
+
+def _held(fds: _Fds, pairs: list[tuple[int, Socket]]) -> list[Socket]:
+    """A process's sockets, those on its standard streams marked so (the same socket is a
+    shell's stdin in one process and a plain descriptor in the one that opened it)."""
+    if not fds.streams:
+        return [s for _, s in pairs]
+    return [replace(s, stream=True) if inode in fds.streams else s for inode, s in pairs]
 
 
 @dataclass
@@ -574,7 +583,7 @@ class ProcessSampler:
             if state.running and state.uid == uid and state.fds is not None:
                 state.full_due = state.light_at = state.barely_next = 0.0
                 state.fds = _Fds(float("-inf"), state.fds.inodes, state.fds.files,
-                                 state.fds.count)
+                                 state.fds.count, state.fds.streams)
                 self._parked.unpark(key[0])
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
@@ -629,8 +638,8 @@ class ProcessSampler:
         libraries = state.libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
         sample.netns = state.netns
-        sample.sockets = [s for _, s in self._socket_pairs(key, fds.inodes, sample.netns, pid,
-                                                            sockets)]
+        sample.sockets = _held(fds, self._socket_pairs(key, fds.inodes, sample.netns, pid,
+                                                        sockets))
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         self.content.news.discard(key)  # taken now, whatever the memory scan found
@@ -723,8 +732,8 @@ class ProcessSampler:
             self._catch_up(entry, state, now)
         fds = state.fds
         base, last = quiet.sample, state.handed
-        found = [s for _, s in self._socket_pairs(key, fds.inodes, base.netns, entry.pid,
-                                                   sockets)] if fds is not None else []
+        found = _held(fds, self._socket_pairs(key, fds.inodes, base.netns, entry.pid,
+                                              sockets)) if fds is not None else []
         if last is not None and last.cpu_percent == 0.0 and last.is_kernel == is_kernel \
                 and last.ppid == entry.ppid and last.sockets == found \
                 and last.exe_markers is base.exe_markers and last.libraries is base.libraries \
@@ -821,7 +830,7 @@ class ProcessSampler:
             state.full_due = min(state.full_due, now + KERNEL_FULL_READ_MAX * (8 + pid % 8) / 16)
         pairs = self._socket_pairs(entry.key, fds.inodes, base.netns, pid, sockets)
         state.light_at, state.pairs = now, pairs
-        found = [s for _, s in pairs]
+        found = _held(fds, pairs)
         return self._hand_out(entry.key, base.but(
             ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
             cpu_percent=cpu_percent, sockets=found, gpu_percent=gpu_use[0],
@@ -913,6 +922,7 @@ class ProcessSampler:
                 return last
         inodes: list[int] = []
         files: list[str] = []
+        streams: set[int] = set()
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 try:
@@ -921,6 +931,8 @@ class ProcessSampler:
                     continue  # closed meanwhile
                 if target.startswith("socket:["):
                     inodes.append(int(target[8:-1]))
+                    if fd in ("0", "1", "2"):
+                        streams.add(inodes[-1])
                 elif target.startswith("/") and not target.startswith(("/dev/", "/proc/")) \
                         and len(files) < limit and target not in files:
                     files.append(target)
@@ -930,7 +942,7 @@ class ProcessSampler:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
-        state.fds = _Fds(now, tuple(inodes), files, count)
+        state.fds = _Fds(now, tuple(inodes), files, count, frozenset(streams))
         return state.fds
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:

@@ -1,0 +1,141 @@
+"""Shells seen by the sampler, as real processes: a shell whose standard streams are a network
+connection is a reverse shell; a shell that merely holds a connection (a ``%%bash`` cell,
+its script on a pipe, reading a server's reply from fd 3) is not, and neither is the
+system's shell printing a tool's options (``!echo "xmrig --donate-level 1 …"``). Everything
+on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.processes import ProcessSampler
+
+RULES = load_signatures()
+
+
+class Greeter:
+    """A loopback service that greets each client with a line and keeps it connected."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(20)
+        self.port = self.server.getsockname()[1]
+        self.clients: list[socket.socket] = []
+
+    def accept_one(self) -> None:
+        conn, _ = self.server.accept()
+        conn.sendall(b"hello\n")
+        self.clients.append(conn)
+
+    def close(self) -> None:
+        for conn in self.clients:
+            conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def listener():
+    greeter = Greeter()
+    yield greeter
+    greeter.close()
+
+
+def _wait_for(sampler: ProcessSampler, root: int, want, timeout: float = 20.0):
+    """Sample the tree of ``root`` until a process in it satisfies ``want``; that process and
+    the engine's detections at that tick."""
+    engine = Engine(RULES)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = sampler.sample({"k": root})["k"]
+        detections = engine.evaluate(snapshot)
+        found = next((p for p in snapshot.processes if want(p)), None)
+        if found is not None:
+            return found, [d for d in detections if d.process.pid == found.pid]
+        time.sleep(0.05)  # polling the processes' state
+    raise AssertionError("no process in the tree came to the state wanted")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def test_a_shell_whose_streams_are_a_connection_is_a_reverse_shell(listener):
+    """What `nc -e /bin/sh` or a Python one-liner's os.dup2 leaves: sh with the socket on
+    stdin, stdout and stderr (no /dev/tcp, no -e on any command line)."""
+    port = listener.port
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import socket, subprocess, sys\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+        "subprocess.run(['sh', '-i'], stdin=s, stdout=s, stderr=s)\n")])
+    listener.accept_one()
+    try:
+        shell, detections = _wait_for(ProcessSampler(), parent.pid,
+                                      lambda p: p.name in ("sh", "dash") and p.sockets)
+        assert shell.sockets and all(s.stream for s in shell.sockets)  # on its fds 0-2
+        assert {d.signature.id for d in detections} == {"remote-reverse-shell"}
+    finally:
+        _stop(parent)
+
+
+def test_a_bash_cell_holding_a_connection_on_fd_3_is_left_alone(listener):
+    """`%%bash` runs bash with the cell on its stdin (a pipe): a health check that opens
+    /dev/tcp on fd 3 and reads the greeting holds a connection, with no shell wired to it."""
+    port = listener.port
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port}\nread -r line <&3\necho \"$line\"\n"
+              "sleep 30\nexec 3<&-\n")
+    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    bash.stdin.write(script.encode())
+    bash.stdin.close()
+    listener.accept_one()
+    try:
+        assert bash.stdout.readline() == b"hello\n"
+        shell, detections = _wait_for(
+            ProcessSampler(), bash.pid,
+            lambda p: p.pid == bash.pid and any(s.status == "ESTABLISHED" for s in p.sockets))
+        # the rule's near-miss: a shell with no script, an established connection, none on
+        # its streams
+        assert shell.cmdline == ["bash"] and not any(s.stream for s in shell.sockets)
+        assert detections == []
+    finally:
+        _stop(bash)
+
+
+ECHO_SCRIPT = ('echo "xmrig --donate-level 1 -o pool.example.org:3333"; '
+               'printf "%s\\n" "hydra -l root -P pw.txt ftp://10.0.0.5"; sleep 30; echo done')
+
+
+def test_the_system_shell_printing_a_miners_options_is_left_alone():
+    """`!echo "xmrig --donate-level 1 -o …"` in a course: the shell's command line carries
+    a miner's options as text it prints (the shell stays while `sleep` runs)."""
+    shell = subprocess.Popen(["/bin/sh", "-c", ECHO_SCRIPT], stdout=subprocess.DEVNULL)
+    try:
+        found, detections = _wait_for(ProcessSampler(), shell.pid,
+                                      lambda p: p.pid == shell.pid and "-c" in p.cmdline)
+        assert found.exe.startswith(("/bin/", "/usr/bin/"))
+        assert detections == []
+    finally:
+        _stop(shell)
+
+
+def test_a_copy_of_the_shell_named_sh_is_judged_by_its_command_line(tmp_path):
+    """The exemption is the system's shell's: a program copied to a file named sh (a miner
+    renamed so) is matched on its command line as any other."""
+    copy = tmp_path / "sh"
+    shutil.copy(os.path.realpath("/bin/sh"), copy)
+    shell = subprocess.Popen([str(copy), "-c", ECHO_SCRIPT], stdout=subprocess.DEVNULL)
+    try:
+        found, detections = _wait_for(ProcessSampler(), shell.pid,
+                                      lambda p: p.pid == shell.pid and "-c" in p.cmdline)
+        assert "mining-miner-command-line" in {d.signature.id for d in detections}
+    finally:
+        _stop(shell)
