@@ -24,8 +24,11 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -328,9 +331,9 @@ class KernelChannel:
         if found is None and self.kernels.get(conn.kernel_id) is not conn:
             return [], ""  # its kernel is gone (or connected anew): no one waits for this
         if found is None:
-            loop, checks = asyncio.get_running_loop(), self._checks_of(conn)
-            found = await loop.run_in_executor(checks.thread, self._evaluate_cell, conn,
-                                               checks.engine, pieces)
+            checks = self._checks_of(conn)
+            found = await asyncio.wrap_future(checks.thread.submit(
+                self._evaluate_cell, conn, checks.engine, pieces))
             conn.read_cells[key] = found
             while len(conn.read_cells) > READ_CELLS_KEPT:
                 conn.read_cells.pop(next(iter(conn.read_cells)))
@@ -577,7 +580,48 @@ class _KernelChecks:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="colab-guard-cells")
+        self.thread = OnDemandThread("colab-guard-cells")
+
+
+class OnDemandThread:
+    """Runs calls one after another, in the order given, on a thread that exists only while
+    there are calls to run: cells come at a person's pace, and a thread kept for each live
+    kernel would idle between them (two hundred kernels, two hundred threads)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._calls: deque[tuple[Future, Callable, tuple]] = deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def submit(self, call: Callable, *args) -> Future:
+        future: Future = Future()
+        with self._lock:
+            self._calls.append((future, call, args))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name=self.name, daemon=True).start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._calls:
+                    self._running = False
+                    return
+                future, call, args = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call(*args))
+                except BaseException as err:  # handed to whoever waits, as an executor does
+                    future.set_exception(err)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Calls not started yet are cancelled; the one running ends on its own."""
+        with self._lock:
+            calls, self._calls = self._calls, deque()
+        for future, _, _ in calls:
+            future.cancel()
 
 
 class _Connection:

@@ -11,12 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe.model import Snapshot
 from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.test_behaviour_namespaces import private_namespace
 
@@ -58,29 +60,43 @@ def site(netns):
     proc.wait()
 
 
-def _watch(netns: str, command: list[str], seconds: float) -> tuple[set[str], set[str]]:
-    """Run ``command`` in the namespace as kernel k1 and evaluate the built-in signatures at
-    each tick (once a second) until it ends: what matched, and the hosts of 10/8 its samples
-    showed half-open."""
+def watch_kernel(command: list[str], seconds: float, netns: str | None = None,
+                 each: Callable[[Snapshot], None] = lambda snapshot: None) -> set[str]:
+    """Run ``python command`` as kernel k1 (in ``netns`` if given) and evaluate the built-in
+    signatures at each tick (once a second) until it ends or ``seconds`` pass, handing each
+    snapshot to ``each``: the ids that matched. The workload must not fail."""
     sampler = ProcessSampler()
     engine = Engine(load_signatures())
-    kernel = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, *command],
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    kernel = subprocess.Popen([*prefix, sys.executable, *command],
                               env={**kernel_environment("k1"), "PYTHONPATH": str(ROOT)},
                               stdout=subprocess.DEVNULL)
-    found, half_open = set(), set()
+    found: set[str] = set()
     try:
         end = time.monotonic() + seconds
         while kernel.poll() is None and time.monotonic() < end:
             snapshot = sampler.sample({"k1": kernel.pid})["k1"]
             found |= {d.signature.id for d in engine.evaluate(snapshot)}
-            half_open |= {s.remote_ip for p in snapshot.processes for s in p.sockets
-                          if s.status == "SYN_SENT" and s.remote_ip.startswith("10.")}
+            each(snapshot)
             time.sleep(1.0)  # the guard's tick
+        assert kernel.poll() is None or kernel.returncode == 0, "the workload failed"
     finally:
         kernel.kill()
         kernel.wait()
         sampler.content.close()
-    return found, half_open
+    return found
+
+
+def _watch(netns: str, command: list[str], seconds: float) -> tuple[set[str], set[str]]:
+    """watch_kernel in the namespace: what matched, and the hosts of 10/8 its samples showed
+    half-open."""
+    half_open: set[str] = set()
+
+    def note_half_open(snapshot: Snapshot) -> None:
+        half_open.update(s.remote_ip for p in snapshot.processes for s in p.sockets
+                         if s.status == "SYN_SENT" and s.remote_ip.startswith("10."))
+
+    return watch_kernel(command, seconds, netns, note_half_open), half_open
 
 
 def test_a_crawler_whose_dead_links_are_scattered_is_no_host_sweep(netns, site):

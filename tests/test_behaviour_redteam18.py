@@ -11,20 +11,16 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from colab_guard.detect.engine import Engine
-from colab_guard.detect.signatures import load_signatures
-from colab_guard.observe.processes import ProcessSampler, kernel_environment
 from tests.standins.holder import Holder
 from tests.test_behaviour_hosts import SERVER as SITE
+from tests.test_behaviour_hosts import watch_kernel as _watch
 from tests.test_behaviour_network import _SlowApi
 from tests.test_behaviour_trickle import _slow_at_each_tick
 
-ROOT = Path(__file__).parent.parent
 STANDINS = Path(__file__).parent / "standins"
 #: dos-slow-connections: silent 5 s, held 3 s; a few ticks more for this busy machine
 FLOOD_SECONDS = 16
@@ -33,30 +29,6 @@ SWEEP_SECONDS = 20
 
 needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                  reason="network namespaces need root and iproute2")
-
-
-def _watch(command: list[str], seconds: float, netns: str | None = None) -> set[str]:
-    """Run ``python command`` as kernel k1 (in ``netns`` if given) and evaluate the built-in
-    signatures at each tick until it ends or ``seconds`` pass: the ids that matched."""
-    sampler = ProcessSampler()
-    engine = Engine(load_signatures())
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    kernel = subprocess.Popen([*prefix, sys.executable, *command],
-                              env={**kernel_environment("k1"), "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.DEVNULL)
-    found: set[str] = set()
-    try:
-        end = time.monotonic() + seconds
-        while kernel.poll() is None and time.monotonic() < end:
-            snapshot = sampler.sample({"k1": kernel.pid})["k1"]
-            found |= {d.signature.id for d in engine.evaluate(snapshot)}
-            time.sleep(1.0)  # the guard's tick
-        assert kernel.poll() is None or kernel.returncode == 0, "the workload failed"
-    finally:
-        kernel.kill()
-        kernel.wait()
-        sampler.content.close()
-    return found
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ import pytest
 from jupyter_client import BlockingKernelClient
 
 from colab_guard.act.enforce import stop_processes
+from colab_guard.channel import OnDemandThread
 from colab_guard.detect.conditions import FieldTest
 from colab_guard.observe.processes import ProcessSampler
 from colab_guard.record import metrics
 from colab_guard.record.database import IncidentDatabase
 from tests.conftest import PYTHON, STANDINS, incidents_in, wait_for
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -424,3 +427,46 @@ async def test_a_cell_signature_that_raises_is_disabled_once_for_every_kernel(
     status = json.loads((await jp_fetch("colab-guard", "api", "status")).body)
     assert status["signatures_failed"] == {"cell-reverse-shell": "RuntimeError: boom"}
     assert server_log.count("'cell-reverse-shell'") == 1
+
+
+def _cell_check_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("colab-guard-cells")]
+
+
+async def test_no_cell_check_thread_idles_between_a_kernels_cells(
+        cell_checks_on, two_kernels, guard):
+    """Each kernel's cells are read on a thread of their own, which exists only while there
+    are cells to read: two kernels idle between cells hold no thread (one thread a live kernel
+    idled for nothing)."""
+    for kernel in two_kernels:
+        await wait_for(lambda: guard.channel.connected(kernel.kernel_id), timeout=30)
+        reply, outputs = await kernel.run("print('checked and run')")
+        assert reply["status"] == "ok" and "checked and run" in kernel.text(outputs)
+    assert len(guard.channel._cell_checks) == 2  # each kernel's engine kept, with its memory
+    await wait_for(lambda: not _cell_check_threads(), timeout=10)
+
+
+def test_an_on_demand_thread_runs_calls_in_order_then_ends():
+    worker, ran, gate = OnDemandThread("colab-guard-test"), [], threading.Event()
+    first = worker.submit(gate.wait, 30)
+    later = [worker.submit(ran.append, i) for i in range(5)]
+    failing = worker.submit(int, "not a number")
+    assert [t.name for t in threading.enumerate()].count("colab-guard-test") == 1
+    gate.set()
+    assert first.result(timeout=30) is True and [f.result(timeout=30) for f in later] == [None] * 5
+    assert ran == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        failing.result(timeout=30)
+    wait_until(lambda: "colab-guard-test" not in [t.name for t in threading.enumerate()],
+               timeout=10, what="the thread ended once idle")
+    assert worker.submit(ran.append, 5).result(timeout=30) is None and ran[-1] == 5  # anew
+
+
+def test_an_on_demand_thread_shut_down_cancels_what_has_not_started():
+    worker, gate = OnDemandThread("colab-guard-test"), threading.Event()
+    running = worker.submit(gate.wait, 30)
+    wait_until(running.running, timeout=10, what="the first call started")
+    queued = worker.submit(print, "never")
+    worker.shutdown()
+    gate.set()
+    assert running.result(timeout=30) is True and queued.cancelled()
