@@ -84,20 +84,28 @@ CAUGHT += [
 ]
 
 
+#: Missed then (strict xfails), fixed in session 19 (tests/test_redteam_cells19.py): a search's
+#: outer loops read row by row, filter(lambda …) read as the search it is, a while loop's
+#: counter not its first value inside it.
+CAUGHT += [
+    ("a search with two loops",
+     "import os\nf = next(v for m in [os] for k, v in vars(m).items() if k == 'system')\n"
+     "f('ngrok tcp 22')"),
+    ("filter of a module's pairs",
+     "import os\nf = next(filter(lambda kv: kv[0] == 'system', vars(os).items()))[1]\n"
+     "f('ngrok tcp 22')"),
+    ("a while loop's index",
+     "import os\nT = ['echo 1', 'ngrok tcp 22']\ni = 0\nwhile i < len(T):\n"
+     "    os.system(T[i])\n    i += 1"),
+]
+
+
 def _missed(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)
 
 
 #: Still missed (each starts ngrok).
 MISSED = [
-    pytest.param("import os\nf = next(v for m in [os] for k, v in vars(m).items() if k == 'system')\n"
-                 "f('ngrok tcp 22')", id="a search with two loops",
-                 marks=_missed("_searched_runner reads a comprehension of one loop only, and "
-                               "vars(m) of a loop variable m names no module")),
-    pytest.param("import os\nf = next(filter(lambda kv: kv[0] == 'system', vars(os).items()))[1]\n"
-                 "f('ngrok tcp 22')", id="filter of a module's pairs",
-                 marks=_missed("filter(lambda …, vars(os).items()) is no search to the check: "
-                               "only comprehensions and loops are")),
     pytest.param("import os\nfor c in ['echo %d' % i for i in range(1100)] + ['ngrok tcp 22']:\n"
                  "    os.system(c)", id="padding made by a comprehension",
                  marks=_missed("a comprehension is folded over at most MAX_INLINED_ITEMS (64) "
@@ -106,10 +114,6 @@ MISSED = [
                  ";ngrok tcp 22") + ").split(';'):\n    os.system(c)", id="padding split from one string",
                  marks=_missed("a string longer than MAX_VALUE (4096) is not folded, so its "
                                "split is no constant table")),
-    pytest.param("import os\nT = ['echo 1', 'ngrok tcp 22']\ni = 0\nwhile i < len(T):\n"
-                 "    os.system(T[i])\n    i += 1", id="a while loop's index",
-                 marks=_missed("i = 0 folds i to 0 inside the while loop (not the rule's: a "
-                               "while loop's changing variables are read as their first value)")),
 ]
 
 

@@ -24,7 +24,8 @@ Closed in detect/cells.py, each a general rule:
 - ``getattr(x, "__dict__", default)``, ``a if c else b``, ``a or b`` is the namespace where
   either may be (``_namespace_attribute``);
 - ``m = os`` (or ``m = map``) makes m the module (the builtin); posix's members are os's.
-Left (strict xfail, the exact reason): what none of these rules reads."""
+Left (strict xfail, the exact reason): what none of these rules reads; most closed in session
+19 (CLOSED_IN_19, tests/test_redteam_cells19.py)."""
 
 from __future__ import annotations
 
@@ -253,8 +254,9 @@ def test_each_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
     _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
-#: Left: each starts ngrok; what the check reads of none of them, and why.
-LEFT = [
+#: Left in session 18, closed in session 19 (tests/test_redteam_cells19.py says how): each
+#: starts ngrok and is refused; the reason it was left is kept.
+CLOSED_IN_19 = [
     ("a dict comprehension of two loops",
      "r = {n: getattr(m, n) for m in [os] for n in ['system']}['system']\nr('ngrok tcp 22')",
      "an item of a comprehension is read for comprehensions of one loop only (the rows of "
@@ -273,12 +275,6 @@ LEFT = [
     ("a str class made by type()",
      "S = type('S', (str,), {'__ne__': lambda s, o: True})\nos.system(S('ngrok tcp 22'))",
      "only a class statement is read as a str class"),
-    ("a str class's keys colliding in a dict",
-     "class S(str):\n    def __hash__(self):\n        return hash('a')\n"
-     "    def __eq__(self, o):\n        return True\n"
-     "os.system({'a': 'ls', S('b'): 'ngrok tcp 22'}['a'])",
-     "a table keyed by a class replacing __hash__ is not folded (Python merges its keys as "
-     "the class says); unfolded, what it runs is not known"),
     ("a generator method", "class K:\n    def g(self):\n        yield 'ngrok tcp 22'\n"
                            "for c in K().g():\n    os.system(c)",
      "only the cell's functions called by name are read as generators, not methods"),
@@ -305,6 +301,27 @@ LEFT = [
      "followed)"),
 ]
 
+#: Left: each starts ngrok; what the check reads of none of them, and why.
+LEFT = [
+    ("a str class's keys colliding in a dict",
+     "class S(str):\n    def __hash__(self):\n        return hash('a')\n"
+     "    def __eq__(self, o):\n        return True\n"
+     "os.system({'a': 'ls', S('b'): 'ngrok tcp 22'}['a'])",
+     "a table keyed by a class replacing __hash__ is not folded (Python merges its keys as "
+     "the class says); unfolded, what it runs is not known"),
+]
+
+
+@pytest.mark.parametrize("what, cell, reason", CLOSED_IN_19, ids=[c[0] for c in CLOSED_IN_19])
+def test_an_evasion_left_in_18_is_refused(what, cell, reason):
+    assert FORBIDDEN in _cell_signatures(HEAD + cell), what
+
+
+@pytest.mark.parametrize("what, cell, reason", CLOSED_IN_19, ids=[c[0] for c in CLOSED_IN_19])
+def test_each_evasion_left_in_18_really_starts_ngrok(what, cell, reason, stand_in_path,
+                                                     tmp_path):
+    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+
 
 @pytest.mark.parametrize("what, cell, reason", LEFT, ids=[c[0] for c in LEFT])
 def test_each_left_evasion_really_starts_ngrok(what, cell, reason, stand_in_path, tmp_path):
@@ -325,9 +342,9 @@ def test_a_generator_of_an_earlier_cell_really_starts_ngrok(stand_in_path, tmp_p
     _runs_ngrok("".join(EARLIER_CELL), stand_in_path, tmp_path, "a generator of an earlier cell")
 
 
-@pytest.mark.xfail(strict=True, reason="a generator defined in an earlier cell is not "
-                   "remembered (the cell's functions are read of the cell only)")
 def test_a_generator_of_an_earlier_cell_is_read():
+    """Left in session 18 (the cell's functions were read of the cell only); the kernel's
+    memory keeps its generator functions since session 19."""
     assert FORBIDDEN in _cell_signatures(*EARLIER_CELL)
 
 

@@ -126,6 +126,7 @@ _CODE_MAGICS = {"capture", "time", "timeit", "prun", "debug", "python", "python3
 MAX_NESTING = 3  # exec of decoded code inside exec of decoded code ...
 MAX_NAMES = 512  # variables one kernel's memory keeps
 MAX_FILES = 16  # %%writefile scripts one kernel's memory keeps
+MAX_GENERATORS = 64  # generator functions one kernel's memory keeps (their trees)
 _SHELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 #: interpreters whose cells are read for the commands they run: system("…"), `…`, exec("…"),
 #: execSync("…"), spawn("…"), qx(…)
@@ -180,6 +181,7 @@ class CellMemory:
         self.clones: dict[str, str] = {}
         self.files: dict[str, str] = {}
         self.runners: dict[str, int] = {}
+        self.generators: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}  # by name
         self.holders = _Holders()  # names that may hold a runner (see _Holders)
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
         #: the words of the string constants earlier cells spelled out (see _Reader._plain):
@@ -211,7 +213,8 @@ class CellMemory:
     def _trim(self) -> None:
         for table, limit in ((self.names, MAX_NAMES), (self.aliases, MAX_NAMES),
                              (self.clones, MAX_NAMES), (self.files, MAX_FILES),
-                             (self.runners, MAX_NAMES), (self.renames, MAX_NAMES)):
+                             (self.runners, MAX_NAMES), (self.renames, MAX_NAMES),
+                             (self.generators, MAX_GENERATORS)):
             while len(table) > limit:
                 table.pop(next(iter(table)))
 
@@ -243,6 +246,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if memory is not None:
         memory.names, memory.aliases, memory.cwd = reader.names, reader.aliases, reader.cwd
         memory.runners = reader.runners
+        memory.generators = reader.generators
         memory.holders = reader.holders.trimmed(MAX_NAMES)
         memory.remember_words(reader.literals)
         memory._trim()
@@ -587,13 +591,19 @@ class _Reader(ast.NodeVisitor):
         self.functions: dict[str, ast.FunctionDef] = {}  # the cell's functions, by name
         #: the cell's generator functions (async or not), by name: what they yield are the
         #: rows of a loop over their call (_yielded)
-        self.generators: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        self.generators: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = \
+            dict(memory.generators) if memory else {}  # (an earlier cell's, called here)
         self._generators_called: dict[str, ast.Call] = {}  # it = g(): it -> the call
         self._generator_facts: dict[int, _GeneratorFacts] = {}  # id(function) -> its facts
+        self._class_nodes: dict[str, ast.ClassDef] = {}  # the cell's classes (their generators)
+        self._lambdas: dict[str, ast.Lambda] = {}  # g = lambda …: g -> the lambda
+        self._partials: dict[str, ast.Call] = {}  # p = functools.partial(…): p -> that call
+        self._dict_literals: dict[str, ast.Dict] = {}  # t = {"s": f}: t -> it, while unchanged
         self._mapped_budget = MAX_MAPPED_CALLS
         self._row_items: dict[str, ast.expr] = {}  # a loop's _ITEM name -> its row's item now
         #: the cell's items assigned where their table is not a constant: "d['c']" -> value
         self._items_set: dict[str, _Folded] = {}
+        self._same_table: dict[str, str] = {}  # e = d: e -> d (_table_root)
         self._comprehensions: dict[str, ast.DictComp] = {}  # t = {k: … for …}: t -> it
         self._returned_runners: dict[str, str] = {}  # function -> the runner it returns
         self._written: set[str] = set()  # files this cell wrote (their writes add up)
@@ -610,6 +620,8 @@ class _Reader(ast.NodeVisitor):
         self._classes: list[tuple[ast.ClassDef, dict]] = []  # the classes being read, inner last
         self._class_table: dict[str, dict] = {}  # the cell's classes' constants, by class
         self._str_classes: set[str] = set()  # the cell's classes made from str (_made_from_str)
+        #: of those, the ones whose __new__ makes their text: name -> (__new__, the text)
+        self._str_news: dict[str, tuple] = {}
         self._instances: dict[str, str] = {}  # k -> K, of k = K()
         self._method_constants_budget = MAX_METHOD_CONSTANTS
         #: variables that hold one item of a constant table, not known which (a loop's over
@@ -969,8 +981,11 @@ class _Reader(ast.NodeVisitor):
                     self.generators.pop(target.id, None)  # g = …: no longer the generator
                 if isinstance(node.value, ast.DictComp):
                     self._comprehensions[target.id] = node.value  # t["system"] is read of it
-                for spelled in [k for k in self._items_set if k.startswith(target.id + "[")]:
-                    del self._items_set[spelled]  # d = {}: none of its items
+                self._bind_spelled(target.id, node.value)
+                if self._table_root(target.id) == target.id:
+                    for spelled in [k for k in self._items_set if k.startswith(target.id + "[")]:
+                        del self._items_set[spelled]  # d = {}: none of its items
+                self._share_table(target.id, node.value)
                 if self._generated(node.value) and isinstance(node.value, ast.Call):
                     self._generators_called[target.id] = node.value
                 if folded is not None:
@@ -1000,6 +1015,41 @@ class _Reader(ast.NodeVisitor):
                         "operator.attrgetter", "operator.methodcaller"):
                     self.getters[target.id] = node.value
 
+    def _bind_spelled(self, name: str, value: ast.expr) -> None:
+        """What ``name = value`` makes of name, as the cell spells it: a lambda (``h = g`` of
+        one too), a table spelled whole, a partial (``q = p`` of one too), a str class made
+        by ``type()``; no longer a class of the cell's."""
+        same = value.id if isinstance(value, ast.Name) else None
+        lam = self._lambdas.get(same) if same else value if isinstance(value, ast.Lambda) else None
+        partial = self._partials.get(same) if same else value if isinstance(value, ast.Call) \
+            and self.call_name(value.func) in _PARTIALS and "partial" not in self.functions \
+            else None
+        spelled = _table_spelled(value)
+        if isinstance(spelled, ast.Dict):  # its keys as they are now (k = "s"; {k: f})
+            spelled = ast.Dict(keys=[ast.Constant(f.value) if (f := self.fold(k)) is not None
+                                     and _hashable_constant(f.value) else None
+                                     for k in spelled.keys], values=spelled.values)
+        for table, bound in ((self._lambdas, lam), (self._partials, partial),
+                             (self._dict_literals, spelled)):
+            table.pop(name, None)
+            if bound is not None:
+                table[name] = bound  # g = lambda …; p = partial(f, a); t = {"s": f}
+        self._class_nodes.pop(name, None)  # K = …: no longer the class
+        self._str_class_made_by_type(name, value)
+
+    def _table_changed(self, node: ast.expr) -> None:
+        """``t += […]``, ``del t[0]``, ``f(t)`` (which may change it): t's items are no longer
+        read as spelled (_table_item_called)."""
+        while isinstance(node, ast.Subscript):
+            node = node.value
+        if isinstance(node, ast.Name) and self._dict_literals:
+            self._dict_literals.pop(self._table_root(node.id), None)
+
+    def visit_Delete(self, node):
+        for target in node.targets:
+            self._table_changed(target)
+        self.generic_visit(node)
+
     def _instance_named(self, name: str, value: ast.expr) -> None:
         """``k = K()``: ``k.cmd`` is the class's constant ``K.cmd`` (what k was is forgotten)."""
         for attr in self._class_table.get(self._instances.pop(name, None), {}):
@@ -1020,6 +1070,8 @@ class _Reader(ast.NodeVisitor):
         it (else d was still read as the table it was); an item not known is taken out of it.
         Of a table not known (``d = dict()``), the item is remembered (_items_set)."""
         owner = target.value
+        if isinstance(owner, ast.Name):  # t["s"] = …: t no longer as spelled
+            self._dict_literals.pop(self._table_root(owner.id), None)
         spelled = self._item_spelled(target)
         if spelled is not None:  # d["x"]["c"] = …, d = dict(): its item known, if not d
             self._items_set.pop(spelled, None)
@@ -1042,17 +1094,25 @@ class _Reader(ast.NodeVisitor):
                 return
         except (TypeError, IndexError):
             return
-        self.names[owner.id] = _Folded(changed, table.hidden or bool(folded and folded.hidden))
+        changed = _Folded(changed, table.hidden or bool(folded and folded.hidden))
+        root = self._table_root(owner.id)
+        for other in [root] + [a for a, r in self._same_table.items() if r == root]:
+            if self.names.get(other) is table:  # e = d of a constant d: one table, two names
+                self.names[other] = changed
+        self.names[owner.id] = changed
 
     def _items_changed(self, node: ast.Call) -> None:
         """``d.update(c=…)``, ``d.clear()``: d's items set before are not known any more."""
         func = node.func
         while isinstance(func, ast.Attribute) and isinstance(func.value, ast.Subscript):
             func = ast.Attribute(value=func.value.value, attr=func.attr)  # d["x"].update(…)
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
+                func.attr not in ("get", "keys", "values", "items", "copy"):
+            self._dict_literals.pop(self._table_root(func.value.id), None)  # t.update(…)
         if self._items_set and isinstance(func, ast.Attribute) and \
                 isinstance(func.value, ast.Name) and func.attr not in _STR_METHODS + (
                     "get", "keys", "values", "items", "copy", "index", "count"):
-            prefix = func.value.id + "["
+            prefix = self._table_root(func.value.id) + "["
             for spelled in [k for k in self._items_set if k.startswith(prefix)]:
                 del self._items_set[spelled]
 
@@ -1067,7 +1127,51 @@ class _Reader(ast.NodeVisitor):
             node = node.value
         if not isinstance(node, ast.Name):
             return None
-        return node.id + "".join(f"[{k}]" for k in reversed(keys))
+        return self._table_root(node.id) + "".join(f"[{k}]" for k in reversed(keys))
+
+    def _table_root(self, name: str) -> str:
+        """The name a table was first bound to, for another name of it (``e = d``: d), so
+        that an item set through either is read through both."""
+        return self._same_table.get(name, name)
+
+    def _share_table(self, name: str, value: ast.expr) -> None:
+        """``e = d``: e is d's table (its items set through e are d's); ``e = …`` else: e is
+        its own name again, and names of the table it was first bound to are not e's."""
+        for other in [a for a, root in self._same_table.items() if root == name or a == name]:
+            del self._same_table[other]
+        if isinstance(value, ast.Name) and value.id != name and value.id not in self.aliases \
+                and len(self._same_table) < MAX_NAMES:
+            self._same_table[name] = self._table_root(value.id)
+
+    def _set_item_by_call(self, node: ast.Call, name: str | None) -> bool:
+        """``d.__setitem__("c", v)``, ``operator.setitem(d, "c", v)``, ``d.update(c=v)``,
+        ``d.setdefault("c", v)`` (unless d["c"] is known): as ``d["c"] = v``. Whether it
+        was such a call (else d's items are forgotten where its method changes them)."""
+        method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+        if method in ("__setitem__", "setdefault") and len(node.args) == 2 and not node.keywords:
+            table, pairs = node.func.value, [tuple(node.args)]
+        elif method == "update" and len(node.args) <= 1:
+            table, pairs = node.func.value, [(ast.Constant(k.arg), k.value) for k in node.keywords]
+            given = node.args[0] if node.args else ast.Dict(keys=[], values=[])
+            if not isinstance(given, ast.Dict) or None in given.keys or \
+                    any(k.arg is None for k in node.keywords):
+                return False  # d.update(t) of a table not spelled out: d's items forgotten
+            pairs += list(zip(given.keys, given.values))
+        elif name in ("operator.setitem", "dict.__setitem__") and len(node.args) == 3 and \
+                not node.keywords:
+            table, pairs = node.args[0], [tuple(node.args[1:])]
+        else:
+            return False
+        if not isinstance(table, (ast.Name, ast.Subscript)) or self._is_namespace(table):
+            return False
+        for key, value in pairs[:MAX_MEMBERS]:
+            target = ast.Subscript(value=table, slice=key, ctx=ast.Store())
+            spelled = self._item_spelled(target)
+            if method == "setdefault" and (spelled in self._items_set or self.fold(
+                    ast.Subscript(value=table, slice=key, ctx=ast.Load())) is not None):
+                continue  # set before: setdefault keeps it
+            self._set_item(target, self.fold(value))
+        return True
 
     def _runner_item(self, target: ast.Subscript, value: ast.expr) -> None:
         """``d["go"] = os.system``: ``d["go"]`` is an alias of os.system, as in a table."""
@@ -1310,6 +1414,38 @@ class _Reader(ast.NodeVisitor):
         else:
             self.names.pop(key, None)
 
+    def visit_While(self, node):
+        """``i = 0; while i < len(T): os.system(T[i]); i += 1``: a counter the loop changes
+        is not its first value inside it (``T[i]`` is one of T's items, not ``T[0]``). A text
+        variable the body assigns only constants is any of them, or its first value (``c =
+        "ls"`` … ``c = "ngrok tcp 22"``); one assigned otherwise keeps its first value (read
+        in order, as written: no command found before is lost)."""
+        stores = _stores_in(node.body + node.orelse)
+        for name, assigned in stores.items():
+            if name not in self.names:
+                continue
+            values = self._values_in_loop(name, assigned)
+            if values and isinstance(self.names[name].value, (str, bytes)):
+                self.choices[name] = [self.names[name], *values]
+            if values or not isinstance(self.names[name].value, (str, bytes)):
+                del self.names[name]
+        self.generic_visit(node)
+
+    def _values_in_loop(self, name: str, assigned: list) -> list[_Folded] | None:
+        """The constants a loop's body assigns to ``name`` (_stores_in: each plain ``c = …``,
+        or None for another store), folded as the loop starts; None where one is stored
+        otherwise, is of ``name`` itself (``c = c + "…"``) or does not fold."""
+        values = []
+        for value in assigned[:16]:
+            if value is None or any(isinstance(n, ast.Name) and n.id == name
+                                    for n in ast.walk(value)):
+                return None
+            folded = self.fold(value)
+            if folded is None:
+                return None
+            values.append(folded)
+        return values if len(assigned) <= 16 else None
+
     def visit_For(self, node):
         """``for t in ["ngrok"]: os.system(t + " tcp 22")``, ``for name, cmd in
         {"t": "ngrok tcp 22"}.items()``, ``for f, c in zip([os.system], [...])``: the body read
@@ -1513,10 +1649,14 @@ class _Reader(ast.NodeVisitor):
             node = node.value  # for c in (it := g())
         if isinstance(node, ast.Name) and node.id in self._generators_called:
             return self._items(self._generators_called[node.id], depth + 1)  # it = g()
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-                node.func.id in self.generators and not self._applying and \
-                self.call_name(node.func) == node.func.id:
-            return self._yielded(node, depth)
+        generator = self._generator_call(node) if not self._applying else None
+        if generator is not None:
+            return self._yielded(*generator, depth)
+        returned = self._lambda_returned(node)
+        if returned is None:
+            returned = self._iter_returned(node)  # def __iter__(self): return iter(T)
+        if returned is not None:
+            return self._items(returned, depth + 1)  # g = lambda: (c for c in T); g()
         folded = self.fold(node)
         if folded is not None:
             value = folded.value
@@ -1526,6 +1666,9 @@ class _Reader(ast.NodeVisitor):
                 return None
             self._row_budget -= len(value)
             return [_Folded(v, folded.hidden) for v in value]
+        if isinstance(node, ast.Name) and isinstance(
+                self._dict_literals.get(self._table_root(node.id)), (ast.List, ast.Tuple)):
+            node = self._dict_literals[self._table_root(node.id)]  # rows = ((…, os.system),)
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             elts = self._spread_items(node.elts)
             if elts is None or len(elts) > MAX_CHOICES:
@@ -1559,6 +1702,10 @@ class _Reader(ast.NodeVisitor):
         if name in ("filter", "itertools.filterfalse", "itertools.cycle") and args:
             args = args[-1:]  # filter(f, T): some of T's items
             name = "list"
+        if name == "zip" and any(isinstance(a, ast.Starred) for a in args):
+            args = self._spread_iterables(args)  # zip(*rows): the rows' columns
+            if args is None:
+                return None
         inner = [self._items(a, depth + 1) for a in args]
         if name == "zip" and any(i is not None for i in inner):
             # an iterable not spelled out (a holder's values): its items, whatever they are
@@ -1577,14 +1724,101 @@ class _Reader(ast.NodeVisitor):
             return [item for items in inner for item in items][:MAX_CHOICES]
         return None
 
-    def _yielded(self, call: ast.Call, depth: int) -> list | None:
+    def _generator_call(self, node: ast.expr):
+        """(generator function, its call) where iterating ``node`` runs a generator function
+        of the cell's: ``g()``; a method of the cell's class (its own or a base's), ``K().g()``,
+        ``k.g()``, ``self.g()`` in the class, ``K.g(k)`` (self spelled as an instance of the
+        class, _an_instance; a staticmethod given none); an instance of a class whose
+        ``__iter__`` is one, ``It()``/``it`` (iterating it calls ``__iter__(self)``). None
+        otherwise."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in self.generators and self.call_name(node.func) == node.func.id:
+            return self.generators[node.func.id], node
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner, name = node.func.value, node.func.attr
+            if isinstance(owner, ast.Name) and owner.id in self._class_nodes:  # K.g(k)
+                method, cls = self._method_of(owner.id, name), None
+            else:  # K().g(), k.g(), self.g()
+                cls = self._instance_class(owner)
+                method = self._method_of(cls, name) if cls else None
+            if method is None or not _is_generator(method):
+                return None
+            bound = cls is not None and not method.decorator_list  # (a staticmethod: no self)
+            return method, ast.Call(func=node.func, keywords=node.keywords, args=[
+                *([_an_instance(cls)] if bound else []), *node.args])
+        method = self._iter_method(node)
+        return (method, ast.Call(func=node, args=[_an_instance(self._instance_class(node))],
+                                 keywords=[])) if method is not None and \
+            _is_generator(method) else None
+
+    def _iter_method(self, node: ast.expr):
+        """The ``__iter__`` of the cell's class that iterating ``node`` calls: ``It()``, an
+        instance kept in a name."""
+        cls = self._instance_class(node)
+        method = self._method_of(cls, "__iter__") if cls else None
+        return method if method is not None and not method.decorator_list else None
+
+    def _instance_class(self, node: ast.expr) -> str | None:
+        """The cell's class ``node`` is an instance of: ``K()``, ``k`` of ``k = K()``, and
+        ``self`` while one of the class's methods is read."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in self._class_nodes:
+            return node.func.id
+        if isinstance(node, ast.Name) and node.id in self._instances:
+            return self._instances[node.id]
+        if isinstance(node, ast.Name) and node.id == "self" and self._classes:
+            return self._classes[-1][0].name
+        return None
+
+    def _method_of(self, cls: str, name: str, depth: int = 0):
+        """The method ``name`` of the cell's class ``cls``, its own or its bases' (in their
+        order, depth first), plain or a staticmethod; None where another decorator wraps it
+        or the class does not spell it."""
+        found = self._class_nodes.get(cls)
+        if found is None or depth > 8:
+            return None
+        for statement in found.body:
+            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    statement.name == name:
+                plain = not statement.decorator_list or \
+                    len(statement.decorator_list) == 1 and \
+                    self.call_name(statement.decorator_list[0]) == "staticmethod"
+                return statement if plain else None
+        for base in found.bases:
+            method = self._method_of(base.id, name, depth + 1) \
+                if isinstance(base, ast.Name) else None
+            if method is not None:
+                return method
+        return None
+
+    def _iter_returned(self, node: ast.expr) -> ast.expr | None:
+        """What iterating an instance of the cell's class iterates when its ``__iter__`` only
+        returns an expression (``return iter(["…"])``, ``return self.g()``), self spelled as
+        an instance of its class."""
+        method = self._iter_method(node)
+        if method is None or _is_generator(method) or len(method.body) != 1 or \
+                not isinstance(method.body[0], ast.Return) or method.body[0].value is None:
+            return None
+        params = [a.arg for a in method.args.posonlyargs + method.args.args]
+        instance = _an_instance(self._instance_class(node))
+        return _spelled(method.body[0].value, {params[0]: instance}) if len(params) == 1 else None
+
+    def _lambda_returned(self, node: ast.expr) -> ast.expr | None:
+        """``g()`` of ``g = lambda: <expression>``: the expression, its parameters spelled as
+        the call's arguments (a lambda returning a generator expression is iterated as it)."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            return None
+        function = self._lambdas.get(node.func.id)
+        given = self._arguments_spelled(function, node) if function is not None else None
+        return _spelled(function.body, given) if given is not None else None
+
+    def _yielded(self, function, call: ast.Call, depth: int) -> list | None:
         """The items a generator function of the cell gives when called (``def g(): yield
         "ngrok tcp 22"``, ``async def`` alike): what each ``yield`` yields, ``yield from T``
         T's items, in order of the text, its parameters spelled as the call's arguments, and a
         yield in a loop of the function's once per row of it (``for c in T: yield c``). None
         where one is of another variable of the function's (known only as it runs), as any
         iterable not spelled out."""
-        function = self.generators[call.func.id]
         given = self._arguments_spelled(function, call)
         if given is None:
             return None
@@ -1599,7 +1833,8 @@ class _Reader(ast.NodeVisitor):
         items: list = []
         for node in facts.yields:
             value = node.value if node.value is not None else ast.Constant(None)
-            value = _spelled(value, given) if facts.names[id(node)] & set(given) else value
+            value = self._assigned_before(value, node, facts)
+            value = _spelled(value, given)
             used = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} & local
             values = self._per_row(value, used, node, parents, given) if used else [value]
             if values is None:
@@ -1610,6 +1845,19 @@ class _Reader(ast.NodeVisitor):
                     return None
                 items += more
         return items
+
+    def _assigned_before(self, value: ast.expr, node: ast.AST, facts: "_GeneratorFacts"):
+        """A yield's value with the function's variables assigned once before it in its
+        block spelled as what they were assigned (``d = c`` then ``yield d``: ``c``, a loop's
+        variable read row by row), a few levels (``e = d``)."""
+        for _ in range(4):
+            used = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+            spelled = {name: statement.value for name, statement in facts.in_blocks.items()
+                       if name in used and _dominated(statement, node, facts.parents)}
+            if not spelled:
+                return value
+            value = _spelled(value, spelled)
+        return value
 
     def _arguments_spelled(self, function, call: ast.Call) -> dict[str, ast.expr] | None:
         """A function's parameters as the call's arguments (or their defaults); None where the
@@ -1890,14 +2138,44 @@ class _Reader(ast.NodeVisitor):
         that the cell spells: folded, it hides no command it did not hide unfolded (a cell then
         refused for a command it never builds, not one let through). No filter of the cell's
         drops a row while it has such a class (``__ne__`` may say anything)."""
+        self._str_news.pop(node.name, None)
         bases = [self.call_name(b) for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))]
         if len(bases) != 1 or bases[0] != "str" and bases[0] not in self._str_classes or \
                 len(node.bases) != 1 or node.keywords or node.decorator_list:
             return False  # class T(S) of a str class S is one too
-        named = {n.name for n in ast.walk(node)
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        named |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        return "__new__" not in named
+        named = [n.name for n in ast.walk(node)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        named += [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+        named += [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)]
+        inherited = self._str_news.get(bases[0])
+        if "__new__" not in named:
+            if inherited is not None:
+                self._str_news[node.name] = inherited  # class T(S): S's __new__ makes T's text
+            return True
+        made = _text_made_by_new(node)
+        if made is not None and named.count("__new__") == 2:  # def __new__, str.__new__: no
+            self._str_news[node.name] = made  # other (a __new__ = … or one inside a method)
+            return True
+        return False
+
+    def _str_class_made_by_type(self, name: str, value: ast.expr) -> None:
+        """``S = type("S", (str,), {"__ne__": …})``: a str class as a class statement's
+        (_made_from_str), unless its table names ``__new__`` or is not spelled out."""
+        self._str_classes.discard(name)
+        self._str_news.pop(name, None)
+        if not (isinstance(value, ast.Call) and self.call_name(value.func) == "type" and
+                len(value.args) == 3 and not value.keywords and
+                isinstance(value.args[1], ast.Tuple) and len(value.args[1].elts) == 1 and
+                isinstance(_table_spelled(value.args[2]), ast.Dict)):
+            return  # (its table {…} or dict(…=…))
+        base = value.args[1].elts[0]
+        base = self.call_name(base) if isinstance(base, (ast.Name, ast.Attribute)) else None
+        keys = [self.fold(k) for k in _table_spelled(value.args[2]).keys]
+        if (base == "str" or base in self._str_classes and base not in self._str_news) and \
+                all(k is not None and isinstance(k.value, str) and k.value != "__new__"
+                    for k in keys) and not any(isinstance(n, ast.Attribute) and n.attr == "__new__"
+                                               for n in ast.walk(value.args[2])):
+            self._str_classes.add(name)
 
     def visit_ClassDef(self, node):
         for base in node.bases:  # class Server(paramiko.ServerInterface): what it is made of
@@ -1908,6 +2186,7 @@ class _Reader(ast.NodeVisitor):
         for attr, folded in constants.items():
             self._bind_constant(f"{node.name}.{attr}", folded)
         self._class_table[node.name] = constants
+        self._class_nodes[node.name] = node
         if self._made_from_str(node):
             self._str_classes.add(node.name)
         else:
@@ -2031,6 +2310,7 @@ class _Reader(ast.NodeVisitor):
 
     def visit_AugAssign(self, node):
         self.visit(node.value)
+        self._table_changed(node.target)
         if isinstance(node.op, ast.BitOr) and self._is_namespace(node.target):
             update = ast.Call(func=ast.Name(id="update", ctx=ast.Load()), args=[node.value],
                               keywords=[])
@@ -2072,6 +2352,9 @@ class _Reader(ast.NodeVisitor):
         item = self._comprehension_item(node)
         if item is not None:  # {n: getattr(os, n) for n in ["system"]}["system"]
             return self._tainted(item, depth + 1)
+        search = self._filter_as_search(node)
+        if search is not None:  # filter(lambda kv: kv[0] == "system", vars(os).items())
+            return self._tainted(search, depth + 1)
         if isinstance(node, (ast.Attribute, ast.Subscript)):
             return self._member_may_run(node, depth + 1)
         if isinstance(node, ast.Call):
@@ -2090,15 +2373,55 @@ class _Reader(ast.NodeVisitor):
             parts = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
         return any(self._tainted(part, depth + 1) for part in parts)
 
+    def _filter_as_search(self, node: ast.expr) -> ast.GeneratorExp | None:
+        """``filter(lambda p: test, T)`` as the search it is, ``(p for p in T if test)``;
+        over a module's pairs (``vars(os).items()``) its parameter is the pair, ``p[0]`` the
+        name and ``p[1]`` the member (_searched_runner reads the search)."""
+        if not (isinstance(node, ast.Call) and len(node.args) == 2 and not node.keywords and
+                self.call_name(node.func) == "filter"):
+            return None
+        function, table = node.args[0], node.args[1]
+        if isinstance(function, ast.Name) and function.id in self.pure:  # def pick(kv): return …
+            function = ast.Lambda(args=self.pure[function.id].args,
+                                  body=_returned(self.pure[function.id])[0])
+        if not isinstance(function, ast.Lambda):
+            return None
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        if len(params) != 1 or function.args.vararg or function.args.kwarg:
+            return None
+        if not self._member_pairs(table):
+            name = ast.Name(id=params[0], ctx=ast.Store())
+            return ast.GeneratorExp(elt=ast.Name(id=params[0], ctx=ast.Load()), generators=[
+                ast.comprehension(target=name, iter=table, ifs=[function.body], is_async=0)])
+        pair = [ast.Name(id=f"{_PAIR}{i}", ctx=ast.Load()) for i in (0, 1)]
+        test = _PairSpelled(params[0], pair).visit(copy.deepcopy(function.body))
+        return ast.GeneratorExp(elt=ast.Tuple(elts=pair, ctx=ast.Load()), generators=[
+            ast.comprehension(target=ast.Tuple(elts=[ast.Name(id=n.id, ctx=ast.Store())
+                                                     for n in pair], ctx=ast.Store()),
+                              iter=table, ifs=[test], is_async=0)])
+
     def _searched_runner(self, node, depth: int) -> bool:
         """A search of a module's members that picks names the cell spells (``next(v for k, v
         in vars(os).items() if k == "system")``, ``[getattr(os, k) for k in dir(os) if k in
         ("system",)]``): what it gives is read with the loop's variables bound to each picked
         member that is a runner, and its name. A search that picks no spelled name is no runner
         (honest code lists modules' members)."""
-        if len(node.generators) != 1:
+        if len(node.generators) > 3:
             return False
-        loop = node.generators[0]
+        outer = self._comprehension_rows(node.generators[:-1]) if len(node.generators) > 1 \
+            else [({}, {})]
+        element = node.value if isinstance(node, ast.DictComp) else node.elt
+        last = node.generators[-1]
+        for spelled, _ in outer or []:  # for m in [os] for k, v in vars(m).items(): row by row
+            spelled = {n: v for n, v in spelled.items() if n not in _loop_names(last.target)}
+            loop = ast.comprehension(target=last.target, iter=_spelled(last.iter, spelled),
+                                     ifs=[_spelled(t, spelled) for t in last.ifs], is_async=0)
+            if self._searched_in(loop, _spelled(element, spelled), depth):
+                return True
+        return False
+
+    def _searched_in(self, loop: ast.comprehension, element: ast.expr, depth: int) -> bool:
+        """_searched_runner of one loop over a module's members, giving ``element``."""
         names = _loop_names(loop.target)
         module = self._member_pairs(loop.iter) if len(names) == 2 else \
             self._member_names(loop.iter) if len(names) == 1 else None
@@ -2108,7 +2431,6 @@ class _Reader(ast.NodeVisitor):
                                if isinstance(n, str) and n.isidentifier() and
                                self._runs(f"{module}.{n}"))
         picked.update(dict.fromkeys(self._accepted_runners(module, names[0], loop.ifs)))
-        element = node.value if isinstance(node, ast.DictComp) else node.elt
         for name in picked:
             with self._row_bound(names, [ast.Constant(name), _dotted_name(f"{module}.{name}")]):
                 if self._tainted(element, depth + 1):
@@ -2741,6 +3063,9 @@ class _Reader(ast.NodeVisitor):
         """``map(f, A, B)`` read as the calls it makes, ``f(a, b)`` for each row the cell spells
         out (at most MAX_LOOP_ROWS): whatever ``f`` is, a call of it is read as such
         (``map(globals().__setitem__, ["r"], [os.system])`` binds r, as its call would)."""
+        iterables = self._spread_iterables(iterables)
+        if iterables is None:
+            return
         if starred and len(iterables) == 1:
             rows = [item if isinstance(item, list) else
                     list(item.elts) if isinstance(item, (ast.Tuple, ast.List)) else
@@ -2766,6 +3091,29 @@ class _Reader(ast.NodeVisitor):
                 self.visit(_spelled(function.body, dict(zip(params, given))))
             else:
                 self.visit(ast.Call(func=function, keywords=[], args=given))
+
+    def _spread_iterables(self, iterables: list[ast.expr]) -> list[ast.expr] | None:
+        """map's iterables with those spread (``map(f, *zip(("r", os.system)))``) spelled
+        out: one list per item of what is spread, as the call receives them; None where what
+        is spread is not spelled out."""
+        found: list[ast.expr] = []
+        for iterable in iterables:
+            if not isinstance(iterable, ast.Starred):
+                found.append(iterable)
+                continue
+            items = self._items(iterable.value)
+            if items is None or len(items) > MAX_LOOP_ROWS:
+                return None
+            for item in items:
+                if isinstance(item, _Folded) and isinstance(item.value, (list, tuple)):
+                    item = [_Folded(v, item.hidden) for v in item.value]
+                elif isinstance(item, (ast.List, ast.Tuple)):  # map(f, *[["r"], [os.system]])
+                    item = list(item.elts)
+                if not isinstance(item, list) or any(isinstance(i, ast.Starred) for i in item):
+                    return None
+                found.append(ast.List(elts=[_node_of(i.value) if isinstance(i, _Folded) else i
+                                            for i in item], ctx=ast.Load()))
+        return found
 
     def _apply(self, function: ast.Lambda | ast.FunctionDef, values: list,
                keywords: list[ast.keyword] = ()) -> None:
@@ -2843,15 +3191,62 @@ class _Reader(ast.NodeVisitor):
             keywords.append(kw)
         return ast.Call(func=node.func, args=args, keywords=keywords)
 
+    def _partial_applied(self, node: ast.Call) -> ast.Call:
+        """``functools.partial(f, a)(b)`` (or ``p(b)`` of ``p = partial(f, a)``, a partial of a
+        partial): the call it makes, ``f(a, b)``, with the keywords of both."""
+        for _ in range(MAX_NAMED_CHAIN):
+            bound = node.func
+            if isinstance(bound, ast.Name) and bound.id in self._partials:
+                bound = self._partials[bound.id]
+            if not (isinstance(bound, ast.Call) and bound.args and
+                    self.call_name(bound.func) in _PARTIALS and "partial" not in self.functions):
+                return node
+            node = ast.Call(func=bound.args[0], args=[*bound.args[1:], *node.args],
+                            keywords=[*bound.keywords, *node.keywords])
+        return node
+
+    def _table_item_called(self, node: ast.Call) -> ast.Call:
+        """``t["s"](…)`` of ``t = {"s": globals().__setitem__}``: the call of what the table
+        spells for that key (a table of functions is read as its functions, called)."""
+        func = node.func
+        if isinstance(func, ast.Call) and isinstance(func.func, ast.Attribute) and \
+                func.func.attr == "get" and len(func.args) == 1 and not func.keywords:
+            func = ast.Subscript(value=func.func.value, slice=func.args[0], ctx=ast.Load())
+        if not (isinstance(func, ast.Subscript) and isinstance(func.value, ast.Name) and
+                self._table_root(func.value.id) in self._dict_literals):
+            return node
+        table = self._dict_literals[self._table_root(func.value.id)]
+        key = self.fold(func.slice)
+        if key is None or not _hashable_constant(key.value):
+            return node
+        if isinstance(table, (ast.List, ast.Tuple)):  # t = [globals().__setitem__]; t[0](…)
+            index = key.value
+            found = table.elts[index] if type(index) is int and \
+                -len(table.elts) <= index < len(table.elts) else None
+            return ast.Call(func=found, args=node.args, keywords=node.keywords) \
+                if found is not None else node
+        found = None
+        for k, value in zip(table.keys, table.values):  # the last of a key spelled twice
+            if k is None:
+                return node  # a key not known: it may be this one
+            if type(k.value) is type(key.value) and k.value == key.value:
+                found = value
+        return ast.Call(func=found, args=node.args, keywords=node.keywords) \
+            if found is not None else node
+
     def visit_Call(self, node):
-        node = self._unstarred(node)
+        node = self._table_item_called(self._partial_applied(self._unstarred(node)))
         name = self.call_name(node.func)
         args = [self.fold(a) for a in node.args]
         if name and "." in name and not (
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
         self._mutated(node, name)
-        self._items_changed(node)
+        if not self._set_item_by_call(node, name):
+            self._items_changed(node)
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            if isinstance(arg, ast.Name):
+                self._table_changed(arg)  # put(t): t may be changed there
         self._applied_functions(node, name)
         if name and name.startswith("sh.") and name.count(".") == 1 and \
                 self.aliases.get(name.split(".")[0], "sh") == "sh" and \
@@ -3547,32 +3942,56 @@ class _Reader(ast.NodeVisitor):
                                  ctx=ast.Load())
         if not isinstance(node, ast.Subscript) or not isinstance(
                 node.value, (ast.DictComp, ast.ListComp, ast.GeneratorExp)) or \
-                len(node.value.generators) != 1 or node.value.generators[0].is_async:
+                len(node.value.generators) > 3 or \
+                any(loop.is_async for loop in node.value.generators):
             return None
-        table, loop = node.value, node.value.generators[0]
-        names, key = _loop_names(loop.target), self.fold(node.slice)
-        rows = self._rows(loop.iter, len(names)) if names and key is not None else None
-        if not rows or len(rows) > MAX_INLINED_ITEMS:
+        table, key = node.value, self.fold(node.slice)
+        combos = self._comprehension_rows(table.generators) if key is not None else None
+        if not combos:
             return None
         found = []
-        for row in rows:
-            spelled = {n: _node_of(i.value) if isinstance(i, _Folded) else i
-                       for n, i in zip(names, row)}
-            bound = {n: i if isinstance(i, _Folded) else self.fold(i) for n, i in zip(names, row)}
-            bound = {n: f for n, f in bound.items() if f is not None}
-            kept = [self._holds(test, bound) if not self._str_classes else None
-                    for test in loop.ifs]  # (as _filtered_out: S.__ne__ may say anything)
+        for spelled, bound in combos:
             row_key = self._fold_with(bound, table.key, 0) if isinstance(table, ast.DictComp) \
                 else None
-            if None in kept or isinstance(table, ast.DictComp) and row_key is None:
+            if isinstance(table, ast.DictComp) and row_key is None:
                 return None
-            if all(kept) and (row_key is None or row_key.value == key.value):
+            if row_key is None or row_key.value == key.value:
                 found.append(_spelled(table.value if isinstance(table, ast.DictComp)
                                       else table.elt, spelled))
         if isinstance(table, ast.DictComp):
             return found[-1] if found else None
         index = key.value
         return found[index] if type(index) is int and -len(found) <= index < len(found) else None
+
+    def _comprehension_rows(self, loops: list[ast.comprehension]) -> list[tuple] | None:
+        """The rows a comprehension's loops make, outer first (``for m in [os] for n in
+        ["system"]``: the inner loop's table spelled with the outer's row), those its filters
+        drop left out: (loop variables spelled as nodes, those folded) for each, at most
+        MAX_INLINED_ITEMS. None where a table or a filter is not known."""
+        combos: list[tuple[dict, dict]] = [({}, {})]
+        for loop in loops:
+            names = _loop_names(loop.target)
+            if not names:
+                return None
+            more = []
+            for spelled, bound in combos:
+                rows = self._rows(_spelled(loop.iter, spelled), len(names))
+                if not rows or len(more) + len(rows) > MAX_INLINED_ITEMS:
+                    return None
+                for row in rows:
+                    row_spelled = {**spelled, **{n: _node_of(i.value) if isinstance(i, _Folded)
+                                                 else i for n, i in zip(names, row)}}
+                    row_bound = {**bound, **{n: i if isinstance(i, _Folded) else self.fold(i)
+                                             for n, i in zip(names, row)}}
+                    row_bound = {n: f for n, f in row_bound.items() if f is not None}
+                    kept = [self._holds(test, row_bound) if not self._str_classes else None
+                            for test in loop.ifs]  # (as _filtered_out: S.__ne__ may say anything)
+                    if None in kept:
+                        return None
+                    if all(kept):
+                        more.append((row_spelled, row_bound))
+            combos = more
+        return combos
 
     def _namespace_item(self, node: ast.expr) -> ast.Name | None:
         """``globals()["d"]``, ``sys._getframe().f_locals["d"]``: the variable d."""
@@ -3815,9 +4234,15 @@ class _Reader(ast.NodeVisitor):
 
     def _generated(self, node: ast.expr) -> bool:
         """A call of a generator function of the cell's, or a name bound to one."""
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and \
+                self.call_name(node.func) in ("iter", "aiter"):
+            node = node.args[0]  # next(iter(It()))
+        returned = self._lambda_returned(node)
+        if returned is not None and isinstance(returned, ast.GeneratorExp):
+            return True  # next(g()) of g = lambda: (c for c in T)
         return isinstance(node, ast.Name) and node.id in self._generators_called or \
-            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-            node.func.id in self.generators
+            isinstance(node, ast.Call) and self._generator_call(node) is not None or \
+            self._iter_method(node) is not None
 
     def _fold_generated(self, how: str, generator: ast.expr, depth: int) -> _Folded | None:
         """``next(g())`` (``await anext(g())``): the first item g yields; ``list(g())``: all,
@@ -3837,6 +4262,17 @@ class _Reader(ast.NodeVisitor):
                 return None
             return _Folded({_hashable(k): v for k, v in pairs}, hidden)
         return _Folded([f.value for f in folded], hidden)
+
+    def _fold_made_by_new(self, made: tuple, node: ast.Call, depth: int) -> _Folded | None:
+        """An instance of a str class whose ``__new__`` returns ``str.__new__(cls, text)``:
+        that text, its parameters spelled as the call's arguments (cls as no constant)."""
+        function, text = made
+        call = ast.Call(func=node.func, args=[ast.Name(id=_SELF, ctx=ast.Load()), *node.args],
+                        keywords=node.keywords)
+        given = self._arguments_spelled(function, call)
+        folded = self.fold(_spelled(text, given), depth + 1) if given is not None else None
+        return _Folded(folded.value, True) if folded is not None and \
+            isinstance(folded.value, str) else None
 
     def _fold_template(self, node: ast.Call, depth: int) -> _Folded | None:
         """``string.Template("$a$b tcp 22").substitute(a="ng", b="rok")``."""
@@ -3946,6 +4382,8 @@ class _Reader(ast.NodeVisitor):
             return _Folded(values[0], args[0].hidden)
         if name == "chr" and values and isinstance(values[0], int):
             return _Folded(chr(values[0]), True)
+        if name in self._str_news:  # S(…) of a __new__ returning str.__new__(cls, v + …)
+            return self._fold_made_by_new(self._str_news[name], node, depth)
         if name in self._str_classes and len(values) == 1 and isinstance(values[0], str):
             return _Folded(values[0], True)  # class S(str): … ; S("ngrok tcp 22")
         if name in ("str", "bytes", "bytearray") and len(values) == 1:
@@ -4059,6 +4497,8 @@ def _as_loops(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
     return body[0] if isinstance(body[0], ast.For) else None
 
 
+_PARTIALS = ("functools.partial", "partial")  # (partial: from functools import partial)
+_SELF = "\0self"  # what a str class's __new__ is given for cls (no constant)
 _ITEM = "\0item"  # the name a loop binding anything but names binds (_with_named_target)
 
 
@@ -4123,6 +4563,27 @@ class _Spelled(ast.NodeTransformer):
         return self.spelled.get(node.id, node) if isinstance(node.ctx, ast.Load) else node
 
 
+_PAIR = "\0pair"  # the names of a filtered pair's items (_filter_as_search)
+
+
+class _PairSpelled(ast.NodeTransformer):
+    """A filter's parameter p over pairs: ``p[0]``, ``p[1]`` as the pair's names, p alone as
+    the tuple of both."""
+
+    def __init__(self, param: str, pair: list[ast.Name]):
+        self.param, self.pair = param, pair
+
+    def visit_Subscript(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id == self.param and \
+                isinstance(node.slice, ast.Constant) and node.slice.value in (0, 1, -1, -2) and \
+                type(node.slice.value) is int:
+            return self.pair[node.slice.value]
+        return self.generic_visit(node)
+
+    def visit_Name(self, node):
+        return ast.Tuple(elts=list(self.pair), ctx=ast.Load()) if node.id == self.param else node
+
+
 def _spelled(node: ast.expr, spelled: dict[str, ast.expr]) -> ast.expr:
     return _Spelled(spelled).visit(copy.deepcopy(node))
 
@@ -4139,6 +4600,7 @@ class _GeneratorFacts:
         self.local = {n.id for n in own if isinstance(n, ast.Name) and
                       not isinstance(n.ctx, ast.Load)}
         self.once = _assigned_once(function, self.local)
+        self.in_blocks = _assigned_once_in_blocks(function, self.parents)
         self.names = {id(y): {n.id for n in ast.walk(y) if isinstance(n, ast.Name)}
                       for y in self.yields}
 
@@ -4159,6 +4621,97 @@ def _assigned_once(function, local: set[str]) -> dict[str, ast.expr]:
                         for n in ast.walk(statement.value)):
             found[statement.targets[0].id] = statement.value
     return found
+
+
+def _assigned_once_in_blocks(function, parents: dict) -> dict[str, ast.Assign]:
+    """The variables a function assigns once, by a plain ``d = …`` inside a block (a loop's
+    body: ``for c in T: d = c; yield d``): name -> that statement. A yield after it in its
+    block (_dominated) yields the value assigned there."""
+    stores: dict[str, int] = {}
+    for node in _own_scope(function):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+    return {node.targets[0].id: node for node in _own_scope(function)
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and
+            isinstance(node.targets[0], ast.Name) and stores[node.targets[0].id] == 1 and
+            id(node) in parents}
+
+
+def _dominated(statement: ast.stmt, node: ast.AST, parents: dict) -> bool:
+    """Whether ``node`` runs only after ``statement`` in ``statement``'s block: it is in (or
+    is) a later statement of the same body."""
+    block = parents[id(statement)]
+    body = next((b for b in (getattr(block, f, None) for f in ("body", "orelse", "finalbody"))
+                 if isinstance(b, list) and any(s is statement for s in b)), None)
+    if body is None:
+        return False
+    later = {id(s) for s in body[[id(s) for s in body].index(id(statement)) + 1:]}
+    while id(node) in parents and id(node) not in later:
+        node = parents[id(node)]
+    return id(node) in later
+
+
+def _text_made_by_new(node: ast.ClassDef) -> tuple | None:
+    """A str class's ``def __new__(cls, v): return str.__new__(cls, <text>)`` (or
+    ``super().__new__(cls, <text>)``), its only statement: (that function, the text)."""
+    news = [s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__new__"]
+    if len(news) != 1 or news[0].decorator_list or len(news[0].body) != 1 or \
+            not isinstance(news[0].body[0], ast.Return):
+        return None
+    function, made = news[0], news[0].body[0].value
+    params = [a.arg for a in function.args.posonlyargs + function.args.args]
+    if not (isinstance(made, ast.Call) and isinstance(made.func, ast.Attribute) and
+            made.func.attr == "__new__" and len(made.args) == 2 and not made.keywords and
+            params and isinstance(made.args[0], ast.Name) and made.args[0].id == params[0]):
+        return None
+    owner = made.func.value
+    if not (isinstance(owner, ast.Name) and owner.id == "str" or
+            isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and
+            owner.func.id == "super" and not owner.keywords and (not owner.args or (
+                len(owner.args) == 2 and isinstance(owner.args[0], ast.Name) and
+                owner.args[0].id == node.name and isinstance(owner.args[1], ast.Name) and
+                owner.args[1].id == params[0]))):  # super(), super(S, cls)
+        return None
+    return function, made.args[1]
+
+
+def _an_instance(cls: str) -> ast.expr:
+    """A method's self, spelled where its yields are read: an instance of its class (``self.g()``
+    in a generator is that class's method; ``self.c`` no constant)."""
+    return ast.Call(func=ast.Name(id=cls, ctx=ast.Load()), args=[], keywords=[])
+
+
+def _table_spelled(value: ast.expr) -> ast.Dict | ast.List | ast.Tuple | None:
+    """A table the cell spells whole: ``{"s": f}``, ``dict(s=f)``, ``[f, g]`` (no spread)."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+            value.func.id == "dict" and not value.args and \
+            all(k.arg for k in value.keywords):
+        value = ast.Dict(keys=[ast.Constant(k.arg) for k in value.keywords],
+                         values=[k.value for k in value.keywords])
+    if isinstance(value, ast.Dict) and None not in value.keys and len(value.keys) <= MAX_MEMBERS:
+        return value
+    if isinstance(value, (ast.List, ast.Tuple)) and len(value.elts) <= MAX_MEMBERS and \
+            not any(isinstance(e, ast.Starred) for e in value.elts):
+        return value
+    return None
+
+
+def _hashable_constant(value) -> bool:
+    return isinstance(value, (str, bytes, int, float, bool, type(None)))
+
+
+def _stores_in(statements: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
+    """The names statements store to, each with what is stored: a plain ``c = …``'s value,
+    None for any other store (``i += 1``, a walrus, a loop's variable, unpacking)."""
+    plain = {id(n.targets[0]): n.value for statement in statements for n in ast.walk(statement)
+             if isinstance(n, ast.Assign) and len(n.targets) == 1 and
+             isinstance(n.targets[0], ast.Name)}
+    stores: dict[str, list[ast.expr | None]] = {}
+    for statement in statements:
+        for n in ast.walk(statement):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                stores.setdefault(n.id, []).append(plain.get(id(n)))
+    return stores
 
 
 def _is_generator(function) -> bool:
