@@ -120,15 +120,34 @@ def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[
     return found[:MAX_COMMANDS]
 
 
-def runs_only_data_tools(argv: list[str]) -> bool:
-    """Whether ``argv`` is a shell given a script (``sh -c 'echo …; grep …'``) that starts
-    nothing but programs whose arguments are data (DATA_ONLY): a tool's name or options in
-    its script are text it prints or searches for, not a program it runs."""
-    if len(argv) < 3 or base(argv[0]) not in SHELLS:
-        return False
+def _given_script(argv: list[str]) -> bool:
+    """``sh -c …``, ``bash -lc …`` (not ``sh script.sh``, whose script is a file)."""
+    for word in argv[1:]:
+        if not word.startswith("-") or word.startswith("--"):
+            return False
+        if "c" in word[1:]:
+            return True
+    return False
+
+
+#: A script that names a network device: its redirections are read as its text is
+_NETWORK_DEVICE = re.compile(r"/dev/(tcp|udp)/")
+
+
+def script_as_programs(argv: list[str]) -> list[list[str]] | None:
+    """The programs a shell given a script (``sh -c 'python t.py && echo "xmrig -o …"'``)
+    starts, as the cell check reads a ``!`` line: the text tools (DATA_ONLY, whose arguments
+    are data) left out, and the inner shells given a script (their programs are listed).
+    None where the script is to be read as text: not a shell given a script, one read only
+    in part, or one that names /dev/tcp (a redirection is no program's argument)."""
+    if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or not _given_script(argv) \
+            or _NETWORK_DEVICE.search(" ".join(argv)):
+        return None
     inner = split_argv(argv)[1:]
-    return bool(inner) and len(inner) < MAX_COMMANDS - 1 and \
-        all(c.argv and base(c.argv[0]) in DATA_ONLY for c in inner)
+    if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(c.argv for c in inner):
+        return None
+    return [c.argv for c in inner if base(c.argv[0]) not in DATA_ONLY
+            and not (base(c.argv[0]) in SHELLS and split_argv(c.argv)[1:])]
 
 
 class _Shell:

@@ -6,6 +6,7 @@ Pure code: it sees only Snapshots, so the tests feed it recorded data.
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import DATA_ONLY, SHELLS, Command, base, runs_only_data_tools, show
+from .commands import DATA_ONLY, SHELLS, Command, base, script_as_programs, show
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -25,8 +26,12 @@ PENDING_UNKNOWN = frozenset(FIELDS) - KNOWN_BEFORE_START
 #: distinct programs of one cell tested before it runs (about 1 ms each): the kernel waits
 #: `cell_check_timeout` (1 s by default) for the verdict
 MAX_PROGRAMS_CHECKED = 500
-#: Folders only root can write to: a shell's file there is the system's, not a copy named sh
-SYSTEM_PROGRAMS = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/")
+#: Where the distribution installs its shells and text tools: a shell's file there is the
+#: system's, not a copy named sh (not /usr/local/bin, where pip and `make install` put what a
+#: kernel running as root adds: a miner installed as /usr/local/bin/sh)
+DISTRIBUTION_PROGRAMS = frozenset({"/bin", "/usr/bin", "/sbin", "/usr/sbin"})
+#: ... and its libraries (one preloaded from elsewhere runs in the system's program)
+SYSTEM_LIBRARIES = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
 
 
 @dataclass
@@ -264,7 +269,7 @@ class Engine:
         """The signatures the process matches now, with the reasons (none if allowed).
         ``before``: each rule's result at the last tick, reused where the fields it reads
         have the same values; ``results`` gets this tick's."""
-        view = FieldView(process)
+        view = FieldView(_as_judged(process))
         results.bind(view, before)
         reads = self._all_reads(snapshot.time)
         if before is not None and before.matches is not None and reads is not None \
@@ -280,8 +285,6 @@ class Engine:
                   before: _Results | None, results: _Results
                   ) -> list[tuple[Signature, list[str]]]:
         if self._allowed(view, before, results):
-            return []
-        if not getattr(process, "cell", "") and _system_shell_printing(process):
             return []
         found = []
         for sig in list(self.rules.signatures.values()):
@@ -448,13 +451,34 @@ USAGE_FIELDS = {"cpu_percent": "cpu_percent", "rss_mb": "rss", "gpu_percent": "g
                 "gpu_memory_mb": "gpu_memory_mb"}
 
 
-def _system_shell_printing(process: Process) -> bool:
-    """The system's shell (its own file, not a copy named sh) running a script of text tools
-    only: `sh -c 'echo "xmrig --donate-level 1 …"'` prints a course's notes. Its arguments are
-    data; a program it would start is seen as a process of its own."""
-    exe = process.exe
-    return exe.startswith(SYSTEM_PROGRAMS) and base(exe) in SHELLS and not process.exe_markers \
-        and runs_only_data_tools(process.cmdline)
+def _as_judged(process: Process) -> Process:
+    """The process as the rules judge it: the system's own text tools and shell read as the
+    cell check reads a `!` line, their data left out of the command line (every other field as
+    the sampler saw it: a library preloaded, a connection, the CPU still count).
+    - A text tool (grep, cat, echo…, DATA_ONLY): on its name only. A `%%bash` cell's grep for
+      a miner's options inherits the connection its shell opened on fd 3.
+    - A shell given a script: on the programs the script starts, its text tools' arguments
+      left out (`sh -c 'python train.py && echo "next: xmrig --donate-level 1 …"'` prints a
+      course's notes while it trains); each program is seen as a process of its own too."""
+    name, argv = base(process.exe), process.cmdline
+    if name not in DATA_ONLY and name not in SHELLS or not argv \
+            or getattr(process, "cell", "") or not _system_file(process):
+        return process
+    if name in DATA_ONLY:
+        return process.but(cmdline=argv[:1]) if base(argv[0]) in DATA_ONLY else process
+    programs = script_as_programs(argv)
+    if programs is None:
+        return process
+    return process.but(cmdline=[argv[0], "-c", " ; ".join(map(show, programs))])
+
+
+def _system_file(process: Process) -> bool:
+    """Whether the process runs a file of the distribution's own folders (Colab's kernels run
+    as root: a miner copied to /usr/local/bin/sh or /usr/local/bin/x/sh is in a folder only root
+    can write to, and no system shell), with no known tool's content and no library loaded
+    from outside the system's folders (one preloaded would read the arguments its own way)."""
+    return posixpath.dirname(process.exe) in DISTRIBUTION_PROGRAMS and not process.exe_markers \
+        and all(lib.startswith(SYSTEM_LIBRARIES) for lib in process.libraries)
 
 
 def _observer(reads: tuple[str, ...] | None) -> Callable[[Process], tuple]:
