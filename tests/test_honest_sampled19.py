@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.model import Process, Snapshot, Socket
 from colab_guard.observe.processes import ProcessSampler
-from tests.test_shell_streams import ECHO_SCRIPT, Greeter, _stop, _wait_for
+from tests.test_shell_streams import ECHO_SCRIPT, Greeter, _stop, _wait_for, bash_cell_connected
 
 RULES = load_signatures()
 TESTS = Path(__file__).parent
@@ -283,21 +284,12 @@ def test_the_systems_text_tool_is_judged_as_the_cell_check_judges_it():
 def test_a_grep_holding_its_shells_connection_is_left_alone_when_sampled():
     """A real `%%bash` cell: bash opens fd 3 to a service, then greps a log it follows for a
     miner's options; grep inherits fd 3 and waits on its pipe (sampled mid-flight)."""
-    greeter = Greeter()
-    script = (f"exec 3<>/dev/tcp/127.0.0.1/{greeter.port}\n"
-              "sleep 30 | grep -e '--donate-level 1 -o pool.example.org:3333'\n")
-    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    bash.stdin.write(script.encode())
-    bash.stdin.close()
-    greeter.accept_one()
-    try:
+    with bash_cell_connected("sleep 30 | grep -e '--donate-level 1 -o pool.example.org:3333'\n"
+                             ) as bash:
         grep, detections = _wait_for(ProcessSampler(), bash.pid,
                                      lambda p: p.name == "grep" and p.sockets)
         assert "--donate-level 1 -o pool.example.org:3333" in grep.cmdline
         assert detections == []
-    finally:
-        _stop(bash)
-        greeter.close()
 
 
 def _sampled_once(argv: list[str], want) -> tuple:
@@ -322,17 +314,28 @@ def test_the_systems_shell_printing_notes_while_a_program_runs_is_left_alone():
 def test_the_systems_shell_starting_a_miner_is_still_recognised(tmp_path):
     """The shell's script judged on its programs: the miner it starts is one of them (a
     stand-in that sleeps), and the stand-in is recognised as a process of its own."""
-    miner = tmp_path / "xmrig"
-    miner.write_text("#!/bin/sh\nsleep 30\n")
-    miner.chmod(0o755)
-    line = f"{miner} --donate-level 1 -o pool.example.org:3333; echo done"
-    shell = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.DEVNULL)
-    try:
-        sampler = ProcessSampler()
+    miner = _sleeper(tmp_path / "xmrig")
+    with _shell_running(f"{miner} --donate-level 1 -o pool.example.org:3333; echo done") as (
+            shell, sampler):
         _, detections = _wait_for(sampler, shell.pid, lambda p: p.pid == shell.pid)
         assert "mining-miner-command-line" in {d.signature.id for d in detections}
         _, detections = _wait_for(sampler, shell.pid, lambda p: str(miner) in p.cmdline[1:2])
         assert "mining-miner-command-line" in {d.signature.id for d in detections}
+
+
+def _sleeper(path: Path) -> Path:
+    """A stand-in program at ``path`` that sleeps 30 s, whatever its arguments."""
+    path.write_text("#!/bin/sh\nsleep 30\n")
+    path.chmod(0o755)
+    return path
+
+
+@contextmanager
+def _shell_running(line: str):
+    """The system's shell running ``line``, and a sampler to watch it with."""
+    shell = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.DEVNULL)
+    try:
+        yield shell, ProcessSampler()
     finally:
         _stop(shell)
 
@@ -349,40 +352,26 @@ def test_a_library_preloaded_into_the_systems_grep_is_judged_on_its_arguments(tm
         pytest.skip("no libz to stand in for a preloaded library")
     library = tmp_path / "libfast.so"
     shutil.copy(system_library, library)
-    greeter = Greeter()
-    script = (f"exec 3<>/dev/tcp/127.0.0.1/{greeter.port}\nsleep 30 | LD_PRELOAD={library} "
+    script = (f"sleep 30 | LD_PRELOAD={library} "
               "grep -e '--donate-level 1 -o pool.example.org:3333'\n")
-    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    bash.stdin.write(script.encode())
-    bash.stdin.close()
-    greeter.accept_one()
-    try:
+    with bash_cell_connected(script) as bash:
         grep, detections = _wait_for(ProcessSampler(), bash.pid,
                                      lambda p: p.name == "grep" and p.sockets
                                      and str(library) in p.libraries)
         assert "mining-miner-options" in {d.signature.id for d in detections}
-    finally:
-        _stop(bash)
-        greeter.close()
 
 
 def test_a_program_named_grep_first_on_the_path_is_judged_on_its_arguments(tmp_path):
     """`PATH=…:$PATH grep --donate-level 1 -o …`: the shell's script reads as a text tool
     only, but what runs is the cell's file named grep (a stand-in that sleeps), judged as a
     process of its own on its options."""
-    fake = tmp_path / "grep"
-    fake.write_text("#!/bin/sh\nsleep 30\n")
-    fake.chmod(0o755)
-    line = f"PATH={tmp_path}:$PATH grep --donate-level 1 -o pool.example.org:3333; echo done"
-    shell = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.DEVNULL)
-    try:
-        sampler = ProcessSampler()
+    fake = _sleeper(tmp_path / "grep")
+    with _shell_running(f"PATH={tmp_path}:$PATH grep --donate-level 1 -o "
+                        "pool.example.org:3333; echo done") as (shell, sampler):
         _, detections = _wait_for(sampler, shell.pid, lambda p: str(fake) in p.cmdline[1:2])
         assert "mining-miner-command-line" in {d.signature.id for d in detections}
         _, detections = _wait_for(sampler, shell.pid, lambda p: p.pid == shell.pid)
         assert detections == []  # the shell itself: a text tool's line
-    finally:
-        _stop(shell)
 
 
 @pytest.mark.skipif(not os.access("/usr/local/bin", os.W_OK),

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -47,6 +48,22 @@ def listener():
     greeter = Greeter()
     yield greeter
     greeter.close()
+
+
+@contextmanager
+def bash_cell_connected(script: str, stdout=subprocess.DEVNULL):
+    """A `%%bash` cell's bash (its script on a pipe) that opens /dev/tcp on fd 3 to a
+    greeter on loopback, then runs ``script``: the bash process, once connected."""
+    greeter = Greeter()
+    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=stdout)
+    bash.stdin.write(f"exec 3<>/dev/tcp/127.0.0.1/{greeter.port}\n{script}".encode())
+    bash.stdin.close()
+    try:
+        greeter.accept_one()
+        yield bash
+    finally:
+        _stop(bash)
+        greeter.close()
 
 
 def _wait_for(sampler: ProcessSampler, root: int, want, timeout: float = 20.0):
@@ -87,17 +104,11 @@ def test_a_shell_whose_streams_are_a_connection_is_a_reverse_shell(listener):
         _stop(parent)
 
 
-def test_a_bash_cell_holding_a_connection_on_fd_3_is_left_alone(listener):
+def test_a_bash_cell_holding_a_connection_on_fd_3_is_left_alone():
     """`%%bash` runs bash with the cell on its stdin (a pipe): a health check that opens
     /dev/tcp on fd 3 and reads the greeting holds a connection, with no shell wired to it."""
-    port = listener.port
-    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port}\nread -r line <&3\necho \"$line\"\n"
-              "sleep 30\nexec 3<&-\n")
-    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    bash.stdin.write(script.encode())
-    bash.stdin.close()
-    listener.accept_one()
-    try:
+    script = 'read -r line <&3\necho "$line"\nsleep 30\nexec 3<&-\n'
+    with bash_cell_connected(script, stdout=subprocess.PIPE) as bash:
         assert bash.stdout.readline() == b"hello\n"
         shell, detections = _wait_for(
             ProcessSampler(), bash.pid,
@@ -106,8 +117,6 @@ def test_a_bash_cell_holding_a_connection_on_fd_3_is_left_alone(listener):
         # its streams
         assert shell.cmdline == ["bash"] and not any(s.stream for s in shell.sockets)
         assert detections == []
-    finally:
-        _stop(bash)
 
 
 ECHO_SCRIPT = ('echo "xmrig --donate-level 1 -o pool.example.org:3333"; '
