@@ -127,7 +127,7 @@ class KernelChannel:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         for checks in self._cell_checks.values():
-            checks.thread.shutdown(wait=False)
+            checks.thread.shutdown()
         self._code_checking.shutdown(wait=False)
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -223,7 +223,7 @@ class KernelChannel:
             del self.kernels[conn.kernel_id]
             checks = self._cell_checks.pop(conn.kernel_id, None)
             if checks is not None:  # what its cells left: gone with it
-                checks.thread.shutdown(wait=False)
+                checks.thread.shutdown()
         if conn.unloaded or conn.replaced or self._stopping:
             return
         try:
@@ -616,7 +616,7 @@ class OnDemandThread:
                 except BaseException as err:  # handed to whoever waits, as an executor does
                     future.set_exception(err)
 
-    def shutdown(self, wait: bool = False) -> None:
+    def shutdown(self) -> None:
         """Calls not started yet are cancelled; the one running ends on its own."""
         with self._lock:
             calls, self._calls = self._calls, deque()

@@ -261,7 +261,7 @@ def test_the_sweep_sees_the_cells_processes():
     (["/bin/sh", "/etc/init.d/ssh", "start"], None),  # a script in a file: not read
     (["python3", "-c", "print(1)"], None),
     (["/bin/busybox", "telnetd", "-l", "/bin/sh"], None),  # busybox runs a tool: as it is
-    (["bash", "--login", "-c", "python t.py"], None),  # read as text, as before
+    (["bash", "--login", "-c", "python t.py"], [["python", "t.py"]]),  # as the cell check reads it
     (["bash", "-lc", "python t.py; echo xmrig"], [["python", "t.py"]]),
 ])
 def test_a_shells_script_is_read_as_the_programs_it_starts(argv, programs):

@@ -120,14 +120,15 @@ def split_argv(argv: list[str], cwd: str | None = None, depth: int = 0) -> list[
     return found[:MAX_COMMANDS]
 
 
-def _given_script(argv: list[str]) -> bool:
-    """``sh -c …``, ``bash -lc …`` (not ``sh script.sh``, whose script is a file)."""
-    for word in argv[1:]:
-        if not word.startswith("-") or word.startswith("--"):
-            return False
-        if "c" in word[1:]:
-            return True
-    return False
+def _script_at(args: list[str]) -> int | None:
+    """Where a shell's arguments (after its name) give it a script: the index of the word
+    after ``-c``/``-lc``…; None for ``sh script.sh`` (a file) or no script."""
+    for i, word in enumerate(args):
+        if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
+            return i + 1 if i + 1 < len(args) else None
+        if not word.startswith("-"):
+            return None
+    return None
 
 
 #: A script that names a network device: its redirections are read as its text is
@@ -140,14 +141,14 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
     are data) left out, and the inner shells given a script (their programs are listed).
     None where the script is to be read as text: not a shell given a script, one read only
     in part, or one that names /dev/tcp (a redirection is no program's argument)."""
-    if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or not _given_script(argv) \
-            or _NETWORK_DEVICE.search(" ".join(argv)):
+    if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} \
+            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)):
         return None
     inner = split_argv(argv)[1:]
     if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(c.argv for c in inner):
         return None
     return [c.argv for c in inner if base(c.argv[0]) not in DATA_ONLY
-            and not (base(c.argv[0]) in SHELLS and split_argv(c.argv)[1:])]
+            and not (base(c.argv[0]) in SHELLS and _script_at(c.argv[1:]) is not None)]
 
 
 class _Shell:
@@ -363,14 +364,9 @@ class _Shell:
         if base(argv[0]) == "busybox" and args:
             self.program(args, depth + 1)
             return
-        for i, word in enumerate(args):
-            if word.startswith("-") and not word.startswith("--") and "c" in word[1:]:
-                if i + 1 < len(args):
-                    self.sub().run(
-                        _positional(args[i + 1], args[i + 2:]), depth + 1)
-                return
-            if not word.startswith("-"):
-                return  # bash script.sh: the script is a file we cannot read
+        at = _script_at(args)  # None for bash script.sh: the script is a file we cannot read
+        if at is not None:
+            self.sub().run(_positional(args[at], args[at + 1:]), depth + 1)
 
 
 _SCRIPTING = {"awk", "gawk", "mawk", "nawk", "busybox", "perl", "ruby", "node", "nodejs", "php", "lua",
