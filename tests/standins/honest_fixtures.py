@@ -76,7 +76,11 @@ async def run_to_the_end(kernel, guard_config, code: str, done: str = "done",
                          timeout: float = HONEST_SECONDS + 90) -> str:
     """Run a cell that must finish undisturbed: it was not refused nor interrupted, printed
     ``done`` (its processes ran to their end), and no incident was recorded. Its text."""
-    reply, outputs = await kernel.run(code, timeout=timeout)
+    try:
+        reply, outputs = await kernel.run(code, timeout=timeout)
+    except TimeoutError as err:  # say whether the guard had a hand in it
+        raise AssertionError(f"the cell did not finish in {timeout:.0f} s; incidents: "
+                             f"{incidents_shown(guard_config)}") from err
     text = KernelRunner.text(outputs)
     assert reply["status"] == "ok", (text, incidents_shown(guard_config))
     assert done in text, text

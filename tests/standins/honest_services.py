@@ -2,7 +2,7 @@
 the kernel): ``python -m tests.standins.honest_services KIND [ARGS]`` prints its port and serves
 until killed.
 
-- ``ftp ROOT``: an anonymous, read-only FTP server (pyftpdlib) on ROOT.
+- ``ftp ROOT``: an anonymous, read-only FTP server (pyftpdlib) on ROOT, sending 256 KiB/s.
 - ``params``: a parameter server: each request line is answered at once (a pull of the
   weights, 4 KiB; or an acknowledged push); it never sends unasked.
 - ``pubsub SECONDS``: a Redis-like broker: a client that sends ``SUBSCRIBE <channel>`` gets a
@@ -73,12 +73,17 @@ def _broker(every: float):
 
 def _ftp(root: str) -> None:
     from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
     from pyftpdlib.servers import FTPServer
 
     authorizer = DummyAuthorizer()
     authorizer.add_anonymous(root)
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "passive_ports": None})
+    # Sent at a link's pace, as a real mirror's: all at once on loopback, the "226" reply came
+    # while a rate-limited aria2c was still reading the data, and one time in eight it then
+    # waited its 60 s timeout for a reply it had already read (aria2 1.36, without the guard).
+    paced = type("Paced", (ThrottledDTPHandler,), {"write_limit": 256 * 1024})
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "passive_ports": None,
+                                              "dtp_handler": paced})
     server = FTPServer(("127.0.0.1", 0), handler)
     print(server.socket.getsockname()[1], flush=True)
     server.serve_forever(handle_exit=False)
