@@ -288,3 +288,28 @@ def test_an_idle_program_is_recognised_once_the_background_scan_of_its_file_ends
         markers = snap.kernel_process.exe_markers
         time.sleep(0.2)
     assert "xmrig" in markers
+
+
+def test_a_process_that_execs_is_never_read_as_two_programs(tmp_path):
+    """A process read across an exec was one program's file with another's command line
+    (`sh -c 'nmap -V'`'s child: nmap's file, the shell's script; a rule matched what ran
+    neither way). A script that execs env, which execs the shell on it again, without end:
+    every reading pairs the file with its own command line (about 1 in 130 did not)."""
+    loop = tmp_path / "loop.sh"
+    loop.write_text('exec /usr/bin/env /bin/sh "$0"\n')
+    proc = subprocess.Popen(["/bin/sh", str(loop)])
+    sampler, torn, read = ProcessSampler(), [], 0
+    deadline = time.monotonic() + 20
+    try:
+        while read < 1500 and time.monotonic() < deadline:
+            for p in sampler.sample({"k": proc.pid})["k"].processes:
+                if p.pid == proc.pid and p.cmdline and p.exe:
+                    read += 1
+                    runs = "env" if p.cmdline[0] == "/usr/bin/env" else "dash"
+                    if os.path.basename(os.path.realpath(p.exe)) != runs:
+                        torn.append((p.exe, p.cmdline))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert read > 300  # enough readings to have met the race before
+    assert torn == []

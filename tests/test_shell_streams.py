@@ -148,3 +148,21 @@ def test_a_copy_of_the_shell_named_sh_is_judged_by_its_command_line(tmp_path):
         assert "mining-miner-command-line" in {d.signature.id for d in detections}
     finally:
         _stop(shell)
+
+
+def test_a_program_started_under_a_text_tools_name_is_judged_by_its_file(tmp_path):
+    """`exec -a grep ./kworker --donate-level 1 -o …`: the first word says grep, the file it
+    runs is the user's (a copy of the shell here, which stays up while its script sleeps).
+    The text tools' exception needs both, so the miner's options count before it connects."""
+    copy = tmp_path / "kworker"
+    shutil.copy(os.path.realpath("/bin/sh"), copy)
+    started = subprocess.Popen(
+        ["/bin/bash", "-c", f"exec -a grep {copy} -c 'sleep 30; :' "
+         "--donate-level 1 -o pool.example.org:3333"], stdout=subprocess.DEVNULL)
+    try:
+        found, detections = _wait_for(ProcessSampler(), started.pid,
+                                      lambda p: p.pid == started.pid and p.exe == str(copy))
+        assert found.cmdline[0] == "grep" and not found.sockets
+        assert "mining-miner-command-line" in {d.signature.id for d in detections}
+    finally:
+        _stop(started)

@@ -145,6 +145,7 @@ class SamplerStats:
     full_reads: int = 0  # processes read in full (new, or ran since their last read)
     light_reads: int = 0  # processes that ran, read lightly (_light_read)
     vanished: int = 0  # exited between listing and reading
+    reread: int = 0  # read again: it exec'd while read (_read_program)
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
     claimed_by_environment: int = 0
@@ -600,11 +601,9 @@ class ProcessSampler:
         denied_before = self.stats.denied
         sample = Process(pid=pid, ppid=entry.ppid, create_time=key[1], is_kernel=is_kernel)
         try:
-            stat = procfs.read_stat(pid)
+            stat, sample.exe, sample.cmdline = self._read_program(pid)
             if stat.start != entry.start:
                 raise ProcessLookupError(pid)  # exited, and its pid was taken again
-            sample.cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
-            sample.exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
             sample.uid = self._denied_ok(procfs.read_real_uid, None, "status", pid)
         except (FileNotFoundError, ProcessLookupError):
             _closed(held)
@@ -1001,6 +1000,20 @@ class ProcessSampler:
 
     # ------------------------------------------------------------ bookkeeping
 
+    def _read_program(self, pid: int) -> tuple[procfs.Stat, str, list[str]]:
+        """The process's stat, executable and command line, all of one program: read again
+        when it exec'd meanwhile (its executable changed under the reads). Read across an
+        exec, `sh -c 'nmap -V'`'s child was nmap's file with the shell's script, or the
+        shell's file with a program's options: either one a false reading of both."""
+        for _ in range(3):
+            exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
+            stat = procfs.read_stat(pid)
+            cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
+            if _exe_again(pid) == exe:
+                break
+            self.stats.reread += 1
+        return stat, exe, cmdline
+
     def _denied_ok(self, read, default, what: str, pid: int):
         try:
             return read(pid)
@@ -1028,6 +1041,16 @@ class ProcessSampler:
         self._owner_set = None
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
+
+
+def _exe_again(pid: int) -> str | None:
+    """The executable read again ('' where denied, as the first read; None once gone)."""
+    try:
+        return procfs.read_exe(pid)
+    except PermissionError:
+        return ""
+    except OSError:
+        return None
 
 
 def _same_but_usage(before: Process, now: Process) -> bool:
