@@ -35,8 +35,8 @@ MINER = ROOT / "tests" / "standins" / "miner.py"
 WALLET = "4" + "A" * 94
 
 
-def _miner(argv: list[str], name: str = "") -> Process:
-    return Process(pid=4242, name=name or Path(argv[0]).name[:15], exe="/usr/bin/python3.11",
+def _miner(argv: list[str], name: str = "", exe: str = "/usr/bin/python3.11") -> Process:
+    return Process(pid=4242, name=name or Path(argv[0]).name[:15], exe=exe,
                    cmdline=argv, create_time=1e9, uid=1001)
 
 
@@ -65,8 +65,36 @@ def test_a_miner_by_name_or_options_is_found_at_exec_one_needing_a_socket_is_not
     assert check.detections("k1", _miner(
         ["python3", "miner.py", "-o", "stratum+tcp://127.0.0.1:3333", "-u", WALLET])) == []
     # near misses stay near misses
-    assert check.detections("k1", _miner(["grep", "-rn", "--donate-level", "cfg/"])) == []
+    grep = ["grep", "-rn", "--donate-level", "cfg/"]
+    assert check.detections("k1", _miner(grep, exe="/usr/bin/grep")) == []
+    # a file of the user's started as grep (`exec -a grep`) is judged by its options
+    assert {d.signature.id for d in check.detections("k1", _miner(grep))} \
+        == {"mining-miner-command-line"}
     assert check.detections("k1", _miner(["pip", "install", "xmrig-docs"])) == []
+
+
+def test_debians_egrep_script_seen_at_its_exec_is_egrep():
+    """Debian's egrep is a shell script that starts grep: the exec check sees its shell
+    first, `sh /usr/bin/egrep -e '--donate-level 1 …' notes.txt` (a course searching its
+    notes), which is egrep's search and no miner; a script of the user's is not."""
+    check = ExecCheck(Engine(load_signatures()))
+    search = ["-e", "--donate-level 1 -o pool.example.org:3333", "notes.txt"]
+    egrep = _miner(["/bin/sh", "/usr/bin/egrep", *search], "egrep", exe="/usr/bin/dash")
+    assert check.detections("k1", egrep) == []
+    own = _miner(["/bin/sh", "/content/egrep", *search], "egrep", exe="/usr/bin/dash")
+    assert {d.signature.id for d in check.detections("k1", own)} == {"mining-miner-command-line"}
+
+
+def test_the_systems_shell_seen_at_its_exec_is_judged_on_the_programs_it_starts():
+    """As a tick's pass judges it (engine.as_judged): `!echo "xmrig --donate-level 1 …"` in
+    a course is the system's shell printing text; the shell starting a miner is not."""
+    check = ExecCheck(Engine(load_signatures()))
+    line = "xmrig --donate-level 1 -o pool.example.org:3333"
+    printing = _miner(["/bin/sh", "-c", f'echo "{line}"; sleep 1'], "sh", exe="/usr/bin/dash")
+    assert check.detections("k1", printing) == []
+    starting = _miner(["/bin/sh", "-c", f"./{line}"], "sh", exe="/usr/bin/dash")
+    assert {d.signature.id for d in check.detections("k1", starting)} \
+        >= {"mining-miner-command-line"}
 
 
 def test_a_verdict_is_remembered_per_program_and_a_disabled_signature_is_left_out():

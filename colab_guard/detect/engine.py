@@ -269,7 +269,7 @@ class Engine:
         """The signatures the process matches now, with the reasons (none if allowed).
         ``before``: each rule's result at the last tick, reused where the fields it reads
         have the same values; ``results`` gets this tick's."""
-        view = FieldView(_as_judged(process))
+        view = FieldView(as_judged(process))
         results.bind(view, before)
         reads = self._all_reads(snapshot.time)
         if before is not None and before.matches is not None and reads is not None \
@@ -451,7 +451,7 @@ USAGE_FIELDS = {"cpu_percent": "cpu_percent", "rss_mb": "rss", "gpu_percent": "g
                 "gpu_memory_mb": "gpu_memory_mb"}
 
 
-def _as_judged(process: Process) -> Process:
+def as_judged(process: Process) -> Process:
     """The process as the rules judge it: the system's own text tools and shell read as the
     cell check reads a `!` line, their data left out of the command line (every other field as
     the sampler saw it: a library preloaded, a connection, the CPU still count).
@@ -466,6 +466,11 @@ def _as_judged(process: Process) -> Process:
         return process
     if name in DATA_ONLY:
         return process.but(cmdline=argv[:1]) if base(argv[0]) in DATA_ONLY else process
+    if len(argv) > 1 and posixpath.dirname(argv[1]) in DISTRIBUTION_PROGRAMS \
+            and base(argv[1]) in DATA_ONLY:
+        # a text tool that is a script of the system's (Debian's egrep, fgrep, which), run
+        # by its shell: `sh /usr/bin/egrep -e '--donate-level 1 …' notes.txt` is egrep
+        return process.but(cmdline=argv[1:2])
     programs = script_as_programs(argv)
     if programs is None:
         return process

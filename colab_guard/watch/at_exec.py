@@ -17,7 +17,7 @@ import logging
 from collections import OrderedDict
 
 from ..detect.conditions import RegexBudget, RegexTimeout, charged_to, fields_read
-from ..detect.engine import Detection, Engine
+from ..detect.engine import Detection, Engine, as_judged
 from ..detect.fields import KNOWN_BEFORE_START, FieldView, PendingView
 from ..detect.signatures import Signature
 from ..observe.model import Process
@@ -72,7 +72,7 @@ class ExecCheck:
         self.checked += 1
         if self._may_be_allowed(process):
             return []
-        view, found = FieldView(process), []
+        view, found = FieldView(as_judged(process)), []  # as a tick's pass judges it
         for sig in signatures:
             try:
                 with charged_to(RegexBudget()):
