@@ -92,7 +92,11 @@ _WRAPPERS: dict[str, tuple[set[str], int]] = {
     "runuser": ({"-u", "-g", "--user", "--group"}, 0),
     "catchsegv": (set(), 0),
     "firejail": (set(), 0),
+    "flock": ({"-w", "--wait", "--timeout", "-E", "--conflict-exit-code"}, 1),
 }
+
+#: Programs that start the program their arguments name (the wrappers, find's -exec).
+WRAPPING = frozenset(_WRAPPERS) | {"find"}
 
 #: The dynamic loader runs the program it is given (``/lib64/ld-linux-x86-64.so.2 ./tool``):
 #: a wrapper whose own name varies with the architecture and the C library.
@@ -149,6 +153,27 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
         return None
     return [c.argv for c in inner if base(c.argv[0]) not in DATA_ONLY
             and not (base(c.argv[0]) in SHELLS and _script_at(c.argv[1:]) is not None)]
+
+
+def wrapped_text_tool(argv: list[str]) -> list[str] | None:
+    """A chain of wrappers whose program is a text tool (``find . | xargs grep -l --
+    --donate-level``, ``timeout 60 grep …``, ``find . -exec grep … {} +``), as the cell check
+    reads it: the words up to the tool's name, its arguments (data) left out. None for
+    anything else (a wrapper starting any other program is read whole)."""
+    name = base(argv[0]) if argv else ""
+    if name not in WRAPPING:
+        return None
+    chain = [c.argv for c in split_argv(argv)]
+    tool = chain[-1]
+    if len(chain) < 2 or base(tool[0]) not in DATA_ONLY \
+            or any(base(c[0]) not in WRAPPING for c in chain[:-1]):
+        return None
+    if name == "find":  # its -exec's words, filtered: the tool's name is the word after it
+        at = argv.index("-exec") if "-exec" in argv else argv.index("-execdir")
+        return argv[:at + 2] if argv[at + 1:at + 2] == tool[:1] else None
+    if argv[len(argv) - len(tool):] != tool:
+        return None  # env -S, a find inside: not the tool's own words
+    return argv[:len(argv) - len(tool) + 1]
 
 
 class _Shell:

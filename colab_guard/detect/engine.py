@@ -15,7 +15,8 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import DATA_ONLY, SHELLS, Command, base, script_as_programs, show
+from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, base, script_as_programs, show,
+                       wrapped_text_tool)
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -459,13 +460,18 @@ def as_judged(process: Process) -> Process:
       a miner's options inherits the connection its shell opened on fd 3.
     - A shell given a script: on the programs the script starts, its text tools' arguments
       left out (`sh -c 'python train.py && echo "next: xmrig --donate-level 1 …"'` prints a
-      course's notes while it trains); each program is seen as a process of its own too."""
+      course's notes while it trains); each program is seen as a process of its own too.
+    - A wrapper starting a text tool (`xargs grep -l -- --donate-level`, `timeout 60 grep …`,
+      `find . -exec grep …`: the wrapper stays while the tool reads): up to the tool's name."""
     name, argv = base(process.exe), process.cmdline
-    if name not in DATA_ONLY and name not in SHELLS or not argv \
+    if name not in DATA_ONLY and name not in SHELLS and name not in WRAPPING or not argv \
             or getattr(process, "cell", "") or not _system_file(process):
         return process
     if name in DATA_ONLY:
         return process.but(cmdline=argv[:1]) if base(argv[0]) in DATA_ONLY else process
+    if name in WRAPPING:
+        judged = wrapped_text_tool(argv) if base(argv[0]) == name else None
+        return process if judged is None else process.but(cmdline=judged)
     if len(argv) > 1 and posixpath.dirname(argv[1]) in DISTRIBUTION_PROGRAMS \
             and base(argv[1]) in DATA_ONLY:
         # a text tool that is a script of the system's (Debian's egrep, fgrep, which), run

@@ -419,6 +419,16 @@ class _Entry:
         if unknown:
             self.fail(f"{where}.{unknown[0]}", "unknown process field; allowed: "
                       + ", ".join(sorted(allowed)))
+        for key in ("name", "exe", "cell"):
+            if key in item and not isinstance(item[key], str):
+                self.fail(f"{where}.{key}", f"must be text, not {item[key]!r} (quote it)")
+        for key in ("cmdline", "libraries", "open_files", "exe_markers"):
+            words = item.get(key, [])
+            if not isinstance(words, list):
+                self.fail(f"{where}.{key}", "must be a list of text")
+            for i, word in enumerate(words):
+                if not isinstance(word, str):  # `-0` or `1` unquoted is a number in YAML
+                    self.fail(f"{where}.{key}[{i}]", f"must be text, not {word!r} (quote it)")
         item.setdefault("pid", 4242)
         try:
             return (CellProcess if "cell" in item else Process).from_dict(item)
