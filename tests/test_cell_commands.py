@@ -34,6 +34,8 @@ def argvs(text, **kw):
     ("bash -c 'wget x && ./y'", [["bash", "-c", "wget x && ./y"], ["wget", "x"], ["./y"]]),
     ("exec ./y --flag", [["exec", "./y", "--flag"], ["./y", "--flag"]]),
     ("screen -dmS run ./y", [["screen", "-dmS", "run", "./y"], ["./y"]]),
+    ("flock -w 5 /tmp/l ./y -a", [["flock", "-w", "5", "/tmp/l", "./y", "-a"], ["./y", "-a"]]),
+    ("flock /tmp/l -c './y -a'", [["flock", "/tmp/l", "-c", "./y -a"], ["./y", "-a"]]),
     ("ls # ./y", [["ls"]]),
 ])
 def test_shell_text_splits_into_the_programs_it_starts(text, expected):
@@ -215,6 +217,7 @@ REFUSED = [
     ("%%bash with cd", "%%bash\ncd /tmp/x\nexport T=./lolMiner\n$T --algo ETHASH --pool p:3333"),
     ("%%capture", "%%capture\n!ngrok http 8888"),
     ("timeout wrapper", "!timeout 1h ./xmrig -o pool:3333"),
+    ("flock's command", "!flock /tmp/run.lock -c './xmrig -o pool:3333'"),
     ("ssh -R to a relay", "!ssh -o StrictHostKeyChecking=no -R 80:localhost:7860 serveo.net"),
     ("localtunnel", "!npm install -g localtunnel && lt --port 8501"),
     ("renamed after download", "!mv xmrig kworker\n!./kworker -o pool:3333"),

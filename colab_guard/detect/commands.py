@@ -354,6 +354,10 @@ class _Shell:
                 _after_options(argv, _LOADER_OPTIONS)
             if inner:
                 self.program(inner, depth + 1)
+        elif name == "flock" and ({"-c", "--command"} & set(argv)):  # its command: a script
+            at = next(i for i, word in enumerate(argv) if word in ("-c", "--command"))
+            if at + 1 < len(argv):
+                self.run(argv[at + 1], depth + 1)
         elif name in _WRAPPERS:
             inner = _unwrap(name, argv)
             if name == "env":
