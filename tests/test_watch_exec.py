@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,6 +29,7 @@ from colab_guard.detect.signatures import load_signatures, parse_text
 from colab_guard.observe.model import Process
 from colab_guard.record.database import IncidentDatabase, IncidentStore
 from colab_guard.watch.at_exec import AT_EXEC, ExecCheck, exec_only
+from colab_guard.watch.proc_events import ProcEvents
 from tests.harness import wait_until
 from tests.test_watch import launch_watcher, watcher_config
 
@@ -129,6 +132,35 @@ def test_an_allow_rule_that_may_hold_later_leaves_the_program_to_the_pass():
     assert check.detections("k1", _miner(["./xmrig"], "xmrig")) == []
     # a program the allow rule cannot hold on (another name) is still acted on
     assert check.detections("k1", _miner(["./cpuminer"], "cpuminer"))
+
+
+def test_a_program_read_at_its_exec_is_never_two_programs(tmp_path):
+    """Execs are read in batches: a wrapper (`nice grep …`) may exec again while it is read,
+    and its command line then went with the next program's file (grep's file with nice's
+    words: not the system's text tool, a miner's options in the words). A script that execs
+    env, which execs the shell on it again, without end, read as the watcher reads an exec
+    (ProcEvents, its monitor a recorder): each program checked is one program."""
+    loop = tmp_path / "loop.sh"
+    loop.write_text('exec /usr/bin/env /bin/sh "$0"\n')
+    proc = subprocess.Popen(["/bin/sh", str(loop)])
+    checked: list[Process] = []
+    kernels = SimpleNamespace(pids=dict, kernel=lambda _: SimpleNamespace(uid=os.getuid()))
+    monitor = SimpleNamespace(exec_argv={}, attributed_at_pass={}, kernels=kernels,
+                              check_at_exec=lambda kernel_id, p: checked.append(p))
+    events = ProcEvents.__new__(ProcEvents)  # no netlink socket: its exec readings only
+    events.monitor, events._lineage = monitor, {proc.pid: "k1"}
+    deadline = time.monotonic() + 20
+    try:
+        while len(checked) < 1500 and time.monotonic() < deadline:
+            started = events._remember_argv(proc.pid)
+            if started is not None:
+                events._check_at_exec(proc.pid, *started)
+    finally:
+        proc.kill()
+        proc.wait()
+    torn = [(p.exe, p.cmdline) for p in checked if p.cmdline and p.exe and
+            os.path.basename(p.exe) != ("env" if p.cmdline[0] == "/usr/bin/env" else "dash")]
+    assert len(checked) > 300 and torn == []
 
 
 # ---------------------------------------------------------------- for real

@@ -255,8 +255,8 @@ class ProcEvents:
         """As the sampler computes start times (procfs.boot_time: fixed, so keys agree)."""
         return procfs.boot_time()
 
-    def _check_at_exec(self, pid: int, start: int, ppid: int, comm: str, argv: list[str]
-                       ) -> None:
+    def _check_at_exec(self, pid: int, start: int, ppid: int, comm: str, argv: list[str],
+                       exe: str) -> None:
         """The program tested at once on what it shows at its exec (at_exec.py), if it is a
         process of a kernel (or of its user's unknown kernel) of the same user."""
         at_pass = self._at_pass(pid, start)
@@ -274,10 +274,8 @@ class ProcEvents:
             kernel_id = unknown_kernel(uid)
         if uid != _uid_of(kernels, kernel_id):
             return  # a setuid program, a pid taken again: the pass decides
-        try:
-            exe = procfs.read_exe(pid)
-        except OSError:
-            exe = ""
+        if _exe(pid) != exe:
+            return  # it exec'd again while read (nice, then grep): that exec is checked
         # The pass's start time where it has seen the process: the Policy knows a process by
         # it, and acts once on it, whichever of the pass and this check comes first.
         created = at_pass[0] if at_pass is not None else \
@@ -286,11 +284,14 @@ class ProcEvents:
                           cmdline=argv, create_time=created, uid=uid)
         self.monitor.check_at_exec(kernel_id, process)
 
-    def _remember_argv(self, pid: int) -> tuple[int, int, str, list[str]] | None:
+    def _remember_argv(self, pid: int) -> tuple[int, int, str, list[str], str] | None:
         """The command line a program was started with, read as its exec is announced (before
         a program that rewrites its argument area has run far): the monitor checks that one,
-        whatever the program shows later. (start, ppid, comm, argv); None if it is gone."""
+        whatever the program shows later. (start, ppid, comm, argv, exe: read first, so that
+        a program that exec'd again meanwhile is told by its executable read after); None if
+        it is gone."""
         argv_by_pid = self.monitor.exec_argv
+        exe = _exe(pid)
         try:
             stat = procfs.read_stat(pid)
             argv = procfs.read_cmdline(pid)
@@ -301,7 +302,7 @@ class ProcEvents:
         # each command line.
         if len(argv_by_pid) < MAX_LINEAGE or pid in argv_by_pid:
             argv_by_pid[pid] = (stat.start, argv)
-        return stat.start, stat.ppid, stat.comm, argv
+        return stat.start, stat.ppid, stat.comm, argv, exe
 
     def _users(self, pid: int) -> bool:
         """Whether a process runs as a notebook user (the system's execs wake nothing)."""
@@ -359,3 +360,10 @@ def _uid_of(kernels, kernel_id: str) -> int | None:
         return uid
     kernel = kernels.kernel(kernel_id)
     return kernel.uid if kernel is not None else None
+
+
+def _exe(pid: int) -> str:
+    try:
+        return procfs.read_exe(pid)
+    except OSError:
+        return ""
