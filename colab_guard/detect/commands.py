@@ -142,13 +142,25 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
     None where the script is to be read as text: not a shell given a script, one read only
     in part, or one that names /dev/tcp (a redirection is no program's argument)."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} \
-            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)):
+            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)) \
+            or network_redirects(argv):
         return None
     inner = split_argv(argv)[1:]
     if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(c.argv for c in inner):
         return None
     return [c.argv for c in inner if base(c.argv[0]) not in DATA_ONLY
             and not (base(c.argv[0]) in SHELLS and _script_at(c.argv[1:]) is not None)]
+
+
+def network_redirects(argv: list[str]) -> list[str]:
+    """The redirections of a shell's script (``sh -c '…'``) to a network device whose path a
+    variable spells (``d=/dev; exec 3<>$d/tcp/host/4444``), expanded: the text names no
+    /dev/tcp, the shell opens it all the same."""
+    if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or _script_at(argv[1:]) is None:
+        return []
+    redirects: list[str] = []
+    _Shell([], None, {}, redirects).program([str(a) for a in argv], 0)
+    return [r for r in redirects if _NETWORK_DEVICE.search(r)][:8]
 
 
 class _Shell:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import DATA_ONLY, SHELLS, Command, base, script_as_programs, show
+from .commands import (DATA_ONLY, SHELLS, Command, base, network_redirects, script_as_programs,
+                       show)
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -459,8 +460,16 @@ def _as_judged(process: Process) -> Process:
       a miner's options inherits the connection its shell opened on fd 3.
     - A shell given a script: on the programs the script starts, its text tools' arguments
       left out (`sh -c 'python train.py && echo "next: xmrig --donate-level 1 …"'` prints a
-      course's notes while it trains); each program is seen as a process of its own too."""
+      course's notes while it trains); each program is seen as a process of its own too.
+    - A shell whose script opens a network device a variable spells: on its text, with the
+      redirections expanded (what the text does not show, the rules could not see)."""
     name, argv = base(process.exe), process.cmdline
+    if argv and name in SHELLS and not getattr(process, "cell", ""):
+        # `d=/dev; exec 3<>$d/tcp/host/4444`: the connection its script opens, as it opens it
+        # (read by the shell's file: `exec -a kworker bash -c …` is bash)
+        opened = network_redirects([name, *argv[1:]])
+        if opened:
+            return process.but(cmdline=[*argv, *opened])
     if name not in DATA_ONLY and name not in SHELLS or not argv \
             or getattr(process, "cell", "") or not _system_file(process):
         return process

@@ -168,7 +168,25 @@ EXE_MEMFD = "exe:memfd"  # runs from a memfd (an executable that never was a fil
 EXE_DELETED = "exe:deleted"  # its executable file was deleted after it started
 MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dumpable)
 SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
-TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT)
+EXE_NEW = "exe:new"  # its file, in the system's program folders, was written in the session
+TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
+          EXE_NEW)
+#: Where the distribution installs its programs (what the engine takes for the system's own
+#: text tools and shells): a file there written in the session is a trait (EXE_NEW)
+SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
+
+
+def written_since(pid: int, exe: str, session: float) -> bool:
+    """Whether the program's file in the system's folders changed (its inode's ctime, which
+    root cannot set back) after ``session`` began. Colab's kernels run as root: a miner
+    copied to /usr/bin/tac, or bind-mounted over it in a mount namespace of its own (its
+    file read through /proc/PID/exe), is no file of the distribution's."""
+    if not exe.startswith(SYSTEM_PROGRAM_FOLDERS):
+        return False
+    try:
+        return os.stat(f"/proc/{pid}/exe").st_ctime > session
+    except OSError:
+        return False
 
 
 def reported(markers: list[str]) -> list[str]:
@@ -684,9 +702,11 @@ class ContentScanner:
     # ------------------------------------------------------------ public
 
     def process_markers(self, pid: int, exe: str, cmdline: list[str],
-                        key: tuple | None = None) -> list[str]:
+                        key: tuple | None = None, session: float | None = None) -> list[str]:
         """Markers of a process's executable and of the script it runs, if any, and (given
-        the process's ``key``) those found in its memory, with the traits of its executable.
+        the process's ``key``) those found in its memory, with the traits of its executable
+        (given when its ``session`` began, epoch seconds: whether its file in the system's
+        folders was written since).
 
         The executable is read through ``/proc/PID/exe``, which still works when
         the file was deleted or replaced after the program started.
@@ -717,6 +737,8 @@ class ContentScanner:
             extra.append(EXE_MEMFD)
         elif link.endswith(" (deleted)"):
             extra.append(EXE_DELETED)
+        elif session is not None and written_since(pid, exe, session):
+            extra.append(EXE_NEW)
         program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)

@@ -206,6 +206,7 @@ class ProcessSampler:
         self._to_park: list[tuple[int, Process, float, Probe | None, bool]] = []
         self._gpu_on = False  # this tick's: GPU use sampled (a parked one's is asked at visits)
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
+        self._sessions: dict[str, float] = {}  # kernel id -> when its session began (_sessions)
         # kernel id -> its processes' keys (Snapshot.members), for one attribution
         self._members: tuple[Mapping[int, str] | None, dict[str, frozenset]] = (None, {})
 
@@ -221,6 +222,7 @@ class ProcessSampler:
         self._woken = self.woken()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
+        self._sessions = _sessions(kernels, table)
         # Read when first needed: a socket not seen before, or the states of known ones
         # once the last tick's read is ``libraries_refresh`` old.
         sockets = InetTables(earlier=self._tables, max_age=self.libraries_refresh)
@@ -643,7 +645,8 @@ class ProcessSampler:
         # some (the scan runs in the background), and are looked up again later.
         self.content.news.discard(key)  # taken now, whatever the memory scan found
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
-        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
+        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key,
+                                                          self._sessions.get(state.owner))
         if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
             state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
@@ -767,7 +770,8 @@ class ProcessSampler:
             # Taken as each scan ends (a library's can end long before the memory scan
             # queued behind it); pending until all have.
             settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
-            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
+            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key,
+                                                   self._sessions.get(state.owner))
             if markers != last.exe_markers:  # the same: the same sample is handed on
                 last = last.but(exe_markers=markers)
             quiet.markers_pending = not settled
@@ -1041,6 +1045,18 @@ class ProcessSampler:
         self._owner_set = None
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
+
+
+def _sessions(kernels: Mapping[str, int], table: dict[int, Entry]) -> dict[str, float]:
+    """When each kernel's session began: its parent's start (the notebook server's, which a
+    restarted kernel keeps), or its own where that is not known; epoch seconds."""
+    began = {}
+    for kid, pid in kernels.items():
+        entry = table.get(pid)
+        if entry is not None:
+            parent = table.get(entry.ppid)
+            began[kid] = min(entry.key[1], parent.key[1]) if parent is not None else entry.key[1]
+    return began
 
 
 def _exe_again(pid: int) -> str | None:
