@@ -16,8 +16,9 @@ Found and fixed:
   reads run as commands (`eval "$c"`) is the wiring (remote-reverse-shell).
 - A file in /usr/bin named as a text tool (a copy written there, or bind-mounted over the
   system's tac in a mount namespace of its own) was judged on its name only: a miner's options
-  on its command line counted for nothing. The sampler marks a program file in the system's
-  folders written since the kernel's session began (`exe:new`, its inode's ctime), and the
+  on its command line counted for nothing; so was the system's own dash bind-mounted over tac.
+  The sampler marks a program file in the system's folders written since the kernel's session
+  began (`exe:new`, its inode's ctime) or with a mount on its path (`exe:mounted`), and the
   engine judges it as any other program.
 
 Left (strict xfail): the classic FIFO reverse shell from a script file (`cat f | sh -i 2>&1 |
@@ -224,6 +225,22 @@ def test_a_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments(tm
         found, detections = _wait_for(ProcessSampler(), kernel.pid,
                                       lambda p: p.exe == "/usr/bin/tac")
         assert "exe:new" in found.exe_markers
+        assert "mining-miner-command-line" in _ids(detections)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
+                    reason="needs the system's tac and a mount namespace (root, as Colab's kernels)")
+def test_a_system_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments():
+    """`mount --bind /usr/bin/dash /usr/bin/tac`: the file that runs is the distribution's own
+    (an old ctime), but not the tac it runs as; the mount on its path tells."""
+    dash = os.path.realpath(shutil.which("dash") or "/bin/sh")
+    line = (f"mount --bind {dash} /usr/bin/tac && "
+            f"exec /usr/bin/tac -c 'sleep 30; :' {MINER_OPTIONS}")
+    with _group(["bash", "-c", f"unshare -m --propagation private sh -c \"{line}\"; :"],
+                stdout=subprocess.DEVNULL) as kernel:
+        found, detections = _wait_for(ProcessSampler(), kernel.pid,
+                                      lambda p: p.exe == "/usr/bin/tac")
+        assert found.exe_markers == ["exe:mounted"]
         assert "mining-miner-command-line" in _ids(detections)
 
 
