@@ -4,7 +4,8 @@ sampler and engine. Everything on loopback.
 
 Found and fixed:
 - A shell with no script on a connection was a reverse shell only while its command line read
-  `sh`, `sh -i` or `sh -i -l`: `bash --norc -i`, `bash -o vi -i`, `bash -i -l -s`, `exec -a
+  `sh`, `sh -i` or `sh -i -l`: `bash --norc -i`, `bash -o vi -i`, `bash -i -l -s`, `bash
+  --rcfile F -O extglob -i`, `exec -a
   kworker bash -i`, `busybox sh -i` and `bash <(cat <&3)` (its script another process's output)
   were not (remote-reverse-shell: the shell by its file or its first word, options only however
   spelled, a multi-call binary's shell applet, a script on /dev/fd/N).
@@ -102,6 +103,8 @@ SHELLS_ON_A_CONNECTION = [
     pytest.param(["bash", "--norc", "--noprofile", "-i"], None, id="long-options"),
     pytest.param(["bash", "-o", "vi", "-i"], None, id="set-o-option"),
     pytest.param(["bash", "-i", "-l", "-s"], None, id="three-options"),
+    pytest.param(["bash", "--rcfile", "/dev/null", "-O", "extglob", "-i"], None,
+                 id="options-with-values"),
     pytest.param(["kworker", "-i"], "/bin/bash", id="exec-a-kworker"),
     pytest.param(["busybox", "sh", "-i"], None, id="busybox-sh",
                  marks=pytest.mark.skipif(BUSYBOX is None, reason="no busybox here")),
@@ -148,6 +151,18 @@ def test_a_shell_running_a_script_file_with_its_output_on_a_connection_is_left_a
             lambda p: p.ppid == parent.pid and p.name == "bash" and p.sockets)
         assert shell.cmdline == ["bash", str(report)] and any(s.stream for s in shell.sockets)
         assert detections == []
+
+
+def test_the_systems_shell_printing_with_its_output_on_a_connection_is_left_alone(listener):
+    """`sh -c 'echo …; sleep 30'` whose output goes to a collector: the engine reads its
+    script as no program but `sleep`, and a shell given a script is no shell with none."""
+    line = "echo report; sleep 30; echo done"
+    with _group(_shell_on_connection(listener.port, ["/bin/sh", "-c", line])) as parent:
+        listener.accept_one()
+        shell, detections = _wait_for(
+            ProcessSampler(), parent.pid,
+            lambda p: p.ppid == parent.pid and "-c" in p.cmdline and p.sockets)
+        assert any(s.stream for s in shell.sockets) and detections == []
 
 
 # ---------------------------------------------------------------- /dev/tcp spelled by a variable
