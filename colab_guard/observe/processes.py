@@ -646,7 +646,8 @@ class ProcessSampler:
         self.content.news.discard(key)  # taken now, whatever the memory scan found
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
         sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key,
-                                                          self._sessions.get(state.owner))
+                                                          self._sessions.get(state.owner),
+                                                          sample.libraries)
         if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
             state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
@@ -771,7 +772,8 @@ class ProcessSampler:
             # queued behind it); pending until all have.
             settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
             markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key,
-                                                   self._sessions.get(state.owner))
+                                                   self._sessions.get(state.owner),
+                                                   last.libraries)
             if markers != last.exe_markers:  # the same: the same sample is handed on
                 last = last.but(exe_markers=markers)
             quiet.markers_pending = not settled
