@@ -311,6 +311,42 @@ def test_a_library_written_into_a_system_folder_and_preloaded_is_judged_on_its_a
         library.unlink()
 
 
+def _child_of(pid: int) -> int:
+    """The first child of ``pid``, once it has one."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            found = children.read().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.05)  # polling for the child to start
+    raise AssertionError(f"{pid} started no child")
+
+
+@pytest.mark.skipif(os.path.exists(TEXT_TOOL_SLOT) or not os.access("/usr/bin", os.W_OK),
+                    reason="needs /usr/bin writable (root, as Colab's kernels) and no nvidia-smi")
+def test_a_program_written_before_the_notebook_server_restarted_is_still_new(tmp_path):
+    """The user writes the miner to /usr/bin, then kills the notebook server, which is
+    started again with a new kernel: the session is the container's, not the server's."""
+    shutil.copy(_stand_in(tmp_path / "kworker"), TEXT_TOOL_SLOT)
+    try:
+        written = os.stat(TEXT_TOOL_SLOT).st_ctime
+        # the server starts later than the file's write, by more than a start time's error
+        # (the boot time /proc/stat gives is in whole seconds)
+        while time.time() < written + 1.5:
+            time.sleep(0.05)
+        kernel_line = f"{TEXT_TOOL_SLOT} -c 'sleep 30; :' {MINER_OPTIONS}; :"
+        with _group(["bash", "-c", f"bash -c \"{kernel_line}\" & wait"],
+                    stdout=subprocess.DEVNULL) as server:
+            kernel = _child_of(server.pid)
+            found, detections = _wait_for(ProcessSampler(), kernel,
+                                          lambda p: p.exe == TEXT_TOOL_SLOT)
+            assert "exe:new" in found.exe_markers
+            assert "mining-miner-command-line" in _ids(detections)
+    finally:
+        os.remove(TEXT_TOOL_SLOT)
+
+
 def test_the_systems_own_text_tool_carries_no_new_file_trait():
     """The near-miss: the system's tac, started in the session, is the distribution's file."""
     with _group(["bash", "-c", "sleep 30 | tac -s ,; :"],
