@@ -9,7 +9,6 @@ the kernel does not stop it, so the guard shuts the kernel down when it goes on 
 from __future__ import annotations
 
 import socket
-import time
 from datetime import datetime
 
 import psutil

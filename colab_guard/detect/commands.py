@@ -146,7 +146,8 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
     None where the script is to be read as text: not a shell given a script, one read only
     in part, or one that names /dev/tcp (a redirection is no program's argument)."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} \
-            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)):
+            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)) \
+            or network_redirects(argv):
         return None
     inner = split_argv(argv)[1:]
     if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(c.argv for c in inner):
@@ -176,15 +177,27 @@ def wrapped_text_tool(argv: list[str]) -> list[str] | None:
     return argv[:len(argv) - len(tool) + 1]
 
 
+def network_redirects(argv: list[str]) -> list[str]:
+    """The redirections of a shell's script (``sh -c '…'``) to a network device whose path a
+    variable or quotes spell (``d=/dev; exec 3<>$d/tcp/host/4444``, ``"/dev/t"cp/…``), as the
+    shell reads them: the text names no /dev/tcp, the shell opens it all the same."""
+    if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or _script_at(argv[1:]) is None:
+        return []
+    redirects: list[str] = []
+    _Shell([], None, {}, redirects, devices=True).program([str(a) for a in argv], 0)
+    return [r for r in redirects if _NETWORK_DEVICE.search(r)][:8]
+
+
 class _Shell:
     def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str],
-                 redirects: list[str] | None = None):
+                 redirects: list[str] | None = None, devices: bool = False):
         self.found, self.cwd, self.vars = found, cwd, variables
         self.redirects = [] if redirects is None else redirects
+        self.devices = devices  # redirections to a network device kept, however spelled
 
     def sub(self) -> _Shell:
         """A sub-shell: this one's variables, copied."""
-        return _Shell(self.found, self.cwd, dict(self.vars), self.redirects)
+        return _Shell(self.found, self.cwd, dict(self.vars), self.redirects, self.devices)
 
     # ------------------------------------------------------------ text
 
@@ -226,7 +239,8 @@ class _Shell:
         try:
             for token in lexer:
                 if operator is not None:  # a redirection's target is not an argument
-                    if "$" in token and len(redirections) < 16:
+                    if ("$" in token or self.devices and _NETWORK_DEVICE.search(token)) \
+                            and len(redirections) < 16:
                         redirections.append((operator, token))
                     operator = None
                     continue
@@ -253,7 +267,7 @@ class _Shell:
     def _redirected(self, redirections: list[tuple[str, str]]) -> None:
         for operator, target in redirections:
             expanded = self.expand(target)
-            if expanded != target and len(self.redirects) < MAX_COMMANDS:
+            if (expanded != target or self.devices) and len(self.redirects) < MAX_COMMANDS:
                 self.redirects.append(f"{operator} {expanded[:MAX_TEXT]}")
 
     def simple(self, words: list[str], depth: int) -> None:

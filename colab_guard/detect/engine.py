@@ -15,8 +15,8 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, base, script_as_programs, show,
-                       wrapped_text_tool)
+from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, base, network_redirects,
+                       script_as_programs, show, wrapped_text_tool)
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -462,8 +462,16 @@ def as_judged(process: Process) -> Process:
       left out (`sh -c 'python train.py && echo "next: xmrig --donate-level 1 …"'` prints a
       course's notes while it trains); each program is seen as a process of its own too.
     - A wrapper starting a text tool (`xargs grep -l -- --donate-level`, `timeout 60 grep …`,
-      `find . -exec grep …`: the wrapper stays while the tool reads): up to the tool's name."""
+      `find . -exec grep …`: the wrapper stays while the tool reads): up to the tool's name.
+    - A shell whose script opens a network device a variable spells: on its text, with the
+      redirections expanded (what the text does not show, the rules could not see)."""
     name, argv = base(process.exe), process.cmdline
+    if argv and name in SHELLS and not getattr(process, "cell", ""):
+        # `d=/dev; exec 3<>$d/tcp/host/4444`: the connection its script opens, as it opens it
+        # (read by the shell's file: `exec -a kworker bash -c …` is bash)
+        opened = network_redirects([name, *argv[1:]])
+        if opened:
+            return process.but(cmdline=[*argv, *opened])
     if name not in DATA_ONLY and name not in SHELLS and name not in WRAPPING or not argv \
             or getattr(process, "cell", "") or not _system_file(process):
         return process

@@ -168,7 +168,50 @@ EXE_MEMFD = "exe:memfd"  # runs from a memfd (an executable that never was a fil
 EXE_DELETED = "exe:deleted"  # its executable file was deleted after it started
 MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dumpable)
 SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
-TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT)
+EXE_NEW = "exe:new"  # its file, in the system's program folders, was written in the session
+EXE_MOUNTED = "exe:mounted"  # ... or another file is mounted over it (or over its folder)
+TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
+          EXE_NEW, EXE_MOUNTED)
+#: Where the distribution installs its programs (what the engine takes for the system's own
+#: text tools and shells): a file there written in the session, or mounted over, is a trait
+SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
+
+
+def written_since(pid: int, session: float) -> bool:
+    """Whether the program's file changed (its inode's ctime, which root cannot set back)
+    after ``session`` began. Colab's kernels run as root: a miner copied to /usr/bin/tac, or
+    bind-mounted over it (its file read through /proc/PID/exe), is no file of the
+    distribution's."""
+    try:
+        return os.stat(f"/proc/{pid}/exe").st_ctime > session
+    except OSError:
+        return False
+
+
+#: Lines of /proc/PID/mountinfo read at most (a container has tens)
+MAX_MOUNTS = 4096
+
+
+def mounted_over(pid: int, exe: str) -> bool:
+    """Whether, in the process's mount namespace, a mount sits on its program's path or its
+    folder: an old file of the system's (dash, python) bind-mounted over /usr/bin/tac has an
+    old ctime, and runs as tac."""
+    wanted = {exe, os.path.dirname(exe)}
+    try:
+        with open(f"/proc/{pid}/mountinfo", "rb") as info:
+            for _, line in zip(range(MAX_MOUNTS), info):
+                fields = line.split(b" ", 5)
+                if len(fields) > 4 and _unescape(fields[4]) in wanted:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _unescape(path: bytes) -> str:
+    """A mountinfo path (space, tab, newline and backslash written as octal escapes)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), path
+                  ).decode("utf-8", "surrogateescape")
 
 
 def reported(markers: list[str]) -> list[str]:
@@ -684,9 +727,11 @@ class ContentScanner:
     # ------------------------------------------------------------ public
 
     def process_markers(self, pid: int, exe: str, cmdline: list[str],
-                        key: tuple | None = None) -> list[str]:
+                        key: tuple | None = None, session: float | None = None) -> list[str]:
         """Markers of a process's executable and of the script it runs, if any, and (given
-        the process's ``key``) those found in its memory, with the traits of its executable.
+        the process's ``key``) those found in its memory, with the traits of its executable
+        (given when its ``session`` began, epoch seconds: whether its file in the system's
+        folders was written since).
 
         The executable is read through ``/proc/PID/exe``, which still works when
         the file was deleted or replaced after the program started.
@@ -717,6 +762,11 @@ class ContentScanner:
             extra.append(EXE_MEMFD)
         elif link.endswith(" (deleted)"):
             extra.append(EXE_DELETED)
+        elif exe.startswith(SYSTEM_PROGRAM_FOLDERS):
+            if session is not None and written_since(pid, session):
+                extra.append(EXE_NEW)
+            if mounted_over(pid, exe):
+                extra.append(EXE_MOUNTED)
         program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)

@@ -206,6 +206,8 @@ class ProcessSampler:
         self._to_park: list[tuple[int, Process, float, Probe | None, bool]] = []
         self._gpu_on = False  # this tick's: GPU use sampled (a parked one's is asked at visits)
         self._owner_set: set[str] | None = None  # owners(), until the attribution changes
+        self._sessions: dict[str, float] = {}  # kernel id -> when its session began
+        self._session_known: dict[ProcessKey, float] = {}  # kernel's key -> that, found once
         # kernel id -> its processes' keys (Snapshot.members), for one attribution
         self._members: tuple[Mapping[int, str] | None, dict[str, frozenset]] = (None, {})
 
@@ -221,6 +223,7 @@ class ProcessSampler:
         self._woken = self.woken()
         table = self._scan_table()
         owners = self._attribute(kernels, table)
+        self._sessions = self._session_starts(kernels, table)
         # Read when first needed: a socket not seen before, or the states of known ones
         # once the last tick's read is ``libraries_refresh`` old.
         sockets = InetTables(earlier=self._tables, max_age=self.libraries_refresh)
@@ -262,6 +265,21 @@ class ProcessSampler:
         self.stats.ticks += 1
         self.stats.processes_sampled += len(owners)
         return snapshots
+
+    def _session_starts(self, kernels: Mapping[str, int], table: dict[int, Entry]
+                        ) -> dict[str, float]:
+        """Kernel id -> when its session began (_session_start), found once per kernel."""
+        known, began = self._session_known, {}
+        for kid, pid in kernels.items():
+            entry = table.get(pid)
+            if entry is not None:
+                if entry.key not in known:
+                    known[entry.key] = _session_start(entry, table)
+                began[kid] = known[entry.key]
+        if len(known) > 2 * len(kernels) + 16:  # kernels gone: forgotten
+            live = {table[pid].key for pid in kernels.values() if pid in table}
+            self._session_known = {k: v for k, v in known.items() if k in live}
+        return began
 
     @staticmethod
     def _still_same(table: dict[int, Entry], kernel_pids: dict[int, str],
@@ -643,7 +661,8 @@ class ProcessSampler:
         # some (the scan runs in the background), and are looked up again later.
         self.content.news.discard(key)  # taken now, whatever the memory scan found
         settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
-        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key)
+        sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key,
+                                                          self._sessions.get(state.owner))
         if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
             state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
@@ -767,7 +786,8 @@ class ProcessSampler:
             # Taken as each scan ends (a library's can end long before the memory scan
             # queued behind it); pending until all have.
             settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
-            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key)
+            markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key,
+                                                   self._sessions.get(state.owner))
             if markers != last.exe_markers:  # the same: the same sample is handed on
                 last = last.but(exe_markers=markers)
             quiet.markers_pending = not settled
@@ -1041,6 +1061,31 @@ class ProcessSampler:
         self._owner_set = None
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
+
+
+#: Ancestors of a kernel walked, at most, to find where its session began
+MAX_ANCESTORS = 64
+
+
+def _session_start(entry: Entry, table: dict[int, Entry]) -> float:
+    """When a kernel's session began (epoch seconds): the start of its oldest ancestor in its
+    own PID namespace (a container's init; the notebook server, which a restarted kernel
+    keeps, and which the user's killing it to have it restarted does not move)."""
+    namespace = _pid_namespace(entry.pid)
+    began, at = entry.key[1], entry
+    for _ in range(MAX_ANCESTORS):
+        parent = table.get(at.ppid)
+        if parent is None or namespace is None or _pid_namespace(parent.pid) != namespace:
+            break
+        began, at = min(began, parent.key[1]), parent
+    return began
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
 
 
 def _exe_again(pid: int) -> str | None:
