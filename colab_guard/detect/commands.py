@@ -17,6 +17,7 @@ Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import posixpath
@@ -183,9 +184,15 @@ def network_redirects(argv: list[str]) -> list[str]:
     shell reads them: the text names no /dev/tcp, the shell opens it all the same."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or _script_at(argv[1:]) is None:
         return []
+    return list(_device_redirects(tuple(map(str, argv))))
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_redirects(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """network_redirects' parse, once per command line (the engine and the split ask alike)."""
     redirects: list[str] = []
-    _Shell([], None, {}, redirects, devices=True).program([str(a) for a in argv], 0)
-    return [r for r in redirects if _NETWORK_DEVICE.search(r)][:8]
+    _Shell([], None, {}, redirects, devices=True).program(list(argv), 0)
+    return tuple(r for r in redirects if _NETWORK_DEVICE.search(r))[:8]
 
 
 class _Shell:
