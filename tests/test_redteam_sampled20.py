@@ -47,17 +47,10 @@ from colab_guard.detect.commands import network_redirects
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler
-from tests.test_shell_streams import Greeter, _wait_for, bash_cell_connected
+from tests.test_shell_streams import _wait_for, bash_cell_connected, listener  # noqa: F401
 
 RULES = load_signatures()
 BUSYBOX = shutil.which("busybox")
-
-
-@pytest.fixture
-def listener():
-    greeter = Greeter()
-    yield greeter
-    greeter.close()
 
 
 @contextmanager
