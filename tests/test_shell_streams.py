@@ -119,6 +119,7 @@ def test_a_bash_cell_holding_a_connection_on_fd_3_is_left_alone():
         assert detections == []
 
 
+SEARCH_LINE = "xmrig --donate-level 1 -o pool.example.org:3333"
 ECHO_SCRIPT = ('echo "xmrig --donate-level 1 -o pool.example.org:3333"; '
                'printf "%s\\n" "hydra -l root -P pw.txt ftp://10.0.0.5"; sleep 30; echo done')
 
@@ -166,3 +167,29 @@ def test_a_program_started_under_a_text_tools_name_is_judged_by_its_file(tmp_pat
         assert "mining-miner-command-line" in {d.signature.id for d in detections}
     finally:
         _stop(started)
+
+
+def test_a_kernels_child_that_becomes_the_shell_is_judged_with_the_shells_libraries():
+    """A `!` line: the kernel forks, the child (Python, its libraries from the virtual
+    environment) execs bash. Read in full before and after the exec, within the sampler's
+    libraries refresh: bash kept Python's libraries, was no longer the system's own shell,
+    and its echo of a miner's options matched (CI, a loaded machine)."""
+    script = f"echo '{SEARCH_LINE}' >/dev/null; sleep 30; :"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys\n"
+        "sys.stdin.readline()\n"
+        f"os.execv('/bin/bash', ['/bin/sh', '-c', {script!r}])\n")], stdin=subprocess.PIPE)
+    sampler = ProcessSampler()
+    try:
+        before, _ = _wait_for(sampler, child.pid, lambda p: p.pid == child.pid
+                              and p.name.startswith("python") and p.libraries)
+        assert not all(lib.startswith(("/lib/", "/usr/lib/")) for lib in before.libraries) \
+            or sys.executable.startswith("/usr/bin/")  # a Python of its own, as a venv's
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        shell, detections = _wait_for(sampler, child.pid, lambda p: p.pid == child.pid
+                                      and p.exe.endswith("/bash"))
+        assert all(lib.startswith(("/lib/", "/usr/lib/")) for lib in shell.libraries)
+        assert detections == []
+    finally:
+        _stop(child)

@@ -109,7 +109,8 @@ class Tracked:
 
     owner: str | None = None  # the kernel it was attributed to: sticky
     cpu: tuple[float, float] | None = None  # (CPU seconds, wall time) at the last read
-    libraries: tuple[float, int, list[str]] | None = None  # (when, vms, paths) at the last maps read
+    # (when, vms, paths, exe) at the last maps read
+    libraries: tuple[float, int, list[str], str] | None = None
     fds: _Fds | None = None  # the last walk of its fds
     uid: int | None = None
     quiet: QuietRead | None = None  # the last full read, for the idle fast path
@@ -642,7 +643,7 @@ class ProcessSampler:
         sample.cpu_percent = self._cpu_percent(key, stat.cpu_ticks / CLOCK_TICKS, now)
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
-        sample.libraries = self._mapped_libraries(key, pid, now, stat.vms)
+        sample.libraries = self._mapped_libraries(key, pid, now, stat.vms, sample.exe)
         if state.netns is None:
             state.netns = self._netns(pid)  # read once; again when its sockets are walked
         # A socket of another namespace never shows in the guard's tables: its fds are
@@ -987,16 +988,19 @@ class ProcessSampler:
             used = cpu_seconds - before[0]
         return round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0
 
-    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float, vms: int) -> list[str]:
+    def _mapped_libraries(self, key: ProcessKey, pid: int, now: float, vms: int,
+                          exe: str) -> list[str]:
         """Shared objects the process has mapped (libtorrent, a RandomX module...).
 
         /proc/PID/maps can be long: it is read again at most every ``libraries_refresh``
         seconds, and then only if the process's virtual size ``vms`` changed since (mapping
-        a library grows it), or once ``MAPS_MAX_AGE`` old.
+        a library grows it), or once ``MAPS_MAX_AGE`` old; at once when it runs another
+        program (an exec keeps its pid and start: a kernel's child that became bash kept the
+        kernel's libraries, and bash was no longer the system's own shell).
         """
         state = self._state(key)
         cached = state.libraries
-        if cached is not None:
+        if cached is not None and cached[3] == exe:
             age = now - cached[0]
             if age < self.libraries_refresh or (vms == cached[1] and age < MAPS_MAX_AGE):
                 return cached[2]
@@ -1015,7 +1019,7 @@ class ProcessSampler:
             self._denied("maps", pid, err)
         except OSError as err:
             self._problem("maps", "could not read /proc/%s/maps: %s", pid, err)
-        state.libraries = (now, vms, libraries)
+        state.libraries = (now, vms, libraries, exe)
         return libraries
 
     # ------------------------------------------------------------ bookkeeping
