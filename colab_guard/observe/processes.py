@@ -798,7 +798,7 @@ class ProcessSampler:
             quiet.fds_pending = False
         if quiet.maps_pending and now - state.libraries[0] >= self.libraries_refresh:
             last = last.but(libraries=self._mapped_libraries(entry.key, entry.pid, now,
-                                                                  quiet.vms))
+                                                                  quiet.vms, last.exe))
             quiet.maps_pending = False
         quiet.sample = last
 
