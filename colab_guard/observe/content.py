@@ -770,7 +770,7 @@ class ContentScanner:
         program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)
-            if memory is not None and memory.exe == exe:  # not a program it exec'd away from
+            if memory is not None:
                 markers += [m for m in memory.markers if m not in markers]
                 extra += memory.traits
                 program += memory.markers  # (a packed aria2c)
@@ -1430,7 +1430,7 @@ class ContentScanner:
             return False  # not yet: asked again at the next read
         with self._lock:
             memory = self._memory.get(key)
-            if memory is None or memory.exe != exe:  # new, or it exec'd: another program's
+            if memory is None:
                 memory = self._memory[key] = _Memory(start=st.start, exe=exe)
             if memory.queued:
                 return False
