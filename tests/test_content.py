@@ -217,3 +217,30 @@ def test_a_real_tool_copied_to_another_name_is_recognised(tmp_path):
         proc.kill()
         proc.wait()
         sampler.content.close()
+
+
+def test_a_system_programs_traits_are_read_once_for_its_life(monkeypatch):
+    """exe:new and exe:mounted hold for a process's life (its file and its mounts were fixed
+    at its exec): its mountinfo, which a user may fill with thousands of mounts, is read once,
+    not at every full read; a process that is gone is forgotten."""
+    from colab_guard.observe import content
+    reads = []
+    real = content.mounted_over
+    monkeypatch.setattr(content, "mounted_over",
+                        lambda pid, exe: reads.append(pid) or real(pid, exe))
+    scanner = ContentScanner(background=False)
+    sleeper = subprocess.Popen(["/usr/bin/sleep", "30"])
+    try:
+        key = (sleeper.pid, 1)
+        for _ in range(3):
+            found = scanner.process_markers(sleeper.pid, "/usr/bin/sleep", ["sleep", "30"],
+                                            key, session=time.time() + 60)
+            assert "exe:mounted" not in found and "exe:new" not in found
+        assert reads == [sleeper.pid]
+        scanner.forget(set())
+        scanner.process_markers(sleeper.pid, "/usr/bin/sleep", ["sleep", "30"], key,
+                                session=time.time() + 60)
+        assert reads == [sleeper.pid, sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -706,6 +706,7 @@ class ContentScanner:
         self._pending: dict[FileKey, bool] = {}
         self._memory: dict[tuple, _Memory] = {}
         self._libraries: dict[tuple, _Libraries] = {}
+        self._program_traits: dict[tuple, tuple[str, ...]] = {}  # (key, exe) -> its traits
         #: processes whose memory scan found other markers or traits than the last one: read
         #: in full at the next tick (added and pruned under the lock; the sampler's look-ups
         #: and discards are single set operations)
@@ -763,10 +764,7 @@ class ContentScanner:
         elif link.endswith(" (deleted)"):
             extra.append(EXE_DELETED)
         elif exe.startswith(SYSTEM_PROGRAM_FOLDERS):
-            if session is not None and written_since(pid, session):
-                extra.append(EXE_NEW)
-            if mounted_over(pid, exe):
-                extra.append(EXE_MOUNTED)
+            extra += self._system_program_traits(pid, exe, key, session)
         program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)
@@ -782,6 +780,24 @@ class ContentScanner:
         if "aria2" in program:
             markers += [m for m in self.aria2_markers(pid, cmdline, key) if m not in markers]
         return markers + [t for t in dict.fromkeys(extra) if t not in markers]
+
+    def _system_program_traits(self, pid: int, exe: str, key: tuple | None,
+                               session: float | None) -> list[str]:
+        """exe:new and exe:mounted of a program in the system's folders. They hold for the
+        program's life (its file's inode and its mount namespace were fixed at its exec), so
+        a known process's are found once: its mountinfo is not read again at every full
+        read (thousands of mounts would make that a cost per process per tick)."""
+        known = self._program_traits.get((key, exe)) if key is not None else None
+        if known is not None:
+            return list(known)
+        traits = []
+        if session is not None and written_since(pid, session):
+            traits.append(EXE_NEW)
+        if mounted_over(pid, exe):
+            traits.append(EXE_MOUNTED)
+        if key is not None and session is not None:  # (without its session: asked again)
+            self._program_traits[(key, exe)] = tuple(traits)
+        return traits
 
     def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
         """Whether the files of a process have all been scanned already (and, given its key,
@@ -1026,6 +1042,8 @@ class ContentScanner:
                 del self._memory[key]
             for key in [k for k in self._libraries if k not in alive]:
                 del self._libraries[key]
+            for known in [k for k in self._program_traits if k[0] not in alive]:
+                del self._program_traits[known]
             self.news.intersection_update(alive)
 
     # ------------------------------------------------------------ the queue

@@ -1033,7 +1033,7 @@ class ProcessSampler:
             exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
             stat = procfs.read_stat(pid)
             cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
-            if _exe_again(pid) == exe:
+            if procfs.exe_now(pid) == exe:
                 break
             self.stats.reread += 1
         return stat, exe, cmdline
@@ -1088,16 +1088,6 @@ def _session_start(entry: Entry, table: dict[int, Entry]) -> float:
 def _pid_namespace(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
-def _exe_again(pid: int) -> str | None:
-    """The executable read again ('' where denied, as the first read; None once gone)."""
-    try:
-        return procfs.read_exe(pid)
-    except PermissionError:
-        return ""
     except OSError:
         return None
 

@@ -151,6 +151,17 @@ def read_exe(pid: int) -> str:
     return path
 
 
+def exe_now(pid: int) -> str | None:
+    """The executable read again, to tell an exec between reads ('' where denied, as a
+    first read would be; None once the process is gone)."""
+    try:
+        return read_exe(pid)
+    except PermissionError:
+        return ""
+    except OSError:
+        return None
+
+
 def read_real_uid(pid: int) -> int:
     for line in read_small(f"/proc/{pid}/status").splitlines():
         if line.startswith(b"Uid:"):

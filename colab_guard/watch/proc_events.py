@@ -274,7 +274,7 @@ class ProcEvents:
             kernel_id = unknown_kernel(uid)
         if uid != _uid_of(kernels, kernel_id):
             return  # a setuid program, a pid taken again: the pass decides
-        if _exe(pid) != exe:
+        if (procfs.exe_now(pid) or "") != exe:
             return  # it exec'd again while read (nice, then grep): that exec is checked
         # The pass's start time where it has seen the process: the Policy knows a process by
         # it, and acts once on it, whichever of the pass and this check comes first.
@@ -291,7 +291,7 @@ class ProcEvents:
         a program that exec'd again meanwhile is told by its executable read after); None if
         it is gone."""
         argv_by_pid = self.monitor.exec_argv
-        exe = _exe(pid)
+        exe = procfs.exe_now(pid) or ""
         try:
             stat = procfs.read_stat(pid)
             argv = procfs.read_cmdline(pid)
@@ -360,10 +360,3 @@ def _uid_of(kernels, kernel_id: str) -> int | None:
         return uid
     kernel = kernels.kernel(kernel_id)
     return kernel.uid if kernel is not None else None
-
-
-def _exe(pid: int) -> str:
-    try:
-        return procfs.read_exe(pid)
-    except OSError:
-        return ""
