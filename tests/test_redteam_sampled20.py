@@ -221,35 +221,30 @@ def _can_bind_mount() -> bool:
         stderr=subprocess.DEVNULL).returncode == 0
 
 
+def _dash_copy(tmp_path: Path) -> tuple[str, list[str]]:
+    """A miner's stand-in written in the session: a new file, and a mount on its path."""
+    return str(_stand_in(tmp_path / "kworker")), ["exe:new", "exe:mounted"]
+
+
+def _system_dash(tmp_path: Path) -> tuple[str, list[str]]:
+    """The distribution's own dash (an old ctime): only the mount on its path tells."""
+    return os.path.realpath(shutil.which("dash") or "/bin/sh"), ["exe:mounted"]
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
                     reason="needs the system's tac and a mount namespace (root, as Colab's kernels)")
-def test_a_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments(tmp_path):
+@pytest.mark.parametrize("mounted", [_dash_copy, _system_dash], ids=["new-file", "system-file"])
+def test_a_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments(mounted, tmp_path):
     """`mount --bind ./kworker /usr/bin/tac` in a mount namespace of its own: the sampler reads
     /usr/bin/tac, with no marker, named as a text tool, and took its options for data."""
-    miner = _stand_in(tmp_path / "kworker")
-    line = (f"mount --bind {miner} /usr/bin/tac && "
+    source, traits = mounted(tmp_path)
+    line = (f"mount --bind {source} /usr/bin/tac && "
             f"exec /usr/bin/tac -c 'sleep 30; :' {MINER_OPTIONS}")
     with _group(["bash", "-c", f"unshare -m --propagation private sh -c \"{line}\"; :"],
                 stdout=subprocess.DEVNULL) as kernel:
         found, detections = _wait_for(ProcessSampler(), kernel.pid,
                                       lambda p: p.exe == "/usr/bin/tac")
-        assert "exe:new" in found.exe_markers
-        assert "mining-miner-command-line" in _ids(detections)
-
-
-@pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
-                    reason="needs the system's tac and a mount namespace (root, as Colab's kernels)")
-def test_a_system_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments():
-    """`mount --bind /usr/bin/dash /usr/bin/tac`: the file that runs is the distribution's own
-    (an old ctime), but not the tac it runs as; the mount on its path tells."""
-    dash = os.path.realpath(shutil.which("dash") or "/bin/sh")
-    line = (f"mount --bind {dash} /usr/bin/tac && "
-            f"exec /usr/bin/tac -c 'sleep 30; :' {MINER_OPTIONS}")
-    with _group(["bash", "-c", f"unshare -m --propagation private sh -c \"{line}\"; :"],
-                stdout=subprocess.DEVNULL) as kernel:
-        found, detections = _wait_for(ProcessSampler(), kernel.pid,
-                                      lambda p: p.exe == "/usr/bin/tac")
-        assert found.exe_markers == ["exe:mounted"]
+        assert sorted(found.exe_markers) == sorted(traits)
         assert "mining-miner-command-line" in _ids(detections)
 
 
