@@ -243,6 +243,13 @@ REFUSED = [
     ("download from python", "import wget\nwget.download('https://github.com/trexminer/T-Rex/releases/download/0.26.8/t-rex-0.26.8-linux.tar.gz')"),
     ("release file name", "!./cloudflared-linux-amd64 tunnel --url http://localhost:8888"),
     ("stratum in python", "import socket, json\ns = socket.socket()\ns.connect(('p', 3333))\ns.send(json.dumps({'method': 'mining.' + 'subscribe'}).encode())"),
+    # session 21, from the notebook corpus: a command built from a template with parts only
+    # known when it runs, kept in a variable before the call that runs it
+    ("%-template in a variable", "import subprocess, uuid\nsub = uuid.uuid4().hex\ncmd = 'python3 -m jprq %s -s=%s' % (8000, sub)\nsubprocess.Popen(cmd, shell=True)"),
+    ("f-string in a variable", "import os\nport = input()\ncmd = f'cloudflared tunnel --url http://localhost:{port}'\nos.system(cmd)"),
+    (".format template in a variable", "import os\nc = 'ngrok {} {}'.format(proto, port)\nos.system(c)"),
+    ("pinggy SDK", "import pinggy\nt = pinggy.start_tunnel(forwardto='localhost:11434')"),
+    ("CryptoNote pool in python", "import socket, json\ns = socket.socket()\ns.connect((host, 4242))\ns.sendall(json.dumps({'method': 'login', 'params': {'login': w, 'pass': 'x'}}).encode())\ns.sendall(json.dumps({'method': 'submit', 'params': {'job_id': j, 'nonce': n, 'result': r}}).encode())"),
 ]
 
 
@@ -286,6 +293,13 @@ NEAR_MISSES = [
     ("apt install ssh client", "!apt-get install -y openssh-client"),
     ("downloading a dataset from python", "import urllib.request\nurllib.request.urlretrieve('https://example.org/data/xmrig-logs.csv', 'logs.csv')"),
     ("crypto prices", "import yfinance as yf\nbtc = yf.download('BTC-USD')\nbtc['Close'].plot()"),
+    # session 21: a template in a variable keeps its known words only (a training run, a
+    # percent sign); a tunnel's name in the template's text that is printed runs nothing
+    ("a training command from a template", "import os\ncmd = 'python train.py --lr %s --epochs {}' % lr\nos.system(cmd)"),
+    ("a template printed, not run", "cmd = 'python3 -m jprq %s' % port\nprint('we do not run', cmd)"),
+    ("a parameter named like a template", "import os\ncmd = f'ngrok http {port}'\ndef run(cmd):\n    os.system(cmd)"),
+    ("a template rebound before it runs", "import os\ncmd = f'ngrok http {port}'\ncmd = 'ls -la'\nos.system(cmd)"),
+    ("a pool protocol lesson", "doc = {'method': 'login', 'params': {'login': 'wallet', 'pass': 'x'}}\nshare = {'method': 'submit', 'params': {'job_id': 1, 'nonce': 2}}\nprint(doc, share)"),
 ]
 
 

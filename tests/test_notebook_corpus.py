@@ -21,9 +21,10 @@ ENTRIES = corpus.manifest()["notebooks"]
 def test_the_corpus_covers_the_categories_and_is_listed_with_its_sources():
     abuse = [e for e in ENTRIES if e["kind"] == "abuse"]
     benign = [e for e in ENTRIES if e["kind"] == "benign"]
-    assert len(abuse) >= 12 and len(benign) >= 9
+    assert len(abuse) >= 37 and len(benign) >= 24
     prefixes = {Path(e["file"]).stem.split("-")[0] for e in abuse}
-    assert {"mining", "torrent", "cracking", "deepfake", "rdp", "tunnel", "scanning"} <= prefixes
+    assert {"mining", "torrent", "cracking", "deepfake", "rdp", "tunnel", "scanning", "proxy",
+            "remote"} <= prefixes
     listed = {p.relative_to(corpus.CORPUS).as_posix() for p in corpus.CORPUS.rglob("*.ipynb")}
     assert listed == {e["file"] for e in ENTRIES}
     sources = (corpus.CORPUS / "SOURCES.md").read_text()

@@ -71,6 +71,12 @@ NAMESPACE = "globals()"  # the alias of a name bound to the cell's variables (g 
 #: (``globals().update(table)``), so any name the cell did not bind itself may be one
 ANY_NAME = "*"
 UNKNOWN = "…"  # a part of a command only known when it runs
+#: a field of a ``%`` template (``%s``, ``%(port)d``, ``%-5s``) or an escaped ``%``
+_PERCENT_FIELD = re.compile(r"%%|%(\([^)]{0,40}\))?[-#0 +]*[0-9*]{0,4}(\.[0-9*]{1,4})?"
+                            r"[sdiouxXeEfFgGcra]")
+#: a field of a ``.format`` template (``{}``, ``{port}``, ``{0:>4}``) or an escaped brace
+_FORMAT_FIELD = re.compile(r"\{\{|\}\}|\{[^{}]{0,40}\}")
+_TEMPLATE_ESCAPES = {"%%": "%", "{{": "{", "}}": "}"}
 
 _RUN_CALLS = {
     "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
@@ -568,6 +574,9 @@ class _Reader(ast.NodeVisitor):
         self._code_chars = 0
         self.memory = memory
         self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
+        #: names bound to a command with parts only known when it runs (``cmd = "jprq %s" %
+        #: port``): its known words, each unknown part a placeholder (see loose)
+        self._loose_names: dict[str, str] = {}
         self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
         self.cwd: str | None = memory.cwd if memory else None
         self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
@@ -988,10 +997,12 @@ class _Reader(ast.NodeVisitor):
                 self._share_table(target.id, node.value)
                 if self._generated(node.value) and isinstance(node.value, ast.Call):
                     self._generators_called[target.id] = node.value
+                self._loose_names.pop(target.id, None)
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
                     self.names.pop(target.id, None)
+                    self._bind_loose(target.id, node.value)
                     items = self._one_of(node.value)
                     if items:  # c = cmds[i]: one of them
                         self.choices[target.id] = items if isinstance(items, _Listed) else \
@@ -1259,6 +1270,8 @@ class _Reader(ast.NodeVisitor):
             first = (arguments.posonlyargs + arguments.args)[0].arg
             bound.update({f"{first}.{k}": v for k, v in owner[1].items()})
         saved = {name: (self.names.get(name), self.choices.get(name)) for name in bound}
+        # a parameter is not the cell's command of that name (``cmd = f"ngrok {p}"`` outside)
+        loose = {name: self._loose_names.pop(name) for name in bound if name in self._loose_names}
         for name, value in bound.items():
             self._bind_constant(name, value)
         try:
@@ -1268,6 +1281,9 @@ class _Reader(ast.NodeVisitor):
                 self._bind_constant(name, value)
                 if choices is not None:
                     self.choices[name] = choices
+            for name in bound:
+                self._loose_names.pop(name, None)
+            self._loose_names.update(loose)
 
     def _bind_constant(self, name: str, value) -> None:
         """``name`` is ``value`` (a constant), one of ``value`` (a list of them), or unknown."""
@@ -3147,7 +3163,7 @@ class _Reader(ast.NodeVisitor):
     def _bind_parameter(self, param: str, value: ast.expr | None) -> None:
         """A parameter bound to its argument: its constant, the runner it is, the holder it
         is, a class's constants (``c.cmd`` for ``C.cmd``)."""
-        for table in (self.names, self.aliases):
+        for table in (self.names, self.aliases, self._loose_names):
             table.pop(param, None)
         folded = self.fold(value) if value is not None else None
         if folded is not None:
@@ -3721,14 +3737,30 @@ class _Reader(ast.NodeVisitor):
 
     # ------------------------------------------------------------ folding
 
+    def _bind_loose(self, name: str, value: ast.expr) -> None:
+        """``cmd = f"jprq {port}"``, ``cmd = "jprq %s" % port``: a command built from a
+        template with parts only known when it runs, kept for the call that runs ``cmd``."""
+        if not _template_shaped(value):
+            return  # (not every unfolded value read again: a call's fold can be dear)
+        text = self.loose(value)
+        if isinstance(text, str) and text.replace(UNKNOWN, "").strip():
+            self._loose_names[name] = text
+
     def loose(self, node: ast.expr, depth: int = 0):
         """A command with parts not known before it runs: the known words kept, each unknown
-        part a placeholder (``f"code-server --port {port}"`` -> ``code-server --port …``)."""
+        part a placeholder (``f"code-server --port {port}"`` -> ``code-server --port …``; a
+        ``%`` or ``.format`` template alike, and a name bound to one)."""
         folded = self.fold(node)
         if folded is not None:
             return folded.value
         if depth > 20:
             return UNKNOWN
+        if isinstance(node, ast.Name) and node.id in self._loose_names:
+            return self._loose_names[node.id]
+        template, fields = self._template(node)
+        if template is not None:
+            filled = fields.sub(lambda m: _TEMPLATE_ESCAPES.get(m.group(0), UNKNOWN), template)
+            return filled[:MAX_VALUE]
         if isinstance(node, ast.JoinedStr):
             return "".join(_as_text(self.loose(v.value if isinstance(v, ast.FormattedValue)
                                                 else v, depth + 1)) or UNKNOWN
@@ -3744,6 +3776,21 @@ class _Reader(ast.NodeVisitor):
                 return items[0]  # Popen([cmd], shell=True): the one string is a shell line
             return [i if isinstance(i, str) else UNKNOWN for i in items]
         return UNKNOWN
+
+    def _template(self, node: ast.expr) -> tuple[str | None, re.Pattern | None]:
+        """The constant template of ``"…%s…" % x`` or ``"…{}…".format(x)`` and the pattern
+        of its fields, still to fill (their values are not known, or the fold would have
+        given the whole string)."""
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+            template, fields = self.fold(node.left), _PERCENT_FIELD
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "format":
+            template, fields = self.fold(node.func.value), _FORMAT_FIELD
+        else:
+            return None, None
+        if template is None or not isinstance(template.value, str):
+            return None, None
+        return template.value, fields
 
     def call_name(self, func: ast.expr) -> str | None:
         """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run),
@@ -4453,6 +4500,21 @@ MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per ce
 #: items of the tables a cell's loops go through that are listed, per cell; and long tables'
 #: items run per folder (past it, each once in all)
 MAX_ROWS = 16384
+
+
+def _template_shaped(node: ast.expr) -> bool:
+    """An f-string, or a string constant formatted with ``%``, ``.format`` or ``+``: a value
+    that may hold a command's known words when its other parts are not known."""
+    def text(n):
+        return isinstance(n, ast.JoinedStr) or isinstance(n, ast.Constant) and isinstance(n.value, str)
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        return text(node.left)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return text(node.left) or text(node.right) or _template_shaped(node.left)
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+        node.func.attr == "format" and text(node.func.value)
 
 
 def _dotted(node: ast.AST) -> str | None:
