@@ -64,8 +64,9 @@ async def _stopped(kernel, guard_config, code: str, signature: str) -> dict:
     return first
 
 
-#: recorded within 2 s of serving, and one more for a late tick on this busy machine
-STOP_WITHIN = 3.0
+#: recorded soon after serving, by the rule and not some later pass (its 2 s goal is a
+#: benchmark's, `./dev bench detection`: a loaded CI machine may run ticks late)
+STOP_WITHIN = 10.0
 
 
 def _recorded_after(incident: dict, started: float) -> float:
