@@ -636,7 +636,8 @@ print(*got, flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+# (not strict: on a loaded machine a tick late may see an upstream connection at two ticks)
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
     "a forwarder that opens a new upstream connection per request behind each kept-alive "
     "client connection: every outbound connection opens and closes between two ticks "
     "(behaviour.py _relay_counts pairs an inbound connection with one outbound connection "

@@ -76,7 +76,14 @@ _PERCENT_FIELD = re.compile(r"%%|%(\([^)]{0,40}\))?[-#0 +]*[0-9*]{0,4}(\.[0-9*]{
                             r"[sdiouxXeEfFgGcra]")
 #: a field of a ``.format`` template (``{}``, ``{port}``, ``{0:>4}``) or an escaped brace
 _FORMAT_FIELD = re.compile(r"\{\{|\}\}|\{[^{}]{0,40}\}")
-_TEMPLATE_ESCAPES = {"%%": "%", "{{": "{", "}}": "}"}
+_TEMPLATE_ESCAPES = {"%%": "%", "{{": "{", "}}": "}", "$$": "$"}
+#: a field of a ``string.Template`` (``$port``, ``${port}``) or an escaped ``$``
+_DOLLAR_FIELD = re.compile(r"\$\$|\$(\{[_a-zA-Z][_a-zA-Z0-9]{0,40}\}|[_a-zA-Z][_a-zA-Z0-9]{0,40})")
+#: steps one reading of a command with unknown parts may take (a template handed through
+#: helpers that call helpers is read within it; past it, the rest is unknown)
+MAX_LOOSE_STEPS = 64
+MAX_LOOSE_INLINED = 8  # helpers' calls read through, in one reading
+MAX_ADDED = 4096  # operands of one ``+`` sum read as texts (the rest visited whole)
 
 _RUN_CALLS = {
     "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
@@ -576,7 +583,10 @@ class _Reader(ast.NodeVisitor):
         self.names: dict[str, _Folded] = dict(memory.names) if memory else {}  # constants
         #: names bound to a command with parts only known when it runs (``cmd = "jprq %s" %
         #: port``): its known words, each unknown part a placeholder (see loose)
-        self._loose_names: dict[str, str] = {}
+        self._loose_names: dict[str, str | list] = {}
+        self._loose_steps = self._loose_inlined = 0  # of the current reading (see loose)
+        #: names bound to a ``string.Template(text)``: the text's node, for ``t.substitute``
+        self._templates: dict[str, ast.expr] = {}
         self.aliases: dict[str, str] = dict(memory.aliases) if memory else {}  # name -> module
         self.cwd: str | None = memory.cwd if memory else None
         self._start_cwd = self.cwd  # the folder the kernel is in as the cell starts
@@ -998,6 +1008,7 @@ class _Reader(ast.NodeVisitor):
                 if self._generated(node.value) and isinstance(node.value, ast.Call):
                     self._generators_called[target.id] = node.value
                 self._loose_names.pop(target.id, None)
+                self._templates.pop(target.id, None)
                 if folded is not None:
                     self.names[target.id] = folded
                 else:
@@ -1438,6 +1449,13 @@ class _Reader(ast.NodeVisitor):
         in order, as written: no command found before is lost)."""
         stores = _stores_in(node.body + node.orelse)
         for name, assigned in stores.items():
+            if name in self._loose_names and name not in self.names:
+                # c = "echo %s" % x … c = "ngrok %s" % x: a command with unknown parts too
+                values = self._values_in_loop(name, assigned)
+                if values:
+                    first = _Folded(self._loose_names.pop(name), False)
+                    self.choices[name] = [first, *values]
+                continue
             if name not in self.names:
                 continue
             values = self._values_in_loop(name, assigned)
@@ -1457,6 +1475,10 @@ class _Reader(ast.NodeVisitor):
                                     for n in ast.walk(value)):
                 return None
             folded = self.fold(value)
+            if folded is None and self._loose_shaped(value):
+                text = self.loose(value)  # c = "ngrok tcp %d" % port: its known words
+                folded = _Folded(text, False) if isinstance(text, str) and \
+                    text.replace(UNKNOWN, "").strip() else None
             if folded is None:
                 return None
             values.append(folded)
@@ -2279,10 +2301,12 @@ class _Reader(ast.NodeVisitor):
                         self.aliases[name.id] = NAMESPACE  # g, h = globals(), 1
                     if isinstance(name, ast.Name):
                         folded = self.fold(value)
+                        self._loose_names.pop(name.id, None)
                         if folded is not None:
                             self.names[name.id] = folded
                         else:
                             self.names.pop(name.id, None)
+                            self._bind_loose(name.id, value)  # c, p = "ngrok %s" % x, 1
                         runner = self._runner_in(value)  # a, b = print, os.system
                         if runner:
                             self.aliases[name.id] = runner
@@ -3163,7 +3187,7 @@ class _Reader(ast.NodeVisitor):
     def _bind_parameter(self, param: str, value: ast.expr | None) -> None:
         """A parameter bound to its argument: its constant, the runner it is, the holder it
         is, a class's constants (``c.cmd`` for ``C.cmd``)."""
-        for table in (self.names, self.aliases, self._loose_names):
+        for table in (self.names, self.aliases, self._loose_names, self._templates):
             table.pop(param, None)
         folded = self.fold(value) if value is not None else None
         if folded is not None:
@@ -3257,6 +3281,10 @@ class _Reader(ast.NodeVisitor):
         if name and "." in name and not (
                 isinstance(node.func, ast.Attribute) and self._is_ipython(node.func.value)):
             self.emit("call", name)
+        if name == "dict" and "dict" not in self.names:
+            for keyword in node.keywords:  # dict(method="login"): its keys, as {"method": …}'s
+                if keyword.arg:
+                    self.emit("text", keyword.arg)
         self._mutated(node, name)
         if not self._set_item_by_call(node, name):
             self._items_changed(node)
@@ -3708,7 +3736,36 @@ class _Reader(ast.NodeVisitor):
                 return
             if self._long_chain(node):
                 return
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+                self._visit_added(node)
+                return
         super().generic_visit(node)
+
+    def _visit_added(self, node: ast.BinOp) -> None:
+        """``b'{"job_' + b'id": "' + j + b'", "non' + b'ce": "'``: a sum of texts with
+        parts not known: each run of known parts read as the one text Python joins them
+        into (read left to right, ``(a + j) + b + c`` would leave ``b`` and ``c`` apart);
+        the unknown parts visited as they are. Read once, whatever its length."""
+        run: list = []
+        for operand in _added_operands(node):
+            folded = self.fold(operand)
+            if folded is not None and isinstance(folded.value, (str, bytes)) and \
+                    (not run or type(run[0].value) is type(folded.value)):
+                run.append(folded)
+                continue
+            self._emit_run_of_texts(run)
+            run = [folded] if folded is not None and isinstance(folded.value, (str, bytes)) else []
+            if not run:
+                self.visit(operand)
+        self._emit_run_of_texts(run)
+
+    def _emit_run_of_texts(self, run: list) -> None:
+        """A run of known texts: joined, and each as it was read before (no fact lost)."""
+        if run:
+            joined = run[0].value[:0].join(f.value for f in run)[:MAX_VALUE]
+            self.emit_value(_Folded(joined, len(run) > 1 or run[0].hidden))
+        for folded in run if len(run) > 1 else ():
+            self.emit_value(folded)
 
     def _long_chain(self, node: ast.expr) -> bool:
         """``r[0][0]…[0]`` past MAX_CHAIN items that did not fold: its keys and its root read
@@ -3740,36 +3797,53 @@ class _Reader(ast.NodeVisitor):
     def _bind_loose(self, name: str, value: ast.expr) -> None:
         """``cmd = f"jprq {port}"``, ``cmd = "jprq %s" % port``: a command built from a
         template with parts only known when it runs, kept for the call that runs ``cmd``."""
-        if not _template_shaped(value):
+        if isinstance(value, ast.Call) and len(value.args) == 1 and \
+                (self.call_name(value.func) or "").endswith("Template"):
+            self._templates[name] = value.args[0]  # t = Template("ngrok $p"); t.substitute(…)
+            return
+        if not self._loose_shaped(value):
             return  # (not every unfolded value read again: a call's fold can be dear)
         text = self.loose(value)
-        if isinstance(text, str) and text.replace(UNKNOWN, "").strip():
+        if isinstance(text, list) and any(isinstance(w, str) and w != UNKNOWN for w in text):
+            self._loose_names[name] = text  # parts = ["ngrok", "tcp", str(port)]
+        elif isinstance(text, str) and text.replace(UNKNOWN, "").strip():
             self._loose_names[name] = text
 
     def loose(self, node: ast.expr, depth: int = 0):
         """A command with parts not known before it runs: the known words kept, each unknown
         part a placeholder (``f"code-server --port {port}"`` -> ``code-server --port …``; a
         ``%`` or ``.format`` template alike, and a name bound to one)."""
+        if depth == 0:
+            self._loose_steps = self._loose_inlined = 0
+        self._loose_steps += 1
+        if depth > 20 or self._loose_steps > MAX_LOOSE_STEPS:
+            return UNKNOWN
         folded = self.fold(node)
         if folded is not None:
             return folded.value
-        if depth > 20:
-            return UNKNOWN
+        if isinstance(node, ast.NamedExpr):
+            return self.loose(node.value, depth + 1)  # run((c := "ngrok %s" % p))
         if isinstance(node, ast.Name) and node.id in self._loose_names:
             return self._loose_names[node.id]
-        template, fields = self._template(node)
-        if template is not None:
-            filled = fields.sub(lambda m: _TEMPLATE_ESCAPES.get(m.group(0), UNKNOWN), template)
+        filled = self._filled_template(node, depth)
+        if filled is not None:
             return filled[:MAX_VALUE]
+        returned = self._loose_returned(node, depth)
+        if returned is not None:  # mk(port) of mk = lambda p: "ngrok tcp %d" % p
+            return returned
+        method = self._loose_method(node, depth)
+        if method is not None:
+            return method
         if isinstance(node, ast.JoinedStr):
             return "".join(_as_text(self.loose(v.value if isinstance(v, ast.FormattedValue)
                                                 else v, depth + 1)) or UNKNOWN
                            for v in node.values)[:MAX_VALUE]
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self.loose(node.left, depth + 1), self.loose(node.right, depth + 1)
-            if isinstance(left, list) and isinstance(right, list):
-                return left + right
-            return ((_as_text(left) or UNKNOWN) + (_as_text(right) or UNKNOWN))[:MAX_VALUE]
+            # the sum's operands each read once (not each part sum folded again: n²)
+            parts = [self.loose(o, depth + 1) for o in _added_operands(node)]
+            if all(isinstance(p, list) for p in parts):
+                return [i for p in parts for i in p]
+            return "".join(_as_text(p) or UNKNOWN for p in parts)[:MAX_VALUE]
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.loose(e, depth + 1) for e in node.elts[:256]]
             if len(items) == 1 and isinstance(items[0], str) and " " in items[0]:
@@ -3777,20 +3851,180 @@ class _Reader(ast.NodeVisitor):
             return [i if isinstance(i, str) else UNKNOWN for i in items]
         return UNKNOWN
 
-    def _template(self, node: ast.expr) -> tuple[str | None, re.Pattern | None]:
-        """The constant template of ``"…%s…" % x`` or ``"…{}…".format(x)`` and the pattern
-        of its fields, still to fill (their values are not known, or the fold would have
-        given the whole string)."""
+    def _loose_text(self, node: ast.expr, depth: int) -> str | None:
+        """``node`` read as one text with its unknown parts placeholders, or None."""
+        value = self.loose(node, depth + 1)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return _as_text(value) if isinstance(value, (str, bytes)) else None
+
+    def _loose_shaped(self, node: ast.expr) -> bool:
+        """A value that may hold a command's known words when its other parts are not known:
+        an f-string, a template filled by ``%``, ``.format``, ``.format_map``,
+        ``Template(…).substitute`` or ``.replace``, a ``+`` with text, a join, a helper
+        returning one, a name bound to one (whatever holds the template: a constant, an
+        item, a variable)."""
+        if isinstance(node, ast.NamedExpr):
+            return self._loose_shaped(node.value)
+        if isinstance(node, ast.Name):
+            return node.id in self._loose_names
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return any(_is_text(n) or self._loose_shaped(n) for n in (node.left, node.right))
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return any(_is_text(e) for e in node.elts[:256])
+        if isinstance(node, ast.Call) and self._template_spelled(node) is not node:
+            return True  # str.format(t, x), operator.mod(t, x)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            return node.func.attr in _LOOSE_METHODS
+        if isinstance(node, ast.Call):
+            return isinstance(node.func, ast.Lambda) or isinstance(node.func, ast.Name) and (
+                node.func.id in self._lambdas or node.func.id in self.pure or node.func.id == "str")
+        return isinstance(node, ast.JoinedStr) or \
+            isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod)
+
+    def _filled_template(self, node: ast.expr, depth: int) -> str | None:
+        """``"…%s…" % x``, ``"…{}…".format(x)``, ``.format_map(d)``, ``Template("…$x…")
+        .substitute(x=…)``: the template (constant, or itself read loosely: an item, a
+        variable, a nested template) with each field filled by its value where that is
+        known (``"%s tcp %d" % ("ngrok", port)``), a placeholder where not."""
+        positional, named = [], {}
+        node = self._template_spelled(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
-            template, fields = self.fold(node.left), _PERCENT_FIELD
+            template, fields = self._loose_text(node.left, depth), _PERCENT_FIELD
+            positional, named = _percent_values(node.right)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr == "format":
-            template, fields = self.fold(node.func.value), _FORMAT_FIELD
+                node.func.attr in ("format", "format_map"):
+            template, fields = self._loose_text(node.func.value, depth), _FORMAT_FIELD
+            if node.func.attr == "format":
+                positional = node.args
+                named = {k.arg: k.value for k in node.keywords if k.arg}
+            elif node.args:
+                named = _mapping_spelled(node.args[0])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("substitute", "safe_substitute") and \
+                (text := self._template_text(node.func.value)) is not None:
+            template, fields = self._loose_text(text, depth), _DOLLAR_FIELD
+            named = _mapping_spelled(node.args[0]) if node.args else {}
+            named.update({k.arg: k.value for k in node.keywords if k.arg})
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "replace" and len(node.args) >= 2:
+            return self._loose_replaced(node, depth)
         else:
-            return None, None
-        if template is None or not isinstance(template.value, str):
-            return None, None
-        return template.value, fields
+            return None
+        if template is None:
+            return None
+        order = iter(range(len(positional)))
+
+        def fill(match: re.Match) -> str:
+            if match.group(0) in _TEMPLATE_ESCAPES:
+                return _TEMPLATE_ESCAPES[match.group(0)]
+            value = _field_value(match.group(0), positional, named, order)
+            return (self._loose_text(value, depth) if value is not None else None) or UNKNOWN
+        return fields.sub(fill, template)
+
+    def _template_text(self, node: ast.expr) -> ast.expr | None:
+        """The text of ``Template(text)``, spelled there or bound to a name, or None."""
+        if isinstance(node, ast.Name):
+            return self._templates.get(node.id)
+        if isinstance(node, ast.Call) and len(node.args) == 1 and \
+                (self.call_name(node.func) or "").endswith("Template"):
+            return node.args[0]
+        return None
+
+    def _template_spelled(self, node: ast.expr) -> ast.expr:
+        """``str.format(t, x)``, ``operator.mod(t, x)``, ``t.__mod__(x)`` as ``t.format(x)``
+        and ``t % x`` are spelled."""
+        if not isinstance(node, ast.Call) or node.keywords and not (
+                isinstance(node.func, ast.Attribute) and node.func.attr == "format"):
+            return node
+        name = self.call_name(node.func) or ""
+        if name in ("str.format", "str.format_map") and node.args:
+            return ast.Call(func=ast.Attribute(value=node.args[0], attr=name[4:], ctx=ast.Load()),
+                            args=node.args[1:], keywords=node.keywords)
+        if name in ("operator.mod", "operator.__mod__", "str.__mod__") and len(node.args) == 2:
+            return ast.BinOp(left=node.args[0], op=ast.Mod(), right=node.args[1])
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "__mod__" and \
+                len(node.args) == 1:
+            return ast.BinOp(left=node.func.value, op=ast.Mod(), right=node.args[0])
+        return node
+
+    def _loose_replaced(self, node: ast.Call, depth: int) -> str | None:
+        """``t.replace("PORT", str(port))``: the template with the part replaced, by its
+        value where known, a placeholder where not."""
+        base = self._loose_text(node.func.value, depth)
+        old = self.fold(node.args[0])
+        if base is None or old is None or not isinstance(old.value, str) or not old.value:
+            return None
+        return base.replace(old.value, self._loose_text(node.args[1], depth) or UNKNOWN)
+
+    def _loose_returned(self, node: ast.expr, depth: int):
+        """``mk(port)`` of the cell's ``mk = lambda p: …`` or ``def mk(p): return …``: what
+        it returns read loosely, each parameter bound to its argument read in the caller's
+        place (a constant, a command with unknown parts, or unknown); None where not such a
+        call, or one whose arguments are all known (its fold failed for another reason)."""
+        if not isinstance(node, ast.Call) or self._loose_inlined >= MAX_LOOSE_INLINED:
+            return None
+        if isinstance(node.func, ast.Lambda):
+            function, returned = node.func, node.func.body
+        elif isinstance(node.func, ast.Name) and node.func.id in self._lambdas:
+            function = self._lambdas[node.func.id]
+            returned = function.body
+        elif isinstance(node.func, ast.Name) and node.func.id in self.pure:
+            function = self.pure[node.func.id]
+            returned = function.body[-1].value
+        else:
+            return None
+        given = self._arguments_spelled(function, node)
+        if given is None:
+            return None
+        folded = {name: self.fold(value) for name, value in given.items()}
+        if None not in folded.values():
+            return None  # all its arguments known, and still no fold: read no deeper (n^k)
+        self._loose_inlined += 1
+        texts = {name: self._loose_text(value, depth) for name, value in given.items()
+                 if folded[name] is None}
+        saved = {name: (self.names.get(name), self._loose_names.get(name)) for name in given}
+        for name in given:
+            self.names.pop(name, None)
+            self._loose_names.pop(name, None)
+            if folded[name] is not None:
+                self.names[name] = folded[name]
+            elif texts[name] and texts[name].replace(UNKNOWN, "").strip():
+                self._loose_names[name] = texts[name]
+        try:
+            return self.loose(returned, depth + 1)
+        finally:
+            for name, (value, text) in saved.items():
+                self.names.pop(name, None)
+                self._loose_names.pop(name, None)
+                if value is not None:
+                    self.names[name] = value
+                if text is not None:
+                    self._loose_names[name] = text
+
+    def _loose_method(self, node: ast.expr, depth: int):
+        """``sep.join([...])``, ``str(x)``, ``x.strip()``, ``x.split()`` of a command with
+        parts not known yet: the same with its known words."""
+        if not isinstance(node, ast.Call):
+            return None
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "str" and len(node.args) == 1 and \
+                func.id not in self.names:
+            return self._loose_text(node.args[0], depth)
+        if not isinstance(func, ast.Attribute):
+            return None
+        if func.attr == "join" and len(node.args) == 1:
+            separator = self.fold(func.value)
+            items = self.loose(node.args[0], depth + 1)
+            if separator is None or not isinstance(separator.value, str) or \
+                    not isinstance(items, list):
+                return None
+            return separator.value.join(i if isinstance(i, str) else UNKNOWN for i in items)
+        if func.attr in ("strip", "split") and not node.args:
+            text = self._loose_text(func.value, depth)
+            return None if text is None else text.strip() if func.attr == "strip" else \
+                text.split()
+        return None
 
     def call_name(self, func: ast.expr) -> str | None:
         """The dotted name a call goes to, through import aliases (``sp.run`` -> subprocess.run),
@@ -4367,6 +4601,11 @@ class _Reader(ast.NodeVisitor):
                 node, depth)
         if isinstance(func, ast.Name) and func.id in self.pure and depth < MAX_INLINE_DEPTH:
             return self._fold_inlined(self.pure[func.id], node, depth)
+        if isinstance(func, ast.Name) and func.id in self._lambdas and depth < MAX_INLINE_DEPTH:
+            lam = self._lambdas[func.id]  # d("bWV0aG9k") of d = lambda x: b64decode(x)…
+            return self._fold_inlined(ast.FunctionDef(
+                name="<lambda>", args=lam.args, body=[ast.Return(lam.body)], decorator_list=[]),
+                node, depth)
         if isinstance(func, ast.Name) and func.id == "map" and len(node.args) == 2 and \
                 isinstance(node.args[0], ast.Name) and node.args[0].id == "chr":
             codes = self.fold(node.args[1], depth)
@@ -4502,19 +4741,63 @@ MAX_CHOICE_FOLDS = 4096  # folds of a command with such a variable bound, per ce
 MAX_ROWS = 16384
 
 
-def _template_shaped(node: ast.expr) -> bool:
-    """An f-string, or a string constant formatted with ``%``, ``.format`` or ``+``: a value
-    that may hold a command's known words when its other parts are not known."""
-    def text(n):
-        return isinstance(n, ast.JoinedStr) or isinstance(n, ast.Constant) and isinstance(n.value, str)
-    if isinstance(node, ast.JoinedStr):
-        return True
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
-        return text(node.left)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return text(node.left) or text(node.right) or _template_shaped(node.left)
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-        node.func.attr == "format" and text(node.func.value)
+#: methods whose call may be a command with parts only known when it runs (see loose)
+_LOOSE_METHODS = {"format", "format_map", "substitute", "safe_substitute", "replace", "join",
+                  "strip", "split"}
+
+
+def _added_operands(node: ast.BinOp) -> list[ast.expr]:
+    """The operands of a ``+`` sum, left to right (no part sum folded on the way: n² in
+    all); past MAX_ADDED, the rest as they are."""
+    operands, chain = [], [node]
+    while chain and len(operands) < MAX_ADDED:
+        item = chain.pop()
+        if isinstance(item, ast.BinOp) and isinstance(item.op, ast.Add):
+            chain += [item.right, item.left]
+        else:
+            operands.append(item)
+    return operands + chain[::-1]
+
+
+def _is_text(node: ast.expr) -> bool:
+    return isinstance(node, ast.JoinedStr) or \
+        isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _percent_values(node: ast.expr) -> tuple[list[ast.expr], dict[str, ast.expr]]:
+    """The values a ``%`` template is filled with: a tuple's items, a dict's by key, or one."""
+    if isinstance(node, ast.Tuple):
+        return list(node.elts), {}
+    named = _mapping_spelled(node)
+    return ([], named) if named else ([node], {})
+
+
+def _mapping_spelled(node: ast.expr) -> dict[str, ast.expr]:
+    """``{"k": v}`` or ``dict(k=v)`` as the cell spells it: each key's value."""
+    if isinstance(node, ast.Dict):
+        return {k.value: v for k, v in zip(node.keys, node.values)
+                if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        return {k.arg: k.value for k in node.keywords if k.arg}
+    return {}
+
+
+def _field_value(field: str, positional: list, named: dict, order) -> ast.expr | None:
+    """The value one template field takes: ``%(k)s``/``{k}``/``$k`` by name, ``{1}`` by
+    index, ``%s``/``{}`` the next positional one (None where not spelled)."""
+    if field.startswith("%"):
+        key = field[2:field.index(")")] if field.startswith("%(") else None
+    elif field.startswith("{"):
+        key = re.split(r"[:!.\[]", field[1:-1], maxsplit=1)[0]
+        if key.isdigit():
+            return positional[int(key)] if int(key) < len(positional) else None
+        key = key or None
+    else:
+        key = field[1:].strip("{}")
+    if key is not None:
+        return named.get(key)
+    index = next(order, None)
+    return positional[index] if index is not None else None
 
 
 def _dotted(node: ast.AST) -> str | None:
