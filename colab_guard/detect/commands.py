@@ -142,7 +142,8 @@ def _script_at(args: list[str]) -> int | None:
 _NETWORK_DEVICE = re.compile(r"/dev/(tcp|udp)/")
 
 
-def script_as_programs(argv: list[str]) -> list[list[str]] | None:
+def script_as_programs(argv: list[str], budget: ScriptBudget | None = None
+                       ) -> list[list[str]] | None:
     """The programs a shell given a script (``sh -c 'python t.py && echo "xmrig -o …"'``)
     starts, as the cell check reads a ``!`` line: the text tools (DATA_ONLY, whose arguments
     are data) left out, and the inner shells given a script (their programs are listed).
@@ -151,7 +152,7 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} \
             or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)):
         return None
-    parsed = _parsed(argv)
+    parsed = _parsed(argv, budget)
     if parsed.redirects or not parsed.whole:
         return None
     inner = parsed.programs[1:]
@@ -161,7 +162,7 @@ def script_as_programs(argv: list[str]) -> list[list[str]] | None:
             and not (base(a[0]) in SHELLS and _script_at(a[1:]) is not None)]
 
 
-def wrapped_text_tool(argv: list[str]) -> list[str] | None:
+def wrapped_text_tool(argv: list[str], budget: ScriptBudget | None = None) -> list[str] | None:
     """A chain of wrappers whose program is a text tool (``find . | xargs grep -l --
     --donate-level``, ``timeout 60 grep …``, ``find . -exec grep … {} +``), as the cell check
     reads it: the words up to the tool's name, its arguments (data) left out. None for
@@ -169,7 +170,7 @@ def wrapped_text_tool(argv: list[str]) -> list[str] | None:
     name = base(argv[0]) if argv else ""
     if name not in WRAPPING:
         return None
-    parsed = _parsed(argv)
+    parsed = _parsed(argv, budget)
     chain = parsed.programs
     if not parsed.whole or not chain:
         return None
@@ -185,13 +186,13 @@ def wrapped_text_tool(argv: list[str]) -> list[str] | None:
     return argv[:len(argv) - len(tool) + 1]
 
 
-def network_redirects(argv: list[str]) -> list[str]:
+def network_redirects(argv: list[str], budget: ScriptBudget | None = None) -> list[str]:
     """The redirections of a shell's script (``sh -c '…'``) to a network device whose path a
     variable or quotes spell (``d=/dev; exec 3<>$d/tcp/host/4444``, ``"/dev/t"cp/…``), as the
     shell reads them: the text names no /dev/tcp, the shell opens it all the same."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or _script_at(argv[1:]) is None:
         return []
-    return list(_parsed(argv).redirects)
+    return list(_parsed(argv, budget).redirects)
 
 
 #: Characters one parse of a running process's command line reads in all, its texts, sub-shells,
@@ -203,25 +204,43 @@ MAX_WORK = 2 * MAX_TEXT
 #: and the characters their programs hold in all: past either, the least recent go.
 PARSES_KEPT = 1024
 PARSES_KEPT_CHARS = 8 << 20
+#: Characters of command lines not read before that one process's readings may take in all
+#: (a shell reads its script once, most in a few hundred characters; a root user may rewrite
+#: its argument area at every tick, each time a reading of MAX_WORK, 30-50 ms):
+#: past them, a new command line of it is read only as far as SPENT_WORK (a redirection to a
+#: network device that far still shows), and judged on its text past that.
+PROCESS_WORK = 4 * MAX_WORK
+SPENT_WORK = MAX_TEXT // 8
+
+
+class ScriptBudget:
+    """What is left of one process's PROCESS_WORK, across ticks (the engine keeps one per
+    process, as its regex budget)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, chars: int = PROCESS_WORK):
+        self.left = chars
 
 
 class _Budget:
-    """What is left of one parse's MAX_WORK; ``cut`` once a text was not read whole."""
+    """What is left of one parse's work; ``cut`` once a text was not read whole."""
 
     __slots__ = ("left", "cut", "spent")
 
     def __init__(self, left: int):
         self.left, self.cut, self.spent = left, False, False
 
-    def spend(self, text: str) -> bool:
-        """Whether ``text`` is read (its first MAX_TEXT characters: then it was cut)."""
-        chars = min(len(text), MAX_TEXT)
-        self.cut = self.cut or len(text) > MAX_TEXT
-        if chars > self.left:
+    def take(self, text: str) -> str:
+        """What of ``text`` is read: at most MAX_TEXT characters, and what is left. Asked
+        once nothing is left, the parse is ``spent``: it reads and expands nothing more."""
+        if self.left <= 0 and text:
             self.cut = self.spent = True
-            return False
+            return ""
+        chars = min(len(text), MAX_TEXT, self.left)
+        self.cut = self.cut or chars < len(text)
         self.left -= chars
-        return True
+        return text[:chars]
 
 
 @dataclass(frozen=True)
@@ -239,9 +258,11 @@ _parses_chars = [0]
 _parses_lock = threading.Lock()
 
 
-def _parsed(argv: list[str]) -> _Parse:
+def _parsed(argv: list[str], spending: ScriptBudget | None = None) -> _Parse:
     """One parse of an exec of ``argv`` within MAX_WORK, kept by a digest of the command line
-    (not the words themselves: a thousand 64 KiB command lines would hold 64 MiB)."""
+    (not the words themselves: a thousand 64 KiB command lines would hold 64 MiB). A parse
+    not kept yet is charged to ``spending``, the process's: once that is spent, it reads at
+    most SPENT_WORK, and is not kept."""
     words = [str(a) for a in argv]
     key = hashlib.blake2b("\0".join(words).encode("utf-8", "surrogatepass"),
                           digest_size=16).digest()
@@ -252,10 +273,15 @@ def _parsed(argv: list[str]) -> _Parse:
             return known
     found: list[Command] = []
     redirects: list[str] = []
-    budget = _Budget(MAX_WORK)
+    work = MAX_WORK if spending is None or spending.left >= MAX_WORK else SPENT_WORK
+    budget = _Budget(work)
     _Shell(found, None, {}, redirects, devices=True, budget=budget).program(words, 0)
     parsed = _Parse(tuple(tuple(c.argv) for c in found[:MAX_COMMANDS]),
                     tuple(r for r in redirects if _NETWORK_DEVICE.search(r))[:8], not budget.cut)
+    if spending is not None:
+        spending.left = max(0, spending.left - (work - budget.left))
+    if work < MAX_WORK:
+        return parsed  # read in part for want of the process's budget: not another's reading
     with _parses_lock:
         if key not in _parses:
             _parses[key] = parsed
@@ -285,8 +311,10 @@ class _Shell:
     def run(self, text: str, depth: int) -> None:
         if depth > MAX_DEPTH or not text:
             return
-        if self.budget is not None and not self.budget.spend(text):
-            return  # read in part: the engine judges the text as it is
+        if self.budget is not None:
+            text = self.budget.take(text)  # read in part: the engine judges the text as it is
+            if not text:
+                return
         text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
         text, documents = heredocs(text)
         for kind, head, script in documents:  # bash <<EOF … EOF: the shell runs the document
@@ -300,8 +328,8 @@ class _Shell:
         # ${V: -5} and ${V:(-5)} are ${V:0-5} (one word: the offset is arithmetic)
         read = len(text)
         text = braces(re.sub(r"(\$\{[A-Za-z_]\w*:)(?:[ \t]+-|\(-)([0-9]+)\)?", r"\g<1>0-\2", text))
-        if self.budget is not None and not self.budget.spend(text[read:read + MAX_TEXT]):
-            return  # the words its braces added are read too
+        if self.budget is not None:  # the words its braces added are read too
+            text = text[:read + len(self.budget.take(text[read:read + MAX_TEXT]))]
         for simple, redirections in self._simple_commands(text):
             self._redirected(redirections)
             self.simple(simple, depth)
