@@ -12,7 +12,9 @@ sub-shells ``( … )``, redirections, ``cd``, assignments (``A=b cmd`` and ``A=b
 ``$(…)`` and backticks (their commands are started too), the wrappers that start another
 program (``sudo``, ``nohup``, ``timeout``, ``env``, ``nice``, ``setsid``, ``exec``, ``xargs``,
 ``screen -dm``, ``tmux new -d`` …) and shells given a script (``bash -c '…'``, ``sh -c``).
-Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH deep.
+Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH deep; a
+running process's command line (the engine's and the exec check's readings) is read within
+MAX_WORK characters in all, once per command line, and within PROCESS_WORK per process.
 """
 
 from __future__ import annotations
