@@ -189,7 +189,18 @@ def test_a_kernels_child_that_becomes_the_shell_is_judged_with_the_shells_librar
         child.stdin.flush()
         shell, detections = _wait_for(sampler, child.pid, lambda p: p.pid == child.pid
                                       and p.exe.endswith("/bash"))
-        assert all(lib.startswith(("/lib/", "/usr/lib/")) for lib in shell.libraries)
+        assert all(lib.startswith(("/lib/", "/usr/lib/")) for lib in shell.libraries), shell.libraries
         assert detections == []
     finally:
         _stop(child)
+
+
+def test_the_loaders_cache_mapped_while_a_program_starts_is_no_library():
+    """ld.so maps /etc/ld.so.cache while it loads a program's libraries: bash read then (1 in
+    15 here under load) had a 'library' outside the system's folders, so it was not the
+    system's own shell and its echo of a miner's options was judged as a command."""
+    from colab_guard.observe.processes import _libraries_in
+    maps = (b"7f00-7f01 r--p 00000000 08:01 11 /etc/ld.so.cache\n"
+            b"7f02-7f03 r-xp 00000000 08:01 12 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+            b"7f04-7f05 r-xp 00000000 08:01 13 /content/libfast.so\n")
+    assert _libraries_in(maps) == ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/content/libfast.so"]

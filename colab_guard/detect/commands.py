@@ -12,17 +12,21 @@ sub-shells ``( … )``, redirections, ``cd``, assignments (``A=b cmd`` and ``A=b
 ``$(…)`` and backticks (their commands are started too), the wrappers that start another
 program (``sudo``, ``nohup``, ``timeout``, ``env``, ``nice``, ``setsid``, ``exec``, ``xargs``,
 ``screen -dm``, ``tmux new -d`` …) and shells given a script (``bash -c '…'``, ``sh -c``).
-Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH deep.
+Pure stdlib, bounded: at most MAX_COMMANDS programs per text, nesting MAX_DEPTH deep; a
+running process's command line (the engine's and the exec check's readings) is read within
+MAX_WORK characters in all, once per command line, and within PROCESS_WORK per process.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import itertools
 import os
 import posixpath
 import re
 import shlex
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 MAX_COMMANDS = 200
@@ -140,24 +144,27 @@ def _script_at(args: list[str]) -> int | None:
 _NETWORK_DEVICE = re.compile(r"/dev/(tcp|udp)/")
 
 
-def script_as_programs(argv: list[str]) -> list[list[str]] | None:
+def script_as_programs(argv: list[str], budget: ScriptBudget | None = None
+                       ) -> list[list[str]] | None:
     """The programs a shell given a script (``sh -c 'python t.py && echo "xmrig -o …"'``)
     starts, as the cell check reads a ``!`` line: the text tools (DATA_ONLY, whose arguments
     are data) left out, and the inner shells given a script (their programs are listed).
     None where the script is to be read as text: not a shell given a script, one read only
     in part, or one that names /dev/tcp (a redirection is no program's argument)."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} \
-            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)) \
-            or network_redirects(argv):
+            or _script_at(argv[1:]) is None or _NETWORK_DEVICE.search(" ".join(argv)):
         return None
-    inner = split_argv(argv)[1:]
-    if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(c.argv for c in inner):
+    parsed = _parsed(argv, budget)
+    if parsed.redirects or not parsed.whole:
         return None
-    return [c.argv for c in inner if base(c.argv[0]) not in DATA_ONLY
-            and not (base(c.argv[0]) in SHELLS and _script_at(c.argv[1:]) is not None)]
+    inner = parsed.programs[1:]
+    if not inner or len(inner) >= MAX_COMMANDS - 1 or not all(inner):
+        return None
+    return [list(a) for a in inner if base(a[0]) not in DATA_ONLY
+            and not (base(a[0]) in SHELLS and _script_at(a[1:]) is not None)]
 
 
-def wrapped_text_tool(argv: list[str]) -> list[str] | None:
+def wrapped_text_tool(argv: list[str], budget: ScriptBudget | None = None) -> list[str] | None:
     """A chain of wrappers whose program is a text tool (``find . | xargs grep -l --
     --donate-level``, ``timeout 60 grep …``, ``find . -exec grep … {} +``), as the cell check
     reads it: the words up to the tool's name, its arguments (data) left out. None for
@@ -165,10 +172,13 @@ def wrapped_text_tool(argv: list[str]) -> list[str] | None:
     name = base(argv[0]) if argv else ""
     if name not in WRAPPING:
         return None
-    chain = [c.argv for c in split_argv(argv)]
-    tool = chain[-1]
-    if len(chain) < 2 or base(tool[0]) not in DATA_ONLY \
-            or any(base(c[0]) not in WRAPPING for c in chain[:-1]):
+    parsed = _parsed(argv, budget)
+    chain = parsed.programs
+    if not parsed.whole or not chain:
+        return None
+    tool = list(chain[-1])
+    if len(chain) < 2 or not tool or base(tool[0]) not in DATA_ONLY \
+            or any(not c or base(c[0]) not in WRAPPING for c in chain[:-1]):
         return None
     if name == "find":  # its -exec's words, filtered: the tool's name is the word after it
         at = argv.index("-exec") if "-exec" in argv else argv.index("-execdir")
@@ -178,39 +188,135 @@ def wrapped_text_tool(argv: list[str]) -> list[str] | None:
     return argv[:len(argv) - len(tool) + 1]
 
 
-def network_redirects(argv: list[str]) -> list[str]:
+def network_redirects(argv: list[str], budget: ScriptBudget | None = None) -> list[str]:
     """The redirections of a shell's script (``sh -c '…'``) to a network device whose path a
     variable or quotes spell (``d=/dev; exec 3<>$d/tcp/host/4444``, ``"/dev/t"cp/…``), as the
     shell reads them: the text names no /dev/tcp, the shell opens it all the same."""
     if len(argv) < 3 or base(argv[0]) not in SHELLS - {"busybox"} or _script_at(argv[1:]) is None:
         return []
-    return list(_device_redirects(tuple(map(str, argv))))
+    return list(_parsed(argv, budget).redirects)
 
 
-@functools.lru_cache(maxsize=1024)
-def _device_redirects(argv: tuple[str, ...]) -> tuple[str, ...]:
-    """network_redirects' parse, once per command line (the engine and the split ask alike)."""
+#: Characters one parse of a running process's command line reads in all, its texts, sub-shells,
+#: evals and substitutions together (each text is cut at MAX_TEXT already): a script shaped to
+#: have each eval read the text again cost the engine 170 ms per new command line (session
+#: 21), one whose argument area is rewritten at every tick that much at every tick.
+MAX_WORK = 2 * MAX_TEXT
+#: Parses kept (the engine asks at every tick a process changed, the exec check at each exec),
+#: and the characters their programs hold in all: past either, the least recent go.
+PARSES_KEPT = 1024
+PARSES_KEPT_CHARS = 8 << 20
+#: Characters of command lines not read before that one process's readings may take in all
+#: (a shell reads its script once, most in a few hundred characters; a root user may rewrite
+#: its argument area at every tick, each time a reading of MAX_WORK, 30-50 ms):
+#: past them, a new command line of it is read only as far as SPENT_WORK (a redirection to a
+#: network device that far still shows), and judged on its text past that.
+PROCESS_WORK = 4 * MAX_WORK
+SPENT_WORK = MAX_TEXT // 8
+
+
+class ScriptBudget:
+    """What is left of one process's PROCESS_WORK, across ticks (the engine keeps one per
+    process, as its regex budget)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, chars: int = PROCESS_WORK):
+        self.left = chars
+
+
+class _Budget:
+    """What is left of one parse's work; ``cut`` once a text was not read whole."""
+
+    __slots__ = ("left", "cut", "spent")
+
+    def __init__(self, left: int):
+        self.left, self.cut, self.spent = left, False, False
+
+    def take(self, text: str) -> str:
+        """What of ``text`` is read: at most MAX_TEXT characters, and what is left. Asked
+        once nothing is left, the parse is ``spent``: it reads and expands nothing more."""
+        if self.left <= 0 and text:
+            self.cut = self.spent = True
+            return ""
+        chars = min(len(text), MAX_TEXT, self.left)
+        self.cut = self.cut or chars < len(text)
+        self.left -= chars
+        return text[:chars]
+
+
+@dataclass(frozen=True)
+class _Parse:
+    programs: tuple[tuple[str, ...], ...]  # the argv of each program started, outer first
+    redirects: tuple[str, ...]  # redirections to a network device, however spelled
+    whole: bool  # the script was read whole (neither cut at MAX_TEXT nor at MAX_WORK)
+
+    def chars(self) -> int:
+        return sum(len(w) for a in self.programs for w in a) + sum(map(len, self.redirects))
+
+
+_parses: OrderedDict[bytes, _Parse] = OrderedDict()
+_parses_chars = [0]
+_parses_lock = threading.Lock()
+
+
+def _parsed(argv: list[str], spending: ScriptBudget | None = None) -> _Parse:
+    """One parse of an exec of ``argv`` within MAX_WORK, kept by a digest of the command line
+    (not the words themselves: a thousand 64 KiB command lines would hold 64 MiB). A parse
+    not kept yet is charged to ``spending``, the process's: once that is spent, it reads at
+    most SPENT_WORK, and is not kept."""
+    words = [str(a) for a in argv]
+    key = hashlib.blake2b("\0".join(words).encode("utf-8", "surrogatepass"),
+                          digest_size=16).digest()
+    with _parses_lock:
+        known = _parses.get(key)
+        if known is not None:
+            _parses.move_to_end(key)
+            return known
+    found: list[Command] = []
     redirects: list[str] = []
-    _Shell([], None, {}, redirects, devices=True).program(list(argv), 0)
-    return tuple(r for r in redirects if _NETWORK_DEVICE.search(r))[:8]
+    work = MAX_WORK if spending is None or spending.left >= MAX_WORK else SPENT_WORK
+    budget = _Budget(work)
+    _Shell(found, None, {}, redirects, devices=True, budget=budget).program(words, 0)
+    parsed = _Parse(tuple(tuple(c.argv) for c in found[:MAX_COMMANDS]),
+                    tuple(r for r in redirects if _NETWORK_DEVICE.search(r))[:8], not budget.cut)
+    if spending is not None:
+        spending.left = max(0, spending.left - (work - budget.left))
+    if work < MAX_WORK:
+        return parsed  # read in part for want of the process's budget: not another's reading
+    with _parses_lock:
+        if key not in _parses:
+            _parses[key] = parsed
+            _parses_chars[0] += parsed.chars()
+        while _parses and (len(_parses) > PARSES_KEPT or _parses_chars[0] > PARSES_KEPT_CHARS):
+            _parses_chars[0] -= _parses.popitem(last=False)[1].chars()
+    return parsed
 
 
 class _Shell:
     def __init__(self, found: list[Command], cwd: str | None, variables: dict[str, str],
-                 redirects: list[str] | None = None, devices: bool = False):
+                 redirects: list[str] | None = None, devices: bool = False,
+                 budget: _Budget | None = None):
         self.found, self.cwd, self.vars = found, cwd, variables
         self.redirects = [] if redirects is None else redirects
         self.devices = devices  # redirections to a network device kept, however spelled
+        # shared by its sub-shells: the whole parse's (None: a cell's text, checked once)
+        self.budget = budget
 
     def sub(self) -> _Shell:
         """A sub-shell: this one's variables, copied."""
-        return _Shell(self.found, self.cwd, dict(self.vars), self.redirects, self.devices)
+        return _Shell(self.found, self.cwd, dict(self.vars), self.redirects, self.devices,
+                      self.budget)
 
     # ------------------------------------------------------------ text
 
     def run(self, text: str, depth: int) -> None:
         if depth > MAX_DEPTH or not text:
             return
+        if self.budget is not None:
+            text = self.budget.take(text)  # read in part: the engine judges the text as it is
+            if not text:
+                return
         text = _ansi_c_quotes(text[:MAX_TEXT].replace("\\\n", " "))
         text, documents = heredocs(text)
         for kind, head, script in documents:  # bash <<EOF … EOF: the shell runs the document
@@ -222,16 +328,23 @@ class _Shell:
         for inner in inners:  # $( … ) and ` … ` run first, in a sub-shell
             self.sub().run(inner, depth + 1)
         # ${V: -5} and ${V:(-5)} are ${V:0-5} (one word: the offset is arithmetic)
+        read = len(text)
         text = braces(re.sub(r"(\$\{[A-Za-z_]\w*:)(?:[ \t]+-|\(-)([0-9]+)\)?", r"\g<1>0-\2", text))
+        if self.budget is not None:  # the words its braces added are read too
+            text = text[:read + len(self.budget.take(text[read:read + MAX_TEXT]))]
         for simple, redirections in self._simple_commands(text):
             self._redirected(redirections)
             self.simple(simple, depth)
-            if len(self.found) >= MAX_COMMANDS:
+            if len(self.found) >= MAX_COMMANDS or self._spent():
                 return
         for script in _piped_scripts(text):  # echo … | base64 -d | bash
             self.sub().run(script, depth + 1)
         for match in _CAT_INTO_SHELL.finditer(text):  # cat x.sh | bash: bash runs x.sh
             self.found.append(Command([match.group(2), match.group(1)], self.cwd))
+
+    def _spent(self) -> bool:
+        """Whether the parse's budget is spent: nothing more is expanded or read."""
+        return self.budget is not None and self.budget.spent
 
     def _simple_commands(self, text: str) -> list[tuple[list[str], list[tuple[str, str]]]]:
         """Each simple command's words, and its redirections whose target holds a ``$``
@@ -278,6 +391,8 @@ class _Shell:
                 self.redirects.append(f"{operator} {expanded[:MAX_TEXT]}")
 
     def simple(self, words: list[str], depth: int) -> None:
+        if self._spent():
+            return
         assignments = {}
         while words and _ASSIGN.match(words[0]):
             name, value = _ASSIGN.match(words[0]).groups()
@@ -364,7 +479,7 @@ class _Shell:
     # ------------------------------------------------------------ programs
 
     def program(self, argv: list[str], depth: int) -> None:
-        if not argv or depth > MAX_DEPTH or len(self.found) >= MAX_COMMANDS:
+        if not argv or depth > MAX_DEPTH or len(self.found) >= MAX_COMMANDS or self._spent():
             return
         self.found.append(Command(list(argv), self.cwd))
         name = base(argv[0])
@@ -598,6 +713,7 @@ _SEQUENCE = re.compile(r"^(?:(-?\d{1,6})\.\.(-?\d{1,6})|([A-Za-z])\.\.([A-Za-z])
 MAX_BRACE_WORDS = 64
 MAX_BRACE_NESTING = 32
 MAX_BRACE_TEXT = 2 * MAX_TEXT  # characters the words of one text's brace expansions make, at most
+MAX_BRACE_BUILT = 4 * MAX_BRACE_TEXT  # characters one word's expansion builds on its way, at most
 
 
 def braces(text: str) -> str:
@@ -651,7 +767,7 @@ def _brace_pairs(word: str) -> dict[int, tuple[int, list[int]]]:
 def _brace_expand(word: str, pairs: dict, begin: int, end: int, nesting: int) -> list[str]:
     """The words ``word[begin:end]`` expands to (its raw text: quotes kept), at most
     ``MAX_BRACE_WORDS``: its parts left to right, each group's alternatives expanded in turn."""
-    results, literal, at = [""], begin, begin
+    results, literal, at, built = [""], begin, begin, 0
     while at < end:
         group = pairs.get(at)
         if group is None or group[0] >= end or nesting >= MAX_BRACE_NESTING:
@@ -668,9 +784,17 @@ def _brace_expand(word: str, pairs: dict, begin: int, end: int, nesting: int) ->
         results = [r + prefix + a for r, a in itertools.islice(
             itertools.product(results, alternatives), MAX_BRACE_WORDS)]
         literal = at = close + 1
-        if len(results[0]) > MAX_TEXT:  # a word longer than a text: the rest left as it is
+        built += len(results) * len(results[0])
+        # A word longer than a text, or one whose groups made more than a text's worth of
+        # brace words many times over (3,000 `{a,b}` in a row: 64 words a group, each one
+        # longer, cost 30 ms a parse): the rest is left as it is.
+        if len(results[0]) > MAX_TEXT or built > MAX_BRACE_BUILT:
             break
-    return [r + word[literal:end] for r in results]
+    rest = word[literal:end]
+    # No more words than MAX_BRACE_TEXT could hold (braces() keeps no more): 64 copies of a
+    # long rest would be built for nothing.
+    fit = MAX_BRACE_TEXT // (min(map(len, results)) + len(rest) + 1)
+    return [r + rest for r in results[:max(1, fit)]]
 
 
 def _sequence(spec: str) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
-from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, base, network_redirects,
-                       script_as_programs, show, wrapped_text_tool)
+from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, ScriptBudget, base,
+                       network_redirects, script_as_programs, show, wrapped_text_tool)
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -73,6 +73,8 @@ class Engine:
     # (kernel id, pid, create time) -> what is left of the process's fallback-regex budget,
     # spent across ticks (a process whose arguments keep changing is searched again each tick)
     _regex_budget: dict[str, dict[tuple, RegexBudget]] = field(default_factory=dict)
+    # ... and of its scripts' readings (a shell whose argument area is rewritten every tick)
+    _script_budget: dict[str, dict[tuple, ScriptBudget]] = field(default_factory=dict)
     # kernel id -> process key -> (the sample, what it observed, the signatures it
     # matched with why, each rule's last result with the values of the fields it read)
     _last: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
@@ -140,13 +142,15 @@ class Engine:
         self._complete.add(kernel_id)
         # Per kernel, so a tick costs what its own processes cost, not every kernel's.
         slow, budgets = self._too_slow.get(kernel_id), self._regex_budget.get(kernel_id)
-        if (slow or budgets) and not same_processes:
+        scripts = self._script_budget.get(kernel_id)
+        if (slow or budgets or scripts) and not same_processes:
             live = {p.key for p in snapshot.processes}
             if slow:
                 self._too_slow[snapshot.kernel_id] = {k for k in slow if k[1:] in live}
-            if budgets and len(budgets) > len(live) or budgets and not budgets.keys() <= live:
-                for key in budgets.keys() - live:
-                    del budgets[key]
+            for kept in (budgets, scripts):
+                if kept and len(kept) > len(live) or kept and not kept.keys() <= live:
+                    for key in kept.keys() - live:
+                        del kept[key]
         return detections
 
     def _to_evaluate(self, snapshot: Snapshot, last: dict[tuple, tuple]
@@ -186,6 +190,7 @@ class Engine:
         self._cells.pop(kernel_id, None)
         self._too_slow.pop(kernel_id, None)
         self._regex_budget.pop(kernel_id, None)
+        self._script_budget.pop(kernel_id, None)
 
     # ------------------------------------------------------------------ cells
 
@@ -270,7 +275,7 @@ class Engine:
         """The signatures the process matches now, with the reasons (none if allowed).
         ``before``: each rule's result at the last tick, reused where the fields it reads
         have the same values; ``results`` gets this tick's."""
-        view = FieldView(as_judged(process))
+        view = FieldView(as_judged(process, self._scripts_of(snapshot.kernel_id, process)))
         results.bind(view, before)
         reads = self._all_reads(snapshot.time)
         if before is not None and before.matches is not None and reads is not None \
@@ -281,6 +286,18 @@ class Engine:
             return before.matches
         results.matches = self._test_all(snapshot, process, view, before, results)
         return results.matches
+
+    def _scripts_of(self, kernel_id: str, process: Process) -> ScriptBudget | None:
+        """The process's budget for reading its scripts, if it is a program whose script or
+        wrapped command the rules read (as_judged)."""
+        name = base(process.exe)
+        if name not in SHELLS and name not in WRAPPING:
+            return None
+        scripts = self._script_budget.setdefault(kernel_id, {})
+        budget = scripts.get(process.key)
+        if budget is None:
+            budget = scripts[process.key] = ScriptBudget()
+        return budget
 
     def _test_all(self, snapshot: Snapshot, process: Process, view: FieldView,
                   before: _Results | None, results: _Results
@@ -452,7 +469,7 @@ USAGE_FIELDS = {"cpu_percent": "cpu_percent", "rss_mb": "rss", "gpu_percent": "g
                 "gpu_memory_mb": "gpu_memory_mb"}
 
 
-def as_judged(process: Process) -> Process:
+def as_judged(process: Process, budget: ScriptBudget | None = None) -> Process:
     """The process as the rules judge it: the system's own text tools and shell read as the
     cell check reads a `!` line, their data left out of the command line (every other field as
     the sampler saw it: a library preloaded, a connection, the CPU still count).
@@ -464,12 +481,13 @@ def as_judged(process: Process) -> Process:
     - A wrapper starting a text tool (`xargs grep -l -- --donate-level`, `timeout 60 grep …`,
       `find . -exec grep …`: the wrapper stays while the tool reads): up to the tool's name.
     - A shell whose script opens a network device a variable spells: on its text, with the
-      redirections expanded (what the text does not show, the rules could not see)."""
+      redirections expanded (what the text does not show, the rules could not see).
+    ``budget``: the process's, for the scripts read anew (commands.ScriptBudget)."""
     name, argv = base(process.exe), process.cmdline
     if argv and name in SHELLS and not getattr(process, "cell", ""):
         # `d=/dev; exec 3<>$d/tcp/host/4444`: the connection its script opens, as it opens it
         # (read by the shell's file: `exec -a kworker bash -c …` is bash)
-        opened = network_redirects([name, *argv[1:]])
+        opened = network_redirects([name, *argv[1:]], budget)
         if opened:
             return process.but(cmdline=[*argv, *opened])
     if name not in DATA_ONLY and name not in SHELLS and name not in WRAPPING or not argv \
@@ -478,14 +496,14 @@ def as_judged(process: Process) -> Process:
     if name in DATA_ONLY:
         return process.but(cmdline=argv[:1]) if base(argv[0]) in DATA_ONLY else process
     if name in WRAPPING:
-        judged = wrapped_text_tool(argv) if base(argv[0]) == name else None
+        judged = wrapped_text_tool(argv, budget) if base(argv[0]) == name else None
         return process if judged is None else process.but(cmdline=judged)
     if len(argv) > 1 and posixpath.dirname(argv[1]) in DISTRIBUTION_PROGRAMS \
             and base(argv[1]) in DATA_ONLY:
         # a text tool that is a script of the system's (Debian's egrep, fgrep, which), run
         # by its shell: `sh /usr/bin/egrep -e '--donate-level 1 …' notes.txt` is egrep
         return process.but(cmdline=argv[1:2])
-    programs = script_as_programs(argv)
+    programs = script_as_programs(argv, budget)
     if programs is None:
         return process
     return process.but(cmdline=[argv[0], "-c", " ; ".join(map(show, programs))])

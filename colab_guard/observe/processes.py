@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from . import procfs
 from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
-from .content import ContentScanner
+from .content import MAPS_MAX_BYTES, MAX_LIBRARIES, ContentScanner
 from .gpu import GpuSample
 from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, QUIET_CHECK_MAX,
                    SPREAD_FROM, HeldCounts, HeldStat, Parked, Probe, QuietRead, SchedCounts,
@@ -1006,13 +1006,7 @@ class ProcessSampler:
                 return cached[2]
         libraries: list[str] = []
         try:
-            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
-                seen = set()
-                for line in maps:
-                    path = line.rstrip("\n").partition("/")[2]
-                    if path and ".so" in path and path not in seen:
-                        seen.add(path)
-                        libraries.append("/" + path)
+            libraries = _libraries_in(procfs.read_all(f"/proc/{pid}/maps", MAPS_MAX_BYTES + 1))
         except FileNotFoundError:
             return []
         except PermissionError as err:
@@ -1065,6 +1059,37 @@ class ProcessSampler:
         self._owner_set = None
         self.content.forget(alive)  # what it read of their memory
         self.orphans.forget(table)
+
+
+#: The last of a process's libraries when its maps were not read whole (no library's name)
+LIBRARIES_CUT = "…[libraries cut]"
+#: The dynamic loader's cache (no library: every dynamically linked program maps it while it
+#: loads its libraries; bash read then was not the system's shell, its echo a miner's options)
+LOADER_CACHE = "etc/ld.so.cache"
+
+
+def _libraries_in(raw: bytes) -> list[str]:
+    """The shared objects a /proc/PID/maps text names, in its order. At most MAPS_MAX_BYTES of
+    it is read (50,000 mappings) and MAX_LIBRARIES names kept, as the content scanner reads it:
+    65,000 files mapped cost 100 ms a read and the engine's reading of their names 1.3 s
+    (session 21). Past either, those mapped executable (a library loaded) come first, and the
+    list ends with LIBRARIES_CUT: decoys mapped only to be read cannot push a library out."""
+    cut = len(raw) > MAPS_MAX_BYTES
+    if cut:
+        raw = raw[:raw.rfind(b"\n", 0, MAPS_MAX_BYTES) + 1]  # not the line cut in two
+    found: dict[str, bool] = {}  # path -> mapped executable
+    for line in raw.decode("utf-8", "replace").splitlines():
+        head, _, path = line.partition("/")
+        if path and ".so" in path and path != LOADER_CACHE:
+            perms = head.split(None, 2)[1:2]
+            found[path] = found.get(path, False) or bool(perms and "x" in perms[0])
+    if not cut and len(found) <= MAX_LIBRARIES:
+        return ["/" + path for path in found]
+    code = [path for path, executable in found.items() if executable][:MAX_LIBRARIES]
+    if len(code) < MAX_LIBRARIES:
+        kept = set(code)
+        code += [p for p in found if p not in kept][:MAX_LIBRARIES - len(code)]
+    return ["/" + path for path in code] + [LIBRARIES_CUT]
 
 
 #: Ancestors of a kernel walked, at most, to find where its session began

@@ -728,12 +728,24 @@ def python_evidence(source: bytes, cut: bool = False) -> Evidence:
         evidence.merge(tail_imports(source))  # and the import lines of the statement cut
         return evidence
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = _parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
         evidence = token_evidence(source[:TOKENS_MAX])
         evidence.merge(tail_imports(source))
         return evidence
     return _Reader(tree).read()
+
+
+def _parse(source: bytes) -> ast.Module:
+    """ast.parse, tried again once on a SystemError: CPython 3.11 keeps the depth of its AST
+    conversion in state the threads share, and two parses at once (the two script threads, a
+    cell's in the sampler's) can raise "AST constructor recursion depth mismatch" (seen in
+    session 21: it failed the whole script's reading, which was then asked for again at every
+    read). Failing twice, the source is read as one that does not parse (its tokens)."""
+    try:
+        return ast.parse(source)
+    except SystemError:
+        return ast.parse(source)
 
 
 def token_evidence(source: bytes) -> Evidence:
@@ -1009,8 +1021,8 @@ def _local_modules(source: bytes, package: str = "") -> list[str]:
     """The modules a source imports; relative ones (a zip app's own) from ``package``, the
     package the source is in ("": the zip's top)."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = _parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
         return []
     modules: list[str] = []
     for node in ast.walk(tree):

@@ -13,6 +13,7 @@ that reads sockets or content counts as holding: the pass decides).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 
@@ -25,7 +26,8 @@ from ..observe.model import Process
 #: What a program shows at its exec: the fields a signature may read to be tested there.
 EXEC_FIELDS = KNOWN_BEFORE_START
 #: Distinct (name, executable, command line) remembered with their verdict: a loop of
-#: ``sleep 1`` or ``git status`` is tested once.
+#: ``sleep 1`` or ``git status`` is tested once. Kept by a digest: a storm of execs with
+#: 64 KiB command lines would otherwise hold 256 MiB of them.
 CACHE_SIZE = 4096
 #: Said in the evidence, so that an admin knows what the verdict rested on.
 AT_EXEC = "seen at its exec (name, executable and command line)"
@@ -38,7 +40,7 @@ class ExecCheck:
         self.engine = engine
         self.log = log or logging.getLogger("colab_guard.watch")
         self._rules: tuple[tuple, list[Signature]] | None = None
-        self._verdicts: OrderedDict[tuple, list[tuple[Signature, list[str]]]] = OrderedDict()
+        self._verdicts: OrderedDict[bytes, list[tuple[Signature, list[str]]]] = OrderedDict()
         self.checked = 0  # programs tested (not from the cache)
 
     def signatures(self) -> list[Signature]:
@@ -55,7 +57,7 @@ class ExecCheck:
         signatures = self.signatures()
         if not signatures:
             return []
-        key = (process.name, process.exe, tuple(process.cmdline))
+        key = _digest(process)
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._verdicts[key] = self._test(process, signatures)
@@ -96,6 +98,12 @@ class ExecCheck:
             except Exception:
                 return True  # cannot tell: the pass decides
         return False
+
+
+def _digest(process: Process) -> bytes:
+    """The verdict cache's key: a digest of the name, executable and command line."""
+    text = "\0".join([process.name, process.exe, *process.cmdline])
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def exec_only(sig: Signature) -> bool:

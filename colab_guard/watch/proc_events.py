@@ -27,9 +27,11 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator, Mapping
 
 
+from ..detect.commands import SHELLS, WRAPPING, base
 from ..observe import procfs
 from ..observe.attribution import unknown_kernel, unknown_kernel_uid
 from ..observe.model import Process
@@ -64,6 +66,12 @@ MIN_GAP = 0.05
 #: what a program does in its first moments (its pool connection, its file's content once
 #: scanned) is checked then, not at the next periodic tick up to ``sample_interval`` later
 LOOK_AGAIN = 0.3
+#: Seconds of one batch of execs spent checking programs whose script or wrapped command the
+#: rules read (a shell's, a wrapper's: up to commands.MAX_WORK of work each, 30 ms), after all
+#: the others (a miner's name costs nothing): a storm of shells with hostile scripts cost
+#: 300 ms an exec and made a named miner's exec wait behind them (session 21). The rest are
+#: left to the passes after the execs (``_look_soon``), as every program is.
+SCRIPTS_AT_EXEC_SECONDS = 0.1
 
 
 def listen_message(op: int = PROC_CN_MCAST_LISTEN) -> bytes:
@@ -118,6 +126,7 @@ class ProcEvents:
         self.sock, self.loop, self.monitor, self.log = sock, loop, monitor, log
         self.events = 0
         self.overruns = 0
+        self.left_to_pass = 0  # programs not checked at their exec (_check_all_at_exec)
         self._lineage: dict[int, str] = {}  # pid -> kernel, for forks not yet seen by a scan
         self._named: dict[int, float] = {}  # pid -> when it exec'd, for the looks after
         self._look: asyncio.TimerHandle | None = None  # the next look after execs
@@ -204,11 +213,13 @@ class ProcEvents:
         if claims:
             self.monitor._sampling.submit(self._follow, claims)
         users = [pid for pid in execs if self._users(pid)]
+        started = []
         for pid in users:
             kernels.exec_seen(pid)
-            started = self._remember_argv(pid)
-            if started is not None:
-                self._check_at_exec(pid, *started)
+            read = self._remember_argv(pid)
+            if read is not None:
+                started.append((pid, read))
+        self._check_all_at_exec(started)
         for pid in exits:
             self.monitor.exec_argv.pop(pid, None)
             self._lineage.pop(pid, None)
@@ -254,6 +265,20 @@ class ProcEvents:
     def _boot_time() -> float:
         """As the sampler computes start times (procfs.boot_time: fixed, so keys agree)."""
         return procfs.boot_time()
+
+    def _check_all_at_exec(self, started: list[tuple[int, tuple]]) -> None:
+        """A batch of programs read at their exec, checked: those whose script the rules read
+        last, within SCRIPTS_AT_EXEC_SECONDS (the others are left to the passes)."""
+        started.sort(key=lambda item: _reads_script(item[1][4]))  # stable: in exec order
+        deadline = None
+        for pid, read in started:
+            if _reads_script(read[4]):
+                now = time.monotonic()
+                deadline = deadline or now + SCRIPTS_AT_EXEC_SECONDS
+                if now > deadline:
+                    self.left_to_pass += 1
+                    continue
+            self._check_at_exec(pid, *read)
 
     def _check_at_exec(self, pid: int, start: int, ppid: int, comm: str, argv: list[str],
                        exe: str) -> None:
@@ -343,6 +368,12 @@ class ProcEvents:
         """In the sampler's thread: a child of a kernel's process is that kernel's."""
         for child, kernel_id in claims:
             self.monitor.sampler.claim(child, kernel_id)
+
+
+def _reads_script(exe: str) -> bool:
+    """Whether the rules read a program's script or wrapped command (engine.as_judged)."""
+    name = base(exe)
+    return name in SHELLS or name in WRAPPING
 
 
 def _alive(pid: int) -> bool:
