@@ -38,6 +38,7 @@ from functools import lru_cache
 
 from ..observe.model import Process
 from . import commands as shell
+from .form_branches import prune_form_branches
 from .commands import Command
 from .fields import FIELDS, Field
 
@@ -250,6 +251,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if tree is None:
         return CellAnalysis("", [])
     _cut_deep(tree)
+    prune_form_branches(tree, source)  # what the form's values in the text rule out never runs
     reader = _Reader(memory)
     reader.literals = _literals(tree)
     reader.earlier_words = memory.words if memory is not None else set()
