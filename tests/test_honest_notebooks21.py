@@ -134,6 +134,21 @@ STILL_RECOGNISED = {
     "setattr": ("tok = \"\" #@param {type:\"string\"}\nimport __main__\n"
                 "setattr(__main__, 'tok', 'x')\nfrom pyngrok import ngrok\nif tok:\n"
                 "    ngrok.connect(22)\n", "cell-python-tunnel"),
+    "ipython-by-module": ("tok = \"\" #@param {type:\"string\"}\nimport IPython\n"
+                          "IPython.get_ipython().push({'tok': 'x'})\nfrom pyngrok import ngrok\n"
+                          "if tok:\n    ngrok.connect(22)\n", "cell-python-tunnel"),
+    "ipython-aliased": ("tok = \"\" #@param {type:\"string\"}\n"
+                        "from IPython import get_ipython as shell\nshell().ex(\"tok = 'x'\")\n"
+                        "from pyngrok import ngrok\nif tok:\n    ngrok.connect(22)\n",
+                        "cell-python-tunnel"),
+    "main-imported-by-name": ("tok = \"\" #@param {type:\"string\"}\nimport importlib\n"
+                              "importlib.import_module('__main__').tok = 'x'\n"
+                              "from pyngrok import ngrok\nif tok:\n    ngrok.connect(22)\n",
+                              "cell-python-tunnel"),
+    "frame-globals": ("tok = \"\" #@param {type:\"string\"}\nimport inspect\n"
+                      "inspect.stack()[0].frame.f_globals['tok'] = 'x'\n"
+                      "from pyngrok import ngrok\nif tok:\n    ngrok.connect(22)\n",
+                      "cell-python-tunnel"),
     # a test with an unknown part (which may run first and rebind) is not decided
     "unknown-part": ("tok = \"\" #@param {type:\"string\"}\nfrom pyngrok import ngrok\n"
                      "if refresh() or tok:\n    ngrok.connect(22)\n", "cell-python-tunnel"),

@@ -29,7 +29,12 @@ _FORM_VALUES = (str, bool, int, float)
 _SAFE_MAGICS = {"cd", "pip", "conda", "mamba", "env", "matplotlib", "load_ext", "reload_ext",
                 "autoreload", "pwd", "pushd", "popd", "mkdir", "ls", "cp", "mv", "rm", "cat"}
 _IPYTHON_SAFE_CALLS = {"system", "getoutput"}
-_REBINDERS = {"exec", "eval", "compile", "setattr", "delattr", "__import__"}
+_REBINDERS = {"exec", "eval", "compile", "setattr", "delattr", "__import__", "getattr",
+              "import_module", "getmodule", "get_referrers", "_getframe", "currentframe", "stack"}
+#: IPython's ways to bind names or run code, whatever its shell is called
+_IPYTHON_BINDERS = {"push", "ex", "ev", "run_cell", "run_cell_magic", "magic", "safe_execfile",
+                    "safe_execfile_ipy", "safe_run_module", "run_code", "run_ast_nodes",
+                    "runcode", "get_ipython", "InteractiveShell"}
 _NAMESPACES = {"globals", "vars", "locals"}
 _NAMESPACE_ATTRIBUTES = {"__dict__", "user_ns", "user_global_ns", "f_globals", "f_locals",
                          "modules", "__main__", "__globals__", "__builtins__"}
@@ -105,6 +110,11 @@ def _names_rebound_only_visibly(tree: ast.Module) -> bool:
             return False
         if isinstance(node, ast.Name) and node.id in _REBINDERS | {"__main__", "__builtins__"}:
             return False
+        if isinstance(node, ast.Attribute) and node.attr in _REBINDERS | _IPYTHON_BINDERS:
+            return False  # a module's own (``IPython.get_ipython()``, ``inspect.stack()``)
+        if isinstance(node, ast.Constant) and node.value == "__main__" \
+                and not isinstance(parents.get(node), ast.Compare):
+            return False  # the main module fetched by name (``__name__ == "__main__"`` is not)
         if _is_namespace(node) and not _only_read(node, parents):
             return False
         if _is_ipython_call(node) and node.attr not in _NAMESPACE_ATTRIBUTES \
