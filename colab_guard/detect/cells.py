@@ -38,6 +38,7 @@ from functools import lru_cache
 
 from ..observe.model import Process
 from . import commands as shell
+from .form_branches import prune_form_branches
 from .commands import Command
 from .fields import FIELDS, Field
 
@@ -197,6 +198,8 @@ class CellMemory:
         self.generators: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}  # by name
         self.holders = _Holders()  # names that may hold a runner (see _Holders)
         self.renames: dict[str, str] = {}  # mv xmrig kworker: kworker -> xmrig
+        #: a cell could rebind names unseen by a later cell's text (form_branches)
+        self.rebinds_unseen = False
         #: the words of the string constants earlier cells spelled out (see _Reader._plain):
         #: a name one cell lists plainly and a later one slices out of a path hides nothing
         self.words: set[str] = set()
@@ -250,6 +253,7 @@ def _analyse(source: str, memory: CellMemory | None) -> CellAnalysis:
     if tree is None:
         return CellAnalysis("", [])
     _cut_deep(tree)
+    prune_form_branches(tree, source, memory)  # what the form's values in the text rule out never runs
     reader = _Reader(memory)
     reader.literals = _literals(tree)
     reader.earlier_words = memory.words if memory is not None else set()
