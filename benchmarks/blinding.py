@@ -108,6 +108,21 @@ def cmdline_cost() -> None:
         proc.wait()
 
 
+def named_miner_found(tick, kernels: dict, tmp: Path, started_here: list) -> float | None:
+    """Seconds until ``tick()`` finds a miner known by name (a copy of sleep called xmrig)
+    started among the attack's processes (None past 60 s); it joins ``started_here``."""
+    xmrig = tmp / "xmrig"
+    shutil.copy(shutil.which("sleep"), xmrig)
+    miner = subprocess.Popen([str(xmrig), "60"])
+    started_here.append(miner)
+    kernels["miner"] = miner.pid
+    started, found = time.monotonic(), None
+    while found is None and time.monotonic() - started < 60:
+        if "mining-known-miner" in tick():
+            found = time.monotonic() - started
+    return found
+
+
 def regex_attack(tmp: Path) -> None:
     from tests.test_regex_budget import _tuned_length
     size = _tuned_length("nc -e")
@@ -117,10 +132,10 @@ def regex_attack(tmp: Path) -> None:
     sampler = ProcessSampler()
     engine = Engine(load_signatures(), log=logging.getLogger("bench"))
     kernels = {f"k{i}": p.pid for i, p in enumerate(flippers)}
-    miner = None
+    started_here = list(flippers)
     try:
         time.sleep(1.0)  # let them start and rewrite their arguments
-        ticks, next_tick, found = [], time.monotonic(), None
+        ticks, next_tick = [], time.monotonic()
 
         def tick() -> list[str]:
             nonlocal next_tick
@@ -134,20 +149,13 @@ def regex_attack(tmp: Path) -> None:
 
         for _ in range(5):
             tick()
-        xmrig = tmp / "xmrig"
-        shutil.copy(shutil.which("sleep"), xmrig)
-        miner = subprocess.Popen([str(xmrig), "60"])
-        kernels["miner"] = miner.pid
-        started = time.monotonic()
-        while found is None and time.monotonic() - started < 60:
-            if "mining-known-miner" in tick():
-                found = time.monotonic() - started
+        found = named_miner_found(tick, kernels, tmp, started_here)
         print(f"40 processes flipping crafted arguments ({size} bytes): ticks "
               f"{', '.join(f'{t:.2f}' for t in ticks[1:])} s (after the first, which reads them "
               f"new: {ticks[0]:.2f} s); named miner detected {found:.2f} s after it started "
               f"(ticks every 1 s)")
     finally:
-        for p in flippers + ([miner] if miner else []):
+        for p in started_here:
             p.kill()
             p.wait()
         sampler.content.close()
@@ -227,7 +235,7 @@ def run_attack(start, ticks_before: int = 8, tmp: Path | None = None) -> dict:
     sampler = ProcessSampler()
     engine = Engine(load_signatures(), log=logging.getLogger("bench"))
     kernels = {f"k{i}": p.pid for i, p in enumerate(procs)}
-    miner, found = None, None
+    started_here = list(procs)
     try:
         time.sleep(1.0)
         rss0 = _rss_kib()
@@ -248,21 +256,14 @@ def run_attack(start, ticks_before: int = 8, tmp: Path | None = None) -> dict:
 
         for _ in range(ticks_before):
             tick()
-        xmrig = tmp / "xmrig"
-        shutil.copy(shutil.which("sleep"), xmrig)
-        miner = subprocess.Popen([str(xmrig), "60"])
-        kernels["miner"] = miner.pid
-        started = time.monotonic()
-        while found is None and time.monotonic() - started < 60:
-            if "mining-known-miner" in tick():
-                found = time.monotonic() - started
+        found = named_miner_found(tick, kernels, tmp, started_here)
         return {"tick": statistics.median(ticks[1:ticks_before]), "first": ticks[0],
                 "late": statistics.median(ticks[ticks_before - 3:ticks_before]),
                 "tick_max": max(ticks[1:ticks_before]),
                 "eval": statistics.median(evals[1:ticks_before]),
                 "rss_growth_mib": (_rss_kib() - rss0) / 1024, "miner": found}
     finally:
-        for p in procs + ([miner] if miner else []):
+        for p in started_here:
             p.kill()
             p.wait()
         sampler.content.close()
