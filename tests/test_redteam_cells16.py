@@ -72,7 +72,9 @@ def test_a_deep_runner_argument_is_cut_not_read_wrongly():
     assert FORBIDDEN not in _cell_signatures(cell)
 
 
-def _runs_ngrok(cell: str, stand_in_path, tmp_path, what: str, recursion_limit: int = 0) -> None:
+def _runs_ngrok(cell: str, stand_in_path, tmp_path, what: str, recursion_limit: int = 0) -> str:
+    """Runs the cell in Python with the stand-in ngrok first on PATH: what ngrok was started
+    with (asserted to be `tcp 22`)."""
     started = stand_in_path / "started"
     started.unlink(missing_ok=True)
     script = tmp_path / "cell.py"
@@ -83,6 +85,7 @@ def _runs_ngrok(cell: str, stand_in_path, tmp_path, what: str, recursion_limit: 
     subprocess.run([sys.executable, "-c", runner], env=env, cwd=tmp_path, timeout=60,
                    capture_output=True)
     assert started.exists() and "tcp 22" in started.read_text(), what
+    return started.read_text()
 
 
 #: Honest cells as deep: generated formulas, long sums of calls, nested data.

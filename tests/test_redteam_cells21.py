@@ -181,7 +181,7 @@ def test_a_tunnel_built_from_a_template_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", TEMPLATES, ids=[t[0] for t in TEMPLATES])
 def test_each_template_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell", JPRQ, ids=[j[0] for j in JPRQ])
@@ -217,7 +217,7 @@ LEFT = [
 
 @pytest.mark.parametrize("what, cell, reason", LEFT, ids=[c[0] for c in LEFT])
 def test_each_left_evasion_really_starts_ngrok(what, cell, reason, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell", [
@@ -351,7 +351,7 @@ def test_a_template_through_twelve_helpers_is_refused():
 
 
 def test_the_chain_of_twelve_helpers_really_starts_ngrok(stand_in_path, tmp_path):
-    _runs_ngrok(_chain(12), stand_in_path, tmp_path, "twelve helpers")
+    assert "tcp 22" in _runs_ngrok(_chain(12), stand_in_path, tmp_path, "twelve helpers")
 
 
 def test_a_long_sum_is_read_once(monkeypatch):

@@ -144,6 +144,13 @@ def _script_at(args: list[str]) -> int | None:
 _NETWORK_DEVICE = re.compile(r"/dev/(tcp|udp)/")
 
 
+def reads_script(exe: str) -> bool:
+    """Whether the rules read a program's script or wrapped command (engine.as_judged): a
+    shell's or a wrapper's, judged by its file's name."""
+    name = base(exe)
+    return name in SHELLS or name in WRAPPING
+
+
 def script_as_programs(argv: list[str], budget: ScriptBudget | None = None
                        ) -> list[list[str]] | None:
     """The programs a shell given a script (``sh -c 'python t.py && echo "xmrig -o …"'``)

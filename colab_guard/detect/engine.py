@@ -16,7 +16,8 @@ from typing import Any
 from ..observe.model import Process, Snapshot
 from .cells import CELL_FIELD, CellMemory
 from .commands import (DATA_ONLY, SHELLS, WRAPPING, Command, ScriptBudget, base,
-                       network_redirects, script_as_programs, show, wrapped_text_tool)
+                       network_redirects, reads_script, script_as_programs, show,
+                       wrapped_text_tool)
 from .conditions import RegexBudget, RegexTimeout, charged_to, fields_read, may_hold
 from .fields import FIELDS, KNOWN_BEFORE_START, FieldView, PendingView
 from .signatures import Signature, SignatureSet
@@ -290,8 +291,7 @@ class Engine:
     def _scripts_of(self, kernel_id: str, process: Process) -> ScriptBudget | None:
         """The process's budget for reading its scripts, if it is a program whose script or
         wrapped command the rules read (as_judged)."""
-        name = base(process.exe)
-        if name not in SHELLS and name not in WRAPPING:
+        if not reads_script(process.exe):
             return None
         scripts = self._script_budget.setdefault(kernel_id, {})
         budget = scripts.get(process.key)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 
-from ..detect.commands import SHELLS, WRAPPING, base
+from ..detect.commands import reads_script
 from ..observe import procfs
 from ..observe.attribution import unknown_kernel, unknown_kernel_uid
 from ..observe.model import Process
@@ -269,10 +269,10 @@ class ProcEvents:
     def _check_all_at_exec(self, started: list[tuple[int, tuple]]) -> None:
         """A batch of programs read at their exec, checked: those whose script the rules read
         last, within SCRIPTS_AT_EXEC_SECONDS (the others are left to the passes)."""
-        started.sort(key=lambda item: _reads_script(item[1][4]))  # stable: in exec order
+        started.sort(key=lambda item: reads_script(item[1][4]))  # stable: in exec order
         deadline = None
         for pid, read in started:
-            if _reads_script(read[4]):
+            if reads_script(read[4]):
                 now = time.monotonic()
                 deadline = deadline or now + SCRIPTS_AT_EXEC_SECONDS
                 if now > deadline:
@@ -368,12 +368,6 @@ class ProcEvents:
         """In the sampler's thread: a child of a kernel's process is that kernel's."""
         for child, kernel_id in claims:
             self.monitor.sampler.claim(child, kernel_id)
-
-
-def _reads_script(exe: str) -> bool:
-    """Whether the rules read a program's script or wrapped command (engine.as_judged)."""
-    name = base(exe)
-    return name in SHELLS or name in WRAPPING
 
 
 def _alive(pid: int) -> bool:
