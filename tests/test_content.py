@@ -221,8 +221,7 @@ def test_a_real_tool_copied_to_another_name_is_recognised(tmp_path):
 
 def test_a_system_programs_traits_are_read_once_for_its_life(monkeypatch):
     """exe:new and exe:mounted hold for a process's life (its file and its mounts were fixed
-    at its exec): its mountinfo, which a user may fill with thousands of mounts, is read once,
-    not at every full read; a process that is gone is forgotten."""
+    at its exec): they are looked for once, not at every full read; a process that is gone is forgotten."""
     from colab_guard.observe import content
     reads = []
     real = content.mounted_over

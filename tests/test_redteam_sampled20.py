@@ -248,6 +248,55 @@ def test_a_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments(mo
         assert "mining-miner-command-line" in _ids(detections)
 
 
+MOUNTS_FIRST = 4200  # past content.MAX_MOUNTS: a mount table read line by line stops short
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
+                    reason="needs the system's tac and a mount namespace (root, as Colab's kernels)")
+def test_a_mount_over_a_system_tool_behind_thousands_of_mounts_is_seen(tmp_path):
+    """4,200 mounts first, then the bind mount over /usr/bin/tac: the mount table's lines
+    past the first 4,096 were never read, so the mount on tac's path went unseen."""
+    source = _stand_in(tmp_path / "kworker")
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    script = (
+        "import ctypes, os, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"for _ in range({MOUNTS_FIRST}):\n"
+        f"    assert libc.mount(b't', b'{stack}', b'tmpfs', 0, b'size=4k') == 0\n"
+        f"assert libc.mount(b'{source}', b'/usr/bin/tac', None, 4096, None) == 0\n"  # MS_BIND
+        f"os.execv('/usr/bin/tac', ['/usr/bin/tac', '-c', 'sleep 30; :', *{MINER_OPTIONS.split()!r}])\n")
+    with _group(["bash", "-c", f"unshare -m --propagation private {sys.executable} -c \"{script}\"; :"],
+                stdout=subprocess.DEVNULL) as kernel:
+        found, detections = _wait_for(ProcessSampler(), kernel.pid,
+                                      lambda p: p.exe == "/usr/bin/tac")
+        assert "exe:mounted" in found.exe_markers
+        assert "mining-miner-command-line" in _ids(detections)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
+                    reason="needs the system's tac and a mount namespace (root, as Colab's kernels)")
+def test_a_mount_over_a_system_tool_detached_after_its_exec_is_seen(tmp_path):
+    """The bind mount is lazily unmounted once tac has exec'd through it: the mount table no
+    longer lists it, and the program runs from a detached mount, which names no system
+    program's path: judged on its whole command line."""
+    source = _stand_in(tmp_path / "kworker")
+    line = (f"mount --bind {source} /usr/bin/tac && "
+            f"{{ /usr/bin/tac -c 'sleep 30; :' {MINER_OPTIONS} & }} && "
+            'while [ "$(readlink /proc/$!/exe)" != /usr/bin/tac ]; do :; done && '
+            f"umount -l /usr/bin/tac && touch {tmp_path}/detached && wait")
+    with _group(["unshare", "-m", "--propagation", "private", "bash", "-c", line],
+                stdout=subprocess.DEVNULL) as kernel:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "detached").exists():  # the guard's first look comes after
+            assert time.monotonic() < deadline and kernel.poll() is None
+            time.sleep(0.05)
+        found, detections = _wait_for(ProcessSampler(), kernel.pid,
+                                      lambda p: p.name == "tac")
+        assert found.exe == "/"  # (the detached mount's root: no system program's path)
+        assert "mining-miner-command-line" in _ids(detections)
+
+
 TEXT_TOOL_SLOT = "/usr/bin/nvidia-smi"  # a text tool's name (DATA_ONLY) no file here has
 
 

@@ -188,14 +188,43 @@ def written_since(pid: int, session: float) -> bool:
         return False
 
 
-#: Lines of /proc/PID/mountinfo read at most (a container has tens)
+#: Lines of /proc/PID/mountinfo read at most, where mount ids cannot be read (a container has
+#: tens; a user may make thousands, so the mount ids are asked first)
 MAX_MOUNTS = 4096
 
 
 def mounted_over(pid: int, exe: str) -> bool:
     """Whether, in the process's mount namespace, a mount sits on its program's path or its
     folder: an old file of the system's (dash, python) bind-mounted over /usr/bin/tac has an
-    old ctime, and runs as tac."""
+    old ctime, and runs as tac. Told by mount ids (the mount the running file came from, its
+    folder's, the folder's parent's), whatever the number of mounts."""
+    folder = os.path.dirname(exe)
+    try:
+        ids = [_mount_id(f"/proc/{pid}/exe"), _mount_id(f"/proc/{pid}/root{folder}"),
+               _mount_id(f"/proc/{pid}/root{os.path.dirname(folder)}")]
+    except OSError:
+        ids = [None]
+    if None in ids:  # (gone, or a path not of its root: a chroot)
+        return _listed_over(pid, exe)
+    return len(set(ids)) > 1
+
+
+def _mount_id(path: str) -> int | None:
+    """The id of the mount a path resolves to (its fdinfo's mnt_id; opened O_PATH: nothing of
+    the file is read, a FIFO is not opened)."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    finally:
+        os.close(fd)
+    return None
+
+
+def _listed_over(pid: int, exe: str) -> bool:
+    """``mounted_over`` by the mount table (its first ``MAX_MOUNTS`` lines)."""
     wanted = {exe, os.path.dirname(exe)}
     try:
         with open(f"/proc/{pid}/mountinfo", "rb") as info:
@@ -785,8 +814,7 @@ class ContentScanner:
                                session: float | None) -> list[str]:
         """exe:new and exe:mounted of a program in the system's folders. They hold for the
         program's life (its file's inode and its mount namespace were fixed at its exec), so
-        a known process's are found once: its mountinfo is not read again at every full
-        read (thousands of mounts would make that a cost per process per tick)."""
+        a known process's are found once, not at every full read."""
         known = self._program_traits.get((key, exe)) if key is not None else None
         if known is not None:
             return list(known)
