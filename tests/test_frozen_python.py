@@ -67,6 +67,23 @@ for line in feed.makefile():
 
 RELAY = "import pproxy\nprint(pproxy.__name__)\n"
 
+#: An SSH server written with asyncssh, and a client (a near-miss: asyncssh's own modules,
+#: bundled in its archive too, give server host keys; they are not the program's code).
+SSH_SERVER = """
+import asyncio, asyncssh
+async def main():
+    await asyncssh.listen("127.0.0.1", 2222, server_host_keys=["key"])
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+SSH_CLIENT = """
+import asyncio, asyncssh
+async def main():
+    async with asyncssh.connect("127.0.0.1", port=2222, known_hosts=None) as conn:
+        print(await conn.run("true"))
+asyncio.run(main())
+"""
+
 
 def _pyinstaller() -> list[str]:
     try:
@@ -98,14 +115,16 @@ def _freeze(folder, name: str, source: str, mode: str) -> str:
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> dict[str, str]:
     """Built once for this module: the miner (one file, renamed to a neutral name), the
-    honest detector (one folder), a pproxy relay (one file)."""
+    honest detector (one folder), a pproxy relay, an asyncssh server and client (one file)."""
     folder = tmp_path_factory.mktemp("frozen")
     miner = _freeze(folder, "miner", MINER, "--onefile")
     neutral = str(folder / "dbus-update")
     shutil.copy(miner, neutral)
     return {"miner": neutral,
             "honest": _freeze(folder, "detector", HONEST, "--onedir"),
-            "relay": _freeze(folder, "relay", RELAY, "--onefile")}
+            "relay": _freeze(folder, "relay", RELAY, "--onefile"),
+            "ssh-server": _freeze(folder, "sshd", SSH_SERVER, "--onefile"),
+            "ssh-client": _freeze(folder, "sshc", SSH_CLIENT, "--onefile")}
 
 
 @pytest.fixture
@@ -142,6 +161,11 @@ def test_a_frozen_stratum_miner_is_recognised_by_its_code(builds, scanner):
 
 def test_a_frozen_relay_importing_pproxy_is_recognised(builds, scanner):
     assert _frozen_markers(scanner, builds["relay"]) == ["pproxy"]
+
+
+def test_a_frozen_asyncssh_server_is_recognised_and_a_client_is_not(builds, scanner):
+    assert _frozen_markers(scanner, builds["ssh-server"]) == ["asyncssh-server"]
+    assert _frozen_markers(scanner, builds["ssh-client"]) == []
 
 
 def test_a_frozen_honest_detector_naming_the_protocol_as_data_is_left_alone(builds, scanner):
