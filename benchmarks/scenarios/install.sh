@@ -7,10 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# binutils: PyInstaller (tests/test_frozen_python.py) writes its archive with objcopy
 SMALL=(aria2 ctorrent dropbear-bin microsocks iproute2 busybox-static nmap john hydra netcat-openbsd
-       wget curl)
+       wget curl binutils)
 FULL=("${SMALL[@]}" transmission-cli qbittorrent-nox rtorrent hashcat tor
-      slowhttptest hping3 binutils)
+      slowhttptest hping3)
 
 if [ "${1:-}" = "--small" ]; then packages=("${SMALL[@]}"); else packages=("${FULL[@]}"); fi
 SUDO=""

@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import re2
 
-from . import aria2, elf, procfs, scripts
+from . import aria2, elf, frozen, procfs, scripts
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -170,8 +170,10 @@ MEMORY_UNREADABLE = "memory:unreadable"  # its memory could not be read (not dum
 SCAN_CUT = "scan:cut"  # a scan of its file or memory stopped at its time budget
 EXE_NEW = "exe:new"  # its file, in the system's program folders, was written in the session
 EXE_MOUNTED = "exe:mounted"  # ... or another file is mounted over it (or over its folder)
+#: a PyInstaller program (frozen.py): the Python code in its archive is read as a script's
+PACKED_PYINSTALLER = "packed:pyinstaller"
 TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
-          EXE_NEW, EXE_MOUNTED)
+          EXE_NEW, EXE_MOUNTED, PACKED_PYINSTALLER)
 #: Where the distribution installs its programs (what the engine takes for the system's own
 #: text tools and shells): a file there written in the session, or mounted over, is a trait
 SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
@@ -779,6 +781,10 @@ class ContentScanner:
             if code is not None:
                 markers += [m for m in reported(self.inline_markers(pid, code))
                             if m not in markers]
+        if PACKED_PYINSTALLER in found:  # its Python code, as a script's
+            markers += [m for m in reported(self.script_markers(f"/proc/{pid}/exe",
+                                                                scripts.FROZEN))
+                        if m not in markers]
         if script_language(exe, found) == scripts.PYTHON:
             for path, language in python_startup(pid, cmdline):  # run before any script
                 markers += [m for m in reported(self.script_markers(path, language))
@@ -860,6 +866,9 @@ class ContentScanner:
             if code is not None and _inline_key(pid, code) not in self._cache:
                 return False
         elif not self._script_read(_script_file(script), language):
+            return False
+        if PACKED_PYINSTALLER in found and \
+                not self._script_read(f"/proc/{pid}/exe", scripts.FROZEN):
             return False
         if "aria2" in found or self._pending:  # aria2c's option files (queued if packed)
             options = _aria2_key(pid, cmdline, key)
@@ -1178,6 +1187,8 @@ class ContentScanner:
                 head: list[bytes] = []
                 result = scan_fd(fd, max_bytes, deadline, first=head)
                 result.markers += [m for m in exported if m not in result.markers]
+                if frozen.find_archive(fd, st.st_size) is not None:
+                    result.markers.append(PACKED_PYINSTALLER)
                 if head:
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])
@@ -1235,13 +1246,16 @@ class ContentScanner:
                     evidence = scripts.Evidence.from_json(answer["evidence"])
                     if language == scripts.PTH:  # the folders its sibling .pth files add
                         evidence.folders.update(_sibling_folders(path))
-                    if not answer.get("zip"):
+                    if not answer.get("zip") and not answer.get("frozen"):
                         self._with_local_modules(path, evidence, deadline)
                     result = Scan(scripts.code_markers(evidence))
                 elif "code" in answer:
                     code = answer["code"] + self._sourced_code(path, answer["code"], deadline)
                     found = SEARCH.needles_in(code.encode("latin-1"))
                     result = Scan(SEARCH.markers_for(found))
+                elif "text" in answer:  # another Python's frozen code: its printable bytes
+                    found = SEARCH.needles_in(answer["text"].encode("latin-1"))
+                    result = Scan(reported(SEARCH.markers_for(found)))
                 else:
                     result = scan_fd(fd, self.max_script_bytes, deadline)
             except scripts.ScriptReadFailed as err:

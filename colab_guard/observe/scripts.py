@@ -5,8 +5,9 @@ defines, the protocol requests it builds. Not by comments, docstrings, or string
 that are data: a cryptojacking detector's list of Stratum method names, an intrusion-detection
 label list naming "DoS attacks-SlowHTTPTest", a docstring citing hashcat.net. A shell script is
 searched without its comments. ``python app.zip`` (a zip app's ``__main__.py`` and the zip's
-modules it imports) and ``python x.pyc`` (its code objects, when compiled by this very Python)
-are read as code too.
+modules it imports), ``python x.pyc`` (its code objects, when compiled by this very Python)
+and a PyInstaller program's archive (frozen.py: its entry scripts and the modules of its own
+they import) are read as code too.
 
 Parsing holds the GIL and cannot be interrupted (~0.2-0.5 s per MiB of source, far more on a
 busy core), and a hostile script could exhaust memory or the C stack: so, but for a small
@@ -31,10 +32,16 @@ import tokenize
 import zipfile
 from dataclasses import dataclass, field
 
+try:
+    from . import frozen
+except ImportError:  # the isolated reader (this source on its stdin): given frozen.py's too
+    frozen = sys.modules["colab_guard_frozen"]
+
 PYTHON = "python"
 SHELL = "shell"
 OTHER = "other"  # node, perl, ruby, php...: their scripts are still searched as bytes
 PTH = "pth"  # a site folder's .pth file: its ``import`` lines are Python that runs at start
+FROZEN = "frozen"  # a PyInstaller program: the Python code its archive carries (frozen.py)
 
 #: Bytes of a source that does not parse read as tokens (its import lines: all of it).
 TOKENS_MAX = 128 << 10
@@ -851,12 +858,19 @@ def pyc_evidence(data: bytes) -> Evidence | None:
     names it uses (co_names), defines and passes as keywords, JSON-RPC requests in its
     constants. None: compiled by another Python (its code cannot be read here)."""
     import importlib.util
-    import marshal
 
     if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
         return None
+    return code_evidence(data[16:])
+
+
+def code_evidence(marshaled: bytes) -> Evidence:
+    """``pyc_evidence`` of marshaled code (compiled by this very Python): a .pyc's without its
+    header, a frozen program's module."""
+    import marshal
+
     try:
-        top = marshal.loads(data[16:])
+        top = marshal.loads(marshaled)
     except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
         return Evidence()
     evidence = Evidence()
@@ -1052,6 +1066,59 @@ def _zip_source(archive: zipfile.ZipFile, members: dict, name: str,
     return data[:limit], len(data) > limit
 
 
+# ------------------------------------------------------------------ frozen programs
+
+
+#: Libraries a marker is about (asyncssh, pproxy, roop...): their own code is not read in a
+#: frozen program (asyncssh's own modules give server host keys): the program's import of
+#: them, and what its own code does with them, is what counts, as for a script.
+MARKED_LIBRARIES = frozenset(name.split(".")[0] for m in CODE_MARKERS
+                             for name in m.imports + m.requires)
+#: Module names looked for in another Python's code (read as bytes), per module, at most.
+NAMES_IN_BYTES = 4096
+_IDENTIFIER = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]{0,200}")
+_PRINTABLE = re.compile(rb"[\x20-\x7e\t\n]{4,}")
+
+
+def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
+    """What a PyInstaller program's Python code shows (frozen.py): its entry scripts and the
+    modules of its own it imports, read as code when this very Python (its version) built it
+    ({"evidence": ...}), else their printable bytes ({"text": ...}: searched as bytes, as a
+    .pyc of another Python is). None: not a PyInstaller program."""
+    size = os.fstat(fd).st_size
+    archive = frozen.find_archive(fd, size)
+    if archive is None:
+        return None
+    if archive.python == sys.version_info[0] * 100 + sys.version_info[1]:
+        evidence = Evidence()
+
+        def read_code(name: str, data: bytes, package: str) -> list[str]:
+            found = code_evidence(data)
+            evidence.merge(found)
+            return _followed(found.imports | found.relative)
+
+        frozen.read_program(fd, size, read_code, parse_bytes)
+        return {"evidence": evidence.to_json(), "frozen": True}
+    texts: list[bytes] = []
+
+    def read_bytes(name: str, data: bytes, package: str) -> list[str]:
+        texts.append(b"\n".join(_PRINTABLE.findall(data)))
+        names = dict.fromkeys(m.decode() for m in _IDENTIFIER.findall(data))
+        return _followed(list(names)[:NAMES_IN_BYTES])
+
+    frozen.read_program(fd, size, read_bytes, parse_bytes)
+    return {"text": b"\n".join(texts)[:parse_bytes].decode("latin-1"), "frozen": True}
+
+
+def _followed(modules) -> list[str]:
+    """The imported modules of a frozen program read with it: its own, not the standard
+    library, PyInstaller's loader or a library a marker is about."""
+    return sorted(m for m in modules
+                  if m.lstrip(".") and m.lstrip(".").split(".")[0] not in sys.stdlib_module_names
+                  and m.lstrip(".").split(".")[0] not in MARKED_LIBRARIES
+                  and not m.startswith(("pyimod", "pyi_")))
+
+
 # ------------------------------------------------------------------ shell
 
 
@@ -1096,10 +1163,15 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
     """What the script open at ``fd`` shows: {"evidence": ...} for Python (a source, a zip
     app, with "zip": true, or a .pyc of this Python); {"code": text} for a shell script (its
     code without comments, as Latin-1); {"bytes": true}: to be searched as bytes (a .pyc of
-    another Python)."""
+    another Python). A PyInstaller program (``FROZEN``, or any ELF given as a script): its
+    archive's code, ``frozen_answer``."""
     head = os.pread(fd, 16, 0)
     if language == SHELL:
         return {"code": shell_code(os.pread(fd, parse_bytes, 0)).decode("latin-1")}
+    if language == FROZEN or head.startswith(b"\x7fELF"):
+        answer = frozen_answer(fd, parse_bytes)
+        if answer is not None or language == FROZEN:
+            return answer or {"evidence": Evidence().to_json(), "frozen": True}
     if head.startswith(b"PK\x03\x04") or _is_zip(fd):
         with os.fdopen(os.dup(fd), "rb") as fileobj:
             return {"evidence": zip_evidence(fileobj, parse_bytes).to_json(), "zip": True}
@@ -1232,8 +1304,9 @@ def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: fl
     (``read_isolated``). Zip apps and .pyc files always go to the child (decompression, and
     ``marshal``, which is not meant for hostile data)."""
     size = os.fstat(fd).st_size
-    if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and \
-            (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd))):
+    if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and language != FROZEN and \
+            (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd)
+                                       or frozen.find_archive(fd, size) is not None)):
         return read_script(fd, language, parse_bytes, file_bytes)
     return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
 
@@ -1254,8 +1327,7 @@ def read_isolated(fd: int, language: str, parse_bytes: int, file_bytes: int,
     ScriptReadFailed if it did not answer."""
     global _PROGRAM, _NOBODY_ANSWERED
     if _PROGRAM is None:
-        with open(__file__, "rb") as f:
-            _PROGRAM = f.read()
+        _PROGRAM = _child_program()
     seconds = max(0.05, deadline - time.monotonic())
     argv = [sys.executable, "-I", "-S", "-", str(fd), language, str(parse_bytes), str(file_bytes),
             str(int(seconds) + 1)]
@@ -1278,6 +1350,21 @@ def read_isolated(fd: int, language: str, parse_bytes: int, file_bytes: int,
         raise ScriptReadFailed(f"the script reader answered nonsense: {err}") from err
     _NOBODY_ANSWERED = _NOBODY_ANSWERED or as_nobody
     return answer
+
+
+def _child_program() -> bytes:
+    """What the child runs: frozen.py's source as the module ``colab_guard_frozen``, then this
+    file's as ``__main__`` (each compiled as a file of its own: its future imports hold)."""
+    with open(__file__, encoding="utf-8") as f:
+        own = f.read()
+    with open(frozen.__file__, encoding="utf-8") as f:
+        frozen_source = f.read()
+    return (f"import sys, types\n"
+            f"_frozen = types.ModuleType('colab_guard_frozen')\n"
+            f"sys.modules['colab_guard_frozen'] = _frozen\n"
+            f"exec(compile({frozen_source!r}, 'frozen.py', 'exec'), _frozen.__dict__)\n"
+            f"del _frozen\n"
+            f"exec(compile({own!r}, 'scripts.py', 'exec'))\n").encode("utf-8")
 
 
 def _start_child(argv: list[str], fd: int) -> tuple[subprocess.Popen, bool]:
