@@ -594,11 +594,15 @@ class SystemPackages:
 SYSTEM_PACKAGES = SystemPackages()
 
 
-def _mapped_file_key(pid: int, mapped: MappedFile) -> tuple[FileKey, str, bool] | None:
+def _mapped_file_key(pid: int, mapped: MappedFile, session: float | None = None
+                     ) -> tuple[FileKey, str, bool] | None:
     """The key of a mapped file, a path that reads it (its path if that is still the very file
     mapped, the same inode, else the mapping itself: /proc/PID/map_files, which only root may
     open), and whether it is one of the system's own libraries (a root-owned file no one else
-    may write, in a system folder); None if it cannot be read (it moved after it was loaded)."""
+    may write, in a system folder, that the guard finds at that path itself, unchanged since
+    the kernel's ``session`` began); None if it cannot be read (it moved after it was loaded).
+    Colab's kernels run as root: a tool copied over a library dpkg lists, or bind-mounted
+    over one in a mount namespace of the kernel's own, is no file of the distribution's."""
     for path in (mapped.path, f"/proc/{pid}/map_files/{mapped.start:x}-{mapped.end:x}"):
         try:
             st = os.stat(path)
@@ -606,8 +610,9 @@ def _mapped_file_key(pid: int, mapped: MappedFile) -> tuple[FileKey, str, bool] 
             continue
         # The device is not compared: on overlayfs, maps shows the layer's, stat the overlay's.
         if st.st_ino == mapped.inode and stat.S_ISREG(st.st_mode):
-            system = st.st_uid == 0 and not st.st_mode & 0o022 and \
-                mapped.path.startswith(SYSTEM_LIBRARY_FOLDERS)
+            system = st.st_uid == 0 and not st.st_mode & 0o022 and path == mapped.path \
+                and mapped.path.startswith(SYSTEM_LIBRARY_FOLDERS) \
+                and (session is None or st.st_ctime <= session)
             return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), path, system
     return None
 
@@ -635,6 +640,7 @@ class _Libraries:
     """What a process has mapped executable, as last looked at (``ContentScanner``)."""
 
     start: int  # its start (clock ticks after boot): the pid's identity
+    session: float | None = None  # when its kernel's session began (epoch seconds)
     code: int = -1  # its executable memory then (executable_kib)
     looked_at: float = 0.0  # monotonic; 0: never
     # each file's key, a path to read it by, and whether it is a system library
@@ -799,14 +805,16 @@ class ContentScanner:
             self._program_traits[(key, exe)] = tuple(traits)
         return traits
 
-    def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
+    def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None,
+                session: float | None = None) -> bool:
         """Whether the files of a process have all been scanned already (and, given its key,
         its memory once it has run a little), so that ``process_markers`` answers from the
-        cache, finally (until the files change, or the process does). Schedules what is due."""
+        cache, finally (until the files change, or the process does). Schedules what is due.
+        ``session``: when its kernel's session began (a library written since is read)."""
         done = self.files_settled(pid, exe, cmdline, key)
         if key is not None and not self._memory_settled(pid, exe, key):
             done = False
-        if key is not None and not self._libraries_settled(pid, key):
+        if key is not None and not self._libraries_settled(pid, key, session):
             done = False
         return done
 
@@ -1311,7 +1319,7 @@ class ContentScanner:
 
     # ------------------------------------------------------------ libraries
 
-    def _libraries_settled(self, pid: int, key: tuple) -> bool:
+    def _libraries_settled(self, pid: int, key: tuple, session: float | None = None) -> bool:
         """Whether what the process has mapped executable was looked at and holds: its
         executable memory (``executable_kib``) has not changed since, as loading a library
         changes it (and allocating data does not). Queues a look once it has run
@@ -1330,7 +1338,7 @@ class ContentScanner:
             if libraries is None:
                 if start is None:
                     return True  # forgotten meanwhile: gone
-                libraries = self._libraries[key] = _Libraries(start=start)
+                libraries = self._libraries[key] = _Libraries(start=start, session=session)
             if libraries.queued:
                 return False
             if libraries.looked_at and (libraries.code == code and
@@ -1412,7 +1420,7 @@ class ContentScanner:
                 program = None
             for mapped_file in mapped:
                 if mapped_file.inode != program:
-                    found = _mapped_file_key(pid, mapped_file)
+                    found = _mapped_file_key(pid, mapped_file, libraries.session)
                     if found is not None and not _known_clean(mapped_file, found[2],
                                                               self.system_packages):
                         files.append(found)

@@ -1,0 +1,176 @@
+"""Session 22: the guard's process side attacked by a notebook user who runs as root (Colab's
+kernels do) and has read the code, with real processes sampled by the real sampler and engine.
+Everything on loopback.
+
+Found and fixed:
+- A tool put where the system keeps its libraries was never read: a library in /usr/lib that
+  root owns, no one else may write and dpkg's lists name is "known clean", and neither its file
+  nor its memory (file-backed code) is scanned. Root can copy microsocks over a listed library
+  (`cp microsocks /usr/lib/x86_64-linux-gnu/libpopt.so.0.0.2`), or bind-mount it over one in a
+  mount namespace of the kernel's own (`unshare -m`), then run it through the dynamic loader or
+  load it into Python: nothing was found. A library is now the system's own only where the
+  guard finds that very file at its path itself (not through /proc/PID/map_files) and it has
+  not changed (its inode's ctime, which root cannot set back) since the kernel's session began,
+  as `exe:new` already holds programs in /usr/bin to (content._mapped_file_key).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from colab_guard.detect.engine import Engine
+from colab_guard.detect.signatures import load_signatures
+from colab_guard.observe import content
+from colab_guard.observe.content import SystemPackages
+from colab_guard.observe.processes import ProcessSampler
+from tests.conftest import PYTHON
+
+RULES = load_signatures()
+MICROSOCKS = shutil.which("microsocks")
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+ROOT = os.geteuid() == 0
+#: A library dpkg lists that no program here loads (a bind mount over it is harmless)
+LISTED = "/usr/lib/x86_64-linux-gnu/libpopt.so.0.0.2"
+
+needs_microsocks = pytest.mark.skipif(MICROSOCKS is None or not os.path.exists(LOADER),
+                                      reason="needs microsocks and the x86-64 dynamic loader")
+
+
+@contextmanager
+def _group(argv: list[str], **kwargs):
+    """A process in a session of its own, its whole group stopped at the end."""
+    process = subprocess.Popen(argv, start_new_session=True, **kwargs)
+    try:
+        yield process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _detections_until(sampler: ProcessSampler, root: int, want, timeout: float = 60.0):
+    """Sample the tree of ``root`` until ``want(snapshot, ids)`` holds; the snapshot and the
+    signature ids of that tick's detections. AssertionError at the deadline, with the last."""
+    engine, deadline, last = Engine(RULES), time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        snapshot = sampler.sample({"k": root})["k"]
+        ids = {d.signature.id for d in engine.evaluate(snapshot)}
+        last = (snapshot, ids)
+        if want(snapshot, ids):
+            return last
+        time.sleep(0.2)  # the next tick
+    raise AssertionError(f"not reached: {last and [(p.name, p.exe_markers) for p in last[0].processes]}"
+                         f" {last and last[1]}")
+
+
+def _listening(snapshot) -> bool:
+    return any(s.status == "LISTEN" for p in snapshot.processes for s in p.sockets)
+
+
+# ------------------------------------------------------------ a tool posing as a system library
+
+class _AlsoListed(SystemPackages):
+    """dpkg's lists of this machine, and the paths a test lists (as root can append them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ours: set[str] = set()
+
+    def installed(self, path: str) -> bool:
+        return path in self.ours or super().installed(path)
+
+
+@pytest.fixture
+def system_folder(tmp_path, monkeypatch):
+    """A folder taken for one of the system's library folders, with a dpkg list of its own:
+    what root sees in /usr/lib, without writing to this machine's."""
+    folder = tmp_path / "usr-lib"
+    folder.mkdir()
+    monkeypatch.setattr(content, "SYSTEM_LIBRARY_FOLDERS",
+                        content.SYSTEM_LIBRARY_FOLDERS + (f"{folder}/",))
+    sampler = ProcessSampler()
+    sampler.content.system_packages = packages = _AlsoListed()
+
+    def listed(name: str, source: str) -> Path:
+        path = folder / name
+        shutil.copy(source, path)
+        os.chmod(path, 0o644)
+        packages.ours.add(str(path))
+        return path
+
+    yield sampler, listed
+    sampler.content.close()
+
+
+@needs_microsocks
+@pytest.mark.skipif(not ROOT, reason="the attacker is root: writes a system folder")
+def test_a_tool_copied_over_a_library_dpkg_lists_is_recognised(system_folder):
+    sampler, listed = system_folder
+    library = listed("libpopt.so.0.0.2", MICROSOCKS)
+    assert sampler.content.system_packages.installed(str(library))
+    with _group([LOADER, str(library), "-i", "127.0.0.1", "-p", str(_free_port())]) as tool:
+        _, ids = _detections_until(sampler, tool.pid,
+                                   lambda snap, ids: _listening(snap) and "proxy-content" in ids)
+        assert "proxy-content" in ids
+
+
+@needs_microsocks
+@pytest.mark.skipif(not ROOT or shutil.which("unshare") is None or not os.path.exists(LISTED),
+                    reason="needs root, unshare and a library dpkg lists")
+def test_a_tool_bind_mounted_over_a_system_library_in_a_namespace_of_its_own_is_recognised():
+    """The guard's view of the path is the real libpopt; the process maps microsocks there."""
+    port = _free_port()
+    script = (f"mount --bind {MICROSOCKS} {LISTED} && "
+              f"exec {LOADER} {LISTED} -i 127.0.0.1 -p {port}")
+    sampler = ProcessSampler()
+    try:
+        with _group(["unshare", "-m", "--propagation", "private", "sh", "-c", script]) as tool:
+            snapshot, ids = _detections_until(
+                sampler, tool.pid, lambda snap, ids: _listening(snap) and "proxy-content" in ids)
+            assert any("microsocks" in p.exe_markers for p in snapshot.processes)
+    finally:
+        sampler.content.close()
+
+
+@pytest.mark.skipif(not ROOT, reason="the near-miss of a root attacker's folder")
+def test_an_honest_library_installed_in_the_session_is_read_and_left_alone(system_folder):
+    """`apt-get install` of a library in the session: read (no longer taken as known clean),
+    carries no marker, nothing found; the libraries dpkg installed before are still not read."""
+    sampler, listed = system_folder
+    library = listed("libpopt.so.0.0.2", LISTED if os.path.exists(LISTED) else
+                     "/usr/lib/x86_64-linux-gnu/libz.so.1")
+    code = ("import ctypes, sys\nctypes.CDLL(sys.argv[1])\nprint('loaded', flush=True)\n"
+            "sys.stdin.read()\n")
+    with _group([PYTHON, "-c", code, str(library)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE) as honest:
+        honest.stdout.readline()
+
+        def read(snapshot, ids):
+            for key, info in list(sampler.content._libraries.items()):
+                if str(library) in [path for _, path, _ in info.files]:
+                    return not sampler.content._libraries_pending(key)
+            return False
+
+        snapshot, ids = _detections_until(sampler, honest.pid, read)
+        files = [path for info in sampler.content._libraries.values() for _, path, _ in info.files]
+        assert not any(os.path.basename(f).startswith("libc.so") for f in files)
+        assert not ids
+        assert not [m for p in snapshot.processes for m in p.exe_markers
+                    if not m.startswith(("interpreter:", "exe:"))]
