@@ -12,6 +12,13 @@ Found and fixed:
   guard finds that very file at its path itself (not through /proc/PID/map_files) and it has
   not changed (its inode's ctime, which root cannot set back) since the kernel's session began,
   as `exe:new` already holds programs in /usr/bin to (content._mapped_file_key).
+- A tool run again and again as a fresh copy (a new inode each time: never cached), each run
+  gone within 0.6 s, before the next tick of the default 1 s interval: each copy was seen at
+  one tick with its file's scan pending and was gone at the next, for good (a SOCKS proxy up
+  most of the time, never named). A background scan that finds a tool now has the monitor
+  tick at once and every 0.1 s for a second (ContentScanner.on_found, Monitor._found_burst):
+  the copy is still running, and named with its kernel. Honest fresh programs (a build's)
+  carry no marker and bring no early tick.
 """
 
 from __future__ import annotations
@@ -174,3 +181,81 @@ def test_an_honest_library_installed_in_the_session_is_read_and_left_alone(syste
         assert not ids
         assert not [m for p in snapshot.processes for m in p.exe_markers
                     if not m.startswith(("interpreter:", "exe:"))]
+
+
+# ------------------------------------------------------------ a tool living less than a tick
+
+@pytest.fixture(scope="module")
+def server():
+    """A guarded server sampling at the default interval (1 s): the attack lives less."""
+    from tests.harness import GuardedServer
+    from tests.test_redteam_evasions import USER
+    settings = {"sample_interval": 1.0, "stop_grace": 1.0, "cell_checks": True,
+                "user_name": USER, "strike_limit": 0}
+    with GuardedServer(guard=settings) as guarded:
+        yield guarded
+
+
+@pytest.fixture
+def kernel(server):
+    from tests.test_redteam_evasions import Kernel
+    started = Kernel(server)
+    yield started
+    started.close()
+
+
+#: Each run a fresh copy (never cached: its scan starts when a tick first sees it), gone
+#: 0.6 s later: before the next tick of a 1 s interval. It waits out the quick checks the
+#: kernel hook's report of its start brings (channel.BURST_SECONDS) first.
+FRESH_COPIES = ("sleep {quiet}; i=0; while true; do i=$((i+1)); cp {tool} {folder}/healthd$i; "
+                "timeout 0.6 {folder}/healthd$i {args}; rm -f {folder}/healthd$i; done")
+
+
+@needs_microsocks
+def test_a_tool_run_as_fresh_copies_each_gone_before_the_next_tick_is_named(kernel, tmp_path):
+    """Was missed for good: each copy was seen at one tick with its scan pending, and gone
+    at the next. A background scan that finds a tool now has the monitor sample at once."""
+    from tests.harness import wait_until
+    from tests.test_redteam_evasions import USER
+    from colab_guard.channel import BURST_SECONDS
+    loop = FRESH_COPIES.format(tool=MICROSOCKS, folder=tmp_path, quiet=BURST_SECONDS + 1.5,
+                               args=f"-i 127.0.0.1 -p {_free_port()}")
+    pid, _ = kernel.start(["setsid", "bash", "-c", loop])  # its group: stopped at the end
+    try:
+        found = wait_until(lambda: kernel.incidents("proxy"), timeout=30,
+                           what="a proxy incident")
+        assert {(i["user"], i["kernel_id"]) for i in found} == {(USER, kernel.id)}
+        named = [p for i in found for p in i["evidence"]["processes"]]
+        assert named and all(os.path.basename(p["exe"]).startswith("healthd")
+                             for p in named), named
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_only_a_scan_that_finds_a_tool_has_the_sampler_look_again_at_once(tmp_path):
+    """The near-miss: a build's fresh programs (a compiler's copies, each run once) are scanned
+    as before and ask for no early tick; the tool's copy does."""
+    from colab_guard.observe.content import ContentScanner
+    scanner, told = ContentScanner(), []
+    scanner.on_found = lambda: told.append(True)
+    try:
+        for i in range(20):
+            honest = tmp_path / f"cc1-{i}"
+            shutil.copy("/bin/true", honest)
+            scanner.file_markers(str(honest), scanner.max_bytes)
+        scanner.wait(30)
+        assert all(scanner.file_markers(str(tmp_path / f"cc1-{i}"), scanner.max_bytes) == []
+                   for i in range(20))
+        assert not told
+        if MICROSOCKS is not None:
+            tool = tmp_path / "healthd"
+            shutil.copy(MICROSOCKS, tool)
+            scanner.file_markers(str(tool), scanner.max_bytes)
+            scanner.wait(30)
+            assert scanner.file_markers(str(tool), scanner.max_bytes) == ["microsocks"]
+            assert told == [True]
+    finally:
+        scanner.close()

@@ -717,6 +717,10 @@ class ContentScanner:
         #: in full at the next tick (added and pruned under the lock; the sampler's look-ups
         #: and discards are single set operations)
         self.news: set[tuple] = set()
+        #: called, from a scan's thread, when a background scan finds a tool: the owner
+        #: samples again at once, not an interval later, so that a tool living less than an
+        #: interval (a fresh copy each run, never cached) is still seen running and named
+        self.on_found: Callable[[], None] | None = None
         self.system_packages = SYSTEM_PACKAGES
         self._lock = threading.Lock()
         self._background = background
@@ -1014,6 +1018,9 @@ class ContentScanner:
                 self._scan_inline(key, *path)
             elif not self._closed:
                 self._scan_script(key, path)
+            with self._lock:
+                scan = self._cache.get(key)
+            self._tell_found(scan.markers if scan is not None else [])
         except Exception:  # a bug: said, and the next goes on
             self.log.exception("colab-guard: reading a script failed")
             with self._lock:
@@ -1179,7 +1186,16 @@ class ContentScanner:
                 self._cache[opened] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        self._tell_found(result.markers)
         return result
+
+    def _tell_found(self, markers: list[str]) -> None:
+        """Call ``on_found`` (without the lock held) if these markers name a tool."""
+        if self.on_found is not None and reported(markers):
+            try:
+                self.on_found()
+            except Exception:  # the owner's: never the scan's
+                self.log.exception("colab-guard: telling of a tool found failed")
 
     def _not_read(self, path: str, err: OSError) -> None:
         if isinstance(err, NotRegularFile):
@@ -1543,6 +1559,8 @@ class ContentScanner:
             memory.traits = traits
             memory.queued = False
             memory.checked_at = time.monotonic()
+        if memory.markers != found_before[0]:
+            self._tell_found(memory.markers)
 
 
 def script_language(exe: str, found: list[str]) -> str:
