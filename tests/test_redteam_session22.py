@@ -39,6 +39,7 @@ from colab_guard.observe import content
 from colab_guard.observe.content import SystemPackages
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON
+from tests.test_behaviour_relay import far_end  # noqa: F401 (a fixture)
 
 RULES = load_signatures()
 MICROSOCKS = shutil.which("microsocks")
@@ -197,7 +198,7 @@ def server():
 
 
 @pytest.fixture
-def kernel(server):
+def guarded_kernel(server):
     from tests.test_redteam_evasions import Kernel
     started = Kernel(server)
     yield started
@@ -212,7 +213,8 @@ FRESH_COPIES = ("sleep {quiet}; i=0; while true; do i=$((i+1)); cp {tool} {folde
 
 
 @needs_microsocks
-def test_a_tool_run_as_fresh_copies_each_gone_before_the_next_tick_is_named(kernel, tmp_path):
+def test_a_tool_run_as_fresh_copies_each_gone_before_the_next_tick_is_named(guarded_kernel,
+                                                                           tmp_path):
     """Was missed for good: each copy was seen at one tick with its scan pending, and gone
     at the next. A background scan that finds a tool now has the monitor sample at once."""
     from tests.harness import wait_until
@@ -220,6 +222,7 @@ def test_a_tool_run_as_fresh_copies_each_gone_before_the_next_tick_is_named(kern
     from colab_guard.channel import BURST_SECONDS
     loop = FRESH_COPIES.format(tool=MICROSOCKS, folder=tmp_path, quiet=BURST_SECONDS + 1.5,
                                args=f"-i 127.0.0.1 -p {_free_port()}")
+    kernel = guarded_kernel
     pid, _ = kernel.start(["setsid", "bash", "-c", loop])  # its group: stopped at the end
     try:
         found = wait_until(lambda: kernel.incidents("proxy"), timeout=30,
@@ -259,3 +262,62 @@ def test_only_a_scan_that_finds_a_tool_has_the_sampler_look_again_at_once(tmp_pa
             assert told == [True]
     finally:
         scanner.close()
+
+
+# ------------------------------------------------------------ a relay in the kernel, bound in C
+
+#: A forwarder run in the kernel's own threads: clients accepted on a port, each relayed to the
+#: far end. {bind} binds the listening socket.
+KERNEL_RELAY = """
+import socket, threading, ctypes, struct
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+def serve(server, target):
+    while True:
+        client, _ = server.accept()
+        upstream = socket.create_connection(("127.0.0.1", target))
+        threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+server = socket.socket()
+{bind}
+server.listen(64)
+threading.Thread(target=serve, args=(server, {target}), daemon=True).start()
+print("PORT", server.getsockname()[1], flush=True)
+"""
+PYTHON_BIND = 'server.bind(("127.0.0.1", 0))'
+#: libc's bind(): no audit event, so the kernel hook reports no bind
+C_BIND = ("address = struct.pack('<HH4s8x', socket.AF_INET, 0, socket.inet_aton('127.0.0.1'))\n"
+          "assert ctypes.CDLL(None, use_errno=True).bind(server.fileno(), address, 16) == 0")
+
+
+async def _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, bind: str):
+    from tests.conftest import KernelRunner, incidents_in, wait_for
+    from tests.test_behaviour_relay import _users
+    reply, outputs = await kernel.run(KERNEL_RELAY.format(bind=bind, target=far_end),
+                                      timeout=60)
+    text = KernelRunner.text(outputs)
+    assert reply["status"] == "ok", text
+    port = int(text.split()[1])
+    got = await jp_asyncio_loop.run_in_executor(
+        None, lambda: _users("plain", port, count=6, requests=3))
+    assert got and max(got) > 0, got  # users were relayed
+    found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
+                                    if i["signature"] == "proxy-relay"], timeout=30)
+    assert found[0]["kernel_id"] == kernel.kernel_id
+
+
+@pytest.mark.integration
+async def test_a_relay_in_the_kernel_bound_through_libc_is_stopped(kernel, guard_config, far_end,
+                                                                   jp_asyncio_loop):
+    """Checked, stopped already: the hook reports no bind, yet the port is not taken for one
+    of the kernel's own Jupyter ports (a Python bind, PYTHON_BIND, is stopped the same way)."""
+    await _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, C_BIND)
