@@ -19,6 +19,18 @@ Found and fixed:
   tick at once and every 0.1 s for a second (ContentScanner.on_found, Monitor._found_burst):
   the copy is still running, and named with its kernel. Honest fresh programs (a build's)
   carry no marker and bring no early tick.
+- The node watcher took a kernel's child that dropped the marker from its environment (`env
+  -u COLAB_GUARD_KERNEL_ID`) and named a connection file on its command line (`-f
+  kernel-X.json`) for a kernel of its own (as one started without the extension is): its
+  offences named kernel X, which no server knows, never the kernel that started it. A process
+  under a kernel is now that kernel's whatever its command line names (kernels._under_a_kernel);
+  a kernel started without the extension by a process that is no kernel's is one, as before.
+
+Checked and stopped already (kept as tests where cheap): a relay in the kernel's own threads
+whose listening socket is bound through libc (no audit event, no bind reported); a library
+injected into a running Python process with gdb (`call dlopen(...)`: torrent-library-loaded
+about a second later); honest: a C extension built with `-j 4` (four times), 450 curl
+downloads against the user's own http.server, a dask LocalCluster computing for 30 s.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from colab_guard.detect.engine import Engine
@@ -39,6 +52,7 @@ from colab_guard.observe import content
 from colab_guard.observe.content import SystemPackages
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON
+from tests.harness import wait_until
 from tests.test_behaviour_relay import far_end  # noqa: F401 (a fixture)
 
 RULES = load_signatures()
@@ -321,3 +335,61 @@ async def test_a_relay_in_the_kernel_bound_through_libc_is_stopped(kernel, guard
     """Checked, stopped already: the hook reports no bind, yet the port is not taken for one
     of the kernel's own Jupyter ports (a Python bind, PYTHON_BIND, is stopped the same way)."""
     await _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, C_BIND)
+
+
+# ------------------------------------------------------------ a kernel's child posing as a kernel
+
+@pytest.fixture(scope="module")
+def watch_users():
+    """The node watcher red team's Unix users (created for the module, removed after)."""
+    if os.geteuid() != 0 or not Path("/usr/sbin/useradd").exists():
+        pytest.skip("creates Unix users: root only")
+    from tests.test_watch import made_users
+    from tests.test_redteam_watcher import MALLORY, OTHER
+    yield from made_users((MALLORY, OTHER))
+
+def test_a_kernels_child_naming_a_connection_file_is_the_kernels_not_a_kernel_of_its_own(
+        watch_users):
+    """`env -i` and `-f kernel-ID.json` on its command line: the node watcher took the child
+    for a kernel of its own (a kernel started without the extension), so that its offences
+    named a kernel that does not exist, never the one it was started from. A process under a
+    kernel is that kernel's, whatever its command line names."""
+    from colab_guard.watch.kernels import NodeKernels
+    from tests.test_redteam_watcher import MALLORY, _as
+
+    child = "env -u COLAB_GUARD_KERNEL_ID sh -c 'sleep 60; :' -f /tmp/kernel-posing22.json"
+    kernel = _as(watch_users[MALLORY], ["sh", "-c", f"{child} & sleep 60; :"],
+                 {"COLAB_GUARD_KERNEL_ID": "k22"})
+    try:
+        node = NodeKernels(users=(MALLORY,))
+        wait_until(lambda: any("kernel-posing22" in " ".join(p.cmdline())
+                               for p in psutil.Process(kernel.pid).children()),
+                   timeout=20, what="the child started")
+        node.refresh()
+        assert "k22" in node.pids()
+        assert "posing22" not in node.pids()
+    finally:
+        for proc in psutil.Process(kernel.pid).children(recursive=True):
+            proc.kill()
+        kernel.kill()
+        kernel.wait()
+
+
+def test_a_kernel_started_without_the_extension_is_still_known_by_its_connection_file(
+        watch_users):
+    """The near-miss: a kernel whose server runs without the extension (no marker), started
+    by a process that is no kernel's, is a kernel by its connection file, as before."""
+    from colab_guard.watch.kernels import NodeKernels
+    from tests.test_redteam_watcher import MALLORY, _as
+
+    argv = ["sh", "-c", "sleep 60; :", "-f", "/tmp/kernel-plain22.json"]
+    kernel = _as(watch_users[MALLORY], argv, {})
+    try:
+        node = NodeKernels(users=(MALLORY,))
+        wait_until(lambda: "kernel-plain22" in " ".join(psutil.Process(kernel.pid).cmdline()),
+                   timeout=20, what="the kernel started")
+        node.refresh()
+        assert node.pids().get("plain22") == kernel.pid
+    finally:
+        kernel.kill()
+        kernel.wait()
