@@ -113,8 +113,7 @@ class Monitor:
         if content is not None:
             # A tool found by a background scan is judged at once, and for a moment after:
             # a fresh copy that lives less than an interval is still running then.
-            content.on_found = lambda: loop.is_closed() or \
-                loop.call_soon_threadsafe(self._found_burst, loop)
+            content.on_found = lambda: self._found_from_a_scan(loop)
         if self.gpu is not None:
             await loop.run_in_executor(self._sampling, self.gpu.start)
         next_at = loop.time()
@@ -162,6 +161,13 @@ class Monitor:
                       "gpu_memory_mb": round(sum(p.gpu_memory_mb for p in snap.processes), 1)}
                 for kid, snap in snapshots.items()}
         return snapshots
+
+    def _found_from_a_scan(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From a scan's thread: have the loop tick at once (``_found_burst``)."""
+        try:
+            loop.call_soon_threadsafe(self._found_burst, loop)
+        except RuntimeError:
+            pass  # the loop is closed: the server is stopping
 
     def _found_burst(self, loop: asyncio.AbstractEventLoop) -> None:
         """A scan found a tool: tick now, and every FOUND_BURST_STEP for a moment."""

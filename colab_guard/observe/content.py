@@ -1355,6 +1355,7 @@ class ContentScanner:
                 if start is None:
                     return True  # forgotten meanwhile: gone
                 libraries = self._libraries[key] = _Libraries(start=start, session=session)
+            libraries.session = libraries.session or session  # (unknown at its first look)
             if libraries.queued:
                 return False
             if libraries.looked_at and (libraries.code == code and
