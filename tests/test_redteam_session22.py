@@ -511,7 +511,7 @@ def test_a_miner_hopping_to_a_new_pid_every_0_8_s_is_measured(pool):
     from tests.test_behaviour_redteam import MINING_FIELDS, _mines, watched_for_a_window
 
     watched = watched_for_a_window(HOPPING_MINER, int(pool.rsplit(":", 1)[1]))
-    if len(watched.seen) < 4:  # the premise (not what the xfail expects): hops were seen
+    if len(watched.seen) < 2:  # the premise (not what the xfail expects): hops were seen
         raise RuntimeError(f"the hopping miner was not seen at its hops: {watched.seen}")
     assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
                for fields in watched.seen.values())
