@@ -47,6 +47,10 @@ PACKAGE_LOOKUP_TIMEOUT = 5.0
 #: An incident lists at most this many offending processes, matches and stops; the rest are
 #: counted (``evidence["not_shown"]``), their stops' outcomes summed up in one action.
 MAX_PROCESSES_SHOWN = 20
+#: After a background scan finds a tool, ticks this often for this long: the program it was
+#: found in may not hold its socket yet at the first look, and may live less than an interval
+FOUND_BURST_STEP = 0.1
+FOUND_BURST_SECONDS = 1.0
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Monitor:
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._found_until = 0.0  # loop time: quick ticks until then (_found_burst)
         self._running = False
         self._reported_stats: dict[str, int] = {}
         self._coalescing: dict[str, Coalesced] = {}  # kernel -> its open coalesced incident
@@ -104,6 +109,11 @@ class Monitor:
         self._running = True
         interval = self.settings.sample_interval
         loop = asyncio.get_running_loop()
+        content = getattr(self.sampler, "content", None)  # a replaying sampler has none
+        if content is not None:
+            # A tool found by a background scan is judged at once, and for a moment after:
+            # a fresh copy that lives less than an interval is still running then.
+            content.on_found = lambda: self._found_from_a_scan(loop)
         if self.gpu is not None:
             await loop.run_in_executor(self._sampling, self.gpu.start)
         next_at = loop.time()
@@ -117,6 +127,8 @@ class Monitor:
             if delay < 0:
                 metrics.TICKS_MISSED.inc(int(-delay // interval) + 1)
                 next_at, delay = loop.time(), 0
+            if loop.time() < self._found_until:
+                delay = min(delay, FOUND_BURST_STEP)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -149,6 +161,18 @@ class Monitor:
                       "gpu_memory_mb": round(sum(p.gpu_memory_mb for p in snap.processes), 1)}
                 for kid, snap in snapshots.items()}
         return snapshots
+
+    def _found_from_a_scan(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From a scan's thread: have the loop tick at once (``_found_burst``)."""
+        try:
+            loop.call_soon_threadsafe(self._found_burst, loop)
+        except RuntimeError:
+            pass  # the loop is closed: the server is stopping
+
+    def _found_burst(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A scan found a tool: tick now, and every FOUND_BURST_STEP for a moment."""
+        self._found_until = loop.time() + FOUND_BURST_SECONDS
+        self._wake.set()
 
     def check_soon(self) -> None:
         """Run the next tick now (the kernel hook saw something happen)."""

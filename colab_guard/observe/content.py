@@ -625,11 +625,15 @@ class SystemPackages:
 SYSTEM_PACKAGES = SystemPackages()
 
 
-def _mapped_file_key(pid: int, mapped: MappedFile) -> tuple[FileKey, str, bool] | None:
+def _mapped_file_key(pid: int, mapped: MappedFile, session: float | None = None
+                     ) -> tuple[FileKey, str, bool] | None:
     """The key of a mapped file, a path that reads it (its path if that is still the very file
     mapped, the same inode, else the mapping itself: /proc/PID/map_files, which only root may
     open), and whether it is one of the system's own libraries (a root-owned file no one else
-    may write, in a system folder); None if it cannot be read (it moved after it was loaded)."""
+    may write, in a system folder, that the guard finds at that path itself, unchanged since
+    the kernel's ``session`` began); None if it cannot be read (it moved after it was loaded).
+    Colab's kernels run as root: a tool copied over a library dpkg lists, or bind-mounted
+    over one in a mount namespace of the kernel's own, is no file of the distribution's."""
     for path in (mapped.path, f"/proc/{pid}/map_files/{mapped.start:x}-{mapped.end:x}"):
         try:
             st = os.stat(path)
@@ -637,8 +641,9 @@ def _mapped_file_key(pid: int, mapped: MappedFile) -> tuple[FileKey, str, bool] 
             continue
         # The device is not compared: on overlayfs, maps shows the layer's, stat the overlay's.
         if st.st_ino == mapped.inode and stat.S_ISREG(st.st_mode):
-            system = st.st_uid == 0 and not st.st_mode & 0o022 and \
-                mapped.path.startswith(SYSTEM_LIBRARY_FOLDERS)
+            system = st.st_uid == 0 and not st.st_mode & 0o022 and path == mapped.path \
+                and mapped.path.startswith(SYSTEM_LIBRARY_FOLDERS) \
+                and (session is None or st.st_ctime <= session)
             return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), path, system
     return None
 
@@ -666,6 +671,7 @@ class _Libraries:
     """What a process has mapped executable, as last looked at (``ContentScanner``)."""
 
     start: int  # its start (clock ticks after boot): the pid's identity
+    session: float | None = None  # when its kernel's session began (epoch seconds)
     code: int = -1  # its executable memory then (executable_kib)
     looked_at: float = 0.0  # monotonic; 0: never
     # each file's key, a path to read it by, and whether it is a system library
@@ -742,6 +748,10 @@ class ContentScanner:
         #: in full at the next tick (added and pruned under the lock; the sampler's look-ups
         #: and discards are single set operations)
         self.news: set[tuple] = set()
+        #: called, from a scan's thread, when a background scan finds a tool: the owner
+        #: samples again at once, not an interval later, so that a tool living less than an
+        #: interval (a fresh copy each run, never cached) is still seen running and named
+        self.on_found: Callable[[], None] | None = None
         self.system_packages = SYSTEM_PACKAGES
         self._lock = threading.Lock()
         self._background = background
@@ -833,14 +843,16 @@ class ContentScanner:
             self._program_traits[(key, exe)] = tuple(traits)
         return traits
 
-    def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None) -> bool:
+    def settled(self, pid: int, exe: str, cmdline: list[str], key: tuple | None = None,
+                session: float | None = None) -> bool:
         """Whether the files of a process have all been scanned already (and, given its key,
         its memory once it has run a little), so that ``process_markers`` answers from the
-        cache, finally (until the files change, or the process does). Schedules what is due."""
+        cache, finally (until the files change, or the process does). Schedules what is due.
+        ``session``: when its kernel's session began (a library written since is read)."""
         done = self.files_settled(pid, exe, cmdline, key)
         if key is not None and not self._memory_settled(pid, exe, key):
             done = False
-        if key is not None and not self._libraries_settled(pid, key):
+        if key is not None and not self._libraries_settled(pid, key, session):
             done = False
         return done
 
@@ -1043,6 +1055,9 @@ class ContentScanner:
                 self._scan_inline(key, *path)
             elif not self._closed:
                 self._scan_script(key, path)
+            with self._lock:
+                scan = self._cache.get(key)
+            self._tell_found(scan.markers if scan is not None else [])
         except Exception:  # a bug: said, and the next goes on
             self.log.exception("colab-guard: reading a script failed")
             with self._lock:
@@ -1210,7 +1225,16 @@ class ContentScanner:
                 self._cache[opened] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        self._tell_found(result.markers)
         return result
+
+    def _tell_found(self, markers: list[str]) -> None:
+        """Call ``on_found`` (without the lock held) if these markers name a tool."""
+        if self.on_found is not None and reported(markers):
+            try:
+                self.on_found()
+            except Exception:  # the owner's: never the scan's
+                self.log.exception("colab-guard: telling of a tool found failed")
 
     def _not_read(self, path: str, err: OSError) -> None:
         if isinstance(err, NotRegularFile):
@@ -1353,7 +1377,7 @@ class ContentScanner:
 
     # ------------------------------------------------------------ libraries
 
-    def _libraries_settled(self, pid: int, key: tuple) -> bool:
+    def _libraries_settled(self, pid: int, key: tuple, session: float | None = None) -> bool:
         """Whether what the process has mapped executable was looked at and holds: its
         executable memory (``executable_kib``) has not changed since, as loading a library
         changes it (and allocating data does not). Queues a look once it has run
@@ -1372,7 +1396,8 @@ class ContentScanner:
             if libraries is None:
                 if start is None:
                     return True  # forgotten meanwhile: gone
-                libraries = self._libraries[key] = _Libraries(start=start)
+                libraries = self._libraries[key] = _Libraries(start=start, session=session)
+            libraries.session = libraries.session or session  # (unknown at its first look)
             if libraries.queued:
                 return False
             if libraries.looked_at and (libraries.code == code and
@@ -1454,7 +1479,7 @@ class ContentScanner:
                 program = None
             for mapped_file in mapped:
                 if mapped_file.inode != program:
-                    found = _mapped_file_key(pid, mapped_file)
+                    found = _mapped_file_key(pid, mapped_file, libraries.session)
                     if found is not None and not _known_clean(mapped_file, found[2],
                                                               self.system_packages):
                         files.append(found)
@@ -1577,6 +1602,8 @@ class ContentScanner:
             memory.traits = traits
             memory.queued = False
             memory.checked_at = time.monotonic()
+        if memory.markers != found_before[0]:
+            self._tell_found(memory.markers)
 
 
 def script_language(exe: str, found: list[str]) -> str:

@@ -661,9 +661,10 @@ class ProcessSampler:
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         self.content.news.discard(key)  # taken now, whatever the memory scan found
-        settled = self.content.settled(pid, sample.exe, sample.cmdline, key)
+        session = self._sessions.get(state.owner)
+        settled = self.content.settled(pid, sample.exe, sample.cmdline, key, session)
         sample.exe_markers = self.content.process_markers(pid, sample.exe, sample.cmdline, key,
-                                                          self._sessions.get(state.owner))
+                                                          session)
         if before is not None and (before.exe, before.name) != (sample.exe, sample.name):
             state.changed_at = now  # it exec'd: read in full for a while, as a new process is
         if activity is not None and self.stats.denied == denied_before:  # a complete read
@@ -786,9 +787,10 @@ class ProcessSampler:
         if quiet.markers_pending:
             # Taken as each scan ends (a library's can end long before the memory scan
             # queued behind it); pending until all have.
-            settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key)
+            session = self._sessions.get(state.owner)
+            settled = self.content.settled(last.pid, last.exe, last.cmdline, entry.key, session)
             markers = self.content.process_markers(last.pid, last.exe, last.cmdline, entry.key,
-                                                   self._sessions.get(state.owner))
+                                                   session)
             if markers != last.exe_markers:  # the same: the same sample is handed on
                 last = last.but(exe_markers=markers)
             quiet.markers_pending = not settled

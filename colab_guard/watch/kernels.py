@@ -68,6 +68,8 @@ _CONNECTION_FILE = re.compile(r"(?:^|/)kernel-([A-Za-z0-9._-]{1,128})\.json$")
 _SERVER = re.compile(r"(?:^|[/ ])(?:jupyter[-_ ](?:lab|server|notebook)|jupyterhub-singleuser"
                      r"|jupyter_server|jupyterlab|notebook\.app)\b")
 TERMINAL_PREFIX = "terminal-"
+#: ancestors of a process walked, at most, to find a kernel above it (_under_a_kernel)
+MAX_ANCESTORS = 64
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Seen:
     tty: int = 0
     term: bool = False  # TERM in its environment
     server: bool = False  # its command line is a Jupyter server's
+    by_file: bool = False  # its marker is the connection file its command line names
 
 
 @dataclass
@@ -302,7 +305,7 @@ class NodeKernels:
             value = word[4:] if word.startswith("--f=") else word if before == "-f" else None
             found = _CONNECTION_FILE.search(value) if value else None
             if found:
-                info.marker = found.group(1)
+                info.marker, info.by_file = found.group(1), True
                 return
         info.server = bool(_SERVER.search(" ".join(argv[:4])))
 
@@ -313,7 +316,8 @@ class NodeKernels:
         for _, info in self._seen.values():
             if info is not None and info.marker and self._is_user(info.uid):
                 parent = self._seen.get(info.ppid, (0, None))[1]
-                if parent is None or parent.marker != info.marker:
+                if (parent is None or parent.marker != info.marker) and not (
+                        info.by_file and self._under_a_kernel(info)):
                     carriers.setdefault(info.marker, []).append(info)
         for info in self._terminals(carriers):
             carriers[f"{TERMINAL_PREFIX}{info.pid}"] = [info]
@@ -356,6 +360,20 @@ class NodeKernels:
             del self._retired[kernel_id]
         self._kernels = kernels
         self._elected_for = set(self.attributed)
+
+    def _under_a_kernel(self, info: Seen) -> bool:
+        """Whether a process descends from one that carries a kernel's marker (a user's): a
+        kernel's child that drops the marker from its environment and names a connection
+        file on its command line is that kernel's, not a kernel of its own (whose offences
+        would name a kernel no server knows, and never the one that started it)."""
+        for _ in range(MAX_ANCESTORS):
+            parent = self._seen.get(info.ppid, (0, None))[1]
+            if parent is None or parent.pid == info.pid:
+                return False
+            if parent.marker and self._is_user(parent.uid):
+                return True
+            info = parent
+        return False
 
     def _terminals(self, carriers: dict[str, list[Seen]]) -> list[Seen]:
         """Terminal shells of the users' Jupyter servers: a controlling terminal, TERM, no
