@@ -875,6 +875,7 @@ def code_evidence(marshaled: bytes) -> Evidence:
         return Evidence()
     evidence = Evidence()
     aliases: dict[str, str] = {}  # a name an import was stored under -> the module path
+    texts: dict[str, set[str]] = {}  # a name -> the text constants stored in it
     stack, seen = [top], 0
     while stack and seen < 100_000:
         code = stack.pop()
@@ -883,7 +884,7 @@ def code_evidence(marshaled: bytes) -> Evidence:
             continue
         evidence.names.update(code.co_names)
         evidence.names.add(code.co_name)
-        _read_instructions(code, evidence, aliases)
+        _read_instructions(code, evidence, aliases, texts)
         for const in code.co_consts:
             if hasattr(const, "co_code"):
                 stack.append(const)
@@ -914,10 +915,13 @@ def _flat(constant: tuple, depth: int = 3):
             yield from _flat(item, depth - 1)
 
 
-def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> None:
-    """A code object's imports (and the names they are stored under), the modules' functions
-    it uses (``asyncssh.listen``), keyword and key names, network calls, and requests built as
-    ``{"method": "x"}`` (two constants in a row)."""
+def _read_instructions(code, evidence: Evidence, aliases: dict[str, str],
+                       texts: dict[str, set[str]] | None = None) -> None:
+    """A code object's imports (and the names they are stored under; ``import_module(NAME)``
+    of a name a text constant is stored in, ``texts``: in the module's code read before), the
+    modules' functions it uses (``asyncssh.listen``), keyword and key names, network calls,
+    and requests built as ``{"method": "x"}`` (two constants in a row)."""
+    texts = {} if texts is None else texts
     import dis
 
     imported = module = before = None
@@ -945,7 +949,14 @@ def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> Non
         elif op.startswith("STORE_") and imported is not None:
             aliases[value] = imported if op != "STORE_ATTR" else aliases.get(value, value)
             imported = None
+        elif op in ("STORE_NAME", "STORE_GLOBAL", "STORE_FAST", "STORE_DEREF") and \
+                before is not None and before.opname == "LOAD_CONST" and \
+                isinstance(before.argval, str) and len(texts.get(value, ())) < LOOP_VALUES:
+            texts.setdefault(value, set()).add(before.argval)  # NAME = "pool_client"
         elif op in _LOADS:
+            if op != "LOAD_ATTR" and value in texts and before is not None and \
+                    before.opname in _LOADS and before.argval in IMPORT_CALLS:
+                evidence.imports.update(texts[value])  # import_module(NAME)
             if value in NETWORK_CALLS:
                 evidence.network = True
             if op in ("LOAD_ATTR", "LOAD_METHOD") and before is not None and \
@@ -1097,7 +1108,7 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
             evidence.merge(found)
             return _followed(found.imports | found.relative)
 
-        frozen.read_program(fd, size, read_code, parse_bytes)
+        frozen.read_program(fd, size, read_code, parse_bytes, shadowing=shadowing)
         return {"evidence": evidence.to_json(), "frozen": True}
     texts: list[bytes] = []
 
@@ -1112,11 +1123,96 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
 
 def _followed(modules) -> list[str]:
     """The imported modules of a frozen program read with it: its own, not the standard
-    library, PyInstaller's loader or a library a marker is about."""
+    library (unless it is not the standard library's code: ``shadowing``) or a library a
+    marker is about. PyInstaller's loader (``pyimod01_archive``...) is not in the PYZ: a
+    module of the PYZ named so is the program's own."""
     return sorted(m for m in modules
                   if m.lstrip(".") and m.lstrip(".").split(".")[0] not in sys.stdlib_module_names
-                  and m.lstrip(".").split(".")[0] not in MARKED_LIBRARIES
-                  and not m.startswith(("pyimod", "pyi_")))
+                  and m.lstrip(".").split(".")[0] not in MARKED_LIBRARIES)
+
+
+#: Bytes of the guard's own copy of a standard module (its .pyc, else its source) read.
+STANDARD_BYTES = 4 << 20
+_STANDARD: dict[tuple[str, bool], frozenset | None] = {}
+
+
+def shadowing(name: str, marshaled: bytes, is_package: bool) -> bool:
+    """Whether a frozen module named as one of the standard library's is not its code: names
+    or text constants the guard's own copy of that module (the same Python version) does not
+    have (the program's own ``this.py``, ``json/decoder.py`` changed). A module this
+    Python's library lacks (``idlelib.x``) is not its code either."""
+    import marshal
+
+    reference = _standard_strings(name, is_package)
+    if reference is None:
+        return True
+    try:
+        code = marshal.loads(marshaled)
+    except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        return False  # not code: nothing to read in it either
+    return not _code_strings(code) <= reference
+
+
+def _standard_strings(name: str, is_package: bool) -> frozenset | None:
+    """The names and text constants of the guard's own copy of a standard module (cached):
+    its cached .pyc, else its source compiled. None: it has none."""
+    key = (name, is_package)
+    if key not in _STANDARD:
+        _STANDARD[key] = _read_standard(name, is_package)
+    return _STANDARD[key]
+
+
+def _read_standard(name: str, is_package: bool) -> frozenset | None:
+    import importlib.util
+    import marshal
+
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    source = os.path.join(os.path.dirname(os.__file__), *parts)
+    source = os.path.join(source, "__init__.py") if is_package else source + ".py"
+    try:
+        with open(importlib.util.cache_from_source(source), "rb") as f:
+            data = f.read(STANDARD_BYTES)
+        if data[:4] == importlib.util.MAGIC_NUMBER:
+            return _code_strings(marshal.loads(data[16:]))
+    except (OSError, ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        with open(source, "rb") as f:
+            text = f.read(STANDARD_BYTES)
+        return _code_strings(compile(text, source, "exec", dont_inherit=True))
+    except (OSError, SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+
+
+def _code_strings(top) -> frozenset:
+    """The names and text constants of a code object and those nested in it."""
+    found: set = set()
+    stack, seen = [top], 0
+    while stack and seen < 100_000:
+        code = stack.pop()
+        seen += 1
+        if not hasattr(code, "co_code"):
+            continue
+        found.update(code.co_names)
+        found.add(code.co_name)
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                stack.append(const)
+            elif isinstance(const, (str, bytes)):
+                found.add(const)
+            elif isinstance(const, (tuple, frozenset)):
+                found.update(_flat_constants(const))
+    return frozenset(found)
+
+
+def _flat_constants(constant, depth: int = 3):
+    for item in list(constant)[:10_000]:
+        if isinstance(item, (str, bytes)):
+            yield item
+        elif isinstance(item, (tuple, frozenset)) and depth > 1:
+            yield from _flat_constants(item, depth - 1)
 
 
 # ------------------------------------------------------------------ shell

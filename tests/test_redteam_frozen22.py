@@ -1,0 +1,239 @@
+"""Red team of the PyInstaller reader (session 22), with real PyInstaller builds: a frozen
+Stratum miner hidden in a module of its own named as a standard library module (``this``-like
+``antigravity``, a copy of ``json`` whose ``json.decoder`` is changed), as PyInstaller's
+loader (``pyi_rth_update``), as a marked library (``asyncssh``), imported by a name kept in a
+constant, or behind an archive whose ELF section is renamed, its cookie's magic patched (in
+the bootloader too) and bytes appended; and honest near-misses: a frozen CLI with a module of
+its own named ``secrets``, genuine standard modules left unread, ordinary ELF programs."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+
+import pytest
+
+from colab_guard.observe import frozen, scripts
+from colab_guard.observe.content import PACKED_PYINSTALLER, ContentScanner, reported
+from tests.standins import pool as standin_pool
+from tests.test_frozen_python import (_answer, _archive, _code, _detections, _pyinstaller)
+
+#: The Stratum client, as a function a module runs when given the pool's port.
+MINER = r'''
+import json, socket, sys, time
+def run(port):
+    sock = socket.create_connection(("127.0.0.1", port))
+    login = [{"id": 1, "method": "mining.subscribe", "params": ["m/1"]},
+             {"id": 2, "method": "mining.authorize", "params": ["w", "x"]}]
+    sock.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in login))
+    while sock.recv(65536):
+        time.sleep(0.2)
+if len(sys.argv) > 1 and sys.argv[1].isdigit():
+    run(int(sys.argv[1]))
+'''
+
+HONEST_SECRETS = '''"""The app's own settings of secrets (an API token from the environment)."""
+import os
+TOKEN = os.environ.get("APP_TOKEN", "")
+'''
+HONEST_CLI = '''
+import argparse, json, logging, urllib.request
+import secrets
+def main():
+    parser = argparse.ArgumentParser(description="report to a local server")
+    parser.add_argument("port", type=int)
+    args = parser.parse_args()
+    request = urllib.request.Request(f"http://127.0.0.1:{args.port}/report",
+                                     data=json.dumps({"token": secrets.TOKEN}).encode())
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        logging.warning("%s", answer.read())
+main()
+'''
+
+
+def _freeze(folder, files: dict[str, str], mode: str = "--onefile") -> str:
+    """The program ``tool.py`` beside its own ``files`` (relative paths), frozen by the real
+    PyInstaller; its executable's path."""
+    folder.mkdir()
+    for path, text in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(text)
+    subprocess.run(_pyinstaller() + [mode, "--noconfirm", "--log-level", "WARN",
+                                     "--workpath", str(folder / "work"),
+                                     "--specpath", str(folder / "spec"),
+                                     "--distpath", str(folder / "dist"), "tool.py"],
+                   check=True, cwd=folder, stdout=subprocess.DEVNULL)
+    return str(folder / "dist" / "tool" / "tool") if mode == "--onedir" else \
+        str(folder / "dist" / "tool")
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> dict[str, str]:
+    top = tmp_path_factory.mktemp("rtf22")
+    json_folder = os.path.dirname(json_file := __import__("json").__file__)
+    json_copy = {f"json/{n}": open(os.path.join(json_folder, n)).read()
+                 for n in os.listdir(json_folder) if n.endswith(".py")}
+    json_copy["json/decoder.py"] += MINER  # the package is the library's, but one module
+    del json_file
+    return {
+        "antigravity": _freeze(top / "a", {"tool.py": "import json, socket\nimport antigravity\n",
+                                           "antigravity.py": MINER}),
+        "json": _freeze(top / "j", {"tool.py": "import json\nprint(json.dumps({}))\n",
+                                    **json_copy}),
+        "pyi": _freeze(top / "p", {"tool.py": "import pyi_rth_update\n",
+                                   "pyi_rth_update.py": MINER}),
+        "asyncssh": _freeze(top / "s", {"tool.py": "import asyncssh\n",
+                                        "asyncssh/__init__.py": MINER}),
+        "honest": _freeze(top / "h", {"tool.py": HONEST_CLI, "secrets.py": HONEST_SECRETS},
+                          "--onedir"),
+    }
+
+
+@pytest.fixture
+def scanner():
+    found = ContentScanner(background=False)
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def pool():
+    server = standin_pool.serve()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def _markers(path) -> list[str]:
+    return scripts.code_markers(scripts.Evidence.from_json(_answer(path).get("evidence", {})))
+
+
+def _frozen_markers(scanner: ContentScanner, path: str) -> list[str]:
+    return reported(scanner.script_markers(path, scripts.FROZEN))
+
+
+# ------------------------------------------------------------ shadowing the standard library
+
+
+def test_a_miner_in_the_programs_own_module_named_as_a_standard_one_is_read(builds, scanner):
+    """``import antigravity``: the program's own antigravity.py, not the library's (its code
+    has names and texts the guard's own copy of the module lacks)."""
+    assert _frozen_markers(scanner, builds["antigravity"]) == ["stratum-miner"]
+
+
+def test_a_copy_of_a_standard_package_changed_in_one_module_is_read(builds):
+    """``json`` is the library's own code (so not read), ``json.decoder`` is not: every
+    module of the PYZ named as a standard one is compared, not only those the program's
+    code imports (only ``json`` imports ``json.decoder``)."""
+    assert _markers(builds["json"]) == ["stratum-miner"]
+
+
+def test_a_standard_module_of_the_same_python_is_the_librarys_own(builds):
+    """The near-miss: an honest build's standard modules (argparse, json, urllib...) are the
+    guard's own copies' code, and are not read; only its own ``secrets`` is."""
+    fd = os.open(builds["honest"], os.O_RDONLY)
+    flagged: list[str] = []
+    try:
+        frozen.read_program(fd, os.fstat(fd).st_size, lambda n, d, p: [], 1 << 20,
+                            shadowing=lambda n, d, p: scripts.shadowing(n, d, p)
+                            and not flagged.append(n))
+    finally:
+        os.close(fd)
+    assert flagged == ["secrets"]
+
+
+def test_an_honest_cli_with_its_own_secrets_module_is_read_and_left_alone(builds, scanner):
+    evidence = scripts.Evidence.from_json(_answer(builds["honest"])["evidence"])
+    assert "TOKEN" in evidence.names and evidence.network  # its secrets.py and urlopen: read
+    assert _frozen_markers(scanner, builds["honest"]) == []
+
+
+def test_a_module_named_as_pyinstallers_own_is_the_programs(builds):
+    """PyInstaller's loader (pyimod01_archive...) is not in the PYZ, and its runtime hooks
+    are entry scripts: a PYZ module named ``pyi_rth_update`` is the program's."""
+    assert _markers(builds["pyi"]) == ["stratum-miner"]
+
+
+@pytest.mark.xfail(strict=True, reason="a marked library's own modules are not read (asyncssh's "
+                   "give server host keys): the program's own package named asyncssh is "
+                   "taken for the library; telling them apart needs a copy of the library")
+def test_a_miner_in_a_package_of_its_own_named_asyncssh_is_read(builds):
+    assert _markers(builds["asyncssh"]) == ["stratum-miner"]
+
+
+# ------------------------------------------------------------ imports by a constant's name
+
+
+def _program_importing(script: str) -> bytes:
+    module = zlib.compress(marshal.dumps(compile(MINER.replace("sys.argv[1].isdigit()", "1"),
+                                                 "pool_client", "exec")))
+    table = marshal.dumps([("pool_client", (0, 16, len(module)))])
+    pyz = b"PYZ\0" + b"\0" * 4 + struct.pack("!i", 16 + len(module)) + b"\0" * 4 + module + table
+    return _archive([("tool", b"s", _code(script)), ("PYZ.pyz", b"z", pyz)])
+
+
+def test_a_module_imported_by_a_name_kept_in_a_constant_is_read(tmp_path):
+    """``importlib.import_module(NAME)``, ``__import__(NAME)`` in a function: NAME holds a
+    text constant (PyInstaller bundles it by ``--hidden-import``)."""
+    for script in ('import importlib\nNAME = "pool_client"\nimportlib.import_module(NAME)\n',
+                   'def load():\n    return __import__(NAME)\nNAME = "pool_client"\nload()\n'):
+        path = tmp_path / "tool"
+        path.write_bytes(_program_importing(script))
+        assert _markers(path) == ["stratum-miner"], script
+
+
+def test_a_constant_named_but_not_imported_is_not_read(tmp_path):
+    path = tmp_path / "tool"
+    path.write_bytes(_program_importing('import os\nNAME = "pool_client"\n'
+                                        'print(os.environ.get(NAME))\n'))
+    assert _markers(path) == []
+
+
+# ------------------------------------------------------------ the archive
+
+
+def _disguised(source: str, folder) -> str:
+    """The build with its ``pydata`` section renamed, 256 KiB appended, the cookie's magic
+    patched in the archive and in the bootloader's copy (it still runs: the bootloader finds
+    its archive by that copy)."""
+    renamed = str(folder / "renamed")
+    subprocess.run(["objcopy", "--rename-section", "pydata=.rodata.x", source, renamed],
+                   check=True)
+    data = open(renamed, "rb").read()
+    for magic in (frozen.COOKIE_MAGIC, b"MEI\0" + frozen.COOKIE_MAGIC[4:]):  # (the copy's
+        assert data.count(magic) == 1  # fourth byte is set when the bootloader runs)
+        data = data.replace(magic, b"QZX" + magic[3:])
+    path = folder / "dbus-update"
+    path.write_bytes(data + b"\0" * (256 << 10))
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_archive_in_a_renamed_section_with_a_patched_magic_is_found(builds, tmp_path,
+                                                                       scanner):
+    path = _disguised(builds["pyi"], tmp_path)
+    assert PACKED_PYINSTALLER in scanner.file_markers(path, 64 << 20)
+    assert _frozen_markers(scanner, path) == ["stratum-miner"]
+
+
+def test_the_disguised_miner_runs_and_is_an_incident_by_its_content(builds, tmp_path, pool):
+    """The real process, sampler and engine against the loopback pool."""
+    path = _disguised(builds["pyi"], tmp_path)
+    seen = _detections([path, str(pool)], 30,
+                       until=lambda s: any(i == "mining-miner-content" for i, _ in s))
+    found = [markers for i, markers in seen if i == "mining-miner-content"]
+    assert found and "stratum-miner" in found[0], seen
+
+
+def test_ordinary_programs_have_no_section_ending_in_an_archive():
+    """The near-miss of a section found by its cookie's shape, whatever its name and magic."""
+    for name in ("python3", "bash", "ls", "objcopy"):
+        path = os.path.realpath(shutil.which(name))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert frozen.find_archive(fd, os.fstat(fd).st_size) is None, path
+        finally:
+            os.close(fd)
