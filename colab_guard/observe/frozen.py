@@ -275,14 +275,15 @@ STANDARD_MAX = 2048  # modules named as the standard library's compared with it,
 
 
 def read_program(fd: int, size: int, read_code: CodeReader, limit: int,
-                 budget: Budget | None = None,
-                 shadowing: ShadowCheck | None = None) -> Archive | None:
+                 budget: Budget | None = None, shadowing: ShadowCheck | None = None,
+                 later: Callable[[], list[str]] | None = None) -> Archive | None:
     """Feeds ``read_code`` the entry scripts of a PyInstaller program, then the modules of its
     PYZ they import, and those these import (breadth first, ``MODULES_MAX`` at most), each
     decompressed up to ``limit``; then, given ``shadowing``, the modules named as the
-    standard library's that are not its code (wherever they are imported from), and theirs.
-    None: not a PyInstaller program (or malformed); a program past a bound gives what was
-    read before it."""
+    standard library's that are not its code (wherever they are imported from), and theirs;
+    then ``later()``'s (the libraries the code imported that it reads last), within the same
+    ``MODULES_MAX``. None: not a PyInstaller program (or malformed); a program past a bound
+    gives what was read before it."""
     budget = budget or Budget(fd, size)
     archive = find_archive(fd, size, budget)
     if archive is None:
@@ -297,7 +298,9 @@ def read_program(fd: int, size: int, read_code: CodeReader, limit: int,
             read = _read_modules(pyz, waiting, budget, read_code, limit, seen, 0)
             if shadowing is not None and read < MODULES_MAX:
                 shadows = _shadows(pyz, budget, shadowing, limit, seen)
-                _read_modules(pyz, shadows, budget, read_code, limit, seen, read)
+                read = _read_modules(pyz, shadows, budget, read_code, limit, seen, read)
+            if later is not None and read < MODULES_MAX:
+                _read_modules(pyz, later(), budget, read_code, limit, seen, read)
     except (Refused, OSError, struct.error):
         pass
     return archive
@@ -351,6 +354,27 @@ def _shadows(pyz: Pyz, budget: Budget, shadowing: ShadowCheck, limit: int,
         budget.count()
         if module is not None and shadowing(name, *module):
             found.append(name)
+    return found
+
+
+def read_data(fd: int, size: int, wanted: set[str], limit: int,
+              budget: Budget | None = None) -> list[tuple[str, bytes]]:
+    """The archive's data files (``--add-data``: in a one-file program they are in it) named
+    in ``wanted`` (or whose base name is), ``SCRIPTS_MAX`` at most, each up to ``limit``."""
+    budget = budget or Budget(fd, size)
+    found: list[tuple[str, bytes]] = []
+    archive = find_archive(fd, size, budget)
+    if archive is None or not wanted:
+        return found
+    try:
+        for entry in entries(archive, budget):
+            if entry.kind == "x" and len(found) < SCRIPTS_MAX and \
+                    (entry.name in wanted or entry.name.rpartition("/")[2] in wanted):
+                data = entry_data(archive, entry, budget, limit)
+                if data is not None:
+                    found.append((entry.name, data))
+    except (Refused, OSError, struct.error):
+        pass
     return found
 
 
