@@ -428,3 +428,23 @@ def test_a_data_file_of_stratum_samples_the_program_loads_as_json_is_not_code(tm
                                                     .replace('.json")))', '.json")).read())'))),
                                ("samples.json", b"x", zlib.compress(MINER.encode()))]))
     assert _markers(path) == ["stratum-miner"]  # (the same file, a program it runs)
+
+
+def test_bombs_in_every_entry_script_share_one_decoding_budget(tmp_path, monkeypatch):
+    """Eight entry scripts, each a stub of a 256 MiB bomb: ``DECODED_ALL`` for the program."""
+    decoded = []
+    real = scripts._decode_once
+    monkeypatch.setattr(scripts, "_decode_once",
+                        lambda data, limit: decoded.append(len(real(data, limit) or b""))
+                        or real(data, limit))
+    bomb = base64.b64encode(zlib.compress(b"\0" * (256 << 20), 9))
+    stub = _code(f"B = {bomb!r}\nexec(B)")
+    path = tmp_path / "tool"
+    path.write_bytes(_archive([(f"s{i}", b"s", stub) for i in range(8)]))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        answer = scripts.frozen_answer(fd, 1 << 20)
+    finally:
+        os.close(fd)
+    assert scripts.code_markers(scripts.Evidence.from_json(answer["evidence"])) == []
+    assert sum(decoded) <= scripts.DECODED_ALL + 8 * len(bomb)

@@ -923,7 +923,7 @@ RUN_DECODED = RUN_CALLS | {"loads"}
 _FILE_NAME = re.compile(r"[\w\-./]{0,200}\.[A-Za-z0-9]{1,8}")
 BLOB_MIN = 16  # a constant this long may be encoded code
 BLOBS_MAX = 64  # constants of one module tried, at most
-DECODED_ALL = 8 << 20  # bytes decoded for one program's module (its stubs', all layers)
+DECODED_ALL = 8 << 20  # bytes decoded for one .pyc or frozen program (its stubs', all layers)
 STUB_DEPTH = 3  # stubs decoding stubs, at most
 DECODE_LAYERS = 6  # encodings peeled off one constant, at most
 DECODED_MAX = 1 << 20  # bytes one layer decodes to, at most
@@ -1226,6 +1226,7 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
         evidence = Evidence()
         libraries: list[str] = []  # marked libraries the code imports: read last
         files: set[str] = set()  # constants naming a file, of code that runs one
+        decoding = [DECODED_ALL]  # bytes its encoded constants may decode to, in all
 
         def read_code(name: str, data: bytes, package: str) -> list[str]:
             library = _library(name)
@@ -1233,7 +1234,7 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
                 strings = _marshaled_strings(data)
                 if not _shows_other_markers(strings, library):  # (not disassembled: cost)
                     return _followed(_named_modules(strings), library)
-            found = code_evidence(data)
+            found = code_evidence(data, decoding=decoding)
             if not RUN_CALLS.isdisjoint(found.names):  # exec(open(join(_MEIPASS, "x.dat")))
                 files.update(s for s in _marshaled_strings(data)
                              if isinstance(s, str) and _FILE_NAME.fullmatch(s))
@@ -1248,7 +1249,7 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
                             later=lambda: libraries)
         wanted = {os.path.basename(path) for path in files}
         for _, data in frozen.read_data(fd, size, wanted, parse_bytes):  # a payload it runs
-            evidence.merge(_decoded_code_evidence(data, 1, [DECODED_ALL]))
+            evidence.merge(_decoded_code_evidence(data, 1, decoding))
         return {"evidence": evidence.to_json(), "frozen": True}
     texts: list[bytes] = []
 
