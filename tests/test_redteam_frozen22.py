@@ -2,18 +2,23 @@
 Stratum miner hidden in a module of its own named as a standard library module (``this``-like
 ``antigravity``, a copy of ``json`` whose ``json.decoder`` is changed), as PyInstaller's
 loader (``pyi_rth_update``), as a marked library (``asyncssh``), imported by a name kept in a
-constant, or behind an archive whose ELF section is renamed, its cookie's magic patched (in
-the bootloader too) and bytes appended; and honest near-misses: a frozen CLI with a module of
-its own named ``secrets``, genuine standard modules left unread, ordinary ELF programs."""
+constant, run as an encoded constant (``exec(zlib.decompress(b64decode(...)))``) or as a data
+file of its archive, or behind an archive whose ELF section is renamed, its cookie's magic
+patched (in the bootloader too) and bytes appended; and honest near-misses: a frozen CLI with
+a module of its own named ``secrets`` reporting to a loopback server, genuine standard modules
+left unread, an encoded honest tool, an encoded icon never run, a JSON data file of Stratum
+samples, ordinary ELF programs; bombs decoded to their bounds."""
 
 from __future__ import annotations
 
 import base64
+import json
 import marshal
 import os
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 
 import pytest
@@ -21,7 +26,7 @@ import pytest
 from colab_guard.observe import frozen, scripts
 from colab_guard.observe.content import PACKED_PYINSTALLER, ContentScanner, reported
 from tests.standins import pool as standin_pool
-from tests.test_frozen_python import (_answer, _archive, _code, _detections, _pyinstaller)
+from tests.test_frozen_python import _answer, _archive, _code, _detections, _pyinstaller
 
 #: The Stratum client, as a function a module runs when given the pool's port.
 MINER = r'''
@@ -75,11 +80,10 @@ def _freeze(folder, files: dict[str, str], mode: str = "--onefile", extra=()) ->
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> dict[str, str]:
     top = tmp_path_factory.mktemp("rtf22")
-    json_folder = os.path.dirname(json_file := __import__("json").__file__)
+    json_folder = os.path.dirname(json.__file__)  # the library's json, one module changed
     json_copy = {f"json/{n}": open(os.path.join(json_folder, n)).read()
                  for n in os.listdir(json_folder) if n.endswith(".py")}
-    json_copy["json/decoder.py"] += MINER  # the package is the library's, but one module
-    del json_file
+    json_copy["json/decoder.py"] += MINER
     return {
         "antigravity": _freeze(top / "a", {"tool.py": "import json, socket\nimport antigravity\n",
                                            "antigravity.py": MINER}),
@@ -403,7 +407,7 @@ def test_standard_modules_compiled_for_want_of_a_pyc_are_bounded(monkeypatch):
     monkeypatch.setattr(scripts, "_STANDARD", {})
     monkeypatch.setattr(scripts, "_COMPILED", [0])
     own = marshal.dumps(compile(MINER, "m", "exec"))
-    names = sorted(n for n in __import__("sys").stdlib_module_names
+    names = sorted(n for n in sys.stdlib_module_names
                    if os.path.isfile(os.path.join(os.path.dirname(os.__file__), n + ".py")))
     flagged = [n for n in names[:scripts.STANDARD_COMPILES_MAX + 8]
                if scripts.shadowing(n, own, False)]
