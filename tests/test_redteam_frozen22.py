@@ -236,6 +236,19 @@ def test_an_encoded_constant_the_program_does_not_run_is_not_decoded():
     assert scripts.code_markers(evidence) == [] and "socket" not in evidence.imports
 
 
+@pytest.mark.parametrize("sample", ["plain", "base64"])
+def test_a_detectors_sample_of_a_miner_is_data_beside_json_loads(sample):
+    """The near-miss: a cryptojacking detector keeps a miner's source as a sample (as text,
+    or base64'd) and parses its feed with ``json.loads``: ``loads`` is no ``marshal.loads``,
+    and a sample kept as plain text is data even beside an ``exec`` of something else."""
+    kept = repr(MINER) if sample == "plain" else repr(base64.b64encode(MINER.encode()))
+    for runner in ("json.loads(line)", "exec('PLUGINS = []')"):
+        source = f"import json\nSAMPLE = {kept}\nline = '{{}}'\n{runner}\n"
+        evidence = scripts.code_evidence(marshal.dumps(compile(source, "s", "exec")))
+        if runner.startswith("json") or sample == "plain":
+            assert scripts.code_markers(evidence) == [], (sample, runner)
+
+
 def test_decompression_bombs_in_a_stub_are_decoded_to_their_bound(monkeypatch):
     """Four constants of 256 MiB each (zlib, base64'd): ``DECODED_ALL`` decoded in all."""
     decoded = []

@@ -890,7 +890,7 @@ def code_evidence(marshaled: bytes, depth: int = 0, decoding: list[int] | None =
             continue
         evidence.names.update(code.co_names)
         evidence.names.add(code.co_name)
-        runs = runs or not RUN_DECODED.isdisjoint(code.co_names)
+        runs = runs or _runs_decoded(code.co_names)
         _read_instructions(code, evidence, aliases, texts)
         for const in code.co_consts:
             if hasattr(const, "co_code"):
@@ -919,6 +919,12 @@ def _as_bytes(constant: str | bytes) -> bytes:
 
 #: Names of code that runs what it decodes: exec/eval of text, marshal.loads of code.
 RUN_DECODED = RUN_CALLS | {"loads"}
+
+
+def _runs_decoded(names) -> bool:
+    """Whether code with these names may run what it decodes: exec, eval, or ``loads`` of
+    ``marshal`` (``json.loads``, ``pickle.loads`` are everywhere, and run no code read)."""
+    return not RUN_CALLS.isdisjoint(names) or "loads" in names and "marshal" in names
 #: A constant that names a file (with an extension): one the code may run.
 _FILE_NAME = re.compile(r"[\w\-./]{0,200}\.[A-Za-z0-9]{1,8}")
 BLOB_MIN = 16  # a constant this long may be encoded code
@@ -931,14 +937,17 @@ _BASE64 = re.compile(rb"[A-Za-z0-9+/\-_\s]+={0,2}\s*")
 _HEX = re.compile(rb"(?:[0-9a-fA-F]{2}\s*)+")
 
 
-def _decoded_code_evidence(blob: bytes, depth: int, decoding: list[int]) -> Evidence:
+def _decoded_code_evidence(blob: bytes, depth: int, decoding: list[int],
+                           plain: bool = False) -> Evidence:
     """The code a constant holds under up to ``DECODE_LAYERS`` encodings (base64, base32,
     hex, zlib, gzip, bz2, lzma): marshaled code, or Python source. Nothing else is evaluated,
-    every layer is bounded (a bomb gives its first ``DECODED_MAX`` bytes)."""
+    every layer is bounded (a bomb gives its first ``DECODED_MAX`` bytes). ``plain``: source
+    as it is counts too (a file the code runs); a constant's must have been encoded (rot13'd
+    or reversed at least): a detector's sample of a miner's source, kept as text, is data."""
     import importlib.util
 
     data = blob
-    for _ in range(DECODE_LAYERS):
+    for layer in range(DECODE_LAYERS):
         if data[:1] in (b"\xe3", b"c") and len(data) > 16:  # marshaled code (TYPE_CODE)
             return code_evidence(data, depth, decoding)
         if data[:4] == importlib.util.MAGIC_NUMBER:  # a .pyc's
@@ -948,21 +957,23 @@ def _decoded_code_evidence(blob: bytes, depth: int, decoding: list[int]) -> Evid
         decoded = _decode_once(data, min(DECODED_MAX, decoding[0]))
         decoding[0] -= len(decoded or b"")
         if decoded is None or b" " in data or b"\t" in data:  # (base64 has no spaces)
-            found = _source_evidence(data, depth, decoding)
+            found = _source_evidence(data, depth, decoding, plain or layer > 0)
             if found is not None or decoded is None:
                 return found or Evidence()
         data = decoded
     return Evidence()
 
 
-def _source_evidence(data: bytes, depth: int, decoding: list[int]) -> Evidence | None:
+def _source_evidence(data: bytes, depth: int, decoding: list[int],
+                     plain: bool = True) -> Evidence | None:
     """Decoded Python source, read as a script's and as its code (a stub in turn); text that
-    does not compile is nothing (None: nor is it rot13'd or reversed)."""
+    does not compile is nothing (None: nor is it rot13'd or reversed). ``plain``: the text
+    as it is is tried too."""
     import codecs
     import marshal
 
-    for text in (data, codecs.encode(data.decode("latin-1"), "rot13").encode("latin-1"),
-                 data[::-1]):
+    variants = (codecs.encode(data.decode("latin-1"), "rot13").encode("latin-1"), data[::-1])
+    for text in (data, *variants) if plain else variants:
         try:
             code = compile(text, "<decoded>", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
@@ -1249,7 +1260,7 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
                             later=lambda: libraries)
         wanted = {os.path.basename(path) for path in files}
         for _, data in frozen.read_data(fd, size, wanted, parse_bytes):  # a payload it runs
-            evidence.merge(_decoded_code_evidence(data, 1, decoding))
+            evidence.merge(_decoded_code_evidence(data, 1, decoding, plain=True))
         return {"evidence": evidence.to_json(), "frozen": True}
     texts: list[bytes] = []
 
@@ -1299,7 +1310,7 @@ def _shows_other_markers(strings: frozenset, library: str) -> bool:
         words.update(marker.names)
         words.update(n.split(".")[0] for n in marker.imports + marker.requires + marker.calls)
         texts += [*marker.requests, *marker.messages, *marker.models]
-    return not strings.isdisjoint(words | RUN_DECODED) or any(
+    return not strings.isdisjoint(words) or _runs_decoded(strings) or any(
         t in s for s in strings if isinstance(s, str) for t in texts)
 
 
