@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import time
 import zlib
 from collections import deque
@@ -107,7 +108,8 @@ def find_archive(fd: int, size: int, budget: Budget | None = None) -> Archive | 
     for where in (_section_cookie, _tail_cookie):
         try:
             cookie_at = where(budget)
-            archive = _archive_at(budget, cookie_at) if cookie_at is not None else None
+            archive = None if cookie_at is None else \
+                _archive_at(budget, cookie_at, any_magic=where is _section_cookie)
         except (Refused, OSError, struct.error):
             continue
         if archive is not None:
@@ -116,7 +118,10 @@ def find_archive(fd: int, size: int, budget: Budget | None = None) -> Archive | 
 
 
 def _section_cookie(budget: Budget) -> int | None:
-    """Where the cookie of an ELF's ``pydata`` section is (the section's last bytes)."""
+    """Where the cookie of the ELF section holding the archive is (the section's last
+    bytes): ``pydata``, or any section that ends with a cookie whose archive is that whole
+    section (renamed, its magic patched: the bootloader still finds it by its own copy of
+    the magic, which can be patched alike)."""
     head = budget.read(0, 64) if budget.size >= 64 else b""
     if not head.startswith(b"\x7fELF\x02\x01"):
         return None
@@ -130,7 +135,23 @@ def _section_cookie(budget: Budget) -> int | None:
     for name, _, _, _, offset, length in sections:
         if length >= _COOKIE.size and strings[name:name + 7] == b"pydata\0":
             return offset + length - _COOKIE.size
+    for _, kind, _, _, offset, length in sections:
+        if kind != _NOBITS and length >= _COOKIE.size and offset + length <= budget.size and \
+                _whole_section(budget, offset, length):
+            return offset + length - _COOKIE.size
     return None
+
+
+_NOBITS = 8  # a section with no bytes in the file (.bss)
+
+
+def _whole_section(budget: Budget, offset: int, length: int) -> bool:
+    """Whether the section ends with a cookie (whatever its magic) of an archive that is the
+    whole section, its table within it."""
+    _, archive_length, toc_offset, toc_length, _, _ = _COOKIE.unpack(
+        budget.read(offset + length - _COOKIE.size, _COOKIE.size))
+    return archive_length == length and _ENTRY.size <= toc_length <= TOC_MAX and \
+        toc_offset + toc_length <= length - _COOKIE.size
 
 
 def _tail_cookie(budget: Budget) -> int | None:
@@ -139,12 +160,12 @@ def _tail_cookie(budget: Budget) -> int | None:
     return start + at if at >= 0 else None
 
 
-def _archive_at(budget: Budget, cookie_at: int) -> Archive | None:
+def _archive_at(budget: Budget, cookie_at: int, any_magic: bool = False) -> Archive | None:
     magic, length, toc_offset, toc_length, python, _ = _COOKIE.unpack(
         budget.read(cookie_at, _COOKIE.size))
     end = cookie_at + _COOKIE.size
     start = end - length
-    if magic != COOKIE_MAGIC or start < 0 or toc_length > TOC_MAX or \
+    if (magic != COOKIE_MAGIC and not any_magic) or start < 0 or toc_length > TOC_MAX or \
             toc_offset + toc_length > cookie_at - start:
         return None
     return Archive(start, end, toc_offset, toc_length, python)
@@ -247,14 +268,22 @@ def pyz_module(pyz: Pyz, name: str, budget: Budget, limit: int) -> tuple[bytes, 
 #: read_code(name, marshaled code, package) -> the modules that code imports (absolute,
 #: ".x" relative to the code's package), to be read next.
 CodeReader = Callable[[str, bytes, str], list[str]]
+#: shadowing(name, marshaled code, is_package) -> whether a module named as one of the
+#: standard library's is not its code (the program's own under that name: ``this``).
+ShadowCheck = Callable[[str, bytes, bool], bool]
+STANDARD_MAX = 2048  # modules named as the standard library's compared with it, at most
 
 
 def read_program(fd: int, size: int, read_code: CodeReader, limit: int,
-                 budget: Budget | None = None) -> Archive | None:
+                 budget: Budget | None = None, shadowing: ShadowCheck | None = None,
+                 later: Callable[[], list[str]] | None = None) -> Archive | None:
     """Feeds ``read_code`` the entry scripts of a PyInstaller program, then the modules of its
     PYZ they import, and those these import (breadth first, ``MODULES_MAX`` at most), each
-    decompressed up to ``limit``. None: not a PyInstaller program (or malformed); a program
-    past a bound gives what was read before it."""
+    decompressed up to ``limit``; then, given ``shadowing``, the modules named as the
+    standard library's that are not its code (wherever they are imported from), and theirs;
+    then ``later()``'s (the libraries the code imported that it reads last), within the same
+    ``MODULES_MAX``. None: not a PyInstaller program (or malformed); a program past a bound
+    gives what was read before it."""
     budget = budget or Budget(fd, size)
     archive = find_archive(fd, size, budget)
     if archive is None:
@@ -265,7 +294,13 @@ def read_program(fd: int, size: int, read_code: CodeReader, limit: int,
         pyz_entry = next((e for e in table if e.kind == "z"), None)
         pyz = read_pyz(archive, pyz_entry, budget) if pyz_entry is not None else None
         if pyz is not None:
-            _read_modules(pyz, waiting, budget, read_code, limit)
+            seen: set[str] = set()
+            read = _read_modules(pyz, waiting, budget, read_code, limit, seen, 0)
+            if shadowing is not None and read < MODULES_MAX:
+                shadows = _shadows(pyz, budget, shadowing, limit, seen)
+                read = _read_modules(pyz, shadows, budget, read_code, limit, seen, read)
+            if later is not None and read < MODULES_MAX:
+                _read_modules(pyz, later(), budget, read_code, limit, seen, read)
     except (Refused, OSError, struct.error):
         pass
     return archive
@@ -283,10 +318,9 @@ def _read_scripts(archive: Archive, table: list[Entry], budget: Budget,
 
 
 def _read_modules(pyz: Pyz, waiting: list[str], budget: Budget, read_code: CodeReader,
-                  limit: int) -> None:
-    seen: set[str] = set()
+                  limit: int, seen: set[str], read: int) -> int:
+    """Breadth first from ``waiting``; how many modules have been read in all."""
     queue = deque((name, "") for name in waiting)
-    read = 0
     while queue and read < MODULES_MAX:
         wanted, package = queue.popleft()
         name = _resolve(pyz, wanted, package)
@@ -301,6 +335,47 @@ def _read_modules(pyz: Pyz, waiting: list[str], budget: Budget, read_code: CodeR
         data, is_package = found
         own_package = name if is_package else name.rpartition(".")[0]
         queue.extend((m, own_package) for m in read_code(name, data, own_package))
+    return read
+
+
+def _shadows(pyz: Pyz, budget: Budget, shadowing: ShadowCheck, limit: int,
+             seen: set[str]) -> list[str]:
+    """The PYZ's modules named as the standard library's whose code is not its own. All of
+    them are compared (``STANDARD_MAX`` at most), not only those the program's code imports:
+    a copy of ``json`` changed only in ``json.decoder`` is imported by ``json`` alone."""
+    found, checked = [], 0
+    for name in pyz.modules:
+        if name in seen or name.split(".")[0] not in sys.stdlib_module_names:
+            continue
+        if checked >= STANDARD_MAX:
+            break
+        checked += 1
+        module = pyz_module(pyz, name, budget, limit)
+        budget.count()
+        if module is not None and shadowing(name, *module):
+            found.append(name)
+    return found
+
+
+def read_data(fd: int, size: int, wanted: set[str], limit: int,
+              budget: Budget | None = None) -> list[tuple[str, bytes]]:
+    """The archive's data files (``--add-data``: in a one-file program they are in it) named
+    in ``wanted`` (or whose base name is), ``SCRIPTS_MAX`` at most, each up to ``limit``."""
+    budget = budget or Budget(fd, size)
+    found: list[tuple[str, bytes]] = []
+    archive = find_archive(fd, size, budget)
+    if archive is None or not wanted:
+        return found
+    try:
+        for entry in entries(archive, budget):
+            if entry.kind == "x" and len(found) < SCRIPTS_MAX and \
+                    (entry.name in wanted or entry.name.rpartition("/")[2] in wanted):
+                data = entry_data(archive, entry, budget, limit)
+                if data is not None:
+                    found.append((entry.name, data))
+    except (Refused, OSError, struct.error):
+        pass
+    return found
 
 
 def _resolve(pyz: Pyz, name: str, package: str) -> str | None:

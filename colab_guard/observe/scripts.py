@@ -30,6 +30,7 @@ import sys
 import time
 import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 try:
@@ -864,9 +865,12 @@ def pyc_evidence(data: bytes) -> Evidence | None:
     return code_evidence(data[16:])
 
 
-def code_evidence(marshaled: bytes) -> Evidence:
+def code_evidence(marshaled: bytes, depth: int = 0, decoding: list[int] | None = None
+                  ) -> Evidence:
     """``pyc_evidence`` of marshaled code (compiled by this very Python): a .pyc's without its
-    header, a frozen program's module."""
+    header, a frozen program's module; and the code its long constants hold, encoded, when
+    it runs what it decodes. ``depth``: how many encoded stubs led here; ``decoding``: the
+    bytes left to decode (``DECODED_ALL`` for the first)."""
     import marshal
 
     try:
@@ -875,6 +879,9 @@ def code_evidence(marshaled: bytes) -> Evidence:
         return Evidence()
     evidence = Evidence()
     aliases: dict[str, str] = {}  # a name an import was stored under -> the module path
+    texts: dict[str, set[str]] = {}  # a name -> the text constants stored in it
+    blobs: list[bytes] = []  # long constants: code it may decode and run
+    runs = False
     stack, seen = [top], 0
     while stack and seen < 100_000:
         code = stack.pop()
@@ -883,7 +890,8 @@ def code_evidence(marshaled: bytes) -> Evidence:
             continue
         evidence.names.update(code.co_names)
         evidence.names.add(code.co_name)
-        _read_instructions(code, evidence, aliases)
+        runs = runs or _runs_decoded(code.co_names)
+        _read_instructions(code, evidence, aliases, texts)
         for const in code.co_consts:
             if hasattr(const, "co_code"):
                 stack.append(const)
@@ -895,7 +903,133 @@ def code_evidence(marshaled: bytes) -> Evidence:
                 evidence.mention(text)
                 if "method" in text:
                     evidence.requests.update(_JSON_METHOD.findall(text))
+                if len(const) >= BLOB_MIN and len(blobs) < 4 * BLOBS_MAX:
+                    blobs.append(_as_bytes(const))
+    decoding = [DECODED_ALL] if decoding is None else decoding
+    if runs and depth < STUB_DEPTH:  # exec(zlib.decompress(b64decode(b"...")))
+        blobs.sort(key=lambda blob: b" " in blob)  # base64 and the like first, then text
+        for blob in blobs[:BLOBS_MAX]:
+            evidence.merge(_decoded_code_evidence(blob, depth + 1, decoding))
     return evidence
+
+
+def _as_bytes(constant: str | bytes) -> bytes:
+    return constant.encode("latin-1", "replace") if isinstance(constant, str) else constant
+
+
+#: Names of code that runs what it decodes: exec/eval of text, marshal.loads of code.
+RUN_DECODED = RUN_CALLS | {"loads"}
+
+
+def _runs_decoded(names) -> bool:
+    """Whether code with these names may run what it decodes: exec, eval, or ``loads`` of
+    ``marshal`` (``json.loads``, ``pickle.loads`` are everywhere, and run no code read)."""
+    return not RUN_CALLS.isdisjoint(names) or "loads" in names and "marshal" in names
+#: A constant that names a file (with an extension): one the code may run.
+_FILE_NAME = re.compile(r"[\w\-./]{0,200}\.[A-Za-z0-9]{1,8}")
+BLOB_MIN = 16  # a constant this long may be encoded code
+BLOBS_MAX = 64  # constants of one module tried, at most
+DECODED_ALL = 8 << 20  # bytes decoded for one .pyc or frozen program (its stubs', all layers)
+STUB_DEPTH = 3  # stubs decoding stubs, at most
+DECODE_LAYERS = 6  # encodings peeled off one constant, at most
+DECODED_MAX = 1 << 20  # bytes one layer decodes to, at most
+_BASE64 = re.compile(rb"[A-Za-z0-9+/\-_\s]+={0,2}\s*")
+_HEX = re.compile(rb"(?:[0-9a-fA-F]{2}\s*)+")
+
+
+def _decoded_code_evidence(blob: bytes, depth: int, decoding: list[int],
+                           plain: bool = False) -> Evidence:
+    """The code a constant holds under up to ``DECODE_LAYERS`` encodings (base64, base32,
+    hex, zlib, gzip, bz2, lzma): marshaled code, or Python source. Nothing else is evaluated,
+    every layer is bounded (a bomb gives its first ``DECODED_MAX`` bytes). ``plain``: source
+    as it is counts too (a file the code runs); a constant's must have been encoded (rot13'd
+    or reversed at least): a detector's sample of a miner's source, kept as text, is data."""
+    import importlib.util
+
+    data = blob
+    for layer in range(DECODE_LAYERS):
+        if data[:1] in (b"\xe3", b"c") and len(data) > 16:  # marshaled code (TYPE_CODE)
+            return code_evidence(data, depth, decoding)
+        if data[:4] == importlib.util.MAGIC_NUMBER:  # a .pyc's
+            return code_evidence(data[16:], depth, decoding)
+        if decoding[0] <= 0:
+            return Evidence()
+        decoded = _decode_once(data, min(DECODED_MAX, decoding[0]))
+        decoding[0] -= len(decoded or b"")
+        if decoded is None or b" " in data or b"\t" in data:  # (base64 has no spaces)
+            found = _source_evidence(data, depth, decoding, plain or layer > 0)
+            if found is not None or decoded is None:
+                return found or Evidence()
+        data = decoded
+    return Evidence()
+
+
+def _source_evidence(data: bytes, depth: int, decoding: list[int],
+                     plain: bool = True) -> Evidence | None:
+    """Decoded Python source, read as a script's and as its code (a stub in turn); text that
+    does not compile is nothing (None: nor is it rot13'd or reversed). ``plain``: the text
+    as it is is tried too."""
+    import codecs
+    import marshal
+
+    variants = (codecs.encode(data.decode("latin-1"), "rot13").encode("latin-1"), data[::-1])
+    for text in (data, *variants) if plain else variants:
+        try:
+            code = compile(text, "<decoded>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+            continue
+        if _only_literals(text):
+            return None  # data that parses as Python (a JSON document): runs nothing
+        evidence = python_evidence(text)
+        evidence.merge(code_evidence(marshal.dumps(code), depth, decoding))
+        return evidence
+    return None
+
+
+def _only_literals(text: bytes) -> bool:
+    try:
+        body = ast.parse(text).body
+        return all(isinstance(n, ast.Expr) and ast.literal_eval(n.value) is not _NOTHING
+                   for n in body)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return False
+
+
+_NOTHING = object()
+
+
+def _decode_once(data: bytes, limit: int) -> bytes | None:
+    """One encoding taken off ``data``: by its header (compressed), or its alphabet."""
+    import base64
+    import binascii
+    import bz2
+    import lzma
+
+    try:
+        if data[:1] == b"\x78":
+            return zlib.decompressobj().decompress(data, limit)
+        if data[:2] == b"\x1f\x8b":
+            return zlib.decompressobj(wbits=31).decompress(data, limit)
+        if data[:3] == b"BZh":
+            return bz2.BZ2Decompressor().decompress(data, limit)
+        if data[:6] == b"\xfd7zXZ\x00":
+            return lzma.LZMADecompressor().decompress(data, limit)
+        if _HEX.fullmatch(data):
+            return bytes.fromhex(data.decode())
+        if _BASE64.fullmatch(data):
+            compact = re.sub(rb"\s+", b"", data)
+            if b"-" in compact or b"_" in compact:
+                return base64.urlsafe_b64decode(compact + b"=" * (-len(compact) % 4))
+            return base64.b64decode(compact + b"=" * (-len(compact) % 4), validate=True)
+    except (ValueError, zlib.error, OSError, EOFError, lzma.LZMAError, binascii.Error,
+            MemoryError):
+        return None
+    for decode in (base64.b32decode, base64.b85decode):
+        try:
+            return decode(data)
+        except (ValueError, binascii.Error):
+            continue
+    return None
 
 
 #: Instructions that load a name (a callable, a module, an attribute).
@@ -914,10 +1048,13 @@ def _flat(constant: tuple, depth: int = 3):
             yield from _flat(item, depth - 1)
 
 
-def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> None:
-    """A code object's imports (and the names they are stored under), the modules' functions
-    it uses (``asyncssh.listen``), keyword and key names, network calls, and requests built as
-    ``{"method": "x"}`` (two constants in a row)."""
+def _read_instructions(code, evidence: Evidence, aliases: dict[str, str],
+                       texts: dict[str, set[str]] | None = None) -> None:
+    """A code object's imports (and the names they are stored under; ``import_module(NAME)``
+    of a name a text constant is stored in, ``texts``: in the module's code read before), the
+    modules' functions it uses (``asyncssh.listen``), keyword and key names, network calls,
+    and requests built as ``{"method": "x"}`` (two constants in a row)."""
+    texts = {} if texts is None else texts
     import dis
 
     imported = module = before = None
@@ -945,7 +1082,14 @@ def _read_instructions(code, evidence: Evidence, aliases: dict[str, str]) -> Non
         elif op.startswith("STORE_") and imported is not None:
             aliases[value] = imported if op != "STORE_ATTR" else aliases.get(value, value)
             imported = None
+        elif op in ("STORE_NAME", "STORE_GLOBAL", "STORE_FAST", "STORE_DEREF") and \
+                before is not None and before.opname == "LOAD_CONST" and \
+                isinstance(before.argval, str) and len(texts.get(value, ())) < LOOP_VALUES:
+            texts.setdefault(value, set()).add(before.argval)  # NAME = "pool_client"
         elif op in _LOADS:
+            if op != "LOAD_ATTR" and value in texts and before is not None and \
+                    before.opname in _LOADS and before.argval in IMPORT_CALLS:
+                evidence.imports.update(texts[value])  # import_module(NAME)
             if value in NETWORK_CALLS:
                 evidence.network = True
             if op in ("LOAD_ATTR", "LOAD_METHOD") and before is not None and \
@@ -1091,13 +1235,32 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
         return None
     if archive.python == sys.version_info[0] * 100 + sys.version_info[1]:
         evidence = Evidence()
+        libraries: list[str] = []  # marked libraries the code imports: read last
+        files: set[str] = set()  # constants naming a file, of code that runs one
+        decoding = [DECODED_ALL]  # bytes its encoded constants may decode to, in all
 
         def read_code(name: str, data: bytes, package: str) -> list[str]:
-            found = code_evidence(data)
+            library = _library(name)
+            if library is not None:
+                strings = _marshaled_strings(data)
+                if not _shows_other_markers(strings, library):  # (not disassembled: cost)
+                    return _followed(_named_modules(strings), library)
+            found = code_evidence(data, decoding=decoding)
+            if not RUN_CALLS.isdisjoint(found.names):  # exec(open(join(_MEIPASS, "x.dat")))
+                files.update(s for s in _marshaled_strings(data)
+                             if isinstance(s, str) and _FILE_NAME.fullmatch(s))
+            if library is not None:
+                _drop_own_markers(found, library)
             evidence.merge(found)
-            return _followed(found.imports | found.relative)
+            imports = found.imports | found.relative
+            libraries.extend(m for m in sorted(imports) if _library(m) not in (None, library))
+            return _followed(imports, library)
 
-        frozen.read_program(fd, size, read_code, parse_bytes)
+        frozen.read_program(fd, size, read_code, parse_bytes, shadowing=shadowing,
+                            later=lambda: libraries)
+        wanted = {os.path.basename(path) for path in files}
+        for _, data in frozen.read_data(fd, size, wanted, parse_bytes):  # a payload it runs
+            evidence.merge(_decoded_code_evidence(data, 1, decoding, plain=True))
         return {"evidence": evidence.to_json(), "frozen": True}
     texts: list[bytes] = []
 
@@ -1110,13 +1273,163 @@ def frozen_answer(fd: int, parse_bytes: int) -> dict | None:
     return {"text": b"\n".join(texts)[:parse_bytes].decode("latin-1"), "frozen": True}
 
 
-def _followed(modules) -> list[str]:
+def _followed(modules, library: str | None = None) -> list[str]:
     """The imported modules of a frozen program read with it: its own, not the standard
-    library, PyInstaller's loader or a library a marker is about."""
+    library (unless it is not the standard library's code: ``shadowing``) nor a library a
+    marker is about (read last: ``_library``), but that ``library``'s own modules from its
+    code. PyInstaller's loader (``pyimod01_archive``...) is not in the PYZ: a module of the
+    PYZ named so is the program's own."""
     return sorted(m for m in modules
                   if m.lstrip(".") and m.lstrip(".").split(".")[0] not in sys.stdlib_module_names
-                  and m.lstrip(".").split(".")[0] not in MARKED_LIBRARIES
-                  and not m.startswith(("pyimod", "pyi_")))
+                  and _library(m) in (None, library))
+
+
+def _library(module: str) -> str | None:
+    """The library a marker is about that an absolute module name is of (None: another)."""
+    top = module.split(".")[0]
+    return top if top in MARKED_LIBRARIES else None
+
+
+def _marshaled_strings(data: bytes) -> frozenset:
+    import marshal
+
+    try:
+        return _code_strings(marshal.loads(data))
+    except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        return frozenset()
+
+
+def _shows_other_markers(strings: frozenset, library: str) -> bool:
+    """Whether a marked library's module has a name or text that a marker not about that
+    library looks for (a request's method, a message, a model, a name, an import), or runs
+    what it decodes: else its code is not disassembled (asyncssh's 50 modules: 0.4 s)."""
+    words, texts = set(), []
+    for marker in CODE_MARKERS:
+        if library in {n.split(".")[0] for n in marker.imports + marker.requires}:
+            continue
+        words.update(marker.names)
+        words.update(n.split(".")[0] for n in marker.imports + marker.requires + marker.calls)
+        texts += [*marker.requests, *marker.messages, *marker.models]
+    return not strings.isdisjoint(words) or _runs_decoded(strings) or any(
+        t in s for s in strings if isinstance(s, str) for t in texts)
+
+
+def _named_modules(strings: frozenset) -> list[str]:
+    """The modules a code object may import, by its names: each as itself and relative to
+    its package (``from .connection import x`` names ``connection``)."""
+    names = [s for s in strings if isinstance(s, str) and s.replace(".", "_").isidentifier()]
+    return names + ["." + n for n in names]
+
+
+def _drop_own_markers(evidence: Evidence, library: str) -> None:
+    """A marked library's own code, without what the markers about it look for: asyncssh's
+    modules give server host keys, and are no SSH server; the program's own code, named as
+    the library, still shows any other tool (a Stratum client) as read last."""
+    for marker in CODE_MARKERS:
+        if library not in {n.split(".")[0] for n in marker.imports + marker.requires}:
+            continue
+        evidence.names.difference_update(marker.names)
+        evidence.calls.difference_update(marker.calls)
+        evidence.imports = {i for i in evidence.imports if _library(i) != library}
+        evidence.models = {p for p in evidence.models if not any(m in p for m in marker.models)}
+        evidence.messages = {t for t in evidence.messages
+                             if not any(m in t for m in marker.messages)}
+
+
+#: Bytes of the guard's own copy of a standard module (its .pyc, else its source) read.
+STANDARD_BYTES = 4 << 20
+#: Standard modules without a .pyc compiled from their source, at most, in one child (some
+#: 30 ms each): past them a module is taken for the library's own (the child's deadline).
+STANDARD_COMPILES_MAX = 32
+_STANDARD: dict[tuple[str, bool], frozenset | None] = {}
+_COMPILED = [0]
+UNCHECKED = frozenset({"(not compared)"})  # past STANDARD_COMPILES_MAX
+
+
+def shadowing(name: str, marshaled: bytes, is_package: bool) -> bool:
+    """Whether a frozen module named as one of the standard library's is not its code: names
+    or text constants the guard's own copy of that module (the same Python version) does not
+    have (the program's own ``this.py``, ``json/decoder.py`` changed). A module this
+    Python's library lacks (``idlelib.x``) is not its code either."""
+    import marshal
+
+    reference = _standard_strings(name, is_package)
+    if reference is None:
+        return True
+    if reference is UNCHECKED:
+        return False
+    try:
+        code = marshal.loads(marshaled)
+    except (ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        return False  # not code: nothing to read in it either
+    return not _code_strings(code) <= reference
+
+
+def _standard_strings(name: str, is_package: bool) -> frozenset | None:
+    """The names and text constants of the guard's own copy of a standard module (cached):
+    its cached .pyc, else its source compiled. None: it has none."""
+    key = (name, is_package)
+    if key not in _STANDARD:
+        _STANDARD[key] = _read_standard(name, is_package)
+    return _STANDARD[key]
+
+
+def _read_standard(name: str, is_package: bool) -> frozenset | None:
+    import importlib.util
+    import marshal
+
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    source = os.path.join(os.path.dirname(os.__file__), *parts)
+    source = os.path.join(source, "__init__.py") if is_package else source + ".py"
+    if not os.path.isfile(source):
+        return None
+    try:
+        with open(importlib.util.cache_from_source(source), "rb") as f:
+            data = f.read(STANDARD_BYTES)
+        if data[:4] == importlib.util.MAGIC_NUMBER:
+            return _code_strings(marshal.loads(data[16:]))
+    except (OSError, ValueError, EOFError, TypeError, MemoryError, RecursionError):
+        pass
+    if _COMPILED[0] >= STANDARD_COMPILES_MAX:  # (a Python installed without its .pyc files)
+        return UNCHECKED
+    try:
+        with open(source, "rb") as f:
+            text = f.read(STANDARD_BYTES)
+        _COMPILED[0] += 1
+        return _code_strings(compile(text, source, "exec", dont_inherit=True))
+    except (OSError, SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+
+
+def _code_strings(top) -> frozenset:
+    """The names and text constants of a code object and those nested in it."""
+    found: set = set()
+    stack, seen = [top], 0
+    while stack and seen < 100_000:
+        code = stack.pop()
+        seen += 1
+        if not hasattr(code, "co_code"):
+            continue
+        found.update(code.co_names)
+        found.add(code.co_name)
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                stack.append(const)
+            elif isinstance(const, (str, bytes)):
+                found.add(const)
+            elif isinstance(const, (tuple, frozenset)):
+                found.update(_flat_constants(const))
+    return frozenset(found)
+
+
+def _flat_constants(constant, depth: int = 3):
+    for item in list(constant)[:10_000]:
+        if isinstance(item, (str, bytes)):
+            yield item
+        elif isinstance(item, (tuple, frozenset)) and depth > 1:
+            yield from _flat_constants(item, depth - 1)
 
 
 # ------------------------------------------------------------------ shell
