@@ -2,7 +2,8 @@
 Stratum miner hidden in a module of its own named as a standard library module (``this``-like
 ``antigravity``, a copy of ``json`` whose ``json.decoder`` is changed), as PyInstaller's
 loader (``pyi_rth_update``), as a marked library (``asyncssh``), imported by a name kept in a
-constant, run as an encoded constant (``exec(zlib.decompress(b64decode(...)))``) or as a data
+constant, run as an encoded constant (``exec(zlib.decompress(b64decode(...)))``, in a frozen
+program, or in a plain script or ``python -c`` code) or as a data
 file of its archive, or behind an archive whose ELF section is renamed, its cookie's magic
 patched (in the bootloader too) and bytes appended; and honest near-misses: a frozen CLI with
 a module of its own named ``secrets`` reporting to a loopback server, genuine standard modules
@@ -19,14 +20,15 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
 
 from colab_guard.observe import frozen, scripts
 from colab_guard.observe.content import PACKED_PYINSTALLER, ContentScanner, reported
-from tests.standins import pool as standin_pool
-from tests.test_frozen_python import _answer, _archive, _code, _detections, _pyinstaller
+from tests.test_frozen_python import (_answer, _archive, _code, _detections, _pyinstaller,
+                                      pool)  # noqa: F401  (a fixture)
 
 #: The Stratum client, as a function a module runs when given the pool's port.
 MINER = r'''
@@ -122,13 +124,6 @@ def scanner():
     found = ContentScanner(background=False)
     yield found
     found.close()
-
-
-@pytest.fixture
-def pool():
-    server = standin_pool.serve()
-    yield server.getsockname()[1]
-    server.close()
 
 
 def _markers(path) -> list[str]:
@@ -373,13 +368,46 @@ def test_an_archive_appended_without_a_section_and_its_magic_patched_is_found(bu
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="a Python source script (not frozen, not a .pyc) that "
-                   "execs an encoded constant: sources are read by their syntax tree, often in "
-                   "the guard's own thread, where nothing is decompressed; only code objects "
-                   "(.pyc, frozen programs, in the reader's child) are decoded")
-def test_a_source_script_running_an_encoded_miner_is_read():
+def _read_source(source: str) -> list[str]:
+    """A Python source read as the scanner reads a script (``scripts.read``: here if small and
+    plain, else in the reader's child): its markers."""
+    fd = os.memfd_create("source", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, source.encode())
+        answer = scripts.read(fd, scripts.PYTHON, 1 << 20, 64 << 20, time.monotonic() + 30)
+    finally:
+        os.close(fd)
+    return scripts.code_markers(scripts.Evidence.from_json(answer.get("evidence", {})))
+
+
+@pytest.mark.parametrize("runner", ["exec", "python -c"])
+def test_a_source_script_running_an_encoded_miner_is_read(runner):
+    """A script (or ``python -c`` code) that is only a stub: the encoded constant it runs is
+    read in the reader's child, as a .pyc's is."""
     source = f"import base64, zlib\nexec(zlib.decompress(base64.b64decode({_packed(MINER)!r})))"
-    assert scripts.code_markers(scripts.python_evidence(source.encode())) == ["stratum-miner"]
+    if runner == "python -c":
+        source = source.replace("\n", "; ")
+    assert _read_source(source) == ["stratum-miner"]
+
+
+def test_a_python_c_stub_running_a_miner_is_an_incident_by_its_content(pool):
+    """``python -c "exec(zlib.decompress(b64decode(…)))"`` as a real process, the real sampler
+    and engine against the loopback pool: the content signature (the stub carries no CPU)."""
+    stub = (f"import base64, zlib; exec(zlib.decompress(base64.b64decode("
+            f"{_packed(MINER)!r})))")
+    seen = _detections([sys.executable, "-c", stub, str(pool)], 30,
+                       until=lambda s: any(i == "mining-miner-content" for i, _ in s))
+    found = [markers for i, markers in seen if i == "mining-miner-content"]
+    assert found and "stratum-miner" in found[0], seen
+
+
+@pytest.mark.parametrize("kept", ["an icon", "a plain sample"])
+def test_a_source_that_runs_code_beside_data_it_keeps_is_left_alone(kept):
+    """The near-misses: a script that ``eval``s a config expression and keeps a base64'd icon;
+    a detector that ``exec``s its plugins and keeps a miner's source as plain text."""
+    data = repr(base64.b64encode(bytes(range(256)) * 4)) if kept == "an icon" else repr(MINER)
+    source = f"import base64\nKEPT = {data}\nlimit = eval('2 ** 10')\nexec('PLUGINS = []')\n"
+    assert _read_source(source) == []
 
 
 # ------------------------------------------------------------ honest, as real processes

@@ -905,12 +905,55 @@ def code_evidence(marshaled: bytes, depth: int = 0, decoding: list[int] | None =
                     evidence.requests.update(_JSON_METHOD.findall(text))
                 if len(const) >= BLOB_MIN and len(blobs) < 4 * BLOBS_MAX:
                     blobs.append(_as_bytes(const))
+    if runs:  # exec(zlib.decompress(b64decode(b"...")))
+        evidence.merge(_decoded_blobs(blobs, depth, decoding))
+    return evidence
+
+
+def _decoded_blobs(blobs: list[bytes], depth: int, decoding: list[int] | None) -> Evidence:
+    """The code the long constants of code that runs what it decodes hold (encoded)."""
     decoding = [DECODED_ALL] if decoding is None else decoding
-    if runs and depth < STUB_DEPTH:  # exec(zlib.decompress(b64decode(b"...")))
-        blobs.sort(key=lambda blob: b" " in blob)  # base64 and the like first, then text
+    evidence = Evidence()
+    if depth < STUB_DEPTH:
+        blobs = sorted(blobs, key=lambda blob: b" " in blob)  # base64 and the like first
         for blob in blobs[:BLOBS_MAX]:
             evidence.merge(_decoded_code_evidence(blob, depth + 1, decoding))
     return evidence
+
+
+#: A source that may run an encoded constant (a word that runs code, a run of 48 base64 or
+#: hex characters: not a comment's line of "=", nor a long snake_case name): read in the
+#: reader's child, where its constants are decoded (``_DECODES``).
+_RUN_WORD = re.compile(rb"\b(?:exec|eval|loads)\b")
+_ENCODED_RUN = re.compile(rb"[A-Za-z0-9+/]{48}")
+_DECODES = False  # in the reader's child only: what is decoded may be marshaled code
+
+
+def may_run_encoded(source: bytes) -> bool:
+    return bool(_RUN_WORD.search(source)) and bool(_ENCODED_RUN.search(source))
+
+
+def source_decoded_evidence(source: bytes) -> Evidence:
+    """What a Python source's encoded constants hold, when its code runs what it decodes
+    (``exec(zlib.decompress(b64decode(b"...")))``): its compiled code's long constants
+    decoded as a .pyc's are (bounded alike). Its own code is read from its syntax tree."""
+    try:
+        top = compile(source, "<script>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+        return Evidence()
+    blobs: list[bytes] = []
+    runs, stack, seen = False, [top], 0
+    while stack and seen < 100_000:
+        code = stack.pop()
+        seen += 1
+        runs = runs or _runs_decoded(code.co_names)
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                stack.append(const)
+            elif isinstance(const, (str, bytes)) and len(const) >= BLOB_MIN and \
+                    len(blobs) < 4 * BLOBS_MAX:
+                blobs.append(_as_bytes(const))
+    return _decoded_blobs(blobs, 0, None) if runs else Evidence()
 
 
 def _as_bytes(constant: str | bytes) -> bytes:
@@ -1501,6 +1544,8 @@ def read_script(fd: int, language: str, parse_bytes: int, file_bytes: int) -> di
     if cut:  # padded with comments? Those are skipped (up to file_bytes), then it may fit
         source, cut = code_lines(fd, parse_bytes, file_bytes)
     evidence = python_evidence(source[:parse_bytes], cut)
+    if _DECODES and may_run_encoded(source[:parse_bytes]):
+        evidence.merge(source_decoded_evidence(source[:parse_bytes]))
     if cut:
         evidence.merge(tail_imports(os.pread(fd, max(0, file_bytes - parse_bytes), parse_bytes)))
     return {"evidence": evidence.to_json()}
@@ -1614,12 +1659,14 @@ IN_PROCESS_MAX = 16 << 10
 
 def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: float) -> dict:
     """``read_script``: here if the script is a small source, else in a child process
-    (``read_isolated``). Zip apps and .pyc files always go to the child (decompression, and
-    ``marshal``, which is not meant for hostile data)."""
+    (``read_isolated``). Zip apps, .pyc files and sources that may run an encoded constant
+    always go to the child (decompression, and ``marshal``, which is not meant for hostile
+    data)."""
     size = os.fstat(fd).st_size
     if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and language != FROZEN and \
             (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd)
-                                       or frozen.find_archive(fd, size) is not None)):
+                                       or frozen.find_archive(fd, size) is not None
+                                       or may_run_encoded(os.pread(fd, size, 0)))):
         return read_script(fd, language, parse_bytes, file_bytes)
     return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
 
@@ -1703,7 +1750,9 @@ def _start_child(argv: list[str], fd: int) -> tuple[subprocess.Popen, bool]:
 def _child(argv: list[str]) -> None:
     import resource
 
+    global _DECODES
     fd, language, parse_bytes, file_bytes, seconds = argv
+    _DECODES = True
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
     resource.setrlimit(resource.RLIMIT_CPU, (int(seconds), int(seconds)))
     result = read_script(int(fd), language, int(parse_bytes), int(file_bytes))
