@@ -8,7 +8,10 @@ one (a unary chain of 2 million operators, which defeats the parser and goes to 
 fallback): the time to its markers
 (the child process that parses it, started and answered), the child's CPU, the longest another
 thread of the guard (the server's event loop) waits for the GIL meanwhile, and, beside it,
-the byte search the scanner used before (which reads data and code alike).
+the byte search the scanner used before (which reads data and code alike). Then, over the
+guard's own environment (site-packages and the standard library: honest code), what decoding
+the constants of code that runs what it decodes finds: the sources that go to the child for
+it, the .pyc files whose markers it changes (none should), and the time.
 """
 
 from __future__ import annotations
@@ -96,6 +99,44 @@ def main() -> None:
         hostile = Path(folder) / "hostile.py"
         hostile.write_text("import pproxy\n" + "-" * 2_000_000 + "1\n")
         measure("hostile (2 M unary ops)", hostile, runs=1)
+    honest_environment()
+
+
+def files_under(roots: list[str], suffix: str):
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            yield from (os.path.join(folder, n) for n in names if n.endswith(suffix))
+
+
+def honest_environment() -> None:
+    import sysconfig
+
+    roots = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]})
+    started, sources, decoded, flagged = time.perf_counter(), 0, 0, []
+    for path in files_under(roots, ".py"):
+        data = Path(path).read_bytes()[:1 << 20]
+        sources += 1
+        if scripts.may_run_encoded(data):
+            decoded += 1
+            flagged += [path] if scripts.code_markers(scripts.source_decoded_evidence(data)) else []
+    print(f"{'honest sources':>24}: {sources} read, {decoded} with constants decoded, "
+          f"{len(flagged)} with markers from them {flagged[:5]}, "
+          f"{time.perf_counter() - started:.1f} s")
+    started, pycs, changed = time.perf_counter(), 0, []
+    for path in files_under(roots, ".pyc"):
+        data = Path(path).read_bytes()[:8 << 20]
+        found = scripts.pyc_evidence(data)
+        pycs += 1
+        if found is None or not scripts.code_markers(found):
+            continue
+        depth, scripts.STUB_DEPTH = scripts.STUB_DEPTH, 0  # the same, nothing decoded
+        try:
+            if scripts.code_markers(scripts.pyc_evidence(data)) != scripts.code_markers(found):
+                changed.append(path)
+        finally:
+            scripts.STUB_DEPTH = depth
+    print(f"{'honest .pyc files':>24}: {pycs} read, {len(changed)} whose markers decoding "
+          f"changes {changed[:5]}, {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

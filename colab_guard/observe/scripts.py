@@ -933,13 +933,25 @@ def may_run_encoded(source: bytes) -> bool:
     return bool(_RUN_WORD.search(source)) and bool(_ENCODED_RUN.search(source))
 
 
+def _compiled(text: bytes, name: str):
+    """The code of a user's text, compiled (never run), or None; its warnings unsaid (a
+    SyntaxWarning of a user's ``x is 1`` is no news to the guard's log)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return compile(text, name, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+            return None
+
+
 def source_decoded_evidence(source: bytes) -> Evidence:
     """What a Python source's encoded constants hold, when its code runs what it decodes
     (``exec(zlib.decompress(b64decode(b"...")))``): its compiled code's long constants
     decoded as a .pyc's are (bounded alike). Its own code is read from its syntax tree."""
-    try:
-        top = compile(source, "<script>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+    top = _compiled(source, "<script>")
+    if top is None:
         return Evidence()
     blobs: list[bytes] = []
     runs, stack, seen = False, [top], 0
@@ -1017,9 +1029,8 @@ def _source_evidence(data: bytes, depth: int, decoding: list[int],
 
     variants = (codecs.encode(data.decode("latin-1"), "rot13").encode("latin-1"), data[::-1])
     for text in (data, *variants) if plain else variants:
-        try:
-            code = compile(text, "<decoded>", "exec", dont_inherit=True)
-        except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+        code = _compiled(text, "<decoded>")
+        if code is None:
             continue
         if _only_literals(text):
             return None  # data that parses as Python (a JSON document): runs nothing
@@ -1441,9 +1452,10 @@ def _read_standard(name: str, is_package: bool) -> frozenset | None:
         with open(source, "rb") as f:
             text = f.read(STANDARD_BYTES)
         _COMPILED[0] += 1
-        return _code_strings(compile(text, source, "exec", dont_inherit=True))
-    except (OSError, SyntaxError, ValueError, MemoryError, RecursionError):
+    except OSError:
         return None
+    code = _compiled(text, source)
+    return None if code is None else _code_strings(code)
 
 
 def _code_strings(top) -> frozenset:
