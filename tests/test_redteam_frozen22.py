@@ -244,13 +244,19 @@ def test_a_detectors_sample_of_a_miner_is_data_beside_json_loads(sample):
             assert scripts.code_markers(evidence) == [], (sample, runner)
 
 
-def test_decompression_bombs_in_a_stub_are_decoded_to_their_bound(monkeypatch):
-    """Four constants of 256 MiB each (zlib, base64'd): ``DECODED_ALL`` decoded in all."""
-    decoded = []
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """The bytes each decoding step gives, as they are decoded."""
+    sizes: list[int] = []
     real = scripts._decode_once
     monkeypatch.setattr(scripts, "_decode_once",
-                        lambda data, limit: decoded.append(len(real(data, limit) or b""))
+                        lambda data, limit: sizes.append(len(real(data, limit) or b""))
                         or real(data, limit))
+    return sizes
+
+
+def test_decompression_bombs_in_a_stub_are_decoded_to_their_bound(decoded):
+    """Four constants of 256 MiB each (zlib, base64'd): ``DECODED_ALL`` decoded in all."""
     bomb = base64.b64encode(zlib.compress(b"\0" * (256 << 20), 9))
     source = "\n".join(f"B{i} = {bomb!r}" for i in range(4)) + "\nexec(B0)"
     evidence = scripts.code_evidence(marshal.dumps(compile(source, "s", "exec")))
@@ -475,13 +481,8 @@ def test_a_data_file_of_stratum_samples_the_program_loads_as_json_is_not_code(tm
     assert _markers(path) == ["stratum-miner"]  # (the same file, a program it runs)
 
 
-def test_bombs_in_every_entry_script_share_one_decoding_budget(tmp_path, monkeypatch):
+def test_bombs_in_every_entry_script_share_one_decoding_budget(tmp_path, decoded):
     """Eight entry scripts, each a stub of a 256 MiB bomb: ``DECODED_ALL`` for the program."""
-    decoded = []
-    real = scripts._decode_once
-    monkeypatch.setattr(scripts, "_decode_once",
-                        lambda data, limit: decoded.append(len(real(data, limit) or b""))
-                        or real(data, limit))
     bomb = base64.b64encode(zlib.compress(b"\0" * (256 << 20), 9))
     stub = _code(f"B = {bomb!r}\nexec(B)")
     path = tmp_path / "tool"

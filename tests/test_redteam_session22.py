@@ -45,7 +45,6 @@ import shutil
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -59,6 +58,7 @@ from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON
 from tests.harness import wait_until
 from tests.test_behaviour_relay import far_end  # noqa: F401 (a fixture)
+from tests.test_redteam_sampled20 import _group
 from tests.test_watch import pool  # noqa: F401 (a fixture)
 
 RULES = load_signatures()
@@ -70,20 +70,6 @@ LISTED = "/usr/lib/x86_64-linux-gnu/libpopt.so.0.0.2"
 
 needs_microsocks = pytest.mark.skipif(MICROSOCKS is None or not os.path.exists(LOADER),
                                       reason="needs microsocks and the x86-64 dynamic loader")
-
-
-@contextmanager
-def _group(argv: list[str], **kwargs):
-    """A process in a session of its own, its whole group stopped at the end."""
-    process = subprocess.Popen(argv, start_new_session=True, **kwargs)
-    try:
-        yield process
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
 
 
 def _free_port() -> int:

@@ -882,20 +882,13 @@ def code_evidence(marshaled: bytes, depth: int = 0, decoding: list[int] | None =
     texts: dict[str, set[str]] = {}  # a name -> the text constants stored in it
     blobs: list[bytes] = []  # long constants: code it may decode and run
     runs = False
-    stack, seen = [top], 0
-    while stack and seen < 100_000:
-        code = stack.pop()
-        seen += 1
-        if not hasattr(code, "co_code"):
-            continue
+    for code in _code_objects(top):
         evidence.names.update(code.co_names)
         evidence.names.add(code.co_name)
         runs = runs or _runs_decoded(code.co_names)
         _read_instructions(code, evidence, aliases, texts)
         for const in code.co_consts:
-            if hasattr(const, "co_code"):
-                stack.append(const)
-            elif isinstance(const, tuple):  # a table of requests: (("mining.subscribe", ...), ...)
+            if isinstance(const, tuple):  # a table of requests: (("mining.subscribe", ...), ...)
                 for item in _flat(const):
                     evidence.mention(item)
             elif isinstance(const, (str, bytes)):
@@ -908,6 +901,18 @@ def code_evidence(marshaled: bytes, depth: int = 0, decoding: list[int] | None =
     if runs:  # exec(zlib.decompress(b64decode(b"...")))
         evidence.merge(_decoded_blobs(blobs, depth, decoding))
     return evidence
+
+
+def _code_objects(top, most: int = 100_000):
+    """A code object and those nested in its constants (functions, classes, comprehensions),
+    ``most`` at most."""
+    stack, seen = [top], 0
+    while stack and seen < most:
+        code = stack.pop()
+        seen += 1
+        if hasattr(code, "co_code"):
+            yield code
+            stack.extend(c for c in code.co_consts if hasattr(c, "co_code"))
 
 
 def _decoded_blobs(blobs: list[bytes], depth: int, decoding: list[int] | None) -> Evidence:
@@ -954,17 +959,11 @@ def source_decoded_evidence(source: bytes) -> Evidence:
     if top is None:
         return Evidence()
     blobs: list[bytes] = []
-    runs, stack, seen = False, [top], 0
-    while stack and seen < 100_000:
-        code = stack.pop()
-        seen += 1
+    runs = False
+    for code in _code_objects(top):
         runs = runs or _runs_decoded(code.co_names)
-        for const in code.co_consts:
-            if hasattr(const, "co_code"):
-                stack.append(const)
-            elif isinstance(const, (str, bytes)) and len(const) >= BLOB_MIN and \
-                    len(blobs) < 4 * BLOBS_MAX:
-                blobs.append(_as_bytes(const))
+        blobs += [_as_bytes(c) for c in code.co_consts
+                  if isinstance(c, (str, bytes)) and len(c) >= BLOB_MIN][:4 * BLOBS_MAX - len(blobs)]
     return _decoded_blobs(blobs, 0, None) if runs else Evidence()
 
 
@@ -1461,18 +1460,11 @@ def _read_standard(name: str, is_package: bool) -> frozenset | None:
 def _code_strings(top) -> frozenset:
     """The names and text constants of a code object and those nested in it."""
     found: set = set()
-    stack, seen = [top], 0
-    while stack and seen < 100_000:
-        code = stack.pop()
-        seen += 1
-        if not hasattr(code, "co_code"):
-            continue
+    for code in _code_objects(top):
         found.update(code.co_names)
         found.add(code.co_name)
         for const in code.co_consts:
-            if hasattr(const, "co_code"):
-                stack.append(const)
-            elif isinstance(const, (str, bytes)):
+            if isinstance(const, (str, bytes)):
                 found.add(const)
             elif isinstance(const, (tuple, frozenset)):
                 found.update(_flat_constants(const))
