@@ -51,7 +51,7 @@ def test_a_cell_behind_or_inside_a_deep_expression_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
 def test_each_deep_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 def test_a_cell_too_deep_to_parse_here_is_refused_not_taken_for_one_that_cannot_run(
@@ -61,7 +61,8 @@ def test_a_cell_too_deep_to_parse_here_is_refused_not_taken_for_one_that_cannot_
     cell = SUM_5000 + "\n" + PAYLOAD
     assert analyse_cell(cell).unread == UNREAD_TOO_DEEP
     assert "Split the expression" in UNREAD_TOO_DEEP
-    _runs_ngrok(cell, stand_in_path, tmp_path, "a 5,000-term sum", recursion_limit=100_000)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, "a 5,000-term sum",
+                                   recursion_limit=100_000)
 
 
 def test_a_deep_runner_argument_is_cut_not_read_wrongly():
@@ -148,7 +149,7 @@ def test_a_program_started_from_a_comprehension_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", COMPREHENSIONS, ids=[c[0] for c in COMPREHENSIONS])
 def test_each_comprehension_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("cell", [
@@ -214,7 +215,8 @@ def test_a_runner_bound_through_the_namespace_is_refused(what, binding):
 @pytest.mark.parametrize("what, binding", NAMESPACE_RUNNERS[::3],
                          ids=[n[0] for n in NAMESPACE_RUNNERS[::3]])
 def test_each_namespace_binding_really_starts_ngrok(what, binding, stand_in_path, tmp_path):
-    _runs_ngrok(f"import os, sys\n{binding}\nr('ngrok tcp 22')", stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(f"import os, sys\n{binding}\nr('ngrok tcp 22')",
+                                   stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("cell", [

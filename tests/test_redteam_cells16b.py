@@ -83,7 +83,7 @@ def test_a_program_started_inside_a_cut_expression_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", EVASIONS, ids=[e[0] for e in EVASIONS])
 def test_each_cut_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 def test_code_run_from_a_string_too_deep_to_parse_here_is_refused(stand_in_path, tmp_path):
@@ -91,7 +91,7 @@ def test_code_run_from_a_string_too_deep_to_parse_here_is_refused(stand_in_path,
     code = "x = 1" + " + 1" * 5000 + "\nimport os\nos.system('ngrok tcp 22')"
     cell = f"import sys\nsys.setrecursionlimit(100_000)\nexec({code!r})"
     assert analyse_cell(cell).unread == UNREAD_TOO_DEEP
-    _runs_ngrok(cell, stand_in_path, tmp_path, "exec of a 5,000-term sum")
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, "exec of a 5,000-term sum")
 
 
 def test_blocks_of_exec_of_blocks_past_what_the_reader_holds_are_refused(stand_in_path, tmp_path):
@@ -100,7 +100,8 @@ def test_blocks_of_exec_of_blocks_past_what_the_reader_holds_are_refused(stand_i
     piece, each piece failed anew: seconds a statement). Refused, as a cell too deep to
     parse; with one level of exec it is read and found."""
     assert analyse_cell(_exec_in_blocks(3)).unread == UNREAD_TOO_DEEP
-    _runs_ngrok(_exec_in_blocks(3), stand_in_path, tmp_path, "exec of exec of exec in blocks")
+    assert "tcp 22" in _runs_ngrok(_exec_in_blocks(3), stand_in_path, tmp_path,
+                                   "exec of exec of exec in blocks")
     assert analyse_cell(_exec_in_blocks(1)).unread == ""
     assert FORBIDDEN in _cell_signatures(_exec_in_blocks(1))
 
@@ -148,7 +149,7 @@ def test_a_runner_chosen_or_held_past_the_cut_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", CUT_RUNNERS, ids=[c[0] for c in CUT_RUNNERS])
 def test_each_cut_runner_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell", WITHIN, ids=[c[0] for c in WITHIN])

@@ -120,7 +120,7 @@ def test_a_runner_through_the_namespace_or_a_filtered_comprehension_is_refused(w
 
 @pytest.mark.parametrize("what, cell", FIXED, ids=[f[0] for f in FIXED])
 def test_each_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(cell, stand_in_path, tmp_path, what)
 
 
 def test_a_namespace_bound_in_one_cell_is_the_namespace_in_the_next():
@@ -158,7 +158,7 @@ def test_an_evasion_left_then_fixed_later_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", FIXED_LATER, ids=[c[0] for c in FIXED_LATER])
 def test_each_evasion_fixed_later_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("cell", [

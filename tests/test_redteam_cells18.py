@@ -251,7 +251,7 @@ def test_an_evasion_of_the_new_rules_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", FIXED, ids=[f[0] for f in FIXED])
 def test_each_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 #: Left in session 18, closed in session 19 (tests/test_redteam_cells19.py says how): each
@@ -320,12 +320,12 @@ def test_an_evasion_left_in_18_is_refused(what, cell, reason):
 @pytest.mark.parametrize("what, cell, reason", CLOSED_IN_19, ids=[c[0] for c in CLOSED_IN_19])
 def test_each_evasion_left_in_18_really_starts_ngrok(what, cell, reason, stand_in_path,
                                                      tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell, reason", LEFT, ids=[c[0] for c in LEFT])
 def test_each_left_evasion_really_starts_ngrok(what, cell, reason, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell", [
@@ -339,7 +339,8 @@ EARLIER_CELL = (HEAD + G, HEAD + "for c in g():\n    os.system(c)")
 
 
 def test_a_generator_of_an_earlier_cell_really_starts_ngrok(stand_in_path, tmp_path):
-    _runs_ngrok("".join(EARLIER_CELL), stand_in_path, tmp_path, "a generator of an earlier cell")
+    assert "tcp 22" in _runs_ngrok("".join(EARLIER_CELL), stand_in_path, tmp_path,
+                                   "a generator of an earlier cell")
 
 
 def test_a_generator_of_an_earlier_cell_is_read():

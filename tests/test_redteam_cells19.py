@@ -262,7 +262,7 @@ def test_an_evasion_of_the_new_rules_is_refused(what, cell):
 
 @pytest.mark.parametrize("what, cell", FIXED, ids=[f[0] for f in FIXED])
 def test_each_evasion_really_starts_ngrok(what, cell, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 #: Left: each starts ngrok; what the check reads of none of them, and why.
@@ -341,7 +341,7 @@ LEFT = [
 
 @pytest.mark.parametrize("what, cell, reason", LEFT, ids=[c[0] for c in LEFT])
 def test_each_left_evasion_really_starts_ngrok(what, cell, reason, stand_in_path, tmp_path):
-    _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok(HEAD + cell, stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cell", [
@@ -364,7 +364,7 @@ EARLIER_LEFT = [
 @pytest.mark.parametrize("what, cells, reason", EARLIER_LEFT, ids=[c[0] for c in EARLIER_LEFT])
 def test_each_earlier_cell_evasion_really_starts_ngrok(what, cells, reason, stand_in_path,
                                                        tmp_path):
-    _runs_ngrok("".join(cells), stand_in_path, tmp_path, what)
+    assert "tcp 22" in _runs_ngrok("".join(cells), stand_in_path, tmp_path, what)
 
 
 @pytest.mark.parametrize("what, cells", [

@@ -308,7 +308,8 @@ C_BIND = ("address = struct.pack('<HH4s8x', socket.AF_INET, 0, socket.inet_aton(
           "assert ctypes.CDLL(None, use_errno=True).bind(server.fileno(), address, 16) == 0")
 
 
-async def _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, bind: str):
+async def _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, bind: str) -> list:
+    """Runs the relay in the kernel and relays users through it: the proxy-relay incidents."""
     from tests.conftest import KernelRunner, incidents_in, wait_for
     from tests.test_behaviour_relay import _users
     reply, outputs = await kernel.run(KERNEL_RELAY.format(bind=bind, target=far_end),
@@ -319,9 +320,8 @@ async def _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, bind:
     got = await jp_asyncio_loop.run_in_executor(
         None, lambda: _users("plain", port, count=6, requests=3))
     assert got and max(got) > 0, got  # users were relayed
-    found = await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
-                                    if i["signature"] == "proxy-relay"], timeout=30)
-    assert found[0]["kernel_id"] == kernel.kernel_id
+    return await wait_for(lambda: [i for i in incidents_in(guard_config["incident_log"])
+                                   if i["signature"] == "proxy-relay"], timeout=30)
 
 
 @pytest.mark.integration
@@ -329,7 +329,8 @@ async def test_a_relay_in_the_kernel_bound_through_libc_is_stopped(kernel, guard
                                                                    jp_asyncio_loop):
     """Checked, stopped already: the hook reports no bind, yet the port is not taken for one
     of the kernel's own Jupyter ports (a Python bind, PYTHON_BIND, is stopped the same way)."""
-    await _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, C_BIND)
+    found = await _relay_in_kernel(kernel, guard_config, far_end, jp_asyncio_loop, C_BIND)
+    assert found and found[0]["kernel_id"] == kernel.kernel_id
 
 
 # ------------------------------------------------------------ a kernel's child posing as a kernel
@@ -427,7 +428,9 @@ def _miner_library(folder: Path, pad: int) -> Path:
     return library
 
 
-def _library_miner_is_named(library: Path, pool_url: str) -> None:
+def _library_miner_ids(library: Path, pool_url: str) -> set[str]:
+    """Loads the library into a Python process and samples it until a content signature
+    names it (AssertionError at the deadline): that tick's signature ids."""
     code = ("import ctypes, sys\nctypes.CDLL(sys.argv[1])\nprint('loaded', flush=True)\n"
             "sys.stdin.read()\n")
     env = {**os.environ, "POOL_PORT": pool_url.rsplit(":", 1)[1]}
@@ -436,8 +439,9 @@ def _library_miner_is_named(library: Path, pool_url: str) -> None:
         with _group([PYTHON, "-c", code, str(library)], env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE) as miner:
             miner.stdout.readline()
-            _detections_until(sampler, miner.pid,
-                              lambda snap, ids: "mining-miner-content" in ids, timeout=30)
+            return _detections_until(sampler, miner.pid,
+                                     lambda snap, ids: "mining-miner-content" in ids,
+                                     timeout=30)[1]
     finally:
         sampler.content.close()
 
@@ -445,7 +449,7 @@ def _library_miner_is_named(library: Path, pool_url: str) -> None:
 @needs_gcc
 def test_a_stratum_client_library_is_named(tmp_path, pool):
     """The baseline: the library's file is scanned, its requests are a Stratum client's."""
-    _library_miner_is_named(_miner_library(tmp_path, 16), pool)
+    assert "mining-miner-content" in _library_miner_ids(_miner_library(tmp_path, 16), pool)
 
 
 @needs_gcc
@@ -457,7 +461,8 @@ def test_a_stratum_client_library_is_named(tmp_path, pool):
     "each process; left for a budgeted read of the mapped tail of libraries no package "
     "installed"))
 def test_a_stratum_client_library_padded_past_the_scan_is_named(tmp_path, pool):
-    _library_miner_is_named(_miner_library(tmp_path, 70 << 20), pool)
+    assert "mining-miner-content" in _library_miner_ids(_miner_library(tmp_path, 70 << 20),
+                                                        pool)
 
 
 # ------------------------------------------------------------ a miner hopping from pid to pid

@@ -1668,11 +1668,17 @@ def read(fd: int, language: str, parse_bytes: int, file_bytes: int, deadline: fl
     data)."""
     size = os.fstat(fd).st_size
     if size <= IN_PROCESS_MAX and sys.version_info >= (3, 11) and language != FROZEN and \
-            (language == SHELL or not (_pyc(os.pread(fd, 16, 0)) or _is_zip(fd)
-                                       or frozen.find_archive(fd, size) is not None
-                                       or may_run_encoded(os.pread(fd, size, 0)))):
+            (language == SHELL or _plain_source(fd, size)):
         return read_script(fd, language, parse_bytes, file_bytes)
     return read_isolated(fd, language, parse_bytes, file_bytes, deadline)
+
+
+def _plain_source(fd: int, size: int) -> bool:
+    """Whether a small Python file is a source that runs nothing it decodes: not a .pyc, an
+    ELF (a frozen program, read by ``read_script`` as one), a zip app, nor a stub."""
+    data = os.pread(fd, size, 0)
+    return not (_pyc(data[:16]) or data.startswith(b"\x7fELF") or _is_zip(fd)
+                or may_run_encoded(data))
 
 
 _PROGRAM: bytes | None = None  # this file's source, given to the child on its stdin
