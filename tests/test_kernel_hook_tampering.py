@@ -88,6 +88,15 @@ def kernel(server):
     started.close()
 
 
+def _checked(kernel: Kernel, code: str) -> tuple[dict, str]:
+    """Run a cell; once more if the server was too busy to check it within the limit (what
+    the refusal tells the user to do: the second run is answered from the first reading)."""
+    reply, text = kernel.run(code)
+    if "could not finish checking it" in text:
+        reply, text = kernel.run(code)
+    return reply, text
+
+
 def _ok(kernel: Kernel, code: str, **kwargs) -> str:
     reply, text = kernel.run(code, **kwargs)
     assert reply["status"] == "ok", f"{code[:80]!r}: {text[-300:]}"
@@ -240,8 +249,10 @@ def test_cells_nested_too_deeply_for_the_reader_are_checked_or_refused(kernel, t
     in the server and ran unchecked (tests/test_redteam_cells16.py)."""
     marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w').write('ran')\nimport os\nos.system('ngrok tcp 22')\n"
-    reply, text = kernel.run("x = 1" + " + 1" * 1000 + "\n" + code)
+    reply, text = _checked(kernel, "x = 1" + " + 1" * 1000 + "\n" + code)
     assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
+    refused_by = reply["evalue"]  # the incident's id: refused for its ngrok, read to the end
+    assert [i["id"] for i in kernel.incidents()] == [refused_by], text[-300:]
     _ok(kernel, "import sys\nsys.setrecursionlimit(100_000)")
     reply, text = kernel.run("x = 1" + " + 1" * 5000 + "\n" + code)
     assert reply["status"] == "error" and reply["ename"] == "CellRefused", text[-300:]
