@@ -22,7 +22,9 @@ the others as bytes.
 So is every file a process maps executable (a library loaded under any name: libtorrent's
 Python module copied to ``fastmath.so``), once per file like a program, its strings and the
 names it exports (``SYMBOL_MARKERS``, elf.py); looked at again when the process's executable
-memory changes. dpkg's own system libraries are known clean and never read.
+memory changes. dpkg's own system libraries are known clean and never read. A library larger
+than ``max_bytes`` that no installed package owns (dpkg, a Python distribution's RECORD) has
+its loadable segments past the bound read too (``LIBRARY_TAIL_BYTES`` at most).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import NamedTuple
 
 import re2
 
-from . import aria2, elf, frozen, procfs, scripts
+from . import aria2, elf, frozen, packages, procfs, scripts
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -63,6 +65,13 @@ SOURCED_BYTES = 256 << 10
 SCRIPT_THREADS = 2
 
 FileKey = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
+
+#: Bytes of a library's loadable segments read past ``max_bytes`` when no installed package
+#: owns it (a Stratum client padded past the bound); packages' are not read past it (torch's
+#: and CUDA's are hundreds of MiB in every ML process). 256 MiB more costs under a second on a
+#: free core (100 MiB of libLLVM in 0.3 s, README), so it fits the scan's 5 s on a busy one;
+#: past it the library is ``scan:cut``.
+LIBRARY_TAIL_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -312,6 +321,9 @@ class Scan:
 
     markers: list[str]
     cut: bool = False  # stopped at its time budget before the end
+    # a file past max_bytes read to that bound only, as a program (whose memory scan reads the
+    # rest): a library's scan of it reads its loaded segments past the bound
+    head_only: bool = False
 
 
 class Scanning:
@@ -336,22 +348,56 @@ class Scanning:
 
 
 def scan_fd(fd: int, max_bytes: int, deadline: float | None = None,
-            search: MarkerSearch = SEARCH, first: list | None = None) -> Scan:
+            search: MarkerSearch = SEARCH, first: list | None = None,
+            scanning: Scanning | None = None) -> Scan:
     """The markers in the first ``max_bytes`` of an open file, read in chunks; stopped (cut)
-    at ``deadline`` (time.monotonic()). ``first``: gets the first chunk."""
-    scanning = Scanning(search)
-    offset = 0
-    while offset < max_bytes:
+    at ``deadline`` (time.monotonic()). ``first``: gets the first chunk. ``scanning``: fed
+    (to go on past the bound)."""
+    scanning = scanning or Scanning(search)
+    _, cut = feed_range(fd, 0, max_bytes, deadline, scanning, first)
+    return Scan(scanning.markers(), cut=cut)
+
+
+def feed_range(fd: int, start: int, end: int, deadline: float | None, scanning: Scanning,
+               first: list | None = None) -> tuple[int, bool]:
+    """Feed bytes ``start`` to ``end`` of a file to ``scanning`` (up to the file's end): the
+    bytes read, and whether it stopped at ``deadline``."""
+    offset = start
+    while offset < end:
         if deadline is not None and time.monotonic() > deadline:
-            return Scan(scanning.markers(), cut=True)
-        chunk = os.pread(fd, min(CHUNK, max_bytes - offset), offset)
+            return offset - start, True
+        chunk = os.pread(fd, min(CHUNK, end - offset), offset)
         if not chunk:
             break
         if first is not None and offset == 0:
             first.append(chunk)
         offset += len(chunk)
         scanning.feed(chunk)
-    return Scan(scanning.markers())
+    return offset - start, False
+
+
+def scan_loaded_tail(fd: int, head: bytes, size: int, skip: int, budget: int,
+                     deadline: float | None, scanning: Scanning) -> tuple[int, bool]:
+    """Feed what the loader maps of a library past its first ``skip`` bytes (its loadable
+    segments; all of a file that is no ELF64), ``budget`` bytes at most, to ``scanning``
+    (which has read the first ``skip``): the bytes read, and whether it was cut (by the
+    deadline or the budget)."""
+    ranges, read = elf.loaded_ranges(fd, head, size) or [(0, size)], 0
+    position = skip  # where the last read ended: a range starting there follows it
+    for start, end in sorted((max(s, skip), e) for s, e in ranges if e > skip):
+        start = max(start, position)  # (segments that overlap)
+        if start >= end:
+            continue
+        if start != position:
+            scanning.restart()  # a gap: nothing spans it
+        take = min(end - start, budget - read)
+        done, cut = feed_range(fd, start, start + take, deadline, scanning)
+        read, position = read + done, start + done
+        if cut or take < end - start:
+            return read, True
+        if done < take:
+            break  # the file ends early (truncated since)
+    return read, False
 
 
 def scan_file(path: str, max_bytes: int, search: MarkerSearch = SEARCH,
@@ -570,10 +616,11 @@ SYSTEM_LIBRARY_FOLDERS = ("/usr/lib/", "/usr/lib64/", "/lib/", "/lib64/")
 
 
 class SystemPackages:
-    """The shared objects dpkg installed in the system's library folders, from its file lists
-    (``/var/lib/dpkg/info/*.list``: plain text, no package of ours needed), read again when
-    that folder changes (a package installed). Only root can put a file there and list it: a
-    user cannot pass a renamed library off as the system's, so these are known clean."""
+    """The shared objects dpkg installed, from its file lists (``/var/lib/dpkg/info/*.list``:
+    plain text, no package of ours needed), read again when that folder changes (a package
+    installed). Only root can put a file in the system's library folders and list it: a user
+    cannot pass a renamed library off as the system's, so these are known clean (those
+    elsewhere, CUDA's under /usr/local, are not read past the scan's bound)."""
 
     def __init__(self, folder: str = "/var/lib/dpkg/info", max_bytes: int = 64 << 20):
         self.folder = folder
@@ -616,8 +663,7 @@ class SystemPackages:
             if left <= 0:
                 paths = set()
                 break
-            paths.update(line for line in text.splitlines()
-                         if line.startswith(SYSTEM_LIBRARY_FOLDERS) and ".so" in line)
+            paths.update(line for line in text.splitlines() if ".so" in line)
         self._stamp, self._paths = stamp, frozenset(paths)
 
 
@@ -652,6 +698,19 @@ def _known_clean(mapped: MappedFile, system: bool, packages: SystemPackages) -> 
     """A system library that the system's package manager installed (root's file, no one
     else may write it, listed by dpkg): never scanned."""
     return system and packages.installed(mapped.path)
+
+
+def package_owned(path: str, st: os.stat_result, session: float | None,
+                  system_packages: SystemPackages) -> bool:
+    """Whether an installed package owns the file at ``path`` as it is (``st``): dpkg listed
+    it, root's file no one else may write, unchanged since the kernel's ``session`` began;
+    or a Python distribution of its environment lists it in its RECORD (packages.py)."""
+    if path.startswith("/proc/"):  # read through map_files: its path is not the one mapped
+        return False
+    if st.st_uid == 0 and not st.st_mode & 0o022 and \
+            (session is None or st.st_ctime <= session) and system_packages.installed(path):
+        return True
+    return packages.listed_unchanged(path, st, session)
 
 
 def executable_kib(pid: int) -> int:
@@ -737,7 +796,8 @@ class ContentScanner:
         self.bytes_read = 0
         self.stats = {"file_scans": 0, "script_scans": 0, "memory_scans": 0, "cut": 0,
                       "refused": 0, "dropped": 0, "memory_denied": 0, "vanished": 0,
-                      "library_looks": 0}
+                      "library_looks": 0, "library_tails": 0, "library_tail_bytes": 0,
+                      "library_tails_owned": 0}
         self._said: set[str] = set()
         self._cache: OrderedDict[FileKey, Scan] = OrderedDict()
         self._pending: dict[FileKey, bool] = {}
@@ -1137,7 +1197,7 @@ class ContentScanner:
         self._count("stuck", "a content scan (%s) was blocked for over %g s; it is left to its "
                     "thread, counted as cut (%s), and a new thread scans the rest", job[2],
                     self.scan_seconds + self.stuck_after, SCAN_CUT)
-        if job[0] == "file":
+        if job[0] in ("file", "library"):
             self._pending.pop(job[1], None)
             self._cache[job[1]] = Scan([SCAN_CUT], cut=True)
         elif job[0] == "libraries":
@@ -1163,6 +1223,8 @@ class ContentScanner:
             try:
                 if job[0] == "file":
                     self._scan(*job[1:])
+                elif job[0] == "library":
+                    self._scan(job[1], job[2], self.max_bytes, library=True, session=job[3])
                 elif job[0] == "libraries":
                     self._look_at_libraries(*job[1:])
                 else:
@@ -1185,9 +1247,11 @@ class ContentScanner:
 
     # ------------------------------------------------------------ scanning
 
-    def _scan(self, key: FileKey, path: str, max_bytes: int) -> Scan:
+    def _scan(self, key: FileKey, path: str, max_bytes: int, library: bool = False,
+              session: float | None = None) -> Scan:
+        """Scan a file (``max_bytes`` of it; a ``library`` past that too, ``_library_tail``)."""
         deadline = time.monotonic() + self.scan_seconds
-        result, opened, exported = Scan([]), key, []
+        result, opened, exported, tail = Scan([]), key, [], 0
         try:
             fd, st = open_regular(path)
             try:
@@ -1200,7 +1264,15 @@ class ContentScanner:
                     with self._lock:
                         self._cache.setdefault(opened, Scan(list(exported)))
                 head: list[bytes] = []
-                result = scan_fd(fd, max_bytes, deadline, first=head)
+                scanning = Scanning()
+                result = scan_fd(fd, max_bytes, deadline, first=head, scanning=scanning)
+                if st.st_size > max_bytes and head and not result.cut:
+                    if library:
+                        tail, result.cut = self._library_tail(fd, st, head[0], path, session,
+                                                              deadline, scanning)
+                        result.markers = scanning.markers()
+                    else:
+                        result.head_only = True
                 result.markers += [m for m in exported if m not in result.markers]
                 if frozen.find_archive(fd, st.st_size) is not None:
                     result.markers.append(PACKED_PYINSTALLER)
@@ -1217,7 +1289,7 @@ class ContentScanner:
         with self._lock:
             self.scans += 1
             self.stats["file_scans"] += 1
-            self.bytes_read += min(opened[2], max_bytes)
+            self.bytes_read += min(opened[2], max_bytes) + tail
             self._pending.pop(key, None)
             # Cached under what was read: a file swapped in after the stat is not taken for
             # the one that was there (which is scanned when asked again).
@@ -1227,6 +1299,23 @@ class ContentScanner:
                 self._cache.popitem(last=False)
         self._tell_found(result.markers)
         return result
+
+    def _library_tail(self, fd: int, st: os.stat_result, head: bytes, path: str,
+                      session: float | None, deadline: float,
+                      scanning: Scanning) -> tuple[int, bool]:
+        """Read a library's loadable segments past ``max_bytes`` (``LIBRARY_TAIL_BYTES`` at
+        most, within the scan's deadline) unless an installed package owns it: the bytes read,
+        and whether it was cut."""
+        if package_owned(path, st, session, self.system_packages):
+            with self._lock:
+                self.stats["library_tails_owned"] += 1
+            return 0, False
+        read, cut = scan_loaded_tail(fd, head, st.st_size, self.max_bytes, LIBRARY_TAIL_BYTES,
+                                     deadline, scanning)
+        with self._lock:
+            self.stats["library_tails"] += 1
+            self.stats["library_tail_bytes"] += read
+        return read, cut
 
     def _tell_found(self, markers: list[str]) -> None:
         """Call ``on_found`` (without the lock held) if these markers name a tool."""
@@ -1419,40 +1508,45 @@ class ContentScanner:
         exported names already showed a tool.)"""
         libraries = self._libraries.get(key)
         return libraries is not None and (libraries.queued or any(
-            k in self._pending and k not in self._cache
+            k in self._pending and (k not in self._cache or self._cache[k].head_only)
             for k, _, system in libraries.files if not system))
 
     def _library_markers(self, key: tuple) -> tuple[list[str], bool]:
         """The tools the files the process has mapped carry (scans not yet done are queued),
-        and whether some were not looked up."""
+        and whether some were not looked up or read to their end."""
         found: list[str] = []
         with self._lock:
             libraries = self._libraries.get(key)
             if libraries is None:
                 return [], False
+            cut = libraries.cut
             for file_key, path, system in libraries.files:
                 scan = self._cache.get(file_key)
+                if scan is None or scan.head_only:
+                    self._want(file_key, path, system, libraries.session)
                 if scan is None:
-                    self._want(file_key, path, system)
                     continue
                 self._cache.move_to_end(file_key)
                 found += [m for m in reported(scan.markers) if m not in found]
-            return found, libraries.cut
+                cut = cut or scan.cut
+            return found, cut
 
-    def _want(self, key: FileKey, path: str, system: bool) -> None:
-        """With the lock held: a mapped file's scan, unless it is cached or under way. The
-        system's own libraries go after the others (libc is scanned once, for precision's
-        sake; a library the user copied under a neutral name is what matters first)."""
-        if key in self._cache or key in self._pending:
+    def _want(self, key: FileKey, path: str, system: bool, session: float | None) -> None:
+        """With the lock held: a mapped file's scan, unless it is cached (not only its head,
+        as a program's) or under way. The system's own libraries go after the others (libc is
+        scanned once, for precision's sake; a library the user copied under a neutral name is
+        what matters first). ``session``: when the kernel's session began (a package's file
+        unchanged since is not read past the bound)."""
+        if (key in self._cache and not self._cache[key].head_only) or key in self._pending:
             return
         if self._background:
             cost = min(key[2], self.max_bytes) + (self.max_bytes if system else 0)
-            if self._queue(cost, ("file", key, path, self.max_bytes)):
+            if self._queue(cost, ("library", key, path, session)):
                 self._pending[key] = True
         else:
             self._lock.release()  # scanned here and now (tests, the command line)
             try:
-                self._scan(key, path, self.max_bytes)
+                self._scan(key, path, self.max_bytes, library=True, session=session)
             finally:
                 self._lock.acquire()
 
@@ -1496,7 +1590,7 @@ class ContentScanner:
             libraries.files, libraries.cut, libraries.queued = tuple(files), cut, False
             self.stats["library_looks"] += 1
             for file_key, path, system in files:
-                self._want(file_key, path, system)
+                self._want(file_key, path, system, libraries.session)
 
     # ------------------------------------------------------------ memory
 

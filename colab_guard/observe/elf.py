@@ -101,3 +101,23 @@ def _from_dynamic(fd: int, head: bytes, file_size: int) -> tuple[bytes, bytes] |
         return None
     return (_read(fd, symtab, min(strtab - symtab, MAX_TABLE), file_size),
             _read(fd, strtab, min(entries.get(_DT_STRSZ, 0), MAX_TABLE), file_size))
+
+
+def loaded_ranges(fd: int, head: bytes, file_size: int) -> list[tuple[int, int]] | None:
+    """The file ranges (start, end) of an ELF64 file's loadable segments, what the loader maps
+    of it (its section headers, symbol tables and debugging data are not); None for anything
+    else or anything malformed."""
+    if not head.startswith(b"\x7fELF\x02\x01") or len(head) < 64:
+        return None
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    entsize, count = struct.unpack_from("<HH", head, 0x36)
+    if entsize < 56 or not 0 < count <= 256:
+        return None
+    try:
+        table = _read(fd, phoff, entsize * count, file_size)
+        headers = [struct.unpack_from("<IIQQQQ", table, i * entsize) for i in range(count)]
+    except (OSError, ValueError, struct.error):
+        return None
+    return [(offset, min(offset + filesz, file_size))
+            for kind, _, offset, _, _, filesz in headers
+            if kind == _PT_LOAD and filesz and offset < file_size]

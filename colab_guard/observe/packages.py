@@ -98,6 +98,7 @@ class NotFromPackage(Exception):
 class _Entry:
     dist_info: Path
     hash: str  # "sha256=..." from RECORD
+    size: int | None = None  # bytes, from RECORD
 
 
 class PackageIndex:
@@ -144,8 +145,9 @@ def _search(site_dir: Path, path: str) -> _Entry | None:
         for line in text.splitlines():
             name, _, rest = line.partition(",")
             if name and os.path.normpath(os.path.join(site_dir, name)) == path:
-                digest = rest.split(",", 1)[0]
-                return _Entry(dist_info, digest) if "=" in digest else None
+                digest, _, size = rest.partition(",")
+                return _Entry(dist_info, digest, int(size) if size.strip().isdigit() else None) \
+                    if "=" in digest else None
     return None
 
 
@@ -273,6 +275,26 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
         raise NotFromPackage(f"{path} is under a site folder but no installed distribution "
                              "lists it with a hash")
     return None  # a program in an environment's bin/ that no distribution installed
+
+
+def listed_unchanged(path: str, info: os.stat_result, since: float | None = None,
+                     index: PackageIndex = INDEX) -> bool:
+    """Whether a distribution of the file's environment installed ``path`` as it is now, told
+    without reading it (torch's libraries are hundreds of MiB): its RECORD lists it with a hash
+    and ``info``'s size, and the file has not changed (its ctime, which no user can set back)
+    since that RECORD was written (pip writes it last) or since ``since`` (a container image's
+    files, unpacked in any order before its session began)."""
+    real = os.path.realpath(path)
+    try:
+        for site_dir in _site_folders(Path(real))[0]:
+            entry = index.entry(site_dir, real)
+            if entry is not None and entry.size == info.st_size and (
+                    info.st_ctime <= _ctime(entry.dist_info / "RECORD") or
+                    (since is not None and info.st_ctime <= since)):
+                return True
+    except (NotFromPackage, OSError):
+        pass
+    return False
 
 
 def _site_folders(path: Path) -> tuple[list[Path], bool]:
