@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -200,3 +201,47 @@ def test_dpkgs_libraries_are_owned_outside_the_system_folders_too_while_unchange
     assert not content.package_owned(library, st, st.st_ctime - 1, packages)
     copy = shutil.copy(library, tmp_path / "libstdbuf.so")
     assert not content.package_owned(str(copy), os.stat(copy), None, packages)
+
+
+def _conda_installed(prefix: Path, library: Path) -> Path:
+    """``library`` as conda installs it: listed with its size in its package's record in the
+    environment's conda-meta folder, written after it (as conda links a package's files
+    first, then writes its record)."""
+    meta = prefix / "conda-meta"
+    meta.mkdir(exist_ok=True)
+    record = meta / "fastlib-1.0-0.json"
+    record.write_text(json.dumps({"name": "fastlib", "version": "1.0", "paths_data": {
+        "paths_version": 1, "paths": [{"_path": str(library.relative_to(prefix)),
+                                       "path_type": "hardlink",
+                                       "size_in_bytes": library.stat().st_size}]}}))
+    return record
+
+
+def test_a_conda_environments_big_library_is_not_read_past_the_bound(scanner, tmp_path):
+    """A conda environment's libraries (lib/, torch's and CUDA's) are in no RECORD: its
+    conda-meta record lists them. The bound's worth is read, no more."""
+    prefix = tmp_path / "conda-env"
+    library = _library(prefix / "lib" / "libfast.so", HONEST_TEXT, 2 * BOUND)
+    _conda_installed(prefix, library)
+    markers, cost = _loaded(scanner, library)
+    assert markers == []
+    assert cost["library_tails_owned"] == 1 and cost["library_tail_bytes"] == 0, cost
+
+
+def test_a_library_beside_a_conda_record_that_does_not_list_it_is_read(scanner, tmp_path):
+    """A miner dropped into a conda environment's lib/ (no record lists it), and one written
+    over a listed library after its record: both read past the bound, both named."""
+    prefix = tmp_path / "conda-env"
+    listed = _library(prefix / "lib" / "libfast.so", HONEST_TEXT, 2 * BOUND)
+    record = _conda_installed(prefix, listed)
+    dropped = _library(prefix / "lib" / "libextra.so", MINER_TEXT, 2 * BOUND)
+    markers, cost = _loaded(scanner, dropped)
+    assert "stratum-miner" in markers, markers
+    assert cost["library_tails_owned"] == 0, cost
+    data = _library(tmp_path / "miner" / "libfast.so", MINER_TEXT, 2 * BOUND).read_bytes()
+    assert len(data) <= listed.stat().st_size
+    while listed.stat().st_ctime <= record.stat().st_ctime:  # (a coarse clock's same tick)
+        listed.write_bytes(data.ljust(listed.stat().st_size, b"\0"))
+    markers, cost = _loaded(scanner, listed)
+    assert "stratum-miner" in markers, markers
+    assert cost["library_tails_owned"] == 0 and cost["library_tails"] == 1, cost

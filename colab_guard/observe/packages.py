@@ -280,10 +280,11 @@ def file_package(path: str, content: str, index: PackageIndex = INDEX) -> Packag
 def listed_unchanged(path: str, info: os.stat_result, since: float | None = None,
                      index: PackageIndex = INDEX) -> bool:
     """Whether a distribution of the file's environment installed ``path`` as it is now, told
-    without reading it (torch's libraries are hundreds of MiB): its RECORD lists it with a hash
-    and ``info``'s size, and the file has not changed (its ctime, which no user can set back)
-    since that RECORD was written (pip writes it last) or since ``since`` (a container image's
-    files, unpacked in any order before its session began)."""
+    without reading it (torch's libraries are hundreds of MiB): its RECORD (or a conda
+    environment's record, CondaIndex) lists it with a hash and ``info``'s size, and the file
+    has not changed (its ctime, which no user can set back) since that RECORD was written (pip
+    writes it last) or since ``since`` (a container image's files, unpacked in any order
+    before its session began)."""
     real = os.path.realpath(path)
     try:
         for site_dir in _site_folders(Path(real))[0]:
@@ -294,7 +295,83 @@ def listed_unchanged(path: str, info: os.stat_result, since: float | None = None
                 return True
     except (NotFromPackage, OSError):
         pass
-    return False
+    return CONDA.listed_unchanged(real, info, since)
+
+
+class CondaIndex:
+    """The files conda installed in an environment, from its ``conda-meta/*.json`` records
+    (``paths_data``: each file's path and size): a conda environment's libraries (``lib/``,
+    torch's and CUDA's hundreds of MiB) are listed there, in no RECORD. Read as files, once
+    per environment until ``conda-meta`` changes (an install or removal), bounded
+    (CONDA_MAX_RECORDS of CONDA_MAX_RECORD bytes, SEARCH_BUDGET seconds): past a bound, none."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._listed: dict[Path, tuple[int, dict[str, tuple[int, float]]]] = {}
+
+    def listed_unchanged(self, path: str, info: os.stat_result, since: float | None) -> bool:
+        """Whether a conda record of the file's environment lists ``path`` with ``info``'s
+        size, the file unchanged (its ctime) since that record was written (conda writes it
+        once the package's files are linked) or since ``since``."""
+        prefix = _conda_prefix(Path(path))
+        if prefix is None:
+            return False
+        listed = self._records(prefix).get(os.path.relpath(path, prefix))
+        return listed is not None and listed[0] == info.st_size and (
+            info.st_ctime <= listed[1] or (since is not None and info.st_ctime <= since))
+
+    def _records(self, prefix: Path) -> dict[str, tuple[int, float]]:
+        try:
+            stamp = os.stat(prefix / "conda-meta").st_mtime_ns
+        except OSError:
+            return {}
+        with self._lock:
+            cached = self._listed.get(prefix)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        listed = _conda_files(prefix / "conda-meta")
+        with self._lock:
+            if len(self._listed) >= 16:
+                self._listed.clear()
+            self._listed[prefix] = (stamp, listed)
+        return listed
+
+
+def _conda_prefix(path: Path) -> Path | None:
+    """The conda environment holding ``path`` (the nearest folder above it with a
+    ``conda-meta`` folder), or None."""
+    for parent in list(path.parents)[:8]:
+        if (parent / "conda-meta").is_dir():
+            return parent
+    return None
+
+
+def _conda_files(meta: Path) -> dict[str, tuple[int, float]]:
+    """Relative path -> (size, its record's ctime) for every file conda's records list."""
+    listed: dict[str, tuple[int, float]] = {}
+    deadline = time.monotonic() + SEARCH_BUDGET
+    records = sorted(meta.glob("*.json"))
+    if len(records) > CONDA_MAX_RECORDS:
+        return {}
+    for record in records:
+        if time.monotonic() > deadline:
+            return {}  # partial answers would differ from one try to the next: none
+        text = read_regular(record, CONDA_MAX_RECORD)
+        try:
+            paths = json.loads(text)["paths_data"]["paths"] if text else []
+            written = os.stat(record).st_ctime
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+        for entry in paths if isinstance(paths, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("_path"), str) \
+                    and isinstance(entry.get("size_in_bytes"), int):
+                listed[os.path.normpath(entry["_path"])] = (entry["size_in_bytes"], written)
+    return listed
+
+
+CONDA_MAX_RECORDS = 4096  # packages of one conda environment
+CONDA_MAX_RECORD = 32 * 2**20  # bytes of one conda-meta record (a large package's file list)
+CONDA = CondaIndex()
 
 
 def _site_folders(path: Path) -> tuple[list[Path], bool]:
