@@ -370,7 +370,7 @@ class Behaviour:
         for key, conns in outbound.items():
             if any(s.protocol == "tcp" and s.listening for s in by_key[key].sockets):
                 fields.setdefault(key, {})["foreign_peers"] = len({s.remote for _, s in conns})
-        self._hand_over(outbound)
+        self._hand_over(outbound, by_key)
         families = _families(snapshots, outbound)
         miners = {k for k, conns in outbound.items()
                   if (by_key[k].cpu_percent + sum(p.cpu_percent for p in families.get(k, ()))
@@ -512,7 +512,7 @@ class Behaviour:
                 count += 1
         return count
 
-    def _hand_over(self, outbound: dict[Key, list]) -> None:
+    def _hand_over(self, outbound: dict[Key, list], by_key: dict[Key, Process]) -> None:
         """A measured connection (its socket inode) that its measured holder no longer holds
         (gone, exiting, or it closed its copy) and no process older than the holder holds
         either is measured on in the oldest process holding it now: the conversation and the
@@ -521,7 +521,8 @@ class Behaviour:
         process keeps (a parent's, inherited by the workers it forks and recycles: a pool of
         them computing while it talks to a broker) was never handed over: each holder is
         measured on its own, their demand never added up. Only the inodes of measured
-        connections are looked for, in the sockets the samples list already."""
+        connections are looked for, in the sockets the samples list; the fds of the heir's
+        sampled ancestors are read only when a demand is about to be handed down."""
         if not self._traffic and not self._handed:
             return
         holders: dict[int, list[Key]] = {}
@@ -538,7 +539,8 @@ class Behaviour:
             demand = demand or self._demand.get(earlier)
             traffic.key = heir  # (the conversation goes on, whoever holds it)
             if (demand is not None and heir not in self._demand and heir[1] >= earlier[1]
-                    and earlier not in outbound):  # (one measuring other connections keeps it)
+                    and earlier not in outbound  # (one measuring other connections keeps it)
+                    and not _held_above(by_key[heir], inode, by_key)):
                 self._demand[heir] = demand
                 self._demand.pop(earlier, None)
 
@@ -1103,6 +1105,21 @@ def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
     """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
     sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
     return _nearest_ancestor(pid, ancestors, depth=depth) is not None
+
+
+def _held_above(proc: Process, inode: int, by_key: dict[Key, Process]) -> bool:
+    """Whether an ancestor of ``proc`` that the samples show holds socket ``inode`` (its fds
+    are read: a sample's sockets are read again only now and then, so a parent that opened a
+    connection after its first sample may not list it yet)."""
+    by_pid = {p.pid: p for p in by_key.values()}
+    for _ in range(ANCESTOR_DEPTH):
+        parent = by_pid.get(proc.ppid)
+        if parent is None or parent is proc:
+            return False
+        if inode in _socket_inodes(parent.pid):
+            return True
+        proc = parent
+    return False
 
 
 def _socket_inodes(pid: int) -> frozenset:
