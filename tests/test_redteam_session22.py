@@ -28,13 +28,13 @@ Found and fixed:
 
 - A miner that forks every 0.8 s and exits, its child carrying on with the same pool
   connection, was measured per process: no pid held the connection or ran for a window. A
-  measured connection whose holder is gone, held on by a younger process and by no older one,
-  now hands its conversation and CPU demand on (behaviour._hand_over). Honest near-misses kept
-  clean: a sweep in a pool of recycled workers (maxtasksperchild=1) inheriting a chat bot's
-  pushed-and-answered connection, as a script and as a notebook cell (the workers inherit the
-  kernel's ZMQ sockets too), and a pre-forking server whose recycled workers inherit its
-  registry connection; each was taken for a miner by a hand-over that ignored the parent still
-  holding the connection.
+  measured connection whose holder is gone, held on by a younger process and by no older one
+  (nor by an ancestor of it, its fds read), now hands its conversation and CPU demand on
+  (behaviour._hand_over). Honest near-misses kept clean: a sweep in a pool of recycled
+  workers (maxtasksperchild=1) inheriting a chat bot's pushed-and-answered connection, as a
+  script and as a notebook cell (the workers inherit the kernel's ZMQ sockets too), and a
+  pre-forking server whose recycled workers inherit its registry connection; each was taken
+  for a miner by a hand-over that ignored the parent still holding the connection.
 
 Left (strict xfail): a Stratum client library whose text lies past 70 MiB of constants (the
 file scan's bound; a library's mappings are not read from memory). Not measured as one: a

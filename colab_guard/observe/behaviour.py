@@ -13,10 +13,10 @@ samples as fields (``observe/model.py``):
   outbound connection of their own (``_families``), so a miner whose hashing runs in child
   processes while the parent talks to the pool is measured as one whose threads hash.
   A measured connection handed down (its holder gone or exiting, its socket held on by a
-  younger process, no older one holding it: ``_hand_over``) hands its holder's demand on
-  with it: a miner forking every second to a new pid that carries the pool connection on is
-  measured as one process. Workers inheriting a connection their parent keeps are each
-  measured on their own.
+  younger process, no older one nor an ancestor of it holding it: ``_hand_over``) hands its
+  holder's demand on with it: a miner forking every second to a new pid that carries the
+  pool connection on is measured as one process. Workers inheriting a connection their
+  parent keeps are each measured on their own.
 - ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
   between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
   is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
