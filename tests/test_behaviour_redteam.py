@@ -192,10 +192,11 @@ def test_a_miner_split_between_a_talking_parent_and_hashing_children_is_measured
     _assert_the_parent_mines(SPLIT_MINER, pool)
 
 
-def watched_for_a_window(code: str, pool: int) -> Watched:
+def watched_for_a_window(code: str, pool: int, kernel_id: str = "k1") -> Watched:
     """Run ``code`` (given the pool's port) watched for a window and a little more (or
-    until it exits); the Watched, stopped."""
-    watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW)
+    until it exits) as kernel ``kernel_id``; the Watched, stopped."""
+    watched = Watched([sys.executable, "-c", code, str(pool)], window=WINDOW,
+                      kernel_id=kernel_id)
     try:
         watched.warm()
         wait_until(lambda: watched.proc.poll() is not None or watched.ticks * 0.3 >= WINDOW + 6,

@@ -305,6 +305,55 @@ def test_a_conversation_is_carried_over_a_gap_while_the_process_holds_a_socket_u
     assert count == 1
 
 
+def _handed_down(holders_now: list[Process], inode: int = 7, earlier=(20, 5.0),
+                 a_tick_between: bool = False, others: tuple[Process, ...] = ()) -> Behaviour:
+    """Behaviour after the connection (``inode``) measured for ``earlier`` (2.5 s of CPU
+    demand so far) is held by ``holders_now`` (``others`` sampled too), ``earlier`` gone, a
+    tick with no holder between or not."""
+    from colab_guard.observe.behaviour import _Demand, _Traffic
+
+    behaviour = Behaviour(dumper=lambda pid: Dumper())
+    behaviour._traffic = {inode: _Traffic(0.0, 1.0, earlier, "127.0.0.1")}
+    behaviour._demand = {earlier: _Demand({}, total=2.5)}
+    if a_tick_between:
+        behaviour._retire(set(), set())  # no one held it at that tick
+    sock = Socket("tcp", "127.0.0.1", 40000, "127.0.0.1", 3333, "ESTABLISHED")
+    behaviour._hand_over({p.key: [(inode, sock)] for p in holders_now},
+                         {p.key: p for p in [*holders_now, *others]})
+    return behaviour
+
+
+def _process(pid: int, started: float, ppid: int = 1) -> Process:
+    return Process(pid=pid, name="python3", create_time=started, uid=1000, ppid=ppid)
+
+
+def test_a_measured_connection_handed_down_takes_its_holders_demand_on():
+    """A miner forking a child that carries the pool connection on, and exiting: the child is
+    measured on from where the parent was, whether it is seen at the next tick or later."""
+    child = _process(4_194_301, 6.0)
+    for between in (False, True):
+        behaviour = _handed_down([child], a_tick_between=between)
+        assert behaviour._traffic[7].key == child.key
+        assert list(behaviour._demand) == [child.key]
+        assert behaviour._demand[child.key].total == 2.5
+
+
+def test_a_connection_an_older_process_keeps_is_not_handed_down():
+    """A parent keeping its connection while the workers it forks inherit it (and one is
+    recycled), or the measured holder keeping it beside its child: no demand is carried;
+    nor where the parent's sample does not list the socket yet (its fds are read)."""
+    parent, child = _process(4_194_300, 1.0), _process(4_194_301, 6.0, ppid=4_194_300)
+    assert child.key not in _handed_down([parent, child])._demand
+    assert child.key not in _handed_down([_process(20, 5.0), child])._demand
+    with socket.socket() as closed:
+        let_go = os.fstat(closed.fileno()).st_ino
+    me, worker = _process(os.getpid(), 1.0), _process(4_194_301, 6.0, ppid=os.getpid())
+    with socket.socket() as held:  # this process's, as the unlisted parent's
+        inode = os.fstat(held.fileno()).st_ino
+        assert worker.key not in _handed_down([worker], inode, others=(me,))._demand
+    assert worker.key in _handed_down([worker], let_go, others=(me,))._demand
+
+
 def test_the_lowest_demand_is_over_slices_between_ticks():
     from collections import deque
 

@@ -29,10 +29,18 @@ Found and fixed:
   a library's mappings are not read from memory) carried no marker, not even scan:cut. A
   library no installed package owns (dpkg, a distribution's RECORD) now has its loadable
   segments past the bound read from its file, 256 MiB more at most (content._library_tail).
+- A miner that forks every 0.8 s and exits, its child carrying on with the same pool
+  connection, was measured per process: no pid held the connection or ran for a window. A
+  measured connection whose holder is gone, held on by a younger process and by no older one
+  (nor by an ancestor of it, its fds read), now hands its conversation and CPU demand on
+  (behaviour._hand_over). Honest near-misses kept clean: a sweep in a pool of recycled
+  workers (maxtasksperchild=1) inheriting a chat bot's pushed-and-answered connection, as a
+  script and as a notebook cell (the workers inherit the kernel's ZMQ sockets too), and a
+  pre-forking server whose recycled workers inherit its registry connection; each was taken
+  for a miner by a hand-over that ignored the parent still holding the connection.
 
-Left (strict xfail): a miner that forks every 0.8 s and exits, its child carrying on with the
-same pool connection (behaviour is measured per process: no pid holds the connection or runs
-for a window).
+Not measured as one (left): a hopping miner whose idle parent keeps a copy of the pool
+connection (the near-misses' shape).
 
 Checked and stopped already (kept as tests where cheap): a relay in the kernel's own threads
 whose listening socket is bound through libc (no audit event, no bind reported); a library
@@ -46,7 +54,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +71,10 @@ from colab_guard.observe.content import SystemPackages
 from colab_guard.observe.processes import ProcessSampler
 from tests.conftest import PYTHON
 from tests.harness import wait_until
+from tests.standins import chat as standin_chat
+from tests.standins.watched import Watched
+from tests.test_behaviour_redteam import WINDOW as SAMPLER_WINDOW  # the mining window there
+from tests.test_behaviour_redteam import MINING_FIELDS, _mines, watched_for_a_window
 from tests.test_behaviour_relay import far_end  # noqa: F401 (a fixture)
 from tests.test_redteam_sampled20 import _group
 from tests.test_watch import pool  # noqa: F401 (a fixture)
@@ -490,17 +505,162 @@ finally:
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "behaviour.py measures CPU demand and a connection's pushes per process over its window "
-    "(15 s; 3 s here, and the same miner with no hop is measured): a miner that forks every 0.8 s and exits, handing the same pool connection to "
-    "the child, is a new process at each hop, none of which holds the connection nor runs "
-    "long enough; the window would have to follow the socket (its inode) from holder to "
-    "holder and add up their demand, which no honest workload was checked against"))
 def test_a_miner_hopping_to_a_new_pid_every_0_8_s_is_measured(pool):
-    from tests.test_behaviour_redteam import MINING_FIELDS, _mines, watched_for_a_window
-
-    watched = watched_for_a_window(HOPPING_MINER, int(pool.rsplit(":", 1)[1]))
-    if len(watched.seen) < 2:  # the premise (not what the xfail expects): hops were seen
-        raise RuntimeError(f"the hopping miner was not seen at its hops: {watched.seen}")
+    watched = watched_for_a_window(HOPPING_MINER, int(pool.rsplit(":", 1)[1]), "hopping")
+    assert len(watched.seen) >= 4, watched.seen  # hops were seen
     assert any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
-               for fields in watched.seen.values())
+               for fields in watched.seen.values()), watched.seen
+
+
+# The honest near-misses: a connection held on by the process that opened it while the
+# workers it forks (and recycles) inherit it and compute is never handed over.
+
+#: A sweep run in a pool that starts a fresh worker per trial (maxtasksperchild=1: no leaks
+#: between trials), each inheriting the connection of a chat bot that reports progress: the
+#: chat server pushes a message every 2.5 s unasked and the bot answers it with the best of
+#: the next two trials (more than a share's bytes), while worker after worker keeps a core
+#: busy. Run as ``python -c`` or as a notebook cell (``CHAT_PORT`` set, ``SECONDS`` of it).
+SWEEP_WITH_A_CHAT_BOT = r"""
+import hashlib, json, multiprocessing, socket, sys, threading, time
+def trial(seconds=0.5):
+    d, end = b"x", time.monotonic() + seconds
+    while time.monotonic() < end:
+        d = hashlib.sha256(d).digest()
+    return d.hex()
+chat = socket.create_connection(("127.0.0.1", CHAT_PORT)).makefile("rwb")
+trial(1.5)  # the sweep's data prepared (measured from here on: it holds a connection)
+workers = multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1)
+done, finished = [], threading.Event()
+def collect():
+    for result in workers.imap_unordered(trial, [0.5] * 10_000):
+        done.append(result)
+        finished.set()
+threading.Thread(target=collect, daemon=True).start()
+end = time.monotonic() + SECONDS
+while time.monotonic() < end:
+    message = json.loads(chat.readline())
+    for _ in range(2):  # answered with the best of the next two trials
+        finished.clear()
+        finished.wait()
+    reply = {"reply_to": message["d"]["id"], "content": f"{len(done)} trials, best "
+             + min(done)}
+    chat.write(json.dumps(reply).encode() + b"\n"); chat.flush()
+workers.terminate()
+print("trials", len(done), flush=True)
+"""
+
+
+@pytest.fixture
+def chat():
+    server = standin_chat.serve(2.5)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def _assert_clean_and_near(watched) -> None:
+    """No process mined; what made it a near miss was seen: the workers recycled (several
+    processes), and the connection pushed to and answered (the sweep kept a core busy)."""
+    assert len(watched.seen) >= 6, watched.seen
+    assert watched.highest("pushed_connections") >= 1, watched.seen
+    assert not any(_mines({name: fields.get(name, 0) for name in MINING_FIELDS})
+                   for fields in watched.seen.values()), watched.seen
+
+
+def test_a_sweep_in_recycled_workers_inheriting_a_chat_bots_connection_is_left_alone(chat):
+    code = SWEEP_WITH_A_CHAT_BOT.replace("CHAT_PORT", "int(sys.argv[1])").replace(
+        "SECONDS", "60")
+    _assert_clean_and_near(watched_for_a_window(code, chat, "sweep"))
+
+
+#: A pre-forking server (gunicorn's shape): the master opens its connection to a service
+#: registry (which pushes a change every 2.5 s unasked; the master acknowledges at its next
+#: round, once a second, with its workers' state), binds the listening socket, and forks two
+#: workers that inherit both, serve five requests of 0.2 s of CPU each and exit
+#: (max_requests), each replaced by a fresh one.
+PREFORK_SERVER = r"""
+import hashlib, json, os, select, socket, sys, time
+registry = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+def serve():
+    for _ in range(5):
+        conn, _ = listener.accept()
+        with conn:
+            d, end = conn.recv(1024), time.monotonic() + 0.2
+            while time.monotonic() < end:
+                d = hashlib.sha256(d).digest()
+            conn.sendall(d.hex().encode())
+    os._exit(0)
+workers, served = set(), 0
+while True:
+    while len(workers) < 2:
+        pid = os.fork()
+        if pid == 0:
+            serve()
+        workers.add(pid)
+    time.sleep(1.0)
+    for pid in list(workers):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            workers.discard(pid)
+            served += 5
+    while select.select([registry], [], [], 0)[0]:
+        change = registry.recv(4096)
+        state = {"ack": len(change), "workers": sorted(workers), "served": served}
+        registry.sendall(json.dumps(state).ljust(80).encode() + b"\n")
+"""
+
+
+def test_a_preforking_server_recycling_its_workers_is_left_alone(chat):
+    watched = Watched([sys.executable, "-c", PREFORK_SERVER, str(chat)],
+                      window=SAMPLER_WINDOW, kernel_id="prefork")
+    stop, answers = threading.Event(), []
+
+    def client(port: int) -> None:
+        try:
+            while not stop.is_set():
+                with socket.create_connection(("127.0.0.1", port)) as request:
+                    request.sendall(b"GET /predict")
+                    answers.append(request.recv(128))
+        except OSError:
+            return  # the server was stopped
+
+    try:
+        port = int(watched.proc.stdout.readline())
+        threading.Thread(target=client, args=(port,), daemon=True).start()
+        watched.warm()
+        seconds = SAMPLER_WINDOW + 6
+        wait_until(lambda: watched.ticks * 0.3 >= seconds, timeout=seconds * 4,
+                   what="the server served")
+    finally:
+        stop.set()
+        watched.stop()
+    assert len(answers) >= 20, len(answers)
+    _assert_clean_and_near(watched)
+
+
+def test_the_sweep_in_a_notebook_its_workers_inheriting_the_kernels_sockets_is_left_alone(
+        tmp_path, chat):
+    """The same sweep as a cell of a real kernel: its workers inherit the kernel's ZMQ
+    sockets (connections the Jupyter client opened to it) besides the bot's connection."""
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+
+    connection, _ = write_connection_file(str(tmp_path / "kernel.json"), ip="127.0.0.1")
+    watched = Watched([sys.executable, "-m", "ipykernel_launcher", "-f", connection],
+                      window=SAMPLER_WINDOW, kernel_id="notebook")
+    client, outputs = BlockingKernelClient(connection_file=connection), []
+    try:
+        client.load_connection_file()
+        client.start_channels(hb=False)  # a late beat on a busy machine is no death
+        client.wait_for_ready(timeout=60)
+        watched.warm()
+        code = SWEEP_WITH_A_CHAT_BOT.replace("CHAT_PORT", str(chat)).replace(
+            "SECONDS", str(SAMPLER_WINDOW + 8))
+        reply = client.execute_interactive(
+            code, timeout=SAMPLER_WINDOW + 60,
+            output_hook=lambda message: outputs.append(message["content"].get("text", "")))
+    finally:
+        client.stop_channels()
+        watched.stop()
+    assert reply["content"]["status"] == "ok" and "trials" in "".join(outputs), outputs
+    _assert_clean_and_near(watched)

@@ -12,6 +12,11 @@ samples as fields (``observe/model.py``):
   Measured for the process's family: its threads and those of its descendants that hold no
   outbound connection of their own (``_families``), so a miner whose hashing runs in child
   processes while the parent talks to the pool is measured as one whose threads hash.
+  A measured connection handed down (its holder gone or exiting, its socket held on by a
+  younger process, no older one nor an ancestor of it holding it: ``_hand_over``) hands its
+  holder's demand on with it: a miner forking every second to a new pid that carries the
+  pool connection on is measured as one process. Workers inheriting a connection their
+  parent keeps are each measured on their own.
 - ``cpu_demand_steady_percent``: the lowest of that demand over any slice of the window
   between two ticks (``STEADY_SLICE`` of it or longer): a miner throttled to a fifth of a core
   is as steady as its duty cycle; a bot that works on each message it is pushed is idle for
@@ -247,6 +252,10 @@ class Behaviour:
         self._silences: dict[int, _Silence] = {}  # flood candidates' connections, by inode
         # (process, remote host) -> conversations whose connection closed, the latest last
         self._closed: dict[tuple[Key, str], list[_Traffic]] = {}
+        # socket inode -> (the conversation on it, the CPU demand measured for its holder)
+        # of a measured connection whose holder is gone and which no process holds yet: the
+        # next holder of the socket (a child the holder forked before exiting) takes both
+        self._handed: dict[int, tuple[_Traffic, _Demand]] = {}
         # mining candidate -> the sockets it held that its sample did not list (Unix
         # sockets, UDP ...) when it became one
         self._unlisted: dict[Key, frozenset] = {}
@@ -361,6 +370,7 @@ class Behaviour:
         for key, conns in outbound.items():
             if any(s.protocol == "tcp" and s.listening for s in by_key[key].sockets):
                 fields.setdefault(key, {})["foreign_peers"] = len({s.remote for _, s in conns})
+        self._hand_over(outbound, by_key)
         families = _families(snapshots, outbound)
         miners = {k for k, conns in outbound.items()
                   if (by_key[k].cpu_percent + sum(p.cpu_percent for p in families.get(k, ()))
@@ -501,6 +511,38 @@ class Behaviour:
             if rate <= QUIET_SEGMENTS_PER_S:
                 count += 1
         return count
+
+    def _hand_over(self, outbound: dict[Key, list], by_key: dict[Key, Process]) -> None:
+        """A measured connection (its socket inode) that its measured holder no longer holds
+        (gone, exiting, or it closed its copy) and no process older than the holder holds
+        either is measured on in the oldest process holding it now: the conversation and the
+        CPU demand measured so far, as one process's. A miner forking a child to carry its
+        pool connection on and exiting, every second, is one miner. A connection an older
+        process keeps (a parent's, inherited by the workers it forks and recycles: a pool of
+        them computing while it talks to a broker) was never handed over: each holder is
+        measured on its own, their demand never added up. Only the inodes of measured
+        connections are looked for, in the sockets the samples list; the fds of the heir's
+        sampled ancestors are read only when a demand is about to be handed down."""
+        if not self._traffic and not self._handed:
+            return
+        holders: dict[int, list[Key]] = {}
+        for key, conns in outbound.items():
+            for inode, _ in conns:
+                if inode in self._traffic or inode in self._handed:
+                    holders.setdefault(inode, []).append(key)
+        for inode, keys in holders.items():
+            traffic, demand = self._handed.pop(inode, (self._traffic.get(inode), None))
+            self._traffic[inode] = traffic
+            earlier, heir = traffic.key, min(keys, key=lambda k: k[1])
+            if earlier in keys or earlier is None:
+                continue  # still held by the process measured holding it
+            demand = demand or self._demand.get(earlier)
+            traffic.key = heir  # (the conversation goes on, whoever holds it)
+            if (demand is not None and heir not in self._demand and heir[1] >= earlier[1]
+                    and earlier not in outbound  # (one measuring other connections keeps it)
+                    and not _held_above(by_key[heir], inode, by_key)):
+                self._demand[heir] = demand
+                self._demand.pop(earlier, None)
 
     def _conversation(self, key: Key | None, host: str, now: float) -> _Traffic:
         """The conversation a new connection of process ``key`` to ``host`` carries: the
@@ -907,6 +949,8 @@ class Behaviour:
             traffic = self._traffic.pop(inode)
             if traffic.key in live:
                 self._closed.setdefault((traffic.key, traffic.host), []).append(traffic)
+            elif traffic.key in self._demand:  # gone: its child may hold the socket on
+                self._handed[inode] = (traffic, self._demand[traffic.key])
 
     def _forget(self, miners: set[Key], outbound: dict[Key, list], live: dict[Key, Process],
                 namespaces: set[str], now: float) -> None:
@@ -923,10 +967,12 @@ class Behaviour:
                 unseen[key] = self._holds_unseen_socket(live[key])
             return unseen[key]
 
+        self._retire({inode for key in miners for inode, _ in outbound[key]}, live.keys())
         for key in [k for k, d in self._demand.items()
                     if k not in live or (k not in miners and not kept(k, d.last))]:
             del self._demand[key]
-        self._retire({inode for key in miners for inode, _ in outbound[key]}, live.keys())
+        for inode in [i for i, (t, _) in self._handed.items() if now - t.last > RECONNECT_GAP]:
+            del self._handed[inode]
         for conversation in list(self._closed):
             key = conversation[0]
             still = [t for t in self._closed[conversation] if key in live and kept(key, t.last)]
@@ -1059,6 +1105,21 @@ def _descends(pid: int, ancestors: set[int], depth: int = 8) -> bool:
     """Whether ``pid`` is a descendant of one of ``ancestors`` (a child started since the
     sample, such as a scanner's subshell per attempt), looking ``depth`` parents up."""
     return _nearest_ancestor(pid, ancestors, depth=depth) is not None
+
+
+def _held_above(proc: Process, inode: int, by_key: dict[Key, Process]) -> bool:
+    """Whether an ancestor of ``proc`` that the samples show holds socket ``inode`` (its fds
+    are read: a sample's sockets are read again only now and then, so a parent that opened a
+    connection after its first sample may not list it yet)."""
+    by_pid = {p.pid: p for p in by_key.values()}
+    for _ in range(ANCESTOR_DEPTH):
+        parent = by_pid.get(proc.ppid)
+        if parent is None or parent is proc:
+            return False
+        if inode in _socket_inodes(parent.pid):
+            return True
+        proc = parent
+    return False
 
 
 def _socket_inodes(pid: int) -> frozenset:

@@ -19,13 +19,14 @@ FIELDS = ("kernel_relayed_connections", "kernel_refused_attempts", "kernel_ports
 
 
 class Watched:
-    """A process started as kernel 'k1' and sampled in a thread until stopped; the highest
-    value of each behaviour field per process."""
+    """A process started as kernel ``kernel_id`` ('k1') and sampled in a thread until
+    stopped; the highest value of each behaviour field per process. A kernel id of the test's
+    own keeps out the processes another run marked 'k1' (a CI run's miners, beside it)."""
 
     def __init__(self, argv: list[str], interval: float = 0.3, window: float | None = None,
-                 **popen):
-        self.interval = interval
-        self.proc = subprocess.Popen(argv, env=kernel_environment("k1", ENV), cwd=ROOT,
+                 kernel_id: str = "k1", **popen):
+        self.interval, self.kernel_id = interval, kernel_id
+        self.proc = subprocess.Popen(argv, env=kernel_environment(kernel_id, ENV), cwd=ROOT,
                                      stdout=subprocess.PIPE, text=True, start_new_session=True,
                                      **popen)
         self.seen: dict[tuple, dict[str, int]] = {}
@@ -39,7 +40,7 @@ class Watched:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            snapshot = self.sampler.sample({"k1": self.proc.pid})["k1"]
+            snapshot = self.sampler.sample({self.kernel_id: self.proc.pid})[self.kernel_id]
             for p in snapshot.processes:
                 best = self.seen.setdefault(p.key, {})
                 for name in FIELDS:
