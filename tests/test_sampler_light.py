@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -137,6 +138,47 @@ def test_what_a_light_read_skips_is_read_in_full_as_soon_as_it_changes(runner, y
     after = sample(sampler, runner.pid)  # the very next tick
     assert seen(after), after
     assert sampler.stats.full_reads == full_reads + 1
+
+
+#: In a network namespace of its own (its tables read afresh at every tick): two servers and
+#: a connection to the first, swapped on a line of stdin for one to the second (which takes
+#: the closed socket's fd); wakes every 20 ms, so that it is read lightly.
+SWAPPER = """\
+import select, socket, sys
+servers = [socket.create_server(('127.0.0.1', 0)) for _ in range(2)]
+conn = socket.create_connection(servers[0].getsockname())
+print(*(s.getsockname()[1] for s in servers), flush=True)
+while True:
+    if select.select([sys.stdin], [], [], 0.02)[0]:
+        sys.stdin.readline()
+        conn.close()
+        conn = socket.create_connection(servers[1].getsockname())
+        print('done', flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+                    reason="a network namespace of its own needs root, unshare and ip")
+def test_a_connection_swapped_for_another_at_the_same_fd_count_is_seen_at_the_next_tick(
+        young_ok):
+    """A sweep keeping 16 attempts in flight keeps its fd count: each closed socket's fd is
+    the next one's. Read lightly, its sockets were the last walk's (all closed), and it held
+    none until its fds were walked at the libraries' pace: an IPv6 sweep in a namespace of
+    its own was missed so. A socket gone from the tables has its fds walked again."""
+    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"',
+                             PY, SWAPPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ports = [int(port) for port in proc.stdout.readline().split()]
+        sampler = ProcessSampler()
+        sample(sampler, proc.pid)
+        held = read_lightly(sampler, proc.pid)
+        assert sorted(s.remote_port for s in held.sockets if s.remote_port) == [ports[0]]
+        command(proc, "swap")
+        after = sample(sampler, proc.pid)  # the very next tick
+        assert sorted(s.remote_port for s in after.sockets if s.remote_port) == [ports[1]]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_process_running_on_is_still_read_in_full_every_few_seconds(runner, young_ok):

@@ -129,6 +129,7 @@ class Tracked:
     barely_next: float = 0.0  # one that barely ran: not asked again before (idle.BARELY_RECHECK)
     stat: HeldStat | None = None  # a running one's stat, held open (spread: idle.py)
     pairs: list | None = None  # its sockets at its last light read: (inode, socket)
+    inet: frozenset = frozenset()  # the inodes of its inet sockets at its last read
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -715,12 +716,17 @@ class ProcessSampler:
                              self._sockets_unaccounted(sockets))
         if fds.inodes and fds.when == now:
             state.netns = self._netns(pid)  # it may have moved (unshare -n)
+        pairs = self._socket_pairs(key, fds.inodes, state.netns, pid, sockets)
+        if fds.when != now and _replaced(state, pairs):
+            fds = self._walk_fds(key, pid, now, lambda: True, force=True)
+            state.netns = self._netns(pid)
+            pairs = self._socket_pairs(key, fds.inodes, state.netns, pid, sockets)
+        state.inet = frozenset(inode for inode, _ in pairs)
         sample.open_files = fds.files
         libraries = state.libraries
         maps_pending = libraries[1] != stat.vms if libraries is not None else False
         sample.netns = state.netns
-        sample.sockets = _held(fds, self._socket_pairs(key, fds.inodes, sample.netns, pid,
-                                                        sockets))
+        sample.sockets = _held(fds, pairs)
         # Asked first: if the files were not all scanned yet, the markers below may miss
         # some (the scan runs in the background), and are looked up again later.
         self.content.news.discard(key)  # taken now, whatever the memory scan found
@@ -914,7 +920,9 @@ class ProcessSampler:
             state.full_every = KERNEL_FULL_READ_MAX  # it computes: KERNEL_FULL_READ_MAX_IDLE
             state.full_due = min(state.full_due, now + KERNEL_FULL_READ_MAX * (8 + pid % 8) / 16)
         pairs = self._socket_pairs(entry.key, fds.inodes, base.netns, pid, sockets)
-        state.light_at, state.pairs = now, pairs
+        if _replaced(state, pairs):
+            return None  # read in full: its fds walked again (a socket took a closed one's fd)
+        state.light_at, state.pairs, state.inet = now, pairs, frozenset(i for i, _ in pairs)
         found = _held(fds, pairs)
         return self._hand_out(entry.key, base.but(
             ppid=stat.ppid, rss=stat.rss, is_kernel=is_kernel,
@@ -985,14 +993,14 @@ class ProcessSampler:
         return sample
 
     def _walk_fds(self, key: ProcessKey, pid: int, now: float, walk: Callable[[], bool],
-                  limit: int = 256) -> _Fds:
+                  limit: int = 256, force: bool = False) -> _Fds:
         """The process's sockets and the regular files it has open (a model file, a
         .torrent; at most ``limit``): walked when ``walk()`` says so, when never walked,
-        and at the libraries' pace; otherwise the last walk's."""
+        when ``force``d, and at the libraries' pace; otherwise the last walk's."""
         state = self._state(key)
         last = state.fds
         count = procfs.fd_count(pid)  # one stat
-        if last is not None and now - last.when < self.libraries_refresh:
+        if last is not None and not force and now - last.when < self.libraries_refresh:
             # A young process (or one that has just exec'd) whose fd count moved is walked
             # at once: what it opens in its first seconds (a swap model, a .torrent, named
             # in a config file rather than on its command line) is what it is.
@@ -1177,6 +1185,14 @@ def _session_start(entry: Entry, table: dict[int, Entry]) -> float:
             break
         began, at = min(began, parent.key[1]), parent
     return began
+
+
+def _replaced(state: Tracked, pairs: list) -> bool:
+    """Whether an inet socket the process held at its last read is gone from the tables
+    while its fds were not walked again: its fd count the same, something took the closed
+    socket's place (a sweep's next connection, 16 always in flight: its fds must be walked
+    for the new ones to be seen)."""
+    return bool(state.inet) and not state.inet <= {inode for inode, _ in pairs}
 
 
 def _ancestors(pid: int, parents: dict[int, int]) -> set[int]:
