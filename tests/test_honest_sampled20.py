@@ -29,7 +29,13 @@ def fifo(tmp_path):
     """A FIFO no one writes to: a tool that opens it waits there."""
     path = tmp_path / "waiting.log"
     os.mkfifo(path)
-    return path
+    yield path
+    # A tool still waiting (a wrapper's child, which killing the wrapper leaves) is let go:
+    # a writer opened and closed gives it its end of file, and it exits.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no one waits on it
 
 
 @pytest.mark.parametrize("wrapper", [
