@@ -138,65 +138,57 @@ def _tree(root: int) -> list:
 
 # ---------------------------------------------------------------- honest, kept clean
 
-def test_a_bash_cell_serving_a_local_job_queue_with_nc_is_left_alone(tmp_path):
-    """A `%%bash` cell's bash (its script on a pipe, no arguments) runs a job queue on
-    loopback: `nc -l PORT < q | while read job; do echo "done $job"; done > q`. A client
-    sends a job and reads the result: a loop through nc's accepted connection, but the
-    `while` segment is a fork of the cell's bash running its script, no shell reading
-    commands."""
-    queue = tmp_path / "q"
-    os.mkfifo(queue)
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cell = (f'nc -l 127.0.0.1 {port} < {queue} | '
-            f'while read job; do echo "done $job"; done > {queue}\n')
+        return probe.getsockname()[1]
+
+
+def _job_queue(cell: str, port: int, job: str):
+    """``cell`` run as a `%%bash` cell's bash (its script on a pipe, no arguments), serving a
+    job queue on ``port``: a client sends ``job`` and reads its result (the queue works);
+    then, once nc holds the connection, _loop_ticks' detections and relays, and whether the
+    bash runs its script (pipes.running_its_script), asked while the loop runs."""
     bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             start_new_session=True)
     bash.stdin.write(cell.encode())
     bash.stdin.close()
     try:
-        client = _connect_when_listening(port)
-        client.sendall(b"train-1\n")
-        assert client.makefile().readline() == "done train-1\n"  # the queue works
-        _wait_for(ProcessSampler(), bash.pid,
-                  lambda p: p.name.startswith("nc") and any(s.remote for s in p.sockets))
-        found, relays = _loop_ticks(bash.pid)
-        assert "bash" in relays and set(relays.values()) == {""}
-        assert found == set()
-        client.close()
+        with _connect_when_listening(port) as client:
+            client.sendall(job.encode() + b"\n")
+            assert client.makefile().readline() == f"done {job}\n"
+            _wait_for(ProcessSampler(), bash.pid,
+                      lambda p: p.name.startswith("nc") and any(s.remote for s in p.sockets))
+            found, relays = _loop_ticks(bash.pid)
+            return found, relays, pipes.running_its_script(bash.pid)
     finally:
         os.killpg(bash.pid, 9)
         bash.wait()
+
+
+def test_a_bash_cell_serving_a_local_job_queue_with_nc_is_left_alone(tmp_path):
+    """`nc -l PORT < q | while read job; do echo "done $job"; done > q`: a loop through nc's
+    accepted connection, but the `while` segment is a fork of the cell's bash running its
+    script, no shell reading commands."""
+    queue, port = tmp_path / "q", _free_port()
+    os.mkfifo(queue)
+    found, relays, _ = _job_queue(f'nc -l 127.0.0.1 {port} < {queue} | '
+                                  f'while read job; do echo "done $job"; done > {queue}\n',
+                                  port, "train-1")
+    assert "bash" in relays and set(relays.values()) == {""}
+    assert found == set()
 
 
 def test_a_bash_cells_own_loop_redirected_to_a_job_queue_is_left_alone(tmp_path):
     """The queue's loop in the cell's bash itself: `nc -l PORT < q > p &` and `while read
     job; ...; done > q < p`. While the loop runs, the cell's bash has p and q on its streams
     and its script's stdin put aside (a close-on-exec fd past 10): it runs its script."""
-    p, q = tmp_path / "p", tmp_path / "q"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    p, q, port = tmp_path / "p", tmp_path / "q", _free_port()
     cell = (f"mkfifo {p} {q}; nc -l 127.0.0.1 {port} < {q} > {p} &\n"
             f'while read job; do echo "done $job"; done > {q} < {p}\n')
-    bash = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
-    bash.stdin.write(cell.encode())
-    bash.stdin.close()
-    try:
-        client = _connect_when_listening(port)
-        client.sendall(b"train-2\n")
-        assert client.makefile().readline() == "done train-2\n"
-        _wait_for(ProcessSampler(), bash.pid,
-                  lambda p: p.name.startswith("nc") and any(s.remote for s in p.sockets))
-        found, relays = _loop_ticks(bash.pid)
-        assert relays["bash"] == "" and found == set()
-        assert pipes.running_its_script(bash.pid)
-        client.close()
-    finally:
-        os.killpg(bash.pid, 9)
-        bash.wait()
+    found, relays, running_its_script = _job_queue(cell, port, "train-2")
+    assert relays["bash"] == "" and found == set()
+    assert running_its_script
 
 
 def _connect_when_listening(port: int, timeout: float = 20.0) -> socket.socket:
