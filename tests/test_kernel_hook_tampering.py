@@ -144,6 +144,7 @@ def test_honest_cells_are_no_tampering(kernel):
     _fails(kernel, "return 5", "SyntaxError")  # parses, is checked, never compiles
     _ok(kernel, "x = 1", silent=True)  # a frontend's silent execution (variable inspectors)
     kernel.quiet_for(4)
+    assert kernel.incidents() == []  # no tampering, nothing else
 
 
 def test_other_extensions_transformers_are_no_tampering_and_are_checked_after(kernel, pool):

@@ -538,7 +538,9 @@ def test_a_parked_shell_whose_loop_closes_later_is_recognised(many, tmp_path):
         wait_until(lambda: parked(tick()[0]), timeout=30, what="the shell parked")
         with open(go, "w") as trigger:
             trigger.write("go\n")
-        wait_until(lambda: "sh -i" in tick()[1], timeout=20, what="the shell recognised")
+        recognised = wait_until(lambda: tick()[1] or None, timeout=20,
+                                what="a reverse shell recognised")
+        assert "sh -i" in recognised, recognised
 
 
 # Near-misses: a shell with pipes on its streams beside a connection, and no loop through it.
