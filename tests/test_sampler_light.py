@@ -422,3 +422,27 @@ def test_a_sample_copied_with_changes_is_a_new_sample_and_the_old_one_unchanged(
     assert base.but(pid=8).key == (8, 1.0)  # its key follows a new pid
     with pytest.raises(TypeError, match="not fields of Process: \\['cpu'\\]"):
         base.but(cpu=1.0)
+
+
+def test_a_process_read_in_the_middle_of_its_exec_is_read_with_its_arguments():
+    """Between the moment an exec sets the new file and the moment it copies the arguments,
+    /proc shows the new file with an empty command line (CI once read a miner so, with none of
+    its options). Each new process is read as fast as it goes, from its fork to its exit: no
+    reading pairs its file with no arguments."""
+    sampler = ProcessSampler()
+    programs = {}
+    for _ in range(200):
+        child = subprocess.Popen(["/usr/bin/tac", "-s", "x", "/dev/null"])
+        try:
+            while True:
+                _, exe, cmdline = sampler._read_program(child.pid)
+                if not exe:
+                    break  # exited (a zombie)
+                programs.setdefault(os.path.basename(exe), set()).add(tuple(cmdline))
+        except FileNotFoundError:
+            pass  # reaped meanwhile
+        child.wait()
+    assert ("/usr/bin/tac", "-s", "x", "/dev/null") in programs["tac"]  # read after its exec
+    assert () not in programs["tac"]
+    for exe, lines in programs.items():
+        assert all(lines), exe

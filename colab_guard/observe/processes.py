@@ -44,6 +44,11 @@ __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
 ProcessKey = tuple[int, float]
 
+#: Seconds between two readings of a process caught in the middle of an exec (its file
+#: changed under the reads, or its arguments not yet in place): an ELF's loading takes
+#: microseconds, a busy machine's scheduler a millisecond.
+EXEC_SETTLES = 0.001
+
 #: Seconds after its start from which an unchanged fd count tells that a process opened no
 #: new socket (see _walk_fds).
 FD_COUNT_SETTLED = 10.0
@@ -1099,14 +1104,18 @@ class ProcessSampler:
         """The process's stat, executable and command line, all of one program: read again
         when it exec'd meanwhile (its executable changed under the reads). Read across an
         exec, `sh -c 'nmap -V'`'s child was nmap's file with the shell's script, or the
-        shell's file with a program's options: either one a false reading of both."""
-        for _ in range(3):
+        shell's file with a program's options: either one a false reading of both. Read in
+        the middle of an exec (the new file set, its arguments not yet copied), the command
+        line is empty: read again too, else the miner's first reading had no options."""
+        for attempt in range(3):
+            if attempt:
+                self.stats.reread += 1
+                time.sleep(EXEC_SETTLES)
             exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
             stat = procfs.read_stat(pid)
             cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
-            if procfs.exe_now(pid) == exe:
+            if procfs.exe_now(pid) == exe and (cmdline or not exe):
                 break
-            self.stats.reread += 1
         return stat, exe, cmdline
 
     def _denied_ok(self, read, default, what: str, pid: int):
