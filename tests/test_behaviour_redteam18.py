@@ -6,6 +6,7 @@ the test's own (no kernel's), on loopback or in a network namespace of their own
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -231,6 +232,29 @@ HITLIST_V6 = "f'2001:db8:{i % 65536:x}:{i * 7 % 65536:x}::1'"
 def test_an_ipv6_sweep_over_a_hitlists_networks_is_a_host_sweep(netns):
     found = _watch(_sweep(HITLIST_V6, threads=16), SWEEP_SECONDS, netns)
     assert "scan-hosts-over-window" in found
+
+
+#: watch_kernel run in the namespace itself: the guard and the sweep share it (the guard's
+#: own namespace: the sweep's sockets are in the tables the guard reads for every process)
+WATCHED_FROM_INSIDE = """
+import json, sys
+from tests.test_behaviour_hosts import watch_kernel
+from tests.test_behaviour_redteam18 import HITLIST_V6, SWEEP_SECONDS, _sweep
+print(json.dumps(sorted(watch_kernel(_sweep(HITLIST_V6, threads=16), SWEEP_SECONDS))))
+"""
+
+
+@needs_netns
+def test_an_ipv6_sweep_in_the_guards_own_namespace_is_a_host_sweep(netns):
+    """Each attempt's socket takes the fd of the one given up before it: the fd count never
+    changes, and the sockets it holds are connecting (SYN_SENT), which are read again at each
+    tick (once answered from the tables' last read, every 5 s, it reached 48 hosts of 50)."""
+    root = Path(__file__).parent.parent
+    watched = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
+                              WATCHED_FROM_INSIDE], cwd=root, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert watched.returncode == 0, watched.stderr
+    assert "scan-hosts-over-window" in json.loads(watched.stdout.splitlines()[-1])
 
 
 @needs_netns

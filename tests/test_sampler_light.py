@@ -412,6 +412,36 @@ def test_the_socket_tables_are_read_again_for_a_new_socket_or_once_too_old():
     new.close()
 
 
+def test_a_connecting_socket_is_read_again_at_once_not_answered_from_the_last_read():
+    """A connect in flight (SYN_SENT) is answered, refused or given up within seconds, and a
+    sweep's next attempt takes its fd: its state is never answered from an earlier read."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = server.getsockname()[1]
+    clients = []
+    for _ in range(3):  # the backlog full, the later clients' SYNs go unanswered
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        clients.append(client)
+    inodes = {os.fstat(c.fileno()).st_ino: c for c in clients}
+
+    def read_connecting() -> InetTables | None:
+        tables = InetTables()
+        return tables if any(s.status == "SYN_SENT" for s in tables.of(tuple(inodes))) else None
+
+    first = wait_until(read_connecting, what="a client connecting")
+    connecting = next(inode for inode, s in first.pairs(tuple(inodes)) if s.status == "SYN_SENT")
+    established = next(inode for inode, s in first.pairs(tuple(inodes)) if s.status != "SYN_SENT")
+    again = InetTables(earlier=first, max_age=60)
+    assert again.of((established,)) and not again.read  # held all along: from the last read
+    inodes[connecting].close()  # given up
+    assert again.of((established, connecting)) == first.of((established,))
+    assert again.read
+    server.close()
+    for client in clients:
+        client.close()
+
+
 def test_a_sample_copied_with_changes_is_a_new_sample_and_the_old_one_unchanged():
     from colab_guard.observe.model import Process
     base = Process(pid=7, name="python", cmdline=["python"], create_time=1.0, cpu_percent=1.0)

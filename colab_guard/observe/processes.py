@@ -942,8 +942,9 @@ class ProcessSampler:
         last = state.handed
         if now - state.light_at >= LIGHT_READ_MAX_AGE or last is None or state.cpu is None \
                 or last.is_kernel != is_kernel or last.ppid != entry.ppid \
-                or (last.gpu_percent, last.gpu_memory_mb) != gpu_use:
-            return False
+                or (last.gpu_percent, last.gpu_memory_mb) != gpu_use \
+                or any(s.status == "SYN_SENT" for s in last.sockets):
+            return False  # (a connect in flight: a sweep's waits use no CPU)
         if now < state.barely_next and entry.pid not in self._check_now:
             if state.pairs:  # it barely ran a moment ago: not asked again so soon
                 self._pairs_now[entry.key] = state.pairs

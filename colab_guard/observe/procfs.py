@@ -272,8 +272,8 @@ class InetTables:
     while it is younger than ``max_age`` seconds, so that the states of sockets a process
     has held all along are read again only every ``max_age`` (a socket that was not in the
     tables then, a Unix socket or one not yet bound, is taken to be absent still); a socket
-    not looked up then, or the set of all sockets (``inodes``), needs a read of the tables
-    now. A line that did not change since ``earlier`` is not parsed again."""
+    not looked up then, one that was connecting, or the set of all sockets (``inodes``),
+    needs a read of the tables now. A line that did not change since ``earlier`` is not parsed again."""
 
     def __init__(self, folder: str = "/proc/net", earlier: InetTables | None = None,
                  max_age: float = 0.0):
@@ -318,7 +318,8 @@ class InetTables:
             return []
         source = self
         if self._lines is None and self._earlier is not None \
-                and self._earlier._asked.issuperset(inodes):
+                and self._earlier._asked.issuperset(inodes) \
+                and not self._earlier._connecting(inodes):
             source = self._earlier
         lines = source._table()
         if source is self:
@@ -331,6 +332,13 @@ class InetTables:
             if sock is not None:
                 found.append((inode, sock))
         return found
+
+    def _connecting(self, inodes: tuple[int, ...]) -> bool:
+        """Whether a socket among ``inodes`` was connecting (SYN_SENT) in this read: it is
+        answered, refused or given up within seconds, and a sweep's next attempt reuses its
+        fd, so its state is read again at once."""
+        parsed = self._parsed
+        return any(inode in parsed and parsed[inode].status == "SYN_SENT" for inode in inodes)
 
     def _parse(self, inode: int, protocol: str, fields: list[str]) -> Socket:
         raw = self._raw[inode] = (protocol, fields[1], fields[2], fields[3])
