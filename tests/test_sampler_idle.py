@@ -257,3 +257,17 @@ def test_a_library_mapped_just_before_going_quiet_is_seen_once_due(started):
         waited += 0.25
     assert any("_hashlib" in lib for lib in libraries)
     assert waited <= 1.5  # libraries_refresh, and a tick
+
+
+def test_the_schedulers_counts_are_not_said_to_stand_still_after_a_sleep_that_left_nothing(
+        monkeypatch):
+    """The check's 1 µs sleep can end before it starts (on a busy machine): no context switch,
+    so this thread's counts, read back to back, have not changed. That is no sandbox faking
+    them: a longer sleep is tried before every process is read in full each tick (CI once)."""
+    from colab_guard.observe import idle
+    real_sleep = time.sleep
+    monkeypatch.setattr(idle.time, "sleep",
+                        lambda seconds: None if seconds < 1e-4 else real_sleep(seconds))
+    counts = idle.SchedCounts()
+    for _ in range(5):
+        assert counts.check() and counts.move

@@ -419,12 +419,18 @@ class SchedCounts:
         """This thread ran since the last tick, so its own counts must have changed. If
         they did not (a kernel or sandbox that fakes them), every process is read in full.
         Returns False when they stopped moving at this tick (to be said once)."""
-        time.sleep(1e-6)  # leave the CPU: a thread's counts are updated when it does
-        try:
-            counts = procfs.read_small("/proc/thread-self/schedstat")
-        except OSError:
-            counts = None
-        moved = counts is not None and counts != self._own and counts.split()[2:3] != [b"0"]
+        for pause in (1e-6, 1e-3):
+            # Leave the CPU: a thread's counts are updated when it does. A sleep whose end
+            # has passed when it starts (1 µs, on a busy machine) leaves nothing: once more,
+            # longer, before the counts are said not to move.
+            time.sleep(pause)
+            try:
+                counts = procfs.read_small("/proc/thread-self/schedstat")
+            except OSError:
+                counts = None
+            moved = counts is not None and counts != self._own and counts.split()[2:3] != [b"0"]
+            if moved or self._own is None:
+                break
         stopped = self._own is not None and self.move and not moved
         self.move = moved or self._own is None
         self._own = counts
