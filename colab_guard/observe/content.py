@@ -49,6 +49,7 @@ from typing import NamedTuple
 import re2
 
 from . import aria2, elf, frozen, packages, procfs, scripts
+from .pipes import EXE_SHELL_COPY, SHELLS
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
 #: start of the next so a marker spanning the boundary is still found.
@@ -182,7 +183,10 @@ EXE_MOUNTED = "exe:mounted"  # ... or another file is mounted over it (or over i
 #: a PyInstaller program (frozen.py): the Python code in its archive is read as a script's
 PACKED_PYINSTALLER = "packed:pyinstaller"
 TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
-          EXE_NEW, EXE_MOUNTED, PACKED_PYINSTALLER)
+          EXE_NEW, EXE_MOUNTED, PACKED_PYINSTALLER, EXE_SHELL_COPY)
+#: Not reported: the file is one of the system's shells (SystemShells), whatever its name;
+#: a process running it under a name no shell has gets EXE_SHELL_COPY
+SHELL_FILE = "identity:shell"
 #: Where the distribution installs its programs (what the engine takes for the system's own
 #: text tools and shells): a file there written in the session, or mounted over, is a trait
 SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
@@ -256,7 +260,8 @@ def _unescape(path: bytes) -> str:
 
 def reported(markers: list[str]) -> list[str]:
     """The markers that name tools (not the internal interpreter ones, nor the traits)."""
-    return [m for m in markers if not m.startswith(INTERPRETER_PREFIX) and m not in TRAITS]
+    return [m for m in markers if not m.startswith(INTERPRETER_PREFIX) and m not in TRAITS
+            and m != SHELL_FILE]
 
 
 class MarkerSearch:
@@ -762,6 +767,54 @@ class _Memory:
 MEMORY_RECHECK_FIRST = 0.5
 
 
+class SystemShells:
+    """The system's shells' files (pipes.SHELLS in /bin and /usr/bin) by size and SHA-256,
+    read once: a file of the same size and digest is one of them, whatever it is called (a
+    copy under another name is as much a shell; one byte changed is not told)."""
+
+    FOLDERS = ("/bin", "/usr/bin")
+
+    def __init__(self):
+        self._digests: dict[int, set[bytes]] | None = None
+
+    def holds(self, fd: int, size: int) -> bool:
+        """Whether the open file (``size`` bytes) is one of them (read whole only if its size
+        is one of theirs)."""
+        if self._digests is None:
+            self._digests = self._read()
+        digests = self._digests.get(size)
+        return bool(digests) and _sha256(fd, size) in digests
+
+    def _read(self) -> dict[int, set[bytes]]:
+        digests: dict[int, set[bytes]] = {}
+        paths = {os.path.realpath(os.path.join(folder, name))
+                 for folder in self.FOLDERS for name in SHELLS}
+        for path in sorted(paths):
+            try:
+                fd, st = open_regular(path)
+            except OSError:
+                continue  # not installed here
+            try:
+                digests.setdefault(st.st_size, set()).add(_sha256(fd, st.st_size))
+            finally:
+                os.close(fd)
+        return digests
+
+
+def _sha256(fd: int, size: int) -> bytes:
+    digest, offset = hashlib.sha256(), 0
+    while offset < size:
+        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.digest()
+
+
+SYSTEM_SHELLS = SystemShells()
+
+
 class ContentScanner:
     """Markers per file, scanned once per (device, inode, size, mtime), and per running
     process, from its memory.
@@ -870,6 +923,9 @@ class ContentScanner:
             extra.append(EXE_DELETED)
         elif exe.startswith(SYSTEM_PROGRAM_FOLDERS):
             extra += self._system_program_traits(pid, exe, key, session)
+        if SHELL_FILE in found and \
+                os.path.basename(exe).split(" (")[0].lstrip("-") not in SHELLS:
+            extra.append(EXE_SHELL_COPY)
         program = list(found)  # the program's own content (not its script's): aria2c's?
         if key is not None:
             memory = self._memory.get(key)
@@ -1276,6 +1332,8 @@ class ContentScanner:
                 result.markers += [m for m in exported if m not in result.markers]
                 if frozen.find_archive(fd, st.st_size) is not None:
                     result.markers.append(PACKED_PYINSTALLER)
+                if not library and SYSTEM_SHELLS.holds(fd, st.st_size):
+                    result.markers.append(SHELL_FILE)
                 if head:
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])

@@ -26,6 +26,10 @@ from .model import Process
 SHELLS = frozenset({"sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "posh",
                     "yash", "fish", "csh", "tcsh", "busybox"})
 
+#: A trait (``exe_markers``, content.py): its file is, byte for byte, one of the system's
+#: shells, run under a name no shell has (`cp /bin/dash ./kworker`)
+EXE_SHELL_COPY = "exe:shell-copy"
+
 #: Processes of one tree whose fds are read, at most, and fds read of each (a loop may pass
 #: through all of them: `cat f | cat | cat | cat | cat | sh | nc > f` is as much a loop)
 MAX_PROCESSES = 64
@@ -47,9 +51,11 @@ NO_ENDS = Ends()
 
 
 def is_shell(process: Process) -> bool:
-    """A shell by its file or its first word (`exec -a kworker bash`: its file)."""
+    """A shell by its file or its first word (`exec -a kworker bash`: its file), or by its
+    file's content (a copy of the system's dash named kworker)."""
     argv0 = process.cmdline[0] if process.cmdline else ""
-    return any(os.path.basename(name).lstrip("-") in SHELLS for name in (process.exe, argv0))
+    return any(os.path.basename(name).lstrip("-") in SHELLS for name in (process.exe, argv0)) \
+        or EXE_SHELL_COPY in process.exe_markers
 
 
 def forked_from(pid: int, parent: int) -> bool:
