@@ -228,13 +228,15 @@ def _can_bind_mount() -> bool:
 
 
 def _dash_copy(tmp_path: Path) -> tuple[str, list[str]]:
-    """A miner's stand-in written in the session: a new file, and a mount on its path."""
-    return str(_stand_in(tmp_path / "kworker")), ["exe:new", "exe:mounted"]
+    """A miner's stand-in written in the session: a new file, and a mount on its path (and
+    its content the system's dash, run as tac)."""
+    return str(_stand_in(tmp_path / "kworker")), ["exe:new", "exe:mounted", "exe:shell-copy"]
 
 
 def _system_dash(tmp_path: Path) -> tuple[str, list[str]]:
-    """The distribution's own dash (an old ctime): only the mount on its path tells."""
-    return os.path.realpath(shutil.which("dash") or "/bin/sh"), ["exe:mounted"]
+    """The distribution's own dash (an old ctime): the mount on its path tells, and its
+    content (a shell run as tac)."""
+    return os.path.realpath(shutil.which("dash") or "/bin/sh"), ["exe:mounted", "exe:shell-copy"]
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/tac") or not _can_bind_mount(),
@@ -248,8 +250,9 @@ def test_a_program_mounted_over_a_system_text_tool_is_judged_on_its_arguments(mo
             f"exec /usr/bin/tac -c 'sleep 30; :' {MINER_OPTIONS}")
     with _group(["bash", "-c", f"unshare -m --propagation private sh -c \"{line}\"; :"],
                 stdout=subprocess.DEVNULL) as kernel:
-        found, detections = _wait_for(ProcessSampler(), kernel.pid,
-                                      lambda p: p.exe == "/usr/bin/tac")
+        found, detections = _wait_for(  # its file scanned (the content's trait comes last)
+            ProcessSampler(), kernel.pid,
+            lambda p: p.exe == "/usr/bin/tac" and "exe:shell-copy" in p.exe_markers)
         assert sorted(found.exe_markers) == sorted(traits)
         assert "mining-miner-command-line" in _ids(detections)
 

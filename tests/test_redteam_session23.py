@@ -22,7 +22,7 @@ Found and fixed:
   (the newest first). Those holding a connection, then those with a pipe or FIFO on their
   streams, are now read first.
 
-Fixed since: a renamed copy of a shell (exe:shell-copy, by its file's size and digest).
+Fixed since: a renamed copy of a shell (exe:shell-copy, by its loadable segments' digest).
 
 Left (strict xfail, the reasons on each): a shell behind a pty
 (`script -qc 'sh -i'`), a loop through a UNIX socket to the process holding the connection,
@@ -226,8 +226,8 @@ def test_a_forked_subshell_is_told_from_a_shell_it_execs(tmp_path):
 # ---------------------------------------------------------------- left
 
 def test_a_renamed_copy_of_a_shell_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
-    """A byte-for-byte copy of dash named kworker: no shell by its name, one by its file's
-    content (the system's dash's size and digest: exe:shell-copy)."""
+    """A copy of dash named kworker: no shell by its name, one by its file's content (the
+    system's dash's loadable segments: exe:shell-copy)."""
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
     line = (f"cp /bin/dash {tmp_path}/kworker; "
@@ -282,18 +282,19 @@ def test_a_renamed_copy_of_a_shell_running_its_script_in_a_loop_is_left_alone(
 @pytest.mark.parametrize("program", ["/bin/dash", "/bin/bash"])
 def test_the_systems_own_shells_carry_no_trait_and_a_changed_copy_is_no_shell(program, tmp_path):
     """The system's dash and bash, run as themselves, are the system's shells (no trait: the
-    engine judges them on their scripts); a copy one byte changed is not told (no digest)."""
+    engine judges them on their scripts); a copy, and a copy padded past its segments, are
+    shells by their content; one whose data has a byte changed is not told (no digest)."""
     from colab_guard.observe.content import ContentScanner
     scanner = ContentScanner(background=False)
-    changed = tmp_path / "kworker"
-    data = bytearray(Path(os.path.realpath(program)).read_bytes())
-    data[-1] ^= 1
-    changed.write_bytes(bytes(data))
-    changed.chmod(0o755)
-    copy = tmp_path / "runner"
-    shutil.copy(program, copy)
+    data = Path(os.path.realpath(program)).read_bytes()
+    changed, padded, copy = tmp_path / "kworker", tmp_path / "padded", tmp_path / "runner"
+    changed.write_bytes(data.replace(b"not found", b"Not found", 1))  # a message, not code
+    padded.write_bytes(data + b"\0" * 4096)
+    copy.write_bytes(data)
+    for path in (changed, padded, copy):
+        path.chmod(0o755)
     started = {path: subprocess.Popen([path, "-c", "sleep 30; :"]) for path in
-               (program, str(changed), str(copy))}
+               (program, str(changed), str(padded), str(copy))}
     try:
         markers = {path: wait_until(lambda: _settled_markers(scanner, p.pid))
                    for path, p in started.items()}
@@ -303,14 +304,14 @@ def test_the_systems_own_shells_carry_no_trait_and_a_changed_copy_is_no_shell(pr
             p.wait()
     assert markers[program] == [None]
     assert markers[str(changed)] == [None]
-    assert markers[str(copy)] == [None, "exe:shell-copy"]
+    assert markers[str(padded)] == markers[str(copy)] == [None, "exe:shell-copy"]
 
 
 def _settled_markers(scanner, pid: int) -> list | None:
     """The process's markers once it runs its own file (after its exec); None first, so that
     an empty list is an answer."""
     exe = os.readlink(f"/proc/{pid}/exe")
-    if not exe.endswith(("dash", "bash", "kworker", "runner")):
+    if not exe.endswith(("dash", "bash", "kworker", "padded", "runner")):
         return None
     cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")[:-1]
     return [None, *scanner.process_markers(pid, exe, cmdline)]

@@ -768,22 +768,25 @@ MEMORY_RECHECK_FIRST = 0.5
 
 
 class SystemShells:
-    """The system's shells' files (pipes.SHELLS in /bin and /usr/bin) by size and SHA-256,
-    read once: a file of the same size and digest is one of them, whatever it is called (a
-    copy under another name is as much a shell; one byte changed is not told)."""
+    """The system's shells (pipes.SHELLS in /bin and /usr/bin), each by what the loader maps
+    of its file (its loadable segments: code and data) and their SHA-256, read once: a
+    program that maps the same is one of them, whatever it is called or whatever was added
+    past its segments (`cp /bin/dash kworker; echo >> kworker`). A byte changed in its code
+    or data is not told."""
 
     FOLDERS = ("/bin", "/usr/bin")
 
     def __init__(self):
         self._digests: dict[int, set[bytes]] | None = None
 
-    def holds(self, fd: int, size: int) -> bool:
-        """Whether the open file (``size`` bytes) is one of them (read whole only if its size
-        is one of theirs)."""
+    def holds(self, fd: int, head: bytes, size: int) -> bool:
+        """Whether the open file (``head``: its first bytes) is one of them (its segments
+        read only if their length is one of theirs)."""
         if self._digests is None:
             self._digests = self._read()
-        digests = self._digests.get(size)
-        return bool(digests) and _sha256(fd, size) in digests
+        ranges = _loaded(fd, head, size)
+        digests = self._digests.get(sum(end - start for start, end in ranges))
+        return bool(digests) and _sha256(fd, ranges) in digests
 
     def _read(self) -> dict[int, set[bytes]]:
         digests: dict[int, set[bytes]] = {}
@@ -795,20 +798,36 @@ class SystemShells:
             except OSError:
                 continue  # not installed here
             try:
-                digests.setdefault(st.st_size, set()).add(_sha256(fd, st.st_size))
+                ranges = _loaded(fd, os.pread(fd, 4096, 0), st.st_size)
+                digests.setdefault(sum(end - start for start, end in ranges),
+                                   set()).add(_sha256(fd, ranges))
             finally:
                 os.close(fd)
         return digests
 
 
-def _sha256(fd: int, size: int) -> bytes:
-    digest, offset = hashlib.sha256(), 0
-    while offset < size:
-        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        digest.update(chunk)
-        offset += len(chunk)
+def _loaded(fd: int, head: bytes, size: int) -> list[tuple[int, int]]:
+    """The file's loadable segments' ranges, in order, overlaps merged (the whole file if it
+    is no ELF64)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(elf.loaded_ranges(fd, head, size) or [(0, size)]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _sha256(fd: int, ranges: list[tuple[int, int]]) -> bytes:
+    digest = hashlib.sha256()
+    for start, end in ranges:
+        offset = start
+        while offset < end:
+            chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
     return digest.digest()
 
 
@@ -1332,9 +1351,9 @@ class ContentScanner:
                 result.markers += [m for m in exported if m not in result.markers]
                 if frozen.find_archive(fd, st.st_size) is not None:
                     result.markers.append(PACKED_PYINSTALLER)
-                if not library and SYSTEM_SHELLS.holds(fd, st.st_size):
-                    result.markers.append(SHELL_FILE)
                 if head:
+                    if not library and SYSTEM_SHELLS.holds(fd, head[0], st.st_size):
+                        result.markers.append(SHELL_FILE)
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])
                     if entropy is not None and entropy > ENTROPY_PACKED:
