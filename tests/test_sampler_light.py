@@ -465,6 +465,7 @@ def test_a_process_read_in_the_middle_of_its_exec_is_read_with_its_arguments():
         child = subprocess.Popen(["/usr/bin/tac", "-s", "x", "/dev/null"])
         try:
             while True:
+                sampler._exec_waits = processes.MAX_EXEC_WAITS  # as at each tick
                 _, exe, cmdline = sampler._read_program(child.pid)
                 if not exe:
                     break  # exited (a zombie)
@@ -476,3 +477,32 @@ def test_a_process_read_in_the_middle_of_its_exec_is_read_with_its_arguments():
     assert () not in programs["tac"]
     for exe, lines in programs.items():
         assert all(lines), exe
+
+
+def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(monkeypatch):
+    """With CAP_SYS_RESOURCE (prctl PR_SET_MM_ARG_END) a process can empty its command line
+    for good, and each such process is read again as if caught mid-exec. This machine's root
+    lacks the capability, so their reads are stood in for: 40 of them pause one tick
+    MAX_EXEC_WAITS times (not 80), and are sampled all the same."""
+    parent = subprocess.Popen(["bash", "-c", "for i in $(seq 40); do sleep 60 & done; wait"])
+    try:
+        children = wait_until(lambda: len(kids := psutil.Process(parent.pid).children()) == 40
+                              and all(k.name() == "sleep" for k in kids) and kids)
+        blank = {child.pid for child in children}
+        read_cmdline, real_sleep, pauses = processes.procfs.read_cmdline, time.sleep, []
+        monkeypatch.setattr(processes.procfs, "read_cmdline",
+                            lambda pid: [] if pid in blank else read_cmdline(pid))
+
+        def sleep(seconds: float) -> None:
+            if seconds == processes.EXEC_SETTLES:
+                pauses.append(seconds)
+            real_sleep(seconds)
+
+        monkeypatch.setattr(processes.time, "sleep", sleep)
+        snapshot = ProcessSampler().sample({"k": parent.pid})["k"]
+        assert {p.pid for p in snapshot.processes if p.cmdline == []} == blank
+        assert len(pauses) == processes.MAX_EXEC_WAITS
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)])
+        parent.kill()
+        parent.wait()

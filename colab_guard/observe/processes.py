@@ -48,6 +48,9 @@ ProcessKey = tuple[int, float]
 #: changed under the reads, or its arguments not yet in place): an ELF's loading takes
 #: microseconds, a busy machine's scheduler a millisecond.
 EXEC_SETTLES = 0.001
+#: ... at most this many such pauses a tick (a process can empty its command line for good:
+#: a thousand of them would otherwise pause every tick for seconds)
+MAX_EXEC_WAITS = 16
 
 #: Seconds after its start from which an unchanged fd count tells that a process opened no
 #: new socket (see _walk_fds).
@@ -204,6 +207,7 @@ class ProcessSampler:
         self.behaviour = Behaviour(self.log)
         self._netns_tables: dict[str, InetTables] = {}  # this tick's, per other namespace
         self._pairs_now: dict[ProcessKey, list] = {}  # this tick's (inode, socket) per process
+        self._exec_waits = MAX_EXEC_WAITS  # pauses left this tick for a read mid-exec
         # Many processes watched, with process events: quiet ones asked in turn, barely
         # running ones read lightly less often (idle.SPREAD_FROM); this tick's, and how many
         # were quiet at the last tick (and this one's count so far).
@@ -239,6 +243,7 @@ class ProcessSampler:
         sockets = InetTables(earlier=self._tables, max_age=self.libraries_refresh)
         self._unaccounted = None
         self._netns_tables, self._pairs_now = {}, {}
+        self._exec_waits = MAX_EXEC_WAITS
         kernel_pids = {pid: kid for kid, pid in kernels.items()}
         snapshots = {kid: Snapshot(kernel_id=kid, time=now) for kid in kernels}
         self._spreading = self.may_spread() and len(owners) > SPREAD_FROM
@@ -1111,7 +1116,9 @@ class ProcessSampler:
         for attempt in range(3):
             if attempt:
                 self.stats.reread += 1
-                time.sleep(EXEC_SETTLES)
+                if self._exec_waits > 0:
+                    self._exec_waits -= 1
+                    time.sleep(EXEC_SETTLES)
             exe = self._denied_ok(procfs.read_exe, "", "exe", pid)
             stat = procfs.read_stat(pid)
             cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
