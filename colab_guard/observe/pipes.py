@@ -26,8 +26,8 @@ from .model import Process
 SHELLS = frozenset({"sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "posh",
                     "yash", "fish", "csh", "tcsh", "busybox"})
 
-#: A trait (``exe_markers``, content.py): its file is, byte for byte, one of the system's
-#: shells, run under a name no shell has (`cp /bin/dash ./kworker`)
+#: A trait (``exe_markers``, content.SystemShells): its file maps what one of the system's
+#: shells maps, run under a name no shell has (`cp /bin/dash ./kworker`)
 EXE_SHELL_COPY = "exe:shell-copy"
 
 #: Processes of one tree whose fds are read, at most, and fds read of each (a loop may pass
