@@ -770,9 +770,9 @@ MEMORY_RECHECK_FIRST = 0.5
 class SystemShells:
     """The system's shells (pipes.SHELLS in /bin and /usr/bin), each by what the loader maps
     of its file (its loadable segments: code and data) and their SHA-256, read once: a
-    program that maps the same is one of them, whatever it is called or whatever was added
-    past its segments (`cp /bin/dash kworker; echo >> kworker`). A byte changed in its code
-    or data is not told."""
+    program that maps the same is one of them, whatever it is called, whatever was added
+    past its segments (`cp /bin/dash kworker; echo >> kworker`) or changed in its header's
+    fields no loader reads (_ELF_IGNORED). A byte changed in its code or data is not told."""
 
     FOLDERS = ("/bin", "/usr/bin")
 
@@ -818,6 +818,12 @@ def _loaded(fd: int, head: bytes, size: int) -> list[tuple[int, int]]:
     return merged
 
 
+#: Fields of an ELF64 header no loader reads (e_ident's padding, and where the section
+#: headers are: sections are the linker's): zeroed before a program's segments are hashed, so
+#: that a byte changed there leaves a copy the program it is
+_ELF_IGNORED = ((9, 16), (0x28, 0x30), (0x3A, 0x40))
+
+
 def _sha256(fd: int, ranges: list[tuple[int, int]]) -> bytes:
     digest = hashlib.sha256()
     for start, end in ranges:
@@ -826,6 +832,11 @@ def _sha256(fd: int, ranges: list[tuple[int, int]]) -> bytes:
             chunk = os.pread(fd, min(CHUNK, end - offset), offset)
             if not chunk:
                 break
+            if offset == 0 and chunk.startswith(b"\x7fELF\x02") and len(chunk) >= 64:
+                header = bytearray(chunk[:64])
+                for first, last in _ELF_IGNORED:
+                    header[first:last] = bytes(last - first)
+                chunk = bytes(header) + chunk[64:]
             digest.update(chunk)
             offset += len(chunk)
     return digest.digest()
