@@ -47,9 +47,6 @@ class Ends:
     writes: frozenset[str] = frozenset()
 
 
-NO_ENDS = Ends()
-
-
 def is_shell(process: Process) -> bool:
     """A shell by its file or its first word (`exec -a kworker bash`: its file), or by its
     file's content (a copy of the system's dash named kworker)."""
@@ -162,18 +159,10 @@ def pty_index(stdio: list[str] | tuple[str, ...]) -> int | None:
 def holds_pty_master(pid: int, index: int) -> bool:
     """Whether ``pid`` holds the master side of /dev/pts/``index`` (a /dev/ptmx fd whose
     fdinfo's tty-index is ``index``: `script`, an expect, a terminal server)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]
-    except OSError:
-        return False
-    for fd in fds:
+    for fd, link in _open_links(pid):
         try:
-            if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith("ptmx"):
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
-                if any(line.split()[1:2] == [str(index).encode()]
-                       for line in info if line.startswith(b"tty-index:")):
-                    return True
+            if link.endswith("ptmx") and _fdinfo(pid, fd, b"tty-index:") == str(index).encode():
+                return True
         except OSError:
             continue  # closed meanwhile
     return False
@@ -187,13 +176,9 @@ def stdio_links(pid: int) -> tuple[str, ...]:
 def read_ends(pid: int) -> Ends:
     """The pipes and FIFOs ``pid`` has open, each as read or written (fdinfo's flags)."""
     reads, writes = set(), set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]
-    except OSError:
-        return NO_ENDS
-    for fd in fds:
+    for fd, link in _open_links(pid):
         try:
-            end = pipe_end(pid, fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
+            end = pipe_end(pid, fd, link)
             mode = _access_mode(pid, fd) if end is not None else None
         except OSError:
             continue  # closed meanwhile
@@ -212,11 +197,32 @@ def _access_mode(pid: int, fd: str) -> int | None:
 
 def _flags(pid: int, fd: str) -> int | None:
     """The open file's flags (fdinfo's, octal), None if fdinfo has none."""
+    flags = _fdinfo(pid, fd, b"flags:")
+    return None if flags is None else int(flags, 8)
+
+
+def _fdinfo(pid: int, fd: str, field: bytes) -> bytes | None:
+    """The value of a line of the fd's fdinfo (``field``: its start, with the colon)."""
     with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
         for line in info:
-            if line.startswith(b"flags:"):
-                return int(line.split()[1], 8)
+            if line.startswith(field):
+                return line[len(field):].strip()
     return None
+
+
+def _open_links(pid: int) -> list[tuple[str, str]]:
+    """(fd, its link) for the process's first MAX_FDS fds (those closed meanwhile left out)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]
+    except OSError:
+        return []
+    links = []
+    for fd in fds:
+        try:
+            links.append((fd, os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except OSError:
+            continue
+    return links
 
 
 def connected(process: Process) -> bool:
