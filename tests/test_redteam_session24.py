@@ -24,11 +24,11 @@ ignores (an e_ident padding byte, or e_shoff) ran as dash but carried no trait (
 PT_LOAD covers the header): those fields are zeroed before hashing. (A byte changed in a
 message or the build-id note still evades: the documented "a byte changed is not told".)
 
+Found and fixed (session 25): the system's own dash run by the dynamic loader
+(`/lib64/ld-linux-x86-64.so.2 /bin/dash -i`): its exe was the loader, its first word the
+loader's: no shell. A program a loader runs is now judged as that program (loader.py).
+
 Found (strict xfail, the reasons on each):
-- The system's own dash run by the dynamic loader (`/lib64/ld-linux-x86-64.so.2 /bin/dash
-  -i`): its exe is the loader, its first word the loader: no shell by name nor content, so
-  the loop is not followed. Suggested fix: a process whose exe is the system's ELF
-  interpreter is judged as the program its first argument names (exe and argv shifted).
 - A sweep paced under the rule (8 in flight, 3 s timeouts: 27 hosts in 10 s), by design.
 - A sweep whose attempts are given up within a tick (0.5 s timeouts, or non-blocking
   connects closed after 0.3 s) in the guard's own namespace: a host counts as unanswered
@@ -167,12 +167,10 @@ def test_a_header_edited_copy_still_runs_as_dash(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists(LOADER), reason="needs the x86-64 loader")
-@pytest.mark.xfail(strict=True, reason=(
-    "the system's dash run by the dynamic loader (`ld-linux-x86-64.so.2 /bin/dash -i`): its "
-    "exe and first word are the loader's, its content the loader's: no shell, so its loop "
-    "through nc is not followed"))
 def test_the_systems_dash_run_by_the_loader_in_a_loop_is_a_reverse_shell(listener,  # noqa: F811
                                                                          tmp_path):
+    """Was a strict xfail: its exe and first word were the loader's, so no shell. Now judged
+    as the program the loader runs (loader.py): dash, reading commands."""
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
     assert _reverse_shell_seen(_loop(f"{LOADER} /bin/dash -i", fifo, listener.port),

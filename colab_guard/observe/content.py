@@ -49,6 +49,7 @@ from typing import NamedTuple
 import re2
 
 from . import aria2, elf, frozen, packages, procfs, scripts
+from .loader import EXE_LOADED, program_file
 from .pipes import EXE_SHELL_COPY, SHELLS
 
 #: Read files in chunks this large; the last bytes of a chunk are read again at the
@@ -183,7 +184,7 @@ EXE_MOUNTED = "exe:mounted"  # ... or another file is mounted over it (or over i
 #: a PyInstaller program (frozen.py): the Python code in its archive is read as a script's
 PACKED_PYINSTALLER = "packed:pyinstaller"
 TRAITS = (PACKED_UPX, PACKED_ENTROPY, EXE_MEMFD, EXE_DELETED, MEMORY_UNREADABLE, SCAN_CUT,
-          EXE_NEW, EXE_MOUNTED, PACKED_PYINSTALLER, EXE_SHELL_COPY)
+          EXE_NEW, EXE_MOUNTED, PACKED_PYINSTALLER, EXE_SHELL_COPY, EXE_LOADED)
 #: Not reported: the file is one of the system's shells (SystemShells), whatever its name;
 #: a process running it under a name no shell has gets EXE_SHELL_COPY
 SHELL_FILE = "identity:shell"
@@ -192,13 +193,13 @@ SHELL_FILE = "identity:shell"
 SYSTEM_PROGRAM_FOLDERS = ("/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/")
 
 
-def written_since(pid: int, session: float) -> bool:
+def written_since(pid: int, session: float, exe: str = "") -> bool:
     """Whether the program's file changed (its inode's ctime, which root cannot set back)
     after ``session`` began. Colab's kernels run as root: a miner copied to /usr/bin/tac, or
     bind-mounted over it (its file read through /proc/PID/exe), is no file of the
-    distribution's."""
+    distribution's. ``exe``: the program as the sampler names it (one a loader runs)."""
     try:
-        return os.stat(f"/proc/{pid}/exe").st_ctime > session
+        return os.stat(program_file(pid, exe)).st_ctime > session
     except OSError:
         return False
 
@@ -215,7 +216,7 @@ def mounted_over(pid: int, exe: str) -> bool:
     folder's, the folder's parent's), whatever the number of mounts."""
     folder = os.path.dirname(exe)
     try:
-        ids = [_mount_id(f"/proc/{pid}/exe"), _mount_id(f"/proc/{pid}/root{folder}"),
+        ids = [_mount_id(program_file(pid, exe)), _mount_id(f"/proc/{pid}/root{folder}"),
                _mount_id(f"/proc/{pid}/root{os.path.dirname(folder)}")]
     except OSError:
         ids = [None]
@@ -921,7 +922,8 @@ class ContentScanner:
         The executable is read through ``/proc/PID/exe``, which still works when
         the file was deleted or replaced after the program started.
         """
-        found = self.file_markers(f"/proc/{pid}/exe", self.max_bytes)
+        program_at = program_file(pid, exe)
+        found = self.file_markers(program_at, self.max_bytes)
         markers = reported(found)
         interpreter = any(m.startswith(INTERPRETER_PREFIX) for m in found)  # even when renamed
         script = script_path(pid, exe, cmdline, interpreter)
@@ -935,8 +937,7 @@ class ContentScanner:
                 markers += [m for m in reported(self.inline_markers(pid, code))
                             if m not in markers]
         if PACKED_PYINSTALLER in found:  # its Python code, as a script's
-            markers += [m for m in reported(self.script_markers(f"/proc/{pid}/exe",
-                                                                scripts.FROZEN))
+            markers += [m for m in reported(self.script_markers(program_at, scripts.FROZEN))
                         if m not in markers]
         if script_language(exe, found) == scripts.PYTHON:
             for path, language in python_startup(pid, cmdline):  # run before any script
@@ -944,9 +945,11 @@ class ContentScanner:
                             if m not in markers]
         extra = [t for t in found if t in TRAITS]
         try:
-            link = os.readlink(f"/proc/{pid}/exe")
+            link = os.readlink(program_at)
         except OSError:
             link = ""
+        if program_at != f"/proc/{pid}/exe":
+            extra.append(EXE_LOADED)
         if link.startswith("/memfd:"):
             extra.append(EXE_MEMFD)
         elif link.endswith(" (deleted)"):
@@ -981,7 +984,7 @@ class ContentScanner:
         if known is not None:
             return list(known)
         traits = []
-        if session is not None and written_since(pid, session):
+        if session is not None and written_since(pid, session, exe):
             traits.append(EXE_NEW)
         if mounted_over(pid, exe):
             traits.append(EXE_MOUNTED)
@@ -1009,7 +1012,7 @@ class ContentScanner:
         if key is not None and self._libraries_pending(key):
             return False
         try:
-            st = os.stat(f"/proc/{pid}/exe")
+            st = os.stat(program_file(pid, exe))
         except OSError:
             found = []
         else:
@@ -1026,7 +1029,7 @@ class ContentScanner:
         elif not self._script_read(_script_file(script), language):
             return False
         if PACKED_PYINSTALLER in found and \
-                not self._script_read(f"/proc/{pid}/exe", scripts.FROZEN):
+                not self._script_read(program_file(pid, exe), scripts.FROZEN):
             return False
         if "aria2" in found or self._pending:  # aria2c's option files (queued if packed)
             options = _aria2_key(pid, cmdline, key)
@@ -1726,7 +1729,7 @@ class ContentScanner:
         # An interpreter's writable memory is never read; not knowing yet counts as one.
         interpreter = INTERPRETER.match(os.path.basename(exe)) is not None
         try:
-            st = os.stat(f"/proc/{pid}/exe")
+            st = os.stat(program_file(pid, exe))
             with self._lock:
                 scan = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             interpreter = interpreter or scan is None or \

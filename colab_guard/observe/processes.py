@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 
-from . import pipes, procfs
+from . import loader, pipes, procfs
 from .behaviour import Behaviour
 from .attribution import KERNEL_ENV_MARKER, OrphanJudge, children_of, descend, kernel_environment
-from .content import MAPS_MAX_BYTES, MAX_LIBRARIES, ContentScanner
+from .content import MAPS_MAX_BYTES, MAX_LIBRARIES, ContentScanner, executable_files
 from .gpu import GpuSample
 from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, QUIET_CHECK_MAX,
                    SPREAD_FROM, HeldCounts, HeldStat, Parked, Probe, QuietRead, SchedCounts,
@@ -138,6 +138,8 @@ class Tracked:
     stat: HeldStat | None = None  # a running one's stat, held open (spread: idle.py)
     pairs: list | None = None  # its sockets at its last light read: (inode, socket)
     inet: frozenset = frozenset()  # the inodes of its inet sockets at its last read
+    # (exe, command line, (program, arguments) or None) of a program the loader runs (_as_loaded)
+    loaded: tuple[str, tuple[str, ...], tuple[str, list[str]] | None] | None = None
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -704,6 +706,7 @@ class ProcessSampler:
             stat, sample.exe, sample.cmdline = self._read_program(pid)
             if stat.start != entry.start:
                 raise ProcessLookupError(pid)  # exited, and its pid was taken again
+            loaded = self._as_loaded(state, entry, sample.exe, sample.cmdline, now)
             sample.uid = self._denied_ok(procfs.read_real_uid, None, "status", pid)
         except (FileNotFoundError, ProcessLookupError):
             _closed(held)
@@ -721,6 +724,9 @@ class ProcessSampler:
         self.stats.full_reads += 1
         sample.ppid, sample.threads, sample.rss = stat.ppid, stat.threads, stat.rss
         sample.name = procfs.full_name(stat.comm, sample.cmdline)
+        if loaded is not None:  # the name the kernel gives it when it runs it
+            sample.exe, sample.cmdline = loaded
+            sample.name = procfs.full_name(os.path.basename(sample.exe)[:15], sample.cmdline)
         sample.cpu_percent = self._cpu_percent(key, stat.cpu_ticks / CLOCK_TICKS, now)
         sample.gpu_percent, sample.gpu_memory_mb = gpu_use
         self._note_uid(key, sample.uid, pid)
@@ -1111,6 +1117,29 @@ class ProcessSampler:
             self._problem("maps", "could not read /proc/%s/maps: %s", pid, err)
         state.libraries = (now, vms, libraries, exe)
         return libraries
+
+    def _as_loaded(self, state: Tracked, entry: Entry, exe: str, cmdline: list[str],
+                   now: float) -> tuple[str, list[str]] | None:
+        """The program and arguments of a process that runs a program through the dynamic
+        loader (loader.py), or None. Looked up once per program it runs and command line, and
+        only for a process started with no ELF interpreter (one read of its auxv); one whose
+        program was not found is looked at again while it is young (the loader maps it)."""
+        known = state.loaded
+        if known is not None and known[0] == exe and known[1] == tuple(cmdline):
+            return known[2]
+        found = None
+        if len(cmdline) > 1 and loader.started_by_interpreter(entry.pid) is False:
+            try:
+                raw = procfs.read_all(f"/proc/{entry.pid}/maps", MAPS_MAX_BYTES)
+                mapped = [(m.path, m.inode) for m in executable_files(
+                    raw.decode("utf-8", "replace"))]
+                own = os.stat(f"/proc/{entry.pid}/exe").st_ino
+                found = loader.loaded_program(entry.pid, cmdline, mapped, own)
+            except OSError:
+                return None
+        if found is not None or now - entry.key[1] > loader.SETTLED_AFTER:
+            state.loaded = (exe, tuple(cmdline), found)
+        return found
 
     # ------------------------------------------------------------ bookkeeping
 
