@@ -19,8 +19,11 @@ import psutil
 import pytest
 
 from colab_guard.observe import procfs
+from colab_guard.observe.content import ContentScanner
+from colab_guard.observe.loader import EXE_LOADED
 from colab_guard.observe.model import Process
 from colab_guard.observe.packages import PackageIndex, package_of
+from colab_guard.observe.processes import ProcessSampler
 from tests.harness import wait_until
 from tests.unix_users import throwaway_user
 from tests.test_fair_strikes import (MODULE, NAME, SCRIPT, installed, make_venv,  # noqa: F401
@@ -463,3 +466,26 @@ def test_a_preloaded_library_that_wipes_the_environment_is_a_strike(venv, attack
     package, refused = package_of([process], PackageIndex())
     assert package is None, "a preloaded library of the user's counted as the package's"
     assert "libwipe.so" in refused["reason"]
+
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.mark.skipif(not os.path.exists(LOADER), reason="needs the x86-64 loader")
+def test_a_packaged_script_run_by_the_dynamic_loader_is_a_strike(venv, started, pool_port):  # noqa: F811
+    """The loader's options load what they name (``--preload``, ``--audit``,
+    ``--library-path``) where no environment shows it: a program a loader runs, which the
+    sampler judges as that program (observe/loader.py), is never the package's."""
+    python = str(venv["venv"] / "bin" / "python")  # (its prefix found from its first word)
+    argv = [python, str(venv["script"]), *miner_args(pool_port)]
+    direct = start(argv, started, env=clean_env())
+    assert package_of([direct], PackageIndex())[0] is not None  # the premise: as itself
+    loaded = start([LOADER, *argv], started, env=clean_env(),
+                   until=lambda proc, _: os.path.realpath(python) in Path(
+                       f"/proc/{proc.pid}/maps").read_text())
+    sampled = ProcessSampler(content=ContentScanner(background=False)).sample(
+        {"k": loaded.pid})["k"].kernel_process
+    assert (sampled.exe, sampled.cmdline) == (os.path.realpath(python), argv)
+    assert EXE_LOADED in sampled.exe_markers
+    package, _ = package_of([sampled], PackageIndex())
+    assert package is None and strike(package)

@@ -62,6 +62,7 @@ import psutil
 
 from . import procfs
 from .attribution import same_process
+from .loader import EXE_LOADED
 from .model import Process
 
 SITE_FOLDERS = ("site-packages", "dist-packages")
@@ -198,7 +199,10 @@ def _package_of(offenders: list[Process], index: PackageIndex
 
 def program_package(p: Process, index: PackageIndex = INDEX) -> Package | None:
     """The package of one process's program: its executable, or its Python script; and only
-    if nothing of the user's can run inside it (see ``_refuse_users_code``)."""
+    if nothing of the user's can run inside it (see ``_refuse_users_code``). Never one that a
+    loader runs (its options load what they name: ``ld.so --preload ./x.so /usr/bin/tool``)."""
+    if EXE_LOADED in p.exe_markers:
+        return None
     python = _INTERPRETER.match(os.path.basename(p.exe)) or \
         (not p.exe and p.cmdline and _INTERPRETER.match(os.path.basename(p.cmdline[0])))
     if python:
