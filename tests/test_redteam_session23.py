@@ -421,7 +421,8 @@ def test_a_shell_fed_by_tail_f_of_a_file_its_relay_appends_to_is_recognised(list
     "it, runs what the network sends as commands; but its process is a fork of the cell's "
     "bash running the cell's script, the very shape of an honest job queue's `while read job` "
     "(test_a_bash_cell_serving_a_local_job_queue_with_nc_is_left_alone): what the loop's "
-    "body does with a line is in the script, which no field reads"))
+    "body does with a line is in the script, which no process field reads (as a cell, "
+    "cell-reverse-shell refuses it before it runs)"))
 def test_a_while_read_eval_loop_in_a_bash_cell_is_recognised(listener, tmp_path):  # noqa: F811
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
