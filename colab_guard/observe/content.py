@@ -1366,7 +1366,9 @@ class ContentScanner:
                 if frozen.find_archive(fd, st.st_size) is not None:
                     result.markers.append(PACKED_PYINSTALLER)
                 if head:
-                    if not library and SYSTEM_SHELLS.holds(fd, head[0], st.st_size):
+                    # (a library's too: a program the loader runs is mapped as one, and may
+                    # be scanned as one first; reported() keeps it out of a library's markers)
+                    if SYSTEM_SHELLS.holds(fd, head[0], st.st_size):
                         result.markers.append(SHELL_FILE)
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])
