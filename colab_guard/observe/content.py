@@ -925,6 +925,10 @@ class ContentScanner:
         program_at = program_file(pid, exe)
         found = self.file_markers(program_at, self.max_bytes)
         markers = reported(found)
+        if program_at != f"/proc/{pid}/exe":  # the loader's own file too (a static miner
+            own = self.file_markers(f"/proc/{pid}/exe", self.max_bytes)  # naming /bin/true)
+            markers += [m for m in reported(own) if m not in markers]
+            found = found + [t for t in own if t in TRAITS and t not in found]
         interpreter = any(m.startswith(INTERPRETER_PREFIX) for m in found)  # even when renamed
         script = script_path(pid, exe, cmdline, interpreter)
         if script is not None:
@@ -1011,15 +1015,17 @@ class ContentScanner:
         its key, the files it was last seen to have mapped executable)."""
         if key is not None and self._libraries_pending(key):
             return False
-        try:
-            st = os.stat(program_file(pid, exe))
-        except OSError:
-            found = []
-        else:
+        found = []
+        for at, path in enumerate(dict.fromkeys((program_file(pid, exe), f"/proc/{pid}/exe"))):
+            try:  # the program's file, and a loader's own (content.process_markers)
+                st = os.stat(path)
+            except OSError:
+                continue
             program = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             if program is None:
                 return False
-            found = program.markers
+            if at == 0:
+                found = program.markers
         script = script_path(pid, exe, cmdline, True)
         language = script_language(exe, found)
         if script is None:
@@ -1366,7 +1372,9 @@ class ContentScanner:
                 if frozen.find_archive(fd, st.st_size) is not None:
                     result.markers.append(PACKED_PYINSTALLER)
                 if head:
-                    if not library and SYSTEM_SHELLS.holds(fd, head[0], st.st_size):
+                    # (a library's too: a program the loader runs is mapped as one, and may
+                    # be scanned as one first; reported() keeps it out of a library's markers)
+                    if SYSTEM_SHELLS.holds(fd, head[0], st.st_size):
                         result.markers.append(SHELL_FILE)
                     result.markers += packed(head[0])
                     entropy = code_entropy(fd, head[0])

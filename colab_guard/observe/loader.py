@@ -20,7 +20,8 @@ import struct
 
 #: The auxiliary vector's entry for where the kernel loaded the program's ELF interpreter
 AT_BASE = 7
-#: Words of a command line looked at for the program (the loader's options come first: few)
+#: Words of a command line looked up as the program (the loader's options, skipped, do not
+#: count: ld.so takes any number of them, `--inhibit-cache` twenty times)
 MAX_WORDS = 16
 #: A process this old whose program was not found is not looked at again (the loader maps its
 #: program within milliseconds of its start)
@@ -54,17 +55,49 @@ def loaded_program(pid: int, cmdline: list[str], mapped: list[tuple[str, int]],
     ``--preload``ed is mapped executable too). Its first word is the loader's ``--argv0`` if
     given. None if none is."""
     inodes = {inode: path for path, inode in mapped if inode != own_inode}
-    for at, word in enumerate(cmdline[1:MAX_WORDS], 1):
+    looked = 0
+    for at, word in enumerate(cmdline[1:], 1):
         if not word or word.startswith("-") or cmdline[at - 1] in VALUE_OPTIONS:
             continue
-        where = f"/proc/{pid}/root{word}" if word.startswith("/") else f"/proc/{pid}/cwd/{word}"
+        looked += 1
+        if looked > MAX_WORDS:
+            break
         try:
-            inode = os.stat(where).st_ino  # (no device: maps shows an overlay's layer's)
+            # (no device: maps shows an overlay's layer's)
+            inode = os.stat(_where(pid, word)).st_ino
         except (OSError, ValueError):
             continue
         if inode in inodes:
-            return inodes[inode], [_argv0(cmdline[1:at]) or word] + cmdline[at + 1:]
+            return _unescaped(pid, inodes[inode], inode), \
+                [_argv0(cmdline[1:at]) or word] + cmdline[at + 1:]
     return None
+
+
+#: Paths that name the process looking them up: looked up as the process's, not the guard's
+#: (`ld.so /dev/fd/3 -i 3<kworker`)
+OWN_PATHS = (("/proc/self/", "/proc/{pid}/"), ("/proc/thread-self/", "/proc/{pid}/"),
+             ("/dev/fd/", "/proc/{pid}/fd/"), ("/dev/stdin", "/proc/{pid}/fd/0"))
+
+
+def _where(pid: int, word: str) -> str:
+    """Where the process finds the file ``word`` names: in its root, or its folder."""
+    for own, its in OWN_PATHS:
+        if word.startswith(own):
+            return its.format(pid=pid) + word[len(own):]
+    return f"/proc/{pid}/root{word}" if word.startswith("/") else f"/proc/{pid}/cwd/{word}"
+
+
+def _unescaped(pid: int, path: str, inode: int) -> str:
+    """The path maps names, as the file is named: maps writes a newline in it as ``\\012``
+    (a program named `kworker\\n`, read at the escaped path, was no file: never read). The
+    path as it stands where a file of that name is not the program's."""
+    if "\\012" not in path:
+        return path
+    named = path.replace("\\012", "\n")
+    try:
+        return named if os.stat(f"/proc/{pid}/root{named}").st_ino == inode else path
+    except (OSError, ValueError):
+        return path
 
 
 def _argv0(options: list[str]) -> str | None:
