@@ -25,7 +25,7 @@ import time
 import psutil
 import pytest
 
-from colab_guard.observe import processes
+from colab_guard.observe import processes, procfs
 from colab_guard.observe.content import ContentScanner
 from colab_guard.observe.idle import HeldCounts
 from colab_guard.observe.procfs import InetTables
@@ -506,3 +506,33 @@ def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(mo
         subprocess.run(["pkill", "-P", str(parent.pid)])
         parent.kill()
         parent.wait()
+
+
+def test_a_process_still_in_the_middle_of_its_exec_is_read_at_the_next_tick(monkeypatch):
+    """After its rereads, a process whose exec has not finished (where its arguments go not
+    yet set: procfs.exec_unfinished; loading a program's interpreter on a busy machine takes
+    milliseconds, and CI once read `nice` so, with no arguments) is not handed out with none:
+    it is read at the next tick. The middle of an exec is stood in for by its reads; the
+    test of the real reads is the one above."""
+    kernel = subprocess.Popen(["bash", "-c", "sleep 300 & wait"])
+    try:
+        child = wait_until(lambda: next((c for c in psutil.Process(kernel.pid).children()
+                                         if c.cmdline()[:1] == ["sleep"]), None),
+                           what="sleep started")
+        assert not procfs.exec_unfinished(child.pid)  # a finished exec reads so
+        sampler = ProcessSampler()
+        real = procfs.read_cmdline
+        with monkeypatch.context() as patch:
+            patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
+                          else real(pid))
+            patch.setattr(procfs, "exec_unfinished", lambda pid: pid == child.pid)
+            first = sampler.sample({"k": kernel.pid})["k"]
+        assert child.pid not in {p.pid for p in first.processes}
+        assert sampler.stats.exec_deferred == 1
+        second = sampler.sample({"k": kernel.pid})["k"]
+        assert [p.cmdline for p in second.processes if p.pid == child.pid] == [["sleep", "300"]]
+    finally:
+        for process in psutil.Process(kernel.pid).children():
+            process.kill()
+        kernel.kill()
+        kernel.wait()

@@ -45,6 +45,11 @@ __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
 ProcessKey = tuple[int, float]
 
+
+class ExecUnfinished(Exception):
+    """A process still in the middle of its exec (procfs.exec_unfinished) after the rereads:
+    not handed out with no arguments, but read again at the next tick."""
+
 #: Seconds between two readings of a process caught in the middle of an exec (its file
 #: changed under the reads, or its arguments not yet in place): an ELF's loading takes
 #: microseconds, a busy machine's scheduler a millisecond.
@@ -162,6 +167,7 @@ class SamplerStats:
     light_reads: int = 0  # processes that ran, read lightly (_light_read)
     vanished: int = 0  # exited between listing and reading
     reread: int = 0  # read again: it exec'd while read (_read_program)
+    exec_deferred: int = 0  # still in the middle of its exec after the rereads: next tick
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
     claimed_by_environment: int = 0
@@ -696,6 +702,10 @@ class ProcessSampler:
             _closed(held)
             self.stats.vanished += 1
             return None
+        except ExecUnfinished:  # read at the next tick, its exec done
+            _closed(held)
+            self.stats.exec_deferred += 1
+            return None
         except PermissionError as err:
             _closed(held)
             self._denied("process", pid, err)
@@ -1145,6 +1155,9 @@ class ProcessSampler:
             cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
             if procfs.exe_now(pid) == exe and (cmdline or not exe):
                 break
+        else:
+            if exe and not cmdline and procfs.exec_unfinished(pid):
+                raise ExecUnfinished(pid)
         return stat, exe, cmdline
 
     def _denied_ok(self, read, default, what: str, pid: int):

@@ -82,6 +82,20 @@ def parse_stat(data: bytes) -> Stat:
                 tty=int(fields[4]))
 
 
+def exec_unfinished(pid: int) -> bool:
+    """Whether the process is in the middle of an exec: its new memory in place, where its
+    arguments will go not yet set (stat's arg_start and arg_end 0, which every finished exec
+    sets, and no process can set back to 0). Loading a large program's interpreter on a busy
+    machine takes milliseconds. Only for a process whose exe the guard may read (the fields
+    read 0 to a reader without ptrace access)."""
+    try:
+        data = read_small(f"/proc/{pid}/stat")
+        fields = data[data.rindex(b")") + 2:].split()
+        return int(fields[45]) == 0 and int(fields[46]) == 0
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def create_time(start_ticks: int, boot_time: float) -> float:
     """A process's start in seconds since the epoch, computed as psutil does."""
     return float(start_ticks) / CLOCK_TICKS + boot_time
