@@ -158,3 +158,16 @@ def test_a_file_written_in_the_session_over_a_system_program_run_by_the_loader_i
             proc.pid, seen.exe, seen.cmdline, session=os.stat(LOADER).st_ctime + 1)
     finally:
         os.unlink(path)
+
+
+def test_a_loaded_program_that_keeps_running_is_read_lightly(started):
+    """Its command line as read (the loader's) is compared at a light read, not the one it is
+    judged by: a running one is not read in full at every tick."""
+    proc = started([LOADER, PYTHON3, "-c", "while True: pass"])
+    sampler = _sampler()
+    _sampled(sampler, proc.pid, lambda p: loader.EXE_LOADED in p.exe_markers, "loaded")
+    before = sampler.stats.light_reads
+    seen = wait_until(lambda: (lambda p: p if sampler.stats.light_reads > before else None)(
+        sampler.sample({"k": proc.pid})["k"].kernel_process), timeout=30, what="a light read")
+    assert seen.cmdline == [PYTHON3, "-c", "while True: pass"]
+    assert loader.EXE_LOADED in seen.exe_markers

@@ -920,7 +920,7 @@ class ProcessSampler:
         except (OSError, ValueError, IndexError):
             return None  # the full read says what went wrong
         if stat.start != entry.start or stat.threads != base.threads or stat.vms != quiet.vms \
-                or cmdline != base.cmdline or procfs.full_name(stat.comm, cmdline) != base.name:
+                or not _same_program(state, base, stat, cmdline):
             return None
         fds = state.fds
         if fds.count is None or procfs.fd_count(pid) != fds.count:
@@ -1287,6 +1287,16 @@ def _read_stat(pid: int) -> procfs.Stat | None:
     except (OSError, ValueError, IndexError):
         return None
 
+
+
+def _same_program(state: Tracked, base: Process, stat: procfs.Stat,
+                  cmdline: list[str]) -> bool:
+    """Whether a light read's command line and name are those of the last full read: as
+    read, or, for a program a loader runs (judged by its own), the loader's as read then."""
+    loaded = state.loaded
+    if loaded is not None and loaded[2] is not None:
+        return tuple(cmdline) == loaded[1]  # (its name the program's file's, not its comm)
+    return cmdline == base.cmdline and procfs.full_name(stat.comm, cmdline) == base.name
 
 
 def _relays_of(shells: list, others: list[Process], parents: dict[int, int],
