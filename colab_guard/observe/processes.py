@@ -451,8 +451,9 @@ class ProcessSampler:
                                                    not pipes.stdio_piped(p.pid)))
             others = others[:pipes.MAX_PROCESSES]
         parents = {p.pid: p.ppid for p in snapshot.processes}
+        shell_pids = frozenset(p.pid for p in snapshot.processes if pipes.is_shell(p))
         with UnixPeers() as peers:
-            return _relays_of(shells, others, parents, peers)
+            return _relays_of(shells, others, parents, peers, shell_pids)
 
 
     def _socket_pairs(self, key: ProcessKey, inodes: tuple[int, ...], netns: str,
@@ -1300,9 +1301,9 @@ def _same_program(state: Tracked, base: Process, stat: procfs.Stat,
 
 
 def _relays_of(shells: list, others: list[Process], parents: dict[int, int],
-               peers: UnixPeers) -> dict[int, str]:
+               peers: UnixPeers, shell_pids: frozenset[int] = frozenset()) -> dict[int, str]:
     """ProcessSampler._stream_relays, once the processes are chosen (``peers``: the UNIX
-    sockets' ends, asked once each)."""
+    sockets' ends, asked once each; ``shell_pids``: the tree's shells)."""
     ends: dict[int, pipes.Ends] = {}
 
     def ends_of(proc: Process) -> pipes.Ends:
@@ -1319,9 +1320,19 @@ def _relays_of(shells: list, others: list[Process], parents: dict[int, int],
             if streams is None:
                 continue
         ancestors = _ancestors(shell.pid, parents)
-        beside = [p for p in others if p.pid not in ancestors and p is not terminal]
+        drivers = ancestors - shell_pids
+        beside = [p for p in others if p.pid not in ancestors and p is not terminal
+                  and not _copy_of(p, drivers)]
         relays[shell.pid] = pipes.relay_in_loop(shell, streams, beside, ends_of)
     return relays
+
+
+def _copy_of(process: Process, drivers: set[int]) -> bool:
+    """Whether ``process`` is a fork, that exec'd nothing, of a program driving the shell
+    (an ancestor no shell: a multiprocessing worker, a Manager's server): the program
+    itself, its pipes' ends and connections inherited, as excluded as it is. A pipeline's
+    segment forked by an ancestor shell (`| while read l; … >&3`) is no copy of a driver."""
+    return process.ppid in drivers and pipes.forked_from(process.pid, process.ppid)
 
 
 def _terminal_streams(index: int, shell: Process, others: list[Process]
