@@ -158,6 +158,18 @@ def test_a_loop_through_two_hops_of_unix_sockets_is_recognised(listener, tmp_pat
     assert SHELL_LOOP in found
 
 
+#: A client of the relay's UNIX socket (argv 1), once it listens (a workload's first lines)
+CONNECT_TO_RELAY = """
+import os, socket, sys, threading, time
+client = socket.socket(socket.AF_UNIX)
+while True:  # polling for the relay's socket
+    try:
+        client.connect(sys.argv[1])
+        break
+    except OSError:
+        time.sleep(0.05)
+"""
+
 #: The relay that hands its connection over (SCM_RIGHTS) to the client of its UNIX socket
 #: (argv 1) and closes its own copy: no process but the client holds the connection.
 HAND_OVER = """
@@ -173,15 +185,7 @@ time.sleep(300)
 """
 
 #: The client given the connection: stdin to it, it to stdout.
-HANDED = """
-import os, socket, sys, threading, time
-client = socket.socket(socket.AF_UNIX)
-while True:  # polling for the relay's socket
-    try:
-        client.connect(sys.argv[1])
-        break
-    except OSError:
-        time.sleep(0.05)
+HANDED = CONNECT_TO_RELAY + """
 _, fds, _, _ = socket.recv_fds(client, 16, 1)
 conn = socket.socket(fileno=fds[0])
 def out():
@@ -210,15 +214,7 @@ def test_a_connection_handed_over_through_a_unix_socket_is_recognised(listener, 
 
 #: What `socat UNIX-CONNECT:S EXEC:'sh -i',nofork` leaves: the shell's own streams the UNIX
 #: socket (argv 1), connected to a relay holding the connection.
-SHELL_ON_SOCKET = """
-import os, socket, sys, time
-client = socket.socket(socket.AF_UNIX)
-while True:  # polling for the relay's socket
-    try:
-        client.connect(sys.argv[1])
-        break
-    except OSError:
-        time.sleep(0.05)
+SHELL_ON_SOCKET = CONNECT_TO_RELAY + """
 for fd in (0, 1, 2):
     os.dup2(client.fileno(), fd)
 os.execvp("sh", ["sh", "-i"])
