@@ -520,6 +520,7 @@ def test_a_process_still_in_the_middle_of_its_exec_is_read_at_the_next_tick(monk
                                          if c.cmdline()[:1] == ["sleep"]), None),
                            what="sleep started")
         assert not procfs.exec_unfinished(child.pid)  # a finished exec reads so
+        assert not procfs.exec_unfinished(os.getpid())
         sampler = ProcessSampler()
         real = procfs.read_cmdline
         with monkeypatch.context() as patch:
@@ -531,6 +532,16 @@ def test_a_process_still_in_the_middle_of_its_exec_is_read_at_the_next_tick(monk
         assert sampler.stats.exec_deferred == 1
         second = sampler.sample({"k": kernel.pid})["k"]
         assert [p.cmdline for p in second.processes if p.pid == child.pid] == [["sleep", "300"]]
+        # Once per program: one whose command line stays empty (CAP_SYS_RESOURCE can set its
+        # arg_end back to its arg_start) is handed out at the next full read, as read.
+        with monkeypatch.context() as patch:
+            patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
+                          else real(pid))
+            patch.setattr(procfs, "exec_unfinished", lambda pid: pid == child.pid)
+            sampler._tracked[(child.pid, procfs.start_time(child.pid))].quiet = None
+            third = sampler.sample({"k": kernel.pid})["k"]
+        assert [p.cmdline for p in third.processes if p.pid == child.pid] == [[]]
+        assert sampler.stats.exec_deferred == 1
     finally:
         for process in psutil.Process(kernel.pid).children():
             process.kill()

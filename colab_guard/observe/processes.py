@@ -146,6 +146,7 @@ class Tracked:
     inet: frozenset = frozenset()  # the inodes of its inet sockets at its last read
     # (exe, command line, (program, arguments) or None) of a program the loader runs (_as_loaded)
     loaded: tuple[str, tuple[str, ...], tuple[str, list[str]] | None] | None = None
+    deferred: str = ""  # the program it ran when its read was left to the next tick, mid-exec
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -694,7 +695,7 @@ class ProcessSampler:
         denied_before = self.stats.denied
         sample = Process(pid=pid, ppid=entry.ppid, create_time=key[1], is_kernel=is_kernel)
         try:
-            stat, sample.exe, sample.cmdline = self._read_program(pid)
+            stat, sample.exe, sample.cmdline = self._read_program(pid, state)
             if stat.start != entry.start:
                 raise ProcessLookupError(pid)  # exited, and its pid was taken again
             loaded = self._as_loaded(state, entry, sample.exe, sample.cmdline, now)
@@ -1138,13 +1139,16 @@ class ProcessSampler:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _read_program(self, pid: int) -> tuple[procfs.Stat, str, list[str]]:
+    def _read_program(self, pid: int, state: Tracked | None = None
+                      ) -> tuple[procfs.Stat, str, list[str]]:
         """The process's stat, executable and command line, all of one program: read again
         when it exec'd meanwhile (its executable changed under the reads). Read across an
         exec, `sh -c 'nmap -V'`'s child was nmap's file with the shell's script, or the
         shell's file with a program's options: either one a false reading of both. Read in
         the middle of an exec (the new file set, its arguments not yet copied), the command
-        line is empty: read again too, else the miner's first reading had no options."""
+        line is empty: read again too, else the miner's first reading had no options; and
+        still so after the rereads, left to the next tick (ExecUnfinished), once per program
+        it runs (``state``: the process's record)."""
         for attempt in range(3):
             if attempt:
                 self.stats.reread += 1
@@ -1157,8 +1161,12 @@ class ProcessSampler:
             if procfs.exe_now(pid) == exe and (cmdline or not exe):
                 break
         else:
-            if exe and not cmdline and procfs.exec_unfinished(pid):
-                raise ExecUnfinished(pid)
+            if exe and not cmdline:
+                if not procfs.exec_unfinished(pid):  # (finished since the last read)
+                    cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
+                elif state is not None and state.deferred != exe:
+                    state.deferred = exe
+                    raise ExecUnfinished(pid)
         return stat, exe, cmdline
 
     def _denied_ok(self, read, default, what: str, pid: int):
