@@ -482,8 +482,9 @@ def test_a_process_read_in_the_middle_of_its_exec_is_read_with_its_arguments():
 def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(monkeypatch):
     """With CAP_SYS_RESOURCE (prctl PR_SET_MM_ARG_END) a process can empty its command line
     for good, and each such process is read again as if caught mid-exec. This machine's root
-    lacks the capability, so their reads are stood in for: 40 of them pause one tick
-    MAX_EXEC_WAITS times (not 80), and are sampled all the same."""
+    lacks the capability, so their reads are stood in for: 40 of them pause a tick
+    MAX_EXEC_WAITS times (not 80), are left to the next tick MAX_DEFERRALS times, and are
+    sampled all the same after."""
     parent = subprocess.Popen(["bash", "-c", "for i in $(seq 40); do sleep 60 & done; wait"])
     try:
         children = wait_until(lambda: len(kids := psutil.Process(parent.pid).children()) == 40
@@ -499,7 +500,13 @@ def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(mo
             real_sleep(seconds)
 
         monkeypatch.setattr(processes.time, "sleep", sleep)
-        snapshot = ProcessSampler().sample({"k": parent.pid})["k"]
+        sampler = ProcessSampler()
+        for _ in range(processes.MAX_DEFERRALS):
+            snapshot = sampler.sample({"k": parent.pid})["k"]
+            assert not blank & {p.pid for p in snapshot.processes}
+            assert len(pauses) == processes.MAX_EXEC_WAITS
+            pauses.clear()
+        snapshot = sampler.sample({"k": parent.pid})["k"]
         assert {p.pid for p in snapshot.processes if p.cmdline == []} == blank
         assert len(pauses) == processes.MAX_EXEC_WAITS
     finally:
@@ -509,41 +516,39 @@ def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(mo
 
 
 def test_a_process_still_in_the_middle_of_its_exec_is_read_at_the_next_tick(monkeypatch):
-    """After its rereads, a process whose exec has not finished (where its arguments go not
-    yet set: procfs.exec_unfinished; loading a program's interpreter on a busy machine takes
-    milliseconds, and CI once read `nice` so, with no arguments) is not handed out with none:
-    it is read at the next tick. The middle of an exec is stood in for by its reads; the
-    test of the real reads is the one above."""
+    """After its rereads, a process whose command line is still empty (loading a program's
+    interpreter on a busy machine takes milliseconds: CI read `nice` so, twice) is not handed
+    out with none: it is read at the next tick. Two ticks in a row at most: one whose command
+    line stays empty (CAP_SYS_RESOURCE can empty it for good) is then handed out as read. The
+    middle of an exec is stood in for by its reads; the test of the real reads is above."""
     kernel = subprocess.Popen(["bash", "-c", "sleep 300 & wait"])
     try:
         child = wait_until(lambda: next((c for c in psutil.Process(kernel.pid).children()
                                          if c.cmdline()[:1] == ["sleep"]), None),
                            what="sleep started")
-        assert not procfs.exec_unfinished(child.pid)  # a finished exec reads so
-        assert not procfs.exec_unfinished(os.getpid())
         sampler = ProcessSampler()
         real = procfs.read_cmdline
-        with monkeypatch.context() as patch:
-            patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
-                          else real(pid))
-            patch.setattr(procfs, "exec_unfinished", lambda pid: pid == child.pid)
-            first = sampler.sample({"k": kernel.pid})["k"]
-        assert child.pid not in {p.pid for p in first.processes}
+
+        def tick(empty: bool) -> list:
+            """The child's command lines in a tick read in full (none if left out)."""
+            state = sampler._tracked.get((child.pid, procfs.start_time(child.pid)))
+            if state is not None:
+                state.quiet = None  # (read in full, not handed out as it was)
+            with monkeypatch.context() as patch:
+                if empty:
+                    patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
+                                  else real(pid))
+                processes = sampler.sample({"k": kernel.pid})["k"].processes
+            return [p.cmdline for p in processes if p.pid == child.pid]
+
+        assert tick(empty=True) == []
         assert sampler.stats.exec_deferred == 1
-        second = sampler.sample({"k": kernel.pid})["k"]
-        assert [p.cmdline for p in second.processes if p.pid == child.pid] == [["sleep", "300"]]
-        # Once per program: one whose command line stays empty (CAP_SYS_RESOURCE can set its
-        # arg_end back to its arg_start) is handed out at the next full read, as read.
-        with monkeypatch.context() as patch:
-            patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
-                          else real(pid))
-            patch.setattr(procfs, "exec_unfinished", lambda pid: pid == child.pid)
-            sampler._tracked[(child.pid, procfs.start_time(child.pid))].quiet = None
-            third = sampler.sample({"k": kernel.pid})["k"]
-        assert [p.cmdline for p in third.processes if p.pid == child.pid] == [[]]
-        assert sampler.stats.exec_deferred == 1
+        assert tick(empty=False) == [["sleep", "300"]]
+        assert [tick(empty=True) for _ in range(3)] == [[], [], [[]]]
+        assert sampler.stats.exec_deferred == 3
     finally:
         for process in psutil.Process(kernel.pid).children():
             process.kill()
         kernel.kill()
         kernel.wait()
+

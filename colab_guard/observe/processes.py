@@ -47,8 +47,9 @@ ProcessKey = tuple[int, float]
 
 
 class ExecUnfinished(Exception):
-    """A process still in the middle of its exec (procfs.exec_unfinished) after the rereads:
-    not handed out with no arguments, but read again at the next tick."""
+    """A process still in the middle of an exec after the rereads (its command line empty, or
+    its file changed under the reads): not handed out with no arguments or another program's,
+    but read again at the next tick."""
 
 #: Seconds between two readings of a process caught in the middle of an exec (its file
 #: changed under the reads, or its arguments not yet in place): an ELF's loading takes
@@ -57,6 +58,9 @@ EXEC_SETTLES = 0.001
 #: ... at most this many such pauses a tick (a process can empty its command line for good:
 #: a thousand of them would otherwise pause every tick for seconds)
 MAX_EXEC_WAITS = 16
+#: Ticks in a row a process still in the middle of an exec after its rereads is left to the
+#: next tick (_read_program)
+MAX_DEFERRALS = 2
 
 #: Seconds after its start from which an unchanged fd count tells that a process opened no
 #: new socket (see _walk_fds).
@@ -146,7 +150,7 @@ class Tracked:
     inet: frozenset = frozenset()  # the inodes of its inet sockets at its last read
     # (exe, command line, (program, arguments) or None) of a program the loader runs (_as_loaded)
     loaded: tuple[str, tuple[str, ...], tuple[str, list[str]] | None] | None = None
-    deferred: str = ""  # the program it ran when its read was left to the next tick, mid-exec
+    deferred: int = 0  # ticks in a row its read was left to the next, mid-exec (_read_program)
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -1146,9 +1150,12 @@ class ProcessSampler:
         exec, `sh -c 'nmap -V'`'s child was nmap's file with the shell's script, or the
         shell's file with a program's options: either one a false reading of both. Read in
         the middle of an exec (the new file set, its arguments not yet copied), the command
-        line is empty: read again too, else the miner's first reading had no options; and
-        still so after the rereads, left to the next tick (ExecUnfinished), once per program
-        it runs (``state``: the process's record)."""
+        line is empty: read again too, else the miner's first reading had no options. Still so
+        after the rereads (a busy machine; a script exec'ing itself without end), it is left
+        to the next tick (ExecUnfinished), for MAX_DEFERRALS ticks in a row at most (a process
+        with CAP_SYS_RESOURCE can empty its command line for good), then handed out with no
+        arguments rather than another program's (``state``: the process's record; without
+        it, the last reading as it is)."""
         for attempt in range(3):
             if attempt:
                 self.stats.reread += 1
@@ -1161,12 +1168,13 @@ class ProcessSampler:
             if procfs.exe_now(pid) == exe and (cmdline or not exe):
                 break
         else:
-            if exe and not cmdline:
-                if not procfs.exec_unfinished(pid):  # (finished since the last read)
-                    cmdline = self._denied_ok(procfs.read_cmdline, [], "cmdline", pid)
-                elif state is not None and state.deferred != exe:
-                    state.deferred = exe
+            if state is not None:
+                if state.deferred < MAX_DEFERRALS:
+                    state.deferred += 1
                     raise ExecUnfinished(pid)
+                return stat, exe, []  # (its file's, and no other program's arguments)
+        if state is not None:
+            state.deferred = 0
         return stat, exe, cmdline
 
     def _denied_ok(self, read, default, what: str, pid: int):

@@ -82,22 +82,6 @@ def parse_stat(data: bytes) -> Stat:
                 tty=int(fields[4]))
 
 
-def exec_unfinished(pid: int) -> bool:
-    """Whether the process may be in the middle of an exec: its new memory in place, the end
-    of its arguments not yet set past their start (stat's arg_end 0 until the program's stack
-    is laid out, then equal to arg_start until its arguments are counted; measured: 366 of 375
-    empty readings of a fresh `nice` so). Loading a program's interpreter on a busy machine
-    takes milliseconds. (A process with CAP_SYS_RESOURCE can set its arg_end to its arg_start
-    for good: the caller asks once per program.) Only for a process whose exe the guard may
-    read (the fields read 0 to a reader without ptrace access)."""
-    try:
-        data = read_small(f"/proc/{pid}/stat")
-        fields = data[data.rindex(b")") + 2:].split()
-        return int(fields[46]) <= int(fields[45])
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 def create_time(start_ticks: int, boot_time: float) -> float:
     """A process's start in seconds since the epoch, computed as psutil does."""
     return float(start_ticks) / CLOCK_TICKS + boot_time
