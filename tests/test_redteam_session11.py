@@ -726,7 +726,8 @@ def test_aria2c_given_its_torrent_and_options_in_files_is_stopped(kernel, counti
     argv = [tool, f"--conf-path={files[conf]}"] if conf == "--conf-path" else [tool]  # none
     pid, started = kernel.start(argv, env={"HOME": str(home), "XDG_CONFIG_HOME": str(xdg)})
     wait_until(lambda: announces or not _alive(pid), timeout=30, what="an announce")
-    if not announces:
+    # (stopped before its first announce, by what its files say: as much a catch)
+    if not announces and not kernel.incidents("torrenting"):
         raise RuntimeError("the client never announced (no torrent work to catch)")
     assert_stopped_in_time(kernel, pid, started, "torrenting")
 
