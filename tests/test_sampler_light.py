@@ -482,9 +482,8 @@ def test_a_process_read_in_the_middle_of_its_exec_is_read_with_its_arguments():
 def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(monkeypatch):
     """With CAP_SYS_RESOURCE (prctl PR_SET_MM_ARG_END) a process can empty its command line
     for good, and each such process is read again as if caught mid-exec. This machine's root
-    lacks the capability, so their reads are stood in for: 40 of them pause a tick
-    MAX_EXEC_WAITS times (not 80), are left to the next tick MAX_DEFERRALS times, and are
-    sampled all the same after."""
+    lacks the capability, so their reads are stood in for: 40 of them pause one tick
+    MAX_EXEC_WAITS times (not 80), and are sampled all the same."""
     parent = subprocess.Popen(["bash", "-c", "for i in $(seq 40); do sleep 60 & done; wait"])
     try:
         children = wait_until(lambda: len(kids := psutil.Process(parent.pid).children()) == 40
@@ -500,13 +499,7 @@ def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(mo
             real_sleep(seconds)
 
         monkeypatch.setattr(processes.time, "sleep", sleep)
-        sampler = ProcessSampler()
-        for _ in range(processes.MAX_DEFERRALS):
-            snapshot = sampler.sample({"k": parent.pid})["k"]
-            assert not blank & {p.pid for p in snapshot.processes}
-            assert len(pauses) == processes.MAX_EXEC_WAITS
-            pauses.clear()
-        snapshot = sampler.sample({"k": parent.pid})["k"]
+        snapshot = ProcessSampler().sample({"k": parent.pid})["k"]
         assert {p.pid for p in snapshot.processes if p.cmdline == []} == blank
         assert len(pauses) == processes.MAX_EXEC_WAITS
     finally:
@@ -515,40 +508,24 @@ def test_processes_whose_command_line_stays_empty_pause_a_tick_a_bounded_time(mo
         parent.wait()
 
 
-def test_a_process_still_in_the_middle_of_its_exec_is_read_at_the_next_tick(monkeypatch):
-    """After its rereads, a process whose command line is still empty (loading a program's
-    interpreter on a busy machine takes milliseconds: CI read `nice` so, twice) is not handed
-    out with none: it is read at the next tick. Two ticks in a row at most: one whose command
-    line stays empty (CAP_SYS_RESOURCE can empty it for good) is then handed out as read. The
-    middle of an exec is stood in for by its reads; the test of the real reads is above."""
-    kernel = subprocess.Popen(["bash", "-c", "sleep 300 & wait"])
+def test_a_process_whose_file_changes_under_every_reading_is_read_with_no_arguments(
+        monkeypatch):
+    """A script exec'ing itself without end (env, then the shell on it again) can change its
+    file under all three readings: it is handed out with its file and no arguments, never
+    env's file with the shell's arguments (CI read it so). Its file changing is stood in for
+    (the test of the real loop: tests/test_sampler.py)."""
+    child = subprocess.Popen(["/bin/sleep", "300"])
     try:
-        child = wait_until(lambda: next((c for c in psutil.Process(kernel.pid).children()
-                                         if c.cmdline()[:1] == ["sleep"]), None),
-                           what="sleep started")
+        wait_until(lambda: os.path.basename(os.readlink(f"/proc/{child.pid}/exe")) == "sleep",
+                   what="sleep exec'd")
         sampler = ProcessSampler()
-        real = procfs.read_cmdline
-
-        def tick(empty: bool) -> list:
-            """The child's command lines in a tick read in full (none if left out)."""
-            state = sampler._tracked.get((child.pid, procfs.start_time(child.pid)))
-            if state is not None:
-                state.quiet = None  # (read in full, not handed out as it was)
-            with monkeypatch.context() as patch:
-                if empty:
-                    patch.setattr(procfs, "read_cmdline", lambda pid: [] if pid == child.pid
-                                  else real(pid))
-                processes = sampler.sample({"k": kernel.pid})["k"].processes
-            return [p.cmdline for p in processes if p.pid == child.pid]
-
-        assert tick(empty=True) == []
-        assert sampler.stats.exec_deferred == 1
-        assert tick(empty=False) == [["sleep", "300"]]
-        assert [tick(empty=True) for _ in range(3)] == [[], [], [[]]]
-        assert sampler.stats.exec_deferred == 3
+        exe_now = procfs.exe_now
+        monkeypatch.setattr(procfs, "exe_now", lambda pid: "/usr/bin/env" if pid == child.pid
+                            else exe_now(pid))
+        _, exe, cmdline = sampler._read_program(child.pid)
+        assert (os.path.basename(exe), cmdline) == ("sleep", [])
+        monkeypatch.setattr(procfs, "exe_now", exe_now)
+        assert sampler._read_program(child.pid)[2] == ["/bin/sleep", "300"]
     finally:
-        for process in psutil.Process(kernel.pid).children():
-            process.kill()
-        kernel.kill()
-        kernel.wait()
-
+        child.kill()
+        child.wait()

@@ -45,12 +45,6 @@ __all__ = ["KERNEL_ENV_MARKER", "ProcessSampler", "kernel_environment"]
 
 ProcessKey = tuple[int, float]
 
-
-class ExecUnfinished(Exception):
-    """A process still in the middle of an exec after the rereads (its command line empty, or
-    its file changed under the reads): not handed out with no arguments or another program's,
-    but read again at the next tick."""
-
 #: Seconds between two readings of a process caught in the middle of an exec (its file
 #: changed under the reads, or its arguments not yet in place): an ELF's loading takes
 #: microseconds, a busy machine's scheduler a millisecond.
@@ -58,9 +52,6 @@ EXEC_SETTLES = 0.001
 #: ... at most this many such pauses a tick (a process can empty its command line for good:
 #: a thousand of them would otherwise pause every tick for seconds)
 MAX_EXEC_WAITS = 16
-#: Ticks in a row a process still in the middle of an exec after its rereads is left to the
-#: next tick (_read_program)
-MAX_DEFERRALS = 2
 
 #: Seconds after its start from which an unchanged fd count tells that a process opened no
 #: new socket (see _walk_fds).
@@ -150,7 +141,6 @@ class Tracked:
     inet: frozenset = frozenset()  # the inodes of its inet sockets at its last read
     # (exe, command line, (program, arguments) or None) of a program the loader runs (_as_loaded)
     loaded: tuple[str, tuple[str, ...], tuple[str, list[str]] | None] | None = None
-    deferred: int = 0  # ticks in a row its read was left to the next, mid-exec (_read_program)
 
     def forget_quiet(self) -> None:
         if self.quiet is not None and self.quiet.held is not None:
@@ -172,7 +162,6 @@ class SamplerStats:
     light_reads: int = 0  # processes that ran, read lightly (_light_read)
     vanished: int = 0  # exited between listing and reading
     reread: int = 0  # read again: it exec'd while read (_read_program)
-    exec_deferred: int = 0  # still in the middle of its exec after the rereads: next tick
     denied: int = 0  # a /proc read refused
     errors: int = 0  # anything else, logged with its traceback
     claimed_by_environment: int = 0
@@ -699,7 +688,7 @@ class ProcessSampler:
         denied_before = self.stats.denied
         sample = Process(pid=pid, ppid=entry.ppid, create_time=key[1], is_kernel=is_kernel)
         try:
-            stat, sample.exe, sample.cmdline = self._read_program(pid, state)
+            stat, sample.exe, sample.cmdline = self._read_program(pid)
             if stat.start != entry.start:
                 raise ProcessLookupError(pid)  # exited, and its pid was taken again
             loaded = self._as_loaded(state, entry, sample.exe, sample.cmdline, now)
@@ -707,10 +696,6 @@ class ProcessSampler:
         except (FileNotFoundError, ProcessLookupError):
             _closed(held)
             self.stats.vanished += 1
-            return None
-        except ExecUnfinished:  # read at the next tick, its exec done
-            _closed(held)
-            self.stats.exec_deferred += 1
             return None
         except PermissionError as err:
             _closed(held)
@@ -1143,19 +1128,16 @@ class ProcessSampler:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _read_program(self, pid: int, state: Tracked | None = None
-                      ) -> tuple[procfs.Stat, str, list[str]]:
+    def _read_program(self, pid: int) -> tuple[procfs.Stat, str, list[str]]:
         """The process's stat, executable and command line, all of one program: read again
         when it exec'd meanwhile (its executable changed under the reads). Read across an
         exec, `sh -c 'nmap -V'`'s child was nmap's file with the shell's script, or the
         shell's file with a program's options: either one a false reading of both. Read in
         the middle of an exec (the new file set, its arguments not yet copied), the command
-        line is empty: read again too, else the miner's first reading had no options. Still so
-        after the rereads (a busy machine; a script exec'ing itself without end), it is left
-        to the next tick (ExecUnfinished), for MAX_DEFERRALS ticks in a row at most (a process
-        with CAP_SYS_RESOURCE can empty its command line for good), then handed out with no
-        arguments rather than another program's (``state``: the process's record; without
-        it, the last reading as it is)."""
+        line is empty: read again too, else the miner's first reading had no options. Its file
+        still changing under the rereads (a script exec'ing itself without end), it is handed
+        out with its file and no arguments, never another program's (the next tick reads it
+        again)."""
         for attempt in range(3):
             if attempt:
                 self.stats.reread += 1
@@ -1168,13 +1150,8 @@ class ProcessSampler:
             if procfs.exe_now(pid) == exe and (cmdline or not exe):
                 break
         else:
-            if state is not None:
-                if state.deferred < MAX_DEFERRALS:
-                    state.deferred += 1
-                    raise ExecUnfinished(pid)
+            if procfs.exe_now(pid) != exe:
                 return stat, exe, []  # (its file's, and no other program's arguments)
-        if state is not None:
-            state.deferred = 0
         return stat, exe, cmdline
 
     def _denied_ok(self, read, default, what: str, pid: int):
