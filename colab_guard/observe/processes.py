@@ -1112,8 +1112,8 @@ class ProcessSampler:
         known = state.loaded
         if known is not None and known[0] == exe and known[1] == tuple(cmdline):
             return known[2]
-        found = None
-        if len(cmdline) > 1 and loader.started_by_interpreter(entry.pid) is False:
+        found, dynamic = None, loader.started_by_interpreter(entry.pid)
+        if len(cmdline) > 1 and dynamic is False:
             try:
                 raw = procfs.read_all(f"/proc/{entry.pid}/maps", MAPS_MAX_BYTES)
                 mapped = [(m.path, m.inode) for m in executable_files(
@@ -1122,7 +1122,8 @@ class ProcessSampler:
                 found = loader.loaded_program(entry.pid, cmdline, mapped, own)
             except OSError:
                 return None
-        if found is not None or now - entry.key[1] > loader.SETTLED_AFTER:
+        # (a dynamically linked program stays one until it execs: asked once)
+        if found is not None or dynamic or now - entry.key[1] > loader.SETTLED_AFTER:
             state.loaded = (exe, tuple(cmdline), found)
         return found
 
